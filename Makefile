@@ -1,0 +1,37 @@
+# labkit: `make run` (install if needed, run every notebook headless), `make test`, `make lab`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.labkit-installed
+BACKEND ?= local
+PYTEST_ARGS ?=
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test lab install check cluster-test bench-cpu clean-runs strip
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	VENV=$(VENV) bash scripts/bootstrap.sh
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/labkit run --backend $(BACKEND)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+check: $(STAMP)
+	$(VENV)/bin/labkit check
+
+# Same job scenario as the local-backend tests, against the cluster in your kubeconfig (kind/minikube + MPI Operator).
+cluster-test: $(STAMP)
+	$(PY) -m pytest tests/cluster -v -rs
+
+strip:
+	$(PY) -m labkit.notebooks strip notebooks/*.ipynb
+
+clean-runs:
+	rm -rf runs

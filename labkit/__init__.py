@@ -1,0 +1,2 @@
+"""labkit: a hands-on DeepSpeed lab kit."""
+__version__ = "0.1.0"

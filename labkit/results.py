@@ -1,0 +1,73 @@
+"""Record values from a notebook and read them back from the executed notebook.
+
+`record` emits a display output with a custom JSON MIME type, so tests assert on values, never on printed text.
+Outside IPython the values are kept in-process (see `recorded()`), which makes the same notebook code testable as a script.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MIME_TYPE = "application/vnd.labkit.result+json"
+
+_in_process: dict[str, Any] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    """Coerce dataclasses, numpy scalars/arrays and paths into plain JSON; refuse what cannot be represented."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _jsonable(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"labkit.results.record: cannot record a {type(value).__name__}; pass JSON-able data")
+
+
+def record(name: str, value: Any) -> Any:
+    """Record `value` under `name` in the running notebook's outputs; returns the JSON form."""
+    if not name or not isinstance(name, str):
+        raise ValueError("labkit.results.record: name must be a non-empty string")
+    data = _jsonable(value)
+    json.dumps(data)  # fail here, not when the notebook is saved
+    _in_process[name] = data
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python: in-process only
+        return data
+    if get_ipython() is not None:
+        display({MIME_TYPE: {"name": name, "value": data}, "text/plain": f"<labkit result {name!r}>"}, raw=True)
+    return data
+
+
+def recorded() -> dict[str, Any]:
+    """Values recorded in this process so far (useful when notebook code runs outside a kernel)."""
+    return dict(_in_process)
+
+
+def read(executed_notebook: str | Path) -> dict[str, Any]:
+    """All values recorded in an executed notebook, by name (a later record of the same name wins)."""
+    nb = json.loads(Path(executed_notebook).read_text())
+    values: dict[str, Any] = {}
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) or []:
+            payload = (out.get("data") or {}).get(MIME_TYPE)
+            if payload is None:
+                continue
+            if isinstance(payload, str):  # some writers store JSON MIME data as text
+                payload = json.loads(payload)
+            values[payload["name"]] = payload["value"]
+    return values

@@ -1,0 +1,92 @@
+"""labkit.launch runs real ranks through the real launchers and never leaves one behind."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit import launch
+from labkit.errors import ConfigError, LaunchError
+
+from conftest import kit_processes
+
+SCRIPT = Path(__file__).parent / "rank_scripts" / "allreduce.py"
+
+
+def test_commands_match_what_a_user_types(tmp_path):
+    spec = launch.LaunchSpec(SCRIPT, ["--x", "1"], world_size=2, launcher="openmpi")
+    cmd = launch.build_command(spec, hostfile=tmp_path / "hf", master_port=1234)
+    assert Path(cmd[0]).name == "deepspeed"
+    joined = " ".join(cmd)
+    assert f"--hostfile {tmp_path / 'hf'} --force_multi --no_ssh_check --launcher openmpi" in joined
+    assert "--master_port 1234" in joined and joined.endswith(f"{SCRIPT} --x 1")
+    # with no hostfile given, the cluster's default path is shown
+    assert "--hostfile /etc/mpi/hostfile" in " ".join(launch.build_command(spec))
+    mpirun = launch.build_command(launch.LaunchSpec(SCRIPT, world_size=3, launcher="mpirun"), hostfile=tmp_path / "hf")
+    assert mpirun[:3] == ["mpirun", "-n", "3"]
+
+
+@pytest.mark.parametrize("field,kwargs", [
+    ("launcher", {"launcher": "torchrun"}),
+    ("world_size", {"world_size": 0}),
+    ("accelerator", {"accelerator": "tpu"}),
+    ("script", {"script": "/nonexistent.py"}),
+])
+def test_bad_spec_is_refused_before_starting(field, kwargs):
+    spec = launch.LaunchSpec(**{"script": SCRIPT, **kwargs})
+    with pytest.raises(ConfigError) as err:
+        launch.run(spec)
+    assert err.value.field == field and "Fix:" in str(err.value)
+
+
+def test_kit_env_marks_processes_and_sizes_threads():
+    env = launch.kit_env({"A": "b"}, world_size=2, accelerator="cpu")
+    assert env[launch.MARKER_ENV] == "1" and env["A"] == "b" and env["DS_ACCELERATOR"] == "cpu"
+    assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_hostfile_has_operator_format(tmp_path):
+    path = launch.write_hostfile(tmp_path / "hostfile", {"w-0.job.ns.svc": 2, "w-1.job.ns.svc": 2})
+    assert path.read_text() == "w-0.job.ns.svc slots=2\nw-1.job.ns.svc slots=2\n"
+
+
+def test_failure_summary_finds_the_rank():
+    out = "noise\nLABKIT_RANK_ERROR rank=1 RuntimeError: boom\nTraceback...\n"
+    assert launch.failure_summary(out) == (1, "RuntimeError: boom")
+    tagged = "[1,0]<stdout>:ok\n[1,1]<stderr>:ValueError: bad shape\n"
+    assert launch.failure_summary(tagged) == (1, "ValueError: bad shape")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["deepspeed", "openmpi", "mpirun"])
+def test_two_ranks_all_reduce_through_each_launcher(launcher):
+    if launcher != "deepspeed" and shutil.which("mpirun") is None:
+        pytest.fail("Open MPI is part of the kit's set-up (make install); mpirun is missing")
+    lines: list[str] = []
+    result = launch.run(launch.LaunchSpec(SCRIPT, world_size=2, launcher=launcher), timeout=180, on_output=lines.append)
+    assert result.ok
+    assert "rank 0/2 sum=3" in result.output and "rank 1/2 sum=3" in result.output
+    assert lines, "output is streamed line by line"
+
+
+@pytest.mark.slow
+def test_failing_rank_surfaces_its_error_and_nothing_is_left(tmp_path):
+    with pytest.raises(LaunchError) as err:
+        launch.run(launch.LaunchSpec(SCRIPT, ["--fail-rank", "1"], world_size=2), timeout=180,
+                   log_path=tmp_path / "log")
+    assert err.value.failed_rank == 1
+    assert "rank 1" in str(err.value) and "deliberate failure on rank 1" in str(err.value)
+    assert "deliberate failure" in (tmp_path / "log").read_text()
+    assert not kit_processes()
+
+
+@pytest.mark.slow
+def test_timeout_kills_every_rank():
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="timed out"):
+        launch.run(launch.LaunchSpec(SCRIPT, ["--hang", "600"], world_size=2), timeout=25)
+    assert time.monotonic() - start < 60
+    assert not kit_processes(), "ranks survived the timeout"

@@ -1,0 +1,52 @@
+"""Every notebook under notebooks/ runs headless with its test parameters through the same runner as `labkit run`.
+
+New notebooks are covered without editing this file.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from labkit import notebooks, results
+
+from conftest import execute_once
+
+ALL = notebooks.discover()
+
+
+def test_there_are_notebooks():
+    assert len(ALL) >= 2, "expected the kit's notebooks under notebooks/"
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_committed_without_outputs(path):
+    assert not notebooks.has_outputs(path), f"{path} has outputs: run `make strip`"
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_parameters_are_typed_and_documented(path):
+    nb = json.loads(path.read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged `parameters`"
+    declared = notebooks.declared_parameters(path)
+    assert declared, "the parameters cell declares nothing"
+    for name, info in declared.items():
+        assert info["inferred_type_name"] not in ("None", None), f"{name} has no type annotation"
+        assert info.get("help"), f"{name} has no help comment"
+    for line in "".join(tagged[0]["source"]).splitlines():
+        if re.match(r"^[A-Za-z_]\w*\s*=", line.strip()):
+            pytest.fail(f"unannotated parameter line: {line!r}")
+    # test parameters may only name declared parameters
+    assert set(notebooks.test_parameters(path)) <= set(declared)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_notebook_runs_headless(path, notebook_run_dir):
+    run = execute_once(path.stem, notebook_run_dir)
+    assert run.passed, f"{run.source}: {run.error}"
+    recorded = results.read(run.output)
+    assert recorded, "the notebook recorded no results (labkit.results.record)"
+    assert run.html and run.html.endswith(".html")

@@ -1,0 +1,104 @@
+"""The papermill runner behind `labkit run`: parameter checks, failure reporting, the HTML report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit import notebooks, results
+from labkit.cli import main
+from labkit.errors import ConfigError
+
+
+def make_notebook(path: Path, params: str, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def good(tmp_path):
+    return make_notebook(tmp_path / "good.ipynb", "epochs: int = 2  # passes\nname: str = 'x'  # a label\n"
+                         "lr: float = 0.1  # learning rate\nfast: bool = False  # go fast",
+                         "from labkit import results\nresults.record('echo', {'epochs': epochs, 'name': name, "
+                         "'lr': lr, 'fast': fast})")
+
+
+def test_declared_parameters_are_typed(good):
+    declared = notebooks.declared_parameters(good)
+    assert {k: v["inferred_type_name"] for k, v in declared.items()} == {
+        "epochs": "int", "name": "str", "lr": "float", "fast": "bool"}
+    assert declared["epochs"]["help"] == "passes"
+
+
+def test_cli_strings_are_coerced_to_declared_types(good):
+    assert notebooks.check_parameters(good, {"epochs": "5", "lr": "0.5", "fast": "yes", "name": "7"}) == {
+        "epochs": 5, "lr": 0.5, "fast": True, "name": "7"}
+    with pytest.raises(ConfigError, match="epochs.*not a valid int"):
+        notebooks.check_parameters(good, {"epochs": "many"})
+
+
+def test_unknown_parameter_is_refused_before_running(good, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        notebooks.check_parameters(good, {"epoch": 3})
+    assert "good.ipynb" in str(err.value) and "epoch" in str(err.value) and "epochs" in str(err.value)
+
+
+def test_run_records_values_and_writes_report(good, tmp_path):
+    run_dir, runs = notebooks.run_all([good], {"epochs": "3"}, out_dir=tmp_path / "run", progress=False)
+    (run,) = runs
+    assert run.passed, run.error
+    assert results.read(run.output)["echo"] == {"epochs": 3, "name": "x", "lr": 0.1, "fast": False}
+    index = (run_dir / "index.html").read_text()
+    assert "good" in index and "passed" in index and "good.html" in index
+    assert Path(run.html).read_text().startswith("<!DOCTYPE html>")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary[0]["parameters"] == {"epochs": 3}
+
+
+def test_cli_unknown_parameter_exits_nonzero_naming_notebook(good, tmp_path, capsys):
+    code = main(["run", str(good), "-p", "epoch", "3", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "good.ipynb" in err and "epoch" in err
+    assert not (tmp_path / "r").exists(), "nothing may run before the parameters are checked"
+
+
+def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
+    bad = make_notebook(tmp_path / "bad.ipynb", "n: int = 1  # a number", "x = n + 1", "raise ValueError('boom ' + str(x))")
+    code = main(["run", str(bad), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "bad.ipynb" in err and "cell 3" in err and "ValueError: boom 2" in err
+    assert "failed" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_cell_timeout_and_dead_kernel_are_reported_like_failures(tmp_path):
+    slow = make_notebook(tmp_path / "slow.ipynb", "s: float = 30.0  # seconds", "import time; time.sleep(s)")
+    dead = make_notebook(tmp_path / "dead.ipynb", "code: int = 3  # exit code", "import os; os._exit(code)")
+    _, runs = notebooks.run_all([slow, dead], out_dir=tmp_path / "r", timeout=5, progress=False)
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert "CellTimeoutError" in runs[0].error and "cell 2" in runs[0].error
+    assert "DeadKernelError" in runs[1].error
+
+
+def test_params_command_lists_types(good, capsys):
+    assert main(["params", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "epochs" in out and "int" in out and "passes" in out
+
+
+def test_strip_outputs_keeps_tags(good, tmp_path):
+    _, (run,) = notebooks.run_all([good], out_dir=tmp_path / "r", progress=False)
+    executed = Path(run.output)
+    assert notebooks.has_outputs(executed)
+    assert notebooks.strip_outputs(executed)
+    assert not notebooks.has_outputs(executed)
+    nb = json.loads(executed.read_text())
+    assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
