@@ -1,0 +1,615 @@
+"""A small Kubernetes API server on 127.0.0.1 for KubernetesBackend tests: the REAL `kubernetes` client talks to it
+over a socket, so request paths, query parameters, chunked watches and the exec WebSocket protocol are exercised
+exactly as against a cluster.
+
+Implemented (only what the kit's job backend uses):
+  * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>
+  * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE
+  * an MPI Operator stand-in: creating an MPIJob creates its launcher and worker pods (the operator's labels and
+    hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
+  * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
+  * exec: WebSocket upgrade (RFC 6455 framing, written here with the standard library), subprotocol
+    v4.channel.k8s.io, stdout/stderr on channels 1/2, the exit status as a Status JSON on channel 3. The command
+    really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the job's operator-format
+    hostfile). As in a real cluster, closing the stream does NOT stop the command.
+  * bearer-token authentication (401 without it), and a request log tests can assert on.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
+CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
+
+
+def now_iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code, **({"details": details} if details else {})}
+
+
+def ws_frame(payload: bytes, opcode: int = 2) -> bytes:
+    """A server-to-client frame (FIN set, unmasked)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x80 | opcode, n])
+    elif n < 1 << 16:
+        header = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def read_ws_frame(rfile) -> tuple[int, bytes] | None:
+    """(opcode, payload) of one client frame (clients mask theirs); None at EOF."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, masked, n = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(rfile.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(rfile.read(8), "big")
+    mask = rfile.read(4) if masked else b"\0\0\0\0"
+    data = bytearray(rfile.read(n))
+    for i in range(len(data)):
+        data[i] ^= mask[i % 4]
+    return opcode, bytes(data)
+
+
+def matches_selector(labels: dict, selector: str | None) -> bool:
+    if not selector:
+        return True
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if labels.get(key.strip()) != value.strip():
+            return False
+    return True
+
+
+class FakeApiServer:
+    """`with FakeApiServer() as api: backend = KubernetesBackend(kubeconfig=api.kubeconfig)`."""
+
+    def __init__(self, *, served_versions: tuple[str, ...] = ("v2beta1",), scenario: str = "ready",
+                 ready_delay: float = 0.3, token: str | None = None, namespaces: tuple[str, ...] = ("default", "workloads"),
+                 reject_dry_run: str | None = None):
+        self.served_versions = tuple(served_versions)   # kubeflow.org versions (() = operator missing; ("v1",) = clash)
+        self.scenario = scenario                         # ready | image_pull | unschedulable | no_operator
+        self.ready_delay = ready_delay
+        self.token = token or "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
+        self.namespaces = set(namespaces)
+        self.reject_dry_run = reject_dry_run             # an admission message every dry run is rejected with
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (path of the collection, ns, name) -> object
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.events: list[dict] = []
+        self.pod_logs: dict[str, str] = {}
+        self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
+        self.delete_bodies: list[dict] = []
+        self.rv = 1
+        self.history: list[tuple[int, str, dict]] = []   # (resourceVersion, type, pod) for watches
+        self.cond = threading.Condition()
+        self.exec_procs: list[subprocess.Popen] = []
+        self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
+        self.kubeconfig = str(self.root / "kubeconfig")
+        self._httpd: ThreadingHTTPServer | None = None
+        self._timers: list[threading.Timer] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+    def start(self) -> "FakeApiServer":
+        fake = self
+
+        class Handler(_Handler):
+            server_state = fake
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.write_kubeconfig(self.kubeconfig)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def write_kubeconfig(self, path: str, namespace: str = "workloads") -> str:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "student", "user": {"token": self.token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "student", "namespace": namespace}}],
+        }))
+        return path
+
+    def stop(self) -> None:
+        for t in self._timers:
+            t.cancel()
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        self.kill_exec_processes()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def kill_exec_processes(self) -> None:
+        """Stop what exec'd commands left (they run in their own sessions: kill by the fake's env tag)."""
+        tag = f"LABKIT_FAKE_APISERVER={self.root.name}".encode()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.tagged_pids(tag):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            time.sleep(0.3)
+        for p in self.exec_procs:
+            try:
+                p.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+
+    @staticmethod
+    def tagged_pids(tag: bytes) -> list[int]:
+        out = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    with open(f"/proc/{entry.name}/environ", "rb") as f:
+                        if tag in f.read().split(b"\0"):
+                            with open(f"/proc/{entry.name}/stat") as s:
+                                if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                                    out.append(int(entry.name))
+                except OSError:
+                    pass
+        return out
+
+    def exec_tag_pids(self) -> list[int]:
+        return self.tagged_pids(f"LABKIT_FAKE_APISERVER={self.root.name}".encode())
+
+    def __enter__(self) -> "FakeApiServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- state changes ----------------------------------------------------------------------------------------------
+    def _bump(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def _pod_event(self, kind: str, pod: dict) -> None:
+        with self.cond:
+            pod["metadata"]["resourceVersion"] = self._bump()
+            self.history.append((self.rv, kind, copy.deepcopy(pod)))
+            self.cond.notify_all()
+
+    def add_event(self, ns: str, pod_name: str, type_: str, reason: str, message: str) -> None:
+        self.events.append({"metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": ns},
+                            "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns},
+                            "type": type_, "reason": reason, "message": message, "lastTimestamp": now_iso(),
+                            "count": 1})
+
+    def _create_mpijob_pods(self, job: dict) -> None:
+        """What the MPI Operator does for an MPIJob: pods with its labels, and the hostfile in the launcher."""
+        meta, spec = job["metadata"], job["spec"]
+        name, ns = meta["name"], meta["namespace"]
+        workers = spec["mpiReplicaSpecs"].get("Worker", {}).get("replicas", 1)
+        slots = spec.get("slotsPerWorker", 1)
+        etc = self.root / ns / name / "etc-mpi"
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hostfile").write_text("".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers)))
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        roles = [("launcher", f"{name}-launcher-{suffix}", "Launcher")] + \
+                [("worker", f"{name}-worker-{i}", "Worker") for i in range(workers)]
+        for role, pod_name, replica in roles:
+            template = spec["mpiReplicaSpecs"][replica]["template"]
+            containers = [{"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]]
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod_name, "namespace": ns, "uid": f"uid-{pod_name}",
+                                "creationTimestamp": now_iso(),
+                                "labels": {"training.kubeflow.org/job-name": name,
+                                           "training.kubeflow.org/job-role": role,
+                                           "training.kubeflow.org/replica-index": pod_name.rsplit("-", 1)[-1]}},
+                   "spec": {"containers": containers, "nodeName": None},
+                   "status": {"phase": "Pending", "conditions": []}}
+            self.pods[(ns, pod_name)] = pod
+            self._pod_event("ADDED", pod)
+        t = threading.Timer(self.ready_delay, self._advance, args=(ns, name))
+        t.daemon = True
+        self._timers.append(t)
+        t.start()
+
+    def _advance(self, ns: str, name: str) -> None:
+        job = self.objects.get(("/apis/kubeflow.org/v2beta1", ns, name))
+        if job is None:
+            return
+        for (pns, pname), pod in list(self.pods.items()):
+            if pns != ns or pod["metadata"]["labels"].get("training.kubeflow.org/job-name") != name:
+                continue
+            st = pod["status"]
+            image = pod["spec"]["containers"][0]["image"]
+            cname = pod["spec"]["containers"][0]["name"]
+            if self.scenario == "ready":
+                st.update(phase="Running", startTime=now_iso(), conditions=[
+                    {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": "True"}, {"type": "Ready", "status": "True"}],
+                    containerStatuses=[{"name": cname, "image": image, "imageID": f"{image}@sha256:0", "ready": True,
+                                        "restartCount": 0, "started": True,
+                                        "state": {"running": {"startedAt": now_iso()}}}])
+            elif self.scenario == "image_pull":
+                msg = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+                       f'{image}: not found')
+                st.update(conditions=[{"type": "PodScheduled", "status": "True"}],
+                          containerStatuses=[{"name": cname, "image": image, "imageID": "", "ready": False,
+                                              "restartCount": 0,
+                                              "state": {"waiting": {"reason": "ErrImagePull", "message": msg}}}])
+                self.add_event(ns, pname, "Warning", "Failed", f'Failed to pull image "{image}": {msg}')
+            elif self.scenario == "unschedulable":
+                msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available."
+                st.update(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                       "message": msg}])
+                self.add_event(ns, pname, "Warning", "FailedScheduling", msg)
+            self._pod_event("MODIFIED", pod)
+        if self.scenario == "ready":
+            job.setdefault("status", {})["conditions"] = [
+                {"type": "Created", "status": "True", "reason": "MPIJobCreated", "lastTransitionTime": now_iso()},
+                {"type": "Running", "status": "True", "reason": "MPIJobRunning", "lastTransitionTime": now_iso()}]
+
+    def delete_job_pods(self, ns: str, name: str) -> None:
+        for key, pod in list(self.pods.items()):
+            if key[0] == ns and pod["metadata"]["labels"].get("training.kubeflow.org/job-name") == name:
+                del self.pods[key]
+                self._pod_event("DELETED", pod)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: FakeApiServer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    # -- plumbing ---------------------------------------------------------------------------------------------------
+    def _send_json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, code: int, reason: str, message: str) -> None:
+        self._send_json(code, status_body(code, reason, message))
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}") if n else {}
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {self.server_state.token}":
+            return True
+        self._error(401, "Unauthorized", "Unauthorized")
+        return False
+
+    def _route(self, method: str) -> None:
+        fake = self.server_state
+        parts = urlsplit(self.path)
+        path, query = parts.path.rstrip("/") or "/", parse_qs(parts.query)
+        fake.requests.append((method, path, {k: v if len(v) > 1 else v[0] for k, v in query.items()}))
+        if not self._authorized():
+            return
+        q = {k: v[-1] for k, v in query.items()}
+        try:
+            self._dispatch(method, path, q, query)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._route("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._route("DELETE")
+
+    # -- routes -----------------------------------------------------------------------------------------------------
+    def _dispatch(self, method: str, path: str, q: dict, query_lists: dict) -> None:
+        fake = self.server_state
+        if method == "GET" and path == "/apis":
+            groups = [{"name": "kubeflow.org", "versions": [{"groupVersion": f"kubeflow.org/{v}", "version": v}
+                                                             for v in fake.served_versions]}] if fake.served_versions else []
+            return self._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if method == "GET" and path == "/apis/kubeflow.org":
+            if not fake.served_versions:
+                return self._error(404, "NotFound", "the server could not find the requested resource")
+            versions = [{"groupVersion": f"kubeflow.org/{v}", "version": v} for v in fake.served_versions]
+            return self._send_json(200, {"kind": "APIGroup", "apiVersion": "v1", "name": "kubeflow.org",
+                                         "versions": versions, "preferredVersion": versions[0]})
+        m = re.fullmatch(r"/apis/kubeflow\.org/([^/]+)", path)
+        if method == "GET" and m:
+            if m.group(1) not in fake.served_versions:
+                return self._error(404, "NotFound", "the server could not find the requested resource")
+            return self._send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
+                                         "groupVersion": f"kubeflow.org/{m.group(1)}",
+                                         "resources": [{"name": "mpijobs", "singularName": "mpijob", "namespaced": True,
+                                                        "kind": "MPIJob", "verbs": ["create", "delete", "get", "list"]}]})
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
+        if method == "GET" and m:
+            if m.group(1) not in fake.namespaces:
+                return self._error(404, "NotFound", f'namespaces "{m.group(1)}" not found')
+            return self._send_json(200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": m.group(1)}})
+        if path == "/api/v1/namespaces" and method == "POST":
+            return self._create_namespace(q)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", path)
+        if method == "GET" and m:
+            if q.get("watch") in ("true", "True", "1"):
+                return self._watch_pods(m.group(1), q)
+            return self._list_pods(m.group(1), q)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)(/exec|/log)?", path)
+        if method == "GET" and m:
+            ns, name, sub = m.groups()
+            pod = fake.pods.get((ns, name))
+            if pod is None:
+                return self._error(404, "NotFound", f'pods "{name}" not found')
+            if sub == "/log":
+                data = fake.pod_logs.get(name, "").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return None
+            if sub == "/exec":
+                return self._exec(ns, name, pod, query_lists)
+            return self._send_json(200, pod)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/events", path)
+        if method == "GET" and m:
+            field = q.get("fieldSelector", "")
+            want = field.split("=", 1)[1] if field.startswith("involvedObject.name=") else None
+            items = [e for e in fake.events if e["metadata"]["namespace"] == m.group(1)
+                     and (want is None or e["involvedObject"]["name"] == want)]
+            return self._send_json(200, {"kind": "EventList", "apiVersion": "v1",
+                                         "metadata": {"resourceVersion": str(fake.rv)}, "items": items})
+        # generic objects: /api/v1/namespaces/<ns>/<plural>[/<name>] and /apis/<g>/<v>/namespaces/<ns>/<plural>[/<name>]
+        m = re.fullmatch(r"(/api/v1|/apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?", path)
+        if m:
+            return self._objects(method, m.group(1), m.group(2), m.group(3), m.group(4), q)
+        m = re.fullmatch(r"(/apis/[^/]+/[^/]+)/([^/]+)", path)
+        if m and method == "GET":  # cluster-wide list
+            if not self._group_served(m.group(1)):
+                return None
+            items = [o for (base, _ns, _n), o in fake.objects.items() if base == m.group(1)
+                     and o.get("kind", "").lower() + "s" == m.group(2)]
+            return self._send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
+        return self._error(404, "NotFound", "the server could not find the requested resource")
+
+    def _group_served(self, base: str) -> bool:
+        fake = self.server_state
+        if base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions:
+            self._error(404, "NotFound", "the server could not find the requested resource")
+            return False
+        return True
+
+    def _create_namespace(self, q: dict) -> None:
+        fake = self.server_state
+        body = self._body()
+        name = body.get("metadata", {}).get("name")
+        if name in fake.namespaces:
+            return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
+        if q.get("dryRun") != "All":
+            fake.namespaces.add(name)
+        return self._send_json(201, body)
+
+    def _objects(self, method: str, base: str, ns: str, plural: str, name: str | None, q: dict) -> None:
+        fake = self.server_state
+        if not self._group_served(base):
+            return None
+        if ns not in fake.namespaces:
+            return self._error(404, "NotFound", f'namespaces "{ns}" not found')
+        store = {k: v for k, v in fake.objects.items() if k[0] == base and k[1] == ns
+                 and v.get("kind", "").lower() + "s" == plural}
+        if method == "POST" and name is None:
+            body = self._body()
+            obj_name = body.get("metadata", {}).get("name", "")
+            kind = body.get("kind", "")
+            problem = self._invalid(body) if kind == "MPIJob" else None
+            if problem:
+                return self._send_json(422, status_body(422, "Invalid", f'MPIJob.kubeflow.org "{obj_name}" is invalid: '
+                                                                        f"{problem}"))
+            if (base, ns, obj_name) in fake.objects:
+                return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
+            if q.get("dryRun") == "All":
+                if fake.reject_dry_run:
+                    return self._send_json(403, status_body(403, "Forbidden", fake.reject_dry_run))
+                return self._send_json(201, body)
+            body.setdefault("metadata", {}).update(namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(),
+                                                   resourceVersion=fake._bump())
+            fake.objects[(base, ns, obj_name)] = body
+            if kind == "MPIJob" and fake.scenario != "no_operator":
+                fake._create_mpijob_pods(body)
+            return self._send_json(201, body)
+        if method == "GET" and name is None:
+            return self._send_json(200, {"kind": "List", "apiVersion": "v1",
+                                         "metadata": {"resourceVersion": str(fake.rv)}, "items": list(store.values())})
+        obj = fake.objects.get((base, ns, name)) if name else None
+        if obj is None or obj.get("kind", "").lower() + "s" != plural:
+            return self._error(404, "NotFound", f'{plural} "{name}" not found')
+        if method == "GET":
+            return self._send_json(200, obj)
+        if method == "DELETE":
+            fake.delete_bodies.append(self._body())
+            del fake.objects[(base, ns, name)]
+            if obj.get("kind") == "MPIJob":
+                fake.delete_job_pods(ns, name)
+            return self._send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                                         "details": {"name": name}})
+        return self._error(405, "MethodNotAllowed", method)
+
+    @staticmethod
+    def _invalid(job: dict) -> str | None:
+        """A few of the CRD's and the operator's rules (the kit validates everything itself before this)."""
+        replicas = (job.get("spec") or {}).get("mpiReplicaSpecs")
+        if not isinstance(replicas, dict):
+            return "spec.mpiReplicaSpecs: Required value"
+        if (replicas.get("Launcher") or {}).get("replicas", 1) != 1:
+            return "spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: must be 1"
+        if (replicas.get("Worker") or {}).get("replicas", 1) < 1:
+            return "spec.mpiReplicaSpecs[Worker].replicas: Invalid value: must be >= 1"
+        return None
+
+    def _pods_matching(self, ns: str, selector: str | None) -> list[dict]:
+        return [p for (pns, _), p in self.server_state.pods.items()
+                if pns == ns and matches_selector(p["metadata"].get("labels", {}), selector)]
+
+    def _list_pods(self, ns: str, q: dict) -> None:
+        fake = self.server_state
+        with fake.cond:
+            items = copy.deepcopy(self._pods_matching(ns, q.get("labelSelector")))
+            rv = str(fake.rv)
+        return self._send_json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
+                                     "items": items})
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _watch_pods(self, ns: str, q: dict) -> None:
+        """A chunked stream of {"type", "object"} lines, from resourceVersion on, until timeoutSeconds."""
+        fake = self.server_state
+        selector = q.get("labelSelector")
+        end = time.monotonic() + float(q.get("timeoutSeconds") or 30)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        since = q.get("resourceVersion")
+        if not since or since == "0":  # no resourceVersion: current state first, as ADDED
+            with fake.cond:
+                current = copy.deepcopy(self._pods_matching(ns, selector))
+                last = fake.rv
+            for pod in current:
+                self._chunk(json.dumps({"type": "ADDED", "object": pod}).encode() + b"\n")
+        else:
+            last = int(since)
+        while time.monotonic() < end:
+            with fake.cond:
+                fresh = [(rv, t, p) for rv, t, p in fake.history if rv > last and p["metadata"]["namespace"] == ns
+                         and matches_selector(p["metadata"].get("labels", {}), selector)]
+                if not fresh:
+                    fake.cond.wait(timeout=min(0.5, max(0.0, end - time.monotonic())))
+                    continue
+            for rv, kind, pod in fresh:
+                self._chunk(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                last = rv
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    # -- exec over WebSocket ----------------------------------------------------------------------------------------
+    def _exec(self, ns: str, pod_name: str, pod: dict, query: dict) -> None:
+        fake = self.server_state
+        if self.headers.get("Upgrade", "").lower() != "websocket":
+            return self._error(400, "BadRequest", "Upgrade request required")
+        if pod["status"].get("phase") != "Running":
+            return self._error(400, "BadRequest", f"pod {pod_name} is not running")
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if "v4.channel.k8s.io" not in offered:
+            return self._error(400, "BadRequest", "v4.channel.k8s.io subprotocol required")
+        argv = query.get("command", [])
+        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+
+        job_name = pod["metadata"]["labels"].get("training.kubeflow.org/job-name", "")
+        hostfile = str(fake.root / ns / job_name / "etc-mpi" / "hostfile")
+        cmd = [a.replace(CLUSTER_HOSTFILE, hostfile) for a in argv]
+        env = {**os.environ, "LABKIT_PROCESS": "1", "LABKIT_FAKE_APISERVER": fake.root.name, "HOSTNAME": pod_name}
+        send_lock = threading.Lock()
+        client_gone = threading.Event()
+
+        def send(channel: int, data: bytes) -> None:
+            if client_gone.is_set():
+                return
+            try:
+                with send_lock:
+                    self.wfile.write(ws_frame(bytes([channel]) + data))
+                    self.wfile.flush()
+            except OSError:
+                client_gone.set()
+
+        def read_client() -> None:
+            while True:
+                try:
+                    frame = read_ws_frame(self.rfile)
+                except OSError:
+                    frame = None
+                if frame is None or frame[0] == 8:
+                    client_gone.set()
+                    return
+
+        threading.Thread(target=read_client, daemon=True).start()
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=fake.root, start_new_session=True)
+        except OSError as exc:
+            send(3, json.dumps({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                                "message": f'failed to exec in container: exec: "{cmd[0]}": {exc.strerror}'}).encode())
+            self._close_ws(send_lock)
+            return
+        fake.exec_procs.append(proc)
+
+        def pump(stream, channel: int) -> None:
+            for chunk in iter(lambda: stream.read1(4096), b""):
+                send(channel, chunk)  # after the client left, keep draining so the command is never blocked
+
+        readers = [threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True)]
+        for r in readers:
+            r.start()
+        code = proc.wait()
+        for r in readers:
+            r.join(timeout=5)
+        if code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {"metadata": {}, "status": "Failure",
+                      "message": f"command terminated with non-zero exit code: exit status {code}",
+                      "reason": "NonZeroExitCode",
+                      "details": {"causes": [{"reason": "ExitCode", "message": str(code if code > 0 else 128 - code)}]}}
+        send(3, json.dumps(status).encode())
+        self._close_ws(send_lock)
+
+    def _close_ws(self, lock: threading.Lock) -> None:
+        try:
+            with lock:
+                self.wfile.write(ws_frame(b"\x03\xe8", opcode=8))
+                self.wfile.flush()
+        except OSError:
+            pass
