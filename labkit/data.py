@@ -1,0 +1,316 @@
+"""CIFAR-10 on disk: the standard `cifar-10-batches-py` layout, read, verified, downloaded or synthesised.
+
+The layout (https://www.cs.toronto.edu/~kriz/cifar.html) is six pickled dicts, `data_batch_1..5` and `test_batch`,
+each holding `data` (uint8, N x 3072: the red, green and blue 32x32 planes of one image per row) and `labels` (N ints
+in 0..9), plus `batches.meta` with the ten `label_names`. The pickles are read with an unpickler that accepts numpy
+arrays and nothing else, so a data folder on a shared volume cannot run code in the training job.
+
+`write_synthetic` writes the same files from generated images with learnable class structure, for machines without
+the real set (tests, CPU laptops, air-gapped clusters); everything trained on it is marked `synthetic`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labkit.errors import ConfigError, LabkitError
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+# Written next to the batches by write_synthetic; its presence is how a synthetic set is recognised later.
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published by the dataset's authors' page and torchvision
+
+PROVIDE_DATA_FIX = (
+    "put the extracted `cifar-10-batches-py` folder there (from cifar-10-python.tar.gz; in a cluster, on the shared "
+    "PVC), or download it on a machine with network access (`labkit data download --dest DIR`), or train on "
+    "synthetic data (synthetic=True / `--synthetic`)"
+)
+
+
+class DataFormatError(LabkitError):
+    """A CIFAR-10 file exists but is not in the expected format (corrupt, truncated, wrong shapes)."""
+
+
+@dataclass
+class CifarArrays:
+    """The whole data set in memory: images uint8 (N, 3, 32, 32), labels int64 (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    label_names: tuple[str, ...]
+    synthetic: bool
+    source: str  # the folder it was read from, or a description
+
+    @property
+    def kind(self) -> str:
+        return "synthetic" if self.synthetic else "CIFAR-10"
+
+    def limit(self, max_train: int = 0, max_test: int = 0) -> "CifarArrays":
+        """The first `max_train` / `max_test` images (0 = all): the files are already in random order."""
+        tr = slice(None) if max_train <= 0 else slice(0, max_train)
+        te = slice(None) if max_test <= 0 else slice(0, max_test)
+        return CifarArrays(self.train_images[tr], self.train_labels[tr], self.test_images[te], self.test_labels[te],
+                           self.label_names, self.synthetic, self.source)
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "synthetic": self.synthetic, "source": self.source,
+                "train_images": int(len(self.train_labels)), "test_images": int(len(self.test_labels)),
+                "classes": len(self.label_names)}
+
+
+# ---------------------------------------------------------------------------------------------------------- reading
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Resolves only what numpy arrays need; any other global in the file is refused (pickles can run code)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are expected")
+        if module == "_codecs":
+            import _codecs
+            return _codecs.encode
+        if name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        import numpy.core.multiarray as ma  # noqa: PLC0415  (numpy 2 keeps this alias importable)
+        return getattr(ma, name)
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("data_dir", f"{path.name} is missing from {path.parent}", PROVIDE_DATA_FIX) from None
+    try:
+        obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # truncated, not a pickle, or refused content
+        raise DataFormatError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). "
+                              f"Fix: replace the file with the original from cifar-10-python.tar.gz") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
+    # The official files were pickled by Python 2: keys come back as bytes. Accept str keys too.
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,)), validated."""
+    path = Path(path)
+    d = _load_pickle(path)
+    for key in ("data", "labels"):
+        if key not in d:
+            raise DataFormatError(f"{path}: no '{key}' entry (found {sorted(d)})")
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        got = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFormatError(f"{path}: 'data' must be a uint8 array, found {got}")
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataFormatError(f"{path}: 'data' must have shape (N, 3072) = N images of 3x32x32, found {data.shape}")
+    labels = np.asarray(d["labels"])
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataFormatError(f"{path}: {len(labels)} labels for {len(data)} images")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, "
+                              f"found {labels.dtype} in [{labels.min()}, {labels.max()}]")
+    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def find_folder(data_dir: str | Path) -> Path:
+    """`data_dir` itself or its `cifar-10-batches-py` child, whichever holds the batches."""
+    if not str(data_dir):
+        raise ConfigError("data_dir", "no data folder given and synthetic data is off", PROVIDE_DATA_FIX)
+    base = Path(data_dir).expanduser()
+    for candidate in (base, base / FOLDER):
+        if (candidate / TEST_FILE).is_file() or (candidate / META_FILE).is_file():
+            return candidate
+    if not base.exists():
+        raise ConfigError("data_dir", f"{base} does not exist", PROVIDE_DATA_FIX)
+    raise ConfigError("data_dir", f"no CIFAR-10 batches in {base} or {base / FOLDER}", PROVIDE_DATA_FIX)
+
+
+def load(data_dir: str | Path) -> CifarArrays:
+    """Read and validate the whole set from a `cifar-10-batches-py` folder (or its parent)."""
+    folder = find_folder(data_dir)
+    meta = _load_pickle(folder / META_FILE)
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", ()))
+    if len(names) != NUM_CLASSES:
+        raise DataFormatError(f"{folder / META_FILE}: expected {NUM_CLASSES} label_names, found {len(names)}")
+    parts = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_x, test_y = read_batch(folder / TEST_FILE)
+    return CifarArrays(
+        train_images=np.concatenate([p[0] for p in parts]), train_labels=np.concatenate([p[1] for p in parts]),
+        test_images=test_x, test_labels=test_y, label_names=names,
+        synthetic=(folder / SYNTHETIC_MARKER).is_file(), source=str(folder),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- download
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:
+    """Fetch the official tarball, verify its checksum, extract it under `dest`; returns the batches folder.
+
+    Already present -> nothing fetched. No network -> one error within `timeout` saying how to provide the data.
+    """
+    dest = Path(dest).expanduser()
+    if (dest / FOLDER / TEST_FILE).is_file():
+        return dest / FOLDER
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+        archive = Path(tmp) / "cifar-10-python.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out, length=1 << 20)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError("data_dir", f"CIFAR-10 could not be downloaded from {url} ({reason}); this machine "
+                                          f"may have no network access", PROVIDE_DATA_FIX) from None
+        got = _md5(archive)
+        if got != md5:
+            raise DataFormatError(f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "
+                                  f"not the official archive. Fix: download again, or copy a verified copy to {dest}")
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")  # "data" refuses absolute paths, links out of tmp, devices
+        if not (Path(tmp) / FOLDER / TEST_FILE).is_file():
+            raise DataFormatError(f"{url}: the archive holds no {FOLDER}/{TEST_FILE}")
+        os.replace(Path(tmp) / FOLDER, dest / FOLDER)  # atomic: a half-extracted folder is never visible
+    return dest / FOLDER
+
+
+# -------------------------------------------------------------------------------------------------------- synthetic
+
+
+def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: float = 0.6) -> CifarArrays:
+    """Generated images with learnable class structure (not CIFAR content).
+
+    Each class owns a random periodic texture (a smooth colour field on a 32x32 torus) and a faint mean colour. An
+    image is its class texture translated by a random amount (with wrap-around), flipped at random, scaled in
+    contrast, plus per-pixel noise. Translation makes a pixel-wise linear model weak (it mostly sees the colour),
+    while a CNN, which is shift-invariant, learns the textures within a few hundred steps.
+    """
+    if train < NUM_CLASSES or test < NUM_CLASSES:
+        raise ConfigError("synthetic size", f"train={train}, test={test} is too small",
+                          f"use at least {NUM_CLASSES} images in each split")
+    rng = np.random.default_rng(seed)
+    freq = np.fft.fftfreq(32) * 32
+    radius = np.hypot(freq[:, None], freq[None, :])
+    spectrum = (radius > 0) * (radius <= 4) / (1.0 + radius)          # low, non-zero frequencies only
+    phases = rng.normal(size=(NUM_CLASSES, 3, 32, 32)) + 1j * rng.normal(size=(NUM_CLASSES, 3, 32, 32))
+    textures = np.fft.ifft2(phases * spectrum).real
+    textures /= textures.std(axis=(1, 2, 3), keepdims=True)
+    colours = rng.normal(0.0, 0.25, size=(NUM_CLASSES, 3, 1, 1))
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % NUM_CLASSES
+        rng.shuffle(labels)
+        dy, dx = rng.integers(0, 32, size=(2, n))
+        rows = (dy[:, None] + np.arange(32)[None, :]) % 32
+        cols = (dx[:, None] + np.arange(32)[None, :]) % 32
+        flip = rng.random(n) < 0.5
+        cols[flip] = cols[flip, ::-1]
+        img = textures[labels[:, None, None, None], np.arange(3)[None, :, None, None],
+                       rows[:, None, :, None], cols[:, None, None, :]]
+        img = img * rng.uniform(0.6, 1.4, size=(n, 1, 1, 1)) + colours[labels]
+        img += rng.normal(0.0, noise, size=img.shape)
+        return np.clip(128 + 40 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+    tr_x, tr_y = make(train)
+    te_x, te_y = make(test)
+    return CifarArrays(tr_x, tr_y, te_x, te_y, LABEL_NAMES, synthetic=True, source=_synthetic_source(train, test, seed))
+
+
+def _synthetic_source(train: int, test: int, seed: int) -> str:
+    return f"synthetic(train={train}, test={test}, seed={seed})"
+
+
+def write(arrays: CifarArrays, dest: str | Path) -> Path:
+    """Write `arrays` in the official layout under `dest/cifar-10-batches-py` (atomically); returns that folder."""
+    folder = Path(dest).expanduser() / FOLDER
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".cifar-write-"))
+    try:
+        chunks = np.array_split(np.arange(len(arrays.train_labels)), len(TRAIN_FILES))
+        batches = [(name, arrays.train_images[idx], arrays.train_labels[idx]) for name, idx in zip(TRAIN_FILES, chunks)]
+        batches.append((TEST_FILE, arrays.test_images, arrays.test_labels))
+        for i, (name, images, labels) in enumerate(batches):
+            record = {b"batch_label": f"{'testing' if name == TEST_FILE else 'training'} batch {i + 1} of 5".encode(),
+                      b"labels": [int(v) for v in labels], b"data": np.ascontiguousarray(images.reshape(len(images), -1)),
+                      b"filenames": [f"{arrays.kind}_{name}_{j:05d}.png".encode() for j in range(len(labels))]}
+            with open(tmp / name, "wb") as f:
+                pickle.dump(record, f, protocol=2)  # the official files are protocol 2
+        meta = {b"label_names": [n.encode() for n in arrays.label_names],
+                b"num_cases_per_batch": int(len(chunks[0])), b"num_vis": 3072}
+        with open(tmp / META_FILE, "wb") as f:
+            pickle.dump(meta, f, protocol=2)
+        if arrays.synthetic:
+            (tmp / SYNTHETIC_MARKER).write_text(json.dumps({"synthetic": True, "source": arrays.source}) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def write_synthetic(dest: str | Path, train: int = 5000, test: int = 1000, seed: int = 0) -> Path:
+    """Generate a synthetic set and write it in the CIFAR-10 layout; returns the batches folder."""
+    return write(synthetic_arrays(train, test, seed), dest)
+
+
+def resolve(data_dir: str | Path, synthetic: bool, *, synthetic_train: int = 5000, synthetic_test: int = 1000,
+            seed: int = 0) -> CifarArrays:
+    """What a training run uses: the real set from `data_dir`, or (synthetic=True) a generated one.
+
+    With synthetic=True and a `data_dir`, the synthetic set is written there once and read back from disk (the same
+    code path as real data); without a `data_dir` it stays in memory.
+    """
+    if not synthetic:
+        return load(data_dir)
+    if not str(data_dir):
+        return synthetic_arrays(synthetic_train, synthetic_test, seed)
+    folder = Path(data_dir).expanduser() / FOLDER
+    marker = folder / SYNTHETIC_MARKER
+    wanted = _synthetic_source(synthetic_train, synthetic_test, seed)
+    if folder.exists() and not marker.is_file():
+        raise ConfigError("synthetic", f"{folder} holds a real (non-synthetic) data set",
+                          "pass synthetic=False to train on it, or choose another data_dir for synthetic data")
+    if not marker.is_file() or json.loads(marker.read_text()).get("source") != wanted:
+        write_synthetic(data_dir, synthetic_train, synthetic_test, seed)
+    return load(data_dir)
