@@ -257,7 +257,8 @@ def _set_image(node: Any, image: dict, extra_paths: list[list[str]]) -> None:
 class MpiJobSpec:
     """Parameters of one DeepSpeed job. Fields left None take the overlay's value (manifests/overlays/<accelerator>)."""
 
-    name: str = "deepspeed-interactive"        # DNS-1035 label, <= 40 chars (pod host names derive from it)
+    name: str = "deepspeed-interactive"        # DNS-1035 label, <= 40 chars; left at this default, batch and
+                                               # trainjob renders keep their own (deepspeed-batch, deepspeed-trainjob)
     namespace: str = "workloads"
     image: str | None = None                   # None: the overlay's image (images/images.yaml)
     workers: int = 2                           # worker pods
@@ -500,8 +501,13 @@ def _set_resources(resources: dict, spec: MpiJobSpec) -> None:
             values[accel] = spec.slots_per_worker
 
 
+def _apply_name(job: dict, spec: MpiJobSpec) -> None:
+    if spec.name != MpiJobSpec.name:
+        job["metadata"]["name"] = spec.name
+
+
 def _apply_mpijob(job: dict, spec: MpiJobSpec) -> None:
-    job["metadata"]["name"] = spec.name
+    _apply_name(job, spec)
     body = job["spec"]
     if spec.slots_per_worker is not None:
         body["slotsPerWorker"] = spec.slots_per_worker
@@ -526,9 +532,7 @@ def _apply_mpijob(job: dict, spec: MpiJobSpec) -> None:
 
 
 def _apply_trainjob(job: dict, spec: MpiJobSpec) -> None:
-    # The TrainJob keeps its own default name unless the caller changed the spec's name.
-    if spec.name != MpiJobSpec.name:
-        job["metadata"]["name"] = spec.name
+    _apply_name(job, spec)
     job["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
     trainer = job["spec"]["trainer"]
     trainer["numNodes"] = spec.workers

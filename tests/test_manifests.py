@@ -1,0 +1,471 @@
+"""manifests/ and labkit.manifests: every overlay renders, validates, equals `kubectl kustomize`, leaks nothing."""
+from __future__ import annotations
+
+import copy
+import io
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit import manifests as m
+from labkit.errors import ConfigError, LabkitError
+
+REPO = Path(__file__).resolve().parents[1]
+KUBECTL = shutil.which("kubectl")
+OVERLAYS = [(a, k) for a in m.ACCELERATORS for k in m.JOB_KINDS]
+
+
+def kubectl_kustomize(directory: Path) -> list[dict]:
+    out = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def job_of(objects):
+    return next(o for o in objects if o["kind"] in ("MPIJob", "TrainJob"))
+
+
+def worker(job):
+    return job["spec"]["mpiReplicaSpecs"]["Worker"]
+
+
+def launcher(job):
+    return job["spec"]["mpiReplicaSpecs"]["Launcher"]
+
+
+def container(replica):
+    return replica["template"]["spec"]["containers"][0]
+
+
+# ------------------------------------------------------------------------------------------- overlays and kubectl
+@pytest.mark.parametrize("accelerator,kind", OVERLAYS)
+def test_overlay_renders_and_every_object_validates(accelerator, kind):
+    objects = m.render_all(m.MpiJobSpec(accelerator=accelerator), kind)
+    kinds = [o["kind"] for o in objects]
+    assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
+    assert "PersistentVolumeClaim" in kinds
+    assert kinds[-1] == ("TrainJob" if kind == "trainjob" else "MPIJob")
+    for obj in objects:
+        m.validate_object(obj)  # raises on any problem
+        assert obj["metadata"].get("namespace", "workloads") == "workloads"
+
+
+@pytest.mark.parametrize("accelerator,kind", OVERLAYS)
+def test_labkit_render_equals_kubectl_kustomize(accelerator, kind):
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed, so the kustomize comparison cannot run (install kubectl >= 1.27)")
+    expected = kubectl_kustomize(m.overlay_dir(accelerator, kind))
+    assert m.kustomize_build(m.overlay_dir(accelerator, kind)) == expected
+    # Default parameters change nothing: the Python render IS the files.
+    assert m.render_all(m.MpiJobSpec(accelerator=accelerator), kind) == expected
+    assert m.render_all(m.MpiJobSpec.from_overlay(accelerator, kind), kind) == expected
+
+
+def test_lab_kustomization_equals_kubectl_and_validates():
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed, so the kustomize comparison cannot run (install kubectl >= 1.27)")
+    objects = m.kustomize_build(REPO / "manifests" / "lab")
+    assert objects == kubectl_kustomize(REPO / "manifests" / "lab")
+    m.validate_objects(objects)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "labkit"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert "value" not in env["JUPYTER_TOKEN"] and env["JUPYTER_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+
+
+def test_spec_defaults_are_the_manifest_values():
+    from_files = m.MpiJobSpec.from_overlay("cpu")
+    defaults = m.MpiJobSpec()
+    for name in ("name", "namespace", "workers", "accelerator", "deadline_seconds", "ttl_seconds_after_finished",
+                 "pvc_name", "storage_size", "hf_token_secret"):
+        assert getattr(defaults, name) == getattr(from_files, name), name
+    resolved = m.MpiJobSpec(accelerator="gaudi").resolved()
+    assert resolved.slots_per_worker == 8 and resolved.hugepages_2mi and resolved.image.startswith("ghcr.io/")
+    assert resolved.launcher_command == ["sleep", "infinity"]
+    assert m.MpiJobSpec(accelerator="nvidia").resolved("batch").launcher_command[0] == "deepspeed"
+
+
+# ------------------------------------------------------------------------------------------- parameters
+def test_parameters_reach_every_object():
+    spec = m.MpiJobSpec(name="ds-big", namespace="team-a", image="registry.example.com/ds:1", workers=4,
+                        slots_per_worker=8, accelerator="nvidia", launcher_command=["python", "train.py"],
+                        deadline_seconds=3600, ttl_seconds_after_finished=60, pvc_name="data", storage_class="fast",
+                        storage_size="1Ti", cpu="16", memory="128Gi", shm_size="64Gi", hf_token_secret="my-hf")
+    objects = m.render_all(spec)
+    by_kind = {o["kind"]: o for o in objects}
+    assert by_kind["Namespace"]["metadata"]["name"] == "team-a"
+    assert all(o["metadata"].get("namespace", "team-a") == "team-a" for o in objects)
+    assert by_kind["RoleBinding"]["subjects"][0]["namespace"] == "team-a"
+    pvc = by_kind["PersistentVolumeClaim"]
+    assert (pvc["metadata"]["name"], pvc["spec"]["storageClassName"], pvc["spec"]["resources"]["requests"]["storage"]) \
+        == ("data", "fast", "1Ti")
+    job = by_kind["MPIJob"]
+    assert job["metadata"]["name"] == "ds-big"
+    assert job["spec"]["slotsPerWorker"] == 8 and worker(job)["replicas"] == 4
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 60
+    assert container(launcher(job))["args"] == ["python", "train.py"]
+    res = container(worker(job))["resources"]
+    for section in ("requests", "limits"):
+        assert res[section] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": 8}
+    for replica in (launcher(job), worker(job)):
+        pod = replica["template"]["spec"]
+        assert container(replica)["image"] == "registry.example.com/ds:1"
+        assert {v["name"]: v for v in pod["volumes"]}["shared"]["persistentVolumeClaim"]["claimName"] == "data"
+        hf = {e["name"]: e for e in container(replica)["env"]}["HF_TOKEN"]
+        assert hf["valueFrom"]["secretKeyRef"]["name"] == "my-hf"
+    assert {v["name"]: v for v in worker(job)["template"]["spec"]["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "64Gi"
+
+
+def test_trainjob_parameters_and_no_token():
+    spec = m.MpiJobSpec(accelerator="gaudi", workers=3, slots_per_worker=4, hf_token_secret=None, memory="200Gi",
+                        deadline_seconds=600)
+    job = m.render_trainjob(spec)
+    trainer = job["spec"]["trainer"]
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                         "name": "deepspeed-distributed"}
+    assert (trainer["numNodes"], trainer["numProcPerNode"], job["spec"]["activeDeadlineSeconds"]) == (3, 4, 600)
+    assert trainer["resourcesPerNode"]["limits"]["habana.ai/gaudi"] == 4
+    assert trainer["resourcesPerNode"]["limits"]["memory"] == "200Gi"
+    assert "HF_TOKEN" not in {e["name"] for e in trainer.get("env", [])}
+    assert trainer["image"].startswith("ghcr.io/labkit/deepspeed-gaudi:")
+
+
+def test_storage_class_empty_string_means_cluster_default():
+    pvc = next(o for o in m.render_all(m.MpiJobSpec(accelerator="nvidia", storage_class=""))
+               if o["kind"] == "PersistentVolumeClaim")
+    assert "storageClassName" not in pvc["spec"]
+    cpu_pvc = next(o for o in m.render_all(m.MpiJobSpec()) if o["kind"] == "PersistentVolumeClaim")
+    assert "storageClassName" not in cpu_pvc["spec"] and cpu_pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"name": "Deep_Speed"}, "name"),
+    ({"name": "x" * 41}, "name"),
+    ({"name": "1st-job"}, "name"),
+    ({"namespace": "Work Loads"}, "namespace"),
+    ({"workers": 0}, "workers"),
+    ({"workers": True}, "workers"),
+    ({"workers": "2"}, "workers"),
+    ({"slots_per_worker": 0}, "slots_per_worker"),
+    ({"slots_per_worker": 16, "accelerator": "gaudi"}, "slots_per_worker"),
+    ({"accelerator": "tpu"}, "accelerator"),
+    ({"image": "not an image"}, "image"),
+    ({"launcher_command": "sleep infinity"}, "launcher_command"),
+    ({"launcher_command": []}, "launcher_command"),
+    ({"launcher_command": ["train", "--token", "hf_" + "a" * 34]}, "launcher_command"),
+    ({"deadline_seconds": 0}, "deadline_seconds"),
+    ({"ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished"),
+    ({"pvc_name": "Shared_Data"}, "pvc_name"),
+    ({"storage_size": "20 GB"}, "storage_size"),
+    ({"cpu": "four"}, "cpu"),
+    ({"memory": 32}, "memory"),
+    ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
+    ({"hf_token_secret": "hf_" + "Q" * 34}, "hf_token_secret"),
+    ({"hf_token_secret": "My Secret"}, "hf_token_secret"),
+])
+def test_bad_parameters_raise_one_config_error_naming_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        m.render_all(m.MpiJobSpec(**kwargs))
+    assert info.value.field == field
+    assert "Fix:" in str(info.value)
+
+
+def test_bad_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="^kind:"):
+        m.render_all(m.MpiJobSpec(), "daemon")
+    with pytest.raises(ConfigError, match="^kind:"):
+        m.render_mpijob(m.MpiJobSpec(), "trainjob")
+
+
+# ------------------------------------------------------------------------------------------- job contents
+@pytest.mark.parametrize("accelerator", m.ACCELERATORS)
+def test_interactive_job_follows_the_operator_contract(accelerator):
+    job = m.render_mpijob(m.MpiJobSpec(accelerator=accelerator))
+    spec = job["spec"]
+    assert job["apiVersion"] == "kubeflow.org/v2beta1"
+    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    assert spec["runPolicy"]["activeDeadlineSeconds"] == 4 * 3600 and spec["runPolicy"]["ttlSecondsAfterFinished"]
+    assert launcher(job)["replicas"] == 1 and container(launcher(job))["args"] == ["sleep", "infinity"]
+    # args (not command) so the image entrypoint (waits for worker DNS) still runs
+    for replica in (launcher(job), worker(job)):
+        assert "command" not in container(replica)
+        pod = replica["template"]["spec"]
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["shared"]["persistentVolumeClaim"]["claimName"] == "labkit-shared"
+        assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+        mounts = {vm["mountPath"] for vm in container(replica)["volumeMounts"]}
+        assert {"/shared", "/dev/shm"} <= mounts
+    w = container(worker(job))
+    assert w["args"] == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    assert w["readinessProbe"]["tcpSocket"]["port"] == m.SSH_PORT == w["ports"][0]["containerPort"]
+
+
+def test_accelerator_resources():
+    nvidia = m.render_mpijob(m.MpiJobSpec(accelerator="nvidia", slots_per_worker=4))
+    assert nvidia["spec"]["slotsPerWorker"] == 4
+    assert container(worker(nvidia))["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert "nvidia.com/gpu" not in container(launcher(nvidia))["resources"].get("limits", {})
+
+    gaudi = m.render_mpijob(m.MpiJobSpec(accelerator="gaudi"))
+    pod = worker(gaudi)["template"]["spec"]
+    res = container(worker(gaudi))["resources"]
+    assert gaudi["spec"]["slotsPerWorker"] == 8 == res["limits"]["habana.ai/gaudi"]
+    assert res["requests"]["hugepages-2Mi"] == res["limits"]["hugepages-2Mi"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"]
+    assert pod["hostIPC"] is True
+    assert "SYS_NICE" in container(worker(gaudi))["securityContext"]["capabilities"]["add"]
+
+    cpu = m.render_mpijob(m.MpiJobSpec(accelerator="cpu"))
+    env = {e["name"]: e.get("value") for e in container(worker(cpu))["env"]}
+    assert env["DS_ACCELERATOR"] == "cpu"
+    assert not any("/" in key for key in container(worker(cpu))["resources"]["limits"])
+
+
+def test_batch_job_runs_training_and_completes():
+    job = m.render_mpijob(m.MpiJobSpec(accelerator="nvidia"), "batch")
+    assert job["metadata"]["name"] == "deepspeed-batch"
+    args = container(launcher(job))["args"]
+    assert args[0] == "deepspeed" and "--hostfile=/etc/mpi/hostfile" in args  # Open MPI 5 ignores OMPI_MCA_orte_*
+    assert launcher(job)["restartPolicy"] == "Never" and job["spec"]["runPolicy"]["backoffLimit"] == 0
+    assert "--force_multi" in args  # one worker must still run the ranks on the worker, not the launcher
+    custom = m.render_mpijob(m.MpiJobSpec(name="run-7", launcher_command=["deepspeed", "x.py"]), "batch")
+    assert custom["metadata"]["name"] == "run-7" and container(launcher(custom))["args"] == ["deepspeed", "x.py"]
+
+
+# ------------------------------------------------------------------------------------------- validation
+@pytest.fixture
+def job():
+    return m.render_mpijob(m.MpiJobSpec(accelerator="gaudi"))
+
+
+def _break(obj, path, value):
+    broken = copy.deepcopy(obj)
+    node = broken
+    for part in path[:-1]:
+        node = node[part]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return broken
+
+
+W = ["spec", "mpiReplicaSpecs", "Worker", "template", "spec"]
+WC = W + ["containers", 0]
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (["spec", "mpiReplicaSpecs", "Launcher", "replicas"], 2,
+     "MPIJob deepspeed-interactive: spec.mpiReplicaSpecs.Launcher.replicas: must be 1"),
+    (["spec", "mpiReplicaSpecs", "Worker", "replicas"], 0, "spec.mpiReplicaSpecs.Worker.replicas: must be greater"),
+    (["spec", "mpiReplicaSpecs", "Launcher"], KeyError, "spec.mpiReplicaSpecs.Launcher: missing"),
+    (["spec", "slotPerWorker"], 2, "spec: unknown field 'slotPerWorker'"),
+    (["spec", "mpiReplicaSpecs", "Worker", "restartPolicy"], "Always", "Worker.restartPolicy: 'Always'"),
+    (["spec", "mpiImplementation"], "MVAPICH", "spec.mpiImplementation"),
+    (["spec", "slotsPerWorker"], 2**31, "spec.slotsPerWorker"),
+    (["spec", "runPolicy", "activeDeadlineSeconds"], "4h", "spec.runPolicy.activeDeadlineSeconds: '4h' is not of type"),
+    (["spec", "sshAuthMountPath"], "/root/.ssh", "spec.sshAuthMountPath: must be /home/mpiuser/.ssh"),
+    (WC + ["resources", "limits", "memory"], "256 GB", "containers[0].resources.limits.memory: '256 GB' is not a "
+                                                       "Kubernetes quantity"),
+    (WC + ["resources", "limits", "hugepages-2Mi"], "16Gi", "requests.hugepages-2Mi: hugepages request"),
+    (WC + ["resources", "limits", "habana.ai/gaudi"], "0.5", "limits.habana.ai/gaudi: '0.5' must be a whole number"),
+    (WC + ["readinessProbe", "tcpSocket", "port"], 22, "readinessProbe.tcpSocket.port: 22 is not the images' sshd"),
+    (WC + ["readinessProbe"], KeyError, "WaitForWorkersReady needs a readiness probe"),
+    (WC + ["livenessProbe"], {"tcpSocket": {"port": 2222}, "periodSecond": 5}, "livenessProbe: unknown field "
+                                                                               "'periodSecond'"),
+    (WC + ["volumeMounts", 0, "name"], "data", "volumeMounts[0].name: 'data' is not a volume of this pod"),
+    (W + ["hostIPC"], "yes", "hostIPC: 'yes' is not of type 'boolean'"),
+    (W + ["securityContext", "runAsUser"], 0, "runAsUser: 0 is not the images' mpiuser uid 1000"),
+    (["metadata", "name"], "Bad.Name", "metadata.name"),
+    (["metadata", "labels", "team"], 7, "metadata.labels.team: 7 must be a string"),
+])
+def test_validate_object_names_the_field(job, path, value, message):
+    with pytest.raises(m.ManifestError) as info:
+        m.validate_object(_break(job, path, value))
+    assert message in str(info.value)
+    assert isinstance(info.value, LabkitError)
+
+
+def test_hugepages_need_cpu_or_memory(job):
+    broken = copy.deepcopy(job)
+    res = broken["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"]
+    for section in ("requests", "limits"):
+        res[section] = {"hugepages-2Mi": "1Gi", "habana.ai/gaudi": 8}
+    with pytest.raises(m.ManifestError, match="needs a cpu or memory request"):
+        m.validate_object(broken)
+
+
+def test_trainjob_and_core_kinds_are_validated():
+    trainjob = m.render_trainjob(m.MpiJobSpec())
+    with pytest.raises(m.ManifestError, match=r"spec.trainer.numProcPerNode: 0 is less than the minimum of 1"):
+        m.validate_object(_break(trainjob, ["spec", "trainer", "numProcPerNode"], 0))
+    with pytest.raises(m.ManifestError, match=r"spec.runtimeRef: 'name' is a required property"):
+        m.validate_object(_break(trainjob, ["spec", "runtimeRef", "name"], KeyError))
+    objects = {o["kind"]: o for o in m.render_all(m.MpiJobSpec())}
+    with pytest.raises(m.ManifestError, match=r"PersistentVolumeClaim labkit-shared: spec: unknown field.*accessMode"):
+        m.validate_object(_break(objects["PersistentVolumeClaim"], ["spec", "accessMode"], ["ReadWriteOnce"]))
+    with pytest.raises(m.ManifestError, match=r"Role labkit: rules\[0\].*verbs"):
+        m.validate_object(_break(objects["Role"], ["rules", 0, "verbs"], "get"))
+    cluster_role = dict(objects["Role"], kind="ClusterRole")
+    with pytest.raises(m.ManifestError, match="nothing cluster-wide"):
+        m.validate_object(cluster_role)
+    with pytest.raises(m.ManifestError, match="not a version labkit knows"):
+        m.validate_object(dict(trainjob, apiVersion="trainer.kubeflow.org/v9"))
+
+
+def test_unsupported_kustomize_features_are_refused(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: [pvc.yaml]\nnamePrefix: dev-\n")
+    (tmp_path / "pvc.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    with pytest.raises(m.ManifestError, match="namePrefix: not supported by labkit's renderer"):
+        m.kustomize_build(tmp_path)
+
+
+def test_manifests_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_MANIFESTS", str(REPO / "manifests"))
+    assert m.manifests_dir() == REPO / "manifests"
+    # A copy elsewhere (as in the lab image, where the package is installed without the repository) works too.
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "manifests"))
+    assert m.overlay_dir("nvidia").is_relative_to(tmp_path)
+    assert m.render_all(m.MpiJobSpec(accelerator="nvidia"))[-1]["kind"] == "MPIJob"
+
+
+def test_missing_manifests_dir_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(m, "__file__", str(tmp_path / "site-packages" / "labkit" / "manifests.py"))
+    with pytest.raises(ConfigError, match="^LABKIT_MANIFESTS: no kit manifests/ directory found"):
+        m.manifests_dir()
+
+
+# ------------------------------------------------------------------------------------------- security
+def test_role_is_namespaced_and_least_privilege():
+    for accelerator, kind in OVERLAYS:
+        kinds = {o["kind"] for o in m.render_all(m.MpiJobSpec(accelerator=accelerator), kind)}
+        assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Secret"}
+    role = next(o for o in m.render_all(m.MpiJobSpec()) if o["kind"] == "Role")
+    grants = {(rule["apiGroups"][0], res): set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
+    assert grants == {
+        ("kubeflow.org", "mpijobs"): {"create", "get", "list", "watch", "delete"},
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+        ("", "pods/exec"): {"create", "get"},
+    }
+    assert all("*" not in str(rule) for rule in role["rules"])
+
+
+def test_no_secret_material_in_any_rendered_manifest():
+    texts = [m.to_yaml(m.render_all(m.MpiJobSpec(accelerator=a), k)) for a, k in OVERLAYS]
+    texts.append(m.to_yaml(m.kustomize_build(REPO / "manifests" / "lab")))
+    texts += [p.read_text() for p in (REPO / "manifests").rglob("*.yaml")]
+    for text in texts:
+        assert m.find_secret_material(text) == []
+        assert "PRIVATE KEY" not in text and "BEGIN OPENSSH" not in text
+        for doc in yaml.safe_load_all(text):
+            if doc and doc.get("kind") == "Secret":
+                pytest.fail("a Secret object is rendered")
+
+
+@pytest.mark.parametrize("planted,what", [
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----", "PEM private key"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleQ user@host", "OpenSSH"),
+    ("hf_" + "abcdEFGHijklMNOPqrstUVWXyz012345", "Hugging Face token"),
+    ("ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "GitHub token"),
+    ("AKIA" + "IOSFODNN7EXAMPLE", "AWS access key"),
+    ("password=" + "hunter2hunter2", "password/token assignment"),
+])
+def test_secret_scanner_catches_planted_material(planted, what):
+    assert any(what in hit for hit in m.find_secret_material(f"args: [run, '{planted}']"))
+    job = m.render_mpijob(m.MpiJobSpec())
+    job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["metadata"]["annotations"] = {"note": planted}
+    with pytest.raises(m.ManifestError, match="looks like"):
+        m.validate_object(job)
+
+
+def test_literal_secret_env_value_is_rejected():
+    job = m.render_mpijob(m.MpiJobSpec())
+    env = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["env"]
+    env[:] = [e for e in env if e["name"] != "HF_TOKEN"] + [{"name": "HF_TOKEN", "value": "short-but-literal"}]
+    with pytest.raises(m.ManifestError, match=r"env\[\d+\]\.value: HF_TOKEN has a literal value"):
+        m.validate_object(job)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": "workloads"},
+              "stringData": {"token": "x"}}
+    with pytest.raises(m.ManifestError, match="Secret with values"):
+        m.validate_object(secret)
+
+
+# ------------------------------------------------------------------------------------------- schemas and CLI
+def test_structural_schemas_are_current_and_lean():
+    source = Path("/work/shared/schemas")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_schemas
+    finally:
+        sys.path.pop(0)
+    for path in (REPO / "labkit" / "schemas").glob("*.json"):
+        text = path.read_text()
+        assert '"description"' not in text  # dropped, as promised
+        assert "x-kubernetes-validations" not in text
+    if not source.is_dir():
+        pytest.skip(f"upstream CRD sources not present at {source}; cannot compare the generated copies")
+    assert make_schemas.main(["--source", str(source), "--check"]) == 0
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    from labkit.cli import main
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(list(argv))
+    return code, buffer.getvalue()
+
+
+def test_cli_render_and_validate(tmp_path, capsys):
+    code, out = run_cli("manifests", "render", "--accelerator", "nvidia", "--kind", "batch", "--workers", "3",
+                        "--slots", "2", "--command", "deepspeed --hostfile /etc/mpi/hostfile train.py --epochs 1")
+    assert code == 0
+    objects = m.load_yaml(out)
+    m.validate_objects(objects)
+    job = job_of(objects)
+    assert worker(job)["replicas"] == 3 and job["spec"]["slotsPerWorker"] == 2
+    assert container(launcher(job))["args"][-2:] == ["--epochs", "1"]
+
+    good = tmp_path / "good.yaml"
+    good.write_text(out)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(out.replace("slotsPerWorker: 2", "slotsPerWorker: two"))
+    code, out = run_cli("manifests", "validate", str(good), str(REPO / "manifests" / "overlays" / "gaudi"))
+    assert code == 0 and "INVALID" not in out and "MPIJob deepspeed-interactive" in out
+    code, out = run_cli("manifests", "validate", str(bad))
+    assert code == 1 and "INVALID" in out and "spec.slotsPerWorker: 'two' is not of type 'integer'" in out
+
+    code, _ = run_cli("manifests", "render", "--workers", "0")
+    assert code == 2
+    assert "labkit: error: workers:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["batch", "trainjob"])
+def test_default_training_commands_parse_with_the_training_script(kind):
+    """The commands in manifests/ must be ones labkit.train accepts (a typo would only show in the cluster)."""
+    import argparse
+
+    from labkit import train
+
+    argv = m.MpiJobSpec().resolved(kind).launcher_command
+    script_args = argv[argv.index("labkit.train") + 1:]
+    parsed = train.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(script_args)
+    assert parsed.synthetic is True and parsed.epochs == 2
+    if kind == "batch":
+        assert parsed.checkpoint_dir.startswith("/shared/")  # on the PVC every pod mounts
