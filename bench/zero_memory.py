@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.05, help="allowed |measured-predicted|/predicted")
     ap.add_argument("--out", default="zero_memory.json", help="where the full JSON report goes")
     ap.add_argument("--log", default=None, help="launcher output log file")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds before all ranks are stopped")
     args = ap.parse_args(argv)
 
     device = zero.detect_device() if args.device == "auto" else args.device
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             world = 2
     plan = zero.make_plan(args.params, world, args.stages, dtype=args.dtype, device=device, steps=args.steps,
-                          warmup=args.warmup, memory_summary=device == "cuda")
+                          warmup=args.warmup, memory_summary=device == "cuda", timeout_s=args.timeout)
     print(f"plan: {plan.params:,} params (hidden {plan.hidden} x {plan.layers} blocks), {plan.dtype}, "
           f"{plan.world_size} x {plan.device}, micro-batch {plan.micro_batch} x {plan.seq}, "
           f"configs {[v.name for v in plan.variants]}", flush=True)

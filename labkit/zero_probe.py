@@ -275,13 +275,20 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
         "init_s": init_s, "step_times_s": step_times, "step_time_s": statistics.median(measured),
         "losses": losses, "phases": phases, "accelerator_before": before,
         "peak_allocated": peak.get("peak_allocated"),
-        "memory_summary": accel.memory_summary() if (device_type == "cuda" and cfg.get("memory_summary")) else None,
+        "memory_summary": _memory_summary(device_type) if cfg.get("memory_summary") else None,
     }
     engine.destroy()
     del engine, basic, model, x, target, out, loss
     gc.collect()
     accel.empty_cache()
     return result
+
+
+def _memory_summary(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return None
+    import torch
+    return torch.cuda.memory_summary(abbreviated=True)
 
 
 def _device_name(accel, device_type: str) -> str:
@@ -308,11 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().device_name() != "cpu":  # before the process group: NCCL binds to the current device
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", args.local_rank)))
     # A rank that dies mid-collective must not leave its peers blocked for ever.
     deepspeed.init_distributed(timeout=timedelta(seconds=plan.get("collective_timeout_s", 300)))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if get_accelerator().device_name() != "cpu":
-        get_accelerator().set_device(args.local_rank)
     with rank_guard(rank):
         results = []
 
