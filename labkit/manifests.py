@@ -132,6 +132,8 @@ def _build(directory: Path, expect_kind: str) -> list[dict]:
     objects: list[dict] = []
     for entry in spec.get("resources", []):
         target = (directory / entry).resolve()
+        if not target.exists():
+            raise ManifestError(str(kfile), "resources", f"{entry!r} does not exist")
         objects.extend(_build(target, "Kustomization") if target.is_dir() else _load_yaml_docs(target))
     for entry in spec.get("components", []):
         component = (directory / entry).resolve()
@@ -178,7 +180,10 @@ def _pointer(path: str) -> list[str]:
 
 def _json_patch(doc: Any, op: dict, where: str) -> None:
     """One RFC 6902 operation (add, replace, remove, test) applied in place."""
-    kind, parts = op["op"], _pointer(op["path"])
+    kind, parts = op.get("op"), _pointer(op.get("path", ""))
+    if kind not in ("add", "replace", "remove", "test"):
+        raise ManifestError(where, op.get("path", "?"), f"patch op {kind!r} is not supported (use add, replace, "
+                            "remove or test)")
     parent = doc
     for part in parts[:-1]:
         try:
@@ -187,7 +192,11 @@ def _json_patch(doc: Any, op: dict, where: str) -> None:
             raise ManifestError(where, op["path"], f"{kind}: path does not exist") from None
     last = parts[-1]
     if isinstance(parent, list):
+        if not (last == "-" or last.isdigit()):
+            raise ManifestError(where, op["path"], f"{last!r} is not a list index")
         index = len(parent) if last == "-" else int(last)
+        if index > len(parent) or (kind != "add" and index >= len(parent)):
+            raise ManifestError(where, op["path"], f"{kind}: index {index} is out of range")
         if kind == "add":
             parent.insert(index, copy.deepcopy(op["value"]))
         elif kind == "replace":
@@ -205,8 +214,6 @@ def _json_patch(doc: Any, op: dict, where: str) -> None:
             del parent[last]
         elif kind == "test" and parent[last] != op["value"]:
             raise ManifestError(where, op["path"], "test failed")
-    if kind not in ("add", "replace", "remove", "test"):
-        raise ManifestError(where, op["path"], f"patch op {kind!r} is not supported (use add, replace, remove, test)")
 
 
 def _split_image(ref: str) -> tuple[str, str]:

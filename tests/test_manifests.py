@@ -332,6 +332,27 @@ def test_unsupported_kustomize_features_are_refused(tmp_path):
         m.kustomize_build(tmp_path)
 
 
+def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: '1'}\n")
+    patch = ("resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n    patch: |-\n"
+             "      - {op: add, path: /data/b, value: '2'}\n      - {op: remove, path: /data/a}\n"
+             "      - {op: add, path: /metadata/labels, value: {app: x}}\n")
+    (tmp_path / "kustomization.yaml").write_text(patch)
+    (obj,) = m.kustomize_build(tmp_path)
+    assert obj["data"] == {"b": "2"} and obj["metadata"]["labels"] == {"app": "x"}
+    if KUBECTL:
+        assert [obj] == kubectl_kustomize(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(patch.replace("/data/a}", "/data/zzz}"))
+    with pytest.raises(m.ManifestError, match="/data/zzz: remove: path does not exist"):
+        m.kustomize_build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(patch.replace("op: remove", "op: move"))
+    with pytest.raises(m.ManifestError, match="patch op 'move' is not supported"):
+        m.kustomize_build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
+    with pytest.raises(m.ManifestError, match="'missing.yaml' does not exist"):
+        m.kustomize_build(tmp_path)
+
+
 def test_manifests_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_MANIFESTS", str(REPO / "manifests"))
     assert m.manifests_dir() == REPO / "manifests"
@@ -469,3 +490,12 @@ def test_default_training_commands_parse_with_the_training_script(kind):
     assert parsed.synthetic is True and parsed.epochs == 2
     if kind == "batch":
         assert parsed.checkpoint_dir.startswith("/shared/")  # on the PVC every pod mounts
+        # ... and the launcher part is one DeepSpeed's own runner accepts, with the flags the cluster needs.
+        from deepspeed.launcher import runner
+
+        assert argv[0] == "deepspeed"
+        ds = runner.parse_args(argv[1:])
+        assert (ds.hostfile, ds.launcher, ds.force_multi, ds.no_ssh_check, ds.module, ds.user_script) == \
+            ("/etc/mpi/hostfile", "openmpi", True, True, True, "labkit.train")
+    else:
+        assert argv[:3] == ["mpirun", "--hostfile", "/etc/mpi/hostfile"]
