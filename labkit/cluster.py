@@ -1,0 +1,569 @@
+"""Cluster inventory through the official `kubernetes` client: nodes, their accelerators and huge pages, and the CRDs
+the kit's jobs need (MPIJob v2beta1, Kubeflow Trainer's TrainJob).
+
+No kubeconfig is a normal state (a laptop): `discover_cluster` then returns a report saying "no cluster configured" and
+`load_client` raises one LabkitError that says how to configure one. The kubernetes package is imported only inside
+functions, so `import labkit.cluster` stays cheap on machines without it (the GPU benchmark image).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from labkit.errors import ConfigError, LabkitError
+
+NO_CLUSTER_MESSAGE = ("no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
+                      "or run inside a pod with a service account")
+
+# Extended resources of the device plugins, by accelerator kind.
+ACCELERATOR_RESOURCES = {"nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi", "amd": "amd.com/gpu"}
+TRACKED_RESOURCES = (*ACCELERATOR_RESOURCES.values(), "hugepages-2Mi", "hugepages-1Gi", "cpu", "memory")
+
+# GKE's accelerator label values (cloud.google.com/gke-accelerator) as the products people know.
+GKE_ACCELERATORS = {
+    "nvidia-tesla-k80": "NVIDIA K80", "nvidia-tesla-p4": "NVIDIA P4", "nvidia-tesla-p100": "NVIDIA P100",
+    "nvidia-tesla-v100": "NVIDIA V100", "nvidia-tesla-t4": "NVIDIA T4", "nvidia-l4": "NVIDIA L4",
+    "nvidia-tesla-a100": "NVIDIA A100 40GB", "nvidia-a100-80gb": "NVIDIA A100 80GB",
+    "nvidia-h100-80gb": "NVIDIA H100 80GB", "nvidia-h100-mega-80gb": "NVIDIA H100 Mega 80GB",
+    "nvidia-h200-141gb": "NVIDIA H200 141GB", "nvidia-b200": "NVIDIA B200",
+}
+LABEL_NVIDIA_PRODUCT = "nvidia.com/gpu.product"        # NVIDIA GPU feature discovery, e.g. NVIDIA-H100-80GB-HBM3
+LABEL_NVIDIA_MEMORY = "nvidia.com/gpu.memory"          # MiB per GPU (GFD)
+LABEL_GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+LABEL_AMD_PRODUCT = "amd.com/gpu.product-name"         # AMD node labeller, e.g. AMD_Instinct_MI300X_OAM
+LABEL_AMD_VRAM = "amd.com/gpu.vram"                    # e.g. 192G
+LABEL_INTEL_GAUDI = "intel.feature.node.kubernetes.io/gaudi"  # Intel NFD rule: "true" on Gaudi nodes
+LABEL_PCI_HABANA = "feature.node.kubernetes.io/pci-1da3.present"  # NFD: a Habana Labs PCI device (vendor 1da3)
+LABEL_PCI_NVIDIA = "feature.node.kubernetes.io/pci-10de.present"  # NFD: an NVIDIA PCI device
+ACCELERATOR_LABEL_PREFIXES = ("nvidia.com/", "amd.com/", "beta.amd.com/", "habana.ai/", "cloud.google.com/gke-accelerator",
+                              "intel.feature.node.kubernetes.io/gaudi", LABEL_PCI_HABANA, LABEL_PCI_NVIDIA,
+                              "node.kubernetes.io/instance-type")
+
+MPIJOB_CRD = "mpijobs.kubeflow.org"
+MPIJOB_VERSION = "v2beta1"
+TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
+TRAINJOB_VERSION = "v1alpha1"
+
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Where the cluster configuration comes from
+
+
+@dataclass(frozen=True)
+class KubeconfigSource:
+    """Which configuration a client would use: kubeconfig file(s) or the pod's service account. Holds no credentials."""
+
+    kind: str                      # "file" | "in-cluster"
+    paths: tuple[str, ...] = ()
+    context: str | None = None     # the context that would be used
+    server: str | None = None      # the API server URL of that context's cluster
+
+    def describe(self) -> str:
+        if self.kind == "in-cluster":
+            return f"in-cluster service account (server {self.server})"
+        where = ", ".join(self.paths)
+        ctx = f", context {self.context}" if self.context else ""
+        srv = f", server {self.server}" if self.server else ""
+        return f"kubeconfig {where}{ctx}{srv}"
+
+
+def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None]:
+    """(context, server) the way kubectl merges files: the first file that sets a value wins. Never returns secrets."""
+    import yaml
+
+    current, contexts, clusters = None, {}, {}
+    for path in paths:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("kubeconfig", f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})",
+                              "fix or remove that file, or point KUBECONFIG at a valid one") from None
+        if not isinstance(doc, dict):
+            raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)",
+                              "point KUBECONFIG at a file written by kubectl, kind or minikube")
+        current = current or doc.get("current-context")
+        for item in doc.get("contexts") or []:
+            if isinstance(item, dict) and item.get("name"):
+                contexts.setdefault(item["name"], item.get("context") or {})
+        for item in doc.get("clusters") or []:
+            if isinstance(item, dict) and item.get("name"):
+                clusters.setdefault(item["name"], item.get("cluster") or {})
+    chosen = context or current
+    if chosen and chosen not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        field_name = "context" if context else "kubeconfig"
+        raise ConfigError(field_name, f"context {chosen!r} is not in {', '.join(paths)} (contexts: {known})",
+                          "pick one of those contexts (kubectl config get-contexts)")
+    server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
+    return chosen, server
+
+
+def find_kubeconfig(kubeconfig: str | os.PathLike | None = None, context: str | None = None,
+                    env: Mapping[str, str] | None = None) -> KubeconfigSource | None:
+    """The configuration a client would load, or None when no cluster is configured.
+
+    Order as kubectl: an explicit file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config,
+    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not "no cluster").
+    """
+    env = os.environ if env is None else env
+    if kubeconfig:
+        path = Path(kubeconfig).expanduser()
+        if not path.is_file():
+            raise ConfigError("kubeconfig", f"{path} does not exist",
+                              "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config")
+        paths = [str(path)]
+    elif env.get("KUBECONFIG"):
+        paths = [p for p in env["KUBECONFIG"].split(os.pathsep) if p and Path(p).expanduser().is_file()]
+        paths = [str(Path(p).expanduser()) for p in paths]
+    else:
+        home = Path(env.get("HOME") or Path.home())
+        default = home / ".kube" / "config"
+        paths = [str(default)] if default.is_file() else []
+    if paths:
+        ctx, server = _read_kubeconfig_summary(paths, context)
+        return KubeconfigSource("file", tuple(paths), ctx, server)
+    if env.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
+        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
+        host = f"[{host}]" if ":" in host else host
+        return KubeconfigSource("in-cluster", (), None, f"https://{host}:{port}")
+    return None
+
+
+def _load_configuration(source: KubeconfigSource, context: str | None):
+    """A kubernetes.client.Configuration for `source` (never the client's global default)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if source.kind == "in-cluster":
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            # Always pass the file(s): the client reads $KUBECONFIG once, when it is first imported.
+            config.load_kube_config(config_file=os.pathsep.join(source.paths), context=context,
+                                    client_configuration=cfg, persist_config=False)
+    except config.ConfigException as exc:
+        raise LabkitError(f"cannot load the cluster configuration from {source.describe()}: {exc}. "
+                          "Fix: check it with `kubectl config view` and `kubectl get nodes`") from None
+    return cfg
+
+
+def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
+    """A kubernetes ApiClient for the configured cluster, or a LabkitError saying that no cluster is configured.
+
+    `kubeconfig`: a kubeconfig path (default $KUBECONFIG, ~/.kube/config, then the in-cluster service account);
+    `context`: a context name from it (default: its current-context).
+    """
+    from kubernetes import client
+
+    source = find_kubeconfig(kubeconfig, context)
+    if source is None:
+        raise LabkitError(NO_CLUSTER_MESSAGE)
+    return client.ApiClient(configuration=_load_configuration(source, context))
+
+
+def _quick_client(source: KubeconfigSource, context: str | None):
+    """A client that fails fast: no urllib3 retries, so a dead server costs one timeout, not four."""
+    from kubernetes import client
+
+    cfg = _load_configuration(source, context)
+    cfg.retries = False
+    return client.ApiClient(configuration=cfg)
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The useful part of a client/urllib3 error: 'Connection refused', 'HTTP 401 Unauthorized', a timeout."""
+    status = getattr(exc, "status", None)
+    if status:  # kubernetes ApiException with an HTTP status
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host",
+                   "certificate verify failed", "Network is unreachable"):
+        if marker in text:
+            return marker
+    return text[:200]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# API server reachability (used by `labkit check`)
+
+
+@dataclass(frozen=True)
+class ApiProbe:
+    """Whether the API server answered, within a hard time limit."""
+
+    reachable: bool
+    server: str | None
+    version: str | None = None       # e.g. v1.32.0
+    status: int | None = None        # HTTP status when the server answered with an error (401, 403, ...)
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+
+def probe_api_server(kubeconfig: str | os.PathLike | None = None, context: str | None = None, *,
+                     timeout: float = 2.0) -> ApiProbe:
+    """GET /version with `timeout` seconds in all (config loading included); never hangs.
+
+    The request runs in a daemon thread joined with the time limit: an exec credential plugin or a black-holed address
+    cannot stall the caller. Raises LabkitError only when no cluster is configured.
+    """
+    source = find_kubeconfig(kubeconfig, context)
+    if source is None:
+        raise LabkitError(NO_CLUSTER_MESSAGE)
+    # Import before the clock starts: a cold import of the client takes seconds on a busy laptop and is not the network.
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    outcome: dict[str, Any] = {}
+    start = time.monotonic()
+
+    def call() -> None:
+        import urllib3
+
+        try:
+            api = _quick_client(source, context)
+        except LabkitError as exc:
+            outcome["unreachable"] = str(exc)
+            return
+        try:
+            info = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout))
+            outcome["version"] = info.git_version
+        except ApiException as exc:
+            if exc.status:  # the server answered (e.g. 401/403): reachable, but the request was refused
+                outcome["status"] = exc.status
+                outcome["error"] = _short_reason(exc)
+            else:  # TLS and similar failures before any HTTP answer
+                outcome["unreachable"] = _short_reason(exc)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, no route
+            outcome["unreachable"] = _short_reason(exc)
+        except Exception as exc:  # it answered, but not with a /version this client version can parse
+            outcome["error"] = f"unexpected /version reply ({type(exc).__name__})"
+        finally:
+            api.close()
+
+    worker = threading.Thread(target=call, name="labkit-api-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    elapsed = time.monotonic() - start
+    if worker.is_alive():
+        return ApiProbe(False, source.server, error=f"no answer within {timeout:g} s", elapsed_s=elapsed)
+    if "unreachable" in outcome:
+        return ApiProbe(False, source.server, error=outcome["unreachable"], elapsed_s=elapsed)
+    return ApiProbe(True, source.server, version=outcome.get("version"), status=outcome.get("status"),
+                    error=outcome.get("error"), elapsed_s=elapsed)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Nodes
+
+
+def _number(quantity: Any) -> float | int:
+    """A Kubernetes quantity ('8', '500m', '1Ti', '64Gi') as a number: int where whole (devices, bytes), else float."""
+    from kubernetes.utils import parse_quantity
+
+    value = parse_quantity(str(quantity))
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def accelerator_from_labels(labels: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(kind, product) named by a node's labels: NVIDIA GFD, GKE, AMD node labeller, Intel/NFD; (None, None) if none."""
+    labels = labels or {}
+    if labels.get(LABEL_NVIDIA_PRODUCT):
+        return "nvidia", labels[LABEL_NVIDIA_PRODUCT]
+    if labels.get(LABEL_GKE_ACCELERATOR):
+        value = labels[LABEL_GKE_ACCELERATOR]
+        return "nvidia", GKE_ACCELERATORS.get(value, value)
+    for key in (LABEL_AMD_PRODUCT, "beta.amd.com/gpu.product-name"):
+        if labels.get(key):
+            return "amd", labels[key]
+    if str(labels.get(LABEL_INTEL_GAUDI, "")).lower() == "true" or str(labels.get(LABEL_PCI_HABANA, "")).lower() == "true":
+        return "gaudi", "Intel Gaudi"
+    if str(labels.get(LABEL_PCI_NVIDIA, "")).lower() == "true":
+        return "nvidia", "NVIDIA GPU (no GPU feature discovery label)"
+    return None, None
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """What one node offers the kit: accelerators, huge pages, CPU and memory (capacity and allocatable)."""
+
+    name: str
+    ready: bool
+    schedulable: bool
+    accelerator_kind: str | None           # nvidia | amd | gaudi | None
+    accelerator_product: str | None
+    accelerator_memory: int | None         # bytes per device, where a label says
+    capacity: dict[str, int | float] = field(default_factory=dict)     # resource -> devices / cores / bytes
+    allocatable: dict[str, int | float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)              # the accelerator-related labels only
+    taints: tuple[str, ...] = ()
+
+    @property
+    def accelerators(self) -> int:
+        """Allocatable devices of the node's accelerator kind (0 when it has none)."""
+        return int(sum(self.allocatable.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))
+
+    @property
+    def hugepages_2mi_bytes(self) -> int:
+        return int(self.allocatable.get("hugepages-2Mi", 0))
+
+    def row(self) -> dict[str, Any]:
+        from labkit.tabular import format_bytes
+
+        return {"node": self.name, "ready": "yes" if self.ready else "NO",
+                "schedulable": "yes" if self.schedulable else "cordoned",
+                "kind": self.accelerator_kind or "cpu", "product": self.accelerator_product or "-",
+                "accelerators": f"{self.accelerators}/{int(sum(self.capacity.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))}",
+                "hugepages-2Mi": format_bytes(self.hugepages_2mi_bytes),
+                "cpu": self.allocatable.get("cpu"), "memory": format_bytes(self.allocatable.get("memory")),
+                "taints": ", ".join(self.taints) or "-"}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["taints"] = list(self.taints)
+        data["accelerators"] = self.accelerators
+        data["hugepages_2mi_bytes"] = self.hugepages_2mi_bytes
+        return data
+
+
+def _resources(mapping: Mapping[str, Any] | None) -> dict[str, int | float]:
+    return {name: _number(value) for name, value in (mapping or {}).items() if name in TRACKED_RESOURCES}
+
+
+def node_inventory(node) -> NodeInventory:
+    """A NodeInventory from a kubernetes.client V1Node."""
+    meta, spec, status = node.metadata, node.spec, node.status
+    labels = dict(meta.labels or {})
+    capacity = _resources(status.capacity if status else None)
+    allocatable = _resources(status.allocatable if status else None)
+    kind, product = accelerator_from_labels(labels)
+    if kind is None:  # a device plugin without labels still shows up as a resource
+        for candidate, resource in ACCELERATOR_RESOURCES.items():
+            if capacity.get(resource):
+                kind, product = candidate, f"unknown {candidate} accelerator (no product label)"
+                break
+    memory = None
+    if labels.get(LABEL_NVIDIA_MEMORY, "").isdigit():
+        memory = int(labels[LABEL_NVIDIA_MEMORY]) * 2**20
+    elif labels.get(LABEL_AMD_VRAM):
+        try:
+            memory = _number(labels[LABEL_AMD_VRAM].replace("G", "Gi") if labels[LABEL_AMD_VRAM].endswith("G")
+                             else labels[LABEL_AMD_VRAM])
+        except Exception:  # an unexpected label format is not worth failing the inventory for
+            memory = None
+    ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])) if status else False
+    taints = tuple(f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in ((spec.taints if spec else None) or []))
+    return NodeInventory(
+        name=meta.name, ready=ready, schedulable=not bool(spec and spec.unschedulable),
+        accelerator_kind=kind, accelerator_product=product, accelerator_memory=memory,
+        capacity=capacity, allocatable=allocatable,
+        labels={k: v for k, v in labels.items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)}, taints=taints)
+
+
+def list_node_inventory(api_client, *, timeout: float = 10.0) -> list[NodeInventory]:
+    from kubernetes import client
+
+    nodes = client.CoreV1Api(api_client).list_node(_request_timeout=timeout)
+    return sorted((node_inventory(n) for n in nodes.items), key=lambda n: n.name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CRDs
+
+
+@dataclass(frozen=True)
+class CrdStatus:
+    """Whether a CRD is installed and serves the version the kit's manifests use."""
+
+    name: str
+    wanted_version: str
+    installed: bool | None                 # None: could not tell (e.g. no RBAC to read CRDs)
+    served_versions: tuple[str, ...] = ()
+    storage_version: str | None = None
+    problem: str | None = None
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.installed) and self.wanted_version in self.served_versions
+
+    def row(self) -> dict[str, Any]:
+        state = "unknown" if self.installed is None else ("ok" if self.ok else ("missing" if not self.installed else "wrong version"))
+        return {"crd": self.name, "wanted": self.wanted_version, "served": ", ".join(self.served_versions) or "-",
+                "state": state, "problem": self.problem or "-", "fix": self.fix or "-"}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["served_versions"] = list(self.served_versions)
+        data["ok"] = self.ok
+        return data
+
+
+def _served(crd) -> tuple[tuple[str, ...], str | None]:
+    versions = crd.spec.versions or []
+    return tuple(v.name for v in versions if v.served), next((v.name for v in versions if v.storage), None)
+
+
+def mpijob_crd_status(crd) -> CrdStatus:
+    """MPIJob CRD (a V1CustomResourceDefinition or None when absent): v2beta1 served, or the training-operator v1 clash."""
+    if crd is None:
+        return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, False, problem="the MPIJob CRD is not installed",
+                         fix="install the MPI Operator v0.5 or later (its deploy/v2beta1/mpi-operator.yaml), "
+                             "or use the local backend")
+    served, storage = _served(crd)
+    if MPIJOB_VERSION in served:
+        return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, True, served, storage)
+    if "v1" in served:
+        return CrdStatus(
+            MPIJOB_CRD, MPIJOB_VERSION, True, served, storage,
+            problem="mpijobs.kubeflow.org is served at v1 (Kubeflow training-operator v1), not v2beta1: "
+                    "the kit's MPIJob manifests would be rejected, and the two CRD versions cannot coexist",
+            fix="disable the training-operator's MPIJob support (its --enable-scheme flag without mpijob), delete "
+                "its v1 mpijobs.kubeflow.org CRD, then install the MPI Operator v0.5 or later")
+    return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, True, served, storage,
+                     problem=f"mpijobs.kubeflow.org serves {', '.join(served) or 'no version'}, not v2beta1",
+                     fix="install the MPI Operator v0.5 or later")
+
+
+def trainjob_crd_status(crd) -> CrdStatus:
+    """Kubeflow Trainer v2's TrainJob CRD (trainer.kubeflow.org, v1alpha1)."""
+    if crd is None:
+        return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, False, problem="Kubeflow Trainer (TrainJob) is not installed",
+                         fix="optional: install Kubeflow Trainer v2 to submit TrainJobs; MPIJobs do not need it")
+    served, storage = _served(crd)
+    if TRAINJOB_VERSION in served:
+        return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage)
+    return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage,
+                     problem=f"trainjobs.trainer.kubeflow.org serves {', '.join(served) or 'no version'}, not v1alpha1",
+                     fix="install a Kubeflow Trainer release that serves trainer.kubeflow.org/v1alpha1")
+
+
+def read_crd(api_client, name: str, *, timeout: float = 10.0):
+    """The CRD object, None when it does not exist; ApiException for anything else (e.g. 403)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return client.ApiextensionsV1Api(api_client).read_custom_resource_definition(name, _request_timeout=timeout)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
+    from kubernetes.client.exceptions import ApiException
+
+    out = []
+    for name, wanted, judge in ((MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status),
+                                (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status)):
+        try:
+            out.append(judge(read_crd(api_client, name, timeout=timeout)))
+        except ApiException as exc:
+            if exc.status not in (401, 403):
+                raise
+            out.append(CrdStatus(name, wanted, None, problem=f"cannot read CRDs ({_short_reason(exc)})",
+                                 fix="ask for read access to customresourcedefinitions, or check with "
+                                     f"`kubectl api-resources --api-group={name.split('.', 1)[1]}`"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The whole picture
+
+
+@dataclass
+class ClusterReport:
+    """Everything `labkit discover --cluster` and notebook 01 show about the cluster."""
+
+    configured: bool
+    reachable: bool = False
+    source: str | None = None
+    server: str | None = None
+    nodes: list[NodeInventory] = field(default_factory=list)
+    crds: list[CrdStatus] = field(default_factory=list)
+    error: str | None = None
+
+    def totals(self) -> dict[str, Any]:
+        by_kind: dict[str, int] = {}
+        for node in self.nodes:
+            if node.accelerator_kind and node.accelerators:
+                by_kind[node.accelerator_kind] = by_kind.get(node.accelerator_kind, 0) + node.accelerators
+        return {"nodes": len(self.nodes), "ready_nodes": sum(n.ready for n in self.nodes),
+                "accelerators": by_kind, "hugepages_2mi_bytes": sum(n.hugepages_2mi_bytes for n in self.nodes)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"configured": self.configured, "reachable": self.reachable, "source": self.source,
+                "server": self.server, "error": self.error, "totals": self.totals(),
+                "nodes": [n.to_dict() for n in self.nodes], "crds": [c.to_dict() for c in self.crds]}
+
+    def text(self) -> str:
+        from labkit.tabular import text_table
+
+        if not self.configured or not self.reachable:
+            return f"cluster: {self.error}"
+        parts = [f"cluster: {self.source}",
+                 text_table([n.row() for n in self.nodes], NODE_COLUMNS) if self.nodes else "(no nodes)",
+                 text_table([c.row() for c in self.crds], CRD_COLUMNS)]
+        return "\n\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        from labkit.tabular import html_table
+
+        if not self.configured or not self.reachable:
+            return f"<p><b>cluster:</b> {escape(self.error or '')}</p>"
+        return (f"<p><b>cluster:</b> {escape(self.source or '')}</p>"
+                + html_table([n.row() for n in self.nodes], NODE_COLUMNS, status_column=None)
+                + html_table([c.row() for c in self.crds], CRD_COLUMNS, status_column=None))
+
+
+NODE_COLUMNS = ("node", "ready", "schedulable", "kind", "product", "accelerators", "hugepages-2Mi", "cpu", "memory", "taints")
+CRD_COLUMNS = ("crd", "wanted", "served", "state", "problem", "fix")
+
+
+def discover_cluster(kubeconfig: str | os.PathLike | None = None, context: str | None = None, *,
+                     timeout: float = 10.0) -> ClusterReport:
+    """Nodes and CRDs of the configured cluster. No cluster configured, or one that does not answer, is a report with
+    `error` set, not an exception; an explicit kubeconfig path that does not exist is a ConfigError."""
+    source = find_kubeconfig(kubeconfig, context)
+    if source is None:
+        return ClusterReport(configured=False, error=NO_CLUSTER_MESSAGE)
+    report = ClusterReport(configured=True, source=source.describe(), server=source.server)
+    try:
+        api = _quick_client(source, context)
+    except LabkitError as exc:
+        report.error = str(exc)
+        return report
+    try:
+        report.nodes = list_node_inventory(api, timeout=timeout)
+        report.reachable = True
+        report.crds = crd_statuses(api, timeout=timeout)
+    except Exception as exc:  # unreachable, refused, forbidden: the report says which
+        report.error = f"{'listing nodes' if not report.reachable else 'reading CRDs'} on {source.server} failed: " \
+                       f"{_short_reason(exc)}"
+    finally:
+        api.close()
+    return report
+
+
+def resolve_cluster_mode(cluster: str, kubeconfig: str | os.PathLike | None = None,
+                         context: str | None = None) -> bool:
+    """Notebook parameter `cluster` (auto|on|off) -> whether to query the cluster. 'on' without a configured cluster
+    is a ConfigError, raised before any work; 'auto' queries only when a configuration exists."""
+    value = str(cluster).strip().lower()
+    if value not in ("auto", "on", "off"):
+        raise ConfigError("cluster", f"unknown value {cluster!r}", "use 'auto' (query when configured), 'on' or 'off'")
+    if value == "off":
+        return False
+    source = find_kubeconfig(kubeconfig or None, context or None)
+    if source is None and value == "on":
+        raise ConfigError("cluster", f"'on' but {NO_CLUSTER_MESSAGE}", "configure a cluster or use cluster='auto'")
+    return source is not None

@@ -1,0 +1,86 @@
+"""Figures for notebooks 00 and 01: check summary, local device memory, accelerators and huge pages per node.
+
+Figures are built with matplotlib.figure.Figure directly (no pyplot): nothing global is left open, and they render
+under any backend, Agg included. Notebooks show them by returning the Figure from a cell.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+GIB = 2**30
+STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
+KIND_COLOURS = {"nvidia": "#76b900", "cuda": "#76b900", "gaudi": "#0071c5", "hpu": "#0071c5", "amd": "#ed1c24",
+                "cpu": "#7f7f7f"}
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def check_summary_figure(checks: Sequence) -> "Figure":  # noqa: F821
+    """Stacked horizontal bars: pass/warn/fail counts per check group."""
+    groups: list[str] = []
+    for c in checks:
+        if c.group not in groups:
+            groups.append(c.group)
+    fig = _figure(7, 0.45 * max(len(groups), 2) + 1)
+    ax = fig.add_subplot()
+    left = [0] * len(groups)
+    for status in ("pass", "warn", "fail"):
+        counts = [sum(1 for c in checks if c.group == g and c.status == status) for g in groups]
+        ax.barh(groups, counts, left=left, color=STATUS_COLOURS[status], label=status)
+        left = [a + b for a, b in zip(left, counts)]
+    ax.invert_yaxis()
+    ax.set_xlabel("checks")
+    ax.set_title("Environment checks by group")
+    ax.legend(loc="lower right")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def device_memory_figure(devices: Sequence) -> "Figure":  # noqa: F821
+    """Memory in use vs total per local device (GiB); devices whose use is unknown show the total only."""
+    labels = [f"{d.kind}:{d.index} {d.name[:28]}" for d in devices]
+    totals = [(d.mem_total or 0) / GIB for d in devices]
+    used = [(d.mem_used or 0) / GIB for d in devices]
+    fig = _figure(7, 0.5 * max(len(devices), 2) + 1)
+    ax = fig.add_subplot()
+    ax.barh(labels, totals, color="#d0d0d0", label="total")
+    ax.barh(labels, used, color=[KIND_COLOURS.get(d.kind, "#555555") for d in devices], label="in use")
+    for y, (t, u, d) in enumerate(zip(totals, used, devices)):
+        note = f"{u:.1f} / {t:.1f} GiB" if d.mem_used is not None else f"{t:.1f} GiB (use unknown)"
+        ax.text(t, y, " " + note, va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("GiB")
+    ax.set_xlim(0, max(totals + [1]) * 1.35)
+    ax.set_title("Local devices: memory")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def node_accelerators_figure(nodes: Sequence) -> "Figure":  # noqa: F821
+    """Per node: allocatable accelerators by kind (left) and allocatable hugepages-2Mi in GiB (right)."""
+    names = [n.name for n in nodes]
+    fig = _figure(10, 0.45 * max(len(nodes), 2) + 1.2)
+    ax_acc, ax_huge = fig.subplots(1, 2, sharey=True)
+    kinds = sorted({n.accelerator_kind for n in nodes if n.accelerator_kind})
+    left = [0] * len(nodes)
+    for kind in kinds:
+        counts = [n.accelerators if n.accelerator_kind == kind else 0 for n in nodes]
+        ax_acc.barh(names, counts, left=left, color=KIND_COLOURS.get(kind, "#555555"), label=kind)
+        left = [a + b for a, b in zip(left, counts)]
+    if not kinds:  # keep the axis (and the node names) even on a CPU-only cluster
+        ax_acc.barh(names, [0] * len(nodes))
+        ax_acc.text(0.5, 0.5, "no accelerators", transform=ax_acc.transAxes, ha="center", va="center")
+    ax_acc.set_xlabel("allocatable accelerators")
+    ax_acc.set_title("Accelerators per node")
+    ax_acc.xaxis.get_major_locator().set_params(integer=True)
+    if kinds:
+        ax_acc.legend(loc="lower right")
+    ax_huge.barh(names, [n.hugepages_2mi_bytes / GIB for n in nodes], color="#8e24aa")
+    ax_huge.set_xlabel("hugepages-2Mi (GiB)")
+    ax_huge.set_title("Huge pages per node (Gaudi pods need them)")
+    ax_acc.invert_yaxis()
+    return fig
