@@ -318,7 +318,7 @@ class MpiJobSpec:
                         max_len=253, example="nfs-client")
         for name in ("storage_size", "cpu", "memory", "hugepages_2mi", "shm_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not _QUANTITY.match(value)):
+            if (value is not None or name == "storage_size") and (not isinstance(value, str) or not _QUANTITY.match(value)):
                 raise ConfigError(name, f"{value!r} is not a Kubernetes quantity",
                                   'use a string like "4", "500m", "16Gi" (or None for the overlay\'s value)')
         if self.hugepages_2mi is not None and self.accelerator != "gaudi":
@@ -365,9 +365,11 @@ class MpiJobSpec:
 
 
 def _check_name(field_name: str, value: Any, pattern: re.Pattern, what: str, *, max_len: int, example: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > max_len or not pattern.match(value):
-        length = f" of at most {max_len} characters" if isinstance(value, str) and len(value) > max_len else ""
-        raise ConfigError(field_name, f"{value!r} is not {what}{length}", f"use something like {example!r}")
+    if isinstance(value, str) and len(value) > max_len:
+        raise ConfigError(field_name, f"{value[:20]!r}... has {len(value)} characters, more than {max_len}",
+                          f"use a shorter name, like {example!r}")
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ConfigError(field_name, f"{value!r} is not {what}", f"use something like {example!r}")
 
 
 def _check_int(field_name: str, value: Any, low: int, high: int, extra: str = "") -> None:

@@ -166,6 +166,7 @@ def test_storage_class_empty_string_means_cluster_default():
     ({"ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished"),
     ({"pvc_name": "Shared_Data"}, "pvc_name"),
     ({"storage_size": "20 GB"}, "storage_size"),
+    ({"storage_size": None}, "storage_size"),
     ({"cpu": "four"}, "cpu"),
     ({"memory": 32}, "memory"),
     ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
