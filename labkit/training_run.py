@@ -1,0 +1,215 @@
+"""Plan and run CIFAR-10 training from a notebook or the CLI: validate parameters, pick in-process or launched ranks,
+read the metrics back.
+
+`plan(...)` checks every parameter (ConfigError before any work), resolves the automatic values for the device, builds
+the DeepSpeed config and the launcher command; `execute(plan)` trains one rank in this process or N ranks through
+`labkit.launch`, and returns rank 0's records. Temporary folders belong to the plan and are removed when it is
+closed, garbage-collected or the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import sys
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from labkit import train
+from labkit.errors import ConfigError, LabkitError
+
+LAUNCHERS = ("auto", "inprocess", "deepspeed", "openmpi", "mpirun")
+CPU_TRAIN_IMAGES = 2500  # automatic data size on a CPU: an epoch in seconds, the whole notebook in about a minute
+CPU_TEST_IMAGES = 500
+CPU_WIDTH = 0.5
+
+
+@dataclass
+class TrainingPlan:
+    config: train.TrainConfig        # resolved: device, dtype, micro_batch, lr filled in
+    world_size: int
+    launcher: str                    # inprocess | deepspeed | openmpi | mpirun
+    workdir: Path                    # metrics (and checkpoints unless checkpoint_dir was given) live here
+    train_images: int
+    total_steps: int
+    deepspeed_config: dict
+    command: list[str] = field(default_factory=list)  # the launcher argv ([] for in-process)
+    _cleanup: weakref.finalize | None = field(default=None, repr=False)
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.config.metrics)
+
+    def close(self) -> None:
+        """Remove the plan's temporary folder (a no-op for user-given folders)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+
+def _temporary_dir() -> Path:
+    import os
+
+    base = os.environ.get("LABKIT_RUN_DIR") or None  # set by `labkit run`: keep files inside the run folder
+    return Path(tempfile.mkdtemp(prefix="cifar10-", dir=base))
+
+
+def plan(*, data_dir: str = "", synthetic: bool = True, epochs: int = 3, model: str = "resnet", stage: int = 0,
+         dtype: str = "auto", world_size: int = 1, micro_batch: int = 0, checkpoint_dir: str = "",
+         device: str = "auto", launcher: str = "auto", max_train: int = 0, width: float = 0.0,
+         **overrides) -> TrainingPlan:
+    """Validate notebook/CLI parameters and decide how the run happens. Raises ConfigError naming the field.
+
+    Automatic values (0 / "auto"): on a CPU train on the first 2,500 images at width 0.5 (an epoch takes seconds);
+    on an accelerator use the whole set at width 1.0. launcher auto: in-process for one rank, else `deepspeed`.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError("launcher", f"unknown launcher {launcher!r}", f"use one of {', '.join(LAUNCHERS)}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError("world_size", f"must be a whole number >= 1, got {world_size!r}", "pass 1 or more ranks")
+    if launcher == "inprocess" and world_size != 1:
+        raise ConfigError("launcher", "in-process training runs exactly one rank",
+                          "use world_size=1, or launcher='deepspeed' for more ranks")
+    if width < 0:
+        raise ConfigError("width", f"must be >= 0, got {width}", "pass 0 (automatic) or a multiplier such as 0.5")
+    if max_train < 0:
+        raise ConfigError("max_train", f"must be >= 0, got {max_train}", "pass 0 (automatic) or an image count")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(train.TrainConfig)}
+    if unknown:
+        raise ConfigError(", ".join(sorted(unknown)), "not a training option",
+                          f"use fields of labkit.train.TrainConfig")
+    resolved_device = train.resolve_device(device) if device in train.DEVICES else device
+    on_cpu = resolved_device == "cpu"
+    synthetic_sizes = {"synthetic_train": CPU_TRAIN_IMAGES, "synthetic_test": CPU_TEST_IMAGES} if on_cpu else \
+        {"synthetic_train": 50_000, "synthetic_test": 10_000}
+    cfg = train.TrainConfig(**{
+        **synthetic_sizes,
+        "data_dir": str(data_dir), "synthetic": bool(synthetic), "epochs": epochs, "model": model, "stage": stage,
+        "dtype": dtype, "micro_batch": micro_batch, "checkpoint_dir": str(checkpoint_dir), "device": device,
+        "width": width or (CPU_WIDTH if on_cpu else 1.0),
+        "max_train": max_train or (CPU_TRAIN_IMAGES if on_cpu else 0),
+        "max_test": overrides.pop("max_test", CPU_TEST_IMAGES if on_cpu else 0),
+        **overrides,
+    })
+    cfg = train.resolve(cfg, world_size)  # every field checked here, the data folder included
+
+    available = cfg.synthetic_train if cfg.synthetic else 50_000
+    if not cfg.synthetic:
+        available = _count_train_images(cfg.data_dir)
+    train_images = min(available, cfg.max_train) if cfg.max_train else available
+    train.check_data_fits(cfg, train_images)
+    per_epoch = train.steps_per_epoch(train_images, cfg.global_batch)
+    total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+
+    launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
+    temporary = not cfg.checkpoint_dir
+    workdir = _temporary_dir() if temporary else Path(cfg.checkpoint_dir).expanduser()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, metrics=cfg.metrics or str(workdir / "metrics.jsonl"))
+    if not cfg.resume:
+        Path(cfg.metrics).unlink(missing_ok=True)  # a fresh run starts a fresh metrics file
+    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, train.deepspeed_config(cfg, total))
+    if temporary:  # removed on close(), when the plan is garbage-collected, or at interpreter exit
+        result._cleanup = weakref.finalize(result, shutil.rmtree, str(workdir), True)
+    if launcher != "inprocess":
+        from labkit import launch
+
+        result.command = launch.build_command(launch_spec(result))
+    return result
+
+
+def _count_train_images(data_dir: str) -> int:
+    """Training images in a batches folder, from the batch files alone (cheap: no arrays kept)."""
+    from labkit import data
+
+    folder = data.find_folder(data_dir)
+    return sum(len(data.read_batch(folder / name)[1]) for name in data.TRAIN_FILES)
+
+
+def config_args(cfg: train.TrainConfig) -> list[str]:
+    """`cfg` as flags of labkit/train.py (only the values that differ from the defaults)."""
+    defaults, args = train.TrainConfig(), []
+    for f in dataclasses.fields(train.TrainConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def launch_spec(p: TrainingPlan):
+    from labkit import launch
+
+    return launch.LaunchSpec(script=Path(train.__file__), args=config_args(p.config), world_size=p.world_size,
+                             launcher=p.launcher, accelerator=p.config.device)
+
+
+def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, timeout: float | None = None) -> dict:
+    """Train as planned. Returns {"summary": done-record, "records": all rank-0 records, "output": launcher text}."""
+    if p.launcher == "inprocess":
+        summary = train.run_in_process(p.config)
+        records = summary.pop("records")
+        return {"summary": {k: v for k, v in summary.items() if k not in ("epochs_log", "deepspeed_config")},
+                "records": records, "output": ""}
+    from labkit import launch
+    from labkit.errors import LaunchError
+
+    try:
+        result = launch.run(launch_spec(p), timeout=timeout, on_output=on_output)
+    except LaunchError as exc:
+        dead = first_dead_rank(exc.output)
+        if dead is None or dead[0] == exc.failed_rank:
+            raise
+        rank, how = dead
+        raise LaunchError(f"rank {rank} died ({how}); the other ranks were stopped. Their errors follow from it: "
+                          f"{exc}", returncode=exc.returncode, output=exc.output, failed_rank=rank) from None
+    records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else []
+    done = [r for r in records if r.get("kind") == "done"]
+    if not done:
+        raise LabkitError(f"training exited without a final record in {p.metrics_path}; output tail:\n"
+                          f"{result.output[-2000:]}")
+    return {"summary": done[-1], "records": records, "output": result.output}
+
+
+_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
+_MPI_EXIT = re.compile(r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
+                       r"exited with status (\d+))")
+
+
+def first_dead_rank(output: str) -> tuple[int, str] | None:
+    """The rank whose exit brought the run down, as the launcher reported it: (rank, how).
+
+    When one rank dies, the others fail too (a collective loses its peer) and print the louder traceback; the
+    launcher's own line names the rank that went first.
+    """
+    for line in output.splitlines():
+        m = _DS_EXIT.search(line)
+        if m:
+            code = int(m.group(2))
+            return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        m = _MPI_EXIT.search(line)
+        if m:
+            return int(m.group(1)), (f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}")
+    return None
+
+
+def epochs_table(records: list[dict]) -> list[dict]:
+    """One row per epoch record, for display."""
+    keys = ("epoch", "step", "train_loss", "train_acc", "test_acc", "images_per_s", "epoch_s")
+    return [{k: r[k] for k in keys} for r in records if r.get("kind") == "epoch"]
+
+
+def printer(stream=sys.stdout) -> Callable[[str], None]:
+    """An on_output callback that echoes rank output except DeepSpeed's INFO chatter."""
+    def echo(line: str) -> None:
+        if "[INFO]" not in line:
+            stream.write(line)
+            stream.flush()
+    return echo

@@ -1,0 +1,299 @@
+"""labkit.train / labkit.training_run: validation, the DeepSpeed config, the device-resident data path, checkpoints,
+real training in-process and through the launchers, and a killed rank followed by --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labkit import data, train, training_run
+from labkit.errors import ConfigError, LaunchError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(synthetic=True, synthetic_train=640, synthetic_test=200, max_train=640, max_test=200, width=0.25,
+            micro_batch=32, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ validation (no work)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(model="vgg"), "model"),
+    (dict(dtype="int8"), "dtype"),
+    (dict(stage=4), "stage"),
+    (dict(amp="apex"), "amp"),
+    (dict(optimizer="lamb"), "optimizer"),
+    (dict(device="tpu"), "device"),
+    (dict(epochs=0), "epochs"),
+    (dict(micro_batch=-1), "micro_batch"),
+    (dict(dtype="fp16"), "dtype"),                 # fp16 on a CPU
+    (dict(resume=True), "resume"),                 # nothing to resume from
+    (dict(synthetic=False), "data_dir"),           # no data and synthetic off
+    (dict(global_batch=100), "global_batch"),      # not divisible by 3 ranks
+    (dict(global_batch=96, micro_batch=16), "micro_batch"),  # both given and inconsistent
+])
+def test_bad_settings_raise_one_error_naming_the_field(change, field):
+    cfg = train.TrainConfig(**{**dict(synthetic=True, device="cpu"), **change})
+    with pytest.raises(ConfigError) as exc:
+        train.resolve(cfg, world_size=3)
+    assert exc.value.field == field
+    assert "Fix:" in str(exc.value)
+
+
+def test_automatic_values_follow_the_device_and_the_ranks():
+    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", global_batch=96), world_size=3)
+    assert (cfg.dtype, cfg.micro_batch, cfg.global_batch, cfg.lr) == ("fp32", 32, 96, 2e-3)
+    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", optimizer="sgd", micro_batch=64), world_size=2)
+    assert cfg.global_batch == 128 and cfg.lr == pytest.approx(0.05)
+
+
+def test_cli_rejects_a_bad_batch_before_starting_anything():
+    start = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).parent / "labkit"), "train", "--synthetic", "--device", "cpu",
+                           "--world-size", "3", "--global-batch", "100"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "labkit: error: global_batch: 100 images are not divisible by world_size x grad_accum = 3 x 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
+    with pytest.raises(ConfigError, match="exactly one rank"):
+        training_run.plan(world_size=2, launcher="inprocess", device="cpu")
+    with pytest.raises(ConfigError) as exc:
+        training_run.plan(device="cpu", learning_rate=0.1)
+    assert exc.value.field == "learning_rate"
+
+
+# --------------------------------------------------------------------------------------------- DeepSpeed config
+
+
+def test_deepspeed_config_is_built_from_the_parameters():
+    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", dtype="bf16", stage=2, micro_batch=16,
+                                          grad_accum=2, optimizer="sgd"), world_size=2)
+    c = train.deepspeed_config(cfg, total_steps=100)
+    assert (c["train_batch_size"], c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"]) == (64, 16, 2)
+    assert c["zero_optimization"] == {"stage": 2} and c["zero_allow_untested_optimizer"] is True
+    assert c["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in c
+    assert c["optimizer"]["type"] == "SGD" and c["optimizer"]["params"]["nesterov"] is True
+    assert c["scheduler"]["params"]["total_num_steps"] == 100 and c["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert c["timers"] == {"throughput": {"enabled": False}}  # no device sync per step
+    engine_mode = train.deepspeed_config(train.resolve(train.TrainConfig(
+        synthetic=True, device="cpu", dtype="bf16", amp="engine"), 1), 10)
+    assert engine_mode["bf16"] == {"enabled": True} and "torch_autocast" not in engine_mode
+    fp32 = train.deepspeed_config(train.resolve(train.TrainConfig(synthetic=True, device="cpu"), 1), 10)
+    assert not {"bf16", "fp16", "torch_autocast"} & set(fp32) and fp32["optimizer"]["params"]["torch_adam"] is True
+    json.dumps(c)
+
+
+# --------------------------------------------------------------------------------------------- models and data
+
+
+def test_models_have_the_expected_size_and_accept_channels_last_batches():
+    import torch
+
+    lenet, resnet = train.build_model("lenet"), train.build_model("resnet")
+    assert sum(p.numel() for p in lenet.parameters()) == 62_006  # DeepSpeedExamples' net
+    assert 1.9e6 < sum(p.numel() for p in resnet.parameters()) < 2.1e6  # airbench94 widths
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert lenet(x).shape == (4, 10) and train.build_model("resnet", width=0.25)(x).shape == (4, 10)
+
+
+@pytest.fixture(scope="module")
+def tiny_arrays():
+    return data.synthetic_arrays(train=64, test=16, seed=1)
+
+
+def test_device_batches_are_crops_and_flips_of_the_padded_images(tiny_arrays):
+    import torch
+    import torch.nn.functional as F
+
+    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
+    padded = F.pad(torch.from_numpy(tiny_arrays.train_images).float(), (4, 4, 4, 4), mode="reflect")
+    scale, shift = feed.scale.view(3, 1, 1), feed.shift.view(3, 1, 1)
+    flips_seen = 0
+    for x, y in feed.epoch(0, micro_batch=16, steps=2, accum=1):
+        assert x.shape == (16, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+        pixels = ((x - feed.shift) / feed.scale).round()
+        for img, label in zip(pixels, y):
+            candidates = [i for i in range(64) if tiny_arrays.train_labels[i] == label]
+            match = None
+            for i in candidates:
+                windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # 3, 9, 9, 32, 32
+                for flip in (False, True):
+                    target = img.flip(-1) if flip else img
+                    hit = (windows == target[:, None, None]).all(dim=(0, 3, 4)).nonzero()
+                    if len(hit):
+                        match = (i, flip)
+                        break
+                if match:
+                    break
+            assert match is not None, "a batch image is not a crop of any training image"
+            flips_seen += match[1]
+    assert 0 < flips_seen < 32  # some flipped, some not
+    del scale, shift
+
+
+def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
+    import torch
+
+    def labels_and_sums(rank, world, epoch):
+        feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=rank, world_size=world)
+        return [(x.sum().item(), y.tolist()) for x, y in feed.epoch(epoch, micro_batch=8, steps=4, accum=1)]
+
+    r0, r1 = labels_and_sums(0, 2, epoch=5), labels_and_sums(1, 2, epoch=5)
+    assert r0 == labels_and_sums(0, 2, epoch=5)  # same epoch, same batches: a resume replays exactly
+    assert r0 != labels_and_sums(0, 2, epoch=6)
+    assert all(a != b for a, b in zip(r0, r1))
+    # resuming at step 2 yields exactly the batches 2 and 3 of the uninterrupted epoch
+    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=0, world_size=2)
+    assert [(x.sum().item(), y.tolist()) for x, y in feed.epoch(5, 8, 4, 1, start=2)] == r0[2:]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
+    tag = root / f"step{step:08d}"
+    tag.mkdir(parents=True)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(os.urandom(2048))
+    if complete:
+        train.write_manifest(tag, {"step": step, "world_size": 1})
+    return tag
+
+
+def test_latest_complete_checkpoint_skips_partial_and_corrupt_ones(tmp_path):
+    _fake_checkpoint(tmp_path, 10)
+    newer = _fake_checkpoint(tmp_path, 20)
+    _fake_checkpoint(tmp_path, 30, complete=False)
+    skipped = []
+    assert train.latest_complete(tmp_path, log=skipped.append)[0] == 20
+    assert "step00000030" in skipped[0] and "did not finish" in skipped[0]
+    blob = newer / "mp_rank_00_model_states.pt"
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # one flipped byte, same size
+    assert train.verify_checkpoint(newer) == (False, "mp_rank_00_model_states.pt does not match its checksum "
+                                                     "(corrupt or truncated)")
+    assert train.latest_complete(tmp_path, log=skipped.append)[0] == 10
+    train.prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for _, p in train.checkpoint_tags(tmp_path)] == ["step00000030", "step00000020"]
+
+
+# -------------------------------------------------------------------------------------- real training (DeepSpeed)
+
+
+def _epochs(records):
+    return [r for r in records if r["kind"] == "epoch"]
+
+
+@pytest.mark.slow
+def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_checkpoint(tmp_path):
+    ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64}  # 10 steps per epoch, as with 2 ranks
+    plan = training_run.plan(epochs=3, checkpoint_dir=str(ckpt), checkpoint_every=4, keep_checkpoints=3,
+                             write_config=str(tmp_path / "ds.json"), **one_rank)
+    first = training_run.execute(plan)
+    summary, records = first["summary"], first["records"]
+    assert summary["step"] == plan.total_steps == 30 and summary["synthetic"] and summary["data"] == "synthetic"
+    steps = [r["loss"] for r in records if r["kind"] == "step"]
+    assert len(steps) >= 10 and steps[-1] < 0.7 * steps[0], f"loss did not fall: {steps}"
+    assert summary["final_test_acc"] > 0.2  # well above chance (0.1) after 30 steps
+    assert json.loads((tmp_path / "ds.json").read_text()) == plan.deepspeed_config
+    assert train.read_metrics(ckpt / "metrics.jsonl") == records
+    tags = [s for s, _ in train.checkpoint_tags(ckpt)]
+    assert tags == [30, 28, 24]  # every 4 steps plus the final one; 3 kept
+
+    # the newest checkpoint gets corrupted and a newer, partial one appears: resume must use step 28 and redo 29-30
+    blob = ckpt / "step00000030" / "mp_rank_00_model_states.pt"
+    blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    (ckpt / "step00000031").mkdir()
+    again = training_run.execute(training_run.plan(epochs=3, checkpoint_dir=str(ckpt), checkpoint_every=4,
+                                                   keep_checkpoints=3, resume=True, **one_rank))
+    assert again["summary"]["resumed_from"] == 28 and again["summary"]["step"] == 30
+    log = train.read_metrics(ckpt / "metrics.jsonl")
+    assert [e["epoch"] for e in _epochs(log)] == [1, 2, 3]  # the interrupted epoch is logged once
+    assert [r["step"] for r in log if r["kind"] == "step"] == sorted({r["step"] for r in log if r["kind"] == "step"})
+    assert [r["resumed_from"] for r in log if r["kind"] == "run"] == [None, 28]
+    assert train.verify_checkpoint(ckpt / "step00000030") == (True, "ok")  # rewritten, complete
+
+
+def _rank_pid(marker: str, local_rank: int) -> int | None:
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if f"--local_rank={local_rank}" in cmd and any(marker in c for c in cmd) and any("train.py" in c for c in cmd):
+            return proc.pid
+    return None
+
+
+@pytest.mark.slow
+def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path):
+    from conftest import kit_processes
+
+    ckpt = tmp_path / "ckpt"
+    settings = dict(epochs=30, world_size=2, launcher="deepspeed", checkpoint_dir=str(ckpt), checkpoint_every=10,
+                    step_timeout=60, **TINY)
+    plan = training_run.plan(**settings)
+    assert plan.total_steps == 300
+    killed: dict[str, float] = {}
+
+    def kill_rank_1_after_first_checkpoints(line: str) -> None:
+        if "checkpoint step=20 saved" in line and not killed:
+            pid = _rank_pid(str(ckpt), 1)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed["at"] = time.monotonic()
+
+    with pytest.raises(LaunchError) as exc:
+        training_run.execute(plan, on_output=kill_rank_1_after_first_checkpoints, timeout=300)
+    assert killed, "the run ended before the kill"
+    assert time.monotonic() - killed["at"] < 60
+    assert exc.value.failed_rank == 1 and str(exc.value).startswith("rank 1 died (killed by signal 9)")
+    assert not [p for p in kit_processes() if str(ckpt) in p[1]], "ranks left running"
+    survived = train.latest_complete(ckpt)[0]
+    assert 20 <= survived < 300
+
+    resumed = training_run.execute(training_run.plan(resume=True, **settings), timeout=300)
+    summary = resumed["summary"]
+    assert summary["resumed_from"] == survived and summary["step"] == 300 and summary["world_size"] == 2
+    log = train.read_metrics(ckpt / "metrics.jsonl")
+    assert [e["epoch"] for e in _epochs(log)] == list(range(1, 31))
+    assert [e["step"] for e in _epochs(log)] == list(range(10, 301, 10))
+    step_records = [r["step"] for r in log if r["kind"] == "step"]
+    assert step_records == sorted(set(step_records)) and step_records[-1] == 300
+    assert sum(e["steps"] for e in _epochs(log)) == 300  # every step trained exactly once across both runs
+    assert [r["kind"] for r in log].count("done") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["openmpi", "mpirun"])
+def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
+    plan = training_run.plan(epochs=1, world_size=2, launcher=launcher, checkpoint_dir=str(tmp_path), **TINY)
+    assert plan.command[0].endswith("deepspeed") if launcher == "openmpi" else plan.command[0] == "mpirun"
+    result = training_run.execute(plan, timeout=300)
+    assert result["summary"]["world_size"] == 2 and result["summary"]["step"] == plan.total_steps == 10
+    epoch = _epochs(result["records"])[0]
+    assert epoch["images_per_s"] > 0 and 0 <= epoch["test_acc"] <= 1
+
+
+def test_first_dead_rank_reads_the_launchers_own_lines():
+    ds = ("[ERROR] [launch.py:259:sigkill_handler] ['/x/python', '-u', 'train.py', '--local_rank=1', '--synthetic'] "
+          "exits with return code = -9")
+    assert training_run.first_dead_rank("noise\n" + ds) == (1, "killed by signal 9")
+    mpi = "mpirun noticed that process rank 3 with PID 4242 on node worker-0 exited on signal 9 (Killed)."
+    assert training_run.first_dead_rank(mpi) == (3, "killed by signal 9")
+    assert training_run.first_dead_rank("all fine") is None
+
+
+def test_train_module_imports_nothing_from_notebooks_or_jobs():
+    code = ("import sys, labkit.train; bad = [m for m in sys.modules if m.startswith(('labkit.notebooks', "
+            "'labkit.jobs', 'torch', 'deepspeed', 'kubernetes', 'papermill'))]; print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    np.testing.assert_equal(train.steps_per_epoch(640, 64), 10)
