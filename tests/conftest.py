@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from labkit import notebooks
 
 MARKER = b"LABKIT_PROCESS=1"
+# Children inherit this, so the leak check sees only what this test session started (not a neighbour's runs).
+SESSION = os.environ.setdefault("LABKIT_TEST_SESSION", uuid.uuid4().hex)
+SESSION_MARKER = f"LABKIT_TEST_SESSION={SESSION}".encode()
 
 
 def kit_processes() -> list[tuple[int, str]]:
@@ -19,7 +23,8 @@ def kit_processes() -> list[tuple[int, str]]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if MARKER not in (entry / "environ").read_bytes().split(b"\0"):
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if MARKER not in environ or SESSION_MARKER not in environ:
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             status = (entry / "status").read_text()
