@@ -96,11 +96,22 @@ class Discovery:
             f"<ul>{notes}</ul>" if notes else "")
 
 
+# A cluster node's accelerator kind as the device kind a run on it would use (ROCm torch also says "cuda").
+NODE_KIND_TO_DEVICE = {"nvidia": "cuda", "amd": "cuda", "gaudi": "hpu", None: "cpu"}
+
+
+def device_kind_of(record: Any) -> str:
+    """'cuda' | 'hpu' | 'cpu' for a Device or a cluster NodeInventory."""
+    if isinstance(record, Device):
+        return record.kind
+    return NODE_KIND_TO_DEVICE.get(getattr(record, "accelerator_kind", None), "cpu")
+
+
 def filter_by_kind(records: Iterable[Any], kind: str) -> list[Any]:
-    """Devices or nodes of one kind ('all' keeps everything); used by notebook 01's filter widget."""
-    if kind == "all":
-        return list(records)
-    return [r for r in records if (getattr(r, "kind", None) or getattr(r, "accelerator_kind", None) or "cpu") == kind]
+    """Devices or nodes of one device kind (cuda, hpu, cpu; 'all' keeps everything): notebook 01's filter widget."""
+    if kind != "all" and kind not in KINDS:
+        raise ConfigError("kind", f"unknown kind {kind!r}", f"use 'all' or one of {', '.join(KINDS)}")
+    return [r for r in records if kind == "all" or device_kind_of(r) == kind]
 
 
 # --------------------------------------------------------------------------------------------------------------------

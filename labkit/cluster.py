@@ -555,12 +555,15 @@ def discover_cluster(kubeconfig: str | os.PathLike | None = None, context: str |
 
 
 def resolve_cluster_mode(cluster: str, kubeconfig: str | os.PathLike | None = None,
-                         context: str | None = None) -> bool:
-    """Notebook parameter `cluster` (auto|on|off) -> whether to query the cluster. 'on' without a configured cluster
-    is a ConfigError, raised before any work; 'auto' queries only when a configuration exists."""
+                         context: str | None = None, timeout: float = 10.0) -> bool:
+    """Notebook parameters `cluster` (auto|on|off), `kubeconfig`, `context`, `api_timeout_s` -> whether to query the
+    cluster. Bad values, and 'on' without a configured cluster, are ConfigErrors raised before any work; 'auto'
+    queries only when a configuration exists."""
     value = str(cluster).strip().lower()
     if value not in ("auto", "on", "off"):
         raise ConfigError("cluster", f"unknown value {cluster!r}", "use 'auto' (query when configured), 'on' or 'off'")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise ConfigError("api_timeout_s", f"{timeout!r} is not a number of seconds in (0, 300]", "use e.g. 10.0")
     if value == "off":
         return False
     source = find_kubeconfig(kubeconfig or None, context or None)

@@ -7,7 +7,9 @@ Each check function takes its inputs as arguments (environment, file text, torch
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -231,18 +233,34 @@ def check_deepspeed() -> Check:
                  group="deepspeed")
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence stdout/stderr at the file-descriptor level (compiler probes run as subprocesses), then restore them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def deepspeed_op_report() -> dict[str, Any]:
     """ds_report's op table as data: {'ops': {name: {'installed': bool, 'compatible': bool}}, 'ninja', 'compiler',
     'cuda_home'}. Requires deepspeed."""
-    import contextlib
-    import io
-
     from deepspeed.git_version_info import installed_ops
     from deepspeed.ops.op_builder.all_ops import ALL_OPS
     from torch.utils import cpp_extension
 
     ops = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # builders print warnings while probing
+    with _quiet():  # builders print warnings, and their compile probes write to the file descriptors directly
         for name, builder in ALL_OPS.items():
             if name == "deepspeed_not_implemented":
                 continue

@@ -343,11 +343,31 @@ def test_pick_device_gaudi_without_devices(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------- misc
 
 
-def test_filter_by_kind():
+def test_filter_by_kind_covers_devices_and_nodes():
+    from labkit.cluster import NodeInventory
+
     devs = [Device("cuda", 0, "a", 1), Device("cpu", 0, "b", 1)]
+    nodes = [NodeInventory(n, True, True, kind, None, None) for n, kind in
+             (("g", "gaudi"), ("n", "nvidia"), ("m", "amd"), ("c", None))]
     assert accelerators.filter_by_kind(devs, "cuda") == devs[:1]
     assert accelerators.filter_by_kind(devs, "all") == devs
     assert accelerators.filter_by_kind(devs, "hpu") == []
+    assert [n.name for n in accelerators.filter_by_kind(nodes, "cuda")] == ["n", "m"]
+    assert [n.name for n in accelerators.filter_by_kind(nodes, "hpu")] == ["g"]
+    assert [n.name for n in accelerators.filter_by_kind(nodes, "cpu")] == ["c"]
+    with pytest.raises(ConfigError, match="kind: unknown kind 'gpu'"):
+        accelerators.filter_by_kind(devs, "gpu")
+
+
+def test_filtered_tables_html():
+    from labkit.cluster import NodeInventory
+    from labkit.plots.discovery import filtered_tables_html
+
+    devs = [Device("cpu", 0, "Xeon <8 cores>", 2**30)]
+    nodes = [NodeInventory("gaudi-1", True, True, "gaudi", "Intel Gaudi", None)]
+    html = filtered_tables_html(devs, nodes, "hpu")
+    assert "Local devices (0)" in html and "Cluster nodes (1)" in html and "gaudi-1" in html
+    assert "Xeon &lt;8 cores&gt;" in filtered_tables_html(devs, [], "all")
 
 
 def test_device_memory_figure_renders_under_agg():
@@ -369,3 +389,20 @@ def test_modules_import_cheaply():
             "heavy = [m for m in ('torch', 'deepspeed', 'kubernetes', 'matplotlib', 'papermill') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------------- notebook 01
+
+
+@pytest.mark.slow
+def test_notebook_01_records_this_machine(executed_notebook):
+    import torch
+
+    from labkit import cluster, results
+
+    recorded = results.read(executed_notebook("01_accelerator_discovery"))
+    cpu = [d for d in recorded["devices"] if d["kind"] == "cpu"]
+    assert len(cpu) == 1 and cpu[0]["info"]["cores"] >= 1 and cpu[0]["mem_total"] > 0
+    assert recorded["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    if cluster.find_kubeconfig() is None:
+        assert recorded["cluster"]["configured"] is False and recorded["cluster"]["nodes"] == []

@@ -364,7 +364,47 @@ def test_node_figure(inventory):
     acc, huge = fig.axes
     assert sum(p.get_width() for p in acc.patches) == 8 + 2 + 8 + 8 + 6  # allocatable accelerators over all nodes
     assert max(p.get_width() for p in huge.patches) == pytest.approx(48.0)
-    assert {t.get_text() for t in acc.get_legend().get_texts()} == {"amd", "gaudi", "nvidia"}
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"amd", "gaudi", "nvidia"}
+    assert "gaudi2-node-01\nIntel Gaudi" in [t.get_text() for t in acc.get_yticklabels()]
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------------------------------------- notebook 01
+
+NOTEBOOK_01 = REPO / "notebooks" / "01_accelerator_discovery.ipynb"
+
+
+@pytest.mark.slow
+def test_notebook_01_shows_a_cluster(no_cluster, tmp_path):
+    """The chapter against a live (fake) API server: node table, chart, the v1 clash in its conclusion, no token."""
+    from labkit import notebooks, results
+
+    with FakeApiServer(api_routes("crd-mpijob-v1-training-operator.json", trainjob=True)) as server:
+        path = write_kubeconfig(no_cluster / "kc.yaml", server.url)
+        run = notebooks.run_notebook(NOTEBOOK_01, tmp_path / "run",
+                                     {"cluster": "on", "kubeconfig": str(path), "api_timeout_s": 5.0}, timeout=300)
+    assert run.passed, run.error
+    recorded = results.read(run.output)
+    assert recorded["cluster"]["reachable"] is True
+    assert recorded["cluster"]["totals"]["accelerators"] == {"amd": 8, "gaudi": 8, "nvidia": 16}
+    assert [c["ok"] for c in recorded["cluster"]["crds"]] == [False, True]
+    cells = json.loads(Path(run.output).read_text())["cells"]
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # device memory + accelerators per node
+    conclusion = "".join(outputs[-1]["data"]["text/markdown"])
+    assert "6 node(s), 5 ready, with 8 amd, 8 gaudi, 16 nvidia allocatable and 48 GiB" in conclusion
+    assert "MPIJob v2beta1 is NOT usable: mpijobs.kubeflow.org is served at v1" in conclusion
+    assert TOKEN not in Path(run.output).read_text()
+
+
+@pytest.mark.slow
+def test_notebook_01_cluster_on_without_a_kubeconfig_stops_at_validation(no_cluster, tmp_path):
+    from labkit import notebooks
+
+    run = notebooks.run_notebook(NOTEBOOK_01, tmp_path / "run", {"cluster": "on"}, timeout=300)
+    assert not run.passed and "cluster: 'on' but no cluster configured" in run.error
+    cells = json.loads(Path(run.output).read_text())["cells"]
+    (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
+    assert "resolve_cluster_mode" in "".join(failed["source"])  # the validation cell, before any discovery

@@ -391,3 +391,30 @@ def test_cli_check_exits_1_when_a_check_fails(tmp_path, no_cluster):
 def test_cli_check_rejects_a_long_timeout():
     proc = labkit_cli("check", "--timeout", "30")
     assert proc.returncode == 2 and "labkit: error: --timeout: 30.0 is not a number of seconds" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------- notebook 00
+
+
+@pytest.mark.slow
+def test_notebook_00_records_the_checks(executed_notebook):
+    from labkit import results
+
+    recorded = results.read(executed_notebook("00_environment_check"))
+    checks, summary = recorded["checks"], recorded["summary"]
+    assert len(checks) >= 12
+    assert summary == {s: sum(c["status"] == s for c in checks) for s in ("pass", "warn", "fail")}
+    assert summary["fail"] == 0, [c for c in checks if c["status"] == "fail"]  # this CPU machine is the reference
+    assert recorded["device"] in ("cpu", "cuda", "hpu")
+
+
+@pytest.mark.slow
+def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
+    from labkit import notebooks
+
+    run = notebooks.run_notebook(REPO / "notebooks" / "00_environment_check.ipynb", tmp_path / "run",
+                                 {"api_timeout_s": 30.0}, timeout=300)
+    assert not run.passed and "api_timeout_s: 30.0 is not a number of seconds in (0, 3]" in run.error
+    cells = json.loads(Path(run.output).read_text())["cells"]
+    (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
+    assert "validate_check_options" in "".join(failed["source"])  # stopped before any check ran

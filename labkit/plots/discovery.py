@@ -35,7 +35,7 @@ def check_summary_figure(checks: Sequence) -> "Figure":  # noqa: F821
     ax.invert_yaxis()
     ax.set_xlabel("checks")
     ax.set_title("Environment checks by group")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the bars
     ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
 
@@ -56,14 +56,14 @@ def device_memory_figure(devices: Sequence) -> "Figure":  # noqa: F821
     ax.set_xlabel("GiB")
     ax.set_xlim(0, max(totals + [1]) * 1.35)
     ax.set_title("Local devices: memory")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
 def node_accelerators_figure(nodes: Sequence) -> "Figure":  # noqa: F821
     """Per node: allocatable accelerators by kind (left) and allocatable hugepages-2Mi in GiB (right)."""
-    names = [n.name for n in nodes]
-    fig = _figure(10, 0.45 * max(len(nodes), 2) + 1.2)
+    names = [f"{n.name}\n{n.accelerator_product}" if n.accelerator_product else n.name for n in nodes]
+    fig = _figure(10, 0.6 * max(len(nodes), 2) + 1.4)
     ax_acc, ax_huge = fig.subplots(1, 2, sharey=True)
     kinds = sorted({n.accelerator_kind for n in nodes if n.accelerator_kind})
     left = [0] * len(nodes)
@@ -78,9 +78,25 @@ def node_accelerators_figure(nodes: Sequence) -> "Figure":  # noqa: F821
     ax_acc.set_title("Accelerators per node")
     ax_acc.xaxis.get_major_locator().set_params(integer=True)
     if kinds:
-        ax_acc.legend(loc="lower right")
+        fig.legend(loc="outside lower center", ncols=len(kinds))
     ax_huge.barh(names, [n.hugepages_2mi_bytes / GIB for n in nodes], color="#8e24aa")
     ax_huge.set_xlabel("hugepages-2Mi (GiB)")
-    ax_huge.set_title("Huge pages per node (Gaudi pods need them)")
+    ax_huge.set_title("Huge pages per node (Gaudi needs them)")
     ax_acc.invert_yaxis()
     return fig
+
+
+def filtered_tables_html(devices: Sequence, nodes: Sequence, kind: str) -> str:
+    """HTML tables of the local devices and cluster nodes of one device kind ('all', 'cuda', 'hpu', 'cpu')."""
+    from labkit.accelerators import DEVICE_COLUMNS, filter_by_kind
+    from labkit.cluster import NODE_COLUMNS
+    from labkit.tabular import html_table
+
+    local = filter_by_kind(devices, kind)
+    remote = filter_by_kind(nodes, kind)
+    parts = [f"<h4>Local devices ({len(local)})</h4>",
+             html_table([d.row() for d in local], DEVICE_COLUMNS, status_column=None) if local else "<p>none</p>"]
+    if nodes:
+        parts += [f"<h4>Cluster nodes ({len(remote)})</h4>",
+                  html_table([n.row() for n in remote], NODE_COLUMNS, status_column=None) if remote else "<p>none</p>"]
+    return "".join(parts)

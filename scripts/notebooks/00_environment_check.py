@@ -1,0 +1,98 @@
+"""Generate notebooks/00_environment_check.ipynb (run: .venv/bin/python scripts/notebooks/00_environment_check.py).
+
+The notebook is written without outputs, with stable cell ids so regenerating it gives a clean diff.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+OUT = Path(__file__).resolve().parents[2] / "notebooks" / "00_environment_check.ipynb"
+
+CELLS = [
+    ("md", """# 00 · Environment check
+
+Before anything trains, find out what this machine can do. This chapter runs the same checks as `labkit check`:
+Python, the torch build (CPU, CUDA or Gaudi), NCCL, DeepSpeed and which of its C++/CUDA ops can be compiled here
+(in the spirit of `ds_report`), the notebook tooling, `/dev/shm`, huge pages, the NCCL variables, MPI and the
+Kubernetes configuration.
+
+Each check ends as **pass**, **warn** or **fail**, with a fix. A check *fails* only when the kit itself cannot work
+(no torch, no DeepSpeed, no notebook runner, a `TORCH_CUDA_ARCH_LIST` that breaks DeepSpeed's op builds on a GPU
+machine). What a laptop is expected to lack (GPUs, NCCL, Gaudi, a cluster) only *warns*."""),
+    ("params", """device: str = "auto"  # device later chapters will use: auto (cuda, else hpu, else cpu), cpu, cuda or hpu
+kubeconfig: str = ""  # kubeconfig file to check; empty means $KUBECONFIG or ~/.kube/config
+api_timeout_s: float = 2.0  # seconds to wait for the Kubernetes API server (at most 3)
+fail_on_error: bool = False  # raise at the end when a check fails (a gate for CI pipelines)"""),
+    ("md", """Parameters are checked first, so a typo stops here with one clear message instead of half-way through.
+`device="auto"` resolves to the accelerator the later chapters will run on."""),
+    ("code", """%matplotlib inline
+from IPython.display import Markdown
+
+from labkit import accelerators, env, results
+from labkit.errors import LabkitError
+from labkit.plots.discovery import check_summary_figure
+
+env.validate_check_options(api_timeout_s, kubeconfig or None)
+resolved_device = accelerators.pick_device(device)
+print(f"later chapters will run on: {resolved_device}")"""),
+    ("md", """## Run the checks
+
+The slowest parts are importing DeepSpeed (a few seconds) and asking the API server for its version (cut off after
+`api_timeout_s`, so a dead cluster cannot hang this notebook)."""),
+    ("code", """report = env.run_checks(kubeconfig=kubeconfig or None, timeout=api_timeout_s, progress=True)
+report"""),
+    ("md", """## Summary by group
+
+Green is fine, amber is worth reading, red blocks the labs."""),
+    ("code", """counts = report.counts()
+check_summary_figure(report)"""),
+    ("md", """## What to fix
+
+Every warning and failure with its fix, failures first."""),
+    ("code", """to_fix = sorted((c for c in report if c.status != "pass" and c.fix), key=lambda c: c.status != "fail")
+Markdown("\\n".join(f"- **{c.status.upper()} · {c.name}**: {c.fix}" for c in to_fix) or "Nothing to fix.")"""),
+    ("code", """for name, value in {"checks": report.to_dicts(), "summary": counts, "device": resolved_device}.items():
+    results.record(name, value)"""),
+    ("md", """## What this run showed"""),
+    ("code", """by_name = {c.name: c for c in report}
+ready = not report.failures
+Markdown(
+    f"This machine **{'is ready for the labs' if ready else 'cannot run the labs yet'}**: "
+    f"{counts['pass']} of {len(report)} checks passed, {counts['warn']} warned, {counts['fail']} failed. "
+    f"torch: {by_name['torch'].detail}; DeepSpeed: {by_name['DeepSpeed'].detail}. "
+    f"Later chapters will run on **{resolved_device}**. "
+    + (f"Fix first: {', '.join(c.name for c in report.failures)}." if not ready else
+       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run.")
+)"""),
+    ("code", """if fail_on_error and report.failures:
+    raise LabkitError(f"{len(report.failures)} check(s) failed: {', '.join(c.name for c in report.failures)}")"""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    cells = []
+    for i, (kind, source) in enumerate(CELLS):
+        if kind == "md":
+            cell = new_markdown_cell(source)
+        else:
+            cell = new_code_cell(source)
+            if kind == "params":
+                cell.metadata["tags"] = ["parameters"]
+        cell.id = f"env-{i:02d}"
+        cells.append(cell)
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+        "language_info": {"name": "python"},
+        "labkit": {"test_parameters": {"api_timeout_s": 1.0}},
+    })
+    nbformat.validate(nb)
+    return nb
+
+
+if __name__ == "__main__":
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(build(), OUT)
+    print(f"wrote {OUT}")

@@ -1,0 +1,123 @@
+"""Generate notebooks/01_accelerator_discovery.ipynb (run: .venv/bin/python scripts/notebooks/01_accelerator_discovery.py).
+
+The notebook is written without outputs, with stable cell ids so regenerating it gives a clean diff.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+OUT = Path(__file__).resolve().parents[2] / "notebooks" / "01_accelerator_discovery.ipynb"
+
+CELLS = [
+    ("md", """# 01 · Accelerator discovery
+
+DeepSpeed starts one rank per accelerator, so the first question of any run is *what is there?* This chapter lists
+
+* the devices of **this machine**: NVIDIA GPUs (through NVML, falling back to torch and then `nvidia-smi`), Intel Gaudi
+  HPUs (through `hl-smi`, falling back to `habana_frameworks`) and the CPU (usable cores, memory, NUMA nodes);
+* the nodes of **the cluster** in your kubeconfig, when there is one: their allocatable `nvidia.com/gpu`,
+  `habana.ai/gaudi` and `amd.com/gpu`, the product named by their labels, their `hugepages-2Mi` (Gaudi pods need them),
+  and whether the MPIJob (`kubeflow.org/v2beta1`) and TrainJob CRDs the kit's jobs use are installed.
+
+Nothing here changes the machine or the cluster: it only reads."""),
+    ("params", """device: str = "auto"  # device later chapters will use: auto (cuda, else hpu, else cpu), cpu, cuda or hpu
+cluster: str = "auto"  # query Kubernetes: auto (when a kubeconfig exists), on (required) or off
+kubeconfig: str = ""  # kubeconfig file; empty means $KUBECONFIG, ~/.kube/config or the pod's service account
+context: str = ""  # kubeconfig context; empty means its current-context
+api_timeout_s: float = 10.0  # seconds to wait for each Kubernetes API request"""),
+    ("md", """The parameters are checked before anything is queried: `cluster="on"` without a kubeconfig stops here with
+the fix, while `cluster="auto"` simply skips the cluster on a laptop."""),
+    ("code", """%matplotlib inline
+from IPython.display import HTML, Markdown, display
+
+from labkit import accelerators, results
+from labkit import cluster as kube
+from labkit.plots.discovery import device_memory_figure, filtered_tables_html, node_accelerators_figure
+
+query_cluster = kube.resolve_cluster_mode(cluster, kubeconfig or None, context or None, api_timeout_s)
+resolved_device = accelerators.pick_device(device)
+print(f"device for later chapters: {resolved_device}; query the cluster: {query_cluster}")"""),
+    ("md", """## This machine
+
+One row per device, in bytes turned into GiB. The notes say which source answered for each kind and why the others
+were skipped: on a laptop they explain that there is no NVML library, no `nvidia-smi` and no Gaudi software."""),
+    ("code", """local = accelerators.discover()
+local"""),
+    ("code", """device_memory_figure(local.devices)"""),
+    ("md", """## The cluster
+
+Allocatable is what the scheduler can still hand out (capacity minus what the node reserves or marks unhealthy): a GPU
+node showing `6/8` has two devices its device plugin reports as unhealthy. A cordoned or not-ready node takes no new
+pods."""),
+    ("code", """if query_cluster:
+    inventory = kube.discover_cluster(kubeconfig or None, context or None, timeout=api_timeout_s)
+else:
+    why = "cluster='off'" if cluster.strip().lower() == "off" else kube.NO_CLUSTER_MESSAGE
+    inventory = kube.ClusterReport(configured=False, error=f"not queried: {why}")
+inventory"""),
+    ("code", """if inventory.nodes:
+    display(node_accelerators_figure(inventory.nodes))
+else:
+    print(f"no node chart: {inventory.error or 'the cluster has no nodes'}")"""),
+    ("md", """## Filter by accelerator kind
+
+An optional widget over the same records (in JupyterLab pick a kind; headless runs show `all`). `cuda` covers NVIDIA
+and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi."""),
+    ("code", """kinds = ["all"] + [k for k in accelerators.KINDS
+                   if accelerators.filter_by_kind(local.devices, k) or accelerators.filter_by_kind(inventory.nodes, k)]
+try:
+    import ipywidgets as widgets
+
+    widgets.interact(lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
+                     kind=widgets.Dropdown(options=kinds, value="all", description="kind"))
+except ImportError:
+    print("ipywidgets is not installed: the tables above already show every kind")"""),
+    ("code", """for name, value in {"devices": [d.to_dict() for d in local.devices], "device": resolved_device,
+                    "cluster": inventory.to_dict()}.items():
+    results.record(name, value)"""),
+    ("md", """## What this run showed"""),
+    ("code", """accel = [d for d in local.devices if d.kind != "cpu"]
+cpu = local.of_kind("cpu")[0]
+totals = inventory.totals()
+mpijob = next((c for c in inventory.crds if c.name == kube.MPIJOB_CRD), None)
+local_text = (f"{len(accel)} accelerator(s) ({', '.join(sorted({d.name for d in accel}))})" if accel
+              else "no accelerator")
+if inventory.reachable:
+    per_kind = ", ".join(f"{n} {k}" for k, n in sorted(totals["accelerators"].items())) or "no accelerators"
+    cluster_text = (f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} "
+                    f"allocatable and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; "
+                    f"MPIJob v2beta1 is {'served' if mpijob and mpijob.ok else 'NOT usable: ' + (mpijob.problem if mpijob else 'unknown')}.")
+else:
+    cluster_text = f"No cluster inventory ({inventory.error})."
+Markdown(f"This machine has {local_text} and {cpu.info['cores']} usable CPU core(s) with "
+         f"{cpu.mem_total / 2**30:.1f} GiB of memory; later chapters will run on **{resolved_device}**. {cluster_text}")"""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    cells = []
+    for i, (kind, source) in enumerate(CELLS):
+        if kind == "md":
+            cell = new_markdown_cell(source)
+        else:
+            cell = new_code_cell(source)
+            if kind == "params":
+                cell.metadata["tags"] = ["parameters"]
+        cell.id = f"disc-{i:02d}"
+        cells.append(cell)
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+        "language_info": {"name": "python"},
+        "labkit": {"test_parameters": {"api_timeout_s": 5.0}},
+    })
+    nbformat.validate(nb)
+    return nb
+
+
+if __name__ == "__main__":
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(build(), OUT)
+    print(f"wrote {OUT}")
