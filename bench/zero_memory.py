@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         p = c["predicted_deepspeed_total"]
         alloc = c["allocated_after_step"][0]
         pred_dev_step = sum(c["predicted_deepspeed_after_step"]["device"].values())
-        peak = c["peak_allocated"][0]
+        peak = c["peak_above_start"][0]
         ok &= c["rel_error_deepspeed"] <= args.tolerance
         fmt = lambda x: f"{x / 1e9:.3f}" if x is not None else "n/a"  # noqa: E731
         print(f"{c['label']:<26} {fmt(m):>11} {fmt(p):>12} {c['rel_error_deepspeed'] * 100:6.2f}% "
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in zero.conclusions(report):
         print(" -", line)
     print(f"(model states: params, fp32 master, gradients, Adam moments, buffers; "
-          f"alloc@step = memory_allocated after a steady step minus before initialize; GB = 1e9 B; "
+          f"alloc@step = memory_allocated after a steady step minus before initialize; peak likewise; GB = 1e9 B; "
           f"{memory.format_count(plan.params)} params)")
     return 0 if ok else 1
 

@@ -196,19 +196,23 @@ def paper_model_states(params: int, stage: int, world_size: int, dtype: str = "b
 
     Mixed precision (bf16/fp16): p=2, g=2, K=12 (fp32 master + two Adam moments) -> 16Ψ at stage 0, 4Ψ+12Ψ/N (P_os),
     2Ψ+14Ψ/N (P_os+g), 16Ψ/N (P_os+g+p). fp32: p=4, g=4, K=8. ZeRO-Offload keeps K and the gradients on the host.
-    Returns {"device": {...}, "host": {...}, "total": int, "formula": str}.
+    Returns {"device": {...}, "host": {...}, "total": int, "formula": str}; K is split into the fp32 master copy
+    ("master_params", 4 bytes) and the Adam moments ("optimizer_states", 8 bytes) to line up with what DeepSpeed holds.
     """
     check_stage(stage), check_world_size(world_size), check_train_dtype(dtype)
     check_offload(stage, offload_optimizer, offload_param)
     p, g, k = (4, 4, 8) if dtype == "fp32" else (2, 2, 12)
+    master = 0 if dtype == "fp32" else 4  # K = 12 in mixed precision: fp32 master copy (4) + Adam moments (8)
     n = world_size
     pb = p * params / n if stage >= 3 else p * params
     gb = g * params / n if stage >= 2 else g * params
     kb = k * params / n if stage >= 1 else k * params
-    device = {"params": pb, "gradients": gb, "optimizer_states": kb}
-    host = {"params": 0.0, "gradients": 0.0, "optimizer_states": 0.0}
+    mb = kb * master / k
+    device = {"params": pb, "master_params": mb, "gradients": gb, "optimizer_states": kb - mb}
+    host = {"params": 0.0, "master_params": 0.0, "gradients": 0.0, "optimizer_states": 0.0}
     if offload_optimizer:
-        host["optimizer_states"], device["optimizer_states"] = kb, 0.0
+        for kind in ("master_params", "optimizer_states"):
+            host[kind], device[kind] = device[kind], 0.0
         host["gradients"], device["gradients"] = g * params / n, 0.0
     if offload_param:
         host["params"], device["params"] = pb, 0.0
@@ -488,7 +492,7 @@ def training_fit(params: int, dtype: str, stage: int, world_size: int, device: s
     """
     check_device_type(device)
     ds = deepspeed_model_states(params, stage, world_size, dtype, offload_optimizer=offload_optimizer,
-                                offload_param=offload_param, reduce_bucket_size=0)
+                                offload_param=offload_param, optimizer_impl="fused", reduce_bucket_size=0)
     at = ds.at("backward")
     dev_bytes = sum(at["device"].values())
     host_bytes = sum(at["host"].values())
@@ -523,7 +527,7 @@ def min_world_size(params: int, dtype: str, stage: int, device: str, *, offload_
     n = 1
     while n <= limit:  # doubling, then bisect: memory per device only shrinks as N grows
         ds = deepspeed_model_states(params, stage, n, dtype, offload_optimizer=offload_optimizer,
-                                    offload_param=offload_param, reduce_bucket_size=0)
+                                    offload_param=offload_param, optimizer_impl="fused", reduce_bucket_size=0)
         if ds.total("backward", "device") * headroom <= capacity:
             lo = n
             break
@@ -534,7 +538,7 @@ def min_world_size(params: int, dtype: str, stage: int, device: str, *, offload_
     while a < b:
         mid = (a + b) // 2
         ds = deepspeed_model_states(params, stage, mid, dtype, offload_optimizer=offload_optimizer,
-                                    offload_param=offload_param, reduce_bucket_size=0)
+                                    offload_param=offload_param, optimizer_impl="fused", reduce_bucket_size=0)
         if ds.total("backward", "device") * headroom <= capacity:
             b = mid
         else:

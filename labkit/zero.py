@@ -140,7 +140,7 @@ class ZeroPlan:
     warmup: int = 1
     micro_batch: int = 2
     seq: int = 16
-    lr: float = 1e-3
+    lr: float = 1e-4
     optimizer_impl: str = "torch"
     bucket_size: int = 0
     memory_summary: bool = False
@@ -377,6 +377,11 @@ def build_report(plan: ZeroPlan, ranks: list[dict], command: list[str] | None = 
             "init_s": max(res["init_s"] for res in per_rank),
             "losses": per_rank[0]["losses"],
             "peak_allocated": [res.get("peak_allocated") for res in per_rank],
+            # what this config added to the allocator's peak (earlier engines in the process may not be freed)
+            "peak_above_start": [pk - b if pk is not None and b is not None else None
+                                 for pk, b in zip((res.get("peak_allocated") for res in per_rank), before)],
+            "allocated_before": before,
+            "engine_released": [res.get("engine_released") for res in per_rank],
             "allocated_after_step": [a - b if a is not None and b is not None else None
                                      for a, b in zip(alloc_step, before)],
             "timeline": [res["phases"] for res in per_rank],
@@ -407,7 +412,7 @@ def summary_rows(report: dict, rank: int = 0) -> list[dict]:
             "deepspeed_model": c["predicted_deepspeed_total"], "paper": c["predicted_paper_total"],
             "paper_formula": c["predicted_paper"]["formula"],
             "rel_error_deepspeed": c["rel_error_deepspeed"],
-            "peak_allocated": c["peak_allocated"][rank], "step_ms": c["step_time_s"] * 1e3,
+            "peak_allocated": c.get("peak_above_start", c["peak_allocated"])[rank], "step_ms": c["step_time_s"] * 1e3,
             "final_loss": c["losses"][-1],
         })
     return rows
@@ -454,3 +459,61 @@ def conclusions(report: dict, rank: int = 0) -> list[str]:
                f"(worst: {worst['label']}); the paper's formulas were off by up to "
                f"{max(c['rel_error_paper'] for c in cfgs):.0%}.")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run, inspected (notebook 05)
+# ----------------------------------------------------------------------------------------------------------------------
+def variant_token(stage: int, offload: str = "none") -> str:
+    """The single stage token for one inspected run: (3, 'optimizer') -> '3+opt'. Validated."""
+    memory.check_stage(stage)
+    if offload not in ("none", "optimizer", "optimizer+param"):
+        raise ConfigError("offload", f"unknown offload {offload!r}", "use none, optimizer or optimizer+param")
+    v = Variant(stage, offload != "none", "param" in offload)
+    memory.check_offload(v.stage, v.offload_optimizer, v.offload_param)
+    return v.name
+
+
+def check_rank(rank: int, world_size: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigError("rank", f"must be between 0 and world_size-1 = {world_size - 1}, got {rank!r}",
+                          "pick a rank that exists")
+    return rank
+
+
+def kind_rows(config: dict, rank: int = 0) -> list[dict]:
+    """Per kind and location: measured bytes (steady backward), labkit's DeepSpeed model, and the paper's term."""
+    m, p = config["measured"][rank], config["predicted_deepspeed"]
+    paper = config["predicted_paper"]
+    rows = []
+    for loc in ("device", "host"):
+        for kind in memory.KINDS:
+            pk = paper[loc].get(kind) if kind != "buffers" else None
+            if not (m[loc][kind] or p[loc][kind] or pk):
+                continue
+            rows.append({"kind": memory.KIND_LABELS[kind], "location": loc, "measured": m[loc][kind],
+                         "deepspeed_model": p[loc][kind], "paper": pk,
+                         "difference": m[loc][kind] - p[loc][kind]})
+    return rows
+
+
+def holder_rows(config: dict, rank: int = 0) -> list[dict]:
+    """Where the bytes went at the steady backward point: bytes per DeepSpeed attribute holding them."""
+    phases = config["timeline"][rank]
+    detailed = [p for p in phases if p["phase"] == "backward" and "holders" in p["tensors"]]
+    return detailed[-1]["tensors"]["holders"] if detailed else []
+
+
+def timeline_rows(config: dict, rank: int = 0) -> list[dict]:
+    rows = []
+    for p in config["timeline"][rank]:
+        t = p["tensors"]
+        row = {"phase": p["phase"], "step": p["step"],
+               "counted": sum(t["device"].values()) + sum(t["host"].values()),
+               "host": sum(t["host"].values())}
+        row.update({k: t["device"][k] + t["host"][k] for k in memory.KINDS})
+        alloc = (p.get("accelerator") or {}).get("allocated")
+        base = (config.get("allocated_before") or [None] * (rank + 1))[rank]
+        row["allocated"] = alloc - base if alloc is not None and base is not None else alloc
+        rows.append(row)
+    return rows

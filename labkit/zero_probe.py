@@ -277,11 +277,29 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
         "peak_allocated": peak.get("peak_allocated"),
         "memory_summary": _memory_summary(device_type) if cfg.get("memory_summary") else None,
     }
+    # Was the engine really freed? (DeepSpeed keeps ZeRO-3's top module in a module-level list, which keeps the whole
+    # engine alive: the next configuration would start with the previous one's memory still allocated.)
+    import weakref
+    probes = [weakref.ref(q) for g in basic.param_groups for q in g["params"]] + \
+        [weakref.ref(q) for q in basic.state.keys()]
     engine.destroy()
+    _release_deepspeed_globals(engine.module)
     del engine, basic, model, x, target, out, loss
     gc.collect()
     accel.empty_cache()
+    result["engine_released"] = not any(r() is not None for r in probes)
+    result["accelerator_after"] = _accel_stats(accel, device_type)
     return result
+
+
+def _release_deepspeed_globals(module) -> None:
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+    except ImportError:
+        return
+    stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
+    if isinstance(stack, list):
+        stack[:] = [m for m in stack if m is not module]
 
 
 def _memory_summary(device_type: str) -> str | None:
