@@ -101,7 +101,17 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
         raise ConfigError(field_name, f"context {chosen!r} is not in {', '.join(paths)} (contexts: {known})",
                           "pick one of those contexts (kubectl config get-contexts)")
     server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
-    return chosen, server
+    return chosen, _without_userinfo(server)
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """https://user:secret@host:6443 -> https://host:6443: a server URL is shown, credentials never are."""
+    if not url or "@" not in url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def find_kubeconfig(kubeconfig: str | os.PathLike | None = None, context: str | None = None,

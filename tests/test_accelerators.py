@@ -3,6 +3,7 @@ the CLI fallbacks through real subprocesses of fake tools on PATH, the real CPU 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -381,6 +382,26 @@ def test_device_memory_figure_renders_under_agg():
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"  # what the `labkit` script runs
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_discover_text_and_json():
+    text = run_cli("discover")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("kind  index  name") and "\ncpu " in text.stdout and "note: NVIDIA:" in text.stdout
+    as_json = run_cli("discover", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert set(data) == {"local"} and data["local"]["devices"][-1]["kind"] == "cpu"
+
+
+def test_cli_discover_rejects_a_bad_timeout():
+    proc = run_cli("discover", "--timeout", "0")
+    assert proc.returncode == 2 and "labkit: error: --timeout: 0.0 is not a positive number" in proc.stderr
 
 
 def test_modules_import_cheaply():

@@ -196,6 +196,12 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
     assert source.paths == (str(first), str(second)) and source.context == "lab" and source.server == "https://first:6443"
 
 
+def test_server_credentials_in_the_url_are_not_shown(no_cluster):
+    path = write_kubeconfig(no_cluster / "kc.yaml", "https://admin:hunter2@10.0.0.1:6443")
+    source = cluster.find_kubeconfig(path)
+    assert source.server == "https://10.0.0.1:6443" and "hunter2" not in source.describe()
+
+
 def test_unknown_context_names_the_field(no_cluster):
     path = write_kubeconfig(no_cluster / "kc.yaml", "https://10.0.0.1:6443", extra_context="kind-lab")
     assert cluster.find_kubeconfig(path, "kind-lab").context == "kind-lab"

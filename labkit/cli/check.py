@@ -52,8 +52,8 @@ def _discover(args: argparse.Namespace) -> int:
         inventory = None
         if args.cluster:
             inventory = cluster.discover_cluster(args.kubeconfig, args.context, timeout=args.timeout)
-        if not inventory.configured:  # asked for explicitly: an error, not an empty table
-            raise LabkitError(inventory.error)
+            if not inventory.configured:  # asked for explicitly: an error, not an empty table
+                raise LabkitError(inventory.error)
     if args.json:
         data = {"local": local.to_dict()}
         if inventory is not None:
