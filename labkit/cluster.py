@@ -508,6 +508,20 @@ class ClusterReport:
         return {"nodes": len(self.nodes), "ready_nodes": sum(n.ready for n in self.nodes),
                 "accelerators": by_kind, "hugepages_2mi_bytes": sum(n.hugepages_2mi_bytes for n in self.nodes)}
 
+    def summary(self) -> str:
+        """One sentence on what the cluster offers the kit, computed from this report."""
+        if not self.reachable:
+            return f"No cluster inventory ({self.error})."
+        totals = self.totals()
+        per_kind = ", ".join(f"{n} {k}" for k, n in sorted(totals["accelerators"].items())) or "no accelerators"
+        mpijob = next((c for c in self.crds if c.name == MPIJOB_CRD), None)
+        if mpijob is not None and mpijob.ok:
+            mpi = "MPIJob v2beta1 is served"
+        else:
+            mpi = f"MPIJob v2beta1 is NOT usable: {mpijob.problem if mpijob else 'not checked'}"
+        return (f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} allocatable "
+                f"and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; {mpi}.")
+
     def to_dict(self) -> dict[str, Any]:
         return {"configured": self.configured, "reachable": self.reachable, "source": self.source,
                 "server": self.server, "error": self.error, "totals": self.totals(),

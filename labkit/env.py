@@ -530,6 +530,10 @@ def check_kubeconfig(kubeconfig: str | None = None, context: str | None = None,
         source = find_kubeconfig(kubeconfig, context, env)
     except LabkitError as exc:
         return Check("kubeconfig", WARN, str(exc), "fix the kubeconfig or point KUBECONFIG at a valid one", "kubernetes")
+    env = os.environ if env is None else env
+    if source is None and env.get("KUBECONFIG"):
+        return Check("kubeconfig", WARN, f"KUBECONFIG={env['KUBECONFIG']} names no existing file: no cluster configured",
+                     "point KUBECONFIG at your kubeconfig (kind get kubeconfig > FILE), or unset it", "kubernetes")
     if source is None:
         return Check("kubeconfig", WARN, "no cluster configured: the local backend runs everything on this machine",
                      "to use a cluster: set KUBECONFIG or create ~/.kube/config (kind create cluster writes one)",

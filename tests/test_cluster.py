@@ -164,6 +164,7 @@ def test_no_cluster_configured(no_cluster):
         cluster.load_client()
     report = cluster.discover_cluster()
     assert not report.configured and report.error.startswith("no cluster configured")
+    assert report.summary().startswith("No cluster inventory (no cluster configured")
     assert report.text().startswith("cluster: no cluster configured")
     assert cluster.resolve_cluster_mode("auto") is False
     with pytest.raises(ConfigError) as info:
@@ -318,6 +319,7 @@ def test_discover_cluster_over_http(no_cluster):
                                "hugepages_2mi_bytes": 48 * GIB}
     mpijob, trainjob = report.crds
     assert mpijob.ok and trainjob.installed is False
+    assert report.summary().endswith("MPIJob v2beta1 is served.")
     assert probe.reachable and probe.version == "v1.32.3" and probe.status is None
     # the token authenticates every request and appears in no output
     assert server.requests and all(auth == f"Bearer {TOKEN}" for _, auth in server.requests)
@@ -330,6 +332,8 @@ def test_discover_cluster_reports_the_v1_clash_over_http(no_cluster):
     mpijob, trainjob = report.crds
     assert not mpijob.ok and "served at v1" in mpijob.problem and trainjob.ok
     assert "wrong version" in report.text()
+    assert report.summary().startswith("The cluster has 6 node(s), 5 ready, with 8 amd, 8 gaudi, 16 nvidia allocatable "
+                                       "and 48 GiB of 2 MiB huge pages; MPIJob v2beta1 is NOT usable: ")
 
 
 def test_forbidden_crd_reads_are_unknown_not_fatal(no_cluster):

@@ -267,6 +267,12 @@ def test_kubeconfig_absent_warns(no_cluster):
     assert env.check_api_server().detail == "skipped: no cluster configured"
 
 
+def test_kubeconfig_variable_naming_missing_files_says_so(no_cluster, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(no_cluster / "gone.yaml"))
+    check = env.check_kubeconfig()
+    assert check.status == WARN and "names no existing file" in check.detail and "gone.yaml" in check.detail
+
+
 def test_kubeconfig_present_passes_without_showing_the_token(no_cluster, monkeypatch):
     path = kubeconfig(no_cluster / "kc.yaml", "https://10.1.2.3:6443")
     monkeypatch.setenv("KUBECONFIG", str(path))

@@ -5,7 +5,10 @@ under any backend, Agg included. Notebooks show them by returning the Figure fro
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GIB = 2**30
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
@@ -19,7 +22,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def check_summary_figure(checks: Sequence) -> "Figure":  # noqa: F821
+def check_summary_figure(checks: Sequence) -> Figure:
     """Stacked horizontal bars: pass/warn/fail counts per check group."""
     groups: list[str] = []
     for c in checks:
@@ -40,7 +43,7 @@ def check_summary_figure(checks: Sequence) -> "Figure":  # noqa: F821
     return fig
 
 
-def device_memory_figure(devices: Sequence) -> "Figure":  # noqa: F821
+def device_memory_figure(devices: Sequence) -> Figure:
     """Memory in use vs total per local device (GiB); devices whose use is unknown show the total only."""
     labels = [f"{d.kind}:{d.index} {d.name[:28]}" for d in devices]
     totals = [(d.mem_total or 0) / GIB for d in devices]
@@ -60,7 +63,7 @@ def device_memory_figure(devices: Sequence) -> "Figure":  # noqa: F821
     return fig
 
 
-def node_accelerators_figure(nodes: Sequence) -> "Figure":  # noqa: F821
+def node_accelerators_figure(nodes: Sequence) -> Figure:
     """Per node: allocatable accelerators by kind (left) and allocatable hugepages-2Mi in GiB (right)."""
     names = [f"{n.name}\n{n.accelerator_product}" if n.accelerator_product else n.name for n in nodes]
     fig = _figure(10, 0.6 * max(len(nodes), 2) + 1.4)

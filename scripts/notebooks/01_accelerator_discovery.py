@@ -81,19 +81,10 @@ except ImportError:
     ("md", """## What this run showed"""),
     ("code", """accel = [d for d in local.devices if d.kind != "cpu"]
 cpu = local.of_kind("cpu")[0]
-totals = inventory.totals()
-mpijob = next((c for c in inventory.crds if c.name == kube.MPIJOB_CRD), None)
-local_text = (f"{len(accel)} accelerator(s) ({', '.join(sorted({d.name for d in accel}))})" if accel
-              else "no accelerator")
-if inventory.reachable:
-    per_kind = ", ".join(f"{n} {k}" for k, n in sorted(totals["accelerators"].items())) or "no accelerators"
-    cluster_text = (f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} "
-                    f"allocatable and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; "
-                    f"MPIJob v2beta1 is {'served' if mpijob and mpijob.ok else 'NOT usable: ' + (mpijob.problem if mpijob else 'unknown')}.")
-else:
-    cluster_text = f"No cluster inventory ({inventory.error})."
-Markdown(f"This machine has {local_text} and {cpu.info['cores']} usable CPU core(s) with "
-         f"{cpu.mem_total / 2**30:.1f} GiB of memory; later chapters will run on **{resolved_device}**. {cluster_text}")"""),
+names = ", ".join(sorted({d.name for d in accel}))
+Markdown(f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
+         f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
+         f"will run on **{resolved_device}**. {inventory.summary()}")"""),
 ]
 
 
