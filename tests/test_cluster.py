@@ -197,6 +197,19 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
     assert source.paths == (str(first), str(second)) and source.context == "lab" and source.server == "https://first:6443"
 
 
+def test_in_cluster_service_account(no_cluster, monkeypatch):
+    token = no_cluster / "token"
+    token.write_text("service-account-token")
+    monkeypatch.setattr(cluster, "IN_CLUSTER_TOKEN", token)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    source = cluster.find_kubeconfig()
+    assert source.kind == "in-cluster" and source.server == "https://10.96.0.1:443"
+    assert "in-cluster service account" in source.describe()
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00:10:96::1")
+    assert cluster.find_kubeconfig().server == "https://[fd00:10:96::1]:443"
+
+
 def test_server_credentials_in_the_url_are_not_shown(no_cluster):
     path = write_kubeconfig(no_cluster / "kc.yaml", "https://admin:hunter2@10.0.0.1:6443")
     source = cluster.find_kubeconfig(path)
