@@ -1,0 +1,51 @@
+"""`make lab`: JupyterLab starts from the kit's environment, serves the notebooks and offers the kit's kernel."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labkit import launch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
+    port, token = launch.free_port(), secrets.token_hex(16)
+    cmd = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+           f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
+    env = launch.kit_env({"JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                get(f"{base}/api/status?token={token}")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "JupyterLab did not start within 120 s"
+                time.sleep(1)
+        specs = get(f"{base}/api/kernelspecs?token={token}")["kernelspecs"]
+        assert "labkit" in specs, f"the kit's kernel is not registered: {sorted(specs)}"
+        contents = get(f"{base}/api/contents?token={token}")["content"]
+        names = {c["name"] for c in contents}
+        assert {p.name for p in (ROOT / "notebooks").glob("*.ipynb")} <= names
+        with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10) as resp:
+            assert resp.status == 200 and b"JupyterLab" in resp.read()
+    finally:
+        launch._kill_group(proc)
