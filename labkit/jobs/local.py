@@ -19,6 +19,7 @@ cluster would list. Commands may name the cluster path /etc/mpi/hostfile: it is 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,72 @@ if TYPE_CHECKING:  # pragma: no cover
 
 JOBS_DIR_ENV = "LABKIT_JOBS_DIR"
 _EXEC_GRACE_S = 5.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (children, grandchildren...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def clear_stale_extension_locks(max_age_s: float = 900.0) -> list[Path]:
+    """Remove torch extension build locks abandoned by killed ranks.
+
+    Every rank JIT-loads DeepSpeed's CPU communication op under a file lock in TORCH_EXTENSIONS_DIR; a rank killed
+    while holding it (an interrupt at start-up) leaves the lock behind and every later DeepSpeed run waits on it
+    forever, silently. A lock older than max_age_s while no compiler runs anywhere is such a leftover.
+    """
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    now = time.time()
+    try:
+        locks = [p for p in root.glob("*/*/lock") if now - p.stat().st_mtime > max_age_s]
+    except OSError:
+        return []
+    if not locks:
+        return []
+    for entry in os.scandir("/proc"):  # a build in progress (ninja, the compiler) may legitimately hold a lock
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() in ("ninja", "cc1plus", "c++", "g++", "gcc", "ld"):
+                    return []
+        except OSError:
+            continue
+    removed = []
+    for lock in locks:
+        try:
+            lock.unlink()
+            removed.append(lock)
+        except OSError:
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ignore SIGINT while stopping a command (a second Ctrl-C must not abandon half-killed ranks)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_jobs_dir() -> Path:
@@ -211,6 +278,10 @@ class LocalBackend(JobBackend):
         job = self._read_job(d)
         env = self._job_env(d, job["uid"], job["workers"] * job["slots_per_worker"], job.get("accelerator", "cpu"))
         cmd = watchdog.map_hostfile(list(argv), d / "hostfile")
+        for lock in clear_stale_extension_locks():
+            if on_output:
+                on_output(f"labkit: removed {lock}, a torch extension build lock left by a killed rank "
+                          "(it would make DeepSpeed wait forever)\n")
         try:
             proc = subprocess.Popen(cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -224,47 +295,60 @@ class LocalBackend(JobBackend):
 
         def pump() -> None:
             assert proc.stdout is not None
-            for raw in iter(proc.stdout.readline, b""):
-                if on_output:
-                    on_output(raw.decode("utf-8", "replace"))
+            try:
+                for raw in iter(proc.stdout.readline, b""):
+                    if on_output:
+                        on_output(raw.decode("utf-8", "replace"))
+            except (ValueError, OSError):  # the pipe was closed under us after a forced stop
+                pass
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._stop_exec(proc, job["uid"], d)
-            reader.join(timeout=5)
+            with _interrupts_deferred():
+                self._stop_exec(proc, job["uid"], d)
+                reader.join(timeout=5)
             raise TimeoutError(f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped")
         except BaseException:
-            # KeyboardInterrupt (notebook stop button) or anything else: never leave ranks running.
-            self._stop_exec(proc, job["uid"], d)
-            reader.join(timeout=5)
+            # KeyboardInterrupt (notebook stop button) or anything else: never leave ranks running, even if the
+            # user presses stop again while we clean up.
+            with _interrupts_deferred():
+                self._stop_exec(proc, job["uid"], d)
+                reader.join(timeout=5)
             raise
         else:
             # The command exited; ranks it started in its group (mpirun children) must not outlive it.
-            self._stop_exec(proc, job["uid"], d, grace_s=1.0)
-            reader.join(timeout=10)
+            with _interrupts_deferred():
+                self._stop_exec(proc, job["uid"], d, grace_s=1.0)
+                reader.join(timeout=10)
             return returncode
         finally:
             record.unlink(missing_ok=True)
-            if proc.stdout:
+            if proc.stdout and not reader.is_alive():
                 proc.stdout.close()
 
     def _stop_exec(self, proc: subprocess.Popen, uid: str, d: Path, grace_s: float = _EXEC_GRACE_S) -> None:
+        """Stop an exec'd command and everything under it. mpirun puts each rank in its own process group, so
+        signalling the command's group is not enough: every descendant (snapshot before signalling) is signalled too."""
+        victims = set(descendants(proc.pid))
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
-                break
+                pass
+            victims |= set(descendants(proc.pid))
+            for pid in victims:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
             end = time.monotonic() + wait
             while time.monotonic() < end:
                 proc.poll()
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    break
-                if proc.returncode is not None and not self._group_alive(proc.pid):
+                if (proc.returncode is not None and not self._group_alive(proc.pid)
+                        and not any(watchdog._alive(p) for p in victims)):
                     break
                 time.sleep(0.05)
             else:
@@ -303,8 +387,9 @@ class LocalBackend(JobBackend):
         d = self.job_dir(name, namespace)
         if not (d / "job.json").is_file():
             return False
-        self._stop(d)
-        shutil.rmtree(d, ignore_errors=True)
+        with _interrupts_deferred():  # half a delete would leave processes without a launcher to end them
+            self._stop(d)
+            shutil.rmtree(d, ignore_errors=True)
         return True
 
     def _stop(self, d: Path) -> None:

@@ -1,0 +1,264 @@
+"""LocalBackend: a real launcher process, real exec'd commands, real deadlines, real DeepSpeed ranks through mpirun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.jobs import JobNotFound, JobNotReady, get_backend, parse_metrics
+from labkit.jobs.local import LocalBackend
+from labkit.jobs.watchdog import job_pids
+from labkit.manifests import MpiJobSpec
+
+
+CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
+
+
+def job_uid(backend: LocalBackend, name: str) -> str:
+    return json.loads((backend.job_dir(name) / "job.json").read_text())["uid"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = LocalBackend(root=tmp_path / "jobs")
+    yield b
+    for st in b.list(namespace="*"):  # nothing a test started may outlive it
+        b.delete(st.name, namespace=st.namespace)
+
+
+def test_submit_exec_shows_operator_style_hostfile_and_job_environment(backend):
+    with backend.submit(MpiJobSpec(name="hosts", workers=3, slots_per_worker=2)) as job:
+        st = job.wait_ready(timeout=10)
+        assert st.ready and st.phase == "Running" and (st.workers, st.slots_per_worker) == (3, 2)
+        res = job.run(["cat", "/etc/mpi/hostfile"])  # the cluster path works locally too
+        assert res.returncode == 0
+        lines = res.output.splitlines()
+        # One real line: 3 workers x 2 slots = 6 ranks on this host; the cluster's lines shown as comments.
+        assert [ln for ln in lines if not ln.startswith("#")] == ["localhost slots=6"]
+        assert "#   hosts-worker-2.hosts.workloads.svc slots=2" in lines
+        env = job.run(["sh", "-c", 'echo "$LABKIT_PROCESS $OMPI_MCA_orte_default_hostfile"; pwd']).output.split()
+        assert env[0] == "1" and env[1] == str(backend.job_dir("hosts") / "hostfile")
+        assert env[2] == str(backend.job_dir("hosts") / "workdir")
+        # The manifest a cluster would get is kept beside it.
+        assert "kind: MPIJob" in (backend.job_dir("hosts") / "manifest.yaml").read_text()
+    assert not backend.job_dir("hosts").exists()
+    with pytest.raises(JobNotFound):
+        backend.status("hosts")
+
+
+def test_exec_streams_output_while_the_command_runs(backend):
+    arrivals: list[tuple[float, str]] = []
+    with backend.submit(MpiJobSpec(name="stream")) as job:
+        job.wait_ready(10)
+        start = time.monotonic()
+        code = job.exec(["sh", "-c", "echo first; sleep 1.5; echo second"],
+                        on_output=lambda text: arrivals.append((time.monotonic() - start, text)))
+    assert code == 0
+    first = next(t for t, text in arrivals if "first" in text)
+    second = next(t for t, text in arrivals if "second" in text)
+    assert second - first > 1.0, "output was buffered until the command ended"
+
+
+def test_failing_command_returns_its_code_and_stderr(backend):
+    with backend.submit(MpiJobSpec(name="fails")) as job:
+        job.wait_ready(10)
+        res = job.run(["sh", "-c", "echo partial; echo 'boom: disk full' >&2; exit 7"])
+        assert res.returncode == 7 and "boom: disk full" in res.output and "partial" in res.output
+        missing = job.run(["no-such-binary-xyz"])
+        assert missing.returncode == 127 and "no-such-binary-xyz" in missing.output
+
+
+def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
+    with pytest.raises(ConfigError, match="^name:"):
+        backend.submit(MpiJobSpec(name="Not_Valid"))
+    with pytest.raises(ConfigError, match="^deadline_seconds:"):
+        backend.submit(MpiJobSpec(name="ok"), deadline_seconds=-1)
+    with pytest.raises(ConfigError, match="^backend:"):
+        get_backend("slurm")
+    assert not (tmp_path / "jobs" / "workloads" / "ok").exists()
+    with pytest.raises(JobNotFound, match="does not exist"):
+        backend.exec("never-submitted", ["true"])
+    with backend.submit(MpiJobSpec(name="twice")) as job:
+        job.wait_ready(10)
+        with pytest.raises(ConfigError, match="already running"):
+            backend.submit(MpiJobSpec(name="twice"))
+        with pytest.raises(ConfigError, match="^argv:"):
+            job.exec([])
+
+
+def test_deadline_ends_a_forgotten_launcher_and_its_running_commands(backend):
+    job = backend.submit(MpiJobSpec(name="forgotten"), deadline_seconds=3)
+    job.wait_ready(10)
+    uid = job_uid(backend, "forgotten")
+    launcher = json.loads((backend.job_dir("forgotten") / "launcher.json").read_text())
+    start = time.monotonic()
+    # A command still running at the deadline (e.g. a training the student forgot): the deadline stops it too.
+    code = job.exec(["sh", "-c", "sleep 60 & sleep 61; echo never"], on_output=None)
+    took = time.monotonic() - start
+    assert code != 0 and took < 15
+    st = job.status()
+    assert st.phase == "DeadlineExceeded" and st.past_deadline and not st.ready
+    assert [s.name for s in backend.list() if s.past_deadline] == ["forgotten"]
+    assert wait_until(lambda: not job_pids(uid, exclude={os.getpid()}))
+    assert not alive(launcher["pid"]) and not alive(launcher["child_pid"])
+    assert "DeadlineExceeded" in job.logs()
+    with pytest.raises(JobNotReady, match="DeadlineExceeded"):
+        job.exec(["true"])
+    job.delete()
+
+
+def test_launcher_outlives_the_submitting_process_and_the_deadline_still_holds(backend):
+    # The submitting process (think: a notebook kernel) exits right after submit, without deleting.
+    code = (f"from labkit.jobs.local import LocalBackend; from labkit.manifests import MpiJobSpec; import os\n"
+            f"b = LocalBackend(root={str(backend.root)!r}); j = b.submit(MpiJobSpec(name='orphan'), deadline_seconds=4)\n"
+            f"j.wait_ready(10); os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    st = backend.status("orphan")  # another process sees it through the job directory
+    assert st.phase == "Running" and st.ready
+    assert backend.job("orphan").run(["echo", "still here"]).output.strip() == "still here"
+    uid = job_uid(backend, "orphan")
+    assert wait_until(lambda: backend.status("orphan").phase == "DeadlineExceeded", timeout=15)
+    assert wait_until(lambda: not job_pids(uid, exclude={os.getpid()}))
+
+
+def test_exec_timeout_stops_the_command_and_everything_it_started(backend):
+    with backend.submit(MpiJobSpec(name="slow")) as job:
+        job.wait_ready(10)
+        uid = job_uid(backend, "slow")
+        launcher = json.loads((backend.job_dir("slow") / "launcher.json").read_text())
+        with pytest.raises(TimeoutError, match="timed out"):
+            job.exec(["sh", "-c", "sleep 100 & sleep 100 & wait"], timeout=1, on_output=None)
+        # Only the launcher and its `sleep infinity` remain: the exec'd shell and both sleeps are gone.
+        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]})
+        assert job.status().ready  # the job itself keeps running
+        assert not list((backend.job_dir("slow") / "execs").iterdir())
+
+
+def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
+    with backend.submit(MpiJobSpec(name="interrupted")) as job:
+        job.wait_ready(10)
+        uid = job_uid(backend, "interrupted")
+        launcher = json.loads((backend.job_dir("interrupted") / "launcher.json").read_text())
+
+        def press_stop(text: str) -> None:  # the notebook's stop button, once the command is under way
+            if "started" in text:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(KeyboardInterrupt):
+            job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=press_stop)
+        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]})
+
+
+def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tmp_path):
+    job = backend.submit(MpiJobSpec(name="shared"))
+    job.wait_ready(10)
+    uid = job_uid(backend, "shared")
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("code", job.exec(["sleep", "100"], on_output=None)))
+    t.start()
+    assert wait_until(lambda: len(list((backend.job_dir("shared") / "execs").iterdir())) == 1)
+    env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
+    listing = subprocess.run([*CLI, "job", "list"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0 and "shared" in listing.stdout and "Running" in listing.stdout
+    deleted = subprocess.run([*CLI, "job", "delete", "shared"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert deleted.returncode == 0, deleted.stderr
+    t.join(timeout=15)
+    assert result["code"] != 0  # the running exec was stopped, not left behind
+    assert not backend.job_dir("shared").exists()
+    assert wait_until(lambda: not job_pids(uid, exclude={os.getpid()}))
+
+
+def test_cli_exec_returns_the_command_exit_code(backend):
+    env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
+    cli = [*CLI, "job"]
+    sub = subprocess.run([*cli, "submit", "--name", "cli", "--wait", "20"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    run = subprocess.run([*cli, "exec", "cli", "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 5"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 5 and "localhost slots=2" in run.stdout
+    bad = subprocess.run([*cli, "exec", "cli"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "labkit: error: command: no command given" in bad.stderr
+    render = subprocess.run([*cli, "render", "--name", "cli", "--workers", "3"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert render.returncode == 0 and "kind: MPIJob" in render.stdout and "replicas: 3" in render.stdout
+
+
+def test_ttl_removes_finished_jobs(backend):
+    job = backend.submit(MpiJobSpec(name="done", ttl_seconds_after_finished=0), deadline_seconds=1)
+    job.wait_ready(10)
+    assert wait_until(lambda: backend.status("done").phase == "DeadlineExceeded", timeout=10)
+    time.sleep(0.1)
+    assert [s.name for s in backend.list()] == []  # listing collects it, as the cluster's TTL controller would
+    assert not backend.job_dir("done").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_deepspeed_training_leaves_no_rank_running(backend):
+    """The real thing: 2 DeepSpeed ranks under mpirun, interrupted mid-training."""
+    spec = MpiJobSpec(name="ds-stop", workers=2, slots_per_worker=1)
+    with backend.submit(spec) as job:
+        job.wait_ready(10)
+        uid = job_uid(backend, "ds-stop")
+        launcher = json.loads((backend.job_dir("ds-stop") / "launcher.json").read_text())
+        argv = backend.training_command(spec, steps=1000, extra_args=["--step-sleep", "0.2"])
+        assert "--launcher" in argv and argv[argv.index("--launcher") + 1] == "openmpi"
+        assert argv[argv.index("--hostfile") + 1] == "/etc/mpi/hostfile"
+        seen: list[str] = []
+        pressed: list[float] = []
+
+        def interrupt_when_training(text: str) -> None:
+            seen.append(text)
+            if not pressed and len(parse_metrics("".join(seen))) >= 4:  # both ranks are stepping: press stop
+                pressed.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(KeyboardInterrupt):
+            job.exec(argv, on_output=interrupt_when_training, timeout=300)
+        ranks = {m["rank"] for m in parse_metrics("".join(seen))}
+        assert ranks == {0, 1}
+        assert "mpirun -n 2" in "".join(seen)
+        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]},
+                          timeout=15), "DeepSpeed ranks survived the interrupt"
+
+
+def test_stale_torch_extension_lock_is_removed_but_a_fresh_one_is_kept(tmp_path, monkeypatch):
+    from labkit.jobs.local import clear_stale_extension_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "py311_cpu" / "cpu_adam" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))  # a rank killed an hour ago while loading the op
+    assert clear_stale_extension_locks(max_age_s=900) == [stale]
+    assert not stale.exists() and fresh.exists()  # a build may be holding the fresh one right now
