@@ -262,3 +262,85 @@ def test_stale_torch_extension_lock_is_removed_but_a_fresh_one_is_kept(tmp_path,
     os.utime(stale, (old, old))  # a rank killed an hour ago while loading the op
     assert clear_stale_extension_locks(max_age_s=900) == [stale]
     assert not stale.exists() and fresh.exists()  # a build may be holding the fresh one right now
+
+
+@pytest.mark.slow
+def test_notebook_03_runs_the_interactive_round_trip_on_the_local_backend(executed_notebook):
+    import nbformat
+
+    from labkit import results
+    from labkit.manifests import find_secret_material
+
+    path = executed_notebook("03_interactive_mpijob")
+    got = results.read(path)
+    training = got["training"]
+    assert got["backend"] == "local" and got["accelerator"] == "cpu"
+    assert training["returncode"] == 0
+    assert training["world_size"] == 2 and training["ranks"] == [0, 1] and training["ranks_finished"] == [0, 1]
+    assert training["backend"] == "gloo" and training["allreduce_ok"] is True
+    assert training["steps"] == 10 and training["loss_last_mean"] < training["loss_first_mean"]
+    assert got["hostfile"] == [{"host": "localhost", "slots": 2}]
+    command = got["command"]
+    assert command[command.index("--launcher") + 1] == "openmpi" and "/etc/mpi/hostfile" in command
+    assert got["job_deleted"] is True
+    # No secret value in any output (the manifest only names the Secret).
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(str(o.get("text", "")) + json.dumps(o.get("data", {})) for c in nb.cells
+                     for o in c.get("outputs", []))
+    assert "secretKeyRef" in text and find_secret_material(text) == []
+
+
+@pytest.mark.parametrize("params, field_name", [
+    ({"backend": "slurm"}, "backend"),
+    ({"name": "Bad_Name"}, "name"),
+    ({"workers": 0}, "workers"),
+    ({"slots": 2.5}, "slots"),
+    ({"workers": 8, "slots": 4}, "workers"),
+    ({"deadline_minutes": 0.5}, "deadline_minutes"),
+    ({"device": "tpu"}, "device"),
+    ({"image": "not an image"}, "image"),
+    ({"train_command": "deepspeed 'unbalanced"}, "train_command"),
+    ({"ready_timeout_s": 0}, "ready_timeout_s"),
+])
+def test_notebook_parameters_fail_with_the_parameter_named(params, field_name, tmp_path):
+    from labkit.jobs.session import plan_interactive_job
+
+    with pytest.raises(ConfigError) as err:
+        plan_interactive_job(**params, jobs_dir=str(tmp_path))
+    assert err.value.field == field_name
+    assert not (tmp_path / "workloads").exists()  # nothing was submitted
+
+
+def test_plan_uses_the_cluster_command_line_and_a_custom_command(tmp_path):
+    from labkit.jobs.session import plan_interactive_job
+
+    plan = plan_interactive_job(workers=3, slots=2, device="cpu", jobs_dir=str(tmp_path), steps=7)
+    argv = plan.train_argv
+    assert plan.default_command and plan.ranks == 6
+    assert argv[argv.index("--hostfile") + 1] == "/etc/mpi/hostfile" and "--force_multi" in argv
+    assert argv[argv.index("--launcher") + 1] == "openmpi" and argv[-2:] == ["--steps", "7"]
+    assert "--allow-run-as-root" in argv[argv.index("--launcher_args") + 1] or os.geteuid() != 0
+    assert "kind: MPIJob" in plan.manifest_yaml() and "replicas: 3" in plan.manifest_yaml()
+    custom = plan_interactive_job(train_command="python -c 'print(1)'", device="cpu", jobs_dir=str(tmp_path))
+    assert custom.train_argv == ["python", "-c", "print(1)"] and not custom.default_command
+
+
+def test_training_progress_hides_metric_lines_and_counts_rank0_steps():
+    import io
+
+    from labkit.jobs.session import TrainingProgress, summarize_training
+
+    out = io.StringIO()
+    progress = TrainingProgress(total_steps=2, stream=out)
+    lines = ['[1,0]<stdout>:rank 0/2 on vm', '[1,0]<stdout>:LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, '
+             '"step": 1, "loss": 1.0}', 'LABKIT_METRIC {"event": "step", "rank": 1, "world_size": 2, "step": 1, '
+             '"loss": 0.9}', 'LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, "step": 2, "loss": 0.5}']
+    text = "\n".join(lines) + "\n"
+    for i in range(0, len(text), 7):  # arrives in arbitrary chunks, split mid-line
+        progress(text[i:i + 7])
+    progress.close()
+    assert out.getvalue() == "[1,0]<stdout>:rank 0/2 on vm\n"
+    assert progress.bar.n == 2
+    summary = summarize_training(parse_metrics(progress.output), 0)
+    assert summary["ranks"] == [0, 1] and summary["per_rank"][0] == {"steps": 2, "loss_first": 1.0, "loss_last": 0.5}
+    assert summary["allreduce_ok"] is False  # no rank reported the final all-reduce
