@@ -219,8 +219,11 @@ def paper_model_states(params: int, stage: int, world_size: int, dtype: str = "b
     terms = {0: f"{p + g + k}Ψ", 1: f"{p + g}Ψ + {k}Ψ/N", 2: f"{p}Ψ + {g + k}Ψ/N", 3: f"{p + g + k}Ψ/N"}
     device = {kk: int(round(v)) for kk, v in device.items()}
     host = {kk: int(round(v)) for kk, v in host.items()}
-    return {"device": device, "host": host, "total": sum(device.values()) + sum(host.values()),
-            "formula": terms[stage] + (" (optimizer+grads on host)" if offload_optimizer else "")}
+    formula = terms[stage]
+    if offload_optimizer:  # ZeRO-Offload: working params on the device, fp32 states and gradients on the host
+        on_device = "0" if offload_param else (f"{p}Ψ/N" if stage == 3 else f"{p}Ψ")
+        formula = f"{on_device} device + {g + k}Ψ/N host" + (f" + {p}Ψ/N host" if offload_param else "")
+    return {"device": device, "host": host, "total": sum(device.values()) + sum(host.values()), "formula": formula}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,244 @@
+"""labkit.memory: parameter counting, the paper's formulas, DeepSpeed's allocation model, estimators, sizing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from labkit import memory as M
+from labkit.errors import ConfigError
+
+PSI = 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------- parsing
+@pytest.mark.parametrize("text,expected", [("20M", 20_000_000), ("7B", 7 * 10**9), ("1.5b", 1_500_000_000),
+                                           ("350k", 350_000), ("7e9", 7 * 10**9), (1000, 1000), (" 2 G ", 2 * 10**9),
+                                           ("1T", 10**12)])
+def test_parse_count(text, expected):
+    assert M.parse_count(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "-5M", "0", "1.2.3", "7X", True])
+def test_parse_count_rejects_with_field_name(bad):
+    with pytest.raises(ConfigError) as e:
+        M.parse_count(bad, "calc_params")
+    assert e.value.field == "calc_params" and "Fix:" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------------- counting
+def test_count_parameters_shared_frozen_and_largest_layer():
+    import torch.nn as nn
+
+    emb = nn.Embedding(100, 16)
+    head = nn.Linear(16, 100, bias=False)
+    head.weight = emb.weight  # tied: counted once
+    frozen = nn.Linear(16, 8)
+    frozen.requires_grad_(False)
+    model = nn.Sequential(emb, nn.Linear(16, 32), head, frozen)
+    c = M.count_parameters(model)
+    assert c.total == 1600 + (16 * 32 + 32) + (16 * 8 + 8)
+    assert c.trainable == 1600 + 16 * 32 + 32
+    assert c.tensor_numels == [1600, 512, 32]
+    assert c.largest_layer == 1600 and c.largest_layer_name in ("0", "2")
+
+
+def test_count_parameters_agrees_with_accelerate():
+    from labkit.zero_probe import build_model
+
+    model = build_model(64, 3)
+    c = M.count_parameters(model)
+    acc = M.accelerate_sizes(model)
+    assert acc["total_bytes"] == 4 * c.total  # fp32
+    assert acc["largest_layer_bytes"] == 4 * c.largest_layer
+
+
+def test_mlp_helpers_match_the_probe_model():
+    from labkit.zero_probe import build_model
+
+    for hidden, layers in [(64, 1), (99, 3), (192, 2)]:
+        model = build_model(hidden, layers)
+        assert [p.numel() for p in model.parameters()] == M.mlp_tensor_numels(hidden, layers)
+        assert M.mlp_params(hidden, layers) == sum(p.numel() for p in model.parameters())
+
+
+def test_mlp_shape_for():
+    assert M.mlp_shape_for(335_000_000) == (2048, 10)  # the 2 x H200 benchmark model (Ψ = 335,646,720)
+    assert M.mlp_params(2048, 10) == 335_646_720
+    hidden, layers = M.mlp_shape_for(20_000_000)
+    assert hidden % 64 == 0 and abs(M.mlp_params(hidden, layers) - 20e6) / 20e6 < 0.1
+    with pytest.raises(ConfigError) as e:
+        M.mlp_shape_for(1000)
+    assert e.value.field == "params"
+
+
+# ---------------------------------------------------------------------------------------------------------- the paper
+@pytest.mark.parametrize("stage,expected", [(0, 16 * PSI), (1, 4 * PSI + 12 * PSI // 4), (2, 2 * PSI + 14 * PSI // 4),
+                                            (3, 16 * PSI // 4)])
+def test_paper_formulas_mixed_precision(stage, expected):
+    p = M.paper_model_states(PSI, stage, 4, "bf16")
+    assert p["total"] == expected
+    assert p["device"]["master_params"] + p["device"]["optimizer_states"] == (12 * PSI if stage == 0 else 3 * PSI)
+
+
+def test_paper_formulas_fp32_and_offload():
+    assert M.paper_model_states(PSI, 0, 4, "fp32")["total"] == 16 * PSI  # 4 + 4 + 8
+    assert M.paper_model_states(PSI, 0, 4, "fp32")["device"]["master_params"] == 0
+    assert M.paper_model_states(PSI, 1, 4, "fp32")["total"] == 8 * PSI + 8 * PSI // 4
+    off = M.paper_model_states(PSI, 2, 4, "bf16", offload_optimizer=True)
+    assert sum(off["device"].values()) == 2 * PSI
+    assert sum(off["host"].values()) == 14 * PSI // 4
+    both = M.paper_model_states(PSI, 3, 4, "bf16", offload_optimizer=True, offload_param=True)
+    assert sum(both["device"].values()) == 0 and sum(both["host"].values()) == 16 * PSI // 4
+
+
+# ---------------------------------------------------------------------------------------------------------- DeepSpeed
+def _bytes(mem, phase="backward", location=None, steady=True):
+    at = mem.at(phase, steady=steady)
+    locs = [location] if location else ["device", "host"]
+    return {k: sum(at[loc][k] for loc in locs) for k in M.KINDS}
+
+
+def test_zero12_flat_buffer_padded_to_2n():
+    # Ψ = 8 over N = 3: DeepSpeed pads the flat group to a multiple of 2*3 = 6 -> 12 elements, 4 per rank.
+    mem = M.deepspeed_model_states([3, 5], 2, 3, "bf16", optimizer_impl="fused")
+    b = _bytes(mem)
+    assert b["params"] == 12 * 2
+    assert b["master_params"] == 4 * 4
+    assert b["gradients"] == 4 * 2
+    assert b["optimizer_states"] == 2 * 4 * 4
+
+
+def test_zero3_partitions_each_tensor_and_keeps_small_ones_whole():
+    mem = M.deepspeed_model_states([5, 7, 200_001], 3, 2, "bf16", optimizer_impl="fused", reduce_bucket_size=10)
+    parts = 3 + 4 + 100_001  # ceil(n / N) per tensor
+    b = _bytes(mem)
+    assert b["params"] == parts * 2 + (5 + 7) * 2  # the two small tensors are persistent (< 1e5 elements)
+    assert b["master_params"] == parts * 4
+    assert b["gradients"] == parts * 2  # grad_partitions_flat_buffer
+    assert b["buffers"] == 10 * 2  # the reduce bucket, allocated at initialize
+    assert b["optimizer_states"] == parts * 8
+    # a lower threshold keeps fewer whole; the model-wide cap stops counting once reached
+    assert _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", param_persistence_threshold=6,
+                                           reduce_bucket_size=0))["params"] == (3 + 4) * 2 + 5 * 2
+    assert _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", model_persistence_threshold=6,
+                                           reduce_bucket_size=0))["params"] == (3 + 4) * 2 + 5 * 2
+
+
+def test_deepspeed_matches_paper_where_the_paper_is_exact():
+    # One tensor divisible by 2N, no buckets, fused Adam (no step tensors): stages 0, 2, 3 are the paper's numbers.
+    for stage in (0, 2, 3):
+        ds = M.deepspeed_model_states(PSI, stage, 4, "bf16", optimizer_impl="fused", reduce_bucket_size=0,
+                                      param_persistence_threshold=0)
+        assert ds.total() == M.paper_model_states(PSI, stage, 4, "bf16")["total"], stage
+    # ...but DeepSpeed partitions gradients already at stage 1: stage 1 == stage 2, below the paper's 4Ψ + 12Ψ/N.
+    s1 = M.deepspeed_model_states(PSI, 1, 4, "bf16", optimizer_impl="fused").total()
+    s2 = M.deepspeed_model_states(PSI, 2, 4, "bf16", optimizer_impl="fused").total()
+    assert s1 == s2 < M.paper_model_states(PSI, 1, 4, "bf16")["total"]
+
+
+def test_fp32_keeps_a_master_copy_under_zero_but_not_at_stage_0():
+    s0 = _bytes(M.deepspeed_model_states(PSI, 0, 2, "fp32", optimizer_impl="fused"))
+    assert s0["master_params"] == 0 and s0["params"] == 4 * PSI and s0["optimizer_states"] == 8 * PSI
+    s1 = _bytes(M.deepspeed_model_states(PSI, 1, 2, "fp32", optimizer_impl="fused"))
+    assert s1["master_params"] == 4 * PSI // 2  # cloned although it is the same dtype
+
+
+def test_lazy_creation_and_gradient_lifetime():
+    ds = M.deepspeed_model_states(PSI, 2, 2, "bf16", optimizer_impl="fused")
+    init = _bytes(ds, "init", steady=False)
+    assert init["optimizer_states"] == 0 and init["gradients"] == 0  # Adam state appears at the first step
+    assert _bytes(ds, "backward")["gradients"] == PSI  # 2 bytes x Ψ/2
+    assert _bytes(ds, "step")["gradients"] == 0  # released by the step
+    assert _bytes(ds, "step")["optimizer_states"] == 8 * PSI // 2
+    # the stage-0 mixed-precision wrapper creates Adam state eagerly
+    s0 = M.deepspeed_model_states(PSI, 0, 2, "bf16", optimizer_impl="fused")
+    assert _bytes(s0, "init", steady=False)["optimizer_states"] == 8 * PSI
+
+
+def test_optimizer_offload_moves_states_to_the_host():
+    ds = M.deepspeed_model_states([PSI // 2, PSI // 2], 2, 2, "bf16", offload_optimizer=True)
+    dev, host = _bytes(ds, location="device"), _bytes(ds, location="host")
+    assert dev["params"] == 2 * PSI and dev["optimizer_states"] == 0 and dev["master_params"] == 0
+    assert dev["buffers"] == (PSI // 2) * 2  # temp_grad_buffer_for_gpu_offload: largest tensor, 16-bit
+    assert host["master_params"] == 4 * PSI // 2 and host["gradients"] == 4 * PSI // 2
+    assert host["optimizer_states"] == 8 * PSI // 2 + 4  # + torch Adam's step tensor
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"stage": 4}, "stage"), ({"world_size": 0}, "world_size"), ({"dtype": "fp64"}, "dtype"),
+    ({"stage": 2, "offload_param": True, "offload_optimizer": True}, "offload"),
+    ({"stage": 0, "offload_optimizer": True}, "offload"),
+    ({"stage": 3, "offload_param": True}, "offload"),
+    ({"optimizer_impl": "sgd"}, "optimizer_impl"),
+])
+def test_deepspeed_model_rejects_bad_input(kwargs, field):
+    args = {"stage": 2, "world_size": 2, "dtype": "bf16"} | kwargs
+    stage, world, dtype = args.pop("stage"), args.pop("world_size"), args.pop("dtype")
+    with pytest.raises(ConfigError) as e:
+        M.deepspeed_model_states(PSI, stage, world, dtype, **args)
+    assert e.value.field == field
+
+
+# ---------------------------------------------------------------------------------------------------------- estimators
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_estimators_as_data_agree_with_their_print(stage):
+    total, largest = 1_300_000_000, 50_000_000
+    text, printed = M.capture_deepspeed_estimator(stage, total, largest, gpus_per_node=8, nodes=2)
+    assert "per CPU" in text and printed
+    data = [r for r in M.deepspeed_estimates(total, largest, gpus_per_node=8, nodes=2) if r["stage"] == stage]
+    assert len(data) == len(printed)
+    for row, line in zip(data, printed):
+        assert line["per_cpu_gib"] == pytest.approx(row["per_cpu_bytes"] / 2**30, abs=0.006)
+        assert line["per_gpu_gib"] == pytest.approx(row["per_gpu_bytes"] / 2**30, abs=0.006)
+        assert (line["options"]["offload_optimizer"] != "none") == row["offload_optimizer"]
+    if stage == 2:  # DeepSpeed's own rule: 2Ψ + 18Ψ/N without offload
+        no_off = next(r for r in data if not r["offload_optimizer"])
+        assert no_off["per_gpu_bytes"] == 2 * total + int(18 * total / 16)
+
+
+def test_estimator_capture_rejects_stage_without_estimator():
+    with pytest.raises(ConfigError) as e:
+        M.capture_deepspeed_estimator(1, 10**9)
+    assert e.value.field == "stage"
+
+
+# ---------------------------------------------------------------------------------------------------------- sizing
+def test_inference_sizing():
+    assert M.inference_weight_bytes(7 * 10**9, "fp16") == 14 * 10**9
+    assert M.inference_weight_bytes(70 * 10**9, "int4") == 35 * 10**9
+    rows = {r["dtype"]: r for r in M.inference_table(70 * 10**9, headroom=1.2)}
+    assert rows["fp16"]["with_headroom_bytes"] == 168 * 10**9
+    assert rows["fp16"]["devices"]["H100"] == 3  # 168 GB / 80 GB
+    assert rows["fp16"]["devices"]["MI300X"] == 1
+    assert rows["int4"]["devices"]["T4"] == 3  # 42 GB / 16 GB
+    assert set(rows) == set(M.INFERENCE_DTYPES)
+
+
+@pytest.mark.parametrize("call,field", [
+    (lambda: M.inference_weight_bytes(10**9, "int3"), "dtype"),
+    (lambda: M.devices_needed(10**9, "V100"), "device_type"),
+    (lambda: M.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
+])
+def test_sizing_rejects_bad_input(call, field):
+    with pytest.raises(ConfigError) as e:
+        call()
+    assert e.value.field == field
+
+
+def test_training_fit_shows_the_arithmetic():
+    fit = M.training_fit(7 * 10**9, "bf16", 3, 2, "A100-40GB")
+    assert not fit["fits"]
+    assert fit["model_state_bytes"] == 56 * 10**9  # 16Ψ / 2
+    assert fit["min_world_size"] == 4  # 16 x 7e9 x 1.25 / N <= 40e9  ->  N >= 3.5
+    assert any("16Ψ/N" in line for line in fit["lines"])
+    assert M.training_fit(7 * 10**9, "bf16", 3, 4, "A100-40GB")["fits"]
+    assert M.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
+
+
+def test_memory_modules_import_without_torch_or_deepspeed():
+    code = ("import sys, labkit.memory, labkit.zero, labkit.cli.zero, labkit.plots.zero; "
+            "bad = [m for m in ('torch', 'deepspeed', 'kubernetes') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

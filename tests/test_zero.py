@@ -1,0 +1,179 @@
+"""labkit.zero: plans, bad input, and real DeepSpeed runs (2 CPU ranks) checked against labkit's DeepSpeed model."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for_no_kit_processes
+from labkit import launch, memory, zero
+from labkit.cli import main as cli_main
+from labkit.errors import ConfigError, LaunchError
+
+
+# ---------------------------------------------------------------------------------------------------------- plans
+def test_parse_stages_and_offload_variants():
+    assert [v.name for v in zero.parse_stages("0,1,2,3")] == ["0", "1", "2", "3"]
+    assert [v.name for v in zero.parse_stages("0, 2+opt ,3+opt+param")] == ["0", "2+opt", "3+opt+param"]
+    # --offload adds an offloaded variant of every listed stage that supports it (not stage 0)
+    assert [v.name for v in zero.parse_stages("0,1,3", "optimizer")] == ["0", "1", "3", "1+opt", "3+opt"]
+    assert [v.name for v in zero.parse_stages("2,3", "optimizer+param")] == ["2", "3", "2+opt", "3+opt+param"]
+    assert zero.parse_stages("3+opt")[0].label == "ZeRO-3 + CPU optimizer"
+
+
+@pytest.mark.parametrize("stages,offload,field", [
+    ("0,4", "none", "stages"), ("-1", "none", "stages"), ("2+foo", "none", "stages"), ("", "none", "stages"),
+    ("1,1", "none", "stages"), ("2+param", "none", "offload"), ("0+opt", "none", "offload"),
+    ("1,2", "optimizer+param", "offload"), ("1", "nvme", "offload"),
+])
+def test_parse_stages_rejects(stages, offload, field):
+    with pytest.raises(ConfigError) as e:
+        zero.parse_stages(stages, offload)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"world_size": 0}, "world_size"), ({"world_size": -2}, "world_size"), ({"dtype": "fp64"}, "dtype"),
+    ({"device": "tpu"}, "device"), ({"params": "10"}, "params"), ({"params": "abc"}, "params"),
+    ({"params": "40K", "world_size": 64}, "params"), ({"steps": 1}, "steps"), ({"warmup": 4, "steps": 4}, "warmup"),
+    ({"stages": "1,2", "offload": "optimizer+param"}, "offload"), ({"stages": "5"}, "stages"),
+    ({"device": "cuda"}, "device"),  # no GPU on this machine
+    ({"device": "hpu"}, "device"),
+])
+def test_bad_input_fails_before_anything_is_launched(kwargs, field, monkeypatch):
+    def no_launch(*a, **k):
+        raise AssertionError("launched despite bad input")
+
+    monkeypatch.setattr(launch, "run", no_launch)
+    args = {"params": "2M", "world_size": 2, "stages": "0,1,2,3"} | kwargs
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan(args.pop("params"), args.pop("world_size"), args.pop("stages"), **args)
+    assert e.value.field == field
+    assert "Fix:" in str(e.value)
+
+
+def test_fp16_on_a_cpu_without_fp16_support_is_refused(monkeypatch):
+    import torch
+
+    # DeepSpeed's CPU accelerator asks oneDNN; pretend this CPU lacks it (the answer depends on the machine)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("2M", 2, "0", dtype="fp16", device="cpu")
+    assert e.value.field == "dtype" and "bf16" in e.value.fix
+    assert zero.make_plan("2M", 2, "0", dtype="auto", device="cpu").dtype == "bf16"
+
+
+def test_cli_reports_bad_input_with_exit_code_2(capsys, monkeypatch):
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("launched"))
+    assert cli_main(["zero", "--stages", "0,4"]) == 2
+    assert "stages: ZeRO stage must be 0, 1, 2 or 3" in capsys.readouterr().err
+    assert cli_main(["zero", "--stages", "1,2", "--offload", "optimizer+param"]) == 2
+    assert "parameter offload needs ZeRO stage 3" in capsys.readouterr().err
+    assert cli_main(["zero", "--world-size", "0"]) == 2
+    assert "world_size" in capsys.readouterr().err
+
+
+def test_cli_dry_run_prints_the_deepspeed_command(capsys):
+    assert cli_main(["zero", "--stages", "0,1,2,3", "--offload", "optimizer", "--world-size", "2", "--params", "20M",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--num_gpus 2" in out and "zero_probe.py" in out
+    assert "ZeRO-3 + CPU optimizer" in out
+
+
+def test_cli_size(capsys, tmp_path):
+    out_json = tmp_path / "size.json"
+    assert cli_main(["size", "--params", "70B", "--dtype", "fp16", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "140.00 GB" in text and "1.2" in text
+    rows = json.loads(out_json.read_text())
+    assert rows[0]["devices"]["H100"] == 3
+    assert cli_main(["size", "--params", "7B", "--train-stage", "3", "--world-size", "2", "--device", "A100-40GB"]) == 0
+    text = capsys.readouterr().out
+    assert "does NOT fit" in text and "smallest N that fits: 4" in text
+    assert cli_main(["size", "--params", "7B", "--dtype", "int3"]) == 2
+
+
+def test_ds_config_for_cpu_offload_avoids_compiling_ops():
+    plan = zero.make_plan("2M", 2, "0,2+opt", device="cpu", dtype="bf16")
+    cfg = plan.ds_config(plan.variants[1])
+    assert cfg["optimizer"]["params"]["torch_adam"] is True
+    assert cfg["zero_force_ds_cpu_optimizer"] is False  # accepted by DeepSpeed 0.19.8 (the runs below use it)
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert cfg["bf16"] == {"enabled": True}
+    assert cfg["zero_optimization"]["reduce_bucket_size"] == plan.hidden ** 2
+
+
+# ---------------------------------------------------------------------------------------------------------- real runs
+def _check_report(report: dict, world_size: int) -> None:
+    for c in report["configs"]:
+        assert len(c["measured"]) == world_size
+        for r in range(world_size):
+            measured = c["measured_total"][r]
+            predicted = c["predicted_deepspeed_total"]
+            # The issue's bar is 2%; the model is in fact exact up to a few scalar tensors (grad norms, < 1 KiB).
+            assert abs(measured - predicted) / predicted <= 0.02, (c["label"], r, measured, predicted)
+            assert abs(measured - predicted) < 1024, (c["label"], r, measured, predicted)
+            for kind in memory.KINDS:
+                m = c["measured"][r]["device"][kind] + c["measured"][r]["host"][kind]
+                p = c["predicted_deepspeed"]["device"][kind] + c["predicted_deepspeed"]["host"][kind]
+                assert abs(m - p) < 1024, (c["label"], r, kind, m, p)
+            # the lazily created state is modelled too: right after initialize
+            init = [p for p in c["timeline"][r] if p["phase"] == "init"][0]["tensors"]
+            init_total = sum(init["device"].values()) + sum(init["host"].values())
+            pred_init = sum(sum(v.values()) for v in c["predicted_deepspeed_after_init"].values())
+            assert abs(init_total - pred_init) < 1024, (c["label"], r, init_total, pred_init)
+        # the paper's number is reported beside it
+        assert c["predicted_paper_total"] > 0 and "Ψ" in c["predicted_paper"]["formula"]
+        assert c["step_time_s"] > 0 and all(x == x for x in c["losses"])  # not NaN
+
+
+@pytest.mark.slow
+def test_measured_bytes_match_the_deepspeed_model_bf16_all_stages_and_offload():
+    # Odd width (99) exercises the padding: ZeRO-1/2 pad the flat group to 2N, ZeRO-3 pads each odd tensor.
+    plan = zero.make_plan("200K", 2, "0,1,2,3,1+opt,2+opt,3+opt", hidden=99, layers=3, steps=3, device="cpu",
+                          dtype="bf16")
+    assert plan.params % 4 != 0
+    report = zero.run_plan(plan, progress=False)
+    assert [c["optimizer_class"] for c in report["configs"]] == [
+        "FP16_UnfusedOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3",
+        "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3"]
+    _check_report(report, 2)
+    by = {c["name"]: c for c in report["configs"]}
+    # padding really happened, and the model accounted for it
+    assert by["2"]["predicted_deepspeed"]["device"]["params"] > 2 * plan.params
+    # stage 1 and 2 hold the same bytes in DeepSpeed 0.19, unlike the paper's formulas
+    assert by["1"]["measured_total"] == by["2"]["measured_total"]
+    assert by["1"]["predicted_paper_total"] > by["2"]["predicted_paper_total"]
+    # ZeRO changes where states live, not the mathematics: same losses for the ZeRO stages
+    assert by["1"]["losses"] == pytest.approx(by["2"]["losses"], rel=1e-3)
+    rows = zero.summary_rows(report)
+    assert len(rows) == 7 and "Ψ" in zero.format_table(rows)
+    assert len(zero.conclusions(report)) == 7
+
+
+@pytest.mark.slow
+def test_measured_bytes_match_the_deepspeed_model_fp32():
+    plan = zero.make_plan("100K", 2, "0,2,3", hidden=64, layers=2, steps=2, warmup=0, device="cpu", dtype="fp32")
+    report = zero.run_plan(plan, progress=False)
+    _check_report(report, 2)
+    s0, s2 = report["configs"][0], report["configs"][1]
+    assert s0["optimizer_class"] == "AdamW"  # no wrapper at stage 0 in fp32: no master copy
+    assert s0["measured"][0]["device"]["master_params"] == 0
+    assert s2["measured"][0]["device"]["master_params"] > 0  # ZeRO clones an fp32 master even in fp32
+
+
+@pytest.mark.slow
+def test_a_failing_rank_surfaces_its_error_and_leaves_nothing_behind():
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("labkit-zero-*"))
+    plan = zero.make_plan("100K", 2, "0", hidden=64, layers=2, steps=3, device="cpu", dtype="bf16", timeout_s=300)
+    plan.fail_rank = 1
+    with pytest.raises(LaunchError) as e:
+        zero.run_plan(plan, progress=False)
+    assert e.value.failed_rank == 1
+    assert "injected failure on rank 1" in str(e.value)
+    assert not wait_for_no_kit_processes(), "ranks left running after a failed comparison"
+    assert set(tmp.glob("labkit-zero-*")) == before, "the run directory was not removed"
