@@ -177,3 +177,42 @@ def test_a_failing_rank_surfaces_its_error_and_leaves_nothing_behind():
     assert "injected failure on rank 1" in str(e.value)
     assert not wait_for_no_kit_processes(), "ranks left running after a failed comparison"
     assert set(tmp.glob("labkit-zero-*")) == before, "the run directory was not removed"
+
+
+# ---------------------------------------------------------------------------------------------------------- notebooks
+@pytest.mark.slow
+def test_notebook_02_records_a_comparison_that_matches_the_model(executed_notebook):
+    from labkit import results
+
+    rec = results.read(executed_notebook("02_zero_stage_comparison"))
+    rows = rec["zero_comparison"]["rows"]
+    assert [r["config"] for r in rows] == ["ZeRO-0", "ZeRO-1", "ZeRO-2", "ZeRO-3", "ZeRO-1 + CPU optimizer",
+                                           "ZeRO-2 + CPU optimizer", "ZeRO-3 + CPU optimizer"]
+    for r in rows:
+        assert r["rel_error_deepspeed"] <= 0.02, r
+        assert r["paper"] > 0 and r["step_ms"] > 0
+    by = {r["config"]: r for r in rows}
+    assert by["ZeRO-3"]["measured_total"] < by["ZeRO-2"]["measured_total"] < by["ZeRO-0"]["measured_total"]
+    agreement = rec["zero_agreement"]
+    assert max(a["rel_error_deepspeed"] for a in agreement.values()) <= 0.02
+
+
+@pytest.mark.slow
+def test_notebook_05_inspects_one_rank(executed_notebook):
+    from labkit import results
+
+    rec = results.read(executed_notebook("05_memory_inspection"))
+    ins = rec["inspection"]
+    assert ins["config"] == "3" and ins["rank"] == 0
+    assert abs(ins["measured_total"] - ins["predicted_total"]) / ins["predicted_total"] <= 0.02
+    for k in ins["kinds"]:
+        assert abs(k["difference"]) < 1024, k
+    timeline = rec["timeline"]
+    assert timeline[0]["phase"] == "init" and timeline[0]["optimizer_states"] == 0  # Adam state is lazy
+    assert timeline[-1]["optimizer_states"] > 0
+    # ZeRO-3 gathers whole parameters for compute: from step 2 on (once it has traced the module order and
+    # prefetches) the forward snapshot holds more parameter bytes than the partitions alone
+    fwd = [t for t in timeline if t["phase"] == "forward" and t["step"] >= 2][0]
+    assert fwd["params"] > timeline[0]["params"]
+    fit = rec["fit"]  # 7B bf16, ZeRO-3, 8 x H100: 16 x 7e9 / 8 x 1.25 = 17.5 GB per device
+    assert fit["fits"] and fit["model_state_bytes"] == 14 * 10**9 and fit["min_world_size"] == 2

@@ -104,8 +104,10 @@ HTML(tabular.html_table([{"dtype": r["dtype"], "weights": memory.format_bytes(r[
     new_markdown_cell("""## What this run showed"""),
     new_code_cell("""biggest = holders[0]
 m, p = run["measured_total"][rank], run["predicted_deepspeed_total"]
-init_total = timeline[0]["counted"]
-steady = [t for t in timeline if t["phase"] == "backward"][-1]["counted"]
+init_row, steady_row = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
+init_total, steady = init_row["counted"], steady_row["counted"]
+grew = ", ".join(f"{memory.KIND_LABELS[k]} (+{memory.format_bytes(steady_row[k] - init_row[k])})"
+                 for k in memory.KINDS if steady_row[k] > init_row[k])
 display(Markdown(
     f"- On rank {rank} of {run['label']}, the engine held {memory.format_bytes(m)} of model states; labkit's "
     f"DeepSpeed model predicted {memory.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
@@ -113,7 +115,7 @@ display(Markdown(
     f"- The largest holder was `{biggest['holder']}` ({memory.KIND_LABELS[biggest['kind']]}, "
     f"{memory.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\\n"
     f"- After initialize the rank held {memory.format_bytes(init_total)}; at the steady backward point "
-    f"{memory.format_bytes(steady)} ({steady / init_total:.1f}x): lazily created optimizer state and gradients.\\n"
+    f"{memory.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\\n"
     f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
     f"{'fits' if calc['fits'] else 'does not fit'} ({memory.format_bytes(calc['need_bytes'])} needed per device "
     f"with head-room, {memory.format_bytes(calc['capacity_bytes'])} available)."))"""),
