@@ -216,3 +216,24 @@ def test_notebook_05_inspects_one_rank(executed_notebook):
     assert fwd["params"] > timeline[0]["params"]
     fit = rec["fit"]  # 7B bf16, ZeRO-3, 8 x H100: 16 x 7e9 / 8 x 1.25 = 17.5 GB per device
     assert fit["fits"] and fit["model_state_bytes"] == 14 * 10**9 and fit["min_world_size"] == 2
+
+
+def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
+    """No Gaudi here: fake habana_frameworks at the import boundary and check the plan and launch environment."""
+    import sys
+    import types
+
+    hpu = types.ModuleType("habana_frameworks.torch.hpu")
+    hpu.is_available = lambda: True
+    pkg, torch_pkg = types.ModuleType("habana_frameworks"), types.ModuleType("habana_frameworks.torch")
+    pkg.torch, torch_pkg.hpu = torch_pkg, hpu
+    monkeypatch.setitem(sys.modules, "habana_frameworks", pkg)
+    monkeypatch.setitem(sys.modules, "habana_frameworks.torch", torch_pkg)
+    monkeypatch.setitem(sys.modules, "habana_frameworks.torch.hpu", hpu)
+    assert zero.detect_device() == "hpu"  # no CUDA here, the Gaudi bridge answers
+    plan = zero.make_plan("20M", 8, "0,3", device="hpu")
+    assert plan.device == "hpu" and plan.dtype == "bf16" and (plan.micro_batch, plan.seq) == (8, 512)
+    spec = plan.launch_spec("plan.json", "out")
+    assert spec.accelerator == "hpu"
+    # DeepSpeed picks its HPU accelerator (and with it the hccl backend) from this variable
+    assert launch.kit_env(world_size=8, accelerator="hpu")["DS_ACCELERATOR"] == "hpu"
