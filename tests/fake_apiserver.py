@@ -92,14 +92,15 @@ class FakeApiServer:
     """`with FakeApiServer() as api: backend = KubernetesBackend(kubeconfig=api.kubeconfig)`."""
 
     def __init__(self, *, served_versions: tuple[str, ...] = ("v2beta1",), scenario: str = "ready",
-                 ready_delay: float = 0.3, token: str | None = None, namespaces: tuple[str, ...] = ("default", "workloads"),
-                 reject_dry_run: str | None = None):
+                 ready_delay: float | None = 0.3, token: str | None = None, namespaces: tuple[str, ...] = ("default", "workloads"),
+                 reject_dry_run: str | None = None, allow_namespace_create: bool = True):
         self.served_versions = tuple(served_versions)   # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario                         # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
         self.token = token or "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
         self.namespaces = set(namespaces)
-        self.reject_dry_run = reject_dry_run             # an admission message every dry run is rejected with
+        self.reject_dry_run = reject_dry_run             # an admission message MPIJob dry runs are rejected with
+        self.allow_namespace_create = allow_namespace_create  # False: a student without cluster-wide RBAC
         self.objects: dict[tuple[str, str, str], dict] = {}  # (path of the collection, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
@@ -235,12 +236,15 @@ class FakeApiServer:
                    "status": {"phase": "Pending", "conditions": []}}
             self.pods[(ns, pod_name)] = pod
             self._pod_event("ADDED", pod)
-        t = threading.Timer(self.ready_delay, self._advance, args=(ns, name))
+        if self.ready_delay is None:  # the test calls advance() itself
+            return
+        t = threading.Timer(self.ready_delay, self.advance, args=(ns, name))
         t.daemon = True
         self._timers.append(t)
         t.start()
 
-    def _advance(self, ns: str, name: str) -> None:
+    def advance(self, ns: str, name: str) -> None:
+        """The operator/kubelet step: pods become Running and Ready (or fail, per scenario)."""
         job = self.objects.get(("/apis/kubeflow.org/v2beta1", ns, name))
         if job is None:
             return
@@ -303,8 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(code, status_body(code, reason, message))
 
     def _body(self) -> dict:
-        n = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(n) or b"{}") if n else {}
+        return json.loads(self._raw_body or b"{}")
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") == f"Bearer {self.server_state.token}":
@@ -314,6 +317,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         fake = self.server_state
+        # Read the whole body first, whatever the answer: an unread body would corrupt the next keep-alive request.
+        n = int(self.headers.get("Content-Length") or 0)
+        self._raw_body = self.rfile.read(n) if n else b""
         parts = urlsplit(self.path)
         path, query = parts.path.rstrip("/") or "/", parse_qs(parts.query)
         fake.requests.append((method, path, {k: v if len(v) > 1 else v[0] for k, v in query.items()}))
@@ -416,6 +422,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_state
         body = self._body()
         name = body.get("metadata", {}).get("name")
+        if not fake.allow_namespace_create:
+            return self._error(403, "Forbidden", f'namespaces is forbidden: User "student" cannot create resource '
+                                                 f'"namespaces" in API group "" at the cluster scope')
         if name in fake.namespaces:
             return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
         if q.get("dryRun") != "All":
@@ -441,7 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
             if (base, ns, obj_name) in fake.objects:
                 return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
             if q.get("dryRun") == "All":
-                if fake.reject_dry_run:
+                if fake.reject_dry_run and kind == "MPIJob":
                     return self._send_json(403, status_body(403, "Forbidden", fake.reject_dry_run))
                 return self._send_json(201, body)
             body.setdefault("metadata", {}).update(namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(),

@@ -59,10 +59,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("exec", help="run a command in the job's launcher (exit code = the command's)")
     _common(p)
     p.add_argument("name")
-    p.add_argument("--timeout", type=float, default=None, help="stop the command (and its ranks) after SECONDS")
-    p.add_argument("--train", action="store_true", help="run the default DeepSpeed training command")
-    p.add_argument("--steps", type=int, default=20, help="training steps for --train")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    _exec_flags(p)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="[OPTIONS] -- COMMAND [ARGS...]")
     p.set_defaults(func=_exec)
 
     p = sub.add_parser("logs", help="the launcher's log")
@@ -135,10 +133,14 @@ def _status(args) -> int:
 def _exec(args) -> int:
     from labkit.manifests import MpiJobSpec
 
-    backend = _backend(args)
     argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    if "--" in argv:
+        # `exec NAME --backend kubernetes -n ns -- CMD` (kubectl's order): options between NAME and `--` are ours.
+        cut = argv.index("--")
+        options, argv = argv[:cut], argv[cut + 1:]
+        if options:
+            _exec_options().parse_args(options, namespace=args)
+    backend = _backend(args)
     if args.train:
         if argv:
             raise ConfigError("--train", "was given together with a command", "use either --train or -- COMMAND")
@@ -150,6 +152,21 @@ def _exec(args) -> int:
     if not argv:
         raise ConfigError("command", "no command given", f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train")
     return backend.job(args.name).exec(argv, timeout=args.timeout)
+
+
+def _exec_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit job exec NAME", add_help=False)
+    _common(p)
+    _exec_flags(p)
+    for action in p._actions:  # defaults come from the first parse; only what is given here overrides them
+        action.default = argparse.SUPPRESS
+    return p
+
+
+def _exec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=None, help="stop the command (and its ranks) after SECONDS")
+    p.add_argument("--train", action="store_true", help="run the default DeepSpeed training command")
+    p.add_argument("--steps", type=int, default=20, help="training steps for --train")
 
 
 def _logs(args) -> int:

@@ -224,10 +224,17 @@ class KubernetesBackend(JobBackend):
                 raise ConfigError("manifest", f"kind {obj.get('kind')!r} is not one the kubernetes backend creates",
                                   f"render only {', '.join(sorted(_PLURALS))}")
         self.check_operator()
-        # Everything through a server-side dry run first: admission and the live CRD schema judge it, nothing is created.
-        for obj in objs:
+        # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
+        namespaces = [o for o in objs if o["kind"] in _CLUSTER_SCOPED]
+        rest = [o for o in objs if o["kind"] not in _CLUSTER_SCOPED]
+        for obj in namespaces:
             self._create(obj, spec.namespace, dry_run=True)
-        for obj in objs:
+            self._create(obj, spec.namespace, dry_run=False)
+        # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
+        # so a rejected job leaves nothing half-created.
+        for obj in rest:
+            self._create(obj, spec.namespace, dry_run=True)
+        for obj in rest:
             self._create(obj, spec.namespace, dry_run=False)
         return Job(self, spec.name, spec.namespace)
 

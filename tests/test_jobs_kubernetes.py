@@ -1,0 +1,270 @@
+"""KubernetesBackend against tests/fake_apiserver.py: the real `kubernetes` client over a socket on 127.0.0.1
+(discovery, dry run, chunked watch, exec over WebSocket with the v4 channel protocol, logs, delete)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fake_apiserver import FakeApiServer, now_iso
+from labkit.errors import ConfigError, LabkitError
+from labkit.jobs import JobNotReady, get_backend
+from labkit.jobs.kubernetes import KubernetesBackend
+from labkit.manifests import MpiJobSpec
+
+CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def api():
+    with FakeApiServer(ready_delay=0.3) as server:
+        yield server
+        assert not server.exec_tag_pids() or server.kill_exec_processes() is None
+
+
+@pytest.fixture
+def backend(api) -> KubernetesBackend:
+    return get_backend("kubernetes", kubeconfig=api.kubeconfig)
+
+
+@pytest.fixture
+def ready_job(api, backend):
+    job = backend.submit(MpiJobSpec(name="demo", workers=2, slots_per_worker=2))
+    job.wait_ready(timeout=20)
+    yield job
+    job.delete()
+
+
+def posts(api) -> list[tuple[str, bool]]:
+    return [(path, q.get("dryRun") == "All") for method, path, q in api.requests if method == "POST"]
+
+
+def test_submit_dry_runs_every_object_before_creating_any(api, backend):
+    backend.submit(MpiJobSpec(name="demo"))
+    sent = posts(api)
+    assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]  # the namespace, if missing
+    rest = sent[2:]
+    dry = [p for p, is_dry in rest if is_dry]
+    real = [p for p, is_dry in rest if not is_dry]
+    assert dry == real and dry[-1] == "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+    assert all(is_dry for _, is_dry in rest[:len(dry)])  # every dry run before the first create
+    assert ("GET", "/apis/kubeflow.org") in [(m, p) for m, p, _ in api.requests]  # the operator check
+    labels = [p["metadata"]["labels"] for p in api.pods.values()]
+    assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["launcher", "worker", "worker"]
+
+
+def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backend):
+    api.ready_delay = None  # pods stay Pending until the test advances them
+    job = backend.submit(MpiJobSpec(name="demo", workers=3))
+
+    def watches():
+        return [q for m, p, q in api.requests if p == "/api/v1/namespaces/workloads/pods"
+                and q.get("watch") in ("true", "True")]
+
+    result = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("status", job.wait_ready(timeout=30)))
+    waiter.start()
+    assert wait_until(lambda: watches(), timeout=15), "wait_ready never opened a watch"
+    start = time.monotonic()
+    api.advance("workloads", "demo")
+    waiter.join(timeout=20)
+    st = result["status"]
+    assert st.ready and st.phase == "Running" and st.workers == 3
+    assert time.monotonic() - start < 5  # woken by the watch event, not by polling at the end of a timeout
+    assert watches()[0]["labelSelector"] == "training.kubeflow.org/job-name=demo"
+    assert "resourceVersion" in watches()[0]  # watched from the listing's version: no event lost in between
+    job.delete()
+
+
+def test_exec_streams_both_channels_and_returns_the_exit_code(ready_job):
+    res = ready_job.run(["sh", "-c", "echo out; echo 'err: bad thing' >&2; exit 3"])
+    assert res.returncode == 3 and "out" in res.output and "err: bad thing" in res.output
+    assert ready_job.exec(["true"], on_output=None) == 0
+    hostfile = ready_job.run(["cat", "/etc/mpi/hostfile"]).output.splitlines()
+    assert hostfile == ["demo-worker-0.demo.workloads.svc slots=2", "demo-worker-1.demo.workloads.svc slots=2"]
+
+
+def test_exec_output_arrives_while_the_command_runs(ready_job):
+    arrivals: list[tuple[float, str]] = []
+    start = time.monotonic()
+    code = ready_job.exec(["sh", "-c", "echo first; sleep 1.5; echo second"],
+                          on_output=lambda t: arrivals.append((time.monotonic() - start, t)))
+    assert code == 0
+    first = next(t for t, text in arrivals if "first" in text)
+    second = next(t for t, text in arrivals if "second" in text)
+    assert second - first > 1.0
+
+
+def test_missing_executable_returns_127_with_the_reason(ready_job):
+    res = ready_job.run(["no-such-binary-xyz"])
+    assert res.returncode == 127 and "no-such-binary-xyz" in res.output
+
+
+def test_exec_timeout_stops_the_remote_process_group(api, ready_job):
+    with pytest.raises(TimeoutError):
+        ready_job.exec(["sh", "-c", "sleep 100 & sleep 100 & wait"], timeout=1, on_output=None)
+    # Closing the stream alone would leave both sleeps running in the "pod": the backend killed their group.
+    assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()
+
+
+def test_keyboard_interrupt_stops_the_remote_command(api, ready_job):
+    def press_stop(text: str) -> None:
+        if "started" in text:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        ready_job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=press_stop)
+    assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()
+
+
+def test_image_pull_error_fails_fast_with_the_pods_events():
+    with FakeApiServer(scenario="image_pull", ready_delay=0.2) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        job = backend.submit(MpiJobSpec(name="typo", image="ghcr.io/labkit/deepspeed-cpu:no-such-tag"))
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=60)
+        assert time.monotonic() - start < 15  # does not sit out the whole timeout
+        text = str(err.value)
+        assert "ErrImagePull" in text and 'Failed to pull image "ghcr.io/labkit/deepspeed-cpu:no-such-tag"' in text
+        job.delete()
+
+
+def test_unschedulable_job_times_out_naming_the_scheduler_reason():
+    with FakeApiServer(scenario="unschedulable", ready_delay=0.2) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        job = backend.submit(MpiJobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=2)
+        text = str(err.value)
+        assert "not ready after 2 s" in text and "Unschedulable" in text
+        assert "FailedScheduling" in text and "Insufficient nvidia.com/gpu" in text
+        job.delete()
+
+
+@pytest.mark.parametrize("served, expected", [
+    ((), "MPI Operator is not installed"),
+    (("v1",), "training-operator"),
+])
+def test_missing_operator_or_v1_clash_is_named_before_anything_is_created(served, expected):
+    with FakeApiServer(served_versions=served) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        with pytest.raises(LabkitError, match=expected) as err:
+            backend.submit(MpiJobSpec(name="demo"))
+        assert "Fix:" in str(err.value)
+        assert posts(api) == []
+
+
+def test_rejected_dry_run_creates_nothing():
+    message = 'admission webhook "quota.labkit" denied the request: exceeded quota: nvidia.com/gpu'
+    with FakeApiServer(reject_dry_run=message) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        with pytest.raises(LabkitError, match="exceeded quota"):
+            backend.submit(MpiJobSpec(name="demo"))
+        created = [path for path, is_dry in posts(api) if not is_dry]
+        assert created == ["/api/v1/namespaces"] and not api.pods and not api.objects  # (the namespace existed)
+
+
+def test_existing_job_name_is_a_config_error(backend, ready_job):
+    with pytest.raises(ConfigError) as err:
+        backend.submit(MpiJobSpec(name="demo"))
+    assert err.value.field == "name" and "already exists" in str(err.value)
+
+
+def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it(api, backend):
+    backend.submit(MpiJobSpec(name="demo", namespace="team-c"))
+    sent = posts(api)
+    assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]
+    assert "team-c" in api.namespaces and any(ns == "team-c" for ns, _ in api.pods)
+
+
+def test_missing_namespace_without_rights_to_create_it_is_a_config_error():
+    with FakeApiServer(allow_namespace_create=False) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        with pytest.raises(ConfigError) as err:
+            backend.submit(MpiJobSpec(name="demo", namespace="team-b"))
+        assert err.value.field == "namespace" and "kubectl create namespace team-b" in str(err.value)
+        assert not api.pods
+
+
+def test_logs_status_list_and_delete(api, backend, ready_job):
+    launcher = next(name for (_, name) in api.pods if "-launcher-" in name)
+    api.pod_logs[launcher] = "launcher up\n"
+    assert ready_job.logs() == "launcher up\n"
+    st = ready_job.status()
+    assert st.ready and st.phase == "Running" and (st.workers, st.slots_per_worker) == (2, 2)
+    assert st.deadline is not None and st.deadline - st.created == 4 * 3600
+    assert [s.name for s in backend.list()] == ["demo"]
+    assert ready_job.delete() is True
+    assert api.delete_bodies[-1]["propagationPolicy"] == "Foreground"
+    assert not api.pods and backend.list() == []
+    assert ready_job.delete() is False
+
+
+def test_list_flags_jobs_past_their_deadline(api, backend):
+    old = time.time() - 7200
+    api.objects[("/apis/kubeflow.org/v2beta1", "workloads", "forgotten")] = {
+        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "metadata": {"name": "forgotten", "namespace": "workloads", "creationTimestamp": now_iso(old)},
+        "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
+        "status": {"conditions": [{"type": "Running", "status": "True", "lastTransitionTime": now_iso(old)}]}}
+    api.objects[("/apis/kubeflow.org/v2beta1", "workloads", "expired")] = {
+        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "metadata": {"name": "expired", "namespace": "workloads", "creationTimestamp": now_iso(old)},
+        "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                   "lastTransitionTime": now_iso()}]}}
+    jobs = {s.name: s for s in backend.list()}
+    assert jobs["forgotten"].phase == "Running" and jobs["forgotten"].past_deadline
+    assert jobs["expired"].phase == "DeadlineExceeded" and jobs["expired"].past_deadline
+    everywhere = backend.list(namespace="*")
+    assert {s.name for s in everywhere} == {"forgotten", "expired"}
+
+
+def test_no_kubeconfig_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(LabkitError, match="no cluster configured"):
+        KubernetesBackend().list()
+    with pytest.raises(ConfigError, match="^kubeconfig:"):
+        KubernetesBackend(kubeconfig=str(tmp_path / "missing")).list()
+
+
+def test_wrong_token_is_refused_and_never_echoed(api, tmp_path):
+    bad = tmp_path / "kubeconfig"
+    api.write_kubeconfig(str(bad))
+    secret = "sha256~wrong-token-value-1234567890"
+    bad.write_text(bad.read_text().replace(api.token, secret))
+    with pytest.raises(LabkitError) as err:
+        KubernetesBackend(kubeconfig=str(bad)).list()
+    assert "refused" in str(err.value) and secret not in str(err.value) and api.token not in str(err.value)
+
+
+def test_cli_drives_the_kubernetes_backend(api):
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+    sub = subprocess.run([*CLI, "job", "submit", "--name", "cli", "--wait", "30", *base], capture_output=True,
+                         text=True, timeout=120)
+    assert sub.returncode == 0, sub.stderr
+    listing = subprocess.run([*CLI, "job", "list", *base], capture_output=True, text=True, timeout=60)
+    assert "cli" in listing.stdout and "Running" in listing.stdout
+    run = subprocess.run([*CLI, "job", "exec", "cli", *base, "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 4"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 4 and "cli-worker-1.cli.workloads.svc slots=1" in run.stdout
+    gone = subprocess.run([*CLI, "job", "delete", "cli", *base], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and not api.pods
+    assert api.token not in sub.stdout + sub.stderr + listing.stdout + run.stdout + run.stderr
