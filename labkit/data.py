@@ -216,7 +216,7 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
 # -------------------------------------------------------------------------------------------------------- synthetic
 
 
-def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: float = 0.6) -> CifarArrays:
+def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: float = 2.5) -> CifarArrays:
     """Generated images with learnable class structure (not CIFAR content).
 
     Each class owns a random periodic texture (a smooth colour field on a 32x32 torus) and a faint mean colour. An

@@ -529,8 +529,9 @@ def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
     return arrays.limit(cfg.max_train, cfg.max_test)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     """Train on this rank (torch.distributed must be initialised: see `main` / `run_in_process`).
+    `arrays` replaces the data the config names (benchmarks pass one set to every variant).
     Returns rank 0's summary: final step, per-epoch metrics, throughput."""
     import deepspeed
     import deepspeed.comm as dist
@@ -546,7 +547,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
 
-    arrays = load_arrays(cfg, rank)
+    arrays = load_arrays(cfg, rank) if arrays is None else arrays.limit(cfg.max_train, cfg.max_test)
     check_data_fits(cfg, len(arrays.train_labels))
     per_epoch = steps_per_epoch(len(arrays.train_labels), cfg.global_batch)
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
@@ -613,6 +614,16 @@ def train(cfg: TrainConfig) -> dict:
             loss_sum = torch.zeros((), device=engine.device)
             correct = torch.zeros((), device=engine.device, dtype=torch.long)
             window = torch.zeros((), device=engine.device)
+            pending: list[tuple[int, object, float]] = []  # (step, loss tensor, lr): read once, not every step
+
+            def flush() -> None:
+                for at, value, lr in pending:
+                    metrics.write({"kind": "step", "step": at, "epoch": epoch + 1, "loss": round(value.item(), 5),
+                                   "lr": lr, "data": kind})
+                if pending:
+                    bar.set_postfix(loss=f"{pending[-1][1].item():.3f}", refresh=False)
+                pending.clear()
+
             _sync(cfg.device)
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(feed.epoch(epoch, cfg.micro_batch, stop, cfg.grad_accum, first)):
@@ -620,7 +631,7 @@ def train(cfg: TrainConfig) -> dict:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 engine.backward(loss)
                 engine.step()
-                # accumulate on the device; reading a value (.item) would synchronise every step
+                # accumulate on the device: reading a value (.item) would synchronise the device every step
                 detached = loss.detach()
                 loss_sum += detached * len(y)
                 window += detached
@@ -631,15 +642,16 @@ def train(cfg: TrainConfig) -> dict:
                 watchdog.beat()
                 bar.update(1)
                 if step % log_every == 0 or step == epoch * per_epoch + stop:
-                    mean = (window / (log_every * cfg.grad_accum)).item()
-                    window.zero_()
-                    metrics.write({"kind": "step", "step": step, "epoch": epoch + 1, "loss": round(mean, 5),
-                                   "lr": engine.get_lr()[0], "data": kind})
-                    bar.set_postfix(loss=f"{mean:.3f}", refresh=False)
-                if cfg.checkpoint_dir and step < total and (
-                        (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                        or (not cfg.checkpoint_every and step == epoch * per_epoch + stop)):
+                    pending.append((step, window / (log_every * cfg.grad_accum), engine.get_lr()[0]))
+                    window = torch.zeros((), device=engine.device)
+                    if cfg.device == "cpu":
+                        flush()  # no device to keep busy: show the loss at once
+                # mid-epoch checkpoints here; one at an epoch's end waits until its epoch record is written
+                if (cfg.checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                        and step != epoch * per_epoch + stop):
+                    flush()
                     save(engine, cfg, step, epoch, world, say)
+            flush()
             _sync(cfg.device)
             seconds = time.perf_counter() - t0
             steps_run = stop - first
@@ -658,6 +670,8 @@ def train(cfg: TrainConfig) -> dict:
             epochs_done.append(last_epoch)
             say(f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {last_epoch['train_loss']:.4f} "
                 f"acc {last_epoch['train_acc']:.3f}, test acc {test_acc:.3f}, {last_epoch['images_per_s']:,.0f} images/s")
+            if cfg.checkpoint_dir and step < total and (not cfg.checkpoint_every or step % cfg.checkpoint_every == 0):
+                save(engine, cfg, step, epoch, world, say)
         if cfg.checkpoint_dir:
             save(engine, cfg, step, max(0, math.ceil(step / per_epoch) - 1), world, say)
     bar.close()
@@ -759,7 +773,7 @@ def shutdown_distributed() -> None:
         comm_module.cdb = None
 
 
-def run_in_process(cfg: TrainConfig) -> dict:
+def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     """One rank in this process (a notebook kernel): initialise, train, and tear the process group down again."""
     import torch.distributed
 
@@ -772,7 +786,7 @@ def run_in_process(cfg: TrainConfig) -> dict:
         os.environ.pop(k, None)
     try:
         init_distributed(cfg)
-        return train(cfg)
+        return train(cfg, arrays)
     finally:
         shutdown_distributed()
         for k, v in saved.items():

@@ -23,7 +23,7 @@ from labkit import train
 from labkit.errors import ConfigError, LabkitError
 
 LAUNCHERS = ("auto", "inprocess", "deepspeed", "openmpi", "mpirun")
-CPU_TRAIN_IMAGES = 2500  # automatic data size on a CPU: an epoch in seconds, the whole notebook in about a minute
+CPU_TRAIN_IMAGES = 2000  # automatic data size on a CPU: an epoch in seconds, the whole notebook in about a minute
 CPU_TEST_IMAGES = 500
 CPU_WIDTH = 0.5
 
@@ -63,7 +63,7 @@ def plan(*, data_dir: str = "", synthetic: bool = True, epochs: int = 3, model: 
          **overrides) -> TrainingPlan:
     """Validate notebook/CLI parameters and decide how the run happens. Raises ConfigError naming the field.
 
-    Automatic values (0 / "auto"): on a CPU train on the first 2,500 images at width 0.5 (an epoch takes seconds);
+    Automatic values (0 / "auto"): on a CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds);
     on an accelerator use the whole set at width 1.0. launcher auto: in-process for one rank, else `deepspeed`.
     """
     if launcher not in LAUNCHERS:
@@ -198,6 +198,35 @@ def first_dead_rank(output: str) -> tuple[int, str] | None:
         if m:
             return int(m.group(1)), (f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}")
     return None
+
+
+SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
+AIRBENCH_IMAGES_PER_S = 320_000   # airbench94 on the same H200, without DeepSpeed
+
+
+def summarize(records: list[dict]) -> dict:
+    """What a run showed, computed from its metrics records (the notebook's closing cell prints this)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    done = next((r for r in reversed(records) if r.get("kind") == "done"), {})
+    if not steps or not epochs:
+        raise LabkitError("the run logged no steps or epochs: nothing to summarise")
+    rates = [e["images_per_s"] for e in epochs]
+    steady = max(rates[1:] or rates)  # the first epoch carries warm-up (autotuning, allocator growth)
+    first_loss, last_loss = steps[0]["loss"], steps[-1]["loss"]
+    return {
+        "data": done.get("data", epochs[-1].get("data")), "synthetic": done.get("synthetic"),
+        "device": done.get("device"), "world_size": done.get("world_size"), "model": done.get("model"),
+        "steps": done.get("step", steps[-1]["step"]), "planned_steps": done.get("total_steps"),
+        "first_loss": first_loss, "last_loss": last_loss,
+        "loss_drop": (first_loss - last_loss) / first_loss if first_loss else 0.0,
+        "final_test_acc": epochs[-1]["test_acc"], "best_test_acc": max(e["test_acc"] for e in epochs),
+        "final_train_acc": epochs[-1]["train_acc"],
+        "images_per_s": steady, "images_per_s_first_epoch": rates[0],
+        "seconds_per_50k_epoch": 50_000 / steady if steady else None,
+        "vs_seed_example_h200": steady / SEED_EXAMPLE_IMAGES_PER_S,
+        "vs_airbench_h200": steady / AIRBENCH_IMAGES_PER_S,
+    }
 
 
 def epochs_table(records: list[dict]) -> list[dict]:

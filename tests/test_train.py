@@ -297,3 +297,28 @@ def test_train_module_imports_nothing_from_notebooks_or_jobs():
             "'labkit.jobs', 'torch', 'deepspeed', 'kubernetes', 'papermill'))]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     np.testing.assert_equal(train.steps_per_epoch(640, 64), 10)
+
+
+# ------------------------------------------------------------------------------------------------------ notebook
+
+
+@pytest.mark.slow
+def test_notebook_trains_synthetic_data_and_reports_what_it_measured(executed_notebook):
+    from labkit import results
+
+    path = executed_notebook("04_cifar10_training")
+    recorded = results.read(path)
+    summary, epochs = recorded["summary"], recorded["epochs"]
+    assert summary["synthetic"] is True and summary["data"] == "synthetic" and summary["device"] == "cpu"
+    assert summary["steps"] == summary["planned_steps"] > 0
+    assert summary["last_loss"] < summary["first_loss"] and 0 < summary["loss_drop"] < 1
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[-1]["step"] == summary["steps"]
+    assert summary["images_per_s"] == max(e["images_per_s"] for e in epochs[1:])
+    assert recorded["deepspeed_config"]["timers"] == {"throughput": {"enabled": False}}
+    assert all(r.get("data", "synthetic") == "synthetic" for r in recorded["records"])
+    nb = json.loads(Path(path).read_text())
+    texts = [o.get("data", {}).get("text/markdown", "") for c in nb["cells"] for o in c.get("outputs", [])]
+    closing = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+    # the closing text is computed from this run's numbers
+    assert f"{summary['images_per_s']:,.0f} images/s" in closing and "**synthetic**" in closing
+    assert f"{100 * summary['final_test_acc']:.1f}%" in closing

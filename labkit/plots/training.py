@@ -1,0 +1,47 @@
+"""Figures for notebook 04 (CIFAR-10 training): loss, accuracy and throughput from a run's metrics records.
+
+Built on matplotlib.figure.Figure (no pyplot): nothing global stays open and any backend, Agg included, renders them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def training_curves_figure(records: Sequence[dict], title: str = "") -> "Figure":  # noqa: F821
+    """Three panels: training loss per logged step (epoch boundaries dotted), train/test accuracy per epoch, and
+    images/s per epoch (the first epoch carries warm-up). The data kind ("synthetic" or "CIFAR-10") is in the title."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    kind = next((r.get("data") for r in records if r.get("data")), "")
+    fig = _figure(13, 3.6)
+    loss_ax, acc_ax, rate_ax = fig.subplots(1, 3)
+
+    loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".", color="#1f77b4")
+    for e in epochs:
+        loss_ax.axvline(e["step"], color="#999999", linestyle=":", linewidth=0.8)
+    loss_ax.set(xlabel="optimizer step", ylabel="training loss (cross-entropy)", title="loss")
+    if steps and min(r["loss"] for r in steps) > 0:
+        loss_ax.set_yscale("log")
+
+    numbers = [e["epoch"] for e in epochs]
+    acc_ax.plot(numbers, [e["train_acc"] for e in epochs], marker="o", label="train (augmented)")
+    acc_ax.plot(numbers, [e["test_acc"] for e in epochs], marker="s", label="test")
+    acc_ax.axhline(0.1, color="#c62828", linestyle="--", linewidth=0.8, label="chance (10%)")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.legend(loc="lower right", fontsize="small")
+
+    rates = [e["images_per_s"] for e in epochs]
+    bars = rate_ax.bar(numbers, rates, color=["#bbbbbb"] + ["#2e7d32"] * (len(rates) - 1))
+    rate_ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], fontsize="small")
+    rate_ax.set(xlabel="epoch (grey: includes warm-up)", ylabel="training images / s", title="throughput")
+    rate_ax.xaxis.get_major_locator().set_params(integer=True)
+
+    fig.suptitle(title or f"CIFAR-10 training through DeepSpeed — {kind} data")
+    return fig
