@@ -268,3 +268,18 @@ def test_cli_drives_the_kubernetes_backend(api):
     gone = subprocess.run([*CLI, "job", "delete", "cli", *base], capture_output=True, text=True, timeout=60)
     assert gone.returncode == 0 and not api.pods
     assert api.token not in sub.stdout + sub.stderr + listing.stdout + run.stdout + run.stderr
+
+
+def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, tmp_path):
+    from labkit.jobs import cluster_training_command
+    from labkit.jobs.session import plan_interactive_job
+
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="auto", steps=12)
+    # The fake serves no nodes: auto falls back to cpu and says why.
+    assert plan.spec.accelerator == "cpu" and "cpu assumed" in plan.device_reason
+    assert plan.train_argv == cluster_training_command(steps=12)
+    assert plan.train_argv[:3] == ["deepspeed", "--hostfile", "/etc/mpi/hostfile"]
+    assert "--module" in plan.train_argv and "--force_multi" in plan.train_argv
+    assert posts(api) == []  # planning submits nothing
+    gpu = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cuda", slots=4)
+    assert gpu.spec.accelerator == "nvidia" and "nvidia.com/gpu: 4" in gpu.manifest_yaml()

@@ -15,6 +15,11 @@ import sys
 import time
 import traceback
 
+# Run by path, this file's folder is sys.path[0], and its siblings (kubernetes.py, local.py...) would shadow
+# top-level modules of those names for everything the rank imports.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
 TAG = "LABKIT_METRIC"
 
 
