@@ -73,7 +73,7 @@ class TrainConfig:
     max_test: int = 0               # use only the first N test images (0 = all)
     model: str = "resnet"           # resnet (small residual CNN) | lenet (DeepSpeedExamples' 62k-parameter net)
     width: float = 1.0              # channel-width multiplier of the resnet (1.0 = airbench94 widths 64/256/256)
-    epochs: int = 2
+    epochs: int = 2                 # passes over the training images
     micro_batch: int = 0            # images per rank per forward pass (0 = 1024 on an accelerator, 64 on CPU)
     grad_accum: int = 1             # micro-batches per optimizer step
     global_batch: int = 0           # if set: images per optimizer step over all ranks (sets micro_batch)
@@ -799,17 +799,28 @@ def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> 
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
+def _field_help() -> dict[str, str]:
+    """TrainConfig's field comments, used as --help texts (one source for both)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^ +(\w+): [^=\n]+=[^#\n]+#\s*(.+)$", source, re.M)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (booleans: --synthetic / --no-synthetic)."""
-    defaults = TrainConfig()
+    defaults, helps = TrainConfig(), _field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=helps.get(f.name, "").replace("%", "%%"))
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, str) if isinstance(f.type, str) else f.type
-            parser.add_argument(flag, dest=f.name, type=typ, default=default, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, type=typ, default=default, metavar=f.name.upper(), help=text)
     # DeepSpeed's spelling of the config flag, and the launcher's rank argument
     parser.add_argument("--deepspeed_config", dest="deepspeed_config", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
@@ -822,7 +833,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="labkit.train", description=__doc__.split("\n")[0]))
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="labkit.train", description="CIFAR-10 training through DeepSpeed, one rank per process "
+                                         "(see the module docstring)."))
     cfg = config_from_args(parser.parse_args(argv))
     from labkit.launch import rank_guard
 
