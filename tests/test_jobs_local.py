@@ -344,3 +344,16 @@ def test_training_progress_hides_metric_lines_and_counts_rank0_steps():
     summary = summarize_training(parse_metrics(progress.output), 0)
     assert summary["ranks"] == [0, 1] and summary["per_rank"][0] == {"steps": 2, "loss_first": 1.0, "loss_last": 0.5}
     assert summary["allreduce_ok"] is False  # no rank reported the final all-reduce
+
+
+def test_a_batch_launcher_command_runs_to_completion(backend):
+    """Not only `sleep infinity`: a launcher command that ends sets the job's phase from its exit code."""
+    ok = backend.submit(MpiJobSpec(name="batch-ok", launcher_command=["sh", "-c", "cat /etc/mpi/hostfile; echo done"]))
+    bad = backend.submit(MpiJobSpec(name="batch-bad", launcher_command=["sh", "-c", "exit 9"]))
+    assert wait_until(lambda: backend.status("batch-ok").phase == "Succeeded")
+    assert wait_until(lambda: backend.status("batch-bad").phase == "Failed")
+    assert "exit code 9" in backend.status("batch-bad").message
+    assert "localhost slots=2" in ok.logs() and "done" in ok.logs()
+    assert not bad.status().past_deadline
+    ok.delete()
+    bad.delete()

@@ -11,10 +11,13 @@ ends a forgotten job.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -84,6 +87,19 @@ class ExecResult:
 
 
 OutputCallback = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_output(text: str) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, OutputCallback,
-                              print_output, validate_job_name)
+                              interrupts_deferred, print_output, validate_job_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.manifests import MpiJobSpec
@@ -308,6 +308,7 @@ class KubernetesBackend(JobBackend):
                 sum(map(_pod_ready, workers)) >= want
             if st.ready:
                 st.phase = "Running"
+                st.message = f"launcher and {want} worker(s) ready"
         return st
 
     def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
@@ -447,10 +448,11 @@ class KubernetesBackend(JobBackend):
             return self._exit_code(ws)
         except BaseException:
             # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
-            try:
-                ws.close()
-            finally:
-                self._kill_remote(pod, ns, pidfile)
+            with interrupts_deferred():
+                try:
+                    ws.close()
+                finally:
+                    self._kill_remote(pod, ns, pidfile)
             raise
 
     @staticmethod

@@ -19,7 +19,6 @@ cluster would list. Commands may name the cluster path /etc/mpi/hostfile: it is 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import watchdog
 from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, OutputCallback,
-                              print_output, validate_job_name)
+                              interrupts_deferred, print_output, validate_job_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.manifests import MpiJobSpec
@@ -95,19 +94,6 @@ def clear_stale_extension_locks(max_age_s: float = 900.0) -> list[Path]:
         except OSError:
             pass
     return removed
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Ignore SIGINT while stopping a command (a second Ctrl-C must not abandon half-killed ranks)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def default_jobs_dir() -> Path:
@@ -307,20 +293,20 @@ class LocalBackend(JobBackend):
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 self._stop_exec(proc, job["uid"], d)
                 reader.join(timeout=5)
             raise TimeoutError(f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped")
         except BaseException:
             # KeyboardInterrupt (notebook stop button) or anything else: never leave ranks running, even if the
             # user presses stop again while we clean up.
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 self._stop_exec(proc, job["uid"], d)
                 reader.join(timeout=5)
             raise
         else:
             # The command exited; ranks it started in its group (mpirun children) must not outlive it.
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 self._stop_exec(proc, job["uid"], d, grace_s=1.0)
                 reader.join(timeout=10)
             return returncode
@@ -387,7 +373,7 @@ class LocalBackend(JobBackend):
         d = self.job_dir(name, namespace)
         if not (d / "job.json").is_file():
             return False
-        with _interrupts_deferred():  # half a delete would leave processes without a launcher to end them
+        with interrupts_deferred():  # half a delete would leave processes without a launcher to end them
             self._stop(d)
             shutil.rmtree(d, ignore_errors=True)
         return True
