@@ -118,7 +118,6 @@ def test_device_batches_are_crops_and_flips_of_the_padded_images(tiny_arrays):
 
     feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
     padded = F.pad(torch.from_numpy(tiny_arrays.train_images).float(), (4, 4, 4, 4), mode="reflect")
-    scale, shift = feed.scale.view(3, 1, 1), feed.shift.view(3, 1, 1)
     flips_seen = 0
     for x, y in feed.epoch(0, micro_batch=16, steps=2, accum=1):
         assert x.shape == (16, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
@@ -139,7 +138,6 @@ def test_device_batches_are_crops_and_flips_of_the_padded_images(tiny_arrays):
             assert match is not None, "a batch image is not a crop of any training image"
             flips_seen += match[1]
     assert 0 < flips_seen < 32  # some flipped, some not
-    del scale, shift
 
 
 def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
