@@ -30,7 +30,7 @@ except ImportError:  # run by path without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from labkit.launch import rank_guard
 
-KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")
+KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 
@@ -43,11 +43,6 @@ def build_model(hidden: int, layers: int):
     for _ in range(layers):
         blocks += [nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)]
     return nn.Sequential(*blocks)
-
-
-def deepspeed_config(cfg: dict) -> dict:
-    """The ds_config for one run configuration (the same dict labkit.zero shows to the user)."""
-    return cfg["ds_config"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -169,7 +164,7 @@ def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) ->
     for q in module_params + opt_params:
         if q.grad is not None:
             inv.add(q.grad, "gradients", "param.grad")
-    # 5. everything else the ZeRO/mixed-precision wrapper and the engine hold (flat buffers, grad partitions, buckets)
+    # 5. everything else the ZeRO/mixed-precision wrapper holds (flat buffers, grad partitions, buckets)
     seen: set = set()
     wrapper = engine.optimizer
 
@@ -178,7 +173,8 @@ def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) ->
 
     if wrapper is not None and wrapper is not basic_optimizer:
         _walk(wrapper, "optimizer", visit, seen)
-    _walk(engine, "engine", visit, seen)
+    # The engine object itself holds no model states beyond its module and optimizer (walked above); anything
+    # else alive in the process (inputs, activations, allocator slack) shows up only in memory_allocated on a GPU.
     out = inv.totals()
     if detail:
         out["holders"] = inv.by_holder()
