@@ -11,7 +11,10 @@ import time
 
 import pytest
 
-from fake_apiserver import FakeApiServer, now_iso
+try:  # tests/ is on sys.path under pytest's default (prepend) import mode
+    from fake_apiserver import FakeApiServer, now_iso
+except ImportError:  # tests/ made a package
+    from tests.fake_apiserver import FakeApiServer, now_iso
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import JobNotReady, get_backend
 from labkit.jobs.kubernetes import KubernetesBackend
@@ -33,7 +36,8 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def api():
     with FakeApiServer(ready_delay=0.3) as server:
         yield server
-        assert not server.exec_tag_pids() or server.kill_exec_processes() is None
+        # Every command the backend exec'd in the "pod" has ended (stop() kills leftovers either way).
+        assert wait_until(lambda: not server.exec_tag_pids(), timeout=10), "exec'd processes left in the pod"
 
 
 @pytest.fixture
