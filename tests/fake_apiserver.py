@@ -93,7 +93,8 @@ class FakeApiServer:
 
     def __init__(self, *, served_versions: tuple[str, ...] = ("v2beta1",), scenario: str = "ready",
                  ready_delay: float | None = 0.3, token: str | None = None, namespaces: tuple[str, ...] = ("default", "workloads"),
-                 reject_dry_run: str | None = None, allow_namespace_create: bool = True):
+                 reject_dry_run: str | None = None, allow_namespace_create: bool = True,
+                 forbidden_kinds: tuple[str, ...] = ()):
         self.served_versions = tuple(served_versions)   # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario                         # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
@@ -101,7 +102,8 @@ class FakeApiServer:
         self.namespaces = set(namespaces)
         self.reject_dry_run = reject_dry_run             # an admission message MPIJob dry runs are rejected with
         self.allow_namespace_create = allow_namespace_create  # False: a student without cluster-wide RBAC
-        self.objects: dict[tuple[str, str, str], dict] = {}  # (path of the collection, ns, name) -> object
+        self.forbidden_kinds = set(forbidden_kinds)      # kinds this user may not create (403, even if they exist)
+        self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group/version path, plural, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
         self.pod_logs: dict[str, str] = {}
@@ -245,7 +247,7 @@ class FakeApiServer:
 
     def advance(self, ns: str, name: str) -> None:
         """The operator/kubelet step: pods become Running and Ready (or fail, per scenario)."""
-        job = self.objects.get(("/apis/kubeflow.org/v2beta1", ns, name))
+        job = self.objects.get(("/apis/kubeflow.org/v2beta1", "mpijobs", ns, name))
         if job is None:
             return
         for (pns, pname), pod in list(self.pods.items()):
@@ -406,8 +408,8 @@ class _Handler(BaseHTTPRequestHandler):
         if m and method == "GET":  # cluster-wide list
             if not self._group_served(m.group(1)):
                 return None
-            items = [o for (base, _ns, _n), o in fake.objects.items() if base == m.group(1)
-                     and o.get("kind", "").lower() + "s" == m.group(2)]
+            items = [o for (base, plural, _ns, _n), o in fake.objects.items()
+                     if base == m.group(1) and plural == m.group(2)]
             return self._send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
         return self._error(404, "NotFound", "the server could not find the requested resource")
 
@@ -437,17 +439,19 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if ns not in fake.namespaces:
             return self._error(404, "NotFound", f'namespaces "{ns}" not found')
-        store = {k: v for k, v in fake.objects.items() if k[0] == base and k[1] == ns
-                 and v.get("kind", "").lower() + "s" == plural}
+        store = {k: v for k, v in fake.objects.items() if k[:3] == (base, plural, ns)}
         if method == "POST" and name is None:
             body = self._body()
             obj_name = body.get("metadata", {}).get("name", "")
             kind = body.get("kind", "")
+            if kind in fake.forbidden_kinds:
+                return self._error(403, "Forbidden", f'{plural}.rbac.authorization.k8s.io is forbidden: User "student" '
+                                                     f'cannot create resource "{plural}" in namespace "{ns}"')
             problem = self._invalid(body) if kind == "MPIJob" else None
             if problem:
                 return self._send_json(422, status_body(422, "Invalid", f'MPIJob.kubeflow.org "{obj_name}" is invalid: '
                                                                         f"{problem}"))
-            if (base, ns, obj_name) in fake.objects:
+            if (base, plural, ns, obj_name) in fake.objects:
                 return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
             if q.get("dryRun") == "All":
                 if fake.reject_dry_run and kind == "MPIJob":
@@ -455,21 +459,21 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(201, body)
             body.setdefault("metadata", {}).update(namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(),
                                                    resourceVersion=fake._bump())
-            fake.objects[(base, ns, obj_name)] = body
+            fake.objects[(base, plural, ns, obj_name)] = body
             if kind == "MPIJob" and fake.scenario != "no_operator":
                 fake._create_mpijob_pods(body)
             return self._send_json(201, body)
         if method == "GET" and name is None:
             return self._send_json(200, {"kind": "List", "apiVersion": "v1",
                                          "metadata": {"resourceVersion": str(fake.rv)}, "items": list(store.values())})
-        obj = fake.objects.get((base, ns, name)) if name else None
-        if obj is None or obj.get("kind", "").lower() + "s" != plural:
+        obj = fake.objects.get((base, plural, ns, name)) if name else None
+        if obj is None:
             return self._error(404, "NotFound", f'{plural} "{name}" not found')
         if method == "GET":
             return self._send_json(200, obj)
         if method == "DELETE":
             fake.delete_bodies.append(self._body())
-            del fake.objects[(base, ns, name)]
+            del fake.objects[(base, plural, ns, name)]
             if obj.get("kind") == "MPIJob":
                 fake.delete_job_pods(ns, name)
             return self._send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",

@@ -221,12 +221,12 @@ def test_logs_status_list_and_delete(api, backend, ready_job):
 
 def test_list_flags_jobs_past_their_deadline(api, backend):
     old = time.time() - 7200
-    api.objects[("/apis/kubeflow.org/v2beta1", "workloads", "forgotten")] = {
+    api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "forgotten")] = {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
         "metadata": {"name": "forgotten", "namespace": "workloads", "creationTimestamp": now_iso(old)},
         "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
         "status": {"conditions": [{"type": "Running", "status": "True", "lastTransitionTime": now_iso(old)}]}}
-    api.objects[("/apis/kubeflow.org/v2beta1", "workloads", "expired")] = {
+    api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "expired")] = {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
         "metadata": {"name": "expired", "namespace": "workloads", "creationTimestamp": now_iso(old)},
         "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
@@ -287,3 +287,17 @@ def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, t
     assert posts(api) == []  # planning submits nothing
     gpu = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cuda", slots=4)
     assert gpu.spec.accelerator == "nvidia" and "nvidia.com/gpu: 4" in gpu.manifest_yaml()
+
+
+def test_objects_a_student_may_not_create_are_reused_when_an_admin_made_them():
+    with FakeApiServer(forbidden_kinds=("Role", "RoleBinding")) as api:
+        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+        with pytest.raises(LabkitError, match=r"may not create Role/labkit .*kubectl apply -k manifests/base"):
+            backend.submit(MpiJobSpec(name="demo"))
+        assert not api.pods  # nothing of the job was created
+        for kind, plural in (("Role", "roles"), ("RoleBinding", "rolebindings")):  # an admin applies manifests/base
+            api.objects[("/apis/rbac.authorization.k8s.io/v1", plural, "workloads", "labkit")] = {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": "labkit"}}
+        job = backend.submit(MpiJobSpec(name="demo"))
+        assert job.wait_ready(timeout=20).ready
+        job.delete()

@@ -267,6 +267,15 @@ class KubernetesBackend(JobBackend):
                                   "pass an existing namespace") from None
             if exc.status == 403 and kind in _CLUSTER_SCOPED:
                 return  # may not create namespaces: the namespaced creates below will say if it is missing
+            if exc.status == 403 and kind != "MPIJob":
+                # Students often may not create RBAC or PVCs, which an admin provisioned once: authorization is
+                # checked before existence, so an existing object also answers 403. Reuse it if it is there.
+                if self._exists(obj, namespace):
+                    return
+                raise LabkitError(
+                    f"you may not create {kind}/{name} in namespace {namespace} and it does not exist yet ({msg}). "
+                    f"Fix: ask a cluster admin to create the shared objects once (kubectl apply -k manifests/base, "
+                    f"namespace {namespace}), or use a namespace where you may create them") from None
             stage = "server-side dry run" if dry_run else "create"
             if exc.status in (400, 422):
                 raise ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {msg}",
@@ -278,6 +287,15 @@ class KubernetesBackend(JobBackend):
             if isinstance(exc, HTTPError):
                 raise LabkitError(f"cannot reach the API server to create {kind}/{name}: {exc}") from None
             raise
+
+    def _exists(self, obj: dict, namespace: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._rest("GET", f"{self._object_path(obj, namespace)}/{obj['metadata']['name']}")
+            return True
+        except ApiException:
+            return False
 
     # -- status ----------------------------------------------------------------------------------------------------
     def _get(self, name: str, namespace: str) -> dict:
