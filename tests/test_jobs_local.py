@@ -357,3 +357,14 @@ def test_a_batch_launcher_command_runs_to_completion(backend):
     assert not bad.status().past_deadline
     ok.delete()
     bad.delete()
+
+
+def test_default_command_without_open_mpi_is_a_config_error_before_anything_runs(tmp_path, monkeypatch):
+    from labkit.jobs.session import plan_interactive_job
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mpirun anywhere
+    with pytest.raises(ConfigError) as err:
+        plan_interactive_job(device="cpu", jobs_dir=str(tmp_path))
+    assert err.value.field == "train_command" and "mpirun" in str(err.value)
+    # A command of one's own does not need it.
+    assert plan_interactive_job(device="cpu", jobs_dir=str(tmp_path), train_command="echo hi").train_argv == ["echo", "hi"]

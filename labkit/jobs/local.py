@@ -434,8 +434,20 @@ class LocalBackend(JobBackend):
                          master_port: int | None = None) -> list[str]:
         """The cluster's `deepspeed --hostfile ... --launcher openmpi` line, plus what one host needs
         (--no_ssh_check, --launcher_args "--allow-run-as-root --oversubscribe ...", --master_addr 127.0.0.1)."""
+        import importlib.util
+
         from labkit import launch
 
+        # The ranks come from Open MPI: without mpirun (or mpi4py, which DeepSpeed uses to read the MPI ranks) the
+        # command would fail only after DeepSpeed's start-up; say so now.
+        if shutil.which("mpirun") is None:
+            raise ConfigError("train_command", "the default command runs DeepSpeed's openmpi launcher, but mpirun is "
+                              "not on PATH", "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; "
+                              "`make install` does it), or pass your own train_command")
+        if importlib.util.find_spec("mpi4py") is None:
+            raise ConfigError("train_command", "the default command needs mpi4py in this environment (DeepSpeed reads "
+                              "the Open MPI ranks through it)", "pip install 'labkit[mpi]' (needs Open MPI's mpicc), "
+                              "or pass your own train_command")
         spec = spec.resolved()
         script = Path(__file__).with_name("hello_deepspeed.py")
         acc = {"nvidia": "cuda", "gaudi": "hpu"}.get(spec.accelerator, "cpu")
