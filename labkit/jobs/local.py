@@ -156,7 +156,13 @@ class LocalBackend(JobBackend):
                 raise ConfigError("name", f"a local job {spec.namespace}/{spec.name} is already running",
                                   f"delete it first (`labkit job delete {spec.name} --backend local`) or pick another name")
             shutil.rmtree(d, ignore_errors=True)  # a finished job of the same name: replace it, as kubectl would
-        (d / "execs").mkdir(parents=True)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir()  # atomic: of two concurrent submits of one name, one wins
+        except FileExistsError:
+            raise ConfigError("name", f"a local job {spec.namespace}/{spec.name} is being created right now",
+                              "pick another name, or delete that job first") from None
+        (d / "execs").mkdir()
         (d / "workdir").mkdir()
         (d / "manifest.yaml").write_text(manifests.to_yaml(manifests.render_all(spec)))
         (d / "hostfile").write_text(local_hostfile_text(spec.name, spec.namespace, spec.workers, spec.slots_per_worker))
