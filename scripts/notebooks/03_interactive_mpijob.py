@@ -82,6 +82,7 @@ the deadline still ends the job.
 job = plan.backend.submit(plan.spec)
 try:
     ready = job.wait_ready(timeout=ready_timeout_s)
+    print(f"ready: {ready.message}; the deadline stops it in {ready.remaining_s / 60:.0f} min")
     hostfile = job.run(["cat", job.hostfile_path])
     print(f"$ {plan.command_line}")
     training = job.run(plan.train_argv, on_output=progress)
