@@ -672,7 +672,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                 f"acc {last_epoch['train_acc']:.3f}, test acc {test_acc:.3f}, {last_epoch['images_per_s']:,.0f} images/s")
             if cfg.checkpoint_dir and step < total and (not cfg.checkpoint_every or step % cfg.checkpoint_every == 0):
                 save(engine, cfg, step, epoch, world, say)
-        if cfg.checkpoint_dir:
+        if cfg.checkpoint_dir and step != start_step:  # (a resume that found nothing left to do saves nothing)
             save(engine, cfg, step, max(0, math.ceil(step / per_epoch) - 1), world, say)
     bar.close()
     rates = [e["images_per_s"] for e in epochs_done if e["steps"] > 0]
@@ -714,6 +714,9 @@ def save(engine, cfg: TrainConfig, step: int, epoch: int, world: int, say) -> No
     import deepspeed.comm as dist
 
     tag = f"step{step:08d}"
+    if dist.get_rank() == 0:  # re-saving a step (after a resume): it stops counting as complete until done again
+        (Path(cfg.checkpoint_dir) / tag / COMPLETE_MARKER).unlink(missing_ok=True)
+    dist.barrier()
     engine.save_checkpoint(cfg.checkpoint_dir, tag=tag, client_state={"step": step, "epoch": epoch})
     dist.barrier()
     if dist.get_rank() == 0:
