@@ -11,7 +11,7 @@ import pytest
 from labkit import launch
 from labkit.errors import ConfigError, LaunchError
 
-from conftest import kit_processes
+from kit_testing import kit_processes
 
 SCRIPT = Path(__file__).parent / "rank_scripts" / "allreduce.py"
 

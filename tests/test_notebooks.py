@@ -11,7 +11,7 @@ import pytest
 
 from labkit import notebooks, results
 
-from conftest import execute_once
+from kit_testing import execute_once
 
 ALL = notebooks.discover()
 

@@ -233,7 +233,7 @@ def _rank_pid(marker: str, local_rank: int) -> int | None:
 
 @pytest.mark.slow
 def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path):
-    from conftest import kit_processes
+    from kit_testing import kit_processes
 
     ckpt = tmp_path / "ckpt"
     settings = dict(epochs=30, world_size=2, launcher="deepspeed", checkpoint_dir=str(ckpt), checkpoint_every=10,

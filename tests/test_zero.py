@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for_no_kit_processes
+from kit_testing import wait_for_no_kit_processes
 from labkit import launch, memory, zero
 from labkit.cli import main as cli_main
 from labkit.errors import ConfigError, LaunchError
