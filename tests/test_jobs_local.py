@@ -368,3 +368,46 @@ def test_default_command_without_open_mpi_is_a_config_error_before_anything_runs
     assert err.value.field == "train_command" and "mpirun" in str(err.value)
     # A command of one's own does not need it.
     assert plan_interactive_job(device="cpu", jobs_dir=str(tmp_path), train_command="echo hi").train_argv == ["echo", "hi"]
+
+
+def test_parse_metrics_survives_mpirun_gluing_two_ranks_onto_one_line():
+    glued = ('[1,0]<stdout>:LABKIT_METRIC {"event": "done", "rank": 0}[1,1]<stdout>:LABKIT_METRIC {"event": "done", '
+             '"rank": 1}\n[1,0]<stdout>:\n[1,1]<stdout>:LABKIT_METRIC {"broken\nLABKIT_METRIC {"event": "step", "rank": 1}')
+    assert parse_metrics(glued) == [{"event": "done", "rank": 0}, {"event": "done", "rank": 1},
+                                    {"event": "step", "rank": 1}]
+
+
+def test_each_exec_gets_its_own_rendezvous_port(backend):
+    """DeepSpeed's openmpi path ignores --master_port (MPI discovery defaults to 29500): exec exports MASTER_PORT,
+    the command's own --master_port when it has one, so two jobs on one host never meet on the same port."""
+    with backend.submit(MpiJobSpec(name="ports")) as job:
+        job.wait_ready(10)
+        ports = {job.run(["sh", "-c", "echo $MASTER_PORT"]).output.strip() for _ in range(3)}
+        assert len(ports) == 3 and all(p.isdigit() and p != "29500" for p in ports)
+        own = job.run(["sh", "-c", "echo $MASTER_PORT", "--master_port", "40123"]).output.strip()
+        assert own == "40123"
+
+
+@pytest.mark.slow
+def test_two_jobs_train_on_one_host_at_the_same_time(backend):
+    """Two students on one machine: without a per-exec MASTER_PORT both jobs' ranks would rendezvous on 29500."""
+    specs = [MpiJobSpec(name=f"student-{i}") for i in range(2)]
+    jobs = [backend.submit(spec) for spec in specs]
+    results: dict[int, object] = {}
+    try:
+        for job in jobs:
+            job.wait_ready(10)
+        threads = [threading.Thread(target=lambda i=i: results.setdefault(
+            i, jobs[i].run(backend.training_command(specs[i], steps=5), timeout=240))) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        for job in jobs:
+            job.delete()
+    for i in range(2):
+        res = results[i]
+        done = [m for m in parse_metrics(res.output) if m["event"] == "done"]
+        assert res.returncode == 0 and sorted(m["rank"] for m in done) == [0, 1], res.output[-3000:]
+        assert all(m["world_size"] == 2 and m["allreduce_sum"] == 3.0 for m in done)

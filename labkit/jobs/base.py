@@ -255,18 +255,25 @@ def parse_train_command(text: str) -> list[str]:
 
 
 def parse_metrics(output: str) -> list[dict]:
-    """The `LABKIT_METRIC {json}` lines a rank script printed (mpirun's `[1,r]<stdout>:` prefix allowed)."""
+    """The `LABKIT_METRIC {json}` records a rank script printed, in order.
+
+    Tolerates mpirun's `[1,r]<stdout>:` prefixes and two ranks' records glued onto one line (Open MPI's
+    --tag-output forwards whatever chunk a rank wrote, so a line can end in the middle of another rank's output).
+    """
+    decoder = json.JSONDecoder()
+    marker = METRIC_TAG + " "
     metrics = []
     for line in output.splitlines():
-        idx = line.find(METRIC_TAG + " ")
-        if idx < 0:
-            continue
-        try:
-            value = json.loads(line[idx + len(METRIC_TAG) + 1:])
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            metrics.append(value)
+        start = line.find(marker)
+        while start >= 0:
+            try:
+                value, end = decoder.raw_decode(line, start + len(marker))
+            except json.JSONDecodeError:
+                end = start + len(marker)
+            else:
+                if isinstance(value, dict):
+                    metrics.append(value)
+            start = line.find(marker, end)
     return metrics
 
 

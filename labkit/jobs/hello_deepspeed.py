@@ -23,8 +23,15 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 TAG = "LABKIT_METRIC"
 
 
+def say(text: str) -> None:
+    # One write per line: under `python -u` print() writes the text and the newline separately, and mpirun's
+    # --tag-output then glues another rank's output onto the unfinished line.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def emit(**value) -> None:
-    print(f"{TAG} {json.dumps(value)}", flush=True)
+    say(f"{TAG} {json.dumps(value)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ranks share the host's cores: more threads than cores/ranks makes every rank slower.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size()))
-    deepspeed.init_distributed()
+    # Under `--launcher openmpi` DeepSpeed drops the runner's --master_port: its MPI discovery uses this argument
+    # (default 29500), so two jobs on one host would meet on the same port. The kit's local exec exports MASTER_PORT.
+    deepspeed.init_distributed(distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
     rank, world = dist.get_rank(), dist.get_world_size()
-    print(f"rank {rank}/{world} on {socket.gethostname()}: backend {dist.get_backend()}, ZeRO stage {args.zero_stage}",
-          flush=True)
+    say(f"rank {rank}/{world} on {socket.gethostname()}: backend {dist.get_backend()}, ZeRO stage {args.zero_stage}")
 
     torch.manual_seed(0)  # same initial weights and target on every rank
     features = 16

@@ -64,6 +64,22 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _master_port(argv: list[str]) -> str:
+    """The rendezvous port for an exec: the command's own --master_port, else a free one.
+
+    DeepSpeed's openmpi launcher does not pass --master_port to the ranks (its MPI discovery falls back to 29500, so
+    concurrent jobs on one host collide); ranks started by a local mpirun inherit this environment instead.
+    """
+    from labkit import launch
+
+    for i, arg in enumerate(argv):
+        if arg == "--master_port" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return argv[i + 1]
+        if arg.startswith("--master_port=") and arg.split("=", 1)[1].isdigit():
+            return arg.split("=", 1)[1]
+    return str(launch.free_port())
+
+
 def clear_stale_extension_locks(max_age_s: float = 900.0) -> list[Path]:
     """Remove torch extension build locks abandoned by killed ranks.
 
@@ -270,6 +286,7 @@ class LocalBackend(JobBackend):
         job = self._read_job(d)
         env = self._job_env(d, job["uid"], job["workers"] * job["slots_per_worker"], job.get("accelerator", "cpu"))
         cmd = watchdog.map_hostfile(list(argv), d / "hostfile")
+        env["MASTER_PORT"] = _master_port(cmd)
         for lock in clear_stale_extension_locks():
             if on_output:
                 on_output(f"labkit: removed {lock}, a torch extension build lock left by a killed rank "

@@ -143,10 +143,10 @@ class TrainingProgress:
         for line in complete:
             self.lines.append(line)
             if METRIC_TAG in line:
-                metric = parse_metrics(line)
-                if metric and metric[0].get("event") == "step" and metric[0].get("rank") == 0:
-                    self.bar.update(1)
-                    self.bar.set_postfix(loss=f"{metric[0]['loss']:.4f}")
+                for metric in parse_metrics(line):
+                    if metric.get("event") == "step" and metric.get("rank") == 0:
+                        self.bar.update(1)
+                        self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
                 continue  # metric lines go to the plot, not the screen
             if self.echo:
                 self.stream.write(line + "\n")
