@@ -408,7 +408,7 @@ class LocalBackend(JobBackend):
         except JobNotFound:
             return
         pid = self._launcher_pid(d)
-        if pid is not None and watchdog._alive(pid) and not (d / "state.json").exists():
+        if pid is not None and watchdog._alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session
             except ProcessLookupError:

@@ -143,6 +143,15 @@ def run_launcher(job_dir: Path) -> int:
         time.sleep(0.2)
 
     reason = stop["reason"]
+    if reason == "Completed":
+        phase = "Succeeded" if returncode == 0 else "Failed"
+    elif reason == "DeadlineExceeded":
+        phase = "DeadlineExceeded"
+    else:
+        phase = "Deleted"
+    # Say so first: from now on the job accepts no exec and reports its end, even while processes are being stopped.
+    write_json(job_dir / "state.json", {"phase": phase, "reason": reason, "returncode": returncode,
+                                        "ended": time.time(), "stopping": True})
     if reason != "Completed":
         log.write(f"[labkit launcher] {reason}: stopping every process of the job\n".encode())
     stop_job_processes(job_dir, uid, groups=[child.pid])
@@ -150,12 +159,6 @@ def run_launcher(job_dir: Path) -> int:
         child.wait(timeout=2)
     except subprocess.TimeoutExpired:
         pass
-    if reason == "Completed":
-        phase = "Succeeded" if returncode == 0 else "Failed"
-    elif reason == "DeadlineExceeded":
-        phase = "DeadlineExceeded"
-    else:
-        phase = "Deleted"
     write_json(job_dir / "state.json", {"phase": phase, "reason": reason, "returncode": returncode,
                                         "ended": time.time()})
     log.write(f"[labkit launcher] job ended: {phase}\n".encode())
