@@ -758,8 +758,10 @@ def init_distributed(cfg: TrainConfig) -> None:
     local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
     if local:
         os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
+    # Under plain mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with this argument (default 29500, which
+    # another job may hold): pass the port the launcher chose.
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout),
-                               auto_mpi_discovery=True)
+                               auto_mpi_discovery=True, distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
 
 
 def shutdown_distributed() -> None:

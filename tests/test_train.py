@@ -273,9 +273,22 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["openmpi", "mpirun"])
 def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
+    import socket
+
     plan = training_run.plan(epochs=1, world_size=2, launcher=launcher, checkpoint_dir=str(tmp_path), **TINY)
     assert plan.command[0].endswith("deepspeed") if launcher == "openmpi" else plan.command[0] == "mpirun"
-    result = training_run.execute(plan, timeout=300)
+    # DeepSpeed's MPI discovery replaces MASTER_PORT with 29500 unless told otherwise: hold that port so a run
+    # that ignores the launcher's free port fails here, not only when another job happens to hold it
+    blocker = socket.socket()
+    try:
+        blocker.bind(("0.0.0.0", 29500))
+        blocker.listen()
+    except OSError:
+        pass  # already held by something else: the same condition
+    try:
+        result = training_run.execute(plan, timeout=300)
+    finally:
+        blocker.close()
     assert result["summary"]["world_size"] == 2 and result["summary"]["step"] == plan.total_steps == 10
     epoch = _epochs(result["records"])[0]
     assert epoch["images_per_s"] > 0 and 0 <= epoch["test_acc"] <= 1
