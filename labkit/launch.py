@@ -198,8 +198,12 @@ def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[
     hostfile = spec.hostfile
     if hostfile is None and spec.launcher in ("openmpi", "mpirun"):
         hostfile = write_hostfile(tmpdir / "hostfile", {"localhost": spec.world_size})
-    cmd = build_command(spec, hostfile=hostfile, master_port=spec.master_port or free_port())
-    env = kit_env(spec.env, world_size=spec.world_size, accelerator=spec.accelerator)
+    port = spec.master_port or free_port()
+    cmd = build_command(spec, hostfile=hostfile, master_port=port)
+    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
+    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
+    env = kit_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env},
+                  world_size=spec.world_size, accelerator=spec.accelerator)
     chunks: list[str] = []
     log = open(log_path, "a") if log_path else None
     start = time.monotonic()

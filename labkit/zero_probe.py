@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if get_accelerator().device_name() != "cpu":  # before the process group: NCCL binds to the current device
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", args.local_rank)))
     # A rank that dies mid-collective must not leave its peers blocked for ever.
-    deepspeed.init_distributed(timeout=timedelta(seconds=plan.get("collective_timeout_s", 300)))
+    deepspeed.init_distributed(timeout=timedelta(seconds=plan.get("collective_timeout_s", 300)),
+                               distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     with rank_guard(rank):
         results = []

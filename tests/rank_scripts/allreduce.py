@@ -1,5 +1,6 @@
 """A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail or hang."""
 import argparse
+import os
 import time
 
 from labkit.launch import rank_guard
@@ -15,7 +16,7 @@ with rank_guard():
     import torch
     import torch.distributed as dist
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend="gloo", distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == args.fail_rank:
         raise RuntimeError(f"deliberate failure on rank {rank}")
