@@ -738,6 +738,51 @@ def _quiet_deepspeed(verbose: bool) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+SHM_OP_LOCK_STALE_S = 300.0  # (re)building DeepSpeed's shared-memory op takes about a minute on 2 cores
+
+
+def clear_stale_shm_op_lock(stale_after_s: float = SHM_OP_LOCK_STALE_S) -> list[Path]:
+    """Remove an orphaned build lock of DeepSpeed's CPU shared-memory op.
+
+    Every CPU rank loads that op at start-up under torch's file lock (`.../torch_extensions/*/deepspeed_shm_comm/lock`,
+    no owner recorded). A rank killed while holding it (a launcher timeout, an aborted job) leaves the file behind and
+    every later DeepSpeed CPU process on the machine waits for it for ever.
+    """
+    base = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    removed = []
+    for lock in [*base.glob("*/deepspeed_shm_comm/lock"), *base.glob("deepspeed_shm_comm/lock")]:
+        try:
+            if time.time() - lock.stat().st_mtime > stale_after_s:
+                lock.unlink()
+                removed.append(lock)
+                print(f"labkit: removed an orphaned DeepSpeed build lock {lock} (its owner died while loading the "
+                      f"op; later processes would wait for it for ever)", file=sys.stderr, flush=True)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class _StaleLockSweeper:
+    """While DeepSpeed initialises on CPU, re-check the op lock every few seconds (the lock may go stale while we
+    already wait on it)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="labkit-lock-sweeper")
+
+    def _run(self):
+        while not self.stop.wait(5.0):
+            clear_stale_shm_op_lock()
+
+    def __enter__(self):
+        clear_stale_shm_op_lock()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
 def init_distributed(cfg: TrainConfig) -> None:
     """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's env (mpirun), or as a
     world of one when started plainly."""
@@ -760,8 +805,9 @@ def init_distributed(cfg: TrainConfig) -> None:
         os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
     # Under plain mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with this argument (default 29500, which
     # another job may hold): pass the port the launcher chose.
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout),
-                               auto_mpi_discovery=True, distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+    with _StaleLockSweeper():
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout),
+                                   auto_mpi_discovery=True, distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
 
 
 def shutdown_distributed() -> None:
@@ -845,13 +891,35 @@ def main(argv: list[str] | None = None) -> int:
     from labkit.launch import rank_guard
 
     with rank_guard():
-        resolve(cfg, int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1))))  # fail fast
-        init_distributed(cfg)
         try:
+            resolve(cfg, int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1))))  # fail fast
+            init_distributed(cfg)
             train(cfg)
+        except BaseException as exc:
+            abort_mpi_job(exc)
+            raise
         finally:
             shutdown_distributed()
     return 0
+
+
+def abort_mpi_job(exc: BaseException) -> None:
+    """Under mpirun, a rank that fails takes the whole job down at once (MPI_Abort). Exiting normally would run
+    MPI_Finalize, which waits for the other ranks, and they may be waiting for this one."""
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) < 2 or "mpi4py" not in sys.modules:
+        return
+    import traceback
+
+    from labkit.launch import RANK_ERROR_TAG
+
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK", "?")
+    print(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Abort(1)
 
 
 if __name__ == "__main__":

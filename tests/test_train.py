@@ -333,3 +333,50 @@ def test_notebook_trains_synthetic_data_and_reports_what_it_measured(executed_no
     # the closing text is computed from this run's numbers
     assert f"{summary['images_per_s']:,.0f} images/s" in closing and "**synthetic**" in closing
     assert f"{100 * summary['final_test_acc']:.1f}%" in closing
+
+
+@pytest.mark.slow
+def test_a_rank_failing_under_mpirun_ends_the_job_at_once(tmp_path):
+    """Rank 0 cannot open the rendezvous port (held here), rank 1 connects to the holder and would wait for ever:
+    the failed rank must abort the MPI job instead of waiting in MPI_Finalize."""
+    import socket
+
+    from labkit import launch
+
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    # A private extensions folder: the abort may hit rank 1 while it holds the op's build lock, and an orphaned lock
+    # in the shared ~/.cache would stall every other DeepSpeed CPU process on this machine (costs one op build).
+    spec = launch.LaunchSpec(script=train.__file__, world_size=2, launcher="mpirun",
+                             master_port=holder.getsockname()[1], env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")},
+                             args=["--synthetic", "--synthetic-train", "256", "--synthetic-test", "64", "--width",
+                                   "0.25", "--micro-batch", "32", "--device", "cpu", "--comm-timeout", "200"])
+    failed_at: list[float] = []
+
+    def watch(line: str) -> None:
+        if "EADDRINUSE" in line and not failed_at:
+            failed_at.append(time.monotonic())
+
+    try:
+        with pytest.raises(LaunchError) as exc:
+            launch.run(spec, timeout=400, on_output=watch)
+    finally:
+        holder.close()
+    assert failed_at and time.monotonic() - failed_at[0] < 30
+    assert exc.value.failed_rank == 0 and "EADDRINUSE" in str(exc.value)
+
+
+def test_an_orphaned_shm_op_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    old.parent.mkdir(parents=True)
+    old.touch()
+    os.utime(old, (time.time() - 600, time.time() - 600))
+    other = tmp_path / "py311_cpu" / "cpu_adam" / "lock"  # a long build of another op: never touched
+    other.parent.mkdir(parents=True)
+    other.touch()
+    os.utime(other, (time.time() - 600, time.time() - 600))
+    assert train.clear_stale_shm_op_lock() == [old] and not old.exists() and other.exists()
+    old.touch()  # a lock held right now by a live build
+    assert train.clear_stale_shm_op_lock() == [] and old.exists()
