@@ -153,6 +153,12 @@ def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
                           "lr >= 0, 0 <= warmup < 1, grad_clip >= 0, 0 <= label_smoothing < 1")
     if cfg.resume and not cfg.checkpoint_dir:
         raise ConfigError("resume", "needs a checkpoint_dir to resume from", "pass --checkpoint-dir DIR")
+    if cfg.checkpoint_dir and not cfg.resume and checkpoint_tags(cfg.checkpoint_dir):
+        # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
+        newest = checkpoint_tags(cfg.checkpoint_dir)[0][1].name
+        raise ConfigError("checkpoint_dir", f"{cfg.checkpoint_dir} already holds checkpoints of another run "
+                                            f"(newest: {newest})",
+                          "pass resume=True (--resume) to continue that run, or choose an empty folder")
     if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
         raise ConfigError("deepspeed_config", f"{cfg.deepspeed_config} does not exist", "pass an existing JSON file")
     if not cfg.synthetic:

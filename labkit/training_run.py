@@ -155,8 +155,9 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
     """Train as planned. Returns {"summary": done-record, "records": all rank-0 records, "output": launcher text}."""
     if p.launcher == "inprocess":
         summary = train.run_in_process(p.config)
-        records = summary.pop("records")
-        return {"summary": {k: v for k, v in summary.items() if k not in ("epochs_log", "deepspeed_config")},
+        # the metrics file holds the whole history, earlier runs that this one resumed included
+        records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else summary["records"]
+        return {"summary": {k: v for k, v in summary.items() if k not in ("epochs_log", "deepspeed_config", "records")},
                 "records": records, "output": ""}
     from labkit import launch
     from labkit.errors import LaunchError

@@ -48,6 +48,14 @@ def test_bad_settings_raise_one_error_naming_the_field(change, field):
     assert "Fix:" in str(exc.value)
 
 
+def test_a_fresh_run_refuses_a_folder_with_checkpoints_of_another_run(tmp_path):
+    _fake_checkpoint(tmp_path, 40)
+    with pytest.raises(ConfigError) as exc:
+        train.resolve(train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path)))
+    assert exc.value.field == "checkpoint_dir" and "step00000040" in exc.value.problem and "resume" in exc.value.fix
+    train.resolve(train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path), resume=True))
+
+
 def test_automatic_values_follow_the_device_and_the_ranks():
     cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", global_batch=96), world_size=3)
     assert (cfg.dtype, cfg.micro_batch, cfg.global_batch, cfg.lr) == ("fp32", 32, 96, 2e-3)

@@ -38,6 +38,7 @@ dtype: str = "auto"  # auto (bf16 on a GPU or Gaudi, fp32 on CPU) | bf16 | fp16 
 world_size: int = 1  # ranks: 1 trains inside this kernel; more start local ranks through the launcher
 micro_batch: int = 0  # images per rank per step; 0: automatic (1024 on an accelerator, 64 on CPU)
 checkpoint_dir: str = ""  # checkpoints and metrics (the shared PVC in a cluster); empty: a temporary folder, removed
+resume: bool = False  # continue the run whose checkpoints are in checkpoint_dir (from its newest complete one)
 device: str = "auto"  # auto (cuda, else hpu, else cpu) | cuda | hpu | cpu
 max_train: int = 0  # training images to use; 0: automatic (all on an accelerator, 2,000 on CPU)
 width: float = 0.0  # resnet channel-width multiplier; 0: automatic (1.0 on an accelerator, 0.5 on CPU)
@@ -45,8 +46,8 @@ launcher: str = "auto"  # auto (in-process for 1 rank, else deepspeed) | deepspe
     ("md", """## The plan
 
 Every parameter is checked before anything starts: an unknown model or dtype, a ZeRO stage outside 0-3, fp16 on a
-CPU, a missing data folder with `synthetic=False` — each stops here with one message naming the parameter and the
-fix. Automatic values are resolved for the device."""),
+CPU, a missing data folder with `synthetic=False`, a `checkpoint_dir` that holds another run's checkpoints without
+`resume=True` — each stops here with one message naming the parameter and the fix. Automatic values are resolved for the device."""),
     ("code", """%matplotlib inline
 import json
 
@@ -57,7 +58,7 @@ from labkit.plots.training import training_curves_figure
 
 plan = training_run.plan(data_dir=data_dir, synthetic=synthetic, epochs=epochs, model=model, stage=stage,
                          dtype=dtype, world_size=world_size, micro_batch=micro_batch, checkpoint_dir=checkpoint_dir,
-                         device=device, launcher=launcher, max_train=max_train, width=width)
+                         device=device, launcher=launcher, max_train=max_train, width=width, resume=resume)
 cfg = plan.config
 print(f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model} (width {cfg.width}); "
       f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
@@ -115,7 +116,8 @@ Markdown(
     ("md", """## Clean up
 
 A temporary run folder (no `checkpoint_dir` given) is removed now; a `checkpoint_dir` you chose is kept, with its
-checkpoints and `metrics.jsonl`, ready for `resume`."""),
+checkpoints and `metrics.jsonl`: run again with `resume=True` to continue (a partial or corrupt newest checkpoint is
+skipped in favour of the one before), or from a terminal: `labkit train --checkpoint-dir DIR --resume ...`."""),
     ("code", """plan.close()"""),
 ]
 
