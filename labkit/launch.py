@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -167,25 +166,10 @@ def failure_summary(output: str) -> tuple[int | None, str]:
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the launcher's whole process group, then SIGKILL what is left."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = proc.pid
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            proc.poll()
-            time.sleep(0.05)
-    proc.poll()
+    """Stop the launcher, its process group and every descendant (mpirun gives each rank a group of its own)."""
+    from labkit.procs import stop_tree
+
+    stop_tree(proc, grace_s)
 
 
 def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[str], None] | None = None,

@@ -39,29 +39,10 @@ from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, Jo
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.manifests import MpiJobSpec
 
+from labkit.procs import stop_tree
+
 JOBS_DIR_ENV = "LABKIT_JOBS_DIR"
 _EXEC_GRACE_S = 5.0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below pid (children, grandchildren...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _master_port(argv: list[str]) -> str:
@@ -341,48 +322,12 @@ class LocalBackend(JobBackend):
     def _stop_exec(self, proc: subprocess.Popen, uid: str, d: Path, grace_s: float = _EXEC_GRACE_S) -> None:
         """Stop an exec'd command and everything under it. mpirun puts each rank in its own process group, so
         signalling the command's group is not enough: every descendant (snapshot before signalling) is signalled too."""
-        victims = set(descendants(proc.pid))
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            victims |= set(descendants(proc.pid))
-            for pid in victims:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                proc.poll()
-                if (proc.returncode is not None and not self._group_alive(proc.pid)
-                        and not any(watchdog._alive(p) for p in victims)):
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            break
-        proc.poll()
+        stop_tree(proc, grace_s)
         if proc.returncode is None:
             try:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
-
-    @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    return True
-            except (OSError, ValueError, IndexError):
-                continue
-        return False
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         d = self._existing_dir(name, namespace)
