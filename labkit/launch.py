@@ -145,20 +145,53 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
                 "--master_addr", "127.0.0.1", "--master_port", port, *script]
     # plain mpirun: ranks read their rank from Open MPI's environment in deepspeed.init_distributed()
     return ["mpirun", "-n", str(spec.world_size), "--hostfile", str(hostfile), *local_mpi_args(),
-            "-x", f"MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}", spec.python, "-u", *script]
+            "-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}", spec.python, "-u", *script]
+
+
+_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
+_MPI_EXIT = re.compile(r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
+                       r"exited with status (\d+))")
+
+
+def first_dead_rank(output: str) -> tuple[int, str] | None:
+    """The rank whose exit brought the run down, as the launcher reported it: (rank, how).
+
+    When one rank dies, the others fail too (a collective loses its peer) and print the louder traceback; the
+    launcher's own line names the rank that went first.
+    """
+    for line in output.splitlines():
+        m = _DS_EXIT.search(line)
+        if m:
+            code = int(m.group(2))
+            return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        m = _MPI_EXIT.search(line)
+        if m:
+            return int(m.group(1)), (f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}")
+    return None
 
 
 def failure_summary(output: str) -> tuple[int | None, str]:
-    """The failing rank (when the output says) and the most telling error line of a failed run."""
+    """The failing rank and the most telling error line of a failed run.
+
+    The launcher's own exit line names the rank that went first (its peers fail after it, often more loudly); the
+    rank's own tagged error (`rank_guard`) gives the text. Without either, the last error line of the output.
+    """
+    tagged: dict[int, str] = {}
     for line in output.splitlines():
         m = _RANK_ERROR_RE.search(line)
         if m:
-            return int(m.group(1)), m.group(2).strip()
+            tagged.setdefault(int(m.group(1)), m.group(2).strip())
+    dead = first_dead_rank(output)
+    if dead:
+        return dead[0], tagged.get(dead[0], dead[1])
+    if tagged:
+        rank = next(iter(tagged))
+        return rank, tagged[rank]
     lines = output.splitlines()
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
         text = _TAGGED_RANK_RE.sub("", line).strip()
-        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*", text) or text.startswith("RuntimeError"):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*", text):
             m = _TAGGED_RANK_RE.match(line)
             return (int(m.group(1)) if m else None), text
     tail = [line for line in lines if line.strip()][-1:]
@@ -226,6 +259,8 @@ def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[
         where = f"rank {rank}" if rank is not None else "a rank"
         if timed_out:
             msg = f"run timed out after {timeout:.0f} s and was stopped (all ranks killed); last output: {text}"
+        elif rank is not None and text.startswith(("killed by signal", "exit code")):
+            msg = f"rank {rank} died ({text}); the other ranks were stopped"
         else:
             msg = f"{where} failed (exit code {proc.returncode}): {text}"
         raise LaunchError(msg, returncode=result.returncode, output=output[-8000:], failed_rank=rank)

@@ -10,7 +10,6 @@ closed, garbage-collected or the interpreter exits.
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import sys
 import tempfile
@@ -160,45 +159,14 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
         return {"summary": {k: v for k, v in summary.items() if k not in ("epochs_log", "deepspeed_config", "records")},
                 "records": records, "output": ""}
     from labkit import launch
-    from labkit.errors import LaunchError
-
-    try:
-        result = launch.run(launch_spec(p), timeout=timeout, on_output=on_output)
-    except LaunchError as exc:
-        dead = first_dead_rank(exc.output)
-        if dead is None or dead[0] == exc.failed_rank:
-            raise
-        rank, how = dead
-        raise LaunchError(f"rank {rank} died ({how}); the other ranks were stopped. Their errors follow from it: "
-                          f"{exc}", returncode=exc.returncode, output=exc.output, failed_rank=rank) from None
+    # launch names the rank that went first (the launcher's exit line), not a peer that failed after it.
+    result = launch.run(launch_spec(p), timeout=timeout, on_output=on_output)
     records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else []
     done = [r for r in records if r.get("kind") == "done"]
     if not done:
         raise LabkitError(f"training exited without a final record in {p.metrics_path}; output tail:\n"
                           f"{result.output[-2000:]}")
     return {"summary": done[-1], "records": records, "output": result.output}
-
-
-_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
-_MPI_EXIT = re.compile(r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
-                       r"exited with status (\d+))")
-
-
-def first_dead_rank(output: str) -> tuple[int, str] | None:
-    """The rank whose exit brought the run down, as the launcher reported it: (rank, how).
-
-    When one rank dies, the others fail too (a collective loses its peer) and print the louder traceback; the
-    launcher's own line names the rank that went first.
-    """
-    for line in output.splitlines():
-        m = _DS_EXIT.search(line)
-        if m:
-            code = int(m.group(2))
-            return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        m = _MPI_EXIT.search(line)
-        if m:
-            return int(m.group(1)), (f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}")
-    return None
 
 
 SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)

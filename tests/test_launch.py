@@ -90,3 +90,15 @@ def test_timeout_kills_every_rank():
         launch.run(launch.LaunchSpec(SCRIPT, ["--hang", "600"], world_size=2), timeout=25)
     assert time.monotonic() - start < 60
     assert not kit_processes(), "ranks survived the timeout"
+
+
+def test_failure_summary_prefers_the_rank_that_went_first():
+    # rank 1 was killed; rank 0 then failed loudly in a collective: the launcher's line names rank 1
+    out = ("LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n"
+           "[launch.py:350:main] Process 4242 exits with return code = -9 ... --local_rank=1 x\n")
+    out = ("[INFO] [launch.py:350:sigkill_handler] Killing subprocess 4242\n"
+           "[ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 's.py', '--local_rank=1'] exits with return code = -9\n"
+           "LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n")
+    assert launch.failure_summary(out) == (1, "killed by signal 9")
+    both = out + "LABKIT_RANK_ERROR rank=1 ValueError: bad batch\n"
+    assert launch.failure_summary(both) == (1, "ValueError: bad batch")

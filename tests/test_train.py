@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import data, train, training_run
+from labkit import data, launch, train, training_run
 from labkit.errors import ConfigError, LaunchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,10 +305,10 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
 def test_first_dead_rank_reads_the_launchers_own_lines():
     ds = ("[ERROR] [launch.py:259:sigkill_handler] ['/x/python', '-u', 'train.py', '--local_rank=1', '--synthetic'] "
           "exits with return code = -9")
-    assert training_run.first_dead_rank("noise\n" + ds) == (1, "killed by signal 9")
+    assert launch.first_dead_rank("noise\n" + ds) == (1, "killed by signal 9")
     mpi = "mpirun noticed that process rank 3 with PID 4242 on node worker-0 exited on signal 9 (Killed)."
-    assert training_run.first_dead_rank(mpi) == (3, "killed by signal 9")
-    assert training_run.first_dead_rank("all fine") is None
+    assert launch.first_dead_rank(mpi) == (3, "killed by signal 9")
+    assert launch.first_dead_rank("all fine") is None
 
 
 def test_train_module_imports_nothing_from_notebooks_or_jobs():
