@@ -4,12 +4,9 @@ The notebook is written without outputs, with stable cell ids so regenerating it
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / "00_environment_check.ipynb"
+import nbgen  # scripts/notebooks/nbgen.py (the script's own folder is on sys.path)
 
 CELLS = [
     ("md", """# 00 · Environment check
@@ -73,26 +70,8 @@ Markdown(
 
 
 def build() -> nbformat.NotebookNode:
-    cells = []
-    for i, (kind, source) in enumerate(CELLS):
-        if kind == "md":
-            cell = new_markdown_cell(source)
-        else:
-            cell = new_code_cell(source)
-            if kind == "params":
-                cell.metadata["tags"] = ["parameters"]
-        cell.id = f"env-{i:02d}"
-        cells.append(cell)
-    nb = new_notebook(cells=cells, metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-        "language_info": {"name": "python"},
-        "labkit": {"test_parameters": {"api_timeout_s": 1.0}},
-    })
-    nbformat.validate(nb)
-    return nb
+    return nbgen.build(CELLS, id_prefix="env", test_parameters={"api_timeout_s": 1.0})
 
 
 if __name__ == "__main__":
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(build(), OUT)
-    print(f"wrote {OUT}")
+    nbgen.write(build(), "00_environment_check")

@@ -1,10 +1,10 @@
 """Generate notebooks/02_zero_stage_comparison.ipynb (run: python scripts/notebooks/02_zero_stage_comparison.py)."""
-from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / "02_zero_stage_comparison.ipynb"
+import nbgen  # scripts/notebooks/nbgen.py (the script's own folder is on sys.path)
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
 
 cells = [
     new_markdown_cell("""# 02 · ZeRO stages, measured
@@ -100,12 +100,10 @@ shell `labkit zero --stages 0,1,2,3 --offload optimizer --world-size 8 --params 
 2 × H200 numbers are in `docs/benchmarks.md` (section "ZeRO stages"); notebook 05 inspects a single run rank by rank."""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "labkit": {"test_parameters": {"params": "3M", "steps": 3, "stages": "0,1,2,3", "offload": "optimizer"}},
-})
-nbformat.validate(nb)
-OUT.parent.mkdir(parents=True, exist_ok=True)
-nbformat.write(nb, OUT)
-print(f"wrote {OUT}")
+
+def build() -> nbformat.NotebookNode:
+    return nbgen.build(cells, id_prefix="zero", test_parameters={"params": "3M", "steps": 3, "stages": "0,1,2,3", "offload": "optimizer"})
+
+
+if __name__ == "__main__":
+    nbgen.write(build(), "02_zero_stage_comparison")

@@ -4,12 +4,9 @@ Written without outputs and with stable cell ids, so regenerating gives a clean 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / "04_cifar10_training.ipynb"
+import nbgen  # scripts/notebooks/nbgen.py (the script's own folder is on sys.path)
 
 CELLS = [
     ("md", """# 04 · CIFAR-10 through DeepSpeed, fast and checkpointed
@@ -123,26 +120,8 @@ skipped in favour of the one before), or from a terminal: `labkit train --checkp
 
 
 def build() -> nbformat.NotebookNode:
-    cells = []
-    for i, (kind, source) in enumerate(CELLS):
-        if kind == "md":
-            cell = new_markdown_cell(source)
-        else:
-            cell = new_code_cell(source)
-            if kind == "params":
-                cell.metadata["tags"] = ["parameters"]
-        cell.id = f"cifar-{i:02d}"
-        cells.append(cell)
-    nb = new_notebook(cells=cells, metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-        "language_info": {"name": "python"},
-        "labkit": {"test_parameters": {"epochs": 2, "max_train": 1280, "width": 0.25}},
-    })
-    nbformat.validate(nb)
-    return nb
+    return nbgen.build(CELLS, id_prefix="cifar", test_parameters={"epochs": 2, "max_train": 1280, "width": 0.25})
 
 
 if __name__ == "__main__":
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(build(), OUT)
-    print(f"wrote {OUT}")
+    nbgen.write(build(), "04_cifar10_training")

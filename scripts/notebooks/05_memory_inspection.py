@@ -1,10 +1,10 @@
 """Generate notebooks/05_memory_inspection.ipynb (run: python scripts/notebooks/05_memory_inspection.py)."""
-from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-OUT = Path(__file__).resolve().parents[2] / "notebooks" / "05_memory_inspection.ipynb"
+import nbgen  # scripts/notebooks/nbgen.py (the script's own folder is on sys.path)
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
 
 cells = [
     new_markdown_cell("""# 05 · Where did the memory go? One ZeRO run, rank by rank
@@ -121,12 +121,10 @@ display(Markdown(
     f"with head-room, {memory.format_bytes(calc['capacity_bytes'])} available)."))"""),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "labkit": {"test_parameters": {"params": "3M", "steps": 2, "stage": 3}},
-})
-nbformat.validate(nb)
-OUT.parent.mkdir(parents=True, exist_ok=True)
-nbformat.write(nb, OUT)
-print(f"wrote {OUT}")
+
+def build() -> nbformat.NotebookNode:
+    return nbgen.build(cells, id_prefix="mem", test_parameters={"params": "3M", "steps": 2, "stage": 3})
+
+
+if __name__ == "__main__":
+    nbgen.write(build(), "05_memory_inspection")
