@@ -183,6 +183,7 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict[str, Any] | None = 
     from labkit import results
 
     parameters = check_parameters(path, parameters or {})
+    out_dir = Path(out_dir).resolve()  # the kernel runs in work_dir: a relative LABKIT_RUN_DIR would point nowhere
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = out_dir / f"{path.stem}.work"  # files a notebook writes land in the run, not the repo
     work_dir.mkdir(exist_ok=True)

@@ -102,3 +102,17 @@ def test_strip_outputs_keeps_tags(good, tmp_path):
     assert not notebooks.has_outputs(executed)
     nb = json.loads(executed.read_text())
     assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+
+
+def test_relative_run_dir_works_from_the_kernels_working_directory(tmp_path, monkeypatch):
+    # `make run` passes no --out: the run directory is relative (runs/<ts>) while the kernel runs in its work dir
+    nb = make_notebook(tmp_path / "writes.ipynb", "name: str = 'f.txt'  # file to write",
+                       "import os, pathlib\nwork = pathlib.Path(os.environ['LABKIT_RUN_DIR'])\n"
+                       "(work / name).write_text('ok')\nfrom labkit import results\n"
+                       "results.record('wrote', str(work / name))\nassert pathlib.Path.cwd() == work")
+    monkeypatch.chdir(tmp_path)
+    run_dir, (run,) = notebooks.run_all([nb], out_dir="runs/r1", progress=False)
+    assert run.passed, run.error
+    written = Path(results.read(run.output)["wrote"])
+    assert written.is_absolute() and written.read_text() == "ok"
+    assert written.parent == (tmp_path / "runs" / "r1" / "writes.work")
