@@ -171,8 +171,12 @@ def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
 
         with pytest.raises(KeyboardInterrupt):
             job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=press_stop)
-        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]},
-                      timeout=30)
+        def launcher_pids() -> set:  # re-read: the watchdog may record its child after the job reads as ready
+            info = json.loads((backend.job_dir("interrupted") / "launcher.json").read_text())
+            return {info["pid"], info.get("child_pid")}
+
+        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= launcher_pids(), timeout=30), (
+            f"left running: {set(job_pids(uid, exclude={os.getpid()})) - launcher_pids()}")
 
 
 def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tmp_path):

@@ -293,8 +293,9 @@ class LocalBackend(JobBackend):
                 pass
 
         reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
         try:
+            # Started inside the try: output (and an interrupt it triggers) can arrive at once.
+            reader.start()
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             with interrupts_deferred():
