@@ -277,6 +277,15 @@ def parse_metrics(output: str) -> list[dict]:
     return metrics
 
 
+def validate_exec_args(argv: list[str], timeout: float | None) -> None:
+    """What both backends refuse before touching a job: an empty or non-string command, a non-positive timeout."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}",
+                          "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
+
+
 def validate_job_name(name: str, field_name: str = "name") -> None:
     """Kubernetes object names (RFC 1123 labels): also what the local backend uses as a directory name."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 50:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, OutputCallback,
-                              interrupts_deferred, print_output, validate_job_name)
+                              interrupts_deferred, print_output, validate_exec_args, validate_job_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.manifests import MpiJobSpec
@@ -437,11 +437,7 @@ class KubernetesBackend(JobBackend):
 
     def exec(self, name: str, argv: list[str], *, on_output: OutputCallback | None = print_output,
              timeout: float | None = None, namespace: str | None = None) -> int:
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}",
-                              "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']")
-        if timeout is not None and timeout <= 0:
-            raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
+        validate_exec_args(argv, timeout)
         ns = namespace or self.namespace
         pod = self._launcher_pod(name, ns)
         pidfile = f"/tmp/labkit-exec-{uuid.uuid4().hex[:12]}.pid"

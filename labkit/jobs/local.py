@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import watchdog
 from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, OutputCallback,
-                              interrupts_deferred, print_output, validate_job_name)
+                              interrupts_deferred, print_output, validate_exec_args, validate_job_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.manifests import MpiJobSpec
@@ -254,11 +254,7 @@ class LocalBackend(JobBackend):
 
     def exec(self, name: str, argv: list[str], *, on_output: OutputCallback | None = print_output,
              timeout: float | None = None, namespace: str | None = None) -> int:
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}",
-                              "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']")
-        if timeout is not None and timeout <= 0:
-            raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
+        validate_exec_args(argv, timeout)
         d = self._existing_dir(name, namespace)
         st = self._status_from_dir(d)
         if not st.ready:
