@@ -405,7 +405,7 @@ def check_shm(path: str | Path = "/dev/shm") -> Check:
 
 
 def check_hugepages(meminfo_text: str, gaudi_present: bool = False) -> Check:
-    from labkit.accelerators import ParseError, parse_meminfo
+    from labkit.devices import ParseError, parse_meminfo
 
     name = "huge pages"
     try:

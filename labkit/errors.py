@@ -1,5 +1,9 @@
-"""The kit's exceptions: one clear message that names the field and the fix."""
+"""The kit's exceptions and the check helpers every module uses: one clear message that names the field and the fix."""
+
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 
 class LabkitError(Exception):
@@ -20,3 +24,30 @@ class LaunchError(LabkitError):
     def __init__(self, message: str, *, returncode: int | None = None, output: str = "", failed_rank: int | None = None):
         self.returncode, self.output, self.failed_rank = returncode, output, failed_rank
         super().__init__(message)
+
+
+def check_choice(field: str, value: Any, allowed: Iterable[Any], fix: str | None = None) -> Any:
+    """value if it is one of allowed, else ConfigError naming the field and the choices."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        choices = ", ".join(map(str, allowed))
+        raise ConfigError(field, f"unknown value {value!r}", fix or f"use one of {choices}")
+    return value
+
+
+def check_int(field: str, value: Any, minimum: int = 1, fix: str | None = None, maximum: int | None = None) -> int:
+    """value if it is a whole number in [minimum, maximum] (bools are refused), else ConfigError."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ConfigError(field, f"must be a whole number {bound}, got {value!r}", fix or f"pass {field} {bound}")
+    return value
+
+
+def check_number(field: str, value: Any, minimum: float = 0.0, fix: str | None = None, *, strict: bool = False) -> float:
+    """value if it is a real number >= minimum (> minimum with strict), else ConfigError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < minimum or (strict and value == minimum):
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise ConfigError(field, f"must be a number {bound}, got {value!r}", fix or f"pass {field} {bound}")
+    return float(value)

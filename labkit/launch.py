@@ -95,6 +95,10 @@ def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, acceler
     """The environment for kit processes: marked for the leak check, thread counts sized to the ranks."""
     env = dict(os.environ)
     env[MARKER_ENV] = "1"
+    # Every process the kit starts (ranks, the local launcher) imports labkit from where this one did: the one bootstrap.
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in env.get("PYTHONPATH", "").split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     if accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"

@@ -1,14 +1,24 @@
-"""Process-tree helpers (Linux /proc, standard library only).
+"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, stale build locks.
 
 Signalling a launcher's process group is not enough: Open MPI's mpirun puts every rank in a process group of its own,
-so stopping a run means stopping the group and every descendant, found through /proc.
+so stopping a run means stopping the group and every descendant, found through /proc. Standard library only, because
+the local backend's launcher process (jobs/launcher.py) imports it and must start fast.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
+
+# Rebuilding DeepSpeed's CPU comm op takes about a minute on 2 cores; a lock older than this with no compiler running
+# anywhere was left by a rank killed while it held it.
+BUILD_LOCK_STALE_S = 300.0
+COMPILERS = ("ninja", "cc1plus", "c++", "g++", "gcc", "ld", "ld.bfd")
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -20,7 +30,7 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 
 def alive(pid: int) -> bool:
-    """True if pid runs and is not a zombie."""
+    """True if pid runs and is not a zombie (a zombie is dead for our purposes)."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
 
@@ -72,3 +82,65 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
                 return
             time.sleep(0.05)
     proc.poll()
+
+
+def _compiler_running() -> bool:
+    for entry in os.scandir("/proc"):
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() in COMPILERS:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def clear_stale_build_locks(stale_after_s: float = BUILD_LOCK_STALE_S, *, say=None) -> list[Path]:
+    """Remove torch-extension build locks abandoned by killed ranks: the kit's one stale-lock policy.
+
+    Every DeepSpeed CPU rank JIT-loads the shared-memory comm op under torch's file lock
+    (`TORCH_EXTENSIONS_DIR/<py>/<op>/lock`, no owner recorded). A rank killed while holding it leaves the file behind
+    and every later DeepSpeed process waits for it for ever, silently. A lock older than stale_after_s while no
+    compiler runs anywhere is such a leftover."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    now = time.time()
+    try:
+        locks = [p for p in [*root.glob("*/*/lock"), *root.glob("*/lock")] if now - p.stat().st_mtime > stale_after_s]
+    except OSError:
+        return []
+    if not locks or _compiler_running():
+        return []
+    removed = []
+    for lock in locks:
+        try:
+            lock.unlink()
+        except OSError:
+            continue
+        removed.append(lock)
+        (say or _stderr)(f"labkit: removed {lock.parent.name}'s build lock, left by a process killed while building it")
+    return removed
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class StaleLockSweeper:
+    """While DeepSpeed initialises, re-apply the policy every few seconds (a lock may go stale while we wait on it)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.stop = every_s, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="labkit-lock-sweeper")
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            clear_stale_build_locks()
+
+    def __enter__(self) -> StaleLockSweeper:
+        clear_stale_build_locks()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=1.0)

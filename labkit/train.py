@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import data
+from labkit import data, procs
 from labkit.errors import ConfigError
 
 MODELS = ("resnet", "lenet")
@@ -744,51 +744,6 @@ def _quiet_deepspeed(verbose: bool) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-SHM_OP_LOCK_STALE_S = 300.0  # (re)building DeepSpeed's shared-memory op takes about a minute on 2 cores
-
-
-def clear_stale_shm_op_lock(stale_after_s: float = SHM_OP_LOCK_STALE_S) -> list[Path]:
-    """Remove an orphaned build lock of DeepSpeed's CPU shared-memory op.
-
-    Every CPU rank loads that op at start-up under torch's file lock (`.../torch_extensions/*/deepspeed_shm_comm/lock`,
-    no owner recorded). A rank killed while holding it (a launcher timeout, an aborted job) leaves the file behind and
-    every later DeepSpeed CPU process on the machine waits for it for ever.
-    """
-    base = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    removed = []
-    for lock in [*base.glob("*/deepspeed_shm_comm/lock"), *base.glob("deepspeed_shm_comm/lock")]:
-        try:
-            if time.time() - lock.stat().st_mtime > stale_after_s:
-                lock.unlink()
-                removed.append(lock)
-                print(f"labkit: removed an orphaned DeepSpeed build lock {lock} (its owner died while loading the "
-                      f"op; later processes would wait for it for ever)", file=sys.stderr, flush=True)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-class _StaleLockSweeper:
-    """While DeepSpeed initialises on CPU, re-check the op lock every few seconds (the lock may go stale while we
-    already wait on it)."""
-
-    def __init__(self):
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="labkit-lock-sweeper")
-
-    def _run(self):
-        while not self.stop.wait(5.0):
-            clear_stale_shm_op_lock()
-
-    def __enter__(self):
-        clear_stale_shm_op_lock()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-
-
 def init_distributed(cfg: TrainConfig) -> None:
     """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's env (mpirun), or as a
     world of one when started plainly."""
@@ -811,7 +766,7 @@ def init_distributed(cfg: TrainConfig) -> None:
         os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
     # Under plain mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with this argument (default 29500, which
     # another job may hold): pass the port the launcher chose.
-    with _StaleLockSweeper():
+    with procs.StaleLockSweeper():
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout),
                                    auto_mpi_discovery=True, distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
 

@@ -254,21 +254,6 @@ def test_interrupted_deepspeed_training_leaves_no_rank_running(backend):
                           timeout=15), "DeepSpeed ranks survived the interrupt"
 
 
-def test_stale_torch_extension_lock_is_removed_but_a_fresh_one_is_kept(tmp_path, monkeypatch):
-    from labkit.jobs.local import clear_stale_extension_locks
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
-    fresh = tmp_path / "py311_cpu" / "cpu_adam" / "lock"
-    for lock in (stale, fresh):
-        lock.parent.mkdir(parents=True)
-        lock.touch()
-    old = time.time() - 3600
-    os.utime(stale, (old, old))  # a rank killed an hour ago while loading the op
-    assert clear_stale_extension_locks(max_age_s=900) == [stale]
-    assert not stale.exists() and fresh.exists()  # a build may be holding the fresh one right now
-
-
 @pytest.mark.slow
 def test_notebook_03_runs_the_interactive_round_trip_on_the_local_backend(executed_notebook):
     import nbformat

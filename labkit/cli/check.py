@@ -42,13 +42,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from labkit import accelerators, cluster
+    from labkit import cluster, devices
     from labkit.errors import ConfigError, LabkitError
 
     if args.timeout <= 0:
         raise ConfigError("--timeout", f"{args.timeout} is not a positive number of seconds", "use e.g. --timeout 10")
     with contextlib.redirect_stdout(sys.stderr):  # library chatter must not corrupt --json
-        local = accelerators.discover()
+        local = devices.discover()
         inventory = None
         if args.cluster:
             inventory = cluster.discover_cluster(args.kubeconfig, args.context, timeout=args.timeout)

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from labkit import procs
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import watchdog
 from labkit.jobs.base import (CLUSTER_HOSTFILE, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, OutputCallback,
@@ -59,38 +60,6 @@ def _master_port(argv: list[str]) -> str:
         if arg.startswith("--master_port=") and arg.split("=", 1)[1].isdigit():
             return arg.split("=", 1)[1]
     return str(launch.free_port())
-
-
-def clear_stale_extension_locks(max_age_s: float = 900.0) -> list[Path]:
-    """Remove torch extension build locks abandoned by killed ranks.
-
-    Every rank JIT-loads DeepSpeed's CPU communication op under a file lock in TORCH_EXTENSIONS_DIR; a rank killed
-    while holding it (an interrupt at start-up) leaves the lock behind and every later DeepSpeed run waits on it
-    forever, silently. A lock older than max_age_s while no compiler runs anywhere is such a leftover.
-    """
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    now = time.time()
-    try:
-        locks = [p for p in root.glob("*/*/lock") if now - p.stat().st_mtime > max_age_s]
-    except OSError:
-        return []
-    if not locks:
-        return []
-    for entry in os.scandir("/proc"):  # a build in progress (ninja, the compiler) may legitimately hold a lock
-        try:
-            with open(f"/proc/{entry.name}/comm") as f:
-                if f.read().strip() in ("ninja", "cc1plus", "c++", "g++", "gcc", "ld"):
-                    return []
-        except OSError:
-            continue
-    removed = []
-    for lock in locks:
-        try:
-            lock.unlink()
-            removed.append(lock)
-        except OSError:
-            pass
-    return removed
 
 
 def default_jobs_dir() -> Path:
@@ -174,7 +143,7 @@ class LocalBackend(JobBackend):
             "ttl_seconds_after_finished": spec.ttl_seconds_after_finished,
         })
         env = self._job_env(d, uid, spec.workers * spec.slots_per_worker, spec.accelerator)
-        starter = subprocess.run([sys.executable, watchdog.__file__, str(d)], env=env, cwd=d, capture_output=True,
+        starter = subprocess.run([sys.executable, "-m", "labkit.jobs.watchdog", str(d)], env=env, cwd=d, capture_output=True,
                                  text=True, timeout=30, stdin=subprocess.DEVNULL)
         if starter.returncode != 0 or not starter.stdout.strip().isdigit():
             shutil.rmtree(d, ignore_errors=True)
@@ -228,7 +197,7 @@ class LocalBackend(JobBackend):
             return st
         pid = self._launcher_pid(d)
         if (d / "ready").exists() and pid is not None:
-            if watchdog._alive(pid):
+            if procs.alive(pid):
                 st.phase, st.ready = "Running", True
                 st.message = f"launcher pid {pid}"
             else:
@@ -264,10 +233,7 @@ class LocalBackend(JobBackend):
         env = self._job_env(d, job["uid"], job["workers"] * job["slots_per_worker"], job.get("accelerator", "cpu"))
         cmd = watchdog.map_hostfile(list(argv), d / "hostfile")
         env["MASTER_PORT"] = _master_port(cmd)
-        for lock in clear_stale_extension_locks():
-            if on_output:
-                on_output(f"labkit: removed {lock}, a torch extension build lock left by a killed rank "
-                          "(it would make DeepSpeed wait forever)\n")
+        procs.clear_stale_build_locks(say=(lambda t: on_output(t + "\n")) if on_output else None)
         try:
             proc = subprocess.Popen(cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -350,17 +316,17 @@ class LocalBackend(JobBackend):
         except JobNotFound:
             return
         pid = self._launcher_pid(d)
-        if pid is not None and watchdog._alive(pid):
+        if pid is not None and procs.alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session
             except ProcessLookupError:
                 pass
             end = time.monotonic() + 8
-            while watchdog._alive(pid) and time.monotonic() < end:
+            while procs.alive(pid) and time.monotonic() < end:
                 time.sleep(0.05)
         # Whatever the launcher could not (it may have died): exec groups and processes tagged with the job uid.
         watchdog.stop_job_processes(d, job["uid"], grace_s=2.0)
-        if pid is not None and watchdog._alive(pid):
+        if pid is not None and procs.alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -58,14 +58,14 @@ class InteractivePlan:
 def resolve_accelerator(device: str, backend: str, kubeconfig: str | None = None) -> tuple[str, str]:
     """The MPIJob accelerator (cpu | nvidia | gaudi) for a `device` parameter, and why.
 
-    auto: locally, what this machine has (labkit.accelerators.pick_device); on kubernetes, the accelerator most of the
+    auto: locally, what this machine has (labkit.devices.pick_device); on kubernetes, the accelerator most of the
     cluster's ready nodes offer (cpu when none, or when the nodes cannot be read).
     """
     value = device.strip().lower() if isinstance(device, str) else device
     if value not in DEVICE_CHOICES:
         raise ConfigError("device", f"unknown value {device!r}", f"use one of {', '.join(DEVICE_CHOICES)}")
     if backend == "local":
-        from labkit.accelerators import pick_device
+        from labkit.devices import pick_device
 
         picked = pick_device(value)  # raises ConfigError for an unavailable explicit device
         return _DEVICE_TO_ACCELERATOR[picked], ("picked on this machine" if value == "auto" else "requested")

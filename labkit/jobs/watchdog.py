@@ -1,6 +1,6 @@
 """The local backend's launcher: a detached process that plays the MPIJob launcher pod and enforces its deadline.
 
-Run as `python watchdog.py JOB_DIR` (by path, standard library only: it must start fast and import nothing heavy).
+Run as `python -m labkit.jobs.watchdog JOB_DIR` (standard library and labkit.procs only: it must start fast).
 It double-forks so it belongs to no notebook kernel or CLI process: a job outlives the process that submitted it,
 exactly like a pod, and its deadline still holds if that process dies. It then
 
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from labkit.procs import alive
 
 JOB_UID_ENV = "LABKIT_JOB_UID"
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
@@ -57,20 +59,6 @@ def exec_groups(job_dir: Path) -> list[int]:
     return groups
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop_job_processes(job_dir: Path, uid: str, *, groups: list[int] = (), grace_s: float = 3.0) -> int:
     """SIGTERM the job's process groups and tagged processes, SIGKILL what is left after grace_s. Returns #signalled."""
     me = {os.getpid(), os.getppid()}
@@ -94,7 +82,7 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: list[int] = (), grace
                 pass
         end = time.monotonic() + wait
         while time.monotonic() < end:
-            if not [p for p in job_pids(uid, exclude=me) if _alive(p)]:
+            if not [p for p in job_pids(uid, exclude=me) if alive(p)]:
                 return len(signalled)
             time.sleep(0.05)
     return len(signalled)

@@ -91,7 +91,7 @@ def node_accelerators_figure(nodes: Sequence) -> Figure:
 
 def filtered_tables_html(devices: Sequence, nodes: Sequence, kind: str) -> str:
     """HTML tables of the local devices and cluster nodes of one device kind ('all', 'cuda', 'hpu', 'cpu')."""
-    from labkit.accelerators import DEVICE_COLUMNS, filter_by_kind
+    from labkit.devices import DEVICE_COLUMNS, filter_by_kind
     from labkit.cluster import NODE_COLUMNS
     from labkit.tabular import html_table
 

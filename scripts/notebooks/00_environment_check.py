@@ -28,12 +28,12 @@ fail_on_error: bool = False  # raise at the end when a check fails (a gate for C
     ("code", """%matplotlib inline
 from IPython.display import Markdown
 
-from labkit import accelerators, env, results
+from labkit import devices, env, results
 from labkit.errors import LabkitError
 from labkit.plots.discovery import check_summary_figure
 
 env.validate_check_options(api_timeout_s, kubeconfig or None)
-resolved_device = accelerators.pick_device(device)
+resolved_device = devices.pick_device(device)
 print(f"later chapters will run on: {resolved_device}")"""),
     ("md", """## Run the checks
 

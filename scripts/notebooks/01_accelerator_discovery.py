@@ -30,18 +30,18 @@ the fix, while `cluster="auto"` simply skips the cluster on a laptop."""),
     ("code", """%matplotlib inline
 from IPython.display import HTML, Markdown, display
 
-from labkit import accelerators, results
+from labkit import devices, results
 from labkit import cluster as kube
 from labkit.plots.discovery import device_memory_figure, filtered_tables_html, node_accelerators_figure
 
 query_cluster = kube.resolve_cluster_mode(cluster, kubeconfig or None, context or None, api_timeout_s)
-resolved_device = accelerators.pick_device(device)
+resolved_device = devices.pick_device(device)
 print(f"device for later chapters: {resolved_device}; query the cluster: {query_cluster}")"""),
     ("md", """## This machine
 
 One row per device, in bytes turned into GiB. The notes say which source answered for each kind and why the others
 were skipped: on a laptop they explain that there is no NVML library, no `nvidia-smi` and no Gaudi software."""),
-    ("code", """local = accelerators.discover()
+    ("code", """local = devices.discover()
 local"""),
     ("code", """device_memory_figure(local.devices)"""),
     ("md", """## The cluster
@@ -64,7 +64,7 @@ else:
 An optional widget over the same records (in JupyterLab pick a kind; headless runs show `all`). `cuda` covers NVIDIA
 and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi."""),
     ("code", """kinds = ["all"] + [k for k in accelerators.KINDS
-                   if accelerators.filter_by_kind(local.devices, k) or accelerators.filter_by_kind(inventory.nodes, k)]
+                   if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)]
 try:
     import ipywidgets as widgets
 

@@ -1,4 +1,4 @@
-"""labkit.accelerators: parsing recorded tool output, the NVML/Gaudi paths with modules faked at the import boundary,
+"""labkit.devices: parsing recorded tool output, the NVML/Gaudi paths with modules faked at the import boundary,
 the CLI fallbacks through real subprocesses of fake tools on PATH, the real CPU path, and pick_device."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import accelerators
-from labkit.accelerators import Device, ParseError, parse_cpulist, parse_hl_smi_csv, parse_meminfo, parse_nvidia_smi_csv
+from labkit import devices as accelerators
+from labkit.devices import Device, ParseError, parse_cpulist, parse_hl_smi_csv, parse_meminfo, parse_nvidia_smi_csv
 from labkit.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
@@ -406,7 +406,7 @@ def test_cli_discover_rejects_a_bad_timeout():
 
 def test_modules_import_cheaply():
     """The GPU benchmark image has no kubernetes/papermill: importing the kit's modules must not need them."""
-    code = ("import sys, labkit.accelerators, labkit.env, labkit.cluster, labkit.plots.discovery, labkit.cli.check; "
+    code = ("import sys, labkit.devices, labkit.env, labkit.cluster, labkit.plots.discovery, labkit.cli.check; "
             "heavy = [m for m in ('torch', 'deepspeed', 'kubernetes', 'matplotlib', 'papermill') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,4 +1,7 @@
-"""Local devices as uniform records, and `pick_device` for the notebooks' `device: str = "auto"` parameter.
+"""The kit's one device vocabulary, local discovery, and `pick_device` for the `device: str = "auto"` parameters.
+
+Vocabulary: a *device* is what torch runs on (cpu | cuda | hpu); an *accelerator* is what a cluster node or an MPIJob
+overlay offers (cpu | nvidia | gaudi). `ACCELERATOR_OF` and `DEVICE_OF` translate; nothing else in labkit spells these maps.
 
 Sources, best first (each falls back to the next when unavailable):
   NVIDIA: NVML (package nvidia-ml-py, module pynvml) -> torch.cuda -> `nvidia-smi --query-gpu ... --format=csv`
@@ -18,8 +21,12 @@ from typing import Any, Callable, Iterable
 
 from labkit.errors import ConfigError, LabkitError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "hpu")
-KINDS = ("cuda", "hpu", "cpu")
+DEVICE_KINDS = ("cuda", "hpu", "cpu")  # what torch runs on, best first
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "hpu")  # a `device` parameter
+ACCELERATORS = ("cpu", "nvidia", "gaudi")  # what a cluster node / manifests overlay offers
+ACCELERATOR_OF = {"cpu": "cpu", "cuda": "nvidia", "hpu": "gaudi"}
+# A node's accelerator kind as the device a run on it uses (ROCm torch also says "cuda"); None: a CPU-only node.
+DEVICE_OF = {"nvidia": "cuda", "amd": "cuda", "gaudi": "hpu", "cpu": "cpu", None: "cpu"}
 MIB = 2**20
 NVIDIA_SMI_FIELDS = "index,name,memory.total,memory.used,utilization.gpu,driver_version"
 HL_SMI_FIELDS = "index,name,memory.total,memory.used,utilization.aip,driver_version"
@@ -76,7 +83,7 @@ class Discovery:
         return [d for d in self.devices if d.kind == kind]
 
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if self.of_kind(k)]
+        return [k for k in DEVICE_KINDS if self.of_kind(k)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "notes": list(self.notes)}
@@ -96,21 +103,17 @@ class Discovery:
             f"<ul>{notes}</ul>" if notes else "")
 
 
-# A cluster node's accelerator kind as the device kind a run on it would use (ROCm torch also says "cuda").
-NODE_KIND_TO_DEVICE = {"nvidia": "cuda", "amd": "cuda", "gaudi": "hpu", None: "cpu"}
-
-
 def device_kind_of(record: Any) -> str:
     """'cuda' | 'hpu' | 'cpu' for a Device or a cluster NodeInventory."""
     if isinstance(record, Device):
         return record.kind
-    return NODE_KIND_TO_DEVICE.get(getattr(record, "accelerator_kind", None), "cpu")
+    return DEVICE_OF.get(getattr(record, "accelerator_kind", None), "cpu")
 
 
 def filter_by_kind(records: Iterable[Any], kind: str) -> list[Any]:
     """Devices or nodes of one device kind (cuda, hpu, cpu; 'all' keeps everything): notebook 01's filter widget."""
-    if kind != "all" and kind not in KINDS:
-        raise ConfigError("kind", f"unknown kind {kind!r}", f"use 'all' or one of {', '.join(KINDS)}")
+    if kind != "all" and kind not in DEVICE_KINDS:
+        raise ConfigError("kind", f"unknown kind {kind!r}", f"use 'all' or one of {', '.join(DEVICE_KINDS)}")
     return [r for r in records if kind == "all" or device_kind_of(r) == kind]
 
 
@@ -365,12 +368,12 @@ def _collect(name: str, sources: list[tuple[str, Callable[[], list[Device]]]], n
     return []
 
 
-def discover(kinds: Iterable[str] = KINDS) -> Discovery:
+def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     """Local devices of the given kinds (default cuda, hpu, cpu). Never raises for a missing driver or tool."""
     kinds = list(kinds)
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in DEVICE_KINDS]
     if unknown:
-        raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", f"use some of {', '.join(KINDS)}")
+        raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", f"use some of {', '.join(DEVICE_KINDS)}")
     result = Discovery()
     if "cuda" in kinds:
         result.devices += _collect("NVIDIA", [("NVML", nvidia_devices_nvml), ("torch.cuda", nvidia_devices_torch),
@@ -433,3 +436,30 @@ def pick_device(requested: str = "auto") -> str:
         raise ConfigError("device", f"'hpu' requested but {why}",
                           "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image")
     return "cpu"
+
+
+def device_count(device: str) -> int:
+    """How many ranks of `device` this machine can run one-per-device (CPU: its usable cores, at least 1)."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "hpu":
+        try:
+            import habana_frameworks.torch.hpu as hthpu
+        except ImportError:
+            return 0
+        return hthpu.device_count() if hthpu.is_available() else 0
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def check_ranks_fit(field: str, ranks: int, device: str) -> int:
+    """ranks if this machine has a `device` for each of them (one GPU/HPU per rank), else ConfigError before launch.
+
+    CPU ranks may oversubscribe cores (gloo runs, slowly), so only accelerators are checked."""
+    if device in ("cuda", "hpu"):
+        have = device_count(device)
+        if ranks > have:
+            raise ConfigError(field, f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)",
+                              f"pass {field}={max(have, 1)} (or 0 for automatic), or device='cpu' to rehearse {ranks} ranks on CPU")
+    return ranks
