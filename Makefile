@@ -6,7 +6,7 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lab install check cluster-test bench-cpu clean-runs strip
+.PHONY: run test lab install check cluster-test bench-cpu clean-runs strip notebooks
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -30,7 +30,12 @@ check: $(STAMP)
 cluster-test: $(STAMP)
 	$(PY) -m pytest tests/cluster -v -rs
 
-strip:
+# Notebook sources are the Jupytext percent scripts notebooks/NN_name.py: rebuild every .ipynb from them (no outputs,
+# stable cell ids). `strip` only removes outputs from the .ipynb files (e.g. after saving a run in JupyterLab).
+notebooks: $(STAMP)
+	$(PY) -m labkit.notebooks build
+
+strip: $(STAMP)
 	$(PY) -m labkit.notebooks strip notebooks/*.ipynb
 
 clean-runs:

@@ -1,23 +1,28 @@
-"""Run the kit's notebooks headless with papermill and write an HTML report.
+"""The kit's notebooks: build each .ipynb from its Jupytext percent script, run them headless, report the runs.
 
-`run_all` is what `labkit run` and `make run` call and what tests/test_notebooks.py uses, so the suite exercises the very
-path users take: parameters are checked against the notebook's declared ones before any kernel starts, every executed
-notebook is kept with an HTML rendering, and `index.html` lists status, duration and parameters of each.
+`run_all` is what `labkit run`, `make run` and tests/test_notebooks.py use, so the suite exercises the path users take:
+parameters are checked against the notebook's declared ones before any kernel starts, every executed notebook is kept
+with an HTML rendering, and `index.html` lists status, duration and parameters of each.
 """
+
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
 import html
 import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from unittest import mock
 
-from labkit.errors import ConfigError, LabkitError
+from labkit import results
+from labkit.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -45,28 +50,19 @@ class NotebookRun:
         return self.status == "passed"
 
 
-class NotebookFailed(LabkitError):
-    """One or more notebooks failed; the message names each notebook, cell and error."""
-
-    def __init__(self, runs: list[NotebookRun]):
-        self.runs = runs
-        lines = [f"{r.source}: {r.error}" for r in runs if not r.passed]
-        super().__init__("notebook run failed:\n  " + "\n  ".join(lines))
-
-
 def discover(directory: str | Path = NOTEBOOKS_DIR) -> list[Path]:
-    """Every notebook of the kit, in chapter order."""
+    """Every notebook of the kit, in chapter order (the paired .py sources are not notebooks)."""
     return sorted(p for p in Path(directory).glob("*.ipynb") if not p.name.startswith("."))
 
 
-def resolve(names: Iterable[str]) -> list[Path]:
-    """Notebook paths from paths or stems ("02", "02_zero_stage_comparison", "notebooks/02_...ipynb")."""
+def select(names: Iterable[str]) -> list[Path]:
+    """Notebook paths from paths (a notebook or its .py source) or stems ("02", "02_zero_stage_comparison")."""
     found: list[Path] = []
     available = discover()
     for name in names:
-        path = Path(name)
-        if path.suffix == ".ipynb" and path.is_file():
-            found.append(path)
+        notebook = Path(name).with_suffix(".ipynb")
+        if Path(name).suffix in (".ipynb", ".py") and notebook.is_file():
+            found.append(notebook)
             continue
         matches = [p for p in available if p.stem == name or p.stem.startswith(f"{name}_")]
         if len(matches) != 1:
@@ -74,6 +70,9 @@ def resolve(names: Iterable[str]) -> list[Path]:
             raise ConfigError("notebook", f"{name!r} matches {len(matches)} notebooks", f"name one of: {listing}")
         found.append(matches[0])
     return found
+
+
+# -- parameters ----------------------------------------------------------------------------------------------------
 
 
 def declared_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -85,42 +84,36 @@ def declared_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def test_parameters(path: str | Path) -> dict[str, Any]:
     """Small CPU parameters a notebook declares for the test suite (metadata `labkit.test_parameters`)."""
-    nb = json.loads(Path(path).read_text())
-    return dict(nb.get("metadata", {}).get("labkit", {}).get("test_parameters", {}))
+    return dict(json.loads(Path(path).read_text())["metadata"].get("labkit", {}).get("test_parameters", {}))
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() not in _TRUE | _FALSE:
+        raise ValueError(value)
+    return value.lower() in _TRUE
+
+
+_SCALARS = {"int": int, "float": float, "bool": _parse_bool}
 
 
 def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
-    """Turn a command-line string into the declared type of a parameter."""
+    """Turn a command-line string into the declared type of a parameter (str, Literal and untyped stay text)."""
+    t = (type_name or "None").replace(" ", "")
     if not isinstance(value, str):
         return value
-    t = (type_name or "None").replace(" ", "")
     try:
-        if t == "int":
-            return int(value)
-        if t == "float":
-            return float(value)
-        if t == "bool":
-            low = value.lower()
-            if low in _TRUE | _FALSE:
-                return low in _TRUE
-            raise ValueError(value)
-        if t == "str" or t.startswith("Literal"):
-            return value
+        if t in _SCALARS:
+            return _SCALARS[t](value)
         if t.startswith(("list", "dict", "tuple", "List", "Dict")):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(value)
-            except json.JSONDecodeError:
-                return ast.literal_eval(value)
+            return ast.literal_eval(value)
     except (ValueError, SyntaxError) as exc:
-        raise ConfigError(f"{notebook}: parameter {name}", f"{value!r} is not a valid {t}",
-                          f"pass a {t} value, e.g. see `labkit params {notebook}`") from exc
-    if "|" in t or t.startswith(("Optional", "Union")):  # e.g. `str | None`: try JSON scalars, else keep the string
-        if value.lower() in ("none", "null"):
-            return None
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        fix = f"pass a {t} value, e.g. see `labkit params {notebook}`"
+        raise ConfigError(f"{notebook}: parameter {name}", f"{value!r} is not a valid {t}", fix) from exc
+    if "|" in t or t.startswith(("Optional", "Union")):  # e.g. `str | None`: None or a JSON scalar, else the text
+        with contextlib.suppress(json.JSONDecodeError):
+            return None if value.lower() in ("none", "null") else json.loads(value)
     return value
 
 
@@ -129,39 +122,55 @@ def check_parameters(path: Path, parameters: dict[str, Any]) -> dict[str, Any]:
     declared = declared_parameters(path)
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        raise ConfigError(f"{path.name}: parameter {', '.join(unknown)}", "not declared by this notebook",
-                          f"use one of: {', '.join(declared) or '(none)'} (see `labkit params {path}`)")
-    return {k: coerce(v, declared[k].get("inferred_type_name", "None"), name=k, notebook=path.name)
-            for k, v in parameters.items()}
+        fix = f"use one of: {', '.join(declared) or '(none)'} (see `labkit params {path}`)"
+        raise ConfigError(f"{path.name}: parameter {', '.join(unknown)}", "not declared by this notebook", fix)
+    return {
+        k: coerce(v, declared[k].get("inferred_type_name", "None"), name=k, notebook=path.name)
+        for k, v in parameters.items()
+    }
 
 
-def _failed_cell(output_nb: Path) -> int | None:
-    """Index of the cell papermill marked as raising, read from the partial output notebook."""
-    try:
-        nb = json.loads(output_nb.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    cells = nb.get("cells", [])
-    for i, cell in enumerate(cells):
-        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
-            return i
-    # A timeout or a dead kernel marks nothing: the failing cell is the last one papermill started.
-    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("status") not in
-               (None, "pending")]
-    return started[-1] if started else None
+def parameters_per_notebook(notebooks: list[Path], parameters: dict, *, use_test_parameters=False, optional=None):
+    """Checked parameters per notebook, before anything runs: `parameters` apply where declared (each must be declared
+    by at least one of the notebooks), `optional` (e.g. the backend) only where declared."""
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    unknown = [k for k in parameters if not any(k in d for d in declared.values())]
+    if unknown:
+        names = ", ".join(p.name for p in notebooks)
+        fix = "check the names with `labkit params NOTEBOOK`"
+        raise ConfigError(f"parameter {', '.join(unknown)}", f"not declared by {names}", fix)
+    given = {**(optional or {}), **parameters}
+    base = {nb: test_parameters(nb) if use_test_parameters else {} for nb in notebooks}
+    return {
+        nb: check_parameters(nb, base[nb] | {k: v for k, v in given.items() if k in declared[nb]}) for nb in notebooks
+    }
 
 
-def _error_text(exc: BaseException) -> str:
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
+# -- running -------------------------------------------------------------------------------------------------------
 
-    if isinstance(exc, PapermillExecutionError):
-        return f"{exc.ename}: {exc.evalue}".strip()
-    if isinstance(exc, CellTimeoutError):
-        return f"CellTimeoutError: cell did not finish in time ({str(exc).splitlines()[0] if str(exc) else ''})"
-    if isinstance(exc, DeadKernelError):
-        return f"DeadKernelError: the kernel died ({exc})"
-    return f"{type(exc).__name__}: {exc}"
+_EXPLAINED = {"CellTimeoutError": "the cell did not finish in time", "DeadKernelError": "the kernel died"}
+
+
+def _kernel_options(work_dir: Path) -> dict[str, Any]:
+    """Kernels talk to the runner over TCP: jupyter_client provisions CurveZMQ keys to encrypt that wherever pyzmq and
+    the kernelspec support it (which also ends ipykernel's "running over TCP without encryption" warning)."""
+    import zmq
+    from traitlets.config import Config
+
+    encryption = {"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}}
+    return {"cwd": str(work_dir), "start_timeout": 120, "config": Config(encryption)}
+
+
+def _failure(exc: BaseException, output: Path) -> tuple[int | None, str]:
+    """(index of the failing cell, error text) for a failed papermill execution."""
+    cell = getattr(exc, "cell_index", None)
+    if cell is None and output.exists():  # a timeout or a dead kernel: the last cell papermill started
+        marks = [c["metadata"].get("papermill", {}) for c in json.loads(output.read_text())["cells"]]
+        cell = max((i for i, m in enumerate(marks) if m.get("status") not in (None, "pending")), default=None)
+    name = type(exc).__name__
+    text = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{name}: {_EXPLAINED.get(name, '')}"
+    detail = "" if hasattr(exc, "ename") else f" ({(str(exc).splitlines() or [''])[0]})"
+    return cell, f"{'a cell' if cell is None else f'cell {cell}'} failed: {text.strip()}{detail}"
 
 
 def to_html(executed: Path, html_path: Path) -> None:
@@ -172,47 +181,30 @@ def to_html(executed: Path, html_path: Path) -> None:
     html_path.write_text(body)
 
 
-def run_notebook(path: Path, out_dir: Path, parameters: dict[str, Any] | None = None, *,
-                 timeout: float | None = None, progress: bool = False, log_output: bool = False,
-                 kernel_name: str = "python3") -> NotebookRun:
-    """Execute one notebook into `out_dir`; never raises for a failing cell (the run says so)."""
+def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress=False, log_output=False):
+    """Execute one notebook into `out_dir` -> NotebookRun; never raises for a failing cell (the run says so)."""
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    from labkit import results
-
     parameters = check_parameters(path, parameters or {})
     out_dir = Path(out_dir).resolve()  # the kernel runs in work_dir: a relative LABKIT_RUN_DIR would point nowhere
-    out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = out_dir / f"{path.stem}.work"  # files a notebook writes land in the run, not the repo
-    work_dir.mkdir(exist_ok=True)
-    output = out_dir / path.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    output, html_path = out_dir / path.name, out_dir / f"{path.stem}.html"
     run = NotebookRun(name=path.stem, source=str(path), parameters=parameters, output=str(output))
+    flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
     start = time.monotonic()
-    env_before = os.environ.get("LABKIT_RUN_DIR")
-    os.environ["LABKIT_RUN_DIR"] = str(work_dir)
     try:
-        papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name=kernel_name,
-                                   cwd=str(work_dir), progress_bar=progress, log_output=log_output,
-                                   execution_timeout=timeout, start_timeout=120)
+        with mock.patch.dict(os.environ, LABKIT_RUN_DIR=str(work_dir)):
+            papermill.execute_notebook(path, output, parameters=parameters, **_kernel_options(work_dir), **flags)
         run.status = "passed"
     except (PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
         run.status = "failed"
-        run.failed_cell = getattr(exc, "cell_index", None)
-        if run.failed_cell is None:
-            run.failed_cell = _failed_cell(output)
-        where = f"cell {run.failed_cell}" if run.failed_cell is not None else "a cell"
-        run.error = f"{where} failed: {_error_text(exc)}"
-    finally:
-        if env_before is None:
-            os.environ.pop("LABKIT_RUN_DIR", None)
-        else:
-            os.environ["LABKIT_RUN_DIR"] = env_before
-        run.duration_s = time.monotonic() - start
+        run.failed_cell, run.error = _failure(exc, output)
+    run.duration_s = time.monotonic() - start
     if output.exists():
         run.results = results.read(output)
-        html_path = out_dir / f"{path.stem}.html"
         try:
             to_html(output, html_path)
             run.html = str(html_path)
@@ -223,8 +215,7 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict[str, Any] | None = 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / stamp
-    n = 1
+    path, n = Path(root) / stamp, 1
     while path.exists():
         n += 1
         path = Path(root) / f"{stamp}-{n}"
@@ -232,44 +223,43 @@ def new_run_dir(root: str | Path = "runs") -> Path:
     return path
 
 
-def plan(notebooks: list[Path], parameters: dict[str, Any], *, use_test_parameters: bool = False,
-         optional: dict[str, Any] | None = None) -> dict[Path, dict[str, Any]]:
-    """Parameters per notebook: `parameters` apply where declared (each must be declared by at least one selected
-    notebook), `optional` (e.g. the backend) only where declared; all checked before anything runs."""
-    declared = {nb: declared_parameters(nb) for nb in notebooks}
-    unknown = [k for k in parameters if not any(k in d for d in declared.values())]
-    if unknown:
-        names = ", ".join(p.name for p in notebooks)
-        raise ConfigError(f"parameter {', '.join(unknown)}", f"not declared by {names}",
-                          "check the names with `labkit params NOTEBOOK`")
-    per_nb: dict[Path, dict[str, Any]] = {}
-    for nb in notebooks:
-        chosen = dict(test_parameters(nb)) if use_test_parameters else {}
-        chosen.update({k: v for k, v in (optional or {}).items() if k in declared[nb]})
-        chosen.update({k: v for k, v in parameters.items() if k in declared[nb]})
-        per_nb[nb] = check_parameters(nb, chosen)
-    return per_nb
-
-
-def run_all(notebooks: list[Path] | None = None, parameters: dict[str, Any] | None = None, *,
-            out_dir: str | Path | None = None, use_test_parameters: bool = False, optional: dict[str, Any] | None = None,
-            timeout: float | None = None, progress: bool = True, log_output: bool = False) -> tuple[Path, list[NotebookRun]]:
-    """Run notebooks in order into a fresh run directory; write index.html and summary.json there."""
+def run_all(notebooks=None, parameters=None, *, out_dir=None, use_test_parameters=False, optional=None, **options):
+    """Run notebooks in order into `out_dir` (default: a fresh runs/<timestamp>), keeping index.html and summary.json
+    there up to date; `options` (timeout, progress, log_output) go to `run_notebook`. Returns (run dir, runs)."""
     notebooks = notebooks or discover()
     if not notebooks:
         raise ConfigError("notebooks", "no notebooks found", f"put .ipynb files in {NOTEBOOKS_DIR}")
-    per_nb = plan(notebooks, parameters or {}, use_test_parameters=use_test_parameters, optional=optional)
+    chosen = parameters_per_notebook(
+        notebooks, parameters or {}, use_test_parameters=use_test_parameters, optional=optional
+    )
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
-    for nb, params in per_nb.items():
+    for nb, params in chosen.items():
         print(f"labkit: running {nb.name} {json.dumps(params) if params else ''}", file=sys.stderr, flush=True)
-        run = run_notebook(nb, run_dir, params, timeout=timeout, progress=progress, log_output=log_output)
-        status = "passed" if run.passed else f"FAILED ({run.error})"
-        print(f"labkit: {nb.name}: {status} in {run.duration_s:.1f} s", file=sys.stderr, flush=True)
-        runs.append(run)
+        runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options}))
+        status = "passed" if runs[-1].passed else f"FAILED ({runs[-1].error})"
+        print(f"labkit: {nb.name}: {status} in {runs[-1].duration_s:.1f} s", file=sys.stderr, flush=True)
         write_report(run_dir, runs)
     return run_dir, runs
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>labkit run {name}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top}} tr.passed td:nth-child(2){{color:#080}}
+tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}</style></head>
+<body><h1>labkit run {name}</h1>
+<p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
+<th>error</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
+def _link(path: str, text: str) -> str:
+    return f'<a href="{html.escape(Path(path).name)}">{html.escape(text)}</a>' if path else html.escape(text)
 
 
 def write_report(run_dir: Path, runs: list[NotebookRun]) -> Path:
@@ -277,63 +267,76 @@ def write_report(run_dir: Path, runs: list[NotebookRun]) -> Path:
     (run_dir / "summary.json").write_text(json.dumps([asdict(r) for r in runs], indent=2, default=str))
     rows = []
     for r in runs:
-        link = f'<a href="{html.escape(Path(r.html).name)}">{html.escape(r.name)}</a>' if r.html else html.escape(r.name)
-        nb_link = f'<a href="{html.escape(Path(r.output).name)}">ipynb</a>' if r.output else ""
-        params = html.escape(json.dumps(r.parameters)) if r.parameters else "<i>defaults</i>"
-        err = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
-        rows.append(f'<tr class="{r.status}"><td>{link} ({nb_link})</td><td>{r.status}</td>'
-                    f"<td>{r.duration_s:.1f} s</td><td><code>{params}</code></td><td>{len(r.results)}</td><td>{err}</td></tr>")
-    passed = sum(r.passed for r in runs)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>labkit run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top}} tr.passed td:nth-child(2){{color:#080}}
-tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}</style></head>
-<body><h1>labkit run {html.escape(run_dir.name)}</h1>
-<p>{passed} of {len(runs)} notebooks passed; total {sum(r.duration_s for r in runs):.1f} s.</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th><th>error</th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
-    index = run_dir / "index.html"
-    index.write_text(page)
-    return index
+        params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
+        error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
+        links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
+        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error)
+        rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    seconds, passed = sum(r.duration_s for r in runs), sum(r.passed for r in runs)
+    page = _PAGE.format(
+        name=html.escape(run_dir.name), passed=passed, total=len(runs), seconds=seconds, rows="".join(rows)
+    )
+    (run_dir / "index.html").write_text(page)
+    return run_dir / "index.html"
 
 
-# -- keeping notebooks output-free in git ------------------------------------------------------------------------
+# -- sources: each notebook is built from its Jupytext percent script, without outputs and with stable cell ids --
+
+
+def sources(directory: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The percent scripts the notebooks are built from (notebooks/NN_name.py, paired in notebooks/jupytext.toml)."""
+    return sorted(Path(directory).glob("[0-9]*.py"))
+
+
+def build(source: str | Path):
+    """The notebook a percent script describes: the script's header metadata (kernelspec, `labkit.test_parameters`),
+    no outputs, and cell ids `{labkit.cell_id_prefix}-{index:02d}` so a rebuilt notebook diffs cleanly."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(source, fmt="py:percent")
+    nb.metadata.pop("jupytext", None)  # the pairing lives in notebooks/jupytext.toml
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{nb.metadata['labkit']['cell_id_prefix']}-{i:02d}"
+    nbformat.validate(nb)
+    return nb
+
 
 def has_outputs(path: str | Path) -> bool:
-    nb = json.loads(Path(path).read_text())
-    return any(c.get("outputs") or c.get("execution_count") for c in nb.get("cells", []) if c.get("cell_type") == "code")
+    cells = json.loads(Path(path).read_text()).get("cells", [])
+    return any(c.get("outputs") or c.get("execution_count") for c in cells if c.get("cell_type") == "code")
 
 
 def strip_outputs(path: str | Path) -> bool:
     """Remove outputs and execution counts (tags and other metadata stay). Returns True if the file changed."""
-    p = Path(path)
-    nb = json.loads(p.read_text())
+    nb = json.loads(Path(path).read_text())
     changed = False
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") != "code":
-            continue
+    for cell in (c for c in nb.get("cells", []) if c.get("cell_type") == "code"):
         if cell.get("outputs") or cell.get("execution_count") is not None:
             cell["outputs"], cell["execution_count"] = [], None
             changed = True
-        for key in ("execution", "papermill"):
-            if cell.get("metadata", {}).pop(key, None) is not None:
-                changed = True
+        changed |= any([cell.get("metadata", {}).pop(key, None) is not None for key in ("execution", "papermill")])
     if changed:
-        p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return changed
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) >= 1 and argv[0] == "strip":
-        for path in argv[1:]:
+    import nbformat
+
+    command, paths = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "build":
+        for source in paths or sources():
+            nbformat.write(build(source), Path(source).with_suffix(".ipynb"))
+            print(f"built {Path(source).with_suffix('.ipynb')}")
+    elif command == "strip":
+        for path in paths:
             if strip_outputs(path):
                 print(f"stripped {path}")
-        return 0
-    print("usage: python -m labkit.notebooks strip NOTEBOOK...", file=sys.stderr)
-    return 2
+    else:
+        print("usage: python -m labkit.notebooks build [SOURCE.py ...] | strip NOTEBOOK.ipynb ...", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

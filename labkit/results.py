@@ -1,8 +1,9 @@
 """Record values from a notebook and read them back from the executed notebook.
 
 `record` emits a display output with a custom JSON MIME type, so tests assert on values, never on printed text.
-Outside IPython the values are kept in-process (see `recorded()`), which makes the same notebook code testable as a script.
+Outside IPython the values are kept in-process (see `recorded()`): the same notebook code is testable as a script.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,41 +1,48 @@
-"""Each committed notebook is exactly what its generator (scripts/notebooks/NN_name.py) builds, and every notebook
-has a generator: edit the generator, run it, commit both."""
+"""Each notebook is built from its Jupytext percent script (notebooks/NN_name.py): edit the script (or the notebook in
+JupyterLab, which keeps the pair in sync), run `make notebooks`, commit both."""
+
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
+import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-GENERATORS = ROOT / "scripts" / "notebooks"
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+from labkit import notebooks
 
-
-def load_generator(stem: str):
-    path = GENERATORS / f"{stem}.py"
-    assert path.is_file(), f"{stem}.ipynb has no generator at {path}"
-    sys.path.insert(0, str(GENERATORS))
-    try:
-        spec = importlib.util.spec_from_file_location(f"nbgen_{stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # the generators write only under __main__
-    finally:
-        sys.path.remove(str(GENERATORS))
-    return module
-
-
-def normalized(nb: dict) -> list[tuple]:
-    def text(source):
-        return "".join(source) if isinstance(source, list) else source
-    return [(c["cell_type"], c.get("id"), text(c["source"]), c.get("metadata", {})) for c in nb["cells"]]
+NOTEBOOKS = notebooks.discover()
+SOURCES = notebooks.sources()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_committed_notebook_matches_its_generator(path):
-    built = json.loads(json.dumps(load_generator(path.stem).build()))
+def test_committed_notebook_is_what_its_source_builds(path):
+    source = path.with_suffix(".py")
+    assert source.is_file(), f"{path.name} has no percent-script source at {source}"
+    built = json.loads(nbformat.writes(notebooks.build(source)))
     committed = json.loads(path.read_text())
-    assert normalized(committed) == normalized(built), f"regenerate: python scripts/notebooks/{path.stem}.py"
-    assert committed["metadata"] == built["metadata"]
+    assert committed == built, f"rebuild: make notebooks (python -m labkit.notebooks build {source.name})"
+    assert [c["id"] for c in built["cells"]] == [f"{built['metadata']['labkit']['cell_id_prefix']}-{i:02d}"
+                                                 for i in range(len(built["cells"]))]
+
+
+def test_every_source_has_its_notebook_and_no_source_is_mistaken_for_one():
+    assert SOURCES and [s.with_suffix(".ipynb") for s in SOURCES] == NOTEBOOKS
+    assert all(p.suffix == ".ipynb" for p in notebooks.discover())
+    assert notebooks.select([str(SOURCES[0])]) == [NOTEBOOKS[0]], "a source path runs its paired notebook"
+
+
+def test_build_takes_tags_and_test_parameters_from_the_script(tmp_path):
+    source = tmp_path / "09_demo.py"
+    source.write_text(
+        "# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n#     language: python\n#     name: python3\n"
+        "#   labkit:\n#     cell_id_prefix: demo\n#     test_parameters:\n#       n: 1\n# ---\n\n"
+        '# %% [markdown]\n# # Demo\n\n# %% tags=["parameters"]\nn: int = 3  # a number\n\n# %%\n# %matplotlib inline\n'
+        "print(n)\n"
+    )
+    nb = notebooks.build(source)
+    assert [(c.cell_type, c.id) for c in nb.cells] == [("markdown", "demo-00"), ("code", "demo-01"), ("code", "demo-02")]
+    assert nb.cells[1].metadata == {"tags": ["parameters"]} and nb.cells[2].source.startswith("%matplotlib inline")
+    assert nb.metadata["labkit"]["test_parameters"] == {"n": 1} and "jupytext" not in nb.metadata
+    assert notebooks._main(["build", str(source)]) == 0
+    assert notebooks.test_parameters(source.with_suffix(".ipynb")) == {"n": 1}
+    assert not notebooks.has_outputs(source.with_suffix(".ipynb"))

@@ -1,0 +1,121 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+#   labkit:
+#     cell_id_prefix: disc
+#     test_parameters:
+#       api_timeout_s: 5.0
+# ---
+
+# %% [markdown]
+# # 01 · Accelerator discovery
+#
+# DeepSpeed starts one rank per accelerator, so the first question of any run is *what is there?* This chapter lists
+#
+# * the devices of **this machine**: NVIDIA GPUs (through NVML, falling back to torch and then `nvidia-smi`), Intel Gaudi
+#   HPUs (through `hl-smi`, falling back to `habana_frameworks`) and the CPU (usable cores, memory, NUMA nodes);
+# * the nodes of **the cluster** in your kubeconfig, when there is one: their allocatable `nvidia.com/gpu`,
+#   `habana.ai/gaudi` and `amd.com/gpu`, the product named by their labels, their `hugepages-2Mi` (Gaudi pods need them),
+#   and whether the MPIJob (`kubeflow.org/v2beta1`) and TrainJob CRDs the kit's jobs use are installed.
+#
+# Nothing here changes the machine or the cluster: it only reads.
+
+# %% tags=["parameters"]
+device: str = "auto"  # device later chapters will use: auto (cuda, else hpu, else cpu), cpu, cuda or hpu
+cluster: str = "auto"  # query Kubernetes: auto (when a kubeconfig exists), on (required) or off
+kubeconfig: str = ""  # kubeconfig file; empty means $KUBECONFIG, ~/.kube/config or the pod's service account
+context: str = ""  # kubeconfig context; empty means its current-context
+api_timeout_s: float = 10.0  # seconds to wait for each Kubernetes API request
+
+# %% [markdown]
+# The parameters are checked before anything is queried: `cluster="on"` without a kubeconfig stops here with
+# the fix, while `cluster="auto"` simply skips the cluster on a laptop.
+
+# %%
+# %matplotlib inline
+from IPython.display import HTML, Markdown, display
+
+from labkit import devices, results
+from labkit import cluster as kube
+from labkit.plots.discovery import device_memory_figure, filtered_tables_html, node_accelerators_figure
+
+query_cluster = kube.resolve_cluster_mode(cluster, kubeconfig or None, context or None, api_timeout_s)
+resolved_device = devices.pick_device(device)
+print(f"device for later chapters: {resolved_device}; query the cluster: {query_cluster}")
+
+# %% [markdown]
+# ## This machine
+#
+# One row per device, in bytes turned into GiB. The notes say which source answered for each kind and why the others
+# were skipped: on a laptop they explain that there is no NVML library, no `nvidia-smi` and no Gaudi software.
+
+# %%
+local = devices.discover()
+local
+
+# %%
+display(device_memory_figure(local.devices))
+
+# %% [markdown]
+# ## The cluster
+#
+# Allocatable is what the scheduler can still hand out (capacity minus what the node reserves or marks unhealthy): a GPU
+# node showing `6/8` has two devices its device plugin reports as unhealthy. A cordoned or not-ready node takes no new
+# pods.
+
+# %%
+if query_cluster:
+    inventory = kube.discover_cluster(kubeconfig or None, context or None, timeout=api_timeout_s)
+else:
+    why = "cluster='off'" if cluster.strip().lower() == "off" else kube.NO_CLUSTER_MESSAGE
+    inventory = kube.ClusterReport(configured=False, error=f"not queried: {why}")
+inventory
+
+# %%
+if inventory.nodes:
+    display(node_accelerators_figure(inventory.nodes))
+else:
+    print(f"no node chart: {inventory.error or 'the cluster has no nodes'}")
+
+# %% [markdown]
+# ## Filter by accelerator kind
+#
+# An optional widget over the same records (in JupyterLab pick a kind; headless runs show `all`). `cuda` covers NVIDIA
+# and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi.
+
+# %%
+kinds = ["all"] + [k for k in accelerators.KINDS
+                   if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)]
+try:
+    import ipywidgets as widgets
+
+    widgets.interact(lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
+                     kind=widgets.Dropdown(options=kinds, value="all", description="kind"))
+except ImportError:
+    print("ipywidgets is not installed: the tables above already show every kind")
+
+# %%
+for name, value in {"devices": [d.to_dict() for d in local.devices], "device": resolved_device,
+                    "cluster": inventory.to_dict()}.items():
+    results.record(name, value)
+
+# %% [markdown]
+# ## What this run showed
+
+# %%
+accel = [d for d in local.devices if d.kind != "cpu"]
+cpu = local.of_kind("cpu")[0]
+names = ", ".join(sorted({d.name for d in accel}))
+Markdown(f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
+         f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
+         f"will run on **{resolved_device}**. {inventory.summary()}")

@@ -1,0 +1,172 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+#   labkit:
+#     cell_id_prefix: mpijob
+#     test_parameters:
+#       backend: local
+#       device: cpu
+#       name: nb03-test
+#       ready_timeout_s: 60.0
+#       slots: 1
+#       steps: 10
+#       workers: 2
+# ---
+
+# %% [markdown]
+# # 03 · Interactive MPIJob: exec into a launcher and run DeepSpeed
+#
+# Multi-node DeepSpeed on Kubernetes usually goes through the **MPI Operator**. An `MPIJob` gets *worker* pods (they
+# run only `sshd`, holding the GPUs or Gaudi cards) and one *launcher* pod. The operator writes the hostfile
+# `/etc/mpi/hostfile` into the launcher, one line per worker: `<job>-worker-<i>.<job>.<namespace>.svc slots=N`.
+#
+# For hands-on work the launcher runs `sleep infinity`: you **exec into it** and start training yourself, as often as
+# you like, with
+#
+#     deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi ... train.py
+#
+# DeepSpeed hands the ranks to `mpirun`, which reaches the workers over ssh. A **deadline**
+# (`runPolicy.activeDeadlineSeconds`) ends the job even if you forget it, so it cannot hold accelerators overnight.
+#
+# This chapter does the whole round trip: render the manifest, submit, wait until the launcher is ready, look at the
+# hostfile, run a real multi-rank DeepSpeed training through the launcher, and delete the job. With
+# `backend="local"` (the default) the same steps run as processes on this machine: the launcher is a real long-lived
+# process that enforces the deadline, exec runs commands in the job's environment, and `mpirun` starts the ranks here.
+# With `backend="kubernetes"` they go to the cluster in your kubeconfig.
+
+# %% tags=["parameters"]
+backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
+namespace: str = "workloads"  # Kubernetes namespace (local: a folder under the jobs directory)
+name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
+workers: int = 2  # worker pods (local: groups of ranks on this machine)
+slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CPU ranks locally
+device: str = "auto"  # accelerator: auto (what the backend has), cpu, cuda or hpu
+image: str = ""  # container image for the pods; empty: the kit's image for the accelerator
+deadline_minutes: float = 30.0  # the job is stopped (and its accelerators freed) after this many minutes
+train_command: str = ""  # command to exec in the launcher; empty: DeepSpeed's openmpi launcher running labkit's small ZeRO script
+steps: int = 30  # optimizer steps of the default training command
+ready_timeout_s: float = 300.0  # how long to wait for the launcher and workers to become ready
+kubeconfig: str = ""  # kubeconfig file for the kubernetes backend; empty: $KUBECONFIG or ~/.kube/config
+
+# %% [markdown]
+# ## Check the parameters
+#
+# Everything is validated before anything is submitted: a bad name, a deadline under a minute or an unknown device
+# stops here with one message naming the parameter and the fix. `device="auto"` picks the accelerator the backend
+# actually has.
+
+# %%
+# %matplotlib inline
+from IPython.display import Markdown, display
+
+from labkit import results
+from labkit.errors import LabkitError
+from labkit.jobs import parse_metrics
+from labkit.jobs.session import TrainingProgress, hostfile_rows, loss_figure, plan_interactive_job, summarize_training
+
+plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
+                            device=device, image=image, deadline_minutes=deadline_minutes,
+                            train_command=train_command, steps=steps, ready_timeout_s=ready_timeout_s,
+                            kubeconfig=kubeconfig)
+print(plan.describe())
+
+# %% [markdown]
+# ## The manifest
+#
+# This is the `MPIJob` the cluster receives (the local backend keeps a copy in its job directory). Note the launcher's
+# `sleep infinity`, the workers' `sshd` with a readiness probe (`launcherCreationPolicy: WaitForWorkersReady` starts the
+# launcher only when every worker accepts ssh), `slotsPerWorker`, and `activeDeadlineSeconds`. The Hugging Face token is
+# a *reference* to a Secret, never a value.
+
+# %%
+print(plan.manifest_yaml("MPIJob"))
+
+# %% [markdown]
+# ## Submit, exec, delete
+#
+# One cell, so that the job is deleted in `finally` whatever happens: an error, a timeout, or you pressing stop
+# (an interrupted exec stops every rank it started before the interrupt propagates). If the kernel itself dies,
+# the deadline still ends the job.
+#
+# 1. `submit` creates the objects (on a cluster after a server-side dry run);
+# 2. `wait_ready` waits for the launcher and every worker (on a cluster it reports image pull errors and
+#    unschedulable pods with their events);
+# 3. `exec` runs `cat /etc/mpi/hostfile`, then the training command, streaming its output live.
+
+# %%
+progress = TrainingProgress(total_steps=plan.steps if plan.default_command else None)
+job = plan.backend.submit(plan.spec)
+try:
+    ready = job.wait_ready(timeout=ready_timeout_s)
+    print(f"ready: {ready.message}; the deadline stops it in {ready.remaining_s / 60:.0f} min")
+    hostfile = job.run(["cat", job.hostfile_path])
+    print(f"$ {plan.command_line}")
+    training = job.run(plan.train_argv, on_output=progress)
+finally:
+    progress.close()
+    job.delete()
+left_over = [s.name for s in plan.backend.list() if s.name == plan.spec.name]
+print(f"training exit code: {training.returncode}; job deleted: {not left_over}")
+
+# %% [markdown]
+# ## What the launcher saw: the hostfile
+#
+# On a cluster: one line per worker pod, `slots` ranks each. Locally all workers share this machine, so the hostfile
+# has one line, `localhost slots=<workers x slots>` (the cluster's lines are kept above it as comments); Open MPI then
+# starts every rank here without ssh. The local backend maps the path `/etc/mpi/hostfile` to the job's own hostfile,
+# so the same commands work on both backends (the `mpirun` line DeepSpeed printed above shows the real path).
+
+# %%
+print(hostfile.output)
+rows = hostfile_rows(hostfile.output)
+Markdown("| host | slots |\n|---|---|\n" + "\n".join(f"| `{r['host']}` | {r['slots']} |" for r in rows))
+
+# %% [markdown]
+# ## What the ranks did
+#
+# Each rank trains the same small model on its own shard of data under ZeRO stage 1 (optimizer state partitioned
+# across ranks), reporting its loss at every step; at the end the ranks all-reduce `rank + 1`, which must sum to
+# `world_size x (world_size + 1) / 2` on every rank.
+
+# %%
+metrics = parse_metrics(training.output)
+summary = summarize_training(metrics, training.returncode)
+display(loss_figure(metrics))
+
+# %%
+for key, value in {"backend": plan.backend.name, "accelerator": plan.spec.accelerator, "command": plan.train_argv,
+                   "hostfile": rows, "training": summary, "exec_seconds": training.duration_s,
+                   "job_deleted": not left_over}.items():
+    results.record(key, value)
+
+# %% [markdown]
+# ## What this run showed
+
+# %%
+ranks_seen = len(summary["ranks"])
+Markdown(
+    f"On the **{plan.backend.name}** backend, job `{plan.spec.namespace}/{plan.spec.name}` "
+    f"({plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s)) became ready, and its hostfile listed "
+    f"{len(rows)} host line(s) with {sum(r['slots'] for r in rows)} slot(s). "
+    f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s: "
+    f"{ranks_seen} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']}, "
+    f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; the mean loss went from "
+    + (f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. " if summary["loss_first_mean"] is not None
+       else "(no loss reported). ")
+    + f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}. "
+    + f"The job was {'deleted (the backend no longer lists it)' if not left_over else 'NOT deleted'}."
+)
+
+# %%
+if training.returncode != 0 or (plan.default_command and not summary["allreduce_ok"]):
+    raise LabkitError(f"the training command failed (exit code {training.returncode}); its output is above")

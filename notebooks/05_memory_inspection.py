@@ -1,0 +1,174 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+#   labkit:
+#     cell_id_prefix: mem
+#     test_parameters:
+#       params: 3M
+#       stage: 3
+#       steps: 2
+# ---
+
+# %% [markdown]
+# # 05 · Where did the memory go? One ZeRO run, rank by rank
+#
+# Notebook 02 compared stages; this one opens up a single run. On the chosen rank it lists every tensor family the
+# DeepSpeed engine holds (which attribute holds it, what kind of model state it is, device or host), follows the bytes
+# through init → forward → backward → step, and shows the CUDA allocator's own summary on a GPU. It ends with a
+# calculator for the question every workshop gets: *do I need more GPUs for this model?*
+
+# %% tags=["parameters"]
+params: str = "20M"  # model size of the inspected run (e.g. 4M, 20M, 335M)
+world_size: int = 2  # data-parallel ranks the run partitions over
+stage: int = 3  # ZeRO stage of the inspected run (0-3)
+offload: str = "none"  # offload of the inspected run: none | optimizer | optimizer+param (parameters need stage 3)
+dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32
+device: str = "auto"  # where ranks run: auto (cuda if present, else cpu) | cpu | cuda | hpu
+steps: int = 3  # training steps (at least 2): the timeline shows steps 1, 2 and the last
+rank: int = 0  # which rank to inspect (0 .. world_size-1)
+calc_params: str = "7B"  # calculator: model size to check
+calc_dtype: str = "bf16"  # calculator: training precision (fp32 | bf16 | fp16)
+calc_stage: int = 3  # calculator: ZeRO stage
+calc_world_size: int = 8  # calculator: number of devices
+calc_device: str = "H100"  # calculator: device type (T4, L4, A10G, A100-40GB, A100-80GB, H100, H200, Gaudi2, Gaudi3, MI300X)
+
+# %% [markdown]
+# ## Check the inputs
+# All parameters, the calculator's included, are validated here: a mistake stops with one message naming it.
+
+# %%
+# %matplotlib inline
+from IPython.display import HTML, Markdown, display
+
+from labkit import memory, results, tabular, zero
+from labkit.plots import zero as zplots
+
+plan = zero.make_plan(params, world_size, zero.variant_token(stage, offload), dtype=dtype, device=device,
+                      steps=steps, memory_summary=True)
+zero.check_rank(rank, world_size)
+calc = memory.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
+                           calc_device)
+print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device}; "
+      f"inspecting rank {rank}")
+
+# %% [markdown]
+# ## Run it
+# One DeepSpeed launch; every rank writes its own JSON file with a snapshot of its tensors at each phase.
+
+# %%
+report = zero.run_plan(plan)
+run = report["configs"][0]
+print(f"{run['label']} ran with {run['optimizer_class']}; median step {run['step_time_s'] * 1e3:.0f} ms")
+
+# %% [markdown]
+# ## Where the bytes went
+# Counted after the backward pass of step 2, when parameters, gradients, master weights and Adam state all exist. Each
+# row is one attribute of the engine or its ZeRO optimizer (tensors sharing storage are counted once).
+
+# %%
+holders = zero.holder_rows(run, rank)
+HTML(tabular.html_table([{"held by": h["holder"], "kind": memory.KIND_LABELS[h["kind"]], "where": h["location"],
+                          "tensors": h["tensors"], "bytes": f"{h['bytes']:,}"} for h in holders],
+                        ["held by", "kind", "where", "tensors", "bytes"], status_column=None))
+
+# %%
+display(zplots.holders_figure(holders, title=f"{run['label']}, rank {rank}: bytes by holder"))
+
+# %% [markdown]
+# The same bytes by kind, against labkit's model of DeepSpeed and the paper's term for that kind (the paper has no
+# buffers; its K = 12 bytes/parameter is split into the fp32 master copy and the two Adam moments):
+
+# %%
+kinds = zero.kind_rows(run, rank)
+results.record("inspection", {"config": run["name"], "rank": rank, "kinds": kinds,
+                              "measured_total": run["measured_total"][rank],
+                              "predicted_total": run["predicted_deepspeed_total"],
+                              "paper_total": run["predicted_paper_total"]})
+HTML(tabular.html_table([{**k, **{c: (f"{k[c]:,}" if k[c] is not None else "-")
+                                  for c in ("measured", "deepspeed_model", "paper", "difference")}} for k in kinds],
+                        ["kind", "location", "measured", "deepspeed_model", "paper", "difference"], status_column=None))
+
+# %% [markdown]
+# ## The timeline: init → forward → backward → step
+# Stacked: counted model-state bytes by kind at each snapshot. Adam moments appear at the first step (lazily), gradients
+# live between backward and step, and ZeRO-3 gathers whole parameters during forward and backward. On a GPU the black
+# line is `torch.cuda.memory_allocated` (relative to the run's start): the gap above the stack is activations and
+# temporaries.
+
+# %%
+timeline = zero.timeline_rows(run, rank)
+results.record("timeline", timeline)
+display(zplots.timeline_figure(run["timeline"][rank], title=f"{run['label']}, rank {rank}",
+                               allocated_before=run["allocated_before"][rank]))
+
+# %%
+if run["memory_summary"]:
+    print(run["memory_summary"])  # torch.cuda.memory_summary() of rank 0 at the end of the run
+else:
+    print(f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors themselves; "
+          "on a GPU this cell prints torch.cuda.memory_summary() of rank 0.")
+
+# %% [markdown]
+# ## Do I need multiple GPUs?
+# The calculator applies labkit's DeepSpeed model (the model's shapes unknown: one flat tensor) to the calculator
+# parameters, multiplies by a head-room factor for activations and buffers, and compares with the device's memory.
+# Change the parameters (or use the widgets below in JupyterLab) to try other sizes.
+
+# %%
+print("\n".join(calc["lines"]))
+print(f"smallest number of {calc_device} that fits: {calc['min_world_size'] or 'none (stage 0 does not shrink with N)'}")
+results.record("fit", {k: calc[k] for k in ("fits", "need_bytes", "model_state_bytes", "capacity_bytes",
+                                            "min_world_size")})
+display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_stage}, {calc_world_size} x {calc_device}"))
+
+# %%
+try:  # optional: interactive version of the same calculator (JupyterLab); the cell above is the record
+    import ipywidgets as w
+
+    def _show(params, dtype, stage, n, device):
+        print("\n".join(memory.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]))
+
+    w.interact(_show, params=w.Text(calc_params), dtype=list(memory.TRAIN_DTYPES), stage=w.IntSlider(calc_stage, 0, 3),
+               n=w.IntSlider(calc_world_size, 1, 512), device=list(memory.DEVICE_MEMORY_GB))
+except ImportError:
+    print("ipywidgets is not installed: change the calc_* parameters instead")
+
+# %% [markdown]
+# And for inference, weights only (× 1.2 head-room for KV cache and runtime): devices needed per dtype.
+
+# %%
+inference = memory.inference_table(memory.parse_count(calc_params))
+HTML(tabular.html_table([{"dtype": r["dtype"], "weights": memory.format_bytes(r["weight_bytes"]), **r["devices"]}
+                         for r in inference], ["dtype", "weights", *memory.DEVICE_MEMORY_GB], status_column=None))
+
+# %% [markdown]
+# ## What this run showed
+
+# %%
+biggest = holders[0]
+m, p = run["measured_total"][rank], run["predicted_deepspeed_total"]
+init_row, steady_row = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
+init_total, steady = init_row["counted"], steady_row["counted"]
+grew = ", ".join(f"{memory.KIND_LABELS[k]} (+{memory.format_bytes(steady_row[k] - init_row[k])})"
+                 for k in memory.KINDS if steady_row[k] > init_row[k])
+display(Markdown(
+    f"- On rank {rank} of {run['label']}, the engine held {memory.format_bytes(m)} of model states; labkit's "
+    f"DeepSpeed model predicted {memory.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
+    f"{memory.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
+    f"- The largest holder was `{biggest['holder']}` ({memory.KIND_LABELS[biggest['kind']]}, "
+    f"{memory.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
+    f"- After initialize the rank held {memory.format_bytes(init_total)}; at the steady backward point "
+    f"{memory.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
+    f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
+    f"{'fits' if calc['fits'] else 'does not fit'} ({memory.format_bytes(calc['need_bytes'])} needed per device "
+    f"with head-room, {memory.format_bytes(calc['capacity_bytes'])} available)."))
