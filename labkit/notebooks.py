@@ -1,8 +1,7 @@
 """The kit's notebooks: build each .ipynb from its Jupytext percent script, run them headless, report the runs.
 
 `run_all` is what `labkit run`, `make run` and tests/test_notebooks.py use, so the suite exercises the path users take:
-parameters are checked against the notebook's declared ones before any kernel starts, every executed notebook is kept
-with an HTML rendering, and `index.html` lists status, duration and parameters of each.
+parameters are checked before any kernel starts; each executed notebook is kept with its HTML, listed in index.html.
 """
 
 from __future__ import annotations
@@ -24,16 +23,13 @@ from unittest import mock
 from labkit import results
 from labkit.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+_BOOLS = {**dict.fromkeys(("true", "yes", "1", "on"), True), **dict.fromkeys(("false", "no", "0", "off"), False)}
+_SCALARS = {"int": int, "float": float, "bool": lambda text: _BOOLS[text.lower()]}
 
 
 @dataclass
 class NotebookRun:
-    """The outcome of one executed notebook."""
-
     name: str
     source: str
     status: str = "pending"  # passed | failed
@@ -87,15 +83,6 @@ def test_parameters(path: str | Path) -> dict[str, Any]:
     return dict(json.loads(Path(path).read_text())["metadata"].get("labkit", {}).get("test_parameters", {}))
 
 
-def _parse_bool(value: str) -> bool:
-    if value.lower() not in _TRUE | _FALSE:
-        raise ValueError(value)
-    return value.lower() in _TRUE
-
-
-_SCALARS = {"int": int, "float": float, "bool": _parse_bool}
-
-
 def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
     """Turn a command-line string into the declared type of a parameter (str, Literal and untyped stay text)."""
     t = (type_name or "None").replace(" ", "")
@@ -108,7 +95,7 @@ def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
             with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(value)
             return ast.literal_eval(value)
-    except (ValueError, SyntaxError) as exc:
+    except (ValueError, SyntaxError, KeyError) as exc:
         fix = f"pass a {t} value, e.g. see `labkit params {notebook}`"
         raise ConfigError(f"{notebook}: parameter {name}", f"{value!r} is not a valid {t}", fix) from exc
     if "|" in t or t.startswith(("Optional", "Union")):  # e.g. `str | None`: None or a JSON scalar, else the text
@@ -124,31 +111,25 @@ def check_parameters(path: Path, parameters: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         fix = f"use one of: {', '.join(declared) or '(none)'} (see `labkit params {path}`)"
         raise ConfigError(f"{path.name}: parameter {', '.join(unknown)}", "not declared by this notebook", fix)
-    return {
-        k: coerce(v, declared[k].get("inferred_type_name", "None"), name=k, notebook=path.name)
-        for k, v in parameters.items()
-    }
+    types = {k: d.get("inferred_type_name", "None") for k, d in declared.items()}
+    return {k: coerce(v, types[k], name=k, notebook=path.name) for k, v in parameters.items()}
 
 
-def parameters_per_notebook(notebooks: list[Path], parameters: dict, *, use_test_parameters=False, optional=None):
+def parameters_per_notebook(notebooks: list[Path], parameters=None, *, use_test_parameters=False, optional=None):
     """Checked parameters per notebook, before anything runs: `parameters` apply where declared (each must be declared
     by at least one of the notebooks), `optional` (e.g. the backend) only where declared."""
     declared = {nb: declared_parameters(nb) for nb in notebooks}
-    unknown = [k for k in parameters if not any(k in d for d in declared.values())]
+    unknown = [k for k in parameters or {} if not any(k in d for d in declared.values())]
     if unknown:
         names = ", ".join(p.name for p in notebooks)
         fix = "check the names with `labkit params NOTEBOOK`"
         raise ConfigError(f"parameter {', '.join(unknown)}", f"not declared by {names}", fix)
-    given = {**(optional or {}), **parameters}
+    given = {**(optional or {}), **(parameters or {})}
     base = {nb: test_parameters(nb) if use_test_parameters else {} for nb in notebooks}
-    return {
-        nb: check_parameters(nb, base[nb] | {k: v for k, v in given.items() if k in declared[nb]}) for nb in notebooks
-    }
+    return {nb: check_parameters(nb, base[nb] | {k: given[k] for k in given.keys() & declared[nb]}) for nb in notebooks}
 
 
 # -- running -------------------------------------------------------------------------------------------------------
-
-_EXPLAINED = {"CellTimeoutError": "the cell did not finish in time", "DeadKernelError": "the kernel died"}
 
 
 def _kernel_options(work_dir: Path) -> dict[str, Any]:
@@ -167,24 +148,18 @@ def _failure(exc: BaseException, output: Path) -> tuple[int | None, str]:
     if cell is None and output.exists():  # a timeout or a dead kernel: the last cell papermill started
         marks = [c["metadata"].get("papermill", {}) for c in json.loads(output.read_text())["cells"]]
         cell = max((i for i, m in enumerate(marks) if m.get("status") not in (None, "pending")), default=None)
-    name = type(exc).__name__
-    text = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{name}: {_EXPLAINED.get(name, '')}"
-    detail = "" if hasattr(exc, "ename") else f" ({(str(exc).splitlines() or [''])[0]})"
-    return cell, f"{'a cell' if cell is None else f'cell {cell}'} failed: {text.strip()}{detail}"
-
-
-def to_html(executed: Path, html_path: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
-    html_path.write_text(body)
+    explained = {"CellTimeoutError": "the cell did not finish in time", "DeadKernelError": "the kernel died"}
+    name, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
+    text = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{name}: {explained[name]} ({first_line})"
+    return cell, f"{'a cell' if cell is None else f'cell {cell}'} failed: {text.strip()}"
 
 
 def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress=False, log_output=False):
     """Execute one notebook into `out_dir` -> NotebookRun; never raises for a failing cell (the run says so)."""
+    import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from nbconvert import HTMLExporter
     from papermill.exceptions import PapermillExecutionError
 
     parameters = check_parameters(path, parameters or {})
@@ -206,7 +181,8 @@ def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress
     if output.exists():
         run.results = results.read(output)
         try:
-            to_html(output, html_path)
+            body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(output, as_version=4))
+            html_path.write_text(body)
             run.html = str(html_path)
         except Exception as exc:  # a report problem must not hide the run's own status
             print(f"labkit: could not render {output.name} to HTML: {exc}", file=sys.stderr)
@@ -229,9 +205,7 @@ def run_all(notebooks=None, parameters=None, *, out_dir=None, use_test_parameter
     notebooks = notebooks or discover()
     if not notebooks:
         raise ConfigError("notebooks", "no notebooks found", f"put .ipynb files in {NOTEBOOKS_DIR}")
-    chosen = parameters_per_notebook(
-        notebooks, parameters or {}, use_test_parameters=use_test_parameters, optional=optional
-    )
+    chosen = parameters_per_notebook(notebooks, parameters, use_test_parameters=use_test_parameters, optional=optional)
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
@@ -272,10 +246,8 @@ def write_report(run_dir: Path, runs: list[NotebookRun]) -> Path:
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
         cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    seconds, passed = sum(r.duration_s for r in runs), sum(r.passed for r in runs)
-    page = _PAGE.format(
-        name=html.escape(run_dir.name), passed=passed, total=len(runs), seconds=seconds, rows="".join(rows)
-    )
+    stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
+    page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
 
@@ -303,41 +275,14 @@ def build(source: str | Path):
 
 
 def has_outputs(path: str | Path) -> bool:
-    cells = json.loads(Path(path).read_text()).get("cells", [])
-    return any(c.get("outputs") or c.get("execution_count") for c in cells if c.get("cell_type") == "code")
+    return any(c.get("outputs") or c.get("execution_count") for c in json.loads(Path(path).read_text())["cells"])
 
 
-def strip_outputs(path: str | Path) -> bool:
-    """Remove outputs and execution counts (tags and other metadata stay). Returns True if the file changed."""
-    nb = json.loads(Path(path).read_text())
-    changed = False
-    for cell in (c for c in nb.get("cells", []) if c.get("cell_type") == "code"):
-        if cell.get("outputs") or cell.get("execution_count") is not None:
-            cell["outputs"], cell["execution_count"] = [], None
-            changed = True
-        changed |= any([cell.get("metadata", {}).pop(key, None) is not None for key in ("execution", "papermill")])
-    if changed:
-        Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    return changed
-
-
-def _main(argv: list[str]) -> int:
+if __name__ == "__main__":  # python -m labkit.notebooks build [SOURCE.py ...]: write each paired .ipynb (default: all)
     import nbformat
 
-    command, paths = (argv[0], argv[1:]) if argv else ("", [])
-    if command == "build":
-        for source in paths or sources():
-            nbformat.write(build(source), Path(source).with_suffix(".ipynb"))
-            print(f"built {Path(source).with_suffix('.ipynb')}")
-    elif command == "strip":
-        for path in paths:
-            if strip_outputs(path):
-                print(f"stripped {path}")
-    else:
-        print("usage: python -m labkit.notebooks build [SOURCE.py ...] | strip NOTEBOOK.ipynb ...", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    if sys.argv[1:2] != ["build"]:
+        sys.exit("usage: python -m labkit.notebooks build [SOURCE.py ...]")
+    for source in sys.argv[2:] or sources():
+        nbformat.write(build(source), Path(source).with_suffix(".ipynb"))
+        print(f"built {Path(source).with_suffix('.ipynb')}")

@@ -1,8 +1,5 @@
-"""Record values from a notebook and read them back from the executed notebook.
-
-`record` emits a display output with a custom JSON MIME type, so tests assert on values, never on printed text.
-Outside IPython the values are kept in-process (see `recorded()`): the same notebook code is testable as a script.
-"""
+"""Record values in a notebook's outputs (a custom JSON MIME type: tests assert on values, never on printed text) and
+read them back from the executed notebook; outside IPython `recorded()` keeps them (notebook code runs as a script)."""
 
 from __future__ import annotations
 
@@ -61,14 +58,12 @@ def recorded() -> dict[str, Any]:
 
 def read(executed_notebook: str | Path) -> dict[str, Any]:
     """All values recorded in an executed notebook, by name (a later record of the same name wins)."""
-    nb = json.loads(Path(executed_notebook).read_text())
     values: dict[str, Any] = {}
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []) or []:
+    for cell in json.loads(Path(executed_notebook).read_text()).get("cells", []):
+        for out in cell.get("outputs") or []:
             payload = (out.get("data") or {}).get(MIME_TYPE)
-            if payload is None:
-                continue
             if isinstance(payload, str):  # some writers store JSON MIME data as text
                 payload = json.loads(payload)
-            values[payload["name"]] = payload["value"]
+            if payload is not None:
+                values[payload["name"]] = payload["value"]
     return values

@@ -94,7 +94,7 @@ else:
 # and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi.
 
 # %%
-kinds = ["all"] + [k for k in accelerators.KINDS
+kinds = ["all"] + [k for k in devices.DEVICE_KINDS
                    if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)]
 try:
     import ipywidgets as widgets

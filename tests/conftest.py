@@ -1,10 +1,10 @@
 """Shared fixtures: notebooks executed once per session through the `labkit run` path, and a leak check."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from kit_testing import execute_once, kit_processes, wait_for_no_kit_processes
 
 

@@ -4,6 +4,8 @@ JupyterLab, which keeps the pair in sync), run `make notebooks`, commit both."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -21,8 +23,9 @@ def test_committed_notebook_is_what_its_source_builds(path):
     built = json.loads(nbformat.writes(notebooks.build(source)))
     committed = json.loads(path.read_text())
     assert committed == built, f"rebuild: make notebooks (python -m labkit.notebooks build {source.name})"
-    assert [c["id"] for c in built["cells"]] == [f"{built['metadata']['labkit']['cell_id_prefix']}-{i:02d}"
-                                                 for i in range(len(built["cells"]))]
+    assert [c["id"] for c in built["cells"]] == [
+        f"{built['metadata']['labkit']['cell_id_prefix']}-{i:02d}" for i in range(len(built["cells"]))
+    ]
 
 
 def test_every_source_has_its_notebook_and_no_source_is_mistaken_for_one():
@@ -34,15 +37,20 @@ def test_every_source_has_its_notebook_and_no_source_is_mistaken_for_one():
 def test_build_takes_tags_and_test_parameters_from_the_script(tmp_path):
     source = tmp_path / "09_demo.py"
     source.write_text(
-        "# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n#     language: python\n#     name: python3\n"
+        "# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n#     language: python\n"
+        "#     name: python3\n"
         "#   labkit:\n#     cell_id_prefix: demo\n#     test_parameters:\n#       n: 1\n# ---\n\n"
         '# %% [markdown]\n# # Demo\n\n# %% tags=["parameters"]\nn: int = 3  # a number\n\n# %%\n# %matplotlib inline\n'
         "print(n)\n"
     )
     nb = notebooks.build(source)
-    assert [(c.cell_type, c.id) for c in nb.cells] == [("markdown", "demo-00"), ("code", "demo-01"), ("code", "demo-02")]
+    assert [(c.cell_type, c.id) for c in nb.cells] == [
+        ("markdown", "demo-00"),
+        ("code", "demo-01"),
+        ("code", "demo-02"),
+    ]
     assert nb.cells[1].metadata == {"tags": ["parameters"]} and nb.cells[2].source.startswith("%matplotlib inline")
     assert nb.metadata["labkit"]["test_parameters"] == {"n": 1} and "jupytext" not in nb.metadata
-    assert notebooks._main(["build", str(source)]) == 0
+    subprocess.run([sys.executable, "-m", "labkit.notebooks", "build", str(source)], check=True)  # `make notebooks`
     assert notebooks.test_parameters(source.with_suffix(".ipynb")) == {"n": 1}
     assert not notebooks.has_outputs(source.with_suffix(".ipynb"))

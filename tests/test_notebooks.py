@@ -2,16 +2,16 @@
 
 New notebooks are covered without editing this file.
 """
+
 from __future__ import annotations
 
 import json
 import re
 
 import pytest
+from kit_testing import execute_once
 
 from labkit import notebooks, results
-
-from kit_testing import execute_once
 
 ALL = notebooks.discover()
 

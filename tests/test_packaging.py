@@ -1,10 +1,11 @@
 """Set-up contracts: one source of truth for requirements, CI calls the README's test command."""
+
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +27,19 @@ def test_environment_yml_matches_pyproject():
 
 def test_required_packages_are_declared():
     names = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in pyproject()["project"]["dependencies"]}
-    for pkg in ["jupyterlab", "ipywidgets", "papermill", "nbclient", "kubernetes", "deepspeed", "torch", "accelerate",
-                "matplotlib", "nvidia-ml-py"]:
+    for pkg in [
+        "jupyterlab",
+        "ipywidgets",
+        "papermill",
+        "nbclient",
+        "kubernetes",
+        "deepspeed",
+        "torch",
+        "accelerate",
+        "matplotlib",
+        "nvidia-ml-py",
+        "jupytext",
+    ]:
         assert pkg in names, pkg
 
 

@@ -22,11 +22,19 @@ def test_record_refuses_what_json_cannot_hold():
 
 def test_read_takes_the_last_value_of_a_name(tmp_path):
     def out(name, value):
-        return {"output_type": "display_data", "metadata": {},
-                "data": {results.MIME_TYPE: {"name": name, "value": value}, "text/plain": "x"}}
-    nb = {"cells": [{"cell_type": "code", "outputs": [out("a", 1), out("b", [1, 2])]},
-                    {"cell_type": "markdown", "source": ""},
-                    {"cell_type": "code", "outputs": [out("a", 2), {"output_type": "stream", "text": "a"}]}]}
+        return {
+            "output_type": "display_data",
+            "metadata": {},
+            "data": {results.MIME_TYPE: {"name": name, "value": value}, "text/plain": "x"},
+        }
+
+    nb = {
+        "cells": [
+            {"cell_type": "code", "outputs": [out("a", 1), out("b", [1, 2])]},
+            {"cell_type": "markdown", "source": ""},
+            {"cell_type": "code", "outputs": [out("a", 2), {"output_type": "stream", "text": "a"}]},
+        ]
+    }
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
     assert results.read(path) == {"a": 2, "b": [1, 2]}

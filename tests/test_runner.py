@@ -1,4 +1,5 @@
 """The papermill runner behind `labkit run`: parameter checks, failure reporting, the HTML report."""
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,32 @@ def make_notebook(path: Path, params: str, *cells: str) -> Path:
 
 @pytest.fixture
 def good(tmp_path):
-    return make_notebook(tmp_path / "good.ipynb", "epochs: int = 2  # passes\nname: str = 'x'  # a label\n"
-                         "lr: float = 0.1  # learning rate\nfast: bool = False  # go fast",
-                         "from labkit import results\nresults.record('echo', {'epochs': epochs, 'name': name, "
-                         "'lr': lr, 'fast': fast})")
+    return make_notebook(
+        tmp_path / "good.ipynb",
+        "epochs: int = 2  # passes\nname: str = 'x'  # a label\n"
+        "lr: float = 0.1  # learning rate\nfast: bool = False  # go fast",
+        "from labkit import results\nresults.record('echo', {'epochs': epochs, 'name': name, 'lr': lr, 'fast': fast})",
+    )
 
 
 def test_declared_parameters_are_typed(good):
     declared = notebooks.declared_parameters(good)
     assert {k: v["inferred_type_name"] for k, v in declared.items()} == {
-        "epochs": "int", "name": "str", "lr": "float", "fast": "bool"}
+        "epochs": "int",
+        "name": "str",
+        "lr": "float",
+        "fast": "bool",
+    }
     assert declared["epochs"]["help"] == "passes"
 
 
 def test_cli_strings_are_coerced_to_declared_types(good):
     assert notebooks.check_parameters(good, {"epochs": "5", "lr": "0.5", "fast": "yes", "name": "7"}) == {
-        "epochs": 5, "lr": 0.5, "fast": True, "name": "7"}
+        "epochs": 5,
+        "lr": 0.5,
+        "fast": True,
+        "name": "7",
+    }
     with pytest.raises(ConfigError, match="epochs.*not a valid int"):
         notebooks.check_parameters(good, {"epochs": "many"})
 
@@ -71,7 +82,9 @@ def test_cli_unknown_parameter_exits_nonzero_naming_notebook(good, tmp_path, cap
 
 
 def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
-    bad = make_notebook(tmp_path / "bad.ipynb", "n: int = 1  # a number", "x = n + 1", "raise ValueError('boom ' + str(x))")
+    bad = make_notebook(
+        tmp_path / "bad.ipynb", "n: int = 1  # a number", "x = n + 1", "raise ValueError('boom ' + str(x))"
+    )
     code = main(["run", str(bad), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 1
@@ -94,22 +107,32 @@ def test_params_command_lists_types(good, capsys):
     assert "epochs" in out and "int" in out and "passes" in out
 
 
-def test_strip_outputs_keeps_tags(good, tmp_path):
-    _, (run,) = notebooks.run_all([good], out_dir=tmp_path / "r", progress=False)
-    executed = Path(run.output)
-    assert notebooks.has_outputs(executed)
-    assert notebooks.strip_outputs(executed)
-    assert not notebooks.has_outputs(executed)
-    nb = json.loads(executed.read_text())
-    assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+def test_figures_render_as_images_and_the_kernel_channel_is_encrypted(tmp_path, capfd):
+    # Figures built without pyplot showed as "<Figure size ...>" text; ipykernel warned on every start that it was
+    # "running over TCP without encryption" until the runner asked jupyter_client for CurveZMQ keys.
+    plot = make_notebook(
+        tmp_path / "plot.ipynb",
+        "n: int = 3  # points",
+        "%matplotlib inline\n"
+        "from IPython.display import display\nfrom matplotlib.figure import Figure\n"
+        "fig = Figure()\nfig.add_subplot().plot(range(n))\ndisplay(fig)",
+    )
+    _, (run,) = notebooks.run_all([plot], out_dir=tmp_path / "r", progress=False)
+    assert run.passed, run.error
+    outputs = json.loads(Path(run.output).read_text())["cells"][-1]["outputs"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_relative_run_dir_works_from_the_kernels_working_directory(tmp_path, monkeypatch):
     # `make run` passes no --out: the run directory is relative (runs/<ts>) while the kernel runs in its work dir
-    nb = make_notebook(tmp_path / "writes.ipynb", "name: str = 'f.txt'  # file to write",
-                       "import os, pathlib\nwork = pathlib.Path(os.environ['LABKIT_RUN_DIR'])\n"
-                       "(work / name).write_text('ok')\nfrom labkit import results\n"
-                       "results.record('wrote', str(work / name))\nassert pathlib.Path.cwd() == work")
+    nb = make_notebook(
+        tmp_path / "writes.ipynb",
+        "name: str = 'f.txt'  # file to write",
+        "import os, pathlib\nwork = pathlib.Path(os.environ['LABKIT_RUN_DIR'])\n"
+        "(work / name).write_text('ok')\nfrom labkit import results\n"
+        "results.record('wrote', str(work / name))\nassert pathlib.Path.cwd() == work",
+    )
     monkeypatch.chdir(tmp_path)
     run_dir, (run,) = notebooks.run_all([nb], out_dir="runs/r1", progress=False)
     assert run.passed, run.error
