@@ -30,13 +30,10 @@ check: $(STAMP)
 cluster-test: $(STAMP)
 	$(PY) -m pytest tests/cluster -v -rs
 
-# Notebook sources are the Jupytext percent scripts notebooks/NN_name.py: rebuild every .ipynb from them (no outputs,
-# stable cell ids). `strip` only removes outputs from the .ipynb files (e.g. after saving a run in JupyterLab).
-notebooks: $(STAMP)
+# The notebooks' sources are the Jupytext percent scripts notebooks/NN_name.py (paired in JupyterLab): rebuild every
+# .ipynb from its script, without outputs and with stable cell ids. `strip` is the same rebuild.
+notebooks strip: $(STAMP)
 	$(PY) -m labkit.notebooks build
-
-strip: $(STAMP)
-	$(PY) -m labkit.notebooks strip notebooks/*.ipynb
 
 clean-runs:
 	rm -rf runs

@@ -22,7 +22,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
 def test_committed_without_outputs(path):
-    assert not notebooks.has_outputs(path), f"{path} has outputs: run `make strip`"
+    assert not notebooks.has_outputs(path), f"{path} has outputs: run `make notebooks`"
 
 
 @pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
