@@ -6,7 +6,7 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lab install check cluster-test bench-cpu clean-runs strip notebooks
+.PHONY: run test lint format lab install check cluster-test bench-cpu clean-runs strip notebooks
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -17,8 +17,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/labkit run --backend $(BACKEND)
 
-test: $(STAMP)
+test: lint $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff lint + format check (line length 120, pyproject.toml) on everything that is Python and ours.
+LINTED := labkit tests bench scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks

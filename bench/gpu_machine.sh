@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run the kit on the lent GPU machine (no network, no deepspeed/papermill installed): ../shared/gpu/README.md's recipe.
+#   bash bench/gpu_machine.sh notebooks   every notebook at its defaults (labkit run), a table of times last
+#   bash bench/gpu_machine.sh tests       the whole test suite (pytest), its summary last
+# Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || {
+  echo "gpu_machine: installing .whl/ failed (make it with ../shared/gpu/make-wheelhouse.sh)"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JUPYTER_PATH=/tmp/site/share/jupyter \
+  TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1
+printf '#!/bin/sh\nexec python3 -c "import sys; from labkit.cli import main; sys.exit(main())" "$@"\n' > /tmp/site/bin/labkit
+chmod +x /tmp/site/bin/labkit
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/machine.txt" 2>&1
+python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)" >> "$OUT/machine.txt" 2>&1
+case "${1:-notebooks}" in
+  notebooks)
+    start=$(date +%s)
+    labkit run --out "$OUT/run" > "$OUT/run.log" 2>&1; rc=$?
+    echo "labkit run: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/run.log"
+    tail -n 30 "$OUT/run.log"
+    python3 - "$OUT/run/summary.json" <<'PY'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))
+except OSError as e:
+    sys.exit(f"no summary: {e}")
+rows = s.get("notebooks", s) if isinstance(s, dict) else s
+print(f"{'notebook':<32} {'status':<8} {'seconds':>8}")
+for r in rows:
+    print(f"{r.get('name', r.get('notebook', '?')):<32} {r.get('status', '?'):<8} {r.get('duration_s', 0):>8.1f}")
+PY
+    exit $rc ;;
+  tests)
+    start=$(date +%s)
+    python3 -m pytest -q -rf -p no:cacheprovider --timeout 300 --junitxml "$OUT/junit.xml" tests > "$OUT/pytest.log" 2>&1; rc=$?
+    grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
+    tail -n 3 "$OUT/pytest.log"
+    echo "pytest: exit $rc in $(( $(date +%s) - start )) s"
+    exit $rc ;;
+esac
