@@ -1,0 +1,28 @@
+"""Kubernetes objects for DeepSpeed jobs: rendered from manifests/ (render.py, kustomize.py), checked (checks.py)."""
+
+# The package's public API, re-exported:
+# ruff: noqa: F401
+
+from labkit.manifests.checks import (
+    NAME_MAX,
+    SSH_AUTH_MOUNT_PATH,
+    SSH_PORT,
+    SSH_UID,
+    SSH_USER,
+    ManifestError,
+    find_secret_material,
+    object_ref,
+    validate_object,
+    validate_objects,
+)
+from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
+from labkit.manifests.render import (
+    ACCELERATOR_RESOURCE,
+    JOB_KINDS,
+    JobSpec,
+    kit_dir,
+    manifests_dir,
+    overlay_dir,
+    render_all,
+    render_job,
+)
