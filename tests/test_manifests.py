@@ -315,7 +315,11 @@ WC = W + ["containers", 0]
             2,
             "MPIJob deepspeed-interactive: spec.mpiReplicaSpecs.Launcher.replicas: must be 1",
         ),
-        (["spec", "mpiReplicaSpecs", "Worker", "replicas"], 0, "spec.mpiReplicaSpecs.Worker.replicas: must be greater"),
+        (
+            ["spec", "mpiReplicaSpecs", "Worker", "replicas"],
+            0,
+            "spec.mpiReplicaSpecs.Worker.replicas: must be at least 1",
+        ),
         (["spec", "mpiReplicaSpecs", "Launcher"], KeyError, "spec.mpiReplicaSpecs.Launcher: missing"),
         (["spec", "slotPerWorker"], 2, "spec: unknown field 'slotPerWorker'"),
         (["spec", "mpiReplicaSpecs", "Worker", "restartPolicy"], "Always", "Worker.restartPolicy: 'Always'"),
@@ -327,9 +331,9 @@ WC = W + ["containers", 0]
         (
             ["spec", "runPolicy", "cleanPodPolicy"],
             "Always",
-            "spec.runPolicy.cleanPodPolicy: must be None, Running or All",
+            "spec.runPolicy.cleanPodPolicy: must be None or Running or All (not 'Always')",
         ),
-        (["spec", "runPolicy", "backoffLimit"], -1, "spec.runPolicy.backoffLimit: must be non-negative"),
+        (["spec", "runPolicy", "backoffLimit"], -1, "spec.runPolicy.backoffLimit: must be at least 0"),
         (["spec", "slotsPerWorker"], 2**31, "spec.slotsPerWorker"),
         (
             ["spec", "runPolicy", "activeDeadlineSeconds"],

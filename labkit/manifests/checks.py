@@ -42,10 +42,16 @@ _SECRET_PATTERNS = [
 _SECRET_ENV_NAME = re.compile(r"(?i)(TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)")
 _MPIJOB = "spec.mpiReplicaSpecs"
 _WORKER_CONTAINER = f"{_MPIJOB}.Worker.template.spec.containers[0]"
-# The operator's enums that the CRD schema does not carry: (path from spec, default, allowed).
-_OPERATOR_CHOICES = [
-    ("runPolicy.cleanPodPolicy", "None", ("None", "Running", "All")),
-    ("launcherCreationPolicy", "AtStartup", ("AtStartup", "WaitForWorkersReady")),
+_RUN_POLICY_COUNTS = ("ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit")
+# The MPI Operator's admission rules that the CRD schema does not carry (mpiImplementation's enum it does), applied
+# after the operator's defaults: (path, default, allowed values or the minimum).
+_MPIJOB_RULES = [
+    (f"{_MPIJOB}.Launcher.replicas", 1, (1,)),
+    (f"{_MPIJOB}.Worker.replicas", 1, 1),
+    ("spec.slotsPerWorker", 1, 1),
+    ("spec.runPolicy.cleanPodPolicy", "None", ("None", "Running", "All")),
+    ("spec.launcherCreationPolicy", "AtStartup", ("AtStartup", "WaitForWorkersReady")),
+    *[(f"spec.runPolicy.{key}", 0, 0) for key in _RUN_POLICY_COUNTS],
 ]
 
 
@@ -61,6 +67,16 @@ class ManifestError(LabkitError):
 def find_secret_material(text: str) -> list[str]:
     """Descriptions of anything in `text` that looks like key material or a credential (empty list: clean)."""
     return [what for what, pattern in _SECRET_PATTERNS if re.search(pattern, text)]
+
+
+def value_at(obj: Any, path: str, default: Any = None) -> Any:
+    """The value at a dotted path (list indices as digits), or default where a mapping lacks a key."""
+    for part in path.split("."):
+        try:
+            obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+        except (KeyError, TypeError):
+            return default
+    return obj
 
 
 def object_ref(obj: dict) -> str:
@@ -281,19 +297,12 @@ def _check_mpijob(job: dict, ref: str) -> None:
             raise ManifestError(ref, f"{path}.restartPolicy", problem)
         if not replica.get("template", {}).get("spec", {}).get("containers"):
             raise ManifestError(ref, f"{path}.template.spec.containers", "must define at least one container")
-    if replicas["Launcher"]["replicas"] != 1:
-        raise ManifestError(ref, f"{_MPIJOB}.Launcher.replicas", "must be 1")
-    if replicas.get("Worker", {}).get("replicas", 1) < 1:
-        raise ManifestError(ref, f"{_MPIJOB}.Worker.replicas", "must be greater than or equal to 1")
-    if spec.get("slotsPerWorker", 1) < 1:
-        raise ManifestError(ref, "spec.slotsPerWorker", "must be at least 1")
-    for path, default, allowed in _OPERATOR_CHOICES:
-        section, _, key = path.rpartition(".")
-        if (spec.get(section, {}) if section else spec).get(key, default) not in allowed:
-            raise ManifestError(ref, f"spec.{path}", f"must be {', '.join(allowed[:-1])} or {allowed[-1]}")
-    for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit"):
-        if spec.get("runPolicy", {}).get(key, 0) < 0:
-            raise ManifestError(ref, f"spec.runPolicy.{key}", "must be non-negative")
+    for path, default, allowed in _MPIJOB_RULES:
+        value = value_at(job, path, default)
+        if isinstance(allowed, tuple) and value not in allowed:
+            raise ManifestError(ref, path, f"must be {' or '.join(map(str, allowed))} (not {value!r})")
+        if not isinstance(allowed, tuple) and value < allowed:
+            raise ManifestError(ref, path, f"must be at least {allowed}")
     for role, replica in replicas.items():
         namespace = job["metadata"].get("namespace", "default")
         _check_pod_spec(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", namespace=namespace)

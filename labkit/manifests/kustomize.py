@@ -19,13 +19,13 @@ import yaml
 from labkit.manifests.checks import ManifestError
 
 _KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "patches", "images", "configurations"}
-# kustomize's legacy output order (api/resid/gvk.go); kinds not listed sort after, by kind then name.
+# kustomize's legacy output order (api/resid/gvk.go), as far as manifests/ needs it: the kinds listed first, in this
+# order, then the rest by kind and name (kustomize puts webhook configurations last; manifests/ has none).
 _ORDER_FIRST = (
     "Namespace ResourceQuota StorageClass CustomResourceDefinition ServiceAccount PodSecurityPolicy Role ClusterRole "
     "RoleBinding ClusterRoleBinding ConfigMap Secret Endpoints Service LimitRange PriorityClass PersistentVolume "
     "PersistentVolumeClaim Deployment StatefulSet CronJob PodDisruptionBudget"
 ).split()
-_ORDER_LAST = ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
 
 
 def to_yaml(objects: dict | Iterable[dict]) -> str:
@@ -53,10 +53,7 @@ def kustomize_build(directory: str | Path) -> list[dict]:
 
 def _legacy_sort_key(obj: dict) -> tuple:
     kind, meta = obj.get("kind", ""), obj.get("metadata", {})
-    if kind in _ORDER_FIRST:
-        rank = _ORDER_FIRST.index(kind)
-    else:
-        rank = len(_ORDER_FIRST) + (1 + _ORDER_LAST.index(kind) if kind in _ORDER_LAST else 0)
+    rank = _ORDER_FIRST.index(kind) if kind in _ORDER_FIRST else len(_ORDER_FIRST)
     return rank, kind, meta.get("name", ""), meta.get("namespace", "")
 
 
@@ -67,10 +64,7 @@ def _kustomization(directory: Path) -> dict:
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - _KUSTOMIZATION_KEYS
     if unknown:
-        problem = (
-            f"not supported by labkit's renderer (it reads {', '.join(sorted(_KUSTOMIZATION_KEYS - {'apiVersion'}))}); "
-            "keep manifests/ to that subset so labkit and kubectl stay identical"
-        )
+        problem = "not supported by labkit's renderer: keep manifests/ to the subset it reads, so kubectl agrees"
         raise ManifestError(str(path), ", ".join(sorted(unknown)), problem)
     return spec
 
@@ -95,7 +89,7 @@ def _transform(directory: Path, spec: dict, objects: list[dict]) -> None:
         operations = yaml.safe_load(patch.get("patch", "null"))
         if not isinstance(operations, list):
             raise ManifestError(str(directory), "patches", "only inline JSON6902 patches (a list of operations)")
-        for obj in filter(lambda obj: _target_matches(patch.get("target", {}), obj), objects):
+        for obj in filter(lambda obj: _target_matches(patch.get("target", {}), obj, directory), objects):
             for op in operations:
                 try:
                     jsonpatch.apply_patch(obj, [copy.deepcopy(op)], in_place=True)
@@ -113,12 +107,10 @@ def _transform(directory: Path, spec: dict, objects: list[dict]) -> None:
             _set_image(obj, image, image_paths)
 
 
-def _target_matches(target: dict, obj: dict) -> bool:
-    group, _, version = obj.get("apiVersion", "").rpartition("/")
-    meta = obj.get("metadata", {})
-    found = {"kind": obj.get("kind"), "name": meta.get("name"), "namespace": meta.get("namespace")}
-    found |= {"group": group, "version": version}
-    return all(found.get(key) == value for key, value in target.items())
+def _target_matches(target: dict, obj: dict, where: Path) -> bool:
+    if set(target) - {"kind", "name"}:
+        raise ManifestError(str(where), "patches.target", "labkit's renderer selects by kind and name only")
+    return all(value == (obj["kind"] if key == "kind" else obj["metadata"]["name"]) for key, value in target.items())
 
 
 def _new_image(old: str, image: dict) -> str:

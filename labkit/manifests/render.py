@@ -22,6 +22,7 @@ from labkit.manifests.checks import (
     NAME_MAX,
     find_secret_material,
     validate_objects,
+    value_at,
 )
 from labkit.manifests.kustomize import kustomize_build
 
@@ -56,19 +57,19 @@ _RESOURCES_PATH = {
 }
 _RESOURCE_KEYS = {"cpu": "cpu", "memory": "memory", "hugepages_2mi": "hugepages-2Mi"}  # request = limit
 _OVERLAY_FIELDS = ("image", "slots_per_worker", "launcher_command", "storage_class", *_RESOURCE_KEYS, "shm_size")
-_NAME_RULES = {  # field: (pattern, what it must be, longest, example)
-    "name": (
-        DNS1035,
-        "a DNS-1035 label: lower-case letters, digits, '-', starting with a letter",
-        NAME_MAX,
-        "deepspeed-interactive",
-    ),
-    "namespace": (DNS1123_LABEL, "a DNS-1123 label", 63, "workloads"),
-    "pvc_name": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", 253, "labkit-shared"),
-    "storage_class": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", 253, "nfs-client"),
-    "hf_token_secret": (DNS1123_SUBDOMAIN, "a Secret name (DNS-1123 subdomain)", 253, "hf-token"),
+# Text fields: (pattern, what the value must be, example, most characters). None skips all but _REQUIRED.
+_TEXT_RULES = {
+    "name": (DNS1035, "a DNS-1035 label (a-z, 0-9, '-', starting with a letter)", "deepspeed-interactive", NAME_MAX),
+    "namespace": (DNS1123_LABEL, "a DNS-1123 label", "workloads", 63),
+    "pvc_name": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "labkit-shared", 253),
+    "storage_class": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "nfs-client", 253),
+    "hf_token_secret": (DNS1123_SUBDOMAIN, "a Secret name (DNS-1123 subdomain)", "hf-token", 253),
+    "image": (_IMAGE, "an image reference (REGISTRY/REPOSITORY:TAG)", "ghcr.io/labkit/deepspeed:<tag>", 512),
+    "storage_size": (_QUANTITY, "a Kubernetes quantity", "20Gi", 64),
+    **{name: (_QUANTITY, "a Kubernetes quantity", '"4", "500m" or "16Gi"', 64) for name in _RESOURCE_KEYS},
+    "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
 }
-_UNSET = {"storage_class": (None, ""), "hf_token_secret": (None,)}  # values that skip the name rule
+_REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
 
 
 @dataclass
@@ -97,22 +98,20 @@ class JobSpec:
         """One ConfigError naming the field, before anything is rendered or submitted."""
         check_choice("accelerator", self.accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
         if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
-            fix = (
-                "create a Secret (kubectl -n NS create secret generic hf-token --from-literal=token=...), pass its name"
-            )
+            fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
             raise ConfigError("hf_token_secret", "looks like a token value, not a Secret name", fix)
-        for field_name, (pattern, what, longest, example) in _NAME_RULES.items():
+        for field_name, (pattern, what, example, longest) in _TEXT_RULES.items():
             value = getattr(self, field_name)
-            if value in _UNSET.get(field_name, ()):
+            if (value is None and field_name not in _REQUIRED) or (field_name, value) == ("storage_class", ""):
                 continue
+            fix = f"use something like {example}" + (
+                " (or None: the overlay's)" if field_name in _OVERLAY_FIELDS else ""
+            )
             if isinstance(value, str) and len(value) > longest:
-                problem = f"{value[:20]!r}... has {len(value)} characters, more than {longest}"
-                raise ConfigError(field_name, problem, f"use a shorter name, like {example!r}")
+                too_long = f"{value[:20]!r}... has {len(value)} characters, more than {longest}"
+                raise ConfigError(field_name, too_long, fix)
             if not isinstance(value, str) or not pattern.match(value):
-                raise ConfigError(field_name, f"{value!r} is not {what}", f"use something like {example!r}")
-        if self.image is not None and (not isinstance(self.image, str) or not _IMAGE.match(self.image)):
-            fix = "use REGISTRY/REPOSITORY:TAG, e.g. ghcr.io/labkit/deepspeed:<tag>, or None for the default"
-            raise ConfigError("image", f"{self.image!r} is not an image reference", fix)
+                raise ConfigError(field_name, f"{value!r} is not {what}", fix)
         check_int("workers", self.workers, 1, maximum=512)
         if self.slots_per_worker is not None:
             gaudi = self.accelerator == "gaudi"
@@ -120,11 +119,7 @@ class JobSpec:
             check_int("slots_per_worker", self.slots_per_worker, 1, fix, maximum=8 if gaudi else 64)
         command = self.launcher_command
         if command is not None:
-            if (
-                not isinstance(command, (list, tuple))
-                or not command
-                or not all(isinstance(p, str) and p for p in command)
-            ):
+            if not (isinstance(command, (list, tuple)) and command and all(isinstance(p, str) and p for p in command)):
                 fix = 'pass an argv list, e.g. ["sleep", "infinity"] or ["deepspeed", "--hostfile", ...]'
                 raise ConfigError("launcher_command", f"{command!r} is not a non-empty list of strings", fix)
             leak = find_secret_material(" ".join(command))
@@ -134,13 +129,6 @@ class JobSpec:
         fix = "it stops the job (and frees its accelerators) after this many seconds: pass 60 or more"
         check_int("deadline_seconds", self.deadline_seconds, 60, fix, maximum=_MONTH_S)
         check_int("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0, maximum=_MONTH_S)
-        for field_name in ("storage_size", *_RESOURCE_KEYS, "shm_size"):
-            value = getattr(self, field_name)
-            if (value is not None or field_name == "storage_size") and not (
-                isinstance(value, str) and _QUANTITY.match(value)
-            ):
-                fix = 'use a string like "4", "500m", "16Gi" (or None for the overlay\'s value)'
-                raise ConfigError(field_name, f"{value!r} is not a Kubernetes quantity", fix)
         if self.hugepages_2mi is not None and self.accelerator != "gaudi":
             fix = "leave it None, or set accelerator='gaudi'"
             raise ConfigError("hugepages_2mi", f"is only used by the gaudi overlay, not {self.accelerator}", fix)
@@ -256,10 +244,10 @@ def _overlay_values(accelerator: str, kind: str) -> dict[str, Any]:
     """Every JobSpec field as the overlay's files set it."""
     objects = kustomize_build(overlay_dir(accelerator, kind))
     job, pvc = _job_object(objects), next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
-    requests = _get(job, _RESOURCES_PATH[job["kind"]] + ".requests") or {}
+    requests = value_at(job, _RESOURCES_PATH[job["kind"]] + ".requests") or {}
     volumes = _pod_specs(job).get("Worker", {}).get("volumes", [])
     env = [e for c in _containers(job) for e in c.get("env", []) if e.get("name") == "HF_TOKEN"]
-    values = {name: _get(job, path) for name, path in _FIELD_PATHS[job["kind"]].items()}
+    values = {name: value_at(job, path) for name, path in _FIELD_PATHS[job["kind"]].items()}
     values |= {name: None if requests.get(key) is None else str(requests[key]) for name, key in _RESOURCE_KEYS.items()}
     return values | {
         "name": job["metadata"]["name"],
@@ -271,13 +259,6 @@ def _overlay_values(accelerator: str, kind: str) -> dict[str, Any]:
         "storage_size": pvc["spec"]["resources"]["requests"]["storage"],
         "hf_token_secret": env[0]["valueFrom"]["secretKeyRef"]["name"] if env else None,
     }
-
-
-def _get(obj: Any, path: str) -> Any:
-    """The value at a dotted path (list indices as digits), None where a mapping lacks a key."""
-    for part in path.split("."):
-        obj = obj[int(part)] if isinstance(obj, list) else (obj or {}).get(part)
-    return obj
 
 
 def _node(obj: Any, parts: list[str]) -> Any:
