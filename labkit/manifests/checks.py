@@ -121,35 +121,11 @@ def validate_object(obj: dict) -> None:
 # ----------------------------------------------------------------------------------------------- schemas
 @functools.cache
 def _crd_validators() -> dict[tuple[str, str], Any]:
+    """The CRD copies of labkit/schemas (scripts/make_schemas.py made them strict, with integer bounds)."""
     import jsonschema
 
-    checker = jsonschema.FormatChecker()
-    for fmt, top in {"int32": 2**31 - 1, "int64": 2**63 - 1}.items():
-        checker.checks(fmt)(lambda value, top=top: not isinstance(value, int) or -top - 1 <= value <= top)
-    out = {}
-    for path in sorted((Path(__file__).parent.parent / "schemas").glob("*.json")):
-        doc = json.loads(path.read_text())
-        schema = _strict(doc["schema"])
-        # The API server fills metadata itself; _check_metadata checks the parts a manifest sets.
-        schema["properties"]["metadata"] = {"type": "object"}
-        out[(doc["apiVersion"], doc["kind"])] = jsonschema.Draft7Validator(schema, format_checker=checker)
-    return out
-
-
-def _strict(node: Any) -> Any:
-    """Reject unknown fields as `kubectl apply` (strict field validation) does: a typo must not vanish silently."""
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _strict(value) for key, value in node.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
+    docs = [json.loads(path.read_text()) for path in (Path(__file__).parent.parent / "schemas").glob("*.json")]
+    return {(doc["apiVersion"], doc["kind"]): jsonschema.Draft7Validator(doc["schema"]) for doc in docs}
 
 
 def _path_text(parts: Iterable[Any]) -> str:
