@@ -13,8 +13,7 @@ from pathlib import Path
 import yaml
 
 from labkit.errors import ConfigError, check_choice
-from labkit.manifests import kit_dir
-from labkit.manifests.render import PACKAGE_ROOT
+from labkit.manifests.render import PACKAGE_ROOT, kit_dir
 
 BUILDERS = ("docker", "buildah")
 

@@ -4,7 +4,6 @@
 # ruff: noqa: F401
 
 from labkit.manifests.checks import (
-    NAME_MAX,
     SSH_AUTH_MOUNT_PATH,
     SSH_PORT,
     SSH_UID,
@@ -17,10 +16,8 @@ from labkit.manifests.checks import (
 )
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
 from labkit.manifests.render import (
-    ACCELERATOR_RESOURCE,
     JOB_KINDS,
     JobSpec,
-    kit_dir,
     manifests_dir,
     overlay_dir,
     render_all,

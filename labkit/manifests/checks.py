@@ -1,9 +1,7 @@
-"""Checks of rendered or loaded objects: what the cluster (or its operators) would reject, and secret material.
+"""What the cluster (or its operators) would reject in an object, and secret material anywhere in it.
 
-MPIJob / TrainJob are checked against structural copies of the upstream CRDs (labkit/schemas, made by
-scripts/make_schemas.py), strict about unknown fields, plus the MPI Operator's admission rules the schema cannot carry;
-core kinds and every embedded pod template against Kubernetes' published schemas (`kubernetes-validate`), plus pod
-rules the schemas cannot express (hugepages, extended resources); and nowhere any secret material.
+MPIJob / TrainJob: the upstream CRDs' schemas (labkit/schemas) plus the MPI Operator's admission rules; core kinds and
+pod templates: Kubernetes' published schemas (`kubernetes-validate`) plus the pod rules no schema expresses.
 """
 
 from __future__ import annotations
@@ -98,20 +96,14 @@ def validate_object(obj: dict) -> None:
     _check_secrets(obj, ref)
     validator = _crd_validators().get((obj["apiVersion"], obj["kind"]))
     if validator is not None:
-        errors = sorted(
-            validator.iter_errors(obj), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
-        )
+        errors = sorted(validator.iter_errors(obj), key=lambda e: (len(e.path), list(map(str, e.path))))
         if errors:
             raise ManifestError(ref, _path_text(errors[0].absolute_path), _error_text(errors[0]), more=len(errors) - 1)
         (_check_mpijob if obj["kind"] == "MPIJob" else _check_trainjob)(obj, ref)
     elif obj["apiVersion"].startswith(("kubeflow.org/", "trainer.kubeflow.org/")):
         known = ", ".join(f"{k} {v}" for v, k in sorted(_crd_validators()))
-        raise ManifestError(
-            ref,
-            "apiVersion",
-            f"{obj['apiVersion']} {obj['kind']} is not a version labkit knows ({known}); "
-            "regenerate labkit/schemas with scripts/make_schemas.py",
-        )
+        problem = f"is not a version labkit knows ({known}); regenerate labkit/schemas with scripts/make_schemas.py"
+        raise ManifestError(ref, "apiVersion", f"{obj['apiVersion']} {obj['kind']} {problem}")
     elif obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
         raise ManifestError(ref, "kind", "the kit grants nothing cluster-wide; use a namespaced Role/RoleBinding")
     else:
@@ -184,12 +176,8 @@ def _check_metadata(obj: dict, ref: str) -> None:
 
 def _check_secrets(obj: dict, ref: str) -> None:
     if obj.get("kind") == "Secret" and (obj.get("data") or obj.get("stringData")):
-        raise ManifestError(
-            ref,
-            "data",
-            "a Secret with values must not be rendered or committed; "
-            "create it with kubectl create secret ... and reference it by name",
-        )
+        problem = "a Secret with values must not be rendered or committed; kubectl create it, reference it by name"
+        raise ManifestError(ref, "data", problem)
     leaks = find_secret_material(json.dumps(obj))
     if leaks:
         raise ManifestError(ref, "(any field)", f"contains what looks like {leaks[0]}; reference a Secret instead")

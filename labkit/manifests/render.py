@@ -1,8 +1,7 @@
-"""JobSpec, the parameters of one DeepSpeed job, and the Kubernetes objects it renders from manifests/.
+"""JobSpec, the parameters of one DeepSpeed job, and the objects it renders from manifests/ (the one source of truth).
 
-manifests/ (kustomize) is the single source of truth: `kubectl apply -k manifests/overlays/<accelerator>[/<kind>]` and
-`render_all(JobSpec(accelerator=...), kind)` give the same objects. The spec's fields are patched in at the places
-_FIELD_PATHS names (the same table reads an overlay's values back), then every object is checked (checks.py).
+`kubectl apply -k manifests/overlays/<accelerator>[/<kind>]` and `render_all(JobSpec(accelerator=...), kind)` give the
+same objects; the spec's fields go where _FIELD_PATHS says (the same table reads an overlay's values back).
 """
 
 from __future__ import annotations
@@ -104,9 +103,7 @@ class JobSpec:
             value = getattr(self, field_name)
             if (value is None and field_name not in _REQUIRED) or (field_name, value) == ("storage_class", ""):
                 continue
-            fix = f"use something like {example}" + (
-                " (or None: the overlay's)" if field_name in _OVERLAY_FIELDS else ""
-            )
+            fix = f"use something like {example}" + (" or None" if field_name in _OVERLAY_FIELDS else "")
             if isinstance(value, str) and len(value) > longest:
                 too_long = f"{value[:20]!r}... has {len(value)} characters, more than {longest}"
                 raise ConfigError(field_name, too_long, fix)
