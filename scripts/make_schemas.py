@@ -6,9 +6,11 @@
 Reads the upstream CustomResourceDefinitions, keeps each served version's openAPIV3Schema and drops what validation
 does not need (descriptions: ~85% of the bytes). CEL rules (`x-kubernetes-validations`) are not evaluated by
 jsonschema: the simple ones (`self >= N`, `self <= N`) become `minimum`/`maximum`, the rest (immutability on
-update, cross-field rules) are dropped and left to the API server's dry run. `--check` exits 1 when the files on
-disk differ from what the sources produce.
+update, cross-field rules) are dropped and left to the API server's dry run. The copies are what labkit checks with
+jsonschema as it is: strict about unknown fields (as `kubectl apply` is), and int32/int64 formats as bounds.
+`--check` exits 1 when the files on disk differ from what the sources produce.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +28,11 @@ DEFAULT_OUT = REPO / "labkit" / "schemas"
 # Only the CRDs whose objects labkit renders.
 CRD_FILES = ("kubeflow.org_mpijobs.yaml", "trainer.kubeflow.org_trainjobs.yaml")
 _BOUND = re.compile(r"^\s*self\s*(>=|<=)\s*(-?\d+)\s*$")
+INT_MAX = {"int32": 2**31 - 1, "int64": 2**63 - 1}  # jsonschema does not check these formats; it checks bounds
 
 
 def structural(node):
-    """The schema without descriptions, with simple CEL bounds turned into JSON-schema keywords."""
+    """The schema without descriptions, strict, with simple CEL bounds and integer formats as JSON-schema bounds."""
     if isinstance(node, list):
         return [structural(item) for item in node]
     if not isinstance(node, dict):
@@ -45,6 +48,15 @@ def structural(node):
                     out["minimum" if match.group(1) == ">=" else "maximum"] = int(match.group(2))
             continue
         out[key] = structural(value)
+    if out.get("format") in INT_MAX:
+        out.setdefault("minimum", -INT_MAX[out["format"]] - 1)
+        out.setdefault("maximum", INT_MAX[out["format"]])
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False  # a typo must not vanish silently
     return out
 
 
@@ -75,7 +87,9 @@ def render(docs: dict[str, dict]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="directory with the upstream CRD YAML files")
+    parser.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help="directory with the upstream CRD YAML files"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON copies go")
     parser.add_argument("--check", action="store_true", help="only compare with the files on disk")
     args = parser.parse_args(argv)
@@ -86,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     files: dict[str, str] = {}
     for name in CRD_FILES:
         files.update(render(convert(args.source / name)))
-    stale = [name for name, text in files.items()
-             if not (args.out / name).is_file() or (args.out / name).read_text() != text]
+    stale = [
+        name for name, text in files.items() if not (args.out / name).is_file() or (args.out / name).read_text() != text
+    ]
     if args.check:
         for name in stale:
             print(f"make_schemas: {args.out / name} is out of date", file=sys.stderr)

@@ -1,4 +1,5 @@
 """images/: Dockerfiles linted and checked (no engine here, so nothing is built), the entrypoint run for real."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit import images, manifests as m
+from labkit import images
+from labkit import manifests as m
+from labkit.devices import ACCELERATORS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
@@ -85,8 +88,12 @@ def test_hadolint_clean_at_the_declared_threshold():
     assert config["failure-threshold"] == "warning"
     assert len(DOCKERFILES) == 3
     for dockerfile in DOCKERFILES:
-        result = subprocess.run([hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, f"hadolint {dockerfile}:\n{result.stdout}{result.stderr}"
 
 
@@ -94,8 +101,12 @@ def test_hadolint_really_checks(tmp_path):
     """Positive control: the same call fails a Dockerfile with the classic mistakes."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\nRUN pip install requests\n")
-    result = subprocess.run([hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(bad)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--config", str(IMAGES / ".hadolint.yaml"), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "DL3007" in result.stdout and "DL3013" in result.stdout
 
@@ -142,16 +153,19 @@ def test_ssh_setup_matches_the_manifests(dockerfile):
     # The worker command in every MPIJob starts exactly the sshd config setup-ssh.sh writes.
     setup = SETUP_SSH.read_text()
     assert 'cp "$here/sshd_config" "$home/.sshd_config"' in setup and 'echo "Port $port"' in setup
-    for accelerator in m.ACCELERATORS:
-        job = m.render_mpijob(m.MpiJobSpec(accelerator=accelerator))
+    for accelerator in ACCELERATORS:
+        job = m.render_job(m.JobSpec(accelerator=accelerator))
         worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
         assert worker["args"] == ["/usr/sbin/sshd", "-De", "-f", f"/home/{args['MPI_USER']}/.sshd_config"]
         assert "command" not in worker  # would bypass the entrypoint
 
 
 def test_sshd_and_ssh_client_configs():
-    sshd = dict(line.split(None, 1) for line in (IMAGES / "common" / "sshd_config").read_text().splitlines()
-                if line.strip() and not line.startswith("#"))
+    sshd = dict(
+        line.split(None, 1)
+        for line in (IMAGES / "common" / "sshd_config").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     assert sshd["StrictModes"] == "no"  # the Secret mount's modes would be refused otherwise
     assert sshd["PasswordAuthentication"] == "no" and sshd["PermitRootLogin"] == "no"
     assert sshd["AuthorizedKeysFile"] == f"{m.SSH_AUTH_MOUNT_PATH}/authorized_keys"
@@ -171,8 +185,13 @@ def test_ssh_client_config_is_what_ssh_applies(tmp_path):
         pytest.skip("no ssh client on this machine to evaluate the config with")
     config = tmp_path / "ssh_config"
     shutil.copy(IMAGES / "common" / "ssh_config", config)
-    out = subprocess.run([ssh, "-G", "-F", str(config), "job-worker-0.job.workloads.svc"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout.lower()
+    out = subprocess.run(
+        [ssh, "-G", "-F", str(config), "job-worker-0.job.workloads.svc"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.lower()
     effective = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     assert effective["port"] == str(m.SSH_PORT)
     assert effective["stricthostkeychecking"] in ("false", "no")
@@ -187,8 +206,12 @@ def test_no_key_material_and_only_host_keys_generated():
             assert m.find_secret_material(text) == [], path
             assert not re.search(r"\bid_(rsa|ed25519|ecdsa)\b", text) or path.name == "README.md", path
     scripts = [*DOCKERFILES, SETUP_SSH, ENTRYPOINT]
-    keygens = [line for p in scripts for line in p.read_text().splitlines()
-               if "ssh-keygen" in line and not line.lstrip().startswith("#")]
+    keygens = [
+        line
+        for p in scripts
+        for line in p.read_text().splitlines()
+        if "ssh-keygen" in line and not line.lstrip().startswith("#")
+    ]
     assert keygens, "the sshd host key is generated at build time"
     for line in keygens:
         words = shlex.split(line.replace("&&", " "))
@@ -222,8 +245,9 @@ def test_build_context_keeps_what_copy_needs(dockerfile):
         if keyword == "COPY":
             sources = [part for part in shlex.split(rest) if not part.startswith("--")][:-1]
             for source in sources:
-                assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), \
+                assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
                     f"{dockerfile}: COPY {source} is excluded by Dockerfile.dockerignore"
+                )
                 assert (REPO / source).exists(), f"{dockerfile}: COPY {source} does not exist"
 
 
@@ -263,9 +287,9 @@ def test_manifests_use_exactly_the_declared_images():
         assert refs == {spec.image}, f"{spec.used_by} uses {refs}, images.yaml says {spec.image}"
     # And every image a rendered object actually carries is one of them.
     allowed = {spec.image for spec in declared.values()}
-    for accelerator in m.ACCELERATORS:
+    for accelerator in ACCELERATORS:
         for kind in m.JOB_KINDS:
-            text = m.to_yaml(m.render_all(m.MpiJobSpec(accelerator=accelerator), kind))
+            text = m.to_yaml(m.render_all(m.JobSpec(accelerator=accelerator), kind))
             used = set(re.findall(r"^\s*image: (\S+)$", text, re.M))
             assert used and used <= allowed, (accelerator, kind, used)
 
@@ -273,7 +297,7 @@ def test_manifests_use_exactly_the_declared_images():
 def test_readme_build_commands_are_the_declared_ones():
     readme = (IMAGES / "README.md").read_text()
     for name in images.load_images():
-        command = images.format_command(images.build_command(name))
+        command = shlex.join(images.build_command(name))
         assert command in readme, f"images/README.md lacks: {command}"
     assert "have not been built" in readme
 
@@ -290,27 +314,46 @@ def test_build_command_errors():
 
 # ------------------------------------------------------------------------------------------- entrypoint, for real
 def run_entrypoint(tmp_path, hostfile_text: str | None, *command, wait="5", interval="0.1", timeout=60):
-    env = dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "hostfile"), LABKIT_HOST_WAIT_SECONDS=wait,
-               LABKIT_HOST_WAIT_INTERVAL=interval)
+    env = dict(
+        os.environ,
+        LABKIT_HOSTFILE=str(tmp_path / "hostfile"),
+        LABKIT_HOST_WAIT_SECONDS=wait,
+        LABKIT_HOST_WAIT_INTERVAL=interval,
+    )
     if hostfile_text is not None:
         (tmp_path / "hostfile").write_text(hostfile_text)
     started = time.monotonic()
-    result = subprocess.run(["bash", str(ENTRYPOINT), *command], capture_output=True, text=True, env=env,
-                            timeout=timeout)
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), *command], capture_output=True, text=True, env=env, timeout=timeout
+    )
     return result, time.monotonic() - started
 
 
 def test_entrypoint_runs_the_command_once_hosts_resolve(tmp_path):
-    result, _ = run_entrypoint(tmp_path, "# MPI hostfile\nlocalhost slots=1\n\n127.0.0.1:2\n",
-                               "bash", "-c", 'echo "ran with $# args: $*"', "x", "a b", "c")
+    result, _ = run_entrypoint(
+        tmp_path,
+        "# MPI hostfile\nlocalhost slots=1\n\n127.0.0.1:2\n",
+        "bash",
+        "-c",
+        'echo "ran with $# args: $*"',
+        "x",
+        "a b",
+        "c",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ran with 2 args: a b c\n"  # arguments pass through unchanged
     assert "resolved localhost" in result.stderr and "resolved 127.0.0.1" in result.stderr
 
 
 def test_entrypoint_gives_up_on_a_host_that_never_resolves(tmp_path):
-    result, elapsed = run_entrypoint(tmp_path, "localhost slots=1\nworker-9.never-resolves.invalid slots=1\n",
-                                     "touch", str(tmp_path / "ran"), wait="2", interval="0.2")
+    result, elapsed = run_entrypoint(
+        tmp_path,
+        "localhost slots=1\nworker-9.never-resolves.invalid slots=1\n",
+        "touch",
+        str(tmp_path / "ran"),
+        wait="2",
+        interval="0.2",
+    )
     assert result.returncode == 1
     assert "host 'worker-9.never-resolves.invalid'" in result.stderr and "within 2s" in result.stderr
     assert not (tmp_path / "ran").exists()  # the command never started
@@ -321,8 +364,12 @@ def test_entrypoint_gives_up_on_a_host_that_never_resolves(tmp_path):
 
 def test_entrypoint_without_hostfile_execs_at_once(tmp_path):
     # exec: the command replaces the entrypoint's shell, so it keeps its PID (signals reach the real process).
-    proc = subprocess.Popen(["bash", str(ENTRYPOINT), "bash", "-c", "echo $$"], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "absent")))
+    proc = subprocess.Popen(
+        ["bash", str(ENTRYPOINT), "bash", "-c", "echo $$"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "absent")),
+    )
     try:
         out, _ = proc.communicate(timeout=30)
     finally:

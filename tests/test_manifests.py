@@ -1,4 +1,5 @@
 """manifests/ and labkit.manifests: every overlay renders, validates, equals `kubectl kustomize`, leaks nothing."""
+
 from __future__ import annotations
 
 import copy
@@ -13,16 +14,19 @@ import pytest
 import yaml
 
 from labkit import manifests as m
+from labkit.devices import ACCELERATORS
 from labkit.errors import ConfigError, LabkitError
+from labkit.manifests import render
 
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = shutil.which("kubectl")
-OVERLAYS = [(a, k) for a in m.ACCELERATORS for k in m.JOB_KINDS]
+OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.JOB_KINDS]
 
 
 def kubectl_kustomize(directory: Path) -> list[dict]:
-    out = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True,
-                         timeout=120).stdout
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -45,7 +49,7 @@ def container(replica):
 # ------------------------------------------------------------------------------------------- overlays and kubectl
 @pytest.mark.parametrize("accelerator,kind", OVERLAYS)
 def test_overlay_renders_and_every_object_validates(accelerator, kind):
-    objects = m.render_all(m.MpiJobSpec(accelerator=accelerator), kind)
+    objects = m.render_all(m.JobSpec(accelerator=accelerator), kind)
     kinds = [o["kind"] for o in objects]
     assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
     assert "PersistentVolumeClaim" in kinds
@@ -62,8 +66,8 @@ def test_labkit_render_equals_kubectl_kustomize(accelerator, kind):
     expected = kubectl_kustomize(m.overlay_dir(accelerator, kind))
     assert m.kustomize_build(m.overlay_dir(accelerator, kind)) == expected
     # Default parameters change nothing: the Python render IS the files.
-    assert m.render_all(m.MpiJobSpec(accelerator=accelerator), kind) == expected
-    assert m.render_all(m.MpiJobSpec.from_overlay(accelerator, kind), kind) == expected
+    assert m.render_all(m.JobSpec(accelerator=accelerator), kind) == expected
+    assert m.render_all(m.JobSpec.from_overlay(accelerator, kind), kind) == expected
 
 
 def test_lab_kustomization_equals_kubectl_and_validates():
@@ -81,31 +85,57 @@ def test_lab_kustomization_equals_kubectl_and_validates():
 
 
 def test_spec_defaults_are_the_manifest_values():
-    from_files = m.MpiJobSpec.from_overlay("cpu")
-    defaults = m.MpiJobSpec()
-    for name in ("name", "namespace", "workers", "accelerator", "deadline_seconds", "ttl_seconds_after_finished",
-                 "pvc_name", "storage_size", "hf_token_secret"):
+    from_files = m.JobSpec.from_overlay("cpu")
+    defaults = m.JobSpec()
+    for name in (
+        "name",
+        "namespace",
+        "workers",
+        "accelerator",
+        "deadline_seconds",
+        "ttl_seconds_after_finished",
+        "pvc_name",
+        "storage_size",
+        "hf_token_secret",
+    ):
         assert getattr(defaults, name) == getattr(from_files, name), name
-    resolved = m.MpiJobSpec(accelerator="gaudi").resolved()
+    resolved = m.JobSpec(accelerator="gaudi").resolved()
     assert resolved.slots_per_worker == 8 and resolved.hugepages_2mi and resolved.image.startswith("ghcr.io/")
     assert resolved.launcher_command == ["sleep", "infinity"]
-    assert m.MpiJobSpec(accelerator="nvidia").resolved("batch").launcher_command[0] == "deepspeed"
+    assert m.JobSpec(accelerator="nvidia").resolved("batch").launcher_command[0] == "deepspeed"
 
 
 # ------------------------------------------------------------------------------------------- parameters
 def test_parameters_reach_every_object():
-    spec = m.MpiJobSpec(name="ds-big", namespace="team-a", image="registry.example.com/ds:1", workers=4,
-                        slots_per_worker=8, accelerator="nvidia", launcher_command=["python", "train.py"],
-                        deadline_seconds=3600, ttl_seconds_after_finished=60, pvc_name="data", storage_class="fast",
-                        storage_size="1Ti", cpu="16", memory="128Gi", shm_size="64Gi", hf_token_secret="my-hf")
+    spec = m.JobSpec(
+        name="ds-big",
+        namespace="team-a",
+        image="registry.example.com/ds:1",
+        workers=4,
+        slots_per_worker=8,
+        accelerator="nvidia",
+        launcher_command=["python", "train.py"],
+        deadline_seconds=3600,
+        ttl_seconds_after_finished=60,
+        pvc_name="data",
+        storage_class="fast",
+        storage_size="1Ti",
+        cpu="16",
+        memory="128Gi",
+        shm_size="64Gi",
+        hf_token_secret="my-hf",
+    )
     objects = m.render_all(spec)
     by_kind = {o["kind"]: o for o in objects}
     assert by_kind["Namespace"]["metadata"]["name"] == "team-a"
     assert all(o["metadata"].get("namespace", "team-a") == "team-a" for o in objects)
     assert by_kind["RoleBinding"]["subjects"][0]["namespace"] == "team-a"
     pvc = by_kind["PersistentVolumeClaim"]
-    assert (pvc["metadata"]["name"], pvc["spec"]["storageClassName"], pvc["spec"]["resources"]["requests"]["storage"]) \
-        == ("data", "fast", "1Ti")
+    assert (
+        pvc["metadata"]["name"],
+        pvc["spec"]["storageClassName"],
+        pvc["spec"]["resources"]["requests"]["storage"],
+    ) == ("data", "fast", "1Ti")
     job = by_kind["MPIJob"]
     assert job["metadata"]["name"] == "ds-big"
     assert job["spec"]["slotsPerWorker"] == 8 and worker(job)["replicas"] == 4
@@ -125,13 +155,17 @@ def test_parameters_reach_every_object():
 
 
 def test_trainjob_parameters_and_no_token():
-    spec = m.MpiJobSpec(accelerator="gaudi", workers=3, slots_per_worker=4, hf_token_secret=None, memory="200Gi",
-                        deadline_seconds=600)
-    job = m.render_trainjob(spec)
+    spec = m.JobSpec(
+        accelerator="gaudi", workers=3, slots_per_worker=4, hf_token_secret=None, memory="200Gi", deadline_seconds=600
+    )
+    job = m.render_job(spec, "trainjob")
     trainer = job["spec"]["trainer"]
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
-    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
-                                         "name": "deepspeed-distributed"}
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "deepspeed-distributed",
+    }
     assert (trainer["numNodes"], trainer["numProcPerNode"], job["spec"]["activeDeadlineSeconds"]) == (3, 4, 600)
     assert trainer["resourcesPerNode"]["limits"]["habana.ai/gaudi"] == 4
     assert trainer["resourcesPerNode"]["limits"]["memory"] == "200Gi"
@@ -140,57 +174,63 @@ def test_trainjob_parameters_and_no_token():
 
 
 def test_storage_class_empty_string_means_cluster_default():
-    pvc = next(o for o in m.render_all(m.MpiJobSpec(accelerator="nvidia", storage_class=""))
-               if o["kind"] == "PersistentVolumeClaim")
+    pvc = next(
+        o
+        for o in m.render_all(m.JobSpec(accelerator="nvidia", storage_class=""))
+        if o["kind"] == "PersistentVolumeClaim"
+    )
     assert "storageClassName" not in pvc["spec"]
-    cpu_pvc = next(o for o in m.render_all(m.MpiJobSpec()) if o["kind"] == "PersistentVolumeClaim")
+    cpu_pvc = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "PersistentVolumeClaim")
     assert "storageClassName" not in cpu_pvc["spec"] and cpu_pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"name": "Deep_Speed"}, "name"),
-    ({"name": "x" * 41}, "name"),
-    ({"name": "1st-job"}, "name"),
-    ({"namespace": "Work Loads"}, "namespace"),
-    ({"workers": 0}, "workers"),
-    ({"workers": True}, "workers"),
-    ({"workers": "2"}, "workers"),
-    ({"slots_per_worker": 0}, "slots_per_worker"),
-    ({"slots_per_worker": 16, "accelerator": "gaudi"}, "slots_per_worker"),
-    ({"accelerator": "tpu"}, "accelerator"),
-    ({"image": "not an image"}, "image"),
-    ({"launcher_command": "sleep infinity"}, "launcher_command"),
-    ({"launcher_command": []}, "launcher_command"),
-    ({"launcher_command": ["train", "--token", "hf_" + "a" * 34]}, "launcher_command"),
-    ({"deadline_seconds": 0}, "deadline_seconds"),
-    ({"ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished"),
-    ({"pvc_name": "Shared_Data"}, "pvc_name"),
-    ({"storage_size": "20 GB"}, "storage_size"),
-    ({"storage_size": None}, "storage_size"),
-    ({"cpu": "four"}, "cpu"),
-    ({"memory": 32}, "memory"),
-    ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
-    ({"hf_token_secret": "hf_" + "Q" * 34}, "hf_token_secret"),
-    ({"hf_token_secret": "My Secret"}, "hf_token_secret"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"name": "Deep_Speed"}, "name"),
+        ({"name": "x" * 41}, "name"),
+        ({"name": "1st-job"}, "name"),
+        ({"namespace": "Work Loads"}, "namespace"),
+        ({"workers": 0}, "workers"),
+        ({"workers": True}, "workers"),
+        ({"workers": "2"}, "workers"),
+        ({"slots_per_worker": 0}, "slots_per_worker"),
+        ({"slots_per_worker": 16, "accelerator": "gaudi"}, "slots_per_worker"),
+        ({"accelerator": "tpu"}, "accelerator"),
+        ({"image": "not an image"}, "image"),
+        ({"launcher_command": "sleep infinity"}, "launcher_command"),
+        ({"launcher_command": []}, "launcher_command"),
+        ({"launcher_command": ["train", "--token", "hf_" + "a" * 34]}, "launcher_command"),
+        ({"deadline_seconds": 0}, "deadline_seconds"),
+        ({"ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished"),
+        ({"pvc_name": "Shared_Data"}, "pvc_name"),
+        ({"storage_size": "20 GB"}, "storage_size"),
+        ({"storage_size": None}, "storage_size"),
+        ({"cpu": "four"}, "cpu"),
+        ({"memory": 32}, "memory"),
+        ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
+        ({"hf_token_secret": "hf_" + "Q" * 34}, "hf_token_secret"),
+        ({"hf_token_secret": "My Secret"}, "hf_token_secret"),
+    ],
+)
 def test_bad_parameters_raise_one_config_error_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError) as info:
-        m.render_all(m.MpiJobSpec(**kwargs))
+        m.render_all(m.JobSpec(**kwargs))
     assert info.value.field == field
     assert "Fix:" in str(info.value)
 
 
 def test_bad_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="^kind:"):
-        m.render_all(m.MpiJobSpec(), "daemon")
+        m.render_all(m.JobSpec(), "daemon")
     with pytest.raises(ConfigError, match="^kind:"):
-        m.render_mpijob(m.MpiJobSpec(), "trainjob")
+        m.render_job(m.JobSpec(), "job")
 
 
 # ------------------------------------------------------------------------------------------- job contents
-@pytest.mark.parametrize("accelerator", m.ACCELERATORS)
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
 def test_interactive_job_follows_the_operator_contract(accelerator):
-    job = m.render_mpijob(m.MpiJobSpec(accelerator=accelerator))
+    job = m.render_job(m.JobSpec(accelerator=accelerator))
     spec = job["spec"]
     assert job["apiVersion"] == "kubeflow.org/v2beta1"
     assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
@@ -214,12 +254,12 @@ def test_interactive_job_follows_the_operator_contract(accelerator):
 
 
 def test_accelerator_resources():
-    nvidia = m.render_mpijob(m.MpiJobSpec(accelerator="nvidia", slots_per_worker=4))
+    nvidia = m.render_job(m.JobSpec(accelerator="nvidia", slots_per_worker=4))
     assert nvidia["spec"]["slotsPerWorker"] == 4
     assert container(worker(nvidia))["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert "nvidia.com/gpu" not in container(launcher(nvidia))["resources"].get("limits", {})
 
-    gaudi = m.render_mpijob(m.MpiJobSpec(accelerator="gaudi"))
+    gaudi = m.render_job(m.JobSpec(accelerator="gaudi"))
     pod = worker(gaudi)["template"]["spec"]
     res = container(worker(gaudi))["resources"]
     assert gaudi["spec"]["slotsPerWorker"] == 8 == res["limits"]["habana.ai/gaudi"]
@@ -228,27 +268,27 @@ def test_accelerator_resources():
     assert pod["hostIPC"] is True
     assert "SYS_NICE" in container(worker(gaudi))["securityContext"]["capabilities"]["add"]
 
-    cpu = m.render_mpijob(m.MpiJobSpec(accelerator="cpu"))
+    cpu = m.render_job(m.JobSpec(accelerator="cpu"))
     env = {e["name"]: e.get("value") for e in container(worker(cpu))["env"]}
     assert env["DS_ACCELERATOR"] == "cpu"
     assert not any("/" in key for key in container(worker(cpu))["resources"]["limits"])
 
 
 def test_batch_job_runs_training_and_completes():
-    job = m.render_mpijob(m.MpiJobSpec(accelerator="nvidia"), "batch")
+    job = m.render_job(m.JobSpec(accelerator="nvidia"), "batch")
     assert job["metadata"]["name"] == "deepspeed-batch"
     args = container(launcher(job))["args"]
     assert args[0] == "deepspeed" and "--hostfile=/etc/mpi/hostfile" in args  # Open MPI 5 ignores OMPI_MCA_orte_*
     assert launcher(job)["restartPolicy"] == "Never" and job["spec"]["runPolicy"]["backoffLimit"] == 0
     assert "--force_multi" in args  # one worker must still run the ranks on the worker, not the launcher
-    custom = m.render_mpijob(m.MpiJobSpec(name="run-7", launcher_command=["deepspeed", "x.py"]), "batch")
+    custom = m.render_job(m.JobSpec(name="run-7", launcher_command=["deepspeed", "x.py"]), "batch")
     assert custom["metadata"]["name"] == "run-7" and container(launcher(custom))["args"] == ["deepspeed", "x.py"]
 
 
 # ------------------------------------------------------------------------------------------- validation
 @pytest.fixture
 def job():
-    return m.render_mpijob(m.MpiJobSpec(accelerator="gaudi"))
+    return m.render_job(m.JobSpec(accelerator="gaudi"))
 
 
 def _break(obj, path, value):
@@ -267,36 +307,75 @@ W = ["spec", "mpiReplicaSpecs", "Worker", "template", "spec"]
 WC = W + ["containers", 0]
 
 
-@pytest.mark.parametrize("path,value,message", [
-    (["spec", "mpiReplicaSpecs", "Launcher", "replicas"], 2,
-     "MPIJob deepspeed-interactive: spec.mpiReplicaSpecs.Launcher.replicas: must be 1"),
-    (["spec", "mpiReplicaSpecs", "Worker", "replicas"], 0, "spec.mpiReplicaSpecs.Worker.replicas: must be greater"),
-    (["spec", "mpiReplicaSpecs", "Launcher"], KeyError, "spec.mpiReplicaSpecs.Launcher: missing"),
-    (["spec", "slotPerWorker"], 2, "spec: unknown field 'slotPerWorker'"),
-    (["spec", "mpiReplicaSpecs", "Worker", "restartPolicy"], "Always", "Worker.restartPolicy: 'Always'"),
-    (["spec", "mpiImplementation"], "MVAPICH", "spec.mpiImplementation"),
-    (["spec", "slotsPerWorker"], 2**31, "spec.slotsPerWorker"),
-    (["spec", "runPolicy", "activeDeadlineSeconds"], "4h", "spec.runPolicy.activeDeadlineSeconds: '4h' is not of type"),
-    (["spec", "sshAuthMountPath"], "/root/.ssh", "spec.sshAuthMountPath: must be /home/mpiuser/.ssh"),
-    (WC + ["resources", "limits", "memory"], "256 GB", "containers[0].resources.limits.memory: '256 GB' is not a "
-                                                       "Kubernetes quantity"),
-    (WC + ["resources", "limits", "hugepages-2Mi"], "16Gi", "requests.hugepages-2Mi: hugepages request"),
-    (WC + ["resources", "limits", "habana.ai/gaudi"], "0.5", "limits.habana.ai/gaudi: '0.5' must be a whole number"),
-    (WC + ["readinessProbe", "tcpSocket", "port"], 22, "readinessProbe.tcpSocket.port: 22 is not the images' sshd"),
-    (WC + ["readinessProbe"], KeyError, "WaitForWorkersReady needs a readiness probe"),
-    (WC + ["livenessProbe"], {"tcpSocket": {"port": 2222}, "periodSecond": 5}, "livenessProbe: unknown field "
-                                                                               "'periodSecond'"),
-    (WC + ["volumeMounts", 0, "name"], "data", "volumeMounts[0].name: 'data' is not a volume of this pod"),
-    (W + ["hostIPC"], "yes", "hostIPC: 'yes' is not of type 'boolean'"),
-    (W + ["securityContext", "runAsUser"], 0, "runAsUser: 0 is not the images' mpiuser uid 1000"),
-    (["metadata", "name"], "Bad.Name", "metadata.name"),
-    (["metadata", "labels", "team"], 7, "metadata.labels.team: 7 must be a string"),
-])
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        (
+            ["spec", "mpiReplicaSpecs", "Launcher", "replicas"],
+            2,
+            "MPIJob deepspeed-interactive: spec.mpiReplicaSpecs.Launcher.replicas: must be 1",
+        ),
+        (
+            ["spec", "mpiReplicaSpecs", "Worker", "replicas"],
+            0,
+            "spec.mpiReplicaSpecs.Worker.replicas: must be at least 1",
+        ),
+        (["spec", "mpiReplicaSpecs", "Launcher"], KeyError, "spec.mpiReplicaSpecs.Launcher: missing"),
+        (["spec", "slotPerWorker"], 2, "spec: unknown field 'slotPerWorker'"),
+        (["spec", "mpiReplicaSpecs", "Worker", "restartPolicy"], "Always", "Worker.restartPolicy: 'Always'"),
+        (
+            ["spec", "mpiImplementation"],
+            "MVAPICH",
+            "spec.mpiImplementation: 'MVAPICH' is not one of ['OpenMPI', 'Intel', 'MPICH']",
+        ),
+        (
+            ["spec", "runPolicy", "cleanPodPolicy"],
+            "Always",
+            "spec.runPolicy.cleanPodPolicy: must be None or Running or All (not 'Always')",
+        ),
+        (["spec", "runPolicy", "backoffLimit"], -1, "spec.runPolicy.backoffLimit: must be at least 0"),
+        (["spec", "slotsPerWorker"], 2**31, "spec.slotsPerWorker"),
+        (
+            ["spec", "runPolicy", "activeDeadlineSeconds"],
+            "4h",
+            "spec.runPolicy.activeDeadlineSeconds: '4h' is not of type",
+        ),
+        (["spec", "sshAuthMountPath"], "/root/.ssh", "spec.sshAuthMountPath: must be /home/mpiuser/.ssh"),
+        (
+            WC + ["resources", "limits", "memory"],
+            "256 GB",
+            "containers[0].resources.limits.memory: '256 GB' is not a Kubernetes quantity",
+        ),
+        (WC + ["resources", "limits", "hugepages-2Mi"], "16Gi", "requests.hugepages-2Mi: hugepages request"),
+        (
+            WC + ["resources", "limits", "habana.ai/gaudi"],
+            "0.5",
+            "limits.habana.ai/gaudi: '0.5' must be a whole number",
+        ),
+        (WC + ["readinessProbe", "tcpSocket", "port"], 22, "readinessProbe.tcpSocket.port: 22 is not the images' sshd"),
+        (WC + ["readinessProbe"], KeyError, "WaitForWorkersReady needs a readiness probe"),
+        (
+            WC + ["livenessProbe"],
+            {"tcpSocket": {"port": 2222}, "periodSecond": 5},
+            "livenessProbe: unknown field 'periodSecond'",
+        ),
+        (WC + ["volumeMounts", 0, "name"], "data", "volumeMounts[0].name: 'data' is not a volume of this pod"),
+        (W + ["hostIPC"], "yes", "hostIPC: 'yes' is not of type 'boolean'"),
+        (W + ["securityContext", "runAsUser"], 0, "runAsUser: 0 is not the images' mpiuser uid 1000"),
+        (["metadata", "name"], "Bad.Name", "metadata.name"),
+        (["metadata", "labels", "team"], 7, "metadata.labels.team: 7 must be a string"),
+    ],
+)
 def test_validate_object_names_the_field(job, path, value, message):
     with pytest.raises(m.ManifestError) as info:
         m.validate_object(_break(job, path, value))
     assert message in str(info.value)
     assert isinstance(info.value, LabkitError)
+
+
+@pytest.mark.parametrize("implementation", ["OpenMPI", "Intel", "MPICH"])
+def test_every_mpi_implementation_the_crd_lists_is_accepted(job, implementation):
+    m.validate_object(_break(job, ["spec", "mpiImplementation"], implementation))
 
 
 def test_hugepages_need_cpu_or_memory(job):
@@ -309,12 +388,12 @@ def test_hugepages_need_cpu_or_memory(job):
 
 
 def test_trainjob_and_core_kinds_are_validated():
-    trainjob = m.render_trainjob(m.MpiJobSpec())
+    trainjob = m.render_job(m.JobSpec(), "trainjob")
     with pytest.raises(m.ManifestError, match=r"spec.trainer.numProcPerNode: 0 is less than the minimum of 1"):
         m.validate_object(_break(trainjob, ["spec", "trainer", "numProcPerNode"], 0))
     with pytest.raises(m.ManifestError, match=r"spec.runtimeRef: 'name' is a required property"):
         m.validate_object(_break(trainjob, ["spec", "runtimeRef", "name"], KeyError))
-    objects = {o["kind"]: o for o in m.render_all(m.MpiJobSpec())}
+    objects = {o["kind"]: o for o in m.render_all(m.JobSpec())}
     with pytest.raises(m.ManifestError, match=r"PersistentVolumeClaim labkit-shared: spec: unknown field.*accessMode"):
         m.validate_object(_break(objects["PersistentVolumeClaim"], ["spec", "accessMode"], ["ReadWriteOnce"]))
     with pytest.raises(m.ManifestError, match=r"Role labkit: rules\[0\].*verbs"):
@@ -335,20 +414,29 @@ def test_unsupported_kustomize_features_are_refused(tmp_path):
 
 def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
     (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: '1'}\n")
-    patch = ("resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n    patch: |-\n"
-             "      - {op: add, path: /data/b, value: '2'}\n      - {op: remove, path: /data/a}\n"
-             "      - {op: add, path: /metadata/labels, value: {app: x}}\n")
+    patch = (
+        "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap}\n    patch: |-\n"
+        "      - {op: add, path: /data/b, value: '2'}\n      - {op: remove, path: /data/a}\n"
+        "      - {op: add, path: /metadata/labels, value: {app: x}}\n"
+    )
     (tmp_path / "kustomization.yaml").write_text(patch)
     (obj,) = m.kustomize_build(tmp_path)
     assert obj["data"] == {"b": "2"} and obj["metadata"]["labels"] == {"app": "x"}
     if KUBECTL:
         assert [obj] == kubectl_kustomize(tmp_path)
     (tmp_path / "kustomization.yaml").write_text(patch.replace("/data/a}", "/data/zzz}"))
-    with pytest.raises(m.ManifestError, match="/data/zzz: remove: path does not exist"):
+    with pytest.raises(m.ManifestError, match="/data/zzz: remove: can't remove a non-existent object 'zzz'"):
         m.kustomize_build(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(patch.replace("op: remove", "op: move"))
-    with pytest.raises(m.ManifestError, match="patch op 'move' is not supported"):
+    (tmp_path / "kustomization.yaml").write_text(patch.replace("op: remove", "op: frob"))
+    with pytest.raises(m.ManifestError, match="frob: Unknown operation 'frob'"):
         m.kustomize_build(tmp_path)
+    # Every RFC 6902 operation works as in kubectl (move, copy, test included).
+    moved = patch.replace("{op: remove, path: /data/a}", "{op: move, from: /data/a, path: /data/c}")
+    (tmp_path / "kustomization.yaml").write_text(moved + "      - {op: test, path: /data/c, value: '1'}\n")
+    (obj,) = m.kustomize_build(tmp_path)
+    assert obj["data"] == {"b": "2", "c": "1"}
+    if KUBECTL:
+        assert [obj] == kubectl_kustomize(tmp_path)
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(m.ManifestError, match="'missing.yaml' does not exist"):
         m.kustomize_build(tmp_path)
@@ -361,12 +449,12 @@ def test_manifests_dir_from_environment(tmp_path, monkeypatch):
     shutil.copytree(REPO / "manifests", tmp_path / "manifests")
     monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "manifests"))
     assert m.overlay_dir("nvidia").is_relative_to(tmp_path)
-    assert m.render_all(m.MpiJobSpec(accelerator="nvidia"))[-1]["kind"] == "MPIJob"
+    assert m.render_all(m.JobSpec(accelerator="nvidia"))[-1]["kind"] == "MPIJob"
 
 
 def test_missing_manifests_dir_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(m, "__file__", str(tmp_path / "site-packages" / "labkit" / "manifests.py"))
+    monkeypatch.setattr(render, "PACKAGE_ROOT", tmp_path / "site-packages")
     with pytest.raises(ConfigError, match="^LABKIT_MANIFESTS: no kit manifests/ directory found"):
         m.manifests_dir()
 
@@ -374,9 +462,9 @@ def test_missing_manifests_dir_is_a_config_error(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------- security
 def test_role_is_namespaced_and_least_privilege():
     for accelerator, kind in OVERLAYS:
-        kinds = {o["kind"] for o in m.render_all(m.MpiJobSpec(accelerator=accelerator), kind)}
+        kinds = {o["kind"] for o in m.render_all(m.JobSpec(accelerator=accelerator), kind)}
         assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Secret"}
-    role = next(o for o in m.render_all(m.MpiJobSpec()) if o["kind"] == "Role")
+    role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
     grants = {(rule["apiGroups"][0], res): set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
     assert grants == {
         ("kubeflow.org", "mpijobs"): {"create", "get", "list", "watch", "delete"},
@@ -389,7 +477,7 @@ def test_role_is_namespaced_and_least_privilege():
 
 
 def test_no_secret_material_in_any_rendered_manifest():
-    texts = [m.to_yaml(m.render_all(m.MpiJobSpec(accelerator=a), k)) for a, k in OVERLAYS]
+    texts = [m.to_yaml(m.render_all(m.JobSpec(accelerator=a), k)) for a, k in OVERLAYS]
     texts.append(m.to_yaml(m.kustomize_build(REPO / "manifests" / "lab")))
     texts += [p.read_text() for p in (REPO / "manifests").rglob("*.yaml")]
     for text in texts:
@@ -400,30 +488,37 @@ def test_no_secret_material_in_any_rendered_manifest():
                 pytest.fail("a Secret object is rendered")
 
 
-@pytest.mark.parametrize("planted,what", [
-    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----", "PEM private key"),
-    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleQ user@host", "OpenSSH"),
-    ("hf_" + "abcdEFGHijklMNOPqrstUVWXyz012345", "Hugging Face token"),
-    ("ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "GitHub token"),
-    ("AKIA" + "IOSFODNN7EXAMPLE", "AWS access key"),
-    ("password=" + "hunter2hunter2", "password/token assignment"),
-])
+@pytest.mark.parametrize(
+    "planted,what",
+    [
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----", "PEM private key"),
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleQ user@host", "OpenSSH"),
+        ("hf_" + "abcdEFGHijklMNOPqrstUVWXyz012345", "Hugging Face token"),
+        ("ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "GitHub token"),
+        ("AKIA" + "IOSFODNN7EXAMPLE", "AWS access key"),
+        ("password=" + "hunter2hunter2", "password/token assignment"),
+    ],
+)
 def test_secret_scanner_catches_planted_material(planted, what):
     assert any(what in hit for hit in m.find_secret_material(f"args: [run, '{planted}']"))
-    job = m.render_mpijob(m.MpiJobSpec())
+    job = m.render_job(m.JobSpec())
     job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["metadata"]["annotations"] = {"note": planted}
     with pytest.raises(m.ManifestError, match="looks like"):
         m.validate_object(job)
 
 
 def test_literal_secret_env_value_is_rejected():
-    job = m.render_mpijob(m.MpiJobSpec())
+    job = m.render_job(m.JobSpec())
     env = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["env"]
     env[:] = [e for e in env if e["name"] != "HF_TOKEN"] + [{"name": "HF_TOKEN", "value": "short-but-literal"}]
     with pytest.raises(m.ManifestError, match=r"env\[\d+\]\.value: HF_TOKEN has a literal value"):
         m.validate_object(job)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token", "namespace": "workloads"},
-              "stringData": {"token": "x"}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf-token", "namespace": "workloads"},
+        "stringData": {"token": "x"},
+    }
     with pytest.raises(m.ManifestError, match="Secret with values"):
         m.validate_object(secret)
 
@@ -455,8 +550,20 @@ def run_cli(*argv) -> tuple[int, str]:
 
 
 def test_cli_render_and_validate(tmp_path, capsys):
-    code, out = run_cli("manifests", "render", "--accelerator", "nvidia", "--kind", "batch", "--workers", "3",
-                        "--slots", "2", "--command", "deepspeed --hostfile /etc/mpi/hostfile train.py --epochs 1")
+    code, out = run_cli(
+        "manifests",
+        "render",
+        "--accelerator",
+        "nvidia",
+        "--kind",
+        "batch",
+        "--workers",
+        "3",
+        "--slots",
+        "2",
+        "--command",
+        "deepspeed --hostfile /etc/mpi/hostfile train.py --epochs 1",
+    )
     assert code == 0
     objects = m.load_yaml(out)
     m.validate_objects(objects)
@@ -485,8 +592,8 @@ def test_default_training_commands_parse_with_the_training_script(kind):
 
     from labkit import train
 
-    argv = m.MpiJobSpec().resolved(kind).launcher_command
-    script_args = argv[argv.index("labkit.train") + 1:]
+    argv = m.JobSpec().resolved(kind).launcher_command
+    script_args = argv[argv.index("labkit.train") + 1 :]
     parsed = train.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(script_args)
     assert parsed.synthetic is True and parsed.epochs == 2
     if kind == "batch":
@@ -496,7 +603,13 @@ def test_default_training_commands_parse_with_the_training_script(kind):
 
         assert argv[0] == "deepspeed"
         ds = runner.parse_args(argv[1:])
-        assert (ds.hostfile, ds.launcher, ds.force_multi, ds.no_ssh_check, ds.module, ds.user_script) == \
-            ("/etc/mpi/hostfile", "openmpi", True, True, True, "labkit.train")
+        assert (ds.hostfile, ds.launcher, ds.force_multi, ds.no_ssh_check, ds.module, ds.user_script) == (
+            "/etc/mpi/hostfile",
+            "openmpi",
+            True,
+            True,
+            True,
+            "labkit.train",
+        )
     else:
         assert argv[:3] == ["mpirun", "--hostfile", "/etc/mpi/hostfile"]

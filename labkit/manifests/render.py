@@ -1,0 +1,280 @@
+"""JobSpec, the parameters of one DeepSpeed job, and the objects it renders from manifests/ (the one source of truth).
+
+`kubectl apply -k manifests/overlays/<accelerator>[/<kind>]` and `render_all(JobSpec(accelerator=...), kind)` give the
+same objects; the spec's fields go where _FIELD_PATHS says (the same table reads an overlay's values back).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from labkit.devices import ACCELERATORS
+from labkit.errors import ConfigError, check_choice, check_int
+from labkit.manifests.checks import (
+    DNS1035,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    NAME_MAX,
+    find_secret_material,
+    validate_objects,
+    value_at,
+)
+from labkit.manifests.kustomize import kustomize_build
+
+JOB_KINDS = ("interactive", "batch", "trainjob")
+# The extended resource each accelerator's pods request (one per slot).
+ACCELERATOR_RESOURCE = {"cpu": None, "nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi"}
+SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
+_IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
+_MONTH_S = 30 * 24 * 3600
+# Where a JobSpec field lives in each job kind: render_all writes there, from_overlay/resolved read from there.
+_FIELD_PATHS = {
+    "MPIJob": {
+        "workers": "spec.mpiReplicaSpecs.Worker.replicas",
+        "slots_per_worker": "spec.slotsPerWorker",
+        "deadline_seconds": "spec.runPolicy.activeDeadlineSeconds",
+        "ttl_seconds_after_finished": "spec.runPolicy.ttlSecondsAfterFinished",
+        # args, not command: the image's entrypoint waits for the workers' DNS names before running it.
+        "launcher_command": "spec.mpiReplicaSpecs.Launcher.template.spec.containers.0.args",
+    },
+    "TrainJob": {
+        "workers": "spec.trainer.numNodes",
+        "slots_per_worker": "spec.trainer.numProcPerNode",
+        "deadline_seconds": "spec.activeDeadlineSeconds",
+        "launcher_command": "spec.trainer.command",
+    },
+}
+_RESOURCES_PATH = {
+    "MPIJob": "spec.mpiReplicaSpecs.Worker.template.spec.containers.0.resources",
+    "TrainJob": "spec.trainer.resourcesPerNode",
+}
+_RESOURCE_KEYS = {"cpu": "cpu", "memory": "memory", "hugepages_2mi": "hugepages-2Mi"}  # request = limit
+_OVERLAY_FIELDS = ("image", "slots_per_worker", "launcher_command", "storage_class", *_RESOURCE_KEYS, "shm_size")
+# Text fields: (pattern, what the value must be, example, most characters). None skips all but _REQUIRED.
+_TEXT_RULES = {
+    "name": (DNS1035, "a DNS-1035 label (a-z, 0-9, '-', starting with a letter)", "deepspeed-interactive", NAME_MAX),
+    "namespace": (DNS1123_LABEL, "a DNS-1123 label", "workloads", 63),
+    "pvc_name": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "labkit-shared", 253),
+    "storage_class": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "nfs-client", 253),
+    "hf_token_secret": (DNS1123_SUBDOMAIN, "a Secret name (DNS-1123 subdomain)", "hf-token", 253),
+    "image": (_IMAGE, "an image reference (REGISTRY/REPOSITORY:TAG)", "ghcr.io/labkit/deepspeed:<tag>", 512),
+    "storage_size": (_QUANTITY, "a Kubernetes quantity", "20Gi", 64),
+    **{name: (_QUANTITY, "a Kubernetes quantity", '"4", "500m" or "16Gi"', 64) for name in _RESOURCE_KEYS},
+    "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
+}
+_REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
+
+
+@dataclass
+class JobSpec:
+    """Parameters of one DeepSpeed job (MPIJob or TrainJob). None takes the overlay's value (see `resolved`)."""
+
+    name: str = "deepspeed-interactive"  # left at this default, batch and trainjob renders keep their own names
+    namespace: str = "workloads"
+    image: str | None = None  # None: the overlay's image (images/images.yaml)
+    workers: int = 2  # worker pods
+    slots_per_worker: int | None = None  # GPUs/HPUs per worker (nvidia/gaudi), CPU ranks per worker (cpu)
+    accelerator: str = "cpu"  # cpu | nvidia | gaudi -> manifests/overlays/<accelerator>
+    launcher_command: list[str] | None = None  # None: `sleep infinity` (interactive) or the overlay's training command
+    deadline_seconds: int = 4 * 3600  # activeDeadlineSeconds: ends forgotten interactive jobs
+    ttl_seconds_after_finished: int = 600
+    pvc_name: str = "labkit-shared"
+    storage_class: str | None = None  # None: the overlay's (nfs-client); "": the cluster's default class
+    storage_size: str = "20Gi"
+    cpu: str | None = None  # per-worker cpu request = limit, e.g. "4"
+    memory: str | None = None  # per-worker memory request = limit, e.g. "32Gi"
+    hugepages_2mi: str | None = None  # gaudi only: per-worker hugepages-2Mi (request = limit)
+    shm_size: str | None = None  # size limit of the memory-backed /dev/shm
+    hf_token_secret: str | None = "hf-token"  # name of an existing Secret with key `token` (never a value); None: none
+
+    def validate(self) -> None:
+        """One ConfigError naming the field, before anything is rendered or submitted."""
+        check_choice("accelerator", self.accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
+        if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
+            fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
+            raise ConfigError("hf_token_secret", "looks like a token value, not a Secret name", fix)
+        for field_name, (pattern, what, example, longest) in _TEXT_RULES.items():
+            value = getattr(self, field_name)
+            if (value is None and field_name not in _REQUIRED) or (field_name, value) == ("storage_class", ""):
+                continue
+            fix = f"use something like {example}" + (" or None" if field_name in _OVERLAY_FIELDS else "")
+            if isinstance(value, str) and len(value) > longest:
+                too_long = f"{value[:20]!r}... has {len(value)} characters, more than {longest}"
+                raise ConfigError(field_name, too_long, fix)
+            if not isinstance(value, str) or not pattern.match(value):
+                raise ConfigError(field_name, f"{value!r} is not {what}", fix)
+        check_int("workers", self.workers, 1, maximum=512)
+        if self.slots_per_worker is not None:
+            gaudi = self.accelerator == "gaudi"
+            fix = "a Gaudi node has 8 HPUs: pass 1..8" if gaudi else None
+            check_int("slots_per_worker", self.slots_per_worker, 1, fix, maximum=8 if gaudi else 64)
+        command = self.launcher_command
+        if command is not None:
+            if not (isinstance(command, (list, tuple)) and command and all(isinstance(p, str) and p for p in command)):
+                fix = 'pass an argv list, e.g. ["sleep", "infinity"] or ["deepspeed", "--hostfile", ...]'
+                raise ConfigError("launcher_command", f"{command!r} is not a non-empty list of strings", fix)
+            leak = find_secret_material(" ".join(command))
+            if leak:
+                fix = "pass secrets through a Kubernetes Secret (hf_token_secret), never on the command line"
+                raise ConfigError("launcher_command", f"contains what looks like a secret ({leak[0]})", fix)
+        fix = "it stops the job (and frees its accelerators) after this many seconds: pass 60 or more"
+        check_int("deadline_seconds", self.deadline_seconds, 60, fix, maximum=_MONTH_S)
+        check_int("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0, maximum=_MONTH_S)
+        if self.hugepages_2mi is not None and self.accelerator != "gaudi":
+            fix = "leave it None, or set accelerator='gaudi'"
+            raise ConfigError("hugepages_2mi", f"is only used by the gaudi overlay, not {self.accelerator}", fix)
+
+    def resolved(self, kind: str = "interactive") -> JobSpec:
+        """A validated copy with every None taken from the overlay (image, slots, cpu, memory, command, storage...)."""
+        self.validate()
+        values = _overlay_values(self.accelerator, kind)
+        return replace(self, **{name: values[name] for name in _OVERLAY_FIELDS if getattr(self, name) is None})
+
+    @classmethod
+    def from_overlay(cls, accelerator: str = "cpu", kind: str = "interactive") -> JobSpec:
+        """The spec whose render equals the overlay's files exactly (every field read from manifests/)."""
+        return cls(accelerator=accelerator, **_overlay_values(accelerator, kind))
+
+
+# ----------------------------------------------------------------------------------------------- locating files
+def kit_dir(field: str, problem: str, marker: str, candidates: list[Path]) -> Path:
+    """The first candidate directory that holds `marker` (a relative file path)."""
+    for candidate in candidates:
+        if (candidate / marker).is_file():
+            return candidate
+    fix = "run from a labkit source checkout, or set LABKIT_MANIFESTS to its manifests/ directory"
+    raise ConfigError(field, f"{problem} (looked in {', '.join(map(str, candidates))})", fix)
+
+
+def manifests_dir() -> Path:
+    """manifests/ of this kit: $LABKIT_MANIFESTS, else next to the package (source checkout, editable install)."""
+    env = os.environ.get("LABKIT_MANIFESTS")
+    candidates = [Path(env)] if env else []
+    candidates.append(PACKAGE_ROOT / "manifests")
+    return kit_dir("LABKIT_MANIFESTS", "no kit manifests/ directory found", "base/kustomization.yaml", candidates)
+
+
+def overlay_dir(accelerator: str, kind: str = "interactive") -> Path:
+    """manifests/overlays/<accelerator>[/batch|/trainjob]: the kustomization `kubectl apply -k` uses."""
+    check_choice("accelerator", accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
+    check_choice("kind", kind, JOB_KINDS)
+    path = manifests_dir() / "overlays" / accelerator
+    return path if kind == "interactive" else path / kind
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
+    """Every object `kubectl apply -k manifests/overlays/<accelerator>[/<kind>]` creates, with spec's parameters,
+    checked as the cluster would check them."""
+    spec.validate()
+    objects = kustomize_build(overlay_dir(spec.accelerator, kind))
+    for obj in objects:
+        _apply_common(obj, spec)
+        if obj["kind"] in _FIELD_PATHS:
+            _apply_job(obj, spec)
+    validate_objects(objects)
+    return objects
+
+
+def render_job(spec: JobSpec, kind: str = "interactive") -> dict:
+    """The job object alone: the MPIJob (interactive, batch) or the TrainJob (trainjob)."""
+    return _job_object(render_all(spec, kind))
+
+
+def _apply_common(obj: dict, spec: JobSpec) -> None:
+    meta = obj.setdefault("metadata", {})
+    if obj["kind"] == "Namespace":
+        meta["name"] = spec.namespace
+        return
+    if "namespace" in meta:
+        meta["namespace"] = spec.namespace
+    for subject in obj.get("subjects", []):
+        if subject.get("kind") == "ServiceAccount":
+            subject["namespace"] = spec.namespace
+    if obj["kind"] == "PersistentVolumeClaim":
+        meta["name"] = spec.pvc_name
+        obj["spec"]["resources"]["requests"]["storage"] = spec.storage_size
+        if spec.storage_class == "":
+            obj["spec"].pop("storageClassName", None)
+        elif spec.storage_class is not None:
+            obj["spec"]["storageClassName"] = spec.storage_class
+
+
+def _apply_job(job: dict, spec: JobSpec) -> None:
+    if spec.name != JobSpec.name:
+        job["metadata"]["name"] = spec.name
+    for field_name, path in _FIELD_PATHS[job["kind"]].items():
+        value = getattr(spec, field_name)
+        if value is not None:
+            *parents, last = path.split(".")
+            _node(job, parents)[last] = list(value) if isinstance(value, (list, tuple)) else value
+    accelerator = ACCELERATOR_RESOURCE[spec.accelerator]
+    values = {key: getattr(spec, name) for name, key in _RESOURCE_KEYS.items()}
+    values |= {accelerator: spec.slots_per_worker} if accelerator else {}
+    resources = _node(job, _RESOURCES_PATH[job["kind"]].split("."))
+    for section in ("requests", "limits"):
+        resources.setdefault(section, {}).update({key: v for key, v in values.items() if v is not None})
+    for container in _containers(job):
+        if spec.image is not None:
+            container["image"] = spec.image
+        for entry in [e for e in container.get("env", []) if e.get("name") == "HF_TOKEN"]:
+            if spec.hf_token_secret is None:
+                container["env"].remove(entry)
+            else:
+                entry["valueFrom"]["secretKeyRef"]["name"] = spec.hf_token_secret
+    for role, pod in _pod_specs(job).items():
+        for volume in pod.get("volumes", []):
+            if volume["name"] == SHARED_VOLUME:
+                volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
+            if volume["name"] == SHM_VOLUME and role == "Worker" and spec.shm_size is not None:
+                volume["emptyDir"]["sizeLimit"] = spec.shm_size
+
+
+# ----------------------------------------------------------------------------------------------- reading overlays
+def _overlay_values(accelerator: str, kind: str) -> dict[str, Any]:
+    """Every JobSpec field as the overlay's files set it."""
+    objects = kustomize_build(overlay_dir(accelerator, kind))
+    job, pvc = _job_object(objects), next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
+    requests = value_at(job, _RESOURCES_PATH[job["kind"]] + ".requests") or {}
+    volumes = _pod_specs(job).get("Worker", {}).get("volumes", [])
+    env = [e for c in _containers(job) for e in c.get("env", []) if e.get("name") == "HF_TOKEN"]
+    values = {name: value_at(job, path) for name, path in _FIELD_PATHS[job["kind"]].items()}
+    values |= {name: None if requests.get(key) is None else str(requests[key]) for name, key in _RESOURCE_KEYS.items()}
+    return values | {
+        "name": job["metadata"]["name"],
+        "namespace": job["metadata"]["namespace"],
+        "image": _containers(job)[0]["image"],
+        "shm_size": next((v["emptyDir"].get("sizeLimit") for v in volumes if v["name"] == SHM_VOLUME), None),
+        "pvc_name": pvc["metadata"]["name"],
+        "storage_class": pvc["spec"].get("storageClassName", ""),
+        "storage_size": pvc["spec"]["resources"]["requests"]["storage"],
+        "hf_token_secret": env[0]["valueFrom"]["secretKeyRef"]["name"] if env else None,
+    }
+
+
+def _node(obj: Any, parts: list[str]) -> Any:
+    """The value at a path's parts, creating missing mappings empty (for writing)."""
+    for part in parts:
+        obj = obj[int(part)] if isinstance(obj, list) else obj.setdefault(part, {})
+    return obj
+
+
+def _job_object(objects: list[dict]) -> dict:
+    return next(o for o in objects if o["kind"] in _FIELD_PATHS)
+
+
+def _containers(job: dict) -> list[dict]:
+    if job["kind"] == "TrainJob":
+        return [job["spec"]["trainer"]]  # the trainer carries image, command and env as a container does
+    return [c for pod in _pod_specs(job).values() for c in pod.get("containers", [])]
+
+
+def _pod_specs(job: dict) -> dict[str, dict]:
+    replicas = job["spec"].get("mpiReplicaSpecs", {})
+    return {role: replica["template"]["spec"] for role, replica in replicas.items()}
