@@ -113,16 +113,8 @@ class JobBackend(abc.ABC):
         """Block until the launcher accepts exec; raise JobNotReady with the reason otherwise."""
 
     @abc.abstractmethod
-    def exec(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        on_output: OutputCallback | None = print_output,
-        timeout: float | None = None,
-        namespace: str | None = None,
-    ) -> int:
-        """Run argv in the launcher, stream its output to on_output, return its exit code.
+    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
+        """Run argv in the launcher, stream its output to on_output (an OutputCallback, or None), return its exit code.
 
         On timeout (TimeoutError) or KeyboardInterrupt the command and every rank it started are stopped first."""
 

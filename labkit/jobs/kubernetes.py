@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,21 +33,15 @@ from labkit.jobs.base import (
     interrupts_deferred,
     print_output,
 )
+from labkit.jobs.k8s_objects import api_message, mpijob_phase, pod_problem, pod_ready, timestamp
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
 LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"
-# Waiting reasons that never resolve by waiting longer.
-FATAL_WAITING = frozenset(
-    "ErrImagePull ImagePullBackOff InvalidImageName ErrImageNeverPull CreateContainerConfigError CreateContainerError "
-    "CrashLoopBackOff RunContainerError".split()
-)
 # The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
 KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
     "ResourceQuota Role RoleBinding".split()
 )
-# An MPIJob's newest true condition as the job's phase.
-PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -61,64 +54,6 @@ KILL_SCRIPT = (
     "for i in 1 2 3 4 5 6 7 8 9 10; do kill -s 0 $p 2>/dev/null || break; sleep 0.5; done; "
     "kill -s KILL -- -$p 2>/dev/null; rm -f {pidfile}"
 )
-
-
-def _api_message(exc: Exception) -> str:
-    """The API server's own message from an ApiException body (a Status object), else the HTTP reason."""
-    try:
-        status = json.loads(getattr(exc, "body", None) or "{}")
-        if isinstance(status, dict) and status.get("message"):
-            return str(status["message"])
-    except (TypeError, ValueError):
-        pass
-    return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or exc}".strip()
-
-
-def _timestamp(value: Any) -> float | None:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def mpijob_phase(obj: dict) -> tuple[str, str]:
-    """(phase, message) from an MPIJob's status conditions (the newest true condition wins)."""
-    conds = [c for c in (obj.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
-    if not conds:
-        return "Pending", "created, waiting for the operator"
-    last = sorted(conds, key=lambda c: c.get("lastTransitionTime") or "")[-1]
-    kind, reason = last.get("type", ""), last.get("reason", "")
-    if kind == "Failed" and "Deadline" in reason:
-        return "DeadlineExceeded", last.get("message") or reason
-    return PHASE_OF_CONDITION.get(kind, kind or "Pending"), last.get("message") or reason
-
-
-def _pod_ready(pod) -> bool:
-    if pod.status is None or pod.status.phase != "Running":
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-
-def _pod_problem(pod) -> tuple[str | None, bool]:
-    """(why the pod is not running, whether waiting cannot help)."""
-    st = pod.status
-    if st is None:
-        return "no status yet", False
-    for cs in (st.init_container_statuses or []) + (st.container_statuses or []):
-        waiting, terminated = (cs.state.waiting, cs.state.terminated) if cs.state else (None, None)
-        if waiting and waiting.reason and waiting.reason not in ("ContainerCreating", "PodInitializing"):
-            problem = f"container {cs.name}: {waiting.reason}: {waiting.message or ''}".strip()
-            return problem, waiting.reason in FATAL_WAITING
-        if terminated and st.phase != "Running":
-            return f"container {cs.name} exited {terminated.exit_code}: {terminated.reason or ''}".strip(), True
-    for cond in st.conditions or []:
-        if cond.type == "PodScheduled" and cond.status == "False":
-            return f"not scheduled: {cond.reason}: {cond.message or ''}".strip(), False
-    if st.phase in ("Failed", "Succeeded"):
-        return f"pod {st.phase}: {st.reason or ''} {st.message or ''}".strip(), True
-    return (None if st.phase == "Running" else f"phase {st.phase}"), False
 
 
 def _object_path(obj: dict, namespace: str) -> str:
@@ -169,13 +104,13 @@ class KubernetesBackend(JobBackend):
             return fn(*args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
-                raise JobNotFound(f"{what}: {_api_message(exc)}") from None
+                raise JobNotFound(f"{what}: {api_message(exc)}") from None
             if exc.status in (401, 403):
                 raise LabkitError(
-                    f"{what}: the API server refused it ({_api_message(exc)}). Fix: check your credentials and RBAC "
+                    f"{what}: the API server refused it ({api_message(exc)}). Fix: check your credentials and RBAC "
                     f"(`kubectl auth can-i create mpijobs.kubeflow.org -n {self.namespace}`)"
                 ) from None
-            raise LabkitError(f"{what}: {_api_message(exc)}") from None
+            raise LabkitError(f"{what}: {api_message(exc)}") from None
         except HTTPError as exc:
             raise _unreachable(what, exc) from None
 
@@ -283,7 +218,7 @@ class KubernetesBackend(JobBackend):
         except HTTPError as exc:
             raise _unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
-            status, msg = exc.status, _api_message(exc)
+            status, msg = exc.status, api_message(exc)
         shared = kind != "MPIJob"  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
         if status == 409 and shared or status == 403 and kind == "Namespace":
             return  # (may not create namespaces: the namespaced creates below will say if it is missing)
@@ -314,13 +249,13 @@ class KubernetesBackend(JobBackend):
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         phase, message = mpijob_phase(obj)
         st = JobStatus(meta.get("name", "?"), meta.get("namespace", self.namespace), self.name, phase, message=message)
-        st.created = _timestamp(meta.get("creationTimestamp"))
+        st.created = timestamp(meta.get("creationTimestamp"))
         deadline_s = (spec.get("runPolicy") or {}).get("activeDeadlineSeconds")
         st.deadline = st.created + float(deadline_s) if st.created and deadline_s else None
         st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
         st.slots_per_worker = spec.get("slotsPerWorker")
         if pods is not None:
-            roles = [(p.metadata.labels or {}).get(LABEL_ROLE) for p in pods if _pod_ready(p)]
+            roles = [(p.metadata.labels or {}).get(LABEL_ROLE) for p in pods if pod_ready(p)]
             enough = "launcher" in roles and roles.count("worker") >= (st.workers or 0)
             st.ready = phase in ("Running", "Pending") and enough
             if st.ready:
@@ -343,10 +278,10 @@ class KubernetesBackend(JobBackend):
             )
         lines = []
         for pod in sorted(pods, key=lambda p: p.metadata.name):
-            if _pod_ready(pod):
+            if pod_ready(pod):
                 lines.append(f"pod {pod.metadata.name}: ready")
                 continue
-            lines.append(f"pod {pod.metadata.name}: {_pod_problem(pod)[0] or 'not ready'}")
+            lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
             try:
                 selector = f"involvedObject.name={pod.metadata.name}"
                 events = self._call(
@@ -361,7 +296,7 @@ class KubernetesBackend(JobBackend):
     def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list) -> None:
         why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
         for pod in pods:
-            problem, fatal = _pod_problem(pod)
+            problem, fatal = pod_problem(pod)
             if fatal and why is None:
                 why = f"cannot start: pod {pod.metadata.name}: {problem}"
         if why:
@@ -415,7 +350,7 @@ class KubernetesBackend(JobBackend):
 
     # -- exec ------------------------------------------------------------------------------------------------------
     def _launcher_pod(self, name: str, ns: str):
-        pods = [p for p in self._pods(name, ns, "launcher").items if _pod_ready(p)]
+        pods = [p for p in self._pods(name, ns, "launcher").items if pod_ready(p)]
         if not pods:
             raise JobNotReady(
                 f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first "
@@ -433,15 +368,7 @@ class KubernetesBackend(JobBackend):
             **options,
         )  # fmt: skip
 
-    def exec(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        on_output: OutputCallback | None = print_output,
-        timeout: float | None = None,
-        namespace: str | None = None,
-    ) -> int:
+    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
         from kubernetes.client.exceptions import ApiException
 
         check_exec_args(argv, timeout)

@@ -33,7 +33,6 @@ from labkit.jobs.base import (
     JobNotFound,
     JobNotReady,
     JobStatus,
-    OutputCallback,
     check_exec_args,
     check_job_name,
     interrupts_deferred,
@@ -227,15 +226,7 @@ class LocalBackend(JobBackend):
                 raise JobNotReady(f"local job {st.namespace}/{name} not ready after {timeout:.0f} s")
             time.sleep(0.05)
 
-    def exec(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        on_output: OutputCallback | None = print_output,
-        timeout: float | None = None,
-        namespace: str | None = None,
-    ) -> int:
+    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
         check_exec_args(argv, timeout)
         d = self._existing_dir(name, namespace)
         st = self._status_from_dir(d)
