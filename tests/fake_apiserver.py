@@ -14,6 +14,7 @@ Implemented (only what the kit's job backend uses):
     hostfile). As in a real cluster, closing the stream does NOT stop the command.
   * bearer-token authentication (401 without it), and a request log tests can assert on.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import tempfile
@@ -45,8 +45,16 @@ def now_iso(t: float | None = None) -> str:
 
 
 def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code, **({"details": details} if details else {})}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+        **({"details": details} if details else {}),
+    }
 
 
 def ws_frame(payload: bytes, opcode: int = 2) -> bytes:
@@ -91,18 +99,26 @@ def matches_selector(labels: dict, selector: str | None) -> bool:
 class FakeApiServer:
     """`with FakeApiServer() as api: backend = KubernetesBackend(kubeconfig=api.kubeconfig)`."""
 
-    def __init__(self, *, served_versions: tuple[str, ...] = ("v2beta1",), scenario: str = "ready",
-                 ready_delay: float | None = 0.3, token: str | None = None, namespaces: tuple[str, ...] = ("default", "workloads"),
-                 reject_dry_run: str | None = None, allow_namespace_create: bool = True,
-                 forbidden_kinds: tuple[str, ...] = ()):
-        self.served_versions = tuple(served_versions)   # kubeflow.org versions (() = operator missing; ("v1",) = clash)
-        self.scenario = scenario                         # ready | image_pull | unschedulable | no_operator
+    def __init__(
+        self,
+        *,
+        served_versions: tuple[str, ...] = ("v2beta1",),
+        scenario: str = "ready",
+        ready_delay: float | None = 0.3,
+        token: str | None = None,
+        namespaces: tuple[str, ...] = ("default", "workloads"),
+        reject_dry_run: str | None = None,
+        allow_namespace_create: bool = True,
+        forbidden_kinds: tuple[str, ...] = (),
+    ):
+        self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
+        self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
         self.token = token or "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
         self.namespaces = set(namespaces)
-        self.reject_dry_run = reject_dry_run             # an admission message MPIJob dry runs are rejected with
+        self.reject_dry_run = reject_dry_run  # an admission message MPIJob dry runs are rejected with
         self.allow_namespace_create = allow_namespace_create  # False: a student without cluster-wide RBAC
-        self.forbidden_kinds = set(forbidden_kinds)      # kinds this user may not create (403, even if they exist)
+        self.forbidden_kinds = set(forbidden_kinds)  # kinds this user may not create (403, even if they exist)
         self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group/version path, plural, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
@@ -110,7 +126,7 @@ class FakeApiServer:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
         self.delete_bodies: list[dict] = []
         self.rv = 1
-        self.history: list[tuple[int, str, dict]] = []   # (resourceVersion, type, pod) for watches
+        self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
@@ -119,7 +135,7 @@ class FakeApiServer:
         self._timers: list[threading.Timer] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
-    def start(self) -> "FakeApiServer":
+    def start(self) -> FakeApiServer:
         fake = self
 
         class Handler(_Handler):
@@ -139,12 +155,20 @@ class FakeApiServer:
     def write_kubeconfig(self, path: str, namespace: str = "workloads") -> str:
         import yaml
 
-        Path(path).write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "student", "user": {"token": self.token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "student", "namespace": namespace}}],
-        }))
+        Path(path).write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "student", "user": {"token": self.token}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "student", "namespace": namespace}}
+                    ],
+                }
+            )
+        )
         return path
 
     def stop(self) -> None:
@@ -190,7 +214,7 @@ class FakeApiServer:
     def exec_tag_pids(self) -> list[int]:
         return self.tagged_pids(f"LABKIT_FAKE_APISERVER={self.root.name}".encode())
 
-    def __enter__(self) -> "FakeApiServer":
+    def __enter__(self) -> FakeApiServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -208,10 +232,17 @@ class FakeApiServer:
             self.cond.notify_all()
 
     def add_event(self, ns: str, pod_name: str, type_: str, reason: str, message: str) -> None:
-        self.events.append({"metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": ns},
-                            "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns},
-                            "type": type_, "reason": reason, "message": message, "lastTimestamp": now_iso(),
-                            "count": 1})
+        self.events.append(
+            {
+                "metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": ns},
+                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns},
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "lastTimestamp": now_iso(),
+                "count": 1,
+            }
+        )
 
     def _create_mpijob_pods(self, job: dict) -> None:
         """What the MPI Operator does for an MPIJob: pods with its labels, and the hostfile in the launcher."""
@@ -221,21 +252,35 @@ class FakeApiServer:
         slots = spec.get("slotsPerWorker", 1)
         etc = self.root / ns / name / "etc-mpi"
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "hostfile").write_text("".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers)))
+        (etc / "hostfile").write_text(
+            "".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers))
+        )
         suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-        roles = [("launcher", f"{name}-launcher-{suffix}", "Launcher")] + \
-                [("worker", f"{name}-worker-{i}", "Worker") for i in range(workers)]
+        roles = [("launcher", f"{name}-launcher-{suffix}", "Launcher")] + [
+            ("worker", f"{name}-worker-{i}", "Worker") for i in range(workers)
+        ]
         for role, pod_name, replica in roles:
             template = spec["mpiReplicaSpecs"][replica]["template"]
-            containers = [{"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]]
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": pod_name, "namespace": ns, "uid": f"uid-{pod_name}",
-                                "creationTimestamp": now_iso(),
-                                "labels": {"training.kubeflow.org/job-name": name,
-                                           "training.kubeflow.org/job-role": role,
-                                           "training.kubeflow.org/replica-index": pod_name.rsplit("-", 1)[-1]}},
-                   "spec": {"containers": containers, "nodeName": None},
-                   "status": {"phase": "Pending", "conditions": []}}
+            containers = [
+                {"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]
+            ]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": ns,
+                    "uid": f"uid-{pod_name}",
+                    "creationTimestamp": now_iso(),
+                    "labels": {
+                        "training.kubeflow.org/job-name": name,
+                        "training.kubeflow.org/job-role": role,
+                        "training.kubeflow.org/replica-index": pod_name.rsplit("-", 1)[-1],
+                    },
+                },
+                "spec": {"containers": containers, "nodeName": None},
+                "status": {"phase": "Pending", "conditions": []},
+            }
             self.pods[(ns, pod_name)] = pod
             self._pod_event("ADDED", pod)
         if self.ready_delay is None:  # the test calls advance() itself
@@ -257,30 +302,55 @@ class FakeApiServer:
             image = pod["spec"]["containers"][0]["image"]
             cname = pod["spec"]["containers"][0]["name"]
             if self.scenario == "ready":
-                st.update(phase="Running", startTime=now_iso(), conditions=[
-                    {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
-                    {"type": "ContainersReady", "status": "True"}, {"type": "Ready", "status": "True"}],
-                    containerStatuses=[{"name": cname, "image": image, "imageID": f"{image}@sha256:0", "ready": True,
-                                        "restartCount": 0, "started": True,
-                                        "state": {"running": {"startedAt": now_iso()}}}])
+                st.update(
+                    phase="Running",
+                    startTime=now_iso(),
+                    conditions=[
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "Initialized", "status": "True"},
+                        {"type": "ContainersReady", "status": "True"},
+                        {"type": "Ready", "status": "True"},
+                    ],
+                    containerStatuses=[
+                        {
+                            "name": cname,
+                            "image": image,
+                            "imageID": f"{image}@sha256:0",
+                            "ready": True,
+                            "restartCount": 0,
+                            "started": True,
+                            "state": {"running": {"startedAt": now_iso()}},
+                        }
+                    ],
+                )
             elif self.scenario == "image_pull":
-                msg = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-                       f'{image}: not found')
-                st.update(conditions=[{"type": "PodScheduled", "status": "True"}],
-                          containerStatuses=[{"name": cname, "image": image, "imageID": "", "ready": False,
-                                              "restartCount": 0,
-                                              "state": {"waiting": {"reason": "ErrImagePull", "message": msg}}}])
+                msg = f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": {image}: not found'
+                st.update(
+                    conditions=[{"type": "PodScheduled", "status": "True"}],
+                    containerStatuses=[
+                        {
+                            "name": cname,
+                            "image": image,
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"waiting": {"reason": "ErrImagePull", "message": msg}},
+                        }
+                    ],
+                )
                 self.add_event(ns, pname, "Warning", "Failed", f'Failed to pull image "{image}": {msg}')
             elif self.scenario == "unschedulable":
                 msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available."
-                st.update(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                       "message": msg}])
+                st.update(
+                    conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
+                )
                 self.add_event(ns, pname, "Warning", "FailedScheduling", msg)
             self._pod_event("MODIFIED", pod)
         if self.scenario == "ready":
             job.setdefault("status", {})["conditions"] = [
                 {"type": "Created", "status": "True", "reason": "MPIJobCreated", "lastTransitionTime": now_iso()},
-                {"type": "Running", "status": "True", "reason": "MPIJobRunning", "lastTransitionTime": now_iso()}]
+                {"type": "Running", "status": "True", "reason": "MPIJobRunning", "lastTransitionTime": now_iso()},
+            ]
 
     def delete_job_pods(self, ns: str, name: str) -> None:
         for key, pod in list(self.pods.items()):
@@ -346,23 +416,52 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, path: str, q: dict, query_lists: dict) -> None:
         fake = self.server_state
         if method == "GET" and path == "/apis":
-            groups = [{"name": "kubeflow.org", "versions": [{"groupVersion": f"kubeflow.org/{v}", "version": v}
-                                                             for v in fake.served_versions]}] if fake.served_versions else []
+            groups = (
+                [
+                    {
+                        "name": "kubeflow.org",
+                        "versions": [{"groupVersion": f"kubeflow.org/{v}", "version": v} for v in fake.served_versions],
+                    }
+                ]
+                if fake.served_versions
+                else []
+            )
             return self._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
         if method == "GET" and path == "/apis/kubeflow.org":
             if not fake.served_versions:
                 return self._error(404, "NotFound", "the server could not find the requested resource")
             versions = [{"groupVersion": f"kubeflow.org/{v}", "version": v} for v in fake.served_versions]
-            return self._send_json(200, {"kind": "APIGroup", "apiVersion": "v1", "name": "kubeflow.org",
-                                         "versions": versions, "preferredVersion": versions[0]})
+            return self._send_json(
+                200,
+                {
+                    "kind": "APIGroup",
+                    "apiVersion": "v1",
+                    "name": "kubeflow.org",
+                    "versions": versions,
+                    "preferredVersion": versions[0],
+                },
+            )
         m = re.fullmatch(r"/apis/kubeflow\.org/([^/]+)", path)
         if method == "GET" and m:
             if m.group(1) not in fake.served_versions:
                 return self._error(404, "NotFound", "the server could not find the requested resource")
-            return self._send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
-                                         "groupVersion": f"kubeflow.org/{m.group(1)}",
-                                         "resources": [{"name": "mpijobs", "singularName": "mpijob", "namespaced": True,
-                                                        "kind": "MPIJob", "verbs": ["create", "delete", "get", "list"]}]})
+            return self._send_json(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": f"kubeflow.org/{m.group(1)}",
+                    "resources": [
+                        {
+                            "name": "mpijobs",
+                            "singularName": "mpijob",
+                            "namespaced": True,
+                            "kind": "MPIJob",
+                            "verbs": ["create", "delete", "get", "list"],
+                        }
+                    ],
+                },
+            )
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
         if method == "GET" and m:
             if m.group(1) not in fake.namespaces:
@@ -396,10 +495,20 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and m:
             field = q.get("fieldSelector", "")
             want = field.split("=", 1)[1] if field.startswith("involvedObject.name=") else None
-            items = [e for e in fake.events if e["metadata"]["namespace"] == m.group(1)
-                     and (want is None or e["involvedObject"]["name"] == want)]
-            return self._send_json(200, {"kind": "EventList", "apiVersion": "v1",
-                                         "metadata": {"resourceVersion": str(fake.rv)}, "items": items})
+            items = [
+                e
+                for e in fake.events
+                if e["metadata"]["namespace"] == m.group(1) and (want is None or e["involvedObject"]["name"] == want)
+            ]
+            return self._send_json(
+                200,
+                {
+                    "kind": "EventList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(fake.rv)},
+                    "items": items,
+                },
+            )
         # generic objects: /api/v1/namespaces/<ns>/<plural>[/<name>] and /apis/<g>/<v>/namespaces/<ns>/<plural>[/<name>]
         m = re.fullmatch(r"(/api/v1|/apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?", path)
         if m:
@@ -408,8 +517,9 @@ class _Handler(BaseHTTPRequestHandler):
         if m and method == "GET":  # cluster-wide list
             if not self._group_served(m.group(1)):
                 return None
-            items = [o for (base, plural, _ns, _n), o in fake.objects.items()
-                     if base == m.group(1) and plural == m.group(2)]
+            items = [
+                o for (base, plural, _ns, _n), o in fake.objects.items() if base == m.group(1) and plural == m.group(2)
+            ]
             return self._send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
         return self._error(404, "NotFound", "the server could not find the requested resource")
 
@@ -425,8 +535,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         name = body.get("metadata", {}).get("name")
         if not fake.allow_namespace_create:
-            return self._error(403, "Forbidden", f'namespaces is forbidden: User "student" cannot create resource '
-                                                 f'"namespaces" in API group "" at the cluster scope')
+            return self._error(
+                403,
+                "Forbidden",
+                'namespaces is forbidden: User "student" cannot create resource '
+                '"namespaces" in API group "" at the cluster scope',
+            )
         if name in fake.namespaces:
             return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
         if q.get("dryRun") != "All":
@@ -445,27 +559,40 @@ class _Handler(BaseHTTPRequestHandler):
             obj_name = body.get("metadata", {}).get("name", "")
             kind = body.get("kind", "")
             if kind in fake.forbidden_kinds:
-                return self._error(403, "Forbidden", f'{plural}.rbac.authorization.k8s.io is forbidden: User "student" '
-                                                     f'cannot create resource "{plural}" in namespace "{ns}"')
+                return self._error(
+                    403,
+                    "Forbidden",
+                    f'{plural}.rbac.authorization.k8s.io is forbidden: User "student" '
+                    f'cannot create resource "{plural}" in namespace "{ns}"',
+                )
             problem = self._invalid(body) if kind == "MPIJob" else None
             if problem:
-                return self._send_json(422, status_body(422, "Invalid", f'MPIJob.kubeflow.org "{obj_name}" is invalid: '
-                                                                        f"{problem}"))
+                return self._send_json(
+                    422, status_body(422, "Invalid", f'MPIJob.kubeflow.org "{obj_name}" is invalid: {problem}')
+                )
             if (base, plural, ns, obj_name) in fake.objects:
                 return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
             if q.get("dryRun") == "All":
                 if fake.reject_dry_run and kind == "MPIJob":
                     return self._send_json(403, status_body(403, "Forbidden", fake.reject_dry_run))
                 return self._send_json(201, body)
-            body.setdefault("metadata", {}).update(namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(),
-                                                   resourceVersion=fake._bump())
+            body.setdefault("metadata", {}).update(
+                namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(), resourceVersion=fake._bump()
+            )
             fake.objects[(base, plural, ns, obj_name)] = body
             if kind == "MPIJob" and fake.scenario != "no_operator":
                 fake._create_mpijob_pods(body)
             return self._send_json(201, body)
         if method == "GET" and name is None:
-            return self._send_json(200, {"kind": "List", "apiVersion": "v1",
-                                         "metadata": {"resourceVersion": str(fake.rv)}, "items": list(store.values())})
+            return self._send_json(
+                200,
+                {
+                    "kind": "List",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(fake.rv)},
+                    "items": list(store.values()),
+                },
+            )
         obj = fake.objects.get((base, plural, ns, name)) if name else None
         if obj is None:
             return self._error(404, "NotFound", f'{plural} "{name}" not found')
@@ -476,8 +603,9 @@ class _Handler(BaseHTTPRequestHandler):
             del fake.objects[(base, plural, ns, name)]
             if obj.get("kind") == "MPIJob":
                 fake.delete_job_pods(ns, name)
-            return self._send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
-                                         "details": {"name": name}})
+            return self._send_json(
+                200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+            )
         return self._error(405, "MethodNotAllowed", method)
 
     @staticmethod
@@ -493,16 +621,20 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _pods_matching(self, ns: str, selector: str | None) -> list[dict]:
-        return [p for (pns, _), p in self.server_state.pods.items()
-                if pns == ns and matches_selector(p["metadata"].get("labels", {}), selector)]
+        return [
+            p
+            for (pns, _), p in self.server_state.pods.items()
+            if pns == ns and matches_selector(p["metadata"].get("labels", {}), selector)
+        ]
 
     def _list_pods(self, ns: str, q: dict) -> None:
         fake = self.server_state
         with fake.cond:
             items = copy.deepcopy(self._pods_matching(ns, q.get("labelSelector")))
             rv = str(fake.rv)
-        return self._send_json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
-                                     "items": items})
+        return self._send_json(
+            200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+        )
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -528,8 +660,13 @@ class _Handler(BaseHTTPRequestHandler):
             last = int(since)
         while time.monotonic() < end:
             with fake.cond:
-                fresh = [(rv, t, p) for rv, t, p in fake.history if rv > last and p["metadata"]["namespace"] == ns
-                         and matches_selector(p["metadata"].get("labels", {}), selector)]
+                fresh = [
+                    (rv, t, p)
+                    for rv, t, p in fake.history
+                    if rv > last
+                    and p["metadata"]["namespace"] == ns
+                    and matches_selector(p["metadata"].get("labels", {}), selector)
+                ]
                 if not fresh:
                     fake.cond.wait(timeout=min(0.5, max(0.0, end - time.monotonic())))
                     continue
@@ -589,11 +726,27 @@ class _Handler(BaseHTTPRequestHandler):
 
         threading.Thread(target=read_client, daemon=True).start()
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=fake.root, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=fake.root,
+                start_new_session=True,
+            )
         except OSError as exc:
-            send(3, json.dumps({"metadata": {}, "status": "Failure", "reason": "InternalError",
-                                "message": f'failed to exec in container: exec: "{cmd[0]}": {exc.strerror}'}).encode())
+            send(
+                3,
+                json.dumps(
+                    {
+                        "metadata": {},
+                        "status": "Failure",
+                        "reason": "InternalError",
+                        "message": f'failed to exec in container: exec: "{cmd[0]}": {exc.strerror}',
+                    }
+                ).encode(),
+            )
             self._close_ws(send_lock)
             return
         fake.exec_procs.append(proc)
@@ -602,8 +755,10 @@ class _Handler(BaseHTTPRequestHandler):
             for chunk in iter(lambda: stream.read1(4096), b""):
                 send(channel, chunk)  # after the client left, keep draining so the command is never blocked
 
-        readers = [threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
-                   threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True)]
+        readers = [
+            threading.Thread(target=pump, args=(proc.stdout, 1), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, 2), daemon=True),
+        ]
         for r in readers:
             r.start()
         code = proc.wait()
@@ -612,10 +767,13 @@ class _Handler(BaseHTTPRequestHandler):
         if code == 0:
             status = {"metadata": {}, "status": "Success"}
         else:
-            status = {"metadata": {}, "status": "Failure",
-                      "message": f"command terminated with non-zero exit code: exit status {code}",
-                      "reason": "NonZeroExitCode",
-                      "details": {"causes": [{"reason": "ExitCode", "message": str(code if code > 0 else 128 - code)}]}}
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code if code > 0 else 128 - code)}]},
+            }
         send(3, json.dumps(status).encode())
         self._close_ws(send_lock)
 

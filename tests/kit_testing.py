@@ -1,14 +1,19 @@
-"""Helpers shared by the tests: the leak scan for kit processes and notebooks executed once per session.
+"""Helpers shared by the tests: polling, the leak scan for kit processes, a fake cluster, notebooks executed once.
 
 A module of its own (not conftest) so that test files can import it whatever other conftest.py files exist."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
 from pathlib import Path
 
+from fake_apiserver import FakeApiServer
+
 from labkit import notebooks
+from labkit.jobs import KubernetesBackend
 
 MARKER = b"LABKIT_PROCESS=1"
 # Children inherit this, so the leak check sees only what this test session started (not a neighbour's runs).
@@ -36,13 +41,26 @@ def kit_processes() -> list[tuple[int, str]]:
     return found
 
 
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll predicate until it holds or timeout passes; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
 def wait_for_no_kit_processes(timeout: float = 15.0) -> list[tuple[int, str]]:
-    deadline = time.monotonic() + timeout
-    left = kit_processes()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.25)
-        left = kit_processes()
-    return left
+    wait_until(lambda: not kit_processes(), timeout, interval=0.25)
+    return kit_processes()
+
+
+@contextlib.contextmanager
+def fake_cluster(**options):
+    """(the fake API server started with options, a KubernetesBackend on it); the server stops on exit."""
+    with FakeApiServer(**options) as api:
+        yield api, KubernetesBackend(kubeconfig=api.kubeconfig)
 
 
 _executed: dict[str, notebooks.NotebookRun] = {}

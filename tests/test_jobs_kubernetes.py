@@ -1,5 +1,6 @@
 """KubernetesBackend against tests/fake_apiserver.py: the real `kubernetes` client over a socket on 127.0.0.1
 (discovery, dry run, chunked watch, exec over WebSocket with the v4 channel protocol, logs, delete)."""
+
 from __future__ import annotations
 
 import os
@@ -10,26 +11,15 @@ import threading
 import time
 
 import pytest
+from fake_apiserver import FakeApiServer, now_iso
+from kit_testing import fake_cluster, wait_until
 
-try:  # tests/ is on sys.path under pytest's default (prepend) import mode
-    from fake_apiserver import FakeApiServer, now_iso
-except ImportError:  # tests/ made a package
-    from tests.fake_apiserver import FakeApiServer, now_iso
+from labkit.chapters.interactive import plan_interactive_job, training_command
 from labkit.errors import ConfigError, LabkitError
-from labkit.jobs import JobNotReady, get_backend
-from labkit.jobs.kubernetes import KubernetesBackend
+from labkit.jobs import JobNotReady, KubernetesBackend, get_backend
 from labkit.manifests import MpiJobSpec
 
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture
@@ -65,7 +55,7 @@ def test_submit_dry_runs_every_object_before_creating_any(api, backend):
     dry = [p for p, is_dry in rest if is_dry]
     real = [p for p, is_dry in rest if not is_dry]
     assert dry == real and dry[-1] == "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
-    assert all(is_dry for _, is_dry in rest[:len(dry)])  # every dry run before the first create
+    assert all(is_dry for _, is_dry in rest[: len(dry)])  # every dry run before the first create
     assert ("GET", "/apis/kubeflow.org") in [(m, p) for m, p, _ in api.requests]  # the operator check
     labels = [p["metadata"]["labels"] for p in api.pods.values()]
     assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["launcher", "worker", "worker"]
@@ -76,8 +66,11 @@ def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backe
     job = backend.submit(MpiJobSpec(name="demo", workers=3))
 
     def watches():
-        return [q for m, p, q in api.requests if p == "/api/v1/namespaces/workloads/pods"
-                and q.get("watch") in ("true", "True")]
+        return [
+            q
+            for m, p, q in api.requests
+            if p == "/api/v1/namespaces/workloads/pods" and q.get("watch") in ("true", "True")
+        ]
 
     result = {}
     waiter = threading.Thread(target=lambda: result.setdefault("status", job.wait_ready(timeout=30)))
@@ -105,8 +98,10 @@ def test_exec_streams_both_channels_and_returns_the_exit_code(ready_job):
 def test_exec_output_arrives_while_the_command_runs(ready_job):
     arrivals: list[tuple[float, str]] = []
     start = time.monotonic()
-    code = ready_job.exec(["sh", "-c", "echo first; sleep 1.5; echo second"],
-                          on_output=lambda t: arrivals.append((time.monotonic() - start, t)))
+    code = ready_job.exec(
+        ["sh", "-c", "echo first; sleep 1.5; echo second"],
+        on_output=lambda t: arrivals.append((time.monotonic() - start, t)),
+    )
     assert code == 0
     first = next(t for t, text in arrivals if "first" in text)
     second = next(t for t, text in arrivals if "second" in text)
@@ -136,8 +131,7 @@ def test_keyboard_interrupt_stops_the_remote_command(api, ready_job):
 
 
 def test_image_pull_error_fails_fast_with_the_pods_events():
-    with FakeApiServer(scenario="image_pull", ready_delay=0.2) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(scenario="image_pull", ready_delay=0.2) as (api, backend):
         job = backend.submit(MpiJobSpec(name="typo", image="ghcr.io/labkit/deepspeed-cpu:no-such-tag"))
         start = time.monotonic()
         with pytest.raises(JobNotReady) as err:
@@ -149,8 +143,7 @@ def test_image_pull_error_fails_fast_with_the_pods_events():
 
 
 def test_unschedulable_job_times_out_naming_the_scheduler_reason():
-    with FakeApiServer(scenario="unschedulable", ready_delay=0.2) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2) as (api, backend):
         job = backend.submit(MpiJobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
         with pytest.raises(JobNotReady) as err:
             job.wait_ready(timeout=2)
@@ -160,13 +153,15 @@ def test_unschedulable_job_times_out_naming_the_scheduler_reason():
         job.delete()
 
 
-@pytest.mark.parametrize("served, expected", [
-    ((), "MPI Operator is not installed"),
-    (("v1",), "training-operator"),
-])
+@pytest.mark.parametrize(
+    "served, expected",
+    [
+        ((), "MPIJob CRD is not installed"),
+        (("v1",), "training-operator"),
+    ],
+)
 def test_missing_operator_or_v1_clash_is_named_before_anything_is_created(served, expected):
-    with FakeApiServer(served_versions=served) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(served_versions=served) as (api, backend):
         with pytest.raises(LabkitError, match=expected) as err:
             backend.submit(MpiJobSpec(name="demo"))
         assert "Fix:" in str(err.value)
@@ -175,8 +170,7 @@ def test_missing_operator_or_v1_clash_is_named_before_anything_is_created(served
 
 def test_rejected_dry_run_creates_nothing():
     message = 'admission webhook "quota.labkit" denied the request: exceeded quota: nvidia.com/gpu'
-    with FakeApiServer(reject_dry_run=message) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(reject_dry_run=message) as (api, backend):
         with pytest.raises(LabkitError, match="exceeded quota"):
             backend.submit(MpiJobSpec(name="demo"))
         created = [path for path, is_dry in posts(api) if not is_dry]
@@ -197,8 +191,7 @@ def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it(api, backen
 
 
 def test_missing_namespace_without_rights_to_create_it_is_a_config_error():
-    with FakeApiServer(allow_namespace_create=False) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(allow_namespace_create=False) as (api, backend):
         with pytest.raises(ConfigError) as err:
             backend.submit(MpiJobSpec(name="demo", namespace="team-b"))
         assert err.value.field == "namespace" and "kubectl create namespace team-b" in str(err.value)
@@ -222,16 +215,23 @@ def test_logs_status_list_and_delete(api, backend, ready_job):
 def test_list_flags_jobs_past_their_deadline(api, backend):
     old = time.time() - 7200
     api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "forgotten")] = {
-        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "apiVersion": "kubeflow.org/v2beta1",
+        "kind": "MPIJob",
         "metadata": {"name": "forgotten", "namespace": "workloads", "creationTimestamp": now_iso(old)},
         "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
-        "status": {"conditions": [{"type": "Running", "status": "True", "lastTransitionTime": now_iso(old)}]}}
+        "status": {"conditions": [{"type": "Running", "status": "True", "lastTransitionTime": now_iso(old)}]},
+    }
     api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "expired")] = {
-        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "apiVersion": "kubeflow.org/v2beta1",
+        "kind": "MPIJob",
         "metadata": {"name": "expired", "namespace": "workloads", "creationTimestamp": now_iso(old)},
         "spec": {"runPolicy": {"activeDeadlineSeconds": 3600}, "mpiReplicaSpecs": {"Worker": {"replicas": 1}}},
-        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-                                   "lastTransitionTime": now_iso()}]}}
+        "status": {
+            "conditions": [
+                {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": now_iso()}
+            ]
+        },
+    }
     jobs = {s.name: s for s in backend.list()}
     assert jobs["forgotten"].phase == "Running" and jobs["forgotten"].past_deadline
     assert jobs["expired"].phase == "DeadlineExceeded" and jobs["expired"].past_deadline
@@ -261,13 +261,18 @@ def test_wrong_token_is_refused_and_never_echoed(api, tmp_path):
 
 def test_cli_drives_the_kubernetes_backend(api):
     base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
-    sub = subprocess.run([*CLI, "job", "submit", "--name", "cli", "--wait", "30", *base], capture_output=True,
-                         text=True, timeout=120)
+    sub = subprocess.run(
+        [*CLI, "job", "submit", "--name", "cli", "--wait", "30", *base], capture_output=True, text=True, timeout=120
+    )
     assert sub.returncode == 0, sub.stderr
     listing = subprocess.run([*CLI, "job", "list", *base], capture_output=True, text=True, timeout=60)
     assert "cli" in listing.stdout and "Running" in listing.stdout
-    run = subprocess.run([*CLI, "job", "exec", "cli", *base, "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 4"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [*CLI, "job", "exec", "cli", *base, "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 4 and "cli-worker-1.cli.workloads.svc slots=1" in run.stdout
     gone = subprocess.run([*CLI, "job", "delete", "cli", *base], capture_output=True, text=True, timeout=60)
     assert gone.returncode == 0 and not api.pods
@@ -275,13 +280,10 @@ def test_cli_drives_the_kubernetes_backend(api):
 
 
 def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, tmp_path):
-    from labkit.jobs import cluster_training_command
-    from labkit.jobs.session import plan_interactive_job
-
     plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="auto", steps=12)
     # The fake serves no nodes: auto falls back to cpu and says why.
     assert plan.spec.accelerator == "cpu" and "cpu assumed" in plan.device_reason
-    assert plan.train_argv == cluster_training_command(steps=12)
+    assert plan.train_argv == training_command(plan.backend, steps=12)
     assert plan.train_argv[:3] == ["deepspeed", "--hostfile", "/etc/mpi/hostfile"]
     assert "--module" in plan.train_argv and "--force_multi" in plan.train_argv
     assert posts(api) == []  # planning submits nothing
@@ -290,14 +292,16 @@ def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, t
 
 
 def test_objects_a_student_may_not_create_are_reused_when_an_admin_made_them():
-    with FakeApiServer(forbidden_kinds=("Role", "RoleBinding")) as api:
-        backend = KubernetesBackend(kubeconfig=api.kubeconfig)
+    with fake_cluster(forbidden_kinds=("Role", "RoleBinding")) as (api, backend):
         with pytest.raises(LabkitError, match=r"may not create Role/labkit .*kubectl apply -k manifests/base"):
             backend.submit(MpiJobSpec(name="demo"))
         assert not api.pods  # nothing of the job was created
         for kind, plural in (("Role", "roles"), ("RoleBinding", "rolebindings")):  # an admin applies manifests/base
             api.objects[("/apis/rbac.authorization.k8s.io/v1", plural, "workloads", "labkit")] = {
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": "labkit"}}
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": kind,
+                "metadata": {"name": "labkit"},
+            }
         job = backend.submit(MpiJobSpec(name="demo"))
         assert job.wait_ready(timeout=20).ready
         job.delete()

@@ -1,4 +1,5 @@
 """LocalBackend: a real launcher process, real exec'd commands, real deadlines, real DeepSpeed ranks through mpirun."""
+
 from __future__ import annotations
 
 import json
@@ -8,39 +9,28 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from kit_testing import wait_until
 
+from labkit.chapters.interactive import (
+    TrainingProgress,
+    parse_metrics,
+    plan_interactive_job,
+    summarize_training,
+    training_command,
+)
 from labkit.errors import ConfigError
-from labkit.jobs import JobNotFound, JobNotReady, get_backend, parse_metrics
-from labkit.jobs.local import LocalBackend
-from labkit.jobs.watchdog import job_pids
+from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
+from labkit.jobs.jobdir import job_pids
 from labkit.manifests import MpiJobSpec
-
+from labkit.procs import alive
 
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
 
 
 def job_uid(backend: LocalBackend, name: str) -> str:
     return json.loads((backend.job_dir(name) / "job.json").read_text())["uid"]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture
@@ -76,8 +66,10 @@ def test_exec_streams_output_while_the_command_runs(backend):
     with backend.submit(MpiJobSpec(name="stream")) as job:
         job.wait_ready(10)
         start = time.monotonic()
-        code = job.exec(["sh", "-c", "echo first; sleep 1.5; echo second"],
-                        on_output=lambda text: arrivals.append((time.monotonic() - start, text)))
+        code = job.exec(
+            ["sh", "-c", "echo first; sleep 1.5; echo second"],
+            on_output=lambda text: arrivals.append((time.monotonic() - start, text)),
+        )
     assert code == 0
     first = next(t for t, text in arrivals if "first" in text)
     second = next(t for t, text in arrivals if "second" in text)
@@ -97,7 +89,7 @@ def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
     with pytest.raises(ConfigError, match="^name:"):
         backend.submit(MpiJobSpec(name="Not_Valid"))
     with pytest.raises(ConfigError, match="^deadline_seconds:"):
-        backend.submit(MpiJobSpec(name="ok"), deadline_seconds=-1)
+        LocalBackend(root=backend.root, deadline_seconds=-1)
     with pytest.raises(ConfigError, match="^backend:"):
         get_backend("slurm")
     assert not (tmp_path / "jobs" / "workloads" / "ok").exists()
@@ -112,7 +104,7 @@ def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
 
 
 def test_deadline_ends_a_forgotten_launcher_and_its_running_commands(backend):
-    job = backend.submit(MpiJobSpec(name="forgotten"), deadline_seconds=3)
+    job = LocalBackend(root=backend.root, deadline_seconds=3).submit(MpiJobSpec(name="forgotten"))
     job.wait_ready(10)
     uid = job_uid(backend, "forgotten")
     launcher = json.loads((backend.job_dir("forgotten") / "launcher.json").read_text())
@@ -134,13 +126,15 @@ def test_deadline_ends_a_forgotten_launcher_and_its_running_commands(backend):
 
 def test_launcher_outlives_the_submitting_process_and_the_deadline_still_holds(backend):
     # The submitting process (think: a notebook kernel) exits right after submit, without deleting.
-    code = (f"from labkit.jobs.local import LocalBackend; from labkit.manifests import MpiJobSpec; import os\n"
-            f"b = LocalBackend(root={str(backend.root)!r}); j = b.submit(MpiJobSpec(name='orphan'), deadline_seconds=4)\n"
-            f"j.wait_ready(10); os._exit(0)\n")
+    code = (
+        f"from labkit.jobs.local import LocalBackend; from labkit.manifests import MpiJobSpec; import os\n"
+        f"b = LocalBackend(root={str(backend.root)!r}, deadline_seconds=4); j = b.submit(MpiJobSpec(name='orphan'))\n"
+        f"j.wait_ready(10); os._exit(0)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     st = backend.status("orphan")  # another process sees it through the job directory
     assert st.phase == "Running" and st.ready
-    assert backend.job("orphan").run(["echo", "still here"]).output.strip() == "still here"
+    assert Job(backend, "orphan").run(["echo", "still here"]).output.strip() == "still here"
     uid = job_uid(backend, "orphan")
     assert wait_until(lambda: backend.status("orphan").phase == "DeadlineExceeded", timeout=15)
     assert wait_until(lambda: not job_pids(uid, exclude={os.getpid()}))
@@ -163,7 +157,6 @@ def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
     with backend.submit(MpiJobSpec(name="interrupted")) as job:
         job.wait_ready(10)
         uid = job_uid(backend, "interrupted")
-        launcher = json.loads((backend.job_dir("interrupted") / "launcher.json").read_text())
 
         def press_stop(text: str) -> None:  # the notebook's stop button, once the command is under way
             if "started" in text:
@@ -171,12 +164,14 @@ def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
 
         with pytest.raises(KeyboardInterrupt):
             job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=press_stop)
+
         def launcher_pids() -> set:  # re-read: the watchdog may record its child after the job reads as ready
             info = json.loads((backend.job_dir("interrupted") / "launcher.json").read_text())
             return {info["pid"], info.get("child_pid")}
 
         assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= launcher_pids(), timeout=30), (
-            f"left running: {set(job_pids(uid, exclude={os.getpid()})) - launcher_pids()}")
+            f"left running: {set(job_pids(uid, exclude={os.getpid()})) - launcher_pids()}"
+        )
 
 
 def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tmp_path):
@@ -188,11 +183,9 @@ def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tm
     t.start()
     assert wait_until(lambda: len(list((backend.job_dir("shared") / "execs").iterdir())) == 1)
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
-    listing = subprocess.run([*CLI, "job", "list"], env=env, capture_output=True,
-                             text=True, timeout=60)
+    listing = subprocess.run([*CLI, "job", "list"], env=env, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and "shared" in listing.stdout and "Running" in listing.stdout
-    deleted = subprocess.run([*CLI, "job", "delete", "shared"], env=env,
-                             capture_output=True, text=True, timeout=60)
+    deleted = subprocess.run([*CLI, "job", "delete", "shared"], env=env, capture_output=True, text=True, timeout=60)
     assert deleted.returncode == 0, deleted.stderr
     t.join(timeout=15)
     assert result["code"] != 0  # the running exec was stopped, not left behind
@@ -203,21 +196,30 @@ def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tm
 def test_cli_exec_returns_the_command_exit_code(backend):
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
     cli = [*CLI, "job"]
-    sub = subprocess.run([*cli, "submit", "--name", "cli", "--wait", "20"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    sub = subprocess.run(
+        [*cli, "submit", "--name", "cli", "--wait", "20"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert sub.returncode == 0, sub.stderr
-    run = subprocess.run([*cli, "exec", "cli", "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 5"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [*cli, "exec", "cli", "--", "sh", "-c", "cat /etc/mpi/hostfile; exit 5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 5 and "localhost slots=2" in run.stdout
     bad = subprocess.run([*cli, "exec", "cli"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "labkit: error: command: no command given" in bad.stderr
-    render = subprocess.run([*cli, "render", "--name", "cli", "--workers", "3"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    render = subprocess.run(
+        [*cli, "render", "--name", "cli", "--workers", "3"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert render.returncode == 0 and "kind: MPIJob" in render.stdout and "replicas: 3" in render.stdout
 
 
 def test_ttl_removes_finished_jobs(backend):
-    job = backend.submit(MpiJobSpec(name="done", ttl_seconds_after_finished=0), deadline_seconds=1)
+    job = LocalBackend(root=backend.root, deadline_seconds=1).submit(
+        MpiJobSpec(name="done", ttl_seconds_after_finished=0)
+    )
     job.wait_ready(10)
     assert wait_until(lambda: backend.status("done").phase == "DeadlineExceeded", timeout=10)
     time.sleep(0.1)
@@ -233,7 +235,7 @@ def test_interrupted_deepspeed_training_leaves_no_rank_running(backend):
         job.wait_ready(10)
         uid = job_uid(backend, "ds-stop")
         launcher = json.loads((backend.job_dir("ds-stop") / "launcher.json").read_text())
-        argv = backend.training_command(spec, steps=1000, extra_args=["--step-sleep", "0.2"])
+        argv = training_command(backend, steps=1000, extra_args=["--step-sleep", "0.2"])
         assert "--launcher" in argv and argv[argv.index("--launcher") + 1] == "openmpi"
         assert argv[argv.index("--hostfile") + 1] == "/etc/mpi/hostfile"
         seen: list[str] = []
@@ -250,8 +252,9 @@ def test_interrupted_deepspeed_training_leaves_no_rank_running(backend):
         ranks = {m["rank"] for m in parse_metrics("".join(seen))}
         assert ranks == {0, 1}
         assert "mpirun -n 2" in "".join(seen)
-        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]},
-                          timeout=15), "DeepSpeed ranks survived the interrupt"
+        assert wait_until(
+            lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]}, timeout=15
+        ), "DeepSpeed ranks survived the interrupt"
 
 
 @pytest.mark.slow
@@ -275,26 +278,28 @@ def test_notebook_03_runs_the_interactive_round_trip_on_the_local_backend(execut
     assert got["job_deleted"] is True
     # No secret value in any output (the manifest only names the Secret).
     nb = nbformat.read(path, as_version=4)
-    text = "\n".join(str(o.get("text", "")) + json.dumps(o.get("data", {})) for c in nb.cells
-                     for o in c.get("outputs", []))
+    text = "\n".join(
+        str(o.get("text", "")) + json.dumps(o.get("data", {})) for c in nb.cells for o in c.get("outputs", [])
+    )
     assert "secretKeyRef" in text and find_secret_material(text) == []
 
 
-@pytest.mark.parametrize("params, field_name", [
-    ({"backend": "slurm"}, "backend"),
-    ({"name": "Bad_Name"}, "name"),
-    ({"workers": 0}, "workers"),
-    ({"slots": 2.5}, "slots"),
-    ({"workers": 8, "slots": 4}, "workers"),
-    ({"deadline_minutes": 0.5}, "deadline_minutes"),
-    ({"device": "tpu"}, "device"),
-    ({"image": "not an image"}, "image"),
-    ({"train_command": "deepspeed 'unbalanced"}, "train_command"),
-    ({"ready_timeout_s": 0}, "ready_timeout_s"),
-])
+@pytest.mark.parametrize(
+    "params, field_name",
+    [
+        ({"backend": "slurm"}, "backend"),
+        ({"name": "Bad_Name"}, "name"),
+        ({"workers": 0}, "workers"),
+        ({"slots": 2.5}, "slots"),
+        ({"workers": 8, "slots": 4}, "workers"),
+        ({"deadline_minutes": 0.5}, "deadline_minutes"),
+        ({"device": "tpu"}, "device"),
+        ({"image": "not an image"}, "image"),
+        ({"train_command": "deepspeed 'unbalanced"}, "train_command"),
+        ({"ready_timeout_s": 0}, "ready_timeout_s"),
+    ],
+)
 def test_notebook_parameters_fail_with_the_parameter_named(params, field_name, tmp_path):
-    from labkit.jobs.session import plan_interactive_job
-
     with pytest.raises(ConfigError) as err:
         plan_interactive_job(**params, jobs_dir=str(tmp_path))
     assert err.value.field == field_name
@@ -302,8 +307,6 @@ def test_notebook_parameters_fail_with_the_parameter_named(params, field_name, t
 
 
 def test_plan_uses_the_cluster_command_line_and_a_custom_command(tmp_path):
-    from labkit.jobs.session import plan_interactive_job
-
     plan = plan_interactive_job(workers=3, slots=2, device="cpu", jobs_dir=str(tmp_path), steps=7)
     argv = plan.train_argv
     assert plan.default_command and plan.ranks == 6
@@ -318,16 +321,17 @@ def test_plan_uses_the_cluster_command_line_and_a_custom_command(tmp_path):
 def test_training_progress_hides_metric_lines_and_counts_rank0_steps():
     import io
 
-    from labkit.jobs.session import TrainingProgress, summarize_training
-
     out = io.StringIO()
     progress = TrainingProgress(total_steps=2, stream=out)
-    lines = ['[1,0]<stdout>:rank 0/2 on vm', '[1,0]<stdout>:LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, '
-             '"step": 1, "loss": 1.0}', 'LABKIT_METRIC {"event": "step", "rank": 1, "world_size": 2, "step": 1, '
-             '"loss": 0.9}', 'LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, "step": 2, "loss": 0.5}']
+    lines = [
+        "[1,0]<stdout>:rank 0/2 on vm",
+        '[1,0]<stdout>:LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, "step": 1, "loss": 1.0}',
+        'LABKIT_METRIC {"event": "step", "rank": 1, "world_size": 2, "step": 1, "loss": 0.9}',
+        'LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 2, "step": 2, "loss": 0.5}',
+    ]
     text = "\n".join(lines) + "\n"
     for i in range(0, len(text), 7):  # arrives in arbitrary chunks, split mid-line
-        progress(text[i:i + 7])
+        progress(text[i : i + 7])
     progress.close()
     assert out.getvalue() == "[1,0]<stdout>:rank 0/2 on vm\n"
     assert progress.bar.n == 2
@@ -350,21 +354,27 @@ def test_a_batch_launcher_command_runs_to_completion(backend):
 
 
 def test_default_command_without_open_mpi_is_a_config_error_before_anything_runs(tmp_path, monkeypatch):
-    from labkit.jobs.session import plan_interactive_job
-
     monkeypatch.setenv("PATH", str(tmp_path))  # no mpirun anywhere
     with pytest.raises(ConfigError) as err:
         plan_interactive_job(device="cpu", jobs_dir=str(tmp_path))
     assert err.value.field == "train_command" and "mpirun" in str(err.value)
     # A command of one's own does not need it.
-    assert plan_interactive_job(device="cpu", jobs_dir=str(tmp_path), train_command="echo hi").train_argv == ["echo", "hi"]
+    assert plan_interactive_job(device="cpu", jobs_dir=str(tmp_path), train_command="echo hi").train_argv == [
+        "echo",
+        "hi",
+    ]
 
 
 def test_parse_metrics_survives_mpirun_gluing_two_ranks_onto_one_line():
-    glued = ('[1,0]<stdout>:LABKIT_METRIC {"event": "done", "rank": 0}[1,1]<stdout>:LABKIT_METRIC {"event": "done", '
-             '"rank": 1}\n[1,0]<stdout>:\n[1,1]<stdout>:LABKIT_METRIC {"broken\nLABKIT_METRIC {"event": "step", "rank": 1}')
-    assert parse_metrics(glued) == [{"event": "done", "rank": 0}, {"event": "done", "rank": 1},
-                                    {"event": "step", "rank": 1}]
+    glued = (
+        '[1,0]<stdout>:LABKIT_METRIC {"event": "done", "rank": 0}[1,1]<stdout>:LABKIT_METRIC {"event": "done", '
+        '"rank": 1}\n[1,0]<stdout>:\n[1,1]<stdout>:LABKIT_METRIC {"broken\nLABKIT_METRIC {"event": "step", "rank": 1}'
+    )
+    assert parse_metrics(glued) == [
+        {"event": "done", "rank": 0},
+        {"event": "done", "rank": 1},
+        {"event": "step", "rank": 1},
+    ]
 
 
 def test_each_exec_gets_its_own_rendezvous_port(backend):
@@ -387,8 +397,12 @@ def test_two_jobs_train_on_one_host_at_the_same_time(backend):
     try:
         for job in jobs:
             job.wait_ready(10)
-        threads = [threading.Thread(target=lambda i=i: results.setdefault(
-            i, jobs[i].run(backend.training_command(specs[i], steps=5), timeout=240))) for i in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.setdefault(i, jobs[i].run(training_command(backend, steps=5), timeout=240))
+            )
+            for i in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:

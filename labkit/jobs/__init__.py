@@ -5,46 +5,44 @@
         job.wait_ready()
         job.exec(["cat", "/etc/mpi/hostfile"])
 
-This package imports nothing heavy: the Kubernetes client is loaded only by the kubernetes backend, and
-`hello_deepspeed.py` (run inside ranks) imports nothing from here.
+The Kubernetes client is imported only inside the kubernetes backend's methods, so importing this package stays cheap.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from labkit.errors import check_choice
+from labkit.jobs.base import CLUSTER_HOSTFILE, ExecResult, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
+from labkit.jobs.kubernetes import KubernetesBackend
+from labkit.jobs.local import LocalBackend
 
-from labkit.jobs.base import (BACKENDS, CLUSTER_HOSTFILE, ExecResult, Job, JobBackend, JobNotFound, JobNotReady,
-                              JobStatus, cluster_training_command, parse_metrics, parse_train_command, print_output,
-                              validate_backend_name, validate_job_name)
+BACKENDS = ("local", "kubernetes")
 
-if TYPE_CHECKING:  # pragma: no cover
-    from labkit.jobs.kubernetes import KubernetesBackend
-    from labkit.jobs.local import LocalBackend
+__all__ = [
+    "BACKENDS",
+    "CLUSTER_HOSTFILE",
+    "ExecResult",
+    "Job",
+    "JobBackend",
+    "JobNotFound",
+    "JobNotReady",
+    "JobStatus",
+    "KubernetesBackend",
+    "LocalBackend",
+    "get_backend",
+]
 
-__all__ = ["BACKENDS", "CLUSTER_HOSTFILE", "ExecResult", "Job", "JobBackend", "JobNotFound", "JobNotReady", "JobStatus",
-           "KubernetesBackend", "LocalBackend", "cluster_training_command", "get_backend", "parse_metrics",
-           "parse_train_command", "print_output", "validate_backend_name", "validate_job_name"]
 
-
-def get_backend(name: str = "local", **options: Any) -> JobBackend:
-    """The backend called `name`; options go to its constructor (local: root, namespace;
-    kubernetes: kubeconfig, context, namespace, api_client)."""
-    validate_backend_name(name)
+def get_backend(
+    name: str = "local",
+    *,
+    namespace: str = "workloads",
+    jobs_dir: str | None = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> JobBackend:
+    """The backend called `name`; each takes the options that apply to it (local: jobs_dir; kubernetes: kubeconfig,
+    context), so callers pass them all without asking which backend they got."""
+    check_choice("backend", name, BACKENDS)
     if name == "local":
-        from labkit.jobs.local import LocalBackend
-
-        return LocalBackend(**options)
-    from labkit.jobs.kubernetes import KubernetesBackend
-
-    return KubernetesBackend(**options)
-
-
-def __getattr__(attr: str):  # lazy: importing labkit.jobs must not import the Kubernetes client
-    if attr == "LocalBackend":
-        from labkit.jobs.local import LocalBackend
-
-        return LocalBackend
-    if attr == "KubernetesBackend":
-        from labkit.jobs.kubernetes import KubernetesBackend
-
-        return KubernetesBackend
-    raise AttributeError(f"module 'labkit.jobs' has no attribute {attr!r}")
+        return LocalBackend(root=jobs_dir, namespace=namespace)
+    return KubernetesBackend(kubeconfig=kubeconfig, context=context, namespace=namespace)

@@ -1,37 +1,33 @@
-"""One job interface, two backends (local processes, Kubernetes MPIJobs).
+"""The job interface both backends implement (local processes, Kubernetes MPIJobs); code above it knows neither.
 
-A `JobBackend` submits an `MpiJobSpec` and returns a `Job` handle; the handle forwards to its backend and deletes the
-job when used as a context manager, so a notebook cell or a test cannot forget it. Code above this layer (notebooks,
-the CLI) knows nothing of either backend: it calls `get_backend(name)` and this interface.
-
-The interactive pattern both backends implement: the launcher is a long-lived placeholder (`sleep infinity`) that
-holds the job's resources; the user execs into it and runs `deepspeed --hostfile /etc/mpi/hostfile ...`; a deadline
-ends a forgotten job.
+A `JobBackend` submits a job spec and returns a `Job` handle; the handle deletes the job when used as a context
+manager, so a notebook cell or a test cannot forget it. The interactive pattern: the launcher is a long-lived
+placeholder (`sleep infinity`) holding the job's resources; the user execs `deepspeed --hostfile /etc/mpi/hostfile ...`
+into it; a deadline ends a forgotten job.
 """
+
 from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import re
-import shlex
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, check_number
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from labkit.manifests import MpiJobSpec
 
-BACKENDS = ("local", "kubernetes")
 # Where the MPI Operator mounts the hostfile in the launcher; the local backend maps this path onto its job dir.
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
-METRIC_TAG = "LABKIT_METRIC"
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+OutputCallback = Callable[[str], None]
 
 
 class JobNotFound(LabkitError):
@@ -49,17 +45,17 @@ class JobStatus:
     name: str
     namespace: str
     backend: str
-    phase: str                      # Pending | Running | Succeeded | Failed | DeadlineExceeded
-    ready: bool = False             # the launcher accepts exec
-    created: float | None = None    # epoch seconds
-    deadline: float | None = None   # epoch seconds after which the job is stopped
+    phase: str  # Pending | Running | Succeeded | Failed | DeadlineExceeded
+    ready: bool = False  # the launcher accepts exec
+    created: float | None = None  # epoch seconds
+    deadline: float | None = None  # epoch seconds after which the job is stopped
     message: str = ""
     workers: int | None = None
     slots_per_worker: int | None = None
 
     @property
     def past_deadline(self) -> bool:
-        """True if the job outlived its deadline (or was ended by it): the `list()` flag for forgotten jobs."""
+        """The `list()` flag for forgotten jobs: outlived its deadline, or was ended by it."""
         if self.phase == "DeadlineExceeded":
             return True
         return self.deadline is not None and time.time() > self.deadline and self.phase in ("Pending", "Running")
@@ -86,24 +82,8 @@ class ExecResult:
         return self.returncode == 0
 
 
-OutputCallback = Callable[[str], None]
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def print_output(text: str) -> None:
-    """Default exec output sink: straight to stdout, flushed, so a notebook shows it live."""
+    """The default exec output sink: stdout, flushed, so a notebook shows it live."""
     sys.stdout.write(text)
     sys.stdout.flush()
 
@@ -111,23 +91,21 @@ def print_output(text: str) -> None:
 class JobBackend(abc.ABC):
     """Submit, reach and remove interactive MPI jobs. Implementations: LocalBackend, KubernetesBackend."""
 
-    name: str = "abstract"
-    namespace: str = "workloads"
+    name: str
+    namespace: str
 
     @property
     @abc.abstractmethod
-    def hostfile_path(self) -> str:
-        """Where the hostfile is, as seen by a command exec'd in the launcher."""
-
-    def render(self, spec: "MpiJobSpec") -> list[dict]:
-        """The objects `submit` would create (validated first)."""
-        from labkit import manifests
-
-        spec.validate()
-        return manifests.render_all(spec)
+    def one_host(self) -> bool:
+        """True when every rank runs on this machine (no ssh between ranks, rendezvous on loopback)."""
 
     @abc.abstractmethod
-    def submit(self, spec: "MpiJobSpec") -> "Job":
+    def accelerator_for(self, device: str, ranks: int) -> tuple[str, str]:
+        """(accelerator, why) for a `device` parameter (auto | cpu | cuda | hpu) and a job of `ranks` ranks;
+        ConfigError when this backend cannot give it."""
+
+    @abc.abstractmethod
+    def submit(self, spec: MpiJobSpec) -> Job:
         """Create the job (after validating the spec) and return its handle without waiting."""
 
     @abc.abstractmethod
@@ -135,12 +113,10 @@ class JobBackend(abc.ABC):
         """Block until the launcher accepts exec; raise JobNotReady with the reason otherwise."""
 
     @abc.abstractmethod
-    def exec(self, name: str, argv: list[str], *, on_output: OutputCallback | None = print_output,
-             timeout: float | None = None, namespace: str | None = None) -> int:
-        """Run argv in the launcher, stream its output to on_output, return its exit code.
+    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
+        """Run argv in the launcher, stream its output to on_output (an OutputCallback, or None), return its exit code.
 
-        On timeout or KeyboardInterrupt the command and every rank it started are stopped before this returns/raises.
-        """
+        On timeout (TimeoutError) or KeyboardInterrupt the command and every rank it started are stopped first."""
 
     @abc.abstractmethod
     def logs(self, name: str, *, namespace: str | None = None) -> str:
@@ -156,14 +132,29 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
-        """Every job (in namespace; all namespaces when the backend allows and namespace is '*')."""
+        """Every job in namespace (default: the backend's; '*': all namespaces)."""
 
-    def job(self, name: str, namespace: str | None = None) -> "Job":
-        """A handle on an existing job (e.g. one submitted by another process)."""
-        return Job(self, name, namespace or self.namespace)
 
-    def run(self, name: str, argv: list[str], *, on_output: OutputCallback | None = None, timeout: float | None = None,
-            namespace: str | None = None) -> ExecResult:
+class Job:
+    """A handle on one job; `with backend.submit(spec) as job:` deletes it on exit, error or interrupt."""
+
+    hostfile_path = CLUSTER_HOSTFILE  # the same path on both backends
+
+    def __init__(self, backend: JobBackend, name: str, namespace: str | None = None):
+        self.backend, self.name, self.namespace = backend, name, namespace or backend.namespace
+
+    def __repr__(self) -> str:
+        return f"Job(backend={self.backend.name!r}, namespace={self.namespace!r}, name={self.name!r})"
+
+    def wait_ready(self, timeout: float = 300.0) -> JobStatus:
+        return self.backend.wait_ready(self.name, timeout=timeout, namespace=self.namespace)
+
+    def exec(
+        self, argv: list[str], on_output: OutputCallback | None = print_output, timeout: float | None = None
+    ) -> int:
+        return self.backend.exec(self.name, argv, on_output=on_output, timeout=timeout, namespace=self.namespace)
+
+    def run(self, argv: list[str], on_output: OutputCallback | None = None, timeout: float | None = None) -> ExecResult:
         """exec() that also returns the combined output."""
         chunks: list[str] = []
 
@@ -173,35 +164,8 @@ class JobBackend(abc.ABC):
                 on_output(text)
 
         start = time.monotonic()
-        code = self.exec(name, argv, on_output=collect, timeout=timeout, namespace=namespace)
+        code = self.exec(argv, on_output=collect, timeout=timeout)
         return ExecResult(code, "".join(chunks), time.monotonic() - start, list(argv))
-
-    def training_command(self, spec: "MpiJobSpec", *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
-        """The default `deepspeed --hostfile ... --launcher openmpi` line that runs labkit's small DeepSpeed script."""
-        return cluster_training_command(steps=steps, extra_args=extra_args)
-
-
-class Job:
-    """A handle on one submitted job; `with backend.submit(spec) as job:` deletes it on exit, error or interrupt."""
-
-    def __init__(self, backend: JobBackend, name: str, namespace: str):
-        self.backend, self.name, self.namespace = backend, name, namespace
-
-    def __repr__(self) -> str:
-        return f"Job(backend={self.backend.name!r}, namespace={self.namespace!r}, name={self.name!r})"
-
-    @property
-    def hostfile_path(self) -> str:
-        return self.backend.hostfile_path
-
-    def wait_ready(self, timeout: float = 300.0) -> JobStatus:
-        return self.backend.wait_ready(self.name, timeout=timeout, namespace=self.namespace)
-
-    def exec(self, argv: list[str], on_output: OutputCallback | None = print_output, timeout: float | None = None) -> int:
-        return self.backend.exec(self.name, argv, on_output=on_output, timeout=timeout, namespace=self.namespace)
-
-    def run(self, argv: list[str], on_output: OutputCallback | None = None, timeout: float | None = None) -> ExecResult:
-        return self.backend.run(self.name, argv, on_output=on_output, timeout=timeout, namespace=self.namespace)
 
     def logs(self) -> str:
         return self.backend.logs(self.name, namespace=self.namespace)
@@ -212,88 +176,48 @@ class Job:
     def delete(self) -> bool:
         return self.backend.delete(self.name, namespace=self.namespace)
 
-    def __enter__(self) -> "Job":
+    def __enter__(self) -> Job:
         return self
 
     def __exit__(self, *exc) -> None:
         self.delete()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The training command both backends run by default
+# What both backends share around exec: the argument checks, and the guard that makes a stop uninterruptible.
 
 
-def hello_script_module() -> str:
-    return "labkit.jobs.hello_deepspeed"
-
-
-def cluster_training_command(*, hostfile: str = CLUSTER_HOSTFILE, steps: int = 20,
-                             extra_args: list[str] | None = None) -> list[str]:
-    """What a user types in an MPIJob launcher: DeepSpeed's openmpi launcher over the operator's hostfile.
-
-    `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise start the ranks on the
-    launcher itself (which has no accelerators). `--module`: the script ships inside the labkit package of the image.
-    """
-    from labkit.manifests import SSH_PORT
-
-    # The kit's images run sshd on an unprivileged port: DeepSpeed's address probe and mpirun's ssh both need it.
-    return ["deepspeed", "--hostfile", hostfile, "--force_multi", "--launcher", "openmpi", "--ssh_port", str(SSH_PORT),
-            "--launcher_args", f"--mca plm_rsh_args '-p {SSH_PORT}'", "--module", hello_script_module(),
-            "--steps", str(steps), *(extra_args or [])]
-
-
-def parse_train_command(text: str) -> list[str]:
-    """A notebook's `train_command` string as argv (shell-style quoting)."""
-    try:
-        argv = shlex.split(text)
-    except ValueError as exc:
-        raise ConfigError("train_command", f"cannot be split into arguments ({exc})",
-                          "balance the quotes, or leave it empty for the default DeepSpeed command") from None
-    if not argv:
-        raise ConfigError("train_command", "is empty", "leave it empty for the default or give a command")
-    return argv
-
-
-def parse_metrics(output: str) -> list[dict]:
-    """The `LABKIT_METRIC {json}` records a rank script printed, in order.
-
-    Tolerates mpirun's `[1,r]<stdout>:` prefixes and two ranks' records glued onto one line (Open MPI's
-    --tag-output forwards whatever chunk a rank wrote, so a line can end in the middle of another rank's output).
-    """
-    decoder = json.JSONDecoder()
-    marker = METRIC_TAG + " "
-    metrics = []
-    for line in output.splitlines():
-        start = line.find(marker)
-        while start >= 0:
-            try:
-                value, end = decoder.raw_decode(line, start + len(marker))
-            except json.JSONDecodeError:
-                end = start + len(marker)
-            else:
-                if isinstance(value, dict):
-                    metrics.append(value)
-            start = line.find(marker, end)
-    return metrics
-
-
-def validate_exec_args(argv: list[str], timeout: float | None) -> None:
-    """What both backends refuse before touching a job: an empty or non-string command, a non-positive timeout."""
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}",
-                          "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
-
-
-def validate_job_name(name: str, field_name: str = "name") -> None:
+def check_job_name(name: str) -> str:
     """Kubernetes object names (RFC 1123 labels): also what the local backend uses as a directory name."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 50:
-        raise ConfigError(field_name, f"{name!r} is not a valid job name",
-                          "use lowercase letters, digits and '-', starting and ending with a letter or digit, "
-                          "at most 50 characters (e.g. 'deepspeed-interactive')")
+        raise ConfigError(
+            "name",
+            f"{name!r} is not a valid job name",
+            "use lowercase letters, digits and '-', starting and ending with a letter or digit, "
+            "at most 50 characters (e.g. 'deepspeed-interactive')",
+        )
+    return name
 
 
-def validate_backend_name(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError("backend", f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+def check_exec_args(argv: list[str], timeout: float | None) -> None:
+    """What both backends refuse before touching a job: an empty or non-string command, a non-positive timeout."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(
+            "argv",
+            f"must be a non-empty list of strings, got {argv!r}",
+            "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']",
+        )
+    if timeout is not None:
+        check_number("timeout", timeout, 0.0, "pass seconds > 0 or None", strict=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

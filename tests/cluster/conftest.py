@@ -15,6 +15,7 @@ A kind cluster that runs it:  kind create cluster; kubectl apply --server-side -
 https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml; kind load
 docker-image <your labkit image>; then `make cluster-test LABKIT_CLUSTER_IMAGE=<that image>`.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,21 +41,25 @@ def cluster_settings() -> dict:
     settings = _settings()
     source = cluster.find_kubeconfig(None, settings["context"])
     if source is None:
-        pytest.skip(f"cluster tests are opt-in and {cluster.NO_CLUSTER_MESSAGE}; "
-                    "then run `make cluster-test` (see tests/cluster/conftest.py for a kind recipe)")
+        pytest.skip(
+            f"cluster tests are opt-in and {cluster.NO_CLUSTER_MESSAGE}; "
+            "then run `make cluster-test` (see tests/cluster/conftest.py for a kind recipe)"
+        )
     probe = cluster.probe_api_server(None, settings["context"], timeout=10.0)
     assert probe.reachable and not probe.status, (
         f"a cluster is configured ({source.describe()}) but its API server did not answer: "
-        f"{probe.error or probe.status}. Fix: check `kubectl get nodes` with the same kubeconfig")
+        f"{probe.error or probe.status}. Fix: check `kubectl get nodes` with the same kubeconfig"
+    )
     return {**settings, "source": source.describe()}
 
 
 @pytest.fixture(scope="session")
 def cluster_backend(cluster_settings):
-    from labkit.jobs.kubernetes import KubernetesBackend
+    from labkit.jobs import KubernetesBackend
 
-    backend = KubernetesBackend(context=cluster_settings["context"], namespace=cluster_settings["namespace"],
-                                request_timeout=60.0)
+    backend = KubernetesBackend(
+        context=cluster_settings["context"], namespace=cluster_settings["namespace"], request_timeout=60.0
+    )
     backend.check_operator()  # a clear failure (with the install command) when the MPI Operator is missing
     return backend
 
@@ -63,9 +68,16 @@ def cluster_backend(cluster_settings):
 def job_spec(cluster_settings):
     from labkit.manifests import MpiJobSpec
 
-    return MpiJobSpec(name=f"labkit-ct-{uuid.uuid4().hex[:6]}", namespace=cluster_settings["namespace"],
-                      workers=2, slots_per_worker=1, accelerator=cluster_settings["accelerator"],
-                      image=cluster_settings["image"], deadline_seconds=30 * 60, ttl_seconds_after_finished=60)
+    return MpiJobSpec(
+        name=f"labkit-ct-{uuid.uuid4().hex[:6]}",
+        namespace=cluster_settings["namespace"],
+        workers=2,
+        slots_per_worker=1,
+        accelerator=cluster_settings["accelerator"],
+        image=cluster_settings["image"],
+        deadline_seconds=30 * 60,
+        ttl_seconds_after_finished=60,
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,11 +1,13 @@
 """The interactive MPIJob scenario on a real cluster (kind/minikube + MPI Operator, or a GPU/Gaudi cluster)."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from labkit.jobs import JobNotFound, parse_metrics
+from labkit.chapters.interactive import parse_metrics, training_command
+from labkit.jobs import JobNotFound
 
 
 @pytest.fixture
@@ -37,13 +39,15 @@ def test_failing_command_returns_its_code_and_stderr(ready_job):
 def test_interrupted_exec_leaves_nothing_running_in_the_launcher(ready_job):
     with pytest.raises(TimeoutError):
         ready_job.exec(["sh", "-c", "sleep 4321 & sleep 4321 & wait"], timeout=3, on_output=None)
-    count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 4321' || true"
+    count = (
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 4321' || true"
+    )
     left = ready_job.run(["sh", "-c", count]).output.strip()
     assert left == "0", f"{left} sleep process(es) survived the interrupted exec"
 
 
 def test_deepspeed_trains_on_every_worker_through_mpirun(cluster_backend, ready_job, job_spec):
-    argv = cluster_backend.training_command(job_spec, steps=10)
+    argv = training_command(cluster_backend, steps=10)
     res = ready_job.run(argv, timeout=1800)
     metrics = parse_metrics(res.output)
     assert res.returncode == 0, res.output[-4000:]

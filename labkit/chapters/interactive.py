@@ -1,0 +1,269 @@
+"""Notebook 03, the interactive MPIJob session: the chapter's parameters validated into a backend, a job spec and a
+training command; live training progress; a summary and a figure of what the ranks reported.
+
+The same code drives both backends: it asks the backend what differs (which accelerator a `device` gets there,
+whether every rank runs on this one host), never which backend it is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from labkit import launch, manifests
+from labkit.errors import ConfigError, check_int, check_number
+from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
+
+HELLO_MODULE = "labkit.ranks.hello"  # the small DeepSpeed script the default command runs in every rank
+METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON record
+
+
+def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
+    """What a user types in an MPIJob launcher: DeepSpeed's openmpi launcher over the operator's hostfile.
+
+    `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise start the ranks on the
+    launcher itself (which has no accelerators). `--module`: the script ships inside the labkit package of the image.
+    """
+    common = ["--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi"]
+    rank_script = ["--module", HELLO_MODULE, "--steps", str(steps), *(extra_args or [])]
+    if not backend.one_host:
+        # The kit's images run sshd on an unprivileged port: DeepSpeed's address probe and mpirun's ssh both need it.
+        ssh = [
+            "--ssh_port",
+            str(manifests.SSH_PORT),
+            "--launcher_args",
+            f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'",
+        ]
+        return ["deepspeed", *common, *ssh, *rank_script]
+    require_open_mpi()
+    # One host: no ssh (so no ssh check), Open MPI's single-machine options, rendezvous on loopback.
+    local = ["--no_ssh_check", "--launcher_args", shlex.join(launch.local_mpi_args()), "--master_addr", "127.0.0.1"]
+    port = ["--master_port", str(launch.free_port())]
+    return [*launch.deepspeed_executable(), *common, *local, *port, *rank_script]
+
+
+def require_open_mpi() -> None:
+    """The default command's ranks come from Open MPI: without mpirun (or mpi4py, which DeepSpeed reads the MPI
+    ranks with) it would fail only after DeepSpeed's start-up; say so now."""
+    if shutil.which("mpirun") is None:
+        raise ConfigError(
+            "train_command",
+            "the default command runs DeepSpeed's openmpi launcher, but mpirun is not on PATH",
+            "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does it), "
+            "or pass your own train_command",
+        )
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ConfigError(
+            "train_command",
+            "the default command needs mpi4py in this environment (DeepSpeed reads the Open MPI ranks through it)",
+            "pip install 'labkit[mpi]' (needs Open MPI's mpicc), or pass your own train_command",
+        )
+
+
+def parse_train_command(text: str) -> list[str]:
+    """A notebook's `train_command` string as argv (shell-style quoting)."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(
+            "train_command",
+            f"cannot be split into arguments ({exc})",
+            "balance the quotes, or leave it empty for the default DeepSpeed command",
+        ) from None
+    if not argv:
+        raise ConfigError("train_command", "is empty", "leave it empty for the default or give a command")
+    return argv
+
+
+def parse_metrics(output: str) -> list[dict]:
+    """The `LABKIT_METRIC {json}` records a rank script printed, in order.
+
+    Tolerates mpirun's `[1,r]<stdout>:` prefixes and two ranks' records glued onto one line (Open MPI's
+    --tag-output forwards whatever chunk a rank wrote, so a line can end in the middle of another rank's output).
+    """
+    decoder, marker = json.JSONDecoder(), METRIC_TAG + " "
+    metrics = []
+    for line in output.splitlines():
+        start = line.find(marker)
+        while start >= 0:
+            try:
+                value, end = decoder.raw_decode(line, start + len(marker))
+            except json.JSONDecodeError:
+                end = start + len(marker)
+            else:
+                if isinstance(value, dict):
+                    metrics.append(value)
+            start = line.find(marker, end)
+    return metrics
+
+
+@dataclass
+class InteractivePlan:
+    """Everything the chapter needs, validated before anything is submitted."""
+
+    backend: JobBackend
+    spec: manifests.MpiJobSpec  # resolved: slots, image... filled in from the overlay
+    train_argv: list[str]
+    default_command: bool
+    steps: int
+    device_reason: str = ""
+    objects: list[dict] = field(default_factory=list)
+
+    @property
+    def ranks(self) -> int:
+        return self.spec.workers * self.spec.slots_per_worker
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.train_argv)
+
+    def manifest_yaml(self, kind: str | None = "MPIJob") -> str:
+        return manifests.to_yaml([o for o in self.objects if kind is None or o["kind"] == kind])
+
+    def describe(self) -> str:
+        s = self.spec
+        others = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in self.objects if o["kind"] != "MPIJob")
+        return (
+            f"backend      {self.backend.name}\n"
+            f"job          {s.namespace}/{s.name}: {s.workers} worker(s) x {s.slots_per_worker} slot(s) = "
+            f"{self.ranks} rank(s), accelerator {s.accelerator} ({self.device_reason})\n"
+            f"image        {s.image}\n"
+            f"deadline     {s.deadline_seconds / 60:g} min (activeDeadlineSeconds {s.deadline_seconds})\n"
+            f"with it      {others or '-'}\n"
+            f"train        {self.command_line}"
+        )
+
+
+def plan_interactive_job(
+    *,
+    backend: str = "local",
+    namespace: str = "workloads",
+    name: str = "deepspeed-interactive",
+    workers: int = 2,
+    slots: int = 1,
+    device: str = "auto",
+    image: str = "",
+    deadline_minutes: float = 30.0,
+    train_command: str = "",
+    steps: int = 30,
+    ready_timeout_s: float = 300.0,
+    kubeconfig: str = "",
+    jobs_dir: str | None = None,
+) -> InteractivePlan:
+    """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing."""
+    for field_name, value, most in (("workers", workers, 64), ("slots", slots, 64), ("steps", steps, 100_000)):
+        check_int(field_name, value, 1, maximum=most)
+    release = "pass e.g. 30: the job and its accelerators are released after that many minutes"
+    check_number("deadline_minutes", deadline_minutes, 1.0, release)
+    check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)
+    job_backend = get_backend(backend, namespace=namespace, jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
+    accelerator, reason = job_backend.accelerator_for(device, workers * slots)
+    # resolved(): validates every field (ConfigError naming it) and fills the overlay's defaults.
+    spec = manifests.MpiJobSpec(
+        name=name, namespace=namespace, image=image or None, workers=workers, slots_per_worker=slots,
+        accelerator=accelerator, deadline_seconds=int(round(deadline_minutes * 60)),
+    ).resolved()  # fmt: skip
+    if train_command.strip():
+        argv, default = parse_train_command(train_command), False
+    else:
+        argv, default = training_command(job_backend, steps=steps), True
+    objects = manifests.render_all(spec)
+    return InteractivePlan(job_backend, spec, argv, default, steps, device_reason=reason, objects=objects)
+
+
+class TrainingProgress:
+    """An exec output sink: prints each line as it arrives and advances a tqdm bar on rank 0's steps."""
+
+    def __init__(self, total_steps: int | None = None, *, echo: bool = True, stream=None):
+        from tqdm.auto import tqdm
+
+        self.echo, self.stream = echo, stream or sys.stdout
+        self.lines: list[str] = []
+        self._partial = ""
+        self.bar = tqdm(total=total_steps, desc="rank 0 steps", unit="step", leave=True, file=sys.stderr)
+
+    def __call__(self, text: str) -> None:
+        *complete, self._partial = (self._partial + text).split("\n")
+        for line in complete:
+            self.lines.append(line)
+            if METRIC_TAG in line:  # metric lines go to the plot, not the screen
+                for metric in parse_metrics(line):
+                    if metric.get("event") == "step" and metric.get("rank") == 0:
+                        self.bar.update(1)
+                        self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
+            elif self.echo:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self._partial:
+            self.lines.append(self._partial)
+            self._partial = ""
+        self.bar.close()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def hostfile_rows(text: str) -> list[dict[str, Any]]:
+    """The hostfile's `host slots=N` lines as rows (comments skipped), in file order."""
+    matches = (re.match(r"^\s*([^#\s]\S*)\s+slots=(\d+)", line) for line in text.splitlines())
+    return [{"host": m.group(1), "slots": int(m.group(2))} for m in matches if m]
+
+
+def _steps_by_rank(metrics: list[dict]) -> dict[int, list[dict]]:
+    steps = [m for m in metrics if m.get("event") == "step"]
+    return {
+        r: sorted((m for m in steps if m["rank"] == r), key=lambda m: m["step"]) for r in {m["rank"] for m in steps}
+    }
+
+
+def summarize_training(metrics: list[dict], returncode: int) -> dict[str, Any]:
+    """What the ranks reported: world size, ranks seen, steps, first/last loss per rank, the all-reduce check."""
+    by_rank = _steps_by_rank(metrics)
+    done = [m for m in metrics if m.get("event") == "done"]
+    per_rank = {
+        r: {"steps": len(mine), "loss_first": mine[0]["loss"], "loss_last": mine[-1]["loss"]}
+        for r, mine in sorted(by_rank.items())
+    }
+    first = [v["loss_first"] for v in per_rank.values()]
+    last = [v["loss_last"] for v in per_rank.values()]
+    reported = [m for mine in by_rank.values() for m in mine] + done
+    return {
+        "returncode": returncode,
+        "world_size": max((m.get("world_size", 0) for m in reported), default=0),
+        "ranks": sorted(set(by_rank) | {m["rank"] for m in done}),
+        "ranks_finished": sorted(m["rank"] for m in done),
+        "per_rank": per_rank,
+        "steps": max((v["steps"] for v in per_rank.values()), default=0),
+        "loss_first_mean": sum(first) / len(first) if first else None,
+        "loss_last_mean": sum(last) / len(last) if last else None,
+        "allreduce_ok": bool(done) and all(m["allreduce_sum"] == m["allreduce_expected"] for m in done),
+        "backend": done[0].get("backend") if done else None,
+        "zero_stage": done[0].get("zero_stage") if done else None,
+    }
+
+
+def loss_figure(metrics: list[dict]):
+    """Loss per step, one line per rank (each rank trains on its own data shard, so the curves differ a little)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    by_rank = _steps_by_rank(metrics)
+    for rank, mine in sorted(by_rank.items()):
+        ax.plot([m["step"] for m in mine], [m["loss"] for m in mine], marker=".", label=f"rank {rank}")
+    ax.set(xlabel="optimizer step", ylabel="MSE loss (own shard)", yscale="log")
+    ax.set_title("DeepSpeed ranks training inside the job")
+    ax.grid(True, alpha=0.3)
+    if by_rank:
+        ax.legend()
+    fig.tight_layout()
+    return fig

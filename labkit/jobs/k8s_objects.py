@@ -1,0 +1,73 @@
+"""Reading what the Kubernetes API returns: an MPIJob's phase, a pod's readiness and problems, an error's message."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+# Waiting reasons that never resolve by waiting longer.
+FATAL_WAITING = frozenset(
+    "ErrImagePull ImagePullBackOff InvalidImageName ErrImageNeverPull CreateContainerConfigError CreateContainerError "
+    "CrashLoopBackOff RunContainerError".split()
+)
+# An MPIJob's newest true condition as the job's phase.
+PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
+
+
+def api_message(exc: Exception) -> str:
+    """The API server's own message from an ApiException body (a Status object), else the HTTP reason."""
+    try:
+        status = json.loads(getattr(exc, "body", None) or "{}")
+        if isinstance(status, dict) and status.get("message"):
+            return str(status["message"])
+    except (TypeError, ValueError):
+        pass
+    return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or exc}".strip()
+
+
+def timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def mpijob_phase(obj: dict) -> tuple[str, str]:
+    """(phase, message) from an MPIJob's status conditions (the newest true condition wins)."""
+    conds = [c for c in (obj.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
+    if not conds:
+        return "Pending", "created, waiting for the operator"
+    last = sorted(conds, key=lambda c: c.get("lastTransitionTime") or "")[-1]
+    kind, reason = last.get("type", ""), last.get("reason", "")
+    if kind == "Failed" and "Deadline" in reason:
+        return "DeadlineExceeded", last.get("message") or reason
+    return PHASE_OF_CONDITION.get(kind, kind or "Pending"), last.get("message") or reason
+
+
+def pod_ready(pod) -> bool:
+    if pod.status is None or pod.status.phase != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def pod_problem(pod) -> tuple[str | None, bool]:
+    """(why the pod is not running, whether waiting cannot help)."""
+    st = pod.status
+    if st is None:
+        return "no status yet", False
+    for cs in (st.init_container_statuses or []) + (st.container_statuses or []):
+        waiting, terminated = (cs.state.waiting, cs.state.terminated) if cs.state else (None, None)
+        if waiting and waiting.reason and waiting.reason not in ("ContainerCreating", "PodInitializing"):
+            problem = f"container {cs.name}: {waiting.reason}: {waiting.message or ''}".strip()
+            return problem, waiting.reason in FATAL_WAITING
+        if terminated and st.phase != "Running":
+            return f"container {cs.name} exited {terminated.exit_code}: {terminated.reason or ''}".strip(), True
+    for cond in st.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False":
+            return f"not scheduled: {cond.reason}: {cond.message or ''}".strip(), False
+    if st.phase in ("Failed", "Succeeded"):
+        return f"pod {st.phase}: {st.reason or ''} {st.message or ''}".strip(), True
+    return (None if st.phase == "Running" else f"phase {st.phase}"), False
