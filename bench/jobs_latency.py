@@ -28,7 +28,7 @@ from kit_testing import fake_cluster  # noqa: E402
 
 from labkit.chapters.interactive import training_command  # noqa: E402
 from labkit.jobs import get_backend  # noqa: E402
-from labkit.manifests import MpiJobSpec  # noqa: E402
+from labkit.manifests import JobSpec  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -41,7 +41,7 @@ def lifecycle(backend, repeats: int, *, train: bool) -> dict:
     submit_ready, exec_rt, delete = [], [], []
     train_s = None
     for i in range(repeats):
-        spec = MpiJobSpec(name=f"bench-{i}", workers=2, slots_per_worker=1)
+        spec = JobSpec(name=f"bench-{i}", workers=2, slots_per_worker=1)
         t, job = timed(backend.submit, spec)
         t2, _ = timed(job.wait_ready, timeout=120)
         submit_ready.append(t + t2)

@@ -71,8 +71,14 @@ from IPython.display import Markdown, display
 
 from labkit import results
 from labkit.errors import LabkitError
-from labkit.jobs import parse_metrics
-from labkit.jobs.session import TrainingProgress, hostfile_rows, loss_figure, plan_interactive_job, summarize_training
+from labkit.chapters.interactive import (
+    TrainingProgress,
+    hostfile_rows,
+    loss_figure,
+    parse_metrics,
+    plan_interactive_job,
+    summarize_training,
+)
 
 plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
                             device=device, image=image, deadline_minutes=deadline_minutes,

@@ -69,7 +69,7 @@ _executed: dict[str, notebooks.NotebookRun] = {}
 def execute_once(stem: str, run_dir: Path) -> notebooks.NotebookRun:
     """Run notebooks/<stem>.ipynb with its test parameters, once per session, through the `labkit run` code path."""
     if stem not in _executed:
-        (path,) = notebooks.resolve([stem])
-        params = notebooks.plan([path], {}, use_test_parameters=True)[path]
+        (path,) = notebooks.select([stem])
+        params = notebooks.parameters_per_notebook([path], {}, use_test_parameters=True)[path]
         _executed[stem] = notebooks.run_notebook(path, run_dir, params, timeout=600)
     return _executed[stem]

@@ -17,7 +17,7 @@ from kit_testing import fake_cluster, wait_until
 from labkit.chapters.interactive import plan_interactive_job, training_command
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import JobNotReady, KubernetesBackend, get_backend
-from labkit.manifests import MpiJobSpec
+from labkit.manifests import JobSpec
 
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
 
@@ -37,7 +37,7 @@ def backend(api) -> KubernetesBackend:
 
 @pytest.fixture
 def ready_job(api, backend):
-    job = backend.submit(MpiJobSpec(name="demo", workers=2, slots_per_worker=2))
+    job = backend.submit(JobSpec(name="demo", workers=2, slots_per_worker=2))
     job.wait_ready(timeout=20)
     yield job
     job.delete()
@@ -48,7 +48,7 @@ def posts(api) -> list[tuple[str, bool]]:
 
 
 def test_submit_dry_runs_every_object_before_creating_any(api, backend):
-    backend.submit(MpiJobSpec(name="demo"))
+    backend.submit(JobSpec(name="demo"))
     sent = posts(api)
     assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]  # the namespace, if missing
     rest = sent[2:]
@@ -63,7 +63,7 @@ def test_submit_dry_runs_every_object_before_creating_any(api, backend):
 
 def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backend):
     api.ready_delay = None  # pods stay Pending until the test advances them
-    job = backend.submit(MpiJobSpec(name="demo", workers=3))
+    job = backend.submit(JobSpec(name="demo", workers=3))
 
     def watches():
         return [
@@ -132,7 +132,7 @@ def test_keyboard_interrupt_stops_the_remote_command(api, ready_job):
 
 def test_image_pull_error_fails_fast_with_the_pods_events():
     with fake_cluster(scenario="image_pull", ready_delay=0.2) as (api, backend):
-        job = backend.submit(MpiJobSpec(name="typo", image="ghcr.io/labkit/deepspeed-cpu:no-such-tag"))
+        job = backend.submit(JobSpec(name="typo", image="ghcr.io/labkit/deepspeed-cpu:no-such-tag"))
         start = time.monotonic()
         with pytest.raises(JobNotReady) as err:
             job.wait_ready(timeout=60)
@@ -144,7 +144,7 @@ def test_image_pull_error_fails_fast_with_the_pods_events():
 
 def test_unschedulable_job_times_out_naming_the_scheduler_reason():
     with fake_cluster(scenario="unschedulable", ready_delay=0.2) as (api, backend):
-        job = backend.submit(MpiJobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
+        job = backend.submit(JobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
         with pytest.raises(JobNotReady) as err:
             job.wait_ready(timeout=2)
         text = str(err.value)
@@ -163,7 +163,7 @@ def test_unschedulable_job_times_out_naming_the_scheduler_reason():
 def test_missing_operator_or_v1_clash_is_named_before_anything_is_created(served, expected):
     with fake_cluster(served_versions=served) as (api, backend):
         with pytest.raises(LabkitError, match=expected) as err:
-            backend.submit(MpiJobSpec(name="demo"))
+            backend.submit(JobSpec(name="demo"))
         assert "Fix:" in str(err.value)
         assert posts(api) == []
 
@@ -172,19 +172,19 @@ def test_rejected_dry_run_creates_nothing():
     message = 'admission webhook "quota.labkit" denied the request: exceeded quota: nvidia.com/gpu'
     with fake_cluster(reject_dry_run=message) as (api, backend):
         with pytest.raises(LabkitError, match="exceeded quota"):
-            backend.submit(MpiJobSpec(name="demo"))
+            backend.submit(JobSpec(name="demo"))
         created = [path for path, is_dry in posts(api) if not is_dry]
         assert created == ["/api/v1/namespaces"] and not api.pods and not api.objects  # (the namespace existed)
 
 
 def test_existing_job_name_is_a_config_error(backend, ready_job):
     with pytest.raises(ConfigError) as err:
-        backend.submit(MpiJobSpec(name="demo"))
+        backend.submit(JobSpec(name="demo"))
     assert err.value.field == "name" and "already exists" in str(err.value)
 
 
 def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it(api, backend):
-    backend.submit(MpiJobSpec(name="demo", namespace="team-c"))
+    backend.submit(JobSpec(name="demo", namespace="team-c"))
     sent = posts(api)
     assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]
     assert "team-c" in api.namespaces and any(ns == "team-c" for ns, _ in api.pods)
@@ -193,7 +193,7 @@ def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it(api, backen
 def test_missing_namespace_without_rights_to_create_it_is_a_config_error():
     with fake_cluster(allow_namespace_create=False) as (api, backend):
         with pytest.raises(ConfigError) as err:
-            backend.submit(MpiJobSpec(name="demo", namespace="team-b"))
+            backend.submit(JobSpec(name="demo", namespace="team-b"))
         assert err.value.field == "namespace" and "kubectl create namespace team-b" in str(err.value)
         assert not api.pods
 
@@ -294,7 +294,7 @@ def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, t
 def test_objects_a_student_may_not_create_are_reused_when_an_admin_made_them():
     with fake_cluster(forbidden_kinds=("Role", "RoleBinding")) as (api, backend):
         with pytest.raises(LabkitError, match=r"may not create Role/labkit .*kubectl apply -k manifests/base"):
-            backend.submit(MpiJobSpec(name="demo"))
+            backend.submit(JobSpec(name="demo"))
         assert not api.pods  # nothing of the job was created
         for kind, plural in (("Role", "roles"), ("RoleBinding", "rolebindings")):  # an admin applies manifests/base
             api.objects[("/apis/rbac.authorization.k8s.io/v1", plural, "workloads", "labkit")] = {
@@ -302,6 +302,6 @@ def test_objects_a_student_may_not_create_are_reused_when_an_admin_made_them():
                 "kind": kind,
                 "metadata": {"name": "labkit"},
             }
-        job = backend.submit(MpiJobSpec(name="demo"))
+        job = backend.submit(JobSpec(name="demo"))
         assert job.wait_ready(timeout=20).ready
         job.delete()

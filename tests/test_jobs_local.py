@@ -23,7 +23,7 @@ from labkit.chapters.interactive import (
 from labkit.errors import ConfigError
 from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
 from labkit.jobs.jobdir import job_pids
-from labkit.manifests import MpiJobSpec
+from labkit.manifests import JobSpec
 from labkit.procs import alive
 
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
@@ -42,7 +42,7 @@ def backend(tmp_path):
 
 
 def test_submit_exec_shows_operator_style_hostfile_and_job_environment(backend):
-    with backend.submit(MpiJobSpec(name="hosts", workers=3, slots_per_worker=2)) as job:
+    with backend.submit(JobSpec(name="hosts", workers=3, slots_per_worker=2)) as job:
         st = job.wait_ready(timeout=10)
         assert st.ready and st.phase == "Running" and (st.workers, st.slots_per_worker) == (3, 2)
         res = job.run(["cat", "/etc/mpi/hostfile"])  # the cluster path works locally too
@@ -63,7 +63,7 @@ def test_submit_exec_shows_operator_style_hostfile_and_job_environment(backend):
 
 def test_exec_streams_output_while_the_command_runs(backend):
     arrivals: list[tuple[float, str]] = []
-    with backend.submit(MpiJobSpec(name="stream")) as job:
+    with backend.submit(JobSpec(name="stream")) as job:
         job.wait_ready(10)
         start = time.monotonic()
         code = job.exec(
@@ -77,7 +77,7 @@ def test_exec_streams_output_while_the_command_runs(backend):
 
 
 def test_failing_command_returns_its_code_and_stderr(backend):
-    with backend.submit(MpiJobSpec(name="fails")) as job:
+    with backend.submit(JobSpec(name="fails")) as job:
         job.wait_ready(10)
         res = job.run(["sh", "-c", "echo partial; echo 'boom: disk full' >&2; exit 7"])
         assert res.returncode == 7 and "boom: disk full" in res.output and "partial" in res.output
@@ -87,7 +87,7 @@ def test_failing_command_returns_its_code_and_stderr(backend):
 
 def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
     with pytest.raises(ConfigError, match="^name:"):
-        backend.submit(MpiJobSpec(name="Not_Valid"))
+        backend.submit(JobSpec(name="Not_Valid"))
     with pytest.raises(ConfigError, match="^deadline_seconds:"):
         LocalBackend(root=backend.root, deadline_seconds=-1)
     with pytest.raises(ConfigError, match="^backend:"):
@@ -95,16 +95,16 @@ def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
     assert not (tmp_path / "jobs" / "workloads" / "ok").exists()
     with pytest.raises(JobNotFound, match="does not exist"):
         backend.exec("never-submitted", ["true"])
-    with backend.submit(MpiJobSpec(name="twice")) as job:
+    with backend.submit(JobSpec(name="twice")) as job:
         job.wait_ready(10)
         with pytest.raises(ConfigError, match="already running"):
-            backend.submit(MpiJobSpec(name="twice"))
+            backend.submit(JobSpec(name="twice"))
         with pytest.raises(ConfigError, match="^argv:"):
             job.exec([])
 
 
 def test_deadline_ends_a_forgotten_launcher_and_its_running_commands(backend):
-    job = LocalBackend(root=backend.root, deadline_seconds=3).submit(MpiJobSpec(name="forgotten"))
+    job = LocalBackend(root=backend.root, deadline_seconds=3).submit(JobSpec(name="forgotten"))
     job.wait_ready(10)
     uid = job_uid(backend, "forgotten")
     launcher = json.loads((backend.job_dir("forgotten") / "launcher.json").read_text())
@@ -127,8 +127,8 @@ def test_deadline_ends_a_forgotten_launcher_and_its_running_commands(backend):
 def test_launcher_outlives_the_submitting_process_and_the_deadline_still_holds(backend):
     # The submitting process (think: a notebook kernel) exits right after submit, without deleting.
     code = (
-        f"from labkit.jobs.local import LocalBackend; from labkit.manifests import MpiJobSpec; import os\n"
-        f"b = LocalBackend(root={str(backend.root)!r}, deadline_seconds=4); j = b.submit(MpiJobSpec(name='orphan'))\n"
+        f"from labkit.jobs.local import LocalBackend; from labkit.manifests import JobSpec; import os\n"
+        f"b = LocalBackend(root={str(backend.root)!r}, deadline_seconds=4); j = b.submit(JobSpec(name='orphan'))\n"
         f"j.wait_ready(10); os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -141,7 +141,7 @@ def test_launcher_outlives_the_submitting_process_and_the_deadline_still_holds(b
 
 
 def test_exec_timeout_stops_the_command_and_everything_it_started(backend):
-    with backend.submit(MpiJobSpec(name="slow")) as job:
+    with backend.submit(JobSpec(name="slow")) as job:
         job.wait_ready(10)
         uid = job_uid(backend, "slow")
         launcher = json.loads((backend.job_dir("slow") / "launcher.json").read_text())
@@ -154,7 +154,7 @@ def test_exec_timeout_stops_the_command_and_everything_it_started(backend):
 
 
 def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
-    with backend.submit(MpiJobSpec(name="interrupted")) as job:
+    with backend.submit(JobSpec(name="interrupted")) as job:
         job.wait_ready(10)
         uid = job_uid(backend, "interrupted")
 
@@ -175,7 +175,7 @@ def test_keyboard_interrupt_during_exec_leaves_nothing_running(backend):
 
 
 def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tmp_path):
-    job = backend.submit(MpiJobSpec(name="shared"))
+    job = backend.submit(JobSpec(name="shared"))
     job.wait_ready(10)
     uid = job_uid(backend, "shared")
     result: dict = {}
@@ -218,7 +218,7 @@ def test_cli_exec_returns_the_command_exit_code(backend):
 
 def test_ttl_removes_finished_jobs(backend):
     job = LocalBackend(root=backend.root, deadline_seconds=1).submit(
-        MpiJobSpec(name="done", ttl_seconds_after_finished=0)
+        JobSpec(name="done", ttl_seconds_after_finished=0)
     )
     job.wait_ready(10)
     assert wait_until(lambda: backend.status("done").phase == "DeadlineExceeded", timeout=10)
@@ -230,7 +230,7 @@ def test_ttl_removes_finished_jobs(backend):
 @pytest.mark.slow
 def test_interrupted_deepspeed_training_leaves_no_rank_running(backend):
     """The real thing: 2 DeepSpeed ranks under mpirun, interrupted mid-training."""
-    spec = MpiJobSpec(name="ds-stop", workers=2, slots_per_worker=1)
+    spec = JobSpec(name="ds-stop", workers=2, slots_per_worker=1)
     with backend.submit(spec) as job:
         job.wait_ready(10)
         uid = job_uid(backend, "ds-stop")
@@ -342,8 +342,8 @@ def test_training_progress_hides_metric_lines_and_counts_rank0_steps():
 
 def test_a_batch_launcher_command_runs_to_completion(backend):
     """Not only `sleep infinity`: a launcher command that ends sets the job's phase from its exit code."""
-    ok = backend.submit(MpiJobSpec(name="batch-ok", launcher_command=["sh", "-c", "cat /etc/mpi/hostfile; echo done"]))
-    bad = backend.submit(MpiJobSpec(name="batch-bad", launcher_command=["sh", "-c", "exit 9"]))
+    ok = backend.submit(JobSpec(name="batch-ok", launcher_command=["sh", "-c", "cat /etc/mpi/hostfile; echo done"]))
+    bad = backend.submit(JobSpec(name="batch-bad", launcher_command=["sh", "-c", "exit 9"]))
     assert wait_until(lambda: backend.status("batch-ok").phase == "Succeeded")
     assert wait_until(lambda: backend.status("batch-bad").phase == "Failed")
     assert "exit code 9" in backend.status("batch-bad").message
@@ -380,7 +380,7 @@ def test_parse_metrics_survives_mpirun_gluing_two_ranks_onto_one_line():
 def test_each_exec_gets_its_own_rendezvous_port(backend):
     """DeepSpeed's openmpi path ignores --master_port (MPI discovery defaults to 29500): exec exports MASTER_PORT,
     the command's own --master_port when it has one, so two jobs on one host never meet on the same port."""
-    with backend.submit(MpiJobSpec(name="ports")) as job:
+    with backend.submit(JobSpec(name="ports")) as job:
         job.wait_ready(10)
         ports = {job.run(["sh", "-c", "echo $MASTER_PORT"]).output.strip() for _ in range(3)}
         assert len(ports) == 3 and all(p.isdigit() and p != "29500" for p in ports)
@@ -391,7 +391,7 @@ def test_each_exec_gets_its_own_rendezvous_port(backend):
 @pytest.mark.slow
 def test_two_jobs_train_on_one_host_at_the_same_time(backend):
     """Two students on one machine: without a per-exec MASTER_PORT both jobs' ranks would rendezvous on 29500."""
-    specs = [MpiJobSpec(name=f"student-{i}") for i in range(2)]
+    specs = [JobSpec(name=f"student-{i}") for i in range(2)]
     jobs = [backend.submit(spec) for spec in specs]
     results: dict[int, object] = {}
     try:

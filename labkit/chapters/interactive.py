@@ -108,7 +108,7 @@ class InteractivePlan:
     """Everything the chapter needs, validated before anything is submitted."""
 
     backend: JobBackend
-    spec: manifests.MpiJobSpec  # resolved: slots, image... filled in from the overlay
+    spec: manifests.JobSpec  # resolved: slots, image... filled in from the overlay
     train_argv: list[str]
     default_command: bool
     steps: int
@@ -165,7 +165,7 @@ def plan_interactive_job(
     job_backend = get_backend(backend, namespace=namespace, jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
     accelerator, reason = job_backend.accelerator_for(device, workers * slots)
     # resolved(): validates every field (ConfigError naming it) and fills the overlay's defaults.
-    spec = manifests.MpiJobSpec(
+    spec = manifests.JobSpec(
         name=name, namespace=namespace, image=image or None, workers=workers, slots_per_worker=slots,
         accelerator=accelerator, deadline_seconds=int(round(deadline_minutes * 60)),
     ).resolved()  # fmt: skip

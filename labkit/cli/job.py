@@ -61,9 +61,9 @@ def _backend(args):
     )
 
 
-def _spec(args) -> manifests.MpiJobSpec:
+def _spec(args) -> manifests.JobSpec:
     check_number("--deadline-minutes", args.deadline_minutes, 0.0, "pass minutes > 0 (at least 1)", strict=True)
-    return manifests.MpiJobSpec(
+    return manifests.JobSpec(
         name=args.name, namespace=args.namespace, image=args.image, workers=args.workers, slots_per_worker=args.slots,
         accelerator=args.accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
     )  # fmt: skip

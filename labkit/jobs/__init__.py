@@ -1,7 +1,7 @@
 """Interactive MPI jobs behind one interface: `get_backend("local" | "kubernetes")` -> JobBackend.
 
     backend = labkit.jobs.get_backend("local")
-    with backend.submit(MpiJobSpec(name="demo", workers=2)) as job:   # deleted on exit
+    with backend.submit(JobSpec(name="demo", workers=2)) as job:   # deleted on exit
         job.wait_ready()
         job.exec(["cat", "/etc/mpi/hostfile"])
 

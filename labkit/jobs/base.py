@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from labkit.errors import ConfigError, LabkitError, check_number
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from labkit.manifests import MpiJobSpec
+    from labkit.manifests import JobSpec
 
 # Where the MPI Operator mounts the hostfile in the launcher; the local backend maps this path onto its job dir.
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
@@ -105,7 +105,7 @@ class JobBackend(abc.ABC):
         ConfigError when this backend cannot give it."""
 
     @abc.abstractmethod
-    def submit(self, spec: MpiJobSpec) -> Job:
+    def submit(self, spec: JobSpec) -> Job:
         """Create the job (after validating the spec) and return its handle without waiting."""
 
     @abc.abstractmethod

@@ -187,10 +187,9 @@ class KubernetesBackend(JobBackend):
         return [entry.get(field) for entry in found.get(key, [])]
 
     # -- submit ----------------------------------------------------------------------------------------------------
-    def submit(self, spec: manifests.MpiJobSpec) -> Job:
+    def submit(self, spec: manifests.JobSpec) -> Job:
         objs = manifests.render_all(spec)
-        for obj in objs:
-            manifests.validate_object(obj)
+        for obj in objs:  # render_all validated every object already
             if obj.get("kind") not in KINDS:
                 kinds = ", ".join(sorted(KINDS))
                 raise ConfigError(

@@ -115,7 +115,7 @@ class LocalBackend(JobBackend):
         return d
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
-    def submit(self, spec: manifests.MpiJobSpec) -> Job:
+    def submit(self, spec: manifests.JobSpec) -> Job:
         spec = spec.resolved()  # validates, and fills slots/command/... from the overlay as the cluster would
         check_job_name(spec.name)
         self._collect_garbage()

@@ -66,9 +66,9 @@ def cluster_backend(cluster_settings):
 
 @pytest.fixture
 def job_spec(cluster_settings):
-    from labkit.manifests import MpiJobSpec
+    from labkit.manifests import JobSpec
 
-    return MpiJobSpec(
+    return JobSpec(
         name=f"labkit-ct-{uuid.uuid4().hex[:6]}",
         namespace=cluster_settings["namespace"],
         workers=2,
