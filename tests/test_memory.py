@@ -97,7 +97,7 @@ def test_paper_formulas_fp32_and_offload():
 def _bytes(mem, phase="backward", location=None, steady=True):
     at = mem.at(phase, steady=steady)
     locs = [location] if location else ["device", "host"]
-    return {k: sum(at[loc][k] for loc in locs) for k in M.KINDS}
+    return {k: sum(at[loc][k] for loc in locs) for k in M.STATE_KINDS}
 
 
 def test_zero12_flat_buffer_padded_to_2n():
