@@ -2,6 +2,7 @@
 
 Each module in this package registers its subcommands with `register(subparsers)`; handlers return an exit code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ from labkit.errors import LabkitError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="DeepSpeed lab kit: notebooks, checks, jobs, benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="labkit", description="DeepSpeed lab kit: notebooks, checks, jobs, benchmarks."
+    )
     parser.add_argument("--version", action="version", version=f"labkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

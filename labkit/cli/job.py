@@ -1,11 +1,12 @@
 """`labkit job render|submit|status|exec|logs|delete|list`: interactive MPI jobs on the local or kubernetes backend.
 
-    labkit job submit --name demo --workers 2              # local processes by default; --backend kubernetes
-    labkit job exec demo -- cat /etc/mpi/hostfile          # exit code = the command's
-    labkit job exec demo --train --steps 20                # the default `deepspeed --hostfile ... --launcher openmpi`
-    labkit job list                                        # PAST DEADLINE flags forgotten jobs
-    labkit job delete demo
+labkit job submit --name demo --workers 2              # local processes by default; --backend kubernetes
+labkit job exec demo -- cat /etc/mpi/hostfile          # exit code = the command's
+labkit job exec demo --train --steps 20                # the default `deepspeed --hostfile ... --launcher openmpi`
+labkit job list                                        # PAST DEADLINE flags forgotten jobs
+labkit job delete demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,22 @@ from labkit.errors import ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["local", "kubernetes"], default="local",
-                   help="local: processes on this machine (default); kubernetes: MPIJobs on your kubeconfig's cluster")
+    p.add_argument(
+        "--backend",
+        choices=["local", "kubernetes"],
+        default="local",
+        help="local: processes on this machine (default); kubernetes: MPIJobs on your kubeconfig's cluster",
+    )
     p.add_argument("-n", "--namespace", default="workloads", help="namespace (default: workloads)")
-    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)")
+    p.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)"
+    )
     p.add_argument("--context", default=None, help="kubeconfig context (kubernetes)")
-    p.add_argument("--jobs-dir", default=None, help="where local jobs live (default $LABKIT_JOBS_DIR or "
-                                                    "~/.local/state/labkit/jobs)")
+    p.add_argument(
+        "--jobs-dir",
+        default=None,
+        help="where local jobs live (default $LABKIT_JOBS_DIR or ~/.local/state/labkit/jobs)",
+    )
 
 
 def _spec_options(p: argparse.ArgumentParser) -> None:
@@ -32,8 +42,9 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, default=None, help="ranks per worker (GPUs/HPUs per worker; default: overlay)")
     p.add_argument("--accelerator", choices=["cpu", "nvidia", "gaudi"], default="cpu", help="overlay to render")
     p.add_argument("--image", default=None, help="container image (default: the overlay's)")
-    p.add_argument("--deadline-minutes", type=float, default=240.0,
-                   help="the job is stopped after this many minutes (default 240)")
+    p.add_argument(
+        "--deadline-minutes", type=float, default=240.0, help="the job is stopped after this many minutes (default 240)"
+    )
 
 
 def register(subparsers) -> None:
@@ -92,11 +103,18 @@ def _spec(args):
     from labkit.manifests import MpiJobSpec
 
     if not args.deadline_minutes or args.deadline_minutes <= 0:
-        raise ConfigError("--deadline-minutes", f"must be positive, got {args.deadline_minutes}",
-                          "pass minutes > 0 (at least 1)")
-    return MpiJobSpec(name=args.name, namespace=args.namespace, image=args.image, workers=args.workers,
-                      slots_per_worker=args.slots, accelerator=args.accelerator,
-                      deadline_seconds=int(round(args.deadline_minutes * 60)))
+        raise ConfigError(
+            "--deadline-minutes", f"must be positive, got {args.deadline_minutes}", "pass minutes > 0 (at least 1)"
+        )
+    return MpiJobSpec(
+        name=args.name,
+        namespace=args.namespace,
+        image=args.image,
+        workers=args.workers,
+        slots_per_worker=args.slots,
+        accelerator=args.accelerator,
+        deadline_seconds=int(round(args.deadline_minutes * 60)),
+    )
 
 
 def _render(args) -> int:
@@ -117,7 +135,9 @@ def _submit(args) -> int:
     if args.wait:
         st = job.wait_ready(timeout=args.wait)
         print(f"ready: launcher accepts exec (deadline {_when(st.deadline)})")
-    print(f"next: labkit job exec {job.name} --backend {args.backend} -n {job.namespace} -- cat {backend.hostfile_path}")
+    print(
+        f"next: labkit job exec {job.name} --backend {args.backend} -n {job.namespace} -- cat {backend.hostfile_path}"
+    )
     return 0
 
 
@@ -137,7 +157,7 @@ def _exec(args) -> int:
     if "--" in argv:
         # `exec NAME --backend kubernetes -n ns -- CMD` (kubectl's order): options between NAME and `--` are ours.
         cut = argv.index("--")
-        options, argv = argv[:cut], argv[cut + 1:]
+        options, argv = argv[:cut], argv[cut + 1 :]
         if options:
             _exec_options().parse_args(options, namespace=args)
     backend = _backend(args)
@@ -145,12 +165,15 @@ def _exec(args) -> int:
         if argv:
             raise ConfigError("--train", "was given together with a command", "use either --train or -- COMMAND")
         st = backend.status(args.name)
-        spec = MpiJobSpec(name=st.name, namespace=st.namespace, workers=st.workers or 1,
-                          slots_per_worker=st.slots_per_worker)
+        spec = MpiJobSpec(
+            name=st.name, namespace=st.namespace, workers=st.workers or 1, slots_per_worker=st.slots_per_worker
+        )
         argv = backend.training_command(spec, steps=args.steps)
         print(f"$ {shlex.join(argv)}", flush=True)
     if not argv:
-        raise ConfigError("command", "no command given", f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train")
+        raise ConfigError(
+            "command", "no command given", f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train"
+        )
     return backend.job(args.name).exec(argv, timeout=args.timeout)
 
 
@@ -187,9 +210,17 @@ def _list(args) -> int:
         return 0
     rows = [("NAMESPACE", "NAME", "PHASE", "READY", "WORKERSxSLOTS", "DEADLINE", "FLAG")]
     for st in jobs:
-        rows.append((st.namespace, st.name, st.phase, "yes" if st.ready else "no",
-                     f"{st.workers or '?'}x{st.slots_per_worker or '?'}", _when(st.deadline),
-                     "PAST DEADLINE" if st.past_deadline else ""))
+        rows.append(
+            (
+                st.namespace,
+                st.name,
+                st.phase,
+                "yes" if st.ready else "no",
+                f"{st.workers or '?'}x{st.slots_per_worker or '?'}",
+                _when(st.deadline),
+                "PAST DEADLINE" if st.past_deadline else "",
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -1,4 +1,5 @@
 """`labkit manifests render|validate` and `labkit images list|build-command`."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,11 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    manifests = subparsers.add_parser("manifests", help="render and validate the kit's Kubernetes objects",
-                                      description="Render manifests/ with parameters, or validate YAML before applying it.")
+    manifests = subparsers.add_parser(
+        "manifests",
+        help="render and validate the kit's Kubernetes objects",
+        description="Render manifests/ with parameters, or validate YAML before applying it.",
+    )
     sub = manifests.add_subparsers(dest="manifests_command", metavar="ACTION", required=True)
 
     render = sub.add_parser("render", help="print validated YAML for one job (kubectl apply -f - ready)")
@@ -54,11 +58,27 @@ def _render(args: argparse.Namespace) -> int:
 
     from labkit import manifests
 
-    values = {key: getattr(args, key) for key in ("name", "namespace", "image", "workers", "slots_per_worker",
-                                                  "deadline_seconds", "ttl_seconds_after_finished", "cpu", "memory",
-                                                  "hugepages_2mi", "shm_size", "pvc_name", "storage_class",
-                                                  "storage_size", "hf_token_secret")
-              if getattr(args, key) is not None}
+    values = {
+        key: getattr(args, key)
+        for key in (
+            "name",
+            "namespace",
+            "image",
+            "workers",
+            "slots_per_worker",
+            "deadline_seconds",
+            "ttl_seconds_after_finished",
+            "cpu",
+            "memory",
+            "hugepages_2mi",
+            "shm_size",
+            "pvc_name",
+            "storage_class",
+            "storage_size",
+            "hf_token_secret",
+        )
+        if getattr(args, key) is not None
+    }
     if args.launcher_command is not None:
         values["launcher_command"] = shlex.split(args.launcher_command)
     if args.no_hf_token:
