@@ -549,15 +549,8 @@ def training_fit(
         lines.append(f"  on the host (offload)          {gb(host_bytes):>12} per rank")
     lines.append(f"  × headroom {headroom} for activations/buffers = {gb(need)} {'<=' if fits else '>'} {gb(capacity)}")
     lines.append("  -> fits" if fits else "  -> does NOT fit")
-    smallest = min_world_size(
-        params,
-        dtype,
-        stage,
-        device,
-        offload_optimizer=offload_optimizer,
-        offload_param=offload_param,
-        headroom=headroom,
-    )
+    options = {"offload_optimizer": offload_optimizer, "offload_param": offload_param, "headroom": headroom}
+    smallest = min_world_size(params, dtype, stage, device, **options)
     return {
         "fits": fits,
         "need_bytes": int(need),
@@ -570,22 +563,15 @@ def training_fit(
     }
 
 
-def min_world_size(
-    params: int,
-    dtype: str,
-    stage: int,
-    device: str,
-    *,
-    offload_optimizer: bool = False,
-    offload_param: bool = False,
-    headroom: float = TRAINING_HEADROOM,
-    limit: int = 4096,
-) -> int | None:
-    """Smallest N for which training fits (None if even `limit` devices do not: stage 0 does not shrink with N)."""
+def min_world_size(params: int, dtype: str, stage: int, device: str, limit: int = 4096, **fit_options) -> int | None:
+    """Smallest N for which training fits (None if even `limit` devices do not: stage 0 does not shrink with N).
+    `fit_options`: offload_optimizer, offload_param and headroom, as training_fit takes them."""
+    offload = (fit_options.get("offload_optimizer", False), fit_options.get("offload_param", False))
+    headroom = fit_options.get("headroom", TRAINING_HEADROOM)
     capacity = DEVICE_MEMORY_GB[check_device_type(device)] * GB
 
     def fits(n: int) -> bool:
-        states = _device_state_bytes(params, dtype, stage, n, (offload_optimizer, offload_param))
+        states = _device_state_bytes(params, dtype, stage, n, offload)
         return states.total("backward", "device") * headroom <= capacity
 
     n = 1
