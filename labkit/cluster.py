@@ -5,24 +5,28 @@ No kubeconfig is a normal state (a laptop): `discover_cluster` then returns a re
 `load_client` raises one LabkitError that says how to configure one. The kubernetes package is imported only inside
 functions, so `import labkit.cluster` stays cheap on machines without it (the GPU benchmark image).
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, check_choice, check_number
+from labkit.tabular import format_bytes, html_table, text_table
 
-NO_CLUSTER_MESSAGE = ("no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
-                      "or run inside a pod with a service account")
-
+NO_CLUSTER_MESSAGE = (
+    "no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
+    "or run inside a pod with a service account"
+)
 # Extended resources of the device plugins, by accelerator kind.
 ACCELERATOR_RESOURCES = {"nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi", "amd": "amd.com/gpu"}
 TRACKED_RESOURCES = (*ACCELERATOR_RESOURCES.values(), "hugepages-2Mi", "hugepages-1Gi", "cpu", "memory")
-
 # GKE's accelerator label values (cloud.google.com/gke-accelerator) as the products people know.
 GKE_ACCELERATORS = {
     "nvidia-tesla-k80": "NVIDIA K80", "nvidia-tesla-p4": "NVIDIA P4", "nvidia-tesla-p100": "NVIDIA P100",
@@ -30,25 +34,61 @@ GKE_ACCELERATORS = {
     "nvidia-tesla-a100": "NVIDIA A100 40GB", "nvidia-a100-80gb": "NVIDIA A100 80GB",
     "nvidia-h100-80gb": "NVIDIA H100 80GB", "nvidia-h100-mega-80gb": "NVIDIA H100 Mega 80GB",
     "nvidia-h200-141gb": "NVIDIA H200 141GB", "nvidia-b200": "NVIDIA B200",
-}
-LABEL_NVIDIA_PRODUCT = "nvidia.com/gpu.product"        # NVIDIA GPU feature discovery, e.g. NVIDIA-H100-80GB-HBM3
-LABEL_NVIDIA_MEMORY = "nvidia.com/gpu.memory"          # MiB per GPU (GFD)
-LABEL_GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
-LABEL_AMD_PRODUCT = "amd.com/gpu.product-name"         # AMD node labeller, e.g. AMD_Instinct_MI300X_OAM
-LABEL_AMD_VRAM = "amd.com/gpu.vram"                    # e.g. 192G
-LABEL_INTEL_GAUDI = "intel.feature.node.kubernetes.io/gaudi"  # Intel NFD rule: "true" on Gaudi nodes
-LABEL_PCI_HABANA = "feature.node.kubernetes.io/pci-1da3.present"  # NFD: a Habana Labs PCI device (vendor 1da3)
-LABEL_PCI_NVIDIA = "feature.node.kubernetes.io/pci-10de.present"  # NFD: an NVIDIA PCI device
-ACCELERATOR_LABEL_PREFIXES = ("nvidia.com/", "amd.com/", "beta.amd.com/", "habana.ai/", "cloud.google.com/gke-accelerator",
-                              "intel.feature.node.kubernetes.io/gaudi", LABEL_PCI_HABANA, LABEL_PCI_NVIDIA,
-                              "node.kubernetes.io/instance-type")
-
-MPIJOB_CRD = "mpijobs.kubeflow.org"
-MPIJOB_VERSION = "v2beta1"
-TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
-TRAINJOB_VERSION = "v1alpha1"
-
+}  # fmt: skip
+# Labels naming a node's accelerator, best first: (label, kind, product; None = the label's value). The product labels
+# come from NVIDIA GPU feature discovery, GKE and the AMD node labeller; the "true" flags from Intel's and NFD's rules
+# (PCI vendors 1da3 = Habana Labs, 10de = NVIDIA).
+PRODUCT_LABELS = (
+    ("nvidia.com/gpu.product", "nvidia", None),
+    ("cloud.google.com/gke-accelerator", "nvidia", GKE_ACCELERATORS),
+    ("amd.com/gpu.product-name", "amd", None),
+    ("beta.amd.com/gpu.product-name", "amd", None),
+)
+FLAG_LABELS = (
+    ("intel.feature.node.kubernetes.io/gaudi", "gaudi", "Intel Gaudi"),
+    ("feature.node.kubernetes.io/pci-1da3.present", "gaudi", "Intel Gaudi"),
+    ("feature.node.kubernetes.io/pci-10de.present", "nvidia", "NVIDIA GPU (no GPU feature discovery label)"),
+)
+LABEL_NVIDIA_MEMORY = "nvidia.com/gpu.memory"  # MiB per GPU (GFD)
+LABEL_AMD_VRAM = "amd.com/gpu.vram"  # e.g. 192G
+ACCELERATOR_LABEL_PREFIXES = (
+    "nvidia.com/",
+    "amd.com/",
+    "beta.amd.com/",
+    "habana.ai/",
+    "cloud.google.com/gke-accelerator",
+    *(label for label, _, _ in FLAG_LABELS),
+    "node.kubernetes.io/instance-type",
+)
+MPIJOB_CRD, MPIJOB_VERSION = "mpijobs.kubeflow.org", "v2beta1"
+TRAINJOB_CRD, TRAINJOB_VERSION = "trainjobs.trainer.kubeflow.org", "v1alpha1"
+# The one fix for a cluster that cannot run the kit's MPIJobs (labkit check/discover and the kubernetes backend).
+MPI_OPERATOR_FIX = (
+    "install the MPI Operator v0.5 or later: kubectl apply --server-side -f "
+    "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml "
+    "(or use the local backend)"
+)
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def mpijob_problem(served: Sequence[str] | None) -> tuple[str, str] | None:
+    """(problem, fix) when mpijobs.kubeflow.org, serving `served` versions (None: no such API), cannot take the kit's
+    MPIJobs; None when it serves v2beta1."""
+    if served is None:
+        return "the MPIJob CRD is not installed (no MPI Operator)", MPI_OPERATOR_FIX
+    if MPIJOB_VERSION in served:
+        return None
+    if "v1" in served:
+        problem = (
+            f"{MPIJOB_CRD} is served at v1 (Kubeflow training-operator v1), not {MPIJOB_VERSION}: the kit's "
+            "MPIJob manifests would be rejected, and the two CRD versions cannot coexist"
+        )
+        fix = (
+            "disable the training-operator's MPIJob support (its --enable-scheme flag without mpijob), delete its "
+            f"v1 {MPIJOB_CRD} CRD, then {MPI_OPERATOR_FIX}"
+        )
+        return problem, fix
+    return f"{MPIJOB_CRD} serves {', '.join(served) or 'no version'}, not {MPIJOB_VERSION}", MPI_OPERATOR_FIX
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -59,47 +99,45 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 class KubeconfigSource:
     """Which configuration a client would use: kubeconfig file(s) or the pod's service account. Holds no credentials."""
 
-    kind: str                      # "file" | "in-cluster"
+    kind: str  # "file" | "in-cluster"
     paths: tuple[str, ...] = ()
-    context: str | None = None     # the context that would be used
-    server: str | None = None      # the API server URL of that context's cluster
+    context: str | None = None  # the context that would be used
+    server: str | None = None  # the API server URL of that context's cluster
 
     def describe(self) -> str:
         if self.kind == "in-cluster":
             return f"in-cluster service account (server {self.server})"
-        where = ", ".join(self.paths)
         ctx = f", context {self.context}" if self.context else ""
-        srv = f", server {self.server}" if self.server else ""
-        return f"kubeconfig {where}{ctx}{srv}"
+        return f"kubeconfig {', '.join(self.paths)}{ctx}" + (f", server {self.server}" if self.server else "")
 
 
 def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None]:
     """(context, server) the way kubectl merges files: the first file that sets a value wins. Never returns secrets."""
     import yaml
 
-    current, contexts, clusters = None, {}, {}
+    current, named = None, {"contexts": {}, "clusters": {}}
     for path in paths:
         try:
             doc = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError("kubeconfig", f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})",
-                              "fix or remove that file, or point KUBECONFIG at a valid one") from None
+            problem = f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})"
+            raise ConfigError(
+                "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
+            ) from None
         if not isinstance(doc, dict):
-            raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)",
-                              "point KUBECONFIG at a file written by kubectl, kind or minikube")
+            fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
+            raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)", fix)
         current = current or doc.get("current-context")
-        for item in doc.get("contexts") or []:
-            if isinstance(item, dict) and item.get("name"):
-                contexts.setdefault(item["name"], item.get("context") or {})
-        for item in doc.get("clusters") or []:
-            if isinstance(item, dict) and item.get("name"):
-                clusters.setdefault(item["name"], item.get("cluster") or {})
+        for section, items in named.items():
+            for item in doc.get(section) or []:
+                if isinstance(item, dict) and item.get("name"):
+                    items.setdefault(item["name"], item.get(section[:-1]) or {})
+    contexts, clusters = named["contexts"], named["clusters"]
     chosen = context or current
     if chosen and chosen not in contexts:
-        known = ", ".join(sorted(contexts)) or "none"
-        field_name = "context" if context else "kubeconfig"
-        raise ConfigError(field_name, f"context {chosen!r} is not in {', '.join(paths)} (contexts: {known})",
-                          "pick one of those contexts (kubectl config get-contexts)")
+        problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"
+        fix = "pick one of those contexts (kubectl config get-contexts)"
+        raise ConfigError("context" if context else "kubeconfig", problem, fix)
     server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
     return chosen, _without_userinfo(server)
 
@@ -114,34 +152,30 @@ def _without_userinfo(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def find_kubeconfig(kubeconfig: str | os.PathLike | None = None, context: str | None = None,
-                    env: Mapping[str, str] | None = None) -> KubeconfigSource | None:
+def find_kubeconfig(
+    kubeconfig: str | os.PathLike | None = None, context: str | None = None, env: Mapping[str, str] | None = None
+) -> KubeconfigSource | None:
     """The configuration a client would load, or None when no cluster is configured.
 
     Order as kubectl: an explicit file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config,
-    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not "no cluster").
+    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not no cluster).
     """
     env = os.environ if env is None else env
     if kubeconfig:
-        path = Path(kubeconfig).expanduser()
-        if not path.is_file():
-            raise ConfigError("kubeconfig", f"{path} does not exist",
-                              "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config")
-        paths = [str(path)]
+        if not Path(kubeconfig).expanduser().is_file():
+            fix = "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config"
+            raise ConfigError("kubeconfig", f"{Path(kubeconfig).expanduser()} does not exist", fix)
+        candidates = [kubeconfig]
     elif env.get("KUBECONFIG"):
-        paths = [p for p in env["KUBECONFIG"].split(os.pathsep) if p and Path(p).expanduser().is_file()]
-        paths = [str(Path(p).expanduser()) for p in paths]
+        candidates = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
     else:
-        home = Path(env.get("HOME") or Path.home())
-        default = home / ".kube" / "config"
-        paths = [str(default)] if default.is_file() else []
+        candidates = [Path(env.get("HOME") or Path.home()) / ".kube" / "config"]
+    paths = [str(Path(p).expanduser()) for p in candidates if Path(p).expanduser().is_file()]
     if paths:
-        ctx, server = _read_kubeconfig_summary(paths, context)
-        return KubeconfigSource("file", tuple(paths), ctx, server)
+        return KubeconfigSource("file", tuple(paths), *_read_kubeconfig_summary(paths, context))
     if env.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
         host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
-        host = f"[{host}]" if ":" in host else host
-        return KubeconfigSource("in-cluster", (), None, f"https://{host}:{port}")
+        return KubeconfigSource("in-cluster", server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
     return None
 
 
@@ -153,14 +187,31 @@ def _load_configuration(source: KubeconfigSource, context: str | None):
     try:
         if source.kind == "in-cluster":
             config.load_incluster_config(client_configuration=cfg)
-        else:
-            # Always pass the file(s): the client reads $KUBECONFIG once, when it is first imported.
-            config.load_kube_config(config_file=os.pathsep.join(source.paths), context=context,
-                                    client_configuration=cfg, persist_config=False)
+        else:  # always pass the file(s): the client reads $KUBECONFIG once, when it is first imported
+            config.load_kube_config(
+                config_file=os.pathsep.join(source.paths),
+                context=context,
+                client_configuration=cfg,
+                persist_config=False,
+            )
     except config.ConfigException as exc:
-        raise LabkitError(f"cannot load the cluster configuration from {source.describe()}: {exc}. "
-                          "Fix: check it with `kubectl config view` and `kubectl get nodes`") from None
+        raise LabkitError(
+            f"cannot load the cluster configuration from {source.describe()}: {exc}. "
+            "Fix: check it with `kubectl config view` and `kubectl get nodes`"
+        ) from None
     return cfg
+
+
+def _client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
+    """An ApiClient for `source`; retries=False fails fast: a dead server costs one timeout, not four."""
+    from kubernetes import client
+
+    if source is None:
+        raise LabkitError(NO_CLUSTER_MESSAGE)
+    cfg = _load_configuration(source, context)
+    if not retries:
+        cfg.retries = False
+    return client.ApiClient(configuration=cfg)
 
 
 def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
@@ -169,35 +220,26 @@ def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None
     `kubeconfig`: a kubeconfig path (default $KUBECONFIG, ~/.kube/config, then the in-cluster service account);
     `context`: a context name from it (default: its current-context).
     """
-    from kubernetes import client
-
-    source = find_kubeconfig(kubeconfig, context)
-    if source is None:
-        raise LabkitError(NO_CLUSTER_MESSAGE)
-    return client.ApiClient(configuration=_load_configuration(source, context))
+    return _client(find_kubeconfig(kubeconfig, context), context)
 
 
-def _quick_client(source: KubeconfigSource, context: str | None):
-    """A client that fails fast: no urllib3 retries, so a dead server costs one timeout, not four."""
-    from kubernetes import client
+_REASONS = (
+    "Connection refused",
+    "timed out",
+    "Name or service not known",
+    "No route to host",
+    "certificate verify failed",
+    "Network is unreachable",
+)
 
-    cfg = _load_configuration(source, context)
-    cfg.retries = False
-    return client.ApiClient(configuration=cfg)
 
-
-def _short_reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     """The useful part of a client/urllib3 error: 'Connection refused', 'HTTP 401 Unauthorized', a timeout."""
     status = getattr(exc, "status", None)
     if status:  # kubernetes ApiException with an HTTP status
         return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
-    reason = getattr(exc, "reason", None) or exc
-    text = str(reason)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host",
-                   "certificate verify failed", "Network is unreachable"):
-        if marker in text:
-            return marker
-    return text[:200]
+    text = str(getattr(exc, "reason", None) or exc)
+    return next((marker for marker in _REASONS if marker in text), text[:200])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -210,14 +252,15 @@ class ApiProbe:
 
     reachable: bool
     server: str | None
-    version: str | None = None       # e.g. v1.32.0
-    status: int | None = None        # HTTP status when the server answered with an error (401, 403, ...)
+    version: str | None = None  # e.g. v1.32.0
+    status: int | None = None  # HTTP status when the server answered with an error (401, 403, ...)
     error: str | None = None
     elapsed_s: float = 0.0
 
 
-def probe_api_server(kubeconfig: str | os.PathLike | None = None, context: str | None = None, *,
-                     timeout: float = 2.0) -> ApiProbe:
+def probe_api_server(
+    kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, timeout: float = 2.0
+) -> ApiProbe:
     """GET /version with `timeout` seconds in all (config loading included); never hangs.
 
     The request runs in a daemon thread joined with the time limit: an exec credential plugin or a black-holed address
@@ -227,6 +270,7 @@ def probe_api_server(kubeconfig: str | os.PathLike | None = None, context: str |
     if source is None:
         raise LabkitError(NO_CLUSTER_MESSAGE)
     # Import before the clock starts: a cold import of the client takes seconds on a busy laptop and is not the network.
+    import urllib3
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -234,24 +278,19 @@ def probe_api_server(kubeconfig: str | os.PathLike | None = None, context: str |
     start = time.monotonic()
 
     def call() -> None:
-        import urllib3
-
         try:
-            api = _quick_client(source, context)
+            api = _client(source, context, retries=False)
         except LabkitError as exc:
             outcome["unreachable"] = str(exc)
             return
         try:
-            info = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout))
-            outcome["version"] = info.git_version
-        except ApiException as exc:
-            if exc.status:  # the server answered (e.g. 401/403): reachable, but the request was refused
-                outcome["status"] = exc.status
-                outcome["error"] = _short_reason(exc)
-            else:  # TLS and similar failures before any HTTP answer
-                outcome["unreachable"] = _short_reason(exc)
+            outcome["version"] = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout)).git_version
+        except ApiException as exc:  # with a status the server answered (e.g. 401/403); without, TLS and the like
+            outcome.update(
+                {"status": exc.status, "error": short_reason(exc)} if exc.status else {"unreachable": short_reason(exc)}
+            )
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, no route
-            outcome["unreachable"] = _short_reason(exc)
+            outcome["unreachable"] = short_reason(exc)
         except Exception as exc:  # it answered, but not with a /version this client version can parse
             outcome["error"] = f"unexpected /version reply ({type(exc).__name__})"
         finally:
@@ -261,12 +300,10 @@ def probe_api_server(kubeconfig: str | os.PathLike | None = None, context: str |
     worker.start()
     worker.join(timeout)
     elapsed = time.monotonic() - start
-    if worker.is_alive():
-        return ApiProbe(False, source.server, error=f"no answer within {timeout:g} s", elapsed_s=elapsed)
-    if "unreachable" in outcome:
-        return ApiProbe(False, source.server, error=outcome["unreachable"], elapsed_s=elapsed)
-    return ApiProbe(True, source.server, version=outcome.get("version"), status=outcome.get("status"),
-                    error=outcome.get("error"), elapsed_s=elapsed)
+    if worker.is_alive() or "unreachable" in outcome:
+        error = outcome.get("unreachable", f"no answer within {timeout:g} s")
+        return ApiProbe(False, source.server, error=error, elapsed_s=elapsed)
+    return ApiProbe(True, source.server, outcome.get("version"), outcome.get("status"), outcome.get("error"), elapsed)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -284,18 +321,12 @@ def _number(quantity: Any) -> float | int:
 def accelerator_from_labels(labels: Mapping[str, str]) -> tuple[str | None, str | None]:
     """(kind, product) named by a node's labels: NVIDIA GFD, GKE, AMD node labeller, Intel/NFD; (None, None) if none."""
     labels = labels or {}
-    if labels.get(LABEL_NVIDIA_PRODUCT):
-        return "nvidia", labels[LABEL_NVIDIA_PRODUCT]
-    if labels.get(LABEL_GKE_ACCELERATOR):
-        value = labels[LABEL_GKE_ACCELERATOR]
-        return "nvidia", GKE_ACCELERATORS.get(value, value)
-    for key in (LABEL_AMD_PRODUCT, "beta.amd.com/gpu.product-name"):
-        if labels.get(key):
-            return "amd", labels[key]
-    if str(labels.get(LABEL_INTEL_GAUDI, "")).lower() == "true" or str(labels.get(LABEL_PCI_HABANA, "")).lower() == "true":
-        return "gaudi", "Intel Gaudi"
-    if str(labels.get(LABEL_PCI_NVIDIA, "")).lower() == "true":
-        return "nvidia", "NVIDIA GPU (no GPU feature discovery label)"
+    for label, kind, products in PRODUCT_LABELS:
+        if labels.get(label):
+            return kind, (products or {}).get(labels[label], labels[label])
+    for label, kind, product in FLAG_LABELS:
+        if str(labels.get(label, "")).lower() == "true":
+            return kind, product
     return None, None
 
 
@@ -306,12 +337,12 @@ class NodeInventory:
     name: str
     ready: bool
     schedulable: bool
-    accelerator_kind: str | None           # nvidia | amd | gaudi | None
+    accelerator_kind: str | None  # nvidia | amd | gaudi | None
     accelerator_product: str | None
-    accelerator_memory: int | None         # bytes per device, where a label says
-    capacity: dict[str, int | float] = field(default_factory=dict)     # resource -> devices / cores / bytes
+    accelerator_memory: int | None  # bytes per device, where a label says
+    capacity: dict[str, int | float] = field(default_factory=dict)  # resource -> devices / cores / bytes
     allocatable: dict[str, int | float] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)              # the accelerator-related labels only
+    labels: dict[str, str] = field(default_factory=dict)  # the accelerator-related labels only
     taints: tuple[str, ...] = ()
 
     @property
@@ -324,26 +355,41 @@ class NodeInventory:
         return int(self.allocatable.get("hugepages-2Mi", 0))
 
     def row(self) -> dict[str, Any]:
-        from labkit.tabular import format_bytes
-
-        return {"node": self.name, "ready": "yes" if self.ready else "NO",
-                "schedulable": "yes" if self.schedulable else "cordoned",
-                "kind": self.accelerator_kind or "cpu", "product": self.accelerator_product or "-",
-                "accelerators": f"{self.accelerators}/{int(sum(self.capacity.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))}",
-                "hugepages-2Mi": format_bytes(self.hugepages_2mi_bytes),
-                "cpu": self.allocatable.get("cpu"), "memory": format_bytes(self.allocatable.get("memory")),
-                "taints": ", ".join(self.taints) or "-"}
+        capacity = int(sum(self.capacity.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))
+        return {
+            "node": self.name,
+            "ready": "yes" if self.ready else "NO",
+            "schedulable": "yes" if self.schedulable else "cordoned",
+            "kind": self.accelerator_kind or "cpu",
+            "product": self.accelerator_product or "-",
+            "accelerators": f"{self.accelerators}/{capacity}",
+            "hugepages-2Mi": format_bytes(self.hugepages_2mi_bytes, "GiB"),  # pages are binary-sized
+            "cpu": self.allocatable.get("cpu"),
+            "memory": format_bytes(self.allocatable.get("memory")),
+            "taints": ", ".join(self.taints) or "-",
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["taints"] = list(self.taints)
-        data["accelerators"] = self.accelerators
-        data["hugepages_2mi_bytes"] = self.hugepages_2mi_bytes
-        return data
+        return asdict(self) | {
+            "taints": list(self.taints),
+            "accelerators": self.accelerators,
+            "hugepages_2mi_bytes": self.hugepages_2mi_bytes,
+        }
 
 
 def _resources(mapping: Mapping[str, Any] | None) -> dict[str, int | float]:
     return {name: _number(value) for name, value in (mapping or {}).items() if name in TRACKED_RESOURCES}
+
+
+def _label_memory(labels: Mapping[str, str]) -> int | None:
+    """Bytes per device from GFD's MiB label or the AMD labeller's '192G'; None when absent or unreadable."""
+    if labels.get(LABEL_NVIDIA_MEMORY, "").isdigit():
+        return int(labels[LABEL_NVIDIA_MEMORY]) * 2**20
+    vram = labels.get(LABEL_AMD_VRAM)
+    try:
+        return _number(vram[:-1] + "Gi" if vram.endswith("G") else vram) if vram else None
+    except Exception:  # an unexpected label format is not worth failing the inventory for
+        return None
 
 
 def node_inventory(node) -> NodeInventory:
@@ -351,29 +397,24 @@ def node_inventory(node) -> NodeInventory:
     meta, spec, status = node.metadata, node.spec, node.status
     labels = dict(meta.labels or {})
     capacity = _resources(status.capacity if status else None)
-    allocatable = _resources(status.allocatable if status else None)
     kind, product = accelerator_from_labels(labels)
     if kind is None:  # a device plugin without labels still shows up as a resource
-        for candidate, resource in ACCELERATOR_RESOURCES.items():
-            if capacity.get(resource):
-                kind, product = candidate, f"unknown {candidate} accelerator (no product label)"
-                break
-    memory = None
-    if labels.get(LABEL_NVIDIA_MEMORY, "").isdigit():
-        memory = int(labels[LABEL_NVIDIA_MEMORY]) * 2**20
-    elif labels.get(LABEL_AMD_VRAM):
-        try:
-            memory = _number(labels[LABEL_AMD_VRAM].replace("G", "Gi") if labels[LABEL_AMD_VRAM].endswith("G")
-                             else labels[LABEL_AMD_VRAM])
-        except Exception:  # an unexpected label format is not worth failing the inventory for
-            memory = None
+        kind = next((k for k, resource in ACCELERATOR_RESOURCES.items() if capacity.get(resource)), None)
+        product = f"unknown {kind} accelerator (no product label)" if kind else None
     ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])) if status else False
-    taints = tuple(f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in ((spec.taints if spec else None) or []))
+    taints = tuple(f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in (spec and spec.taints or []))
     return NodeInventory(
-        name=meta.name, ready=ready, schedulable=not bool(spec and spec.unschedulable),
-        accelerator_kind=kind, accelerator_product=product, accelerator_memory=memory,
-        capacity=capacity, allocatable=allocatable,
-        labels={k: v for k, v in labels.items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)}, taints=taints)
+        meta.name,
+        ready,
+        not bool(spec and spec.unschedulable),
+        kind,
+        product,
+        _label_memory(labels),
+        capacity,
+        _resources(status.allocatable if status else None),
+        {k: v for k, v in labels.items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)},
+        taints,
+    )
 
 
 def list_node_inventory(api_client, *, timeout: float = 10.0) -> list[NodeInventory]:
@@ -393,7 +434,7 @@ class CrdStatus:
 
     name: str
     wanted_version: str
-    installed: bool | None                 # None: could not tell (e.g. no RBAC to read CRDs)
+    installed: bool | None  # None: could not tell (e.g. no RBAC to read CRDs)
     served_versions: tuple[str, ...] = ()
     storage_version: str | None = None
     problem: str | None = None
@@ -404,15 +445,18 @@ class CrdStatus:
         return bool(self.installed) and self.wanted_version in self.served_versions
 
     def row(self) -> dict[str, Any]:
-        state = "unknown" if self.installed is None else ("ok" if self.ok else ("missing" if not self.installed else "wrong version"))
-        return {"crd": self.name, "wanted": self.wanted_version, "served": ", ".join(self.served_versions) or "-",
-                "state": state, "problem": self.problem or "-", "fix": self.fix or "-"}
+        state = {None: "unknown", False: "missing"}.get(self.installed, "ok" if self.ok else "wrong version")
+        return {
+            "crd": self.name,
+            "wanted": self.wanted_version,
+            "served": ", ".join(self.served_versions) or "-",
+            "state": state,
+            "problem": self.problem or "-",
+            "fix": self.fix or "-",
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["served_versions"] = list(self.served_versions)
-        data["ok"] = self.ok
-        return data
+        return asdict(self) | {"served_versions": list(self.served_versions), "ok": self.ok}
 
 
 def _served(crd) -> tuple[tuple[str, ...], str | None]:
@@ -421,37 +465,25 @@ def _served(crd) -> tuple[tuple[str, ...], str | None]:
 
 
 def mpijob_crd_status(crd) -> CrdStatus:
-    """MPIJob CRD (a V1CustomResourceDefinition or None when absent): v2beta1 served, or the training-operator v1 clash."""
-    if crd is None:
-        return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, False, problem="the MPIJob CRD is not installed",
-                         fix="install the MPI Operator v0.5 or later (its deploy/v2beta1/mpi-operator.yaml), "
-                             "or use the local backend")
-    served, storage = _served(crd)
-    if MPIJOB_VERSION in served:
-        return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, True, served, storage)
-    if "v1" in served:
-        return CrdStatus(
-            MPIJOB_CRD, MPIJOB_VERSION, True, served, storage,
-            problem="mpijobs.kubeflow.org is served at v1 (Kubeflow training-operator v1), not v2beta1: "
-                    "the kit's MPIJob manifests would be rejected, and the two CRD versions cannot coexist",
-            fix="disable the training-operator's MPIJob support (its --enable-scheme flag without mpijob), delete "
-                "its v1 mpijobs.kubeflow.org CRD, then install the MPI Operator v0.5 or later")
-    return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, True, served, storage,
-                     problem=f"mpijobs.kubeflow.org serves {', '.join(served) or 'no version'}, not v2beta1",
-                     fix="install the MPI Operator v0.5 or later")
+    """MPIJob CRD (a V1CustomResourceDefinition, None when absent): v2beta1 served, or what is wrong with it."""
+    served, storage = _served(crd) if crd is not None else ((), None)
+    problem, fix = mpijob_problem(served if crd is not None else None) or (None, None)
+    return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, crd is not None, served, storage, problem, fix)
 
 
 def trainjob_crd_status(crd) -> CrdStatus:
     """Kubeflow Trainer v2's TrainJob CRD (trainer.kubeflow.org, v1alpha1)."""
     if crd is None:
-        return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, False, problem="Kubeflow Trainer (TrainJob) is not installed",
-                         fix="optional: install Kubeflow Trainer v2 to submit TrainJobs; MPIJobs do not need it")
+        fix = "optional: install Kubeflow Trainer v2 to submit TrainJobs; MPIJobs do not need it"
+        return CrdStatus(
+            TRAINJOB_CRD, TRAINJOB_VERSION, False, problem="Kubeflow Trainer (TrainJob) is not installed", fix=fix
+        )
     served, storage = _served(crd)
     if TRAINJOB_VERSION in served:
         return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage)
-    return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage,
-                     problem=f"trainjobs.trainer.kubeflow.org serves {', '.join(served) or 'no version'}, not v1alpha1",
-                     fix="install a Kubeflow Trainer release that serves trainer.kubeflow.org/v1alpha1")
+    problem = f"{TRAINJOB_CRD} serves {', '.join(served) or 'no version'}, not {TRAINJOB_VERSION}"
+    fix = f"install a Kubeflow Trainer release that serves trainer.kubeflow.org/{TRAINJOB_VERSION}"
+    return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage, problem, fix)
 
 
 def read_crd(api_client, name: str, *, timeout: float = 10.0):
@@ -471,21 +503,39 @@ def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
     from kubernetes.client.exceptions import ApiException
 
     out = []
-    for name, wanted, judge in ((MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status),
-                                (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status)):
+    for name, wanted, judge in (
+        (MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status),
+        (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status),
+    ):
         try:
             out.append(judge(read_crd(api_client, name, timeout=timeout)))
         except ApiException as exc:
             if exc.status not in (401, 403):
                 raise
-            out.append(CrdStatus(name, wanted, None, problem=f"cannot read CRDs ({_short_reason(exc)})",
-                                 fix="ask for read access to customresourcedefinitions, or check with "
-                                     f"`kubectl api-resources --api-group={name.split('.', 1)[1]}`"))
+            fix = (
+                "ask for read access to customresourcedefinitions, or check with "
+                f"`kubectl api-resources --api-group={name.split('.', 1)[1]}`"
+            )
+            out.append(CrdStatus(name, wanted, None, problem=f"cannot read CRDs ({short_reason(exc)})", fix=fix))
     return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The whole picture
+
+NODE_COLUMNS = (
+    "node",
+    "ready",
+    "schedulable",
+    "kind",
+    "product",
+    "accelerators",
+    "hugepages-2Mi",
+    "cpu",
+    "memory",
+    "taints",
+)
+CRD_COLUMNS = ("crd", "wanted", "served", "state", "problem", "fix")
 
 
 @dataclass
@@ -505,8 +555,12 @@ class ClusterReport:
         for node in self.nodes:
             if node.accelerator_kind and node.accelerators:
                 by_kind[node.accelerator_kind] = by_kind.get(node.accelerator_kind, 0) + node.accelerators
-        return {"nodes": len(self.nodes), "ready_nodes": sum(n.ready for n in self.nodes),
-                "accelerators": by_kind, "hugepages_2mi_bytes": sum(n.hugepages_2mi_bytes for n in self.nodes)}
+        return {
+            "nodes": len(self.nodes),
+            "ready_nodes": sum(n.ready for n in self.nodes),
+            "accelerators": by_kind,
+            "hugepages_2mi_bytes": sum(n.hugepages_2mi_bytes for n in self.nodes),
+        }
 
     def summary(self) -> str:
         """One sentence on what the cluster offers the kit, computed from this report."""
@@ -515,46 +569,51 @@ class ClusterReport:
         totals = self.totals()
         per_kind = ", ".join(f"{n} {k}" for k, n in sorted(totals["accelerators"].items())) or "no accelerators"
         mpijob = next((c for c in self.crds if c.name == MPIJOB_CRD), None)
-        if mpijob is not None and mpijob.ok:
-            mpi = "MPIJob v2beta1 is served"
-        else:
-            mpi = f"MPIJob v2beta1 is NOT usable: {mpijob.problem if mpijob else 'not checked'}"
-        return (f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} allocatable "
-                f"and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; {mpi}.")
+        usable = mpijob is not None and mpijob.ok
+        mpi = (
+            "MPIJob v2beta1 is served"
+            if usable
+            else f"MPIJob v2beta1 is NOT usable: {mpijob.problem if mpijob else 'not checked'}"
+        )
+        return (
+            f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} allocatable "
+            f"and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; {mpi}."
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"configured": self.configured, "reachable": self.reachable, "source": self.source,
-                "server": self.server, "error": self.error, "totals": self.totals(),
-                "nodes": [n.to_dict() for n in self.nodes], "crds": [c.to_dict() for c in self.crds]}
+        return {
+            "configured": self.configured,
+            "reachable": self.reachable,
+            "source": self.source,
+            "server": self.server,
+            "error": self.error,
+            "totals": self.totals(),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "crds": [c.to_dict() for c in self.crds],
+        }
+
+    def _tables(self) -> list[tuple[list[dict], tuple[str, ...]]]:
+        return [([n.row() for n in self.nodes], NODE_COLUMNS), ([c.row() for c in self.crds], CRD_COLUMNS)]
 
     def text(self) -> str:
-        from labkit.tabular import text_table
-
         if not self.configured or not self.reachable:
             return f"cluster: {self.error}"
-        parts = [f"cluster: {self.source}",
-                 text_table([n.row() for n in self.nodes], NODE_COLUMNS) if self.nodes else "(no nodes)",
-                 text_table([c.row() for c in self.crds], CRD_COLUMNS)]
-        return "\n\n".join(parts)
+        tables = [
+            text_table(rows, columns) if rows or columns is CRD_COLUMNS else "(no nodes)"
+            for rows, columns in self._tables()
+        ]
+        return "\n\n".join([f"cluster: {self.source}", *tables])
 
     def _repr_html_(self) -> str:
-        from html import escape
-
-        from labkit.tabular import html_table
-
         if not self.configured or not self.reachable:
             return f"<p><b>cluster:</b> {escape(self.error or '')}</p>"
-        return (f"<p><b>cluster:</b> {escape(self.source or '')}</p>"
-                + html_table([n.row() for n in self.nodes], NODE_COLUMNS, status_column=None)
-                + html_table([c.row() for c in self.crds], CRD_COLUMNS, status_column=None))
+        tables = "".join(html_table(rows, columns, status_column=None) for rows, columns in self._tables())
+        return f"<p><b>cluster:</b> {escape(self.source or '')}</p>{tables}"
 
 
-NODE_COLUMNS = ("node", "ready", "schedulable", "kind", "product", "accelerators", "hugepages-2Mi", "cpu", "memory", "taints")
-CRD_COLUMNS = ("crd", "wanted", "served", "state", "problem", "fix")
-
-
-def discover_cluster(kubeconfig: str | os.PathLike | None = None, context: str | None = None, *,
-                     timeout: float = 10.0) -> ClusterReport:
+def discover_cluster(
+    kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, timeout: float = 10.0
+) -> ClusterReport:
     """Nodes and CRDs of the configured cluster. No cluster configured, or one that does not answer, is a report with
     `error` set, not an exception; an explicit kubeconfig path that does not exist is a ConfigError."""
     source = find_kubeconfig(kubeconfig, context)
@@ -562,7 +621,7 @@ def discover_cluster(kubeconfig: str | os.PathLike | None = None, context: str |
         return ClusterReport(configured=False, error=NO_CLUSTER_MESSAGE)
     report = ClusterReport(configured=True, source=source.describe(), server=source.server)
     try:
-        api = _quick_client(source, context)
+        api = _client(source, context, retries=False)
     except LabkitError as exc:
         report.error = str(exc)
         return report
@@ -571,22 +630,23 @@ def discover_cluster(kubeconfig: str | os.PathLike | None = None, context: str |
         report.reachable = True
         report.crds = crd_statuses(api, timeout=timeout)
     except Exception as exc:  # unreachable, refused, forbidden: the report says which
-        report.error = f"{'listing nodes' if not report.reachable else 'reading CRDs'} on {source.server} failed: " \
-                       f"{_short_reason(exc)}"
+        failed = "reading CRDs" if report.reachable else "listing nodes"
+        report.error = f"{failed} on {source.server} failed: {short_reason(exc)}"
     finally:
         api.close()
     return report
 
 
-def resolve_cluster_mode(cluster: str, kubeconfig: str | os.PathLike | None = None,
-                         context: str | None = None, timeout: float = 10.0) -> bool:
+def resolve_cluster_mode(
+    cluster: str, kubeconfig: str | os.PathLike | None = None, context: str | None = None, timeout: float = 10.0
+) -> bool:
     """Notebook parameters `cluster` (auto|on|off), `kubeconfig`, `context`, `api_timeout_s` -> whether to query the
     cluster. Bad values, and 'on' without a configured cluster, are ConfigErrors raised before any work; 'auto'
     queries only when a configuration exists."""
     value = str(cluster).strip().lower()
-    if value not in ("auto", "on", "off"):
-        raise ConfigError("cluster", f"unknown value {cluster!r}", "use 'auto' (query when configured), 'on' or 'off'")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+    check_choice("cluster", value, ("auto", "on", "off"), "use 'auto' (query when configured), 'on' or 'off'")
+    check_number("api_timeout_s", timeout, 0.0, "use e.g. 10.0", strict=True)
+    if timeout > 300:
         raise ConfigError("api_timeout_s", f"{timeout!r} is not a number of seconds in (0, 300]", "use e.g. 10.0")
     if value == "off":
         return False

@@ -1,7 +1,7 @@
 """The kit's one device vocabulary, local discovery, and `pick_device` for the `device: str = "auto"` parameters.
 
 Vocabulary: a *device* is what torch runs on (cpu | cuda | hpu); an *accelerator* is what a cluster node or an MPIJob
-overlay offers (cpu | nvidia | gaudi). `ACCELERATOR_OF` and `DEVICE_OF` translate; nothing else in labkit spells these maps.
+overlay offers (cpu | nvidia | gaudi). `ACCELERATOR_OF` and `DEVICE_OF` translate; no other module spells these maps.
 
 Sources, best first (each falls back to the next when unavailable):
   NVIDIA: NVML (package nvidia-ml-py, module pynvml) -> torch.cuda -> `nvidia-smi --query-gpu ... --format=csv`
@@ -10,16 +10,20 @@ Sources, best first (each falls back to the next when unavailable):
   CPU:    /proc/cpuinfo, /proc/meminfo, cgroup limits, NUMA nodes from /sys/devices/system/node
 Memory is in bytes everywhere; utilization in percent.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from html import escape
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from labkit.errors import ConfigError, LabkitError
+from labkit.tabular import format_bytes, html_table, text_table
 
 DEVICE_KINDS = ("cuda", "hpu", "cpu")  # what torch runs on, best first
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "hpu")  # a `device` parameter
@@ -45,25 +49,28 @@ class Unavailable(Exception):
 class Device:
     """One local device. `mem_*` in bytes, `utilization` in percent; None where the source cannot tell."""
 
-    kind: str                          # cuda | hpu | cpu
+    kind: str  # cuda | hpu | cpu
     index: int
     name: str
     mem_total: int | None
     mem_used: int | None = None
     utilization: float | None = None
     driver: str | None = None
-    source: str = ""                   # nvml | torch | nvidia-smi | hl-smi | habana_frameworks | procfs
-    info: dict[str, Any] = field(default_factory=dict)   # kind-specific extras (cores, NUMA nodes, capability)
+    source: str = ""  # nvml | torch | nvidia-smi | hl-smi | habana_frameworks | procfs
+    info: dict[str, Any] = field(default_factory=dict)  # kind-specific extras (cores, NUMA nodes, capability)
 
     def row(self) -> dict[str, Any]:
-        from labkit.tabular import format_bytes
-
         used = format_bytes(self.mem_used) if self.mem_used is not None else "?"
-        return {"kind": self.kind, "index": self.index, "name": self.name,
-                "memory": f"{used} / {format_bytes(self.mem_total)}",
-                "utilization": "-" if self.utilization is None else f"{self.utilization:.0f}%",
-                "driver": self.driver or "-", "source": self.source,
-                "details": ", ".join(f"{k}={v}" for k, v in self.info.items() if not isinstance(v, (list, dict))) or "-"}
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "name": self.name,
+            "memory": f"{used} / {format_bytes(self.mem_total)}",
+            "utilization": "-" if self.utilization is None else f"{self.utilization:.0f}%",
+            "driver": self.driver or "-",
+            "source": self.source,
+            "details": ", ".join(f"{k}={v}" for k, v in self.info.items() if not isinstance(v, (list, dict))) or "-",
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,18 +96,15 @@ class Discovery:
         return {"devices": [d.to_dict() for d in self.devices], "notes": list(self.notes)}
 
     def text(self) -> str:
-        from labkit.tabular import text_table
-
-        return text_table([d.row() for d in self.devices], DEVICE_COLUMNS) + "".join(f"\n  note: {n}" for n in self.notes)
+        return text_table([d.row() for d in self.devices], DEVICE_COLUMNS) + "".join(
+            f"\n  note: {n}" for n in self.notes
+        )
 
     def _repr_html_(self) -> str:
-        from html import escape
-
-        from labkit.tabular import html_table
-
         notes = "".join(f"<li>{escape(n)}</li>" for n in self.notes)
         return html_table([d.row() for d in self.devices], DEVICE_COLUMNS, status_column=None) + (
-            f"<ul>{notes}</ul>" if notes else "")
+            f"<ul>{notes}</ul>" if notes else ""
+        )
 
 
 def device_kind_of(record: Any) -> str:
@@ -135,15 +139,27 @@ def _parse_smi_csv(text: str, kind: str, source: str) -> list[Device]:
             continue
         parts = [p.strip() for p in line.split(",")]
         if len(parts) != 6:
-            raise ParseError(f"{source} output line {number}: expected 6 comma-separated fields "
-                             f"(index, name, memory.total, memory.used, utilization, driver), got {len(parts)}: {line!r}")
+            raise ParseError(
+                f"{source} output line {number}: expected 6 comma-separated fields "
+                f"(index, name, memory.total, memory.used, utilization, driver), got {len(parts)}: {line!r}"
+            )
         try:
             index = int(parts[0])
             total, used, util = (_optional_number(p) for p in parts[2:5])
         except ValueError:
             raise ParseError(f"{source} output line {number}: not a number where one was expected: {line!r}") from None
-        devices.append(Device(kind, index, parts[1], None if total is None else int(total * MIB),
-                              None if used is None else int(used * MIB), util, parts[5] or None, source))
+        devices.append(
+            Device(
+                kind,
+                index,
+                parts[1],
+                None if total is None else int(total * MIB),
+                None if used is None else int(used * MIB),
+                util,
+                parts[5] or None,
+                source,
+            )
+        )
     return devices
 
 
@@ -256,8 +272,18 @@ def nvidia_devices_nvml() -> list[Device]:
                 utilization: float | None = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
             except pynvml.NVMLError:  # e.g. MIG instances report no utilization
                 utilization = None
-            devices.append(Device("cuda", i, _text(pynvml.nvmlDeviceGetName(handle)), int(memory.total),
-                                  int(memory.used), utilization, driver, "nvml"))
+            devices.append(
+                Device(
+                    "cuda",
+                    i,
+                    _text(pynvml.nvmlDeviceGetName(handle)),
+                    int(memory.total),
+                    int(memory.used),
+                    utilization,
+                    driver,
+                    "nvml",
+                )
+            )
         return devices
     finally:
         pynvml.nvmlShutdown()
@@ -275,9 +301,19 @@ def nvidia_devices_torch() -> list[Device]:
     devices = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        devices.append(Device("cuda", i, props.name, int(props.total_memory), None, None,
-                              f"CUDA {torch.version.cuda}" if torch.version.cuda else None, "torch",
-                              {"capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count}))
+        devices.append(
+            Device(
+                "cuda",
+                i,
+                props.name,
+                int(props.total_memory),
+                None,
+                None,
+                f"CUDA {torch.version.cuda}" if torch.version.cuda else None,
+                "torch",
+                {"capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count},
+            )
+        )
     return devices
 
 
@@ -373,14 +409,20 @@ def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in DEVICE_KINDS]
     if unknown:
-        raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", f"use some of {', '.join(DEVICE_KINDS)}")
+        raise ConfigError(
+            "kinds", f"unknown device kind(s) {', '.join(unknown)}", f"use some of {', '.join(DEVICE_KINDS)}"
+        )
     result = Discovery()
     if "cuda" in kinds:
-        result.devices += _collect("NVIDIA", [("NVML", nvidia_devices_nvml), ("torch.cuda", nvidia_devices_torch),
-                                              ("nvidia-smi", nvidia_devices_smi)], result.notes)
+        result.devices += _collect(
+            "NVIDIA",
+            [("NVML", nvidia_devices_nvml), ("torch.cuda", nvidia_devices_torch), ("nvidia-smi", nvidia_devices_smi)],
+            result.notes,
+        )
     if "hpu" in kinds:
-        result.devices += _collect("Gaudi", [("hl-smi", hpu_devices_smi),
-                                             ("habana_frameworks", hpu_devices_python)], result.notes)
+        result.devices += _collect(
+            "Gaudi", [("hl-smi", hpu_devices_smi), ("habana_frameworks", hpu_devices_python)], result.notes
+        )
     if "cpu" in kinds:
         result.devices.append(cpu_device())
     return result
@@ -399,14 +441,25 @@ def cuda_status() -> tuple[bool, str]:
     if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
         return False, f"torch {torch.__version__} is a CPU build"
     if not torch.cuda.is_available():
-        return False, f"torch {torch.__version__} sees no CUDA device (driver, CUDA_VISIBLE_DEVICES or the pod's GPU limit)"
+        return (
+            False,
+            f"torch {torch.__version__} sees no CUDA device (driver, CUDA_VISIBLE_DEVICES or the pod's GPU limit)",
+        )
     return True, f"{torch.cuda.device_count()} CUDA device(s)"
 
 
-def hpu_status() -> tuple[bool, str]:
+def _hpu_module():
+    """habana_frameworks.torch.hpu, or None where the Intel Gaudi software is not installed."""
     try:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
+        return None
+    return hthpu
+
+
+def hpu_status() -> tuple[bool, str]:
+    hthpu = _hpu_module()
+    if hthpu is None:
         return False, "habana_frameworks (Intel Gaudi software) is not installed"
     if not hthpu.is_available():
         return False, "habana_frameworks sees no Gaudi device"
@@ -427,14 +480,20 @@ def pick_device(requested: str = "auto") -> str:
         if ok:
             return "cuda"
         if value == "cuda":
-            raise ConfigError("device", f"'cuda' requested but {why}",
-                              "use device='auto' or 'cpu' here, or run on a GPU machine with a CUDA build of torch")
+            raise ConfigError(
+                "device",
+                f"'cuda' requested but {why}",
+                "use device='auto' or 'cpu' here, or run on a GPU machine with a CUDA build of torch",
+            )
     ok, why = hpu_status()
     if ok:
         return "hpu"
     if value == "hpu":
-        raise ConfigError("device", f"'hpu' requested but {why}",
-                          "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image")
+        raise ConfigError(
+            "device",
+            f"'hpu' requested but {why}",
+            "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image",
+        )
     return "cpu"
 
 
@@ -445,11 +504,8 @@ def device_count(device: str) -> int:
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "hpu":
-        try:
-            import habana_frameworks.torch.hpu as hthpu
-        except ImportError:
-            return 0
-        return hthpu.device_count() if hthpu.is_available() else 0
+        hthpu = _hpu_module()
+        return hthpu.device_count() if hthpu is not None and hthpu.is_available() else 0
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -460,6 +516,9 @@ def check_ranks_fit(field: str, ranks: int, device: str) -> int:
     if device in ("cuda", "hpu"):
         have = device_count(device)
         if ranks > have:
-            raise ConfigError(field, f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)",
-                              f"pass {field}={max(have, 1)} (or 0 for automatic), or device='cpu' to rehearse {ranks} ranks on CPU")
+            raise ConfigError(
+                field,
+                f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)",
+                f"pass {field}={max(have, 1)} (or 0 for automatic), or device='cpu' to rehearse {ranks} ranks on CPU",
+            )
     return ranks

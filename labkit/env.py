@@ -5,6 +5,7 @@ notebook runner, a TORCH_CUDA_ARCH_LIST that breaks DeepSpeed's op builds on a C
 expected to lack (GPUs, NCCL, Gaudi, MPI, a cluster) WARNS, so `labkit check` exits 0 there.
 Each check function takes its inputs as arguments (environment, file text, torch facts) so tests can feed recorded ones.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+from labkit.cluster import find_kubeconfig, probe_api_server
+from labkit.devices import ParseError, parse_meminfo
 from labkit.errors import ConfigError, LabkitError
+from labkit.tabular import html_table, text_table
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 STATUSES = (PASS, WARN, FAIL)
@@ -28,12 +33,28 @@ GIB = 2**30
 MIN_PYTHON = (3, 10)
 SHM_MIN_BYTES = GIB
 CHECK_COLUMNS = ("group", "name", "status", "detail", "fix")
+NCCL_DEBUG_VALUES = ("VERSION", "WARN", "INFO", "TRACE")
+HPU = "Intel Gaudi (HPU)"
+# Distributions checked by presence alone: name -> (group, required, why it matters, fix)
+PACKAGES = {
+    "accelerate": ("deepspeed", False, "the accelerate-launch examples will not run", "pip install accelerate"),
+    "papermill": ("notebooks", True, "`labkit run` and the tests execute notebooks with it", ""),
+    "nbclient": ("notebooks", True, "papermill runs kernels through it", ""),
+    "jupyterlab": ("notebooks", False, "only `make lab` (interactive use) needs it", ""),
+    "ipywidgets": ("notebooks", False, "notebook 01's filter widget needs it; the plain cells work without", ""),
+    "mpi4py": (
+        "mpi",
+        False,
+        "deepspeed.init_distributed() cannot read ranks from Open MPI",
+        "pip install mpi4py (needs mpicc from libopenmpi-dev)",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str          # pass | warn | fail
+    status: str  # pass | warn | fail
     detail: str
     fix: str = ""
     group: str = "general"
@@ -44,6 +65,11 @@ class Check:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+
+def _checker(name: str, group: str) -> Callable[..., Check]:
+    """Check(name, status, detail, fix, group) with the name and group of one check filled in."""
+    return lambda status, detail, fix="": Check(name, status, detail, fix, group)
 
 
 class CheckReport(list):
@@ -70,17 +96,13 @@ class CheckReport(list):
         return json.dumps({"summary": self.counts(), "checks": self.to_dicts()}, indent=2)
 
     def text(self) -> str:
-        from labkit.tabular import text_table
-
         counts = self.counts()
-        table = text_table(self.to_dicts(), ("group", "name", "status", "detail"), max_width=90)
+        table = text_table(self.to_dicts(), CHECK_COLUMNS[:4], max_width=90)
         fixes = [f"  {c.status.upper():4}  {c.name}: {c.fix}" for c in self if c.status != PASS and c.fix]
         summary = f"{counts[PASS]} passed, {counts[WARN]} warnings, {counts[FAIL]} failed"
-        return "\n".join([table, "", summary] + (["", "To fix:"] + fixes if fixes else []))
+        return "\n".join([table, "", summary] + (["", "To fix:", *fixes] if fixes else []))
 
     def _repr_html_(self) -> str:
-        from labkit.tabular import html_table
-
         return html_table(self.to_dicts(), CHECK_COLUMNS)
 
 
@@ -93,11 +115,11 @@ class TorchBuild:
     """What the installed torch is and sees. `error` is set when torch is missing or fails to import."""
 
     version: str | None = None
-    cuda: str | None = None            # torch.version.cuda ("13.0") for CUDA builds
-    hip: str | None = None             # ROCm builds
+    cuda: str | None = None  # torch.version.cuda ("13.0") for CUDA builds
+    hip: str | None = None  # ROCm builds
     cuda_available: bool = False
     cuda_devices: tuple[str, ...] = ()
-    nccl: str | None = None            # "2.27.7"
+    nccl: str | None = None  # "2.27.7"
     error: str | None = None
 
     @property
@@ -105,11 +127,7 @@ class TorchBuild:
         return bool(self.cuda or self.hip)
 
     def describe(self) -> str:
-        if self.cuda:
-            return f"CUDA {self.cuda} build"
-        if self.hip:
-            return f"ROCm {self.hip} build"
-        return "CPU build"
+        return f"CUDA {self.cuda} build" if self.cuda else (f"ROCm {self.hip} build" if self.hip else "CPU build")
 
 
 def torch_build() -> TorchBuild:
@@ -118,16 +136,14 @@ def torch_build() -> TorchBuild:
     except Exception as exc:  # ImportError, or a broken install raising OSError on a missing library
         return TorchBuild(error=f"{type(exc).__name__}: {exc}")
     cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
-    available = bool((cuda or hip) and torch.cuda.is_available())
-    devices: tuple[str, ...] = ()
-    nccl = None
-    if available:
-        devices = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        try:
-            nccl = ".".join(str(p) for p in torch.cuda.nccl.version())
-        except Exception:  # builds without NCCL
-            nccl = None
-    return TorchBuild(torch.__version__, cuda, hip, available, devices, nccl)
+    if not ((cuda or hip) and torch.cuda.is_available()):
+        return TorchBuild(torch.__version__, cuda, hip)
+    devices = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    try:
+        nccl = ".".join(str(p) for p in torch.cuda.nccl.version())
+    except Exception:  # builds without NCCL
+        nccl = None
+    return TorchBuild(torch.__version__, cuda, hip, True, devices, nccl)
 
 
 def dist_version(name: str) -> str | None:
@@ -147,67 +163,72 @@ def network_interfaces(sys_class_net: str | Path = "/sys/class/net") -> list[str
     return sorted(name for _, name in socket.if_nameindex())
 
 
+def infiniband_devices(root: str | Path = "/sys/class/infiniband") -> list[str]:
+    path = Path(root)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# Python and torch
+# Python, torch, accelerators
 
 
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
-    text = ".".join(map(str, version))
+    detail = f"{'.'.join(map(str, version))} at {sys.executable}"
     if tuple(version[:2]) < MIN_PYTHON:
-        return Check("Python", FAIL, f"{text} at {sys.executable}", "use Python 3.10 or newer (the kit's venv: make install)",
-                     "python")
-    return Check("Python", PASS, f"{text} at {sys.executable}", group="python")
+        return Check("Python", FAIL, detail, "use Python 3.10 or newer (the kit's venv: make install)", "python")
+    return Check("Python", PASS, detail, group="python")
 
 
 def check_torch(info: TorchBuild) -> Check:
     if info.error:
-        return Check("torch", FAIL, f"cannot import torch ({info.error})",
-                     "run `make install` (installs a CPU torch), or install the torch build for your accelerator", "pytorch")
+        fix = "run `make install` (installs a CPU torch), or install the torch build for your accelerator"
+        return Check("torch", FAIL, f"cannot import torch ({info.error})", fix, "pytorch")
     return Check("torch", PASS, f"{info.version}, {info.describe()}", group="pytorch")
 
 
 def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
-    name = "CUDA"
+    check = _checker("CUDA", "pytorch")
     if info.error:
-        return Check(name, WARN, "unknown: torch does not import", "fix the torch check first", "pytorch")
+        return check(WARN, "unknown: torch does not import", "fix the torch check first")
     if info.cuda_available:
-        return Check(name, PASS, f"{info.describe()}, {len(info.cuda_devices)} device(s): {', '.join(info.cuda_devices)}",
-                     group="pytorch")
+        return check(PASS, f"{info.describe()}, {len(info.cuda_devices)} device(s): {', '.join(info.cuda_devices)}")
     if hpu_present:
-        return Check(name, PASS, "not used: this is a Gaudi (HPU) machine", group="pytorch")
+        return check(PASS, "not used: this is a Gaudi (HPU) machine")
     if not info.gpu_build:
-        return Check(name, WARN, f"none: torch {info.version} is a CPU build, so DeepSpeed runs on CPU ranks (gloo)",
-                     "expected on a laptop; on a GPU node install the CUDA build of torch that matches its driver",
-                     "pytorch")
-    return Check(name, WARN, f"{info.describe()} but no usable GPU (torch.cuda.is_available() is False)",
-                 "check `nvidia-smi`, the driver, CUDA_VISIBLE_DEVICES and the pod's nvidia.com/gpu limit", "pytorch")
+        detail = f"none: torch {info.version} is a CPU build, so DeepSpeed runs on CPU ranks (gloo)"
+        fix = "expected on a laptop; on a GPU node install the CUDA build of torch that matches its driver"
+        return check(WARN, detail, fix)
+    fix = "check `nvidia-smi`, the driver, CUDA_VISIBLE_DEVICES and the pod's nvidia.com/gpu limit"
+    return check(WARN, f"{info.describe()} but no usable GPU (torch.cuda.is_available() is False)", fix)
 
 
 def check_nccl(info: TorchBuild) -> Check:
+    check = _checker("NCCL", "pytorch")
     if info.nccl:
-        return Check("NCCL", PASS, f"{info.nccl} (torch.cuda.nccl)", group="pytorch")
+        return check(PASS, f"{info.nccl} (torch.cuda.nccl)")
     if info.cuda_available:
-        return Check("NCCL", WARN, "torch has CUDA but no NCCL: multi-GPU runs cannot use the nccl backend",
-                     "install a torch build with NCCL (the PyPI CUDA wheels have it)", "pytorch")
-    return Check("NCCL", WARN, "not available: no CUDA here, so multi-process runs use gloo",
-                 "expected without GPUs; GPU nodes get NCCL with the CUDA build of torch", "pytorch")
+        detail = "torch has CUDA but no NCCL: multi-GPU runs cannot use the nccl backend"
+        return check(WARN, detail, "install a torch build with NCCL (the PyPI CUDA wheels have it)")
+    fix = "expected without GPUs; GPU nodes get NCCL with the CUDA build of torch"
+    return check(WARN, "not available: no CUDA here, so multi-process runs use gloo", fix)
 
 
 def check_hpu() -> Check:
-    version = dist_version("habana-torch-plugin")
+    check = _checker(HPU, "pytorch")
     try:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
-        return Check("Intel Gaudi (HPU)", WARN, "no habana_frameworks: not a Gaudi machine",
-                     "expected unless this is a Gaudi node; there use Intel's Gaudi PyTorch image (vault.habana.ai/gaudi-docker)",
-                     "pytorch")
+        fix = (
+            "expected unless this is a Gaudi node; there use Intel's Gaudi PyTorch image (vault.habana.ai/gaudi-docker)"
+        )
+        return check(WARN, "no habana_frameworks: not a Gaudi machine", fix)
     except Exception as exc:
-        return Check("Intel Gaudi (HPU)", WARN, f"habana_frameworks fails to import: {exc}",
-                     "reinstall the Gaudi software stack matching the driver (hl-smi shows its version)", "pytorch")
+        fix = "reinstall the Gaudi software stack matching the driver (hl-smi shows its version)"
+        return check(WARN, f"habana_frameworks fails to import: {exc}", fix)
     if not hthpu.is_available():
-        return Check("Intel Gaudi (HPU)", WARN, f"habana_frameworks {version or ''} installed but no Gaudi device visible",
-                     "check `hl-smi`, HABANA_VISIBLE_MODULES and the pod's habana.ai/gaudi limit", "pytorch")
-    return Check("Intel Gaudi (HPU)", PASS, f"{hthpu.device_count()} x {hthpu.get_device_name()}", group="pytorch")
+        detail = f"habana_frameworks {dist_version('habana-torch-plugin') or ''} installed but no Gaudi device visible"
+        return check(WARN, detail, "check `hl-smi`, HABANA_VISIBLE_MODULES and the pod's habana.ai/gaudi limit")
+    return check(PASS, f"{hthpu.device_count()} x {hthpu.get_device_name()}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -215,10 +236,10 @@ def check_hpu() -> Check:
 
 
 def check_deepspeed() -> Check:
+    check = _checker("DeepSpeed", "deepspeed")
     version = dist_version("deepspeed")
     if version is None:
-        return Check("DeepSpeed", FAIL, "not installed",
-                     "run `make install` (builds deepspeed==0.19.8 against the installed torch)", "deepspeed")
+        return check(FAIL, "not installed", "run `make install` (builds deepspeed==0.19.8 against the installed torch)")
     try:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
@@ -226,11 +247,10 @@ def check_deepspeed() -> Check:
         accelerator = get_accelerator()
         backend = accelerator.communication_backend_name()
     except Exception as exc:
-        return Check("DeepSpeed", FAIL, f"{version} installed but `import deepspeed` fails: {type(exc).__name__}: {exc}",
-                     "rebuild it against this torch: pip install --no-build-isolation --force-reinstall deepspeed==0.19.8",
-                     "deepspeed")
-    return Check("DeepSpeed", PASS, f"{deepspeed.__version__}, accelerator {accelerator._name}, comm backend {backend}",
-                 group="deepspeed")
+        detail = f"{version} installed but `import deepspeed` fails: {type(exc).__name__}: {exc}"
+        fix = "rebuild it against this torch: pip install --no-build-isolation --force-reinstall deepspeed==0.19.8"
+        return check(FAIL, detail, fix)
+    return check(PASS, f"{deepspeed.__version__}, accelerator {accelerator._name}, comm backend {backend}")
 
 
 @contextlib.contextmanager
@@ -238,8 +258,7 @@ def _quiet():
     """Silence stdout/stderr at the file-descriptor level (compiler probes run as subprocesses), then restore them."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved, devnull = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
@@ -252,6 +271,13 @@ def _quiet():
             os.close(fd)
 
 
+def _compatible(builder) -> bool:
+    try:
+        return bool(builder.is_compatible(False))
+    except Exception:
+        return False
+
+
 def deepspeed_op_report() -> dict[str, Any]:
     """ds_report's op table as data: {'ops': {name: {'installed': bool, 'compatible': bool}}, 'ninja', 'compiler',
     'cuda_home'}. Requires deepspeed."""
@@ -259,40 +285,42 @@ def deepspeed_op_report() -> dict[str, Any]:
     from deepspeed.ops.op_builder.all_ops import ALL_OPS
     from torch.utils import cpp_extension
 
-    ops = {}
     with _quiet():  # builders print warnings, and their compile probes write to the file descriptors directly
-        for name, builder in ALL_OPS.items():
-            if name == "deepspeed_not_implemented":
-                continue
-            try:
-                compatible = bool(builder.is_compatible(False))
-            except Exception:
-                compatible = False
-            ops[name] = {"installed": bool(installed_ops.get(name, False)), "compatible": compatible}
-    compiler = os.environ.get("CXX") or "c++"
-    return {"ops": ops, "ninja": cpp_extension.is_ninja_available(), "compiler": shutil.which(compiler),
-            "cuda_home": cpp_extension.CUDA_HOME}
+        ops = {
+            name: {"installed": bool(installed_ops.get(name, False)), "compatible": _compatible(builder)}
+            for name, builder in ALL_OPS.items()
+            if name != "deepspeed_not_implemented"
+        }
+    compiler = shutil.which(os.environ.get("CXX") or "c++")
+    return {
+        "ops": ops,
+        "ninja": cpp_extension.is_ninja_available(),
+        "compiler": compiler,
+        "cuda_home": cpp_extension.CUDA_HOME,
+    }
 
 
 def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> Check:
     """Which DeepSpeed ops are prebuilt and which can be JIT-compiled here (ninja, a C++ compiler, CUDA_HOME)."""
-    name = "DeepSpeed ops (JIT)"
+    check = _checker("DeepSpeed ops (JIT)", "deepspeed")
     if report is None:
-        return Check(name, WARN, "unknown: DeepSpeed does not import", "fix the DeepSpeed check first", "deepspeed")
+        return check(WARN, "unknown: DeepSpeed does not import", "fix the DeepSpeed check first")
     ops = report["ops"]
-    installed = sorted(n for n, o in ops.items() if o["installed"])
-    buildable = sorted(n for n, o in ops.items() if o["compatible"] and not o["installed"])
-    detail = (f"prebuilt: {', '.join(installed) or 'none'}; JIT-buildable: {', '.join(buildable) or 'none'} "
-              f"(ninja {'yes' if report['ninja'] else 'NO'}, compiler {report['compiler'] or 'NONE'}"
-              + (f", CUDA_HOME {report['cuda_home'] or 'NONE'}" if info.gpu_build else "") + ")")
-    missing = [what for what, ok in (("ninja", report["ninja"]), ("a C++ compiler", report["compiler"])) if not ok]
-    if info.gpu_build and not report["cuda_home"]:
-        missing.append("CUDA_HOME/nvcc")
+    installed = ", ".join(sorted(n for n, o in ops.items() if o["installed"])) or "none"
+    buildable = ", ".join(sorted(n for n, o in ops.items() if o["compatible"] and not o["installed"])) or "none"
+    cuda_home = f", CUDA_HOME {report['cuda_home'] or 'NONE'}" if info.gpu_build else ""
+    tools = f"ninja {'yes' if report['ninja'] else 'NO'}, compiler {report['compiler'] or 'NONE'}{cuda_home}"
+    detail = f"prebuilt: {installed}; JIT-buildable: {buildable} ({tools})"
+    needs = (("ninja", report["ninja"]), ("a C++ compiler", report["compiler"]))
+    needs += (("CUDA_HOME/nvcc", report["cuda_home"]),) if info.gpu_build else ()
+    missing = [what for what, ok in needs if not ok]
     if missing:
-        return Check(name, WARN, detail,
-                     f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
-                     "toolkit), or avoid compiled ops: \"torch_adam\": true in the optimizer params", "deepspeed")
-    return Check(name, PASS, detail, group="deepspeed")
+        fix = (
+            f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
+            'toolkit), or avoid compiled ops: "torch_adam": true in the optimizer params'
+        )
+        return check(WARN, detail, fix)
+    return check(PASS, detail)
 
 
 _ARCH_ENTRY = re.compile(r"^(\d+)\.(\d+)(\+PTX)?$")
@@ -308,66 +336,64 @@ def parse_cuda_arch_list(value: str) -> list[tuple[int, int, bool]]:
     for entry in value.replace(" ", ";").split(";"):
         match = _ARCH_ENTRY.match(entry)
         if not match:
-            raise ValueError(f"entry {entry!r} is not of the form N.N or N.N+PTX" if entry else
-                             "it has an empty entry (a stray ';' or space)")
+            empty = "it has an empty entry (a stray ';' or space)"
+            raise ValueError(f"entry {entry!r} is not of the form N.N or N.N+PTX" if entry else empty)
         parsed.append((int(match.group(1)), int(match.group(2)), bool(match.group(3))))
     return parsed
 
 
 def suggested_arch_list(value: str) -> str:
     """'9.0a' -> '9.0', '8.0;9.0a+PTX' -> '8.0;9.0+PTX': keep the numbers, drop what DeepSpeed cannot parse."""
-    out = []
-    for entry in (e.strip() for e in value.replace(" ", ";").split(";")):
-        match = re.match(r"^(\d+)\.(\d+)[a-z]*(\+PTX)?$", entry)
-        if match:
-            out.append(f"{match.group(1)}.{match.group(2)}{match.group(3) or ''}")
-    return ";".join(out)
+    matches = (re.match(r"^(\d+)\.(\d+)[a-z]*(\+PTX)?$", e.strip()) for e in value.replace(" ", ";").split(";"))
+    return ";".join(f"{m.group(1)}.{m.group(2)}{m.group(3) or ''}" for m in matches if m)
 
 
 def check_torch_cuda_arch_list(value: str | None, gpu_build: bool) -> Check:
-    name = "TORCH_CUDA_ARCH_LIST"
+    check = _checker("TORCH_CUDA_ARCH_LIST", "deepspeed")
     if value is None or not value.strip():
-        return Check(name, PASS, "unset: DeepSpeed compiles ops for the GPUs it sees", group="deepspeed")
+        return check(PASS, "unset: DeepSpeed compiles ops for the GPUs it sees")
     try:
         parse_cuda_arch_list(value)
     except ValueError as exc:
-        suggestion = suggested_arch_list(value)
-        fix = (f"export TORCH_CUDA_ARCH_LIST={suggestion or '9.0'} (or unset it) before the first DeepSpeed op build, "
-               "or set \"torch_adam\": true in the optimizer params so FusedAdam is not compiled")
+        fix = (
+            f"export TORCH_CUDA_ARCH_LIST={suggested_arch_list(value) or '9.0'} (or unset it) before the first "
+            'DeepSpeed op build, or set "torch_adam": true in the optimizer params so FusedAdam is not compiled'
+        )
         if gpu_build:
-            return Check(name, FAIL, f"{value!r}: {exc}; DeepSpeed's op builder cannot parse it (FusedAdam's JIT build "
-                                     "stops with ValueError: invalid literal for int())", fix, "deepspeed")
-        return Check(name, WARN, f"{value!r}: {exc}; harmless on this CPU build, but it breaks DeepSpeed's CUDA op "
-                                 "builds on a GPU machine", fix, "deepspeed")
-    return Check(name, PASS, f"{value!r} (parses as DeepSpeed expects)", group="deepspeed")
+            why = "DeepSpeed's op builder cannot parse it (FusedAdam's JIT build stops with ValueError: invalid "
+            why += "literal for int())"
+            return check(FAIL, f"{value!r}: {exc}; {why}", fix)
+        why = "harmless on this CPU build, but it breaks DeepSpeed's CUDA op builds on a GPU machine"
+        return check(WARN, f"{value!r}: {exc}; {why}", fix)
+    return check(PASS, f"{value!r} (parses as DeepSpeed expects)")
 
 
-def check_accelerate() -> Check:
-    version = dist_version("accelerate")
-    if version is None:
-        return Check("accelerate", WARN, "not installed: the accelerate-launch examples will not run",
-                     "pip install accelerate", "deepspeed")
-    return Check("accelerate", PASS, version, group="deepspeed")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Notebook tooling
-
-NOTEBOOK_PACKAGES = {
-    # distribution: (required, why)
-    "papermill": (True, "`labkit run` and the tests execute notebooks with it"),
-    "nbclient": (True, "papermill runs kernels through it"),
-    "jupyterlab": (False, "only `make lab` (interactive use) needs it"),
-    "ipywidgets": (False, "notebook 01's filter widget needs it; the plain cells work without"),
-}
-
-
-def check_package(dist: str, required: bool, why: str) -> Check:
+def check_package(dist: str) -> Check:
+    """A distribution of PACKAGES: its version, or why it matters and how to install it."""
+    group, required, why, fix = PACKAGES[dist]
     version = dist_version(dist)
     if version:
-        return Check(dist, PASS, version, group="notebooks")
-    return Check(dist, FAIL if required else WARN, f"not installed: {why}", f"pip install {dist} (or `make install`)",
-                 "notebooks")
+        return Check(dist, PASS, version, group=group)
+    fix = fix or f"pip install {dist} (or `make install`)"
+    return Check(dist, FAIL if required else WARN, f"not installed: {why}", fix, group)
+
+
+def check_mpi4py() -> Check:
+    return check_package("mpi4py")
+
+
+def check_mpirun() -> Check:
+    check = _checker("mpirun", "mpi")
+    exe = shutil.which("mpirun")
+    if exe is None:
+        detail = "not on PATH: the openmpi launcher (what an MPIJob's launcher runs) is unavailable"
+        return check(WARN, detail, "apt-get install openmpi-bin libopenmpi-dev (or use the deepspeed launcher)")
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return check(WARN, f"{exe} does not answer --version: {exc}", "reinstall Open MPI")
+    version = next((line.strip() for line in out.splitlines() if line.strip()), "unknown version")
+    return check(PASS, f"{version} ({exe})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -383,63 +409,65 @@ def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping
     if threads:
         detail += f", OMP_NUM_THREADS={threads}"
         if threads.isdigit() and int(threads) > cores:
-            return Check("CPU", WARN, detail + " (more threads than cores: ranks oversubscribe and run many times slower)",
-                         f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)", "system")
+            detail += " (more threads than cores: ranks oversubscribe and run many times slower)"
+            return Check(
+                "CPU",
+                WARN,
+                detail,
+                f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)",
+                "system",
+            )
     return Check("CPU", PASS, detail, group="system")
 
 
 def check_shm(path: str | Path = "/dev/shm") -> Check:
-    name = "/dev/shm"
+    check = _checker("/dev/shm", "system")
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        return Check(name, WARN, f"cannot read {path}: {exc}", "mount a tmpfs at /dev/shm", "system")
+        return check(WARN, f"cannot read {path}: {exc}", "mount a tmpfs at /dev/shm")
     total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     detail = f"{total / GIB:.2f} GiB ({free / GIB:.2f} GiB free)"
     if total < SHM_MIN_BYTES:
-        return Check(name, WARN, detail + ": under 1 GiB (containers default to 64 MiB); DataLoader workers and "
-                     "NCCL's shared-memory transport fail with 'Bus error' or 'No space left on device'",
-                     "Kubernetes: mount an emptyDir with medium: Memory at /dev/shm; Docker: --shm-size=8g or --ipc=host",
-                     "system")
-    return Check(name, PASS, detail, group="system")
+        detail += (
+            ": under 1 GiB (containers default to 64 MiB); DataLoader workers and NCCL's shared-memory "
+            "transport fail with 'Bus error' or 'No space left on device'"
+        )
+        fix = "Kubernetes: mount an emptyDir with medium: Memory at /dev/shm; Docker: --shm-size=8g or --ipc=host"
+        return check(WARN, detail, fix)
+    return check(PASS, detail)
 
 
 def check_hugepages(meminfo_text: str, gaudi_present: bool = False) -> Check:
-    from labkit.devices import ParseError, parse_meminfo
-
-    name = "huge pages"
+    check = _checker("huge pages", "system")
     try:
         info = parse_meminfo(meminfo_text)
     except ParseError as exc:
-        return Check(name, WARN, f"cannot parse /proc/meminfo: {exc}", "", "system")
+        return check(WARN, f"cannot parse /proc/meminfo: {exc}")
     if "HugePages_Total" not in info:
-        return Check(name, WARN, "this kernel reports no huge pages", "", "system")
+        return check(WARN, "this kernel reports no huge pages")
     total, free, size = info["HugePages_Total"], info.get("HugePages_Free", 0), info.get("Hugepagesize", 2 * 2**20)
-    detail = (f"{total} x {size // 2**20} MiB pages reserved ({total * size / GIB:.2f} GiB, {free} free)")
+    detail = f"{total} x {size // 2**20} MiB pages reserved ({total * size / GIB:.2f} GiB, {free} free)"
     if total == 0 and gaudi_present:
-        return Check(name, WARN, detail + ": Gaudi workloads need hugepages-2Mi",
-                     "reserve them on the node (sysctl -w vm.nr_hugepages=N, or the node's kubelet/bootloader config) "
-                     "and request hugepages-2Mi in the pod", "system")
-    if total == 0:
-        detail += " (only Gaudi workloads need them)"
-    return Check(name, PASS, detail, group="system")
+        fix = (
+            "reserve them on the node (sysctl -w vm.nr_hugepages=N, or the node's kubelet/bootloader config) and "
+            "request hugepages-2Mi in the pod"
+        )
+        return check(WARN, detail + ": Gaudi workloads need hugepages-2Mi", fix)
+    return check(PASS, detail + (" (only Gaudi workloads need them)" if total == 0 else ""))
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # NCCL environment
 
-NCCL_DEBUG_VALUES = ("VERSION", "WARN", "INFO", "TRACE")
-
 
 def check_nccl_debug(env: Mapping[str, str]) -> Check:
-    value = env.get("NCCL_DEBUG")
+    check, value = _checker("NCCL_DEBUG", "network"), env.get("NCCL_DEBUG")
     if not value:
-        return Check("NCCL_DEBUG", PASS, "unset (set NCCL_DEBUG=INFO to see NCCL's transport choices when a run hangs)",
-                     group="network")
+        return check(PASS, "unset (set NCCL_DEBUG=INFO to see NCCL's transport choices when a run hangs)")
     if value.upper() not in NCCL_DEBUG_VALUES:
-        return Check("NCCL_DEBUG", WARN, f"{value!r} is not an NCCL debug level", "use VERSION, WARN, INFO or TRACE",
-                     "network")
-    return Check("NCCL_DEBUG", PASS, value, group="network")
+        return check(WARN, f"{value!r} is not an NCCL debug level", "use VERSION, WARN, INFO or TRACE")
+    return check(PASS, value)
 
 
 def nccl_ifname_matches(spec: str, interfaces: Sequence[str]) -> list[str]:
@@ -447,199 +475,152 @@ def nccl_ifname_matches(spec: str, interfaces: Sequence[str]) -> list[str]:
     exclude = spec.startswith("^")
     body = spec[1:] if exclude else spec
     exact = body.startswith("=")
-    body = body[1:] if exact else body
-    patterns = [p.strip() for p in body.split(",") if p.strip()]
-
-    def hit(name: str) -> bool:
-        return any(name == p if exact else name.startswith(p) for p in patterns)
-
+    patterns = [p.strip() for p in (body[1:] if exact else body).split(",") if p.strip()]
+    hit = lambda name: any(name == p if exact else name.startswith(p) for p in patterns)  # noqa: E731
     return [i for i in interfaces if hit(i) != exclude]
 
 
 def check_nccl_socket_ifname(env: Mapping[str, str], interfaces: Sequence[str]) -> Check:
-    name = "NCCL_SOCKET_IFNAME"
-    value = env.get(name)
+    check, value = _checker("NCCL_SOCKET_IFNAME", "network"), env.get("NCCL_SOCKET_IFNAME")
     have = ", ".join(interfaces) or "none"
     if not value:
-        return Check(name, PASS, f"unset: NCCL picks an interface itself (here: {have})", group="network")
+        return check(PASS, f"unset: NCCL picks an interface itself (here: {have})")
     matched = nccl_ifname_matches(value, interfaces)
-    if not matched:
-        usable = [i for i in interfaces if i != "lo"] or list(interfaces)
-        return Check(name, WARN, f"{value!r} matches no interface on this machine (interfaces: {have}); NCCL would "
-                                 "fail with 'no socket interface found'",
-                     f"set NCCL_SOCKET_IFNAME={usable[0] if usable else 'eth0'} (an interface that exists here; in a pod "
-                     "that is usually eth0) or unset it", "network")
-    return Check(name, PASS, f"{value!r} selects {', '.join(matched)}", group="network")
+    if matched:
+        return check(PASS, f"{value!r} selects {', '.join(matched)}")
+    usable = [i for i in interfaces if i != "lo"] or list(interfaces) or ["eth0"]
+    detail = f"{value!r} matches no interface on this machine (interfaces: {have}); NCCL would fail with "
+    fix = f"set NCCL_SOCKET_IFNAME={usable[0]} (an interface that exists here; in a pod usually eth0) or unset it"
+    return check(WARN, detail + "'no socket interface found'", fix)
 
 
 def check_nccl_ib_disable(env: Mapping[str, str], ib_devices: Sequence[str]) -> Check:
-    name = "NCCL_IB_DISABLE"
-    value = env.get(name)
-    ib = ", ".join(ib_devices)
-    if value is None or value == "":
-        detail = f"unset: NCCL uses InfiniBand/RoCE ({ib})" if ib_devices else "unset (no InfiniBand device here: TCP)"
-        return Check(name, PASS, detail, group="network")
+    check, value, ib = _checker("NCCL_IB_DISABLE", "network"), env.get("NCCL_IB_DISABLE"), ", ".join(ib_devices)
+    if not value:
+        return check(PASS, f"unset: NCCL uses InfiniBand/RoCE ({ib})" if ib else "unset (no InfiniBand here: TCP)")
     if value not in ("0", "1"):
-        return Check(name, WARN, f"{value!r} is neither 0 nor 1", "set NCCL_IB_DISABLE=0 (use IB) or 1 (TCP only)",
-                     "network")
-    if value == "1" and ib_devices:
-        return Check(name, WARN, f"1: InfiniBand disabled although {ib} exist(s): inter-node traffic goes over TCP",
-                     "unset NCCL_IB_DISABLE (or set 0) unless IB is known broken", "network")
-    return Check(name, PASS, "1: TCP sockets only" if value == "1" else "0: InfiniBand allowed", group="network")
-
-
-def infiniband_devices(root: str | Path = "/sys/class/infiniband") -> list[str]:
-    path = Path(root)
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# MPI
-
-
-def check_mpirun() -> Check:
-    exe = shutil.which("mpirun")
-    if exe is None:
-        return Check("mpirun", WARN, "not on PATH: the openmpi launcher (what an MPIJob's launcher runs) is unavailable",
-                     "apt-get install openmpi-bin libopenmpi-dev (or use the deepspeed launcher)", "mpi")
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
-        version = next((line.strip() for line in out.splitlines() if line.strip()), "unknown version")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("mpirun", WARN, f"{exe} does not answer --version: {exc}", "reinstall Open MPI", "mpi")
-    return Check("mpirun", PASS, f"{version} ({exe})", group="mpi")
-
-
-def check_mpi4py() -> Check:
-    version = dist_version("mpi4py")
-    if version is None:
-        return Check("mpi4py", WARN, "not installed: deepspeed.init_distributed() cannot read ranks from Open MPI",
-                     "pip install mpi4py (needs mpicc from libopenmpi-dev)", "mpi")
-    return Check("mpi4py", PASS, version, group="mpi")
+        return check(WARN, f"{value!r} is neither 0 nor 1", "set NCCL_IB_DISABLE=0 (use IB) or 1 (TCP only)")
+    if value == "1" and ib:
+        detail = f"1: InfiniBand disabled although {ib} exist(s): inter-node traffic goes over TCP"
+        return check(WARN, detail, "unset NCCL_IB_DISABLE (or set 0) unless IB is known broken")
+    return check(PASS, "1: TCP sockets only" if value == "1" else "0: InfiniBand allowed")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Kubernetes
 
 
-def check_kubeconfig(kubeconfig: str | None = None, context: str | None = None,
-                     env: Mapping[str, str] | None = None) -> Check:
-    from labkit.cluster import find_kubeconfig
-
+def check_kubeconfig(
+    kubeconfig: str | None = None, context: str | None = None, env: Mapping[str, str] | None = None
+) -> Check:
+    check = _checker("kubeconfig", "kubernetes")
+    env = os.environ if env is None else env
     try:
         source = find_kubeconfig(kubeconfig, context, env)
     except LabkitError as exc:
-        return Check("kubeconfig", WARN, str(exc), "fix the kubeconfig or point KUBECONFIG at a valid one", "kubernetes")
-    env = os.environ if env is None else env
+        return check(WARN, str(exc), "fix the kubeconfig or point KUBECONFIG at a valid one")
     if source is None and env.get("KUBECONFIG"):
-        return Check("kubeconfig", WARN, f"KUBECONFIG={env['KUBECONFIG']} names no existing file: no cluster configured",
-                     "point KUBECONFIG at your kubeconfig (kind get kubeconfig > FILE), or unset it", "kubernetes")
+        detail = f"KUBECONFIG={env['KUBECONFIG']} names no existing file: no cluster configured"
+        return check(WARN, detail, "point KUBECONFIG at your kubeconfig (kind get kubeconfig > FILE), or unset it")
     if source is None:
-        return Check("kubeconfig", WARN, "no cluster configured: the local backend runs everything on this machine",
-                     "to use a cluster: set KUBECONFIG or create ~/.kube/config (kind create cluster writes one)",
-                     "kubernetes")
-    return Check("kubeconfig", PASS, source.describe(), group="kubernetes")
+        fix = "to use a cluster: set KUBECONFIG or create ~/.kube/config (kind create cluster writes one)"
+        return check(WARN, "no cluster configured: the local backend runs everything on this machine", fix)
+    return check(PASS, source.describe())
 
 
 def check_api_server(kubeconfig: str | None = None, context: str | None = None, timeout: float = 2.0) -> Check:
-    from labkit.cluster import find_kubeconfig, probe_api_server
-
-    name = "Kubernetes API server"
+    check = _checker("Kubernetes API server", "kubernetes")
     try:
         if find_kubeconfig(kubeconfig, context) is None:
-            return Check(name, WARN, "skipped: no cluster configured", "see the kubeconfig check", "kubernetes")
+            return check(WARN, "skipped: no cluster configured", "see the kubeconfig check")
         probe = probe_api_server(kubeconfig, context, timeout=timeout)
     except LabkitError as exc:
-        return Check(name, WARN, f"skipped: {exc}", "see the kubeconfig check", "kubernetes")
+        return check(WARN, f"skipped: {exc}", "see the kubeconfig check")
     if not probe.reachable:
-        return Check(name, WARN, f"{probe.server} unreachable ({probe.error}, {probe.elapsed_s:.1f} s)",
-                     "start the cluster (kind/minikube), connect the VPN, or switch context "
-                     "(kubectl config use-context NAME)", "kubernetes")
+        fix = "start the cluster (kind/minikube), connect the VPN, or switch context (kubectl config use-context NAME)"
+        return check(WARN, f"{probe.server} unreachable ({probe.error}, {probe.elapsed_s:.1f} s)", fix)
     if probe.status in (401, 403):
-        return Check(name, WARN, f"{probe.server} answered but refused the credentials ({probe.error})",
-                     "refresh the credentials in the kubeconfig (kubectl get nodes should work)", "kubernetes")
-    if probe.status:
-        return Check(name, PASS, f"{probe.server} answers ({probe.error} for /version, {probe.elapsed_s:.2f} s)",
-                     group="kubernetes")
-    return Check(name, PASS, f"{probe.server} answers, Kubernetes {probe.version} ({probe.elapsed_s:.2f} s)",
-                 group="kubernetes")
+        fix = "refresh the credentials in the kubeconfig (kubectl get nodes should work)"
+        return check(WARN, f"{probe.server} answered but refused the credentials ({probe.error})", fix)
+    answer = f"{probe.error} for /version" if probe.status else f"Kubernetes {probe.version}"
+    return check(PASS, f"{probe.server} answers, {answer} ({probe.elapsed_s:.2f} s)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # All of them
 
 
-def validate_check_options(timeout: float, kubeconfig: str | None = None, *, timeout_field: str = "api_timeout_s",
-                           kubeconfig_field: str = "kubeconfig") -> None:
+def validate_check_options(
+    timeout: float,
+    kubeconfig: str | None = None,
+    *,
+    timeout_field: str = "api_timeout_s",
+    kubeconfig_field: str = "kubeconfig",
+) -> None:
     """Notebook 00 parameters / CLI flags (the fields named as the caller calls them), checked before anything runs."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3:
-        raise ConfigError(timeout_field, f"{timeout!r} is not a number of seconds in (0, 3]",
-                          "use a short timeout such as 2.0: the check must not hang on a dead cluster")
+        fix = "use a short timeout such as 2.0: the check must not hang on a dead cluster"
+        raise ConfigError(timeout_field, f"{timeout!r} is not a number of seconds in (0, 3]", fix)
     if kubeconfig and not Path(kubeconfig).expanduser().is_file():
-        raise ConfigError(kubeconfig_field, f"{kubeconfig} does not exist",
-                          "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config")
+        fix = "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config"
+        raise ConfigError(kubeconfig_field, f"{kubeconfig} does not exist", fix)
 
 
-def run_checks(*, kubeconfig: str | None = None, context: str | None = None, timeout: float = 2.0,
-               env: Mapping[str, str] | None = None, progress: bool = False) -> CheckReport:
+def run_checks(
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    timeout: float = 2.0,
+    env: Mapping[str, str] | None = None,
+    progress: bool = False,
+) -> CheckReport:
     """Every check, in a fixed order. A check that crashes becomes a WARN naming the crash, never a traceback."""
     validate_check_options(timeout, kubeconfig)
     env = dict(os.environ if env is None else env)
-    facts: dict[str, Any] = {}
-
-    def torch_info() -> TorchBuild:
-        if "torch" not in facts:
-            facts["torch"] = torch_build()
-        return facts["torch"]
-
-    def gaudi_present() -> bool:
-        return any(c.name == "Intel Gaudi (HPU)" and c.status == PASS for c in report)
+    report = CheckReport()
+    torch_info = torch_build()  # cheap when torch is missing; every torch-related check reads it
+    passed = lambda name: any(c.name == name and c.status == PASS for c in report)  # noqa: E731
+    meminfo = Path("/proc/meminfo")
 
     def ops() -> Check:
         try:
-            op_report = deepspeed_op_report() if any(c.name == "DeepSpeed" and c.status == PASS for c in report) else None
+            op_report = deepspeed_op_report() if passed("DeepSpeed") else None
         except Exception:
             op_report = None
-        return check_deepspeed_ops(op_report, torch_info())
+        return check_deepspeed_ops(op_report, torch_info)
 
-    def meminfo() -> str:
-        return Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-
+    arch_list_gpu = torch_info.gpu_build or bool(torch_info.error)  # unknown torch: judge it as a GPU machine would
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("Python", check_python),
-        ("torch", lambda: check_torch(torch_info())),
-        ("Intel Gaudi (HPU)", check_hpu),
-        ("CUDA", lambda: check_cuda(torch_info(), gaudi_present())),
-        ("NCCL", lambda: check_nccl(torch_info())),
+        ("torch", lambda: check_torch(torch_info)),
+        (HPU, check_hpu),
+        ("CUDA", lambda: check_cuda(torch_info, passed(HPU))),
+        ("NCCL", lambda: check_nccl(torch_info)),
         ("DeepSpeed", check_deepspeed),
         ("DeepSpeed ops (JIT)", ops),
-        ("TORCH_CUDA_ARCH_LIST", lambda: check_torch_cuda_arch_list(env.get("TORCH_CUDA_ARCH_LIST"),
-                                                                    torch_info().gpu_build or bool(torch_info().error))),
-        ("accelerate", check_accelerate),
-        *[(dist, (lambda d=dist: check_package(d, *NOTEBOOK_PACKAGES[d]))) for dist in NOTEBOOK_PACKAGES],
+        ("TORCH_CUDA_ARCH_LIST", lambda: check_torch_cuda_arch_list(env.get("TORCH_CUDA_ARCH_LIST"), arch_list_gpu)),
+        *[(dist, lambda d=dist: check_package(d)) for dist in PACKAGES if dist != "mpi4py"],
         ("CPU", lambda: check_cpu(env=env)),
         ("/dev/shm", check_shm),
-        ("huge pages", lambda: check_hugepages(meminfo(), gaudi_present())),
+        ("huge pages", lambda: check_hugepages(meminfo.read_text() if meminfo.exists() else "", passed(HPU))),
         ("NCCL_DEBUG", lambda: check_nccl_debug(env)),
         ("NCCL_SOCKET_IFNAME", lambda: check_nccl_socket_ifname(env, network_interfaces())),
         ("NCCL_IB_DISABLE", lambda: check_nccl_ib_disable(env, infiniband_devices())),
         ("mpirun", check_mpirun),
-        ("mpi4py", check_mpi4py),
+        ("mpi4py", lambda: check_mpi4py()),  # looked up when run: tests replace it
         ("kubeconfig", lambda: check_kubeconfig(kubeconfig, context, env)),
         ("Kubernetes API server", lambda: check_api_server(kubeconfig, context, timeout)),
     ]
-    report = CheckReport()
-    iterator: Any = steps
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(steps, desc="checks", unit="check")
-    for name, step in iterator:
+        steps = tqdm(steps, desc="checks", unit="check")
+    for name, step in steps:
         if progress:
-            iterator.set_postfix_str(name)
+            steps.set_postfix_str(name)
         try:
             report.append(step())
         except Exception as exc:  # a bug in one check must not hide the others
-            report.append(Check(name, WARN, f"the check itself crashed: {type(exc).__name__}: {exc}",
-                                "report this as a labkit bug", "labkit"))
+            crash = f"the check itself crashed: {type(exc).__name__}: {exc}"
+            report.append(Check(name, WARN, crash, "report this as a labkit bug", "labkit"))
     return report

@@ -1,34 +1,31 @@
-"""Rows of records as a plain-text table (terminal) or an HTML table (notebook), with no pandas dependency.
+"""Rows of records as a plain-text table (terminal) or an HTML table (notebook), with no pandas dependency, and the
+kit's one byte formatter. Used by the check, device, node and memory reports so that the CLI and the notebooks agree."""
 
-Used by the check, device and node reports so that `labkit check` and the notebooks show the same columns.
-"""
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # Background colours for a `status` cell in HTML tables (pass/warn/fail as in labkit.env).
 STATUS_COLOURS = {"pass": "#d4edda", "warn": "#fff3cd", "fail": "#f8d7da"}
+# Decimal units by default (GB = 1e9 bytes: the way device memory is sold); binary ones only when a caller names one.
+BYTE_UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
-def format_bytes(value: int | float | None) -> str:
-    """Bytes as a short binary-unit string: 85899345920 -> '80.0 GiB'; None -> '-'."""
+def format_bytes(value: float | None, unit: str = "auto") -> str:
+    """85_899_345_920 -> '85.90 GB'; unit='GiB' -> '80.00 GiB'; None -> '-'."""
     if value is None:
         return "-"
-    value = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    if unit == "auto":
+        unit = next((u for u in ("TB", "GB", "MB", "kB") if abs(value) >= BYTE_UNITS[u]), "B")
+    return f"{int(value)} B" if unit == "B" else f"{value / BYTE_UNITS[unit]:,.2f} {unit}"
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, max_width: int = 70) -> str:
@@ -36,23 +33,22 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, max
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in cells]
     widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+    lines = [list(columns), ["-" * w for w in widths], *cells]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, status_column: str | None = "status") -> str:
+def html_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, status_column: str | None = "status"
+) -> str:
     """An HTML table; the `status_column` cell is coloured by its pass/warn/fail value."""
     head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in rows:
         tds = []
         for col in columns:
-            text = html.escape(_cell(row.get(col)))
             style = "text-align:left"
             if col == status_column and str(row.get(col)) in STATUS_COLOURS:
                 style += f";background:{STATUS_COLOURS[str(row.get(col))]};font-weight:bold"
-            tds.append(f"<td style='{style}'>{text}</td>")
+            tds.append(f"<td style='{style}'>{html.escape(_cell(row.get(col)))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

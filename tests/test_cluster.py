@@ -1,5 +1,6 @@
 """labkit.cluster: node inventory and CRD verdicts from API-shaped JSON deserialized by the official client, the
 kubeconfig rules, the no-cluster path, and the whole discovery over HTTP against a small local fake API server."""
+
 from __future__ import annotations
 
 import io
@@ -64,7 +65,7 @@ def test_gaudi_node_with_hugepages(inventory):
     node = inventory["gaudi2-node-01"]
     assert (node.accelerator_kind, node.accelerator_product) == ("gaudi", "Intel Gaudi")
     assert node.accelerators == 8 and node.hugepages_2mi_bytes == 48 * GIB
-    assert node.row()["hugepages-2Mi"] == "48.0 GiB"
+    assert node.row()["hugepages-2Mi"] == "48.00 GiB"
 
 
 def test_amd_node(inventory):
@@ -83,28 +84,42 @@ def test_cpu_control_plane_and_a_broken_gpu_node(inventory):
     assert broken.row()["ready"] == "NO" and broken.row()["schedulable"] == "cordoned"
 
 
-@pytest.mark.parametrize("labels, expected", [
-    ({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, ("nvidia", "NVIDIA-A100-SXM4-80GB")),
-    ({"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}, ("nvidia", "NVIDIA T4")),
-    ({"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}, ("nvidia", "NVIDIA H100 80GB")),
-    ({"cloud.google.com/gke-accelerator": "nvidia-future-x"}, ("nvidia", "nvidia-future-x")),  # unknown: as given
-    ({"amd.com/gpu.product-name": "AMD_Instinct_MI250X"}, ("amd", "AMD_Instinct_MI250X")),
-    ({"beta.amd.com/gpu.product-name": "AMD_Instinct_MI210"}, ("amd", "AMD_Instinct_MI210")),
-    ({"intel.feature.node.kubernetes.io/gaudi": "true"}, ("gaudi", "Intel Gaudi")),
-    ({"feature.node.kubernetes.io/pci-1da3.present": "true"}, ("gaudi", "Intel Gaudi")),
-    ({"feature.node.kubernetes.io/pci-10de.present": "true"}, ("nvidia", "NVIDIA GPU (no GPU feature discovery label)")),
-    ({"intel.feature.node.kubernetes.io/gaudi": "false"}, (None, None)),
-    ({"kubernetes.io/hostname": "n1"}, (None, None)),
-    ({}, (None, None)),
-])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, ("nvidia", "NVIDIA-A100-SXM4-80GB")),
+        ({"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}, ("nvidia", "NVIDIA T4")),
+        ({"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}, ("nvidia", "NVIDIA H100 80GB")),
+        ({"cloud.google.com/gke-accelerator": "nvidia-future-x"}, ("nvidia", "nvidia-future-x")),  # unknown: as given
+        ({"amd.com/gpu.product-name": "AMD_Instinct_MI250X"}, ("amd", "AMD_Instinct_MI250X")),
+        ({"beta.amd.com/gpu.product-name": "AMD_Instinct_MI210"}, ("amd", "AMD_Instinct_MI210")),
+        ({"intel.feature.node.kubernetes.io/gaudi": "true"}, ("gaudi", "Intel Gaudi")),
+        ({"feature.node.kubernetes.io/pci-1da3.present": "true"}, ("gaudi", "Intel Gaudi")),
+        (
+            {"feature.node.kubernetes.io/pci-10de.present": "true"},
+            ("nvidia", "NVIDIA GPU (no GPU feature discovery label)"),
+        ),
+        ({"intel.feature.node.kubernetes.io/gaudi": "false"}, (None, None)),
+        ({"kubernetes.io/hostname": "n1"}, (None, None)),
+        ({}, (None, None)),
+    ],
+)
 def test_label_to_product(labels, expected):
     assert accelerator_from_labels(labels) == expected
 
 
 def test_device_plugin_without_labels_still_counts():
-    node = deserialize({"metadata": {"name": "bare"}, "spec": {},
-                        "status": {"capacity": {"habana.ai/gaudi": "8", "cpu": "4", "memory": "1Gi"},
-                                   "allocatable": {"habana.ai/gaudi": "8", "cpu": "3500m", "memory": "1Gi"}}}, "V1Node")
+    node = deserialize(
+        {
+            "metadata": {"name": "bare"},
+            "spec": {},
+            "status": {
+                "capacity": {"habana.ai/gaudi": "8", "cpu": "4", "memory": "1Gi"},
+                "allocatable": {"habana.ai/gaudi": "8", "cpu": "3500m", "memory": "1Gi"},
+            },
+        },
+        "V1Node",
+    )
     inv = node_inventory(node)
     assert inv.accelerator_kind == "gaudi" and "no product label" in inv.accelerator_product and inv.accelerators == 8
     assert not inv.ready  # no Ready condition reported
@@ -142,11 +157,14 @@ def test_trainjob_crd():
 
 def write_kubeconfig(path: Path, server: str, *, context: str = "lab", extra_context: str | None = None) -> Path:
     contexts = [context] + ([extra_context] if extra_context else [])
-    path.write_text("apiVersion: v1\nkind: Config\n"
-                    f"clusters:\n- name: lab\n  cluster:\n    server: {server}\n"
-                    "contexts:\n" + "".join(f"- name: {c}\n  context: {{cluster: lab, user: student}}\n" for c in contexts)
-                    + f"current-context: {context}\n"
-                    f"users:\n- name: student\n  user: {{token: {TOKEN}}}\n")
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: lab\n  cluster:\n    server: {server}\n"
+        "contexts:\n"
+        + "".join(f"- name: {c}\n  context: {{cluster: lab, user: student}}\n" for c in contexts)
+        + f"current-context: {context}\n"
+        f"users:\n- name: student\n  user: {{token: {TOKEN}}}\n"
+    )
     return path
 
 
@@ -194,7 +212,9 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
     second = write_kubeconfig(no_cluster / "b.yaml", "https://second:6443", context="other")
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(no_cluster / "missing.yaml"), str(first), str(second)]))
     source = cluster.find_kubeconfig()
-    assert source.paths == (str(first), str(second)) and source.context == "lab" and source.server == "https://first:6443"
+    assert (
+        source.paths == (str(first), str(second)) and source.context == "lab" and source.server == "https://first:6443"
+    )
 
 
 def test_in_cluster_service_account(no_cluster, monkeypatch):
@@ -267,9 +287,20 @@ class FakeApiServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 outer.requests.append((self.path, self.headers.get("Authorization")))
-                status, body = outer.routes.get(self.path.split("?")[0].rstrip("/"), (404, {
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                    "message": f"the server could not find the requested resource ({self.path})"}))
+                status, body = outer.routes.get(
+                    self.path.split("?")[0].rstrip("/"),
+                    (
+                        404,
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "status": "Failure",
+                            "reason": "NotFound",
+                            "code": 404,
+                            "message": f"the server could not find the requested resource ({self.path})",
+                        },
+                    ),
+                )
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -298,22 +329,41 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 
 
 def api_routes(mpijob_file: str | None = "crd-mpijob-v2beta1.json", trainjob: bool = False, crd_status: int = 200):
-    version = {"major": "1", "minor": "32", "emulationMajor": "1", "emulationMinor": "32", "minCompatibilityMajor": "1",
-               "minCompatibilityMinor": "31", "gitVersion": "v1.32.3", "gitCommit": "32cc146f75aad04beaaa245a7157eb35063a9f99",
-               "gitTreeState": "clean", "buildDate": "2025-03-11T19:52:21Z", "goVersion": "go1.23.6", "compiler": "gc",
-               "platform": "linux/amd64"}  # kind v1.32.3's answer
-    routes = {"/version": (200, version),
-              "/api/v1/nodes": (200, json.loads((DATA / "nodes.json").read_text()))}
+    version = {
+        "major": "1",
+        "minor": "32",
+        "emulationMajor": "1",
+        "emulationMinor": "32",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "31",
+        "gitVersion": "v1.32.3",
+        "gitCommit": "32cc146f75aad04beaaa245a7157eb35063a9f99",
+        "gitTreeState": "clean",
+        "buildDate": "2025-03-11T19:52:21Z",
+        "goVersion": "go1.23.6",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }  # kind v1.32.3's answer
+    routes = {"/version": (200, version), "/api/v1/nodes": (200, json.loads((DATA / "nodes.json").read_text()))}
     if crd_status == 403:
-        forbidden = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-                     "message": "customresourcedefinitions.apiextensions.k8s.io is forbidden"}
+        forbidden = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "reason": "Forbidden",
+            "code": 403,
+            "message": "customresourcedefinitions.apiextensions.k8s.io is forbidden",
+        }
         routes[CRD_PATH + "mpijobs.kubeflow.org"] = (403, forbidden)
         routes[CRD_PATH + "trainjobs.trainer.kubeflow.org"] = (403, forbidden)
         return routes
     if mpijob_file:
         routes[CRD_PATH + "mpijobs.kubeflow.org"] = (200, json.loads((DATA / mpijob_file).read_text()))
     if trainjob:
-        routes[CRD_PATH + "trainjobs.trainer.kubeflow.org"] = (200, json.loads((DATA / "crd-trainjob-v1alpha1.json").read_text()))
+        routes[CRD_PATH + "trainjobs.trainer.kubeflow.org"] = (
+            200,
+            json.loads((DATA / "crd-trainjob-v1alpha1.json").read_text()),
+        )
     return routes
 
 
@@ -328,15 +378,21 @@ def test_discover_cluster_over_http(no_cluster):
     assert check.status == "pass" and "Kubernetes v1.32.3" in check.detail
     assert report.configured and report.reachable and report.error is None
     assert [n.name for n in report.nodes] == sorted(n.name for n in report.nodes) and len(report.nodes) == 6
-    assert report.totals() == {"nodes": 6, "ready_nodes": 5, "accelerators": {"amd": 8, "gaudi": 8, "nvidia": 16},
-                               "hugepages_2mi_bytes": 48 * GIB}
+    assert report.totals() == {
+        "nodes": 6,
+        "ready_nodes": 5,
+        "accelerators": {"amd": 8, "gaudi": 8, "nvidia": 16},
+        "hugepages_2mi_bytes": 48 * GIB,
+    }
     mpijob, trainjob = report.crds
     assert mpijob.ok and trainjob.installed is False
     assert report.summary().endswith("MPIJob v2beta1 is served.")
     assert probe.reachable and probe.version == "v1.32.3" and probe.status is None
     # the token authenticates every request and appears in no output
     assert server.requests and all(auth == f"Bearer {TOKEN}" for _, auth in server.requests)
-    assert TOKEN not in json.dumps(report.to_dict()) and TOKEN not in report.text() and TOKEN not in report._repr_html_()
+    assert (
+        TOKEN not in json.dumps(report.to_dict()) and TOKEN not in report.text() and TOKEN not in report._repr_html_()
+    )
 
 
 def test_discover_cluster_reports_the_v1_clash_over_http(no_cluster):
@@ -345,8 +401,10 @@ def test_discover_cluster_reports_the_v1_clash_over_http(no_cluster):
     mpijob, trainjob = report.crds
     assert not mpijob.ok and "served at v1" in mpijob.problem and trainjob.ok
     assert "wrong version" in report.text()
-    assert report.summary().startswith("The cluster has 6 node(s), 5 ready, with 8 amd, 8 gaudi, 16 nvidia allocatable "
-                                       "and 48 GiB of 2 MiB huge pages; MPIJob v2beta1 is NOT usable: ")
+    assert report.summary().startswith(
+        "The cluster has 6 node(s), 5 ready, with 8 amd, 8 gaudi, 16 nvidia allocatable "
+        "and 48 GiB of 2 MiB huge pages; MPIJob v2beta1 is NOT usable: "
+    )
 
 
 def test_forbidden_crd_reads_are_unknown_not_fatal(no_cluster):
@@ -361,8 +419,13 @@ def test_cli_discover_cluster_json_over_http(no_cluster):
     with FakeApiServer(api_routes()) as server:
         path = write_kubeconfig(no_cluster / "kc.yaml", server.url)
         code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"
-        proc = subprocess.run([sys.executable, "-c", code, "discover", "--cluster", "--json", "--kubeconfig", str(path)],
-                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "discover", "--cluster", "--json", "--kubeconfig", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["cluster"]["totals"]["accelerators"] == {"amd": 8, "gaudi": 8, "nvidia": 16}
@@ -372,8 +435,14 @@ def test_cli_discover_cluster_json_over_http(no_cluster):
 
 def test_cli_discover_cluster_without_a_cluster_is_an_error(no_cluster):
     code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "discover", "--cluster"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env={**os.environ, "HOME": str(no_cluster)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "discover", "--cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "HOME": str(no_cluster)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("labkit: error: no cluster configured: set KUBECONFIG")
     assert "Traceback" not in proc.stderr
@@ -406,8 +475,9 @@ def test_notebook_01_shows_a_cluster(no_cluster, tmp_path):
 
     with FakeApiServer(api_routes("crd-mpijob-v1-training-operator.json", trainjob=True)) as server:
         path = write_kubeconfig(no_cluster / "kc.yaml", server.url)
-        run = notebooks.run_notebook(NOTEBOOK_01, tmp_path / "run",
-                                     {"cluster": "on", "kubeconfig": str(path), "api_timeout_s": 5.0}, timeout=300)
+        run = notebooks.run_notebook(
+            NOTEBOOK_01, tmp_path / "run", {"cluster": "on", "kubeconfig": str(path), "api_timeout_s": 5.0}, timeout=300
+        )
     assert run.passed, run.error
     recorded = results.read(run.output)
     assert recorded["cluster"]["reachable"] is True

@@ -1,5 +1,6 @@
 """labkit.devices: parsing recorded tool output, the NVML/Gaudi paths with modules faked at the import boundary,
 the CLI fallbacks through real subprocesses of fake tools on PATH, the real CPU path, and pick_device."""
+
 from __future__ import annotations
 
 import io
@@ -46,11 +47,14 @@ def test_nvidia_smi_not_available_fields_become_none():
     assert plain.utilization == 0.0
 
 
-@pytest.mark.parametrize("line, message", [
-    ("0, NVIDIA H100 80GB HBM3, 81559, 0", "expected 6 comma-separated fields"),
-    ("0, NVIDIA H100 80GB HBM3, lots, 0, 0, 580.1", "not a number"),
-    ("GPU 0: NVIDIA H100 (UUID: GPU-1234)", "expected 6"),  # `nvidia-smi -L` output fed by mistake
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0, NVIDIA H100 80GB HBM3, 81559, 0", "expected 6 comma-separated fields"),
+        ("0, NVIDIA H100 80GB HBM3, lots, 0, 0, 580.1", "not a number"),
+        ("GPU 0: NVIDIA H100 (UUID: GPU-1234)", "expected 6"),  # `nvidia-smi -L` output fed by mistake
+    ],
+)
 def test_nvidia_smi_parse_errors_quote_the_line(line, message):
     with pytest.raises(ParseError, match=message) as info:
         parse_nvidia_smi_csv("0, NVIDIA H100 80GB HBM3, 81559, 0, 0, 580.1\n" + line + "\n")
@@ -167,7 +171,9 @@ def fake_pynvml(gpus, *, init_error: bool = False, utilization_error_on=()):
     mod.nvmlDeviceGetCount = lambda: len(gpus)
     mod.nvmlDeviceGetHandleByIndex = lambda i: i
     mod.nvmlDeviceGetName = lambda h: gpus[h][0]
-    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=gpus[h][1], used=gpus[h][2], free=gpus[h][1] - gpus[h][2])
+    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(
+        total=gpus[h][1], used=gpus[h][2], free=gpus[h][1] - gpus[h][2]
+    )
 
     def utilization(h):
         if h in utilization_error_on:
@@ -179,8 +185,9 @@ def fake_pynvml(gpus, *, init_error: bool = False, utilization_error_on=()):
 
 
 def test_nvml_path(monkeypatch):
-    nvml = fake_pynvml([("NVIDIA H200", 143771 * MIB, 512 * MIB, 41), (b"NVIDIA H200", 143771 * MIB, 0, 0)],
-                       utilization_error_on={1})
+    nvml = fake_pynvml(
+        [("NVIDIA H200", 143771 * MIB, 512 * MIB, 41), (b"NVIDIA H200", 143771 * MIB, 0, 0)], utilization_error_on={1}
+    )
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     found = accelerators.discover(["cuda"])
     assert [d.name for d in found.devices] == ["NVIDIA H200", "NVIDIA H200"]
@@ -209,9 +216,12 @@ def test_nvml_failure_falls_back_to_nvidia_smi(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], init_error=True))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build (also on a GPU test machine)
-    write_tool(tmp_path, "nvidia-smi",
-               "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
-               DATA / "nvidia-smi-8xh100.csv")
+    write_tool(
+        tmp_path,
+        "nvidia-smi",
+        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
+        DATA / "nvidia-smi-8xh100.csv",
+    )
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     found = accelerators.discover(["cuda"])
     assert len(found.devices) == 8 and {d.source for d in found.devices} == {"nvidia-smi"}
@@ -225,9 +235,13 @@ def test_failing_nvidia_smi_is_a_note_not_a_crash(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], init_error=True))
-    write_tool(tmp_path, "nvidia-smi",
-               "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
-               None, exit_code=9)
+    write_tool(
+        tmp_path,
+        "nvidia-smi",
+        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
+        None,
+        exit_code=9,
+    )
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     found = accelerators.discover(["cuda"])
     assert found.devices == []
@@ -238,8 +252,9 @@ def test_torch_fallback_reads_device_properties(monkeypatch):
     import torch
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
-    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=85520809984, major=9, minor=0,
-                                  multi_processor_count=132)
+    props = types.SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3", total_memory=85520809984, major=9, minor=0, multi_processor_count=132
+    )
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -269,8 +284,12 @@ def fake_habana(count: int, *, available: bool = True, stats: dict | None = None
 
 
 def test_hl_smi_is_preferred_for_gaudi(monkeypatch, tmp_path):
-    write_tool(tmp_path, "hl-smi", "-Q index,name,memory.total,memory.used,utilization.aip,driver_version -f csv,noheader,nounits",
-               DATA / "hl-smi-gaudi2.csv")
+    write_tool(
+        tmp_path,
+        "hl-smi",
+        "-Q index,name,memory.total,memory.used,utilization.aip,driver_version -f csv,noheader,nounits",
+        DATA / "hl-smi-gaudi2.csv",
+    )
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     for name, module in fake_habana(8).items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -348,8 +367,10 @@ def test_filter_by_kind_covers_devices_and_nodes():
     from labkit.cluster import NodeInventory
 
     devs = [Device("cuda", 0, "a", 1), Device("cpu", 0, "b", 1)]
-    nodes = [NodeInventory(n, True, True, kind, None, None) for n, kind in
-             (("g", "gaudi"), ("n", "nvidia"), ("m", "amd"), ("c", None))]
+    nodes = [
+        NodeInventory(n, True, True, kind, None, None)
+        for n, kind in (("g", "gaudi"), ("n", "nvidia"), ("m", "amd"), ("c", None))
+    ]
     assert accelerators.filter_by_kind(devs, "cuda") == devs[:1]
     assert accelerators.filter_by_kind(devs, "all") == devs
     assert accelerators.filter_by_kind(devs, "hpu") == []
@@ -401,14 +422,16 @@ def test_cli_discover_text_and_json():
 
 def test_cli_discover_rejects_a_bad_timeout():
     proc = run_cli("discover", "--timeout", "0")
-    assert proc.returncode == 2 and "labkit: error: --timeout: 0.0 is not a positive number" in proc.stderr
+    assert proc.returncode == 2 and "labkit: error: --timeout: must be a number > 0" in proc.stderr
 
 
 def test_modules_import_cheaply():
     """The GPU benchmark image has no kubernetes/papermill: importing the kit's modules must not need them."""
-    code = ("import sys, labkit.devices, labkit.env, labkit.cluster, labkit.plots.discovery, labkit.cli.check; "
-            "heavy = [m for m in ('torch', 'deepspeed', 'kubernetes', 'matplotlib', 'papermill') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, labkit.devices, labkit.env, labkit.cluster, labkit.plots.discovery, labkit.cli.check; "
+        "heavy = [m for m in ('torch', 'deepspeed', 'kubernetes', 'matplotlib', 'papermill') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -1,5 +1,6 @@
 """labkit.env: each check's verdict on recorded or constructed inputs, the real run on this CPU machine, the
 TORCH_CUDA_ARCH_LIST rule cross-checked against DeepSpeed's own op builder, and `labkit check` end to end."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 def labkit_cli(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     environ = {**os.environ, **(env_extra or {})}
     code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"  # what the `labkit` script runs
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=environ)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environ
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- data model
@@ -37,8 +39,13 @@ def test_check_rejects_unknown_status():
 
 
 def test_report_counts_exit_code_and_renderings():
-    report = CheckReport([Check("a", PASS, "fine", group="g1"), Check("b", WARN, "meh", "do w", "g1"),
-                          Check("c", FAIL, "broken <b>", "do f", "g2")])
+    report = CheckReport(
+        [
+            Check("a", PASS, "fine", group="g1"),
+            Check("b", WARN, "meh", "do w", "g1"),
+            Check("c", FAIL, "broken <b>", "do f", "g2"),
+        ]
+    )
     assert report.counts() == {"pass": 1, "warn": 1, "fail": 1}
     assert report.exit_code() == 1 and CheckReport(report[:2]).exit_code() == 0
     data = json.loads(report.to_json())
@@ -49,7 +56,7 @@ def test_report_counts_exit_code_and_renderings():
     assert "broken &lt;b&gt;" in html and "#f8d7da" in html  # escaped, and the failing row is coloured
 
 
-# ---------------------------------------------------------------------------------------------------------- python/torch
+# --------------------------------------------------------------------------------------------------------- python/torch
 
 
 def test_python_version_rule():
@@ -68,8 +75,9 @@ def test_torch_checks_on_a_cpu_build_warn_but_never_fail():
 
 
 def test_torch_checks_on_a_gpu_build():
-    gpu = TorchBuild(version="2.11.0+cu130", cuda="13.0", cuda_available=True, cuda_devices=("NVIDIA H200",),
-                     nccl="2.28.9")
+    gpu = TorchBuild(
+        version="2.11.0+cu130", cuda="13.0", cuda_available=True, cuda_devices=("NVIDIA H200",), nccl="2.28.9"
+    )
     assert env.check_cuda(gpu).status == PASS and "NVIDIA H200" in env.check_cuda(gpu).detail
     assert env.check_nccl(gpu).detail.startswith("2.28.9")
     no_driver = TorchBuild(version="2.11.0+cu130", cuda="13.0")
@@ -93,10 +101,20 @@ def test_torch_build_of_this_machine_is_real():
 # ---------------------------------------------------------------------------------------------------------- arch list
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("9.0a", False), ("10.0a", False), ("Hopper", False), ("8.0;9.0+PTX", True), ("8.0 8.6", True),
-    ("9.0", True), ("7.0;7.5;8.0;8.6;8.9;9.0+PTX", True), ("9.0+PTX;", False), ("8.0;;9.0", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("9.0a", False),
+        ("10.0a", False),
+        ("Hopper", False),
+        ("8.0;9.0+PTX", True),
+        ("8.0 8.6", True),
+        ("9.0", True),
+        ("7.0;7.5;8.0;8.6;8.9;9.0+PTX", True),
+        ("9.0+PTX;", False),
+        ("8.0;;9.0", False),
+    ],
+)
 def test_arch_list_rule_agrees_with_deepspeeds_op_builder(value, ok, monkeypatch):
     """Our parser fails exactly where DeepSpeed's own builder (FusedAdam, as built by `pip install` with
     DS_BUILD_OPS=1) fails; the builder rewrites the variable, which monkeypatch restores."""
@@ -152,8 +170,12 @@ def test_deepspeed_op_report_is_real():
 
 
 def test_deepspeed_ops_without_a_compiler_warn():
-    report = {"ops": {"cpu_adam": {"installed": False, "compatible": False}}, "ninja": False, "compiler": None,
-              "cuda_home": None}
+    report = {
+        "ops": {"cpu_adam": {"installed": False, "compatible": False}},
+        "ninja": False,
+        "compiler": None,
+        "cuda_home": None,
+    }
     check = env.check_deepspeed_ops(report, TorchBuild(version="2.11.0+cu130", cuda="13.0"))
     assert check.status == WARN
     assert "ninja and a C++ compiler and CUDA_HOME/nvcc" in check.fix and "torch_adam" in check.fix
@@ -202,10 +224,17 @@ def test_cpu_thread_oversubscription_warns():
 # ---------------------------------------------------------------------------------------------------------- NCCL env
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("eth", ["eth0", "eth1"]), ("=eth", []), ("=eth0", ["eth0"]), ("^lo,docker", ["eth0", "eth1", "ib0"]),
-    ("ib0,eth1", ["eth1", "ib0"]), ("ens", []),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("eth", ["eth0", "eth1"]),
+        ("=eth", []),
+        ("=eth0", ["eth0"]),
+        ("^lo,docker", ["eth0", "eth1", "ib0"]),
+        ("ib0,eth1", ["eth1", "ib0"]),
+        ("ens", []),
+    ],
+)
 def test_nccl_socket_ifname_semantics(spec, expected):
     assert env.nccl_ifname_matches(spec, ["docker0", "eth0", "eth1", "ib0", "lo"]) == expected
 
@@ -341,10 +370,29 @@ def test_run_checks_on_this_cpu_machine(no_cluster, monkeypatch):
     report = env.run_checks(env={**os.environ, "NCCL_SOCKET_IFNAME": "ib7"})
     names = [c.name for c in report]
     assert len(report) >= 12 and len(set(names)) == len(names)
-    for required in ("Python", "torch", "CUDA", "NCCL", "DeepSpeed", "DeepSpeed ops (JIT)", "TORCH_CUDA_ARCH_LIST",
-                     "accelerate", "papermill", "nbclient", "jupyterlab", "ipywidgets", "/dev/shm", "NCCL_DEBUG",
-                     "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "mpirun", "mpi4py", "kubeconfig",
-                     "Kubernetes API server", "huge pages"):
+    for required in (
+        "Python",
+        "torch",
+        "CUDA",
+        "NCCL",
+        "DeepSpeed",
+        "DeepSpeed ops (JIT)",
+        "TORCH_CUDA_ARCH_LIST",
+        "accelerate",
+        "papermill",
+        "nbclient",
+        "jupyterlab",
+        "ipywidgets",
+        "/dev/shm",
+        "NCCL_DEBUG",
+        "NCCL_SOCKET_IFNAME",
+        "NCCL_IB_DISABLE",
+        "mpirun",
+        "mpi4py",
+        "kubeconfig",
+        "Kubernetes API server",
+        "huge pages",
+    ):
         assert required in names
     by_name = {c.name: c for c in report}
     assert report.failures == [], report.text()  # nothing a CPU laptop lacks may fail
@@ -364,8 +412,9 @@ def test_a_crashing_check_becomes_a_warning(monkeypatch):
 def test_check_summary_figure():
     from labkit.plots.discovery import check_summary_figure
 
-    report = CheckReport([Check("a", PASS, "", group="x"), Check("b", WARN, "", group="x"),
-                          Check("c", FAIL, "", group="y")])
+    report = CheckReport(
+        [Check("a", PASS, "", group="x"), Check("b", WARN, "", group="x"), Check("c", FAIL, "", group="y")]
+    )
     fig = check_summary_figure(report)
     widths = [p.get_width() for p in fig.axes[0].patches]
     assert sorted(widths) == [0, 0, 0, 1, 1, 1]  # 2 groups x 3 statuses
@@ -388,8 +437,9 @@ def test_cli_check_exits_1_when_a_check_fails(tmp_path, no_cluster):
     shadow = tmp_path / "shadow" / "deepspeed"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
-    proc = labkit_cli("check", env_extra={"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{REPO}",
-                                          "HOME": str(no_cluster)})
+    proc = labkit_cli(
+        "check", env_extra={"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{REPO}", "HOME": str(no_cluster)}
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "libcudart.so.12" in proc.stdout and "FAIL  DeepSpeed: rebuild it against this torch" in proc.stdout
 
@@ -418,8 +468,9 @@ def test_notebook_00_records_the_checks(executed_notebook):
 def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
     from labkit import notebooks
 
-    run = notebooks.run_notebook(REPO / "notebooks" / "00_environment_check.ipynb", tmp_path / "run",
-                                 {"api_timeout_s": 30.0}, timeout=300)
+    run = notebooks.run_notebook(
+        REPO / "notebooks" / "00_environment_check.ipynb", tmp_path / "run", {"api_timeout_s": 30.0}, timeout=300
+    )
     assert not run.passed and "api_timeout_s: 30.0 is not a number of seconds in (0, 3]" in run.error
     cells = json.loads(Path(run.output).read_text())["cells"]
     (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]

@@ -1,4 +1,5 @@
 """labkit.memory: parameter counting, the paper's formulas, DeepSpeed's allocation model, estimators, sizing."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,19 @@ PSI = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------------------- parsing
-@pytest.mark.parametrize("text,expected", [("20M", 20_000_000), ("7B", 7 * 10**9), ("1.5b", 1_500_000_000),
-                                           ("350k", 350_000), ("7e9", 7 * 10**9), (1000, 1000), (" 2 G ", 2 * 10**9),
-                                           ("1T", 10**12)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("20M", 20_000_000),
+        ("7B", 7 * 10**9),
+        ("1.5b", 1_500_000_000),
+        ("350k", 350_000),
+        ("7e9", 7 * 10**9),
+        (1000, 1000),
+        (" 2 G ", 2 * 10**9),
+        ("1T", 10**12),
+    ],
+)
 def test_parse_count(text, expected):
     assert M.parse_count(text) == expected
 
@@ -45,7 +56,7 @@ def test_count_parameters_shared_frozen_and_largest_layer():
 
 
 def test_count_parameters_agrees_with_accelerate():
-    from labkit.zero_probe import build_model
+    from labkit.ranks.zero_probe import build_model
 
     model = build_model(64, 3)
     c = M.count_parameters(model)
@@ -55,7 +66,7 @@ def test_count_parameters_agrees_with_accelerate():
 
 
 def test_mlp_helpers_match_the_probe_model():
-    from labkit.zero_probe import build_model
+    from labkit.ranks.zero_probe import build_model
 
     for hidden, layers in [(64, 1), (99, 3), (192, 2)]:
         model = build_model(hidden, layers)
@@ -74,8 +85,9 @@ def test_mlp_shape_for():
 
 
 # ---------------------------------------------------------------------------------------------------------- the paper
-@pytest.mark.parametrize("stage,expected", [(0, 16 * PSI), (1, 4 * PSI + 12 * PSI // 4), (2, 2 * PSI + 14 * PSI // 4),
-                                            (3, 16 * PSI // 4)])
+@pytest.mark.parametrize(
+    "stage,expected", [(0, 16 * PSI), (1, 4 * PSI + 12 * PSI // 4), (2, 2 * PSI + 14 * PSI // 4), (3, 16 * PSI // 4)]
+)
 def test_paper_formulas_mixed_precision(stage, expected):
     p = M.paper_model_states(PSI, stage, 4, "bf16")
     assert p["total"] == expected
@@ -97,7 +109,7 @@ def test_paper_formulas_fp32_and_offload():
 def _bytes(mem, phase="backward", location=None, steady=True):
     at = mem.at(phase, steady=steady)
     locs = [location] if location else ["device", "host"]
-    return {k: sum(at[loc][k] for loc in locs) for k in M.KINDS}
+    return {k: sum(at[loc][k] for loc in locs) for k in M.STATE_KINDS}
 
 
 def test_zero12_flat_buffer_padded_to_2n():
@@ -120,17 +132,26 @@ def test_zero3_partitions_each_tensor_and_keeps_small_ones_whole():
     assert b["buffers"] == 10 * 2  # the reduce bucket, allocated at initialize
     assert b["optimizer_states"] == parts * 8
     # a lower threshold keeps fewer whole; the model-wide cap stops counting once reached
-    assert _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", param_persistence_threshold=6,
-                                           reduce_bucket_size=0))["params"] == (3 + 4) * 2 + 5 * 2
-    assert _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", model_persistence_threshold=6,
-                                           reduce_bucket_size=0))["params"] == (3 + 4) * 2 + 5 * 2
+    assert (
+        _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", param_persistence_threshold=6, reduce_bucket_size=0))[
+            "params"
+        ]
+        == (3 + 4) * 2 + 5 * 2
+    )
+    assert (
+        _bytes(M.deepspeed_model_states([5, 7], 3, 2, "bf16", model_persistence_threshold=6, reduce_bucket_size=0))[
+            "params"
+        ]
+        == (3 + 4) * 2 + 5 * 2
+    )
 
 
 def test_deepspeed_matches_paper_where_the_paper_is_exact():
     # One tensor divisible by 2N, no buckets, fused Adam (no step tensors): stages 0, 2, 3 are the paper's numbers.
     for stage in (0, 2, 3):
-        ds = M.deepspeed_model_states(PSI, stage, 4, "bf16", optimizer_impl="fused", reduce_bucket_size=0,
-                                      param_persistence_threshold=0)
+        ds = M.deepspeed_model_states(
+            PSI, stage, 4, "bf16", optimizer_impl="fused", reduce_bucket_size=0, param_persistence_threshold=0
+        )
         assert ds.total() == M.paper_model_states(PSI, stage, 4, "bf16")["total"], stage
     # ...but DeepSpeed partitions gradients already at stage 1: stage 1 == stage 2, below the paper's 4Ψ + 12Ψ/N.
     s1 = M.deepspeed_model_states(PSI, 1, 4, "bf16", optimizer_impl="fused").total()
@@ -166,13 +187,18 @@ def test_optimizer_offload_moves_states_to_the_host():
     assert host["optimizer_states"] == 8 * PSI // 2 + 4  # + torch Adam's step tensor
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"stage": 4}, "stage"), ({"world_size": 0}, "world_size"), ({"dtype": "fp64"}, "dtype"),
-    ({"stage": 2, "offload_param": True, "offload_optimizer": True}, "offload"),
-    ({"stage": 0, "offload_optimizer": True}, "offload"),
-    ({"stage": 3, "offload_param": True}, "offload"),
-    ({"optimizer_impl": "sgd"}, "optimizer_impl"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"stage": 4}, "stage"),
+        ({"world_size": 0}, "world_size"),
+        ({"dtype": "fp64"}, "dtype"),
+        ({"stage": 2, "offload_param": True, "offload_optimizer": True}, "offload"),
+        ({"stage": 0, "offload_optimizer": True}, "offload"),
+        ({"stage": 3, "offload_param": True}, "offload"),
+        ({"optimizer_impl": "sgd"}, "optimizer_impl"),
+    ],
+)
 def test_deepspeed_model_rejects_bad_input(kwargs, field):
     args = {"stage": 2, "world_size": 2, "dtype": "bf16"} | kwargs
     stage, world, dtype = args.pop("stage"), args.pop("world_size"), args.pop("dtype")
@@ -216,11 +242,14 @@ def test_inference_sizing():
     assert set(rows) == set(M.INFERENCE_DTYPES)
 
 
-@pytest.mark.parametrize("call,field", [
-    (lambda: M.inference_weight_bytes(10**9, "int3"), "dtype"),
-    (lambda: M.devices_needed(10**9, "V100"), "device_type"),
-    (lambda: M.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
-])
+@pytest.mark.parametrize(
+    "call,field",
+    [
+        (lambda: M.inference_weight_bytes(10**9, "int3"), "dtype"),
+        (lambda: M.devices_needed(10**9, "V100"), "device_type"),
+        (lambda: M.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
+    ],
+)
 def test_sizing_rejects_bad_input(call, field):
     with pytest.raises(ConfigError) as e:
         call()
@@ -238,7 +267,10 @@ def test_training_fit_shows_the_arithmetic():
 
 
 def test_memory_modules_import_without_torch_or_deepspeed():
-    code = ("import sys, labkit.memory, labkit.zero, labkit.cli.zero, labkit.plots.zero; "
-            "bad = [m for m in ('torch', 'deepspeed', 'kubernetes') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, labkit.memory, labkit.zero, labkit.cli.zero, labkit.cli.size, labkit.plots.zero, "
+        "labkit.chapters.zero_stages, labkit.chapters.memory_inspection; "
+        "bad = [m for m in ('torch', 'deepspeed', 'kubernetes') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """labkit.zero: plans, bad input, and real DeepSpeed runs (2 CPU ranks) checked against labkit's DeepSpeed model."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from kit_testing import wait_for_no_kit_processes
-from labkit import launch, memory, zero
+
+from labkit import devices, launch, memory, zero
+from labkit.chapters.zero_stages import conclusions, format_table, summary_rows
 from labkit.cli import main as cli_main
 from labkit.errors import ConfigError, LaunchError
 
@@ -23,25 +25,44 @@ def test_parse_stages_and_offload_variants():
     assert zero.parse_stages("3+opt")[0].label == "ZeRO-3 + CPU optimizer"
 
 
-@pytest.mark.parametrize("stages,offload,field", [
-    ("0,4", "none", "stages"), ("-1", "none", "stages"), ("2+foo", "none", "stages"), ("", "none", "stages"),
-    ("1,1", "none", "stages"), ("2+param", "none", "offload"), ("0+opt", "none", "offload"),
-    ("1,2", "optimizer+param", "offload"), ("1", "nvme", "offload"),
-])
+@pytest.mark.parametrize(
+    "stages,offload,field",
+    [
+        ("0,4", "none", "stages"),
+        ("-1", "none", "stages"),
+        ("2+foo", "none", "stages"),
+        ("", "none", "stages"),
+        ("1,1", "none", "stages"),
+        ("2+param", "none", "offload"),
+        ("0+opt", "none", "offload"),
+        ("1,2", "optimizer+param", "offload"),
+        ("1", "nvme", "offload"),
+    ],
+)
 def test_parse_stages_rejects(stages, offload, field):
     with pytest.raises(ConfigError) as e:
         zero.parse_stages(stages, offload)
     assert e.value.field == field
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"world_size": 0}, "world_size"), ({"world_size": -2}, "world_size"), ({"dtype": "fp64"}, "dtype"),
-    ({"device": "tpu"}, "device"), ({"params": "10"}, "params"), ({"params": "abc"}, "params"),
-    ({"params": "40K", "world_size": 64}, "params"), ({"steps": 1}, "steps"), ({"warmup": 4, "steps": 4}, "warmup"),
-    ({"stages": "1,2", "offload": "optimizer+param"}, "offload"), ({"stages": "5"}, "stages"),
-    ({"device": "cuda"}, "device"),  # no GPU on this machine
-    ({"device": "hpu"}, "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"world_size": 0}, "world_size"),
+        ({"world_size": -2}, "world_size"),
+        ({"dtype": "fp64"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"params": "10"}, "params"),
+        ({"params": "abc"}, "params"),
+        ({"params": "40K", "world_size": 64}, "params"),
+        ({"steps": 1}, "steps"),
+        ({"warmup": 4, "steps": 4}, "warmup"),
+        ({"stages": "1,2", "offload": "optimizer+param"}, "offload"),
+        ({"stages": "5"}, "stages"),
+        ({"device": "cuda"}, "device"),  # no GPU on this machine
+        ({"device": "hpu"}, "device"),
+    ],
+)
 def test_bad_input_fails_before_anything_is_launched(kwargs, field, monkeypatch):
     def no_launch(*a, **k):
         raise AssertionError("launched despite bad input")
@@ -76,8 +97,23 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys, monkeypatch):
 
 
 def test_cli_dry_run_prints_the_deepspeed_command(capsys):
-    assert cli_main(["zero", "--stages", "0,1,2,3", "--offload", "optimizer", "--world-size", "2", "--params", "20M",
-                     "--dry-run"]) == 0
+    assert (
+        cli_main(
+            [
+                "zero",
+                "--stages",
+                "0,1,2,3",
+                "--offload",
+                "optimizer",
+                "--world-size",
+                "2",
+                "--params",
+                "20M",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "--num_gpus 2" in out and "zero_probe.py" in out
     assert "ZeRO-3 + CPU optimizer" in out
@@ -103,7 +139,7 @@ def test_ds_config_for_cpu_offload_avoids_compiling_ops():
     assert cfg["zero_force_ds_cpu_optimizer"] is False  # accepted by DeepSpeed 0.19.8 (the runs below use it)
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert cfg["bf16"] == {"enabled": True}
-    assert cfg["zero_optimization"]["reduce_bucket_size"] == plan.hidden ** 2
+    assert cfg["zero_optimization"]["reduce_bucket_size"] == plan.hidden**2
 
 
 # ---------------------------------------------------------------------------------------------------------- real runs
@@ -116,7 +152,7 @@ def _check_report(report: dict, world_size: int) -> None:
             # The issue's bar is 2%; the model is in fact exact up to a few scalar tensors (grad norms, < 1 KiB).
             assert abs(measured - predicted) / predicted <= 0.02, (c["label"], r, measured, predicted)
             assert abs(measured - predicted) < 1024, (c["label"], r, measured, predicted)
-            for kind in memory.KINDS:
+            for kind in memory.STATE_KINDS:
                 m = c["measured"][r]["device"][kind] + c["measured"][r]["host"][kind]
                 p = c["predicted_deepspeed"]["device"][kind] + c["predicted_deepspeed"]["host"][kind]
                 assert abs(m - p) < 1024, (c["label"], r, kind, m, p)
@@ -133,13 +169,20 @@ def _check_report(report: dict, world_size: int) -> None:
 @pytest.mark.slow
 def test_measured_bytes_match_the_deepspeed_model_bf16_all_stages_and_offload():
     # Odd width (99) exercises the padding: ZeRO-1/2 pad the flat group to 2N, ZeRO-3 pads each odd tensor.
-    plan = zero.make_plan("200K", 2, "0,1,2,3,1+opt,2+opt,3+opt", hidden=99, layers=3, steps=3, device="cpu",
-                          dtype="bf16")
+    plan = zero.make_plan(
+        "200K", 2, "0,1,2,3,1+opt,2+opt,3+opt", hidden=99, layers=3, steps=3, device="cpu", dtype="bf16"
+    )
     assert plan.params % 4 != 0
     report = zero.run_plan(plan, progress=False)
     assert [c["optimizer_class"] for c in report["configs"]] == [
-        "FP16_UnfusedOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3",
-        "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3"]
+        "FP16_UnfusedOptimizer",
+        "DeepSpeedZeroOptimizer",
+        "DeepSpeedZeroOptimizer",
+        "DeepSpeedZeroOptimizer_Stage3",
+        "DeepSpeedZeroOptimizer",
+        "DeepSpeedZeroOptimizer",
+        "DeepSpeedZeroOptimizer_Stage3",
+    ]
     _check_report(report, 2)
     by = {c["name"]: c for c in report["configs"]}
     # padding really happened, and the model accounted for it
@@ -149,9 +192,9 @@ def test_measured_bytes_match_the_deepspeed_model_bf16_all_stages_and_offload():
     assert by["1"]["predicted_paper_total"] > by["2"]["predicted_paper_total"]
     # ZeRO changes where states live, not the mathematics: same losses for the ZeRO stages
     assert by["1"]["losses"] == pytest.approx(by["2"]["losses"], rel=1e-3)
-    rows = zero.summary_rows(report)
-    assert len(rows) == 7 and "Ψ" in zero.format_table(rows)
-    assert len(zero.conclusions(report)) == 7
+    rows = summary_rows(report)
+    assert len(rows) == 7 and "Ψ" in format_table(rows)
+    assert len(conclusions(report)) == 7
 
 
 @pytest.mark.slow
@@ -186,8 +229,15 @@ def test_notebook_02_records_a_comparison_that_matches_the_model(executed_notebo
 
     rec = results.read(executed_notebook("02_zero_stage_comparison"))
     rows = rec["zero_comparison"]["rows"]
-    assert [r["config"] for r in rows] == ["ZeRO-0", "ZeRO-1", "ZeRO-2", "ZeRO-3", "ZeRO-1 + CPU optimizer",
-                                           "ZeRO-2 + CPU optimizer", "ZeRO-3 + CPU optimizer"]
+    assert [r["config"] for r in rows] == [
+        "ZeRO-0",
+        "ZeRO-1",
+        "ZeRO-2",
+        "ZeRO-3",
+        "ZeRO-1 + CPU optimizer",
+        "ZeRO-2 + CPU optimizer",
+        "ZeRO-3 + CPU optimizer",
+    ]
     for r in rows:
         assert r["rel_error_deepspeed"] <= 0.02, r
         assert r["paper"] > 0 and r["step_ms"] > 0
@@ -225,12 +275,13 @@ def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
 
     hpu = types.ModuleType("habana_frameworks.torch.hpu")
     hpu.is_available = lambda: True
+    hpu.device_count = lambda: 8
     pkg, torch_pkg = types.ModuleType("habana_frameworks"), types.ModuleType("habana_frameworks.torch")
     pkg.torch, torch_pkg.hpu = torch_pkg, hpu
     monkeypatch.setitem(sys.modules, "habana_frameworks", pkg)
     monkeypatch.setitem(sys.modules, "habana_frameworks.torch", torch_pkg)
     monkeypatch.setitem(sys.modules, "habana_frameworks.torch.hpu", hpu)
-    assert zero.detect_device() == "hpu"  # no CUDA here, the Gaudi bridge answers
+    assert devices.pick_device("auto") == "hpu"  # no CUDA here, the Gaudi bridge answers
     plan = zero.make_plan("20M", 8, "0,3", device="hpu")
     assert plan.device == "hpu" and plan.dtype == "bf16" and (plan.micro_batch, plan.seq) == (8, 512)
     spec = plan.launch_spec("plan.json", "out")

@@ -27,14 +27,17 @@ def register(subparsers) -> None:
     check.set_defaults(func=_check)
 
     train_p = subparsers.add_parser(
-        "train", help="train CIFAR-10 through DeepSpeed (in-process or N local ranks)",
+        "train",
+        help="train CIFAR-10 through DeepSpeed (in-process or N local ranks)",
         description="Train CIFAR-10 through DeepSpeed. One rank runs in this process; --world-size N starts N local "
-                    "ranks through the chosen launcher. Every labkit/train.py flag is accepted.")
+        "ranks through the chosen launcher. Every labkit/train.py flag is accepted.",
+    )
     train_p.add_argument("--world-size", type=int, default=1, help="ranks to run (default 1)")
     train_p.add_argument("--launcher", default="auto", help="auto | inprocess | deepspeed | openmpi | mpirun")
     train_p.add_argument("--timeout", type=float, default=None, help="stop all ranks after this many seconds")
-    train_p.add_argument("--dry-run", action="store_true",
-                         help="validate, print the DeepSpeed config and the launch command, and exit")
+    train_p.add_argument(
+        "--dry-run", action="store_true", help="validate, print the DeepSpeed config and the launch command, and exit"
+    )
     from labkit import train as train_module
 
     train_module.add_arguments(train_p)
@@ -75,14 +78,41 @@ def _train(args) -> int:
 
     cfg, defaults = train.config_from_args(args), train.TrainConfig()
     # flags left at their defaults stay automatic (sizes and width follow the device, see training_run.plan)
-    overrides = {k: v for k, v in vars(cfg).items() if v != getattr(defaults, k)
-                 and k not in ("data_dir", "synthetic", "epochs", "model", "stage", "dtype", "micro_batch",
-                               "checkpoint_dir", "device", "max_train", "width")}
-    plan = training_run.plan(data_dir=cfg.data_dir, synthetic=cfg.synthetic, epochs=cfg.epochs, model=cfg.model,
-                             stage=cfg.stage, dtype=cfg.dtype, world_size=args.world_size,
-                             micro_batch=cfg.micro_batch, checkpoint_dir=cfg.checkpoint_dir, device=cfg.device,
-                             launcher=args.launcher, max_train=cfg.max_train,
-                             width=0.0 if cfg.width == defaults.width else cfg.width, **overrides)
+    overrides = {
+        k: v
+        for k, v in vars(cfg).items()
+        if v != getattr(defaults, k)
+        and k
+        not in (
+            "data_dir",
+            "synthetic",
+            "epochs",
+            "model",
+            "stage",
+            "dtype",
+            "micro_batch",
+            "checkpoint_dir",
+            "device",
+            "max_train",
+            "width",
+        )
+    }
+    plan = training_run.plan(
+        data_dir=cfg.data_dir,
+        synthetic=cfg.synthetic,
+        epochs=cfg.epochs,
+        model=cfg.model,
+        stage=cfg.stage,
+        dtype=cfg.dtype,
+        world_size=args.world_size,
+        micro_batch=cfg.micro_batch,
+        checkpoint_dir=cfg.checkpoint_dir,
+        device=cfg.device,
+        launcher=args.launcher,
+        max_train=cfg.max_train,
+        width=0.0 if cfg.width == defaults.width else cfg.width,
+        **overrides,
+    )
     try:
         if args.dry_run:
             print(json.dumps(plan.deepspeed_config, indent=2))

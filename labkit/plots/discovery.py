@@ -1,25 +1,28 @@
-"""Figures for notebooks 00 and 01: check summary, local device memory, accelerators and huge pages per node.
+"""Figures for notebooks 00 and 01: check summary, local device memory, accelerators and huge pages per node."""
 
-Figures are built with matplotlib.figure.Figure directly (no pyplot): nothing global is left open, and they render
-under any backend, Agg included. Notebooks show them by returning the Figure from a cell.
-"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from labkit.cluster import NODE_COLUMNS
+from labkit.devices import DEVICE_COLUMNS, filter_by_kind
+from labkit.plots import figure
+from labkit.tabular import html_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 GIB = 2**30
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
-KIND_COLOURS = {"nvidia": "#76b900", "cuda": "#76b900", "gaudi": "#0071c5", "hpu": "#0071c5", "amd": "#ed1c24",
-                "cpu": "#7f7f7f"}
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
+KIND_COLOURS = {
+    "nvidia": "#76b900",
+    "cuda": "#76b900",
+    "gaudi": "#0071c5",
+    "hpu": "#0071c5",
+    "amd": "#ed1c24",
+    "cpu": "#7f7f7f",
+}
 
 
 def check_summary_figure(checks: Sequence) -> Figure:
@@ -28,7 +31,7 @@ def check_summary_figure(checks: Sequence) -> Figure:
     for c in checks:
         if c.group not in groups:
             groups.append(c.group)
-    fig = _figure(7, 0.45 * max(len(groups), 2) + 1)
+    fig = figure(7, 0.45 * max(len(groups), 2) + 1)
     ax = fig.add_subplot()
     left = [0] * len(groups)
     for status in ("pass", "warn", "fail"):
@@ -48,7 +51,7 @@ def device_memory_figure(devices: Sequence) -> Figure:
     labels = [f"{d.kind}:{d.index} {d.name[:28]}" for d in devices]
     totals = [(d.mem_total or 0) / GIB for d in devices]
     used = [(d.mem_used or 0) / GIB for d in devices]
-    fig = _figure(7, 0.5 * max(len(devices), 2) + 1)
+    fig = figure(7, 0.5 * max(len(devices), 2) + 1)
     ax = fig.add_subplot()
     ax.barh(labels, totals, color="#d0d0d0", label="total")
     ax.barh(labels, used, color=[KIND_COLOURS.get(d.kind, "#555555") for d in devices], label="in use")
@@ -66,7 +69,7 @@ def device_memory_figure(devices: Sequence) -> Figure:
 def node_accelerators_figure(nodes: Sequence) -> Figure:
     """Per node: allocatable accelerators by kind (left) and allocatable hugepages-2Mi in GiB (right)."""
     names = [f"{n.name}\n{n.accelerator_product}" if n.accelerator_product else n.name for n in nodes]
-    fig = _figure(10, 0.6 * max(len(nodes), 2) + 1.4)
+    fig = figure(10, 0.6 * max(len(nodes), 2) + 1.4)
     ax_acc, ax_huge = fig.subplots(1, 2, sharey=True)
     kinds = sorted({n.accelerator_kind for n in nodes if n.accelerator_kind})
     left = [0] * len(nodes)
@@ -91,15 +94,10 @@ def node_accelerators_figure(nodes: Sequence) -> Figure:
 
 def filtered_tables_html(devices: Sequence, nodes: Sequence, kind: str) -> str:
     """HTML tables of the local devices and cluster nodes of one device kind ('all', 'cuda', 'hpu', 'cpu')."""
-    from labkit.devices import DEVICE_COLUMNS, filter_by_kind
-    from labkit.cluster import NODE_COLUMNS
-    from labkit.tabular import html_table
-
-    local = filter_by_kind(devices, kind)
-    remote = filter_by_kind(nodes, kind)
-    parts = [f"<h4>Local devices ({len(local)})</h4>",
-             html_table([d.row() for d in local], DEVICE_COLUMNS, status_column=None) if local else "<p>none</p>"]
-    if nodes:
-        parts += [f"<h4>Cluster nodes ({len(remote)})</h4>",
-                  html_table([n.row() for n in remote], NODE_COLUMNS, status_column=None) if remote else "<p>none</p>"]
+    parts = []
+    for title, records, columns in (("Local devices", devices, DEVICE_COLUMNS), ("Cluster nodes", nodes, NODE_COLUMNS)):
+        chosen = filter_by_kind(records, kind)
+        if records or title == "Local devices":
+            table = html_table([r.row() for r in chosen], columns, status_column=None) if chosen else "<p>none</p>"
+            parts += [f"<h4>{title} ({len(chosen)})</h4>", table]
     return "".join(parts)

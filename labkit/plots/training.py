@@ -1,25 +1,19 @@
-"""Figures for notebook 04 (CIFAR-10 training): loss, accuracy and throughput from a run's metrics records.
+"""Figures for notebook 04 (CIFAR-10 training): loss, accuracy and throughput from a run's metrics records."""
 
-Built on matplotlib.figure.Figure (no pyplot): nothing global stays open and any backend, Agg included, renders them.
-"""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+
+from labkit.plots import figure
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def training_curves_figure(records: Sequence[dict], title: str = "") -> "Figure":  # noqa: F821
+def training_curves_figure(records: Sequence[dict], title: str = "") -> Figure:  # noqa: F821
     """Three panels: training loss per logged step (epoch boundaries dotted), train/test accuracy per epoch, and
     images/s per epoch (the first epoch carries warm-up). The data kind ("synthetic" or "CIFAR-10") is in the title."""
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     kind = next((r.get("data") for r in records if r.get("data")), "")
-    fig = _figure(13, 3.6)
+    fig = figure(13, 3.6)
     loss_ax, acc_ax, rate_ax = fig.subplots(1, 3)
 
     loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".", color="#1f77b4")
