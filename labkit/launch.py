@@ -311,7 +311,9 @@ def run(
 def rank_and_world() -> tuple[int, int]:
     """This rank's number and the world size, from the launcher's environment (DeepSpeed/torchrun or Open MPI)."""
     env = os.environ
-    return tuple(int(env.get(k, env.get(f"OMPI_COMM_WORLD_{k}", d))) for k, d in (("RANK", 0), ("WORLD_SIZE", 1)))
+    return int(env.get("RANK", env.get("OMPI_COMM_WORLD_RANK", 0))), int(
+        env.get("WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE", 1))
+    )
 
 
 @contextmanager

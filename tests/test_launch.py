@@ -141,3 +141,14 @@ def test_rank_scripts_report_metrics_and_shut_down_cleanly():
     done = [line for line in result.output.splitlines() if '"event": "done"' in line]
     assert len(done) == 2 and '"allreduce_sum": 3.0' in done[0]
     assert "terminate called" not in result.output and not kit_processes()
+
+
+def test_rank_and_world_read_either_launchers_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert launch.rank_and_world() == (1, 2)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch.rank_and_world() == (3, 4)
