@@ -45,7 +45,7 @@ def test_count_parameters_shared_frozen_and_largest_layer():
 
 
 def test_count_parameters_agrees_with_accelerate():
-    from labkit.zero_probe import build_model
+    from labkit.ranks.zero_probe import build_model
 
     model = build_model(64, 3)
     c = M.count_parameters(model)
@@ -55,7 +55,7 @@ def test_count_parameters_agrees_with_accelerate():
 
 
 def test_mlp_helpers_match_the_probe_model():
-    from labkit.zero_probe import build_model
+    from labkit.ranks.zero_probe import build_model
 
     for hidden, layers in [(64, 1), (99, 3), (192, 2)]:
         model = build_model(hidden, layers)

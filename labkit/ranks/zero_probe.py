@@ -268,32 +268,19 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
     warmup = min(cfg.get("warmup", 1), len(step_times) - 1)
     measured = step_times[warmup:]
     peak = _accel_stats(accel, device_type)
-    result = {
-        "name": cfg["name"],
-        "rank": rank,
-        "world_size": world_size,
-        "device_type": device_type,
-        "device_name": _device_name(accel, device_type),
-        "zero_stage": int(engine.zero_optimization_stage()),
-        "optimizer_class": type(engine.optimizer).__name__,
-        "basic_optimizer_class": type(basic).__name__,
-        "param_count": int(sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())),
-        "init_s": init_s,
-        "step_times_s": step_times,
-        "step_time_s": statistics.median(measured),
-        "losses": losses,
-        "phases": phases,
-        "accelerator_before": before,
-        "peak_allocated": peak.get("peak_allocated"),
-        "memory_summary": _memory_summary(device_type) if cfg.get("memory_summary") else None,
-    }
+    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    result = {"name": cfg["name"], "rank": rank, "world_size": world_size, "device_type": device_type}
+    result |= {"device_name": _device_name(accel, device_type), "zero_stage": int(engine.zero_optimization_stage())}
+    result |= {"optimizer_class": type(engine.optimizer).__name__, "basic_optimizer_class": type(basic).__name__}
+    result |= {"param_count": int(params), "init_s": init_s, "step_times_s": step_times, "losses": losses}
+    result |= {"step_time_s": statistics.median(measured), "phases": phases, "accelerator_before": before}
+    result["peak_allocated"] = peak.get("peak_allocated")
+    result["memory_summary"] = _memory_summary(device_type) if cfg.get("memory_summary") else None
     # Was the engine really freed? (DeepSpeed keeps ZeRO-3's top module in a module-level list, which keeps the whole
     # engine alive: the next configuration would start with the previous one's memory still allocated.)
     import weakref
 
-    probes = [weakref.ref(q) for g in basic.param_groups for q in g["params"]] + [
-        weakref.ref(q) for q in basic.state.keys()
-    ]
+    probes = [weakref.ref(q) for q in [*(q for g in basic.param_groups for q in g["params"]), *basic.state.keys()]]
     engine.destroy()
     _release_deepspeed_globals(engine.module)
     engine = basic = model = x = target = out = loss = None  # (not del: snap() still names them)
