@@ -34,14 +34,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labkit import data, train  # noqa: E402
+from labkit.devices import pick_device  # noqa: E402
+from labkit.model import build_model  # noqa: E402
 
 
 def environment(device: str) -> dict:
     import deepspeed
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "device": device}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
@@ -49,9 +57,23 @@ def environment(device: str) -> dict:
 
 
 def labkit_config(args, **changes) -> train.TrainConfig:
-    return train.TrainConfig(**{**dict(synthetic=True, model="resnet", width=args.width, epochs=args.epochs,
-                                       micro_batch=args.batch, device=args.device, dtype=args.dtype, stage=0,
-                                       progress=False, max_test=2000), **changes})
+    return train.TrainConfig(
+        **{
+            **dict(
+                synthetic=True,
+                model="resnet",
+                width=args.width,
+                epochs=args.epochs,
+                micro_batch=args.batch,
+                device=args.device,
+                dtype=args.dtype,
+                stage=0,
+                progress=False,
+                max_test=2000,
+            ),
+            **changes,
+        }
+    )
 
 
 def run_labkit(args, arrays, name: str, ds_overrides: dict | None = None, **changes) -> dict:
@@ -59,9 +81,8 @@ def run_labkit(args, arrays, name: str, ds_overrides: dict | None = None, **chan
     cfg = labkit_config(args, **changes)
     with tempfile.TemporaryDirectory() as tmp:
         if ds_overrides is not None:
-            resolved = train.resolve(cfg, 1)
-            per_epoch = train.steps_per_epoch(len(arrays.train_labels), resolved.global_batch)
-            ds = train.deepspeed_config(resolved, per_epoch * cfg.epochs)
+            resolved = cfg.resolved()
+            ds = train.deepspeed_config(resolved, train.plan_steps(resolved, len(arrays.train_labels))[1])
             for key, value in ds_overrides.items():
                 if value is None:
                     ds.pop(key, None)
@@ -73,9 +94,15 @@ def run_labkit(args, arrays, name: str, ds_overrides: dict | None = None, **chan
         result = train.run_in_process(cfg, arrays)
     rates = [e["images_per_s"] for e in result["epochs_log"]]
     steady = rates[1:] or rates
-    return {"name": name, "images_per_s": statistics.median(steady), "epochs_images_per_s": rates,
-            "final_train_loss": result["final_train_loss"], "test_acc": result["final_test_acc"],
-            "batch": result["global_batch"], "deepspeed_config": result["deepspeed_config"]}
+    return {
+        "name": name,
+        "images_per_s": statistics.median(steady),
+        "epochs_images_per_s": rates,
+        "final_train_loss": result["final_train_loss"],
+        "test_acc": result["final_test_acc"],
+        "batch": result["global_batch"],
+        "deepspeed_config": result["deepspeed_config"],
+    }
 
 
 def run_plain(args, arrays) -> dict:
@@ -85,11 +112,11 @@ def run_plain(args, arrays) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = train.build_model("resnet", args.width).to(device)
+    model = build_model("resnet", args.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     feed = train.DeviceData(arrays, device, low or torch.float32)
-    per_epoch = train.steps_per_epoch(feed.train_size, args.batch)
+    per_epoch = feed.train_size // args.batch
     rates, loss = [], None
     for epoch in range(args.epochs):
         _sync(args.device)
@@ -103,8 +130,13 @@ def run_plain(args, arrays) -> dict:
             opt.zero_grad(set_to_none=True)
         _sync(args.device)
         rates.append(per_epoch * args.batch / (time.perf_counter() - t0))
-    return {"name": "plain_pytorch", "images_per_s": statistics.median(rates[1:] or rates),
-            "epochs_images_per_s": [round(r, 1) for r in rates], "final_train_loss": loss.item(), "batch": args.batch}
+    return {
+        "name": "plain_pytorch",
+        "images_per_s": statistics.median(rates[1:] or rates),
+        "epochs_images_per_s": [round(r, 1) for r in rates],
+        "final_train_loss": loss.item(),
+        "batch": args.batch,
+    }
 
 
 class PerImageCifar:
@@ -137,19 +169,28 @@ def run_baseline(args, arrays) -> dict:
     import torch
     import torch.nn.functional as F
 
-    cfg = {"train_batch_size": 16, "steps_per_print": 10**9, "optimizer": {
-        "type": "Adam", "params": {"lr": 0.001, "betas": [0.8, 0.999], "eps": 1e-8, "weight_decay": 3e-7,
-                                   "torch_adam": True}},  # the example uses FusedAdam; torch's Adam avoids a JIT build
-           "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.001,
-                                                        "warmup_num_steps": 1000}},
-           "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}
+    cfg = {
+        "train_batch_size": 16,
+        "steps_per_print": 10**9,
+        "optimizer": {
+            "type": "Adam",
+            "params": {"lr": 0.001, "betas": [0.8, 0.999], "eps": 1e-8, "weight_decay": 3e-7, "torch_adam": True},
+        },  # the example uses FusedAdam; torch's Adam avoids a JIT build
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.001, "warmup_num_steps": 1000},
+        },
+        "zero_optimization": {"stage": 0},
+        "gradient_clipping": 1.0,
+    }
     if args.dtype == "bf16":
         cfg["bf16"] = {"enabled": True}
     dataset = PerImageCifar(arrays.train_images, arrays.train_labels)
     with _single_rank():
-        net = train.build_model("lenet")
-        engine, _, loader, _ = deepspeed.initialize(model=net, model_parameters=net.parameters(),
-                                                    training_data=dataset, config=cfg)
+        net = build_model("lenet")
+        engine, _, loader, _ = deepspeed.initialize(
+            model=net, model_parameters=net.parameters(), training_data=dataset, config=cfg
+        )
         low = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         images, start, t0 = 0, None, time.perf_counter()
         deadline = t0 + args.baseline_seconds + args.baseline_warmup
@@ -168,8 +209,14 @@ def run_baseline(args, arrays) -> dict:
                     break
         _sync(args.device)
         seconds = time.perf_counter() - start
-    return {"name": "baseline", "images_per_s": images / seconds, "batch": 16, "data_path": dataset.kind,
-            "loader_workers": getattr(loader, "num_local_io_workers", None), "measured_s": round(seconds, 1)}
+    return {
+        "name": "baseline",
+        "images_per_s": images / seconds,
+        "batch": 16,
+        "data_path": dataset.kind,
+        "loader_workers": getattr(loader, "num_local_io_workers", None),
+        "measured_s": round(seconds, 1),
+    }
 
 
 def profile_engine(args, arrays) -> dict:
@@ -180,30 +227,35 @@ def profile_engine(args, arrays) -> dict:
 
     out = {}
     for name, timers in (("labkit", {"throughput": {"enabled": False}}), ("ds_default_timers", None)):
-        cfg = train.resolve(labkit_config(args), 1)
+        cfg = labkit_config(args).resolved()
         ds = train.deepspeed_config(cfg, 1000)
         if timers is None:
             ds.pop("timers")
         with _single_rank(), _count_syncs() as syncs:
-            model = train.build_model("resnet", args.width)
+            model = build_model("resnet", args.width)
             engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-            feed = train.DeviceData(arrays, engine.device, train.input_dtype(cfg, ds))
-            batches = list(feed.epoch(0, args.batch, min(30, train.steps_per_epoch(feed.train_size, args.batch)), 1))
-            phases = {"forward": [], "backward": [], "step": [], "forward_synced": [], "backward_synced": [],
-                      "step_synced": []}
+            feed = train.DeviceData(arrays, engine.device, train.input_dtype(ds))
+            batches = list(feed.epoch(0, args.batch, min(30, feed.train_size // args.batch), 1))
+            phases = {
+                "forward": [],
+                "backward": [],
+                "step": [],
+                "forward_synced": [],
+                "backward_synced": [],
+                "step_synced": [],
+            }
             for synced in (False, True):
                 syncs["n"] = 0
                 for i, (x, y) in enumerate(batches):
-                    calls = (("forward", lambda: F.cross_entropy(engine(x).float(), y)),
-                             ("backward", lambda: engine.backward(state["loss"])), ("step", engine.step))
-                    state = {}
-                    for phase, call in calls:
+                    loss = None
+                    for phase in ("forward", "backward", "step"):
                         t = time.perf_counter()
-                        result = call()
+                        if phase == "forward":
+                            loss = F.cross_entropy(engine(x).float(), y)
+                        else:
+                            engine.backward(loss) if phase == "backward" else engine.step()
                         if synced:
                             _sync(args.device)
-                        if phase == "forward":
-                            state["loss"] = result
                         if i >= 5:  # after warm-up
                             phases[phase + ("_synced" if synced else "")].append((time.perf_counter() - t) * 1e3)
                 if not synced:
@@ -214,7 +266,7 @@ def profile_engine(args, arrays) -> dict:
             if args.device == "cuda":
                 entry.update(_torch_profile(engine, batches, args.device))
             out[name] = entry
-            del engine
+            engine = None  # freed before the next variant
     return out
 
 
@@ -224,8 +276,9 @@ def _torch_profile(engine, batches, device: str) -> dict:
     import torch.nn.functional as F
 
     try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as prof:
             for x, y in batches[:10]:
                 engine.backward(F.cross_entropy(engine(x).float(), y))
                 engine.step()
@@ -233,8 +286,10 @@ def _torch_profile(engine, batches, device: str) -> dict:
     except Exception as exc:  # the profiler needs CUPTI; the host timings stand without it
         return {"profiler_error": f"{type(exc).__name__}: {exc}"}
     events = prof.key_averages()
-    return {"profiler_top_self_cpu": events.table(sort_by="self_cpu_time_total", row_limit=12),
-            "sync_events": {e.key: e.count for e in events if "ynchronize" in e.key}}
+    return {
+        "profiler_top_self_cpu": events.table(sort_by="self_cpu_time_total", row_limit=12),
+        "sync_events": {e.key: e.count for e in events if "ynchronize" in e.key},
+    }
 
 
 @contextlib.contextmanager
@@ -255,6 +310,7 @@ def _count_syncs():
                 return fn(*a, **k)
             finally:
                 counter["depth"] -= 1
+
         return wrapper
 
     torch.cuda.synchronize, acc.synchronize = counted(originals[0]), counted(originals[1])
@@ -296,12 +352,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--baseline-seconds", type=float, default=0, help="0 = 15 on a GPU, 10 on a CPU")
     parser.add_argument("--baseline-warmup", type=float, default=3.0)
-    parser.add_argument("--variants", default="labkit,labkit_engine_bf16,labkit_ds_timers,plain_pytorch,baseline,profile")
+    parser.add_argument(
+        "--variants", default="labkit,labkit_engine_bf16,labkit_ds_timers,plain_pytorch,baseline,profile"
+    )
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "cifar_throughput.json"))
     args = parser.parse_args(argv)
     if args.device != "auto":
         os.environ.setdefault("DS_ACCELERATOR", args.device)
-    args.device = train.resolve_device(args.device)
+    args.device = pick_device(args.device)
     gpu = args.device == "cuda"
     args.train_images = args.train_images or (50_000 if gpu else 2048)
     args.batch = args.batch or (2000 if gpu else 128)
@@ -309,12 +367,19 @@ def main(argv=None) -> int:
     args.baseline_seconds = args.baseline_seconds or (15 if gpu else 10)
     args.dtype = ("bf16" if gpu else "fp32") if args.dtype == "auto" else args.dtype
     arrays = data.synthetic_arrays(train=args.train_images, test=2000, seed=0)
-    print(f"data: {arrays.source} (synthetic, CIFAR-10 format); device {args.device}; batch {args.batch}; "
-          f"{args.epochs} epochs per variant", flush=True)
+    print(
+        f"data: {arrays.source} (synthetic, CIFAR-10 format); device {args.device}; batch {args.batch}; "
+        f"{args.epochs} epochs per variant",
+        flush=True,
+    )
 
     chosen = args.variants.split(",")
-    results: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "environment": environment(args.device),
-                     "settings": {k: v for k, v in vars(args).items() if k != "out"}, "variants": {}}
+    results: dict = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "environment": environment(args.device),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "variants": {},
+    }
     runners = {
         "labkit": lambda: run_labkit(args, arrays, "labkit"),
         "labkit_engine_bf16": lambda: run_labkit(args, arrays, "labkit_engine_bf16", amp="engine"),
@@ -332,8 +397,10 @@ def main(argv=None) -> int:
             except Exception as exc:  # one broken variant must not lose the others' numbers
                 results["variants"][name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
             results["variants"][name]["wall_s"] = round(time.perf_counter() - t, 1)
-            print(f"{name}: {json.dumps({k: v for k, v in results['variants'][name].items() if k != 'deepspeed_config'})}",
-                  flush=True)
+            print(
+                f"{name}: {json.dumps({k: v for k, v in results['variants'][name].items() if k != 'deepspeed_config'})}",  # noqa: E501
+                flush=True,
+            )
     if "profile" in chosen:
         try:
             results["profile"] = profile_engine(args, arrays)
@@ -355,8 +422,11 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
 
-    print(f"\n{results['environment'].get('gpu', results['environment']['cpu'])}, torch {results['environment']['torch']}, "
-          f"deepspeed {results['environment']['deepspeed']}, {arrays.source}")
+    print(
+        f"\n{results['environment'].get('gpu', results['environment']['cpu'])}, "
+        f"torch {results['environment']['torch']}, "
+        f"deepspeed {results['environment']['deepspeed']}, {arrays.source}"
+    )
     print(f"{'variant':<22}{'images/s':>12}  notes")
     for name, r in results["variants"].items():
         rate = f"{r['images_per_s']:,.0f}" if r.get("images_per_s") else "error"
@@ -364,9 +434,11 @@ def main(argv=None) -> int:
         print(f"{name:<22}{rate:>12}  {note}")
     for name, entry in results.get("profile", {}).items():
         if isinstance(entry, dict) and "forward" in entry:
-            print(f"profile {name:<16} host ms fwd/bwd/step {entry['forward']}/{entry['backward']}/{entry['step']}, "
-                  f"synced {entry.get('forward_synced')}/{entry.get('backward_synced')}/{entry.get('step_synced')}, "
-                  f"device syncs per step {entry['device_syncs_per_step']}")
+            print(
+                f"profile {name:<16} host ms fwd/bwd/step {entry['forward']}/{entry['backward']}/{entry['step']}, "
+                f"synced {entry.get('forward_synced')}/{entry.get('backward_synced')}/{entry.get('step_synced')}, "
+                f"device syncs per step {entry['device_syncs_per_step']}"
+            )
     for k, r in results["ratios"].items():
         print(f"{k}: {r:.3f}")
     print(f"full results: {args.out}")

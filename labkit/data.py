@@ -68,17 +68,29 @@ class CifarArrays:
     def kind(self) -> str:
         return "synthetic" if self.synthetic else "CIFAR-10"
 
-    def limit(self, max_train: int = 0, max_test: int = 0) -> "CifarArrays":
+    def limit(self, max_train: int = 0, max_test: int = 0) -> CifarArrays:
         """The first `max_train` / `max_test` images (0 = all): the files are already in random order."""
         tr = slice(None) if max_train <= 0 else slice(0, max_train)
         te = slice(None) if max_test <= 0 else slice(0, max_test)
-        return CifarArrays(self.train_images[tr], self.train_labels[tr], self.test_images[te], self.test_labels[te],
-                           self.label_names, self.synthetic, self.source)
+        return CifarArrays(
+            self.train_images[tr],
+            self.train_labels[tr],
+            self.test_images[te],
+            self.test_labels[te],
+            self.label_names,
+            self.synthetic,
+            self.source,
+        )
 
     def summary(self) -> dict:
-        return {"kind": self.kind, "synthetic": self.synthetic, "source": self.source,
-                "train_images": int(len(self.train_labels)), "test_images": int(len(self.test_labels)),
-                "classes": len(self.label_names)}
+        return {
+            "kind": self.kind,
+            "synthetic": self.synthetic,
+            "source": self.source,
+            "train_images": int(len(self.train_labels)),
+            "test_images": int(len(self.test_labels)),
+            "classes": len(self.label_names),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -88,9 +100,13 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Resolves only what numpy arrays need; any other global in the file is refused (pickles can run code)."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
@@ -98,10 +114,12 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are expected")
         if module == "_codecs":
             import _codecs
+
             return _codecs.encode
         if name in ("ndarray", "dtype"):
             return getattr(np, name)
         import numpy.core.multiarray as ma  # noqa: PLC0415  (numpy 2 keeps this alias importable)
+
         return getattr(ma, name)
 
 
@@ -113,8 +131,10 @@ def _load_pickle(path: Path) -> dict:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or refused content
-        raise DataFormatError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). "
-                              f"Fix: replace the file with the original from cifar-10-python.tar.gz") from None
+        raise DataFormatError(
+            f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). "
+            f"Fix: replace the file with the original from cifar-10-python.tar.gz"
+        ) from None
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     # The official files were pickled by Python 2: keys come back as bytes. Accept str keys too.
@@ -138,8 +158,10 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataFormatError(f"{path}: {len(labels)} labels for {len(data)} images")
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, "
-                              f"found {labels.dtype} in [{labels.min()}, {labels.max()}]")
+        raise DataFormatError(
+            f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, "
+            f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
+        )
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
 
 
@@ -166,9 +188,13 @@ def load(data_dir: str | Path) -> CifarArrays:
     parts = [read_batch(folder / name) for name in TRAIN_FILES]
     test_x, test_y = read_batch(folder / TEST_FILE)
     return CifarArrays(
-        train_images=np.concatenate([p[0] for p in parts]), train_labels=np.concatenate([p[1] for p in parts]),
-        test_images=test_x, test_labels=test_y, label_names=names,
-        synthetic=(folder / SYNTHETIC_MARKER).is_file(), source=str(folder),
+        train_images=np.concatenate([p[0] for p in parts]),
+        train_labels=np.concatenate([p[1] for p in parts]),
+        test_images=test_x,
+        test_labels=test_y,
+        label_names=names,
+        synthetic=(folder / SYNTHETIC_MARKER).is_file(),
+        source=str(folder),
     )
 
 
@@ -199,12 +225,17 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
                 shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ConfigError("data_dir", f"CIFAR-10 could not be downloaded from {url} ({reason}); this machine "
-                                          f"may have no network access", PROVIDE_DATA_FIX) from None
+            raise ConfigError(
+                "data_dir",
+                f"CIFAR-10 could not be downloaded from {url} ({reason}); this machine may have no network access",
+                PROVIDE_DATA_FIX,
+            ) from None
         got = _md5(archive)
         if got != md5:
-            raise DataFormatError(f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "
-                                  f"not the official archive. Fix: download again, or copy a verified copy to {dest}")
+            raise DataFormatError(
+                f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "
+                f"not the official archive. Fix: download again, or copy a verified copy to {dest}"
+            )
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths, links out of tmp, devices
         if not (Path(tmp) / FOLDER / TEST_FILE).is_file():
@@ -225,12 +256,15 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
     while a CNN, which is shift-invariant, learns the textures within a few hundred steps.
     """
     if train < NUM_CLASSES or test < NUM_CLASSES:
-        raise ConfigError("synthetic size", f"train={train}, test={test} is too small",
-                          f"use at least {NUM_CLASSES} images in each split")
+        raise ConfigError(
+            "synthetic size",
+            f"train={train}, test={test} is too small",
+            f"use at least {NUM_CLASSES} images in each split",
+        )
     rng = np.random.default_rng(seed)
     freq = np.fft.fftfreq(32) * 32
     radius = np.hypot(freq[:, None], freq[None, :])
-    spectrum = (radius > 0) * (radius <= 4) / (1.0 + radius)          # low, non-zero frequencies only
+    spectrum = (radius > 0) * (radius <= 4) / (1.0 + radius)  # low, non-zero frequencies only
     phases = rng.normal(size=(NUM_CLASSES, 3, 32, 32)) + 1j * rng.normal(size=(NUM_CLASSES, 3, 32, 32))
     textures = np.fft.ifft2(phases * spectrum).real
     textures /= textures.std(axis=(1, 2, 3), keepdims=True)
@@ -244,8 +278,12 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
         cols = (dx[:, None] + np.arange(32)[None, :]) % 32
         flip = rng.random(n) < 0.5
         cols[flip] = cols[flip, ::-1]
-        img = textures[labels[:, None, None, None], np.arange(3)[None, :, None, None],
-                       rows[:, None, :, None], cols[:, None, None, :]]
+        img = textures[
+            labels[:, None, None, None],
+            np.arange(3)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
         img = img * rng.uniform(0.6, 1.4, size=(n, 1, 1, 1)) + colours[labels]
         img += rng.normal(0.0, noise, size=img.shape)
         return np.clip(128 + 40 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
@@ -269,13 +307,19 @@ def write(arrays: CifarArrays, dest: str | Path) -> Path:
         batches = [(name, arrays.train_images[idx], arrays.train_labels[idx]) for name, idx in zip(TRAIN_FILES, chunks)]
         batches.append((TEST_FILE, arrays.test_images, arrays.test_labels))
         for i, (name, images, labels) in enumerate(batches):
-            record = {b"batch_label": f"{'testing' if name == TEST_FILE else 'training'} batch {i + 1} of 5".encode(),
-                      b"labels": [int(v) for v in labels], b"data": np.ascontiguousarray(images.reshape(len(images), -1)),
-                      b"filenames": [f"{arrays.kind}_{name}_{j:05d}.png".encode() for j in range(len(labels))]}
+            record = {
+                b"batch_label": f"{'testing' if name == TEST_FILE else 'training'} batch {i + 1} of 5".encode(),
+                b"labels": [int(v) for v in labels],
+                b"data": np.ascontiguousarray(images.reshape(len(images), -1)),
+                b"filenames": [f"{arrays.kind}_{name}_{j:05d}.png".encode() for j in range(len(labels))],
+            }
             with open(tmp / name, "wb") as f:
                 pickle.dump(record, f, protocol=2)  # the official files are protocol 2
-        meta = {b"label_names": [n.encode() for n in arrays.label_names],
-                b"num_cases_per_batch": int(len(chunks[0])), b"num_vis": 3072}
+        meta = {
+            b"label_names": [n.encode() for n in arrays.label_names],
+            b"num_cases_per_batch": int(len(chunks[0])),
+            b"num_vis": 3072,
+        }
         with open(tmp / META_FILE, "wb") as f:
             pickle.dump(meta, f, protocol=2)
         if arrays.synthetic:
@@ -294,8 +338,9 @@ def write_synthetic(dest: str | Path, train: int = 5000, test: int = 1000, seed:
     return write(synthetic_arrays(train, test, seed), dest)
 
 
-def resolve(data_dir: str | Path, synthetic: bool, *, synthetic_train: int = 5000, synthetic_test: int = 1000,
-            seed: int = 0) -> CifarArrays:
+def training_set(
+    data_dir: str | Path, synthetic: bool, *, synthetic_train: int = 5000, synthetic_test: int = 1000, seed: int = 0
+) -> CifarArrays:
     """What a training run uses: the real set from `data_dir`, or (synthetic=True) a generated one.
 
     With synthetic=True and a `data_dir`, the synthetic set is written there once and read back from disk (the same
@@ -309,8 +354,11 @@ def resolve(data_dir: str | Path, synthetic: bool, *, synthetic_train: int = 500
     marker = folder / SYNTHETIC_MARKER
     wanted = _synthetic_source(synthetic_train, synthetic_test, seed)
     if folder.exists() and not marker.is_file():
-        raise ConfigError("synthetic", f"{folder} holds a real (non-synthetic) data set",
-                          "pass synthetic=False to train on it, or choose another data_dir for synthetic data")
+        raise ConfigError(
+            "synthetic",
+            f"{folder} holds a real (non-synthetic) data set",
+            "pass synthetic=False to train on it, or choose another data_dir for synthetic data",
+        )
     if not marker.is_file() or json.loads(marker.read_text()).get("source") != wanted:
         write_synthetic(data_dir, synthetic_train, synthetic_test, seed)
     return load(data_dir)

@@ -1,14 +1,15 @@
-"""One place that builds and runs `deepspeed ...` / `mpirun ...` command lines for local ranks.
+"""One place that builds and runs `deepspeed ...` / `mpirun ...` command lines for local ranks, and `rank_guard`, the
+one error report of the scripts that run inside ranks (labkit.ranks).
 
 Everything that starts ranks goes through `run`: it starts the launcher in its own session, streams its output, and on
-any exit path (success, failure, timeout, KeyboardInterrupt) signals the whole process group, because SIGTERM to the
+any exit path (success, failure, timeout, KeyboardInterrupt) stops the whole process tree, because SIGTERM to the
 DeepSpeed launcher alone leaves its ranks running. Every process carries LABKIT_PROCESS=1 so a teardown check can find
-anything left behind.
-
-This module imports only the standard library: scripts that run inside ranks may use `rank_guard`.
+anything left behind. Imports only the standard library and light labkit modules: ranks import it.
 """
+
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -18,17 +19,18 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
-from labkit.errors import ConfigError, LaunchError
+from labkit.devices import DEVICE_KINDS
+from labkit.errors import ConfigError, LaunchError, check_choice, check_int
+from labkit.procs import stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
-ACCELERATORS = ("cpu", "cuda", "hpu")
+MPI_LAUNCHERS = ("openmpi", "mpirun")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
@@ -37,46 +39,70 @@ _TAGGED_RANK_RE = re.compile(r"^\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-o
 
 @dataclass
 class LaunchSpec:
-    """What to run on how many local ranks, and through which launcher."""
+    """What every rank runs (a module of labkit.ranks, or a script path), on how many local ranks, through which
+    launcher."""
 
-    script: str | Path
+    module: str = ""
     args: list[str] = field(default_factory=list)
     world_size: int = 1
     launcher: str = "deepspeed"
     hostfile: Path | None = None
-    accelerator: str = "cpu"
+    device: str = "cpu"
     env: dict[str, str] = field(default_factory=dict)
     master_port: int | None = None
     python: str = sys.executable
+    script: str | Path = ""
 
     def validate(self) -> None:
-        if self.launcher not in LAUNCHERS:
-            raise ConfigError("launcher", f"unknown launcher {self.launcher!r}", f"use one of {', '.join(LAUNCHERS)}")
-        if self.accelerator not in ACCELERATORS:
-            raise ConfigError("accelerator", f"unknown accelerator {self.accelerator!r}",
-                              f"use one of {', '.join(ACCELERATORS)}")
-        if not isinstance(self.world_size, int) or self.world_size < 1:
-            raise ConfigError("world_size", f"must be a whole number >= 1, got {self.world_size!r}", "pass 1 or more ranks")
-        if not Path(self.script).is_file():
-            raise ConfigError("script", f"{self.script} does not exist", "pass the path of the Python file each rank runs")
-        if self.launcher in ("openmpi", "mpirun") and shutil.which("mpirun") is None:
-            raise ConfigError("launcher", f"{self.launcher!r} needs Open MPI's mpirun, which is not on PATH",
-                              "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make run` does it) "
-                              "or use launcher='deepspeed'")
+        check_choice("launcher", self.launcher, LAUNCHERS)
+        check_choice("device", self.device, DEVICE_KINDS)
+        check_int("world_size", self.world_size, fix="pass 1 or more ranks")
+        if bool(self.module) == bool(self.script):
+            raise ConfigError("module", "give exactly one of module and script", "pass module='labkit.ranks.NAME'")
+        if self.module and importlib.util.find_spec(self.module) is None:
+            raise ConfigError(
+                "module", f"no module {self.module!r}", "pass an importable module, e.g. labkit.ranks.hello"
+            )
+        if self.script and not Path(self.script).is_file():
+            raise ConfigError("script", f"{self.script} does not exist", "pass the Python file each rank runs")
+        require_mpi("launcher", self.launcher)
         if self.hostfile is not None and not Path(self.hostfile).is_file():
-            raise ConfigError("hostfile", f"{self.hostfile} does not exist", "write 'localhost slots=N' lines or pass None")
+            raise ConfigError("hostfile", f"{self.hostfile} does not exist", "write 'localhost slots=N' lines")
+
+    def entry(self) -> list[str]:
+        """The rank program and its arguments as the launcher takes them (`-m` / `--module` for a module)."""
+        return [*([self.module] if self.module else [str(self.script)]), *map(str, self.args)]
 
 
 @dataclass
 class LaunchResult:
     returncode: int
     output: str
-    duration_s: float
     command: list[str]
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+
+def require_mpi(field: str, launcher: str) -> None:
+    """ConfigError now, not a failure after DeepSpeed's start-up, when an MPI launcher lacks mpirun or mpi4py (through
+    which DeepSpeed reads the Open MPI ranks)."""
+    if launcher not in MPI_LAUNCHERS:
+        return
+    if shutil.which("mpirun") is None:
+        raise ConfigError(
+            field,
+            f"{launcher!r} needs Open MPI's mpirun, which is not on PATH",
+            "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does "
+            "it), or use launcher='deepspeed'",
+        )
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ConfigError(
+            field,
+            f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)",
+            "pip install 'labkit[mpi]' (needs Open MPI's mpicc), or use launcher='deepspeed'",
+        )
 
 
 def free_port() -> int:
@@ -91,23 +117,19 @@ def threads_per_rank(world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, world_size))
 
 
-def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, accelerator: str = "cpu") -> dict[str, str]:
+def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device: str = "cpu") -> dict[str, str]:
     """The environment for kit processes: marked for the leak check, thread counts sized to the ranks."""
     env = dict(os.environ)
     env[MARKER_ENV] = "1"
-    # Every process the kit starts (ranks, the local launcher) imports labkit from where this one did: the one bootstrap.
+    # Every process the kit starts (ranks, the local launcher) imports labkit from where this one did: one bootstrap.
     root = str(Path(__file__).resolve().parent.parent)
     if root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
-    if accelerator == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
+    env["DS_ACCELERATOR"] = device
+    if device == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-    elif accelerator == "cuda":
-        env["DS_ACCELERATOR"] = "cuda"
-    elif accelerator == "hpu":
-        env["DS_ACCELERATOR"] = "hpu"
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -139,22 +161,26 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
     """The exact launcher argv for `spec` (what a user would type; shown in notebooks)."""
     hostfile = hostfile or spec.hostfile or Path("/etc/mpi/hostfile")
     port = str(master_port or spec.master_port or 29500)
-    script = [str(spec.script), *map(str, spec.args)]
+    module = ["-m"] if spec.module else []
+    deepspeed = [*deepspeed_executable(spec.python), *(["--module"] if spec.module else [])]
     if spec.launcher == "deepspeed":
-        return [*deepspeed_executable(spec.python), "--num_gpus", str(spec.world_size), "--master_port", port, *script]
+        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *spec.entry()]
     if spec.launcher == "openmpi":
         # The cluster line (`deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`), plus what one host needs.
-        return [*deepspeed_executable(spec.python), "--hostfile", str(hostfile), "--force_multi", "--no_ssh_check",
-                "--launcher", "openmpi", "--launcher_args", shlex.join(local_mpi_args()),
-                "--master_addr", "127.0.0.1", "--master_port", port, *script]
+        mpi = ["--launcher", "openmpi", "--launcher_args", shlex.join(local_mpi_args())]
+        single_host = ["--force_multi", "--no_ssh_check", *mpi, "--master_addr", "127.0.0.1", "--master_port", port]
+        return [*deepspeed, "--hostfile", str(hostfile), *single_host, *spec.entry()]
     # plain mpirun: ranks read their rank from Open MPI's environment in deepspeed.init_distributed()
-    return ["mpirun", "-n", str(spec.world_size), "--hostfile", str(hostfile), *local_mpi_args(),
-            "-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}", spec.python, "-u", *script]
+    env = ["-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}"]
+    head = ["mpirun", "-n", str(spec.world_size), "--hostfile", str(hostfile), *local_mpi_args(), *env]
+    return [*head, spec.python, "-u", *module, *spec.entry()]
 
 
 _DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
-_MPI_EXIT = re.compile(r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
-                       r"exited with status (\d+))")
+_MPI_EXIT = re.compile(
+    r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
+    r"exited with status (\d+))"
+)
 
 
 def first_dead_rank(output: str) -> tuple[int, str] | None:
@@ -202,34 +228,45 @@ def failure_summary(output: str) -> tuple[int | None, str]:
     return None, tail[0].strip() if tail else "no output"
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """Stop the launcher, its process group and every descendant (mpirun gives each rank a group of its own)."""
-    from labkit.procs import stop_tree
-
-    stop_tree(proc, grace_s)
-
-
-def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[str], None] | None = None,
-        cwd: str | Path | None = None, log_path: str | Path | None = None, check: bool = True) -> LaunchResult:
+def run(
+    spec: LaunchSpec,
+    *,
+    timeout: float | None = None,
+    on_output: Callable[[str], None] | None = None,
+    cwd: str | Path | None = None,
+    log_path: str | Path | None = None,
+    check: bool = True,
+) -> LaunchResult:
     """Run `spec` to completion. Raises LaunchError (with the failing rank's own text) if check and it fails."""
     spec.validate()
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     tmpdir = Path(tempfile.mkdtemp(prefix="labkit-launch-"))
     hostfile = spec.hostfile
-    if hostfile is None and spec.launcher in ("openmpi", "mpirun"):
+    if hostfile is None and spec.launcher in MPI_LAUNCHERS:
         hostfile = write_hostfile(tmpdir / "hostfile", {"localhost": spec.world_size})
     port = spec.master_port or free_port()
     cmd = build_command(spec, hostfile=hostfile, master_port=port)
     # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
     # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
-    env = kit_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env},
-                  world_size=spec.world_size, accelerator=spec.accelerator)
+    env = kit_env(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env},
+        world_size=spec.world_size,
+        device=spec.device,
+    )
     chunks: list[str] = []
-    log = open(log_path, "a") if log_path else None
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1)
+    log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+        bufsize=1,
+    )
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -251,13 +288,13 @@ def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[
             timed_out = True
     finally:
         # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
-        _kill_group(proc)
+        stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
         reader.join(timeout=5)
         if log:
             log.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     output = "".join(chunks)
-    result = LaunchResult(proc.returncode if not timed_out else -1, output, time.monotonic() - start, cmd)
+    result = LaunchResult(proc.returncode if not timed_out else -1, output, cmd)
     if check and (timed_out or proc.returncode != 0):
         rank, text = failure_summary(output)
         where = f"rank {rank}" if rank is not None else "a rank"
@@ -271,14 +308,35 @@ def run(spec: LaunchSpec, *, timeout: float | None = None, on_output: Callable[[
     return result
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This rank's number and the world size, from the launcher's environment (DeepSpeed/torchrun or Open MPI)."""
+    env = os.environ
+    return int(env.get("RANK", env.get("OMPI_COMM_WORLD_RANK", 0))), int(
+        env.get("WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE", 1))
+    )
+
+
 @contextmanager
-def rank_guard(rank: int | None = None) -> Iterator[None]:
-    """Inside a rank script: print a tagged one-line error that `run` reports, then re-raise."""
-    rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0))) if rank is None else rank
+def rank_guard() -> Iterator[None]:
+    """The one error report and teardown of a rank script. An uncaught error becomes one tagged line that `run` reports
+    (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback; under mpirun the failed rank then aborts the whole
+    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). On every other exit the
+    process group is destroyed before the interpreter shuts down (a live gloo group aborts the process there)."""
+    rank, world = rank_and_world()
     try:
         yield
-    except BaseException as exc:  # noqa: BLE001 - re-raised
+    except BaseException as exc:
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
             print(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:
+                from mpi4py import MPI
+
+                MPI.COMM_WORLD.Abort(1)
         raise
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

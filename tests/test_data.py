@@ -36,7 +36,8 @@ def official_style_read(path: Path) -> dict:
 
 def test_written_files_have_the_official_layout_and_keys(written, small_set):
     assert sorted(p.name for p in written.iterdir()) == sorted(
-        [*data.TRAIN_FILES, data.TEST_FILE, data.META_FILE, data.SYNTHETIC_MARKER])
+        [*data.TRAIN_FILES, data.TEST_FILE, data.META_FILE, data.SYNTHETIC_MARKER]
+    )
     batch = official_style_read(written / "data_batch_1")
     assert set(batch) >= {b"data", b"labels", b"batch_label", b"filenames"}
     assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (100, 3072)
@@ -74,18 +75,21 @@ def test_missing_folder_and_missing_file_name_the_field_and_the_fix(tmp_path, wr
 
 def test_truncated_file_is_reported_as_corrupt(written):
     path = written / "data_batch_2"
-    path.write_bytes(path.read_bytes()[: 5000])
+    path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(data.DataFormatError, match="data_batch_2: not a readable CIFAR-10 batch"):
         data.load(written)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.__setitem__(b"data", d[b"data"][:, :1024]), r"shape \(N, 3072\)"),
-    (lambda d: d.__setitem__(b"data", d[b"data"].astype(np.float32)), "uint8"),
-    (lambda d: d.__setitem__(b"labels", d[b"labels"][:-1]), "99 labels for 100 images"),
-    (lambda d: d.__setitem__(b"labels", [12] * len(d[b"labels"])), r"labels must be integers in 0..9"),
-    (lambda d: d.pop(b"data"), "no 'data' entry"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.__setitem__(b"data", d[b"data"][:, :1024]), r"shape \(N, 3072\)"),
+        (lambda d: d.__setitem__(b"data", d[b"data"].astype(np.float32)), "uint8"),
+        (lambda d: d.__setitem__(b"labels", d[b"labels"][:-1]), "99 labels for 100 images"),
+        (lambda d: d.__setitem__(b"labels", [12] * len(d[b"labels"])), r"labels must be integers in 0..9"),
+        (lambda d: d.pop(b"data"), "no 'data' entry"),
+    ],
+)
 def test_wrong_arrays_are_refused_with_the_file_named(written, change, message):
     path = written / "data_batch_4"
     batch = official_style_read(path)
@@ -170,27 +174,29 @@ def test_synthetic_sets_are_deterministic_and_sized(small_set):
 def test_synthetic_classes_carry_signal_beyond_chance(small_set):
     """A nearest-class-mean rule on per-channel colour statistics already beats chance: the labels are learnable
     (the CNN's falling loss is tested in test_train.py), while translation keeps pixel templates weak."""
+
     def features(x):
         x = x.astype(np.float32)
         return np.concatenate([x.mean(axis=(2, 3)), x.std(axis=(2, 3))], axis=1)
+
     f_train, f_test = features(small_set.train_images), features(small_set.test_images)
     means = np.stack([f_train[small_set.train_labels == c].mean(0) for c in range(10)])
     pred = np.argmin(((f_test[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     assert (pred == small_set.test_labels).mean() > 0.3
 
 
-def test_resolve_writes_a_synthetic_set_once_and_never_over_real_data(tmp_path):
-    arrays = data.resolve(tmp_path, True, synthetic_train=100, synthetic_test=20)
+def test_training_set_writes_a_synthetic_set_once_and_never_over_real_data(tmp_path):
+    arrays = data.training_set(tmp_path, True, synthetic_train=100, synthetic_test=20)
     assert arrays.synthetic and len(arrays.train_labels) == 100
     stamp = (tmp_path / data.FOLDER / "test_batch").stat().st_mtime_ns
-    data.resolve(tmp_path, True, synthetic_train=100, synthetic_test=20)
+    data.training_set(tmp_path, True, synthetic_train=100, synthetic_test=20)
     assert (tmp_path / data.FOLDER / "test_batch").stat().st_mtime_ns == stamp  # reused, not rewritten
-    assert len(data.resolve(tmp_path, True, synthetic_train=200, synthetic_test=20).train_labels) == 200
+    assert len(data.training_set(tmp_path, True, synthetic_train=200, synthetic_test=20).train_labels) == 200
     (tmp_path / data.FOLDER / data.SYNTHETIC_MARKER).unlink()  # now it looks like real data
     with pytest.raises(ConfigError) as exc:
-        data.resolve(tmp_path, True, synthetic_train=100, synthetic_test=20)
+        data.training_set(tmp_path, True, synthetic_train=100, synthetic_test=20)
     assert exc.value.field == "synthetic"
-    assert not data.resolve("", True, synthetic_train=50, synthetic_test=10).source.startswith("/")  # in memory
+    assert not data.training_set("", True, synthetic_train=50, synthetic_test=10).source.startswith("/")  # in memory
 
 
 def test_limit_takes_the_first_images(small_set):

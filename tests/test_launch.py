@@ -1,23 +1,24 @@
 """labkit.launch runs real ranks through the real launchers and never leaves one behind."""
+
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from kit_testing import kit_processes
 
 from labkit import launch
 from labkit.errors import ConfigError, LaunchError
-
-from kit_testing import kit_processes
 
 SCRIPT = Path(__file__).parent / "rank_scripts" / "allreduce.py"
 
 
 def test_commands_match_what_a_user_types(tmp_path):
-    spec = launch.LaunchSpec(SCRIPT, ["--x", "1"], world_size=2, launcher="openmpi")
+    spec = launch.LaunchSpec(script=SCRIPT, args=["--x", "1"], world_size=2, launcher="openmpi")
     cmd = launch.build_command(spec, hostfile=tmp_path / "hf", master_port=1234)
     assert Path(cmd[0]).name == "deepspeed"
     joined = " ".join(cmd)
@@ -25,16 +26,22 @@ def test_commands_match_what_a_user_types(tmp_path):
     assert "--master_port 1234" in joined and joined.endswith(f"{SCRIPT} --x 1")
     # with no hostfile given, the cluster's default path is shown
     assert "--hostfile /etc/mpi/hostfile" in " ".join(launch.build_command(spec))
-    mpirun = launch.build_command(launch.LaunchSpec(SCRIPT, world_size=3, launcher="mpirun"), hostfile=tmp_path / "hf")
+    mpirun = launch.build_command(
+        launch.LaunchSpec(script=SCRIPT, world_size=3, launcher="mpirun"), hostfile=tmp_path / "hf"
+    )
     assert mpirun[:3] == ["mpirun", "-n", "3"]
 
 
-@pytest.mark.parametrize("field,kwargs", [
-    ("launcher", {"launcher": "torchrun"}),
-    ("world_size", {"world_size": 0}),
-    ("accelerator", {"accelerator": "tpu"}),
-    ("script", {"script": "/nonexistent.py"}),
-])
+@pytest.mark.parametrize(
+    "field,kwargs",
+    [
+        ("launcher", {"launcher": "torchrun"}),
+        ("world_size", {"world_size": 0}),
+        ("device", {"device": "tpu"}),
+        ("module", {"module": "labkit.ranks.nonexistent", "script": ""}),
+        ("script", {"script": "/nonexistent.py"}),
+    ],
+)
 def test_bad_spec_is_refused_before_starting(field, kwargs):
     spec = launch.LaunchSpec(**{"script": SCRIPT, **kwargs})
     with pytest.raises(ConfigError) as err:
@@ -43,7 +50,7 @@ def test_bad_spec_is_refused_before_starting(field, kwargs):
 
 
 def test_kit_env_marks_processes_and_sizes_threads():
-    env = launch.kit_env({"A": "b"}, world_size=2, accelerator="cpu")
+    env = launch.kit_env({"A": "b"}, world_size=2, device="cpu")
     assert env[launch.MARKER_ENV] == "1" and env["A"] == "b" and env["DS_ACCELERATOR"] == "cpu"
     assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
 
@@ -66,7 +73,9 @@ def test_two_ranks_all_reduce_through_each_launcher(launcher):
     if launcher != "deepspeed" and shutil.which("mpirun") is None:
         pytest.fail("Open MPI is part of the kit's set-up (make install); mpirun is missing")
     lines: list[str] = []
-    result = launch.run(launch.LaunchSpec(SCRIPT, world_size=2, launcher=launcher), timeout=180, on_output=lines.append)
+    result = launch.run(
+        launch.LaunchSpec(script=SCRIPT, world_size=2, launcher=launcher), timeout=180, on_output=lines.append
+    )
     assert result.ok
     assert "rank 0/2 sum=3" in result.output and "rank 1/2 sum=3" in result.output
     assert lines, "output is streamed line by line"
@@ -75,8 +84,11 @@ def test_two_ranks_all_reduce_through_each_launcher(launcher):
 @pytest.mark.slow
 def test_failing_rank_surfaces_its_error_and_nothing_is_left(tmp_path):
     with pytest.raises(LaunchError) as err:
-        launch.run(launch.LaunchSpec(SCRIPT, ["--fail-rank", "1"], world_size=2), timeout=180,
-                   log_path=tmp_path / "log")
+        launch.run(
+            launch.LaunchSpec(script=SCRIPT, args=["--fail-rank", "1"], world_size=2),
+            timeout=180,
+            log_path=tmp_path / "log",
+        )
     assert err.value.failed_rank == 1
     assert "rank 1" in str(err.value) and "deliberate failure on rank 1" in str(err.value)
     assert "deliberate failure" in (tmp_path / "log").read_text()
@@ -87,18 +99,56 @@ def test_failing_rank_surfaces_its_error_and_nothing_is_left(tmp_path):
 def test_timeout_kills_every_rank():
     start = time.monotonic()
     with pytest.raises(LaunchError, match="timed out"):
-        launch.run(launch.LaunchSpec(SCRIPT, ["--hang", "600"], world_size=2), timeout=25)
+        launch.run(launch.LaunchSpec(script=SCRIPT, args=["--hang", "600"], world_size=2), timeout=25)
     assert time.monotonic() - start < 60
     assert not kit_processes(), "ranks survived the timeout"
 
 
 def test_failure_summary_prefers_the_rank_that_went_first():
     # rank 1 was killed; rank 0 then failed loudly in a collective: the launcher's line names rank 1
-    out = ("LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n"
-           "[launch.py:350:main] Process 4242 exits with return code = -9 ... --local_rank=1 x\n")
-    out = ("[INFO] [launch.py:350:sigkill_handler] Killing subprocess 4242\n"
-           "[ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 's.py', '--local_rank=1'] exits with return code = -9\n"
-           "LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n")
+    out = (
+        "[INFO] [launch.py:350:sigkill_handler] Killing subprocess 4242\n"
+        "[ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 's.py', '--local_rank=1'] "
+        "exits with return code = -9\n"
+        "LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n"
+    )
     assert launch.failure_summary(out) == (1, "killed by signal 9")
     both = out + "LABKIT_RANK_ERROR rank=1 ValueError: bad batch\n"
     assert launch.failure_summary(both) == (1, "ValueError: bad batch")
+
+
+def test_a_rank_module_is_started_as_a_module():
+    spec = launch.LaunchSpec("labkit.ranks.hello", ["--steps", "2"], world_size=2)
+    ds = launch.build_command(spec, master_port=1234)
+    assert ds[1] == "--module" and ds[-3:] == ["labkit.ranks.hello", "--steps", "2"]
+    mpirun = launch.build_command(dataclasses.replace(spec, launcher="mpirun"), hostfile=Path("hf"))
+    assert mpirun[-6:] == [spec.python, "-u", "-m", "labkit.ranks.hello", "--steps", "2"]
+
+
+def test_mpi_launchers_need_mpirun_and_mpi4py(monkeypatch):
+    launch.require_mpi("launcher", "deepspeed")  # needs neither
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError) as err:
+        launch.require_mpi("train_command", "openmpi")
+    assert err.value.field == "train_command" and "mpirun" in err.value.problem
+
+
+@pytest.mark.slow
+def test_rank_scripts_report_metrics_and_shut_down_cleanly():
+    """labkit.ranks.hello on 2 ranks: its metrics come back and no rank aborts at interpreter shutdown (a process
+    group left alive makes gloo print "terminate called without an active exception")."""
+    result = launch.run(launch.LaunchSpec("labkit.ranks.hello", ["--steps", "3"], world_size=2), timeout=180)
+    done = [line for line in result.output.splitlines() if '"event": "done"' in line]
+    assert len(done) == 2 and '"allreduce_sum": 3.0' in done[0]
+    assert "terminate called" not in result.output and not kit_processes()
+
+
+def test_rank_and_world_read_either_launchers_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert launch.rank_and_world() == (1, 2)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch.rank_and_world() == (3, 4)

@@ -1,8 +1,9 @@
-"""labkit.train / labkit.training_run: validation, the DeepSpeed config, the device-resident data path, checkpoints,
+"""labkit.train / labkit.chapters.cifar: validation, the DeepSpeed config, the device-resident data path, checkpoints,
 real training in-process and through the launchers, and a killed rank followed by --resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,36 +15,49 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import data, launch, train, training_run
+from labkit import checkpoint, data, launch, train
+from labkit.chapters import cifar
 from labkit.errors import ConfigError, LaunchError
+from labkit.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(synthetic=True, synthetic_train=640, synthetic_test=200, max_train=640, max_test=200, width=0.25,
-            micro_batch=32, device="cpu")
+TINY = dict(
+    synthetic=True,
+    synthetic_train=640,
+    synthetic_test=200,
+    max_train=640,
+    max_test=200,
+    width=0.25,
+    micro_batch=32,
+    device="cpu",
+)
 
 
 # ------------------------------------------------------------------------------------------ validation (no work)
 
 
-@pytest.mark.parametrize("change, field", [
-    (dict(model="vgg"), "model"),
-    (dict(dtype="int8"), "dtype"),
-    (dict(stage=4), "stage"),
-    (dict(amp="apex"), "amp"),
-    (dict(optimizer="lamb"), "optimizer"),
-    (dict(device="tpu"), "device"),
-    (dict(epochs=0), "epochs"),
-    (dict(micro_batch=-1), "micro_batch"),
-    (dict(dtype="fp16"), "dtype"),                 # fp16 on a CPU
-    (dict(resume=True), "resume"),                 # nothing to resume from
-    (dict(synthetic=False), "data_dir"),           # no data and synthetic off
-    (dict(global_batch=100), "global_batch"),      # not divisible by 3 ranks
-    (dict(global_batch=96, micro_batch=16), "micro_batch"),  # both given and inconsistent
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(model="vgg"), "model"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(stage=4), "stage"),
+        (dict(amp="apex"), "amp"),
+        (dict(optimizer="lamb"), "optimizer"),
+        (dict(device="tpu"), "device"),
+        (dict(epochs=0), "epochs"),
+        (dict(micro_batch=-1), "micro_batch"),
+        (dict(dtype="fp16"), "dtype"),  # fp16 on a CPU
+        (dict(resume=True), "resume"),  # nothing to resume from
+        (dict(synthetic=False), "data_dir"),  # no data and synthetic off
+        (dict(global_batch=100), "global_batch"),  # not divisible by 3 ranks
+        (dict(global_batch=96, micro_batch=16), "micro_batch"),  # both given and inconsistent
+    ],
+)
 def test_bad_settings_raise_one_error_naming_the_field(change, field):
     cfg = train.TrainConfig(**{**dict(synthetic=True, device="cpu"), **change})
     with pytest.raises(ConfigError) as exc:
-        train.resolve(cfg, world_size=3)
+        cfg.resolved(world_size=3)
     assert exc.value.field == field
     assert "Fix:" in str(exc.value)
 
@@ -51,22 +65,36 @@ def test_bad_settings_raise_one_error_naming_the_field(change, field):
 def test_a_fresh_run_refuses_a_folder_with_checkpoints_of_another_run(tmp_path):
     _fake_checkpoint(tmp_path, 40)
     with pytest.raises(ConfigError) as exc:
-        train.resolve(train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path)))
+        train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path)).resolved()
     assert exc.value.field == "checkpoint_dir" and "step00000040" in exc.value.problem and "resume" in exc.value.fix
-    train.resolve(train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path), resume=True))
+    train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path), resume=True).resolved()
 
 
 def test_automatic_values_follow_the_device_and_the_ranks():
-    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", global_batch=96), world_size=3)
+    cfg = train.TrainConfig(synthetic=True, device="cpu", global_batch=96).resolved(world_size=3)
     assert (cfg.dtype, cfg.micro_batch, cfg.global_batch, cfg.lr) == ("fp32", 32, 96, 2e-3)
-    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", optimizer="sgd", micro_batch=64), world_size=2)
+    cfg = train.TrainConfig(synthetic=True, device="cpu", optimizer="sgd", micro_batch=64).resolved(world_size=2)
     assert cfg.global_batch == 128 and cfg.lr == pytest.approx(0.05)
 
 
 def test_cli_rejects_a_bad_batch_before_starting_anything():
     start = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).parent / "labkit"), "train", "--synthetic", "--device", "cpu",
-                           "--world-size", "3", "--global-batch", "100"], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "labkit"),
+            "train",
+            "--synthetic",
+            "--device",
+            "cpu",
+            "--world-size",
+            "3",
+            "--global-batch",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     assert "labkit: error: global_batch: 100 images are not divisible by world_size x grad_accum = 3 x 1" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -75,9 +103,9 @@ def test_cli_rejects_a_bad_batch_before_starting_anything():
 
 def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
     with pytest.raises(ConfigError, match="exactly one rank"):
-        training_run.plan(world_size=2, launcher="inprocess", device="cpu")
+        cifar.plan(world_size=2, launcher="inprocess", device="cpu")
     with pytest.raises(ConfigError) as exc:
-        training_run.plan(device="cpu", learning_rate=0.1)
+        cifar.plan(device="cpu", learning_rate=0.1)
     assert exc.value.field == "learning_rate"
 
 
@@ -85,8 +113,9 @@ def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
 
 
 def test_deepspeed_config_is_built_from_the_parameters():
-    cfg = train.resolve(train.TrainConfig(synthetic=True, device="cpu", dtype="bf16", stage=2, micro_batch=16,
-                                          grad_accum=2, optimizer="sgd"), world_size=2)
+    cfg = train.TrainConfig(
+        synthetic=True, device="cpu", dtype="bf16", stage=2, micro_batch=16, grad_accum=2, optimizer="sgd"
+    ).resolved(world_size=2)
     c = train.deepspeed_config(cfg, total_steps=100)
     assert (c["train_batch_size"], c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"]) == (64, 16, 2)
     assert c["zero_optimization"] == {"stage": 2} and c["zero_allow_untested_optimizer"] is True
@@ -94,10 +123,11 @@ def test_deepspeed_config_is_built_from_the_parameters():
     assert c["optimizer"]["type"] == "SGD" and c["optimizer"]["params"]["nesterov"] is True
     assert c["scheduler"]["params"]["total_num_steps"] == 100 and c["scheduler"]["params"]["warmup_num_steps"] == 10
     assert c["timers"] == {"throughput": {"enabled": False}}  # no device sync per step
-    engine_mode = train.deepspeed_config(train.resolve(train.TrainConfig(
-        synthetic=True, device="cpu", dtype="bf16", amp="engine"), 1), 10)
+    engine_mode = train.deepspeed_config(
+        train.TrainConfig(synthetic=True, device="cpu", dtype="bf16", amp="engine").resolved(), 10
+    )
     assert engine_mode["bf16"] == {"enabled": True} and "torch_autocast" not in engine_mode
-    fp32 = train.deepspeed_config(train.resolve(train.TrainConfig(synthetic=True, device="cpu"), 1), 10)
+    fp32 = train.deepspeed_config(train.TrainConfig(synthetic=True, device="cpu").resolved(), 10)
     assert not {"bf16", "fp16", "torch_autocast"} & set(fp32) and fp32["optimizer"]["params"]["torch_adam"] is True
     json.dumps(c)
 
@@ -108,11 +138,11 @@ def test_deepspeed_config_is_built_from_the_parameters():
 def test_models_have_the_expected_size_and_accept_channels_last_batches():
     import torch
 
-    lenet, resnet = train.build_model("lenet"), train.build_model("resnet")
+    lenet, resnet = build_model("lenet"), build_model("resnet")
     assert sum(p.numel() for p in lenet.parameters()) == 62_006  # DeepSpeedExamples' net
     assert 1.9e6 < sum(p.numel() for p in resnet.parameters()) < 2.1e6  # airbench94 widths
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    assert lenet(x).shape == (4, 10) and train.build_model("resnet", width=0.25)(x).shape == (4, 10)
+    assert lenet(x).shape == (4, 10) and build_model("resnet", width=0.25)(x).shape == (4, 10)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +202,7 @@ def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     tag.mkdir(parents=True)
     (tag / "mp_rank_00_model_states.pt").write_bytes(os.urandom(2048))
     if complete:
-        train.write_manifest(tag, {"step": step, "world_size": 1})
+        checkpoint.write_manifest(tag, {"step": step, "world_size": 1})
     return tag
 
 
@@ -181,15 +211,17 @@ def test_latest_complete_checkpoint_skips_partial_and_corrupt_ones(tmp_path):
     newer = _fake_checkpoint(tmp_path, 20)
     _fake_checkpoint(tmp_path, 30, complete=False)
     skipped = []
-    assert train.latest_complete(tmp_path, log=skipped.append)[0] == 20
+    assert checkpoint.latest_complete(tmp_path, log=skipped.append)[0] == 20
     assert "step00000030" in skipped[0] and "did not finish" in skipped[0]
     blob = newer / "mp_rank_00_model_states.pt"
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # one flipped byte, same size
-    assert train.verify_checkpoint(newer) == (False, "mp_rank_00_model_states.pt does not match its checksum "
-                                                     "(corrupt or truncated)")
-    assert train.latest_complete(tmp_path, log=skipped.append)[0] == 10
-    train.prune_checkpoints(tmp_path, keep=1)
-    assert [p.name for _, p in train.checkpoint_tags(tmp_path)] == ["step00000030", "step00000020"]
+    assert checkpoint.verify(newer) == (
+        False,
+        "mp_rank_00_model_states.pt does not match its checksum (corrupt or truncated)",
+    )
+    assert checkpoint.latest_complete(tmp_path, log=skipped.append)[0] == 10
+    checkpoint.prune(tmp_path, keep=1)
+    assert [p.name for _, p in checkpoint.tags(tmp_path)] == ["step00000030", "step00000020"]
 
 
 # -------------------------------------------------------------------------------------- real training (DeepSpeed)
@@ -202,9 +234,15 @@ def _epochs(records):
 @pytest.mark.slow
 def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_checkpoint(tmp_path):
     ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64}  # 10 steps per epoch, as with 2 ranks
-    plan = training_run.plan(epochs=3, checkpoint_dir=str(ckpt), checkpoint_every=4, keep_checkpoints=3,
-                             write_config=str(tmp_path / "ds.json"), **one_rank)
-    first = training_run.execute(plan)
+    plan = cifar.plan(
+        epochs=3,
+        checkpoint_dir=str(ckpt),
+        checkpoint_every=4,
+        keep_checkpoints=3,
+        write_config=str(tmp_path / "ds.json"),
+        **one_rank,
+    )
+    first = cifar.execute(plan)
     summary, records = first["summary"], first["records"]
     assert summary["step"] == plan.total_steps == 30 and summary["synthetic"] and summary["data"] == "synthetic"
     steps = [r["loss"] for r in records if r["kind"] == "step"]
@@ -212,21 +250,22 @@ def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_check
     assert summary["final_test_acc"] > 0.2  # well above chance (0.1) after 30 steps
     assert json.loads((tmp_path / "ds.json").read_text()) == plan.deepspeed_config
     assert train.read_metrics(ckpt / "metrics.jsonl") == records
-    tags = [s for s, _ in train.checkpoint_tags(ckpt)]
+    tags = [s for s, _ in checkpoint.tags(ckpt)]
     assert tags == [30, 28, 24]  # every 4 steps plus the final one; 3 kept
 
     # the newest checkpoint gets corrupted and a newer, partial one appears: resume must use step 28 and redo 29-30
     blob = ckpt / "step00000030" / "mp_rank_00_model_states.pt"
     blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
     (ckpt / "step00000031").mkdir()
-    again = training_run.execute(training_run.plan(epochs=3, checkpoint_dir=str(ckpt), checkpoint_every=4,
-                                                   keep_checkpoints=3, resume=True, **one_rank))
+    again = cifar.execute(
+        cifar.plan(epochs=3, checkpoint_dir=str(ckpt), checkpoint_every=4, keep_checkpoints=3, resume=True, **one_rank)
+    )
     assert again["summary"]["resumed_from"] == 28 and again["summary"]["step"] == 30
     log = train.read_metrics(ckpt / "metrics.jsonl")
     assert [e["epoch"] for e in _epochs(log)] == [1, 2, 3]  # the interrupted epoch is logged once
     assert [r["step"] for r in log if r["kind"] == "step"] == sorted({r["step"] for r in log if r["kind"] == "step"})
     assert [r["resumed_from"] for r in log if r["kind"] == "run"] == [None, 28]
-    assert train.verify_checkpoint(ckpt / "step00000030") == (True, "ok")  # rewritten, complete
+    assert checkpoint.verify(ckpt / "step00000030") == (True, "ok")  # rewritten, complete
 
 
 def _rank_pid(marker: str, local_rank: int) -> int | None:
@@ -234,7 +273,7 @@ def _rank_pid(marker: str, local_rank: int) -> int | None:
 
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if f"--local_rank={local_rank}" in cmd and any(marker in c for c in cmd) and any("train.py" in c for c in cmd):
+        if f"--local_rank={local_rank}" in cmd and any(marker in c for c in cmd) and "labkit.ranks.train" in cmd:
             return proc.pid
     return None
 
@@ -244,9 +283,16 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
     from kit_testing import kit_processes
 
     ckpt = tmp_path / "ckpt"
-    settings = dict(epochs=30, world_size=2, launcher="deepspeed", checkpoint_dir=str(ckpt), checkpoint_every=10,
-                    step_timeout=60, **TINY)
-    plan = training_run.plan(**settings)
+    settings = dict(
+        epochs=30,
+        world_size=2,
+        launcher="deepspeed",
+        checkpoint_dir=str(ckpt),
+        checkpoint_every=10,
+        step_timeout=60,
+        **TINY,
+    )
+    plan = cifar.plan(**settings)
     assert plan.total_steps == 300
     killed: dict[str, float] = {}
 
@@ -258,15 +304,15 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
             killed["at"] = time.monotonic()
 
     with pytest.raises(LaunchError) as exc:
-        training_run.execute(plan, on_output=kill_rank_1_after_first_checkpoints, timeout=300)
+        cifar.execute(plan, on_output=kill_rank_1_after_first_checkpoints, timeout=300)
     assert killed, "the run ended before the kill"
     assert time.monotonic() - killed["at"] < 60
     assert exc.value.failed_rank == 1 and str(exc.value).startswith("rank 1 died (killed by signal 9)")
     assert not [p for p in kit_processes() if str(ckpt) in p[1]], "ranks left running"
-    survived = train.latest_complete(ckpt)[0]
+    survived = checkpoint.latest_complete(ckpt)[0]
     assert 20 <= survived < 300
 
-    resumed = training_run.execute(training_run.plan(resume=True, **settings), timeout=300)
+    resumed = cifar.execute(cifar.plan(resume=True, **settings), timeout=300)
     summary = resumed["summary"]
     assert summary["resumed_from"] == survived and summary["step"] == 300 and summary["world_size"] == 2
     log = train.read_metrics(ckpt / "metrics.jsonl")
@@ -283,7 +329,7 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
 def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
     import socket
 
-    plan = training_run.plan(epochs=1, world_size=2, launcher=launcher, checkpoint_dir=str(tmp_path), **TINY)
+    plan = cifar.plan(epochs=1, world_size=2, launcher=launcher, checkpoint_dir=str(tmp_path), **TINY)
     assert plan.command[0].endswith("deepspeed") if launcher == "openmpi" else plan.command[0] == "mpirun"
     # DeepSpeed's MPI discovery replaces MASTER_PORT with 29500 unless told otherwise: hold that port so a run
     # that ignores the launcher's free port fails here, not only when another job happens to hold it
@@ -294,7 +340,7 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
     except OSError:
         pass  # already held by something else: the same condition
     try:
-        result = training_run.execute(plan, timeout=300)
+        result = cifar.execute(plan, timeout=300)
     finally:
         blocker.close()
     assert result["summary"]["world_size"] == 2 and result["summary"]["step"] == plan.total_steps == 10
@@ -303,8 +349,10 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
 
 
 def test_first_dead_rank_reads_the_launchers_own_lines():
-    ds = ("[ERROR] [launch.py:259:sigkill_handler] ['/x/python', '-u', 'train.py', '--local_rank=1', '--synthetic'] "
-          "exits with return code = -9")
+    ds = (
+        "[ERROR] [launch.py:259:sigkill_handler] ['/x/python', '-u', 'train.py', '--local_rank=1', '--synthetic'] "
+        "exits with return code = -9"
+    )
     assert launch.first_dead_rank("noise\n" + ds) == (1, "killed by signal 9")
     mpi = "mpirun noticed that process rank 3 with PID 4242 on node worker-0 exited on signal 9 (Killed)."
     assert launch.first_dead_rank(mpi) == (3, "killed by signal 9")
@@ -312,10 +360,15 @@ def test_first_dead_rank_reads_the_launchers_own_lines():
 
 
 def test_train_module_imports_nothing_from_notebooks_or_jobs():
-    code = ("import sys, labkit.train; bad = [m for m in sys.modules if m.startswith(('labkit.notebooks', "
-            "'labkit.jobs', 'torch', 'deepspeed', 'kubernetes', 'papermill'))]; print(bad); assert not bad")
+    code = (
+        "import sys, labkit.ranks.train, labkit.ranks.hello, labkit.ranks.zero_probe; bad = [m for m in sys.modules "
+        "if m.startswith(('labkit.notebooks', 'labkit.chapters', 'labkit.jobs', 'torch', 'deepspeed', "
+        "'kubernetes', 'papermill'))]; print(bad); assert not bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    np.testing.assert_equal(train.steps_per_epoch(640, 64), 10)
+    cfg = train.TrainConfig(synthetic=True, device="cpu", micro_batch=64, epochs=3).resolved()
+    np.testing.assert_equal(train.plan_steps(cfg, 640), (10, 30))  # the last incomplete batch is dropped
+    assert train.plan_steps(dataclasses.replace(cfg, max_steps=7), 700) == (10, 7)
 
 
 # ------------------------------------------------------------------------------------------------------ notebook
@@ -356,10 +409,28 @@ def test_a_rank_failing_under_mpirun_ends_the_job_at_once(tmp_path):
     holder.listen()
     # A private extensions folder: the abort may hit rank 1 while it holds the op's build lock, and an orphaned lock
     # in the shared ~/.cache would stall every other DeepSpeed CPU process on this machine (costs one op build).
-    spec = launch.LaunchSpec(script=train.__file__, world_size=2, launcher="mpirun",
-                             master_port=holder.getsockname()[1], env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")},
-                             args=["--synthetic", "--synthetic-train", "256", "--synthetic-test", "64", "--width",
-                                   "0.25", "--micro-batch", "32", "--device", "cpu", "--comm-timeout", "200"])
+    spec = launch.LaunchSpec(
+        "labkit.ranks.train",
+        world_size=2,
+        launcher="mpirun",
+        master_port=holder.getsockname()[1],
+        env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")},
+        args=[
+            "--synthetic",
+            "--synthetic-train",
+            "256",
+            "--synthetic-test",
+            "64",
+            "--width",
+            "0.25",
+            "--micro-batch",
+            "32",
+            "--device",
+            "cpu",
+            "--comm-timeout",
+            "200",
+        ],
+    )
     failed_at: list[float] = []
 
     def watch(line: str) -> None:

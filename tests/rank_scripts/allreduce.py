@@ -1,4 +1,5 @@
 """A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail or hang."""
+
 import argparse
 import os
 import time

@@ -1,6 +1,6 @@
 """The script each rank runs for a ZeRO comparison: one launch, several DeepSpeed engines, one JSON file per rank.
 
-    deepspeed --num_gpus 2 labkit/zero_probe.py --plan plan.json --out RUN_DIR
+    deepspeed --num_gpus 2 --module labkit.ranks.zero_probe --plan plan.json --out RUN_DIR
 
 For every configuration in the plan it builds the same MLP, calls `deepspeed.initialize`, trains a few steps and, at
 each phase (init, forward, backward, step), inventories the engine's tensors: every tensor reachable from the module,
@@ -8,9 +8,9 @@ the ZeRO optimizer and the inner optimizer, counted once per storage and classif
 master weights, gradients, optimizer state, reduction buffers). That count is exact on any device; on a GPU the
 allocator's own numbers (`memory_allocated`, peak) are recorded beside it. The engine is freed before the next config.
 
-Imports only the standard library, torch and deepspeed (and labkit.launch's stdlib-only rank guard) so it runs on a
-machine that has nothing else.
+Imports only the standard library, torch, deepspeed and labkit.launch's rank guard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +24,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-try:
-    from labkit.launch import rank_guard
-except ImportError:  # run by path without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from labkit.launch import rank_guard
+from labkit.launch import rank_guard
 
-KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.KINDS
+MEMORY_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 
@@ -73,7 +69,7 @@ class Inventory:
         self.storages[key] = {"bytes": int(storage.nbytes()), "kind": kind, "location": location, "where": where}
 
     def totals(self) -> dict:
-        out = {"device": {k: 0 for k in KINDS}, "host": {k: 0 for k in KINDS}}
+        out = {"device": {k: 0 for k in MEMORY_KINDS}, "host": {k: 0 for k in MEMORY_KINDS}}
         for s in self.storages.values():
             out[s["location"]][s["kind"]] += s["bytes"]
         return out
@@ -84,8 +80,9 @@ class Inventory:
         for s in self.storages.values():
             holder = re.sub(r"\[\d+\]", "[i]", s["where"])
             key = (holder, s["kind"], s["location"])
-            row = rows.setdefault(key, {"holder": holder, "kind": s["kind"], "location": s["location"],
-                                        "bytes": 0, "tensors": 0})
+            row = rows.setdefault(
+                key, {"holder": holder, "kind": s["kind"], "location": s["location"], "bytes": 0, "tensors": 0}
+            )
             row["bytes"] += s["bytes"]
             row["tensors"] += 1
         return sorted(rows.values(), key=lambda r: -r["bytes"])
@@ -187,8 +184,11 @@ def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) ->
 def _accel_stats(accel, device_type: str) -> dict:
     if device_type in ("cpu",):
         return {}
-    return {"allocated": int(accel.memory_allocated()), "peak_allocated": int(accel.max_memory_allocated()),
-            "reserved": int(accel.memory_reserved())}
+    return {
+        "allocated": int(accel.memory_allocated()),
+        "peak_allocated": int(accel.max_memory_allocated()),
+        "reserved": int(accel.memory_reserved()),
+    }
 
 
 def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
@@ -227,8 +227,14 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
         if device_type != "cpu":
             accel.synchronize()
         detail = name == "backward" and step == min(2, cfg["steps"]) or name == "init"
-        phases.append({"phase": name, "step": step, "tensors": inventory(engine, basic, device_type, detail),
-                       "accelerator": _accel_stats(accel, device_type)})
+        phases.append(
+            {
+                "phase": name,
+                "step": step,
+                "tensors": inventory(engine, basic, device_type, detail),
+                "accelerator": _accel_stats(accel, device_type),
+            }
+        )
 
     snap("init", 0)
     step_times, losses = [], []
@@ -262,25 +268,22 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
     warmup = min(cfg.get("warmup", 1), len(step_times) - 1)
     measured = step_times[warmup:]
     peak = _accel_stats(accel, device_type)
-    result = {
-        "name": cfg["name"], "rank": rank, "world_size": world_size, "device_type": device_type,
-        "device_name": _device_name(accel, device_type),
-        "zero_stage": int(engine.zero_optimization_stage()), "optimizer_class": type(engine.optimizer).__name__,
-        "basic_optimizer_class": type(basic).__name__,
-        "param_count": int(sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())),
-        "init_s": init_s, "step_times_s": step_times, "step_time_s": statistics.median(measured),
-        "losses": losses, "phases": phases, "accelerator_before": before,
-        "peak_allocated": peak.get("peak_allocated"),
-        "memory_summary": _memory_summary(device_type) if cfg.get("memory_summary") else None,
-    }
+    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    result = {"name": cfg["name"], "rank": rank, "world_size": world_size, "device_type": device_type}
+    result |= {"device_name": _device_name(accel, device_type), "zero_stage": int(engine.zero_optimization_stage())}
+    result |= {"optimizer_class": type(engine.optimizer).__name__, "basic_optimizer_class": type(basic).__name__}
+    result |= {"param_count": int(params), "init_s": init_s, "step_times_s": step_times, "losses": losses}
+    result |= {"step_time_s": statistics.median(measured), "phases": phases, "accelerator_before": before}
+    result["peak_allocated"] = peak.get("peak_allocated")
+    result["memory_summary"] = _memory_summary(device_type) if cfg.get("memory_summary") else None
     # Was the engine really freed? (DeepSpeed keeps ZeRO-3's top module in a module-level list, which keeps the whole
     # engine alive: the next configuration would start with the previous one's memory still allocated.)
     import weakref
-    probes = [weakref.ref(q) for g in basic.param_groups for q in g["params"]] + \
-        [weakref.ref(q) for q in basic.state.keys()]
+
+    probes = [weakref.ref(q) for q in [*(q for g in basic.param_groups for q in g["params"]), *basic.state.keys()]]
     engine.destroy()
     _release_deepspeed_globals(engine.module)
-    del engine, basic, model, x, target, out, loss
+    engine = basic = model = x = target = out = loss = None  # (not del: snap() still names them)
     gc.collect()
     accel.empty_cache()
     result["engine_released"] = not any(r() is not None for r in probes)
@@ -302,12 +305,14 @@ def _memory_summary(device_type: str) -> str | None:
     if device_type != "cuda":
         return None
     import torch
+
     return torch.cuda.memory_summary(abbreviated=True)
 
 
 def _device_name(accel, device_type: str) -> str:
     if device_type == "cuda":
         import torch
+
         return torch.cuda.get_device_name()
     return device_type
 
@@ -322,34 +327,37 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    with rank_guard():
+        probe(plan, out_dir, args.local_rank)
+    return 0
+
+
+def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
+    import deepspeed
     import torch
+    from deepspeed.accelerator import get_accelerator
+
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
     if get_accelerator().device_name() != "cpu":  # before the process group: NCCL binds to the current device
-        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", args.local_rank)))
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", local_rank)))
     # A rank that dies mid-collective must not leave its peers blocked for ever.
-    deepspeed.init_distributed(timeout=timedelta(seconds=plan.get("collective_timeout_s", 300)),
-                               distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
+    timeout = timedelta(seconds=plan.get("collective_timeout_s", 300))
+    deepspeed.init_distributed(timeout=timeout, distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    with rank_guard(rank):
-        results = []
+    results = []
 
-        def progress(name, step):
-            if rank == 0:
-                print(f"LABKIT_PROGRESS config={name} step={step}", flush=True)
+    def progress(name, step):
+        if rank == 0:
+            print(f"LABKIT_PROGRESS config={name} step={step}", flush=True)
 
-        for cfg in plan["configs"]:
-            results.append(run_config(cfg, rank, world, progress))
-            tmp = out_dir / f".rank_{rank}.json.tmp"
-            tmp.write_text(json.dumps({"rank": rank, "world_size": world, "results": results}))
-            tmp.replace(out_dir / f"rank_{rank}.json")  # complete configs survive a later failure
-        torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    return 0
+    for cfg in plan["configs"]:
+        results.append(run_config(cfg, rank, world, progress))
+        tmp = out_dir / f".rank_{rank}.json.tmp"
+        tmp.write_text(json.dumps({"rank": rank, "world_size": world, "results": results}))
+        tmp.replace(out_dir / f"rank_{rank}.json")  # complete configs survive a later failure
+    torch.distributed.barrier()
 
 
 if __name__ == "__main__":

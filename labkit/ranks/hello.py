@@ -2,9 +2,10 @@
 
 Every rank trains the same tiny regression model on its own shard of synthetic data for a few ZeRO steps, then
 all-reduces a check value, and prints `LABKIT_METRIC {json}` lines (rank, world size, step, loss) that
-`labkit.jobs.parse_metrics` reads back. Runs under any launcher: `deepspeed` (locally or `--launcher openmpi` on a
-cluster), `mpirun`, or `deepspeed --module labkit.jobs.hello_deepspeed`. Imports nothing from labkit (it runs in ranks).
+labkit reads back. Runs under any launcher: `deepspeed --module labkit.ranks.hello` (locally or `--launcher openmpi` on
+a cluster) or `mpirun ... python -m labkit.ranks.hello`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,12 +14,8 @@ import os
 import socket
 import sys
 import time
-import traceback
 
-# Run by path, this file's folder is sys.path[0], and its siblings (kubernetes.py, local.py...) would shadow
-# top-level modules of those names for everything the rank imports.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
+from labkit.launch import rank_guard
 
 TAG = "LABKIT_METRIC"
 
@@ -34,35 +31,47 @@ def emit(**value) -> None:
     say(f"{TAG} {json.dumps(value)}")
 
 
+FLAGS = (  # flag, type, default, help
+    ("--steps", int, 20, "optimizer steps per rank"),
+    ("--zero-stage", int, 1, "ZeRO stage 0-3"),
+    ("--hidden", int, 64, "hidden width of the 2-layer model"),
+    ("--batch", int, 64, "micro-batch per rank"),
+    ("--lr", float, 0.02, "Adam learning rate"),
+    ("--step-sleep", float, 0.0, "seconds to sleep per step (makes a run last)"),
+    ("--fail-at-step", int, -1, "raise on --fail-rank at this step (failure drills)"),
+    ("--fail-rank", int, 0, "the rank that fails when --fail-at-step is set"),
+    ("--local_rank", int, -1, "set by the DeepSpeed launcher"),
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=20, help="optimizer steps per rank")
-    p.add_argument("--zero-stage", type=int, default=1, choices=[0, 1, 2, 3], help="ZeRO stage")
-    p.add_argument("--hidden", type=int, default=64, help="hidden width of the 2-layer model")
-    p.add_argument("--batch", type=int, default=64, help="micro-batch per rank")
-    p.add_argument("--lr", type=float, default=0.02, help="Adam learning rate")
-    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep per step (makes a run last)")
-    p.add_argument("--fail-at-step", type=int, default=-1, help="raise on --fail-rank at this step (failure drills)")
-    p.add_argument("--fail-rank", type=int, default=0, help="the rank that fails when --fail-at-step is set")
-    p.add_argument("--local_rank", type=int, default=-1, help="set by the DeepSpeed launcher")
-    return p.parse_args(argv)
-
-
-def local_world_size() -> int:
-    for key in ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE"):
-        if os.environ.get(key):
-            return int(os.environ[key])
-    return 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag, kind, default, text in FLAGS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    args = parser.parse_args(argv)
+    if args.zero_stage not in (0, 1, 2, 3):
+        parser.error(f"--zero-stage: {args.zero_stage} is not one of 0, 1, 2, 3")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with rank_guard():
+        run(args)
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
 
     # Ranks share the host's cores: more threads than cores/ranks makes every rank slower.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size()))
+    local = next(
+        (os.environ[k] for k in ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE") if os.environ.get(k)),
+        1,
+    )
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(local)))
     # Under `--launcher openmpi` DeepSpeed drops the runner's --master_port: its MPI discovery uses this argument
     # (default 29500), so two jobs on one host would meet on the same port. The kit's local exec exports MASTER_PORT.
     deepspeed.init_distributed(distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
@@ -71,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)  # same initial weights and target on every rank
     features = 16
-    model = torch.nn.Sequential(torch.nn.Linear(features, args.hidden), torch.nn.Tanh(),
-                                torch.nn.Linear(args.hidden, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, args.hidden), torch.nn.Tanh(), torch.nn.Linear(args.hidden, 1)
+    )
     true_w = torch.randn(features, 1)
     data_gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data shard
     config = {
@@ -95,24 +105,31 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"failure drill: rank {rank} fails at step {step}")
         if args.step_sleep:
             time.sleep(args.step_sleep)
-        emit(event="step", rank=rank, world_size=world, step=step, loss=float(loss.item()),
-             step_s=time.perf_counter() - t0)
+        emit(
+            event="step",
+            rank=rank,
+            world_size=world,
+            step=step,
+            loss=float(loss.item()),
+            step_s=time.perf_counter() - t0,
+        )
 
     check = torch.tensor([float(rank + 1)], device=device)
     dist.all_reduce(check)
-    emit(event="done", rank=rank, world_size=world, host=socket.gethostname(), backend=dist.get_backend(),
-         zero_stage=args.zero_stage, steps=args.steps, allreduce_sum=float(check.item()),
-         allreduce_expected=world * (world + 1) / 2, params=sum(p.numel() for p in model.parameters()))
+    emit(
+        event="done",
+        rank=rank,
+        world_size=world,
+        host=socket.gethostname(),
+        backend=dist.get_backend(),
+        zero_stage=args.zero_stage,
+        steps=args.steps,
+        allreduce_sum=float(check.item()),
+        allreduce_expected=world * (world + 1) / 2,
+        params=sum(p.numel() for p in model.parameters()),
+    )
     dist.barrier()
-    return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BaseException as exc:  # noqa: BLE001 - tagged like labkit.launch.rank_guard, then re-raised
-        if not isinstance(exc, SystemExit):
-            rank = os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "?"))
-            print(f"LABKIT_RANK_ERROR rank={rank} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            traceback.print_exc()
-        raise
+    sys.exit(main())

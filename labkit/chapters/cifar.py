@@ -1,0 +1,183 @@
+"""Notebook 04 and `labkit train`: plan CIFAR-10 training (validate, choose in-process or launched ranks), run it, and
+read the metrics back.
+
+`plan(...)` checks every parameter (ConfigError before any work), fills the automatic values for the device, builds
+the DeepSpeed config and the launcher command; `execute(plan)` trains one rank in this process or N ranks through
+`labkit.launch`. Temporary folders belong to the plan and go when it is closed, garbage-collected or at exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit import data, launch, train
+from labkit.devices import check_ranks_fit, pick_device
+from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+
+LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
+RANK_MODULE = "labkit.ranks.train"
+# automatic sizes on a CPU: an epoch in seconds, the whole notebook in about a minute
+CPU_SIZES = {"synthetic_train": 2000, "synthetic_test": 500, "max_train": 2000, "max_test": 500, "width": 0.5}
+ZERO_MEANS_AUTO = ("width", "max_train")
+ACCELERATOR_SIZES = {"synthetic_train": 50_000, "synthetic_test": 10_000, "max_train": 0, "max_test": 0, "width": 1.0}
+
+
+@dataclass
+class TrainingPlan:
+    config: train.TrainConfig  # resolved: device, dtype, micro_batch, lr filled in
+    world_size: int
+    launcher: str  # inprocess | deepspeed | openmpi | mpirun
+    workdir: Path  # metrics (and checkpoints unless checkpoint_dir was given) live here
+    train_images: int
+    total_steps: int
+    deepspeed_config: dict
+    command: list[str] = field(default_factory=list)  # the launcher argv ([] for in-process)
+    _cleanup: weakref.finalize | None = field(default=None, repr=False)
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.config.metrics)
+
+    def close(self) -> None:
+        """Remove the plan's temporary folder (a no-op for user-given folders)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def launch_spec(self) -> launch.LaunchSpec:
+        args = train.config_args(self.config)
+        return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
+
+
+def plan(
+    *, world_size: int = 1, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options
+) -> TrainingPlan:
+    """Validate notebook/CLI parameters (TrainConfig fields) and decide how the run happens. Raises ConfigError.
+
+    Automatic values (0 / "auto"): on a CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds);
+    on an accelerator use the whole set at width 1.0. launcher auto: in-process for one rank, else `deepspeed`.
+    """
+    check_choice("launcher", launcher, LAUNCHERS)
+    check_int("world_size", world_size, fix="pass 1 or more ranks")
+    if launcher == "inprocess" and world_size != 1:
+        raise ConfigError(
+            "launcher",
+            "in-process training runs exactly one rank",
+            "use world_size=1, or launcher='deepspeed' for more ranks",
+        )
+    unknown = set(options) - {f.name for f in dataclasses.fields(train.TrainConfig)}
+    if unknown:
+        raise ConfigError(", ".join(sorted(unknown)), "not a training option", "use fields of labkit.train.TrainConfig")
+    for name in ZERO_MEANS_AUTO:
+        check_number(name, options.get(name, 0), fix=f"pass 0 (automatic) or a positive {name}")
+    device = pick_device(options.get("device", "auto"))
+    check_ranks_fit("world_size", world_size, device)
+    sizes = CPU_SIZES if device == "cpu" else ACCELERATOR_SIZES
+    automatic = {k: v for k, v in sizes.items() if k not in options or (k in ZERO_MEANS_AUTO and not options[k])}
+    paths = {k: str(options.get(k, "")) for k in ("data_dir", "checkpoint_dir")}  # a notebook may pass Path objects
+    options = {**options, **paths, **automatic, "device": device}
+    cfg = train.TrainConfig(synthetic=bool(synthetic), epochs=epochs, **options)
+    cfg = cfg.resolved(world_size)  # every field checked here, the data folder included
+
+    available = cfg.synthetic_train if cfg.synthetic else _count_train_images(cfg.data_dir)
+    train_images = min(available, cfg.max_train) if cfg.max_train else available
+    total = train.plan_steps(cfg, train_images)[1]
+    launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
+    temporary = not cfg.checkpoint_dir
+    # `labkit run` sets LABKIT_RUN_DIR: temporary files stay inside the run folder
+    base = os.environ.get("LABKIT_RUN_DIR") or None
+    workdir = (
+        Path(tempfile.mkdtemp(prefix="cifar10-", dir=base)) if temporary else Path(cfg.checkpoint_dir).expanduser()
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, metrics=cfg.metrics or str(workdir / "metrics.jsonl"))
+    if not cfg.resume:
+        Path(cfg.metrics).unlink(missing_ok=True)  # a fresh run starts a fresh metrics file
+    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, train.deepspeed_config(cfg, total))
+    if temporary:  # removed on close(), when the plan is garbage-collected, or at interpreter exit
+        result._cleanup = weakref.finalize(result, shutil.rmtree, str(workdir), True)
+    if launcher != "inprocess":
+        result.command = launch.build_command(result.launch_spec())
+    return result
+
+
+def _count_train_images(data_dir: str) -> int:
+    """Training images in a batches folder, from the batch files alone (cheap: no arrays kept)."""
+    folder = data.find_folder(data_dir)
+    return sum(len(data.read_batch(folder / name)[1]) for name in data.TRAIN_FILES)
+
+
+def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, timeout: float | None = None) -> dict:
+    """Train as planned. Returns {"summary": done-record, "records": all rank-0 records, "output": launcher text}."""
+    output = ""
+    if p.launcher == "inprocess":
+        summary = train.run_in_process(p.config)
+        # the metrics file holds the whole history, earlier runs that this one resumed included
+        records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else summary["records"]
+    else:  # launch names the rank that went first (the launcher's exit line), not a peer that failed after it
+        output = launch.run(p.launch_spec(), timeout=timeout, on_output=on_output).output
+        records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else []
+    done = [r for r in records if r.get("kind") == "done"]
+    if not done:
+        raise LabkitError(f"training exited without a final record in {p.metrics_path}; output tail:\n{output[-2000:]}")
+    return {"summary": done[-1], "records": records, "output": output}
+
+
+SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
+AIRBENCH_IMAGES_PER_S = 320_000  # airbench94 on the same H200, without DeepSpeed
+
+
+def summarize(records: list[dict]) -> dict:
+    """What a run showed, computed from its metrics records (the notebook's closing cell prints this)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    done = next((r for r in reversed(records) if r.get("kind") == "done"), {})
+    if not steps or not epochs:
+        raise LabkitError("the run logged no steps or epochs: nothing to summarise")
+    rates = [e["images_per_s"] for e in epochs]
+    steady = max(rates[1:] or rates)  # the first epoch carries warm-up (autotuning, allocator growth)
+    first_loss, last_loss = steps[0]["loss"], steps[-1]["loss"]
+    return {
+        "data": done.get("data", epochs[-1].get("data")),
+        "synthetic": done.get("synthetic"),
+        "device": done.get("device"),
+        "world_size": done.get("world_size"),
+        "model": done.get("model"),
+        "steps": done.get("step", steps[-1]["step"]),
+        "planned_steps": done.get("total_steps"),
+        "first_loss": first_loss,
+        "last_loss": last_loss,
+        "loss_drop": (first_loss - last_loss) / first_loss if first_loss else 0.0,
+        "final_test_acc": epochs[-1]["test_acc"],
+        "best_test_acc": max(e["test_acc"] for e in epochs),
+        "final_train_acc": epochs[-1]["train_acc"],
+        "images_per_s": steady,
+        "images_per_s_first_epoch": rates[0],
+        "seconds_per_50k_epoch": 50_000 / steady if steady else None,
+        "vs_seed_example_h200": steady / SEED_EXAMPLE_IMAGES_PER_S,
+        "vs_airbench_h200": steady / AIRBENCH_IMAGES_PER_S,
+    }
+
+
+def epochs_table(records: list[dict]) -> list[dict]:
+    """One row per epoch record, for display."""
+    keys = ("epoch", "step", "train_loss", "train_acc", "test_acc", "images_per_s", "epoch_s")
+    return [{k: r[k] for k in keys} for r in records if r.get("kind") == "epoch"]
+
+
+def printer(stream=sys.stdout) -> Callable[[str], None]:
+    """An on_output callback that echoes rank output except DeepSpeed's INFO chatter."""
+
+    def echo(line: str) -> None:
+        if "[INFO]" not in line:
+            stream.write(line)
+            stream.flush()
+
+    return echo
