@@ -21,7 +21,9 @@ class ConfigError(LabkitError, ValueError):
 class LaunchError(LabkitError):
     """A multi-process run that failed; carries the exit code, the output tail and the failing rank when known."""
 
-    def __init__(self, message: str, *, returncode: int | None = None, output: str = "", failed_rank: int | None = None):
+    def __init__(
+        self, message: str, *, returncode: int | None = None, output: str = "", failed_rank: int | None = None
+    ):
         self.returncode, self.output, self.failed_rank = returncode, output, failed_rank
         super().__init__(message)
 
@@ -44,7 +46,9 @@ def check_int(field: str, value: Any, minimum: int = 1, fix: str | None = None, 
     return value
 
 
-def check_number(field: str, value: Any, minimum: float = 0.0, fix: str | None = None, *, strict: bool = False) -> float:
+def check_number(
+    field: str, value: Any, minimum: float = 0.0, fix: str | None = None, *, strict: bool = False
+) -> float:
     """value if it is a real number >= minimum (> minimum with strict), else ConfigError."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or value < minimum or (strict and value == minimum):

@@ -85,7 +85,7 @@ class LaunchResult:
         return self.returncode == 0
 
 
-def require_mpi(field: str, launcher: str) -> None:
+def require_mpi(field: str, launcher: str, instead: str = "use launcher='deepspeed'") -> None:
     """ConfigError now, not a failure after DeepSpeed's start-up, when an MPI launcher lacks mpirun or mpi4py (through
     which DeepSpeed reads the Open MPI ranks)."""
     if launcher not in MPI_LAUNCHERS:
@@ -95,13 +95,13 @@ def require_mpi(field: str, launcher: str) -> None:
             field,
             f"{launcher!r} needs Open MPI's mpirun, which is not on PATH",
             "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does "
-            "it), or use launcher='deepspeed'",
+            f"it), or {instead}",
         )
     if importlib.util.find_spec("mpi4py") is None:
         raise ConfigError(
             field,
             f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)",
-            "pip install 'labkit[mpi]' (needs Open MPI's mpicc), or use launcher='deepspeed'",
+            f"pip install 'labkit[mpi]' (needs Open MPI's mpicc), or {instead}",
         )
 
 

@@ -1,7 +1,7 @@
 """Real ZeRO comparisons: a validated plan -> one DeepSpeed launch -> per-rank JSON -> measured vs predicted.
 
     plan = make_plan(params="20M", world_size=2, stages="0,1,2,3,2+opt")
-    report = run_plan(plan)            # one `deepspeed --num_gpus 2 labkit/ranks/zero_probe.py ...` launch
+    report = run_plan(plan)            # one `deepspeed --num_gpus 2 --module labkit.ranks.zero_probe ...` launch
 
 Every configuration of a comparison runs in ONE launch (start-up dominates on small machines): the probe initializes
 one engine per configuration, frees it, and moves on. Each rank writes its own JSON file into the run directory.
@@ -24,8 +24,7 @@ from labkit import launch, memory
 from labkit.devices import check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int
 
-# The rank script; run by path until launch.LaunchSpec can run a module (`deepspeed --module labkit.ranks.zero_probe`).
-PROBE_SCRIPT = Path(__file__).parent / "ranks" / "zero_probe.py"
+PROBE_MODULE = "labkit.ranks.zero_probe"  # what every rank runs: `deepspeed --module labkit.ranks.zero_probe ...`
 DTYPES = ("auto", *memory.TRAIN_DTYPES)
 MIN_ELEMENTS_PER_RANK = 1024
 _PROGRESS = re.compile(r"LABKIT_PROGRESS config=(\S+) step=(\d+)")
@@ -206,7 +205,7 @@ class ZeroPlan:
 
     def launch_spec(self, plan_path, out_dir) -> launch.LaunchSpec:
         args = ["--plan", str(plan_path), "--out", str(out_dir)]
-        return launch.LaunchSpec(str(PROBE_SCRIPT), args, self.world_size, "deepspeed", accelerator=self.device)
+        return launch.LaunchSpec(PROBE_MODULE, args, self.world_size, "deepspeed", device=self.device)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"variants": [v.name for v in self.variants], "params": self.params}

@@ -58,6 +58,7 @@ steps: int = 4  # training steps per configuration (at least 2; the first is war
 from IPython.display import HTML, Markdown, display
 
 from labkit import memory, results, tabular, zero
+from labkit.chapters import zero_stages
 from labkit.plots import zero as zplots
 
 plan = zero.make_plan(params, world_size, stages, offload=offload, dtype=dtype, device=device, steps=steps)
@@ -77,9 +78,9 @@ pred_rows = []
 for v in plan.variants:
     p = plan.predictions(v)
     pred_rows.append({"config": v.label, "paper formula": p["paper"]["formula"],
-                      "paper": memory.format_bytes(p["paper"]["total"]),
-                      "DeepSpeed model": memory.format_bytes(sum(sum(x.values()) for x in p["deepspeed"].values())),
-                      "of which on host": memory.format_bytes(sum(p["deepspeed"]["host"].values()))})
+                      "paper": tabular.format_bytes(p["paper"]["total"]),
+                      "DeepSpeed model": tabular.format_bytes(sum(sum(x.values()) for x in p["deepspeed"].values())),
+                      "of which on host": tabular.format_bytes(sum(p["deepspeed"]["host"].values()))})
 HTML(tabular.html_table(pred_rows, list(pred_rows[0]), status_column=None))
 
 # %% [markdown]
@@ -103,12 +104,12 @@ print(f"{len(report['configs'])} configurations in {report['wall_s']:.0f} s (inc
 display(zplots.stage_memory_figure(report))
 
 # %%
-rows = zero.summary_rows(report)
-table = [{"config": r["config"], "measured": memory.format_bytes(r["measured_total"]),
-          "DeepSpeed model": memory.format_bytes(r["deepspeed_model"]),
-          "error": f"{r['rel_error_deepspeed']:.4%}", "paper": memory.format_bytes(r["paper"]),
+rows = zero_stages.summary_rows(report)
+table = [{"config": r["config"], "measured": tabular.format_bytes(r["measured_total"]),
+          "DeepSpeed model": tabular.format_bytes(r["deepspeed_model"]),
+          "error": f"{r['rel_error_deepspeed']:.4%}", "paper": tabular.format_bytes(r["paper"]),
           "paper formula": r["paper_formula"], "step ms": f"{r['step_ms']:.0f}",
-          "peak allocated": memory.format_bytes(r["peak_allocated"]) if r["peak_allocated"] else "n/a (CPU)"}
+          "peak allocated": tabular.format_bytes(r["peak_allocated"]) if r["peak_allocated"] else "n/a (CPU)"}
          for r in rows]
 results.record("zero_comparison", {"device": report["device"], "dtype": report["dtype"],
                                    "world_size": report["world_size"], "params": report["params"], "rows": rows})
@@ -128,7 +129,7 @@ display(zplots.step_time_figure(report))
 # ## What this run showed
 
 # %%
-lines = zero.conclusions(report)
+lines = zero_stages.conclusions(report)
 worst = max(report["configs"], key=lambda c: c["rel_error_deepspeed"])
 results.record("zero_agreement", {c["name"]: {"rel_error_deepspeed": c["rel_error_deepspeed"],
                                               "rel_error_paper": c["rel_error_paper"]} for c in report["configs"]})

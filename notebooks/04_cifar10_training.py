@@ -67,10 +67,11 @@ import json
 
 from IPython.display import HTML, Markdown, display
 
-from labkit import results, tabular, training_run
+from labkit import results, tabular
+from labkit.chapters import cifar
 from labkit.plots.training import training_curves_figure
 
-plan = training_run.plan(data_dir=data_dir, synthetic=synthetic, epochs=epochs, model=model, stage=stage,
+plan = cifar.plan(data_dir=data_dir, synthetic=synthetic, epochs=epochs, model=model, stage=stage,
                          dtype=dtype, world_size=world_size, micro_batch=micro_batch, checkpoint_dir=checkpoint_dir,
                          device=device, launcher=launcher, max_train=max_train, width=width, resume=resume)
 cfg = plan.config
@@ -82,7 +83,7 @@ print(f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model}
 # ## The DeepSpeed config
 #
 # Built from the parameters; save it and reuse it with any launcher:
-# `deepspeed labkit/train.py --deepspeed_config ds_config.json --data-dir /data` (see `python -m labkit.train --help`).
+# `deepspeed --module labkit.ranks.train --deepspeed_config ds_config.json --data-dir /data` (see `python -m labkit.ranks.train --help`).
 # Note `torch_autocast` (or no precision section on CPU, where fp32 is faster) and `"timers": {"throughput":
 # {"enabled": false}}`.
 
@@ -99,7 +100,7 @@ if plan.command:
 # reports training loss and accuracy (on augmented images), test accuracy and images/s of the training steps alone.
 
 # %%
-run = training_run.execute(plan, on_output=training_run.printer())
+run = cifar.execute(plan, on_output=cifar.printer())
 records, summary = run["records"], run["summary"]
 
 # %% [markdown]
@@ -112,9 +113,9 @@ records, summary = run["records"], run["summary"]
 display(training_curves_figure(records))
 
 # %%
-rows = training_run.epochs_table(records)
+rows = cifar.epochs_table(records)
 display(HTML(tabular.html_table(rows, list(rows[0]), status_column=None)))
-shown = training_run.summarize(records)
+shown = cifar.summarize(records)
 results.record("summary", shown)
 results.record("epochs", rows)
 results.record("deepspeed_config", plan.deepspeed_config)
@@ -129,11 +130,11 @@ data_words = "**synthetic** images in the CIFAR-10 format" if s["synthetic"] els
 if s["device"] == "cpu":
     scale = (f"At this rate a 50,000-image epoch would take {s['seconds_per_50k_epoch']:.0f} s on this CPU; on a GPU "
              f"the same code is measured against the DeepSpeedExamples recipe "
-             f"({training_run.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) in docs/benchmarks.md.")
+             f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) in docs/benchmarks.md.")
 else:
     scale = (f"That is {s['vs_seed_example_h200']:.0f}x the DeepSpeedExamples recipe "
-             f"({training_run.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
-             f"of airbench94's {training_run.AIRBENCH_IMAGES_PER_S:,}; a 50,000-image epoch takes "
+             f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
+             f"of airbench94's {cifar.AIRBENCH_IMAGES_PER_S:,}; a 50,000-image epoch takes "
              f"{s['seconds_per_50k_epoch']:.2f} s.")
 Markdown(
     f"The {s['model']} trained {s['steps']} of {s['planned_steps']} planned steps on {data_words}, "

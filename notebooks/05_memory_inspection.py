@@ -51,11 +51,12 @@ calc_device: str = "H100"  # calculator: device type (T4, L4, A10G, A100-40GB, A
 from IPython.display import HTML, Markdown, display
 
 from labkit import memory, results, tabular, zero
+from labkit.chapters import memory_inspection as chapter
 from labkit.plots import zero as zplots
 
-plan = zero.make_plan(params, world_size, zero.variant_token(stage, offload), dtype=dtype, device=device,
+plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload), dtype=dtype, device=device,
                       steps=steps, memory_summary=True)
-zero.check_rank(rank, world_size)
+chapter.check_rank(rank, world_size)
 calc = memory.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
                            calc_device)
 print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device}; "
@@ -76,8 +77,8 @@ print(f"{run['label']} ran with {run['optimizer_class']}; median step {run['step
 # row is one attribute of the engine or its ZeRO optimizer (tensors sharing storage are counted once).
 
 # %%
-holders = zero.holder_rows(run, rank)
-HTML(tabular.html_table([{"held by": h["holder"], "kind": memory.KIND_LABELS[h["kind"]], "where": h["location"],
+holders = chapter.holder_rows(run, rank)
+HTML(tabular.html_table([{"held by": h["holder"], "kind": memory.STATE_LABELS[h["kind"]], "where": h["location"],
                           "tensors": h["tensors"], "bytes": f"{h['bytes']:,}"} for h in holders],
                         ["held by", "kind", "where", "tensors", "bytes"], status_column=None))
 
@@ -89,7 +90,7 @@ display(zplots.holders_figure(holders, title=f"{run['label']}, rank {rank}: byte
 # buffers; its K = 12 bytes/parameter is split into the fp32 master copy and the two Adam moments):
 
 # %%
-kinds = zero.kind_rows(run, rank)
+kinds = chapter.kind_rows(run, rank)
 results.record("inspection", {"config": run["name"], "rank": rank, "kinds": kinds,
                               "measured_total": run["measured_total"][rank],
                               "predicted_total": run["predicted_deepspeed_total"],
@@ -106,7 +107,7 @@ HTML(tabular.html_table([{**k, **{c: (f"{k[c]:,}" if k[c] is not None else "-")
 # temporaries.
 
 # %%
-timeline = zero.timeline_rows(run, rank)
+timeline = chapter.timeline_rows(run, rank)
 results.record("timeline", timeline)
 display(zplots.timeline_figure(run["timeline"][rank], title=f"{run['label']}, rank {rank}",
                                allocated_before=run["allocated_before"][rank]))
@@ -148,7 +149,7 @@ except ImportError:
 
 # %%
 inference = memory.inference_table(memory.parse_count(calc_params))
-HTML(tabular.html_table([{"dtype": r["dtype"], "weights": memory.format_bytes(r["weight_bytes"]), **r["devices"]}
+HTML(tabular.html_table([{"dtype": r["dtype"], "weights": tabular.format_bytes(r["weight_bytes"]), **r["devices"]}
                          for r in inference], ["dtype", "weights", *memory.DEVICE_MEMORY_GB], status_column=None))
 
 # %% [markdown]
@@ -159,16 +160,16 @@ biggest = holders[0]
 m, p = run["measured_total"][rank], run["predicted_deepspeed_total"]
 init_row, steady_row = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
 init_total, steady = init_row["counted"], steady_row["counted"]
-grew = ", ".join(f"{memory.KIND_LABELS[k]} (+{memory.format_bytes(steady_row[k] - init_row[k])})"
-                 for k in memory.KINDS if steady_row[k] > init_row[k])
+grew = ", ".join(f"{memory.STATE_LABELS[k]} (+{tabular.format_bytes(steady_row[k] - init_row[k])})"
+                 for k in memory.STATE_KINDS if steady_row[k] > init_row[k])
 display(Markdown(
-    f"- On rank {rank} of {run['label']}, the engine held {memory.format_bytes(m)} of model states; labkit's "
-    f"DeepSpeed model predicted {memory.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
-    f"{memory.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
-    f"- The largest holder was `{biggest['holder']}` ({memory.KIND_LABELS[biggest['kind']]}, "
-    f"{memory.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
-    f"- After initialize the rank held {memory.format_bytes(init_total)}; at the steady backward point "
-    f"{memory.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
+    f"- On rank {rank} of {run['label']}, the engine held {tabular.format_bytes(m)} of model states; labkit's "
+    f"DeepSpeed model predicted {tabular.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
+    f"{tabular.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
+    f"- The largest holder was `{biggest['holder']}` ({memory.STATE_LABELS[biggest['kind']]}, "
+    f"{tabular.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
+    f"- After initialize the rank held {tabular.format_bytes(init_total)}; at the steady backward point "
+    f"{tabular.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
     f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
-    f"{'fits' if calc['fits'] else 'does not fit'} ({memory.format_bytes(calc['need_bytes'])} needed per device "
-    f"with head-room, {memory.format_bytes(calc['capacity_bytes'])} available)."))
+    f"{'fits' if calc['fits'] else 'does not fit'} ({tabular.format_bytes(calc['need_bytes'])} needed per device "
+    f"with head-room, {tabular.format_bytes(calc['capacity_bytes'])} available)."))

@@ -217,9 +217,7 @@ def test_cli_exec_returns_the_command_exit_code(backend):
 
 
 def test_ttl_removes_finished_jobs(backend):
-    job = LocalBackend(root=backend.root, deadline_seconds=1).submit(
-        JobSpec(name="done", ttl_seconds_after_finished=0)
-    )
+    job = LocalBackend(root=backend.root, deadline_seconds=1).submit(JobSpec(name="done", ttl_seconds_after_finished=0))
     job.wait_ready(10)
     assert wait_until(lambda: backend.status("done").phase == "DeadlineExceeded", timeout=10)
     time.sleep(0.1)

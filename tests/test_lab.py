@@ -1,4 +1,5 @@
 """`make lab`: JupyterLab starts from the kit's environment, serves the notebooks and offers the kit's kernel."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import launch
+from labkit import launch, procs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,10 +25,20 @@ def get(url: str) -> dict:
 @pytest.mark.slow
 def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
     port, token = launch.free_port(), secrets.token_hex(16)
-    cmd = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-           f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
-    env = launch.kit_env({"JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")})
+    cmd = [
+        str(Path(sys.executable).parent / "jupyter"),
+        "lab",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={ROOT / 'notebooks'}",
+    ]
+    env = launch.kit_env(
+        {"JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
+    )
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,4 +59,4 @@ def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
         with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10) as resp:
             assert resp.status == 200 and b"JupyterLab" in resp.read()
     finally:
-        launch._kill_group(proc)
+        procs.stop_tree(proc)

@@ -587,13 +587,13 @@ def test_cli_render_and_validate(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["batch", "trainjob"])
 def test_default_training_commands_parse_with_the_training_script(kind):
-    """The commands in manifests/ must be ones labkit.train accepts (a typo would only show in the cluster)."""
+    """The commands in manifests/ must be ones labkit.ranks.train accepts (a typo would only show in the cluster)."""
     import argparse
 
     from labkit import train
 
     argv = m.JobSpec().resolved(kind).launcher_command
-    script_args = argv[argv.index("labkit.train") + 1 :]
+    script_args = argv[argv.index("labkit.ranks.train") + 1 :]
     parsed = train.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(script_args)
     assert parsed.synthetic is True and parsed.epochs == 2
     if kind == "batch":
@@ -609,7 +609,7 @@ def test_default_training_commands_parse_with_the_training_script(kind):
             True,
             True,
             True,
-            "labkit.train",
+            "labkit.ranks.train",
         )
     else:
         assert argv[:3] == ["mpirun", "--hostfile", "/etc/mpi/hostfile"]

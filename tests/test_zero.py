@@ -115,7 +115,7 @@ def test_cli_dry_run_prints_the_deepspeed_command(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "--num_gpus 2" in out and "zero_probe.py" in out
+    assert "--num_gpus 2" in out and "--module labkit.ranks.zero_probe" in out
     assert "ZeRO-3 + CPU optimizer" in out
 
 
@@ -287,4 +287,4 @@ def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
     spec = plan.launch_spec("plan.json", "out")
     assert spec.accelerator == "hpu"
     # DeepSpeed picks its HPU accelerator (and with it the hccl backend) from this variable
-    assert launch.kit_env(world_size=8, accelerator="hpu")["DS_ACCELERATOR"] == "hpu"
+    assert launch.kit_env(world_size=8, device="hpu")["DS_ACCELERATOR"] == "hpu"

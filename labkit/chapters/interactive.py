@@ -7,11 +7,9 @@ whether every rank runs on this one host), never which backend it is.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,29 +39,11 @@ def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[s
             f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'",
         ]
         return ["deepspeed", *common, *ssh, *rank_script]
-    require_open_mpi()
+    launch.require_mpi("train_command", "openmpi", instead="pass your own train_command")
     # One host: no ssh (so no ssh check), Open MPI's single-machine options, rendezvous on loopback.
     local = ["--no_ssh_check", "--launcher_args", shlex.join(launch.local_mpi_args()), "--master_addr", "127.0.0.1"]
     port = ["--master_port", str(launch.free_port())]
     return [*launch.deepspeed_executable(), *common, *local, *port, *rank_script]
-
-
-def require_open_mpi() -> None:
-    """The default command's ranks come from Open MPI: without mpirun (or mpi4py, which DeepSpeed reads the MPI
-    ranks with) it would fail only after DeepSpeed's start-up; say so now."""
-    if shutil.which("mpirun") is None:
-        raise ConfigError(
-            "train_command",
-            "the default command runs DeepSpeed's openmpi launcher, but mpirun is not on PATH",
-            "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does it), "
-            "or pass your own train_command",
-        )
-    if importlib.util.find_spec("mpi4py") is None:
-        raise ConfigError(
-            "train_command",
-            "the default command needs mpi4py in this environment (DeepSpeed reads the Open MPI ranks through it)",
-            "pip install 'labkit[mpi]' (needs Open MPI's mpicc), or pass your own train_command",
-        )
 
 
 def parse_train_command(text: str) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 from labkit import cluster, manifests
@@ -165,15 +164,10 @@ class KubernetesBackend(JobBackend):
         Uses API discovery, which every authenticated user may read (reading the CRD itself needs cluster RBAC)."""
         if self._operator_checked:
             return
-        served = [
-            SimpleNamespace(name=v, served=True, storage=False)
-            for v in self._discover()
-            if "mpijobs" in self._discover(v)
-        ]
-        # The versions that serve mpijobs, in the shape of the CRD cluster.py judges (None: no MPIJob at all).
-        verdict = cluster.mpijob_crd_status(SimpleNamespace(spec=SimpleNamespace(versions=served)) if served else None)
-        if not verdict.ok:
-            raise LabkitError(f"{verdict.problem}. Fix: {verdict.fix}")
+        served = [v for v in self._discover() if "mpijobs" in self._discover(v)]
+        verdict = cluster.mpijob_problem(served or None)  # None: no MPIJob API at all
+        if verdict:
+            raise LabkitError(f"{verdict[0]}. Fix: {verdict[1]}")
         self._operator_checked = True
 
     def _discover(self, version: str = "") -> list[str]:

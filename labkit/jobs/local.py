@@ -175,7 +175,7 @@ class LocalBackend(JobBackend):
             "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
         }
         ranks = job["workers"] * job["slots_per_worker"]
-        return launch.kit_env(extra, world_size=ranks, accelerator=DEVICE_OF[job.get("accelerator", "cpu")])
+        return launch.kit_env(extra, world_size=ranks, device=DEVICE_OF[job.get("accelerator", "cpu")])
 
     def _read_job(self, d: Path) -> dict:
         job = read_json(d / "job.json")

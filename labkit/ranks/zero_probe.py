@@ -26,7 +26,7 @@ from pathlib import Path
 
 from labkit.launch import rank_guard
 
-MEMORY_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.KINDS
+STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.STATE_KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 
@@ -69,7 +69,7 @@ class Inventory:
         self.storages[key] = {"bytes": int(storage.nbytes()), "kind": kind, "location": location, "where": where}
 
     def totals(self) -> dict:
-        out = {"device": {k: 0 for k in MEMORY_KINDS}, "host": {k: 0 for k in MEMORY_KINDS}}
+        out = {"device": {k: 0 for k in STATE_KINDS}, "host": {k: 0 for k in STATE_KINDS}}
         for s in self.storages.values():
             out[s["location"]][s["kind"]] += s["bytes"]
         return out
