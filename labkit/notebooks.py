@@ -40,6 +40,7 @@ class NotebookRun:
     error: str | None = None
     failed_cell: int | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    noise: list[str] = field(default_factory=list)  # output_problems(): what a learner should not have to read
 
     @property
     def passed(self) -> bool:
@@ -180,6 +181,7 @@ def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress
     run.duration_s = time.monotonic() - start
     if output.exists():
         run.results = results.read(output)
+        run.noise = output_problems(output)
         try:
             body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(output, as_version=4))
             html_path.write_text(body)
@@ -226,7 +228,7 @@ tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wr
 <body><h1>labkit run {name}</h1>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
-<th>error</th></tr>
+<th>error</th><th>output noise</th></tr>
 {rows}
 </table></body></html>
 """
@@ -244,12 +246,54 @@ def write_report(run_dir: Path, runs: list[NotebookRun]) -> Path:
         params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
-        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error)
+        noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
+        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
+
+
+# What a learner must never see in an executed notebook: (what, marker). Each has a fix at its source, not a filter.
+NOISE = (
+    ("a figure shown as text (no inline backend)", "<Figure size "),
+    ("a results record's repr", "<labkit result "),
+    ("DeepSpeed's accelerator notice", "Setting accelerator to"),
+    ("op build noise", "built successfully"),
+    ("linker noise from an op probe", "collect2: error"),
+    ("linker noise from an op probe", "cannot find -l"),
+    ("a FutureWarning", "FutureWarning"),
+    ("a DeprecationWarning", "DeprecationWarning"),
+    ("the kernel's transport warning", "without encryption"),
+    ("a Python traceback", "Traceback (most recent call last)"),
+)
+MAX_OUTPUT_LINES = 150  # a longer single output is a dump, not a lesson
+
+
+def output_problems(path: str | Path) -> list[str]:
+    """Noise in an executed notebook's outputs: NOISE markers, internal absolute paths, over-long outputs.
+
+    Returns one line per problem ("cell 7: a FutureWarning: ..."); [] for a clean notebook."""
+    internal = {str(NOTEBOOKS_DIR.parent), sys.prefix, os.path.expanduser("~/.cache")}
+    found = []
+    for i, cell in enumerate(json.loads(Path(path).read_text())["cells"]):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            text = out.get("text") or data.get("text/plain") or ""
+            text = "".join(text) if isinstance(text, list) else text
+            if out.get("output_type") == "error":
+                text += f"\n{out.get('ename')}: {out.get('evalue')}"
+            if "image/png" in data:
+                continue  # a figure's text/plain fallback is not shown
+            for what, marker in NOISE:
+                if marker in text:
+                    line = next(ln for ln in text.splitlines() if marker in ln)
+                    found.append(f"cell {i}: {what}: {line.strip()[:160]}")
+            found += [f"cell {i}: an internal path ({p})" for p in internal if p and p in text]
+            if text.count("\n") > MAX_OUTPUT_LINES:
+                found.append(f"cell {i}: an output of {text.count(chr(10))} lines (more than {MAX_OUTPUT_LINES})")
+    return found
 
 
 # -- sources: each notebook is built from its Jupytext percent script, without outputs and with stable cell ids --

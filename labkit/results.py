@@ -47,7 +47,8 @@ def record(name: str, value: Any) -> Any:
     except ImportError:  # plain Python: in-process only
         return data
     if get_ipython() is not None:
-        display({MIME_TYPE: {"name": name, "value": data}, "text/plain": f"<labkit result {name!r}>"}, raw=True)
+        # No text/plain: a front end with no renderer for the kit's MIME type then shows nothing, not a repr.
+        display({MIME_TYPE: {"name": name, "value": data}}, raw=True)
     return data
 
 

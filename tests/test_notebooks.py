@@ -50,3 +50,34 @@ def test_notebook_runs_headless(path, notebook_run_dir):
     recorded = results.read(run.output)
     assert recorded, "the notebook recorded no results (labkit.results.record)"
     assert run.html and run.html.endswith(".html")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_notebook_output_is_clean(path, notebook_run_dir):
+    """What a learner reads: figures as images, no build noise, warnings, tracebacks, dumps or internal paths."""
+    run = execute_once(path.stem, notebook_run_dir)
+    assert run.passed, f"{run.source}: {run.error}"
+    assert not run.noise, "\n".join(run.noise)
+
+
+def test_output_problems_finds_each_kind_of_noise(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    noisy = [
+        new_output("execute_result", {"text/plain": "<Figure size 640x480 with 1 Axes>"}, execution_count=1),
+        new_output("stream", name="stderr", text="/x/y.py:3: FutureWarning: old\n"),
+        new_output("stream", name="stdout", text=f"wrote {notebooks.NOTEBOOKS_DIR}/x.json\n"),
+        new_output("stream", name="stdout", text="row\n" * (notebooks.MAX_OUTPUT_LINES + 1)),
+    ]
+    clean = [
+        new_output("display_data", {"image/png": "iVBOR", "text/plain": "<Figure size 640x480 with 1 Axes>"}),
+        new_output("stream", name="stdout", text="ZeRO-3 held 2.69 GB per rank\n"),
+    ]
+    nb = new_notebook(cells=[new_code_cell("x", outputs=noisy), new_code_cell("y", outputs=clean)])
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    problems = notebooks.output_problems(tmp_path / "n.ipynb")
+    assert len(problems) == 4 and all(p.startswith("cell 0:") for p in problems), problems
+    assert any("figure shown as text" in p for p in problems) and any("FutureWarning" in p for p in problems)
+    assert any("internal path" in p for p in problems) and any("lines (more than" in p for p in problems)

@@ -115,7 +115,7 @@ def test_cli_dry_run_prints_the_deepspeed_command(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "--num_gpus 2" in out and "--module labkit.ranks.zero_probe" in out
+    assert "--num_gpus 2" in out and "--module" in out and "labkit.ranks.zero_probe" in out
     assert "ZeRO-3 + CPU optimizer" in out
 
 
