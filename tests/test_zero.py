@@ -285,6 +285,6 @@ def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
     plan = zero.make_plan("20M", 8, "0,3", device="hpu")
     assert plan.device == "hpu" and plan.dtype == "bf16" and (plan.micro_batch, plan.seq) == (8, 512)
     spec = plan.launch_spec("plan.json", "out")
-    assert spec.accelerator == "hpu"
+    assert spec.device == "hpu"
     # DeepSpeed picks its HPU accelerator (and with it the hccl backend) from this variable
     assert launch.kit_env(world_size=8, device="hpu")["DS_ACCELERATOR"] == "hpu"
