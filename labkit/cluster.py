@@ -1,32 +1,23 @@
-"""Cluster inventory through the official `kubernetes` client: nodes, their accelerators and huge pages, and the CRDs
-the kit's jobs need (MPIJob v2beta1, Kubeflow Trainer's TrainJob).
-
-No kubeconfig is a normal state (a laptop): `discover_cluster` then returns a report saying "no cluster configured" and
-`load_client` raises one LabkitError that says how to configure one. The kubernetes package is imported only inside
-functions, so `import labkit.cluster` stays cheap on machines without it (the GPU benchmark image).
+"""Cluster inventory through the official `kubernetes` client (configuration and access: labkit.kube): nodes, their
+accelerators and huge pages, and the CRDs the kit's jobs need (MPIJob v2beta1, Kubeflow Trainer's TrainJob), with the
+one verdict on an MPI Operator. No cluster configured is a report that says so, not an exception.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from html import escape
-from pathlib import Path
 from typing import Any
 
+from labkit.devices import ACCELERATOR_RESOURCE
 from labkit.errors import ConfigError, LabkitError, check_choice, check_number
+from labkit.kube import NO_CLUSTER_MESSAGE, api_client, find_kubeconfig, short_reason
 from labkit.tabular import format_bytes, html_table, text_table
 
-NO_CLUSTER_MESSAGE = (
-    "no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
-    "or run inside a pod with a service account"
-)
-# Extended resources of the device plugins, by accelerator kind.
-ACCELERATOR_RESOURCES = {"nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi", "amd": "amd.com/gpu"}
-TRACKED_RESOURCES = (*ACCELERATOR_RESOURCES.values(), "hugepages-2Mi", "hugepages-1Gi", "cpu", "memory")
+# Resources a node inventory keeps: the accelerators' device plugins, huge pages, CPU and memory
+TRACKED_RESOURCES = (*filter(None, ACCELERATOR_RESOURCE.values()), "hugepages-2Mi", "hugepages-1Gi", "cpu", "memory")
 # GKE's accelerator label values (cloud.google.com/gke-accelerator) as the products people know.
 GKE_ACCELERATORS = {
     "nvidia-tesla-k80": "NVIDIA K80", "nvidia-tesla-p4": "NVIDIA P4", "nvidia-tesla-p100": "NVIDIA P100",
@@ -51,12 +42,9 @@ FLAG_LABELS = (
 )
 LABEL_NVIDIA_MEMORY = "nvidia.com/gpu.memory"  # MiB per GPU (GFD)
 LABEL_AMD_VRAM = "amd.com/gpu.vram"  # e.g. 192G
+_VENDOR_PREFIXES = ("nvidia.com/", "amd.com/", "beta.amd.com/", "habana.ai/", "cloud.google.com/gke-accelerator")
 ACCELERATOR_LABEL_PREFIXES = (
-    "nvidia.com/",
-    "amd.com/",
-    "beta.amd.com/",
-    "habana.ai/",
-    "cloud.google.com/gke-accelerator",
+    *_VENDOR_PREFIXES,
     *(label for label, _, _ in FLAG_LABELS),
     "node.kubernetes.io/instance-type",
 )
@@ -68,7 +56,6 @@ MPI_OPERATOR_FIX = (
     "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml "
     "(or use the local backend)"
 )
-IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 def mpijob_problem(served: Sequence[str] | None) -> tuple[str, str] | None:
@@ -89,221 +76,6 @@ def mpijob_problem(served: Sequence[str] | None) -> tuple[str, str] | None:
         )
         return problem, fix
     return f"{MPIJOB_CRD} serves {', '.join(served) or 'no version'}, not {MPIJOB_VERSION}", MPI_OPERATOR_FIX
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Where the cluster configuration comes from
-
-
-@dataclass(frozen=True)
-class KubeconfigSource:
-    """Which configuration a client would use: kubeconfig file(s) or the pod's service account. Holds no credentials."""
-
-    kind: str  # "file" | "in-cluster"
-    paths: tuple[str, ...] = ()
-    context: str | None = None  # the context that would be used
-    server: str | None = None  # the API server URL of that context's cluster
-
-    def describe(self) -> str:
-        if self.kind == "in-cluster":
-            return f"in-cluster service account (server {self.server})"
-        ctx = f", context {self.context}" if self.context else ""
-        return f"kubeconfig {', '.join(self.paths)}{ctx}" + (f", server {self.server}" if self.server else "")
-
-
-def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None]:
-    """(context, server) the way kubectl merges files: the first file that sets a value wins. Never returns secrets."""
-    import yaml
-
-    current, named = None, {"contexts": {}, "clusters": {}}
-    for path in paths:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            problem = f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})"
-            raise ConfigError(
-                "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
-            ) from None
-        if not isinstance(doc, dict):
-            fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
-            raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)", fix)
-        current = current or doc.get("current-context")
-        for section, items in named.items():
-            for item in doc.get(section) or []:
-                if isinstance(item, dict) and item.get("name"):
-                    items.setdefault(item["name"], item.get(section[:-1]) or {})
-    contexts, clusters = named["contexts"], named["clusters"]
-    chosen = context or current
-    if chosen and chosen not in contexts:
-        problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"
-        fix = "pick one of those contexts (kubectl config get-contexts)"
-        raise ConfigError("context" if context else "kubeconfig", problem, fix)
-    server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
-    return chosen, _without_userinfo(server)
-
-
-def _without_userinfo(url: str | None) -> str | None:
-    """https://user:secret@host:6443 -> https://host:6443: a server URL is shown, credentials never are."""
-    if not url or "@" not in url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-def find_kubeconfig(
-    kubeconfig: str | os.PathLike | None = None, context: str | None = None, env: Mapping[str, str] | None = None
-) -> KubeconfigSource | None:
-    """The configuration a client would load, or None when no cluster is configured.
-
-    Order as kubectl: an explicit file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config,
-    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not no cluster).
-    """
-    env = os.environ if env is None else env
-    if kubeconfig:
-        if not Path(kubeconfig).expanduser().is_file():
-            fix = "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config"
-            raise ConfigError("kubeconfig", f"{Path(kubeconfig).expanduser()} does not exist", fix)
-        candidates = [kubeconfig]
-    elif env.get("KUBECONFIG"):
-        candidates = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
-    else:
-        candidates = [Path(env.get("HOME") or Path.home()) / ".kube" / "config"]
-    paths = [str(Path(p).expanduser()) for p in candidates if Path(p).expanduser().is_file()]
-    if paths:
-        return KubeconfigSource("file", tuple(paths), *_read_kubeconfig_summary(paths, context))
-    if env.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
-        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
-        return KubeconfigSource("in-cluster", server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
-    return None
-
-
-def _load_configuration(source: KubeconfigSource, context: str | None):
-    """A kubernetes.client.Configuration for `source` (never the client's global default)."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    try:
-        if source.kind == "in-cluster":
-            config.load_incluster_config(client_configuration=cfg)
-        else:  # always pass the file(s): the client reads $KUBECONFIG once, when it is first imported
-            config.load_kube_config(
-                config_file=os.pathsep.join(source.paths),
-                context=context,
-                client_configuration=cfg,
-                persist_config=False,
-            )
-    except config.ConfigException as exc:
-        raise LabkitError(
-            f"cannot load the cluster configuration from {source.describe()}: {exc}. "
-            "Fix: check it with `kubectl config view` and `kubectl get nodes`"
-        ) from None
-    return cfg
-
-
-def _client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
-    """An ApiClient for `source`; retries=False fails fast: a dead server costs one timeout, not four."""
-    from kubernetes import client
-
-    if source is None:
-        raise LabkitError(NO_CLUSTER_MESSAGE)
-    cfg = _load_configuration(source, context)
-    if not retries:
-        cfg.retries = False
-    return client.ApiClient(configuration=cfg)
-
-
-def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
-    """A kubernetes ApiClient for the configured cluster, or a LabkitError saying that no cluster is configured.
-
-    `kubeconfig`: a kubeconfig path (default $KUBECONFIG, ~/.kube/config, then the in-cluster service account);
-    `context`: a context name from it (default: its current-context).
-    """
-    return _client(find_kubeconfig(kubeconfig, context), context)
-
-
-_REASONS = (
-    "Connection refused",
-    "timed out",
-    "Name or service not known",
-    "No route to host",
-    "certificate verify failed",
-    "Network is unreachable",
-)
-
-
-def short_reason(exc: BaseException) -> str:
-    """The useful part of a client/urllib3 error: 'Connection refused', 'HTTP 401 Unauthorized', a timeout."""
-    status = getattr(exc, "status", None)
-    if status:  # kubernetes ApiException with an HTTP status
-        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
-    text = str(getattr(exc, "reason", None) or exc)
-    return next((marker for marker in _REASONS if marker in text), text[:200])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# API server reachability (used by `labkit check`)
-
-
-@dataclass(frozen=True)
-class ApiProbe:
-    """Whether the API server answered, within a hard time limit."""
-
-    reachable: bool
-    server: str | None
-    version: str | None = None  # e.g. v1.32.0
-    status: int | None = None  # HTTP status when the server answered with an error (401, 403, ...)
-    error: str | None = None
-    elapsed_s: float = 0.0
-
-
-def probe_api_server(
-    kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, timeout: float = 2.0
-) -> ApiProbe:
-    """GET /version with `timeout` seconds in all (config loading included); never hangs.
-
-    The request runs in a daemon thread joined with the time limit: an exec credential plugin or a black-holed address
-    cannot stall the caller. Raises LabkitError only when no cluster is configured.
-    """
-    source = find_kubeconfig(kubeconfig, context)
-    if source is None:
-        raise LabkitError(NO_CLUSTER_MESSAGE)
-    # Import before the clock starts: a cold import of the client takes seconds on a busy laptop and is not the network.
-    import urllib3
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    outcome: dict[str, Any] = {}
-    start = time.monotonic()
-
-    def call() -> None:
-        try:
-            api = _client(source, context, retries=False)
-        except LabkitError as exc:
-            outcome["unreachable"] = str(exc)
-            return
-        try:
-            outcome["version"] = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout)).git_version
-        except ApiException as exc:  # with a status the server answered (e.g. 401/403); without, TLS and the like
-            outcome.update(
-                {"status": exc.status, "error": short_reason(exc)} if exc.status else {"unreachable": short_reason(exc)}
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, no route
-            outcome["unreachable"] = short_reason(exc)
-        except Exception as exc:  # it answered, but not with a /version this client version can parse
-            outcome["error"] = f"unexpected /version reply ({type(exc).__name__})"
-        finally:
-            api.close()
-
-    worker = threading.Thread(target=call, name="labkit-api-probe", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    elapsed = time.monotonic() - start
-    if worker.is_alive() or "unreachable" in outcome:
-        error = outcome.get("unreachable", f"no answer within {timeout:g} s")
-        return ApiProbe(False, source.server, error=error, elapsed_s=elapsed)
-    return ApiProbe(True, source.server, outcome.get("version"), outcome.get("status"), outcome.get("error"), elapsed)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -348,33 +120,27 @@ class NodeInventory:
     @property
     def accelerators(self) -> int:
         """Allocatable devices of the node's accelerator kind (0 when it has none)."""
-        return int(sum(self.allocatable.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))
+        return _devices(self.allocatable)
 
     @property
     def hugepages_2mi_bytes(self) -> int:
         return int(self.allocatable.get("hugepages-2Mi", 0))
 
     def row(self) -> dict[str, Any]:
-        capacity = int(sum(self.capacity.get(r, 0) for r in ACCELERATOR_RESOURCES.values()))
-        return {
-            "node": self.name,
-            "ready": "yes" if self.ready else "NO",
-            "schedulable": "yes" if self.schedulable else "cordoned",
-            "kind": self.accelerator_kind or "cpu",
-            "product": self.accelerator_product or "-",
-            "accelerators": f"{self.accelerators}/{capacity}",
-            "hugepages-2Mi": format_bytes(self.hugepages_2mi_bytes, "GiB"),  # pages are binary-sized
-            "cpu": self.allocatable.get("cpu"),
-            "memory": format_bytes(self.allocatable.get("memory")),
-            "taints": ", ".join(self.taints) or "-",
-        }
+        state = ("yes" if self.ready else "NO", "yes" if self.schedulable else "cordoned")
+        kind = (self.accelerator_kind or "cpu", self.accelerator_product or "-")
+        hugepages = format_bytes(self.hugepages_2mi_bytes, "GiB")  # pages are binary-sized
+        cpu, memory = self.allocatable.get("cpu"), format_bytes(self.allocatable.get("memory"))
+        devices, taints = f"{self.accelerators}/{_devices(self.capacity)}", ", ".join(self.taints) or "-"
+        return dict(zip(NODE_COLUMNS, (self.name, *state, *kind, devices, hugepages, cpu, memory, taints)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {
-            "taints": list(self.taints),
-            "accelerators": self.accelerators,
-            "hugepages_2mi_bytes": self.hugepages_2mi_bytes,
-        }
+        extra = {"accelerators": self.accelerators, "hugepages_2mi_bytes": self.hugepages_2mi_bytes}
+        return asdict(self) | {"taints": list(self.taints)} | extra
+
+
+def _devices(resources: Mapping[str, Any]) -> int:
+    return int(sum(resources.get(r, 0) for r in ACCELERATOR_RESOURCE.values() if r))
 
 
 def _resources(mapping: Mapping[str, Any] | None) -> dict[str, int | float]:
@@ -399,22 +165,14 @@ def node_inventory(node) -> NodeInventory:
     capacity = _resources(status.capacity if status else None)
     kind, product = accelerator_from_labels(labels)
     if kind is None:  # a device plugin without labels still shows up as a resource
-        kind = next((k for k, resource in ACCELERATOR_RESOURCES.items() if capacity.get(resource)), None)
+        kind = next((k for k, resource in ACCELERATOR_RESOURCE.items() if resource and capacity.get(resource)), None)
         product = f"unknown {kind} accelerator (no product label)" if kind else None
     ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])) if status else False
     taints = tuple(f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in (spec and spec.taints or []))
-    return NodeInventory(
-        meta.name,
-        ready,
-        not bool(spec and spec.unschedulable),
-        kind,
-        product,
-        _label_memory(labels),
-        capacity,
-        _resources(status.allocatable if status else None),
-        {k: v for k, v in labels.items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)},
-        taints,
-    )
+    schedulable, allocatable = not bool(spec and spec.unschedulable), _resources(status.allocatable if status else None)
+    shown = {k: v for k, v in labels.items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)}
+    memory = _label_memory(labels)
+    return NodeInventory(meta.name, ready, schedulable, kind, product, memory, capacity, allocatable, shown, taints)
 
 
 def list_node_inventory(api_client, *, timeout: float = 10.0) -> list[NodeInventory]:
@@ -446,14 +204,9 @@ class CrdStatus:
 
     def row(self) -> dict[str, Any]:
         state = {None: "unknown", False: "missing"}.get(self.installed, "ok" if self.ok else "wrong version")
-        return {
-            "crd": self.name,
-            "wanted": self.wanted_version,
-            "served": ", ".join(self.served_versions) or "-",
-            "state": state,
-            "problem": self.problem or "-",
-            "fix": self.fix or "-",
-        }
+        served = ", ".join(self.served_versions) or "-"
+        values = (self.name, self.wanted_version, served, state, self.problem or "-", self.fix or "-")
+        return dict(zip(CRD_COLUMNS, values))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"served_versions": list(self.served_versions), "ok": self.ok}
@@ -503,10 +256,8 @@ def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
     from kubernetes.client.exceptions import ApiException
 
     out = []
-    for name, wanted, judge in (
-        (MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status),
-        (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status),
-    ):
+    crds = ((MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status), (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status))
+    for name, wanted, judge in crds:
         try:
             out.append(judge(read_crd(api_client, name, timeout=timeout)))
         except ApiException as exc:
@@ -523,22 +274,11 @@ def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
 # --------------------------------------------------------------------------------------------------------------------
 # The whole picture
 
-NODE_COLUMNS = (
-    "node",
-    "ready",
-    "schedulable",
-    "kind",
-    "product",
-    "accelerators",
-    "hugepages-2Mi",
-    "cpu",
-    "memory",
-    "taints",
-)
+NODE_COLUMNS = tuple("node ready schedulable kind product accelerators hugepages-2Mi cpu memory taints".split())
 CRD_COLUMNS = ("crd", "wanted", "served", "state", "problem", "fix")
 
 
-@dataclass
+@dataclass(repr=False)
 class ClusterReport:
     """Everything `labkit discover --cluster` and notebook 01 show about the cluster."""
 
@@ -569,28 +309,17 @@ class ClusterReport:
         totals = self.totals()
         per_kind = ", ".join(f"{n} {k}" for k, n in sorted(totals["accelerators"].items())) or "no accelerators"
         mpijob = next((c for c in self.crds if c.name == MPIJOB_CRD), None)
-        usable = mpijob is not None and mpijob.ok
-        mpi = (
-            "MPIJob v2beta1 is served"
-            if usable
-            else f"MPIJob v2beta1 is NOT usable: {mpijob.problem if mpijob else 'not checked'}"
-        )
+        mpi = f"MPIJob v2beta1 is NOT usable: {mpijob.problem if mpijob else 'not checked'}"
+        mpi = "MPIJob v2beta1 is served" if mpijob is not None and mpijob.ok else mpi
         return (
             f"The cluster has {totals['nodes']} node(s), {totals['ready_nodes']} ready, with {per_kind} allocatable "
             f"and {totals['hugepages_2mi_bytes'] / 2**30:.0f} GiB of 2 MiB huge pages; {mpi}."
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "configured": self.configured,
-            "reachable": self.reachable,
-            "source": self.source,
-            "server": self.server,
-            "error": self.error,
-            "totals": self.totals(),
-            "nodes": [n.to_dict() for n in self.nodes],
-            "crds": [c.to_dict() for c in self.crds],
-        }
+        nodes, crds = [n.to_dict() for n in self.nodes], [c.to_dict() for c in self.crds]
+        keys = ("configured", "reachable", "source", "server", "error")
+        return {k: getattr(self, k) for k in keys} | {"totals": self.totals(), "nodes": nodes, "crds": crds}
 
     def _tables(self) -> list[tuple[list[dict], tuple[str, ...]]]:
         return [([n.row() for n in self.nodes], NODE_COLUMNS), ([c.row() for c in self.crds], CRD_COLUMNS)]
@@ -599,10 +328,11 @@ class ClusterReport:
         if not self.configured or not self.reachable:
             return f"cluster: {self.error}"
         tables = [
-            text_table(rows, columns) if rows or columns is CRD_COLUMNS else "(no nodes)"
-            for rows, columns in self._tables()
+            text_table(rows, cols) if rows or cols is CRD_COLUMNS else "(no nodes)" for rows, cols in self._tables()
         ]
         return "\n\n".join([f"cluster: {self.source}", *tables])
+
+    __repr__ = text  # the notebook's plain-text output
 
     def _repr_html_(self) -> str:
         if not self.configured or not self.reachable:
@@ -621,7 +351,7 @@ def discover_cluster(
         return ClusterReport(configured=False, error=NO_CLUSTER_MESSAGE)
     report = ClusterReport(configured=True, source=source.describe(), server=source.server)
     try:
-        api = _client(source, context, retries=False)
+        api = api_client(source, context, retries=False)
     except LabkitError as exc:
         report.error = str(exc)
         return report

@@ -1,7 +1,8 @@
 """The kit's one device vocabulary, local discovery, and `pick_device` for the `device: str = "auto"` parameters.
 
 Vocabulary: a *device* is what torch runs on (cpu | cuda | hpu); an *accelerator* is what a cluster node or an MPIJob
-overlay offers (cpu | nvidia | gaudi). `ACCELERATOR_OF` and `DEVICE_OF` translate; no other module spells these maps.
+overlay offers (cpu | nvidia | gaudi, and amd on nodes). `ACCELERATOR_OF`, `DEVICE_OF` and `ACCELERATOR_RESOURCE`
+translate; no other module spells these maps.
 
 Sources, best first (each falls back to the next when unavailable):
   NVIDIA: NVML (package nvidia-ml-py, module pynvml) -> torch.cuda -> `nvidia-smi --query-gpu ... --format=csv`
@@ -31,10 +32,16 @@ ACCELERATORS = ("cpu", "nvidia", "gaudi")  # what a cluster node / manifests ove
 ACCELERATOR_OF = {"cpu": "cpu", "cuda": "nvidia", "hpu": "gaudi"}
 # A node's accelerator kind as the device a run on it uses (ROCm torch also says "cuda"); None: a CPU-only node.
 DEVICE_OF = {"nvidia": "cuda", "amd": "cuda", "gaudi": "hpu", "cpu": "cpu", None: "cpu"}
+# The extended resource of each accelerator's device plugin: what nodes offer and pods request (one per slot).
+ACCELERATOR_RESOURCE = {"cpu": None, "nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi", "amd": "amd.com/gpu"}
 MIB = 2**20
-NVIDIA_SMI_FIELDS = "index,name,memory.total,memory.used,utilization.gpu,driver_version"
-HL_SMI_FIELDS = "index,name,memory.total,memory.used,utilization.aip,driver_version"
+SMI_FIELDS = "index,name,memory.total,memory.used,utilization.{},driver_version"  # gpu (nvidia-smi) | aip (hl-smi)
 CLI_TIMEOUT_S = 15.0
+# Per accelerator device: (why-not when unusable, fix when explicitly requested)
+UNAVAILABLE_FIX = {
+    "cuda": "use device='auto' or 'cpu' here, or run on a GPU machine with a CUDA build of torch",
+    "hpu": "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image",
+}
 
 
 class ParseError(LabkitError):
@@ -61,16 +68,11 @@ class Device:
 
     def row(self) -> dict[str, Any]:
         used = format_bytes(self.mem_used) if self.mem_used is not None else "?"
-        return {
-            "kind": self.kind,
-            "index": self.index,
-            "name": self.name,
-            "memory": f"{used} / {format_bytes(self.mem_total)}",
-            "utilization": "-" if self.utilization is None else f"{self.utilization:.0f}%",
-            "driver": self.driver or "-",
-            "source": self.source,
-            "details": ", ".join(f"{k}={v}" for k, v in self.info.items() if not isinstance(v, (list, dict))) or "-",
-        }
+        details = ", ".join(f"{k}={v}" for k, v in self.info.items() if not isinstance(v, (list, dict)))
+        util = "-" if self.utilization is None else f"{self.utilization:.0f}%"
+        memory = f"{used} / {format_bytes(self.mem_total)}"
+        values = (self.kind, self.index, self.name, memory, util, self.driver or "-", self.source, details or "-")
+        return dict(zip(DEVICE_COLUMNS, values))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +81,7 @@ class Device:
 DEVICE_COLUMNS = ("kind", "index", "name", "memory", "utilization", "driver", "source", "details")
 
 
-@dataclass
+@dataclass(repr=False)
 class Discovery:
     """Devices found, plus one note per source that was tried (why a fallback was used)."""
 
@@ -100,18 +102,17 @@ class Discovery:
             f"\n  note: {n}" for n in self.notes
         )
 
+    __repr__ = text  # what the notebook's plain-text output shows
+
     def _repr_html_(self) -> str:
         notes = "".join(f"<li>{escape(n)}</li>" for n in self.notes)
-        return html_table([d.row() for d in self.devices], DEVICE_COLUMNS, status_column=None) + (
-            f"<ul>{notes}</ul>" if notes else ""
-        )
+        table = html_table([d.row() for d in self.devices], DEVICE_COLUMNS, status_column=None)
+        return table + (f"<ul>{notes}</ul>" if notes else "")
 
 
 def device_kind_of(record: Any) -> str:
     """'cuda' | 'hpu' | 'cpu' for a Device or a cluster NodeInventory."""
-    if isinstance(record, Device):
-        return record.kind
-    return DEVICE_OF.get(getattr(record, "accelerator_kind", None), "cpu")
+    return record.kind if isinstance(record, Device) else DEVICE_OF.get(getattr(record, "accelerator_kind", None))
 
 
 def filter_by_kind(records: Iterable[Any], kind: str) -> list[Any]:
@@ -138,40 +139,27 @@ def _parse_smi_csv(text: str, kind: str, source: str) -> list[Device]:
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
+        where = f"{source} output line {number}"
         if len(parts) != 6:
-            raise ParseError(
-                f"{source} output line {number}: expected 6 comma-separated fields "
-                f"(index, name, memory.total, memory.used, utilization, driver), got {len(parts)}: {line!r}"
-            )
+            fields = "(index, name, memory.total, memory.used, utilization, driver)"
+            raise ParseError(f"{where}: expected 6 comma-separated fields {fields}, got {len(parts)}: {line!r}")
         try:
-            index = int(parts[0])
-            total, used, util = (_optional_number(p) for p in parts[2:5])
+            index, (total, used, util) = int(parts[0]), (_optional_number(p) for p in parts[2:5])
         except ValueError:
-            raise ParseError(f"{source} output line {number}: not a number where one was expected: {line!r}") from None
-        devices.append(
-            Device(
-                kind,
-                index,
-                parts[1],
-                None if total is None else int(total * MIB),
-                None if used is None else int(used * MIB),
-                util,
-                parts[5] or None,
-                source,
-            )
-        )
+            raise ParseError(f"{where}: not a number where one was expected: {line!r}") from None
+        total, used = (None if v is None else int(v * MIB) for v in (total, used))
+        devices.append(Device(kind, index, parts[1], total, used, util, parts[5] or None, source))
     return devices
 
 
 def parse_nvidia_smi_csv(text: str) -> list[Device]:
-    """`nvidia-smi --query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version
-    --format=csv,noheader,nounits` (MiB) -> Devices."""
+    """`nvidia-smi --query-gpu=SMI_FIELDS --format=csv,noheader,nounits` (MiB) -> Devices."""
     return _parse_smi_csv(text, "cuda", "nvidia-smi")
 
 
 def parse_hl_smi_csv(text: str) -> list[Device]:
-    """`hl-smi -Q index,name,memory.total,memory.used,utilization.aip,driver_version -f csv,noheader,nounits`
-    (MiB) -> Devices. `index` is hl-smi's device index, not the module_id that HABANA_VISIBLE_MODULES uses."""
+    """`hl-smi -Q SMI_FIELDS -f csv,noheader,nounits` (MiB) -> Devices. `index` is hl-smi's device index, not the
+    module_id that HABANA_VISIBLE_MODULES uses."""
     return _parse_smi_csv(text, "hpu", "hl-smi")
 
 
@@ -185,21 +173,16 @@ def parse_meminfo(text: str) -> dict[str, int]:
         parts = rest.split()
         if not sep or not parts or not parts[0].isdigit():
             raise ParseError(f"/proc/meminfo line {number}: expected 'Name: value [kB]', got {line!r}")
-        value = int(parts[0])
-        if len(parts) > 1:
-            if parts[1] != "kB":
-                raise ParseError(f"/proc/meminfo line {number}: unknown unit {parts[1]!r} in {line!r}")
-            value *= 1024
-        values[name.strip()] = value
+        if len(parts) > 1 and parts[1] != "kB":
+            raise ParseError(f"/proc/meminfo line {number}: unknown unit {parts[1]!r} in {line!r}")
+        values[name.strip()] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
     return values
 
 
 def parse_cpulist(text: str) -> list[int]:
     """Kernel CPU list syntax ('0-3,8,10-11') -> [0, 1, 2, 3, 8, 10, 11]."""
     cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
+    for part in filter(None, text.strip().split(",")):
         lo, _, hi = part.partition("-")
         if not lo.isdigit() or (hi and not hi.isdigit()):
             raise ParseError(f"cpu list: cannot parse {part!r} in {text.strip()!r}")
@@ -212,21 +195,17 @@ def numa_nodes(root: str | Path = "/sys/devices/system/node") -> list[dict[str, 
     nodes = []
     for path in sorted(Path(root).glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
         cpus = parse_cpulist((path / "cpulist").read_text()) if (path / "cpulist").exists() else []
-        mem_total = None
-        meminfo = path / "meminfo"
-        if meminfo.exists():  # lines look like "Node 0 MemTotal:  24573952 kB"
-            for line in meminfo.read_text().splitlines():
-                if "MemTotal:" in line:
-                    mem_total = int(line.split("MemTotal:")[1].split()[0]) * 1024
-        nodes.append({"node": int(path.name[4:]), "cpus": cpus, "mem_total": mem_total})
+        lines = (path / "meminfo").read_text().splitlines() if (path / "meminfo").exists() else []
+        # lines look like "Node 0 MemTotal:  24573952 kB"
+        kb = next((int(line.split("MemTotal:")[1].split()[0]) for line in lines if "MemTotal:" in line), None)
+        nodes.append({"node": int(path.name[4:]), "cpus": cpus, "mem_total": None if kb is None else kb * 1024})
     return nodes
 
 
 def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:
     """CPUs a cgroup v2 quota allows ('200000 100000' -> 2.0); None when unlimited or not cgroup v2."""
-    path = Path(root) / "cpu.max"
     try:
-        quota, period = path.read_text().split()[:2]
+        quota, period = (Path(root) / "cpu.max").read_text().split()[:2]
     except (OSError, ValueError):
         return None
     return None if quota == "max" else int(quota) / int(period)
@@ -242,14 +221,22 @@ def cgroup_memory(root: str | Path = "/sys/fs/cgroup") -> tuple[int | None, int 
     return (None, None) if limit == "max" else (int(limit), current)
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Sources
 
 
-def _run_cli(argv: list[str]) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
+def _run_smi(tool: str, args: list[str]) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        raise Unavailable("not on PATH")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
     if proc.returncode != 0:
-        raise LabkitError(f"{argv[0]} exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:300]}")
+        raise LabkitError(f"{exe} exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:300]}")
     return proc.stdout
 
 
@@ -263,8 +250,7 @@ def nvidia_devices_nvml() -> list[Device]:
 
     pynvml.nvmlInit()
     try:
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        devices = []
+        driver, devices = _text(pynvml.nvmlSystemGetDriverVersion()), []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
@@ -272,18 +258,8 @@ def nvidia_devices_nvml() -> list[Device]:
                 utilization: float | None = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
             except pynvml.NVMLError:  # e.g. MIG instances report no utilization
                 utilization = None
-            devices.append(
-                Device(
-                    "cuda",
-                    i,
-                    _text(pynvml.nvmlDeviceGetName(handle)),
-                    int(memory.total),
-                    int(memory.used),
-                    utilization,
-                    driver,
-                    "nvml",
-                )
-            )
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            devices.append(Device("cuda", i, name, int(memory.total), int(memory.used), utilization, driver, "nvml"))
         return devices
     finally:
         pynvml.nvmlShutdown()
@@ -294,41 +270,16 @@ def nvidia_devices_torch() -> list[Device]:
     context on every GPU, which this process would then hold while the training ranks run."""
     import torch
 
-    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
-        raise Unavailable(f"torch {torch.__version__} is a CPU build")
-    if not torch.cuda.is_available():
-        raise Unavailable("torch.cuda.is_available() is False")
+    usable, why = cuda_status()
+    if not usable:
+        raise Unavailable(why)
+    driver = f"CUDA {torch.version.cuda}" if torch.version.cuda else None
     devices = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        devices.append(
-            Device(
-                "cuda",
-                i,
-                props.name,
-                int(props.total_memory),
-                None,
-                None,
-                f"CUDA {torch.version.cuda}" if torch.version.cuda else None,
-                "torch",
-                {"capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count},
-            )
-        )
+        info = {"capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count}
+        devices.append(Device("cuda", i, props.name, int(props.total_memory), None, None, driver, "torch", info))
     return devices
-
-
-def nvidia_devices_smi() -> list[Device]:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        raise Unavailable("not on PATH")
-    return parse_nvidia_smi_csv(_run_cli([exe, f"--query-gpu={NVIDIA_SMI_FIELDS}", "--format=csv,noheader,nounits"]))
-
-
-def hpu_devices_smi() -> list[Device]:
-    exe = shutil.which("hl-smi")
-    if exe is None:
-        raise Unavailable("not on PATH")
-    return parse_hl_smi_csv(_run_cli([exe, "-Q", HL_SMI_FIELDS, "-f", "csv,noheader,nounits"]))
 
 
 def hpu_devices_python() -> list[Device]:
@@ -339,35 +290,47 @@ def hpu_devices_python() -> list[Device]:
         raise Unavailable("habana_frameworks sees no Gaudi device")
     devices = []
     for i in range(hthpu.device_count()):
-        total = used = None
         try:
             stats = hthpu.memory_stats(i)
-            total, used = stats.get("Limit"), stats.get("InUse")
         except Exception:  # memory stats need the device initialised; the count and name do not
-            pass
-        devices.append(Device("hpu", i, hthpu.get_device_name(), total, used, None, None, "habana_frameworks"))
+            stats = {}
+        name, total, used = hthpu.get_device_name(), stats.get("Limit"), stats.get("InUse")
+        devices.append(Device("hpu", i, name, total, used, None, None, "habana_frameworks"))
     return devices
+
+
+def nvidia_devices_smi() -> list[Device]:
+    args = [f"--query-gpu={SMI_FIELDS.format('gpu')}", "--format=csv,noheader,nounits"]
+    return parse_nvidia_smi_csv(_run_smi("nvidia-smi", args))
+
+
+def hpu_devices_smi() -> list[Device]:
+    return parse_hl_smi_csv(_run_smi("hl-smi", ["-Q", SMI_FIELDS.format("aip"), "-f", "csv,noheader,nounits"]))
+
+
+SOURCES = {  # kind -> (vendor, {source: function}, best first)
+    "cuda": (
+        "NVIDIA",
+        {"NVML": nvidia_devices_nvml, "torch.cuda": nvidia_devices_torch, "nvidia-smi": nvidia_devices_smi},
+    ),
+    "hpu": ("Gaudi", {"hl-smi": hpu_devices_smi, "habana_frameworks": hpu_devices_python}),
+}
 
 
 def cpu_device(proc: str | Path = "/proc", sys_root: str | Path = "/sys") -> Device:
     """The host CPU as one record: usable cores (affinity and cgroup quota), memory (cgroup limit if lower), NUMA."""
-    proc, sys_root = Path(proc), Path(sys_root)
-    name = "CPU"
+    proc, cgroup = Path(proc), Path(sys_root) / "fs" / "cgroup"
     try:
-        for line in (proc / "cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        lines = (proc / "cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    logical = os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
-    quota = cgroup_cpu_limit(sys_root / "fs" / "cgroup")
-    cores = max(1, min(usable, int(quota))) if quota else usable
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU")
+    quota = cgroup_cpu_limit(cgroup)
+    cores = max(1, min(usable_cores(), int(quota))) if quota else usable_cores()
     meminfo = parse_meminfo((proc / "meminfo").read_text())
     total = meminfo.get("MemTotal")
     used = total - meminfo["MemAvailable"] if total is not None and "MemAvailable" in meminfo else None
-    limit, current = cgroup_memory(sys_root / "fs" / "cgroup")
+    limit, current = cgroup_memory(cgroup)
     if limit is not None and total is not None and limit < total:  # a container: its limit is what a run can use
         total, used = limit, current
     try:
@@ -376,30 +339,26 @@ def cpu_device(proc: str | Path = "/proc", sys_root: str | Path = "/sys") -> Dev
         utilization: float | None = psutil.cpu_percent(interval=0.1)
     except ImportError:
         utilization = None
-    nodes = numa_nodes(sys_root / "devices" / "system" / "node")
-    info: dict[str, Any] = {"cores": cores, "logical_cpus": logical, "numa_nodes": len(nodes) or 1}
-    if quota:
-        info["cgroup_cpu_quota"] = quota
-    info["numa"] = nodes
-    return Device("cpu", 0, name, total, used, utilization, None, "procfs", info)
+    nodes = numa_nodes(Path(sys_root) / "devices" / "system" / "node")
+    info = {"cores": cores, "logical_cpus": os.cpu_count() or 1, "numa_nodes": len(nodes) or 1}
+    info |= {"cgroup_cpu_quota": quota} if quota else {}
+    return Device("cpu", 0, name, total, used, utilization, None, "procfs", info | {"numa": nodes})
 
 
-def _collect(name: str, sources: list[tuple[str, Callable[[], list[Device]]]], notes: list[str]) -> list[Device]:
+def _collect(name: str, sources: dict[str, Callable[[], list[Device]]], notes: list[str]) -> list[Device]:
     """First source that works wins; each failure becomes a note explaining the fallback."""
-    for label, source in sources:
+    for label, source in sources.items():
         try:
             found = source()
         except ImportError as exc:
             notes.append(f"{name}: {label} not available (no module {exc.name or exc})")
-            continue
         except Unavailable as exc:
             notes.append(f"{name}: {label} skipped ({exc})")
-            continue
         except Exception as exc:  # NVMLError, a missing/failed CLI, a parse error
             notes.append(f"{name}: {label} failed ({type(exc).__name__}: {str(exc)[:200]})")
-            continue
-        notes.append(f"{name}: {len(found)} device(s) via {label}")
-        return found
+        else:
+            notes.append(f"{name}: {len(found)} device(s) via {label}")
+            return found
     notes.append(f"{name}: none found")
     return []
 
@@ -409,20 +368,11 @@ def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in DEVICE_KINDS]
     if unknown:
-        raise ConfigError(
-            "kinds", f"unknown device kind(s) {', '.join(unknown)}", f"use some of {', '.join(DEVICE_KINDS)}"
-        )
+        fix = f"use some of {', '.join(DEVICE_KINDS)}"
+        raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", fix)
     result = Discovery()
-    if "cuda" in kinds:
-        result.devices += _collect(
-            "NVIDIA",
-            [("NVML", nvidia_devices_nvml), ("torch.cuda", nvidia_devices_torch), ("nvidia-smi", nvidia_devices_smi)],
-            result.notes,
-        )
-    if "hpu" in kinds:
-        result.devices += _collect(
-            "Gaudi", [("hl-smi", hpu_devices_smi), ("habana_frameworks", hpu_devices_python)], result.notes
-        )
+    for kind in (k for k in SOURCES if k in kinds):
+        result.devices += _collect(*SOURCES[kind], result.notes)
     if "cpu" in kinds:
         result.devices.append(cpu_device())
     return result
@@ -441,10 +391,8 @@ def cuda_status() -> tuple[bool, str]:
     if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
         return False, f"torch {torch.__version__} is a CPU build"
     if not torch.cuda.is_available():
-        return (
-            False,
-            f"torch {torch.__version__} sees no CUDA device (driver, CUDA_VISIBLE_DEVICES or the pod's GPU limit)",
-        )
+        why = "driver, CUDA_VISIBLE_DEVICES or the pod's GPU limit"
+        return False, f"torch {torch.__version__} sees no CUDA device ({why})"
     return True, f"{torch.cuda.device_count()} CUDA device(s)"
 
 
@@ -473,27 +421,13 @@ def pick_device(requested: str = "auto") -> str:
     value = requested.strip().lower() if isinstance(requested, str) else requested
     if value not in DEVICE_CHOICES:
         raise ConfigError("device", f"unknown value {requested!r}", "use one of 'auto', 'cpu', 'cuda', 'hpu'")
-    if value == "cpu":
-        return "cpu"
-    if value in ("auto", "cuda"):
-        ok, why = cuda_status()
-        if ok:
-            return "cuda"
-        if value == "cuda":
-            raise ConfigError(
-                "device",
-                f"'cuda' requested but {why}",
-                "use device='auto' or 'cpu' here, or run on a GPU machine with a CUDA build of torch",
-            )
-    ok, why = hpu_status()
-    if ok:
-        return "hpu"
-    if value == "hpu":
-        raise ConfigError(
-            "device",
-            f"'hpu' requested but {why}",
-            "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image",
-        )
+    for device, status in (("cuda", cuda_status), ("hpu", hpu_status)):
+        if value in ("auto", device):
+            usable, why = status()
+            if usable:
+                return device
+            if value == device:
+                raise ConfigError("device", f"{device!r} requested but {why}", UNAVAILABLE_FIX[device])
     return "cpu"
 
 
@@ -506,19 +440,16 @@ def device_count(device: str) -> int:
     if device == "hpu":
         hthpu = _hpu_module()
         return hthpu.device_count() if hthpu is not None and hthpu.is_available() else 0
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return usable_cores()
 
 
 def check_ranks_fit(field: str, ranks: int, device: str) -> int:
     """ranks if this machine has a `device` for each of them (one GPU/HPU per rank), else ConfigError before launch.
 
     CPU ranks may oversubscribe cores (gloo runs, slowly), so only accelerators are checked."""
-    if device in ("cuda", "hpu"):
-        have = device_count(device)
-        if ranks > have:
-            raise ConfigError(
-                field,
-                f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)",
-                f"pass {field}={max(have, 1)} (or 0 for automatic), or device='cpu' to rehearse {ranks} ranks on CPU",
-            )
+    have = device_count(device) if device in ("cuda", "hpu") else ranks
+    if ranks > have:
+        problem = f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)"
+        fix = f"pass {field}={max(have, 1)} (or 0 for automatic), or device='cpu' to rehearse {ranks} ranks on CPU"
+        raise ConfigError(field, problem, fix)
     return ranks

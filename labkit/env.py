@@ -8,33 +8,37 @@ Each check function takes its inputs as arguments (environment, file text, torch
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import io
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit.cluster import find_kubeconfig, probe_api_server
-from labkit.devices import ParseError, parse_meminfo
+from labkit.checks import (
+    FAIL,
+    PASS,
+    WARN,
+    Check,
+    CheckReport,
+    TorchBuild,
+    _checker,
+    dist_version,
+    infiniband_devices,
+    network_interfaces,
+    quiet,
+    torch_build,
+)
+from labkit.devices import ParseError, parse_meminfo, usable_cores
 from labkit.errors import ConfigError, LabkitError
-from labkit.tabular import html_table, text_table
+from labkit.kube import find_kubeconfig, probe_api_server
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
-STATUSES = (PASS, WARN, FAIL)
 GIB = 2**30
-MIN_PYTHON = (3, 10)
-SHM_MIN_BYTES = GIB
-CHECK_COLUMNS = ("group", "name", "status", "detail", "fix")
-NCCL_DEBUG_VALUES = ("VERSION", "WARN", "INFO", "TRACE")
 HPU = "Intel Gaudi (HPU)"
+DS_REBUILD = "pip install --no-build-isolation --force-reinstall deepspeed==0.19.8"
+MPI4PY_FIX = "pip install mpi4py (needs mpicc from libopenmpi-dev)"
 # Distributions checked by presence alone: name -> (group, required, why it matters, fix)
 PACKAGES = {
     "accelerate": ("deepspeed", False, "the accelerate-launch examples will not run", "pip install accelerate"),
@@ -42,130 +46,8 @@ PACKAGES = {
     "nbclient": ("notebooks", True, "papermill runs kernels through it", ""),
     "jupyterlab": ("notebooks", False, "only `make lab` (interactive use) needs it", ""),
     "ipywidgets": ("notebooks", False, "notebook 01's filter widget needs it; the plain cells work without", ""),
-    "mpi4py": (
-        "mpi",
-        False,
-        "deepspeed.init_distributed() cannot read ranks from Open MPI",
-        "pip install mpi4py (needs mpicc from libopenmpi-dev)",
-    ),
+    "mpi4py": ("mpi", False, "deepspeed.init_distributed() cannot read ranks from Open MPI", MPI4PY_FIX),
 }
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # pass | warn | fail
-    detail: str
-    fix: str = ""
-    group: str = "general"
-
-    def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"Check {self.name!r}: status must be one of {STATUSES}, not {self.status!r}")
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def _checker(name: str, group: str) -> Callable[..., Check]:
-    """Check(name, status, detail, fix, group) with the name and group of one check filled in."""
-    return lambda status, detail, fix="": Check(name, status, detail, fix, group)
-
-
-class CheckReport(list):
-    """A list of Checks that renders as a table (text, HTML) and JSON and knows the exit code."""
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(c.status == s for c in self) for s in STATUSES}
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self if c.status == FAIL]
-
-    @property
-    def warnings(self) -> list[Check]:
-        return [c for c in self if c.status == WARN]
-
-    def exit_code(self) -> int:
-        return 1 if self.failures else 0
-
-    def to_dicts(self) -> list[dict[str, str]]:
-        return [c.to_dict() for c in self]
-
-    def to_json(self) -> str:
-        return json.dumps({"summary": self.counts(), "checks": self.to_dicts()}, indent=2)
-
-    def text(self) -> str:
-        counts = self.counts()
-        table = text_table(self.to_dicts(), CHECK_COLUMNS[:4], max_width=90)
-        fixes = [f"  {c.status.upper():4}  {c.name}: {c.fix}" for c in self if c.status != PASS and c.fix]
-        summary = f"{counts[PASS]} passed, {counts[WARN]} warnings, {counts[FAIL]} failed"
-        return "\n".join([table, "", summary] + (["", "To fix:", *fixes] if fixes else []))
-
-    def _repr_html_(self) -> str:
-        return html_table(self.to_dicts(), CHECK_COLUMNS)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Facts gathered once and shared by several checks
-
-
-@dataclass(frozen=True)
-class TorchBuild:
-    """What the installed torch is and sees. `error` is set when torch is missing or fails to import."""
-
-    version: str | None = None
-    cuda: str | None = None  # torch.version.cuda ("13.0") for CUDA builds
-    hip: str | None = None  # ROCm builds
-    cuda_available: bool = False
-    cuda_devices: tuple[str, ...] = ()
-    nccl: str | None = None  # "2.27.7"
-    error: str | None = None
-
-    @property
-    def gpu_build(self) -> bool:
-        return bool(self.cuda or self.hip)
-
-    def describe(self) -> str:
-        return f"CUDA {self.cuda} build" if self.cuda else (f"ROCm {self.hip} build" if self.hip else "CPU build")
-
-
-def torch_build() -> TorchBuild:
-    try:
-        import torch
-    except Exception as exc:  # ImportError, or a broken install raising OSError on a missing library
-        return TorchBuild(error=f"{type(exc).__name__}: {exc}")
-    cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
-    if not ((cuda or hip) and torch.cuda.is_available()):
-        return TorchBuild(torch.__version__, cuda, hip)
-    devices = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    try:
-        nccl = ".".join(str(p) for p in torch.cuda.nccl.version())
-    except Exception:  # builds without NCCL
-        nccl = None
-    return TorchBuild(torch.__version__, cuda, hip, True, devices, nccl)
-
-
-def dist_version(name: str) -> str | None:
-    """Installed version of a distribution without importing it (cheap)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def network_interfaces(sys_class_net: str | Path = "/sys/class/net") -> list[str]:
-    path = Path(sys_class_net)
-    if path.is_dir():
-        return sorted(p.name for p in path.iterdir())
-    import socket
-
-    return sorted(name for _, name in socket.if_nameindex())
-
-
-def infiniband_devices(root: str | Path = "/sys/class/infiniband") -> list[str]:
-    path = Path(root)
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -173,10 +55,11 @@ def infiniband_devices(root: str | Path = "/sys/class/infiniband") -> list[str]:
 
 
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
-    detail = f"{'.'.join(map(str, version))} at {sys.executable}"
-    if tuple(version[:2]) < MIN_PYTHON:
-        return Check("Python", FAIL, detail, "use Python 3.10 or newer (the kit's venv: make install)", "python")
-    return Check("Python", PASS, detail, group="python")
+    where = f"virtual environment {Path(sys.prefix).name}" if sys.prefix != sys.base_prefix else sys.executable
+    check, detail = _checker("Python", "python"), f"{'.'.join(map(str, version))} ({where})"
+    if tuple(version[:2]) < (3, 10):
+        return check(FAIL, detail, "use Python 3.10 or newer (the kit's venv: make install)")
+    return check(PASS, detail)
 
 
 def check_torch(info: TorchBuild) -> Check:
@@ -236,39 +119,20 @@ def check_hpu() -> Check:
 
 
 def check_deepspeed() -> Check:
-    check = _checker("DeepSpeed", "deepspeed")
-    version = dist_version("deepspeed")
+    check, version = _checker("DeepSpeed", "deepspeed"), dist_version("deepspeed")
     if version is None:
         return check(FAIL, "not installed", "run `make install` (builds deepspeed==0.19.8 against the installed torch)")
     try:
-        import deepspeed
-        from deepspeed.accelerator import get_accelerator
+        with quiet(python_streams=False):  # "Setting accelerator to CPU" and FutureWarnings are no news here
+            import deepspeed
+            from deepspeed.accelerator import get_accelerator
 
-        accelerator = get_accelerator()
-        backend = accelerator.communication_backend_name()
+            accelerator = get_accelerator()
     except Exception as exc:
         detail = f"{version} installed but `import deepspeed` fails: {type(exc).__name__}: {exc}"
-        fix = "rebuild it against this torch: pip install --no-build-isolation --force-reinstall deepspeed==0.19.8"
-        return check(FAIL, detail, fix)
+        return check(FAIL, detail, f"rebuild it against this torch: {DS_REBUILD}")
+    backend = accelerator.communication_backend_name()
     return check(PASS, f"{deepspeed.__version__}, accelerator {accelerator._name}, comm backend {backend}")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence stdout/stderr at the file-descriptor level (compiler probes run as subprocesses), then restore them."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved, devnull = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 def _compatible(builder) -> bool:
@@ -285,7 +149,7 @@ def deepspeed_op_report() -> dict[str, Any]:
     from deepspeed.ops.op_builder.all_ops import ALL_OPS
     from torch.utils import cpp_extension
 
-    with _quiet():  # builders print warnings, and their compile probes write to the file descriptors directly
+    with quiet():  # builders print warnings, and their compile probes write to the file descriptors directly
         ops = {
             name: {"installed": bool(installed_ops.get(name, False)), "compatible": _compatible(builder)}
             for name, builder in ALL_OPS.items()
@@ -311,9 +175,9 @@ def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> C
     cuda_home = f", CUDA_HOME {report['cuda_home'] or 'NONE'}" if info.gpu_build else ""
     tools = f"ninja {'yes' if report['ninja'] else 'NO'}, compiler {report['compiler'] or 'NONE'}{cuda_home}"
     detail = f"prebuilt: {installed}; JIT-buildable: {buildable} ({tools})"
-    needs = (("ninja", report["ninja"]), ("a C++ compiler", report["compiler"]))
-    needs += (("CUDA_HOME/nvcc", report["cuda_home"]),) if info.gpu_build else ()
-    missing = [what for what, ok in needs if not ok]
+    needs = {"ninja": report["ninja"], "a C++ compiler": report["compiler"]}
+    needs |= {"CUDA_HOME/nvcc": report["cuda_home"]} if info.gpu_build else {}
+    missing = [what for what, ok in needs.items() if not ok]
     if missing:
         fix = (
             f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
@@ -378,13 +242,8 @@ def check_package(dist: str) -> Check:
     return Check(dist, FAIL if required else WARN, f"not installed: {why}", fix, group)
 
 
-def check_mpi4py() -> Check:
-    return check_package("mpi4py")
-
-
 def check_mpirun() -> Check:
-    check = _checker("mpirun", "mpi")
-    exe = shutil.which("mpirun")
+    check, exe = _checker("mpirun", "mpi"), shutil.which("mpirun")
     if exe is None:
         detail = "not on PATH: the openmpi launcher (what an MPIJob's launcher runs) is unavailable"
         return check(WARN, detail, "apt-get install openmpi-bin libopenmpi-dev (or use the deepspeed launcher)")
@@ -401,23 +260,14 @@ def check_mpirun() -> Check:
 
 
 def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping[str, str] | None = None) -> Check:
-    env = os.environ if env is None else env
-    logical = logical or os.cpu_count() or 1
-    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical)
-    detail = f"{cores} usable core(s) of {logical}"
-    threads = env.get("OMP_NUM_THREADS")
-    if threads:
-        detail += f", OMP_NUM_THREADS={threads}"
-        if threads.isdigit() and int(threads) > cores:
-            detail += " (more threads than cores: ranks oversubscribe and run many times slower)"
-            return Check(
-                "CPU",
-                WARN,
-                detail,
-                f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)",
-                "system",
-            )
-    return Check("CPU", PASS, detail, group="system")
+    check, threads = _checker("CPU", "system"), (os.environ if env is None else env).get("OMP_NUM_THREADS")
+    cores = cores or usable_cores()
+    detail = f"{cores} usable core(s) of {logical or os.cpu_count() or 1}"
+    detail += f", OMP_NUM_THREADS={threads}" if threads else ""
+    if threads and threads.isdigit() and int(threads) > cores:
+        detail += " (more threads than cores: ranks oversubscribe and run many times slower)"
+        return check(WARN, detail, f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)")
+    return check(PASS, detail)
 
 
 def check_shm(path: str | Path = "/dev/shm") -> Check:
@@ -428,7 +278,7 @@ def check_shm(path: str | Path = "/dev/shm") -> Check:
         return check(WARN, f"cannot read {path}: {exc}", "mount a tmpfs at /dev/shm")
     total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     detail = f"{total / GIB:.2f} GiB ({free / GIB:.2f} GiB free)"
-    if total < SHM_MIN_BYTES:
+    if total < GIB:
         detail += (
             ": under 1 GiB (containers default to 64 MiB); DataLoader workers and NCCL's shared-memory "
             "transport fail with 'Bus error' or 'No space left on device'"
@@ -465,7 +315,7 @@ def check_nccl_debug(env: Mapping[str, str]) -> Check:
     check, value = _checker("NCCL_DEBUG", "network"), env.get("NCCL_DEBUG")
     if not value:
         return check(PASS, "unset (set NCCL_DEBUG=INFO to see NCCL's transport choices when a run hangs)")
-    if value.upper() not in NCCL_DEBUG_VALUES:
+    if value.upper() not in ("VERSION", "WARN", "INFO", "TRACE"):
         return check(WARN, f"{value!r} is not an NCCL debug level", "use VERSION, WARN, INFO or TRACE")
     return check(PASS, value)
 
@@ -476,8 +326,7 @@ def nccl_ifname_matches(spec: str, interfaces: Sequence[str]) -> list[str]:
     body = spec[1:] if exclude else spec
     exact = body.startswith("=")
     patterns = [p.strip() for p in (body[1:] if exact else body).split(",") if p.strip()]
-    hit = lambda name: any(name == p if exact else name.startswith(p) for p in patterns)  # noqa: E731
-    return [i for i in interfaces if hit(i) != exclude]
+    return [i for i in interfaces if any(i == p if exact else i.startswith(p) for p in patterns) != exclude]
 
 
 def check_nccl_socket_ifname(env: Mapping[str, str], interfaces: Sequence[str]) -> Check:
@@ -513,8 +362,7 @@ def check_nccl_ib_disable(env: Mapping[str, str], ib_devices: Sequence[str]) -> 
 def check_kubeconfig(
     kubeconfig: str | None = None, context: str | None = None, env: Mapping[str, str] | None = None
 ) -> Check:
-    check = _checker("kubeconfig", "kubernetes")
-    env = os.environ if env is None else env
+    check, env = _checker("kubeconfig", "kubernetes"), os.environ if env is None else env
     try:
         source = find_kubeconfig(kubeconfig, context, env)
     except LabkitError as exc:
@@ -551,19 +399,15 @@ def check_api_server(kubeconfig: str | None = None, context: str | None = None, 
 
 
 def validate_check_options(
-    timeout: float,
-    kubeconfig: str | None = None,
-    *,
-    timeout_field: str = "api_timeout_s",
-    kubeconfig_field: str = "kubeconfig",
+    timeout: float, kubeconfig: str | None = None, *, fields=("api_timeout_s", "kubeconfig")
 ) -> None:
-    """Notebook 00 parameters / CLI flags (the fields named as the caller calls them), checked before anything runs."""
+    """Notebook 00 parameters / CLI flags (`fields` names them as the caller does), checked before anything runs."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3:
         fix = "use a short timeout such as 2.0: the check must not hang on a dead cluster"
-        raise ConfigError(timeout_field, f"{timeout!r} is not a number of seconds in (0, 3]", fix)
+        raise ConfigError(fields[0], f"{timeout!r} is not a number of seconds in (0, 3]", fix)
     if kubeconfig and not Path(kubeconfig).expanduser().is_file():
         fix = "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config"
-        raise ConfigError(kubeconfig_field, f"{kubeconfig} does not exist", fix)
+        raise ConfigError(fields[1], f"{kubeconfig} does not exist", fix)
 
 
 def run_checks(
@@ -572,13 +416,10 @@ def run_checks(
     context: str | None = None,
     timeout: float = 2.0,
     env: Mapping[str, str] | None = None,
-    progress: bool = False,
 ) -> CheckReport:
     """Every check, in a fixed order. A check that crashes becomes a WARN naming the crash, never a traceback."""
     validate_check_options(timeout, kubeconfig)
-    env = dict(os.environ if env is None else env)
-    report = CheckReport()
-    torch_info = torch_build()  # cheap when torch is missing; every torch-related check reads it
+    env, report, torch_info = dict(os.environ if env is None else env), CheckReport(), torch_build()
     passed = lambda name: any(c.name == name and c.status == PASS for c in report)  # noqa: E731
     meminfo = Path("/proc/meminfo")
 
@@ -606,18 +447,12 @@ def run_checks(
         ("NCCL_DEBUG", lambda: check_nccl_debug(env)),
         ("NCCL_SOCKET_IFNAME", lambda: check_nccl_socket_ifname(env, network_interfaces())),
         ("NCCL_IB_DISABLE", lambda: check_nccl_ib_disable(env, infiniband_devices())),
-        ("mpirun", check_mpirun),
-        ("mpi4py", lambda: check_mpi4py()),  # looked up when run: tests replace it
+        ("mpirun", lambda: check_mpirun()),  # looked up when run: tests replace it
+        ("mpi4py", lambda: check_package("mpi4py")),
         ("kubeconfig", lambda: check_kubeconfig(kubeconfig, context, env)),
         ("Kubernetes API server", lambda: check_api_server(kubeconfig, context, timeout)),
     ]
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="checks", unit="check")
     for name, step in steps:
-        if progress:
-            steps.set_postfix_str(name)
         try:
             report.append(step())
         except Exception as exc:  # a bug in one check must not hide the others

@@ -58,7 +58,7 @@ print(f"later chapters will run on: {resolved_device}")
 # `api_timeout_s`, so a dead cluster cannot hang this notebook).
 
 # %%
-report = env.run_checks(kubeconfig=kubeconfig or None, timeout=api_timeout_s, progress=True)
+report = env.run_checks(kubeconfig=kubeconfig or None, timeout=api_timeout_s)
 report
 
 # %% [markdown]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cluster
+from labkit import cluster, kube
 from labkit.cluster import accelerator_from_labels, mpijob_crd_status, node_inventory, trainjob_crd_status
 from labkit.errors import ConfigError, LabkitError
 
@@ -179,7 +179,7 @@ def no_cluster(monkeypatch, tmp_path):
 def test_no_cluster_configured(no_cluster):
     assert cluster.find_kubeconfig() is None
     with pytest.raises(LabkitError, match="^no cluster configured: set KUBECONFIG or create ~/.kube/config"):
-        cluster.load_client()
+        kube.load_client()
     report = cluster.discover_cluster()
     assert not report.configured and report.error.startswith("no cluster configured")
     assert report.summary().startswith("No cluster inventory (no cluster configured")
@@ -220,7 +220,7 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
 def test_in_cluster_service_account(no_cluster, monkeypatch):
     token = no_cluster / "token"
     token.write_text("service-account-token")
-    monkeypatch.setattr(cluster, "IN_CLUSTER_TOKEN", token)
+    monkeypatch.setattr(kube, "IN_CLUSTER_TOKEN", token)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     source = cluster.find_kubeconfig()
@@ -246,7 +246,7 @@ def test_unknown_context_names_the_field(no_cluster):
 
 def test_load_client_uses_the_given_file(no_cluster):
     path = write_kubeconfig(no_cluster / "kc.yaml", "https://10.9.8.7:6443")
-    api = cluster.load_client(path)
+    api = kube.load_client(path)
     try:
         assert api.configuration.host == "https://10.9.8.7:6443"
     finally:
@@ -263,7 +263,7 @@ def test_probe_of_a_closed_port_does_not_hang(no_cluster):
     import kubernetes.client  # noqa: F401  (warm import: time the network wait only)
 
     path = write_kubeconfig(no_cluster / "kc.yaml", f"https://127.0.0.1:{free_port()}")
-    probe = cluster.probe_api_server(path, timeout=2.0)
+    probe = kube.probe_api_server(path, timeout=2.0)
     assert not probe.reachable and probe.error == "Connection refused" and probe.elapsed_s < 3.0
 
 
@@ -371,7 +371,7 @@ def test_discover_cluster_over_http(no_cluster):
     with FakeApiServer(api_routes()) as server:
         path = write_kubeconfig(no_cluster / "kc.yaml", server.url)
         report = cluster.discover_cluster(path)
-        probe = cluster.probe_api_server(path)
+        probe = kube.probe_api_server(path)
         from labkit import env
 
         check = env.check_api_server(str(path))

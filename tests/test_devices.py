@@ -428,7 +428,8 @@ def test_cli_discover_rejects_a_bad_timeout():
 def test_modules_import_cheaply():
     """The GPU benchmark image has no kubernetes/papermill: importing the kit's modules must not need them."""
     code = (
-        "import sys, labkit.devices, labkit.env, labkit.cluster, labkit.plots.discovery, labkit.cli.check; "
+        "import sys, labkit.devices, labkit.env, labkit.kube, labkit.cluster, labkit.plots.discovery, "
+        "labkit.cli.check; "
         "heavy = [m for m in ('torch', 'deepspeed', 'kubernetes', 'matplotlib', 'papermill') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

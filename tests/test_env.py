@@ -3,7 +3,7 @@ TORCH_CUDA_ARCH_LIST rule cross-checked against DeepSpeed's own op builder, and 
 
 from __future__ import annotations
 
-import io
+import base64
 import json
 import os
 import socket
@@ -162,11 +162,12 @@ def test_arch_list_valid_or_unset_passes():
 
 
 def test_deepspeed_op_report_is_real():
-    report = env.deepspeed_op_report()
+    report, info = env.deepspeed_op_report(), env.torch_build()
     assert {"cpu_adam", "fused_adam"} <= set(report["ops"])
     assert report["ops"]["cpu_adam"]["compatible"] is True  # ninja + g++ are here
-    check = env.check_deepspeed_ops(report, env.torch_build())
-    assert check.status == PASS and "cpu_adam" in check.detail
+    check = env.check_deepspeed_ops(report, info)
+    # the device here: a GPU build also needs CUDA_HOME (nvcc) to JIT-build its ops
+    assert check.status == (WARN if info.gpu_build and not report["cuda_home"] else PASS) and "cpu_adam" in check.detail
 
 
 def test_deepspeed_ops_without_a_compiler_warn():
@@ -366,6 +367,10 @@ def test_validate_check_options():
 
 
 def test_run_checks_on_this_cpu_machine(no_cluster, monkeypatch):
+    """Real checks, with torch seen as a CPU build (the CPU view, also on a GPU machine)."""
+    import torch
+
+    monkeypatch.setattr(env, "torch_build", lambda: TorchBuild(version=torch.__version__))
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0a")  # the GPU image's value: only a warning on a CPU build
     report = env.run_checks(env={**os.environ, "NCCL_SOCKET_IFNAME": "ib7"})
     names = [c.name for c in report]
@@ -398,14 +403,18 @@ def test_run_checks_on_this_cpu_machine(no_cluster, monkeypatch):
     assert report.failures == [], report.text()  # nothing a CPU laptop lacks may fail
     assert by_name["TORCH_CUDA_ARCH_LIST"].status == WARN
     assert by_name["NCCL_SOCKET_IFNAME"].status == WARN
-    assert by_name["DeepSpeed"].status == PASS and "accelerator cpu" in by_name["DeepSpeed"].detail
+    assert by_name["CUDA"].status == WARN and "CPU build" in by_name["CUDA"].detail
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"  # DeepSpeed itself still sees the device here
+    assert by_name["DeepSpeed"].status == PASS and f"accelerator {accelerator}" in by_name["DeepSpeed"].detail
     assert by_name["kubeconfig"].status == WARN
+    assert sys.executable not in by_name["Python"].detail or sys.prefix == sys.base_prefix  # no internal venv path
+    assert "<labkit" not in repr(report) and repr(report) == report.text()
 
 
 def test_a_crashing_check_becomes_a_warning(monkeypatch):
-    monkeypatch.setattr(env, "check_mpi4py", lambda: 1 / 0)
+    monkeypatch.setattr(env, "check_mpirun", lambda: 1 / 0)
     report = env.run_checks()
-    crashed = next(c for c in report if c.name == "mpi4py")
+    crashed = next(c for c in report if c.name == "mpirun")
     assert crashed.status == WARN and "ZeroDivisionError" in crashed.detail
 
 
@@ -418,14 +427,17 @@ def test_check_summary_figure():
     fig = check_summary_figure(report)
     widths = [p.get_width() for p in fig.axes[0].patches]
     assert sorted(widths) == [0, 0, 0, 1, 1, 1]  # 2 groups x 3 statuses
-    fig.savefig(io.BytesIO(), format="png")
+    data, meta = fig._repr_mimebundle_()  # how a notebook shows it: a PNG with alt text, even without %matplotlib
+    assert base64.b64decode(data["image/png"])[:4] == b"\x89PNG"
+    assert meta["image/png"]["alt"] == data["text/plain"] and "x: 1 pass, 1 warn, 0 fail" in data["text/plain"]
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_check_json_on_this_machine(no_cluster):
-    proc = labkit_cli("check", "--json", env_extra={"HOME": str(no_cluster)})
+    # an unset arch list: the GPU image's 9.0a is a real failure on a GPU machine, tested above
+    proc = labkit_cli("check", "--json", env_extra={"HOME": str(no_cluster), "TORCH_CUDA_ARCH_LIST": ""})
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert len(data["checks"]) >= 12 and data["summary"]["fail"] == 0

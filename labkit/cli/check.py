@@ -28,9 +28,7 @@ def register(subparsers) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    env.validate_check_options(
-        args.timeout, args.kubeconfig, timeout_field="--timeout", kubeconfig_field="--kubeconfig"
-    )
+    env.validate_check_options(args.timeout, args.kubeconfig, fields=("--timeout", "--kubeconfig"))
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs to stdout on import; keep stdout the report alone
         report = env.run_checks(kubeconfig=args.kubeconfig, context=args.context, timeout=args.timeout)
     print(report.to_json() if args.json else report.text())

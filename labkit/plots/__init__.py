@@ -1,14 +1,35 @@
 """matplotlib figures for the notebooks, one module per topic; each helper returns a Figure.
 
 Figures are built with matplotlib.figure.Figure directly (no pyplot): nothing global is left open, and they render
-under any backend, Agg included. Notebooks show them by returning the Figure from a cell.
+under any backend, Agg included. A notebook shows one by returning or display()-ing it: it is a PNG with alt text
+(nbconvert's HTML export warns about images without one), with or without `%matplotlib inline`.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
 
-def figure(width: float, height: float):
-    """A constrained-layout Figure (matplotlib is imported here, when a figure is first drawn)."""
+
+@functools.cache
+def _figure_class():
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    class LabFigure(Figure):
+        alt = ""
+
+        def _repr_mimebundle_(self, include=None, exclude=None):
+            buf = io.BytesIO()
+            self.savefig(buf, format="png")
+            png = base64.b64encode(buf.getvalue()).decode()
+            return {"image/png": png, "text/plain": self.alt}, {"image/png": {"alt": self.alt}}
+
+    return LabFigure
+
+
+def figure(width: float, height: float, alt: str):
+    """A constrained-layout Figure described by `alt` (matplotlib is imported here, when a figure is first drawn)."""
+    fig = _figure_class()(figsize=(width, height), layout="constrained")
+    fig.alt = alt
+    return fig

@@ -27,17 +27,17 @@ KIND_COLOURS = {
 
 def check_summary_figure(checks: Sequence) -> Figure:
     """Stacked horizontal bars: pass/warn/fail counts per check group."""
-    groups: list[str] = []
-    for c in checks:
-        if c.group not in groups:
-            groups.append(c.group)
-    fig = figure(7, 0.45 * max(len(groups), 2) + 1)
+    groups = list(dict.fromkeys(c.group for c in checks))
+    counts = {s: [sum(c.group == g and c.status == s for c in checks) for g in groups] for s in STATUS_COLOURS}
+    per_group = "; ".join(
+        f"{g}: " + ", ".join(f"{counts[s][i]} {s}" for s in STATUS_COLOURS) for i, g in enumerate(groups)
+    )
+    fig = figure(7, 0.45 * max(len(groups), 2) + 1, f"Bar chart of the environment checks by group: {per_group}")
     ax = fig.add_subplot()
     left = [0] * len(groups)
-    for status in ("pass", "warn", "fail"):
-        counts = [sum(1 for c in checks if c.group == g and c.status == status) for g in groups]
-        ax.barh(groups, counts, left=left, color=STATUS_COLOURS[status], label=status)
-        left = [a + b for a, b in zip(left, counts)]
+    for status, colour in STATUS_COLOURS.items():
+        ax.barh(groups, counts[status], left=left, color=colour, label=status)
+        left = [a + b for a, b in zip(left, counts[status])]
     ax.invert_yaxis()
     ax.set_xlabel("checks")
     ax.set_title("Environment checks by group")
@@ -51,12 +51,16 @@ def device_memory_figure(devices: Sequence) -> Figure:
     labels = [f"{d.kind}:{d.index} {d.name[:28]}" for d in devices]
     totals = [(d.mem_total or 0) / GIB for d in devices]
     used = [(d.mem_used or 0) / GIB for d in devices]
-    fig = figure(7, 0.5 * max(len(devices), 2) + 1)
+    notes = [
+        f"{u:.1f} / {t:.1f} GiB" if d.mem_used is not None else f"{t:.1f} GiB (use unknown)"
+        for t, u, d in zip(totals, used, devices)
+    ]
+    alt = "Bar chart of memory in use and total per local device: " + ", ".join(map(": ".join, zip(labels, notes)))
+    fig = figure(7, 0.5 * max(len(devices), 2) + 1, alt)
     ax = fig.add_subplot()
     ax.barh(labels, totals, color="#d0d0d0", label="total")
     ax.barh(labels, used, color=[KIND_COLOURS.get(d.kind, "#555555") for d in devices], label="in use")
-    for y, (t, u, d) in enumerate(zip(totals, used, devices)):
-        note = f"{u:.1f} / {t:.1f} GiB" if d.mem_used is not None else f"{t:.1f} GiB (use unknown)"
+    for y, (t, note) in enumerate(zip(totals, notes)):
         ax.text(t, y, " " + note, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("GiB")
@@ -69,7 +73,15 @@ def device_memory_figure(devices: Sequence) -> Figure:
 def node_accelerators_figure(nodes: Sequence) -> Figure:
     """Per node: allocatable accelerators by kind (left) and allocatable hugepages-2Mi in GiB (right)."""
     names = [f"{n.name}\n{n.accelerator_product}" if n.accelerator_product else n.name for n in nodes]
-    fig = figure(10, 0.6 * max(len(nodes), 2) + 1.4)
+    per_node = ", ".join(
+        f"{n.name}: {n.accelerators} {n.accelerator_kind or 'cpu'}, {n.hugepages_2mi_bytes / GIB:.0f} GiB"
+        for n in nodes
+    )
+    fig = figure(
+        10,
+        0.6 * max(len(nodes), 2) + 1.4,
+        f"Bar charts of allocatable accelerators and huge pages per node: {per_node}",
+    )
     ax_acc, ax_huge = fig.subplots(1, 2, sharey=True)
     kinds = sorted({n.accelerator_kind for n in nodes if n.accelerator_kind})
     left = [0] * len(nodes)

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from labkit.plots import figure
 
 
-def training_curves_figure(records: Sequence[dict], title: str = "") -> Figure:  # noqa: F821
+def training_curves_figure(records: Sequence[dict], title: str = ""):
     """Three panels: training loss per logged step (epoch boundaries dotted), train/test accuracy per epoch, and
     images/s per epoch (the first epoch carries warm-up). The data kind ("synthetic" or "CIFAR-10") is in the title."""
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     kind = next((r.get("data") for r in records if r.get("data")), "")
-    fig = figure(13, 3.6)
+    title = title or f"CIFAR-10 training through DeepSpeed — {kind} data"
+    alt = f"{title}: loss over {len(steps)} logged steps, accuracy and images/s over {len(epochs)} epoch(s)"
+    fig = figure(13, 3.6, alt)
     loss_ax, acc_ax, rate_ax = fig.subplots(1, 3)
 
     loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], marker=".", color="#1f77b4")
@@ -37,5 +39,5 @@ def training_curves_figure(records: Sequence[dict], title: str = "") -> Figure: 
     rate_ax.set(xlabel="epoch (grey: includes warm-up)", ylabel="training images / s", title="throughput")
     rate_ax.xaxis.get_major_locator().set_params(integer=True)
 
-    fig.suptitle(title or f"CIFAR-10 training through DeepSpeed — {kind} data")
+    fig.suptitle(title)
     return fig

@@ -20,7 +20,8 @@ def _scale(max_bytes: float) -> tuple[float, str]:
 
 def _config_axes(cfgs: list[dict], width: float, height: float, title: str):
     """A figure with one x tick per configuration, labelled with its (wrapped) label."""
-    fig = figure(max(width, 1.2 * len(cfgs) + 2), height)
+    alt = f"Bar chart: {title}, one bar per configuration ({', '.join(c['label'] for c in cfgs)})"
+    fig = figure(max(width, 1.2 * len(cfgs) + 2), height, alt)
     ax = fig.add_subplot()
     ax.set_xticks(range(len(cfgs)), [c["label"].replace(" + ", "\n+ ") for c in cfgs], fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -70,7 +71,8 @@ def holders_figure(rows: list[dict], title: str = "Where the bytes went"):
 
     rows = [r for r in rows if r["bytes"] > 0][:12][::-1]
     div, unit = _scale(max([r["bytes"] for r in rows] or [1]))
-    fig = figure(7.5, 0.35 * max(len(rows), 3) + 1.2)
+    top = ", ".join(f"{r['holder']} {r['bytes'] / div:.1f} {unit}" for r in rows[::-1][:5])
+    fig = figure(7.5, 0.35 * max(len(rows), 3) + 1.2, f"Bar chart: {title}; largest: {top}")
     ax = fig.add_subplot()
     labels = [f"{r['holder'][:48]}{' (host)' if r['location'] == 'host' else ''}" for r in rows]
     ax.barh(labels, [r["bytes"] / div for r in rows], color=[STATE_COLOURS[r["kind"]] for r in rows])
@@ -96,7 +98,8 @@ def timeline_figure(
     alloc = [(p.get("accelerator") or {}).get("allocated") for p in phases]
     alloc = [a - (allocated_before or 0) if a is not None else None for a in alloc]
     div, unit = _scale(max([sum(v[i] for v in series.values()) for i in range(len(phases))] + [a or 0 for a in alloc]))
-    fig = figure(max(6.5, 0.55 * len(phases) + 2), 3.8)
+    alt = f"Stacked area chart: {title}, model-state bytes by kind over {len(phases)} snapshots"
+    fig = figure(max(6.5, 0.55 * len(phases) + 2), 3.8, alt)
     ax = fig.add_subplot()
     xs = list(range(len(phases)))
     kinds = [k for k in STATE_KINDS if any(series[k])]
@@ -115,7 +118,8 @@ def timeline_figure(
 
 def fit_figure(fit: dict, title: str = "Model states vs device memory"):
     """One bar: model states x headroom against the device's capacity."""
-    fig = figure(6, 1.8)
+    need, capacity = fit["need_bytes"] / 1e9, fit["capacity_bytes"] / 1e9
+    fig = figure(6, 1.8, f"Bar chart: {title}: {need:.1f} GB needed against {capacity:.1f} GB of device memory")
     ax = fig.add_subplot()
     ax.barh(["need"], [fit["need_bytes"] / 1e9], color="#55a868" if fit["fits"] else "#c44e52")
     ax.barh(["model states"], [fit["model_state_bytes"] / 1e9], color="#4c72b0")

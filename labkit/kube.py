@@ -1,0 +1,210 @@
+"""Access to a Kubernetes API through the official `kubernetes` client: which configuration applies (kubeconfig files or
+the pod's service account, as kubectl picks it), a client for it, and a never-hanging reachability probe.
+
+No kubeconfig is a normal state (a laptop): `find_kubeconfig` returns None and `load_client` raises one LabkitError
+that says how to configure one. The kubernetes package is imported only inside functions, so importing this module
+stays cheap on machines without it (the GPU benchmark image).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from labkit.errors import ConfigError, LabkitError
+
+NO_CLUSTER_MESSAGE = (
+    "no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
+    "or run inside a pod with a service account"
+)
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+KUBECONFIG_FIX = "pass an existing kubeconfig file, or leave it empty to use $KUBECONFIG or ~/.kube/config"
+# The useful part of a client/urllib3 error message, when it has one of these
+_REASONS = (
+    "Connection refused|timed out|Name or service not known|No route to host|certificate verify failed|"
+    "Network is unreachable"
+).split("|")
+
+
+@dataclass(frozen=True)
+class KubeconfigSource:
+    """Which configuration a client would use: kubeconfig file(s) or the pod's service account. Holds no credentials."""
+
+    kind: str  # "file" | "in-cluster"
+    paths: tuple[str, ...] = ()
+    context: str | None = None  # the context that would be used
+    server: str | None = None  # the API server URL of that context's cluster
+
+    def describe(self) -> str:
+        if self.kind == "in-cluster":
+            return f"in-cluster service account (server {self.server})"
+        ctx, server = (
+            f", context {self.context}" if self.context else "",
+            f", server {self.server}" if self.server else "",
+        )
+        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}"
+
+
+def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None]:
+    """(context, server) the way kubectl merges files: the first file that sets a value wins. Never returns secrets."""
+    import yaml
+
+    current, named = None, {"contexts": {}, "clusters": {}}
+    for path in paths:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            problem = f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})"
+            raise ConfigError(
+                "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
+            ) from None
+        if not isinstance(doc, dict):
+            fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
+            raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)", fix)
+        current = current or doc.get("current-context")
+        for section, items in named.items():
+            for item in doc.get(section) or []:
+                if isinstance(item, dict) and item.get("name"):
+                    items.setdefault(item["name"], item.get(section[:-1]) or {})
+    contexts, clusters = named["contexts"], named["clusters"]
+    chosen = context or current
+    if chosen and chosen not in contexts:
+        problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"
+        raise ConfigError(
+            "context" if context else "kubeconfig", problem, "pick one of those contexts (kubectl config get-contexts)"
+        )
+    server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
+    if server and "@" in server:  # https://user:secret@host:6443 -> https://host:6443: credentials are never shown
+        parts = urlsplit(server)
+        server = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return chosen, server
+
+
+def find_kubeconfig(
+    kubeconfig: str | os.PathLike | None = None, context: str | None = None, env: Mapping[str, str] | None = None
+) -> KubeconfigSource | None:
+    """The configuration a client would load, or None when no cluster is configured.
+
+    Order as kubectl: an explicit file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config,
+    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not no cluster).
+    """
+    env = os.environ if env is None else env
+    if kubeconfig:
+        if not Path(kubeconfig).expanduser().is_file():
+            raise ConfigError("kubeconfig", f"{Path(kubeconfig).expanduser()} does not exist", KUBECONFIG_FIX)
+        candidates = [kubeconfig]
+    elif env.get("KUBECONFIG"):
+        candidates = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
+    else:
+        candidates = [Path(env.get("HOME") or Path.home()) / ".kube" / "config"]
+    paths = [str(Path(p).expanduser()) for p in candidates if Path(p).expanduser().is_file()]
+    if paths:
+        return KubeconfigSource("file", tuple(paths), *_read_kubeconfig_summary(paths, context))
+    if env.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
+        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
+        return KubeconfigSource("in-cluster", server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    return None
+
+
+def api_client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
+    """An ApiClient for `source` (never the client's global default configuration); retries=False fails fast: a dead
+    server costs one timeout, not four."""
+    from kubernetes import client, config
+
+    if source is None:
+        raise LabkitError(NO_CLUSTER_MESSAGE)
+    cfg = client.Configuration()
+    try:
+        if source.kind == "in-cluster":
+            config.load_incluster_config(client_configuration=cfg)
+        else:  # always pass the file(s): the client reads $KUBECONFIG once, when it is first imported
+            files = os.pathsep.join(source.paths)
+            config.load_kube_config(config_file=files, context=context, client_configuration=cfg, persist_config=False)
+    except config.ConfigException as exc:
+        raise LabkitError(
+            f"cannot load the cluster configuration from {source.describe()}: {exc}. "
+            "Fix: check it with `kubectl config view` and `kubectl get nodes`"
+        ) from None
+    cfg.retries = cfg.retries if retries else False
+    return client.ApiClient(configuration=cfg)
+
+
+def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
+    """A kubernetes ApiClient for the configured cluster (`kubeconfig` file, `context` name: defaults as in
+    find_kubeconfig), or a LabkitError saying that no cluster is configured."""
+    return api_client(find_kubeconfig(kubeconfig, context), context)
+
+
+def short_reason(exc: BaseException) -> str:
+    """The useful part of a client/urllib3 error: 'Connection refused', 'HTTP 401 Unauthorized', a timeout."""
+    status = getattr(exc, "status", None)
+    if status:  # kubernetes ApiException with an HTTP status
+        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    text = str(getattr(exc, "reason", None) or exc)
+    return next((marker for marker in _REASONS if marker in text), text[:200])
+
+
+@dataclass(frozen=True)
+class ApiProbe:
+    """Whether the API server answered, within a hard time limit."""
+
+    reachable: bool
+    server: str | None
+    version: str | None = None  # e.g. v1.32.0
+    status: int | None = None  # HTTP status when the server answered with an error (401, 403, ...)
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+
+def probe_api_server(
+    kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, timeout: float = 2.0
+) -> ApiProbe:
+    """GET /version with `timeout` seconds in all (config loading included); never hangs.
+
+    The request runs in a daemon thread joined with the time limit: an exec credential plugin or a black-holed address
+    cannot stall the caller. Raises LabkitError only when no cluster is configured.
+    """
+    source = find_kubeconfig(kubeconfig, context)
+    if source is None:
+        raise LabkitError(NO_CLUSTER_MESSAGE)
+    # Import before the clock starts: a cold import of the client takes seconds on a busy laptop and is not the network.
+    import urllib3
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    outcome: dict[str, Any] = {}
+    start = time.monotonic()
+
+    def call() -> None:
+        try:
+            api = api_client(source, context, retries=False)
+        except LabkitError as exc:
+            outcome["unreachable"] = str(exc)
+            return
+        try:
+            outcome["version"] = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout)).git_version
+        except ApiException as exc:  # with a status the server answered (e.g. 401/403); without, TLS and the like
+            outcome.update(
+                {"status": exc.status, "error": short_reason(exc)} if exc.status else {"unreachable": short_reason(exc)}
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, no route
+            outcome["unreachable"] = short_reason(exc)
+        except Exception as exc:  # it answered, but not with a /version this client version can parse
+            outcome["error"] = f"unexpected /version reply ({type(exc).__name__})"
+        finally:
+            api.close()
+
+    worker = threading.Thread(target=call, name="labkit-api-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    elapsed = time.monotonic() - start
+    if worker.is_alive() or "unreachable" in outcome:
+        error = outcome.get("unreachable", f"no answer within {timeout:g} s")
+        return ApiProbe(False, source.server, error=error, elapsed_s=elapsed)
+    return ApiProbe(True, source.server, outcome.get("version"), outcome.get("status"), outcome.get("error"), elapsed)
