@@ -28,12 +28,10 @@ _OPTIONS = (  # (flag, default, help; choices)
 
 
 def register(subparsers) -> None:
-    z = subparsers.add_parser(
-        "zero",
-        help="run ZeRO stages as real DeepSpeed jobs; measured vs predicted memory",
-        description="Runs every stage variant in ONE DeepSpeed launch of local ranks and prints per-rank model-state "
-        "bytes measured (tensors counted in the engine) beside labkit's DeepSpeed model and the ZeRO paper's formula.",
-    )
+    about = "Runs every stage variant in ONE DeepSpeed launch of local ranks and prints per-rank model-state bytes "
+    about += "measured (tensors counted in the engine) beside labkit's DeepSpeed model and the ZeRO paper's formula."
+    z = subparsers.add_parser("zero", help="run ZeRO stages as real DeepSpeed jobs; measured vs predicted memory")
+    z.description = about
     for flag, default, help_text, choices in _OPTIONS:
         z.add_argument(flag, default=default, type=type(default), choices=choices, help=help_text)
     z.add_argument("--json", dest="json_path", help="write the full report (per rank, per phase) here")
