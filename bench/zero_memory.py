@@ -1,6 +1,6 @@
 """ZeRO stages on real hardware: per-rank model-state bytes measured vs predicted, peak allocated, step time.
 
-    python bench/zero_memory.py                       # GPU defaults: 335M params, bf16, all visible GPUs (max 2)
+    python bench/zero_memory.py                       # GPU defaults: 335M params, bf16, all visible GPUs
     python bench/zero_memory.py --params 4M --device cpu --steps 3      # the same on a CPU (smoke test)
 
 One DeepSpeed launch runs every configuration (stages 0-3 and ZeRO-2 + CPU optimizer offload). Prints a table last and
@@ -25,7 +25,7 @@ from labkit.chapters.zero_stages import conclusions  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="335M", help="model size (>= 300M for the recorded GPU benchmark)")
-    ap.add_argument("--world-size", type=int, default=0, help="ranks (0: all visible GPUs, at most 2; CPU: 2)")
+    ap.add_argument("--world-size", type=int, default=0, help="ranks (0: automatic, as labkit zero: all visible GPUs)")
     ap.add_argument("--stages", default="0,1,2,3,2+opt", help="stage variants, e.g. 0,1,2,3,2+opt,3+opt")
     ap.add_argument("--dtype", default="bf16", choices=zero.DTYPES)
     ap.add_argument("--device", default="auto", choices=devices.DEVICE_CHOICES)
@@ -37,22 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before all ranks are stopped")
     args = ap.parse_args(argv)
 
-    device = devices.pick_device(args.device)
-    world = args.world_size or (max(1, min(2, devices.device_count("cuda"))) if device == "cuda" else 2)
-    plan = zero.make_plan(
-        args.params,
-        world,
-        args.stages,
-        dtype=args.dtype,
-        device=device,
-        steps=args.steps,
-        warmup=args.warmup,
-        memory_summary=device == "cuda",
-        timeout_s=args.timeout,
-    )
+    options = {"dtype": args.dtype, "device": args.device, "steps": args.steps, "warmup": args.warmup}
+    plan = zero.make_plan(args.params, args.world_size, args.stages, **options, timeout_s=args.timeout)
+    plan.memory_summary = plan.device == "cuda"
     print(
         f"plan: {plan.params:,} params (hidden {plan.hidden} x {plan.layers} blocks), {plan.dtype}, "
-        f"{plan.world_size} x {plan.device}, micro-batch {plan.micro_batch} x {plan.seq}, "
+        f"{plan.world_size} x {plan.device} ({plan.why}), micro-batch {plan.micro_batch} x {plan.seq}, "
         f"configs {[v.name for v in plan.variants]}",
         flush=True,
     )

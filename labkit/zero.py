@@ -1,12 +1,11 @@
 """Real ZeRO comparisons: a validated plan -> one DeepSpeed launch -> per-rank JSON -> measured vs predicted.
 
-    plan = make_plan(params="20M", world_size=2, stages="0,1,2,3,2+opt")
-    report = run_plan(plan)            # one `deepspeed --num_gpus 2 --module labkit.ranks.zero_probe ...` launch
+    plan = make_plan(params="20M", world_size=0, stages="0,1,2,3,2+opt")  # 0 ranks: automatic, plan.why says why
+    report = run_plan(plan)  # one `deepspeed --num_gpus N --module labkit.ranks.zero_probe ...` launch
 
-Every configuration of a comparison runs in ONE launch (start-up dominates on small machines): the probe initializes
-one engine per configuration, frees it, and moves on. Each rank writes its own JSON file into the run directory.
-Stage tokens: "2" (ZeRO-2), "2+opt" (optimizer offloaded to the CPU), "3+opt+param" (parameters offloaded too).
-Tables and sentences drawn from a report live with their notebooks (labkit.chapters.zero_stages, memory_inspection).
+One launch runs every configuration (start-up dominates on small machines): the probe initializes one engine per
+configuration, frees it and moves on; each rank writes its own JSON file into the run directory. Stage tokens: "2"
+(ZeRO-2), "2+opt" (optimizer offloaded to the CPU), "3+opt+param" (parameters offloaded too).
 """
 
 from __future__ import annotations
@@ -20,13 +19,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labkit import launch, memory
-from labkit.devices import check_ranks_fit, pick_device
+from labkit import devices, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int
 
 PROBE_MODULE = "labkit.ranks.zero_probe"  # what every rank runs: `deepspeed --module labkit.ranks.zero_probe ...`
 DTYPES = ("auto", *memory.TRAIN_DTYPES)
 MIN_ELEMENTS_PER_RANK = 1024
+RUN_MINIMUMS = {"steps": 2, "warmup": 0, "micro_batch": 0, "seq": 0}  # run settings: whole numbers at least this
+ONE_RANK_NOTE = (
+    "One rank partitions nothing: ZeRO splits model states over N ranks, and with N = 1 every stage keeps all of "
+    "them (16Ψ/N = 16Ψ), so the stages differ only by DeepSpeed's buffers. Run with world_size 0 (automatic) or 2+."
+)
 _PROGRESS = re.compile(r"LABKIT_PROGRESS config=(\S+) step=(\d+)")
 _STAGE_FIX = "write stages like 0,1,2,3 or 2+opt, 3+opt+param"
 
@@ -50,8 +53,7 @@ class Variant:
     def of(cls, stage: int, offload: str = "none") -> Variant:
         """One validated variant: (3, 'optimizer') -> 3+opt."""
         memory.check_stage(stage)
-        check_choice("offload", offload, memory.OFFLOADS)
-        variant = cls(stage, offload != "none", "param" in offload)
+        variant = cls(stage, check_choice("offload", offload, memory.OFFLOADS) != "none", "param" in offload)
         memory.check_offload(variant.stage, variant.offload_optimizer, variant.offload_param)
         return variant
 
@@ -71,9 +73,8 @@ def parse_stages(text: str | list, offload: str = "none") -> list[Variant]:
             raise ConfigError("stages", f"cannot read stage {tok!r}", _STAGE_FIX)
         if int(m.group(1)) not in memory.STAGES:
             raise ConfigError("stages", f"ZeRO stage must be 0, 1, 2 or 3, got {m.group(1)}", "pick stages from 0-3")
-        variant = Variant(int(m.group(1)), "+opt" in m.group(2), "+param" in m.group(2))
-        memory.check_offload(variant.stage, variant.offload_optimizer, variant.offload_param)
-        variants.append(variant)
+        variants.append(Variant(int(m.group(1)), "+opt" in m.group(2), "+param" in m.group(2)))
+        memory.check_offload(variants[-1].stage, variants[-1].offload_optimizer, variants[-1].offload_param)
     with_param = "param" in offload
     if with_param and not any(v.stage == 3 for v in variants):
         fix = "add stage 3 to stages, or use offload='optimizer'"
@@ -112,6 +113,25 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bf16" if dtype == "auto" else dtype
 
 
+def auto_ranks(world_size: int, device: str = "auto") -> tuple[int, str, str]:
+    """(ranks, device, why). world_size 0 = automatic: every visible accelerator when there are 2 or more. ZeRO's
+    lesson is partitioning, which needs 2 ranks: with one GPU (device 'auto') or none, 2 CPU ranks instead."""
+    check_int("world_size", world_size, 0, "use 0 (automatic) or 1 or more data-parallel ranks")
+    dev = devices.pick_device(device)
+    if world_size:
+        devices.check_ranks_fit("world_size", world_size, dev)
+        return world_size, dev, f"as asked: world_size={world_size}"
+    have = devices.device_count(dev) if dev != "cpu" else 0
+    if have >= 2 or (have and str(device).lower() != "auto"):
+        note = "" if have >= 2 else f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
+        return have, dev, f"automatic: every visible {dev.upper()} device ({have} rank(s)){note}"
+    if have:
+        reason = f"this machine has one {dev.upper()} device and one rank partitions nothing"
+    else:
+        reason = "device='cpu' was asked for" if str(device).lower() == "cpu" else "no GPU here"
+    return 2, "cpu", f"automatic: 2 CPU ranks, because {reason}; ZeRO needs 2 or more ranks to partition model states"
+
+
 @dataclass
 class ZeroPlan:
     """A validated comparison: everything needed to launch, nothing launched yet."""
@@ -132,6 +152,7 @@ class ZeroPlan:
     bucket_size: int = 0
     memory_summary: bool = False
     timeout_s: float = 900.0
+    why: str = ""  # how world_size and device were chosen, in one line (notebooks print it)
     fail_rank: int | None = None  # test hook: make this rank raise
     fail_at: str = "step"
 
@@ -142,6 +163,11 @@ class ZeroPlan:
     @property
     def tensor_numels(self) -> list[int]:
         return memory.mlp_tensor_numels(self.hidden, self.layers)
+
+    @property
+    def partitions_nothing(self) -> bool:
+        """One rank and a ZeRO stage: the comparison cannot show partitioning (say so beside its numbers)."""
+        return self.world_size == 1 and any(v.stage for v in self.variants)
 
     def ds_config(self, v: Variant) -> dict:
         buckets = ("reduce_bucket_size", "allgather_bucket_size") + (("stage3_prefetch_bucket_size",) * (v.stage == 3))
@@ -165,32 +191,16 @@ class ZeroPlan:
         return cfg
 
     def probe_configs(self) -> list[dict]:
-        shared = {
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "dtype": self.dtype,
-            "micro_batch": self.micro_batch,
-            "seq": self.seq,
-            "steps": self.steps,
-            "warmup": self.warmup,
-            "seed": 0,
-            "memory_summary": self.memory_summary,
-        }
+        keys = ("hidden", "layers", "dtype", "micro_batch", "seq", "steps", "warmup", "memory_summary")
+        shared = {k: getattr(self, k) for k in keys} | {"seed": 0}
         if self.fail_rank is not None:
             shared.update(fail_rank=self.fail_rank, fail_at=self.fail_at)
         return [{"name": v.name, **shared, "ds_config": self.ds_config(v)} for v in self.variants]
 
     def predictions(self, v: Variant) -> dict:
         offload = {"offload_optimizer": v.offload_optimizer, "offload_param": v.offload_param}
-        ds = memory.deepspeed_model_states(
-            self.tensor_numels,
-            v.stage,
-            self.world_size,
-            self.dtype,
-            **offload,
-            optimizer_impl=self.optimizer_impl,
-            reduce_bucket_size=self.bucket_size,
-        )
+        options = {**offload, "optimizer_impl": self.optimizer_impl, "reduce_bucket_size": self.bucket_size}
+        ds = memory.deepspeed_model_states(self.tensor_numels, v.stage, self.world_size, self.dtype, **options)
         paper = memory.paper_model_states(self.params, v.stage, self.world_size, self.dtype, **offload)
         return {
             "deepspeed": ds.at("backward"),
@@ -201,7 +211,9 @@ class ZeroPlan:
         }
 
     def command(self, plan_path: str = "plan.json", out_dir: str = "RUN_DIR") -> list[str]:
-        return launch.build_command(self.launch_spec(plan_path, out_dir))
+        """The launch line as a user types it (the launcher by name, not by this machine's path)."""
+        argv = launch.build_command(self.launch_spec(plan_path, out_dir))
+        return [Path(argv[0]).name, *argv[1:]]
 
     def launch_spec(self, plan_path, out_dir) -> launch.LaunchSpec:
         args = ["--plan", str(plan_path), "--out", str(out_dir)]
@@ -211,89 +223,46 @@ class ZeroPlan:
         return asdict(self) | {"variants": [v.name for v in self.variants], "params": self.params}
 
 
-def make_plan(
-    params: str | int = "20M",
-    world_size: int = 2,
-    stages: str | list = "0,1,2,3",
-    *,
-    offload: str = "none",
-    dtype: str = "auto",
-    device: str = "auto",
-    steps: int = 4,
-    warmup: int = 1,
-    micro_batch: int = 0,
-    seq: int = 0,
-    layers: int = 10,
-    hidden: int = 0,
-    optimizer_impl: str = "torch",
-    memory_summary: bool = False,
-    timeout_s: float = 900.0,
-) -> ZeroPlan:
+def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", dtype="auto", device="auto", **run):
     """Validate every input (one ConfigError naming the field and the fix) before anything is launched.
 
-    The model is `layers` MLP blocks sized to `params` (hidden a multiple of 64); `hidden` > 0 fixes the width
-    instead (then `layers` is used as given and `params` only checked), e.g. an odd width to exercise padding.
+    world_size 0 = automatic (auto_ranks). The model is `layers` (run setting, default 10) MLP blocks sized to `params`
+    (hidden a multiple of 64); `hidden` > 0 fixes the width instead (then `layers` is used as given), e.g. an odd width
+    to exercise padding. Other `run` settings are ZeroPlan's: steps, warmup, micro_batch and seq (0: by device),
+    optimizer_impl, memory_summary, timeout_s.
     """
     n_params = memory.parse_count(params, "params")
-    check_int("world_size", world_size, 1, "use 1 or more data-parallel ranks")
     variants = parse_stages(stages, offload)
     check_choice("dtype", dtype, DTYPES)  # before resolving the device: a typo should not cost an import
-    check_choice("optimizer_impl", optimizer_impl, memory.OPTIMIZER_IMPLS)
-    for name, value, lo in (
-        ("steps", steps, 2),
-        ("warmup", warmup, 0),
-        ("micro_batch", micro_batch, 0),
-        ("seq", seq, 0),
-        ("layers", layers, 1),
-        ("hidden", hidden, 0),
-    ):
-        check_int(name, value, lo)
+    check_choice("optimizer_impl", run.get("optimizer_impl", "torch"), memory.OPTIMIZER_IMPLS)
+    layers, hidden = check_int("layers", run.pop("layers", 10), 1), check_int("hidden", run.pop("hidden", 0), 0)
+    steps, warmup = run.setdefault("steps", 4), run.setdefault("warmup", 1)
+    for name, lo in RUN_MINIMUMS.items():
+        check_int(name, run.get(name, lo), lo)
     if warmup >= steps:
         fix = "raise steps or lower warmup: step time is the median of the steps after warm-up"
         raise ConfigError("warmup", f"warm-up steps ({warmup}) must be fewer than steps ({steps})", fix)
-    hidden, n_layers = (hidden, layers) if hidden else memory.mlp_shape_for(n_params, layers)
-    actual = memory.mlp_params(hidden, n_layers)
-    if any(v.stage > 0 for v in variants) and actual // world_size < MIN_ELEMENTS_PER_RANK:
-        problem = (
-            f"a {actual:,}-parameter model is too small to partition over {world_size} ranks "
-            f"(each would own fewer than {MIN_ELEMENTS_PER_RANK:,} elements)"
-        )
+    hidden, layers = (hidden, layers) if hidden else memory.mlp_shape_for(n_params, layers)
+    ranks, dev, why = auto_ranks(world_size, device)
+    actual = memory.mlp_params(hidden, layers)
+    if any(v.stage > 0 for v in variants) and actual // ranks < MIN_ELEMENTS_PER_RANK:
+        problem = f"a {actual:,}-parameter model is too small to partition over {ranks} ranks (each would own "
+        problem += f"fewer than {MIN_ELEMENTS_PER_RANK:,} elements)"
         raise ConfigError("params", problem, "use a larger model or fewer ranks")
-    dev = pick_device(device)
-    check_ranks_fit("world_size", world_size, dev)
     gpu_like = dev in ("cuda", "hpu")
-    return ZeroPlan(
-        n_params,
-        hidden,
-        n_layers,
-        world_size,
-        dev,
-        resolve_dtype(dtype, dev),
-        variants,
-        steps,
-        warmup,
-        micro_batch=micro_batch or (8 if gpu_like else 2),
-        seq=seq or (512 if gpu_like else 16),
-        optimizer_impl=optimizer_impl,
-        bucket_size=hidden * hidden + (hidden * hidden) % 2,
-        memory_summary=memory_summary,
-        timeout_s=timeout_s,
-    )
+    run["micro_batch"] = run.get("micro_batch") or (8 if gpu_like else 2)
+    run["seq"] = run.get("seq") or (512 if gpu_like else 16)
+    run |= {"bucket_size": hidden * hidden + (hidden * hidden) % 2, "why": why}
+    return ZeroPlan(n_params, hidden, layers, ranks, dev, resolve_dtype(dtype, dev), variants, **run)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------------------------------
-def run_plan(
-    plan: ZeroPlan,
-    *,
-    run_dir: str | Path | None = None,
-    progress: bool | Callable = True,
-    log_path: str | Path | None = None,
-) -> dict:
+def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, log_path=None) -> dict:
     """Launch the probe once for all configurations; return the report (JSON-able). Raises LaunchError naming the
-    failing rank's own error; all ranks are stopped and a temporary run directory is removed on any exit.
-    `progress`: True (a tqdm bar), False, or a callable(config, step, done, total)."""
+    failing rank's own error; all ranks are stopped and a temporary run directory is removed on any exit. Rank output
+    is captured (`log_path` keeps it). `progress`: True (tqdm), False, or a callable(config, step, done, total)."""
     work = Path(tempfile.mkdtemp(prefix="labkit-zero-") if run_dir is None else run_dir)
     work.mkdir(parents=True, exist_ok=True)
     total, done = len(plan.variants) * plan.steps, [0]
@@ -316,8 +285,7 @@ def run_plan(
     try:
         plan_file = {"configs": plan.probe_configs(), "collective_timeout_s": int(min(plan.timeout_s, 600))}
         (work / "plan.json").write_text(json.dumps(plan_file, indent=1))
-        spec = plan.launch_spec(work / "plan.json", work / "ranks")
-        t0 = time.monotonic()
+        spec, t0 = plan.launch_spec(work / "plan.json", work / "ranks"), time.monotonic()
         result = launch.run(spec, timeout=plan.timeout_s, on_output=on_output if progress else None, log_path=log_path)
         ranks = read_rank_files(work / "ranks", plan.world_size)
         return build_report(plan, ranks, command=result.command, wall_s=time.monotonic() - t0)
@@ -349,66 +317,37 @@ def _minus(values: list, bases: list) -> list:
 
 
 def _tensors(results: list[dict], phase: str) -> list[dict]:
-    return [{loc: dict(_steady(res["phases"], phase)["tensors"][loc]) for loc in ("device", "host")} for res in results]
+    return [{loc: dict(_steady(res["phases"], phase)["tensors"][loc]) for loc in memory.LOCATIONS} for res in results]
 
 
-def build_report(
-    plan: ZeroPlan, ranks: list[dict], command: list[str] | None = None, wall_s: float | None = None
-) -> dict:
-    configs = []
-    for i, v in enumerate(plan.variants):
-        per_rank = [r["results"][i] for r in ranks]
-        pred = plan.predictions(v)
-        measured = _tensors(per_rank, "backward")
-        errs = [memory.compare_to_measured(pred["deepspeed"], m) for m in measured]
-        paper_total = pred["paper"]["total"]
-        alloc_step = [(_steady(res["phases"], "step").get("accelerator") or {}).get("allocated") for res in per_rank]
-        before = [(res.get("accelerator_before") or {}).get("allocated") for res in per_rank]
-        peaks = [res.get("peak_allocated") for res in per_rank]
-        configs.append(
-            {
-                "name": v.name,
-                "label": v.label,
-                "stage": v.stage,
-                "offload_optimizer": v.offload_optimizer,
-                "offload_param": v.offload_param,
-                "optimizer_class": per_rank[0]["optimizer_class"],
-                "measured": measured,
-                "measured_after_step": _tensors(per_rank, "step"),
-                "measured_total": [e["measured"] for e in errs],
-                "predicted_deepspeed": pred["deepspeed"],
-                "predicted_deepspeed_after_step": pred["deepspeed_after_step"],
-                "predicted_deepspeed_after_init": pred["deepspeed_after_init"],
-                "predicted_deepspeed_total": errs[0]["predicted"],
-                "deepspeed_pieces": pred["deepspeed_pieces"],
-                "predicted_paper": pred["paper"],
-                "predicted_paper_total": paper_total,
-                "rel_error_deepspeed": max((abs(e["rel_error"]) for e in errs), default=0.0),
-                "rel_error_paper": max(abs(e["measured"] - paper_total) / paper_total for e in errs),
-                "step_time_s": max(res["step_time_s"] for res in per_rank),
-                "step_times_s": [res["step_times_s"] for res in per_rank],
-                "init_s": max(res["init_s"] for res in per_rank),
-                "losses": per_rank[0]["losses"],
-                # what this config added to the allocator's peak (earlier engines in the process may not be freed)
-                "peak_allocated": peaks,
-                "peak_above_start": _minus(peaks, before),
-                "allocated_before": before,
-                "engine_released": [res.get("engine_released") for res in per_rank],
-                "allocated_after_step": _minus(alloc_step, before),
-                "timeline": [res["phases"] for res in per_rank],
-                "memory_summary": per_rank[0].get("memory_summary"),
-            }
-        )
+def _config_report(plan: ZeroPlan, v: Variant, per_rank: list[dict]) -> dict:
+    """One configuration: what each rank counted and allocated beside both predictions."""
+    pred = plan.predictions(v)
+    measured = _tensors(per_rank, "backward")
+    errs = [memory.compare_to_measured(pred["deepspeed"], m) for m in measured]
+    paper_total = pred["paper"]["total"]
+    alloc_step = [(_steady(res["phases"], "step").get("accelerator") or {}).get("allocated") for res in per_rank]
+    before = [(res.get("accelerator_before") or {}).get("allocated") for res in per_rank]
+    peaks = [res.get("peak_allocated") for res in per_rank]
+    out = {"name": v.name, "label": v.label, **asdict(v), "optimizer_class": per_rank[0]["optimizer_class"]}
+    out |= {"measured": measured, "measured_after_step": _tensors(per_rank, "step")}
+    out |= {"measured_total": [e["measured"] for e in errs], "predicted_deepspeed_total": errs[0]["predicted"]}
+    out |= {f"predicted_{k}": pred[k] for k in ("deepspeed", "deepspeed_after_step", "deepspeed_after_init")}
+    out |= {"deepspeed_pieces": pred["deepspeed_pieces"], "predicted_paper": pred["paper"]}
+    out |= {"predicted_paper_total": paper_total, "rel_error_deepspeed": max(abs(e["rel_error"]) for e in errs)}
+    out["rel_error_paper"] = max(abs(e["measured"] - paper_total) / paper_total for e in errs)
+    out |= {"step_time_s": max(res["step_time_s"] for res in per_rank), "init_s": max(r["init_s"] for r in per_rank)}
+    out |= {"step_times_s": [res["step_times_s"] for res in per_rank], "losses": per_rank[0]["losses"]}
+    # what this config added to the allocator's peak (earlier engines in the process may not be freed)
+    out |= {"peak_allocated": peaks, "peak_above_start": _minus(peaks, before), "allocated_before": before}
+    out |= {"engine_released": [res.get("engine_released") for res in per_rank]}
+    out |= {"allocated_after_step": _minus(alloc_step, before), "timeline": [res["phases"] for res in per_rank]}
+    return out | {"memory_summary": per_rank[0].get("memory_summary")}
+
+
+def build_report(plan: ZeroPlan, ranks: list[dict], command: list[str] | None = None, wall_s=None) -> dict:
+    configs = [_config_report(plan, v, [r["results"][i] for r in ranks]) for i, v in enumerate(plan.variants)]
     first = ranks[0]["results"][0] if ranks and ranks[0]["results"] else {}
-    return {
-        "plan": plan.to_dict(),
-        "params": plan.params,
-        "tensor_numels": plan.tensor_numels,
-        "device": plan.device,
-        "device_name": first.get("device_name"),
-        "world_size": plan.world_size,
-        "dtype": plan.dtype,
-        "command": command,
-        "wall_s": wall_s,
-        "configs": configs,
-    }
+    head = {"plan": plan.to_dict(), "params": plan.params, "tensor_numels": plan.tensor_numels, "device": plan.device}
+    head |= {"device_name": first.get("device_name"), "world_size": plan.world_size, "dtype": plan.dtype}
+    return head | {"why": plan.why, "command": command, "wall_s": wall_s, "configs": configs}

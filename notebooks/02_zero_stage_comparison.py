@@ -41,7 +41,7 @@
 
 # %% tags=["parameters"]
 params: str = "20M"  # model size: parameters of the MLP used for the comparison (e.g. 4M, 20M, 335M, 1.3B)
-world_size: int = 2  # data-parallel ranks (CPU processes or GPUs) the stages partition over
+world_size: int = 0  # data-parallel ranks the stages partition over; 0 = automatic (all GPUs if 2+, else 2 CPU ranks)
 stages: str = "0,1,2,3"  # ZeRO stages to compare; also variants such as 2+opt (optimizer offload), 3+opt+param
 offload: str = "optimizer"  # also run each listed stage from 1 up offloaded: none | optimizer | optimizer+param
 dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32
@@ -51,7 +51,9 @@ steps: int = 4  # training steps per configuration (at least 2; the first is war
 # %% [markdown]
 # ## The plan
 # Every input is checked before anything starts (a bad stage, world size, dtype or offload combination stops here with
-# one message naming the parameter). The model is a stack of transformer-style MLP blocks sized to `params`.
+# one message naming the parameter). The model is a stack of transformer-style MLP blocks sized to `params`. With
+# `world_size = 0` the plan picks the ranks itself and says why: partitioning needs at least 2 ranks, so a machine with
+# one GPU (or none) compares the stages on 2 CPU ranks.
 
 # %%
 # %matplotlib inline
@@ -64,6 +66,7 @@ from labkit.plots import zero as zplots
 plan = zero.make_plan(params, world_size, stages, offload=offload, dtype=dtype, device=device, steps=steps)
 print(f"{plan.params:,} parameters: {plan.layers} x [Linear({plan.hidden}, {4 * plan.hidden}), GELU, "
       f"Linear({4 * plan.hidden}, {plan.hidden})], {plan.dtype}, {plan.world_size} x {plan.device}")
+print(f"ranks: {plan.world_size} x {plan.device} ({plan.why})")
 print("configurations:", ", ".join(v.label for v in plan.variants))
 print("launch:", " ".join(plan.command()))
 

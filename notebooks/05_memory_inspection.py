@@ -29,13 +29,13 @@
 
 # %% tags=["parameters"]
 params: str = "20M"  # model size of the inspected run (e.g. 4M, 20M, 335M)
-world_size: int = 2  # data-parallel ranks the run partitions over
+world_size: int = 0  # data-parallel ranks the run partitions over; 0 = automatic (all GPUs if 2+, else 2 CPU ranks)
 stage: int = 3  # ZeRO stage of the inspected run (0-3)
 offload: str = "none"  # offload of the inspected run: none | optimizer | optimizer+param (parameters need stage 3)
 dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32
 device: str = "auto"  # where ranks run: auto (cuda if present, else cpu) | cpu | cuda | hpu
 steps: int = 3  # training steps (at least 2): the timeline shows steps 1, 2 and the last
-rank: int = 0  # which rank to inspect (0 .. world_size-1)
+rank: int = 0  # which rank to inspect (0 .. the plan's world size - 1)
 calc_params: str = "7B"  # calculator: model size to check
 calc_dtype: str = "bf16"  # calculator: training precision (fp32 | bf16 | fp16)
 calc_stage: int = 3  # calculator: ZeRO stage
@@ -50,17 +50,17 @@ calc_device: str = "H100"  # calculator: device type (T4, L4, A10G, A100-40GB, A
 # %matplotlib inline
 from IPython.display import HTML, Markdown, display
 
-from labkit import memory, results, tabular, zero
+from labkit import memory, results, sizing, tabular, zero
 from labkit.chapters import memory_inspection as chapter
 from labkit.plots import zero as zplots
 
 plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload), dtype=dtype, device=device,
                       steps=steps, memory_summary=True)
-chapter.check_rank(rank, world_size)
-calc = memory.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
+chapter.check_rank(rank, plan.world_size)
+calc = sizing.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
                            calc_device)
-print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device}; "
-      f"inspecting rank {rank}")
+print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device} "
+      f"({plan.why}); inspecting rank {rank}")
 
 # %% [markdown]
 # ## Run it
@@ -137,10 +137,10 @@ try:  # optional: interactive version of the same calculator (JupyterLab); the c
     import ipywidgets as w
 
     def _show(params, dtype, stage, n, device):
-        print("\n".join(memory.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]))
+        print("\n".join(sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]))
 
     w.interact(_show, params=w.Text(calc_params), dtype=list(memory.TRAIN_DTYPES), stage=w.IntSlider(calc_stage, 0, 3),
-               n=w.IntSlider(calc_world_size, 1, 512), device=list(memory.DEVICE_MEMORY_GB))
+               n=w.IntSlider(calc_world_size, 1, 512), device=list(sizing.DEVICE_MEMORY_GB))
 except ImportError:
     print("ipywidgets is not installed: change the calc_* parameters instead")
 
@@ -148,9 +148,9 @@ except ImportError:
 # And for inference, weights only (× 1.2 head-room for KV cache and runtime): devices needed per dtype.
 
 # %%
-inference = memory.inference_table(memory.parse_count(calc_params))
+inference = sizing.inference_table(memory.parse_count(calc_params))
 HTML(tabular.html_table([{"dtype": r["dtype"], "weights": tabular.format_bytes(r["weight_bytes"]), **r["devices"]}
-                         for r in inference], ["dtype", "weights", *memory.DEVICE_MEMORY_GB], status_column=None))
+                         for r in inference], ["dtype", "weights", *sizing.DEVICE_MEMORY_GB], status_column=None))
 
 # %% [markdown]
 # ## What this run showed
@@ -163,6 +163,7 @@ init_total, steady = init_row["counted"], steady_row["counted"]
 grew = ", ".join(f"{memory.STATE_LABELS[k]} (+{tabular.format_bytes(steady_row[k] - init_row[k])})"
                  for k in memory.STATE_KINDS if steady_row[k] > init_row[k])
 display(Markdown(
+    (f"- {zero.ONE_RANK_NOTE}\n" if plan.partitions_nothing else "") +
     f"- On rank {rank} of {run['label']}, the engine held {tabular.format_bytes(m)} of model states; labkit's "
     f"DeepSpeed model predicted {tabular.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
     f"{tabular.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"

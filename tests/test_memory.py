@@ -1,4 +1,5 @@
-"""labkit.memory: parameter counting, the paper's formulas, DeepSpeed's allocation model, estimators, sizing."""
+"""labkit.memory and labkit.sizing: parameter counting, the paper's formulas, DeepSpeed's allocation model,
+estimators, sizing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from labkit import memory as M
+from labkit import sizing as S
 from labkit.errors import ConfigError
 
 PSI = 1_000_000
@@ -211,9 +213,9 @@ def test_deepspeed_model_rejects_bad_input(kwargs, field):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_estimators_as_data_agree_with_their_print(stage):
     total, largest = 1_300_000_000, 50_000_000
-    text, printed = M.capture_deepspeed_estimator(stage, total, largest, gpus_per_node=8, nodes=2)
+    text, printed = S.capture_deepspeed_estimator(stage, total, largest, gpus_per_node=8, nodes=2)
     assert "per CPU" in text and printed
-    data = [r for r in M.deepspeed_estimates(total, largest, gpus_per_node=8, nodes=2) if r["stage"] == stage]
+    data = [r for r in S.deepspeed_estimates(total, largest, gpus_per_node=8, nodes=2) if r["stage"] == stage]
     assert len(data) == len(printed)
     for row, line in zip(data, printed):
         assert line["per_cpu_gib"] == pytest.approx(row["per_cpu_bytes"] / 2**30, abs=0.006)
@@ -226,28 +228,28 @@ def test_deepspeed_estimators_as_data_agree_with_their_print(stage):
 
 def test_estimator_capture_rejects_stage_without_estimator():
     with pytest.raises(ConfigError) as e:
-        M.capture_deepspeed_estimator(1, 10**9)
+        S.capture_deepspeed_estimator(1, 10**9)
     assert e.value.field == "stage"
 
 
 # ---------------------------------------------------------------------------------------------------------- sizing
 def test_inference_sizing():
-    assert M.inference_weight_bytes(7 * 10**9, "fp16") == 14 * 10**9
-    assert M.inference_weight_bytes(70 * 10**9, "int4") == 35 * 10**9
-    rows = {r["dtype"]: r for r in M.inference_table(70 * 10**9, headroom=1.2)}
+    assert S.inference_weight_bytes(7 * 10**9, "fp16") == 14 * 10**9
+    assert S.inference_weight_bytes(70 * 10**9, "int4") == 35 * 10**9
+    rows = {r["dtype"]: r for r in S.inference_table(70 * 10**9, headroom=1.2)}
     assert rows["fp16"]["with_headroom_bytes"] == 168 * 10**9
     assert rows["fp16"]["devices"]["H100"] == 3  # 168 GB / 80 GB
     assert rows["fp16"]["devices"]["MI300X"] == 1
     assert rows["int4"]["devices"]["T4"] == 3  # 42 GB / 16 GB
-    assert set(rows) == set(M.INFERENCE_DTYPES)
+    assert set(rows) == set(S.INFERENCE_DTYPES)
 
 
 @pytest.mark.parametrize(
     "call,field",
     [
-        (lambda: M.inference_weight_bytes(10**9, "int3"), "dtype"),
-        (lambda: M.devices_needed(10**9, "V100"), "device_type"),
-        (lambda: M.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
+        (lambda: S.inference_weight_bytes(10**9, "int3"), "dtype"),
+        (lambda: S.devices_needed(10**9, "V100"), "device_type"),
+        (lambda: S.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
     ],
 )
 def test_sizing_rejects_bad_input(call, field):
@@ -257,18 +259,18 @@ def test_sizing_rejects_bad_input(call, field):
 
 
 def test_training_fit_shows_the_arithmetic():
-    fit = M.training_fit(7 * 10**9, "bf16", 3, 2, "A100-40GB")
+    fit = S.training_fit(7 * 10**9, "bf16", 3, 2, "A100-40GB")
     assert not fit["fits"]
     assert fit["model_state_bytes"] == 56 * 10**9  # 16Ψ / 2
     assert fit["min_world_size"] == 4  # 16 x 7e9 x 1.25 / N <= 40e9  ->  N >= 3.5
     assert any("16Ψ/N" in line for line in fit["lines"])
-    assert M.training_fit(7 * 10**9, "bf16", 3, 4, "A100-40GB")["fits"]
-    assert M.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
+    assert S.training_fit(7 * 10**9, "bf16", 3, 4, "A100-40GB")["fits"]
+    assert S.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
 
 
 def test_memory_modules_import_without_torch_or_deepspeed():
     code = (
-        "import sys, labkit.memory, labkit.zero, labkit.cli.zero, labkit.cli.size, labkit.plots.zero, "
+        "import sys, labkit.memory, labkit.sizing, labkit.zero, labkit.cli.zero, labkit.cli.size, labkit.plots.zero, "
         "labkit.chapters.zero_stages, labkit.chapters.memory_inspection; "
         "bad = [m for m in ('torch', 'deepspeed', 'kubernetes') if m in sys.modules]; "
         "assert not bad, bad"

@@ -48,13 +48,13 @@ def test_parse_stages_rejects(stages, offload, field):
 @pytest.mark.parametrize(
     "kwargs,field",
     [
-        ({"world_size": 0}, "world_size"),
+        ({"world_size": 1.5}, "world_size"),
         ({"world_size": -2}, "world_size"),
         ({"dtype": "fp64"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"params": "10"}, "params"),
         ({"params": "abc"}, "params"),
-        ({"params": "40K", "world_size": 64}, "params"),
+        ({"params": "40K", "world_size": 64, "device": "cpu"}, "params"),
         ({"steps": 1}, "steps"),
         ({"warmup": 4, "steps": 4}, "warmup"),
         ({"stages": "1,2", "offload": "optimizer+param"}, "offload"),
@@ -92,7 +92,7 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys, monkeypatch):
     assert "stages: ZeRO stage must be 0, 1, 2 or 3" in capsys.readouterr().err
     assert cli_main(["zero", "--stages", "1,2", "--offload", "optimizer+param"]) == 2
     assert "parameter offload needs ZeRO stage 3" in capsys.readouterr().err
-    assert cli_main(["zero", "--world-size", "0"]) == 2
+    assert cli_main(["zero", "--world-size", "-1"]) == 2
     assert "world_size" in capsys.readouterr().err
 
 
@@ -116,7 +116,60 @@ def test_cli_dry_run_prints_the_deepspeed_command(capsys):
     )
     out = capsys.readouterr().out
     assert "--num_gpus 2" in out and "--module" in out and "labkit.ranks.zero_probe" in out
+    assert "command: deepspeed " in out  # the launcher by name, not this machine's path
     assert "ZeRO-3 + CPU optimizer" in out
+
+
+def _fake_devices(monkeypatch, gpus: int) -> None:
+    """This machine seen as one with `gpus` CUDA devices (0: none)."""
+    monkeypatch.setattr(devices, "cuda_status", lambda: (gpus > 0, f"{gpus} GPU(s)" if gpus else "no CUDA device"))
+    monkeypatch.setattr(devices, "hpu_status", lambda: (False, "no Gaudi"))
+    real_count = devices.device_count
+    monkeypatch.setattr(devices, "device_count", lambda d: gpus if d == "cuda" else real_count(d))
+
+
+@pytest.mark.parametrize(
+    "gpus,device,expected,why",
+    [
+        (4, "auto", (4, "cuda"), "every visible CUDA device"),
+        (4, "cuda", (4, "cuda"), "every visible CUDA device"),
+        (1, "auto", (2, "cpu"), "one CUDA device and one rank partitions nothing"),
+        (1, "cuda", (1, "cuda"), "one rank partitions nothing"),  # an explicit device is kept, and the note says so
+        (0, "auto", (2, "cpu"), "no GPU here"),
+        (4, "cpu", (2, "cpu"), "device='cpu'"),
+    ],
+)
+def test_automatic_world_size_fits_the_machine_and_says_why(monkeypatch, gpus, device, expected, why):
+    _fake_devices(monkeypatch, gpus)
+    ranks, dev, text = zero.auto_ranks(0, device)
+    assert (ranks, dev) == expected and why in text and text.startswith("automatic")
+    plan = zero.make_plan("2M", 0, "0,1,2,3", device=device, dtype="fp32")
+    assert (plan.world_size, plan.device, plan.why) == (ranks, dev, text)
+    assert plan.partitions_nothing == (ranks == 1)
+
+
+def test_more_ranks_than_gpus_is_refused_before_launch(monkeypatch):
+    _fake_devices(monkeypatch, 1)
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("2M", 2, "0,1", device="cuda")
+    assert e.value.field == "world_size" and "only 1 CUDA" in e.value.problem
+    assert zero.auto_ranks(2, "cpu")[:2] == (2, "cpu")  # CPU ranks may oversubscribe
+
+
+def test_one_rank_says_it_partitions_nothing():
+    report = {"device": "cpu", "world_size": 1, "configs": []}
+    for name, stage, total in (("0", 0, 1000), ("1", 1, 1000)):
+        measured = {"device": {"params": total}, "host": {"params": 0}}
+        report["configs"].append(
+            {"label": f"ZeRO-{name}", "stage": stage, "measured": [measured], "measured_total": [total]}
+            | {"step_time_s": 0.1, "rel_error_deepspeed": 0.0, "predicted_deepspeed_total": total}
+            | {"rel_error_paper": 0.5}
+        )
+    lines = conclusions(report)
+    assert lines[0] == zero.ONE_RANK_NOTE and "0% less than ZeRO-0" in lines[1]
+    report["world_size"] = 2
+    assert zero.ONE_RANK_NOTE not in conclusions(report)
 
 
 def test_cli_size(capsys, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from labkit.errors import check_int
-from labkit.memory import STATE_KINDS, STATE_LABELS
+from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
 from labkit.zero import Variant
 
 
@@ -20,20 +20,11 @@ def kind_rows(config: dict, rank: int = 0) -> list[dict]:
     """Per kind and location: measured bytes (steady backward), labkit's DeepSpeed model, and the paper's term."""
     m, p, paper = config["measured"][rank], config["predicted_deepspeed"], config["predicted_paper"]
     rows = []
-    for loc in ("device", "host"):
-        for kind in STATE_KINDS:
-            pk = paper[loc].get(kind) if kind != "buffers" else None
-            if m[loc][kind] or p[loc][kind] or pk:
-                rows.append(
-                    {
-                        "kind": STATE_LABELS[kind],
-                        "location": loc,
-                        "measured": m[loc][kind],
-                        "deepspeed_model": p[loc][kind],
-                        "paper": pk,
-                        "difference": m[loc][kind] - p[loc][kind],
-                    }
-                )
+    for loc, kind in ((loc, kind) for loc in LOCATIONS for kind in STATE_KINDS):
+        pk = paper[loc].get(kind) if kind != "buffers" else None
+        if m[loc][kind] or p[loc][kind] or pk:
+            row = {"kind": STATE_LABELS[kind], "location": loc, "measured": m[loc][kind]}
+            rows.append(row | {"deepspeed_model": p[loc][kind], "paper": pk, "difference": m[loc][kind] - p[loc][kind]})
     return rows
 
 
@@ -45,19 +36,11 @@ def holder_rows(config: dict, rank: int = 0) -> list[dict]:
 
 def timeline_rows(config: dict, rank: int = 0) -> list[dict]:
     """One row per snapshot: bytes counted (all, on the host, per kind) and the allocator's view above its start."""
-    base = (config.get("allocated_before") or [None] * (rank + 1))[rank]
+    base = config["allocated_before"][rank]
     rows = []
     for p in config["timeline"][rank]:
-        t = p["tensors"]
-        alloc = (p.get("accelerator") or {}).get("allocated")
-        rows.append(
-            {
-                "phase": p["phase"],
-                "step": p["step"],
-                "counted": sum(t["device"].values()) + sum(t["host"].values()),
-                "host": sum(t["host"].values()),
-                **{k: t["device"][k] + t["host"][k] for k in STATE_KINDS},
-                "allocated": alloc - base if alloc is not None and base is not None else alloc,
-            }
-        )
+        t, alloc = p["tensors"], (p.get("accelerator") or {}).get("allocated")
+        row = {"phase": p["phase"], "step": p["step"], "counted": sum(t["device"].values()) + sum(t["host"].values())}
+        row |= {"host": sum(t["host"].values()), **{k: t["device"][k] + t["host"][k] for k in STATE_KINDS}}
+        rows.append(row | {"allocated": alloc - base if alloc is not None and base is not None else alloc})
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from labkit.tabular import format_bytes
+from labkit.zero import ONE_RANK_NOTE
 
 _WHERE = {"cuda": "per GPU", "hpu": "per HPU"}
 
@@ -12,49 +13,35 @@ def summary_rows(report: dict, rank: int = 0) -> list[dict]:
     rows = []
     for c in report["configs"]:
         m = c["measured"][rank]
-        rows.append(
-            {
-                "config": c["label"],
-                "measured_device": sum(m["device"].values()),
-                "measured_host": sum(m["host"].values()),
-                "measured_total": c["measured_total"][rank],
-                "deepspeed_model": c["predicted_deepspeed_total"],
-                "paper": c["predicted_paper_total"],
-                "paper_formula": c["predicted_paper"]["formula"],
-                "rel_error_deepspeed": c["rel_error_deepspeed"],
-                "peak_allocated": c.get("peak_above_start", c["peak_allocated"])[rank],
-                "step_ms": c["step_time_s"] * 1e3,
-                "final_loss": c["losses"][-1],
-            }
-        )
+        row = {
+            "config": c["label"],
+            "measured_device": sum(m["device"].values()),
+            "measured_host": sum(m["host"].values()),
+        }
+        row |= {"measured_total": c["measured_total"][rank], "deepspeed_model": c["predicted_deepspeed_total"]}
+        row |= {"paper": c["predicted_paper_total"], "paper_formula": c["predicted_paper"]["formula"]}
+        row |= {"rel_error_deepspeed": c["rel_error_deepspeed"], "peak_allocated": c["peak_above_start"][rank]}
+        rows.append(row | {"step_ms": c["step_time_s"] * 1e3, "final_loss": c["losses"][-1]})
     return rows
 
 
 def format_table(rows: list[dict], unit: str = "MB") -> str:
     scale = {"MB": 1e6, "GB": 1e9}[unit]
-    head = (
-        f"{'config':<30} {'measured':>10} {'DeepSpeed':>10} {'err':>7} {'paper':>10}  {'paper formula':<22} "
-        f"{'peak':>9} {'step ms':>8}"
-    )
-    lines = [
-        f"model-state bytes per rank ({unit}); measured = tensors counted in the engine; peak = allocator peak",
-        head,
-        "-" * len(head),
-    ]
+    head = f"{'config':<30} {'measured':>10} {'DeepSpeed':>10} {'err':>7} {'paper':>10}  {'paper formula':<22} "
+    head += f"{'peak':>9} {'step ms':>8}"
+    lines = [f"model-state bytes per rank ({unit}); measured = tensors counted in the engine; peak = allocator peak"]
+    lines += [head, "-" * len(head)]
     for r in rows:
         peak = f"{r['peak_allocated'] / scale:9.1f}" if r.get("peak_allocated") else f"{'n/a':>9}"
-        lines.append(
-            f"{r['config']:<30} {r['measured_total'] / scale:10.2f} {r['deepspeed_model'] / scale:10.2f} "
-            f"{r['rel_error_deepspeed'] * 100:6.2f}% {r['paper'] / scale:10.2f}  {r['paper_formula']:<22} "
-            f"{peak} {r['step_ms']:8.1f}"
-        )
+        line = f"{r['config']:<30} {r['measured_total'] / scale:10.2f} {r['deepspeed_model'] / scale:10.2f} "
+        line += f"{r['rel_error_deepspeed'] * 100:6.2f}% {r['paper'] / scale:10.2f}  {r['paper_formula']:<22} "
+        lines.append(line + f"{peak} {r['step_ms']:8.1f}")
     return "\n".join(lines)
 
 
 def conclusions(report: dict, rank: int = 0) -> list[str]:
     """Sentences computed from the run's own numbers: what each config saved and cost against the first one."""
-    cfgs = report["configs"]
-    base = cfgs[0]
+    cfgs, base = report["configs"], report["configs"][0]
     split = report["device"] != "cpu"  # on a CPU-only run "offloaded" tensors stay in the same RAM: compare totals
 
     def on_device(c: dict) -> int:
@@ -62,10 +49,9 @@ def conclusions(report: dict, rank: int = 0) -> list[str]:
 
     base_dev, where = on_device(base), _WHERE.get(report["device"], "per rank")
     base_text = format_bytes(base_dev)
-    out = []
+    out = [ONE_RANK_NOTE] if report["world_size"] == 1 and any(c["stage"] for c in cfgs) else []
     for c in cfgs[1:]:
-        dev = on_device(c)
-        host = sum(c["measured"][rank]["host"].values()) if split else 0
+        dev, host = on_device(c), sum(c["measured"][rank]["host"].values()) if split else 0
         change = 1 - dev / base_dev if base_dev else 0.0
         rel = f"{change:.0%} less than" if change >= 0 else f"{-change:.0%} more than"
         slower = c["step_time_s"] / base["step_time_s"] if base["step_time_s"] else float("nan")

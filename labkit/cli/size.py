@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import memory
+from labkit import memory, sizing
 from labkit.tabular import format_bytes
 
 
@@ -19,15 +19,12 @@ def register(subparsers) -> None:
         "--device.",
     )
     s.add_argument("--params", required=True, help="model size, e.g. 7B, 70B, 350M")
-    s.add_argument("--dtype", default="all", help=f"one of {', '.join(memory.INFERENCE_DTYPES)} or all")
-    help_headroom = (
-        f"multiplier for KV cache/activations (default {memory.INFERENCE_HEADROOM} inference, "
-        f"{memory.TRAINING_HEADROOM} training)"
-    )
-    s.add_argument("--headroom", type=float, default=None, help=help_headroom)
+    s.add_argument("--dtype", default="all", help=f"one of {', '.join(sizing.INFERENCE_DTYPES)} or all")
+    help_headroom = f"multiplier for KV cache/activations (default {sizing.INFERENCE_HEADROOM} inference, "
+    s.add_argument("--headroom", type=float, default=None, help=help_headroom + f"{sizing.TRAINING_HEADROOM} training)")
     s.add_argument("--train-stage", type=int, default=None, help="size training with this ZeRO stage instead")
     s.add_argument("--world-size", type=int, default=8, help="devices for --train-stage")
-    s.add_argument("--device", default="H100", help=f"device for --train-stage: {', '.join(memory.DEVICE_MEMORY_GB)}")
+    s.add_argument("--device", default="H100", help=f"device for --train-stage: {', '.join(sizing.DEVICE_MEMORY_GB)}")
     s.add_argument("--offload", default="none", choices=memory.OFFLOADS)
     s.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
     s.set_defaults(func=_size)
@@ -37,29 +34,25 @@ def _size(args: argparse.Namespace) -> int:
     params = memory.parse_count(args.params, "--params")
     if args.train_stage is not None:
         dtype = "bf16" if args.dtype == "all" else args.dtype  # training_fit checks it, the stage and N
-        headroom = args.headroom or memory.TRAINING_HEADROOM
+        headroom = args.headroom or sizing.TRAINING_HEADROOM
         offload = {"offload_optimizer": args.offload != "none", "offload_param": "param" in args.offload}
-        fit = memory.training_fit(
+        result = sizing.training_fit(
             params, dtype, args.train_stage, args.world_size, args.device, **offload, headroom=headroom
         )
-        n = fit["min_world_size"]
-        print("\n".join(fit["lines"]))
+        n = result["min_world_size"]
+        print("\n".join(result["lines"]))
         print(f"  smallest N that fits: {n}" if n else "  no N fits: model states do not shrink at this stage")
-        result: object = fit
     else:
-        dtypes = list(memory.INFERENCE_DTYPES) if args.dtype == "all" else [args.dtype]
-        headroom = args.headroom or memory.INFERENCE_HEADROOM
-        result = rows = memory.inference_table(params, dtypes, headroom=headroom)
-        devs = list(memory.DEVICE_MEMORY_GB)
+        dtypes = list(sizing.INFERENCE_DTYPES) if args.dtype == "all" else [args.dtype]
+        headroom = args.headroom or sizing.INFERENCE_HEADROOM
+        result = sizing.inference_table(params, dtypes, headroom=headroom)
+        devs = sizing.DEVICE_MEMORY_GB
         print(
-            f"{memory.format_count(params)} parameters: weights x {headroom} headroom (KV cache, activations, "
-            "runtime) -> devices needed (memory in GB = 1e9 B)"
+            f"{memory.format_count(params)} parameters: weights x {headroom} headroom (KV cache, activations, runtime) "
+            "-> devices needed (memory in GB = 1e9 B)"
         )
-        print(
-            f"{'dtype':<6} {'weights':>10} "
-            + " ".join(f"{d + ' ' + str(memory.DEVICE_MEMORY_GB[d]):>12}" for d in devs)
-        )
-        for r in rows:
+        print(f"{'dtype':<6} {'weights':>10} " + " ".join(f"{f'{d} {gb}':>12}" for d, gb in devs.items()))
+        for r in result:
             cells = " ".join(f"{r['devices'][d]:>12}" for d in devs)
             print(f"{r['dtype']:<6} {format_bytes(r['weight_bytes'], 'GB'):>10} {cells}")
     if args.json_path:
