@@ -22,7 +22,7 @@ from labkit.chapters.interactive import (
 )
 from labkit.errors import ConfigError
 from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
-from labkit.jobs.jobdir import job_pids
+from labkit.jobs.launcher import job_pids
 from labkit.manifests import JobSpec
 from labkit.procs import alive
 
@@ -197,7 +197,7 @@ def test_cli_exec_returns_the_command_exit_code(backend):
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
     cli = [*CLI, "job"]
     sub = subprocess.run(
-        [*cli, "submit", "--name", "cli", "--wait", "20"], env=env, capture_output=True, text=True, timeout=60
+        [*cli, "submit", "--name", "cli", "--accelerator", "cpu", "--wait", "20"], env=env, capture_output=True, text=True, timeout=60
     )
     assert sub.returncode == 0, sub.stderr
     run = subprocess.run(
@@ -287,7 +287,7 @@ def test_notebook_03_runs_the_interactive_round_trip_on_the_local_backend(execut
     [
         ({"backend": "slurm"}, "backend"),
         ({"name": "Bad_Name"}, "name"),
-        ({"workers": 0}, "workers"),
+        ({"workers": -1}, "workers"),
         ({"slots": 2.5}, "slots"),
         ({"workers": 8, "slots": 4}, "workers"),
         ({"deadline_minutes": 0.5}, "deadline_minutes"),

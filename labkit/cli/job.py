@@ -16,7 +16,7 @@ import time
 
 from labkit import manifests
 from labkit.chapters.interactive import training_command
-from labkit.devices import ACCELERATORS
+from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, check_number
 from labkit.jobs import BACKENDS, Job, get_backend
 
@@ -33,9 +33,9 @@ BACKEND_OPTIONS = [
 ]
 SPEC_OPTIONS = [
     (["--name"], dict(default="deepspeed-interactive", help="job name (default: deepspeed-interactive)")),
-    (["--workers"], dict(type=int, default=2, help="worker pods (local: groups of ranks on this host)")),
+    (["--workers"], dict(type=int, default=0, help="worker pods (local: groups of ranks here); 0: automatic")),
     (["--slots"], dict(type=int, default=None, help="ranks per worker (GPUs/HPUs per worker; default: overlay)")),
-    (["--accelerator"], dict(choices=ACCELERATORS, default="cpu", help="overlay to render")),
+    (["--accelerator"], dict(choices=("auto", *ACCELERATORS), default="auto", help="overlay (auto: what's there)")),
     (["--image"], dict(default=None, help="container image (default: the overlay's)")),
     (["--deadline-minutes"], dict(type=float, default=240.0, help="the job is stopped after this many minutes")),
 ]
@@ -61,11 +61,16 @@ def _backend(args):
     )
 
 
-def _spec(args) -> manifests.JobSpec:
+def _spec(args, backend=None) -> manifests.JobSpec:
+    """The job the options describe; with a backend, auto accelerator and workers resolved by it (else cpu, 2)."""
     check_number("--deadline-minutes", args.deadline_minutes, 0.0, "pass minutes > 0 (at least 1)", strict=True)
+    accelerator, workers, args.why = ("cpu" if args.accelerator == "auto" else args.accelerator), args.workers or 2, ""
+    if backend is not None:
+        device = "auto" if args.accelerator == "auto" else DEVICE_OF[args.accelerator]
+        accelerator, workers, args.why = backend.accelerator_for(device, args.workers, args.slots or 1)
     return manifests.JobSpec(
-        name=args.name, namespace=args.namespace, image=args.image, workers=args.workers, slots_per_worker=args.slots,
-        accelerator=args.accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
+        name=args.name, namespace=args.namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
+        accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
     )  # fmt: skip
 
 
@@ -79,8 +84,11 @@ def _render(args) -> int:
 
 
 def _submit(args) -> int:
-    job = _backend(args).submit(_spec(args))
-    print(f"submitted {args.backend} job {job.namespace}/{job.name}")
+    backend = _backend(args)
+    spec = _spec(args, backend)
+    job = backend.submit(spec)
+    shape = f"{spec.workers} worker(s), {spec.accelerator} ({args.why})"
+    print(f"submitted {args.backend} job {job.namespace}/{job.name}: {shape}")
     if args.wait:
         st = job.wait_ready(timeout=args.wait)
         print(f"ready: launcher accepts exec (deadline {_when(st.deadline)})")

@@ -41,6 +41,7 @@ KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
     "ResourceQuota Role RoleBinding".split()
 )
+AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -139,24 +140,32 @@ class KubernetesBackend(JobBackend):
         )
 
     # -- what the cluster offers ---------------------------------------------------------------------------------
-    def accelerator_for(self, device: str, ranks: int) -> tuple[str, str]:
-        """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); the
-        scheduler, not this check, judges whether `ranks` fit."""
+    def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
+        """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); workers 0:
+        AUTO_WORKERS. The scheduler, not this check, judges whether the ranks fit."""
         value = check_choice("device", device.strip().lower() if isinstance(device, str) else device, DEVICE_CHOICES)
+        auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
-            return ACCELERATOR_OF[value], "requested"
+            return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
         try:
             nodes = cluster.list_node_inventory(self.api_client)
         except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
-            return "cpu", f"cluster nodes not readable ({type(exc).__name__}), cpu assumed"
+            return (
+                "cpu",
+                workers or AUTO_WORKERS,
+                f"cluster nodes not readable ({type(exc).__name__}), cpu assumed{auto}",
+            )
         counts: dict[str, int] = {}
         for node in nodes:
             if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
                 counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
-        if not counts:
-            return "cpu", f"no GPU or Gaudi node among {len(nodes)} node(s)"
-        kind = max(counts, key=counts.get)
-        return kind, f"{counts[kind]} {kind} device(s) allocatable in the cluster"
+        kind = max(counts, key=counts.get) if counts else "cpu"
+        why = (
+            f"{counts[kind]} {kind} device(s) allocatable in the cluster"
+            if counts
+            else f"no GPU or Gaudi node among {len(nodes)} node(s)"
+        )
+        return kind, workers or AUTO_WORKERS, why + auto
 
     def check_operator(self) -> None:
         """The API must serve mpijobs.kubeflow.org at v2beta1 (MPI Operator); cluster.py's verdict otherwise.
