@@ -48,7 +48,7 @@
 backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
 namespace: str = "workloads"  # Kubernetes namespace (local: a folder under the jobs directory)
 name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
-workers: int = 0  # worker pods; 0 = automatic (local: one per GPU, or 2 CPU ranks; kubernetes: 2)
+workers: int = 0  # worker pods, 0 for automatic: one per local GPU, else 2 CPU ranks; 2 pods on kubernetes
 slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CPU ranks locally
 device: str = "auto"  # accelerator: auto (what the backend has), cpu, cuda or hpu
 image: str = ""  # container image for the pods; empty: the kit's image for the accelerator

@@ -20,18 +20,8 @@ from typing import Any
 from labkit import cluster, manifests
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
-from labkit.jobs.base import (
-    Job,
-    JobBackend,
-    JobNotFound,
-    JobNotReady,
-    JobStatus,
-    OutputCallback,
-    check_exec_args,
-    check_job_name,
-    interrupts_deferred,
-    print_output,
-)
+from labkit.jobs import base
+from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, interrupts_deferred
 from labkit.jobs.k8s_objects import api_message, mpijob_phase, pod_problem, pod_ready, timestamp
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
@@ -284,11 +274,9 @@ class KubernetesBackend(JobBackend):
                 lines.append(f"pod {pod.metadata.name}: ready")
                 continue
             lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
+            selector, list_events = f"involvedObject.name={pod.metadata.name}", self._core().list_namespaced_event
             try:
-                selector = f"involvedObject.name={pod.metadata.name}"
-                events = self._call(
-                    "events", self._core().list_namespaced_event, namespace, field_selector=selector
-                ).items
+                events = self._call("events", list_events, namespace, field_selector=selector).items
             except LabkitError:
                 events = []
             events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
@@ -370,10 +358,10 @@ class KubernetesBackend(JobBackend):
             **options,
         )  # fmt: skip
 
-    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
+    def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
         from kubernetes.client.exceptions import ApiException
 
-        check_exec_args(argv, timeout)
+        base.check_exec_args(argv, timeout)
         ns = namespace or self.namespace
         pod = self._launcher_pod(name, ns)
         pidfile = f"/tmp/labkit-exec-{uuid.uuid4().hex[:12]}.pid"
@@ -406,7 +394,7 @@ class KubernetesBackend(JobBackend):
             raise
 
     @staticmethod
-    def _drain(ws, on_output: OutputCallback | None) -> None:
+    def _drain(ws, on_output: base.OutputCallback | None) -> None:
         for channel in (1, 2):  # stdout, stderr: whatever arrived so far
             text = ws.read_channel(channel, timeout=0)
             if text and on_output:
