@@ -19,13 +19,11 @@ from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, check_number
 from labkit.jobs import BACKENDS, Job, get_backend
+from labkit.tabular import text_table
 
 # Each action's arguments as data: (flags, add_argument keywords).
 BACKEND_OPTIONS = [
-    (
-        ["--backend"],
-        dict(choices=BACKENDS, default="local", help="local: processes here (default); kubernetes: MPIJobs"),
-    ),
+    (["--backend"], dict(choices=BACKENDS, default="local", help="local: processes here; kubernetes: MPIJobs")),
     (["-n", "--namespace"], dict(default="workloads", help="namespace (default: workloads)")),
     (["--kubeconfig"], dict(default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)")),
     (["--context"], dict(default=None, help="kubeconfig context (kubernetes)")),
@@ -55,9 +53,9 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
         parser.add_argument(*flags, **({**keywords, "default": argparse.SUPPRESS} if suppress_defaults else keywords))
 
 
-def _backend(args):
+def _backend(a):
     return get_backend(
-        args.backend, namespace=args.namespace, jobs_dir=args.jobs_dir, kubeconfig=args.kubeconfig, context=args.context
+        a.backend, namespace=a.namespace, jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context
     )
 
 
@@ -140,14 +138,13 @@ def _list(args) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    rows = [("NAMESPACE", "NAME", "PHASE", "READY", "WORKERSxSLOTS", "DEADLINE", "FLAG")]
-    for st in jobs:
-        shape = f"{st.workers or '?'}x{st.slots_per_worker or '?'}"
-        flag = "PAST DEADLINE" if st.past_deadline else ""
-        rows.append((st.namespace, st.name, st.phase, "yes" if st.ready else "no", shape, _when(st.deadline), flag))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    rows = [
+        {"NAMESPACE": st.namespace, "NAME": st.name, "PHASE": st.phase, "READY": "yes" if st.ready else "no",
+         "WORKERSxSLOTS": f"{st.workers or '?'}x{st.slots_per_worker or '?'}", "DEADLINE": _when(st.deadline),
+         "FLAG": "PAST DEADLINE" if st.past_deadline else ""}
+        for st in jobs
+    ]  # fmt: skip
+    print(text_table(rows, list(rows[0])))
     return 0
 
 
