@@ -197,7 +197,11 @@ def test_cli_exec_returns_the_command_exit_code(backend):
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
     cli = [*CLI, "job"]
     sub = subprocess.run(
-        [*cli, "submit", "--name", "cli", "--accelerator", "cpu", "--wait", "20"], env=env, capture_output=True, text=True, timeout=60
+        [*cli, "submit", "--name", "cli", "--accelerator", "cpu", "--wait", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert sub.returncode == 0, sub.stderr
     run = subprocess.run(
