@@ -52,11 +52,8 @@ def parse_train_command(text: str) -> list[str]:
     try:
         argv = shlex.split(text)
     except ValueError as exc:
-        raise ConfigError(
-            "train_command",
-            f"cannot be split into arguments ({exc})",
-            "balance the quotes, or leave it empty for the default DeepSpeed command",
-        ) from None
+        fix = "balance the quotes, or leave it empty for the default DeepSpeed command"
+        raise ConfigError("train_command", f"cannot be split into arguments ({exc})", fix) from None
     if not argv:
         raise ConfigError("train_command", "is empty", "leave it empty for the default or give a command")
     return argv

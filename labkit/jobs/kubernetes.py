@@ -342,10 +342,8 @@ class KubernetesBackend(JobBackend):
     def _launcher_pod(self, name: str, ns: str):
         pods = [p for p in self._pods(name, ns, "launcher").items if pod_ready(p)]
         if not pods:
-            raise JobNotReady(
-                f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first "
-                f"(kubectl -n {ns} get pods -l {LABEL_JOB}={name})"
-            )
+            see = f"kubectl -n {ns} get pods -l {LABEL_JOB}={name}"
+            raise JobNotReady(f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first ({see})")
         return pods[0]
 
     def _stream(self, pod, ns: str, argv: list[str], *, preload: bool):
