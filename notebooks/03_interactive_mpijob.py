@@ -48,7 +48,7 @@
 backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
 namespace: str = "workloads"  # Kubernetes namespace (local: a folder under the jobs directory)
 name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
-workers: int = 2  # worker pods (local: groups of ranks on this machine)
+workers: int = 0  # worker pods, 0 for automatic: one per local GPU, else 2 CPU ranks; 2 pods on kubernetes
 slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CPU ranks locally
 device: str = "auto"  # accelerator: auto (what the backend has), cpu, cuda or hpu
 image: str = ""  # container image for the pods; empty: the kit's image for the accelerator
@@ -123,6 +123,8 @@ finally:
     job.delete()
 left_over = [s.name for s in plan.backend.list() if s.name == plan.spec.name]
 print(f"training exit code: {training.returncode}; job deleted: {not left_over}")
+if training.failure:
+    print(f"why: {training.failure}")
 
 # %% [markdown]
 # ## What the launcher saw: the hostfile
@@ -164,7 +166,8 @@ Markdown(
     f"On the **{plan.backend.name}** backend, job `{plan.spec.namespace}/{plan.spec.name}` "
     f"({plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s)) became ready, and its hostfile listed "
     f"{len(rows)} host line(s) with {sum(r['slots'] for r in rows)} slot(s). "
-    f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s: "
+    f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s"
+    + (f" ({training.failure})" if training.failure else "") + ": "
     f"{ranks_seen} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']}, "
     f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; the mean loss went from "
     + (f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. " if summary["loss_first_mean"] is not None
@@ -175,4 +178,4 @@ Markdown(
 
 # %%
 if training.returncode != 0 or (plan.default_command and not summary["allreduce_ok"]):
-    raise LabkitError(f"the training command failed (exit code {training.returncode}); its output is above")
+    raise LabkitError(f"the training command failed: {training.failure or f'exit code {training.returncode}'}")

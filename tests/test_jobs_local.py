@@ -22,7 +22,7 @@ from labkit.chapters.interactive import (
 )
 from labkit.errors import ConfigError
 from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
-from labkit.jobs.jobdir import job_pids
+from labkit.jobs.launcher import job_pids
 from labkit.manifests import JobSpec
 from labkit.procs import alive
 
@@ -197,7 +197,11 @@ def test_cli_exec_returns_the_command_exit_code(backend):
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
     cli = [*CLI, "job"]
     sub = subprocess.run(
-        [*cli, "submit", "--name", "cli", "--wait", "20"], env=env, capture_output=True, text=True, timeout=60
+        [*cli, "submit", "--name", "cli", "--accelerator", "cpu", "--wait", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert sub.returncode == 0, sub.stderr
     run = subprocess.run(
@@ -287,7 +291,7 @@ def test_notebook_03_runs_the_interactive_round_trip_on_the_local_backend(execut
     [
         ({"backend": "slurm"}, "backend"),
         ({"name": "Bad_Name"}, "name"),
-        ({"workers": 0}, "workers"),
+        ({"workers": -1}, "workers"),
         ({"slots": 2.5}, "slots"),
         ({"workers": 8, "slots": 4}, "workers"),
         ({"deadline_minutes": 0.5}, "deadline_minutes"),
@@ -413,3 +417,52 @@ def test_two_jobs_train_on_one_host_at_the_same_time(backend):
         done = [m for m in parse_metrics(res.output) if m["event"] == "done"]
         assert res.returncode == 0 and sorted(m["rank"] for m in done) == [0, 1], res.output[-3000:]
         assert all(m["world_size"] == 2 and m["allreduce_sum"] == 3.0 for m in done)
+
+
+# A rank that fails before the rendezvous and then never exits (a teardown stuck on a thread, as a live process group's
+# can be), while its peer waits in the rendezvous for it: only the exec's own watchdog can end this.
+DRILL = """
+import threading, time
+import deepspeed
+from labkit.launch import rank_and_world, rank_guard
+if rank_and_world()[0] == 1:
+    threading.Thread(target=time.sleep, args=(600,)).start()
+    with rank_guard():
+        raise ValueError("device_id cuda:1 is out of range")
+deepspeed.init_distributed()
+"""
+TYPED = ["deepspeed", "--hostfile", "/etc/mpi/hostfile", "--launcher", "openmpi"]  # as the seed guide types it
+
+
+@pytest.mark.slow
+def test_a_rank_dying_before_the_rendezvous_ends_the_exec_fast_naming_it(backend):
+    with backend.submit(JobSpec(name="drill", workers=2, slots_per_worker=1)) as job:
+        job.wait_ready(10)
+        uid = job_uid(backend, "drill")
+        launcher = json.loads((backend.job_dir("drill") / "launcher.json").read_text())
+        (backend.job_dir("drill") / "workdir" / "drill.py").write_text(DRILL)
+        start = time.monotonic()
+        res = job.run([*TYPED, "drill.py"], timeout=120)
+        assert time.monotonic() - start < 60 and res.returncode != 0, res.output[-3000:]
+        assert res.failure.startswith("rank 1 failed: ValueError: device_id cuda:1 is out of range"), res.output
+        assert "likely cause: more ranks than devices" in res.failure
+        assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]})
+
+
+@pytest.mark.slow
+def test_the_cluster_command_line_works_as_typed_in_a_local_job(backend):
+    """No --master_addr, no --no_ssh_check, no --allow-run-as-root: the job answers what DeepSpeed asks over ssh."""
+    with backend.submit(JobSpec(name="typed", workers=2, slots_per_worker=1)) as job:
+        job.wait_ready(10)
+        for extra in ([], ["--force_multi"]):  # DeepSpeed's own launcher on one host, and mpirun
+            res = job.run([*TYPED, *extra, "--module", "labkit.ranks.hello", "--steps", "2"], timeout=240)
+            done = [m for m in parse_metrics(res.output) if m["event"] == "done"]
+            assert res.returncode == 0 and sorted(m["rank"] for m in done) == [0, 1], res.output[-3000:]
+
+
+def test_the_deadline_is_named_not_its_signal(backend):
+    job = LocalBackend(root=backend.root, deadline_seconds=2).submit(JobSpec(name="late"))
+    job.wait_ready(10)
+    res = job.run(["sh", "-c", "sleep 30"])
+    assert res.returncode != 0 and res.failure == "stopped by its deadline after 2 s"
+    job.delete()

@@ -8,6 +8,7 @@ whether every rank runs on this one host), never which backend it is.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -20,6 +21,7 @@ from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
 
 HELLO_MODULE = "labkit.ranks.hello"  # the small DeepSpeed script the default command runs in every rank
 METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON record
+HOME = os.path.expanduser("~")
 
 
 def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
@@ -28,22 +30,21 @@ def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[s
     `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise start the ranks on the
     launcher itself (which has no accelerators). `--module`: the script ships inside the labkit package of the image.
     """
-    common = ["--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi"]
+    line = ["--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi"]
     rank_script = ["--module", HELLO_MODULE, "--steps", str(steps), *(extra_args or [])]
-    if not backend.one_host:
-        # The kit's images run sshd on an unprivileged port: DeepSpeed's address probe and mpirun's ssh both need it.
+    if not backend.one_host:  # the kit's images run sshd on an unprivileged port (DeepSpeed's probe, mpirun's ssh)
         ssh = [
             "--ssh_port",
             str(manifests.SSH_PORT),
             "--launcher_args",
             f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'",
         ]
-        return ["deepspeed", *common, *ssh, *rank_script]
+        return ["deepspeed", *line, *ssh, *rank_script]
     launch.require_mpi("train_command", "openmpi", instead="pass your own train_command")
-    # One host: no ssh (so no ssh check), Open MPI's single-machine options, rendezvous on loopback.
-    local = ["--no_ssh_check", "--launcher_args", shlex.join(launch.local_mpi_args()), "--master_addr", "127.0.0.1"]
-    port = ["--master_port", str(launch.free_port())]
-    return [*launch.deepspeed_executable(), *common, *local, *port, *rank_script]
+    # One host: the job answers DeepSpeed's ssh probes itself; Open MPI gets its single-machine options.
+    deepspeed = launch.deepspeed_executable()
+    deepspeed = ["deepspeed"] if len(deepspeed) == 1 else deepspeed  # the job's PATH finds this one first
+    return [*deepspeed, *line, "--launcher_args", shlex.join(launch.local_mpi_args()), *rank_script]
 
 
 def parse_train_command(text: str) -> list[str]:
@@ -51,11 +52,8 @@ def parse_train_command(text: str) -> list[str]:
     try:
         argv = shlex.split(text)
     except ValueError as exc:
-        raise ConfigError(
-            "train_command",
-            f"cannot be split into arguments ({exc})",
-            "balance the quotes, or leave it empty for the default DeepSpeed command",
-        ) from None
+        fix = "balance the quotes, or leave it empty for the default DeepSpeed command"
+        raise ConfigError("train_command", f"cannot be split into arguments ({exc})", fix) from None
     if not argv:
         raise ConfigError("train_command", "is empty", "leave it empty for the default or give a command")
     return argv
@@ -121,38 +119,30 @@ class InteractivePlan:
 
 
 def plan_interactive_job(
-    *,
-    backend: str = "local",
-    namespace: str = "workloads",
-    name: str = "deepspeed-interactive",
-    workers: int = 2,
-    slots: int = 1,
-    device: str = "auto",
-    image: str = "",
-    deadline_minutes: float = 30.0,
-    train_command: str = "",
-    steps: int = 30,
-    ready_timeout_s: float = 300.0,
-    kubeconfig: str = "",
-    jobs_dir: str | None = None,
-) -> InteractivePlan:
-    """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing."""
-    for field_name, value, most in (("workers", workers, 64), ("slots", slots, 64), ("steps", steps, 100_000)):
-        check_int(field_name, value, 1, maximum=most)
+    *, backend="local", namespace="workloads", name="deepspeed-interactive", workers=0, slots=1, device="auto",
+    image="", deadline_minutes=30.0, train_command="", steps=30, ready_timeout_s=300.0, kubeconfig="", jobs_dir=None,
+) -> InteractivePlan:  # fmt: skip
+    """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing.
+
+    workers=0: automatic (the backend says how many and why)."""
+    for field_name, value, least, most in (
+        ("workers", workers, 0, 64),
+        ("slots", slots, 1, 64),
+        ("steps", steps, 1, 10**5),
+    ):
+        check_int(field_name, value, least, maximum=most)
     release = "pass e.g. 30: the job and its accelerators are released after that many minutes"
     check_number("deadline_minutes", deadline_minutes, 1.0, release)
     check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)
     job_backend = get_backend(backend, namespace=namespace, jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
-    accelerator, reason = job_backend.accelerator_for(device, workers * slots)
+    accelerator, workers, reason = job_backend.accelerator_for(device, workers, slots)
     # resolved(): validates every field (ConfigError naming it) and fills the overlay's defaults.
     spec = manifests.JobSpec(
         name=name, namespace=namespace, image=image or None, workers=workers, slots_per_worker=slots,
         accelerator=accelerator, deadline_seconds=int(round(deadline_minutes * 60)),
     ).resolved()  # fmt: skip
-    if train_command.strip():
-        argv, default = parse_train_command(train_command), False
-    else:
-        argv, default = training_command(job_backend, steps=steps), True
+    default = not train_command.strip()
+    argv = training_command(job_backend, steps=steps) if default else parse_train_command(train_command)
     objects = manifests.render_all(spec)
     return InteractivePlan(job_backend, spec, argv, default, steps, device_reason=reason, objects=objects)
 
@@ -178,7 +168,7 @@ class TrainingProgress:
                         self.bar.update(1)
                         self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
             elif self.echo:
-                self.stream.write(line + "\n")
+                self.stream.write(line.replace(HOME, "~") + "\n")  # internal paths, shortened
                 self.stream.flush()
 
     def close(self) -> None:

@@ -16,16 +16,14 @@ import time
 
 from labkit import manifests
 from labkit.chapters.interactive import training_command
-from labkit.devices import ACCELERATORS
+from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, check_number
 from labkit.jobs import BACKENDS, Job, get_backend
+from labkit.tabular import text_table
 
 # Each action's arguments as data: (flags, add_argument keywords).
 BACKEND_OPTIONS = [
-    (
-        ["--backend"],
-        dict(choices=BACKENDS, default="local", help="local: processes here (default); kubernetes: MPIJobs"),
-    ),
+    (["--backend"], dict(choices=BACKENDS, default="local", help="local: processes here; kubernetes: MPIJobs")),
     (["-n", "--namespace"], dict(default="workloads", help="namespace (default: workloads)")),
     (["--kubeconfig"], dict(default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)")),
     (["--context"], dict(default=None, help="kubeconfig context (kubernetes)")),
@@ -33,9 +31,9 @@ BACKEND_OPTIONS = [
 ]
 SPEC_OPTIONS = [
     (["--name"], dict(default="deepspeed-interactive", help="job name (default: deepspeed-interactive)")),
-    (["--workers"], dict(type=int, default=2, help="worker pods (local: groups of ranks on this host)")),
+    (["--workers"], dict(type=int, default=0, help="worker pods (local: groups of ranks here); 0: automatic")),
     (["--slots"], dict(type=int, default=None, help="ranks per worker (GPUs/HPUs per worker; default: overlay)")),
-    (["--accelerator"], dict(choices=ACCELERATORS, default="cpu", help="overlay to render")),
+    (["--accelerator"], dict(choices=("auto", *ACCELERATORS), default="auto", help="overlay (auto: what's there)")),
     (["--image"], dict(default=None, help="container image (default: the overlay's)")),
     (["--deadline-minutes"], dict(type=float, default=240.0, help="the job is stopped after this many minutes")),
 ]
@@ -55,17 +53,22 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
         parser.add_argument(*flags, **({**keywords, "default": argparse.SUPPRESS} if suppress_defaults else keywords))
 
 
-def _backend(args):
+def _backend(a):
     return get_backend(
-        args.backend, namespace=args.namespace, jobs_dir=args.jobs_dir, kubeconfig=args.kubeconfig, context=args.context
+        a.backend, namespace=a.namespace, jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context
     )
 
 
-def _spec(args) -> manifests.JobSpec:
+def _spec(args, backend=None) -> manifests.JobSpec:
+    """The job the options describe; with a backend, auto accelerator and workers resolved by it (else cpu, 2)."""
     check_number("--deadline-minutes", args.deadline_minutes, 0.0, "pass minutes > 0 (at least 1)", strict=True)
+    accelerator, workers, args.why = ("cpu" if args.accelerator == "auto" else args.accelerator), args.workers or 2, ""
+    if backend is not None:
+        device = "auto" if args.accelerator == "auto" else DEVICE_OF[args.accelerator]
+        accelerator, workers, args.why = backend.accelerator_for(device, args.workers, args.slots or 1)
     return manifests.JobSpec(
-        name=args.name, namespace=args.namespace, image=args.image, workers=args.workers, slots_per_worker=args.slots,
-        accelerator=args.accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
+        name=args.name, namespace=args.namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
+        accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
     )  # fmt: skip
 
 
@@ -79,8 +82,11 @@ def _render(args) -> int:
 
 
 def _submit(args) -> int:
-    job = _backend(args).submit(_spec(args))
-    print(f"submitted {args.backend} job {job.namespace}/{job.name}")
+    backend = _backend(args)
+    spec = _spec(args, backend)
+    job = backend.submit(spec)
+    shape = f"{spec.workers} worker(s), {spec.accelerator} ({args.why})"
+    print(f"submitted {args.backend} job {job.namespace}/{job.name}: {shape}")
     if args.wait:
         st = job.wait_ready(timeout=args.wait)
         print(f"ready: launcher accepts exec (deadline {_when(st.deadline)})")
@@ -132,14 +138,13 @@ def _list(args) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    rows = [("NAMESPACE", "NAME", "PHASE", "READY", "WORKERSxSLOTS", "DEADLINE", "FLAG")]
-    for st in jobs:
-        shape = f"{st.workers or '?'}x{st.slots_per_worker or '?'}"
-        flag = "PAST DEADLINE" if st.past_deadline else ""
-        rows.append((st.namespace, st.name, st.phase, "yes" if st.ready else "no", shape, _when(st.deadline), flag))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    rows = [
+        {"NAMESPACE": st.namespace, "NAME": st.name, "PHASE": st.phase, "READY": "yes" if st.ready else "no",
+         "WORKERSxSLOTS": f"{st.workers or '?'}x{st.slots_per_worker or '?'}", "DEADLINE": _when(st.deadline),
+         "FLAG": "PAST DEADLINE" if st.past_deadline else ""}
+        for st in jobs
+    ]  # fmt: skip
+    print(text_table(rows, list(rows[0])))
     return 0
 
 

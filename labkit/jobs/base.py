@@ -1,9 +1,7 @@
 """The job interface both backends implement (local processes, Kubernetes MPIJobs); code above it knows neither.
 
-A `JobBackend` submits a job spec and returns a `Job` handle; the handle deletes the job when used as a context
-manager, so a notebook cell or a test cannot forget it. The interactive pattern: the launcher is a long-lived
-placeholder (`sleep infinity`) holding the job's resources; the user execs `deepspeed --hostfile /etc/mpi/hostfile ...`
-into it; a deadline ends a forgotten job.
+The interactive pattern: the launcher is a long-lived placeholder (`sleep infinity`) holding the job's resources; the
+user execs `deepspeed --hostfile /etc/mpi/hostfile ...` into it; a deadline ends a forgotten job.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 # Where the MPI Operator mounts the hostfile in the launcher; the local backend maps this path onto its job dir.
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
+EXEC_TAG = "labkit exec: "  # starts the one line an exec adds to its output when it fails (why, in words)
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 OutputCallback = Callable[[str], None]
 
@@ -40,15 +39,15 @@ class JobNotReady(LabkitError):
 
 @dataclass
 class JobStatus:
-    """What a backend knows about one job, in the same words for both backends."""
+    """What a backend knows about one job, in the same words for both backends (times: epoch seconds)."""
 
     name: str
     namespace: str
     backend: str
     phase: str  # Pending | Running | Succeeded | Failed | DeadlineExceeded
     ready: bool = False  # the launcher accepts exec
-    created: float | None = None  # epoch seconds
-    deadline: float | None = None  # epoch seconds after which the job is stopped
+    created: float | None = None
+    deadline: float | None = None
     message: str = ""
     workers: int | None = None
     slots_per_worker: int | None = None
@@ -56,9 +55,8 @@ class JobStatus:
     @property
     def past_deadline(self) -> bool:
         """The `list()` flag for forgotten jobs: outlived its deadline, or was ended by it."""
-        if self.phase == "DeadlineExceeded":
-            return True
-        return self.deadline is not None and time.time() > self.deadline and self.phase in ("Pending", "Running")
+        late = self.deadline is not None and time.time() > self.deadline and self.phase in ("Pending", "Running")
+        return self.phase == "DeadlineExceeded" or late
 
     @property
     def remaining_s(self) -> float | None:
@@ -81,6 +79,12 @@ class ExecResult:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def failure(self) -> str:
+        """The backend's one line on why the exec failed (a dead rank, the deadline), else ''."""
+        lines = [line for line in self.output.splitlines() if line.startswith(EXEC_TAG)]
+        return lines[-1][len(EXEC_TAG) :] if lines else ""
+
 
 def print_output(text: str) -> None:
     """The default exec output sink: stdout, flushed, so a notebook shows it live."""
@@ -89,20 +93,19 @@ def print_output(text: str) -> None:
 
 
 class JobBackend(abc.ABC):
-    """Submit, reach and remove interactive MPI jobs. Implementations: LocalBackend, KubernetesBackend."""
+    """Submit, reach and remove interactive MPI jobs. Implementations: LocalBackend, KubernetesBackend.
+
+    `namespace=None` means the backend's own; `exec` streams to `on_output` and returns the exit code, and on timeout
+    (TimeoutError) or KeyboardInterrupt stops the command and every rank it started first."""
 
     name: str
     namespace: str
-
-    @property
-    @abc.abstractmethod
-    def one_host(self) -> bool:
-        """True when every rank runs on this machine (no ssh between ranks, rendezvous on loopback)."""
+    one_host: bool  # every rank runs on this machine (no ssh between ranks, rendezvous on loopback)
 
     @abc.abstractmethod
-    def accelerator_for(self, device: str, ranks: int) -> tuple[str, str]:
-        """(accelerator, why) for a `device` parameter (auto | cpu | cuda | hpu) and a job of `ranks` ranks;
-        ConfigError when this backend cannot give it."""
+    def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
+        """(accelerator, workers, why) for a `device` (auto | cpu | cuda | hpu) and `workers` (0: automatic) of
+        `slots` ranks each; ConfigError when this backend cannot give it."""
 
     @abc.abstractmethod
     def submit(self, spec: JobSpec) -> Job:
@@ -113,10 +116,7 @@ class JobBackend(abc.ABC):
         """Block until the launcher accepts exec; raise JobNotReady with the reason otherwise."""
 
     @abc.abstractmethod
-    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
-        """Run argv in the launcher, stream its output to on_output (an OutputCallback, or None), return its exit code.
-
-        On timeout (TimeoutError) or KeyboardInterrupt the command and every rank it started are stopped first."""
+    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int: ...
 
     @abc.abstractmethod
     def logs(self, name: str, *, namespace: str | None = None) -> str:
@@ -132,7 +132,7 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
-        """Every job in namespace (default: the backend's; '*': all namespaces)."""
+        """Every job in namespace ('*': all namespaces)."""
 
 
 class Job:
@@ -149,9 +149,16 @@ class Job:
     def wait_ready(self, timeout: float = 300.0) -> JobStatus:
         return self.backend.wait_ready(self.name, timeout=timeout, namespace=self.namespace)
 
-    def exec(
-        self, argv: list[str], on_output: OutputCallback | None = print_output, timeout: float | None = None
-    ) -> int:
+    def logs(self) -> str:
+        return self.backend.logs(self.name, namespace=self.namespace)
+
+    def status(self) -> JobStatus:
+        return self.backend.status(self.name, namespace=self.namespace)
+
+    def delete(self) -> bool:
+        return self.backend.delete(self.name, namespace=self.namespace)
+
+    def exec(self, argv: list[str], on_output: OutputCallback | None = print_output, timeout=None) -> int:
         return self.backend.exec(self.name, argv, on_output=on_output, timeout=timeout, namespace=self.namespace)
 
     def run(self, argv: list[str], on_output: OutputCallback | None = None, timeout: float | None = None) -> ExecResult:
@@ -167,15 +174,6 @@ class Job:
         code = self.exec(argv, on_output=collect, timeout=timeout)
         return ExecResult(code, "".join(chunks), time.monotonic() - start, list(argv))
 
-    def logs(self) -> str:
-        return self.backend.logs(self.name, namespace=self.namespace)
-
-    def status(self) -> JobStatus:
-        return self.backend.status(self.name, namespace=self.namespace)
-
-    def delete(self) -> bool:
-        return self.backend.delete(self.name, namespace=self.namespace)
-
     def __enter__(self) -> Job:
         return self
 
@@ -183,29 +181,19 @@ class Job:
         self.delete()
 
 
-# What both backends share around exec: the argument checks, and the guard that makes a stop uninterruptible.
-
-
 def check_job_name(name: str) -> str:
     """Kubernetes object names (RFC 1123 labels): also what the local backend uses as a directory name."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 50:
-        raise ConfigError(
-            "name",
-            f"{name!r} is not a valid job name",
-            "use lowercase letters, digits and '-', starting and ending with a letter or digit, "
-            "at most 50 characters (e.g. 'deepspeed-interactive')",
-        )
+        fix = "use lowercase letters, digits and '-', starting and ending with a letter or digit, at most 50 characters"
+        raise ConfigError("name", f"{name!r} is not a valid job name", fix + " (e.g. 'deepspeed-interactive')")
     return name
 
 
 def check_exec_args(argv: list[str], timeout: float | None) -> None:
     """What both backends refuse before touching a job: an empty or non-string command, a non-positive timeout."""
     if not argv or not all(isinstance(a, str) for a in argv):
-        raise ConfigError(
-            "argv",
-            f"must be a non-empty list of strings, got {argv!r}",
-            "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']",
-        )
+        fix = "pass the command as a list, e.g. ['cat', '/etc/mpi/hostfile']"
+        raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}", fix)
     if timeout is not None:
         check_number("timeout", timeout, 0.0, "pass seconds > 0 or None", strict=True)
 

@@ -20,18 +20,8 @@ from typing import Any
 from labkit import cluster, manifests
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
-from labkit.jobs.base import (
-    Job,
-    JobBackend,
-    JobNotFound,
-    JobNotReady,
-    JobStatus,
-    OutputCallback,
-    check_exec_args,
-    check_job_name,
-    interrupts_deferred,
-    print_output,
-)
+from labkit.jobs import base
+from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, interrupts_deferred
 from labkit.jobs.k8s_objects import api_message, mpijob_phase, pod_problem, pod_ready, timestamp
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
@@ -41,6 +31,7 @@ KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
     "ResourceQuota Role RoleBinding".split()
 )
+AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -139,24 +130,32 @@ class KubernetesBackend(JobBackend):
         )
 
     # -- what the cluster offers ---------------------------------------------------------------------------------
-    def accelerator_for(self, device: str, ranks: int) -> tuple[str, str]:
-        """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); the
-        scheduler, not this check, judges whether `ranks` fit."""
+    def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
+        """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); workers 0:
+        AUTO_WORKERS. The scheduler, not this check, judges whether the ranks fit."""
         value = check_choice("device", device.strip().lower() if isinstance(device, str) else device, DEVICE_CHOICES)
+        auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
-            return ACCELERATOR_OF[value], "requested"
+            return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
         try:
             nodes = cluster.list_node_inventory(self.api_client)
         except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
-            return "cpu", f"cluster nodes not readable ({type(exc).__name__}), cpu assumed"
+            return (
+                "cpu",
+                workers or AUTO_WORKERS,
+                f"cluster nodes not readable ({type(exc).__name__}), cpu assumed{auto}",
+            )
         counts: dict[str, int] = {}
         for node in nodes:
             if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
                 counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
-        if not counts:
-            return "cpu", f"no GPU or Gaudi node among {len(nodes)} node(s)"
-        kind = max(counts, key=counts.get)
-        return kind, f"{counts[kind]} {kind} device(s) allocatable in the cluster"
+        kind = max(counts, key=counts.get) if counts else "cpu"
+        why = (
+            f"{counts[kind]} {kind} device(s) allocatable in the cluster"
+            if counts
+            else f"no GPU or Gaudi node among {len(nodes)} node(s)"
+        )
+        return kind, workers or AUTO_WORKERS, why + auto
 
     def check_operator(self) -> None:
         """The API must serve mpijobs.kubeflow.org at v2beta1 (MPI Operator); cluster.py's verdict otherwise.
@@ -275,11 +274,9 @@ class KubernetesBackend(JobBackend):
                 lines.append(f"pod {pod.metadata.name}: ready")
                 continue
             lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
+            selector, list_events = f"involvedObject.name={pod.metadata.name}", self._core().list_namespaced_event
             try:
-                selector = f"involvedObject.name={pod.metadata.name}"
-                events = self._call(
-                    "events", self._core().list_namespaced_event, namespace, field_selector=selector
-                ).items
+                events = self._call("events", list_events, namespace, field_selector=selector).items
             except LabkitError:
                 events = []
             events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
@@ -345,10 +342,8 @@ class KubernetesBackend(JobBackend):
     def _launcher_pod(self, name: str, ns: str):
         pods = [p for p in self._pods(name, ns, "launcher").items if pod_ready(p)]
         if not pods:
-            raise JobNotReady(
-                f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first "
-                f"(kubectl -n {ns} get pods -l {LABEL_JOB}={name})"
-            )
+            see = f"kubectl -n {ns} get pods -l {LABEL_JOB}={name}"
+            raise JobNotReady(f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first ({see})")
         return pods[0]
 
     def _stream(self, pod, ns: str, argv: list[str], *, preload: bool):
@@ -361,10 +356,10 @@ class KubernetesBackend(JobBackend):
             **options,
         )  # fmt: skip
 
-    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
+    def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
         from kubernetes.client.exceptions import ApiException
 
-        check_exec_args(argv, timeout)
+        base.check_exec_args(argv, timeout)
         ns = namespace or self.namespace
         pod = self._launcher_pod(name, ns)
         pidfile = f"/tmp/labkit-exec-{uuid.uuid4().hex[:12]}.pid"
@@ -397,7 +392,7 @@ class KubernetesBackend(JobBackend):
             raise
 
     @staticmethod
-    def _drain(ws, on_output: OutputCallback | None) -> None:
+    def _drain(ws, on_output: base.OutputCallback | None) -> None:
         for channel in (1, 2):  # stdout, stderr: whatever arrived so far
             text = ws.read_channel(channel, timeout=0)
             if text and on_output:

@@ -1,15 +1,18 @@
-"""The local backend's launcher: a detached process that plays the MPIJob launcher pod and enforces its deadline.
+"""A local job's directory, and its launcher: a detached process that plays the MPIJob launcher pod.
 
-Run as `python -m labkit.jobs.launcher JOB_DIR` (light imports: it must start fast).
-It double-forks so it belongs to no notebook kernel or CLI process: a job outlives the process that submitted it,
-exactly like a pod, and its deadline still holds if that process dies. It then
+Each job is a directory `<root>/<namespace>/<name>/` (root: $LABKIT_JOBS_DIR, default ~/.local/state/labkit/jobs):
 
-1. starts the launcher command (`sleep infinity` for an interactive job) in its own process group,
-2. marks the job ready,
-3. waits for the deadline, a SIGTERM (delete), or the launcher command's exit,
-4. stops every process of the job: the launcher command, every exec'd command's process group recorded under
-   `execs/`, and any straggler whose environment carries this job's LABKIT_JOB_UID (mpirun ranks included),
-5. writes `state.json` (phase, reason, exit code) and exits.
+    job.json       the spec, uid, creation time and deadline        manifest.yaml  what a cluster would be given
+    hostfile       `localhost slots=W*S` (see local.py)             launcher.log   the launcher's own log
+    launcher.json  launcher pid (written by the launcher)           ready          exists once the launcher runs
+    execs/<pgid>   one file per running exec: its process group     state.json     how the job ended
+    workdir/       the exec'd commands' working directory           bin/ssh        what ssh to a worker means here
+
+`python -m labkit.jobs.launcher JOB_DIR` double-forks, so the launcher belongs to no notebook kernel or CLI process (a
+job outlives its submitter, like a pod, and its deadline still holds). It runs the launcher command (`sleep infinity`)
+in its own process group, marks the job ready, waits for the deadline, a SIGTERM (delete) or the command's exit, then
+stops every process of the job (exec'd process groups under `execs/`, anything whose environment carries the job's
+LABKIT_JOB_UID, mpirun ranks included) and writes `state.json`.
 """
 
 from __future__ import annotations
@@ -22,32 +25,80 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.jobs.jobdir import map_hostfile, stop_job_processes, write_json
+from labkit.jobs.base import CLUSTER_HOSTFILE
+from labkit.procs import alive
 
-# How the launcher's stop reason reads as the job's phase (a finished command: by its exit code).
-PHASE_OF = {"DeadlineExceeded": "DeadlineExceeded", "Deleted": "Deleted"}
+JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
 
 
-def _wait_for_end(child: subprocess.Popen, deadline: float, stop: dict) -> tuple[str, int | None]:
-    """(reason, exit code) once the deadline passes, a signal arrives, or the launcher command exits."""
-    while stop["reason"] is None:
-        returncode = child.poll()
-        if returncode is not None:
-            return "Completed", returncode
-        if time.time() >= deadline:
-            return "DeadlineExceeded", None
-        time.sleep(0.2)
-    return stop["reason"], None
+def write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def read_json(path: Path) -> dict | None:
+    """The file's JSON object; None when it is missing or half-written by a crashed process."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def default_jobs_dir() -> Path:
+    if os.environ.get(JOBS_DIR_ENV):
+        return Path(os.environ[JOBS_DIR_ENV])
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "labkit" / "jobs"
+
+
+def map_hostfile(argv: list[str], hostfile: Path) -> list[str]:
+    """The cluster's /etc/mpi/hostfile path, pointed at this job's own hostfile (same commands on both backends)."""
+    return [a.replace(CLUSTER_HOSTFILE, str(hostfile)) for a in argv]
+
+
+def job_pids(uid: str, exclude: set[int]) -> list[int]:
+    """Processes whose environment carries this job's uid (survives re-parenting and new process groups)."""
+    needle, found = f"{JOB_UID_ENV}={uid}".encode(), []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) not in exclude:
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.append(int(entry.name))
+            except OSError:  # gone, or not ours
+                continue
+    return found
+
+
+def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(), grace_s: float = 3.0) -> None:
+    """SIGTERM the job's process groups (`execs/`) and uid-tagged processes, SIGKILL what is left after grace_s."""
+    me = {os.getpid(), os.getppid()}
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+        execs = {int(f.name) for f in (job_dir / "execs").glob("*") if f.name.isdigit()}
+        targets = [(os.killpg, g) for g in groups | execs if g not in me and g > 1]
+        for kill, target in targets + [(os.kill, p) for p in job_pids(uid, exclude=me)]:
+            try:
+                kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            if not any(alive(p) for p in job_pids(uid, exclude=me)):
+                return
+            time.sleep(0.05)
+
+
+def _ended(job_dir: Path, **state) -> None:
+    write_json(job_dir / "state.json", {**state, "ended": time.time()})
 
 
 def run_launcher(job_dir: Path) -> int:
     job = json.loads((job_dir / "job.json").read_text())
-    uid, deadline = job["uid"], float(job["deadline"])
-    stop = {"reason": None}
+    deadline, stop = float(job["deadline"]), {"reason": None}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda _signum, _frame: stop.update(reason="Deleted"))
-
-    log = open(job_dir / "launcher.log", "ab", buffering=0)
+    log = open(job_dir / "launcher.log", "ab", buffering=0)  # noqa: SIM115 - open for the launcher's whole life
     argv = map_hostfile(job["launcher_command"], job_dir / "hostfile")
     until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
     log.write(f"[labkit launcher] job {job['namespace']}/{job['name']}: running {argv} until {until}\n".encode())
@@ -58,25 +109,26 @@ def run_launcher(job_dir: Path) -> int:
         )  # fmt: skip
     except OSError as exc:
         log.write(f"[labkit launcher] cannot start {argv}: {exc}\n".encode())
-        state = {"phase": "Failed", "reason": "LauncherStartFailed", "message": str(exc), "returncode": 127}
-        write_json(job_dir / "state.json", {**state, "ended": time.time()})
+        _ended(job_dir, phase="Failed", reason="LauncherStartFailed", message=str(exc), returncode=127)
         return 1
     write_json(job_dir / "launcher.json", {"pid": os.getpid(), "child_pid": child.pid, "started": time.time()})
     (job_dir / "ready").touch()
-
-    reason, returncode = _wait_for_end(child, deadline, stop)
-    phase = PHASE_OF.get(reason) or ("Succeeded" if returncode == 0 else "Failed")
-    state = {"phase": phase, "reason": reason, "returncode": returncode}
+    reason, returncode = "Completed", None
+    while stop["reason"] is None and (returncode := child.poll()) is None and time.time() < deadline:
+        time.sleep(0.2)
+    if returncode is None:
+        reason = stop["reason"] or "DeadlineExceeded"
+    phase = reason if reason != "Completed" else ("Succeeded" if returncode == 0 else "Failed")
     # Say so first: from now on the job accepts no exec and reports its end, even while processes are being stopped.
-    write_json(job_dir / "state.json", {**state, "ended": time.time(), "stopping": True})
+    _ended(job_dir, phase=phase, reason=reason, returncode=returncode, stopping=True)
     if reason != "Completed":
         log.write(f"[labkit launcher] {reason}: stopping every process of the job\n".encode())
-    stop_job_processes(job_dir, uid, groups={child.pid})
+    stop_job_processes(job_dir, job["uid"], groups={child.pid})
     try:
         child.wait(timeout=2)
     except subprocess.TimeoutExpired:
         pass
-    write_json(job_dir / "state.json", {**state, "ended": time.time()})
+    _ended(job_dir, phase=phase, reason=reason, returncode=returncode)
     log.write(f"[labkit launcher] job ended: {phase}\n".encode())
     log.close()
     return 0
@@ -84,10 +136,8 @@ def run_launcher(job_dir: Path) -> int:
 
 def main(argv: list[str]) -> int:
     job_dir = Path(argv[1]).resolve()
-    # Double fork: the launcher belongs to no caller (a notebook kernel may die; the deadline must still hold).
     pid = os.fork()
-    if pid > 0:
-        # First child: report the launcher's pid to the caller and exit at once (the caller reaps us).
+    if pid > 0:  # the first child: report the launcher's pid to the caller and exit at once (the caller reaps us)
         os.waitpid(pid, os.WNOHANG)
         print(pid, flush=True)
         return 0
@@ -98,9 +148,8 @@ def main(argv: list[str]) -> int:
     try:
         return run_launcher(job_dir)
     except BaseException as exc:  # noqa: BLE001 - record why the launcher died, then stop the job
-        state = {"phase": "Failed", "reason": "LauncherCrashed", "message": repr(exc), "returncode": None}
         try:
-            write_json(job_dir / "state.json", {**state, "ended": time.time()})
+            _ended(job_dir, phase="Failed", reason="LauncherCrashed", message=repr(exc), returncode=None)
         except OSError:
             pass
         return 1

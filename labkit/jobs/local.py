@@ -1,14 +1,13 @@
 """LocalBackend: an MPIJob played by real processes on this machine.
 
-Each job is a directory (see jobdir.py). The launcher is `launcher.py`: a detached process (its own session, belonging
-to no notebook kernel) that runs the launcher command (`sleep infinity`), and at the deadline or on delete stops the
-job's every process. Because all state is in the directory, `list()`, `exec()` and `delete()` work from any process
-(the CLI, another notebook).
+Each job is a directory (see launcher.py), so `list()`, `exec()` and `delete()` work from any process (the CLI,
+another notebook); its launcher process stops the job's every process at the deadline or on delete.
 
-Workers: the cluster hostfile has one line per worker pod (`<name>-worker-<i>.<name>.<ns>.svc slots=S`). Locally all
-W workers are this one host, so the hostfile holds one line, `localhost slots=W*S`: Open MPI then starts W*S ranks
-here without ssh (aliases such as 127.0.0.2 would make mpirun try ssh). The comment lines above it show the hosts the
-cluster would list. Commands may name the cluster path /etc/mpi/hostfile: it is mapped to this job's hostfile.
+The cluster hostfile has one line per worker pod. Locally all W workers are this one host, so the hostfile holds one
+line, `localhost slots=W*S`: Open MPI then starts W*S ranks here without ssh (aliases such as 127.0.0.2 would make
+mpirun try ssh); comment lines above it show the hosts the cluster would list. Commands may name the cluster path
+/etc/mpi/hostfile: it is mapped to this job's hostfile. What DeepSpeed asks a worker over ssh (is it reachable, its
+address) the job's `bin/ssh` answers for localhost, so the cluster's command line works as typed.
 """
 
 from __future__ import annotations
@@ -25,30 +24,32 @@ import uuid
 from pathlib import Path
 
 from labkit import launch, manifests, procs
-from labkit.devices import ACCELERATOR_OF, DEVICE_OF, check_ranks_fit, pick_device
+from labkit.devices import ACCELERATOR_OF, DEVICE_OF, check_ranks_fit, device_count, pick_device
 from labkit.errors import ConfigError, LabkitError, check_number
-from labkit.jobs.base import (
-    Job,
-    JobBackend,
-    JobNotFound,
-    JobNotReady,
-    JobStatus,
-    check_exec_args,
-    check_job_name,
-    interrupts_deferred,
-    print_output,
-)
-from labkit.jobs.jobdir import (
-    JOB_UID_ENV,
-    default_jobs_dir,
-    map_hostfile,
-    read_json,
-    stop_job_processes,
-    write_json,
-)
+from labkit.jobs import base
+from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, interrupts_deferred
+from labkit.jobs.launcher import JOB_UID_ENV, default_jobs_dir, map_hostfile, read_json, stop_job_processes, write_json
 
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
-_EXEC_GRACE_S = 5.0
+AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
+RANK_EXIT_GRACE_S = 15.0  # after a rank's error or exit, how long its peers get to end before the exec stops them
+LAUNCHERS = ("deepspeed", "mpirun", "mpiexec")  # commands that start ranks (checked against the devices here)
+# A dead rank's error text -> the likely cause, for the exec's one failure line.
+LIKELY_CAUSES = (
+    ("out of range", "more ranks than devices on this machine"),
+    ("invalid device ordinal", "more ranks than devices on this machine"),
+    ("address already in use", "a port in use (another job's rendezvous?)"),
+    ("error building extension", "a DeepSpeed op failed to build"),
+)
+# The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
+# probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
+SSH_SHIM = """#!/bin/sh
+while [ $# -gt 0 ]; do case "$1" in -[bcDEeFIiJLlmOopQRSWw]) shift 2;; -*) shift;; *) break;; esac; done
+host=$1; shift
+case "$host" in localhost|127.0.0.1|"$(hostname)") ;;
+  *) echo "labkit local job: no ssh to $host: every worker of a local job is localhost" >&2; exit 255;; esac
+if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; else exec sh -c "$*"; fi
+"""
 
 
 def _master_port(argv: list[str]) -> str:
@@ -64,6 +65,10 @@ def _master_port(argv: list[str]) -> str:
     return str(launch.free_port())
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
     cluster = "".join(f"#   {name}-worker-{i}.{name}.{namespace}.svc slots={slots}\n" for i in range(workers))
     return (
@@ -76,84 +81,69 @@ def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> 
 class LocalBackend(JobBackend):
     """Jobs as processes on this machine (the default backend; no cluster needed).
 
-    `deadline_seconds` overrides every job's deadline (manifests require at least 60 s; failure drills and tests use
-    a few seconds)."""
+    `deadline_seconds` overrides every job's deadline (manifests require at least 60 s; drills and tests use a few)."""
 
     name = "local"
     one_host = True
 
-    def __init__(
-        self, root: str | Path | None = None, namespace: str = "workloads", deadline_seconds: float | None = None
-    ):
+    def __init__(self, root=None, namespace: str = "workloads", deadline_seconds: float | None = None):
         if deadline_seconds is not None:
             check_number("deadline_seconds", deadline_seconds, 0.0, "pass e.g. 5, or None for the spec's", strict=True)
         self.root = Path(root) if root is not None else default_jobs_dir()
         self.namespace, self.deadline_seconds = namespace, deadline_seconds
 
-    def accelerator_for(self, device: str, ranks: int) -> tuple[str, str]:
+    def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         picked = pick_device(device)  # ConfigError for an unknown or unavailable device
-        if ranks > MAX_LOCAL_RANKS:
-            raise ConfigError(
-                "workers",
-                f"{ranks} local ranks is more than this kit runs on one machine ({MAX_LOCAL_RANKS})",
-                "use fewer workers/slots locally, or backend='kubernetes'",
-            )
-        check_ranks_fit("workers", ranks, picked)
-        auto = device.strip().lower() == "auto"
-        return ACCELERATOR_OF[picked], ("picked on this machine" if auto else "requested")
+        why = "picked on this machine" if device.strip().lower() == "auto" else "requested"
+        if not workers:
+            have = device_count(picked) if picked != "cpu" else AUTO_CPU_RANKS
+            workers = max(1, have // slots)
+            per = f"one rank per {picked.upper()} device, {have} here" if picked != "cpu" else f"{have} CPU ranks"
+            why += f"; workers 0 = automatic: {workers} ({per})"
+        if workers * slots > MAX_LOCAL_RANKS:
+            fix = "use fewer workers/slots locally, or backend='kubernetes'"
+            raise ConfigError("workers", f"{workers * slots} local ranks is more than {MAX_LOCAL_RANKS}", fix)
+        check_ranks_fit("workers", workers * slots, picked)
+        return ACCELERATOR_OF[picked], workers, why
 
     def job_dir(self, name: str, namespace: str | None = None) -> Path:
         return self.root / (namespace or self.namespace) / name
 
     def _existing_dir(self, name: str, namespace: str | None) -> Path:
-        d = self.job_dir(check_job_name(name), namespace)
+        d = self.job_dir(base.check_job_name(name), namespace)
         if not (d / "job.json").is_file():
-            raise JobNotFound(
-                f"local job {namespace or self.namespace}/{name} does not exist "
-                f"(in {self.root}); see `labkit job list --backend local`"
-            )
+            where = f"{namespace or self.namespace}/{name} does not exist (in {self.root})"
+            raise JobNotFound(f"local job {where}; see `labkit job list --backend local`")
         return d
 
-    # -- lifecycle -----------------------------------------------------------------------------------------------------
     def submit(self, spec: manifests.JobSpec) -> Job:
         spec = spec.resolved()  # validates, and fills slots/command/... from the overlay as the cluster would
-        check_job_name(spec.name)
+        base.check_job_name(spec.name)
         self._collect_garbage()
-        d = self.job_dir(spec.name, spec.namespace)
+        d, ref = self.job_dir(spec.name, spec.namespace), f"a local job {spec.namespace}/{spec.name}"
         if (d / "job.json").exists():
             if self._status_from_dir(d).phase in ("Pending", "Running"):
-                raise ConfigError(
-                    "name",
-                    f"a local job {spec.namespace}/{spec.name} is already running",
-                    f"delete it first (`labkit job delete {spec.name} --backend local`) or pick another name",
-                )
+                fix = f"delete it first (`labkit job delete {spec.name} --backend local`) or pick another name"
+                raise ConfigError("name", f"{ref} is already running", fix)
             shutil.rmtree(d, ignore_errors=True)  # a finished job of the same name: replace it, as kubectl would
         d.parent.mkdir(parents=True, exist_ok=True)
         try:
             d.mkdir()  # atomic: of two concurrent submits of one name, one wins
         except FileExistsError:
-            raise ConfigError(
-                "name",
-                f"a local job {spec.namespace}/{spec.name} is being created right now",
-                "pick another name, or delete that job first",
-            ) from None
-        (d / "execs").mkdir()
-        (d / "workdir").mkdir()
+            raise ConfigError("name", f"{ref} is being created right now", "pick another name, or delete it") from None
+        for sub in ("execs", "workdir", "bin"):
+            (d / sub).mkdir()
+        (d / "bin" / "ssh").write_text(SSH_SHIM)
+        (d / "bin" / "ssh").chmod(0o755)
         (d / "manifest.yaml").write_text(manifests.to_yaml(manifests.render_all(spec)))
         (d / "hostfile").write_text(local_hostfile_text(spec.name, spec.namespace, spec.workers, spec.slots_per_worker))
-        now = time.time()
-        job = {
-            "name": spec.name,
-            "namespace": spec.namespace,
-            "uid": uuid.uuid4().hex,
-            "created": now,
-            "deadline": now + float(self.deadline_seconds or spec.deadline_seconds),
-            "workers": spec.workers,
-            "slots_per_worker": spec.slots_per_worker,
-            "accelerator": spec.accelerator,
-            "launcher_command": list(spec.launcher_command or ["sleep", "infinity"]),
-            "ttl_seconds_after_finished": spec.ttl_seconds_after_finished,
-        }
+        now, launcher = time.time(), list(spec.launcher_command or ["sleep", "infinity"])
+        job = dict(
+            name=spec.name, namespace=spec.namespace, uid=uuid.uuid4().hex, created=now, workers=spec.workers,
+            deadline=now + float(self.deadline_seconds or spec.deadline_seconds), accelerator=spec.accelerator,
+            slots_per_worker=spec.slots_per_worker, launcher_command=launcher,
+            ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
+        )  # fmt: skip
         write_json(d / "job.json", job)
         starter = subprocess.run(
             [sys.executable, "-m", "labkit.jobs.launcher", str(d)], env=self._job_env(d, job), cwd=d,
@@ -171,8 +161,8 @@ class LocalBackend(JobBackend):
             "LABKIT_HOSTFILE": str(d / "hostfile"),
             # What the operator sets in a launcher (Open MPI 4 reads it; commands also pass --hostfile explicitly).
             "OMPI_MCA_orte_default_hostfile": str(d / "hostfile"),
-            # `deepspeed`/`mpirun` from this environment first, as the image's PATH would provide them.
-            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+            # The job's ssh, then `deepspeed`/`mpirun` from this environment, as the image's PATH would provide them.
+            "PATH": os.pathsep.join([str(d / "bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
         ranks = job["workers"] * job["slots_per_worker"]
         return launch.kit_env(extra, world_size=ranks, device=DEVICE_OF[job.get("accelerator", "cpu")])
@@ -184,8 +174,7 @@ class LocalBackend(JobBackend):
         return job
 
     def _launcher_pid(self, d: Path) -> int | None:
-        info = read_json(d / "launcher.json") or {}
-        return info.get("pid")
+        return (read_json(d / "launcher.json") or {}).get("pid")
 
     def _status_from_dir(self, d: Path) -> JobStatus:
         job = self._read_job(d)
@@ -226,72 +215,92 @@ class LocalBackend(JobBackend):
                 raise JobNotReady(f"local job {st.namespace}/{name} not ready after {timeout:.0f} s")
             time.sleep(0.05)
 
-    def exec(self, name: str, argv: list[str], *, on_output=print_output, timeout=None, namespace=None) -> int:
-        check_exec_args(argv, timeout)
+    def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
+        base.check_exec_args(argv, timeout)
         d = self._existing_dir(name, namespace)
-        st = self._status_from_dir(d)
+        st, job = self._status_from_dir(d), self._read_job(d)
         if not st.ready:
-            raise JobNotReady(
-                f"local job {st.namespace}/{name} is {st.phase} {st.message}: cannot exec; "
-                "wait_ready() first or submit it again"
-            )
-        env = self._job_env(d, self._read_job(d))
+            problem = f"local job {st.namespace}/{name} is {st.phase} {st.message}: cannot exec"
+            raise JobNotReady(f"{problem}; wait_ready() first or submit it again")
         cmd = map_hostfile(list(argv), d / "hostfile")
+        starts_ranks = Path(cmd[0]).name in LAUNCHERS or "deepspeed.launcher.runner" in cmd
+        if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
+            check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
+        env = self._job_env(d, job)
         env["MASTER_PORT"] = _master_port(cmd)
+        say = on_output or (lambda _text: None)
         procs.clear_stale_build_locks(say=(lambda t: on_output(t + "\n")) if on_output else None)
         try:
             proc = subprocess.Popen(
                 cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        except OSError as exc:
-            # What a pod exec reports for a missing binary: a message on stderr and exit code 127/126.
-            if on_output:
-                on_output(f"labkit exec: cannot run {cmd[0]!r}: {exc.strerror}\n")
+        except OSError as exc:  # what a pod exec reports for a missing binary: a message and exit code 127/126
+            say(f"{EXEC_TAG}cannot run {cmd[0]!r}: {exc.strerror}\n")
             return 127 if isinstance(exc, FileNotFoundError) else 126
         record = d / "execs" / str(proc.pid)
         record.write_text(f"{json.dumps(cmd)}\n")  # pgid == pid (new session): the launcher can stop it
+        lines: list[str] = []
+        first_death: list[float] = []  # when a rank first reported its error or exit
 
         def pump() -> None:
             try:
                 for raw in iter(proc.stdout.readline, b""):
-                    if on_output:
-                        on_output(raw.decode("utf-8", "replace"))
+                    text = raw.decode("utf-8", "replace")
+                    lines.append(text)
+                    if (
+                        starts_ranks
+                        and not first_death
+                        and (launch.RANK_ERROR_TAG in text or launch.first_dead_rank(text))
+                    ):
+                        first_death.append(time.monotonic())
+                    say(text)
             except (ValueError, OSError):  # the pipe was closed under us after a forced stop
                 pass
 
         reader = threading.Thread(target=pump, daemon=True)
-        grace_s, join_s = _EXEC_GRACE_S, 5
+        end = None if timeout is None else time.monotonic() + timeout
         try:
             reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
-            returncode = proc.wait(timeout=timeout)
-            grace_s, join_s = 1.0, 10  # it exited: only ranks left in its group remain to be stopped
-            return returncode
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(
-                f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
-            ) from None
+            # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
+            while proc.poll() is None and not (first_death and time.monotonic() > first_death[0] + RANK_EXIT_GRACE_S):
+                if end is not None and time.monotonic() > end:
+                    raise TimeoutError(
+                        f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
+                    )
+                time.sleep(0.1)
         finally:
-            # Whatever ended the wait (exit, timeout, the notebook's stop button): no rank outlives the command, even
-            # if the user presses stop again while we clean up.
+            # Whatever ended the wait (exit, timeout, a dead rank, the notebook's stop button): no rank outlives the
+            # command, even if the user presses stop again while we clean up.
             with interrupts_deferred():
-                procs.stop_tree(proc, grace_s)
-                if proc.returncode is None:
-                    try:
-                        proc.wait(timeout=2)
-                    except subprocess.TimeoutExpired:
-                        pass
-                reader.join(timeout=join_s)
+                exited = proc.returncode is not None
+                procs.stop_tree(proc, 1.0 if exited else 5.0)
+                reader.join(timeout=10 if exited else 5)
             record.unlink(missing_ok=True)
             if proc.stdout and not reader.is_alive():
                 proc.stdout.close()
+        returncode = proc.returncode if exited else 1
+        why = self._why_failed(d, job, "".join(lines), starts_ranks) if returncode != 0 else ""
+        if why:
+            say(f"{EXEC_TAG}{why}\n")
+        return returncode
+
+    def _why_failed(self, d: Path, job: dict, output: str, started_ranks: bool) -> str:
+        """One line: the job's deadline, or the rank that died first, its error and the likely cause."""
+        if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
+            return f"stopped by its deadline after {_minutes(job['deadline'] - job['created'])}"
+        rank, text = launch.failure_summary(output)
+        if not started_ranks or rank is None:
+            return ""
+        cause = next((cause for key, cause in LIKELY_CAUSES if key in text.lower()), "")
+        return f"rank {rank} failed: {text}" + (f" (likely cause: {cause})" if cause else "") + "; all ranks stopped"
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         log = self._existing_dir(name, namespace) / "launcher.log"
         return log.read_text(errors="replace") if log.is_file() else ""
 
     def delete(self, name: str, *, namespace: str | None = None) -> bool:
-        d = self.job_dir(check_job_name(name), namespace)
+        d = self.job_dir(base.check_job_name(name), namespace)
         if not (d / "job.json").is_file():
             return False
         with interrupts_deferred():  # half a delete would leave processes without a launcher to end them
@@ -306,43 +315,35 @@ class LocalBackend(JobBackend):
         except JobNotFound:
             return
         pid = self._launcher_pid(d)
-        if pid is not None and procs.alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session
-            except ProcessLookupError:
-                pass
-            end = time.monotonic() + 8
-            while procs.alive(pid) and time.monotonic() < end:
-                time.sleep(0.05)
-        # Whatever the launcher could not (it may have died): exec groups and processes tagged with the job uid.
-        stop_job_processes(d, job["uid"], grace_s=2.0)
-        if pid is not None and procs.alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 0.0)):
+            if pid is not None and procs.alive(pid):
+                try:
+                    (os.killpg if sig == signal.SIGTERM else os.kill)(pid, sig)  # the launcher leads its session
+                except ProcessLookupError:
+                    pass
+                end = time.monotonic() + wait
+                while procs.alive(pid) and time.monotonic() < end:
+                    time.sleep(0.05)
+            if sig == signal.SIGTERM:  # what the launcher could not (it may have died): exec groups, uid-tagged ones
+                stop_job_processes(d, job["uid"], grace_s=2.0)
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         self._collect_garbage()
         ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.root / (namespace or self.namespace)]
         out: list[JobStatus] = []
-        for ns_dir in ns_dirs:
-            for d in sorted(ns_dir.glob("*/job.json")):
-                try:
-                    out.append(self._status_from_dir(d.parent))
-                except JobNotFound:
-                    continue
+        for job_file in (f for ns_dir in ns_dirs for f in sorted(ns_dir.glob("*/job.json"))):
+            try:
+                out.append(self._status_from_dir(job_file.parent))
+            except JobNotFound:
+                continue
         return out
 
     def _collect_garbage(self) -> None:
         """ttlSecondsAfterFinished: remove finished jobs once their TTL has passed (as the cluster does)."""
         now = time.time()
         for state_file in self.root.glob("*/*/state.json"):
-            d = state_file.parent
-            job, state = read_json(d / "job.json"), read_json(state_file)
-            if job is None or state is None:
-                continue
-            ttl = job.get("ttl_seconds_after_finished")
-            if ttl is not None and now - (state.get("ended") or now) > float(ttl):
-                self._stop(d)
-                shutil.rmtree(d, ignore_errors=True)
+            job, state = read_json(state_file.parent / "job.json"), read_json(state_file)
+            ttl = (job or {}).get("ttl_seconds_after_finished")
+            if state is not None and ttl is not None and now - (state.get("ended") or now) > float(ttl):
+                self._stop(state_file.parent)
+                shutil.rmtree(state_file.parent, ignore_errors=True)

@@ -1,25 +1,14 @@
 """Kubernetes objects for DeepSpeed jobs: rendered from manifests/ (render.py, kustomize.py), checked (checks.py)."""
 
-# The package's public API, re-exported:
-# ruff: noqa: F401
-
-from labkit.manifests.checks import (
-    SSH_AUTH_MOUNT_PATH,
-    SSH_PORT,
-    SSH_UID,
-    SSH_USER,
-    ManifestError,
-    find_secret_material,
-    object_ref,
-    validate_object,
-    validate_objects,
-)
+# ruff: noqa: F401 - the package's public API, re-exported
+from labkit.manifests import checks
+from labkit.manifests.checks import ManifestError, find_secret_material, object_ref, validate_object, validate_objects
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
-from labkit.manifests.render import (
-    JOB_KINDS,
-    JobSpec,
-    manifests_dir,
-    overlay_dir,
-    render_all,
-    render_job,
+from labkit.manifests.render import JOB_KINDS, JobSpec, manifests_dir, overlay_dir, render_all, render_job
+
+SSH_PORT, SSH_USER, SSH_UID, SSH_AUTH_MOUNT_PATH = (
+    checks.SSH_PORT,
+    checks.SSH_USER,
+    checks.SSH_UID,
+    checks.SSH_AUTH_MOUNT_PATH,
 )
