@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from labkit import cluster, manifests
+from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
@@ -76,7 +76,7 @@ class KubernetesBackend(JobBackend):
     @property
     def api_client(self):
         if self._api_client is None:
-            self._api_client = cluster.load_client(self.kubeconfig, self.context)  # clear LabkitError without config
+            self._api_client = kube.load_client(self.kubeconfig, self.context)  # clear LabkitError without config
         return self._api_client
 
     def _core(self):

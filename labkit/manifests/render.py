@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from labkit.devices import ACCELERATORS
+from labkit.devices import ACCELERATOR_RESOURCE, ACCELERATORS
 from labkit.errors import ConfigError, check_choice, check_int
 from labkit.manifests.checks import (
     DNS1035,
@@ -27,7 +27,6 @@ from labkit.manifests.kustomize import kustomize_build
 
 JOB_KINDS = ("interactive", "batch", "trainjob")
 # The extended resource each accelerator's pods request (one per slot).
-ACCELERATOR_RESOURCE = {"cpu": None, "nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi"}
 SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")

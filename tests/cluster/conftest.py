@@ -36,16 +36,16 @@ def _settings() -> dict:
 
 @pytest.fixture(scope="session")
 def cluster_settings() -> dict:
-    from labkit import cluster
+    from labkit import kube
 
     settings = _settings()
-    source = cluster.find_kubeconfig(None, settings["context"])
+    source = kube.find_kubeconfig(None, settings["context"])
     if source is None:
         pytest.skip(
-            f"cluster tests are opt-in and {cluster.NO_CLUSTER_MESSAGE}; "
+            f"cluster tests are opt-in and {kube.NO_CLUSTER_MESSAGE}; "
             "then run `make cluster-test` (see tests/cluster/conftest.py for a kind recipe)"
         )
-    probe = cluster.probe_api_server(None, settings["context"], timeout=10.0)
+    probe = kube.probe_api_server(None, settings["context"], timeout=10.0)
     assert probe.reachable and not probe.status, (
         f"a cluster is configured ({source.describe()}) but its API server did not answer: "
         f"{probe.error or probe.status}. Fix: check `kubectl get nodes` with the same kubeconfig"
