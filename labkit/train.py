@@ -1,15 +1,9 @@
 """CIFAR-10 through DeepSpeed in nanoGPT's shape: config -> data on the device -> DeepSpeed config -> engine -> loop.
 
-One rank per process; `labkit.ranks.train` is the entry every launcher starts (`python -m labkit.ranks.train`,
-`deepspeed --module labkit.ranks.train`, `mpirun ... python -m labkit.ranks.train`), `run_in_process` the notebook's.
-Models live in `labkit.model`, checkpoints in `labkit.checkpoint`.
-
-Fast path: the whole data set lives on the training device as uint8; each batch is cut, randomly cropped and flipped
-there by one gather (no per-image Python) into channels_last inputs. The engine's throughput timer is off: it
-synchronises the device twice per step, which idles a GPU between the small steps of a small network.
-
-Rank 0 writes a JSONL metrics file (one `run` record, `step` records with the loss, one `epoch` record per epoch,
-a final `done` record). Nothing here imports labkit.notebooks, chapters or jobs: it runs inside ranks.
+One rank per process: every launcher starts `labkit.ranks.train`, a notebook kernel `run_in_process`. The data set lives
+on the device as uint8; batches are cut, cropped and flipped there by one gather into channels_last inputs. DeepSpeed's
+throughput timer is off: it synchronises the device twice per step. Rank 0 writes a JSONL metrics file (`run`, `step`,
+`epoch` and a final `done` record). Runs inside ranks: nothing here imports notebooks, chapters or jobs.
 """
 
 from __future__ import annotations
@@ -25,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import checkpoint, data, procs
+from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
-from labkit.launch import free_port
+from labkit.launch import init_deepspeed, shutdown_distributed
 from labkit.model import MODELS, build_model
 
 CHOICES = {
@@ -45,11 +39,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def opt(default, help: str):
-    """A TrainConfig field with its --help text."""
     return dataclasses.field(default=default, metadata={"help": help})
-
-
-# ---------------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -121,41 +111,32 @@ class TrainConfig:
                 raise ConfigError(name, f"must be < 1, got {getattr(cfg, name)}", f"pass 0 <= {name} < 1")
         if cfg.resume and not cfg.checkpoint_dir:
             raise ConfigError("resume", "needs a checkpoint_dir to resume from", "pass --checkpoint-dir DIR")
-        if cfg.checkpoint_dir and not cfg.resume and checkpoint.tags(cfg.checkpoint_dir):
-            # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
-            newest = checkpoint.tags(cfg.checkpoint_dir)[0][1].name
-            raise ConfigError(
-                "checkpoint_dir",
-                f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {newest})",
-                "pass resume=True (--resume) to continue that run, or choose an empty folder",
-            )
+        old = checkpoint.tags(cfg.checkpoint_dir) if cfg.checkpoint_dir and not cfg.resume else []
+        if old:  # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
+            problem = f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {old[0][1].name})"
+            fix = "pass resume=True (--resume) to continue that run, or choose an empty folder"
+            raise ConfigError("checkpoint_dir", problem, fix)
         if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
             raise ConfigError(
                 "deepspeed_config", f"{cfg.deepspeed_config} does not exist", "pass an existing JSON file"
             )
+        per_step = world_size * cfg.grad_accum
+        if cfg.global_batch % per_step:
+            ranks_x_accum = f"{world_size} x {cfg.grad_accum}"
+            problem = f"{cfg.global_batch} images are not divisible by world_size x grad_accum = {ranks_x_accum}"
+            fix = f"use a multiple of {per_step}, e.g. {max(1, cfg.global_batch // per_step) * per_step}"
+            raise ConfigError("global_batch", problem, fix)
+        if cfg.global_batch and cfg.micro_batch and cfg.micro_batch * per_step != cfg.global_batch:
+            problem = f"{cfg.micro_batch} x {per_step} ranks/accumulation != global_batch {cfg.global_batch}"
+            raise ConfigError("micro_batch", problem, "pass only one of micro_batch and global_batch")
         if not cfg.synthetic:
             data.find_folder(cfg.data_dir)  # fails now, before any rank starts work, when the data is missing
         cfg.device = pick_device(cfg.device)
         accelerated = cfg.device != "cpu"
-        if cfg.dtype == "auto":
-            cfg.dtype = "bf16" if accelerated else "fp32"
+        cfg.dtype = ("bf16" if accelerated else "fp32") if cfg.dtype == "auto" else cfg.dtype
         if cfg.dtype == "fp16" and not accelerated:
             raise ConfigError(
                 "dtype", "fp16 training needs a GPU or Gaudi", "use dtype='bf16', 'fp32' or 'auto' on CPU"
-            )
-        per_step = world_size * cfg.grad_accum
-        if cfg.global_batch % per_step:
-            raise ConfigError(
-                "global_batch",
-                f"{cfg.global_batch} images are not divisible by world_size x grad_accum = "
-                f"{world_size} x {cfg.grad_accum}",
-                f"use a multiple of {per_step}, e.g. {max(1, cfg.global_batch // per_step) * per_step}",
-            )
-        if cfg.global_batch and cfg.micro_batch and cfg.micro_batch * per_step != cfg.global_batch:
-            raise ConfigError(
-                "micro_batch",
-                f"{cfg.micro_batch} x {per_step} ranks/accumulation != global_batch {cfg.global_batch}",
-                "pass only one of micro_batch and global_batch",
             )
         cfg.micro_batch = cfg.global_batch // per_step or cfg.micro_batch or (1024 if accelerated else 64)
         cfg.global_batch = cfg.micro_batch * per_step
@@ -179,18 +160,10 @@ def plan_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (booleans: --synthetic / --no-synthetic)."""
     for f in dataclasses.fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type=type(f.default),
-                default=f.default,
-                metavar=f.name.upper(),
-                help=f"{text} (default: {f.default!r})",
-            )
+        text = f.metadata["help"].replace("%", "%%") + f" (default: {f.default!r})"
+        how = {"type": type(f.default), "metavar": f.name.upper()}
+        how = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else how
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default, help=text, **how)
     # DeepSpeed's spelling of the config flag, and the launcher's rank argument
     parser.add_argument(
         "--deepspeed_config", dest="deepspeed_config", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -595,48 +568,13 @@ def evaluate(engine, feed: DeviceData, batch: int) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------- process set-up
 
-RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK")
 
 
 def init_distributed(cfg: TrainConfig) -> None:
-    """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's env (mpirun), or as a
-    world of one when started plainly."""
-    from datetime import timedelta
-
-    device = pick_device(cfg.device)
-    os.environ.setdefault("DS_ACCELERATOR", device)
-    import logging
-
-    import deepspeed
-    from deepspeed.utils import logger
-
-    logger.setLevel(logging.INFO if cfg.verbose else logging.WARNING)
-    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
-        os.environ.update(dict(zip(RANK_ENV, ("0", "0", "1", "1", "127.0.0.1", str(free_port())))))
-    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-    if local:
-        os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
-    # Under plain mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with this argument (default 29500, which
-    # another job may hold): pass the port the launcher chose.
-    backend = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}[device]
-    port = int(os.environ.get("MASTER_PORT", 29500))
-    with procs.StaleLockSweeper():
-        deepspeed.init_distributed(
-            dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout), distributed_port=port
-        )
-
-
-def shutdown_distributed() -> None:
-    """Destroy the process group through DeepSpeed, which also drops its cached groups, so that a later run in the
-    same process (a notebook re-run) starts clean."""
-    import torch.distributed
-
-    if torch.distributed.is_initialized():
-        import deepspeed.comm as dist
-
-        dist.destroy_process_group()
-    if "deepspeed.comm.comm" in sys.modules:
-        sys.modules["deepspeed.comm.comm"].cdb = None
+    """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's (mpirun), or a world of one
+    when started plainly."""
+    init_deepspeed(pick_device(cfg.device), timeout_s=cfg.comm_timeout, verbose=cfg.verbose)
 
 
 def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
@@ -644,21 +582,14 @@ def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> 
     import torch.distributed
 
     if torch.distributed.is_initialized():
-        raise ConfigError(
-            "world_size",
-            "torch.distributed is already initialised in this process",
-            "restart the kernel, or run through the launcher (world_size > 1)",
-        )
-    saved = {k: os.environ.get(k) for k in RANK_ENV}
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK"):
-        os.environ.pop(k, None)
+        problem, fix = "torch.distributed is already initialised in this process", "restart the kernel"
+        raise ConfigError("world_size", problem, f"{fix}, or run through the launcher (world_size > 1)")
+    saved = {k: os.environ.pop(k, None) for k in RANK_ENV}
     try:
         init_distributed(cfg)
         return train(cfg, arrays)
     finally:
         shutdown_distributed()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k in (k for k, v in saved.items() if v is None):
+            os.environ.pop(k, None)
