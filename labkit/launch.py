@@ -41,7 +41,7 @@ BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
 # first) before the whole tree is stopped: peers blocked in a rendezvous or a collective never return.
 FAILED_RANK_GRACE_S = 10.0
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
-_TAGGED_RANK_RE = re.compile(r"^\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
+_TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
 _DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
 _MPI_EXIT = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ "
@@ -206,7 +206,7 @@ def failure_summary(output: str) -> tuple[int | None, str]:
     tagged: dict[int, str] = {}
     for m in map(_RANK_ERROR_RE.search, output.splitlines()):
         if m:
-            tagged.setdefault(int(m.group(1)), m.group(2).strip())
+            tagged.setdefault(int(m.group(1)), _TAGGED_RANK_RE.sub("", m.group(2)).strip())
     dead = first_dead_rank(output)
     if dead or tagged:
         rank = dead[0] if dead else next(iter(tagged))
@@ -354,7 +354,7 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     from deepspeed.accelerator import get_accelerator
     from deepspeed.utils import logger
 
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)  # e.g. a scheduler read before its first step
     if get_accelerator().create_op_builder("ShareMemCommBuilder") is not None:  # CPU: the comm op is probed
         with _silenced_fds():
             deepspeed.ops.__compatible_ops__  # noqa: B018 - computed and cached on first access
@@ -400,8 +400,8 @@ def rank_guard() -> Iterator[None]:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             shutdown_distributed()
             raise
-        print(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        traceback.print_exc()
+        sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
+        traceback.print_exc()  # --tag-output would glue another rank's text onto a line written in two parts
         sys.stdout.flush()
         sys.stderr.flush()
         if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:

@@ -1,10 +1,6 @@
-"""Notebook 04 and `labkit train`: plan CIFAR-10 training (validate, choose in-process or launched ranks), run it, and
-read the metrics back.
-
-`plan(...)` checks every parameter (ConfigError before any work), fills the automatic values for the device, builds
-the DeepSpeed config and the launcher command; `execute(plan)` trains one rank in this process or N ranks through
-`labkit.launch`. Temporary folders belong to the plan and go when it is closed, garbage-collected or at exit.
-"""
+"""Notebook 04 and `labkit train`: `plan` checks every parameter (ConfigError before any work), fills the automatic
+values for the machine and builds the DeepSpeed config and launcher command; `execute` trains one rank in this process
+or N through `labkit.launch`. A plan's temporary folder goes when it is closed, garbage-collected or at exit."""
 
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import data, launch, train
-from labkit.devices import check_ranks_fit, pick_device
+from labkit.devices import check_ranks_fit, device_count, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
@@ -40,6 +36,7 @@ class TrainingPlan:
     total_steps: int
     deepspeed_config: dict
     command: list[str] = field(default_factory=list)  # the launcher argv ([] for in-process)
+    why: str = ""  # how the number of ranks was chosen
     _cleanup: weakref.finalize | None = field(default=None, repr=False)
 
     @property
@@ -47,25 +44,41 @@ class TrainingPlan:
         return Path(self.config.metrics)
 
     def close(self) -> None:
-        """Remove the plan's temporary folder (a no-op for user-given folders)."""
-        if self._cleanup is not None:
+        if self._cleanup is not None:  # a folder the user gave is kept
             self._cleanup()
+
+    def command_text(self) -> str:
+        """The launcher command as a user types it: the executable by name, the run folder as RUN_DIR."""
+        return " ".join([Path(self.command[0]).name, *self.command[1:]]).replace(str(self.workdir), "RUN_DIR")
 
     def launch_spec(self) -> launch.LaunchSpec:
         args = train.config_args(self.config)
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
-def plan(
-    *, world_size: int = 1, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options
-) -> TrainingPlan:
+def auto_ranks(device: str) -> tuple[int, str]:
+    """world_size 0: (ranks, why) for this machine."""
+    if device == "cpu":
+        return 2, "automatic: no GPU here, so 2 CPU ranks (gloo) keep the lab distributed"
+    n = device_count(device)
+    return n, f"automatic: {'all ' if n > 1 else 'the '}{n} visible {device.upper()} device(s), one rank each"
+
+
+def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options):
     """Validate notebook/CLI parameters (TrainConfig fields) and decide how the run happens. Raises ConfigError.
 
-    Automatic values (0 / "auto"): on a CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds);
-    on an accelerator use the whole set at width 1.0. launcher auto: in-process for one rank, else `deepspeed`.
+    Automatic values (0 / "auto"): world_size all visible GPUs, 2 ranks on a CPU (1 with launcher='inprocess'); on a
+    CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds), on an accelerator on the whole set at
+    width 1.0; launcher in-process for one rank, else `deepspeed`.
     """
     check_choice("launcher", launcher, LAUNCHERS)
-    check_int("world_size", world_size, fix="pass 1 or more ranks")
+    check_int("world_size", world_size, minimum=0, fix="pass 1 or more ranks, or 0 for automatic")
+    device = pick_device(options.get("device", "auto"))
+    why = f"world_size={world_size} as given"
+    if not world_size:
+        world_size, why = (
+            (1, "automatic: in-process training runs one rank") if launcher == "inprocess" else auto_ranks(device)
+        )
     if launcher == "inprocess" and world_size != 1:
         raise ConfigError(
             "launcher",
@@ -77,7 +90,6 @@ def plan(
         raise ConfigError(", ".join(sorted(unknown)), "not a training option", "use fields of labkit.train.TrainConfig")
     for name in ZERO_MEANS_AUTO:
         check_number(name, options.get(name, 0), fix=f"pass 0 (automatic) or a positive {name}")
-    device = pick_device(options.get("device", "auto"))
     check_ranks_fit("world_size", world_size, device)
     sizes = CPU_SIZES if device == "cpu" else ACCELERATOR_SIZES
     automatic = {k: v for k, v in sizes.items() if k not in options or (k in ZERO_MEANS_AUTO and not options[k])}
@@ -100,7 +112,8 @@ def plan(
     cfg = dataclasses.replace(cfg, metrics=cfg.metrics or str(workdir / "metrics.jsonl"))
     if not cfg.resume:
         Path(cfg.metrics).unlink(missing_ok=True)  # a fresh run starts a fresh metrics file
-    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, train.deepspeed_config(cfg, total))
+    ds_config = train.deepspeed_config(cfg, total)
+    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, ds_config, why=why)
     if temporary:  # removed on close(), when the plan is garbage-collected, or at interpreter exit
         result._cleanup = weakref.finalize(result, shutil.rmtree, str(workdir), True)
     if launcher != "inprocess":
