@@ -56,8 +56,10 @@ class TrainingPlan:
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
-def auto_ranks(device: str) -> tuple[int, str]:
+def auto_ranks(device: str, launcher: str = "auto") -> tuple[int, str]:
     """world_size 0: (ranks, why) for this machine."""
+    if launcher == "inprocess":
+        return 1, "automatic: in-process training runs one rank"
     if device == "cpu":
         return 2, "automatic: no GPU here, so 2 CPU ranks (gloo) keep the lab distributed"
     n = device_count(device)
@@ -76,15 +78,10 @@ def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True,
     device = pick_device(options.get("device", "auto"))
     why = f"world_size={world_size} as given"
     if not world_size:
-        world_size, why = (
-            (1, "automatic: in-process training runs one rank") if launcher == "inprocess" else auto_ranks(device)
-        )
+        world_size, why = auto_ranks(device, launcher)
     if launcher == "inprocess" and world_size != 1:
-        raise ConfigError(
-            "launcher",
-            "in-process training runs exactly one rank",
-            "use world_size=1, or launcher='deepspeed' for more ranks",
-        )
+        fix = "use world_size=1, or launcher='deepspeed' for more ranks"
+        raise ConfigError("launcher", "in-process training runs exactly one rank", fix)
     unknown = set(options) - {f.name for f in dataclasses.fields(train.TrainConfig)}
     if unknown:
         raise ConfigError(", ".join(sorted(unknown)), "not a training option", "use fields of labkit.train.TrainConfig")
@@ -103,11 +100,8 @@ def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True,
     total = train.plan_steps(cfg, train_images)[1]
     launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
     temporary = not cfg.checkpoint_dir
-    # `labkit run` sets LABKIT_RUN_DIR: temporary files stay inside the run folder
-    base = os.environ.get("LABKIT_RUN_DIR") or None
-    workdir = (
-        Path(tempfile.mkdtemp(prefix="cifar10-", dir=base)) if temporary else Path(cfg.checkpoint_dir).expanduser()
-    )
+    base = os.environ.get("LABKIT_RUN_DIR") or None  # set by `labkit run`: temporary files stay in the run folder
+    workdir = Path(tempfile.mkdtemp(prefix="cifar10-", dir=base) if temporary else cfg.checkpoint_dir).expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, metrics=cfg.metrics or str(workdir / "metrics.jsonl"))
     if not cfg.resume:
@@ -145,6 +139,10 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
 
 SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
 AIRBENCH_IMAGES_PER_S = 320_000  # airbench94 on the same H200, without DeepSpeed
+REFERENCE_IMAGES_PER_S = (SEED_EXAMPLE_IMAGES_PER_S, AIRBENCH_IMAGES_PER_S)
+
+
+RUN_KEYS = ("synthetic", "device", "world_size", "model")
 
 
 def summarize(records: list[dict]) -> dict:
@@ -157,26 +155,15 @@ def summarize(records: list[dict]) -> dict:
     rates = [e["images_per_s"] for e in epochs]
     steady = max(rates[1:] or rates)  # the first epoch carries warm-up (autotuning, allocator growth)
     first_loss, last_loss = steps[0]["loss"], steps[-1]["loss"]
-    return {
-        "data": done.get("data", epochs[-1].get("data")),
-        "synthetic": done.get("synthetic"),
-        "device": done.get("device"),
-        "world_size": done.get("world_size"),
-        "model": done.get("model"),
-        "steps": done.get("step", steps[-1]["step"]),
-        "planned_steps": done.get("total_steps"),
-        "first_loss": first_loss,
-        "last_loss": last_loss,
-        "loss_drop": (first_loss - last_loss) / first_loss if first_loss else 0.0,
-        "final_test_acc": epochs[-1]["test_acc"],
-        "best_test_acc": max(e["test_acc"] for e in epochs),
-        "final_train_acc": epochs[-1]["train_acc"],
-        "images_per_s": steady,
-        "images_per_s_first_epoch": rates[0],
-        "seconds_per_50k_epoch": 50_000 / steady if steady else None,
-        "vs_seed_example_h200": steady / SEED_EXAMPLE_IMAGES_PER_S,
-        "vs_airbench_h200": steady / AIRBENCH_IMAGES_PER_S,
-    }
+    shown = {"data": done.get("data", epochs[-1].get("data"))} | {k: done.get(k) for k in RUN_KEYS}
+    shown |= {"steps": done.get("step", steps[-1]["step"]), "planned_steps": done.get("total_steps")}
+    drop = (first_loss - last_loss) / first_loss if first_loss else 0.0
+    shown |= {"first_loss": first_loss, "last_loss": last_loss, "loss_drop": drop}
+    shown |= {"final_test_acc": epochs[-1]["test_acc"], "best_test_acc": max(e["test_acc"] for e in epochs)}
+    shown |= {"final_train_acc": epochs[-1]["train_acc"], "images_per_s": steady, "images_per_s_first_epoch": rates[0]}
+    shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None}
+    shown["vs_seed_example_h200"], shown["vs_airbench_h200"] = (steady / ref for ref in REFERENCE_IMAGES_PER_S)
+    return shown
 
 
 def epochs_table(records: list[dict]) -> list[dict]:
