@@ -172,11 +172,8 @@ def load(data_dir: str | Path) -> CifarArrays:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:

@@ -372,14 +372,16 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(in_step: bool = True) -> None:
     """Tear the process group down in order while the interpreter is whole: collect the engine's cycles (they hold
-    sub-groups), destroy every group through DeepSpeed (which also drops its cached backend, so a later run in the same
-    process starts clean). A gloo group left to interpreter shutdown can abort the process ("terminate called")."""
+    sub-groups), wait for the peers (`in_step`: not after a failure), destroy every group through DeepSpeed (which also
+    drops its cached backend, so a later run in the same process starts clean). A gloo group left to interpreter
+    shutdown can abort the process ("terminate called without an active exception")."""
     gc.collect()
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()  # no peer is still sending when the groups go
+        if in_step:
+            dist.barrier()  # no peer is still sending when the groups go
         dist.destroy_process_group()
     comm = sys.modules.get("deepspeed.comm.comm")
     if comm is not None:
@@ -391,22 +393,22 @@ def shutdown_distributed() -> None:
 def rank_guard() -> Iterator[None]:
     """The one error report and teardown of a rank script. An uncaught error becomes one tagged line that `run` reports
     (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback; under mpirun the failed rank then aborts the whole
-    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). After success the process
-    group is shut down in order (`shutdown_distributed`)."""
+    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). Either way the process group
+    is shut down in order before the interpreter exits (`shutdown_distributed`)."""
     rank, world = rank_and_world()
+    failed = False
     try:
         yield
     except BaseException as exc:
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            shutdown_distributed()
-            raise
-        sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
-        traceback.print_exc()  # --tag-output would glue another rank's text onto a line written in two parts
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:
-            from mpi4py import MPI
+        if failed := not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
+            traceback.print_exc()  # --tag-output would glue another rank's text onto a line written in two parts
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:
+                from mpi4py import MPI
 
-            MPI.COMM_WORLD.Abort(1)
-        os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)  # no waiting teardown
-    shutdown_distributed()
+                MPI.COMM_WORLD.Abort(1)
+        raise
+    finally:
+        shutdown_distributed(in_step=not failed)

@@ -371,12 +371,8 @@ class Watchdog:
         while not self.stopped.wait(1.0):
             idle = time.monotonic() - self.last
             if idle > self.timeout:
-                print(
-                    f"rank {self.rank}: no training step finished for {idle:.0f} s (step_timeout {self.timeout:.0f}"
-                    " s): a peer rank probably died; exiting",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                why = f"no training step finished for {idle:.0f} s (step_timeout {self.timeout:.0f} s)"
+                print(f"rank {self.rank}: {why}: a peer rank probably died; exiting", file=sys.stderr, flush=True)
                 os._exit(3)
 
 
@@ -461,11 +457,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
         meta = {"epoch": epoch, "world_size": world, "stage": cfg.stage, "model": cfg.model}
         checkpoint.save(engine, cfg.checkpoint_dir, step, meta, cfg.keep_checkpoints, say)
 
-    bar_style = {
-        "desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}",
-        "unit": "step",
-        "disable": rank != 0 or not cfg.progress,
-    }
+    bar_style = {"desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}", "unit": "step", "disable": rank or not cfg.progress}
     bar = tqdm(total=total, initial=start_step, mininterval=0.5 if sys.stderr.isatty() else 5.0, **bar_style)
     pending: list[tuple[int, int, object, float]] = []  # (step, epoch, loss tensor, lr): read once, not every step
 

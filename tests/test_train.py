@@ -101,6 +101,15 @@ def test_cli_rejects_a_bad_batch_before_starting_anything():
     assert time.monotonic() - start < 30
 
 
+def test_world_size_0_picks_two_cpu_ranks_on_a_cpu_and_says_why(monkeypatch):
+    plan = cifar.plan(device="cpu")
+    assert (plan.world_size, plan.launcher) == (2, "deepspeed") and "2 CPU ranks" in plan.why
+    assert "--num_gpus 2" in plan.command_text() and str(plan.workdir) not in plan.command_text()
+    assert cifar.plan(device="cpu", launcher="inprocess").world_size == 1
+    monkeypatch.setattr(cifar, "device_count", lambda device: 4)
+    assert cifar.auto_ranks("cuda") == (4, "automatic: all 4 visible CUDA device(s), one rank each")
+
+
 def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
     with pytest.raises(ConfigError, match="exactly one rank"):
         cifar.plan(world_size=2, launcher="inprocess", device="cpu")
@@ -233,7 +242,7 @@ def _epochs(records):
 
 @pytest.mark.slow
 def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_checkpoint(tmp_path):
-    ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64}  # 10 steps per epoch, as with 2 ranks
+    ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64, "world_size": 1}  # 10 steps/epoch, as 2 ranks
     plan = cifar.plan(
         epochs=3,
         checkpoint_dir=str(ckpt),
