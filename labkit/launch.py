@@ -378,12 +378,12 @@ def shutdown_distributed(in_step: bool = True) -> None:
     drops its cached backend, so a later run in the same process starts clean). A gloo group left to interpreter
     shutdown can abort the process ("terminate called without an active exception")."""
     gc.collect()
-    dist = sys.modules.get("torch.distributed")
+    dist, comm = sys.modules.get("torch.distributed"), sys.modules.get("deepspeed.comm.comm")
     if dist is not None and dist.is_available() and dist.is_initialized():
         if in_step:
             dist.barrier()  # no peer is still sending when the groups go
-        dist.destroy_process_group()
-    comm = sys.modules.get("deepspeed.comm.comm")
+        # through DeepSpeed when it made the groups: it also releases the references its group caches hold
+        (comm.destroy_process_group if comm is not None and comm.cdb is not None else dist.destroy_process_group)()
     if comm is not None:
         comm.cdb = None
     gc.collect()
