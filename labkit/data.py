@@ -34,6 +34,8 @@ META_FILE = "batches.meta"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # Written next to the batches by write_synthetic; its presence is how a synthetic set is recognised later.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 
@@ -311,3 +313,69 @@ def training_set(data_dir: str | Path, synthetic: bool, *, synthetic_train=5000,
     if not marker.is_file() or json.loads(marker.read_text()).get("source") != wanted:
         write_synthetic(data_dir, synthetic_train, synthetic_test, seed)
     return load(data_dir)
+
+
+# ------------------------------------------------------------------------------------------- on the training device
+
+
+class DeviceData:
+    """The data set on the training device as uint8. Batches are cut, cropped (4 px, reflect padded) and flipped by
+    one gather over the whole batch; the result is a channels_last tensor normalised in the compute dtype.
+
+    Every rank draws the same permutation and augmentation per epoch (seeded by epoch) and takes its own slice of
+    each global batch, so a resumed run sees exactly the batches the interrupted one would have.
+    """
+
+    def __init__(self, arrays: CifarArrays, device, input_dtype, rank=0, world_size=1, seed=0, channels_last=True):
+        import torch
+        import torch.nn.functional as F
+
+        self.device, self.dtype, self.rank, self.world, self.seed = device, input_dtype, rank, world_size, seed
+        self.channels_last = channels_last
+        # NHWC uint8 on the device: indexing (image, row, col) yields channels_last batches with no extra copy.
+        train = torch.from_numpy(arrays.train_images).to(device)
+        padded = [F.pad(c.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8) for c in train.split(8192)]
+        self.train = torch.cat(padded).permute(0, 2, 3, 1).contiguous()  # N, 40, 40, 3
+        self.train_labels = torch.from_numpy(arrays.train_labels).to(device)
+        self.test = torch.from_numpy(arrays.test_images).to(device).permute(0, 2, 3, 1).contiguous()  # N, 32, 32, 3
+        self.test_labels = torch.from_numpy(arrays.test_labels).to(device)
+        mean, std = torch.tensor(CIFAR_MEAN, device=device), torch.tensor(CIFAR_STD, device=device)
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(input_dtype)  # x * scale + shift == (x/255 - mean)/std
+        self.shift = (-mean / std).view(1, 3, 1, 1).to(input_dtype)
+        self.offsets = torch.arange(32, device=device)
+
+    @property
+    def train_size(self) -> int:
+        return int(self.train.shape[0])
+
+    def _to_input(self, nhwc):
+        x = nhwc.permute(0, 3, 1, 2).to(self.dtype) * self.scale + self.shift  # elementwise ops keep channels_last
+        return x if self.channels_last else x.contiguous()
+
+    def epoch(self, epoch: int, micro_batch: int, steps: int, accum: int, start: int = 0):
+        """Yield (x, y) micro-batches of optimizer steps `start`..`steps`-1 of `epoch` for this rank."""
+        import torch
+
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
+        n = self.train_size
+        order = torch.randperm(n, generator=g, device=self.device)
+        shifts = torch.randint(0, 9, (2, n), generator=g, device=self.device)  # crop offsets in the 40x40 padding
+        flips = torch.rand(n, generator=g, device=self.device) < 0.5
+        cols_rev = self.offsets.flip(0)
+        global_batch = micro_batch * self.world * accum
+        for step in range(start, steps):
+            for micro in range(accum):
+                lo = step * global_batch + (micro * self.world + self.rank) * micro_batch
+                idx = order[lo : lo + micro_batch]
+                rows = shifts[0, idx, None] + self.offsets  # B, 32
+                cols = shifts[1, idx, None] + torch.where(flips[idx, None], cols_rev, self.offsets)
+                images = self.train[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+                yield self._to_input(images), self.train_labels[idx]
+
+    def test_batches(self, batch: int):
+        """This rank's share of the test set, in order."""
+        n = int(self.test.shape[0])
+        first, end = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        for lo in range(first, end, batch):
+            hi = min(lo + batch, end)
+            yield self._to_input(self.test[lo:hi]), self.test_labels[lo:hi]

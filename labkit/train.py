@@ -34,8 +34,6 @@ CHOICES = {
     "device": DEVICE_CHOICES,
     "stage": (0, 1, 2, 3),
 }
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def opt(default, help: str):
@@ -149,11 +147,8 @@ def plan_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int]:
     (every rank sees full batches), and max_steps caps the total."""
     per_epoch = train_images // cfg.global_batch
     if per_epoch < 1:
-        raise ConfigError(
-            "micro_batch",
-            f"one global batch of {cfg.global_batch} images is larger than the {train_images} training images",
-            "use a smaller micro_batch or more data",
-        )
+        problem = f"one global batch of {cfg.global_batch} images is larger than the {train_images} training images"
+        raise ConfigError("micro_batch", problem, "use a smaller micro_batch or more data")
     return per_epoch, min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
 
@@ -186,72 +181,6 @@ def config_args(cfg: TrainConfig) -> list[str]:
     return args
 
 
-# ------------------------------------------------------------------------------------------- device-resident data
-
-
-class DeviceData:
-    """The data set on the training device as uint8. Batches are cut, cropped (4 px, reflect padded) and flipped by
-    one gather over the whole batch; the result is a channels_last tensor normalised in the compute dtype.
-
-    Every rank draws the same permutation and augmentation per epoch (seeded by epoch) and takes its own slice of
-    each global batch, so a resumed run sees exactly the batches the interrupted one would have.
-    """
-
-    def __init__(self, arrays: data.CifarArrays, device, input_dtype, rank=0, world_size=1, seed=0, channels_last=True):
-        import torch
-        import torch.nn.functional as F
-
-        self.device, self.dtype, self.rank, self.world, self.seed = device, input_dtype, rank, world_size, seed
-        self.channels_last = channels_last
-        # NHWC uint8 on the device: indexing (image, row, col) yields channels_last batches with no extra copy.
-        train = torch.from_numpy(arrays.train_images).to(device)
-        padded = [F.pad(c.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8) for c in train.split(8192)]
-        self.train = torch.cat(padded).permute(0, 2, 3, 1).contiguous()  # N, 40, 40, 3
-        self.train_labels = torch.from_numpy(arrays.train_labels).to(device)
-        self.test = torch.from_numpy(arrays.test_images).to(device).permute(0, 2, 3, 1).contiguous()  # N, 32, 32, 3
-        self.test_labels = torch.from_numpy(arrays.test_labels).to(device)
-        mean, std = torch.tensor(CIFAR_MEAN, device=device), torch.tensor(CIFAR_STD, device=device)
-        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(input_dtype)  # x * scale + shift == (x/255 - mean)/std
-        self.shift = (-mean / std).view(1, 3, 1, 1).to(input_dtype)
-        self.offsets = torch.arange(32, device=device)
-
-    @property
-    def train_size(self) -> int:
-        return int(self.train.shape[0])
-
-    def _to_input(self, nhwc):
-        x = nhwc.permute(0, 3, 1, 2).to(self.dtype) * self.scale + self.shift  # elementwise ops keep channels_last
-        return x if self.channels_last else x.contiguous()
-
-    def epoch(self, epoch: int, micro_batch: int, steps: int, accum: int, start: int = 0):
-        """Yield (x, y) micro-batches of optimizer steps `start`..`steps`-1 of `epoch` for this rank."""
-        import torch
-
-        g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
-        n = self.train_size
-        order = torch.randperm(n, generator=g, device=self.device)
-        shifts = torch.randint(0, 9, (2, n), generator=g, device=self.device)  # crop offsets in the 40x40 padding
-        flips = torch.rand(n, generator=g, device=self.device) < 0.5
-        cols_rev = self.offsets.flip(0)
-        global_batch = micro_batch * self.world * accum
-        for step in range(start, steps):
-            for micro in range(accum):
-                lo = step * global_batch + (micro * self.world + self.rank) * micro_batch
-                idx = order[lo : lo + micro_batch]
-                rows = shifts[0, idx, None] + self.offsets  # B, 32
-                cols = shifts[1, idx, None] + torch.where(flips[idx, None], cols_rev, self.offsets)
-                images = self.train[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-                yield self._to_input(images), self.train_labels[idx]
-
-    def test_batches(self, batch: int):
-        """This rank's share of the test set, in order."""
-        n = int(self.test.shape[0])
-        first, end = self.rank * n // self.world, (self.rank + 1) * n // self.world
-        for lo in range(first, end, batch):
-            hi = min(lo + batch, end)
-            yield self._to_input(self.test[lo:hi]), self.test_labels[lo:hi]
-
-
 def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
     """The data this run trains on. With synthetic data and a data_dir, rank 0 writes the files, the others wait."""
     import deepspeed.comm as dist
@@ -262,9 +191,6 @@ def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
             data.training_set(cfg.data_dir, True, **sizes)
         dist.barrier()
     return data.training_set(cfg.data_dir, cfg.synthetic, **sizes).limit(cfg.max_train, cfg.max_test)
-
-
-# ------------------------------------------------------------------------------------------------ DeepSpeed config
 
 
 def deepspeed_config(cfg: TrainConfig, total_steps: int) -> dict:
@@ -314,15 +240,11 @@ def input_dtype(ds_config: dict):
     return getattr(torch, name)
 
 
-# --------------------------------------------------------------------------------------------- metrics and safety
-
-
 class Metrics:
     """Rank 0's JSONL metrics file (and the records in memory for an in-process caller)."""
 
     def __init__(self, path: str, enabled: bool):
-        self.path = Path(path) if path and enabled else None
-        self.records: list[dict] = []
+        self.path, self.records = Path(path) if path and enabled else None, []
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -350,9 +272,9 @@ class Watchdog:
     died cannot exit normally; this bounds the hang even without a launcher watching."""
 
     def __init__(self, timeout: float, rank: int):
-        self.timeout, self.rank, self.last = timeout, rank, time.monotonic()
-        self.stopped = threading.Event()
+        self.timeout, self.rank, self.stopped = timeout, rank, threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True, name="labkit-watchdog")
+        self.beat()
 
     def __enter__(self) -> Watchdog:
         if self.timeout > 0:
@@ -387,9 +309,6 @@ def _sync(device: str) -> None:
         getattr(torch, device).synchronize()
 
 
-# ---------------------------------------------------------------------------------------------------------- engine
-
-
 def build_engine(cfg: TrainConfig, total: int, rank: int):
     """(engine, DeepSpeed config, parameter count) for a resolved config."""
     import deepspeed
@@ -397,11 +316,8 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     if cfg.deepspeed_config:
         ds_config = json.loads(Path(cfg.deepspeed_config).read_text())
         if ds_config.get("train_micro_batch_size_per_gpu", cfg.micro_batch) != cfg.micro_batch:
-            raise ConfigError(
-                "micro_batch",
-                f"{cfg.micro_batch} differs from train_micro_batch_size_per_gpu in {cfg.deepspeed_config}",
-                "pass the same --micro-batch or edit the file",
-            )
+            problem = f"{cfg.micro_batch} differs from train_micro_batch_size_per_gpu in {cfg.deepspeed_config}"
+            raise ConfigError("micro_batch", problem, "pass the same --micro-batch or edit the file")
     else:
         ds_config = deepspeed_config(cfg, total)
     if cfg.write_config and rank == 0:
@@ -409,9 +325,6 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     model = build_model(cfg.model, cfg.width)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     return engine, ds_config, sum(p.numel() for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------------------------------------ loop
 
 
 def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
@@ -432,7 +345,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     arrays = load_arrays(cfg, rank) if arrays is None else arrays.limit(cfg.max_train, cfg.max_test)
     per_epoch, total = plan_steps(cfg, len(arrays.train_labels))
     engine, ds_config, n_params = build_engine(cfg, total, rank)
-    feed = DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
+    feed = data.DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
     default_metrics = str(Path(cfg.checkpoint_dir) / "metrics.jsonl") if cfg.checkpoint_dir else ""
     metrics = Metrics(cfg.metrics or default_metrics, rank == 0)
     say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
@@ -448,10 +361,9 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     run_only |= {"steps_per_epoch": per_epoch, "deepspeed_config": ds_config}
     metrics.write({"kind": "run", "step": start_step, **shared, **run_only})
     log_every = cfg.log_every or max(1, per_epoch // 10)
-    say(
-        f"training on {kind} data: {feed.train_size} images, {cfg.model} ({n_params:,} parameters), {world} rank(s) "
-        f"on {cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}, {total} steps"
-    )
+    setup = f"{cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}, {total} steps"
+    what = f"{feed.train_size} images, {cfg.model} ({n_params:,} parameters), {world} rank(s)"
+    say(f"training on {kind} data: {what} on {setup}")
 
     def save(step: int, epoch: int) -> None:
         meta = {"epoch": epoch, "world_size": world, "stage": cfg.stage, "model": cfg.model}
@@ -518,10 +430,8 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
             record |= {"images_per_s": round(images / seconds, 1), "epoch_s": round(seconds, 3), "steps": steps_run}
             metrics.write({**record, "resumed": first > 0})
             epochs_done.append(metrics.records[-1])
-            say(
-                f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {train_loss:.4f} acc {train_acc:.3f}, "
-                f"test acc {test_acc:.3f}, {record['images_per_s']:,.0f} images/s"
-            )
+            rate = f"test acc {test_acc:.3f}, {record['images_per_s']:,.0f} images/s"
+            say(f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {train_loss:.4f} acc {train_acc:.3f}, {rate}")
             if cfg.checkpoint_dir and step < total and (not cfg.checkpoint_every or step % cfg.checkpoint_every == 0):
                 save(step, epoch)
         if cfg.checkpoint_dir and step != start_step:  # (a resume that found nothing left to do saves nothing)
@@ -539,7 +449,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     return {**summary, "epochs_log": epochs_done, "records": metrics.records, "deepspeed_config": ds_config}
 
 
-def evaluate(engine, feed: DeviceData, batch: int) -> tuple[float, float]:
+def evaluate(engine, feed: data.DeviceData, batch: int) -> tuple[float, float]:
     """(loss, accuracy) on the test set, each rank scoring its share."""
     import deepspeed.comm as dist
     import torch

@@ -163,7 +163,7 @@ def test_device_batches_are_crops_and_flips_of_the_padded_images(tiny_arrays):
     import torch
     import torch.nn.functional as F
 
-    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
+    feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
     padded = F.pad(torch.from_numpy(tiny_arrays.train_images).float(), (4, 4, 4, 4), mode="reflect")
     flips_seen = 0
     for x, y in feed.epoch(0, micro_batch=16, steps=2, accum=1):
@@ -191,7 +191,7 @@ def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
     import torch
 
     def labels_and_sums(rank, world, epoch):
-        feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=rank, world_size=world)
+        feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=rank, world_size=world)
         return [(x.sum().item(), y.tolist()) for x, y in feed.epoch(epoch, micro_batch=8, steps=4, accum=1)]
 
     r0, r1 = labels_and_sums(0, 2, epoch=5), labels_and_sums(1, 2, epoch=5)
@@ -199,7 +199,7 @@ def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
     assert r0 != labels_and_sums(0, 2, epoch=6)
     assert all(a != b for a, b in zip(r0, r1))
     # resuming at step 2 yields exactly the batches 2 and 3 of the uninterrupted epoch
-    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=0, world_size=2)
+    feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=0, world_size=2)
     assert [(x.sum().item(), y.tolist()) for x, y in feed.epoch(5, 8, 4, 1, start=2)] == r0[2:]
 
 
