@@ -169,8 +169,9 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
     hostfile = hostfile or spec.hostfile or Path("/etc/mpi/hostfile")
     port = str(master_port or spec.master_port or 29500)
     deepspeed = [*deepspeed_executable(spec.python), *(["--module"] if spec.module else [])]
-    if spec.launcher == "deepspeed":
-        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *spec.entry()]
+    if spec.launcher == "deepspeed":  # errors only: its INFO lines and "Unable to find hostfile" are noise locally
+        quiet = ["--log_level", "error"]
+        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *quiet, *spec.entry()]
     if spec.launcher == "openmpi":
         # The cluster line (`deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`), plus what one host needs.
         mpi = ["--launcher", "openmpi", "--launcher_args", shlex.join(local_mpi_args())]

@@ -133,10 +133,8 @@ display(training_curves_figure(records))
 rows = cifar.epochs_table(records)
 display(HTML(tabular.html_table(rows, list(rows[0]), status_column=None)))
 shown = cifar.summarize(records)
-results.record("summary", shown)
-results.record("epochs", rows)
-results.record("deepspeed_config", plan.deepspeed_config)
-results.record("records", records)
+for name, value in {"summary": shown, "epochs": rows, "deepspeed_config": plan.deepspeed_config, "records": records}.items():
+    results.record(name, value)
 
 # %% [markdown]
 # ## What this run showed
