@@ -47,11 +47,9 @@ _MPI_EXIT = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ "
     r"(exited on signal (\d+)[^\n]*|exited with status (\d+))"
 )
+MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
 CAUSES = (  # (a pattern in a failed run's output, the likely cause)
-    (
-        r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device",
-        "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)",
-    ),
+    (MORE_RANKS_THAN_DEVICES, "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)"),
     (r"EADDRINUSE|[Aa]ddress already in use", "a port in use (another run holds the master port)"),
     (r"Error building extension|ninja: build stopped|failed to build", "a DeepSpeed op failed to build"),
 )
@@ -59,8 +57,7 @@ CAUSES = (  # (a pattern in a failed run's output, the likely cause)
 
 @dataclass
 class LaunchSpec:
-    """What every rank runs (a module of labkit.ranks, or a script path), on how many local ranks, through which
-    launcher."""
+    """What every rank runs (a labkit.ranks module or a script), on how many local ranks, through which launcher."""
 
     module: str = ""
     args: list[str] = field(default_factory=list)
