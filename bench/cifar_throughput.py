@@ -115,7 +115,7 @@ def run_plain(args, arrays) -> dict:
     model = build_model("resnet", args.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-    feed = train.DeviceData(arrays, device, low or torch.float32)
+    feed = data.DeviceData(arrays, device, low or torch.float32)
     per_epoch = feed.train_size // args.batch
     rates, loss = [], None
     for epoch in range(args.epochs):
@@ -234,7 +234,7 @@ def profile_engine(args, arrays) -> dict:
         with _single_rank(), _count_syncs() as syncs:
             model = build_model("resnet", args.width)
             engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-            feed = train.DeviceData(arrays, engine.device, train.input_dtype(ds))
+            feed = data.DeviceData(arrays, engine.device, train.input_dtype(ds))
             batches = list(feed.epoch(0, args.batch, min(30, feed.train_size // args.batch), 1))
             phases = {
                 "forward": [],

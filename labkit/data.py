@@ -1,16 +1,15 @@
-"""CIFAR-10 on disk: the standard `cifar-10-batches-py` layout, read, verified, downloaded or synthesised.
-
-The layout (https://www.cs.toronto.edu/~kriz/cifar.html) is six pickled dicts, `data_batch_1..5` and `test_batch`,
-each holding `data` (uint8, N x 3072: the red, green and blue 32x32 planes of one image per row) and `labels` (N ints
-in 0..9), plus `batches.meta` with the ten `label_names`. The pickles are read with an unpickler that accepts numpy
-arrays and nothing else, so a data folder on a shared volume cannot run code in the training job.
-
-`write_synthetic` writes the same files from generated images with learnable class structure, for machines without
-the real set (tests, CPU laptops, air-gapped clusters); everything trained on it is marked `synthetic`.
+"""CIFAR-10 on disk in the standard `cifar-10-batches-py` layout (https://www.cs.toronto.edu/~kriz/cifar.html): read,
+verified, downloaded or synthesised. Six pickled dicts, `data_batch_1..5` and `test_batch`, hold `data` (uint8,
+N x 3072: the red, green and blue 32x32 planes of one image per row) and `labels` (N ints in 0..9); `batches.meta` the
+ten `label_names`. The unpickler accepts numpy arrays and nothing else: a data folder on a shared volume cannot run code
+in the training job. `write_synthetic` writes the same files from generated images with learnable class structure, for
+machines without the real set; everything trained on it is marked `synthetic`.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import hashlib
 import io
 import json
@@ -35,6 +34,8 @@ META_FILE = "batches.meta"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # Written next to the batches by write_synthetic; its presence is how a synthetic set is recognised later.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 
@@ -70,26 +71,14 @@ class CifarArrays:
 
     def limit(self, max_train: int = 0, max_test: int = 0) -> CifarArrays:
         """The first `max_train` / `max_test` images (0 = all): the files are already in random order."""
-        tr = slice(None) if max_train <= 0 else slice(0, max_train)
-        te = slice(None) if max_test <= 0 else slice(0, max_test)
-        return CifarArrays(
-            self.train_images[tr],
-            self.train_labels[tr],
-            self.test_images[te],
-            self.test_labels[te],
-            self.label_names,
-            self.synthetic,
-            self.source,
-        )
+        tr, te = slice(0, max_train if max_train > 0 else None), slice(0, max_test if max_test > 0 else None)
+        cut = {"train_images": self.train_images[tr], "train_labels": self.train_labels[tr]}
+        return dataclasses.replace(self, **cut, test_images=self.test_images[te], test_labels=self.test_labels[te])
 
     def summary(self) -> dict:
-        return {
-            "kind": self.kind,
-            "synthetic": self.synthetic,
-            "source": self.source,
-            "train_images": int(len(self.train_labels)),
-            "test_images": int(len(self.test_labels)),
-            "classes": len(self.label_names),
+        sizes = {"train_images": len(self.train_labels), "test_images": len(self.test_labels)}
+        return {"kind": self.kind, "synthetic": self.synthetic, "source": self.source, **sizes} | {
+            "classes": len(self.label_names)
         }
 
 
@@ -99,25 +88,14 @@ class CifarArrays:
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Resolves only what numpy arrays need; any other global in the file is refused (pickles can run code)."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
+    _ALLOWED = {(f"numpy{core}.multiarray", n) for core in (".core", "._core") for n in ("_reconstruct", "scalar")}
+    _ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are expected")
-        if module == "_codecs":
-            import _codecs
-
-            return _codecs.encode
-        if name in ("ndarray", "dtype"):
-            return getattr(np, name)
+        if module in ("_codecs", "numpy"):
+            return codecs.encode if module == "_codecs" else getattr(np, name)
         import numpy.core.multiarray as ma  # noqa: PLC0415  (numpy 2 keeps this alias importable)
 
         return getattr(ma, name)
@@ -187,26 +165,17 @@ def load(data_dir: str | Path) -> CifarArrays:
         raise DataFormatError(f"{folder / META_FILE}: expected {NUM_CLASSES} label_names, found {len(names)}")
     parts = [read_batch(folder / name) for name in TRAIN_FILES]
     test_x, test_y = read_batch(folder / TEST_FILE)
-    return CifarArrays(
-        train_images=np.concatenate([p[0] for p in parts]),
-        train_labels=np.concatenate([p[1] for p in parts]),
-        test_images=test_x,
-        test_labels=test_y,
-        label_names=names,
-        synthetic=(folder / SYNTHETIC_MARKER).is_file(),
-        source=str(folder),
-    )
+    train_x, train_y = (np.concatenate(arrays) for arrays in zip(*parts))
+    synthetic = (folder / SYNTHETIC_MARKER).is_file()
+    return CifarArrays(train_x, train_y, test_x, test_y, names, synthetic, str(folder))
 
 
 # --------------------------------------------------------------------------------------------------------- download
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:
@@ -256,11 +225,8 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
     while a CNN, which is shift-invariant, learns the textures within a few hundred steps.
     """
     if train < NUM_CLASSES or test < NUM_CLASSES:
-        raise ConfigError(
-            "synthetic size",
-            f"train={train}, test={test} is too small",
-            f"use at least {NUM_CLASSES} images in each split",
-        )
+        fix = f"use at least {NUM_CLASSES} images in each split"
+        raise ConfigError("synthetic size", f"train={train}, test={test} is too small", fix)
     rng = np.random.default_rng(seed)
     freq = np.fft.fftfreq(32) * 32
     radius = np.hypot(freq[:, None], freq[None, :])
@@ -278,12 +244,8 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
         cols = (dx[:, None] + np.arange(32)[None, :]) % 32
         flip = rng.random(n) < 0.5
         cols[flip] = cols[flip, ::-1]
-        img = textures[
-            labels[:, None, None, None],
-            np.arange(3)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
+        channels = np.arange(3)[None, :, None, None]
+        img = textures[labels[:, None, None, None], channels, rows[:, None, :, None], cols[:, None, None, :]]
         img = img * rng.uniform(0.6, 1.4, size=(n, 1, 1, 1)) + colours[labels]
         img += rng.normal(0.0, noise, size=img.shape)
         return np.clip(128 + 40 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
@@ -315,11 +277,8 @@ def write(arrays: CifarArrays, dest: str | Path) -> Path:
             }
             with open(tmp / name, "wb") as f:
                 pickle.dump(record, f, protocol=2)  # the official files are protocol 2
-        meta = {
-            b"label_names": [n.encode() for n in arrays.label_names],
-            b"num_cases_per_batch": int(len(chunks[0])),
-            b"num_vis": 3072,
-        }
+        names = [n.encode() for n in arrays.label_names]
+        meta = {b"label_names": names, b"num_cases_per_batch": int(len(chunks[0])), b"num_vis": 3072}
         with open(tmp / META_FILE, "wb") as f:
             pickle.dump(meta, f, protocol=2)
         if arrays.synthetic:
@@ -338,14 +297,9 @@ def write_synthetic(dest: str | Path, train: int = 5000, test: int = 1000, seed:
     return write(synthetic_arrays(train, test, seed), dest)
 
 
-def training_set(
-    data_dir: str | Path, synthetic: bool, *, synthetic_train: int = 5000, synthetic_test: int = 1000, seed: int = 0
-) -> CifarArrays:
-    """What a training run uses: the real set from `data_dir`, or (synthetic=True) a generated one.
-
-    With synthetic=True and a `data_dir`, the synthetic set is written there once and read back from disk (the same
-    code path as real data); without a `data_dir` it stays in memory.
-    """
+def training_set(data_dir: str | Path, synthetic: bool, *, synthetic_train=5000, synthetic_test=1000, seed=0):
+    """What a training run uses: the real set from `data_dir`, or (synthetic=True) a generated one, written to
+    `data_dir` once and read back from disk (the same code path as real data), or kept in memory without one."""
     if not synthetic:
         return load(data_dir)
     if not str(data_dir):
@@ -354,11 +308,74 @@ def training_set(
     marker = folder / SYNTHETIC_MARKER
     wanted = _synthetic_source(synthetic_train, synthetic_test, seed)
     if folder.exists() and not marker.is_file():
-        raise ConfigError(
-            "synthetic",
-            f"{folder} holds a real (non-synthetic) data set",
-            "pass synthetic=False to train on it, or choose another data_dir for synthetic data",
-        )
+        fix = "pass synthetic=False to train on it, or choose another data_dir for synthetic data"
+        raise ConfigError("synthetic", f"{folder} holds a real (non-synthetic) data set", fix)
     if not marker.is_file() or json.loads(marker.read_text()).get("source") != wanted:
         write_synthetic(data_dir, synthetic_train, synthetic_test, seed)
     return load(data_dir)
+
+
+# ------------------------------------------------------------------------------------------- on the training device
+
+
+class DeviceData:
+    """The data set on the training device as uint8. Batches are cut, cropped (4 px, reflect padded) and flipped by
+    one gather over the whole batch; the result is a channels_last tensor normalised in the compute dtype.
+
+    Every rank draws the same permutation and augmentation per epoch (seeded by epoch) and takes its own slice of
+    each global batch, so a resumed run sees exactly the batches the interrupted one would have.
+    """
+
+    def __init__(self, arrays: CifarArrays, device, input_dtype, rank=0, world_size=1, seed=0, channels_last=True):
+        import torch
+        import torch.nn.functional as F
+
+        self.device, self.dtype, self.rank, self.world, self.seed = device, input_dtype, rank, world_size, seed
+        self.channels_last = channels_last
+        # NHWC uint8 on the device: indexing (image, row, col) yields channels_last batches with no extra copy.
+        train = torch.from_numpy(arrays.train_images).to(device)
+        padded = [F.pad(c.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8) for c in train.split(8192)]
+        self.train = torch.cat(padded).permute(0, 2, 3, 1).contiguous()  # N, 40, 40, 3
+        self.train_labels = torch.from_numpy(arrays.train_labels).to(device)
+        self.test = torch.from_numpy(arrays.test_images).to(device).permute(0, 2, 3, 1).contiguous()  # N, 32, 32, 3
+        self.test_labels = torch.from_numpy(arrays.test_labels).to(device)
+        mean, std = torch.tensor(CIFAR_MEAN, device=device), torch.tensor(CIFAR_STD, device=device)
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(input_dtype)  # x * scale + shift == (x/255 - mean)/std
+        self.shift = (-mean / std).view(1, 3, 1, 1).to(input_dtype)
+        self.offsets = torch.arange(32, device=device)
+
+    @property
+    def train_size(self) -> int:
+        return int(self.train.shape[0])
+
+    def _to_input(self, nhwc):
+        x = nhwc.permute(0, 3, 1, 2).to(self.dtype) * self.scale + self.shift  # elementwise ops keep channels_last
+        return x if self.channels_last else x.contiguous()
+
+    def epoch(self, epoch: int, micro_batch: int, steps: int, accum: int, start: int = 0):
+        """Yield (x, y) micro-batches of optimizer steps `start`..`steps`-1 of `epoch` for this rank."""
+        import torch
+
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
+        n = self.train_size
+        order = torch.randperm(n, generator=g, device=self.device)
+        shifts = torch.randint(0, 9, (2, n), generator=g, device=self.device)  # crop offsets in the 40x40 padding
+        flips = torch.rand(n, generator=g, device=self.device) < 0.5
+        cols_rev = self.offsets.flip(0)
+        global_batch = micro_batch * self.world * accum
+        for step in range(start, steps):
+            for micro in range(accum):
+                lo = step * global_batch + (micro * self.world + self.rank) * micro_batch
+                idx = order[lo : lo + micro_batch]
+                rows = shifts[0, idx, None] + self.offsets  # B, 32
+                cols = shifts[1, idx, None] + torch.where(flips[idx, None], cols_rev, self.offsets)
+                images = self.train[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+                yield self._to_input(images), self.train_labels[idx]
+
+    def test_batches(self, batch: int):
+        """This rank's share of the test set, in order."""
+        n = int(self.test.shape[0])
+        first, end = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        for lo in range(first, end, batch):
+            hi = min(lo + batch, end)
+            yield self._to_input(self.test[lo:hi]), self.test_labels[lo:hi]

@@ -1,15 +1,17 @@
-"""One place that builds and runs `deepspeed ...` / `mpirun ...` command lines for local ranks, and `rank_guard`, the
-one error report of the scripts that run inside ranks (labkit.ranks).
+"""Build and run `deepspeed ...` / `mpirun ...` for local ranks; the ranks' one bootstrap, error report and teardown.
 
-Everything that starts ranks goes through `run`: it starts the launcher in its own session, streams its output, and on
-any exit path (success, failure, timeout, KeyboardInterrupt) stops the whole process tree, because SIGTERM to the
-DeepSpeed launcher alone leaves its ranks running. Every process carries LABKIT_PROCESS=1 so a teardown check can find
-anything left behind. Imports only the standard library and light labkit modules: ranks import it.
+`run` starts the launcher in its own session, streams its output, ends the launch soon after a rank's error line (its
+peers may wait in a rendezvous for ever) and on every exit path stops the whole process tree: SIGTERM to the DeepSpeed
+launcher alone leaves its ranks running. Every process carries LABKIT_PROCESS=1 for the leak check. Standard library
+and light labkit modules only: ranks import it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -19,28 +21,43 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.devices import DEVICE_KINDS
+from labkit.devices import DEVICE_KINDS, pick_device
 from labkit.errors import ConfigError, LaunchError, check_choice, check_int
-from labkit.procs import stop_tree
+from labkit.procs import StaleLockSweeper, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 MPI_LAUNCHERS = ("openmpi", "mpirun")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
+BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
+# After the first sign of a dead rank the launcher gets this long to stop by itself (and name the rank that went
+# first) before the whole tree is stopped: peers blocked in a rendezvous or a collective never return.
+FAILED_RANK_GRACE_S = 10.0
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
-_TAGGED_RANK_RE = re.compile(r"^\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
+_TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
+_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
+_MPI_EXIT = re.compile(
+    r"process rank (\d+) with PID \d+ on node \S+ "
+    r"(exited on signal (\d+)[^\n]*|exited with status (\d+))"
+)
+MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
+CAUSES = (  # (a pattern in a failed run's output, the likely cause)
+    (MORE_RANKS_THAN_DEVICES, "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)"),
+    (r"EADDRINUSE|[Aa]ddress already in use", "a port in use (another run holds the master port)"),
+    (r"Error building extension|ninja: build stopped|failed to build", "a DeepSpeed op failed to build"),
+)
 
 
 @dataclass
 class LaunchSpec:
-    """What every rank runs (a module of labkit.ranks, or a script path), on how many local ranks, through which
-    launcher."""
+    """What every rank runs (a labkit.ranks module or a script), on how many local ranks, through which launcher."""
 
     module: str = ""
     args: list[str] = field(default_factory=list)
@@ -60,9 +77,7 @@ class LaunchSpec:
         if bool(self.module) == bool(self.script):
             raise ConfigError("module", "give exactly one of module and script", "pass module='labkit.ranks.NAME'")
         if self.module and importlib.util.find_spec(self.module) is None:
-            raise ConfigError(
-                "module", f"no module {self.module!r}", "pass an importable module, e.g. labkit.ranks.hello"
-            )
+            raise ConfigError("module", f"no module {self.module!r}", "pass an importable one: labkit.ranks.hello")
         if self.script and not Path(self.script).is_file():
             raise ConfigError("script", f"{self.script} does not exist", "pass the Python file each rank runs")
         require_mpi("launcher", self.launcher)
@@ -70,7 +85,6 @@ class LaunchSpec:
             raise ConfigError("hostfile", f"{self.hostfile} does not exist", "write 'localhost slots=N' lines")
 
     def entry(self) -> list[str]:
-        """The rank program and its arguments as the launcher takes them (`-m` / `--module` for a module)."""
         return [*([self.module] if self.module else [str(self.script)]), *map(str, self.args)]
 
 
@@ -86,23 +100,18 @@ class LaunchResult:
 
 
 def require_mpi(field: str, launcher: str, instead: str = "use launcher='deepspeed'") -> None:
-    """ConfigError now, not a failure after DeepSpeed's start-up, when an MPI launcher lacks mpirun or mpi4py (through
-    which DeepSpeed reads the Open MPI ranks)."""
+    """ConfigError now, not after DeepSpeed's start-up, when an MPI launcher lacks mpirun or mpi4py (through which
+    DeepSpeed reads the Open MPI ranks)."""
     if launcher not in MPI_LAUNCHERS:
         return
     if shutil.which("mpirun") is None:
+        install = "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does it)"
         raise ConfigError(
-            field,
-            f"{launcher!r} needs Open MPI's mpirun, which is not on PATH",
-            "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does "
-            f"it), or {instead}",
+            field, f"{launcher!r} needs Open MPI's mpirun, which is not on PATH", f"{install}, or {instead}"
         )
     if importlib.util.find_spec("mpi4py") is None:
-        raise ConfigError(
-            field,
-            f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)",
-            f"pip install 'labkit[mpi]' (needs Open MPI's mpicc), or {instead}",
-        )
+        problem = f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)"
+        raise ConfigError(field, problem, f"pip install 'labkit[mpi]' (needs Open MPI's mpicc), or {instead}")
 
 
 def free_port() -> int:
@@ -118,23 +127,20 @@ def threads_per_rank(world_size: int) -> int:
 
 
 def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device: str = "cpu") -> dict[str, str]:
-    """The environment for kit processes: marked for the leak check, thread counts sized to the ranks."""
-    env = dict(os.environ)
-    env[MARKER_ENV] = "1"
-    # Every process the kit starts (ranks, the local launcher) imports labkit from where this one did: one bootstrap.
-    root = str(Path(__file__).resolve().parent.parent)
+    """The environment for kit processes: marked for the leak check, labkit importable, thread counts sized to the
+    ranks, DeepSpeed's accelerator named (no auto-detection warning), torch's FutureWarnings off in rank output."""
+    env = {**os.environ, MARKER_ENV: "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": device}
+    root = str(Path(__file__).resolve().parent.parent)  # every process the kit starts imports labkit from here
     if root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["DS_ACCELERATOR"] = device
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     if device == "cpu":
         env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.update(extra or {})
-    return env
+    return {**env, **(extra or {})}
 
 
 def deepspeed_executable(python: str = sys.executable) -> list[str]:
@@ -145,10 +151,8 @@ def deepspeed_executable(python: str = sys.executable) -> list[str]:
 
 def local_mpi_args() -> list[str]:
     """mpirun options for ranks on this machine: allow root, oversubscribe small machines, keep TCP on loopback."""
-    args = ["--oversubscribe", "--mca", "btl_tcp_if_include", "lo", "--tag-output"]
-    if os.geteuid() == 0:
-        args.insert(0, "--allow-run-as-root")
-    return args
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    return [*root, "--oversubscribe", "--mca", "btl_tcp_if_include", "lo", "--tag-output"]
 
 
 def write_hostfile(path: Path, hosts: dict[str, int]) -> Path:
@@ -161,10 +165,10 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
     """The exact launcher argv for `spec` (what a user would type; shown in notebooks)."""
     hostfile = hostfile or spec.hostfile or Path("/etc/mpi/hostfile")
     port = str(master_port or spec.master_port or 29500)
-    module = ["-m"] if spec.module else []
     deepspeed = [*deepspeed_executable(spec.python), *(["--module"] if spec.module else [])]
-    if spec.launcher == "deepspeed":
-        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *spec.entry()]
+    if spec.launcher == "deepspeed":  # errors only: its INFO lines and "Unable to find hostfile" are noise locally
+        quiet = ["--log_level", "error"]
+        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *quiet, *spec.entry()]
     if spec.launcher == "openmpi":
         # The cluster line (`deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`), plus what one host needs.
         mpi = ["--launcher", "openmpi", "--launcher_args", shlex.join(local_mpi_args())]
@@ -173,59 +177,67 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
     # plain mpirun: ranks read their rank from Open MPI's environment in deepspeed.init_distributed()
     env = ["-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}"]
     head = ["mpirun", "-n", str(spec.world_size), "--hostfile", str(hostfile), *local_mpi_args(), *env]
-    return [*head, spec.python, "-u", *module, *spec.entry()]
+    return [*head, spec.python, "-u", *(["-m"] if spec.module else []), *spec.entry()]
 
 
-_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
-_MPI_EXIT = re.compile(
-    r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|"
-    r"exited with status (\d+))"
-)
-
-
-def first_dead_rank(output: str) -> tuple[int, str] | None:
-    """The rank whose exit brought the run down, as the launcher reported it: (rank, how).
-
-    When one rank dies, the others fail too (a collective loses its peer) and print the louder traceback; the
-    launcher's own line names the rank that went first.
-    """
-    for line in output.splitlines():
-        m = _DS_EXIT.search(line)
-        if m:
-            code = int(m.group(2))
-            return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        m = _MPI_EXIT.search(line)
-        if m:
-            return int(m.group(1)), (f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}")
+def _exit_of(line: str) -> tuple[int, str] | None:
+    """(rank, how) when `line` is a launcher's report of a rank's failed exit."""
+    m = _DS_EXIT.search(line)
+    if m and int(m.group(2)) != 0:
+        code = int(m.group(2))
+        return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    m = _MPI_EXIT.search(line)
+    if m:
+        return int(m.group(1)), f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}"
     return None
 
 
-def failure_summary(output: str) -> tuple[int | None, str]:
-    """The failing rank and the most telling error line of a failed run.
+def first_dead_rank(output: str) -> tuple[int, str] | None:
+    """The rank whose exit brought the run down, as the launcher reported it: (rank, how). Its peers fail after it,
+    often more loudly; the launcher's own line names the one that went first."""
+    return next(filter(None, map(_exit_of, output.splitlines())), None)
 
-    The launcher's own exit line names the rank that went first (its peers fail after it, often more loudly); the
-    rank's own tagged error (`rank_guard`) gives the text. Without either, the last error line of the output.
-    """
+
+def failure_summary(output: str) -> tuple[int | None, str]:
+    """The failing rank and the most telling error line of a failed run: the launcher's exit line names the rank, its
+    own tagged error (`rank_guard`) gives the text; without either, the last error line of the output."""
     tagged: dict[int, str] = {}
-    for line in output.splitlines():
-        m = _RANK_ERROR_RE.search(line)
+    for m in map(_RANK_ERROR_RE.search, output.splitlines()):
         if m:
-            tagged.setdefault(int(m.group(1)), m.group(2).strip())
+            tagged.setdefault(int(m.group(1)), _TAGGED_RANK_RE.sub("", m.group(2)).strip())
     dead = first_dead_rank(output)
-    if dead:
-        return dead[0], tagged.get(dead[0], dead[1])
-    if tagged:
-        rank = next(iter(tagged))
-        return rank, tagged[rank]
+    if dead or tagged:
+        rank = dead[0] if dead else next(iter(tagged))
+        return rank, tagged.get(rank, dead[1] if dead else "")
     lines = output.splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i]
+    for line in reversed(lines):
         text = _TAGGED_RANK_RE.sub("", line).strip()
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*", text):
             m = _TAGGED_RANK_RE.match(line)
             return (int(m.group(1)) if m else None), text
     tail = [line for line in lines if line.strip()][-1:]
     return None, tail[0].strip() if tail else "no output"
+
+
+def likely_cause(output: str) -> str | None:
+    return next((cause for pattern, cause in CAUSES if re.search(pattern, output)), None)
+
+
+def deadline_text(seconds: float) -> str:
+    return "stopped by its deadline after " + (f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s")
+
+
+def describe_failure(output: str, returncode: int | None = None, deadline_s: float | None = None) -> str:
+    """ONE line for a failed run: the rank and its error, the likely cause when known, or the deadline that ended it."""
+    rank, text = failure_summary(output)
+    cause = likely_cause(output)
+    if deadline_s is not None:
+        return f"{deadline_text(deadline_s)} (all ranks stopped); last output: {text}"
+    if rank is not None and text.startswith(("killed by signal", "exit code")):
+        line = f"rank {rank} died ({text}); the other ranks were stopped"
+    else:
+        line = f"{f'rank {rank}' if rank is not None else 'a rank'} failed (exit code {returncode}): {text}"
+    return line + (f"; likely cause: {cause}" if cause else "")
 
 
 def run(
@@ -237,7 +249,7 @@ def run(
     log_path: str | Path | None = None,
     check: bool = True,
 ) -> LaunchResult:
-    """Run `spec` to completion. Raises LaunchError (with the failing rank's own text) if check and it fails."""
+    """Run `spec` to completion. Raises LaunchError (one line naming the failing rank) if check and it fails."""
     spec.validate()
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
@@ -249,29 +261,19 @@ def run(
     cmd = build_command(spec, hostfile=hostfile, master_port=port)
     # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
     # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
-    env = kit_env(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env},
-        world_size=spec.world_size,
-        device=spec.device,
-    )
+    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
+    env = kit_env(extra, world_size=spec.world_size, device=spec.device)
     chunks: list[str] = []
+    failed_at: list[float] = []
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        text=True,
-        bufsize=1,
-    )
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, **popen)
 
     def pump() -> None:
-        assert proc.stdout is not None
         for line in proc.stdout:
             chunks.append(line)
+            if not failed_at and (_RANK_ERROR_RE.search(line) or _exit_of(line)):
+                failed_at.append(time.monotonic())
             if log:
                 log.write(line)
                 log.flush()
@@ -280,12 +282,16 @@ def run(
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    timed_out = False
+    end = None if timeout is None else time.monotonic() + timeout
+    timed_out = cut_short = False
     try:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        while proc.poll() is None:
+            now = time.monotonic()
+            timed_out = end is not None and now >= end
+            cut_short = bool(failed_at) and now - failed_at[0] > FAILED_RANK_GRACE_S
+            if timed_out or cut_short:
+                break
+            time.sleep(0.1)
     finally:
         # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
         stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
@@ -294,18 +300,14 @@ def run(
             log.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     output = "".join(chunks)
-    result = LaunchResult(proc.returncode if not timed_out else -1, output, cmd)
-    if check and (timed_out or proc.returncode != 0):
-        rank, text = failure_summary(output)
-        where = f"rank {rank}" if rank is not None else "a rank"
-        if timed_out:
-            msg = f"run timed out after {timeout:.0f} s and was stopped (all ranks killed); last output: {text}"
-        elif rank is not None and text.startswith(("killed by signal", "exit code")):
-            msg = f"rank {rank} died ({text}); the other ranks were stopped"
-        else:
-            msg = f"{where} failed (exit code {proc.returncode}): {text}"
-        raise LaunchError(msg, returncode=result.returncode, output=output[-8000:], failed_rank=rank)
-    return result
+    code = -1 if timed_out else 1 if cut_short else proc.returncode
+    if check and code != 0:
+        msg = describe_failure(output, code, timeout if timed_out else None)
+        raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=failure_summary(output)[0])
+    return LaunchResult(code, output, cmd)
+
+
+# -------------------------------------------------------------------------------- inside a rank: labkit.ranks.*
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -316,19 +318,89 @@ def rank_and_world() -> tuple[int, int]:
     )
 
 
-@contextmanager
+@contextlib.contextmanager
+def _silenced_fds() -> Iterator[None]:
+    """stdout and stderr of this process and its children to /dev/null, at the file-descriptor level."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+
+
+def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose: bool = False) -> None:
+    """The one start of a rank's process group (every labkit.ranks script and the in-process notebook rank), without
+    build noise: DeepSpeed's accelerator is named, not detected (no "Setting accelerator to CPU" warning); its op
+    compatibility probe (which links test programs: a missing libaio makes ld print errors) runs with its output to
+    /dev/null; the CPU comm op's "built successfully" print is dropped; FutureWarnings of torch and DeepSpeed are off;
+    stale build locks left by killed ranks are swept while DeepSpeed loads its ops."""
+    import logging
+    from datetime import timedelta
+
+    device = device or os.environ.get("DS_ACCELERATOR") or pick_device("auto")
+    os.environ.setdefault("DS_ACCELERATOR", device)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|deepspeed)\b")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)  # e.g. a scheduler read before its first step
+    if get_accelerator().create_op_builder("ShareMemCommBuilder") is not None:  # CPU: the comm op is probed
+        with _silenced_fds():
+            deepspeed.ops.__compatible_ops__  # noqa: B018 - computed and cached on first access
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # started plainly: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ["MASTER_PORT"] = str(free_port())
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if local:
+        os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
+    # Under mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with `distributed_port` (default 29500, which
+    # another job may hold): pass the port the launcher chose.
+    port = int(os.environ.get("MASTER_PORT") or 29500)
+    wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    with StaleLockSweeper(), contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)
+
+
+def shutdown_distributed(in_step: bool = True) -> None:
+    """Tear the process group down in order while the interpreter is whole: collect the engine's cycles (they hold
+    sub-groups), wait for the peers (`in_step`: not after a failure), destroy every group through DeepSpeed (which also
+    drops its cached backend, so a later run in the same process starts clean). A gloo group left to interpreter
+    shutdown can abort the process ("terminate called without an active exception")."""
+    gc.collect()
+    dist, comm = sys.modules.get("torch.distributed"), sys.modules.get("deepspeed.comm.comm")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if in_step:
+            dist.barrier()  # no peer is still sending when the groups go
+        # through DeepSpeed when it made the groups: it also releases the references its group caches hold
+        (comm.destroy_process_group if comm is not None and comm.cdb is not None else dist.destroy_process_group)()
+    if comm is not None:
+        comm.cdb = None
+    gc.collect()
+
+
+@contextlib.contextmanager
 def rank_guard() -> Iterator[None]:
     """The one error report and teardown of a rank script. An uncaught error becomes one tagged line that `run` reports
     (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback; under mpirun the failed rank then aborts the whole
-    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). On every other exit the
-    process group is destroyed before the interpreter shuts down (a live gloo group aborts the process there)."""
+    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). Either way the process group
+    is shut down in order before the interpreter exits (`shutdown_distributed`)."""
     rank, world = rank_and_world()
+    failed = False
     try:
         yield
     except BaseException as exc:
-        if not isinstance(exc, SystemExit) or exc.code not in (0, None):
-            print(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            traceback.print_exc()
+        if failed := not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
+            traceback.print_exc()  # --tag-output would glue another rank's text onto a line written in two parts
             sys.stdout.flush()
             sys.stderr.flush()
             if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:
@@ -337,6 +409,4 @@ def rank_guard() -> Iterator[None]:
                 MPI.COMM_WORLD.Abort(1)
         raise
     finally:
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed(in_step=not failed)

@@ -35,14 +35,17 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def _live() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live process."""
+    rows = ((e.name, _stat_fields(e.name)) for e in os.scandir("/proc") if e.name.isdigit())
+    return [(int(pid), int(f[1]), int(f[2])) for pid, f in rows if f and f[0] != "Z"]
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below pid (children, grandchildren...)."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(entry.name)
-            if fields and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for child, parent, _ in _live():
+        children.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -53,12 +56,7 @@ def descendants(pid: int) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     """True if any live process is in process group pgid."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(entry.name)
-            if fields and fields[0] != "Z" and int(fields[2]) == pgid:
-                return True
-    return False
+    return any(group == pgid for _, _, group in _live())
 
 
 def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -143,4 +141,4 @@ class StaleLockSweeper:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.thread.join(timeout=1.0)
+        self.thread.join()  # no thread of ours outlives the rank's teardown

@@ -1,15 +1,9 @@
 """CIFAR-10 through DeepSpeed in nanoGPT's shape: config -> data on the device -> DeepSpeed config -> engine -> loop.
 
-One rank per process; `labkit.ranks.train` is the entry every launcher starts (`python -m labkit.ranks.train`,
-`deepspeed --module labkit.ranks.train`, `mpirun ... python -m labkit.ranks.train`), `run_in_process` the notebook's.
-Models live in `labkit.model`, checkpoints in `labkit.checkpoint`.
-
-Fast path: the whole data set lives on the training device as uint8; each batch is cut, randomly cropped and flipped
-there by one gather (no per-image Python) into channels_last inputs. The engine's throughput timer is off: it
-synchronises the device twice per step, which idles a GPU between the small steps of a small network.
-
-Rank 0 writes a JSONL metrics file (one `run` record, `step` records with the loss, one `epoch` record per epoch,
-a final `done` record). Nothing here imports labkit.notebooks, chapters or jobs: it runs inside ranks.
+One rank per process: every launcher starts `labkit.ranks.train`, a notebook kernel `run_in_process`. The data set lives
+on the device as uint8; batches are cut, cropped and flipped there by one gather into channels_last inputs. DeepSpeed's
+throughput timer is off: it synchronises the device twice per step. Rank 0 writes a JSONL metrics file (`run`, `step`,
+`epoch` and a final `done` record). Runs inside ranks: nothing here imports notebooks, chapters or jobs.
 """
 
 from __future__ import annotations
@@ -25,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import checkpoint, data, procs
+from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
-from labkit.launch import free_port
+from labkit.launch import init_deepspeed, shutdown_distributed
 from labkit.model import MODELS, build_model
 
 CHOICES = {
@@ -40,16 +34,10 @@ CHOICES = {
     "device": DEVICE_CHOICES,
     "stage": (0, 1, 2, 3),
 }
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def opt(default, help: str):
-    """A TrainConfig field with its --help text."""
     return dataclasses.field(default=default, metadata={"help": help})
-
-
-# ---------------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -121,41 +109,32 @@ class TrainConfig:
                 raise ConfigError(name, f"must be < 1, got {getattr(cfg, name)}", f"pass 0 <= {name} < 1")
         if cfg.resume and not cfg.checkpoint_dir:
             raise ConfigError("resume", "needs a checkpoint_dir to resume from", "pass --checkpoint-dir DIR")
-        if cfg.checkpoint_dir and not cfg.resume and checkpoint.tags(cfg.checkpoint_dir):
-            # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
-            newest = checkpoint.tags(cfg.checkpoint_dir)[0][1].name
-            raise ConfigError(
-                "checkpoint_dir",
-                f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {newest})",
-                "pass resume=True (--resume) to continue that run, or choose an empty folder",
-            )
+        old = checkpoint.tags(cfg.checkpoint_dir) if cfg.checkpoint_dir and not cfg.resume else []
+        if old:  # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
+            problem = f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {old[0][1].name})"
+            fix = "pass resume=True (--resume) to continue that run, or choose an empty folder"
+            raise ConfigError("checkpoint_dir", problem, fix)
         if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
             raise ConfigError(
                 "deepspeed_config", f"{cfg.deepspeed_config} does not exist", "pass an existing JSON file"
             )
+        per_step = world_size * cfg.grad_accum
+        if cfg.global_batch % per_step:
+            ranks_x_accum = f"{world_size} x {cfg.grad_accum}"
+            problem = f"{cfg.global_batch} images are not divisible by world_size x grad_accum = {ranks_x_accum}"
+            fix = f"use a multiple of {per_step}, e.g. {max(1, cfg.global_batch // per_step) * per_step}"
+            raise ConfigError("global_batch", problem, fix)
+        if cfg.global_batch and cfg.micro_batch and cfg.micro_batch * per_step != cfg.global_batch:
+            problem = f"{cfg.micro_batch} x {per_step} ranks/accumulation != global_batch {cfg.global_batch}"
+            raise ConfigError("micro_batch", problem, "pass only one of micro_batch and global_batch")
         if not cfg.synthetic:
             data.find_folder(cfg.data_dir)  # fails now, before any rank starts work, when the data is missing
         cfg.device = pick_device(cfg.device)
         accelerated = cfg.device != "cpu"
-        if cfg.dtype == "auto":
-            cfg.dtype = "bf16" if accelerated else "fp32"
+        cfg.dtype = ("bf16" if accelerated else "fp32") if cfg.dtype == "auto" else cfg.dtype
         if cfg.dtype == "fp16" and not accelerated:
             raise ConfigError(
                 "dtype", "fp16 training needs a GPU or Gaudi", "use dtype='bf16', 'fp32' or 'auto' on CPU"
-            )
-        per_step = world_size * cfg.grad_accum
-        if cfg.global_batch % per_step:
-            raise ConfigError(
-                "global_batch",
-                f"{cfg.global_batch} images are not divisible by world_size x grad_accum = "
-                f"{world_size} x {cfg.grad_accum}",
-                f"use a multiple of {per_step}, e.g. {max(1, cfg.global_batch // per_step) * per_step}",
-            )
-        if cfg.global_batch and cfg.micro_batch and cfg.micro_batch * per_step != cfg.global_batch:
-            raise ConfigError(
-                "micro_batch",
-                f"{cfg.micro_batch} x {per_step} ranks/accumulation != global_batch {cfg.global_batch}",
-                "pass only one of micro_batch and global_batch",
             )
         cfg.micro_batch = cfg.global_batch // per_step or cfg.micro_batch or (1024 if accelerated else 64)
         cfg.global_batch = cfg.micro_batch * per_step
@@ -168,29 +147,18 @@ def plan_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int]:
     (every rank sees full batches), and max_steps caps the total."""
     per_epoch = train_images // cfg.global_batch
     if per_epoch < 1:
-        raise ConfigError(
-            "micro_batch",
-            f"one global batch of {cfg.global_batch} images is larger than the {train_images} training images",
-            "use a smaller micro_batch or more data",
-        )
+        problem = f"one global batch of {cfg.global_batch} images is larger than the {train_images} training images"
+        raise ConfigError("micro_batch", problem, "use a smaller micro_batch or more data")
     return per_epoch, min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (booleans: --synthetic / --no-synthetic)."""
     for f in dataclasses.fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type=type(f.default),
-                default=f.default,
-                metavar=f.name.upper(),
-                help=f"{text} (default: {f.default!r})",
-            )
+        text = f.metadata["help"].replace("%", "%%") + f" (default: {f.default!r})"
+        how = {"type": type(f.default), "metavar": f.name.upper()}
+        how = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else how
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default, help=text, **how)
     # DeepSpeed's spelling of the config flag, and the launcher's rank argument
     parser.add_argument(
         "--deepspeed_config", dest="deepspeed_config", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -213,72 +181,6 @@ def config_args(cfg: TrainConfig) -> list[str]:
     return args
 
 
-# ------------------------------------------------------------------------------------------- device-resident data
-
-
-class DeviceData:
-    """The data set on the training device as uint8. Batches are cut, cropped (4 px, reflect padded) and flipped by
-    one gather over the whole batch; the result is a channels_last tensor normalised in the compute dtype.
-
-    Every rank draws the same permutation and augmentation per epoch (seeded by epoch) and takes its own slice of
-    each global batch, so a resumed run sees exactly the batches the interrupted one would have.
-    """
-
-    def __init__(self, arrays: data.CifarArrays, device, input_dtype, rank=0, world_size=1, seed=0, channels_last=True):
-        import torch
-        import torch.nn.functional as F
-
-        self.device, self.dtype, self.rank, self.world, self.seed = device, input_dtype, rank, world_size, seed
-        self.channels_last = channels_last
-        # NHWC uint8 on the device: indexing (image, row, col) yields channels_last batches with no extra copy.
-        train = torch.from_numpy(arrays.train_images).to(device)
-        padded = [F.pad(c.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8) for c in train.split(8192)]
-        self.train = torch.cat(padded).permute(0, 2, 3, 1).contiguous()  # N, 40, 40, 3
-        self.train_labels = torch.from_numpy(arrays.train_labels).to(device)
-        self.test = torch.from_numpy(arrays.test_images).to(device).permute(0, 2, 3, 1).contiguous()  # N, 32, 32, 3
-        self.test_labels = torch.from_numpy(arrays.test_labels).to(device)
-        mean, std = torch.tensor(CIFAR_MEAN, device=device), torch.tensor(CIFAR_STD, device=device)
-        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(input_dtype)  # x * scale + shift == (x/255 - mean)/std
-        self.shift = (-mean / std).view(1, 3, 1, 1).to(input_dtype)
-        self.offsets = torch.arange(32, device=device)
-
-    @property
-    def train_size(self) -> int:
-        return int(self.train.shape[0])
-
-    def _to_input(self, nhwc):
-        x = nhwc.permute(0, 3, 1, 2).to(self.dtype) * self.scale + self.shift  # elementwise ops keep channels_last
-        return x if self.channels_last else x.contiguous()
-
-    def epoch(self, epoch: int, micro_batch: int, steps: int, accum: int, start: int = 0):
-        """Yield (x, y) micro-batches of optimizer steps `start`..`steps`-1 of `epoch` for this rank."""
-        import torch
-
-        g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
-        n = self.train_size
-        order = torch.randperm(n, generator=g, device=self.device)
-        shifts = torch.randint(0, 9, (2, n), generator=g, device=self.device)  # crop offsets in the 40x40 padding
-        flips = torch.rand(n, generator=g, device=self.device) < 0.5
-        cols_rev = self.offsets.flip(0)
-        global_batch = micro_batch * self.world * accum
-        for step in range(start, steps):
-            for micro in range(accum):
-                lo = step * global_batch + (micro * self.world + self.rank) * micro_batch
-                idx = order[lo : lo + micro_batch]
-                rows = shifts[0, idx, None] + self.offsets  # B, 32
-                cols = shifts[1, idx, None] + torch.where(flips[idx, None], cols_rev, self.offsets)
-                images = self.train[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-                yield self._to_input(images), self.train_labels[idx]
-
-    def test_batches(self, batch: int):
-        """This rank's share of the test set, in order."""
-        n = int(self.test.shape[0])
-        first, end = self.rank * n // self.world, (self.rank + 1) * n // self.world
-        for lo in range(first, end, batch):
-            hi = min(lo + batch, end)
-            yield self._to_input(self.test[lo:hi]), self.test_labels[lo:hi]
-
-
 def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
     """The data this run trains on. With synthetic data and a data_dir, rank 0 writes the files, the others wait."""
     import deepspeed.comm as dist
@@ -289,9 +191,6 @@ def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
             data.training_set(cfg.data_dir, True, **sizes)
         dist.barrier()
     return data.training_set(cfg.data_dir, cfg.synthetic, **sizes).limit(cfg.max_train, cfg.max_test)
-
-
-# ------------------------------------------------------------------------------------------------ DeepSpeed config
 
 
 def deepspeed_config(cfg: TrainConfig, total_steps: int) -> dict:
@@ -341,15 +240,11 @@ def input_dtype(ds_config: dict):
     return getattr(torch, name)
 
 
-# --------------------------------------------------------------------------------------------- metrics and safety
-
-
 class Metrics:
     """Rank 0's JSONL metrics file (and the records in memory for an in-process caller)."""
 
     def __init__(self, path: str, enabled: bool):
-        self.path = Path(path) if path and enabled else None
-        self.records: list[dict] = []
+        self.path, self.records = Path(path) if path and enabled else None, []
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -377,9 +272,9 @@ class Watchdog:
     died cannot exit normally; this bounds the hang even without a launcher watching."""
 
     def __init__(self, timeout: float, rank: int):
-        self.timeout, self.rank, self.last = timeout, rank, time.monotonic()
-        self.stopped = threading.Event()
+        self.timeout, self.rank, self.stopped = timeout, rank, threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True, name="labkit-watchdog")
+        self.beat()
 
     def __enter__(self) -> Watchdog:
         if self.timeout > 0:
@@ -398,12 +293,8 @@ class Watchdog:
         while not self.stopped.wait(1.0):
             idle = time.monotonic() - self.last
             if idle > self.timeout:
-                print(
-                    f"rank {self.rank}: no training step finished for {idle:.0f} s (step_timeout {self.timeout:.0f}"
-                    " s): a peer rank probably died; exiting",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                why = f"no training step finished for {idle:.0f} s (step_timeout {self.timeout:.0f} s)"
+                print(f"rank {self.rank}: {why}: a peer rank probably died; exiting", file=sys.stderr, flush=True)
                 os._exit(3)
 
 
@@ -418,9 +309,6 @@ def _sync(device: str) -> None:
         getattr(torch, device).synchronize()
 
 
-# ---------------------------------------------------------------------------------------------------------- engine
-
-
 def build_engine(cfg: TrainConfig, total: int, rank: int):
     """(engine, DeepSpeed config, parameter count) for a resolved config."""
     import deepspeed
@@ -428,11 +316,8 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     if cfg.deepspeed_config:
         ds_config = json.loads(Path(cfg.deepspeed_config).read_text())
         if ds_config.get("train_micro_batch_size_per_gpu", cfg.micro_batch) != cfg.micro_batch:
-            raise ConfigError(
-                "micro_batch",
-                f"{cfg.micro_batch} differs from train_micro_batch_size_per_gpu in {cfg.deepspeed_config}",
-                "pass the same --micro-batch or edit the file",
-            )
+            problem = f"{cfg.micro_batch} differs from train_micro_batch_size_per_gpu in {cfg.deepspeed_config}"
+            raise ConfigError("micro_batch", problem, "pass the same --micro-batch or edit the file")
     else:
         ds_config = deepspeed_config(cfg, total)
     if cfg.write_config and rank == 0:
@@ -440,9 +325,6 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     model = build_model(cfg.model, cfg.width)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     return engine, ds_config, sum(p.numel() for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------------------------------------ loop
 
 
 def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
@@ -463,7 +345,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     arrays = load_arrays(cfg, rank) if arrays is None else arrays.limit(cfg.max_train, cfg.max_test)
     per_epoch, total = plan_steps(cfg, len(arrays.train_labels))
     engine, ds_config, n_params = build_engine(cfg, total, rank)
-    feed = DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
+    feed = data.DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
     default_metrics = str(Path(cfg.checkpoint_dir) / "metrics.jsonl") if cfg.checkpoint_dir else ""
     metrics = Metrics(cfg.metrics or default_metrics, rank == 0)
     say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
@@ -479,20 +361,15 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     run_only |= {"steps_per_epoch": per_epoch, "deepspeed_config": ds_config}
     metrics.write({"kind": "run", "step": start_step, **shared, **run_only})
     log_every = cfg.log_every or max(1, per_epoch // 10)
-    say(
-        f"training on {kind} data: {feed.train_size} images, {cfg.model} ({n_params:,} parameters), {world} rank(s) "
-        f"on {cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}, {total} steps"
-    )
+    setup = f"{cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}, {total} steps"
+    what = f"{feed.train_size} images, {cfg.model} ({n_params:,} parameters), {world} rank(s)"
+    say(f"training on {kind} data: {what} on {setup}")
 
     def save(step: int, epoch: int) -> None:
         meta = {"epoch": epoch, "world_size": world, "stage": cfg.stage, "model": cfg.model}
         checkpoint.save(engine, cfg.checkpoint_dir, step, meta, cfg.keep_checkpoints, say)
 
-    bar_style = {
-        "desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}",
-        "unit": "step",
-        "disable": rank != 0 or not cfg.progress,
-    }
+    bar_style = {"desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}", "unit": "step", "disable": rank or not cfg.progress}
     bar = tqdm(total=total, initial=start_step, mininterval=0.5 if sys.stderr.isatty() else 5.0, **bar_style)
     pending: list[tuple[int, int, object, float]] = []  # (step, epoch, loss tensor, lr): read once, not every step
 
@@ -553,10 +430,8 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
             record |= {"images_per_s": round(images / seconds, 1), "epoch_s": round(seconds, 3), "steps": steps_run}
             metrics.write({**record, "resumed": first > 0})
             epochs_done.append(metrics.records[-1])
-            say(
-                f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {train_loss:.4f} acc {train_acc:.3f}, "
-                f"test acc {test_acc:.3f}, {record['images_per_s']:,.0f} images/s"
-            )
+            rate = f"test acc {test_acc:.3f}, {record['images_per_s']:,.0f} images/s"
+            say(f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {train_loss:.4f} acc {train_acc:.3f}, {rate}")
             if cfg.checkpoint_dir and step < total and (not cfg.checkpoint_every or step % cfg.checkpoint_every == 0):
                 save(step, epoch)
         if cfg.checkpoint_dir and step != start_step:  # (a resume that found nothing left to do saves nothing)
@@ -574,7 +449,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     return {**summary, "epochs_log": epochs_done, "records": metrics.records, "deepspeed_config": ds_config}
 
 
-def evaluate(engine, feed: DeviceData, batch: int) -> tuple[float, float]:
+def evaluate(engine, feed: data.DeviceData, batch: int) -> tuple[float, float]:
     """(loss, accuracy) on the test set, each rank scoring its share."""
     import deepspeed.comm as dist
     import torch
@@ -595,48 +470,13 @@ def evaluate(engine, feed: DeviceData, batch: int) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------- process set-up
 
-RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK")
 
 
 def init_distributed(cfg: TrainConfig) -> None:
-    """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's env (mpirun), or as a
-    world of one when started plainly."""
-    from datetime import timedelta
-
-    device = pick_device(cfg.device)
-    os.environ.setdefault("DS_ACCELERATOR", device)
-    import logging
-
-    import deepspeed
-    from deepspeed.utils import logger
-
-    logger.setLevel(logging.INFO if cfg.verbose else logging.WARNING)
-    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
-        os.environ.update(dict(zip(RANK_ENV, ("0", "0", "1", "1", "127.0.0.1", str(free_port())))))
-    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-    if local:
-        os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
-    # Under plain mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with this argument (default 29500, which
-    # another job may hold): pass the port the launcher chose.
-    backend = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}[device]
-    port = int(os.environ.get("MASTER_PORT", 29500))
-    with procs.StaleLockSweeper():
-        deepspeed.init_distributed(
-            dist_backend=backend, timeout=timedelta(seconds=cfg.comm_timeout), distributed_port=port
-        )
-
-
-def shutdown_distributed() -> None:
-    """Destroy the process group through DeepSpeed, which also drops its cached groups, so that a later run in the
-    same process (a notebook re-run) starts clean."""
-    import torch.distributed
-
-    if torch.distributed.is_initialized():
-        import deepspeed.comm as dist
-
-        dist.destroy_process_group()
-    if "deepspeed.comm.comm" in sys.modules:
-        sys.modules["deepspeed.comm.comm"].cdb = None
+    """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's (mpirun), or a world of one
+    when started plainly."""
+    init_deepspeed(pick_device(cfg.device), timeout_s=cfg.comm_timeout, verbose=cfg.verbose)
 
 
 def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
@@ -644,21 +484,14 @@ def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> 
     import torch.distributed
 
     if torch.distributed.is_initialized():
-        raise ConfigError(
-            "world_size",
-            "torch.distributed is already initialised in this process",
-            "restart the kernel, or run through the launcher (world_size > 1)",
-        )
-    saved = {k: os.environ.get(k) for k in RANK_ENV}
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK"):
-        os.environ.pop(k, None)
+        problem, fix = "torch.distributed is already initialised in this process", "restart the kernel"
+        raise ConfigError("world_size", problem, f"{fix}, or run through the launcher (world_size > 1)")
+    saved = {k: os.environ.pop(k, None) for k in RANK_ENV}
     try:
         init_distributed(cfg)
         return train(cfg, arrays)
     finally:
         shutdown_distributed()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k in (k for k, v in saved.items() if v is None):
+            os.environ.pop(k, None)

@@ -34,8 +34,9 @@
 # - DeepSpeed's **throughput timer is switched off**: by default it synchronises the device twice per step, which idles
 #   a GPU between small steps (`bench/cifar_throughput.py` measures each of these choices).
 #
-# The same code trains on CPU ranks (gloo). With `world_size > 1` it starts local ranks through the DeepSpeed launcher
-# (the command is shown), writes checkpoints that `--resume` continues from, and every output says whether the data was
+# The same code trains on CPU ranks (gloo). By default (`world_size = 0`) it uses every visible GPU, or 2 CPU ranks on
+# a machine without one, so the lab is distributed everywhere. More than one rank starts local ranks through the
+# DeepSpeed launcher (the command is shown); it writes checkpoints that `--resume` continues from, and every output says whether the data was
 # real CIFAR-10 or **synthetic** (generated images in the CIFAR-10 file format, for machines without the data set).
 
 # %% tags=["parameters"]
@@ -45,7 +46,7 @@ epochs: int = 3  # passes over the training images
 model: str = "resnet"  # resnet (small residual CNN, airbench94 widths) | lenet (DeepSpeedExamples' 62k-parameter net)
 stage: int = 0  # ZeRO stage 0-3 (partitioning pays off for big models; this one is small)
 dtype: str = "auto"  # auto (bf16 on a GPU or Gaudi, fp32 on CPU) | bf16 | fp16 | fp32
-world_size: int = 1  # ranks: 1 trains inside this kernel; more start local ranks through the launcher
+world_size: int = 0  # ranks; 0 = automatic (all visible GPUs; 2 CPU ranks without one); 1 trains in this kernel
 micro_batch: int = 0  # images per rank per step; 0: automatic (1024 on an accelerator, 64 on CPU)
 checkpoint_dir: str = ""  # checkpoints and metrics (the shared PVC in a cluster); empty: a temporary folder, removed
 resume: bool = False  # continue the run whose checkpoints are in checkpoint_dir (from its newest complete one)
@@ -71,13 +72,29 @@ from labkit import results, tabular
 from labkit.chapters import cifar
 from labkit.plots.training import training_curves_figure
 
-plan = cifar.plan(data_dir=data_dir, synthetic=synthetic, epochs=epochs, model=model, stage=stage,
-                         dtype=dtype, world_size=world_size, micro_batch=micro_batch, checkpoint_dir=checkpoint_dir,
-                         device=device, launcher=launcher, max_train=max_train, width=width, resume=resume)
+plan = cifar.plan(
+    data_dir=data_dir,
+    synthetic=synthetic,
+    epochs=epochs,
+    model=model,
+    stage=stage,
+    dtype=dtype,
+    world_size=world_size,
+    micro_batch=micro_batch,
+    checkpoint_dir=checkpoint_dir,
+    device=device,
+    launcher=launcher,
+    max_train=max_train,
+    width=width,
+    resume=resume,
+)
 cfg = plan.config
-print(f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model} (width {cfg.width}); "
-      f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
-      f"global batch {cfg.global_batch}; {plan.total_steps} optimizer steps")
+print(f"world_size {plan.world_size} ({plan.why})")
+print(
+    f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model} (width {cfg.width}); "
+    f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
+    f"global batch {cfg.global_batch}; {plan.total_steps} optimizer steps"
+)
 
 # %% [markdown]
 # ## The DeepSpeed config
@@ -91,7 +108,7 @@ print(f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model}
 (plan.workdir / "ds_config.json").write_text(json.dumps(plan.deepspeed_config, indent=2))
 print(json.dumps(plan.deepspeed_config, indent=2))
 if plan.command:
-    print("\nlaunch command:\n" + " ".join(plan.command))
+    print("\nlaunch command:\n" + plan.command_text())
 
 # %% [markdown]
 # ## Train
@@ -116,10 +133,8 @@ display(training_curves_figure(records))
 rows = cifar.epochs_table(records)
 display(HTML(tabular.html_table(rows, list(rows[0]), status_column=None)))
 shown = cifar.summarize(records)
-results.record("summary", shown)
-results.record("epochs", rows)
-results.record("deepspeed_config", plan.deepspeed_config)
-results.record("records", records)
+for name, value in {"summary": shown, "epochs": rows, "deepspeed_config": plan.deepspeed_config, "records": records}.items():
+    results.record(name, value)
 
 # %% [markdown]
 # ## What this run showed
@@ -128,14 +143,18 @@ results.record("records", records)
 s = shown
 data_words = "**synthetic** images in the CIFAR-10 format" if s["synthetic"] else "the real CIFAR-10 images"
 if s["device"] == "cpu":
-    scale = (f"At this rate a 50,000-image epoch would take {s['seconds_per_50k_epoch']:.0f} s on this CPU; on a GPU "
-             f"the same code is measured against the DeepSpeedExamples recipe "
-             f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) in docs/benchmarks.md.")
+    scale = (
+        f"At this rate a 50,000-image epoch would take {s['seconds_per_50k_epoch']:.0f} s on this CPU; on a GPU "
+        f"the same code is measured against the DeepSpeedExamples recipe "
+        f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) in docs/benchmarks.md."
+    )
 else:
-    scale = (f"That is {s['vs_seed_example_h200']:.0f}x the DeepSpeedExamples recipe "
-             f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
-             f"of airbench94's {cifar.AIRBENCH_IMAGES_PER_S:,}; a 50,000-image epoch takes "
-             f"{s['seconds_per_50k_epoch']:.2f} s.")
+    scale = (
+        f"That is {s['vs_seed_example_h200']:.0f}x the DeepSpeedExamples recipe "
+        f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
+        f"of airbench94's {cifar.AIRBENCH_IMAGES_PER_S:,}; a 50,000-image epoch takes "
+        f"{s['seconds_per_50k_epoch']:.2f} s."
+    )
 Markdown(
     f"The {s['model']} trained {s['steps']} of {s['planned_steps']} planned steps on {data_words}, "
     f"{s['world_size']} rank(s) on **{s['device']}**. The training loss fell from {s['first_loss']:.3f} to "
@@ -143,8 +162,11 @@ Markdown(
     f"**{100 * s['final_test_acc']:.1f}%** (best {100 * s['best_test_acc']:.1f}%; chance is 10%). "
     f"Steady throughput: **{s['images_per_s']:,.0f} images/s** (first epoch {s['images_per_s_first_epoch']:,.0f}). "
     + scale
-    + (" Synthetic textures are easier than real photos: judge accuracy on real data, throughput on either."
-       if s["synthetic"] else "")
+    + (
+        " Synthetic textures are easier than real photos: judge accuracy on real data, throughput on either."
+        if s["synthetic"]
+        else ""
+    )
 )
 
 # %% [markdown]

@@ -101,6 +101,15 @@ def test_cli_rejects_a_bad_batch_before_starting_anything():
     assert time.monotonic() - start < 30
 
 
+def test_world_size_0_picks_two_cpu_ranks_on_a_cpu_and_says_why(monkeypatch):
+    plan = cifar.plan(device="cpu")
+    assert (plan.world_size, plan.launcher) == (2, "deepspeed") and "2 CPU ranks" in plan.why
+    assert "--num_gpus 2" in plan.command_text() and str(plan.workdir) not in plan.command_text()
+    assert cifar.plan(device="cpu", launcher="inprocess").world_size == 1
+    monkeypatch.setattr(cifar, "device_count", lambda device: 4)
+    assert cifar.auto_ranks("cuda") == (4, "automatic: all 4 visible CUDA device(s), one rank each")
+
+
 def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
     with pytest.raises(ConfigError, match="exactly one rank"):
         cifar.plan(world_size=2, launcher="inprocess", device="cpu")
@@ -154,7 +163,7 @@ def test_device_batches_are_crops_and_flips_of_the_padded_images(tiny_arrays):
     import torch
     import torch.nn.functional as F
 
-    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
+    feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, channels_last=True)
     padded = F.pad(torch.from_numpy(tiny_arrays.train_images).float(), (4, 4, 4, 4), mode="reflect")
     flips_seen = 0
     for x, y in feed.epoch(0, micro_batch=16, steps=2, accum=1):
@@ -182,7 +191,7 @@ def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
     import torch
 
     def labels_and_sums(rank, world, epoch):
-        feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=rank, world_size=world)
+        feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=rank, world_size=world)
         return [(x.sum().item(), y.tolist()) for x, y in feed.epoch(epoch, micro_batch=8, steps=4, accum=1)]
 
     r0, r1 = labels_and_sums(0, 2, epoch=5), labels_and_sums(1, 2, epoch=5)
@@ -190,7 +199,7 @@ def test_ranks_take_disjoint_shares_and_epochs_replay_identically(tiny_arrays):
     assert r0 != labels_and_sums(0, 2, epoch=6)
     assert all(a != b for a, b in zip(r0, r1))
     # resuming at step 2 yields exactly the batches 2 and 3 of the uninterrupted epoch
-    feed = train.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=0, world_size=2)
+    feed = data.DeviceData(tiny_arrays, torch.device("cpu"), torch.float32, rank=0, world_size=2)
     assert [(x.sum().item(), y.tolist()) for x, y in feed.epoch(5, 8, 4, 1, start=2)] == r0[2:]
 
 
@@ -233,7 +242,7 @@ def _epochs(records):
 
 @pytest.mark.slow
 def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_checkpoint(tmp_path):
-    ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64}  # 10 steps per epoch, as with 2 ranks
+    ckpt, one_rank = tmp_path / "ckpt", {**TINY, "micro_batch": 64, "world_size": 1}  # 10 steps/epoch, as 2 ranks
     plan = cifar.plan(
         epochs=3,
         checkpoint_dir=str(ckpt),

@@ -1,10 +1,6 @@
-"""Notebook 04 and `labkit train`: plan CIFAR-10 training (validate, choose in-process or launched ranks), run it, and
-read the metrics back.
-
-`plan(...)` checks every parameter (ConfigError before any work), fills the automatic values for the device, builds
-the DeepSpeed config and the launcher command; `execute(plan)` trains one rank in this process or N ranks through
-`labkit.launch`. Temporary folders belong to the plan and go when it is closed, garbage-collected or at exit.
-"""
+"""Notebook 04 and `labkit train`: `plan` checks every parameter (ConfigError before any work), fills the automatic
+values for the machine and builds the DeepSpeed config and launcher command; `execute` trains one rank in this process
+or N through `labkit.launch`. A plan's temporary folder goes when it is closed, garbage-collected or at exit."""
 
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import data, launch, train
-from labkit.devices import check_ranks_fit, pick_device
+from labkit.devices import check_ranks_fit, device_count, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
@@ -40,6 +36,7 @@ class TrainingPlan:
     total_steps: int
     deepspeed_config: dict
     command: list[str] = field(default_factory=list)  # the launcher argv ([] for in-process)
+    why: str = ""  # how the number of ranks was chosen
     _cleanup: weakref.finalize | None = field(default=None, repr=False)
 
     @property
@@ -47,37 +44,49 @@ class TrainingPlan:
         return Path(self.config.metrics)
 
     def close(self) -> None:
-        """Remove the plan's temporary folder (a no-op for user-given folders)."""
-        if self._cleanup is not None:
+        if self._cleanup is not None:  # a folder the user gave is kept
             self._cleanup()
+
+    def command_text(self) -> str:
+        """The launcher command as a user types it: the executable by name, the run folder as RUN_DIR."""
+        return " ".join([Path(self.command[0]).name, *self.command[1:]]).replace(str(self.workdir), "RUN_DIR")
 
     def launch_spec(self) -> launch.LaunchSpec:
         args = train.config_args(self.config)
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
-def plan(
-    *, world_size: int = 1, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options
-) -> TrainingPlan:
+def auto_ranks(device: str, launcher: str = "auto") -> tuple[int, str]:
+    """world_size 0: (ranks, why) for this machine."""
+    if launcher == "inprocess":
+        return 1, "automatic: in-process training runs one rank"
+    if device == "cpu":
+        return 2, "automatic: no GPU here, so 2 CPU ranks (gloo) keep the lab distributed"
+    n = device_count(device)
+    return n, f"automatic: {'all ' if n > 1 else 'the '}{n} visible {device.upper()} device(s), one rank each"
+
+
+def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options):
     """Validate notebook/CLI parameters (TrainConfig fields) and decide how the run happens. Raises ConfigError.
 
-    Automatic values (0 / "auto"): on a CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds);
-    on an accelerator use the whole set at width 1.0. launcher auto: in-process for one rank, else `deepspeed`.
+    Automatic values (0 / "auto"): world_size all visible GPUs, 2 ranks on a CPU (1 with launcher='inprocess'); on a
+    CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds), on an accelerator on the whole set at
+    width 1.0; launcher in-process for one rank, else `deepspeed`.
     """
     check_choice("launcher", launcher, LAUNCHERS)
-    check_int("world_size", world_size, fix="pass 1 or more ranks")
+    check_int("world_size", world_size, minimum=0, fix="pass 1 or more ranks, or 0 for automatic")
+    device = pick_device(options.get("device", "auto"))
+    why = f"world_size={world_size} as given"
+    if not world_size:
+        world_size, why = auto_ranks(device, launcher)
     if launcher == "inprocess" and world_size != 1:
-        raise ConfigError(
-            "launcher",
-            "in-process training runs exactly one rank",
-            "use world_size=1, or launcher='deepspeed' for more ranks",
-        )
+        fix = "use world_size=1, or launcher='deepspeed' for more ranks"
+        raise ConfigError("launcher", "in-process training runs exactly one rank", fix)
     unknown = set(options) - {f.name for f in dataclasses.fields(train.TrainConfig)}
     if unknown:
         raise ConfigError(", ".join(sorted(unknown)), "not a training option", "use fields of labkit.train.TrainConfig")
     for name in ZERO_MEANS_AUTO:
         check_number(name, options.get(name, 0), fix=f"pass 0 (automatic) or a positive {name}")
-    device = pick_device(options.get("device", "auto"))
     check_ranks_fit("world_size", world_size, device)
     sizes = CPU_SIZES if device == "cpu" else ACCELERATOR_SIZES
     automatic = {k: v for k, v in sizes.items() if k not in options or (k in ZERO_MEANS_AUTO and not options[k])}
@@ -91,16 +100,14 @@ def plan(
     total = train.plan_steps(cfg, train_images)[1]
     launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
     temporary = not cfg.checkpoint_dir
-    # `labkit run` sets LABKIT_RUN_DIR: temporary files stay inside the run folder
-    base = os.environ.get("LABKIT_RUN_DIR") or None
-    workdir = (
-        Path(tempfile.mkdtemp(prefix="cifar10-", dir=base)) if temporary else Path(cfg.checkpoint_dir).expanduser()
-    )
+    base = os.environ.get("LABKIT_RUN_DIR") or None  # set by `labkit run`: temporary files stay in the run folder
+    workdir = Path(tempfile.mkdtemp(prefix="cifar10-", dir=base) if temporary else cfg.checkpoint_dir).expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, metrics=cfg.metrics or str(workdir / "metrics.jsonl"))
     if not cfg.resume:
         Path(cfg.metrics).unlink(missing_ok=True)  # a fresh run starts a fresh metrics file
-    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, train.deepspeed_config(cfg, total))
+    ds_config = train.deepspeed_config(cfg, total)
+    result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, ds_config, why=why)
     if temporary:  # removed on close(), when the plan is garbage-collected, or at interpreter exit
         result._cleanup = weakref.finalize(result, shutil.rmtree, str(workdir), True)
     if launcher != "inprocess":
@@ -132,6 +139,10 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
 
 SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
 AIRBENCH_IMAGES_PER_S = 320_000  # airbench94 on the same H200, without DeepSpeed
+REFERENCE_IMAGES_PER_S = (SEED_EXAMPLE_IMAGES_PER_S, AIRBENCH_IMAGES_PER_S)
+
+
+RUN_KEYS = ("synthetic", "device", "world_size", "model")
 
 
 def summarize(records: list[dict]) -> dict:
@@ -144,26 +155,15 @@ def summarize(records: list[dict]) -> dict:
     rates = [e["images_per_s"] for e in epochs]
     steady = max(rates[1:] or rates)  # the first epoch carries warm-up (autotuning, allocator growth)
     first_loss, last_loss = steps[0]["loss"], steps[-1]["loss"]
-    return {
-        "data": done.get("data", epochs[-1].get("data")),
-        "synthetic": done.get("synthetic"),
-        "device": done.get("device"),
-        "world_size": done.get("world_size"),
-        "model": done.get("model"),
-        "steps": done.get("step", steps[-1]["step"]),
-        "planned_steps": done.get("total_steps"),
-        "first_loss": first_loss,
-        "last_loss": last_loss,
-        "loss_drop": (first_loss - last_loss) / first_loss if first_loss else 0.0,
-        "final_test_acc": epochs[-1]["test_acc"],
-        "best_test_acc": max(e["test_acc"] for e in epochs),
-        "final_train_acc": epochs[-1]["train_acc"],
-        "images_per_s": steady,
-        "images_per_s_first_epoch": rates[0],
-        "seconds_per_50k_epoch": 50_000 / steady if steady else None,
-        "vs_seed_example_h200": steady / SEED_EXAMPLE_IMAGES_PER_S,
-        "vs_airbench_h200": steady / AIRBENCH_IMAGES_PER_S,
-    }
+    shown = {"data": done.get("data", epochs[-1].get("data"))} | {k: done.get(k) for k in RUN_KEYS}
+    shown |= {"steps": done.get("step", steps[-1]["step"]), "planned_steps": done.get("total_steps")}
+    drop = (first_loss - last_loss) / first_loss if first_loss else 0.0
+    shown |= {"first_loss": first_loss, "last_loss": last_loss, "loss_drop": drop}
+    shown |= {"final_test_acc": epochs[-1]["test_acc"], "best_test_acc": max(e["test_acc"] for e in epochs)}
+    shown |= {"final_train_acc": epochs[-1]["train_acc"], "images_per_s": steady, "images_per_s_first_epoch": rates[0]}
+    shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None}
+    shown["vs_seed_example_h200"], shown["vs_airbench_h200"] = (steady / ref for ref in REFERENCE_IMAGES_PER_S)
+    return shown
 
 
 def epochs_table(records: list[dict]) -> list[dict]:

@@ -9,13 +9,12 @@ from labkit.chapters import cifar
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train CIFAR-10 through DeepSpeed (in-process or N local ranks)",
-        description="Train CIFAR-10 through DeepSpeed. One rank runs in this process; --world-size N starts N local "
-        "ranks through the chosen launcher. Every labkit.ranks.train flag is accepted.",
+    description = (
+        "Train CIFAR-10 through DeepSpeed. One rank runs in this process; N ranks start locally through the chosen "
+        "launcher. Every labkit.ranks.train flag is accepted."
     )
-    parser.add_argument("--world-size", type=int, default=1, help="ranks to run (default 1)")
+    parser = subparsers.add_parser("train", help="train CIFAR-10 through DeepSpeed", description=description)
+    parser.add_argument("--world-size", type=int, default=0, help="ranks (0 = automatic: all GPUs, 2 on a CPU)")
     parser.add_argument("--launcher", default="auto", help=" | ".join(cifar.LAUNCHERS))
     parser.add_argument("--timeout", type=float, default=None, help="stop all ranks after this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the DeepSpeed config and the command")
@@ -25,12 +24,16 @@ def register(subparsers) -> None:
 
 def _train(args) -> int:
     # flags left at their defaults stay automatic (sizes and width follow the device, see cifar.plan)
-    defaults = train.TrainConfig()
-    chosen = vars(train.config_from_args(args)).items()
-    options = {k: v for k, v in chosen if v != getattr(defaults, k) and k not in ("epochs", "synthetic")}
-    run = {"world_size": args.world_size, "launcher": args.launcher, "epochs": args.epochs, "synthetic": args.synthetic}
+    defaults, run = (
+        train.TrainConfig(),
+        {k: getattr(args, k) for k in ("world_size", "launcher", "epochs", "synthetic")},
+    )
+    options = {
+        k: v for k, v in vars(train.config_from_args(args)).items() if v != getattr(defaults, k) and k not in run
+    }
     plan = cifar.plan(**run, **options)
     try:
+        print(f"{plan.world_size} rank(s) on {plan.config.device} via {plan.launcher} ({plan.why})", flush=True)
         if args.dry_run:
             print(json.dumps(plan.deepspeed_config, indent=2))
             print(" ".join(plan.command) if plan.command else "(one rank in this process)")

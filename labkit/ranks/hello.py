@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from labkit.launch import rank_guard
+from labkit.launch import init_deepspeed, rank_guard
 
 TAG = "LABKIT_METRIC"
 
@@ -67,33 +67,22 @@ def run(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     # Ranks share the host's cores: more threads than cores/ranks makes every rank slower.
-    local = next(
-        (os.environ[k] for k in ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE") if os.environ.get(k)),
-        1,
-    )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(local)))
-    # Under `--launcher openmpi` DeepSpeed drops the runner's --master_port: its MPI discovery uses this argument
-    # (default 29500), so two jobs on one host would meet on the same port. The kit's local exec exports MASTER_PORT.
-    deepspeed.init_distributed(distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
+    sizes = ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(next(filter(None, map(os.environ.get, sizes)), 1))))
+    init_deepspeed()
     rank, world = dist.get_rank(), dist.get_world_size()
     say(f"rank {rank}/{world} on {socket.gethostname()}: backend {dist.get_backend()}, ZeRO stage {args.zero_stage}")
 
     torch.manual_seed(0)  # same initial weights and target on every rank
-    features = 16
-    model = torch.nn.Sequential(
-        torch.nn.Linear(features, args.hidden), torch.nn.Tanh(), torch.nn.Linear(args.hidden, 1)
-    )
+    features, nn = 16, torch.nn
+    model = nn.Sequential(nn.Linear(features, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 1))
     true_w = torch.randn(features, 1)
     data_gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data shard
-    config = {
-        "train_micro_batch_size_per_gpu": args.batch,
-        "gradient_accumulation_steps": 1,
-        "optimizer": {"type": "Adam", "params": {"lr": args.lr, "torch_adam": True}},
-        "zero_optimization": {"stage": args.zero_stage},
-        "steps_per_print": 10**9,
-    }
+    optimizer = {"type": "Adam", "params": {"lr": args.lr, "torch_adam": True}}
+    config = {"train_micro_batch_size_per_gpu": args.batch, "gradient_accumulation_steps": 1, "optimizer": optimizer}
+    config |= {"zero_optimization": {"stage": args.zero_stage}, "steps_per_print": 10**9}
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    device = engine.device
+    device, ids = engine.device, {"rank": rank, "world_size": world}
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
         x = torch.randn(args.batch, features, generator=data_gen)
@@ -105,30 +94,14 @@ def run(args: argparse.Namespace) -> None:
             raise RuntimeError(f"failure drill: rank {rank} fails at step {step}")
         if args.step_sleep:
             time.sleep(args.step_sleep)
-        emit(
-            event="step",
-            rank=rank,
-            world_size=world,
-            step=step,
-            loss=float(loss.item()),
-            step_s=time.perf_counter() - t0,
-        )
+        emit(event="step", **ids, step=step, loss=float(loss.item()), step_s=time.perf_counter() - t0)
 
     check = torch.tensor([float(rank + 1)], device=device)
     dist.all_reduce(check)
-    emit(
-        event="done",
-        rank=rank,
-        world_size=world,
-        host=socket.gethostname(),
-        backend=dist.get_backend(),
-        zero_stage=args.zero_stage,
-        steps=args.steps,
-        allreduce_sum=float(check.item()),
-        allreduce_expected=world * (world + 1) / 2,
-        params=sum(p.numel() for p in model.parameters()),
-    )
-    dist.barrier()
+    params = sum(p.numel() for p in model.parameters())
+    run_facts = {"host": socket.gethostname(), "backend": dist.get_backend(), "zero_stage": args.zero_stage}
+    total = {"allreduce_sum": float(check.item()), "allreduce_expected": world * (world + 1) / 2, "params": params}
+    emit(event="done", **ids, **run_facts, steps=args.steps, **total)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,25 @@
-"""A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail or hang."""
+"""A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail (before or after the
+rendezvous) or hang."""
 
 import argparse
-import os
 import time
 
-from labkit.launch import rank_guard
+from labkit.launch import init_deepspeed, rank_and_world, rank_guard
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--local_rank", type=int, default=0)  # appended by the deepspeed launcher
 parser.add_argument("--fail-rank", type=int, default=-1)
+parser.add_argument("--fail-before-init", type=int, default=-1, help="this rank fails before the rendezvous")
 parser.add_argument("--hang", type=float, default=0.0)
 args = parser.parse_args()
 
 with rank_guard():
-    import deepspeed
+    if rank_and_world()[0] == args.fail_before_init:
+        raise ValueError("device_id cuda:1 is out of range (a drill: this rank dies before the rendezvous)")
     import torch
     import torch.distributed as dist
 
-    deepspeed.init_distributed(dist_backend="gloo", distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
+    init_deepspeed("cpu")
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == args.fail_rank:
         raise RuntimeError(f"deliberate failure on rank {rank}")
@@ -26,4 +28,3 @@ with rank_guard():
     print(f"rank {rank}/{world} sum={t.item():g}", flush=True)
     if args.hang:
         time.sleep(args.hang)
-    dist.barrier()
