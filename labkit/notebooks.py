@@ -183,7 +183,11 @@ def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress
         run.results = results.read(output)
         run.noise = output_problems(output)
         try:
-            body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(output, as_version=4))
+            nb = nbformat.read(output, as_version=4)
+            for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
+                outs = cell.get("outputs", [])
+                cell["outputs"] = [o for o in outs if set(o.get("data", {})) != {results.MIME_TYPE}]
+            body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
             html_path.write_text(body)
             run.html = str(html_path)
         except Exception as exc:  # a report problem must not hide the run's own status

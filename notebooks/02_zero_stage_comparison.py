@@ -41,7 +41,7 @@
 
 # %% tags=["parameters"]
 params: str = "20M"  # model size: parameters of the MLP used for the comparison (e.g. 4M, 20M, 335M, 1.3B)
-world_size: int = 0  # data-parallel ranks the stages partition over; 0 = automatic (all GPUs if 2+, else 2 CPU ranks)
+world_size: int = 0  # data-parallel ranks the stages partition over; 0 for automatic: all GPUs if 2+, else 2 CPU ranks
 stages: str = "0,1,2,3"  # ZeRO stages to compare; also variants such as 2+opt (optimizer offload), 3+opt+param
 offload: str = "optimizer"  # also run each listed stage from 1 up offloaded: none | optimizer | optimizer+param
 dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32

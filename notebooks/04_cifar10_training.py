@@ -46,7 +46,7 @@ epochs: int = 3  # passes over the training images
 model: str = "resnet"  # resnet (small residual CNN, airbench94 widths) | lenet (DeepSpeedExamples' 62k-parameter net)
 stage: int = 0  # ZeRO stage 0-3 (partitioning pays off for big models; this one is small)
 dtype: str = "auto"  # auto (bf16 on a GPU or Gaudi, fp32 on CPU) | bf16 | fp16 | fp32
-world_size: int = 0  # ranks; 0 = automatic (all visible GPUs; 2 CPU ranks without one); 1 trains in this kernel
+world_size: int = 0  # ranks; 0 for automatic: all visible GPUs, or 2 CPU ranks without one; 1 trains in this kernel
 micro_batch: int = 0  # images per rank per step; 0: automatic (1024 on an accelerator, 64 on CPU)
 checkpoint_dir: str = ""  # checkpoints and metrics (the shared PVC in a cluster); empty: a temporary folder, removed
 resume: bool = False  # continue the run whose checkpoints are in checkpoint_dir (from its newest complete one)

@@ -29,7 +29,7 @@
 
 # %% tags=["parameters"]
 params: str = "20M"  # model size of the inspected run (e.g. 4M, 20M, 335M)
-world_size: int = 0  # data-parallel ranks the run partitions over; 0 = automatic (all GPUs if 2+, else 2 CPU ranks)
+world_size: int = 0  # data-parallel ranks the run partitions over; 0 for automatic: all GPUs if 2+, else 2 CPU ranks
 stage: int = 3  # ZeRO stage of the inspected run (0-3)
 offload: str = "none"  # offload of the inspected run: none | optimizer | optimizer+param (parameters need stage 3)
 dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32

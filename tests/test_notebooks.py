@@ -38,6 +38,10 @@ def test_parameters_are_typed_and_documented(path):
     for line in "".join(tagged[0]["source"]).splitlines():
         if re.match(r"^[A-Za-z_]\w*\s*=", line.strip()):
             pytest.fail(f"unannotated parameter line: {line!r}")
+        # papermill must parse every parameter (an `=` in the comment hides it from `-p NAME VALUE` and --help)
+        name = re.match(r"^([A-Za-z_]\w*)\s*:", line)
+        if name:
+            assert name.group(1) in declared, f"papermill cannot parse {line!r}: no '=' in the help comment"
     # test parameters may only name declared parameters
     assert set(notebooks.test_parameters(path)) <= set(declared)
 

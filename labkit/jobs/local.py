@@ -34,13 +34,6 @@ MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
 RANK_EXIT_GRACE_S = 15.0  # after a rank's error or exit, how long its peers get to end before the exec stops them
 LAUNCHERS = ("deepspeed", "mpirun", "mpiexec")  # commands that start ranks (checked against the devices here)
-# A dead rank's error text -> the likely cause, for the exec's one failure line.
-LIKELY_CAUSES = (
-    ("out of range", "more ranks than devices on this machine"),
-    ("invalid device ordinal", "more ranks than devices on this machine"),
-    ("address already in use", "a port in use (another job's rendezvous?)"),
-    ("error building extension", "a DeepSpeed op failed to build"),
-)
 # The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
 # probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
 SSH_SHIM = """#!/bin/sh
@@ -63,10 +56,6 @@ def _master_port(argv: list[str]) -> str:
         if value.isdigit():
             return value
     return str(launch.free_port())
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
@@ -288,11 +277,11 @@ class LocalBackend(JobBackend):
     def _why_failed(self, d: Path, job: dict, output: str, started_ranks: bool) -> str:
         """One line: the job's deadline, or the rank that died first, its error and the likely cause."""
         if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
-            return f"stopped by its deadline after {_minutes(job['deadline'] - job['created'])}"
+            return launch.deadline_text(job["deadline"] - job["created"])
         rank, text = launch.failure_summary(output)
         if not started_ranks or rank is None:
             return ""
-        cause = next((cause for key, cause in LIKELY_CAUSES if key in text.lower()), "")
+        cause = launch.likely_cause(output)
         return f"rank {rank} failed: {text}" + (f" (likely cause: {cause})" if cause else "") + "; all ranks stopped"
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
