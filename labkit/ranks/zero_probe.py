@@ -19,10 +19,9 @@ import statistics
 import sys
 import time
 import weakref
-from datetime import timedelta
 from pathlib import Path
 
-from labkit.launch import rank_guard
+from labkit.launch import init_deepspeed, rank_guard
 
 STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.STATE_KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
@@ -237,7 +236,6 @@ def _release_deepspeed_globals(module) -> None:
 
 
 def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
-    import deepspeed
     import torch
     from deepspeed.accelerator import get_accelerator
 
@@ -246,8 +244,7 @@ def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
     if get_accelerator().device_name() != "cpu":  # before the process group: NCCL binds to the current device
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", local_rank)))
     # A rank that dies mid-collective must not leave its peers blocked for ever.
-    timeout = timedelta(seconds=plan.get("collective_timeout_s", 300))
-    deepspeed.init_distributed(timeout=timeout, distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
+    init_deepspeed(timeout_s=plan.get("collective_timeout_s", 300))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     results = []
 
