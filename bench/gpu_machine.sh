@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the kit on the lent GPU machine (no network, no deepspeed/papermill installed): ../shared/gpu/README.md's recipe.
 #   bash bench/gpu_machine.sh notebooks   every notebook at its defaults (labkit run), a table of times last
-#   bash bench/gpu_machine.sh tests       the whole test suite (pytest), its summary last
+#   bash bench/gpu_machine.sh tests [ARGS] the test suite (pytest ARGS, default: all of tests/), its summary last
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -33,8 +33,10 @@ for r in rows:
 PY
     exit $rc ;;
   tests)
+    shift
     start=$(date +%s)
-    python3 -m pytest -q -rf -p no:cacheprovider --timeout 300 --junitxml "$OUT/junit.xml" tests > "$OUT/pytest.log" 2>&1; rc=$?
+    python3 -m pytest -q -rf -p no:cacheprovider --timeout 300 --junitxml "$OUT/junit.xml" "${@:-tests}" \
+      > "$OUT/pytest.log" 2>&1; rc=$?
     grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
     tail -n 3 "$OUT/pytest.log"
     echo "pytest: exit $rc in $(( $(date +%s) - start )) s"
