@@ -450,7 +450,13 @@ def test_cli_check_exits_1_when_a_check_fails(tmp_path, no_cluster):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
     proc = labkit_cli(
-        "check", env_extra={"PYTHONPATH": f"{tmp_path / 'shadow'}{os.pathsep}{REPO}", "HOME": str(no_cluster)}
+        "check",
+        env_extra={
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(tmp_path / "shadow"), str(REPO), os.environ.get("PYTHONPATH")])
+            ),
+            "HOME": str(no_cluster),
+        },
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "libcudart.so.12" in proc.stdout and "FAIL  DeepSpeed: rebuild it against this torch" in proc.stdout

@@ -24,7 +24,8 @@ LAUNCHERS = ["deepspeed", "openmpi", "mpirun"]
 def test_commands_match_what_a_user_types(tmp_path):
     spec = launch.LaunchSpec(script=SCRIPT, args=["--x", "1"], world_size=2, launcher="openmpi")
     cmd = launch.build_command(spec, hostfile=tmp_path / "hf", master_port=1234)
-    assert Path(cmd[0]).name == "deepspeed"
+    runner = launch.deepspeed_executable()  # `deepspeed`, or `python -m deepspeed.launcher.runner` without the script
+    assert cmd[: len(runner)] == runner
     joined = " ".join(cmd)
     assert f"--hostfile {tmp_path / 'hf'} --force_multi --no_ssh_check --launcher openmpi" in joined
     assert "--master_port 1234" in joined and joined.endswith(f"{SCRIPT} --x 1")
@@ -147,8 +148,8 @@ def test_failure_summary_prefers_the_rank_that_went_first():
 
 def test_a_rank_module_is_started_as_a_module():
     spec = launch.LaunchSpec("labkit.ranks.hello", ["--steps", "2"], world_size=2)
-    ds = launch.build_command(spec, master_port=1234)
-    assert ds[1] == "--module" and ds[-3:] == ["labkit.ranks.hello", "--steps", "2"]
+    ds = launch.build_command(spec, master_port=1234)[len(launch.deepspeed_executable()) :]
+    assert "--module" in ds and ds[-3:] == ["labkit.ranks.hello", "--steps", "2"]
     mpirun = launch.build_command(dataclasses.replace(spec, launcher="mpirun"), hostfile=Path("hf"))
     assert mpirun[-6:] == [spec.python, "-u", "-m", "labkit.ranks.hello", "--steps", "2"]
 

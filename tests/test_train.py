@@ -81,7 +81,9 @@ def test_cli_rejects_a_bad_batch_before_starting_anything():
     start = time.monotonic()
     proc = subprocess.run(
         [
-            str(Path(sys.executable).parent / "labkit"),
+            sys.executable,
+            "-m",
+            "labkit",
             "train",
             "--synthetic",
             "--device",

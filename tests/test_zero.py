@@ -59,7 +59,7 @@ def test_parse_stages_rejects(stages, offload, field):
         ({"warmup": 4, "steps": 4}, "warmup"),
         ({"stages": "1,2", "offload": "optimizer+param"}, "offload"),
         ({"stages": "5"}, "stages"),
-        ({"device": "cuda"}, "device"),  # no GPU on this machine
+        ({"device": "cuda"}, "device"),  # CUDA is hidden by the test
         ({"device": "hpu"}, "device"),
     ],
 )
@@ -68,6 +68,7 @@ def test_bad_input_fails_before_anything_is_launched(kwargs, field, monkeypatch)
         raise AssertionError("launched despite bad input")
 
     monkeypatch.setattr(launch, "run", no_launch)
+    monkeypatch.setattr(devices, "cuda_status", lambda: (False, "no CUDA device (hidden by the test)"))
     args = {"params": "2M", "world_size": 2, "stages": "0,1,2,3"} | kwargs
     with pytest.raises(ConfigError) as e:
         zero.make_plan(args.pop("params"), args.pop("world_size"), args.pop("stages"), **args)
@@ -107,6 +108,8 @@ def test_cli_dry_run_prints_the_deepspeed_command(capsys):
                 "optimizer",
                 "--world-size",
                 "2",
+                "--device",
+                "cpu",
                 "--params",
                 "20M",
                 "--dry-run",
@@ -326,6 +329,7 @@ def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
     import sys
     import types
 
+    monkeypatch.setattr(devices, "cuda_status", lambda: (False, "no CUDA device (hidden by the test)"))
     hpu = types.ModuleType("habana_frameworks.torch.hpu")
     hpu.is_available = lambda: True
     hpu.device_count = lambda: 8
