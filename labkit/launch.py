@@ -149,6 +149,14 @@ def deepspeed_executable(python: str = sys.executable) -> list[str]:
     return [str(candidate)] if candidate.is_file() else [python, "-m", "deepspeed.launcher.runner"]
 
 
+def shown_command(argv: list[str]) -> list[str]:
+    """argv as a user types it: the launcher by name (`deepspeed`, `mpirun`), not by this machine's path."""
+    runner = deepspeed_executable()
+    if argv[: len(runner)] == runner:
+        return ["deepspeed", *argv[len(runner) :]]
+    return [Path(argv[0]).name, *argv[1:]]
+
+
 def local_mpi_args() -> list[str]:
     """mpirun options for ranks on this machine: allow root, oversubscribe small machines, keep TCP on loopback."""
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []

@@ -212,8 +212,7 @@ class ZeroPlan:
 
     def command(self, plan_path: str = "plan.json", out_dir: str = "RUN_DIR") -> list[str]:
         """The launch line as a user types it (the launcher by name, not by this machine's path)."""
-        argv = launch.build_command(self.launch_spec(plan_path, out_dir))
-        return [Path(argv[0]).name, *argv[1:]]
+        return launch.shown_command(launch.build_command(self.launch_spec(plan_path, out_dir)))
 
     def launch_spec(self, plan_path, out_dir) -> launch.LaunchSpec:
         args = ["--plan", str(plan_path), "--out", str(out_dir)]

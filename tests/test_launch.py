@@ -197,3 +197,13 @@ def test_rank_and_world_read_either_launchers_environment(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert launch.rank_and_world() == (3, 4)
+
+
+def test_commands_are_shown_with_the_launcher_by_name(monkeypatch):
+    monkeypatch.setattr(launch, "deepspeed_executable", lambda: ["/opt/py", "-m", "deepspeed.launcher.runner"])
+    assert launch.shown_command(["/opt/py", "-m", "deepspeed.launcher.runner", "--module", "x"]) == [
+        "deepspeed",
+        "--module",
+        "x",
+    ]
+    assert launch.shown_command(["/usr/bin/mpirun", "-n", "2"]) == ["mpirun", "-n", "2"]

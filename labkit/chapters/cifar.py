@@ -49,7 +49,7 @@ class TrainingPlan:
 
     def command_text(self) -> str:
         """The launcher command as a user types it: the executable by name, the run folder as RUN_DIR."""
-        return " ".join([Path(self.command[0]).name, *self.command[1:]]).replace(str(self.workdir), "RUN_DIR")
+        return " ".join(launch.shown_command(self.command)).replace(str(self.workdir), "RUN_DIR")
 
     def launch_spec(self) -> launch.LaunchSpec:
         args = train.config_args(self.config)
