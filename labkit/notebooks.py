@@ -267,8 +267,8 @@ NOISE = (
     ("op build noise", "built successfully"),
     ("linker noise from an op probe", "collect2: error"),
     ("linker noise from an op probe", "cannot find -l"),
-    ("a FutureWarning", "FutureWarning"),
-    ("a DeprecationWarning", "DeprecationWarning"),
+    ("a FutureWarning", "FutureWarning: "),
+    ("a DeprecationWarning", "DeprecationWarning: "),
     ("the kernel's transport warning", "without encryption"),
     ("a Python traceback", "Traceback (most recent call last)"),
 )
