@@ -12,7 +12,10 @@ Implemented (only what the kit's job backend uses):
     v4.channel.k8s.io, stdout/stderr on channels 1/2, the exit status as a Status JSON on channel 3. The command
     really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the job's operator-format
     hostfile). As in a real cluster, closing the stream does NOT stop the command.
-  * bearer-token authentication (401 without it), and a request log tests can assert on.
+  * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
+    (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base/rbac.yaml is enforced
+    on EVERY request before anything else (tests/fake_rbac.py), and SelfSubjectAccessReviews answer from it
+  * a request log tests can assert on, and `denied`: every request RBAC refused.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from fake_rbac import ADMIN, SERVICE_ACCOUNT, Attributes, allowed, exec_verbs, load_bindings, request_attributes
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
 
 
 def now_iso(t: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token() -> str:
+    return "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
 
 
 def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
@@ -108,17 +117,18 @@ class FakeApiServer:
         token: str | None = None,
         namespaces: tuple[str, ...] = ("default", "workloads"),
         reject_dry_run: str | None = None,
-        allow_namespace_create: bool = True,
-        forbidden_kinds: tuple[str, ...] = (),
+        identity: str = SERVICE_ACCOUNT,
     ):
         self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
-        self.token = token or "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
+        self.token = token or _token()  # the kubeconfig's: `identity`'s token
+        self.identity = identity
+        self.users = {self.token: identity, _token(): ADMIN}  # token -> user
+        self.grants = load_bindings()  # RBAC: the kit's own Role and RoleBinding
+        self.denied: list[tuple[str, Attributes]] = []  # (user, what RBAC refused)
         self.namespaces = set(namespaces)
         self.reject_dry_run = reject_dry_run  # an admission message MPIJob dry runs are rejected with
-        self.allow_namespace_create = allow_namespace_create  # False: a student without cluster-wide RBAC
-        self.forbidden_kinds = set(forbidden_kinds)  # kinds this user may not create (403, even if they exist)
         self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group/version path, plural, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
@@ -152,7 +162,10 @@ class FakeApiServer:
         assert self._httpd is not None
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def write_kubeconfig(self, path: str, namespace: str = "workloads") -> str:
+    def token_of(self, user: str) -> str:
+        return next(t for t, u in self.users.items() if u == user)
+
+    def write_kubeconfig(self, path: str, namespace: str = "workloads", user: str | None = None) -> str:
         import yaml
 
         Path(path).write_text(
@@ -162,7 +175,7 @@ class FakeApiServer:
                     "kind": "Config",
                     "current-context": "fake",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "student", "user": {"token": self.token}}],
+                    "users": [{"name": "student", "user": {"token": self.token_of(user or self.identity)}}],
                     "contexts": [
                         {"name": "fake", "context": {"cluster": "fake", "user": "student", "namespace": namespace}}
                     ],
@@ -381,10 +394,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict:
         return json.loads(self._raw_body or b"{}")
 
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {self.server_state.token}":
+    def _authorized(self, method: str, path: str, q: dict) -> bool:
+        """Authentication, then RBAC, before any handler: a forbidden request is 403 even for an object (or a
+        namespace) that does not exist (apiserver pkg/endpoints/filters/authorization.go)."""
+        fake = self.server_state
+        auth = self.headers.get("Authorization", "")
+        self.user = fake.users.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+        if self.user is None:
+            self._error(401, "Unauthorized", "Unauthorized")
+            return False
+        attrs = request_attributes(method, path, q)
+        if attrs is None or all(allowed(self.user, attrs, fake.grants, verb) for verb in exec_verbs(attrs)):
             return True
-        self._error(401, "Unauthorized", "Unauthorized")
+        fake.denied.append((self.user, attrs))
+        self._error(403, "Forbidden", attrs.denial(self.user))
         return False
 
     def _route(self, method: str) -> None:
@@ -395,9 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path, query = parts.path.rstrip("/") or "/", parse_qs(parts.query)
         fake.requests.append((method, path, {k: v if len(v) > 1 else v[0] for k, v in query.items()}))
-        if not self._authorized():
-            return
         q = {k: v[-1] for k, v in query.items()}
+        if not self._authorized(method, path, q):
+            return
         try:
             self._dispatch(method, path, q, query)
         except (BrokenPipeError, ConnectionResetError):
@@ -415,6 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------------------------------------------
     def _dispatch(self, method: str, path: str, q: dict, query_lists: dict) -> None:
         fake = self.server_state
+        if method == "POST" and path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
+            return self._access_review()
         if method == "GET" and path == "/apis":
             groups = (
                 [
@@ -523,6 +548,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
         return self._error(404, "NotFound", "the server could not find the requested resource")
 
+    def _access_review(self) -> None:
+        """SelfSubjectAccessReview: may the caller do spec.resourceAttributes? (pkg/registry/authorization/
+        selfsubjectaccessreview/rest.go: the same authorizer as real requests.)"""
+        body = self._body()
+        ra = (body.get("spec") or {}).get("resourceAttributes") or {}
+        resource = ra.get("resource", "") + (f"/{ra['subresource']}" if ra.get("subresource") else "")
+        attrs = Attributes(
+            ra.get("verb", ""), ra.get("group", ""), resource, ra.get("namespace", ""), ra.get("name", "")
+        )
+        body["status"] = {"allowed": allowed(self.user, attrs, self.server_state.grants)}
+        return self._send_json(201, body)
+
     def _group_served(self, base: str) -> bool:
         fake = self.server_state
         if base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions:
@@ -534,13 +571,6 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_state
         body = self._body()
         name = body.get("metadata", {}).get("name")
-        if not fake.allow_namespace_create:
-            return self._error(
-                403,
-                "Forbidden",
-                'namespaces is forbidden: User "student" cannot create resource '
-                '"namespaces" in API group "" at the cluster scope',
-            )
         if name in fake.namespaces:
             return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
         if q.get("dryRun") != "All":
@@ -558,13 +588,6 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             obj_name = body.get("metadata", {}).get("name", "")
             kind = body.get("kind", "")
-            if kind in fake.forbidden_kinds:
-                return self._error(
-                    403,
-                    "Forbidden",
-                    f'{plural}.rbac.authorization.k8s.io is forbidden: User "student" '
-                    f'cannot create resource "{plural}" in namespace "{ns}"',
-                )
             problem = self._invalid(body) if kind == "MPIJob" else None
             if problem:
                 return self._send_json(

@@ -71,6 +71,7 @@ class KubernetesBackend(JobBackend):
         self.kubeconfig, self.context, self.namespace = kubeconfig, context, namespace
         self._api_client, self.request_timeout = api_client, request_timeout
         self._operator_checked = False
+        self._access: dict[tuple, bool] = {}  # SelfSubjectAccessReview answers
 
     # -- API access ----------------------------------------------------------------------------------------------
     @property
@@ -129,6 +130,29 @@ class KubernetesBackend(JobBackend):
             f"pods of {namespace}/{name}", self._core().list_namespaced_pod, namespace, label_selector=selector
         )
 
+    def allowed(self, verb: str, group: str, resource: str, namespace: str = "") -> bool:
+        """Whether RBAC lets this identity do it: a SelfSubjectAccessReview, which every authenticated user may create.
+        True when the review itself cannot be made (the real call then says what is wrong)."""
+        key = (verb, group, resource, namespace)
+        if key not in self._access:
+            attributes = dict(zip(("verb", "group", "resource", "namespace"), key))
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            try:
+                reply = self._rest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+                self._access[key] = bool((reply.get("status") or {}).get("allowed"))
+            except Exception:  # noqa: BLE001 - see the docstring
+                return True
+        return self._access[key]
+
+    def _may_create(self, obj: dict, namespace: str) -> bool:
+        group = obj["apiVersion"].rpartition("/")[0]
+        scope = "" if obj["kind"] == "Namespace" else (obj["metadata"].get("namespace") or namespace)
+        return self.allowed("create", group, obj["kind"].lower() + "s", scope)
+
     # -- what the cluster offers ---------------------------------------------------------------------------------
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); workers 0:
@@ -137,6 +161,8 @@ class KubernetesBackend(JobBackend):
         auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
             return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
+        if not self.allowed("list", "", "nodes"):
+            return "cpu", workers or AUTO_WORKERS, f"you may not list the cluster's nodes, cpu assumed{auto}"
         try:
             nodes = cluster.list_node_inventory(self.api_client)
         except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
@@ -189,13 +215,21 @@ class KubernetesBackend(JobBackend):
                     "manifest", f"kind {obj.get('kind')!r} is not one this backend creates", f"render only {kinds}"
                 )
         self.check_operator()
+        ns = spec.namespace
+        if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
+            fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/base for {ns}"
+            raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
+        # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
+        # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 before
+        # existence, so "create and reuse on 403" cannot work for it).
+        objs = [o for o in objs if o["kind"] == "MPIJob" or self._may_create(o, ns)]
         # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
         # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
         # so a rejected job leaves nothing half-created.
         namespaced = [o for o in objs if o["kind"] != "Namespace"]
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:
-            self._create(obj, spec.namespace, dry_run=dry_run)
+            self._create(obj, ns, dry_run=dry_run)
         return Job(self, spec.name, spec.namespace)
 
     def _create(self, obj: dict, namespace: str, *, dry_run: bool) -> None:
@@ -211,26 +245,15 @@ class KubernetesBackend(JobBackend):
             raise _unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
-        shared = kind != "MPIJob"  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
-        if status == 409 and shared or status == 403 and kind == "Namespace":
-            return  # (may not create namespaces: the namespaced creates below will say if it is missing)
+        shared = kind != "MPIJob"
+        if status == 409 and shared:
+            return  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
         if status == 409:
             fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
             raise ConfigError("name", f"an MPIJob named {name!r} already exists in {namespace}", fix)
         if status == 404 and "namespaces" in msg:
             fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
             raise ConfigError("namespace", msg, fix)
-        if status == 403 and shared:
-            # Students often may not create RBAC or PVCs, which an admin provisioned once: authorization is checked
-            # before existence, so an existing object also answers 403. Reuse it if it is there.
-            try:
-                return self._rest("GET", f"{_object_path(obj, namespace)}/{name}") and None
-            except ApiException:
-                raise LabkitError(
-                    f"you may not create {kind}/{name} in namespace {namespace} and it does not exist yet ({msg}). "
-                    f"Fix: ask a cluster admin to create the shared objects once (kubectl apply -k manifests/base, "
-                    f"namespace {namespace}), or use a namespace where you may create them"
-                ) from None
         if status in (400, 422):
             fix = "fix the field it names (labkit job render shows the manifest)"
             raise ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {msg}", fix)
@@ -277,7 +300,8 @@ class KubernetesBackend(JobBackend):
             selector, list_events = f"involvedObject.name={pod.metadata.name}", self._core().list_namespaced_event
             try:
                 events = self._call("events", list_events, namespace, field_selector=selector).items
-            except LabkitError:
+            except LabkitError as exc:
+                lines.append(f"    (events not readable: {exc})")
                 events = []
             events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
             lines += [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
