@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
@@ -69,7 +70,8 @@ def _check_dry_runs_first(api):
     assert all(is_dry for _, is_dry in rest[: len(dry)])  # every dry run before the first create
     assert ("GET", "/apis/kubeflow.org") in [(m, p) for m, p, _ in api.requests]  # the operator check
     labels = [p["metadata"]["labels"] for p in api.pods.values()]
-    assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["launcher", "worker", "worker"]
+    # WaitForWorkersReady: the operator makes the workers first; the launcher Job comes once they are all Ready.
+    assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["worker", "worker"]
 
 
 def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backend):
@@ -216,7 +218,9 @@ def test_logs_status_list_and_delete(api, backend, ready_job):
     assert ready_job.logs() == "launcher up\n"
     st = ready_job.status()
     assert st.ready and st.phase == "Running" and (st.workers, st.slots_per_worker) == (2, 2)
-    assert st.deadline is not None and st.deadline - st.created == 4 * 3600
+    launcher_job = api.objects[("/apis/batch/v1", "jobs", "workloads", "demo-launcher")]
+    started = datetime.fromisoformat(launcher_job["status"]["startTime"].replace("Z", "+00:00")).timestamp()
+    assert st.deadline == started + 4 * 3600  # from the launcher Job's start, where the operator puts the deadline
     assert [s.name for s in backend.list()] == ["demo"]
     assert ready_job.delete() is True
     assert api.delete_bodies[-1]["propagationPolicy"] == "Foreground"
@@ -244,7 +248,16 @@ def test_list_flags_jobs_past_their_deadline(api, backend, tmp_path):
             ]
         },
     }
+    # The deadline counts from the operator's launcher Job (it carries activeDeadlineSeconds), not the MPIJob.
+    api.objects[("/apis/batch/v1", "jobs", "workloads", "forgotten-launcher")] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "forgotten-launcher", "namespace": "workloads"},
+        "spec": {"activeDeadlineSeconds": 3600},
+        "status": {"startTime": now_iso(old + 600), "active": 1},
+    }
     jobs = {s.name: s for s in backend.list()}
+    assert jobs["forgotten"].deadline == pytest.approx(old + 600 + 3600, abs=1)
     assert jobs["forgotten"].phase == "Running" and jobs["forgotten"].past_deadline
     assert jobs["expired"].phase == "DeadlineExceeded" and jobs["expired"].past_deadline
     with pytest.raises(LabkitError, match="cannot list resource .mpijobs. .* at the cluster scope"):
