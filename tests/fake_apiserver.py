@@ -9,9 +9,9 @@ Implemented (only what the kit's job backend uses):
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
   * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
   * exec: WebSocket upgrade (RFC 6455 framing, written here with the standard library), subprotocol
-    v4.channel.k8s.io, stdout/stderr on channels 1/2, the exit status as a Status JSON on channel 3. The command
-    really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the job's operator-format
-    hostfile). As in a real cluster, closing the stream does NOT stop the command.
+    v5.channel.k8s.io when offered (else v4), stdout/stderr on channels 1/2, the exit status as a Status JSON on
+    channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
+    job's operator-format hostfile). As in a real cluster, closing the stream does NOT stop the command.
   * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
     (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base/rbac.yaml is enforced
     on EVERY request before anything else (tests/fake_rbac.py), and SelfSubjectAccessReviews answer from it
@@ -157,6 +157,7 @@ class FakeApiServer:
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
+        self.exec_protocols: list[str] = []  # the subprotocol each exec negotiated
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
         self.kubeconfig = str(self.root / "kubeconfig")
         self._httpd: ThreadingHTTPServer | None = None
@@ -822,16 +823,21 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "BadRequest", "Upgrade request required")
         if pod["status"].get("phase") != "Running":
             return self._error(400, "BadRequest", f"pod {pod_name} is not running")
+        # API servers from 1.30 pick v5.channel.k8s.io when the client offers it (v4 otherwise): the server's
+        # preference order in staging/src/k8s.io/apimachinery/pkg/util/remotecommand/constants.go
+        # (SupportedStreamingProtocols) as negotiated by staging/src/k8s.io/apiserver/pkg/util/wsstream/conn.go.
         offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if "v4.channel.k8s.io" not in offered:
-            return self._error(400, "BadRequest", "v4.channel.k8s.io subprotocol required")
+        protocol = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        if protocol is None:
+            return self._error(400, "BadRequest", "v5.channel.k8s.io or v4.channel.k8s.io subprotocol required")
+        fake.exec_protocols.append(protocol)
         argv = query.get("command", [])
         accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept.decode())
-        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.send_header("Sec-WebSocket-Protocol", protocol)
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True
