@@ -134,12 +134,14 @@ class FakeApiServer:
         reject_dry_run: str | None = None,
         identity: str = SERVICE_ACCOUNT,
         grace_s: float = 0.5,
+        trainer_version: str | None = None,
     ):
         self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
         self.token = token or _token()  # the kubeconfig's: `identity`'s token
         self.identity = identity
+        self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
         self.users = {self.token: identity, _token(): ADMIN}  # token -> user
@@ -553,6 +555,16 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_state
         if method == "POST" and path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             return self._access_review()
+        if method == "GET" and path == "/openapi/v3/apis/trainer.kubeflow.org/v1alpha1" and fake.trainer_version:
+            # OpenAPI v3 discovery of the served CRD (kube-openapi; names are the reversed group + kind). Trainer's
+            # TrainJob has spec.activeDeadlineSeconds from v2.2.0 (kubeflow/trainer pkg/apis/trainer/v1alpha1).
+            fields = {"runtimeRef": {}, "trainer": {}, "suspend": {}}
+            if tuple(map(int, fake.trainer_version.split("."))) >= (2, 2):
+                fields |= {"activeDeadlineSeconds": {"type": "integer"}, "runtimePatches": {}}
+            trainjob = {"properties": {"spec": {"properties": fields}}}
+            return self._send_json(
+                200, {"components": {"schemas": {"org.kubeflow.trainer.v1alpha1.TrainJob": trainjob}}}
+            )
         if method == "GET" and path == "/apis":
             groups = (
                 [

@@ -45,7 +45,6 @@ _FIELD_PATHS = {
     "TrainJob": {
         "workers": "spec.trainer.numNodes",
         "slots_per_worker": "spec.trainer.numProcPerNode",
-        "deadline_seconds": "spec.activeDeadlineSeconds",
         "launcher_command": "spec.trainer.command",
     },
 }
@@ -91,6 +90,9 @@ class JobSpec:
     hugepages_2mi: str | None = None  # gaudi only: per-worker hugepages-2Mi (request = limit)
     shm_size: str | None = None  # size limit of the memory-backed /dev/shm
     hf_token_secret: str | None = "hf-token"  # name of an existing Secret with key `token` (never a value); None: none
+    # TrainJob only: write deadline_seconds as spec.activeDeadlineSeconds, which exists from Kubeflow Trainer v2.2.0
+    # (older CRDs reject it). cluster.trainjob_has_deadline(api_client) says whether the served CRD has it.
+    trainjob_deadline: bool = False
 
     def validate(self) -> None:
         """One ConfigError naming the field, before anything is rendered or submitted."""
@@ -177,6 +179,12 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
         _apply_common(obj, spec)
         if obj["kind"] in _FIELD_PATHS:
             _apply_job(obj, spec)
+        if obj["kind"] == "TrainJob" and spec.trainjob_deadline:
+            obj["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
+        if obj["kind"] == "TrainingRuntime" and spec.image is not None:  # the kit's runtime: every node's image
+            for rjob in obj["spec"]["template"]["spec"]["replicatedJobs"]:
+                for container in rjob["template"]["spec"]["template"]["spec"]["containers"]:
+                    container["image"] = spec.image
     validate_objects(objects)
     return objects
 
