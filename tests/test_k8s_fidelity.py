@@ -17,7 +17,7 @@ from kit_testing import fake_cluster, wait_until
 
 from labkit.errors import ConfigError
 from labkit.jobs import JobNotReady, get_backend
-from labkit.manifests import JobSpec, render_job
+from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
 MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
@@ -196,3 +196,22 @@ def test_foreground_deletion_keeps_the_job_until_its_pods_are_gone(api, backend)
     deleting.join(timeout=30)
     assert time.monotonic() - start >= 1.4  # delete() returned only once the MPIJob was really gone
     assert api.delete_bodies[-1] == {"propagationPolicy": "Foreground"} and not api.pods and backend.list() == []
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvidia", "gaudi"])
+@pytest.mark.parametrize("kind", ["interactive", "batch"])
+def test_each_overlay_namespace_allows_its_own_pods(accelerator, kind):
+    """The namespace's Pod Security level (the fake applies it as admission does) admits every pod of the overlay."""
+    objects = render_all(JobSpec(accelerator=accelerator), kind)
+    namespace = next(o for o in objects if o["kind"] == "Namespace")
+    level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    assert level == ("privileged" if accelerator == "gaudi" else "baseline")  # only Gaudi needs more than baseline
+    with FakeApiServer() as api:
+        api.namespace_labels["workloads"] = namespace["metadata"]["labels"]
+        job = next(o for o in objects if o["kind"] == "MPIJob")
+        for replica in job["spec"]["mpiReplicaSpecs"].values():
+            assert api._pod_security_violation("workloads", replica["template"]["spec"]) is None
+        if accelerator == "gaudi":  # ...and baseline would refuse them, which is why
+            api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
+            worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+            assert "hostIPC=true" in api._pod_security_violation("workloads", worker)[1]
