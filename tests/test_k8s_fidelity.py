@@ -215,3 +215,22 @@ def test_each_overlay_namespace_allows_its_own_pods(accelerator, kind):
             api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
             worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
             assert "hostIPC=true" in api._pod_security_violation("workloads", worker)[1]
+
+
+def test_job_list_stale_delete_removes_finished_jobs_only(api, backend):
+    import subprocess
+    import sys
+
+    for name in ("done", "live"):
+        job = backend.submit(JobSpec(name=name, workers=1))
+        job.wait_ready(timeout=20)
+    api.expire_deadline("workloads", "done")
+    api.expire_ttl("workloads", "done")  # what the operator's TTL does: the MPIJob stays
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "list"]
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+    out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "deleted workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
+    assert [s.name for s in backend.list()] == ["live"] and api.denied == []
+    refused = subprocess.run([*cli, "--delete", *base], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--stale --delete" in refused.stderr
