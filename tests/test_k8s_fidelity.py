@@ -69,14 +69,15 @@ def used_by_kit(api) -> set[tuple[str, str, str]]:
 
 def test_the_service_account_runs_every_job_command_inside_its_role(api, backend):
     assert api.identity == SERVICE_ACCOUNT
-    job = backend.submit(JobSpec(name="demo", workers=2))
+    proxy = dict(http_proxy="http://proxy.corp:3128")  # the proxy ConfigMap: created, then reused (get)
+    job = backend.submit(JobSpec(name="demo", workers=2, **proxy))
     assert job.wait_ready(timeout=20).ready
     assert job.run(["cat", "/etc/mpi/hostfile"]).output.startswith("demo-worker-0.demo.workloads.svc")
     assert job.logs() == "" and job.status().deadline is not None
     assert [s.name for s in backend.list()] == ["demo"]
     assert job.delete() is True and not api.pods
     api.scenario = "unschedulable"  # a job that cannot start: its diagnosis reads the events
-    stuck = backend.submit(JobSpec(name="stuck", workers=1))
+    stuck = backend.submit(JobSpec(name="stuck", workers=1, **proxy))
     with pytest.raises(JobNotReady, match="FailedScheduling"):
         stuck.wait_ready(timeout=2)
     assert api.denied == []  # not one call outside the Role
@@ -85,7 +86,8 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "list", "delete")}
     # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
     created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
-    assert created == {MPIJOB_PATH, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
+    configmaps = "/api/v1/namespaces/workloads/configmaps"
+    assert created == {MPIJOB_PATH, configmaps, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
 
 
 @pytest.mark.parametrize(
@@ -234,3 +236,32 @@ def test_job_list_stale_delete_removes_finished_jobs_only(api, backend):
     assert [s.name for s in backend.list()] == ["live"] and api.denied == []
     refused = subprocess.run([*cli, "--delete", *base], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--stale --delete" in refused.stderr
+
+
+def test_proxy_settings_reach_every_pod_from_one_configmap(api, backend):
+    spec = JobSpec(name="px", workers=1, http_proxy="http://proxy.corp:3128", no_proxy="10.0.0.0/8")
+    objects = render_all(spec)
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert configmap["data"]["HTTPS_PROXY"] == configmap["data"]["https_proxy"] == "http://proxy.corp:3128"
+    assert configmap["data"]["NO_PROXY"] == "10.0.0.0/8,localhost,127.0.0.1,.svc,.cluster.local"
+    job = next(o for o in objects if o["kind"] == "MPIJob")
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        for container in replica["template"]["spec"]["containers"]:
+            assert {"configMapRef": {"name": "labkit-proxy"}} in container["envFrom"]
+            assert "proxy" not in str(container.get("env", [])).lower()  # one source: the ConfigMap
+    trainjob_objects = render_all(JobSpec(accelerator="gaudi", http_proxy="http://proxy.corp:3128"), "trainjob")
+    trainer = next(o for o in trainjob_objects if o["kind"] == "TrainJob")["spec"]["trainer"]
+    assert {e["name"] for e in trainer["env"]} >= {"HTTP_PROXY", "NO_PROXY", "https_proxy"}
+    runtime = next(o for o in trainjob_objects if o["kind"] == "TrainingRuntime")
+    for rjob in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        assert rjob["template"]["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]
+    # Submitted as the ServiceAccount: created once, reused by the next job with the same settings, refused otherwise.
+    backend.submit(spec)
+    backend.submit(JobSpec(name="px2", workers=1, http_proxy="http://proxy.corp:3128", no_proxy="10.0.0.0/8"))
+    assert api.objects[("/api/v1", "configmaps", "workloads", "labkit-proxy")]["data"] == configmap["data"]
+    with pytest.raises(ConfigError) as err:
+        backend.submit(JobSpec(name="px3", workers=1, http_proxy="http://other:8080"))
+    assert err.value.field == "http_proxy" and "holds other proxy settings" in str(err.value)
+    assert api.denied == []
+    with pytest.raises(ConfigError, match="^http_proxy: a URL with credentials"):
+        JobSpec(http_proxy="http://user:pw@proxy:3128").validate()

@@ -468,7 +468,10 @@ def test_role_is_namespaced_and_least_privilege():
         kinds = {o["kind"] for o in m.render_all(m.JobSpec(accelerator=accelerator), kind)}
         assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Secret"}
     role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
-    grants = {(rule["apiGroups"][0], res): set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for res in rule["resources"]:
+            grants.setdefault((rule["apiGroups"][0], res), set()).update(rule["verbs"])
     # Exactly what labkit.jobs.kubernetes calls (tests/test_k8s_fidelity.py checks it against every request).
     assert grants == {
         ("kubeflow.org", "mpijobs"): {"create", "get", "list", "delete"},
@@ -478,7 +481,11 @@ def test_role_is_namespaced_and_least_privilege():
         ("", "pods/log"): {"get"},
         ("", "pods/exec"): {"create", "get"},
         ("", "events"): {"list"},
+        ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
     }
+    assert {"resourceNames": ["labkit-proxy"], "verbs": ["get"]}.items() <= next(
+        r for r in role["rules"] if r["verbs"] == ["get"] and r["resources"] == ["configmaps"]
+    ).items()
     assert all("*" not in str(rule) for rule in role["rules"])
 
 

@@ -28,6 +28,9 @@ _SPEC_OPTIONS = [
     ("--storage-class", "storage_class", str, 'PVC storage class ("" = the cluster default)'),
     ("--storage-size", "storage_size", str, "PVC size (default 20Gi)"),
     ("--hf-token-secret", "hf_token_secret", str, "name of an existing Secret with key `token`"),
+    ("--http-proxy", "http_proxy", str, "HTTP_PROXY for every pod (ConfigMap labkit-proxy)"),
+    ("--https-proxy", "https_proxy", str, "HTTPS_PROXY for every pod (default: --http-proxy)"),
+    ("--no-proxy", "no_proxy", str, "NO_PROXY additions (cluster names are always added)"),
 ]
 
 
@@ -69,7 +72,7 @@ def _render(args: argparse.Namespace) -> int:
         values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     objects = manifests.render_all(manifests.JobSpec(accelerator=args.accelerator, **values), args.kind)
     if args.job_only:
-        objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob")]
+        objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob", "ConfigMap")]
     text = manifests.to_yaml(objects)
     if args.output:
         args.output.write_text(text)

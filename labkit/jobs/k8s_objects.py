@@ -1,4 +1,5 @@
-"""Reading what the Kubernetes API returns: an MPIJob's phase, a pod's readiness and problems, an error's message."""
+"""Reading what the Kubernetes API returns (an MPIJob's phase, a pod's readiness and problems, an error's message), and
+the shell scripts an exec runs in the launcher."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from typing import Any
 
 from labkit.errors import LabkitError
 
+# Runs the command in its own process group and records its pid, so that a second exec can stop the group.
+EXEC_SCRIPT = (
+    'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; p=$!; echo $p > {pidfile}; '
+    "wait $p; rc=$?; rm -f {pidfile}; exit $rc"
+)
+# `kill -s SIG -- -PGID` is the form every POSIX shell accepts (dash rejects `kill -TERM -- -PGID`).
+KILL_SCRIPT = (
+    "p=$(cat {pidfile} 2>/dev/null) || exit 0; kill -s TERM -- -$p 2>/dev/null || kill -s TERM $p; "
+    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -s 0 $p 2>/dev/null || break; sleep 0.5; done; "
+    "kill -s KILL -- -$p 2>/dev/null; rm -f {pidfile}"
+)
 # Waiting reasons that never resolve by waiting longer.
 FATAL_WAITING = frozenset(
     "ErrImagePull ImagePullBackOff InvalidImageName ErrImageNeverPull CreateContainerConfigError CreateContainerError "

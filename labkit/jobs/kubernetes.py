@@ -23,7 +23,9 @@ from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
 from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, interrupts_deferred
 from labkit.jobs.k8s_objects import (
+    EXEC_SCRIPT,
     FATAL_EVENTS,
+    KILL_SCRIPT,
     api_message,
     exec_exit_code,
     mpijob_phase,
@@ -49,17 +51,6 @@ KINDS = frozenset(
 )
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
-# Runs the command in its own process group and records its pid, so that a second exec can stop the group.
-EXEC_SCRIPT = (
-    'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; p=$!; echo $p > {pidfile}; '
-    "wait $p; rc=$?; rm -f {pidfile}; exit $rc"
-)
-# `kill -s SIG -- -PGID` is the form every POSIX shell accepts (dash rejects `kill -TERM -- -PGID`).
-KILL_SCRIPT = (
-    "p=$(cat {pidfile} 2>/dev/null) || exit 0; kill -s TERM -- -$p 2>/dev/null || kill -s TERM $p; "
-    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -s 0 $p 2>/dev/null || break; sleep 0.5; done; "
-    "kill -s KILL -- -$p 2>/dev/null; rm -f {pidfile}"
-)
 
 
 class KubernetesBackend(JobBackend):
@@ -247,6 +238,11 @@ class KubernetesBackend(JobBackend):
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
         shared = kind != "MPIJob"
+        if status == 409 and kind == "ConfigMap":  # the proxy settings: reused only when they are the same
+            current = self._rest("GET", f"{object_path(obj, namespace)}/{name}") or {}
+            if current.get("data") != obj.get("data"):
+                fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
+                raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
         if status == 409 and shared:
             return  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
         if status == 409:
