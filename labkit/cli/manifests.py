@@ -28,9 +28,8 @@ _SPEC_OPTIONS = [
     ("--storage-class", "storage_class", str, 'PVC storage class ("" = the cluster default)'),
     ("--storage-size", "storage_size", str, "PVC size (default 20Gi)"),
     ("--hf-token-secret", "hf_token_secret", str, "name of an existing Secret with key `token`"),
-    ("--http-proxy", "http_proxy", str, "HTTP_PROXY for every pod (ConfigMap labkit-proxy)"),
-    ("--https-proxy", "https_proxy", str, "HTTPS_PROXY for every pod (default: --http-proxy)"),
-    ("--no-proxy", "no_proxy", str, "NO_PROXY additions (cluster names are always added)"),
+    # --http-proxy, --https-proxy, --no-proxy: into every pod through ConfigMap labkit-proxy
+    *[(f"--{f.replace('_', '-')}", f, str, f"{f.upper()} for every pod of the job") for f in manifests.PROXY_FIELDS],
 ]
 
 

@@ -67,7 +67,7 @@ _TEXT_RULES = {
     "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
 }
 _REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
-PROXY_CONFIGMAP = "labkit-proxy"
+PROXY_CONFIGMAP, PROXY_FIELDS = "labkit-proxy", ("http_proxy", "https_proxy", "no_proxy")
 _PROXY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
 _NO_PROXY_ITEM = re.compile(r"^\*?[A-Za-z0-9.:/-]+$")
 CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # workers' DNS names, the API server
