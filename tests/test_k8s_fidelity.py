@@ -72,6 +72,12 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     proxy = dict(http_proxy="http://proxy.corp:3128")  # the proxy ConfigMap: created, then reused (get)
     job = backend.submit(JobSpec(name="demo", workers=2, **proxy))
     assert job.wait_ready(timeout=20).ready
+    # The operator's launcher: a batch/v1 Job created after the workers were Ready, its pod without a replica-index.
+    (launcher,) = [
+        p for p in api.pods.values() if p["metadata"]["labels"]["training.kubeflow.org/job-role"] == "launcher"
+    ]
+    assert "training.kubeflow.org/replica-index" not in launcher["metadata"]["labels"]
+    assert ("/apis/batch/v1", "jobs", "workloads", "demo-launcher") in api.objects
     assert job.run(["cat", "/etc/mpi/hostfile"]).output.startswith("demo-worker-0.demo.workloads.svc")
     assert job.logs() == "" and job.status().deadline is not None
     assert [s.name for s in backend.list()] == ["demo"]
