@@ -15,6 +15,7 @@ from fake_apiserver import FakeApiServer
 from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 
+from labkit.chapters.interactive import plan_interactive_job
 from labkit.errors import ConfigError
 from labkit.jobs import JobNotReady, get_backend
 from labkit.manifests import JobSpec, render_all, render_job
@@ -271,3 +272,8 @@ def test_proxy_settings_reach_every_pod_from_one_configmap(api, backend):
     assert api.denied == []
     with pytest.raises(ConfigError, match="^http_proxy: a URL with credentials"):
         JobSpec(http_proxy="http://user:pw@proxy:3128").validate()
+    with pytest.raises(ConfigError) as err:  # notebook 03's parameters: named as the notebook names them
+        plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", no_proxy="a b")
+    assert err.value.field == "no_proxy"
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", https_proxy="http://p:1")
+    assert plan.spec.https_proxy == "http://p:1" and any(o["kind"] == "ConfigMap" for o in plan.objects)
