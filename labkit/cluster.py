@@ -252,6 +252,27 @@ def read_crd(api_client, name: str, *, timeout: float = 10.0):
         raise
 
 
+def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
+    """Whether the served TrainJob has spec.activeDeadlineSeconds (Kubeflow Trainer >= v2.2.0), from the OpenAPI v3
+    discovery document every authenticated user may read (no CRD read, which needs cluster RBAC)."""
+    path = f"/openapi/v3/apis/trainer.kubeflow.org/{TRAINJOB_VERSION}"
+    request = api_client.param_serialize(
+        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+    )
+    resp = api_client.call_api(*request, _request_timeout=timeout)
+    data = resp.read()
+    if resp.status != 200:
+        raise LabkitError(
+            f"GET {path}: HTTP {resp.status}. Fix: is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
+        )
+    import json
+
+    schemas = (json.loads(data).get("components") or {}).get("schemas") or {}
+    trainjob = next((v for k, v in schemas.items() if k.endswith(".TrainJob")), {})
+    spec = ((trainjob.get("properties") or {}).get("spec") or {}).get("properties") or {}
+    return "activeDeadlineSeconds" in spec
+
+
 def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
     from kubernetes.client.exceptions import ApiException
 

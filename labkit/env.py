@@ -355,6 +355,27 @@ def check_nccl_ib_disable(env: Mapping[str, str], ib_devices: Sequence[str]) -> 
     return check(PASS, "1: TCP sockets only" if value == "1" else "0: InfiniBand allowed")
 
 
+def check_proxy(env: Mapping[str, str]) -> Check:
+    """The proxy variables this process sees (pip, Hugging Face downloads and the API client use them); credentials in
+    a proxy URL are never shown. Job pods get theirs from `--http-proxy` (ConfigMap labkit-proxy), not from here."""
+    check = _checker("proxy", "network")
+    seen = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        values = {v for v in (env.get(name), env.get(name.lower())) if v}
+        if len(values) > 1:
+            fix = f"set {name} and {name.lower()} to the same value (tools read one or the other)"
+            return check(WARN, f"{name} and {name.lower()} differ", fix)
+        if values:
+            seen[name] = re.sub(r"//[^/@]*@", "//***@", values.pop())
+    if not seen:
+        return check(PASS, "no HTTP(S)_PROXY/NO_PROXY: direct connections")
+    detail = ", ".join(f"{k}={v}" for k, v in seen.items())
+    if (seen.get("HTTP_PROXY") or seen.get("HTTPS_PROXY")) and "localhost" not in seen.get("NO_PROXY", ""):
+        fix = "add NO_PROXY=localhost,127.0.0.1,.svc,.cluster.local (and your API server) so local traffic stays direct"
+        return check(WARN, detail + "; NO_PROXY lacks localhost", fix)
+    return check(PASS, detail + " (jobs: labkit job submit --http-proxy ... puts them into every pod)")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Kubernetes
 
@@ -447,6 +468,7 @@ def run_checks(
         ("NCCL_DEBUG", lambda: check_nccl_debug(env)),
         ("NCCL_SOCKET_IFNAME", lambda: check_nccl_socket_ifname(env, network_interfaces())),
         ("NCCL_IB_DISABLE", lambda: check_nccl_ib_disable(env, infiniband_devices())),
+        ("proxy", lambda: check_proxy(env)),
         ("mpirun", lambda: check_mpirun()),  # looked up when run: tests replace it
         ("mpi4py", lambda: check_package("mpi4py")),
         ("kubeconfig", lambda: check_kubeconfig(kubeconfig, context, env)),

@@ -58,9 +58,15 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
     current, named = None, {"contexts": {}, "clusters": {}}
     for path in paths:
         try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            problem = f"{path} is not a readable kubeconfig ({type(exc).__name__}: {exc})"
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            why = " ".join(str(exc).split())
+            if isinstance(exc, UnicodeDecodeError):
+                why = "not text (binary data)"
+            elif getattr(exc, "problem_mark", None) is not None:  # YAML: where and what, without the echoed snippet
+                mark = exc.problem_mark
+                why = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+            problem = f"{path} is not a readable kubeconfig: {type(exc).__name__}: {why[:200]}"
             raise ConfigError(
                 "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
             ) from None

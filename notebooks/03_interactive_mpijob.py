@@ -57,6 +57,9 @@ train_command: str = ""  # command to exec in the launcher; empty: DeepSpeed's o
 steps: int = 30  # optimizer steps of the default training command
 ready_timeout_s: float = 300.0  # how long to wait for the launcher and workers to become ready
 kubeconfig: str = ""  # kubeconfig file for the kubernetes backend; empty: $KUBECONFIG or ~/.kube/config
+http_proxy: str = ""  # kubernetes: HTTP_PROXY for every pod of the job (e.g. http://proxy.corp:3128); empty: none
+https_proxy: str = ""  # kubernetes: HTTPS_PROXY for every pod; empty: the same as http_proxy
+no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.svc, .cluster.local) are always added
 
 # %% [markdown]
 # ## Check the parameters
@@ -83,7 +86,8 @@ from labkit.chapters.interactive import (
 plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
                             device=device, image=image, deadline_minutes=deadline_minutes,
                             train_command=train_command, steps=steps, ready_timeout_s=ready_timeout_s,
-                            kubeconfig=kubeconfig)
+                            kubeconfig=kubeconfig, http_proxy=http_proxy, https_proxy=https_proxy,
+                            no_proxy=no_proxy)
 print(plan.describe())
 
 # %% [markdown]

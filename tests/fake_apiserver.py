@@ -9,10 +9,13 @@ Implemented (only what the kit's job backend uses):
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
   * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
   * exec: WebSocket upgrade (RFC 6455 framing, written here with the standard library), subprotocol
-    v4.channel.k8s.io, stdout/stderr on channels 1/2, the exit status as a Status JSON on channel 3. The command
-    really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the job's operator-format
-    hostfile). As in a real cluster, closing the stream does NOT stop the command.
-  * bearer-token authentication (401 without it), and a request log tests can assert on.
+    v5.channel.k8s.io when offered (else v4), stdout/stderr on channels 1/2, the exit status as a Status JSON on
+    channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
+    job's operator-format hostfile). As in a real cluster, closing the stream does NOT stop the command.
+  * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
+    (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base/rbac.yaml is enforced
+    on EVERY request before anything else (tests/fake_rbac.py), and SelfSubjectAccessReviews answer from it
+  * a request log tests can assert on, and `denied`: every request RBAC refused.
 """
 
 from __future__ import annotations
@@ -36,12 +39,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from fake_rbac import ADMIN, SERVICE_ACCOUNT, Attributes, allowed, exec_verbs, load_bindings, request_attributes
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
 
 
 def now_iso(t: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+MPIJOBS, BATCH = "/apis/kubeflow.org/v2beta1", "/apis/batch/v1"
+# Pod Security "baseline" allows these added capabilities only (pod-security-admission check_capabilities_baseline.go).
+BASELINE_CAPABILITIES = frozenset(
+    "AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID "
+    "SYS_CHROOT".split()
+)
+
+
+POD_READY_CONDITIONS = ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+
+
+def _condition(type_: str, reason: str, message: str = "") -> dict:
+    return {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now_iso()}
+
+
+def _token() -> str:
+    return "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
 
 
 def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
@@ -108,17 +132,23 @@ class FakeApiServer:
         token: str | None = None,
         namespaces: tuple[str, ...] = ("default", "workloads"),
         reject_dry_run: str | None = None,
-        allow_namespace_create: bool = True,
-        forbidden_kinds: tuple[str, ...] = (),
+        identity: str = SERVICE_ACCOUNT,
+        grace_s: float = 0.5,
+        trainer_version: str | None = None,
     ):
         self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
         self.ready_delay = ready_delay
-        self.token = token or "fake-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=24))
+        self.token = token or _token()  # the kubeconfig's: `identity`'s token
+        self.identity = identity
+        self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
+        self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
+        self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
+        self.users = {self.token: identity, _token(): ADMIN}  # token -> user
+        self.grants = load_bindings()  # RBAC: the kit's own Role and RoleBinding
+        self.denied: list[tuple[str, Attributes]] = []  # (user, what RBAC refused)
         self.namespaces = set(namespaces)
         self.reject_dry_run = reject_dry_run  # an admission message MPIJob dry runs are rejected with
-        self.allow_namespace_create = allow_namespace_create  # False: a student without cluster-wide RBAC
-        self.forbidden_kinds = set(forbidden_kinds)  # kinds this user may not create (403, even if they exist)
         self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group/version path, plural, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
@@ -129,6 +159,7 @@ class FakeApiServer:
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
+        self.exec_protocols: list[str] = []  # the subprotocol each exec negotiated
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
         self.kubeconfig = str(self.root / "kubeconfig")
         self._httpd: ThreadingHTTPServer | None = None
@@ -152,7 +183,10 @@ class FakeApiServer:
         assert self._httpd is not None
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def write_kubeconfig(self, path: str, namespace: str = "workloads") -> str:
+    def token_of(self, user: str) -> str:
+        return next(t for t, u in self.users.items() if u == user)
+
+    def write_kubeconfig(self, path: str, namespace: str = "workloads", user: str | None = None) -> str:
         import yaml
 
         Path(path).write_text(
@@ -162,7 +196,7 @@ class FakeApiServer:
                     "kind": "Config",
                     "current-context": "fake",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "student", "user": {"token": self.token}}],
+                    "users": [{"name": "student", "user": {"token": self.token_of(user or self.identity)}}],
                     "contexts": [
                         {"name": "fake", "context": {"cluster": "fake", "user": "student", "namespace": namespace}}
                     ],
@@ -231,11 +265,11 @@ class FakeApiServer:
             self.history.append((self.rv, kind, copy.deepcopy(pod)))
             self.cond.notify_all()
 
-    def add_event(self, ns: str, pod_name: str, type_: str, reason: str, message: str) -> None:
+    def add_event(self, ns: str, name: str, type_: str, reason: str, message: str, kind: str = "Pod") -> None:
         self.events.append(
             {
-                "metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": ns},
-                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns},
+                "metadata": {"name": f"{name}.{len(self.events)}", "namespace": ns},
+                "involvedObject": {"kind": kind, "name": name, "namespace": ns},
                 "type": type_,
                 "reason": reason,
                 "message": message,
@@ -244,10 +278,19 @@ class FakeApiServer:
             }
         )
 
-    def _create_mpijob_pods(self, job: dict) -> None:
-        """What the MPI Operator does for an MPIJob: pods with its labels, and the hostfile in the launcher."""
+    # -- the MPI Operator (kubeflow/mpi-operator v0.8.2, pkg/controller/mpi_job_controller.go) ----------------------
+    def _job(self, ns: str, name: str) -> dict | None:
+        return self.objects.get((MPIJOBS, "mpijobs", ns, name))
+
+    def _operator_sync(self, job: dict) -> None:
+        """syncHandler: validate (ValidationError event, nothing created: the operator has no admission webhook),
+        then the worker pods; the launcher Job only later (_create_launcher)."""
         meta, spec = job["metadata"], job["spec"]
         name, ns = meta["name"], meta["namespace"]
+        problem = self._operator_invalid(spec)
+        if problem:  # syncHandler: `c.recorder.Event(mpiJob, corev1.EventTypeWarning, ValidationError, msg)`
+            self.add_event(ns, name, "Warning", "ValidationError", problem, kind="MPIJob")
+            return
         workers = spec["mpiReplicaSpecs"].get("Worker", {}).get("replicas", 1)
         slots = spec.get("slotsPerWorker", 1)
         etc = self.root / ns / name / "etc-mpi"
@@ -255,34 +298,11 @@ class FakeApiServer:
         (etc / "hostfile").write_text(
             "".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers))
         )
-        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-        roles = [("launcher", f"{name}-launcher-{suffix}", "Launcher")] + [
-            ("worker", f"{name}-worker-{i}", "Worker") for i in range(workers)
-        ]
-        for role, pod_name, replica in roles:
-            template = spec["mpiReplicaSpecs"][replica]["template"]
-            containers = [
-                {"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]
-            ]
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod_name,
-                    "namespace": ns,
-                    "uid": f"uid-{pod_name}",
-                    "creationTimestamp": now_iso(),
-                    "labels": {
-                        "training.kubeflow.org/job-name": name,
-                        "training.kubeflow.org/job-role": role,
-                        "training.kubeflow.org/replica-index": pod_name.rsplit("-", 1)[-1],
-                    },
-                },
-                "spec": {"containers": containers, "nodeName": None},
-                "status": {"phase": "Pending", "conditions": []},
-            }
-            self.pods[(ns, pod_name)] = pod
-            self._pod_event("ADDED", pod)
+        for i in range(workers):  # getOrCreateWorker / newWorker: pods `<name>-worker-<i>` with a replica-index
+            self._operator_pod(job, "Worker", f"{name}-worker-{i}", {"training.kubeflow.org/replica-index": str(i)})
+        job.setdefault("status", {})["conditions"] = [_condition("Created", "MPIJobCreated")]
+        if spec.get("launcherCreationPolicy", "AtStartup") == "AtStartup":
+            self._create_launcher(job)
         if self.ready_delay is None:  # the test calls advance() itself
             return
         t = threading.Timer(self.ready_delay, self.advance, args=(ns, name))
@@ -290,73 +310,181 @@ class FakeApiServer:
         self._timers.append(t)
         t.start()
 
-    def advance(self, ns: str, name: str) -> None:
-        """The operator/kubelet step: pods become Running and Ready (or fail, per scenario)."""
-        job = self.objects.get(("/apis/kubeflow.org/v2beta1", "mpijobs", ns, name))
-        if job is None:
+    @staticmethod
+    def _operator_invalid(spec: dict) -> str | None:
+        """pkg/apis/kubeflow/validation/validation.go (ValidateMPIJob), run by the controller, not the API server."""
+        replicas = spec["mpiReplicaSpecs"]
+        if (replicas.get("Launcher") or {}).get("replicas", 1) != 1:
+            return "spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: must be 1"
+        if (replicas.get("Worker") or {}).get("replicas", 1) < 1:
+            return "spec.mpiReplicaSpecs[Worker].replicas: Invalid value: must be >= 1"
+        impl = spec.get("mpiImplementation", "OpenMPI")
+        if impl not in ("OpenMPI", "Intel", "MPICH"):
+            return f'spec.mpiImplementation: Unsupported value: "{impl}": supported values: "OpenMPI", "Intel", "MPICH"'
+        return None
+
+    def _operator_pod(self, job: dict, replica: str, pod_name: str, labels: dict) -> dict | None:
+        """A pod the operator asks for: the namespace's Pod Security admission may refuse it, which the operator
+        (and the launcher Job controller) only records as a FailedCreate event on its owner
+        (kubernetes staging/src/k8s.io/pod-security-admission/policy/check_hostNamespaces.go and
+        check_capabilities_baseline.go)."""
+        meta = job["metadata"]
+        name, ns = meta["name"], meta["namespace"]
+        template = job["spec"]["mpiReplicaSpecs"][replica]["template"]
+        violation = self._pod_security_violation(ns, template["spec"])
+        if violation:
+            message = f'pods "{pod_name}" is forbidden: violates PodSecurity "{violation[0]}:latest": {violation[1]}'
+            owner, kind = (f"{name}-launcher", "Job") if replica == "Launcher" else (name, "MPIJob")
+            self.add_event(ns, owner, "Warning", "FailedCreate", f"Error creating: {message}", kind=kind)
+            return None
+        containers = [{"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]]
+        role = replica.lower()
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "namespace": ns,
+                "uid": f"uid-{pod_name}",
+                "creationTimestamp": now_iso(),
+                "labels": {"training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": role, **labels},
+            },
+            "spec": {"containers": containers, "nodeName": None, "hostIPC": template["spec"].get("hostIPC", False)},
+            "status": {"phase": "Pending", "conditions": []},
+        }
+        self.pods[(ns, pod_name)] = pod
+        self._pod_event("ADDED", pod)
+        return pod
+
+    def _pod_security_violation(self, ns: str, pod_spec: dict) -> tuple[str, str] | None:
+        level = self.namespace_labels.get(ns, {}).get("pod-security.kubernetes.io/enforce", "privileged")
+        if level == "privileged":
+            return None
+        found = ["host namespaces (hostIPC=true)"] if pod_spec.get("hostIPC") else []
+        for c in pod_spec.get("containers", []):
+            added = ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
+            extra = [cap for cap in added if cap not in BASELINE_CAPABILITIES]
+            if extra:
+                caps = ", ".join(f'"{cap}"' for cap in extra)
+                found.append(f'non-default capabilities (container "{c["name"]}" must not include {caps} in '
+                             "securityContext.capabilities.add)")  # fmt: skip
+        return (level, ", ".join(found)) if found else None
+
+    def _create_launcher(self, job: dict) -> None:
+        """newLauncherJob: a batch/v1 Job `<name>-launcher` carrying runPolicy's activeDeadlineSeconds and
+        ttlSecondsAfterFinished (so the deadline starts now, not at the MPIJob's creation), and its pod: labels
+        job-name and job-role=launcher, no replica-index (runLauncherAsWorker off), a random name suffix."""
+        meta, spec = job["metadata"], job["spec"]
+        name, ns = meta["name"], meta["namespace"]
+        if (BATCH, "jobs", ns, f"{name}-launcher") in self.objects:
             return
-        for (pns, pname), pod in list(self.pods.items()):
-            if pns != ns or pod["metadata"]["labels"].get("training.kubeflow.org/job-name") != name:
-                continue
-            st = pod["status"]
-            image = pod["spec"]["containers"][0]["image"]
-            cname = pod["spec"]["containers"][0]["name"]
-            if self.scenario == "ready":
-                st.update(
-                    phase="Running",
-                    startTime=now_iso(),
-                    conditions=[
-                        {"type": "PodScheduled", "status": "True"},
-                        {"type": "Initialized", "status": "True"},
-                        {"type": "ContainersReady", "status": "True"},
-                        {"type": "Ready", "status": "True"},
-                    ],
-                    containerStatuses=[
-                        {
-                            "name": cname,
-                            "image": image,
-                            "imageID": f"{image}@sha256:0",
-                            "ready": True,
-                            "restartCount": 0,
-                            "started": True,
-                            "state": {"running": {"startedAt": now_iso()}},
-                        }
-                    ],
-                )
-            elif self.scenario == "image_pull":
-                msg = f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": {image}: not found'
-                st.update(
-                    conditions=[{"type": "PodScheduled", "status": "True"}],
-                    containerStatuses=[
-                        {
-                            "name": cname,
-                            "image": image,
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {"waiting": {"reason": "ErrImagePull", "message": msg}},
-                        }
-                    ],
-                )
-                self.add_event(ns, pname, "Warning", "Failed", f'Failed to pull image "{image}": {msg}')
-            elif self.scenario == "unschedulable":
-                msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available."
-                st.update(
-                    conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
-                )
-                self.add_event(ns, pname, "Warning", "FailedScheduling", msg)
+        run_policy = spec.get("runPolicy") or {}
+        self.objects[(BATCH, "jobs", ns, f"{name}-launcher")] = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"{name}-launcher", "namespace": ns, "creationTimestamp": now_iso()},
+            "spec": {k: run_policy[k] for k in ("activeDeadlineSeconds", "ttlSecondsAfterFinished") if k in run_policy},
+            "status": {"startTime": now_iso(), "active": 1},
+        }
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        pod = self._operator_pod(job, "Launcher", f"{name}-launcher-{suffix}", {})
+        if pod is not None:
+            self._kubelet(pod, ns)
             self._pod_event("MODIFIED", pod)
-        if self.scenario == "ready":
-            job.setdefault("status", {})["conditions"] = [
-                {"type": "Created", "status": "True", "reason": "MPIJobCreated", "lastTransitionTime": now_iso()},
-                {"type": "Running", "status": "True", "reason": "MPIJobRunning", "lastTransitionTime": now_iso()},
+            job["status"]["conditions"] = [
+                _condition("Created", "MPIJobCreated"),
+                _condition("Running", "MPIJobRunning"),
             ]
 
+    def advance(self, ns: str, name: str) -> None:
+        """The kubelet/scheduler step for the workers (per scenario); with WaitForWorkersReady the operator creates
+        the launcher once every worker is Ready (syncHandler: countReadyWorkerPods(worker) == len(worker))."""
+        job = self._job(ns, name)
+        if job is None:
+            return
+        workers = [
+            p for p in self._job_pods(ns, name) if p["metadata"]["labels"]["training.kubeflow.org/job-role"] == "worker"
+        ]
+        for pod in workers:
+            self._kubelet(pod, ns)
+            self._pod_event("MODIFIED", pod)
+        if workers and self.scenario == "ready":
+            self._create_launcher(job)
+
+    def _kubelet(self, pod: dict, ns: str) -> None:
+        st, pname = pod["status"], pod["metadata"]["name"]
+        image, cname = pod["spec"]["containers"][0]["image"], pod["spec"]["containers"][0]["name"]
+        if self.scenario == "ready":
+            st.update(
+                phase="Running",
+                startTime=now_iso(),
+                conditions=[{"type": t, "status": "True"} for t in POD_READY_CONDITIONS],
+                containerStatuses=[
+                    {"name": cname, "image": image, "imageID": f"{image}@sha256:0", "ready": True, "restartCount": 0,
+                     "started": True, "state": {"running": {"startedAt": now_iso()}}}
+                ],
+            )  # fmt: skip
+        elif self.scenario == "image_pull":
+            msg = f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": {image}: not found'
+            st.update(
+                conditions=[{"type": "PodScheduled", "status": "True"}],
+                containerStatuses=[
+                    {"name": cname, "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                     "state": {"waiting": {"reason": "ErrImagePull", "message": msg}}}
+                ],
+            )  # fmt: skip
+            self.add_event(ns, pname, "Warning", "Failed", f'Failed to pull image "{image}": {msg}')
+        elif self.scenario == "unschedulable":
+            msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available."
+            st.update(
+                conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]
+            )
+            self.add_event(ns, pname, "Warning", "FailedScheduling", msg)
+
+    def expire_deadline(self, ns: str, name: str) -> None:
+        """The Job controller ends the launcher at its activeDeadlineSeconds (pkg/controller/job/job_controller.go:
+        reason DeadlineExceeded, active pods deleted); the operator mirrors it as condition Failed/DeadlineExceeded
+        (mpi_job_controller_status.go / updateMPIJobFailedStatus). Workers go too (cleanPodPolicy Running)."""
+        launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
+        failed = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]
+        launcher["status"].update(active=0, failed=1, completionTime=now_iso(), conditions=failed)
+        self.delete_job_pods(ns, name)
+        self._job(ns, name)["status"]["conditions"].append(
+            _condition("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+        )
+
+    def expire_ttl(self, ns: str, name: str) -> None:
+        """ttlSecondsAfterFinished lives on the launcher Job: the TTL controller deletes that Job, never the MPIJob
+        (pkg/controller/ttlafterfinished/ttlafterfinished_controller.go), so finished MPIJobs stay."""
+        del self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
+
+    def _job_pods(self, ns: str, name: str) -> list[dict]:
+        return [p for (pns, _), p in self.pods.items()
+                if pns == ns and p["metadata"]["labels"].get("training.kubeflow.org/job-name") == name]  # fmt: skip
+
     def delete_job_pods(self, ns: str, name: str) -> None:
-        for key, pod in list(self.pods.items()):
-            if key[0] == ns and pod["metadata"]["labels"].get("training.kubeflow.org/job-name") == name:
-                del self.pods[key]
-                self._pod_event("DELETED", pod)
+        for pod in self._job_pods(ns, name):
+            del self.pods[(ns, pod["metadata"]["name"])]
+            self._pod_event("DELETED", pod)
+
+    def foreground_delete(self, key: tuple) -> None:
+        """propagationPolicy Foreground: the MPIJob stays, with a deletionTimestamp and the foregroundDeletion
+        finalizer, until its dependents are gone (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go,
+        pkg/controller/garbagecollector); the pods take their grace period (`sleep infinity` as PID 1 ignores
+        SIGTERM, so the launcher takes all of it)."""
+        obj = self.objects[key]
+        obj["metadata"].update(deletionTimestamp=now_iso(), finalizers=["foregroundDeletion"])
+        _, _, ns, name = key
+
+        def collect() -> None:
+            self.delete_job_pods(ns, name)
+            self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
+            self.objects.pop(key, None)
+
+        t = threading.Timer(self.grace_s, collect)
+        t.daemon = True
+        self._timers.append(t)
+        t.start()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -381,10 +509,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict:
         return json.loads(self._raw_body or b"{}")
 
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {self.server_state.token}":
+    def _authorized(self, method: str, path: str, q: dict) -> bool:
+        """Authentication, then RBAC, before any handler: a forbidden request is 403 even for an object (or a
+        namespace) that does not exist (apiserver pkg/endpoints/filters/authorization.go)."""
+        fake = self.server_state
+        auth = self.headers.get("Authorization", "")
+        self.user = fake.users.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+        if self.user is None:
+            self._error(401, "Unauthorized", "Unauthorized")
+            return False
+        attrs = request_attributes(method, path, q)
+        if attrs is None or all(allowed(self.user, attrs, fake.grants, verb) for verb in exec_verbs(attrs)):
             return True
-        self._error(401, "Unauthorized", "Unauthorized")
+        fake.denied.append((self.user, attrs))
+        self._error(403, "Forbidden", attrs.denial(self.user))
         return False
 
     def _route(self, method: str) -> None:
@@ -395,9 +533,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path, query = parts.path.rstrip("/") or "/", parse_qs(parts.query)
         fake.requests.append((method, path, {k: v if len(v) > 1 else v[0] for k, v in query.items()}))
-        if not self._authorized():
-            return
         q = {k: v[-1] for k, v in query.items()}
+        if not self._authorized(method, path, q):
+            return
         try:
             self._dispatch(method, path, q, query)
         except (BrokenPipeError, ConnectionResetError):
@@ -415,6 +553,18 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------------------------------------------
     def _dispatch(self, method: str, path: str, q: dict, query_lists: dict) -> None:
         fake = self.server_state
+        if method == "POST" and path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
+            return self._access_review()
+        if method == "GET" and path == "/openapi/v3/apis/trainer.kubeflow.org/v1alpha1" and fake.trainer_version:
+            # OpenAPI v3 discovery of the served CRD (kube-openapi; names are the reversed group + kind). Trainer's
+            # TrainJob has spec.activeDeadlineSeconds from v2.2.0 (kubeflow/trainer pkg/apis/trainer/v1alpha1).
+            fields = {"runtimeRef": {}, "trainer": {}, "suspend": {}}
+            if tuple(map(int, fake.trainer_version.split("."))) >= (2, 2):
+                fields |= {"activeDeadlineSeconds": {"type": "integer"}, "runtimePatches": {}}
+            trainjob = {"properties": {"spec": {"properties": fields}}}
+            return self._send_json(
+                200, {"components": {"schemas": {"org.kubeflow.trainer.v1alpha1.TrainJob": trainjob}}}
+            )
         if method == "GET" and path == "/apis":
             groups = (
                 [
@@ -523,6 +673,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
         return self._error(404, "NotFound", "the server could not find the requested resource")
 
+    def _access_review(self) -> None:
+        """SelfSubjectAccessReview: may the caller do spec.resourceAttributes? (pkg/registry/authorization/
+        selfsubjectaccessreview/rest.go: the same authorizer as real requests.)"""
+        body = self._body()
+        ra = (body.get("spec") or {}).get("resourceAttributes") or {}
+        resource = ra.get("resource", "") + (f"/{ra['subresource']}" if ra.get("subresource") else "")
+        attrs = Attributes(
+            ra.get("verb", ""), ra.get("group", ""), resource, ra.get("namespace", ""), ra.get("name", "")
+        )
+        body["status"] = {"allowed": allowed(self.user, attrs, self.server_state.grants)}
+        return self._send_json(201, body)
+
     def _group_served(self, base: str) -> bool:
         fake = self.server_state
         if base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions:
@@ -534,17 +696,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_state
         body = self._body()
         name = body.get("metadata", {}).get("name")
-        if not fake.allow_namespace_create:
-            return self._error(
-                403,
-                "Forbidden",
-                'namespaces is forbidden: User "student" cannot create resource '
-                '"namespaces" in API group "" at the cluster scope',
-            )
         if name in fake.namespaces:
             return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
         if q.get("dryRun") != "All":
             fake.namespaces.add(name)
+            fake.namespace_labels[name] = dict(body.get("metadata", {}).get("labels") or {})
         return self._send_json(201, body)
 
     def _objects(self, method: str, base: str, ns: str, plural: str, name: str | None, q: dict) -> None:
@@ -558,13 +714,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             obj_name = body.get("metadata", {}).get("name", "")
             kind = body.get("kind", "")
-            if kind in fake.forbidden_kinds:
-                return self._error(
-                    403,
-                    "Forbidden",
-                    f'{plural}.rbac.authorization.k8s.io is forbidden: User "student" '
-                    f'cannot create resource "{plural}" in namespace "{ns}"',
-                )
+            # The CRD's structural schema is all the API server checks (the operator has no webhook): only a
+            # missing spec.mpiReplicaSpecs (required there) is a 422; the operator's own rules become events.
             problem = self._invalid(body) if kind == "MPIJob" else None
             if problem:
                 return self._send_json(
@@ -581,7 +732,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             fake.objects[(base, plural, ns, obj_name)] = body
             if kind == "MPIJob" and fake.scenario != "no_operator":
-                fake._create_mpijob_pods(body)
+                fake._operator_sync(body)
             return self._send_json(201, body)
         if method == "GET" and name is None:
             return self._send_json(
@@ -599,10 +750,16 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             return self._send_json(200, obj)
         if method == "DELETE":
-            fake.delete_bodies.append(self._body())
+            options = self._body()
+            fake.delete_bodies.append(options)
+            if obj.get("kind") == "MPIJob" and options.get("propagationPolicy") == "Foreground":
+                if "deletionTimestamp" not in obj["metadata"]:
+                    fake.foreground_delete((base, plural, ns, name))
+                return self._send_json(200, obj)  # foreground: the object itself, now with a deletionTimestamp
             del fake.objects[(base, plural, ns, name)]
-            if obj.get("kind") == "MPIJob":
+            if obj.get("kind") == "MPIJob":  # background: the garbage collector removes the dependents afterwards
                 fake.delete_job_pods(ns, name)
+                fake.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
             return self._send_json(
                 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
             )
@@ -610,14 +767,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _invalid(job: dict) -> str | None:
-        """A few of the CRD's and the operator's rules (the kit validates everything itself before this)."""
-        replicas = (job.get("spec") or {}).get("mpiReplicaSpecs")
-        if not isinstance(replicas, dict):
+        """The MPIJob CRD's structural schema (kubeflow.org_mpijobs.yaml): spec.mpiReplicaSpecs is required."""
+        if not isinstance((job.get("spec") or {}).get("mpiReplicaSpecs"), dict):
             return "spec.mpiReplicaSpecs: Required value"
-        if (replicas.get("Launcher") or {}).get("replicas", 1) != 1:
-            return "spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: must be 1"
-        if (replicas.get("Worker") or {}).get("replicas", 1) < 1:
-            return "spec.mpiReplicaSpecs[Worker].replicas: Invalid value: must be >= 1"
         return None
 
     def _pods_matching(self, ns: str, selector: str | None) -> list[dict]:
@@ -683,16 +835,21 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "BadRequest", "Upgrade request required")
         if pod["status"].get("phase") != "Running":
             return self._error(400, "BadRequest", f"pod {pod_name} is not running")
+        # API servers from 1.30 pick v5.channel.k8s.io when the client offers it (v4 otherwise): the server's
+        # preference order in staging/src/k8s.io/apimachinery/pkg/util/remotecommand/constants.go
+        # (SupportedStreamingProtocols) as negotiated by staging/src/k8s.io/apiserver/pkg/util/wsstream/conn.go.
         offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if "v4.channel.k8s.io" not in offered:
-            return self._error(400, "BadRequest", "v4.channel.k8s.io subprotocol required")
+        protocol = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        if protocol is None:
+            return self._error(400, "BadRequest", "v5.channel.k8s.io or v4.channel.k8s.io subprotocol required")
+        fake.exec_protocols.append(protocol)
         argv = query.get("command", [])
         accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept.decode())
-        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.send_header("Sec-WebSocket-Protocol", protocol)
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True

@@ -501,3 +501,26 @@ def test_notebook_01_cluster_on_without_a_kubeconfig_stops_at_validation(no_clus
     cells = json.loads(Path(run.output).read_text())["cells"]
     (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
     assert "resolve_cluster_mode" in "".join(failed["source"])  # the validation cell, before any discovery
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (bytes(range(256)) * 4, "not text (binary data)"),
+        (b"apiVersion: v1\nclusters: [\n  - bad: {\n", "ParserError: line 3, column 3: expected the node content"),
+        (b"apiVersion: v1\nkind: Config\ncurrent-context: gone\ncontexts: []\n", "context 'gone' is not in"),
+    ],
+)
+@pytest.mark.parametrize("command", [["discover", "--cluster"], ["job", "list", "--backend", "kubernetes"]])
+def test_a_broken_kubeconfig_is_one_line_naming_the_file(tmp_path, content, expected, command):
+    import subprocess
+    import sys
+
+    path = tmp_path / "kubeconfig"
+    path.write_bytes(content)
+    env = {**os.environ, "KUBECONFIG": str(path)}
+    code = "import sys; from labkit.cli import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, env=env, timeout=120)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, lines
+    assert str(path) in lines[0] and expected in lines[0] and "Fix:" in lines[0]

@@ -493,3 +493,18 @@ def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
     cells = json.loads(Path(run.output).read_text())["cells"]
     (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
     assert "validate_check_options" in "".join(failed["source"])  # stopped before any check ran
+
+
+def test_proxy_check_reports_what_it_sees_and_hides_credentials():
+    assert env.check_proxy({}).status == PASS and "direct" in env.check_proxy({}).detail
+    seen = env.check_proxy(
+        {"HTTPS_PROXY": "http://bob:s3cret@proxy.corp:3128", "no_proxy": "localhost,.svc", "NO_PROXY": "localhost,.svc"}
+    )
+    assert (
+        seen.status == PASS and "HTTPS_PROXY=http://***@proxy.corp:3128" in seen.detail and "s3cret" not in seen.detail
+    )
+    assert "NO_PROXY=localhost,.svc" in seen.detail
+    no_local = env.check_proxy({"http_proxy": "http://proxy.corp:3128"})
+    assert no_local.status == WARN and "NO_PROXY=localhost" in no_local.fix
+    differ = env.check_proxy({"HTTP_PROXY": "http://a:1", "http_proxy": "http://b:2"})
+    assert differ.status == WARN and "differ" in differ.detail

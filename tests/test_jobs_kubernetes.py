@@ -9,9 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
+from fake_rbac import ADMIN
 from kit_testing import fake_cluster, wait_until
 
 from labkit.chapters.interactive import plan_interactive_job, training_command
@@ -44,11 +46,21 @@ def ready_job(api, backend):
 
 
 def posts(api) -> list[tuple[str, bool]]:
-    return [(path, q.get("dryRun") == "All") for method, path, q in api.requests if method == "POST"]
+    """(path, dry run) of each POST but the access reviews (questions, not creates)."""
+    return [
+        (path, q.get("dryRun") == "All")
+        for method, path, q in api.requests
+        if method == "POST" and not path.endswith("selfsubjectaccessreviews")
+    ]
 
 
-def test_submit_dry_runs_every_object_before_creating_any(api, backend):
-    backend.submit(JobSpec(name="demo"))
+def test_submit_dry_runs_every_object_before_creating_any():
+    with fake_cluster(identity=ADMIN) as (api, backend):  # an admin: namespace, PVC and RBAC too
+        backend.submit(JobSpec(name="demo"))
+        _check_dry_runs_first(api)
+
+
+def _check_dry_runs_first(api):
     sent = posts(api)
     assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]  # the namespace, if missing
     rest = sent[2:]
@@ -58,7 +70,8 @@ def test_submit_dry_runs_every_object_before_creating_any(api, backend):
     assert all(is_dry for _, is_dry in rest[: len(dry)])  # every dry run before the first create
     assert ("GET", "/apis/kubeflow.org") in [(m, p) for m, p, _ in api.requests]  # the operator check
     labels = [p["metadata"]["labels"] for p in api.pods.values()]
-    assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["launcher", "worker", "worker"]
+    # WaitForWorkersReady: the operator makes the workers first; the launcher Job comes once they are all Ready.
+    assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["worker", "worker"]
 
 
 def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backend):
@@ -174,7 +187,7 @@ def test_rejected_dry_run_creates_nothing():
         with pytest.raises(LabkitError, match="exceeded quota"):
             backend.submit(JobSpec(name="demo"))
         created = [path for path, is_dry in posts(api) if not is_dry]
-        assert created == ["/api/v1/namespaces"] and not api.pods and not api.objects  # (the namespace existed)
+        assert created == [] and not api.pods and not api.objects
 
 
 def test_existing_job_name_is_a_config_error(backend, ready_job):
@@ -183,19 +196,20 @@ def test_existing_job_name_is_a_config_error(backend, ready_job):
     assert err.value.field == "name" and "already exists" in str(err.value)
 
 
-def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it(api, backend):
-    backend.submit(JobSpec(name="demo", namespace="team-c"))
-    sent = posts(api)
-    assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]
-    assert "team-c" in api.namespaces and any(ns == "team-c" for ns, _ in api.pods)
+def test_a_new_namespace_is_created_before_the_dry_runs_that_need_it():
+    with fake_cluster(identity=ADMIN) as (api, backend):
+        backend.submit(JobSpec(name="demo", namespace="team-c"))
+        sent = posts(api)
+        assert sent[:2] == [("/api/v1/namespaces", True), ("/api/v1/namespaces", False)]
+        assert "team-c" in api.namespaces and any(ns == "team-c" for ns, _ in api.pods)
 
 
-def test_missing_namespace_without_rights_to_create_it_is_a_config_error():
-    with fake_cluster(allow_namespace_create=False) as (api, backend):
-        with pytest.raises(ConfigError) as err:
-            backend.submit(JobSpec(name="demo", namespace="team-b"))
-        assert err.value.field == "namespace" and "kubectl create namespace team-b" in str(err.value)
-        assert not api.pods
+def test_a_namespace_outside_the_role_is_a_config_error_before_any_create(api, backend):
+    with pytest.raises(ConfigError) as err:
+        backend.submit(JobSpec(name="demo", namespace="team-b"))
+    assert err.value.field == "namespace" and "may not create MPIJobs in namespace team-b" in str(err.value)
+    assert "apply manifests/base" in str(err.value)
+    assert not api.pods and posts(api) == [] and api.denied == []  # asked, never tried
 
 
 def test_logs_status_list_and_delete(api, backend, ready_job):
@@ -204,7 +218,9 @@ def test_logs_status_list_and_delete(api, backend, ready_job):
     assert ready_job.logs() == "launcher up\n"
     st = ready_job.status()
     assert st.ready and st.phase == "Running" and (st.workers, st.slots_per_worker) == (2, 2)
-    assert st.deadline is not None and st.deadline - st.created == 4 * 3600
+    launcher_job = api.objects[("/apis/batch/v1", "jobs", "workloads", "demo-launcher")]
+    started = datetime.fromisoformat(launcher_job["status"]["startTime"].replace("Z", "+00:00")).timestamp()
+    assert st.deadline == started + 4 * 3600  # from the launcher Job's start, where the operator puts the deadline
     assert [s.name for s in backend.list()] == ["demo"]
     assert ready_job.delete() is True
     assert api.delete_bodies[-1]["propagationPolicy"] == "Foreground"
@@ -212,7 +228,7 @@ def test_logs_status_list_and_delete(api, backend, ready_job):
     assert ready_job.delete() is False
 
 
-def test_list_flags_jobs_past_their_deadline(api, backend):
+def test_list_flags_jobs_past_their_deadline(api, backend, tmp_path):
     old = time.time() - 7200
     api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "forgotten")] = {
         "apiVersion": "kubeflow.org/v2beta1",
@@ -232,11 +248,22 @@ def test_list_flags_jobs_past_their_deadline(api, backend):
             ]
         },
     }
+    # The deadline counts from the operator's launcher Job (it carries activeDeadlineSeconds), not the MPIJob.
+    api.objects[("/apis/batch/v1", "jobs", "workloads", "forgotten-launcher")] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "forgotten-launcher", "namespace": "workloads"},
+        "spec": {"activeDeadlineSeconds": 3600},
+        "status": {"startTime": now_iso(old + 600), "active": 1},
+    }
     jobs = {s.name: s for s in backend.list()}
+    assert jobs["forgotten"].deadline == pytest.approx(old + 600 + 3600, abs=1)
     assert jobs["forgotten"].phase == "Running" and jobs["forgotten"].past_deadline
     assert jobs["expired"].phase == "DeadlineExceeded" and jobs["expired"].past_deadline
-    everywhere = backend.list(namespace="*")
-    assert {s.name for s in everywhere} == {"forgotten", "expired"}
+    with pytest.raises(LabkitError, match="cannot list resource .mpijobs. .* at the cluster scope"):
+        backend.list(namespace="*")  # a namespaced Role: every namespace at once is an admin's view
+    admin = KubernetesBackend(kubeconfig=api.write_kubeconfig(str(tmp_path / "admin"), user=ADMIN))
+    assert {s.name for s in admin.list(namespace="*")} == {"forgotten", "expired"}
 
 
 def test_no_kubeconfig_is_one_clear_error(tmp_path, monkeypatch):
@@ -289,19 +316,3 @@ def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, t
     assert posts(api) == []  # planning submits nothing
     gpu = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cuda", slots=4)
     assert gpu.spec.accelerator == "nvidia" and "nvidia.com/gpu: 4" in gpu.manifest_yaml()
-
-
-def test_objects_a_student_may_not_create_are_reused_when_an_admin_made_them():
-    with fake_cluster(forbidden_kinds=("Role", "RoleBinding")) as (api, backend):
-        with pytest.raises(LabkitError, match=r"may not create Role/labkit .*kubectl apply -k manifests/base"):
-            backend.submit(JobSpec(name="demo"))
-        assert not api.pods  # nothing of the job was created
-        for kind, plural in (("Role", "roles"), ("RoleBinding", "rolebindings")):  # an admin applies manifests/base
-            api.objects[("/apis/rbac.authorization.k8s.io/v1", plural, "workloads", "labkit")] = {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": kind,
-                "metadata": {"name": "labkit"},
-            }
-        job = backend.submit(JobSpec(name="demo"))
-        assert job.wait_ready(timeout=20).ready
-        job.delete()

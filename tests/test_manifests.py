@@ -53,7 +53,8 @@ def test_overlay_renders_and_every_object_validates(accelerator, kind):
     kinds = [o["kind"] for o in objects]
     assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
     assert "PersistentVolumeClaim" in kinds
-    assert kinds[-1] == ("TrainJob" if kind == "trainjob" else "MPIJob")
+    jobs = {"TrainJob", "TrainingRuntime"} if kind == "trainjob" else {"MPIJob"}  # the kit's runtime goes along
+    assert set(kinds[-len(jobs) :]) == jobs
     for obj in objects:
         m.validate_object(obj)  # raises on any problem
         assert obj["metadata"].get("namespace", "workloads") == "workloads"
@@ -158,13 +159,15 @@ def test_trainjob_parameters_and_no_token():
     spec = m.JobSpec(
         accelerator="gaudi", workers=3, slots_per_worker=4, hf_token_secret=None, memory="200Gi", deadline_seconds=600
     )
+    assert "activeDeadlineSeconds" not in m.render_job(spec, "trainjob")["spec"]  # Trainer < 2.2 rejects it
+    spec.trainjob_deadline = True
     job = m.render_job(spec, "trainjob")
     trainer = job["spec"]["trainer"]
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
     assert job["spec"]["runtimeRef"] == {
         "apiGroup": "trainer.kubeflow.org",
-        "kind": "ClusterTrainingRuntime",
-        "name": "deepspeed-distributed",
+        "kind": "TrainingRuntime",
+        "name": "labkit-deepspeed",
     }
     assert (trainer["numNodes"], trainer["numProcPerNode"], job["spec"]["activeDeadlineSeconds"]) == (3, 4, 600)
     assert trainer["resourcesPerNode"]["limits"]["habana.ai/gaudi"] == 4
@@ -465,14 +468,24 @@ def test_role_is_namespaced_and_least_privilege():
         kinds = {o["kind"] for o in m.render_all(m.JobSpec(accelerator=accelerator), kind)}
         assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Secret"}
     role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
-    grants = {(rule["apiGroups"][0], res): set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for res in rule["resources"]:
+            grants.setdefault((rule["apiGroups"][0], res), set()).update(rule["verbs"])
+    # Exactly what labkit.jobs.kubernetes calls (tests/test_k8s_fidelity.py checks it against every request).
     assert grants == {
-        ("kubeflow.org", "mpijobs"): {"create", "get", "list", "watch", "delete"},
-        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
+        ("kubeflow.org", "mpijobs"): {"create", "get", "list", "delete"},
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "delete"},
+        ("batch", "jobs"): {"get"},
+        ("", "pods"): {"list", "watch"},
         ("", "pods/log"): {"get"},
         ("", "pods/exec"): {"create", "get"},
+        ("", "events"): {"list"},
+        ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
     }
+    assert {"resourceNames": ["labkit-proxy"], "verbs": ["get"]}.items() <= next(
+        r for r in role["rules"] if r["verbs"] == ["get"] and r["resources"] == ["configmaps"]
+    ).items()
     assert all("*" not in str(rule) for rule in role["rules"])
 
 

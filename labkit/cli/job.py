@@ -4,6 +4,7 @@ labkit job submit --name demo --workers 2              # local processes by defa
 labkit job exec demo -- cat /etc/mpi/hostfile          # exit code = the command's
 labkit job exec demo --train --steps 20                # the default `deepspeed --hostfile ... --launcher openmpi`
 labkit job list                                        # PAST DEADLINE flags forgotten jobs
+labkit job list --stale --delete                       # remove finished jobs (the operator's TTL does not)
 labkit job delete demo
 """
 
@@ -36,6 +37,9 @@ SPEC_OPTIONS = [
     (["--accelerator"], dict(choices=("auto", *ACCELERATORS), default="auto", help="overlay (auto: what's there)")),
     (["--image"], dict(default=None, help="container image (default: the overlay's)")),
     (["--deadline-minutes"], dict(type=float, default=240.0, help="the job is stopped after this many minutes")),
+    (["--http-proxy"], dict(default=None, help="HTTP_PROXY for every pod of the job (a ConfigMap, never the image)")),
+    (["--https-proxy"], dict(default=None, help="HTTPS_PROXY for every pod (default: --http-proxy)")),
+    (["--no-proxy"], dict(default=None, help="NO_PROXY additions (the cluster's own names are always added)")),
 ]
 EXEC_OPTIONS = [
     (["--timeout"], dict(type=float, default=None, help="stop the command (and its ranks) after SECONDS")),
@@ -45,6 +49,11 @@ EXEC_OPTIONS = [
 NAME = [(["name"], {})]
 WAIT = [(["--wait"], dict(type=float, default=None, metavar="SECONDS", help="wait until ready (default: don't)"))]
 ALL_NAMESPACES = [(["-A", "--all-namespaces"], dict(action="store_true", help="every namespace"))]
+STALE = [
+    (["--stale"], dict(action="store_true", help="only finished jobs and jobs past their deadline")),
+    (["--delete"], dict(action="store_true", help="with --stale: delete them (a finished MPIJob stays until deleted)")),
+]
+FINISHED = ("Succeeded", "Failed", "DeadlineExceeded")
 ARGV = [(["argv"], dict(nargs=argparse.REMAINDER, help="[OPTIONS] -- COMMAND [ARGS...]"))]
 
 
@@ -69,6 +78,7 @@ def _spec(args, backend=None) -> manifests.JobSpec:
     return manifests.JobSpec(
         name=args.name, namespace=args.namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
         accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
+        http_proxy=args.http_proxy, https_proxy=args.https_proxy, no_proxy=args.no_proxy,
     )  # fmt: skip
 
 
@@ -134,9 +144,14 @@ def _delete(args) -> int:
 
 
 def _list(args) -> int:
-    jobs = _backend(args).list(namespace="*" if args.all_namespaces else None)
+    if args.delete and not args.stale:
+        raise ConfigError("--delete", "deletes only what --stale selects", "pass --stale --delete")
+    backend = _backend(args)
+    jobs = backend.list(namespace="*" if args.all_namespaces else None)
+    if args.stale:  # the TTL removes only the launcher Job: finished MPIJobs stay, and their names stay taken
+        jobs = [st for st in jobs if st.phase in FINISHED or st.past_deadline]
     if not jobs:
-        print("no jobs")
+        print("no stale jobs" if args.stale else "no jobs")
         return 0
     rows = [
         {"NAMESPACE": st.namespace, "NAME": st.name, "PHASE": st.phase, "READY": "yes" if st.ready else "no",
@@ -145,6 +160,9 @@ def _list(args) -> int:
         for st in jobs
     ]  # fmt: skip
     print(text_table(rows, list(rows[0])))
+    for st in jobs if args.delete else []:
+        backend.delete(st.name, namespace=st.namespace)
+        print(f"deleted {st.namespace}/{st.name} ({st.phase})")
     return 0
 
 
@@ -155,7 +173,7 @@ ACTIONS = {  # action: (help, handler, its arguments besides the backend options
     "exec": ("run a command in the job's launcher (exit code = the command's)", _exec, NAME + EXEC_OPTIONS + ARGV),
     "logs": ("the launcher's log", _logs, NAME),
     "delete": ("stop the job and everything it started", _delete, NAME),
-    "list": ("jobs, flagging those past their deadline", _list, ALL_NAMESPACES),
+    "list": ("jobs, flagging those past their deadline", _list, ALL_NAMESPACES + STALE),
 }
 
 

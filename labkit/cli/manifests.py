@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from labkit import manifests
+from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATORS
 
 # `render` options that set a JobSpec field: (flag, field, type, help).
@@ -28,6 +28,8 @@ _SPEC_OPTIONS = [
     ("--storage-class", "storage_class", str, 'PVC storage class ("" = the cluster default)'),
     ("--storage-size", "storage_size", str, "PVC size (default 20Gi)"),
     ("--hf-token-secret", "hf_token_secret", str, "name of an existing Secret with key `token`"),
+    # --http-proxy, --https-proxy, --no-proxy: into every pod through ConfigMap labkit-proxy
+    *[(f"--{f.replace('_', '-')}", f, str, f"{f.upper()} for every pod of the job") for f in manifests.PROXY_FIELDS],
 ]
 
 
@@ -44,6 +46,13 @@ def register(subparsers) -> None:
     for flag, field, kind, text in _SPEC_OPTIONS:
         render.add_argument(flag, dest=field, type=kind, help=text)
     render.add_argument("--no-hf-token", action="store_true", help="no HF_TOKEN reference at all")
+    render.add_argument(
+        "--trainjob-deadline",
+        choices=("auto", "yes", "no"),
+        default="no",
+        help="TrainJob spec.activeDeadlineSeconds (Trainer >= 2.2 only); auto: if the cluster's CRD has it",
+    )
+    render.add_argument("--kubeconfig", default=None, help="kubeconfig for --trainjob-deadline auto")
     render.add_argument("--job-only", action="store_true", help="only the MPIJob/TrainJob, not namespace/PVC/RBAC")
     render.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     render.set_defaults(func=_render)
@@ -56,9 +65,13 @@ def _render(args: argparse.Namespace) -> int:
     values = {field: getattr(args, field) for _, field, _, _ in _SPEC_OPTIONS if getattr(args, field) is not None}
     if args.no_hf_token:
         values["hf_token_secret"] = None
+    if args.trainjob_deadline == "auto":
+        values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))
+    else:
+        values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     objects = manifests.render_all(manifests.JobSpec(accelerator=args.accelerator, **values), args.kind)
     if args.job_only:
-        objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob")]
+        objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob", "ConfigMap")]
     text = manifests.to_yaml(objects)
     if args.output:
         args.output.write_text(text)

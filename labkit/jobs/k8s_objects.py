@@ -1,4 +1,5 @@
-"""Reading what the Kubernetes API returns: an MPIJob's phase, a pod's readiness and problems, an error's message."""
+"""Reading what the Kubernetes API returns (an MPIJob's phase, a pod's readiness and problems, an error's message), and
+the shell scripts an exec runs in the launcher."""
 
 from __future__ import annotations
 
@@ -6,11 +7,27 @@ import json
 from datetime import datetime
 from typing import Any
 
+from labkit.errors import LabkitError
+
+# Runs the command in its own process group and records its pid, so that a second exec can stop the group.
+EXEC_SCRIPT = (
+    'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; p=$!; echo $p > {pidfile}; '
+    "wait $p; rc=$?; rm -f {pidfile}; exit $rc"
+)
+# `kill -s SIG -- -PGID` is the form every POSIX shell accepts (dash rejects `kill -TERM -- -PGID`).
+KILL_SCRIPT = (
+    "p=$(cat {pidfile} 2>/dev/null) || exit 0; kill -s TERM -- -$p 2>/dev/null || kill -s TERM $p; "
+    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -s 0 $p 2>/dev/null || break; sleep 0.5; done; "
+    "kill -s KILL -- -$p 2>/dev/null; rm -f {pidfile}"
+)
 # Waiting reasons that never resolve by waiting longer.
 FATAL_WAITING = frozenset(
     "ErrImagePull ImagePullBackOff InvalidImageName ErrImageNeverPull CreateContainerConfigError CreateContainerError "
     "CrashLoopBackOff RunContainerError".split()
 )
+# Events on an MPIJob or its launcher Job that mean its pods will never exist (the operator's rule violations;
+# pods refused by admission, e.g. Pod Security).
+FATAL_EVENTS = frozenset({"ValidationError", "FailedCreate"})
 # An MPIJob's newest true condition as the job's phase.
 PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
 
@@ -71,3 +88,33 @@ def pod_problem(pod) -> tuple[str | None, bool]:
     if st.phase in ("Failed", "Succeeded"):
         return f"pod {st.phase}: {st.reason or ''} {st.message or ''}".strip(), True
     return (None if st.phase == "Running" else f"phase {st.phase}"), False
+
+
+def object_path(obj: dict, namespace: str) -> str:
+    """The collection URL an object is created in."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    if kind == "Namespace":
+        return f"{base}/namespaces"
+    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{kind.lower()}s"
+
+
+def exec_exit_code(raw: str | None) -> int:
+    """The exit code from an exec's status channel (3): a Status object, its ExitCode cause when non-zero."""
+    if not raw:
+        raise LabkitError("exec stream closed without an exit status (connection lost?)")
+    status = json.loads(raw)
+    if status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message"))
+    # e.g. the executable does not exist: the runtime reports a message instead of an exit code
+    raise LabkitError(f"exec failed: {status.get('message') or status}")
+
+
+def unreachable(what: str, exc: Exception) -> LabkitError:
+    return LabkitError(
+        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
+        "Fix: check `kubectl get nodes` works with the same kubeconfig"
+    )

@@ -22,9 +22,27 @@ from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
 from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, interrupts_deferred
-from labkit.jobs.k8s_objects import api_message, mpijob_phase, pod_problem, pod_ready, timestamp
+from labkit.jobs.k8s_objects import (
+    EXEC_SCRIPT,
+    FATAL_EVENTS,
+    KILL_SCRIPT,
+    api_message,
+    exec_exit_code,
+    mpijob_phase,
+    object_path,
+    pod_problem,
+    pod_ready,
+    timestamp,
+    unreachable,
+)
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
+
+
+def BATCH_JOBS(ns: str) -> str:  # noqa: N802 - a path, like MPIJOBS
+    return f"/apis/batch/v1/namespaces/{ns}/jobs"
+
+
 LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"
 # The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
 KINDS = frozenset(
@@ -33,32 +51,6 @@ KINDS = frozenset(
 )
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
-# Runs the command in its own process group and records its pid, so that a second exec can stop the group.
-EXEC_SCRIPT = (
-    'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; p=$!; echo $p > {pidfile}; '
-    "wait $p; rc=$?; rm -f {pidfile}; exit $rc"
-)
-# `kill -s SIG -- -PGID` is the form every POSIX shell accepts (dash rejects `kill -TERM -- -PGID`).
-KILL_SCRIPT = (
-    "p=$(cat {pidfile} 2>/dev/null) || exit 0; kill -s TERM -- -$p 2>/dev/null || kill -s TERM $p; "
-    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -s 0 $p 2>/dev/null || break; sleep 0.5; done; "
-    "kill -s KILL -- -$p 2>/dev/null; rm -f {pidfile}"
-)
-
-
-def _object_path(obj: dict, namespace: str) -> str:
-    api_version, kind = obj["apiVersion"], obj["kind"]
-    base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-    if kind == "Namespace":
-        return f"{base}/namespaces"
-    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{kind.lower()}s"
-
-
-def _unreachable(what: str, exc: Exception) -> LabkitError:
-    return LabkitError(
-        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
-        "Fix: check `kubectl get nodes` works with the same kubeconfig"
-    )
 
 
 class KubernetesBackend(JobBackend):
@@ -71,6 +63,7 @@ class KubernetesBackend(JobBackend):
         self.kubeconfig, self.context, self.namespace = kubeconfig, context, namespace
         self._api_client, self.request_timeout = api_client, request_timeout
         self._operator_checked = False
+        self._access: dict[tuple, bool] = {}  # SelfSubjectAccessReview answers
 
     # -- API access ----------------------------------------------------------------------------------------------
     @property
@@ -102,7 +95,7 @@ class KubernetesBackend(JobBackend):
                 ) from None
             raise LabkitError(f"{what}: {api_message(exc)}") from None
         except HTTPError as exc:
-            raise _unreachable(what, exc) from None
+            raise unreachable(what, exc) from None
 
     def _rest(self, method: str, path: str, *, query=(), body=None, _request_timeout=None) -> Any:
         """One request to any API path (discovery, objects of any kind) with the client's auth; the JSON reply."""
@@ -129,6 +122,29 @@ class KubernetesBackend(JobBackend):
             f"pods of {namespace}/{name}", self._core().list_namespaced_pod, namespace, label_selector=selector
         )
 
+    def allowed(self, verb: str, group: str, resource: str, namespace: str = "") -> bool:
+        """Whether RBAC lets this identity do it: a SelfSubjectAccessReview, which every authenticated user may create.
+        True when the review itself cannot be made (the real call then says what is wrong)."""
+        key = (verb, group, resource, namespace)
+        if key not in self._access:
+            attributes = dict(zip(("verb", "group", "resource", "namespace"), key))
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            try:
+                reply = self._rest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+                self._access[key] = bool((reply.get("status") or {}).get("allowed"))
+            except Exception:  # noqa: BLE001 - see the docstring
+                return True
+        return self._access[key]
+
+    def _may_create(self, obj: dict, namespace: str) -> bool:
+        group = obj["apiVersion"].rpartition("/")[0]
+        scope = "" if obj["kind"] == "Namespace" else (obj["metadata"].get("namespace") or namespace)
+        return self.allowed("create", group, obj["kind"].lower() + "s", scope)
+
     # -- what the cluster offers ---------------------------------------------------------------------------------
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         """auto: the accelerator most of the cluster's ready nodes offer (cpu when none or unreadable); workers 0:
@@ -137,6 +153,8 @@ class KubernetesBackend(JobBackend):
         auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
             return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
+        if not self.allowed("list", "", "nodes"):
+            return "cpu", workers or AUTO_WORKERS, f"you may not list the cluster's nodes, cpu assumed{auto}"
         try:
             nodes = cluster.list_node_inventory(self.api_client)
         except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
@@ -189,13 +207,21 @@ class KubernetesBackend(JobBackend):
                     "manifest", f"kind {obj.get('kind')!r} is not one this backend creates", f"render only {kinds}"
                 )
         self.check_operator()
+        ns = spec.namespace
+        if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
+            fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/base for {ns}"
+            raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
+        # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
+        # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 before
+        # existence, so "create and reuse on 403" cannot work for it).
+        objs = [o for o in objs if o["kind"] == "MPIJob" or self._may_create(o, ns)]
         # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
         # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
         # so a rejected job leaves nothing half-created.
         namespaced = [o for o in objs if o["kind"] != "Namespace"]
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:
-            self._create(obj, spec.namespace, dry_run=dry_run)
+            self._create(obj, ns, dry_run=dry_run)
         return Job(self, spec.name, spec.namespace)
 
     def _create(self, obj: dict, namespace: str, *, dry_run: bool) -> None:
@@ -205,45 +231,54 @@ class KubernetesBackend(JobBackend):
         kind, name = obj["kind"], obj["metadata"]["name"]
         stage = "server-side dry run" if dry_run else "create"
         try:
-            self._rest("POST", _object_path(obj, namespace), query=[("dryRun", "All")] if dry_run else [], body=obj)
+            self._rest("POST", object_path(obj, namespace), query=[("dryRun", "All")] if dry_run else [], body=obj)
             return
         except HTTPError as exc:
-            raise _unreachable(f"{stage} of {kind}/{name}", exc) from None
+            raise unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
-        shared = kind != "MPIJob"  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
-        if status == 409 and shared or status == 403 and kind == "Namespace":
-            return  # (may not create namespaces: the namespaced creates below will say if it is missing)
+        shared = kind != "MPIJob"
+        if status == 409 and kind == "ConfigMap":  # the proxy settings: reused only when they are the same
+            current = self._rest("GET", f"{object_path(obj, namespace)}/{name}") or {}
+            if current.get("data") != obj.get("data"):
+                fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
+                raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
+        if status == 409 and shared:
+            return  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
         if status == 409:
             fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
             raise ConfigError("name", f"an MPIJob named {name!r} already exists in {namespace}", fix)
         if status == 404 and "namespaces" in msg:
             fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
             raise ConfigError("namespace", msg, fix)
-        if status == 403 and shared:
-            # Students often may not create RBAC or PVCs, which an admin provisioned once: authorization is checked
-            # before existence, so an existing object also answers 403. Reuse it if it is there.
-            try:
-                return self._rest("GET", f"{_object_path(obj, namespace)}/{name}") and None
-            except ApiException:
-                raise LabkitError(
-                    f"you may not create {kind}/{name} in namespace {namespace} and it does not exist yet ({msg}). "
-                    f"Fix: ask a cluster admin to create the shared objects once (kubectl apply -k manifests/base, "
-                    f"namespace {namespace}), or use a namespace where you may create them"
-                ) from None
         if status in (400, 422):
             fix = "fix the field it names (labkit job render shows the manifest)"
             raise ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {msg}", fix)
         raise LabkitError(f"{stage} of {kind}/{name} failed: {msg}")
 
     # -- status ----------------------------------------------------------------------------------------------------
-    def _status_of(self, obj: dict, pods: list | None = None) -> JobStatus:
+    def _launcher_job(self, name: str, ns: str) -> dict | None:
+        """The operator's batch/v1 Job `<name>-launcher`: None before every worker is Ready (WaitForWorkersReady)
+        and after its ttlSecondsAfterFinished."""
+        try:
+            return self._call(f"launcher Job of {ns}/{name}", self._rest, "GET", f"{BATCH_JOBS(ns)}/{name}-launcher")
+        except JobNotFound:
+            return None
+
+    def _status_of(self, obj: dict, pods: list | None = None, launcher: dict | None = None) -> JobStatus:
+        """launcher: the launcher Job, whose start the deadline counts from (the operator puts runPolicy's
+        activeDeadlineSeconds on it); without it the job has no deadline running yet."""
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         phase, message = mpijob_phase(obj)
+        if meta.get("deletionTimestamp"):
+            phase, message = "Terminating", "deleted; its pods are stopping"
         st = JobStatus(meta.get("name", "?"), meta.get("namespace", self.namespace), self.name, phase, message=message)
         st.created = timestamp(meta.get("creationTimestamp"))
-        deadline_s = (spec.get("runPolicy") or {}).get("activeDeadlineSeconds")
-        st.deadline = st.created + float(deadline_s) if st.created and deadline_s else None
+        deadline_s = ((launcher or {}).get("spec") or {}).get("activeDeadlineSeconds")
+        started = timestamp(((launcher or {}).get("status") or {}).get("startTime"))
+        st.deadline = started + float(deadline_s) if started and deadline_s else None
+        if launcher is None and phase == "Pending":
+            st.message += "; no deadline yet: it starts with the launcher, once every worker is Ready"
         st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
         st.slots_per_worker = spec.get("slotsPerWorker")
         if pods is not None:
@@ -256,63 +291,91 @@ class KubernetesBackend(JobBackend):
 
     def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
         ns = namespace or self.namespace
-        return self._status_of(self._mpijob("GET", ns, check_job_name(name)), self._pods(name, ns).items)
+        obj = self._mpijob("GET", ns, check_job_name(name))
+        return self._status_of(obj, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
-        return [self._status_of(obj) for obj in self._mpijob("GET", namespace or self.namespace).get("items", [])]
+        found = [(o, o["metadata"]) for o in self._mpijob("GET", namespace or self.namespace).get("items", [])]
+        return [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
 
     # -- readiness -------------------------------------------------------------------------------------------------
+    def _events(self, namespace: str, involved: str, reasons: frozenset | None = None) -> list[str]:
+        """The newest events about one object, as lines (a line saying so when events are not readable)."""
+        selector, list_events = f"involvedObject.name={involved}", self._core().list_namespaced_event
+        try:
+            events = self._call("events", list_events, namespace, field_selector=selector).items
+        except LabkitError as exc:
+            return [f"    (events not readable: {exc})"]
+        events = [e for e in events if reasons is None or e.reason in reasons]
+        events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
+
     def _diagnose(self, name: str, namespace: str, pods: list) -> str:
+        """The pods' states and events, after the operator's own events (ValidationError; FailedCreate: e.g. a pod
+        the namespace's Pod Security level refused, which the operator and the Job controller only record there)."""
+        lines = [f"MPIJob {name}:", *self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
+        if len(lines) == 1:
+            lines = []
         if not pods:
-            return (
+            lines.append(
                 f"no pods for MPIJob {namespace}/{name} yet: is the MPI Operator running? "
                 f"(kubectl -n mpi-operator get pods; kubectl -n {namespace} describe mpijob {name})"
             )
-        lines = []
         for pod in sorted(pods, key=lambda p: p.metadata.name):
             if pod_ready(pod):
                 lines.append(f"pod {pod.metadata.name}: ready")
                 continue
             lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
-            selector, list_events = f"involvedObject.name={pod.metadata.name}", self._core().list_namespaced_event
-            try:
-                events = self._call("events", list_events, namespace, field_selector=selector).items
-            except LabkitError:
-                events = []
-            events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
-            lines += [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
+            lines += self._events(namespace, pod.metadata.name)
         return "\n".join(lines)
 
-    def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list) -> None:
+    def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list, job_events: bool = False) -> None:
         why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
         for pod in pods:
             problem, fatal = pod_problem(pod)
             if fatal and why is None:
                 why = f"cannot start: pod {pod.metadata.name}: {problem}"
+        if why is None and job_events:  # pods the operator could not create: waiting will not help
+            refused = self._events(ns, name, FATAL_EVENTS) + self._events(ns, f"{name}-launcher", FATAL_EVENTS)
+            why = f"cannot start:\n{refused[-1].strip()}" if refused and "not readable" not in refused[-1] else None
         if why:
             raise JobNotReady(f"MPIJob {ns}/{name} {why}\n" + self._diagnose(name, ns, pods))
 
     def wait_ready(self, name: str, *, timeout: float = 300.0, namespace: str | None = None) -> JobStatus:
-        """Watch the job's pods until launcher and workers are Ready; JobNotReady says why otherwise."""
+        """Watch the job's pods until launcher and workers are Ready; JobNotReady says why otherwise, within
+        timeout, and the job is then deleted: a worker that never becomes Ready means no launcher Job, hence no
+        deadline, while the scheduled workers hold their accelerators."""
+        ns = namespace or self.namespace
+        try:
+            return self._wait_ready(check_job_name(name), timeout, ns)
+        except JobNotReady as exc:
+            try:
+                self._mpijob("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
+                note = f"MPIJob {ns}/{name} was deleted, so it holds no accelerators: fix the cause and submit again"
+            except LabkitError as err:
+                note = f"deleting it failed too ({err}): `labkit job delete {name} --backend kubernetes -n {ns}`"
+            raise JobNotReady(f"{exc}\n{note}") from None
+
+    def _wait_ready(self, name: str, timeout: float, ns: str) -> JobStatus:
         from kubernetes import watch
 
-        ns = namespace or self.namespace
         end = time.monotonic() + timeout
         while True:
-            obj = self._mpijob("GET", ns, check_job_name(name))
+            obj = self._mpijob("GET", ns, name)
             listing = self._pods(name, ns)
             pods = {p.metadata.name: p for p in listing.items}
             st = self._status_of(obj, list(pods.values()))
             if st.ready:
-                return st
-            self._raise_if_hopeless(name, ns, st, list(pods.values()))
+                return self.status(name, namespace=ns)
+            some_missing = len(pods) < (st.workers or 1) + 1  # the operator may be refused pods: ask its events
+            self._raise_if_hopeless(name, ns, st, list(pods.values()), job_events=some_missing)
             remaining = end - time.monotonic()
             if remaining <= 0:
                 diagnosis = self._diagnose(name, ns, list(pods.values()))
                 raise JobNotReady(f"MPIJob {ns}/{name} not ready after {timeout:.0f} s:\n{diagnosis}")
             # Watch from the listing's resourceVersion: no change is missed between list and watch.
             w = watch.Watch()
-            window = min(remaining, 30)
+            window = min(remaining, 3 if some_missing else 30)
             try:
                 for event in w.stream(
                     self._core().list_namespaced_pod, ns, label_selector=f"{LABEL_JOB}={name}",
@@ -402,17 +465,7 @@ class KubernetesBackend(JobBackend):
     def _exit_code(ws) -> int:
         from kubernetes.stream.ws_client import ERROR_CHANNEL
 
-        raw = ws.read_channel(ERROR_CHANNEL)
-        if not raw:
-            raise LabkitError("exec stream closed without an exit status (connection lost?)")
-        status = json.loads(raw)
-        if status.get("status") == "Success":
-            return 0
-        for cause in (status.get("details") or {}).get("causes") or []:
-            if cause.get("reason") == "ExitCode":
-                return int(cause.get("message"))
-        # e.g. the executable does not exist: the runtime reports a message instead of an exit code
-        raise LabkitError(f"exec failed: {status.get('message') or status}")
+        return exec_exit_code(ws.read_channel(ERROR_CHANNEL))
 
     # -- logs, delete ----------------------------------------------------------------------------------------------
     def logs(self, name: str, *, namespace: str | None = None) -> str:

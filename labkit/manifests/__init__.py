@@ -4,7 +4,15 @@
 from labkit.manifests import checks
 from labkit.manifests.checks import ManifestError, find_secret_material, object_ref, validate_object, validate_objects
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
-from labkit.manifests.render import JOB_KINDS, JobSpec, manifests_dir, overlay_dir, render_all, render_job
+from labkit.manifests.render import (
+    JOB_KINDS,
+    PROXY_FIELDS,
+    JobSpec,
+    manifests_dir,
+    overlay_dir,
+    render_all,
+    render_job,
+)
 
 SSH_PORT, SSH_USER, SSH_UID, SSH_AUTH_MOUNT_PATH = (
     checks.SSH_PORT,

@@ -95,7 +95,9 @@ def validate_object(obj: dict) -> None:
     _check_metadata(obj, ref)
     _check_secrets(obj, ref)
     validator = _crd_validators().get((obj["apiVersion"], obj["kind"]))
-    if validator is not None:
+    if (obj["apiVersion"], obj["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"):
+        _check_training_runtime(obj, ref)
+    elif validator is not None:
         errors = sorted(validator.iter_errors(obj), key=lambda e: (len(e.path), list(map(str, e.path))))
         if errors:
             raise ManifestError(ref, _path_text(errors[0].absolute_path), _error_text(errors[0]), more=len(errors) - 1)
@@ -293,6 +295,20 @@ def _check_ssh_contract(spec: dict, ref: str) -> None:
     if uid not in (None, SSH_UID):
         problem = f"{uid} is not the images' {SSH_USER} uid {SSH_UID}"
         raise ManifestError(ref, f"{_MPIJOB}.Worker.template.spec.securityContext.runAsUser", problem)
+
+
+def _check_training_runtime(runtime: dict, ref: str) -> None:
+    """Each replicated job's template is a batch/v1 Job spec: checked against the Kubernetes schema."""
+    jobs = value_at(runtime, "spec.template.spec.replicatedJobs") or []
+    if not jobs:
+        raise ManifestError(ref, "spec.template.spec.replicatedJobs", "missing")
+    for i, rjob in enumerate(jobs):
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": rjob.get("name", "x")}}
+        _validate_core(
+            {**job, "spec": (rjob.get("template") or {}).get("spec")},
+            ref,
+            f"spec.template.spec.replicatedJobs[{i}].template.spec",
+        )
 
 
 def _check_trainjob(job: dict, ref: str) -> None:

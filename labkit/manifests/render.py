@@ -45,7 +45,6 @@ _FIELD_PATHS = {
     "TrainJob": {
         "workers": "spec.trainer.numNodes",
         "slots_per_worker": "spec.trainer.numProcPerNode",
-        "deadline_seconds": "spec.activeDeadlineSeconds",
         "launcher_command": "spec.trainer.command",
     },
 }
@@ -68,6 +67,10 @@ _TEXT_RULES = {
     "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
 }
 _REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
+PROXY_CONFIGMAP, PROXY_FIELDS = "labkit-proxy", ("http_proxy", "https_proxy", "no_proxy")
+_PROXY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
+_NO_PROXY_ITEM = re.compile(r"^\*?[A-Za-z0-9.:/-]+$")
+CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # workers' DNS names, the API server
 
 
 @dataclass
@@ -91,6 +94,14 @@ class JobSpec:
     hugepages_2mi: str | None = None  # gaudi only: per-worker hugepages-2Mi (request = limit)
     shm_size: str | None = None  # size limit of the memory-backed /dev/shm
     hf_token_secret: str | None = "hf-token"  # name of an existing Secret with key `token` (never a value); None: none
+    # TrainJob only: write deadline_seconds as spec.activeDeadlineSeconds, which exists from Kubeflow Trainer v2.2.0
+    # (older CRDs reject it). cluster.trainjob_has_deadline(api_client) says whether the served CRD has it.
+    trainjob_deadline: bool = False
+    # Proxy settings (the Gaudi/Omnia guide's "proxy settings"): into every pod of the job from the ConfigMap
+    # PROXY_CONFIGMAP, never into images. URLs without credentials; no_proxy always gets the cluster's own names.
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
 
     def validate(self) -> None:
         """One ConfigError naming the field, before anything is rendered or submitted."""
@@ -125,6 +136,17 @@ class JobSpec:
         fix = "it stops the job (and frees its accelerators) after this many seconds: pass 60 or more"
         check_int("deadline_seconds", self.deadline_seconds, 60, fix, maximum=_MONTH_S)
         check_int("ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0, maximum=_MONTH_S)
+        for field_name in ("http_proxy", "https_proxy"):
+            value = getattr(self, field_name)
+            if value is not None and not (isinstance(value, str) and _PROXY_URL.match(value)):
+                shown = "a URL with credentials" if isinstance(value, str) and "@" in value else repr(value)
+                fix = "pass http://HOST:PORT (no user:password: credentials would sit in a ConfigMap), or None"
+                raise ConfigError(field_name, f"{shown} is not a proxy URL without credentials", fix)
+        items = (self.no_proxy or "").split(",") if self.no_proxy is not None else []
+        bad = [i for i in items if not _NO_PROXY_ITEM.match(i.strip())]
+        if not isinstance(self.no_proxy, (str, type(None))) or bad:
+            fix = "pass comma-separated hosts, domains (.example.com) or CIDRs, e.g. 10.0.0.0/8,.corp.example"
+            raise ConfigError("no_proxy", f"{bad[0] if bad else self.no_proxy!r} is not a host, domain or CIDR", fix)
         if self.hugepages_2mi is not None and self.accelerator != "gaudi":
             fix = "leave it None, or set accelerator='gaudi'"
             raise ConfigError("hugepages_2mi", f"is only used by the gaudi overlay, not {self.accelerator}", fix)
@@ -177,8 +199,50 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
         _apply_common(obj, spec)
         if obj["kind"] in _FIELD_PATHS:
             _apply_job(obj, spec)
+        if obj["kind"] == "TrainJob" and spec.trainjob_deadline:
+            obj["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
+        if obj["kind"] == "TrainingRuntime" and spec.image is not None:  # the kit's runtime: every node's image
+            for rjob in obj["spec"]["template"]["spec"]["replicatedJobs"]:
+                for container in rjob["template"]["spec"]["template"]["spec"]["containers"]:
+                    container["image"] = spec.image
+    proxy = proxy_settings(spec)
+    if proxy:
+        _add_proxy(objects, spec.namespace, proxy)
     validate_objects(objects)
     return objects
+
+
+def proxy_settings(spec: JobSpec) -> dict[str, str]:
+    """The proxy variables every pod of the job gets (upper and lower case: tools read either); {} without a proxy."""
+    if spec.http_proxy is None and spec.https_proxy is None:
+        return {}
+    given = [i.strip() for i in (spec.no_proxy or "").split(",") if i.strip()]
+    values = {"HTTP_PROXY": spec.http_proxy, "HTTPS_PROXY": spec.https_proxy or spec.http_proxy}
+    values["NO_PROXY"] = ",".join(dict.fromkeys(given + list(CLUSTER_NO_PROXY)))
+    return {k: v for key, v in values.items() if v for k in (key, key.lower())}
+
+
+def _add_proxy(objects: list[dict], namespace: str, proxy: dict[str, str]) -> None:
+    """One ConfigMap; every container of the job (and of the kit's TrainingRuntime) reads it through envFrom."""
+    meta = {"name": PROXY_CONFIGMAP, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "labkit"}}
+    objects.insert(-1, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": proxy})
+    source = {"configMapRef": {"name": PROXY_CONFIGMAP}}
+    for obj in objects:
+        if obj["kind"] == "MPIJob":
+            pods = [r["template"]["spec"] for r in obj["spec"]["mpiReplicaSpecs"].values()]
+        elif obj["kind"] == "TrainingRuntime":
+            pods = [
+                r["template"]["spec"]["template"]["spec"] for r in obj["spec"]["template"]["spec"]["replicatedJobs"]
+            ]
+        elif obj["kind"] == "TrainJob":  # the trainer has env only (no envFrom): one configMapKeyRef per variable
+            env = obj["spec"]["trainer"].setdefault("env", [])
+            env += [{"name": k, "valueFrom": {"configMapKeyRef": {"name": PROXY_CONFIGMAP, "key": k}}} for k in proxy]
+            continue
+        else:
+            continue
+        for pod in pods:
+            for container in pod["containers"]:
+                container.setdefault("envFrom", []).append(source)
 
 
 def render_job(spec: JobSpec, kind: str = "interactive") -> dict:

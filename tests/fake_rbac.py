@@ -1,0 +1,122 @@
+"""RBAC as the API server applies it, for tests/fake_apiserver.py: request attributes from a path, then the rules of
+the Roles bound to the caller, read from the kit's own manifests/base/rbac.yaml (never a copy of it).
+
+Upstream, read for each behaviour (kubernetes/kubernetes):
+  * staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go: path -> (verb, apiGroup, resource,
+    subresource, namespace, name); GET without a name is `list`, `?watch=true` is `watch`; for `/namespaces/<n>` the
+    namespace is <n>.
+  * staging/src/k8s.io/apiserver/pkg/endpoints/filters/authorization.go: authorization runs BEFORE the handler, so a
+    forbidden GET/POST is 403 whether or not the object (or its namespace) exists.
+  * plugin/pkg/auth/authorizer/rbac/rbac.go (RuleAllows): apiGroups, resources ("pods/exec" for a subresource) and
+    verbs must each match, "*" matching all; a RoleBinding grants only in its own namespace.
+  * plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go: every authenticated user may read discovery
+    (system:discovery: /api, /apis, /apis/*, /version) and create selfsubjectaccessreviews/selfsubjectrulesreviews
+    (system:basic-user).
+  * pkg/registry/core/pod/rest/subresources.go + KEP-4006 (feature gate AuthorizePodWebsocketUpgradeCreatePermission,
+    on from 1.35): a websocket exec is a GET (verb `get`) that also needs `create` on pods/exec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+RBAC_FILE = Path(__file__).resolve().parents[1] / "manifests" / "base" / "rbac.yaml"
+ADMIN = "kubernetes-admin"  # system:masters: the RBAC authorizer is not consulted
+SERVICE_ACCOUNT = "system:serviceaccount:workloads:labkit"
+REVIEWS = ("selfsubjectaccessreviews", "selfsubjectrulesreviews")
+
+
+@dataclass(frozen=True)
+class Attributes:
+    verb: str
+    group: str
+    resource: str  # with "/subresource" when there is one
+    namespace: str  # "" at the cluster scope
+    name: str = ""
+
+    def denial(self, user: str) -> str:
+        """The API server's own 403 message (authorization.go: forbiddenMessage)."""
+        resource = self.resource if not self.group else f"{self.resource}.{self.group}"
+        kind = self.resource.split("/")[0]
+        head = (
+            f'{kind}{"." + self.group if self.group else ""} "{self.name}" is forbidden'
+            if self.name
+            else (f"{resource.split('/')[0]} is forbidden")
+        )
+        where = f'in the namespace "{self.namespace}"' if self.namespace else "at the cluster scope"
+        return (
+            f'{head}: User "{user}" cannot {self.verb} resource "{self.resource}" in API group "{self.group}" {where}'
+        )
+
+
+def request_attributes(method: str, path: str, query: dict) -> Attributes | None:
+    """requestinfo.go for the paths the fake serves; None for non-resource (discovery) paths."""
+    m = re.fullmatch(r"/api/v1(/.*)?|/apis/([^/]+)/([^/]+)(/.*)?", path)
+    if not m or (m.group(2) and not m.group(3)):
+        return None
+    group, rest = (m.group(2) or ""), (m.group(4) if m.group(2) else m.group(1)) or ""
+    parts = [p for p in rest.split("/") if p]
+    if not parts:
+        return None
+    namespace = ""
+    if parts[0] == "namespaces" and len(parts) >= 2:
+        namespace = parts[1]
+        parts = parts[2:] if len(parts) > 2 else ["namespaces", parts[1]]
+    resource, name = parts[0], (parts[1] if len(parts) > 1 else "")
+    if len(parts) > 2:
+        resource += "/" + parts[2]
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(method, "get")
+    if method == "GET" and not name:
+        verb = "watch" if str(query.get("watch")).lower() in ("true", "1") else "list"
+    return Attributes(verb, group, resource, namespace, name)
+
+
+def load_bindings(path: Path = RBAC_FILE) -> dict[str, list[tuple[str, list[dict]]]]:
+    """user -> [(namespace, rules)] from the Roles and RoleBindings of one manifest file."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    roles = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d.get("rules") or [] for d in docs if d["kind"] == "Role"
+    }
+    grants: dict[str, list[tuple[str, list[dict]]]] = {}
+    for d in docs:
+        if d["kind"] != "RoleBinding":
+            continue
+        ns = d["metadata"]["namespace"]
+        for s in d.get("subjects") or []:
+            if s.get("kind") == "ServiceAccount":
+                user = f"system:serviceaccount:{s.get('namespace', ns)}:{s['name']}"
+                grants.setdefault(user, []).append((ns, roles.get((ns, d["roleRef"]["name"]), [])))
+    return grants
+
+
+def _rule_allows(rule: dict, attrs: Attributes, verb: str) -> bool:
+    def has(values, want):
+        return "*" in (values or []) or want in (values or [])
+
+    names = rule.get("resourceNames")
+    return (
+        has(rule.get("apiGroups"), attrs.group)
+        and has(rule.get("resources"), attrs.resource)
+        and has(rule.get("verbs"), verb)
+        and (not names or attrs.name in names)
+    )
+
+
+def allowed(user: str, attrs: Attributes, grants: dict, verb: str | None = None) -> bool:
+    if user == ADMIN:
+        return True
+    verb = verb or attrs.verb
+    if attrs.group == "authorization.k8s.io" and attrs.resource in REVIEWS and verb == "create":
+        return True  # system:basic-user
+    return any(
+        ns == attrs.namespace and any(_rule_allows(r, attrs, verb) for r in rules) for ns, rules in grants.get(user, [])
+    )
+
+
+def exec_verbs(attrs: Attributes) -> tuple[str, ...]:
+    """A websocket exec is authorized as `get`, and from Kubernetes 1.35 also as `create`."""
+    return ("get", "create") if attrs.resource == "pods/exec" else (attrs.verb,)

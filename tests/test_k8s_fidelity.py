@@ -1,0 +1,279 @@
+"""The Kubernetes backend as the kit's ServiceAccount (system:serviceaccount:workloads:labkit) against a fake API
+server that enforces manifests/base/rbac.yaml and behaves like the MPI Operator v0.8.2 and the API server
+(tests/fake_apiserver.py, tests/fake_rbac.py cite the upstream files)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from fake_apiserver import FakeApiServer
+from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
+from kit_testing import fake_cluster, wait_until
+
+from labkit.chapters.interactive import plan_interactive_job
+from labkit.errors import ConfigError
+from labkit.jobs import JobNotReady, get_backend
+from labkit.manifests import JobSpec, render_all, render_job
+from labkit.manifests.checks import validate_object
+
+MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+
+
+@pytest.fixture
+def api():
+    with FakeApiServer(ready_delay=0.3, grace_s=0.3) as server:
+        yield server
+
+
+@pytest.fixture
+def backend(api):
+    return get_backend("kubernetes", kubeconfig=api.kubeconfig)
+
+
+def raw(api, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """One request with the ServiceAccount's token, outside the kit: what a Role allows, not what labkit does."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(api.url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {api.token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def granted_by_role() -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for _ns, rules in load_bindings()[SERVICE_ACCOUNT]
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def used_by_kit(api) -> set[tuple[str, str, str]]:
+    used = set()
+    for method, path, query in api.requests:
+        attrs = request_attributes(method, path, query)
+        if attrs is not None and attrs.resource != "selfsubjectaccessreviews":
+            used |= {(attrs.group, attrs.resource, verb) for verb in exec_verbs(attrs)}
+    return used
+
+
+def test_the_service_account_runs_every_job_command_inside_its_role(api, backend):
+    assert api.identity == SERVICE_ACCOUNT
+    proxy = dict(http_proxy="http://proxy.corp:3128")  # the proxy ConfigMap: created, then reused (get)
+    job = backend.submit(JobSpec(name="demo", workers=2, **proxy))
+    assert job.wait_ready(timeout=20).ready
+    # The operator's launcher: a batch/v1 Job created after the workers were Ready, its pod without a replica-index.
+    (launcher,) = [
+        p for p in api.pods.values() if p["metadata"]["labels"]["training.kubeflow.org/job-role"] == "launcher"
+    ]
+    assert "training.kubeflow.org/replica-index" not in launcher["metadata"]["labels"]
+    assert ("/apis/batch/v1", "jobs", "workloads", "demo-launcher") in api.objects
+    assert job.run(["cat", "/etc/mpi/hostfile"]).output.startswith("demo-worker-0.demo.workloads.svc")
+    assert job.logs() == "" and job.status().deadline is not None
+    assert [s.name for s in backend.list()] == ["demo"]
+    assert job.delete() is True and not api.pods
+    api.scenario = "unschedulable"  # a job that cannot start: its diagnosis reads the events
+    stuck = backend.submit(JobSpec(name="stuck", workers=1, **proxy))
+    with pytest.raises(JobNotReady, match="FailedScheduling"):
+        stuck.wait_ready(timeout=2)
+    assert api.denied == []  # not one call outside the Role
+    # ...and nothing in the Role that the kit does not call (TrainJobs are submitted with kubectl from the lab).
+    unused = granted_by_role() - used_by_kit(api)
+    assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "list", "delete")}
+    # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
+    created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
+    configmaps = "/api/v1/namespaces/workloads/configmaps"
+    assert created == {MPIJOB_PATH, configmaps, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/api/v1/namespaces/workloads/persistentvolumeclaims/labkit-shared"),  # exists: 403 all the same
+        ("GET", "/api/v1/namespaces/workloads"),
+        ("GET", "/api/v1/nodes"),
+        ("GET", "/apis/kubeflow.org/v2beta1/mpijobs"),  # every namespace
+        ("GET", "/api/v1/namespaces/workloads/secrets"),
+        ("GET", "/api/v1/namespaces/default/pods"),  # outside the RoleBinding's namespace
+        ("GET", "/api/v1/namespaces/workloads/pods/somepod"),  # get is not granted, list/watch are
+        ("POST", "/api/v1/namespaces/workloads/serviceaccounts"),
+        ("GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/workloads/roles/labkit"),
+    ],
+)
+def test_the_fake_refuses_what_the_role_does_not_grant(api, method, path):
+    api.objects[("/api/v1", "persistentvolumeclaims", "workloads", "labkit-shared")] = {"metadata": {}}
+    code, status = raw(api, method, path, {} if method == "POST" else None)
+    assert code == 403 and f'User "{SERVICE_ACCOUNT}" cannot' in status["message"]
+
+
+def test_exec_needs_both_get_and_create_on_pods_exec(api, backend):
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    assert job.exec(["true"], on_output=None) == 0 and api.exec_protocols == ["v5.channel.k8s.io"]
+    for rule in api.grants[SERVICE_ACCOUNT][0][1]:
+        if rule["resources"] == ["pods/exec"]:
+            rule["verbs"] = ["get"]  # a Role written for clusters before 1.35
+    with pytest.raises(Exception, match="403|Forbidden"):
+        job.exec(["true"], on_output=None)
+
+
+def test_events_that_are_not_readable_are_said_not_swallowed():
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2) as (api, backend):
+        rules = api.grants[SERVICE_ACCOUNT][0][1]
+        rules[:] = [r for r in rules if r["resources"] != ["events"]]
+        with pytest.raises(JobNotReady) as err:
+            backend.submit(JobSpec(name="big")).wait_ready(timeout=2)
+        assert "events not readable" in str(err.value) and "cannot list resource" in str(err.value)
+
+
+def test_a_worker_never_ready_fails_within_the_timeout_with_the_scheduler_message_and_deletes_the_job():
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2, grace_s=0.2) as (api, backend):
+        job = backend.submit(JobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
+        time.sleep(0.5)
+        st = job.status()  # no launcher Job: the operator's deadline is not running at all
+        assert st.deadline is None and "no deadline yet" in st.message
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=3)
+        assert time.monotonic() - start < 6
+        text = str(err.value)
+        assert "FailedScheduling" in text and "0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in text
+        assert "was deleted, so it holds no accelerators" in text
+        assert wait_until(lambda: not api.pods and not api.objects, timeout=5)  # workers gone: GPUs freed
+
+
+def test_pod_security_baseline_refusal_reaches_the_user_and_the_job_is_deleted():
+    with fake_cluster(ready_delay=0.2) as (api, backend):
+        api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
+        job = backend.submit(JobSpec(name="hpu", accelerator="gaudi", slots_per_worker=8))  # accepted, no pods
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=60)
+        assert time.monotonic() - start < 15  # the refusal is final: no waiting out the timeout
+        text = str(err.value)
+        assert "FailedCreate" in text and 'violates PodSecurity "baseline:latest"' in text
+        assert "hostIPC=true" in text and '"SYS_NICE"' in text and not api.pods
+
+
+def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
+    job = render_job(JobSpec(name="mpich"))
+    job["spec"]["mpiImplementation"] = "MPICH"
+    validate_object(job)  # labkit accepts what the CRD and the operator accept
+    bad = json.loads(json.dumps(job))
+    bad["metadata"]["name"] = "two-launchers"
+    bad["spec"]["mpiReplicaSpecs"]["Launcher"]["replicas"] = 2
+    code, _ = raw(api, "POST", MPIJOB_PATH, bad)
+    assert code == 201  # the API server accepts it: the operator has no admission webhook
+    assert wait_until(lambda: any(e["reason"] == "ValidationError" for e in api.events), timeout=5)
+    assert not api.pods  # ...and the controller creates nothing for it
+    code, _ = raw(api, "POST", MPIJOB_PATH, job)
+    assert code == 201 and wait_until(lambda: len(api.pods) == 3, timeout=5)  # MPICH: workers, then the launcher
+
+
+def test_deadline_and_ttl_act_on_the_launcher_job_only_so_a_finished_name_stays_taken(api, backend):
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    api.expire_deadline("workloads", "demo")
+    assert job.status().phase == "DeadlineExceeded" and not api.pods
+    api.expire_ttl("workloads", "demo")  # ttlSecondsAfterFinished deletes the Job, not the MPIJob
+    assert [(s.name, s.phase, s.deadline) for s in backend.list()] == [("demo", "DeadlineExceeded", None)]
+    with pytest.raises(ConfigError, match="already exists"):
+        backend.submit(JobSpec(name="demo", workers=1))
+    assert job.delete() is True and backend.list() == []
+
+
+def test_foreground_deletion_keeps_the_job_until_its_pods_are_gone(api, backend):
+    api.grace_s = 1.5  # the launcher's `sleep infinity` ignores SIGTERM: it takes its whole grace period
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    start = time.monotonic()
+    deleting = threading.Thread(target=lambda: job.delete())
+    deleting.start()
+    assert wait_until(lambda: api.delete_bodies, timeout=5)
+    assert job.status().phase == "Terminating"  # still there, with a deletionTimestamp, while its pods stop
+    deleting.join(timeout=30)
+    assert time.monotonic() - start >= 1.4  # delete() returned only once the MPIJob was really gone
+    assert api.delete_bodies[-1] == {"propagationPolicy": "Foreground"} and not api.pods and backend.list() == []
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvidia", "gaudi"])
+@pytest.mark.parametrize("kind", ["interactive", "batch"])
+def test_each_overlay_namespace_allows_its_own_pods(accelerator, kind):
+    """The namespace's Pod Security level (the fake applies it as admission does) admits every pod of the overlay."""
+    objects = render_all(JobSpec(accelerator=accelerator), kind)
+    namespace = next(o for o in objects if o["kind"] == "Namespace")
+    level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    assert level == ("privileged" if accelerator == "gaudi" else "baseline")  # only Gaudi needs more than baseline
+    with FakeApiServer() as api:
+        api.namespace_labels["workloads"] = namespace["metadata"]["labels"]
+        job = next(o for o in objects if o["kind"] == "MPIJob")
+        for replica in job["spec"]["mpiReplicaSpecs"].values():
+            assert api._pod_security_violation("workloads", replica["template"]["spec"]) is None
+        if accelerator == "gaudi":  # ...and baseline would refuse them, which is why
+            api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
+            worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+            assert "hostIPC=true" in api._pod_security_violation("workloads", worker)[1]
+
+
+def test_job_list_stale_delete_removes_finished_jobs_only(api, backend):
+    import subprocess
+    import sys
+
+    for name in ("done", "live"):
+        job = backend.submit(JobSpec(name=name, workers=1))
+        job.wait_ready(timeout=20)
+    api.expire_deadline("workloads", "done")
+    api.expire_ttl("workloads", "done")  # what the operator's TTL does: the MPIJob stays
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "list"]
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+    out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "deleted workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
+    assert [s.name for s in backend.list()] == ["live"] and api.denied == []
+    refused = subprocess.run([*cli, "--delete", *base], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--stale --delete" in refused.stderr
+
+
+def test_proxy_settings_reach_every_pod_from_one_configmap(api, backend):
+    spec = JobSpec(name="px", workers=1, http_proxy="http://proxy.corp:3128", no_proxy="10.0.0.0/8")
+    objects = render_all(spec)
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert configmap["data"]["HTTPS_PROXY"] == configmap["data"]["https_proxy"] == "http://proxy.corp:3128"
+    assert configmap["data"]["NO_PROXY"] == "10.0.0.0/8,localhost,127.0.0.1,.svc,.cluster.local"
+    job = next(o for o in objects if o["kind"] == "MPIJob")
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        for container in replica["template"]["spec"]["containers"]:
+            assert {"configMapRef": {"name": "labkit-proxy"}} in container["envFrom"]
+            assert "proxy" not in str(container.get("env", [])).lower()  # one source: the ConfigMap
+    trainjob_objects = render_all(JobSpec(accelerator="gaudi", http_proxy="http://proxy.corp:3128"), "trainjob")
+    trainer = next(o for o in trainjob_objects if o["kind"] == "TrainJob")["spec"]["trainer"]
+    assert {e["name"] for e in trainer["env"]} >= {"HTTP_PROXY", "NO_PROXY", "https_proxy"}
+    runtime = next(o for o in trainjob_objects if o["kind"] == "TrainingRuntime")
+    for rjob in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        assert rjob["template"]["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]
+    # Submitted as the ServiceAccount: created once, reused by the next job with the same settings, refused otherwise.
+    backend.submit(spec)
+    backend.submit(JobSpec(name="px2", workers=1, http_proxy="http://proxy.corp:3128", no_proxy="10.0.0.0/8"))
+    assert api.objects[("/api/v1", "configmaps", "workloads", "labkit-proxy")]["data"] == configmap["data"]
+    with pytest.raises(ConfigError) as err:
+        backend.submit(JobSpec(name="px3", workers=1, http_proxy="http://other:8080"))
+    assert err.value.field == "http_proxy" and "holds other proxy settings" in str(err.value)
+    assert api.denied == []
+    with pytest.raises(ConfigError, match="^http_proxy: a URL with credentials"):
+        JobSpec(http_proxy="http://user:pw@proxy:3128").validate()
+    with pytest.raises(ConfigError) as err:  # notebook 03's parameters: named as the notebook names them
+        plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", no_proxy="a b")
+    assert err.value.field == "no_proxy"
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", https_proxy="http://p:1")
+    assert plan.spec.https_proxy == "http://p:1" and any(o["kind"] == "ConfigMap" for o in plan.objects)
