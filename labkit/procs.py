@@ -7,6 +7,7 @@ the local backend's launcher process (jobs/launcher.py) imports it and must star
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -142,3 +143,16 @@ class StaleLockSweeper:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()  # no thread of ours outlives the rank's teardown
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -7,11 +7,8 @@ user execs `deepspeed --hostfile /etc/mpi/hostfile ...` into it; a deadline ends
 from __future__ import annotations
 
 import abc
-import contextlib
 import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -196,16 +193,3 @@ def check_exec_args(argv: list[str], timeout: float | None) -> None:
         raise ConfigError("argv", f"must be a non-empty list of strings, got {argv!r}", fix)
     if timeout is not None:
         check_number("timeout", timeout, 0.0, "pass seconds > 0 or None", strict=True)
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -21,7 +21,7 @@ from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
-from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, interrupts_deferred
+from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     FATAL_EVENTS,
@@ -35,6 +35,7 @@ from labkit.jobs.k8s_objects import (
     timestamp,
     unreachable,
 )
+from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
 

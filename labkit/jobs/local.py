@@ -27,8 +27,9 @@ from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, check_ranks_fit, device_count, pick_device
 from labkit.errors import ConfigError, LabkitError, check_number
 from labkit.jobs import base
-from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, interrupts_deferred
+from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
 from labkit.jobs.launcher import JOB_UID_ENV, default_jobs_dir, map_hostfile, read_json, stop_job_processes, write_json
+from labkit.procs import interrupts_deferred
 
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
