@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `labkit params 02 | head`: the reader left; not an error of ours
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`labkit run` and `labkit params`: execute notebooks headless, list their typed parameters."""
+"""`labkit run`: execute notebooks headless into a run directory with an HTML report."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ def register(subparsers) -> None:
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
     run.set_defaults(func=_run)
-    params = subparsers.add_parser("params", help="list a notebook's typed parameters")
-    params.add_argument("notebook")
-    params.set_defaults(func=_params)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,14 +32,3 @@ def _run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"labkit: error: {r.source}: {r.error} (executed notebook: {r.output})", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _params(args: argparse.Namespace) -> int:
-    (path,) = notebooks.select([args.notebook])
-    declared = notebooks.declared_parameters(path)
-    width = max((len(n) for n in declared), default=0)
-    print(f"{path}:" if declared else f"{path}: no parameters")
-    for name, info in declared.items():
-        type_name = info.get("inferred_type_name", "None")
-        print(f"  {name:<{width}}  {type_name:<10} default {info.get('default')}  # {info.get('help', '')}")
-    return 0
