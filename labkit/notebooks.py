@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from labkit import results
+from labkit import results, tabular
 from labkit.errors import ConfigError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -279,7 +279,7 @@ def output_problems(path: str | Path) -> list[str]:
     """Noise in an executed notebook's outputs: NOISE markers, internal absolute paths, over-long outputs.
 
     Returns one line per problem ("cell 7: a FutureWarning: ..."); [] for a clean notebook."""
-    internal = {str(NOTEBOOKS_DIR.parent), sys.prefix, os.path.expanduser("~/.cache")}
+    internal = {path for path, short in tabular.INTERNAL_PATHS if short != "~"} | {os.path.expanduser("~/.cache")}
     found = []
     for i, cell in enumerate(json.loads(Path(path).read_text())["cells"]):
         for out in cell.get("outputs", []):

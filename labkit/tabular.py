@@ -4,13 +4,32 @@ kit's one byte formatter. Used by the check, device, node and memory reports so 
 from __future__ import annotations
 
 import html
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # Background colours for a `status` cell in HTML tables (pass/warn/fail as in labkit.env).
 STATUS_COLOURS = {"pass": "#d4edda", "warn": "#fff3cd", "fail": "#f8d7da"}
 # Decimal units by default (GB = 1e9 bytes: the way device memory is sold); binary ones only when a caller names one.
 BYTE_UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+# Paths of this installation a learner has no use for, longest first, with what a reader sees instead.
+# A system Python's prefix (/usr) is not internal: only a virtual environment's is.
+_VENV = {sys.prefix: "<venv>"} if sys.prefix != sys.base_prefix else {}
+INTERNAL_PATHS = sorted(
+    {**_VENV, str(Path(__file__).resolve().parent.parent): "<labkit>", os.path.expanduser("~"): "~"}.items(),
+    key=lambda kv: -len(kv[0]),
+)
+
+
+def short_paths(text: str) -> str:
+    """text with this installation's paths (its venv, the kit's checkout, the home folder) shortened."""
+    for path, short in INTERNAL_PATHS:
+        text = text.replace(path, short)
+    return text
 
 
 def format_bytes(value: float | None, unit: str = "auto") -> str:

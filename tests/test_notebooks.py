@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 from kit_testing import execute_once
@@ -85,3 +86,12 @@ def test_output_problems_finds_each_kind_of_noise(tmp_path):
     assert len(problems) == 4 and all(p.startswith("cell 0:") for p in problems), problems
     assert any("figure shown as text" in p for p in problems) and any("FutureWarning" in p for p in problems)
     assert any("internal path" in p for p in problems) and any("lines (more than" in p for p in problems)
+
+
+def test_short_paths_leaves_no_internal_path_for_the_output_check():
+    from labkit import tabular
+
+    line = f"cmd = mpirun -x PYTHONPATH={notebooks.NOTEBOOKS_DIR.parent} {sys.executable} -u -m labkit.ranks.hello"
+    shown = tabular.short_paths(line)
+    assert "<labkit>" in shown and str(notebooks.NOTEBOOKS_DIR.parent) not in shown
+    assert tabular.short_paths("/usr/bin/mpirun") == "/usr/bin/mpirun"

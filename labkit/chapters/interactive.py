@@ -8,20 +8,18 @@ whether every rank runs on this one host), never which backend it is.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from labkit import launch, manifests
+from labkit import launch, manifests, tabular
 from labkit.errors import ConfigError, check_int, check_number
 from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
 
 HELLO_MODULE = "labkit.ranks.hello"  # the small DeepSpeed script the default command runs in every rank
 METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON record
-HOME = os.path.expanduser("~")
 
 
 def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
@@ -170,7 +168,7 @@ class TrainingProgress:
                         self.bar.update(1)
                         self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
             elif self.echo:
-                self.stream.write(line.replace(HOME, "~") + "\n")  # internal paths, shortened
+                self.stream.write(tabular.short_paths(line) + "\n")
                 self.stream.flush()
 
     def close(self) -> None:
