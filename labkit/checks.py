@@ -9,14 +9,13 @@ import importlib.metadata
 import io
 import json
 import logging
-import os
 import socket
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from labkit.procs import silenced_fds
 from labkit.tabular import html_table, text_table
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -81,14 +80,10 @@ def quiet(python_streams: bool = True):
     """Silence DeepSpeed: its logger, warnings, and the file descriptors (compiler probes run as subprocesses);
     python_streams also print(). Leave it False for the first `import deepspeed`: its log handler keeps the stream
     current at import (a StringIO here would swallow every later DeepSpeed log line of the process)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved, devnull, disabled = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY), logging.root.manager.disable
+    disabled = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        with silenced_fds(), warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")
             if python_streams:
                 stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
@@ -96,10 +91,6 @@ def quiet(python_streams: bool = True):
             yield
     finally:
         logging.disable(disabled)
-        for fd, copy in ((1, saved[0]), (2, saved[1])):
-            os.dup2(copy, fd)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS, pick_device
 from labkit.errors import ConfigError, LaunchError, check_choice, check_int
-from labkit.procs import StaleLockSweeper, stop_tree
+from labkit.procs import silenced_fds, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 MPI_LAUNCHERS = ("openmpi", "mpirun")
@@ -200,6 +200,11 @@ def _exit_of(line: str) -> tuple[int, str] | None:
     return None
 
 
+def reports_dead_rank(line: str) -> bool:
+    """True for the first sign of a dead rank: its own tagged error (`rank_guard`) or the launcher's exit report."""
+    return bool(_RANK_ERROR_RE.search(line) or _exit_of(line))
+
+
 def first_dead_rank(output: str) -> tuple[int, str] | None:
     """The rank whose exit brought the run down, as the launcher reported it: (rank, how). Its peers fail after it,
     often more loudly; the launcher's own line names the one that went first."""
@@ -280,7 +285,7 @@ def run(
     def pump() -> None:
         for line in proc.stdout:
             chunks.append(line)
-            if not failed_at and (_RANK_ERROR_RE.search(line) or _exit_of(line)):
+            if not failed_at and reports_dead_rank(line):
                 failed_at.append(time.monotonic())
             if log:
                 log.write(line)
@@ -326,30 +331,11 @@ def rank_and_world() -> tuple[int, int]:
     )
 
 
-@contextlib.contextmanager
-def _silenced_fds() -> Iterator[None]:
-    """stdout and stderr of this process and its children to /dev/null, at the file-descriptor level."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(fd) for fd in (1, 2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            os.dup2(null, fd)
-        yield
-    finally:
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(null)
-
-
 def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose: bool = False) -> None:
     """The one start of a rank's process group (every labkit.ranks script and the in-process notebook rank), without
     build noise: DeepSpeed's accelerator is named, not detected (no "Setting accelerator to CPU" warning); its op
     compatibility probe (which links test programs: a missing libaio makes ld print errors) runs with its output to
-    /dev/null; the CPU comm op's "built successfully" print is dropped; FutureWarnings of torch and DeepSpeed are off;
-    stale build locks left by killed ranks are swept while DeepSpeed loads its ops."""
+    /dev/null; FutureWarnings of torch and DeepSpeed are off; nothing is compiled (see below)."""
     import logging
     from datetime import timedelta
 
@@ -361,9 +347,16 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     from deepspeed.utils import logger
 
     logger.setLevel(logging.INFO if verbose else logging.ERROR)  # e.g. a scheduler read before its first step
-    if get_accelerator().create_op_builder("ShareMemCommBuilder") is not None:  # CPU: the comm op is probed
-        with _silenced_fds():
-            deepspeed.ops.__compatible_ops__  # noqa: B018 - computed and cached on first access
+    shm_op = get_accelerator().create_op_builder("ShareMemCommBuilder")  # None on GPUs
+    if shm_op is not None:
+        with silenced_fds():
+            compatible = deepspeed.ops.__compatible_ops__  # computed on first access, then the one cached dict
+        # Left compatible, every CPU rank JIT-compiles this shared-memory op (~60 s on 2 cores) under torch's file lock,
+        # which has no owner: a rank killed while building left it behind and later runs waited for ever (a CI set-up
+        # hung 90 min). The op serves only inference_all_reduce (tensor-parallel inference); training all-reduces go
+        # through gloo either way. DeepSpeed builds it only while marked compatible (deepspeed/comm/torch.py,
+        # build_shm_op), so the kit compiles nothing.
+        compatible[shm_op.NAME] = False
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # started plainly: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ["MASTER_PORT"] = str(free_port())
@@ -374,7 +367,7 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)
     wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    with StaleLockSweeper(), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)
 
 

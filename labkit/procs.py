@@ -1,4 +1,4 @@
-"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, stale build locks.
+"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, silencing file descriptors.
 
 Signalling a launcher's process group is not enough: Open MPI's mpirun puts every rank in a process group of its own,
 so stopping a run means stopping the group and every descendant, found through /proc. Standard library only, because
@@ -14,12 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-
-# Rebuilding DeepSpeed's CPU comm op takes about a minute on 2 cores; a lock older than this with no compiler running
-# anywhere was left by a rank killed while it held it.
-BUILD_LOCK_STALE_S = 300.0
-COMPILERS = ("ninja", "cc1plus", "c++", "g++", "gcc", "ld", "ld.bfd")
+from collections.abc import Iterator
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -83,68 +78,6 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     proc.poll()
 
 
-def _compiler_running() -> bool:
-    for entry in os.scandir("/proc"):
-        try:
-            with open(f"/proc/{entry.name}/comm") as f:
-                if f.read().strip() in COMPILERS:
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def clear_stale_build_locks(stale_after_s: float = BUILD_LOCK_STALE_S, *, say=None) -> list[Path]:
-    """Remove torch-extension build locks abandoned by killed ranks: the kit's one stale-lock policy.
-
-    Every DeepSpeed CPU rank JIT-loads the shared-memory comm op under torch's file lock
-    (`TORCH_EXTENSIONS_DIR/<py>/<op>/lock`, no owner recorded). A rank killed while holding it leaves the file behind
-    and every later DeepSpeed process waits for it for ever, silently. A lock older than stale_after_s while no
-    compiler runs anywhere is such a leftover."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    now = time.time()
-    try:
-        locks = [p for p in [*root.glob("*/*/lock"), *root.glob("*/lock")] if now - p.stat().st_mtime > stale_after_s]
-    except OSError:
-        return []
-    if not locks or _compiler_running():
-        return []
-    removed = []
-    for lock in locks:
-        try:
-            lock.unlink()
-        except OSError:
-            continue
-        removed.append(lock)
-        (say or _stderr)(f"labkit: removed {lock.parent.name}'s build lock, left by a process killed while building it")
-    return removed
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-class StaleLockSweeper:
-    """While DeepSpeed initialises, re-apply the policy every few seconds (a lock may go stale while we wait on it)."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self.stop = every_s, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="labkit-lock-sweeper")
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every_s):
-            clear_stale_build_locks()
-
-    def __enter__(self) -> StaleLockSweeper:
-        clear_stale_build_locks()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()  # no thread of ours outlives the rank's teardown
-
-
 @contextlib.contextmanager
 def interrupts_deferred():
     """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
@@ -156,3 +89,22 @@ def interrupts_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def silenced_fds() -> Iterator[None]:
+    """stdout and stderr of this process and its children to /dev/null, at the file-descriptor level (compiler
+    probes run as subprocesses: redirecting sys.stdout alone does not reach them)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)

@@ -60,14 +60,6 @@ if command -v mpicc >/dev/null 2>&1; then EXTRAS="dev,mpi"; fi
 say "installing labkit[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
 
-# 6. DeepSpeed's CPU shared-memory all-reduce op JIT-compiles on first use (~60 s on 2 cores): build it now, once, so the
-#    first notebook does not pay for it (cached under TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions).
-if [ "${LABKIT_SKIP_OP_PREBUILD:-0}" != 1 ]; then
-  #    The kit's stale-lock policy applies (a lock left by a killed rank once made this wait for ever); 15 min at most.
-  DS_ACCELERATOR=cpu timeout 900 "$VENV/bin/python" -c "from labkit.procs import clear_stale_build_locks; clear_stale_build_locks(); from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)" >/dev/null 2>&1 \
-    && say "DeepSpeed CPU comm op ready" || say "WARNING: could not prebuild DeepSpeed's CPU comm op (it will build on first use)"
-fi
-
-# 7. A Jupyter kernel that runs this environment, for `make lab` and papermill.
+# 6. A Jupyter kernel that runs this environment, for `make lab` and papermill.
 "$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name labkit --display-name "Python (labkit)" >/dev/null
 say "ready: $("$VENV/bin/python" -c 'import torch, deepspeed; print("torch", torch.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -n 1)"

@@ -173,6 +173,26 @@ def test_rank_scripts_report_metrics_and_shut_down_cleanly():
 
 
 @pytest.mark.slow
+def test_ranks_compile_nothing_so_an_abandoned_build_lock_cannot_hang_them(tmp_path):
+    """A rank killed while DeepSpeed JIT-built its CPU comm op left torch's owner-less build lock, and every later
+    DeepSpeed process waited for it for ever (a CI set-up hung 90 min). The kit's ranks build no op: with such a lock
+    in place 2 ranks finish, and the extensions folder is as it was."""
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    spec = launch.LaunchSpec(
+        "labkit.ranks.hello", ["--steps", "2"], world_size=2, env={"TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    )
+    result = launch.run(spec, timeout=120)
+    assert result.returncode == 0 and '"allreduce_sum": 3.0' in result.output, result.output[-2000:]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "deepspeed_shm_comm",
+        "deepspeed_shm_comm/lock",
+    ]
+    assert not kit_processes()
+
+
+@pytest.mark.slow
 def test_rank_scripts_exit_cleanly_every_time_under_cpu_load():
     """5 runs of the 2-rank hello while a busy process competes for the cores: every run exits 0, none aborts at
     shutdown (issue 10: 2 of 13 runs under load died with SIGABRT in ProcessGroupGloo::runLoop)."""

@@ -219,7 +219,6 @@ class LocalBackend(JobBackend):
         env = self._job_env(d, job)
         env["MASTER_PORT"] = _master_port(cmd)
         say = on_output or (lambda _text: None)
-        procs.clear_stale_build_locks(say=(lambda t: on_output(t + "\n")) if on_output else None)
         try:
             proc = subprocess.Popen(
                 cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -238,11 +237,7 @@ class LocalBackend(JobBackend):
                 for raw in iter(proc.stdout.readline, b""):
                     text = raw.decode("utf-8", "replace")
                     lines.append(text)
-                    if (
-                        starts_ranks
-                        and not first_death
-                        and (launch.RANK_ERROR_TAG in text or launch.first_dead_rank(text))
-                    ):
+                    if starts_ranks and not first_death and launch.reports_dead_rank(text):
                         first_death.append(time.monotonic())
                     say(text)
             except (ValueError, OSError):  # the pipe was closed under us after a forced stop
