@@ -2,6 +2,8 @@
 # Run the kit on the lent GPU machine (no network, no deepspeed/papermill installed): ../shared/gpu/README.md's recipe.
 #   bash bench/gpu_machine.sh notebooks   every notebook at its defaults (labkit run), a table of times last
 #   bash bench/gpu_machine.sh tests [ARGS] the test suite (pytest ARGS, default: all of tests/), its summary last
+#   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
+# The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -14,13 +16,13 @@ printf '#!/bin/sh\nexec python3 -c "import sys; from labkit.cli import main; sys
 chmod +x /tmp/site/bin/labkit
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/machine.txt" 2>&1
 python3 -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)" >> "$OUT/machine.txt" 2>&1
-case "${1:-notebooks}" in
-  notebooks)
+notebooks() {
     start=$(date +%s)
-    labkit run --out "$OUT/run" > "$OUT/run.log" 2>&1; rc=$?
+    labkit run --out /tmp/run > "$OUT/run.log" 2>&1; rc=$?
+    tar czf "$OUT/notebooks_run.tgz" -C /tmp run
     echo "labkit run: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/run.log"
     tail -n 30 "$OUT/run.log"
-    python3 - "$OUT/run/summary.json" <<'PY'
+    python3 - /tmp/run/summary.json <<'PY'
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))
@@ -31,14 +33,21 @@ print(f"{'notebook':<32} {'status':<8} {'seconds':>8}")
 for r in rows:
     print(f"{r.get('name', r.get('notebook', '?')):<32} {r.get('status', '?'):<8} {r.get('duration_s', 0):>8.1f}")
 PY
-    exit $rc ;;
-  tests)
-    shift
+    return $rc
+}
+tests() {
     start=$(date +%s)
     python3 -m pytest -q -rf -p no:cacheprovider --timeout 300 --junitxml "$OUT/junit.xml" "${@:-tests}" \
       > "$OUT/pytest.log" 2>&1; rc=$?
     grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
     tail -n 3 "$OUT/pytest.log"
     echo "pytest: exit $rc in $(( $(date +%s) - start )) s"
-    exit $rc ;;
+    return $rc
+}
+mode=${1:-notebooks}; shift || true
+case "$mode" in
+  notebooks) notebooks ;;
+  tests) tests "$@" ;;
+  all) notebooks; nb=$?; tests "$@"; t=$?; echo "notebooks exit $nb, tests exit $t"; [ $nb = 0 ] && [ $t = 0 ] ;;
+  *) echo "gpu_machine: unknown mode $mode (notebooks | tests | all)"; exit 2 ;;
 esac

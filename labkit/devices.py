@@ -443,6 +443,27 @@ def device_count(device: str) -> int:
     return usable_cores()
 
 
+AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
+
+
+def auto_ranks(requested: str = "auto", *, at_least: int = 1) -> tuple[int, str, str]:
+    """The kit's one automatic rank count (world_size / workers 0): (ranks, device, why).
+
+    One rank per visible accelerator of the device `requested` resolves to; on a CPU, AUTO_CPU_RANKS ranks (gloo), so a
+    lab stays distributed. A lesson that needs `at_least` ranks (ZeRO partitions nothing on one) takes CPU ranks when
+    an automatic device has fewer accelerators; an explicitly requested device is kept."""
+    dev = pick_device(requested)
+    have = device_count(dev) if dev != "cpu" else 0
+    explicit = str(requested).strip().lower() != "auto"
+    if have >= at_least or (have and explicit):
+        return have, dev, f"one rank per visible {dev.upper()} device ({have})"
+    if have:
+        reason = f"this machine has {have} {dev.upper()} device(s) and the lesson needs {at_least} ranks"
+    else:
+        reason = "device='cpu' was asked for" if explicit else "no GPU here"
+    return AUTO_CPU_RANKS, "cpu", f"{AUTO_CPU_RANKS} CPU ranks (gloo), because {reason}"
+
+
 def check_ranks_fit(field: str, ranks: int, device: str) -> int:
     """ranks if this machine has a `device` for each of them (one GPU/HPU per rank), else ConfigError before launch.
 

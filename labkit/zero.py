@@ -114,22 +114,19 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def auto_ranks(world_size: int, device: str = "auto") -> tuple[int, str, str]:
-    """(ranks, device, why). world_size 0 = automatic: every visible accelerator when there are 2 or more. ZeRO's
-    lesson is partitioning, which needs 2 ranks: with one GPU (device 'auto') or none, 2 CPU ranks instead."""
+    """(ranks, device, why). world_size 0 = automatic (`devices.auto_ranks`), needing 2 ranks: ZeRO's lesson is
+    partitioning, so one GPU with device 'auto' (or none) gives 2 CPU ranks instead."""
     check_int("world_size", world_size, 0, "use 0 (automatic) or 1 or more data-parallel ranks")
-    dev = devices.pick_device(device)
     if world_size:
+        dev = devices.pick_device(device)
         devices.check_ranks_fit("world_size", world_size, dev)
         return world_size, dev, f"as asked: world_size={world_size}"
-    have = devices.device_count(dev) if dev != "cpu" else 0
-    if have >= 2 or (have and str(device).lower() != "auto"):
-        note = "" if have >= 2 else f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
-        return have, dev, f"automatic: every visible {dev.upper()} device ({have} rank(s)){note}"
-    if have:
-        reason = f"this machine has one {dev.upper()} device and one rank partitions nothing"
-    else:
-        reason = "device='cpu' was asked for" if str(device).lower() == "cpu" else "no GPU here"
-    return 2, "cpu", f"automatic: 2 CPU ranks, because {reason}; ZeRO needs 2 or more ranks to partition model states"
+    ranks, dev, why = devices.auto_ranks(device, at_least=2)
+    if dev == "cpu":
+        why += "; ZeRO needs 2 or more ranks to partition model states"
+    elif ranks == 1:
+        why += f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
+    return ranks, dev, f"automatic: {why}"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import devices as accelerators
+from labkit import devices
 from labkit.devices import Device, ParseError, parse_cpulist, parse_hl_smi_csv, parse_meminfo, parse_nvidia_smi_csv
 from labkit.errors import ConfigError
 
@@ -103,7 +103,7 @@ def test_numa_nodes_from_a_sysfs_tree(tmp_path):
         (d / "cpulist").write_text(cpus + "\n")
         (d / "meminfo").write_text(f"Node {node} MemTotal:       {kb} kB\nNode {node} MemFree:        1000 kB\n")
     (tmp_path / "online").write_text("0-1\n")  # not a node directory
-    nodes = accelerators.numa_nodes(tmp_path)
+    nodes = devices.numa_nodes(tmp_path)
     assert [n["node"] for n in nodes] == [0, 1]
     assert nodes[1]["cpus"] == [4, 5, 6, 7] and nodes[1]["mem_total"] == 16777216 * 1024
 
@@ -112,19 +112,19 @@ def test_cgroup_limits(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     (tmp_path / "memory.max").write_text("8589934592\n")
     (tmp_path / "memory.current").write_text("1073741824\n")
-    assert accelerators.cgroup_cpu_limit(tmp_path) == 1.5
-    assert accelerators.cgroup_memory(tmp_path) == (8 * 2**30, 2**30)
+    assert devices.cgroup_cpu_limit(tmp_path) == 1.5
+    assert devices.cgroup_memory(tmp_path) == (8 * 2**30, 2**30)
     (tmp_path / "cpu.max").write_text("max 100000\n")
     (tmp_path / "memory.max").write_text("max\n")
-    assert accelerators.cgroup_cpu_limit(tmp_path) is None
-    assert accelerators.cgroup_memory(tmp_path) == (None, None)
+    assert devices.cgroup_cpu_limit(tmp_path) is None
+    assert devices.cgroup_memory(tmp_path) == (None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------- CPU (real)
 
 
 def test_cpu_device_is_this_machine():
-    cpu = accelerators.cpu_device()
+    cpu = devices.cpu_device()
     assert cpu.kind == "cpu" and cpu.index == 0 and cpu.source == "procfs"
     assert cpu.info["cores"] == min(len(os.sched_getaffinity(0)), cpu.info["cores"]) >= 1
     assert cpu.info["logical_cpus"] == os.cpu_count()
@@ -135,7 +135,7 @@ def test_cpu_device_is_this_machine():
 
 
 def test_discover_on_this_machine_finds_the_cpu_and_explains_the_rest():
-    found = accelerators.discover()
+    found = devices.discover()
     assert found.kinds()[-1] == "cpu" and len(found.of_kind("cpu")) == 1
     assert any(n.startswith("NVIDIA:") for n in found.notes) and any(n.startswith("Gaudi:") for n in found.notes)
     assert "cpu" in found.text() and "<table>" in found._repr_html_()
@@ -144,7 +144,7 @@ def test_discover_on_this_machine_finds_the_cpu_and_explains_the_rest():
 
 def test_discover_rejects_unknown_kinds():
     with pytest.raises(ConfigError, match="kinds: unknown device kind"):
-        accelerators.discover(["gpu"])
+        devices.discover(["gpu"])
 
 
 # ---------------------------------------------------------------------------------------------------------- NVIDIA
@@ -189,7 +189,7 @@ def test_nvml_path(monkeypatch):
         [("NVIDIA H200", 143771 * MIB, 512 * MIB, 41), (b"NVIDIA H200", 143771 * MIB, 0, 0)], utilization_error_on={1}
     )
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
-    found = accelerators.discover(["cuda"])
+    found = devices.discover(["cuda"])
     assert [d.name for d in found.devices] == ["NVIDIA H200", "NVIDIA H200"]
     first, second = found.devices
     assert first == Device("cuda", 0, "NVIDIA H200", 143771 * MIB, 512 * MIB, 41.0, "580.159.04", "nvml")
@@ -223,7 +223,7 @@ def test_nvml_failure_falls_back_to_nvidia_smi(monkeypatch, tmp_path):
         DATA / "nvidia-smi-8xh100.csv",
     )
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    found = accelerators.discover(["cuda"])
+    found = devices.discover(["cuda"])
     assert len(found.devices) == 8 and {d.source for d in found.devices} == {"nvidia-smi"}
     assert found.notes[0].startswith("NVIDIA: NVML failed (NVMLError")
     assert "torch.cuda skipped" in found.notes[1]
@@ -243,7 +243,7 @@ def test_failing_nvidia_smi_is_a_note_not_a_crash(monkeypatch, tmp_path):
         exit_code=9,
     )
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    found = accelerators.discover(["cuda"])
+    found = devices.discover(["cuda"])
     assert found.devices == []
     assert any("nvidia-smi failed" in n and "exited with 9" in n and "NVIDIA driver" in n for n in found.notes)
 
@@ -259,7 +259,7 @@ def test_torch_fallback_reads_device_properties(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
-    found = accelerators.discover(["cuda"])
+    found = devices.discover(["cuda"])
     (gpu,) = found.devices
     assert gpu.source == "torch" and gpu.mem_total == 85520809984 and gpu.mem_used is None
     assert gpu.info == {"capability": "9.0", "sms": 132} and gpu.driver == "CUDA 13.0"
@@ -293,7 +293,7 @@ def test_hl_smi_is_preferred_for_gaudi(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     for name, module in fake_habana(8).items():
         monkeypatch.setitem(sys.modules, name, module)
-    found = accelerators.discover(["hpu"])
+    found = devices.discover(["hpu"])
     assert len(found.devices) == 8 and {d.source for d in found.devices} == {"hl-smi"}
 
 
@@ -301,7 +301,7 @@ def test_habana_frameworks_without_hl_smi(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no hl-smi anywhere
     for name, module in fake_habana(2).items():
         monkeypatch.setitem(sys.modules, name, module)
-    found = accelerators.discover(["hpu"])
+    found = devices.discover(["hpu"])
     assert [d.source for d in found.devices] == ["habana_frameworks"] * 2
     assert found.devices[0].mem_total == 94 * 2**30 and found.devices[0].mem_used == 2**30
     assert found.notes == ["Gaudi: hl-smi skipped (not on PATH)", "Gaudi: 2 device(s) via habana_frameworks"]
@@ -313,14 +313,14 @@ def test_habana_frameworks_without_hl_smi(monkeypatch, tmp_path):
 def test_pick_device_on_this_machine():
     import torch
 
-    assert accelerators.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert accelerators.pick_device(" CPU ") == "cpu"
+    assert devices.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.pick_device(" CPU ") == "cpu"
 
 
 @pytest.mark.parametrize("value", ["gpu", "cuda:0", "", "tpu", None, 0])
 def test_pick_device_unknown_value(value):
     with pytest.raises(ConfigError) as info:
-        accelerators.pick_device(value)
+        devices.pick_device(value)
     assert info.value.field == "device" and "'auto', 'cpu', 'cuda', 'hpu'" in info.value.fix
 
 
@@ -329,9 +329,9 @@ def test_pick_device_unavailable_cuda_says_why(monkeypatch):
 
     monkeypatch.setattr(torch.version, "cuda", None)  # what a CPU build reports (true on the CPU test machine)
     with pytest.raises(ConfigError, match="device: 'cuda' requested but torch .* is a CPU build"):
-        accelerators.pick_device("cuda")
+        devices.pick_device("cuda")
     with pytest.raises(ConfigError, match="'hpu' requested but habana_frameworks .* not installed"):
-        accelerators.pick_device("hpu")
+        devices.pick_device("hpu")
 
 
 def test_pick_device_prefers_cuda_then_hpu(monkeypatch):
@@ -340,13 +340,13 @@ def test_pick_device_prefers_cuda_then_hpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name, module in fake_habana(8).items():
         monkeypatch.setitem(sys.modules, name, module)
-    assert accelerators.pick_device("auto") == "hpu"
-    assert accelerators.pick_device("hpu") == "hpu"
+    assert devices.pick_device("auto") == "hpu"
+    assert devices.pick_device("hpu") == "hpu"
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert accelerators.pick_device("auto") == "cuda"
-    assert accelerators.pick_device("cuda") == "cuda"
+    assert devices.pick_device("auto") == "cuda"
+    assert devices.pick_device("cuda") == "cuda"
 
 
 def test_pick_device_gaudi_without_devices(monkeypatch):
@@ -355,9 +355,9 @@ def test_pick_device_gaudi_without_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name, module in fake_habana(0, available=False).items():
         monkeypatch.setitem(sys.modules, name, module)
-    assert accelerators.pick_device("auto") == "cpu"
+    assert devices.pick_device("auto") == "cpu"
     with pytest.raises(ConfigError, match="sees no Gaudi device"):
-        accelerators.pick_device("hpu")
+        devices.pick_device("hpu")
 
 
 # ---------------------------------------------------------------------------------------------------------- misc
@@ -371,14 +371,14 @@ def test_filter_by_kind_covers_devices_and_nodes():
         NodeInventory(n, True, True, kind, None, None)
         for n, kind in (("g", "gaudi"), ("n", "nvidia"), ("m", "amd"), ("c", None))
     ]
-    assert accelerators.filter_by_kind(devs, "cuda") == devs[:1]
-    assert accelerators.filter_by_kind(devs, "all") == devs
-    assert accelerators.filter_by_kind(devs, "hpu") == []
-    assert [n.name for n in accelerators.filter_by_kind(nodes, "cuda")] == ["n", "m"]
-    assert [n.name for n in accelerators.filter_by_kind(nodes, "hpu")] == ["g"]
-    assert [n.name for n in accelerators.filter_by_kind(nodes, "cpu")] == ["c"]
+    assert devices.filter_by_kind(devs, "cuda") == devs[:1]
+    assert devices.filter_by_kind(devs, "all") == devs
+    assert devices.filter_by_kind(devs, "hpu") == []
+    assert [n.name for n in devices.filter_by_kind(nodes, "cuda")] == ["n", "m"]
+    assert [n.name for n in devices.filter_by_kind(nodes, "hpu")] == ["g"]
+    assert [n.name for n in devices.filter_by_kind(nodes, "cpu")] == ["c"]
     with pytest.raises(ConfigError, match="kind: unknown kind 'gpu'"):
-        accelerators.filter_by_kind(devs, "gpu")
+        devices.filter_by_kind(devs, "gpu")
 
 
 def test_filtered_tables_html():
@@ -395,10 +395,10 @@ def test_filtered_tables_html():
 def test_device_memory_figure_renders_under_agg():
     from labkit.plots.discovery import device_memory_figure
 
-    devices = parse_nvidia_smi_csv((DATA / "nvidia-smi-8xh100.csv").read_text()) + [accelerators.cpu_device()]
-    fig = device_memory_figure(devices)
+    found = parse_nvidia_smi_csv((DATA / "nvidia-smi-8xh100.csv").read_text()) + [devices.cpu_device()]
+    fig = device_memory_figure(found)
     ax = fig.axes[0]
-    assert len(ax.patches) == 2 * len(devices)  # a total bar and an in-use bar per device
+    assert len(ax.patches) == 2 * len(found)  # a total bar and an in-use bar per device
     assert ax.patches[0].get_width() == pytest.approx(81559 / 1024)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -451,3 +451,31 @@ def test_notebook_01_records_this_machine(executed_notebook):
     assert recorded["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     if cluster.find_kubeconfig() is None:
         assert recorded["cluster"]["configured"] is False and recorded["cluster"]["nodes"] == []
+
+
+@pytest.mark.parametrize(
+    "gpus,requested,at_least,expected",
+    [
+        (4, "auto", 1, (4, "cuda")),
+        (1, "auto", 1, (1, "cuda")),  # training: one GPU is one rank
+        (1, "auto", 2, (2, "cpu")),  # ZeRO: one rank partitions nothing, so CPU ranks
+        (1, "cuda", 2, (1, "cuda")),  # an explicit device is kept
+        (0, "auto", 1, (2, "cpu")),
+        (4, "cpu", 1, (2, "cpu")),
+    ],
+)
+def test_one_automatic_rank_policy_for_every_chapter_and_the_local_backend(
+    monkeypatch, gpus, requested, at_least, expected
+):
+    """zero.auto_ranks, the CIFAR plan and LocalBackend's workers 0 all read devices.auto_ranks: they cannot drift."""
+    from labkit.chapters import cifar
+    from labkit.jobs.local import LocalBackend
+
+    monkeypatch.setattr(devices, "cuda_status", lambda: (gpus > 0, f"{gpus} CUDA device(s)"))
+    monkeypatch.setattr(devices, "device_count", lambda d: gpus if d == "cuda" else 2)
+    ranks, device, why = devices.auto_ranks(requested, at_least=at_least)
+    assert (ranks, device) == expected and why
+    if at_least == 1:
+        assert cifar.plan(device=requested).world_size == ranks
+        accelerator, workers, said = LocalBackend(root=None).accelerator_for(requested, 0, 1)
+        assert (workers, accelerator) == (ranks, devices.ACCELERATOR_OF[device]) and why in said

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import checkpoint, data, launch, train
+from labkit import checkpoint, data, devices, launch, train
 from labkit.chapters import cifar
 from labkit.errors import ConfigError, LaunchError
 from labkit.model import build_model
@@ -108,8 +108,10 @@ def test_world_size_0_picks_two_cpu_ranks_on_a_cpu_and_says_why(monkeypatch):
     assert (plan.world_size, plan.launcher) == (2, "deepspeed") and "2 CPU ranks" in plan.why
     assert "--num_gpus 2" in plan.command_text() and str(plan.workdir) not in plan.command_text()
     assert cifar.plan(device="cpu", launcher="inprocess").world_size == 1
-    monkeypatch.setattr(cifar, "device_count", lambda device: 4)
-    assert cifar.auto_ranks("cuda") == (4, "automatic: all 4 visible CUDA device(s), one rank each")
+    monkeypatch.setattr(devices, "cuda_status", lambda: (True, "4 CUDA devices"))
+    monkeypatch.setattr(devices, "device_count", lambda device: 4)
+    plan = cifar.plan(device="cuda")
+    assert (plan.world_size, plan.why) == (4, "automatic: one rank per visible CUDA device (4)")
 
 
 def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():

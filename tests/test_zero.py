@@ -134,9 +134,9 @@ def _fake_devices(monkeypatch, gpus: int) -> None:
 @pytest.mark.parametrize(
     "gpus,device,expected,why",
     [
-        (4, "auto", (4, "cuda"), "every visible CUDA device"),
-        (4, "cuda", (4, "cuda"), "every visible CUDA device"),
-        (1, "auto", (2, "cpu"), "one CUDA device and one rank partitions nothing"),
+        (4, "auto", (4, "cuda"), "one rank per visible CUDA device (4)"),
+        (4, "cuda", (4, "cuda"), "one rank per visible CUDA device (4)"),
+        (1, "auto", (2, "cpu"), "1 CUDA device(s) and the lesson needs 2 ranks"),
         (1, "cuda", (1, "cuda"), "one rank partitions nothing"),  # an explicit device is kept, and the note says so
         (0, "auto", (2, "cpu"), "no GPU here"),
         (4, "cpu", (2, "cpu"), "device='cpu'"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import data, launch, train
-from labkit.devices import check_ranks_fit, device_count, pick_device
+from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
@@ -56,16 +56,6 @@ class TrainingPlan:
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
-def auto_ranks(device: str, launcher: str = "auto") -> tuple[int, str]:
-    """world_size 0: (ranks, why) for this machine."""
-    if launcher == "inprocess":
-        return 1, "automatic: in-process training runs one rank"
-    if device == "cpu":
-        return 2, "automatic: no GPU here, so 2 CPU ranks (gloo) keep the lab distributed"
-    n = device_count(device)
-    return n, f"automatic: {'all ' if n > 1 else 'the '}{n} visible {device.upper()} device(s), one rank each"
-
-
 def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options):
     """Validate notebook/CLI parameters (TrainConfig fields) and decide how the run happens. Raises ConfigError.
 
@@ -77,8 +67,11 @@ def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True,
     check_int("world_size", world_size, minimum=0, fix="pass 1 or more ranks, or 0 for automatic")
     device = pick_device(options.get("device", "auto"))
     why = f"world_size={world_size} as given"
-    if not world_size:
-        world_size, why = auto_ranks(device, launcher)
+    if not world_size and launcher == "inprocess":
+        world_size, why = 1, "automatic: in-process training runs one rank"
+    elif not world_size:
+        world_size, _, why = auto_ranks(options.get("device", "auto"))
+        why = f"automatic: {why}"
     if launcher == "inprocess" and world_size != 1:
         fix = "use world_size=1, or launcher='deepspeed' for more ranks"
         raise ConfigError("launcher", "in-process training runs exactly one rank", fix)

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from labkit import launch, manifests, procs
-from labkit.devices import ACCELERATOR_OF, DEVICE_OF, check_ranks_fit, device_count, pick_device
+from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_number
 from labkit.jobs import base
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
@@ -32,8 +32,6 @@ from labkit.jobs.launcher import JOB_UID_ENV, default_jobs_dir, map_hostfile, re
 from labkit.procs import interrupts_deferred
 
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
-AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
-RANK_EXIT_GRACE_S = 15.0  # after a rank's error or exit, how long its peers get to end before the exec stops them
 LAUNCHERS = ("deepspeed", "mpirun", "mpiexec")  # commands that start ranks (checked against the devices here)
 # The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
 # probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
@@ -86,9 +84,8 @@ class LocalBackend(JobBackend):
         picked = pick_device(device)  # ConfigError for an unknown or unavailable device
         why = "picked on this machine" if device.strip().lower() == "auto" else "requested"
         if not workers:
-            have = device_count(picked) if picked != "cpu" else AUTO_CPU_RANKS
-            workers = max(1, have // slots)
-            per = f"one rank per {picked.upper()} device, {have} here" if picked != "cpu" else f"{have} CPU ranks"
+            ranks, _, per = auto_ranks(device)
+            workers = max(1, ranks // slots)
             why += f"; workers 0 = automatic: {workers} ({per})"
         if workers * slots > MAX_LOCAL_RANKS:
             fix = "use fewer workers/slots locally, or backend='kubernetes'"
@@ -248,7 +245,9 @@ class LocalBackend(JobBackend):
         try:
             reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
             # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
-            while proc.poll() is None and not (first_death and time.monotonic() > first_death[0] + RANK_EXIT_GRACE_S):
+            while proc.poll() is None and not (
+                first_death and time.monotonic() > first_death[0] + launch.DEAD_RANK_GRACE_S
+            ):
                 if end is not None and time.monotonic() > end:
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
