@@ -175,8 +175,10 @@ def test_rank_scripts_report_metrics_and_shut_down_cleanly():
 @pytest.mark.slow
 def test_ranks_compile_nothing_so_an_abandoned_build_lock_cannot_hang_them(tmp_path):
     """A rank killed while DeepSpeed JIT-built its CPU comm op left torch's owner-less build lock, and every later
-    DeepSpeed process waited for it for ever (a CI set-up hung 90 min). The kit's ranks build no op: with such a lock
-    in place 2 ranks finish, and the extensions folder is as it was."""
+    DeepSpeed process waited for it for ever (a CI set-up hung 90 min). The op also left two /dev/shm buffers per run
+    that nothing removed (23 GB of RAM on this machine after a few test runs). The kit's ranks build no op: with such a
+    lock in place 2 ranks finish, the extensions folder is as it was, and /dev/shm gained no DeepSpeed buffer."""
+    shm_before = set(os.listdir("/dev/shm"))
     lock = tmp_path / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir()
     lock.touch()
@@ -189,6 +191,7 @@ def test_ranks_compile_nothing_so_an_abandoned_build_lock_cannot_hang_them(tmp_p
         "deepspeed_shm_comm",
         "deepspeed_shm_comm/lock",
     ]
+    assert not [f for f in set(os.listdir("/dev/shm")) - shm_before if f.startswith("deepspeed")]
     assert not kit_processes()
 
 
