@@ -8,10 +8,11 @@ stays cheap on machines without it (the GPU benchmark image).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ class KubeconfigSource:
     kind: str  # "file" | "in-cluster"
     paths: tuple[str, ...] = ()
     context: str | None = None  # the context that would be used
-    server: str | None = None  # the API server URL of that context's cluster
+    server: str | None = None  # the API server URL of that context's cluster, without credentials or query
+    exec_plugin: str | None = None  # the command an `exec` user runs to get its credentials (announced: it runs)
 
     def describe(self) -> str:
         if self.kind == "in-cluster":
@@ -48,24 +50,86 @@ class KubeconfigSource:
             f", context {self.context}" if self.context else "",
             f", server {self.server}" if self.server else "",
         )
-        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}"
+        plugin = (
+            f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)" if self.exec_plugin else ""
+        )
+        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin}"
 
 
-def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None]:
-    """(context, server) the way kubectl merges files: the first file that sets a value wins. Never returns secrets."""
+def shown_server(url: str) -> str:
+    """A server URL as the kit shows it: no user:password@ and no query or fragment (`?access_token=...`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment=""))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def kubeconfig_secrets(paths: Iterable[str]) -> set[str]:
+    """Every value a kubeconfig's users hold (tokens, keys, passwords, exec arguments and env) and the credentials and
+    query of its server URLs: the strings no message of the kit may contain. Unreadable files give nothing."""
     import yaml
 
-    current, named = None, {"contexts": {}, "clusters": {}}
+    found: set[str] = set()
+    for path in paths:
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        for user in doc.get("users") or []:
+            fields = (
+                dict(user.get("user") or {}) if isinstance(user, dict) and isinstance(user.get("user"), dict) else {}
+            )
+            plugin = fields.pop("exec", None)
+            found.update(_strings(fields))
+            if isinstance(plugin, dict):  # its command is announced; its arguments and environment may carry secrets
+                found.update(_strings(plugin.get("args")))
+                found.update(_strings([e.get("value") for e in plugin.get("env") or [] if isinstance(e, dict)]))
+        for item in doc.get("clusters") or []:
+            server = ((item or {}).get("cluster") or {}).get("server") if isinstance(item, dict) else None
+            if isinstance(server, str):
+                parts = urlsplit(server)
+                found.update(v for v in (parts.password, parts.query, parts.fragment) if v)
+    return {v for v in found if len(v) >= 4}  # short values ('v1', 'Never') would blank ordinary words
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """text with every secret replaced by <redacted>, longest first (a token may contain a shorter one)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None, str | None]:
+    """(context, server, exec plugin) the way kubectl merges files: the first file that sets a value wins. Never returns
+    secrets."""
+    import yaml
+
+    current, named = None, {"contexts": {}, "clusters": {}, "users": {}}
     for path in paths:
         try:
             doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            why = " ".join(str(exc).split())
-            if isinstance(exc, UnicodeDecodeError):
+            # Never the file's content: YAML errors quote the offending line, which may hold the token.
+            if isinstance(exc, OSError):
+                why = exc.strerror or "cannot be read"
+            elif isinstance(exc, UnicodeDecodeError):
                 why = "not text (binary data)"
             elif getattr(exc, "problem_mark", None) is not None:  # YAML: where and what, without the echoed snippet
                 mark = exc.problem_mark
                 why = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+            else:
+                why = "not valid YAML"
             problem = f"{path} is not a readable kubeconfig: {type(exc).__name__}: {why[:200]}"
             raise ConfigError(
                 "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
@@ -85,11 +149,15 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
         raise ConfigError(
             "context" if context else "kubeconfig", problem, "pick one of those contexts (kubectl config get-contexts)"
         )
-    server = clusters.get((contexts.get(chosen) or {}).get("cluster"), {}).get("server") if chosen else None
-    if server and "@" in server:  # https://user:secret@host:6443 -> https://host:6443: credentials are never shown
-        parts = urlsplit(server)
-        server = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return chosen, server
+    ctx = (contexts.get(chosen) or {}) if chosen else {}
+    server = clusters.get(ctx.get("cluster"), {}).get("server")
+    plugin = (named["users"].get(ctx.get("user")) or {}).get("exec") or {}
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    return (
+        chosen,
+        shown_server(server) if isinstance(server, str) else None,
+        Path(command).name if isinstance(command, str) else None,
+    )
 
 
 def find_kubeconfig(
@@ -118,6 +186,20 @@ def find_kubeconfig(
     return None
 
 
+class _ExecPluginErrors(logging.Filter):
+    """Keeps the kubernetes client's own error records (a failed exec plugin: its stderr) from being printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "kubernetes" in Path(record.pathname).parts and record.levelno >= logging.ERROR:
+            self.seen.append(record.getMessage())
+            return False
+        return True
+
+
 def api_client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
     """An ApiClient for `source` (never the client's global default configuration); retries=False fails fast: a dead
     server costs one timeout, not four."""
@@ -126,17 +208,32 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
     if source is None:
         raise LabkitError(NO_CLUSTER_MESSAGE)
     cfg = client.Configuration()
+    plugin_errors = _ExecPluginErrors()
+    root = logging.getLogger()
+    root.addFilter(plugin_errors)  # the client logs a failed exec plugin's stderr to the root logger and goes on
     try:
         if source.kind == "in-cluster":
             config.load_incluster_config(client_configuration=cfg)
         else:  # always pass the file(s): the client reads $KUBECONFIG once, when it is first imported
             files = os.pathsep.join(source.paths)
             config.load_kube_config(config_file=files, context=context, client_configuration=cfg, persist_config=False)
-    except config.ConfigException as exc:
+    except Exception as exc:  # noqa: BLE001 - ConfigException, and e.g. binascii.Error for bad base64 key data
+        kind = (
+            type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+        )
+        why = str(exc) if isinstance(exc, config.ConfigException) else f"{kind}: {exc}"
+        plugin_errors.seen.append(why)
+    finally:
+        root.removeFilter(plugin_errors)
+    if plugin_errors.seen:
+        why = plugin_errors.seen[0]
+        if why.startswith("exec:"):  # "exec: process returned 1. <the plugin's stderr>": the stderr may hold anything
+            why = f"its exec plugin {source.exec_plugin!r} failed ({why.split('. ', 1)[0][6:]}; run it to see why)"
+        why = scrub(why, kubeconfig_secrets(source.paths))
         raise LabkitError(
-            f"cannot load the cluster configuration from {source.describe()}: {exc}. "
+            f"cannot load the cluster configuration from {source.describe()}: {why}. "
             "Fix: check it with `kubectl config view` and `kubectl get nodes`"
-        ) from None
+        )
     cfg.retries = cfg.retries if retries else False
     return client.ApiClient(configuration=cfg)
 
