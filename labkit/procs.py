@@ -31,6 +31,18 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def start_ticks(pid: int) -> int | None:
+    """When pid started (clock ticks after boot, /proc/PID/stat field 22); None when it is gone. A pid is reused, a
+    (pid, start) pair is not: the kit records both and signals a recorded pid only while they still match."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def same_process(pid: int, ticks: int | None) -> bool:
+    """True if pid is alive and is the process that was recorded with start `ticks`."""
+    return alive(pid) and ticks is not None and start_ticks(pid) == ticks
+
+
 def _live() -> list[tuple[int, int, int]]:
     """(pid, parent pid, process group) of every live process."""
     rows = ((e.name, _stat_fields(e.name)) for e in os.scandir("/proc") if e.name.isdigit())

@@ -466,3 +466,75 @@ def test_the_deadline_is_named_not_its_signal(backend):
     res = job.run(["sh", "-c", "sleep 30"])
     assert res.returncode != 0 and res.failure == "stopped by its deadline after 2 s"
     job.delete()
+
+
+# ------------------------------------------------------------------------------------- trust in the jobs folder (12.4)
+
+
+def test_a_namespace_is_a_name_never_a_path(tmp_path):
+    victim = tmp_path / "victim" / "important"
+    victim.mkdir(parents=True)
+    (victim / "job.json").write_text("{}")  # looks like a job: delete must still not reach it
+    b = LocalBackend(root=tmp_path / "jobs")
+    for call in (lambda: b.delete("important", namespace="../victim"), lambda: LocalBackend(namespace="../victim")):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert err.value.field == "namespace"
+    assert victim.is_dir() and (victim / "job.json").exists()
+
+
+def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):
+    with backend.submit(JobSpec(name="private", workers=1)) as job:
+        job.wait_ready(timeout=10)
+        for path in (backend.root, backend.job_dir("private")):
+            assert os.stat(path).st_mode & 0o077 == 0, path  # exec'd command lines are readable by us only
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # e.g. LABKIT_JOBS_DIR=/tmp/jobs shared by a class: anyone could plant a job there
+    with pytest.raises(ConfigError) as err:
+        LocalBackend(root=shared).list()
+    assert err.value.field == "LABKIT_JOBS_DIR" and "only you can write" in err.value.problem
+
+
+def test_a_planted_job_never_makes_the_kit_signal_a_process(tmp_path):
+    """A job folder the kit did not write (reached through a symlink, or its pid record not matching the running
+    process's start) is neither listed nor signalled: `labkit job list` once killed an unrelated process this way."""
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        b = LocalBackend(root=tmp_path / "jobs")
+        ns = tmp_path / "jobs" / "workloads"
+        ns.mkdir(parents=True, mode=0o700)
+        tmp_path.joinpath("jobs").chmod(0o700)
+        planted = {"name": "x", "namespace": "workloads", "uid": "u", "created": 0, "deadline": 1, "workers": 1}
+        state = {"phase": "Succeeded", "reason": "Completed", "ended": 0}
+        # 1. a pid record without the process's start time (what a forged or stale record looks like)
+        forged = ns / "forged"
+        (forged / "execs").mkdir(parents=True)
+        (forged / "job.json").write_text(json.dumps({**planted, "ttl_seconds_after_finished": 0}))
+        (forged / "launcher.json").write_text(json.dumps({"pid": bystander.pid, "start_ticks": 1}))
+        (forged / "execs" / str(bystander.pid)).write_text(json.dumps({"argv": ["x"], "start_ticks": 1}))
+        (forged / "state.json").write_text(json.dumps(state))
+        # 2. a job folder that is a symlink to someone else's files
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "job.json").write_text(json.dumps({**planted, "name": "linked"}))
+        (elsewhere / "launcher.json").write_text(json.dumps({"pid": bystander.pid}))
+        (ns / "linked").symlink_to(elsewhere)
+        listed = [st.name for st in b.list(namespace="*")]  # also collects finished jobs past their TTL
+        assert "linked" not in listed
+        assert not b.delete("linked")
+        b.delete("forged")
+        assert alive(bystander.pid) and bystander.poll() is None
+        assert (elsewhere / "job.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_recorded_pid_names_one_process_only():
+    from labkit import procs
+
+    me = os.getpid()
+    assert procs.same_process(me, procs.start_ticks(me))
+    assert not procs.same_process(me, procs.start_ticks(me) + 1)  # the same pid, started at another time: reused
+    assert not procs.same_process(me, None)

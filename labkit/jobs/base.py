@@ -186,6 +186,15 @@ def check_job_name(name: str) -> str:
     return name
 
 
+def check_namespace(namespace: str) -> str:
+    """Kubernetes namespace names (RFC 1123 labels, at most 63 characters): also a directory of the local backend, so
+    `../elsewhere` must never get through."""
+    if not isinstance(namespace, str) or not _NAME_RE.match(namespace) or len(namespace) > 63:
+        fix = "use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. 'workloads')"
+        raise ConfigError("namespace", f"{namespace!r} is not a valid namespace", fix)
+    return namespace
+
+
 def check_exec_args(argv: list[str], timeout: float | None) -> None:
     """What both backends refuse before touching a job: an empty or non-string command, a non-positive timeout."""
     if not argv or not all(isinstance(a, str) for a in argv):

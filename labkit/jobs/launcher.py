@@ -5,7 +5,7 @@ Each job is a directory `<root>/<namespace>/<name>/` (root: $LABKIT_JOBS_DIR, de
     job.json       the spec, uid, creation time and deadline        manifest.yaml  what a cluster would be given
     hostfile       `localhost slots=W*S` (see local.py)             launcher.log   the launcher's own log
     launcher.json  launcher pid (written by the launcher)           ready          exists once the launcher runs
-    execs/<pgid>   one file per running exec: its process group     state.json     how the job ended
+    execs/<pgid>   one per running exec: its group leader's start   state.json     how the job ended
     workdir/       the exec'd commands' working directory           bin/ssh        what ssh to a worker means here
 
 `python -m labkit.jobs.launcher JOB_DIR` double-forks, so the launcher belongs to no notebook kernel or CLI process (a
@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from labkit.jobs.base import CLUSTER_HOSTFILE
-from labkit.procs import alive
+from labkit.procs import alive, same_process, start_ticks
 
 JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
 
@@ -43,6 +44,31 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def owned(path: Path) -> bool:
+    """True for a file or directory of this user reached without a symlink: the only kind the local backend reads a
+    pid from or deletes (another user's planted job must not make `labkit job list` signal anything)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def exec_record(pid: int, argv: list[str]) -> str:
+    """execs/<pgid>: the exec'd command and its leader's start, so a stale record never names a reused pid."""
+    return json.dumps({"argv": argv, "start_ticks": start_ticks(pid)}) + "\n"
+
+
+def _exec_groups(job_dir: Path) -> set[int]:
+    """The process groups of the job's running execs whose leader is still the recorded process."""
+    groups = set()
+    for f in (job_dir / "execs").glob("*"):
+        record = read_json(f) if f.name.isdigit() and owned(f) else None
+        if record and same_process(int(f.name), record.get("start_ticks")):
+            groups.add(int(f.name))
+    return groups
 
 
 def default_jobs_dir() -> Path:
@@ -75,8 +101,7 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(
     """SIGTERM the job's process groups (`execs/`) and uid-tagged processes, SIGKILL what is left after grace_s."""
     me = {os.getpid(), os.getppid()}
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
-        execs = {int(f.name) for f in (job_dir / "execs").glob("*") if f.name.isdigit()}
-        targets = [(os.killpg, g) for g in groups | execs if g not in me and g > 1]
+        targets = [(os.killpg, g) for g in groups | _exec_groups(job_dir) if g not in me and g > 1]
         for kill, target in targets + [(os.kill, p) for p in job_pids(uid, exclude=me)]:
             try:
                 kill(target, sig)
@@ -111,7 +136,13 @@ def run_launcher(job_dir: Path) -> int:
         log.write(f"[labkit launcher] cannot start {argv}: {exc}\n".encode())
         _ended(job_dir, phase="Failed", reason="LauncherStartFailed", message=str(exc), returncode=127)
         return 1
-    write_json(job_dir / "launcher.json", {"pid": os.getpid(), "child_pid": child.pid, "started": time.time()})
+    record = {
+        "pid": os.getpid(),
+        "start_ticks": start_ticks(os.getpid()),
+        "child_pid": child.pid,
+        "started": time.time(),
+    }
+    write_json(job_dir / "launcher.json", record)
     (job_dir / "ready").touch()
     reason, returncode = "Completed", None
     while stop["reason"] is None and (returncode := child.poll()) is None and time.time() < deadline:

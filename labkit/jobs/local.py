@@ -12,7 +12,6 @@ address) the job's `bin/ssh` answers for localhost, so the cluster's command lin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,17 @@ from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fi
 from labkit.errors import ConfigError, LabkitError, check_number
 from labkit.jobs import base
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
-from labkit.jobs.launcher import JOB_UID_ENV, default_jobs_dir, map_hostfile, read_json, stop_job_processes, write_json
+from labkit.jobs.launcher import (
+    JOB_UID_ENV,
+    JOBS_DIR_ENV,
+    default_jobs_dir,
+    exec_record,
+    map_hostfile,
+    owned,
+    read_json,
+    stop_job_processes,
+    write_json,
+)
 from labkit.procs import interrupts_deferred
 
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
@@ -78,7 +87,7 @@ class LocalBackend(JobBackend):
         if deadline_seconds is not None:
             check_number("deadline_seconds", deadline_seconds, 0.0, "pass e.g. 5, or None for the spec's", strict=True)
         self.root = Path(root) if root is not None else default_jobs_dir()
-        self.namespace, self.deadline_seconds = namespace, deadline_seconds
+        self.namespace, self.deadline_seconds = base.check_namespace(namespace), deadline_seconds
 
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         picked = pick_device(device)  # ConfigError for an unknown or unavailable device
@@ -94,11 +103,28 @@ class LocalBackend(JobBackend):
         return ACCELERATOR_OF[picked], workers, why
 
     def job_dir(self, name: str, namespace: str | None = None) -> Path:
-        return self.root / (namespace or self.namespace) / name
+        return self.root / base.check_namespace(namespace or self.namespace) / name
+
+    def _checked_root(self, create: bool = False) -> bool:
+        """Whether the jobs folder exists (made 0700 when `create`); a ConfigError when another user could have
+        planted jobs in it (not ours, a symlink, or writable by others): we read pids from it and signal them."""
+        if create:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.path.lexists(self.root):
+            return False
+        st = os.lstat(self.root)
+        if not owned(self.root) or st.st_mode & 0o022:
+            problem = f"{self.root} is not a folder of yours that only you can write (owner, mode or symlink)"
+            raise ConfigError(JOBS_DIR_ENV, problem, "point it at a folder of your own, or leave it unset")
+        return True
+
+    def _ours(self, d: Path) -> bool:
+        """A job folder (and its job.json) written by this user, not reached through a symlink."""
+        return owned(d.parent) and owned(d) and owned(d / "job.json")
 
     def _existing_dir(self, name: str, namespace: str | None) -> Path:
         d = self.job_dir(base.check_job_name(name), namespace)
-        if not (d / "job.json").is_file():
+        if not self._checked_root() or not self._ours(d):
             where = f"{namespace or self.namespace}/{name} does not exist (in {self.root})"
             raise JobNotFound(f"local job {where}; see `labkit job list --backend local`")
         return d
@@ -106,16 +132,21 @@ class LocalBackend(JobBackend):
     def submit(self, spec: manifests.JobSpec) -> Job:
         spec = spec.resolved()  # validates, and fills slots/command/... from the overlay as the cluster would
         base.check_job_name(spec.name)
+        self._checked_root(create=True)
         self._collect_garbage()
         d, ref = self.job_dir(spec.name, spec.namespace), f"a local job {spec.namespace}/{spec.name}"
+        if os.path.lexists(d) and not self._ours(d):
+            raise ConfigError("name", f"{ref}: {d} exists but is not a job of yours", "pick another name")
         if (d / "job.json").exists():
             if self._status_from_dir(d).phase in ("Pending", "Running"):
                 fix = f"delete it first (`labkit job delete {spec.name} --backend local`) or pick another name"
                 raise ConfigError("name", f"{ref} is already running", fix)
             shutil.rmtree(d, ignore_errors=True)  # a finished job of the same name: replace it, as kubectl would
-        d.parent.mkdir(parents=True, exist_ok=True)
+        d.parent.mkdir(mode=0o700, exist_ok=True)
+        if not owned(d.parent):
+            raise ConfigError("namespace", f"{d.parent} is not a folder of yours", "use another namespace")
         try:
-            d.mkdir()  # atomic: of two concurrent submits of one name, one wins
+            d.mkdir(mode=0o700)  # atomic: of two concurrent submits of one name, one wins; only we read its commands
         except FileExistsError:
             raise ConfigError("name", f"{ref} is being created right now", "pick another name, or delete it") from None
         for sub in ("execs", "workdir", "bin"):
@@ -155,13 +186,17 @@ class LocalBackend(JobBackend):
         return launch.kit_env(extra, world_size=ranks, device=DEVICE_OF[job.get("accelerator", "cpu")])
 
     def _read_job(self, d: Path) -> dict:
-        job = read_json(d / "job.json")
+        job = read_json(d / "job.json") if self._ours(d) else None
         if job is None:
             raise JobNotFound(f"local job at {d} is unreadable")
         return job
 
-    def _launcher_pid(self, d: Path) -> int | None:
-        return (read_json(d / "launcher.json") or {}).get("pid")
+    def _launcher(self, d: Path) -> tuple[int | None, bool]:
+        """(launcher pid, whether that very process still runs): a pid is trusted only from our own launcher.json and
+        only while its start time matches the recorded one (pids are reused)."""
+        record = (read_json(d / "launcher.json") if owned(d / "launcher.json") else None) or {}
+        pid = record.get("pid")
+        return pid, isinstance(pid, int) and procs.same_process(pid, record.get("start_ticks"))
 
     def _status_from_dir(self, d: Path) -> JobStatus:
         job = self._read_job(d)
@@ -177,9 +212,9 @@ class LocalBackend(JobBackend):
             if state.get("ended"):
                 st.message += f", ended {time.strftime('%H:%M:%S', time.localtime(state['ended']))}"
             return st
-        pid = self._launcher_pid(d)
+        pid, running = self._launcher(d)
         if (d / "ready").exists() and pid is not None:
-            if procs.alive(pid):
+            if running:
                 st.phase, st.ready, st.message = "Running", True, f"launcher pid {pid}"
             else:
                 st.phase, st.message = "Failed", f"launcher pid {pid} died without recording why"
@@ -225,7 +260,7 @@ class LocalBackend(JobBackend):
             say(f"{EXEC_TAG}cannot run {cmd[0]!r}: {exc.strerror}\n")
             return 127 if isinstance(exc, FileNotFoundError) else 126
         record = d / "execs" / str(proc.pid)
-        record.write_text(f"{json.dumps(cmd)}\n")  # pgid == pid (new session): the launcher can stop it
+        record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
         lines: list[str] = []
         first_death: list[float] = []  # when a rank first reported its error or exit
 
@@ -285,7 +320,7 @@ class LocalBackend(JobBackend):
 
     def delete(self, name: str, *, namespace: str | None = None) -> bool:
         d = self.job_dir(base.check_job_name(name), namespace)
-        if not (d / "job.json").is_file():
+        if not self._checked_root() or not self._ours(d):
             return False
         with interrupts_deferred():  # half a delete would leave processes without a launcher to end them
             self._stop(d)
@@ -298,9 +333,9 @@ class LocalBackend(JobBackend):
             job = self._read_job(d)
         except JobNotFound:
             return
-        pid = self._launcher_pid(d)
+        pid, running = self._launcher(d)
         for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 0.0)):
-            if pid is not None and procs.alive(pid):
+            if running and procs.alive(pid):
                 try:
                     (os.killpg if sig == signal.SIGTERM else os.kill)(pid, sig)  # the launcher leads its session
                 except ProcessLookupError:
@@ -312,10 +347,14 @@ class LocalBackend(JobBackend):
                 stop_job_processes(d, job["uid"], grace_s=2.0)
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
+        if not self._checked_root():
+            return []
         self._collect_garbage()
-        ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.root / (namespace or self.namespace)]
+        ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.job_dir("x", namespace).parent]
         out: list[JobStatus] = []
         for job_file in (f for ns_dir in ns_dirs for f in sorted(ns_dir.glob("*/job.json"))):
+            if not self._ours(job_file.parent):  # a job another user planted is not listed, read or signalled
+                continue
             try:
                 out.append(self._status_from_dir(job_file.parent))
             except JobNotFound:
@@ -326,6 +365,8 @@ class LocalBackend(JobBackend):
         """ttlSecondsAfterFinished: remove finished jobs once their TTL has passed (as the cluster does)."""
         now = time.time()
         for state_file in self.root.glob("*/*/state.json"):
+            if not self._ours(state_file.parent) or not owned(state_file):
+                continue
             job, state = read_json(state_file.parent / "job.json"), read_json(state_file)
             ttl = (job or {}).get("ttl_seconds_after_finished")
             if state is not None and ttl is not None and now - (state.get("ended") or now) > float(ttl):
