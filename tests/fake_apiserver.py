@@ -357,17 +357,51 @@ class FakeApiServer:
         return pod
 
     def _pod_security_violation(self, ns: str, pod_spec: dict) -> tuple[str, str] | None:
+        """The namespace's enforced level applied as admission does, with its reason texts (kubernetes
+        staging/src/k8s.io/pod-security-admission/policy/: check_hostNamespaces.go, check_privileged.go,
+        check_capabilities_baseline.go, check_hostPathVolumes.go; restricted adds check_allowPrivilegeEscalation.go,
+        check_capabilities_restricted.go, check_runAsNonRoot.go, check_seccompProfile_restricted.go,
+        check_restrictedVolumes.go). The kit's own pre-flight check is written separately (labkit/manifests)."""
         level = self.namespace_labels.get(ns, {}).get("pod-security.kubernetes.io/enforce", "privileged")
         if level == "privileged":
             return None
-        found = ["host namespaces (hostIPC=true)"] if pod_spec.get("hostIPC") else []
+        pod_ctx = pod_spec.get("securityContext") or {}
+        found = [f"host namespaces ({f}=true)" for f in ("hostNetwork", "hostPID", "hostIPC") if pod_spec.get(f)]
+        hostpath = [v["name"] for v in pod_spec.get("volumes") or [] if "hostPath" in v]
+        if hostpath:
+            found.append(f"hostPath volumes (volumes {', '.join(map(repr, hostpath))})")
         for c in pod_spec.get("containers", []):
-            added = ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
+            ctx = c.get("securityContext") or {}
+            if ctx.get("privileged"):
+                found.append(f'privileged (container "{c["name"]}" must not set securityContext.privileged=true)')
+            added = (ctx.get("capabilities") or {}).get("add") or []
             extra = [cap for cap in added if cap not in BASELINE_CAPABILITIES]
             if extra:
                 caps = ", ".join(f'"{cap}"' for cap in extra)
                 found.append(f'non-default capabilities (container "{c["name"]}" must not include {caps} in '
                              "securityContext.capabilities.add)")  # fmt: skip
+        if level == "restricted":
+            allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                       "secret"}  # fmt: skip
+            if any(set(v) - {"name"} - allowed for v in pod_spec.get("volumes") or []):
+                found.append("restricted volume types")
+            pod_seccomp = (pod_ctx.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+            for c in pod_spec.get("containers", []):
+                ctx, name = c.get("securityContext") or {}, c["name"]
+                if ctx.get("allowPrivilegeEscalation") is not False:
+                    found.append(f'allowPrivilegeEscalation != false (container "{name}" must set '
+                                 "securityContext.allowPrivilegeEscalation=false)")  # fmt: skip
+                if "ALL" not in ((ctx.get("capabilities") or {}).get("drop") or []):
+                    found.append(f'unrestricted capabilities (container "{name}" must set '
+                                 'securityContext.capabilities.drop=["ALL"])')  # fmt: skip
+                if not ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
+                    found.append(f'runAsNonRoot != true (pod or container "{name}" must set '
+                                 "securityContext.runAsNonRoot=true)")  # fmt: skip
+                if not (
+                    pod_seccomp or (ctx.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+                ):
+                    found.append(f'seccompProfile (pod or container "{name}" must set securityContext.seccompProfile'
+                                 '.type to "RuntimeDefault" or "Localhost")')  # fmt: skip
         return (level, ", ".join(found)) if found else None
 
     def _create_launcher(self, job: dict) -> None:

@@ -56,7 +56,8 @@ def test_every_trainjob_node_runs_the_kits_image(accelerator, image):
     assert {c["image"] for pod in pods for c in pod["containers"]} == {kit_image}
     if accelerator == "gaudi":  # Habana's requirements on every rank's pod, not only the launcher's
         assert all(pod.get("hostIPC") for pod in pods)
-        assert all("SYS_NICE" in pod["containers"][0]["securityContext"]["capabilities"]["add"] for pod in pods)
+    # every node drops every capability (restricted needs it; SYS_NICE would do nothing for uid 1000)
+    assert all(pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]} for pod in pods)
 
 
 def test_the_builtin_runtime_would_keep_its_own_image_on_the_nodes():

@@ -58,6 +58,13 @@ def register(subparsers) -> None:
     render.set_defaults(func=_render)
     validate = sub.add_parser("validate", help="validate YAML files or kustomize directories before applying them")
     validate.add_argument("paths", nargs="+", type=Path, help="YAML files, kustomize directories, or - for stdin")
+    validate.add_argument(
+        "--pod-security",
+        choices=("restricted", "baseline", "privileged"),
+        default="restricted",
+        help="Pod Security level for pods whose Namespace object is not in the input (default: restricted, the level "
+        "of the kit's cpu/nvidia namespace; a Namespace in the input sets its own)",
+    )
     validate.set_defaults(func=_validate)
 
 
@@ -93,9 +100,17 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"{path}: cannot read: {exc}", file=sys.stderr)
             failures += 1
             continue
+        try:
+            levels = manifests.checks.namespace_levels(objects)
+        except manifests.ManifestError as exc:
+            print(f"INVALID {path}: {exc}")
+            failures += 1
+            continue
         for obj in objects:
             try:
                 manifests.validate_object(obj)
+                namespace = (obj.get("metadata") or {}).get("namespace")
+                manifests.checks.check_pod_security(obj, levels.get(namespace, args.pod_security))
                 print(f"ok      {path}: {manifests.object_ref(obj)}")
             except manifests.ManifestError as exc:
                 print(f"INVALID {path}: {exc}")

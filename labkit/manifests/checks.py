@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.errors import LabkitError
+from labkit.manifests import pod_security
 
 KUBERNETES_VERSION = "1.32"  # schemas used for core kinds (kubernetes-validate)
 SSH_PORT = 2222  # sshd in images/ listens here; worker readiness probes check it
@@ -81,9 +82,59 @@ def object_ref(obj: dict) -> str:
     return f"{obj.get('kind', '?')} {obj.get('metadata', {}).get('name', '?')}"
 
 
-def validate_objects(objects: Iterable[dict]) -> None:
+def validate_objects(objects: Iterable[dict], *, pod_security: str | None = None) -> None:
+    """validate_object for each, then Pod Security: every pod template at the level its namespace enforces (from a
+    Namespace object among them), else at `pod_security` (None: not checked)."""
+    objects = list(objects)
+    levels = namespace_levels(objects)
     for obj in objects:
         validate_object(obj)
+        level = levels.get((obj.get("metadata") or {}).get("namespace"), pod_security)
+        if level:
+            check_pod_security(obj, level)
+
+
+def namespace_levels(objects: Iterable[dict]) -> dict[str, str]:
+    """{namespace: its enforced Pod Security level} for the Namespace objects among `objects`."""
+    levels = {}
+    for obj in objects:
+        if obj.get("kind") == "Namespace" and isinstance(obj.get("metadata"), dict):
+            level = (obj["metadata"].get("labels") or {}).get(pod_security.ENFORCE_LABEL, "privileged")
+            if level not in pod_security.LEVELS:
+                path = f"metadata.labels.{pod_security.ENFORCE_LABEL}"
+                raise ManifestError(object_ref(obj), path, f"{level!r} is not one of {', '.join(pod_security.LEVELS)}")
+            levels[obj["metadata"].get("name")] = level
+    return levels
+
+
+def pod_templates(obj: dict) -> list[tuple[str, dict]]:
+    """(field path, pod spec) of every pod an object makes: MPIJob replicas, TrainingRuntime jobs, Deployment, Pod."""
+    kind, spec = obj.get("kind"), obj.get("spec") or {}
+    if kind == "MPIJob":
+        replicas = spec.get("mpiReplicaSpecs") or {}
+        return [
+            (f"{_MPIJOB}.{role}.template.spec", (r.get("template") or {}).get("spec") or {})
+            for role, r in replicas.items()
+        ]
+    if kind == "TrainingRuntime":
+        jobs = value_at(obj, "spec.template.spec.replicatedJobs") or []
+        path = "spec.template.spec.replicatedJobs[{}].template.spec.template.spec"
+        return [(path.format(i), value_at(j, "template.spec.template.spec") or {}) for i, j in enumerate(jobs)]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [("spec.template.spec", value_at(obj, "spec.template.spec") or {})]
+    return [("spec", spec)] if kind == "Pod" else []
+
+
+def check_pod_security(obj: dict, level: str) -> None:
+    """ManifestError for the first pod field `level` refuses: the API server would accept the object and its
+    controller's pods would then be refused (FailedCreate events only)."""
+    for path, pod in pod_templates(obj):
+        found = pod_security.violations(pod, level)
+        if found:
+            field, problem = found[0]
+            ns = (obj.get("metadata") or {}).get("namespace", "default")
+            why = f"{problem}: namespace {ns} enforces Pod Security {level!r}"
+            raise ManifestError(object_ref(obj), f"{path}.{field}", why, more=len(found) - 1)
 
 
 def validate_object(obj: dict) -> None:
