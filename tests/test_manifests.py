@@ -626,3 +626,17 @@ def test_default_training_commands_parse_with_the_training_script(kind):
         )
     else:
         assert argv[:3] == ["mpirun", "--hostfile", "/etc/mpi/hostfile"]
+
+
+def test_each_batch_job_checkpoints_in_its_own_folder_of_the_shared_volume():
+    """Two batch jobs never share (and never resume) each other's checkpoints (issue 12.3)."""
+
+    def checkpoint_dirs(spec: m.JobSpec) -> list[str]:
+        job = next(o for o in m.render_all(spec, "batch") if o["kind"] == "MPIJob")
+        args = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+        return [a for a in args if a.startswith("--checkpoint-dir=")]
+
+    assert checkpoint_dirs(m.JobSpec()) == ["--checkpoint-dir=/shared/runs/deepspeed-batch"]
+    assert checkpoint_dirs(m.JobSpec(name="alice-run")) == ["--checkpoint-dir=/shared/runs/alice-run"]
+    own = ["deepspeed", "--module", "labkit.ranks.train", "--checkpoint-dir=/shared/runs/x"]
+    assert checkpoint_dirs(m.JobSpec(name="bob", launcher_command=own)) == ["--checkpoint-dir=/shared/runs/x"]  # yours

@@ -33,6 +33,7 @@ _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE]
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
 _MONTH_S = 30 * 24 * 3600
 # Where a JobSpec field lives in each job kind: render_all writes there, from_overlay/resolved read from there.
+CHECKPOINT_FLAG, SHARED_RUNS = "--checkpoint-dir=", "/shared/runs"
 _FIELD_PATHS = {
     "MPIJob": {
         "workers": "spec.mpiReplicaSpecs.Worker.replicas",
@@ -277,6 +278,12 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
         if value is not None:
             *parents, last = path.split(".")
             _node(job, parents)[last] = list(value) if isinstance(value, (list, tuple)) else value
+    if job["kind"] == "MPIJob" and spec.launcher_command is None:
+        # Each job's own folder on the shared volume: a job resumes only its own checkpoints, never another's.
+        args = value_at(job, _FIELD_PATHS["MPIJob"]["launcher_command"]) or []
+        for i, arg in enumerate(args):
+            if arg.startswith(f"{CHECKPOINT_FLAG}{SHARED_RUNS}/"):
+                args[i] = f"{CHECKPOINT_FLAG}{SHARED_RUNS}/{job['metadata']['name']}"
     accelerator = ACCELERATOR_RESOURCE[spec.accelerator]
     values = {key: getattr(spec, name) for name, key in _RESOURCE_KEYS.items()}
     values |= {accelerator: spec.slots_per_worker} if accelerator else {}
