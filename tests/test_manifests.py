@@ -54,7 +54,7 @@ def test_overlay_renders_and_every_object_validates(accelerator, kind):
     assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
     assert "PersistentVolumeClaim" in kinds
     jobs = {"TrainJob", "TrainingRuntime"} if kind == "trainjob" else {"MPIJob"}  # the kit's runtime goes along
-    assert set(kinds[-len(jobs) :]) == jobs
+    assert jobs <= set(kinds) and kinds.count("NetworkPolicy") == 3  # default deny, job pods, the lab
     for obj in objects:
         m.validate_object(obj)  # raises on any problem
         assert obj["metadata"].get("namespace", "workloads") == "workloads"
@@ -452,7 +452,7 @@ def test_manifests_dir_from_environment(tmp_path, monkeypatch):
     shutil.copytree(REPO / "manifests", tmp_path / "manifests")
     monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "manifests"))
     assert m.overlay_dir("nvidia").is_relative_to(tmp_path)
-    assert m.render_all(m.JobSpec(accelerator="nvidia"))[-1]["kind"] == "MPIJob"
+    assert "MPIJob" in [o["kind"] for o in m.render_all(m.JobSpec(accelerator="nvidia"))]
 
 
 def test_missing_manifests_dir_is_a_config_error(tmp_path, monkeypatch):
@@ -640,3 +640,23 @@ def test_each_batch_job_checkpoints_in_its_own_folder_of_the_shared_volume():
     assert checkpoint_dirs(m.JobSpec(name="alice-run")) == ["--checkpoint-dir=/shared/runs/alice-run"]
     own = ["deepspeed", "--module", "labkit.ranks.train", "--checkpoint-dir=/shared/runs/x"]
     assert checkpoint_dirs(m.JobSpec(name="bob", launcher_command=own)) == ["--checkpoint-dir=/shared/runs/x"]  # yours
+
+
+def test_network_policies_deny_by_default_and_keep_job_pods_from_the_lab():
+    """Issue 12.6: nothing reaches a pod unless allowed; job pods reach job pods; the lab's 8888 only from outside the
+    namespace; and the kit's ServiceAccount cannot add a policy of its own (policies only ever allow more)."""
+    objects = m.render_all(m.JobSpec())
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies["labkit-default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    job_rule = {"key": "training.kubeflow.org/job-name", "operator": "Exists"}
+    jobs = policies["labkit-job-pods"]
+    assert jobs["podSelector"]["matchExpressions"] == [job_rule]
+    assert jobs["ingress"] == [{"from": [{"podSelector": {"matchExpressions": [job_rule]}}]}]
+    lab = policies["labkit-lab"]
+    assert lab["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "lab"}
+    (rule,) = lab["ingress"]
+    assert rule["ports"] == [{"port": 8888, "protocol": "TCP"}]
+    assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["workloads"]
+    assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["operator"] == "NotIn"
+    role = next(o for o in objects if o["kind"] == "Role")
+    assert not [r for r in role["rules"] if "networking.k8s.io" in r["apiGroups"] or "*" in r["apiGroups"]]

@@ -96,7 +96,8 @@ def object_path(obj: dict, namespace: str) -> str:
     base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
     if kind == "Namespace":
         return f"{base}/namespaces"
-    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{kind.lower()}s"
+    plural = kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"  # NetworkPolicy: networkpolicies
+    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{plural}"
 
 
 def exec_exit_code(raw: str | None) -> int:

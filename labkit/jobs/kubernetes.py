@@ -48,7 +48,7 @@ LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org
 # The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
 KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
-    "ResourceQuota Role RoleBinding".split()
+    "ResourceQuota Role RoleBinding NetworkPolicy".split()
 )
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
@@ -219,7 +219,8 @@ class KubernetesBackend(JobBackend):
         # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
         # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
         # so a rejected job leaves nothing half-created.
-        namespaced = [o for o in objs if o["kind"] != "Namespace"]
+        # The job last: what it needs (PVC, ConfigMap, policies) exists before its pods are asked for.
+        namespaced = sorted((o for o in objs if o["kind"] != "Namespace"), key=lambda o: o["kind"] == "MPIJob")
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:
             self._create(obj, ns, dry_run=dry_run)
