@@ -176,6 +176,8 @@ def test_sshd_and_ssh_client_configs():
     assert re.search(rf"^\s*Port {m.SSH_PORT}$", client, re.M)
     assert re.search(r"^\s*StrictHostKeyChecking no$", client, re.M)
     assert re.search(r"^\s*UserKnownHostsFile /dev/null$", client, re.M)
+    for option in ("AllowTcpForwarding", "AllowAgentForwarding", "AllowStreamLocalForwarding", "PermitTunnel"):
+        assert sshd[option] == "no", option  # mpirun runs remote commands; nothing is forwarded (issue 12.6)
 
 
 def test_ssh_client_config_is_what_ssh_applies(tmp_path):
@@ -196,6 +198,16 @@ def test_ssh_client_config_is_what_ssh_applies(tmp_path):
     assert effective["port"] == str(m.SSH_PORT)
     assert effective["stricthostkeychecking"] in ("false", "no")
     assert effective["userknownhostsfile"] == "/dev/null"
+    assert effective["forwardagent"] == "no"
+
+    def applied(host: str) -> dict:
+        cmd = [ssh, "-G", "-F", str(config), host]
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout.lower()
+        return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+    assert applied("train-node-0-1.train")["stricthostkeychecking"] in ("false", "no")  # a Trainer v2 node
+    other = applied("github.com")  # any host that is not the job's keeps ssh's defaults: keys are checked
+    assert other["stricthostkeychecking"] not in ("false", "no") and other["port"] == "22"
 
 
 def test_no_key_material_and_only_host_keys_generated():
@@ -212,10 +224,9 @@ def test_no_key_material_and_only_host_keys_generated():
         for line in p.read_text().splitlines()
         if "ssh-keygen" in line and not line.lstrip().startswith("#")
     ]
-    assert keygens, "the sshd host key is generated at build time"
+    assert keygens, "the sshd host key is generated (per pod, by the entrypoint)"
     for line in keygens:
-        words = shlex.split(line.replace("&&", " "))
-        key_file = words[words.index("-f") + 1]
+        key_file = re.search(r"-f\s+\"?(\S+?)\"?(\s|$)", line).group(1)
         assert "ssh_host_" in key_file, f"ssh-keygen that is not a host key: {line}"
         assert "/.ssh/" not in key_file, line  # ~/.ssh holds (mounted) user keys only
     for dockerfile in DOCKERFILES:
@@ -224,6 +235,8 @@ def test_no_key_material_and_only_host_keys_generated():
                 assert not re.search(r"id_|\.pem|\.key|authorized_keys|\.ssh", rest), f"{dockerfile}: {rest}"
     code = [line for line in SETUP_SSH.read_text().splitlines() if not line.lstrip().startswith("#")]
     assert "rm -f /etc/ssh/ssh_host_*" in code  # the package's shared root host keys are removed
+    # the build checks sshd's config with a throw-away host key and removes it: no host key is left in the image
+    assert 'rm -f "$home/.sshd/ssh_host_ed25519_key" "$home/.sshd/ssh_host_ed25519_key.pub"' in code
     assert not any("authorized_keys" in line or "id_rsa" in line for line in code)
 
 
@@ -383,3 +396,25 @@ def test_entrypoint_propagates_the_exit_code_and_needs_a_command(tmp_path):
     assert result.returncode == 7
     result, _ = run_entrypoint(tmp_path, None)
     assert result.returncode == 2 and "no command given" in result.stderr
+
+
+def test_entrypoint_makes_each_pod_its_own_sshd_host_key(tmp_path):
+    """Issue 12.6: one host key baked into the image was every pod's identity. The entrypoint makes one when it
+    starts sshd (and keeps it across restarts of the container), and makes none for other commands."""
+    fake = tmp_path / "bin" / "sshd"  # stands in for /usr/sbin/sshd: the entrypoint decides by the command's name
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho sshd-ran\n")
+    fake.chmod(0o755)
+    keydir = tmp_path / "sshd-keys"
+    env = dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "absent"), LABKIT_SSHD_KEY_DIR=str(keydir))
+
+    def start(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(ENTRYPOINT), *command], capture_output=True, text=True, env=env, timeout=60)
+
+    assert start("true").returncode == 0 and not keydir.exists()
+    first = start(str(fake), "-De")
+    assert first.returncode == 0 and "sshd-ran" in first.stdout
+    key = keydir / "ssh_host_ed25519_key"
+    assert "OPENSSH PRIVATE KEY" in key.read_text() and (keydir / "ssh_host_ed25519_key.pub").exists()
+    before = key.read_bytes()
+    assert start(str(fake)).returncode == 0 and key.read_bytes() == before  # a restarted container keeps its key

@@ -7,6 +7,7 @@
 #   LABKIT_HOSTFILE            hostfile to read (default /etc/mpi/hostfile)
 #   LABKIT_HOST_WAIT_SECONDS   give up after this long and exit 1 naming the host (default 300)
 #   LABKIT_HOST_WAIT_INTERVAL  seconds between lookups (default 2)
+#   LABKIT_SSHD_KEY_DIR        where sshd's host key is made when the command is sshd (default ~/.sshd)
 set -euo pipefail
 
 hostfile=${LABKIT_HOSTFILE:-/etc/mpi/hostfile}
@@ -44,6 +45,15 @@ if [[ -f $hostfile ]]; then
     done
     log "resolved $host"
   done < <(hosts_in "$hostfile")
+fi
+
+if [[ $(basename "$1") == sshd ]]; then
+  # This pod's own host key, made now: one baked into the image would be shared by every pod of every job.
+  keydir=${LABKIT_SSHD_KEY_DIR:-${HOME:-/home/mpiuser}/.sshd}
+  if [[ ! -f $keydir/ssh_host_ed25519_key ]]; then
+    mkdir -p "$keydir"
+    ssh-keygen -q -t ed25519 -N "" -C "labkit sshd host key" -f "$keydir/ssh_host_ed25519_key"
+  fi
 fi
 
 exec "$@"

@@ -3,7 +3,7 @@
 # the non-root MPI user, its own sshd on PORT, and the ssh client settings mpirun/deepspeed need.
 #   setup-ssh.sh USER UID PORT
 # Keys that grant access are never created here: the MPI Operator mounts a fresh per-job key pair and
-# authorized_keys at /home/USER/.ssh. The only key made here is this server's host key (identity, not access).
+# authorized_keys at /home/USER/.ssh. No host key stays in the image either: the entrypoint makes one per pod.
 set -euo pipefail
 user=${1:?usage: setup-ssh.sh USER UID PORT}
 uid=${2:?usage: setup-ssh.sh USER UID PORT}
@@ -42,8 +42,10 @@ for var in PATH LD_LIBRARY_PATH PYTHONPATH MPI_ROOT $(compgen -e | grep -E '^(HA
   if [[ -n $value && $value != *[[:space:]]* ]]; then setenv+=" $var=$value"; fi
 done
 if [[ -n $setenv ]]; then echo "SetEnv$setenv" >> "$home/.sshd_config"; fi
-ssh-keygen -q -t ed25519 -N "" -C "labkit sshd host key" -f "$home/.sshd/ssh_host_ed25519_key"
 chown -R "$uid:$uid" "$home/.sshd" "$home/.sshd_config"
 chmod 0700 "$home/.sshd"
-# Fail the build now, not in a pod, if the config is wrong.
+# Fail the build now, not in a pod, if the config is wrong: checked with a throw-away host key, removed again (a key
+# left in the image would be every pod's identity; the entrypoint makes each pod its own).
+su -s /bin/sh "$user" -c "ssh-keygen -q -t ed25519 -N '' -f $home/.sshd/ssh_host_ed25519_key"
 su -s /bin/sh "$user" -c "/usr/sbin/sshd -t -f $home/.sshd_config"
+rm -f "$home/.sshd/ssh_host_ed25519_key" "$home/.sshd/ssh_host_ed25519_key.pub"
