@@ -660,3 +660,8 @@ def test_network_policies_deny_by_default_and_keep_job_pods_from_the_lab():
     assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["operator"] == "NotIn"
     role = next(o for o in objects if o["kind"] == "Role")
     assert not [r for r in role["rules"] if "networking.k8s.io" in r["apiGroups"] or "*" in r["apiGroups"]]
+    # in a namespace of a learner's own, "outside" means outside theirs
+    alice = m.render_all(m.JobSpec(namespace="alice"))
+    lab_alice = next(o for o in alice if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "labkit-lab")
+    assert lab_alice["metadata"]["namespace"] == "alice"
+    assert lab_alice["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["alice"]

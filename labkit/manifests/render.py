@@ -261,6 +261,11 @@ def _apply_common(obj: dict, spec: JobSpec) -> None:
     for subject in obj.get("subjects", []):
         if subject.get("kind") == "ServiceAccount":
             subject["namespace"] = spec.namespace
+    if obj["kind"] == "NetworkPolicy":  # the lab's rule names its own namespace ("from outside it")
+        for rule in obj["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                for expr in (peer.get("namespaceSelector") or {}).get("matchExpressions") or []:
+                    expr["values"] = [spec.namespace if v == JobSpec.namespace else v for v in expr.get("values", [])]
     if obj["kind"] == "PersistentVolumeClaim":
         meta["name"] = spec.pvc_name
         obj["spec"]["resources"]["requests"]["storage"] = spec.storage_size
