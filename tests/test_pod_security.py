@@ -114,3 +114,22 @@ def test_a_bad_level_label_is_refused():
     namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "strict"
     with pytest.raises(ManifestError, match="'strict' is not one of privileged, baseline, restricted"):
         validate_objects(copy.deepcopy(objects))
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda pod: pod.update(serviceAccountName="labkit"), "serviceAccountName"),
+        (lambda pod: pod.update(automountServiceAccountToken=True), "automountServiceAccountToken"),
+        (lambda pod: pod["volumes"].append({"name": "k", "secret": {"secretName": "other-ssh"}}), "volumes[2]"),
+        (lambda pod: pod["containers"][0].update(envFrom=[{"secretRef": {"name": "hf-token"}}]), "envFrom"),
+    ],
+)
+def test_job_pods_cannot_borrow_an_identity_or_a_secret(change, field):
+    """What Pod Security does not cover (issue 12.1): another ServiceAccount (the lab's), an API token, another job's
+    `<job>-ssh` Secret. validate refuses them by field; the job's own SSH key is mounted by the operator."""
+    objects = render_all(JobSpec())
+    change(_worker(next(o for o in objects if o["kind"] == "MPIJob")))
+    with pytest.raises(ManifestError) as err:
+        validate_objects(objects)
+    assert err.value.path.startswith("spec.mpiReplicaSpecs.Worker.template.spec.") and field in err.value.path

@@ -323,7 +323,26 @@ def _check_mpijob(job: dict, ref: str) -> None:
     for role, replica in replicas.items():
         namespace = job["metadata"].get("namespace", "default")
         _check_pod_spec(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", namespace=namespace)
+        _check_job_pod_identity(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec")
     _check_ssh_contract(spec, ref)
+
+
+def _check_job_pod_identity(pod: dict, ref: str, path: str) -> None:
+    """A job pod runs as nobody and mounts no Secret of its own choosing: learners share the namespace, so another
+    ServiceAccount, API token or Secret volume (other jobs' `<job>-ssh`, the lab's) would be someone else's. Pod
+    Security does not cover these fields; the operator mounts the job's own SSH Secret itself."""
+    if pod.get("serviceAccountName", "default") != "default":
+        problem = f"{pod['serviceAccountName']!r}: job pods run as the namespace's default identity"
+        raise ManifestError(ref, f"{path}.serviceAccountName", problem + "; remove it")
+    if pod.get("automountServiceAccountToken") is not False:
+        raise ManifestError(ref, f"{path}.automountServiceAccountToken", "must be false (job pods need no API token)")
+    for i, volume in enumerate(pod.get("volumes") or []):
+        if "secret" in volume or any("secret" in s for s in (volume.get("projected") or {}).get("sources") or []):
+            problem = "Secret volumes are not allowed in job pods (the MPI Operator mounts the job's own SSH key)"
+            raise ManifestError(ref, f"{path}.volumes[{i}]", problem)
+    for j, container in enumerate(pod.get("containers") or []):
+        if any("secretRef" in source for source in container.get("envFrom") or []):
+            raise ManifestError(ref, f"{path}.containers[{j}].envFrom", "whole Secrets are not allowed; use one key")
 
 
 def _check_ssh_contract(spec: dict, ref: str) -> None:
