@@ -155,8 +155,11 @@ def _failure(exc: BaseException, output: Path) -> tuple[int | None, str]:
     return cell, f"{'a cell' if cell is None else f'cell {cell}'} failed: {text.strip()}"
 
 
-def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress=False, log_output=False):
-    """Execute one notebook into `out_dir` -> NotebookRun; never raises for a failing cell (the run says so)."""
+def run_notebook(
+    path: Path, out_dir, parameters=None, *, timeout=None, progress=False, log_output=False, stem_suffix: str = ""
+):  # fmt: skip
+    """Execute one notebook into `out_dir` -> NotebookRun; never raises for a failing cell (the run says so).
+    `stem_suffix` names the files of a second run of the same notebook apart."""
     import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -165,10 +168,11 @@ def run_notebook(path: Path, out_dir, parameters=None, *, timeout=None, progress
 
     parameters = check_parameters(path, parameters or {})
     out_dir = Path(out_dir).resolve()  # the kernel runs in work_dir: a relative LABKIT_RUN_DIR would point nowhere
-    work_dir = out_dir / f"{path.stem}.work"  # files a notebook writes land in the run, not the repo
+    name = path.stem + stem_suffix
+    work_dir = out_dir / f"{name}.work"  # files a notebook writes land in the run, not the repo
     work_dir.mkdir(parents=True, exist_ok=True)
-    output, html_path = out_dir / path.name, out_dir / f"{path.stem}.html"
-    run = NotebookRun(name=path.stem, source=str(path), parameters=parameters, output=str(output))
+    output, html_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.html"
+    run = NotebookRun(name=name, source=str(path), parameters=parameters, output=str(output))
     flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
     start = time.monotonic()
     try:
@@ -205,17 +209,32 @@ def new_run_dir(root: str | Path = "runs") -> Path:
     return path
 
 
-def run_all(notebooks=None, parameters=None, *, out_dir=None, use_test_parameters=False, optional=None, **options):
+def run_all(
+    notebooks=None, parameters=None, *, out_dir=None, use_test_parameters=False, optional=None, per_notebook=None,
+    **options,
+):  # fmt: skip
     """Run notebooks in order into `out_dir` (default: a fresh runs/<timestamp>), keeping index.html and summary.json
-    there up to date; `options` (timeout, progress, log_output) go to `run_notebook`. Returns (run dir, runs)."""
+    there up to date; `options` (timeout, progress, log_output) go to `run_notebook`. `per_notebook`: checked
+    parameters for each notebook in turn (a suite; the same notebook may run twice). Returns (run dir, runs)."""
     notebooks = notebooks or discover()
     if not notebooks:
         raise ConfigError("notebooks", "no notebooks found", f"put .ipynb files in {NOTEBOOKS_DIR}")
-    chosen = parameters_per_notebook(notebooks, parameters, use_test_parameters=use_test_parameters, optional=optional)
+    if per_notebook is not None:
+        chosen = list(zip(notebooks, per_notebook, strict=True))
+    else:
+        by_nb = parameters_per_notebook(
+            notebooks, parameters, use_test_parameters=use_test_parameters, optional=optional
+        )
+        chosen = list(by_nb.items())
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
-    for nb, params in chosen.items():
+    for i, (nb, params) in enumerate(chosen):
+        if any(other == nb for other, _ in chosen[:i]):  # a second run of one notebook gets its own files
+            suffix = sum(other == nb for other, _ in chosen[:i]) + 1
+            options = {**options, "stem_suffix": f"-{suffix}"}
+        else:
+            options = {k: v for k, v in options.items() if k != "stem_suffix"}
         print(f"labkit: running {nb.name} {json.dumps(params) if params else ''}", file=sys.stderr, flush=True)
         runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options}))
         status = "passed" if runs[-1].passed else f"FAILED ({runs[-1].error})"
@@ -228,11 +247,12 @@ _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>labkit run {name}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top}} tr.passed td:nth-child(2){{color:#080}}
-tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}</style></head>
+tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}
+div.failed{{color:#b00}}</style></head>
 <body><h1>labkit run {name}</h1>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
-<th>error</th><th>output noise</th></tr>
+<th>error</th><th>output noise</th><th>expectations</th></tr>
 {rows}
 </table></body></html>
 """
@@ -242,21 +262,40 @@ def _link(path: str, text: str) -> str:
     return f'<a href="{html.escape(Path(path).name)}">{html.escape(text)}</a>' if path else html.escape(text)
 
 
-def write_report(run_dir: Path, runs: list[NotebookRun]) -> Path:
-    """index.html: one row per notebook (status, duration, parameters, links), plus summary.json."""
-    (run_dir / "summary.json").write_text(json.dumps([asdict(r) for r in runs], indent=2, default=str))
+def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
+    """index.html: one row per notebook (status, duration, parameters, links, a suite's expectations), plus
+    summary.json. A failed cell links to that cell of the rendered notebook."""
+    checked = {}
+    for o in outcomes or []:
+        checked.setdefault(o.notebook, []).append(o)
+    summary = [asdict(r) | ({"expectations": [_outcome_dict(o) for o in checked[r.name]]} if r.name in checked else {})
+               for r in runs]  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = []
     for r in runs:
         params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
+        if r.error and r.failed_cell is not None and r.html:  # nbconvert's lab template anchors cells by index
+            error += f'<a href="{html.escape(Path(r.html).name)}#cell-id={r.failed_cell}">the failed cell</a>'
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
-        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise)
+        expect = "".join(
+            f'<div class="{"passed" if o.passed else "failed"}">{"ok" if o.passed else "FAILED"}: '
+            f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message) + ')' if o.message else ''}</div>"
+            for o in checked.get(r.name, [])
+        )
+        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
+
+
+def _outcome_dict(outcome) -> dict[str, Any]:
+    e = outcome.expectation
+    return {"result": e.result, "checks": e.checks, "passed": outcome.passed, "measured": outcome.measured,
+            "message": outcome.message}  # fmt: skip
 
 
 # What a learner must never see in an executed notebook: (what, marker). Each has a fix at its source, not a filter.

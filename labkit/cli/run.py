@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from labkit import notebooks
+from labkit import notebooks, suites
+from labkit.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -17,10 +19,42 @@ def register(subparsers) -> None:
     run.add_argument("--test-params", action="store_true", help="use each notebook's small labkit.test_parameters")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    run.add_argument("--suite", type=Path, help="a regression suite (regression/*.yaml): notebooks, parameters, checks")
+    run.add_argument("--junit", type=Path, help="with --suite: write JUnit XML here (a testcase per run and per check)")
     run.set_defaults(func=_run)
 
 
+def _run_suite(args: argparse.Namespace) -> int:
+    if args.notebooks or args.parameter or args.test_params:
+        fix = "put notebooks and parameters in the suite file, or drop --suite"
+        raise ConfigError("suite", "--suite runs exactly the suite's notebooks with its parameters", fix)
+    suite = suites.load(args.suite)  # a malformed suite is refused here, before any notebook runs
+    if args.backend:
+        for entry in suite.entries:
+            if "backend" in notebooks.declared_parameters(entry.notebook):
+                entry.parameters.setdefault("backend", args.backend)
+    options = {"timeout": args.timeout, "log_output": args.log_output}
+    run_dir, result = suites.run_suite(suite, out_dir=args.out, **options)
+    if args.junit:
+        args.junit.write_text(suites.junit_xml(result))
+    print(f"report: {run_dir / 'index.html'}")
+    for run in result.runs:
+        if not run.passed:
+            print(f"labkit: error: {run.source}: {run.error} (executed notebook: {run.output})", file=sys.stderr)
+    for outcome in result.outcomes:
+        if not outcome.passed:
+            print(f"labkit: expectation failed: {outcome.notebook}: {outcome.message}", file=sys.stderr)
+    checks = sum(o.passed for o in result.outcomes)
+    print(f"suite {suite.name}: {sum(r.passed for r in result.runs)} of {len(result.runs)} notebooks passed, "
+          f"{checks} of {len(result.outcomes)} expectations met")  # fmt: skip
+    return 0 if result.passed else 1
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.suite:
+        return _run_suite(args)
+    if args.junit:
+        raise ConfigError("junit", "--junit needs --suite", "pass --suite regression/cpu-smoke.yaml")
     selected = notebooks.select(args.notebooks) if args.notebooks else notebooks.discover()
     optional = {"backend": args.backend} if args.backend else {}
     options = {"timeout": args.timeout, "log_output": args.log_output, "use_test_parameters": args.test_params}

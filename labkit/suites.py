@@ -1,0 +1,301 @@
+"""Regression suites: which notebooks to run, with which parameters, and what their recorded results must satisfy.
+
+A suite is YAML (regression/*.yaml):
+
+    name: cpu-smoke
+    notebooks:
+      - path: notebooks/04_cifar10_training.ipynb     # or a stem: "04"
+        parameters: {epochs: 1}
+        expect:
+          - result: summary.images_per_s              # a dotted path into what the notebook recorded
+            min: 50
+
+An expectation has one `result` and any of `min`, `max`, `equals`, `min_count` (a list or mapping with at least that
+many entries) and `within_percent_of` (another result) with `percent`. A missing result fails. `load` refuses a
+malformed suite (unknown key, unknown notebook, bad parameter or threshold) before anything runs, naming the line;
+`evaluate` checks a finished run; `junit_xml` writes one testcase per notebook run and one per expectation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from labkit import notebooks
+from labkit.errors import ConfigError, LabkitError
+
+SUITE_KEYS, ENTRY_KEYS = {"name", "notebooks"}, {"path", "parameters", "expect"}
+CHECKS = ("min", "max", "equals", "min_count", "within_percent_of")
+EXPECT_KEYS = {"result", "percent", *CHECKS}
+
+
+@dataclass
+class Expectation:
+    result: str
+    checks: dict[str, Any]
+    line: int
+
+    def describe(self) -> str:
+        words = {"min": ">=", "max": "<=", "equals": "==", "min_count": "has at least"}
+        parts = [f"{words[k]} {v}" for k, v in self.checks.items() if k in words]
+        if "within_percent_of" in self.checks:
+            parts.append(f"within {self.checks['percent']}% of {self.checks['within_percent_of']}")
+        return f"{self.result} {' and '.join(parts)}"
+
+
+@dataclass
+class SuiteEntry:
+    notebook: Path
+    parameters: dict[str, Any]
+    expect: list[Expectation]
+    line: int
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    entries: list[SuiteEntry]
+
+
+@dataclass
+class Outcome:
+    """One expectation against one run: passed, the value measured, and why not."""
+
+    notebook: str
+    expectation: Expectation
+    passed: bool
+    measured: Any = None
+    message: str = ""
+
+
+@dataclass
+class SuiteResult:
+    suite: Suite
+    runs: list  # notebooks.NotebookRun, in suite order
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.runs) and all(o.passed for o in self.outcomes)
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+class _Map(dict):
+    line = 0
+
+
+class _Loader:
+    @staticmethod
+    def load(text: str):
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        def mapping(loader, node):
+            value = _Map(loader.construct_mapping(node, deep=True))
+            value.line = node.start_mark.line + 1
+            return value
+
+        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{path.name} line {line}", problem, fix)
+
+
+def _unknown(path: Path, mapping: _Map, allowed: set[str], what: str) -> None:
+    extra = sorted(set(mapping) - allowed)
+    if extra:
+        raise _refuse(
+            path, mapping.line, f"unknown key {extra[0]!r} in {what}", f"use only {', '.join(sorted(allowed))}"
+        )
+
+
+def _number(path: Path, line: int, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _refuse(path, line, f"{key}: {value!r} is not a number", f"give {key} a number, e.g. {key}: 50")
+
+
+def _expectation(path: Path, raw: Any, line: int) -> Expectation:
+    if not isinstance(raw, _Map):
+        raise _refuse(path, line, "an expectation must be a mapping", "write e.g. `- {result: summary.steps, min: 1}`")
+    _unknown(path, raw, EXPECT_KEYS, "an expectation")
+    if not isinstance(raw.get("result"), str) or not raw["result"].strip():
+        raise _refuse(path, raw.line, "expectation without `result`", "name a recorded result, e.g. summary.steps")
+    checks = {k: raw[k] for k in CHECKS if k in raw}
+    if not checks:
+        raise _refuse(
+            path, raw.line, f"expectation on {raw['result']} checks nothing", f"add one of {', '.join(CHECKS)}"
+        )
+    for key in ("min", "max", "min_count"):
+        if key in checks:
+            _number(path, raw.line, key, checks[key])
+    if "within_percent_of" in checks:
+        if not isinstance(checks["within_percent_of"], str) or "percent" not in raw:
+            fix = "write `within_percent_of: other.result` with `percent: 10`"
+            raise _refuse(path, raw.line, "within_percent_of needs another result's path and a percent", fix)
+        _number(path, raw.line, "percent", raw["percent"])
+        checks["percent"] = raw["percent"]
+    elif "percent" in raw:
+        raise _refuse(path, raw.line, "percent without within_percent_of", "add within_percent_of: other.result")
+    return Expectation(raw["result"].strip(), checks, raw.line)
+
+
+def load(path: str | Path) -> Suite:
+    """Read and check a suite: every notebook found, every parameter typed as declared, every threshold a number."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = _Loader.load(path.read_text())
+    except OSError as exc:
+        raise ConfigError("suite", f"cannot read {path}: {exc.strerror}", "pass an existing suite file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise _refuse(
+            path, line, f"not valid YAML ({getattr(exc, 'problem', 'parse error')})", "fix the YAML"
+        ) from None
+    if not isinstance(raw, _Map):
+        raise _refuse(path, 1, "a suite is a mapping with `notebooks`", "see regression/cpu-smoke.yaml")
+    _unknown(path, raw, SUITE_KEYS, "the suite")
+    items = raw.get("notebooks")
+    if not isinstance(items, list) or not items:
+        raise _refuse(path, raw.line, "`notebooks` must be a non-empty list", "list the notebooks to run")
+    entries = []
+    for item in items:
+        line = getattr(item, "line", raw.line)
+        if not isinstance(item, _Map) or "path" not in item:
+            raise _refuse(path, line, "each notebook entry needs a `path`", "write `- path: notebooks/00_...ipynb`")
+        _unknown(path, item, ENTRY_KEYS, "a notebook entry")
+        name = str(item["path"])
+        if not Path(name).is_file():  # `notebooks/04_....ipynb` from anywhere, or a stem: the kit's notebook
+            name = Path(name).stem
+        try:
+            (notebook,) = notebooks.select([name])
+            parameters = notebooks.check_parameters(notebook, dict(item.get("parameters") or {}))
+        except ConfigError as exc:
+            raise _refuse(path, item.line, f"{exc.field}: {exc.problem}", exc.fix) from None
+        expect = item.get("expect") or []
+        if not isinstance(expect, list):
+            raise _refuse(path, item.line, "`expect` must be a list", "write `expect:` then `- result: ...` lines")
+        entries.append(SuiteEntry(notebook, parameters, [_expectation(path, e, item.line) for e in expect], item.line))
+    return Suite(str(raw.get("name") or path.stem), path, entries)
+
+
+# -- evaluating -----------------------------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def lookup(results: dict[str, Any], dotted: str) -> Any:
+    """A recorded value by dotted path (`summary.images_per_s`, `checks.0.status`); _MISSING when absent."""
+    value: Any = results
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any, str]:
+    """(passed, measured value, why not) for one expectation against a run's recorded results."""
+    value = lookup(results, expectation.result)
+    if value is _MISSING:
+        return False, None, f"{expectation.result} was not recorded"
+    if "min_count" in expectation.checks:
+        if not isinstance(value, (list, dict)):
+            return False, value, f"{expectation.result} = {value!r} is not a list or mapping to count"
+        value = len(value)  # what is measured is the count (the collection itself is in the executed notebook)
+    for key, limit in expectation.checks.items():
+        if key == "equals" and value != limit:
+            return False, value, f"{expectation.result} = {value!r}, expected {limit!r}"
+        if key == "min_count":
+            if value < limit:
+                return False, value, f"{expectation.result} has {value} entries, expected at least {limit}"
+            continue
+        if key in ("min", "max", "within_percent_of") and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            return False, value, f"{expectation.result} = {value!r} is not a number"
+        if key == "min" and value < limit:
+            return False, value, f"{expectation.result} = {value:g} is below the minimum {limit:g}"
+        if key == "max" and value > limit:
+            return False, value, f"{expectation.result} = {value:g} is above the maximum {limit:g}"
+        if key == "within_percent_of":
+            other = lookup(results, limit)
+            if other is _MISSING or isinstance(other, bool) or not isinstance(other, (int, float)):
+                return False, value, f"{limit} (to compare {expectation.result} with) was not recorded as a number"
+            percent = expectation.checks["percent"]
+            if abs(value - other) > abs(other) * percent / 100:
+                return (
+                    False,
+                    value,
+                    f"{expectation.result} = {value:g} is not within {percent:g}% of {limit} = {other:g}",
+                )
+    return True, value, ""
+
+
+def evaluate(suite: Suite, runs: list) -> SuiteResult:
+    result = SuiteResult(suite, runs)
+    for entry, run in zip(suite.entries, runs):
+        for expectation in entry.expect:
+            if not run.passed:  # a notebook that failed recorded nothing trustworthy
+                outcome = Outcome(run.name, expectation, False, message=f"not checked: {run.name} failed ({run.error})")
+            else:
+                ok, measured, why = check(run.results, expectation)
+                outcome = Outcome(run.name, expectation, ok, measured, why)
+            result.outcomes.append(outcome)
+    return result
+
+
+def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
+    """Run every entry in order (labkit run's runner and report), then check the expectations."""
+    if not suite.entries:
+        raise LabkitError(f"suite {suite.name} has no notebooks")
+    run_dir, runs = notebooks.run_all(
+        [e.notebook for e in suite.entries], per_notebook=[e.parameters for e in suite.entries], **options
+    )
+    result = evaluate(suite, runs)
+    notebooks.write_report(run_dir, runs, outcomes=result.outcomes)
+    return run_dir, result
+
+
+# -- reporting ------------------------------------------------------------------------------------------------------
+def junit_xml(result: SuiteResult) -> str:
+    """JUnit XML (the common testsuites/testsuite/testcase shape CI systems read): a testcase per notebook run and per
+    expectation, the measured value and threshold in the name and message."""
+    cases = []
+    for run in result.runs:
+        case = ET.Element(
+            "testcase", classname=f"labkit.{result.suite.name}", name=run.name, time=f"{run.duration_s:.3f}"
+        )
+        if not run.passed:
+            failure = ET.SubElement(case, "failure", message=run.error or "failed", type="NotebookFailed")
+            failure.text = f"{run.error}\nexecuted notebook: {run.output}\nreport: {run.html}"
+        cases.append(case)
+    for outcome in result.outcomes:
+        name = f"{outcome.notebook}: {outcome.expectation.describe()}"
+        case = ET.Element("testcase", classname=f"labkit.{result.suite.name}.expect", name=name, time="0")
+        ET.SubElement(case, "system-out").text = f"measured: {outcome.measured!r}"
+        if not outcome.passed:
+            ET.SubElement(case, "failure", message=outcome.message, type="ExpectationFailed").text = outcome.message
+        cases.append(case)
+    failures = sum(1 for c in cases if c.find("failure") is not None)
+    seconds = sum(r.duration_s for r in result.runs)
+    root = ET.Element("testsuites", name="labkit", tests=str(len(cases)), failures=str(failures), time=f"{seconds:.3f}")
+    suite = ET.SubElement(
+        root, "testsuite", name=result.suite.name, tests=str(len(cases)), failures=str(failures), errors="0",
+        skipped="0", time=f"{seconds:.3f}",
+    )  # fmt: skip
+    suite.extend(cases)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
