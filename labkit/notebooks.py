@@ -275,8 +275,9 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
     for r in runs:
         params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
-        if r.error and r.failed_cell is not None and r.html:  # nbconvert's lab template anchors cells by index
-            error += f'<a href="{html.escape(Path(r.html).name)}#cell-id={r.failed_cell}">the failed cell</a>'
+        cell_id = _cell_id(r.output, r.failed_cell) if r.error and r.html else None
+        if cell_id:  # nbconvert's lab template anchors each cell as id="cell-id=<the cell's id>"
+            error += f'<a href="{html.escape(Path(r.html).name)}#cell-id={html.escape(cell_id)}">the failed cell</a>'
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
         expect = "".join(
@@ -290,6 +291,13 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
     page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
+
+
+def _cell_id(executed: str, index: int | None) -> str | None:
+    try:
+        return json.loads(Path(executed).read_text())["cells"][index].get("id") if index is not None else None
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return None
 
 
 def _outcome_dict(outcome) -> dict[str, Any]:

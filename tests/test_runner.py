@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -89,7 +90,11 @@ def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "bad.ipynb" in err and "cell 3" in err and "ValueError: boom 2" in err
-    assert "failed" in (tmp_path / "r" / "index.html").read_text()
+    index = (tmp_path / "r" / "index.html").read_text()
+    assert "failed" in index
+    # the report links the failed cell of the rendered notebook, by the anchor nbconvert gives it
+    anchor = re.search(r'href="bad.html#(cell-id=[^"]+)">the failed cell', index).group(1)
+    assert f'id="{anchor}"' in (tmp_path / "r" / "bad.html").read_text()
 
 
 def test_cell_timeout_and_dead_kernel_are_reported_like_failures(tmp_path):
