@@ -282,7 +282,7 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
         expect = "".join(
             f'<div class="{"passed" if o.passed else "failed"}">{"ok" if o.passed else "FAILED"}: '
-            f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message) + ')' if o.message else ''}</div>"
+            f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message or _measured(o)) + ')'}</div>"
             for o in checked.get(r.name, [])
         )
         cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect)
@@ -291,6 +291,11 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
     page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
+
+
+def _measured(outcome) -> str:
+    value = outcome.measured
+    return f"measured {value:,.4g}" if isinstance(value, float) else f"measured {value!r}"
 
 
 def _cell_id(executed: str, index: int | None) -> str | None:
