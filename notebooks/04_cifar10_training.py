@@ -25,7 +25,7 @@
 # The usual first DeepSpeed lab trains DeepSpeedExamples' `cifar10_deepspeed.py`: a 62k-parameter LeNet at batch 16,
 # fed image by image by a CPU pipeline. On an H200 that does about **2,700 images/s**: the GPU mostly waits. airbench94
 # trains a small CNN on the same GPU at about **320,000 images/s** without DeepSpeed. This chapter trains through the
-# DeepSpeed engine and gets close to the second number:
+# DeepSpeed engine and measures how far toward the second number it gets (the closing cell says, for this run):
 #
 # - the whole data set lives **on the device** as uint8; each batch is cropped and flipped there by one gather, no
 #   per-image Python, and fed as `channels_last`;
@@ -123,11 +123,13 @@ records, summary = run["records"], run["summary"]
 # %% [markdown]
 # ## Curves
 #
-# Loss per logged step (dotted lines: epoch ends), accuracy per epoch against chance, and throughput per epoch. The
-# first epoch is slower: it includes cuDNN autotuning and memory-pool growth on a GPU, one-off allocations on a CPU.
+# Loss per logged step (dotted lines: epoch ends), accuracy per epoch against chance, and throughput per epoch. Is the
+# first epoch slower? On a GPU it pays for cuDNN autotuning and memory-pool growth; the sentence under the figure says
+# what this run measured.
 
 # %%
 display(training_curves_figure(records))
+Markdown(cifar.first_epoch_note(cifar.summarize(records)))
 
 # %%
 rows = cifar.epochs_table(records)

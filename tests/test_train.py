@@ -457,3 +457,19 @@ def test_a_rank_failing_under_mpirun_ends_the_job_at_once(tmp_path):
         holder.close()
     assert failed_at and time.monotonic() - failed_at[0] < 30
     assert exc.value.failed_rank == 0 and "EADDRINUSE" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "first,later,device,words",
+    [
+        (1104.0, 1006.0, "cpu", "about the same rate"),  # issue 13's CPU run: the old text claimed "slower"
+        (11_701.0, 137_000.0, "cuda", "91% slower"),
+        (120_000.0, 125_000.0, "cuda", "warm-up costs little"),
+        (619.0, 437.0, "cpu", "42% above the best later one"),  # a CPU shared with another job
+    ],
+)
+def test_the_first_epoch_sentence_follows_the_runs_numbers(first, later, device, words):
+    shown = {"images_per_s_first_epoch": first, "images_per_s": later, "device": device, "epochs": 3}
+    note = cifar.first_epoch_note(shown)
+    assert words in note and f"{first:,.0f}" in note and f"{later:,.0f}" in note
+    assert "no later epoch" in cifar.first_epoch_note({**shown, "epochs": 1})

@@ -138,6 +138,33 @@ REFERENCE_IMAGES_PER_S = (SEED_EXAMPLE_IMAGES_PER_S, AIRBENCH_IMAGES_PER_S)
 RUN_KEYS = ("synthetic", "device", "world_size", "model")
 
 
+def first_epoch_note(shown: dict) -> str:
+    """The first epoch against the best later one, in the words this run's numbers support (not a fixed claim)."""
+    first, later = shown["images_per_s_first_epoch"], shown["images_per_s"]
+    if shown.get("epochs", 0) < 2 or not first or not later:
+        return f"One epoch ran at {first:,.0f} images/s: there is no later epoch to compare it with."
+    gap = first / later - 1
+    rates = f"epoch 1 ran at {first:,.0f} images/s, the best later epoch at {later:,.0f}"
+    if gap < -0.10:
+        why = (
+            "cuDNN autotuning and memory-pool growth happen in the first steps on a GPU"
+            if shown.get("device") != "cpu"
+            else "the first steps pay one-off allocations and warm caches"
+        )
+        return f"The first epoch was {-100 * gap:.0f}% slower ({rates}): {why}."
+    if gap > 0.10:
+        return (
+            f"The first epoch was the fastest, {100 * gap:.0f}% above the best later one ({rates}): there is no "
+            "warm-up cost to see here, and the later epochs lost time to something else on the machine (other "
+            "processes sharing its cores are the usual cause)."
+        )
+    if shown.get("device") == "cpu":
+        why = "a CPU has no kernel autotuning to pay for up front"
+    else:
+        why = "at this size the warm-up costs little"
+    return f"The epochs ran at about the same rate ({rates}; {100 * gap:+.0f}%): {why}."
+
+
 def summarize(records: list[dict]) -> dict:
     """What a run showed, computed from its metrics records (the notebook's closing cell prints this)."""
     steps = [r for r in records if r.get("kind") == "step"]
@@ -154,7 +181,7 @@ def summarize(records: list[dict]) -> dict:
     shown |= {"first_loss": first_loss, "last_loss": last_loss, "loss_drop": drop}
     shown |= {"final_test_acc": epochs[-1]["test_acc"], "best_test_acc": max(e["test_acc"] for e in epochs)}
     shown |= {"final_train_acc": epochs[-1]["train_acc"], "images_per_s": steady, "images_per_s_first_epoch": rates[0]}
-    shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None}
+    shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None, "epochs": len(epochs)}
     shown["vs_seed_example_h200"], shown["vs_airbench_h200"] = (steady / ref for ref in REFERENCE_IMAGES_PER_S)
     return shown
 
