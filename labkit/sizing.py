@@ -21,6 +21,12 @@ DEVICE_MEMORY_GB = {
     "T4": 16, "L4": 24, "A10G": 24, "A100-40GB": 40, "A100-80GB": 80, "H100": 80, "H200": 141,
     "Gaudi2": 96, "Gaudi3": 128, "MI300X": 192,
 }  # fmt: skip
+# Devices with FP8 arithmetic (Hopper, Ada, Gaudi2/3, CDNA3). T4 (Turing), A10G and A100 (Ampere) have none, and T4
+# has no bf16 either: weights in such a dtype are a storage format there, so the table gives no count, not a
+# misleading one.
+FP8_DEVICES = frozenset({"L4", "H100", "H200", "Gaudi2", "Gaudi3", "MI300X"})
+NO_FP8 = "n/a (no FP8)"
+LACKS = {"fp8": (set(DEVICE_MEMORY_GB) - FP8_DEVICES, NO_FP8), "bf16": ({"T4"}, "n/a (no BF16)")}
 INFERENCE_HEADROOM = 1.2  # room beyond the weights: KV cache, activations, runtime/allocator
 TRAINING_HEADROOM = 1.25  # room beyond model states: activations, buckets, allocator fragmentation
 ESTIMATE_KEYS = ("stage", "offload_optimizer", "offload_param", "zero_init", "per_cpu_bytes", "per_gpu_bytes")
@@ -93,11 +99,13 @@ def devices_needed(need_bytes: float, device: str, headroom: float = 1.0) -> int
 def inference_table(
     params: int, dtypes: Iterable[str] | None = None, devices: Iterable[str] | None = None, headroom=INFERENCE_HEADROOM
 ) -> list[dict]:
-    """Weight bytes per dtype and how many devices of each type hold them with `headroom` (weights x headroom)."""
+    """Weight bytes per dtype and how many devices of each type hold them with `headroom` (weights x headroom);
+    'n/a (no FP8)' / 'n/a (no BF16)' where a device lacks that arithmetic."""
     rows = []
     for dtype in dtypes or INFERENCE_DTYPES:
         w = inference_weight_bytes(params, dtype)
-        needed = {d: devices_needed(w, d, headroom) for d in (devices or DEVICE_MEMORY_GB)}
+        lacking, text = LACKS.get(dtype, (set(), ""))
+        needed = {d: text if d in lacking else devices_needed(w, d, headroom) for d in (devices or DEVICE_MEMORY_GB)}
         rows.append({"dtype": dtype, "weight_bytes": w, "with_headroom_bytes": int(w * headroom)})
         rows[-1] |= {"headroom": headroom, "devices": needed}
     return rows

@@ -242,6 +242,10 @@ def test_inference_sizing():
     assert rows["fp16"]["devices"]["MI300X"] == 1
     assert rows["int4"]["devices"]["T4"] == 3  # 42 GB / 16 GB
     assert set(rows) == set(S.INFERENCE_DTYPES)
+    # no fp8 count for devices without FP8 arithmetic (issue 13), a count for those with it
+    assert {d for d, n in rows["fp8"]["devices"].items() if n == S.NO_FP8} == {"T4", "A10G", "A100-40GB", "A100-80GB"}
+    assert rows["fp8"]["devices"]["H100"] == 2 and rows["int8"]["devices"]["A100-80GB"] == 2
+    assert rows["bf16"]["devices"]["T4"] == "n/a (no BF16)" and rows["fp16"]["devices"]["T4"] == 11
 
 
 @pytest.mark.parametrize(
