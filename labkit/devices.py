@@ -15,6 +15,7 @@ Memory is in bytes everywhere; utilization in percent.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
@@ -306,6 +307,21 @@ def nvidia_devices_smi() -> list[Device]:
 
 def hpu_devices_smi() -> list[Device]:
     return parse_hl_smi_csv(_run_smi("hl-smi", ["-Q", SMI_FIELDS.format("aip"), "-f", "csv,noheader,nounits"]))
+
+
+def machine_summary() -> str:
+    """One line naming this machine for reports: host, CPU, usable cores, and its GPUs/HPUs as their CLIs list them."""
+    cpu = cpu_device()
+    parts = [f"{platform.node()}: {cpu.name}, {usable_cores()} usable core(s)"]
+    for kind, read in (("cuda", nvidia_devices_smi), ("hpu", hpu_devices_smi)):
+        try:
+            found = read()
+        except Exception:  # noqa: BLE001 - no tool or no device: nothing to name
+            continue
+        names = sorted({d.name for d in found})
+        if found:
+            parts.append(f"{len(found)} x {', '.join(names)} ({kind})")
+    return "; ".join(parts) if len(parts) > 1 else parts[0] + "; no GPU or Gaudi"
 
 
 SOURCES = {  # kind -> (vendor, {source: function}, best first)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime as _dt
+import functools
 import html
 import json
 import os
@@ -250,6 +251,7 @@ td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top}} tr.passed td
 tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}
 div.failed{{color:#b00}}</style></head>
 <body><h1>labkit run {name}</h1>
+<p>Machine: {machine}.</p>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
 <th>error</th><th>output noise</th><th>expectations</th></tr>
@@ -288,7 +290,8 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
-    page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), **stats)
+    machine = html.escape(_machine())
+    page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), machine=machine, **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
 
@@ -296,6 +299,16 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
 def _measured(outcome) -> str:
     value = outcome.measured
     return f"measured {value:,.4g}" if isinstance(value, float) else f"measured {value!r}"
+
+
+@functools.cache
+def _machine() -> str:
+    from labkit.devices import machine_summary
+
+    try:
+        return machine_summary()
+    except Exception as exc:  # noqa: BLE001 - the report must not fail over a description
+        return f"not identified ({type(exc).__name__})"
 
 
 def _cell_id(executed: str, index: int | None) -> str | None:

@@ -479,3 +479,16 @@ def test_one_automatic_rank_policy_for_every_chapter_and_the_local_backend(
         assert cifar.plan(device=requested).world_size == ranks
         accelerator, workers, said = LocalBackend(root=None).accelerator_for(requested, 0, 1)
         assert (workers, accelerator) == (ranks, devices.ACCELERATOR_OF[device]) and why in said
+
+
+def test_the_machine_line_names_the_cpu_and_the_gpus_the_tools_list(monkeypatch, tmp_path):
+    assert devices.machine_summary().endswith("; no GPU or Gaudi")  # this machine (CI has no GPU)
+    write_tool(
+        tmp_path,
+        "nvidia-smi",
+        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
+        DATA / "nvidia-smi-8xh100.csv",
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    line = devices.machine_summary()
+    assert "usable core(s)" in line and "8 x NVIDIA H100 80GB HBM3 (cuda)" in line

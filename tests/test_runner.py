@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_run_records_values_and_writes_report(good, tmp_path):
     assert results.read(run.output)["echo"] == {"epochs": 3, "name": "x", "lr": 0.1, "fast": False}
     index = (run_dir / "index.html").read_text()
     assert "good" in index and "passed" in index and "good.html" in index
+    assert f"Machine: {platform.node()}: " in index and "usable core(s)" in index  # which machine ran it (issue 13)
     assert Path(run.html).read_text().startswith("<!DOCTYPE html>")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary[0]["parameters"] == {"epochs": 3}
