@@ -83,3 +83,26 @@ def test_the_deadline_is_written_only_where_the_served_crd_has_it(version, has_d
     assert served is has_deadline and api.denied == []  # OpenAPI discovery: readable by the ServiceAccount
     trainjob = trainjob_and_runtime(JobSpec(deadline_seconds=3600, trainjob_deadline=served))[0]
     assert trainjob["spec"].get("activeDeadlineSeconds") == (3600 if has_deadline else None)
+
+
+@pytest.mark.parametrize(
+    "change,path",
+    [
+        (lambda rt: rt["spec"]["mlPolicy"]["mpi"].update(numProcPerNod=2), "spec.mlPolicy.mpi"),  # a typo
+        (lambda rt: rt["spec"]["mlPolicy"]["mpi"].update(mpiImplementation="MVAPICH"), "mpiImplementation"),
+        (lambda rt: rt["spec"]["mlPolicy"].update(numNodes="two"), "spec.mlPolicy.numNodes"),
+    ],
+)
+def test_the_kits_runtime_is_checked_against_trainers_own_crd_schema(change, path):
+    """TrainingRuntime objects are validated against kubeflow/trainer's CRD (labkit/schemas, scripts/make_schemas.py),
+    not only their pod templates: a typo or a value Trainer does not accept is refused by field before submit."""
+    from labkit.manifests import ManifestError
+    from labkit.manifests.checks import validate_object
+
+    runtime = next(o for o in render_all(JobSpec(), "trainjob") if o["kind"] == "TrainingRuntime")
+    validate_object(runtime)
+    broken = copy.deepcopy(runtime)
+    change(broken)
+    with pytest.raises(ManifestError) as err:
+        validate_object(broken)
+    assert path in err.value.path or path in str(err.value)

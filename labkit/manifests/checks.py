@@ -146,13 +146,13 @@ def validate_object(obj: dict) -> None:
     _check_metadata(obj, ref)
     _check_secrets(obj, ref)
     validator = _crd_validators().get((obj["apiVersion"], obj["kind"]))
-    if (obj["apiVersion"], obj["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"):
-        _check_training_runtime(obj, ref)
-    elif validator is not None:
+    if validator is not None:  # the CRD's own schema (labkit/schemas, from the upstream CRDs), then the rules it lacks
         errors = sorted(validator.iter_errors(obj), key=lambda e: (len(e.path), list(map(str, e.path))))
         if errors:
             raise ManifestError(ref, _path_text(errors[0].absolute_path), _error_text(errors[0]), more=len(errors) - 1)
-        (_check_mpijob if obj["kind"] == "MPIJob" else _check_trainjob)(obj, ref)
+        {"MPIJob": _check_mpijob, "TrainJob": _check_trainjob, "TrainingRuntime": _check_training_runtime}[obj["kind"]](
+            obj, ref
+        )
     elif obj["apiVersion"].startswith(("kubeflow.org/", "trainer.kubeflow.org/")):
         known = ", ".join(f"{k} {v}" for v, k in sorted(_crd_validators()))
         problem = f"is not a version labkit knows ({known}); regenerate labkit/schemas with scripts/make_schemas.py"
