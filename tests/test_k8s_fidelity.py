@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from fake_apiserver import FakeApiServer
+from fake_apiserver import FakeApiServer, now_iso
 from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 
@@ -277,3 +277,18 @@ def test_proxy_settings_reach_every_pod_from_one_configmap(api, backend):
     assert err.value.field == "no_proxy"
     plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", https_proxy="http://p:1")
     assert plan.spec.https_proxy == "http://p:1" and any(o["kind"] == "ConfigMap" for o in plan.objects)
+
+
+def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_passed():
+    """A kubectl-applied MPIJob whose worker is never Ready has no launcher Job, so the operator's deadline never runs
+    while the scheduled workers hold accelerators. Past its activeDeadlineSeconds since creation, `list` flags it (and
+    `job list --stale --delete` removes it)."""
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2, grace_s=0.2) as (api, backend):
+        backend.submit(JobSpec(name="stuck", accelerator="nvidia", slots_per_worker=8, deadline_seconds=60))
+        (fresh,) = backend.list()
+        assert fresh.deadline is None and not fresh.past_deadline and "no deadline yet" in fresh.message
+        (job,) = [o for o in api.objects.values() if o.get("kind") == "MPIJob"]
+        job["metadata"]["creationTimestamp"] = now_iso(time.time() - 61)  # as if created a minute ago
+        (late,) = backend.list()
+        assert late.phase == "Pending" and late.past_deadline and "never started within its deadline" in late.message
+        assert backend.delete("stuck") and wait_until(lambda: not api.objects, timeout=5)

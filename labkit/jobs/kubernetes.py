@@ -280,7 +280,15 @@ class KubernetesBackend(JobBackend):
         started = timestamp(((launcher or {}).get("status") or {}).get("startTime"))
         st.deadline = started + float(deadline_s) if started and deadline_s else None
         if launcher is None and phase == "Pending":
-            st.message += "; no deadline yet: it starts with the launcher, once every worker is Ready"
+            # The operator's deadline starts with the launcher Job, which comes only once every worker is Ready: a
+            # worker that never gets Ready means no deadline at all while the scheduled workers hold accelerators.
+            # Past what its deadline would have allowed since creation, such a job is flagged (list --stale).
+            own = (spec.get("runPolicy") or {}).get("activeDeadlineSeconds")
+            if own and st.created and time.time() > st.created + float(own):
+                st.deadline = st.created + float(own)
+                st.message += "; never started within its deadline (no launcher Job, so nothing will stop it)"
+            else:
+                st.message += "; no deadline yet: it starts with the launcher, once every worker is Ready"
         st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
         st.slots_per_worker = spec.get("slotsPerWorker")
         if pods is not None:
