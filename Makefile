@@ -6,7 +6,7 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lint format lab install check cluster-test bench-cpu clean-runs strip notebooks
+.PHONY: run test lint format lab install check cluster-test bench-cpu clean-runs strip notebooks e2e
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
@@ -32,6 +32,11 @@ format: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks
+
+# Every notebook in JupyterLab, in Debian's Chromium driven by Playwright: widgets, figures, errors, the closing
+# section; screenshots in runs/e2e/. `make test` runs a CPU-cheap subset (tests/test_e2e.py).
+e2e: $(STAMP)
+	$(PY) -m labkit.e2e --out runs/e2e
 
 check: $(STAMP)
 	$(VENV)/bin/labkit check

@@ -23,6 +23,18 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; th
   fi
 fi
 
+# 1b. Debian's Chromium for the browser tests (make e2e, part of make test): Playwright drives it; its own browser
+#     download is never used.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing chromium with apt-get (browser tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    say "WARNING: /usr/bin/chromium not found and apt-get not usable: the browser tests (make e2e) cannot run"
+  fi
+fi
+
 # 2. The virtual environment.
 if [ ! -x "$VENV/bin/python" ]; then
   if [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ]; then
@@ -60,6 +72,9 @@ if command -v mpicc >/dev/null 2>&1; then EXTRAS="dev,mpi"; fi
 say "installing labkit[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
 
-# 6. A Jupyter kernel that runs this environment, for `make lab` and papermill.
+# 6. A Jupyter kernel that runs this environment, for `make lab` and papermill; JupyterLab's workshop settings (no
+#    news or update pop-ups) as this environment's defaults.
 "$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name labkit --display-name "Python (labkit)" >/dev/null
+mkdir -p "$VENV/share/jupyter/lab/settings"
+cp scripts/jupyterlab-overrides.json "$VENV/share/jupyter/lab/settings/overrides.json"
 say "ready: $("$VENV/bin/python" -c 'import torch, deepspeed; print("torch", torch.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -n 1)"

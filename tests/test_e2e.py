@@ -1,0 +1,61 @@
+"""The chapters in a real browser (issue 14): JupyterLab + Chromium through labkit.e2e. A small notebook shows each
+check can fail; the CPU-cheap subset of the real chapters runs here (`make e2e` runs all of them)."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from kit_testing import kit_processes
+
+from labkit import e2e, notebooks
+
+CI_SUBSET = ("01", "05")  # a widget-driven table and figure, and a real DeepSpeed run with figures and widgets
+
+
+def _notebook(path, *cells: tuple[str, str]):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src) for kind, src in cells
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_browser_checks_catch_what_papermill_cannot(tmp_path):
+    """A slider that answers, a figure handed over without the inline backend, an error that stops Run All, and no
+    closing section: each is reported, and the slider's interaction is seen."""
+    assert e2e.why_not_runnable() is None, e2e.why_not_runnable()  # CI installs chromium and playwright (make install)
+    good = _notebook(
+        tmp_path / "good.ipynb",
+        ("md", "# good"),
+        ("code", "import ipywidgets as w\nw.interact(lambda n: print('n =', n), n=w.IntSlider(value=1, min=0, max=5))"),
+        ("md", "## What this run showed"),
+        ("code", "print('done')"),
+    )
+    bad = _notebook(
+        tmp_path / "bad.ipynb",
+        ("code", "import matplotlib.figure\nfig = matplotlib.figure.Figure()\nfig.add_subplot().plot([1, 2])\nfig"),
+        ("code", "raise ValueError('boom')"),
+        ("code", "print('never')"),
+    )
+    runs = {r.notebook: r for r in e2e.run_notebooks([good, bad], tmp_path / "shots", cell_timeout_s=120)}
+    assert runs["good"].passed, runs["good"].problems
+    assert runs["good"].interactions == ["slider one step right: output changed"]
+    problems = " | ".join(runs["bad"].problems)
+    assert "ValueError: boom" in problems and "1 cell(s) never ran" in problems
+    assert "figure(s) shown as '<Figure size ...>' text" in problems and "no closing 'What this run showed'" in problems
+    for r in runs.values():
+        assert (tmp_path / "shots" / f"{r.notebook}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "shots" / "results.json").read_text())[0]["notebook"] == "good"
+    assert not kit_processes()
+
+
+@pytest.mark.slow
+def test_the_ci_subset_of_chapters_runs_clean_in_jupyterlab(tmp_path):
+    runs = e2e.run_notebooks(notebooks.select(CI_SUBSET), tmp_path / "e2e", cell_timeout_s=600)
+    failed = {r.notebook: r.problems for r in runs if not r.passed}
+    assert not failed, failed
+    assert all(r.interactions and all(i.endswith("output changed") for i in r.interactions) for r in runs)
