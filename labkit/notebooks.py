@@ -13,6 +13,7 @@ import functools
 import html
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -254,7 +255,7 @@ div.failed{{color:#b00}}</style></head>
 <p>Machine: {machine}.</p>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
 <table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
-<th>error</th><th>output noise</th><th>expectations</th></tr>
+<th>error</th><th>output noise</th><th>expectations</th><th>in JupyterLab (make e2e)</th></tr>
 {rows}
 </table></body></html>
 """
@@ -262,6 +263,19 @@ div.failed{{color:#b00}}</style></head>
 
 def _link(path: str, text: str) -> str:
     return f'<a href="{html.escape(Path(path).name)}">{html.escape(text)}</a>' if path else html.escape(text)
+
+
+def attach_screenshots(run_dir: Path, source: str | Path, runs: list[NotebookRun]) -> int:
+    """Copy the latest browser screenshots (`make e2e` writes <notebook>.png) of this run's notebooks into
+    run_dir/screenshots, where the report shows them. Returns how many were found."""
+    found = 0
+    for run in runs:
+        png = Path(source) / f"{Path(run.source).stem}.png"
+        if png.is_file():
+            (run_dir / "screenshots").mkdir(exist_ok=True)
+            shutil.copy(png, run_dir / "screenshots" / f"{run.name}.png")
+            found += 1
+    return found
 
 
 def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
@@ -287,7 +301,14 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
             f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message or _measured(o)) + ')'}</div>"
             for o in checked.get(r.name, [])
         )
-        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect)
+        shot = run_dir / "screenshots" / f"{r.name}.png"
+        picture = (
+            f'<a href="screenshots/{html.escape(shot.name)}"><img src="screenshots/{html.escape(shot.name)}" '
+            'width="160" alt="in JupyterLab"></a>'
+            if shot.is_file()
+            else ""
+        )
+        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect, picture)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     machine = html.escape(_machine())

@@ -146,3 +146,14 @@ def test_relative_run_dir_works_from_the_kernels_working_directory(tmp_path, mon
     written = Path(results.read(run.output)["wrote"])
     assert written.is_absolute() and written.read_text() == "ok"
     assert written.parent == (tmp_path / "runs" / "r1" / "writes.work")
+
+
+def test_the_report_shows_the_latest_browser_screenshots(good, tmp_path, capsys):
+    shots = tmp_path / "e2e"
+    shots.mkdir()
+    (shots / "good.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # what make e2e leaves for this notebook
+    assert main(["run", str(good), "--out", str(tmp_path / "r"), "--screenshots", str(shots)]) == 0
+    assert "1 screenshot(s)" in capsys.readouterr().out
+    assert '<img src="screenshots/good.png"' in (tmp_path / "r" / "index.html").read_text()
+    assert (tmp_path / "r" / "screenshots" / "good.png").is_file()
+    assert main(["run", str(good), "--screenshots", str(tmp_path / "none")]) == 2  # refused before anything runs

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     run.add_argument("--test-params", action="store_true", help="use each notebook's small labkit.test_parameters")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    run.add_argument(
+        "--screenshots", type=Path, help="show these browser screenshots in the report (make e2e writes runs/e2e)"
+    )
     run.add_argument("--suite", type=Path, help="a regression suite (regression/*.yaml): notebooks, parameters, checks")
     run.add_argument("--junit", type=Path, help="with --suite: write JUnit XML here (a testcase per run and per check)")
     run.set_defaults(func=_run)
@@ -55,12 +58,18 @@ def _run(args: argparse.Namespace) -> int:
         return _run_suite(args)
     if args.junit:
         raise ConfigError("junit", "--junit needs --suite", "pass --suite regression/cpu-smoke.yaml")
+    if args.screenshots and not args.screenshots.is_dir():
+        raise ConfigError("screenshots", f"{args.screenshots} is not a folder", "run `make e2e` first (runs/e2e)")
     selected = notebooks.select(args.notebooks) if args.notebooks else notebooks.discover()
     optional = {"backend": args.backend} if args.backend else {}
     options = {"timeout": args.timeout, "log_output": args.log_output, "use_test_parameters": args.test_params}
     run_dir, runs = notebooks.run_all(
         selected, dict(args.parameter or []), out_dir=args.out, optional=optional, **options
     )
+    if args.screenshots:
+        shown = notebooks.attach_screenshots(run_dir, args.screenshots, runs)
+        notebooks.write_report(run_dir, runs)
+        print(f"{shown} screenshot(s) from {args.screenshots} in the report")
     print(f"report: {run_dir / 'index.html'}")
     failed = [r for r in runs if not r.passed]
     for r in failed:
