@@ -56,6 +56,6 @@ def test_the_browser_checks_catch_what_papermill_cannot(tmp_path):
 @pytest.mark.slow
 def test_the_ci_subset_of_chapters_runs_clean_in_jupyterlab(tmp_path):
     runs = e2e.run_notebooks(notebooks.select(CI_SUBSET), tmp_path / "e2e", cell_timeout_s=600)
-    failed = {r.notebook: r.problems for r in runs if not r.passed}
-    assert not failed, failed
+    failed = {r.notebook: {"screenshot": r.screenshot, "problems": r.problems} for r in runs if not r.passed}
+    assert not failed, failed  # the CI log names the screenshot and the first error output
     assert all(r.interactions and all(i.endswith("output changed") for i in r.interactions) for r in runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -418,3 +419,13 @@ def test_entrypoint_makes_each_pod_its_own_sshd_host_key(tmp_path):
     assert "OPENSSH PRIVATE KEY" in key.read_text() and (keydir / "ssh_host_ed25519_key.pub").exists()
     before = key.read_bytes()
     assert start(str(fake)).returncode == 0 and key.read_bytes() == before  # a restarted container keeps its key
+
+
+def test_the_lab_image_carries_the_workshop_settings_make_lab_uses():
+    """Issue 14: JupyterLab in the cluster is the same as `make lab`: no news or update pop-ups."""
+    dockerfile = (IMAGES / "lab" / "Dockerfile").read_text()
+    overrides = "scripts/jupyterlab-overrides.json"
+    assert f"COPY {overrides} /opt/venv/share/jupyter/lab/settings/overrides.json" in dockerfile
+    assert f"!{overrides}" in (IMAGES / "lab" / "Dockerfile.dockerignore").read_text()
+    settings = json.loads((IMAGES.parent / overrides).read_text())
+    assert settings["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}

@@ -58,5 +58,11 @@ def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
         assert {p.name for p in (ROOT / "notebooks").glob("*.ipynb")} <= names
         with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10) as resp:
             assert resp.status == 200 and b"JupyterLab" in resp.read()
+        # the workshop settings make install put in place: no news or update pop-ups (issue 14)
+        notification = get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}")
+        defaults = {
+            k: v.get("default") for k, v in notification["schema"]["properties"].items()
+        }  # overrides apply here
+        assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False
     finally:
         procs.stop_tree(proc)
