@@ -60,6 +60,7 @@ def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
             assert resp.status == 200 and b"JupyterLab" in resp.read()
         # the workshop settings make install put in place: no news or update pop-ups (issue 14)
         notification = get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}")
+        # overrides.json changes the schema defaults (user settings stay empty)
         defaults = {
             k: v.get("default") for k, v in notification["schema"]["properties"].items()
         }  # overrides apply here
