@@ -26,7 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = Path("/work/shared/schemas")
 DEFAULT_OUT = REPO / "labkit" / "schemas"
 # Only the CRDs whose objects labkit renders.
-CRD_FILES = ("kubeflow.org_mpijobs.yaml", "trainer.kubeflow.org_trainjobs.yaml", "trainer.kubeflow.org_trainingruntimes.yaml")
+CRD_FILES = (
+    "kubeflow.org_mpijobs.yaml",
+    "trainer.kubeflow.org_trainjobs.yaml",
+    "trainer.kubeflow.org_trainingruntimes.yaml",
+)
 _BOUND = re.compile(r"^\s*self\s*(>=|<=)\s*(-?\d+)\s*$")
 INT_MAX = {"int32": 2**31 - 1, "int64": 2**63 - 1}  # jsonschema does not check these formats; it checks bounds
 
