@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format $(LINTED)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks
+	VENV=$(VENV) bash scripts/lab.sh
 
 # Every notebook in JupyterLab, in Debian's Chromium driven by Playwright: widgets, figures, errors, the closing
 # section; screenshots in runs/e2e/. `make test` runs a CPU-cheap subset (tests/test_e2e.py).

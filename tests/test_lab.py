@@ -67,3 +67,32 @@ def test_jupyterlab_serves_notebooks_with_the_kit_kernel(tmp_path):
         assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False
     finally:
         procs.stop_tree(proc)
+
+
+@pytest.mark.slow
+def test_make_lab_prints_its_url_with_the_token_once_and_serves_it(tmp_path):
+    """Issue 14: `make lab` (scripts/lab.sh) prints one access URL; Jupyter's banner, which repeats the token, is
+    below its log level."""
+    port = launch.free_port()
+    env = launch.kit_env({"LAB_PORT": str(port), "VENV": str(Path(sys.executable).parent.parent),
+                          "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")})  # fmt: skip
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "lab.sh")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.readline().strip()
+        assert first.startswith(f"JupyterLab: http://127.0.0.1:{port}/lab?token="), first
+        token = first.rsplit("=", 1)[1]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                get(f"http://127.0.0.1:{port}/api/status?token={token}")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
+                time.sleep(1)
+    finally:
+        procs.stop_tree(proc)
+    rest = proc.stdout.read()
+    assert token not in rest, rest[-2000:]  # printed once
