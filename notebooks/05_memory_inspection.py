@@ -101,16 +101,16 @@ HTML(tabular.html_table([{**k, **{c: (f"{k[c]:,}" if k[c] is not None else "-")
 
 # %% [markdown]
 # ## The timeline: init → forward → backward → step
-# Stacked: counted model-state bytes by kind at each snapshot. Adam moments appear at the first step (lazily), gradients
-# live between backward and step, and ZeRO-3 gathers whole parameters during forward and backward. On a GPU the black
-# line is `torch.cuda.memory_allocated` (relative to the run's start): the gap above the stack is activations and
-# temporaries.
+# Stacked: counted model-state bytes by kind at each snapshot; the sentence under the figure says when each kind
+# appeared in this run. On a GPU the black line is `torch.cuda.memory_allocated` (relative to the run's start): the gap
+# above the stack is activations and temporaries.
 
 # %%
 timeline = chapter.timeline_rows(run, rank)
 results.record("timeline", timeline)
 display(zplots.timeline_figure(run["timeline"][rank], title=f"{run['label']}, rank {rank}",
                                allocated_before=run["allocated_before"][rank]))
+display(Markdown(chapter.timeline_note(timeline)))
 
 # %%
 if run["memory_summary"]:

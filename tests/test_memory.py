@@ -280,3 +280,21 @@ def test_memory_modules_import_without_torch_or_deepspeed():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_timeline_sentence_is_read_from_the_run():
+    """Issue 13: 05 said gradients live between backward and step; a ZeRO run has its gradient buffer from initialize.
+    The sentence is now computed from the snapshots (these are a real 2-rank ZeRO-3 CPU run's, rank 0)."""
+    from labkit.chapters.memory_inspection import timeline_note
+
+    row = lambda phase, step, params, grads, adam: {"phase": phase, "step": step, "params": params,  # noqa: E731
+                                                   "gradients": grads, "optimizer_states": adam}  # fmt: skip
+    rows = [row("init", 0, 2958720, 2958720, 0), row("backward", 1, 2960256, 2958720, 0),
+            row("step", 1, 2977920, 2958728, 11834884), row("forward", 2, 8876160, 2958728, 11834884),
+            row("step", 2, 2977920, 2958728, 11834884)]  # fmt: skip
+    note = timeline_note(rows)
+    assert "gradients 2.96 MB at initialize (the flat gradient buffer comes with deepspeed.initialize" in note
+    assert "Adam moments 11.83 MB at step 1's optimizer step" in note
+    assert "peaked at 8.88 MB in step 2's forward, 3.0x" in note
+    without_gather = [dict(r, params=2958720) for r in rows]
+    assert "peaked" not in timeline_note(without_gather)  # stages that keep whole parameters: no gather to mention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from labkit.errors import check_int
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
+from labkit.tabular import format_bytes
 from labkit.zero import Variant
 
 
@@ -44,3 +45,36 @@ def timeline_rows(config: dict, rank: int = 0) -> list[dict]:
         row |= {"host": sum(t["host"].values()), **{k: t["device"][k] + t["host"][k] for k in STATE_KINDS}}
         rows.append(row | {"allocated": alloc - base if alloc is not None and base is not None else alloc})
     return rows
+
+
+def timeline_note(rows: list[dict]) -> str:
+    """When each kind of model state appeared and where the working parameters peaked, read from this run's
+    timeline (the sentence the notebook shows under its figure; nothing here is assumed)."""
+
+    def when(r: dict) -> str:
+        if r["phase"] == "init":
+            return "at initialize"
+        return (
+            f"at step {r['step']}'s optimizer step" if r["phase"] == "step" else f"in step {r['step']}'s {r['phase']}"
+        )
+
+    parts = []
+    for kind in ("params", "gradients", "optimizer_states"):
+        first = next((r for r in rows if r.get(kind)), None)
+        if first is None:
+            continue
+        part = f"{STATE_LABELS[kind]} {format_bytes(first[kind])} {when(first)}"
+        if kind == "gradients" and first["phase"] == "init":
+            part += " (the flat gradient buffer comes with deepspeed.initialize, before any backward)"
+        if kind == "optimizer_states" and first["phase"] == "step":
+            part += " (Adam creates its moments lazily, at its first step)"
+        parts.append(part)
+    peak = max(rows, key=lambda r: r.get("params", 0), default=None)
+    text = "In this run: " + "; ".join(parts) + "."
+    if peak and rows and peak["params"] > 1.5 * rows[-1]["params"]:
+        text += (
+            f" The working parameters peaked at {format_bytes(peak['params'])} {when(peak)}, "
+            f"{peak['params'] / rows[-1]['params']:.1f}x what stays after it: ZeRO-3 gathers whole layers for compute "
+            "and releases them."
+        )
+    return text
