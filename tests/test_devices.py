@@ -198,6 +198,17 @@ def test_nvml_path(monkeypatch):
     assert found.notes == ["NVIDIA: 2 device(s) via NVML"]
 
 
+SMI_ARGS = (
+    "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits"
+)
+
+
+def fake_nvidia_smi(monkeypatch, directory: Path, output_file: Path | None, exit_code: int = 0) -> None:
+    """An nvidia-smi on PATH that answers labkit's exact query with a recorded output (or fails)."""
+    write_tool(directory, "nvidia-smi", SMI_ARGS, output_file, exit_code)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+
 def write_tool(directory: Path, name: str, expected_args: str, output_file: Path | None, exit_code: int = 0) -> None:
     """A fake CLI that insists on labkit's exact arguments, then prints a recorded output."""
     script = directory / name
@@ -216,13 +227,7 @@ def test_nvml_failure_falls_back_to_nvidia_smi(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], init_error=True))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build (also on a GPU test machine)
-    write_tool(
-        tmp_path,
-        "nvidia-smi",
-        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
-        DATA / "nvidia-smi-8xh100.csv",
-    )
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fake_nvidia_smi(monkeypatch, tmp_path, DATA / "nvidia-smi-8xh100.csv")
     found = devices.discover(["cuda"])
     assert len(found.devices) == 8 and {d.source for d in found.devices} == {"nvidia-smi"}
     assert found.notes[0].startswith("NVIDIA: NVML failed (NVMLError")
@@ -235,14 +240,7 @@ def test_failing_nvidia_smi_is_a_note_not_a_crash(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], init_error=True))
-    write_tool(
-        tmp_path,
-        "nvidia-smi",
-        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
-        None,
-        exit_code=9,
-    )
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fake_nvidia_smi(monkeypatch, tmp_path, None, exit_code=9)
     found = devices.discover(["cuda"])
     assert found.devices == []
     assert any("nvidia-smi failed" in n and "exited with 9" in n and "NVIDIA driver" in n for n in found.notes)
@@ -483,12 +481,6 @@ def test_one_automatic_rank_policy_for_every_chapter_and_the_local_backend(
 
 def test_the_machine_line_names_the_cpu_and_the_gpus_the_tools_list(monkeypatch, tmp_path):
     assert devices.machine_summary().endswith("; no GPU or Gaudi")  # this machine (CI has no GPU)
-    write_tool(
-        tmp_path,
-        "nvidia-smi",
-        "--query-gpu=index,name,memory.total,memory.used,utilization.gpu,driver_version --format=csv,noheader,nounits",
-        DATA / "nvidia-smi-8xh100.csv",
-    )
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fake_nvidia_smi(monkeypatch, tmp_path, DATA / "nvidia-smi-8xh100.csv")
     line = devices.machine_summary()
     assert "usable core(s)" in line and "8 x NVIDIA H100 80GB HBM3 (cuda)" in line
