@@ -25,7 +25,15 @@ from unittest import mock
 from labkit import results, tabular
 from labkit.errors import ConfigError
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout or editable install
+NOTEBOOKS_ENV = "LABKIT_NOTEBOOKS"  # where an installed kit finds them (the lab image sets it)
+
+
+def notebooks_dir() -> Path:
+    """The kit's notebooks: $LABKIT_NOTEBOOKS, else notebooks/ beside the package."""
+    return Path(os.environ.get(NOTEBOOKS_ENV) or NOTEBOOKS_DIR)
+
+
 _BOOLS = {**dict.fromkeys(("true", "yes", "1", "on"), True), **dict.fromkeys(("false", "no", "0", "off"), False)}
 _SCALARS = {"int": int, "float": float, "bool": lambda text: _BOOLS[text.lower()]}
 
@@ -49,9 +57,9 @@ class NotebookRun:
         return self.status == "passed"
 
 
-def discover(directory: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+def discover(directory: str | Path | None = None) -> list[Path]:
     """Every notebook of the kit, in chapter order (the paired .py sources are not notebooks)."""
-    return sorted(p for p in Path(directory).glob("*.ipynb") if not p.name.startswith("."))
+    return sorted(p for p in Path(directory or notebooks_dir()).glob("*.ipynb") if not p.name.startswith("."))
 
 
 def select(names: Iterable[str]) -> list[Path]:
@@ -220,7 +228,8 @@ def run_all(
     parameters for each notebook in turn (a suite; the same notebook may run twice). Returns (run dir, runs)."""
     notebooks = notebooks or discover()
     if not notebooks:
-        raise ConfigError("notebooks", "no notebooks found", f"put .ipynb files in {NOTEBOOKS_DIR}")
+        fix = f"put .ipynb files in {notebooks_dir()}, or set {NOTEBOOKS_ENV} to the kit's notebooks folder"
+        raise ConfigError("notebooks", "no notebooks found", fix)
     if per_notebook is not None:
         chosen = list(zip(notebooks, per_notebook, strict=True))
     else:
@@ -389,9 +398,9 @@ def output_problems(path: str | Path) -> list[str]:
 # -- sources: each notebook is built from its Jupytext percent script, without outputs and with stable cell ids --
 
 
-def sources(directory: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+def sources(directory: str | Path | None = None) -> list[Path]:
     """The percent scripts the notebooks are built from (notebooks/NN_name.py, paired in notebooks/jupytext.toml)."""
-    return sorted(Path(directory).glob("[0-9]*.py"))
+    return sorted(Path(directory or notebooks_dir()).glob("[0-9]*.py"))
 
 
 def build(source: str | Path):

@@ -122,6 +122,8 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
         return [(path.format(i), value_at(j, "template.spec.template.spec") or {}) for i, j in enumerate(jobs)]
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         return [("spec.template.spec", value_at(obj, "spec.template.spec") or {})]
+    if kind == "CronJob":
+        return [("spec.jobTemplate.spec.template.spec", value_at(obj, "spec.jobTemplate.spec.template.spec") or {})]
     return [("spec", spec)] if kind == "Pod" else []
 
 
