@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,-all
+#     cell_metadata_filter: tags,jupyter,-all
 #     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -93,6 +93,22 @@ for v in plan.variants:
                       "DeepSpeed model": tabular.format_bytes(sum(sum(x.values()) for x in p["deepspeed"].values())),
                       "of which on host": tabular.format_bytes(sum(p["deepspeed"]["host"].values()))})
 HTML(tabular.html_table(pred_rows, list(pred_rows[0]), status_column=None))
+
+# %% [markdown]
+# ### Exercise: predict before you measure
+# This run uses the world size above. Predict ZeRO-3's model states per rank for the same model on **4** ranks, in
+# MB, write it below and run the two cells; the check compares it with the paper's formula. (The solution cell is
+# collapsed: click its bar to open it.)
+
+# %% tags=["exercise"]
+my_zero3_mb = None  # your prediction, in MB, e.g. 123.4
+
+# %% tags=["exercise"]
+display(Markdown(zero_stages.check_zero3_prediction(plan.params, plan.dtype, my_zero3_mb)))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# ZeRO-3 partitions all model states: 16 bytes per parameter in mixed precision (2 + 2 + 12), divided by N.
+display(Markdown(zero_stages.check_zero3_prediction(plan.params, plan.dtype, 16 * plan.params / 4 / 1e6)))
 
 # %% [markdown]
 # ## Run every configuration in one launch

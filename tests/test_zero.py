@@ -345,3 +345,14 @@ def test_gaudi_code_path_with_the_bridge_faked(monkeypatch):
     assert spec.device == "hpu"
     # DeepSpeed picks its HPU accelerator (and with it the hccl backend) from this variable
     assert launch.kit_env(world_size=8, device="hpu")["DS_ACCELERATOR"] == "hpu"
+
+
+def test_the_zero3_exercise_checks_a_prediction_against_the_papers_formula():
+    from labkit.chapters.zero_stages import check_zero3_prediction
+
+    params = 21_000_000  # 16 bytes per parameter / 4 ranks = 84.0 MB
+    assert "set `my_zero3_mb`" in check_zero3_prediction(params, "bf16", None)
+    assert "84.0 MB (+0%): **right**" in check_zero3_prediction(params, "bf16", 84.0)
+    assert "**right**" in check_zero3_prediction(params, "bf16", 86.0)  # within 5%
+    wrong = check_zero3_prediction(params, "bf16", 336.0)  # 16 bytes per parameter, forgetting N
+    assert "not yet" in wrong and "16Ψ/N" in wrong

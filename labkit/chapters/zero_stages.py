@@ -66,3 +66,23 @@ def conclusions(report: dict, rank: int = 0) -> list[str]:
         f"{max(c['rel_error_paper'] for c in cfgs):.0%}."
     )
     return out
+
+
+def check_zero3_prediction(params: int, dtype: str, prediction_mb: float | None, world_size: int = 4) -> str:
+    """The exercise of notebook 02: predict ZeRO-3's per-rank model states at `world_size` ranks, then compare with
+    the paper's formula for this model (within 5% counts as right). None: not answered yet."""
+    from labkit.memory import paper_model_states
+
+    truth = paper_model_states(params, 3, world_size, dtype)
+    answer = truth["total"] / 1e6
+    if prediction_mb is None:
+        return (
+            f"**Exercise:** set `my_zero3_mb` above to your prediction for {world_size} ranks (in MB) and run the cell "
+            "again. Hint: the table of predictions shows the formula."
+        )
+    error = prediction_mb / answer - 1
+    verdict = "right" if abs(error) <= 0.05 else "not yet: look at how the paper's formula depends on N"
+    return (
+        f"Your prediction: {prediction_mb:,.1f} MB per rank; the paper's {truth['formula']} for {params:,} parameters "
+        f"at N = {world_size}: {answer:,.1f} MB ({error:+.0%}): **{verdict}**."
+    )
