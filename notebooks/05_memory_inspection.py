@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,-all
+#     cell_metadata_filter: tags,jupyter,-all
 #     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -132,6 +132,14 @@ else:
 # The calculator applies labkit's DeepSpeed model (the model's shapes unknown: one flat tensor) to the calculator
 # parameters, multiplies by a head-room factor for activations and buffers, and compares with the device's memory.
 # Change the parameters (or use the widgets below in JupyterLab) to try other sizes.
+#
+# ### Exercise: predict before the calculator answers
+# How many devices of the calculator's type (`calc_device`) does training the calculator's model (`calc_params`,
+# `calc_dtype`, ZeRO stage `calc_stage`) need at the least? ZeRO-3 model states are about 16 bytes per parameter
+# divided by N, plus head-room. Write your number below; the cell after the calculator checks it.
+
+# %% tags=["exercise"]
+my_min_devices = None  # your prediction: the smallest number of calc_device that fits
 
 # %%
 print("\n".join(calc["lines"]))
@@ -139,6 +147,12 @@ print(f"smallest number of {calc_device} that fits: {calc['min_world_size'] or '
 results.record("fit", {k: calc[k] for k in ("fits", "need_bytes", "model_state_bytes", "capacity_bytes",
                                             "min_world_size")})
 display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_stage}, {calc_world_size} x {calc_device}"))
+
+# %% tags=["exercise"]
+display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, my_min_devices)))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, calc["min_world_size"] or 0)))
 
 # %%
 try:  # optional: interactive version of the same calculator (JupyterLab); the cell above is the record

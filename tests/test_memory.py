@@ -298,3 +298,16 @@ def test_the_timeline_sentence_is_read_from_the_run():
     assert "peaked at 8.88 MB in step 2's forward, 3.0x" in note
     without_gather = [dict(r, params=2958720) for r in rows]
     assert "peaked" not in timeline_note(without_gather)  # stages that keep whole parameters: no gather to mention
+
+
+def test_the_min_devices_exercise_checks_against_the_calculator():
+    from labkit import sizing
+    from labkit.chapters.memory_inspection import check_min_devices_prediction
+
+    calc = sizing.training_fit(7 * 10**9, "bf16", 3, 8, "H100")
+    n = calc["min_world_size"]
+    assert "set `my_min_devices`" in check_min_devices_prediction(calc, "H100", None)
+    assert "**right**" in check_min_devices_prediction(calc, "H100", n)
+    assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)
+    stage0 = sizing.training_fit(70 * 10**9, "bf16", 0, 8, "T4")
+    assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", 0)

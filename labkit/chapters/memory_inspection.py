@@ -78,3 +78,18 @@ def timeline_note(rows: list[dict]) -> str:
             "and releases them."
         )
     return text
+
+
+def check_min_devices_prediction(calc: dict, device: str, prediction: int | None) -> str:
+    """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
+    before the calculator prints it (`calc`: sizing.training_fit's result)."""
+    answer = calc["min_world_size"]
+    if prediction is None:
+        return "**Exercise:** set `my_min_devices` to your prediction and run the cell again."
+    if answer is None:
+        right = prediction <= 0
+        why = "no number of devices fits: stage 0 keeps every model state on every rank"
+    else:
+        right = prediction == answer
+        why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits"
+    return f"Your prediction: {prediction}; {why}: **{'right' if right else 'not yet'}**."
