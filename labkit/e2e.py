@@ -49,6 +49,10 @@ _PROMPTS = "[...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e
 # shows [*] and the kernel is idle (cells after a failing one keep an empty prompt).
 _STARTED = f"() => {_PROMPTS}.some(t => t === '[*]:' || /^\\[\\d+\\]:$/.test(t))"
 _SETTLED = f"() => !{_PROMPTS}.some(t => t === '[*]:') && {_IDLE}"
+_NEVER_RAN = (
+    "() => window.jupyterapp.shell.currentWidget.content.widgets"
+    ".filter(c => c.model.type === 'code' && !c.model.executionCount).length"
+)
 # What the page shows, read once the kernel is idle again.
 _INSPECT = """() => {
   const outs = [...document.querySelectorAll('.jp-OutputArea-output')];
@@ -177,7 +181,8 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
     except Exception:  # noqa: BLE001 - Playwright's TimeoutError: say which notebook and save what it shows
         running = page.evaluate(f"() => {_PROMPTS}")
         run.problems.append(f"the cells did not all finish within {cell_timeout_s:.0f} s (prompts: {running})")
-    skipped = sum(1 for t in page.evaluate(f"() => {_PROMPTS}") if not t.strip("[]: "))
+    # From the notebook's model, not the prompts: a cell whose source is collapsed (a solution) shows no prompt.
+    skipped = page.evaluate(_NEVER_RAN)
     if skipped:
         run.problems.append(f"{skipped} cell(s) never ran (Run All stops at a failing cell)")
     seen = page.evaluate(_INSPECT)
