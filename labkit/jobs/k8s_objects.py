@@ -4,6 +4,7 @@ the shell scripts an exec runs in the launcher."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -119,3 +120,19 @@ def unreachable(what: str, exc: Exception) -> LabkitError:
         f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
         "Fix: check `kubectl get nodes` works with the same kubeconfig"
     )
+
+
+def mpijob_deadline(job: dict, launcher: dict | None, created: float | None) -> tuple[float | None, str]:
+    """(deadline, note for a Pending job) of an MPIJob. The MPI Operator puts runPolicy.activeDeadlineSeconds on the
+    launcher Job (kubeflow/mpi-operator pkg/controller/mpi_job_controller.go, newLauncherJob), so the deadline counts
+    from the launcher's start; that Job exists only once every worker is Ready. A worker never Ready means no deadline
+    at all while the scheduled workers hold accelerators: past what its deadline would have allowed since creation,
+    such a job gets that deadline here (so `list --stale` flags it)."""
+    if launcher is not None:
+        deadline_s = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
+        started = timestamp((launcher.get("status") or {}).get("startTime"))
+        return (started + float(deadline_s) if started and deadline_s else None), ""
+    own = ((job.get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
+    if own and created and time.time() > created + float(own):
+        return created + float(own), "; never started within its deadline (no launcher Job, so nothing will stop it)"
+    return None, "; no deadline yet: it starts with the launcher, once every worker is Ready"

@@ -28,6 +28,7 @@ from labkit.jobs.k8s_objects import (
     KILL_SCRIPT,
     api_message,
     exec_exit_code,
+    mpijob_deadline,
     mpijob_phase,
     object_path,
     pod_problem,
@@ -276,19 +277,9 @@ class KubernetesBackend(JobBackend):
             phase, message = "Terminating", "deleted; its pods are stopping"
         st = JobStatus(meta.get("name", "?"), meta.get("namespace", self.namespace), self.name, phase, message=message)
         st.created = timestamp(meta.get("creationTimestamp"))
-        deadline_s = ((launcher or {}).get("spec") or {}).get("activeDeadlineSeconds")
-        started = timestamp(((launcher or {}).get("status") or {}).get("startTime"))
-        st.deadline = started + float(deadline_s) if started and deadline_s else None
-        if launcher is None and phase == "Pending":
-            # The operator's deadline starts with the launcher Job, which comes only once every worker is Ready: a
-            # worker that never gets Ready means no deadline at all while the scheduled workers hold accelerators.
-            # Past what its deadline would have allowed since creation, such a job is flagged (list --stale).
-            own = (spec.get("runPolicy") or {}).get("activeDeadlineSeconds")
-            if own and st.created and time.time() > st.created + float(own):
-                st.deadline = st.created + float(own)
-                st.message += "; never started within its deadline (no launcher Job, so nothing will stop it)"
-            else:
-                st.message += "; no deadline yet: it starts with the launcher, once every worker is Ready"
+        if launcher is not None or phase == "Pending":
+            st.deadline, note = mpijob_deadline(obj, launcher, st.created)
+            st.message += note
         st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
         st.slots_per_worker = spec.get("slotsPerWorker")
         if pods is not None:
