@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from labkit import devices, launch, memory
@@ -250,6 +250,21 @@ def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", d
     run["seq"] = run.get("seq") or (512 if gpu_like else 16)
     run |= {"bucket_size": hidden * hidden + (hidden * hidden) % 2, "why": why}
     return ZeroPlan(n_params, hidden, layers, ranks, dev, resolve_dtype(dtype, dev), variants, **run)
+
+
+def one_device_reference(plan: ZeroPlan, device: str = "auto") -> ZeroPlan | None:
+    """The same configurations on this machine's one accelerator, when the automatic plan moved the lesson to CPU
+    ranks because there was only one (issue 10: compare on 2 CPU ranks and add the 1-GPU numbers, saying so).
+
+    None when the plan already runs on accelerators, `device` was asked for explicitly, or there is none here."""
+    if plan.device != "cpu" or str(device).strip().lower() != "auto":
+        return None
+    dev = devices.pick_device("auto")
+    if dev == "cpu" or devices.device_count(dev) != 1:
+        return None
+    why = f"the one {dev.upper()} device, for reference: {ONE_RANK_NOTE.split(':')[0].lower()}"
+    dtype = resolve_dtype("auto", dev) if plan.dtype == "bf16" else plan.dtype  # bf16 may be what CPUs have, not GPUs
+    return replace(plan, world_size=1, device=dev, dtype=dtype, why=why)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

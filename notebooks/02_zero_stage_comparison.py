@@ -153,6 +153,27 @@ HTML(tabular.html_table(table, list(table[0]), status_column=None))
 display(zplots.step_time_figure(report))
 
 # %% [markdown]
+# ## The same stages on this machine's one GPU
+# With exactly one GPU, the automatic plan compared the stages on CPU ranks, because partitioning needs two. To tie
+# the lesson to the GPU you have, the next cell runs the same configurations once more on that GPU, as one rank:
+# predict first what the stages will hold there. (On a machine with no GPU, or with 2 or more, there is nothing to add.)
+
+# %%
+reference = zero.one_device_reference(plan, device)
+if reference is None:
+    print(f"Nothing to add: the comparison ran on {plan.world_size} x {plan.device} ({plan.why}).")
+else:
+    ref_report = zero.run_plan(reference)
+    one_rows = zero_stages.one_device_rows(report, ref_report)
+    results.record("zero_one_device", {"device": ref_report["device"], "rows": one_rows})
+    side = [{"config": r["config"], f"per rank, {plan.world_size} x cpu": tabular.format_bytes(r["per_cpu_rank"]),
+             f"1 x {reference.device}": tabular.format_bytes(r["one_device"]),
+             f"of which on the {reference.device}": tabular.format_bytes(r["one_device_on_device"]),
+             f"step ms, 1 x {reference.device}": f"{r['one_device_step_ms']:.0f}"} for r in one_rows]
+    display(HTML(tabular.html_table(side, list(side[0]), status_column=None)))
+    display(Markdown(zero_stages.one_device_note(report, ref_report)))
+
+# %% [markdown]
 # ## What this run showed
 
 # %%

@@ -60,6 +60,7 @@ from IPython.display import HTML, Markdown, display
 
 from labkit import memory, results, sizing, tabular, zero
 from labkit.chapters import memory_inspection as chapter
+from labkit.chapters import zero_stages
 from labkit.plots import zero as zplots
 
 plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload), dtype=dtype, device=device,
@@ -126,6 +127,22 @@ if run["memory_summary"]:
 else:
     print(f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors themselves; "
           "on a GPU this cell prints torch.cuda.memory_summary() of rank 0.")
+
+# %% [markdown]
+# ### The same run on this machine's one GPU
+# With exactly one GPU the automatic plan inspected CPU ranks (partitioning needs two). The next cell repeats the run
+# on that GPU as one rank, for its numbers and its allocator's own summary; elsewhere there is nothing to add.
+
+# %%
+reference = zero.one_device_reference(plan, device)
+if reference is None:
+    print(f"Nothing to add: this run used {plan.world_size} x {plan.device} ({plan.why}).")
+else:
+    ref_report = zero.run_plan(reference)
+    results.record("one_device", {"device": ref_report["device"],
+                                  "rows": zero_stages.one_device_rows(report, ref_report, rank)})
+    display(Markdown(zero_stages.one_device_note(report, ref_report)))
+    print(ref_report["configs"][0]["memory_summary"] or "")
 
 # %% [markdown]
 # ## Do I need multiple GPUs?

@@ -10,6 +10,7 @@ import pytest
 from kit_testing import wait_for_no_kit_processes
 
 from labkit import devices, launch, memory, zero
+from labkit.chapters import zero_stages
 from labkit.chapters.zero_stages import conclusions, format_table, summary_rows
 from labkit.cli import main as cli_main
 from labkit.errors import ConfigError, LaunchError
@@ -173,6 +174,60 @@ def test_one_rank_says_it_partitions_nothing():
     assert lines[0] == zero.ONE_RANK_NOTE and "0% less than ZeRO-0" in lines[1]
     report["world_size"] = 2
     assert zero.ONE_RANK_NOTE not in conclusions(report)
+
+
+@pytest.mark.parametrize(
+    "gpus,device,expected", [(1, "auto", (1, "cuda")), (0, "auto", None), (2, "auto", None), (1, "cpu", None)]
+)
+def test_one_gpu_adds_a_one_rank_reference_run_only_when_the_lesson_moved_to_cpu(monkeypatch, gpus, device, expected):
+    _fake_devices(monkeypatch, gpus)
+    plan = zero.make_plan("2M", 0, "0,3", device=device, dtype="fp32")
+    reference = zero.one_device_reference(plan, device)
+    if expected is None:
+        assert reference is None
+    else:
+        assert (reference.world_size, reference.device) == expected and reference.partitions_nothing
+        assert reference.variants == plan.variants and reference.params == plan.params
+        assert reference.dtype == "fp32" and "one rank partitions nothing" in reference.why
+
+
+def _config(label, stage, total, on_device, offload=False):
+    measured = {"device": {"params": on_device}, "host": {"params": total - on_device}}
+    return {
+        "label": label,
+        "stage": stage,
+        "offload_optimizer": offload,
+        "measured": [measured],
+        "measured_total": [total],
+        "step_time_s": 0.01,
+    }
+
+
+def test_the_one_device_note_is_computed_from_both_runs():
+    cpu = {
+        "device": "cpu",
+        "world_size": 2,
+        "configs": [
+            _config("ZeRO-0", 0, 1000, 1000),
+            _config("ZeRO-3", 3, 500, 500),
+            _config("ZeRO-3 + CPU optimizer", 3, 500, 500, True),
+        ],
+    }
+    gpu = {
+        "device": "cuda",
+        "world_size": 1,
+        "configs": [
+            _config("ZeRO-0", 0, 1000, 1000),
+            _config("ZeRO-3", 3, 1100, 1100),
+            _config("ZeRO-3 + CPU optimizer", 3, 1100, 300, True),
+        ],
+    }
+    note = zero_stages.one_device_note(cpu, gpu)
+    assert "1.00 kB to 1.10 kB" in note and "a spread of 10%" in note and "one rank partitions nothing" in note
+    assert "On 2 CPU ranks, ZeRO-3 held 500 B per rank, 50% less than ZeRO-0" in note
+    assert "ZeRO-3 + CPU optimizer kept 300 B on the CUDA against 1.00 kB for ZeRO-0" in note
+    rows = zero_stages.one_device_rows(cpu, gpu)
+    assert [r["one_device_on_device"] for r in rows] == [1000, 1100, 300] and rows[1]["per_cpu_rank"] == 500
 
 
 def test_cli_size(capsys, tmp_path):

@@ -86,3 +86,58 @@ def check_zero3_prediction(params: int, dtype: str, prediction_mb: float | None,
         f"Your prediction: {prediction_mb:,.1f} MB per rank; the paper's {truth['formula']} for {params:,} parameters "
         f"at N = {world_size}: {answer:,.1f} MB ({error:+.0%}): **{verdict}**."
     )
+
+
+def one_device_rows(report: dict, reference: dict, rank: int = 0) -> list[dict]:
+    """Notebook 02/05 on a machine with one accelerator: each configuration per CPU rank beside the same one on the
+    single device (`zero.one_device_reference`), byte counts as numbers."""
+    rows = []
+    for c, r in zip(report["configs"], reference["configs"]):
+        on_device = sum(r["measured"][0]["device"].values())
+        rows.append(
+            {
+                "config": c["label"],
+                "per_cpu_rank": c["measured_total"][rank],
+                "one_device": r["measured_total"][0],
+                "one_device_on_device": on_device,
+                "one_device_step_ms": r["step_time_s"] * 1e3,
+            }
+        )
+    return rows
+
+
+def one_device_note(report: dict, reference: dict) -> str:
+    """What the 1-device numbers show, computed from both runs: stages barely differ on one rank; offload still moves
+    bytes off the device."""
+    dev, n = reference["device"].upper(), report["world_size"]
+    rows = one_device_rows(report, reference)
+    stages = [(c, row) for c, row in zip(reference["configs"], rows) if not c["offload_optimizer"]]
+    text = f"On the one {dev} device (1 rank) "
+    if len(stages) > 1:
+        held = [row["one_device"] for _, row in stages]
+        spread = max(held) / min(held) - 1
+        text += (
+            f"the ZeRO stages held {format_bytes(min(held))} to {format_bytes(max(held))} of model states, a "
+            f"spread of {spread:.0%}: one rank partitions nothing. "
+        )
+        first, last = stages[0][1], stages[-1][1]
+        cut = 1 - last["per_cpu_rank"] / first["per_cpu_rank"] if first["per_cpu_rank"] else 0.0
+        text += (
+            f"On {n} CPU ranks, {last['config']} held {format_bytes(last['per_cpu_rank'])} per rank, "
+            f"{cut:.0%} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
+        )
+    else:
+        row = rows[0]
+        text += (
+            f"{row['config']} held {format_bytes(row['one_device'])} of model states; on {n} CPU ranks, "
+            f"{format_bytes(row['per_cpu_rank'])} per rank."
+        )
+    offloaded = [row for c, row in zip(reference["configs"], rows) if c["offload_optimizer"]]
+    if offloaded and stages:
+        base = stages[0][1]["one_device_on_device"]
+        best = min(offloaded, key=lambda row: row["one_device_on_device"])
+        text += (
+            f" Offload still pays on one device: {best['config']} kept {format_bytes(best['one_device_on_device'])}"
+            f" on the {dev} against {format_bytes(base)} for {stages[0][1]['config']}."
+        )
+    return text
