@@ -10,6 +10,10 @@ Variants (images/s of training steps, eval and start-up excluded; the median of 
   labkit_engine_bf16   the same, with DeepSpeed's "bf16" section instead (bf16 weights + fp32 master copy)
   labkit_ds_timers     the same as labkit, with DeepSpeed's throughput timer left on (its default: two device
                        synchronisations per step)
+  labkit_compiled      the same as labkit, compiled through DeepSpeed's engine.compile() (`--compile`); its first
+                       step (compilation) is reported apart as warmup_s, the rate is the epochs after the first
+  airbench94           airbench94 from PyPI (`pip install airbench`, its eager fp16 net, SGD + lookahead, batch 1024),
+                       fed the same synthetic tensors through its own CifarLoader; a warm-up run, then a timed one
   plain_pytorch        the same network, data feed, batch and optimizer in eager PyTorch with bf16 autocast
   baseline             DeepSpeedExamples' cifar10_deepspeed.py recipe: LeNet, batch 16, per-image CPU transforms
                        through the DataLoader deepspeed.initialize builds, "bf16" section, ZeRO-0
@@ -96,12 +100,57 @@ def run_labkit(args, arrays, name: str, ds_overrides: dict | None = None, **chan
     steady = rates[1:] or rates
     return {
         "name": name,
+        "compiled": result.get("compiled"),
+        "warmup_s": result.get("first_step_s"),
         "images_per_s": statistics.median(steady),
         "epochs_images_per_s": rates,
         "final_train_loss": result["final_train_loss"],
         "test_acc": result["final_test_acc"],
         "batch": result["global_batch"],
         "deepspeed_config": result["deepspeed_config"],
+    }
+
+
+def run_airbench94(args, arrays) -> dict:
+    """airbench94 as published on PyPI, trained on this run's synthetic images (its loader reads `train.pt`/`test.pt`
+    from a folder, so the arrays are saved there in its format: uint8 NHWC images, int64 labels)."""
+    import math
+
+    import airbench
+    import torch
+
+    if args.device != "cuda":
+        raise RuntimeError("airbench94 needs a CUDA GPU (its network is built with .half().cuda())")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # it reads ./cifar10/test.pt itself
+        os.mkdir("cifar10")
+        for split, images, labels in (
+            ("train", arrays.train_images, arrays.train_labels),
+            ("test", arrays.test_images, arrays.test_labels),
+        ):
+            nhwc = torch.from_numpy(images).permute(0, 2, 3, 1).contiguous()
+            torch.save(
+                {"images": nhwc, "labels": torch.from_numpy(labels), "classes": list(arrays.label_names)},
+                f"cifar10/{split}.pt",
+            )
+        hyp = airbench.lib_airbench94.hyp
+        loader = airbench.CifarLoader(
+            "cifar10", train=True, batch_size=hyp["opt"]["batch_size"], aug=hyp["aug"], altflip=True
+        )
+        steps = math.ceil(len(loader) * args.epochs)
+        times = []
+        for _ in range(2):  # the first run pays cuDNN autotuning and lazy initialisation
+            _sync("cuda")
+            t0 = time.perf_counter()
+            airbench.train94(loader, epochs=args.epochs, verbose=False)
+            _sync("cuda")
+            times.append(time.perf_counter() - t0)
+    return {
+        "name": "airbench94",
+        "images_per_s": steps * loader.batch_size / times[-1],
+        "runs_s": times,
+        "batch": loader.batch_size,
+        "epochs": args.epochs,
+        "airbench": getattr(airbench, "__version__", "0.1.8"),
     }
 
 
@@ -353,7 +402,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=0, help="0 = 15 on a GPU, 10 on a CPU")
     parser.add_argument("--baseline-warmup", type=float, default=3.0)
     parser.add_argument(
-        "--variants", default="labkit,labkit_engine_bf16,labkit_ds_timers,plain_pytorch,baseline,profile"
+        "--variants",
+        default="labkit,labkit_compiled,airbench94,labkit_engine_bf16,labkit_ds_timers,plain_pytorch,baseline,profile",
     )
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "cifar_throughput.json"))
     args = parser.parse_args(argv)
@@ -384,6 +434,8 @@ def main(argv=None) -> int:
         "labkit": lambda: run_labkit(args, arrays, "labkit"),
         "labkit_engine_bf16": lambda: run_labkit(args, arrays, "labkit_engine_bf16", amp="engine"),
         "labkit_ds_timers": lambda: run_labkit(args, arrays, "labkit_ds_timers", ds_overrides={"timers": None}),
+        "labkit_compiled": lambda: run_labkit(args, arrays, "labkit_compiled", compile=True),
+        "airbench94": lambda: run_airbench94(args, arrays),
         "plain_pytorch": lambda: run_plain(args, arrays),
         "baseline": lambda: run_baseline(args, arrays),
     }
@@ -418,6 +470,14 @@ def main(argv=None) -> int:
         ratios["labkit_vs_baseline"] = v["labkit"] / v["baseline"]
     if v.get("labkit") and v.get("labkit_ds_timers"):
         ratios["labkit_vs_ds_default_timers"] = v["labkit"] / v["labkit_ds_timers"]
+    for a, b in (
+        ("labkit_compiled", "airbench94"),
+        ("labkit", "airbench94"),
+        ("labkit_compiled", "plain_pytorch"),
+        ("labkit_compiled", "labkit"),
+    ):
+        if v.get(a) and v.get(b):
+            ratios[f"{a}_vs_{b}".replace("plain_pytorch", "plain")] = v[a] / v[b]
     results["ratios"] = {k: round(r, 3) for k, r in ratios.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
@@ -431,6 +491,7 @@ def main(argv=None) -> int:
     for name, r in results["variants"].items():
         rate = f"{r['images_per_s']:,.0f}" if r.get("images_per_s") else "error"
         note = r.get("error") or f"batch {r.get('batch')}" + (f", {r['data_path']}" if "data_path" in r else "")
+        note += f", first step (compilation) {r['warmup_s']:.1f} s" if r.get("compiled") else ""
         print(f"{name:<22}{rate:>12}  {note}")
     for name, entry in results.get("profile", {}).items():
         if isinstance(entry, dict) and "forward" in entry:

@@ -1,4 +1,5 @@
-"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, silencing file descriptors.
+"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, silencing file descriptors,
+a step watchdog.
 
 Signalling a launcher's process group is not enough: Open MPI's mpirun puts every rank in a process group of its own,
 so stopping a run means stopping the group and every descendant, found through /proc. Standard library only, because
@@ -120,3 +121,34 @@ def silenced_fds() -> Iterator[None]:
             os.dup2(copy, fd)
             os.close(copy)
         os.close(null)
+
+
+class StepWatchdog:
+    """Exits this process (os._exit(3)) when no step finishes for `timeout` s (0: off). A rank blocked in a collective
+    whose peer died cannot exit normally; this bounds the hang even without a launcher watching. `beat()` per step."""
+
+    def __init__(self, timeout: float, rank: int):
+        self.timeout, self.rank, self.stopped = timeout, rank, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="labkit-watchdog")
+        self.beat()
+
+    def __enter__(self) -> StepWatchdog:
+        if self.timeout > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()  # stopped before the process group goes: no thread outlives the rank's teardown
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(1.0):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout:
+                why = f"no step finished for {idle:.0f} s (step_timeout {self.timeout:.0f} s)"
+                print(f"rank {self.rank}: {why}: a peer rank probably died; exiting", file=sys.stderr, flush=True)
+                os._exit(3)

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
 from labkit.launch import init_deepspeed, shutdown_distributed
 from labkit.model import MODELS, build_model
+from labkit.procs import StepWatchdog
 
 CHOICES = {
     "model": MODELS,
@@ -70,6 +70,11 @@ class TrainConfig:
     seed: int = opt(0, "random seed")
     device: str = opt("auto", "auto | cpu | cuda | hpu")
     channels_last: bool = opt(True, "inputs in channels_last memory format")
+    compile: bool = opt(
+        False,
+        "compile the model through DeepSpeed's engine.compile() (torch.compile): the first step "
+        "pays the compilation, later ones run faster on a GPU (on a CPU it rarely pays)",
+    )
     checkpoint_dir: str = opt("", "'' = no checkpoints; in a cluster: a folder on the shared PVC")
     checkpoint_every: int = opt(0, "steps between checkpoints (0 = at the end of every epoch)")
     keep_checkpoints: int = opt(2, "complete checkpoints kept (older ones are deleted)")
@@ -267,37 +272,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-class Watchdog:
-    """Exits this rank (os._exit) when no step finishes for `timeout` s. A rank blocked in a collective whose peer
-    died cannot exit normally; this bounds the hang even without a launcher watching."""
-
-    def __init__(self, timeout: float, rank: int):
-        self.timeout, self.rank, self.stopped = timeout, rank, threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True, name="labkit-watchdog")
-        self.beat()
-
-    def __enter__(self) -> Watchdog:
-        if self.timeout > 0:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        if self.thread.is_alive():
-            self.thread.join()  # stopped before the process group goes: no thread outlives the rank's teardown
-
-    def beat(self) -> None:
-        self.last = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self.stopped.wait(1.0):
-            idle = time.monotonic() - self.last
-            if idle > self.timeout:
-                why = f"no training step finished for {idle:.0f} s (step_timeout {self.timeout:.0f} s)"
-                print(f"rank {self.rank}: {why}: a peer rank probably died; exiting", file=sys.stderr, flush=True)
-                os._exit(3)
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -324,6 +298,10 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
         Path(cfg.write_config).write_text(json.dumps(ds_config, indent=2) + "\n")
     model = build_model(cfg.model, cfg.width)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    if cfg.compile:
+        # DeepSpeed's own torch.compile of the wrapped module, compiled at the first forward. Static shapes: the test
+        # batches' other size would otherwise make the training graph recompile as dynamic in the next epoch.
+        engine.compile(compile_kwargs={"dynamic": False})
     return engine, ds_config, sum(p.numel() for p in model.parameters())
 
 
@@ -355,7 +333,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
         say(f"resumed from checkpoint {checkpoint.tag_of(resumed_from)} (step {resumed_from} of {total})")
     start_step, kind = resumed_from or 0, cfg.data_kind
     shared = {"data": kind, "synthetic": cfg.synthetic, "model": cfg.model, "parameters": n_params}
-    shared |= {k: getattr(cfg, k) for k in ("device", "dtype", "stage", "global_batch")}
+    shared |= {k: getattr(cfg, k) for k in ("device", "dtype", "stage", "global_batch", "compile")}
     shared |= {"world_size": world, "total_steps": total, "resumed_from": resumed_from}
     run_only = {"data_source": arrays.source, "train_images": feed.train_size, "micro_batch": cfg.micro_batch}
     run_only |= {"steps_per_epoch": per_epoch, "deepspeed_config": ds_config}
@@ -381,8 +359,9 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
             bar.set_postfix(loss=f"{pending[-1][2].item():.3f}", refresh=False)
         pending.clear()
 
+    first_step_s = None
     step, epochs_done, zero = start_step, [], lambda dtype=None: torch.zeros((), device=engine.device, dtype=dtype)
-    with Watchdog(cfg.step_timeout, rank) as watchdog:
+    with StepWatchdog(cfg.step_timeout, rank) as watchdog:
         for epoch in range(start_step // per_epoch, cfg.epochs):
             if step >= total:
                 break
@@ -405,6 +384,9 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                     continue
                 step += 1
                 watchdog.beat()
+                if first_step_s is None:  # one sync, once: compilation and autotuning show up here, not in the rate
+                    _sync(cfg.device)
+                    first_step_s = time.perf_counter() - t0
                 bar.update(1)
                 epoch_end = step == epoch * per_epoch + stop
                 if step % log_every == 0 or epoch_end:
@@ -443,6 +425,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     finals = {"final_test_acc": last.get("test_acc"), "final_train_loss": last.get("train_loss")}
     finals["images_per_s_first_epoch"] = rates[0] if rates else None
     finals["images_per_s_best"] = max(rates[1:] or rates, default=None)
+    finals |= {"compiled": bool(getattr(engine, "is_compiled", False)), "first_step_s": first_step_s}
     metrics.write({"kind": "done", "step": step, "epochs": cfg.epochs, **shared, **finals})
     summary = metrics.records[-1]
     say(f"done [{kind}]: step {step}/{total}, test accuracy {summary['final_test_acc']}")

@@ -102,8 +102,11 @@ Markdown(
     f"{counts['pass']} of {len(report)} checks passed, {counts['warn']} warned, {counts['fail']} failed. "
     f"torch: {by_name['torch'].detail}; DeepSpeed: {by_name['DeepSpeed'].detail}. "
     f"Later chapters will run on **{resolved_device}**. "
-    + (f"Fix first: {', '.join(c.name for c in report.failures)}." if not ready else
-       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run.")
+    + (
+        f"Fix first: {', '.join(c.name for c in report.failures)}."
+        if not ready
+        else f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run."
+    )
 )
 
 # %%

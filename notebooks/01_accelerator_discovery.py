@@ -102,19 +102,27 @@ else:
 # and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi.
 
 # %%
-kinds = ["all"] + [k for k in devices.DEVICE_KINDS
-                   if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)]
+kinds = ["all"] + [
+    k
+    for k in devices.DEVICE_KINDS
+    if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)
+]
 try:
     import ipywidgets as widgets
 
-    widgets.interact(lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
-                     kind=widgets.Dropdown(options=kinds, value="all", description="kind"))
+    widgets.interact(
+        lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
+        kind=widgets.Dropdown(options=kinds, value="all", description="kind"),
+    )
 except ImportError:
     print("ipywidgets is not installed: the tables above already show every kind")
 
 # %%
-for name, value in {"devices": [d.to_dict() for d in local.devices], "device": resolved_device,
-                    "cluster": inventory.to_dict()}.items():
+for name, value in {
+    "devices": [d.to_dict() for d in local.devices],
+    "device": resolved_device,
+    "cluster": inventory.to_dict(),
+}.items():
     results.record(name, value)
 
 # %% [markdown]
@@ -124,6 +132,8 @@ for name, value in {"devices": [d.to_dict() for d in local.devices], "device": r
 accel = [d for d in local.devices if d.kind != "cpu"]
 cpu = local.of_kind("cpu")[0]
 names = ", ".join(sorted({d.name for d in accel}))
-Markdown(f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
-         f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
-         f"will run on **{resolved_device}**. {inventory.summary()}")
+Markdown(
+    f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
+    f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
+    f"will run on **{resolved_device}**. {inventory.summary()}"
+)

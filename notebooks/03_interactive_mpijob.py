@@ -53,7 +53,9 @@
 # With `backend="kubernetes"` they go to the cluster in your kubeconfig.
 
 # %% tags=["parameters"]
-backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
+backend: str = (
+    "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
+)
 namespace: str = "workloads"  # Kubernetes namespace (local: a folder under the jobs directory)
 name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
 workers: int = 0  # worker pods, 0 for automatic: one per local GPU, else 2 CPU ranks; 2 pods on kubernetes
@@ -61,7 +63,9 @@ slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CP
 device: str = "auto"  # accelerator: auto (what the backend has), cpu, cuda or hpu
 image: str = ""  # container image for the pods; empty: the kit's image for the accelerator
 deadline_minutes: float = 30.0  # the job is stopped (and its accelerators freed) after this many minutes
-train_command: str = ""  # command to exec in the launcher; empty: DeepSpeed's openmpi launcher running labkit's small ZeRO script
+train_command: str = (
+    ""  # command to exec in the launcher; empty: DeepSpeed's openmpi launcher running labkit's small ZeRO script
+)
 steps: int = 30  # optimizer steps of the default training command
 ready_timeout_s: float = 300.0  # how long to wait for the launcher and workers to become ready
 kubeconfig: str = ""  # kubeconfig file for the kubernetes backend; empty: $KUBECONFIG or ~/.kube/config
@@ -91,11 +95,23 @@ from labkit.chapters.interactive import (
     summarize_training,
 )
 
-plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
-                            device=device, image=image, deadline_minutes=deadline_minutes,
-                            train_command=train_command, steps=steps, ready_timeout_s=ready_timeout_s,
-                            kubeconfig=kubeconfig, http_proxy=http_proxy, https_proxy=https_proxy,
-                            no_proxy=no_proxy)
+plan = plan_interactive_job(
+    backend=backend,
+    namespace=namespace,
+    name=name,
+    workers=workers,
+    slots=slots,
+    device=device,
+    image=image,
+    deadline_minutes=deadline_minutes,
+    train_command=train_command,
+    steps=steps,
+    ready_timeout_s=ready_timeout_s,
+    kubeconfig=kubeconfig,
+    http_proxy=http_proxy,
+    https_proxy=https_proxy,
+    no_proxy=no_proxy,
+)
 print(plan.describe())
 
 # %% [markdown]
@@ -164,9 +180,15 @@ summary = summarize_training(metrics, training.returncode)
 display(loss_figure(metrics))
 
 # %%
-for key, value in {"backend": plan.backend.name, "accelerator": plan.spec.accelerator, "command": plan.train_argv,
-                   "hostfile": rows, "training": summary, "exec_seconds": training.duration_s,
-                   "job_deleted": not left_over}.items():
+for key, value in {
+    "backend": plan.backend.name,
+    "accelerator": plan.spec.accelerator,
+    "command": plan.train_argv,
+    "hostfile": rows,
+    "training": summary,
+    "exec_seconds": training.duration_s,
+    "job_deleted": not left_over,
+}.items():
     results.record(key, value)
 
 # %% [markdown]
@@ -179,11 +201,15 @@ Markdown(
     f"({plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s)) became ready, and its hostfile listed "
     f"{len(rows)} host line(s) with {sum(r['slots'] for r in rows)} slot(s). "
     f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s"
-    + (f" ({training.failure})" if training.failure else "") + ": "
+    + (f" ({training.failure})" if training.failure else "")
+    + ": "
     f"{ranks_seen} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']}, "
     f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; the mean loss went from "
-    + (f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. " if summary["loss_first_mean"] is not None
-       else "(no loss reported). ")
+    + (
+        f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. "
+        if summary["loss_first_mean"] is not None
+        else "(no loss reported). "
+    )
     + f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}. "
     + f"The job was {'deleted (the backend no longer lists it)' if not left_over else 'NOT deleted'}."
 )

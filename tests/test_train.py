@@ -473,3 +473,22 @@ def test_the_first_epoch_sentence_follows_the_runs_numbers(first, later, device,
     note = cifar.first_epoch_note(shown)
     assert words in note and f"{first:,.0f}" in note and f"{later:,.0f}" in note
     assert "no later epoch" in cifar.first_epoch_note({**shown, "epochs": 1})
+
+
+@pytest.mark.slow
+def test_compiled_training_goes_through_the_engines_compile_and_learns_the_same():
+    """engine.compile() on a CPU (tiny LeNet: compilation dominates, so the option stays off by default there): the
+    engine is really compiled, the first step's time is reported apart, and the losses match the eager run's."""
+    small = dict(synthetic=True, synthetic_train=256, synthetic_test=64, model="lenet", epochs=2, micro_batch=64)
+    runs = {flag: train.run_in_process(train.TrainConfig(**small, compile=flag, progress=False)) for flag in (0, 1)}
+    eager, compiled = runs[0], runs[1]
+    assert compiled["compiled"] is True and eager["compiled"] is False
+    assert compiled["first_step_s"] > eager["first_step_s"]  # compilation happens at the first forward
+    losses = [[r["loss"] for r in run["records"] if r["kind"] == "step"] for run in (eager, compiled)]
+    assert len(losses[0]) == len(losses[1]) > 2 and max(abs(a - b) for a, b in zip(*losses)) < 1e-3
+
+
+def test_the_first_epoch_sentence_names_compilation_when_the_model_was_compiled():
+    shown = {"images_per_s_first_epoch": 9_000.0, "images_per_s": 300_000.0, "device": "cuda", "epochs": 3}
+    note = cifar.first_epoch_note({**shown, "compiled": True, "first_step_s": 31.2})
+    assert "first step compiled the model (31.2 s)" in note and "compiled" not in cifar.first_epoch_note(shown)

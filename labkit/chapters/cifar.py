@@ -151,6 +151,8 @@ def first_epoch_note(shown: dict) -> str:
             if shown.get("device") != "cpu"
             else "the first steps pay one-off allocations and warm caches"
         )
+        if shown.get("compiled") and shown.get("first_step_s"):
+            why = f"its first step compiled the model ({shown['first_step_s']:.1f} s), and {why}"
         return f"The first epoch was {-100 * gap:.0f}% slower ({rates}): {why}."
     if gap > 0.10:
         return (
@@ -182,6 +184,7 @@ def summarize(records: list[dict]) -> dict:
     shown |= {"final_test_acc": epochs[-1]["test_acc"], "best_test_acc": max(e["test_acc"] for e in epochs)}
     shown |= {"final_train_acc": epochs[-1]["train_acc"], "images_per_s": steady, "images_per_s_first_epoch": rates[0]}
     shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None, "epochs": len(epochs)}
+    shown |= {"compiled": bool(done.get("compiled")), "first_step_s": done.get("first_step_s")}
     shown["vs_seed_example_h200"], shown["vs_airbench_h200"] = (steady / ref for ref in REFERENCE_IMAGES_PER_S)
     return shown
 
