@@ -3,6 +3,7 @@
 #   bash bench/gpu_machine.sh notebooks   every notebook at its defaults (labkit run), a table of times last
 #   bash bench/gpu_machine.sh tests [ARGS] the test suite (pytest ARGS, default: all of tests/), its summary last
 #   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
+#   bash bench/gpu_machine.sh cmd CMD...   any command in the same environment (e.g. a benchmark)
 # The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
 set -uo pipefail
@@ -48,6 +49,7 @@ mode=${1:-notebooks}; shift || true
 case "$mode" in
   notebooks) notebooks ;;
   tests) tests "$@" ;;
+  cmd) "$@" ;;
   all) notebooks; nb=$?; tests "$@"; t=$?; echo "notebooks exit $nb, tests exit $t"; [ $nb = 0 ] && [ $t = 0 ] ;;
-  *) echo "gpu_machine: unknown mode $mode (notebooks | tests | all)"; exit 2 ;;
+  *) echo "gpu_machine: unknown mode $mode (notebooks | tests | all | cmd)"; exit 2 ;;
 esac
