@@ -52,12 +52,29 @@ fail_on_error: bool = False  # raise at the end when a check fails (a gate for C
 from IPython.display import Markdown, display
 
 from labkit import devices, env, results
+from labkit.chapters import exercises
 from labkit.errors import LabkitError
 from labkit.plots.discovery import check_summary_figure
 
 env.validate_check_options(api_timeout_s, kubeconfig or None)
 resolved_device = devices.pick_device(device)
 print(f"later chapters will run on: {resolved_device}")
+
+# %% [markdown]
+# ### Exercise: how many ranks will the ZeRO chapters start here?
+# Chapters 02 and 05 default to `world_size = 0`, automatic: one rank per GPU when there are two or more, otherwise 2
+# CPU ranks (partitioning needs two). From what you know of this machine, predict how many ranks they will start,
+# write it below and run the check. (The solution cell is collapsed: click its bar to open it.)
+
+# %% tags=["exercise"]
+my_auto_ranks = None  # your prediction: the number of ranks world_size=0 starts on this machine
+
+# %% tags=["exercise"]
+auto_ranks, auto_device, auto_why = exercises.automatic_ranks_answer()
+display(Markdown(exercises.verdict(my_auto_ranks, auto_ranks, name="my_auto_ranks")))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+display(Markdown(f"{auto_ranks} x {auto_device}: {auto_why}."))
 
 # %% [markdown]
 # ## Run the checks
@@ -102,13 +119,37 @@ Markdown(
     f"{counts['pass']} of {len(report)} checks passed, {counts['warn']} warned, {counts['fail']} failed. "
     f"torch: {by_name['torch'].detail}; DeepSpeed: {by_name['DeepSpeed'].detail}. "
     f"Later chapters will run on **{resolved_device}**. "
-    + (
-        f"Fix first: {', '.join(c.name for c in report.failures)}."
-        if not ready
-        else f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run."
-    )
+    + (f"Fix first: {', '.join(c.name for c in report.failures)}." if not ready else
+       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run.")
 )
 
 # %%
 if fail_on_error and report.failures:
     raise LabkitError(f"{len(report.failures)} check(s) failed: {', '.join(c.name for c in report.failures)}")
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# The failures a class meets most often at this step (symptom, cause, fix; sources in `docs/instructor.md`):
+#
+# - **`Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it`**, slow steps,
+#   no GPU memory used. *Cause:* a CPU-only torch wheel, no GPU in the container, or `DS_ACCELERATOR` unset where
+#   auto-detection fails. *Fix:* the `torch` check above says which build you have; on a GPU machine install the CUDA
+#   build and set `DS_ACCELERATOR=cuda` so a missing GPU fails loudly
+#   ([DeepSpeed PR#6845](https://github.com/deepspeedai/DeepSpeed/pull/6845)).
+# - **`ValueError: invalid literal for int() with base 10: '90a'`** on H100/H200/GH200. *Cause:* images set
+#   `TORCH_CUDA_ARCH_LIST=9.0a`, which DeepSpeed's op builder cannot parse. *Fix:* `export TORCH_CUDA_ARCH_LIST=9.0`
+#   ([DeepSpeed#7589](https://github.com/deepspeedai/DeepSpeed/issues/7589)).
+# - **`CUDA_HOME does not exist, unable to compile CUDA op(s)`** or **`Ninja is required to load C++ extensions`**.
+#   *Cause:* a runtime image without nvcc, or no ninja. *Fix:* the labs compile no op (labkit picks torch's AdamW and
+#   disables the CPU comm op); for your own jobs use a `-devel` image whose CUDA matches torch
+#   ([DeepSpeed#2772](https://github.com/deepspeedai/DeepSpeed/issues/2772)).
+# - **`ModuleNotFoundError: No module named 'mpi4py'`** under `mpirun`. *Cause:* DeepSpeed discovers ranks through
+#   mpi4py when `RANK` is unset. *Fix:* `make run` installs it; elsewhere `pip install mpi4py` (needs Open MPI's
+#   headers: `libopenmpi-dev`).
+# - **The Kubernetes checks warn `no kubeconfig`.** Expected on a laptop: chapters 01 and 03 then use the local
+#   backend. For a cluster, pass `kubeconfig=` or set `$KUBECONFIG`.
+#
+# **Docs:** [DeepSpeed getting started](https://www.deepspeed.ai/getting-started/) ·
+# [DeepSpeed accelerator setup](https://www.deepspeed.ai/tutorials/accelerator-setup-guide/) ·
+# [kubectl set-up](https://kubernetes.io/docs/tasks/tools/).

@@ -55,6 +55,7 @@ from IPython.display import HTML, Markdown, display
 
 from labkit import devices, results
 from labkit import cluster as kube
+from labkit.chapters import exercises
 from labkit.plots.discovery import device_memory_figure, filtered_tables_html, node_accelerators_figure
 
 query_cluster = kube.resolve_cluster_mode(cluster, kubeconfig or None, context or None, api_timeout_s)
@@ -73,6 +74,26 @@ local
 
 # %%
 display(device_memory_figure(local.devices))
+
+# %% [markdown]
+# ### Exercise: the largest model this machine can train without ZeRO
+# Plain data parallelism keeps 16 bytes of model states per parameter on every device (bf16 weights and gradients, an
+# fp32 master copy and Adam's two fp32 moments: chapter 02 measures them). Read the largest device's memory in the
+# table above (on a machine without an accelerator: its RAM) and predict the largest model, in **millions of
+# parameters**, whose model states fit in it (activations ignored). Within 10% counts.
+
+# %% tags=["exercise"]
+my_max_params_m = None  # your prediction, in millions of parameters (e.g. 8000 for 8B)
+
+# %% tags=["exercise"]
+largest = max([d for d in local.devices if d.kind != "cpu"] or local.devices, key=lambda d: d.mem_total)
+max_params_m = exercises.trainable_params_answer(largest.mem_total) / 1e6
+display(Markdown(exercises.verdict(my_max_params_m, round(max_params_m), name="my_max_params_m", unit=" M",
+                                   rel_tol=0.10)))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+display(Markdown(f"{largest.name}: {largest.mem_total / 2**30:.1f} GiB / 16 bytes per parameter = "
+                 f"{max_params_m:,.0f} M parameters; ZeRO-3 on N devices divides the 16 by N (chapter 02)."))
 
 # %% [markdown]
 # ## The cluster
@@ -102,27 +123,19 @@ else:
 # and AMD nodes (ROCm builds of torch also use the `cuda` device), `hpu` covers Gaudi.
 
 # %%
-kinds = ["all"] + [
-    k
-    for k in devices.DEVICE_KINDS
-    if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)
-]
+kinds = ["all"] + [k for k in devices.DEVICE_KINDS
+                   if devices.filter_by_kind(local.devices, k) or devices.filter_by_kind(inventory.nodes, k)]
 try:
     import ipywidgets as widgets
 
-    widgets.interact(
-        lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
-        kind=widgets.Dropdown(options=kinds, value="all", description="kind"),
-    )
+    widgets.interact(lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
+                     kind=widgets.Dropdown(options=kinds, value="all", description="kind"))
 except ImportError:
     print("ipywidgets is not installed: the tables above already show every kind")
 
 # %%
-for name, value in {
-    "devices": [d.to_dict() for d in local.devices],
-    "device": resolved_device,
-    "cluster": inventory.to_dict(),
-}.items():
+for name, value in {"devices": [d.to_dict() for d in local.devices], "device": resolved_device,
+                    "cluster": inventory.to_dict()}.items():
     results.record(name, value)
 
 # %% [markdown]
@@ -132,8 +145,25 @@ for name, value in {
 accel = [d for d in local.devices if d.kind != "cpu"]
 cpu = local.of_kind("cpu")[0]
 names = ", ".join(sorted({d.name for d in accel}))
-Markdown(
-    f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
-    f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
-    f"will run on **{resolved_device}**. {inventory.summary()}"
-)
+Markdown(f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
+         f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
+         f"will run on **{resolved_device}**. {inventory.summary()}")
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **`nvidia-smi` in a launcher pod shows every GPU of the node.** *Cause:* CUDA images set
+#   `NVIDIA_VISIBLE_DEVICES=all` and the pod requests no GPU. *Fix:* set `NVIDIA_VISIBLE_DEVICES=none` on pods that
+#   should hold none ([k8s-device-plugin#61](https://github.com/NVIDIA/k8s-device-plugin/issues/61)).
+# - **A node shows `6/8` GPUs.** *Cause:* the device plugin marks two devices unhealthy (allocatable < capacity).
+#   *Fix:* tell the cluster's operators; schedule pods that fit the allocatable count.
+# - **`Forbidden: nodes is forbidden`** in the cluster section. *Cause:* listing nodes needs cluster scope, and the
+#   kit's Role (`manifests/base/rbac.yaml`) is namespaced on purpose. *Fix:* ask the cluster's admins for read access
+#   to nodes, or run with `cluster="off"`.
+# - **`synStatus=20 [Device already acquired]`** on Gaudi. *Cause:* leftover ranks or another container hold the
+#   HPU. *Fix:* `hl-smi`, stop the leftovers, request `habana.ai/gaudi` in the pod
+#   ([tgi-gaudi#93](https://github.com/huggingface/tgi-gaudi/issues/93)).
+#
+# **Docs:** [Kubernetes: schedule GPUs](https://kubernetes.io/docs/tasks/manage-gpus/scheduling-gpus/) ·
+# [NVIDIA device plugin](https://github.com/NVIDIA/k8s-device-plugin) ·
+# [Intel Gaudi on Kubernetes](https://docs.habana.ai/en/latest/Orchestration/Gaudi_Kubernetes/index.html).

@@ -54,9 +54,7 @@ stages: str = "0,1,2,3"  # ZeRO stages to compare; also variants such as 2+opt (
 offload: str = "optimizer"  # also run each listed stage from 1 up offloaded: none | optimizer | optimizer+param
 dtype: str = "auto"  # training precision: auto (bf16) | bf16 | fp16 | fp32
 device: str = "auto"  # where ranks run: auto (cuda if present, else cpu) | cpu | cuda | hpu
-steps: int = (
-    4  # training steps per configuration (at least 2; the first is warm-up, lazily created state appears there)
-)
+steps: int = 4  # training steps per configuration (at least 2; the first is warm-up, lazily created state appears there)
 
 # %% [markdown]
 # ## The plan
@@ -74,10 +72,8 @@ from labkit.chapters import zero_stages
 from labkit.plots import zero as zplots
 
 plan = zero.make_plan(params, world_size, stages, offload=offload, dtype=dtype, device=device, steps=steps)
-print(
-    f"{plan.params:,} parameters: {plan.layers} x [Linear({plan.hidden}, {4 * plan.hidden}), GELU, "
-    f"Linear({4 * plan.hidden}, {plan.hidden})], {plan.dtype}, {plan.world_size} x {plan.device}"
-)
+print(f"{plan.params:,} parameters: {plan.layers} x [Linear({plan.hidden}, {4 * plan.hidden}), GELU, "
+      f"Linear({4 * plan.hidden}, {plan.hidden})], {plan.dtype}, {plan.world_size} x {plan.device}")
 print(f"ranks: {plan.world_size} x {plan.device} ({plan.why})")
 print("configurations:", ", ".join(v.label for v in plan.variants))
 print("launch:", " ".join(plan.command()))
@@ -92,15 +88,10 @@ print("launch:", " ".join(plan.command()))
 pred_rows = []
 for v in plan.variants:
     p = plan.predictions(v)
-    pred_rows.append(
-        {
-            "config": v.label,
-            "paper formula": p["paper"]["formula"],
-            "paper": tabular.format_bytes(p["paper"]["total"]),
-            "DeepSpeed model": tabular.format_bytes(sum(sum(x.values()) for x in p["deepspeed"].values())),
-            "of which on host": tabular.format_bytes(sum(p["deepspeed"]["host"].values())),
-        }
-    )
+    pred_rows.append({"config": v.label, "paper formula": p["paper"]["formula"],
+                      "paper": tabular.format_bytes(p["paper"]["total"]),
+                      "DeepSpeed model": tabular.format_bytes(sum(sum(x.values()) for x in p["deepspeed"].values())),
+                      "of which on host": tabular.format_bytes(sum(p["deepspeed"]["host"].values()))})
 HTML(tabular.html_table(pred_rows, list(pred_rows[0]), status_column=None))
 
 # %% [markdown]
@@ -141,29 +132,14 @@ display(zplots.stage_memory_figure(report))
 
 # %%
 rows = zero_stages.summary_rows(report)
-table = [
-    {
-        "config": r["config"],
-        "measured": tabular.format_bytes(r["measured_total"]),
-        "DeepSpeed model": tabular.format_bytes(r["deepspeed_model"]),
-        "error": f"{r['rel_error_deepspeed']:.4%}",
-        "paper": tabular.format_bytes(r["paper"]),
-        "paper formula": r["paper_formula"],
-        "step ms": f"{r['step_ms']:.0f}",
-        "peak allocated": tabular.format_bytes(r["peak_allocated"]) if r["peak_allocated"] else "n/a (CPU)",
-    }
-    for r in rows
-]
-results.record(
-    "zero_comparison",
-    {
-        "device": report["device"],
-        "dtype": report["dtype"],
-        "world_size": report["world_size"],
-        "params": report["params"],
-        "rows": rows,
-    },
-)
+table = [{"config": r["config"], "measured": tabular.format_bytes(r["measured_total"]),
+          "DeepSpeed model": tabular.format_bytes(r["deepspeed_model"]),
+          "error": f"{r['rel_error_deepspeed']:.4%}", "paper": tabular.format_bytes(r["paper"]),
+          "paper formula": r["paper_formula"], "step ms": f"{r['step_ms']:.0f}",
+          "peak allocated": tabular.format_bytes(r["peak_allocated"]) if r["peak_allocated"] else "n/a (CPU)"}
+         for r in rows]
+results.record("zero_comparison", {"device": report["device"], "dtype": report["dtype"],
+                                   "world_size": report["world_size"], "params": report["params"], "rows": rows})
 HTML(tabular.html_table(table, list(table[0]), status_column=None))
 
 # %% [markdown]
@@ -190,16 +166,10 @@ else:
     ref_report = zero.run_plan(reference)
     one_rows = zero_stages.one_device_rows(report, ref_report)
     results.record("zero_one_device", {"device": ref_report["device"], "rows": one_rows})
-    side = [
-        {
-            "config": r["config"],
-            f"per rank, {plan.world_size} x cpu": tabular.format_bytes(r["per_cpu_rank"]),
-            f"1 x {reference.device}": tabular.format_bytes(r["one_device"]),
-            f"of which on the {reference.device}": tabular.format_bytes(r["one_device_on_device"]),
-            f"step ms, 1 x {reference.device}": f"{r['one_device_step_ms']:.0f}",
-        }
-        for r in one_rows
-    ]
+    side = [{"config": r["config"], f"per rank, {plan.world_size} x cpu": tabular.format_bytes(r["per_cpu_rank"]),
+             f"1 x {reference.device}": tabular.format_bytes(r["one_device"]),
+             f"of which on the {reference.device}": tabular.format_bytes(r["one_device_on_device"]),
+             f"step ms, 1 x {reference.device}": f"{r['one_device_step_ms']:.0f}"} for r in one_rows]
     display(HTML(tabular.html_table(side, list(side[0]), status_column=None)))
     display(Markdown(zero_stages.one_device_note(report, ref_report)))
 
@@ -209,24 +179,36 @@ else:
 # %%
 lines = zero_stages.conclusions(report)
 worst = max(report["configs"], key=lambda c: c["rel_error_deepspeed"])
-results.record(
-    "zero_agreement",
-    {
-        c["name"]: {"rel_error_deepspeed": c["rel_error_deepspeed"], "rel_error_paper": c["rel_error_paper"]}
-        for c in report["configs"]
-    },
-)
+results.record("zero_agreement", {c["name"]: {"rel_error_deepspeed": c["rel_error_deepspeed"],
+                                              "rel_error_paper": c["rel_error_paper"]} for c in report["configs"]})
 losses = {c["label"]: c["losses"][-1] for c in report["configs"]}
 spread = max(losses.values()) - min(losses.values())
-display(
-    Markdown(
-        "\n".join(f"- {line}" for line in lines) + "\n"
-        f"- Final losses across configurations differ by {spread:.2e}: ZeRO changes where the states live, "
-        f"not the mathematics (small differences come from reduction order and precision)."
-    )
-)
+display(Markdown("\n".join(f"- {line}" for line in lines) + "\n"
+                 f"- Final losses across configurations differ by {spread:.2e}: ZeRO changes where the states live, "
+                 f"not the mathematics (small differences come from reduction order and precision)."))
 
 # %% [markdown]
 # **Scaling up.** On a GPU machine run the same notebook with `params="335M"` (or more) and `device="auto"`, or from a
 # shell `labkit zero --stages 0,1,2,3 --offload optimizer --world-size 8 --params 1.3B --json out.json`. The recorded
 # 2 × H200 numbers are in `docs/benchmarks.md` (section "ZeRO stages"); notebook 05 inspects a single run rank by rank.
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **`train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size`.** *Cause:* a config
+#   written for another world size. *Fix:* set only `train_micro_batch_size_per_gpu` and
+#   `gradient_accumulation_steps` ([DeepSpeed#6914](https://github.com/deepspeedai/DeepSpeed/issues/6914)).
+# - **Offload dies with an OOM in `pin_memory`, or the rank is killed (-9) while the GPU idles.** *Cause:* pinned
+#   host memory counts against the container's memory limit. *Fix:* `"pin_memory": false`, or a larger limit
+#   ([DeepSpeed#2676](https://github.com/deepspeedai/DeepSpeed/issues/2676)).
+# - **`Error building extension 'cpu_adam'`.** *Cause:* DeepSpeedCPUAdam compiles at first use and the image lacks
+#   headers or a compiler. *Fix:* this notebook uses torch's AdamW on CPU (`zero_force_ds_cpu_optimizer: false`); in
+#   your own jobs prebuild with `DS_BUILD_CPU_ADAM=1` ([DeepSpeed#1846](https://github.com/deepspeedai/DeepSpeed/issues/1846)).
+# - **`Watchdog caught collective operation timeout`.** *Cause:* one rank is late (an op build, a download, a dead
+#   peer). *Fix:* `NCCL_DEBUG=INFO`, prebuild ops; labkit names the first rank that died
+#   ([pytorch#118369](https://github.com/pytorch/pytorch/issues/118369)).
+# - **`world_size: 2 ranks but only 1 CUDA device(s)`.** Use `world_size = 0` (automatic) or `device = "cpu"`.
+#
+# **Docs:** [ZeRO tutorial](https://www.deepspeed.ai/tutorials/zero/) ·
+# [ZeRO-Offload](https://www.deepspeed.ai/tutorials/zero-offload/) ·
+# [DeepSpeed config JSON](https://www.deepspeed.ai/docs/config-json/).

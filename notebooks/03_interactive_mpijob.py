@@ -53,9 +53,7 @@
 # With `backend="kubernetes"` they go to the cluster in your kubeconfig.
 
 # %% tags=["parameters"]
-backend: str = (
-    "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
-)
+backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
 namespace: str = "workloads"  # Kubernetes namespace (local: a folder under the jobs directory)
 name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
 workers: int = 0  # worker pods, 0 for automatic: one per local GPU, else 2 CPU ranks; 2 pods on kubernetes
@@ -63,9 +61,7 @@ slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CP
 device: str = "auto"  # accelerator: auto (what the backend has), cpu, cuda or hpu
 image: str = ""  # container image for the pods; empty: the kit's image for the accelerator
 deadline_minutes: float = 30.0  # the job is stopped (and its accelerators freed) after this many minutes
-train_command: str = (
-    ""  # command to exec in the launcher; empty: DeepSpeed's openmpi launcher running labkit's small ZeRO script
-)
+train_command: str = ""  # command to exec in the launcher; empty: DeepSpeed's openmpi launcher running labkit's small ZeRO script
 steps: int = 30  # optimizer steps of the default training command
 ready_timeout_s: float = 300.0  # how long to wait for the launcher and workers to become ready
 kubeconfig: str = ""  # kubeconfig file for the kubernetes backend; empty: $KUBECONFIG or ~/.kube/config
@@ -85,6 +81,7 @@ no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.
 from IPython.display import Markdown, display
 
 from labkit import results
+from labkit.chapters import exercises
 from labkit.errors import LabkitError
 from labkit.chapters.interactive import (
     TrainingProgress,
@@ -95,23 +92,11 @@ from labkit.chapters.interactive import (
     summarize_training,
 )
 
-plan = plan_interactive_job(
-    backend=backend,
-    namespace=namespace,
-    name=name,
-    workers=workers,
-    slots=slots,
-    device=device,
-    image=image,
-    deadline_minutes=deadline_minutes,
-    train_command=train_command,
-    steps=steps,
-    ready_timeout_s=ready_timeout_s,
-    kubeconfig=kubeconfig,
-    http_proxy=http_proxy,
-    https_proxy=https_proxy,
-    no_proxy=no_proxy,
-)
+plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
+                            device=device, image=image, deadline_minutes=deadline_minutes,
+                            train_command=train_command, steps=steps, ready_timeout_s=ready_timeout_s,
+                            kubeconfig=kubeconfig, http_proxy=http_proxy, https_proxy=https_proxy,
+                            no_proxy=no_proxy)
 print(plan.describe())
 
 # %% [markdown]
@@ -124,6 +109,14 @@ print(plan.describe())
 
 # %%
 print(plan.manifest_yaml("MPIJob"))
+
+# %% [markdown]
+# ### Exercise: what world size will the ranks report?
+# DeepSpeed's openmpi launcher starts one rank per slot of every hostfile line. From the plan above (workers, slots per
+# worker), predict the world size each rank will report; the check runs after the training below.
+
+# %% tags=["exercise"]
+my_world_size = None  # your prediction: the world size the training ranks report
 
 # %% [markdown]
 # ## Submit, exec, delete
@@ -180,16 +173,18 @@ summary = summarize_training(metrics, training.returncode)
 display(loss_figure(metrics))
 
 # %%
-for key, value in {
-    "backend": plan.backend.name,
-    "accelerator": plan.spec.accelerator,
-    "command": plan.train_argv,
-    "hostfile": rows,
-    "training": summary,
-    "exec_seconds": training.duration_s,
-    "job_deleted": not left_over,
-}.items():
+for key, value in {"backend": plan.backend.name, "accelerator": plan.spec.accelerator, "command": plan.train_argv,
+                   "hostfile": rows, "training": summary, "exec_seconds": training.duration_s,
+                   "job_deleted": not left_over}.items():
     results.record(key, value)
+
+# %% tags=["exercise"]
+display(Markdown(exercises.verdict(my_world_size, summary["world_size"] or 0, name="my_world_size")))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+display(Markdown(f"{plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s) = "
+                 f"{plan.spec.workers * plan.spec.slots_per_worker} ranks; the hostfile listed "
+                 f"{sum(r['slots'] for r in rows)} slot(s) and the ranks reported {summary['world_size']}."))
 
 # %% [markdown]
 # ## What this run showed
@@ -201,15 +196,11 @@ Markdown(
     f"({plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s)) became ready, and its hostfile listed "
     f"{len(rows)} host line(s) with {sum(r['slots'] for r in rows)} slot(s). "
     f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s"
-    + (f" ({training.failure})" if training.failure else "")
-    + ": "
+    + (f" ({training.failure})" if training.failure else "") + ": "
     f"{ranks_seen} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']}, "
     f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; the mean loss went from "
-    + (
-        f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. "
-        if summary["loss_first_mean"] is not None
-        else "(no loss reported). "
-    )
+    + (f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. " if summary["loss_first_mean"] is not None
+       else "(no loss reported). ")
     + f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}. "
     + f"The job was {'deleted (the backend no longer lists it)' if not left_over else 'NOT deleted'}."
 )
@@ -217,3 +208,35 @@ Markdown(
 # %%
 if training.returncode != 0 or (plan.default_command and not summary["allreduce_ok"]):
     raise LabkitError(f"the training command failed: {training.failure or f'exit code {training.returncode}'}")
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# The eight failures most likely in a class of 30 on a shared cluster, those of this chapter first:
+#
+# - **`Unable to find hostfile, will proceed with training with local resources only`**: the job "works" on one pod.
+#   *Cause:* DeepSpeed's default is `/job/hostfile`; the operator writes `/etc/mpi/hostfile`. *Fix:* pass
+#   `--hostfile /etc/mpi/hostfile` ([DeepSpeedExamples#145](https://github.com/deepspeedai/DeepSpeedExamples/issues/145)).
+# - **`host=<job>-worker-0 was not reachable via ssh`** or **`Could not resolve hostname`**. *Cause:* workers not
+#   ready (thirty image pulls at once), or their DNS not there yet. *Fix:* `kubectl wait --for=condition=Ready pod -l
+#   training.kubeflow.org/job-name=<job>`, keep `launcherCreationPolicy: WaitForWorkersReady`
+#   ([mpi-operator#443](https://github.com/kubeflow/mpi-operator/issues/443)).
+# - **`ImagePullBackOff`**: the job stays "Created". *Fix:* build and push the images first (`labkit images
+#   build-command NAME` prints the command; `images/README.md`), check `imagePullSecrets`; the deadline ends the job
+#   ([trainer#2001](https://github.com/kubeflow/trainer/issues/2001)).
+# - **`errno: 98 - Address already in use`** on port 29500. *Cause:* ranks of an earlier run stopped with Ctrl-C still
+#   run in the long-lived pods. *Fix:* `pkill -f labkit.ranks` in the launcher and workers, or delete and resubmit;
+#   `--master_port` as a stopgap ([DeepSpeed#3916](https://github.com/deepspeedai/DeepSpeed/issues/3916)).
+# - **`mpirun has detected an attempt to run as root`.** *Fix:* `--launcher_args "--allow-run-as-root"` or
+#   `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1` ([ompi PR#5597](https://github.com/open-mpi/ompi/pull/5597)).
+# - **`not enough slots available`**, or `invalid device ordinal`. *Cause:* `slotsPerWorker` differs from the GPUs
+#   per worker. *Fix:* make `slots`, the GPU limit and the GPUs per pod one number
+#   ([mpi-operator#558](https://github.com/kubeflow/mpi-operator/issues/558)).
+# - **`HF_TOKEN` (or anything you exported) missing on the ranks.** *Cause:* ranks start over ssh with a fresh
+#   environment. *Fix:* `~/.deepspeed_env` or the worker pod spec.
+# - **`posix_fallocate failed: No space left on device`.** *Cause:* a pod's `/dev/shm` is 64 MiB. *Fix:* the kit's
+#   manifests mount an in-memory `emptyDir` there ([nccl#525](https://github.com/NVIDIA/nccl/issues/525)).
+#
+# **Docs:** [MPI Operator](https://github.com/kubeflow/mpi-operator) ·
+# [Kubeflow MPI training](https://www.kubeflow.org/docs/components/trainer/legacy-v1/user-guides/mpi/) ·
+# [DeepSpeed multi-node launching](https://www.deepspeed.ai/getting-started/#resource-configuration-multi-node).

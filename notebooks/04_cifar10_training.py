@@ -78,7 +78,7 @@ import json
 from IPython.display import HTML, Markdown, display
 
 from labkit import results, tabular
-from labkit.chapters import cifar
+from labkit.chapters import cifar, exercises
 from labkit.plots.training import training_curves_figure
 
 plan = cifar.plan(
@@ -103,9 +103,23 @@ print(f"world_size {plan.world_size} ({plan.why})")
 print(
     f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model} (width {cfg.width}); "
     f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
-    f"global batch {cfg.global_batch}; {plan.total_steps} optimizer steps"
-    + ("; compiled (engine.compile)" if cfg.compile else "")
+    f"global batch {cfg.global_batch}; {cfg.epochs} epoch(s)" + ("; compiled (engine.compile)" if cfg.compile else "")
 )
+
+# %% [markdown]
+# ### Exercise: how many optimizer steps will this run take?
+# From the plan above (training images, global batch, epochs), predict the number of optimizer steps. Each epoch drops
+# its last incomplete global batch, so that every rank always sees a full micro-batch. Then run the check.
+
+# %% tags=["exercise"]
+my_steps = None  # your prediction: optimizer steps of this run
+
+# %% tags=["exercise"]
+display(Markdown(exercises.verdict(my_steps, plan.total_steps, name="my_steps")))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+display(Markdown(f"{plan.train_images:,} images // {cfg.global_batch} per step = "
+                 f"{plan.total_steps // cfg.epochs} steps per epoch, x {cfg.epochs} epoch(s) = {plan.total_steps}."))
 
 # %% [markdown]
 # ## The DeepSpeed config
@@ -146,12 +160,7 @@ Markdown(cifar.first_epoch_note(cifar.summarize(records)))
 rows = cifar.epochs_table(records)
 display(HTML(tabular.html_table(rows, list(rows[0]), status_column=None)))
 shown = cifar.summarize(records)
-for name, value in {
-    "summary": shown,
-    "epochs": rows,
-    "deepspeed_config": plan.deepspeed_config,
-    "records": records,
-}.items():
+for name, value in {"summary": shown, "epochs": rows, "deepspeed_config": plan.deepspeed_config, "records": records}.items():
     results.record(name, value)
 
 # %% [markdown]
@@ -179,11 +188,8 @@ Markdown(
     f"{s['last_loss']:.3f} ({100 * s['loss_drop']:.0f}% lower) and test accuracy reached "
     f"**{100 * s['final_test_acc']:.1f}%** (best {100 * s['best_test_acc']:.1f}%; chance is 10%). "
     f"Steady throughput: **{s['images_per_s']:,.0f} images/s** (first epoch {s['images_per_s_first_epoch']:,.0f}). "
-    + (
-        f"The model was compiled: its first step took {s['first_step_s']:.1f} s, paid once per run. "
-        if s["compiled"]
-        else ""
-    )
+    + (f"The model was compiled: its first step took {s['first_step_s']:.1f} s, paid once per run. "
+       if s["compiled"] else "")
     + scale
     + (
         " Synthetic textures are easier than real photos: judge accuracy on real data, throughput on either."
@@ -201,3 +207,22 @@ Markdown(
 
 # %%
 plan.close()
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **`Duplicate GPU detected: rank 1 and rank 0 both on CUDA device`.** *Cause:* a script that reads
+#   `args.local_rank`, which only the `deepspeed` launcher sets. *Fix:* read `LOCAL_RANK` (labkit does) and call
+#   `torch.cuda.set_device` first ([DeepSpeed PR#1164](https://github.com/deepspeedai/DeepSpeed/pull/1164)).
+# - **`checkpoint_dir ... already holds checkpoints of another run`.** Pass `resume=True` to continue it, or an empty
+#   folder.
+# - **`data_dir: no cifar-10-batches-py`.** Download CIFAR-10 (python version) into the folder, or keep
+#   `synthetic=True`.
+# - **`errno: 98 - Address already in use`.** A run stopped elsewhere still holds the port; labkit picks a free port per
+#   launch, so look for leftover `labkit.ranks.train` processes ([DeepSpeed#3916](https://github.com/deepspeedai/DeepSpeed/issues/3916)).
+# - **The first epoch is much slower on a GPU.** Expected: cuDNN autotuning and, with `compile_model=True`,
+#   compilation (the closing sentence gives this run's first-step time).
+#
+# **Docs:** [DeepSpeed CIFAR-10 tutorial](https://www.deepspeed.ai/tutorials/cifar-10/) ·
+# [DeepSpeed checkpointing](https://deepspeed.readthedocs.io/en/latest/model-checkpointing.html) ·
+# [airbench](https://github.com/KellerJordan/cifar10-airbench).

@@ -48,9 +48,7 @@ calc_params: str = "7B"  # calculator: model size to check
 calc_dtype: str = "bf16"  # calculator: training precision (fp32 | bf16 | fp16)
 calc_stage: int = 3  # calculator: ZeRO stage
 calc_world_size: int = 8  # calculator: number of devices
-calc_device: str = (
-    "H100"  # calculator: device type (T4, L4, A10G, A100-40GB, A100-80GB, H100, H200, Gaudi2, Gaudi3, MI300X)
-)
+calc_device: str = "H100"  # calculator: device type (T4, L4, A10G, A100-40GB, A100-80GB, H100, H200, Gaudi2, Gaudi3, MI300X)
 
 # %% [markdown]
 # ## Check the inputs
@@ -65,23 +63,13 @@ from labkit.chapters import memory_inspection as chapter
 from labkit.chapters import zero_stages
 from labkit.plots import zero as zplots
 
-plan = zero.make_plan(
-    params,
-    world_size,
-    chapter.variant_token(stage, offload),
-    dtype=dtype,
-    device=device,
-    steps=steps,
-    memory_summary=True,
-)
+plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload), dtype=dtype, device=device,
+                      steps=steps, memory_summary=True)
 chapter.check_rank(rank, plan.world_size)
-calc = sizing.training_fit(
-    memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size, calc_device
-)
-print(
-    f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device} "
-    f"({plan.why}); inspecting rank {rank}"
-)
+calc = sizing.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
+                           calc_device)
+print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device} "
+      f"({plan.why}); inspecting rank {rank}")
 
 # %% [markdown]
 # ## Run it
@@ -99,22 +87,9 @@ print(f"{run['label']} ran with {run['optimizer_class']}; median step {run['step
 
 # %%
 holders = chapter.holder_rows(run, rank)
-HTML(
-    tabular.html_table(
-        [
-            {
-                "held by": h["holder"],
-                "kind": memory.STATE_LABELS[h["kind"]],
-                "where": h["location"],
-                "tensors": h["tensors"],
-                "bytes": f"{h['bytes']:,}",
-            }
-            for h in holders
-        ],
-        ["held by", "kind", "where", "tensors", "bytes"],
-        status_column=None,
-    )
-)
+HTML(tabular.html_table([{"held by": h["holder"], "kind": memory.STATE_LABELS[h["kind"]], "where": h["location"],
+                          "tensors": h["tensors"], "bytes": f"{h['bytes']:,}"} for h in holders],
+                        ["held by", "kind", "where", "tensors", "bytes"], status_column=None))
 
 # %%
 display(zplots.holders_figure(holders, title=f"{run['label']}, rank {rank}: bytes by holder"))
@@ -125,33 +100,13 @@ display(zplots.holders_figure(holders, title=f"{run['label']}, rank {rank}: byte
 
 # %%
 kinds = chapter.kind_rows(run, rank)
-results.record(
-    "inspection",
-    {
-        "config": run["name"],
-        "rank": rank,
-        "kinds": kinds,
-        "measured_total": run["measured_total"][rank],
-        "predicted_total": run["predicted_deepspeed_total"],
-        "paper_total": run["predicted_paper_total"],
-    },
-)
-HTML(
-    tabular.html_table(
-        [
-            {
-                **k,
-                **{
-                    c: (f"{k[c]:,}" if k[c] is not None else "-")
-                    for c in ("measured", "deepspeed_model", "paper", "difference")
-                },
-            }
-            for k in kinds
-        ],
-        ["kind", "location", "measured", "deepspeed_model", "paper", "difference"],
-        status_column=None,
-    )
-)
+results.record("inspection", {"config": run["name"], "rank": rank, "kinds": kinds,
+                              "measured_total": run["measured_total"][rank],
+                              "predicted_total": run["predicted_deepspeed_total"],
+                              "paper_total": run["predicted_paper_total"]})
+HTML(tabular.html_table([{**k, **{c: (f"{k[c]:,}" if k[c] is not None else "-")
+                                  for c in ("measured", "deepspeed_model", "paper", "difference")}} for k in kinds],
+                        ["kind", "location", "measured", "deepspeed_model", "paper", "difference"], status_column=None))
 
 # %% [markdown]
 # ## The timeline: init → forward → backward → step
@@ -162,21 +117,16 @@ HTML(
 # %%
 timeline = chapter.timeline_rows(run, rank)
 results.record("timeline", timeline)
-display(
-    zplots.timeline_figure(
-        run["timeline"][rank], title=f"{run['label']}, rank {rank}", allocated_before=run["allocated_before"][rank]
-    )
-)
+display(zplots.timeline_figure(run["timeline"][rank], title=f"{run['label']}, rank {rank}",
+                               allocated_before=run["allocated_before"][rank]))
 display(Markdown(chapter.timeline_note(timeline)))
 
 # %%
 if run["memory_summary"]:
     print(run["memory_summary"])  # torch.cuda.memory_summary() of rank 0 at the end of the run
 else:
-    print(
-        f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors themselves; "
-        "on a GPU this cell prints torch.cuda.memory_summary() of rank 0."
-    )
+    print(f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors themselves; "
+          "on a GPU this cell prints torch.cuda.memory_summary() of rank 0.")
 
 # %% [markdown]
 # ### The same run on this machine's one GPU
@@ -189,9 +139,8 @@ if reference is None:
     print(f"Nothing to add: this run used {plan.world_size} x {plan.device} ({plan.why}).")
 else:
     ref_report = zero.run_plan(reference)
-    results.record(
-        "one_device", {"device": ref_report["device"], "rows": zero_stages.one_device_rows(report, ref_report, rank)}
-    )
+    results.record("one_device", {"device": ref_report["device"],
+                                  "rows": zero_stages.one_device_rows(report, ref_report, rank)})
     display(Markdown(zero_stages.one_device_note(report, ref_report)))
     print(ref_report["configs"][0]["memory_summary"] or "")
 
@@ -211,15 +160,10 @@ my_min_devices = None  # your prediction: the smallest number of calc_device tha
 
 # %%
 print("\n".join(calc["lines"]))
-print(
-    f"smallest number of {calc_device} that fits: {calc['min_world_size'] or 'none (stage 0 does not shrink with N)'}"
-)
-results.record(
-    "fit", {k: calc[k] for k in ("fits", "need_bytes", "model_state_bytes", "capacity_bytes", "min_world_size")}
-)
-display(
-    zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_stage}, {calc_world_size} x {calc_device}")
-)
+print(f"smallest number of {calc_device} that fits: {calc['min_world_size'] or 'none (stage 0 does not shrink with N)'}")
+results.record("fit", {k: calc[k] for k in ("fits", "need_bytes", "model_state_bytes", "capacity_bytes",
+                                            "min_world_size")})
+display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_stage}, {calc_world_size} x {calc_device}"))
 
 # %% tags=["exercise"]
 display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, my_min_devices)))
@@ -234,14 +178,8 @@ try:  # optional: interactive version of the same calculator (JupyterLab); the c
     def _show(params, dtype, stage, n, device):
         print("\n".join(sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]))
 
-    w.interact(
-        _show,
-        params=w.Text(calc_params),
-        dtype=list(memory.TRAIN_DTYPES),
-        stage=w.IntSlider(calc_stage, 0, 3),
-        n=w.IntSlider(calc_world_size, 1, 512),
-        device=list(sizing.DEVICE_MEMORY_GB),
-    )
+    w.interact(_show, params=w.Text(calc_params), dtype=list(memory.TRAIN_DTYPES), stage=w.IntSlider(calc_stage, 0, 3),
+               n=w.IntSlider(calc_world_size, 1, 512), device=list(sizing.DEVICE_MEMORY_GB))
 except ImportError:
     print("ipywidgets is not installed: change the calc_* parameters instead")
 
@@ -250,13 +188,8 @@ except ImportError:
 
 # %%
 inference = sizing.inference_table(memory.parse_count(calc_params))
-HTML(
-    tabular.html_table(
-        [{"dtype": r["dtype"], "weights": tabular.format_bytes(r["weight_bytes"]), **r["devices"]} for r in inference],
-        ["dtype", "weights", *sizing.DEVICE_MEMORY_GB],
-        status_column=None,
-    )
-)
+HTML(tabular.html_table([{"dtype": r["dtype"], "weights": tabular.format_bytes(r["weight_bytes"]), **r["devices"]}
+                         for r in inference], ["dtype", "weights", *sizing.DEVICE_MEMORY_GB], status_column=None))
 
 # %% [markdown]
 # ## What this run showed
@@ -266,23 +199,33 @@ biggest = holders[0]
 m, p = run["measured_total"][rank], run["predicted_deepspeed_total"]
 init_row, steady_row = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
 init_total, steady = init_row["counted"], steady_row["counted"]
-grew = ", ".join(
-    f"{memory.STATE_LABELS[k]} (+{tabular.format_bytes(steady_row[k] - init_row[k])})"
-    for k in memory.STATE_KINDS
-    if steady_row[k] > init_row[k]
-)
-display(
-    Markdown(
-        (f"- {zero.ONE_RANK_NOTE}\n" if plan.partitions_nothing else "")
-        + f"- On rank {rank} of {run['label']}, the engine held {tabular.format_bytes(m)} of model states; labkit's "
-        f"DeepSpeed model predicted {tabular.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
-        f"{tabular.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
-        f"- The largest holder was `{biggest['holder']}` ({memory.STATE_LABELS[biggest['kind']]}, "
-        f"{tabular.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
-        f"- After initialize the rank held {tabular.format_bytes(init_total)}; at the steady backward point "
-        f"{tabular.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
-        f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
-        f"{'fits' if calc['fits'] else 'does not fit'} ({tabular.format_bytes(calc['need_bytes'])} needed per device "
-        f"with head-room, {tabular.format_bytes(calc['capacity_bytes'])} available)."
-    )
-)
+grew = ", ".join(f"{memory.STATE_LABELS[k]} (+{tabular.format_bytes(steady_row[k] - init_row[k])})"
+                 for k in memory.STATE_KINDS if steady_row[k] > init_row[k])
+display(Markdown(
+    (f"- {zero.ONE_RANK_NOTE}\n" if plan.partitions_nothing else "") +
+    f"- On rank {rank} of {run['label']}, the engine held {tabular.format_bytes(m)} of model states; labkit's "
+    f"DeepSpeed model predicted {tabular.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
+    f"{tabular.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
+    f"- The largest holder was `{biggest['holder']}` ({memory.STATE_LABELS[biggest['kind']]}, "
+    f"{tabular.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
+    f"- After initialize the rank held {tabular.format_bytes(init_total)}; at the steady backward point "
+    f"{tabular.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
+    f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
+    f"{'fits' if calc['fits'] else 'does not fit'} ({tabular.format_bytes(calc['need_bytes'])} needed per device "
+    f"with head-room, {tabular.format_bytes(calc['capacity_bytes'])} available)."))
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **OOMKilled (exit 137) while loading a model under ZeRO-3.** *Cause:* every rank materialises the full model
+#   because `deepspeed.zero.Init` is not active. *Fix:* build the model inside `deepspeed.zero.Init()` (or create
+#   `HfDeepSpeedConfig` before `from_pretrained`) ([DeepSpeed#1138](https://github.com/deepspeedai/DeepSpeed/issues/1138)).
+# - **Offload: OOM in `pin_memory`, or the rank killed with -9.** *Fix:* `"pin_memory": false` or more host memory;
+#   check the host side with the calculator first ([DeepSpeed#2676](https://github.com/deepspeedai/DeepSpeed/issues/2676)).
+# - **The counted bytes and `torch.cuda.memory_allocated` differ.** Expected: the allocator also holds activations,
+#   temporaries and its own rounding; the gap above the stacked model states in the timeline is exactly that.
+# - **`rank` refused in the first cell.** Pick a rank below the world size it printed (ranks count from 0).
+#
+# **Docs:** [ZeRO tutorial](https://www.deepspeed.ai/tutorials/zero/) ·
+# [DeepSpeed memory estimators](https://deepspeed.readthedocs.io/en/latest/memory.html) ·
+# [ZeRO paper](https://arxiv.org/abs/1910.02054).

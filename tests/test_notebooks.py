@@ -27,6 +27,29 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_reads_like_a_tutorial_chapter(path):
+    """Objectives, prerequisites, time and contents up front; a predict-then-verify exercise with a collapsed
+    solution; a closing cell computed from the run; troubleshooting with sources and documentation links at the end."""
+    cells = json.loads(path.read_text())["cells"]
+    text = lambda c: "".join(c["source"])  # noqa: E731
+    head = text(cells[0])
+    for part in ("**Objectives.**", "**Prerequisites.**", "**Time**", "**Contents:**"):
+        assert part in head, f"the first cell lacks {part}"
+    tags = [c.get("metadata", {}).get("tags", []) for c in cells]
+    exercises = [c for c, t in zip(cells, tags) if "exercise" in t]
+    solutions = [c for c, t in zip(cells, tags) if "solution" in t]
+    assert exercises and solutions, "no cell tagged exercise, or none tagged solution"
+    assert all(c["metadata"].get("jupyter", {}).get("source_hidden") for c in solutions), "solution not collapsed"
+    assert any("exercises.verdict(" in text(c) or "_prediction(" in text(c) for c in exercises), "nothing checks it"
+    markdown = [text(c) for c in cells if c["cell_type"] == "markdown"]
+    assert any(m.startswith("## What this run showed") for m in markdown)
+    trouble = [m for m in markdown if m.startswith("## Troubleshooting")]
+    assert trouble, "no troubleshooting section"
+    assert trouble[0].count("\n- **") >= 3 and "**Docs:**" in trouble[0] and "](https://" in trouble[0]
+    assert markdown.index(trouble[0]) == len(markdown) - 1, "troubleshooting closes the chapter"
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
 def test_parameters_are_typed_and_documented(path):
     nb = json.loads(path.read_text())
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]

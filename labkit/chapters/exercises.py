@@ -1,0 +1,40 @@
+"""The chapters' predict-then-verify exercises: the learner writes a number before a cell computes it, and a checking
+cell compares the two. `verdict` is the one comparison every exercise uses; the other functions compute each
+chapter's true answer from this machine or this run (notebooks 02 and 05 keep theirs in their chapter modules)."""
+
+from __future__ import annotations
+
+from labkit import devices, memory
+from labkit.errors import ConfigError
+
+
+def verdict(prediction: float | None, answer: float, *, name: str, unit: str = "", rel_tol: float = 0.0) -> str:
+    """One Markdown line: the learner's prediction against the answer ('right' within rel_tol, exact when 0)."""
+    if prediction is None:
+        return f"**Exercise:** set `{name}` above to your prediction and run this cell again."
+    try:
+        value = float(prediction)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"{prediction!r} is not a number", f"write a number, e.g. {name} = 4") from None
+    error = value / answer - 1 if answer else float(value != answer)
+    right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
+    off = f" ({error:+.0%})" if answer and not right else ""
+    return (
+        f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: "
+        f"**{'right' if right else 'not yet'}**."
+    )
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}"
+
+
+def automatic_ranks_answer() -> tuple[int, str, str]:
+    """Notebook 00: (ranks, device, why) that world_size=0 gives the ZeRO chapters (which need 2 ranks) here."""
+    return devices.auto_ranks("auto", at_least=2)
+
+
+def trainable_params_answer(device_bytes: int) -> int:
+    """Notebook 01: the largest model trainable by plain data parallelism (ZeRO-0, bf16 mixed precision, Adam) whose
+    model states fit in `device_bytes`, activations ignored: the paper's 16 bytes per parameter."""
+    return int(device_bytes // memory.paper_model_states(1, 0, 1, "bf16")["total"])

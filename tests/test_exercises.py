@@ -1,0 +1,42 @@
+"""The exercises' one comparison and the answers the chapters compute for them."""
+
+from __future__ import annotations
+
+import pytest
+
+from labkit import devices
+from labkit.chapters import exercises
+from labkit.errors import ConfigError
+
+
+def test_an_unanswered_exercise_asks_for_the_named_prediction():
+    assert "set `my_steps` above" in exercises.verdict(None, 30, name="my_steps")
+
+
+@pytest.mark.parametrize(
+    "prediction,answer,tol,word,off",
+    [
+        (30, 30, 0.0, "right", ""),
+        (31, 30, 0.0, "not yet", "(+3%)"),
+        (105, 100, 0.1, "right", ""),
+        (80, 100, 0.1, "not yet", "(-20%)"),
+        (2.5, 2.5, 0.0, "right", ""),
+    ],
+)
+def test_the_verdict_compares_within_the_tolerance(prediction, answer, tol, word, off):
+    line = exercises.verdict(prediction, answer, name="x", rel_tol=tol)
+    assert f"**{word}**" in line and off in line and f"the answer: {exercises._num(answer)}" in line
+
+
+def test_a_prediction_that_is_not_a_number_names_the_variable():
+    with pytest.raises(ConfigError) as e:
+        exercises.verdict("four", 4, name="my_auto_ranks")
+    assert e.value.field == "my_auto_ranks"
+
+
+def test_answers_follow_the_machine_and_the_papers_16_bytes(monkeypatch):
+    assert exercises.trainable_params_answer(141 * 10**9) == 8_812_500_000  # an H200's 141 GB / 16
+    monkeypatch.setattr(devices, "cuda_status", lambda: (False, "hidden"))
+    monkeypatch.setattr(devices, "hpu_status", lambda: (False, "hidden"))
+    ranks, device, why = exercises.automatic_ranks_answer()
+    assert (ranks, device) == (2, "cpu") and "no GPU here" in why
