@@ -367,7 +367,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                 break
             first, stop = step - epoch * per_epoch, min(per_epoch, total - epoch * per_epoch)
             engine.train()
-            loss_sum, correct, window = zero(), zero(torch.long), zero()
+            loss_sum, correct, window, in_window = zero(), zero(torch.long), zero(), 0
 
             _sync(cfg.device)
             t0 = time.perf_counter()
@@ -379,6 +379,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                 # accumulate on the device: reading a value (.item) would synchronise the device every step
                 loss_sum += loss.detach() * len(y)
                 window += loss.detach()
+                in_window += 1
                 correct += (logits.argmax(1) == y).sum()
                 if (i + 1) % cfg.grad_accum:
                     continue
@@ -390,8 +391,9 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                 bar.update(1)
                 epoch_end = step == epoch * per_epoch + stop
                 if step % log_every == 0 or epoch_end:
-                    pending.append((step, epoch + 1, window / (log_every * cfg.grad_accum), engine.get_lr()[0]))
-                    window = zero()
+                    # the mean over the micro-steps really in the window (an epoch's last window may be short)
+                    pending.append((step, epoch + 1, window / in_window, engine.get_lr()[0]))
+                    window, in_window = zero(), 0
                     if cfg.device == "cpu":
                         flush()  # no device to keep busy: show the loss at once
                 # mid-epoch checkpoints here; one at an epoch's end waits until its epoch record is written

@@ -492,3 +492,16 @@ def test_the_first_epoch_sentence_names_compilation_when_the_model_was_compiled(
     shown = {"images_per_s_first_epoch": 9_000.0, "images_per_s": 300_000.0, "device": "cuda", "epochs": 3}
     note = cifar.first_epoch_note({**shown, "compiled": True, "first_step_s": 31.2})
     assert "first step compiled the model (31.2 s)" in note and "compiled" not in cifar.first_epoch_note(shown)
+
+
+@pytest.mark.slow
+def test_short_loss_windows_at_epoch_edges_log_their_own_mean():
+    """5 steps per epoch logged every 2 (global) steps: step 5 ends epoch 1 and step 6 opens epoch 2 with one step in
+    each window; both must equal that step's loss (they were divided by 2 before: a false saw-tooth at epoch edges)."""
+    small = dict(synthetic=True, synthetic_train=320, synthetic_test=64, model="lenet", epochs=2, micro_batch=64)
+    runs = [train.run_in_process(train.TrainConfig(**small, log_every=k, progress=False)) for k in (1, 2)]
+    every, pairs = ({r["step"]: r["loss"] for r in run["records"] if r["kind"] == "step"} for run in runs)
+    assert sorted(pairs) == [2, 4, 5, 6, 8, 10]
+    for edge in (5, 6):
+        assert pairs[edge] == pytest.approx(every[edge], abs=1e-4)
+    assert pairs[8] == pytest.approx((every[7] + every[8]) / 2, abs=1e-4)
