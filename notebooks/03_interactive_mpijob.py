@@ -32,7 +32,7 @@
 #
 # **Time** at the defaults: about 31 s on a 2-core CPU machine and 25.6 s on one H200 (measured: docs/benchmarks.md).
 #
-# **Contents:** Check the parameters · The manifest · Submit, exec, delete · What the launcher saw: the hostfile · What the ranks did · What this run showed.
+# **Contents:** Check the parameters · The manifest · Step 1: submit and wait · Step 2: the hostfile · Step 3: exec the training · Step 4: edit and exec again · Step 5: delete · What the ranks did · What this run showed · Troubleshooting.
 #
 # Multi-node DeepSpeed on Kubernetes usually goes through the **MPI Operator**. An `MPIJob` gets *worker* pods (they
 # run only `sshd`, holding the GPUs or Gaudi cards) and one *launcher* pod. The operator writes the hostfile
@@ -78,6 +78,8 @@ no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.
 
 # %%
 # %matplotlib inline
+import shlex
+
 from IPython.display import Markdown, display
 
 from labkit import results
@@ -85,11 +87,14 @@ from labkit.chapters import exercises
 from labkit.errors import LabkitError
 from labkit.chapters.interactive import (
     TrainingProgress,
+    delete_at_exit,
     hostfile_rows,
     loss_figure,
     parse_metrics,
+    parse_train_command,
     plan_interactive_job,
     summarize_training,
+    training_command,
 )
 
 plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
@@ -108,6 +113,9 @@ print(plan.describe())
 # a *reference* to a Secret, never a value.
 
 # %%
+fields = plan.key_fields()
+display(Markdown("| field | value | why it matters |\n|---|---|---|\n"
+                 + "\n".join(f"| `{r['field']}` | `{r['value']}` | {r['why']} |" for r in fields)))
 print(plan.manifest_yaml("MPIJob"))
 
 # %% [markdown]
@@ -119,46 +127,76 @@ print(plan.manifest_yaml("MPIJob"))
 my_world_size = None  # your prediction: the world size the training ranks report
 
 # %% [markdown]
-# ## Submit, exec, delete
+# ## Step 1: submit and wait
 #
-# One cell, so that the job is deleted in `finally` whatever happens: an error, a timeout, or you pressing stop
-# (an interrupted exec stops every rank it started before the interrupt propagates). If the kernel itself dies,
-# the deadline still ends the job.
-#
-# 1. `submit` creates the objects (on a cluster after a server-side dry run);
-# 2. `wait_ready` waits for the launcher and every worker (on a cluster it reports image pull errors and
-#    unschedulable pods with their events);
-# 3. `exec` runs `cat /etc/mpi/hostfile`, then the training command, streaming its output live.
+# `submit` creates the objects (on a cluster after a server-side dry run); `wait_ready` waits for the launcher and
+# every worker (on a cluster it reports image pull errors and unschedulable pods with their events). From here on the
+# job **lives across cells**: exec into it as often as you like, and delete it in step 5. If a cell fails or you close
+# the notebook, the kernel deletes the job when it exits, and the deadline ends it in any case. Under each step: what
+# you would type in a terminal instead. (On a cluster, build and push the images first: `images/README.md`.)
 
 # %%
-progress = TrainingProgress(total_steps=plan.steps if plan.default_command else None)
 job = plan.backend.submit(plan.spec)
-try:
-    ready = job.wait_ready(timeout=ready_timeout_s)
-    print(f"ready: {ready.message}; the deadline stops it in {ready.remaining_s / 60:.0f} min")
-    hostfile = job.run(["cat", job.hostfile_path])
-    print(f"$ {plan.command_line}")
-    training = job.run(plan.train_argv, on_output=progress)
-finally:
-    progress.close()
-    job.delete()
-left_over = [s.name for s in plan.backend.list() if s.name == plan.spec.name]
-print(f"training exit code: {training.returncode}; job deleted: {not left_over}")
-if training.failure:
-    print(f"why: {training.failure}")
+delete_at_exit(job)
+ready = job.wait_ready(timeout=ready_timeout_s)
+print(f"ready: {ready.message}; the deadline stops it in {ready.remaining_s / 60:.0f} min\n")
+print(plan.equivalents("submit"))
+print(plan.equivalents("wait"))
 
 # %% [markdown]
-# ## What the launcher saw: the hostfile
+# ## Step 2: what the launcher sees: the hostfile
 #
 # On a cluster: one line per worker pod, `slots` ranks each. Locally all workers share this machine, so the hostfile
 # has one line, `localhost slots=<workers x slots>` (the cluster's lines are kept above it as comments); Open MPI then
 # starts every rank here without ssh. The local backend maps the path `/etc/mpi/hostfile` to the job's own hostfile,
-# so the same commands work on both backends (the `mpirun` line DeepSpeed printed above shows the real path).
+# so the same commands work on both backends.
 
 # %%
+hostfile = job.run(["cat", job.hostfile_path])
 print(hostfile.output)
 rows = hostfile_rows(hostfile.output)
-Markdown("| host | slots |\n|---|---|\n" + "\n".join(f"| `{r['host']}` | {r['slots']} |" for r in rows))
+display(Markdown("| host | slots |\n|---|---|\n" + "\n".join(f"| `{r['host']}` | {r['slots']} |" for r in rows)))
+print(plan.equivalents("hostfile"))
+
+# %% [markdown]
+# ## Step 3: exec the training
+#
+# The command below is what you would type in a shell inside the launcher. Its output streams live; an interrupt
+# (the stop button) stops every rank it started.
+
+# %%
+print(f"$ {plan.command_line}\n")
+progress = TrainingProgress(total_steps=plan.steps if plan.default_command else None)
+try:
+    training = job.run(plan.train_argv, on_output=progress)
+finally:
+    progress.close()
+print(f"\ntraining exit code: {training.returncode}" + (f"; why: {training.failure}" if training.failure else ""))
+print(plan.equivalents("shell"))
+
+# %% [markdown]
+# ## Step 4: edit and exec again, while the job lives
+#
+# Nothing was restarted: the launcher and the workers are still there. Change `again_command` (any command; empty:
+# the training again with 5 steps) and run the cell as often as you like.
+
+# %%
+again_command = ""  # e.g. "python -c 'import torch; print(torch.__version__)'"; empty: the training with 5 steps
+again_argv = parse_train_command(again_command) if again_command.strip() else training_command(plan.backend, steps=5)
+again = job.run(again_argv, on_output=None)
+print(f"$ {shlex.join(again_argv)}\nexit code {again.returncode} after {again.duration_s:.1f} s; the job still lives: "
+      f"{job.status().phase}")
+
+# %% [markdown]
+# ## Step 5: delete
+#
+# Deleting stops the launcher, the workers and anything still running in them, and frees their accelerators.
+
+# %%
+job.delete()
+left_over = [s.name for s in plan.backend.list() if s.name == plan.spec.name]
+print(f"job deleted: {not left_over}")
+print(plan.equivalents("delete"))
 
 # %% [markdown]
 # ## What the ranks did

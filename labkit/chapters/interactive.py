@@ -7,6 +7,8 @@ whether every rank runs on this one host), never which backend it is.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import re
 import shlex
@@ -101,6 +103,70 @@ class InteractivePlan:
 
     def manifest_yaml(self, kind: str | None = "MPIJob") -> str:
         return manifests.to_yaml([o for o in self.objects if kind is None or o["kind"] == kind])
+
+    def key_fields(self) -> list[dict[str, str]]:
+        """The MPIJob fields the chapter's text asks the learner to note, read from the rendered object."""
+        job = next(o for o in self.objects if o["kind"] == "MPIJob")
+        spec, replicas = job["spec"], job["spec"]["mpiReplicaSpecs"]
+        launcher = replicas["Launcher"]["template"]["spec"]["containers"][0]
+        worker = replicas["Worker"]["template"]["spec"]["containers"][0]
+        rows = [
+            (
+                "spec.mpiReplicaSpecs.Launcher...command",
+                shlex.join(launcher.get("command", []) + launcher.get("args", [])),
+                "the launcher idles: you exec the training into it",
+            ),
+            ("spec.slotsPerWorker", str(spec.get("slotsPerWorker")), "ranks per worker: one per GPU/HPU of the pod"),
+            (
+                "spec.runPolicy.activeDeadlineSeconds",
+                str(spec.get("runPolicy", {}).get("activeDeadlineSeconds")),
+                "the safety net: the job ends and frees its accelerators after this",
+            ),
+            (
+                "spec.launcherCreationPolicy",
+                str(spec.get("launcherCreationPolicy")),
+                "the launcher starts only when every worker is ready",
+            ),
+            ("spec.mpiReplicaSpecs.Worker.replicas", str(replicas["Worker"].get("replicas")), "worker pods"),
+            (
+                "Worker...readinessProbe",
+                "yes" if worker.get("readinessProbe") else "none",
+                "a worker is ready when its sshd accepts connections",
+            ),
+        ]
+        return [{"field": f, "value": v, "why": w} for f, v, w in rows]
+
+    def equivalents(self, step: str) -> str:
+        """What a learner types for one step of the chapter outside the notebook: the kubectl line on a cluster and
+        the `labkit job` line that does the same on either backend."""
+        s, ns = self.spec, f"-n {self.spec.namespace}"
+        launcher = f"job/{s.name}-launcher"  # the operator's launcher Job; kubectl exec picks its pod
+        job = f"--backend {self.backend.name} -n {s.namespace}"
+        lines = {
+            "submit": (
+                f"kubectl apply {ns} -f mpijob.yaml   # the YAML above",
+                f"labkit job submit {job} --name {s.name} --workers {s.workers} --slots {s.slots_per_worker} "
+                "--wait 300",
+            ),
+            "wait": (
+                f"kubectl wait {ns} --for=condition=Ready pod -l training.kubeflow.org/job-name={s.name} "
+                "--timeout=300s",
+                f"labkit job status {job} {s.name}",
+            ),
+            "hostfile": (
+                f"kubectl exec {ns} {launcher} -- cat {CLUSTER_HOSTFILE}",
+                f"labkit job exec {job} {s.name} -- cat {CLUSTER_HOSTFILE}",
+            ),
+            "shell": (
+                f"kubectl exec -it {ns} {launcher} -- bash   # then type the command, as often as you like",
+                f"labkit job exec {job} {s.name} -- {self.command_line}",
+            ),
+            "delete": (f"kubectl delete mpijob {ns} {s.name}", f"labkit job delete {job} {s.name}"),
+        }
+        if step not in lines:
+            raise ConfigError("step", f"{step!r} is not a step of the chapter", f"use one of {', '.join(lines)}")
+        kubectl, labkit = lines[step]
+        return f"on a cluster:  {kubectl}\nwith labkit:   {labkit}"
 
     def describe(self) -> str:
         s = self.spec
@@ -237,3 +303,14 @@ def loss_figure(metrics: list[dict]):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def delete_at_exit(job) -> None:
+    """Delete `job` when this kernel exits, also after a failed cell (papermill then shuts the kernel down): the
+    chapter's steps live in separate cells, so no single `finally` spans them. The deadline remains the last net."""
+    atexit.register(_delete_quietly, job)
+
+
+def _delete_quietly(job) -> None:
+    with contextlib.suppress(Exception):  # at interpreter exit there is no one left to tell
+        job.delete()

@@ -1,0 +1,60 @@
+"""Notebook 03's separate steps: the fields the YAML view points at, the commands shown beside each step (they must
+be commands the CLI accepts), and the job deleted at kernel exit when a later cell fails."""
+
+from __future__ import annotations
+
+import atexit
+import shlex
+
+import pytest
+
+from labkit.chapters import interactive
+from labkit.cli import build_parser
+from labkit.errors import ConfigError
+from labkit.jobs import LocalBackend
+
+
+@pytest.fixture
+def plan(tmp_path):
+    return interactive.plan_interactive_job(device="cpu", workers=2, deadline_minutes=5, jobs_dir=str(tmp_path))
+
+
+def test_the_yaml_view_points_at_the_fields_that_matter(plan):
+    fields = {r["field"]: r["value"] for r in plan.key_fields()}
+    assert fields["spec.mpiReplicaSpecs.Launcher...command"] == "sleep infinity"
+    assert fields["spec.runPolicy.activeDeadlineSeconds"] == "300" and fields["spec.slotsPerWorker"] == "1"
+    assert fields["spec.launcherCreationPolicy"] == "WaitForWorkersReady" and fields["Worker...readinessProbe"] == "yes"
+
+
+@pytest.mark.parametrize("step", ["submit", "wait", "hostfile", "shell", "delete"])
+def test_each_step_shows_a_kubectl_line_and_a_labkit_line_the_cli_accepts(plan, step):
+    kubectl, labkit = (line.split(":", 1)[1].strip() for line in plan.equivalents(step).splitlines())
+    assert kubectl.startswith("kubectl ") and "-n workloads" in kubectl
+    argv = shlex.split(labkit.split("   #")[0])
+    assert argv[0] == "labkit"
+    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on a flag the CLI does not have
+    assert args.backend == "local" and args.namespace == "workloads"
+    if step in ("hostfile", "shell"):
+        assert "/etc/mpi/hostfile" in " ".join(args.argv)
+
+
+def test_an_unknown_step_is_refused(plan):
+    with pytest.raises(ConfigError) as e:
+        plan.equivalents("launch")
+    assert e.value.field == "step"
+
+
+def test_a_job_left_by_a_failed_cell_is_deleted_when_the_kernel_exits(plan, monkeypatch):
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a: registered.append((fn, a)))
+    job = plan.backend.submit(plan.spec)
+    try:
+        interactive.delete_at_exit(job)
+        assert [s.name for s in plan.backend.list()] == [plan.spec.name]
+        for fn, a in registered:  # what the interpreter does at exit
+            fn(*a)
+        assert plan.backend.list() == []
+        fn(*a)  # a second delete (the notebook's own step 5 came first) is quiet
+    finally:
+        job.delete()
+    assert isinstance(plan.backend, LocalBackend)
