@@ -221,3 +221,52 @@ def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
     ranks = route.read_report(tmp_path / "run", plan, 0.0, argv)["ranks"]
     assert [r["check"]["world_size"] for r in ranks] == [2, 2] and all(r["check"]["zero_stage"] == 2 for r in ranks)
     assert wait_for_no_kit_processes() == []
+
+
+# ------------------------------------------------------------------------------------------------------ notebook 06
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"offload_param": "cpu"}, "offload_param"),
+        ({"num_machines": 2}, "num_machines"),
+        ({"num_processes": -1}, "num_processes"),
+        ({"dynamo_backend": "inductor"}, "dynamo_backend"),
+        ({"device": "tpu"}, "device"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_notebook_parameters_fail_with_the_parameter_named(params, field, tmp_path):
+    from labkit.chapters import accelerate as chapter
+
+    answers = {"num_machines": 1, "num_processes": 0, "zero_stage": 2, "mixed_precision": "bf16", "device": "cpu",
+               "offload_optimizer": "none", "offload_param": "none", "dynamo_backend": "no", "steps": 5}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        chapter.plan_run(**(answers | params), run_dir=tmp_path)
+    assert err.value.field == field
+    assert not list(tmp_path.iterdir())
+
+
+def test_stage_advice_is_checked_against_the_fit_numbers():
+    from labkit.chapters import accelerate as chapter
+
+    small = chapter.stage_advice(7 * 10**9, "bf16", "H100", 8)  # 14 GB of weights fit one H100: the rule says 2
+    assert small["rule_stage"] == 2 and small["holds"] and small["best"] == "ZeRO-1"
+    big = chapter.stage_advice(70 * 10**9, "bf16", "H100", 8)  # 140 GB do not: 3, and even ZeRO-3 needs offload
+    assert big["rule_stage"] == 3 and not big["holds"] and big["best"] == "ZeRO-3 + CPU optimizer"
+    rows = chapter.fit_rows(70 * 10**9, "bf16", "H100")
+    assert [r["config"] for r in rows][:3] == ["ZeRO-0", "ZeRO-1", "ZeRO-2"]
+    assert rows[4]["N=8"].endswith("no") and rows[5]["N=8"].endswith("fits")  # ZeRO-3 vs ZeRO-3 + CPU optimizer
+
+
+@pytest.mark.slow
+def test_notebook_06_trains_through_accelerate_and_answers_from_its_run(executed_notebook):
+    from labkit import results
+
+    got = results.read(executed_notebook("06_accelerate_and_planning"))
+    run = got["run"]
+    assert run["engine"] == "DeepSpeedEngine" and run["stage"] == 3 and run["world_size"] == 2
+    assert run["loss_last"] < run["loss_first"] and run["generated_right"] == run["generated"]
+    assert [m["rank"] for m in got["memory"]] == [0, 1] and all(m["model states"] > 0 for m in got["memory"])
+    assert got["plan"]["advice"]["rule_stage"] == 2
