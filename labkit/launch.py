@@ -277,6 +277,26 @@ def run(
     # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
     extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
     env = kit_env(extra, world_size=spec.world_size, device=spec.device)
+    try:
+        return run_command(cmd, env, timeout=timeout, on_output=on_output, cwd=cwd, log_path=log_path, check=check)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def run_command(
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    timeout: float | None = None,
+    on_output: Callable[[str], None] | None = None,
+    cwd: str | Path | None = None,
+    log_path: str | Path | None = None,
+    check: bool = True,
+) -> LaunchResult:
+    """Supervise one launcher command (`deepspeed ...`, `accelerate launch ...`) in its own session: stream its output,
+    end it soon after a rank's error line, stop its whole tree on every exit path. `env`: kit_env(...)."""
+    if timeout is not None and timeout <= 0:
+        raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     chunks: list[str] = []
     failed_at: list[float] = []
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
@@ -312,7 +332,6 @@ def run(
         reader.join(timeout=5)
         if log:
             log.close()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     output = "".join(chunks)
     code = -1 if timed_out else 1 if cut_short else proc.returncode
     if check and code != 0:

@@ -41,7 +41,8 @@ from labkit.jobs.launcher import (
 from labkit.procs import interrupts_deferred
 
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
-LAUNCHERS = ("deepspeed", "mpirun", "mpiexec")  # commands that start ranks (checked against the devices here)
+# Commands that start ranks (checked against the devices here).
+LAUNCHERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
 # The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
 # probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
 SSH_SHIM = """#!/bin/sh

@@ -1,4 +1,4 @@
-"""Figures for notebook 04 (CIFAR-10 training): loss, accuracy and throughput from a run's metrics records."""
+"""Training figures: notebook 04's CIFAR-10 loss, accuracy and throughput; a plain loss curve per rank (06)."""
 
 from __future__ import annotations
 
@@ -40,4 +40,18 @@ def training_curves_figure(records: Sequence[dict], title: str = ""):
     rate_ax.xaxis.get_major_locator().set_params(integer=True)
 
     fig.suptitle(title)
+    return fig
+
+
+def loss_figure(curves: dict[str, Sequence[float]], title: str = ""):
+    """Training loss per step, one line per named curve (e.g. per rank), on a log scale."""
+    alt = f"{title}: training loss per step for {', '.join(curves)}"
+    fig = figure(6.5, 3.4, alt)
+    ax = fig.subplots()
+    for name, losses in curves.items():
+        ax.plot(range(1, len(losses) + 1), losses, marker=".", label=name)
+    ax.set(xlabel="optimizer step", ylabel="training loss (cross-entropy)", title=title)
+    if all(v > 0 for losses in curves.values() for v in losses):
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
     return fig

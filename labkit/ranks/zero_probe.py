@@ -137,7 +137,7 @@ def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) ->
     return inv.totals() | ({"holders": inv.by_holder()} if detail else {})
 
 
-def _accel_stats(accel, device_type: str) -> dict:
+def accel_stats(accel, device_type: str) -> dict:
     if device_type == "cpu":
         return {}
     stats = zip(
@@ -165,7 +165,7 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
     accel.empty_cache()
     if device_type != "cpu":  # the probe owns this process: resetting the peak here measures this config alone
         accel.reset_peak_memory_stats()
-    before = _accel_stats(accel, device_type)
+    before = accel_stats(accel, device_type)
     torch.manual_seed(cfg.get("seed", 0))
     model = build_model(cfg["hidden"], cfg["layers"])
     t0 = time.perf_counter()
@@ -183,9 +183,7 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
         sync()
         detail = name == "backward" and step == min(2, cfg["steps"]) or name == "init"
         tensors = inventory(engine, basic, device_type, detail)
-        phases.append(
-            {"phase": name, "step": step, "tensors": tensors, "accelerator": _accel_stats(accel, device_type)}
-        )
+        phases.append({"phase": name, "step": step, "tensors": tensors, "accelerator": accel_stats(accel, device_type)})
         return time.perf_counter() - t
 
     snap("init", 0)
@@ -212,7 +210,7 @@ def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:
     result |= {"device_name": torch.cuda.get_device_name() if device_type == "cuda" else device_type}
     result |= {"optimizer_class": type(engine.optimizer).__name__, "init_s": init_s, "step_times_s": step_times}
     result |= {"losses": losses, "step_time_s": statistics.median(measured), "phases": phases}
-    result |= {"accelerator_before": before, "peak_allocated": _accel_stats(accel, device_type).get("peak_allocated")}
+    result |= {"accelerator_before": before, "peak_allocated": accel_stats(accel, device_type).get("peak_allocated")}
     result["memory_summary"] = summary or None
     # Was the engine really freed? (DeepSpeed keeps ZeRO-3's top module in a module-level list, which keeps the whole
     # engine alive: the next configuration would start with the previous one's memory still allocated.)

@@ -1,0 +1,155 @@
+"""Notebook 06: plan a model (inference sizing, training fit per ZeRO stage, the guide's stage advice checked), answer
+`accelerate config` as parameters, run it, and answer the guide's three FAQs with the run's own numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labkit import memory, sizing
+from labkit.accelerate_route import DTYPE_OF, QUESTIONS, AccelerateConfig, TrainPlan
+from labkit.devices import auto_ranks, check_ranks_fit, pick_device
+from labkit.errors import ConfigError, check_choice, check_int
+from labkit.tabular import format_bytes
+from labkit.zero import Variant
+
+# The guide's order, fastest first (speed falls, memory saved grows): take the first that fits.
+SPEED_ORDER = ((0, False, False), (1, False, False), (2, False, False), (2, True, False), (3, False, False),
+               (3, True, False), (3, True, True))  # fmt: skip
+DYNAMO_BACKENDS = ("no",)  # compiling is left out of the workshop (minutes of start-up on short runs)
+
+
+def label(stage: int, offload_optimizer: bool, offload_param: bool) -> str:
+    return Variant(stage, offload_optimizer, offload_param).label
+
+
+def plan_run(
+    *,
+    num_machines: int,
+    num_processes: int,
+    zero_stage: int,
+    mixed_precision: str,
+    offload_optimizer: str,
+    offload_param: str,
+    dynamo_backend: str,
+    device: str,
+    steps: int,
+    run_dir: str | Path,
+) -> TrainPlan:
+    """Every `accelerate config` answer checked (ConfigError naming the parameter), processes 0 = automatic."""
+    check_choice("dynamo_backend", dynamo_backend, DYNAMO_BACKENDS, "leave it 'no': compiling adds minutes here")
+    check_int("num_machines", num_machines, 1, "this chapter launches on this machine: 1", maximum=1)
+    check_int("num_processes", num_processes, 0, "use 0 (automatic) or 1 or more processes")
+    dev = pick_device(device)
+    if num_processes == 0:
+        num_processes, dev, _ = auto_ranks(device)
+    check_ranks_fit("num_processes", num_processes, dev)
+    config = AccelerateConfig(stage=zero_stage, num_processes=num_processes, mixed_precision=mixed_precision,
+                              offload_optimizer=offload_optimizer, offload_param=offload_param)  # fmt: skip
+    try:
+        config.validated()
+    except ConfigError as exc:  # named as the notebook's parameter
+        raise ConfigError("zero_stage" if exc.field == "stage" else exc.field, exc.problem, exc.fix) from None
+    return TrainPlan(config, run_dir, device=dev, steps=steps).validated()
+
+
+def question_rows(config: AccelerateConfig, dynamo_backend: str) -> list[dict]:
+    """accelerate config's questions, this notebook's answers and the guide's advice."""
+    answers = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "use_deepspeed": "yes",
+               "num_machines": config.num_machines, "dynamo": dynamo_backend, "deepspeed_config_file": "no",
+               "zero_stage": config.stage, "offload_optimizer_device": config.offload_optimizer,
+               "offload_param_device": config.offload_param, "gradient_accumulation_steps":
+               config.gradient_accumulation_steps, "gradient_clipping": config.gradient_clipping,
+               "zero3_init_flag": config.zero3_init, "num_processes": config.num_processes,
+               "mixed_precision": config.mixed_precision}  # fmt: skip
+    return [{"question": q, "answer": answers[key], "advice": advice} for key, q, advice in QUESTIONS]
+
+
+def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)) -> list[dict]:
+    """Per ZeRO variant: per-device need (model states x head-room) on N devices, and whether it fits."""
+    sizing.check_device_type(device_type)
+    rows = []
+    for stage, opt, par in SPEED_ORDER:
+        row = {"config": label(stage, opt, par)}
+        for n in world_sizes:
+            fit = sizing.training_fit(params, dtype, stage, n, device_type, offload_optimizer=opt, offload_param=par)
+            row[f"N={n}"] = f"{format_bytes(fit['need_bytes'], 'GB')} {'fits' if fit['fits'] else 'no'}"
+        rows.append(row)
+    return rows
+
+
+def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dict:
+    """The guide's rule (stage 2 when the parameters fit on one device, else 3) against the numbers: the fastest
+    variant in the guide's order that fits on `devices` devices."""
+    check_int("devices", devices, 1, "pass the number of devices you would train on")
+    capacity = sizing.DEVICE_MEMORY_GB[sizing.check_device_type(device_type)] * sizing.GB
+    weights = params * memory.TRAIN_DTYPES[check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)]
+    rule_stage = 2 if weights * sizing.TRAINING_HEADROOM <= capacity else 3
+    fitting = [
+        v
+        for v in SPEED_ORDER
+        if sizing.training_fit(params, dtype, v[0], devices, device_type, offload_optimizer=v[1], offload_param=v[2])[
+            "fits"
+        ]
+    ]
+    best = fitting[0] if fitting else None  # fmt: skip
+    rule = sizing.training_fit(params, dtype, rule_stage, devices, device_type)
+    text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights "
+            f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
+            f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
+            f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
+            f"{label(*best) if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
+    return {"rule_stage": rule_stage, "best": label(*best) if best else None, "rule_fits": rule["fits"],
+            "holds": rule["fits"], "text": text}  # fmt: skip
+
+
+def rank_memory_rows(report: dict) -> list[dict]:
+    """FAQ 3: what DeepSpeed placed on each rank after the first step, counted tensor by tensor in the engine."""
+    rows = []
+    for r in report["ranks"]:
+        counted = r["memory"]["step"]["device"]
+        states = sum(v for k, v in counted.items() if k != "buffers")
+        row = {"rank": r["rank"], "model states": states, "buffers": counted["buffers"]}
+        row |= {k: counted[k] for k in memory.STATE_KINDS if k != "buffers"}
+        row["allocator peak"] = (r["memory"].get("accelerator") or {}).get("peak_allocated")
+        rows.append(row)
+    return rows
+
+
+def check_moments_prediction(report: dict, prediction: int | None) -> str:
+    """The exercise: Adam's two fp32 moments per rank (8 bytes x parameters / ranks from ZeRO stage 1 on)."""
+    r = report["ranks"][0]
+    measured = r["memory"]["step"]["device"]["optimizer_states"]
+    if prediction is None:
+        return "**Exercise:** set `my_moments_bytes` to your prediction and run the cell again."
+    right = abs(prediction - measured) <= 0.05 * measured
+    why = (f"rank 0 counted {measured:,} bytes of Adam moments: 8 bytes x {r['params']:,} parameters / "
+           f"{r['world_size']} rank(s) = {8 * r['params'] // r['world_size']:,}")  # fmt: skip
+    return f"Your prediction: {prediction:,}; {why}: **{'right' if right else 'not yet'}** (within 5%)."
+
+
+def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) -> list[str]:
+    """The guide's three FAQs, answered from this run."""
+    r0, cfg = report["ranks"][0], plan.config
+    n = r0["world_size"]
+    step = sum(r0["step_times_s"][1:]) / max(1, len(r0["step_times_s"]) - 1)
+    mem = rank_memory_rows(report)[0]
+    return [
+        f"**accelerate vs transformers?** transformers supplied the model ({r0['params']:,}-parameter "
+        f"LlamaForCausalLM from a config) and nothing else; accelerate launched {n} process(es), read the YAML and "
+        f"wrapped it in a {r0['check']['engine']} at ZeRO stage {r0['check']['zero_stage']} "
+        f"({r0['optimizer_class']}). The HF Trainer calls this same accelerate path underneath.",
+        f"**Do I need multiple GPUs?** Not for this model: one rank would hold it. For {model_params}: "
+        + advice["text"],
+        f"**How much memory did DeepSpeed place on each rank?** Rank 0 held {format_bytes(mem['model states'])} of "
+        f"model states ({DTYPE_OF[cfg.mixed_precision]} parameters, fp32 master weights and Adam moments split "
+        f"over {n} rank(s)) and {format_bytes(mem['buffers'])} of DeepSpeed buffers; {buffer_note(mem)} "
+        f"A step took {step * 1e3:.0f} ms on {report['device']}.",
+    ]
+
+
+def buffer_note(mem: dict) -> str:
+    """What the buffers mean beside the model states, from the counted bytes."""
+    if mem["buffers"] > mem["model states"]:
+        return ("the buffers outweigh the model: accelerate leaves DeepSpeed's default bucket sizes (5e8 elements), "
+                "sized for billion-parameter models.")  # fmt: skip
+    return "the model states are the bulk of it." if mem["buffers"] else "no reduction buffer was allocated."

@@ -1,0 +1,48 @@
+"""`labkit accelerate config`: the answers to `accelerate config` for DeepSpeed as flags, written to a file
+`accelerate launch --config_file` reads (checked through accelerate's own loader)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from labkit import accelerate_route as route
+from labkit.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    a = subparsers.add_parser("accelerate", help="the accelerate route to DeepSpeed: write its config file")
+    commands = a.add_subparsers(dest="accelerate_command", metavar="SUBCOMMAND", required=True)
+    c = commands.add_parser(
+        "config",
+        help="write an accelerate config file for DeepSpeed (no interactive questions)",
+        description="Writes what `accelerate config` asks for interactively, for DeepSpeed. Run it with "
+        "`accelerate launch --config_file FILE script.py`; in an MPIJob launcher with --num-machines = worker pods "
+        f"and `--deepspeed_hostfile {route.CLUSTER_HOSTFILE} --deepspeed_multinode_launcher openmpi`.",
+    )
+    c.add_argument("--stage", type=int, required=True, help="ZeRO stage 0-3 (2: parameters fit one device; 3: not)")
+    c.add_argument("--num-processes", type=int, required=True, help="TOTAL processes over all machines")
+    c.add_argument("--mixed-precision", required=True, help=f"one of {', '.join(route.MIXED_PRECISIONS)}")
+    c.add_argument("--offload-optimizer", default="none", help="none | cpu (ZeRO-Offload; stages 1-3)")
+    c.add_argument("--offload-param", default="none", help="none | cpu (stage 3, with --offload-optimizer cpu)")
+    c.add_argument("--num-machines", type=int, default=1, help="machines (MPIJob worker pods); default 1")
+    c.add_argument("--gradient-accumulation-steps", type=int, default=1, help="default 1")
+    c.add_argument("--out", default="accelerate_config.yaml", help="file to write (default accelerate_config.yaml)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.set_defaults(func=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    names = ("stage", "num_processes", "mixed_precision", "offload_optimizer", "offload_param", "num_machines")
+    config = route.AccelerateConfig(**{n: getattr(args, n) for n in (*names, "gradient_accumulation_steps")})
+    try:
+        config.validated()
+    except ConfigError as exc:  # named as the user typed it
+        raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError("--out", f"{out} exists", "pass --force to overwrite it, or another --out")
+    route.load_with_accelerate(config.write(out))  # accelerate's own loader must accept what we wrote
+    print(f"wrote {out}: ZeRO-{config.stage}, {config.num_processes} process(es) on {config.num_machines} machine(s)")
+    print(f"run: accelerate launch --config_file {out} your_script.py")
+    return 0

@@ -1,0 +1,272 @@
+"""The accelerate route: config files accelerate's own loader reads, the CLI that writes them, real `accelerate
+launch` runs of 2 CPU ranks at ZeRO 1-3, the check that fails a run without DeepSpeed, the same command in a local
+MPIJob."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from kit_testing import wait_for_no_kit_processes
+
+from labkit import accelerate_route as route
+from labkit import launch
+from labkit.cli import main as cli_main
+from labkit.errors import ConfigError, LaunchError
+from labkit.ranks import accelerate_train
+
+
+# ------------------------------------------------------------------------------------------------- the config file
+# every stage 1-3 with and without offload (parameter offload exists at stage 3 only: refused elsewhere, see below)
+@pytest.mark.parametrize(
+    "stage,offload",
+    [
+        (1, "none"),
+        (1, "optimizer"),
+        (2, "none"),
+        (2, "optimizer"),
+        (3, "none"),
+        (3, "optimizer"),
+        (3, "optimizer+param"),
+    ],  # fmt: skip
+)
+def test_config_loads_through_accelerates_own_loader(stage, offload, tmp_path):
+    cfg = route.AccelerateConfig(stage=stage, num_processes=2, mixed_precision="bf16",
+                                 offload_optimizer="cpu" if offload != "none" else "none",
+                                 offload_param="cpu" if "param" in offload else "none")  # fmt: skip
+    loaded = route.load_with_accelerate(cfg.write(tmp_path / "acc.yaml"))
+    assert type(loaded).__name__ == "ClusterConfig"
+    assert str(loaded.distributed_type).endswith("DEEPSPEED") and loaded.use_cpu is False
+    assert loaded.num_processes == 2 and loaded.mixed_precision == "bf16" and loaded.num_machines == 1
+    ds = loaded.deepspeed_config
+    assert ds["zero_stage"] == stage
+    assert ds["offload_optimizer_device"] == cfg.offload_optimizer and ds["offload_param_device"] == cfg.offload_param
+    # ...and accelerate turns those keys into the DeepSpeed config it hands to deepspeed.initialize
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(
+        zero_stage=ds["zero_stage"],
+        offload_optimizer_device=ds["offload_optimizer_device"],
+        offload_param_device=ds["offload_param_device"],
+        gradient_clipping=ds["gradient_clipping"],
+    )
+    zero = plugin.deepspeed_config["zero_optimization"]  # fmt: skip
+    assert zero["stage"] == stage and zero["offload_optimizer"]["device"] == cfg.offload_optimizer
+
+
+def test_multi_machine_config_names_the_mpijob_hostfile_and_avoids_num_gpus(tmp_path):
+    cfg = route.AccelerateConfig(stage=2, num_processes=4, num_machines=2)
+    ds = route.load_with_accelerate(cfg.write(tmp_path / "acc.yaml")).deepspeed_config
+    assert ds["deepspeed_hostfile"] == "/etc/mpi/hostfile" and ds["deepspeed_multinode_launcher"] == "openmpi"
+    assert ds["deepspeed_exclusion_filter"] == ""  # accelerate then passes --exclude "" instead of --num_gpus
+    cmd = route.launch_command("acc.yaml", ["--x"], hostfile=route.CLUSTER_HOSTFILE)
+    assert cmd[cmd.index("--deepspeed_hostfile") + 1] == "/etc/mpi/hostfile"
+    assert cmd[cmd.index("--deepspeed_multinode_launcher") + 1] == "openmpi"
+    assert cmd[-3:] == ["-m", route.TRAIN_MODULE, "--x"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"stage": 4}, "stage"),
+        ({"stage": "2"}, "stage"),
+        ({"num_processes": 0}, "num_processes"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"offload_optimizer": "nvme"}, "offload_optimizer"),
+        ({"offload_optimizer": "cpu", "stage": 0}, "offload_optimizer"),
+        ({"offload_param": "cpu", "offload_optimizer": "cpu", "stage": 2}, "offload_param"),
+        ({"num_machines": 2, "num_processes": 3}, "num_processes"),
+        ({"num_machines": 0}, "num_machines"),
+        ({"zero3_init": True, "stage": 2}, "zero3_init"),
+        ({"gradient_clipping": -1.0}, "gradient_clipping"),
+    ],
+)
+def test_bad_config_values_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as err:
+        route.AccelerateConfig(**kwargs).validated()
+    assert err.value.field == field and "Fix:" in str(err.value)
+
+
+def test_cli_writes_a_file_accelerate_reads(tmp_path, capsys):
+    out = tmp_path / "a.yaml"
+    flags = ["--stage", "3", "--num-processes", "2", "--mixed-precision", "bf16", "--offload-optimizer", "cpu"]
+    assert cli_main(["accelerate", "config", *flags, "--offload-param", "cpu", "--out", str(out)]) == 0
+    loaded = route.load_with_accelerate(out)
+    assert loaded.deepspeed_config["zero_stage"] == 3 and loaded.deepspeed_config["offload_param_device"] == "cpu"
+    assert cli_main(["accelerate", "config", *flags, "--out", str(out)]) == 2  # refuses to overwrite
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--stage", "5", "--num-processes", "2", "--mixed-precision", "bf16"], "--stage"),
+        (["--stage", "2", "--num-processes", "2", "--mixed-precision", "bf32"], "--mixed-precision"),
+        (["--stage", "2", "--num-processes", "2", "--mixed-precision", "no", "--offload-param", "cpu"],
+         "--offload-param"),
+        (["--stage", "2", "--num-processes", "3", "--mixed-precision", "no", "--num-machines", "2"], "--num-processes"),
+        (["--stage", "1", "--num-processes", "2", "--mixed-precision", "no", "--offload-optimizer", "gpu"],
+         "--offload-optimizer"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_bad_values_with_the_flag_and_writes_nothing(flags, named, tmp_path, capsys):
+    out = tmp_path / "a.yaml"
+    assert cli_main(["accelerate", "config", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"labkit: error: {named}:") and "Fix:" in err and not out.exists()
+
+
+# --------------------------------------------------------------------------------------- the DeepSpeed-active check
+def _fake_accelerator(kind: str, processes: int):
+    return types.SimpleNamespace(distributed_type=f"DistributedType.{kind}", num_processes=processes)
+
+
+def test_check_refuses_a_model_that_is_not_a_deepspeed_engine():
+    import torch
+
+    ddp_like = torch.nn.Linear(2, 2)
+    with pytest.raises(accelerate_train.DeepSpeedNotActive, match="not a DeepSpeedEngine.*ACCELERATE_USE_CPU"):
+        accelerate_train.check_deepspeed_active(_fake_accelerator("MULTI_CPU", 2), ddp_like, 2, 2, 2)
+
+
+def test_check_refuses_a_wrong_stage_or_world_size(monkeypatch):
+    import deepspeed
+
+    class Engine(deepspeed.DeepSpeedEngine):
+        def __init__(self, stage):  # no real engine: only what the check reads
+            self.stage = stage
+
+        def zero_optimization_stage(self):
+            return self.stage
+
+    acc = _fake_accelerator("DEEPSPEED", 2)
+    assert accelerate_train.check_deepspeed_active(acc, Engine(3), 3, 2, 2)["zero_stage"] == 3
+    with pytest.raises(accelerate_train.DeepSpeedNotActive, match="ZeRO stage 1, the config asked for 3"):
+        accelerate_train.check_deepspeed_active(acc, Engine(1), 3, 2, 2)
+    with pytest.raises(accelerate_train.DeepSpeedNotActive, match="2 accelerate processes, a world of 1, 2 configured"):
+        accelerate_train.check_deepspeed_active(acc, Engine(3), 3, 2, 1)
+
+
+def test_bad_plan_values_fail_before_anything_is_launched(monkeypatch, tmp_path):
+    def no_launch(*a, **k):
+        raise AssertionError("launched despite bad input")
+
+    monkeypatch.setattr(launch, "run_command", no_launch)
+    cases = [({"steps": 0}, "steps"), ({"hidden": 96}, "hidden"), ({"lr": 0.0}, "lr"), ({"device": "tpu"}, "device")]
+    cases.append(({"config": route.AccelerateConfig(mixed_precision="fp16")}, "mixed_precision"))  # CPU ranks
+    for kwargs, field in cases:
+        plan = route.TrainPlan(**({"config": route.AccelerateConfig(), "device": "cpu"} | kwargs), run_dir=tmp_path)
+        with pytest.raises(ConfigError) as err:
+            route.run_training(plan)
+        assert err.value.field == field
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------- real launches
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stages_train_on_two_cpu_ranks_through_accelerate_launch(stage, tmp_path):
+    plan = route.TrainPlan(route.AccelerateConfig(stage=stage, num_processes=2), tmp_path, device="cpu", steps=12)
+    report = route.run_training(plan)
+    assert report["command"][:2] == ["accelerate", "launch"] and "--config_file" in report["command"]
+    ranks = report["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert r["check"] == {"engine": "DeepSpeedEngine", "distributed_type": "DEEPSPEED", "num_processes": 2,
+                              "world_size": 2, "zero_stage": stage}  # fmt: skip
+        assert len(r["losses"]) == 12 and r["losses"][-1] < 0.5 * r["losses"][0]
+        assert r["generated"] == r["expected"], "the trained model continues the count"
+        counted = r["memory"]["step"]["device"]
+        # ZeRO partitions: from stage 1 each rank holds half the Adam moments (2 x fp32 = 8 bytes per parameter) and
+        # half the fp32 master weights. (This model's tensors are all under ZeRO-3's persistence threshold, so
+        # stage 3 keeps its bf16 parameters whole on every rank: the test does not expect them halved.)
+        assert counted["optimizer_states"] == pytest.approx(8 * r["params"] / 2, rel=0.02)
+        assert counted["master_params"] == pytest.approx(4 * r["params"] / 2, rel=0.02)
+        zero_optimizer = "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer"
+        assert r["optimizer_class"] == zero_optimizer
+    assert wait_for_no_kit_processes() == []
+
+
+@pytest.mark.slow
+def test_a_run_that_falls_back_without_deepspeed_fails_with_one_clear_line(tmp_path):
+    plan = route.TrainPlan(route.AccelerateConfig(stage=2), tmp_path, device="cpu", steps=2,
+                           extra_env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    with pytest.raises(LaunchError) as err:
+        route.run_training(plan)
+    line = str(err.value)
+    assert "\n" not in line and "DeepSpeed is not active" in line and "DistributedDataParallel" in line
+    assert "ACCELERATE_USE_CPU=1" in line
+    assert wait_for_no_kit_processes() == []
+
+
+@pytest.mark.slow
+def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
+    """`accelerate launch --deepspeed_hostfile /etc/mpi/hostfile --deepspeed_multinode_launcher openmpi` exec'd in a
+    local job's launcher, as in the cluster's launcher pod."""
+    from labkit.jobs import LocalBackend
+    from labkit.manifests import JobSpec
+
+    backend = LocalBackend(root=tmp_path / "jobs")
+    plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2), tmp_path / "run",
+                           device="cpu", steps=4)  # fmt: skip
+    argv = route.job_command(plan, port=launch.free_port())
+    assert "/etc/mpi/hostfile" in argv
+    seen: list[str] = []
+    with backend.submit(JobSpec(name="accelerate", workers=2, slots_per_worker=1)) as job:
+        job.wait_ready(20)
+        assert job.exec(argv, on_output=seen.append, timeout=300) == 0
+    # Both ranks in one world: with accelerate's default `--num_gpus N/machines` DeepSpeed would start 1 rank here
+    # (and refuse the flag on a real multi-host hostfile); the config's empty exclusion filter avoids it.
+    assert "LABKIT_PROGRESS step=4" in "".join(seen)
+    ranks = route.read_report(tmp_path / "run", plan, 0.0, argv)["ranks"]
+    assert [r["check"]["world_size"] for r in ranks] == [2, 2] and all(r["check"]["zero_stage"] == 2 for r in ranks)
+    assert wait_for_no_kit_processes() == []
+
+
+# ------------------------------------------------------------------------------------------------------ notebook 06
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"offload_param": "cpu"}, "offload_param"),
+        ({"num_machines": 2}, "num_machines"),
+        ({"num_processes": -1}, "num_processes"),
+        ({"dynamo_backend": "inductor"}, "dynamo_backend"),
+        ({"device": "tpu"}, "device"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_notebook_parameters_fail_with_the_parameter_named(params, field, tmp_path):
+    from labkit.chapters import accelerate as chapter
+
+    answers = {"num_machines": 1, "num_processes": 0, "zero_stage": 2, "mixed_precision": "bf16", "device": "cpu",
+               "offload_optimizer": "none", "offload_param": "none", "dynamo_backend": "no", "steps": 5}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        chapter.plan_run(**(answers | params), run_dir=tmp_path)
+    assert err.value.field == field
+    assert not list(tmp_path.iterdir())
+
+
+def test_stage_advice_is_checked_against_the_fit_numbers():
+    from labkit.chapters import accelerate as chapter
+
+    small = chapter.stage_advice(7 * 10**9, "bf16", "H100", 8)  # 14 GB of weights fit one H100: the rule says 2
+    assert small["rule_stage"] == 2 and small["holds"] and small["best"] == "ZeRO-1"
+    big = chapter.stage_advice(70 * 10**9, "bf16", "H100", 8)  # 140 GB do not: 3, and even ZeRO-3 needs offload
+    assert big["rule_stage"] == 3 and not big["holds"] and big["best"] == "ZeRO-3 + CPU optimizer"
+    rows = chapter.fit_rows(70 * 10**9, "bf16", "H100")
+    assert [r["config"] for r in rows][:3] == ["ZeRO-0", "ZeRO-1", "ZeRO-2"]
+    assert rows[4]["N=8"].endswith("no") and rows[5]["N=8"].endswith("fits")  # ZeRO-3 vs ZeRO-3 + CPU optimizer
+
+
+@pytest.mark.slow
+def test_notebook_06_trains_through_accelerate_and_answers_from_its_run(executed_notebook):
+    from labkit import results
+
+    got = results.read(executed_notebook("06_accelerate_and_planning"))
+    run = got["run"]
+    assert run["engine"] == "DeepSpeedEngine" and run["stage"] == 3 and run["world_size"] == 2
+    assert run["loss_last"] < run["loss_first"] and run["generated_right"] == run["generated"]
+    assert [m["rank"] for m in got["memory"]] == [0, 1] and all(m["model states"] > 0 for m in got["memory"])
+    assert got["plan"]["advice"]["rule_stage"] == 2
