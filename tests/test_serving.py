@@ -133,7 +133,7 @@ def ranks_gone(service: local.LocalService, pids: dict[int, int], within: float)
 @pytest.mark.slow
 def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
     rng = random.Random(7)
-    service = start(max_batch=16)
+    service = start(max_batch=16, heartbeat_s=20.0)  # no heartbeat between the two pings below
     try:
         pids = service.rank_pids()
         assert sorted(pids) == [0, 1]
@@ -144,6 +144,7 @@ def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
         for rows, got in zip(batches, answers):
             assert_close(got, models.reference_outputs("regressor", rows))
 
+        status, before = service.client.healthz(deep=True)
         bad = [
             b"{not json",
             b'{"inputs": [[1, 2, 3]]}',
@@ -157,6 +158,10 @@ def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
             assert status == 422 and answer["detail"], (body, status, answer)
         status, health = service.client.healthz(deep=True)
         assert status == 200 and health["ranks_answered"] == 2 and health["mode"] == "tp"
+        steps = [r["steps"] for r in health["ranks"]]
+        assert steps[0] == steps[1] == before["ranks"][0]["steps"] + 1, "a bad request reached the ranks"
+        whole = sum(p.numel() for p in models.build("regressor")[0].parameters())
+        assert [r["params"] for r in health["ranks"]][0] == health["ranks"][1]["params"] < whole * 0.6
         assert_close(service.client.predict(batches[0]), models.reference_outputs("regressor", batches[0]))
 
         start_stop = time.monotonic()
@@ -245,7 +250,7 @@ def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
         rows = [[1.0] * 10]
         assert_close(client.predict(rows), models.reference_outputs("regressor", rows))
         cli.send_signal(signal.SIGTERM)
-        assert cli.wait(20) == 0, "".join(lines)
+        assert cli.wait(45) == 0, "".join(lines)
         reader.join(5)
         assert "every rank exited 0" in "".join(lines)
     finally:

@@ -198,9 +198,9 @@ class LocalService:
         self._join_reader()
         return code
 
-    def shutdown(self, timeout: float = 10.0) -> int:
-        """POST /shutdown (every rank leaves its loop and exits 0) and wait for the launcher; stop_tree if it
-        overstays. The launcher's exit code."""
+    def shutdown(self, timeout: float = 30.0) -> int:
+        """POST /shutdown (every rank leaves its loop and exits 0) and wait for the launcher (which exits a few
+        seconds after its ranks); stop_tree if it overstays `timeout`. The launcher's exit code."""
         if self.running:
             try:
                 self.client.request("POST", "/shutdown")

@@ -9,8 +9,9 @@ never join a tensor-parallel forward pass, and one dead rank hung the service. H
 - Every collective step goes through ONE single-worker executor on rank 0: steps never interleave (two broadcasts in
   flight at once would pair one request's header with another's payload on the other ranks).
 - A step is a header broadcast (op, rows, row length), then the op: PREDICT (the rows broadcast, every rank computes;
-  tp: the whole batch through split layers, replicas: a share of the rows each, gathered), PING (an all-reduce every
-  rank must answer: `/healthz?deep=1` and the heartbeat), STOP (every rank leaves its loop and exits 0).
+  tp: the whole batch through split layers, replicas: a share of the rows each, gathered), PING (an all-gather every
+  rank must answer with its parameter count and steps taken: `/healthz?deep=1` and the heartbeat), STOP (every rank
+  leaves its loop and exits 0).
 - Rank 0 pings when idle for `heartbeat_s` (shorter than the group's timeout, so an idle rank's broadcast never times
   out); a watchdog answers 503 and ends rank 0 with exit code 1 when a step outlives `step_timeout_s` or fails (a
   lost rank); a worker that hears nothing for longer than the collective timeout exits 1 too. A thread stuck in a
@@ -70,6 +71,8 @@ class Ranks:
 
         self.device = get_accelerator().current_device_name()
         self.engine = self._load()
+        self.params = sum(p.numel() for p in self.engine.module.parameters())  # this rank's share
+        self.steps = 0  # collective steps this rank took part in (the same on every rank, by construction)
 
     def _load(self):
         import deepspeed
@@ -91,10 +94,12 @@ class Ranks:
             header.copy_(torch.tensor([op, *shape]))
         dist.broadcast(header, 0)
         op, n, length = header.tolist()
-        if op == PING:
-            alive = torch.ones(1, device=self.device)
-            dist.all_reduce(alive)
-            return int(alive.item())
+        self.steps += 1
+        if op == PING:  # [{"rank", "params", "steps"}] of every rank
+            mine = torch.tensor([self.params, self.steps], dtype=torch.long, device=self.device)
+            every = [torch.empty_like(mine) for _ in range(self.world)]
+            dist.all_gather(every, mine)
+            return [{"rank": r, "params": int(t[0]), "steps": int(t[1])} for r, t in enumerate(every)]
         if op != PREDICT:
             return None
         dtype = torch.float32 if self.info.kind == "float" else torch.long
@@ -235,8 +240,8 @@ class Rank0:
             return
         if future.exception() is not None:
             self.failed(future.exception())
-        elif future.result() != self.ranks.world:
-            self.lost(f"{future.result()} of {self.ranks.world} ranks answered a ping")
+        elif len(future.result()) != self.ranks.world:
+            self.lost(f"{len(future.result())} of {self.ranks.world} ranks answered a ping")
 
     def stop_ranks(self) -> bool:
         """Broadcast STOP (after whatever is queued); True when every rank got it."""
@@ -269,13 +274,14 @@ class Rank0:
                 return answer(200, status="ok", **facts)
             start = time.perf_counter()
             try:
-                answered = await step(PING)
+                ranks = await step(PING)
             except Unavailable as exc:
                 return answer(503, status="unavailable", detail=str(exc), **facts)
-            if answered != self.ranks.world:
-                return answer(503, status="unavailable", detail=self.lost(f"{answered} ranks answered a ping"), **facts)
+            if len(ranks) != self.ranks.world:
+                detail = self.lost(f"{len(ranks)} ranks answered a ping")
+                return answer(503, status="unavailable", detail=detail, **facts)
             ping_ms = (time.perf_counter() - start) * 1e3
-            return answer(200, status="ok", ranks_answered=answered, ping_ms=ping_ms, **facts)
+            return answer(200, status="ok", ranks_answered=len(ranks), ranks=ranks, ping_ms=ping_ms, **facts)
 
         @app.post("/predict")
         async def predict(request: Request):
