@@ -21,10 +21,8 @@ from labkit import launch
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, LaunchError, check_int
 from labkit.procs import descendants, stop_tree
-from labkit.serving.config import ServeConfig
+from labkit.serving.config import SERVE_MODULE, ServeConfig
 from labkit.serving.service import READY_TAG
-
-SERVE_MODULE = "labkit.ranks.serve"  # what every rank runs
 
 
 class ServeError(LabkitError):
