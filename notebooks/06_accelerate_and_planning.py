@@ -190,3 +190,26 @@ display(Markdown(
     f"{tabular.format_bytes(mem['buffers'])} of DeepSpeed buffers: {chapter.buffer_note(mem)}\n"
     f"- For {model_params} in {plan_dtype} on {plan_devices} x {device_type}, the guide's ZeRO-{advice['rule_stage']} "
     f"{'fits' if advice['holds'] else 'does not fit'}; the fastest variant that fits is {advice['best'] or 'none'}."))
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **The run "works" but DeepSpeed was never used** (steps slow, no ZeRO). *Cause:* `--cpu` or
+#   `ACCELERATE_USE_CPU=1` make accelerate fall back to plain DDP or one process, exit code 0. *Fix:* the kit's
+#   training script checks after `prepare` that the model is a `DeepSpeedEngine` at the requested stage and stops with
+#   one line otherwise ([accelerate#96](https://github.com/huggingface/accelerate/issues/96)).
+# - **`When using deepspeed_config_file, the following accelerate config variables will be ignored`**, or
+#   **`gradient_accumulation_steps cannot be set to 'auto'`**. *Fix:* define each value in one file, integers rather
+#   than "auto" in a custom loop ([accelerate PR#941](https://github.com/huggingface/accelerate/pull/941)).
+# - **Multi-node with `--deepspeed_multinode_launcher openmpi`: `openmpi backend does not support limiting num
+#   nodes/gpus`.** *Cause:* accelerate adds `--num_gpus`, which DeepSpeed's openmpi runner rejects. *Fix:* the kit's
+#   config sets `deepspeed_exclusion_filter: ''` so accelerate passes `--exclude ""` instead; size the job with the
+#   hostfile's slots ([accelerate#3319](https://github.com/huggingface/accelerate/issues/3319)).
+# - **`num_processes` confusion on several machines.** It is the total over all machines, not per machine
+#   ([accelerate#2521](https://github.com/huggingface/accelerate/issues/2521)).
+# - **OOMKilled loading a large model under ZeRO-3.** Set `zero3_init_flag: true` so weights are partitioned as they
+#   load ([DeepSpeed#1138](https://github.com/deepspeedai/DeepSpeed/issues/1138)).
+#
+# **Docs:** [accelerate + DeepSpeed](https://huggingface.co/docs/accelerate/usage_guides/deepspeed) ·
+# [accelerate launch](https://huggingface.co/docs/accelerate/basic_tutorials/launch) ·
+# [DeepSpeed config JSON](https://www.deepspeed.ai/docs/config-json/).

@@ -1,0 +1,171 @@
+"""Notebook 07, serving from a DeepSpeed job: the requests the chapter sends (one after another, then concurrently),
+their latencies against a single-process reference, the latency figure, the exercise check and the comparison with
+the seed's barrier version."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from labkit.errors import check_int
+from labkit.serving import local, models
+
+
+def sample_rows(info: models.ModelInfo, count: int, rng: random.Random, most: int = 4) -> list[list]:
+    """One request's rows: 1..most rows of the model's input (floats, or token ids of one length)."""
+    n, length = rng.randint(1, most), rng.randint(2, 12)
+    if info.kind == "float":
+        return [[round(rng.uniform(-3, 3), 4) for _ in range(info.features)] for _ in range(n)]
+    return [[rng.randrange(info.vocab) for _ in range(length)] for _ in range(n)]
+
+
+def check_load(requests: int, concurrency: int) -> None:
+    check_int("requests", requests, 2, "send at least 2 requests (half one after another, half concurrently)")
+    check_int("concurrency", concurrency, 1, "pass 1 or more clients sending at once", maximum=64)
+
+
+def send_requests(
+    client: local.HttpClient, model: str, requests: int, concurrency: int, *, seed: int = 0, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Half the requests one after another, the other half from `concurrency` clients at once. One record per
+    request: rows, outputs, latency_ms, concurrent, and the largest difference from the single-process reference."""
+    check_load(requests, concurrency)
+    info, rng = models.model_info(model), random.Random(seed)
+    batches = [sample_rows(info, i, rng) for i in range(requests)]
+    bar = _progress(requests, progress)
+
+    def one(item: tuple[int, list[list]]) -> dict[str, Any]:
+        i, rows = item
+        start = time.perf_counter()
+        outputs = client.predict(rows)
+        record = {"i": i, "rows": len(rows), "latency_ms": (time.perf_counter() - start) * 1e3, "outputs": outputs}
+        bar.update(1)
+        return record | {"concurrent": i >= requests // 2, "input": rows}
+
+    half = requests // 2
+    records = [one(item) for item in enumerate(batches[:half])]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        records += list(pool.map(one, enumerate(batches[half:], start=half)))
+    wall = time.perf_counter() - started
+    bar.close()
+    for r in records:
+        want = models.reference_outputs(model, r["input"])
+        r["max_diff"] = max(abs(a - b) for got, ref in zip(r["outputs"], want) for a, b in zip(got, ref))
+        r["concurrent_wall_s"] = wall
+    return records
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req")
+
+
+class _NoBar:
+    def update(self, _n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between the nearest ranks."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (pos - low)
+
+
+def latency_rows(records: list[dict]) -> list[dict[str, Any]]:
+    """Per phase (one after another | concurrent): requests, p50, p99, mean (ms) and requests/s."""
+    rows = []
+    for concurrent, label in ((False, "one after another"), (True, "concurrent")):
+        part = [r for r in records if r["concurrent"] == concurrent]
+        if not part:
+            continue
+        ms = [r["latency_ms"] for r in part]
+        wall = part[0]["concurrent_wall_s"] if concurrent else sum(ms) / 1e3
+        rows.append(
+            {
+                "phase": label,
+                "requests": len(part),
+                "p50_ms": round(percentile(ms, 50), 2),
+                "p99_ms": round(percentile(ms, 99), 2),
+                "mean_ms": round(statistics.fmean(ms), 2),
+                "requests_per_s": round(len(part) / wall, 1),
+            }
+        )
+    return rows
+
+
+def latency_figure(records: list[dict], title: str):
+    """Histogram of request latencies, one colour per phase, p50 and p99 marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    every = [r["latency_ms"] for r in records]
+    bins = max(8, min(30, len(records) // 2))
+    for concurrent, label, colour in ((False, "one after another", "tab:blue"), (True, "concurrent", "tab:orange")):
+        ms = [r["latency_ms"] for r in records if r["concurrent"] == concurrent]
+        ax.hist(ms, bins=bins, range=(0, max(every) * 1.05), alpha=0.6, label=label, color=colour)
+    for q, style in ((50, "--"), (99, ":")):
+        ax.axvline(percentile(every, q), color="black", linestyle=style, linewidth=1, label=f"p{q} (all)")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("requests")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
+    """The exercise: the learner's parameter count per rank against what every rank reported."""
+    held = ranks[0]["params"]
+    if predicted is None:
+        return f"Set `my_params_per_rank` to your prediction and run this cell again (each rank reported {held:,})."
+    if predicted == held:
+        return f"Right: each rank holds **{held:,}** parameters."
+    return f"Not quite: you predicted {predicted:,}; each rank holds **{held:,}**. Open the solution cell for why."
+
+
+def params_explanation(model: str, mode: str, ranks: list[dict]) -> str:
+    """Why each rank holds what it reported (the solution of the exercise)."""
+    whole = sum(p.numel() for p in models.build(model)[0].parameters())
+    n, held = len(ranks), ranks[0]["params"]
+    if mode == "replicas" or n == 1:
+        return f"Every rank holds the whole model, {whole:,} parameters: nothing is split ({mode}, {n} rank(s))."
+    return (
+        f"The whole model has {whole:,} parameters. Tensor parallelism over {n} ranks splits each split layer's weight "
+        f"(columns of the first, rows of the second) and keeps the rest whole on every rank (a row-parallel layer's "
+        f"bias is added once, after the all-reduce): {held:,} per rank, {held / whole:.0%} of the model."
+    )
+
+
+def seed_comparison(health: dict, config, records: list[dict], bad_status: int) -> list[dict[str, str]]:
+    """The seed's barrier version against this run, row by row, in this run's numbers."""
+    n, steps = health["world_size"], [r["steps"] for r in health["ranks"]]
+    whole = sum(p.numel() for p in models.build(config.model)[0].parameters())
+    same = "the same on every rank" if len(set(steps)) == 1 else f"NOT the same: {steps}"
+    lost = f"503 within {config.step_timeout_s:g} s of a stuck step (at once for a failed one), then exit code 1"
+    worst = max(r["max_diff"] for r in records)
+    rows = [
+        ("ranks in each forward pass", f"1 of {n}: the others wait in dist.barrier() for ever",
+         f"{n} of {n}: {steps[0]} collective steps, {same}"),
+        ("parameters on each rank", f"{whole:,} on rank 0, the others idle",
+         f"{health['ranks'][0]['params']:,} ({config.mode})"),
+        ("a bad request", "reaches the model (a shape error: HTTP 500 at best)",
+         f"HTTP {bad_status} on rank 0, no rank disturbed"),
+        ("a dead rank", "unnoticed (rank 0 never talks to it) or a hang in the next collective",
+         f"a heartbeat every {config.heartbeat_s:g} s; {lost}"),
+        ("stop", "kill: the barrier never returns", "POST /shutdown or SIGTERM: every rank exits 0"),
+        ("answers", "-", f"{len(records)} requests, largest difference from one process {worst:.1e}"),
+    ]  # fmt: skip
+    return [{"question": q, "seed (barrier)": seed, "this service": ours} for q, seed, ours in rows]

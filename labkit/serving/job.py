@@ -1,0 +1,75 @@
+"""The service as a job: the MPIJob launcher's command runs the ranks, and a Service reaches rank 0.
+
+With `deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`, Open MPI fills the hostfile's hosts in order, so
+rank 0 (the HTTP endpoint) runs on worker 0, not on the launcher: the Service selects that one pod by the MPI
+Operator's labels (job-name, job-role=worker, replica-index=0), and a NetworkPolicy lets the lab pod of the same
+namespace reach its port (the kit's default policy denies all other ingress to job pods). On the local backend the
+job's hostfile has one line (`localhost slots=N`), so DeepSpeed launches every rank locally, in the job's own
+process group, and the endpoint is on this machine.
+"""
+
+from __future__ import annotations
+
+from labkit import launch, manifests
+from labkit.jobs.base import CLUSTER_HOSTFILE
+from labkit.serving.config import SERVE_MODULE, ServeConfig
+
+JOB_LABELS = ("training.kubeflow.org/job-name", "training.kubeflow.org/job-role", "training.kubeflow.org/replica-index")
+
+
+def serve_command(config: ServeConfig, *, one_host: bool, master_port: int | None = None) -> list[str]:
+    """What the launcher runs: DeepSpeed over the operator's hostfile, every rank `python -m labkit.ranks.serve`."""
+    ranks = ["--module", SERVE_MODULE, *config.argv()]
+    if one_host:  # one hostfile line: DeepSpeed starts the ranks here (no ssh, no mpirun)
+        deepspeed = launch.deepspeed_executable()
+        deepspeed = ["deepspeed"] if len(deepspeed) == 1 else deepspeed  # the job's PATH finds this one first
+        port = ["--master_port", str(master_port or launch.free_port())]
+        return [*deepspeed, "--hostfile", CLUSTER_HOSTFILE, *port, "--log_level", "error", *ranks]
+    ssh = ["--ssh_port", str(manifests.SSH_PORT), "--launcher_args", f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'"]
+    return ["deepspeed", "--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi", *ssh, *ranks]
+
+
+def job_spec(config: ServeConfig, *, one_host: bool, **spec) -> manifests.JobSpec:
+    """A JobSpec whose launcher runs the service (validated: ConfigError before anything is submitted). `spec`:
+    JobSpec fields (name, namespace, workers, slots_per_worker, accelerator, deadline_seconds...)."""
+    spec.setdefault("name", "deepspeed-serve")
+    job = manifests.JobSpec(launcher_command=serve_command(config, one_host=one_host), **spec)
+    job.validate()
+    config.validate(job.workers * (job.slots_per_worker or 1))
+    return job
+
+
+def rank0_selector(job_name: str) -> dict[str, str]:
+    """The labels of the pod where rank 0 runs: worker 0 of the job."""
+    return dict(zip(JOB_LABELS, (job_name, "worker", "0")))
+
+
+def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
+    """The Service (ClusterIP, `<job>-serve:<port>`) and the NetworkPolicy that open rank 0's endpoint to the lab
+    pod of the same namespace, validated as the cluster would check them."""
+    meta = {"namespace": spec.namespace, "labels": {"app.kubernetes.io/part-of": "labkit"}}
+    port = {"name": "http", "port": config.port, "targetPort": config.port, "protocol": "TCP"}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{spec.name}-serve", **meta},
+        "spec": {"type": "ClusterIP", "selector": rank0_selector(spec.name), "ports": [port]},
+    }
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{spec.name}-serve", **meta},
+        "spec": {
+            "podSelector": {"matchLabels": rank0_selector(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [{"port": config.port, "protocol": "TCP"}],
+                    "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}],
+                }
+            ],
+        },
+    }
+    objects = [service, policy]
+    manifests.validate_objects(objects)
+    return objects

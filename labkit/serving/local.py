@@ -1,0 +1,242 @@
+"""A service on this machine, and an HTTP client for any service: what `labkit serve`, notebook 07, the tests and the
+benchmark use.
+
+`LocalService` starts the ranks through the DeepSpeed launcher in a session of its own (SIGTERM to the launcher
+alone leaves ranks running), waits until rank 0 answers `/healthz`, and on every exit path stops the whole process
+tree: gracefully first (`POST /shutdown`: every rank exits 0), then `procs.stop_tree`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from labkit import launch
+from labkit.devices import auto_ranks, check_ranks_fit, pick_device
+from labkit.errors import ConfigError, LabkitError, LaunchError, check_int
+from labkit.procs import descendants, stop_tree
+from labkit.serving.config import SERVE_MODULE, ServeConfig
+from labkit.serving.service import READY_TAG
+
+
+class ServeError(LabkitError):
+    """A request the service answered with an error status (the status and the service's own words)."""
+
+    def __init__(self, status: int, detail: str):
+        self.status, self.detail = status, detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+def plan(world_size: int = 0, device: str = "auto", **options) -> tuple[ServeConfig, int, str]:
+    """(validated config, ranks, why that many) for a local service; ConfigError before anything starts.
+    world_size 0: automatic (one rank per GPU, else 2 CPU ranks); port 0: a free one."""
+    check_int("world_size", world_size, 0, "pass 0 (automatic) or 1 or more ranks")
+    picked = pick_device(device)
+    if world_size:
+        ranks, why = check_ranks_fit("world_size", world_size, picked), "as requested"
+    else:
+        ranks, picked, why = auto_ranks(device)
+    port = options.pop("port", 0)
+    check_int("port", port, 0, "pass a TCP port in 1..65535, or 0 for a free one", maximum=65535)
+    config = ServeConfig(device=picked, port=port or launch.free_port(), **options).validate(ranks)
+    if port:
+        check_port_free(config.host, port)
+    return config, ranks, why
+
+
+class HttpClient:
+    """JSON over HTTP/1.1 with one keep-alive connection per thread (concurrent callers do not share one)."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        parts = urlsplit(url)
+        self.url, self.host, self.port, self.timeout = url, parts.hostname, parts.port or 80, timeout
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body=None, *, raw: bytes | None = None) -> tuple[int, dict]:
+        """(status, JSON body); a dropped keep-alive connection is retried once on a fresh one."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                text = response.read()
+                return response.status, _json_or_text(text)
+            except (ConnectionError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt == 2 or isinstance(exc, ConnectionRefusedError):
+                    raise
+        raise AssertionError("unreachable")
+
+    def predict(self, rows: list[list]) -> list[list[float]]:
+        status, body = self.request("POST", "/predict", {"inputs": rows})
+        if status != 200:
+            raise ServeError(status, body.get("detail", str(body)))
+        return body["outputs"]
+
+    def healthz(self, deep: bool = False) -> tuple[int, dict]:
+        return self.request("GET", "/healthz?deep=1" if deep else "/healthz")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _json_or_text(text: bytes) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {"detail": text.decode(errors="replace")[:500]}
+    return value if isinstance(value, dict) else {"detail": value}
+
+
+class LocalService:
+    """The ranks of one service on this machine. `with LocalService(config, ranks).start() as svc:` stops them all."""
+
+    def __init__(self, config: ServeConfig, world_size: int, *, on_output: Callable[[str], None] | None = None):
+        self.config, self.world_size, self.on_output = config.validate(world_size), world_size, on_output
+        args = {"args": config.argv(), "world_size": world_size, "device": config.device}
+        self.spec = launch.LaunchSpec(module=SERVE_MODULE, **args)
+        self.proc: subprocess.Popen | None = None
+        self.chunks: list[str] = []
+        self.ready: dict | None = None
+        self.url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
+        self.client = HttpClient(self.url)
+        self._reader: threading.Thread | None = None
+
+    @property
+    def command(self) -> list[str]:
+        """The launcher's argv as a user types it."""
+        return launch.shown_command(launch.build_command(self.spec, master_port=self._port))
+
+    def start(self) -> LocalService:
+        self.spec.validate()
+        self._port = launch.free_port()
+        argv = launch.build_command(self.spec, master_port=self._port)
+        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self._port)}
+        env = launch.kit_env(extra, world_size=self.world_size, device=self.config.device)
+        popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
+        self.proc = subprocess.Popen(argv, env=env, start_new_session=True, bufsize=1, **popen)
+        self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
+        self._reader.start()
+        return self
+
+    _port = 0
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.chunks.append(line)
+            if line.startswith(READY_TAG):
+                self.ready = json.loads(line[len(READY_TAG) :])
+            if self.on_output:
+                self.on_output(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rank_pids(self) -> dict[int, int]:
+        """{rank: pid} of the rank processes running now (the launcher passes each its --local_rank)."""
+        found = {}
+        for pid in descendants(self.proc.pid) if self.proc else []:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if SERVE_MODULE in argv:
+                found.update({int(a.split("=", 1)[1]): pid for a in argv if a.startswith("--local_rank=")})
+        return found
+
+    def failure(self) -> str:
+        """One line on why the ranks ended (the failing rank and its error)."""
+        return launch.describe_failure(self.output, self.proc.returncode if self.proc else None)
+
+    def wait_ready(self, timeout: float = 180.0) -> dict:
+        """Block until rank 0 answers /healthz (every rank has loaded its part); LaunchError if the ranks end first,
+        TimeoutError (after stopping them) if that takes longer than `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.running:
+                self._join_reader()
+                why = f"the service ended before it was ready: {self.failure()}"
+                raise LaunchError(why, output=self.output[-8000:])
+            if self.ready is not None:
+                try:
+                    status, body = self.client.healthz()
+                except OSError:
+                    status, body = 0, {}
+                if status == 200:
+                    return body
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"the service was not ready after {timeout:.0f} s (every rank stopped)")
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The launcher's exit code (0: every rank exited 0); TimeoutError after `timeout` seconds."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the service still runs after {timeout:g} s") from None
+        self._join_reader()
+        return code
+
+    def shutdown(self, timeout: float = 30.0) -> int:
+        """POST /shutdown (every rank leaves its loop and exits 0) and wait for the launcher (which exits a few
+        seconds after its ranks); stop_tree if it overstays `timeout`. The launcher's exit code."""
+        if self.running:
+            try:
+                self.client.request("POST", "/shutdown")
+            except OSError:
+                pass  # already going: the wait below decides
+            try:
+                return self.wait(timeout)
+            except TimeoutError:
+                self.stop()
+        return self.proc.returncode if self.proc else 0
+
+    def stop(self) -> None:
+        """Stop every process of the service now (the launcher's group and every descendant)."""
+        if self.proc is not None:
+            stop_tree(self.proc)
+            self._join_reader()
+        self.client.close()
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> LocalService:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.shutdown()
+        finally:
+            self.stop()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError now when something already listens on the port (before ranks spend their start-up)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError("port", f"{host}:{port} is not free ({exc.strerror})", "pass another --port") from None

@@ -1,0 +1,189 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,jupyter,-all
+#     notebook_metadata_filter: kernelspec,labkit,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+#   labkit:
+#     cell_id_prefix: serve
+#     test_parameters:
+#       requests: 20
+#       concurrency: 4
+# ---
+
+# %% [markdown]
+# # 07 · Serving from a DeepSpeed job: every rank in every forward pass
+#
+# **Objectives.** In this chapter you serve a model from a DeepSpeed job the right way: every rank holds its part of the model (`deepspeed.init_inference` with tensor parallelism) and joins every forward pass, rank 0 answers HTTP; you send requests (some concurrently), read their latencies, see a bad request refused with 422 and stop every rank cleanly.
+#
+# **Prerequisites.** Chapters 00-02; a little HTTP (a POST with a JSON body).
+#
+# **Time** at the defaults: about 20 s on a 2-core CPU machine, most of it the ranks' start-up (90 s measured under heavy load; one H200: not measured yet; docs/benchmarks.md).
+#
+# **Contents:** What the seed gets wrong · Check the inputs · Start, ask, stop · Were the answers right? · Latency · How much of the model does a rank hold? · The seed's barrier version against this run · What this run showed.
+#
+# ## What the seed gets wrong
+# One of the kit's seeds serves a model from a DeepSpeed job like this: FastAPI on rank 0, and every other rank calls
+# `dist.barrier()` for ever. It answers requests, so it looks fine, but:
+#
+# - the other ranks never compute: they cannot join a **tensor-parallel** forward pass, so the model must fit on rank 0
+#   alone and the job's other GPUs idle;
+# - rank 0 never talks to them again: a **dead rank** goes unnoticed (or, once anything collective runs, hangs the
+#   service for ever, since a barrier has no timeout);
+# - `uvicorn.run` sits under `if __name__ == "__main__"` inside the rank-0 branch: started as a module it never serves;
+# - nothing stops it but a kill: the barrier never returns.
+#
+# `labkit serve` (and this chapter) do it differently: rank 0 checks each request **before** anything is broadcast
+# (bad JSON, shape, type, NaN, batch too large: HTTP 422, the other ranks never see it), then sends it through **one**
+# single-worker executor (two broadcasts in flight at once would pair one request's header with another's payload),
+# every rank computes, rank 0 replies. A heartbeat pings every rank when idle, a watchdog answers 503 and ends the job
+# when a rank is lost, and `POST /shutdown` or SIGTERM stops every rank with exit code 0.
+
+# %% tags=["parameters"]
+world_size: int = 0  # ranks; 0 for automatic: one per GPU, else 2 CPU ranks
+device: str = "auto"  # where ranks run: auto (cuda if present, else cpu) | cpu | cuda
+model: str = "regressor"  # regressor (the seed's shape: 10 floats in, 1 out) | transformer (token ids in, logits out)
+mode: str = "tp"  # tp: split layers over every rank | replicas: a whole copy per rank, each computes a share of the rows
+requests: int = 60  # requests to send: half one after another, half concurrently
+concurrency: int = 4  # clients sending at once in the concurrent half
+max_batch: int = 16  # most rows per request the service accepts (more: HTTP 422)
+
+# %% [markdown]
+# ## Check the inputs
+# Every parameter is checked before any rank starts: a mistake (a world size the model cannot be split over, a busy
+# port, an unknown mode) stops here with one message naming it and the fix.
+
+# %%
+# %matplotlib inline
+from IPython.display import HTML, Markdown, display
+
+from labkit import results, tabular
+from labkit.chapters import serving as chapter
+from labkit.serving import local
+
+config, ranks, why = local.plan(world_size, device, model=model, mode=mode, max_batch=max_batch)
+chapter.check_load(requests, concurrency)
+service = local.LocalService(config, ranks)
+print(f"{ranks} x {config.device} rank(s) ({why}); model {model}: {config.info.about}; mode {mode}")
+print("launch:", tabular.short_paths(" ".join(service.command)))
+
+# %% [markdown]
+# ## Start, ask, stop
+# One cell, so that every rank is stopped in `finally` whatever happens (an error, or you pressing stop): start the
+# ranks, wait until rank 0 answers `/healthz`, ask every rank to answer a ping (`/healthz?deep=1`), send the requests,
+# send one bad request, and shut down with `POST /shutdown`.
+
+# %%
+try:
+    service.start()
+    ready = service.wait_ready(timeout=300)
+    before = service.client.healthz(deep=True)[1]
+    records = chapter.send_requests(service.client, model, requests, concurrency)
+    bad_status, bad_answer = service.client.request("POST", "/predict", {"inputs": [[1.0, 2.0, 3.0]]})
+    health_status, health = service.client.healthz(deep=True)
+finally:
+    exit_code = service.shutdown()  # every rank leaves its loop; the launcher's 0 means every rank exited 0
+    service.stop()  # and nothing may be left running, whatever happened above
+print(f"{len(records)} answers; the bad request got HTTP {bad_status}: {bad_answer['detail']}")
+print(f"after it: /healthz?deep=1 -> HTTP {health_status}, {health['ranks_answered']} of {ranks} ranks answered")
+print(f"shutdown: the launcher exited with code {exit_code}" + (f" ({service.failure()})" if exit_code else ""))
+
+# %% [markdown]
+# ## Were the answers right?
+# Each answer is compared with what one process computes with the whole model (the same seeded weights). Split layers
+# add their partial sums in a different order, so tiny float differences (around 1e-7) are expected; anything larger
+# would be a bug.
+
+# %%
+worst = max(r["max_diff"] for r in records)
+results.record("serving", {"model": model, "mode": mode, "world_size": ranks, "device": config.device,
+                           "requests": len(records), "max_diff": worst, "bad_status": bad_status,
+                           "health_after_bad": health_status, "exit_code": exit_code, "ranks": health["ranks"]})
+HTML(tabular.html_table([{"request": r["i"], "rows": r["rows"], "concurrent": r["concurrent"],
+                          "first output": f"{r['outputs'][0][0]:.5f}", "largest difference": f"{r['max_diff']:.1e}"}
+                         for r in records[:: max(1, len(records) // 8)]],
+                        ["request", "rows", "concurrent", "first output", "largest difference"], status_column=None))
+
+# %% [markdown]
+# ## Latency
+# Every request's time from send to answer. Concurrent requests wait their turn in rank 0's single executor (that is
+# the price of keeping the broadcasts in order), so their latency grows while the requests per second stay about the
+# same.
+
+# %%
+latency = chapter.latency_rows(records)
+results.record("latency", latency)
+display(chapter.latency_figure(records, f"{model}, {mode}, {ranks} x {config.device}: request latency"))
+HTML(tabular.html_table(latency, list(latency[0]), status_column=None))
+
+# %% [markdown]
+# ## How much of the model does a rank hold?
+# The deep health check asked every rank for its number of parameters and of collective steps.
+#
+# ### Exercise: predict before you look
+# The regressor is `Linear(10, 256) -> ReLU -> Linear(256, 1)` (weights and biases). With `mode="tp"` over 2 ranks,
+# AutoTP splits the first layer's 256 outputs and the second layer's 256 inputs; the second layer's single bias is
+# kept whole (it is added once, after the all-reduce). How many parameters does each rank hold? Write it below; the
+# next cell checks it against what the ranks reported. (The solution cell is collapsed: click its bar to open it.)
+
+# %% tags=["exercise"]
+my_params_per_rank = None  # your prediction: parameters per rank, e.g. 1234
+
+# %% tags=["exercise"]
+display(Markdown(chapter.check_params_prediction(health["ranks"], my_params_per_rank)))
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# First layer: 10 x 128 weights + 128 biases per rank; second: 1 x 128 weights + 1 bias (whole) per rank.
+display(Markdown(chapter.params_explanation(model, mode, health["ranks"])))
+
+# %% [markdown]
+# ## The seed's barrier version against this run
+
+# %%
+comparison = chapter.seed_comparison(health, config, records, bad_status)
+HTML(tabular.html_table(comparison, list(comparison[0]), status_column=None))
+
+# %% [markdown]
+# ## What this run showed
+
+# %%
+seq, conc = latency[0], latency[-1]
+steps = [r["steps"] for r in health["ranks"]]
+display(Markdown(
+    f"- {ranks} {config.device} rank(s) served `{model}` ({mode}); every rank took part in all {steps[0]} collective "
+    f"steps ({'the same count on every rank' if len(set(steps)) == 1 else f'NOT equal: {steps}'}), each holding "
+    f"{health['ranks'][0]['params']:,} parameters.\n"
+    f"- {len(records)} answers matched one process's to within {worst:.1e}.\n"
+    f"- One after another: p50 {seq['p50_ms']} ms, p99 {seq['p99_ms']} ms ({seq['requests_per_s']} requests/s); "
+    f"{concurrency} clients at once: p50 {conc['p50_ms']} ms, p99 {conc['p99_ms']} ms "
+    f"({conc['requests_per_s']} requests/s).\n"
+    f"- A malformed request got HTTP {bad_status} from rank 0 and the service stayed healthy "
+    f"(deep health check: HTTP {health_status}).\n"
+    f"- `POST /shutdown` stopped every rank: the launcher's exit code was {exit_code}"
+    f"{' (every rank exited 0)' if exit_code == 0 else f': {service.failure()}'}."))
+
+# %% [markdown]
+# ## Troubleshooting
+#
+# - **The service hangs after one rank died** (the seed's version). *Cause:* the other ranks wait in
+#   `dist.barrier()` or a broadcast for ever. *Fix:* every rank in every step, with a per-step watchdog: labkit answers
+#   503 and ends the job with a non-zero code.
+# - **Garbled answers under concurrent requests.** *Cause:* two request handlers broadcasting at once interleave the
+#   collective protocol. *Fix:* one single-worker executor for every collective step (what `labkit.serving` does).
+# - **`Address already in use`** when starting `labkit serve`. *Cause:* an earlier service still holds the port.
+#   *Fix:* `POST /shutdown` to it, or pick another `--port`.
+# - **HTTP 422 for a request you think is right.** Rank 0 checks shape, type, NaN and batch size before anything is
+#   broadcast; the response body names the field.
+# - **In a cluster the Service answers nothing.** *Cause:* with `deepspeed --hostfile`, rank 0 runs on worker 0, not on
+#   the launcher. *Fix:* select the worker-0 pod (the kit's rendered Service does) and allow it in the NetworkPolicy.
+#
+# **Docs:** [DeepSpeed inference](https://www.deepspeed.ai/tutorials/inference-tutorial/) ·
+# [FastAPI](https://fastapi.tiangolo.com/) · [uvicorn](https://www.uvicorn.org/) ·
+# [Kubernetes Services](https://kubernetes.io/docs/concepts/services-networking/service/).

@@ -1,0 +1,259 @@
+"""labkit serve: every rank in every forward pass, answers equal to one process's, bad requests refused on rank 0,
+a lost rank answered with 503 and the job ended, and every rank stopped (exit 0) by /shutdown or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kit_testing import kit_processes, wait_for_no_kit_processes, wait_until
+
+from labkit import launch, procs
+from labkit.errors import ConfigError
+from labkit.serving import local, models
+from labkit.serving.config import ServeConfig
+from labkit.serving.models import BadRequest, check_inputs
+
+REGRESSOR, TRANSFORMER = models.MODELS["regressor"], models.MODELS["transformer"]
+
+
+def rows_for(info, n: int, rng: random.Random, length: int = 8) -> list[list]:
+    if info.kind == "float":
+        return [[rng.uniform(-3, 3) for _ in range(info.features)] for _ in range(n)]
+    return [[rng.randrange(info.vocab) for _ in range(length)] for _ in range(n)]
+
+
+def assert_close(got: list[list[float]], want: list[list[float]], tol: float = 1e-4) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert len(g) == len(w) and max(abs(a - b) for a, b in zip(g, w)) <= tol, (g[:4], w[:4])
+
+
+# ------------------------------------------------------------------------------------------------ no ranks needed
+def test_config_round_trips_through_rank_flags():
+    config = ServeConfig(model="transformer", mode="replicas", port=1234, max_batch=7, heartbeat_s=1.5)
+    assert ServeConfig.from_argv([*config.argv(), "--local_rank=1"]) == config
+
+
+@pytest.mark.parametrize(
+    "field,kwargs,world",
+    [
+        ("mode", {"mode": "pipeline"}, 2),
+        ("model", {"model": "gpt-5"}, 2),
+        ("world_size", {"mode": "tp"}, 3),  # 256 does not split in chunks of 64 over 3 ranks
+        ("heartbeat_s", {"heartbeat_s": 30.0, "collective_timeout_s": 30.0}, 2),
+        ("step_timeout_s", {"step_timeout_s": 40.0}, 2),
+        ("port", {"port": 70000}, 2),
+        ("host", {"host": ""}, 2),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(field, kwargs, world):
+    with pytest.raises(ConfigError) as err:
+        ServeConfig(**kwargs).validate(world)
+    assert err.value.field == field and "Fix:" in str(err.value)
+
+
+def test_replicas_take_any_world_size():
+    ServeConfig(mode="replicas").validate(3)
+
+
+@pytest.mark.parametrize(
+    "info,inputs,words",
+    [
+        (REGRESSOR, [], "non-empty list"),
+        (REGRESSOR, {"a": 1}, "non-empty list"),
+        (REGRESSOR, [[1.0] * 9], "has 9 values"),
+        (REGRESSOR, [[1.0] * 10, "x"], "inputs[1] must be a list"),
+        (REGRESSOR, [[1.0] * 9 + ["1"]], "must be a number"),
+        (REGRESSOR, [[1.0] * 9 + [True]], "must be a number"),
+        (REGRESSOR, [[1.0] * 9 + [float("nan")]], "finite"),
+        (REGRESSOR, [[1.0] * 9 + [float("inf")]], "finite"),
+        (REGRESSOR, [[1.0] * 9 + [1e39]], "finite"),
+        (REGRESSOR, [[1.0] * 10] * 5, "larger than the service's limit of 4"),
+        (TRANSFORMER, [[1, 2], [1, 2, 3]], "every row the same length"),
+        (TRANSFORMER, [[1] * 33], "1..32 token ids"),
+        (TRANSFORMER, [[1, 256]], "token id in 0..255"),
+        (TRANSFORMER, [[1, 2.0]], "token id"),
+    ],
+)
+def test_bad_inputs_are_named(info, inputs, words):
+    with pytest.raises(BadRequest) as err:
+        check_inputs(info, inputs, max_batch=4)
+    assert words in str(err.value)
+
+
+def test_good_inputs_pass():
+    assert check_inputs(REGRESSOR, [[0] * 10, [1.5] * 10], 4)
+    assert check_inputs(TRANSFORMER, [[0, 255], [3, 4]], 4)
+
+
+def test_plan_refuses_a_port_in_use_before_starting():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError) as err:
+            local.plan(2, "cpu", port=s.getsockname()[1])
+    assert err.value.field == "port"
+
+
+def test_cli_dry_run_prints_the_launch_command(capsys):
+    from labkit.cli import main
+
+    assert main(["serve", "--world-size", "2", "--device", "cpu", "--port", "0", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 x cpu rank(s)" in out and "--num_gpus 2" in out and "labkit.ranks.serve" in out
+    assert main(["serve", "--world-size", "3", "--device", "cpu", "--port", "0", "--dry-run"]) == 2
+    assert "--mode replicas" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ real ranks
+def start(model: str = "regressor", mode: str = "tp", **options) -> local.LocalService:
+    config, ranks, _ = local.plan(2, "cpu", model=model, mode=mode, **options)
+    service = local.LocalService(config, ranks).start()
+    try:
+        service.wait_ready(240)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def ranks_gone(service: local.LocalService, pids: dict[int, int], within: float) -> bool:
+    return wait_until(lambda: not any(procs.alive(p) for p in pids.values()), within, 0.05)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
+    rng = random.Random(7)
+    service = start(max_batch=16, heartbeat_s=20.0)  # no heartbeat between the two pings below
+    try:
+        pids = service.rank_pids()
+        assert sorted(pids) == [0, 1]
+        batches = [rows_for(REGRESSOR, rng.randint(1, 8), rng) for _ in range(50)]
+        answers = [service.client.predict(rows) for rows in batches[:20]]  # one after another
+        with ThreadPoolExecutor(8) as pool:  # and 30 at once: the single executor keeps the broadcasts in order
+            answers += list(pool.map(service.client.predict, batches[20:]))
+        for rows, got in zip(batches, answers):
+            assert_close(got, models.reference_outputs("regressor", rows))
+
+        status, before = service.client.healthz(deep=True)
+        bad = [
+            b"{not json",
+            b'{"inputs": [[1, 2, 3]]}',
+            b'{"inputs": [[1, 2, 3, 4, 5, 6, 7, 8, 9, "ten"]]}',
+            b'{"inputs": [[NaN, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}',
+            b'{"rows": []}',
+            ('{"inputs": [' + ",".join(["[1,2,3,4,5,6,7,8,9,10]"] * 17) + "]}").encode(),
+        ]
+        for body in bad:
+            status, answer = service.client.request("POST", "/predict", raw=body)
+            assert status == 422 and answer["detail"], (body, status, answer)
+        status, health = service.client.healthz(deep=True)
+        assert status == 200 and health["ranks_answered"] == 2 and health["mode"] == "tp"
+        steps = [r["steps"] for r in health["ranks"]]
+        assert steps[0] == steps[1] == before["ranks"][0]["steps"] + 1, "a bad request reached the ranks"
+        whole = sum(p.numel() for p in models.build("regressor")[0].parameters())
+        assert [r["params"] for r in health["ranks"]][0] == health["ranks"][1]["params"] < whole * 0.6
+        assert_close(service.client.predict(batches[0]), models.reference_outputs("regressor", batches[0]))
+
+        start_stop = time.monotonic()
+        status, answer = service.client.request("POST", "/shutdown")
+        assert status == 200 and answer["ranks_stopped"] is True
+        assert ranks_gone(service, pids, 10.0), "a rank still runs 10 s after /shutdown"
+        assert time.monotonic() - start_stop < 10.5
+        assert service.wait(30) == 0, service.output[-3000:]  # the launcher's 0: every rank exited 0
+        assert launch.RANK_ERROR_TAG not in service.output
+    finally:
+        service.stop()
+    assert not wait_for_no_kit_processes(), kit_processes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,mode", [("transformer", "tp"), ("regressor", "replicas")])
+def test_other_models_and_modes_match_and_sigterm_to_rank0_stops_every_rank(model, mode):
+    rng, info = random.Random(3), models.MODELS[model]
+    service = start(model, mode)
+    try:
+        batches = [rows_for(info, n, rng, length=5) for n in (1, 2, 3, 5)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(service.client.predict, batches))
+        for rows, got in zip(batches, answers):
+            assert_close(got, models.reference_outputs(model, rows))
+        pids = service.rank_pids()
+        os.kill(pids[0], signal.SIGTERM)  # what a pod's shutdown sends: rank 0 stops the others
+        assert ranks_gone(service, pids, 10.0)
+        assert service.wait(30) == 0, service.output[-3000:]
+    finally:
+        service.stop()
+    assert not wait_for_no_kit_processes(), kit_processes()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_gives_503_and_the_job_ends():
+    service = start(heartbeat_s=1.0, step_timeout_s=5.0, collective_timeout_s=10.0)
+    statuses: list[tuple[float, int, str]] = []
+    halt = threading.Event()
+
+    def hammer() -> None:
+        client = local.HttpClient(service.url, timeout=20)
+        while not halt.is_set():
+            try:
+                status, body = client.request("POST", "/predict", {"inputs": [[0.5] * 10]})
+            except OSError:
+                status, body = -1, {}
+            statuses.append((time.monotonic(), status, body.get("detail", "")))
+            if status == -1:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: sum(s == 200 for _, s, _ in statuses) >= 20, 30)
+        killed_at = time.monotonic()
+        os.kill(service.rank_pids()[1], signal.SIGKILL)
+        code = service.wait(30)  # TimeoutError if the job outlives 30 s
+        assert code != 0 and time.monotonic() - killed_at < 30
+        halt.set()
+        for t in threads:
+            t.join(25)
+        after = [(s, d) for at, s, d in statuses if at > killed_at]
+        assert any(s == 503 and "rank is lost" in d for s, d in after), after[:10]
+        assert all(s in (200, 503, -1) for s, _ in after), after  # never a wrong answer, never a hang
+        assert "rank is lost" in service.failure() or "rank 1" in service.failure()
+    finally:
+        halt.set()
+        service.stop()
+    assert not wait_for_no_kit_processes(), kit_processes()
+
+
+@pytest.mark.slow
+def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
+    port = launch.free_port()
+    argv = [sys.executable, "-m", "labkit", "serve", "--world-size", "2", "--device", "cpu", "--port", str(port)]
+    env = launch.kit_env()
+    cli = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any(line.startswith("serving http") for line in lines), 240), "".join(lines)
+        client = local.HttpClient(f"http://127.0.0.1:{port}")
+        rows = [[1.0] * 10]
+        assert_close(client.predict(rows), models.reference_outputs("regressor", rows))
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(45) == 0, "".join(lines)
+        reader.join(5)
+        assert "every rank exited 0" in "".join(lines)
+    finally:
+        if cli.poll() is None:
+            procs.stop_tree(cli)
+    assert not wait_for_no_kit_processes(), kit_processes()

@@ -1,0 +1,75 @@
+"""The service as a job: the launcher's command (local and cluster), the Service that reaches rank 0 on worker 0,
+and a real local job that serves and ends Succeeded after /shutdown."""
+
+from __future__ import annotations
+
+import pytest
+from kit_testing import fake_cluster, kit_processes, wait_for_no_kit_processes, wait_until
+
+from labkit import launch, manifests
+from labkit.errors import ConfigError
+from labkit.jobs import LocalBackend
+from labkit.serving import job, local, models
+from labkit.serving.config import ServeConfig
+
+
+def test_cluster_command_runs_every_rank_through_openmpi_over_the_hostfile():
+    config = ServeConfig(host="0.0.0.0", port=8000)
+    argv = job.serve_command(config, one_host=False)
+    line = " ".join(argv)
+    assert argv[:3] == ["deepspeed", "--hostfile", "/etc/mpi/hostfile"] and "--force_multi --launcher openmpi" in line
+    assert f"--ssh_port {manifests.SSH_PORT}" in line and "--module labkit.ranks.serve" in line
+    assert ServeConfig.from_argv(argv[argv.index("labkit.ranks.serve") + 1 :]) == config
+
+
+def test_job_spec_is_validated_before_submitting():
+    with pytest.raises(ConfigError) as err:  # 3 ranks cannot split the regressor tensor-parallel
+        job.job_spec(ServeConfig(), one_host=False, workers=3, slots_per_worker=1)
+    assert err.value.field == "world_size"
+    with pytest.raises(ConfigError) as err:
+        job.job_spec(ServeConfig(), one_host=False, name="Bad_Name")
+    assert err.value.field == "name"
+
+
+def test_service_selects_worker_0_where_rank_0_runs_on_the_fake_cluster():
+    config = ServeConfig(host="0.0.0.0", port=8000)
+    spec = job.job_spec(config, one_host=False, name="serve-demo", workers=2, slots_per_worker=1)
+    service, policy = job.render_service(spec, config)  # validated against Kubernetes' schemas
+    assert service["spec"]["ports"][0]["targetPort"] == 8000 and service["metadata"]["name"] == "serve-demo-serve"
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    mpijob = next(o for o in manifests.render_all(spec) if o["kind"] == "MPIJob")
+    assert mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"] == (
+        spec.launcher_command
+    )
+    with fake_cluster(ready_delay=0.2) as (_api, backend):
+        submitted = backend.submit(spec)
+        submitted.wait_ready(timeout=20)
+        selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+        pods = backend._core().list_namespaced_pod(spec.namespace, label_selector=selector).items
+        assert [p.metadata.name for p in pods] == ["serve-demo-worker-0"]  # one pod: rank 0's, not the launcher
+        submitted.delete()
+
+
+@pytest.mark.slow
+def test_local_job_serves_and_ends_succeeded_after_shutdown(tmp_path):
+    config = ServeConfig(port=launch.free_port())
+    spec = job.job_spec(config, one_host=True, name="serve-test", workers=1, slots_per_worker=2)
+    backend = LocalBackend(root=tmp_path / "jobs")
+    client = local.HttpClient(f"http://127.0.0.1:{config.port}")
+
+    def healthy() -> bool:
+        try:
+            return client.healthz()[0] == 200
+        except OSError:
+            return False
+
+    with backend.submit(spec) as served:
+        served.wait_ready(60)
+        assert wait_until(healthy, 240, 0.2), served.logs()[-3000:]
+        rows = [[0.25 * i for i in range(10)], [-1.0] * 10]
+        got, want = client.predict(rows), models.reference_outputs("regressor", rows)
+        assert all(abs(a[0] - b[0]) < 1e-5 for a, b in zip(got, want))
+        assert client.request("POST", "/shutdown")[0] == 200
+        assert wait_until(lambda: served.status().phase != "Running", 30, 0.2)
+        assert served.status().phase == "Succeeded", served.logs()[-3000:]
+    assert not wait_for_no_kit_processes(), kit_processes()
