@@ -480,7 +480,10 @@ def test_one_automatic_rank_policy_for_every_chapter_and_the_local_backend(
 
 
 def test_the_machine_line_names_the_cpu_and_the_gpus_the_tools_list(monkeypatch, tmp_path):
-    assert devices.machine_summary().endswith("; no GPU or Gaudi")  # this machine (CI has no GPU)
+    here, accelerated = devices.machine_summary(), devices.cuda_status()[0] or devices.hpu_status()[0]
+    assert here.endswith("; no GPU or Gaudi") != accelerated  # this machine: CI has no GPU, the GPU machine has one
+    if devices.cuda_status()[0]:
+        assert f"{devices.device_count('cuda')} x " in here and "(cuda)" in here
     fake_nvidia_smi(monkeypatch, tmp_path, DATA / "nvidia-smi-8xh100.csv")
     line = devices.machine_summary()
     assert "usable core(s)" in line and "8 x NVIDIA H100 80GB HBM3 (cuda)" in line

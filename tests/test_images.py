@@ -406,8 +406,14 @@ def test_entrypoint_makes_each_pod_its_own_sshd_host_key(tmp_path):
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho sshd-ran\n")
     fake.chmod(0o755)
+    if not shutil.which("ssh-keygen"):  # the images have it (openssh); a bare test machine may not: stand in for it
+        keygen = fake.parent / "ssh-keygen"
+        writes = 'echo "-----BEGIN OPENSSH PRIVATE KEY-----" > "$f"; : > "$f.pub"'
+        keygen.write_text(f"#!/bin/sh\nfor a; do f=$a; done\n{writes}\n")  # -f PATH comes last
+        keygen.chmod(0o755)
     keydir = tmp_path / "sshd-keys"
     env = dict(os.environ, LABKIT_HOSTFILE=str(tmp_path / "absent"), LABKIT_SSHD_KEY_DIR=str(keydir))
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
 
     def start(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(ENTRYPOINT), *command], capture_output=True, text=True, env=env, timeout=60)
