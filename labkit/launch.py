@@ -155,6 +155,8 @@ def shown_command(argv: list[str]) -> list[str]:
     runner = deepspeed_executable()
     if argv[: len(runner)] == runner:
         return ["deepspeed", *argv[len(runner) :]]
+    if argv[1:3] == ["-m", "deepspeed.launcher.runner"]:  # any python's runner (a machine without the script)
+        return ["deepspeed", *argv[3:]]
     return [Path(argv[0]).name, *argv[1:]]
 
 
@@ -399,8 +401,9 @@ def shutdown_distributed(in_step: bool = True) -> None:
     gc.collect()
     dist, comm = sys.modules.get("torch.distributed"), sys.modules.get("deepspeed.comm.comm")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        if in_step:
-            dist.barrier()  # no peer is still sending when the groups go
+        if in_step:  # no peer is still sending when the groups go (NCCL: on this rank's device, or torch warns)
+            nccl = dist.get_backend() == "nccl"
+            dist.barrier(**({"device_ids": [sys.modules["torch"].cuda.current_device()]} if nccl else {}))
         # through DeepSpeed when it made the groups: it also releases the references its group caches hold
         (comm.destroy_process_group if comm is not None and comm.cdb is not None else dist.destroy_process_group)()
     if comm is not None:

@@ -78,8 +78,6 @@ no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.
 
 # %%
 # %matplotlib inline
-import shlex
-
 from IPython.display import Markdown, display
 
 from labkit import results
@@ -93,6 +91,7 @@ from labkit.chapters.interactive import (
     parse_metrics,
     parse_train_command,
     plan_interactive_job,
+    shown_line,
     summarize_training,
     training_command,
 )
@@ -184,7 +183,7 @@ print(plan.equivalents("shell"))
 again_command = ""  # e.g. "python -c 'import torch; print(torch.__version__)'"; empty: the training with 5 steps
 again_argv = parse_train_command(again_command) if again_command.strip() else training_command(plan.backend, steps=5)
 again = job.run(again_argv, on_output=None)
-print(f"$ {shlex.join(again_argv)}\nexit code {again.returncode} after {again.duration_s:.1f} s; the job still lives: "
+print(f"$ {shown_line(again_argv)}\nexit code {again.returncode} after {again.duration_s:.1f} s; the job still lives: "
       f"{job.status().phase}")
 
 # %% [markdown]

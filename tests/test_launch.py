@@ -230,3 +230,18 @@ def test_commands_are_shown_with_the_launcher_by_name(monkeypatch):
         "x",
     ]
     assert launch.shown_command(["/usr/bin/mpirun", "-n", "2"]) == ["mpirun", "-n", "2"]
+
+
+def test_the_interactive_chapter_shows_deepspeed_by_name_on_a_machine_without_its_script(monkeypatch, tmp_path):
+    """The GPU machine has no `deepspeed` script beside python: 03 printed `/opt/torch/.venv/bin/python3 -m
+    deepspeed.launcher.runner ...` (an internal path). The learner's line is `deepspeed ...` there too."""
+    from labkit.chapters import interactive
+
+    monkeypatch.setattr(
+        launch, "deepspeed_executable", lambda python=sys.executable: [python, "-m", "deepspeed.launcher.runner"]
+    )
+    plan = interactive.plan_interactive_job(device="cpu", workers=2, jobs_dir=str(tmp_path))
+    assert plan.train_argv[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]  # what runs
+    assert plan.command_line.startswith("deepspeed --hostfile /etc/mpi/hostfile")  # what the learner reads
+    assert sys.prefix not in plan.describe() + plan.equivalents("shell")
+    assert interactive.shown_line(["/usr/bin/python3", "-m", "deepspeed.launcher.runner", "-h"]) == "deepspeed -h"

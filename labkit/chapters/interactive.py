@@ -47,6 +47,11 @@ def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[s
     return [*deepspeed, *line, "--launcher_args", shlex.join(launch.local_mpi_args()), *rank_script]
 
 
+def shown_line(argv: list[str]) -> str:
+    """A command as the learner types it: `deepspeed ...`, not this machine's `/path/python -m deepspeed...`."""
+    return shlex.join(launch.shown_command(argv))
+
+
 def parse_train_command(text: str) -> list[str]:
     """A notebook's `train_command` string as argv (shell-style quoting)."""
     try:
@@ -99,7 +104,7 @@ class InteractivePlan:
 
     @property
     def command_line(self) -> str:
-        return shlex.join(self.train_argv)
+        return shown_line(self.train_argv)
 
     def manifest_yaml(self, kind: str | None = "MPIJob") -> str:
         return manifests.to_yaml([o for o in self.objects if kind is None or o["kind"] == kind])
