@@ -40,3 +40,19 @@ def test_answers_follow_the_machine_and_the_papers_16_bytes(monkeypatch):
     monkeypatch.setattr(devices, "hpu_status", lambda: (False, "hidden"))
     ranks, device, why = exercises.automatic_ranks_answer()
     assert (ranks, device) == (2, "cpu") and "no GPU here" in why
+
+
+def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
+    from labkit.chapters import accelerate, serving
+
+    ranks = [{"params": 1537}, {"params": 1537}]
+    assert "1,537" not in serving.check_params_prediction(ranks, None)
+    assert "**right**" in serving.check_params_prediction(ranks, 1537)
+    assert "**not yet**" in serving.check_params_prediction(ranks, 3073)
+    report = {
+        "ranks": [{"memory": {"step": {"device": {"optimizer_states": 1_378_820}}}, "params": 344_704, "world_size": 2}]
+    }
+    assert "1,378" not in accelerate.check_moments_prediction(report, None)
+    right = accelerate.check_moments_prediction(report, 1_378_816)
+    assert "**right**" in right and "8 bytes x 344,704 parameters / 2 rank(s) = 1,378,816" in right
+    assert "**not yet**" in accelerate.check_moments_prediction(report, 2 * 1_378_816)

@@ -407,7 +407,8 @@ def test_the_zero3_exercise_checks_a_prediction_against_the_papers_formula():
 
     params = 21_000_000  # 16 bytes per parameter / 4 ranks = 84.0 MB
     assert "set `my_zero3_mb`" in check_zero3_prediction(params, "bf16", None)
-    assert "84.0 MB (+0%): **right**" in check_zero3_prediction(params, "bf16", 84.0)
+    assert "the answer: 84 MB: **right**" in check_zero3_prediction(params, "bf16", 84.0)
+    assert "84" not in check_zero3_prediction(params, "bf16", None)  # no answer before a prediction
     assert "**right**" in check_zero3_prediction(params, "bf16", 86.0)  # within 5%
     wrong = check_zero3_prediction(params, "bf16", 336.0)  # 16 bytes per parameter, forgetting N
     assert "not yet" in wrong and "16Ψ/N" in wrong

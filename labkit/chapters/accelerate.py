@@ -7,6 +7,7 @@ from pathlib import Path
 
 from labkit import memory, sizing
 from labkit.accelerate_route import DTYPE_OF, QUESTIONS, AccelerateConfig, TrainPlan
+from labkit.chapters import exercises
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, check_choice, check_int
 from labkit.tabular import format_bytes
@@ -119,12 +120,12 @@ def check_moments_prediction(report: dict, prediction: int | None) -> str:
     """The exercise: Adam's two fp32 moments per rank (8 bytes x parameters / ranks from ZeRO stage 1 on)."""
     r = report["ranks"][0]
     measured = r["memory"]["step"]["device"]["optimizer_states"]
+    line = exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05)
     if prediction is None:
-        return "**Exercise:** set `my_moments_bytes` to your prediction and run the cell again."
-    right = abs(prediction - measured) <= 0.05 * measured
-    why = (f"rank 0 counted {measured:,} bytes of Adam moments: 8 bytes x {r['params']:,} parameters / "
-           f"{r['world_size']} rank(s) = {8 * r['params'] // r['world_size']:,}")  # fmt: skip
-    return f"Your prediction: {prediction:,}; {why}: **{'right' if right else 'not yet'}** (within 5%)."
+        return line
+    why = (f"rank 0 counted them; 8 bytes x {r['params']:,} parameters / {r['world_size']} rank(s) = "
+           f"{8 * r['params'] // r['world_size']:,} (within 5% counts)")  # fmt: skip
+    return f"{line} {why}."
 
 
 def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
 from labkit.tabular import format_bytes
@@ -84,12 +85,9 @@ def check_min_devices_prediction(calc: dict, device: str, prediction: int | None
     """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
     before the calculator prints it (`calc`: sizing.training_fit's result)."""
     answer = calc["min_world_size"]
+    line = exercises.verdict(prediction, answer or 0, name="my_min_devices")  # 0: no number of devices fits
     if prediction is None:
-        return "**Exercise:** set `my_min_devices` to your prediction and run the cell again."
+        return line
     if answer is None:
-        right = prediction <= 0
-        why = "no number of devices fits: stage 0 keeps every model state on every rank"
-    else:
-        right = prediction == answer
-        why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits"
-    return f"Your prediction: {prediction}; {why}: **{'right' if right else 'not yet'}**."
+        return f"{line} No number of devices fits: stage 0 keeps every model state on every rank."
+    return f"{line} {answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."

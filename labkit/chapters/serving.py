@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.serving import local, models
 
@@ -128,12 +129,8 @@ def latency_figure(records: list[dict], title: str):
 
 def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
     """The exercise: the learner's parameter count per rank against what every rank reported."""
-    held = ranks[0]["params"]
-    if predicted is None:
-        return f"Set `my_params_per_rank` to your prediction and run this cell again (each rank reported {held:,})."
-    if predicted == held:
-        return f"Right: each rank holds **{held:,}** parameters."
-    return f"Not quite: you predicted {predicted:,}; each rank holds **{held:,}**. Open the solution cell for why."
+    line = exercises.verdict(predicted, ranks[0]["params"], name="my_params_per_rank")
+    return line if predicted is None else f"{line} (parameters per rank; the solution cell says why)"
 
 
 def params_explanation(model: str, mode: str, ranks: list[dict]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from labkit.chapters import exercises
 from labkit.tabular import format_bytes
 from labkit.zero import ONE_RANK_NOTE
 
@@ -74,18 +75,11 @@ def check_zero3_prediction(params: int, dtype: str, prediction_mb: float | None,
     from labkit.memory import paper_model_states
 
     truth = paper_model_states(params, 3, world_size, dtype)
-    answer = truth["total"] / 1e6
+    answer = round(truth["total"] / 1e6, 1)
+    line = exercises.verdict(prediction_mb, answer, name="my_zero3_mb", unit=" MB", rel_tol=0.05)
     if prediction_mb is None:
-        return (
-            f"**Exercise:** set `my_zero3_mb` above to your prediction for {world_size} ranks (in MB) and run the cell "
-            "again. Hint: the table of predictions shows the formula."
-        )
-    error = prediction_mb / answer - 1
-    verdict = "right" if abs(error) <= 0.05 else "not yet: look at how the paper's formula depends on N"
-    return (
-        f"Your prediction: {prediction_mb:,.1f} MB per rank; the paper's {truth['formula']} for {params:,} parameters "
-        f"at N = {world_size}: {answer:,.1f} MB ({error:+.0%}): **{verdict}**."
-    )
+        return f"{line} Hint: the table of predictions shows the formula; this exercise asks for {world_size} ranks."
+    return f"{line} The paper's {truth['formula']} for {params:,} parameters at N = {world_size}."
 
 
 def one_device_rows(report: dict, reference: dict, rank: int = 0) -> list[dict]:
