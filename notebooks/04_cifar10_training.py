@@ -149,12 +149,12 @@ records, summary = run["records"], run["summary"]
 # ## Curves
 #
 # Loss per logged step (dotted lines: epoch ends), accuracy per epoch against chance, and throughput per epoch. Is the
-# first epoch slower? On a GPU it pays for cuDNN autotuning and memory-pool growth; the sentence under the figure says
-# what this run measured.
+# first epoch slower? On a GPU it pays for cuDNN autotuning and memory-pool growth. Does the loss step down at each
+# epoch start? The sentences under the figure say what this run measured.
 
 # %%
 display(training_curves_figure(records))
-Markdown(cifar.first_epoch_note(cifar.summarize(records)))
+Markdown(cifar.first_epoch_note(cifar.summarize(records)) + " " + cifar.epoch_edge_note(records))
 
 # %%
 rows = cifar.epochs_table(records)

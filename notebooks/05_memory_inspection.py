@@ -141,13 +141,18 @@ else:
     ref_report = zero.run_plan(reference)
     results.record("one_device", {"device": ref_report["device"],
                                   "rows": zero_stages.one_device_rows(report, ref_report, rank)})
-    display(Markdown(zero_stages.one_device_note(report, ref_report)))
+    display(Markdown(zero_stages.one_device_note(report, ref_report) + " " + zero_stages.headroom_note(ref_report)))
     print(ref_report["configs"][0]["memory_summary"] or "")
 
 # %% [markdown]
 # ## Do I need multiple GPUs?
 # The calculator applies labkit's DeepSpeed model (the model's shapes unknown: one flat tensor) to the calculator
 # parameters, multiplies by a head-room factor for activations and buffers, and compares with the device's memory.
+# The factor, 1.25, is an assumption (a common rule of thumb, `labkit.sizing.TRAINING_HEADROOM`), not a measurement:
+# this chapter's ZeRO-3 run on one H200 (20M parameters, micro-batch 2 x 16 tokens: hardly any activations) peaked at
+# 1.70x its model states (558,331 KiB allocated against 336.48 MB; docs/benchmarks.md), so DeepSpeed's buffers and the
+# step's temporaries alone can exceed it for a small model. On a 1-GPU machine the section above prints this run's own
+# ratio.
 # Change the parameters (or use the widgets below in JupyterLab) to try other sizes.
 #
 # ### Exercise: predict before the calculator answers

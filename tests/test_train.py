@@ -505,3 +505,16 @@ def test_short_loss_windows_at_epoch_edges_log_their_own_mean():
     for edge in (5, 6):
         assert pairs[edge] == pytest.approx(every[edge], abs=1e-4)
     assert pairs[8] == pytest.approx((every[7] + every[8]) / 2, abs=1e-4)
+
+
+def test_the_epoch_edge_sentence_follows_the_runs_losses():
+    def steps(losses_by_epoch):
+        return [{"kind": "step", "epoch": e + 1, "loss": x} for e, xs in enumerate(losses_by_epoch) for x in xs]
+
+    sawtooth = cifar.epoch_edge_note(steps([[2.0, 1.0], [0.6, 0.55], [0.3, 0.3]]))
+    assert (
+        sawtooth.startswith("A saw-tooth")
+        and "over 2 epoch edge(s) the loss went down by 43% on average, against a typical 8%" in sawtooth
+    )
+    assert cifar.epoch_edge_note(steps([[2.0, 1.0], [0.98, 0.9]])).startswith("No saw-tooth")
+    assert "no epoch edge" in cifar.epoch_edge_note(steps([[2.0, 1.0]]))

@@ -412,3 +412,11 @@ def test_the_zero3_exercise_checks_a_prediction_against_the_papers_formula():
     assert "**right**" in check_zero3_prediction(params, "bf16", 86.0)  # within 5%
     wrong = check_zero3_prediction(params, "bf16", 336.0)  # 16 bytes per parameter, forgetting N
     assert "not yet" in wrong and "16Ψ/N" in wrong
+
+
+def test_the_headroom_note_compares_the_allocator_peak_with_the_calculators_assumption():
+    config = _config("ZeRO-3", 3, 336_480_000, 336_480_000)
+    note = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [571_730_944]}]})
+    assert "1.70x the 336.48 MB of model states: above the calculator's assumed 1.25x" in note
+    cpu = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [None]}]})
+    assert "No allocator peak" in cpu

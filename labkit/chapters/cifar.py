@@ -204,3 +204,25 @@ def printer(stream=sys.stdout) -> Callable[[str], None]:
             stream.flush()
 
     return echo
+
+
+def epoch_edge_note(records: list[dict]) -> str:
+    """Does the logged loss step down where an epoch starts (a saw-tooth)? Computed from the run's step records: the
+    first reading of each epoch against the last one before it, compared with the typical step-to-step change inside
+    an epoch (a loss that merely keeps falling is no saw-tooth)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    pairs = list(zip(steps, steps[1:]))
+    change = lambda a, b: 1 - b["loss"] / a["loss"] if a["loss"] else 0.0  # noqa: E731
+    edges = [change(a, b) for a, b in pairs if b["epoch"] == a["epoch"] + 1]
+    inside = sorted(change(a, b) for a, b in pairs if b["epoch"] == a["epoch"])
+    if not edges:
+        return "One epoch: no epoch edge to look at."
+    mean, typical = sum(edges) / len(edges), inside[len(inside) // 2] if inside else 0.0
+    where = (f"over {len(edges)} epoch edge(s) the loss went {'down' if mean > 0 else 'up'} by {abs(mean):.0%} on "
+             f"average, against a typical {typical:.0%} from one reading to the next inside an epoch")  # fmt: skip
+    if mean > max(0.05, 2 * typical):
+        return (
+            f"A saw-tooth: {where}. The network meets again images it trained on an epoch ago: a small data set is "
+            "partly memorised (more images, or stronger augmentation, flatten it)."
+        )
+    return f"No saw-tooth to speak of: {where}."
