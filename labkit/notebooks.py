@@ -51,6 +51,7 @@ class NotebookRun:
     failed_cell: int | None = None
     results: dict[str, Any] = field(default_factory=dict)
     noise: list[str] = field(default_factory=list)  # output_problems(): what a learner should not have to read
+    finding: str = ""  # the first sentence of the chapter's "What this run showed", as the run wrote it
 
     @property
     def passed(self) -> bool:
@@ -196,6 +197,7 @@ def run_notebook(
     if output.exists():
         run.results = results.read(output)
         run.noise = output_problems(output)
+        run.finding = closing_finding(output)
         try:
             nb = nbformat.read(output, as_version=4)
             for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
@@ -263,7 +265,7 @@ div.failed{{color:#b00}}</style></head>
 <body><h1>labkit run {name}</h1>
 <p>Machine: {machine}.</p>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>results recorded</th>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>what it found</th>
 <th>error</th><th>output noise</th><th>expectations</th><th>in JupyterLab (make e2e)</th></tr>
 {rows}
 </table></body></html>
@@ -317,7 +319,8 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
             if shot.is_file()
             else ""
         )
-        cells = (links, r.status, f"{r.duration_s:.1f} s", params, len(r.results), error, noise, expect, picture)
+        found = html.escape(r.finding) or f"<i>{len(r.results)} result(s) recorded</i>"
+        cells = (links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     machine = html.escape(_machine())
@@ -368,6 +371,27 @@ NOISE = (
     ("a Python traceback", "Traceback (most recent call last)"),
 )
 MAX_OUTPUT_LINES = 150  # a longer single output is a dump, not a lesson
+
+
+CLOSING_HEADING = "## What this run showed"
+
+
+def closing_finding(path: str | Path, limit: int = 300) -> str:
+    """The first sentence of what the closing cell (the code cell after the "What this run showed" heading) displayed,
+    Markdown emphasis removed: the report's one-line finding for the notebook. '' when the cell did not run."""
+    cells = json.loads(Path(path).read_text())["cells"]
+    heading = next((i for i, c in enumerate(cells) if "".join(c["source"]).startswith(CLOSING_HEADING)), None)
+    code = next((c for c in cells[heading + 1 :] if c["cell_type"] == "code"), None) if heading is not None else None
+    for out in (code or {}).get("outputs", []):
+        data = out.get("data", {})
+        text = data.get("text/markdown") or out.get("text") or data.get("text/plain") or ""
+        text = ("".join(text) if isinstance(text, list) else text).replace("**", "").replace("`", "")
+        text = " ".join(text.lstrip("- ").split())
+        if text:
+            end = text.find(". ")
+            sentence = text if end < 0 else text[: end + 1]
+            return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
+    return ""
 
 
 def output_problems(path: str | Path) -> list[str]:

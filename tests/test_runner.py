@@ -157,3 +157,24 @@ def test_the_report_shows_the_latest_browser_screenshots(good, tmp_path, capsys)
     assert '<img src="screenshots/good.png"' in (tmp_path / "r" / "index.html").read_text()
     assert (tmp_path / "r" / "screenshots" / "good.png").is_file()
     assert main(["run", str(good), "--screenshots", str(tmp_path / "none")]) == 2  # refused before anything runs
+
+
+def test_the_report_gives_each_notebook_its_one_line_finding(tmp_path):
+    """Issue 13: the report said "results recorded: 3"; it now says what the chapter's closing cell found."""
+    nb = nbformat.v4.new_notebook()
+    closing = nbformat.v4.new_code_cell("Markdown(...)")
+    closing.outputs = [
+        nbformat.v4.new_output(
+            "execute_result", {"text/markdown": "- On **2** ranks `ZeRO-3` held 84 MB. More detail follows here."}
+        )
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("## What this run showed"), closing]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert notebooks.closing_finding(path) == "On 2 ranks ZeRO-3 held 84 MB."
+    run = notebooks.NotebookRun(name="x", source=str(path), status="passed", finding="On 2 ranks ZeRO-3 held 84 MB.")
+    page = notebooks.write_report(tmp_path, [run]).read_text()
+    assert "<th>what it found</th>" in page and "On 2 ranks ZeRO-3 held 84 MB." in page
+    nb.cells = nb.cells[:1]  # the closing cell never ran (a failure earlier)
+    nbformat.write(nb, path)
+    assert notebooks.closing_finding(path) == ""
