@@ -267,8 +267,6 @@ def run(
 ) -> LaunchResult:
     """Run `spec` to completion. Raises LaunchError (one line naming the failing rank) if check and it fails."""
     spec.validate()
-    if timeout is not None and timeout <= 0:
-        raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     tmpdir = Path(tempfile.mkdtemp(prefix="labkit-launch-"))
     hostfile = spec.hostfile
     if hostfile is None and spec.launcher in MPI_LAUNCHERS:
