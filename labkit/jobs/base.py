@@ -178,21 +178,20 @@ class Job:
         self.delete()
 
 
+def _check_dns_label(field: str, value: str, what: str, most: int, example: str) -> str:
+    """RFC 1123 labels: Kubernetes names, and the local backend's directory names (so `../elsewhere` never passes)."""
+    if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > most:
+        fix = f"use lowercase letters, digits and '-', starting and ending with a letter or digit, at most {most} "
+        raise ConfigError(field, f"{value!r} is not a valid {what}", f"{fix}characters (e.g. {example!r})")
+    return value
+
+
 def check_job_name(name: str) -> str:
-    """Kubernetes object names (RFC 1123 labels): also what the local backend uses as a directory name."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 50:
-        fix = "use lowercase letters, digits and '-', starting and ending with a letter or digit, at most 50 characters"
-        raise ConfigError("name", f"{name!r} is not a valid job name", fix + " (e.g. 'deepspeed-interactive')")
-    return name
+    return _check_dns_label("name", name, "job name", 50, "deepspeed-interactive")
 
 
 def check_namespace(namespace: str) -> str:
-    """Kubernetes namespace names (RFC 1123 labels, at most 63 characters): also a directory of the local backend, so
-    `../elsewhere` must never get through."""
-    if not isinstance(namespace, str) or not _NAME_RE.match(namespace) or len(namespace) > 63:
-        fix = "use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. 'workloads')"
-        raise ConfigError("namespace", f"{namespace!r} is not a valid namespace", fix)
-    return namespace
+    return _check_dns_label("namespace", namespace, "namespace", 63, "workloads")
 
 
 def check_exec_args(argv: list[str], timeout: float | None) -> None:
