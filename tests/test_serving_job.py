@@ -73,3 +73,23 @@ def test_local_job_serves_and_ends_succeeded_after_shutdown(tmp_path):
         assert wait_until(lambda: served.status().phase != "Running", 30, 0.2)
         assert served.status().phase == "Succeeded", served.logs()[-3000:]
     assert not wait_for_no_kit_processes(), kit_processes()
+
+
+def test_the_cli_prints_what_kubectl_applies_to_serve_in_a_cluster(capsys):
+    """`labkit serve --job-yaml`: the MPIJob whose launcher runs the service (rank 0 on every interface, the
+    accelerator's device), the Service to worker 0 and the NetworkPolicy, every object validated; nothing starts."""
+    import yaml
+
+    from labkit.cli import main
+
+    assert main(["serve", "--job-yaml", "--name", "serve-demo", "--accelerator", "nvidia", "--slots", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "# kubectl apply -n workloads" in out and "service/serve-demo-serve" in out
+    objects = [o for o in yaml.safe_load_all(out) if o]
+    assert [o["kind"] for o in objects] == ["MPIJob", "Service", "NetworkPolicy"]
+    args = objects[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    served = ServeConfig.from_argv(args[args.index("labkit.ranks.serve") + 1 :])
+    assert (served.host, served.device, served.port) == ("0.0.0.0", "cuda", 8000)
+    assert objects[1]["spec"]["selector"] == job.rank0_selector("serve-demo")
+    assert main(["serve", "--job-yaml", "--workers", "3", "--slots", "1"]) == 2  # 3 ranks cannot split the model
+    assert "world_size" in capsys.readouterr().err

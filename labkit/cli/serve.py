@@ -8,10 +8,11 @@ import signal
 import sys
 import threading
 
+from labkit import manifests
 from labkit.devices import DEVICE_CHOICES
 from labkit.errors import LaunchError
-from labkit.serving import local
-from labkit.serving.config import DEFAULT_PORT, MODES
+from labkit.serving import job, local
+from labkit.serving.config import DEFAULT_PORT, MODES, ServeConfig
 from labkit.serving.models import MODELS
 from labkit.serving.service import READY_TAG
 
@@ -36,10 +37,20 @@ def register(subparsers) -> None:
     for flag, default, help_text, choices in _OPTIONS:
         s.add_argument(flag, default=default, type=type(default), choices=choices, help=help_text)
     s.add_argument("--dry-run", action="store_true", help="validate and print the launch command, start nothing")
+    cluster = s.add_argument_group("in a cluster (--job-yaml: print the manifests, start nothing here)")
+    cluster.add_argument("--job-yaml", action="store_true", help="MPIJob + Service + NetworkPolicy for kubectl apply")
+    cluster.add_argument("--name", default="deepspeed-serve", help="job name (the Service is NAME-serve)")
+    cluster.add_argument("--namespace", default="workloads", help="namespace of the job")
+    cluster.add_argument("--workers", type=int, default=2, help="worker pods (ranks = workers x slots)")
+    cluster.add_argument("--slots", type=int, default=None, help="ranks per worker (default: the overlay's)")
+    cluster.add_argument("--accelerator", default="cpu", choices=("cpu", "nvidia", "gaudi"), help="the workers' kind")
+    cluster.add_argument("--image", default=None, help="container image (default: the kit's for the accelerator)")
     s.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.job_yaml:
+        return _job_yaml(args)
     options = {"model": args.model, "mode": args.mode, "host": args.host, "port": args.port}
     config, ranks, why = local.plan(args.world_size, args.device, max_batch=args.max_batch, **options)
     service = local.LocalService(config, ranks, on_output=_echo)
@@ -71,3 +82,18 @@ def _echo(line: str) -> None:
     if not line.startswith(READY_TAG):
         sys.stderr.write(line)
         sys.stderr.flush()
+
+
+def _job_yaml(args: argparse.Namespace) -> int:
+    config = ServeConfig(model=args.model, mode=args.mode, port=args.port, max_batch=args.max_batch)
+    spec = {"name": args.name, "namespace": args.namespace, "workers": args.workers, "accelerator": args.accelerator}
+    spec |= {"slots_per_worker": args.slots, "image": args.image}
+    objects = job.cluster_manifests(config, **spec)
+    service = f"{args.name}-serve.{args.namespace}:{config.port}"
+    print(f"# kubectl apply -n {args.namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
+    print("# Role does not grant: an admin applies them); then, from the lab pod of the same namespace:")
+    print(f"#   curl http://{service}/healthz   (and POST /shutdown ends every rank); to remove it all:")
+    print(f"#   kubectl delete -n {args.namespace} mpijob/{args.name} service/{args.name}-serve "
+          f"networkpolicy/{args.name}-serve")  # fmt: skip
+    print(manifests.to_yaml(objects), end="")
+    return 0

@@ -10,7 +10,9 @@ process group, and the endpoint is on this machine.
 
 from __future__ import annotations
 
-from labkit import launch, manifests
+from dataclasses import replace
+
+from labkit import devices, launch, manifests
 from labkit.jobs.base import CLUSTER_HOSTFILE
 from labkit.serving.config import SERVE_MODULE, ServeConfig
 
@@ -73,3 +75,16 @@ def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
     objects = [service, policy]
     manifests.validate_objects(objects)
     return objects
+
+
+def cluster_manifests(config: ServeConfig, **spec) -> list[dict]:
+    """What `kubectl apply` needs to serve in a cluster: the MPIJob (its launcher runs the service over the hostfile),
+    the Service to rank 0 on worker 0 and the NetworkPolicy letting the lab pod in. Rank 0 listens on every interface
+    (a Service reaches the pod's address, not its loopback) and the ranks use the accelerator's device. `spec`:
+    JobSpec fields (name, namespace, workers, slots_per_worker, accelerator, image...)."""
+    device = devices.DEVICE_OF[spec.get("accelerator", "cpu")]
+    config = replace(config, host="0.0.0.0", device=device)
+    resolved = job_spec(config, one_host=False, **spec).resolved()
+    config.validate(resolved.workers * resolved.slots_per_worker)
+    mpijob = [o for o in manifests.render_all(resolved) if o["kind"] == "MPIJob"]
+    return mpijob + render_service(resolved, config)
