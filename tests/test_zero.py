@@ -420,3 +420,19 @@ def test_the_headroom_note_compares_the_allocator_peak_with_the_calculators_assu
     assert "1.70x the 336.48 MB of model states: above the calculator's assumed 1.25x" in note
     cpu = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [None]}]})
     assert "No allocator peak" in cpu
+
+
+def test_the_surprises_are_explained_with_the_runs_numbers():
+    """Issue 13: ZeRO-1 = ZeRO-2 in DeepSpeed 0.19, and CPU 'offload' that costs memory, said where they appear."""
+    configs = [
+        _config("ZeRO-1", 1, 188_974_088, 188_974_088),
+        _config("ZeRO-2", 2, 188_974_088, 188_974_088),
+        _config("ZeRO-1 + CPU optimizer", 1, 235_162_792, 235_162_792, True),
+    ]
+    configs[0] |= {"predicted_paper_total": 209_971_200, "predicted_paper": {"formula": "4Ψ + 12Ψ/N"}}
+    report = {"device": "cpu", "world_size": 2, "configs": configs}
+    first, second = zero_stages.surprises(report)
+    assert "ZeRO-1 held exactly what ZeRO-2 held (188.97 MB), less than the paper's stage-1 figure (209.97 MB" in first
+    assert "ZeRO-1 + CPU optimizer held 46.19 MB more than ZeRO-1" in second and "same RAM" in second
+    configs[1]["measured_total"] = [170_000_000]
+    assert zero_stages.surprises({**report, "device": "cuda"}) == []  # stages differ; a GPU moves offload off
