@@ -309,7 +309,8 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
         expect = "".join(
             f'<div class="{"passed" if o.passed else "failed"}">{"ok" if o.passed else "FAILED"}: '
-            f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message or _measured(o)) + ')'}</div>"
+            f"{html.escape(o.expectation.describe())}{' (' + html.escape(o.message or _measured(o)) + ')'}"
+            f"{'' if o.passed else _recording_cell_link(r, o.expectation.result)}</div>"
             for o in checked.get(r.name, [])
         )
         shot = run_dir / "screenshots" / f"{r.name}.png"
@@ -342,6 +343,16 @@ def _machine() -> str:
         return machine_summary()
     except Exception as exc:  # noqa: BLE001 - the report must not fail over a description
         return f"not identified ({type(exc).__name__})"
+
+
+def _recording_cell_link(run: NotebookRun, dotted: str) -> str:
+    """' (the cell)': a link to the cell that recorded the result an expectation read; '' when there is none."""
+    try:
+        cell_id = results.cell_of(run.output, dotted.split(".")[0]) if run.html and run.output else None
+    except (OSError, ValueError):
+        cell_id = None
+    href = f"{html.escape(Path(run.html).name)}#cell-id={html.escape(cell_id)}" if cell_id else ""
+    return f' (<a href="{href}">the cell</a>)' if href else ""
 
 
 def _cell_id(executed: str, index: int | None) -> str | None:

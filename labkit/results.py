@@ -57,14 +57,25 @@ def recorded() -> dict[str, Any]:
     return dict(_in_process)
 
 
-def read(executed_notebook: str | Path) -> dict[str, Any]:
-    """All values recorded in an executed notebook, by name (a later record of the same name wins)."""
-    values: dict[str, Any] = {}
+def _records(executed_notebook: str | Path):
+    """(cell id, name, value) of every record in an executed notebook, in order."""
     for cell in json.loads(Path(executed_notebook).read_text()).get("cells", []):
         for out in cell.get("outputs") or []:
             payload = (out.get("data") or {}).get(MIME_TYPE)
             if isinstance(payload, str):  # some writers store JSON MIME data as text
                 payload = json.loads(payload)
             if payload is not None:
-                values[payload["name"]] = payload["value"]
-    return values
+                yield cell.get("id"), payload["name"], payload["value"]
+
+
+def read(executed_notebook: str | Path) -> dict[str, Any]:
+    """All values recorded in an executed notebook, by name (a later record of the same name wins)."""
+    return {name: value for _, name, value in _records(executed_notebook)}
+
+
+def cell_of(executed_notebook: str | Path, name: str) -> str | None:
+    """The id of the cell that recorded `name` last (the one `read` returns), or None."""
+    found = None
+    for cell_id, recorded_name, _ in _records(executed_notebook):
+        found = cell_id if recorded_name == name else found
+    return found

@@ -11,7 +11,7 @@ from pathlib import Path
 import junitparser
 import pytest
 
-from labkit import notebooks, suites
+from labkit import notebooks, results, suites
 from labkit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +109,20 @@ def test_a_failing_threshold_fails_its_testcase_and_the_exit_code(tmp_path):
     assert not failed.is_passed and "expected at least 1000" in failed.result[0].message
     report = (tmp_path / "run" / "index.html").read_text()
     assert "FAILED: checks has at least 1000" in report
+    cell = results.cell_of(tmp_path / "run" / "00_environment_check.ipynb", "checks")
+    assert cell and f'href="00_environment_check.html#cell-id={cell}">the cell</a>' in report  # where it was recorded
+    assert_valid_junit(junit.read_text())
+
+
+# The common JUnit schema (Jenkins/Surefire's junit-10.xsd, MIT, Gregory Boissinot), as pytest ships it for its own
+# junitxml tests (pytest 9.2.0 sdist, testing/example_scripts/junit-10.xsd).
+JUNIT_XSD = Path(__file__).parent / "data" / "junit-10.xsd"
+
+
+def assert_valid_junit(xml: str) -> None:
+    import xmlschema
+
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(xml)  # raises XMLSchemaValidationError naming the element
 
 
 def test_junit_names_a_failed_notebook_and_skips_its_checks():
@@ -118,6 +132,7 @@ def test_junit_names_a_failed_notebook_and_skips_its_checks():
     assert not result.passed and "not checked: x failed" in result.outcomes[0].message
     xml = suites.junit_xml(result)
     assert 'failures="2"' in xml and 'type="NotebookFailed"' in xml and "cell 3 failed" in xml
+    assert_valid_junit(xml)
 
 
 def test_suite_and_notebook_arguments_do_not_mix(tmp_path):
