@@ -41,6 +41,9 @@ BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
 # rank that went first) before the whole tree is stopped: peers blocked in a rendezvous or a collective never return.
 # The one value for `run` and a local job's exec, well inside the kit's 60 s promise.
 DEAD_RANK_GRACE_S = 15.0
+# torch.distributed's timeout for one collective (and the rendezvous) in every kit rank: a peer that never arrives
+# ends the rank with an error within this, instead of DeepSpeed's default of minutes.
+COLLECTIVE_TIMEOUT_S = 120.0
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
 _TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
 _DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
-from labkit.launch import init_deepspeed, shutdown_distributed
+from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, shutdown_distributed
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
 
@@ -85,7 +85,7 @@ class TrainConfig:
     log_every: int = opt(0, "steps between loss readings (0 = about 10 per epoch)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0 = epochs x steps per epoch)")
     step_timeout: float = opt(300.0, "watchdog: a rank exits when no step finishes for this long (a peer died)")
-    comm_timeout: float = opt(120.0, "torch.distributed timeout for collectives (seconds)")
+    comm_timeout: float = opt(COLLECTIVE_TIMEOUT_S, "torch.distributed timeout for collectives (seconds)")
     progress: bool = opt(True, "tqdm bar on rank 0")
     verbose: bool = opt(False, "DeepSpeed's own INFO logging")
 

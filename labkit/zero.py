@@ -294,7 +294,8 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
                 progress(m.group(1), int(m.group(2)), done[0], total)
 
     try:
-        plan_file = {"configs": plan.probe_configs(), "collective_timeout_s": int(min(plan.timeout_s, 600))}
+        collective_s = int(min(plan.timeout_s, launch.COLLECTIVE_TIMEOUT_S))
+        plan_file = {"configs": plan.probe_configs(), "collective_timeout_s": collective_s}
         (work / "plan.json").write_text(json.dumps(plan_file, indent=1))
         spec, t0 = plan.launch_spec(work / "plan.json", work / "ranks"), time.monotonic()
         result = launch.run(spec, timeout=plan.timeout_s, on_output=on_output if progress else None, log_path=log_path)

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from labkit.launch import init_deepspeed, rank_guard
+from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
 
 TAG = "LABKIT_METRIC"
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     # Ranks share the host's cores: more threads than cores/ranks makes every rank slower.
     sizes = ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(next(filter(None, map(os.environ.get, sizes)), 1))))
-    init_deepspeed()
+    init_deepspeed(timeout_s=COLLECTIVE_TIMEOUT_S)
     rank, world = dist.get_rank(), dist.get_world_size()
     say(f"rank {rank}/{world} on {socket.gethostname()}: backend {dist.get_backend()}, ZeRO stage {args.zero_stage}")
 

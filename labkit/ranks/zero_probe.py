@@ -21,7 +21,7 @@ import time
 import weakref
 from pathlib import Path
 
-from labkit.launch import init_deepspeed, rank_guard
+from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
 
 STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.STATE_KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
@@ -242,7 +242,7 @@ def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
     if get_accelerator().device_name() != "cpu":  # before the process group: NCCL binds to the current device
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", local_rank)))
     # A rank that dies mid-collective must not leave its peers blocked for ever.
-    init_deepspeed(timeout_s=plan.get("collective_timeout_s", 300))
+    init_deepspeed(timeout_s=plan.get("collective_timeout_s", COLLECTIVE_TIMEOUT_S))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     results = []
 
