@@ -3,6 +3,7 @@ pass and fail as stated; a failing threshold is a failed JUnit testcase and a no
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -189,3 +190,16 @@ def test_an_installed_kit_finds_its_notebooks_through_labkit_notebooks(tmp_path,
     monkeypatch.setenv("LABKIT_NOTEBOOKS", str(tmp_path))
     assert [p.name for p in notebooks.discover()] == ["00_environment_check.ipynb"]
     assert notebooks.select(["00"]) == [tmp_path / "00_environment_check.ipynb"]
+
+
+def test_the_gpu_suite_holds_on_the_notebooks_recorded_on_one_h200():
+    """regression/gpu-1.yaml's thresholds come from a recorded run: every notebook at its defaults on the lent H200
+    (bench/results/notebooks_defaults_H200.json, the results those executed notebooks recorded)."""
+    recorded = json.loads((REPO / "bench" / "results" / "notebooks_defaults_H200.json").read_text())
+    runs = [notebooks.NotebookRun(source=f"{r['name']}.ipynb", **r) for r in recorded["runs"]]
+    result = suites.evaluate(suites.load(REPO / "regression" / "gpu-1.yaml"), runs)
+    failed = [
+        f"{o.notebook}: {o.expectation.describe()} ({o.message or o.measured})" for o in result.outcomes if not o.passed
+    ]
+    assert result.passed and not failed, failed
+    assert {o.notebook for o in result.outcomes} == {r.name for r in runs}  # every recorded notebook is checked
