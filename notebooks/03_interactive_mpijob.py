@@ -249,30 +249,40 @@ if training.returncode != 0 or (plan.default_command and not summary["allreduce_
 # %% [markdown]
 # ## Troubleshooting
 #
-# The eight failures most likely in a class of 30 on a shared cluster, those of this chapter first:
+# The eight failures most likely in a class of 30 on a shared cluster, in that order, then two more of this chapter:
 #
-# - **`Unable to find hostfile, will proceed with training with local resources only`**: the job "works" on one pod.
-#   *Cause:* DeepSpeed's default is `/job/hostfile`; the operator writes `/etc/mpi/hostfile`. *Fix:* pass
-#   `--hostfile /etc/mpi/hostfile` ([DeepSpeedExamples#145](https://github.com/deepspeedai/DeepSpeedExamples/issues/145)).
-# - **`host=<job>-worker-0 was not reachable via ssh`** or **`Could not resolve hostname`**. *Cause:* workers not
-#   ready (thirty image pulls at once), or their DNS not there yet. *Fix:* `kubectl wait --for=condition=Ready pod -l
-#   training.kubeflow.org/job-name=<job>`, keep `launcherCreationPolicy: WaitForWorkersReady`
-#   ([mpi-operator#443](https://github.com/kubeflow/mpi-operator/issues/443)).
-# - **`ImagePullBackOff`**: the job stays "Created". *Fix:* build and push the images first (`labkit images
-#   build-command NAME` prints the command; `images/README.md`), check `imagePullSecrets`; the deadline ends the job
-#   ([trainer#2001](https://github.com/kubeflow/trainer/issues/2001)).
-# - **`errno: 98 - Address already in use`** on port 29500. *Cause:* ranks of an earlier run stopped with Ctrl-C still
-#   run in the long-lived pods. *Fix:* `pkill -f labkit.ranks` in the launcher and workers, or delete and resubmit;
-#   `--master_port` as a stopgap ([DeepSpeed#3916](https://github.com/deepspeedai/DeepSpeed/issues/3916)).
-# - **`mpirun has detected an attempt to run as root`.** *Fix:* `--launcher_args "--allow-run-as-root"` or
-#   `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1` ([ompi PR#5597](https://github.com/open-mpi/ompi/pull/5597)).
-# - **`not enough slots available`**, or `invalid device ordinal`. *Cause:* `slotsPerWorker` differs from the GPUs
-#   per worker. *Fix:* make `slots`, the GPU limit and the GPUs per pod one number
-#   ([mpi-operator#558](https://github.com/kubeflow/mpi-operator/issues/558)).
-# - **`HF_TOKEN` (or anything you exported) missing on the ranks.** *Cause:* ranks start over ssh with a fresh
-#   environment. *Fix:* `~/.deepspeed_env` or the worker pod spec.
-# - **`posix_fallocate failed: No space left on device`.** *Cause:* a pod's `/dev/shm` is 64 MiB. *Fix:* the kit's
-#   manifests mount an in-memory `emptyDir` there ([nccl#525](https://github.com/NVIDIA/nccl/issues/525)).
+# 1. **`Unable to find hostfile, will proceed with training with local resources only`**: the job "works" on one pod.
+#    *Cause:* DeepSpeed's default is `/job/hostfile`; the operator writes `/etc/mpi/hostfile`. *Fix:* pass
+#    `--hostfile /etc/mpi/hostfile` and check the world size the ranks print
+#    ([DeepSpeedExamples#145](https://github.com/deepspeedai/DeepSpeedExamples/issues/145)).
+# 2. **`host=<job>-worker-0 was not reachable via ssh`**, **`Could not resolve hostname`**, or **`ImagePullBackOff`**.
+#    *Cause:* workers not ready: thirty image pulls at once, DNS not there yet, or an image never pushed. *Fix:* build
+#    and push the images first (`labkit images build-command NAME`; `images/README.md`), pre-pull them, `kubectl wait
+#    --for=condition=Ready pod -l training.kubeflow.org/job-name=<job>`, keep `launcherCreationPolicy:
+#    WaitForWorkersReady` ([mpi-operator#443](https://github.com/kubeflow/mpi-operator/issues/443),
+#    [trainer#2001](https://github.com/kubeflow/trainer/issues/2001)).
+# 3. **`errno: 98 - Address already in use`** on port 29500, or `Device already acquired`. *Cause:* ranks of a run
+#    stopped with Ctrl-C still run in the long-lived pods. *Fix:* `pkill -f labkit.ranks` in the launcher and the
+#    workers, or delete and resubmit; `--master_port` as a stopgap
+#    ([DeepSpeed#3916](https://github.com/deepspeedai/DeepSpeed/issues/3916)).
+# 4. **Hangs after `Using ... as PyTorch extensions root`, or NCCL timeouts while one rank compiles an op.** *Cause:*
+#    DeepSpeed ops JIT-built on every rank (a stale lock, a slow build). *Fix:* prebuild the ops in the image (the
+#    kit's labs compile none) ([DeepSpeed#5205](https://github.com/deepspeedai/DeepSpeed/issues/5205)).
+# 5. **`posix_fallocate failed: No space left on device`.** *Cause:* a pod's `/dev/shm` is 64 MiB. *Fix:* the kit's
+#    manifests mount an in-memory `emptyDir` there ([nccl#525](https://github.com/NVIDIA/nccl/issues/525)).
+# 6. **`not enough slots available`**, `invalid device ordinal`, or two ranks on one GPU. *Cause:* `slotsPerWorker`
+#    differs from the GPUs per worker. *Fix:* make `slots`, the GPU limit and the GPUs per pod one number
+#    ([mpi-operator#558](https://github.com/kubeflow/mpi-operator/issues/558)).
+# 7. **A rank OOMKilled (137) under ZeRO-3 or offload.** *Cause:* host memory: full model loads on every rank, pinned
+#    memory counted against the pod's limit. *Fix:* `deepspeed.zero.Init`, `"pin_memory": false`, a larger limit
+#    ([DeepSpeed#2676](https://github.com/deepspeedai/DeepSpeed/issues/2676)).
+# 8. **GPUs held by idle jobs.** *Cause:* `sleep infinity` launchers left running, workers kept by `cleanPodPolicy`.
+#    *Fix:* delete your job when done (step 5); the deadline (`deadline_minutes`) ends it anyway
+#    ([mpi-operator#643](https://github.com/kubeflow/mpi-operator/issues/643)).
+#
+# Also here: **`mpirun has detected an attempt to run as root`** (`--launcher_args "--allow-run-as-root"` or
+# `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`), and **`HF_TOKEN` or anything you exported missing on
+# the ranks** (they start over ssh with a fresh environment: use `~/.deepspeed_env` or the worker pod spec).
 #
 # **Docs:** [MPI Operator](https://github.com/kubeflow/mpi-operator) ·
 # [Kubeflow MPI training](https://www.kubeflow.org/docs/components/trainer/legacy-v1/user-guides/mpi/) ·

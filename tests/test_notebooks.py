@@ -45,7 +45,8 @@ def test_reads_like_a_tutorial_chapter(path):
     assert any(m.startswith("## What this run showed") for m in markdown)
     trouble = [m for m in markdown if m.startswith("## Troubleshooting")]
     assert trouble, "no troubleshooting section"
-    assert trouble[0].count("\n- **") >= 3 and "**Docs:**" in trouble[0] and "](https://" in trouble[0]
+    assert len(re.findall(r"\n(?:- |\d+\. )\*\*", trouble[0])) >= 3, "fewer than 3 troubleshooting items"
+    assert "**Docs:**" in trouble[0] and "](https://" in trouble[0]
     assert markdown.index(trouble[0]) == len(markdown) - 1, "troubleshooting closes the chapter"
 
 
