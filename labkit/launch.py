@@ -138,7 +138,8 @@ def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device:
     if root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    if device == "cpu":
+    if device == "cpu":  # CPU ranks on a GPU host: hidden GPUs, else accelerate puts rank N on cuda:N
+        env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice
