@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
@@ -16,12 +17,14 @@ from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attrib
 from kit_testing import fake_cluster, wait_until
 
 from labkit.chapters.interactive import plan_interactive_job
+from labkit.cluster import NODES_FORBIDDEN
 from labkit.errors import ConfigError
 from labkit.jobs import JobNotReady, get_backend
 from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
 MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+NODES = json.loads((Path(__file__).parent / "data" / "nodes.json").read_text())["items"]  # 10 nvidia, 8 gaudi ready
 
 
 @pytest.fixture
@@ -70,6 +73,8 @@ def used_by_kit(api) -> set[tuple[str, str, str]]:
 
 def test_the_service_account_runs_every_job_command_inside_its_role(api, backend):
     assert api.identity == SERVICE_ACCOUNT
+    api.nodes = NODES
+    assert backend.accelerator_for("auto", 0, 1)[0] == "nvidia"  # device=auto lists nodes (the ClusterRole)
     proxy = dict(http_proxy="http://proxy.corp:3128")  # the proxy ConfigMap: created, then reused (get)
     job = backend.submit(JobSpec(name="demo", workers=2, **proxy))
     assert job.wait_ready(timeout=20).ready
@@ -102,7 +107,7 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     [
         ("GET", "/api/v1/namespaces/workloads/persistentvolumeclaims/labkit-shared"),  # exists: 403 all the same
         ("GET", "/api/v1/namespaces/workloads"),
-        ("GET", "/api/v1/nodes"),
+        ("GET", "/api/v1/nodes/dgx-h100-01"),  # the ClusterRole grants list only
         ("GET", "/apis/kubeflow.org/v2beta1/mpijobs"),  # every namespace
         ("GET", "/api/v1/namespaces/workloads/secrets"),
         ("GET", "/api/v1/namespaces/default/pods"),  # outside the RoleBinding's namespace
@@ -115,6 +120,28 @@ def test_the_fake_refuses_what_the_role_does_not_grant(api, method, path):
     api.objects[("/api/v1", "persistentvolumeclaims", "workloads", "labkit-shared")] = {"metadata": {}}
     code, status = raw(api, method, path, {} if method == "POST" else None)
     assert code == 403 and f'User "{SERVICE_ACCOUNT}" cannot' in status["message"]
+
+
+def test_device_auto_reads_the_nodes_allocatable_with_the_node_reader_cluster_role(api, backend):
+    """device=auto on the kubernetes backend (the lab pod, as the kit's ServiceAccount): the accelerator with the most
+    allocatable devices on ready nodes, through manifests/base/node-reader; without it, cpu and one line saying which
+    permission is missing and the fix."""
+    api.nodes = NODES  # ready: 8 + 2 nvidia.com/gpu, 8 habana.ai/gaudi (6 more GPUs on a NotReady node)
+    kind, workers, why = backend.accelerator_for("auto", 0, 1)
+    assert (kind, workers) == ("nvidia", 2) and why.startswith("10 nvidia device(s) allocatable")
+    api.nodes = [n for n in NODES if "habana.ai/gaudi" in n["status"]["allocatable"] or "cp" in n["metadata"]["name"]]
+    assert backend.accelerator_for("auto", 3, 8)[:2] == ("gaudi", 3)
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="auto")
+    assert plan.spec.accelerator == "gaudi" and "8 gaudi device(s)" in plan.device_reason
+    assert api.denied == []
+    api.grants[SERVICE_ACCOUNT] = [(ns, rules) for ns, rules in api.grants[SERVICE_ACCOUNT] if ns != "*"]  # no binding
+    asked, direct = (get_backend("kubernetes", kubeconfig=api.kubeconfig) for _ in range(2))
+    direct.allowed = lambda *attributes: True  # no SelfSubjectAccessReview answer: the list's own 403 says it
+    for refused in (asked, direct):
+        kind, _, why = refused.accelerator_for("auto", 2, 1)
+        assert kind == "cpu" and why == NODES_FORBIDDEN and "\n" not in why
+    assert "may not list nodes" in why and "kubectl apply -k manifests/base/node-reader" in why
+    assert [(u, a.resource, a.verb) for u, a in api.denied] == [(SERVICE_ACCOUNT, "nodes", "list")]
 
 
 def test_exec_needs_both_get_and_create_on_pods_exec(api, backend):

@@ -155,26 +155,7 @@ class KubernetesBackend(JobBackend):
         auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
             return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
-        if not self.allowed("list", "", "nodes"):
-            return "cpu", workers or AUTO_WORKERS, f"you may not list the cluster's nodes, cpu assumed{auto}"
-        try:
-            nodes = cluster.list_node_inventory(self.api_client)
-        except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
-            return (
-                "cpu",
-                workers or AUTO_WORKERS,
-                f"cluster nodes not readable ({type(exc).__name__}), cpu assumed{auto}",
-            )
-        counts: dict[str, int] = {}
-        for node in nodes:
-            if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
-                counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
-        kind = max(counts, key=counts.get) if counts else "cpu"
-        why = (
-            f"{counts[kind]} {kind} device(s) allocatable in the cluster"
-            if counts
-            else f"no GPU or Gaudi node among {len(nodes)} node(s)"
-        )
+        kind, why = cluster.cluster_accelerator(self.api_client, may_list=self.allowed("list", "", "nodes"))
         return kind, workers or AUTO_WORKERS, why + auto
 
     def check_operator(self) -> None:
