@@ -724,8 +724,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send_json(201, body)
 
     def _group_served(self, base: str) -> bool:
+        """A group/version no CRD serves is 404 (the MPI Operator's per served_versions; Trainer's if installed)."""
         fake = self.server_state
-        if base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions:
+        mpi_missing = base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions
+        if mpi_missing or (base.startswith("/apis/trainer.kubeflow.org/") and not fake.trainer_version):
             self._error(404, "NotFound", "the server could not find the requested resource")
             return False
         return True

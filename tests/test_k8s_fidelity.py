@@ -24,6 +24,7 @@ from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
 MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1"
 NODES = json.loads((Path(__file__).parent / "data" / "nodes.json").read_text())["items"]  # 10 nvidia, 8 gaudi ready
 
 
@@ -95,7 +96,8 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     assert api.denied == []  # not one call outside the Role
     # ...and nothing in the Role that the kit does not call (TrainJobs are submitted with kubectl from the lab).
     unused = granted_by_role() - used_by_kit(api)
-    assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "list", "delete")}
+    # (`job list --stale --delete` lists and deletes TrainJobs: test_job_list_stale_delete_removes_finished_trainjobs)
+    assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
     # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
     created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
     configmaps = "/api/v1/namespaces/workloads/configmaps"
@@ -266,7 +268,7 @@ def test_job_list_stale_delete_removes_finished_jobs_only(api, backend):
     base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
     out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "deleted workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
+    assert "deleted MPIJob workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
     assert [s.name for s in backend.list()] == ["live"] and api.denied == []
     refused = subprocess.run([*cli, "--delete", *base], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--stale --delete" in refused.stderr
@@ -319,3 +321,60 @@ def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_
         (late,) = backend.list()
         assert late.phase == "Pending" and late.past_deadline and "never started within its deadline" in late.message
         assert backend.delete("stuck") and wait_until(lambda: not api.objects, timeout=5)
+
+
+def trainjob(name: str, age_s: float, conditions=(), deadline_s: int | None = None, active: int = 0) -> dict:
+    """A TrainJob as Kubeflow Trainer leaves it: the kit's overlay, then the controller's status (kubeflow/trainer
+    pkg/apis/trainer/v1alpha1/trainjob_types.go: conditions Complete, Failed (reason DeadlineExceeded), Suspended)."""
+    spec = JobSpec(name=name, trainjob_deadline=deadline_s is not None, deadline_seconds=deadline_s or 3600)
+    obj = render_job(spec, "trainjob")
+    obj["metadata"].update(creationTimestamp=now_iso(time.time() - age_s), uid=f"uid-{name}")
+    conds = [
+        {"type": t, "status": st, "reason": r, "message": f"{t} {r}", "lastTransitionTime": now_iso(time.time() - ago)}
+        for t, st, r, ago in conditions
+    ]
+    obj["status"] = {"conditions": conds, "jobsStatus": [{"name": "node", "active": active, "ready": active}]}
+    return obj
+
+
+def test_job_list_stale_delete_removes_finished_trainjobs():
+    """TrainJobs (created from the lab with kubectl) have no TTL either: `job list --stale --delete` removes those
+    Trainer marked finished (Complete, Failed; DeadlineExceeded) and those past spec.activeDeadlineSeconds (from
+    creation, or from the last resume; never while suspended), as the ServiceAccount, and keeps the rest."""
+    import subprocess
+    import sys
+
+    with fake_cluster(trainer_version="2.2.0") as (api, backend):
+        jobs = [
+            trainjob("done", 900, [("Complete", "True", "JobSetCompleted", 60)]),
+            trainjob("crashed", 900, [("Failed", "True", "JobSetFailed", 60)]),
+            trainjob("timed-out", 900, [("Failed", "True", "DeadlineExceeded", 60)], deadline_s=600),
+            trainjob("overdue", 900, deadline_s=600, active=2),  # Trainer's controller did not act: flagged
+            trainjob("resumed", 900, [("Suspended", "False", "Resumed", 30)], deadline_s=600, active=2),
+            trainjob("suspended", 900, [("Suspended", "True", "Suspended", 800)], deadline_s=600),
+            trainjob("running", 900, active=2),
+        ]
+        for obj in jobs:
+            api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
+        listed = {st.name: st for st in backend.list()}
+        assert {n: (st.kind, st.phase) for n, st in listed.items()} == {
+            "done": ("TrainJob", "Succeeded"), "crashed": ("TrainJob", "Failed"),
+            "timed-out": ("TrainJob", "DeadlineExceeded"), "overdue": ("TrainJob", "Running"),
+            "resumed": ("TrainJob", "Running"), "suspended": ("TrainJob", "Pending"),
+            "running": ("TrainJob", "Running"),
+        }  # fmt: skip
+        overdue = listed["overdue"]
+        assert overdue.past_deadline and (overdue.workers, overdue.slots_per_worker) == (2, 1)
+        assert listed["resumed"].remaining_s > 500 and listed["suspended"].deadline is None
+        cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "list"]
+        base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+        out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for name, phase in [("done", "Succeeded"), ("crashed", "Failed"), ("timed-out", "DeadlineExceeded")]:
+            assert f"deleted TrainJob workloads/{name} ({phase})" in out.stdout
+        assert "deleted TrainJob workloads/overdue (Running)" in out.stdout and "PAST DEADLINE" in out.stdout
+        assert sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"]
+        assert api.denied == [] and api.delete_bodies[-1] == {"propagationPolicy": "Foreground"}
+        assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
+            ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete")
+        }  # fmt: skip
