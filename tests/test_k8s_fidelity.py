@@ -182,6 +182,26 @@ def test_a_worker_never_ready_fails_within_the_timeout_with_the_scheduler_messag
         assert wait_until(lambda: not api.pods and not api.objects, timeout=5)  # workers gone: GPUs freed
 
 
+def test_job_submit_wait_that_times_out_deletes_the_job_and_the_remaining_time_is_the_launcher_jobs(api, backend):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "submit"]
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig, "--accelerator", "nvidia", "--slots", "8"]
+    api.scenario = "unschedulable"
+    out = subprocess.run([*cli, "--name", "big", "--wait", "3", *base], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "FailedScheduling" in out.stderr and "holds no accelerators" in out.stderr
+    assert wait_until(lambda: not api.pods and not api.objects, timeout=5) and api.denied == []
+    api.scenario = "ready"  # a started job: the deadline counts from the launcher Job's start, not the MPIJob's
+    job = backend.submit(JobSpec(name="demo", workers=1, deadline_seconds=3600))
+    job.wait_ready(timeout=20)
+    launcher = api.objects[("/apis/batch/v1", "jobs", "workloads", "demo-launcher")]
+    launcher["status"]["startTime"] = now_iso(time.time() - 600)
+    (mpijob,) = [o for o in api.objects.values() if o.get("kind") == "MPIJob"]
+    mpijob["metadata"]["creationTimestamp"] = now_iso(time.time() - 3000)
+    assert 2990 <= job.status().remaining_s <= 3000
+
+
 def test_pod_security_baseline_refusal_reaches_the_user_and_the_job_is_deleted():
     with fake_cluster(ready_delay=0.2) as (api, backend):
         api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
