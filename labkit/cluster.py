@@ -182,6 +182,35 @@ def list_node_inventory(api_client, *, timeout: float = 10.0) -> list[NodeInvent
     return sorted((node_inventory(n) for n in nodes.items), key=lambda n: n.name)
 
 
+# Reading nodes is cluster-scoped: the kit's namespaced Role cannot, the ClusterRole in manifests/base/node-reader can.
+NODES_FORBIDDEN = (
+    "cpu assumed: this identity may not list nodes (cluster scope). Fix: an admin runs "
+    "`kubectl apply -k manifests/base/node-reader` (ClusterRole labkit-node-reader), or name the accelerator "
+    "(--accelerator nvidia|gaudi; notebooks: device=cuda|hpu)"
+)
+
+
+def cluster_accelerator(api_client, *, may_list: bool = True, timeout: float = 10.0) -> tuple[str, str]:
+    """device=auto on a cluster: (nvidia | gaudi | cpu, why), the accelerator with the most allocatable devices on
+    ready nodes; cpu, saying why, when there is none or the nodes cannot be read (may_list: RBAC's answer)."""
+    try:
+        nodes = list_node_inventory(api_client, timeout=timeout) if may_list else None
+    except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
+        if getattr(exc, "status", None) != 403:
+            return "cpu", f"cpu assumed: the cluster's nodes are not readable ({short_reason(exc)})"
+        nodes = None
+    if nodes is None:
+        return "cpu", NODES_FORBIDDEN
+    counts: dict[str, int] = {}
+    for node in nodes:
+        if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
+            counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
+    if not counts:
+        return "cpu", f"no GPU or Gaudi node among {len(nodes)} node(s)"
+    kind = max(counts, key=counts.get)
+    return kind, f"{counts[kind]} {kind} device(s) allocatable on the cluster's ready nodes"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # CRDs
 

@@ -3,7 +3,7 @@ over a socket, so request paths, query parameters, chunked watches and the exec 
 exactly as against a cluster.
 
 Implemented (only what the kit's job backend uses):
-  * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>
+  * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>; nodes list
   * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE
   * an MPI Operator stand-in: creating an MPIJob creates its launcher and worker pods (the operator's labels and
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
@@ -13,8 +13,9 @@ Implemented (only what the kit's job backend uses):
     channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
     job's operator-format hostfile). As in a real cluster, closing the stream does NOT stop the command.
   * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
-    (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base/rbac.yaml is enforced
-    on EVERY request before anything else (tests/fake_rbac.py), and SelfSubjectAccessReviews answer from it
+    (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base (rbac.yaml,
+    node-reader/) is enforced on EVERY request before anything else (tests/fake_rbac.py), and
+    SelfSubjectAccessReviews answer from it
   * a request log tests can assert on, and `denied`: every request RBAC refused.
 """
 
@@ -145,7 +146,8 @@ class FakeApiServer:
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
         self.users = {self.token: identity, _token(): ADMIN}  # token -> user
-        self.grants = load_bindings()  # RBAC: the kit's own Role and RoleBinding
+        self.grants = load_bindings()  # RBAC: the kit's own Role, ClusterRole and their bindings
+        self.nodes: list[dict] = []  # what GET /api/v1/nodes lists (e.g. tests/data/nodes.json's items)
         self.denied: list[tuple[str, Attributes]] = []  # (user, what RBAC refused)
         self.namespaces = set(namespaces)
         self.reject_dry_run = reject_dry_run  # an admission message MPIJob dry runs are rejected with
@@ -646,6 +648,8 @@ class _Handler(BaseHTTPRequestHandler):
                     ],
                 },
             )
+        if method == "GET" and path == "/api/v1/nodes":
+            return self._send_json(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": fake.nodes})
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
         if method == "GET" and m:
             if m.group(1) not in fake.namespaces:
@@ -720,8 +724,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send_json(201, body)
 
     def _group_served(self, base: str) -> bool:
+        """A group/version no CRD serves is 404 (the MPI Operator's per served_versions; Trainer's if installed)."""
         fake = self.server_state
-        if base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions:
+        mpi_missing = base.startswith("/apis/kubeflow.org/") and base.rsplit("/", 1)[1] not in fake.served_versions
+        if mpi_missing or (base.startswith("/apis/trainer.kubeflow.org/") and not fake.trainer_version):
             self._error(404, "NotFound", "the server could not find the requested resource")
             return False
         return True

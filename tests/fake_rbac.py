@@ -1,5 +1,6 @@
 """RBAC as the API server applies it, for tests/fake_apiserver.py: request attributes from a path, then the rules of
-the Roles bound to the caller, read from the kit's own manifests/base/rbac.yaml (never a copy of it).
+the (Cluster)Roles bound to the caller, read from the kit's own manifests/base/rbac.yaml and
+manifests/base/node-reader/ (never a copy of them).
 
 Upstream, read for each behaviour (kubernetes/kubernetes):
   * staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go: path -> (verb, apiGroup, resource,
@@ -8,7 +9,8 @@ Upstream, read for each behaviour (kubernetes/kubernetes):
   * staging/src/k8s.io/apiserver/pkg/endpoints/filters/authorization.go: authorization runs BEFORE the handler, so a
     forbidden GET/POST is 403 whether or not the object (or its namespace) exists.
   * plugin/pkg/auth/authorizer/rbac/rbac.go (RuleAllows): apiGroups, resources ("pods/exec" for a subresource) and
-    verbs must each match, "*" matching all; a RoleBinding grants only in its own namespace.
+    verbs must each match, "*" matching all; a RoleBinding grants only in its own namespace, a ClusterRoleBinding
+    everywhere (cluster-scoped resources such as nodes included).
   * plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go: every authenticated user may read discovery
     (system:discovery: /api, /apis, /apis/*, /version) and create selfsubjectaccessreviews/selfsubjectrulesreviews
     (system:basic-user).
@@ -22,7 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-RBAC_FILE = Path(__file__).resolve().parents[1] / "manifests" / "base" / "rbac.yaml"
+BASE = Path(__file__).resolve().parents[1] / "manifests" / "base"
+RBAC_FILES = (BASE / "rbac.yaml", BASE / "node-reader" / "node-reader.yaml")  # the Role; the one ClusterRole
 ADMIN = "kubernetes-admin"  # system:masters: the RBAC authorizer is not consulted
 SERVICE_ACCOUNT = "system:serviceaccount:workloads:labkit"
 REVIEWS = ("selfsubjectaccessreviews", "selfsubjectrulesreviews")
@@ -73,23 +76,28 @@ def request_attributes(method: str, path: str, query: dict) -> Attributes | None
     return Attributes(verb, group, resource, namespace, name)
 
 
-def load_bindings(path: Path = RBAC_FILE) -> dict[str, list[tuple[str, list[dict]]]]:
-    """user -> [(namespace, rules)] from the Roles and RoleBindings of one manifest file."""
+def load_bindings(paths=RBAC_FILES) -> dict[str, list[tuple[str, list[dict]]]]:
+    """user -> [(namespace, rules)] from the (Cluster)Roles and their bindings in the kit's manifest files; a
+    ClusterRoleBinding grants in every namespace and at the cluster scope (namespace "*")."""
     import yaml
 
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [d for path in paths for d in yaml.safe_load_all(Path(path).read_text()) if d]
     roles = {
-        (d["metadata"]["namespace"], d["metadata"]["name"]): d.get("rules") or [] for d in docs if d["kind"] == "Role"
+        (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d.get("rules") or []
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole")
     }
     grants: dict[str, list[tuple[str, list[dict]]]] = {}
     for d in docs:
-        if d["kind"] != "RoleBinding":
+        if d["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
             continue
-        ns = d["metadata"]["namespace"]
+        ns = d["metadata"].get("namespace", "") if d["kind"] == "RoleBinding" else "*"
+        ref = d["roleRef"]
+        rules = roles.get((ref["kind"], "" if ref["kind"] == "ClusterRole" else ns, ref["name"]), [])
         for s in d.get("subjects") or []:
             if s.get("kind") == "ServiceAccount":
                 user = f"system:serviceaccount:{s.get('namespace', ns)}:{s['name']}"
-                grants.setdefault(user, []).append((ns, roles.get((ns, d["roleRef"]["name"]), [])))
+                grants.setdefault(user, []).append((ns, rules))
     return grants
 
 
@@ -113,7 +121,8 @@ def allowed(user: str, attrs: Attributes, grants: dict, verb: str | None = None)
     if attrs.group == "authorization.k8s.io" and attrs.resource in REVIEWS and verb == "create":
         return True  # system:basic-user
     return any(
-        ns == attrs.namespace and any(_rule_allows(r, attrs, verb) for r in rules) for ns, rules in grants.get(user, [])
+        ns in (attrs.namespace, "*") and any(_rule_allows(r, attrs, verb) for r in rules)
+        for ns, rules in grants.get(user, [])
     )
 
 

@@ -308,8 +308,8 @@ def test_cli_drives_the_kubernetes_backend(api):
 
 def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, tmp_path):
     plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="auto", steps=12)
-    # The fake serves no nodes: auto falls back to cpu and says why.
-    assert plan.spec.accelerator == "cpu" and "cpu assumed" in plan.device_reason
+    # The fake lists no nodes: auto falls back to cpu and says why.
+    assert plan.spec.accelerator == "cpu" and "no GPU or Gaudi node among 0 node(s)" in plan.device_reason
     assert plan.train_argv == training_command(plan.backend, steps=12)
     assert plan.train_argv[:3] == ["deepspeed", "--hostfile", "/etc/mpi/hostfile"]
     assert "--module" in plan.train_argv and "--force_multi" in plan.train_argv

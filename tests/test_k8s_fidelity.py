@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
@@ -16,12 +17,15 @@ from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attrib
 from kit_testing import fake_cluster, wait_until
 
 from labkit.chapters.interactive import plan_interactive_job
+from labkit.cluster import NODES_FORBIDDEN
 from labkit.errors import ConfigError
 from labkit.jobs import JobNotReady, get_backend
 from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
 MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1"
+NODES = json.loads((Path(__file__).parent / "data" / "nodes.json").read_text())["items"]  # 10 nvidia, 8 gaudi ready
 
 
 @pytest.fixture
@@ -70,6 +74,8 @@ def used_by_kit(api) -> set[tuple[str, str, str]]:
 
 def test_the_service_account_runs_every_job_command_inside_its_role(api, backend):
     assert api.identity == SERVICE_ACCOUNT
+    api.nodes = NODES
+    assert backend.accelerator_for("auto", 0, 1)[0] == "nvidia"  # device=auto lists nodes (the ClusterRole)
     proxy = dict(http_proxy="http://proxy.corp:3128")  # the proxy ConfigMap: created, then reused (get)
     job = backend.submit(JobSpec(name="demo", workers=2, **proxy))
     assert job.wait_ready(timeout=20).ready
@@ -90,7 +96,8 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     assert api.denied == []  # not one call outside the Role
     # ...and nothing in the Role that the kit does not call (TrainJobs are submitted with kubectl from the lab).
     unused = granted_by_role() - used_by_kit(api)
-    assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "list", "delete")}
+    # (`job list --stale --delete` lists and deletes TrainJobs: test_job_list_stale_delete_removes_finished_trainjobs)
+    assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
     # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
     created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
     configmaps = "/api/v1/namespaces/workloads/configmaps"
@@ -102,7 +109,7 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     [
         ("GET", "/api/v1/namespaces/workloads/persistentvolumeclaims/labkit-shared"),  # exists: 403 all the same
         ("GET", "/api/v1/namespaces/workloads"),
-        ("GET", "/api/v1/nodes"),
+        ("GET", "/api/v1/nodes/dgx-h100-01"),  # the ClusterRole grants list only
         ("GET", "/apis/kubeflow.org/v2beta1/mpijobs"),  # every namespace
         ("GET", "/api/v1/namespaces/workloads/secrets"),
         ("GET", "/api/v1/namespaces/default/pods"),  # outside the RoleBinding's namespace
@@ -115,6 +122,28 @@ def test_the_fake_refuses_what_the_role_does_not_grant(api, method, path):
     api.objects[("/api/v1", "persistentvolumeclaims", "workloads", "labkit-shared")] = {"metadata": {}}
     code, status = raw(api, method, path, {} if method == "POST" else None)
     assert code == 403 and f'User "{SERVICE_ACCOUNT}" cannot' in status["message"]
+
+
+def test_device_auto_reads_the_nodes_allocatable_with_the_node_reader_cluster_role(api, backend):
+    """device=auto on the kubernetes backend (the lab pod, as the kit's ServiceAccount): the accelerator with the most
+    allocatable devices on ready nodes, through manifests/base/node-reader; without it, cpu and one line saying which
+    permission is missing and the fix."""
+    api.nodes = NODES  # ready: 8 + 2 nvidia.com/gpu, 8 habana.ai/gaudi (6 more GPUs on a NotReady node)
+    kind, workers, why = backend.accelerator_for("auto", 0, 1)
+    assert (kind, workers) == ("nvidia", 2) and why.startswith("10 nvidia device(s) allocatable")
+    api.nodes = [n for n in NODES if "habana.ai/gaudi" in n["status"]["allocatable"] or "cp" in n["metadata"]["name"]]
+    assert backend.accelerator_for("auto", 3, 8)[:2] == ("gaudi", 3)
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="auto")
+    assert plan.spec.accelerator == "gaudi" and "8 gaudi device(s)" in plan.device_reason
+    assert api.denied == []
+    api.grants[SERVICE_ACCOUNT] = [(ns, rules) for ns, rules in api.grants[SERVICE_ACCOUNT] if ns != "*"]  # no binding
+    asked, direct = (get_backend("kubernetes", kubeconfig=api.kubeconfig) for _ in range(2))
+    direct.allowed = lambda *attributes: True  # no SelfSubjectAccessReview answer: the list's own 403 says it
+    for refused in (asked, direct):
+        kind, _, why = refused.accelerator_for("auto", 2, 1)
+        assert kind == "cpu" and why == NODES_FORBIDDEN and "\n" not in why
+    assert "may not list nodes" in why and "kubectl apply -k manifests/base/node-reader" in why
+    assert [(u, a.resource, a.verb) for u, a in api.denied] == [(SERVICE_ACCOUNT, "nodes", "list")]
 
 
 def test_exec_needs_both_get_and_create_on_pods_exec(api, backend):
@@ -151,6 +180,26 @@ def test_a_worker_never_ready_fails_within_the_timeout_with_the_scheduler_messag
         assert "FailedScheduling" in text and "0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in text
         assert "was deleted, so it holds no accelerators" in text
         assert wait_until(lambda: not api.pods and not api.objects, timeout=5)  # workers gone: GPUs freed
+
+
+def test_job_submit_wait_that_times_out_deletes_the_job_and_the_remaining_time_is_the_launcher_jobs(api, backend):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "submit"]
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig, "--accelerator", "nvidia", "--slots", "8"]
+    api.scenario = "unschedulable"
+    out = subprocess.run([*cli, "--name", "big", "--wait", "3", *base], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "FailedScheduling" in out.stderr and "holds no accelerators" in out.stderr
+    assert wait_until(lambda: not api.pods and not api.objects, timeout=5) and api.denied == []
+    api.scenario = "ready"  # a started job: the deadline counts from the launcher Job's start, not the MPIJob's
+    job = backend.submit(JobSpec(name="demo", workers=1, deadline_seconds=3600))
+    job.wait_ready(timeout=20)
+    launcher = api.objects[("/apis/batch/v1", "jobs", "workloads", "demo-launcher")]
+    launcher["status"]["startTime"] = now_iso(time.time() - 600)
+    (mpijob,) = [o for o in api.objects.values() if o.get("kind") == "MPIJob"]
+    mpijob["metadata"]["creationTimestamp"] = now_iso(time.time() - 3000)
+    assert 2990 <= job.status().remaining_s <= 3000
 
 
 def test_pod_security_baseline_refusal_reaches_the_user_and_the_job_is_deleted():
@@ -239,7 +288,7 @@ def test_job_list_stale_delete_removes_finished_jobs_only(api, backend):
     base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
     out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "deleted workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
+    assert "deleted MPIJob workloads/done (DeadlineExceeded)" in out.stdout and "live" not in out.stdout
     assert [s.name for s in backend.list()] == ["live"] and api.denied == []
     refused = subprocess.run([*cli, "--delete", *base], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--stale --delete" in refused.stderr
@@ -292,3 +341,60 @@ def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_
         (late,) = backend.list()
         assert late.phase == "Pending" and late.past_deadline and "never started within its deadline" in late.message
         assert backend.delete("stuck") and wait_until(lambda: not api.objects, timeout=5)
+
+
+def trainjob(name: str, age_s: float, conditions=(), deadline_s: int | None = None, active: int = 0) -> dict:
+    """A TrainJob as Kubeflow Trainer leaves it: the kit's overlay, then the controller's status (kubeflow/trainer
+    pkg/apis/trainer/v1alpha1/trainjob_types.go: conditions Complete, Failed (reason DeadlineExceeded), Suspended)."""
+    spec = JobSpec(name=name, trainjob_deadline=deadline_s is not None, deadline_seconds=deadline_s or 3600)
+    obj = render_job(spec, "trainjob")
+    obj["metadata"].update(creationTimestamp=now_iso(time.time() - age_s), uid=f"uid-{name}")
+    conds = [
+        {"type": t, "status": st, "reason": r, "message": f"{t} {r}", "lastTransitionTime": now_iso(time.time() - ago)}
+        for t, st, r, ago in conditions
+    ]
+    obj["status"] = {"conditions": conds, "jobsStatus": [{"name": "node", "active": active, "ready": active}]}
+    return obj
+
+
+def test_job_list_stale_delete_removes_finished_trainjobs():
+    """TrainJobs (created from the lab with kubectl) have no TTL either: `job list --stale --delete` removes those
+    Trainer marked finished (Complete, Failed; DeadlineExceeded) and those past spec.activeDeadlineSeconds (from
+    creation, or from the last resume; never while suspended), as the ServiceAccount, and keeps the rest."""
+    import subprocess
+    import sys
+
+    with fake_cluster(trainer_version="2.2.0") as (api, backend):
+        jobs = [
+            trainjob("done", 900, [("Complete", "True", "JobSetCompleted", 60)]),
+            trainjob("crashed", 900, [("Failed", "True", "JobSetFailed", 60)]),
+            trainjob("timed-out", 900, [("Failed", "True", "DeadlineExceeded", 60)], deadline_s=600),
+            trainjob("overdue", 900, deadline_s=600, active=2),  # Trainer's controller did not act: flagged
+            trainjob("resumed", 900, [("Suspended", "False", "Resumed", 30)], deadline_s=600, active=2),
+            trainjob("suspended", 900, [("Suspended", "True", "Suspended", 800)], deadline_s=600),
+            trainjob("running", 900, active=2),
+        ]
+        for obj in jobs:
+            api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
+        listed = {st.name: st for st in backend.list()}
+        assert {n: (st.kind, st.phase) for n, st in listed.items()} == {
+            "done": ("TrainJob", "Succeeded"), "crashed": ("TrainJob", "Failed"),
+            "timed-out": ("TrainJob", "DeadlineExceeded"), "overdue": ("TrainJob", "Running"),
+            "resumed": ("TrainJob", "Running"), "suspended": ("TrainJob", "Pending"),
+            "running": ("TrainJob", "Running"),
+        }  # fmt: skip
+        overdue = listed["overdue"]
+        assert overdue.past_deadline and (overdue.workers, overdue.slots_per_worker) == (2, 1)
+        assert listed["resumed"].remaining_s > 500 and listed["suspended"].deadline is None
+        cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())", "job", "list"]
+        base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+        out = subprocess.run([*cli, "--stale", "--delete", *base], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for name, phase in [("done", "Succeeded"), ("crashed", "Failed"), ("timed-out", "DeadlineExceeded")]:
+            assert f"deleted TrainJob workloads/{name} ({phase})" in out.stdout
+        assert "deleted TrainJob workloads/overdue (Running)" in out.stdout and "PAST DEADLINE" in out.stdout
+        assert sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"]
+        assert api.denied == [] and api.delete_bodies[-1] == {"propagationPolicy": "Foreground"}
+        assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
+            ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete")
+        }  # fmt: skip

@@ -404,6 +404,15 @@ def test_trainjob_and_core_kinds_are_validated():
     cluster_role = dict(objects["Role"], kind="ClusterRole")
     with pytest.raises(m.ManifestError, match="nothing cluster-wide"):
         m.validate_object(cluster_role)
+    # The one cluster-wide grant (manifests/base/node-reader, in the lab): listing nodes, for device=auto.
+    reader, binding = m.kustomize_build(REPO / "manifests" / "base" / "node-reader")
+    assert reader["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
+    m.validate_objects([reader, binding])
+    assert {"ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in m.kustomize_build(REPO / "manifests" / "lab")}
+    with pytest.raises(m.ManifestError, match=r"rules\[0\]: the kit grants nothing cluster-wide but get/list on nodes"):
+        m.validate_object(_break(reader, ["rules", 0, "verbs"], ["list", "watch"]))
+    with pytest.raises(m.ManifestError, match="roleRef.name: the kit binds no ClusterRole but labkit-node-reader"):
+        m.validate_object(_break(binding, ["roleRef", "name"], "cluster-admin"))
     with pytest.raises(m.ManifestError, match="not a version labkit knows"):
         m.validate_object(dict(trainjob, apiVersion="trainer.kubeflow.org/v9"))
 

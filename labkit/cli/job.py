@@ -4,7 +4,7 @@ labkit job submit --name demo --workers 2              # local processes by defa
 labkit job exec demo -- cat /etc/mpi/hostfile          # exit code = the command's
 labkit job exec demo --train --steps 20                # the default `deepspeed --hostfile ... --launcher openmpi`
 labkit job list                                        # PAST DEADLINE flags forgotten jobs
-labkit job list --stale --delete                       # remove finished jobs (the operator's TTL does not)
+labkit job list --stale --delete                       # remove finished MPIJobs/TrainJobs (no TTL does)
 labkit job delete demo
 """
 
@@ -50,7 +50,7 @@ NAME = [(["name"], {})]
 WAIT = [(["--wait"], dict(type=float, default=None, metavar="SECONDS", help="wait until ready (default: don't)"))]
 ALL_NAMESPACES = [(["-A", "--all-namespaces"], dict(action="store_true", help="every namespace"))]
 STALE = [
-    (["--stale"], dict(action="store_true", help="only finished jobs and jobs past their deadline")),
+    (["--stale"], dict(action="store_true", help="only finished jobs (MPIJobs, TrainJobs) and those past deadline")),
     (["--delete"], dict(action="store_true", help="with --stale: delete them (a finished MPIJob stays until deleted)")),
 ]
 FINISHED = ("Succeeded", "Failed", "DeadlineExceeded")
@@ -148,21 +148,22 @@ def _list(args) -> int:
         raise ConfigError("--delete", "deletes only what --stale selects", "pass --stale --delete")
     backend = _backend(args)
     jobs = backend.list(namespace="*" if args.all_namespaces else None)
-    if args.stale:  # the TTL removes only the launcher Job: finished MPIJobs stay, and their names stay taken
+    # Finished MPIJobs stay (the operator's TTL removes only the launcher Job) and keep their names; so do TrainJobs.
+    if args.stale:
         jobs = [st for st in jobs if st.phase in FINISHED or st.past_deadline]
     if not jobs:
         print("no stale jobs" if args.stale else "no jobs")
         return 0
     rows = [
-        {"NAMESPACE": st.namespace, "NAME": st.name, "PHASE": st.phase, "READY": "yes" if st.ready else "no",
-         "WORKERSxSLOTS": f"{st.workers or '?'}x{st.slots_per_worker or '?'}", "DEADLINE": _when(st.deadline),
-         "FLAG": "PAST DEADLINE" if st.past_deadline else ""}
+        {"NAMESPACE": st.namespace, "KIND": st.kind, "NAME": st.name, "PHASE": st.phase,
+         "READY": "yes" if st.ready else "no", "WORKERSxSLOTS": f"{st.workers or '?'}x{st.slots_per_worker or '?'}",
+         "DEADLINE": _when(st.deadline), "FLAG": "PAST DEADLINE" if st.past_deadline else ""}
         for st in jobs
     ]  # fmt: skip
     print(text_table(rows, list(rows[0])))
     for st in jobs if args.delete else []:
-        backend.delete(st.name, namespace=st.namespace)
-        print(f"deleted {st.namespace}/{st.name} ({st.phase})")
+        backend.delete_listed(st)
+        print(f"deleted {st.kind} {st.namespace}/{st.name} ({st.phase})")
     return 0
 
 

@@ -48,6 +48,7 @@ class JobStatus:
     message: str = ""
     workers: int | None = None
     slots_per_worker: int | None = None
+    kind: str = "MPIJob"  # kubernetes: MPIJob, or a Kubeflow Trainer TrainJob (listed, never submitted by the kit)
 
     @property
     def past_deadline(self) -> bool:
@@ -130,6 +131,10 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         """Every job in namespace ('*': all namespaces)."""
+
+    def delete_listed(self, st: JobStatus) -> bool:
+        """Delete a job that `list()` returned, whatever its kind; True if it existed."""
+        return self.delete(st.name, namespace=st.namespace)
 
 
 class Job:

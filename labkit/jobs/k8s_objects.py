@@ -1,5 +1,5 @@
-"""Reading what the Kubernetes API returns (an MPIJob's phase, a pod's readiness and problems, an error's message), and
-the shell scripts an exec runs in the launcher."""
+"""Reading what the Kubernetes API returns (an MPIJob's phase, a TrainJob's, a pod's readiness and problems, an error's
+message), and the shell scripts an exec runs in the launcher."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from labkit.errors import LabkitError
+from labkit.jobs.base import JobStatus
 
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -136,3 +137,36 @@ def mpijob_deadline(job: dict, launcher: dict | None, created: float | None) -> 
     if own and created and time.time() > created + float(own):
         return created + float(own), "; never started within its deadline (no launcher Job, so nothing will stop it)"
     return None, "; no deadline yet: it starts with the launcher, once every worker is Ready"
+
+
+def trainjob_status(obj: dict, backend: str) -> JobStatus:
+    """A Kubeflow Trainer TrainJob (trainer.kubeflow.org/v1alpha1) in JobStatus words, as Trainer itself reads it
+    (kubeflow/trainer): finished = condition Complete or Failed true (pkg/util/trainjob/trainjob.go,
+    IsTrainJobFinished); the deadline's Failed has reason DeadlineExceeded (pkg/apis/trainer/v1alpha1/
+    trainjob_types.go); spec.activeDeadlineSeconds (Trainer >= 2.2) counts from creation, or from the last resume
+    (condition Suspended false), and not while suspended (pkg/controller/trainjob_controller.go, reconcileDeadline).
+    A TrainJob past that time and still unfinished is flagged (Trainer's controller did not act on it)."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
+    resumed = next((c for c in status.get("conditions") or [] if c.get("type") == "Suspended"), None)
+    active = sum(int(j.get("active") or 0) for j in status.get("jobsStatus") or [])
+    if "Complete" in conds:
+        phase, cond = "Succeeded", conds["Complete"]
+    elif "Failed" in conds:
+        cond = conds["Failed"]
+        phase = "DeadlineExceeded" if cond.get("reason") == "DeadlineExceeded" else "Failed"
+    elif "Suspended" in conds:
+        phase, cond = "Pending", conds["Suspended"]
+    else:
+        phase, cond = ("Running" if active else "Pending"), {"message": f"{active} child Job(s) active"}
+    st = JobStatus(meta.get("name", "?"), meta.get("namespace", ""), backend, phase, kind="TrainJob")
+    st.message = cond.get("message") or cond.get("reason") or ""
+    st.created = timestamp(meta.get("creationTimestamp"))
+    deadline_s = spec.get("activeDeadlineSeconds")
+    resumed_at = timestamp(resumed.get("lastTransitionTime")) if resumed and resumed.get("status") == "False" else None
+    start = resumed_at or st.created
+    if deadline_s and start and "Suspended" not in conds:
+        st.deadline = start + float(deadline_s)
+    trainer = spec.get("trainer") or {}
+    st.workers, st.slots_per_worker = trainer.get("numNodes"), trainer.get("numProcPerNode")
+    return st

@@ -34,11 +34,13 @@ from labkit.jobs.k8s_objects import (
     pod_problem,
     pod_ready,
     timestamp,
+    trainjob_status,
     unreachable,
 )
 from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
+TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (only listed, deleted)
 
 
 def BATCH_JOBS(ns: str) -> str:  # noqa: N802 - a path, like MPIJOBS
@@ -113,10 +115,11 @@ class KubernetesBackend(JobBackend):
             raise ApiException(http_resp=resp)
         return json.loads(data) if data else None
 
-    def _mpijob(self, method: str, ns: str, name: str = "", **kwargs) -> Any:
-        """One request on MPIJobs: in namespace ns ('*': every namespace), or on the one named."""
-        path = f"{MPIJOBS}/mpijobs" if ns == "*" else f"{MPIJOBS}/namespaces/{ns}/mpijobs" + (name and f"/{name}")
-        return self._call(f"{method} MPIJob {ns}/{name or '*'}", self._rest, method, path, **kwargs)
+    def _mpijob(self, method: str, ns: str, name: str = "", kind: str = "MPIJob", **kwargs) -> Any:
+        """One request on MPIJobs (or TrainJobs): in namespace ns ('*': every namespace), or on the one named."""
+        group, plural = (MPIJOBS, "mpijobs") if kind == "MPIJob" else (TRAINJOBS, "trainjobs")
+        path = f"{group}/{plural}" if ns == "*" else f"{group}/namespaces/{ns}/{plural}" + (name and f"/{name}")
+        return self._call(f"{method} {kind} {ns}/{name or '*'}", self._rest, method, path, **kwargs)
 
     def _pods(self, name: str, namespace: str, role: str | None = None):
         selector = f"{LABEL_JOB}={name}" + (f",{LABEL_ROLE}={role}" if role else "")
@@ -155,26 +158,7 @@ class KubernetesBackend(JobBackend):
         auto = "" if workers else f"; workers 0 = automatic: {AUTO_WORKERS} worker pods"
         if value != "auto":
             return ACCELERATOR_OF[value], workers or AUTO_WORKERS, "requested" + auto
-        if not self.allowed("list", "", "nodes"):
-            return "cpu", workers or AUTO_WORKERS, f"you may not list the cluster's nodes, cpu assumed{auto}"
-        try:
-            nodes = cluster.list_node_inventory(self.api_client)
-        except Exception as exc:  # noqa: BLE001 - auto falls back to cpu, saying why
-            return (
-                "cpu",
-                workers or AUTO_WORKERS,
-                f"cluster nodes not readable ({type(exc).__name__}), cpu assumed{auto}",
-            )
-        counts: dict[str, int] = {}
-        for node in nodes:
-            if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
-                counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
-        kind = max(counts, key=counts.get) if counts else "cpu"
-        why = (
-            f"{counts[kind]} {kind} device(s) allocatable in the cluster"
-            if counts
-            else f"no GPU or Gaudi node among {len(nodes)} node(s)"
-        )
+        kind, why = cluster.cluster_accelerator(self.api_client, may_list=self.allowed("list", "", "nodes"))
         return kind, workers or AUTO_WORKERS, why + auto
 
     def check_operator(self) -> None:
@@ -296,8 +280,14 @@ class KubernetesBackend(JobBackend):
         return self._status_of(obj, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
+        """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed: its API answers 404)."""
         found = [(o, o["metadata"]) for o in self._mpijob("GET", namespace or self.namespace).get("items", [])]
-        return [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
+        jobs = [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
+        try:
+            trainjobs = self._mpijob("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
+        except JobNotFound:
+            trainjobs = []
+        return jobs + [trainjob_status(o, self.name) for o in trainjobs]
 
     # -- readiness -------------------------------------------------------------------------------------------------
     def _events(self, namespace: str, involved: str, reasons: frozenset | None = None) -> list[str]:
@@ -478,6 +468,16 @@ class KubernetesBackend(JobBackend):
         return self._call(
             f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=pod.spec.containers[0].name
         )
+
+    def delete_listed(self, st: JobStatus) -> bool:
+        """A TrainJob: Foreground deletion (its JobSet, Jobs and pods go first), not waited for."""
+        if st.kind == "MPIJob":
+            return self.delete(st.name, namespace=st.namespace)
+        try:
+            self._mpijob("DELETE", st.namespace, st.name, kind=st.kind, body={"propagationPolicy": "Foreground"})
+        except JobNotFound:
+            return False
+        return True
 
     def delete(self, name: str, *, namespace: str | None = None) -> bool:
         ns = namespace or self.namespace

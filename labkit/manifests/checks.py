@@ -21,6 +21,7 @@ SSH_PORT = 2222  # sshd in images/ listens here; worker readiness probes check i
 SSH_USER, SSH_UID = "mpiuser", 1000  # the images' non-root user
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 NAME_MAX = 40  # `<name>-worker-<i>` and `<name>-launcher-xxxxx` must stay valid 63-char pod host names
+NODE_READER = "labkit-node-reader"  # the one ClusterRole (manifests/base/node-reader): listing nodes for device=auto
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -159,10 +160,24 @@ def validate_object(obj: dict) -> None:
         known = ", ".join(f"{k} {v}" for v, k in sorted(_crd_validators()))
         problem = f"is not a version labkit knows ({known}); regenerate labkit/schemas with scripts/make_schemas.py"
         raise ManifestError(ref, "apiVersion", f"{obj['apiVersion']} {obj['kind']} {problem}")
-    elif obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-        raise ManifestError(ref, "kind", "the kit grants nothing cluster-wide; use a namespaced Role/RoleBinding")
     else:
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            _check_cluster_rbac(obj, ref)
         _validate_core(obj, ref, "")
+
+
+def _check_cluster_rbac(obj: dict, ref: str) -> None:
+    """The kit grants nothing cluster-wide but listing nodes (manifests/base/node-reader: device=auto)."""
+    fix = "use a namespaced Role/RoleBinding"
+    if obj["kind"] == "ClusterRoleBinding":
+        if (obj.get("roleRef") or {}).get("name") != NODE_READER:
+            raise ManifestError(ref, "roleRef.name", f"the kit binds no ClusterRole but {NODE_READER}; {fix}")
+        return
+    for i, rule in enumerate(obj.get("rules") or []):
+        reads_nodes = rule.get("apiGroups") == [""] and rule.get("resources") == ["nodes"]
+        if not reads_nodes or not set(rule.get("verbs") or ["?"]) <= {"get", "list"}:
+            problem = "the kit grants nothing cluster-wide but get/list on nodes"
+            raise ManifestError(ref, f"rules[{i}]", f"{problem}; {fix}")
 
 
 # ----------------------------------------------------------------------------------------------- schemas
