@@ -48,8 +48,7 @@ _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
 _TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
 _DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
 _MPI_EXIT = re.compile(
-    r"process rank (\d+) with PID \d+ on node \S+ "
-    r"(exited on signal (\d+)[^\n]*|exited with status (\d+))"
+    r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|exited with status (\d+))"
 )
 MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
 CAUSES = (  # (a pattern in a failed run's output, the likely cause)
@@ -110,9 +109,8 @@ def require_mpi(field: str, launcher: str, instead: str = "use launcher='deepspe
         return
     if shutil.which("mpirun") is None:
         install = "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does it)"
-        raise ConfigError(
-            field, f"{launcher!r} needs Open MPI's mpirun, which is not on PATH", f"{install}, or {instead}"
-        )
+        problem = f"{launcher!r} needs Open MPI's mpirun, which is not on PATH"
+        raise ConfigError(field, problem, f"{install}, or {instead}")
     if importlib.util.find_spec("mpi4py") is None:
         problem = f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)"
         raise ConfigError(field, problem, f"pip install 'labkit[mpi]' (needs Open MPI's mpicc), or {instead}")
@@ -259,16 +257,9 @@ def describe_failure(output: str, returncode: int | None = None, deadline_s: flo
     return line + (f"; likely cause: {cause}" if cause else "")
 
 
-def run(
-    spec: LaunchSpec,
-    *,
-    timeout: float | None = None,
-    on_output: Callable[[str], None] | None = None,
-    cwd: str | Path | None = None,
-    log_path: str | Path | None = None,
-    check: bool = True,
-) -> LaunchResult:
-    """Run `spec` to completion. Raises LaunchError (one line naming the failing rank) if check and it fails."""
+def run(spec: LaunchSpec, **options) -> LaunchResult:
+    """Run `spec` to completion; `options` (timeout, on_output, cwd, log_path, check) are run_command's. Raises
+    LaunchError (one line naming the failing rank) if check and it fails."""
     spec.validate()
     tmpdir = Path(tempfile.mkdtemp(prefix="labkit-launch-"))
     hostfile = spec.hostfile
@@ -281,7 +272,7 @@ def run(
     extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
     env = kit_env(extra, world_size=spec.world_size, device=spec.device)
     try:
-        return run_command(cmd, env, timeout=timeout, on_output=on_output, cwd=cwd, log_path=log_path, check=check)
+        return run_command(cmd, env, **options)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -348,10 +339,8 @@ def run_command(
 
 def rank_and_world() -> tuple[int, int]:
     """This rank's number and the world size, from the launcher's environment (DeepSpeed/torchrun or Open MPI)."""
-    env = os.environ
-    return int(env.get("RANK", env.get("OMPI_COMM_WORLD_RANK", 0))), int(
-        env.get("WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE", 1))
-    )
+    rank = os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0))
+    return int(rank), int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
 
 
 def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose: bool = False) -> None:

@@ -267,9 +267,7 @@ def one_device_reference(plan: ZeroPlan, device: str = "auto") -> ZeroPlan | Non
     return replace(plan, world_size=1, device=dev, dtype=dtype, why=why)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Running
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Running -----------------------------------------------------------------------------------------------------------
 def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, log_path=None) -> dict:
     """Launch the probe once for all configurations; return the report (JSON-able). Raises LaunchError naming the
     failing rank's own error; all ranks are stopped and a temporary run directory is removed on any exit. Rank output
