@@ -151,6 +151,20 @@ def deepspeed_executable(python: str = sys.executable) -> list[str]:
     return [str(candidate)] if candidate.is_file() else [python, "-m", "deepspeed.launcher.runner"]
 
 
+def job_deepspeed() -> list[str]:
+    """`deepspeed` in a job's launcher: by name where the script is installed (the job's PATH finds that one first)."""
+    runner = deepspeed_executable()
+    return ["deepspeed"] if len(runner) == 1 else runner
+
+
+def cluster_deepspeed(hostfile: str, ssh_port: int) -> list[str]:
+    """DeepSpeed's openmpi launcher over an MPIJob's hostfile, ssh on the images' unprivileged sshd port (DeepSpeed's
+    probe, mpirun's ssh). `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise
+    start the ranks on the launcher itself (which has no accelerators)."""
+    ssh = ["--ssh_port", str(ssh_port), "--launcher_args", f"--mca plm_rsh_args '-p {ssh_port}'"]
+    return ["deepspeed", "--hostfile", hostfile, "--force_multi", "--launcher", "openmpi", *ssh]
+
+
 def shown_command(argv: list[str]) -> list[str]:
     """argv as a user types it: the launcher by name (`deepspeed`, `mpirun`), not by this machine's path."""
     runner = deepspeed_executable()
