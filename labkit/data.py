@@ -76,10 +76,9 @@ class CifarArrays:
         return dataclasses.replace(self, **cut, test_images=self.test_images[te], test_labels=self.test_labels[te])
 
     def summary(self) -> dict:
+        head = {"kind": self.kind, "synthetic": self.synthetic, "source": self.source}
         sizes = {"train_images": len(self.train_labels), "test_images": len(self.test_labels)}
-        return {"kind": self.kind, "synthetic": self.synthetic, "source": self.source, **sizes} | {
-            "classes": len(self.label_names)
-        }
+        return head | sizes | {"classes": len(self.label_names)}
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -193,12 +192,9 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
             with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigError(
-                "data_dir",
-                f"CIFAR-10 could not be downloaded from {url} ({reason}); this machine may have no network access",
-                PROVIDE_DATA_FIX,
-            ) from None
+            why = f"({getattr(exc, 'reason', exc)}); this machine may have no network access"
+            problem = f"CIFAR-10 could not be downloaded from {url} {why}"
+            raise ConfigError("data_dir", problem, PROVIDE_DATA_FIX) from None
         got = _md5(archive)
         if got != md5:
             raise DataFormatError(
@@ -250,9 +246,8 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
         img += rng.normal(0.0, noise, size=img.shape)
         return np.clip(128 + 40 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
-    tr_x, tr_y = make(train)
-    te_x, te_y = make(test)
-    return CifarArrays(tr_x, tr_y, te_x, te_y, LABEL_NAMES, synthetic=True, source=_synthetic_source(train, test, seed))
+    source = _synthetic_source(train, test, seed)
+    return CifarArrays(*make(train), *make(test), LABEL_NAMES, synthetic=True, source=source)
 
 
 def _synthetic_source(train: int, test: int, seed: int) -> str:
