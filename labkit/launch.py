@@ -128,6 +128,12 @@ def threads_per_rank(world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, world_size))
 
 
+def local_threads() -> int:
+    """threads_per_rank for the ranks on this host, as the launcher's environment counts them (any launcher)."""
+    sizes = ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
+    return threads_per_rank(int(next(filter(None, map(os.environ.get, sizes)), 1)))
+
+
 def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device: str = "cpu") -> dict[str, str]:
     """The environment for kit processes: marked for the leak check, labkit importable, thread counts sized to the
     ranks, DeepSpeed's accelerator named (no auto-detection warning), torch's FutureWarnings off in rank output."""
@@ -349,6 +355,13 @@ def run_command(
 
 
 # -------------------------------------------------------------------------------- inside a rank: labkit.ranks.*
+
+
+def say(text: str) -> None:
+    # One write per line: under `python -u` print() writes the text and the newline separately, and mpirun's
+    # --tag-output then glues another rank's output onto the unfinished line.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def rank_and_world() -> tuple[int, int]:
