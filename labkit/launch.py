@@ -277,6 +277,20 @@ def describe_failure(output: str, returncode: int | None = None, deadline_s: flo
     return line + (f"; likely cause: {cause}" if cause else "")
 
 
+def local_env(spec: LaunchSpec, port: int) -> dict[str, str]:
+    """kit_env for `spec`'s ranks on this machine, meeting at 127.0.0.1:`port`."""
+    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
+    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
+    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
+    return kit_env(extra, world_size=spec.world_size, device=spec.device)
+
+
+def start_session(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None) -> subprocess.Popen:
+    """`cmd` in a session of its own (stop_tree ends all of it), stdout and stderr as one stream of text lines."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, text=True, **pipes)
+
+
 def run(spec: LaunchSpec, **options) -> LaunchResult:
     """Run `spec` to completion; `options` (timeout, on_output, cwd, log_path, check) are run_command's. Raises
     LaunchError (one line naming the failing rank) if check and it fails."""
@@ -287,12 +301,8 @@ def run(spec: LaunchSpec, **options) -> LaunchResult:
         hostfile = write_hostfile(tmpdir / "hostfile", {"localhost": spec.world_size})
     port = spec.master_port or free_port()
     cmd = build_command(spec, hostfile=hostfile, master_port=port)
-    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
-    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
-    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
-    env = kit_env(extra, world_size=spec.world_size, device=spec.device)
     try:
-        return run_command(cmd, env, **options)
+        return run_command(cmd, local_env(spec, port), **options)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -314,8 +324,7 @@ def run_command(
     chunks: list[str] = []
     failed_at: list[float] = []
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
-    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, **popen)
+    proc = start_session(cmd, env, cwd)
 
     def pump() -> None:
         for line in proc.stdout:

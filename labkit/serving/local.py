@@ -125,10 +125,7 @@ class LocalService:
         self.spec.validate()
         self._port = launch.free_port()
         argv = launch.build_command(self.spec, master_port=self._port)
-        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self._port)}
-        env = launch.kit_env(extra, world_size=self.world_size, device=self.config.device)
-        popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
-        self.proc = subprocess.Popen(argv, env=env, start_new_session=True, bufsize=1, **popen)
+        self.proc = launch.start_session(argv, launch.local_env(self.spec, self._port))
         self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
         self._reader.start()
         return self
