@@ -356,14 +356,8 @@ def run(config: ServeConfig) -> int:
     if config.device == "cpu":
         torch.set_num_threads(local_threads())
     init_deepspeed(config.device, timeout_s=config.collective_timeout_s)
-    ranks = Ranks(config.validate(ranks_world()))
+    ranks = Ranks(config.validate(torch.distributed.get_world_size()))
     if ranks.rank == 0:
         return Rank0(ranks).serve()
     follow(ranks)
     return 0
-
-
-def ranks_world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size()
