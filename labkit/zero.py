@@ -274,21 +274,19 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
     is captured (`log_path` keeps it). `progress`: True (tqdm), False, or a callable(config, step, done, total)."""
     work = Path(tempfile.mkdtemp(prefix="labkit-zero-") if run_dir is None else run_dir)
     work.mkdir(parents=True, exist_ok=True)
-    total, done = len(plan.variants) * plan.steps, [0]
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"ZeRO comparison ({plan.world_size} ranks, {plan.device})", unit="step")
+    total, done = len(plan.variants) * plan.steps, [0]
+    desc = f"ZeRO comparison ({plan.world_size} ranks, {plan.device})"
+    bar = tqdm(total=total, desc=desc, unit="step", disable=progress is not True)
 
     def on_output(line: str) -> None:
         m = _PROGRESS.search(line)
         if m:
             done[0] += 1
-            if bar is not None:
-                bar.set_postfix_str(f"ZeRO {m.group(1)}")
-                bar.update(1)
-            elif callable(progress):
+            bar.set_postfix_str(f"ZeRO {m.group(1)}")
+            bar.update(1)
+            if callable(progress):
                 progress(m.group(1), int(m.group(2)), done[0], total)
 
     try:
@@ -300,8 +298,7 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
         ranks = read_rank_files(work / "ranks", plan.world_size)
         return build_report(plan, ranks, command=result.command, wall_s=time.monotonic() - t0)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if run_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
