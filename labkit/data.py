@@ -172,11 +172,6 @@ def load(data_dir: str | Path) -> CifarArrays:
 # --------------------------------------------------------------------------------------------------------- download
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-
-
 def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:
     """Fetch the official tarball, verify its checksum, extract it under `dest`; returns the batches folder.
 
@@ -195,7 +190,8 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
             why = f"({getattr(exc, 'reason', exc)}); this machine may have no network access"
             problem = f"CIFAR-10 could not be downloaded from {url} {why}"
             raise ConfigError("data_dir", problem, PROVIDE_DATA_FIX) from None
-        got = _md5(archive)
+        with open(archive, "rb") as f:
+            got = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
         if got != md5:
             raise DataFormatError(
                 f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "

@@ -69,8 +69,7 @@ class HttpClient:
             try:
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
-                text = response.read()
-                return response.status, _json_or_text(text)
+                return response.status, _json_or_text(response.read())
             except (ConnectionError, http.client.HTTPException) as exc:
                 conn.close()
                 self._local.conn = None
