@@ -88,21 +88,20 @@ class _Map(dict):
     line = 0
 
 
-class _Loader:
-    @staticmethod
-    def load(text: str):
-        import yaml
+def _load_yaml(text: str):
+    """Safe YAML whose mappings are _Maps that know their line, so an error can name it."""
+    import yaml
 
-        class Loader(yaml.SafeLoader):
-            pass
+    class Loader(yaml.SafeLoader):
+        pass
 
-        def mapping(loader, node):
-            value = _Map(loader.construct_mapping(node, deep=True))
-            value.line = node.start_mark.line + 1
-            return value
+    def mapping(loader, node):
+        value = _Map(loader.construct_mapping(node, deep=True))
+        value.line = node.start_mark.line + 1
+        return value
 
-        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
@@ -155,7 +154,7 @@ def load(path: str | Path) -> Suite:
 
     path = Path(path)
     try:
-        raw = _Loader.load(path.read_text())
+        raw = _load_yaml(path.read_text())
     except OSError as exc:
         raise ConfigError("suite", f"cannot read {path}: {exc.strerror}", "pass an existing suite file") from None
     except yaml.YAMLError as exc:
