@@ -108,10 +108,8 @@ def _load_pickle(path: Path) -> dict:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or refused content
-        raise DataFormatError(
-            f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). "
-            f"Fix: replace the file with the original from cifar-10-python.tar.gz"
-        ) from None
+        why = f"({type(exc).__name__}: {exc}). Fix: replace the file with the original from cifar-10-python.tar.gz"
+        raise DataFormatError(f"{path}: not a readable CIFAR-10 batch {why}") from None
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     # The official files were pickled by Python 2: keys come back as bytes. Accept str keys too.
@@ -135,10 +133,8 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataFormatError(f"{path}: {len(labels)} labels for {len(data)} images")
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataFormatError(
-            f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, "
-            f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
-        )
+        found = f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
+        raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, {found}")
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
 
 
@@ -193,10 +189,8 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
         with open(archive, "rb") as f:
             got = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
         if got != md5:
-            raise DataFormatError(
-                f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "
-                f"not the official archive. Fix: download again, or copy a verified copy to {dest}"
-            )
+            why = f"checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or not the official archive"
+            raise DataFormatError(f"{url}: {why}. Fix: download again, or copy a verified copy to {dest}")
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths, links out of tmp, devices
         if not (Path(tmp) / FOLDER / TEST_FILE).is_file():
