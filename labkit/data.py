@@ -76,10 +76,9 @@ class CifarArrays:
         return dataclasses.replace(self, **cut, test_images=self.test_images[te], test_labels=self.test_labels[te])
 
     def summary(self) -> dict:
+        head = {"kind": self.kind, "synthetic": self.synthetic, "source": self.source}
         sizes = {"train_images": len(self.train_labels), "test_images": len(self.test_labels)}
-        return {"kind": self.kind, "synthetic": self.synthetic, "source": self.source, **sizes} | {
-            "classes": len(self.label_names)
-        }
+        return head | sizes | {"classes": len(self.label_names)}
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -109,10 +108,8 @@ def _load_pickle(path: Path) -> dict:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or refused content
-        raise DataFormatError(
-            f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). "
-            f"Fix: replace the file with the original from cifar-10-python.tar.gz"
-        ) from None
+        why = f"({type(exc).__name__}: {exc}). Fix: replace the file with the original from cifar-10-python.tar.gz"
+        raise DataFormatError(f"{path}: not a readable CIFAR-10 batch {why}") from None
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     # The official files were pickled by Python 2: keys come back as bytes. Accept str keys too.
@@ -136,10 +133,8 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataFormatError(f"{path}: {len(labels)} labels for {len(data)} images")
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataFormatError(
-            f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, "
-            f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
-        )
+        found = f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
+        raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, {found}")
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
 
 
@@ -173,11 +168,6 @@ def load(data_dir: str | Path) -> CifarArrays:
 # --------------------------------------------------------------------------------------------------------- download
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-
-
 def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:
     """Fetch the official tarball, verify its checksum, extract it under `dest`; returns the batches folder.
 
@@ -193,18 +183,14 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
             with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out, length=1 << 20)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigError(
-                "data_dir",
-                f"CIFAR-10 could not be downloaded from {url} ({reason}); this machine may have no network access",
-                PROVIDE_DATA_FIX,
-            ) from None
-        got = _md5(archive)
+            why = f"({getattr(exc, 'reason', exc)}); this machine may have no network access"
+            problem = f"CIFAR-10 could not be downloaded from {url} {why}"
+            raise ConfigError("data_dir", problem, PROVIDE_DATA_FIX) from None
+        with open(archive, "rb") as f:
+            got = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
         if got != md5:
-            raise DataFormatError(
-                f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or "
-                f"not the official archive. Fix: download again, or copy a verified copy to {dest}"
-            )
+            why = f"checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or not the official archive"
+            raise DataFormatError(f"{url}: {why}. Fix: download again, or copy a verified copy to {dest}")
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths, links out of tmp, devices
         if not (Path(tmp) / FOLDER / TEST_FILE).is_file():
@@ -250,9 +236,8 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
         img += rng.normal(0.0, noise, size=img.shape)
         return np.clip(128 + 40 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
-    tr_x, tr_y = make(train)
-    te_x, te_y = make(test)
-    return CifarArrays(tr_x, tr_y, te_x, te_y, LABEL_NAMES, synthetic=True, source=_synthetic_source(train, test, seed))
+    source = _synthetic_source(train, test, seed)
+    return CifarArrays(*make(train), *make(test), LABEL_NAMES, synthetic=True, source=source)
 
 
 def _synthetic_source(train: int, test: int, seed: int) -> str:

@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit import notebooks, procs
+from labkit import launch, notebooks, procs
 from labkit.errors import LabkitError
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +36,7 @@ BROWSER_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-CLOSING_HEADING = "What this run showed"
+CLOSING_HEADING = notebooks.CLOSING_HEADING.removeprefix("## ")
 # Workshop settings: no news or update pop-ups; every cell in the DOM (no windowing), so the page shows them all.
 SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
@@ -122,16 +121,10 @@ def why_not_runnable() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[str]:
     """A JupyterLab server on `root` with the workshop settings: yields its base URL with the token as a query."""
-    settings, token, port = root / ".settings", secrets.token_hex(16), _free_port()
+    settings, token, port = root / ".settings", secrets.token_hex(16), launch.free_port()
     for name, value in SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))

@@ -155,13 +155,8 @@ def deepspeed_op_report() -> dict[str, Any]:
             for name, builder in ALL_OPS.items()
             if name != "deepspeed_not_implemented"
         }
-    compiler = shutil.which(os.environ.get("CXX") or "c++")
-    return {
-        "ops": ops,
-        "ninja": cpp_extension.is_ninja_available(),
-        "compiler": compiler,
-        "cuda_home": cpp_extension.CUDA_HOME,
-    }
+    tools = {"ninja": cpp_extension.is_ninja_available(), "compiler": shutil.which(os.environ.get("CXX") or "c++")}
+    return {"ops": ops, **tools, "cuda_home": cpp_extension.CUDA_HOME}
 
 
 def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> Check:
@@ -179,10 +174,8 @@ def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> C
     needs |= {"CUDA_HOME/nvcc": report["cuda_home"]} if info.gpu_build else {}
     missing = [what for what, ok in needs.items() if not ok]
     if missing:
-        fix = (
-            f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
-            'toolkit), or avoid compiled ops: "torch_adam": true in the optimizer params'
-        )
+        fix = f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
+        fix += 'toolkit), or avoid compiled ops: "torch_adam": true in the optimizer params'
         return check(WARN, detail, fix)
     return check(PASS, detail)
 
@@ -219,10 +212,8 @@ def check_torch_cuda_arch_list(value: str | None, gpu_build: bool) -> Check:
     try:
         parse_cuda_arch_list(value)
     except ValueError as exc:
-        fix = (
-            f"export TORCH_CUDA_ARCH_LIST={suggested_arch_list(value) or '9.0'} (or unset it) before the first "
-            'DeepSpeed op build, or set "torch_adam": true in the optimizer params so FusedAdam is not compiled'
-        )
+        fix = f"export TORCH_CUDA_ARCH_LIST={suggested_arch_list(value) or '9.0'} (or unset it) before the first "
+        fix += 'DeepSpeed op build, or set "torch_adam": true in the optimizer params so FusedAdam is not compiled'
         if gpu_build:
             why = "DeepSpeed's op builder cannot parse it (FusedAdam's JIT build stops with ValueError: invalid "
             why += "literal for int())"
@@ -279,10 +270,8 @@ def check_shm(path: str | Path = "/dev/shm") -> Check:
     total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     detail = f"{total / GIB:.2f} GiB ({free / GIB:.2f} GiB free)"
     if total < GIB:
-        detail += (
-            ": under 1 GiB (containers default to 64 MiB); DataLoader workers and NCCL's shared-memory "
-            "transport fail with 'Bus error' or 'No space left on device'"
-        )
+        detail += ": under 1 GiB (containers default to 64 MiB); DataLoader workers and NCCL's shared-memory "
+        detail += "transport fail with 'Bus error' or 'No space left on device'"
         fix = "Kubernetes: mount an emptyDir with medium: Memory at /dev/shm; Docker: --shm-size=8g or --ipc=host"
         return check(WARN, detail, fix)
     return check(PASS, detail)
@@ -299,10 +288,8 @@ def check_hugepages(meminfo_text: str, gaudi_present: bool = False) -> Check:
     total, free, size = info["HugePages_Total"], info.get("HugePages_Free", 0), info.get("Hugepagesize", 2 * 2**20)
     detail = f"{total} x {size // 2**20} MiB pages reserved ({total * size / GIB:.2f} GiB, {free} free)"
     if total == 0 and gaudi_present:
-        fix = (
-            "reserve them on the node (sysctl -w vm.nr_hugepages=N, or the node's kubelet/bootloader config) and "
-            "request hugepages-2Mi in the pod"
-        )
+        fix = "reserve them on the node (sysctl -w vm.nr_hugepages=N, or the node's kubelet/bootloader config) and "
+        fix += "request hugepages-2Mi in the pod"
         return check(WARN, detail + ": Gaudi workloads need hugepages-2Mi", fix)
     return check(PASS, detail + (" (only Gaudi workloads need them)" if total == 0 else ""))
 

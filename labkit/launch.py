@@ -48,8 +48,7 @@ _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
 _TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
 _DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
 _MPI_EXIT = re.compile(
-    r"process rank (\d+) with PID \d+ on node \S+ "
-    r"(exited on signal (\d+)[^\n]*|exited with status (\d+))"
+    r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|exited with status (\d+))"
 )
 MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
 CAUSES = (  # (a pattern in a failed run's output, the likely cause)
@@ -110,9 +109,8 @@ def require_mpi(field: str, launcher: str, instead: str = "use launcher='deepspe
         return
     if shutil.which("mpirun") is None:
         install = "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev; `make install` does it)"
-        raise ConfigError(
-            field, f"{launcher!r} needs Open MPI's mpirun, which is not on PATH", f"{install}, or {instead}"
-        )
+        problem = f"{launcher!r} needs Open MPI's mpirun, which is not on PATH"
+        raise ConfigError(field, problem, f"{install}, or {instead}")
     if importlib.util.find_spec("mpi4py") is None:
         problem = f"{launcher!r} needs mpi4py (DeepSpeed reads the Open MPI ranks through it)"
         raise ConfigError(field, problem, f"pip install 'labkit[mpi]' (needs Open MPI's mpicc), or {instead}")
@@ -128,6 +126,12 @@ def free_port() -> int:
 def threads_per_rank(world_size: int) -> int:
     # 2 ranks x 2 threads on 2 cores ran ~9x slower: never oversubscribe the cores.
     return max(1, (os.cpu_count() or 1) // max(1, world_size))
+
+
+def local_threads() -> int:
+    """threads_per_rank for the ranks on this host, as the launcher's environment counts them (any launcher)."""
+    sizes = ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
+    return threads_per_rank(int(next(filter(None, map(os.environ.get, sizes)), 1)))
 
 
 def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device: str = "cpu") -> dict[str, str]:
@@ -152,6 +156,20 @@ def deepspeed_executable(python: str = sys.executable) -> list[str]:
     """The `deepspeed` launcher installed beside `python` (falls back to `python -m deepspeed.launcher.runner`)."""
     candidate = Path(python).parent / "deepspeed"
     return [str(candidate)] if candidate.is_file() else [python, "-m", "deepspeed.launcher.runner"]
+
+
+def job_deepspeed() -> list[str]:
+    """`deepspeed` in a job's launcher: by name where the script is installed (the job's PATH finds that one first)."""
+    runner = deepspeed_executable()
+    return ["deepspeed"] if len(runner) == 1 else runner
+
+
+def cluster_deepspeed(hostfile: str, ssh_port: int) -> list[str]:
+    """DeepSpeed's openmpi launcher over an MPIJob's hostfile, ssh on the images' unprivileged sshd port (DeepSpeed's
+    probe, mpirun's ssh). `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise
+    start the ranks on the launcher itself (which has no accelerators)."""
+    ssh = ["--ssh_port", str(ssh_port), "--launcher_args", f"--mca plm_rsh_args '-p {ssh_port}'"]
+    return ["deepspeed", "--hostfile", hostfile, "--force_multi", "--launcher", "openmpi", *ssh]
 
 
 def shown_command(argv: list[str]) -> list[str]:
@@ -260,16 +278,23 @@ def describe_failure(output: str, returncode: int | None = None, deadline_s: flo
     return line + (f"; likely cause: {cause}" if cause else "")
 
 
-def run(
-    spec: LaunchSpec,
-    *,
-    timeout: float | None = None,
-    on_output: Callable[[str], None] | None = None,
-    cwd: str | Path | None = None,
-    log_path: str | Path | None = None,
-    check: bool = True,
-) -> LaunchResult:
-    """Run `spec` to completion. Raises LaunchError (one line naming the failing rank) if check and it fails."""
+def local_env(spec: LaunchSpec, port: int) -> dict[str, str]:
+    """kit_env for `spec`'s ranks on this machine, meeting at 127.0.0.1:`port`."""
+    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
+    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
+    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
+    return kit_env(extra, world_size=spec.world_size, device=spec.device)
+
+
+def start_session(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None) -> subprocess.Popen:
+    """`cmd` in a session of its own (stop_tree ends all of it), stdout and stderr as one stream of text lines."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, text=True, **pipes)
+
+
+def run(spec: LaunchSpec, **options) -> LaunchResult:
+    """Run `spec` to completion; `options` (timeout, on_output, cwd, log_path, check) are run_command's. Raises
+    LaunchError (one line naming the failing rank) if check and it fails."""
     spec.validate()
     tmpdir = Path(tempfile.mkdtemp(prefix="labkit-launch-"))
     hostfile = spec.hostfile
@@ -277,12 +302,8 @@ def run(
         hostfile = write_hostfile(tmpdir / "hostfile", {"localhost": spec.world_size})
     port = spec.master_port or free_port()
     cmd = build_command(spec, hostfile=hostfile, master_port=port)
-    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
-    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
-    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
-    env = kit_env(extra, world_size=spec.world_size, device=spec.device)
     try:
-        return run_command(cmd, env, timeout=timeout, on_output=on_output, cwd=cwd, log_path=log_path, check=check)
+        return run_command(cmd, local_env(spec, port), **options)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -304,8 +325,7 @@ def run_command(
     chunks: list[str] = []
     failed_at: list[float] = []
     log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
-    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, **popen)
+    proc = start_session(cmd, env, cwd)
 
     def pump() -> None:
         for line in proc.stdout:
@@ -347,12 +367,17 @@ def run_command(
 # -------------------------------------------------------------------------------- inside a rank: labkit.ranks.*
 
 
+def say(text: str) -> None:
+    # One write per line: under `python -u` print() writes the text and the newline separately, and mpirun's
+    # --tag-output then glues another rank's output onto the unfinished line.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def rank_and_world() -> tuple[int, int]:
     """This rank's number and the world size, from the launcher's environment (DeepSpeed/torchrun or Open MPI)."""
-    env = os.environ
-    return int(env.get("RANK", env.get("OMPI_COMM_WORLD_RANK", 0))), int(
-        env.get("WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE", 1))
-    )
+    rank = os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0))
+    return int(rank), int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
 
 
 def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose: bool = False) -> None:

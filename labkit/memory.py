@@ -81,9 +81,7 @@ def _check_training(stage: int, world_size: int, dtype: str, offload_optimizer: 
     check_offload(stage, offload_optimizer, offload_param)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Parameter counting
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Parameter counting ------------------------------------------------------------------------------------------------
 @dataclass
 class ParamCount:
     total: int
@@ -133,9 +131,7 @@ def mlp_shape_for(params: int, layers: int = 10) -> tuple[int, int]:
     return hidden, max(1, int(round(params / mlp_params(hidden, 1))))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Model states: the paper
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Model states: the paper -------------------------------------------------------------------------------------------
 def paper_model_states(
     params: int, stage: int, world_size: int, dtype: str = "bf16", offload_optimizer=False, offload_param=False
 ) -> dict:
@@ -150,12 +146,8 @@ def paper_model_states(
     p, g, k = (4, 4, 8) if dtype == "fp32" else (2, 2, 12)
     master, n = (0 if dtype == "fp32" else 4), world_size
     pb, gb, kb = (x * params / (n if stage >= s else 1) for x, s in ((p, 3), (g, 2), (k, 1)))
-    device = {
-        "params": pb,
-        "master_params": kb * master / k,
-        "gradients": gb,
-        "optimizer_states": kb * (k - master) / k,
-    }
+    device = {"params": pb, "master_params": kb * master / k, "gradients": gb}
+    device["optimizer_states"] = kb * (k - master) / k
     host = dict.fromkeys(device, 0.0)
     moved = ("master_params", "optimizer_states", "gradients") * offload_optimizer + ("params",) * offload_param
     for kind in moved:
@@ -170,9 +162,7 @@ def paper_model_states(
     return {"device": device, "host": host, "total": sum(device.values()) + sum(host.values()), "formula": formula}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Model states: DeepSpeed 0.19 as implemented
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Model states: DeepSpeed 0.19 as implemented -----------------------------------------------------------------------
 @dataclass
 class Piece:
     """One tensor (or family of tensors) DeepSpeed allocates per rank."""
@@ -258,13 +248,7 @@ def deepspeed_model_states(
             rows += [
                 ("master_params", "fp32 master copies (fp32_groups)", psi * 4, "device", "init"),
                 ("optimizer_states", adam, 2 * psi * 4, "device", "init"),
-                (
-                    "optimizer_states",
-                    step,
-                    step_bytes * (len(numels) if optimizer_impl == "torch" else 1),
-                    "host",
-                    "init",
-                ),
+                ("optimizer_states", step, step_bytes * len(numels), "host", "init"),  # step_bytes is 0 unless torch
             ]
     elif stage in (1, 2):
         # stage_1_and_2.py: one flat buffer per param group padded to a multiple of 2*N elements; each rank owns
@@ -291,15 +275,9 @@ def deepspeed_model_states(
         for x in numels:  # parameter_offload.mark_persistent_parameters
             if x + persistent <= model_persistence_threshold and x <= param_persistence_threshold:
                 persistent += x
-        bucket = reduce_bucket_size * lp * contiguous_gradients
+        bucket, param_loc = reduce_bucket_size * lp * contiguous_gradients, "host" if offload_param else "device"
         rows += [
-            (
-                "params",
-                "ds_tensor partitions (lp_param_buffer)",
-                p3 * lp,
-                "host" if offload_param else "device",
-                "init",
-            ),
+            ("params", "ds_tensor partitions (lp_param_buffer)", p3 * lp, param_loc, "init"),
             ("params", "persistent small params, kept whole", persistent * lp, "device", "forward"),
             ("master_params", "fp32_partitioned_groups_flat", p3 * 4, opt_loc, "init"),
             ("gradients", "grad_partitions_flat_buffer", p3 * lp, opt_loc, "init"),

@@ -242,14 +242,12 @@ def run_all(
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
+    options.pop("stem_suffix", None)  # each run's own, below
     for i, (nb, params) in enumerate(chosen):
-        if any(other == nb for other, _ in chosen[:i]):  # a second run of one notebook gets its own files
-            suffix = sum(other == nb for other, _ in chosen[:i]) + 1
-            options = {**options, "stem_suffix": f"-{suffix}"}
-        else:
-            options = {k: v for k, v in options.items() if k != "stem_suffix"}
+        earlier = sum(other == nb for other, _ in chosen[:i])  # a second run of one notebook gets its own files
+        own = {"stem_suffix": f"-{earlier + 1}"} if earlier else {}
         print(f"labkit: running {nb.name} {json.dumps(params) if params else ''}", file=sys.stderr, flush=True)
-        runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options}))
+        runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options, **own}))
         status = "passed" if runs[-1].passed else f"FAILED ({runs[-1].error})"
         print(f"labkit: {nb.name}: {status} in {runs[-1].duration_s:.1f} s", file=sys.stderr, flush=True)
         write_report(run_dir, runs)
@@ -313,13 +311,9 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
             f"{'' if o.passed else _recording_cell_link(r, o.expectation.result)}</div>"
             for o in checked.get(r.name, [])
         )
-        shot = run_dir / "screenshots" / f"{r.name}.png"
-        picture = (
-            f'<a href="screenshots/{html.escape(shot.name)}"><img src="screenshots/{html.escape(shot.name)}" '
-            'width="160" alt="in JupyterLab"></a>'
-            if shot.is_file()
-            else ""
-        )
+        shot = f"screenshots/{html.escape(r.name)}.png"
+        picture = f'<a href="{shot}"><img src="{shot}" width="160" alt="in JupyterLab"></a>'
+        picture = picture if (run_dir / "screenshots" / f"{r.name}.png").is_file() else ""
         found = html.escape(r.finding) or f"<i>{len(r.results)} result(s) recorded</i>"
         cells = (links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture)
         rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -75,7 +75,5 @@ def read(executed_notebook: str | Path) -> dict[str, Any]:
 
 def cell_of(executed_notebook: str | Path, name: str) -> str | None:
     """The id of the cell that recorded `name` last (the one `read` returns), or None."""
-    found = None
-    for cell_id, recorded_name, _ in _records(executed_notebook):
-        found = cell_id if recorded_name == name else found
-    return found
+    ids = [cell_id for cell_id, recorded, _ in _records(executed_notebook) if recorded == name]
+    return ids[-1] if ids else None

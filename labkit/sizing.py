@@ -33,9 +33,7 @@ ESTIMATE_KEYS = ("stage", "offload_optimizer", "offload_param", "zero_init", "pe
 _EST_LINE = re.compile(r"^\s*([0-9.]+)GB\s*\|\s*([0-9.]+)GB\s*\|\s*(.*)$")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# DeepSpeed's own estimators, as data
-# ----------------------------------------------------------------------------------------------------------------------
+# -- DeepSpeed's own estimators, as data -------------------------------------------------------------------------------
 def deepspeed_estimates(
     total_params: int, largest_layer_params: int, gpus_per_node: int = 1, nodes: int = 1, buffer_factor: float = 1.5
 ) -> list[dict]:
@@ -64,9 +62,8 @@ def capture_deepspeed_estimator(
     stage: int, total_params: int, largest_layer_params: int = 0, gpus_per_node: int = 1, nodes: int = 1
 ) -> tuple[str, list[dict]]:
     """Run DeepSpeed's printing estimator (`..._all_cold`) and return (printed text, parsed rows)."""
-    check_choice(
-        "stage", stage, (2, 3), "use stage 2 (it also bounds stage 1) or 3: DeepSpeed has estimators for those"
-    )
+    fix = "use stage 2 (it also bounds stage 1) or 3: DeepSpeed has estimators for those"
+    check_choice("stage", stage, (2, 3), fix)
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold as zero3
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold as zero2
 
@@ -79,9 +76,7 @@ def capture_deepspeed_estimator(
     return buf.getvalue(), parse_estimator_output(buf.getvalue())
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Inference sizing and "do I need more devices?"
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Inference sizing and "do I need more devices?" --------------------------------------------------------------------
 def check_device_type(device: str) -> str:
     return check_choice("device_type", device, DEVICE_MEMORY_GB)
 

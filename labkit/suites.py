@@ -88,21 +88,20 @@ class _Map(dict):
     line = 0
 
 
-class _Loader:
-    @staticmethod
-    def load(text: str):
-        import yaml
+def _load_yaml(text: str):
+    """Safe YAML whose mappings are _Maps that know their line, so an error can name it."""
+    import yaml
 
-        class Loader(yaml.SafeLoader):
-            pass
+    class Loader(yaml.SafeLoader):
+        pass
 
-        def mapping(loader, node):
-            value = _Map(loader.construct_mapping(node, deep=True))
-            value.line = node.start_mark.line + 1
-            return value
+    def mapping(loader, node):
+        value = _Map(loader.construct_mapping(node, deep=True))
+        value.line = node.start_mark.line + 1
+        return value
 
-        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
@@ -112,13 +111,16 @@ def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
 def _unknown(path: Path, mapping: _Map, allowed: set[str], what: str) -> None:
     extra = sorted(set(mapping) - allowed)
     if extra:
-        raise _refuse(
-            path, mapping.line, f"unknown key {extra[0]!r} in {what}", f"use only {', '.join(sorted(allowed))}"
-        )
+        fix = f"use only {', '.join(sorted(allowed))}"
+        raise _refuse(path, mapping.line, f"unknown key {extra[0]!r} in {what}", fix)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _number(path: Path, line: int, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_number(value) or not math.isfinite(value):
         raise _refuse(path, line, f"{key}: {value!r} is not a number", f"give {key} a number, e.g. {key}: 50")
 
 
@@ -130,9 +132,8 @@ def _expectation(path: Path, raw: Any, line: int) -> Expectation:
         raise _refuse(path, raw.line, "expectation without `result`", "name a recorded result, e.g. summary.steps")
     checks = {k: raw[k] for k in CHECKS if k in raw}
     if not checks:
-        raise _refuse(
-            path, raw.line, f"expectation on {raw['result']} checks nothing", f"add one of {', '.join(CHECKS)}"
-        )
+        problem = f"expectation on {raw['result']} checks nothing"
+        raise _refuse(path, raw.line, problem, f"add one of {', '.join(CHECKS)}")
     for key in ("min", "max", "min_count"):
         if key in checks:
             _number(path, raw.line, key, checks[key])
@@ -153,15 +154,13 @@ def load(path: str | Path) -> Suite:
 
     path = Path(path)
     try:
-        raw = _Loader.load(path.read_text())
+        raw = _load_yaml(path.read_text())
     except OSError as exc:
         raise ConfigError("suite", f"cannot read {path}: {exc.strerror}", "pass an existing suite file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        raise _refuse(
-            path, line, f"not valid YAML ({getattr(exc, 'problem', 'parse error')})", "fix the YAML"
-        ) from None
+        problem = f"not valid YAML ({getattr(exc, 'problem', 'parse error')})"
+        raise _refuse(path, mark.line + 1 if mark else 0, problem, "fix the YAML") from None
     if not isinstance(raw, _Map):
         raise _refuse(path, 1, "a suite is a mapping with `notebooks`", "see regression/cpu-smoke.yaml")
     _unknown(path, raw, SUITE_KEYS, "the suite")
@@ -222,9 +221,7 @@ def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any,
             if value < limit:
                 return False, value, f"{expectation.result} has {value} entries, expected at least {limit}"
             continue
-        if key in ("min", "max", "within_percent_of") and (
-            isinstance(value, bool) or not isinstance(value, (int, float))
-        ):
+        if key in ("min", "max", "within_percent_of") and not _is_number(value):
             return False, value, f"{expectation.result} = {value!r} is not a number"
         if key == "min" and value < limit:
             return False, value, f"{expectation.result} = {value:g} is below the minimum {limit:g}"
@@ -232,15 +229,12 @@ def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any,
             return False, value, f"{expectation.result} = {value:g} is above the maximum {limit:g}"
         if key == "within_percent_of":
             other = lookup(results, limit)
-            if other is _MISSING or isinstance(other, bool) or not isinstance(other, (int, float)):
+            if not _is_number(other):  # _MISSING included
                 return False, value, f"{limit} (to compare {expectation.result} with) was not recorded as a number"
             percent = expectation.checks["percent"]
             if abs(value - other) > abs(other) * percent / 100:
-                return (
-                    False,
-                    value,
-                    f"{expectation.result} = {value:g} is not within {percent:g}% of {limit} = {other:g}",
-                )
+                why = f"{expectation.result} = {value:g} is not within {percent:g}% of {limit} = {other:g}"
+                return False, value, why
     return True, value, ""
 
 
@@ -261,9 +255,8 @@ def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
     """Run every entry in order (labkit run's runner and report), then check the expectations."""
     if not suite.entries:
         raise LabkitError(f"suite {suite.name} has no notebooks")
-    run_dir, runs = notebooks.run_all(
-        [e.notebook for e in suite.entries], per_notebook=[e.parameters for e in suite.entries], **options
-    )
+    notebook_list, parameters = [e.notebook for e in suite.entries], [e.parameters for e in suite.entries]
+    run_dir, runs = notebooks.run_all(notebook_list, per_notebook=parameters, **options)
     result = evaluate(suite, runs)
     notebooks.write_report(run_dir, runs, outcomes=result.outcomes)
     return run_dir, result
@@ -273,18 +266,16 @@ def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
 def junit_xml(result: SuiteResult) -> str:
     """JUnit XML (the common testsuites/testsuite/testcase shape CI systems read): a testcase per notebook run and per
     expectation, the measured value and threshold in the name and message."""
-    cases = []
+    cases, classname = [], f"labkit.{result.suite.name}"
     for run in result.runs:
-        case = ET.Element(
-            "testcase", classname=f"labkit.{result.suite.name}", name=run.name, time=f"{run.duration_s:.3f}"
-        )
+        case = ET.Element("testcase", classname=classname, name=run.name, time=f"{run.duration_s:.3f}")
         if not run.passed:
             failure = ET.SubElement(case, "failure", message=run.error or "failed", type="NotebookFailed")
             failure.text = f"{run.error}\nexecuted notebook: {run.output}\nreport: {run.html}"
         cases.append(case)
     for outcome in result.outcomes:
         name = f"{outcome.notebook}: {outcome.expectation.describe()}"
-        case = ET.Element("testcase", classname=f"labkit.{result.suite.name}.expect", name=name, time="0")
+        case = ET.Element("testcase", classname=f"{classname}.expect", name=name, time="0")
         ET.SubElement(case, "system-out").text = f"measured: {outcome.measured!r}"
         if not outcome.passed:
             ET.SubElement(case, "failure", message=outcome.message, type="ExpectationFailed").text = outcome.message

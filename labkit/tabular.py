@@ -60,14 +60,12 @@ def html_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, status_column: str | None = "status"
 ) -> str:
     """An HTML table; the `status_column` cell is coloured by its pass/warn/fail value."""
+
+    def td(row: Mapping[str, Any], col: str) -> str:
+        colour = STATUS_COLOURS.get(str(row.get(col))) if col == status_column else None
+        style = "text-align:left" + (f";background:{colour};font-weight:bold" if colour else "")
+        return f"<td style='{style}'>{html.escape(_cell(row.get(col)))}</td>"
+
     head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        tds = []
-        for col in columns:
-            style = "text-align:left"
-            if col == status_column and str(row.get(col)) in STATUS_COLOURS:
-                style += f";background:{STATUS_COLOURS[str(row.get(col))]};font-weight:bold"
-            tds.append(f"<td style='{style}'>{html.escape(_cell(row.get(col)))}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    body = "".join("<tr>" + "".join(td(row, col) for col in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

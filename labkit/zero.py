@@ -267,30 +267,26 @@ def one_device_reference(plan: ZeroPlan, device: str = "auto") -> ZeroPlan | Non
     return replace(plan, world_size=1, device=dev, dtype=dtype, why=why)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Running
-# ----------------------------------------------------------------------------------------------------------------------
+# -- Running -----------------------------------------------------------------------------------------------------------
 def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, log_path=None) -> dict:
     """Launch the probe once for all configurations; return the report (JSON-able). Raises LaunchError naming the
     failing rank's own error; all ranks are stopped and a temporary run directory is removed on any exit. Rank output
     is captured (`log_path` keeps it). `progress`: True (tqdm), False, or a callable(config, step, done, total)."""
     work = Path(tempfile.mkdtemp(prefix="labkit-zero-") if run_dir is None else run_dir)
     work.mkdir(parents=True, exist_ok=True)
-    total, done = len(plan.variants) * plan.steps, [0]
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"ZeRO comparison ({plan.world_size} ranks, {plan.device})", unit="step")
+    total, done = len(plan.variants) * plan.steps, [0]
+    desc = f"ZeRO comparison ({plan.world_size} ranks, {plan.device})"
+    bar = tqdm(total=total, desc=desc, unit="step", disable=progress is not True)
 
     def on_output(line: str) -> None:
         m = _PROGRESS.search(line)
         if m:
             done[0] += 1
-            if bar is not None:
-                bar.set_postfix_str(f"ZeRO {m.group(1)}")
-                bar.update(1)
-            elif callable(progress):
+            bar.set_postfix_str(f"ZeRO {m.group(1)}")
+            bar.update(1)
+            if callable(progress):
                 progress(m.group(1), int(m.group(2)), done[0], total)
 
     try:
@@ -302,8 +298,7 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
         ranks = read_rank_files(work / "ranks", plan.world_size)
         return build_report(plan, ranks, command=result.command, wall_s=time.monotonic() - t0)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if run_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 

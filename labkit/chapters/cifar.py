@@ -133,8 +133,6 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
 SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
 AIRBENCH_IMAGES_PER_S = 320_000  # airbench94 on the same H200, without DeepSpeed
 REFERENCE_IMAGES_PER_S = (SEED_EXAMPLE_IMAGES_PER_S, AIRBENCH_IMAGES_PER_S)
-
-
 RUN_KEYS = ("synthetic", "device", "world_size", "model")
 
 
@@ -143,14 +141,11 @@ def first_epoch_note(shown: dict) -> str:
     first, later = shown["images_per_s_first_epoch"], shown["images_per_s"]
     if shown.get("epochs", 0) < 2 or not first or not later:
         return f"One epoch ran at {first:,.0f} images/s: there is no later epoch to compare it with."
-    gap = first / later - 1
+    gap, cpu = first / later - 1, shown.get("device") == "cpu"
     rates = f"epoch 1 ran at {first:,.0f} images/s, the best later epoch at {later:,.0f}"
     if gap < -0.10:
-        why = (
-            "cuDNN autotuning and memory-pool growth happen in the first steps on a GPU"
-            if shown.get("device") != "cpu"
-            else "the first steps pay one-off allocations and warm caches"
-        )
+        gpu = "cuDNN autotuning and memory-pool growth happen in the first steps on a GPU"
+        why = "the first steps pay one-off allocations and warm caches" if cpu else gpu
         if shown.get("compiled") and shown.get("first_step_s"):
             why = f"its first step compiled the model ({shown['first_step_s']:.1f} s), and {why}"
         return f"The first epoch was {-100 * gap:.0f}% slower ({rates}): {why}."
@@ -160,10 +155,7 @@ def first_epoch_note(shown: dict) -> str:
             "warm-up cost to see here, and the later epochs lost time to something else on the machine (other "
             "processes sharing its cores are the usual cause)."
         )
-    if shown.get("device") == "cpu":
-        why = "a CPU has no kernel autotuning to pay for up front"
-    else:
-        why = "at this size the warm-up costs little"
+    why = "a CPU has no kernel autotuning to pay for up front" if cpu else "at this size the warm-up costs little"
     return f"The epochs ran at about the same rate ({rates}; {100 * gap:+.0f}%): {why}."
 
 

@@ -25,26 +25,15 @@ METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON rec
 
 
 def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
-    """What a user types in an MPIJob launcher: DeepSpeed's openmpi launcher over the operator's hostfile.
-
-    `--force_multi`: with one worker the hostfile has one host, and DeepSpeed would otherwise start the ranks on the
-    launcher itself (which has no accelerators). `--module`: the script ships inside the labkit package of the image.
-    """
-    line = ["--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi"]
+    """What a user types in an MPIJob launcher: DeepSpeed's openmpi launcher over the operator's hostfile
+    (`launch.cluster_deepspeed`). `--module`: the script ships inside the labkit package of the image."""
     rank_script = ["--module", HELLO_MODULE, "--steps", str(steps), *(extra_args or [])]
-    if not backend.one_host:  # the kit's images run sshd on an unprivileged port (DeepSpeed's probe, mpirun's ssh)
-        ssh = [
-            "--ssh_port",
-            str(manifests.SSH_PORT),
-            "--launcher_args",
-            f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'",
-        ]
-        return ["deepspeed", *line, *ssh, *rank_script]
+    if not backend.one_host:
+        return [*launch.cluster_deepspeed(CLUSTER_HOSTFILE, manifests.SSH_PORT), *rank_script]
     launch.require_mpi("train_command", "openmpi", instead="pass your own train_command")
     # One host: the job answers DeepSpeed's ssh probes itself; Open MPI gets its single-machine options.
-    deepspeed = launch.deepspeed_executable()
-    deepspeed = ["deepspeed"] if len(deepspeed) == 1 else deepspeed  # the job's PATH finds this one first
-    return [*deepspeed, *line, "--launcher_args", shlex.join(launch.local_mpi_args()), *rank_script]
+    line = ["--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi"]
+    return [*launch.job_deepspeed(), *line, "--launcher_args", shlex.join(launch.local_mpi_args()), *rank_script]
 
 
 def shown_line(argv: list[str]) -> str:
@@ -115,30 +104,19 @@ class InteractivePlan:
         spec, replicas = job["spec"], job["spec"]["mpiReplicaSpecs"]
         launcher = replicas["Launcher"]["template"]["spec"]["containers"][0]
         worker = replicas["Worker"]["template"]["spec"]["containers"][0]
+        command = shlex.join(launcher.get("command", []) + launcher.get("args", []))
         rows = [
-            (
-                "spec.mpiReplicaSpecs.Launcher...command",
-                shlex.join(launcher.get("command", []) + launcher.get("args", [])),
-                "the launcher idles: you exec the training into it",
-            ),
+            ("spec.mpiReplicaSpecs.Launcher...command", command,
+             "the launcher idles: you exec the training into it"),
             ("spec.slotsPerWorker", str(spec.get("slotsPerWorker")), "ranks per worker: one per GPU/HPU of the pod"),
-            (
-                "spec.runPolicy.activeDeadlineSeconds",
-                str(spec.get("runPolicy", {}).get("activeDeadlineSeconds")),
-                "the safety net: the job ends and frees its accelerators after this",
-            ),
-            (
-                "spec.launcherCreationPolicy",
-                str(spec.get("launcherCreationPolicy")),
-                "the launcher starts only when every worker is ready",
-            ),
+            ("spec.runPolicy.activeDeadlineSeconds", str(spec.get("runPolicy", {}).get("activeDeadlineSeconds")),
+             "the safety net: the job ends and frees its accelerators after this"),
+            ("spec.launcherCreationPolicy", str(spec.get("launcherCreationPolicy")),
+             "the launcher starts only when every worker is ready"),
             ("spec.mpiReplicaSpecs.Worker.replicas", str(replicas["Worker"].get("replicas")), "worker pods"),
-            (
-                "Worker...readinessProbe",
-                "yes" if worker.get("readinessProbe") else "none",
-                "a worker is ready when its sshd accepts connections",
-            ),
-        ]
+            ("Worker...readinessProbe", "yes" if worker.get("readinessProbe") else "none",
+             "a worker is ready when its sshd accepts connections"),
+        ]  # fmt: skip
         return [{"field": f, "value": v, "why": w} for f, v, w in rows]
 
     def equivalents(self, step: str) -> str:
@@ -195,12 +173,9 @@ def plan_interactive_job(
     """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing.
 
     workers=0: automatic (the backend says how many and why)."""
-    for field_name, value, least, most in (
-        ("workers", workers, 0, 64),
-        ("slots", slots, 1, 64),
-        ("steps", steps, 1, 10**5),
-    ):
-        check_int(field_name, value, least, maximum=most)
+    check_int("workers", workers, 0, maximum=64)
+    check_int("slots", slots, 1, maximum=64)
+    check_int("steps", steps, 1, maximum=10**5)
     release = "pass e.g. 30: the job and its accelerators are released after that many minutes"
     check_number("deadline_minutes", deadline_minutes, 1.0, release)
     check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)

@@ -53,11 +53,8 @@ def timeline_note(rows: list[dict]) -> str:
     timeline (the sentence the notebook shows under its figure; nothing here is assumed)."""
 
     def when(r: dict) -> str:
-        if r["phase"] == "init":
-            return "at initialize"
-        return (
-            f"at step {r['step']}'s optimizer step" if r["phase"] == "step" else f"in step {r['step']}'s {r['phase']}"
-        )
+        known = {"init": "at initialize", "step": f"at step {r['step']}'s optimizer step"}
+        return known.get(r["phase"], f"in step {r['step']}'s {r['phase']}")
 
     parts = []
     for kind in ("params", "gradients", "optimizer_states"):

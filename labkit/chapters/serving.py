@@ -36,7 +36,9 @@ def send_requests(
     check_load(requests, concurrency)
     info, rng = models.model_info(model), random.Random(seed)
     batches = [sample_rows(info, i, rng) for i in range(requests)]
-    bar = _progress(requests, progress)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=requests, desc="requests", unit="req", disable=not progress)
 
     def one(item: tuple[int, list[list]]) -> dict[str, Any]:
         i, rows = item
@@ -60,20 +62,6 @@ def send_requests(
     return records
 
 
-def _progress(total: int, show: bool):
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="requests", unit="req")
-
-
-class _NoBar:
-    def update(self, _n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation between the nearest ranks."""
     ordered = sorted(values)
@@ -93,16 +81,9 @@ def latency_rows(records: list[dict]) -> list[dict[str, Any]]:
             continue
         ms = [r["latency_ms"] for r in part]
         wall = part[0]["concurrent_wall_s"] if concurrent else sum(ms) / 1e3
-        rows.append(
-            {
-                "phase": label,
-                "requests": len(part),
-                "p50_ms": round(percentile(ms, 50), 2),
-                "p99_ms": round(percentile(ms, 99), 2),
-                "mean_ms": round(statistics.fmean(ms), 2),
-                "requests_per_s": round(len(part) / wall, 1),
-            }
-        )
+        row = {"phase": label, "requests": len(part), "p50_ms": round(percentile(ms, 50), 2)}
+        row |= {"p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2)}
+        rows.append(row | {"requests_per_s": round(len(part) / wall, 1)})
     return rows
 
 

@@ -14,15 +14,12 @@ def summary_rows(report: dict, rank: int = 0) -> list[dict]:
     rows = []
     for c in report["configs"]:
         m = c["measured"][rank]
-        row = {
-            "config": c["label"],
-            "measured_device": sum(m["device"].values()),
-            "measured_host": sum(m["host"].values()),
-        }
-        row |= {"measured_total": c["measured_total"][rank], "deepspeed_model": c["predicted_deepspeed_total"]}
-        row |= {"paper": c["predicted_paper_total"], "paper_formula": c["predicted_paper"]["formula"]}
-        row |= {"rel_error_deepspeed": c["rel_error_deepspeed"], "peak_allocated": c["peak_above_start"][rank]}
-        rows.append(row | {"step_ms": c["step_time_s"] * 1e3, "final_loss": c["losses"][-1]})
+        row = {"config": c["label"], "measured_device": sum(m["device"].values())}
+        row |= {"measured_host": sum(m["host"].values()), "measured_total": c["measured_total"][rank]}
+        row |= {"deepspeed_model": c["predicted_deepspeed_total"], "paper": c["predicted_paper_total"]}
+        row |= {"paper_formula": c["predicted_paper"]["formula"], "rel_error_deepspeed": c["rel_error_deepspeed"]}
+        row |= {"peak_allocated": c["peak_above_start"][rank], "step_ms": c["step_time_s"] * 1e3}
+        rows.append(row | {"final_loss": c["losses"][-1]})
     return rows
 
 
@@ -114,16 +111,9 @@ def one_device_rows(report: dict, reference: dict, rank: int = 0) -> list[dict]:
     single device (`zero.one_device_reference`), byte counts as numbers."""
     rows = []
     for c, r in zip(report["configs"], reference["configs"]):
+        row = {"config": c["label"], "per_cpu_rank": c["measured_total"][rank], "one_device": r["measured_total"][0]}
         on_device = sum(r["measured"][0]["device"].values())
-        rows.append(
-            {
-                "config": c["label"],
-                "per_cpu_rank": c["measured_total"][rank],
-                "one_device": r["measured_total"][0],
-                "one_device_on_device": on_device,
-                "one_device_step_ms": r["step_time_s"] * 1e3,
-            }
-        )
+        rows.append(row | {"one_device_on_device": on_device, "one_device_step_ms": r["step_time_s"] * 1e3})
     return rows
 
 
@@ -137,30 +127,22 @@ def one_device_note(report: dict, reference: dict) -> str:
     if len(stages) > 1:
         held = [row["one_device"] for _, row in stages]
         spread = max(held) / min(held) - 1
-        text += (
-            f"the ZeRO stages held {format_bytes(min(held))} to {format_bytes(max(held))} of model states, a "
-            f"spread of {spread:.0%}: one rank partitions nothing. "
-        )
+        text += f"the ZeRO stages held {format_bytes(min(held))} to {format_bytes(max(held))} of model states, a "
+        text += f"spread of {spread:.0%}: one rank partitions nothing. "
         first, last = stages[0][1], stages[-1][1]
         cut = 1 - last["per_cpu_rank"] / first["per_cpu_rank"] if first["per_cpu_rank"] else 0.0
-        text += (
-            f"On {n} CPU ranks, {last['config']} held {format_bytes(last['per_cpu_rank'])} per rank, "
-            f"{cut:.0%} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
-        )
+        text += f"On {n} CPU ranks, {last['config']} held {format_bytes(last['per_cpu_rank'])} per rank, "
+        text += f"{cut:.0%} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
     else:
         row = rows[0]
-        text += (
-            f"{row['config']} held {format_bytes(row['one_device'])} of model states; on {n} CPU ranks, "
-            f"{format_bytes(row['per_cpu_rank'])} per rank."
-        )
+        text += f"{row['config']} held {format_bytes(row['one_device'])} of model states; on {n} CPU ranks, "
+        text += f"{format_bytes(row['per_cpu_rank'])} per rank."
     offloaded = [row for c, row in zip(reference["configs"], rows) if c["offload_optimizer"]]
     if offloaded and stages:
         base = stages[0][1]["one_device_on_device"]
         best = min(offloaded, key=lambda row: row["one_device_on_device"])
-        text += (
-            f" Offload still pays on one device: {best['config']} kept {format_bytes(best['one_device_on_device'])}"
-            f" on the {dev} against {format_bytes(base)} for {stages[0][1]['config']}."
-        )
+        text += f" Offload still pays on one device: {best['config']} kept {format_bytes(best['one_device_on_device'])}"
+        text += f" on the {dev} against {format_bytes(base)} for {stages[0][1]['config']}."
     return text
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from labkit.cluster import NODE_COLUMNS
-from labkit.devices import DEVICE_COLUMNS, filter_by_kind
+from labkit.devices import ACCELERATOR_OF, DEVICE_COLUMNS, filter_by_kind
 from labkit.plots import figure
 from labkit.tabular import html_table
 
@@ -15,14 +15,8 @@ if TYPE_CHECKING:
 
 GIB = 2**30
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
-KIND_COLOURS = {
-    "nvidia": "#76b900",
-    "cuda": "#76b900",
-    "gaudi": "#0071c5",
-    "hpu": "#0071c5",
-    "amd": "#ed1c24",
-    "cpu": "#7f7f7f",
-}
+KIND_COLOURS = {"nvidia": "#76b900", "gaudi": "#0071c5", "amd": "#ed1c24", "cpu": "#7f7f7f"}
+KIND_COLOURS |= {device: KIND_COLOURS[accelerator] for device, accelerator in ACCELERATOR_OF.items()}  # cuda, hpu
 
 
 def check_summary_figure(checks: Sequence) -> Figure:
@@ -77,11 +71,8 @@ def node_accelerators_figure(nodes: Sequence) -> Figure:
         f"{n.name}: {n.accelerators} {n.accelerator_kind or 'cpu'}, {n.hugepages_2mi_bytes / GIB:.0f} GiB"
         for n in nodes
     )
-    fig = figure(
-        10,
-        0.6 * max(len(nodes), 2) + 1.4,
-        f"Bar charts of allocatable accelerators and huge pages per node: {per_node}",
-    )
+    alt = f"Bar charts of allocatable accelerators and huge pages per node: {per_node}"
+    fig = figure(10, 0.6 * max(len(nodes), 2) + 1.4, alt)
     ax_acc, ax_huge = fig.subplots(1, 2, sharey=True)
     kinds = sorted({n.accelerator_kind for n in nodes if n.accelerator_kind})
     left = [0] * len(nodes)

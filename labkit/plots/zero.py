@@ -34,10 +34,8 @@ def stage_memory_figure(report: dict, rank: int = 0):
     cfgs = report["configs"]
     top = max([c["measured_total"][rank] for c in cfgs] + [c["predicted_paper_total"] for c in cfgs])
     div, unit = _scale(top)
-    title = (
-        f"Per-rank model states, {report['params'] / 1e6:.1f}M params, {report['dtype']}, "
-        f"N = {report['world_size']} ({report['device']})"
-    )
+    title = f"Per-rank model states, {report['params'] / 1e6:.1f}M params, {report['dtype']}, "
+    title += f"N = {report['world_size']} ({report['device']})"
     fig, ax = _config_axes(cfgs, 6.5, 4.2, title)
     xs, bottom = range(len(cfgs)), [0.0] * len(cfgs)
     for loc, hatch in (("device", None), ("host", "//")):

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
 
-from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
+from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, local_threads, rank_guard, say
 
 TAG = "LABKIT_METRIC"
-
-
-def say(text: str) -> None:
-    # One write per line: under `python -u` print() writes the text and the newline separately, and mpirun's
-    # --tag-output then glues another rank's output onto the unfinished line.
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def emit(**value) -> None:
@@ -67,8 +59,7 @@ def run(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     # Ranks share the host's cores: more threads than cores/ranks makes every rank slower.
-    sizes = ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(next(filter(None, map(os.environ.get, sizes)), 1))))
+    torch.set_num_threads(local_threads())
     init_deepspeed(timeout_s=COLLECTIVE_TIMEOUT_S)
     rank, world = dist.get_rank(), dist.get_world_size()
     say(f"rank {rank}/{world} on {socket.gethostname()}: backend {dist.get_backend()}, ZeRO stage {args.zero_stage}")

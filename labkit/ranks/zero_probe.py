@@ -27,6 +27,7 @@ STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buff
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 _SKIP_ATTRS = ("module", "_modules", "deepspeed", "engine", "parent", "timers", "mpu")
+_STATS = {"allocated": "memory_allocated", "peak_allocated": "max_memory_allocated", "reserved": "memory_reserved"}
 _KIND_WORDS = (  # the first kind whose words appear in a holder's attribute path
     ("buffers", ("ipg", "bucket", "temp_", "buffer_of_bit16", "allgather")),
     ("gradients", ("grad",)),
@@ -113,7 +114,6 @@ def _kind_from_path(path: str) -> str:
 
 def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) -> dict:
     """Classified byte counts of every tensor the engine holds, by location (device/host) and kind."""
-
     inv = Inventory(accel_type)
     module_params = list(engine.module.parameters())
     for p in module_params:  # the model's own (low-precision, possibly partitioned) parameters
@@ -138,12 +138,7 @@ def inventory(engine, basic_optimizer, accel_type: str, detail: bool = False) ->
 
 
 def accel_stats(accel, device_type: str) -> dict:
-    if device_type == "cpu":
-        return {}
-    stats = zip(
-        ("allocated", "peak_allocated", "reserved"), ("memory_allocated", "max_memory_allocated", "memory_reserved")
-    )
-    return {key: int(getattr(accel, name)()) for key, name in stats}
+    return {} if device_type == "cpu" else {key: int(getattr(accel, name)()) for key, name in _STATS.items()}
 
 
 def run_config(cfg: dict, rank: int, world_size: int, progress) -> dict:

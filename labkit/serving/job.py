@@ -23,12 +23,9 @@ def serve_command(config: ServeConfig, *, one_host: bool, master_port: int | Non
     """What the launcher runs: DeepSpeed over the operator's hostfile, every rank `python -m labkit.ranks.serve`."""
     ranks = ["--module", SERVE_MODULE, *config.argv()]
     if one_host:  # one hostfile line: DeepSpeed starts the ranks here (no ssh, no mpirun)
-        deepspeed = launch.deepspeed_executable()
-        deepspeed = ["deepspeed"] if len(deepspeed) == 1 else deepspeed  # the job's PATH finds this one first
         port = ["--master_port", str(master_port or launch.free_port())]
-        return [*deepspeed, "--hostfile", CLUSTER_HOSTFILE, *port, "--log_level", "error", *ranks]
-    ssh = ["--ssh_port", str(manifests.SSH_PORT), "--launcher_args", f"--mca plm_rsh_args '-p {manifests.SSH_PORT}'"]
-    return ["deepspeed", "--hostfile", CLUSTER_HOSTFILE, "--force_multi", "--launcher", "openmpi", *ssh, *ranks]
+        return [*launch.job_deepspeed(), "--hostfile", CLUSTER_HOSTFILE, *port, "--log_level", "error", *ranks]
+    return [*launch.cluster_deepspeed(CLUSTER_HOSTFILE, manifests.SSH_PORT), *ranks]
 
 
 def job_spec(config: ServeConfig, *, one_host: bool, **spec) -> manifests.JobSpec:

@@ -69,8 +69,7 @@ class HttpClient:
             try:
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
-                text = response.read()
-                return response.status, _json_or_text(text)
+                return response.status, _json_or_text(response.read())
             except (ConnectionError, http.client.HTTPException) as exc:
                 conn.close()
                 self._local.conn = None
@@ -125,10 +124,7 @@ class LocalService:
         self.spec.validate()
         self._port = launch.free_port()
         argv = launch.build_command(self.spec, master_port=self._port)
-        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self._port)}
-        env = launch.kit_env(extra, world_size=self.world_size, device=self.config.device)
-        popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL, "text": True}
-        self.proc = subprocess.Popen(argv, env=env, start_new_session=True, bufsize=1, **popen)
+        self.proc = launch.start_session(argv, launch.local_env(self.spec, self._port))
         self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
         self._reader.start()
         return self

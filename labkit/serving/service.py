@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from labkit.launch import RANK_ERROR_TAG, init_deepspeed, threads_per_rank
+from labkit.launch import RANK_ERROR_TAG, init_deepspeed, local_threads, say
 from labkit.serving.config import ServeConfig
 from labkit.serving.models import BadRequest, as_tensor, build, check_inputs
 
@@ -43,11 +43,6 @@ READY_TAG = "LABKIT_SERVE_READY"  # rank 0's line once it listens: `LABKIT_SERVE
 
 class Unavailable(RuntimeError):
     """The service cannot answer now (a rank is lost, or it is stopping): HTTP 503."""
-
-
-def say(text: str) -> None:
-    sys.stdout.write(text + "\n")  # one write per line (mpirun --tag-output glues split writes)
-    sys.stdout.flush()
 
 
 def die(rank: int, why: str) -> None:
@@ -358,18 +353,11 @@ def run(config: ServeConfig) -> int:
     """One rank of the service: join the group, load this rank's part of the model, serve (rank 0) or follow."""
     import torch
 
-    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or 1)
     if config.device == "cpu":
-        torch.set_num_threads(threads_per_rank(local))
+        torch.set_num_threads(local_threads())
     init_deepspeed(config.device, timeout_s=config.collective_timeout_s)
-    ranks = Ranks(config.validate(ranks_world()))
+    ranks = Ranks(config.validate(torch.distributed.get_world_size()))
     if ranks.rank == 0:
         return Rank0(ranks).serve()
     follow(ranks)
     return 0
-
-
-def ranks_world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size()
