@@ -179,7 +179,8 @@ else:
     scale = (
         f"That is {s['vs_seed_example_h200']:.0f}x the DeepSpeedExamples recipe "
         f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
-        f"of airbench94's {cifar.AIRBENCH_IMAGES_PER_S:,}; a 50,000-image epoch takes "
+        f"of compiled airbench94 ({cifar.AIRBENCH_IMAGES_PER_S:,} images/s on an H200; this run is eager unless "
+        f"`compile_model` is on); a 50,000-image epoch takes "
         f"{s['seconds_per_50k_epoch']:.2f} s."
     )
 Markdown(

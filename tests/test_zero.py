@@ -225,7 +225,7 @@ def test_the_one_device_note_is_computed_from_both_runs():
     note = zero_stages.one_device_note(cpu, gpu)
     assert "1.00 kB to 1.10 kB" in note and "a spread of 10%" in note and "one rank partitions nothing" in note
     assert "On 2 CPU ranks, ZeRO-3 held 500 B per rank, 50% less than ZeRO-0" in note
-    assert "ZeRO-3 + CPU optimizer kept 300 B on the CUDA against 1.00 kB for ZeRO-0" in note
+    assert "ZeRO-3 + CPU optimizer kept 300 B on the CUDA device against 1.00 kB for ZeRO-0" in note
     rows = zero_stages.one_device_rows(cpu, gpu)
     assert [r["one_device_on_device"] for r in rows] == [1000, 1100, 300] and rows[1]["per_cpu_rank"] == 500
 

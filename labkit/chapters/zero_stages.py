@@ -142,7 +142,7 @@ def one_device_note(report: dict, reference: dict) -> str:
         base = stages[0][1]["one_device_on_device"]
         best = min(offloaded, key=lambda row: row["one_device_on_device"])
         text += f" Offload still pays on one device: {best['config']} kept {format_bytes(best['one_device_on_device'])}"
-        text += f" on the {dev} against {format_bytes(base)} for {stages[0][1]['config']}."
+        text += f" on the {dev} device against {format_bytes(base)} for {stages[0][1]['config']}."
     return text
 
 
