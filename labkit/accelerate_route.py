@@ -242,19 +242,28 @@ class TrainPlan:
 
 
 def job_run_dir(job_name: str) -> str:
-    """A cluster job's accelerate run folder (its config and per-rank reports): the job's own folder on the shared
-    volume, which every pod of the job mounts at /shared (manifests/jobs/interactive), launcher and workers alike."""
+    """A job's accelerate run folder (its config and per-rank reports): the job's own folder on the shared volume,
+    which every pod of the job mounts at /shared (manifests/jobs/interactive), launcher and workers alike; a local
+    job maps /shared onto a folder of its own (LocalBackend.shared_path)."""
     return f"{SHARED_RUNS}/{job_name}/accelerate"
 
 
 def job_command(plan: TrainPlan, job, *, port: int | None = None) -> list[str]:
     """What the MPIJob launcher runs for `plan` (after send_config): accelerate on the operator's hostfile,
-    DeepSpeed's openmpi runner under it (mpirun over the workers; locally one host). The same argv on both backends
-    but for the run folder: `accelerate` from the job's PATH (the image's; a local job's is this environment's)."""
+    DeepSpeed's openmpi runner under it (mpirun over the workers; locally one host). With run_dir = job_run_dir(job)
+    the same argv on both backends: `accelerate` from the job's PATH (the image's; a local job's is this one's)."""
     plan.validated(here=job.backend.one_host)
-    if plan.config.num_machines < 2:
+    cfg, st = plan.config, job.status()
+    if cfg.num_machines < 2:
         problem = "one machine: accelerate ignores the hostfile and launches locally"
         raise ConfigError("num_machines", problem, "pass the MPIJob's worker count (2 or more)")
+    # DeepSpeed starts a rank on every slot of the hostfile: a config of another shape fails only inside the ranks.
+    if (cfg.num_machines, cfg.num_processes) != (st.workers, (st.workers or 0) * (st.slots_per_worker or 0)):
+        field = "num_machines" if cfg.num_machines != st.workers else "num_processes"
+        problem = (f"{cfg.num_machines} machine(s), {cfg.num_processes} process(es) for job {st.name} of "
+                   f"{st.workers} worker(s) x {st.slots_per_worker} slot(s)")  # fmt: skip
+        fix = f"num_machines={st.workers} (its workers), num_processes={(st.workers or 0) * (st.slots_per_worker or 0)}"
+        raise ConfigError(field, problem, f"pass {fix} (all slots)")
     return launch_command(
         plan.config_file(), plan.script_args(), port=port, hostfile=CLUSTER_HOSTFILE, executable=["accelerate"]
     )

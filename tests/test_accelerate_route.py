@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import types
+from dataclasses import asdict
 
 import pytest
 from fake_rbac import SERVICE_ACCOUNT
@@ -210,20 +211,23 @@ def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
     """`accelerate launch --deepspeed_hostfile /etc/mpi/hostfile --deepspeed_multinode_launcher openmpi` exec'd in a
     local job's launcher, as in the cluster's launcher pod, its config written there through exec first."""
     backend = LocalBackend(root=tmp_path / "jobs")
-    plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2), tmp_path / "run",
-                           device="cpu", steps=4)  # fmt: skip
+    plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2),
+                           route.job_run_dir("accelerate"), device="cpu", steps=4)  # fmt: skip
     seen: list[str] = []
     with backend.submit(JobSpec(name="accelerate", workers=2, slots_per_worker=1)) as job:
         job.wait_ready(20)
         written = route.send_config(plan, job)
-        argv = route.job_command(plan, job, port=launch.free_port())
-        assert argv[:2] == ["accelerate", "launch"] and "/etc/mpi/hostfile" in argv  # as typed on the cluster
+        argv = route.job_command(plan, job)
+        # what a learner types in the cluster's launcher pod, character for character (the Kubernetes test below)
+        assert argv[:4] == ["accelerate", "launch", "--config_file", written] and "/etc/mpi/hostfile" in argv
+        assert "--out=/shared/runs/accelerate/accelerate" in argv
         assert job.exec(argv, on_output=seen.append, timeout=300) == 0
-    assert route.load_with_accelerate(written).num_machines == 2
+    here = backend.shared_path(plan.run_dir)  # the local job's /shared
+    assert route.load_with_accelerate(backend.shared_path(written)).num_machines == 2
     # Both ranks in one world: with accelerate's default `--num_gpus N/machines` DeepSpeed would start 1 rank here
     # (and refuse the flag on a real multi-host hostfile); the config's empty exclusion filter avoids it.
     assert "LABKIT_PROGRESS step=4" in "".join(seen)
-    ranks = route.read_report(tmp_path / "run", plan, 0.0, argv)["ranks"]
+    ranks = route.read_report(here, plan, 0.0, argv)["ranks"]
     assert [r["check"]["world_size"] for r in ranks] == [2, 2] and all(r["check"]["zero_stage"] == 2 for r in ranks)
     assert wait_for_no_kit_processes() == []
 
@@ -258,6 +262,11 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch):
         assert {"name": "shared", "mountPath": "/shared"} in launcher["containers"][0]["volumeMounts"]
         assert mpijob["spec"]["slotsPerWorker"] == 2 and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
         job.wait_ready(20)
+        for shape, field in (({"num_machines": 4}, "num_machines"), ({"num_processes": 2}, "num_processes")):
+            other = route.TrainPlan(route.AccelerateConfig(**(asdict(cfg) | shape)), plan.run_dir, device="cpu")
+            with pytest.raises(ConfigError) as err:  # not the job's 2 workers x 2 slots: refused before any exec
+                route.job_command(other, job)
+            assert err.value.field == field and "num_machines=2 (its workers), num_processes=4" in err.value.fix
         written = route.send_config(plan, job)
         argv = route.job_command(plan, job)
         assert argv == [
@@ -285,6 +294,10 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch):
         job.delete()
         assert not api.pods and not api.exec_tag_pids()
         assert api.denied == []  # nothing beyond the kit's Role
+    # What the learner types is the same line in a local job of that shape.
+    with LocalBackend(root=tmp_path / "jobs").submit(JobSpec(name="acc", workers=2, slots_per_worker=2)) as local:
+        local.wait_ready(20)
+        assert route.job_command(plan, local) == argv
 
 
 # ------------------------------------------------------------------------------------------------------ notebook 06
