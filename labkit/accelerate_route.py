@@ -210,12 +210,10 @@ class TrainPlan:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the fallback trap, in tests
 
     def validated(self, *, here: bool = True) -> TrainPlan:
-        """here=False: the ranks run in a job's pods, so `device` names theirs (not resolved on this machine)."""
+        """here=False: the ranks run in a job's pods, so `device` names theirs (auto: whatever they have), not this
+        machine's."""
         self.config.validated()
-        if here:
-            self.device = pick_device(self.device)
-        else:
-            self.device = check_choice("device", self.device, tuple(d for d in DEVICE_CHOICES if d != "auto"))
+        self.device = pick_device(self.device) if here else check_choice("device", self.device, DEVICE_CHOICES)
         for name, low in (("steps", 1), ("micro_batch", 1), ("seq", 4), ("layers", 1), ("vocab", 8), ("generate", 1)):
             check_int(name, getattr(self, name), low)
         check_int("hidden", self.hidden, 64, "pass a multiple of 64 (4 attention heads of 16 or more)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import types
 from dataclasses import asdict
@@ -243,7 +244,7 @@ sys.exit(main())
 """
 
 
-def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch):
+def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, capsys):
     """As the kit's ServiceAccount on the fake API server: submit, wait, write the config onto the job's shared
     volume through exec, exec the accelerate line in the launcher, delete."""
     shim = tmp_path / "bin" / "accelerate"
@@ -252,7 +253,7 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch):
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")  # the exec'd command's PATH
     cfg = route.AccelerateConfig(stage=3, num_processes=4, num_machines=2, mixed_precision="bf16")
-    plan = route.TrainPlan(cfg, route.job_run_dir("acc"), device="cpu", steps=5)
+    plan = route.TrainPlan(cfg, route.job_run_dir("acc"))
     with fake_cluster() as (api, backend):
         assert api.identity == SERVICE_ACCOUNT
         job = backend.submit(JobSpec(name="acc", workers=2, slots_per_worker=2))
@@ -269,11 +270,22 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch):
             assert err.value.field == field and "num_machines=2 (its workers), num_processes=4" in err.value.fix
         written = route.send_config(plan, job)
         argv = route.job_command(plan, job)
+        # The CLI does the same: `labkit accelerate config ... --job acc` sends the file and prints the line to exec.
+        flags = ["--stage", "3", "--num-processes", "4", "--num-machines", "2", "--mixed-precision", "bf16", "--job",
+                 "acc", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]  # fmt: skip
+        assert cli_main(["accelerate", "config", *flags]) == 0
+        typed = shlex.split(capsys.readouterr().out.split("run: ", 1)[1])
+        assert typed[: typed.index("--") + 1] == ["labkit", "job", "exec", "acc", "--backend", "kubernetes", "-n",
+                                                  "workloads", "--"]  # fmt: skip
+        assert typed[typed.index("--") + 1 :] == argv
+        flags[3] = "2"  # not the job's 2 workers x 2 slots
+        assert cli_main(["accelerate", "config", *flags]) == 2
+        assert capsys.readouterr().err.startswith("labkit: error: --num-processes: 2 machine(s), 2 process(es) for job")
         assert argv == [
             "accelerate", "launch", "--config_file", "/shared/runs/acc/accelerate/accelerate_config.yaml",
             "--deepspeed_hostfile", "/etc/mpi/hostfile", "--deepspeed_multinode_launcher", "openmpi",
             "-m", "labkit.ranks.accelerate_train", "--out=/shared/runs/acc/accelerate", "--stage=3",
-            "--num-processes=4", "--steps=5", "--micro-batch=8", "--seq=32", "--hidden=128", "--layers=2",
+            "--num-processes=4", "--steps=30", "--micro-batch=8", "--seq=32", "--hidden=128", "--layers=2",
             "--vocab=64", "--lr=0.003", "--generate=12",
         ]  # fmt: skip
         result = job.run(argv, timeout=120)
