@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labkit import launch, memory
-from labkit.devices import pick_device
-from labkit.errors import ConfigError, check_choice, check_int, check_number
+from labkit.devices import DEVICE_CHOICES, pick_device
+from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.manifests.render import SHARED_RUNS
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names; "no" = fp32
@@ -169,11 +170,17 @@ def accelerate_executable(python: str = sys.executable) -> list[str]:
 
 
 def launch_command(
-    config_file: str | Path, script_args: list[str], *, port: int | None = None, hostfile: str | None = None
+    config_file: str | Path,
+    script_args: list[str],
+    *,
+    port: int | None = None,
+    hostfile: str | None = None,
+    executable: list[str] | None = None,
 ) -> list[str]:
     """`accelerate launch --config_file F [--deepspeed_hostfile H --deepspeed_multinode_launcher openmpi] -m ...`.
-    With a hostfile (an MPIJob launcher: /etc/mpi/hostfile) accelerate starts DeepSpeed's runner on it."""
-    cmd = [*accelerate_executable(), "launch", "--config_file", str(config_file)]
+    With a hostfile (an MPIJob launcher: /etc/mpi/hostfile) accelerate starts DeepSpeed's runner on it.
+    executable: None = this machine's accelerate; ["accelerate"] = the one on a job's PATH (the image's)."""
+    cmd = [*(executable or accelerate_executable()), "launch", "--config_file", str(config_file)]
     if port is not None:
         cmd += ["--main_process_port", str(port)]
     if hostfile:
@@ -202,9 +209,11 @@ class TrainPlan:
     timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the fallback trap, in tests
 
-    def validated(self) -> TrainPlan:
+    def validated(self, *, here: bool = True) -> TrainPlan:
+        """here=False: the ranks run in a job's pods, so `device` names theirs (auto: whatever they have), not this
+        machine's."""
         self.config.validated()
-        self.device = pick_device(self.device)
+        self.device = pick_device(self.device) if here else check_choice("device", self.device, DEVICE_CHOICES)
         for name, low in (("steps", 1), ("micro_batch", 1), ("seq", 4), ("layers", 1), ("vocab", 8), ("generate", 1)):
             check_int(name, getattr(self, name), low)
         check_int("hidden", self.hidden, 64, "pass a multiple of 64 (4 attention heads of 16 or more)")
@@ -230,15 +239,48 @@ class TrainPlan:
         return launch_command(self.config_file(), self.script_args(), port=port)
 
 
-def job_command(plan: TrainPlan, *, port: int | None = None) -> list[str]:
-    """What the MPIJob launcher runs for `plan` (its config file written where the job sees it): accelerate on the
-    operator's hostfile, DeepSpeed's openmpi runner under it (mpirun over the workers; locally one host)."""
-    plan.validated()
-    if plan.config.num_machines < 2:
+def job_run_dir(job_name: str) -> str:
+    """A job's accelerate run folder (its config and per-rank reports): the job's own folder on the shared volume,
+    which every pod of the job mounts at /shared (manifests/jobs/interactive), launcher and workers alike; a local
+    job maps /shared onto a folder of its own (LocalBackend.shared_path)."""
+    return f"{SHARED_RUNS}/{job_name}/accelerate"
+
+
+def job_command(plan: TrainPlan, job, *, port: int | None = None) -> list[str]:
+    """What the MPIJob launcher runs for `plan` (after send_config): accelerate on the operator's hostfile,
+    DeepSpeed's openmpi runner under it (mpirun over the workers; locally one host). With run_dir = job_run_dir(job)
+    the same argv on both backends: `accelerate` from the job's PATH (the image's; a local job's is this one's)."""
+    plan.validated(here=job.backend.one_host)
+    cfg, st = plan.config, job.status()
+    if cfg.num_machines < 2:
         problem = "one machine: accelerate ignores the hostfile and launches locally"
         raise ConfigError("num_machines", problem, "pass the MPIJob's worker count (2 or more)")
-    plan.config.write(plan.config_file())
-    return launch_command(plan.config_file(), plan.script_args(), port=port, hostfile=CLUSTER_HOSTFILE)
+    # DeepSpeed starts a rank on every slot of the hostfile: a config of another shape fails only inside the ranks.
+    if (cfg.num_machines, cfg.num_processes) != (st.workers, (st.workers or 0) * (st.slots_per_worker or 0)):
+        field = "num_machines" if cfg.num_machines != st.workers else "num_processes"
+        problem = (f"{cfg.num_machines} machine(s), {cfg.num_processes} process(es) for job {st.name} of "
+                   f"{st.workers} worker(s) x {st.slots_per_worker} slot(s)")  # fmt: skip
+        fix = f"num_machines={st.workers} (its workers), num_processes={(st.workers or 0) * (st.slots_per_worker or 0)}"
+        raise ConfigError(field, problem, f"pass {fix} (all slots)")
+    return launch_command(
+        plan.config_file(), plan.script_args(), port=port, hostfile=CLUSTER_HOSTFILE, executable=["accelerate"]
+    )
+
+
+# Writes $2 to the file $1 (its folder created): the content is one argument, never parsed by a shell.
+WRITE_FILE = 'mkdir -p "$(dirname "$1")" && printf "%s" "$2" > "$1"'
+
+
+def send_config(plan: TrainPlan, job) -> str:
+    """Write plan's accelerate config where the job's launcher reads it (plan.config_file(): on a cluster the shared
+    volume, job_run_dir), through exec: the same on both backends, and no Kubernetes object or permission beyond
+    the exec the interactive job needs anyway. The path written."""
+    path = str(plan.config_file())
+    result = job.run(["sh", "-c", WRITE_FILE, "labkit-write", path, plan.config.to_yaml()], timeout=60)
+    if not result.ok:
+        why = result.failure or result.output.strip()[-300:] or f"exit code {result.returncode}"
+        raise LabkitError(f"writing {path} in job {job.namespace}/{job.name} failed: {why}")
+    return path
 
 
 def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable[[str], None] | None = None) -> dict:

@@ -169,12 +169,18 @@ display(Markdown("\n\n".join(chapter.faq_answers(report, plan, advice, model_par
 
 # %% [markdown]
 # ## The same config in an MPIJob
-# In the interactive MPIJob (chapter 03) the launcher pod runs the same file with the operator's hostfile; set
-# `num_machines` to the worker pods and `num_processes` to all their devices, then exec:
+# In the interactive MPIJob (chapter 03) the launcher pod runs the same file with the operator's hostfile: set
+# `--num-machines` to the worker pods and `--num-processes` to all their devices. `labkit accelerate config ... --job
+# NAME` writes the file into the job's folder on `/shared` (every pod of the job mounts it) and prints the line to exec
+# in the launcher; both lines are the same on the local and the Kubernetes backend (add `--backend kubernetes`):
 
 # %%
-print(" ".join(accelerate_route.launch_command("accelerate_config.yaml", ["..."], hostfile="/etc/mpi/hostfile")
-               ).replace(" ".join(accelerate_route.accelerate_executable()), "accelerate"))
+job_name, workers, slots = "deepspeed-interactive", 2, 4
+print(f"labkit accelerate config --stage {plan.config.stage} --num-processes {workers * slots} --num-machines {workers} "
+      f"--mixed-precision {plan.config.mixed_precision} --job {job_name} --backend kubernetes")
+print(f"labkit job exec {job_name} --backend kubernetes -- " + " ".join(accelerate_route.launch_command(
+    f"{accelerate_route.job_run_dir(job_name)}/accelerate_config.yaml", ["..."],
+    hostfile=accelerate_route.CLUSTER_HOSTFILE, executable=["accelerate"])))
 
 # %% [markdown]
 # ## What this run showed

@@ -11,7 +11,8 @@ Implemented (only what the kit's job backend uses):
   * exec: WebSocket upgrade (RFC 6455 framing, written here with the standard library), subprotocol
     v5.channel.k8s.io when offered (else v4), stdout/stderr on channels 1/2, the exit status as a Status JSON on
     channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
-    job's operator-format hostfile). As in a real cluster, closing the stream does NOT stop the command.
+    job's operator-format hostfile, a PVC's mountPath such as /shared to one directory per claim). As in a real
+    cluster, closing the stream does NOT stop the command.
   * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
     (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base (rbac.yaml,
     node-reader/) is enforced on EVERY request before anything else (tests/fake_rbac.py), and
@@ -119,6 +120,17 @@ def matches_selector(labels: dict, selector: str | None) -> bool:
         if labels.get(key.strip()) != value.strip():
             return False
     return True
+
+
+def map_paths(arg: str, mounts: dict[str, str]) -> str:
+    """One exec argument with the pod's paths (/etc/mpi/hostfile, a volume's mountPath) pointed at the fake's
+    directories for them, in paths and in short scripts (`cat /etc/mpi/hostfile`). An argument of several lines is
+    data (a file's content written through exec) and reaches the command unchanged, as in a real pod."""
+    if "\n" in arg:
+        return arg
+    for path, target in mounts.items():
+        arg = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", lambda _m, t=target: t, arg)
+    return arg
 
 
 class FakeApiServer:
@@ -283,6 +295,23 @@ class FakeApiServer:
     # -- the MPI Operator (kubeflow/mpi-operator v0.8.2, pkg/controller/mpi_job_controller.go) ----------------------
     def _job(self, ns: str, name: str) -> dict | None:
         return self.objects.get((MPIJOBS, "mpijobs", ns, name))
+
+    def claim_dir(self, ns: str, claim: str) -> Path:
+        """The fake's storage behind PersistentVolumeClaim ns/claim: the same directory for every pod mounting it."""
+        path = self.root / ns / "pvc" / claim
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def claim_mounts(self, ns: str, job_name: str, role: str) -> dict[str, str]:
+        """mountPath -> claim_dir for each PVC volume the job's `role` pod template mounts (its first container:
+        the one exec runs in), so a file one exec writes under /shared the next one reads, as on the volume."""
+        job = self._job(ns, job_name) or {}
+        replicas = (job.get("spec") or {}).get("mpiReplicaSpecs") or {}
+        pod = ((replicas.get(role.capitalize()) or {}).get("template") or {}).get("spec") or {}
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []
+                  if "persistentVolumeClaim" in v}  # fmt: skip
+        mounts = (pod.get("containers") or [{}])[0].get("volumeMounts") or []
+        return {m["mountPath"]: str(self.claim_dir(ns, claims[m["name"]])) for m in mounts if m["name"] in claims}
 
     def _operator_sync(self, job: dict) -> None:
         """syncHandler: validate (ValidationError event, nothing created: the operator has no admission webhook),
@@ -895,8 +924,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
         job_name = pod["metadata"]["labels"].get("training.kubeflow.org/job-name", "")
-        hostfile = str(fake.root / ns / job_name / "etc-mpi" / "hostfile")
-        cmd = [a.replace(CLUSTER_HOSTFILE, hostfile) for a in argv]
+        mounts = {CLUSTER_HOSTFILE: str(fake.root / ns / job_name / "etc-mpi" / "hostfile")}
+        mounts |= fake.claim_mounts(ns, job_name, pod["metadata"]["labels"]["training.kubeflow.org/job-role"])
+        cmd = [map_paths(a, mounts) for a in argv]
         env = {**os.environ, "LABKIT_PROCESS": "1", "LABKIT_FAKE_APISERVER": fake.root.name, "HOSTNAME": pod_name}
         send_lock = threading.Lock()
         client_gone = threading.Event()

@@ -4,15 +4,23 @@ MPIJob."""
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import sys
 import types
+from dataclasses import asdict
 
 import pytest
-from kit_testing import wait_for_no_kit_processes
+from fake_rbac import SERVICE_ACCOUNT
+from kit_testing import fake_cluster, wait_for_no_kit_processes
 
 from labkit import accelerate_route as route
 from labkit import launch
 from labkit.cli import main as cli_main
 from labkit.errors import ConfigError, LaunchError
+from labkit.jobs import LocalBackend
+from labkit.manifests import JobSpec
 from labkit.ranks import accelerate_train
 
 
@@ -202,25 +210,106 @@ def test_a_run_that_falls_back_without_deepspeed_fails_with_one_clear_line(tmp_p
 @pytest.mark.slow
 def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
     """`accelerate launch --deepspeed_hostfile /etc/mpi/hostfile --deepspeed_multinode_launcher openmpi` exec'd in a
-    local job's launcher, as in the cluster's launcher pod."""
-    from labkit.jobs import LocalBackend
-    from labkit.manifests import JobSpec
-
+    local job's launcher, as in the cluster's launcher pod, its config written there through exec first."""
     backend = LocalBackend(root=tmp_path / "jobs")
-    plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2), tmp_path / "run",
-                           device="cpu", steps=4)  # fmt: skip
-    argv = route.job_command(plan, port=launch.free_port())
-    assert "/etc/mpi/hostfile" in argv
+    plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2),
+                           route.job_run_dir("accelerate"), device="cpu", steps=4)  # fmt: skip
     seen: list[str] = []
     with backend.submit(JobSpec(name="accelerate", workers=2, slots_per_worker=1)) as job:
         job.wait_ready(20)
+        written = route.send_config(plan, job)
+        argv = route.job_command(plan, job)
+        # what a learner types in the cluster's launcher pod, character for character (the Kubernetes test below)
+        assert argv[:4] == ["accelerate", "launch", "--config_file", written] and "/etc/mpi/hostfile" in argv
+        assert "--out=/shared/runs/accelerate/accelerate" in argv
         assert job.exec(argv, on_output=seen.append, timeout=300) == 0
+    here = backend.shared_path(plan.run_dir)  # the local job's /shared
+    assert route.load_with_accelerate(backend.shared_path(written)).num_machines == 2
     # Both ranks in one world: with accelerate's default `--num_gpus N/machines` DeepSpeed would start 1 rank here
     # (and refuse the flag on a real multi-host hostfile); the config's empty exclusion filter avoids it.
     assert "LABKIT_PROGRESS step=4" in "".join(seen)
-    ranks = route.read_report(tmp_path / "run", plan, 0.0, argv)["ranks"]
+    ranks = route.read_report(here, plan, 0.0, argv)["ranks"]
     assert [r["check"]["world_size"] for r in ranks] == [2, 2] and all(r["check"]["zero_stage"] == 2 for r in ranks)
     assert wait_for_no_kit_processes() == []
+
+
+# The image's `accelerate` on the fake API server's "pod" (this host): accelerate's own CLI, config loading and
+# DeepSpeed command, stopped where it would start DeepSpeed's runner (the fake's workers are names, not hosts).
+ACCELERATE_SHIM = """#!{python}
+import json, sys
+import accelerate.commands.launch as launch
+launch._run_subprocess = lambda cmd, env, quiet: print("LAUNCHES " + json.dumps(cmd), flush=True)
+from accelerate.commands.accelerate_cli import main
+sys.exit(main())
+"""
+
+
+def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, capsys):
+    """As the kit's ServiceAccount on the fake API server: submit, wait, write the config onto the job's shared
+    volume through exec, exec the accelerate line in the launcher, delete."""
+    shim = tmp_path / "bin" / "accelerate"
+    shim.parent.mkdir()
+    shim.write_text(ACCELERATE_SHIM.format(python=sys.executable))
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")  # the exec'd command's PATH
+    cfg = route.AccelerateConfig(stage=3, num_processes=4, num_machines=2, mixed_precision="bf16")
+    plan = route.TrainPlan(cfg, route.job_run_dir("acc"))
+    with fake_cluster() as (api, backend):
+        assert api.identity == SERVICE_ACCOUNT
+        job = backend.submit(JobSpec(name="acc", workers=2, slots_per_worker=2))
+        mpijob = api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "acc")]
+        launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+        assert launcher["containers"][0]["args"] == ["sleep", "infinity"]  # you exec the training into it
+        assert {"name": "shared", "mountPath": "/shared"} in launcher["containers"][0]["volumeMounts"]
+        assert mpijob["spec"]["slotsPerWorker"] == 2 and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+        job.wait_ready(20)
+        for shape, field in (({"num_machines": 4}, "num_machines"), ({"num_processes": 2}, "num_processes")):
+            other = route.TrainPlan(route.AccelerateConfig(**(asdict(cfg) | shape)), plan.run_dir, device="cpu")
+            with pytest.raises(ConfigError) as err:  # not the job's 2 workers x 2 slots: refused before any exec
+                route.job_command(other, job)
+            assert err.value.field == field and "num_machines=2 (its workers), num_processes=4" in err.value.fix
+        written = route.send_config(plan, job)
+        argv = route.job_command(plan, job)
+        # The CLI does the same: `labkit accelerate config ... --job acc` sends the file and prints the line to exec.
+        flags = ["--stage", "3", "--num-processes", "4", "--num-machines", "2", "--mixed-precision", "bf16", "--job",
+                 "acc", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]  # fmt: skip
+        assert cli_main(["accelerate", "config", *flags]) == 0
+        typed = shlex.split(capsys.readouterr().out.split("run: ", 1)[1])
+        assert typed[: typed.index("--") + 1] == ["labkit", "job", "exec", "acc", "--backend", "kubernetes", "-n",
+                                                  "workloads", "--"]  # fmt: skip
+        assert typed[typed.index("--") + 1 :] == argv
+        flags[3] = "2"  # not the job's 2 workers x 2 slots
+        assert cli_main(["accelerate", "config", *flags]) == 2
+        assert capsys.readouterr().err.startswith("labkit: error: --num-processes: 2 machine(s), 2 process(es) for job")
+        assert argv == [
+            "accelerate", "launch", "--config_file", "/shared/runs/acc/accelerate/accelerate_config.yaml",
+            "--deepspeed_hostfile", "/etc/mpi/hostfile", "--deepspeed_multinode_launcher", "openmpi",
+            "-m", "labkit.ranks.accelerate_train", "--out=/shared/runs/acc/accelerate", "--stage=3",
+            "--num-processes=4", "--steps=30", "--micro-batch=8", "--seq=32", "--hidden=128", "--layers=2",
+            "--vocab=64", "--lr=0.003", "--generate=12",
+        ]  # fmt: skip
+        result = job.run(argv, timeout=120)
+        assert result.ok, result.output
+        # The file reached the job's volume byte for byte, and accelerate in the pod read it from there: DeepSpeed's
+        # openmpi runner over the operator's hostfile, every slot of it (no --num_gpus), the rank script as a module.
+        volume = api.root / "workloads" / "pvc" / "labkit-shared"  # where the fake keeps the claim mounted at /shared
+        assert written == "/shared/runs/acc/accelerate/accelerate_config.yaml"
+        assert (volume / written.removeprefix("/shared/")).read_text() == cfg.to_yaml()
+        (line,) = [x for x in result.output.splitlines() if x.startswith("LAUNCHES ")]
+        deepspeed = json.loads(line.split(" ", 1)[1])
+        hostfile = str(api.root / "workloads" / "acc" / "etc-mpi" / "hostfile")  # the fake's /etc/mpi/hostfile
+        assert deepspeed[:8] == ["deepspeed", "--hostfile", hostfile, "--no_local_rank", "--launcher", "openmpi",
+                                 "--exclude", ""]  # fmt: skip
+        script = [a.replace("=/shared/", f"={volume}/") for a in argv[argv.index("-m") + 1 :]]  # --out on the volume
+        assert deepspeed[deepspeed.index("--module") + 1 :] == script
+        assert "ACCELERATE_DEEPSPEED_ZERO_STAGE=3" in (api.root / ".deepspeed_env").read_text()  # the ranks' env
+        job.delete()
+        assert not api.pods and not api.exec_tag_pids()
+        assert api.denied == []  # nothing beyond the kit's Role
+    # What the learner types is the same line in a local job of that shape.
+    with LocalBackend(root=tmp_path / "jobs").submit(JobSpec(name="acc", workers=2, slots_per_worker=2)) as local:
+        local.wait_ready(20)
+        assert route.job_command(plan, local) == argv
 
 
 # ------------------------------------------------------------------------------------------------------ notebook 06

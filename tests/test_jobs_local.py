@@ -22,7 +22,7 @@ from labkit.chapters.interactive import (
 )
 from labkit.errors import ConfigError
 from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
-from labkit.jobs.launcher import job_pids
+from labkit.jobs.launcher import job_pids, map_paths
 from labkit.manifests import JobSpec
 from labkit.procs import alive
 
@@ -538,3 +538,14 @@ def test_a_recorded_pid_names_one_process_only():
     assert procs.same_process(me, procs.start_ticks(me))
     assert not procs.same_process(me, procs.start_ticks(me) + 1)  # the same pid, started at another time: reused
     assert not procs.same_process(me, None)
+
+
+def test_cluster_paths_map_onto_the_jobs_own_files_but_not_inside_data(tmp_path, backend):
+    """/etc/mpi/hostfile -> the job's hostfile, /shared (the kit's PVC) -> the namespace's _shared folder, as whole
+    path components only; an argument of several lines is a file's content and reaches the command as it is."""
+    job, shared = tmp_path / "workloads" / "demo", tmp_path / "workloads" / "_shared"
+    args = ["--out=/shared/runs/x", "/shared", "/sharedx", "/data/shared/y", "cat /etc/mpi/hostfile; ls /shared/a",
+            "hostfile: /etc/mpi/hostfile\nout: /shared\n"]  # fmt: skip
+    assert map_paths(args, job) == [f"--out={shared}/runs/x", str(shared), "/sharedx", "/data/shared/y",
+                                    f"cat {job}/hostfile; ls {shared}/a", args[-1]]  # fmt: skip
+    assert backend.shared_path("/shared/runs/demo") == backend.root / "workloads" / "_shared" / "runs" / "demo"

@@ -164,26 +164,6 @@ def test_cpu_smoke_suite_passes_here(tmp_path):
     assert suite_xml.failures == 0 and suite_xml.tests == expected and len(suite.entries) == len(notebooks.discover())
 
 
-def test_the_nightly_cluster_cronjob_runs_a_shipped_suite_in_the_lab_image():
-    """Issue 17: manifests/regression runs regression/cluster-*.yaml from the lab image as the kit's ServiceAccount,
-    keeping each night's reports on the shared volume; it passes the namespace's Pod Security level."""
-    from labkit import manifests as m
-    from labkit.manifests.checks import check_pod_security
-
-    objects = m.kustomize_build(REPO / "manifests" / "regression")
-    (cron,) = objects
-    m.validate_objects(objects, pod_security="restricted")
-    check_pod_security(cron, "restricted")
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    suite = {e["name"]: e["value"] for e in container["env"]}["SUITE"]
-    assert suite.startswith("/opt/labkit/regression/") and (REPO / "regression" / Path(suite).name).is_file()
-    assert "labkit run --suite" in container["args"][0] and "/shared/regression/" in container["args"][0]
-    assert pod["serviceAccountName"] == "labkit" and container["image"].startswith("ghcr.io/labkit/lab:")
-    dockerfile = (REPO / "images" / "lab" / "Dockerfile").read_text()
-    assert "COPY regression /opt/labkit/regression" in dockerfile and "LABKIT_NOTEBOOKS=" in dockerfile
-
-
 def test_an_installed_kit_finds_its_notebooks_through_labkit_notebooks(tmp_path, monkeypatch):
     """The lab image installs labkit as a package: its notebooks are where LABKIT_NOTEBOOKS says."""
     import shutil

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import tempfile
 from pathlib import Path
 
 from labkit import accelerate_route as route
+from labkit.cli.job import BACKEND_OPTIONS, _add, _backend
 from labkit.errors import ConfigError
+from labkit.jobs import Job
 
 
 def register(subparsers) -> None:
@@ -27,8 +31,15 @@ def register(subparsers) -> None:
     c.add_argument("--offload-param", default="none", help="none | cpu (stage 3, with --offload-optimizer cpu)")
     c.add_argument("--num-machines", type=int, default=1, help="machines (MPIJob worker pods); default 1")
     c.add_argument("--gradient-accumulation-steps", type=int, default=1, help="default 1")
-    c.add_argument("--out", default="accelerate_config.yaml", help="file to write (default accelerate_config.yaml)")
+    c.add_argument("--out", default=None, help="file to write (default accelerate_config.yaml)")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.add_argument(
+        "--job",
+        metavar="NAME",
+        help="write it into this interactive job instead (through exec, to the job's folder on /shared, which all its "
+        "pods mount) and print the `labkit job exec` line that trains with it there",
+    )
+    _add(c, BACKEND_OPTIONS)
     c.set_defaults(func=_config)
 
 
@@ -39,10 +50,33 @@ def _config(args: argparse.Namespace) -> int:
         config.validated()
     except ConfigError as exc:  # named as the user typed it
         raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
-    out = Path(args.out)
+    if args.job:
+        return _into_job(args, config)
+    out = Path(args.out or "accelerate_config.yaml")
     if out.exists() and not args.force:
         raise ConfigError("--out", f"{out} exists", "pass --force to overwrite it, or another --out")
     route.load_with_accelerate(config.write(out))  # accelerate's own loader must accept what we wrote
     print(f"wrote {out}: ZeRO-{config.stage}, {config.num_processes} process(es) on {config.num_machines} machine(s)")
     print(f"run: accelerate launch --config_file {out} your_script.py")
+    return 0
+
+
+def _into_job(args: argparse.Namespace, config: route.AccelerateConfig) -> int:
+    """The same file, written where the job's launcher reads it; the line to exec is the same on both backends."""
+    if args.out is not None:
+        fix = f"leave --out out: with --job the file goes to {route.job_run_dir(args.job)}/ (all the job's pods see it)"
+        raise ConfigError("--out", "is for a file here, not in a job", fix)
+    with tempfile.TemporaryDirectory() as tmp:  # accelerate's own loader must accept what we send
+        route.load_with_accelerate(config.write(Path(tmp) / "accelerate_config.yaml"))
+    job = Job(_backend(args), args.job, args.namespace)
+    plan = route.TrainPlan(config, route.job_run_dir(args.job))
+    try:
+        argv = route.job_command(plan, job)  # checks the config against the job's workers and slots first
+    except ConfigError as exc:  # named as the user typed it
+        raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
+    written = route.send_config(plan, job)
+    where = f" --backend {args.backend} -n {args.namespace}" if args.backend != "local" else ""
+    print(f"wrote {written} in job {args.namespace}/{args.job}: ZeRO-{config.stage}, {config.num_processes} "
+          f"process(es) on {config.num_machines} machine(s)")  # fmt: skip
+    print(f"run: labkit job exec {args.job}{where} -- {shlex.join(argv)}")
     return 0

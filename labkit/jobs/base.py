@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 # Where the MPI Operator mounts the hostfile in the launcher; the local backend maps this path onto its job dir.
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
+# Where every pod of a job mounts the kit's PVC (manifests/jobs/*); the local backend maps it onto a folder too.
+CLUSTER_SHARED = "/shared"
 EXEC_TAG = "labkit exec: "  # starts the one line an exec adds to its output when it fails (why, in words)
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 OutputCallback = Callable[[str], None]

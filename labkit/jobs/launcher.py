@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.jobs.base import CLUSTER_HOSTFILE
+from labkit.jobs.base import CLUSTER_HOSTFILE, CLUSTER_SHARED
 from labkit.procs import alive, same_process, start_ticks
 
 JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
@@ -78,9 +79,23 @@ def default_jobs_dir() -> Path:
     return Path(state) / "labkit" / "jobs"
 
 
-def map_hostfile(argv: list[str], hostfile: Path) -> list[str]:
-    """The cluster's /etc/mpi/hostfile path, pointed at this job's own hostfile (same commands on both backends)."""
-    return [a.replace(CLUSTER_HOSTFILE, str(hostfile)) for a in argv]
+def shared_dir(job_dir: Path) -> Path:
+    """The local stand-in for the kit's PVC: one folder per namespace, shared by its jobs and kept after them
+    (`_shared`: no job is named so, job names have no '_')."""
+    return job_dir.parent / "_shared"
+
+
+def map_paths(argv: list[str], job_dir: Path) -> list[str]:
+    """The cluster's paths in a command pointed at this job's stand-ins, so the same commands run on both backends:
+    /etc/mpi/hostfile at its own hostfile, the shared volume's /shared at shared_dir. An argument of several lines
+    is data (a file's content written through exec) and stays as it is."""
+    mounts = {CLUSTER_HOSTFILE: str(job_dir / "hostfile"), CLUSTER_SHARED: str(shared_dir(job_dir))}
+    mapped = []
+    for arg in argv:
+        for path, target in mounts.items() if "\n" not in arg else ():
+            arg = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", lambda _m, t=target: t, arg)
+        mapped.append(arg)
+    return mapped
 
 
 def job_pids(uid: str, exclude: set[int]) -> list[int]:
@@ -124,7 +139,7 @@ def run_launcher(job_dir: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda _signum, _frame: stop.update(reason="Deleted"))
     log = open(job_dir / "launcher.log", "ab", buffering=0)  # noqa: SIM115 - open for the launcher's whole life
-    argv = map_hostfile(job["launcher_command"], job_dir / "hostfile")
+    argv = map_paths(job["launcher_command"], job_dir)
     until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
     log.write(f"[labkit launcher] job {job['namespace']}/{job['name']}: running {argv} until {until}\n".encode())
     try:

@@ -6,7 +6,8 @@ another notebook); its launcher process stops the job's every process at the dea
 The cluster hostfile has one line per worker pod. Locally all W workers are this one host, so the hostfile holds one
 line, `localhost slots=W*S`: Open MPI then starts W*S ranks here without ssh (aliases such as 127.0.0.2 would make
 mpirun try ssh); comment lines above it show the hosts the cluster would list. Commands may name the cluster path
-/etc/mpi/hostfile: it is mapped to this job's hostfile. What DeepSpeed asks a worker over ssh (is it reachable, its
+/etc/mpi/hostfile: it is mapped to this job's hostfile, and the shared volume's /shared to the namespace's `_shared`
+folder (launcher.map_paths). What DeepSpeed asks a worker over ssh (is it reachable, its
 address) the job's `bin/ssh` answers for localhost, so the cluster's command line works as typed.
 """
 
@@ -32,9 +33,10 @@ from labkit.jobs.launcher import (
     JOBS_DIR_ENV,
     default_jobs_dir,
     exec_record,
-    map_hostfile,
+    map_paths,
     owned,
     read_json,
+    shared_dir,
     stop_job_processes,
     write_json,
 )
@@ -106,6 +108,10 @@ class LocalBackend(JobBackend):
     def job_dir(self, name: str, namespace: str | None = None) -> Path:
         return self.root / base.check_namespace(namespace or self.namespace) / name
 
+    def shared_path(self, path: str, namespace: str | None = None) -> Path:
+        """Where a path under the jobs' /shared (the cluster's PVC) lies here, e.g. to read what ranks wrote."""
+        return Path(map_paths([path], self.job_dir("x", namespace))[0])
+
     def _checked_root(self, create: bool = False) -> bool:
         """Whether the jobs folder exists (made 0700 when `create`); a ConfigError when another user could have
         planted jobs in it (not ours, a symlink, or writable by others): we read pids from it and signal them."""
@@ -152,6 +158,7 @@ class LocalBackend(JobBackend):
             raise ConfigError("name", f"{ref} is being created right now", "pick another name, or delete it") from None
         for sub in ("execs", "workdir", "bin"):
             (d / sub).mkdir()
+        shared_dir(d).mkdir(mode=0o700, exist_ok=True)
         (d / "bin" / "ssh").write_text(SSH_SHIM)
         (d / "bin" / "ssh").chmod(0o755)
         (d / "manifest.yaml").write_text(manifests.to_yaml(manifests.render_all(spec)))
@@ -245,7 +252,7 @@ class LocalBackend(JobBackend):
         if not st.ready:
             problem = f"local job {st.namespace}/{name} is {st.phase} {st.message}: cannot exec"
             raise JobNotReady(f"{problem}; wait_ready() first or submit it again")
-        cmd = map_hostfile(list(argv), d / "hostfile")
+        cmd = map_paths(list(argv), d)
         starts_ranks = Path(cmd[0]).name in LAUNCHERS or "deepspeed.launcher.runner" in cmd
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])

@@ -1,0 +1,170 @@
+"""Issue 17's CI examples, checked as their runners and the cluster would check them (none can run here: no GitHub or
+GitLab runner, no cluster): the two workflows in docs/ci/ against the official schemas (check-jsonschema's vendored
+copies, offline), their `labkit run` lines through labkit's own parser with suites that exist and load; the CronJob of
+manifests/regression rendered as `kubectl kustomize` renders it, and its identity on the fake API server."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_rbac import SERVICE_ACCOUNT, load_bindings
+from kit_testing import fake_cluster
+from test_manifests import KUBECTL, kubectl_kustomize
+
+from labkit import cluster, suites
+from labkit import manifests as m
+from labkit.chapters.interactive import plan_interactive_job
+from labkit.cli import build_parser
+from labkit.manifests.checks import check_pod_security
+
+REPO = Path(__file__).resolve().parents[1]
+CI = REPO / "docs" / "ci"
+SCHEMAS = {"github-actions.yml": "vendor.github-workflows", "gitlab-ci.yml": "vendor.gitlab-ci"}
+CLUSTER_SUITES = sorted((REPO / "regression").glob("cluster-*.yaml"))
+
+
+def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def labkit_run(line: str, **variables: str) -> tuple[list[str], object]:
+    """A shell line's `labkit run ...` (after `.venv/bin/`, `&&`) parsed by labkit's CLI, its $variables expanded
+    (the environment's, given, and the line's own `NAME=value` assignments)."""
+    words = shlex.split(line.replace("&&", " && "))
+    variables |= dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Za-z_]\w*=\S*", w))
+    start = next(i for i, w in enumerate(words) if Path(w).name == "labkit" and words[i + 1 : i + 2] == ["run"])
+    argv = [re.sub(r"\$(\w+)", lambda v: variables[v.group(1)], w) for w in words[start + 1 :]]
+    return argv, build_parser().parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------- the workflows
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_each_workflow_validates_against_its_official_schema(name, tmp_path):
+    done = check_jsonschema(SCHEMAS[name], CI / name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # ...and the same check refuses a broken copy: a job without a runner; an artifact kept "sometimes"
+    doc = yaml.safe_load((CI / name).read_text())
+    if name == "github-actions.yml":
+        del doc["jobs"]["gpu-1"]["runs-on"]
+    else:
+        doc["cpu-smoke"]["artifacts"]["when"] = "sometimes"
+    broken = tmp_path / name
+    broken.write_text(yaml.safe_dump(doc))
+    refused = check_jsonschema(SCHEMAS[name], broken)
+    assert refused.returncode == 1 and ("runs-on" in refused.stdout or "sometimes" in refused.stdout), refused.stdout
+
+
+def _steps() -> list[tuple[str, str, dict]]:
+    """(workflow, shell line, what the job keeps: {'junit': [...], 'paths': [...]}) for each line running labkit."""
+    found = []
+    github = yaml.safe_load((CI / "github-actions.yml").read_text())
+    for job in github["jobs"].values():
+        kept: dict[str, list[str]] = {"junit": [], "paths": []}
+        for step in job["steps"]:
+            uses, given = step.get("uses", ""), step.get("with") or {}
+            if uses.startswith("mikepenz/action-junit-report@"):
+                kept["junit"] += given["report_paths"].split(",")
+            if uses.startswith("actions/upload-artifact@"):
+                kept["paths"] += given["path"].splitlines()
+        found += [("github-actions.yml", s["run"], kept) for s in job["steps"] if "labkit run" in s.get("run", "")]
+    gitlab = yaml.safe_load((CI / "gitlab-ci.yml").read_text())
+    for job in gitlab.values():
+        artifacts = job.get("artifacts") or {}
+        kept = {"junit": [artifacts.get("reports", {}).get("junit", "")], "paths": artifacts.get("paths", [])}
+        found += [("gitlab-ci.yml", line, kept) for line in job["script"] if "labkit run" in line]
+    return found
+
+
+def test_every_workflow_runs_a_shipped_suite_and_keeps_its_junit_and_report():
+    steps = _steps()
+    assert {workflow for workflow, _, _ in steps} == set(SCHEMAS) and len(steps) == 3
+    for workflow, line, kept in steps:
+        _, args = labkit_run(line)
+        assert args.suite and args.junit and args.out, f"{workflow}: {line}"
+        suite = suites.load(REPO / args.suite)  # exists, and loads (every notebook known, every threshold valid)
+        assert suite.entries, f"{workflow}: {args.suite} runs nothing"
+        assert [str(args.junit)] == kept["junit"] or str(args.junit) in kept["paths"], f"{workflow}: JUnit not kept"
+        assert str(args.out) in kept["paths"], f"{workflow}: {args.out} (executed notebooks, report) not kept"
+
+
+def test_the_github_job_runs_on_a_self_hosted_gpu_runner_with_a_time_limit():
+    job = yaml.safe_load((CI / "github-actions.yml").read_text())["jobs"]["gpu-1"]
+    assert job["runs-on"] == ["self-hosted", "gpu"] and 0 < job["timeout-minutes"] <= 120
+    uploads = [s for s in job["steps"] if s.get("uses", "").startswith(("actions/upload", "mikepenz/"))]
+    assert uploads and all(s.get("if") == "always()" for s in uploads)  # failures are when the reports matter
+
+
+# ------------------------------------------------------------------------------------------------- the CronJob
+def _cronjob() -> dict:
+    (cron,) = m.kustomize_build(REPO / "manifests" / "regression")
+    return cron
+
+
+def test_the_regression_kustomization_renders_as_kubectl_does():
+    assert KUBECTL, "kubectl is needed for this comparison (install kubectl >= 1.27)"
+    assert m.kustomize_build(REPO / "manifests" / "regression") == kubectl_kustomize(REPO / "manifests" / "regression")
+
+
+def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_reports_on_the_pvc():
+    """The lab image (images/images.yaml's), the kit's ServiceAccount (with its token: it submits MPIJobs), each
+    night's executed notebooks, report and JUnit XML in its own folder on the kit's PVC; Pod Security restricted."""
+    cron = _cronjob()
+    m.validate_objects([cron], pod_security="restricted")
+    check_pod_security(cron, "restricted")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # a slow night never overlaps the next one
+    job = cron["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    images = yaml.safe_load((REPO / "images" / "images.yaml").read_text())["images"]
+    assert container["image"] == images["lab"]["image"]
+    base = {o["kind"]: o for o in m.kustomize_build(REPO / "manifests" / "base")}
+    assert pod["serviceAccountName"] == base["ServiceAccount"]["metadata"]["name"] == "labkit"
+    assert pod.get("automountServiceAccountToken", True) and base["ServiceAccount"]["automountServiceAccountToken"]
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == base["PersistentVolumeClaim"]["metadata"]["name"]
+    (mount,) = [v for v in container["volumeMounts"] if v["name"] == volume["name"]]
+    suite = {e["name"]: e["value"] for e in container["env"]}["SUITE"]
+    assert suite.startswith("/opt/labkit/regression/") and (REPO / "regression" / Path(suite).name) in CLUSTER_SUITES
+    assert "COPY regression /opt/labkit/regression" in (REPO / "images" / "lab" / "Dockerfile").read_text()
+    assert container["command"] == ["bash", "-c"]
+    out = f"{mount['mountPath']}/regression/20260101-030000"
+    _, args = labkit_run(container["args"][0].replace("$(date +%Y%m%d-%H%M%S)", "20260101-030000"), SUITE=suite)
+    assert str(args.suite) == suite and str(args.out) == out and str(args.junit) == f"{out}/junit.xml"
+    assert job["activeDeadlineSeconds"] >= 3600 and job["backoffLimit"] == 0
+
+
+def test_the_cronjobs_identity_may_do_every_kubernetes_step_of_the_cluster_suites():
+    """As the CronJob's pod (its ServiceAccount) on the fake API server, which enforces manifests/base/rbac.yaml:
+    each cluster suite's MPIJob plans, submits, becomes ready, takes an exec and is deleted with nothing refused.
+    What the kit's namespaced Role cannot do (list nodes, cluster-scoped) no suite expects."""
+    cron = _cronjob()
+    identity = (
+        f"system:serviceaccount:{cron['metadata']['namespace']}:"
+        + (cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"])
+    )
+    assert identity == SERVICE_ACCOUNT and identity in load_bindings()
+    entries = [e for path in CLUSTER_SUITES for e in suites.load(path).entries]
+    kube = [e for e in entries if e.parameters.get("backend") == "kubernetes"]
+    assert len(kube) == len(CLUSTER_SUITES) == 2
+    for entry in kube:
+        with fake_cluster(identity=identity) as (api, _):
+            plan = plan_interactive_job(**entry.parameters, kubeconfig=api.kubeconfig)
+            with plan.backend.submit(plan.spec) as job:
+                job.wait_ready(20)
+                hosts = job.run(["cat", "/etc/mpi/hostfile"]).output.splitlines()
+                assert len(hosts) == entry.parameters["workers"]
+            assert not api.pods and api.denied == [], api.denied
+    with fake_cluster(identity=identity) as (api, _):
+        report = cluster.discover_cluster(api.kubeconfig)
+        assert report.configured and not report.nodes and "Forbidden" in report.error
+        assert [user for user, _ in api.denied] == [identity]
+    scoped = ("cluster.nodes", "cluster.crds", "cluster.totals")  # read only with cluster scope
+    cluster_wide = [x.result for e in entries for x in e.expect if x.result.startswith(scoped)]
+    assert cluster_wide == [], "the CronJob's namespaced identity cannot read these: the suite would always fail"
