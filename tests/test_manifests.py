@@ -491,6 +491,7 @@ def test_role_is_namespaced_and_least_privilege():
         ("", "pods/exec"): {"create", "get"},
         ("", "events"): {"list"},
         ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
+        ("", "secrets"): {"create"},  # each job's checkpoint key; no Secret is readable, its own ones included
     }
     assert {"resourceNames": ["labkit-proxy"], "verbs": ["get"]}.items() <= next(
         r for r in role["rules"] if r["verbs"] == ["get"] and r["resources"] == ["configmaps"]
