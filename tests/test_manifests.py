@@ -662,7 +662,7 @@ def test_every_job_pod_reads_its_own_checkpoint_key_and_keeps_its_own_hf_cache(k
     for role, replica in job["spec"]["mpiReplicaSpecs"].items():
         pod = replica["template"]["spec"]
         (volume,) = [v for v in pod["volumes"] if "secret" in v]
-        assert volume["secret"] == {"secretName": "alice-run-checkpoint", "defaultMode": 0o440}, role
+        assert volume["secret"] == {"secretName": "alice-run-checkpoint", "defaultMode": 0o440, "optional": True}, role
         (container,) = pod["containers"]
         (mount,) = [v for v in container["volumeMounts"] if v["name"] == volume["name"]]
         assert (mount["mountPath"], mount["readOnly"]) == (str(checkpoint.MOUNTED_KEY.parent), True)
