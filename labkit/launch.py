@@ -9,6 +9,7 @@ and light labkit modules only: ranks import it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import importlib.util
 import io
@@ -433,7 +434,11 @@ def _loopback_process_group(backend: str, port: int, timeout) -> None:
     env = os.environ  # what DeepSpeed's MPI discovery would set under a local mpirun (it is skipped now)
     env.update(RANK=str(rank), WORLD_SIZE=str(world))
     env.setdefault("LOCAL_RANK", env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))  # the deepspeed launcher sets its own
-    fd = socket.create_server(("127.0.0.1", port), backlog=max(128, world)).detach() if rank == 0 else None
+    try:
+        fd = socket.create_server(("127.0.0.1", port), backlog=max(128, world)).detach() if rank == 0 else None
+    except OSError as exc:  # named as torch names it (EADDRINUSE: another job holds the port)
+        name = errno.errorcode.get(exc.errno, "?")
+        raise OSError(exc.errno, f"rendezvous store: 127.0.0.1:{port} cannot listen ({name}: {exc.strerror})") from None
     store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout, master_listen_fd=fd, use_libuv=True)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
