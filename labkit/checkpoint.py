@@ -1,20 +1,30 @@
 """Training checkpoints: DeepSpeed's per-rank files under `step<N>` tags, counted once a manifest proves them whole.
 
 A save writes every rank's files, then rank 0 writes COMPLETE.json (size and sha256 of every file) last and atomically,
-so a resume skips a partial or corrupt newest checkpoint and takes the one before.
+so a resume skips a partial or corrupt newest checkpoint and takes the one before. Resuming unpickles (DeepSpeed loads
+with weights_only=False), so COMPLETE.json carries an HMAC keyed by the run's own secret (run_key), checked before any
+file is read: a manifest rewritten without the key, or another run's checkpoint, is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from labkit.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE.json"
+KEY_ENV, KEY_FILE = "LABKIT_CHECKPOINT_KEY", "checkpoint.key"
+# On Kubernetes: the job's own Secret `<job>-checkpoint`, mounted read-only in every pod (ranks started over ssh see no
+# pod env, but do see this file). Pods share uid 1000 and the volume, so a key file there would protect nothing.
+MOUNTED_KEY = Path("/var/run/labkit/checkpoint/key")
+_NO_KEY_FIX = f"resume with the key the run was written with (${KEY_ENV}, or DIR/{KEY_FILE}), or start a fresh run"
 
 
 def _sha256(path: Path) -> str:
@@ -26,26 +36,79 @@ def tag_of(step: int) -> str:
     return f"step{step:08d}"
 
 
-def write_manifest(tag_dir: Path, meta: dict) -> None:
-    """Mark a checkpoint complete: sizes and sha256 of every file, written atomically, last."""
+def run_key(checkpoint_dir: str | Path, create: bool = False) -> bytes:
+    """The run's HMAC key: ${KEY_ENV}, else the job's mounted Secret (MOUNTED_KEY), else DIR/checkpoint.key, which
+    must be this user's own 0600 file (made here, atomically, when create). ConfigError when there is none."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    if MOUNTED_KEY.is_file():
+        return MOUNTED_KEY.read_bytes().strip()
+    path = Path(checkpoint_dir) / KEY_FILE
+    if create and not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{KEY_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # atomic, never replaces: a concurrent maker's key wins, whole
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(
+            "checkpoint_dir", f"no checkpoint key: ${KEY_ENV} is unset and {path} is missing", _NO_KEY_FIX
+        ) from None
+    except OSError as exc:  # ELOOP: a symlink
+        raise ConfigError(
+            "checkpoint_dir",
+            f"{path} is not a plain file ({exc.strerror})",
+            f"remove it; a fresh run makes its own {KEY_FILE}",
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st, key = os.fstat(f.fileno()), f.read().strip()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() or mode & 0o077 or not stat.S_ISREG(st.st_mode) or len(key) < 32:
+        problem = f"{path} is not your own private key file (owner uid {st.st_uid}, mode {mode:o}, {len(key)} bytes)"
+        raise ConfigError(
+            "checkpoint_dir", problem, f"use a folder only you can write; a fresh run makes its {KEY_FILE}"
+        )
+    return key
+
+
+def _signature(manifest: dict, key: bytes) -> str:
+    body = json.dumps({k: v for k, v in manifest.items() if k != "hmac"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, body.encode(), "sha256").hexdigest()
+
+
+def write_manifest(tag_dir: Path, meta: dict, key: bytes) -> None:
+    """Mark a checkpoint complete: size and sha256 of every file, signed with the run key, written atomically, last."""
     files = {
         str(p.relative_to(tag_dir)): [p.stat().st_size, _sha256(p)]
         for p in sorted(tag_dir.rglob("*"))
         if p.is_file() and p.name != COMPLETE_MARKER
     }
+    manifest = {**meta, "files": files}
     tmp = tag_dir / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
+    tmp.write_text(json.dumps({**manifest, "hmac": _signature(manifest, key)}, indent=1))
     os.replace(tmp, tag_dir / COMPLETE_MARKER)
 
 
-def verify(tag_dir: Path) -> tuple[bool, str]:
-    """(ok, reason): a checkpoint is usable when its manifest exists and every file matches it."""
+def verify(tag_dir: Path, key: bytes) -> tuple[bool, str]:
+    """(ok, reason): a checkpoint is usable when its manifest exists and every file matches it. A manifest that the
+    run's key did not sign raises ConfigError: rewritten, or another run's (an older one would be refused alike)."""
     try:
         manifest = json.loads((tag_dir / COMPLETE_MARKER).read_text())
     except FileNotFoundError:
         return False, "no COMPLETE.json (the save did not finish)"
     except (OSError, ValueError) as exc:
         return False, f"unreadable manifest ({exc})"
+    if not isinstance(manifest, dict) or not hmac.compare_digest(str(manifest.get("hmac")), _signature(manifest, key)):
+        problem = f"{tag_dir / COMPLETE_MARKER} is not signed with this run's key (rewritten, or another run's)"
+        raise ConfigError("checkpoint_dir", problem, _NO_KEY_FIX)
     for rel, (size, digest) in manifest.get("files", {}).items():
         p = tag_dir / rel
         if not p.is_file():
@@ -64,8 +127,9 @@ def tags(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
 
 def latest_complete(checkpoint_dir: str | Path, log=print) -> tuple[int, Path] | None:
     """The newest checkpoint that verifies; reports each newer one it skips and why."""
+    key = run_key(checkpoint_dir)
     for step, path in tags(checkpoint_dir):
-        ok, reason = verify(path)
+        ok, reason = verify(path, key)
         if ok:
             return step, path
         log(f"checkpoint {path.name} skipped: {reason}")
@@ -87,13 +151,14 @@ def save(engine, checkpoint_dir: str, step: int, meta: dict, keep: int, say) -> 
     import deepspeed.comm as dist
 
     tag_dir = Path(checkpoint_dir) / tag_of(step)
+    key = run_key(checkpoint_dir, create=True) if dist.get_rank() == 0 else b""
     if dist.get_rank() == 0:  # re-saving a step (after a resume): it stops counting as complete until done again
         (tag_dir / COMPLETE_MARKER).unlink(missing_ok=True)
     dist.barrier()
     engine.save_checkpoint(checkpoint_dir, tag=tag_dir.name, client_state={"step": step, "epoch": meta["epoch"]})
     dist.barrier()
     if dist.get_rank() == 0:
-        write_manifest(tag_dir, {"step": step, **meta})
+        write_manifest(tag_dir, {"step": step, **meta}, key)
         prune(checkpoint_dir, keep)
         say(f"checkpoint step={step} saved to {tag_dir}")
     dist.barrier()

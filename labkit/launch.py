@@ -9,6 +9,7 @@ and light labkit modules only: ranks import it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import importlib.util
 import io
@@ -33,6 +34,7 @@ from labkit.errors import ConfigError, LaunchError, check_choice, check_int
 from labkit.procs import silenced_fds, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a MASTER_ADDR that says every rank runs on this machine
 MPI_LAUNCHERS = ("openmpi", "mpirun")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
@@ -416,8 +418,29 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)
     wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    if os.environ.get("MASTER_ADDR") in LOOPBACK:  # every rank on this machine: DeepSpeed adopts this group
+        _loopback_process_group(BACKEND_OF[device], port, wait.get("timeout", timedelta(minutes=30)))
     with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)
+
+
+def _loopback_process_group(backend: str, port: int, timeout) -> None:
+    """The process group on a rendezvous store that only this machine can reach. torch's TCPStore listens on every
+    interface whatever MASTER_ADDR says (torch/csrc/distributed/c10d/TCPStoreLibUvBackend.cpp, LibUVStoreDaemon::init:
+    UvTcpServer::makeWithPort binds the any-address) unless handed a listening socket: rank 0 binds one to 127.0.0.1."""
+    import torch.distributed as dist
+
+    rank, world = rank_and_world()
+    env = os.environ  # what DeepSpeed's MPI discovery would set under a local mpirun (it is skipped now)
+    env.update(RANK=str(rank), WORLD_SIZE=str(world))
+    env.setdefault("LOCAL_RANK", env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))  # the deepspeed launcher sets its own
+    try:
+        fd = socket.create_server(("127.0.0.1", port), backlog=max(128, world)).detach() if rank == 0 else None
+    except OSError as exc:  # named as torch names it (EADDRINUSE: another job holds the port)
+        name = errno.errorcode.get(exc.errno, "?")
+        raise OSError(exc.errno, f"rendezvous store: 127.0.0.1:{port} cannot listen ({name}: {exc.strerror})") from None
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout, master_listen_fd=fd, use_libuv=True)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
 def shutdown_distributed(in_step: bool = True) -> None:

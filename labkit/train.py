@@ -119,6 +119,8 @@ class TrainConfig:
             problem = f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {old[0][1].name})"
             fix = "pass resume=True (--resume) to continue that run, or choose an empty folder"
             raise ConfigError("checkpoint_dir", problem, fix)
+        if cfg.checkpoint_dir:  # the key that signs (and on resume: checks) the run's checkpoints, before any training
+            checkpoint.run_key(cfg.checkpoint_dir, create=not cfg.resume)
         if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
             raise ConfigError(
                 "deepspeed_config", f"{cfg.deepspeed_config} does not exist", "pass an existing JSON file"

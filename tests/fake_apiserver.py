@@ -532,6 +532,14 @@ class FakeApiServer:
             del self.pods[(ns, pod["metadata"]["name"])]
             self._pod_event("DELETED", pod)
 
+    def collect_dependents(self, owner: dict) -> None:
+        """The garbage collector: an object whose owners are all gone (here: its one owner) is deleted
+        (pkg/controller/garbagecollector/garbagecollector.go, attemptToDeleteItem: "All owners are dangling")."""
+        uid = owner["metadata"].get("uid")
+        for key, obj in list(self.objects.items()):
+            if any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or []):
+                del self.objects[key]
+
     def foreground_delete(self, key: tuple) -> None:
         """propagationPolicy Foreground: the MPIJob stays, with a deletionTimestamp and the foregroundDeletion
         finalizer, until its dependents are gone (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go,
@@ -545,6 +553,7 @@ class FakeApiServer:
             self.delete_job_pods(ns, name)
             self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
             self.objects.pop(key, None)
+            self.collect_dependents(obj)
 
         t = threading.Timer(self.grace_s, collect)
         t.daemon = True
@@ -829,6 +838,7 @@ class _Handler(BaseHTTPRequestHandler):
             if obj.get("kind") == "MPIJob":  # background: the garbage collector removes the dependents afterwards
                 fake.delete_job_pods(ns, name)
                 fake.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
+            fake.collect_dependents(obj)
             return self._send_json(
                 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
             )

@@ -66,12 +66,41 @@ def _check_dry_runs_first(api):
     rest = sent[2:]
     dry = [p for p, is_dry in rest if is_dry]
     real = [p for p, is_dry in rest if not is_dry]
-    assert dry == real and dry[-1] == "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
+    assert dry == real and dry[-2:] == [
+        "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs",
+        "/api/v1/namespaces/workloads/secrets",  # the job's checkpoint key, owned by the job (so created after it)
+    ]
     assert all(is_dry for _, is_dry in rest[: len(dry)])  # every dry run before the first create
     assert ("GET", "/apis/kubeflow.org") in [(m, p) for m, p, _ in api.requests]  # the operator check
     labels = [p["metadata"]["labels"] for p in api.pods.values()]
     # WaitForWorkersReady: the operator makes the workers first; the launcher Job comes once they are all Ready.
     assert sorted(lbl["training.kubeflow.org/job-role"] for lbl in labels) == ["worker", "worker"]
+
+
+def test_each_job_gets_its_own_random_checkpoint_key_that_goes_with_it(api, backend):
+    """Issue 12.3: `<job>-checkpoint`, owned by the MPIJob (the garbage collector deletes it with the job), a fresh key
+    per job; a Secret of that name that exists already (planted to sign the job's checkpoints, or an earlier job's) is
+    refused in the dry run, before anything is created."""
+    keys = {}
+    for name in ("alice", "bob"):
+        backend.submit(JobSpec(name=name, workers=1))
+        secret = api.objects[("/api/v1", "secrets", "workloads", f"{name}-checkpoint")]
+        job = api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", name)]
+        (owner,) = secret["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("MPIJob", name, job["metadata"]["uid"])
+        keys[name] = secret["stringData"]["key"]
+        assert len(keys[name]) == 64 and int(keys[name], 16)
+    assert keys["alice"] != keys["bob"]
+    backend.delete("alice")
+    assert ("/api/v1", "secrets", "workloads", "alice-checkpoint") not in api.objects
+    planted = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "carol-checkpoint", "namespace": "workloads"}}
+    api.objects[("/api/v1", "secrets", "workloads", "carol-checkpoint")] = planted
+    before = len(posts(api))
+    with pytest.raises(ConfigError) as exc:
+        backend.submit(JobSpec(name="carol", workers=1))
+    assert exc.value.field == "name" and "Secret named 'carol-checkpoint' already exists" in exc.value.problem
+    assert all(dry for _, dry in posts(api)[before:])  # nothing created
+    assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "carol") not in api.objects
 
 
 def test_wait_ready_watches_pods_until_launcher_and_workers_are_ready(api, backend):

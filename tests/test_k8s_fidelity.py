@@ -100,8 +100,8 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
     # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
     created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
-    configmaps = "/api/v1/namespaces/workloads/configmaps"
-    assert created == {MPIJOB_PATH, configmaps, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
+    configmaps, secrets = "/api/v1/namespaces/workloads/configmaps", "/api/v1/namespaces/workloads/secrets"
+    assert created == {MPIJOB_PATH, configmaps, secrets, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"}
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
@@ -78,12 +79,17 @@ def test_two_ranks_all_reduce_through_each_launcher(launcher):
     if launcher != "deepspeed" and shutil.which("mpirun") is None:
         pytest.fail("Open MPI is part of the kit's set-up (make install); mpirun is missing")
     lines: list[str] = []
-    result = launch.run(
-        launch.LaunchSpec(script=SCRIPT, world_size=2, launcher=launcher), timeout=180, on_output=lines.append
-    )
+    spec = launch.LaunchSpec(script=SCRIPT, args=["--listeners"], world_size=2, launcher=launcher)
+    result = launch.run(spec, timeout=180, on_output=lines.append)
     assert result.ok
     assert "rank 0/2 sum=3" in result.output and "rank 1/2 sum=3" in result.output
     assert lines, "output is streamed line by line"
+    # Issue 12.6: rank 0 holds the rendezvous store (MASTER_PORT); nothing any rank listens on is reachable from
+    # another machine (torch's own TCPStore would listen on every interface).
+    found = re.findall(r"rank (\d) store port (\d+) listens on (\[.*?\])", result.output)
+    listened = {int(rank): (port, ast.literal_eval(where)) for rank, port, where in found}
+    assert sorted(listened) == [0, 1] and f"127.0.0.1:{listened[0][0]}" in listened[0][1], listened
+    assert all(a.startswith("127.0.0.1:") for _, where in listened.values() for a in where), listened
 
 
 @pytest.mark.slow

@@ -491,6 +491,7 @@ def test_role_is_namespaced_and_least_privilege():
         ("", "pods/exec"): {"create", "get"},
         ("", "events"): {"list"},
         ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
+        ("", "secrets"): {"create"},  # each job's checkpoint key; no Secret is readable, its own ones included
     }
     assert {"resourceNames": ["labkit-proxy"], "verbs": ["get"]}.items() <= next(
         r for r in role["rules"] if r["verbs"] == ["get"] and r["resources"] == ["configmaps"]
@@ -649,6 +650,24 @@ def test_each_batch_job_checkpoints_in_its_own_folder_of_the_shared_volume():
     assert checkpoint_dirs(m.JobSpec(name="alice-run")) == ["--checkpoint-dir=/shared/runs/alice-run"]
     own = ["deepspeed", "--module", "labkit.ranks.train", "--checkpoint-dir=/shared/runs/x"]
     assert checkpoint_dirs(m.JobSpec(name="bob", launcher_command=own)) == ["--checkpoint-dir=/shared/runs/x"]  # yours
+
+
+@pytest.mark.parametrize("kind", ["interactive", "batch"])
+def test_every_job_pod_reads_its_own_checkpoint_key_and_keeps_its_own_hf_cache(kind):
+    """Issue 12.3: each pod mounts the job's own `<job>-checkpoint` Secret read-only where labkit.checkpoint reads it
+    (ranks started over ssh see no pod env, but do see this file); HF_HOME is the job's own folder."""
+    from labkit import checkpoint
+
+    job = next(o for o in m.render_all(m.JobSpec(name="alice-run"), kind) if o["kind"] == "MPIJob")
+    for role, replica in job["spec"]["mpiReplicaSpecs"].items():
+        pod = replica["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"] == {"secretName": "alice-run-checkpoint", "defaultMode": 0o440, "optional": True}, role
+        (container,) = pod["containers"]
+        (mount,) = [v for v in container["volumeMounts"] if v["name"] == volume["name"]]
+        assert (mount["mountPath"], mount["readOnly"]) == (str(checkpoint.MOUNTED_KEY.parent), True)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HF_HOME"] == "/shared/runs/alice-run/hf-home", role
 
 
 def test_network_policies_deny_by_default_and_keep_job_pods_from_the_lab():

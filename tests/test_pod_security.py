@@ -67,7 +67,7 @@ def test_validate_names_the_field_and_the_namespace_level():
     ATTACKS["hostPath /"](_worker(job))
     with pytest.raises(ManifestError) as err:
         validate_objects(objects)
-    assert err.value.path == "spec.mpiReplicaSpecs.Worker.template.spec.volumes[2].hostPath"
+    assert err.value.path == "spec.mpiReplicaSpecs.Worker.template.spec.volumes[3].hostPath"
     assert "namespace workloads enforces Pod Security 'restricted'" in err.value.problem
 
 
@@ -121,13 +121,15 @@ def test_a_bad_level_label_is_refused():
     [
         (lambda pod: pod.update(serviceAccountName="labkit"), "serviceAccountName"),
         (lambda pod: pod.update(automountServiceAccountToken=True), "automountServiceAccountToken"),
-        (lambda pod: pod["volumes"].append({"name": "k", "secret": {"secretName": "other-ssh"}}), "volumes[2]"),
+        (lambda pod: pod["volumes"].append({"name": "k", "secret": {"secretName": "other-ssh"}}), "volumes[3]"),
+        (lambda pod: pod["volumes"][2]["secret"].update(secretName="alice-checkpoint"), "volumes[2]"),  # her key
         (lambda pod: pod["containers"][0].update(envFrom=[{"secretRef": {"name": "hf-token"}}]), "envFrom"),
     ],
 )
 def test_job_pods_cannot_borrow_an_identity_or_a_secret(change, field):
     """What Pod Security does not cover (issue 12.1): another ServiceAccount (the lab's), an API token, another job's
-    `<job>-ssh` Secret. validate refuses them by field; the job's own SSH key is mounted by the operator."""
+    `<job>-ssh` Secret or checkpoint key. validate refuses them by field; the job's own SSH key is mounted by the
+    operator, its own checkpoint key (`<job>-checkpoint`) is the one Secret volume allowed."""
     objects = render_all(JobSpec())
     change(_worker(next(o for o in objects if o["kind"] == "MPIJob")))
     with pytest.raises(ManifestError) as err:

@@ -215,7 +215,7 @@ def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     tag.mkdir(parents=True)
     (tag / "mp_rank_00_model_states.pt").write_bytes(os.urandom(2048))
     if complete:
-        checkpoint.write_manifest(tag, {"step": step, "world_size": 1})
+        checkpoint.write_manifest(tag, {"step": step, "world_size": 1}, checkpoint.run_key(root, create=True))
     return tag
 
 
@@ -228,7 +228,7 @@ def test_latest_complete_checkpoint_skips_partial_and_corrupt_ones(tmp_path):
     assert "step00000030" in skipped[0] and "did not finish" in skipped[0]
     blob = newer / "mp_rank_00_model_states.pt"
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # one flipped byte, same size
-    assert checkpoint.verify(newer) == (
+    assert checkpoint.verify(newer, checkpoint.run_key(tmp_path)) == (
         False,
         "mp_rank_00_model_states.pt does not match its checksum (corrupt or truncated)",
     )
@@ -278,7 +278,7 @@ def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_check
     assert [e["epoch"] for e in _epochs(log)] == [1, 2, 3]  # the interrupted epoch is logged once
     assert [r["step"] for r in log if r["kind"] == "step"] == sorted({r["step"] for r in log if r["kind"] == "step"})
     assert [r["resumed_from"] for r in log if r["kind"] == "run"] == [None, 28]
-    assert checkpoint.verify(ckpt / "step00000030") == (True, "ok")  # rewritten, complete
+    assert checkpoint.verify(ckpt / "step00000030", checkpoint.run_key(ckpt)) == (True, "ok")  # rewritten, complete
 
 
 def _rank_pid(marker: str, local_rank: int) -> int | None:

@@ -4,12 +4,14 @@ message), and the shell scripts an exec runs in the launcher."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from datetime import datetime
 from typing import Any
 
 from labkit.errors import LabkitError
 from labkit.jobs.base import JobStatus
+from labkit.manifests.checks import checkpoint_secret
 
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -170,3 +172,14 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     trainer = spec.get("trainer") or {}
     st.workers, st.slots_per_worker = trainer.get("numNodes"), trainer.get("numProcPerNode")
     return st
+
+
+def checkpoint_key_secret(job: str, owner: dict | None) -> dict:
+    """The job's `<job>-checkpoint` Secret (labkit.checkpoint's key, mounted in its pods): a fresh random key, owned by
+    the created MPIJob `owner` (None: for the dry run), so it goes with the job, as the operator's `<job>-ssh` does."""
+    meta: dict[str, Any] = {"name": checkpoint_secret(job), "labels": {"app.kubernetes.io/part-of": "labkit"}}
+    if owner:  # no blockOwnerDeletion: that would need update on mpijobs/finalizers
+        ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": job, "uid": owner["metadata"]["uid"]}
+        meta["ownerReferences"] = [ref]
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+            "stringData": {"key": secrets.token_hex(32)}}  # fmt: skip

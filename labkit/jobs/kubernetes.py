@@ -27,6 +27,7 @@ from labkit.jobs.k8s_objects import (
     FATAL_EVENTS,
     KILL_SCRIPT,
     api_message,
+    checkpoint_key_secret,
     exec_exit_code,
     mpijob_deadline,
     mpijob_phase,
@@ -204,27 +205,30 @@ class KubernetesBackend(JobBackend):
         # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
         # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
         # so a rejected job leaves nothing half-created.
-        # The job last: what it needs (PVC, ConfigMap, policies) exists before its pods are asked for.
+        # The job last: what it needs (PVC, ConfigMap, policies) exists before its pods are asked for; then its own
+        # checkpoint key, owned by it (collected with it). One that exists (planted?) is refused in the dry run.
         namespaced = sorted((o for o in objs if o["kind"] != "Namespace"), key=lambda o: o["kind"] == "MPIJob")
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:
-            self._create(obj, ns, dry_run=dry_run)
+            created = self._create(obj, ns, dry_run=dry_run)
+            if obj["kind"] == "MPIJob":
+                key = checkpoint_key_secret(obj["metadata"]["name"], None if dry_run else created)
+                self._create(key, ns, dry_run=dry_run)
         return Job(self, spec.name, spec.namespace)
 
-    def _create(self, obj: dict, namespace: str, *, dry_run: bool) -> None:
+    def _create(self, obj: dict, namespace: str, *, dry_run: bool) -> dict | None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         kind, name = obj["kind"], obj["metadata"]["name"]
-        stage = "server-side dry run" if dry_run else "create"
+        stage, query = ("server-side dry run", [("dryRun", "All")]) if dry_run else ("create", [])
         try:
-            self._rest("POST", object_path(obj, namespace), query=[("dryRun", "All")] if dry_run else [], body=obj)
-            return
+            return self._rest("POST", object_path(obj, namespace), query=query, body=obj)
         except HTTPError as exc:
             raise unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
-        shared = kind != "MPIJob"
+        shared = kind not in ("MPIJob", "Secret")
         if status == 409 and kind == "ConfigMap":  # the proxy settings: reused only when they are the same
             current = self._rest("GET", f"{object_path(obj, namespace)}/{name}") or {}
             if current.get("data") != obj.get("data"):
@@ -232,9 +236,10 @@ class KubernetesBackend(JobBackend):
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
         if status == 409 and shared:
             return  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
-        if status == 409:
+        if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
             fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
-            raise ConfigError("name", f"an MPIJob named {name!r} already exists in {namespace}", fix)
+            fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
+            raise ConfigError("name", f"a {kind} named {name!r} already exists in {namespace}", fix)
         if status == 404 and "namespaces" in msg:
             fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
             raise ConfigError("namespace", msg, fix)

@@ -20,6 +20,7 @@ KUBERNETES_VERSION = "1.32"  # schemas used for core kinds (kubernetes-validate)
 SSH_PORT = 2222  # sshd in images/ listens here; worker readiness probes check it
 SSH_USER, SSH_UID = "mpiuser", 1000  # the images' non-root user
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
+CHECKPOINT_KEY_VOLUME = "checkpoint-key"  # the one Secret volume a job pod may mount: its own `<job>-checkpoint`
 NAME_MAX = 40  # `<name>-worker-<i>` and `<name>-launcher-xxxxx` must stay valid 63-char pod host names
 NODE_READER = "labkit-node-reader"  # the one ClusterRole (manifests/base/node-reader): listing nodes for device=auto
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -77,6 +78,11 @@ def value_at(obj: Any, path: str, default: Any = None) -> Any:
         except (KeyError, TypeError):
             return default
     return obj
+
+
+def checkpoint_secret(job: str) -> str:
+    """The job's own Secret with the key that signs its checkpoints (labkit.checkpoint), made at submit."""
+    return f"{job}-checkpoint"
 
 
 def object_ref(obj: dict) -> str:
@@ -340,22 +346,26 @@ def _check_mpijob(job: dict, ref: str) -> None:
     for role, replica in replicas.items():
         namespace = job["metadata"].get("namespace", "default")
         _check_pod_spec(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", namespace=namespace)
-        _check_job_pod_identity(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec")
+        own = checkpoint_secret(job["metadata"]["name"])
+        _check_job_pod_identity(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", own)
     _check_ssh_contract(spec, ref)
 
 
-def _check_job_pod_identity(pod: dict, ref: str, path: str) -> None:
+def _check_job_pod_identity(pod: dict, ref: str, path: str, own_secret: str) -> None:
     """A job pod runs as nobody and mounts no Secret of its own choosing: learners share the namespace, so another
     ServiceAccount, API token or Secret volume (other jobs' `<job>-ssh`, the lab's) would be someone else's. Pod
-    Security does not cover these fields; the operator mounts the job's own SSH Secret itself."""
+    Security does not cover these fields; the operator mounts the job's own SSH Secret itself, and the job its own
+    checkpoint key (own_secret)."""
     if pod.get("serviceAccountName", "default") != "default":
         problem = f"{pod['serviceAccountName']!r}: job pods run as the namespace's default identity"
         raise ManifestError(ref, f"{path}.serviceAccountName", problem + "; remove it")
     if pod.get("automountServiceAccountToken") is not False:
         raise ManifestError(ref, f"{path}.automountServiceAccountToken", "must be false (job pods need no API token)")
     for i, volume in enumerate(pod.get("volumes") or []):
+        if volume.get("secret", {}).get("secretName") == own_secret and volume["name"] == CHECKPOINT_KEY_VOLUME:
+            continue
         if "secret" in volume or any("secret" in s for s in (volume.get("projected") or {}).get("sources") or []):
-            problem = "Secret volumes are not allowed in job pods (the MPI Operator mounts the job's own SSH key)"
+            problem = f"Secret volumes other than the job's own {own_secret} are not allowed in job pods"
             raise ManifestError(ref, f"{path}.volumes[{i}]", problem)
     for j, container in enumerate(pod.get("containers") or []):
         if any("secretRef" in source for source in container.get("envFrom") or []):

@@ -19,6 +19,7 @@ from labkit.manifests.checks import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
     NAME_MAX,
+    checkpoint_secret,
     find_secret_material,
     validate_objects,
     value_at,
@@ -298,6 +299,8 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
     for container in _containers(job):
         if spec.image is not None:
             container["image"] = spec.image
+        for entry in [e for e in container.get("env", []) if e.get("name") == "HF_HOME"]:  # the job's own cache
+            entry["value"] = f"{SHARED_RUNS}/{job['metadata']['name']}/hf-home"
         for entry in [e for e in container.get("env", []) if e.get("name") == "HF_TOKEN"]:
             if spec.hf_token_secret is None:
                 container["env"].remove(entry)
@@ -307,6 +310,8 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
         for volume in pod.get("volumes", []):
             if volume["name"] == SHARED_VOLUME:
                 volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
+            if "secret" in volume:  # the job's own checkpoint key (the only Secret volume validation lets through)
+                volume["secret"]["secretName"] = checkpoint_secret(job["metadata"]["name"])
             if volume["name"] == SHM_VOLUME and role == "Worker" and spec.shm_size is not None:
                 volume["emptyDir"]["sizeLimit"] = spec.shm_size
 

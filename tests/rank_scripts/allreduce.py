@@ -2,6 +2,7 @@
 rendezvous) or hang."""
 
 import argparse
+import os
 import time
 
 from labkit.launch import init_deepspeed, rank_and_world, rank_guard
@@ -11,6 +12,7 @@ parser.add_argument("--local_rank", type=int, default=0)  # appended by the deep
 parser.add_argument("--fail-rank", type=int, default=-1)
 parser.add_argument("--fail-before-init", type=int, default=-1, help="this rank fails before the rendezvous")
 parser.add_argument("--hang", type=float, default=0.0)
+parser.add_argument("--listeners", action="store_true", help="print the TCP addresses this rank listens on")
 args = parser.parse_args()
 
 with rank_guard():
@@ -26,5 +28,12 @@ with rank_guard():
     t = torch.tensor([rank + 1.0])
     dist.all_reduce(t)
     print(f"rank {rank}/{world} sum={t.item():g}", flush=True)
+    if args.listeners:
+        import psutil
+
+        listening = [c.laddr for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        port, where = os.environ["MASTER_PORT"], sorted({f"{a.ip}:{a.port}" for a in listening})
+        print(f"rank {rank} store port {port} listens on {where}", flush=True)
+    dist.barrier()
     if args.hang:
         time.sleep(args.hang)
