@@ -6,13 +6,18 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lint format lab install check cluster-test bench-cpu clean-runs strip notebooks e2e
+.PHONY: run test lint format lab install lock check cluster-test bench-cpu clean-runs strip notebooks e2e
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Rebuild requirements/lock.txt (every package but torch, pinned and hashed) after changing pyproject.toml's
+# dependencies; then `make install` installs exactly it. Needs PyPI; uv comes with the dev extra.
+lock:
+	UV=$(VENV)/bin/uv bash scripts/lock.sh
 
 run: $(STAMP)
 	$(VENV)/bin/labkit run --backend $(BACKEND)

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Create or update the kit's virtual environment. Called by `make` targets; safe to re-run.
 #   VENV            where to install (default .venv)
-#   TORCH_SPEC      the torch requirement to install first (default torch==2.13.0, a CPU build on CPU-only machines)
-#   TORCH_INDEX_URL optional extra index for torch (e.g. the PyTorch CPU wheel index on a machine without a local wheel)
+#   TORCH_SPEC      the torch pin (default torch==2.13.0: a CPU build where the machine's index has one); == only
+#   TORCH_INDEX_URL optional index torch alone comes from (--index-url), e.g. https://download.pytorch.org/whl/cpu
+#   Everything else is installed from requirements/lock.txt, hash-checked (scripts/pip-locked.sh; `make lock` rebuilds it).
 #   LABKIT_SYSTEM_TORCH=1  reuse the torch already installed in the base Python (GPU machines): venv sees system site-packages
 #   LABKIT_NO_APT=1 never call apt-get (Open MPI then has to be present already for the mpi4py extra)
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-DEEPSPEED_SPEC=${DEEPSPEED_SPEC:-deepspeed==0.19.8}
 say() { printf '[labkit setup] %s\n' "$*"; }
 
 # 1. System packages: Open MPI for DeepSpeed's real `--launcher openmpi` path.
@@ -45,34 +45,42 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
   fi
 fi
+LOCK=requirements/lock.txt
+LOCKED=(bash scripts/pip-locked.sh "$VENV/bin/python" "$LOCK")
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" --upgrade "pip>=24" setuptools wheel
+case "$TORCH_SPEC" in torch==?*) ;; *) say "ERROR: TORCH_SPEC=$TORCH_SPEC is not pinned: pass torch==VERSION"; exit 2 ;; esac
 
-# 3. torch first, so nothing later pulls a multi-GB CUDA build on a CPU-only machine.
+# 3. Every package but torch from the lock (make lock), each file checked against its hash: first the build tools,
+#    then the rest (source packages built against those tools, not in an isolated build environment fetched
+#    unchecked). mpi4py only where Open MPI's compiler wrapper exists. DeepSpeed comes after torch (step 5).
+NO_MPI=mpi4py
+EXTRAS=dev
+if command -v mpicc >/dev/null 2>&1; then NO_MPI="" EXTRAS="dev,mpi"; fi
+say "installing the locked packages ($LOCK)"
+"${LOCKED[@]}" --only pip setuptools wheel build -- -q
+"${LOCKED[@]}" --except deepspeed $NO_MPI -- -q --no-build-isolation
+
+# 4. torch, pinned by version, from its own index (--index-url: no other index can answer for it). Its CUDA
+#    libraries (GPU builds) come with it from that index; its other dependencies are already locked above.
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  say "installing $TORCH_SPEC"
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then "${PIP[@]}" "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"; else "${PIP[@]}" "$TORCH_SPEC"; fi
+  say "installing $TORCH_SPEC${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then "${PIP[@]}" "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"; else "${PIP[@]}" "$TORCH_SPEC"; fi
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
-# Pin the installed torch for every later step so no resolver replaces it.
-CONSTRAINTS="$VENV/labkit-constraints.txt"
-echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
-export PIP_CONSTRAINT="$CONSTRAINTS"
 
-# 4. DeepSpeed ships only an sdist whose setup imports torch: build it against the torch just installed.
+# 5. DeepSpeed ships only an sdist whose setup imports torch: built against the torch just installed, from the
+#    locked, hash-checked sdist.
 if ! "$VENV/bin/python" -c "import deepspeed" >/dev/null 2>&1; then
-  say "building $DEEPSPEED_SPEC against torch $TORCH_VERSION (about a minute)"
-  "${PIP[@]}" ninja packaging py-cpuinfo hjson psutil pydantic msgpack
-  DS_BUILD_OPS=0 "${PIP[@]}" --no-build-isolation "$DEEPSPEED_SPEC"
+  say "building the locked DeepSpeed against torch $TORCH_VERSION (about a minute)"
 fi
+DS_BUILD_OPS=0 "${LOCKED[@]}" --only deepspeed -- -q --no-build-isolation
 
-# 5. The kit itself with its extras (mpi4py only where Open MPI's compiler wrapper exists).
-EXTRAS=dev
-if command -v mpicc >/dev/null 2>&1; then EXTRAS="dev,mpi"; fi
+# 6. The kit itself (its dependencies are all installed above), then pip's own check that nothing is missing.
 say "installing labkit[$EXTRAS]"
-"${PIP[@]}" -e ".[$EXTRAS]"
+"${PIP[@]}" --no-deps --no-build-isolation -e ".[$EXTRAS]"
+if [ "${LABKIT_SYSTEM_TORCH:-0}" != 1 ]; then "$VENV/bin/python" -m pip check; fi
 
-# 6. A Jupyter kernel that runs this environment, for `make lab` and papermill; JupyterLab's workshop settings (no
+# 7. A Jupyter kernel that runs this environment, for `make lab` and papermill; JupyterLab's workshop settings (no
 #    news or update pop-ups) as this environment's defaults.
 "$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name labkit --display-name "Python (labkit)" >/dev/null
 mkdir -p "$VENV/share/jupyter/lab/settings"

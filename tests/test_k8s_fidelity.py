@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
-from fake_rbac import SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
+from fake_rbac import ADMIN, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 
 from labkit.chapters.interactive import plan_interactive_job
@@ -203,8 +203,9 @@ def test_job_submit_wait_that_times_out_deletes_the_job_and_the_remaining_time_i
 
 
 def test_pod_security_baseline_refusal_reaches_the_user_and_the_job_is_deleted():
-    with fake_cluster(ready_delay=0.2) as (api, backend):
-        api.namespace_labels["workloads"] = {"pod-security.kubernetes.io/enforce": "baseline"}
+    # Gaudi's own namespace (workloads-gaudi), already there at a level an admin set too strict for hostIPC.
+    with fake_cluster(ready_delay=0.2, identity=ADMIN, namespaces=("default", "workloads-gaudi")) as (api, backend):
+        api.namespace_labels["workloads-gaudi"] = {"pod-security.kubernetes.io/enforce": "baseline"}
         job = backend.submit(JobSpec(name="hpu", accelerator="gaudi", slots_per_worker=8))  # accepted, no pods
         start = time.monotonic()
         with pytest.raises(JobNotReady) as err:

@@ -57,7 +57,10 @@ def test_overlay_renders_and_every_object_validates(accelerator, kind):
     assert jobs <= set(kinds) and kinds.count("NetworkPolicy") == 3  # default deny, job pods, the lab
     for obj in objects:
         m.validate_object(obj)  # raises on any problem
-        assert obj["metadata"].get("namespace", "workloads") == "workloads"
+        own = m.NAMESPACES[accelerator]
+        assert obj["metadata"].get("namespace", own) == own and (
+            obj["kind"] != "Namespace" or obj["metadata"]["name"] == own
+        )
 
 
 @pytest.mark.parametrize("accelerator,kind", OVERLAYS)

@@ -4,16 +4,29 @@ agrees with the fake API server's admission (both written from kubernetes pod-se
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 from fake_apiserver import FakeApiServer
 from kit_testing import fake_cluster
 
-from labkit.manifests import JobSpec, ManifestError, render_all, to_yaml
+from labkit.errors import ConfigError
+from labkit.manifests import (
+    JOB_KINDS,
+    NAMESPACES,
+    JobSpec,
+    ManifestError,
+    kustomize_build,
+    manifests_dir,
+    overlay_dir,
+    render_all,
+    to_yaml,
+)
 from labkit.manifests.checks import validate_objects
-from labkit.manifests.pod_security import violations
+from labkit.manifests.pod_security import ENFORCE_LABEL, violations
 
 
 def _job(accelerator: str = "cpu") -> dict:
@@ -135,3 +148,62 @@ def test_job_pods_cannot_borrow_an_identity_or_a_secret(change, field):
     with pytest.raises(ManifestError) as err:
         validate_objects(objects)
     assert err.value.path.startswith("spec.mpiReplicaSpecs.Worker.template.spec.") and field in err.value.path
+
+
+def _kustomize(directory) -> list[dict]:
+    """`kubectl kustomize DIRECTORY` (labkit's renderer where kubectl is missing: tests/test_manifests.py shows they
+    agree on every overlay)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return kustomize_build(directory)
+    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("kind", JOB_KINDS)
+@pytest.mark.parametrize("accelerator", ["cpu", "nvidia", "gaudi"])
+def test_gaudi_alone_is_privileged_in_a_namespace_of_its_own(accelerator, kind):
+    """hostIPC needs Pod Security "privileged" (baseline forbids it): only the gaudi overlays ask for it, in
+    workloads-gaudi, so the namespace the lab and the cpu/nvidia jobs share stays restricted."""
+    objects = _kustomize(overlay_dir(accelerator, kind))
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    assert len(namespaces) == 1
+    name, labels = namespaces[0]["metadata"]["name"], namespaces[0]["metadata"]["labels"]
+    gaudi = accelerator == "gaudi"
+    assert name == ("workloads-gaudi" if gaudi else "workloads") == NAMESPACES[accelerator]
+    assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if gaudi else "restricted")
+    assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "Namespace"} == {name}
+    subjects = [s for o in objects if o["kind"] == "RoleBinding" for s in o["subjects"]]
+    assert subjects and all(s["namespace"] == name for s in subjects)
+    pods = _pod_templates(objects)
+    assert pods and any(p.get("hostIPC") for p in pods) == gaudi
+    for pod in pods:
+        assert violations(pod, "baseline" if not gaudi else "privileged") == []
+        assert "SYS_NICE" not in str(pod)  # no effect for uid 1000: dropped
+
+
+def test_the_lab_namespace_stays_restricted():
+    objects = _kustomize(manifests_dir() / "lab")
+    assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objects} == {"workloads"}
+    base = _kustomize(manifests_dir() / "base")
+    assert next(o for o in base if o["kind"] == "Namespace")["metadata"]["labels"][ENFORCE_LABEL] == "restricted"
+
+
+def test_a_gaudi_job_is_never_rendered_into_the_restricted_namespace():
+    with pytest.raises(ConfigError, match="^namespace: workloads is the lab's.*leave it unset \\(workloads-gaudi\\)"):
+        render_all(JobSpec(accelerator="gaudi", namespace="workloads"))
+    assert JobSpec(accelerator="gaudi").namespace == "workloads-gaudi" and JobSpec().namespace == "workloads"
+    mine = render_all(JobSpec(accelerator="gaudi", namespace="alice-gaudi"))
+    assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in mine} == {"alice-gaudi"}
+
+
+def _pod_templates(objects: list[dict]) -> list[dict]:
+    out = []
+    for obj in objects:
+        if obj["kind"] == "MPIJob":
+            out += [r["template"]["spec"] for r in obj["spec"]["mpiReplicaSpecs"].values()]
+        if obj["kind"] == "TrainingRuntime":
+            jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
+            out += [r["template"]["spec"]["template"]["spec"] for r in jobs]
+    return out

@@ -15,6 +15,13 @@ def register(subparsers) -> None:
     build = sub.add_parser("build-command", help="print the command that builds an image (run it from the repo root)")
     build.add_argument("name", help="an image name from images/images.yaml, e.g. deepspeed")
     build.add_argument("--builder", default="docker", choices=BUILDERS)
+    build.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a build argument beyond images.yaml's, e.g. BASE_DIGEST=sha256:... (required where nothing records it)",
+    )
     build.set_defaults(func=_build_command)
 
 
@@ -25,5 +32,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _build_command(args: argparse.Namespace) -> int:
-    print(shlex.join(build_command(args.name, args.builder)))
+    extra = dict(item.partition("=")[::2] for item in args.build_arg)
+    print(shlex.join(build_command(args.name, args.builder, build_args=extra)))
     return 0

@@ -25,7 +25,7 @@ from labkit.tabular import text_table
 # Each action's arguments as data: (flags, add_argument keywords).
 BACKEND_OPTIONS = [
     (["--backend"], dict(choices=BACKENDS, default="local", help="local: processes here; kubernetes: MPIJobs")),
-    (["-n", "--namespace"], dict(default="workloads", help="namespace (default: workloads)")),
+    (["-n", "--namespace"], dict(default=None, help="namespace (default: workloads; gaudi jobs: workloads-gaudi)")),
     (["--kubeconfig"], dict(default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)")),
     (["--context"], dict(default=None, help="kubeconfig context (kubernetes)")),
     (["--jobs-dir"], dict(default=None, help="where local jobs live (default $LABKIT_JOBS_DIR or ~/.local/state/...)")),
@@ -64,7 +64,11 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
 
 def _backend(a):
     return get_backend(
-        a.backend, namespace=a.namespace, jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context
+        a.backend,
+        namespace=a.namespace or manifests.NAMESPACES["cpu"],
+        jobs_dir=a.jobs_dir,
+        kubeconfig=a.kubeconfig,
+        context=a.context,
     )
 
 
@@ -138,8 +142,9 @@ def _logs(args) -> int:
 
 
 def _delete(args) -> int:
-    existed = _backend(args).delete(args.name)
-    print(f"deleted {args.namespace}/{args.name}" if existed else f"{args.namespace}/{args.name} did not exist")
+    backend = _backend(args)
+    existed, where = backend.delete(args.name), f"{backend.namespace}/{args.name}"
+    print(f"deleted {where}" if existed else f"{where} did not exist")
     return 0
 
 

@@ -13,7 +13,7 @@ from labkit.devices import ACCELERATORS
 # `render` options that set a JobSpec field: (flag, field, type, help).
 _SPEC_OPTIONS = [
     ("--name", "name", str, "job name (DNS-1035 label, <= 40 chars)"),
-    ("--namespace", "namespace", str, "namespace (default workloads)"),
+    ("--namespace", "namespace", str, "namespace (default workloads; gaudi: workloads-gaudi)"),
     ("--image", "image", str, "image reference (default: the overlay's, from images/images.yaml)"),
     ("--workers", "workers", int, "worker pods (default 2)"),
     ("--slots", "slots_per_worker", int, "GPUs/HPUs (or CPU ranks) per worker"),

@@ -6,6 +6,7 @@ from labkit.manifests.checks import ManifestError, find_secret_material, object_
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
 from labkit.manifests.render import (
     JOB_KINDS,
+    NAMESPACES,
     PROXY_FIELDS,
     JobSpec,
     manifests_dir,

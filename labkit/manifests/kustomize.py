@@ -1,8 +1,9 @@
 """The kustomize subset manifests/ uses, so labkit renders without kubectl and exactly as `kubectl kustomize` does.
 
 Supported: resources (files, directories), components, inline RFC 6902 patches (through `jsonpatch`) with a target,
-`images` (name -> newName/newTag) and `configurations` that add image field paths. Anything else is refused, so the
-files cannot drift into what labkit would render differently (tests/test_manifests.py compares with kubectl).
+`namespace`, `images` (name -> newName/newTag) and `configurations` that add image field paths. Anything else is
+refused, so the files cannot drift into what labkit would render differently (tests/test_manifests.py compares
+with kubectl).
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ import yaml
 
 from labkit.manifests.checks import ManifestError
 
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "patches", "images", "configurations"}
+_KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "patches",
+    "namespace",
+    "images",
+    "configurations",
+}
+# Kinds without a namespace, which kustomize's namespace transformer leaves alone (a Namespace is renamed instead).
+_CLUSTER_SCOPED = {
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume", "PriorityClass",
+    "StorageClass", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+}  # fmt: skip
 # kustomize's legacy output order (api/resid/gvk.go), as far as manifests/ needs it: the kinds listed first, in this
 # order, then the rest by kind and name (kustomize puts webhook configurations last; manifests/ has none).
 _ORDER_FIRST = (
@@ -97,6 +112,16 @@ def _transform(directory: Path, spec: dict, objects: list[dict]) -> None:
                     raise ManifestError(
                         f"{directory.name} patch", op.get("path", "?"), f"{op.get('op')}: {exc}"
                     ) from None
+    if "namespace" in spec:  # kustomize api/filters/namespace: after patches; ServiceAccount subjects follow
+        for obj in objects:
+            meta = obj.setdefault("metadata", {})
+            if obj["kind"] == "Namespace":
+                meta["name"] = spec["namespace"]
+            elif obj["kind"] not in _CLUSTER_SCOPED:
+                meta["namespace"] = spec["namespace"]
+            for subject in obj.get("subjects", []) if obj["kind"] in ("RoleBinding", "ClusterRoleBinding") else []:
+                if subject.get("kind") == "ServiceAccount":
+                    subject["namespace"] = spec["namespace"]
     image_paths = [
         field_spec["path"].split("/")
         for conf in spec.get("configurations", [])

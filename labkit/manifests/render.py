@@ -73,6 +73,9 @@ PROXY_CONFIGMAP, PROXY_FIELDS = "labkit-proxy", ("http_proxy", "https_proxy", "n
 _PROXY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
 _NO_PROXY_ITEM = re.compile(r"^\*?[A-Za-z0-9.:/-]+$")
 CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # workers' DNS names, the API server
+# The namespace each overlay puts its objects in (tests check it against kubectl kustomize): Gaudi's hostIPC needs
+# Pod Security "privileged", so its jobs never share the lab's and cpu/nvidia jobs' restricted namespace.
+NAMESPACES = {"cpu": "workloads", "nvidia": "workloads", "gaudi": "workloads-gaudi"}
 
 
 @dataclass
@@ -80,7 +83,7 @@ class JobSpec:
     """Parameters of one DeepSpeed job (MPIJob or TrainJob). None takes the overlay's value (see `resolved`)."""
 
     name: str = "deepspeed-interactive"  # left at this default, batch and trainjob renders keep their own names
-    namespace: str = "workloads"
+    namespace: str | None = None  # None: the overlay's (NAMESPACES: workloads; workloads-gaudi for gaudi)
     image: str | None = None  # None: the overlay's image (images/images.yaml)
     workers: int = 2  # worker pods
     slots_per_worker: int | None = None  # GPUs/HPUs per worker (nvidia/gaudi), CPU ranks per worker (cpu)
@@ -105,9 +108,19 @@ class JobSpec:
     https_proxy: str | None = None
     no_proxy: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.namespace is None and self.accelerator in NAMESPACES:
+            self.namespace = NAMESPACES[self.accelerator]
+
     def validate(self) -> None:
         """One ConfigError naming the field, before anything is rendered or submitted."""
         check_choice("accelerator", self.accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
+        if self.accelerator == "gaudi" and self.namespace == NAMESPACES["cpu"]:
+            problem = (
+                f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); Gaudi's "
+                "hostIPC needs a privileged namespace of its own"
+            )
+            raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['gaudi']}) or name another one")
         if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
             fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
             raise ConfigError("hf_token_secret", "looks like a token value, not a Secret name", fix)
@@ -266,7 +279,8 @@ def _apply_common(obj: dict, spec: JobSpec) -> None:
         for rule in obj["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
                 for expr in (peer.get("namespaceSelector") or {}).get("matchExpressions") or []:
-                    expr["values"] = [spec.namespace if v == JobSpec.namespace else v for v in expr.get("values", [])]
+                    own = NAMESPACES.get(spec.accelerator)
+                    expr["values"] = [spec.namespace if v == own else v for v in expr.get("values", [])]
     if obj["kind"] == "PersistentVolumeClaim":
         meta["name"] = spec.pvc_name
         obj["spec"]["resources"]["requests"]["storage"] = spec.storage_size

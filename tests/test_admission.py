@@ -1,0 +1,178 @@
+"""manifests/admission (issue 12.1): the ValidatingAdmissionPolicy that refuses, for kubectl too, a job whose pods
+would borrow another ServiceAccount, an API token or a Secret. No API server runs here (the fake one does not
+evaluate CEL), so: the objects are checked against Kubernetes 1.30's schema (kubernetes-validate, strict), the
+binding against the namespaces the kit renders, and every CEL rule is evaluated with cel-python (standard CEL, which
+is all the rules use) on the kit's own jobs, which must pass, and on each attack, which must fail by its rule."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+
+import celpy
+import kubernetes_validate
+import pytest
+import yaml
+from celpy import celtypes
+
+from labkit import manifests as m
+from labkit.devices import ACCELERATORS
+from labkit.manifests.checks import validate_objects
+
+ADMISSION = m.manifests_dir() / "admission"
+KUBECTL = shutil.which("kubectl")
+
+
+def policy_objects() -> list[dict]:
+    objects = m.kustomize_build(ADMISSION)
+    if KUBECTL:  # labkit's renderer and kubectl agree (the renderer is what the other tests use where kubectl lacks)
+        out = subprocess.run([KUBECTL, "kustomize", str(ADMISSION)], capture_output=True, text=True, check=True)
+        assert objects == [d for d in yaml.safe_load_all(out.stdout) if d]
+    return objects
+
+
+POLICY, BINDING = policy_objects()
+
+
+def admit(obj: dict) -> list[str]:
+    """The messages of every validation the object fails ([] = admitted), evaluated as the API server does: the
+    variables in order (each sees the earlier ones as variables.NAME), then each validation on `object`."""
+    env = celpy.Environment()
+    variables: dict = {}
+    activation = {"object": celpy.json_to_cel(obj)}
+
+    def run(expression: str):
+        activation["variables"] = celtypes.MapType({celtypes.StringType(k): v for k, v in variables.items()})
+        result = env.program(env.compile(expression)).evaluate(activation)
+        assert not isinstance(result, celpy.CELEvalError), f"{expression}: {result}"
+        return result
+
+    for variable in POLICY["spec"]["variables"]:
+        variables[variable["name"]] = run(variable["expression"])
+    failed = []
+    for validation in POLICY["spec"]["validations"]:
+        result = run(validation["expression"])
+        assert isinstance(result, celtypes.BoolType), (validation["expression"], result)
+        if not result:
+            failed.append(validation["message"])
+    return failed
+
+
+def test_the_objects_are_valid_kubernetes_1_30_admission_objects():
+    for obj in (POLICY, BINDING):
+        kubernetes_validate.validate(obj, "1.30", strict=True)  # field names as upstream's types.go has them
+    assert (POLICY["kind"], BINDING["kind"]) == ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert POLICY["apiVersion"] == BINDING["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert BINDING["spec"]["policyName"] == POLICY["metadata"]["name"]
+    assert BINDING["spec"]["validationActions"] == ["Deny"] and POLICY["spec"]["failurePolicy"] == "Fail"
+    rules = {
+        (r["apiGroups"][0], r["resources"][0]): set(r["operations"])
+        for r in POLICY["spec"]["matchConstraints"]["resourceRules"]
+    }
+    assert rules == {
+        ("kubeflow.org", "mpijobs"): {"CREATE", "UPDATE"},
+        ("trainer.kubeflow.org", "trainjobs"): {"CREATE", "UPDATE"},
+    }
+    validate_objects([POLICY, BINDING])  # and the kit's own checks (secret scan ...)
+
+
+@pytest.mark.parametrize("namespace", [None, "alice"])
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_the_binding_selects_every_namespace_the_kit_renders(accelerator, namespace):
+    objects = m.render_all(m.JobSpec(accelerator=accelerator, namespace=namespace))
+    labels = next(o for o in objects if o["kind"] == "Namespace")["metadata"]["labels"]
+    selector = BINDING["spec"]["matchResources"]["namespaceSelector"]
+    assert set(selector) == {"matchLabels"} and selector["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("kind", m.JOB_KINDS)
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_the_kits_own_jobs_are_admitted(accelerator, kind):
+    job = next(o for o in m.render_all(m.JobSpec(accelerator=accelerator), kind) if o["kind"] in ("MPIJob", "TrainJob"))
+    assert admit(job) == []
+
+
+def _mpijob() -> dict:
+    return m.render_job(m.JobSpec())
+
+
+def _worker(job: dict) -> dict:
+    return job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+
+
+def _launcher(job: dict) -> dict:
+    return job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+
+
+# What a learner with the lab's token could put in an MPIJob with kubectl, and the rule that must refuse it.
+ATTACKS = {
+    "the lab's ServiceAccount": (lambda j: _worker(j).update(serviceAccountName="labkit"), "ServiceAccount"),
+    "the deprecated serviceAccount": (lambda j: _launcher(j).update(serviceAccount="labkit"), "ServiceAccount"),
+    "an API token": (lambda j: _worker(j).update(automountServiceAccountToken=True), "API token"),
+    "no token setting": (lambda j: _launcher(j).pop("automountServiceAccountToken"), "API token"),
+    "another job's ssh key": (
+        lambda j: _worker(j)["volumes"].append({"name": "k", "secret": {"secretName": "other-ssh"}}),
+        "Secret and token volumes",
+    ),
+    "a projected Secret": (
+        lambda j: _worker(j)["volumes"].append({"name": "p", "projected": {"sources": [{"secret": {"name": "x"}}]}}),
+        "Secret and token volumes",
+    ),
+    "a projected token": (
+        lambda j: (
+            _launcher(j)
+            .setdefault("volumes", [])
+            .append({"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}})
+        ),
+        "Secret and token volumes",
+    ),
+    "a whole Secret": (
+        lambda j: _worker(j)["containers"][0].update(envFrom=[{"secretRef": {"name": "lab-token"}}]),
+        "envFrom",
+    ),
+    "an init container's whole Secret": (
+        lambda j: _worker(j).update(
+            initContainers=[{"name": "i", "image": "x", "envFrom": [{"secretRef": {"name": "s"}}]}]
+        ),
+        "envFrom",
+    ),
+    "a key of another Secret": (
+        lambda j: _launcher(j)["containers"][0]["env"].append(
+            {"name": "K", "valueFrom": {"secretKeyRef": {"name": "other-ssh", "key": "id_rsa"}}}
+        ),
+        "allowedSecrets",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_each_attack_is_refused_by_its_rule(attack):
+    job = _mpijob()
+    change, rule = ATTACKS[attack]
+    change(job)
+    failed = admit(job)
+    assert len(failed) == 1 and rule in failed[0], failed
+
+
+def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets():
+    job = m.render_job(m.JobSpec(), "trainjob")
+    patched = copy.deepcopy(job)
+    patched["spec"]["runtimePatches"] = [{"manager": "x", "trainingRuntimeSpec": {}}]
+    assert [f for f in admit(patched) if "runtimePatches" in f]
+    other = copy.deepcopy(job)
+    other["spec"]["trainer"]["env"].append(
+        {"name": "K", "valueFrom": {"secretKeyRef": {"name": "lab-token", "key": "t"}}}
+    )
+    assert [f for f in admit(other) if "allowedSecrets" in f]
+
+
+def test_the_policy_and_labkit_validate_refuse_the_same_identity_attacks():
+    """The kit's own check (labkit manifests validate, submit) and the cluster's policy agree on what they share."""
+    for attack in ("the lab's ServiceAccount", "an API token", "another job's ssh key", "a whole Secret"):
+        objects = m.render_all(m.JobSpec())
+        job = next(o for o in objects if o["kind"] == "MPIJob")
+        ATTACKS[attack][0](job)
+        assert admit(job), attack
+        with pytest.raises(m.ManifestError):
+            validate_objects(objects)
