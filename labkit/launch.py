@@ -418,7 +418,8 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)
     wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    if os.environ.get("MASTER_ADDR") in LOOPBACK:  # every rank on this machine: DeepSpeed adopts this group
+    # Every rank on this machine: DeepSpeed adopts this group. CPU ranks only until the NCCL path has run on a GPU.
+    if os.environ.get("MASTER_ADDR") in LOOPBACK and device == "cpu":
         _loopback_process_group(BACKEND_OF[device], port, wait.get("timeout", timedelta(minutes=30)))
     with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)

@@ -115,6 +115,10 @@ ATTACKS = {
         lambda j: _worker(j)["volumes"].append({"name": "k", "secret": {"secretName": "other-ssh"}}),
         "Secret and token volumes",
     ),
+    "another job's checkpoint key": (
+        lambda j: _worker(j)["volumes"].append({"name": "c", "secret": {"secretName": "other-checkpoint"}}),
+        "Secret and token volumes",
+    ),
     "a projected Secret": (
         lambda j: _worker(j)["volumes"].append({"name": "p", "projected": {"sources": [{"secret": {"name": "x"}}]}}),
         "Secret and token volumes",

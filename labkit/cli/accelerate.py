@@ -68,15 +68,16 @@ def _into_job(args: argparse.Namespace, config: route.AccelerateConfig) -> int:
         raise ConfigError("--out", "is for a file here, not in a job", fix)
     with tempfile.TemporaryDirectory() as tmp:  # accelerate's own loader must accept what we send
         route.load_with_accelerate(config.write(Path(tmp) / "accelerate_config.yaml"))
-    job = Job(_backend(args), args.job, args.namespace)
+    backend = _backend(args)
+    job = Job(backend, args.job, backend.namespace)  # -n left out: the backend's default namespace
     plan = route.TrainPlan(config, route.job_run_dir(args.job))
     try:
         argv = route.job_command(plan, job)  # checks the config against the job's workers and slots first
     except ConfigError as exc:  # named as the user typed it
         raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
     written = route.send_config(plan, job)
-    where = f" --backend {args.backend} -n {args.namespace}" if args.backend != "local" else ""
-    print(f"wrote {written} in job {args.namespace}/{args.job}: ZeRO-{config.stage}, {config.num_processes} "
+    where = f" --backend {args.backend} -n {job.namespace}" if args.backend != "local" else ""
+    print(f"wrote {written} in job {job.namespace}/{args.job}: ZeRO-{config.stage}, {config.num_processes} "
           f"process(es) on {config.num_machines} machine(s)")  # fmt: skip
     print(f"run: labkit job exec {args.job}{where} -- {shlex.join(argv)}")
     return 0
