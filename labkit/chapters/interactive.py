@@ -166,21 +166,25 @@ class InteractivePlan:
 
 
 def plan_interactive_job(
-    *, backend="local", namespace="workloads", name="deepspeed-interactive", workers=0, slots=1, device="auto",
+    *, backend="local", namespace="", name="deepspeed-interactive", workers=0, slots=1, device="auto",
     image="", deadline_minutes=30.0, train_command="", steps=30, ready_timeout_s=300.0, kubeconfig="", jobs_dir=None,
     http_proxy="", https_proxy="", no_proxy="",
 ) -> InteractivePlan:  # fmt: skip
     """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing.
 
-    workers=0: automatic (the backend says how many and why)."""
+    workers=0: automatic (the backend says how many and why); namespace="": the accelerator's (manifests.NAMESPACES)."""
     check_int("workers", workers, 0, maximum=64)
     check_int("slots", slots, 1, maximum=64)
     check_int("steps", steps, 1, maximum=10**5)
     release = "pass e.g. 30: the job and its accelerators are released after that many minutes"
     check_number("deadline_minutes", deadline_minutes, 1.0, release)
     check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)
-    job_backend = get_backend(backend, namespace=namespace, jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
+    where = dict(jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
+    job_backend = get_backend(backend, namespace=namespace or manifests.NAMESPACES["cpu"], **where)
     accelerator, workers, reason = job_backend.accelerator_for(device, workers, slots)
+    namespace = namespace or manifests.NAMESPACES.get(accelerator, job_backend.namespace)
+    if namespace != job_backend.namespace:  # e.g. Gaudi's hostIPC: a privileged namespace of its own
+        job_backend = get_backend(backend, namespace=namespace, **where)
     # resolved(): validates every field (ConfigError naming it) and fills the overlay's defaults.
     spec = manifests.JobSpec(
         name=name, namespace=namespace, image=image or None, workers=workers, slots_per_worker=slots,

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     cluster = s.add_argument_group("in a cluster (--job-yaml: print the manifests, start nothing here)")
     cluster.add_argument("--job-yaml", action="store_true", help="MPIJob + Service + NetworkPolicy for kubectl apply")
     cluster.add_argument("--name", default="deepspeed-serve", help="job name (the Service is NAME-serve)")
-    cluster.add_argument("--namespace", default="workloads", help="namespace of the job")
+    cluster.add_argument("--namespace", help="namespace of the job (default: workloads; gaudi: workloads-gaudi)")
     cluster.add_argument("--workers", type=int, default=2, help="worker pods (ranks = workers x slots)")
     cluster.add_argument("--slots", type=int, default=None, help="ranks per worker (default: the overlay's)")
     cluster.add_argument("--accelerator", default="cpu", choices=("cpu", "nvidia", "gaudi"), help="the workers' kind")
@@ -89,6 +89,7 @@ def _job_yaml(args: argparse.Namespace) -> int:
     spec = {"name": args.name, "namespace": args.namespace, "workers": args.workers, "accelerator": args.accelerator}
     spec |= {"slots_per_worker": args.slots, "image": args.image}
     objects = job.cluster_manifests(config, **spec)
+    args.namespace = objects[0]["metadata"]["namespace"]  # as resolved for the accelerator when left out
     service = f"{args.name}-serve.{args.namespace}:{config.port}"
     print(f"# kubectl apply -n {args.namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
     print("# Role does not grant: an admin applies them); then, from the lab pod of the same namespace:")
