@@ -418,8 +418,9 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)
     wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    # Every rank on this machine: DeepSpeed adopts this group. CPU ranks only until the NCCL path has run on a GPU.
-    if os.environ.get("MASTER_ADDR") in LOOPBACK and device == "cpu":
+    # Every rank on this machine: DeepSpeed adopts this group. CPU ranks only until the NCCL path has run on a GPU;
+    # not under torchrun (accelerate launch), whose agent already holds the store's port.
+    if os.environ.get("MASTER_ADDR") in LOOPBACK and device == "cpu" and "TORCHELASTIC_RUN_ID" not in os.environ:
         _loopback_process_group(BACKEND_OF[device], port, wait.get("timeout", timedelta(minutes=30)))
     with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)
