@@ -78,7 +78,7 @@ no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.
 
 # %%
 # %matplotlib inline
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from labkit import results
 from labkit.chapters import exercises
@@ -115,7 +115,7 @@ print(plan.describe())
 fields = plan.key_fields()
 display(Markdown("| field | value | why it matters |\n|---|---|---|\n"
                  + "\n".join(f"| `{r['field']}` | `{r['value']}` | {r['why']} |" for r in fields)))
-print(plan.manifest_yaml("MPIJob"))
+display(HTML(plan.manifest_details("MPIJob")))
 
 # %% [markdown]
 # ### Exercise: what world size will the ranks report?

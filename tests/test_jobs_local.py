@@ -316,6 +316,9 @@ def test_plan_uses_the_cluster_command_line_and_a_custom_command(tmp_path):
     assert argv[argv.index("--launcher") + 1] == "openmpi" and argv[-2:] == ["--steps", "7"]
     assert "--allow-run-as-root" in argv[argv.index("--launcher_args") + 1] or os.geteuid() != 0
     assert "kind: MPIJob" in plan.manifest_yaml() and "replicas: 3" in plan.manifest_yaml()
+    folded = plan.manifest_details()  # the notebook shows it folded: one line until opened, the YAML escaped inside
+    assert folded.startswith("<details><summary>The whole MPIJob: ") and "replicas: 3" in folded and "<br" not in folded
+    assert folded.count("\n") == plan.manifest_yaml().count("\n") and "&quot;" not in plan.manifest_yaml()
     custom = plan_interactive_job(train_command="python -c 'print(1)'", device="cpu", jobs_dir=str(tmp_path))
     assert custom.train_argv == ["python", "-c", "print(1)"] and not custom.default_command
 

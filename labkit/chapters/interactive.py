@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import html
 import json
 import re
 import shlex
@@ -97,6 +98,12 @@ class InteractivePlan:
 
     def manifest_yaml(self, kind: str | None = "MPIJob") -> str:
         return manifests.to_yaml([o for o in self.objects if kind is None or o["kind"] == kind])
+
+    def manifest_details(self, kind: str = "MPIJob") -> str:
+        """The whole manifest as HTML, folded: the key fields come first; 160 lines of YAML are one click away."""
+        text = self.manifest_yaml(kind)
+        summary = f"The whole {kind}: {text.count(chr(10))} lines of YAML (click to open)"
+        return f"<details><summary>{summary}</summary><pre>{html.escape(text)}</pre></details>"
 
     def key_fields(self) -> list[dict[str, str]]:
         """The MPIJob fields the chapter's text asks the learner to note, read from the rendered object."""
