@@ -68,8 +68,7 @@ def _into_job(args: argparse.Namespace, config: route.AccelerateConfig) -> int:
         raise ConfigError("--out", "is for a file here, not in a job", fix)
     with tempfile.TemporaryDirectory() as tmp:  # accelerate's own loader must accept what we send
         route.load_with_accelerate(config.write(Path(tmp) / "accelerate_config.yaml"))
-    backend = _backend(args)
-    job = Job(backend, args.job, backend.namespace)  # -n left out: the backend's default namespace
+    job = Job(_backend(args), args.job)  # in the backend's namespace (-n, or the default)
     plan = route.TrainPlan(config, route.job_run_dir(args.job))
     try:
         argv = route.job_command(plan, job)  # checks the config against the job's workers and slots first

@@ -89,12 +89,12 @@ def _job_yaml(args: argparse.Namespace) -> int:
     spec = {"name": args.name, "namespace": args.namespace, "workers": args.workers, "accelerator": args.accelerator}
     spec |= {"slots_per_worker": args.slots, "image": args.image}
     objects = job.cluster_manifests(config, **spec)
-    args.namespace = objects[0]["metadata"]["namespace"]  # as resolved for the accelerator when left out
-    service = f"{args.name}-serve.{args.namespace}:{config.port}"
-    print(f"# kubectl apply -n {args.namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
+    namespace = objects[0]["metadata"]["namespace"]  # as resolved for the accelerator when left out
+    service = f"{args.name}-serve.{namespace}:{config.port}"
+    print(f"# kubectl apply -n {namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
     print("# Role does not grant: an admin applies them); then, from the lab pod of the same namespace:")
     print(f"#   curl http://{service}/healthz   (and POST /shutdown ends every rank); to remove it all:")
-    print(f"#   kubectl delete -n {args.namespace} mpijob/{args.name} service/{args.name}-serve "
+    print(f"#   kubectl delete -n {namespace} mpijob/{args.name} service/{args.name}-serve "
           f"networkpolicy/{args.name}-serve")  # fmt: skip
     print(manifests.to_yaml(objects), end="")
     return 0

@@ -116,7 +116,7 @@ class KubernetesBackend(JobBackend):
             raise ApiException(http_resp=resp)
         return json.loads(data) if data else None
 
-    def _mpijob(self, method: str, ns: str, name: str = "", kind: str = "MPIJob", **kwargs) -> Any:
+    def _kubeflow_job(self, method: str, ns: str, name: str = "", kind: str = "MPIJob", **kwargs) -> Any:
         """One request on MPIJobs (or TrainJobs): in namespace ns ('*': every namespace), or on the one named."""
         group, plural = (MPIJOBS, "mpijobs") if kind == "MPIJob" else (TRAINJOBS, "trainjobs")
         path = f"{group}/{plural}" if ns == "*" else f"{group}/namespaces/{ns}/{plural}" + (name and f"/{name}")
@@ -281,15 +281,15 @@ class KubernetesBackend(JobBackend):
 
     def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
         ns = namespace or self.namespace
-        obj = self._mpijob("GET", ns, check_job_name(name))
+        obj = self._kubeflow_job("GET", ns, check_job_name(name))
         return self._status_of(obj, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed: its API answers 404)."""
-        found = [(o, o["metadata"]) for o in self._mpijob("GET", namespace or self.namespace).get("items", [])]
+        found = [(o, o["metadata"]) for o in self._kubeflow_job("GET", namespace or self.namespace).get("items", [])]
         jobs = [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
         try:
-            trainjobs = self._mpijob("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
+            trainjobs = self._kubeflow_job("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
         except JobNotFound:
             trainjobs = []
         return jobs + [trainjob_status(o, self.name) for o in trainjobs]
@@ -346,7 +346,7 @@ class KubernetesBackend(JobBackend):
             return self._wait_ready(check_job_name(name), timeout, ns)
         except JobNotReady as exc:
             try:
-                self._mpijob("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
+                self._kubeflow_job("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
                 note = f"MPIJob {ns}/{name} was deleted, so it holds no accelerators: fix the cause and submit again"
             except LabkitError as err:
                 note = f"deleting it failed too ({err}): `labkit job delete {name} --backend kubernetes -n {ns}`"
@@ -357,7 +357,7 @@ class KubernetesBackend(JobBackend):
 
         end = time.monotonic() + timeout
         while True:
-            obj = self._mpijob("GET", ns, name)
+            obj = self._kubeflow_job("GET", ns, name)
             listing = self._pods(name, ns)
             pods = {p.metadata.name: p for p in listing.items}
             st = self._status_of(obj, list(pods.values()))
@@ -479,7 +479,7 @@ class KubernetesBackend(JobBackend):
         if st.kind == "MPIJob":
             return self.delete(st.name, namespace=st.namespace)
         try:
-            self._mpijob("DELETE", st.namespace, st.name, kind=st.kind, body={"propagationPolicy": "Foreground"})
+            self._kubeflow_job("DELETE", st.namespace, st.name, kind=st.kind, body={"propagationPolicy": "Foreground"})
         except JobNotFound:
             return False
         return True
@@ -487,13 +487,13 @@ class KubernetesBackend(JobBackend):
     def delete(self, name: str, *, namespace: str | None = None) -> bool:
         ns = namespace or self.namespace
         try:
-            self._mpijob("DELETE", ns, check_job_name(name), body={"propagationPolicy": "Foreground"})
+            self._kubeflow_job("DELETE", ns, check_job_name(name), body={"propagationPolicy": "Foreground"})
         except JobNotFound:
             return False
         end = time.monotonic() + DELETE_WAIT_S
         while time.monotonic() < end:  # foreground: the object goes once its pods are gone
             try:
-                self._mpijob("GET", ns, name)
+                self._kubeflow_job("GET", ns, name)
             except JobNotFound:
                 break
             time.sleep(0.5)
