@@ -3,6 +3,9 @@
 #   bash bench/gpu_machine.sh notebooks   every notebook at its defaults (labkit run), a table of times last
 #   bash bench/gpu_machine.sh tests [ARGS] the test suite (pytest ARGS, default: all of tests/), its summary last
 #   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
+#   bash bench/gpu_machine.sh split S "ARGS1" "ARGS2"...  pytest groups side by side (each its own session, so the
+#                                          leak checks see only their own processes), stopped with ^C after S seconds
+#                                          (pytest then still prints its summary); per group $OUT/gN.log, $OUT/gN.xml
 #   bash bench/gpu_machine.sh cmd CMD...   any command in the same environment (e.g. a benchmark)
 # The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
@@ -45,11 +48,28 @@ tests() {
     echo "pytest: exit $rc in $(( $(date +%s) - start )) s"
     return $rc
 }
+split() {
+    secs=$1; shift; start=$(date +%s); n=0
+    for group in "$@"; do
+        n=$((n + 1))
+        # shellcheck disable=SC2086 # a group is a word list of pytest arguments
+        timeout -s INT -k 30 "$secs" python3 -m pytest -v -rfE -p no:cacheprovider --timeout 300 \
+          --junitxml "$OUT/g$n.xml" $group > "$OUT/g$n.log" 2>&1 &
+    done
+    wait
+    for i in $(seq 1 "$n"); do
+        echo "== group $i: ${!i}"
+        grep -E "^(FAILED|ERROR) " "$OUT/g$i.log" | cut -c1-300 | head -20
+        tail -n 1 "$OUT/g$i.log"
+    done
+    echo "split: $n groups in $(( $(date +%s) - start )) s"
+}
 mode=${1:-notebooks}; shift || true
 case "$mode" in
   notebooks) notebooks ;;
   tests) tests "$@" ;;
+  split) split "$@" ;;
   cmd) "$@" ;;
   all) notebooks; nb=$?; tests "$@"; t=$?; echo "notebooks exit $nb, tests exit $t"; [ $nb = 0 ] && [ $t = 0 ] ;;
-  *) echo "gpu_machine: unknown mode $mode (notebooks | tests | all | cmd)"; exit 2 ;;
+  *) echo "gpu_machine: unknown mode $mode (notebooks | tests | all | split | cmd)"; exit 2 ;;
 esac

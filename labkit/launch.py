@@ -31,7 +31,7 @@ from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS, pick_device
 from labkit.errors import ConfigError, LaunchError, check_choice, check_int
-from labkit.procs import silenced_fds, stop_tree
+from labkit.procs import own_tmpdir, silenced_fds, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a MASTER_ADDR that says every rank runs on this machine
@@ -144,6 +144,8 @@ def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device:
     if root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    if device == "cuda":  # NCCL's bootstrap would listen on the host's network interface; these ranks are all local
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     if device == "cpu":  # CPU ranks on a GPU host: hidden GPUs, else accelerate puts rank N on cuda:N
         env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world_size)))
@@ -326,38 +328,39 @@ def run_command(
         raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     chunks: list[str] = []
     failed_at: list[float] = []
-    log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
-    proc = start_session(cmd, env, cwd)
+    with own_tmpdir(env) as env:  # torchrun and mpirun write there: removed with what they leave
+        log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
+        proc = start_session(cmd, env, cwd)
 
-    def pump() -> None:
-        for line in proc.stdout:
-            chunks.append(line)
-            if not failed_at and reports_dead_rank(line):
-                failed_at.append(time.monotonic())
+        def pump() -> None:
+            for line in proc.stdout:
+                chunks.append(line)
+                if not failed_at and reports_dead_rank(line):
+                    failed_at.append(time.monotonic())
+                if log:
+                    log.write(line)
+                    log.flush()
+                if on_output:
+                    on_output(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        end = None if timeout is None else time.monotonic() + timeout
+        timed_out = cut_short = False
+        try:
+            while proc.poll() is None:
+                now = time.monotonic()
+                timed_out = end is not None and now >= end
+                cut_short = bool(failed_at) and now - failed_at[0] > DEAD_RANK_GRACE_S
+                if timed_out or cut_short:
+                    break
+                time.sleep(0.1)
+        finally:
+            # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
+            stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
+            reader.join(timeout=5)
             if log:
-                log.write(line)
-                log.flush()
-            if on_output:
-                on_output(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    end = None if timeout is None else time.monotonic() + timeout
-    timed_out = cut_short = False
-    try:
-        while proc.poll() is None:
-            now = time.monotonic()
-            timed_out = end is not None and now >= end
-            cut_short = bool(failed_at) and now - failed_at[0] > DEAD_RANK_GRACE_S
-            if timed_out or cut_short:
-                break
-            time.sleep(0.1)
-    finally:
-        # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
-        stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
-        reader.join(timeout=5)
-        if log:
-            log.close()
+                log.close()
     output = "".join(chunks)
     code = -1 if timed_out else 1 if cut_short else proc.returncode
     if check and code != 0:
@@ -418,9 +421,10 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)
     wait = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    # Every rank on this machine: DeepSpeed adopts this group. CPU ranks only until the NCCL path has run on a GPU;
-    # not under torchrun (accelerate launch), whose agent already holds the store's port.
-    if os.environ.get("MASTER_ADDR") in LOOPBACK and device == "cpu" and "TORCHELASTIC_RUN_ID" not in os.environ:
+    # Every rank on this machine: DeepSpeed adopts this group (gloo, NCCL; HCCL not yet run on a Gaudi). Not under
+    # torchrun (accelerate launch), whose agent already holds the store's port.
+    on_this_machine = os.environ.get("MASTER_ADDR") in LOOPBACK and "TORCHELASTIC_RUN_ID" not in os.environ
+    if on_this_machine and device in ("cpu", "cuda"):
         _loopback_process_group(BACKEND_OF[device], port, wait.get("timeout", timedelta(minutes=30)))
     with contextlib.redirect_stdout(io.StringIO()):
         deepspeed.init_distributed(dist_backend=BACKEND_OF[device], distributed_port=port, **wait)

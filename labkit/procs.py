@@ -9,13 +9,34 @@ the local backend's launcher process (jobs/launcher.py) imports it and must star
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def own_tmpdir(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`env` with TMPDIR a fresh 0700 folder of this run's own, removed after it with whatever its processes left there
+    (torchrun's torchelastic_* logs, the session folders of an mpirun that was stopped), as a pod's /tmp goes with it.
+    torch's compile cache stays where torch puts it by default (torch/_inductor/runtime/cache_dir_utils.py)."""
+    try:
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    except (KeyError, OSError):  # no passwd entry and no USER: torch falls back the same way
+        user = str(os.getuid())
+    cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    tmp = tempfile.mkdtemp(prefix="labkit-run-")
+    try:
+        yield {"TORCHINDUCTOR_CACHE_DIR": cache, **env, "TMPDIR": tmp}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:

@@ -82,7 +82,11 @@ if [ "${LABKIT_SYSTEM_TORCH:-0}" != 1 ]; then "$VENV/bin/python" -m pip check; f
 
 # 7. A Jupyter kernel that runs this environment, for `make lab` and papermill; JupyterLab's workshop settings (no
 #    news or update pop-ups) as this environment's defaults.
-"$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name labkit --display-name "Python (labkit)" >/dev/null
+#    ipykernel stages the spec in a temp folder it never removes (ipykernel/kernelspec.py, write_kernel_spec): give it one
+#    of ours.
+staging=$(mktemp -d)
+TMPDIR=$staging "$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name labkit --display-name "Python (labkit)" >/dev/null
+rm -rf "$staging"
 mkdir -p "$VENV/share/jupyter/lab/settings"
 cp scripts/jupyterlab-overrides.json "$VENV/share/jupyter/lab/settings/overrides.json"
 say "ready: $("$VENV/bin/python" -c 'import torch, deepspeed; print("torch", torch.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -n 1)"

@@ -8,8 +8,10 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import types
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from fake_rbac import SERVICE_ACCOUNT
@@ -175,7 +177,9 @@ def test_bad_plan_values_fail_before_anything_is_launched(monkeypatch, tmp_path)
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stages_train_on_two_cpu_ranks_through_accelerate_launch(stage, tmp_path):
     plan = route.TrainPlan(route.AccelerateConfig(stage=stage, num_processes=2), tmp_path, device="cpu", steps=12)
+    elastic_logs = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
     report = route.run_training(plan)
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) == elastic_logs, "torchrun's logs left behind"
     assert report["command"][:2] == ["accelerate", "launch"] and "--config_file" in report["command"]
     ranks = report["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]

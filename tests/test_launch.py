@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kit_testing import kit_processes
 
-from labkit import launch, procs
+from labkit import devices, launch, procs
 from labkit.errors import ConfigError, LaunchError
 
 SCRIPT = Path(__file__).parent / "rank_scripts" / "allreduce.py"
@@ -93,6 +93,19 @@ def test_two_ranks_all_reduce_through_each_launcher(launcher):
 
 
 @pytest.mark.slow
+def test_ranks_on_the_device_here_listen_on_loopback_only():
+    # On a GPU machine: NCCL's path (the store, and NCCL's own bootstrap sockets once a collective has run).
+    device = "cuda" if devices.pick_device("auto") == "cuda" else "cpu"
+    world = devices.device_count("cuda") if device == "cuda" else 2
+    spec = launch.LaunchSpec(script=SCRIPT, args=["--listeners", "--device", device], world_size=world, device=device)
+    result = launch.run(spec, timeout=180)
+    found = re.findall(r"rank (\d) store port (\d+) listens on (\[.*?\])", result.output)
+    assert len(found) == world, result.output[-2000:]
+    where = [a for _, _, listed in found for a in ast.literal_eval(listed)]
+    assert where and all(a.startswith("127.0.0.1:") for a in where), (device, where)
+
+
+@pytest.mark.slow
 def test_failing_rank_surfaces_its_error_and_nothing_is_left(tmp_path):
     with pytest.raises(LaunchError) as err:
         launch.run(
@@ -104,6 +117,18 @@ def test_failing_rank_surfaces_its_error_and_nothing_is_left(tmp_path):
     assert "rank 1" in str(err.value) and "deliberate failure on rank 1" in str(err.value)
     assert "deliberate failure" in (tmp_path / "log").read_text()
     assert not kit_processes()
+
+
+def test_a_run_has_a_temp_folder_of_its_own_removed_after_it_also_at_its_deadline():
+    # torchrun leaves a torchelastic_* folder per launch, a stopped mpirun its session folder: in the run's own TMPDIR
+    leave = "import tempfile, time; d = tempfile.mkdtemp(prefix='torchelastic_'); print(d, flush=True)"
+    result = launch.run_command([sys.executable, "-c", leave], launch.kit_env())
+    left = Path(result.output.split()[-1])
+    assert left.parent.name.startswith("labkit-run-") and not left.parent.exists()
+    with pytest.raises(LaunchError, match="deadline") as err:
+        launch.run_command([sys.executable, "-c", leave + "; time.sleep(60)"], launch.kit_env(), timeout=3)
+    stopped = Path(err.value.output.split()[-1])
+    assert stopped.parent.name.startswith("labkit-run-") and not stopped.parent.exists()
 
 
 @pytest.mark.slow

@@ -256,56 +256,57 @@ class LocalBackend(JobBackend):
         starts_ranks = Path(cmd[0]).name in LAUNCHERS or "deepspeed.launcher.runner" in cmd
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
-        env = self._job_env(d, job)
-        env["MASTER_PORT"] = _master_port(cmd)
-        say = on_output or (lambda _text: None)
-        try:
-            proc = subprocess.Popen(
-                cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        except OSError as exc:  # what a pod exec reports for a missing binary: a message and exit code 127/126
-            say(f"{EXEC_TAG}cannot run {cmd[0]!r}: {exc.strerror}\n")
-            return 127 if isinstance(exc, FileNotFoundError) else 126
-        record = d / "execs" / str(proc.pid)
-        record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
-        lines: list[str] = []
-        first_death: list[float] = []  # when a rank first reported its error or exit
-
-        def pump() -> None:
+        # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
+        with procs.own_tmpdir(self._job_env(d, job)) as env:
+            env["MASTER_PORT"] = _master_port(cmd)
+            say = on_output or (lambda _text: None)
             try:
-                for raw in iter(proc.stdout.readline, b""):
-                    text = raw.decode("utf-8", "replace")
-                    lines.append(text)
-                    if starts_ranks and not first_death and launch.reports_dead_rank(text):
-                        first_death.append(time.monotonic())
-                    say(text)
-            except (ValueError, OSError):  # the pipe was closed under us after a forced stop
-                pass
+                proc = subprocess.Popen(
+                    cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:  # what a pod exec reports for a missing binary: a message and exit code 127/126
+                say(f"{EXEC_TAG}cannot run {cmd[0]!r}: {exc.strerror}\n")
+                return 127 if isinstance(exc, FileNotFoundError) else 126
+            record = d / "execs" / str(proc.pid)
+            record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
+            lines: list[str] = []
+            first_death: list[float] = []  # when a rank first reported its error or exit
 
-        reader = threading.Thread(target=pump, daemon=True)
-        end = None if timeout is None else time.monotonic() + timeout
-        try:
-            reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
-            # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
-            while proc.poll() is None and not (
-                first_death and time.monotonic() > first_death[0] + launch.DEAD_RANK_GRACE_S
-            ):
-                if end is not None and time.monotonic() > end:
-                    raise TimeoutError(
-                        f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
-                    )
-                time.sleep(0.1)
-        finally:
-            # Whatever ended the wait (exit, timeout, a dead rank, the notebook's stop button): no rank outlives the
-            # command, even if the user presses stop again while we clean up.
-            with interrupts_deferred():
-                exited = proc.returncode is not None
-                procs.stop_tree(proc, 1.0 if exited else 5.0)
-                reader.join(timeout=10 if exited else 5)
-            record.unlink(missing_ok=True)
-            if proc.stdout and not reader.is_alive():
-                proc.stdout.close()
+            def pump() -> None:
+                try:
+                    for raw in iter(proc.stdout.readline, b""):
+                        text = raw.decode("utf-8", "replace")
+                        lines.append(text)
+                        if starts_ranks and not first_death and launch.reports_dead_rank(text):
+                            first_death.append(time.monotonic())
+                        say(text)
+                except (ValueError, OSError):  # the pipe was closed under us after a forced stop
+                    pass
+
+            reader = threading.Thread(target=pump, daemon=True)
+            end = None if timeout is None else time.monotonic() + timeout
+            try:
+                reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
+                # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
+                while proc.poll() is None and not (
+                    first_death and time.monotonic() > first_death[0] + launch.DEAD_RANK_GRACE_S
+                ):
+                    if end is not None and time.monotonic() > end:
+                        raise TimeoutError(
+                            f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
+                        )
+                    time.sleep(0.1)
+            finally:
+                # Whatever ended the wait (exit, timeout, a dead rank, the notebook's stop button): no rank outlives the
+                # command, even if the user presses stop again while we clean up.
+                with interrupts_deferred():
+                    exited = proc.returncode is not None
+                    procs.stop_tree(proc, 1.0 if exited else 5.0)
+                    reader.join(timeout=10 if exited else 5)
+                record.unlink(missing_ok=True)
+                if proc.stdout and not reader.is_alive():
+                    proc.stdout.close()
         returncode = proc.returncode if exited else 1
         why = self._why_failed(d, job, "".join(lines), starts_ranks) if returncode != 0 else ""
         if why:

@@ -13,6 +13,7 @@ parser.add_argument("--fail-rank", type=int, default=-1)
 parser.add_argument("--fail-before-init", type=int, default=-1, help="this rank fails before the rendezvous")
 parser.add_argument("--hang", type=float, default=0.0)
 parser.add_argument("--listeners", action="store_true", help="print the TCP addresses this rank listens on")
+parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 args = parser.parse_args()
 
 with rank_guard():
@@ -21,11 +22,13 @@ with rank_guard():
     import torch
     import torch.distributed as dist
 
-    init_deepspeed("cpu")
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    init_deepspeed(args.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == args.fail_rank:
         raise RuntimeError(f"deliberate failure on rank {rank}")
-    t = torch.tensor([rank + 1.0])
+    t = torch.tensor([rank + 1.0], device=args.device)
     dist.all_reduce(t)
     print(f"rank {rank}/{world} sum={t.item():g}", flush=True)
     if args.listeners:
