@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from kit_testing import wait_until
@@ -552,3 +553,14 @@ def test_cluster_paths_map_onto_the_jobs_own_files_but_not_inside_data(tmp_path,
     assert map_paths(args, job) == [f"--out={shared}/runs/x", str(shared), "/sharedx", "/data/shared/y",
                                     f"cat {job}/hostfile; ls {shared}/a", args[-1]]  # fmt: skip
     assert backend.shared_path("/shared/runs/demo") == backend.root / "workloads" / "_shared" / "runs" / "demo"
+
+
+def test_shared_path_maps_only_the_shared_volume_and_returns_any_other_path_as_it_is(backend):
+    """/shared and what is under it -> the namespace's _shared folder (another namespace: its own); the hostfile, a
+    name that only starts like it, a relative path are no volume's and come back unchanged."""
+    shared = backend.root / "workloads" / "_shared"
+    assert backend.shared_path("/shared") == shared and backend.shared_path("/shared/a/b.json") == shared / "a/b.json"
+    assert backend.shared_path("/shared/x", namespace="team") == backend.root / "team" / "_shared" / "x"
+    for outside in ("/etc/mpi/hostfile", "/sharedx/y", "/data/shared/y", "shared/y", "/tmp/run"):
+        assert backend.shared_path(outside) == Path(outside)
+    assert not (backend.root / "workloads" / "x").exists()  # no job folder is made up on the way
