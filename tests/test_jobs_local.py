@@ -96,6 +96,10 @@ def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
     assert not (tmp_path / "jobs" / "workloads" / "ok").exists()
     with pytest.raises(JobNotFound, match="does not exist"):
         backend.exec("never-submitted", ["true"])
+    for action in (backend.status, backend.delete):  # local jobs are MPIJobs: a TrainJob is a cluster's
+        with pytest.raises(ConfigError, match="^kind: .*--backend kubernetes"):
+            action("never-submitted", kind="TrainJob")
+    assert backend.delete("never-submitted", kind="MPIJob") is False
     with backend.submit(JobSpec(name="twice")) as job:
         job.wait_ready(10)
         with pytest.raises(ConfigError, match="already running"):

@@ -42,6 +42,7 @@ from labkit.jobs.launcher import (
 )
 from labkit.procs import interrupts_deferred
 
+LOCAL_KIND_FIX = "leave it out: local jobs are MPIJobs (TrainJobs run on a cluster: --backend kubernetes)"
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 # Commands that start ranks (checked against the devices here).
 LAUNCHERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
@@ -237,7 +238,8 @@ class LocalBackend(JobBackend):
             st.phase, st.message = "Failed", "launcher never started"
         return st
 
-    def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
+    def status(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> JobStatus:
+        base.check_kind(kind, ("MPIJob",), LOCAL_KIND_FIX)
         return self._status_from_dir(self._existing_dir(name, namespace))
 
     def wait_ready(self, name: str, *, timeout: float = 300.0, namespace: str | None = None) -> JobStatus:
@@ -334,7 +336,8 @@ class LocalBackend(JobBackend):
         log = self._existing_dir(name, namespace) / "launcher.log"
         return log.read_text(errors="replace") if log.is_file() else ""
 
-    def delete(self, name: str, *, namespace: str | None = None) -> bool:
+    def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
+        base.check_kind(kind, ("MPIJob",), LOCAL_KIND_FIX)
         d = self.job_dir(base.check_job_name(name), namespace)
         if not self._checked_root() or not self._ours(d):
             return False
