@@ -385,6 +385,15 @@ def rank_and_world() -> tuple[int, int]:
     return int(rank), int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
 
 
+def set_local_size() -> str | None:
+    """LOCAL_SIZE (the ranks on this host) from the launcher's count when unset: DeepSpeed's CPU accelerator counts
+    its devices by it; torchrun sets only LOCAL_WORLD_SIZE, mpirun only OMPI_COMM_WORLD_LOCAL_SIZE. The value now."""
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if local:
+        os.environ.setdefault("LOCAL_SIZE", local)
+    return os.environ.get("LOCAL_SIZE")
+
+
 def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose: bool = False) -> None:
     """The one start of a rank's process group (every labkit.ranks script and the in-process notebook rank), without
     build noise: DeepSpeed's accelerator is named, not detected (no "Setting accelerator to CPU" warning); its op
@@ -414,9 +423,7 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # started plainly: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ["MASTER_PORT"] = str(free_port())
-    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-    if local:
-        os.environ.setdefault("LOCAL_SIZE", local)  # DeepSpeed's CPU all-reduce needs it (torchrun leaves it unset)
+    set_local_size()
     # Under mpirun DeepSpeed's MPI discovery overwrites MASTER_PORT with `distributed_port` (default 29500, which
     # another job may hold): pass the port the launcher chose.
     port = int(os.environ.get("MASTER_PORT") or 29500)

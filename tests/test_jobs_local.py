@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from kit_testing import wait_until
@@ -95,6 +96,10 @@ def test_bad_input_is_one_clear_error_before_any_work(backend, tmp_path):
     assert not (tmp_path / "jobs" / "workloads" / "ok").exists()
     with pytest.raises(JobNotFound, match="does not exist"):
         backend.exec("never-submitted", ["true"])
+    for action in (backend.status, backend.delete):  # local jobs are MPIJobs: a TrainJob is a cluster's
+        with pytest.raises(ConfigError, match="^kind: .*--backend kubernetes"):
+            action("never-submitted", kind="TrainJob")
+    assert backend.delete("never-submitted", kind="MPIJob") is False
     with backend.submit(JobSpec(name="twice")) as job:
         job.wait_ready(10)
         with pytest.raises(ConfigError, match="already running"):
@@ -552,3 +557,14 @@ def test_cluster_paths_map_onto_the_jobs_own_files_but_not_inside_data(tmp_path,
     assert map_paths(args, job) == [f"--out={shared}/runs/x", str(shared), "/sharedx", "/data/shared/y",
                                     f"cat {job}/hostfile; ls {shared}/a", args[-1]]  # fmt: skip
     assert backend.shared_path("/shared/runs/demo") == backend.root / "workloads" / "_shared" / "runs" / "demo"
+
+
+def test_shared_path_maps_only_the_shared_volume_and_returns_any_other_path_as_it_is(backend):
+    """/shared and what is under it -> the namespace's _shared folder (another namespace: its own); the hostfile, a
+    name that only starts like it, a relative path are no volume's and come back unchanged."""
+    shared = backend.root / "workloads" / "_shared"
+    assert backend.shared_path("/shared") == shared and backend.shared_path("/shared/a/b.json") == shared / "a/b.json"
+    assert backend.shared_path("/shared/x", namespace="team") == backend.root / "team" / "_shared" / "x"
+    for outside in ("/etc/mpi/hostfile", "/sharedx/y", "/data/shared/y", "shared/y", "/tmp/run"):
+        assert backend.shared_path(outside) == Path(outside)
+    assert not (backend.root / "workloads" / "x").exists()  # no job folder is made up on the way

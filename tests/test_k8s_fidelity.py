@@ -96,7 +96,8 @@ def test_the_service_account_runs_every_job_command_inside_its_role(api, backend
     assert api.denied == []  # not one call outside the Role
     # ...and nothing in the Role that the kit does not call (TrainJobs are submitted with kubectl from the lab).
     unused = granted_by_role() - used_by_kit(api)
-    # (`job list --stale --delete` lists and deletes TrainJobs: test_job_list_stale_delete_removes_finished_trainjobs)
+    # (`job list --stale --delete` lists and deletes TrainJobs: test_job_list_stale_delete_removes_finished_trainjobs;
+    # `job status|delete NAME` get and delete them: test_job_status_and_delete_by_name_find_a_trainjob_too)
     assert unused == {("trainer.kubeflow.org", "trainjobs", v) for v in ("create", "get", "delete")}
     # The shared objects were not created by it (an admin applied manifests/base): it asked instead.
     created = {p for m, p, q in api.requests if m == "POST" and "dryRun" not in q}
@@ -398,4 +399,39 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
         assert api.denied == [] and api.delete_bodies[-1] == {"propagationPolicy": "Foreground"}
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
             ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete")
+        }  # fmt: skip
+
+
+def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
+    """`labkit job status|delete NAME` reach a TrainJob as well as an MPIJob, as the ServiceAccount (the Role's get and
+    delete on trainjobs); one error when neither exists; a name both kinds hold is never guessed: --kind says which."""
+    from labkit.cli import main
+
+    with fake_cluster(trainer_version="2.2.0", ready_delay=None, grace_s=0.1) as (api, backend):
+        backend.submit(JobSpec(name="both", workers=1))
+        for obj in (trainjob("tj", 60, active=2), trainjob("both", 60, [("Complete", "True", "JobSetCompleted", 5)])):
+            api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
+
+        def job(*argv: str) -> tuple[int, str]:
+            code = main(["job", *argv, "--backend", "kubernetes", "--kubeconfig", api.kubeconfig])
+            out, err = capsys.readouterr()
+            return code, out + err
+
+        code, out = job("status", "tj")
+        assert code == 0 and "TrainJob" in out and "Running" in out and "2 child Job(s) active" in out
+        code, out = job("status", "nothing")
+        assert code == 2 and "no MPIJob or TrainJob named 'nothing' in namespace workloads" in out
+        code, out = job("status", "both")
+        assert code == 2 and "both named 'both'" in out and "--kind MPIJob or --kind TrainJob" in out
+        assert "MPIJob" in job("status", "both", "--kind", "MPIJob")[1]
+        assert "Succeeded" in job("status", "both", "--kind", "TrainJob")[1]
+        assert job("delete", "both")[0] == 2  # not guessed: both are still there
+        assert job("delete", "tj") == (0, "deleted workloads/tj\n")
+        assert job("delete", "both", "--kind", "TrainJob") == (0, "deleted workloads/both\n")
+        code, out = job("status", "both")  # the MPIJob alone now: no --kind needed
+        assert code == 0 and "MPIJob" in out and (TRAINJOBS, "trainjobs", "workloads", "both") not in api.objects
+        assert job("delete", "both") == (0, "deleted workloads/both\n") and job("delete", "tj")[1].endswith("exist\n")
+        assert api.denied == []
+        assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
+            ("trainer.kubeflow.org", "trainjobs", "get"), ("trainer.kubeflow.org", "trainjobs", "delete")
         }  # fmt: skip

@@ -5,7 +5,7 @@ labkit job exec demo -- cat /etc/mpi/hostfile          # exit code = the command
 labkit job exec demo --train --steps 20                # the default `deepspeed --hostfile ... --launcher openmpi`
 labkit job list                                        # PAST DEADLINE flags forgotten jobs
 labkit job list --stale --delete                       # remove finished MPIJobs/TrainJobs (no TTL does)
-labkit job delete demo
+labkit job delete demo                                 # an MPIJob or a TrainJob; both named so: --kind
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, check_number
 from labkit.jobs import BACKENDS, Job, get_backend
+from labkit.jobs.base import JOB_KINDS
 from labkit.tabular import text_table
 
 # Each action's arguments as data: (flags, add_argument keywords).
@@ -47,6 +48,7 @@ EXEC_OPTIONS = [
     (["--steps"], dict(type=int, default=20, help="training steps for --train")),
 ]
 NAME = [(["name"], {})]
+KIND = [(["--kind"], dict(choices=JOB_KINDS, default=None, help="kubernetes: which one (default: whichever exists)"))]
 WAIT = [(["--wait"], dict(type=float, default=None, metavar="SECONDS", help="wait until ready (default: don't)"))]
 ALL_NAMESPACES = [(["-A", "--all-namespaces"], dict(action="store_true", help="every namespace"))]
 STALE = [
@@ -109,7 +111,7 @@ def _submit(args) -> int:
 
 
 def _status(args) -> int:
-    for key, value in _backend(args).status(args.name).as_dict().items():
+    for key, value in _backend(args).status(args.name, kind=args.kind).as_dict().items():
         print(f"{key:17} {_when(value) if key in ('created', 'deadline') else value}")
     return 0
 
@@ -143,7 +145,7 @@ def _logs(args) -> int:
 
 def _delete(args) -> int:
     backend = _backend(args)
-    existed, where = backend.delete(args.name), f"{backend.namespace}/{args.name}"
+    existed, where = backend.delete(args.name, kind=args.kind), f"{backend.namespace}/{args.name}"
     print(f"deleted {where}" if existed else f"{where} did not exist")
     return 0
 
@@ -167,7 +169,7 @@ def _list(args) -> int:
     ]  # fmt: skip
     print(text_table(rows, list(rows[0])))
     for st in jobs if args.delete else []:
-        backend.delete_listed(st)
+        backend.delete(st.name, namespace=st.namespace, kind=st.kind)
         print(f"deleted {st.kind} {st.namespace}/{st.name} ({st.phase})")
     return 0
 
@@ -175,10 +177,10 @@ def _list(args) -> int:
 ACTIONS = {  # action: (help, handler, its arguments besides the backend options)
     "render": ("print the manifests a submit would create (YAML)", _render, SPEC_OPTIONS),
     "submit": ("create the job (launcher: `sleep infinity`), optionally wait for it", _submit, SPEC_OPTIONS + WAIT),
-    "status": ("one job's phase, readiness and deadline", _status, NAME),
+    "status": ("one job's phase, readiness and deadline", _status, NAME + KIND),
     "exec": ("run a command in the job's launcher (exit code = the command's)", _exec, NAME + EXEC_OPTIONS + ARGV),
     "logs": ("the launcher's log", _logs, NAME),
-    "delete": ("stop the job and everything it started", _delete, NAME),
+    "delete": ("stop the job and everything it started", _delete, NAME + KIND),
     "list": ("jobs, flagging those past their deadline", _list, ALL_NAMESPACES + STALE),
 }
 

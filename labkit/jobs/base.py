@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from labkit.errors import ConfigError, LabkitError, check_number
+from labkit.errors import ConfigError, LabkitError, check_choice, check_number
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from labkit.manifests import JobSpec
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
 # Where every pod of a job mounts the kit's PVC (manifests/jobs/*); the local backend maps it onto a folder too.
 CLUSTER_SHARED = "/shared"
+# A job's kind on a cluster: the kit's MPIJobs, and Kubeflow Trainer's TrainJobs (created with kubectl from the lab).
+JOB_KINDS = ("MPIJob", "TrainJob")
 EXEC_TAG = "labkit exec: "  # starts the one line an exec adds to its output when it fails (why, in words)
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 OutputCallback = Callable[[str], None]
@@ -50,7 +52,7 @@ class JobStatus:
     message: str = ""
     workers: int | None = None
     slots_per_worker: int | None = None
-    kind: str = "MPIJob"  # kubernetes: MPIJob, or a Kubeflow Trainer TrainJob (listed, never submitted by the kit)
+    kind: str = "MPIJob"  # kubernetes: MPIJob, or a Kubeflow Trainer TrainJob (read, deleted; never submitted here)
 
     @property
     def past_deadline(self) -> bool:
@@ -95,7 +97,8 @@ def print_output(text: str) -> None:
 class JobBackend(abc.ABC):
     """Submit, reach and remove interactive MPI jobs. Implementations: LocalBackend, KubernetesBackend.
 
-    `namespace=None` means the backend's own; `exec` streams to `on_output` and returns the exit code, and on timeout
+    `namespace=None` means the backend's own; `kind=None` (status, delete) whichever of JOB_KINDS has the name (a
+    ConfigError asks which when both do); `exec` streams to `on_output` and returns the exit code, and on timeout
     (TimeoutError) or KeyboardInterrupt stops the command and every rank it started first."""
 
     name: str
@@ -123,26 +126,23 @@ class JobBackend(abc.ABC):
         """The launcher's own log (not the exec'd commands' output)."""
 
     @abc.abstractmethod
-    def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
+    def status(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> JobStatus:
         """The job's phase; raises JobNotFound if it does not exist."""
 
     @abc.abstractmethod
-    def delete(self, name: str, *, namespace: str | None = None) -> bool:
+    def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
         """Stop the job and everything it started; True if it existed."""
 
     @abc.abstractmethod
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         """Every job in namespace ('*': all namespaces)."""
 
-    def delete_listed(self, st: JobStatus) -> bool:
-        """Delete a job that `list()` returned, whatever its kind; True if it existed."""
-        return self.delete(st.name, namespace=st.namespace)
-
 
 class Job:
     """A handle on one job; `with backend.submit(spec) as job:` deletes it on exit, error or interrupt."""
 
     hostfile_path = CLUSTER_HOSTFILE  # the same path on both backends
+    kind = "MPIJob"  # what the kit submits and execs into (a TrainJob of the same name is never this handle's)
 
     def __init__(self, backend: JobBackend, name: str, namespace: str | None = None):
         self.backend, self.name, self.namespace = backend, name, namespace or backend.namespace
@@ -157,10 +157,10 @@ class Job:
         return self.backend.logs(self.name, namespace=self.namespace)
 
     def status(self) -> JobStatus:
-        return self.backend.status(self.name, namespace=self.namespace)
+        return self.backend.status(self.name, namespace=self.namespace, kind=self.kind)
 
     def delete(self) -> bool:
-        return self.backend.delete(self.name, namespace=self.namespace)
+        return self.backend.delete(self.name, namespace=self.namespace, kind=self.kind)
 
     def exec(self, argv: list[str], on_output: OutputCallback | None = print_output, timeout=None) -> int:
         return self.backend.exec(self.name, argv, on_output=on_output, timeout=timeout, namespace=self.namespace)
@@ -199,6 +199,11 @@ def check_job_name(name: str) -> str:
 
 def check_namespace(namespace: str) -> str:
     return _check_dns_label("namespace", namespace, "namespace", 63, "workloads")
+
+
+def check_kind(kind: str | None, kinds: tuple[str, ...] = JOB_KINDS, fix: str | None = None) -> str | None:
+    """kind as given: None (whichever kind of job has the name) or one of kinds."""
+    return None if kind is None else check_choice("kind", kind, kinds, fix)
 
 
 def check_exec_args(argv: list[str], timeout: float | None) -> None:

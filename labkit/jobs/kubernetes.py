@@ -8,10 +8,12 @@ exec:    kubernetes.stream with _preload_content=False, streamed, exit code from
          runs under `setsid` with a pid file, so an interrupted exec can kill its whole process group (mpirun and the
          ranks it drives) with a second exec: closing the stream alone leaves the process running in the pod.
 delete:  foreground propagation: the operator's Job, pods, Service, ConfigMap and Secret go with the MPIJob.
+status, delete by name: the MPIJob or the TrainJob of that name, whichever exists (both: the caller says which).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -21,7 +23,7 @@ from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
-from labkit.jobs.base import Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name
+from labkit.jobs.base import JOB_KINDS, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, check_kind
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     FATAL_EVENTS,
@@ -41,11 +43,7 @@ from labkit.jobs.k8s_objects import (
 from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
-TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (only listed, deleted)
-
-
-def BATCH_JOBS(ns: str) -> str:  # noqa: N802 - a path, like MPIJOBS
-    return f"/apis/batch/v1/namespaces/{ns}/jobs"
+TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
 
 
 LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"
@@ -253,7 +251,8 @@ class KubernetesBackend(JobBackend):
         """The operator's batch/v1 Job `<name>-launcher`: None before every worker is Ready (WaitForWorkersReady)
         and after its ttlSecondsAfterFinished."""
         try:
-            return self._call(f"launcher Job of {ns}/{name}", self._rest, "GET", f"{BATCH_JOBS(ns)}/{name}-launcher")
+            path = f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-launcher"
+            return self._call(f"launcher Job of {ns}/{name}", self._rest, "GET", path)
         except JobNotFound:
             return None
 
@@ -279,9 +278,24 @@ class KubernetesBackend(JobBackend):
                 st.phase, st.message = "Running", f"launcher and {st.workers or 0} worker(s) ready"
         return st
 
-    def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
+    def _find(self, name: str, ns: str, kind: str | None = None) -> tuple[str, dict]:
+        """(kind, object) of the job of that name and kind; with None the MPIJob or the TrainJob, never a guess."""
+        kinds, found = ([kind] if check_kind(kind) else list(JOB_KINDS)), {}
+        for each in kinds:
+            with contextlib.suppress(JobNotFound):  # also where that kind's API is not installed (404)
+                found[each] = self._kubeflow_job("GET", ns, name, kind=each)
+        if not found:
+            raise JobNotFound(f"no {' or '.join(kinds)} named {name!r} in namespace {ns}")
+        if len(found) > 1:
+            problem = f"an MPIJob and a TrainJob are both named {name!r} in namespace {ns}"
+            raise ConfigError("kind", problem, "say which: --kind MPIJob or --kind TrainJob (Python: kind=)")
+        return next(iter(found.items()))
+
+    def status(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> JobStatus:
         ns = namespace or self.namespace
-        obj = self._kubeflow_job("GET", ns, check_job_name(name))
+        kind, obj = self._find(check_job_name(name), ns, kind)
+        if kind == "TrainJob":
+            return trainjob_status(obj, self.name)
         return self._status_of(obj, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
@@ -362,7 +376,7 @@ class KubernetesBackend(JobBackend):
             pods = {p.metadata.name: p for p in listing.items}
             st = self._status_of(obj, list(pods.values()))
             if st.ready:
-                return self.status(name, namespace=ns)
+                return self.status(name, namespace=ns, kind="MPIJob")
             some_missing = len(pods) < (st.workers or 1) + 1  # the operator may be refused pods: ask its events
             self._raise_if_hopeless(name, ns, st, list(pods.values()), job_events=some_missing)
             remaining = end - time.monotonic()
@@ -386,7 +400,7 @@ class KubernetesBackend(JobBackend):
                         del pods[pod.metadata.name]
                     st = self._status_of(obj, list(pods.values()))
                     if st.ready:
-                        return self.status(name, namespace=ns)
+                        return self.status(name, namespace=ns, kind="MPIJob")
                     self._raise_if_hopeless(name, ns, st, list(pods.values()))
                     if time.monotonic() > end:
                         break
@@ -417,6 +431,7 @@ class KubernetesBackend(JobBackend):
 
     def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
         from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream.ws_client import ERROR_CHANNEL
 
         base.check_exec_args(argv, timeout)
         ns = namespace or self.namespace
@@ -437,7 +452,7 @@ class KubernetesBackend(JobBackend):
                         f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped"
                     )
             self._drain(ws, on_output)
-            return self._exit_code(ws)
+            return exec_exit_code(ws.read_channel(ERROR_CHANNEL))
         except BaseException:
             # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
             with interrupts_deferred():
@@ -457,12 +472,6 @@ class KubernetesBackend(JobBackend):
             if text and on_output:
                 on_output(text)
 
-    @staticmethod
-    def _exit_code(ws) -> int:
-        from kubernetes.stream.ws_client import ERROR_CHANNEL
-
-        return exec_exit_code(ws.read_channel(ERROR_CHANNEL))
-
     # -- logs, delete ----------------------------------------------------------------------------------------------
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         ns = namespace or self.namespace
@@ -470,28 +479,19 @@ class KubernetesBackend(JobBackend):
         if not pods:
             raise JobNotFound(f"MPIJob {ns}/{name} has no launcher pod")
         pod, read = pods[0], self._core().read_namespaced_pod_log
-        return self._call(
-            f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=pod.spec.containers[0].name
-        )
+        container = pod.spec.containers[0].name
+        return self._call(f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=container)
 
-    def delete_listed(self, st: JobStatus) -> bool:
-        """A TrainJob: Foreground deletion (its JobSet, Jobs and pods go first), not waited for."""
-        if st.kind == "MPIJob":
-            return self.delete(st.name, namespace=st.namespace)
+    def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
+        """Foreground: an MPIJob's pods go first (waited for); a TrainJob's JobSet, Jobs, pods too (not waited for)."""
+        ns, name = namespace or self.namespace, check_job_name(name)
         try:
-            self._kubeflow_job("DELETE", st.namespace, st.name, kind=st.kind, body={"propagationPolicy": "Foreground"})
-        except JobNotFound:
-            return False
-        return True
-
-    def delete(self, name: str, *, namespace: str | None = None) -> bool:
-        ns = namespace or self.namespace
-        try:
-            self._kubeflow_job("DELETE", ns, check_job_name(name), body={"propagationPolicy": "Foreground"})
+            kind = check_kind(kind) or self._find(name, ns)[0]
+            self._kubeflow_job("DELETE", ns, name, kind=kind, body={"propagationPolicy": "Foreground"})
         except JobNotFound:
             return False
         end = time.monotonic() + DELETE_WAIT_S
-        while time.monotonic() < end:  # foreground: the object goes once its pods are gone
+        while kind == "MPIJob" and time.monotonic() < end:  # foreground: the MPIJob goes once its pods are gone
             try:
                 self._kubeflow_job("GET", ns, name)
             except JobNotFound:

@@ -79,17 +79,17 @@ def default_jobs_dir() -> Path:
     return Path(state) / "labkit" / "jobs"
 
 
-def shared_dir(job_dir: Path) -> Path:
+def shared_dir(namespace_dir: Path) -> Path:
     """The local stand-in for the kit's PVC: one folder per namespace, shared by its jobs and kept after them
     (`_shared`: no job is named so, job names have no '_')."""
-    return job_dir.parent / "_shared"
+    return namespace_dir / "_shared"
 
 
 def map_paths(argv: list[str], job_dir: Path) -> list[str]:
     """The cluster's paths in a command pointed at this job's stand-ins, so the same commands run on both backends:
     /etc/mpi/hostfile at its own hostfile, the shared volume's /shared at shared_dir. An argument of several lines
     is data (a file's content written through exec) and stays as it is."""
-    mounts = {CLUSTER_HOSTFILE: str(job_dir / "hostfile"), CLUSTER_SHARED: str(shared_dir(job_dir))}
+    mounts = {CLUSTER_HOSTFILE: str(job_dir / "hostfile"), CLUSTER_SHARED: str(shared_dir(job_dir.parent))}
     mapped = []
     for arg in argv:
         for path, target in mounts.items() if "\n" not in arg else ():

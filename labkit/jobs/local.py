@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
@@ -42,6 +42,7 @@ from labkit.jobs.launcher import (
 )
 from labkit.procs import interrupts_deferred
 
+LOCAL_KIND_FIX = "leave it out: local jobs are MPIJobs (TrainJobs run on a cluster: --backend kubernetes)"
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 # Commands that start ranks (checked against the devices here).
 LAUNCHERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
@@ -105,12 +106,19 @@ class LocalBackend(JobBackend):
         check_ranks_fit("workers", workers * slots, picked)
         return ACCELERATOR_OF[picked], workers, why
 
+    def namespace_dir(self, namespace: str | None = None) -> Path:
+        return self.root / base.check_namespace(namespace or self.namespace)
+
     def job_dir(self, name: str, namespace: str | None = None) -> Path:
-        return self.root / base.check_namespace(namespace or self.namespace) / name
+        return self.namespace_dir(namespace) / name
 
     def shared_path(self, path: str, namespace: str | None = None) -> Path:
-        """Where a path under the jobs' /shared (the cluster's PVC) lies here, e.g. to read what ranks wrote."""
-        return Path(map_paths([path], self.job_dir("x", namespace))[0])
+        """Where a path under the jobs' /shared (the cluster's PVC) lies here, e.g. to read what ranks wrote; any
+        other path is no volume's and comes back as it is."""
+        inside = PurePosixPath(path)
+        if not inside.is_relative_to(base.CLUSTER_SHARED):
+            return Path(path)
+        return shared_dir(self.namespace_dir(namespace)) / inside.relative_to(base.CLUSTER_SHARED)
 
     def _checked_root(self, create: bool = False) -> bool:
         """Whether the jobs folder exists (made 0700 when `create`); a ConfigError when another user could have
@@ -158,7 +166,7 @@ class LocalBackend(JobBackend):
             raise ConfigError("name", f"{ref} is being created right now", "pick another name, or delete it") from None
         for sub in ("execs", "workdir", "bin"):
             (d / sub).mkdir()
-        shared_dir(d).mkdir(mode=0o700, exist_ok=True)
+        shared_dir(d.parent).mkdir(mode=0o700, exist_ok=True)
         (d / "bin" / "ssh").write_text(SSH_SHIM)
         (d / "bin" / "ssh").chmod(0o755)
         (d / "manifest.yaml").write_text(manifests.to_yaml(manifests.render_all(spec)))
@@ -230,7 +238,8 @@ class LocalBackend(JobBackend):
             st.phase, st.message = "Failed", "launcher never started"
         return st
 
-    def status(self, name: str, *, namespace: str | None = None) -> JobStatus:
+    def status(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> JobStatus:
+        base.check_kind(kind, ("MPIJob",), LOCAL_KIND_FIX)
         return self._status_from_dir(self._existing_dir(name, namespace))
 
     def wait_ready(self, name: str, *, timeout: float = 300.0, namespace: str | None = None) -> JobStatus:
@@ -327,7 +336,8 @@ class LocalBackend(JobBackend):
         log = self._existing_dir(name, namespace) / "launcher.log"
         return log.read_text(errors="replace") if log.is_file() else ""
 
-    def delete(self, name: str, *, namespace: str | None = None) -> bool:
+    def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
+        base.check_kind(kind, ("MPIJob",), LOCAL_KIND_FIX)
         d = self.job_dir(base.check_job_name(name), namespace)
         if not self._checked_root() or not self._ours(d):
             return False
@@ -359,7 +369,7 @@ class LocalBackend(JobBackend):
         if not self._checked_root():
             return []
         self._collect_garbage()
-        ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.job_dir("x", namespace).parent]
+        ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.namespace_dir(namespace)]
         out: list[JobStatus] = []
         for job_file in (f for ns_dir in ns_dirs for f in sorted(ns_dir.glob("*/job.json"))):
             if not self._ours(job_file.parent):  # a job another user planted is not listed, read or signalled

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.launch import init_deepspeed, rank_guard
+from labkit.launch import init_deepspeed, rank_guard, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
 
 COLLECTIVE_TIMEOUT_S = 300  # a dead peer ends a collective's wait instead of blocking for ever
@@ -74,8 +74,7 @@ def train(args) -> None:
 
     import torch
 
-    if os.environ.get("LOCAL_WORLD_SIZE"):  # torchrun (accelerate's local launcher) leaves LOCAL_SIZE unset
-        os.environ.setdefault("LOCAL_SIZE", os.environ["LOCAL_WORLD_SIZE"])
+    set_local_size()  # before DeepSpeed's accelerator is asked (torchrun, accelerate's local launcher, leaves it unset)
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from accelerate import Accelerator
