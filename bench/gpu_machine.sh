@@ -5,7 +5,8 @@
 #   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
 #   bash bench/gpu_machine.sh split S "ARGS1" "ARGS2"...  pytest groups side by side (each its own session, so the
 #                                          leak checks see only their own processes), stopped with ^C after S seconds
-#                                          (pytest then still prints its summary); per group $OUT/gN.log, $OUT/gN.xml
+#                                          (pytest then still prints its summary); per group $OUT/gN.log, $OUT/gN.xml;
+#                                          a group "!CMD" runs CMD (a benchmark) instead
 #   bash bench/gpu_machine.sh cmd CMD...   any command in the same environment (e.g. a benchmark)
 # The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
@@ -52,6 +53,10 @@ split() {
     secs=$1; shift; start=$(date +%s); n=0
     for group in "$@"; do
         n=$((n + 1))
+        if [ "${group:0:1}" = "!" ]; then  # "!CMD": a shell command (e.g. a benchmark) beside the test groups
+            timeout -s INT -k 30 "$secs" bash -c "${group:1}" > "$OUT/g$n.log" 2>&1 &
+            continue
+        fi
         # shellcheck disable=SC2086 # a group is a word list of pytest arguments
         timeout -s INT -k 30 "$secs" python3 -m pytest -v -rfE -p no:cacheprovider --timeout 300 \
           --junitxml "$OUT/g$n.xml" $group > "$OUT/g$n.log" 2>&1 &

@@ -388,8 +388,7 @@ def rank_and_world() -> tuple[int, int]:
 def set_local_size() -> str | None:
     """LOCAL_SIZE (the ranks on this host) from the launcher's count when unset: DeepSpeed's CPU accelerator counts
     its devices by it; torchrun sets only LOCAL_WORLD_SIZE, mpirun only OMPI_COMM_WORLD_LOCAL_SIZE. The value now."""
-    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
-    if local:
+    if local := os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE"):
         os.environ.setdefault("LOCAL_SIZE", local)
     return os.environ.get("LOCAL_SIZE")
 
@@ -403,10 +402,14 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     from datetime import timedelta
 
     device = device or os.environ.get("DS_ACCELERATOR") or pick_device("auto")
-    os.environ.setdefault("DS_ACCELERATOR", device)
+    # Whatever an earlier run in this process named: DeepSpeed's first accelerator would keep a CUDA run on the CPU.
+    os.environ["DS_ACCELERATOR"] = device
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|deepspeed)\b")
     import deepspeed
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator, real_accelerator
+
+    if real_accelerator.ds_accelerator is not None and real_accelerator.ds_accelerator.device_name() != device:
+        real_accelerator.ds_accelerator = None  # chosen again from DS_ACCELERATOR at the next get_accelerator()
     from deepspeed.utils import logger
 
     logger.setLevel(logging.INFO if verbose else logging.ERROR)  # e.g. a scheduler read before its first step
@@ -414,11 +417,9 @@ def init_deepspeed(device: str = "", *, timeout_s: float | None = None, verbose:
     if shm_op is not None:
         with silenced_fds():
             compatible = deepspeed.ops.__compatible_ops__  # computed on first access, then the one cached dict
-        # Left compatible, every CPU rank JIT-compiles this shared-memory op (~60 s on 2 cores) under torch's file lock,
-        # which has no owner: a rank killed while building left it behind and later runs waited for ever (a CI set-up
-        # hung 90 min). The op serves only inference_all_reduce (tensor-parallel inference); training all-reduces go
-        # through gloo either way. DeepSpeed builds it only while marked compatible (deepspeed/comm/torch.py,
-        # build_shm_op), so the kit compiles nothing.
+        # Left compatible, every CPU rank JIT-compiles this op (~60 s on 2 cores) under torch's ownerless file lock (a
+        # rank killed mid-build once hung a CI set-up 90 min). It serves only tensor-parallel inference: DS builds
+        # it only while marked compatible (deepspeed/comm/torch.py, build_shm_op), so the kit compiles nothing.
         compatible[shm_op.NAME] = False
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # started plainly: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", MASTER_ADDR="127.0.0.1")

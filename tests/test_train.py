@@ -343,7 +343,8 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
     import socket
 
     plan = cifar.plan(epochs=1, world_size=2, launcher=launcher, checkpoint_dir=str(tmp_path), **TINY)
-    assert plan.command[0].endswith("deepspeed") if launcher == "openmpi" else plan.command[0] == "mpirun"
+    expected = launch.deepspeed_executable() if launcher == "openmpi" else ["mpirun"]  # the runner's form varies
+    assert plan.command[: len(expected)] == expected
     # DeepSpeed's MPI discovery replaces MASTER_PORT with 29500 unless told otherwise: hold that port so a run
     # that ignores the launcher's free port fails here, not only when another job happens to hold it
     blocker = socket.socket()
@@ -518,3 +519,15 @@ def test_the_epoch_edge_sentence_follows_the_runs_losses():
     )
     assert cifar.epoch_edge_note(steps([[2.0, 1.0], [0.98, 0.9]])).startswith("No saw-tooth")
     assert "no epoch edge" in cifar.epoch_edge_note(steps([[2.0, 1.0]]))
+
+
+@pytest.mark.slow
+def test_an_in_process_run_uses_the_device_it_asks_for_whatever_an_earlier_run_named(monkeypatch):
+    """A kernel or test session that ran on one device before: DS_ACCELERATOR still names it. On the GPU machine a CUDA
+    run after a CPU one kept DeepSpeed's CPU accelerator, and NCCL could not broadcast the model left on the CPU."""
+    from deepspeed.accelerator import get_accelerator
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda" if devices.pick_device("auto") == "cpu" else "cpu")
+    small = dict(synthetic=True, synthetic_train=128, synthetic_test=64, model="lenet", epochs=1, micro_batch=64)
+    run = train.run_in_process(train.TrainConfig(**small, device="auto", progress=False))
+    assert run["device"] == devices.pick_device("auto") == get_accelerator().device_name()
