@@ -181,7 +181,8 @@ try:  # optional: interactive version of the same calculator (JupyterLab); the c
     import ipywidgets as w
 
     def _show(params, dtype, stage, n, device):
-        print("\n".join(sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]))
+        lines = sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]
+        display(Markdown("```\n" + "\n".join(lines) + "\n```"))
 
     w.interact(_show, params=w.Text(calc_params), dtype=list(memory.TRAIN_DTYPES), stage=w.IntSlider(calc_stage, 0, 3),
                n=w.IntSlider(calc_world_size, 1, 512), device=list(sizing.DEVICE_MEMORY_GB))

@@ -108,6 +108,18 @@ def test_cell_timeout_and_dead_kernel_are_reported_like_failures(tmp_path):
     assert "DeadKernelError" in runs[1].error
 
 
+def test_labkit_run_limits_every_cell_by_default_and_refuses_a_negative_limit(monkeypatch, tmp_path, capsys):
+    # An upstream client can wait for ever on a reply a kernel never sends (seen on the GPU machine at a widget cell):
+    # the CLI always hands papermill a per-cell limit unless told 0.
+    seen = []
+    monkeypatch.setattr(notebooks, "run_all", lambda *a, **k: seen.append(k["timeout"]) or (tmp_path, []))
+    for flags, expected in (([], 900.0), (["--timeout", "60"], 60.0), (["--timeout", "0"], None)):
+        main(["run", "00", "--out", str(tmp_path / "r"), *flags])
+        assert seen.pop() == expected
+    assert main(["run", "00", "--timeout", "-1", "--out", str(tmp_path / "r")]) == 2
+    assert "timeout" in capsys.readouterr().err and not seen
+
+
 def test_params_command_lists_types(good, capsys):
     assert main(["params", str(good)]) == 0
     out = capsys.readouterr().out

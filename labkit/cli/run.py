@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from labkit import notebooks, suites
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, check_number
+
+CELL_TIMEOUT_S = 900.0  # nothing waits for ever: an upstream client can miss a reply (nbclient issue 312, widgets)
 
 
 def register(subparsers) -> None:
@@ -17,7 +19,9 @@ def register(subparsers) -> None:
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--backend", choices=["local", "kubernetes"], help="for notebooks with a `backend` parameter")
     run.add_argument("--test-params", action="store_true", help="use each notebook's small labkit.test_parameters")
-    run.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
+    run.add_argument("--timeout", type=float, default=CELL_TIMEOUT_S,
+                     help=f"per-cell limit in seconds (default {CELL_TIMEOUT_S:.0f}: a cell running longer has hung; "
+                          "the run names it); 0 for none")  # fmt: skip
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
     run.add_argument(
         "--screenshots", type=Path, help="show these browser screenshots in the report (make e2e writes runs/e2e)"
@@ -25,6 +29,11 @@ def register(subparsers) -> None:
     run.add_argument("--suite", type=Path, help="a regression suite (regression/*.yaml): notebooks, parameters, checks")
     run.add_argument("--junit", type=Path, help="with --suite: write JUnit XML here (a testcase per run and per check)")
     run.set_defaults(func=_run)
+
+
+def _cell_timeout(args: argparse.Namespace) -> float | None:
+    check_number("timeout", args.timeout, 0.0, "pass seconds per cell, or 0 for no limit")
+    return args.timeout or None
 
 
 def _run_suite(args: argparse.Namespace) -> int:
@@ -36,7 +45,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         for entry in suite.entries:
             if "backend" in notebooks.declared_parameters(entry.notebook):
                 entry.parameters.setdefault("backend", args.backend)
-    options = {"timeout": args.timeout, "log_output": args.log_output}
+    options = {"timeout": _cell_timeout(args), "log_output": args.log_output}
     run_dir, result = suites.run_suite(suite, out_dir=args.out, **options)
     if args.junit:
         args.junit.write_text(suites.junit_xml(result))
@@ -62,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("screenshots", f"{args.screenshots} is not a folder", "run `make e2e` first (runs/e2e)")
     selected = notebooks.select(args.notebooks) if args.notebooks else notebooks.discover()
     optional = {"backend": args.backend} if args.backend else {}
-    options = {"timeout": args.timeout, "log_output": args.log_output, "use_test_parameters": args.test_params}
+    options = {"timeout": _cell_timeout(args), "log_output": args.log_output, "use_test_parameters": args.test_params}
     run_dir, runs = notebooks.run_all(
         selected, dict(args.parameter or []), out_dir=args.out, optional=optional, **options
     )

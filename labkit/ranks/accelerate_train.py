@@ -69,9 +69,18 @@ def build_model(hidden: int, layers: int, vocab: int, seq: int):
     return LlamaForCausalLM(config)
 
 
+def hide_gpus_from_cpu_ranks(env) -> None:
+    """CPU ranks on a GPU host: DeepSpeed's launcher sets CUDA_VISIBLE_DEVICES to the rank ids even for its CPU
+    accelerator (deepspeed/accelerator/cpu_accelerator.py, set_visible_devices_envs), and accelerate would then put
+    rank N on cuda:N (there is no cuda:1 on a 1-GPU machine). Before torch is imported."""
+    if env.get("DS_ACCELERATOR") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def train(args) -> None:
     from datetime import timedelta
 
+    hide_gpus_from_cpu_ranks(os.environ)
     import torch
 
     set_local_size()  # before DeepSpeed's accelerator is asked (torchrun, accelerate's local launcher, leaves it unset)
