@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit import shared_volume
 from labkit.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -30,6 +31,11 @@ KEY_ENV, KEY_FILE = "LABKIT_CHECKPOINT_KEY", "checkpoint.key"
 # pod env, but do see this file). Pods share uid 1000 and the volume, so a key file there would protect nothing.
 MOUNTED_KEY = Path("/var/run/labkit/checkpoint/key")
 _NO_KEY_FIX = f"resume with the key the run was written with (${KEY_ENV}, or DIR/{KEY_FILE}), or start a fresh run"
+_UNWRITABLE_FIX = (
+    f"a cluster job writes only its own {shared_volume.run_dir('<job>')} (kubelet makes it when missing, on some "
+    f"storage as root's): make it from the lab first (mkdir {shared_volume.run_dir('<job>')}, or submit from there) "
+    "and resubmit; elsewhere pass a folder you can write"
+)
 
 
 def _sha256(path: Path) -> str:
@@ -39,6 +45,19 @@ def _sha256(path: Path) -> str:
 
 def tag_of(step: int) -> str:
     return f"step{step:08d}"
+
+
+def check_writable(checkpoint_dir: str | Path) -> None:
+    """ConfigError, before any training, when this process cannot make files in checkpoint_dir (made when missing):
+    one line instead of a rank's traceback at its first save."""
+    folder = Path(checkpoint_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        problem = f"cannot write in {folder} as uid {os.geteuid()} ({exc.strerror})"
+        raise ConfigError("checkpoint_dir", problem, _UNWRITABLE_FIX) from None
 
 
 def run_key(checkpoint_dir: str | Path, create: bool = False) -> bytes:
