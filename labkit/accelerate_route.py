@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labkit import launch, memory
+from labkit import launch, memory, shared_volume
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
-from labkit.manifests.render import SHARED_RUNS
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names; "no" = fp32
@@ -240,10 +239,10 @@ class TrainPlan:
 
 
 def job_run_dir(job_name: str) -> str:
-    """A job's accelerate run folder (its config and per-rank reports): the job's own folder on the shared volume,
-    which every pod of the job mounts at /shared (manifests/jobs/interactive), launcher and workers alike; a local
-    job maps /shared onto a folder of its own (LocalBackend.shared_path)."""
-    return f"{SHARED_RUNS}/{job_name}/accelerate"
+    """A job's accelerate run folder (its config and per-rank reports): in the job's own folder of the shared volume,
+    which every pod of the job mounts read-write at /shared/runs/<job> (manifests/jobs/interactive), launcher and
+    workers alike; a local job maps /shared onto a folder of its own (LocalBackend.shared_path)."""
+    return f"{shared_volume.run_dir(job_name)}/accelerate"
 
 
 def job_command(plan: TrainPlan, job, *, port: int | None = None) -> list[str]:

@@ -3,7 +3,9 @@
 A save writes every rank's files, then rank 0 writes COMPLETE.json (size and sha256 of every file) last and atomically,
 so a resume skips a partial or corrupt newest checkpoint and takes the one before. Resuming unpickles (DeepSpeed loads
 with weights_only=False), so COMPLETE.json carries an HMAC keyed by the run's own secret (run_key), checked before any
-file is read: a manifest rewritten without the key, or another run's checkpoint, is refused.
+file is read: a manifest rewritten without the key, or another run's checkpoint, is refused. The files are hashed while
+they are copied into a private folder of the rank, and DeepSpeed loads that copy: a file swapped on the (shared) disk
+after the check is never what gets unpickled.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import os
 import secrets
 import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from labkit import shared_volume
 from labkit.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -25,6 +31,11 @@ KEY_ENV, KEY_FILE = "LABKIT_CHECKPOINT_KEY", "checkpoint.key"
 # pod env, but do see this file). Pods share uid 1000 and the volume, so a key file there would protect nothing.
 MOUNTED_KEY = Path("/var/run/labkit/checkpoint/key")
 _NO_KEY_FIX = f"resume with the key the run was written with (${KEY_ENV}, or DIR/{KEY_FILE}), or start a fresh run"
+_UNWRITABLE_FIX = (
+    f"a cluster job writes only its own {shared_volume.run_dir('<job>')} (kubelet makes it when missing, on some "
+    f"storage as root's): make it from the lab first (mkdir {shared_volume.run_dir('<job>')}, or submit from there) "
+    "and resubmit; elsewhere pass a folder you can write"
+)
 
 
 def _sha256(path: Path) -> str:
@@ -34,6 +45,19 @@ def _sha256(path: Path) -> str:
 
 def tag_of(step: int) -> str:
     return f"step{step:08d}"
+
+
+def check_writable(checkpoint_dir: str | Path) -> None:
+    """ConfigError, before any training, when this process cannot make files in checkpoint_dir (made when missing):
+    one line instead of a rank's traceback at its first save."""
+    folder = Path(checkpoint_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        problem = f"cannot write in {folder} as uid {os.geteuid()} ({exc.strerror})"
+        raise ConfigError("checkpoint_dir", problem, _UNWRITABLE_FIX) from None
 
 
 def run_key(checkpoint_dir: str | Path, create: bool = False) -> bytes:
@@ -97,25 +121,77 @@ def write_manifest(tag_dir: Path, meta: dict, key: bytes) -> None:
     os.replace(tmp, tag_dir / COMPLETE_MARKER)
 
 
-def verify(tag_dir: Path, key: bytes) -> tuple[bool, str]:
-    """(ok, reason): a checkpoint is usable when its manifest exists and every file matches it. A manifest that the
-    run's key did not sign raises ConfigError: rewritten, or another run's (an older one would be refused alike)."""
+def _signed_manifest(tag_dir: Path, key: bytes) -> tuple[dict | None, str]:
+    """(manifest, "ok") read once, or (None, why) when there is none to read. A manifest that the run's key did not
+    sign raises ConfigError: rewritten, or another run's (an older one would be refused alike)."""
     try:
         manifest = json.loads((tag_dir / COMPLETE_MARKER).read_text())
     except FileNotFoundError:
-        return False, "no COMPLETE.json (the save did not finish)"
+        return None, "no COMPLETE.json (the save did not finish)"
     except (OSError, ValueError) as exc:
-        return False, f"unreadable manifest ({exc})"
+        return None, f"unreadable manifest ({exc})"
     if not isinstance(manifest, dict) or not hmac.compare_digest(str(manifest.get("hmac")), _signature(manifest, key)):
         problem = f"{tag_dir / COMPLETE_MARKER} is not signed with this run's key (rewritten, or another run's)"
         raise ConfigError("checkpoint_dir", problem, _NO_KEY_FIX)
-    for rel, (size, digest) in manifest.get("files", {}).items():
+    if not manifest.get("files"):
+        return None, "the manifest lists no files"
+    return manifest, "ok"
+
+
+def verify(tag_dir: Path, key: bytes) -> tuple[bool, str]:
+    """(ok, reason): a checkpoint is usable when its signed manifest exists and every file on disk matches it (a check
+    of the folder as it is now; resume checks the copy it loads instead, see verified_copy)."""
+    manifest, reason = _signed_manifest(tag_dir, key)
+    for rel, (size, digest) in (manifest or {}).get("files", {}).items():
         p = tag_dir / rel
         if not p.is_file():
             return False, f"{rel} is missing"
         if p.stat().st_size != size or _sha256(p) != digest:
             return False, f"{rel} does not match its checksum (corrupt or truncated)"
-    return (True, "ok") if manifest.get("files") else (False, "the manifest lists no files")
+    return manifest is not None, reason
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[int, str] | None:
+    """Copy src to the new file dst; (size, sha256) of exactly the bytes written, or None when src is no plain file
+    (missing, a symlink: never followed, a fifo: never waited on)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        with open(dst, "xb") as out:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def verified_copy(tag_dir: Path, key: bytes, dest: Path) -> tuple[dict | None, str]:
+    """Copy a checkpoint's files into dest, hashing what is written: (manifest, "ok") when every copy matches the
+    signed manifest, else (None, why). Loading dest then unpickles exactly the bytes that were checked, whatever
+    happens to tag_dir meanwhile (a check of tag_dir followed by a load from it would leave that window open)."""
+    manifest, reason = _signed_manifest(tag_dir, key)
+    for rel, (size, digest) in (manifest or {}).get("files", {}).items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return None, f"{rel} is not a path inside the checkpoint"
+        copied = _copy_hashed(tag_dir / rel, dest / rel)
+        if copied is None:
+            return None, f"{rel} is missing or not a plain file"
+        if copied != (size, digest):
+            return None, f"{rel} does not match its checksum (corrupt or truncated)"
+    return manifest, reason
+
+
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A folder only this user can enter (mkdtemp: 0700) under $TMPDIR, removed on leaving, on failure too."""
+    with tempfile.TemporaryDirectory(prefix="labkit-resume-") as path:
+        yield Path(path)
 
 
 def tags(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
@@ -165,19 +241,27 @@ def save(engine, checkpoint_dir: str, step: int, meta: dict, keep: int, say) -> 
 
 
 def resume(engine, checkpoint_dir: str, world: int, stage: int, say) -> int | None:
-    """Load the newest complete checkpoint into `engine`; its step, or None when there is none."""
-    found = latest_complete(checkpoint_dir, log=say)
-    if found is None:
-        say(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
-        return None
-    step, path = found
-    written_by = json.loads((path / COMPLETE_MARKER).read_text()).get("world_size")
+    """Load the newest complete checkpoint into `engine` from a verified private copy; its step, or None."""
+    key = run_key(checkpoint_dir)
+    for step, path in tags(checkpoint_dir):
+        with private_dir() as copy_root:
+            manifest, reason = verified_copy(path, key, copy_root / path.name)
+            if manifest is None:
+                say(f"checkpoint {path.name} skipped: {reason}")
+                continue
+            _check_world(manifest, path, world, stage)
+            if engine.load_checkpoint(str(copy_root), tag=path.name)[0] is None:
+                raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+            return step
+    say(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
+    return None
+
+
+def _check_world(manifest: dict, path: Path, world: int, stage: int) -> None:
+    written_by = manifest.get("world_size")
     if written_by != world and stage > 0:
         raise ConfigError(
             "world_size",
             f"checkpoint {path.name} was written by {written_by} ranks at ZeRO-{stage} (partitioned state)",
             f"resume with {written_by} ranks, or use a new checkpoint_dir",
         )
-    if engine.load_checkpoint(checkpoint_dir, tag=path.name)[0] is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
-    return step

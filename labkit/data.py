@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labkit import shared_volume
 from labkit.errors import ConfigError, LabkitError
 
 FOLDER = "cifar-10-batches-py"
@@ -47,6 +48,16 @@ PROVIDE_DATA_FIX = (
     "PVC), or download it on a machine with network access (`labkit data download --dest DIR`), or train on "
     "synthetic data (synthetic=True / `--synthetic`)"
 )
+# A job's pods mount the shared inputs read-only (labkit.shared_volume): only the lab can put the data there.
+SHARED_DATA_FIX = (
+    f"run `labkit data download --dest {shared_volume.DATA_DIR}` (or `labkit data synth --dest "
+    f"{shared_volume.DATA_DIR}`) in the lab first: jobs mount {shared_volume.DATA_DIR} read-only"
+)
+
+
+def _provide_fix(path: Path) -> str:
+    inputs = shared_volume.DATA_DIR
+    return SHARED_DATA_FIX if str(path) == inputs or str(path).startswith(inputs + "/") else PROVIDE_DATA_FIX
 
 
 class DataFormatError(LabkitError):
@@ -104,7 +115,7 @@ def _load_pickle(path: Path) -> dict:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError("data_dir", f"{path.name} is missing from {path.parent}", PROVIDE_DATA_FIX) from None
+        raise ConfigError("data_dir", f"{path.name} is missing from {path.parent}", _provide_fix(path)) from None
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or refused content
@@ -147,8 +158,8 @@ def find_folder(data_dir: str | Path) -> Path:
         if (candidate / TEST_FILE).is_file() or (candidate / META_FILE).is_file():
             return candidate
     if not base.exists():
-        raise ConfigError("data_dir", f"{base} does not exist", PROVIDE_DATA_FIX)
-    raise ConfigError("data_dir", f"no CIFAR-10 batches in {base} or {base / FOLDER}", PROVIDE_DATA_FIX)
+        raise ConfigError("data_dir", f"{base} does not exist", _provide_fix(base))
+    raise ConfigError("data_dir", f"no CIFAR-10 batches in {base} or {base / FOLDER}", _provide_fix(base))
 
 
 def load(data_dir: str | Path) -> CifarArrays:

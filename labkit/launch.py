@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS, pick_device
-from labkit.errors import ConfigError, LaunchError, check_choice, check_int
+from labkit.errors import ConfigError, LabkitError, LaunchError, check_choice, check_int
 from labkit.procs import own_tmpdir, silenced_fds, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
@@ -478,9 +478,10 @@ def shutdown_distributed(in_step: bool = True) -> None:
 @contextlib.contextmanager
 def rank_guard() -> Iterator[None]:
     """The one error report and teardown of a rank script. An uncaught error becomes one tagged line that `run` reports
-    (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback; under mpirun the failed rank then aborts the whole
-    job (a normal exit would wait in MPI_Finalize for peers that may be waiting for it). Either way the process group
-    is shut down in order before the interpreter exits (`shutdown_distributed`)."""
+    (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback, but a LabkitError (which names the field and the fix
+    already) that line alone; under mpirun the failed rank then aborts the whole job (a normal exit would wait in
+    MPI_Finalize for peers that may be waiting for it). Either way the process group is shut down in order before the
+    interpreter exits (`shutdown_distributed`)."""
     rank, world = rank_and_world()
     failed = False
     try:
@@ -488,13 +489,16 @@ def rank_guard() -> Iterator[None]:
     except BaseException as exc:
         if failed := not isinstance(exc, SystemExit) or exc.code not in (0, None):
             sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
-            traceback.print_exc()  # --tag-output would glue another rank's text onto a line written in two parts
+            if not isinstance(exc, LabkitError):  # --tag-output would glue another rank's text onto a line in two parts
+                traceback.print_exc()
             sys.stdout.flush()
             sys.stderr.flush()
             if world > 1 and "OMPI_COMM_WORLD_SIZE" in os.environ and "mpi4py" in sys.modules:
                 from mpi4py import MPI
 
                 MPI.COMM_WORLD.Abort(1)
+        if failed and isinstance(exc, LabkitError):
+            raise SystemExit(1) from None  # its line said it all: no traceback when the interpreter exits
         raise
     finally:
         shutdown_distributed(in_step=not failed)

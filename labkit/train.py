@@ -120,6 +120,7 @@ class TrainConfig:
             fix = "pass resume=True (--resume) to continue that run, or choose an empty folder"
             raise ConfigError("checkpoint_dir", problem, fix)
         if cfg.checkpoint_dir:  # the key that signs (and on resume: checks) the run's checkpoints, before any training
+            checkpoint.check_writable(cfg.checkpoint_dir)
             checkpoint.run_key(cfg.checkpoint_dir, create=not cfg.resume)
         if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
             raise ConfigError(

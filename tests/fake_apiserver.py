@@ -11,8 +11,8 @@ Implemented (only what the kit's job backend uses):
   * exec: WebSocket upgrade (RFC 6455 framing, written here with the standard library), subprotocol
     v5.channel.k8s.io when offered (else v4), stdout/stderr on channels 1/2, the exit status as a Status JSON on
     channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
-    job's operator-format hostfile, a PVC's mountPath such as /shared to one directory per claim). As in a real
-    cluster, closing the stream does NOT stop the command.
+    job's operator-format hostfile, a PVC's mountPath such as /shared/runs/<job> to one directory per claim, or its
+    subPath folder in it). As in a real cluster, closing the stream does NOT stop the command.
   * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
     (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base (rbac.yaml,
     node-reader/) is enforced on EVERY request before anything else (tests/fake_rbac.py), and
@@ -303,15 +303,27 @@ class FakeApiServer:
         return path
 
     def claim_mounts(self, ns: str, job_name: str, role: str) -> dict[str, str]:
-        """mountPath -> claim_dir for each PVC volume the job's `role` pod template mounts (its first container:
-        the one exec runs in), so a file one exec writes under /shared the next one reads, as on the volume."""
+        """mountPath -> the claim_dir folder (its subPath, if any) for each PVC mount of the job's `role` pod template
+        (its first container: the one exec runs in), so a file one exec writes under /shared the next one reads, as
+        on the volume. A missing subPath folder is made as kubelet makes it, with the mode of the volume's root
+        (pkg/kubelet/kubelet_pods.go makeMounts -> pkg/volume/util/subpath/subpath_linux.go doSafeMakeDir).
+        readOnly is not enforced: the command runs as this host's user."""
         job = self._job(ns, job_name) or {}
         replicas = (job.get("spec") or {}).get("mpiReplicaSpecs") or {}
         pod = ((replicas.get(role.capitalize()) or {}).get("template") or {}).get("spec") or {}
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []
                   if "persistentVolumeClaim" in v}  # fmt: skip
-        mounts = (pod.get("containers") or [{}])[0].get("volumeMounts") or []
-        return {m["mountPath"]: str(self.claim_dir(ns, claims[m["name"]])) for m in mounts if m["name"] in claims}
+        found = {}
+        for mount in (pod.get("containers") or [{}])[0].get("volumeMounts") or []:
+            if mount["name"] in claims:
+                root = self.claim_dir(ns, claims[mount["name"]])
+                parts = Path(mount.get("subPath", "")).parts
+                for folder in (root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)):
+                    if not folder.is_dir():
+                        folder.mkdir()
+                        folder.chmod(root.stat().st_mode & 0o7777)
+                found[mount["mountPath"]] = str(root.joinpath(*parts))
+        return found
 
     def _operator_sync(self, job: dict) -> None:
         """syncHandler: validate (ValidationError event, nothing created: the operator has no admission webhook),

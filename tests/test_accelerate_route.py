@@ -273,7 +273,8 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, cap
         mpijob = api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "acc")]
         launcher = mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
         assert launcher["containers"][0]["args"] == ["sleep", "infinity"]  # you exec the training into it
-        assert {"name": "shared", "mountPath": "/shared"} in launcher["containers"][0]["volumeMounts"]
+        own = {"name": "shared", "mountPath": "/shared/runs/acc", "subPath": "runs/acc"}  # the job's own folder only
+        assert own in launcher["containers"][0]["volumeMounts"] and plan.run_dir.startswith(own["mountPath"] + "/")
         assert mpijob["spec"]["slotsPerWorker"] == 2 and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
         job.wait_ready(20)
         for shape, field in (({"num_machines": 4}, "num_machines"), ({"num_processes": 2}, "num_processes")):
@@ -305,7 +306,7 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, cap
         assert result.ok, result.output
         # The file reached the job's volume byte for byte, and accelerate in the pod read it from there: DeepSpeed's
         # openmpi runner over the operator's hostfile, every slot of it (no --num_gpus), the rank script as a module.
-        volume = api.root / "workloads" / "pvc" / "labkit-shared"  # where the fake keeps the claim mounted at /shared
+        volume = api.root / "workloads" / "pvc" / "labkit-shared"  # where the fake keeps the claim (subPath runs/acc)
         assert written == "/shared/runs/acc/accelerate/accelerate_config.yaml"
         assert (volume / written.removeprefix("/shared/")).read_text() == cfg.to_yaml()
         (line,) = [x for x in result.output.splitlines() if x.startswith("LAUNCHES ")]

@@ -7,6 +7,7 @@ is all the rules use) on the kit's own jobs, which must pass, and on each attack
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 
@@ -17,8 +18,9 @@ import yaml
 from celpy import celtypes
 
 from labkit import manifests as m
+from labkit import shared_volume
 from labkit.devices import ACCELERATORS
-from labkit.manifests.checks import validate_objects
+from labkit.manifests.checks import JOB_VOLUME_TYPES, validate_objects
 
 ADMISSION = m.manifests_dir() / "admission"
 KUBECTL = shutil.which("kubectl")
@@ -105,6 +107,12 @@ def _launcher(job: dict) -> dict:
     return job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
 
 
+def _mounts(pod: dict) -> list[dict]:
+    """The first container's mounts: [own folder, inputs, /dev/shm, checkpoint key] in the kit's jobs."""
+    return pod["containers"][0]["volumeMounts"]
+
+
+SHARED, VOLUME_TYPES = "only as its own folder", "hostPath, nfs, csi"
 # What a learner with the lab's token could put in an MPIJob with kubectl, and the rule that must refuse it.
 ATTACKS = {
     "the lab's ServiceAccount": (lambda j: _worker(j).update(serviceAccountName="labkit"), "ServiceAccount"),
@@ -147,6 +155,36 @@ ATTACKS = {
         ),
         "allowedSecrets",
     ),
+    # The shared volume (issue 12): job pods all run as uid 1000, so a mount beyond the job's own folder (read-write)
+    # and the inputs (read-only) would reach other jobs' checkpoints and caches.
+    "the whole shared volume": (lambda j: _mounts(_worker(j))[0].pop("subPath"), SHARED),
+    "another job's folder": (lambda j: _mounts(_launcher(j))[0].update(subPath="runs/other-job"), SHARED),
+    "the runs folder of every job": (lambda j: _mounts(_worker(j))[0].update(subPath="runs"), SHARED),
+    "every job's folder read-only": (lambda j: _mounts(_worker(j))[0].update(subPath="runs", readOnly=True), SHARED),
+    "the inputs read-write": (lambda j: _mounts(_worker(j))[1].pop("readOnly"), SHARED),
+    "the inputs with readOnly false": (lambda j: _mounts(_launcher(j))[1].update(readOnly=False), SHARED),
+    "a subPathExpr": (
+        lambda j: _mounts(_worker(j))[0].update(subPathExpr=_mounts(_worker(j))[0].pop("subPath")),
+        SHARED,
+    ),
+    "an init container's whole-volume mount": (
+        lambda j: _worker(j).update(
+            initContainers=[{"name": "i", "image": "x", "volumeMounts": [{"name": "shared", "mountPath": "/s"}]}]
+        ),
+        SHARED,
+    ),
+    "the same claim as a second volume": (
+        lambda j: (
+            _worker(j)["volumes"].append({"name": "again", "persistentVolumeClaim": {"claimName": "labkit-shared"}}),
+            _mounts(_worker(j)).append({"name": "again", "mountPath": "/again"}),
+        ),
+        SHARED,
+    ),
+    "a hostPath": (lambda j: _worker(j)["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), VOLUME_TYPES),
+    "an inline CSI volume": (
+        lambda j: _launcher(j)["volumes"].append({"name": "n", "csi": {"driver": "nfs.csi.k8s.io"}}),
+        VOLUME_TYPES,
+    ),
 }
 
 
@@ -171,12 +209,25 @@ def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets():
     assert [f for f in admit(other) if "allowedSecrets" in f]
 
 
-def test_the_policy_and_labkit_validate_refuse_the_same_identity_attacks():
+def test_the_policy_reads_the_kits_shared_volume_layout():
+    """The policy's lists are labkit/shared_volume.py's, its volume types those labkit validate allows."""
+    variables = {v["name"]: v["expression"] for v in POLICY["spec"]["variables"]}
+    assert variables["sharedInputs"] == repr(list(shared_volume.INPUTS))
+    assert variables["ownRunDir"] == f"'{shared_volume.RUNS}/' + object.metadata.name"
+    (types_rule,) = [v["expression"] for v in POLICY["spec"]["validations"] if VOLUME_TYPES in v["message"]]
+    assert set(re.findall(r"has\(v\.(\w+)\)", types_rule)) == JOB_VOLUME_TYPES
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["the lab's ServiceAccount", "an API token", "another job's ssh key", "a whole Secret"]
+    + [a for a, (_, rule) in ATTACKS.items() if rule in (SHARED, VOLUME_TYPES)],
+)
+def test_the_policy_and_labkit_validate_refuse_the_same_attacks(attack):
     """The kit's own check (labkit manifests validate, submit) and the cluster's policy agree on what they share."""
-    for attack in ("the lab's ServiceAccount", "an API token", "another job's ssh key", "a whole Secret"):
-        objects = m.render_all(m.JobSpec())
-        job = next(o for o in objects if o["kind"] == "MPIJob")
-        ATTACKS[attack][0](job)
-        assert admit(job), attack
-        with pytest.raises(m.ManifestError):
-            validate_objects(objects)
+    objects = m.render_all(m.JobSpec())
+    job = next(o for o in objects if o["kind"] == "MPIJob")
+    ATTACKS[attack][0](job)
+    assert admit(job), attack
+    with pytest.raises(m.ManifestError):
+        validate_objects(objects)

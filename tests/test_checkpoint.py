@@ -1,12 +1,15 @@
 """labkit.checkpoint's trust: resume unpickles, so COMPLETE.json is HMAC-signed with the run's own key and checked
-before DeepSpeed reads a byte; a tampered file, a rewritten manifest, a wrong or missing key are refused."""
+before DeepSpeed reads a byte; a tampered file, a rewritten manifest, a wrong or missing key are refused; and DeepSpeed
+loads the private copy that was checked, never the folder a writer could change after the check."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -17,13 +20,20 @@ BLOB = "mp_rank_00_model_states.pt"
 
 
 class FakeEngine:
-    """Records what DeepSpeed would have unpickled."""
+    """Records what DeepSpeed would have unpickled: the tag, and the bytes and mode of the folder it read them from.
+    `before_load` runs first: a writer of the shared volume acting between the check and the load."""
 
-    def __init__(self):
-        self.loaded = []
+    def __init__(self, before_load=None, fail=False):
+        self.loaded, self.read, self.dirs, self.before_load, self.fail = [], {}, [], before_load, fail
 
     def load_checkpoint(self, checkpoint_dir, tag):
+        if self.before_load:
+            self.before_load()
         self.loaded.append(tag)
+        self.dirs.append((checkpoint_dir, stat.S_IMODE(os.stat(checkpoint_dir).st_mode)))
+        self.read = {p.name: p.read_bytes() for p in (Path(checkpoint_dir) / tag).iterdir()}
+        if self.fail:
+            raise RuntimeError("unpickling failed")
         return checkpoint_dir, {}
 
 
@@ -132,3 +142,52 @@ def test_a_fresh_run_makes_its_key_up_front_and_a_kubernetes_secret_takes_preced
     assert checkpoint.run_key(run_dir) == b"s" * 64 != made
     monkeypatch.setenv(checkpoint.KEY_ENV, "e" * 64)
     assert checkpoint.run_key(run_dir) == b"e" * 64
+
+
+def test_a_file_swapped_after_the_check_is_not_what_gets_loaded(tmp_path):
+    """The check-then-load window (issue 12): the files are hashed as they are copied into a private 0700 folder, and
+    DeepSpeed loads that copy; a file swapped on the shared volume after the check reaches nothing."""
+    _run(tmp_path / "run")
+    blob = tmp_path / "run" / "step00000020" / BLOB
+    signed = blob.read_bytes()
+    engine = FakeEngine(before_load=lambda: blob.write_bytes(b"\x80\x04a planted pickle"))
+    assert checkpoint.resume(engine, str(tmp_path / "run"), world=1, stage=0, say=print) == 20
+    assert blob.read_bytes().startswith(b"\x80\x04a planted")  # the swap happened, before the load
+    assert engine.read == {BLOB: signed}  # ... and the load read what was signed
+    ((loaded_from, mode),) = engine.dirs
+    assert mode == 0o700 and not Path(loaded_from).is_relative_to(tmp_path / "run")
+    assert not os.path.exists(loaded_from)  # removed after loading
+
+
+def test_the_private_copy_is_removed_when_the_load_fails_or_a_checkpoint_is_skipped(tmp_path, monkeypatch):
+    _run(tmp_path)
+    engine = FakeEngine(fail=True)
+    with pytest.raises(RuntimeError, match="unpickling failed"):
+        checkpoint.resume(engine, str(tmp_path), world=1, stage=0, say=print)
+    ((loaded_from, _),) = engine.dirs
+    assert not os.path.exists(loaded_from)
+    made, real = [], checkpoint.private_dir
+
+    @contextlib.contextmanager
+    def recorded():
+        with real() as path:
+            made.append(path)
+            yield path
+
+    monkeypatch.setattr(checkpoint, "private_dir", recorded)
+    blob = tmp_path / "step00000020" / BLOB
+    blob.write_bytes(b"x" + blob.read_bytes()[1:])  # the newest fails its check: skipped, the older one loaded
+    assert _resume(tmp_path)[:2] == (10, ["step00000010"])
+    assert len(made) == 2 and not any(p.exists() for p in made)
+
+
+def test_a_symlinked_checkpoint_file_is_never_followed(tmp_path):
+    _run(tmp_path)
+    outside = tmp_path / "outside.pt"
+    blob = tmp_path / "step00000020" / BLOB
+    outside.write_bytes(blob.read_bytes())  # the same bytes, so only the link itself can be what is refused
+    blob.unlink()
+    blob.symlink_to(outside)
+    step, loaded, said = _resume(tmp_path)
+    assert (step, loaded) == (10, ["step00000010"])
+    assert said == [f"checkpoint step00000020 skipped: {BLOB} is missing or not a plain file"]

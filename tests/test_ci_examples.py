@@ -114,7 +114,8 @@ def test_the_regression_kustomization_renders_as_kubectl_does():
 
 def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_reports_on_the_pvc():
     """The lab image (images/images.yaml's), the kit's ServiceAccount (with its token: it submits MPIJobs), each
-    night's executed notebooks, report and JUnit XML in its own folder on the kit's PVC; Pod Security restricted."""
+    night's executed notebooks, report and JUnit XML in its own folder on the kit's PVC (the only part of it the pod
+    mounts); Pod Security restricted."""
     cron = _cronjob()
     m.validate_objects([cron], pod_security="restricted")
     check_pod_security(cron, "restricted")
@@ -130,11 +131,12 @@ def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_r
     (volume,) = pod["volumes"]
     assert volume["persistentVolumeClaim"]["claimName"] == base["PersistentVolumeClaim"]["metadata"]["name"]
     (mount,) = [v for v in container["volumeMounts"] if v["name"] == volume["name"]]
+    assert (mount["mountPath"], mount["subPath"]) == ("/shared/regression", "regression")  # its own folder only
     suite = {e["name"]: e["value"] for e in container["env"]}["SUITE"]
     assert suite.startswith("/opt/labkit/regression/") and (REPO / "regression" / Path(suite).name) in CLUSTER_SUITES
     assert "COPY regression /opt/labkit/regression" in (REPO / "images" / "lab" / "Dockerfile").read_text()
     assert container["command"] == ["bash", "-c"]
-    out = f"{mount['mountPath']}/regression/20260101-030000"
+    out = f"{mount['mountPath']}/20260101-030000"
     _, args = labkit_run(container["args"][0].replace("$(date +%Y%m%d-%H%M%S)", "20260101-030000"), SUITE=suite)
     assert str(args.suite) == suite and str(args.out) == out and str(args.junit) == f"{out}/junit.xml"
     assert job["activeDeadlineSeconds"] >= 3600 and job["backoffLimit"] == 0

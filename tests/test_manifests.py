@@ -253,7 +253,7 @@ def test_interactive_job_follows_the_operator_contract(accelerator):
         assert volumes["shared"]["persistentVolumeClaim"]["claimName"] == "labkit-shared"
         assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
         mounts = {vm["mountPath"] for vm in container(replica)["volumeMounts"]}
-        assert {"/shared", "/dev/shm"} <= mounts
+        assert {"/shared/runs/deepspeed-interactive", "/shared/data", "/dev/shm"} <= mounts
     w = container(worker(job))
     assert w["args"] == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
     assert w["readinessProbe"]["tcpSocket"]["port"] == m.SSH_PORT == w["ports"][0]["containerPort"]
@@ -651,8 +651,27 @@ def test_each_batch_job_checkpoints_in_its_own_folder_of_the_shared_volume():
 
     assert checkpoint_dirs(m.JobSpec()) == ["--checkpoint-dir=/shared/runs/deepspeed-batch"]
     assert checkpoint_dirs(m.JobSpec(name="alice-run")) == ["--checkpoint-dir=/shared/runs/alice-run"]
-    own = ["deepspeed", "--module", "labkit.ranks.train", "--checkpoint-dir=/shared/runs/x"]
-    assert checkpoint_dirs(m.JobSpec(name="bob", launcher_command=own)) == ["--checkpoint-dir=/shared/runs/x"]  # yours
+    own = ["deepspeed", "--module", "labkit.ranks.train", "--checkpoint-dir=/shared/runs/bob/try-2"]
+    assert checkpoint_dirs(m.JobSpec(name="bob", launcher_command=own)) == [own[-1]]  # yours, in your folder
+    with pytest.raises(ConfigError) as exc:  # another job's folder: not in bob's pods at all
+        checkpoint_dirs(m.JobSpec(name="bob", launcher_command=[*own[:-1], "--checkpoint-dir=/shared/runs/alice"]))
+    assert exc.value.field == "launcher_command"
+    assert exc.value.problem.startswith("/shared/runs/alice is not in job bob")
+    assert "/shared/runs/bob" in exc.value.fix
+
+
+@pytest.mark.parametrize("kind", ["interactive", "batch"])
+def test_each_job_pod_mounts_only_its_own_folder_of_the_shared_volume_and_the_inputs_read_only(kind):
+    """Issue 12: job pods (all uid 1000) see, of the shared volume, their own runs/<job> read-write at the path every
+    command names, and the lab's inputs (data) read-only; no pod mounts the whole volume."""
+    job = next(o for o in m.render_all(m.JobSpec(name="alice-run"), kind) if o["kind"] == "MPIJob")
+    own = {"name": "shared", "mountPath": "/shared/runs/alice-run", "subPath": "runs/alice-run"}
+    inputs = {"name": "shared", "mountPath": "/shared/data", "subPath": "data", "readOnly": True}
+    for role, replica in job["spec"]["mpiReplicaSpecs"].items():
+        mounts = container(replica)["volumeMounts"]
+        assert [v for v in mounts if v["name"] == "shared"] == [own, inputs], role
+    args = container(launcher(job))["args"]
+    assert all(a.startswith("--checkpoint-dir=/shared/runs/alice-run") for a in args if "/shared" in a)
 
 
 @pytest.mark.parametrize("kind", ["interactive", "batch"])

@@ -77,10 +77,10 @@ def test_every_rendered_pod_meets_its_namespaces_level(accelerator):
 def test_validate_names_the_field_and_the_namespace_level():
     objects = render_all(JobSpec())
     job = next(o for o in objects if o["kind"] == "MPIJob")
-    ATTACKS["hostPath /"](_worker(job))
+    ATTACKS["hostNetwork"](_worker(job))  # (a hostPath volume is refused earlier, by the job pods' storage rule)
     with pytest.raises(ManifestError) as err:
         validate_objects(objects)
-    assert err.value.path == "spec.mpiReplicaSpecs.Worker.template.spec.volumes[3].hostPath"
+    assert err.value.path == "spec.mpiReplicaSpecs.Worker.template.spec.hostNetwork"
     assert "namespace workloads enforces Pod Security 'restricted'" in err.value.problem
 
 
@@ -100,6 +100,11 @@ def test_labkit_manifests_validate_no_longer_says_ok_to_a_node_takeover(tmp_path
     assert (
         refused.returncode == 1 and "INVALID" in refused.stdout and "hostPath volumes are not allowed" in refused.stdout
     )
+    # An explicit privileged level admits the privileged container, never a hostPath in a job pod: it would reach the
+    # shared volume around the job's own subPath (manifests/admission refuses it in every namespace, Gaudi's too).
+    privileged = _validate_cli(tmp_path, [job], "--pod-security", "privileged")
+    assert privileged.returncode == 1 and "hostPath volumes are not allowed in job pods" in privileged.stdout
+    _worker(job)["volumes"].pop()
     assert _validate_cli(tmp_path, [job], "--pod-security", "privileged").returncode == 0  # an explicit choice
     gaudi = render_all(JobSpec(accelerator="gaudi"))  # its Namespace (privileged) comes along and sets the level
     assert _validate_cli(tmp_path, gaudi).returncode == 0

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from labkit import cluster, kube, manifests
+from labkit import cluster, kube, manifests, shared_volume
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
@@ -197,14 +197,14 @@ class KubernetesBackend(JobBackend):
             fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/base for {ns}"
             raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
-        # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 before
-        # existence, so "create and reuse on 403" cannot work for it).
+        # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).
         objs = [o for o in objs if o["kind"] == "MPIJob" or self._may_create(o, ns)]
         # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
         # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
         # so a rejected job leaves nothing half-created.
-        # The job last: what it needs (PVC, ConfigMap, policies) exists before its pods are asked for; then its own
-        # checkpoint key, owned by it (collected with it). One that exists (planted?) is refused in the dry run.
+        # The job last: what it needs (PVC, ConfigMap, policies, in the lab its folder) exists before its pods are asked
+        # for; then its own checkpoint key, owned by it (collected with it). One that exists (planted?) is refused.
+        shared_volume.make_job_folder(spec.name, ns, spec.pvc_name)
         namespaced = sorted((o for o in objs if o["kind"] != "Namespace"), key=lambda o: o["kind"] == "MPIJob")
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from labkit import shared_volume
 from labkit.errors import LabkitError
 from labkit.manifests import pod_security
 
@@ -21,6 +22,8 @@ SSH_PORT = 2222  # sshd in images/ listens here; worker readiness probes check i
 SSH_USER, SSH_UID = "mpiuser", 1000  # the images' non-root user
 SSH_AUTH_MOUNT_PATH = "/home/mpiuser/.ssh"
 CHECKPOINT_KEY_VOLUME = "checkpoint-key"  # the one Secret volume a job pod may mount: its own `<job>-checkpoint`
+# Volume types a job pod may have (manifests/admission's allowedVolumeFields): others could reach the shared storage.
+JOB_VOLUME_TYPES = frozenset("persistentVolumeClaim emptyDir secret configMap downwardAPI projected".split())
 NAME_MAX = 40  # `<name>-worker-<i>` and `<name>-launcher-xxxxx` must stay valid 63-char pod host names
 NODE_READER = "labkit-node-reader"  # the one ClusterRole (manifests/base/node-reader): listing nodes for device=auto
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -348,6 +351,7 @@ def _check_mpijob(job: dict, ref: str) -> None:
         _check_pod_spec(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", namespace=namespace)
         own = checkpoint_secret(job["metadata"]["name"])
         _check_job_pod_identity(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", own)
+        _check_job_pod_storage(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", name)
     _check_ssh_contract(spec, ref)
 
 
@@ -370,6 +374,27 @@ def _check_job_pod_identity(pod: dict, ref: str, path: str, own_secret: str) -> 
     for j, container in enumerate(pod.get("containers") or []):
         if any("secretRef" in source for source in container.get("envFrom") or []):
             raise ManifestError(ref, f"{path}.containers[{j}].envFrom", "whole Secrets are not allowed; use one key")
+
+
+def _check_job_pod_storage(pod: dict, ref: str, path: str, job: str) -> None:
+    """Of a PVC a job pod mounts its own folder read-write and the shared inputs read-only, nothing else: every job's
+    pods run as uid 1000, so any more of the shared volume would let one job rewrite another's checkpoints and caches.
+    Volume types that could reach the same storage otherwise (hostPath, nfs, csi, ephemeral...) are refused."""
+    claims = set()
+    for i, volume in enumerate(pod.get("volumes") or []):
+        kinds = set(volume) - {"name"} - JOB_VOLUME_TYPES
+        if kinds:
+            problem = f"{', '.join(sorted(kinds))} volumes are not allowed in job pods (storage: the shared PVC)"
+            raise ManifestError(ref, f"{path}.volumes[{i}]", problem)
+        if "persistentVolumeClaim" in volume:
+            claims.add(volume.get("name"))
+    for section in ("initContainers", "containers"):
+        for j, container in enumerate(pod.get(section) or []):
+            for k, mount in enumerate(container.get("volumeMounts") or []):
+                if mount.get("name") in claims and not shared_volume.job_may_mount(mount, job):
+                    own, inputs = shared_volume.run_subpath(job), ", ".join(shared_volume.INPUTS)
+                    problem = f"a PVC is mounted here only as subPath {own} or, read-only, {inputs}"
+                    raise ManifestError(ref, f"{path}.{section}[{j}].volumeMounts[{k}]", problem)
 
 
 def _check_ssh_contract(spec: dict, ref: str) -> None:

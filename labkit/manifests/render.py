@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from labkit import shared_volume
 from labkit.devices import ACCELERATOR_RESOURCE, ACCELERATORS
 from labkit.errors import ConfigError, check_choice, check_int
 from labkit.manifests.checks import (
@@ -34,7 +35,7 @@ _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE]
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
 _MONTH_S = 30 * 24 * 3600
 # Where a JobSpec field lives in each job kind: render_all writes there, from_overlay/resolved read from there.
-CHECKPOINT_FLAG, SHARED_RUNS = "--checkpoint-dir=", "/shared/runs"
+CHECKPOINT_FLAG = "--checkpoint-dir="
 _FIELD_PATHS = {
     "MPIJob": {
         "workers": "spec.mpiReplicaSpecs.Worker.replicas",
@@ -298,12 +299,14 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
         if value is not None:
             *parents, last = path.split(".")
             _node(job, parents)[last] = list(value) if isinstance(value, (list, tuple)) else value
-    if job["kind"] == "MPIJob" and spec.launcher_command is None:
-        # Each job's own folder on the shared volume: a job resumes only its own checkpoints, never another's.
+    name = job["metadata"]["name"]
+    if job["kind"] == "MPIJob":  # (a TrainJob's pods mount no PVC)
         args = value_at(job, _FIELD_PATHS["MPIJob"]["launcher_command"]) or []
-        for i, arg in enumerate(args):
-            if arg.startswith(f"{CHECKPOINT_FLAG}{SHARED_RUNS}/"):
-                args[i] = f"{CHECKPOINT_FLAG}{SHARED_RUNS}/{job['metadata']['name']}"
+        for i, arg in enumerate(args if spec.launcher_command is None else []):
+            # Each job's own folder on the shared volume: a job resumes only its own checkpoints, never another's.
+            if arg.startswith(f"{CHECKPOINT_FLAG}{shared_volume.ROOT}/{shared_volume.RUNS}/"):
+                args[i] = f"{CHECKPOINT_FLAG}{shared_volume.run_dir(name)}"
+        _check_shared_paths(args, name)
     accelerator = ACCELERATOR_RESOURCE[spec.accelerator]
     values = {key: getattr(spec, name) for name, key in _RESOURCE_KEYS.items()}
     values |= {accelerator: spec.slots_per_worker} if accelerator else {}
@@ -314,7 +317,10 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
         if spec.image is not None:
             container["image"] = spec.image
         for entry in [e for e in container.get("env", []) if e.get("name") == "HF_HOME"]:  # the job's own cache
-            entry["value"] = f"{SHARED_RUNS}/{job['metadata']['name']}/hf-home"
+            entry["value"] = f"{shared_volume.run_dir(name)}/hf-home"
+        for mount in container.get("volumeMounts", []):  # the job's own folder: the one it may write
+            if mount["name"] == SHARED_VOLUME and mount.get("subPath", "").startswith(f"{shared_volume.RUNS}/"):
+                mount.update(mountPath=shared_volume.run_dir(name), subPath=shared_volume.run_subpath(name))
         for entry in [e for e in container.get("env", []) if e.get("name") == "HF_TOKEN"]:
             if spec.hf_token_secret is None:
                 container["env"].remove(entry)
@@ -325,9 +331,18 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
             if volume["name"] == SHARED_VOLUME:
                 volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
             if "secret" in volume:  # the job's own checkpoint key (the only Secret volume validation lets through)
-                volume["secret"]["secretName"] = checkpoint_secret(job["metadata"]["name"])
+                volume["secret"]["secretName"] = checkpoint_secret(name)
             if volume["name"] == SHM_VOLUME and role == "Worker" and spec.shm_size is not None:
                 volume["emptyDir"]["sizeLimit"] = spec.shm_size
+
+
+def _check_shared_paths(args: list[str], job: str) -> None:
+    """A command's /shared paths must lie in what the job's pods mount: there is nothing else of the volume there."""
+    outside = shared_volume.outside_mounts(args, job)
+    if outside:
+        own, inputs = shared_volume.run_dir(job), shared_volume.DATA_DIR
+        problem = f"{outside[0]} is not in job {job}'s pods: of the shared volume they mount {own} and {inputs} only"
+        raise ConfigError("launcher_command", problem, f"write under {own}; read inputs from {inputs} (read-only)")
 
 
 # ----------------------------------------------------------------------------------------------- reading overlays
