@@ -39,12 +39,10 @@ MPI_LAUNCHERS = ("openmpi", "mpirun")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
 BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
-# After the first sign of a dead rank (`reports_dead_rank`) the launcher gets this long to stop by itself (and name the
-# rank that went first) before the whole tree is stopped: peers blocked in a rendezvous or a collective never return.
-# The one value for `run` and a local job's exec, well inside the kit's 60 s promise.
+# After the first sign of a dead rank (`reports_dead_rank`) the launcher (`run`, a local exec) gets this long to stop
+# by itself, naming the rank that went first; then its tree is stopped: peers blocked in a collective never return.
 DEAD_RANK_GRACE_S = 15.0
-# torch.distributed's timeout for one collective (and the rendezvous) in every kit rank: a peer that never arrives
-# ends the rank with an error within this, instead of DeepSpeed's default of minutes.
+# torch.distributed's timeout for one collective or the rendezvous in every kit rank (DeepSpeed's default: minutes).
 COLLECTIVE_TIMEOUT_S = 120.0
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
 _TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
@@ -373,8 +371,7 @@ def run_command(
 
 
 def say(text: str) -> None:
-    # One write per line: under `python -u` print() writes the text and the newline separately, and mpirun's
-    # --tag-output then glues another rank's output onto the unfinished line.
+    # One write per line: print() writes text and newline apart, and mpirun's --tag-output glues in another rank's.
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
@@ -478,10 +475,9 @@ def shutdown_distributed(in_step: bool = True) -> None:
 @contextlib.contextmanager
 def rank_guard() -> Iterator[None]:
     """The one error report and teardown of a rank script. An uncaught error becomes one tagged line that `run` reports
-    (`LABKIT_RANK_ERROR rank=N Type: text`) plus its traceback, but a LabkitError (which names the field and the fix
-    already) that line alone; under mpirun the failed rank then aborts the whole job (a normal exit would wait in
-    MPI_Finalize for peers that may be waiting for it). Either way the process group is shut down in order before the
-    interpreter exits (`shutdown_distributed`)."""
+    (`LABKIT_RANK_ERROR rank=N Type: text`), with its traceback unless a LabkitError (which names field and fix); under
+    mpirun the failed rank then aborts the job (a normal exit would wait in MPI_Finalize for peers waiting for it).
+    Either way the process group is shut down in order before the interpreter exits (`shutdown_distributed`)."""
     rank, world = rank_and_world()
     failed = False
     try:
