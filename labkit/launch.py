@@ -1,9 +1,8 @@
 """Build and run `deepspeed ...` / `mpirun ...` for local ranks; the ranks' one bootstrap, error report and teardown.
 
 `run` starts the launcher in its own session, streams its output, ends the launch soon after a rank's error line (its
-peers may wait in a rendezvous for ever) and on every exit path stops the whole process tree: SIGTERM to the DeepSpeed
-launcher alone leaves its ranks running. Every process carries LABKIT_PROCESS=1 for the leak check. Standard library
-and light labkit modules only: ranks import it.
+peers may wait in a rendezvous for ever) and on every exit path stops the whole process tree (SIGTERM to DeepSpeed's
+launcher alone leaves its ranks running). Every process carries LABKIT_PROCESS=1 (leak check). Light: ranks import it.
 """
 
 from __future__ import annotations
@@ -282,8 +281,7 @@ def describe_failure(output: str, returncode: int | None = None, deadline_s: flo
 
 def local_env(spec: LaunchSpec, port: int) -> dict[str, str]:
     """kit_env for `spec`'s ranks on this machine, meeting at 127.0.0.1:`port`."""
-    # DeepSpeed's MPI discovery ignores --master_port and uses its `distributed_port` argument (default 29500, which a
-    # neighbouring job may hold): rank scripts pass int(os.environ["MASTER_PORT"]), exported here.
+    # DeepSpeed's MPI discovery ignores --master_port for `distributed_port` (29500, maybe held): ranks pass MASTER_PORT
     extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **spec.env}
     return kit_env(extra, world_size=spec.world_size, device=spec.device)
 
@@ -445,6 +443,8 @@ def _loopback_process_group(backend: str, port: int, timeout) -> None:
     env = os.environ  # what DeepSpeed's MPI discovery would set under a local mpirun (it is skipped now)
     env.update(RANK=str(rank), WORLD_SIZE=str(world))
     env.setdefault("LOCAL_RANK", env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))  # the deepspeed launcher sets its own
+    if world == 1:  # a world of one (a kernel's in-process rank) needs no socket at all: an in-memory store
+        return dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     try:
         fd = socket.create_server(("127.0.0.1", port), backlog=max(128, world)).detach() if rank == 0 else None
     except OSError as exc:  # named as torch names it (EADDRINUSE: another job holds the port)
