@@ -107,9 +107,8 @@ def test_ranks_on_the_device_here_listen_on_loopback_only():
 
 @pytest.mark.slow
 def test_a_world_of_one_has_no_store_listening():
-    # A kernel's in-process rank is a world of one: an in-memory store, no store socket (a TCP store handed a listening
-    # fd, in a kernel process, is the prime suspect of notebook 05's lost widget reply on the GPU machine). gloo's own
-    # pair socket stays, on loopback.
+    # A kernel's in-process rank (notebook 04) is a world of one: an in-memory store, no store socket in the kernel
+    # process. gloo's own pair socket stays, on loopback.
     spec = launch.LaunchSpec(script=SCRIPT, args=["--listeners"], world_size=1)
     result = launch.run(spec, timeout=180)
     port, listed = re.search(r"rank 0 store port (\d+) listens on (\[.*?\])", result.output).groups()
