@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.launch import init_deepspeed, rank_guard, set_local_size
+from labkit.launch import BACKEND_OF, init_deepspeed, rank_guard, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
 
 COLLECTIVE_TIMEOUT_S = 300  # a dead peer ends a collective's wait instead of blocking for ever
@@ -94,7 +94,7 @@ def train(args) -> None:
     if device_type != "cpu":  # before the process group: NCCL binds to the current device
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
     init_deepspeed(timeout_s=COLLECTIVE_TIMEOUT_S)  # the kit's quiet start; accelerate then reuses the group
-    backend = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}.get(device_type)
+    backend = BACKEND_OF.get(device_type)
     # On CPU accelerate must be told gloo, or every rank believes it is rank 0 (see ../shared notes).
     handler = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     acc = Accelerator(kwargs_handlers=[handler])
