@@ -59,7 +59,8 @@ _INSPECT = """() => {
   return {
     errors: outs.filter(e => e.getAttribute('data-mime-type') === 'application/vnd.jupyter.error'
                          || /Traceback \\(most recent call last\\)/.test(text(e))).map(e => text(e).slice(0, 2000)),
-    widget_reprs: outs.filter(e => /^(interactive|IntSlider|FloatSlider|Dropdown|Text|Button)\\(/m.test(text(e)))
+    widget_reprs: outs.filter(e => /^(interactive|VBox|HTML|IntSlider|FloatSlider|Dropdown|Text|Button)\\(/m
+                                   .test(text(e)))
                       .map(e => text(e).slice(0, 200)),
     figure_texts: outs.filter(e => /<Figure size /.test(text(e))).length,
     images: [...document.querySelectorAll('.jp-OutputArea-output img')].map(i => i.complete && i.naturalWidth > 0),

@@ -128,8 +128,10 @@ kinds = ["all"] + [k for k in devices.DEVICE_KINDS
 try:
     import ipywidgets as widgets
 
-    widgets.interact(lambda kind: display(HTML(filtered_tables_html(local.devices, inventory.nodes, kind))),
-                     kind=widgets.Dropdown(options=kinds, value="all", description="kind"))
+    from labkit import controls
+
+    display(controls.live_html(lambda kind: filtered_tables_html(local.devices, inventory.nodes, kind),
+                               kind=widgets.Dropdown(options=kinds, value="all")))
 except ImportError:
     print("ipywidgets is not installed: the tables above already show every kind")
 

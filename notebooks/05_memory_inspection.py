@@ -180,12 +180,14 @@ display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, calc["m
 try:  # optional: interactive version of the same calculator (JupyterLab); the cell above is the record
     import ipywidgets as w
 
-    def _show(params, dtype, stage, n, device):
-        lines = sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]
-        display(Markdown("```\n" + "\n".join(lines) + "\n```"))
+    from labkit import controls
 
-    w.interact(_show, params=w.Text(calc_params), dtype=list(memory.TRAIN_DTYPES), stage=w.IntSlider(calc_stage, 0, 3),
-               n=w.IntSlider(calc_world_size, 1, 512), device=list(sizing.DEVICE_MEMORY_GB))
+    display(controls.live_html(
+        lambda params, dtype, stage, n, device: controls.preformatted(
+            sizing.training_fit(memory.parse_count(params), dtype, stage, n, device)["lines"]),
+        params=w.Text(calc_params), dtype=w.Dropdown(options=list(memory.TRAIN_DTYPES), value=calc_dtype),
+        stage=w.IntSlider(calc_stage, 0, 3), n=w.IntSlider(calc_world_size, 1, 512),
+        device=w.Dropdown(options=list(sizing.DEVICE_MEMORY_GB), value=calc_device)))
 except ImportError:
     print("ipywidgets is not installed: change the calc_* parameters instead")
 

@@ -90,6 +90,19 @@ def test_notebook_output_is_clean(path, notebook_run_dir):
     assert not run.noise, "\n".join(run.noise)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_no_output_widget_for_a_headless_client_to_answer(path, notebook_run_dir):
+    """An Output widget (ipywidgets.interact's) makes nbclient send its state back on the shell channel while it
+    awaits the cell's reply there; notebook 05 hung that way on the H200 (labkit.controls says why)."""
+    run = execute_once(path.stem, notebook_run_dir)
+    assert run.passed, f"{run.source}: {run.error}"
+    widgets = json.loads(open(run.output).read())["metadata"].get("widgets", {})
+    state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    models = [m["model_name"] for m in state.values()]
+    assert "OutputModel" not in models, "an Output widget in the executed notebook: use labkit.controls.live_html"
+
+
 def test_output_problems_finds_each_kind_of_noise(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output

@@ -102,5 +102,5 @@ def filtered_tables_html(devices: Sequence, nodes: Sequence, kind: str) -> str:
         chosen = filter_by_kind(records, kind)
         if records or title == "Local devices":
             table = html_table([r.row() for r in chosen], columns, status_column=None) if chosen else "<p>none</p>"
-            parts += [f"<h4>{title} ({len(chosen)})</h4>", table]
+            parts += [f"<h4>{title}, kind {kind} ({len(chosen)} of {len(records)})</h4>", table]
     return "".join(parts)
