@@ -395,7 +395,8 @@ def test_notebook_trains_synthetic_data_and_reports_what_it_measured(executed_no
     path = executed_notebook("04_cifar10_training")
     recorded = results.read(path)
     summary, epochs = recorded["summary"], recorded["epochs"]
-    assert summary["synthetic"] is True and summary["data"] == "synthetic" and summary["device"] == "cpu"
+    assert summary["synthetic"] is True and summary["data"] == "synthetic"
+    assert summary["device"] == devices.pick_device("auto")  # the device here: cpu on a laptop, cuda on a GPU machine
     assert summary["steps"] == summary["planned_steps"] > 0
     assert summary["last_loss"] < summary["first_loss"] and 0 < summary["loss_drop"] < 1
     assert [e["epoch"] for e in epochs] == [1, 2] and epochs[-1]["step"] == summary["steps"]
