@@ -245,7 +245,10 @@ def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
     reader.start()
     try:
-        assert wait_until(lambda: any(line.startswith("serving http") for line in lines), 240), "".join(lines)
+        serving = lambda: any(line.startswith("serving http") for line in lines)  # noqa: E731
+        wait_until(lambda: serving() or cli.poll() is not None, 240)  # a CLI that ended says why at once
+        reader.join(5 if cli.poll() is not None else 0)
+        assert serving(), "".join(lines)
         client = local.HttpClient(f"http://127.0.0.1:{port}")
         rows = [[1.0] * 10]
         assert_close(client.predict(rows), models.reference_outputs("regressor", rows))
