@@ -55,10 +55,15 @@ def test_bad_spec_is_refused_before_starting(field, kwargs):
     assert err.value.field == field and "Fix:" in str(err.value)
 
 
-def test_kit_env_marks_processes_and_sizes_threads():
+def test_kit_env_marks_processes_and_sizes_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     env = launch.kit_env({"A": "b"}, world_size=2, device="cpu")
     assert env[launch.MARKER_ENV] == "1" and env["A"] == "b" and env["DS_ACCELERATOR"] == "cpu"
-    assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
+    assert int(env["OMP_NUM_THREADS"]) == int(env["MKL_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
+    # a thread count the user set wins (the GPU machine's split runs set 4 per test group)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launch.kit_env({}, world_size=2, device="cpu")["OMP_NUM_THREADS"] == "3"
 
 
 def test_hostfile_has_operator_format(tmp_path):
