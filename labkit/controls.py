@@ -29,7 +29,7 @@ def live_html(render: Callable[..., str], **controls: widgets.ValueWidget) -> wi
         try:
             view.value = render(**{name: control.value for name, control in controls.items()})
         except LabkitError as e:
-            view.value = f"<pre>{html.escape(str(e))}</pre>"
+            view.value = preformatted([str(e)])
 
     for name, control in controls.items():
         control.description = control.description or name

@@ -51,7 +51,7 @@ api_timeout_s: float = 10.0  # seconds to wait for each Kubernetes API request
 
 # %%
 # %matplotlib inline
-from IPython.display import HTML, Markdown, display
+from IPython.display import Markdown, display
 
 from labkit import devices, results
 from labkit import cluster as kube

@@ -247,7 +247,8 @@ def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
     try:
         serving = lambda: any(line.startswith("serving http") for line in lines)  # noqa: E731
         wait_until(lambda: serving() or cli.poll() is not None, 240)  # a CLI that ended says why at once
-        reader.join(5 if cli.poll() is not None else 0)
+        if cli.poll() is not None:
+            reader.join(5)  # every line it printed, for the message below
         assert serving(), "".join(lines)
         client = local.HttpClient(f"http://127.0.0.1:{port}")
         rows = [[1.0] * 10]
