@@ -308,6 +308,19 @@ def run(spec: LaunchSpec, **options) -> LaunchResult:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def wait_launcher(proc: subprocess.Popen, first_death: list[float], timeout: float | None) -> str:
+    """Wait for a launcher (`run_command`, a local exec) to exit: "exited"; "timeout" after `timeout` s; "dead rank"
+    DEAD_RANK_GRACE_S after the first sign of a dead rank (its time in first_death) if the launcher is still running."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None:
+        if end is not None and time.monotonic() >= end:
+            return "timeout"
+        if first_death and time.monotonic() - first_death[0] > DEAD_RANK_GRACE_S:
+            return "dead rank"
+        time.sleep(0.1)
+    return "exited"
+
+
 def run_command(
     cmd: list[str],
     env: dict[str, str],
@@ -323,7 +336,7 @@ def run_command(
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     chunks: list[str] = []
-    failed_at: list[float] = []
+    first_death: list[float] = []
     with own_tmpdir(env) as env:  # torchrun and mpirun write there: removed with what they leave
         log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
         proc = start_session(cmd, env, cwd)
@@ -331,8 +344,8 @@ def run_command(
         def pump() -> None:
             for line in proc.stdout:
                 chunks.append(line)
-                if not failed_at and reports_dead_rank(line):
-                    failed_at.append(time.monotonic())
+                if not first_death and reports_dead_rank(line):
+                    first_death.append(time.monotonic())
                 if log:
                     log.write(line)
                     log.flush()
@@ -341,16 +354,8 @@ def run_command(
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        end = None if timeout is None else time.monotonic() + timeout
-        timed_out = cut_short = False
         try:
-            while proc.poll() is None:
-                now = time.monotonic()
-                timed_out = end is not None and now >= end
-                cut_short = bool(failed_at) and now - failed_at[0] > DEAD_RANK_GRACE_S
-                if timed_out or cut_short:
-                    break
-                time.sleep(0.1)
+            ended = wait_launcher(proc, first_death, timeout)
         finally:
             # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
             stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
@@ -358,9 +363,9 @@ def run_command(
             if log:
                 log.close()
     output = "".join(chunks)
-    code = -1 if timed_out else 1 if cut_short else proc.returncode
+    code = {"timeout": -1, "dead rank": 1}.get(ended, proc.returncode)
     if check and code != 0:
-        msg = describe_failure(output, code, timeout if timed_out else None)
+        msg = describe_failure(output, code, timeout if ended == "timeout" else None)
         raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=failure_summary(output)[0])
     return LaunchResult(code, output, cmd)
 

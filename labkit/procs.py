@@ -78,9 +78,9 @@ def descendants(pid: int) -> list[int]:
         children.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
+        found = children.get(todo.pop(), [])
+        out += found
+        todo += found
     return out
 
 
@@ -89,20 +89,19 @@ def group_alive(pgid: int) -> bool:
     return any(group == pgid for _, _, group in _live())
 
 
+def send(kill, target: int, sig: int) -> None:
+    """kill(target, sig) (os.kill or os.killpg) for a process that may be gone or no longer ours by now."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        kill(target, sig)
+
+
 def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """SIGTERM proc's process group and every descendant, then SIGKILL whatever is left after grace_s."""
     victims: set[int] = set()
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
         victims |= set(descendants(proc.pid))
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid in victims:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        for kill, target in [(os.killpg, proc.pid), *((os.kill, pid) for pid in victims)]:
+            send(kill, target, sig)
         end = time.monotonic() + wait
         while time.monotonic() < end:
             proc.poll()
@@ -115,14 +114,13 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 @contextlib.contextmanager
 def interrupts_deferred():
     """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

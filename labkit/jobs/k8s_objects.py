@@ -3,6 +3,7 @@ message), and the shell scripts an exec runs in the launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -38,12 +39,10 @@ PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Runn
 
 def api_message(exc: Exception) -> str:
     """The API server's own message from an ApiException body (a Status object), else the HTTP reason."""
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         status = json.loads(getattr(exc, "body", None) or "{}")
         if isinstance(status, dict) and status.get("message"):
             return str(status["message"])
-    except (TypeError, ValueError):
-        pass
     return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or exc}".strip()
 
 

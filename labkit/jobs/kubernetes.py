@@ -132,11 +132,8 @@ class KubernetesBackend(JobBackend):
         key = (verb, group, resource, namespace)
         if key not in self._access:
             attributes = dict(zip(("verb", "group", "resource", "namespace"), key))
-            body = {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": attributes},
-            }
+            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview"}
+            body["spec"] = {"resourceAttributes": attributes}
             try:
                 reply = self._rest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
                 self._access[key] = bool((reply.get("status") or {}).get("allowed"))
@@ -185,12 +182,10 @@ class KubernetesBackend(JobBackend):
     # -- submit ----------------------------------------------------------------------------------------------------
     def submit(self, spec: manifests.JobSpec) -> Job:
         objs = manifests.render_all(spec)
-        for obj in objs:  # render_all validated every object already
-            if obj.get("kind") not in KINDS:
-                kinds = ", ".join(sorted(KINDS))
-                raise ConfigError(
-                    "manifest", f"kind {obj.get('kind')!r} is not one this backend creates", f"render only {kinds}"
-                )
+        unknown = [obj.get("kind") for obj in objs if obj.get("kind") not in KINDS]  # render_all validated the rest
+        if unknown:
+            fix = f"render only {', '.join(sorted(KINDS))}"
+            raise ConfigError("manifest", f"kind {unknown[0]!r} is not one this backend creates", fix)
         self.check_operator()
         ns = spec.namespace
         if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
@@ -250,11 +245,10 @@ class KubernetesBackend(JobBackend):
     def _launcher_job(self, name: str, ns: str) -> dict | None:
         """The operator's batch/v1 Job `<name>-launcher`: None before every worker is Ready (WaitForWorkersReady)
         and after its ttlSecondsAfterFinished."""
-        try:
-            path = f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-launcher"
+        path = f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-launcher"
+        with contextlib.suppress(JobNotFound):
             return self._call(f"launcher Job of {ns}/{name}", self._rest, "GET", path)
-        except JobNotFound:
-            return None
+        return None
 
     def _status_of(self, obj: dict, pods: list | None = None, launcher: dict | None = None) -> JobStatus:
         """launcher: the launcher Job, whose start the deadline counts from (the operator puts runPolicy's
@@ -302,10 +296,9 @@ class KubernetesBackend(JobBackend):
         """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed: its API answers 404)."""
         found = [(o, o["metadata"]) for o in self._kubeflow_job("GET", namespace or self.namespace).get("items", [])]
         jobs = [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
-        try:
+        trainjobs = []
+        with contextlib.suppress(JobNotFound):
             trainjobs = self._kubeflow_job("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
-        except JobNotFound:
-            trainjobs = []
         return jobs + [trainjob_status(o, self.name) for o in trainjobs]
 
     # -- readiness -------------------------------------------------------------------------------------------------
@@ -459,10 +452,8 @@ class KubernetesBackend(JobBackend):
                 try:
                     ws.close()
                 finally:
-                    try:
+                    with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
                         self._stream(pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
-                    except Exception:  # noqa: BLE001 - best effort; the job's deadline still bounds it
-                        pass
             raise
 
     @staticmethod

@@ -17,6 +17,7 @@ LABKIT_JOB_UID, mpirun ranks included) and writes `state.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 from labkit.jobs.base import CLUSTER_HOSTFILE, CLUSTER_SHARED
-from labkit.procs import alive, same_process, start_ticks
+from labkit.procs import alive, same_process, send, start_ticks
 
 JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
 
@@ -64,12 +65,8 @@ def exec_record(pid: int, argv: list[str]) -> str:
 
 def _exec_groups(job_dir: Path) -> set[int]:
     """The process groups of the job's running execs whose leader is still the recorded process."""
-    groups = set()
-    for f in (job_dir / "execs").glob("*"):
-        record = read_json(f) if f.name.isdigit() and owned(f) else None
-        if record and same_process(int(f.name), record.get("start_ticks")):
-            groups.add(int(f.name))
-    return groups
+    records = {int(f.name): read_json(f) for f in (job_dir / "execs").glob("*") if f.name.isdigit() and owned(f)}
+    return {pgid for pgid, record in records.items() if record and same_process(pgid, record.get("start_ticks"))}
 
 
 def default_jobs_dir() -> Path:
@@ -90,12 +87,10 @@ def map_paths(argv: list[str], job_dir: Path) -> list[str]:
     /etc/mpi/hostfile at its own hostfile, the shared volume's /shared at shared_dir. An argument of several lines
     is data (a file's content written through exec) and stays as it is."""
     mounts = {CLUSTER_HOSTFILE: str(job_dir / "hostfile"), CLUSTER_SHARED: str(shared_dir(job_dir.parent))}
-    mapped = []
-    for arg in argv:
-        for path, target in mounts.items() if "\n" not in arg else ():
-            arg = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", lambda _m, t=target: t, arg)
-        mapped.append(arg)
-    return mapped
+    for path, target in mounts.items():
+        pattern = re.compile(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])")
+        argv = [arg if "\n" in arg else pattern.sub(lambda _m, t=target: t, arg) for arg in argv]
+    return argv
 
 
 def job_pids(uid: str, exclude: set[int]) -> list[int]:
@@ -118,10 +113,7 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
         targets = [(os.killpg, g) for g in groups | _exec_groups(job_dir) if g not in me and g > 1]
         for kill, target in targets + [(os.kill, p) for p in job_pids(uid, exclude=me)]:
-            try:
-                kill(target, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+            send(kill, target, sig)
         end = time.monotonic() + wait
         while time.monotonic() < end:
             if not any(alive(p) for p in job_pids(uid, exclude=me)):
@@ -159,21 +151,18 @@ def run_launcher(job_dir: Path) -> int:
     }
     write_json(job_dir / "launcher.json", record)
     (job_dir / "ready").touch()
-    reason, returncode = "Completed", None
+    returncode = None
     while stop["reason"] is None and (returncode := child.poll()) is None and time.time() < deadline:
         time.sleep(0.2)
-    if returncode is None:
-        reason = stop["reason"] or "DeadlineExceeded"
+    reason = "Completed" if returncode is not None else stop["reason"] or "DeadlineExceeded"
     phase = reason if reason != "Completed" else ("Succeeded" if returncode == 0 else "Failed")
     # Say so first: from now on the job accepts no exec and reports its end, even while processes are being stopped.
     _ended(job_dir, phase=phase, reason=reason, returncode=returncode, stopping=True)
     if reason != "Completed":
         log.write(f"[labkit launcher] {reason}: stopping every process of the job\n".encode())
     stop_job_processes(job_dir, job["uid"], groups={child.pid})
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        pass
     _ended(job_dir, phase=phase, reason=reason, returncode=returncode)
     log.write(f"[labkit launcher] job ended: {phase}\n".encode())
     log.close()
@@ -194,10 +183,8 @@ def main(argv: list[str]) -> int:
     try:
         return run_launcher(job_dir)
     except BaseException as exc:  # noqa: BLE001 - record why the launcher died, then stop the job
-        try:
+        with contextlib.suppress(OSError):
             _ended(job_dir, phase="Failed", reason="LauncherCrashed", message=repr(exc), returncode=None)
-        except OSError:
-            pass
         return 1
     finally:
         os._exit(0)

@@ -13,6 +13,7 @@ address) the job's `bin/ssh` answers for localhost, so the cluster's command lin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -127,8 +128,7 @@ class LocalBackend(JobBackend):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.path.lexists(self.root):
             return False
-        st = os.lstat(self.root)
-        if not owned(self.root) or st.st_mode & 0o022:
+        if not owned(self.root) or os.lstat(self.root).st_mode & 0o022:
             problem = f"{self.root} is not a folder of yours that only you can write (owner, mode or symlink)"
             raise ConfigError(JOBS_DIR_ENV, problem, "point it at a folder of your own, or leave it unset")
         return True
@@ -283,29 +283,21 @@ class LocalBackend(JobBackend):
             first_death: list[float] = []  # when a rank first reported its error or exit
 
             def pump() -> None:
-                try:
+                with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
                     for raw in iter(proc.stdout.readline, b""):
-                        text = raw.decode("utf-8", "replace")
-                        lines.append(text)
-                        if starts_ranks and not first_death and launch.reports_dead_rank(text):
+                        lines.append(raw.decode("utf-8", "replace"))
+                        if starts_ranks and not first_death and launch.reports_dead_rank(lines[-1]):
                             first_death.append(time.monotonic())
-                        say(text)
-                except (ValueError, OSError):  # the pipe was closed under us after a forced stop
-                    pass
+                        say(lines[-1])
 
             reader = threading.Thread(target=pump, daemon=True)
-            end = None if timeout is None else time.monotonic() + timeout
             try:
                 reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
                 # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
-                while proc.poll() is None and not (
-                    first_death and time.monotonic() > first_death[0] + launch.DEAD_RANK_GRACE_S
-                ):
-                    if end is not None and time.monotonic() > end:
-                        raise TimeoutError(
-                            f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
-                        )
-                    time.sleep(0.1)
+                if launch.wait_launcher(proc, first_death, timeout) == "timeout":
+                    raise TimeoutError(
+                        f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
+                    )
             finally:
                 # Whatever ended the wait (exit, timeout, a dead rank, the notebook's stop button): no rank outlives the
                 # command, even if the user presses stop again while we clean up.
@@ -353,17 +345,15 @@ class LocalBackend(JobBackend):
         except JobNotFound:
             return
         pid, running = self._launcher(d)
-        for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 0.0)):
-            if running and procs.alive(pid):
-                try:
-                    (os.killpg if sig == signal.SIGTERM else os.kill)(pid, sig)  # the launcher leads its session
-                except ProcessLookupError:
-                    pass
-                end = time.monotonic() + wait
-                while procs.alive(pid) and time.monotonic() < end:
-                    time.sleep(0.05)
-            if sig == signal.SIGTERM:  # what the launcher could not (it may have died): exec groups, uid-tagged ones
-                stop_job_processes(d, job["uid"], grace_s=2.0)
+        if running and procs.alive(pid):
+            procs.send(os.killpg, pid, signal.SIGTERM)  # the launcher leads its session
+            end = time.monotonic() + 8.0
+            while procs.alive(pid) and time.monotonic() < end:
+                time.sleep(0.05)
+        # What the launcher could not (it may have died): exec groups, uid-tagged processes.
+        stop_job_processes(d, job["uid"], grace_s=2.0)
+        if running and procs.alive(pid):
+            procs.send(os.kill, pid, signal.SIGKILL)
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         if not self._checked_root():
@@ -372,12 +362,9 @@ class LocalBackend(JobBackend):
         ns_dirs = sorted(self.root.glob("*")) if namespace == "*" else [self.namespace_dir(namespace)]
         out: list[JobStatus] = []
         for job_file in (f for ns_dir in ns_dirs for f in sorted(ns_dir.glob("*/job.json"))):
-            if not self._ours(job_file.parent):  # a job another user planted is not listed, read or signalled
-                continue
-            try:
-                out.append(self._status_from_dir(job_file.parent))
-            except JobNotFound:
-                continue
+            if self._ours(job_file.parent):  # a job another user planted is not listed, read or signalled
+                with contextlib.suppress(JobNotFound):
+                    out.append(self._status_from_dir(job_file.parent))
         return out
 
     def _collect_garbage(self) -> None:
