@@ -172,20 +172,6 @@ def find_kubeconfig(
     return None
 
 
-class _ExecPluginErrors(logging.Filter):
-    """Keeps the kubernetes client's own error records (a failed exec plugin: its stderr) from being printed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "kubernetes" in Path(record.pathname).parts and record.levelno >= logging.ERROR:
-            self.seen.append(record.getMessage())
-            return False
-        return True
-
-
 def api_client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
     """An ApiClient for `source` (never the client's global default configuration); retries=False fails fast: a dead
     server costs one timeout, not four."""
@@ -193,8 +179,15 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
 
     if source is None:
         raise LabkitError(NO_CLUSTER_MESSAGE)
-    cfg = client.Configuration()
-    plugin_errors = _ExecPluginErrors()
+    cfg, seen = client.Configuration(), []
+
+    def plugin_errors(record: logging.LogRecord) -> bool:
+        """Keeps the kubernetes client's own error records (a failed exec plugin: its stderr) from being printed."""
+        if "kubernetes" in Path(record.pathname).parts and record.levelno >= logging.ERROR:
+            seen.append(record.getMessage())
+            return False
+        return True
+
     root = logging.getLogger()
     root.addFilter(plugin_errors)  # the client logs a failed exec plugin's stderr to the root logger and goes on
     try:
@@ -207,11 +200,11 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
         kind = type(exc).__name__
         kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"
         why = str(exc) if isinstance(exc, config.ConfigException) else f"{kind}: {exc}"
-        plugin_errors.seen.append(why)
+        seen.append(why)
     finally:
         root.removeFilter(plugin_errors)
-    if plugin_errors.seen:
-        why = plugin_errors.seen[0]
+    if seen:
+        why = seen[0]
         if why.startswith("exec:"):  # "exec: process returned 1. <the plugin's stderr>": the stderr may hold anything
             why = f"its exec plugin {source.exec_plugin!r} failed ({why.split('. ', 1)[0][6:]}; run it to see why)"
         why = scrub(why, kubeconfig_secrets(source.paths))
@@ -224,8 +217,7 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
 
 
 def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
-    """A kubernetes ApiClient for the configured cluster (`kubeconfig` file, `context` name: defaults as in
-    find_kubeconfig), or a LabkitError saying that no cluster is configured."""
+    """An ApiClient for the configuration find_kubeconfig picks; a LabkitError saying so when there is none."""
     return api_client(find_kubeconfig(kubeconfig, context), context)
 
 
