@@ -5,6 +5,7 @@ one verdict on an MPI Operator. No cluster configured is a report that says so, 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -78,10 +79,7 @@ def mpijob_problem(served: Sequence[str] | None) -> tuple[str, str] | None:
     return f"{MPIJOB_CRD} serves {', '.join(served) or 'no version'}, not {MPIJOB_VERSION}", MPI_OPERATOR_FIX
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Nodes
-
-
+# ------------------------------------------------------------------------------------------------------------- nodes
 def _number(quantity: Any) -> float | int:
     """A Kubernetes quantity ('8', '500m', '1Ti', '64Gi') as a number: int where whole (devices, bytes), else float."""
     from kubernetes.utils import parse_quantity
@@ -211,10 +209,7 @@ def cluster_accelerator(api_client, *, may_list: bool = True, timeout: float = 1
     return kind, f"{counts[kind]} {kind} device(s) allocatable on the cluster's ready nodes"
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CRDs
-
-
+# ------------------------------------------------------------------------------------------------------------- CRDs
 @dataclass(frozen=True)
 class CrdStatus:
     """Whether a CRD is installed and serves the version the kit's manifests use."""
@@ -242,43 +237,28 @@ class CrdStatus:
 
 
 def _served(crd) -> tuple[tuple[str, ...], str | None]:
-    versions = crd.spec.versions or []
+    versions = (crd.spec.versions or []) if crd is not None else []
     return tuple(v.name for v in versions if v.served), next((v.name for v in versions if v.storage), None)
 
 
 def mpijob_crd_status(crd) -> CrdStatus:
     """MPIJob CRD (a V1CustomResourceDefinition, None when absent): v2beta1 served, or what is wrong with it."""
-    served, storage = _served(crd) if crd is not None else ((), None)
+    served, storage = _served(crd)
     problem, fix = mpijob_problem(served if crd is not None else None) or (None, None)
     return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, crd is not None, served, storage, problem, fix)
 
 
 def trainjob_crd_status(crd) -> CrdStatus:
     """Kubeflow Trainer v2's TrainJob CRD (trainer.kubeflow.org, v1alpha1)."""
-    if crd is None:
-        fix = "optional: install Kubeflow Trainer v2 to submit TrainJobs; MPIJobs do not need it"
-        return CrdStatus(
-            TRAINJOB_CRD, TRAINJOB_VERSION, False, problem="Kubeflow Trainer (TrainJob) is not installed", fix=fix
-        )
     served, storage = _served(crd)
-    if TRAINJOB_VERSION in served:
-        return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage)
-    problem = f"{TRAINJOB_CRD} serves {', '.join(served) or 'no version'}, not {TRAINJOB_VERSION}"
-    fix = f"install a Kubeflow Trainer release that serves trainer.kubeflow.org/{TRAINJOB_VERSION}"
-    return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, True, served, storage, problem, fix)
-
-
-def read_crd(api_client, name: str, *, timeout: float = 10.0):
-    """The CRD object, None when it does not exist; ApiException for anything else (e.g. 403)."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return client.ApiextensionsV1Api(api_client).read_custom_resource_definition(name, _request_timeout=timeout)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    problem = fix = None
+    if crd is None:
+        problem = "Kubeflow Trainer (TrainJob) is not installed"
+        fix = "optional: install Kubeflow Trainer v2 to submit TrainJobs; MPIJobs do not need it"
+    elif TRAINJOB_VERSION not in served:
+        problem = f"{TRAINJOB_CRD} serves {', '.join(served) or 'no version'}, not {TRAINJOB_VERSION}"
+        fix = f"install a Kubeflow Trainer release that serves trainer.kubeflow.org/{TRAINJOB_VERSION}"
+    return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, crd is not None, served, storage, problem, fix)
 
 
 def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
@@ -291,11 +271,8 @@ def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
     resp = api_client.call_api(*request, _request_timeout=timeout)
     data = resp.read()
     if resp.status != 200:
-        raise LabkitError(
-            f"GET {path}: HTTP {resp.status}. Fix: is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
-        )
-    import json
-
+        fix = "is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
+        raise LabkitError(f"GET {path}: HTTP {resp.status}. Fix: {fix}")
     schemas = (json.loads(data).get("components") or {}).get("schemas") or {}
     trainjob = next((v for k, v in schemas.items() if k.endswith(".TrainJob")), {})
     spec = ((trainjob.get("properties") or {}).get("spec") or {}).get("properties") or {}
@@ -303,14 +280,19 @@ def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
 
 
 def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
+    """Each CRD's status; a CRD that does not exist is judged as absent, one this identity may not read is unknown."""
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    out = []
+    api, out = client.ApiextensionsV1Api(api_client), []
     crds = ((MPIJOB_CRD, MPIJOB_VERSION, mpijob_crd_status), (TRAINJOB_CRD, TRAINJOB_VERSION, trainjob_crd_status))
     for name, wanted, judge in crds:
         try:
-            out.append(judge(read_crd(api_client, name, timeout=timeout)))
+            out.append(judge(api.read_custom_resource_definition(name, _request_timeout=timeout)))
         except ApiException as exc:
+            if exc.status == 404:
+                out.append(judge(None))
+                continue
             if exc.status not in (401, 403):
                 raise
             fix = (
@@ -321,9 +303,7 @@ def crd_statuses(api_client, *, timeout: float = 10.0) -> list[CrdStatus]:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The whole picture
-
+# ------------------------------------------------------------------------------------------------ the whole picture
 NODE_COLUMNS = tuple("node ready schedulable kind product accelerators hugepages-2Mi cpu memory taints".split())
 CRD_COLUMNS = ("crd", "wanted", "served", "state", "problem", "fix")
 

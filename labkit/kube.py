@@ -46,14 +46,10 @@ class KubeconfigSource:
     def describe(self) -> str:
         if self.kind == "in-cluster":
             return f"in-cluster service account (server {self.server})"
-        ctx, server = (
-            f", context {self.context}" if self.context else "",
-            f", server {self.server}" if self.server else "",
-        )
-        plugin = (
-            f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)" if self.exec_plugin else ""
-        )
-        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin}"
+        ctx = f", context {self.context}" if self.context else ""
+        server = f", server {self.server}" if self.server else ""
+        plugin = f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)"
+        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin if self.exec_plugin else ''}"
 
 
 def shown_server(url: str) -> str:
@@ -65,11 +61,8 @@ def shown_server(url: str) -> str:
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
+    elif isinstance(value, (dict, list)):
+        for item in value.values() if isinstance(value, dict) else value:
             yield from _strings(item)
 
 
@@ -87,9 +80,7 @@ def kubeconfig_secrets(paths: Iterable[str]) -> set[str]:
         if not isinstance(doc, dict):
             continue
         for user in doc.get("users") or []:
-            fields = (
-                dict(user.get("user") or {}) if isinstance(user, dict) and isinstance(user.get("user"), dict) else {}
-            )
+            fields = dict(user["user"]) if isinstance(user, dict) and isinstance(user.get("user"), dict) else {}
             plugin = fields.pop("exec", None)
             found.update(_strings(fields))
             if isinstance(plugin, dict):  # its command is announced; its arguments and environment may carry secrets
@@ -131,9 +122,8 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
             else:
                 why = "not valid YAML"
             problem = f"{path} is not a readable kubeconfig: {type(exc).__name__}: {why[:200]}"
-            raise ConfigError(
-                "kubeconfig", problem, "fix or remove that file, or point KUBECONFIG at a valid one"
-            ) from None
+            fix = "fix or remove that file, or point KUBECONFIG at a valid one"
+            raise ConfigError("kubeconfig", problem, fix) from None
         if not isinstance(doc, dict):
             fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
             raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)", fix)
@@ -146,18 +136,14 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
     chosen = context or current
     if chosen and chosen not in contexts:
         problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"
-        raise ConfigError(
-            "context" if context else "kubeconfig", problem, "pick one of those contexts (kubectl config get-contexts)"
-        )
+        fix = "pick one of those contexts (kubectl config get-contexts)"
+        raise ConfigError("context" if context else "kubeconfig", problem, fix)
     ctx = (contexts.get(chosen) or {}) if chosen else {}
     server = clusters.get(ctx.get("cluster"), {}).get("server")
     plugin = (named["users"].get(ctx.get("user")) or {}).get("exec") or {}
     command = plugin.get("command") if isinstance(plugin, dict) else None
-    return (
-        chosen,
-        shown_server(server) if isinstance(server, str) else None,
-        Path(command).name if isinstance(command, str) else None,
-    )
+    server = shown_server(server) if isinstance(server, str) else None
+    return chosen, server, Path(command).name if isinstance(command, str) else None
 
 
 def find_kubeconfig(
@@ -186,20 +172,6 @@ def find_kubeconfig(
     return None
 
 
-class _ExecPluginErrors(logging.Filter):
-    """Keeps the kubernetes client's own error records (a failed exec plugin: its stderr) from being printed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "kubernetes" in Path(record.pathname).parts and record.levelno >= logging.ERROR:
-            self.seen.append(record.getMessage())
-            return False
-        return True
-
-
 def api_client(source: KubeconfigSource | None, context: str | None, *, retries: bool = True):
     """An ApiClient for `source` (never the client's global default configuration); retries=False fails fast: a dead
     server costs one timeout, not four."""
@@ -207,8 +179,15 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
 
     if source is None:
         raise LabkitError(NO_CLUSTER_MESSAGE)
-    cfg = client.Configuration()
-    plugin_errors = _ExecPluginErrors()
+    cfg, seen = client.Configuration(), []
+
+    def plugin_errors(record: logging.LogRecord) -> bool:
+        """Keeps the kubernetes client's own error records (a failed exec plugin: its stderr) from being printed."""
+        if "kubernetes" in Path(record.pathname).parts and record.levelno >= logging.ERROR:
+            seen.append(record.getMessage())
+            return False
+        return True
+
     root = logging.getLogger()
     root.addFilter(plugin_errors)  # the client logs a failed exec plugin's stderr to the root logger and goes on
     try:
@@ -218,15 +197,14 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
             files = os.pathsep.join(source.paths)
             config.load_kube_config(config_file=files, context=context, client_configuration=cfg, persist_config=False)
     except Exception as exc:  # noqa: BLE001 - ConfigException, and e.g. binascii.Error for bad base64 key data
-        kind = (
-            type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
-        )
+        kind = type(exc).__name__
+        kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"
         why = str(exc) if isinstance(exc, config.ConfigException) else f"{kind}: {exc}"
-        plugin_errors.seen.append(why)
+        seen.append(why)
     finally:
         root.removeFilter(plugin_errors)
-    if plugin_errors.seen:
-        why = plugin_errors.seen[0]
+    if seen:
+        why = seen[0]
         if why.startswith("exec:"):  # "exec: process returned 1. <the plugin's stderr>": the stderr may hold anything
             why = f"its exec plugin {source.exec_plugin!r} failed ({why.split('. ', 1)[0][6:]}; run it to see why)"
         why = scrub(why, kubeconfig_secrets(source.paths))
@@ -239,8 +217,7 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
 
 
 def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
-    """A kubernetes ApiClient for the configured cluster (`kubeconfig` file, `context` name: defaults as in
-    find_kubeconfig), or a LabkitError saying that no cluster is configured."""
+    """An ApiClient for the configuration find_kubeconfig picks; a LabkitError saying so when there is none."""
     return api_client(find_kubeconfig(kubeconfig, context), context)
 
 
@@ -293,9 +270,8 @@ def probe_api_server(
         try:
             outcome["version"] = client.VersionApi(api).get_code(_request_timeout=(timeout, timeout)).git_version
         except ApiException as exc:  # with a status the server answered (e.g. 401/403); without, TLS and the like
-            outcome.update(
-                {"status": exc.status, "error": short_reason(exc)} if exc.status else {"unreachable": short_reason(exc)}
-            )
+            reason = short_reason(exc)
+            outcome.update({"status": exc.status, "error": reason} if exc.status else {"unreachable": reason})
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, timed out, no route
             outcome["unreachable"] = short_reason(exc)
         except Exception as exc:  # it answered, but not with a /version this client version can parse

@@ -67,19 +67,15 @@ def make_job_folder(job: str, namespace: str, claim: str) -> Path | None:
         return None
     mode = root.stat().st_mode & 0o7777
     for folder, folder_mode in ((root / DATA, mode), (root / RUNS, mode), (root / run_subpath(job), 0o700)):
-        _make_folder(folder, folder_mode, claim)
+        if os.path.islink(folder) or (folder.exists() and not folder.is_dir()):
+            fix = f"remove it from the lab (rm {folder}) or pick another job name"
+            raise ConfigError("name", f"{folder} exists and is not a folder", fix)
+        try:
+            folder.mkdir()
+            folder.chmod(folder_mode)  # mkdir's mode went through the umask
+        except FileExistsError:
+            continue  # kept as it is: made earlier (by the lab or kubelet)
+        except OSError as exc:
+            fix = f"the lab (uid {os.geteuid()}) must be able to write the shared volume {claim}: ask its admin"
+            raise ConfigError("pvc_name", f"cannot make {folder} ({exc.strerror})", fix) from None
     return root / run_subpath(job)
-
-
-def _make_folder(folder: Path, mode: int, claim: str) -> None:
-    if os.path.islink(folder) or (folder.exists() and not folder.is_dir()):
-        fix = f"remove it from the lab (rm {folder}) or pick another job name"
-        raise ConfigError("name", f"{folder} exists and is not a folder", fix)
-    try:
-        folder.mkdir()
-        folder.chmod(mode)  # mkdir's mode went through the umask
-    except FileExistsError:
-        return  # kept as it is: made earlier (by the lab or kubelet)
-    except OSError as exc:
-        fix = f"the lab (uid {os.geteuid()}) must be able to write the shared volume {claim}: ask its admin"
-        raise ConfigError("pvc_name", f"cannot make {folder} ({exc.strerror})", fix) from None

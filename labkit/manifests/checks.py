@@ -46,7 +46,6 @@ _SECRET_PATTERNS = [
 _SECRET_ENV_NAME = re.compile(r"(?i)(TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)")
 _MPIJOB = "spec.mpiReplicaSpecs"
 _WORKER_CONTAINER = f"{_MPIJOB}.Worker.template.spec.containers[0]"
-_RUN_POLICY_COUNTS = ("ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit")
 # The MPI Operator's admission rules that the CRD schema does not carry (mpiImplementation's enum it does), applied
 # after the operator's defaults: (path, default, allowed values or the minimum).
 _MPIJOB_RULES = [
@@ -55,7 +54,7 @@ _MPIJOB_RULES = [
     ("spec.slotsPerWorker", 1, 1),
     ("spec.runPolicy.cleanPodPolicy", "None", ("None", "Running", "All")),
     ("spec.launcherCreationPolicy", "AtStartup", ("AtStartup", "WaitForWorkersReady")),
-    *[(f"spec.runPolicy.{key}", 0, 0) for key in _RUN_POLICY_COUNTS],
+    *[(f"spec.runPolicy.{key}", 0, 0) for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit")],
 ]
 
 
@@ -162,9 +161,8 @@ def validate_object(obj: dict) -> None:
         errors = sorted(validator.iter_errors(obj), key=lambda e: (len(e.path), list(map(str, e.path))))
         if errors:
             raise ManifestError(ref, _path_text(errors[0].absolute_path), _error_text(errors[0]), more=len(errors) - 1)
-        {"MPIJob": _check_mpijob, "TrainJob": _check_trainjob, "TrainingRuntime": _check_training_runtime}[obj["kind"]](
-            obj, ref
-        )
+        rules = {"MPIJob": _check_mpijob, "TrainJob": _check_trainjob, "TrainingRuntime": _check_training_runtime}
+        rules[obj["kind"]](obj, ref)
     elif obj["apiVersion"].startswith(("kubeflow.org/", "trainer.kubeflow.org/")):
         known = ", ".join(f"{k} {v}" for v, k in sorted(_crd_validators()))
         problem = f"is not a version labkit knows ({known}); regenerate labkit/schemas with scripts/make_schemas.py"
@@ -231,9 +229,8 @@ def _validate_core(obj: dict, ref: str, prefix: str) -> None:
             path = prefix + path[len("spec") :] if path.startswith("spec") else f"{prefix}.{path}"
         problem = exc.message
         if exc.validator == "additionalProperties":
-            problem = (
-                problem.replace("Additional properties are not allowed", "unknown field") + " (check the spelling)"
-            )
+            problem = problem.replace("Additional properties are not allowed", "unknown field")
+            problem += " (check the spelling)"
         raise ManifestError(ref, path, problem) from None
 
 
@@ -347,11 +344,10 @@ def _check_mpijob(job: dict, ref: str) -> None:
         if not isinstance(allowed, tuple) and value < allowed:
             raise ManifestError(ref, path, f"must be at least {allowed}")
     for role, replica in replicas.items():
-        namespace = job["metadata"].get("namespace", "default")
-        _check_pod_spec(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", namespace=namespace)
-        own = checkpoint_secret(job["metadata"]["name"])
-        _check_job_pod_identity(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", own)
-        _check_job_pod_storage(replica["template"]["spec"], ref, f"{_MPIJOB}.{role}.template.spec", name)
+        pod, path = replica["template"]["spec"], f"{_MPIJOB}.{role}.template.spec"
+        _check_pod_spec(pod, ref, path, namespace=job["metadata"].get("namespace", "default"))
+        _check_job_pod_identity(pod, ref, path, checkpoint_secret(name))
+        _check_job_pod_storage(pod, ref, path, name)
     _check_ssh_contract(spec, ref)
 
 
@@ -426,11 +422,8 @@ def _check_training_runtime(runtime: dict, ref: str) -> None:
         raise ManifestError(ref, "spec.template.spec.replicatedJobs", "missing")
     for i, rjob in enumerate(jobs):
         job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": rjob.get("name", "x")}}
-        _validate_core(
-            {**job, "spec": (rjob.get("template") or {}).get("spec")},
-            ref,
-            f"spec.template.spec.replicatedJobs[{i}].template.spec",
-        )
+        job["spec"] = (rjob.get("template") or {}).get("spec")
+        _validate_core(job, ref, f"spec.template.spec.replicatedJobs[{i}].template.spec")
 
 
 def _check_trainjob(job: dict, ref: str) -> None:

@@ -19,16 +19,7 @@ import yaml
 
 from labkit.manifests.checks import ManifestError
 
-_KUSTOMIZATION_KEYS = {
-    "apiVersion",
-    "kind",
-    "resources",
-    "components",
-    "patches",
-    "namespace",
-    "images",
-    "configurations",
-}
+_KUSTOMIZATION_KEYS = set("apiVersion kind resources components patches namespace images configurations".split())
 # Kinds without a namespace, which kustomize's namespace transformer leaves alone (a Namespace is renamed instead).
 _CLUSTER_SCOPED = {
     "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume", "PriorityClass",
@@ -109,9 +100,8 @@ def _transform(directory: Path, spec: dict, objects: list[dict]) -> None:
                 try:
                     jsonpatch.apply_patch(obj, [copy.deepcopy(op)], in_place=True)
                 except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-                    raise ManifestError(
-                        f"{directory.name} patch", op.get("path", "?"), f"{op.get('op')}: {exc}"
-                    ) from None
+                    where, problem = f"{directory.name} patch", f"{op.get('op')}: {exc}"
+                    raise ManifestError(where, op.get("path", "?"), problem) from None
     if "namespace" in spec:  # kustomize api/filters/namespace: after patches; ServiceAccount subjects follow
         for obj in objects:
             meta = obj.setdefault("metadata", {})

@@ -85,10 +85,8 @@ def _restricted(pod: dict) -> Iterator[tuple[str, str]]:
         seccomp = (ctx.get("seccompProfile") or {}).get("type")
         if seccomp not in ("RuntimeDefault", "Localhost") and not (seccomp is None and pod_seccomp):
             # check_seccompProfile_restricted.go: the pod's or every container's profile must be set
-            yield (
-                f"{path}.securityContext.seccompProfile.type",
-                "must be RuntimeDefault or Localhost (or set it on the pod)",
-            )
+            problem = "must be RuntimeDefault or Localhost (or set it on the pod)"
+            yield f"{path}.securityContext.seccompProfile.type", problem
         caps = ctx.get("capabilities") or {}
         if "ALL" not in (caps.get("drop") or []):  # check_capabilities_restricted.go
             yield f"{path}.securityContext.capabilities.drop", "must include ALL"

@@ -22,20 +22,20 @@ from labkit.manifests.checks import (
     NAME_MAX,
     checkpoint_secret,
     find_secret_material,
+    pod_templates,
     validate_objects,
     value_at,
 )
 from labkit.manifests.kustomize import kustomize_build
 
 JOB_KINDS = ("interactive", "batch", "trainjob")
-# The extended resource each accelerator's pods request (one per slot).
 SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
 _MONTH_S = 30 * 24 * 3600
-# Where a JobSpec field lives in each job kind: render_all writes there, from_overlay/resolved read from there.
 CHECKPOINT_FLAG = "--checkpoint-dir="
+# Where a JobSpec field lives in each job kind: render_all writes there, from_overlay/resolved read from there.
 _FIELD_PATHS = {
     "MPIJob": {
         "workers": "spec.mpiReplicaSpecs.Worker.replicas",
@@ -218,8 +218,8 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
         if obj["kind"] == "TrainJob" and spec.trainjob_deadline:
             obj["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
         if obj["kind"] == "TrainingRuntime" and spec.image is not None:  # the kit's runtime: every node's image
-            for rjob in obj["spec"]["template"]["spec"]["replicatedJobs"]:
-                for container in rjob["template"]["spec"]["template"]["spec"]["containers"]:
+            for _, pod in pod_templates(obj):
+                for container in pod["containers"]:
                     container["image"] = spec.image
     proxy = proxy_settings(spec)
     if proxy:
@@ -244,19 +244,10 @@ def _add_proxy(objects: list[dict], namespace: str, proxy: dict[str, str]) -> No
     objects.insert(-1, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": proxy})
     source = {"configMapRef": {"name": PROXY_CONFIGMAP}}
     for obj in objects:
-        if obj["kind"] == "MPIJob":
-            pods = [r["template"]["spec"] for r in obj["spec"]["mpiReplicaSpecs"].values()]
-        elif obj["kind"] == "TrainingRuntime":
-            pods = [
-                r["template"]["spec"]["template"]["spec"] for r in obj["spec"]["template"]["spec"]["replicatedJobs"]
-            ]
-        elif obj["kind"] == "TrainJob":  # the trainer has env only (no envFrom): one configMapKeyRef per variable
+        if obj["kind"] == "TrainJob":  # the trainer has env only (no envFrom): one configMapKeyRef per variable
             env = obj["spec"]["trainer"].setdefault("env", [])
             env += [{"name": k, "valueFrom": {"configMapKeyRef": {"name": PROXY_CONFIGMAP, "key": k}}} for k in proxy]
-            continue
-        else:
-            continue
-        for pod in pods:
+        for _, pod in pod_templates(obj) if obj["kind"] in ("MPIJob", "TrainingRuntime") else []:
             for container in pod["containers"]:
                 container.setdefault("envFrom", []).append(source)
 
