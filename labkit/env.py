@@ -50,10 +50,6 @@ PACKAGES = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Python, torch, accelerators
-
-
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
     where = f"virtual environment {Path(sys.prefix).name}" if sys.prefix != sys.base_prefix else sys.executable
     check, detail = _checker("Python", "python"), f"{'.'.join(map(str, version))} ({where})"
@@ -112,10 +108,6 @@ def check_hpu() -> Check:
         detail = f"habana_frameworks {dist_version('habana-torch-plugin') or ''} installed but no Gaudi device visible"
         return check(WARN, detail, "check `hl-smi`, HABANA_VISIBLE_MODULES and the pod's habana.ai/gaudi limit")
     return check(PASS, f"{hthpu.device_count()} x {hthpu.get_device_name()}")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# DeepSpeed
 
 
 def check_deepspeed() -> Check:
@@ -246,10 +238,6 @@ def check_mpirun() -> Check:
     return check(PASS, f"{version} ({exe})")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# System
-
-
 def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping[str, str] | None = None) -> Check:
     check, threads = _checker("CPU", "system"), (os.environ if env is None else env).get("OMP_NUM_THREADS")
     cores = cores or usable_cores()
@@ -292,10 +280,6 @@ def check_hugepages(meminfo_text: str, gaudi_present: bool = False) -> Check:
         fix += "request hugepages-2Mi in the pod"
         return check(WARN, detail + ": Gaudi workloads need hugepages-2Mi", fix)
     return check(PASS, detail + (" (only Gaudi workloads need them)" if total == 0 else ""))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# NCCL environment
 
 
 def check_nccl_debug(env: Mapping[str, str]) -> Check:
@@ -363,10 +347,6 @@ def check_proxy(env: Mapping[str, str]) -> Check:
     return check(PASS, detail + " (jobs: labkit job submit --http-proxy ... puts them into every pod)")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Kubernetes
-
-
 def check_kubeconfig(
     kubeconfig: str | None = None, context: str | None = None, env: Mapping[str, str] | None = None
 ) -> Check:
@@ -400,10 +380,6 @@ def check_api_server(kubeconfig: str | None = None, context: str | None = None, 
         return check(WARN, f"{probe.server} answered but refused the credentials ({probe.error})", fix)
     answer = f"{probe.error} for /version" if probe.status else f"Kubernetes {probe.version}"
     return check(PASS, f"{probe.server} answers, {answer} ({probe.elapsed_s:.2f} s)")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# All of them
 
 
 def validate_check_options(
