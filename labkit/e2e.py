@@ -176,8 +176,7 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
         running = page.evaluate(f"() => {_PROMPTS}")
         run.problems.append(f"the cells did not all finish within {cell_timeout_s:.0f} s (prompts: {running})")
     # From the notebook's model, not the prompts: a cell whose source is collapsed (a solution) shows no prompt.
-    skipped = page.evaluate(_NEVER_RAN)
-    if skipped:
+    if skipped := page.evaluate(_NEVER_RAN):
         run.problems.append(f"{skipped} cell(s) never ran (Run All stops at a failing cell)")
     seen = page.evaluate(_INSPECT)
     run.problems += [f"error output: {text}" for text in seen["errors"]]
@@ -206,8 +205,7 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
 
 def run_notebooks(paths: list[Path], out_dir: str | Path, *, cell_timeout_s: float = 600.0) -> list[BrowserRun]:
     """Open and run each notebook in JupyterLab in Chromium; screenshots and results.json into out_dir."""
-    missing = why_not_runnable()
-    if missing:
+    if missing := why_not_runnable():
         raise LabkitError(f"e2e cannot run: {missing}")
     from playwright.sync_api import sync_playwright
 

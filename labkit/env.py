@@ -164,8 +164,7 @@ def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> C
     detail = f"prebuilt: {installed}; JIT-buildable: {buildable} ({tools})"
     needs = {"ninja": report["ninja"], "a C++ compiler": report["compiler"]}
     needs |= {"CUDA_HOME/nvcc": report["cuda_home"]} if info.gpu_build else {}
-    missing = [what for what, ok in needs.items() if not ok]
-    if missing:
+    if missing := [what for what, ok in needs.items() if not ok]:
         fix = f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
         fix += 'toolkit), or avoid compiled ops: "torch_adam": true in the optimizer params'
         return check(WARN, detail, fix)
@@ -218,8 +217,7 @@ def check_torch_cuda_arch_list(value: str | None, gpu_build: bool) -> Check:
 def check_package(dist: str) -> Check:
     """A distribution of PACKAGES: its version, or why it matters and how to install it."""
     group, required, why, fix = PACKAGES[dist]
-    version = dist_version(dist)
-    if version:
+    if version := dist_version(dist):
         return Check(dist, PASS, version, group=group)
     fix = fix or f"pip install {dist} (or `make install`)"
     return Check(dist, FAIL if required else WARN, f"not installed: {why}", fix, group)
@@ -305,8 +303,7 @@ def check_nccl_socket_ifname(env: Mapping[str, str], interfaces: Sequence[str]) 
     have = ", ".join(interfaces) or "none"
     if not value:
         return check(PASS, f"unset: NCCL picks an interface itself (here: {have})")
-    matched = nccl_ifname_matches(value, interfaces)
-    if matched:
+    if matched := nccl_ifname_matches(value, interfaces):
         return check(PASS, f"{value!r} selects {', '.join(matched)}")
     usable = [i for i in interfaces if i != "lo"] or list(interfaces) or ["eth0"]
     detail = f"{value!r} matches no interface on this machine (interfaces: {have}); NCCL would fail with "

@@ -83,7 +83,6 @@ class SuiteResult:
         return all(r.passed for r in self.runs) and all(o.passed for o in self.outcomes)
 
 
-# -- loading ------------------------------------------------------------------------------------------------------
 class _Map(dict):
     line = 0
 
@@ -109,8 +108,7 @@ def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
 
 
 def _unknown(path: Path, mapping: _Map, allowed: set[str], what: str) -> None:
-    extra = sorted(set(mapping) - allowed)
-    if extra:
+    if extra := sorted(set(mapping) - allowed):
         fix = f"use only {', '.join(sorted(allowed))}"
         raise _refuse(path, mapping.line, f"unknown key {extra[0]!r} in {what}", fix)
 
@@ -188,7 +186,6 @@ def load(path: str | Path) -> Suite:
     return Suite(str(raw.get("name") or path.stem), path, entries)
 
 
-# -- evaluating -----------------------------------------------------------------------------------------------------
 _MISSING = object()
 
 
@@ -262,7 +259,6 @@ def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
     return run_dir, result
 
 
-# -- reporting ------------------------------------------------------------------------------------------------------
 def junit_xml(result: SuiteResult) -> str:
     """JUnit XML (the common testsuites/testsuite/testcase shape CI systems read): a testcase per notebook run and per
     expectation, the measured value and threshold in the name and message."""
