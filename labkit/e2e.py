@@ -123,8 +123,8 @@ def why_not_runnable() -> str | None:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[str]:
-    """A JupyterLab server on `root` with the workshop settings: yields its base URL with the token as a query."""
+def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[tuple[str, str]]:
+    """A JupyterLab server on `root` with the workshop settings: yields (its base URL, its token)."""
     settings, token, port = root / ".settings", secrets.token_hex(16), launch.free_port()
     for name, value in SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[str]:
                     tail = (root / "jupyterlab.log").read_text(errors="replace")[-1500:]
                     raise LabkitError(f"JupyterLab did not start within {start_timeout_s:.0f} s: {tail}") from None
                 time.sleep(0.3)
-        yield f"{base}|{token}"
+        yield base, token
     finally:
         procs.stop_tree(server, grace_s=5.0)  # the kernels are its children: they go with it
         log.close()
@@ -217,8 +217,7 @@ def run_notebooks(paths: list[Path], out_dir: str | Path, *, cell_timeout_s: flo
         (root / "work").mkdir()
         for nb in paths:  # a fresh, output-free copy: autosave may write outputs into what it opened
             shutil.copy(nb, root / nb.name)
-        with jupyterlab(root) as where, sync_playwright() as pw:
-            base, token = where.split("|")
+        with jupyterlab(root) as (base, token), sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
             try:
                 for nb in paths:

@@ -401,8 +401,10 @@ def run_checks(
     """Every check, in a fixed order. A check that crashes becomes a WARN naming the crash, never a traceback."""
     validate_check_options(timeout, kubeconfig)
     env, report, torch_info = dict(os.environ if env is None else env), CheckReport(), torch_build()
-    passed = lambda name: any(c.name == name and c.status == PASS for c in report)  # noqa: E731
     meminfo = Path("/proc/meminfo")
+
+    def passed(name: str) -> bool:
+        return any(c.name == name and c.status == PASS for c in report)
 
     def ops() -> Check:
         try:

@@ -224,13 +224,12 @@ def run_all(
     if not notebooks:
         fix = f"put .ipynb files in {notebooks_dir()}, or set {NOTEBOOKS_ENV} to the kit's notebooks folder"
         raise ConfigError("notebooks", "no notebooks found", fix)
-    if per_notebook is not None:
-        chosen = list(zip(notebooks, per_notebook, strict=True))
-    else:
-        by_nb = parameters_per_notebook(
+    if per_notebook is None:
+        checked = parameters_per_notebook(
             notebooks, parameters, use_test_parameters=use_test_parameters, optional=optional
         )
-        chosen = list(by_nb.items())
+        notebooks, per_notebook = list(checked), list(checked.values())
+    chosen = list(zip(notebooks, per_notebook, strict=True))
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []

@@ -45,8 +45,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         for entry in suite.entries:
             if "backend" in notebooks.declared_parameters(entry.notebook):
                 entry.parameters.setdefault("backend", args.backend)
-    options = {"timeout": _cell_timeout(args), "log_output": args.log_output}
-    run_dir, result = suites.run_suite(suite, out_dir=args.out, **options)
+    run_dir, result = suites.run_suite(suite, out_dir=args.out, timeout=_cell_timeout(args), log_output=args.log_output)
     if args.junit:
         args.junit.write_text(suites.junit_xml(result))
     print(f"report: {run_dir / 'index.html'}")
