@@ -193,8 +193,7 @@ def run_notebook(
         try:
             nb = nbformat.read(output, as_version=4)
             for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
-                outs = cell.get("outputs", [])
-                cell["outputs"] = [o for o in outs if set(o.get("data", {})) != {results.MIME_TYPE}]
+                cell["outputs"] = [o for o in cell.get("outputs", []) if set(o.get("data", {})) != {results.MIME_TYPE}]
             body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
             html_path.write_text(body)
             run.html = str(html_path)
