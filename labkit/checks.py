@@ -93,13 +93,10 @@ def quiet(python_streams: bool = True):
         logging.disable(disabled)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Facts gathered once and shared by several checks
-
-
 @dataclass(frozen=True)
 class TorchBuild:
-    """What the installed torch is and sees. `error` is set when torch is missing or fails to import."""
+    """What the installed torch is and sees (a fact several checks share). `error` is set when torch is missing or
+    fails to import."""
 
     version: str | None = None
     cuda: str | None = None  # torch.version.cuda ("13.0") for CUDA builds

@@ -123,8 +123,8 @@ def why_not_runnable() -> str | None:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[str]:
-    """A JupyterLab server on `root` with the workshop settings: yields its base URL with the token as a query."""
+def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[tuple[str, str]]:
+    """A JupyterLab server on `root` with the workshop settings: yields (its base URL, its token)."""
     settings, token, port = root / ".settings", secrets.token_hex(16), launch.free_port()
     for name, value in SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def jupyterlab(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[str]:
                     tail = (root / "jupyterlab.log").read_text(errors="replace")[-1500:]
                     raise LabkitError(f"JupyterLab did not start within {start_timeout_s:.0f} s: {tail}") from None
                 time.sleep(0.3)
-        yield f"{base}|{token}"
+        yield base, token
     finally:
         procs.stop_tree(server, grace_s=5.0)  # the kernels are its children: they go with it
         log.close()
@@ -176,8 +176,7 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
         running = page.evaluate(f"() => {_PROMPTS}")
         run.problems.append(f"the cells did not all finish within {cell_timeout_s:.0f} s (prompts: {running})")
     # From the notebook's model, not the prompts: a cell whose source is collapsed (a solution) shows no prompt.
-    skipped = page.evaluate(_NEVER_RAN)
-    if skipped:
+    if skipped := page.evaluate(_NEVER_RAN):
         run.problems.append(f"{skipped} cell(s) never ran (Run All stops at a failing cell)")
     seen = page.evaluate(_INSPECT)
     run.problems += [f"error output: {text}" for text in seen["errors"]]
@@ -206,8 +205,7 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
 
 def run_notebooks(paths: list[Path], out_dir: str | Path, *, cell_timeout_s: float = 600.0) -> list[BrowserRun]:
     """Open and run each notebook in JupyterLab in Chromium; screenshots and results.json into out_dir."""
-    missing = why_not_runnable()
-    if missing:
+    if missing := why_not_runnable():
         raise LabkitError(f"e2e cannot run: {missing}")
     from playwright.sync_api import sync_playwright
 
@@ -219,8 +217,7 @@ def run_notebooks(paths: list[Path], out_dir: str | Path, *, cell_timeout_s: flo
         (root / "work").mkdir()
         for nb in paths:  # a fresh, output-free copy: autosave may write outputs into what it opened
             shutil.copy(nb, root / nb.name)
-        with jupyterlab(root) as where, sync_playwright() as pw:
-            base, token = where.split("|")
+        with jupyterlab(root) as (base, token), sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
             try:
                 for nb in paths:

@@ -50,10 +50,6 @@ PACKAGES = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Python, torch, accelerators
-
-
 def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Check:
     where = f"virtual environment {Path(sys.prefix).name}" if sys.prefix != sys.base_prefix else sys.executable
     check, detail = _checker("Python", "python"), f"{'.'.join(map(str, version))} ({where})"
@@ -114,10 +110,6 @@ def check_hpu() -> Check:
     return check(PASS, f"{hthpu.device_count()} x {hthpu.get_device_name()}")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# DeepSpeed
-
-
 def check_deepspeed() -> Check:
     check, version = _checker("DeepSpeed", "deepspeed"), dist_version("deepspeed")
     if version is None:
@@ -172,8 +164,7 @@ def check_deepspeed_ops(report: Mapping[str, Any] | None, info: TorchBuild) -> C
     detail = f"prebuilt: {installed}; JIT-buildable: {buildable} ({tools})"
     needs = {"ninja": report["ninja"], "a C++ compiler": report["compiler"]}
     needs |= {"CUDA_HOME/nvcc": report["cuda_home"]} if info.gpu_build else {}
-    missing = [what for what, ok in needs.items() if not ok]
-    if missing:
+    if missing := [what for what, ok in needs.items() if not ok]:
         fix = f"install {' and '.join(missing)} to JIT-build ops (pip install ninja; apt-get install g++; the CUDA "
         fix += 'toolkit), or avoid compiled ops: "torch_adam": true in the optimizer params'
         return check(WARN, detail, fix)
@@ -226,8 +217,7 @@ def check_torch_cuda_arch_list(value: str | None, gpu_build: bool) -> Check:
 def check_package(dist: str) -> Check:
     """A distribution of PACKAGES: its version, or why it matters and how to install it."""
     group, required, why, fix = PACKAGES[dist]
-    version = dist_version(dist)
-    if version:
+    if version := dist_version(dist):
         return Check(dist, PASS, version, group=group)
     fix = fix or f"pip install {dist} (or `make install`)"
     return Check(dist, FAIL if required else WARN, f"not installed: {why}", fix, group)
@@ -244,10 +234,6 @@ def check_mpirun() -> Check:
         return check(WARN, f"{exe} does not answer --version: {exc}", "reinstall Open MPI")
     version = next((line.strip() for line in out.splitlines() if line.strip()), "unknown version")
     return check(PASS, f"{version} ({exe})")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# System
 
 
 def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping[str, str] | None = None) -> Check:
@@ -294,10 +280,6 @@ def check_hugepages(meminfo_text: str, gaudi_present: bool = False) -> Check:
     return check(PASS, detail + (" (only Gaudi workloads need them)" if total == 0 else ""))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# NCCL environment
-
-
 def check_nccl_debug(env: Mapping[str, str]) -> Check:
     check, value = _checker("NCCL_DEBUG", "network"), env.get("NCCL_DEBUG")
     if not value:
@@ -321,8 +303,7 @@ def check_nccl_socket_ifname(env: Mapping[str, str], interfaces: Sequence[str]) 
     have = ", ".join(interfaces) or "none"
     if not value:
         return check(PASS, f"unset: NCCL picks an interface itself (here: {have})")
-    matched = nccl_ifname_matches(value, interfaces)
-    if matched:
+    if matched := nccl_ifname_matches(value, interfaces):
         return check(PASS, f"{value!r} selects {', '.join(matched)}")
     usable = [i for i in interfaces if i != "lo"] or list(interfaces) or ["eth0"]
     detail = f"{value!r} matches no interface on this machine (interfaces: {have}); NCCL would fail with "
@@ -363,10 +344,6 @@ def check_proxy(env: Mapping[str, str]) -> Check:
     return check(PASS, detail + " (jobs: labkit job submit --http-proxy ... puts them into every pod)")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Kubernetes
-
-
 def check_kubeconfig(
     kubeconfig: str | None = None, context: str | None = None, env: Mapping[str, str] | None = None
 ) -> Check:
@@ -402,10 +379,6 @@ def check_api_server(kubeconfig: str | None = None, context: str | None = None, 
     return check(PASS, f"{probe.server} answers, {answer} ({probe.elapsed_s:.2f} s)")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# All of them
-
-
 def validate_check_options(
     timeout: float, kubeconfig: str | None = None, *, fields=("api_timeout_s", "kubeconfig")
 ) -> None:
@@ -428,8 +401,10 @@ def run_checks(
     """Every check, in a fixed order. A check that crashes becomes a WARN naming the crash, never a traceback."""
     validate_check_options(timeout, kubeconfig)
     env, report, torch_info = dict(os.environ if env is None else env), CheckReport(), torch_build()
-    passed = lambda name: any(c.name == name and c.status == PASS for c in report)  # noqa: E731
     meminfo = Path("/proc/meminfo")
+
+    def passed(name: str) -> bool:
+        return any(c.name == name and c.status == PASS for c in report)
 
     def ops() -> Check:
         try:

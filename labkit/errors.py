@@ -28,6 +28,11 @@ class LaunchError(LabkitError):
         super().__init__(message)
 
 
+def is_number(value: Any) -> bool:
+    """A real number: int or float, but not a bool (True is an int to Python, never a count or a limit here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_choice(field: str, value: Any, allowed: Iterable[Any], fix: str | None = None) -> Any:
     """value if it is one of allowed, else ConfigError naming the field and the choices."""
     allowed = tuple(allowed)
@@ -50,8 +55,7 @@ def check_number(
     field: str, value: Any, minimum: float = 0.0, fix: str | None = None, *, strict: bool = False
 ) -> float:
     """value if it is a real number >= minimum (> minimum with strict), else ConfigError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < minimum or (strict and value == minimum):
+    if not is_number(value) or value < minimum or (strict and value == minimum):
         bound = f"{'>' if strict else '>='} {minimum:g}"
         raise ConfigError(field, f"must be a number {bound}, got {value!r}", fix or f"pass {field} {bound}")
     return float(value)

@@ -80,9 +80,6 @@ def select(names: Iterable[str]) -> list[Path]:
     return found
 
 
-# -- parameters ----------------------------------------------------------------------------------------------------
-
-
 def declared_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
     """The notebook's parameters as papermill sees them: name -> {inferred_type_name, default, help}."""
     import papermill
@@ -119,8 +116,7 @@ def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
 def check_parameters(path: Path, parameters: dict[str, Any]) -> dict[str, Any]:
     """Refuse parameters the notebook does not declare; coerce the rest to the declared types."""
     declared = declared_parameters(path)
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
+    if unknown := sorted(set(parameters) - set(declared)):
         fix = f"use one of: {', '.join(declared) or '(none)'} (see `labkit params {path}`)"
         raise ConfigError(f"{path.name}: parameter {', '.join(unknown)}", "not declared by this notebook", fix)
     types = {k: d.get("inferred_type_name", "None") for k, d in declared.items()}
@@ -131,17 +127,13 @@ def parameters_per_notebook(notebooks: list[Path], parameters=None, *, use_test_
     """Checked parameters per notebook, before anything runs: `parameters` apply where declared (each must be declared
     by at least one of the notebooks), `optional` (e.g. the backend) only where declared."""
     declared = {nb: declared_parameters(nb) for nb in notebooks}
-    unknown = [k for k in parameters or {} if not any(k in d for d in declared.values())]
-    if unknown:
+    if unknown := [k for k in parameters or {} if not any(k in d for d in declared.values())]:
         names = ", ".join(p.name for p in notebooks)
         fix = "check the names with `labkit params NOTEBOOK`"
         raise ConfigError(f"parameter {', '.join(unknown)}", f"not declared by {names}", fix)
     given = {**(optional or {}), **(parameters or {})}
     base = {nb: test_parameters(nb) if use_test_parameters else {} for nb in notebooks}
     return {nb: check_parameters(nb, base[nb] | {k: given[k] for k in given.keys() & declared[nb]}) for nb in notebooks}
-
-
-# -- running -------------------------------------------------------------------------------------------------------
 
 
 def _kernel_options(work_dir: Path) -> dict[str, Any]:
@@ -201,8 +193,7 @@ def run_notebook(
         try:
             nb = nbformat.read(output, as_version=4)
             for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
-                outs = cell.get("outputs", [])
-                cell["outputs"] = [o for o in outs if set(o.get("data", {})) != {results.MIME_TYPE}]
+                cell["outputs"] = [o for o in cell.get("outputs", []) if set(o.get("data", {})) != {results.MIME_TYPE}]
             body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
             html_path.write_text(body)
             run.html = str(html_path)
@@ -232,13 +223,12 @@ def run_all(
     if not notebooks:
         fix = f"put .ipynb files in {notebooks_dir()}, or set {NOTEBOOKS_ENV} to the kit's notebooks folder"
         raise ConfigError("notebooks", "no notebooks found", fix)
-    if per_notebook is not None:
-        chosen = list(zip(notebooks, per_notebook, strict=True))
-    else:
-        by_nb = parameters_per_notebook(
+    if per_notebook is None:
+        checked = parameters_per_notebook(
             notebooks, parameters, use_test_parameters=use_test_parameters, optional=optional
         )
-        chosen = list(by_nb.items())
+        notebooks, per_notebook = list(checked), list(checked.values())
+    chosen = list(zip(notebooks, per_notebook, strict=True))
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
@@ -290,19 +280,17 @@ def attach_screenshots(run_dir: Path, source: str | Path, runs: list[NotebookRun
 def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
     """index.html: one row per notebook (status, duration, parameters, links, a suite's expectations), plus
     summary.json. A failed cell links to that cell of the rendered notebook."""
-    checked = {}
-    for o in outcomes or []:
-        checked.setdefault(o.notebook, []).append(o)
-    summary = [asdict(r) | ({"expectations": [_outcome_dict(o) for o in checked[r.name]]} if r.name in checked else {})
+    checked = {r.name: [o for o in outcomes or [] if o.notebook == r.name] for r in runs}
+    summary = [asdict(r) | ({"expectations": [_outcome_dict(o) for o in checked[r.name]]} if checked[r.name] else {})
                for r in runs]  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     rows = []
     for r in runs:
         params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
-        cell_id = _cell_id(r.output, r.failed_cell) if r.error and r.html else None
-        if cell_id:  # nbconvert's lab template anchors each cell as id="cell-id=<the cell's id>"
-            error += f'<a href="{html.escape(Path(r.html).name)}#cell-id={html.escape(cell_id)}">the failed cell</a>'
+        failed = _cell_id(r.output, r.failed_cell) if r.error and r.html else None
+        if failed:  # nbconvert's lab template anchors each cell as id="cell-id=<the cell's id>"
+            error += _link(f"{r.html}#cell-id={failed}", "the failed cell")
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
         expect = "".join(
@@ -345,8 +333,7 @@ def _recording_cell_link(run: NotebookRun, dotted: str) -> str:
         cell_id = results.cell_of(run.output, dotted.split(".")[0]) if run.html and run.output else None
     except (OSError, ValueError):
         cell_id = None
-    href = f"{html.escape(Path(run.html).name)}#cell-id={html.escape(cell_id)}" if cell_id else ""
-    return f' (<a href="{href}">the cell</a>)' if href else ""
+    return f" ({_link(f'{run.html}#cell-id={cell_id}', 'the cell')})" if cell_id else ""
 
 
 def _cell_id(executed: str, index: int | None) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from labkit import notebooks
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, is_number
 
 SUITE_KEYS, ENTRY_KEYS = {"name", "notebooks"}, {"path", "parameters", "expect"}
 CHECKS = ("min", "max", "equals", "min_count", "within_percent_of")
@@ -83,7 +83,6 @@ class SuiteResult:
         return all(r.passed for r in self.runs) and all(o.passed for o in self.outcomes)
 
 
-# -- loading ------------------------------------------------------------------------------------------------------
 class _Map(dict):
     line = 0
 
@@ -109,18 +108,13 @@ def _refuse(path: Path, line: int, problem: str, fix: str) -> ConfigError:
 
 
 def _unknown(path: Path, mapping: _Map, allowed: set[str], what: str) -> None:
-    extra = sorted(set(mapping) - allowed)
-    if extra:
+    if extra := sorted(set(mapping) - allowed):
         fix = f"use only {', '.join(sorted(allowed))}"
         raise _refuse(path, mapping.line, f"unknown key {extra[0]!r} in {what}", fix)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _number(path: Path, line: int, key: str, value: Any) -> None:
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise _refuse(path, line, f"{key}: {value!r} is not a number", f"give {key} a number, e.g. {key}: 50")
 
 
@@ -188,7 +182,6 @@ def load(path: str | Path) -> Suite:
     return Suite(str(raw.get("name") or path.stem), path, entries)
 
 
-# -- evaluating -----------------------------------------------------------------------------------------------------
 _MISSING = object()
 
 
@@ -207,34 +200,31 @@ def lookup(results: dict[str, Any], dotted: str) -> Any:
 
 def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any, str]:
     """(passed, measured value, why not) for one expectation against a run's recorded results."""
-    value = lookup(results, expectation.result)
+    name, checks = expectation.result, expectation.checks
+    value = lookup(results, name)
     if value is _MISSING:
-        return False, None, f"{expectation.result} was not recorded"
-    if "min_count" in expectation.checks:
+        return False, None, f"{name} was not recorded"
+    if "min_count" in checks:
         if not isinstance(value, (list, dict)):
-            return False, value, f"{expectation.result} = {value!r} is not a list or mapping to count"
+            return False, value, f"{name} = {value!r} is not a list or mapping to count"
         value = len(value)  # what is measured is the count (the collection itself is in the executed notebook)
-    for key, limit in expectation.checks.items():
+    for key, limit in checks.items():
         if key == "equals" and value != limit:
-            return False, value, f"{expectation.result} = {value!r}, expected {limit!r}"
-        if key == "min_count":
-            if value < limit:
-                return False, value, f"{expectation.result} has {value} entries, expected at least {limit}"
-            continue
-        if key in ("min", "max", "within_percent_of") and not _is_number(value):
-            return False, value, f"{expectation.result} = {value!r} is not a number"
+            return False, value, f"{name} = {value!r}, expected {limit!r}"
+        if key == "min_count" and value < limit:
+            return False, value, f"{name} has {value} entries, expected at least {limit}"
+        if key in ("min", "max", "within_percent_of") and not is_number(value):
+            return False, value, f"{name} = {value!r} is not a number"
         if key == "min" and value < limit:
-            return False, value, f"{expectation.result} = {value:g} is below the minimum {limit:g}"
+            return False, value, f"{name} = {value:g} is below the minimum {limit:g}"
         if key == "max" and value > limit:
-            return False, value, f"{expectation.result} = {value:g} is above the maximum {limit:g}"
+            return False, value, f"{name} = {value:g} is above the maximum {limit:g}"
         if key == "within_percent_of":
             other = lookup(results, limit)
-            if not _is_number(other):  # _MISSING included
-                return False, value, f"{limit} (to compare {expectation.result} with) was not recorded as a number"
-            percent = expectation.checks["percent"]
-            if abs(value - other) > abs(other) * percent / 100:
-                why = f"{expectation.result} = {value:g} is not within {percent:g}% of {limit} = {other:g}"
-                return False, value, why
+            if not is_number(other):  # _MISSING included
+                return False, value, f"{limit} (to compare {name} with) was not recorded as a number"
+            if abs(value - other) > abs(other) * checks["percent"] / 100:
+                return False, value, f"{name} = {value:g} is not within {checks['percent']:g}% of {limit} = {other:g}"
     return True, value, ""
 
 
@@ -262,7 +252,6 @@ def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
     return run_dir, result
 
 
-# -- reporting ------------------------------------------------------------------------------------------------------
 def junit_xml(result: SuiteResult) -> str:
     """JUnit XML (the common testsuites/testsuite/testcase shape CI systems read): a testcase per notebook run and per
     expectation, the measured value and threshold in the name and message."""

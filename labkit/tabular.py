@@ -42,9 +42,7 @@ def format_bytes(value: float | None, unit: str = "auto") -> str:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, max_width: int = 70) -> str:

@@ -33,12 +33,9 @@ def register(subparsers) -> None:
     c.add_argument("--gradient-accumulation-steps", type=int, default=1, help="default 1")
     c.add_argument("--out", default=None, help="file to write (default accelerate_config.yaml)")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
-    c.add_argument(
-        "--job",
-        metavar="NAME",
-        help="write it into this interactive job instead (through exec, to the job's folder on /shared, which all its "
-        "pods mount) and print the `labkit job exec` line that trains with it there",
-    )
+    into = "write it into this interactive job instead (through exec, to the job's folder on /shared, which all its "
+    into += "pods mount) and print the `labkit job exec` line that trains with it there"
+    c.add_argument("--job", metavar="NAME", help=into)
     _add(c, BACKEND_OPTIONS)
     c.set_defaults(func=_config)
 

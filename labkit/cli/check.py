@@ -16,11 +16,9 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    check = subparsers.add_parser(
-        "check",
-        help="check this machine: Python, torch, CUDA/NCCL, Gaudi, DeepSpeed ops, notebooks, /dev/shm, huge pages, "
-        "NCCL variables, MPI, kubeconfig (exit 1 only when a check fails)",
-    )
+    about = "check this machine: Python, torch, CUDA/NCCL, Gaudi, DeepSpeed ops, notebooks, /dev/shm, huge pages, "
+    about += "NCCL variables, MPI, kubeconfig (exit 1 only when a check fails)"
+    check = subparsers.add_parser("check", help=about)
     add_cluster_flags(check)
     help_timeout = "seconds to wait for the Kubernetes API server, at most 3 (default 2)"
     check.add_argument("--timeout", type=float, default=2.0, help=help_timeout)

@@ -44,9 +44,6 @@ def _download(args) -> int:
 def _check(args) -> int:
     arrays = data.load(args.path)
     per_class = np.bincount(arrays.train_labels, minlength=data.NUM_CLASSES).tolist()
-    print(
-        json.dumps(
-            {**arrays.summary(), "train_per_class": per_class, "label_names": list(arrays.label_names)}, indent=2
-        )
-    )
+    summary = {**arrays.summary(), "train_per_class": per_class, "label_names": list(arrays.label_names)}
+    print(json.dumps(summary, indent=2))
     return 0

@@ -13,10 +13,8 @@ from labkit.errors import LabkitError, check_number
 
 
 def register(subparsers) -> None:
-    discover = subparsers.add_parser(
-        "discover",
-        help="list local accelerators (NVIDIA, Gaudi, CPU) and, with --cluster, the Kubernetes nodes and CRDs",
-    )
+    about = "list local accelerators (NVIDIA, Gaudi, CPU) and, with --cluster, the Kubernetes nodes and CRDs"
+    discover = subparsers.add_parser("discover", help=about)
     discover.add_argument("--cluster", action="store_true", help="also query the cluster in the kubeconfig")
     add_cluster_flags(discover)
     discover.add_argument("--timeout", type=float, default=10.0, help="seconds per Kubernetes API request (default 10)")

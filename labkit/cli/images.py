@@ -15,13 +15,8 @@ def register(subparsers) -> None:
     build = sub.add_parser("build-command", help="print the command that builds an image (run it from the repo root)")
     build.add_argument("name", help="an image name from images/images.yaml, e.g. deepspeed")
     build.add_argument("--builder", default="docker", choices=BUILDERS)
-    build.add_argument(
-        "--build-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a build argument beyond images.yaml's, e.g. BASE_DIGEST=sha256:... (required where nothing records it)",
-    )
+    extra = "a build argument beyond images.yaml's, e.g. BASE_DIGEST=sha256:... (required where nothing records it)"
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help=extra)
     build.set_defaults(func=_build_command)
 
 

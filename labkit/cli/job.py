@@ -132,9 +132,8 @@ def _exec(args) -> int:
         argv = training_command(backend, steps=args.steps)
         print(f"$ {shlex.join(argv)}", flush=True)
     if not argv:
-        raise ConfigError(
-            "command", "no command given", f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train"
-        )
+        fix = f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train"
+        raise ConfigError("command", "no command given", fix)
     return Job(backend, args.name).exec(argv, timeout=args.timeout)
 
 

@@ -34,11 +34,8 @@ _SPEC_OPTIONS = [
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "manifests",
-        help="render and validate the kit's Kubernetes objects",
-        description="Render manifests/ with parameters, or validate YAML before applying it.",
-    )
+    parser = subparsers.add_parser("manifests", help="render and validate the kit's Kubernetes objects")
+    parser.description = "Render manifests/ with parameters, or validate YAML before applying it."
     sub = parser.add_subparsers(dest="manifests_command", metavar="ACTION", required=True)
     render = sub.add_parser("render", help="print validated YAML for one job (kubectl apply -f - ready)")
     render.add_argument("--accelerator", default="cpu", choices=ACCELERATORS)
@@ -46,24 +43,18 @@ def register(subparsers) -> None:
     for flag, field, kind, text in _SPEC_OPTIONS:
         render.add_argument(flag, dest=field, type=kind, help=text)
     render.add_argument("--no-hf-token", action="store_true", help="no HF_TOKEN reference at all")
-    render.add_argument(
-        "--trainjob-deadline",
-        choices=("auto", "yes", "no"),
-        default="no",
-        help="TrainJob spec.activeDeadlineSeconds (Trainer >= 2.2 only); auto: if the cluster's CRD has it",
-    )
+    deadline = "TrainJob spec.activeDeadlineSeconds (Trainer >= 2.2 only); auto: if the cluster's CRD has it"
+    render.add_argument("--trainjob-deadline", choices=("auto", "yes", "no"), default="no", help=deadline)
     render.add_argument("--kubeconfig", default=None, help="kubeconfig for --trainjob-deadline auto")
     render.add_argument("--job-only", action="store_true", help="only the MPIJob/TrainJob, not namespace/PVC/RBAC")
     render.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     render.set_defaults(func=_render)
     validate = sub.add_parser("validate", help="validate YAML files or kustomize directories before applying them")
     validate.add_argument("paths", nargs="+", type=Path, help="YAML files, kustomize directories, or - for stdin")
+    level = "Pod Security level for pods whose Namespace object is not in the input (default: restricted, the level of "
+    level += "the kit's cpu/nvidia namespace; a Namespace in the input sets its own)"
     validate.add_argument(
-        "--pod-security",
-        choices=("restricted", "baseline", "privileged"),
-        default="restricted",
-        help="Pod Security level for pods whose Namespace object is not in the input (default: restricted, the level "
-        "of the kit's cpu/nvidia namespace; a Namespace in the input sets its own)",
+        "--pod-security", choices=("restricted", "baseline", "privileged"), default="restricted", help=level
     )
     validate.set_defaults(func=_validate)
 

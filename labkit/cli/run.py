@@ -23,9 +23,8 @@ def register(subparsers) -> None:
                      help=f"per-cell limit in seconds (default {CELL_TIMEOUT_S:.0f}: a cell running longer has hung; "
                           "the run names it); 0 for none")  # fmt: skip
     run.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
-    run.add_argument(
-        "--screenshots", type=Path, help="show these browser screenshots in the report (make e2e writes runs/e2e)"
-    )
+    shots = "show these browser screenshots in the report (make e2e writes runs/e2e)"
+    run.add_argument("--screenshots", type=Path, help=shots)
     run.add_argument("--suite", type=Path, help="a regression suite (regression/*.yaml): notebooks, parameters, checks")
     run.add_argument("--junit", type=Path, help="with --suite: write JUnit XML here (a testcase per run and per check)")
     run.set_defaults(func=_run)
@@ -45,8 +44,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         for entry in suite.entries:
             if "backend" in notebooks.declared_parameters(entry.notebook):
                 entry.parameters.setdefault("backend", args.backend)
-    options = {"timeout": _cell_timeout(args), "log_output": args.log_output}
-    run_dir, result = suites.run_suite(suite, out_dir=args.out, **options)
+    run_dir, result = suites.run_suite(suite, out_dir=args.out, timeout=_cell_timeout(args), log_output=args.log_output)
     if args.junit:
         args.junit.write_text(suites.junit_xml(result))
     print(f"report: {run_dir / 'index.html'}")

@@ -11,12 +11,10 @@ from labkit.tabular import format_bytes
 
 
 def register(subparsers) -> None:
-    s = subparsers.add_parser(
-        "size",
-        help="inference weight bytes and devices needed; or whether training fits",
-        description="Inference: weights = params x bytes per dtype, devices = ceil(weights x headroom / device "
-        "memory). With --train-stage: per-device model states of DeepSpeed ZeRO training on --world-size devices of "
-        "--device.",
+    s = subparsers.add_parser("size", help="inference weight bytes and devices needed; or whether training fits")
+    s.description = (
+        "Inference: weights = params x bytes per dtype, devices = ceil(weights x headroom / device memory). With "
+        "--train-stage: per-device model states of DeepSpeed ZeRO training on --world-size devices of --device."
     )
     s.add_argument("--params", required=True, help="model size, e.g. 7B, 70B, 350M")
     s.add_argument("--dtype", default="all", help=f"one of {', '.join(sizing.INFERENCE_DTYPES)} or all")

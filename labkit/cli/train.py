@@ -24,13 +24,10 @@ def register(subparsers) -> None:
 
 def _train(args) -> int:
     # flags left at their defaults stay automatic (sizes and width follow the device, see cifar.plan)
-    defaults, run = (
-        train.TrainConfig(),
-        {k: getattr(args, k) for k in ("world_size", "launcher", "epochs", "synthetic")},
-    )
-    options = {
-        k: v for k, v in vars(train.config_from_args(args)).items() if v != getattr(defaults, k) and k not in run
-    }
+    defaults = train.TrainConfig()
+    run = {k: getattr(args, k) for k in ("world_size", "launcher", "epochs", "synthetic")}
+    given = vars(train.config_from_args(args))
+    options = {k: v for k, v in given.items() if v != getattr(defaults, k) and k not in run}
     plan = cifar.plan(**run, **options)
     try:
         print(f"{plan.world_size} rank(s) on {plan.config.device} via {plan.launcher} ({plan.why})", flush=True)

@@ -6,18 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from labkit import memory, zero
+from labkit import zero
 from labkit.chapters.zero_stages import conclusions, format_table, summary_rows
 from labkit.devices import DEVICE_CHOICES
+from labkit.memory import OFFLOADS
 
 _OPTIONS = (  # (flag, default, help; choices)
     ("--stages", "0,1,2,3", "stage variants: 0,1,2,3 and e.g. 2+opt, 3+opt+param", None),
-    (
-        "--offload",
-        "none",
-        "also run each listed stage >= 1 with this offload (parameters: stage 3 only)",
-        memory.OFFLOADS,
-    ),
+    ("--offload", "none", "also run each listed stage >= 1 with this offload (parameters: stage 3 only)", OFFLOADS),
     ("--world-size", 0, "data-parallel ranks on this machine (0: automatic, the command says what it picked)", None),
     ("--params", "20M", "model size, e.g. 20M, 335M, 1.3B", None),
     ("--dtype", "auto", "training precision", zero.DTYPES),
