@@ -170,8 +170,7 @@ def verified_copy(tag_dir: Path, key: bytes, dest: Path | None = None) -> tuple[
     for rel, (size, digest) in (manifest or {}).get("files", {}).items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             return None, f"{rel} is not a path inside the checkpoint"
-        hashed = _hashed(tag_dir / rel, dest and dest / rel)
-        if hashed is None:
+        if (hashed := _hashed(tag_dir / rel, dest and dest / rel)) is None:
             return None, f"{rel} is missing or not a plain file"
         if hashed != (size, digest):
             return None, f"{rel} does not match its checksum (corrupt or truncated)"

@@ -382,8 +382,7 @@ def _collect(name: str, sources: dict[str, Callable[[], list[Device]]], notes: l
 def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     """Local devices of the given kinds (default cuda, hpu, cpu). Never raises for a missing driver or tool."""
     kinds = list(kinds)
-    unknown = [k for k in kinds if k not in DEVICE_KINDS]
-    if unknown:
+    if unknown := [k for k in kinds if k not in DEVICE_KINDS]:
         fix = f"use some of {', '.join(DEVICE_KINDS)}"
         raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", fix)
     result = Discovery()
