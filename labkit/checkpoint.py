@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from labkit import shared_volume
@@ -83,23 +83,18 @@ def run_key(checkpoint_dir: str | Path, create: bool = False) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ConfigError(
-            "checkpoint_dir", f"no checkpoint key: ${KEY_ENV} is unset and {path} is missing", _NO_KEY_FIX
-        ) from None
+        problem = f"no checkpoint key: ${KEY_ENV} is unset and {path} is missing"
+        raise ConfigError("checkpoint_dir", problem, _NO_KEY_FIX) from None
     except OSError as exc:  # ELOOP: a symlink
-        raise ConfigError(
-            "checkpoint_dir",
-            f"{path} is not a plain file ({exc.strerror})",
-            f"remove it; a fresh run makes its own {KEY_FILE}",
-        ) from None
+        fix = f"remove it; a fresh run makes its own {KEY_FILE}"
+        raise ConfigError("checkpoint_dir", f"{path} is not a plain file ({exc.strerror})", fix) from None
     with os.fdopen(fd, "rb") as f:
         st, key = os.fstat(f.fileno()), f.read().strip()
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != os.geteuid() or mode & 0o077 or not stat.S_ISREG(st.st_mode) or len(key) < 32:
         problem = f"{path} is not your own private key file (owner uid {st.st_uid}, mode {mode:o}, {len(key)} bytes)"
-        raise ConfigError(
-            "checkpoint_dir", problem, f"use a folder only you can write; a fresh run makes its {KEY_FILE}"
-        )
+        fix = f"use a folder only you can write; a fresh run makes its {KEY_FILE}"
+        raise ConfigError("checkpoint_dir", problem, fix)
     return key
 
 
@@ -141,19 +136,13 @@ def _signed_manifest(tag_dir: Path, key: bytes) -> tuple[dict | None, str]:
 def verify(tag_dir: Path, key: bytes) -> tuple[bool, str]:
     """(ok, reason): a checkpoint is usable when its signed manifest exists and every file on disk matches it (a check
     of the folder as it is now; resume checks the copy it loads instead, see verified_copy)."""
-    manifest, reason = _signed_manifest(tag_dir, key)
-    for rel, (size, digest) in (manifest or {}).get("files", {}).items():
-        p = tag_dir / rel
-        if not p.is_file():
-            return False, f"{rel} is missing"
-        if p.stat().st_size != size or _sha256(p) != digest:
-            return False, f"{rel} does not match its checksum (corrupt or truncated)"
+    manifest, reason = verified_copy(tag_dir, key)
     return manifest is not None, reason
 
 
-def _copy_hashed(src: Path, dst: Path) -> tuple[int, str] | None:
-    """Copy src to the new file dst; (size, sha256) of exactly the bytes written, or None when src is no plain file
-    (missing, a symlink: never followed, a fifo: never waited on)."""
+def _hashed(src: Path, dst: Path | None) -> tuple[int, str] | None:
+    """(size, sha256) of src's bytes, copied into the new file dst when given (exactly the bytes hashed), or None when
+    src is no plain file (missing, a symlink: never followed, a fifo: never waited on)."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -161,28 +150,29 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[int, str] | None:
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
-        dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if dst:
+            dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
-        with open(dst, "xb") as out:
+        with open(dst, "xb") if dst else nullcontext() as out:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-                out.write(chunk)
                 size += len(chunk)
+                if out:
+                    out.write(chunk)
     return size, digest.hexdigest()
 
 
-def verified_copy(tag_dir: Path, key: bytes, dest: Path) -> tuple[dict | None, str]:
-    """Copy a checkpoint's files into dest, hashing what is written: (manifest, "ok") when every copy matches the
-    signed manifest, else (None, why). Loading dest then unpickles exactly the bytes that were checked, whatever
-    happens to tag_dir meanwhile (a check of tag_dir followed by a load from it would leave that window open)."""
+def verified_copy(tag_dir: Path, key: bytes, dest: Path | None = None) -> tuple[dict | None, str]:
+    """(manifest, "ok") when every file matches the signed manifest, else (None, why). With dest, the files are copied
+    there while hashed: loading dest then unpickles exactly the bytes that were checked, whatever happens to tag_dir
+    meanwhile (a check of tag_dir followed by a load from it would leave that window open)."""
     manifest, reason = _signed_manifest(tag_dir, key)
     for rel, (size, digest) in (manifest or {}).get("files", {}).items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             return None, f"{rel} is not a path inside the checkpoint"
-        copied = _copy_hashed(tag_dir / rel, dest / rel)
-        if copied is None:
+        if (hashed := _hashed(tag_dir / rel, dest and dest / rel)) is None:
             return None, f"{rel} is missing or not a plain file"
-        if copied != (size, digest):
+        if hashed != (size, digest):
             return None, f"{rel} does not match its checksum (corrupt or truncated)"
     return manifest, reason
 
@@ -249,19 +239,11 @@ def resume(engine, checkpoint_dir: str, world: int, stage: int, say) -> int | No
             if manifest is None:
                 say(f"checkpoint {path.name} skipped: {reason}")
                 continue
-            _check_world(manifest, path, world, stage)
+            if (n := manifest.get("world_size")) != world and stage > 0:
+                problem = f"checkpoint {path.name} was written by {n} ranks at ZeRO-{stage} (partitioned state)"
+                raise ConfigError("world_size", problem, f"resume with {n} ranks, or use a new checkpoint_dir")
             if engine.load_checkpoint(str(copy_root), tag=path.name)[0] is None:
                 raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
             return step
     say(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
     return None
-
-
-def _check_world(manifest: dict, path: Path, world: int, stage: int) -> None:
-    written_by = manifest.get("world_size")
-    if written_by != world and stage > 0:
-        raise ConfigError(
-            "world_size",
-            f"checkpoint {path.name} was written by {written_by} ranks at ZeRO-{stage} (partitioned state)",
-            f"resume with {written_by} ranks, or use a new checkpoint_dir",
-        )

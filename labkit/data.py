@@ -56,8 +56,7 @@ SHARED_DATA_FIX = (
 
 
 def _provide_fix(path: Path) -> str:
-    inputs = shared_volume.DATA_DIR
-    return SHARED_DATA_FIX if str(path) == inputs or str(path).startswith(inputs + "/") else PROVIDE_DATA_FIX
+    return SHARED_DATA_FIX if path.is_relative_to(shared_volume.DATA_DIR) else PROVIDE_DATA_FIX
 
 
 class DataFormatError(LabkitError):
@@ -259,8 +258,9 @@ def write(arrays: CifarArrays, dest: str | Path) -> Path:
     """Write `arrays` in the official layout under `dest/cifar-10-batches-py` (atomically); returns that folder."""
     folder = Path(dest).expanduser() / FOLDER
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".cifar-write-"))
-    try:
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".cifar-write-") as parent:
+        tmp = Path(parent) / FOLDER
+        tmp.mkdir(mode=0o700)
         chunks = np.array_split(np.arange(len(arrays.train_labels)), len(TRAIN_FILES))
         batches = [(name, arrays.train_images[idx], arrays.train_labels[idx]) for name, idx in zip(TRAIN_FILES, chunks)]
         batches.append((TEST_FILE, arrays.test_images, arrays.test_labels))
@@ -281,10 +281,7 @@ def write(arrays: CifarArrays, dest: str | Path) -> Path:
             (tmp / SYNTHETIC_MARKER).write_text(json.dumps({"synthetic": True, "source": arrays.source}) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.replace(tmp, folder)  # atomic: a half-written folder is never visible
     return folder
 
 

@@ -38,7 +38,7 @@ ACCELERATOR_RESOURCE = {"cpu": None, "nvidia": "nvidia.com/gpu", "gaudi": "haban
 MIB = 2**20
 SMI_FIELDS = "index,name,memory.total,memory.used,utilization.{},driver_version"  # gpu (nvidia-smi) | aip (hl-smi)
 CLI_TIMEOUT_S = 15.0
-# Per accelerator device: (why-not when unusable, fix when explicitly requested)
+# Per accelerator device: the fix when it was explicitly requested but is unusable
 UNAVAILABLE_FIX = {
     "cuda": "use device='auto' or 'cpu' here, or run on a GPU machine with a CUDA build of torch",
     "hpu": "use device='auto' or 'cpu' here, or run on a Gaudi node with Intel's Gaudi PyTorch image",
@@ -99,9 +99,8 @@ class Discovery:
         return {"devices": [d.to_dict() for d in self.devices], "notes": list(self.notes)}
 
     def text(self) -> str:
-        return text_table([d.row() for d in self.devices], DEVICE_COLUMNS) + "".join(
-            f"\n  note: {n}" for n in self.notes
-        )
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        return text_table([d.row() for d in self.devices], DEVICE_COLUMNS) + notes
 
     __repr__ = text  # what the notebook's plain-text output shows
 
@@ -318,9 +317,8 @@ def machine_summary() -> str:
             found = read()
         except Exception:  # noqa: BLE001 - no tool or no device: nothing to name
             continue
-        names = sorted({d.name for d in found})
         if found:
-            parts.append(f"{len(found)} x {', '.join(names)} ({kind})")
+            parts.append(f"{len(found)} x {', '.join(sorted({d.name for d in found}))} ({kind})")
     return "; ".join(parts) if len(parts) > 1 else parts[0] + "; no GPU or Gaudi"
 
 
@@ -382,8 +380,7 @@ def _collect(name: str, sources: dict[str, Callable[[], list[Device]]], notes: l
 def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     """Local devices of the given kinds (default cuda, hpu, cpu). Never raises for a missing driver or tool."""
     kinds = list(kinds)
-    unknown = [k for k in kinds if k not in DEVICE_KINDS]
-    if unknown:
+    if unknown := [k for k in kinds if k not in DEVICE_KINDS]:
         fix = f"use some of {', '.join(DEVICE_KINDS)}"
         raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", fix)
     result = Discovery()

@@ -123,9 +123,8 @@ class TrainConfig:
             checkpoint.check_writable(cfg.checkpoint_dir)
             checkpoint.run_key(cfg.checkpoint_dir, create=not cfg.resume)
         if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
-            raise ConfigError(
-                "deepspeed_config", f"{cfg.deepspeed_config} does not exist", "pass an existing JSON file"
-            )
+            problem = f"{cfg.deepspeed_config} does not exist"
+            raise ConfigError("deepspeed_config", problem, "pass an existing JSON file")
         per_step = world_size * cfg.grad_accum
         if cfg.global_batch % per_step:
             ranks_x_accum = f"{world_size} x {cfg.grad_accum}"
@@ -141,9 +140,8 @@ class TrainConfig:
         accelerated = cfg.device != "cpu"
         cfg.dtype = ("bf16" if accelerated else "fp32") if cfg.dtype == "auto" else cfg.dtype
         if cfg.dtype == "fp16" and not accelerated:
-            raise ConfigError(
-                "dtype", "fp16 training needs a GPU or Gaudi", "use dtype='bf16', 'fp32' or 'auto' on CPU"
-            )
+            fix = "use dtype='bf16', 'fp32' or 'auto' on CPU"
+            raise ConfigError("dtype", "fp16 training needs a GPU or Gaudi", fix)
         cfg.micro_batch = cfg.global_batch // per_step or cfg.micro_batch or (1024 if accelerated else 64)
         cfg.global_batch = cfg.micro_batch * per_step
         cfg.lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 0.1 * cfg.global_batch / 256)
@@ -187,18 +185,6 @@ def config_args(cfg: TrainConfig) -> list[str]:
         if value != f.default:
             args += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
     return args
-
-
-def load_arrays(cfg: TrainConfig, rank: int) -> data.CifarArrays:
-    """The data this run trains on. With synthetic data and a data_dir, rank 0 writes the files, the others wait."""
-    import deepspeed.comm as dist
-
-    sizes = dict(synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test, seed=cfg.seed)
-    if cfg.synthetic and cfg.data_dir:
-        if rank == 0:
-            data.training_set(cfg.data_dir, True, **sizes)
-        dist.barrier()
-    return data.training_set(cfg.data_dir, cfg.synthetic, **sizes).limit(cfg.max_train, cfg.max_test)
 
 
 def deepspeed_config(cfg: TrainConfig, total_steps: int) -> dict:
@@ -262,12 +248,13 @@ class Metrics:
             keep = [r for r in read_metrics(self.path) if r.get("kind") != "done" and r.get("step", 0) <= step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict) -> dict:
         record = {**record, "time": round(time.time(), 3)}
         self.records.append(record)
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        return record
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -323,7 +310,14 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     if cfg.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         torch.backends.cudnn.benchmark = True
-    arrays = load_arrays(cfg, rank) if arrays is None else arrays.limit(cfg.max_train, cfg.max_test)
+    if arrays is None:
+        sizes = dict(synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test, seed=cfg.seed)
+        if cfg.synthetic and cfg.data_dir:  # rank 0 writes the files, the others wait for them
+            if rank == 0:
+                data.training_set(cfg.data_dir, True, **sizes)
+            dist.barrier()
+        arrays = data.training_set(cfg.data_dir, cfg.synthetic, **sizes)
+    arrays = arrays.limit(cfg.max_train, cfg.max_test)
     per_epoch, total = plan_steps(cfg, len(arrays.train_labels))
     engine, ds_config, n_params = build_engine(cfg, total, rank)
     feed = data.DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
@@ -415,8 +409,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "data": kind, "train_loss": train_loss}
             record |= {"train_acc": train_acc, "test_loss": round(test_loss, 5), "test_acc": round(test_acc, 5)}
             record |= {"images_per_s": round(images / seconds, 1), "epoch_s": round(seconds, 3), "steps": steps_run}
-            metrics.write({**record, "resumed": first > 0})
-            epochs_done.append(metrics.records[-1])
+            epochs_done.append(metrics.write({**record, "resumed": first > 0}))
             rate = f"test acc {test_acc:.3f}, {record['images_per_s']:,.0f} images/s"
             say(f"epoch {epoch + 1}/{cfg.epochs} [{kind}]: train loss {train_loss:.4f} acc {train_acc:.3f}, {rate}")
             if cfg.checkpoint_dir and step < total and (not cfg.checkpoint_every or step % cfg.checkpoint_every == 0):
@@ -431,8 +424,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     finals["images_per_s_first_epoch"] = rates[0] if rates else None
     finals["images_per_s_best"] = max(rates[1:] or rates, default=None)
     finals |= {"compiled": bool(getattr(engine, "is_compiled", False)), "first_step_s": first_step_s}
-    metrics.write({"kind": "done", "step": step, "epochs": cfg.epochs, **shared, **finals})
-    summary = metrics.records[-1]
+    summary = metrics.write({"kind": "done", "step": step, "epochs": cfg.epochs, **shared, **finals})
     say(f"done [{kind}]: step {step}/{total}, test accuracy {summary['final_test_acc']}")
     return {**summary, "epochs_log": epochs_done, "records": metrics.records, "deepspeed_config": ds_config}
 
@@ -462,8 +454,7 @@ RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MA
 
 
 def init_distributed(cfg: TrainConfig) -> None:
-    """torch.distributed for this rank: from the launcher's env (RANK...), from Open MPI's (mpirun), or a world of one
-    when started plainly."""
+    """torch.distributed for this rank: from the launcher's env (RANK...), Open MPI's (mpirun), or a world of one."""
     init_deepspeed(pick_device(cfg.device), timeout_s=cfg.comm_timeout, verbose=cfg.verbose)
 
 

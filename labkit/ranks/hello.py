@@ -36,18 +36,13 @@ FLAGS = (  # flag, type, default, help
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag, kind, default, text in FLAGS:
         parser.add_argument(flag, type=kind, default=default, help=text)
     args = parser.parse_args(argv)
     if args.zero_stage not in (0, 1, 2, 3):
         parser.error(f"--zero-stage: {args.zero_stage} is not one of 0, 1, 2, 3")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     with rank_guard():
         run(args)
     return 0
