@@ -22,8 +22,8 @@ import weakref
 from pathlib import Path
 
 from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
+from labkit.memory import LOCATIONS, STATE_KINDS
 
-STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.STATE_KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 _SKIP_ATTRS = ("module", "_modules", "deepspeed", "engine", "parent", "timers", "mpu")
@@ -40,8 +40,8 @@ def build_model(hidden: int, layers: int):
     """`layers` blocks of [Linear(h, 4h), GELU, Linear(4h, h)]: labkit.memory.mlp_tensor_numels gives the sizes."""
     import torch.nn as nn
 
-    block = lambda: (nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))  # noqa: E731
-    return nn.Sequential(*[m for _ in range(layers) for m in block()])
+    blocks = ((nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)) for _ in range(layers))
+    return nn.Sequential(*[m for block in blocks for m in block])
 
 
 class Inventory:
@@ -67,7 +67,7 @@ class Inventory:
         self.storages[key] = {"bytes": int(storage.nbytes()), "kind": kind, "location": location, "where": where}
 
     def totals(self) -> dict:
-        out = {"device": dict.fromkeys(STATE_KINDS, 0), "host": dict.fromkeys(STATE_KINDS, 0)}
+        out = {loc: dict.fromkeys(STATE_KINDS, 0) for loc in LOCATIONS}
         for s in self.storages.values():
             out[s["location"]][s["kind"]] += s["bytes"]
         return out
