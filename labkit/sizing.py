@@ -69,8 +69,7 @@ def capture_deepspeed_estimator(
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold as zero3
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold as zero2
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
         if stage == 2:
             zero2(total_params, gpus_per_node, nodes)
         else:

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
@@ -44,12 +45,12 @@ def build_model(hidden: int, layers: int):
     return nn.Sequential(*[m for block in blocks for m in block])
 
 
+@dataclass
 class Inventory:
     """Storages seen so far -> (bytes, kind, location, holder); the first classification of a storage wins."""
 
-    def __init__(self, accelerator_device_type: str):
-        self.accel = accelerator_device_type
-        self.storages: dict[tuple, dict] = {}
+    accel: str  # the accelerator's device type: tensors on any other device are on the host
+    storages: dict[tuple, dict] = field(default_factory=dict)
 
     def add(self, tensor, kind: str, where: str = "") -> None:
         import torch
