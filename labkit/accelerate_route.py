@@ -162,12 +162,6 @@ def load_with_accelerate(path: str | Path):
     return load_config_from_file(str(path))
 
 
-def accelerate_executable(python: str = sys.executable) -> list[str]:
-    """`accelerate` installed beside `python` (else its CLI module)."""
-    candidate = Path(python).parent / "accelerate"
-    return [str(candidate)] if candidate.is_file() else [python, "-m", "accelerate.commands.accelerate_cli"]
-
-
 def launch_command(
     config_file: str | Path,
     script_args: list[str],
@@ -178,8 +172,12 @@ def launch_command(
 ) -> list[str]:
     """`accelerate launch --config_file F [--deepspeed_hostfile H --deepspeed_multinode_launcher openmpi] -m ...`.
     With a hostfile (an MPIJob launcher: /etc/mpi/hostfile) accelerate starts DeepSpeed's runner on it.
-    executable: None = this machine's accelerate; ["accelerate"] = the one on a job's PATH (the image's)."""
-    cmd = [*(executable or accelerate_executable()), "launch", "--config_file", str(config_file)]
+    executable: None = the `accelerate` installed beside this Python (else its CLI module); ["accelerate"] = the one
+    on a job's PATH (the image's)."""
+    if executable is None:
+        beside = Path(sys.executable).parent / "accelerate"
+        executable = [str(beside)] if beside.is_file() else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
+    cmd = [*executable, "launch", "--config_file", str(config_file)]
     if port is not None:
         cmd += ["--main_process_port", str(port)]
     if hostfile:
@@ -284,6 +282,8 @@ def send_config(plan: TrainPlan, job) -> str:
 
 def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable[[str], None] | None = None) -> dict:
     """One `accelerate launch` of 2+ local ranks; the per-rank report. LaunchError (one line) when a rank fails."""
+    from tqdm.auto import tqdm
+
     plan.validated()
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,10 +294,10 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
     cmd = plan.command(port)
     env = launch.kit_env({"MASTER_PORT": str(port), **plan.extra_env},
                          world_size=plan.config.num_processes, device=plan.device)  # fmt: skip
-    bar = _progress_bar(plan.steps) if progress else None
+    bar = tqdm(total=plan.steps, desc="training (rank 0)", unit="step", disable=not progress)
 
     def watch(line: str) -> None:
-        if bar is not None and line.startswith("LABKIT_PROGRESS"):
+        if progress and line.startswith("LABKIT_PROGRESS"):
             bar.n = int(line.split("step=")[1])
             bar.refresh()
         if on_output:
@@ -307,15 +307,8 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
     try:  # the run dir is the cwd: accelerate appends its `.deepspeed_env` there on multi-node launches
         launch.run_command(cmd, env, timeout=plan.timeout_s, on_output=watch, cwd=run_dir, log_path=run_dir / "log")
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return read_report(run_dir, plan, time.monotonic() - start, cmd)
-
-
-def _progress_bar(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="training (rank 0)", unit="step")
 
 
 def read_report(run_dir: Path, plan: TrainPlan, wall_s: float, cmd: list[str]) -> dict:

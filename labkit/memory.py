@@ -76,7 +76,8 @@ def check_offload(stage: int, offload_optimizer: bool, offload_param: bool) -> N
 
 
 def _check_training(stage: int, world_size: int, dtype: str, offload_optimizer: bool, offload_param: bool) -> None:
-    check_stage(stage), check_int("world_size", world_size, 1, "use 1 or more data-parallel ranks")
+    check_stage(stage)
+    check_int("world_size", world_size, 1, "use 1 or more data-parallel ranks")
     check_choice("dtype", dtype, TRAIN_DTYPES)
     check_offload(stage, offload_optimizer, offload_param)
 

@@ -5,7 +5,9 @@ Device memory is in GB (1e9 bytes) as sold. Training sizes use labkit.memory's D
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import io
 import math
 import re
@@ -67,8 +69,7 @@ def capture_deepspeed_estimator(
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold as zero3
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold as zero2
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
         if stage == 2:
             zero2(total_params, gpus_per_node, nodes)
         else:
@@ -126,7 +127,7 @@ def training_fit(
     capacity, need = DEVICE_MEMORY_GB[device] * GB, dev_bytes * headroom
     paper = paper_model_states(params, stage, world_size, dtype, **offload)
     paper_bytes, fits = sum(paper["device"].values()), need <= capacity
-    gb = lambda b: format_bytes(b, "GB")  # noqa: E731
+    gb = functools.partial(format_bytes, unit="GB")
     lines = [
         f"model: {format_count(params)} parameters (Ψ), {dtype}, ZeRO stage {stage}, N = {world_size} "
         f"× {device} ({DEVICE_MEMORY_GB[device]} GB each)",
@@ -154,10 +155,5 @@ def min_world_size(
     n = 1
     while n <= limit and not fits(n):  # doubling, then bisect: memory per device only shrinks as N grows
         n *= 2
-    if n > limit:
-        return None
-    lo, hi = max(1, n // 2), n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
-    return hi
+    lo = max(1, n // 2)
+    return None if n > limit else lo + bisect.bisect_left(range(lo, n), True, key=fits)

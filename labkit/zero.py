@@ -36,26 +36,28 @@ _STAGE_FIX = "write stages like 0,1,2,3 or 2+opt, 3+opt+param"
 
 @dataclass(frozen=True)
 class Variant:
+    """A ZeRO stage and what it offloads; a combination DeepSpeed has no configuration for is a ConfigError."""
+
     stage: int
     offload_optimizer: bool = False
     offload_param: bool = False
 
+    def __post_init__(self) -> None:
+        memory.check_offload(self.stage, self.offload_optimizer, self.offload_param)
+
     @property
     def name(self) -> str:
-        return f"{self.stage}" + ("+opt" if self.offload_optimizer else "") + ("+param" if self.offload_param else "")
+        return f"{self.stage}" + "+opt" * self.offload_optimizer + "+param" * self.offload_param
 
     @property
     def label(self) -> str:
-        extra = " + CPU optimizer" if self.offload_optimizer else ""
-        return f"ZeRO-{self.stage}{extra}" + (" + CPU params" if self.offload_param else "")
+        return f"ZeRO-{self.stage}" + " + CPU optimizer" * self.offload_optimizer + " + CPU params" * self.offload_param
 
     @classmethod
     def of(cls, stage: int, offload: str = "none") -> Variant:
         """One validated variant: (3, 'optimizer') -> 3+opt."""
         memory.check_stage(stage)
-        variant = cls(stage, check_choice("offload", offload, memory.OFFLOADS) != "none", "param" in offload)
-        memory.check_offload(variant.stage, variant.offload_optimizer, variant.offload_param)
-        return variant
+        return cls(stage, check_choice("offload", offload, memory.OFFLOADS) != "none", "param" in offload)
 
 
 def parse_stages(text: str | list, offload: str = "none") -> list[Variant]:
@@ -74,7 +76,6 @@ def parse_stages(text: str | list, offload: str = "none") -> list[Variant]:
         if int(m.group(1)) not in memory.STAGES:
             raise ConfigError("stages", f"ZeRO stage must be 0, 1, 2 or 3, got {m.group(1)}", "pick stages from 0-3")
         variants.append(Variant(int(m.group(1)), "+opt" in m.group(2), "+param" in m.group(2)))
-        memory.check_offload(variants[-1].stage, variants[-1].offload_optimizer, variants[-1].offload_param)
     with_param = "param" in offload
     if with_param and not any(v.stage == 3 for v in variants):
         fix = "add stage 3 to stages, or use offload='optimizer'"
@@ -105,7 +106,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
         try:
             ok = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-        except Exception:  # noqa: BLE001 - any failure means not supported
+        except Exception:  # any failure means not supported
             ok = False
         if not ok:
             fix = "use dtype='bf16' (or 'auto') or 'fp32'"

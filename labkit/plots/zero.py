@@ -5,13 +5,7 @@ from __future__ import annotations
 from labkit.memory import STATE_KINDS, STATE_LABELS
 from labkit.plots import figure
 
-STATE_COLOURS = {
-    "params": "#4c72b0",
-    "master_params": "#55a868",
-    "gradients": "#c44e52",
-    "optimizer_states": "#8172b2",
-    "buffers": "#ccb974",
-}
+STATE_COLOURS = dict(zip(STATE_KINDS, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")))
 
 
 def _scale(max_bytes: float) -> tuple[float, str]:
@@ -119,9 +113,9 @@ def fit_figure(fit: dict, title: str = "Model states vs device memory"):
     need, capacity = fit["need_bytes"] / 1e9, fit["capacity_bytes"] / 1e9
     fig = figure(6, 1.8, f"Bar chart: {title}: {need:.1f} GB needed against {capacity:.1f} GB of device memory")
     ax = fig.add_subplot()
-    ax.barh(["need"], [fit["need_bytes"] / 1e9], color="#55a868" if fit["fits"] else "#c44e52")
+    ax.barh(["need"], [need], color="#55a868" if fit["fits"] else "#c44e52")
     ax.barh(["model states"], [fit["model_state_bytes"] / 1e9], color="#4c72b0")
-    ax.axvline(fit["capacity_bytes"] / 1e9, color="black", linestyle="--", label="device memory")
+    ax.axvline(capacity, color="black", linestyle="--", label="device memory")
     ax.set_xlabel("GB per device")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)

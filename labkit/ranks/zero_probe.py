@@ -19,11 +19,12 @@ import statistics
 import sys
 import time
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
+from labkit.memory import LOCATIONS, STATE_KINDS
 
-STATE_KINDS = ("params", "master_params", "gradients", "optimizer_states", "buffers")  # = labkit.memory.STATE_KINDS
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
 _SKIP_ATTRS = ("module", "_modules", "deepspeed", "engine", "parent", "timers", "mpu")
@@ -40,16 +41,16 @@ def build_model(hidden: int, layers: int):
     """`layers` blocks of [Linear(h, 4h), GELU, Linear(4h, h)]: labkit.memory.mlp_tensor_numels gives the sizes."""
     import torch.nn as nn
 
-    block = lambda: (nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))  # noqa: E731
-    return nn.Sequential(*[m for _ in range(layers) for m in block()])
+    blocks = ((nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)) for _ in range(layers))
+    return nn.Sequential(*[m for block in blocks for m in block])
 
 
+@dataclass
 class Inventory:
     """Storages seen so far -> (bytes, kind, location, holder); the first classification of a storage wins."""
 
-    def __init__(self, accelerator_device_type: str):
-        self.accel = accelerator_device_type
-        self.storages: dict[tuple, dict] = {}
+    accel: str  # the accelerator's device type: tensors on any other device are on the host
+    storages: dict[tuple, dict] = field(default_factory=dict)
 
     def add(self, tensor, kind: str, where: str = "") -> None:
         import torch
@@ -67,7 +68,7 @@ class Inventory:
         self.storages[key] = {"bytes": int(storage.nbytes()), "kind": kind, "location": location, "where": where}
 
     def totals(self) -> dict:
-        out = {"device": dict.fromkeys(STATE_KINDS, 0), "host": dict.fromkeys(STATE_KINDS, 0)}
+        out = {loc: dict.fromkeys(STATE_KINDS, 0) for loc in LOCATIONS}
         for s in self.storages.values():
             out[s["location"]][s["kind"]] += s["bytes"]
         return out
