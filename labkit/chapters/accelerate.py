@@ -85,14 +85,8 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
     capacity = sizing.DEVICE_MEMORY_GB[sizing.check_device_type(device_type)] * sizing.GB
     weights = params * memory.TRAIN_DTYPES[check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)]
     rule_stage = 2 if weights * sizing.TRAINING_HEADROOM <= capacity else 3
-    fitting = [
-        v
-        for v in SPEED_ORDER
-        if sizing.training_fit(params, dtype, v[0], devices, device_type, offload_optimizer=v[1], offload_param=v[2])[
-            "fits"
-        ]
-    ]
-    best = fitting[0] if fitting else None  # fmt: skip
+    best = next((v for v in SPEED_ORDER if sizing.training_fit(params, dtype, v[0], devices, device_type,
+                 offload_optimizer=v[1], offload_param=v[2])["fits"]), None)  # fmt: skip
     rule = sizing.training_fit(params, dtype, rule_stage, devices, device_type)
     text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights "
             f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
