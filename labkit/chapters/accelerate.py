@@ -114,12 +114,9 @@ def check_moments_prediction(report: dict, prediction: int | None) -> str:
     """The exercise: Adam's two fp32 moments per rank (8 bytes x parameters / ranks from ZeRO stage 1 on)."""
     r = report["ranks"][0]
     measured = r["memory"]["step"]["device"]["optimizer_states"]
-    line = exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05)
-    if prediction is None:
-        return line
     why = (f"rank 0 counted them; 8 bytes x {r['params']:,} parameters / {r['world_size']} rank(s) = "
-           f"{8 * r['params'] // r['world_size']:,} (within 5% counts)")  # fmt: skip
-    return f"{line} {why}."
+           f"{8 * r['params'] // r['world_size']:,} (within 5% counts).")  # fmt: skip
+    return exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05, then=why)
 
 
 def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) -> list[str]:
