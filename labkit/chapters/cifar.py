@@ -12,6 +12,7 @@ import tempfile
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from labkit import data, launch, train
@@ -203,10 +204,10 @@ def epoch_edge_note(records: list[dict]) -> str:
     first reading of each epoch against the last one before it, compared with the typical step-to-step change inside
     an epoch (a loss that merely keeps falling is no saw-tooth)."""
     steps = [r for r in records if r.get("kind") == "step"]
-    pairs = list(zip(steps, steps[1:]))
-    change = lambda a, b: 1 - b["loss"] / a["loss"] if a["loss"] else 0.0  # noqa: E731
-    edges = [change(a, b) for a, b in pairs if b["epoch"] == a["epoch"] + 1]
-    inside = sorted(change(a, b) for a, b in pairs if b["epoch"] == a["epoch"])
+    # (epochs apart, relative drop) of each reading from the one before it
+    drops = [(b["epoch"] - a["epoch"], 1 - b["loss"] / a["loss"] if a["loss"] else 0.0) for a, b in pairwise(steps)]
+    edges = [drop for apart, drop in drops if apart == 1]
+    inside = sorted(drop for apart, drop in drops if apart == 0)
     if not edges:
         return "One epoch: no epoch edge to look at."
     mean, typical = sum(edges) / len(edges), inside[len(inside) // 2] if inside else 0.0

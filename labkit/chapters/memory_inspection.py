@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
@@ -22,7 +24,7 @@ def kind_rows(config: dict, rank: int = 0) -> list[dict]:
     """Per kind and location: measured bytes (steady backward), labkit's DeepSpeed model, and the paper's term."""
     m, p, paper = config["measured"][rank], config["predicted_deepspeed"], config["predicted_paper"]
     rows = []
-    for loc, kind in ((loc, kind) for loc in LOCATIONS for kind in STATE_KINDS):
+    for loc, kind in itertools.product(LOCATIONS, STATE_KINDS):
         pk = paper[loc].get(kind) if kind != "buffers" else None
         if m[loc][kind] or p[loc][kind] or pk:
             row = {"kind": STATE_LABELS[kind], "location": loc, "measured": m[loc][kind]}

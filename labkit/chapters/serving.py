@@ -10,6 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy
+
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.serving import local, models
@@ -64,12 +66,7 @@ def send_requests(
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation between the nearest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (pos - low)
+    return float(numpy.percentile(values, q))
 
 
 def latency_rows(records: list[dict]) -> list[dict[str, Any]]:
