@@ -19,10 +19,6 @@ SPEED_ORDER = ((0, False, False), (1, False, False), (2, False, False), (2, True
 DYNAMO_BACKENDS = ("no",)  # compiling is left out of the workshop (minutes of start-up on short runs)
 
 
-def label(stage: int, offload_optimizer: bool, offload_param: bool) -> str:
-    return Variant(stage, offload_optimizer, offload_param).label
-
-
 def plan_run(
     *,
     num_machines: int,
@@ -70,7 +66,7 @@ def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)
     sizing.check_device_type(device_type)
     rows = []
     for stage, opt, par in SPEED_ORDER:
-        row = {"config": label(stage, opt, par)}
+        row = {"config": Variant(stage, opt, par).label}
         for n in world_sizes:
             fit = sizing.training_fit(params, dtype, stage, n, device_type, offload_optimizer=opt, offload_param=par)
             row[f"N={n}"] = f"{format_bytes(fit['need_bytes'], 'GB')} {'fits' if fit['fits'] else 'no'}"
@@ -92,8 +88,8 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
             f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
             f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
             f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
-            f"{label(*best) if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
-    return {"rule_stage": rule_stage, "best": label(*best) if best else None, "rule_fits": rule["fits"],
+            f"{Variant(*best).label if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
+    return {"rule_stage": rule_stage, "best": Variant(*best).label if best else None, "rule_fits": rule["fits"],
             "holds": rule["fits"], "text": text}  # fmt: skip
 
 
