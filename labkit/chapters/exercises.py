@@ -22,8 +22,9 @@ def verdict(
     error = value / answer - 1 if answer else float(value != answer)
     right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
     off = f" ({error:+.0%})" if answer and not right else ""
-    line = f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: "
-    return line + f"**{'right' if right else 'not yet'}**." + (f" {then}" if then else "")
+    word = "right" if right else "not yet"
+    line = f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: **{word}**."
+    return f"{line} {then}" if then else line
 
 
 def _num(x: float) -> str:

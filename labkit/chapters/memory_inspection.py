@@ -84,7 +84,8 @@ def check_min_devices_prediction(calc: dict, device: str, prediction: int | None
     """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
     before the calculator prints it (`calc`: sizing.training_fit's result)."""
     answer = calc["min_world_size"]
-    why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
     if answer is None:
         why = "No number of devices fits: stage 0 keeps every model state on every rank."
+    else:
+        why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
     return exercises.verdict(prediction, answer or 0, name="my_min_devices", then=why)  # 0: no number fits
