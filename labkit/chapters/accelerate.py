@@ -19,10 +19,6 @@ SPEED_ORDER = ((0, False, False), (1, False, False), (2, False, False), (2, True
 DYNAMO_BACKENDS = ("no",)  # compiling is left out of the workshop (minutes of start-up on short runs)
 
 
-def label(stage: int, offload_optimizer: bool, offload_param: bool) -> str:
-    return Variant(stage, offload_optimizer, offload_param).label
-
-
 def plan_run(
     *,
     num_machines: int,
@@ -70,7 +66,7 @@ def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)
     sizing.check_device_type(device_type)
     rows = []
     for stage, opt, par in SPEED_ORDER:
-        row = {"config": label(stage, opt, par)}
+        row = {"config": Variant(stage, opt, par).label}
         for n in world_sizes:
             fit = sizing.training_fit(params, dtype, stage, n, device_type, offload_optimizer=opt, offload_param=par)
             row[f"N={n}"] = f"{format_bytes(fit['need_bytes'], 'GB')} {'fits' if fit['fits'] else 'no'}"
@@ -85,21 +81,15 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
     capacity = sizing.DEVICE_MEMORY_GB[sizing.check_device_type(device_type)] * sizing.GB
     weights = params * memory.TRAIN_DTYPES[check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)]
     rule_stage = 2 if weights * sizing.TRAINING_HEADROOM <= capacity else 3
-    fitting = [
-        v
-        for v in SPEED_ORDER
-        if sizing.training_fit(params, dtype, v[0], devices, device_type, offload_optimizer=v[1], offload_param=v[2])[
-            "fits"
-        ]
-    ]
-    best = fitting[0] if fitting else None  # fmt: skip
+    best = next((v for v in SPEED_ORDER if sizing.training_fit(params, dtype, v[0], devices, device_type,
+                 offload_optimizer=v[1], offload_param=v[2])["fits"]), None)  # fmt: skip
     rule = sizing.training_fit(params, dtype, rule_stage, devices, device_type)
     text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights "
             f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
             f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
             f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
-            f"{label(*best) if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
-    return {"rule_stage": rule_stage, "best": label(*best) if best else None, "rule_fits": rule["fits"],
+            f"{Variant(*best).label if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
+    return {"rule_stage": rule_stage, "best": Variant(*best).label if best else None, "rule_fits": rule["fits"],
             "holds": rule["fits"], "text": text}  # fmt: skip
 
 
@@ -120,12 +110,9 @@ def check_moments_prediction(report: dict, prediction: int | None) -> str:
     """The exercise: Adam's two fp32 moments per rank (8 bytes x parameters / ranks from ZeRO stage 1 on)."""
     r = report["ranks"][0]
     measured = r["memory"]["step"]["device"]["optimizer_states"]
-    line = exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05)
-    if prediction is None:
-        return line
     why = (f"rank 0 counted them; 8 bytes x {r['params']:,} parameters / {r['world_size']} rank(s) = "
-           f"{8 * r['params'] // r['world_size']:,} (within 5% counts)")  # fmt: skip
-    return f"{line} {why}."
+           f"{8 * r['params'] // r['world_size']:,} (within 5% counts).")  # fmt: skip
+    return exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05, then=why)
 
 
 def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) -> list[str]:

@@ -12,6 +12,7 @@ import tempfile
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from labkit import data, launch, train
@@ -132,7 +133,6 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
 
 SEED_EXAMPLE_IMAGES_PER_S = 2745  # DeepSpeedExamples cifar10_deepspeed.py on one H200 (shared/notes/deepspeed.md)
 AIRBENCH_IMAGES_PER_S = 320_000  # airbench94_compiled.py from its repository on one H200 (docs/benchmarks.md)
-REFERENCE_IMAGES_PER_S = (SEED_EXAMPLE_IMAGES_PER_S, AIRBENCH_IMAGES_PER_S)
 RUN_KEYS = ("synthetic", "device", "world_size", "model")
 
 
@@ -177,7 +177,8 @@ def summarize(records: list[dict]) -> dict:
     shown |= {"final_train_acc": epochs[-1]["train_acc"], "images_per_s": steady, "images_per_s_first_epoch": rates[0]}
     shown |= {"seconds_per_50k_epoch": 50_000 / steady if steady else None, "epochs": len(epochs)}
     shown |= {"compiled": bool(done.get("compiled")), "first_step_s": done.get("first_step_s")}
-    shown["vs_seed_example_h200"], shown["vs_airbench_h200"] = (steady / ref for ref in REFERENCE_IMAGES_PER_S)
+    shown["vs_seed_example_h200"] = steady / SEED_EXAMPLE_IMAGES_PER_S
+    shown["vs_airbench_h200"] = steady / AIRBENCH_IMAGES_PER_S
     return shown
 
 
@@ -203,10 +204,10 @@ def epoch_edge_note(records: list[dict]) -> str:
     first reading of each epoch against the last one before it, compared with the typical step-to-step change inside
     an epoch (a loss that merely keeps falling is no saw-tooth)."""
     steps = [r for r in records if r.get("kind") == "step"]
-    pairs = list(zip(steps, steps[1:]))
-    change = lambda a, b: 1 - b["loss"] / a["loss"] if a["loss"] else 0.0  # noqa: E731
-    edges = [change(a, b) for a, b in pairs if b["epoch"] == a["epoch"] + 1]
-    inside = sorted(change(a, b) for a, b in pairs if b["epoch"] == a["epoch"])
+    # (epochs apart, relative drop) of each reading from the one before it
+    drops = [(b["epoch"] - a["epoch"], 1 - b["loss"] / a["loss"] if a["loss"] else 0.0) for a, b in pairwise(steps)]
+    edges = [drop for apart, drop in drops if apart == 1]
+    inside = sorted(drop for apart, drop in drops if apart == 0)
     if not edges:
         return "One epoch: no epoch edge to look at."
     mean, typical = sum(edges) / len(edges), inside[len(inside) // 2] if inside else 0.0

@@ -8,8 +8,11 @@ from labkit import devices, memory
 from labkit.errors import ConfigError
 
 
-def verdict(prediction: float | None, answer: float, *, name: str, unit: str = "", rel_tol: float = 0.0) -> str:
-    """One Markdown line: the learner's prediction against the answer ('right' within rel_tol, exact when 0)."""
+def verdict(
+    prediction: float | None, answer: float, *, name: str, unit: str = "", rel_tol: float = 0.0, then: str = ""
+) -> str:
+    """One Markdown line: the learner's prediction against the answer ('right' within rel_tol, exact when 0), and
+    `then` (why the answer is what it is) once there is a prediction."""
     if prediction is None:
         return f"**Exercise:** set `{name}` above to your prediction and run this cell again."
     try:
@@ -19,10 +22,9 @@ def verdict(prediction: float | None, answer: float, *, name: str, unit: str = "
     error = value / answer - 1 if answer else float(value != answer)
     right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
     off = f" ({error:+.0%})" if answer and not right else ""
-    return (
-        f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: "
-        f"**{'right' if right else 'not yet'}**."
-    )
+    word = "right" if right else "not yet"
+    line = f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: **{word}**."
+    return f"{line} {then}" if then else line
 
 
 def _num(x: float) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
@@ -22,7 +24,7 @@ def kind_rows(config: dict, rank: int = 0) -> list[dict]:
     """Per kind and location: measured bytes (steady backward), labkit's DeepSpeed model, and the paper's term."""
     m, p, paper = config["measured"][rank], config["predicted_deepspeed"], config["predicted_paper"]
     rows = []
-    for loc, kind in ((loc, kind) for loc in LOCATIONS for kind in STATE_KINDS):
+    for loc, kind in itertools.product(LOCATIONS, STATE_KINDS):
         pk = paper[loc].get(kind) if kind != "buffers" else None
         if m[loc][kind] or p[loc][kind] or pk:
             row = {"kind": STATE_LABELS[kind], "location": loc, "measured": m[loc][kind]}
@@ -82,9 +84,8 @@ def check_min_devices_prediction(calc: dict, device: str, prediction: int | None
     """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
     before the calculator prints it (`calc`: sizing.training_fit's result)."""
     answer = calc["min_world_size"]
-    line = exercises.verdict(prediction, answer or 0, name="my_min_devices")  # 0: no number of devices fits
-    if prediction is None:
-        return line
     if answer is None:
-        return f"{line} No number of devices fits: stage 0 keeps every model state on every rank."
-    return f"{line} {answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
+        why = "No number of devices fits: stage 0 keeps every model state on every rank."
+    else:
+        why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
+    return exercises.verdict(prediction, answer or 0, name="my_min_devices", then=why)  # 0: no number fits

@@ -10,12 +10,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy
+
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.serving import local, models
 
 
-def sample_rows(info: models.ModelInfo, count: int, rng: random.Random, most: int = 4) -> list[list]:
+def sample_rows(info: models.ModelInfo, rng: random.Random, most: int = 4) -> list[list]:
     """One request's rows: 1..most rows of the model's input (floats, or token ids of one length)."""
     n, length = rng.randint(1, most), rng.randint(2, 12)
     if info.kind == "float":
@@ -35,7 +37,7 @@ def send_requests(
     request: rows, outputs, latency_ms, concurrent, and the largest difference from the single-process reference."""
     check_load(requests, concurrency)
     info, rng = models.model_info(model), random.Random(seed)
-    batches = [sample_rows(info, i, rng) for i in range(requests)]
+    batches = [sample_rows(info, rng) for _ in range(requests)]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=requests, desc="requests", unit="req", disable=not progress)
@@ -64,12 +66,7 @@ def send_requests(
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by linear interpolation between the nearest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (pos - low)
+    return float(numpy.percentile(values, q))
 
 
 def latency_rows(records: list[dict]) -> list[dict[str, Any]]:
@@ -99,9 +96,7 @@ def latency_figure(records: list[dict], title: str):
         ax.hist(ms, bins=bins, range=(0, max(every) * 1.05), alpha=0.6, label=label, color=colour)
     for q, style in ((50, "--"), (99, ":")):
         ax.axvline(percentile(every, q), color="black", linestyle=style, linewidth=1, label=f"p{q} (all)")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("requests")
-    ax.set_title(title)
+    ax.set(xlabel="latency (ms)", ylabel="requests", title=title)
     ax.legend()
     fig.tight_layout()
     plt.close(fig)
@@ -110,8 +105,8 @@ def latency_figure(records: list[dict], title: str):
 
 def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
     """The exercise: the learner's parameter count per rank against what every rank reported."""
-    line = exercises.verdict(predicted, ranks[0]["params"], name="my_params_per_rank")
-    return line if predicted is None else f"{line} (parameters per rank; the solution cell says why)"
+    then = "(parameters per rank; the solution cell says why)"
+    return exercises.verdict(predicted, ranks[0]["params"], name="my_params_per_rank", then=then)
 
 
 def params_explanation(model: str, mode: str, ranks: list[dict]) -> str:

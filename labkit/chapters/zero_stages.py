@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from labkit.chapters import exercises
+from labkit.memory import paper_model_states
+from labkit.sizing import TRAINING_HEADROOM
 from labkit.tabular import format_bytes
 from labkit.zero import ONE_RANK_NOTE
 
@@ -96,8 +98,6 @@ def surprises(report: dict, rank: int = 0) -> list[str]:
 def check_zero3_prediction(params: int, dtype: str, prediction_mb: float | None, world_size: int = 4) -> str:
     """The exercise of notebook 02: predict ZeRO-3's per-rank model states at `world_size` ranks, then compare with
     the paper's formula for this model (within 5% counts as right). None: not answered yet."""
-    from labkit.memory import paper_model_states
-
     truth = paper_model_states(params, 3, world_size, dtype)
     answer = round(truth["total"] / 1e6, 1)
     line = exercises.verdict(prediction_mb, answer, name="my_zero3_mb", unit=" MB", rel_tol=0.05)
@@ -149,8 +149,6 @@ def one_device_note(report: dict, reference: dict) -> str:
 def headroom_note(reference: dict) -> str:
     """The allocator's peak against the counted model states on a GPU run: what grounds (or questions) the training
     calculator's head-room assumption (sizing.TRAINING_HEADROOM)."""
-    from labkit.sizing import TRAINING_HEADROOM
-
     c = reference["configs"][0]
     peak, states = (c["peak_above_start"] or [None])[0], c["measured_total"][0]
     if not peak or not states:

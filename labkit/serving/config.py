@@ -8,7 +8,7 @@ times out), and the per-step watchdog fires before the collective timeout (so ra
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from labkit.devices import DEVICE_KINDS
 from labkit.errors import ConfigError, check_choice, check_int, check_number
@@ -73,6 +73,3 @@ class ServeConfig:
         values = vars(parser.parse_args(argv))
         values.pop("local_rank")
         return cls(**values)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

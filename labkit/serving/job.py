@@ -46,32 +46,21 @@ def rank0_selector(job_name: str) -> dict[str, str]:
 def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
     """The Service (ClusterIP, `<job>-serve:<port>`) and the NetworkPolicy that open rank 0's endpoint to the lab
     pod of the same namespace, validated as the cluster would check them."""
-    meta = {"namespace": spec.namespace, "labels": {"app.kubernetes.io/part-of": "labkit"}}
+    metadata = {
+        "name": f"{spec.name}-serve",
+        "namespace": spec.namespace,
+        "labels": {"app.kubernetes.io/part-of": "labkit"},
+    }
+    rank0 = rank0_selector(spec.name)
     port = {"name": "http", "port": config.port, "targetPort": config.port, "protocol": "TCP"}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"{spec.name}-serve", **meta},
-        "spec": {"type": "ClusterIP", "selector": rank0_selector(spec.name), "ports": [port]},
-    }
-    policy = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": f"{spec.name}-serve", **meta},
-        "spec": {
-            "podSelector": {"matchLabels": rank0_selector(spec.name)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "ports": [{"port": config.port, "protocol": "TCP"}],
-                    "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}],
-                }
-            ],
-        },
-    }
-    objects = [service, policy]
-    manifests.validate_objects(objects)
-    return objects
+    service_spec = {"type": "ClusterIP", "selector": rank0, "ports": [port]}
+    lab_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}
+    ingress = {"ports": [{"port": config.port, "protocol": "TCP"}], "from": [lab_pod]}
+    policy_spec = {"podSelector": {"matchLabels": rank0}, "policyTypes": ["Ingress"], "ingress": [ingress]}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": service_spec}
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata, "spec": policy_spec}
+    manifests.validate_objects([service, policy])
+    return [service, policy]
 
 
 def cluster_manifests(config: ServeConfig, **spec) -> list[dict]:

@@ -8,8 +8,10 @@ tree: gracefully first (`POST /shutdown`: every rank exits 0), then `procs.stop_
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -71,8 +73,7 @@ class HttpClient:
                 response = conn.getresponse()
                 return response.status, _json_or_text(response.read())
             except (ConnectionError, http.client.HTTPException) as exc:
-                conn.close()
-                self._local.conn = None
+                self.close()
                 if attempt == 2 or isinstance(exc, ConnectionRefusedError):
                     raise
         raise AssertionError("unreachable")
@@ -87,9 +88,8 @@ class HttpClient:
         return self.request("GET", "/healthz?deep=1" if deep else "/healthz")
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        if getattr(self._local, "conn", None) is not None:
+            self._local.conn.close()
             self._local.conn = None
 
 
@@ -114,6 +114,7 @@ class LocalService:
         self.url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
         self.client = HttpClient(self.url)
         self._reader: threading.Thread | None = None
+        self._port = 0  # the master port of the last start()
 
     @property
     def command(self) -> list[str]:
@@ -128,8 +129,6 @@ class LocalService:
         self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
         self._reader.start()
         return self
-
-    _port = 0
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -173,12 +172,10 @@ class LocalService:
                 why = f"the service ended before it was ready: {self.failure()}"
                 raise LaunchError(why, output=self.output[-8000:])
             if self.ready is not None:
-                try:
+                with contextlib.suppress(OSError):  # not listening yet
                     status, body = self.client.healthz()
-                except OSError:
-                    status, body = 0, {}
-                if status == 200:
-                    return body
+                    if status == 200:
+                        return body
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"the service was not ready after {timeout:.0f} s (every rank stopped)")
@@ -196,10 +193,8 @@ class LocalService:
         """POST /shutdown (every rank leaves its loop and exits 0) and wait for the launcher (which exits a few
         seconds after its ranks); stop_tree if it overstays `timeout`. The launcher's exit code."""
         if self.running:
-            try:
+            with contextlib.suppress(OSError):  # already going: the wait below decides
                 self.client.request("POST", "/shutdown")
-            except OSError:
-                pass  # already going: the wait below decides
             try:
                 return self.wait(timeout)
             except TimeoutError:
@@ -229,8 +224,6 @@ class LocalService:
 
 def check_port_free(host: str, port: int) -> None:
     """ConfigError now when something already listens on the port (before ranks spend their start-up)."""
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind((host, port))

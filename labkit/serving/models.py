@@ -78,10 +78,6 @@ class BadRequest(ValueError):
     """A request the service refuses with HTTP 422 before any rank sees it; the message says what and where."""
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def check_inputs(info: ModelInfo, inputs: Any, max_batch: int) -> list[list]:
     """The request's `inputs` as validated rows, or BadRequest naming the first problem (shape, type, NaN, size)."""
     if not isinstance(inputs, list) or not inputs:
@@ -96,7 +92,7 @@ def check_inputs(info: ModelInfo, inputs: Any, max_batch: int) -> list[list]:
             if len(row) != info.features:
                 raise BadRequest(f"inputs[{i}] has {len(row)} values; model {info.name} takes {info.features}")
             for j, x in enumerate(row):
-                if not _is_number(x):
+                if not isinstance(x, (int, float)) or isinstance(x, bool):
                     raise BadRequest(f"inputs[{i}][{j}] must be a number, got {type(x).__name__}")
                 if not math.isfinite(x) or abs(x) > 3.0e38:  # NaN, inf, or past float32's range
                     raise BadRequest(f"inputs[{i}][{j}] is {x}: only finite float32 numbers are accepted")
@@ -118,7 +114,7 @@ def build(name: str):
     torch.manual_seed(SEED)
     classes = _classes()
     if name == "regressor":
-        return classes["Regressor"]().eval(), {classes["RegressorMLP"]: (".down",)}
+        return classes["Regressor"]().eval(), {classes["MLP"]: (".down",)}
     model_info(name)
     return classes["TinyLM"]().eval(), {classes["Block"]: ("attn.o_proj", "mlp.down")}
 
@@ -150,19 +146,19 @@ def _classes() -> dict[str, type]:
     from torch import nn
     from torch.nn import functional
 
-    class RegressorMLP(nn.Module):
-        def __init__(self, features: int = 10, hidden: int = 256):
+    class MLP(nn.Module):
+        def __init__(self, width: int, hidden: int, out: int, act: nn.Module):
             super().__init__()
-            self.up, self.act, self.down = nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+            self.up, self.act, self.down = nn.Linear(width, hidden), act, nn.Linear(hidden, out)
 
         def forward(self, x):
             return self.down(self.act(self.up(x)))
 
     # The policy's block must be a child (AutoTP replaces inside children); its layer names are then ".<child>".
     class Regressor(nn.Module):
-        def __init__(self):
+        def __init__(self, features: int = 10, hidden: int = 256):
             super().__init__()
-            self.mlp = RegressorMLP()
+            self.mlp = MLP(features, hidden, 1, nn.ReLU())
 
         def forward(self, x):
             return self.mlp(x)
@@ -182,19 +178,11 @@ def _classes() -> dict[str, type]:
             y = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.o_proj(y.transpose(1, 2).reshape(b, t, heads * self.head_dim))
 
-    class MLP(nn.Module):
-        def __init__(self, width: int):
-            super().__init__()
-            self.up, self.act, self.down = nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
-
-        def forward(self, x):
-            return self.down(self.act(self.up(x)))
-
     class Block(nn.Module):
         def __init__(self, width: int):
             super().__init__()
             self.ln1, self.attn = nn.LayerNorm(width), Attention(width)
-            self.ln2, self.mlp = nn.LayerNorm(width), MLP(width)
+            self.ln2, self.mlp = nn.LayerNorm(width), MLP(width, 4 * width, width, nn.GELU())
 
         def forward(self, x):
             x = x + self.attn(self.ln1(x))
@@ -213,5 +201,5 @@ def _classes() -> dict[str, type]:
                 x = block(x)
             return self.head(self.ln_f(x[:, -1]))  # the next token's logits
 
-    _CLASSES.update(RegressorMLP=RegressorMLP, Regressor=Regressor, Block=Block, TinyLM=TinyLM)
+    _CLASSES.update(MLP=MLP, Regressor=Regressor, Block=Block, TinyLM=TinyLM)
     return _CLASSES

@@ -98,8 +98,7 @@ class Ranks:
         if op != PREDICT:
             return None
         dtype = torch.float32 if self.info.kind == "float" else torch.long
-        x = as_tensor(self.info, rows).to(self.device) if self.rank == 0 else torch.empty(n, length, dtype=dtype)
-        x = x.to(self.device)
+        x = (as_tensor(self.info, rows) if self.rank == 0 else torch.empty(n, length, dtype=dtype)).to(self.device)
         dist.broadcast(x, 0)
         with torch.no_grad():
             if self.config.mode == "tp":
