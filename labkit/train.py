@@ -21,9 +21,10 @@ from pathlib import Path
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
-from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, shutdown_distributed
+from labkit.launch import COLLECTIVE_TIMEOUT_S
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
+from labkit.ranks.runtime import init_deepspeed, shutdown_distributed
 
 CHOICES = {
     "model": MODELS,

@@ -432,7 +432,7 @@ def test_two_jobs_train_on_one_host_at_the_same_time(backend):
 DRILL = """
 import threading, time
 import deepspeed
-from labkit.launch import rank_and_world, rank_guard
+from labkit.ranks.runtime import rank_and_world, rank_guard
 if rank_and_world()[0] == 1:
     threading.Thread(target=time.sleep, args=(600,)).start()
     with rank_guard():

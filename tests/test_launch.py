@@ -17,6 +17,7 @@ from kit_testing import kit_processes
 
 from labkit import devices, launch, procs
 from labkit.errors import ConfigError, LaunchError
+from labkit.ranks import runtime
 
 SCRIPT = Path(__file__).parent / "rank_scripts" / "allreduce.py"
 LAUNCHERS = ["deepspeed", "openmpi", "mpirun"]
@@ -262,23 +263,23 @@ def test_rank_and_world_read_either_launchers_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    assert launch.rank_and_world() == (1, 2)
+    assert runtime.rank_and_world() == (1, 2)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert launch.rank_and_world() == (3, 4)
+    assert runtime.rank_and_world() == (3, 4)
 
 
 def test_local_size_is_set_from_torchruns_or_open_mpis_count_unless_given(monkeypatch):
     for name in ("LOCAL_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert launch.set_local_size() is None and "LOCAL_SIZE" not in os.environ  # no launcher said: left unset
+    assert runtime.set_local_size() is None and "LOCAL_SIZE" not in os.environ  # no launcher said: left unset
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "3")  # mpirun
-    assert launch.set_local_size() == "3" == os.environ["LOCAL_SIZE"]
+    assert runtime.set_local_size() == "3" == os.environ["LOCAL_SIZE"]
     monkeypatch.delenv("LOCAL_SIZE")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun (accelerate launch) wins over Open MPI's
-    assert launch.set_local_size() == "2"
+    assert runtime.set_local_size() == "2"
     monkeypatch.setenv("LOCAL_SIZE", "4")  # DeepSpeed's own launcher set it: kept
-    assert launch.set_local_size() == "4" == os.environ["LOCAL_SIZE"]
+    assert runtime.set_local_size() == "4" == os.environ["LOCAL_SIZE"]
 
 
 def test_commands_are_shown_with_the_launcher_by_name(monkeypatch):

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.launch import BACKEND_OF, init_deepspeed, rank_guard, set_local_size
+from labkit.launch import BACKEND_OF
+from labkit.ranks.runtime import init_deepspeed, rank_guard, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
 
 COLLECTIVE_TIMEOUT_S = 300  # a dead peer ends a collective's wait instead of blocking for ever

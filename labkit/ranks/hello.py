@@ -14,7 +14,8 @@ import socket
 import sys
 import time
 
-from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, local_threads, rank_guard, say
+from labkit.launch import COLLECTIVE_TIMEOUT_S, local_threads
+from labkit.ranks.runtime import init_deepspeed, rank_guard, say
 
 TAG = "LABKIT_METRIC"
 

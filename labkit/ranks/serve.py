@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from labkit.launch import rank_guard
+from labkit.ranks.runtime import rank_guard
 from labkit.serving.config import ServeConfig
 from labkit.serving.service import run
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from labkit import train
-from labkit.launch import rank_and_world, rank_guard
+from labkit.ranks.runtime import rank_and_world, rank_guard
 
 
 def main(argv: list[str] | None = None) -> int:

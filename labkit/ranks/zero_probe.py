@@ -22,8 +22,9 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.launch import COLLECTIVE_TIMEOUT_S, init_deepspeed, rank_guard
+from labkit.launch import COLLECTIVE_TIMEOUT_S
 from labkit.memory import LOCATIONS, STATE_KINDS
+from labkit.ranks.runtime import init_deepspeed, rank_guard
 
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")

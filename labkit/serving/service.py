@@ -31,7 +31,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from labkit.launch import RANK_ERROR_TAG, init_deepspeed, local_threads, say
+from labkit.launch import RANK_ERROR_TAG, local_threads
+from labkit.ranks.runtime import init_deepspeed, say
 from labkit.serving.config import ServeConfig
 from labkit.serving.models import BadRequest, as_tensor, build, check_inputs
 

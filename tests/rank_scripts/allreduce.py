@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from labkit.launch import init_deepspeed, rank_and_world, rank_guard
+from labkit.ranks.runtime import init_deepspeed, rank_and_world, rank_guard
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--local_rank", type=int, default=0)  # appended by the deepspeed launcher
