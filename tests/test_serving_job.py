@@ -37,6 +37,10 @@ def test_service_selects_worker_0_where_rank_0_runs_on_the_fake_cluster():
     service, policy = job.render_service(spec, config)  # validated against Kubernetes' schemas
     assert service["spec"]["ports"][0]["targetPort"] == 8000 and service["metadata"]["name"] == "serve-demo-serve"
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    service["metadata"]["labels"]["team"] = "a"  # one object edited (kustomize, a user) leaves the other as rendered
+    service["spec"]["selector"]["extra"] = "b"
+    assert "team" not in policy["metadata"]["labels"] and "extra" not in policy["spec"]["podSelector"]["matchLabels"]
+    del service["metadata"]["labels"]["team"], service["spec"]["selector"]["extra"]
     mpijob = next(o for o in manifests.render_all(spec) if o["kind"] == "MPIJob")
     assert mpijob["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"] == (
         spec.launcher_command

@@ -10,6 +10,7 @@ process group, and the endpoint is on this machine.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 from labkit import devices, launch, manifests
@@ -51,14 +52,21 @@ def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
         "namespace": spec.namespace,
         "labels": {"app.kubernetes.io/part-of": "labkit"},
     }
-    rank0 = rank0_selector(spec.name)
     port = {"name": "http", "port": config.port, "targetPort": config.port, "protocol": "TCP"}
-    service_spec = {"type": "ClusterIP", "selector": rank0, "ports": [port]}
+    service_spec = {"type": "ClusterIP", "selector": rank0_selector(spec.name), "ports": [port]}
     lab_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}
     ingress = {"ports": [{"port": config.port, "protocol": "TCP"}], "from": [lab_pod]}
-    policy_spec = {"podSelector": {"matchLabels": rank0}, "policyTypes": ["Ingress"], "ingress": [ingress]}
+    rank0_pod = {"matchLabels": rank0_selector(spec.name)}
+    policy_spec = {"podSelector": rank0_pod, "policyTypes": ["Ingress"], "ingress": [ingress]}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": service_spec}
-    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata, "spec": policy_spec}
+    # Each object its own metadata: an edit to one (a label, an owner reference) must not change the other.
+    policy_meta = copy.deepcopy(metadata)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": policy_meta,
+        "spec": policy_spec,
+    }
     manifests.validate_objects([service, policy])
     return [service, policy]
 
