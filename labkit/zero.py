@@ -47,11 +47,12 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return f"{self.stage}" + "+opt" * self.offload_optimizer + "+param" * self.offload_param
+        return f"{self.stage}" + ("+opt" if self.offload_optimizer else "") + ("+param" if self.offload_param else "")
 
     @property
     def label(self) -> str:
-        return f"ZeRO-{self.stage}" + " + CPU optimizer" * self.offload_optimizer + " + CPU params" * self.offload_param
+        extra = " + CPU optimizer" if self.offload_optimizer else ""
+        return f"ZeRO-{self.stage}{extra}" + (" + CPU params" if self.offload_param else "")
 
     @classmethod
     def of(cls, stage: int, offload: str = "none") -> Variant:
