@@ -48,8 +48,10 @@ class KubeconfigSource:
             return f"in-cluster service account (server {self.server})"
         ctx = f", context {self.context}" if self.context else ""
         server = f", server {self.server}" if self.server else ""
-        plugin = f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)"
-        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin if self.exec_plugin else ''}"
+        plugin = (
+            f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)" if self.exec_plugin else ""
+        )
+        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin}"
 
 
 def shown_server(url: str) -> str:
@@ -142,8 +144,8 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
     server = clusters.get(ctx.get("cluster"), {}).get("server")
     plugin = (named["users"].get(ctx.get("user")) or {}).get("exec") or {}
     command = plugin.get("command") if isinstance(plugin, dict) else None
-    server = shown_server(server) if isinstance(server, str) else None
-    return chosen, server, Path(command).name if isinstance(command, str) else None
+    shown = shown_server(server) if isinstance(server, str) else None
+    return chosen, shown, Path(command).name if isinstance(command, str) else None
 
 
 def find_kubeconfig(

@@ -247,9 +247,10 @@ def _add_proxy(objects: list[dict], namespace: str, proxy: dict[str, str]) -> No
         if obj["kind"] == "TrainJob":  # the trainer has env only (no envFrom): one configMapKeyRef per variable
             env = obj["spec"]["trainer"].setdefault("env", [])
             env += [{"name": k, "valueFrom": {"configMapKeyRef": {"name": PROXY_CONFIGMAP, "key": k}}} for k in proxy]
-        for _, pod in pod_templates(obj) if obj["kind"] in ("MPIJob", "TrainingRuntime") else []:
-            for container in pod["containers"]:
-                container.setdefault("envFrom", []).append(source)
+        elif obj["kind"] in ("MPIJob", "TrainingRuntime"):
+            for _, pod in pod_templates(obj):
+                for container in pod["containers"]:
+                    container.setdefault("envFrom", []).append(source)
 
 
 def render_job(spec: JobSpec, kind: str = "interactive") -> dict:
