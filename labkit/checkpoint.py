@@ -135,8 +135,8 @@ def _signed_manifest(tag_dir: Path, key: bytes) -> tuple[dict | None, str]:
 
 def verify(tag_dir: Path, key: bytes) -> tuple[bool, str]:
     """(ok, reason): a checkpoint is usable when its signed manifest exists and every file on disk matches it (a check
-    of the folder as it is now; resume checks the copy it loads instead, see verified_copy)."""
-    manifest, reason = verified_copy(tag_dir, key)
+    of the folder as it is now; resume checks the copy it loads instead, see check_files)."""
+    manifest, reason = check_files(tag_dir, key)
     return manifest is not None, reason
 
 
@@ -150,27 +150,27 @@ def _hashed(src: Path, dst: Path | None) -> tuple[int, str] | None:
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
-        if dst:
+        if dst is not None:
             dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
-        with open(dst, "xb") if dst else nullcontext() as out:
+        with open(dst, "xb") if dst is not None else nullcontext() as out:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-                if out:
+                if out is not None:
                     out.write(chunk)
     return size, digest.hexdigest()
 
 
-def verified_copy(tag_dir: Path, key: bytes, dest: Path | None = None) -> tuple[dict | None, str]:
-    """(manifest, "ok") when every file matches the signed manifest, else (None, why). With dest, the files are copied
-    there while hashed: loading dest then unpickles exactly the bytes that were checked, whatever happens to tag_dir
-    meanwhile (a check of tag_dir followed by a load from it would leave that window open)."""
+def check_files(tag_dir: Path, key: bytes, copy_to: Path | None = None) -> tuple[dict | None, str]:
+    """(manifest, "ok") when every file matches the signed manifest, else (None, why). With copy_to, the files are
+    copied there while hashed: loading copy_to then unpickles exactly the bytes that were checked, whatever happens to
+    tag_dir meanwhile (a check of tag_dir followed by a load from it would leave that window open)."""
     manifest, reason = _signed_manifest(tag_dir, key)
     for rel, (size, digest) in (manifest or {}).get("files", {}).items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             return None, f"{rel} is not a path inside the checkpoint"
-        if (hashed := _hashed(tag_dir / rel, dest and dest / rel)) is None:
+        if (hashed := _hashed(tag_dir / rel, copy_to / rel if copy_to else None)) is None:
             return None, f"{rel} is missing or not a plain file"
         if hashed != (size, digest):
             return None, f"{rel} does not match its checksum (corrupt or truncated)"
@@ -235,7 +235,7 @@ def resume(engine, checkpoint_dir: str, world: int, stage: int, say) -> int | No
     key = run_key(checkpoint_dir)
     for step, path in tags(checkpoint_dir):
         with private_dir() as copy_root:
-            manifest, reason = verified_copy(path, key, copy_root / path.name)
+            manifest, reason = check_files(path, key, copy_to=copy_root / path.name)
             if manifest is None:
                 say(f"checkpoint {path.name} skipped: {reason}")
                 continue

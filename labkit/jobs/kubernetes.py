@@ -132,8 +132,11 @@ class KubernetesBackend(JobBackend):
         key = (verb, group, resource, namespace)
         if key not in self._access:
             attributes = dict(zip(("verb", "group", "resource", "namespace"), key))
-            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview"}
-            body["spec"] = {"resourceAttributes": attributes}
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
             try:
                 reply = self._rest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
                 self._access[key] = bool((reply.get("status") or {}).get("allowed"))
