@@ -248,10 +248,16 @@ def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
 
 # The image's `accelerate` on the fake API server's "pod" (this host): accelerate's own CLI, config loading and
 # DeepSpeed command, stopped where it would start DeepSpeed's runner (the fake's workers are names, not hosts).
-ACCELERATE_SHIM = """#!{python}
+# Stands in for DeepSpeed's runner: `accelerate launch` runs the `deepspeed` found on PATH (a subprocess in every
+# accelerate version; patching accelerate's own helper only worked from 1.16, which added `_run_subprocess`). The
+# real runner would then ssh to the operator's worker hostnames, which this host cannot resolve.
+DEEPSPEED_SHIM = """#!{python}
 import json, sys
-import accelerate.commands.launch as launch
-launch._run_subprocess = lambda cmd, env, quiet: print("LAUNCHES " + json.dumps(cmd), flush=True)
+print("LAUNCHES " + json.dumps(["deepspeed", *sys.argv[1:]]), flush=True)
+"""
+# accelerate's own console script, as the image's PATH provides it (this interpreter's bin may not be on PATH).
+ACCELERATE_CLI = """#!{python}
+import sys
 from accelerate.commands.accelerate_cli import main
 sys.exit(main())
 """
@@ -260,11 +266,12 @@ sys.exit(main())
 def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, capsys):
     """As the kit's ServiceAccount on the fake API server: submit, wait, write the config onto the job's shared
     volume through exec, exec the accelerate line in the launcher, delete."""
-    shim = tmp_path / "bin" / "accelerate"
-    shim.parent.mkdir()
-    shim.write_text(ACCELERATE_SHIM.format(python=sys.executable))
-    shim.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")  # the exec'd command's PATH
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("deepspeed", DEEPSPEED_SHIM), ("accelerate", ACCELERATE_CLI)):
+        (bin_dir / name).write_text(text.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # the exec'd command's PATH
     cfg = route.AccelerateConfig(stage=3, num_processes=4, num_machines=2, mixed_precision="bf16")
     plan = route.TrainPlan(cfg, route.job_run_dir("acc"))
     with fake_cluster() as (api, backend):
