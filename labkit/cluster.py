@@ -5,7 +5,6 @@ one verdict on an MPI Operator. No cluster configured is a report that says so, 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 
 from labkit.devices import ACCELERATOR_RESOURCE
 from labkit.errors import ConfigError, LabkitError, check_choice, check_number
-from labkit.kube import NO_CLUSTER_MESSAGE, api_client, find_kubeconfig, short_reason
+from labkit.kube import NO_CLUSTER_MESSAGE, api_client, find_kubeconfig, request_json, short_reason
 from labkit.tabular import format_bytes, html_table, text_table
 
 # Resources a node inventory keeps: the accelerators' device plugins, huge pages, CPU and memory
@@ -264,16 +263,15 @@ def trainjob_crd_status(crd) -> CrdStatus:
 def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
     """Whether the served TrainJob has spec.activeDeadlineSeconds (Kubeflow Trainer >= v2.2.0), from the OpenAPI v3
     discovery document every authenticated user may read (no CRD read, which needs cluster RBAC)."""
+    from kubernetes.client.exceptions import ApiException
+
     path = f"/openapi/v3/apis/trainer.kubeflow.org/{TRAINJOB_VERSION}"
-    request = api_client.param_serialize(
-        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
-    )
-    resp = api_client.call_api(*request, _request_timeout=timeout)
-    data = resp.read()
-    if resp.status != 200:
+    try:
+        document = request_json(api_client, "GET", path, timeout=timeout) or {}
+    except ApiException as exc:
         fix = "is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
-        raise LabkitError(f"GET {path}: HTTP {resp.status}. Fix: {fix}")
-    schemas = (json.loads(data).get("components") or {}).get("schemas") or {}
+        raise LabkitError(f"GET {path}: HTTP {exc.status}. Fix: {fix}") from None
+    schemas = (document.get("components") or {}).get("schemas") or {}
     trainjob = next((v for k, v in schemas.items() if k.endswith(".TrainJob")), {})
     spec = ((trainjob.get("properties") or {}).get("spec") or {}).get("properties") or {}
     return "activeDeadlineSeconds" in spec

@@ -8,6 +8,7 @@ stays cheap on machines without it (the GPU benchmark image).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -214,6 +215,11 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
             f"cannot load the cluster configuration from {source.describe()}: {why}. "
             "Fix: check it with `kubectl config view` and `kubectl get nodes`"
         )
+    if cfg.api_key and not cfg.auth_settings():  # the loader stored a token under a key the client never sends
+        raise LabkitError(
+            f"the kubernetes client {client.__version__} would send no token from {source.describe()} (kubernetes "
+            "36.0.0 stores it as 'authorization' and reads 'BearerToken'). Fix: pip install 'kubernetes!=36.0.0'"
+        )
     cfg.retries = cfg.retries if retries else False
     return client.ApiClient(configuration=cfg)
 
@@ -221,6 +227,28 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
 def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
     """An ApiClient for the configuration find_kubeconfig picks; a LabkitError saying so when there is none."""
     return api_client(find_kubeconfig(kubeconfig, context), context)
+
+
+def request_json(api_client, method: str, path: str, *, query=(), body=None, timeout: float | None = None) -> Any:
+    """One request to any API path (discovery, objects of any kind, OpenAPI documents) with the client's auth; the
+    reply's JSON (None when empty). A non-2xx status raises ApiException on every client version, as the generated
+    API methods do. kubernetes >= 37 (openapi-generator 7) builds the request with `param_serialize` and returns any
+    status; older clients take the path in `call_api` itself and raise on a non-2xx status there."""
+    from kubernetes.client.exceptions import ApiException
+
+    headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if body is not None else {})}
+    fields = dict(query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"])
+    if hasattr(api_client, "param_serialize"):
+        resp = api_client.call_api(*api_client.param_serialize(method, path, **fields), _request_timeout=timeout)
+        data = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException(http_resp=resp)
+    else:  # kubernetes <= 36: the raw urllib3 response, not a model
+        resp = api_client.call_api(
+            path, method, **fields, _preload_content=False, _return_http_data_only=True, _request_timeout=timeout
+        )
+        data = resp.data
+    return json.loads(data) if data else None
 
 
 def short_reason(exc: BaseException) -> str:

@@ -253,6 +253,24 @@ def test_load_client_uses_the_given_file(no_cluster):
         api.close()
 
 
+def test_a_client_that_would_drop_the_token_is_refused_naming_the_fix(no_cluster, monkeypatch):
+    """kubernetes 36.0.0's loader stores the token as api_key['authorization'] and its configuration reads
+    api_key['BearerToken'], so every request went out without it and came back 401 (bench/package_versions.sh)."""
+    from kubernetes import client
+
+    path = write_kubeconfig(no_cluster / "kc.yaml", "https://10.9.8.7:6443")
+    api = kube.load_client(path)  # this client sends the token
+    try:
+        assert api.configuration.auth_settings()["BearerToken"]["value"] == f"Bearer {TOKEN}"
+    finally:
+        api.close()
+    monkeypatch.setattr(client.Configuration, "auth_settings", lambda self: {})  # what 36.0.0 does with a token
+    with pytest.raises(LabkitError) as err:
+        kube.load_client(path)
+    assert "would send no token" in str(err.value) and "Fix: pip install 'kubernetes!=36.0.0'" in str(err.value)
+    assert TOKEN not in str(err.value) and "\n" not in str(err.value)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

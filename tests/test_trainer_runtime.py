@@ -9,6 +9,7 @@ import pytest
 from kit_testing import fake_cluster
 
 from labkit import cluster
+from labkit.errors import LabkitError
 from labkit.manifests import JobSpec, render_all
 from labkit.manifests.render import _overlay_values
 
@@ -83,6 +84,15 @@ def test_the_deadline_is_written_only_where_the_served_crd_has_it(version, has_d
     assert served is has_deadline and api.denied == []  # OpenAPI discovery: readable by the ServiceAccount
     trainjob = trainjob_and_runtime(JobSpec(deadline_seconds=3600, trainjob_deadline=served))[0]
     assert trainjob["spec"].get("activeDeadlineSeconds") == (3600 if has_deadline else None)
+
+
+def test_asking_a_cluster_without_trainer_says_so_in_one_line():
+    with fake_cluster() as (api, backend), pytest.raises(LabkitError) as err:  # no Trainer: its OpenAPI path is 404
+        cluster.trainjob_has_deadline(backend.api_client)
+    assert str(err.value) == (
+        "GET /openapi/v3/apis/trainer.kubeflow.org/v1alpha1: HTTP 404. "
+        "Fix: is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
+    )
 
 
 @pytest.mark.parametrize(

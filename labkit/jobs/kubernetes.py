@@ -14,7 +14,6 @@ status, delete by name: the MPIJob or the TrainJob of that name, whichever exist
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from typing import Any
@@ -102,17 +101,8 @@ class KubernetesBackend(JobBackend):
 
     def _rest(self, method: str, path: str, *, query=(), body=None, _request_timeout=None) -> Any:
         """One request to any API path (discovery, objects of any kind) with the client's auth; the JSON reply."""
-        from kubernetes.client.exceptions import ApiException
-
-        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if body is not None else {})}
-        request = self.api_client.param_serialize(
-            method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        resp = self.api_client.call_api(*request, _request_timeout=_request_timeout or self.request_timeout)
-        data = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise ApiException(http_resp=resp)
-        return json.loads(data) if data else None
+        timeout = _request_timeout or self.request_timeout
+        return kube.request_json(self.api_client, method, path, query=query, body=body, timeout=timeout)
 
     def _kubeflow_job(self, method: str, ns: str, name: str = "", kind: str = "MPIJob", **kwargs) -> Any:
         """One request on MPIJobs (or TrainJobs): in namespace ns ('*': every namespace), or on the one named."""
