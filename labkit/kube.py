@@ -218,7 +218,7 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
     if cfg.api_key and not cfg.auth_settings():  # the loader stored a token under a key the client never sends
         raise LabkitError(
             f"the kubernetes client {client.__version__} would send no token from {source.describe()} (kubernetes "
-            "36.0.0 stores it as 'authorization' and reads 'BearerToken'). Fix: pip install 'kubernetes!=36.0.0'"
+            "36.0.0 stores it as 'authorization' and reads 'BearerToken'). Fix: pip install 'kubernetes>=37'"
         )
     cfg.retries = cfg.retries if retries else False
     return client.ApiClient(configuration=cfg)

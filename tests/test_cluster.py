@@ -267,7 +267,7 @@ def test_a_client_that_would_drop_the_token_is_refused_naming_the_fix(no_cluster
     monkeypatch.setattr(client.Configuration, "auth_settings", lambda self: {})  # what 36.0.0 does with a token
     with pytest.raises(LabkitError) as err:
         kube.load_client(path)
-    assert "would send no token" in str(err.value) and "Fix: pip install 'kubernetes!=36.0.0'" in str(err.value)
+    assert "would send no token" in str(err.value) and "Fix: pip install 'kubernetes>=37'" in str(err.value)
     assert TOKEN not in str(err.value) and "\n" not in str(err.value)
 
 
