@@ -17,6 +17,16 @@ def no_leaked_processes():
     assert not left, "kit processes left running after the test suite:\n" + "\n".join(f"{p}: {c}" for p, c in left)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_local_jobs_dir(tmp_path_factory):
+    """Local jobs of this session (notebooks, CLI subprocesses: they inherit it) in a folder of its own, not the
+    user's ~/.local/state/labkit/jobs, where another run on the machine may hold the same job name (notebook 03's
+    nb03-test) or a learner keeps their own jobs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABKIT_JOBS_DIR", str(tmp_path_factory.mktemp("local-jobs")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def notebook_run_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook-runs")
