@@ -148,6 +148,14 @@ def test_every_shipped_suite_loads(path):
     assert suite.entries and all(entry.expect for entry in suite.entries)
 
 
+def test_cpu_smoke_pins_every_device_to_cpu():
+    # A GPU machine's auto picks cuda: 06 then runs one rank and 04's first epoch pays CUDA start-up, so the suite's
+    # world-size and throughput checks would judge a different run than the one they were written for.
+    for entry in suites.load(REPO / "regression" / "cpu-smoke.yaml").entries:
+        if "device" in notebooks.declared_parameters(entry.notebook):
+            assert entry.parameters.get("device") == "cpu", entry.notebook.name
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # eight notebooks in a row: more than the suite's default per-test limit on a busy CI box
 def test_cpu_smoke_suite_passes_here(tmp_path):
