@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,16 @@ def own_local_jobs_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LABKIT_JOBS_DIR", str(tmp_path_factory.mktemp("local-jobs")))
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interrupts_raise():
+    """^C raises KeyboardInterrupt in this session even when it was started with SIGINT ignored (a shell starts a
+    background job so: `make test &`, a CI step run through `( ... & )`), where the interrupt tests' SIGINT did
+    nothing and their exec ran to its end."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import yaml
 from labkit import manifests as m
 from labkit.devices import ACCELERATORS
 from labkit.errors import ConfigError, LabkitError
-from labkit.manifests import render
+from labkit.manifests import checks, render
 
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = shutil.which("kubectl")
@@ -550,6 +550,17 @@ def test_literal_secret_env_value_is_rejected():
 
 
 # ------------------------------------------------------------------------------------------- schemas and CLI
+def test_a_kubernetes_validate_without_our_schemas_is_refused_in_one_line(monkeypatch):
+    # kubernetes-validate 1.30.0/1.31.0 ship no 1.32 schemas and raised their own bare VersionNotSupportedError on
+    # every core object (docs/benchmarks.md, dependency floors); a version no installed release has stands in here.
+    role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
+    monkeypatch.setattr(checks, "KUBERNETES_VERSION", "1.99")
+    with pytest.raises(
+        LabkitError, match=r"has no Kubernetes 1.99 schemas\. Fix: pip install 'kubernetes-validate>=1.32'"
+    ):
+        m.validate_object(role)
+
+
 def test_structural_schemas_are_current_and_lean():
     source = Path("/work/shared/schemas")
     sys.path.insert(0, str(REPO / "scripts"))

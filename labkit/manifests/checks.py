@@ -220,6 +220,11 @@ def _validate_core(obj: dict, ref: str, prefix: str) -> None:
 
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.utils.VersionNotSupportedError:  # releases before 1.32 ship no 1.32 schemas
+        raise LabkitError(
+            f"kubernetes-validate {kubernetes_validate.utils.__version__} has no Kubernetes {KUBERNETES_VERSION} "
+            "schemas. Fix: pip install 'kubernetes-validate>=1.32' (or `make install`)"
+        ) from None
     except kubernetes_validate.SchemaNotFoundError:
         what = f"{obj['apiVersion']} {obj['kind']}"
         raise ManifestError(ref, "kind", f"no published Kubernetes {KUBERNETES_VERSION} schema for {what}") from None
