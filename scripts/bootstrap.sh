@@ -77,8 +77,9 @@ DS_BUILD_OPS=0 "${LOCKED[@]}" --only deepspeed -- -q --no-build-isolation
 
 # 6. The kit itself (its dependencies are all installed above), then pip's own check that nothing is missing.
 say "installing labkit[$EXTRAS]"
-# setuptools' editable build prints an "Editable installation" notice (a UserWarning) that asks nothing of the user.
-PYTHONWARNINGS=ignore::UserWarning "${PIP[@]}" --no-deps --no-build-isolation -e ".[$EXTRAS]"
+# setuptools' editable build prints an "Editable installation" notice (a UserWarning) that asks nothing of the user;
+# only that one is silenced: any other warning of the build still shows.
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" "${PIP[@]}" --no-deps --no-build-isolation -e ".[$EXTRAS]"
 if [ "${LABKIT_SYSTEM_TORCH:-0}" != 1 ]; then "$VENV/bin/python" -m pip check; fi
 
 # 7. A Jupyter kernel that runs this environment, for `make lab` and papermill; JupyterLab's workshop settings (no
