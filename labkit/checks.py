@@ -9,6 +9,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import re
 import socket
 import warnings
 from collections.abc import Callable
@@ -136,6 +137,11 @@ def dist_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def major_minor(version: str | None) -> tuple[int, ...]:
+    """(major, minor) of a version string: "2.8.0a0+gitabc" -> (2, 8); () when it has no number."""
+    return tuple(int(part) for part in re.findall(r"\d+", version or "")[:2])
 
 
 def network_interfaces(sys_class_net: str | Path = "/sys/class/net") -> list[str]:

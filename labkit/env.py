@@ -27,6 +27,7 @@ from labkit.checks import (
     _checker,
     dist_version,
     infiniband_devices,
+    major_minor,
     network_interfaces,
     quiet,
     torch_build,
@@ -37,6 +38,9 @@ from labkit.kube import find_kubeconfig, probe_api_server
 
 GIB = 2**30
 HPU = "Intel Gaudi (HPU)"
+# pyproject.toml's torch floor (tests/test_packaging.py keeps them equal): accelerate 1.16 and transformers 5 need 2.6;
+# 2.4.1 fails notebooks 06 (no torch.accelerator) and, before labkit's store fallback, 02-05 and 07 (docs/benchmarks.md)
+TORCH_FLOOR = (2, 6)
 DS_REBUILD = "pip install --no-build-isolation --force-reinstall deepspeed==0.19.8"
 MPI4PY_FIX = "pip install mpi4py (needs mpicc from libopenmpi-dev)"
 # Distributions checked by presence alone: name -> (group, required, why it matters, fix)
@@ -62,7 +66,12 @@ def check_torch(info: TorchBuild) -> Check:
     if info.error:
         fix = "run `make install` (installs a CPU torch), or install the torch build for your accelerator"
         return Check("torch", FAIL, f"cannot import torch ({info.error})", fix, "pytorch")
-    return Check("torch", PASS, f"{info.version}, {info.describe()}", group="pytorch")
+    detail = f"{info.version}, {info.describe()}"
+    if major_minor(info.version) < TORCH_FLOOR:
+        floor = ".".join(map(str, TORCH_FLOOR))
+        fix = f"install torch {floor} or newer built for your accelerator (`make install` installs a CPU build)"
+        return Check("torch", FAIL, f"{detail}: older than {floor}, the oldest the kit runs on", fix, "pytorch")
+    return Check("torch", PASS, detail, group="pytorch")
 
 
 def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:

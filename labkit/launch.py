@@ -45,6 +45,8 @@ _MPI_EXIT = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|exited with status (\d+))"
 )
 MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
+# What a rank reports when a peer is gone (gloo, the rendezvous store, NCCL, labkit's step watchdog): never the cause
+_PEER_LOST = re.compile(r"(reset|closed) by peer|Broken pipe|remote process exited|a peer rank probably died", re.I)
 CAUSES = (  # (a pattern in a failed run's output, the likely cause)
     (MORE_RANKS_THAN_DEVICES, "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)"),
     (r"EADDRINUSE|[Aa]ddress already in use", "a port in use (another run holds the master port)"),
@@ -234,7 +236,8 @@ def first_dead_rank(output: str) -> tuple[int, str] | None:
 
 def failure_summary(output: str) -> tuple[int | None, str]:
     """The failing rank and the most telling error line of a failed run: the launcher's exit line names the rank, its
-    own tagged error (`rank_guard`) gives the text; without either, the last error line of the output."""
+    own tagged error (`rank_guard`) gives the text, unless that text only says a peer is gone and another rank's says
+    why; without either, the last error line of the output."""
     tagged: dict[int, str] = {}
     for m in map(_RANK_ERROR_RE.search, output.splitlines()):
         if m:
@@ -242,7 +245,10 @@ def failure_summary(output: str) -> tuple[int | None, str]:
     dead = first_dead_rank(output)
     if dead or tagged:
         rank = dead[0] if dead else next(iter(tagged))
-        return rank, tagged.get(rank, dead[1] if dead else "")
+        # A rank that only lost its peer exits first when the rank that failed is slower to exit: name the cause
+        if _PEER_LOST.search(tagged.get(rank, "")):
+            rank = next((r for r, text in tagged.items() if not _PEER_LOST.search(text)), rank)
+        return rank, tagged.get(rank, dead[1] if dead and dead[0] == rank else "")
     lines = output.splitlines()
     for line in reversed(lines):
         text = _TAGGED_RANK_RE.sub("", line).strip()

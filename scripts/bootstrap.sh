@@ -12,6 +12,17 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 say() { printf '[labkit setup] %s\n' "$*"; }
 
+# 0. A reused torch must meet pyproject.toml's floor, said before anything is installed (an older one installs fine
+#    and then fails in accelerate and transformers, which need 2.6).
+if [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ]; then
+  floor=$(sed -n 's/^ *"torch>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+  have=$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null) || {
+    say "ERROR: LABKIT_SYSTEM_TORCH=1 but $PYTHON cannot import torch: install torch $floor or newer there, or unset LABKIT_SYSTEM_TORCH ($TORCH_SPEC goes into $VENV)"; exit 2; }
+  if ! "$PYTHON" -c "import re, sys; v = [[int(x) for x in re.findall(r'\d+', a)[:2]] for a in sys.argv[1:]]; sys.exit(v[0] < v[1])" "$have" "$floor"; then
+    say "ERROR: LABKIT_SYSTEM_TORCH=1 but $PYTHON has torch $have, older than $floor, the oldest the kit runs on: upgrade it, or unset LABKIT_SYSTEM_TORCH ($TORCH_SPEC goes into $VENV)"; exit 2
+  fi
+fi
+
 # 1. System packages: Open MPI for DeepSpeed's real `--launcher openmpi` path.
 if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
   if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

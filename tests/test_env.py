@@ -85,6 +85,13 @@ def test_torch_checks_on_a_gpu_build():
     assert check.status == WARN and "is_available() is False" in check.detail and "nvidia-smi" in check.fix
 
 
+def test_a_torch_older_than_the_kits_floor_fails_naming_the_floor():
+    old = env.check_torch(TorchBuild(version="2.4.1+cu121", cuda="12.1"))
+    assert old.status == FAIL and "older than 2.6" in old.detail and "torch 2.6 or newer" in old.fix
+    for version in ("2.6.0+cu124", "2.10.0", "2.13.0+cpu"):
+        assert env.check_torch(TorchBuild(version=version)).status == PASS, version
+
+
 def test_missing_torch_fails():
     check = env.check_torch(TorchBuild(error="ModuleNotFoundError: No module named 'torch'"))
     assert check.status == FAIL and "make install" in check.fix

@@ -194,6 +194,23 @@ def test_failure_summary_prefers_the_rank_that_went_first():
     assert launch.failure_summary(both) == (1, "ValueError: bad batch")
 
 
+def test_failure_summary_names_the_cause_not_the_rank_that_lost_its_peer():
+    # recorded with torch 2.4.1 before its store fallback: rank 0 could not start the store, rank 1 lost it and exited
+    # first, so the launcher's only exit line names rank 1
+    out = (
+        "LABKIT_RANK_ERROR rank=0 NotImplementedError: The libuv TCPStore backend does not support initialization "
+        "with an listen fd.\n"
+        "LABKIT_RANK_ERROR rank=1 DistNetworkError: Connection reset by peer\n"
+        "[ERROR] [launch.py:259:sigkill_handler] ['python', '-u', '-m', 'labkit.ranks.zero_probe', '--local_rank=1'] "
+        "exits with return code = 1\n"
+    )
+    rank, text = launch.failure_summary(out)
+    assert (rank, text.split(":")[0]) == (0, "NotImplementedError")
+    # when every tagged error only says a peer is gone, the launcher's line still decides
+    peers_only = out.replace("NotImplementedError: The libuv TCPStore", "RuntimeError: Connection closed by peer")
+    assert launch.failure_summary(peers_only) == (1, "DistNetworkError: Connection reset by peer")
+
+
 def test_a_rank_module_is_started_as_a_module():
     spec = launch.LaunchSpec("labkit.ranks.hello", ["--steps", "2"], world_size=2)
     ds = launch.build_command(spec, master_port=1234)[len(launch.deepspeed_executable()) :]
@@ -305,3 +322,37 @@ def test_the_interactive_chapter_shows_deepspeed_by_name_on_a_machine_without_it
     assert plan.command_line.startswith("deepspeed --hostfile /etc/mpi/hostfile")  # what the learner reads
     assert sys.prefix not in plan.describe() + plan.equivalents("shell")
     assert interactive.shown_line(["/usr/bin/python3", "-m", "deepspeed.launcher.runner", "-h"]) == "deepspeed -h"
+
+
+def test_the_store_serves_on_the_socket_it_is_handed_with_the_backend_picked_for_this_torch(monkeypatch):
+    import socket
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port, fd = server.getsockname()[1], server.detach()
+    libuv = runtime._libuv_takes_fd()
+    store = dist.TCPStore("127.0.0.1", port, 1, True, timedelta(seconds=10), master_listen_fd=fd, use_libuv=libuv)
+    store.set("k", "v")
+    assert store.get("k") == b"v" and store.port == port
+    # torch 2.4-2.7's libuv store raises NotImplementedError on a handed socket (seen with 2.4.1): legacy store there
+    for version, libuv in (("2.4.1+cu121", False), ("2.7.1", False), ("2.8.0", True), ("2.13.0+cpu", True)):
+        monkeypatch.setattr(torch, "__version__", version)
+        assert runtime._libuv_takes_fd() is libuv, version
+
+
+def test_a_rank_error_is_one_tagged_line_of_text_even_when_its_message_starts_with_a_newline(monkeypatch, capsys):
+    # transformers' ImportError ("\nmodeling_gpt2 requires PyTorch >= 2.6, ...") left "ImportError: " and nothing else
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = "\nmodeling_gpt2 requires PyTorch >= 2.6, but PyTorch was not found.\nPlease install or upgrade PyTorch."
+    with pytest.raises(ImportError), runtime.rank_guard():
+        raise ImportError(message)
+    tagged = [line for line in capsys.readouterr().err.splitlines() if line.startswith(launch.RANK_ERROR_TAG)]
+    assert tagged == [
+        f"{launch.RANK_ERROR_TAG} rank=1 ImportError: modeling_gpt2 requires PyTorch >= 2.6, but PyTorch was not found."
+    ]
+    rank, text = launch.failure_summary("\n".join(tagged))
+    assert rank == 1 and "requires PyTorch >= 2.6" in text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import tomllib
@@ -41,6 +44,35 @@ def test_required_packages_are_declared():
         "jupytext",
     ]:
         assert pkg in names, pkg
+
+
+def test_the_environment_check_knows_pyprojects_torch_floor():
+    from labkit import env
+
+    torch = next(d for d in pyproject()["project"]["dependencies"] if re.match(r"torch\W", d))
+    floor = re.search(r">=([\d.]+)", torch).group(1)
+    assert tuple(int(p) for p in floor.split(".")) == env.TORCH_FLOOR, (torch, env.TORCH_FLOOR)
+
+
+def test_the_set_up_refuses_a_reused_torch_older_than_the_floor_before_installing_anything(tmp_path):
+    # a torch package that only says its version, and a Python that runs -c but stops at `-m venv`
+    (tmp_path / "torch").mkdir()
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$1" in -m) echo "venv reached"; exit 7;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHON": str(python), "VENV": str(tmp_path / "venv")}
+    env.update(LABKIT_SYSTEM_TORCH="1", LABKIT_NO_APT="1")
+
+    def set_up(version: str) -> subprocess.CompletedProcess:
+        (tmp_path / "torch" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+        script = ["bash", "scripts/bootstrap.sh"]
+        return subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    old = set_up("2.4.1+cu121")
+    assert old.returncode == 2 and "venv reached" not in old.stdout, old.stdout + old.stderr
+    assert "torch 2.4.1+cu121, older than 2.6" in old.stdout and "unset LABKIT_SYSTEM_TORCH" in old.stdout
+    ok = set_up("2.6.0")
+    assert ok.returncode == 7 and "venv reached" in ok.stdout and "older than" not in ok.stdout, ok.stdout
 
 
 def test_ci_runs_the_readme_test_command():

@@ -16,6 +16,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 
+from labkit.checks import major_minor
 from labkit.devices import pick_device
 from labkit.errors import LabkitError
 from labkit.launch import BACKEND_OF, LOOPBACK, RANK_ERROR_TAG, free_port
@@ -104,8 +105,18 @@ def _loopback_process_group(backend: str, port: int, timeout) -> None:
     except OSError as exc:  # named as torch names it (EADDRINUSE: another job holds the port)
         name = errno.errorcode.get(exc.errno, "?")
         raise OSError(exc.errno, f"rendezvous store: 127.0.0.1:{port} cannot listen ({name}: {exc.strerror})") from None
-    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout, master_listen_fd=fd, use_libuv=True)
+    libuv = _libuv_takes_fd()
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout, master_listen_fd=fd, use_libuv=libuv)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def _libuv_takes_fd() -> bool:
+    """Whether torch's libuv store can serve on a socket it is handed: from torch 2.8 (pytorch PR 150215,
+    "TCPStoreLibUvBackend: support masterListenFd"); 2.7 and older raise NotImplementedError, so they get the legacy
+    store, which always could."""
+    import torch
+
+    return major_minor(torch.__version__) >= (2, 8)
 
 
 def shutdown_distributed(in_step: bool = True) -> None:
@@ -138,7 +149,9 @@ def rank_guard() -> Iterator[None]:
         yield
     except BaseException as exc:
         if failed := not isinstance(exc, SystemExit) or exc.code not in (0, None):
-            sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {exc}\n")  # one write: mpirun's
+            # its first line of text: some libraries' messages start with a newline (transformers' ImportError)
+            text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {type(exc).__name__}: {text}\n")  # one write: mpirun's
             if not isinstance(exc, LabkitError):  # --tag-output would glue another rank's text onto a line in two parts
                 traceback.print_exc()
             sys.stdout.flush()
