@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -554,9 +555,11 @@ def test_a_kubernetes_validate_without_our_schemas_is_refused_in_one_line(monkey
     # kubernetes-validate 1.30.0/1.31.0 ship no 1.32 schemas and raised their own bare VersionNotSupportedError on
     # every core object (docs/benchmarks.md, dependency floors); a version no installed release has stands in here.
     role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
+    floor = re.search(r'"kubernetes-validate>=([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert floor == checks.KUBERNETES_VERSION  # the release that brought the schemas labkit validates against
     monkeypatch.setattr(checks, "KUBERNETES_VERSION", "1.99")
     with pytest.raises(
-        LabkitError, match=r"has no Kubernetes 1.99 schemas\. Fix: pip install 'kubernetes-validate>=1.32'"
+        LabkitError, match=r"has no Kubernetes 1.99 schemas\. Fix: pip install 'kubernetes-validate>=1.99'"
     ):
         m.validate_object(role)
 

@@ -220,10 +220,10 @@ def _validate_core(obj: dict, ref: str, prefix: str) -> None:
 
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.utils.VersionNotSupportedError:  # releases before 1.32 ship no 1.32 schemas
+    except kubernetes_validate.utils.VersionNotSupportedError:  # releases before 1.N ship no 1.N schemas
         raise LabkitError(
             f"kubernetes-validate {kubernetes_validate.utils.__version__} has no Kubernetes {KUBERNETES_VERSION} "
-            "schemas. Fix: pip install 'kubernetes-validate>=1.32' (or `make install`)"
+            f"schemas. Fix: pip install 'kubernetes-validate>={KUBERNETES_VERSION}' (or `make install`)"
         ) from None
     except kubernetes_validate.SchemaNotFoundError:
         what = f"{obj['apiVersion']} {obj['kind']}"
