@@ -5,7 +5,8 @@
 #   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
 #   bash bench/gpu_machine.sh split S "ARGS1" "ARGS2"...  pytest groups side by side (each its own session, so the
 #                                          leak checks see only their own processes), stopped with ^C after S seconds
-#                                          (pytest then still prints its summary); per group $OUT/gN.log, $OUT/gN.xml;
+#                                          (pytest then still prints its summary); per group $OUT/gN.log, its JUnit
+#                                          file gN.xml in $OUT/junit.tgz;
 #                                          a group "!CMD" runs CMD (a benchmark) instead
 #   bash bench/gpu_machine.sh cmd CMD...   any command in the same environment (e.g. a benchmark)
 # The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
@@ -68,6 +69,8 @@ split() {
           --junitxml "$OUT/g$n.xml" $group > "$OUT/g$n.log" 2>&1 &
     done
     wait
+    # A call returns at most 8 files: the groups' JUnit files travel as one archive, so every group's log comes back
+    (cd "$OUT" && ls g*.xml >/dev/null 2>&1 && tar czf junit.tgz g*.xml && rm -f g*.xml)
     for i in $(seq 1 "$n"); do
         echo "== group $i: ${!i}"
         grep -E "^(FAILED|ERROR) " "$OUT/g$i.log" | cut -c1-300 | head -20

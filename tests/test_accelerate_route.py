@@ -283,7 +283,7 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, cap
         own = {"name": "shared", "mountPath": "/shared/runs/acc", "subPath": "runs/acc"}  # the job's own folder only
         assert own in launcher["containers"][0]["volumeMounts"] and plan.run_dir.startswith(own["mountPath"] + "/")
         assert mpijob["spec"]["slotsPerWorker"] == 2 and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
-        job.wait_ready(20)
+        job.wait_ready(60)  # a bound, not a timing: generous for a loaded machine
         for shape, field in (({"num_machines": 4}, "num_machines"), ({"num_processes": 2}, "num_processes")):
             other = route.TrainPlan(route.AccelerateConfig(**(asdict(cfg) | shape)), plan.run_dir, device="cpu")
             with pytest.raises(ConfigError) as err:  # not the job's 2 workers x 2 slots: refused before any exec
@@ -335,7 +335,7 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, cap
         assert api.denied == []  # nothing beyond the kit's Role
     # What the learner types is the same line in a local job of that shape.
     with LocalBackend(root=tmp_path / "jobs").submit(JobSpec(name="acc", workers=2, slots_per_worker=2)) as local:
-        local.wait_ready(20)
+        local.wait_ready(60)
         assert route.job_command(plan, local) == argv
 
 
