@@ -112,8 +112,8 @@ def _loopback_process_group(backend: str, port: int, timeout) -> None:
 
 def _libuv_takes_fd() -> bool:
     """Whether torch's libuv store can serve on a socket it is handed: from torch 2.8 (pytorch PR 150215,
-    "TCPStoreLibUvBackend: support masterListenFd"); 2.7 and older raise NotImplementedError, so they get the legacy
-    store, which always could."""
+    "TCPStoreLibUvBackend: support masterListenFd"; 2.8.0 seen to); older ones raise NotImplementedError (2.4.1 and
+    2.6.0 seen), so they get the legacy store, which always could."""
     import torch
 
     return major_minor(torch.__version__) >= (2, 8)
