@@ -248,7 +248,7 @@ def failure_summary(output: str) -> tuple[int | None, str]:
         # A rank that only lost its peer exits first when the rank that failed is slower to exit: name the cause
         if _PEER_LOST.search(tagged.get(rank, "")):
             rank = next((r for r, text in tagged.items() if not _PEER_LOST.search(text)), rank)
-        return rank, tagged.get(rank, dead[1] if dead and dead[0] == rank else "")
+        return rank, tagged.get(rank, dead[1] if dead else "")  # untagged: the launcher's rank, not switched
     lines = output.splitlines()
     for line in reversed(lines):
         text = _TAGGED_RANK_RE.sub("", line).strip()

@@ -337,7 +337,7 @@ def test_the_store_serves_on_the_socket_it_is_handed_with_the_backend_picked_for
     store = dist.TCPStore("127.0.0.1", port, 1, True, timedelta(seconds=10), master_listen_fd=fd, use_libuv=libuv)
     store.set("k", "v")
     assert store.get("k") == b"v" and store.port == port
-    # torch 2.4-2.7's libuv store raises NotImplementedError on a handed socket (seen with 2.4.1): legacy store there
+    # before 2.8 the libuv store raises NotImplementedError on a handed socket (seen: 2.4.1, 2.6.0): legacy store there
     for version, libuv in (("2.4.1+cu121", False), ("2.7.1", False), ("2.8.0", True), ("2.13.0+cpu", True)):
         monkeypatch.setattr(torch, "__version__", version)
         assert runtime._libuv_takes_fd() is libuv, version
