@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labkit import data, train  # noqa: E402
+from labkit.compat import chdir  # noqa: E402
 from labkit.devices import pick_device  # noqa: E402
 from labkit.model import build_model  # noqa: E402
 
@@ -121,7 +122,7 @@ def run_airbench94(args, arrays) -> dict:
 
     if args.device != "cuda":
         raise RuntimeError("airbench94 needs a CUDA GPU (its network is built with .half().cuda())")
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # it reads ./cifar10/test.pt itself
+    with tempfile.TemporaryDirectory() as tmp, chdir(tmp):  # it reads ./cifar10/test.pt itself
         os.mkdir("cifar10")
         for split, images, labels in (
             ("train", arrays.train_images, arrays.train_labels),

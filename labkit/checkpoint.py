@@ -23,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from labkit import shared_volume
+from labkit.compat import file_digest
 from labkit.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -40,7 +41,7 @@ _UNWRITABLE_FIX = (
 
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_digest(f, "sha256").hexdigest()
 
 
 def tag_of(step: int) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from labkit import shared_volume
+from labkit.compat import file_digest
 from labkit.errors import ConfigError, LabkitError
 
 FOLDER = "cifar-10-batches-py"
@@ -197,7 +198,7 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
             problem = f"CIFAR-10 could not be downloaded from {url} {why}"
             raise ConfigError("data_dir", problem, PROVIDE_DATA_FIX) from None
         with open(archive, "rb") as f:
-            got = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+            got = file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
         if got != md5:
             why = f"checksum mismatch (md5 {got}, expected {md5}); the download is corrupt or not the official archive"
             raise DataFormatError(f"{url}: {why}. Fix: download again, or copy a verified copy to {dest}")

@@ -12,13 +12,23 @@ from pathlib import Path
 
 from fake_apiserver import FakeApiServer
 
+try:
+    import tomllib  # novermin: 3.10 takes tomli below
+except ModuleNotFoundError:  # Python 3.10 (the Gaudi image's): tomli is the same parser (pyproject's dev extra)
+    import tomli as tomllib
+
 from labkit import notebooks
 from labkit.jobs import KubernetesBackend
 
+ROOT = Path(__file__).resolve().parent.parent
 MARKER = b"LABKIT_PROCESS=1"
 # Children inherit this, so the leak check sees only what this test session started (not a neighbour's runs).
 SESSION = os.environ.setdefault("LABKIT_TEST_SESSION", uuid.uuid4().hex)
 SESSION_MARKER = f"LABKIT_TEST_SESSION={SESSION}".encode()
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def kit_processes() -> list[tuple[int, str]]:

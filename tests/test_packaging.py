@@ -8,14 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
 import yaml
+from kit_testing import pyproject
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def pyproject():
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_environment_yml_matches_pyproject():
@@ -89,3 +85,21 @@ def test_cpu_setup_pins_the_local_cpu_torch():
 
 def test_console_script_points_at_cli():
     assert pyproject()["project"]["scripts"]["labkit"] == "labkit.cli:main"
+
+
+def vermin(*paths: str) -> subprocess.CompletedProcess:
+    """vermin's verdict on paths against requires-python's floor: which standard-library names each file uses."""
+    floor = re.fullmatch(r">=(\d+\.\d+)", pyproject()["project"]["requires-python"]).group(1)
+    run = "import sys, vermin; sys.exit(vermin.main())"
+    flags = [f"-t={floor}-", "--violations", "--no-tips", "--eval-annotations"]
+    return subprocess.run([sys.executable, "-c", run, *flags, *paths], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_every_python_file_runs_on_the_oldest_python_pyproject_allows(tmp_path):
+    """3.10 is the Gaudi image's Python: hashlib.file_digest (3.11) broke checkpoints and the CIFAR download there,
+    tomllib two test files. labkit.compat stands in for what 3.10 lacks."""
+    (tmp_path / "newer.py").write_text("import tomllib\n")
+    assert vermin(str(tmp_path)).returncode != 0, "vermin did not catch a 3.11 module"
+    notebook_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.py"))
+    result = vermin("labkit", "tests", "bench", "scripts", *notebook_sources)
+    assert result.returncode == 0, result.stdout + result.stderr

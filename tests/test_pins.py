@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+from kit_testing import pyproject
 
 from labkit import images
 from labkit.errors import ConfigError
@@ -131,7 +131,7 @@ def test_the_lock_pins_and_hashes_everything_pyproject_needs_but_torch():
         for requirement, hashes in versions:
             assert re.match(r"^[a-z0-9-]+==\S+( ; .+)?$", requirement), requirement
             assert hashes and all(re.match(r"^--hash=sha256:[0-9a-f]{64}$", h) for h in hashes), name
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pyproject()["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["mpi"]
     names = {_name(r) for r in wanted} - {"torch"}
     assert names <= set(entries), f"make lock: not in the lock: {names - set(entries)}"
