@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the kit's virtual environment. Called by `make` targets; safe to re-run.
 #   VENV            where to install (default .venv)
+#   PYTHON          the interpreter the venv is made from (default python3; requires-python: 3.10 or newer)
 #   TORCH_SPEC      the torch pin (default torch==2.13.0: a CPU build where the machine's index has one); == only
 #   TORCH_INDEX_URL optional index torch alone comes from (--index-url), e.g. https://download.pytorch.org/whl/cpu
 #   Everything else is installed from requirements/lock.txt, hash-checked (scripts/pip-locked.sh; `make lock` rebuilds it).

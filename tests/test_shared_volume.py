@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kit_testing import fake_cluster
@@ -78,7 +79,7 @@ def test_a_planted_link_in_place_of_the_job_folder_or_an_unwritable_volume_is_on
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as patched:
-        patched.setattr(os, "mkdir", refused)
+        patched.setattr(Path, "mkdir", refused)  # not os.mkdir: 3.10's pathlib bound it at import
         with pytest.raises(ConfigError) as exc:
             shared_volume.make_job_folder("alice", NAMESPACE, CLAIM)
     assert exc.value.field == "pvc_name" and exc.value.problem == f"cannot make {lab / 'data'} (Permission denied)"
