@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -187,6 +188,9 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
     dest = Path(dest).expanduser()
     if (dest / FOLDER / TEST_FILE).is_file():
         return dest / FOLDER
+    if not hasattr(tarfile, "data_filter"):  # said before the download: the safe extraction below needs it
+        problem = f"Python {sys.version.split()[0]} has no tarfile extraction filter (it came in 3.10.12 and 3.11.4)"
+        raise ConfigError("data_dir", problem, f"use a newer Python, or {PROVIDE_DATA_FIX}")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"

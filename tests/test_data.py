@@ -140,6 +140,15 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, written):
     assert not (tmp_path / "dest" / data.FOLDER).exists()
 
 
+def test_a_python_without_the_extraction_filter_is_refused_before_downloading(tmp_path, monkeypatch):
+    """3.10 before 3.10.12 (pyproject allows 3.10) has no tarfile filter: one error, nothing fetched or made."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(ConfigError) as exc:
+        data.download(tmp_path / "dest", url="http://127.0.0.1:9/never")  # unreachable: a fetch would say so instead
+    assert exc.value.field == "data_dir" and "3.10.12" in exc.value.problem and "newer Python" in exc.value.fix
+    assert not (tmp_path / "dest").exists()
+
+
 def test_download_refuses_archive_members_outside_the_folder(tmp_path, written):
     archive, md5 = _tarball(written, tmp_path, extra=("../escaped.txt", b"x"))
     with pytest.raises(Exception) as exc:
