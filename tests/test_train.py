@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -320,7 +321,9 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
         cifar.execute(plan, on_output=kill_rank_1_after_first_checkpoints, timeout=300)
     assert killed, "the run ended before the kill"
     assert time.monotonic() - killed["at"] < 60
-    assert exc.value.failed_rank == 1 and str(exc.value).startswith("rank 1 died (killed by signal 9)")
+    # "killed by signal 9" or "exit code 1": DeepSpeed's launcher prints the code of whichever failed rank its poll
+    # meets first, and always the last rank's command (deepspeed/launcher/launch.py; a known gap, docs/benchmarks.md)
+    assert exc.value.failed_rank == 1 and re.match(r"rank 1 died \((killed by signal 9|exit code 1)\)", str(exc.value))
     assert not [p for p in kit_processes() if str(ckpt) in p[1]], "ranks left running"
     survived = checkpoint.latest_complete(ckpt)[0]
     assert 20 <= survived < 300
