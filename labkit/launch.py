@@ -25,7 +25,7 @@ from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS
 from labkit.errors import ConfigError, LaunchError, check_choice, check_int
-from labkit.procs import own_tmpdir, stop_tree
+from labkit.procs import RankExits, own_tmpdir, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a MASTER_ADDR that says every rank runs on this machine
@@ -40,7 +40,7 @@ DEAD_RANK_GRACE_S = 15.0
 COLLECTIVE_TIMEOUT_S = 120.0
 _RANK_ERROR_RE = re.compile(rf"{RANK_ERROR_TAG} rank=(\d+) (.*)")
 _TAGGED_RANK_RE = re.compile(r"\[1,(\d+)\]<std(?:out|err)>:")  # mpirun --tag-output prefix
-_DS_EXIT = re.compile(r"--local_rank=(\d+).*exits with return code = (-?\d+)")
+_DS_EXIT = re.compile(r"exits with return code = (-?\d+)")
 _MPI_EXIT = re.compile(
     r"process rank (\d+) with PID \d+ on node \S+ (exited on signal (\d+)[^\n]*|exited with status (\d+))"
 )
@@ -211,12 +211,13 @@ def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port
     return [*head, spec.python, "-u", *(["-m"] if spec.module else []), *spec.entry()]
 
 
-def _exit_of(line: str) -> tuple[int, str] | None:
-    """(rank, how) when `line` is a launcher's report of a rank's failed exit."""
+def _exit_of(line: str) -> tuple[int | None, str] | None:
+    """(rank, how) when `line` is a launcher's report of a rank's failed exit. DeepSpeed's launcher gives no rank: its
+    line shows the last rank's command whichever rank failed (deepspeed/launcher/launch.py, sigkill_handler)."""
     m = _DS_EXIT.search(line)
-    if m and int(m.group(2)) != 0:
-        code = int(m.group(2))
-        return int(m.group(1)), f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    if m and int(m.group(1)) != 0:
+        code = int(m.group(1))
+        return None, f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     m = _MPI_EXIT.search(line)
     if m:
         return int(m.group(1)), f"killed by signal {m.group(3)}" if m.group(3) else f"exit code {m.group(4)}"
@@ -228,27 +229,34 @@ def reports_dead_rank(line: str) -> bool:
     return bool(_RANK_ERROR_RE.search(line) or _exit_of(line))
 
 
-def first_dead_rank(output: str) -> tuple[int, str] | None:
-    """The rank whose exit brought the run down, as the launcher reported it: (rank, how). Its peers fail after it,
-    often more loudly; the launcher's own line names the one that went first."""
+def launcher_report(output: str) -> tuple[int | None, str] | None:
+    """The launcher's first report of a failed rank: (rank, how); rank None where the launcher does not say which
+    (DeepSpeed's). Open MPI's line names the rank whose exit it saw first."""
     return next(filter(None, map(_exit_of, output.splitlines())), None)
 
 
-def failure_summary(output: str) -> tuple[int | None, str]:
-    """The failing rank and the most telling error line of a failed run: the launcher's exit line names the rank, its
-    own tagged error (`rank_guard`) gives the text, unless that text only says a peer is gone and another rank's says
-    why; without either, the last error line of the output."""
+def failure_summary(output: str, first_failure: tuple[int, str | None] | None = None) -> tuple[int | None, str]:
+    """The failing rank and the most telling text about it. The rank: the first to fail as watched (`first_failure`,
+    from procs.RankExits), else as Open MPI reports it. The text: that rank's tagged error (`rank_guard`), unless it
+    only says a peer is gone and another rank's says why; for a rank that died without a word, how it ended ("killed
+    by signal 9"); without any of these, the last error line of the output."""
     tagged: dict[int, str] = {}
     for m in map(_RANK_ERROR_RE.search, output.splitlines()):
         if m:
             tagged.setdefault(int(m.group(1)), _TAGGED_RANK_RE.sub("", m.group(2)).strip())
-    dead = first_dead_rank(output)
-    if dead or tagged:
-        rank = dead[0] if dead else next(iter(tagged))
-        # A rank that only lost its peer exits first when the rank that failed is slower to exit: name the cause
-        if _PEER_LOST.search(tagged.get(rank, "")):
-            rank = next((r for r, text in tagged.items() if not _PEER_LOST.search(text)), rank)
-        return rank, tagged.get(rank, dead[1] if dead else "")  # untagged: the launcher's rank, not switched
+    report = launcher_report(output)
+    rank, how = first_failure or report or (None, None)
+    unsure = how is None  # watched, but reaped before its status was read: the launcher's report may say how
+    if unsure and report and report[0] in (None, rank):
+        how = report[1]
+    causes = [r for r, text in tagged.items() if not _PEER_LOST.search(text)]
+    # A rank that only lost its peer can fail first when the rank that failed is slower to exit: name the cause
+    if causes and (rank is None or _PEER_LOST.search(tagged.get(rank, "")) or (unsure and rank not in tagged)):
+        rank = causes[0]
+    if rank is not None:
+        return rank, tagged.get(rank) or how or ""
+    if how or tagged:  # a silent rank died and its peers only lost it: which one is not known
+        return None, how or next(iter(tagged.values()))
     lines = output.splitlines()
     for line in reversed(lines):
         text = _TAGGED_RANK_RE.sub("", line).strip()
@@ -267,16 +275,23 @@ def deadline_text(seconds: float) -> str:
     return "stopped by its deadline after " + (f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s")
 
 
-def describe_failure(output: str, returncode: int | None = None, deadline_s: float | None = None) -> str:
-    """ONE line for a failed run: the rank and its error, the likely cause when known, or the deadline that ended it."""
-    rank, text = failure_summary(output)
+def describe_failure(
+    output: str,
+    returncode: int | None = None,
+    deadline_s: float | None = None,
+    first_failure: tuple[int, str | None] | None = None,
+) -> str:
+    """ONE line for a failed run: the rank and its error, the likely cause when known, or the deadline that ended it.
+    `first_failure`: the rank seen to fail first (procs.RankExits), when the run was watched."""
+    rank, text = failure_summary(output, first_failure)
     cause = likely_cause(output)
+    who = f"rank {rank}" if rank is not None else "a rank"
     if deadline_s is not None:
         return f"{deadline_text(deadline_s)} (all ranks stopped); last output: {text}"
-    if rank is not None and text.startswith(("killed by signal", "exit code")):
-        line = f"rank {rank} died ({text}); the other ranks were stopped"
+    if not text or text.startswith(("killed by signal", "exit code")):  # a rank that died without a word
+        line = f"{who} died{f' ({text})' if text else ''}; the other ranks were stopped"
     else:
-        line = f"{f'rank {rank}' if rank is not None else 'a rank'} failed (exit code {returncode}): {text}"
+        line = f"{who} failed (exit code {returncode}): {text}"
     return line + (f"; likely cause: {cause}" if cause else "")
 
 
@@ -356,7 +371,8 @@ def run_command(
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            ended = wait_launcher(proc, first_death, timeout)
+            with RankExits(proc.pid) as exits:  # which rank failed first: a killed one says nothing itself
+                ended = wait_launcher(proc, first_death, timeout)
         finally:
             # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
             stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
@@ -366,6 +382,8 @@ def run_command(
     output = "".join(chunks)
     code = {"timeout": -1, "dead rank": 1}.get(ended, proc.returncode)
     if check and code != 0:
-        msg = describe_failure(output, code, timeout if ended == "timeout" else None)
-        raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=failure_summary(output)[0])
+        first = exits.first_failure
+        msg = describe_failure(output, code, timeout if ended == "timeout" else None, first)
+        rank = failure_summary(output, first)[0]
+        raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=rank)
     return LaunchResult(code, output, cmd)

@@ -1,5 +1,5 @@
-"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, silencing file descriptors,
-a step watchdog.
+"""Process control (Linux /proc, standard library only): liveness, stopping a process tree, which rank died first,
+silencing file descriptors, a step watchdog.
 
 Signalling a launcher's process group is not enough: Open MPI's mpirun puts every rank in a process group of its own,
 so stopping a run means stopping the group and every descendant, found through /proc. Standard library only, because
@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,111 @@ def descendants(pid: int) -> list[int]:
         out += found
         todo += found
     return out
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # how launchers stop the ranks left after a failure
+
+
+def exit_status(pid: int) -> int | None:
+    """A dead process's wait status (waitpid's form; /proc/PID/stat field 52, Linux 3.5+) while it is a zombie, before
+    its parent reaps it; None while it runs or once it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[49]) if fields and fields[0] == "Z" and len(fields) > 49 else None
+
+
+def how_it_ended(status: int) -> str:
+    """A failed wait status in words: "killed by signal 9", "exit code 1"."""
+    return f"killed by signal {status & 0x7F}" if status & 0x7F else f"exit code {status >> 8 & 0xFF}"
+
+
+def _rank_env(pid: int) -> bytes | None:
+    """The rank a process was started as (RANK, or Open MPI's OMPI_COMM_WORLD_RANK, in its initial environment)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    return next((v.split(b"=", 1)[1] for v in env if v.startswith((b"RANK=", b"OMPI_COMM_WORLD_RANK="))), None)
+
+
+class RankExits:
+    """Which rank below a launcher failed first, and how, read from the rank's zombie before the launcher reaps it.
+
+    A killed rank (SIGKILL, the OOM killer, a segfault) prints nothing, and DeepSpeed's launcher reports it wrongly: its
+    one error line shows the spawn loop's last command (always the last local rank's) with the code of whichever failed
+    process its poll of a set meets first (deepspeed/launcher/launch.py, main() and sigkill_handler). A rank is a
+    process below `root` whose RANK differs from its parent's (DataLoader workers inherit theirs); each is watched
+    through a pidfd (wakes the moment it exits; polled every `interval` s where pidfds are missing).
+    `with RankExits(proc.pid) as exits: ...`, then `exits.first_failure`: (rank, how) or None; how is None when the
+    launcher reaped the rank before its status could be read (mpirun reaps at once). Not failures: a clean exit and
+    the signals launchers stop the other ranks with."""
+
+    def __init__(self, root: int, interval: float = 0.05, scan_every: float = 0.1):
+        self.root, self.interval, self.scan_every = root, interval, scan_every
+        self.first_failure: tuple[int, str | None] | None = None
+        self._watched: dict[int, tuple[int, int | None, int | None]] = {}  # pid -> (rank, pidfd, start ticks)
+        self._seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="labkit-rank-exits")
+
+    def start(self) -> RankExits:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (again: nothing); first_failure keeps what was seen."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for _, fd, _ in self._watched.values():
+            if fd is not None:
+                os.close(fd)
+        self._watched.clear()
+
+    def __enter__(self) -> RankExits:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _scan(self) -> None:
+        children: dict[int, list[int]] = {}
+        for pid, parent, _ in _live():
+            children.setdefault(parent, []).append(pid)
+        todo = [(self.root, _rank_env(self.root))]
+        while todo:
+            parent, parent_rank = todo.pop()
+            for pid in children.get(parent, []):
+                rank = _rank_env(pid)
+                if pid not in self._seen and rank is not None and rank != parent_rank and rank.isdigit():
+                    self._seen.add(pid)
+                    try:
+                        fd = os.pidfd_open(pid)
+                    except (AttributeError, OSError):  # before Linux 5.3 or Python 3.9, or already gone: polled
+                        fd = None
+                    self._watched[pid] = (int(rank), fd, start_ticks(pid))
+                todo.append((pid, rank))
+
+    def _watch(self) -> None:
+        next_scan = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_scan:
+                self._scan()
+                next_scan = time.monotonic() + self.scan_every
+            fds = [fd for _, fd, _ in self._watched.values() if fd is not None]
+            if fds:
+                select.select(fds, [], [], self.interval)
+            else:
+                self._stop.wait(self.interval)
+            for pid, (rank, fd, ticks) in list(self._watched.items()):
+                if same_process(pid, ticks):  # not a pid the system gave to a new process after the launcher reaped
+                    continue
+                status = exit_status(pid) if start_ticks(pid) == ticks else None
+                del self._watched[pid]
+                if fd is not None:
+                    os.close(fd)
+                if self.first_failure is None and status != 0 and (status or 0) & 0x7F not in STOP_SIGNALS:
+                    self.first_failure = (rank, None if status is None else how_it_ended(status))
 
 
 def group_alive(pgid: int) -> bool:

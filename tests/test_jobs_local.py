@@ -452,7 +452,7 @@ def test_a_rank_dying_before_the_rendezvous_ends_the_exec_fast_naming_it(backend
         start = time.monotonic()
         res = job.run([*TYPED, "drill.py"], timeout=120)
         assert time.monotonic() - start < 60 and res.returncode != 0, res.output[-3000:]
-        assert res.failure.startswith("rank 1 failed: ValueError: device_id cuda:1 is out of range"), res.output
+        assert res.failure.startswith("rank 1 failed (exit code 1): ValueError: device_id cuda:1 is out of"), res.output
         assert "likely cause: more ranks than devices" in res.failure
         assert wait_until(lambda: set(job_pids(uid, exclude={os.getpid()})) <= {launcher["pid"], launcher["child_pid"]})
 

@@ -171,6 +171,21 @@ def test_a_rank_dead_before_the_rendezvous_ends_the_launch_fast_naming_it(launch
     assert "-15" not in message and not kit_processes()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "victim", "sig"), [("deepspeed", 0, 9), ("deepspeed", 1, 11), ("mpirun", 0, 9)])
+def test_a_rank_killed_without_a_word_is_named_with_its_signal(launcher, victim, sig):
+    """A rank ends by a signal (the OOM killer's SIGKILL, a segfault) after the rendezvous; its peer waits in a barrier.
+    DeepSpeed's launcher line always shows the last rank's command: the rank must come from the ranks themselves."""
+    start = time.monotonic()
+    args = ["--kill-rank", str(victim), "--kill-signal", str(sig)]
+    with pytest.raises(LaunchError) as err:
+        launch.run(launch.LaunchSpec(script=SCRIPT, args=args, world_size=2, launcher=launcher), timeout=180)
+    message = str(err.value)
+    assert time.monotonic() - start < 60, message
+    assert message == f"rank {victim} died (killed by signal {sig}); the other ranks were stopped", message
+    assert err.value.failed_rank == victim and not kit_processes()
+
+
 def test_one_line_names_the_rank_the_cause_and_the_deadline():
     out = "LABKIT_RANK_ERROR rank=1 RuntimeError: bind: EADDRINUSE\n"
     assert launch.describe_failure(out, 1) == (
@@ -181,22 +196,43 @@ def test_one_line_names_the_rank_the_cause_and_the_deadline():
     assert launch.deadline_text(90) == "stopped by its deadline after 90 s"
 
 
-def test_failure_summary_prefers_the_rank_that_went_first():
-    # rank 1 was killed; rank 0 then failed loudly in a collective: the launcher's line names rank 1
-    out = (
-        "[INFO] [launch.py:350:sigkill_handler] Killing subprocess 4242\n"
-        "[ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 's.py', '--local_rank=1'] "
-        "exits with return code = -9\n"
-        "LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n"
+DS_KILLED = (  # DeepSpeed 0.19.8's report of a rank killed by SIGKILL: its line shows the LAST rank's command
+    "[INFO] [launch.py:350:sigkill_handler] Killing subprocess 4242\n"
+    "[ERROR] [launch.py:325:sigkill_handler] ['python', '-u', 's.py', '--local_rank=1'] exits with return code = -9\n"
+)
+
+
+def test_deepspeeds_exit_line_gives_how_a_rank_ended_but_not_which():
+    assert launch.launcher_report("noise\n" + DS_KILLED) == (None, "killed by signal 9")
+    mpi = "mpirun noticed that process rank 3 with PID 4242 on node worker-0 exited on signal 9 (Killed)."
+    assert launch.launcher_report(mpi) == (3, "killed by signal 9")
+    assert launch.launcher_report("all fine") is None
+    # rank 0 was killed (as watched); rank 1, the survivor, lost its peer: the line's --local_rank=1 is not the rank
+    out = DS_KILLED + "LABKIT_RANK_ERROR rank=1 RuntimeError: Connection closed by peer\n"
+    assert launch.failure_summary(out, (0, "killed by signal 9")) == (0, "killed by signal 9")
+    assert launch.describe_failure(out, 247, first_failure=(0, "killed by signal 9")) == (
+        "rank 0 died (killed by signal 9); the other ranks were stopped"
     )
-    assert launch.failure_summary(out) == (1, "killed by signal 9")
+    # unwatched (a log read later): the silent rank is not known, and no survivor is blamed
+    assert launch.describe_failure(out, 247) == "a rank died (killed by signal 9); the other ranks were stopped"
+    # watched, but reaped before its status was read (mpirun reaps at once): the launcher's report says how
+    mpi = "mpirun noticed that process rank 0 with PID 0 on node vm exited on signal 9 (Killed).\n"
+    assert launch.failure_summary(mpi + out, (0, None)) == (0, "killed by signal 9")
+    # and such a rank, silent and of unknown status, yields to one that says why it failed
+    assert launch.failure_summary("LABKIT_RANK_ERROR rank=1 ValueError: bad\n", (0, None)) == (1, "ValueError: bad")
+
+
+def test_failure_summary_prefers_a_rank_that_says_why_over_one_that_lost_its_peer():
+    # rank 1 raised; rank 0 failed in a collective first: rank 1's own error is the cause
+    out = DS_KILLED.replace("-9", "1") + "LABKIT_RANK_ERROR rank=0 RuntimeError: Connection closed by peer\n"
     both = out + "LABKIT_RANK_ERROR rank=1 ValueError: bad batch\n"
+    assert launch.failure_summary(both, (0, "exit code 1")) == (1, "ValueError: bad batch")
     assert launch.failure_summary(both) == (1, "ValueError: bad batch")
 
 
 def test_failure_summary_names_the_cause_not_the_rank_that_lost_its_peer():
     # recorded with torch 2.4.1 before its store fallback: rank 0 could not start the store, rank 1 lost it and exited
-    # first, so the launcher's only exit line names rank 1
+    # first
     out = (
         "LABKIT_RANK_ERROR rank=0 NotImplementedError: The libuv TCPStore backend does not support initialization "
         "with an listen fd.\n"
@@ -204,11 +240,12 @@ def test_failure_summary_names_the_cause_not_the_rank_that_lost_its_peer():
         "[ERROR] [launch.py:259:sigkill_handler] ['python', '-u', '-m', 'labkit.ranks.zero_probe', '--local_rank=1'] "
         "exits with return code = 1\n"
     )
-    rank, text = launch.failure_summary(out)
+    rank, text = launch.failure_summary(out, (1, "exit code 1"))
     assert (rank, text.split(":")[0]) == (0, "NotImplementedError")
-    # when every tagged error only says a peer is gone, the launcher's line still decides
+    # when every tagged error only says a peer is gone, the rank seen to fail first is named
     peers_only = out.replace("NotImplementedError: The libuv TCPStore", "RuntimeError: Connection closed by peer")
-    assert launch.failure_summary(peers_only) == (1, "DistNetworkError: Connection reset by peer")
+    assert launch.failure_summary(peers_only, (1, "exit code 1")) == (1, "DistNetworkError: Connection reset by peer")
+    assert launch.failure_summary(peers_only)[0] is None  # and no rank is guessed without that
 
 
 def test_a_rank_module_is_started_as_a_module():

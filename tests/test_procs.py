@@ -1,7 +1,9 @@
-"""labkit.procs: stopping a process tree."""
+"""labkit.procs: stopping a process tree, naming the rank that died first."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,3 +23,59 @@ def test_stop_tree_stops_a_child_in_its_own_process_group():
     procs.stop_tree(proc, grace_s=1.0)
     assert proc.poll() is not None
     assert not any(procs.alive(pid) for pid in children)
+
+
+# A launcher shaped like DeepSpeed's (deepspeed/launcher/launch.py, main): it starts ranks with RANK set, polls them
+# once a second and, at the first failed one, SIGTERMs the rest. Each rank has a worker child with its RANK (as a
+# DataLoader worker inherits it). It prints the ranks' pids, then the workers'.
+FAKE_LAUNCHER = r"""
+import os, subprocess, sys, time
+worker = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+worker += "time.sleep(60)"
+ranks = [subprocess.Popen([sys.executable, "-c", worker], env={**os.environ, "RANK": str(r)}) for r in range(3)]
+print(*(p.pid for p in ranks), flush=True)
+while all(p.poll() in (None, 0) for p in ranks):
+    time.sleep(1)
+for p in ranks:
+    p.terminate()
+for p in ranks:
+    p.wait()
+"""
+
+
+def _children(pid: int, want: int) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(found := procs.descendants(pid)) < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_rank_exits_name_the_rank_that_died_first_and_how():
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_LAUNCHER], stdout=subprocess.PIPE, text=True)
+    try:
+        ranks = list(map(int, proc.stdout.readline().split()))
+        workers = [p for p in _children(proc.pid, 6) if p not in ranks]
+        assert len(workers) == 3, "the workers never started"
+        with procs.RankExits(proc.pid) as exits:
+            time.sleep(0.5)  # found by its scan
+            os.kill(workers[0], signal.SIGKILL)  # a worker is not a rank
+            time.sleep(0.3)
+            os.kill(ranks[1], signal.SIGSEGV)
+            proc.wait(timeout=30)  # the launcher's poll finds it and SIGTERMs ranks 0 and 2: stopped, not failed
+        assert exits.first_failure == (1, "killed by signal 11")
+    finally:
+        procs.stop_tree(proc, grace_s=1.0)
+
+
+def test_rank_exits_do_not_count_the_signal_launchers_stop_ranks_with():
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_LAUNCHER], stdout=subprocess.PIPE, text=True)
+    try:
+        ranks = list(map(int, proc.stdout.readline().split()))
+        with procs.RankExits(proc.pid) as exits:
+            time.sleep(0.5)
+            os.kill(ranks[2], signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert exits.first_failure is None
+    finally:
+        procs.stop_tree(proc, grace_s=1.0)
+    assert procs.how_it_ended(1 << 8) == "exit code 1" and procs.how_it_ended(9) == "killed by signal 9"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -321,9 +320,7 @@ def test_killed_rank_ends_the_run_quickly_and_resume_completes_the_plan(tmp_path
         cifar.execute(plan, on_output=kill_rank_1_after_first_checkpoints, timeout=300)
     assert killed, "the run ended before the kill"
     assert time.monotonic() - killed["at"] < 60
-    # "killed by signal 9" or "exit code 1": DeepSpeed's launcher prints the code of whichever failed rank its poll
-    # meets first, and always the last rank's command (deepspeed/launcher/launch.py; a known gap, docs/benchmarks.md)
-    assert exc.value.failed_rank == 1 and re.match(r"rank 1 died \((killed by signal 9|exit code 1)\)", str(exc.value))
+    assert exc.value.failed_rank == 1 and str(exc.value).startswith("rank 1 died (killed by signal 9)"), str(exc.value)
     assert not [p for p in kit_processes() if str(ckpt) in p[1]], "ranks left running"
     survived = checkpoint.latest_complete(ckpt)[0]
     assert 20 <= survived < 300
@@ -363,17 +360,6 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
     assert result["summary"]["world_size"] == 2 and result["summary"]["step"] == plan.total_steps == 10
     epoch = _epochs(result["records"])[0]
     assert epoch["images_per_s"] > 0 and 0 <= epoch["test_acc"] <= 1
-
-
-def test_first_dead_rank_reads_the_launchers_own_lines():
-    ds = (
-        "[ERROR] [launch.py:259:sigkill_handler] ['/x/python', '-u', 'train.py', '--local_rank=1', '--synthetic'] "
-        "exits with return code = -9"
-    )
-    assert launch.first_dead_rank("noise\n" + ds) == (1, "killed by signal 9")
-    mpi = "mpirun noticed that process rank 3 with PID 4242 on node worker-0 exited on signal 9 (Killed)."
-    assert launch.first_dead_rank(mpi) == (3, "killed by signal 9")
-    assert launch.first_dead_rank("all fine") is None
 
 
 def test_train_module_imports_nothing_from_notebooks_or_jobs():

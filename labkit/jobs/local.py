@@ -294,7 +294,9 @@ class LocalBackend(JobBackend):
             try:
                 reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
                 # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
-                if launch.wait_launcher(proc, first_death, timeout) == "timeout":
+                with procs.RankExits(proc.pid) as exits:  # which rank failed first: a killed one says nothing itself
+                    ended = launch.wait_launcher(proc, first_death, timeout)
+                if ended == "timeout":
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
                     )
@@ -309,20 +311,18 @@ class LocalBackend(JobBackend):
                 if proc.stdout and not reader.is_alive():
                     proc.stdout.close()
         returncode = proc.returncode if exited else 1
-        why = self._why_failed(d, job, "".join(lines), starts_ranks) if returncode != 0 else ""
+        first = exits.first_failure if starts_ranks else False
+        why = self._why_failed(d, job, "".join(lines), returncode, first) if returncode else ""
         if why:
             say(f"{EXEC_TAG}{why}\n")
         return returncode
 
-    def _why_failed(self, d: Path, job: dict, output: str, started_ranks: bool) -> str:
-        """One line: the job's deadline, or the rank that died first, its error and the likely cause."""
+    def _why_failed(self, d: Path, job: dict, output: str, code: int, first: tuple | None | bool) -> str:
+        """One line: the job's deadline, or the rank that failed first, its error and the likely cause (`first`:
+        procs.RankExits' first_failure; False for a command that started no ranks, which gets only its deadline)."""
         if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
             return launch.deadline_text(job["deadline"] - job["created"])
-        rank, text = launch.failure_summary(output)
-        if not started_ranks or rank is None:
-            return ""
-        cause = launch.likely_cause(output)
-        return f"rank {rank} failed: {text}" + (f" (likely cause: {cause})" if cause else "") + "; all ranks stopped"
+        return "" if first is False else launch.describe_failure(output, code, first_failure=first)
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         log = self._existing_dir(name, namespace) / "launcher.log"

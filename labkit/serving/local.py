@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from labkit import launch
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, LaunchError, check_int
-from labkit.procs import descendants, stop_tree
+from labkit.procs import RankExits, descendants, stop_tree
 from labkit.serving.config import SERVE_MODULE, ServeConfig
 from labkit.serving.service import READY_TAG
 
@@ -115,6 +115,7 @@ class LocalService:
         self.client = HttpClient(self.url)
         self._reader: threading.Thread | None = None
         self._port = 0  # the master port of the last start()
+        self._exits: RankExits | None = None  # which rank failed first: a killed one says nothing itself
 
     @property
     def command(self) -> list[str]:
@@ -126,6 +127,7 @@ class LocalService:
         self._port = launch.free_port()
         argv = launch.build_command(self.spec, master_port=self._port)
         self.proc = launch.start_session(argv, launch.local_env(self.spec, self._port))
+        self._exits = RankExits(self.proc.pid).start()
         self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
         self._reader.start()
         return self
@@ -160,7 +162,8 @@ class LocalService:
 
     def failure(self) -> str:
         """One line on why the ranks ended (the failing rank and its error)."""
-        return launch.describe_failure(self.output, self.proc.returncode if self.proc else None)
+        first = self._exits.first_failure if self._exits else None
+        return launch.describe_failure(self.output, self.proc.returncode if self.proc else None, first_failure=first)
 
     def wait_ready(self, timeout: float = 180.0) -> dict:
         """Block until rank 0 answers /healthz (every rank has loaded its part); LaunchError if the ranks end first,
@@ -209,6 +212,8 @@ class LocalService:
         self.client.close()
 
     def _join_reader(self) -> None:
+        if self._exits is not None:  # the launcher has exited or been stopped: no rank is left to watch
+            self._exits.stop()
         if self._reader is not None:
             self._reader.join(timeout=5)
 

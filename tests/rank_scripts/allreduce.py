@@ -1,8 +1,9 @@
 """A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail (before or after the
-rendezvous) or hang."""
+rendezvous), die without a word (a signal, as the OOM killer or a segfault ends a rank) or hang."""
 
 import argparse
 import os
+import signal
 import time
 
 from labkit.ranks.runtime import init_deepspeed, rank_and_world, rank_guard
@@ -11,6 +12,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--local_rank", type=int, default=0)  # appended by the deepspeed launcher
 parser.add_argument("--fail-rank", type=int, default=-1)
 parser.add_argument("--fail-before-init", type=int, default=-1, help="this rank fails before the rendezvous")
+parser.add_argument(
+    "--kill-rank", type=int, default=-1, help="this rank sends itself --kill-signal after the all-reduce"
+)
+parser.add_argument("--kill-signal", type=int, default=int(signal.SIGKILL))
 parser.add_argument("--hang", type=float, default=0.0)
 parser.add_argument("--listeners", action="store_true", help="print the TCP addresses this rank listens on")
 parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -37,6 +42,8 @@ with rank_guard():
         listening = [c.laddr for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
         port, where = os.environ["MASTER_PORT"], sorted({f"{a.ip}:{a.port}" for a in listening})
         print(f"rank {rank} store port {port} listens on {where}", flush=True)
+    if rank == args.kill_rank:
+        os.kill(os.getpid(), args.kill_signal)
     dist.barrier()
     if args.hang:
         time.sleep(args.hang)
