@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_rbac import SERVICE_ACCOUNT, load_bindings
-from kit_testing import fake_cluster
+from kit_testing import ROOT, fake_cluster
 from test_manifests import KUBECTL, kubectl_kustomize
 
 from labkit import cluster, suites
@@ -23,10 +23,9 @@ from labkit.chapters.interactive import plan_interactive_job
 from labkit.cli import build_parser
 from labkit.manifests.checks import check_pod_security
 
-REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "docs" / "ci"
+CI = ROOT / "docs" / "ci"
 SCHEMAS = {"github-actions.yml": "vendor.github-workflows", "gitlab-ci.yml": "vendor.gitlab-ci"}
-CLUSTER_SUITES = sorted((REPO / "regression").glob("cluster-*.yaml"))
+CLUSTER_SUITES = sorted((ROOT / "regression").glob("cluster-*.yaml"))
 
 
 def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess:
@@ -88,7 +87,7 @@ def test_every_workflow_runs_a_shipped_suite_and_keeps_its_junit_and_report():
     for workflow, line, kept in steps:
         _, args = labkit_run(line)
         assert args.suite and args.junit and args.out, f"{workflow}: {line}"
-        suite = suites.load(REPO / args.suite)  # exists, and loads (every notebook known, every threshold valid)
+        suite = suites.load(ROOT / args.suite)  # exists, and loads (every notebook known, every threshold valid)
         assert suite.entries, f"{workflow}: {args.suite} runs nothing"
         assert [str(args.junit)] == kept["junit"] or str(args.junit) in kept["paths"], f"{workflow}: JUnit not kept"
         assert str(args.out) in kept["paths"], f"{workflow}: {args.out} (executed notebooks, report) not kept"
@@ -103,13 +102,13 @@ def test_the_github_job_runs_on_a_self_hosted_gpu_runner_with_a_time_limit():
 
 # ------------------------------------------------------------------------------------------------- the CronJob
 def _cronjob() -> dict:
-    (cron,) = m.kustomize_build(REPO / "manifests" / "regression")
+    (cron,) = m.kustomize_build(ROOT / "manifests" / "regression")
     return cron
 
 
 def test_the_regression_kustomization_renders_as_kubectl_does():
     assert KUBECTL, "kubectl is needed for this comparison (install kubectl >= 1.27)"
-    assert m.kustomize_build(REPO / "manifests" / "regression") == kubectl_kustomize(REPO / "manifests" / "regression")
+    assert m.kustomize_build(ROOT / "manifests" / "regression") == kubectl_kustomize(ROOT / "manifests" / "regression")
 
 
 def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_reports_on_the_pvc():
@@ -123,9 +122,9 @@ def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_r
     job = cron["spec"]["jobTemplate"]["spec"]
     pod = job["template"]["spec"]
     (container,) = pod["containers"]
-    images = yaml.safe_load((REPO / "images" / "images.yaml").read_text())["images"]
+    images = yaml.safe_load((ROOT / "images" / "images.yaml").read_text())["images"]
     assert container["image"] == images["lab"]["image"]
-    base = {o["kind"]: o for o in m.kustomize_build(REPO / "manifests" / "base")}
+    base = {o["kind"]: o for o in m.kustomize_build(ROOT / "manifests" / "base")}
     assert pod["serviceAccountName"] == base["ServiceAccount"]["metadata"]["name"] == "labkit"
     assert pod.get("automountServiceAccountToken", True) and base["ServiceAccount"]["automountServiceAccountToken"]
     (volume,) = pod["volumes"]
@@ -133,8 +132,8 @@ def test_the_nightly_cronjob_runs_a_cluster_suite_from_the_lab_image_and_keeps_r
     (mount,) = [v for v in container["volumeMounts"] if v["name"] == volume["name"]]
     assert (mount["mountPath"], mount["subPath"]) == ("/shared/regression", "regression")  # its own folder only
     suite = {e["name"]: e["value"] for e in container["env"]}["SUITE"]
-    assert suite.startswith("/opt/labkit/regression/") and (REPO / "regression" / Path(suite).name) in CLUSTER_SUITES
-    assert "COPY regression /opt/labkit/regression" in (REPO / "images" / "lab" / "Dockerfile").read_text()
+    assert suite.startswith("/opt/labkit/regression/") and (ROOT / "regression" / Path(suite).name) in CLUSTER_SUITES
+    assert "COPY regression /opt/labkit/regression" in (ROOT / "images" / "lab" / "Dockerfile").read_text()
     assert container["command"] == ["bash", "-c"]
     out = f"{mount['mountPath']}/20260101-030000"
     _, args = labkit_run(container["args"][0].replace("$(date +%Y%m%d-%H%M%S)", "20260101-030000"), SUITE=suite)
@@ -162,7 +161,7 @@ def test_the_cronjobs_identity_may_do_every_kubernetes_step_of_the_cluster_suite
         who = identity.replace(":workloads:", f":{namespace}:")
         with fake_cluster(identity=who, namespaces=("default", namespace)) as (api, _):
             if namespace != "workloads":
-                rbac = [o for o in m.kustomize_build(REPO / "manifests/overlays/gaudi") if "Role" in o["kind"]]
+                rbac = [o for o in m.kustomize_build(ROOT / "manifests/overlays/gaudi") if "Role" in o["kind"]]
                 (tmp_path / "rbac.yaml").write_text(yaml.safe_dump_all(rbac))
                 api.grants = load_bindings([tmp_path / "rbac.yaml"])
                 assert who in api.grants and all(ns == namespace for ns, _ in api.grants[who])

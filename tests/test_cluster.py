@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from kit_testing import ROOT
 
 from labkit import cluster, kube
 from labkit.cluster import accelerator_from_labels, mpijob_crd_status, node_inventory, trainjob_crd_status
 from labkit.errors import ConfigError, LabkitError
 
 DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).resolve().parent.parent
 GIB = 2**30
 TOKEN = "lab-token-do-not-print-4f9c"
 
@@ -442,7 +442,7 @@ def test_cli_discover_cluster_json_over_http(no_cluster):
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=REPO,
+            cwd=ROOT,
         )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -458,7 +458,7 @@ def test_cli_discover_cluster_without_a_cluster_is_an_error(no_cluster):
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=ROOT,
         env={**os.environ, "HOME": str(no_cluster)},
     )
     assert proc.returncode == 2
@@ -483,7 +483,7 @@ def test_node_figure(inventory):
 
 # ---------------------------------------------------------------------------------------------------------- notebook 01
 
-NOTEBOOK_01 = REPO / "notebooks" / "01_accelerator_discovery.ipynb"
+NOTEBOOK_01 = ROOT / "notebooks" / "01_accelerator_discovery.ipynb"
 
 
 @pytest.mark.slow

@@ -13,20 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
+from kit_testing import ROOT
 
 from labkit import env
 from labkit.env import FAIL, PASS, WARN, Check, CheckReport, TorchBuild
 from labkit.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def labkit_cli(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     environ = {**os.environ, **(env_extra or {})}
     code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"  # what the `labkit` script runs
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environ
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=environ
     )
 
 
@@ -460,7 +460,7 @@ def test_cli_check_exits_1_when_a_check_fails(tmp_path, no_cluster):
         "check",
         env_extra={
             "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(tmp_path / "shadow"), str(REPO), os.environ.get("PYTHONPATH")])
+                filter(None, [str(tmp_path / "shadow"), str(ROOT), os.environ.get("PYTHONPATH")])
             ),
             "HOME": str(no_cluster),
         },
@@ -494,7 +494,7 @@ def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
     from labkit import notebooks
 
     run = notebooks.run_notebook(
-        REPO / "notebooks" / "00_environment_check.ipynb", tmp_path / "run", {"api_timeout_s": 30.0}, timeout=300
+        ROOT / "notebooks" / "00_environment_check.ipynb", tmp_path / "run", {"api_timeout_s": 30.0}, timeout=300
     )
     assert not run.passed and "api_timeout_s: 30.0 is not a number of seconds in (0, 3]" in run.error
     cells = json.loads(Path(run.output).read_text())["cells"]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kit_testing import ROOT
 
 from labkit import images
 from labkit import manifests as m
 from labkit.devices import ACCELERATORS
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO / "images"
+IMAGES = ROOT / "images"
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 ENTRYPOINT = IMAGES / "common" / "entrypoint.sh"
 SETUP_SSH = IMAGES / "common" / "setup-ssh.sh"
@@ -69,7 +69,7 @@ def final_stage(path: Path) -> list[tuple[str, str]]:
 
 
 def effective_args(spec: images.ImageSpec) -> dict[str, str]:
-    values = arg_defaults(REPO / spec.dockerfile)
+    values = arg_defaults(ROOT / spec.dockerfile)
     values.update(spec.build_args)
     for name in list(values):  # re-derive values that depend on overridden ones
         values[name] = substitute(values[name], values)
@@ -266,11 +266,11 @@ def test_build_context_keeps_what_copy_needs(dockerfile):
                 assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
                     f"{dockerfile}: COPY {source} is excluded by Dockerfile.dockerignore"
                 )
-                assert (REPO / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+                assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
 
 
 def test_versions_agree_with_the_package():
-    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     pinned = re.search(r'"deepspeed==([^"]+)"', pyproject).group(1)
     for name in ("deepspeed", "lab"):
         assert arg_defaults(IMAGES / name / "Dockerfile")["DEEPSPEED_VERSION"] == pinned
@@ -281,7 +281,7 @@ def test_images_yaml_tags_state_what_is_built():
     declared = images.load_images()
     assert set(declared) == {"deepspeed", "deepspeed-cpu", "deepspeed-gaudi", "lab"}
     for spec in declared.values():
-        dockerfile = REPO / spec.dockerfile
+        dockerfile = ROOT / spec.dockerfile
         assert dockerfile.is_file()
         unknown = set(spec.build_args) - set(arg_defaults(dockerfile))
         assert not unknown, f"{spec.name}: build_args {unknown} are not ARGs of {spec.dockerfile}"
@@ -300,7 +300,7 @@ def test_images_yaml_tags_state_what_is_built():
 def test_manifests_use_exactly_the_declared_images():
     declared = images.load_images()
     for spec in declared.values():
-        kustomization = yaml.safe_load((REPO / spec.used_by / "kustomization.yaml").read_text())
+        kustomization = yaml.safe_load((ROOT / spec.used_by / "kustomization.yaml").read_text())
         refs = {f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
         assert refs == {spec.image}, f"{spec.used_by} uses {refs}, images.yaml says {spec.image}"
     # And every image a rendered object actually carries is one of them.
@@ -317,7 +317,7 @@ def test_readme_build_commands_are_the_declared_ones():
     pins = {"BASE_DIGEST": "sha256:" + "0" * 64, "DEEPSPEED_COMMIT": "0" * 40}
     shown = {pins["BASE_DIGEST"]: "sha256:DIGEST", pins["DEEPSPEED_COMMIT"]: "COMMIT"}
     for name, spec in images.load_images().items():
-        needed = {k: pins[k] for k in images.required_args(REPO / spec.dockerfile)}
+        needed = {k: pins[k] for k in images.required_args(ROOT / spec.dockerfile)}
         command = shlex.join(images.build_command(name, build_args=needed))
         for value, placeholder in shown.items():
             command = command.replace(value, placeholder)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kit_testing import wait_until
+from kit_testing import ROOT, wait_until
 
 from labkit.chapters.interactive import (
     TrainingProgress,
@@ -466,6 +466,22 @@ def test_the_cluster_command_line_works_as_typed_in_a_local_job(backend):
             res = job.run([*TYPED, *extra, "--module", "labkit.ranks.hello", "--steps", "2"], timeout=240)
             done = [m for m in parse_metrics(res.output) if m["event"] == "done"]
             assert res.returncode == 0 and sorted(m["rank"] for m in done) == [0, 1], res.output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra", "victim"), [([], 0), (["--force_multi"], 1)])
+def test_a_rank_killed_in_an_exec_is_named_with_its_signal(backend, extra, victim):
+    """The interactive chapter's command; a rank SIGKILLed after the rendezvous (as the OOM killer ends one).
+    DeepSpeed's launcher on one host prints the last rank's command whichever rank died; mpirun (--force_multi) a line
+    of its own."""
+    with backend.submit(JobSpec(name="oom", workers=2, slots_per_worker=1)) as job:
+        job.wait_ready(10)
+        script = (ROOT / "tests" / "rank_scripts" / "allreduce.py").read_text()
+        (backend.job_dir("oom") / "workdir" / "oom.py").write_text(script)
+        start = time.monotonic()
+        res = job.run([*TYPED, *extra, "oom.py", "--kill-rank", str(victim)], timeout=120)
+        assert time.monotonic() - start < 60 and res.returncode != 0, res.output[-3000:]
+        assert res.failure == f"rank {victim} died (killed by signal 9); the other ranks were stopped", res.output
 
 
 def test_the_deadline_is_named_not_its_signal(backend):

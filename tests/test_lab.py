@@ -11,10 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from kit_testing import ROOT
 
 from labkit import launch, procs
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def get(url: str) -> dict:

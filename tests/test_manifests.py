@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kit_testing import ROOT
 
 from labkit import manifests as m
 from labkit.devices import ACCELERATORS
 from labkit.errors import ConfigError, LabkitError
 from labkit.manifests import checks, render
 
-REPO = Path(__file__).resolve().parents[1]
 KUBECTL = shutil.which("kubectl")
 OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.JOB_KINDS]
 
@@ -78,8 +78,8 @@ def test_labkit_render_equals_kubectl_kustomize(accelerator, kind):
 def test_lab_kustomization_equals_kubectl_and_validates():
     if KUBECTL is None:
         pytest.skip("kubectl is not installed, so the kustomize comparison cannot run (install kubectl >= 1.27)")
-    objects = m.kustomize_build(REPO / "manifests" / "lab")
-    assert objects == kubectl_kustomize(REPO / "manifests" / "lab")
+    objects = m.kustomize_build(ROOT / "manifests" / "lab")
+    assert objects == kubectl_kustomize(ROOT / "manifests" / "lab")
     m.validate_objects(objects)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -409,10 +409,10 @@ def test_trainjob_and_core_kinds_are_validated():
     with pytest.raises(m.ManifestError, match="nothing cluster-wide"):
         m.validate_object(cluster_role)
     # The one cluster-wide grant (manifests/base/node-reader, in the lab): listing nodes, for device=auto.
-    reader, binding = m.kustomize_build(REPO / "manifests" / "base" / "node-reader")
+    reader, binding = m.kustomize_build(ROOT / "manifests" / "base" / "node-reader")
     assert reader["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
     m.validate_objects([reader, binding])
-    assert {"ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in m.kustomize_build(REPO / "manifests" / "lab")}
+    assert {"ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in m.kustomize_build(ROOT / "manifests" / "lab")}
     with pytest.raises(m.ManifestError, match=r"rules\[0\]: the kit grants nothing cluster-wide but get/list on nodes"):
         m.validate_object(_break(reader, ["rules", 0, "verbs"], ["list", "watch"]))
     with pytest.raises(m.ManifestError, match="roleRef.name: the kit binds no ClusterRole but labkit-node-reader"):
@@ -459,10 +459,10 @@ def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
 
 
 def test_manifests_dir_from_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_MANIFESTS", str(REPO / "manifests"))
-    assert m.manifests_dir() == REPO / "manifests"
+    monkeypatch.setenv("LABKIT_MANIFESTS", str(ROOT / "manifests"))
+    assert m.manifests_dir() == ROOT / "manifests"
     # A copy elsewhere (as in the lab image, where the package is installed without the repository) works too.
-    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    shutil.copytree(ROOT / "manifests", tmp_path / "manifests")
     monkeypatch.setenv("LABKIT_MANIFESTS", str(tmp_path / "manifests"))
     assert m.overlay_dir("nvidia").is_relative_to(tmp_path)
     assert "MPIJob" in [o["kind"] for o in m.render_all(m.JobSpec(accelerator="nvidia"))]
@@ -505,8 +505,8 @@ def test_role_is_namespaced_and_least_privilege():
 
 def test_no_secret_material_in_any_rendered_manifest():
     texts = [m.to_yaml(m.render_all(m.JobSpec(accelerator=a), k)) for a, k in OVERLAYS]
-    texts.append(m.to_yaml(m.kustomize_build(REPO / "manifests" / "lab")))
-    texts += [p.read_text() for p in (REPO / "manifests").rglob("*.yaml")]
+    texts.append(m.to_yaml(m.kustomize_build(ROOT / "manifests" / "lab")))
+    texts += [p.read_text() for p in (ROOT / "manifests").rglob("*.yaml")]
     for text in texts:
         assert m.find_secret_material(text) == []
         assert "PRIVATE KEY" not in text and "BEGIN OPENSSH" not in text
@@ -555,7 +555,7 @@ def test_a_kubernetes_validate_without_our_schemas_is_refused_in_one_line(monkey
     # kubernetes-validate 1.30.0/1.31.0 ship no 1.32 schemas and raised their own bare VersionNotSupportedError on
     # every core object (docs/benchmarks.md, dependency floors); a version no installed release has stands in here.
     role = next(o for o in m.render_all(m.JobSpec()) if o["kind"] == "Role")
-    floor = re.search(r'"kubernetes-validate>=([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    floor = re.search(r'"kubernetes-validate>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert floor == checks.KUBERNETES_VERSION  # the release that brought the schemas labkit validates against
     monkeypatch.setattr(checks, "KUBERNETES_VERSION", "1.99")
     with pytest.raises(
@@ -566,12 +566,12 @@ def test_a_kubernetes_validate_without_our_schemas_is_refused_in_one_line(monkey
 
 def test_structural_schemas_are_current_and_lean():
     source = Path("/work/shared/schemas")
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import make_schemas
     finally:
         sys.path.pop(0)
-    for path in (REPO / "labkit" / "schemas").glob("*.json"):
+    for path in (ROOT / "labkit" / "schemas").glob("*.json"):
         text = path.read_text()
         assert '"description"' not in text  # dropped, as promised
         assert "x-kubernetes-validations" not in text
@@ -615,7 +615,7 @@ def test_cli_render_and_validate(tmp_path, capsys):
     good.write_text(out)
     bad = tmp_path / "bad.yaml"
     bad.write_text(out.replace("slotsPerWorker: 2", "slotsPerWorker: two"))
-    code, out = run_cli("manifests", "validate", str(good), str(REPO / "manifests" / "overlays" / "gaudi"))
+    code, out = run_cli("manifests", "validate", str(good), str(ROOT / "manifests" / "overlays" / "gaudi"))
     assert code == 0 and "INVALID" not in out and "MPIJob deepspeed-interactive" in out
     code, out = run_cli("manifests", "validate", str(bad))
     assert code == 1 and "INVALID" in out and "spec.slotsPerWorker: 'two' is not of type 'integer'" in out

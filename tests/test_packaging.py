@@ -6,12 +6,9 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
-from kit_testing import pyproject
-
-ROOT = Path(__file__).resolve().parent.parent
+from kit_testing import ROOT, pyproject
 
 
 def test_environment_yml_matches_pyproject():

@@ -12,15 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from kit_testing import pyproject
+from kit_testing import ROOT, pyproject
 
 from labkit import images
 from labkit.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-LOCK = REPO / "requirements" / "lock.txt"
-BOOTSTRAP = REPO / "scripts" / "bootstrap.sh"
-DOCKERFILES = sorted((REPO / "images").glob("*/Dockerfile"))
+LOCK = ROOT / "requirements" / "lock.txt"
+BOOTSTRAP = ROOT / "scripts" / "bootstrap.sh"
+DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
 DIGEST_REF = re.compile(r"^\S+@(sha256:[0-9a-f]{64}|\$\{(\w+):\?[^}\s]+\})$")
 COMMIT = re.compile(r"@([0-9a-f]{40}|\$\{?(\w+)(:\?[^}]*)?\}?)$")
 
@@ -142,10 +141,10 @@ def test_the_lock_pins_and_hashes_everything_pyproject_needs_but_torch():
 
 
 def test_torch_has_one_version_everywhere():
-    version = re.search(r"^TORCH_VERSION=(\S+)$", (REPO / "scripts" / "lock.sh").read_text(), re.M).group(1)
+    version = re.search(r"^TORCH_VERSION=(\S+)$", (ROOT / "scripts" / "lock.sh").read_text(), re.M).group(1)
     assert _bootstrap_defaults()["TORCH_SPEC"] == f"torch=={version}"
     for name in ("deepspeed", "lab"):
-        text = (REPO / "images" / name / "Dockerfile").read_text()
+        text = (ROOT / "images" / name / "Dockerfile").read_text()
         assert f"ARG TORCH_VERSION={version}\n" in text
         assert '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"' in text
 
@@ -156,7 +155,7 @@ def test_pip_locked_installs_only_what_the_lock_names(tmp_path):
     fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *.txt) cat "$a";; esac; done\n')
     fake.chmod(0o755)
-    script = REPO / "scripts" / "pip-locked.sh"
+    script = ROOT / "scripts" / "pip-locked.sh"
 
     def run(*args):
         return subprocess.run(["bash", str(script), str(fake), str(LOCK), *args], capture_output=True, text=True)
@@ -184,7 +183,7 @@ def test_building_needs_the_pins_nobody_may_guess():
         images.build_command("deepspeed-gaudi", build_args={"BASE_DIGEST": digest, "DEEPSPEED_COMMIT": "1.22.0"})
     argv = images.build_command("lab", build_args={"BASE_DIGEST": digest})
     assert f"BASE_DIGEST={digest}" in argv
-    assert images.required_args(REPO / "images" / "gaudi" / "Dockerfile") == ["BASE_DIGEST", "DEEPSPEED_COMMIT"]
+    assert images.required_args(ROOT / "images" / "gaudi" / "Dockerfile") == ["BASE_DIGEST", "DEEPSPEED_COMMIT"]
 
 
 def test_cli_build_command_takes_the_pins():
@@ -193,7 +192,7 @@ def test_cli_build_command_takes_the_pins():
         [sys.executable, "-m", "labkit", "images", "build-command", "lab", "--build-arg", f"BASE_DIGEST={digest}"],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=ROOT,
     )
     assert result.returncode == 0 and f"--build-arg BASE_DIGEST={digest}" in result.stdout, result.stderr
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import junitparser
 import pytest
+from kit_testing import ROOT
 
 from labkit import notebooks, results, suites
 from labkit.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -137,12 +137,12 @@ def test_junit_names_a_failed_notebook_and_skips_its_checks():
 
 
 def test_suite_and_notebook_arguments_do_not_mix(tmp_path):
-    done = subprocess.run([*CLI, "run", "00", "--suite", str(REPO / "regression" / "cpu-smoke.yaml")],
+    done = subprocess.run([*CLI, "run", "00", "--suite", str(ROOT / "regression" / "cpu-smoke.yaml")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0 and "--suite runs exactly the suite's notebooks" in done.stderr
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "regression").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "regression").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_suite_loads(path):
     suite = suites.load(path)
     assert suite.entries and all(entry.expect for entry in suite.entries)
@@ -151,7 +151,7 @@ def test_every_shipped_suite_loads(path):
 def test_cpu_smoke_pins_every_device_to_cpu():
     # A GPU machine's auto picks cuda: 06 then runs one rank and 04's first epoch pays CUDA start-up, so the suite's
     # world-size and throughput checks would judge a different run than the one they were written for.
-    for entry in suites.load(REPO / "regression" / "cpu-smoke.yaml").entries:
+    for entry in suites.load(ROOT / "regression" / "cpu-smoke.yaml").entries:
         if "device" in notebooks.declared_parameters(entry.notebook):
             assert entry.parameters.get("device") == "cpu", entry.notebook.name
 
@@ -160,7 +160,7 @@ def test_cpu_smoke_pins_every_device_to_cpu():
 @pytest.mark.timeout(1500)  # eight notebooks in a row: more than the suite's default per-test limit on a busy CI box
 def test_cpu_smoke_suite_passes_here(tmp_path):
     junit = tmp_path / "smoke.xml"
-    suite = suites.load(REPO / "regression" / "cpu-smoke.yaml")
+    suite = suites.load(ROOT / "regression" / "cpu-smoke.yaml")
     done = subprocess.run(
         [*CLI, "run", "--suite", str(suite.path), "--junit", str(junit), "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=1400, cwd=tmp_path,
@@ -176,7 +176,7 @@ def test_an_installed_kit_finds_its_notebooks_through_labkit_notebooks(tmp_path,
     """The lab image installs labkit as a package: its notebooks are where LABKIT_NOTEBOOKS says."""
     import shutil
 
-    shutil.copy(REPO / "notebooks" / "00_environment_check.ipynb", tmp_path)
+    shutil.copy(ROOT / "notebooks" / "00_environment_check.ipynb", tmp_path)
     monkeypatch.setenv("LABKIT_NOTEBOOKS", str(tmp_path))
     assert [p.name for p in notebooks.discover()] == ["00_environment_check.ipynb"]
     assert notebooks.select(["00"]) == [tmp_path / "00_environment_check.ipynb"]
@@ -185,9 +185,9 @@ def test_an_installed_kit_finds_its_notebooks_through_labkit_notebooks(tmp_path,
 def test_the_gpu_suite_holds_on_the_notebooks_recorded_on_one_h200():
     """regression/gpu-1.yaml's thresholds come from a recorded run: every notebook at its defaults on the lent H200
     (bench/results/notebooks_defaults_H200.json, the results those executed notebooks recorded)."""
-    recorded = json.loads((REPO / "bench" / "results" / "notebooks_defaults_H200.json").read_text())
+    recorded = json.loads((ROOT / "bench" / "results" / "notebooks_defaults_H200.json").read_text())
     runs = [notebooks.NotebookRun(source=f"{r['name']}.ipynb", **r) for r in recorded["runs"]]
-    result = suites.evaluate(suites.load(REPO / "regression" / "gpu-1.yaml"), runs)
+    result = suites.evaluate(suites.load(ROOT / "regression" / "gpu-1.yaml"), runs)
     failed = [
         f"{o.notebook}: {o.expectation.describe()} ({o.message or o.measured})" for o in result.outcomes if not o.passed
     ]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kit_testing import ROOT
 
 from labkit import checkpoint, data, devices, launch, train
 from labkit.chapters import cifar
 from labkit.errors import ConfigError, LaunchError
 from labkit.model import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
     synthetic=True,
     synthetic_train=640,
@@ -95,7 +95,7 @@ def test_cli_rejects_a_bad_batch_before_starting_anything():
         ],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
     assert "labkit: error: global_batch: 100 images are not divisible by world_size x grad_accum = 3 x 1" in proc.stderr
@@ -368,7 +368,7 @@ def test_train_module_imports_nothing_from_notebooks_or_jobs():
         "if m.startswith(('labkit.notebooks', 'labkit.chapters', 'labkit.jobs', 'torch', 'deepspeed', "
         "'kubernetes', 'papermill'))]; print(bad); assert not bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     cfg = train.TrainConfig(synthetic=True, device="cpu", micro_batch=64, epochs=3).resolved()
     np.testing.assert_equal(train.plan_steps(cfg, 640), (10, 30))  # the last incomplete batch is dropped
     assert train.plan_steps(dataclasses.replace(cfg, max_steps=7), 700) == (10, 7)
