@@ -56,13 +56,16 @@ def test_rank_exits_name_the_rank_that_died_first_and_how():
         ranks = list(map(int, proc.stdout.readline().split()))
         workers = [p for p in _children(proc.pid, 6) if p not in ranks]
         assert len(workers) == 3, "the workers never started"
+        fds = len(os.listdir("/proc/self/fd"))
         with procs.RankExits(proc.pid) as exits:
-            time.sleep(0.5)  # found by its scan
+            time.sleep(3.0)  # found by its first scan, and scanned again while its gap grows: one pidfd per rank
+            assert len(os.listdir("/proc/self/fd")) == fds + 2 + 3  # its wake-up pipe, the ranks' pidfds
             os.kill(workers[0], signal.SIGKILL)  # a worker is not a rank
             time.sleep(0.3)
             os.kill(ranks[1], signal.SIGSEGV)
             proc.wait(timeout=30)  # the launcher's poll finds it and SIGTERMs ranks 0 and 2: stopped, not failed
         assert exits.first_failure == (1, "killed by signal 11")
+        assert len(os.listdir("/proc/self/fd")) == fds  # every one closed
     finally:
         procs.stop_tree(proc, grace_s=1.0)
 
