@@ -273,9 +273,11 @@ if training.returncode != 0 or (plan.default_command and not summary["allreduce_
 # 6. **`not enough slots available`**, `invalid device ordinal`, or two ranks on one GPU. *Cause:* `slotsPerWorker`
 #    differs from the GPUs per worker. *Fix:* make `slots`, the GPU limit and the GPUs per pod one number
 #    ([mpi-operator#558](https://github.com/kubeflow/mpi-operator/issues/558)).
-# 7. **A rank OOMKilled (137) under ZeRO-3 or offload.** *Cause:* host memory: full model loads on every rank, pinned
-#    memory counted against the pod's limit. *Fix:* `deepspeed.zero.Init`, `"pin_memory": false`, a larger limit
-#    ([DeepSpeed#2676](https://github.com/deepspeedai/DeepSpeed/issues/2676)).
+# 7. **A rank OOMKilled (137) under ZeRO-3 or offload**: here the exec's last line says `rank N died (killed by signal
+#    9)`, on a cluster mpirun's says `process rank N ... exited on signal 9`. DeepSpeed's own `exits with return code`
+#    line shows the last rank's command whichever rank died: do not read the rank from it. *Cause:* host memory: full
+#    model loads on every rank, pinned memory counted against the pod's limit. *Fix:* `deepspeed.zero.Init`,
+#    `"pin_memory": false`, a larger limit ([DeepSpeed#2676](https://github.com/deepspeedai/DeepSpeed/issues/2676)).
 # 8. **GPUs held by idle jobs.** *Cause:* `sleep infinity` launchers left running, workers kept by `cleanPodPolicy`.
 #    *Fix:* delete your job when done (step 5); the deadline (`deadline_minutes`) ends it anyway
 #    ([mpi-operator#643](https://github.com/kubeflow/mpi-operator/issues/643)).
