@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fake_rbac import SERVICE_ACCOUNT
-from kit_testing import fake_cluster, wait_for_no_kit_processes
+from kit_testing import ROOT, fake_cluster, wait_for_no_kit_processes
 
 from labkit import accelerate_route as route
 from labkit import devices, launch
@@ -218,6 +218,20 @@ def test_a_run_that_falls_back_without_deepspeed_fails_with_one_clear_line(tmp_p
     assert "\n" not in line and "DeepSpeed is not active" in line and "DistributedDataParallel" in line
     assert "ACCELERATE_USE_CPU=1" in line
     assert wait_for_no_kit_processes() == []
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_accelerate_launch_is_named_with_its_signal(tmp_path):
+    """torchrun's agent (accelerate launch) SIGTERMs the survivor: the rank named is the one SIGKILLed (as the OOM
+    killer ends one), read from the ranks, not from the agent's table of both."""
+    answers = route.AccelerateConfig(stage=0, num_processes=2, mixed_precision="no").validated()
+    config = answers.write(tmp_path / "accelerate.yaml")
+    accelerate = route.launch_command(config, [], port=launch.free_port())[:-2]  # without `-m labkit.ranks...`
+    script = ROOT / "tests" / "rank_scripts" / "allreduce.py"
+    with pytest.raises(LaunchError) as err:
+        launch.run_command([*accelerate, str(script), "--kill-rank", "1"], launch.kit_env(world_size=2), timeout=180)
+    assert str(err.value) == "rank 1 died (killed by signal 9); the other ranks were stopped", err.value.output[-3000:]
+    assert err.value.failed_rank == 1 and wait_for_no_kit_processes() == []
 
 
 @pytest.mark.slow
