@@ -117,13 +117,15 @@ class RankExits:
     one error line shows the spawn loop's last command (always the last local rank's) with the code of whichever failed
     process its poll of a set meets first (deepspeed/launcher/launch.py, main() and sigkill_handler). A rank is a
     process below `root` whose RANK differs from its parent's (DataLoader workers inherit theirs), found by a scan of
-    /proc every 0.1 s, backing off to every 2 s while nothing new appears (about 0.1 % of a core: docs/benchmarks.md);
+    /proc every 0.1 s until the first ranks appear (a rank may die within seconds of its start), then backing off to
+    every 2 s while nothing new appears (about 0.1 % of a core: docs/benchmarks.md);
     each is watched through a pidfd (wakes the moment it exits; polled every `poll_s` s where pidfds are missing).
     `with RankExits(proc.pid) as exits: ...`, then `exits.first_failure`: (rank, how) or None; how is None when the
     launcher reaped the rank before its status could be read (mpirun reaps at once). Not failures: a clean exit and
     the signals launchers stop the other ranks with."""
 
     SCAN_S = (0.1, 2.0)  # the first and the longest gap between scans for new ranks
+    PATIENCE_S = 60.0  # scans stay frequent this long for a launcher that has started no rank yet
 
     def __init__(self, root: int, poll_s: float = 0.05):
         self.root, self.poll_s = root, poll_s
@@ -131,6 +133,7 @@ class RankExits:
         self._watched: dict[int, tuple[int, int | None, int | None]] = {}  # pid -> (rank, pidfd, start ticks)
         self._rank_env: dict[int, bytes | None] = {}  # each process's RANK, read once
         self._exited = 0  # ranks seen to exit
+        self._rank_count = 0  # ranks found
         self._stop = threading.Event()
         self._wake = os.pipe()  # stop() writes to it: select returns at once
         self._thread = threading.Thread(target=self._watch, daemon=True, name="labkit-rank-exits")
@@ -177,6 +180,7 @@ class RankExits:
                     except (AttributeError, OSError):  # before Linux 5.3 or Python 3.9, or already gone: polled
                         fd = None
                     self._watched[pid], found = (int(rank), fd, start_ticks(pid)), True
+                    self._rank_count += 1
                 todo.append((pid, rank))
         return found
 
@@ -186,10 +190,11 @@ class RankExits:
         return self._rank_env[pid]
 
     def _watch(self) -> None:
-        next_scan, gap = 0.0, self.SCAN_S[0]
+        next_scan, gap, started = 0.0, self.SCAN_S[0], time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() >= next_scan:
-                gap = self.SCAN_S[0] if self._scan() else min(2 * gap, self.SCAN_S[1])
+                found, waiting = self._scan(), not self._rank_count and time.monotonic() - started < self.PATIENCE_S
+                gap = self.SCAN_S[0] if found or waiting else min(2 * gap, self.SCAN_S[1])
                 next_scan = time.monotonic() + gap
             fds = [fd for _, fd, _ in self._watched.values() if fd is not None]
             wait = max(0.0, next_scan - time.monotonic())

@@ -32,6 +32,7 @@ FAKE_LAUNCHER = r"""
 import os, subprocess, sys, time
 worker = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
 worker += "time.sleep(60)"
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)  # a launcher's own start-up
 ranks = [subprocess.Popen([sys.executable, "-c", worker], env={**os.environ, "RANK": str(r)}) for r in range(3)]
 print(*(p.pid for p in ranks), flush=True)
 while all(p.poll() in (None, 0) for p in ranks):
@@ -82,3 +83,17 @@ def test_rank_exits_do_not_count_the_signal_launchers_stop_ranks_with():
     finally:
         procs.stop_tree(proc, grace_s=1.0)
     assert procs.how_it_ended(1 << 8) == "exit code 1" and procs.how_it_ended(9) == "killed by signal 9"
+
+
+def test_rank_exits_catch_a_rank_that_dies_soon_after_a_slow_launcher_starts_it():
+    # accelerate launch and deepspeed take seconds to start their ranks; a rank can die a fraction of a second later
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_LAUNCHER, "3.3"], stdout=subprocess.PIPE, text=True)
+    try:
+        with procs.RankExits(proc.pid) as exits:
+            ranks = list(map(int, proc.stdout.readline().split()))
+            time.sleep(0.3)
+            os.kill(ranks[1], signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert exits.first_failure == (1, "killed by signal 9")
+    finally:
+        procs.stop_tree(proc, grace_s=1.0)

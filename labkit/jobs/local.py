@@ -294,7 +294,9 @@ class LocalBackend(JobBackend):
             try:
                 reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
                 # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
-                with procs.RankExits(proc.pid) as exits:  # which rank failed first: a killed one says nothing itself
+                # which rank failed first: a killed one says nothing itself
+                watch = procs.RankExits(proc.pid) if starts_ranks else contextlib.nullcontext()
+                with watch:
                     ended = launch.wait_launcher(proc, first_death, timeout)
                 if ended == "timeout":
                     raise TimeoutError(
@@ -311,7 +313,7 @@ class LocalBackend(JobBackend):
                 if proc.stdout and not reader.is_alive():
                     proc.stdout.close()
         returncode = proc.returncode if exited else 1
-        first = exits.first_failure if starts_ranks else False
+        first = watch.first_failure if starts_ranks else False
         why = self._why_failed(d, job, "".join(lines), returncode, first) if returncode else ""
         if why:
             say(f"{EXEC_TAG}{why}\n")
