@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from labkit import procs
 
 
@@ -85,8 +87,11 @@ def test_rank_exits_do_not_count_the_signal_launchers_stop_ranks_with():
     assert procs.how_it_ended(1 << 8) == "exit code 1" and procs.how_it_ended(9) == "killed by signal 9"
 
 
-def test_rank_exits_catch_a_rank_that_dies_soon_after_a_slow_launcher_starts_it():
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfds", "polled"])
+def test_rank_exits_catch_a_rank_that_dies_soon_after_a_slow_launcher_starts_it(monkeypatch, pidfds):
     # accelerate launch and deepspeed take seconds to start their ranks; a rank can die a fraction of a second later
+    if not pidfds:  # as before Linux 5.3: each rank's liveness is polled
+        monkeypatch.delattr(os, "pidfd_open")
     proc = subprocess.Popen([sys.executable, "-c", FAKE_LAUNCHER, "3.3"], stdout=subprocess.PIPE, text=True)
     try:
         with procs.RankExits(proc.pid) as exits:
