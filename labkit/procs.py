@@ -133,7 +133,6 @@ class RankExits:
         self._watched: dict[int, tuple[int, int | None, int | None]] = {}  # pid -> (rank, pidfd, start ticks)
         self._rank_env: dict[int, bytes | None] = {}  # each process's RANK, read once
         self._exited = 0  # ranks seen to exit
-        self._rank_count = 0  # ranks found
         self._stop = threading.Event()
         self._wake = os.pipe()  # stop() writes to it: select returns at once
         self._thread = threading.Thread(target=self._watch, daemon=True, name="labkit-rank-exits")
@@ -180,7 +179,6 @@ class RankExits:
                     except (AttributeError, OSError):  # before Linux 5.3 or Python 3.9, or already gone: polled
                         fd = None
                     self._watched[pid], found = (int(rank), fd, start_ticks(pid)), True
-                    self._rank_count += 1
                 todo.append((pid, rank))
         return found
 
@@ -193,7 +191,8 @@ class RankExits:
         next_scan, gap, started = 0.0, self.SCAN_S[0], time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() >= next_scan:
-                found, waiting = self._scan(), not self._rank_count and time.monotonic() - started < self.PATIENCE_S
+                found = self._scan()  # ranks found so far: those exited and those watched
+                waiting = not (self._exited or self._watched) and time.monotonic() - started < self.PATIENCE_S
                 gap = self.SCAN_S[0] if found or waiting else min(2 * gap, self.SCAN_S[1])
                 next_scan = time.monotonic() + gap
             fds = [fd for _, fd, _ in self._watched.values() if fd is not None]

@@ -313,18 +313,18 @@ class LocalBackend(JobBackend):
                 if proc.stdout and not reader.is_alive():
                     proc.stdout.close()
         returncode = proc.returncode if exited else 1
-        first = watch.first_failure if starts_ranks else False
-        why = self._why_failed(d, job, "".join(lines), returncode, first) if returncode else ""
+        first = watch.first_failure if starts_ranks else None
+        why = self._why_failed(d, job, "".join(lines), returncode, starts_ranks, first) if returncode else ""
         if why:
             say(f"{EXEC_TAG}{why}\n")
         return returncode
 
-    def _why_failed(self, d: Path, job: dict, output: str, code: int, first: tuple | None | bool) -> str:
-        """One line: the job's deadline, or the rank that failed first, its error and the likely cause (`first`:
-        procs.RankExits' first_failure; False for a command that started no ranks, which gets only its deadline)."""
+    def _why_failed(self, d: Path, job: dict, output: str, code: int, started_ranks: bool, first) -> str:
+        """One line: the job's deadline, or the rank that failed first (`first`: procs.RankExits' first_failure), its
+        error and the likely cause; a command that started no ranks gets only its deadline."""
         if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
             return launch.deadline_text(job["deadline"] - job["created"])
-        return "" if first is False else launch.describe_failure(output, code, first_failure=first)
+        return launch.describe_failure(output, code, first_failure=first) if started_ranks else ""
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         log = self._existing_dir(name, namespace) / "launcher.log"
