@@ -2,8 +2,10 @@
 
     python bench/dead_rank_naming.py                      # 4 runs per launcher, the killed rank alternating 0 and 1
     python bench/dead_rank_naming.py --runs 10 --load 2   # with 2 busy processes taking the cores meanwhile
+    python bench/dead_rank_naming.py --device cuda --world-size 1   # a CUDA rank (NCCL) on a 1-GPU machine
 
-Part 1 kills one of 2 CPU ranks (SIGKILL after the rendezvous, tests/rank_scripts/allreduce.py) under each launcher
+Part 1 kills one of --world-size ranks (2 CPU ranks by default; CUDA ranks need one GPU each, as NCCL refuses two
+ranks on one device) (SIGKILL after the rendezvous, tests/rank_scripts/allreduce.py) under each launcher
 and counts the one-line reports that name the killed rank and its signal: what `labkit.launch.run` says, and what
 DeepSpeed's launcher line alone would have said (the rank labkit read from it before procs.RankExits). Part 2 runs
 procs.RankExits over a stand-in launcher with --ranks sleeping ranks for --watch-s seconds and reads its thread's CPU
@@ -31,16 +33,17 @@ SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "rank_scripts" / "al
 DS_LINE_RANK = re.compile(r"--local_rank=(\d+).*exits with return code")  # what labkit read the rank from before
 
 
-def kill_runs(launcher: str, runs: int) -> tuple[int, int, int, float]:
+def kill_runs(launcher: str, runs: int, device: str, world: int) -> tuple[int, int, int, float]:
     """(runs, named right by labkit, named right by DeepSpeed's line, slowest run's seconds)."""
     right = line_right = 0
     slowest = 0.0
     for i in range(runs):
-        victim = i % 2
+        victim = i % world
         start = time.monotonic()
+        spec = launch.LaunchSpec(script=SCRIPT, args=["--kill-rank", str(victim), "--device", device],
+                                 world_size=world, launcher=launcher, device=device)  # fmt: skip
         try:
-            launch.run(launch.LaunchSpec(script=SCRIPT, args=["--kill-rank", str(victim)], world_size=2,
-                                         launcher=launcher), timeout=180)  # fmt: skip
+            launch.run(spec, timeout=180)
             message, output = "no failure", ""
         except LaunchError as exc:
             message, output = str(exc), exc.output
@@ -78,7 +81,9 @@ def watch_cost(ranks: int, seconds: float) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=4, help="kills per launcher (the victim alternates: rank 0, rank 1)")
+    ap.add_argument("--runs", type=int, default=4, help="kills per launcher (the victim goes round the ranks)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the ranks run")
+    ap.add_argument("--world-size", type=int, default=2, help="ranks per run (cuda: at most one per GPU)")
     ap.add_argument("--launchers", default="deepspeed,mpirun")
     ap.add_argument("--load", type=int, default=0, help="busy processes running meanwhile (a loaded machine)")
     ap.add_argument("--ranks", type=int, default=8, help="part 2: ranks under the stand-in launcher")
@@ -86,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     try:
-        rows = [(name, *kill_runs(name, args.runs)) for name in args.launchers.split(",")]
+        rows = [(name, *kill_runs(name, args.runs, args.device, args.world_size)) for name in args.launchers.split(",")]
         cpu, processes = watch_cost(args.ranks, args.watch_s)
     finally:
         for p in busy:
             p.kill()
             p.wait()
-    print(f"\n{os.cpu_count()} cores, {args.load} busy processes meanwhile\n")
+    print(f"\n{os.cpu_count()} cores, {args.load} busy processes meanwhile, {args.world_size} {args.device} ranks\n")
     print("| launcher | runs | named right (labkit) | named right (DeepSpeed's line) | slowest run s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, runs, right, line_right, slowest in rows:
