@@ -283,7 +283,10 @@ def describe_failure(
 ) -> str:
     """ONE line for a failed run: the rank and its error, the likely cause when known, or the deadline that ended it.
     `first_failure`: the rank seen to fail first (procs.RankExits), when the run was watched."""
-    rank, text = failure_summary(output, first_failure)
+    return _failure_line(output, returncode, deadline_s, *failure_summary(output, first_failure))
+
+
+def _failure_line(output: str, returncode: int | None, deadline_s: float | None, rank: int | None, text: str) -> str:
     cause = likely_cause(output)
     who = f"rank {rank}" if rank is not None else "a rank"
     if deadline_s is not None:
@@ -382,8 +385,7 @@ def run_command(
     output = "".join(chunks)
     code = {"timeout": -1, "dead rank": 1}.get(ended, proc.returncode)
     if check and code != 0:
-        first = exits.first_failure
-        msg = describe_failure(output, code, timeout if ended == "timeout" else None, first)
-        rank = failure_summary(output, first)[0]
+        rank, text = failure_summary(output, exits.first_failure)
+        msg = _failure_line(output, code, timeout if ended == "timeout" else None, rank, text)
         raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=rank)
     return LaunchResult(code, output, cmd)

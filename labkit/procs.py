@@ -110,6 +110,23 @@ def _rank_env(pid: int) -> bytes | None:
     return next((v.split(b"=", 1)[1] for v in env if v.startswith((b"RANK=", b"OMPI_COMM_WORLD_RANK="))), None)
 
 
+def rank_processes(root: int, rank_env=_rank_env, live: list[tuple[int, int, int]] | None = None) -> dict[int, int]:
+    """{pid: rank} of the ranks below `root`: live processes whose RANK (`rank_env(pid)`) differs from their parent's
+    (a rank's DataLoader workers and compiler probes inherit its RANK; a launcher has none or the job's)."""
+    children: dict[int, list[int]] = {}
+    for pid, parent, _ in _live() if live is None else live:
+        children.setdefault(parent, []).append(pid)
+    found, todo = {}, [(root, rank_env(root))]
+    while todo:
+        parent, parent_rank = todo.pop()
+        for pid in children.get(parent, []):
+            rank = rank_env(pid)
+            if rank is not None and rank != parent_rank and rank.isdigit():
+                found[pid] = int(rank)
+            todo.append((pid, rank))
+    return found
+
+
 class RankExits:
     """Which rank below a launcher failed first, and how, read from the rank's zombie before the launcher reaps it.
 
@@ -161,25 +178,19 @@ class RankExits:
 
     def _scan(self) -> bool:
         """Watch the ranks started since the last scan; True if there were any."""
-        children: dict[int, list[int]] = {}
         live = _live()
-        for pid, parent, _ in live:
-            children.setdefault(parent, []).append(pid)
         running = {pid for pid, _, _ in live}
         self._rank_env = {pid: env for pid, env in self._rank_env.items() if pid in running}  # a pid can be reused
-        found, todo = False, [(self.root, self._env(self.root))]
-        while todo:
-            parent, parent_rank = todo.pop()
-            for pid in children.get(parent, []):
-                new = pid not in self._rank_env and pid not in self._watched
-                rank = self._env(pid)
-                if new and rank is not None and rank != parent_rank and rank.isdigit():
-                    try:
-                        fd = os.pidfd_open(pid)
-                    except (AttributeError, OSError):  # before Linux 5.3 or Python 3.9, or already gone: polled
-                        fd = None
-                    self._watched[pid], found = (int(rank), fd, start_ticks(pid)), True
-                todo.append((pid, rank))
+        seen = set(self._rank_env)  # each process is judged once, when it is first seen
+        found = False
+        for pid, rank in rank_processes(self.root, self._env, live).items():
+            if pid in seen or pid in self._watched:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except (AttributeError, OSError):  # before Linux 5.3 or Python 3.9, or already gone: polled
+                fd = None
+            self._watched[pid], found = (rank, fd, start_ticks(pid)), True
         return found
 
     def _env(self, pid: int) -> bytes | None:

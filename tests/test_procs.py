@@ -53,12 +53,13 @@ def _children(pid: int, want: int) -> list[int]:
     return found
 
 
-def test_rank_exits_name_the_rank_that_died_first_and_how():
+def test_rank_exits_find_the_ranks_and_name_the_one_that_died_first_and_how():
     proc = subprocess.Popen([sys.executable, "-c", FAKE_LAUNCHER], stdout=subprocess.PIPE, text=True)
     try:
         ranks = list(map(int, proc.stdout.readline().split()))
         workers = [p for p in _children(proc.pid, 6) if p not in ranks]
         assert len(workers) == 3, "the workers never started"
+        assert procs.rank_processes(proc.pid) == {pid: r for r, pid in enumerate(ranks)}  # the ranks, no worker
         fds = len(os.listdir("/proc/self/fd"))
         with procs.RankExits(proc.pid) as exits:
             time.sleep(3.0)  # found by its first scan, and scanned again while its gap grows: one pidfd per rank

@@ -16,13 +16,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from labkit import launch
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, LaunchError, check_int
-from labkit.procs import RankExits, descendants, stop_tree
+from labkit.procs import RankExits, rank_processes, stop_tree
 from labkit.serving.config import SERVE_MODULE, ServeConfig
 from labkit.serving.service import READY_TAG
 
@@ -149,16 +148,8 @@ class LocalService:
         return self.proc is not None and self.proc.poll() is None
 
     def rank_pids(self) -> dict[int, int]:
-        """{rank: pid} of the rank processes running now (the launcher passes each its --local_rank)."""
-        found = {}
-        for pid in descendants(self.proc.pid) if self.proc else []:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if SERVE_MODULE in argv:
-                found.update({int(a.split("=", 1)[1]): pid for a in argv if a.startswith("--local_rank=")})
-        return found
+        """{rank: pid} of the rank processes running now."""
+        return {rank: pid for pid, rank in rank_processes(self.proc.pid).items()} if self.proc else {}
 
     def failure(self) -> str:
         """One line on why the ranks ended (the failing rank and its error)."""
