@@ -253,11 +253,15 @@ div.failed{{color:#b00}}</style></head>
 <body><h1>labkit run {name}</h1>
 <p>Machine: {machine}.</p>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
-<table><tr><th>notebook</th><th>status</th><th>duration</th><th>parameters</th><th>what it found</th>
-<th>error</th><th>output noise</th><th>expectations</th><th>in JupyterLab (make e2e)</th></tr>
+<table><tr>{head}</tr>
 {rows}
 </table></body></html>
 """
+
+
+_COLUMNS = ("notebook", "status", "duration", "parameters", "what it found", "error", "output noise", "expectations",
+            "in JupyterLab (make e2e)")  # fmt: skip
+_OPTIONAL = 5  # the columns from "error" on are shown only where some notebook has something in them
 
 
 def _link(path: str, text: str) -> str:
@@ -278,8 +282,9 @@ def attach_screenshots(run_dir: Path, source: str | Path, runs: list[NotebookRun
 
 
 def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
-    """index.html: one row per notebook (status, duration, parameters, links, a suite's expectations), plus
-    summary.json. A failed cell links to that cell of the rendered notebook."""
+    """index.html: one row per notebook (status, duration, parameters, links, a suite's expectations; a column no
+    notebook fills is left out, so a passing run's table fits a laptop's screen), plus summary.json. A failed cell
+    links to that cell of the rendered notebook."""
     checked = {r.name: [o for o in outcomes or [] if o.notebook == r.name] for r in runs}
     summary = [asdict(r) | ({"expectations": [_outcome_dict(o) for o in checked[r.name]]} if checked[r.name] else {})
                for r in runs]  # fmt: skip
@@ -303,11 +308,13 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         picture = f'<a href="{shot}"><img src="{shot}" width="160" alt="in JupyterLab"></a>'
         picture = picture if (run_dir / "screenshots" / f"{r.name}.png").is_file() else ""
         found = html.escape(r.finding) or f"<i>{len(r.results)} result(s) recorded</i>"
-        cells = (links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture)
-        rows.append(f'<tr class="{r.status}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        rows.append([links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture])
+    shown = [i for i in range(len(_COLUMNS)) if i < _OPTIONAL or any(cells[i] for cells in rows)]
+    head = "".join(f"<th>{_COLUMNS[i]}</th>" for i in shown)
+    rows = [f'<tr class="{c[1]}">' + "".join(f"<td>{c[i]}</td>" for i in shown) + "</tr>" for c in rows]
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     machine = html.escape(_machine())
-    page = _PAGE.format(name=html.escape(run_dir.name), rows="".join(rows), machine=machine, **stats)
+    page = _PAGE.format(name=html.escape(run_dir.name), head=head, rows="".join(rows), machine=machine, **stats)
     (run_dir / "index.html").write_text(page)
     return run_dir / "index.html"
 

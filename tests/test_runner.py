@@ -70,6 +70,7 @@ def test_run_records_values_and_writes_report(good, tmp_path):
     assert results.read(run.output)["echo"] == {"epochs": 3, "name": "x", "lr": 0.1, "fast": False}
     index = (run_dir / "index.html").read_text()
     assert "good" in index and "passed" in index and "good.html" in index
+    assert "<th>error</th>" not in index and "<th>expectations</th>" not in index  # empty columns are left out
     assert f"Machine: {platform.node()}: " in index and "usable core(s)" in index  # which machine ran it (issue 13)
     assert Path(run.html).read_text().startswith("<!DOCTYPE html>")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -93,7 +94,7 @@ def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
     assert code == 1
     assert "bad.ipynb" in err and "cell 3" in err and "ValueError: boom 2" in err
     index = (tmp_path / "r" / "index.html").read_text()
-    assert "failed" in index
+    assert "failed" in index and "<th>error</th>" in index
     # the report links the failed cell of the rendered notebook, by the anchor nbconvert gives it
     anchor = re.search(r'href="bad.html#(cell-id=[^"]+)">the failed cell', index).group(1)
     assert f'id="{anchor}"' in (tmp_path / "r" / "bad.html").read_text()
