@@ -128,10 +128,14 @@ HTML(tabular.html_table(latency, list(latency[0]), status_column=None))
 # The deep health check asked every rank for its number of parameters and of collective steps.
 #
 # ### Exercise: predict before you look
-# The regressor is `Linear(10, 256) -> ReLU -> Linear(256, 1)` (weights and biases). With `mode="tp"` over 2 ranks,
-# AutoTP splits the first layer's 256 outputs and the second layer's 256 inputs; the second layer's single bias is
-# kept whole (it is added once, after the all-reduce). How many parameters does each rank hold? Write it below; the
-# next cell checks it against what the ranks reported. (The solution cell is collapsed: click its bar to open it.)
+# The regressor is `Linear(10, 256) -> ReLU -> Linear(256, 1)` (weights and biases). With `mode="tp"` over N ranks,
+# AutoTP splits the first layer's 256 outputs and the second layer's 256 inputs N ways; the second layer's single bias
+# is kept whole (it is added once, after the all-reduce). With `mode="replicas"`, or on one rank, nothing is split.
+# How many parameters does each rank of this run (the next cell says its model, mode and ranks) hold? Write it below;
+# the cell after checks it against what the ranks reported. (The solution cell is collapsed: click its bar to open it.)
+
+# %%
+display(Markdown(chapter.params_question(model, mode, ranks)))
 
 # %% tags=["exercise"]
 my_params_per_rank = None  # your prediction: parameters per rank, e.g. 1234
@@ -140,7 +144,7 @@ my_params_per_rank = None  # your prediction: parameters per rank, e.g. 1234
 display(Markdown(chapter.check_params_prediction(health["ranks"], my_params_per_rank)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-# First layer: 10 x 128 weights + 128 biases per rank; second: 1 x 128 weights + 1 bias (whole) per rank.
+# Regressor, tp over N ranks: first layer 10 x 256/N weights + 256/N biases; second 1 x 256/N weights + 1 bias (whole).
 display(Markdown(chapter.params_explanation(model, mode, health["ranks"])))
 
 # %% [markdown]

@@ -46,6 +46,9 @@ def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
     from labkit.chapters import accelerate, serving
 
     ranks = [{"params": 1537}, {"params": 1537}]
+    question = serving.params_question("regressor", "tp", 1)  # a 1-GPU machine's run: the question says 1 rank
+    assert "over **1** rank(s)" in question and "tp" in question and "3,073" not in question
+    assert "described under Check the inputs" in serving.params_question("transformer", "tp", 2)
     assert "1,537" not in serving.check_params_prediction(ranks, None)
     assert "**right**" in serving.check_params_prediction(ranks, 1537)
     assert "**not yet**" in serving.check_params_prediction(ranks, 3073)
@@ -56,3 +59,16 @@ def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
     right = accelerate.check_moments_prediction(report, 1_378_816)
     assert "**right**" in right and "8 bytes x 344,704 parameters / 2 rank(s) = 1,378,816" in right
     assert "**not yet**" in accelerate.check_moments_prediction(report, 2 * 1_378_816)
+
+
+def test_the_seed_comparison_speaks_of_other_ranks_only_where_there_are_some():
+    from labkit.chapters import serving
+    from labkit.serving.config import ServeConfig
+
+    records = [{"max_diff": 1e-7}]
+    for n, params in ((1, 3073), (2, 1537)):
+        health = {"world_size": n, "ranks": [{"steps": 62, "params": params}] * n}
+        rows = {r["question"]: r for r in serving.seed_comparison(health, ServeConfig(), records, 422)}
+        seed = rows["ranks in each forward pass"]["seed (barrier)"] + rows["parameters on each rank"]["seed (barrier)"]
+        assert ("the others" in seed) == (n > 1), seed  # a 1-GPU run has one rank: no others to wait or idle
+        assert rows["ranks in each forward pass"]["this service"].startswith(f"{n} of {n}: 62 collective steps")

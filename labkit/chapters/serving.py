@@ -103,6 +103,14 @@ def latency_figure(records: list[dict], title: str):
     return fig
 
 
+def params_question(model: str, mode: str, ranks: int) -> str:
+    """The exercise's question for this run: its model, mode and rank count (a 1-GPU run has one rank, not two)."""
+    line = f'**This run:** model `{model}`, `mode="{mode}"`, over **{ranks}** rank(s): how many parameters per rank?'
+    if model != "regressor":  # the markdown works the regressor's layers
+        line += " (The layers above are the regressor's; this model's are described under Check the inputs.)"
+    return line
+
+
 def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
     """The exercise: the learner's parameter count per rank against what every rank reported."""
     then = "(parameters per rank; the solution cell says why)"
@@ -130,9 +138,9 @@ def seed_comparison(health: dict, config, records: list[dict], bad_status: int) 
     lost = f"503 within {config.step_timeout_s:g} s of a stuck step (at once for a failed one), then exit code 1"
     worst = max(r["max_diff"] for r in records)
     rows = [
-        ("ranks in each forward pass", f"1 of {n}: the others wait in dist.barrier() for ever",
+        ("ranks in each forward pass", f"1 of {n}: the others wait in dist.barrier() for ever" if n > 1 else "1 of 1",
          f"{n} of {n}: {steps[0]} collective steps, {same}"),
-        ("parameters on each rank", f"{whole:,} on rank 0, the others idle",
+        ("parameters on each rank", f"{whole:,} on rank 0" + (", the others idle" if n > 1 else ""),
          f"{health['ranks'][0]['params']:,} ({config.mode})"),
         ("a bad request", "reaches the model (a shape error: HTTP 500 at best)",
          f"HTTP {bad_status} on rank 0, no rank disturbed"),
