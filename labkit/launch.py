@@ -130,10 +130,18 @@ def local_threads() -> int:
     return threads_per_rank(int(next(filter(None, map(os.environ.get, sizes)), 1)))
 
 
+# What a launcher gives each rank. Never inherited by the ranks the kit starts: a kernel in a pod whose RANK=0 (a
+# PyTorchJob's) made every mpirun rank read RANK before OMPI_COMM_WORLD_RANK, all call themselves rank 0, and fail.
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "OMPI_COMM_WORLD_RANK")  # fmt: skip
+
+
 def kit_env(extra: dict[str, str] | None = None, *, world_size: int = 1, device: str = "cpu") -> dict[str, str]:
-    """The environment for kit processes: marked for the leak check, labkit importable, thread counts sized to the
-    ranks, DeepSpeed's accelerator named (no auto-detection warning), torch's FutureWarnings off in rank output."""
-    env = {**os.environ, MARKER_ENV: "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": device}
+    """The environment for kit processes: marked for the leak check, labkit importable, no rank variables of its own
+    (RANK_ENV: the launcher sets them), thread counts sized to the ranks, DeepSpeed's accelerator named (no
+    auto-detection warning), torch's FutureWarnings off in rank output."""
+    env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    env.update({MARKER_ENV: "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": device})
     root = str(Path(__file__).resolve().parent.parent)  # every process the kit starts imports labkit from here
     if root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

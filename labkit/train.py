@@ -21,7 +21,7 @@ from pathlib import Path
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_choice, check_int, check_number
-from labkit.launch import COLLECTIVE_TIMEOUT_S
+from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
 from labkit.ranks.runtime import init_deepspeed, shutdown_distributed
@@ -450,8 +450,6 @@ def evaluate(engine, feed: data.DeviceData, batch: int) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- process set-up
-
-RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK")
 
 
 def init_distributed(cfg: TrainConfig) -> None:

@@ -65,6 +65,11 @@ def test_kit_env_marks_processes_and_sizes_threads(monkeypatch):
     # a thread count the user set wins (the GPU machine's split runs set 4 per test group)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert launch.kit_env({}, world_size=2, device="cpu")["OMP_NUM_THREADS"] == "3"
+    # rank variables come from the launcher, never from the environment the kit was started in
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    env = launch.kit_env({"MASTER_PORT": "1234"})
+    assert "RANK" not in env and env["MASTER_PORT"] == "1234"
 
 
 def test_hostfile_has_operator_format(tmp_path):
@@ -81,9 +86,13 @@ def test_failure_summary_finds_the_rank():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_ranks_all_reduce_through_each_launcher(launcher):
+def test_two_ranks_all_reduce_through_each_launcher(launcher, monkeypatch):
     if launcher != "deepspeed" and shutil.which("mpirun") is None:
         pytest.fail("Open MPI is part of the kit's set-up (make install); mpirun is missing")
+    # A kernel in a pod that is itself a rank (a PyTorchJob's RANK=0): mpirun's ranks inherited it, read it before
+    # OMPI_COMM_WORLD_RANK, and both called themselves rank 0 ("127.0.0.1:PORT cannot listen (EADDRINUSE)")
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "job-master-0"}.items():
+        monkeypatch.setenv(name, value)
     lines: list[str] = []
     spec = launch.LaunchSpec(script=SCRIPT, args=["--listeners"], world_size=2, launcher=launcher)
     result = launch.run(spec, timeout=180, on_output=lines.append)
