@@ -148,7 +148,7 @@ class RankExits:
         self.root, self.poll_s = root, poll_s
         self.first_failure: tuple[int, str | None] | None = None
         self._watched: dict[int, tuple[int, int | None, int | None]] = {}  # pid -> (rank, pidfd, start ticks)
-        self._rank_env: dict[int, bytes | None] = {}  # each process's RANK, read once
+        self._rank_env: dict[int, bytes] = {}  # each process's RANK, read once it has one
         self._exited = 0  # ranks seen to exit
         self._stop = threading.Event()
         self._wake = os.pipe()  # stop() writes to it: select returns at once
@@ -181,7 +181,7 @@ class RankExits:
         live = _live()
         running = {pid for pid, _, _ in live}
         self._rank_env = {pid: env for pid, env in self._rank_env.items() if pid in running}  # a pid can be reused
-        seen = set(self._rank_env)  # each process is judged once, when it is first seen
+        seen = set(self._rank_env)  # a process with a RANK is judged once, when it is first seen
         found = False
         for pid, rank in rank_processes(self.root, self._env, live).items():
             if pid in seen or pid in self._watched:
@@ -194,9 +194,13 @@ class RankExits:
         return found
 
     def _env(self, pid: int) -> bytes | None:
-        if pid not in self._rank_env:
-            self._rank_env[pid] = _rank_env(pid)
-        return self._rank_env[pid]
+        # Only a RANK is kept: a child met between fork and exec shows its launcher's environment (none) until it execs
+        if pid in self._rank_env:
+            return self._rank_env[pid]
+        env = _rank_env(pid)
+        if env is not None:
+            self._rank_env[pid] = env
+        return env
 
     def _watch(self) -> None:
         next_scan, gap, started = 0.0, self.SCAN_S[0], time.monotonic()

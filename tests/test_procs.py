@@ -103,3 +103,32 @@ def test_rank_exits_catch_a_rank_that_dies_soon_after_a_slow_launcher_starts_it(
         assert exits.first_failure == (1, "killed by signal 9")
     finally:
         procs.stop_tree(proc, grace_s=1.0)
+
+
+# A launcher's child between fork and exec still shows the launcher's environment (no RANK); it becomes a rank at exec.
+FORKING_LAUNCHER = r"""
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(1.0)  # scans meet it here, with its parent's environment
+    os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)"], {**os.environ, "RANK": "1"})
+print(pid, flush=True)
+while os.waitpid(pid, os.WNOHANG) == (0, 0):  # polled, as DeepSpeed's launcher does: its zombie shows how it ended
+    time.sleep(1)
+"""
+
+
+def test_rank_exits_find_a_rank_first_seen_before_its_exec():
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_LAUNCHER], stdout=subprocess.PIPE, text=True)
+    try:
+        with procs.RankExits(proc.pid) as exits:
+            child = int(proc.stdout.readline())
+            deadline = time.monotonic() + 20
+            while procs.rank_processes(proc.pid) != {child: 1} and time.monotonic() < deadline:
+                time.sleep(0.05)  # until it has exec'd with its RANK
+            time.sleep(0.5)  # a scan or two after the exec
+            os.kill(child, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert exits.first_failure == (1, "killed by signal 9")
+    finally:
+        procs.stop_tree(proc, grace_s=1.0)
