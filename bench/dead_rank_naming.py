@@ -67,7 +67,8 @@ for p in ranks:
 
 def watch_cost(ranks: int, seconds: float) -> tuple[float, int]:
     """(CPU seconds of the watcher's thread over `seconds`, processes on this machine)."""
-    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(ranks), str(seconds + 5)])
+    # kit_env: no RANK of the shell's, which would hide rank 0 (its RANK the same as the stand-in launcher's)
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(ranks), str(seconds + 5)], env=launch.kit_env())
     try:
         time.sleep(1.0)
         with procs.RankExits(proc.pid) as exits:
