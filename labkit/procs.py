@@ -100,13 +100,18 @@ def how_it_ended(status: int) -> str:
     return f"killed by signal {status & 0x7F}" if status & 0x7F else f"exit code {status >> 8 & 0xFF}"
 
 
-def _rank_env(pid: int) -> bytes | None:
-    """The rank a process was started as (RANK, or Open MPI's OMPI_COMM_WORLD_RANK, in its initial environment)."""
+def initial_env(pid: int) -> list[bytes]:
+    """The environment pid was started (exec'd) with, as NAME=value entries; empty if it is gone or not ours."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
+            return f.read().split(b"\0")
     except OSError:
-        return None
+        return []
+
+
+def _rank_env(pid: int) -> bytes | None:
+    """The rank a process was started as (RANK, or Open MPI's OMPI_COMM_WORLD_RANK, in its initial environment)."""
+    env = initial_env(pid)
     return next((v.split(b"=", 1)[1] for v in env if v.startswith((b"RANK=", b"OMPI_COMM_WORLD_RANK="))), None)
 
 

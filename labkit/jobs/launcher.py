@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from labkit.jobs.base import CLUSTER_HOSTFILE, CLUSTER_SHARED
-from labkit.procs import alive, same_process, send, start_ticks
+from labkit.procs import alive, initial_env, same_process, send, start_ticks
 
 JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
 
@@ -95,16 +95,9 @@ def map_paths(argv: list[str], job_dir: Path) -> list[str]:
 
 def job_pids(uid: str, exclude: set[int]) -> list[int]:
     """Processes whose environment carries this job's uid (survives re-parenting and new process groups)."""
-    needle, found = f"{JOB_UID_ENV}={uid}".encode(), []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) not in exclude:
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry.name))
-            except OSError:  # gone, or not ours
-                continue
-    return found
+    needle = f"{JOB_UID_ENV}={uid}".encode()
+    pids = (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
+    return [pid for pid in pids if pid not in exclude and needle in initial_env(pid)]
 
 
 def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(), grace_s: float = 3.0) -> None:
