@@ -261,7 +261,7 @@ div.failed{{color:#b00}}</style></head>
 
 _COLUMNS = ("notebook", "status", "duration", "parameters", "what it found", "error", "output noise", "expectations",
             "in JupyterLab (make e2e)")  # fmt: skip
-_OPTIONAL = 5  # the columns from "error" on are shown only where some notebook has something in them
+_OPTIONAL = _COLUMNS.index("error")  # the columns from "error" on are shown only where some notebook fills them
 
 
 def _link(path: str, text: str) -> str:
@@ -289,7 +289,7 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
     summary = [asdict(r) | ({"expectations": [_outcome_dict(o) for o in checked[r.name]]} if checked[r.name] else {})
                for r in runs]  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    rows = []
+    table = []  # each notebook's cells, in _COLUMNS' order
     for r in runs:
         params = f"<code>{html.escape(json.dumps(r.parameters))}</code>" if r.parameters else "<i>defaults</i>"
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
@@ -308,10 +308,10 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         picture = f'<a href="{shot}"><img src="{shot}" width="160" alt="in JupyterLab"></a>'
         picture = picture if (run_dir / "screenshots" / f"{r.name}.png").is_file() else ""
         found = html.escape(r.finding) or f"<i>{len(r.results)} result(s) recorded</i>"
-        rows.append([links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture])
-    shown = [i for i in range(len(_COLUMNS)) if i < _OPTIONAL or any(cells[i] for cells in rows)]
+        table.append([links, r.status, f"{r.duration_s:.1f} s", params, found, error, noise, expect, picture])
+    shown = [i for i in range(len(_COLUMNS)) if i < _OPTIONAL or any(cells[i] for cells in table)]
     head = "".join(f"<th>{_COLUMNS[i]}</th>" for i in shown)
-    rows = [f'<tr class="{c[1]}">' + "".join(f"<td>{c[i]}</td>" for i in shown) + "</tr>" for c in rows]
+    rows = [f'<tr class="{c[1]}">' + "".join(f"<td>{c[i]}</td>" for i in shown) + "</tr>" for c in table]
     stats = {"passed": sum(r.passed for r in runs), "total": len(runs), "seconds": sum(r.duration_s for r in runs)}
     machine = html.escape(_machine())
     page = _PAGE.format(name=html.escape(run_dir.name), head=head, rows="".join(rows), machine=machine, **stats)
