@@ -187,8 +187,7 @@ def private_dir() -> Iterator[Path]:
 
 def tags(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
     """All step-tagged checkpoint folders, newest first."""
-    root = Path(checkpoint_dir)
-    found = [(int(p.name[4:]), p) for p in root.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
+    found = [(int(p.name[4:]), p) for p in Path(checkpoint_dir).glob("step*") if p.is_dir() and p.name[4:].isdigit()]
     return sorted(found, reverse=True)
 
 

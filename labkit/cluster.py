@@ -6,7 +6,7 @@ one verdict on an MPI Operator. No cluster configured is a report that says so, 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import Any
@@ -42,12 +42,10 @@ FLAG_LABELS = (
 )
 LABEL_NVIDIA_MEMORY = "nvidia.com/gpu.memory"  # MiB per GPU (GFD)
 LABEL_AMD_VRAM = "amd.com/gpu.vram"  # e.g. 192G
-_VENDOR_PREFIXES = ("nvidia.com/", "amd.com/", "beta.amd.com/", "habana.ai/", "cloud.google.com/gke-accelerator")
 ACCELERATOR_LABEL_PREFIXES = (
-    *_VENDOR_PREFIXES,
-    *(label for label, _, _ in FLAG_LABELS),
-    "node.kubernetes.io/instance-type",
-)
+    "nvidia.com/", "amd.com/", "beta.amd.com/", "habana.ai/", "cloud.google.com/gke-accelerator",
+    *(label for label, _, _ in FLAG_LABELS), "node.kubernetes.io/instance-type",
+)  # fmt: skip
 MPIJOB_CRD, MPIJOB_VERSION = "mpijobs.kubeflow.org", "v2beta1"
 TRAINJOB_CRD, TRAINJOB_VERSION = "trainjobs.trainer.kubeflow.org", "v1alpha1"
 # The one fix for a cluster that cannot run the kit's MPIJobs (labkit check/discover and the kubernetes backend).
@@ -140,6 +138,15 @@ def _devices(resources: Mapping[str, Any]) -> int:
     return int(sum(resources.get(r, 0) for r in ACCELERATOR_RESOURCE.values() if r))
 
 
+def _accelerator_counts(nodes: Iterable[NodeInventory]) -> dict[str, int]:
+    """Allocatable devices per accelerator kind, in the order the kinds first appear."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        if node.accelerator_kind and node.accelerators:
+            counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
+    return counts
+
+
 def _resources(mapping: Mapping[str, Any] | None) -> dict[str, int | float]:
     return {name: _number(value) for name, value in (mapping or {}).items() if name in TRACKED_RESOURCES}
 
@@ -198,10 +205,7 @@ def cluster_accelerator(api_client, *, may_list: bool = True, timeout: float = 1
         nodes = None
     if nodes is None:
         return "cpu", NODES_FORBIDDEN
-    counts: dict[str, int] = {}
-    for node in nodes:
-        if node.ready and node.accelerator_kind in ("nvidia", "gaudi") and node.accelerators:
-            counts[node.accelerator_kind] = counts.get(node.accelerator_kind, 0) + node.accelerators
+    counts = _accelerator_counts(n for n in nodes if n.ready and n.accelerator_kind in ("nvidia", "gaudi"))
     if not counts:
         return "cpu", f"no GPU or Gaudi node among {len(nodes)} node(s)"
     kind = max(counts, key=counts.get)
@@ -319,14 +323,10 @@ class ClusterReport:
     error: str | None = None
 
     def totals(self) -> dict[str, Any]:
-        by_kind: dict[str, int] = {}
-        for node in self.nodes:
-            if node.accelerator_kind and node.accelerators:
-                by_kind[node.accelerator_kind] = by_kind.get(node.accelerator_kind, 0) + node.accelerators
         return {
             "nodes": len(self.nodes),
             "ready_nodes": sum(n.ready for n in self.nodes),
-            "accelerators": by_kind,
+            "accelerators": _accelerator_counts(self.nodes),
             "hugepages_2mi_bytes": sum(n.hugepages_2mi_bytes for n in self.nodes),
         }
 

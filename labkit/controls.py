@@ -21,8 +21,7 @@ def live_html(render: Callable[..., str], **controls: widgets.ValueWidget) -> wi
     """The controls above an HTML view of `render(**values)`, re-rendered whenever a control's value changes.
 
     Each control's description defaults to its keyword. A LabkitError from `render` (e.g. a size the learner typed
-    that does not parse) shows as its one line in the view instead of a traceback.
-    """
+    that does not parse) shows as its one line in the view instead of a traceback."""
     view = widgets.HTML()
 
     def update(_change: object = None) -> None:

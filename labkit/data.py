@@ -93,9 +93,7 @@ class CifarArrays:
         return head | sizes | {"classes": len(self.label_names)}
 
 
-# ---------------------------------------------------------------------------------------------------------- reading
-
-
+# -- Reading -----------------------------------------------------------------------------------------------------------
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Resolves only what numpy arrays need; any other global in the file is refused (pickles can run code)."""
 
@@ -158,9 +156,8 @@ def find_folder(data_dir: str | Path) -> Path:
     for candidate in (base, base / FOLDER):
         if (candidate / TEST_FILE).is_file() or (candidate / META_FILE).is_file():
             return candidate
-    if not base.exists():
-        raise ConfigError("data_dir", f"{base} does not exist", _provide_fix(base))
-    raise ConfigError("data_dir", f"no CIFAR-10 batches in {base} or {base / FOLDER}", _provide_fix(base))
+    problem = f"no CIFAR-10 batches in {base} or {base / FOLDER}" if base.exists() else f"{base} does not exist"
+    raise ConfigError("data_dir", problem, _provide_fix(base))
 
 
 def load(data_dir: str | Path) -> CifarArrays:
@@ -177,9 +174,7 @@ def load(data_dir: str | Path) -> CifarArrays:
     return CifarArrays(train_x, train_y, test_x, test_y, names, synthetic, str(folder))
 
 
-# --------------------------------------------------------------------------------------------------------- download
-
-
+# -- Download ----------------------------------------------------------------------------------------------------------
 def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5, timeout: float = 15.0) -> Path:
     """Fetch the official tarball, verify its checksum, extract it under `dest`; returns the batches folder.
 
@@ -214,9 +209,7 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
     return dest / FOLDER
 
 
-# -------------------------------------------------------------------------------------------------------- synthetic
-
-
+# -- Synthetic ---------------------------------------------------------------------------------------------------------
 def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: float = 2.5) -> CifarArrays:
     """Generated images with learnable class structure (not CIFAR content).
 
@@ -313,9 +306,7 @@ def training_set(data_dir: str | Path, synthetic: bool, *, synthetic_train=5000,
     return load(data_dir)
 
 
-# ------------------------------------------------------------------------------------------- on the training device
-
-
+# -- On the training device --------------------------------------------------------------------------------------------
 class DeviceData:
     """The data set on the training device as uint8. Batches are cut, cropped (4 px, reflect padded) and flipped by
     one gather over the whole batch; the result is a channels_last tensor normalised in the compute dtype.

@@ -122,8 +122,7 @@ def filter_by_kind(records: Iterable[Any], kind: str) -> list[Any]:
     return [r for r in records if kind == "all" or device_kind_of(r) == kind]
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Parsing (pure functions, tested on recorded outputs)
+# -- Parsing (pure functions, tested on recorded outputs) --
 
 
 def _optional_number(text: str) -> float | None:
@@ -226,8 +225,7 @@ def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Sources
+# -- Sources --
 
 
 def _run_smi(tool: str, args: list[str]) -> str:
@@ -310,8 +308,7 @@ def hpu_devices_smi() -> list[Device]:
 
 def machine_summary() -> str:
     """One line naming this machine for reports: host, CPU, usable cores, and its GPUs/HPUs as their CLIs list them."""
-    cpu = cpu_device()
-    parts = [f"{platform.node()}: {cpu.name}, {usable_cores()} usable core(s)"]
+    parts = [f"{platform.node()}: {cpu_device().name}, {usable_cores()} usable core(s)"]
     for kind, read in (("cuda", nvidia_devices_smi), ("hpu", hpu_devices_smi)):
         try:
             found = read()
@@ -391,8 +388,7 @@ def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     return result
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Choosing the device a notebook runs on
+# -- Choosing the device a notebook runs on --
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -410,7 +406,6 @@ def cuda_status() -> tuple[bool, str]:
 
 
 def _hpu_module():
-    """habana_frameworks.torch.hpu, or None where the Intel Gaudi software is not installed."""
     try:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
@@ -429,7 +424,6 @@ def hpu_status() -> tuple[bool, str]:
 
 def pick_device(requested: str = "auto") -> str:
     """Resolve a notebook's `device` parameter: 'auto' -> cuda, else hpu, else cpu; an explicit choice must be usable.
-
     Raises ConfigError for an unknown value or an unavailable device (before any run starts)."""
     value = requested.strip().lower() if isinstance(requested, str) else requested
     if value not in DEVICE_CHOICES:

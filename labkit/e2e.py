@@ -193,8 +193,7 @@ def _check(page, nb: Path, out_dir: Path, cell_timeout_s: float) -> BrowserRun:
         if not answer["changed"]:
             run.problems.append(f"widget {i + 1} did not answer an interaction ({answer['how']})")
     page.wait_for_function(f"() => {_IDLE}", timeout=60_000)  # callbacks done before the picture
-    height = min(max(seen["height"] + 200, 900), 30_000)
-    page.set_viewport_size({"width": 1400, "height": height})
+    page.set_viewport_size({"width": 1400, "height": min(max(seen["height"] + 200, 900), 30_000)})
     page.evaluate("() => { document.querySelector('.jp-WindowedPanel-outer')?.scrollTo(0, 0); }")  # Run All scrolled
     page.wait_for_timeout(500)
     shot = out_dir / f"{nb.stem}.png"

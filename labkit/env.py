@@ -63,15 +63,15 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Chec
 
 
 def check_torch(info: TorchBuild) -> Check:
+    check = _checker("torch", "pytorch")
     if info.error:
         fix = "run `make install` (installs a CPU torch), or install the torch build for your accelerator"
-        return Check("torch", FAIL, f"cannot import torch ({info.error})", fix, "pytorch")
-    detail = f"{info.version}, {info.describe()}"
+        return check(FAIL, f"cannot import torch ({info.error})", fix)
+    detail, floor = f"{info.version}, {info.describe()}", ".".join(map(str, TORCH_FLOOR))
     if major_minor(info.version) < TORCH_FLOOR:
-        floor = ".".join(map(str, TORCH_FLOOR))
         fix = f"install torch {floor} or newer built for your accelerator (`make install` installs a CPU build)"
-        return Check("torch", FAIL, f"{detail}: older than {floor}, the oldest the kit runs on", fix, "pytorch")
-    return Check("torch", PASS, detail, group="pytorch")
+        return check(FAIL, f"{detail}: older than {floor}, the oldest the kit runs on", fix)
+    return check(PASS, detail)
 
 
 def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
@@ -335,8 +335,7 @@ def check_nccl_ib_disable(env: Mapping[str, str], ib_devices: Sequence[str]) -> 
 def check_proxy(env: Mapping[str, str]) -> Check:
     """The proxy variables this process sees (pip, Hugging Face downloads and the API client use them); credentials in
     a proxy URL are never shown. Job pods get theirs from `--http-proxy` (ConfigMap labkit-proxy), not from here."""
-    check = _checker("proxy", "network")
-    seen = {}
+    check, seen = _checker("proxy", "network"), {}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         values = {v for v in (env.get(name), env.get(name.lower())) if v}
         if len(values) > 1:

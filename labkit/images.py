@@ -87,7 +87,5 @@ def build_command(
         if not pattern.match(values[arg]):
             raise ConfigError(arg, f"{values[arg]!r} is not a pin ({pattern.pattern})", how)
     argv = ["docker", "build"] if builder == "docker" else ["buildah", "build", "--layers"]
-    argv += ["-f", spec.dockerfile, "-t", spec.image]
-    for key, value in values.items():
-        argv += ["--build-arg", f"{key}={value}"]
-    return argv + ["."]
+    pairs = [arg for key, value in values.items() for arg in ("--build-arg", f"{key}={value}")]
+    return [*argv, "-f", spec.dockerfile, "-t", spec.image, *pairs, "."]

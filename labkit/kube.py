@@ -3,8 +3,7 @@ the pod's service account, as kubectl picks it), a client for it, and a never-ha
 
 No kubeconfig is a normal state (a laptop): `find_kubeconfig` returns None and `load_client` raises one LabkitError
 that says how to configure one. The kubernetes package is imported only inside functions, so importing this module
-stays cheap on machines without it (the GPU benchmark image).
-"""
+stays cheap on machines without it (the GPU benchmark image)."""
 
 from __future__ import annotations
 
@@ -47,12 +46,9 @@ class KubeconfigSource:
     def describe(self) -> str:
         if self.kind == "in-cluster":
             return f"in-cluster service account (server {self.server})"
-        ctx = f", context {self.context}" if self.context else ""
-        server = f", server {self.server}" if self.server else ""
-        plugin = (
-            f", credentials from the exec plugin {self.exec_plugin!r} (the client runs it)" if self.exec_plugin else ""
-        )
-        return f"kubeconfig {', '.join(self.paths)}{ctx}{server}{plugin}"
+        plugin = self.exec_plugin and f"credentials from the exec plugin {self.exec_plugin!r} (the client runs it)"
+        details = (self.context and f"context {self.context}", self.server and f"server {self.server}", plugin)
+        return ", ".join([f"kubeconfig {', '.join(self.paths)}", *filter(None, details)])
 
 
 def shown_server(url: str) -> str:
@@ -105,8 +101,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None, str | None]:
-    """(context, server, exec plugin) the way kubectl merges files: the first file that sets a value wins. Never returns
-    secrets."""
+    """(context, server, exec plugin), merged as kubectl does: the first file that sets a value wins. Never secrets."""
     import yaml
 
     current, named = None, {"contexts": {}, "clusters": {}, "users": {}}
@@ -135,14 +130,13 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
             for item in doc.get(section) or []:
                 if isinstance(item, dict) and item.get("name"):
                     items.setdefault(item["name"], item.get(section[:-1]) or {})
-    contexts, clusters = named["contexts"], named["clusters"]
-    chosen = context or current
+    contexts, chosen = named["contexts"], context or current
     if chosen and chosen not in contexts:
         problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"
         fix = "pick one of those contexts (kubectl config get-contexts)"
         raise ConfigError("context" if context else "kubeconfig", problem, fix)
-    ctx = (contexts.get(chosen) or {}) if chosen else {}
-    server = clusters.get(ctx.get("cluster"), {}).get("server")
+    ctx = contexts.get(chosen) or {}
+    server = named["clusters"].get(ctx.get("cluster"), {}).get("server")
     plugin = (named["users"].get(ctx.get("user")) or {}).get("exec") or {}
     command = plugin.get("command") if isinstance(plugin, dict) else None
     shown = shown_server(server) if isinstance(server, str) else None
@@ -152,11 +146,9 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
 def find_kubeconfig(
     kubeconfig: str | os.PathLike | None = None, context: str | None = None, env: Mapping[str, str] | None = None
 ) -> KubeconfigSource | None:
-    """The configuration a client would load, or None when no cluster is configured.
-
-    Order as kubectl: an explicit file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config,
-    then the in-cluster service account. An explicit file that does not exist is a ConfigError (a typo, not no cluster).
-    """
+    """The configuration a client would load, or None when no cluster is configured. Order as kubectl: an explicit
+    file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config, then the in-cluster service
+    account. An explicit file that does not exist is a ConfigError (a typo, not no cluster)."""
     env = os.environ if env is None else env
     if kubeconfig:
         if not Path(kubeconfig).expanduser().is_file():
@@ -202,8 +194,7 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
     except Exception as exc:  # noqa: BLE001 - ConfigException, and e.g. binascii.Error for bad base64 key data
         kind = type(exc).__name__
         kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"
-        why = str(exc) if isinstance(exc, config.ConfigException) else f"{kind}: {exc}"
-        seen.append(why)
+        seen.append(str(exc) if isinstance(exc, config.ConfigException) else f"{kind}: {exc}")
     finally:
         root.removeFilter(plugin_errors)
     if seen:
@@ -275,11 +266,9 @@ class ApiProbe:
 def probe_api_server(
     kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, timeout: float = 2.0
 ) -> ApiProbe:
-    """GET /version with `timeout` seconds in all (config loading included); never hangs.
-
-    The request runs in a daemon thread joined with the time limit: an exec credential plugin or a black-holed address
-    cannot stall the caller. Raises LabkitError only when no cluster is configured.
-    """
+    """GET /version with `timeout` seconds in all (config loading included); never hangs: the request runs in a daemon
+    thread joined with the time limit, so an exec credential plugin or a black-holed address cannot stall the caller.
+    Raises LabkitError only when no cluster is configured."""
     source = find_kubeconfig(kubeconfig, context)
     if source is None:
         raise LabkitError(NO_CLUSTER_MESSAGE)

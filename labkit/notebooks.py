@@ -232,12 +232,11 @@ def run_all(
     run_dir = Path(out_dir) if out_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
-    options.pop("stem_suffix", None)  # each run's own, below
     for i, (nb, params) in enumerate(chosen):
         earlier = sum(other == nb for other, _ in chosen[:i])  # a second run of one notebook gets its own files
-        own = {"stem_suffix": f"-{earlier + 1}"} if earlier else {}
+        suffix = f"-{earlier + 1}" if earlier else ""
         print(f"labkit: running {nb.name} {json.dumps(params) if params else ''}", file=sys.stderr, flush=True)
-        runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options, **own}))
+        runs.append(run_notebook(nb, run_dir, params, **{"progress": True, **options, "stem_suffix": suffix}))
         status = "passed" if runs[-1].passed else f"FAILED ({runs[-1].error})"
         print(f"labkit: {nb.name}: {status} in {runs[-1].duration_s:.1f} s", file=sys.stderr, flush=True)
         write_report(run_dir, runs)
@@ -245,12 +244,12 @@ def run_all(
 
 
 _PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>labkit run {name}</title>
+<html><head><meta charset="utf-8"><title>labkit report: {name}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.4em .7em;vertical-align:top}} tr.passed td:nth-child(2){{color:#080}}
 tr.failed td:nth-child(2){{color:#b00;font-weight:bold}} pre{{white-space:pre-wrap;margin:0}}
 div.failed{{color:#b00}}</style></head>
-<body><h1>labkit run {name}</h1>
+<body><h1>labkit report: {name}</h1>
 <p>Machine: {machine}.</p>
 <p>{passed} of {total} notebooks passed; total {seconds:.1f} s.</p>
 <table><tr>{head}</tr>
@@ -370,7 +369,6 @@ NOISE = (
     ("a Python traceback", "Traceback (most recent call last)"),
 )
 MAX_OUTPUT_LINES = 150  # a longer single output is a dump, not a lesson
-
 
 CLOSING_HEADING = "## What this run showed"
 

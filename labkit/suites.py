@@ -63,13 +63,11 @@ class Suite:
 
 @dataclass
 class Outcome:
-    """One expectation against one run: passed, the value measured, and why not."""
-
     notebook: str
     expectation: Expectation
     passed: bool
     measured: Any = None
-    message: str = ""
+    message: str = ""  # why not
 
 
 @dataclass
@@ -231,13 +229,10 @@ def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any,
 def evaluate(suite: Suite, runs: list) -> SuiteResult:
     result = SuiteResult(suite, runs)
     for entry, run in zip(suite.entries, runs):
-        for expectation in entry.expect:
-            if not run.passed:  # a notebook that failed recorded nothing trustworthy
-                outcome = Outcome(run.name, expectation, False, message=f"not checked: {run.name} failed ({run.error})")
-            else:
-                ok, measured, why = check(run.results, expectation)
-                outcome = Outcome(run.name, expectation, ok, measured, why)
-            result.outcomes.append(outcome)
+        not_checked = (False, None, f"not checked: {run.name} failed ({run.error})")
+        for expectation in entry.expect:  # a notebook that failed recorded nothing trustworthy
+            verdict = check(run.results, expectation) if run.passed else not_checked
+            result.outcomes.append(Outcome(run.name, expectation, *verdict))
     return result
 
 
@@ -269,13 +264,10 @@ def junit_xml(result: SuiteResult) -> str:
         if not outcome.passed:
             ET.SubElement(case, "failure", message=outcome.message, type="ExpectationFailed").text = outcome.message
         cases.append(case)
-    failures = sum(1 for c in cases if c.find("failure") is not None)
-    seconds = sum(r.duration_s for r in result.runs)
-    root = ET.Element("testsuites", name="labkit", tests=str(len(cases)), failures=str(failures), time=f"{seconds:.3f}")
-    suite = ET.SubElement(
-        root, "testsuite", name=result.suite.name, tests=str(len(cases)), failures=str(failures), errors="0",
-        skipped="0", time=f"{seconds:.3f}",
-    )  # fmt: skip
+    totals = {"tests": str(len(cases)), "failures": str(sum(1 for c in cases if c.find("failure") is not None))}
+    seconds = f"{sum(r.duration_s for r in result.runs):.3f}"
+    root = ET.Element("testsuites", name="labkit", **totals, time=seconds)
+    suite = ET.SubElement(root, "testsuite", name=result.suite.name, **totals, errors="0", skipped="0", time=seconds)
     suite.extend(cases)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -81,15 +81,15 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
     capacity = sizing.DEVICE_MEMORY_GB[sizing.check_device_type(device_type)] * sizing.GB
     weights = params * memory.TRAIN_DTYPES[check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)]
     rule_stage = 2 if weights * sizing.TRAINING_HEADROOM <= capacity else 3
-    best = next((v for v in SPEED_ORDER if sizing.training_fit(params, dtype, v[0], devices, device_type,
-                 offload_optimizer=v[1], offload_param=v[2])["fits"]), None)  # fmt: skip
+    best = next((Variant(*v).label for v in SPEED_ORDER if sizing.training_fit(params, dtype, v[0], devices,
+                 device_type, offload_optimizer=v[1], offload_param=v[2])["fits"]), None)  # fmt: skip
     rule = sizing.training_fit(params, dtype, rule_stage, devices, device_type)
     text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights "
             f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
             f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
             f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
-            f"{Variant(*best).label if best else 'none (more devices or offload to NVMe)'}.")  # fmt: skip
-    return {"rule_stage": rule_stage, "best": Variant(*best).label if best else None, "rule_fits": rule["fits"],
+            f"{best or 'none (more devices or offload to NVMe)'}.")  # fmt: skip
+    return {"rule_stage": rule_stage, "best": best, "rule_fits": rule["fits"],
             "holds": rule["fits"], "text": text}  # fmt: skip
 
 

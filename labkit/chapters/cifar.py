@@ -183,7 +183,6 @@ def summarize(records: list[dict]) -> dict:
 
 
 def epochs_table(records: list[dict]) -> list[dict]:
-    """One row per epoch record, for display."""
     keys = ("epoch", "step", "train_loss", "train_acc", "test_acc", "images_per_s", "epoch_s")
     return [{k: r[k] for k in keys} for r in records if r.get("kind") == "epoch"]
 

@@ -122,14 +122,13 @@ def one_device_note(report: dict, reference: dict) -> str:
     bytes off the device."""
     dev, n = reference["device"].upper(), report["world_size"]
     rows = one_device_rows(report, reference)
-    stages = [(c, row) for c, row in zip(reference["configs"], rows) if not c["offload_optimizer"]]
+    stages = [row for c, row in zip(reference["configs"], rows) if not c["offload_optimizer"]]
     text = f"On the one {dev} device (1 rank) "
     if len(stages) > 1:
-        held = [row["one_device"] for _, row in stages]
-        spread = max(held) / min(held) - 1
+        held = [row["one_device"] for row in stages]
         text += f"the ZeRO stages held {format_bytes(min(held))} to {format_bytes(max(held))} of model states, a "
-        text += f"spread of {spread:.0%}: one rank partitions nothing. "
-        first, last = stages[0][1], stages[-1][1]
+        text += f"spread of {max(held) / min(held) - 1:.0%}: one rank partitions nothing. "
+        first, last = stages[0], stages[-1]
         cut = 1 - last["per_cpu_rank"] / first["per_cpu_rank"] if first["per_cpu_rank"] else 0.0
         text += f"On {n} CPU ranks, {last['config']} held {format_bytes(last['per_cpu_rank'])} per rank, "
         text += f"{cut:.0%} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
@@ -139,10 +138,10 @@ def one_device_note(report: dict, reference: dict) -> str:
         text += f"{format_bytes(row['per_cpu_rank'])} per rank."
     offloaded = [row for c, row in zip(reference["configs"], rows) if c["offload_optimizer"]]
     if offloaded and stages:
-        base = stages[0][1]["one_device_on_device"]
+        base = stages[0]
         best = min(offloaded, key=lambda row: row["one_device_on_device"])
         text += f" Offload still pays on one device: {best['config']} kept {format_bytes(best['one_device_on_device'])}"
-        text += f" on the {dev} device against {format_bytes(base)} for {stages[0][1]['config']}."
+        text += f" on the {dev} device against {format_bytes(base['one_device_on_device'])} for {base['config']}."
     return text
 
 

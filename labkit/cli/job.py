@@ -65,13 +65,8 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
 
 
 def _backend(a):
-    return get_backend(
-        a.backend,
-        namespace=a.namespace or manifests.NAMESPACES["cpu"],
-        jobs_dir=a.jobs_dir,
-        kubeconfig=a.kubeconfig,
-        context=a.context,
-    )
+    namespace = a.namespace or manifests.NAMESPACES["cpu"]
+    return get_backend(a.backend, namespace=namespace, jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context)
 
 
 def _spec(args, backend=None) -> manifests.JobSpec:

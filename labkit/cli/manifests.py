@@ -9,6 +9,7 @@ from pathlib import Path
 
 from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATORS
+from labkit.manifests.pod_security import LEVELS
 
 # `render` options that set a JobSpec field: (flag, field, type, help).
 _SPEC_OPTIONS = [
@@ -53,9 +54,7 @@ def register(subparsers) -> None:
     validate.add_argument("paths", nargs="+", type=Path, help="YAML files, kustomize directories, or - for stdin")
     level = "Pod Security level for pods whose Namespace object is not in the input (default: restricted, the level of "
     level += "the kit's cpu/nvidia namespace; a Namespace in the input sets its own)"
-    validate.add_argument(
-        "--pod-security", choices=("restricted", "baseline", "privileged"), default="restricted", help=level
-    )
+    validate.add_argument("--pod-security", choices=LEVELS, default="restricted", help=level)
     validate.set_defaults(func=_validate)
 
 
@@ -63,10 +62,9 @@ def _render(args: argparse.Namespace) -> int:
     values = {field: getattr(args, field) for _, field, _, _ in _SPEC_OPTIONS if getattr(args, field) is not None}
     if args.no_hf_token:
         values["hf_token_secret"] = None
+    values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     if args.trainjob_deadline == "auto":
         values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))
-    else:
-        values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     objects = manifests.render_all(manifests.JobSpec(accelerator=args.accelerator, **values), args.kind)
     if args.job_only:
         objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob", "ConfigMap")]

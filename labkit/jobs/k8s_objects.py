@@ -35,6 +35,8 @@ FATAL_WAITING = frozenset(
 FATAL_EVENTS = frozenset({"ValidationError", "FailedCreate"})
 # An MPIJob's newest true condition as the job's phase.
 PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
+# A TrainJob's true conditions as its phase, the first listed wins (DeadlineExceeded: a Failed with that reason).
+TRAINJOB_PHASES = {"Complete": "Succeeded", "Failed": "Failed", "Suspended": "Pending"}
 
 
 def api_message(exc: Exception) -> str:
@@ -151,15 +153,11 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     conds = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
     resumed = next((c for c in status.get("conditions") or [] if c.get("type") == "Suspended"), None)
     active = sum(int(j.get("active") or 0) for j in status.get("jobsStatus") or [])
-    if "Complete" in conds:
-        phase, cond = "Succeeded", conds["Complete"]
-    elif "Failed" in conds:
-        cond = conds["Failed"]
-        phase = "DeadlineExceeded" if cond.get("reason") == "DeadlineExceeded" else "Failed"
-    elif "Suspended" in conds:
-        phase, cond = "Pending", conds["Suspended"]
-    else:
-        phase, cond = ("Running" if active else "Pending"), {"message": f"{active} child Job(s) active"}
+    cond_type = next((t for t in TRAINJOB_PHASES if t in conds), None)
+    phase = TRAINJOB_PHASES.get(cond_type) or ("Running" if active else "Pending")
+    cond = conds[cond_type] if cond_type else {"message": f"{active} child Job(s) active"}
+    if cond_type == "Failed" and cond.get("reason") == "DeadlineExceeded":
+        phase = "DeadlineExceeded"
     st = JobStatus(meta.get("name", "?"), meta.get("namespace", ""), backend, phase, kind="TrainJob")
     st.message = cond.get("message") or cond.get("reason") or ""
     st.created = timestamp(meta.get("creationTimestamp"))

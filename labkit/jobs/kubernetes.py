@@ -43,8 +43,6 @@ from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
 TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
-
-
 LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"
 # The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
 KINDS = frozenset(
@@ -112,21 +110,16 @@ class KubernetesBackend(JobBackend):
 
     def _pods(self, name: str, namespace: str, role: str | None = None):
         selector = f"{LABEL_JOB}={name}" + (f",{LABEL_ROLE}={role}" if role else "")
-        return self._call(
-            f"pods of {namespace}/{name}", self._core().list_namespaced_pod, namespace, label_selector=selector
-        )
+        list_pods = self._core().list_namespaced_pod
+        return self._call(f"pods of {namespace}/{name}", list_pods, namespace, label_selector=selector)
 
     def allowed(self, verb: str, group: str, resource: str, namespace: str = "") -> bool:
         """Whether RBAC lets this identity do it: a SelfSubjectAccessReview, which every authenticated user may create.
         True when the review itself cannot be made (the real call then says what is wrong)."""
         key = (verb, group, resource, namespace)
         if key not in self._access:
-            attributes = dict(zip(("verb", "group", "resource", "namespace"), key))
-            body = {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": attributes},
-            }
+            spec = {"resourceAttributes": dict(zip(("verb", "group", "resource", "namespace"), key))}
+            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": spec}
             try:
                 reply = self._rest("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
                 self._access[key] = bool((reply.get("status") or {}).get("allowed"))
@@ -151,9 +144,8 @@ class KubernetesBackend(JobBackend):
         return kind, workers or AUTO_WORKERS, why + auto
 
     def check_operator(self) -> None:
-        """The API must serve mpijobs.kubeflow.org at v2beta1 (MPI Operator); cluster.py's verdict otherwise.
-
-        Uses API discovery, which every authenticated user may read (reading the CRD itself needs cluster RBAC)."""
+        """The API must serve mpijobs.kubeflow.org at v2beta1 (MPI Operator); cluster.py's verdict otherwise. Uses API
+        discovery, which every authenticated user may read (reading the CRD itself needs cluster RBAC)."""
         if self._operator_checked:
             return
         served = [v for v in self._discover() if "mpijobs" in self._discover(v)]
@@ -187,9 +179,8 @@ class KubernetesBackend(JobBackend):
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
         # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).
         objs = [o for o in objs if o["kind"] == "MPIJob" or self._may_create(o, ns)]
-        # The namespace first, for real: a dry run of objects inside a namespace that does not exist yet would fail.
-        # Everything else through a server-side dry run first (admission, quotas and the live CRD schema judge it),
-        # so a rejected job leaves nothing half-created.
+        # The namespace first, for real (a dry run inside a missing namespace fails); then everything else through a
+        # server-side dry run (admission, quotas, the live CRD schema), so a rejected job leaves nothing half-created.
         # The job last: what it needs (PVC, ConfigMap, policies, in the lab its folder) exists before its pods are asked
         # for; then its own checkpoint key, owned by it (collected with it). One that exists (planted?) is refused.
         shared_volume.make_job_folder(spec.name, ns, spec.pvc_name)
@@ -214,14 +205,13 @@ class KubernetesBackend(JobBackend):
             raise unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
-        shared = kind not in ("MPIJob", "Secret")
         if status == 409 and kind == "ConfigMap":  # the proxy settings: reused only when they are the same
             current = self._rest("GET", f"{object_path(obj, namespace)}/{name}") or {}
             if current.get("data") != obj.get("data"):
                 fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
-        if status == 409 and shared:
-            return  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
+        if status == 409 and kind not in ("MPIJob", "Secret"):
+            return None  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
         if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
             fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
             fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
@@ -309,9 +299,8 @@ class KubernetesBackend(JobBackend):
     def _diagnose(self, name: str, namespace: str, pods: list) -> str:
         """The pods' states and events, after the operator's own events (ValidationError; FailedCreate: e.g. a pod
         the namespace's Pod Security level refused, which the operator and the Job controller only record there)."""
-        lines = [f"MPIJob {name}:", *self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
-        if len(lines) == 1:
-            lines = []
+        events = [*self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
+        lines = [f"MPIJob {name}:", *events] if events else []
         if not pods:
             lines.append(
                 f"no pods for MPIJob {namespace}/{name} yet: is the MPI Operator running? "

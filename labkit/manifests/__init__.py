@@ -15,9 +15,5 @@ from labkit.manifests.render import (
     render_job,
 )
 
-SSH_PORT, SSH_USER, SSH_UID, SSH_AUTH_MOUNT_PATH = (
-    checks.SSH_PORT,
-    checks.SSH_USER,
-    checks.SSH_UID,
-    checks.SSH_AUTH_MOUNT_PATH,
-)
+SSH_PORT, SSH_USER, SSH_UID = checks.SSH_PORT, checks.SSH_USER, checks.SSH_UID
+SSH_AUTH_MOUNT_PATH = checks.SSH_AUTH_MOUNT_PATH

@@ -121,10 +121,7 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     kind, spec = obj.get("kind"), obj.get("spec") or {}
     if kind == "MPIJob":
         replicas = spec.get("mpiReplicaSpecs") or {}
-        return [
-            (f"{_MPIJOB}.{role}.template.spec", (r.get("template") or {}).get("spec") or {})
-            for role, r in replicas.items()
-        ]
+        return [(f"{_MPIJOB}.{role}.template.spec", value_at(r, "template.spec") or {}) for role, r in replicas.items()]
     if kind == "TrainingRuntime":
         jobs = value_at(obj, "spec.template.spec.replicatedJobs") or []
         path = "spec.template.spec.replicatedJobs[{}].template.spec.template.spec"

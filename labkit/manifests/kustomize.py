@@ -2,8 +2,7 @@
 
 Supported: resources (files, directories), components, inline RFC 6902 patches (through `jsonpatch`) with a target,
 `namespace`, `images` (name -> newName/newTag) and `configurations` that add image field paths. Anything else is
-refused, so the files cannot drift into what labkit would render differently (tests/test_manifests.py compares
-with kubectl).
+refused, so the files cannot drift from what kubectl renders (tests/test_manifests.py compares the two).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Pod Security Standards, checked before submit: what the namespace's `pod-security.kubernetes.io/enforce` level
-would refuse. The API server accepts an MPIJob or TrainingRuntime whatever its pod templates say; the operator's pods
-are refused later, seen only as FailedCreate events. Checking the templates first turns that into one clear error,
-and makes `labkit manifests validate` refuse a privileged or hostPath pod for a restricted namespace.
+"""Pod Security Standards: what the namespace's `pod-security.kubernetes.io/enforce` level would refuse, checked
+before submit (the API server accepts an MPIJob or TrainingRuntime whatever its pod templates say; their pods are
+refused later, seen only as FailedCreate events), and by `labkit manifests validate`.
 
 The rules follow kubernetes/kubernetes staging/src/k8s.io/pod-security-admission/policy/ (file per rule, named
 below); Windows-only and AppArmor-annotation rules are left out (the kit's pods are Linux, annotation-free).

@@ -51,10 +51,8 @@ _FIELD_PATHS = {
         "launcher_command": "spec.trainer.command",
     },
 }
-_RESOURCES_PATH = {
-    "MPIJob": "spec.mpiReplicaSpecs.Worker.template.spec.containers.0.resources",
-    "TrainJob": "spec.trainer.resourcesPerNode",
-}
+_WORKER_POD = "spec.mpiReplicaSpecs.Worker.template.spec"
+_RESOURCES_PATH = {"MPIJob": f"{_WORKER_POD}.containers.0.resources", "TrainJob": "spec.trainer.resourcesPerNode"}
 _RESOURCE_KEYS = {"cpu": "cpu", "memory": "memory", "hugepages_2mi": "hugepages-2Mi"}  # request = limit
 _OVERLAY_FIELDS = ("image", "slots_per_worker", "launcher_command", "storage_class", *_RESOURCE_KEYS, "shm_size")
 # Text fields: (pattern, what the value must be, example, most characters). None skips all but _REQUIRED.
@@ -117,10 +115,8 @@ class JobSpec:
         """One ConfigError naming the field, before anything is rendered or submitted."""
         check_choice("accelerator", self.accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
         if self.accelerator == "gaudi" and self.namespace == NAMESPACES["cpu"]:
-            problem = (
-                f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); Gaudi's "
-                "hostIPC needs a privileged namespace of its own"
-            )
+            problem = f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); "
+            problem += "Gaudi's hostIPC needs a privileged namespace of its own"
             raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['gaudi']}) or name another one")
         if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
             fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
@@ -192,8 +188,7 @@ def kit_dir(field: str, problem: str, marker: str, candidates: list[Path]) -> Pa
 def manifests_dir() -> Path:
     """manifests/ of this kit: $LABKIT_MANIFESTS, else next to the package (source checkout, editable install)."""
     env = os.environ.get("LABKIT_MANIFESTS")
-    candidates = [Path(env)] if env else []
-    candidates.append(PACKAGE_ROOT / "manifests")
+    candidates = [Path(env), PACKAGE_ROOT / "manifests"] if env else [PACKAGE_ROOT / "manifests"]
     return kit_dir("LABKIT_MANIFESTS", "no kit manifests/ directory found", "base/kustomization.yaml", candidates)
 
 
@@ -217,10 +212,9 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
             _apply_job(obj, spec)
         if obj["kind"] == "TrainJob" and spec.trainjob_deadline:
             obj["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
-        if obj["kind"] == "TrainingRuntime" and spec.image is not None:  # the kit's runtime: every node's image
-            for _, pod in pod_templates(obj):
-                for container in pod["containers"]:
-                    container["image"] = spec.image
+        if obj["kind"] in (*_FIELD_PATHS, "TrainingRuntime") and spec.image is not None:  # runtime: every node
+            for container in _containers(obj):
+                container["image"] = spec.image
     proxy = proxy_settings(spec)
     if proxy:
         _add_proxy(objects, spec.namespace, proxy)
@@ -248,9 +242,8 @@ def _add_proxy(objects: list[dict], namespace: str, proxy: dict[str, str]) -> No
             env = obj["spec"]["trainer"].setdefault("env", [])
             env += [{"name": k, "valueFrom": {"configMapKeyRef": {"name": PROXY_CONFIGMAP, "key": k}}} for k in proxy]
         elif obj["kind"] in ("MPIJob", "TrainingRuntime"):
-            for _, pod in pod_templates(obj):
-                for container in pod["containers"]:
-                    container.setdefault("envFrom", []).append(source)
+            for container in _containers(obj):
+                container.setdefault("envFrom", []).append(source)
 
 
 def render_job(spec: JobSpec, kind: str = "interactive") -> dict:
@@ -306,8 +299,6 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
     for section in ("requests", "limits"):
         resources.setdefault(section, {}).update({key: v for key, v in values.items() if v is not None})
     for container in _containers(job):
-        if spec.image is not None:
-            container["image"] = spec.image
         for entry in [e for e in container.get("env", []) if e.get("name") == "HF_HOME"]:  # the job's own cache
             entry["value"] = f"{shared_volume.run_dir(name)}/hf-home"
         for mount in container.get("volumeMounts", []):  # the job's own folder: the one it may write
@@ -318,13 +309,13 @@ def _apply_job(job: dict, spec: JobSpec) -> None:
                 container["env"].remove(entry)
             else:
                 entry["valueFrom"]["secretKeyRef"]["name"] = spec.hf_token_secret
-    for role, pod in _pod_specs(job).items():
+    for path, pod in pod_templates(job):
         for volume in pod.get("volumes", []):
             if volume["name"] == SHARED_VOLUME:
                 volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
             if "secret" in volume:  # the job's own checkpoint key (the only Secret volume validation lets through)
                 volume["secret"]["secretName"] = checkpoint_secret(name)
-            if volume["name"] == SHM_VOLUME and role == "Worker" and spec.shm_size is not None:
+            if volume["name"] == SHM_VOLUME and path == _WORKER_POD and spec.shm_size is not None:
                 volume["emptyDir"]["sizeLimit"] = spec.shm_size
 
 
@@ -343,7 +334,7 @@ def _overlay_values(accelerator: str, kind: str) -> dict[str, Any]:
     objects = kustomize_build(overlay_dir(accelerator, kind))
     job, pvc = _job_object(objects), next(o for o in objects if o["kind"] == "PersistentVolumeClaim")
     requests = value_at(job, _RESOURCES_PATH[job["kind"]] + ".requests") or {}
-    volumes = _pod_specs(job).get("Worker", {}).get("volumes", [])
+    volumes = value_at(job, f"{_WORKER_POD}.volumes") or []
     env = [e for c in _containers(job) for e in c.get("env", []) if e.get("name") == "HF_TOKEN"]
     values = {name: value_at(job, path) for name, path in _FIELD_PATHS[job["kind"]].items()}
     values |= {name: None if requests.get(key) is None else str(requests[key]) for name, key in _RESOURCE_KEYS.items()}
@@ -370,12 +361,7 @@ def _job_object(objects: list[dict]) -> dict:
     return next(o for o in objects if o["kind"] in _FIELD_PATHS)
 
 
-def _containers(job: dict) -> list[dict]:
-    if job["kind"] == "TrainJob":
-        return [job["spec"]["trainer"]]  # the trainer carries image, command and env as a container does
-    return [c for pod in _pod_specs(job).values() for c in pod.get("containers", [])]
-
-
-def _pod_specs(job: dict) -> dict[str, dict]:
-    replicas = job["spec"].get("mpiReplicaSpecs", {})
-    return {role: replica["template"]["spec"] for role, replica in replicas.items()}
+def _containers(obj: dict) -> list[dict]:
+    if obj["kind"] == "TrainJob":
+        return [obj["spec"]["trainer"]]  # the trainer carries image, command and env as a container does
+    return [c for _, pod in pod_templates(obj) for c in pod.get("containers", [])]

@@ -45,8 +45,7 @@ def training_curves_figure(records: Sequence[dict], title: str = ""):
 
 def loss_figure(curves: dict[str, Sequence[float]], title: str = ""):
     """Training loss per step, one line per named curve (e.g. per rank), on a log scale."""
-    alt = f"{title}: training loss per step for {', '.join(curves)}"
-    fig = figure(6.5, 3.4, alt)
+    fig = figure(6.5, 3.4, f"{title}: training loss per step for {', '.join(curves)}")
     ax = fig.subplots()
     for name, losses in curves.items():
         ax.plot(range(1, len(losses) + 1), losses, marker=".", label=name)
