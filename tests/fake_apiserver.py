@@ -145,6 +145,7 @@ class FakeApiServer:
         token: str | None = None,
         namespaces: tuple[str, ...] = ("default", "workloads"),
         reject_dry_run: str | None = None,
+        reject_code: int = 400,
         identity: str = SERVICE_ACCOUNT,
         grace_s: float = 0.5,
         trainer_version: str | None = None,
@@ -162,7 +163,10 @@ class FakeApiServer:
         self.nodes: list[dict] = []  # what GET /api/v1/nodes lists (e.g. tests/data/nodes.json's items)
         self.denied: list[tuple[str, Attributes]] = []  # (user, what RBAC refused)
         self.namespaces = set(namespaces)
-        self.reject_dry_run = reject_dry_run  # an admission message MPIJob dry runs are rejected with
+        # An admission webhook's denial of MPIJob dry runs: "admission webhook ... denied the request: ..." with the
+        # webhook's own code, 400 when it sets none below 400 (kubernetes staging/src/k8s.io/apiserver/pkg/admission/
+        # plugin/webhook/errors/statuserror.go, ToStatusErr).
+        self.reject_dry_run, self.reject_code = reject_dry_run, reject_code
         self.objects: dict[tuple[str, str, str, str], dict] = {}  # (group/version path, plural, ns, name) -> object
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
@@ -334,6 +338,15 @@ class FakeApiServer:
         if problem:  # syncHandler: `c.recorder.Event(mpiJob, corev1.EventTypeWarning, ValidationError, msg)`
             self.add_event(ns, name, "Warning", "ValidationError", problem, kind="MPIJob")
             return
+        job.setdefault("status", {})["conditions"] = [_condition("Created", "MPIJobCreated")]  # before any object
+        # getOrCreateService / getOrCreateConfigMap / getOrCreateSSHAuthSecret: an object of the job's names that the
+        # job does not control stops the sync (ErrResourceExists, retried: no pods ever). %q of svc.Kind is "": objects
+        # from client-go listers carry no TypeMeta.
+        for plural, own in (("services", name), ("configmaps", f"{name}-config"), ("secrets", f"{name}-ssh")):
+            if ("/api/v1", plural, ns, own) in self.objects:
+                message = f'Resource "{own}" of Kind "" already exists and is not managed by MPIJob'
+                self.add_event(ns, name, "Warning", "ErrResourceExists", message, kind="MPIJob")
+                return
         workers = spec["mpiReplicaSpecs"].get("Worker", {}).get("replicas", 1)
         slots = spec.get("slotsPerWorker", 1)
         etc = self.root / ns / name / "etc-mpi"
@@ -342,8 +355,9 @@ class FakeApiServer:
             "".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers))
         )
         for i in range(workers):  # getOrCreateWorker / newWorker: pods `<name>-worker-<i>` with a replica-index
-            self._operator_pod(job, "Worker", f"{name}-worker-{i}", {"training.kubeflow.org/replica-index": str(i)})
-        job.setdefault("status", {})["conditions"] = [_condition("Created", "MPIJobCreated")]
+            labels = {"training.kubeflow.org/replica-index": str(i)}
+            if self._operator_pod(job, "Worker", f"{name}-worker-{i}", labels) is None:
+                return  # the sync returns the error: no more workers, no launcher (retried with backoff)
         if spec.get("launcherCreationPolicy", "AtStartup") == "AtStartup":
             self._create_launcher(job)
         if self.ready_delay is None:  # the test calls advance() itself
@@ -367,18 +381,21 @@ class FakeApiServer:
         return None
 
     def _operator_pod(self, job: dict, replica: str, pod_name: str, labels: dict) -> dict | None:
-        """A pod the operator asks for: the namespace's Pod Security admission may refuse it, which the operator
-        (and the launcher Job controller) only records as a FailedCreate event on its owner
-        (kubernetes staging/src/k8s.io/pod-security-admission/policy/check_hostNamespaces.go and
-        check_capabilities_baseline.go)."""
+        """A pod the operator (a worker) or the launcher Job's controller asks for: the namespace's Pod Security
+        admission may refuse it (kubernetes staging/src/k8s.io/pod-security-admission/policy/check_hostNamespaces.go,
+        check_capabilities_baseline.go), which is seen only as an event: MPIJobFailed "worker pod created failed: ..."
+        on the MPIJob (mpi-operator pkg/controller/mpi_job_controller.go, getOrCreateWorker), FailedCreate
+        "Error creating: ..." on the launcher Job (kubernetes pkg/controller/controller_utils.go, CreatePods)."""
         meta = job["metadata"]
         name, ns = meta["name"], meta["namespace"]
         template = job["spec"]["mpiReplicaSpecs"][replica]["template"]
         violation = self._pod_security_violation(ns, template["spec"])
         if violation:
             message = f'pods "{pod_name}" is forbidden: violates PodSecurity "{violation[0]}:latest": {violation[1]}'
-            owner, kind = (f"{name}-launcher", "Job") if replica == "Launcher" else (name, "MPIJob")
-            self.add_event(ns, owner, "Warning", "FailedCreate", f"Error creating: {message}", kind=kind)
+            if replica == "Launcher":
+                self.add_event(ns, f"{name}-launcher", "Warning", "FailedCreate", f"Error creating: {message}", "Job")
+            else:
+                self.add_event(ns, name, "Warning", "MPIJobFailed", f"worker pod created failed: {message}", "MPIJob")
             return None
         containers = [{"name": c["name"], "image": c.get("image", "busybox")} for c in template["spec"]["containers"]]
         role = replica.lower()
@@ -553,17 +570,19 @@ class FakeApiServer:
                 del self.objects[key]
 
     def foreground_delete(self, key: tuple) -> None:
-        """propagationPolicy Foreground: the MPIJob stays, with a deletionTimestamp and the foregroundDeletion
-        finalizer, until its dependents are gone (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go,
-        pkg/controller/garbagecollector); the pods take their grace period (`sleep infinity` as PID 1 ignores
-        SIGTERM, so the launcher takes all of it)."""
+        """propagationPolicy Foreground: the MPIJob or TrainJob stays, with a deletionTimestamp and the
+        foregroundDeletion finalizer, until its dependents are gone (staging/src/k8s.io/apiserver/pkg/registry/generic/
+        registry/store.go, pkg/controller/garbagecollector); the pods take their grace period (`sleep infinity` as
+        PID 1 ignores SIGTERM, so the launcher takes all of it). A TrainJob's JobSet is owned with blockOwnerDeletion
+        (kubeflow/trainer pkg/runtime/framework/plugins/jobset/jobset.go), so it blocks the same way."""
         obj = self.objects[key]
         obj["metadata"].update(deletionTimestamp=now_iso(), finalizers=["foregroundDeletion"])
         _, _, ns, name = key
 
         def collect() -> None:
-            self.delete_job_pods(ns, name)
-            self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
+            if obj["kind"] == "MPIJob":  # (a TrainJob's JobSet and pods are not simulated)
+                self.delete_job_pods(ns, name)
+                self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
             self.objects.pop(key, None)
             self.collect_dependents(obj)
 
@@ -815,7 +834,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
             if q.get("dryRun") == "All":
                 if fake.reject_dry_run and kind == "MPIJob":
-                    return self._send_json(403, status_body(403, "Forbidden", fake.reject_dry_run))
+                    code = fake.reject_code
+                    reason = {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")
+                    return self._send_json(code, status_body(code, reason, fake.reject_dry_run))
                 return self._send_json(201, body)
             body.setdefault("metadata", {}).update(
                 namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(), resourceVersion=fake._bump()
@@ -842,7 +863,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "DELETE":
             options = self._body()
             fake.delete_bodies.append(options)
-            if obj.get("kind") == "MPIJob" and options.get("propagationPolicy") == "Foreground":
+            if obj.get("kind") in ("MPIJob", "TrainJob") and options.get("propagationPolicy") == "Foreground":
                 if "deletionTimestamp" not in obj["metadata"]:
                     fake.foreground_delete((base, plural, ns, name))
                 return self._send_json(200, obj)  # foreground: the object itself, now with a deletionTimestamp

@@ -210,11 +210,14 @@ def test_missing_operator_or_v1_clash_is_named_before_anything_is_created(served
         assert posts(api) == []
 
 
-def test_rejected_dry_run_creates_nothing():
+@pytest.mark.parametrize("code", [400, 403])  # a webhook's denial: 400 unless the webhook sets its own code
+def test_rejected_dry_run_creates_nothing(code):
     message = 'admission webhook "quota.labkit" denied the request: exceeded quota: nvidia.com/gpu'
-    with fake_cluster(reject_dry_run=message) as (api, backend):
-        with pytest.raises(LabkitError, match="exceeded quota"):
+    with fake_cluster(reject_dry_run=message, reject_code=code) as (api, backend):
+        with pytest.raises(LabkitError, match="denied the request: exceeded quota") as err:
             backend.submit(JobSpec(name="demo"))
+        if code == 400:  # the manifest is named, with where to read it
+            assert isinstance(err.value, ConfigError) and err.value.field == "manifest MPIJob/demo"
         created = [path for path, is_dry in posts(api) if not is_dry]
         assert created == [] and not api.pods and not api.objects
 

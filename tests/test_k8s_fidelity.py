@@ -21,6 +21,7 @@ from labkit.chapters.interactive import plan_interactive_job
 from labkit.cluster import NODES_FORBIDDEN
 from labkit.errors import ConfigError
 from labkit.jobs import JobNotReady, get_backend
+from labkit.jobs.k8s_objects import fatal_event
 from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
@@ -216,9 +217,23 @@ def test_pod_security_baseline_refusal_reaches_the_user_and_the_job_is_deleted()
         with pytest.raises(JobNotReady) as err:
             job.wait_ready(timeout=60)
         assert time.monotonic() - start < 15  # the refusal is final: no waiting out the timeout
-        text = str(err.value)
-        assert "FailedCreate" in text and 'violates PodSecurity "baseline:latest"' in text
+        text = str(err.value)  # the operator's own event for a refused worker (not the Job controller's FailedCreate)
+        assert "MPIJobFailed: worker pod created failed" in text and 'violates PodSecurity "baseline:latest"' in text
         assert "hostIPC=true" in text and not api.pods
+        assert not [key for key in api.objects if key[1] == "jobs"]  # a refused worker stops the sync: no launcher
+
+
+def test_a_job_named_like_an_object_it_does_not_own_fails_fast_naming_it(api, backend):
+    # The lab's own Service (manifests/lab/service.yaml) holds the name the operator wants for the job's Service.
+    lab = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "labkit-lab", "namespace": "workloads"}}
+    api.objects[("/api/v1", "services", "workloads", "labkit-lab")] = lab
+    job = backend.submit(JobSpec(name="labkit-lab", workers=1))
+    start = time.monotonic()
+    with pytest.raises(JobNotReady) as err:
+        job.wait_ready(timeout=60)
+    assert time.monotonic() - start < 15  # final: the operator retries but never creates a pod
+    assert 'ErrResourceExists: Resource "labkit-lab"' in str(err.value) and not api.pods
+    assert api.objects[("/api/v1", "services", "workloads", "labkit-lab")] is lab  # not the kit's to delete
 
 
 def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
@@ -370,7 +385,7 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
     import subprocess
     import sys
 
-    with fake_cluster(trainer_version="2.2.0") as (api, backend):
+    with fake_cluster(trainer_version="2.2.0", grace_s=4) as (api, backend):  # grace: the JobSets' going
         jobs = [
             trainjob("done", 900, [("Complete", "True", "JobSetCompleted", 60)]),
             trainjob("crashed", 900, [("Failed", "True", "JobSetFailed", 60)]),
@@ -399,7 +414,11 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
         for name, phase in [("done", "Succeeded"), ("crashed", "Failed"), ("timed-out", "DeadlineExceeded")]:
             assert f"deleted TrainJob workloads/{name} ({phase})" in out.stdout
         assert "deleted TrainJob workloads/overdue (Running)" in out.stdout and "PAST DEADLINE" in out.stdout
-        assert sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"]
+        # foreground: the deleted ones stay, Terminating (never Running, never flagged again), until their JobSets go
+        terminating = {st.name: st for st in backend.list() if st.phase == "Terminating"}
+        assert set(terminating) == {"done", "crashed", "timed-out", "overdue"}
+        assert not any(st.past_deadline for st in terminating.values())
+        assert wait_until(lambda: sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"], 10)
         assert api.denied == [] and api.delete_bodies[-1] == {"propagationPolicy": "Foreground"}
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
             ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete")
@@ -432,10 +451,34 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
         assert job("delete", "both")[0] == 2  # not guessed: both are still there
         assert job("delete", "tj") == (0, "deleted workloads/tj\n")
         assert job("delete", "both", "--kind", "TrainJob") == (0, "deleted workloads/both\n")
-        code, out = job("status", "both")  # the MPIJob alone now: no --kind needed
-        assert code == 0 and "MPIJob" in out and (TRAINJOBS, "trainjobs", "workloads", "both") not in api.objects
+        # foreground: the TrainJob stays until its JobSet is gone (grace_s here), then the MPIJob is alone
+        assert wait_until(lambda: (TRAINJOBS, "trainjobs", "workloads", "both") not in api.objects, timeout=5)
+        code, out = job("status", "both")  # no --kind needed now
+        assert code == 0 and "MPIJob" in out
         assert job("delete", "both") == (0, "deleted workloads/both\n") and job("delete", "tj")[1].endswith("exist\n")
         assert api.denied == []
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
             ("trainer.kubeflow.org", "trainjobs", "get"), ("trainer.kubeflow.org", "trainjobs", "delete")
         }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "final"),
+    [
+        ("MPIJobFailed", 'worker pod created failed: pods "j-worker-0" is forbidden: exceeded quota: q', True),
+        ("MPIJobFailed", 'launcher pod created failed: admission webhook "w" denied the request: no', True),
+        ("MPIJobFailed", 'worker pod created failed: Pod "j-worker-0" is invalid: spec.containers: Required', True),
+        # transient: the operator retries with backoff, and the next try may succeed
+        ("MPIJobFailed", "worker pod created failed: etcdserver: request timed out", False),
+        ("MPIJobFailed", 'worker pod created failed: Post "https://10.0.0.1/api": dial tcp: connection refused', False),
+        ("MPIJobFailed", "MPIJob workloads/j has failed", False),  # the Failed condition's reason: the phase says it
+        ("ErrResourceExists", 'Resource "j-config" of Kind "" already exists and is not managed by MPIJob', True),
+        ("ValidationError", "Found validation errors: spec.mpiReplicaSpecs[Launcher].replicas: must be 1", True),
+        ("FailedCreate", 'Error creating: pods "j-launcher-x" is forbidden: violates PodSecurity', True),
+        ("FailedScheduling", "0/1 nodes are available", False),
+    ],
+)
+def test_which_operator_events_are_final(reason, message, final):
+    # Reasons and texts of kubeflow/mpi-operator v0.8.2 pkg/controller/mpi_job_controller.go (getOrCreateWorker,
+    # getOrCreateService/ConfigMap/SSHAuthSecret, syncHandler) and the API server's refusals.
+    assert fatal_event(reason, message) is final

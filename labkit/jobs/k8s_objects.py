@@ -30,9 +30,24 @@ FATAL_WAITING = frozenset(
     "ErrImagePull ImagePullBackOff InvalidImageName ErrImageNeverPull CreateContainerConfigError CreateContainerError "
     "CrashLoopBackOff RunContainerError".split()
 )
-# Events on an MPIJob or its launcher Job that mean its pods will never exist (the operator's rule violations;
-# pods refused by admission, e.g. Pod Security).
-FATAL_EVENTS = frozenset({"ValidationError", "FailedCreate"})
+# Events on an MPIJob or its launcher Job that mean its pods will never exist (kubeflow/mpi-operator v0.8.2,
+# pkg/controller/mpi_job_controller.go): the operator's rule violations (ValidationError, syncHandler); a Service,
+# ConfigMap, Secret or pod of the job's names that another owner holds (ErrResourceExists, getOrCreate*); a launcher
+# pod refused by admission, recorded by the Job controller (FailedCreate).
+FATAL_EVENTS = frozenset({"ValidationError", "ErrResourceExists", "FailedCreate"})
+# A worker pod (or launcher Job) the API refused is recorded as MPIJobFailed "worker pod created failed: <error>"
+# (getOrCreateWorker) and retried: final only when the API said no (403 Pod Security or quota, 422, a webhook's denial),
+# not for a timeout or an unreachable etcd.
+REFUSED = (" is forbidden: ", " is invalid: ", " denied the request")
+
+
+def fatal_event(reason: str, message: str) -> bool:
+    """Whether an event on an MPIJob or its launcher Job means its pods will never exist (waiting will not help)."""
+    if reason == "MPIJobFailed":
+        return "created failed: " in message and any(word in message for word in REFUSED)
+    return reason in FATAL_EVENTS
+
+
 # An MPIJob's newest true condition as the job's phase.
 PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
 # A TrainJob's true conditions as its phase, the first listed wins (DeadlineExceeded: a Failed with that reason).
@@ -158,8 +173,11 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     cond = conds[cond_type] if cond_type else {"message": f"{active} child Job(s) active"}
     if cond_type == "Failed" and cond.get("reason") == "DeadlineExceeded":
         phase = "DeadlineExceeded"
+    message = cond.get("message") or cond.get("reason") or ""
+    if meta.get("deletionTimestamp"):  # foreground: its JobSet (owner reference blockOwnerDeletion) goes first
+        phase, message = "Terminating", "deleted; its JobSet, Jobs and pods are stopping"
     st = JobStatus(meta.get("name", "?"), meta.get("namespace", ""), backend, phase, kind="TrainJob")
-    st.message = cond.get("message") or cond.get("reason") or ""
+    st.message = message
     st.created = timestamp(meta.get("creationTimestamp"))
     deadline_s = spec.get("activeDeadlineSeconds")
     resumed_at = timestamp(resumed.get("lastTransitionTime")) if resumed and resumed.get("status") == "False" else None

@@ -25,11 +25,11 @@ from labkit.jobs import base
 from labkit.jobs.base import JOB_KINDS, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, check_kind
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
-    FATAL_EVENTS,
     KILL_SCRIPT,
     api_message,
     checkpoint_key_secret,
     exec_exit_code,
+    fatal_event,
     mpijob_deadline,
     mpijob_phase,
     object_path,
@@ -285,19 +285,20 @@ class KubernetesBackend(JobBackend):
         return jobs + [trainjob_status(o, self.name) for o in trainjobs]
 
     # -- readiness -------------------------------------------------------------------------------------------------
-    def _events(self, namespace: str, involved: str, reasons: frozenset | None = None) -> list[str]:
-        """The newest events about one object, as lines (a line saying so when events are not readable)."""
+    def _events(self, namespace: str, involved: str, keep=None) -> list[str]:
+        """The newest events about one object (those `keep(reason, message)` keeps), as lines (a line saying so when
+        events are not readable)."""
         selector, list_events = f"involvedObject.name={involved}", self._core().list_namespaced_event
         try:
             events = self._call("events", list_events, namespace, field_selector=selector).items
         except LabkitError as exc:
             return [f"    (events not readable: {exc})"]
-        events = [e for e in events if reasons is None or e.reason in reasons]
+        events = [e for e in events if keep is None or keep(e.reason or "", e.message or "")]
         events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
         return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
 
     def _diagnose(self, name: str, namespace: str, pods: list) -> str:
-        """The pods' states and events, after the operator's own events (ValidationError; FailedCreate: e.g. a pod
+        """The pods' states and events, after the operator's own events (ValidationError, MPIJobFailed: e.g. a pod
         the namespace's Pod Security level refused, which the operator and the Job controller only record there)."""
         events = [*self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
         lines = [f"MPIJob {name}:", *events] if events else []
@@ -321,7 +322,7 @@ class KubernetesBackend(JobBackend):
             if fatal and why is None:
                 why = f"cannot start: pod {pod.metadata.name}: {problem}"
         if why is None and job_events:  # pods the operator could not create: waiting will not help
-            refused = self._events(ns, name, FATAL_EVENTS) + self._events(ns, f"{name}-launcher", FATAL_EVENTS)
+            refused = self._events(ns, name, fatal_event) + self._events(ns, f"{name}-launcher", fatal_event)
             why = f"cannot start:\n{refused[-1].strip()}" if refused and "not readable" not in refused[-1] else None
         if why:
             raise JobNotReady(f"MPIJob {ns}/{name} {why}\n" + self._diagnose(name, ns, pods))

@@ -135,7 +135,7 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
 
 def check_pod_security(obj: dict, level: str) -> None:
     """ManifestError for the first pod field `level` refuses: the API server would accept the object and its
-    controller's pods would then be refused (FailedCreate events only)."""
+    controller's pods would then be refused (seen as events only)."""
     for path, pod in pod_templates(obj):
         found = pod_security.violations(pod, level)
         if found:

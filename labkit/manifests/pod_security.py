@@ -1,6 +1,6 @@
 """Pod Security Standards: what the namespace's `pod-security.kubernetes.io/enforce` level would refuse, checked
 before submit (the API server accepts an MPIJob or TrainingRuntime whatever its pod templates say; their pods are
-refused later, seen only as FailedCreate events), and by `labkit manifests validate`.
+refused later, seen only as events), and by `labkit manifests validate`.
 
 The rules follow kubernetes/kubernetes staging/src/k8s.io/pod-security-admission/policy/ (file per rule, named
 below); Windows-only and AppArmor-annotation rules are left out (the kit's pods are Linux, annotation-free).
