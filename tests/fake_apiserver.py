@@ -351,8 +351,10 @@ class FakeApiServer:
         slots = spec.get("slotsPerWorker", 1)
         etc = self.root / ns / name / "etc-mpi"
         etc.mkdir(parents=True, exist_ok=True)
+        # newConfigMap: "HOST slots=N" for OpenMPI, "HOST:N" for Intel and MPICH (which DeepSpeed's --hostfile refuses)
+        line = " slots={}" if spec.get("mpiImplementation", "OpenMPI") == "OpenMPI" else ":{}"
         (etc / "hostfile").write_text(
-            "".join(f"{name}-worker-{i}.{name}.{ns}.svc slots={slots}\n" for i in range(workers))
+            "".join(f"{name}-worker-{i}.{name}.{ns}.svc{line.format(slots)}\n" for i in range(workers))
         )
         for i in range(workers):  # getOrCreateWorker / newWorker: pods `<name>-worker-<i>` with a replica-index
             labels = {"training.kubeflow.org/replica-index": str(i)}
@@ -538,11 +540,13 @@ class FakeApiServer:
     def expire_deadline(self, ns: str, name: str) -> None:
         """The Job controller ends the launcher at its activeDeadlineSeconds (pkg/controller/job/job_controller.go:
         reason DeadlineExceeded, active pods deleted); the operator mirrors it as condition Failed/DeadlineExceeded
-        (mpi_job_controller_status.go / updateMPIJobFailedStatus). Workers go too (cleanPodPolicy Running)."""
+        (mpi_job_controller_status.go / updateMPIJobFailedStatus). The workers go only under cleanPodPolicy Running
+        or All (mpi_job_controller.go, isCleanUpPods); the CRD's default, None, leaves them holding their devices."""
         launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
         failed = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]
         launcher["status"].update(active=0, failed=1, completionTime=now_iso(), conditions=failed)
-        self.delete_job_pods(ns, name)
+        policy = (self._job(ns, name)["spec"].get("runPolicy") or {}).get("cleanPodPolicy", "None")
+        self.delete_job_pods(ns, name, ("launcher", "worker") if policy in ("Running", "All") else ("launcher",))
         self._job(ns, name)["status"]["conditions"].append(
             _condition("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
         )
@@ -556,8 +560,10 @@ class FakeApiServer:
         return [p for (pns, _), p in self.pods.items()
                 if pns == ns and p["metadata"]["labels"].get("training.kubeflow.org/job-name") == name]  # fmt: skip
 
-    def delete_job_pods(self, ns: str, name: str) -> None:
+    def delete_job_pods(self, ns: str, name: str, roles: tuple[str, ...] = ("launcher", "worker")) -> None:
         for pod in self._job_pods(ns, name):
+            if pod["metadata"]["labels"].get("training.kubeflow.org/job-role") not in roles:
+                continue
             del self.pods[(ns, pod["metadata"]["name"])]
             self._pod_event("DELETED", pod)
 

@@ -249,6 +249,21 @@ def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
     assert not api.pods  # ...and the controller creates nothing for it
     code, _ = raw(api, "POST", MPIJOB_PATH, job)
     assert code == 201 and wait_until(lambda: len(api.pods) == 3, timeout=5)  # MPICH: workers, then the launcher
+    hostfile = (api.root / "workloads" / "mpich" / "etc-mpi" / "hostfile").read_text()
+    assert hostfile.splitlines()[0] == "mpich-worker-0.mpich.workloads.svc:1"  # MPICH's form, not OpenMPI's slots=
+
+
+def test_a_deadline_under_clean_pod_policy_none_leaves_the_workers_for_list_stale(api, backend):
+    job = render_job(JobSpec(name="keep", workers=2))
+    job["spec"]["runPolicy"]["cleanPodPolicy"] = "None"  # the CRD's default (the kit's manifests say Running)
+    assert raw(api, "POST", MPIJOB_PATH, job)[0] == 201
+    backend.wait_ready("keep", timeout=20)
+    api.expire_deadline("workloads", "keep")
+    workers = sorted(name for _, name in api.pods)
+    assert workers == ["keep-worker-0", "keep-worker-1"]  # still holding their devices
+    (st,) = backend.list()
+    assert st.phase == "DeadlineExceeded" and st.past_deadline  # what `list --stale` flags
+    assert backend.delete("keep") is True and not api.pods
 
 
 def test_deadline_and_ttl_act_on_the_launcher_job_only_so_a_finished_name_stays_taken(api, backend):
