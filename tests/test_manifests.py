@@ -52,10 +52,13 @@ def container(replica):
 def test_overlay_renders_and_every_object_validates(accelerator, kind):
     objects = m.render_all(m.JobSpec(accelerator=accelerator), kind)
     kinds = [o["kind"] for o in objects]
-    assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
-    assert "PersistentVolumeClaim" in kinds
-    jobs = {"TrainJob", "TrainingRuntime"} if kind == "trainjob" else {"MPIJob"}  # the kit's runtime goes along
-    assert jobs <= set(kinds) and kinds.count("NetworkPolicy") == 3  # default deny, job pods, the lab
+    if kind == "trainjob":  # in the order listed (sortOptions fifo): the runtime before the TrainJob that names it
+        assert kinds[:5] == ["Namespace", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding"]
+        assert kinds[-2:] == ["TrainingRuntime", "TrainJob"]
+    else:
+        assert kinds[:4] == ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
+        assert "PersistentVolumeClaim" in kinds and "MPIJob" in kinds
+    assert kinds.count("NetworkPolicy") == 4  # default deny, MPIJob pods, Trainer's (JobSet) pods, the lab
     for obj in objects:
         m.validate_object(obj)  # raises on any problem
         own = m.NAMESPACES[accelerator]
@@ -426,6 +429,20 @@ def test_unsupported_kustomize_features_are_refused(tmp_path):
     (tmp_path / "pvc.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     with pytest.raises(m.ManifestError, match="namePrefix: not supported by labkit's renderer"):
         m.kustomize_build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: [pvc.yaml]\nsortOptions: {order: random}\n")
+    with pytest.raises(m.ManifestError, match="sortOptions: labkit's renderer reads only `order: legacy` or `order: f"):
+        m.kustomize_build(tmp_path)
+
+
+def test_sort_options_fifo_keeps_the_listed_order_as_kubectl_does(tmp_path):
+    for name in ("b", "a"):
+        (tmp_path / f"{name}.yaml").write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n")
+    (tmp_path / "kustomization.yaml").write_text("resources: [b.yaml, a.yaml]\n")
+    assert [o["metadata"]["name"] for o in m.kustomize_build(tmp_path)] == ["a", "b"]  # legacy: sorted by name
+    (tmp_path / "kustomization.yaml").write_text("resources: [b.yaml, a.yaml]\nsortOptions: {order: fifo}\n")
+    assert [o["metadata"]["name"] for o in m.kustomize_build(tmp_path)] == ["b", "a"]
+    if KUBECTL:
+        assert m.kustomize_build(tmp_path) == kubectl_kustomize(tmp_path)
 
 
 def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from kit_testing import fake_cluster
 
 from labkit import cluster
-from labkit.errors import LabkitError
+from labkit.cli import main
+from labkit.errors import ConfigError, LabkitError
 from labkit.manifests import JobSpec, render_all
 from labkit.manifests.render import _overlay_values
 
@@ -116,3 +117,51 @@ def test_the_kits_runtime_is_checked_against_trainers_own_crd_schema(change, pat
     with pytest.raises(ManifestError) as err:
         validate_object(broken)
     assert path in err.value.path or path in str(err.value)
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A NetworkPolicy podSelector (matchLabels, matchExpressions Exists/In) against a pod's labels."""
+    exprs = selector.get("matchExpressions", [])
+    matched = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for e in exprs:
+        matched &= e["key"] in labels if e["operator"] == "Exists" else labels.get(e["key"]) in e.get("values", [])
+    return matched
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvidia", "gaudi"])
+def test_trainers_pods_start_sshd_reach_each_other_and_schedule_on_tainted_nodes(accelerator):
+    """What Trainer builds from the kit's TrainJob on a real cluster: the image entrypoint runs on every node (it makes
+    sshd's host key; `command` would skip it and sshd exits), JobSet's pod labels let the ranks through the namespace's
+    NetworkPolicies (Trainer adds no training.kubeflow.org label), every rank pod tolerates its accelerator's taint
+    (the launcher runs as a node and gets resourcesPerNode), and no rank pod gets an API token."""
+    spec = JobSpec(accelerator=accelerator)
+    objects = render_all(spec, "trainjob")
+    trainjob, runtime = trainjob_and_runtime(spec)
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("TrainingRuntime") < kinds.index("TrainJob")  # Trainer's webhook refuses a TrainJob first
+    policies = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"]]
+    # kubernetes-sigs/jobset: every pod of a JobSet carries jobset.sigs.k8s.io/jobset-name (= the TrainJob's name)
+    jobset = {"jobset.sigs.k8s.io/jobset-name": trainjob["metadata"]["name"]}
+    taint = {"nvidia": "nvidia.com/gpu", "gaudi": "habana.ai/gaudi"}.get(accelerator)
+    for rjob in expand(trainjob, runtime):
+        pod = rjob["template"]["spec"]["template"]
+        labels = {**(pod.get("metadata") or {}).get("labels", {}), **jobset}
+        (container,) = pod["spec"]["containers"]
+        assert "command" not in container and container["args"], rjob["name"]
+        assert any(_selects(p["podSelector"], labels) and _selects(p["ingress"][0]["from"][0]["podSelector"], labels)
+                   for p in policies), rjob["name"]  # fmt: skip
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        if taint:
+            assert taint in {t["key"] for t in pod["spec"].get("tolerations", [])}, rjob["name"]
+    assert expand(trainjob, runtime)[1]["template"]["spec"]["template"]["spec"]["containers"][0]["args"][0] == "mpirun"
+
+
+def test_one_worker_is_refused_for_a_trainjob_and_job_only_refuses_an_image_the_nodes_would_not_run(capsys):
+    with pytest.raises(ConfigError) as err:
+        render_all(JobSpec(workers=1), "trainjob")
+    assert err.value.field == "workers" and "2 rank pods" in str(err.value)
+    render_all(JobSpec(workers=1), "batch")  # an MPIJob with one worker is fine
+    argv = ["manifests", "render", "--kind", "trainjob", "--job-only", "--trainjob-deadline", "no"]
+    assert main([*argv, "--image", "registry.example/me/ds:1"]) == 2
+    assert "image" in capsys.readouterr().err
+    assert main(argv) == 0 and "kind: TrainJob" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATORS
+from labkit.errors import ConfigError
 from labkit.manifests.pod_security import LEVELS
 
 # `render` options that set a JobSpec field: (flag, field, type, help).
@@ -62,6 +63,10 @@ def _render(args: argparse.Namespace) -> int:
     values = {field: getattr(args, field) for _, field, _, _ in _SPEC_OPTIONS if getattr(args, field) is not None}
     if args.no_hf_token:
         values["hf_token_secret"] = None
+    if args.job_only and args.kind == "trainjob" and args.image:  # Trainer's builder.go: trainer.image -> launcher
+        problem = "reaches only the TrainJob's launcher; its nodes run the image of the TrainingRuntime already there"
+        fix = "leave --image out, or render without --job-only so the runtime carries the image too"
+        raise ConfigError("image", problem, fix)
     values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     if args.trainjob_deadline == "auto":
         values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))

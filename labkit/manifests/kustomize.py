@@ -1,7 +1,8 @@
 """The kustomize subset manifests/ uses, so labkit renders without kubectl and exactly as `kubectl kustomize` does.
 
 Supported: resources (files, directories), components, inline RFC 6902 patches (through `jsonpatch`) with a target,
-`namespace`, `images` (name -> newName/newTag) and `configurations` that add image field paths. Anything else is
+`namespace`, `images` (name -> newName/newTag), `configurations` that add image field paths, and `sortOptions.order`
+(legacy or fifo; read from the top kustomization only, as kustomize does). Anything else is
 refused, so the files cannot drift from what kubectl renders (tests/test_manifests.py compares the two).
 """
 
@@ -18,7 +19,9 @@ import yaml
 
 from labkit.manifests.checks import ManifestError
 
-_KUSTOMIZATION_KEYS = set("apiVersion kind resources components patches namespace images configurations".split())
+_KUSTOMIZATION_KEYS = set(
+    "apiVersion kind resources components patches namespace images configurations sortOptions".split()
+)
 # Kinds without a namespace, which kustomize's namespace transformer leaves alone (a Namespace is renamed instead).
 _CLUSTER_SCOPED = {
     "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume", "PriorityClass",
@@ -53,7 +56,12 @@ def load_yaml(text: str, where: str = "(document)") -> list[dict]:
 
 def kustomize_build(directory: str | Path) -> list[dict]:
     """What `kubectl kustomize DIRECTORY` prints, for the kustomize features manifests/ uses."""
-    return sorted(_build(Path(directory)), key=_legacy_sort_key)
+    sort = _kustomization(Path(directory)).get("sortOptions") or {"order": "legacy"}
+    if not isinstance(sort, dict) or set(sort) != {"order"} or sort["order"] not in ("legacy", "fifo"):
+        where = str(Path(directory) / "kustomization.yaml")
+        raise ManifestError(where, "sortOptions", "labkit's renderer reads only `order: legacy` or `order: fifo`")
+    objects = _build(Path(directory))
+    return objects if sort["order"] == "fifo" else sorted(objects, key=_legacy_sort_key)
 
 
 def _legacy_sort_key(obj: dict) -> tuple:

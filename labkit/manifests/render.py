@@ -48,7 +48,7 @@ _FIELD_PATHS = {
     "TrainJob": {
         "workers": "spec.trainer.numNodes",
         "slots_per_worker": "spec.trainer.numProcPerNode",
-        "launcher_command": "spec.trainer.command",
+        "launcher_command": "spec.trainer.args",  # args, as above (Trainer sets them on the launcher's container)
     },
 }
 _WORKER_POD = "spec.mpiReplicaSpecs.Worker.template.spec"
@@ -205,6 +205,9 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
     """Every object `kubectl apply -k manifests/overlays/<accelerator>[/<kind>]` creates, with spec's parameters,
     checked as the cluster would check them."""
     spec.validate()
+    if kind == "trainjob" and spec.workers < 2:  # kubeflow/trainer plugins/mpi/mpi.go: max(numNodes - 1, 1) nodes
+        problem = f"a TrainJob on the kit's runtime runs the launcher as a node plus at least one node: {spec.workers}"
+        raise ConfigError("workers", problem + " would still start 2 rank pods", "pass workers=2 or more")
     objects = kustomize_build(overlay_dir(spec.accelerator, kind))
     for obj in objects:
         _apply_common(obj, spec)
