@@ -377,10 +377,7 @@ class FakeApiServer:
             return "spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: must be 1"
         if (replicas.get("Worker") or {}).get("replicas", 1) < 1:
             return "spec.mpiReplicaSpecs[Worker].replicas: Invalid value: must be >= 1"
-        impl = spec.get("mpiImplementation", "OpenMPI")
-        if impl not in ("OpenMPI", "Intel", "MPICH"):
-            return f'spec.mpiImplementation: Unsupported value: "{impl}": supported values: "OpenMPI", "Intel", "MPICH"'
-        return None
+        return None  # (mpiImplementation's values are the CRD's enum: the API server refuses others, see _invalid)
 
     def _operator_pod(self, job: dict, replica: str, pod_name: str, labels: dict) -> dict | None:
         """A pod the operator (a worker) or the launcher Job's controller asks for: the namespace's Pod Security
@@ -885,9 +882,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _invalid(job: dict) -> str | None:
-        """The MPIJob CRD's structural schema (kubeflow.org_mpijobs.yaml): spec.mpiReplicaSpecs is required."""
-        if not isinstance((job.get("spec") or {}).get("mpiReplicaSpecs"), dict):
+        """The MPIJob CRD's structural schema (kubeflow.org_mpijobs.yaml): spec.mpiReplicaSpecs is required, and
+        mpiImplementation is an enum (OpenMPI, Intel, MPICH)."""
+        spec = job.get("spec") or {}
+        if not isinstance(spec.get("mpiReplicaSpecs"), dict):
             return "spec.mpiReplicaSpecs: Required value"
+        impl = spec.get("mpiImplementation", "OpenMPI")
+        if impl not in ("OpenMPI", "Intel", "MPICH"):
+            return f'spec.mpiImplementation: Unsupported value: "{impl}": supported values: "OpenMPI", "Intel", "MPICH"'
         return None
 
     def _pods_matching(self, ns: str, selector: str | None) -> list[dict]:

@@ -249,6 +249,9 @@ def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
     assert not api.pods  # ...and the controller creates nothing for it
     code, _ = raw(api, "POST", MPIJOB_PATH, job)
     assert code == 201 and wait_until(lambda: len(api.pods) == 3, timeout=5)  # MPICH: workers, then the launcher
+    bad["spec"]["mpiImplementation"], bad["metadata"]["name"] = "MVAPICH", "mvapich"  # the CRD's enum: a 422
+    code, reply = raw(api, "POST", MPIJOB_PATH, bad)
+    assert code == 422 and 'spec.mpiImplementation: Unsupported value: "MVAPICH"' in reply["message"]
     hostfile = (api.root / "workloads" / "mpich" / "etc-mpi" / "hostfile").read_text()
     assert hostfile.splitlines()[0] == "mpich-worker-0.mpich.workloads.svc:1"  # MPICH's form, not OpenMPI's slots=
 
