@@ -435,7 +435,7 @@ class FakeApiServer:
                 found.append(f'privileged (container "{c["name"]}" must not set securityContext.privileged=true)')
             added = (ctx.get("capabilities") or {}).get("add") or []
             extra = [cap for cap in added if cap not in BASELINE_CAPABILITIES]
-            if extra:
+            if extra and level == "baseline":  # restricted's capability check overrides this one (OverrideCheckIDs)
                 caps = ", ".join(f'"{cap}"' for cap in extra)
                 found.append(f'non-default capabilities (container "{c["name"]}" must not include {caps} in '
                              "securityContext.capabilities.add)")  # fmt: skip
@@ -445,17 +445,29 @@ class FakeApiServer:
             if any(set(v) - {"name"} - allowed for v in pod_spec.get("volumes") or []):
                 found.append("restricted volume types")
             pod_seccomp = (pod_ctx.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+            if pod_ctx.get("runAsUser") == 0:  # check_runAsUser.go
+                found.append("runAsUser=0 (pod must not set runAsUser=0)")
             for c in pod_spec.get("containers", []):
                 ctx, name = c.get("securityContext") or {}, c["name"]
                 if ctx.get("allowPrivilegeEscalation") is not False:
                     found.append(f'allowPrivilegeEscalation != false (container "{name}" must set '
                                  "securityContext.allowPrivilegeEscalation=false)")  # fmt: skip
-                if "ALL" not in ((ctx.get("capabilities") or {}).get("drop") or []):
-                    found.append(f'unrestricted capabilities (container "{name}" must set '
-                                 'securityContext.capabilities.drop=["ALL"])')  # fmt: skip
+                # check_capabilities_restricted.go: drop ALL, add nothing but NET_BIND_SERVICE; one reason, details
+                # joined by "; "
+                caps, details = ctx.get("capabilities") or {}, []
+                if "ALL" not in (caps.get("drop") or []):
+                    details.append(f'container "{name}" must set securityContext.capabilities.drop=["ALL"]')
+                added = sorted({cap for cap in caps.get("add") or [] if cap != "NET_BIND_SERVICE"})
+                if added:
+                    listed = ", ".join(f'"{cap}"' for cap in added)
+                    details.append(f'container "{name}" must not include {listed} in securityContext.capabilities.add')
+                if details:
+                    found.append(f"unrestricted capabilities ({'; '.join(details)})")
                 if not ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
                     found.append(f'runAsNonRoot != true (pod or container "{name}" must set '
                                  "securityContext.runAsNonRoot=true)")  # fmt: skip
+                if ctx.get("runAsUser") == 0:  # check_runAsUser.go
+                    found.append(f'runAsUser=0 (container "{name}" must not set runAsUser=0)')
                 if not (
                     pod_seccomp or (ctx.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
                 ):

@@ -43,6 +43,10 @@ ATTACKS = {
     "privileged": lambda pod: pod["containers"][0]["securityContext"].update(privileged=True),
     "hostNetwork": lambda pod: pod.update(hostNetwork=True),
     "SYS_ADMIN": lambda pod: pod["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+    # in the runtime's default set: baseline admits it, restricted allows only NET_BIND_SERVICE to be added
+    "CHOWN": lambda pod: pod["containers"][0]["securityContext"]["capabilities"].update(add=["CHOWN"]),
+    "uid 0": lambda pod: pod["containers"][0]["securityContext"].update(runAsUser=0),
+    "pod uid 0": lambda pod: pod["securityContext"].update(runAsUser=0),
     "escalation": lambda pod: pod["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
     "root": lambda pod: pod["securityContext"].update(runAsNonRoot=False),
     "no seccomp": lambda pod: pod["securityContext"].pop("seccompProfile"),
