@@ -30,6 +30,9 @@ from labkit.procs import RankExits, own_tmpdir, stop_tree
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a MASTER_ADDR that says every rank runs on this machine
 MPI_LAUNCHERS = ("openmpi", "mpirun")
+# Programs that start ranks when a job exec runs them (a local exec checks their count against the devices here; a
+# failed one gets the one-line rank diagnosis on either backend).
+RANK_STARTERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
 BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
@@ -277,6 +280,10 @@ def failure_summary(output: str, first_failure: tuple[int, str | None] | None = 
 
 def likely_cause(output: str) -> str | None:
     return next((cause for pattern, cause in CAUSES if re.search(pattern, output)), None)
+
+
+def starts_ranks(argv: list[str]) -> bool:
+    return Path(argv[0]).name in RANK_STARTERS or "deepspeed.launcher.runner" in argv
 
 
 def deadline_text(seconds: float) -> str:

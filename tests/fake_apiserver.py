@@ -23,6 +23,7 @@ Implemented (only what the kit's job backend uses):
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
@@ -177,6 +178,7 @@ class FakeApiServer:
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
+        self.execs_in: dict[tuple[str, str], list[subprocess.Popen]] = {}  # (ns, pod) -> the commands exec'd there
         self.exec_protocols: list[str] = []  # the subprotocol each exec negotiated
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
         self.kubeconfig = str(self.root / "kubeconfig")
@@ -546,14 +548,30 @@ class FakeApiServer:
             )
             self.add_event(ns, pname, "Warning", "FailedScheduling", msg)
 
-    def expire_deadline(self, ns: str, name: str) -> None:
-        """The Job controller ends the launcher at its activeDeadlineSeconds (pkg/controller/job/job_controller.go:
-        reason DeadlineExceeded, active pods deleted); the operator mirrors it as condition Failed/DeadlineExceeded
+    def expire_deadline(self, ns: str, name: str, *, settle: bool = True) -> None:
+        """The Job controller ends the launcher at its activeDeadlineSeconds in two steps where JobPodReplacementPolicy
+        or JobManagedBy is on (beta, on by default, from 1.29/1.32: kubernetes pkg/controller/job/job_controller.go,
+        newFailureCondition and delayTerminalCondition): condition FailureTarget/DeadlineExceeded and the active pod
+        deleted at once (its container's processes, exec'd commands among them, killed with it), Failed only once that
+        pod is gone. The operator mirrors only Failed (mpi-operator pkg/controller/mpi_job_controller.go, isJobFailed),
+        so until then the MPIJob still says Running. settle=False stops between the two steps."""
+        launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
+        message = "Job was active longer than specified deadline"
+        launcher["status"]["conditions"] = [
+            {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded", "message": message}
+        ]
+        self.delete_job_pods(ns, name, ("launcher",))
+        if settle:
+            self.settle_deadline(ns, name)
+
+    def settle_deadline(self, ns: str, name: str) -> None:
+        """The second step: the launcher Job Failed, and the MPIJob Failed/DeadlineExceeded
         (mpi_job_controller_status.go / updateMPIJobFailedStatus). The workers go only under cleanPodPolicy Running
         or All (mpi_job_controller.go, isCleanUpPods); the CRD's default, None, leaves them holding their devices."""
         launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
-        failed = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]
-        launcher["status"].update(active=0, failed=1, completionTime=now_iso(), conditions=failed)
+        conditions = launcher["status"]["conditions"]
+        conditions.append({**conditions[0], "type": "Failed"})
+        launcher["status"].update(active=0, failed=1, completionTime=now_iso())
         policy = (self._job(ns, name)["spec"].get("runPolicy") or {}).get("cleanPodPolicy", "None")
         self.delete_job_pods(ns, name, ("launcher", "worker") if policy in ("Running", "All") else ("launcher",))
         self._job(ns, name)["status"]["conditions"].append(
@@ -575,6 +593,9 @@ class FakeApiServer:
                 continue
             del self.pods[(ns, pod["metadata"]["name"])]
             self._pod_event("DELETED", pod)
+            for proc in self.execs_in.pop((ns, pod["metadata"]["name"]), []):  # the container's processes die with it
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     def collect_dependents(self, owner: dict) -> None:
         """The garbage collector: an object whose owners are all gone (here: its one owner) is deleted
@@ -1040,6 +1061,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._close_ws(send_lock)
             return
         fake.exec_procs.append(proc)
+        fake.execs_in.setdefault((ns, pod_name), []).append(proc)
 
         def pump(stream, channel: int) -> None:
             for chunk in iter(lambda: stream.read1(4096), b""):
@@ -1052,6 +1074,7 @@ class _Handler(BaseHTTPRequestHandler):
         for r in readers:
             r.start()
         code = proc.wait()
+        code = 128 - code if code < 0 else code  # a signal's death as the runtime reports it (SIGKILL: 137)
         for r in readers:
             r.join(timeout=5)
         if code == 0:
@@ -1062,7 +1085,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "status": "Failure",
                 "message": f"command terminated with non-zero exit code: exit status {code}",
                 "reason": "NonZeroExitCode",
-                "details": {"causes": [{"reason": "ExitCode", "message": str(code if code > 0 else 128 - code)}]},
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
             }
         send(3, json.dumps(status).encode())
         self._close_ws(send_lock)

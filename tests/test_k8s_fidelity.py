@@ -281,6 +281,41 @@ def test_deadline_and_ttl_act_on_the_launcher_job_only_so_a_finished_name_stays_
     assert job.delete() is True and backend.list() == []
 
 
+def test_a_deadline_during_an_exec_ends_it_and_says_it_was_the_deadline(api, backend):
+    """The Job controller's FailureTarget deletes the launcher pod (the exec'd training dies with it) before the
+    operator marks the MPIJob Failed: the exec names the deadline and the job shows DeadlineExceeded meanwhile."""
+    job = backend.submit(JobSpec(name="demo", workers=1, deadline_seconds=600))
+    job.wait_ready(timeout=20)
+    timer = threading.Timer(1.0, lambda: api.expire_deadline("workloads", "demo", settle=False))
+    timer.start()
+    try:
+        result = job.run(["sleep", "60"])
+    finally:
+        timer.cancel()
+    assert result.returncode == 137 and result.duration_s < 15  # SIGKILLed with its container, not after 60 s
+    assert result.failure == "stopped by its deadline after 10 min"
+    conditions = api._job("workloads", "demo")["status"]["conditions"]
+    assert not any(c["type"] == "Failed" for c in conditions)  # the operator has not seen the Job's Failed yet
+    status = job.status()
+    assert status.phase == "DeadlineExceeded" and status.past_deadline and not status.ready
+    api.settle_deadline("workloads", "demo")
+    assert job.status().phase == "DeadlineExceeded" and not api.pods
+
+
+def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
+    """The same one-line diagnosis as a local exec: the rank, its error (from the exec's own output)."""
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    mpirun = tmp_path / "mpirun"  # a stand-in launcher whose rank 1 reports its error the way kit ranks do
+    mpirun.write_text("#!/bin/sh\necho 'LABKIT_RANK_ERROR rank=1 RuntimeError: CUDA out of memory' >&2\nexit 3\n")
+    mpirun.chmod(0o755)
+    result = job.run([str(mpirun), "-n", "2", "python", "train.py"])
+    assert result.returncode != 0
+    assert result.failure.startswith("rank 1 failed") and "CUDA out of memory" in result.failure, result.output
+    plain = job.run(["sh", "-c", "exit 4"])  # a command that starts no ranks: its exit code, no diagnosis
+    assert plain.returncode == 4 and plain.failure == ""
+
+
 def test_foreground_deletion_keeps_the_job_until_its_pods_are_gone(api, backend):
     api.grace_s = 1.5  # the launcher's `sleep infinity` ignores SIGTERM: it takes its whole grace period
     job = backend.submit(JobSpec(name="demo", workers=1))

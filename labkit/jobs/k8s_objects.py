@@ -141,6 +141,17 @@ def unreachable(what: str, exc: Exception) -> LabkitError:
     )
 
 
+def launcher_deadline_exceeded(launcher: dict | None) -> str | None:
+    """The message of the launcher Job's true DeadlineExceeded condition, else None. From Kubernetes 1.29 the Job
+    controller first sets FailureTarget (deleting the launcher pod, the exec'd training with it) and Failed only once
+    that pod is gone (pkg/controller/job/job_controller.go, delayTerminalCondition); the operator mirrors only
+    Failed (isJobFailed), so for that while the MPIJob itself still says Running."""
+    for cond in ((launcher or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("reason") == "DeadlineExceeded" and cond.get("status") == "True":
+            return cond.get("message") or "DeadlineExceeded"
+    return None
+
+
 def mpijob_deadline(job: dict, launcher: dict | None, created: float | None) -> tuple[float | None, str]:
     """(deadline, note for a Pending job) of an MPIJob. The MPI Operator puts runPolicy.activeDeadlineSeconds on the
     launcher Job (kubeflow/mpi-operator pkg/controller/mpi_job_controller.go, newLauncherJob), so the deadline counts

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from labkit import cluster, kube, manifests, shared_volume
+from labkit import cluster, kube, launch, manifests, shared_volume
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
 from labkit.jobs import base
@@ -30,6 +30,7 @@ from labkit.jobs.k8s_objects import (
     checkpoint_key_secret,
     exec_exit_code,
     fatal_event,
+    launcher_deadline_exceeded,
     mpijob_deadline,
     mpijob_phase,
     object_path,
@@ -238,6 +239,9 @@ class KubernetesBackend(JobBackend):
         activeDeadlineSeconds on it); without it the job has no deadline running yet."""
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         phase, message = mpijob_phase(obj)
+        ended = launcher_deadline_exceeded(launcher)
+        if ended and phase in ("Pending", "Running"):  # the Job controller's FailureTarget: the operator lags behind
+            phase, message = "DeadlineExceeded", ended
         if meta.get("deletionTimestamp"):
             phase, message = "Terminating", "deleted; its pods are stopping"
         st = JobStatus(meta.get("name", "?"), meta.get("namespace", self.namespace), self.name, phase, message=message)
@@ -419,16 +423,23 @@ class KubernetesBackend(JobBackend):
         except ApiException as exc:
             raise LabkitError(f"exec in {pod.metadata.name} failed to start: {exc.reason}") from None
         end = None if timeout is None else time.monotonic() + timeout
+        chunks: list[str] = []
+
+        def collect(text: str) -> None:
+            chunks.append(text)
+            if on_output:
+                on_output(text)
+
         try:
             while ws.is_open():
                 ws.update(timeout=0.5)
-                self._drain(ws, on_output)
+                self._drain(ws, collect)
                 if end is not None and time.monotonic() > end:
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped"
                     )
-            self._drain(ws, on_output)
-            return exec_exit_code(ws.read_channel(ERROR_CHANNEL))
+            self._drain(ws, collect)
+            raw = ws.read_channel(ERROR_CHANNEL)
         except BaseException:
             # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
             with interrupts_deferred():
@@ -438,6 +449,37 @@ class KubernetesBackend(JobBackend):
                     with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
                         self._stream(pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
             raise
+        return self._exec_end(name, ns, argv, "".join(chunks), raw, on_output or (lambda _text: None))
+
+    def _exec_end(self, name: str, ns: str, argv: list[str], output: str, raw: str | None, say) -> int:
+        """The exit code; for a failure also the one line on why (`say`s it, EXEC_TAG first): the deadline (the Job
+        controller deleted the launcher pod and the exec with it, so the stream may end without a status), else for a
+        command that started ranks the rank that failed first and its error."""
+        try:
+            code, lost = exec_exit_code(raw), None
+        except LabkitError as exc:  # no exit status: the connection or the pod is gone
+            code, lost = 137, exc
+        if code == 0:
+            return 0
+        killed = lost is not None or code in (137, 143)  # SIGKILL, SIGTERM: perhaps the pod going at the deadline
+        launcher, tries = None, 6 if killed else 1
+        for attempt in range(tries):  # the Job controller records it as it deletes the pod: allow it a moment
+            with contextlib.suppress(LabkitError):
+                launcher = self._launcher_job(name, ns)
+            ended = launcher_deadline_exceeded(launcher)
+            if ended or attempt == tries - 1:
+                break
+            time.sleep(0.5)
+        if ended:
+            seconds = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
+            why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
+        elif lost is not None:
+            raise lost
+        else:
+            why = launch.describe_failure(output, code) if launch.starts_ranks(argv) else ""
+        if why:
+            say(f"{base.EXEC_TAG}{why}\n")
+        return code
 
     @staticmethod
     def _drain(ws, on_output: base.OutputCallback | None) -> None:

@@ -45,8 +45,6 @@ from labkit.procs import interrupts_deferred
 
 LOCAL_KIND_FIX = "leave it out: local jobs are MPIJobs (TrainJobs run on a cluster: --backend kubernetes)"
 MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
-# Commands that start ranks (checked against the devices here).
-LAUNCHERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
 # The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
 # probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
 SSH_SHIM = """#!/bin/sh
@@ -262,7 +260,7 @@ class LocalBackend(JobBackend):
             problem = f"local job {st.namespace}/{name} is {st.phase} {st.message}: cannot exec"
             raise JobNotReady(f"{problem}; wait_ready() first or submit it again")
         cmd = map_paths(list(argv), d)
-        starts_ranks = Path(cmd[0]).name in LAUNCHERS or "deepspeed.launcher.runner" in cmd
+        starts_ranks = launch.starts_ranks(cmd)
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
