@@ -54,6 +54,11 @@ CAUSES = (  # (a pattern in a failed run's output, the likely cause)
     (MORE_RANKS_THAN_DEVICES, "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)"),
     (r"EADDRINUSE|[Aa]ddress already in use", "a port in use (another run holds the master port)"),
     (r"Error building extension|ninja: build stopped|failed to build", "a DeepSpeed op failed to build"),
+    (  # torch.OutOfMemoryError on CUDA, the CPU allocator's RuntimeError
+        r"OutOfMemoryError|[Oo]ut of memory|can't allocate memory",
+        "the device ran out of memory (a smaller micro-batch, a higher ZeRO stage or offload; notebook 05 shows where "
+        "the memory goes)",
+    ),
 )
 
 

@@ -195,6 +195,27 @@ def test_a_rank_killed_without_a_word_is_named_with_its_signal(launcher, victim,
     assert err.value.failed_rank == victim and not kit_processes()
 
 
+@pytest.mark.slow
+def test_a_rank_out_of_device_memory_is_named_with_the_allocators_error_and_the_cause():
+    """A real out-of-memory error (CUDA's caching allocator on a GPU machine, the CPU allocator here), not a drill
+    string: the rank, the allocator's words and what to change, within the dead-rank grace."""
+    device = "cuda" if devices.pick_device("auto") == "cuda" else "cpu"
+    world = devices.device_count("cuda") if device == "cuda" else 2
+    victim = world - 1
+    start = time.monotonic()
+    spec = launch.LaunchSpec(script=SCRIPT, args=["--oom-rank", str(victim), "--device", device], world_size=world,
+                             device=device)  # fmt: skip
+    with pytest.raises(LaunchError) as err:
+        launch.run(spec, timeout=180)
+    message = str(err.value)
+    assert time.monotonic() - start < 60, message
+    words = "OutOfMemoryError: CUDA out of memory" if device == "cuda" else "can't allocate memory"
+    assert message.startswith(f"rank {victim} failed (exit code 1): ") and words in message, message
+    assert message.endswith("likely cause: the device ran out of memory (a smaller micro-batch, a higher ZeRO stage "
+                            "or offload; notebook 05 shows where the memory goes)"), message  # fmt: skip
+    assert err.value.failed_rank == victim and not kit_processes()
+
+
 def test_one_line_names_the_rank_the_cause_and_the_deadline():
     out = "LABKIT_RANK_ERROR rank=1 RuntimeError: bind: EADDRINUSE\n"
     assert launch.describe_failure(out, 1) == (

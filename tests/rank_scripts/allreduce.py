@@ -1,5 +1,6 @@
 """A minimal rank script for launcher tests: init DeepSpeed's comm, all-reduce, optionally fail (before or after the
-rendezvous), die without a word (a signal, as the OOM killer or a segfault ends a rank) or hang."""
+rendezvous), run out of device memory, die without a word (a signal, as the OOM killer or a segfault ends a rank) or
+hang."""
 
 import argparse
 import os
@@ -16,6 +17,7 @@ parser.add_argument(
     "--kill-rank", type=int, default=-1, help="this rank sends itself --kill-signal after the all-reduce"
 )
 parser.add_argument("--kill-signal", type=int, default=int(signal.SIGKILL))
+parser.add_argument("--oom-rank", type=int, default=-1, help="this rank asks for more memory than its device has")
 parser.add_argument("--hang", type=float, default=0.0)
 parser.add_argument("--listeners", action="store_true", help="print the TCP addresses this rank listens on")
 parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -44,6 +46,9 @@ with rank_guard():
         print(f"rank {rank} store port {port} listens on {where}", flush=True)
     if rank == args.kill_rank:
         os.kill(os.getpid(), args.kill_signal)
+    if rank == args.oom_rank:  # the allocator's own error (not the kernel's OOM killer: that is --kill-rank's SIGKILL)
+        most = torch.cuda.get_device_properties(t.device).total_memory if args.device == "cuda" else 2**59
+        torch.empty(2 * most, dtype=torch.uint8, device=t.device)
     dist.barrier()
     if args.hang:
         time.sleep(args.hang)
