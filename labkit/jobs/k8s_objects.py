@@ -48,6 +48,7 @@ def fatal_event(reason: str, message: str) -> bool:
     return reason in FATAL_EVENTS
 
 
+LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"  # the operator's pod labels
 # An MPIJob's newest true condition as the job's phase.
 PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
 # A TrainJob's true conditions as its phase, the first listed wins (DeadlineExceeded: a Failed with that reason).
@@ -166,6 +167,33 @@ def mpijob_deadline(job: dict, launcher: dict | None, created: float | None) -> 
     if own and created and time.time() > created + float(own):
         return created + float(own), "; never started within its deadline (no launcher Job, so nothing will stop it)"
     return None, "; no deadline yet: it starts with the launcher, once every worker is Ready"
+
+
+def mpijob_status(obj: dict, backend: str, namespace: str, pods: list | None = None, launcher=None) -> JobStatus:
+    """An MPIJob in JobStatus words; ready when the launcher pod and every worker pod are Ready. launcher: the launcher
+    Job, whose start the deadline counts from (the operator puts runPolicy's activeDeadlineSeconds on it); without it
+    the job has no deadline running yet."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    phase, message = mpijob_phase(obj)
+    ended = launcher_deadline_exceeded(launcher)
+    if ended and phase in ("Pending", "Running"):  # the Job controller's FailureTarget: the operator lags behind
+        phase, message = "DeadlineExceeded", ended
+    if meta.get("deletionTimestamp"):
+        phase, message = "Terminating", "deleted; its pods are stopping"
+    st = JobStatus(meta.get("name", "?"), meta.get("namespace", namespace), backend, phase, message=message)
+    st.created = timestamp(meta.get("creationTimestamp"))
+    if launcher is not None or phase == "Pending":
+        st.deadline, note = mpijob_deadline(obj, launcher, st.created)
+        st.message += note
+    st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
+    st.slots_per_worker = spec.get("slotsPerWorker")
+    if pods is not None:
+        roles = [(p.metadata.labels or {}).get(LABEL_ROLE) for p in pods if pod_ready(p)]
+        enough = "launcher" in roles and roles.count("worker") >= (st.workers or 0)
+        st.ready = phase in ("Running", "Pending") and enough
+        if st.ready:
+            st.phase, st.message = "Running", f"launcher and {st.workers or 0} worker(s) ready"
+    return st
 
 
 def trainjob_status(obj: dict, backend: str) -> JobStatus:

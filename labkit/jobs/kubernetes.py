@@ -26,17 +26,17 @@ from labkit.jobs.base import JOB_KINDS, Job, JobBackend, JobNotFound, JobNotRead
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     KILL_SCRIPT,
+    LABEL_JOB,
+    LABEL_ROLE,
     api_message,
     checkpoint_key_secret,
     exec_exit_code,
     fatal_event,
     launcher_deadline_exceeded,
-    mpijob_deadline,
-    mpijob_phase,
+    mpijob_status,
     object_path,
     pod_problem,
     pod_ready,
-    timestamp,
     trainjob_status,
     unreachable,
 )
@@ -44,7 +44,6 @@ from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
 TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
-LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"
 # The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
 KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
@@ -234,31 +233,6 @@ class KubernetesBackend(JobBackend):
             return self._call(f"launcher Job of {ns}/{name}", self._rest, "GET", path)
         return None
 
-    def _status_of(self, obj: dict, pods: list | None = None, launcher: dict | None = None) -> JobStatus:
-        """launcher: the launcher Job, whose start the deadline counts from (the operator puts runPolicy's
-        activeDeadlineSeconds on it); without it the job has no deadline running yet."""
-        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        phase, message = mpijob_phase(obj)
-        ended = launcher_deadline_exceeded(launcher)
-        if ended and phase in ("Pending", "Running"):  # the Job controller's FailureTarget: the operator lags behind
-            phase, message = "DeadlineExceeded", ended
-        if meta.get("deletionTimestamp"):
-            phase, message = "Terminating", "deleted; its pods are stopping"
-        st = JobStatus(meta.get("name", "?"), meta.get("namespace", self.namespace), self.name, phase, message=message)
-        st.created = timestamp(meta.get("creationTimestamp"))
-        if launcher is not None or phase == "Pending":
-            st.deadline, note = mpijob_deadline(obj, launcher, st.created)
-            st.message += note
-        st.workers = ((spec.get("mpiReplicaSpecs") or {}).get("Worker") or {}).get("replicas")
-        st.slots_per_worker = spec.get("slotsPerWorker")
-        if pods is not None:
-            roles = [(p.metadata.labels or {}).get(LABEL_ROLE) for p in pods if pod_ready(p)]
-            enough = "launcher" in roles and roles.count("worker") >= (st.workers or 0)
-            st.ready = phase in ("Running", "Pending") and enough
-            if st.ready:
-                st.phase, st.message = "Running", f"launcher and {st.workers or 0} worker(s) ready"
-        return st
-
     def _find(self, name: str, ns: str, kind: str | None = None) -> tuple[str, dict]:
         """(kind, object) of the job of that name and kind; with None the MPIJob or the TrainJob, never a guess."""
         kinds, found = ([kind] if check_kind(kind) else list(JOB_KINDS)), {}
@@ -277,12 +251,15 @@ class KubernetesBackend(JobBackend):
         kind, obj = self._find(check_job_name(name), ns, kind)
         if kind == "TrainJob":
             return trainjob_status(obj, self.name)
-        return self._status_of(obj, self._pods(name, ns).items, self._launcher_job(name, ns))
+        return mpijob_status(obj, self.name, self.namespace, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
         """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed: its API answers 404)."""
         found = [(o, o["metadata"]) for o in self._kubeflow_job("GET", namespace or self.namespace).get("items", [])]
-        jobs = [self._status_of(o, None, self._launcher_job(m["name"], m["namespace"])) for o, m in found]
+        jobs = [
+            mpijob_status(o, self.name, self.namespace, None, self._launcher_job(m["name"], m["namespace"]))
+            for o, m in found
+        ]
         trainjobs = []
         with contextlib.suppress(JobNotFound):
             trainjobs = self._kubeflow_job("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
@@ -354,7 +331,7 @@ class KubernetesBackend(JobBackend):
             obj = self._kubeflow_job("GET", ns, name)
             listing = self._pods(name, ns)
             pods = {p.metadata.name: p for p in listing.items}
-            st = self._status_of(obj, list(pods.values()))
+            st = mpijob_status(obj, self.name, self.namespace, list(pods.values()))
             if st.ready:
                 return self.status(name, namespace=ns, kind="MPIJob")
             some_missing = len(pods) < (st.workers or 1) + 1  # the operator may be refused pods: ask its events
@@ -378,7 +355,7 @@ class KubernetesBackend(JobBackend):
                     pods[pod.metadata.name] = pod
                     if event["type"] == "DELETED":
                         del pods[pod.metadata.name]
-                    st = self._status_of(obj, list(pods.values()))
+                    st = mpijob_status(obj, self.name, self.namespace, list(pods.values()))
                     if st.ready:
                         return self.status(name, namespace=ns, kind="MPIJob")
                     self._raise_if_hopeless(name, ns, st, list(pods.values()))
