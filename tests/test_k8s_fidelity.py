@@ -302,6 +302,19 @@ def test_a_deadline_during_an_exec_ends_it_and_says_it_was_the_deadline(api, bac
     assert job.status().phase == "DeadlineExceeded" and not api.pods
 
 
+def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    timer = threading.Timer(1.0, lambda: get_backend("kubernetes", kubeconfig=api.kubeconfig).delete("demo"))
+    timer.start()  # another process (`labkit job delete demo`) while the exec runs
+    try:
+        result = job.run(["sleep", "60"])
+    finally:
+        timer.join()
+    assert result.returncode == 137 and result.duration_s < 15
+    assert result.failure == "stopped: MPIJob workloads/demo was deleted while it ran"
+
+
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
     """The same one-line diagnosis as a local exec: the rank, its error (from the exec's own output)."""
     job = backend.submit(JobSpec(name="demo", workers=1))

@@ -429,14 +429,13 @@ class KubernetesBackend(JobBackend):
         return self._exec_end(name, ns, argv, "".join(chunks), raw, on_output or (lambda _text: None))
 
     def _exec_end(self, name: str, ns: str, argv: list[str], output: str, raw: str | None, say) -> int:
-        """The exit code; for a failure also the one line on why (`say`s it, EXEC_TAG first): the deadline (the Job
-        controller deleted the launcher pod and the exec with it, so the stream may end without a status), else for a
-        command that started ranks the rank that failed first and its error."""
+        """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline or a deletion
+        (the launcher pod went, the exec with it: 137, or no status at all), else the first failed rank, its error."""
         try:
             code, lost = exec_exit_code(raw), None
         except LabkitError as exc:  # no exit status: the connection or the pod is gone
             code, lost = 137, exc
-        if code == 0:
+        if not code:
             return 0
         killed = lost is not None or code in (137, 143)  # SIGKILL, SIGTERM: perhaps the pod going at the deadline
         launcher, tries = None, 6 if killed else 1
@@ -450,6 +449,8 @@ class KubernetesBackend(JobBackend):
         if ended:
             seconds = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
             why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
+        elif killed and self._deleted(name, ns):
+            why = f"stopped: MPIJob {ns}/{name} was deleted while it ran"
         elif lost is not None:
             raise lost
         else:
@@ -457,6 +458,11 @@ class KubernetesBackend(JobBackend):
         if why:
             say(f"{base.EXEC_TAG}{why}\n")
         return code
+
+    def _deleted(self, name: str, ns: str) -> bool:
+        with contextlib.suppress(JobNotFound):  # gone, or going (foreground deletion: its pods first)
+            return bool(self._kubeflow_job("GET", ns, name)["metadata"].get("deletionTimestamp"))
+        return True
 
     @staticmethod
     def _drain(ws, on_output: base.OutputCallback | None) -> None:
