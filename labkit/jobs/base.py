@@ -88,6 +88,18 @@ class ExecResult:
         return lines[-1][len(EXEC_TAG) :] if lines else ""
 
 
+def collecting(on_output: OutputCallback | None) -> tuple[list[str], OutputCallback]:
+    """(the chunks seen so far, a sink that keeps each chunk and passes it on to on_output, if any)."""
+    chunks: list[str] = []
+
+    def collect(text: str) -> None:
+        chunks.append(text)
+        if on_output:
+            on_output(text)
+
+    return chunks, collect
+
+
 def print_output(text: str) -> None:
     """The default exec output sink: stdout, flushed, so a notebook shows it live."""
     sys.stdout.write(text)
@@ -167,13 +179,7 @@ class Job:
 
     def run(self, argv: list[str], on_output: OutputCallback | None = None, timeout: float | None = None) -> ExecResult:
         """exec() that also returns the combined output."""
-        chunks: list[str] = []
-
-        def collect(text: str) -> None:
-            chunks.append(text)
-            if on_output:
-                on_output(text)
-
+        chunks, collect = collecting(on_output)
         start = time.monotonic()
         code = self.exec(argv, on_output=collect, timeout=timeout)
         return ExecResult(code, "".join(chunks), time.monotonic() - start, list(argv))

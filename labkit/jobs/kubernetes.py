@@ -400,13 +400,7 @@ class KubernetesBackend(JobBackend):
         except ApiException as exc:
             raise LabkitError(f"exec in {pod.metadata.name} failed to start: {exc.reason}") from None
         end = None if timeout is None else time.monotonic() + timeout
-        chunks: list[str] = []
-
-        def collect(text: str) -> None:
-            chunks.append(text)
-            if on_output:
-                on_output(text)
-
+        chunks, collect = base.collecting(on_output)
         try:
             while ws.is_open():
                 ws.update(timeout=0.5)
@@ -438,14 +432,14 @@ class KubernetesBackend(JobBackend):
         if not code:
             return 0
         killed = lost is not None or code in (137, 143)  # SIGKILL, SIGTERM: perhaps the pod going at the deadline
-        launcher, tries = None, 6 if killed else 1
-        for attempt in range(tries):  # the Job controller records it as it deletes the pod: allow it a moment
+        launcher = ended = None
+        for attempt in range(6 if killed else 1):  # the Job controller records it as it deletes the pod: allow 3 s
+            if attempt:
+                time.sleep(0.5)
             with contextlib.suppress(LabkitError):
                 launcher = self._launcher_job(name, ns)
-            ended = launcher_deadline_exceeded(launcher)
-            if ended or attempt == tries - 1:
+            if ended := launcher_deadline_exceeded(launcher):
                 break
-            time.sleep(0.5)
         if ended:
             seconds = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
             why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
