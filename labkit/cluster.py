@@ -227,10 +227,11 @@ class CrdStatus:
 
     @property
     def ok(self) -> bool:
-        return bool(self.installed) and self.wanted_version in self.served_versions
+        return bool(self.installed) and self.wanted_version in self.served_versions and self.problem is None
 
     def row(self) -> dict[str, Any]:
-        state = {None: "unknown", False: "missing"}.get(self.installed, "ok" if self.ok else "wrong version")
+        wrong = "too old" if self.wanted_version in self.served_versions else "wrong version"
+        state = {None: "unknown", False: "missing"}.get(self.installed, "ok" if self.ok else wrong)
         served = ", ".join(self.served_versions) or "-"
         values = (self.name, self.wanted_version, served, state, self.problem or "-", self.fix or "-")
         return dict(zip(CRD_COLUMNS, values))
@@ -244,10 +245,25 @@ def _served(crd) -> tuple[tuple[str, ...], str | None]:
     return tuple(v.name for v in versions if v.served), next((v.name for v in versions if v.storage), None)
 
 
+def _spec_fields(crd, version: str) -> set[str] | None:
+    """The spec fields the CRD's schema declares for that version (None: unknown, or a schema that keeps any)."""
+    for each in (crd.spec.versions or []) if crd is not None else []:
+        schema = each.schema.open_apiv3_schema if each.name == version and each.schema else None
+        spec = (schema.properties or {}).get("spec") if schema is not None else None
+        if spec is not None and spec.properties:
+            return set(spec.properties)
+    return None
+
+
 def mpijob_crd_status(crd) -> CrdStatus:
     """MPIJob CRD (a V1CustomResourceDefinition, None when absent): v2beta1 served, or what is wrong with it."""
     served, storage = _served(crd)
     problem, fix = mpijob_problem(served if crd is not None else None) or (None, None)
+    fields = _spec_fields(crd, MPIJOB_VERSION)
+    if problem is None and fields is not None and "launcherCreationPolicy" not in fields:
+        # MPI Operator v0.4.0 (its manifests/base/kubeflow.org_mpijobs.yaml): the launcher starts before the workers.
+        problem = f"{MPIJOB_CRD} has no spec.launcherCreationPolicy: an MPI Operator older than v0.5"
+        fix = MPI_OPERATOR_FIX
     return CrdStatus(MPIJOB_CRD, MPIJOB_VERSION, crd is not None, served, storage, problem, fix)
 
 

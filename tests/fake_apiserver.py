@@ -4,7 +4,8 @@ exactly as against a cluster.
 
 Implemented (only what the kit's job backend uses):
   * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>; nodes list
-  * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE
+  * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE; a custom
+    resource's body pruned to its CRD's schema and defaulted from it, `fieldValidation` Warn/Strict (fake_crd.py)
   * an MPI Operator stand-in: creating an MPIJob creates its launcher and worker pods (the operator's labels and
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
   * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
@@ -42,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from fake_crd import crd_schema, decode
 from fake_rbac import ADMIN, SERVICE_ACCOUNT, Attributes, allowed, exec_verbs, load_bindings, request_attributes
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
@@ -174,6 +176,9 @@ class FakeApiServer:
         self.pod_logs: dict[str, str] = {}
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
         self.delete_bodies: list[dict] = []
+        # (group, plural, version) -> the structural schema served, where it is not labkit/schemas' (an older CRD)
+        self.crd_schemas: dict[tuple[str, str, str], dict] = {}
+        self.warnings: list[str] = []  # every Warning header sent (unknown fields dropped under fieldValidation=Warn)
         self.rv = 1
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
@@ -636,10 +641,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
-    def _send_json(self, code: int, body: dict) -> None:
+    def _send_json(self, code: int, body: dict, warnings: list[str] = ()) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
+        for text in warnings:  # apiserver pkg/warning: `299 - "<text>"`, the text's quotes escaped
+            self.send_header("Warning", "299 - " + json.dumps(text))
+            self.server_state.warnings.append(text)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -858,7 +866,13 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and name is None:
             body = self._body()
             obj_name = body.get("metadata", {}).get("name", "")
-            kind = body.get("kind", "")
+            kind, warnings = body.get("kind", ""), []
+            group, _, version = base.removeprefix("/apis/").partition("/")
+            schema = fake.crd_schemas.get((group, plural, version)) or crd_schema(group, plural, version)
+            if schema is not None:  # decoding, before admission and validation (fake_crd.py)
+                body, warnings, refused = decode(body, schema, q.get("fieldValidation"))
+                if refused:
+                    return self._error(400, "BadRequest", refused)
             # The CRD's structural schema is all the API server checks (the operator has no webhook): only a
             # missing spec.mpiReplicaSpecs (required there) is a 422; the operator's own rules become events.
             problem = self._invalid(body) if kind == "MPIJob" else None
@@ -873,14 +887,14 @@ class _Handler(BaseHTTPRequestHandler):
                     code = fake.reject_code
                     reason = {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")
                     return self._send_json(code, status_body(code, reason, fake.reject_dry_run))
-                return self._send_json(201, body)
+                return self._send_json(201, body, warnings)
             body.setdefault("metadata", {}).update(
                 namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(), resourceVersion=fake._bump()
             )
             fake.objects[(base, plural, ns, obj_name)] = body
             if kind == "MPIJob" and fake.scenario != "no_operator":
                 fake._operator_sync(body)
-            return self._send_json(201, body)
+            return self._send_json(201, body, warnings)
         if method == "GET" and name is None:
             return self._send_json(
                 200,

@@ -133,6 +133,20 @@ def test_mpijob_v2beta1_is_ok():
     assert status.ok and status.served_versions == ("v2beta1",) and status.problem is None
 
 
+def test_an_mpi_operator_older_than_v0_5_is_detected_from_its_crds_schema():
+    document = json.loads((DATA / "crd-mpijob-v2beta1.json").read_text())
+    # MPI Operator v0.4.0's v2beta1 spec fields (manifests/base/kubeflow.org_mpijobs.yaml at v0.4.0): no
+    # launcherCreationPolicy, so its launcher starts before the workers are ready.
+    spec = {"type": "object", "properties": {f: {"type": "object"} for f in ("mpiReplicaSpecs", "runPolicy")}}
+    spec["properties"] |= {f: {"type": "string"} for f in ("mpiImplementation", "slotsPerWorker", "sshAuthMountPath")}
+    document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = spec
+    status = mpijob_crd_status(deserialize(document, "V1CustomResourceDefinition"))
+    assert status.installed and not status.ok and status.row()["state"] == "too old"
+    assert "no spec.launcherCreationPolicy" in status.problem and "MPI Operator v0.5 or later" in status.fix
+    spec["properties"]["launcherCreationPolicy"] = {"type": "string"}  # v0.5.0 on
+    assert mpijob_crd_status(deserialize(document, "V1CustomResourceDefinition")).ok
+
+
 def test_mpijob_v1_clash_is_detected():
     status = mpijob_crd_status(crd("crd-mpijob-v1-training-operator.json"))
     assert status.installed and not status.ok

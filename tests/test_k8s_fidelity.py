@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
+from fake_crd import crd_schema, without_fields
 from fake_rbac import ADMIN, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 from kubernetes.stream import ws_client
@@ -254,6 +255,50 @@ def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
     assert code == 422 and 'spec.mpiImplementation: Unsupported value: "MVAPICH"' in reply["message"]
     hostfile = (api.root / "workloads" / "mpich" / "etc-mpi" / "hostfile").read_text()
     assert hostfile.splitlines()[0] == "mpich-worker-0.mpich.workloads.svc:1"  # MPICH's form, not OpenMPI's slots=
+
+
+def test_a_custom_resource_is_pruned_to_its_crds_schema_and_defaulted_and_strict_refuses_unknown_fields(api):
+    job = render_job(JobSpec(name="pruned"))
+    del job["spec"]["slotsPerWorker"], job["spec"]["sshAuthMountPath"]  # the CRD's defaults: 1 and /root/.ssh
+    job["spec"]["gangScheduling"] = True  # neither is in the CRD
+    job["spec"]["mpiReplicaSpecs"]["Worker"]["spares"] = 1
+    code, reply = raw(api, "POST", MPIJOB_PATH + "?fieldValidation=Strict", job)
+    assert code == 400 and reply["reason"] == "BadRequest"
+    assert reply["message"] == (
+        'MPIJob in version "v2beta1" cannot be handled as a MPIJob: strict decoding error: '
+        'unknown field "spec.gangScheduling", unknown field "spec.mpiReplicaSpecs.Worker.spares"'
+    )
+    code, reply = raw(api, "POST", MPIJOB_PATH + "?dryRun=All", job)  # no fieldValidation: Warn, the default
+    assert code == 201 and api.warnings == [
+        'unknown field "spec.gangScheduling"',
+        'unknown field "spec.mpiReplicaSpecs.Worker.spares"',
+    ]
+    assert "gangScheduling" not in reply["spec"] and "spares" not in reply["spec"]["mpiReplicaSpecs"]["Worker"]
+    assert (reply["spec"]["slotsPerWorker"], reply["spec"]["sshAuthMountPath"]) == (1, "/root/.ssh")
+    assert reply["spec"]["runPolicy"]["suspend"] is False and not api.objects  # a dry run stores nothing
+    code, _ = raw(api, "POST", MPIJOB_PATH, job)
+    stored = api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "pruned")]
+    assert code == 201 and stored["spec"]["slotsPerWorker"] == 1 and "gangScheduling" not in stored["spec"]
+
+
+def test_an_mpi_operator_older_than_v0_5_is_refused_at_submit_naming_the_field_and_nothing_is_created(api, backend):
+    # MPI Operator v0.4.0's CRD (manifests/base/kubeflow.org_mpijobs.yaml at that tag) serves v2beta1 without these:
+    # under the default fieldValidation=Warn its API server would drop launcherCreationPolicy and start the launcher
+    # before the workers, with only a warning header the client never shows.
+    served = without_fields(
+        crd_schema("kubeflow.org", "mpijobs", "v2beta1"),
+        "spec.launcherCreationPolicy", "spec.runLauncherAsWorker", "spec.runPolicy.managedBy",
+    )  # fmt: skip
+    api.crd_schemas[("kubeflow.org", "mpijobs", "v2beta1")] = served
+    before = dict(api.objects)
+    with pytest.raises(ConfigError) as err:
+        backend.submit(JobSpec(name="old-operator", workers=1))
+    assert err.value.field == "MPIJob/old-operator spec.launcherCreationPolicy"
+    assert "MPI Operator's MPIJob CRD on this cluster has no spec.launcherCreationPolicy" in err.value.problem
+    assert "MPI Operator v0.5 or later" in err.value.fix
+    assert api.objects == before and not api.pods and not api.warnings  # refused at the dry run: nothing made
+    posts = [q for method, path, q in api.requests if method == "POST" and "accessreviews" not in path]
+    assert posts and all(q.get("fieldValidation") == "Strict" for q in posts)
 
 
 def test_a_deadline_under_clean_pod_policy_none_leaves_the_workers_for_list_stale(api, backend):

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import time
 from datetime import datetime
 from typing import Any
 
-from labkit.errors import LabkitError
+from labkit.cluster import MPI_OPERATOR_FIX
+from labkit.errors import ConfigError, LabkitError
 from labkit.jobs.base import JobStatus
-from labkit.manifests.checks import checkpoint_secret
+from labkit.manifests.checks import KUBERNETES_VERSION, checkpoint_secret
 
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
@@ -62,6 +64,24 @@ def api_message(exc: Exception) -> str:
         if isinstance(status, dict) and status.get("message"):
             return str(status["message"])
     return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or exc}".strip()
+
+
+def unknown_fields_error(kind: str, name: str, message: str) -> ConfigError | None:
+    """The error for a create refused under fieldValidation=Strict because the cluster's schema lacks fields labkit
+    sets (an MPI Operator older than v0.5 has no spec.launcherCreationPolicy). Without Strict the API server would
+    drop them with only a warning header, and the job would run otherwise than asked. The message is the API server's
+    400: 'KIND in version "V" cannot be handled as a KIND: strict decoding error: unknown field "spec.x", ...'
+    (apiserver pkg/endpoints/handlers/rest.go transformDecodeError; apiextensions-apiserver customresource_handler.go
+    schemaCoercingDecoder); None for any other message."""
+    fields = re.findall(r'unknown field "([^"]+)"', message.partition("strict decoding error: ")[2])
+    if not fields:
+        return None
+    owner, fix = {
+        "MPIJob": ("the MPI Operator's MPIJob CRD", MPI_OPERATOR_FIX),
+        "TrainJob": ("Kubeflow Trainer's TrainJob CRD", "install a newer Kubeflow Trainer v2 release"),
+    }.get(kind, ("this cluster's Kubernetes", f"use a cluster of Kubernetes {KUBERNETES_VERSION} or newer"))
+    problem = f"{owner} on this cluster has no {', '.join(fields)}: it is older than the {kind} labkit renders"
+    return ConfigError(f"{kind}/{name} {fields[0]}", problem, fix)
 
 
 def timestamp(value: Any) -> float | None:

@@ -38,6 +38,7 @@ from labkit.jobs.k8s_objects import (
     pod_problem,
     pod_ready,
     trainjob_status,
+    unknown_fields_error,
     unreachable,
 )
 from labkit.procs import interrupts_deferred
@@ -198,7 +199,9 @@ class KubernetesBackend(JobBackend):
         from urllib3.exceptions import HTTPError
 
         kind, name = obj["kind"], obj["metadata"]["name"]
+        # Strict: a field the cluster's schema lacks is refused, not dropped with a warning header (the default).
         stage, query = ("server-side dry run", [("dryRun", "All")]) if dry_run else ("create", [])
+        query = [*query, ("fieldValidation", "Strict")]
         try:
             return self._rest("POST", object_path(obj, namespace), query=query, body=obj)
         except HTTPError as exc:
@@ -219,6 +222,8 @@ class KubernetesBackend(JobBackend):
         if status == 404 and "namespaces" in msg:
             fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
             raise ConfigError("namespace", msg, fix)
+        if status == 400 and (older := unknown_fields_error(kind, name, msg)):
+            raise older
         if status in (400, 422):
             fix = "fix the field it names (labkit job render shows the manifest)"
             raise ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {msg}", fix)

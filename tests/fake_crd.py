@@ -1,0 +1,103 @@
+"""What the API server does to a custom resource's body before storing it: prune the fields its CRD's structural schema
+does not declare, then fill in the schema's defaults; `fieldValidation` decides whether a pruned field is a warning or
+a refusal. Read from upstream (staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/ at 1aa2717a):
+  * customresource_handler.go, schemaCoercingDecoder.Decode / unstructuredSchemaCoercer.apply: prune first, then the
+    versioning codec's unstructuredDefaulter (structuraldefaulting.Default); on dry runs too (decoding ignores dryRun)
+  * schema/pruning/algorithm.go: apiVersion, kind and metadata are kept at the root; a key neither in `properties`
+    nor covered by `additionalProperties` is deleted and recorded as a path without a leading dot ("spec.x[0].y",
+    schema/options.go AppendKey/AppendIndex), the list sorted; x-kubernetes-preserve-unknown-fields keeps unknown
+    keys but still prunes inside known ones
+  * schema/defaulting/algorithm.go: a default is set where the key is absent or null on a non-nullable field, then
+    the walk goes on into properties, additionalProperties and items
+  * staging/src/k8s.io/apiserver/pkg/endpoints/handlers/rest.go (fieldValidation: Warn when the client sends none,
+    since 1.25) and create.go: Warn answers `Warning: 299 - "unknown field \"spec.x\""` per field and stores the
+    pruned object; Strict is a 400 BadRequest, `KIND in version "V" cannot be handled as a KIND: strict decoding
+    error: unknown field "spec.x", unknown field "spec.y"` (transformDecodeError, runtime.NewStrictDecodingError).
+The schemas are labkit/schemas' copies of the upstream CRDs (scripts/make_schemas.py): there `additionalProperties:
+false` beside `properties` was added for client-side checks (a structural schema never has both), so here an object's
+known keys are its `properties`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "labkit" / "schemas"
+ROOT_FIELDS = ("apiVersion", "kind", "metadata")
+
+
+@cache
+def crd_schema(group: str, plural: str, version: str) -> dict | None:
+    """The structural schema the cluster's CRD serves for that group/plural/version (None: not one labkit ships)."""
+    path = SCHEMAS / f"{group}_{plural}_{version}.json"
+    return json.loads(path.read_text())["schema"] if path.is_file() else None
+
+
+def without_fields(schema: dict, *paths: str) -> dict:
+    """The schema of an older CRD that lacks these fields ("spec.launcherCreationPolicy": MPI Operator v0.4.0's)."""
+    older = copy.deepcopy(schema)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = older
+        for key in parents:
+            node = node["properties"][key]
+        del node["properties"][leaf]
+    return older
+
+
+def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None = None) -> list[str]:
+    """Delete, in place, what the schema does not declare; the sorted paths of what went."""
+    unknown = [] if unknown is None else unknown
+    if isinstance(value, dict):
+        properties = (schema or {}).get("properties") or {}
+        extra = (schema or {}).get("additionalProperties")
+        keep_unknown = bool((schema or {}).get("x-kubernetes-preserve-unknown-fields"))
+        for key in list(value):
+            where = f"{path}.{key}" if path else key
+            if not path and key in ROOT_FIELDS:
+                continue
+            if key in properties:
+                prune(value[key], properties[key], where, unknown)
+            elif isinstance(extra, dict):
+                prune(value[key], extra, where, unknown)
+            elif not keep_unknown:
+                unknown.append(where)
+                del value[key]
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            prune(item, (schema or {}).get("items"), f"{path}[{i}]", unknown)
+    return sorted(unknown)
+
+
+def apply_defaults(value, schema: dict | None) -> None:
+    """Fill in, in place, every default the schema declares where the object has no value."""
+    if not schema:
+        return
+    if isinstance(value, dict):
+        for key, prop in (schema.get("properties") or {}).items():
+            absent = key not in value or (value[key] is None and not prop.get("nullable"))
+            if "default" in prop and absent:
+                value[key] = copy.deepcopy(prop["default"])
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            apply_defaults(item, (schema.get("properties") or {}).get(key, extra if isinstance(extra, dict) else None))
+    elif isinstance(value, list):
+        for item in value:
+            apply_defaults(item, schema.get("items"))
+
+
+def decode(body: dict, schema: dict, field_validation: str | None) -> tuple[dict, list[str], str | None]:
+    """(the object as stored, Warning header values, the 400 message under Strict or None) for a create's body."""
+    obj = copy.deepcopy(body)
+    unknown = prune(obj, schema)
+    problems = [f'unknown field "{path}"' for path in unknown]
+    mode = field_validation or "Warn"
+    if problems and mode == "Strict":
+        kind, version = body.get("kind", ""), body.get("apiVersion", "").rpartition("/")[2]
+        message = f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: '
+        return obj, [], message + ", ".join(problems)
+    apply_defaults(obj, schema)
+    return obj, (problems if mode == "Warn" else []), None
