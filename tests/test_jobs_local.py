@@ -184,7 +184,7 @@ def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tm
     job.wait_ready(10)
     uid = job_uid(backend, "shared")
     result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault("code", job.exec(["sleep", "100"], on_output=None)))
+    t = threading.Thread(target=lambda: result.setdefault("run", job.run(["sleep", "100"])))
     t.start()
     assert wait_until(lambda: len(list((backend.job_dir("shared") / "execs").iterdir())) == 1)
     env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
@@ -193,7 +193,8 @@ def test_delete_from_another_process_stops_launcher_and_running_exec(backend, tm
     deleted = subprocess.run([*CLI, "job", "delete", "shared"], env=env, capture_output=True, text=True, timeout=60)
     assert deleted.returncode == 0, deleted.stderr
     t.join(timeout=15)
-    assert result["code"] != 0  # the running exec was stopped, not left behind
+    assert result["run"].returncode != 0  # the running exec was stopped, not left behind, and says why
+    assert result["run"].failure == "stopped: local job workloads/shared was deleted while it ran"
     assert not backend.job_dir("shared").exists()
     assert wait_until(lambda: not job_pids(uid, exclude={os.getpid()}))
 

@@ -318,8 +318,10 @@ class LocalBackend(JobBackend):
         return returncode
 
     def _why_failed(self, d: Path, job: dict, output: str, code: int, started_ranks: bool, first) -> str:
-        """One line: the job's deadline, or the rank that failed first (`first`: procs.RankExits' first_failure), its
-        error and the likely cause; a command that started no ranks gets only its deadline."""
+        """One line: the job's deletion or deadline, or the rank that failed first (`first`: procs.RankExits'
+        first_failure), its error and the likely cause; a command that started no ranks gets no rank diagnosis."""
+        if (d / "deleting").exists() or not (d / "job.json").exists():  # `labkit job delete` from another shell
+            return f"stopped: local job {job['namespace']}/{job['name']} was deleted while it ran"
         if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
             return launch.deadline_text(job["deadline"] - job["created"])
         return launch.describe_failure(output, code, first_failure=first) if started_ranks else ""
@@ -334,6 +336,8 @@ class LocalBackend(JobBackend):
         if not self._checked_root() or not self._ours(d):
             return False
         with interrupts_deferred():  # half a delete would leave processes without a launcher to end them
+            with contextlib.suppress(OSError):
+                (d / "deleting").touch()  # an exec this stops says why (_why_failed)
             self._stop(d)
             shutil.rmtree(d, ignore_errors=True)
         return True
