@@ -374,6 +374,21 @@ def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, 
     assert plain.returncode == 4 and plain.failure == ""
 
 
+def test_a_rank_killed_in_a_pod_that_stays_is_diagnosed_without_waiting_for_a_deadline(api, backend, tmp_path):
+    """SIGKILL with the launcher pod still running (the OOM killer, not the deadline or a deletion, which take the
+    pod): the exec reads the launcher Job once, not for the 3 s the Job controller may take to record a deadline."""
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    mpirun = tmp_path / "mpirun"
+    mpirun.write_text("#!/bin/sh\necho 'LABKIT_RANK_ERROR rank=0 MemoryError' >&2\nkill -KILL $$\n")
+    mpirun.chmod(0o755)
+    before = len(api.requests)
+    result = job.run([str(mpirun), "-n", "2", "python", "train.py"])
+    launcher_reads = [path for _, path, _ in api.requests[before:] if path.endswith("/jobs/demo-launcher")]
+    assert result.returncode == 137 and result.failure.startswith("rank 0 failed"), result.output
+    assert len(launcher_reads) == 1 and api.pods  # the pod stayed
+
+
 def test_foreground_deletion_keeps_the_job_until_its_pods_are_gone(api, backend):
     api.grace_s = 1.5  # the launcher's `sleep infinity` ignores SIGTERM: it takes its whole grace period
     job = backend.submit(JobSpec(name="demo", workers=1))

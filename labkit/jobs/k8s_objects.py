@@ -66,6 +66,14 @@ def api_message(exc: Exception) -> str:
     return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or exc}".strip()
 
 
+def drain_exec(ws, on_output) -> None:
+    """Pass on what an exec's stdout and stderr channels (1, 2) hold so far, without waiting."""
+    for channel in (1, 2):
+        text = ws.read_channel(channel, timeout=0)
+        if text and on_output:
+            on_output(text)
+
+
 def unknown_fields_error(kind: str, name: str, message: str) -> ConfigError | None:
     """The error for a create refused under fieldValidation=Strict because the cluster's schema lacks fields labkit
     sets (an MPI Operator older than v0.5 has no spec.launcherCreationPolicy). Without Strict the API server would

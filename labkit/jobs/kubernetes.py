@@ -30,6 +30,7 @@ from labkit.jobs.k8s_objects import (
     LABEL_ROLE,
     api_message,
     checkpoint_key_secret,
+    drain_exec,
     exec_exit_code,
     fatal_event,
     launcher_deadline_exceeded,
@@ -409,12 +410,12 @@ class KubernetesBackend(JobBackend):
         try:
             while ws.is_open():
                 ws.update(timeout=0.5)
-                self._drain(ws, collect)
+                drain_exec(ws, collect)
                 if end is not None and time.monotonic() > end:
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped"
                     )
-            self._drain(ws, collect)
+            drain_exec(ws, collect)
             raw = ws.read_channel(ERROR_CHANNEL)
         except BaseException:
             # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
@@ -425,9 +426,9 @@ class KubernetesBackend(JobBackend):
                     with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
                         self._stream(pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
             raise
-        return self._exec_end(name, ns, argv, "".join(chunks), raw, on_output or (lambda _text: None))
+        return self._exec_end(name, ns, pod.metadata.name, argv, "".join(chunks), raw, on_output or (lambda _: None))
 
-    def _exec_end(self, name: str, ns: str, argv: list[str], output: str, raw: str | None, say) -> int:
+    def _exec_end(self, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say) -> int:
         """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline or a deletion
         (the launcher pod went, the exec with it: 137, or no status at all), else the first failed rank, its error."""
         try:
@@ -436,7 +437,8 @@ class KubernetesBackend(JobBackend):
             code, lost = 137, exc
         if not code:
             return 0
-        killed = lost is not None or code in (137, 143)  # SIGKILL, SIGTERM: perhaps the pod going at the deadline
+        # SIGKILL, SIGTERM or no status: perhaps the pod going (deadline, deletion); not if it stays (the OOM killer)
+        killed = (lost is not None or code in (137, 143)) and not self._pod_stays(name, ns, pod)
         launcher = ended = None
         for attempt in range(6 if killed else 1):  # the Job controller records it as it deletes the pod: allow 3 s
             if attempt:
@@ -458,17 +460,15 @@ class KubernetesBackend(JobBackend):
             say(f"{base.EXEC_TAG}{why}\n")
         return code
 
+    def _pod_stays(self, name: str, ns: str, pod: str) -> bool:
+        with contextlib.suppress(LabkitError):  # terminating pods have a deletionTimestamp; deleted ones are not listed
+            return any(p.metadata.name == pod and not p.metadata.deletion_timestamp for p in self._pods(name, ns).items)
+        return False
+
     def _deleted(self, name: str, ns: str) -> bool:
         with contextlib.suppress(JobNotFound):  # gone, or going (foreground deletion: its pods first)
             return bool(self._kubeflow_job("GET", ns, name)["metadata"].get("deletionTimestamp"))
         return True
-
-    @staticmethod
-    def _drain(ws, on_output: base.OutputCallback | None) -> None:
-        for channel in (1, 2):  # stdout, stderr: whatever arrived so far
-            text = ws.read_channel(channel, timeout=0)
-            if text and on_output:
-                on_output(text)
 
     # -- logs, delete ----------------------------------------------------------------------------------------------
     def logs(self, name: str, *, namespace: str | None = None) -> str:
