@@ -152,6 +152,7 @@ class FakeApiServer:
         identity: str = SERVICE_ACCOUNT,
         grace_s: float = 0.5,
         trainer_version: str | None = None,
+        operator_release: str = "v0.8.2",
     ):
         self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
@@ -159,6 +160,7 @@ class FakeApiServer:
         self.token = token or _token()  # the kubeconfig's: `identity`'s token
         self.identity = identity
         self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
+        self.operator_release = operator_release  # the MPI Operator's: "v0.8.0" and older re-set Running at the end
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
         self.users = {self.token: identity, _token(): ADMIN}  # token -> user
@@ -555,11 +557,12 @@ class FakeApiServer:
 
     def expire_deadline(self, ns: str, name: str, *, settle: bool = True) -> None:
         """The Job controller ends the launcher at its activeDeadlineSeconds in two steps where JobPodReplacementPolicy
-        or JobManagedBy is on (beta, on by default, from 1.29/1.32: kubernetes pkg/controller/job/job_controller.go,
-        newFailureCondition and delayTerminalCondition): condition FailureTarget/DeadlineExceeded and the active pod
-        deleted at once (its container's processes, exec'd commands among them, killed with it), Failed only once that
-        pod is gone. The operator mirrors only Failed (mpi-operator pkg/controller/mpi_job_controller.go, isJobFailed),
-        so until then the MPIJob still says Running. settle=False stops between the two steps."""
+        or JobManagedBy is on (both on by default) from Kubernetes 1.31 (kubernetes#125510: pkg/controller/job/
+        job_controller.go, newFailureCondition and delayTerminalCondition; 1.30 and older set Failed at once):
+        condition FailureTarget/DeadlineExceeded and the active pod deleted at once (its container's processes, exec'd
+        commands among them, killed with it), Failed only once that pod is gone. The operator mirrors only Failed
+        (mpi-operator pkg/controller/mpi_job_controller.go, isJobFailed), so until then the MPIJob still says Running.
+        settle=False stops between the two steps."""
         launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
         message = "Job was active longer than specified deadline"
         launcher["status"]["conditions"] = [
@@ -579,9 +582,19 @@ class FakeApiServer:
         launcher["status"].update(active=0, failed=1, completionTime=now_iso())
         policy = (self._job(ns, name)["spec"].get("runPolicy") or {}).get("cleanPodPolicy", "None")
         self.delete_job_pods(ns, name, ("launcher", "worker") if policy in ("Running", "All") else ("launcher",))
-        self._job(ns, name)["status"]["conditions"].append(
+        mpijob_conditions = self._job(ns, name)["status"]["conditions"]
+        for condition in mpijob_conditions:  # setCondition -> filterOutCondition: Failed sets Running False
+            if condition["type"] == "Running":
+                condition["status"] = "False"
+        mpijob_conditions.append(
             _condition("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
         )
+        if self.operator_release in ("v0.5.0", "v0.6.0", "v0.7.0", "v0.7.1", "v0.8.0", "v0.8.1"):
+            # Before v0.8.2 updateMPIJobStatus goes on, in the same sync, to set Running=True again (the launcher pod
+            # still terminating counts as running; Kubernetes <= 1.30 sets Failed at once): both stay true, Running
+            # last (mpi_job_controller.go at v0.8.0; release-0.8 got the fix of kubeflow/mpi-operator#787 for v0.8.2).
+            mpijob_conditions[:] = [c for c in mpijob_conditions if c["type"] != "Running"]
+            mpijob_conditions.append(_condition("Running", "MPIJobRunning", f"MPIJob {ns}/{name} is running."))
 
     def expire_ttl(self, ns: str, name: str) -> None:
         """ttlSecondsAfterFinished lives on the launcher Job: the TTL controller deletes that Job, never the MPIJob

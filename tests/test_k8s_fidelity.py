@@ -326,6 +326,21 @@ def test_deadline_and_ttl_act_on_the_launcher_job_only_so_a_finished_name_stays_
     assert job.delete() is True and backend.list() == []
 
 
+def test_a_job_ended_by_its_deadline_under_an_operator_before_v0_8_2_is_not_shown_running():
+    """MPI Operator v0.5.0-v0.8.1 leave Failed=True and, set again after it, Running=True: the job is finished (and
+    `list --stale` finds it) before and after the TTL takes its launcher Job."""
+    with fake_cluster(operator_release="v0.8.0", ready_delay=0.3, grace_s=0.3) as (api, backend):
+        job = backend.submit(JobSpec(name="demo", workers=1))
+        job.wait_ready(timeout=20)
+        api.expire_deadline("workloads", "demo")
+        conditions = api._job("workloads", "demo")["status"]["conditions"]
+        assert [(c["type"], c["status"]) for c in conditions][-2:] == [("Failed", "True"), ("Running", "True")]
+        assert job.status().phase == "DeadlineExceeded"
+        api.expire_ttl("workloads", "demo")  # no launcher Job left to read the deadline from
+        (stale,) = backend.list()
+        assert (stale.phase, stale.name) == ("DeadlineExceeded", "demo")
+
+
 def test_a_deadline_during_an_exec_ends_it_and_says_it_was_the_deadline(api, backend):
     """The Job controller's FailureTarget deletes the launcher pod (the exec'd training dies with it) before the
     operator marks the MPIJob Failed: the exec names the deadline and the job shows DeadlineExceeded meanwhile."""

@@ -102,11 +102,14 @@ def timestamp(value: Any) -> float | None:
 
 
 def mpijob_phase(obj: dict) -> tuple[str, str]:
-    """(phase, message) from an MPIJob's status conditions (the newest true condition wins)."""
+    """(phase, message) from an MPIJob's status conditions: the newest true Succeeded or Failed, else the newest true
+    condition. Terminal first: MPI Operator releases before v0.8.2 set Running=True again after Failed (a launcher pod
+    still terminating counts as running: mpi_job_controller.go updateMPIJobStatus; kubeflow/mpi-operator#787)."""
     conds = [c for c in (obj.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
     if not conds:
         return "Pending", "created, waiting for the operator"
-    last = sorted(conds, key=lambda c: c.get("lastTransitionTime") or "")[-1]
+    terminal = [c for c in conds if c.get("type") in ("Succeeded", "Failed")]
+    last = sorted(terminal or conds, key=lambda c: c.get("lastTransitionTime") or "")[-1]
     kind, reason = last.get("type", ""), last.get("reason", "")
     if kind == "Failed" and "Deadline" in reason:
         return "DeadlineExceeded", last.get("message") or reason
@@ -171,7 +174,7 @@ def unreachable(what: str, exc: Exception) -> LabkitError:
 
 
 def launcher_deadline_exceeded(launcher: dict | None) -> str | None:
-    """The message of the launcher Job's true DeadlineExceeded condition, else None. From Kubernetes 1.29 the Job
+    """The message of the launcher Job's true DeadlineExceeded condition, else None. From Kubernetes 1.31 the Job
     controller first sets FailureTarget (deleting the launcher pod, the exec'd training with it) and Failed only once
     that pod is gone (pkg/controller/job/job_controller.go, delayTerminalCondition); the operator mirrors only
     Failed (isJobFailed), so for that while the MPIJob itself still says Running."""
