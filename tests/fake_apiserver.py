@@ -380,12 +380,13 @@ class FakeApiServer:
 
     @staticmethod
     def _operator_invalid(spec: dict) -> str | None:
-        """pkg/apis/kubeflow/validation/validation.go (ValidateMPIJob), run by the controller, not the API server."""
-        replicas = spec["mpiReplicaSpecs"]
-        if (replicas.get("Launcher") or {}).get("replicas", 1) != 1:
-            return "spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: must be 1"
-        if (replicas.get("Worker") or {}).get("replicas", 1) < 1:
-            return "spec.mpiReplicaSpecs[Worker].replicas: Invalid value: must be >= 1"
+        """pkg/apis/kubeflow/validation/validation.go (ValidateMPIJob), run by the controller, not the API server; the
+        event says `Found validation errors: <field.Error>` (mpi_job_controller.go, syncHandler)."""
+        replicas, head = spec["mpiReplicaSpecs"], "Found validation errors: spec.mpiReplicaSpecs"
+        if (launchers := (replicas.get("Launcher") or {}).get("replicas", 1)) != 1:
+            return f"{head}[Launcher].replicas: Invalid value: {launchers}: must be 1"
+        if (workers := (replicas.get("Worker") or {}).get("replicas", 1)) < 1:
+            return f"{head}[Worker].replicas: Invalid value: {workers}: must be greater than or equal to 1"
         return None  # (mpiImplementation's values are the CRD's enum: the API server refuses others, see _invalid)
 
     def _operator_pod(self, job: dict, replica: str, pod_name: str, labels: dict) -> dict | None:

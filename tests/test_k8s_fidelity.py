@@ -247,6 +247,11 @@ def test_operator_rule_violations_are_events_not_422_and_mpich_is_valid(api):
     code, _ = raw(api, "POST", MPIJOB_PATH, bad)
     assert code == 201  # the API server accepts it: the operator has no admission webhook
     assert wait_until(lambda: any(e["reason"] == "ValidationError" for e in api.events), timeout=5)
+    (event,) = [e for e in api.events if e["reason"] == "ValidationError"]
+    assert (
+        event["message"]
+        == "Found validation errors: spec.mpiReplicaSpecs[Launcher].replicas: Invalid value: 2: must be 1"
+    )
     assert not api.pods  # ...and the controller creates nothing for it
     code, _ = raw(api, "POST", MPIJOB_PATH, job)
     assert code == 201 and wait_until(lambda: len(api.pods) == 3, timeout=5)  # MPICH: workers, then the launcher
