@@ -197,11 +197,20 @@ def test_each_attack_is_refused_by_its_rule(attack):
     assert len(failed) == 1 and rule in failed[0], failed
 
 
-def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets():
+@pytest.mark.parametrize(
+    "field, value",
+    [  # Trainer v2.2+, v2.1, v2.0: each can run the runtime's pods as the lab's ServiceAccount
+        ("runtimePatches", [{"manager": "x", "trainingRuntimeSpec": {}}]),
+        ("podTemplateOverrides", [{"targetJobs": [{"name": "node"}], "spec": {"serviceAccountName": "labkit"}}]),
+        ("podSpecOverrides", [{"targetJobs": [{"name": "node"}], "serviceAccountName": "labkit"}]),
+    ],
+)
+def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets(field, value):
     job = m.render_job(m.JobSpec(), "trainjob")
+    assert not admit(job)
     patched = copy.deepcopy(job)
-    patched["spec"]["runtimePatches"] = [{"manager": "x", "trainingRuntimeSpec": {}}]
-    assert [f for f in admit(patched) if "runtimePatches" in f]
+    patched["spec"][field] = value
+    assert [f for f in admit(patched) if field in f]
     other = copy.deepcopy(job)
     other["spec"]["trainer"]["env"].append(
         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "lab-token", "key": "t"}}}
