@@ -277,6 +277,11 @@ def trainjob_crd_status(crd) -> CrdStatus:
     elif TRAINJOB_VERSION not in served:
         problem = f"{TRAINJOB_CRD} serves {', '.join(served) or 'no version'}, not {TRAINJOB_VERSION}"
         fix = f"install a Kubeflow Trainer release that serves trainer.kubeflow.org/{TRAINJOB_VERSION}"
+    elif "podSpecOverrides" in (_spec_fields(crd, TRAINJOB_VERSION) or ()):
+        # Trainer v2.0 (its only release with podSpecOverrides) applies resourcesPerNode to the launcher job alone
+        # (pkg/runtime/framework/plugins/jobset/builder.go at v2.0.0; v2.1.0 adds the runLauncherAsNode node job).
+        problem = "Kubeflow Trainer v2.0 gives the kit's node pods none of the TrainJob's resourcesPerNode (no GPUs)"
+        fix = "install Kubeflow Trainer v2.1.0 or later"
     return CrdStatus(TRAINJOB_CRD, TRAINJOB_VERSION, crd is not None, served, storage, problem, fix)
 
 

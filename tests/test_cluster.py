@@ -166,6 +166,18 @@ def test_trainjob_crd():
     assert status.ok and status.name == "trainjobs.trainer.kubeflow.org"
 
 
+def test_kubeflow_trainer_v2_0_is_too_old_for_the_kits_trainjobs():
+    document = json.loads((DATA / "crd-trainjob-v1alpha1.json").read_text())
+    # Trainer v2.0.0's spec fields (manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml at that tag)
+    fields = "annotations initializer labels managedBy podSpecOverrides runtimeRef suspend trainer".split()
+    spec = {"type": "object", "properties": {f: {"type": "object"} for f in fields}}
+    document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = spec
+    status = trainjob_crd_status(deserialize(document, "V1CustomResourceDefinition"))
+    assert not status.ok and status.row()["state"] == "too old" and "v2.1.0 or later" in status.fix
+    spec["properties"]["podTemplateOverrides"] = spec["properties"].pop("podSpecOverrides")  # v2.1.0
+    assert trainjob_crd_status(deserialize(document, "V1CustomResourceDefinition")).ok
+
+
 # ---------------------------------------------------------------------------------------------------------- kubeconfig
 
 
