@@ -510,7 +510,9 @@ def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_
         assert backend.delete("stuck") and wait_until(lambda: not api.objects, timeout=5)
 
 
-def trainjob(name: str, age_s: float, conditions=(), deadline_s: int | None = None, active: int = 0) -> dict:
+def trainjob(
+    name: str, age_s: float, conditions=(), deadline_s: int | None = None, active: int = 0, ready: int | None = None
+) -> dict:
     """A TrainJob as Kubeflow Trainer leaves it: the kit's overlay, then the controller's status (kubeflow/trainer
     pkg/apis/trainer/v1alpha1/trainjob_types.go: conditions Complete, Failed (reason DeadlineExceeded), Suspended)."""
     spec = JobSpec(name=name, trainjob_deadline=deadline_s is not None, deadline_seconds=deadline_s or 3600)
@@ -520,7 +522,8 @@ def trainjob(name: str, age_s: float, conditions=(), deadline_s: int | None = No
         {"type": t, "status": st, "reason": r, "message": f"{t} {r}", "lastTransitionTime": now_iso(time.time() - ago)}
         for t, st, r, ago in conditions
     ]
-    obj["status"] = {"conditions": conds, "jobsStatus": [{"name": "node", "active": active, "ready": active}]}
+    ready = active if ready is None else ready
+    obj["status"] = {"conditions": conds, "jobsStatus": [{"name": "node", "active": active, "ready": ready}]}
     return obj
 
 
@@ -578,7 +581,9 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
 
     with fake_cluster(trainer_version="2.2.0", ready_delay=None, grace_s=0.1) as (api, backend):
         backend.submit(JobSpec(name="both", workers=1))
-        for obj in (trainjob("tj", 60, active=2), trainjob("both", 60, [("Complete", "True", "JobSetCompleted", 5)])):
+        unscheduled = trainjob("waiting", 60, active=2, ready=1)  # a Job with a pending pod is active, not ready
+        done = trainjob("both", 60, [("Complete", "True", "JobSetCompleted", 5)])
+        for obj in (trainjob("tj", 60, active=2), done, unscheduled):
             api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
 
         def job(*argv: str) -> tuple[int, str]:
@@ -587,7 +592,9 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
             return code, out + err
 
         code, out = job("status", "tj")
-        assert code == 0 and "TrainJob" in out and "Running" in out and "2 child Job(s) active" in out
+        assert code == 0 and "TrainJob" in out and "Running" in out and "2 of 2 active child Job(s) ready" in out
+        code, out = job("status", "waiting")
+        assert code == 0 and "Pending" in out and "1 of 2 active child Job(s) ready" in out
         code, out = job("status", "nothing")
         assert code == 2 and "no MPIJob or TrainJob named 'nothing' in namespace workloads" in out
         code, out = job("status", "both")

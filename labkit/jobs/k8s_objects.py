@@ -237,10 +237,12 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     conds = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
     resumed = next((c for c in status.get("conditions") or [] if c.get("type") == "Suspended"), None)
-    active = sum(int(j.get("active") or 0) for j in status.get("jobsStatus") or [])
+    # JobSet counts a child Job active while any pod of it is pending or running, ready once all are Ready
+    # (jobset pkg/controllers/jobset_controller.go, calculateReplicatedJobStatuses): running when every active one is.
+    active, ready = (sum(int(j.get(k) or 0) for j in status.get("jobsStatus") or []) for k in ("active", "ready"))
     cond_type = next((t for t in TRAINJOB_PHASES if t in conds), None)
-    phase = TRAINJOB_PHASES.get(cond_type) or ("Running" if active else "Pending")
-    cond = conds[cond_type] if cond_type else {"message": f"{active} child Job(s) active"}
+    phase = TRAINJOB_PHASES.get(cond_type) or ("Running" if active and ready >= active else "Pending")
+    cond = conds[cond_type] if cond_type else {"message": f"{ready} of {active} active child Job(s) ready"}
     if cond_type == "Failed" and cond.get("reason") == "DeadlineExceeded":
         phase = "DeadlineExceeded"
     message = cond.get("message") or cond.get("reason") or ""
