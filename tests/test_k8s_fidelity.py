@@ -21,7 +21,7 @@ from kubernetes.stream import ws_client
 from labkit.chapters.interactive import plan_interactive_job
 from labkit.cluster import NODES_FORBIDDEN
 from labkit.errors import ConfigError
-from labkit.jobs import JobNotReady, get_backend
+from labkit.jobs import JobNotFound, JobNotReady, get_backend
 from labkit.jobs.k8s_objects import fatal_event
 from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
@@ -613,6 +613,26 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
             ("trainer.kubeflow.org", "trainjobs", "get"), ("trainer.kubeflow.org", "trainjobs", "delete")
         }  # fmt: skip
+
+
+def test_logs_of_a_trainjob_come_from_its_launcher_and_exec_says_it_is_not_an_mpijob(api, backend):
+    """A TrainJob's pods carry its JobSet's labels, not the operator's (kubeflow/trainer plugins/jobset; jobset
+    jobset_types.go): logs read its launcher; exec, which needs a launcher that waits, names the kind instead of
+    'wait_ready() first'."""
+    api.objects[(TRAINJOBS, "trainjobs", "workloads", "tj")] = trainjob("tj", 60, active=2)
+    labels = {"jobset.sigs.k8s.io/jobset-name": "tj", "jobset.sigs.k8s.io/replicatedjob-name": "launcher"}
+    meta = {"name": "tj-launcher-0-0-abcde", "namespace": "workloads", "labels": labels}
+    api.pods[("workloads", meta["name"])] = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [{"name": "node"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }  # fmt: skip
+    api.pod_logs[meta["name"]] = "step 10 loss 1.23\n"
+    assert backend.logs("tj") == "step 10 loss 1.23\n"
+    with pytest.raises(JobNotReady, match="is a TrainJob: Trainer runs its command once"):
+        backend.exec("tj", ["ls"])
+    with pytest.raises(JobNotFound, match="no launcher pod of an MPIJob or TrainJob named 'gone'"):
+        backend.logs("gone")
+    assert api.denied == []
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,9 @@ def fatal_event(reason: str, message: str) -> bool:
 
 
 LABEL_JOB, LABEL_ROLE = "training.kubeflow.org/job-name", "training.kubeflow.org/job-role"  # the operator's pod labels
+# A TrainJob's pods: its JobSet's labels (jobset api/jobset/v1alpha2/jobset_types.go); the kit's runtime names its
+# replicated jobs launcher and node.
+LABEL_JOBSET, LABEL_REPLICATED_JOB = "jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"
 # An MPIJob's newest true condition as the job's phase.
 PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Running", Suspended="Pending")
 # A TrainJob's true conditions as its phase, the first listed wins (DeadlineExceeded: a Failed with that reason).
@@ -72,6 +75,23 @@ def drain_exec(ws, on_output) -> None:
         text = ws.read_channel(channel, timeout=0)
         if text and on_output:
             on_output(text)
+
+
+def create_error(kind: str, name: str, namespace: str, stage: str, status: int, message: str) -> LabkitError:
+    """What the API server's refusal of a create (or its dry run) of the job's objects means, with the fix."""
+    if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
+        fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
+        fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
+        return ConfigError("name", f"a {kind} named {name!r} already exists in {namespace}", fix)
+    if status == 404 and "namespaces" in message:
+        fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
+        return ConfigError("namespace", message, fix)
+    if status == 400 and (older := unknown_fields_error(kind, name, message)):
+        return older
+    if status in (400, 422):
+        fix = "fix the field it names (labkit job render shows the manifest)"
+        return ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {message}", fix)
+    return LabkitError(f"{stage} of {kind}/{name} failed: {message}")
 
 
 def unknown_fields_error(kind: str, name: str, message: str) -> ConfigError | None:

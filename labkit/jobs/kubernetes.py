@@ -27,9 +27,12 @@ from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     KILL_SCRIPT,
     LABEL_JOB,
+    LABEL_JOBSET,
+    LABEL_REPLICATED_JOB,
     LABEL_ROLE,
     api_message,
     checkpoint_key_secret,
+    create_error,
     drain_exec,
     exec_exit_code,
     fatal_event,
@@ -39,7 +42,6 @@ from labkit.jobs.k8s_objects import (
     pod_problem,
     pod_ready,
     trainjob_status,
-    unknown_fields_error,
     unreachable,
 )
 from labkit.procs import interrupts_deferred
@@ -110,8 +112,9 @@ class KubernetesBackend(JobBackend):
         path = f"{group}/{plural}" if ns == "*" else f"{group}/namespaces/{ns}/{plural}" + (name and f"/{name}")
         return self._call(f"{method} {kind} {ns}/{name or '*'}", self._rest, method, path, **kwargs)
 
-    def _pods(self, name: str, namespace: str, role: str | None = None):
-        selector = f"{LABEL_JOB}={name}" + (f",{LABEL_ROLE}={role}" if role else "")
+    def _pods(self, name: str, namespace: str, role: str | None = None, kind: str = "MPIJob"):
+        job, part = (LABEL_JOB, LABEL_ROLE) if kind == "MPIJob" else (LABEL_JOBSET, LABEL_REPLICATED_JOB)
+        selector = f"{job}={name}" + (f",{part}={role}" if role else "")
         list_pods = self._core().list_namespaced_pod
         return self._call(f"pods of {namespace}/{name}", list_pods, namespace, label_selector=selector)
 
@@ -216,19 +219,7 @@ class KubernetesBackend(JobBackend):
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
         if status == 409 and kind not in ("MPIJob", "Secret"):
             return None  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
-        if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
-            fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
-            fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
-            raise ConfigError("name", f"a {kind} named {name!r} already exists in {namespace}", fix)
-        if status == 404 and "namespaces" in msg:
-            fix = f"create it (`kubectl create namespace {namespace}`) or pass an existing namespace"
-            raise ConfigError("namespace", msg, fix)
-        if status == 400 and (older := unknown_fields_error(kind, name, msg)):
-            raise older
-        if status in (400, 422):
-            fix = "fix the field it names (labkit job render shows the manifest)"
-            raise ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {msg}", fix)
-        raise LabkitError(f"{stage} of {kind}/{name} failed: {msg}")
+        raise create_error(kind, name, namespace, stage, status, msg)
 
     # -- status ----------------------------------------------------------------------------------------------------
     def _launcher_job(self, name: str, ns: str) -> dict | None:
@@ -377,6 +368,9 @@ class KubernetesBackend(JobBackend):
     # -- exec ------------------------------------------------------------------------------------------------------
     def _launcher_pod(self, name: str, ns: str):
         pods = [p for p in self._pods(name, ns, "launcher").items if pod_ready(p)]
+        if not pods and self._pods(name, ns, kind="TrainJob").items:
+            raise JobNotReady(f"{ns}/{name} is a TrainJob: Trainer runs its command once, there is no launcher to "
+                              f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip
         if not pods:
             see = f"kubectl -n {ns} get pods -l {LABEL_JOB}={name}"
             raise JobNotReady(f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first ({see})")
@@ -472,10 +466,10 @@ class KubernetesBackend(JobBackend):
 
     # -- logs, delete ----------------------------------------------------------------------------------------------
     def logs(self, name: str, *, namespace: str | None = None) -> str:
-        ns = namespace or self.namespace
-        pods = self._pods(name, ns, "launcher").items
+        ns = namespace or self.namespace  # an MPIJob's launcher, else a TrainJob's (Trainer's JobSet labels)
+        pods = self._pods(name, ns, "launcher").items or self._pods(name, ns, "launcher", "TrainJob").items
         if not pods:
-            raise JobNotFound(f"MPIJob {ns}/{name} has no launcher pod")
+            raise JobNotFound(f"no launcher pod of an MPIJob or TrainJob named {name!r} in namespace {ns}")
         pod, read = pods[0], self._core().read_namespaced_pod_log
         container = pod.spec.containers[0].name
         return self._call(f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=container)
