@@ -37,12 +37,13 @@ def policy_objects() -> list[dict]:
 POLICY, BINDING = policy_objects()
 
 
-def admit(obj: dict) -> list[str]:
+def admit(obj: dict, user: str = "learner") -> list[str]:
     """The messages of every validation the object fails ([] = admitted), evaluated as the API server does: the
-    variables in order (each sees the earlier ones as variables.NAME), then each validation on `object`."""
+    variables in order (each sees the earlier ones as variables.NAME), then each validation on `object`, the
+    request made by `user`."""
     env = celpy.Environment()
     variables: dict = {}
-    activation = {"object": celpy.json_to_cel(obj)}
+    activation = {"object": celpy.json_to_cel(obj), "request": celpy.json_to_cel({"userInfo": {"username": user}})}
 
     def run(expression: str):
         activation["variables"] = celtypes.MapType({celtypes.StringType(k): v for k, v in variables.items()})
@@ -211,6 +212,7 @@ def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets(field, value
     patched = copy.deepcopy(job)
     patched["spec"][field] = value
     assert [f for f in admit(patched) if field in f]
+    assert not admit(patched, user="system:serviceaccount:kueue-system:kueue-controller-manager")  # admitting it
     other = copy.deepcopy(job)
     other["spec"]["trainer"]["env"].append(
         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "lab-token", "key": "t"}}}
