@@ -456,7 +456,8 @@ class KubernetesBackend(JobBackend):
 
     def _pod_stays(self, name: str, ns: str, pod: str) -> bool:
         with contextlib.suppress(LabkitError):  # terminating pods have a deletionTimestamp; deleted ones are not listed
-            return any(p.metadata.name == pod and not p.metadata.deletion_timestamp for p in self._pods(name, ns).items)
+            launchers = self._pods(name, ns, "launcher").items
+            return any(p.metadata.name == pod and not p.metadata.deletion_timestamp for p in launchers)
         return False
 
     def _deleted(self, name: str, ns: str) -> bool:
