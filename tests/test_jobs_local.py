@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -460,8 +462,11 @@ def test_a_rank_dying_before_the_rendezvous_ends_the_exec_fast_naming_it(backend
 
 @pytest.mark.slow
 def test_the_cluster_command_line_works_as_typed_in_a_local_job(backend):
-    """No --master_addr, no --no_ssh_check, no --allow-run-as-root: the job answers what DeepSpeed asks over ssh."""
-    with backend.submit(JobSpec(name="typed", workers=2, slots_per_worker=1)) as job:
+    """No --master_addr, no --no_ssh_check, no --allow-run-as-root: the job answers what DeepSpeed asks over ssh.
+    With DeepSpeed's default port 29500 held, as another job on this host may hold it (a pod has its own)."""
+    with contextlib.ExitStack() as held, backend.submit(JobSpec(name="typed", workers=2, slots_per_worker=1)) as job:
+        with contextlib.suppress(OSError):  # already held by something else: as good
+            held.enter_context(socket.create_server(("127.0.0.1", 29500)))
         job.wait_ready(10)
         for extra in ([], ["--force_multi"]):  # DeepSpeed's own launcher on one host, and mpirun
             res = job.run([*TYPED, *extra, "--module", "labkit.ranks.hello", "--steps", "2"], timeout=240)

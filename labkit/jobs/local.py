@@ -56,17 +56,24 @@ if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; else exec sh -c "$*"; fi
 """
 
 
-def _master_port(argv: list[str]) -> str:
-    """The rendezvous port for an exec: the command's own --master_port, else a free one.
+def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
+    """The command and its rendezvous port: the command's own --master_port, else a free one.
 
-    DeepSpeed's openmpi launcher does not pass --master_port to the ranks (its MPI discovery falls back to 29500, so
-    concurrent jobs on one host collide); ranks started by a local mpirun inherit this environment instead.
+    In a pod 29500 is always free (its own network namespace); on one host it is not. DeepSpeed's runner on one host
+    hands its --master_port (default 29500) to the ranks, so a runner line without one gets the free port added; its
+    openmpi launcher passes none (MPI discovery falls back to 29500): ranks of a local mpirun inherit MASTER_PORT.
     """
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--master_port" and i + 1 < len(argv) else arg.partition("--master_port=")[2]
         if value.isdigit():
-            return value
-    return str(launch.free_port())
+            return argv, value
+    port = str(launch.free_port())
+    if Path(argv[0]).name == "deepspeed":
+        return [argv[0], "--master_port", port, *argv[1:]], port
+    if "deepspeed.launcher.runner" in argv:
+        at = argv.index("deepspeed.launcher.runner") + 1
+        return [*argv[:at], "--master_port", port, *argv[at:]], port
+    return argv, port
 
 
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
@@ -265,7 +272,7 @@ class LocalBackend(JobBackend):
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
         with procs.own_tmpdir(self._job_env(d, job)) as env:
-            env["MASTER_PORT"] = _master_port(cmd)
+            cmd, env["MASTER_PORT"] = _with_master_port(cmd)
             say = on_output or (lambda _text: None)
             try:
                 proc = subprocess.Popen(
