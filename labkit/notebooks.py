@@ -358,7 +358,6 @@ def _outcome_dict(outcome) -> dict[str, Any]:
 # What a learner must never see in an executed notebook: (what, marker). Each has a fix at its source, not a filter.
 NOISE = (
     ("a figure shown as text (no inline backend)", "<Figure size "),
-    ("a results record's repr", "<labkit result "),
     ("DeepSpeed's accelerator notice", "Setting accelerator to"),
     ("op build noise", "built successfully"),
     ("linker noise from an op probe", "collect2: error"),
@@ -406,6 +405,8 @@ def output_problems(path: str | Path) -> list[str]:
                 text += f"\n{out.get('ename')}: {out.get('evalue')}"
             if "image/png" in data:
                 continue  # a figure's text/plain fallback is not shown
+            if out.get("output_type") == "execute_result" and data.keys() == {"text/plain"} and text[:1] in "{[":
+                found.append(f"cell {i}: a value's repr as the cell's result (a table, or `;` after it): {text[:80]}")
             for what, marker in NOISE:
                 if marker in text:
                     line = next(ln for ln in text.splitlines() if marker in ln)

@@ -34,8 +34,9 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"labkit.results.record: cannot record a {type(value).__name__}; pass JSON-able data")
 
 
-def record(name: str, value: Any) -> Any:
-    """Record `value` under `name` in the running notebook's outputs; returns the JSON form."""
+def record(name: str, value: Any) -> None:
+    """Record `value` under `name` in the running notebook's outputs (as JSON; `recorded()` has it in-process).
+    Returns nothing, so a cell that ends with a record shows no repr of it."""
     if not name or not isinstance(name, str):
         raise ValueError("labkit.results.record: name must be a non-empty string")
     data = _jsonable(value)
@@ -45,11 +46,10 @@ def record(name: str, value: Any) -> Any:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:  # plain Python: in-process only
-        return data
+        return
     if get_ipython() is not None:
         # No text/plain: a front end with no renderer for the kit's MIME type then shows nothing, not a repr.
         display({MIME_TYPE: {"name": name, "value": data}}, raw=True)
-    return data
 
 
 def recorded() -> dict[str, Any]:

@@ -112,17 +112,20 @@ def test_output_problems_finds_each_kind_of_noise(tmp_path):
         new_output("stream", name="stderr", text="/x/y.py:3: FutureWarning: old\n"),
         new_output("stream", name="stdout", text=f"wrote {notebooks.NOTEBOOKS_DIR}/x.json\n"),
         new_output("stream", name="stdout", text="row\n" * (notebooks.MAX_OUTPUT_LINES + 1)),
+        new_output("execute_result", {"text/plain": "{'stage': 2, 'world_size': 1}"}, execution_count=2),
     ]
     clean = [
         new_output("display_data", {"image/png": "iVBOR", "text/plain": "<Figure size 640x480 with 1 Axes>"}),
         new_output("stream", name="stdout", text="ZeRO-3 held 2.69 GB per rank\n"),
+        new_output("execute_result", {"text/html": "<table/>", "text/plain": "[1, 2]"}, execution_count=3),
     ]
     nb = new_notebook(cells=[new_code_cell("x", outputs=noisy), new_code_cell("y", outputs=clean)])
     nbformat.write(nb, tmp_path / "n.ipynb")
     problems = notebooks.output_problems(tmp_path / "n.ipynb")
-    assert len(problems) == 4 and all(p.startswith("cell 0:") for p in problems), problems
+    assert len(problems) == 5 and all(p.startswith("cell 0:") for p in problems), problems
     assert any("figure shown as text" in p for p in problems) and any("FutureWarning" in p for p in problems)
     assert any("internal path" in p for p in problems) and any("lines (more than" in p for p in problems)
+    assert any("a value's repr as the cell's result" in p for p in problems)
 
 
 def test_short_paths_leaves_no_internal_path_for_the_output_check():

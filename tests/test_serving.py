@@ -130,6 +130,24 @@ def ranks_gone(service: local.LocalService, pids: dict[int, int], within: float)
     return wait_until(lambda: not any(procs.alive(p) for p in pids.values()), within, 0.05)
 
 
+def master_port(argv: list[str]) -> str:
+    return argv[argv.index("--master_port") + 1]
+
+
+@pytest.mark.slow
+def test_the_command_shown_before_start_is_the_one_run_unless_its_port_was_taken():
+    config, ranks, _ = local.plan(2, "cpu")
+    service = local.LocalService(config, ranks)
+    shown = service.command
+    assert master_port(shown) != "29500"  # not DeepSpeed's default, which another job may hold
+    with socket.create_server(("127.0.0.1", int(master_port(shown)))):  # taken between plan and start
+        try:
+            service.start().wait_ready(240)
+            assert master_port(service.proc.args) == master_port(service.command) != master_port(shown)
+        finally:
+            service.stop()
+
+
 @pytest.mark.slow
 def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
     rng = random.Random(7)

@@ -113,7 +113,7 @@ class LocalService:
         self.url = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
         self.client = HttpClient(self.url)
         self._reader: threading.Thread | None = None
-        self._port = 0  # the master port of the last start()
+        self._port = launch.free_port()  # the rendezvous port: chosen now, so `command` shows what start() runs
         self._exits: RankExits | None = None  # which rank failed first: a killed one says nothing itself
 
     @property
@@ -123,7 +123,10 @@ class LocalService:
 
     def start(self) -> LocalService:
         self.spec.validate()
-        self._port = launch.free_port()
+        try:
+            check_port_free("127.0.0.1", self._port)
+        except ConfigError:  # taken since (or by the last start): another free one
+            self._port = launch.free_port()
         argv = launch.build_command(self.spec, master_port=self._port)
         self.proc = launch.start_session(argv, launch.local_env(self.spec, self._port))
         self._exits = RankExits(self.proc.pid).start()
