@@ -24,7 +24,7 @@ from labkit.chapters.interactive import (
     training_command,
 )
 from labkit.errors import ConfigError
-from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, get_backend
+from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, get_backend
 from labkit.jobs.launcher import job_pids, map_paths
 from labkit.manifests import JobSpec
 from labkit.procs import alive
@@ -77,6 +77,34 @@ def test_exec_streams_output_while_the_command_runs(backend):
     first = next(t for t, text in arrivals if "first" in text)
     second = next(t for t, text in arrivals if "second" in text)
     assert second - first > 1.0, "output was buffered until the command ended"
+
+
+def test_a_long_exec_keeps_only_its_tail_for_the_diagnosis_and_still_names_the_rank(backend, monkeypatch):
+    """A day-long run's output is streamed and returned by run(), but the exec itself keeps only the tail it reads
+    for the one-line diagnosis."""
+    kept: list[int] = []
+    text_of = base.OutputTail.text
+    monkeypatch.setattr(base.OutputTail, "MOST", 2000)
+    monkeypatch.setattr(base.OutputTail, "text", lambda self: kept.append(len(text_of(self))) or text_of(self))
+    rank = "seq 1 20000; echo 'LABKIT_RANK_ERROR rank=0 ValueError: boom at step 20000'; exit 1"
+    with backend.submit(JobSpec(name="long")) as job:
+        job.wait_ready(10)
+        res = job.run(["mpirun", "-n", "1", "sh", "-c", rank], timeout=60)
+    assert res.returncode != 0 and "\n19999\n" in res.output  # the caller gets every line
+    assert res.failure.startswith("rank 0 failed"), res.output[-2000:]
+    assert "ValueError: boom at step 20000" in res.failure
+    assert kept and max(kept) <= 2000 + 200  # one line past the limit at most
+
+
+def test_output_tail_keeps_the_last_characters_and_passes_everything_on():
+    seen: list[str] = []
+    tail = base.OutputTail(seen.append, most=10)
+    for chunk in ["aaaa", "bbbb", "cccc", "dd"]:
+        tail(chunk)
+    assert seen == ["aaaa", "bbbb", "cccc", "dd"] and tail.text() == "bbbbccccdd"
+    big = base.OutputTail(None, most=3)
+    big("x" * 50)
+    assert big.text() == "x" * 50  # a single chunk is never cut
 
 
 def test_failing_command_returns_its_code_and_stderr(backend):

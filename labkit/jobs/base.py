@@ -7,6 +7,7 @@ user execs `deepspeed --hostfile /etc/mpi/hostfile ...` into it; a deadline ends
 from __future__ import annotations
 
 import abc
+import collections
 import re
 import sys
 import time
@@ -98,6 +99,29 @@ def collecting(on_output: OutputCallback | None) -> tuple[list[str], OutputCallb
             on_output(text)
 
     return chunks, collect
+
+
+class OutputTail:
+    """An output sink that passes each chunk on and keeps only the last `most` characters: what an exec's failure
+    diagnosis reads (the dead rank reports near the end), without holding a day-long run's output."""
+
+    MOST = 4 << 20
+
+    def __init__(self, on_output: OutputCallback | None, most: int | None = None):
+        self.on_output, self.most = on_output, most or self.MOST
+        self._chunks: collections.deque[str] = collections.deque()
+        self._size = 0
+
+    def __call__(self, text: str) -> None:
+        self._chunks.append(text)
+        self._size += len(text)
+        while self._size > self.most and len(self._chunks) > 1:
+            self._size -= len(self._chunks.popleft())
+        if self.on_output:
+            self.on_output(text)
+
+    def text(self) -> str:
+        return "".join(self._chunks)
 
 
 def print_output(text: str) -> None:

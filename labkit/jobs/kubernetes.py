@@ -400,16 +400,16 @@ class KubernetesBackend(JobBackend):
         except ApiException as exc:
             raise LabkitError(f"exec in {pod.metadata.name} failed to start: {exc.reason}") from None
         end = None if timeout is None else time.monotonic() + timeout
-        chunks, collect = base.collecting(on_output)
+        tail = base.OutputTail(on_output)
         try:
             while ws.is_open():
                 ws.update(timeout=0.5)
-                drain_exec(ws, collect)
+                drain_exec(ws, tail)
                 if end is not None and time.monotonic() > end:
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped"
                     )
-            drain_exec(ws, collect)
+            drain_exec(ws, tail)
             raw = ws.read_channel(ERROR_CHANNEL)
         except BaseException:
             # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
@@ -420,7 +420,7 @@ class KubernetesBackend(JobBackend):
                     with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
                         self._stream(pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
             raise
-        return self._exec_end(name, ns, pod.metadata.name, argv, "".join(chunks), raw, on_output or (lambda _: None))
+        return self._exec_end(name, ns, pod.metadata.name, argv, tail.text(), raw, on_output or (lambda _: None))
 
     def _exec_end(self, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say) -> int:
         """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline or a deletion

@@ -284,16 +284,16 @@ class LocalBackend(JobBackend):
                 return 127 if isinstance(exc, FileNotFoundError) else 126
             record = d / "execs" / str(proc.pid)
             record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
-            lines: list[str] = []
+            tail = base.OutputTail(say)
             first_death: list[float] = []  # when a rank first reported its error or exit
 
             def pump() -> None:
                 with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
                     for raw in iter(proc.stdout.readline, b""):
-                        lines.append(raw.decode("utf-8", "replace"))
-                        if starts_ranks and not first_death and launch.reports_dead_rank(lines[-1]):
+                        line = raw.decode("utf-8", "replace")
+                        if starts_ranks and not first_death and launch.reports_dead_rank(line):
                             first_death.append(time.monotonic())
-                        say(lines[-1])
+                        tail(line)
 
             reader = threading.Thread(target=pump, daemon=True)
             try:
@@ -319,7 +319,7 @@ class LocalBackend(JobBackend):
                     proc.stdout.close()
         returncode = proc.returncode if exited else 1
         first = watch.first_failure if starts_ranks else None
-        why = self._why_failed(d, job, "".join(lines), returncode, starts_ranks, first) if returncode else ""
+        why = self._why_failed(d, job, tail.text(), returncode, starts_ranks, first) if returncode else ""
         if why:
             say(f"{EXEC_TAG}{why}\n")
         return returncode
