@@ -365,6 +365,7 @@ NOISE = (
     ("a FutureWarning", "FutureWarning: "),
     ("a DeprecationWarning", "DeprecationWarning: "),
     ("the kernel's transport warning", "without encryption"),
+    ("torch's reverse-DNS warning (a rendezvous off loopback)", "The hostname of the client socket cannot be"),
     ("a Python traceback", "Traceback (most recent call last)"),
 )
 MAX_OUTPUT_LINES = 150  # a longer single output is a dump, not a lesson

@@ -502,6 +502,27 @@ def test_the_cluster_command_line_works_as_typed_in_a_local_job(backend):
             assert res.returncode == 0 and sorted(m["rank"] for m in done) == [0, 1], res.output[-3000:]
 
 
+ADDRESS = """
+import os
+import torch.distributed as dist
+from labkit.ranks.runtime import init_deepspeed
+init_deepspeed()
+print("rendezvous", dist.get_rank(), os.environ["MASTER_ADDR"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_local_jobs_ranks_meet_on_loopback_not_on_the_network(backend):
+    """Under mpirun DeepSpeed's MPI discovery would take `hostname -I`'s first address (192.0.2.2 on the kit's CI
+    machines): a local job's rendezvous stays on 127.0.0.1, where only this machine reaches it."""
+    with backend.submit(JobSpec(name="loopback", workers=2, slots_per_worker=1)) as job:
+        job.wait_ready(10)
+        (backend.job_dir("loopback") / "workdir" / "address.py").write_text(ADDRESS)
+        res = job.run([*TYPED, "--force_multi", "address.py"], timeout=120)
+    seen = sorted(line.split()[1:] for line in res.output.splitlines() if line.startswith("rendezvous"))
+    assert res.returncode == 0 and seen == [["0", "127.0.0.1"], ["1", "127.0.0.1"]], res.output[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("extra", "victim"), [([], 0), (["--force_multi"], 1)])
 def test_a_rank_killed_in_an_exec_is_named_with_its_signal(backend, extra, victim):

@@ -273,6 +273,9 @@ class LocalBackend(JobBackend):
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
         with procs.own_tmpdir(self._job_env(d, job)) as env:
             cmd, env["MASTER_PORT"] = _with_master_port(cmd)
+            # Every worker is this host: without it DeepSpeed's MPI discovery takes `hostname -I`'s first address and
+            # the rendezvous is on the network (and torch, with no DNS, warns it cannot name the client socket).
+            env["MASTER_ADDR"] = "127.0.0.1"
             say = on_output or (lambda _text: None)
             try:
                 proc = subprocess.Popen(
