@@ -21,11 +21,13 @@ known keys are its `properties`.
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from functools import cache
 from pathlib import Path
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "labkit" / "schemas"
+UPSTREAM = Path(__file__).resolve().parent / "data" / "upstream-crds"
 ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 
 
@@ -36,16 +38,14 @@ def crd_schema(group: str, plural: str, version: str) -> dict | None:
     return json.loads(path.read_text())["schema"] if path.is_file() else None
 
 
-def without_fields(schema: dict, *paths: str) -> dict:
-    """The schema of an older CRD that lacks these fields ("spec.launcherCreationPolicy": MPI Operator v0.4.0's)."""
-    older = copy.deepcopy(schema)
-    for path in paths:
-        *parents, leaf = path.split(".")
-        node = older
-        for key in parents:
-            node = node["properties"][key]
-        del node["properties"][leaf]
-    return older
+def upstream_crd(release: str, kind: str) -> dict:
+    """A released CRD as upstream tagged it ("mpi-operator-v0.4.0", "MPIJob"), recorded by scripts/upstream_crds.py."""
+    record = json.loads(gzip.decompress((UPSTREAM / f"{release}.json.gz").read_bytes()))
+    return next(c for c in record["crds"] if c["spec"]["names"]["kind"] == kind)
+
+
+def served_schema(crd: dict, version: str) -> dict:
+    return next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version)
 
 
 def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None = None) -> list[str]:

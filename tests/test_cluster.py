@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,13 +38,9 @@ def inventory() -> dict[str, cluster.NodeInventory]:
     return {n.name: n for n in (node_inventory(item) for item in nodes.items)}
 
 
-def crd(name: str, spec_fields: Iterable[str] | None = None):
-    """A recorded CRD; with spec_fields, its served version's spec schema declares just those (an older release's)."""
-    document = json.loads((DATA / name).read_text())
-    if spec_fields is not None:
-        spec = {"type": "object", "properties": {field: {"type": "object"} for field in spec_fields}}
-        document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = spec
-    return deserialize(document, "V1CustomResourceDefinition")
+def crd(name: str):
+    """A recorded CRD (older releases' CRDs: test_upstream_releases)."""
+    return deserialize(json.loads((DATA / name).read_text()), "V1CustomResourceDefinition")
 
 
 # ---------------------------------------------------------------------------------------------------------- nodes
@@ -139,16 +134,6 @@ def test_mpijob_v2beta1_is_ok():
     assert status.ok and status.served_versions == ("v2beta1",) and status.problem is None
 
 
-def test_an_mpi_operator_older_than_v0_5_is_detected_from_its_crds_schema():
-    # MPI Operator v0.4.0's v2beta1 spec fields (manifests/base/kubeflow.org_mpijobs.yaml at v0.4.0): no
-    # launcherCreationPolicy, so its launcher starts before the workers are ready.
-    fields = ["mpiImplementation", "mpiReplicaSpecs", "runPolicy", "slotsPerWorker", "sshAuthMountPath"]
-    status = mpijob_crd_status(crd("crd-mpijob-v2beta1.json", fields))
-    assert status.installed and not status.ok and status.row()["state"] == "too old"
-    assert "no spec.launcherCreationPolicy" in status.problem and "MPI Operator v0.5 or later" in status.fix
-    assert mpijob_crd_status(crd("crd-mpijob-v2beta1.json", [*fields, "launcherCreationPolicy"])).ok  # v0.5.0 on
-
-
 def test_mpijob_v1_clash_is_detected():
     status = mpijob_crd_status(crd("crd-mpijob-v1-training-operator.json"))
     assert status.installed and not status.ok
@@ -166,15 +151,6 @@ def test_missing_crds():
 def test_trainjob_crd():
     status = trainjob_crd_status(crd("crd-trainjob-v1alpha1.json"))
     assert status.ok and status.name == "trainjobs.trainer.kubeflow.org"
-
-
-def test_kubeflow_trainer_v2_0_is_too_old_for_the_kits_trainjobs():
-    # Trainer v2.0.0's spec fields (manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml at that tag)
-    fields = "annotations initializer labels managedBy podSpecOverrides runtimeRef suspend trainer".split()
-    status = trainjob_crd_status(crd("crd-trainjob-v1alpha1.json", fields))
-    assert not status.ok and status.row()["state"] == "too old" and "v2.1.0 or later" in status.fix
-    v2_1 = [f for f in fields if f != "podSpecOverrides"] + ["podTemplateOverrides"]
-    assert trainjob_crd_status(crd("crd-trainjob-v1alpha1.json", v2_1)).ok
 
 
 # ---------------------------------------------------------------------------------------------------------- kubeconfig

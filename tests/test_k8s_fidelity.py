@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
-from fake_crd import crd_schema, without_fields
+from fake_crd import served_schema, upstream_crd
 from fake_rbac import ADMIN, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 from kubernetes.stream import ws_client
@@ -290,10 +290,7 @@ def test_an_mpi_operator_older_than_v0_5_is_refused_at_submit_naming_the_field_a
     # MPI Operator v0.4.0's CRD (manifests/base/kubeflow.org_mpijobs.yaml at that tag) serves v2beta1 without these:
     # under the default fieldValidation=Warn its API server would drop launcherCreationPolicy and start the launcher
     # before the workers, with only a warning header the client never shows.
-    served = without_fields(
-        crd_schema("kubeflow.org", "mpijobs", "v2beta1"),
-        "spec.launcherCreationPolicy", "spec.runLauncherAsWorker", "spec.runPolicy.managedBy",
-    )  # fmt: skip
+    served = served_schema(upstream_crd("mpi-operator-v0.4.0", "MPIJob"), "v2beta1")
     api.crd_schemas[("kubeflow.org", "mpijobs", "v2beta1")] = served
     before = dict(api.objects)
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,100 @@
+"""The kit's objects against the CRDs of each MPI Operator and Kubeflow Trainer release it may meet on a cluster,
+recorded from the upstream tags by scripts/upstream_crds.py (tests/data/upstream-crds/, descriptions dropped):
+what an API server would silently drop from them (tests/fake_crd.prune: apiextensions-apiserver's pruning), and what
+`labkit discover --cluster` says of each release's CRD. labkit/schemas holds only the newest release's schemas."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+
+import pytest
+from fake_crd import UPSTREAM, crd_schema, prune, served_schema, upstream_crd
+from kubernetes import client
+
+from labkit import cluster
+from labkit.manifests import JobSpec, render_all
+
+OPERATOR = ["v0.4.0", "v0.5.0", "v0.6.0", "v0.7.0", "v0.8.0", "v0.8.2"]
+TRAINER = ["v2.0.0", "v2.1.0", "v2.2.0", "v2.3.0"]
+KIT_SETUPS = [(acc, kind) for acc in ("cpu", "nvidia", "gaudi") for kind in ("interactive", "batch")]
+
+
+def as_client_object(document: dict):
+    """The CRD as `labkit discover --cluster` receives it: deserialized by the official client."""
+    return client.ApiClient()._ApiClient__deserialize(document, "V1CustomResourceDefinition")
+
+
+def dropped(obj: dict, document: dict, version: str) -> list[str]:
+    return prune(copy.deepcopy(obj), served_schema(document, version))
+
+
+def test_every_release_is_recorded_from_its_upstream_commit():
+    for name in [f"mpi-operator-{t}" for t in OPERATOR] + [f"trainer-{t}" for t in TRAINER]:
+        record = json.loads(gzip.decompress((UPSTREAM / f"{name}.json.gz").read_bytes()))
+        assert len(record["commit"]) == 40 and record["crds"] and record["release"] == name.rsplit("-", 1)[1]
+
+
+@pytest.mark.parametrize("tag", OPERATOR)
+@pytest.mark.parametrize(("accelerator", "kind"), KIT_SETUPS)
+def test_the_kits_mpijob_loses_nothing_on_operators_from_v0_5(tag, accelerator, kind):
+    """v0.4.0 serves v2beta1 without spec.launcherCreationPolicy: the launcher would start before its workers. The
+    kit's dry run asks for fieldValidation=Strict, so there it is refused instead of dropped."""
+    (job,) = [o for o in render_all(JobSpec.from_overlay(accelerator, kind), kind) if o["kind"] == "MPIJob"]
+    lost = dropped(job, upstream_crd(f"mpi-operator-{tag}", "MPIJob"), "v2beta1")
+    assert lost == (["spec.launcherCreationPolicy"] if tag == "v0.4.0" else []), lost
+
+
+@pytest.mark.parametrize("tag", OPERATOR)
+def test_discover_calls_only_v0_4_too_old(tag):
+    status = cluster.mpijob_crd_status(as_client_object(upstream_crd(f"mpi-operator-{tag}", "MPIJob")))
+    assert status.installed and "v2beta1" in status.served_versions
+    if tag == "v0.4.0":
+        assert not status.ok and status.row()["state"] == "too old"
+        assert "no spec.launcherCreationPolicy" in status.problem and "MPI Operator v0.5 or later" in status.fix
+    else:
+        assert status.ok, status.problem
+
+
+@pytest.mark.parametrize("tag", TRAINER)
+@pytest.mark.parametrize("deadline", [False, True])
+def test_the_kits_trainjob_and_runtime_lose_nothing_on_trainer_from_v2_1(tag, deadline):
+    """spec.activeDeadlineSeconds came with v2.2.0: `--trainjob-deadline yes` is for those releases only (auto asks the
+    cluster). v2.0.0 is refused by discover (below), whatever it would keep."""
+    objects = render_all(JobSpec(trainjob_deadline=deadline), "trainjob")
+    trainjob = next(o for o in objects if o["kind"] == "TrainJob")
+    runtime = next(o for o in objects if o["kind"] == "TrainingRuntime")
+    lost_job = dropped(trainjob, upstream_crd(f"trainer-{tag}", "TrainJob"), "v1alpha1")
+    lost_runtime = dropped(runtime, upstream_crd(f"trainer-{tag}", "TrainingRuntime"), "v1alpha1")
+    assert lost_runtime == [], lost_runtime
+    older = tag in ("v2.0.0", "v2.1.0")
+    assert lost_job == (["spec.activeDeadlineSeconds"] if deadline and older else []), lost_job
+
+
+@pytest.mark.parametrize("tag", TRAINER)
+def test_discover_calls_only_trainer_v2_0_too_old(tag):
+    status = cluster.trainjob_crd_status(as_client_object(upstream_crd(f"trainer-{tag}", "TrainJob")))
+    assert status.installed and "v1alpha1" in status.served_versions
+    if tag == "v2.0.0":
+        assert not status.ok and status.row()["state"] == "too old" and "v2.1.0 or later" in status.fix
+    else:
+        assert status.ok, status.problem
+
+
+def test_the_fakes_schemas_drop_what_the_newest_releases_drop():
+    """The fake API server prunes with labkit/schemas: for the kit's objects it must agree with the newest releases."""
+    newest = {
+        "MPIJob": ("mpi-operator-v0.8.2", "kubeflow.org", "mpijobs", "v2beta1"),
+        "TrainJob": ("trainer-v2.3.0", "trainer.kubeflow.org", "trainjobs", "v1alpha1"),
+        "TrainingRuntime": ("trainer-v2.3.0", "trainer.kubeflow.org", "trainingruntimes", "v1alpha1"),
+    }
+    objects = render_all(JobSpec(), "interactive") + render_all(JobSpec(trainjob_deadline=True), "trainjob")
+    for obj in (o for o in objects if o["kind"] in newest):
+        name, group, plural, version = newest[obj["kind"]]
+        fake = prune(copy.deepcopy(obj), crd_schema(group, plural, version))
+        assert fake == dropped(obj, upstream_crd(name, obj["kind"]), version) == [], obj["kind"]
+        # and an unknown field goes in both
+        probe = {**obj, "spec": {**obj["spec"], "noSuchField": 1}}
+        assert prune(copy.deepcopy(probe), crd_schema(group, plural, version)) == ["spec.noSuchField"]
+        assert dropped(probe, upstream_crd(name, obj["kind"]), version) == ["spec.noSuchField"]
