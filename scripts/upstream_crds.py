@@ -20,6 +20,7 @@ import yaml
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "upstream-crds"
 # (project, ref: a tag, or a commit for an untagged release, the release it is, the CRD files at that ref)
 RELEASES = [
+    ("mpi-operator", "v0.3.0", "v0.3.0", ["manifests/base/crd.yaml"]),  # the first to serve v2beta1 (beside v1)
     *(("mpi-operator", tag, tag, ["manifests/base/kubeflow.org_mpijobs.yaml"])
       for tag in ("v0.4.0", "v0.5.0", "v0.6.0", "v0.7.0", "v0.8.0")),
     # master at "Prepare v0.8.2 (#825)": the first release with #787 (a finished MPIJob stays finished)

@@ -16,7 +16,8 @@ from kubernetes import client
 from labkit import cluster
 from labkit.manifests import JobSpec, render_all
 
-OPERATOR = ["v0.4.0", "v0.5.0", "v0.6.0", "v0.7.0", "v0.8.0", "v0.8.2"]
+TOO_OLD = ("v0.3.0", "v0.4.0")  # serve v2beta1 without spec.launcherCreationPolicy
+OPERATOR = ["v0.3.0", "v0.4.0", "v0.5.0", "v0.6.0", "v0.7.0", "v0.8.0", "v0.8.2"]
 TRAINER = ["v2.0.0", "v2.1.0", "v2.2.0", "v2.3.0"]
 KIT_SETUPS = [(acc, kind) for acc in ("cpu", "nvidia", "gaudi") for kind in ("interactive", "batch")]
 
@@ -38,19 +39,19 @@ def test_every_release_is_recorded_from_its_upstream_commit():
 
 @pytest.mark.parametrize("tag", OPERATOR)
 @pytest.mark.parametrize(("accelerator", "kind"), KIT_SETUPS)
-def test_the_kits_mpijob_loses_nothing_on_operators_from_v0_5(tag, accelerator, kind):
-    """v0.4.0 serves v2beta1 without spec.launcherCreationPolicy: the launcher would start before its workers. The
+def test_the_kits_mpijob_loses_nothing_on_operators_from_v0_5_on(tag, accelerator, kind):
+    """v0.3.0/v0.4.0 serve v2beta1 without spec.launcherCreationPolicy: the launcher would start before its workers. The
     kit's dry run asks for fieldValidation=Strict, so there it is refused instead of dropped."""
     (job,) = [o for o in render_all(JobSpec.from_overlay(accelerator, kind), kind) if o["kind"] == "MPIJob"]
     lost = dropped(job, upstream_crd(f"mpi-operator-{tag}", "MPIJob"), "v2beta1")
-    assert lost == (["spec.launcherCreationPolicy"] if tag == "v0.4.0" else []), lost
+    assert lost == (["spec.launcherCreationPolicy"] if tag in TOO_OLD else []), lost
 
 
 @pytest.mark.parametrize("tag", OPERATOR)
-def test_discover_calls_only_v0_4_too_old(tag):
+def test_discover_calls_operators_before_v0_5_too_old(tag):
     status = cluster.mpijob_crd_status(as_client_object(upstream_crd(f"mpi-operator-{tag}", "MPIJob")))
     assert status.installed and "v2beta1" in status.served_versions
-    if tag == "v0.4.0":
+    if tag in TOO_OLD:
         assert not status.ok and status.row()["state"] == "too old"
         assert "no spec.launcherCreationPolicy" in status.problem and "MPI Operator v0.5 or later" in status.fix
     else:
