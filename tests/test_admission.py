@@ -35,15 +35,18 @@ def policy_objects() -> list[dict]:
 
 
 POLICY, BINDING = policy_objects()
+KUEUE = "system:serviceaccount:kueue-system:kueue-controller-manager"  # the policy's runtimePatchers
 
 
-def admit(obj: dict, user: str = "learner") -> list[str]:
+def admit(obj: dict, user: str = "learner", old: dict | None = None) -> list[str]:
     """The messages of every validation the object fails ([] = admitted), evaluated as the API server does: the
     variables in order (each sees the earlier ones as variables.NAME), then each validation on `object`, the
-    request made by `user`."""
+    request made by `user`: a CREATE, or with `old` an UPDATE of it (`oldObject` is null on a CREATE)."""
     env = celpy.Environment()
     variables: dict = {}
-    activation = {"object": celpy.json_to_cel(obj), "request": celpy.json_to_cel({"userInfo": {"username": user}})}
+    request = {"userInfo": {"username": user}, "operation": "UPDATE" if old is not None else "CREATE"}
+    activation = {"object": celpy.json_to_cel(obj), "request": celpy.json_to_cel(request),
+                  "oldObject": celpy.json_to_cel(old)}  # fmt: skip
 
     def run(expression: str):
         activation["variables"] = celtypes.MapType({celtypes.StringType(k): v for k, v in variables.items()})
@@ -212,12 +215,63 @@ def test_a_trainjob_may_not_patch_its_runtime_or_read_other_secrets(field, value
     patched = copy.deepcopy(job)
     patched["spec"][field] = value
     assert [f for f in admit(patched) if field in f]
-    assert not admit(patched, user="system:serviceaccount:kueue-system:kueue-controller-manager")  # admitting it
+    assert not admit(patched, user=KUEUE)  # admitting it
     other = copy.deepcopy(job)
     other["spec"]["trainer"]["env"].append(
         {"name": "K", "valueFrom": {"secretKeyRef": {"name": "lab-token", "key": "t"}}}
     )
     assert [f for f in admit(other) if "allowedSecrets" in f]
+
+
+# What Kueue's mutating webhook appends to every TrainJob a learner creates (kubernetes-sigs/kueue v0.19.2,
+# pkg/controller/jobs/trainjob/trainjob_webhook.go Default), and what its controller later writes into that entry
+# when it admits the job (trainjob_controller.go RunWithPodSetsInfo: nodeSelector, tolerations, scheduling gates).
+KUEUE_STUB = {"manager": "kueue.x-k8s.io/manager", "trainingRuntimeSpec": {"template": {"spec": {}}}}
+KUEUE_ADMITTED = {
+    "manager": "kueue.x-k8s.io/manager",
+    "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{"name": "node", "template": {"spec": {
+        "template": {"spec": {"nodeSelector": {"pool": "h100"}, "tolerations": [{"key": "nvidia.com/gpu"}]}}}}}]}}},
+}  # fmt: skip
+
+
+def with_patches(job: dict, patches: list[dict], field: str = "runtimePatches") -> dict:
+    patched = copy.deepcopy(job)
+    patched["spec"][field] = copy.deepcopy(patches)
+    return patched
+
+
+def test_a_learners_trainjob_passes_on_a_kueue_cluster_and_only_kueue_fills_its_patch():
+    """On a Kueue v0.17+ cluster every TrainJob create arrives with Kueue's empty runtimePatch in it (mutating
+    webhooks run before validating policies), in the learner's own request."""
+    job = m.render_job(m.JobSpec(), "trainjob")
+    created = with_patches(job, [KUEUE_STUB])
+    assert not admit(created)
+    queue = {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "lab"}}, "spec": {}}  # v0.17.0-v0.17.1's stub
+    assert not admit(with_patches(job, [{**KUEUE_STUB, "trainingRuntimeSpec": {"template": queue}}]))
+    admitted = with_patches(job, [KUEUE_ADMITTED])
+    assert not admit(admitted, user=KUEUE, old=created)  # Kueue's controller admits the job
+    assert admit(admitted) and admit(admitted, old=created)  # a learner writing pod fields under Kueue's name
+    relabelled = copy.deepcopy(admitted)
+    relabelled["metadata"].setdefault("labels", {})["note"] = "mine"
+    assert not admit(relabelled, old=admitted)  # an update that keeps Kueue's patch as it was
+    evil = copy.deepcopy(KUEUE_ADMITTED)
+    evil["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "serviceAccountName"
+    ] = "labkit"
+    assert admit(with_patches(job, [evil]), old=admitted)  # ... but not one that changes it
+    assert admit(with_patches(job, [KUEUE_STUB, {**KUEUE_STUB, "manager": "me"}]))  # another manager's entry
+
+
+def test_older_kueues_overrides_survive_a_learners_update():
+    """Kueue v0.14.5-v0.16 writes podTemplateOverrides (Trainer v2.1), v0.14.0-v0.14.4 podSpecOverrides (v2.0)."""
+    job = m.render_job(m.JobSpec(), "trainjob")
+    entry = {"targetJobs": [{"name": "node"}], "spec": {"nodeSelector": {"pool": "h100"}}}
+    admitted = with_patches(job, [entry], "podTemplateOverrides")
+    assert not admit(admitted, user=KUEUE, old=job)
+    assert admit(with_patches(job, [entry], "podTemplateOverrides"), old=job)  # a learner adding it
+    relabelled = copy.deepcopy(admitted)
+    relabelled["metadata"].setdefault("labels", {})["note"] = "mine"
+    assert not admit(relabelled, old=admitted)
 
 
 def test_the_policy_reads_the_kits_shared_volume_layout():
