@@ -356,6 +356,17 @@ class FakeApiServer:
                 message = f'Resource "{own}" of Kind "" already exists and is not managed by MPIJob'
                 self.add_event(ns, name, "Warning", "ErrResourceExists", message, kind="MPIJob")
                 return
+        if (spec.get("runPolicy") or {}).get("suspend"):
+            # isMPIJobSuspended (mpi_job_controller.go at caa3c47: syncHandler, updateMPIJobStatus): no worker pods, a
+            # launcher Job created suspended (no pod; not stored here), Suspended=True "MPIJob suspended" with a Normal
+            # MPIJobSuspended event, and Running=False "MPIJob NS/NAME is suspended.". Kueue's webhook sets suspend.
+            running = {
+                **_condition("Running", "MPIJobSuspended", f"MPIJob {ns}/{name} is suspended."),
+                "status": "False",
+            }
+            job["status"]["conditions"] += [_condition("Suspended", "MPIJobSuspended", "MPIJob suspended"), running]
+            self.add_event(ns, name, "Normal", "MPIJobSuspended", "MPIJob suspended", kind="MPIJob")
+            return
         workers = spec["mpiReplicaSpecs"].get("Worker", {}).get("replicas", 1)
         slots = spec.get("slotsPerWorker", 1)
         etc = self.root / ns / name / "etc-mpi"

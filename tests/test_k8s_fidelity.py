@@ -303,6 +303,22 @@ def test_an_mpi_operator_older_than_v0_5_is_refused_at_submit_naming_the_field_a
     assert posts and all(q.get("fieldValidation") == "Strict" for q in posts)
 
 
+def test_a_suspended_mpijob_says_so_and_who_resumes_it_not_that_the_operator_may_be_down(api, backend):
+    """Kueue's webhook suspends a job it manages until it admits it; the operator then makes no pods."""
+    job = render_job(JobSpec(name="queued", workers=1))
+    job["spec"]["runPolicy"]["suspend"] = True
+    assert raw(api, "POST", MPIJOB_PATH, job)[0] == 201
+    st = backend.status("queued")
+    assert st.phase == "Pending" and st.message.startswith("MPIJob suspended") and not api.pods
+    with pytest.raises(JobNotReady) as err:
+        backend.wait_ready("queued", timeout=1)
+    text = str(err.value)
+    assert "MPIJob workloads/queued is suspended (spec.runPolicy.suspend: true)" in text and "get workloads" in text
+    assert "MPIJobSuspended" in text and "is the MPI Operator running" not in text
+    assert "stays queued: wait again" in text and "failed" not in text
+    assert backend.status("queued").phase == "Pending"  # kept: it holds nothing and keeps its place in the queue
+
+
 def test_a_deadline_under_clean_pod_policy_none_leaves_the_workers_for_list_stale(api, backend):
     job = render_job(JobSpec(name="keep", workers=2))
     job["spec"]["runPolicy"]["cleanPodPolicy"] = "None"  # the CRD's default (the kit's manifests say Running)

@@ -136,6 +136,21 @@ def mpijob_phase(obj: dict) -> tuple[str, str]:
     return PHASE_OF_CONDITION.get(kind, kind or "Pending"), last.get("message") or reason
 
 
+def is_suspended(obj: dict) -> bool:
+    return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+
+
+def suspended_note(namespace: str, name: str) -> str:
+    """Why a suspended MPIJob has no pods (mpi_job_controller.go: isMPIJobSuspended skips the workers) and who resumes
+    it: Kueue's webhook suspends every job it manages until it admits it."""
+    patch = '{"spec":{"runPolicy":{"suspend":false}}}'
+    return (
+        f"MPIJob {namespace}/{name} is suspended (spec.runPolicy.suspend: true), so it has no pods: a queue (Kueue) "
+        f"resumes it when it admits it (kubectl -n {namespace} get workloads), else "
+        f"kubectl -n {namespace} patch mpijob {name} --type merge -p '{patch}'"
+    )
+
+
 def pod_ready(pod) -> bool:
     if pod.status is None or pod.status.phase != "Running":
         return False

@@ -3,10 +3,9 @@
 submit:  render (validates the spec) -> check the API serves mpijobs.kubeflow.org/v2beta1 -> server-side dry run of
          every object -> create.
 ready:   watch the job's pods (labels training.kubeflow.org/job-name, .../job-role) until the launcher and every
-         worker are Running and Ready; fail fast on image pull errors; on timeout report each pod's reason and events.
-exec:    kubernetes.stream with _preload_content=False, streamed, exit code from the status channel (3). The command
-         runs under `setsid` with a pid file, so an interrupted exec can kill its whole process group (mpirun and the
-         ranks it drives) with a second exec: closing the stream alone leaves the process running in the pod.
+         worker are Running and Ready; fail fast on image pull errors; on timeout report each pod's reason and events
+         and delete the job (it holds accelerators), unless it is suspended: queued (Kueue), it holds nothing.
+exec:    kubernetes.stream; exit code from channel 3; under `setsid` and a pid file: an interrupt kills mpirun's group.
 delete:  foreground propagation: the operator's Job, pods, Service, ConfigMap and Secret go with the MPIJob.
 status, delete by name: the MPIJob or the TrainJob of that name, whichever exists (both: the caller says which).
 """
@@ -36,11 +35,13 @@ from labkit.jobs.k8s_objects import (
     drain_exec,
     exec_exit_code,
     fatal_event,
+    is_suspended,
     launcher_deadline_exceeded,
     mpijob_status,
     object_path,
     pod_problem,
     pod_ready,
+    suspended_note,
     trainjob_status,
     unreachable,
 )
@@ -275,12 +276,14 @@ class KubernetesBackend(JobBackend):
         events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
         return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
 
-    def _diagnose(self, name: str, namespace: str, pods: list) -> str:
+    def _diagnose(self, name: str, namespace: str, pods: list, suspended: bool = False) -> str:
         """The pods' states and events, after the operator's own events (ValidationError, MPIJobFailed: e.g. a pod
         the namespace's Pod Security level refused, which the operator and the Job controller only record there)."""
         events = [*self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
         lines = [f"MPIJob {name}:", *events] if events else []
-        if not pods:
+        if suspended:
+            lines.append(suspended_note(namespace, name))
+        elif not pods:
             lines.append(
                 f"no pods for MPIJob {namespace}/{name} yet: is the MPI Operator running? "
                 f"(kubectl -n mpi-operator get pods; kubectl -n {namespace} describe mpijob {name})"
@@ -313,11 +316,15 @@ class KubernetesBackend(JobBackend):
         try:
             return self._wait_ready(check_job_name(name), timeout, ns)
         except JobNotReady as exc:
+            again, note = f"`labkit job delete {name} --backend kubernetes -n {ns}`", f"MPIJob {ns}/{name} "
             try:
-                self._kubeflow_job("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
-                note = f"MPIJob {ns}/{name} was deleted, so it holds no accelerators: fix the cause and submit again"
+                if is_suspended(self._kubeflow_job("GET", ns, name)):  # queued: it holds nothing, keeps its place
+                    note += f"stays queued: wait again, or {again}"
+                else:
+                    self._kubeflow_job("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
+                    note += "was deleted, so it holds no accelerators: fix the cause and submit again"
             except LabkitError as err:
-                note = f"deleting it failed too ({err}): `labkit job delete {name} --backend kubernetes -n {ns}`"
+                note = f"deleting it failed too ({err}): {again}"
             raise JobNotReady(f"{exc}\n{note}") from None
 
     def _wait_ready(self, name: str, timeout: float, ns: str) -> JobStatus:
@@ -335,7 +342,7 @@ class KubernetesBackend(JobBackend):
             self._raise_if_hopeless(name, ns, st, list(pods.values()), job_events=some_missing)
             remaining = end - time.monotonic()
             if remaining <= 0:
-                diagnosis = self._diagnose(name, ns, list(pods.values()))
+                diagnosis = self._diagnose(name, ns, list(pods.values()), is_suspended(obj))
                 raise JobNotReady(f"MPIJob {ns}/{name} not ready after {timeout:.0f} s:\n{diagnosis}")
             # Watch from the listing's resourceVersion: no change is missed between list and watch.
             w = watch.Watch()
