@@ -68,6 +68,7 @@ kubeconfig: str = ""  # kubeconfig file for the kubernetes backend; empty: $KUBE
 http_proxy: str = ""  # kubernetes: HTTP_PROXY for every pod of the job (e.g. http://proxy.corp:3128); empty: none
 https_proxy: str = ""  # kubernetes: HTTPS_PROXY for every pod; empty: the same as http_proxy
 no_proxy: str = ""  # kubernetes: NO_PROXY additions; the cluster's own names (.svc, .cluster.local) are always added
+queue: str = ""  # kubernetes: Kueue LocalQueue to submit to (the job waits, suspended, until admitted); empty: none
 
 # %% [markdown]
 # ## Check the parameters
@@ -100,7 +101,7 @@ plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, wor
                             device=device, image=image, deadline_minutes=deadline_minutes,
                             train_command=train_command, steps=steps, ready_timeout_s=ready_timeout_s,
                             kubeconfig=kubeconfig, http_proxy=http_proxy, https_proxy=https_proxy,
-                            no_proxy=no_proxy)
+                            no_proxy=no_proxy, queue=queue)
 print(plan.describe())
 
 # %% [markdown]

@@ -161,6 +161,7 @@ class FakeApiServer:
         self.identity = identity
         self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
         self.operator_release = operator_release  # the MPI Operator's: "v0.8.0" and older re-set Running at the end
+        self.kueue = False  # True: Kueue's MPIJob webhook runs (it suspends a job labelled with a queue)
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
         self.users = {self.token: identity, _token(): ADMIN}  # token -> user
@@ -898,6 +899,11 @@ class _Handler(BaseHTTPRequestHandler):
                 body, warnings, refused = decode(body, schema, q.get("fieldValidation"))
                 if refused:
                     return self._error(400, "BadRequest", refused)
+            labels = (body.get("metadata") or {}).get("labels") or {}
+            if fake.kueue and kind == "MPIJob" and "kueue.x-k8s.io/queue-name" in labels:
+                # Kueue's mutating webhook (kueue v0.19.2 pkg/controller/jobs/mpijob/mpijob_webhook.go Default ->
+                # jobframework.ApplyDefaultForSuspend): a job with a queue name is suspended until Kueue admits it.
+                body["spec"].setdefault("runPolicy", {})["suspend"] = True
             # The CRD's structural schema is all the API server checks (the operator has no webhook): only a
             # missing spec.mpiReplicaSpecs (required there) is a 422; the operator's own rules become events.
             problem = self._invalid(body) if kind == "MPIJob" else None

@@ -305,9 +305,10 @@ def test_an_mpi_operator_older_than_v0_5_is_refused_at_submit_naming_the_field_a
 
 def test_a_suspended_mpijob_says_so_and_who_resumes_it_not_that_the_operator_may_be_down(api, backend):
     """Kueue's webhook suspends a job it manages until it admits it; the operator then makes no pods."""
-    job = render_job(JobSpec(name="queued", workers=1))
-    job["spec"]["runPolicy"]["suspend"] = True
-    assert raw(api, "POST", MPIJOB_PATH, job)[0] == 201
+    api.kueue = True
+    backend.submit(JobSpec(name="queued", workers=1, queue="lab-queue"))
+    stored = api.objects[("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "queued")]
+    assert stored["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-queue"
     st = backend.status("queued")
     assert st.phase == "Pending" and st.message.startswith("MPIJob suspended") and not api.pods
     with pytest.raises(JobNotReady) as err:

@@ -221,6 +221,8 @@ def test_storage_class_empty_string_means_cluster_default():
         ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
         ({"hf_token_secret": "hf_" + "Q" * 34}, "hf_token_secret"),
         ({"hf_token_secret": "My Secret"}, "hf_token_secret"),
+        ({"queue": "Team_A"}, "queue"),
+        ({"queue": "q" * 64}, "queue"),
     ],
 )
 def test_bad_parameters_raise_one_config_error_naming_the_field(kwargs, field):
@@ -228,6 +230,28 @@ def test_bad_parameters_raise_one_config_error_naming_the_field(kwargs, field):
         m.render_all(m.JobSpec(**kwargs))
     assert info.value.field == field
     assert "Fix:" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["interactive", "batch", "trainjob"])
+def test_a_queue_labels_the_job_alone_for_kueue(kind):
+    """Kueue manages a job labelled kueue.x-k8s.io/queue-name (its webhook suspends it until admitted); only the
+    MPIJob or TrainJob gets the label, not the Namespace, Role or PVC around it."""
+    objects = m.render_all(m.JobSpec(queue="lab-queue"), kind)
+    labelled = [o["kind"] for o in objects if m.QUEUE_LABEL in (o["metadata"].get("labels") or {})]
+    assert labelled == [m.render_job(m.JobSpec(), kind)["kind"]]
+    assert m.render_job(m.JobSpec(queue="lab-queue"), kind)["metadata"]["labels"][m.QUEUE_LABEL] == "lab-queue"
+    assert not any(m.QUEUE_LABEL in (o["metadata"].get("labels") or {}) for o in m.render_all(m.JobSpec(), kind))
+
+
+def test_cli_render_and_submit_take_a_queue(capsys):
+    from labkit.cli import main
+
+    assert main(["manifests", "render", "--job-only", "--queue", "lab-queue"]) == 0
+    assert f"{m.QUEUE_LABEL}: lab-queue" in capsys.readouterr().out
+    assert main(["job", "render", "--queue", "lab-queue"]) == 0
+    assert f"{m.QUEUE_LABEL}: lab-queue" in capsys.readouterr().out
+    assert main(["manifests", "render", "--queue", "Team_A"]) == 2
+    assert "queue" in capsys.readouterr().err
 
 
 def test_bad_kind_is_a_config_error():

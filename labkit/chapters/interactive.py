@@ -175,7 +175,7 @@ class InteractivePlan:
 def plan_interactive_job(
     *, backend="local", namespace="", name="deepspeed-interactive", workers=0, slots=1, device="auto",
     image="", deadline_minutes=30.0, train_command="", steps=30, ready_timeout_s=300.0, kubeconfig="", jobs_dir=None,
-    http_proxy="", https_proxy="", no_proxy="",
+    http_proxy="", https_proxy="", no_proxy="", queue="",
 ) -> InteractivePlan:  # fmt: skip
     """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing.
 
@@ -196,7 +196,7 @@ def plan_interactive_job(
     spec = manifests.JobSpec(
         name=name, namespace=namespace, image=image or None, workers=workers, slots_per_worker=slots,
         accelerator=accelerator, deadline_seconds=int(round(deadline_minutes * 60)),
-        http_proxy=http_proxy or None, https_proxy=https_proxy or None, no_proxy=no_proxy or None,
+        http_proxy=http_proxy or None, https_proxy=https_proxy or None, no_proxy=no_proxy or None, queue=queue or None,
     ).resolved()  # fmt: skip
     default = not train_command.strip()
     argv = training_command(job_backend, steps=steps) if default else parse_train_command(train_command)

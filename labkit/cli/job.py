@@ -41,6 +41,7 @@ SPEC_OPTIONS = [
     (["--http-proxy"], dict(default=None, help="HTTP_PROXY for every pod of the job (a ConfigMap, never the image)")),
     (["--https-proxy"], dict(default=None, help="HTTPS_PROXY for every pod (default: --http-proxy)")),
     (["--no-proxy"], dict(default=None, help="NO_PROXY additions (the cluster's own names are always added)")),
+    (["--queue"], dict(default=None, help="kubernetes: the Kueue LocalQueue to submit to (default: none)")),
 ]
 EXEC_OPTIONS = [
     (["--timeout"], dict(type=float, default=None, help="stop the command (and its ranks) after SECONDS")),
@@ -79,7 +80,7 @@ def _spec(args, backend=None) -> manifests.JobSpec:
     return manifests.JobSpec(
         name=args.name, namespace=args.namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
         accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
-        http_proxy=args.http_proxy, https_proxy=args.https_proxy, no_proxy=args.no_proxy,
+        http_proxy=args.http_proxy, https_proxy=args.https_proxy, no_proxy=args.no_proxy, queue=args.queue,
     )  # fmt: skip
 
 

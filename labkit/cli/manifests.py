@@ -30,6 +30,7 @@ _SPEC_OPTIONS = [
     ("--storage-class", "storage_class", str, 'PVC storage class ("" = the cluster default)'),
     ("--storage-size", "storage_size", str, "PVC size (default 20Gi)"),
     ("--hf-token-secret", "hf_token_secret", str, "name of an existing Secret with key `token`"),
+    ("--queue", "queue", str, f"Kueue LocalQueue of the job (label {manifests.QUEUE_LABEL})"),
     # --http-proxy, --https-proxy, --no-proxy: into every pod through ConfigMap labkit-proxy
     *[(f"--{f.replace('_', '-')}", f, str, f"{f.upper()} for every pod of the job") for f in manifests.PROXY_FIELDS],
 ]

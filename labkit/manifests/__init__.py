@@ -8,6 +8,7 @@ from labkit.manifests.render import (
     JOB_KINDS,
     NAMESPACES,
     PROXY_FIELDS,
+    QUEUE_LABEL,
     JobSpec,
     manifests_dir,
     overlay_dir,

@@ -66,9 +66,11 @@ _TEXT_RULES = {
     "storage_size": (_QUANTITY, "a Kubernetes quantity", "20Gi", 64),
     **{name: (_QUANTITY, "a Kubernetes quantity", '"4", "500m" or "16Gi"', 64) for name in _RESOURCE_KEYS},
     "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
+    "queue": (DNS1123_LABEL, "a Kueue LocalQueue name (DNS-1123 label)", "lab-queue", 63),
 }
 _REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
 PROXY_CONFIGMAP, PROXY_FIELDS = "labkit-proxy", ("http_proxy", "https_proxy", "no_proxy")
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # kueue pkg/controller/constants (QueueLabel)
 _PROXY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
 _NO_PROXY_ITEM = re.compile(r"^\*?[A-Za-z0-9.:/-]+$")
 CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # workers' DNS names, the API server
@@ -106,6 +108,9 @@ class JobSpec:
     http_proxy: str | None = None
     https_proxy: str | None = None
     no_proxy: str | None = None
+    # Kueue's LocalQueue in the job's namespace: label QUEUE_LABEL on the MPIJob/TrainJob. Kueue's webhook then
+    # suspends the job until Kueue admits it (a suspended job has no pods and holds no accelerators).
+    queue: str | None = None
 
     def __post_init__(self) -> None:
         if self.namespace is None and self.accelerator in NAMESPACES:
@@ -213,6 +218,8 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
         _apply_common(obj, spec)
         if obj["kind"] in _FIELD_PATHS:
             _apply_job(obj, spec)
+        if obj["kind"] in _FIELD_PATHS and spec.queue:
+            obj["metadata"].setdefault("labels", {})[QUEUE_LABEL] = spec.queue
         if obj["kind"] == "TrainJob" and spec.trainjob_deadline:
             obj["spec"]["activeDeadlineSeconds"] = spec.deadline_seconds
         if obj["kind"] in (*_FIELD_PATHS, "TrainingRuntime") and spec.image is not None:  # runtime: every node
