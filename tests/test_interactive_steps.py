@@ -38,6 +38,16 @@ def test_each_step_shows_a_kubectl_line_and_a_labkit_line_the_cli_accepts(plan, 
         assert "/etc/mpi/hostfile" in " ".join(args.argv)
 
 
+def test_the_submit_line_carries_the_queue_and_proxy_the_notebook_was_given(tmp_path):
+    plan = interactive.plan_interactive_job(device="cpu", workers=2, jobs_dir=str(tmp_path), queue="lab-queue",
+                                            http_proxy="http://proxy.corp:3128", no_proxy="10.0.0.0/8")  # fmt: skip
+    labkit = plan.equivalents("submit").splitlines()[1].split(":", 1)[1].strip()
+    args = build_parser().parse_args(shlex.split(labkit)[1:])
+    assert (args.queue, args.http_proxy, args.no_proxy) == ("lab-queue", "http://proxy.corp:3128", "10.0.0.0/8")
+    assert args.https_proxy is None  # defaults to the HTTP proxy, on the command line as in the notebook
+    assert plan.spec.queue == "lab-queue" and "kueue.x-k8s.io/queue-name" in plan.manifest_details("MPIJob")
+
+
 def test_an_unknown_step_is_refused(plan):
     with pytest.raises(ConfigError) as e:
         plan.equivalents("launch")

@@ -132,10 +132,12 @@ class InteractivePlan:
         s, ns = self.spec, f"-n {self.spec.namespace}"
         launcher = f"job/{s.name}-launcher"  # the operator's launcher Job; kubectl exec picks its pod
         job = f"--backend {self.backend.name} -n {s.namespace}"
+        given = {"--queue": s.queue, "--http-proxy": s.http_proxy, "--https-proxy": s.https_proxy}
+        extra = "".join(f" {flag} {value}" for flag, value in {**given, "--no-proxy": s.no_proxy}.items() if value)
         lines = {
             "submit": (
                 f"kubectl apply {ns} -f mpijob.yaml   # the YAML above",
-                f"labkit job submit {job} --name {s.name} --workers {s.workers} --slots {s.slots_per_worker} "
+                f"labkit job submit {job} --name {s.name} --workers {s.workers} --slots {s.slots_per_worker}{extra} "
                 "--wait 300",
             ),
             "wait": (
