@@ -406,7 +406,8 @@ def output_problems(path: str | Path) -> list[str]:
                 text += f"\n{out.get('ename')}: {out.get('evalue')}"
             if "image/png" in data:
                 continue  # a figure's text/plain fallback is not shown
-            if out.get("output_type") == "execute_result" and data.keys() == {"text/plain"} and text[:1] in "{[":
+            bare_result = out.get("output_type") == "execute_result" and data.keys() == {"text/plain"}
+            if bare_result and text.startswith(("{", "[")):
                 found.append(f"cell {i}: a value's repr as the cell's result (a table, or `;` after it): {text[:80]}")
             for what, marker in NOISE:
                 if marker in text:

@@ -118,6 +118,7 @@ def test_output_problems_finds_each_kind_of_noise(tmp_path):
         new_output("display_data", {"image/png": "iVBOR", "text/plain": "<Figure size 640x480 with 1 Axes>"}),
         new_output("stream", name="stdout", text="ZeRO-3 held 2.69 GB per rank\n"),
         new_output("execute_result", {"text/html": "<table/>", "text/plain": "[1, 2]"}, execution_count=3),
+        new_output("execute_result", {"text/plain": ""}, execution_count=4),
     ]
     nb = new_notebook(cells=[new_code_cell("x", outputs=noisy), new_code_cell("y", outputs=clean)])
     nbformat.write(nb, tmp_path / "n.ipynb")
