@@ -38,10 +38,15 @@ def crd_schema(group: str, plural: str, version: str) -> dict | None:
     return json.loads(path.read_text())["schema"] if path.is_file() else None
 
 
+@cache
+def upstream_release(release: str) -> dict:
+    """One release's record ("mpi-operator-v0.4.0"): its commit, paths and CRDs, from scripts/upstream_crds.py."""
+    return json.loads(gzip.decompress((UPSTREAM / f"{release}.json.gz").read_bytes()))
+
+
 def upstream_crd(release: str, kind: str) -> dict:
     """A released CRD as upstream tagged it ("mpi-operator-v0.4.0", "MPIJob"), recorded by scripts/upstream_crds.py."""
-    record = json.loads(gzip.decompress((UPSTREAM / f"{release}.json.gz").read_bytes()))
-    return next(c for c in record["crds"] if c["spec"]["names"]["kind"] == kind)
+    return copy.deepcopy(next(c for c in upstream_release(release)["crds"] if c["spec"]["names"]["kind"] == kind))
 
 
 def served_schema(crd: dict, version: str) -> dict:
