@@ -41,6 +41,15 @@ def format_bytes(value: float | None, unit: str = "auto") -> str:
     return f"{int(value)} B" if unit == "B" else f"{value / BYTE_UNITS[unit]:,.2f} {unit}"
 
 
+def format_percent(share: float, digits: int = 0) -> str:
+    """0.4213 -> '42%'; a share short of 1 never reads '100%' (0.9963 -> '99.6%'), nor one above 0 '0%'."""
+    text = f"{100 * share:.{digits}f}"
+    while digits < 4 and ((text.startswith("100") and share < 1) or (float(text) == 0 and share > 0)):
+        digits += 1
+        text = f"{100 * share:.{digits}f}"
+    return text + "%"
+
+
 def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -143,7 +143,7 @@ if plan.command:
 
 # %%
 run = cifar.execute(plan, on_output=cifar.printer())
-records, summary = run["records"], run["summary"]
+records = run["records"]
 
 # %% [markdown]
 # ## Curves
@@ -153,13 +153,13 @@ records, summary = run["records"], run["summary"]
 # epoch start? The sentences under the figure say what this run measured.
 
 # %%
+shown = cifar.summarize(records)
 display(training_curves_figure(records))
-Markdown(cifar.first_epoch_note(cifar.summarize(records)) + " " + cifar.epoch_edge_note(records))
+Markdown(cifar.first_epoch_note(shown) + " " + cifar.epoch_edge_note(records))
 
 # %%
 rows = cifar.epochs_table(records)
 display(HTML(tabular.html_table(rows, list(rows[0]), status_column=None)))
-shown = cifar.summarize(records)
 for name, value in {"summary": shown, "epochs": rows, "deepspeed_config": plan.deepspeed_config, "records": records}.items():
     results.record(name, value)
 
@@ -167,37 +167,7 @@ for name, value in {"summary": shown, "epochs": rows, "deepspeed_config": plan.d
 # ## What this run showed
 
 # %%
-s = shown
-data_words = "**synthetic** images in the CIFAR-10 format" if s["synthetic"] else "the real CIFAR-10 images"
-if s["device"] == "cpu":
-    scale = (
-        f"At this rate a 50,000-image epoch would take {s['seconds_per_50k_epoch']:.0f} s on this CPU; on a GPU "
-        f"the same code is measured against the DeepSpeedExamples recipe "
-        f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) in docs/benchmarks.md."
-    )
-else:
-    scale = (
-        f"That is {s['vs_seed_example_h200']:.0f}x the DeepSpeedExamples recipe "
-        f"({cifar.SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200) and {100 * s['vs_airbench_h200']:.0f}% "
-        f"of compiled airbench94 ({cifar.AIRBENCH_IMAGES_PER_S:,} images/s on an H200; this run is eager unless "
-        f"`compile_model` is on); a 50,000-image epoch takes "
-        f"{s['seconds_per_50k_epoch']:.2f} s."
-    )
-Markdown(
-    f"The {s['model']} trained {s['steps']} of {s['planned_steps']} planned steps on {data_words}, "
-    f"{s['world_size']} rank(s) on **{s['device']}**. The training loss fell from {s['first_loss']:.3f} to "
-    f"{s['last_loss']:.3f} ({100 * s['loss_drop']:.0f}% lower) and test accuracy reached "
-    f"**{100 * s['final_test_acc']:.1f}%** (best {100 * s['best_test_acc']:.1f}%; chance is 10%). "
-    f"Steady throughput: **{s['images_per_s']:,.0f} images/s** (first epoch {s['images_per_s_first_epoch']:,.0f}). "
-    + (f"The model was compiled: its first step took {s['first_step_s']:.1f} s, paid once per run. "
-       if s["compiled"] else "")
-    + scale
-    + (
-        " Synthetic textures are easier than real photos: judge accuracy on real data, throughput on either."
-        if s["synthetic"]
-        else ""
-    )
-)
+Markdown(cifar.closing_note(shown))
 
 # %% [markdown]
 # ## Clean up

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from kit_testing import ROOT
 
-from labkit import checkpoint, data, devices, launch, train
+from labkit import checkpoint, data, devices, launch, tabular, train
 from labkit.chapters import cifar
 from labkit.errors import ConfigError, LaunchError
 from labkit.model import build_model
@@ -509,6 +509,34 @@ def test_the_epoch_edge_sentence_follows_the_runs_losses():
     )
     assert cifar.epoch_edge_note(steps([[2.0, 1.0], [0.98, 0.9]])).startswith("No saw-tooth")
     assert "no epoch edge" in cifar.epoch_edge_note(steps([[2.0, 1.0]]))
+
+
+def test_the_closing_paragraph_states_this_runs_numbers_without_rounding_them_to_a_claim():
+    # the H200 run of 2026-12-05: loss 3.197 -> 0.012 and test accuracy 99.95% printed as "100% lower" / "100.0%"
+    gpu = {"model": "resnet", "steps": 144, "planned_steps": 144, "synthetic": True, "world_size": 1, "device": "cuda"}
+    gpu |= {"first_loss": 3.197, "last_loss": 0.01153, "loss_drop": 1 - 0.01153 / 3.197, "final_test_acc": 0.9995}
+    gpu |= {"best_test_acc": 0.9995, "images_per_s": 186_396.0, "images_per_s_first_epoch": 11_731.0}
+    gpu |= {"compiled": False, "first_step_s": 0.4, "seconds_per_50k_epoch": 50_000 / 186_396.0}
+    gpu |= {"vs_seed_example_h200": 186_396 / 2745, "vs_airbench_h200": 186_396 / 320_000}
+    note = cifar.closing_note(gpu)
+    assert "(99.6% lower)" in note and "**99.95%** (best 99.95%" in note and "100" not in note.split("images/s")[0]
+    assert "68x the DeepSpeedExamples recipe" in note and "58% of compiled airbench94" in note
+    assert "0.27 s" in note and note.endswith("throughput on either.") and "compiled: its first step" not in note
+    real_cpu = gpu | {"synthetic": False, "device": "cpu", "compiled": True, "first_step_s": 31.2}
+    real_cpu |= {"seconds_per_50k_epoch": 41.4, "loss_drop": 0.42, "final_test_acc": 0.5, "best_test_acc": 0.5}
+    note = cifar.closing_note(real_cpu)
+    assert "the real CIFAR-10 images" in note and "(42% lower)" in note and "**50.0%**" in note
+    assert "would take 41 s on this CPU" in note and "airbench94" not in note and "Synthetic" not in note
+    assert "its first step took 31.2 s" in note
+
+
+@pytest.mark.parametrize(
+    "share,digits,text",
+    [(0.4213, 0, "42%"), (0.9963, 0, "99.6%"), (0.9995, 1, "99.95%"), (1.0, 0, "100%"), (0.0004, 0, "0.04%"),
+     (0.0, 0, "0%"), (-0.2, 0, "-20%"), (1.25, 0, "125%")],
+)  # fmt: skip
+def test_a_percentage_short_of_whole_never_reads_100_nor_a_positive_one_0(share, digits, text):
+    assert tabular.format_percent(share, digits) == text
 
 
 @pytest.mark.slow

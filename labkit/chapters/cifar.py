@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from labkit import data, launch, train
+from labkit import data, launch, tabular, train
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
@@ -157,6 +157,38 @@ def first_epoch_note(shown: dict) -> str:
         )
     why = "a CPU has no kernel autotuning to pay for up front" if cpu else "at this size the warm-up costs little"
     return f"The epochs ran at about the same rate ({rates}; {100 * gap:+.0f}%): {why}."
+
+
+def closing_note(shown: dict) -> str:
+    """The chapter's closing paragraph (Markdown), every number from `summarize`'s dict for this run."""
+    data_words = "**synthetic** images in the CIFAR-10 format" if shown["synthetic"] else "the real CIFAR-10 images"
+    seed = f"the DeepSpeedExamples recipe ({SEED_EXAMPLE_IMAGES_PER_S:,} images/s on an H200)"
+    if shown["device"] == "cpu":
+        scale = (f"At this rate a 50,000-image epoch would take {shown['seconds_per_50k_epoch']:.0f} s on this CPU; "
+                 f"on a GPU the same code is measured against {seed} in docs/benchmarks.md.")  # fmt: skip
+    else:
+        scale = (f"That is {shown['vs_seed_example_h200']:.0f}x {seed} and "
+                 f"{tabular.format_percent(shown['vs_airbench_h200'])} of compiled airbench94 "
+                 f"({AIRBENCH_IMAGES_PER_S:,} images/s on an H200; this run is eager unless `compile_model` is on); "
+                 f"a 50,000-image epoch takes {shown['seconds_per_50k_epoch']:.2f} s.")  # fmt: skip
+    acc = {k: tabular.format_percent(shown[k], 1) for k in ("final_test_acc", "best_test_acc")}
+    parts = [
+        f"The {shown['model']} trained {shown['steps']} of {shown['planned_steps']} planned steps on {data_words}, "
+        f"{shown['world_size']} rank(s) on **{shown['device']}**.",
+        f"The training loss fell from {shown['first_loss']:.3f} to {shown['last_loss']:.3f} "
+        f"({tabular.format_percent(shown['loss_drop'])} lower) and test accuracy reached **{acc['final_test_acc']}** "
+        f"(best {acc['best_test_acc']}; chance is 10%).",
+        f"Steady throughput: **{shown['images_per_s']:,.0f} images/s** "
+        f"(first epoch {shown['images_per_s_first_epoch']:,.0f}).",
+    ]
+    if shown["compiled"]:
+        parts.append(f"The model was compiled: its first step took {shown['first_step_s']:.1f} s, paid once per run.")
+    parts.append(scale)
+    if shown["synthetic"]:
+        parts.append(
+            "Synthetic textures are easier than real photos: judge accuracy on real data, throughput on either."
+        )
+    return " ".join(parts)
 
 
 def summarize(records: list[dict]) -> dict:
