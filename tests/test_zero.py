@@ -228,6 +228,9 @@ def test_the_one_device_note_is_computed_from_both_runs():
     assert "ZeRO-3 + CPU optimizer kept 300 B on the CUDA device against 1.00 kB for ZeRO-0" in note
     rows = zero_stages.one_device_rows(cpu, gpu)
     assert [r["one_device_on_device"] for r in rows] == [1000, 1100, 300] and rows[1]["per_cpu_rank"] == 500
+    # the H200 run of 2026-12-05: 335.95 MB to 336.48 MB printed as "a spread of 0%"
+    gpu["configs"][1] = _config("ZeRO-3", 3, 1002, 1002)
+    assert "a spread of 0.2%" in zero_stages.one_device_note(cpu, gpu)
 
 
 def test_cli_size(capsys, tmp_path):

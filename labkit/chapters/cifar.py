@@ -148,7 +148,7 @@ def first_epoch_note(shown: dict) -> str:
         why = "the first steps pay one-off allocations and warm caches" if cpu else gpu
         if shown.get("compiled") and shown.get("first_step_s"):
             why = f"its first step compiled the model ({shown['first_step_s']:.1f} s), and {why}"
-        return f"The first epoch was {-100 * gap:.0f}% slower ({rates}): {why}."
+        return f"The first epoch was {tabular.format_percent(-gap)} slower ({rates}): {why}."
     if gap > 0.10:
         return (
             f"The first epoch was the fastest, {100 * gap:.0f}% above the best later one ({rates}): there is no "

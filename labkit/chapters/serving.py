@@ -15,6 +15,7 @@ import numpy
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.serving import local, models
+from labkit.tabular import format_percent
 
 
 def sample_rows(info: models.ModelInfo, rng: random.Random, most: int = 4) -> list[list]:
@@ -126,7 +127,7 @@ def params_explanation(model: str, mode: str, ranks: list[dict]) -> str:
     return (
         f"The whole model has {whole:,} parameters. Tensor parallelism over {n} ranks splits each split layer's weight "
         f"(columns of the first, rows of the second) and keeps the rest whole on every rank (a row-parallel layer's "
-        f"bias is added once, after the all-reduce): {held:,} per rank, {held / whole:.0%} of the model."
+        f"bias is added once, after the all-reduce): {held:,} per rank, {format_percent(held / whole)} of the model."
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from labkit.chapters import exercises
 from labkit.memory import paper_model_states
 from labkit.sizing import TRAINING_HEADROOM
-from labkit.tabular import format_bytes
+from labkit.tabular import format_bytes, format_percent
 from labkit.zero import ONE_RANK_NOTE
 
 _WHERE = {"cuda": "per GPU", "hpu": "per HPU"}
@@ -53,7 +53,7 @@ def conclusions(report: dict, rank: int = 0) -> list[str]:
     for c in cfgs[1:]:
         dev, host = on_device(c), sum(c["measured"][rank]["host"].values()) if split else 0
         change = 1 - dev / base_dev if base_dev else 0.0
-        rel = f"{change:.0%} less than" if change >= 0 else f"{-change:.0%} more than"
+        rel = f"{format_percent(change)} less than" if change >= 0 else f"{format_percent(-change)} more than"
         slower = c["step_time_s"] / base["step_time_s"] if base["step_time_s"] else float("nan")
         s = f"{c['label']}: {format_bytes(dev)} of model states {where}, {rel} {base['label']} ({base_text})"
         s += f", plus {format_bytes(host)} moved to host memory" if host else ""
@@ -127,11 +127,11 @@ def one_device_note(report: dict, reference: dict) -> str:
     if len(stages) > 1:
         held = [row["one_device"] for row in stages]
         text += f"the ZeRO stages held {format_bytes(min(held))} to {format_bytes(max(held))} of model states, a "
-        text += f"spread of {max(held) / min(held) - 1:.0%}: one rank partitions nothing. "
+        text += f"spread of {format_percent(max(held) / min(held) - 1)}: one rank partitions nothing. "
         first, last = stages[0], stages[-1]
         cut = 1 - last["per_cpu_rank"] / first["per_cpu_rank"] if first["per_cpu_rank"] else 0.0
         text += f"On {n} CPU ranks, {last['config']} held {format_bytes(last['per_cpu_rank'])} per rank, "
-        text += f"{cut:.0%} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
+        text += f"{format_percent(cut)} less than {first['config']} ({format_bytes(first['per_cpu_rank'])})."
     else:
         row = rows[0]
         text += f"{row['config']} held {format_bytes(row['one_device'])} of model states; on {n} CPU ranks, "
