@@ -203,24 +203,9 @@ HTML(tabular.html_table([{"dtype": r["dtype"], "weights": tabular.format_bytes(r
 # ## What this run showed
 
 # %%
-biggest = holders[0]
-m, p = run["measured_total"][rank], run["predicted_deepspeed_total"]
-init_row, steady_row = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
-init_total, steady = init_row["counted"], steady_row["counted"]
-grew = ", ".join(f"{memory.STATE_LABELS[k]} (+{tabular.format_bytes(steady_row[k] - init_row[k])})"
-                 for k in memory.STATE_KINDS if steady_row[k] > init_row[k])
-display(Markdown(
-    (f"- {zero.ONE_RANK_NOTE}\n" if plan.partitions_nothing else "") +
-    f"- On rank {rank} of {run['label']}, the engine held {tabular.format_bytes(m)} of model states; labkit's "
-    f"DeepSpeed model predicted {tabular.format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
-    f"{tabular.format_bytes(run['predicted_paper_total'])} ({run['predicted_paper']['formula']}).\n"
-    f"- The largest holder was `{biggest['holder']}` ({memory.STATE_LABELS[biggest['kind']]}, "
-    f"{tabular.format_bytes(biggest['bytes'])}, {biggest['bytes'] / m:.0%} of the total).\n"
-    f"- After initialize the rank held {tabular.format_bytes(init_total)}; at the steady backward point "
-    f"{tabular.format_bytes(steady)} ({steady / init_total:.1f}x); what appeared after initialize: {grew or 'nothing'}.\n"
-    f"- Calculator: {calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device} "
-    f"{'fits' if calc['fits'] else 'does not fit'} ({tabular.format_bytes(calc['need_bytes'])} needed per device "
-    f"with head-room, {tabular.format_bytes(calc['capacity_bytes'])} available)."))
+setup = f"{calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device}"
+lines = chapter.closing_lines(run, rank, calc, setup, one_rank=plan.partitions_nothing)
+Markdown("\n".join(f"- {line}" for line in lines))
 
 # %% [markdown]
 # ## Troubleshooting

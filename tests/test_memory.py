@@ -311,3 +311,33 @@ def test_the_min_devices_exercise_checks_against_the_calculator():
     assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)
     stage0 = sizing.training_fit(70 * 10**9, "bf16", 0, 8, "T4")
     assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", 0)
+
+
+def test_the_closing_bullets_are_computed_from_the_inspected_rank():
+    """Notebook 05's closing cell: numbers from rank 1's snapshots (rank 0's differ), the H200 run's shape."""
+    from labkit.chapters.memory_inspection import closing_lines
+    from labkit.zero import ONE_RANK_NOTE
+
+    def snap(phase, step, **kinds):
+        return {"phase": phase, "step": step, "tensors": {"device": {k: kinds.get(k, 0) for k in M.STATE_KINDS},
+                                                          "host": dict.fromkeys(M.STATE_KINDS, 0)}}  # fmt: skip
+
+    def rank_timeline(scale):
+        init = snap("init", 0, params=21 * scale, master_params=42 * scale, gradients=21 * scale)
+        steady = snap("backward", 2, params=21 * scale, master_params=42 * scale, gradients=21 * scale,
+                      optimizer_states=84 * scale)  # fmt: skip
+        steady["tensors"]["holders"] = [{"holder": "optimizer.state", "kind": "optimizer_states", "bytes": 84 * scale}]
+        return [init, snap("step", 1, params=21 * scale), steady]
+
+    config = {"label": "ZeRO-3", "measured_total": [1, 168_000_000], "predicted_deepspeed_total": 168_000_000}
+    config |= {"predicted_paper_total": 167_980_000, "predicted_paper": {"formula": "16Ψ/N"}}
+    config |= {"timeline": [rank_timeline(1), rank_timeline(1_000_000)], "allocated_before": [None, None]}
+    calc, setup = S.training_fit(7 * 10**9, "bf16", 3, 8, "H100"), "7B in bf16 with ZeRO-3 on 8 x H100"
+    lines = closing_lines(config, 1, calc, setup)
+    assert lines[0].startswith("On rank 1 of ZeRO-3, the engine held 168.00 MB") and "(+0.0000%)" in lines[0]
+    assert "the paper 167.98 MB (16Ψ/N)" in lines[0]
+    assert lines[1] == "The largest holder was `optimizer.state` (Adam moments, 84.00 MB, 50% of the total)."
+    assert "After initialize the rank held 84.00 MB; at the steady backward point 168.00 MB (2.0x)" in lines[2]
+    assert lines[2].endswith("what appeared after initialize: Adam moments (+84.00 MB).")
+    assert lines[3].startswith("Calculator: 7B in bf16 with ZeRO-3 on 8 x H100 fits (17.50 GB needed")
+    assert closing_lines(config, 1, calc, setup, one_rank=True) == [ONE_RANK_NOTE, *lines]

@@ -7,8 +7,8 @@ import itertools
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
-from labkit.tabular import format_bytes
-from labkit.zero import Variant
+from labkit.tabular import format_bytes, format_percent
+from labkit.zero import ONE_RANK_NOTE, Variant
 
 
 def variant_token(stage: int, offload: str = "none") -> str:
@@ -78,6 +78,37 @@ def timeline_note(rows: list[dict]) -> str:
             "and releases them."
         )
     return text
+
+
+def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_rank: bool = False) -> list[str]:
+    """The chapter's closing bullets, each from this run: what rank `rank` held against both models, its largest
+    holder, what appeared after initialize, and the calculator's verdict for `calc_setup` (e.g. '7B in bf16 ...')."""
+    m, p = config["measured_total"][rank], config["predicted_deepspeed_total"]
+    timeline = timeline_rows(config, rank)
+    init, steady = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
+    grew = ", ".join(
+        f"{STATE_LABELS[k]} (+{format_bytes(steady[k] - init[k])})" for k in STATE_KINDS if steady[k] > init[k]
+    )
+    lines = [ONE_RANK_NOTE] if one_rank else []
+    lines.append(
+        f"On rank {rank} of {config['label']}, the engine held {format_bytes(m)} of model states; labkit's DeepSpeed "
+        f"model predicted {format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
+        f"{format_bytes(config['predicted_paper_total'])} ({config['predicted_paper']['formula']})."
+    )
+    holders = holder_rows(config, rank)
+    if holders:
+        big = holders[0]
+        lines.append(f"The largest holder was `{big['holder']}` ({STATE_LABELS[big['kind']]}, "
+                     f"{format_bytes(big['bytes'])}, {format_percent(big['bytes'] / m)} of the total).")  # fmt: skip
+    lines.append(
+        f"After initialize the rank held {format_bytes(init['counted'])}; at the steady backward point "
+        f"{format_bytes(steady['counted'])} ({steady['counted'] / init['counted']:.1f}x); what appeared after "
+        f"initialize: {grew or 'nothing'}."
+    )
+    verdict = "fits" if calc["fits"] else "does not fit"
+    lines.append(f"Calculator: {calc_setup} {verdict} ({format_bytes(calc['need_bytes'])} needed per device with "
+                 f"head-room, {format_bytes(calc['capacity_bytes'])} available).")  # fmt: skip
+    return lines
 
 
 def check_min_devices_prediction(calc: dict, device: str, prediction: int | None) -> str:
