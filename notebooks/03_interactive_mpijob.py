@@ -86,6 +86,7 @@ from labkit.chapters import exercises
 from labkit.errors import LabkitError
 from labkit.chapters.interactive import (
     TrainingProgress,
+    closing_note,
     delete_at_exit,
     hostfile_rows,
     loss_figure,
@@ -221,27 +222,14 @@ display(Markdown(exercises.verdict(my_world_size, summary["world_size"] or 0, na
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
 display(Markdown(f"{plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s) = "
-                 f"{plan.spec.workers * plan.spec.slots_per_worker} ranks; the hostfile listed "
+                 f"{plan.spec.workers * plan.spec.slots_per_worker} rank(s); the hostfile listed "
                  f"{sum(r['slots'] for r in rows)} slot(s) and the ranks reported {summary['world_size']}."))
 
 # %% [markdown]
 # ## What this run showed
 
 # %%
-ranks_seen = len(summary["ranks"])
-Markdown(
-    f"On the **{plan.backend.name}** backend, job `{plan.spec.namespace}/{plan.spec.name}` "
-    f"({plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s)) became ready, and its hostfile listed "
-    f"{len(rows)} host line(s) with {sum(r['slots'] for r in rows)} slot(s). "
-    f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s"
-    + (f" ({training.failure})" if training.failure else "") + ": "
-    f"{ranks_seen} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']}, "
-    f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; the mean loss went from "
-    + (f"{summary['loss_first_mean']:.3f} to {summary['loss_last_mean']:.3f}. " if summary["loss_first_mean"] is not None
-       else "(no loss reported). ")
-    + f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}. "
-    + f"The job was {'deleted (the backend no longer lists it)' if not left_over else 'NOT deleted'}."
-)
+Markdown(closing_note(plan, rows, training, summary, deleted=not left_over))
 
 # %%
 if training.returncode != 0 or (plan.default_command and not summary["allreduce_ok"]):

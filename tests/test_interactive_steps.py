@@ -12,6 +12,7 @@ from labkit.chapters import interactive
 from labkit.cli import build_parser
 from labkit.errors import ConfigError
 from labkit.jobs import LocalBackend
+from labkit.jobs.base import EXEC_TAG, ExecResult
 
 
 @pytest.fixture
@@ -68,3 +69,23 @@ def test_a_job_left_by_a_failed_cell_is_deleted_when_the_kernel_exits(plan, monk
     finally:
         job.delete()
     assert isinstance(plan.backend, LocalBackend)
+
+
+def test_the_closing_paragraph_reports_this_runs_job_exec_and_ranks(plan):
+    rows = interactive.hostfile_rows("# a comment\nlocalhost slots=2\n")
+    metrics = [{"event": "step", "rank": r, "step": s, "loss": 1.0 / s + r, "world_size": 2} for r in (0, 1)
+               for s in (1, 2, 3)]  # fmt: skip
+    metrics += [{"event": "done", "rank": r, "world_size": 2, "allreduce_sum": 3, "allreduce_expected": 3,
+                 "backend": "gloo", "zero_stage": 1} for r in (0, 1)]  # fmt: skip
+    summary = interactive.summarize_training(metrics, 0)
+    ok = ExecResult(returncode=0, output="", duration_s=12.4)
+    note = interactive.closing_note(plan, rows, ok, summary, deleted=True)
+    assert f"job `{plan.spec.namespace}/{plan.spec.name}` (2 worker(s) x 1 slot(s))" in note
+    assert "listed 1 host line(s) with 2 slot(s)" in note and "exited with code **0** after 12 s:" in note
+    assert "2 rank(s) reported (world size 2, backend gloo, ZeRO stage 1), 3 step(s) each" in note
+    assert "the mean loss went from 1.500 to 0.833." in note and "held on every rank" in note
+    assert note.endswith("The job was deleted (the backend no longer lists it).")
+    dead = ExecResult(returncode=1, output=f"{EXEC_TAG}rank 1 died: exit code 9\n", duration_s=3.0)
+    note = interactive.closing_note(plan, rows, dead, interactive.summarize_training([], 1), deleted=False)
+    assert "exited with code **1** after 3 s (rank 1 died: exit code 9):" in note and "no loss was reported" in note
+    assert "did NOT hold" in note and note.endswith("The job was NOT deleted.")

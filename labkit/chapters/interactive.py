@@ -280,6 +280,25 @@ def summarize_training(metrics: list[dict], returncode: int) -> dict[str, Any]:
     }
 
 
+def closing_note(plan: InteractivePlan, rows: list[dict], training, summary: dict, *, deleted: bool) -> str:
+    """The chapter's closing paragraph: the job, its hostfile, the exec (`training`: an ExecResult), what the ranks
+    reported (`summary`: summarize_training's) and whether the job is gone, every number from this run."""
+    spec, loss = plan.spec, summary["loss_first_mean"]
+    failure = f" ({training.failure})" if training.failure else ""
+    losses = (f"the mean loss went from {loss:.3f} to {summary['loss_last_mean']:.3f}." if loss is not None
+              else "no loss was reported.")  # fmt: skip
+    return " ".join([
+        f"On the **{plan.backend.name}** backend, job `{spec.namespace}/{spec.name}` ({spec.workers} worker(s) x "
+        f"{spec.slots_per_worker} slot(s)) became ready, and its hostfile listed {len(rows)} host line(s) with "
+        f"{sum(r['slots'] for r in rows)} slot(s).",
+        f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s{failure}:",
+        f"{len(summary['ranks'])} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']},",
+        f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; {losses}",
+        f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}.",
+        f"The job was {'deleted (the backend no longer lists it)' if deleted else 'NOT deleted'}.",
+    ])  # fmt: skip
+
+
 def loss_figure(metrics: list[dict]):
     """Loss per step, one line per rank (each rank trains on its own data shard, so the curves differ a little)."""
     from matplotlib.figure import Figure
