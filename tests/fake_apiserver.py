@@ -44,7 +44,16 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from fake_crd import crd_schema, decode
-from fake_rbac import ADMIN, SERVICE_ACCOUNT, Attributes, allowed, exec_verbs, load_bindings, request_attributes
+from fake_rbac import (
+    ADMIN,
+    SERVICE_ACCOUNT,
+    Attributes,
+    allowed,
+    escalation_refusal,
+    exec_verbs,
+    load_bindings,
+    request_attributes,
+)
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"
@@ -911,6 +920,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(
                     422, status_body(422, "Invalid", f'MPIJob.kubeflow.org "{obj_name}" is invalid: {problem}')
                 )
+            # RBAC's escalation check runs in the Role/RoleBinding storage's Create, before the create itself (and its
+            # AlreadyExists): fake_rbac.escalation_refusal says which upstream files.
+            role_of = lambda role_name: fake.objects.get((base, "roles", ns, role_name))  # noqa: E731
+            if refusal := escalation_refusal(self.user, body, ns, fake.grants, role_of):
+                code, message = refusal
+                return self._error(code, "Forbidden" if code == 403 else "NotFound", message)
             if (base, plural, ns, obj_name) in fake.objects:
                 return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
             if q.get("dryRun") == "All":

@@ -14,6 +14,13 @@ Upstream, read for each behaviour (kubernetes/kubernetes):
   * plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go: every authenticated user may read discovery
     (system:discovery: /api, /apis, /apis/*, /version) and create selfsubjectaccessreviews/selfsubjectrulesreviews
     (system:basic-user).
+  * pkg/registry/rbac/role/policybased/storage.go, rolebinding/policybased/storage.go, escalation_check.go and
+    validation/rule.go (ConfirmNoEscalation): creating a Role (dry run or not) is refused unless the caller is in
+    system:masters, may `escalate` roles, or already holds every permission the Role grants; a RoleBinding unless the
+    caller may `bind` the referenced role or holds every permission of it, which is then read from storage (a Role
+    that does not exist: 404). Both run before the create itself, so an existing object is 403 before 409.
+    Coverage is policy_comparator.go's Covers (k8s.io/component-helpers/auth/rbac/validation today): each rule
+    broken into (group, resource, verb, name) tuples, each covered by one rule of the caller, "*" matching all.
   * pkg/registry/core/pod/rest/subresources.go + KEP-4006 (feature gate AuthorizePodWebsocketUpgradeCreatePermission,
     on from 1.35): a websocket exec is a GET (verb `get`) that also needs `create` on pods/exec.
 """
@@ -129,3 +136,61 @@ def allowed(user: str, attrs: Attributes, grants: dict, verb: str | None = None)
 def exec_verbs(attrs: Attributes) -> tuple[str, ...]:
     """A websocket exec is authorized as `get`, and from Kubernetes 1.35 also as `create`."""
     return ("get", "create") if attrs.resource == "pods/exec" else (attrs.verb,)
+
+
+ESCALATION = "is attempting to grant RBAC permissions not currently held"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _uncovered(owner_rules: list[dict], rules: list[dict]) -> list[tuple[str, str, str, str]]:
+    """policy_comparator.go Covers: the (group, resource, verb, resourceName) tuples no owner rule covers."""
+    atoms = [
+        (group, resource, verb, name)
+        for rule in rules
+        for group in rule.get("apiGroups") or []
+        for resource in rule.get("resources") or []
+        for verb in rule.get("verbs") or []
+        for name in rule.get("resourceNames") or [""]
+    ]
+    probe = Attributes  # ruleCovers is RuleAllows for one tuple, an owner rule with names covering only those names
+    return [a for a in atoms if not any(_rule_allows(o, probe(a[2], a[0], a[1], "", a[3]), a[2]) for o in owner_rules)]
+
+
+def escalation_refusal(user: str, obj: dict, namespace: str, grants: dict, stored_role) -> tuple[int, str] | None:
+    """(status, message) when the API server refuses to create this Role or RoleBinding for `user` as an escalation
+    (or names the missing Role a binding refers to); None when it goes on to the create. `stored_role(name)` is the
+    Role of that name in `namespace`, or None."""
+    kind, name = obj.get("kind"), obj.get("metadata", {}).get("name", "")
+    if kind not in ("Role", "RoleBinding") or user == ADMIN:
+        return None
+    if kind == "Role":
+        if allowed(user, Attributes("escalate", RBAC_GROUP, "roles", namespace), grants):
+            return None
+        rules, plural = obj.get("rules") or [], "roles"
+    else:
+        ref, plural = obj.get("roleRef") or {}, "rolebindings"
+        ref_plural = "roles" if ref.get("kind") == "Role" else "clusterroles"
+        if allowed(user, Attributes("bind", RBAC_GROUP, ref_plural, namespace, ref.get("name", "")), grants):
+            return None
+        role = stored_role(ref.get("name")) if ref.get("kind") == "Role" else None
+        if role is None:  # the fake keeps no ClusterRoles in storage: a binding to one reads as missing
+            return 404, f'{ref_plural}.{RBAC_GROUP} "{ref.get("name")}" not found'
+        rules = role.get("rules") or []
+    owner = [r for ns, held in grants.get(user, []) if ns in (namespace, "*") for r in held]
+    missing = _uncovered(owner, rules)
+    if not missing:
+        return None
+    # policy_compact.go CompactRules: tuples without a resource name merge their verbs per (group, resource); then
+    # rbacv1helpers.CompactString per rule, sorted (sets.NewString(...).List())
+    merged: dict[tuple[str, str, str, int], list[str]] = {}
+    for i, (group, resource, verb, res_name) in enumerate(missing):
+        merged.setdefault((group, resource, res_name, i if res_name else -1), []).append(verb)
+    quoted = lambda values: " ".join(f'"{v}"' for v in values)  # noqa: E731 (Go's %q of a []string)
+    lines = sorted(
+        f"{{APIGroups:[{quoted([g])}], Resources:[{quoted([r])}]"
+        + (f", ResourceNames:[{quoted([n])}]" if n else "")
+        + f", Verbs:[{quoted(verbs)}]}}"
+        for (g, r, n, _), verbs in merged.items()
+    )
+    head = f'{plural}.{RBAC_GROUP} "{name}" is forbidden: user "{user}" (groups=["system:authenticated"]) {ESCALATION}:'
+    return 403, "\n".join([head, *lines])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
 from fake_crd import served_schema, upstream_crd
-from fake_rbac import ADMIN, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
+from fake_rbac import ADMIN, ESCALATION, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, wait_until
 from kubernetes.stream import ws_client
 
@@ -669,3 +669,79 @@ def test_which_operator_events_are_final(reason, message, final):
     # Reasons and texts of kubeflow/mpi-operator v0.8.2 pkg/controller/mpi_job_controller.go (getOrCreateWorker,
     # getOrCreateService/ConfigMap/SSHAuthSecret, syncHandler) and the API server's refusals.
     assert fatal_event(reason, message) is final
+
+
+# A namespace admin who is not cluster-admin (a workshop instructor on a shared cluster): the rules of Kubernetes' own
+# `admin` ClusterRole that matter here (it may create Roles and RoleBindings, without `bind` or `escalate`), plus the
+# MPI Operator's kubeflow-mpijobs-admin, but nothing of Kubeflow Trainer (not installed).
+INSTRUCTOR = "instructor@example.edu"
+NAMESPACE_ADMIN = [
+    {"apiGroups": [""], "resources": ["pods", "pods/log", "configmaps", "secrets", "serviceaccounts",
+                                      "persistentvolumeclaims", "services"], "verbs": ["*"]},
+    {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["*"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["*"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
+     "verbs": ["create", "delete", "get", "list", "update"]},
+    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["*"]},
+]  # fmt: skip
+TRAINER_ADMIN = {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["*"]}
+RBAC_PATH = "/apis/rbac.authorization.k8s.io/v1/namespaces/workloads"
+
+
+def instructor_cluster(*extra_rules: dict):
+    api = FakeApiServer(ready_delay=0.2, grace_s=0.2, identity=INSTRUCTOR)
+    api.grants[INSTRUCTOR] = [("workloads", NAMESPACE_ADMIN + list(extra_rules))]
+    return api
+
+
+def test_a_namespace_admin_who_lacks_what_the_kits_role_grants_still_submits_the_job():
+    """The API server refuses such a caller the lab identity's Role (an escalation), also when it exists, and its
+    RoleBinding; the job needs neither (its pods get no API token), so the job goes on without them."""
+    with instructor_cluster() as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        job = backend.submit(JobSpec(name="taught", workers=1))
+        assert job.wait_ready(timeout=30).ready
+        stored = {(plural, name) for _base, plural, _ns, name in api.objects}
+        assert ("mpijobs", "taught") in stored and ("serviceaccounts", "labkit") in stored
+        assert not stored & {("roles", "labkit"), ("rolebindings", "labkit")}
+        job.delete()
+    with instructor_cluster() as api:  # the Role an admin applied earlier: still 403, before any 409
+        body = render_all(JobSpec(name="x").resolved())
+        role = next(o for o in body if o["kind"] == "Role")
+        api.objects[(RBAC_PATH.split("/namespaces")[0], "roles", "workloads", "labkit")] = role
+        job = get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(JobSpec(name="again", workers=1))
+        assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "again") in api.objects
+        job.delete()
+
+
+def test_a_namespace_admin_who_holds_what_the_role_grants_creates_role_and_binding():
+    """The binding's dry run cannot see the Role (a dry run stores nothing): 404, so it is checked when created."""
+    with instructor_cluster(TRAINER_ADMIN) as api:
+        job = get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(JobSpec(name="taught", workers=1))
+        stored = {(plural, name) for _base, plural, _ns, name in api.objects}
+        assert {("roles", "labkit"), ("rolebindings", "labkit"), ("mpijobs", "taught")} <= stored
+        job.delete()
+
+
+def test_the_fake_refuses_an_escalating_role_or_binding_as_the_api_server_does():
+    objs = {o["kind"]: o for o in render_all(JobSpec(name="x").resolved())}
+    role, binding = objs["Role"], objs["RoleBinding"]
+    with instructor_cluster() as api:
+        status, body = raw(api, "POST", f"{RBAC_PATH}/roles", role)
+        who = f'user "{INSTRUCTOR}" (groups=["system:authenticated"])'
+        head, *missing = body["message"].splitlines()
+        assert status == 403 and body["reason"] == "Forbidden"
+        assert head == f'roles.rbac.authorization.k8s.io "labkit" is forbidden: {who} {ESCALATION}:'
+        assert missing == ['{APIGroups:["trainer.kubeflow.org"], Resources:["trainjobs"], Verbs:["create" "get" "list" '
+                           '"delete"]}']  # fmt: skip
+        status, body = raw(api, "POST", f"{RBAC_PATH}/rolebindings", binding)  # its Role is not there to compare
+        assert (status, body["message"]) == (404, 'roles.rbac.authorization.k8s.io "labkit" not found')
+        rbac_verbs = {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate", "bind"]}
+        api.grants[INSTRUCTOR].append(("workloads", [rbac_verbs]))
+        assert raw(api, "POST", f"{RBAC_PATH}/roles", role)[0] == 201  # `escalate`: may grant what it lacks
+        assert raw(api, "POST", f"{RBAC_PATH}/rolebindings", binding)[0] == 201  # `bind`: the Role is not compared
+        assert raw(api, "POST", f"{RBAC_PATH}/roles", role)[0] == 409
+    with FakeApiServer(identity=ADMIN) as api:  # system:masters: no escalation check, no look at the Role
+        assert raw(api, "POST", f"{RBAC_PATH}/rolebindings", binding)[0] == 201

@@ -77,8 +77,12 @@ def drain_exec(ws, on_output) -> None:
             on_output(text)
 
 
-def create_error(kind: str, name: str, namespace: str, stage: str, status: int, message: str) -> LabkitError:
-    """What the API server's refusal of a create (or its dry run) of the job's objects means, with the fix."""
+def create_error(kind: str, name: str, namespace: str, stage: str, status: int, message: str) -> LabkitError | None:
+    """What the API server's refusal of a create (or its dry run) of the job's objects means, with the fix; None for
+    one that costs the job nothing: an object jobs share that exists (the namespace, PVC, RBAC...: reused) or the lab
+    identity's RBAC refused to a caller who is not cluster-admin."""
+    if (status == 409 and kind not in ("MPIJob", "Secret")) or _lab_rbac_refused(kind, status, message):
+        return None
     if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
         fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
         fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
@@ -92,6 +96,17 @@ def create_error(kind: str, name: str, namespace: str, stage: str, status: int, 
         fix = "fix the field it names (labkit job render shows the manifest)"
         return ConfigError(f"manifest {kind}/{name}", f"rejected by the API server's {stage}: {message}", fix)
     return LabkitError(f"{stage} of {kind}/{name} failed: {message}")
+
+
+def _lab_rbac_refused(kind: str, status: int, message: str) -> bool:
+    """Is this the API server refusing the lab identity's Role or RoleBinding (manifests/base: what the kit's
+    ServiceAccount may do) to a caller who is not cluster-admin? A job does not need them (its pods get no API token).
+    Kubernetes refuses a Role granting what the caller does not hold, also when it exists (the escalation check comes
+    before AlreadyExists), and a RoleBinding to it; a binding's dry run cannot see a Role only dry-run created: 404
+    (pkg/registry/rbac/role/policybased/storage.go, rolebinding/policybased/storage.go, validation/rule.go)."""
+    escalation = status == 403 and "is attempting to grant RBAC permissions not currently held" in message
+    missing_role = kind == "RoleBinding" and status == 404 and "roles.rbac.authorization.k8s.io" in message
+    return kind in ("Role", "RoleBinding") and (escalation or missing_role)
 
 
 def unknown_fields_error(kind: str, name: str, message: str) -> ConfigError | None:

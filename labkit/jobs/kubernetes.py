@@ -218,9 +218,9 @@ class KubernetesBackend(JobBackend):
             if current.get("data") != obj.get("data"):
                 fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
-        if status == 409 and kind not in ("MPIJob", "Secret"):
-            return None  # the namespace, PVC, RBAC...: objects jobs share, reused when they exist
-        raise create_error(kind, name, namespace, stage, status, msg)
+        if error := create_error(kind, name, namespace, stage, status, msg):
+            raise error
+        return None  # an object jobs share that exists (reused), or the lab's RBAC refused to a namespace admin
 
     # -- status ----------------------------------------------------------------------------------------------------
     def _launcher_job(self, name: str, ns: str) -> dict | None:
