@@ -113,15 +113,17 @@ HTML(tabular.html_table([{"request": r["i"], "rows": r["rows"], "concurrent": r[
 
 # %% [markdown]
 # ## Latency
-# Every request's time from send to answer. Concurrent requests wait their turn in rank 0's single executor (that is
-# the price of keeping the broadcasts in order), so their latency grows while the requests per second stay about the
-# same.
+# Every request's time from send to answer. Rank 0 runs the collective steps one at a time in a single executor (that
+# keeps the broadcasts in order), so concurrent requests wait their turn; only the HTTP work around each step can
+# overlap. Does concurrency then raise the requests per second, or only the waiting? The sentence under the table says
+# what this run measured.
 
 # %%
 latency = chapter.latency_rows(records)
 results.record("latency", latency)
 display(chapter.latency_figure(records, f"{model}, {mode}, {ranks} x {config.device}: request latency"))
-HTML(tabular.html_table(latency, list(latency[0]), status_column=None))
+display(HTML(tabular.html_table(latency, list(latency[0]), status_column=None)))
+Markdown(chapter.latency_note(latency, concurrency))
 
 # %% [markdown]
 # ## How much of the model does a rank hold?

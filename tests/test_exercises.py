@@ -72,3 +72,21 @@ def test_the_seed_comparison_speaks_of_other_ranks_only_where_there_are_some():
         seed = rows["ranks in each forward pass"]["seed (barrier)"] + rows["parameters on each rank"]["seed (barrier)"]
         assert ("the others" in seed) == (n > 1), seed  # a 1-GPU run has one rank: no others to wait or idle
         assert rows["ranks in each forward pass"]["this service"].startswith(f"{n} of {n}: 62 collective steps")
+
+
+@pytest.mark.parametrize(
+    "sequential,concurrent,words",
+    [
+        ((1.37, 187.1), (5.43, 695.1), "(3.7x): the HTTP work around each request"),  # 1 x H200, 2026-12-05
+        ((1.85, 375.0), (11.1, 355.6), "(0.9x), about the same: the collective steps"),  # 2 CPU ranks, the same day
+        ((2.0, 400.0), (30.0, 120.0), "(0.3x): the clients competed with the ranks"),
+    ],
+)
+def test_the_latency_sentence_says_what_concurrency_did_in_this_run(sequential, concurrent, words):
+    """07 said requests/s 'stay about the same' under concurrency; on the H200 they rose 3.7x."""
+    from labkit.chapters import serving
+
+    rows = [{"p50_ms": p50, "requests_per_s": rate} for p50, rate in (sequential, concurrent)]
+    note = serving.latency_note(rows, 4)
+    assert words in note and f"took {concurrent[0]} ms against {sequential[0]} ms" in note
+    assert serving.latency_note(rows[:1], 4) == "Only one phase ran: nothing to compare."

@@ -85,6 +85,25 @@ def latency_rows(records: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
+def latency_note(rows: list[dict[str, Any]], concurrency: int) -> str:
+    """What concurrency did in this run, from latency_rows: the wait it added and what became of requests/s."""
+    if len(rows) < 2:
+        return "Only one phase ran: nothing to compare."
+    seq, conc = rows[0], rows[-1]
+    wait, rate = conc["p50_ms"] / seq["p50_ms"], conc["requests_per_s"] / seq["requests_per_s"]
+    text = (f"With {concurrency} clients at once the median request took {conc['p50_ms']} ms against "
+            f"{seq['p50_ms']} ms one after another ({wait:.1f}x), and the service answered {conc['requests_per_s']} "
+            f"requests/s against {seq['requests_per_s']} ({rate:.1f}x)")  # fmt: skip
+    if rate > 1.25:
+        return text + (
+            ": the HTTP work around each request (parsing, checks, the reply) overlapped another request's collective "
+            "step, while the steps themselves still ran one at a time."
+        )
+    if rate < 0.8:
+        return text + ": the clients competed with the ranks for this machine's cores, so the service answered fewer."
+    return text + ", about the same: the collective steps dominate and run one at a time; concurrency added waiting."
+
+
 def latency_figure(records: list[dict], title: str):
     """Histogram of request latencies, one colour per phase, p50 and p99 marked."""
     import matplotlib.pyplot as plt
