@@ -120,7 +120,7 @@ Markdown(
     f"torch: {by_name['torch'].detail}; DeepSpeed: {by_name['DeepSpeed'].detail}. "
     f"Later chapters will run on **{resolved_device}**. "
     + (f"Fix first: {', '.join(c.name for c in report.failures)}." if not ready else
-       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks a CPU run.")
+       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks the labs here.")
 )
 
 # %%
