@@ -26,7 +26,7 @@
 #
 # **Prerequisites.** Chapters 00 and 02.
 #
-# **Time** at the defaults: about 26 s on a 2-core CPU machine and 33.1 s on one H200 (measured 2026-12-03: docs/benchmarks.md).
+# **Time** at the defaults: about 26 s on a 2-core CPU machine and 26.9 s on one H200 (measured 2026-12-05: docs/benchmarks.md).
 #
 # **Contents:** The plan · The DeepSpeed config · Train · Curves · What this run showed.
 #
