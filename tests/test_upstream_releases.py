@@ -6,13 +6,20 @@ what an API server would silently drop from them (tests/fake_crd.prune: apiexten
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import json
 
+import kubernetes_validate
 import pytest
 from fake_crd import crd_schema, prune, served_schema, upstream_crd, upstream_release
+from kit_testing import ROOT
 from kubernetes import client
 
 from labkit import cluster
-from labkit.manifests import JobSpec, render_all
+from labkit.manifests import JobSpec, kustomize_build, render_all
+from labkit.serving.config import ServeConfig
+from labkit.serving.job import cluster_manifests
 
 TOO_OLD = ("v0.3.0", "v0.4.0")  # serve v2beta1 without spec.launcherCreationPolicy
 OPERATOR = ["v0.3.0", "v0.4.0", "v0.5.0", "v0.6.0", "v0.7.0", "v0.8.0", "v0.8.2"]
@@ -97,3 +104,77 @@ def test_the_fakes_schemas_drop_what_the_newest_releases_drop():
         probe = {**obj, "spec": {**obj["spec"], "noSuchField": 1}}
         assert prune(copy.deepcopy(probe), crd_schema(group, plural, version)) == ["spec.noSuchField"]
         assert dropped(probe, upstream_crd(name, obj["kind"]), version) == ["spec.noSuchField"]
+
+
+OLDEST_KUBERNETES = (
+    30  # 1.30: the admission policy's ValidatingAdmissionPolicy v1 (README "Pointing it at a real cluster")
+)
+
+
+def kubernetes_releases() -> list[str]:
+    """Every Kubernetes minor from OLDEST_KUBERNETES to the newest whose schemas kubernetes-validate ships."""
+    newest = int(kubernetes_validate.utils.latest_version().split(".")[1])
+    return [f"1.{minor}" for minor in range(OLDEST_KUBERNETES, newest + 1)]
+
+
+@functools.cache
+def every_kit_object() -> list[tuple[str, dict]]:
+    """(where, object) for what the kit creates or hands to kubectl: each kustomization, each overlay's job through
+    render_all (proxy and queue set), the serving job; pod templates of custom resources as Pods."""
+    found = [
+        (str(k.parent), o)
+        for k in sorted(ROOT.glob("manifests/**/kustomization.yaml"))
+        for o in kustomize_build(k.parent)
+    ]
+    for acc in ("cpu", "nvidia", "gaudi"):
+        for kind in ("interactive", "batch", "trainjob"):
+            spec = JobSpec.from_overlay(acc, kind)
+            spec = dataclasses.replace(spec, http_proxy="http://proxy:3128", queue="lab-queue")
+            found += [(f"render_all {acc}/{kind}", o) for o in render_all(spec, kind)]
+        found += [
+            (f"serve {acc}", o) for o in cluster_manifests(ServeConfig(mode="replicas"), name="srv", accelerator=acc)
+        ]
+
+    def pods(where: str, value, path: str = ""):
+        if isinstance(value, dict):
+            if isinstance(value.get("spec"), dict) and "containers" in value["spec"]:
+                yield (
+                    f"{where} {path}",
+                    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": value["spec"]},
+                )
+            for key, item in value.items():
+                yield from pods(where, item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from pods(where, item, f"{path}[{i}]")
+
+    custom = [(w, o) for w, o in found if "kubeflow.org" in o["apiVersion"]]
+    return [(w, o) for w, o in found if (w, o) not in custom] + [p for w, o in custom for p in pods(w, o)]
+
+
+@pytest.mark.parametrize("release", kubernetes_releases())
+def test_every_object_the_kit_renders_is_valid_as_is_on_each_kubernetes_release(release):
+    """Strict: a field a release's schema lacks is an error, not dropped. The MPI Operator creates the pods without
+    fieldValidation=Strict, so a pod field newer than the cluster would vanish without a word; labkit validates at
+    1.32 (checks.KUBERNETES_VERSION) only."""
+    objects = every_kit_object()
+    assert len(objects) > 150 and {o["kind"] for _w, o in objects} >= {"Pod", "NetworkPolicy", "Role", "Deployment"}
+    problems, seen = [], set()
+    for where, obj in objects:
+        if (key := json.dumps(obj, sort_keys=True)) in seen:
+            continue
+        seen.add(key)
+        try:
+            kubernetes_validate.validate(obj, release, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{where} {obj['kind']}: {exc.message}")
+    assert problems == [], problems[:5]
+
+
+def test_the_release_check_sees_a_pod_field_newer_than_the_cluster():
+    """Pod-level `resources` came with 1.32: labkit's own check (1.32) passes it, a 1.30 cluster would drop it."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}
+    pod["spec"] = {"containers": [{"name": "c", "image": "i"}], "resources": {"limits": {"cpu": "1"}}}
+    kubernetes_validate.validate(pod, "1.32", strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError, match="'resources' was unexpected"):
+        kubernetes_validate.validate(pod, "1.30", strict=True)
