@@ -106,9 +106,8 @@ def test_the_fakes_schemas_drop_what_the_newest_releases_drop():
         assert dropped(probe, upstream_crd(name, obj["kind"]), version) == ["spec.noSuchField"]
 
 
-OLDEST_KUBERNETES = (
-    30  # 1.30: the admission policy's ValidatingAdmissionPolicy v1 (README "Pointing it at a real cluster")
-)
+# 1.30: the admission policy's ValidatingAdmissionPolicy v1 (README, "Pointing it at a real cluster")
+OLDEST_KUBERNETES = 30
 
 
 def kubernetes_releases() -> list[str]:
@@ -148,8 +147,9 @@ def every_kit_object() -> list[tuple[str, dict]]:
             for i, item in enumerate(value):
                 yield from pods(where, item, f"{path}[{i}]")
 
-    custom = [(w, o) for w, o in found if "kubeflow.org" in o["apiVersion"]]
-    return [(w, o) for w, o in found if (w, o) not in custom] + [p for w, o in custom for p in pods(w, o)]
+    custom = [(w, o) for w, o in found if "kubeflow.org" in o["apiVersion"]]  # MPIJob, TrainJob, TrainingRuntime
+    core = [(w, o) for w, o in found if "kubeflow.org" not in o["apiVersion"]]
+    return core + [pod for w, o in custom for pod in pods(w, o)]
 
 
 @pytest.mark.parametrize("release", kubernetes_releases())
