@@ -135,7 +135,7 @@ display(tplots.loss_figure({f"rank {r['rank']}": r["losses"] for r in report["ra
 # partitioned parameters from all ranks (ZeRO-3 inference), so all ranks must take the same steps.
 
 # %%
-right = sum(g == e for g, e in zip(r0["generated"], r0["expected"]))
+right = chapter.tokens_right(r0)
 print(f"prompt {r0['prompt']} -> generated {r0['generated']}")
 print(f"{right} of {len(r0['expected'])} tokens continue the count; {r0['inference_s'] * 1e3:.0f} ms on rank 0")
 print(f"the model: {r0['params']:,} parameters; the run: {r0['world_size']} rank(s)")
@@ -186,16 +186,8 @@ print(f"labkit job exec {job_name} --backend kubernetes -- " + " ".join(accelera
 # ## What this run showed
 
 # %%
-mem = rows[0]
-display(Markdown(
-    f"- `accelerate launch` started {r0['world_size']} rank(s) on {report['device']}; each verified a "
-    f"{r0['check']['engine']} at ZeRO stage {r0['check']['zero_stage']} before training.\n"
-    f"- The loss fell from {r0['losses'][0]:.2f} to {r0['losses'][-1]:.3f} in {len(r0['losses'])} steps, and the "
-    f"trained model continued the count for {right} of {len(r0['expected'])} tokens.\n"
-    f"- Rank 0 held {tabular.format_bytes(mem['model states'])} of model states and "
-    f"{tabular.format_bytes(mem['buffers'])} of DeepSpeed buffers: {chapter.buffer_note(mem)}\n"
-    f"- For {model_params} in {plan_dtype} on {plan_devices} x {device_type}, the guide's ZeRO-{advice['rule_stage']} "
-    f"{'fits' if advice['holds'] else 'does not fit'}; the fastest variant that fits is {advice['best'] or 'none'}."))
+lines = chapter.closing_lines(report, advice, f"{model_params} in {plan_dtype} on {plan_devices} x {device_type}")
+Markdown("\n".join(f"- {line}" for line in lines))
 
 # %% [markdown]
 # ## Troubleshooting

@@ -90,3 +90,21 @@ def test_the_latency_sentence_says_what_concurrency_did_in_this_run(sequential, 
     note = serving.latency_note(rows, 4)
     assert words in note and f"took {concurrent[0]} ms against {sequential[0]} ms" in note
     assert serving.latency_note(rows[:1], 4) == "Only one phase ran: nothing to compare."
+
+
+def test_the_accelerate_chapter_closes_with_its_own_runs_numbers():
+    from labkit.chapters import accelerate
+
+    counted = {"params": 689_408, "master_params": 1_378_816, "gradients": 4, "optimizer_states": 2_757_632}
+    rank = {"world_size": 1, "check": {"engine": "DeepSpeedEngine", "zero_stage": 2}, "losses": [4.19, 0.5, 0.012]}
+    rank |= {"generated": [7, 8, 9, 11], "expected": [7, 8, 9, 10], "rank": 0}
+    rank["memory"] = {"step": {"device": counted | {"buffers": 0}}}
+    report = {"device": "cuda", "ranks": [rank]}
+    advice = {"rule_stage": 2, "holds": True, "best": "ZeRO-1"}
+    lines = accelerate.closing_lines(report, advice, "7B in bf16 on 8 x H100")
+    assert lines[0].startswith("`accelerate launch` started 1 rank(s) on cuda; each verified a DeepSpeedEngine at")
+    assert lines[1] == "The loss fell from 4.19 to 0.012 in 3 steps, and the trained model continued the count for 3 " \
+        "of 4 tokens."  # fmt: skip
+    assert lines[2].startswith("Rank 0 held 4.83 MB of model states and 0 B of DeepSpeed buffers: no reduction buffer")
+    assert lines[3] == "For 7B in bf16 on 8 x H100, the guide's ZeRO-2 fits; the fastest variant that fits is ZeRO-1."
+    assert "does not fit" in accelerate.closing_lines(report, advice | {"holds": False, "best": None}, "x")[3]

@@ -141,3 +141,26 @@ def buffer_note(mem: dict) -> str:
         return ("the buffers outweigh the model: accelerate leaves DeepSpeed's default bucket sizes (5e8 elements), "
                 "sized for billion-parameter models.")  # fmt: skip
     return "the model states are the bulk of it." if mem["buffers"] else "no reduction buffer was allocated."
+
+
+def tokens_right(rank: dict) -> int:
+    """How many generated tokens continue the count the model was trained on."""
+    return sum(g == e for g, e in zip(rank["generated"], rank["expected"]))
+
+
+def closing_lines(report: dict, advice: dict, plan_setup: str) -> list[str]:
+    """The chapter's closing bullets from this run: the launch, the training and generation, rank 0's bytes, and the
+    stage advice for `plan_setup` (e.g. '7B in bf16 on 8 x H100')."""
+    r0, mem = report["ranks"][0], rank_memory_rows(report)[0]
+    right = tokens_right(r0)
+    verdict = "fits" if advice["holds"] else "does not fit"
+    return [
+        f"`accelerate launch` started {r0['world_size']} rank(s) on {report['device']}; each verified a "
+        f"{r0['check']['engine']} at ZeRO stage {r0['check']['zero_stage']} before training.",
+        f"The loss fell from {r0['losses'][0]:.2f} to {r0['losses'][-1]:.3f} in {len(r0['losses'])} steps, and the "
+        f"trained model continued the count for {right} of {len(r0['expected'])} tokens.",
+        f"Rank 0 held {format_bytes(mem['model states'])} of model states and {format_bytes(mem['buffers'])} of "
+        f"DeepSpeed buffers: {buffer_note(mem)}",
+        f"For {plan_setup}, the guide's ZeRO-{advice['rule_stage']} {verdict}; the fastest variant that fits is "
+        f"{advice['best'] or 'none'}.",
+    ]
