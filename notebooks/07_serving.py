@@ -103,9 +103,10 @@ print(f"shutdown: the launcher exited with code {exit_code}" + (f" ({service.fai
 
 # %%
 worst = max(r["max_diff"] for r in records)
-results.record("serving", {"model": model, "mode": mode, "world_size": ranks, "device": config.device,
-                           "requests": len(records), "max_diff": worst, "bad_status": bad_status,
-                           "health_after_bad": health_status, "exit_code": exit_code, "ranks": health["ranks"]})
+served = {"model": model, "mode": mode, "world_size": ranks, "device": config.device, "requests": len(records),
+          "max_diff": worst, "bad_status": bad_status, "health_after_bad": health_status, "exit_code": exit_code,
+          "ranks": health["ranks"]}
+results.record("serving", served)
 HTML(tabular.html_table([{"request": r["i"], "rows": r["rows"], "concurrent": r["concurrent"],
                           "first output": f"{r['outputs'][0][0]:.5f}", "largest difference": f"{r['max_diff']:.1e}"}
                          for r in records[:: max(1, len(records) // 8)]],
@@ -160,20 +161,8 @@ HTML(tabular.html_table(comparison, list(comparison[0]), status_column=None))
 # ## What this run showed
 
 # %%
-seq, conc = latency[0], latency[-1]
-steps = [r["steps"] for r in health["ranks"]]
-display(Markdown(
-    f"- {ranks} {config.device} rank(s) served `{model}` ({mode}); every rank took part in all {steps[0]} collective "
-    f"steps ({'the same count on every rank' if len(set(steps)) == 1 else f'NOT equal: {steps}'}), each holding "
-    f"{health['ranks'][0]['params']:,} parameters.\n"
-    f"- {len(records)} answers matched one process's to within {worst:.1e}.\n"
-    f"- One after another: p50 {seq['p50_ms']} ms, p99 {seq['p99_ms']} ms ({seq['requests_per_s']} requests/s); "
-    f"{concurrency} clients at once: p50 {conc['p50_ms']} ms, p99 {conc['p99_ms']} ms "
-    f"({conc['requests_per_s']} requests/s).\n"
-    f"- A malformed request got HTTP {bad_status} from rank 0 and the service stayed healthy "
-    f"(deep health check: HTTP {health_status}).\n"
-    f"- `POST /shutdown` stopped every rank: the launcher's exit code was {exit_code}"
-    f"{' (every rank exited 0)' if exit_code == 0 else f': {service.failure()}'}."))
+lines = chapter.closing_lines(served, latency, concurrency, failure=service.failure() if exit_code else "")
+Markdown("\n".join(f"- {line}" for line in lines))
 
 # %% [markdown]
 # ## Troubleshooting

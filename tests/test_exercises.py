@@ -108,3 +108,26 @@ def test_the_accelerate_chapter_closes_with_its_own_runs_numbers():
     assert lines[2].startswith("Rank 0 held 4.83 MB of model states and 0 B of DeepSpeed buffers: no reduction buffer")
     assert lines[3] == "For 7B in bf16 on 8 x H100, the guide's ZeRO-2 fits; the fastest variant that fits is ZeRO-1."
     assert "does not fit" in accelerate.closing_lines(report, advice | {"holds": False, "best": None}, "x")[3]
+
+
+def test_the_serving_chapter_closes_with_its_own_runs_numbers():
+    from labkit.chapters import serving
+
+    served = {"model": "regressor", "mode": "tp", "world_size": 2, "device": "cpu", "requests": 60, "max_diff": 1.2e-7}
+    served |= {"bad_status": 422, "health_after_bad": 200, "exit_code": 0}
+    served["ranks"] = [{"steps": 62, "params": 1537}, {"steps": 62, "params": 1537}]
+    latency = [{"p50_ms": 1.85, "p99_ms": 7.74, "requests_per_s": 375.0}]
+    latency.append({"p50_ms": 11.1, "p99_ms": 15.8, "requests_per_s": 355.6})
+    lines = serving.closing_lines(served, latency, 4)
+    assert lines[0] == (
+        "2 cpu rank(s) served `regressor` (tp); every rank took part in all 62 collective steps (the same count on "
+        "every rank), each holding 1,537 parameters."
+    )
+    assert lines[1] == "60 answers matched one process's to within 1.2e-07."
+    assert "p50 1.85 ms, p99 7.74 ms (375.0 requests/s); 4 clients at once: p50 11.1 ms" in lines[2]
+    assert "HTTP 422 from rank 0 and the service stayed healthy (deep health check: HTTP 200)" in lines[3]
+    assert lines[4].endswith("exit code was 0 (every rank exited 0).")
+    broken = served | {"health_after_bad": 503, "exit_code": 1, "ranks": [{"steps": 62, "params": 1}, {"steps": 61}]}
+    lines = serving.closing_lines(broken, latency, 4, failure="rank 1 failed: killed by SIGKILL")
+    assert "NOT equal: [62, 61]" in lines[0] and "was NOT healthy after it (deep health check: HTTP 503)" in lines[3]
+    assert lines[4].endswith("exit code was 1: rank 1 failed: killed by SIGKILL.")

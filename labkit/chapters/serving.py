@@ -104,6 +104,28 @@ def latency_note(rows: list[dict[str, Any]], concurrency: int) -> str:
     return text + ", about the same: the collective steps dominate and run one at a time; concurrency added waiting."
 
 
+def closing_lines(served: dict, latency: list[dict[str, Any]], concurrency: int, failure: str = "") -> list[str]:
+    """The chapter's closing bullets from this run: `served` is what the notebook records as "serving" (model, mode,
+    world_size, device, requests, max_diff, bad_status, health_after_bad, exit_code, ranks); `failure` the
+    service's one line when the launcher did not exit 0."""
+    steps, seq, conc = [r["steps"] for r in served["ranks"]], latency[0], latency[-1]
+    same = "the same count on every rank" if len(set(steps)) == 1 else f"NOT equal: {steps}"
+    healthy = "stayed healthy" if served["health_after_bad"] == 200 else "was NOT healthy after it"
+    ended = " (every rank exited 0)" if served["exit_code"] == 0 else f": {failure or 'see the launcher output'}"
+    return [
+        f"{served['world_size']} {served['device']} rank(s) served `{served['model']}` ({served['mode']}); every rank "
+        f"took part in all {max(steps)} collective steps ({same}), each holding {served['ranks'][0]['params']:,} "
+        "parameters.",
+        f"{served['requests']} answers matched one process's to within {served['max_diff']:.1e}.",
+        f"One after another: p50 {seq['p50_ms']} ms, p99 {seq['p99_ms']} ms ({seq['requests_per_s']} requests/s); "
+        f"{concurrency} clients at once: p50 {conc['p50_ms']} ms, p99 {conc['p99_ms']} ms "
+        f"({conc['requests_per_s']} requests/s).",
+        f"A malformed request got HTTP {served['bad_status']} from rank 0 and the service {healthy} (deep health "
+        f"check: HTTP {served['health_after_bad']}).",
+        f"`POST /shutdown` stopped every rank: the launcher's exit code was {served['exit_code']}{ended}.",
+    ]
+
+
 def latency_figure(records: list[dict], title: str):
     """Histogram of request latencies, one colour per phase, p50 and p99 marked."""
     import matplotlib.pyplot as plt
