@@ -168,10 +168,12 @@ def test_one_rank_says_it_partitions_nothing():
         report["configs"].append(
             {"label": f"ZeRO-{name}", "stage": stage, "measured": [measured], "measured_total": [total]}
             | {"step_time_s": 0.1, "rel_error_deepspeed": 0.0, "predicted_deepspeed_total": total}
-            | {"rel_error_paper": 0.5}
+            | {"rel_error_paper": 0.5, "losses": [1.0, 0.25 + stage * 2e-5]}
         )
     lines = conclusions(report)
     assert lines[0] == zero.ONE_RANK_NOTE and "0% less than ZeRO-0" in lines[1]
+    assert "the paper's formulas were off by up to 50%." in lines[-2]
+    assert lines[-1].startswith("Final losses across configurations differ by 2.00e-05: ZeRO changes where")
     report["world_size"] = 2
     assert zero.ONE_RANK_NOTE not in conclusions(report)
 
@@ -308,8 +310,9 @@ def test_measured_bytes_match_the_deepspeed_model_bf16_all_stages_and_offload():
     assert by["1"]["losses"] == pytest.approx(by["2"]["losses"], rel=1e-3)
     rows = summary_rows(report)
     assert len(rows) == 7 and "Ψ" in format_table(rows)
-    said = conclusions(report)  # 6 comparisons, the 2 surprises this real run shows, the agreement line
-    assert len(said) == 9 and said[6].startswith("ZeRO-1 held exactly what ZeRO-2 held") and "same RAM" in said[7]
+    said = conclusions(report)  # 6 comparisons, the 2 surprises this real run shows, the agreement, the losses
+    assert len(said) == 10 and said[6].startswith("ZeRO-1 held exactly what ZeRO-2 held") and "same RAM" in said[7]
+    assert said[9].startswith("Final losses across configurations differ by ") and "not the mathematics" in said[9]
 
 
 @pytest.mark.slow
