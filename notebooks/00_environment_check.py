@@ -112,16 +112,7 @@ for name, value in {"checks": report.to_dicts(), "summary": counts, "device": re
 # ## What this run showed
 
 # %%
-by_name = {c.name: c for c in report}
-ready = not report.failures
-Markdown(
-    f"This machine **{'is ready for the labs' if ready else 'cannot run the labs yet'}**: "
-    f"{counts['pass']} of {len(report)} checks passed, {counts['warn']} warned, {counts['fail']} failed. "
-    f"torch: {by_name['torch'].detail}; DeepSpeed: {by_name['DeepSpeed'].detail}. "
-    f"Later chapters will run on **{resolved_device}**. "
-    + (f"Fix first: {', '.join(c.name for c in report.failures)}." if not ready else
-       f"The {counts['warn']} warning(s) name things this machine lacks or could tune; none blocks the labs here.")
-)
+Markdown(report.verdict(resolved_device))
 
 # %%
 if fail_on_error and report.failures:

@@ -38,6 +38,20 @@ def test_check_rejects_unknown_status():
         Check("x", "ok", "detail")
 
 
+def test_the_verdict_says_ready_or_what_to_fix_first():
+    checks = [
+        Check("torch", PASS, "2.11.0+cu130"),
+        Check("DeepSpeed", PASS, "0.19.8"),
+        Check("kubeconfig", WARN, "none"),
+    ]
+    ready = CheckReport(checks).verdict("cuda")
+    assert ready.startswith("This machine **is ready for the labs**: 2 of 3 checks passed, 1 warned, 0 failed.")
+    assert "torch: 2.11.0+cu130; DeepSpeed: 0.19.8. Later chapters will run on **cuda**." in ready
+    assert ready.endswith("The 1 warning(s) name things this machine lacks or could tune; none blocks the labs here.")
+    broken = CheckReport([*checks, Check("mpi4py", FAIL, "missing", "pip install mpi4py")]).verdict("cpu")
+    assert "**cannot run the labs yet**" in broken and broken.endswith("Fix first: mpi4py.")
+
+
 def test_report_counts_exit_code_and_renderings():
     report = CheckReport(
         [
