@@ -95,6 +95,16 @@ class Discovery:
     def kinds(self) -> list[str]:
         return [k for k in DEVICE_KINDS if self.of_kind(k)]
 
+    def summary(self) -> str:
+        """'This machine has ...': the accelerators found (or none), then the usable CPU cores and memory."""
+        accel, cpus = [d for d in self.devices if d.kind != "cpu"], self.of_kind("cpu")
+        names = ", ".join(sorted({d.name for d in accel}))
+        text = f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'}"
+        if cpus:
+            memory = f" with {cpus[0].mem_total / 2**30:.1f} GiB of memory" if cpus[0].mem_total else ""
+            text += f" and {cpus[0].info.get('cores', '?')} usable CPU core(s){memory}"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "notes": list(self.notes)}
 

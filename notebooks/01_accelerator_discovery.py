@@ -144,12 +144,7 @@ for name, value in {"devices": [d.to_dict() for d in local.devices], "device": r
 # ## What this run showed
 
 # %%
-accel = [d for d in local.devices if d.kind != "cpu"]
-cpu = local.of_kind("cpu")[0]
-names = ", ".join(sorted({d.name for d in accel}))
-Markdown(f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'} and "
-         f"{cpu.info['cores']} usable CPU core(s) with {cpu.mem_total / 2**30:.1f} GiB of memory; later chapters "
-         f"will run on **{resolved_device}**. {inventory.summary()}")
+Markdown(f"{local.summary()}; later chapters will run on **{resolved_device}**. {inventory.summary()}")
 
 # %% [markdown]
 # ## Troubleshooting

@@ -142,6 +142,16 @@ def test_discover_on_this_machine_finds_the_cpu_and_explains_the_rest():
     assert found.to_dict()["devices"][-1]["kind"] == "cpu"
 
 
+def test_the_discovery_sentence_names_what_was_found():
+    gpus = parse_nvidia_smi_csv((DATA / "nvidia-smi-8xh100.csv").read_text())
+    cpu = devices.Device("cpu", 0, "cpu", 24 * 2**30, info={"cores": 16})
+    found = devices.Discovery([*gpus, cpu])
+    assert found.summary() == (
+        f"This machine has 8 accelerator(s) ({gpus[0].name}) and 16 usable CPU core(s) with 24.0 GiB of memory"
+    )
+    assert devices.Discovery([cpu]).summary().startswith("This machine has no accelerator and 16 usable CPU core(s)")
+
+
 def test_discover_rejects_unknown_kinds():
     with pytest.raises(ConfigError, match="kinds: unknown device kind"):
         devices.discover(["gpu"])
