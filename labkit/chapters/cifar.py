@@ -242,8 +242,9 @@ def epoch_edge_note(records: list[dict]) -> str:
     if not edges:
         return "One epoch: no epoch edge to look at."
     mean, typical = sum(edges) / len(edges), inside[len(inside) // 2] if inside else 0.0
-    where = (f"over {len(edges)} epoch edge(s) the loss went {'down' if mean > 0 else 'up'} by {abs(mean):.0%} on "
-             f"average, against a typical {typical:.0%} from one reading to the next inside an epoch")  # fmt: skip
+    where = (f"over {len(edges)} epoch edge(s) the loss went {'down' if mean > 0 else 'up'} by "
+             f"{tabular.format_percent(abs(mean))} on average, against a typical {tabular.format_percent(typical)} "
+             "from one reading to the next inside an epoch")  # fmt: skip
     if mean > max(0.05, 2 * typical):
         return (
             f"A saw-tooth: {where}. The network meets again images it trained on an epoch ago: a small data set is "
