@@ -75,14 +75,15 @@ class CheckReport(list):
     def verdict(self, device: str) -> str:
         """Notebook 00's closing sentence (Markdown): ready or not, the counts, torch and DeepSpeed, what to fix."""
         counts, by_name, failed = self.counts(), {c.name: c for c in self}, [c.name for c in self.failures]
-        found = "; ".join(f"{name}: {by_name[name].detail}" for name in ("torch", "DeepSpeed") if name in by_name)
+        found = "".join(f"{name}: {by_name[name].detail}. " for name in ("torch", "DeepSpeed") if name in by_name)
         head = "is ready for the labs" if not failed else "cannot run the labs yet"
-        lacks = (
-            f"The {counts[WARN]} warning(s) name things this machine lacks or could tune; none blocks the labs here."
-        )
-        then = f"Fix first: {', '.join(failed)}." if failed else lacks
+        then = f"Fix first: {', '.join(failed)}." if failed else "Nothing to fix."
+        if counts[WARN] and not failed:
+            then = (
+                f"The {counts[WARN]} warning(s) name what this machine lacks or could tune; none blocks the labs here."
+            )
         return (f"This machine **{head}**: {counts[PASS]} of {len(self)} checks passed, {counts[WARN]} warned, "
-                f"{counts[FAIL]} failed. {found}. Later chapters will run on **{device}**. {then}")  # fmt: skip
+                f"{counts[FAIL]} failed. {found}Later chapters will run on **{device}**. {then}")  # fmt: skip
 
     def _repr_html_(self) -> str:
         return html_table(self.to_dicts(), CHECK_COLUMNS)

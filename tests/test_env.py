@@ -46,10 +46,11 @@ def test_the_verdict_says_ready_or_what_to_fix_first():
     ]
     ready = CheckReport(checks).verdict("cuda")
     assert ready.startswith("This machine **is ready for the labs**: 2 of 3 checks passed, 1 warned, 0 failed.")
-    assert "torch: 2.11.0+cu130; DeepSpeed: 0.19.8. Later chapters will run on **cuda**." in ready
-    assert ready.endswith("The 1 warning(s) name things this machine lacks or could tune; none blocks the labs here.")
+    assert "torch: 2.11.0+cu130. DeepSpeed: 0.19.8. Later chapters will run on **cuda**." in ready
+    assert ready.endswith("The 1 warning(s) name what this machine lacks or could tune; none blocks the labs here.")
     broken = CheckReport([*checks, Check("mpi4py", FAIL, "missing", "pip install mpi4py")]).verdict("cpu")
     assert "**cannot run the labs yet**" in broken and broken.endswith("Fix first: mpi4py.")
+    assert CheckReport(checks[:2]).verdict("cpu").endswith("run on **cpu**. Nothing to fix.")
 
 
 def test_report_counts_exit_code_and_renderings():
