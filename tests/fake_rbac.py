@@ -152,8 +152,9 @@ def _uncovered(owner_rules: list[dict], rules: list[dict]) -> list[tuple[str, st
         for verb in rule.get("verbs") or []
         for name in rule.get("resourceNames") or [""]
     ]
-    probe = Attributes  # ruleCovers is RuleAllows for one tuple, an owner rule with names covering only those names
-    return [a for a in atoms if not any(_rule_allows(o, probe(a[2], a[0], a[1], "", a[3]), a[2]) for o in owner_rules)]
+    # ruleCovers is RuleAllows for one tuple: an owner rule with resourceNames covers only those names
+    requests = [(atom, Attributes(atom[2], atom[0], atom[1], "", atom[3])) for atom in atoms]
+    return [atom for atom, attrs in requests if not any(_rule_allows(o, attrs, attrs.verb) for o in owner_rules)]
 
 
 def escalation_refusal(user: str, obj: dict, namespace: str, grants: dict, stored_role) -> tuple[int, str] | None:

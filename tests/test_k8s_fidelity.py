@@ -708,9 +708,8 @@ def test_a_namespace_admin_who_lacks_what_the_kits_role_grants_still_submits_the
         assert not stored & {("roles", "labkit"), ("rolebindings", "labkit")}
         job.delete()
     with instructor_cluster() as api:  # the Role an admin applied earlier: still 403, before any 409
-        body = render_all(JobSpec(name="x").resolved())
-        role = next(o for o in body if o["kind"] == "Role")
-        api.objects[(RBAC_PATH.split("/namespaces")[0], "roles", "workloads", "labkit")] = role
+        role = next(o for o in render_all(JobSpec(name="x").resolved()) if o["kind"] == "Role")
+        api.objects[("/apis/rbac.authorization.k8s.io/v1", "roles", "workloads", "labkit")] = role
         job = get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(JobSpec(name="again", workers=1))
         assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "workloads", "again") in api.objects
         job.delete()
