@@ -291,6 +291,13 @@ def deepspeed_model_states(
     return DeepSpeedMemory(stage, n, dtype, offload_optimizer, offload_param, psi, pieces)
 
 
+def on_one_memory(states: dict) -> dict:
+    """`states` ({"device": {...}, "host": {...}, ...}) as ranks on the CPU hold it: their device is the host, and
+    zero_probe counts every tensor on it as "device" (torch Adam's `step`, offloaded states). Other keys are kept."""
+    device = {kind: n + states["host"].get(kind, 0) for kind, n in states["device"].items()}
+    return states | {"device": device, "host": dict.fromkeys(states["host"], 0)}
+
+
 def compare_to_measured(predicted: dict, measured: dict) -> dict:
     """Totals and relative error of a prediction ({'device': {...}, 'host': {...}}) against a measurement."""
     p = sum(sum(v.values()) for v in predicted.values())

@@ -332,6 +332,9 @@ def _tensors(results: list[dict], phase: str) -> list[dict]:
 def _config_report(plan: ZeroPlan, v: Variant, per_rank: list[dict]) -> dict:
     """One configuration: what each rank counted and allocated beside both predictions."""
     pred = plan.predictions(v)
+    if plan.device == "cpu":  # where DeepSpeed puts a tensor "on the host" is the ranks' own memory: compare like that
+        folded = ("deepspeed", "deepspeed_after_step", "deepspeed_after_init", "paper")
+        pred |= {k: memory.on_one_memory(pred[k]) for k in folded}
     measured = _tensors(per_rank, "backward")
     errs = [memory.compare_to_measured(pred["deepspeed"], m) for m in measured]
     paper_total = pred["paper"]["total"]

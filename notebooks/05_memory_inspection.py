@@ -96,7 +96,9 @@ display(zplots.holders_figure(holders, title=f"{run['label']}, rank {rank}: byte
 
 # %% [markdown]
 # The same bytes by kind, against labkit's model of DeepSpeed and the paper's term for that kind (the paper has no
-# buffers; its K = 12 bytes/parameter is split into the fp32 master copy and the two Adam moments):
+# buffers; its K = 12 bytes/parameter is split into the fp32 master copy and the two Adam moments). Ranks on the CPU
+# have one memory: what DeepSpeed keeps "on the host" (torch Adam's 4-byte `step` per tensor, offloaded states) is
+# their device memory, and both columns count it there.
 
 # %%
 kinds = chapter.kind_rows(run, rank)

@@ -24,7 +24,7 @@ from labkit.chapters.interactive import (
     training_command,
 )
 from labkit.errors import ConfigError
-from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, get_backend
+from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, get_backend, local
 from labkit.jobs.launcher import job_pids, map_paths
 from labkit.manifests import JobSpec
 from labkit.procs import alive
@@ -427,6 +427,36 @@ def test_each_exec_gets_its_own_rendezvous_port(backend):
         assert len(ports) == 3 and all(p.isdigit() and p != "29500" for p in ports)
         own = job.run(["sh", "-c", "echo $MASTER_PORT", "--master_port", "40123"]).output.strip()
         assert own == "40123"
+
+
+@pytest.mark.parametrize(
+    "argv,kept",
+    [
+        (["deepspeed", "--master_port", "40123", "train.py"], "40123"),
+        (["deepspeed", "--force_multi", "--master_port=40123", "train.py", "--epochs", "1"], "40123"),
+        (
+            ["python", "-m", "deepspeed.launcher.runner", "-H", "/etc/mpi/hostfile", "--master_port", "40123", "t.py"],
+            "40123",
+        ),
+        # after the script, --master_port is the script's own argument: the runner still needs a free port of its own
+        (
+            ["deepspeed", "--hostfile", "/etc/mpi/hostfile", "--launcher", "openmpi", "t.py", "--master_port", "40123"],
+            None,
+        ),
+        (["deepspeed", "--module", "pkg.train", "--master_port", "40123"], None),
+        (["deepspeed", "train.py"], None),
+        (["sh", "-c", "echo $MASTER_PORT", "--master_port", "40123"], "40123"),  # not the runner: its flag is meant
+    ],
+)
+def test_the_rendezvous_port_is_the_runners_own_or_a_free_one(argv, kept):
+    cmd, port = local._with_master_port(argv)
+    if kept:
+        assert (cmd, port) == (argv, kept)
+        return
+    assert port.isdigit() and port not in ("29500", "40123")
+    at = cmd.index("--master_port")
+    assert cmd[at + 1] == port and cmd[:at] + cmd[at + 2 :] == argv  # inserted before the runner's other options
+    assert at == (1 if cmd[0] == "deepspeed" else 3)
 
 
 @pytest.mark.slow

@@ -189,6 +189,19 @@ def test_optimizer_offload_moves_states_to_the_host():
     assert host["optimizer_states"] == 8 * PSI // 2 + 4  # + torch Adam's step tensor
 
 
+def test_on_one_memory_counts_the_host_as_the_ranks_device():
+    # CPU ranks: the probe counts torch Adam's `step` (a CPU tensor) and offloaded states as "device". The kind table of
+    # notebook 05 showed +4 / -4 for the step tensor on every CPU run until the prediction was folded like this.
+    at = M.deepspeed_model_states([PSI // 2, PSI // 2], 2, 2, "fp32", offload_optimizer=True).at("backward")
+    one = M.on_one_memory(at)
+    assert sum(one["host"].values()) == 0 and set(one["host"]) == set(at["host"])
+    assert {k: one["device"][k] for k in M.STATE_KINDS} == {k: at["device"][k] + at["host"][k] for k in M.STATE_KINDS}
+    paper = M.paper_model_states(PSI, 3, 4, "bf16", offload_optimizer=True)
+    folded = M.on_one_memory(paper)
+    assert (folded["total"], folded["formula"]) == (paper["total"], paper["formula"])
+    assert sum(folded["device"].values()) == paper["total"]
+
+
 @pytest.mark.parametrize(
     "kwargs,field",
     [

@@ -63,17 +63,35 @@ def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
     hands its --master_port (default 29500) to the ranks, so a runner line without one gets the free port added; its
     openmpi launcher passes none (MPI discovery falls back to 29500): ranks of a local mpirun inherit MASTER_PORT.
     """
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--master_port" and i + 1 < len(argv) else arg.partition("--master_port=")[2]
+    if Path(argv[0]).name == "deepspeed":
+        at = 1
+    elif "deepspeed.launcher.runner" in argv:
+        at = argv.index("deepspeed.launcher.runner") + 1
+    else:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
+        at = None
+    own = argv if at is None else argv[at : at + _runner_option_count(argv[at:])]  # the script's own flags are its own
+    for i, arg in enumerate(own):
+        value = own[i + 1] if arg == "--master_port" and i + 1 < len(own) else arg.partition("--master_port=")[2]
         if value.isdigit():
             return argv, value
     port = str(launch.free_port())
-    if Path(argv[0]).name == "deepspeed":
-        return [argv[0], "--master_port", port, *argv[1:]], port
-    if "deepspeed.launcher.runner" in argv:
-        at = argv.index("deepspeed.launcher.runner") + 1
-        return [*argv[:at], "--master_port", port, *argv[at:]], port
-    return argv, port
+    return (argv, port) if at is None else ([*argv[:at], "--master_port", port, *argv[at:]], port)
+
+
+# deepspeed/launcher/runner.py (0.19.8) parse_args: its store_true options; every other option takes one value, and
+# the first argument that is neither is `user_script`, after which all belongs to the script (argparse.REMAINDER).
+_RUNNER_SWITCHES = frozenset(
+    ("--module", "--no_python", "--no_local_rank", "--no_ssh", "--no_ssh_check", "--force_multi", "--save_pid")
+    + ("--bind_cores_to_rank", "-q", "--quiet")
+)
+
+
+def _runner_option_count(args: list[str]) -> int:
+    """How many of `args` (what follows `deepspeed`) are the runner's own options, i.e. come before the script."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 1 if args[i] in _RUNNER_SWITCHES or "=" in args[i] else 2
+    return min(i, len(args))
 
 
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
