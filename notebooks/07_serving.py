@@ -114,10 +114,11 @@ HTML(tabular.html_table([{"request": r["i"], "rows": r["rows"], "concurrent": r[
 
 # %% [markdown]
 # ## Latency
-# Every request's time from send to answer. Rank 0 runs the collective steps one at a time in a single executor (that
-# keeps the broadcasts in order), so concurrent requests wait their turn; only the HTTP work around each step can
-# overlap. Does concurrency then raise the requests per second, or only the waiting? The sentence under the table says
-# what this run measured.
+# Every request's time from send to answer, after one untimed warm-up request (the first answer pays one-time costs
+# such as loading GPU kernels). Rank 0 runs the collective steps one at a time in a single executor (that keeps the
+# broadcasts in order), so concurrent requests wait their turn; only the HTTP work around each step can overlap. Does
+# concurrency then raise the requests per second, or only the waiting? The sentence under the table says what this
+# run measured.
 
 # %%
 latency = chapter.latency_rows(records)

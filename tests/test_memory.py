@@ -347,7 +347,11 @@ def test_the_closing_bullets_are_computed_from_the_inspected_rank():
     config |= {"timeline": [rank_timeline(1), rank_timeline(1_000_000)], "allocated_before": [None, None]}
     calc, setup = S.training_fit(7 * 10**9, "bf16", 3, 8, "H100"), "7B in bf16 with ZeRO-3 on 8 x H100"
     lines = closing_lines(config, 1, calc, setup)
-    assert lines[0].startswith("On rank 1 of ZeRO-3, the engine held 168.00 MB") and "(+0.0000%)" in lines[0]
+    assert lines[0].startswith("On rank 1 of ZeRO-3, the engine held 168.00 MB") and "168.00 MB (exactly)" in lines[0]
+    near = config | {"measured_total": [1, 168_000_009]}  # the H100 run: 9 bytes of scalars the model leaves out
+    assert "predicted 168.00 MB (9 bytes fewer), the paper" in closing_lines(near, 1, calc, setup)[0]
+    over = config | {"measured_total": [1, 167_000_000]}
+    assert "predicted 168.00 MB (1.00 MB, 1% more)" in closing_lines(over, 1, calc, setup)[0]
     assert "the paper 167.98 MB (16Ψ/N)" in lines[0]
     assert lines[1] == "The largest holder was `optimizer.state` (Adam moments, 84.00 MB, 50% of the total)."
     assert "After initialize the rank held 84.00 MB; at the steady backward point 168.00 MB (2.0x)" in lines[2]

@@ -89,10 +89,15 @@ def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_r
     grew = ", ".join(
         f"{STATE_LABELS[k]} (+{format_bytes(steady[k] - init[k])})" for k in STATE_KINDS if steady[k] > init[k]
     )
+    # in bytes: a handful of scalars (grad norm, overflow flag) printed as a percentage read "+0.0000%"
+    gap = (
+        f"{abs(m - p)} bytes" if abs(m - p) < 1000 else f"{format_bytes(abs(m - p))}, {format_percent(abs(m - p) / p)}"
+    )
+    off = "exactly" if m == p else f"{gap} {'fewer' if m > p else 'more'}"
     lines = [ONE_RANK_NOTE] if one_rank else []
     lines.append(
         f"On rank {rank} of {config['label']}, the engine held {format_bytes(m)} of model states; labkit's DeepSpeed "
-        f"model predicted {format_bytes(p)} ({(m - p) / p:+.4%}), the paper "
+        f"model predicted {format_bytes(p)} ({off}), the paper "
         f"{format_bytes(config['predicted_paper_total'])} ({config['predicted_paper']['formula']})."
     )
     holders = holder_rows(config, rank)
