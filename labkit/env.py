@@ -101,11 +101,13 @@ def check_nccl(info: TorchBuild) -> Check:
     return check(WARN, "not available: no CUDA here, so multi-process runs use gloo", fix)
 
 
-def check_hpu() -> Check:
+def check_hpu(cuda_present: bool = False) -> Check:
     check = _checker(HPU, "pytorch")
     try:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
+        if cuda_present:  # as check_cuda on a Gaudi node: a warning here would name nothing to fix
+            return check(PASS, "not used: this machine has CUDA GPUs (no habana_frameworks)")
         fix = (
             "expected unless this is a Gaudi node; there use Intel's Gaudi PyTorch image (vault.habana.ai/gaudi-docker)"
         )
@@ -425,7 +427,7 @@ def run_checks(
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("Python", check_python),
         ("torch", lambda: check_torch(torch_info)),
-        (HPU, check_hpu),
+        (HPU, lambda: check_hpu(torch_info.cuda_available)),
         ("CUDA", lambda: check_cuda(torch_info, passed(HPU))),
         ("NCCL", lambda: check_nccl(torch_info)),
         ("DeepSpeed", check_deepspeed),

@@ -89,6 +89,13 @@ def test_torch_checks_on_a_cpu_build_warn_but_never_fail():
     assert env.check_cuda(cpu, hpu_present=True).status == PASS  # a Gaudi node needs no CUDA
 
 
+def test_no_gaudi_software_warns_only_where_there_is_no_other_accelerator(monkeypatch):
+    monkeypatch.setitem(sys.modules, "habana_frameworks", None)  # import fails, as on every non-Gaudi machine
+    laptop, gpu_node = env.check_hpu(), env.check_hpu(cuda_present=True)
+    assert laptop.status == WARN and "not a Gaudi machine" in laptop.detail and "Gaudi node" in laptop.fix
+    assert gpu_node.status == PASS and "CUDA" in gpu_node.detail  # the H100 run's 00 warned about it
+
+
 def test_torch_checks_on_a_gpu_build():
     gpu = TorchBuild(
         version="2.11.0+cu130", cuda="13.0", cuda_available=True, cuda_devices=("NVIDIA H200",), nccl="2.28.9"
@@ -428,9 +435,17 @@ def test_run_checks_on_this_cpu_machine(no_cluster, monkeypatch):
     assert by_name["CUDA"].status == WARN and "CPU build" in by_name["CUDA"].detail
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"  # DeepSpeed itself still sees the device here
     assert by_name["DeepSpeed"].status == PASS and f"accelerator {accelerator}" in by_name["DeepSpeed"].detail
-    assert by_name["kubeconfig"].status == WARN
+    assert by_name["kubeconfig"].status == WARN and by_name[env.HPU].status == WARN
     assert sys.executable not in by_name["Python"].detail or sys.prefix == sys.base_prefix  # no internal venv path
     assert "<labkit" not in repr(report) and repr(report) == report.text()
+
+
+def test_run_checks_on_a_cuda_machine_does_not_ask_for_gaudi_software(no_cluster, monkeypatch):
+    gpu = TorchBuild(version="2.11.0+cu130", cuda="13.0", cuda_available=True, cuda_devices=("NVIDIA H100",))
+    monkeypatch.setattr(env, "torch_build", lambda: gpu)
+    monkeypatch.setitem(sys.modules, "habana_frameworks", None)
+    by_name = {c.name: c for c in env.run_checks()}
+    assert by_name[env.HPU].status == PASS and by_name["CUDA"].status == PASS
 
 
 def test_a_crashing_check_becomes_a_warning(monkeypatch):
