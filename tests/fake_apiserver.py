@@ -5,7 +5,8 @@ exactly as against a cluster.
 Implemented (only what the kit's job backend uses):
   * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>; nodes list
   * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE; a custom
-    resource's body pruned to its CRD's schema and defaulted from it, `fieldValidation` Warn/Strict (fake_crd.py)
+    resource's body pruned to its CRD's schema and defaulted from it, a built-in kind's to its Kubernetes 1.32
+    fields, `fieldValidation` Warn/Strict (fake_crd.py)
   * an MPI Operator stand-in: creating an MPIJob creates its launcher and worker pods (the operator's labels and
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
   * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
@@ -43,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from fake_crd import crd_schema, decode
+from fake_crd import builtin_schema, crd_schema, decode
 from fake_rbac import (
     ADMIN,
     SERVICE_ACCOUNT,
@@ -882,14 +883,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_namespace(self, q: dict) -> None:
         fake = self.server_state
-        body = self._body()
+        schema = builtin_schema("v1", "Namespace")
+        body, warnings, refused = decode(self._body(), schema, q.get("fieldValidation"), builtin=True)
+        if refused:
+            return self._error(400, "BadRequest", refused)
         name = body.get("metadata", {}).get("name")
         if name in fake.namespaces:
             return self._error(409, "AlreadyExists", f'namespaces "{name}" already exists')
         if q.get("dryRun") != "All":
             fake.namespaces.add(name)
             fake.namespace_labels[name] = dict(body.get("metadata", {}).get("labels") or {})
-        return self._send_json(201, body)
+        return self._send_json(201, body, warnings)
 
     def _objects(self, method: str, base: str, ns: str, plural: str, name: str | None, q: dict) -> None:
         fake = self.server_state
@@ -904,8 +908,11 @@ class _Handler(BaseHTTPRequestHandler):
             kind, warnings = body.get("kind", ""), []
             group, _, version = base.removeprefix("/apis/").partition("/")  # core kinds (/api/v1): no CRD schema
             schema = fake.crd_schemas.get((group, plural, version)) or crd_schema(group, plural, version)
-            if base.startswith("/apis/") and schema is not None:  # decoding, before admission and validation
-                body, warnings, refused = decode(body, schema, q.get("fieldValidation"))
+            builtin = builtin_schema(body.get("apiVersion", ""), kind) if schema is None else None
+            if (base.startswith("/apis/") and schema is not None) or builtin:  # decoding: before admission, validation
+                body, warnings, refused = decode(
+                    body, schema or builtin, q.get("fieldValidation"), builtin=bool(builtin)
+                )
                 if refused:
                     return self._error(400, "BadRequest", refused)
             labels = (body.get("metadata") or {}).get("labels") or {}

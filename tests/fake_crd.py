@@ -16,6 +16,12 @@ a refusal. Read from upstream (staging/src/k8s.io/apiextensions-apiserver/pkg/ap
 The schemas are labkit/schemas' copies of the upstream CRDs (scripts/make_schemas.py): there `additionalProperties:
 false` beside `properties` was added for client-side checks (a structural schema never has both), so here an object's
 known keys are its `properties`.
+
+Built-in kinds (ConfigMap, Role, PersistentVolumeClaim...) are decoded into Go structs instead, with the same outcome
+for unknown fields: staging/src/k8s.io/apimachinery/pkg/runtime/serializer/json/json.go (Serializer.unmarshal:
+kjson.UnmarshalStrict collects `unknown field "spec.x"`, runtime.NewStrictDecodingError) feeds the same create.go
+switch: Warn drops them with a warning each, Strict is the same 400. Unlike a CRD, metadata is decoded strictly too.
+builtin_schema gives their fields from the OpenAPI schemas kubernetes-validate ships per release.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ import json
 from functools import cache
 from pathlib import Path
 
+import kubernetes_validate
+
 SCHEMAS = Path(__file__).resolve().parents[1] / "labkit" / "schemas"
+BUILTIN_SCHEMAS = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+KUBERNETES_RELEASE = "1.32"  # the fake's built-in kinds are those of this release (labkit checks manifests at 1.32)
 UPSTREAM = Path(__file__).resolve().parent / "data" / "upstream-crds"
 ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 
@@ -53,8 +63,39 @@ def served_schema(crd: dict, version: str) -> dict:
     return next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version)
 
 
-def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None = None) -> list[str]:
-    """Delete, in place, what the schema does not declare; the sorted paths of what went."""
+@cache
+def _builtin_definitions(release: str) -> dict:
+    return json.loads((BUILTIN_SCHEMAS / f"v{release}.0-local" / "_definitions.json").read_text())["$defs"]
+
+
+@cache
+def builtin_schema(api_version: str, kind: str, release: str = KUBERNETES_RELEASE) -> dict | None:
+    """The fields of a built-in kind in that Kubernetes release, $refs resolved (None: not a built-in kind)."""
+    group, _, version = api_version.rpartition("/")
+    name = f"{kind.lower()}-{group.split('.')[0]}-{version}" if group else f"{kind.lower()}-{version}"
+    path = BUILTIN_SCHEMAS / f"v{release}.0-local" / f"{name}.json"
+    if not path.is_file():
+        return None
+    defs = _builtin_definitions(release)
+
+    def resolved(schema: dict, seen: tuple[str, ...]) -> dict:
+        if "$ref" in schema:
+            ref = schema["$ref"].rpartition("/")[2]  # "/api/_definitions.json#/$defs/io.k8s.api.core.v1.Volume"
+            # a type that contains itself (none of the kinds the kit creates): its inside is not checked
+            return {"x-kubernetes-preserve-unknown-fields": True} if ref in seen else resolved(defs[ref], (*seen, ref))
+        out = {k: v for k, v in schema.items() if k not in ("properties", "additionalProperties", "items")}
+        if "properties" in schema:
+            out["properties"] = {k: resolved(v, seen) for k, v in schema["properties"].items()}
+        for key in ("additionalProperties", "items"):
+            if isinstance(schema.get(key), dict):
+                out[key] = resolved(schema[key], seen)
+        return out
+
+    return resolved(json.loads(path.read_text()), ())
+
+
+def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None = None, root=ROOT_FIELDS) -> list[str]:
+    """Delete, in place, what the schema does not declare (but the `root` keys); the sorted paths of what went."""
     unknown = [] if unknown is None else unknown
     if isinstance(value, dict):
         properties = (schema or {}).get("properties") or {}
@@ -62,7 +103,7 @@ def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None 
         keep_unknown = bool((schema or {}).get("x-kubernetes-preserve-unknown-fields"))
         for key in list(value):
             where = f"{path}.{key}" if path else key
-            if not path and key in ROOT_FIELDS:
+            if not path and key in root:
                 continue
             if key in properties:
                 prune(value[key], properties[key], where, unknown)
@@ -94,15 +135,19 @@ def apply_defaults(value, schema: dict | None) -> None:
             apply_defaults(item, schema.get("items"))
 
 
-def decode(body: dict, schema: dict, field_validation: str | None) -> tuple[dict, list[str], str | None]:
-    """(the object as stored, Warning header values, the 400 message under Strict or None) for a create's body."""
+def decode(
+    body: dict, schema: dict, field_validation: str | None, *, builtin: bool = False
+) -> tuple[dict, list[str], str | None]:
+    """(the object as stored, Warning header values, the 400 message under Strict or None) for a create's body; a
+    built-in kind's metadata is checked too, and its Go defaults (not in these schemas) are not applied."""
     obj = copy.deepcopy(body)
-    unknown = prune(obj, schema)
+    unknown = prune(obj, schema, root=("apiVersion", "kind") if builtin else ROOT_FIELDS)
     problems = [f'unknown field "{path}"' for path in unknown]
     mode = field_validation or "Warn"
     if problems and mode == "Strict":
         kind, version = body.get("kind", ""), body.get("apiVersion", "").rpartition("/")[2]
         message = f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: '
         return obj, [], message + ", ".join(problems)
-    apply_defaults(obj, schema)
+    if not builtin:
+        apply_defaults(obj, schema)
     return obj, (problems if mode == "Warn" else []), None

@@ -286,6 +286,28 @@ def test_a_custom_resource_is_pruned_to_its_crds_schema_and_defaulted_and_strict
     assert code == 201 and stored["spec"]["slotsPerWorker"] == 1 and "gangScheduling" not in stored["spec"]
 
 
+def test_a_built_in_kind_is_decoded_to_its_fields_metadata_included_and_strict_refuses_unknown_ones(api):
+    # json.go's strict unmarshal into the Go struct (fake_crd.py's docstring): the same 400 as for a custom resource,
+    # but metadata is checked too (a CRD's metadata is not pruned by its schema)
+    path = "/api/v1/namespaces/workloads/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "proxy", "owner": "me"}, "data": {"a": "b"}}
+    code, reply = raw(api, "POST", path + "?fieldValidation=Strict", body | {"spec": {}})
+    assert code == 400 and reply["reason"] == "BadRequest"
+    assert reply["message"] == (
+        'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: '
+        'unknown field "metadata.owner", unknown field "spec"'
+    )
+    code, reply = raw(api, "POST", path, body)  # Warn: dropped, one warning each, the rest stored
+    assert code == 201 and api.warnings == ['unknown field "metadata.owner"'] and reply["data"] == {"a": "b"}
+    assert "owner" not in api.objects[("/api/v1", "configmaps", "workloads", "proxy")]["metadata"]
+
+
+def test_every_object_the_kit_creates_passes_strict_decoding_at_kubernetes_1_32(api, backend):
+    with backend.submit(JobSpec(name="strict", workers=1, http_proxy="http://proxy.example:3128")):
+        kinds = {obj["kind"] for obj in api.objects.values()}
+    assert {"MPIJob", "ConfigMap", "Secret"} <= kinds and not api.warnings  # each sent with fieldValidation=Strict
+
+
 def test_an_mpi_operator_older_than_v0_5_is_refused_at_submit_naming_the_field_and_nothing_is_created(api, backend):
     # MPI Operator v0.4.0's CRD (manifests/base/kubeflow.org_mpijobs.yaml at that tag) serves v2beta1 without these:
     # under the default fieldValidation=Warn its API server would drop launcherCreationPolicy and start the launcher
