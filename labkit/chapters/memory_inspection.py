@@ -90,10 +90,9 @@ def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_r
         f"{STATE_LABELS[k]} (+{format_bytes(steady[k] - init[k])})" for k in STATE_KINDS if steady[k] > init[k]
     )
     # in bytes: a handful of scalars (grad norm, overflow flag) printed as a percentage read "+0.0000%"
-    gap = (
-        f"{abs(m - p)} bytes" if abs(m - p) < 1000 else f"{format_bytes(abs(m - p))}, {format_percent(abs(m - p) / p)}"
-    )
-    off = "exactly" if m == p else f"{gap} {'fewer' if m > p else 'more'}"
+    gap = abs(m - p)
+    off = f"{gap} bytes" if gap < 1000 else f"{format_bytes(gap)}, {format_percent(gap / p)}"
+    off = "exactly" if not gap else f"{off} {'fewer' if m > p else 'more'}"
     lines = [ONE_RANK_NOTE] if one_rank else []
     lines.append(
         f"On rank {rank} of {config['label']}, the engine held {format_bytes(m)} of model states; labkit's DeepSpeed "
