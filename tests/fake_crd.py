@@ -95,7 +95,8 @@ def builtin_schema(api_version: str, kind: str, release: str = KUBERNETES_RELEAS
 
 
 def prune(value, schema: dict | None, path: str = "", unknown: list[str] | None = None, root=ROOT_FIELDS) -> list[str]:
-    """Delete, in place, what the schema does not declare (but the `root` keys); the sorted paths of what went."""
+    """Delete, in place, what the schema does not declare (but the `root` keys); the paths of what went, sorted as
+    pruning reports them (a built-in kind's decoder reports them in the body's order: `unknown` collects that)."""
     unknown = [] if unknown is None else unknown
     if isinstance(value, dict):
         properties = (schema or {}).get("properties") or {}
@@ -140,8 +141,9 @@ def decode(
 ) -> tuple[dict, list[str], str | None]:
     """(the object as stored, Warning header values, the 400 message under Strict or None) for a create's body; a
     built-in kind's metadata is checked too, and its Go defaults (not in these schemas) are not applied."""
-    obj = copy.deepcopy(body)
-    unknown = prune(obj, schema, root=("apiVersion", "kind") if builtin else ROOT_FIELDS)
+    obj, unknown = copy.deepcopy(body), []
+    ordered = prune(obj, schema, unknown=unknown, root=("apiVersion", "kind") if builtin else ROOT_FIELDS)
+    unknown = unknown if builtin else ordered  # Go's strict decoder: in the order met; pruning: sorted
     problems = [f'unknown field "{path}"' for path in unknown]
     mode = field_validation or "Warn"
     if problems and mode == "Strict":
