@@ -5,8 +5,8 @@ exactly as against a cluster.
 Implemented (only what the kit's job backend uses):
   * discovery: GET /apis, /apis/kubeflow.org, /apis/kubeflow.org/<version>, /api/v1/namespaces/<ns>; nodes list
   * objects of any kind: POST (with ?dryRun=All), GET, list (namespaced and cluster-wide), DELETE; a custom
-    resource's body pruned to its CRD's schema and defaulted from it, a built-in kind's to its Kubernetes 1.32
-    fields, `fieldValidation` Warn/Strict (fake_crd.py)
+    resource's body pruned to its CRD's schema and defaulted from it, a built-in kind's to its fields in one
+    Kubernetes release (1.32 unless told), `fieldValidation` Warn/Strict (fake_crd.py)
   * an MPI Operator stand-in: creating an MPIJob creates its launcher and worker pods (the operator's labels and
     hostfile), which become Running/Ready, or fail to pull their image, or stay unschedulable (`scenario`)
   * pods: list, watch (chunked JSON lines from a resourceVersion, timeoutSeconds), logs; events list (fieldSelector)
@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from fake_crd import builtin_schema, crd_schema, decode
+from fake_crd import KUBERNETES_RELEASE, builtin_schema, crd_schema, decode
 from fake_rbac import (
     ADMIN,
     SERVICE_ACCOUNT,
@@ -163,6 +163,7 @@ class FakeApiServer:
         grace_s: float = 0.5,
         trainer_version: str | None = None,
         operator_release: str = "v0.8.2",
+        kubernetes_release: str = KUBERNETES_RELEASE,
     ):
         self.served_versions = tuple(served_versions)  # kubeflow.org versions (() = operator missing; ("v1",) = clash)
         self.scenario = scenario  # ready | image_pull | unschedulable | no_operator
@@ -171,6 +172,7 @@ class FakeApiServer:
         self.identity = identity
         self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
         self.operator_release = operator_release  # the MPI Operator's: "v0.8.0" and older re-set Running at the end
+        self.kubernetes_release = kubernetes_release  # whose built-in kinds' fields it decodes ("1.30" ... "1.37")
         self.kueue = False  # True: Kueue's MPIJob webhook runs (it suspends a job labelled with a queue)
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
@@ -883,7 +885,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_namespace(self, q: dict) -> None:
         fake = self.server_state
-        schema = builtin_schema("v1", "Namespace")
+        schema = builtin_schema("v1", "Namespace", fake.kubernetes_release)
         body, warnings, refused = decode(self._body(), schema, q.get("fieldValidation"), builtin=True)
         if refused:
             return self._error(400, "BadRequest", refused)
@@ -908,7 +910,8 @@ class _Handler(BaseHTTPRequestHandler):
             kind, warnings = body.get("kind", ""), []
             group, _, version = base.removeprefix("/apis/").partition("/")  # core kinds (/api/v1): no CRD schema
             schema = fake.crd_schemas.get((group, plural, version)) or crd_schema(group, plural, version)
-            builtin = builtin_schema(body.get("apiVersion", ""), kind) if schema is None else None
+            release = fake.kubernetes_release
+            builtin = builtin_schema(body.get("apiVersion", ""), kind, release) if schema is None else None
             if (base.startswith("/apis/") and schema is not None) or builtin:  # decoding: before admission, validation
                 body, warnings, refused = decode(
                     body, schema or builtin, q.get("fieldValidation"), builtin=bool(builtin)

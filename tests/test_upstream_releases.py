@@ -9,11 +9,14 @@ import copy
 import dataclasses
 import functools
 import json
+import urllib.error
+import urllib.request
 
 import kubernetes_validate
 import pytest
 from fake_crd import crd_schema, prune, served_schema, upstream_crd, upstream_release
-from kit_testing import ROOT
+from fake_rbac import ADMIN
+from kit_testing import ROOT, fake_cluster
 from kubernetes import client
 
 from labkit import cluster
@@ -169,6 +172,28 @@ def test_every_object_the_kit_renders_is_valid_as_is_on_each_kubernetes_release(
         except kubernetes_validate.ValidationError as exc:
             problems.append(f"{where} {obj['kind']}: {exc.message}")
     assert problems == [], problems[:5]
+
+
+@pytest.mark.parametrize("release", [kubernetes_releases()[0], kubernetes_releases()[-1]])
+def test_a_submit_passes_strict_decoding_on_the_oldest_and_newest_release(release):
+    """The same through the API: every create the kit sends asks fieldValidation=Strict, and a fake API server of
+    that release decodes each built-in kind to that release's fields (tests/fake_crd.py)."""
+    with fake_cluster(kubernetes_release=release) as (api, backend):
+        probe = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "probe"}}
+        probe["status"] = {"healthStatus": {}}  # a field from 1.35 on: the fake's release decides
+        admin = next(token for token, user in api.users.items() if user == ADMIN)
+        path = "/api/v1/namespaces/workloads/persistentvolumeclaims?fieldValidation=Strict"
+        request = urllib.request.Request(api.url + path, json.dumps(probe).encode(), method="POST")
+        request.add_header("Authorization", f"Bearer {admin}")
+        try:
+            code = urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as err:
+            code = err.code
+        assert code == (400 if release == kubernetes_releases()[0] else 201)
+        spec = JobSpec(name="strict", workers=1, http_proxy="http://proxy:3128", queue="lab-queue")
+        with backend.submit(spec):
+            assert {"MPIJob", "ConfigMap", "Secret"} <= {o["kind"] for o in api.objects.values()}
+        assert not api.warnings
 
 
 def test_the_release_check_sees_a_pod_field_newer_than_the_cluster():
