@@ -141,9 +141,9 @@ def decode(
 ) -> tuple[dict, list[str], str | None]:
     """(the object as stored, Warning header values, the 400 message under Strict or None) for a create's body; a
     built-in kind's metadata is checked too, and its Go defaults (not in these schemas) are not applied."""
-    obj, unknown = copy.deepcopy(body), []
-    ordered = prune(obj, schema, unknown=unknown, root=("apiVersion", "kind") if builtin else ROOT_FIELDS)
-    unknown = unknown if builtin else ordered  # Go's strict decoder: in the order met; pruning: sorted
+    obj, met = copy.deepcopy(body), []  # `met`: in the order the walk meets them, as Go's strict decoder reports
+    pruned = prune(obj, schema, unknown=met, root=("apiVersion", "kind") if builtin else ROOT_FIELDS)  # sorted
+    unknown = met if builtin else pruned
     problems = [f'unknown field "{path}"' for path in unknown]
     mode = field_validation or "Warn"
     if problems and mode == "Strict":
