@@ -14,7 +14,8 @@ Implemented (only what the kit's job backend uses):
     v5.channel.k8s.io when offered (else v4), stdout/stderr on channels 1/2, the exit status as a Status JSON on
     channel 3. The command really runs on this machine (the "container" is this host; /etc/mpi/hostfile maps to the
     job's operator-format hostfile, a PVC's mountPath such as /shared/runs/<job> to one directory per claim, or its
-    subPath folder in it). As in a real cluster, closing the stream does NOT stop the command.
+    subPath folder in it; the kit's pidfiles in /tmp go with the pod). As in a real cluster, closing the stream does
+    NOT stop the command.
   * bearer-token authentication (401 without it): the kubeconfig's token is the kit's ServiceAccount
     (system:serviceaccount:workloads:labkit) unless `identity=ADMIN`; RBAC from manifests/base (rbac.yaml,
     node-reader/) is enforced on EVERY request before anything else (tests/fake_rbac.py), and
@@ -135,15 +136,18 @@ def matches_selector(labels: dict, selector: str | None) -> bool:
     return True
 
 
+POD_TMP_FILE = re.compile(r"/tmp/labkit-exec-[0-9a-f]+\.pid")  # jobs/kubernetes.py exec's pidfile
+
+
 def map_paths(arg: str, mounts: dict[str, str]) -> str:
     """One exec argument with the pod's paths (/etc/mpi/hostfile, a volume's mountPath) pointed at the fake's
     directories for them, in paths and in short scripts (`cat /etc/mpi/hostfile`). An argument of several lines is
     data (a file's content written through exec) and reaches the command unchanged, as in a real pod."""
-    if "\n" in arg:
+    if "\n" in arg or not mounts:
         return arg
-    for path, target in mounts.items():
-        arg = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", lambda _m, t=target: t, arg)
-    return arg
+    # one pass, longest path first: a target (under the fake's /tmp root) is never mapped again by /tmp
+    paths = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
+    return re.sub(rf"(?<![\w./-])({paths})(?![\w.-])", lambda m: mounts[m.group(1)], arg)
 
 
 class FakeApiServer:
@@ -199,6 +203,7 @@ class FakeApiServer:
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
         self.execs_in: dict[tuple[str, str], list[subprocess.Popen]] = {}  # (ns, pod) -> the commands exec'd there
+        self.pod_files: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> files in the container's /tmp
         self.exec_protocols: list[str] = []  # the subprotocol each exec negotiated
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
         self.kubeconfig = str(self.root / "kubeconfig")
@@ -252,6 +257,8 @@ class FakeApiServer:
             self._httpd.shutdown()
             self._httpd.server_close()
         self.kill_exec_processes()
+        for ns, pod in list(self.pod_files):  # the fake's pods are gone with it
+            self.remove_pod_files(ns, pod)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def kill_exec_processes(self) -> None:
@@ -639,6 +646,11 @@ class FakeApiServer:
             for proc in self.execs_in.pop((ns, pod["metadata"]["name"]), []):  # the container's processes die with it
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
+            self.remove_pod_files(ns, pod["metadata"]["name"])
+
+    def remove_pod_files(self, ns: str, pod: str) -> None:
+        for path in self.pod_files.pop((ns, pod), ()):
+            Path(path).unlink(missing_ok=True)
 
     def collect_dependents(self, owner: dict) -> None:
         """The garbage collector: an object whose owners are all gone (here: its one owner) is deleted
@@ -1080,6 +1092,10 @@ class _Handler(BaseHTTPRequestHandler):
         job_name = pod["metadata"]["labels"].get("training.kubeflow.org/job-name", "")
         mounts = {CLUSTER_HOSTFILE: str(fake.root / ns / job_name / "etc-mpi" / "hostfile")}
         mounts |= fake.claim_mounts(ns, job_name, pod["metadata"]["labels"]["training.kubeflow.org/job-role"])
+        # The kit's exec pidfile is in the container's /tmp, which goes with the pod; here it is this host's /tmp
+        # (tests exec host paths under /tmp too): the fake removes it when the pod goes, as its processes are killed
+        # before they remove it themselves.
+        fake.pod_files.setdefault((ns, pod_name), set()).update(m for a in argv for m in POD_TMP_FILE.findall(a))
         cmd = [map_paths(a, mounts) for a in argv]
         env = {**os.environ, "LABKIT_PROCESS": "1", "LABKIT_FAKE_APISERVER": fake.root.name, "HOSTNAME": pod_name}
         send_lock = threading.Lock()

@@ -406,6 +406,7 @@ def test_a_deadline_during_an_exec_ends_it_and_says_it_was_the_deadline(api, bac
 def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
     job = backend.submit(JobSpec(name="demo", workers=1))
     job.wait_ready(timeout=20)
+    pidfiles = set(Path("/tmp").glob("labkit-exec-*.pid"))
     timer = threading.Timer(1.0, lambda: get_backend("kubernetes", kubeconfig=api.kubeconfig).delete("demo"))
     timer.start()  # another process (`labkit job delete demo`) while the exec runs
     try:
@@ -414,6 +415,8 @@ def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
         timer.join()
     assert result.returncode == 137 and result.duration_s < 15
     assert result.failure == "stopped: MPIJob workloads/demo was deleted while it ran"
+    # its pidfile was in the killed pod's /tmp: gone with the pod (here this host's /tmp, where it would pile up)
+    assert set(Path("/tmp").glob("labkit-exec-*.pid")) == pidfiles
 
 
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
