@@ -143,11 +143,11 @@ def map_paths(arg: str, mounts: dict[str, str]) -> str:
     """One exec argument with the pod's paths (/etc/mpi/hostfile, a volume's mountPath) pointed at the fake's
     directories for them, in paths and in short scripts (`cat /etc/mpi/hostfile`). An argument of several lines is
     data (a file's content written through exec) and reaches the command unchanged, as in a real pod."""
-    if "\n" in arg or not mounts:
+    if "\n" in arg:
         return arg
-    # one pass, longest path first: a target (under the fake's /tmp root) is never mapped again by /tmp
-    paths = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
-    return re.sub(rf"(?<![\w./-])({paths})(?![\w.-])", lambda m: mounts[m.group(1)], arg)
+    for path, target in mounts.items():
+        arg = re.sub(rf"(?<![\w./-]){re.escape(path)}(?![\w.-])", lambda _m, t=target: t, arg)
+    return arg
 
 
 class FakeApiServer:
