@@ -5,8 +5,11 @@ A module of its own (not conftest) so that test files can import it whatever oth
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -64,6 +67,20 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
 def wait_for_no_kit_processes(timeout: float = 15.0) -> list[tuple[int, str]]:
     wait_until(lambda: not kit_processes(), timeout, interval=0.25)
     return kit_processes()
+
+
+def raw(api, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    """One request to the fake API server outside the kit, with the ServiceAccount's token unless another is given:
+    what a Role allows, not what labkit does."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(api.url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token or api.token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
 
 
 @contextlib.contextmanager

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
 from fake_crd import served_schema, upstream_crd
 from fake_rbac import ADMIN, ESCALATION, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
-from kit_testing import fake_cluster, wait_until
+from kit_testing import fake_cluster, raw, wait_until
 from kubernetes.stream import ws_client
 
 from labkit.chapters.interactive import plan_interactive_job
@@ -40,19 +38,6 @@ def api():
 @pytest.fixture
 def backend(api):
     return get_backend("kubernetes", kubeconfig=api.kubeconfig)
-
-
-def raw(api, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    """One request with the ServiceAccount's token, outside the kit: what a Role allows, not what labkit does."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(api.url + path, data=data, method=method)
-    request.add_header("Authorization", f"Bearer {api.token}")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 def granted_by_role() -> set[tuple[str, str, str]]:

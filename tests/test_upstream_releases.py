@@ -9,14 +9,12 @@ import copy
 import dataclasses
 import functools
 import json
-import urllib.error
-import urllib.request
 
 import kubernetes_validate
 import pytest
 from fake_crd import crd_schema, prune, served_schema, upstream_crd, upstream_release
 from fake_rbac import ADMIN
-from kit_testing import ROOT, fake_cluster
+from kit_testing import ROOT, fake_cluster, raw
 from kubernetes import client
 
 from labkit import cluster
@@ -183,12 +181,7 @@ def test_a_submit_passes_strict_decoding_on_the_oldest_and_newest_release(releas
         probe["status"] = {"healthStatus": {}}  # a field from 1.35 on: the fake's release decides
         admin = next(token for token, user in api.users.items() if user == ADMIN)
         path = "/api/v1/namespaces/workloads/persistentvolumeclaims?fieldValidation=Strict"
-        request = urllib.request.Request(api.url + path, json.dumps(probe).encode(), method="POST")
-        request.add_header("Authorization", f"Bearer {admin}")
-        try:
-            code = urllib.request.urlopen(request, timeout=10).status
-        except urllib.error.HTTPError as err:
-            code = err.code
+        code, _ = raw(api, "POST", path, probe, token=admin)
         assert code == (400 if release == kubernetes_releases()[0] else 201)
         spec = JobSpec(name="strict", workers=1, http_proxy="http://proxy:3128", queue="lab-queue")
         with backend.submit(spec):
