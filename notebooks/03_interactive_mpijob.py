@@ -139,6 +139,8 @@ my_world_size = None  # your prediction: the world size the training ranks repor
 # %%
 job = plan.backend.submit(plan.spec)
 delete_at_exit(job)
+for note in job.notes:  # what the submit left out (on a cluster: RBAC only an admin may grant)
+    print("note:", note)
 ready = job.wait_ready(timeout=ready_timeout_s)
 print(f"ready: {ready.message}; the deadline stops it in {ready.remaining_s / 60:.0f} min\n")
 print(plan.equivalents("submit"))

@@ -99,6 +99,8 @@ def _submit(args) -> int:
     job = backend.submit(spec)
     shape = f"{spec.workers} worker(s), {spec.accelerator} ({args.why})"
     print(f"submitted {args.backend} job {job.namespace}/{job.name}: {shape}")
+    for note in job.notes:
+        print(f"note: {note}")
     if args.wait:
         st = job.wait_ready(timeout=args.wait)
         print(f"ready: launcher accepts exec (deadline {_when(st.deadline)})")

@@ -11,7 +11,7 @@ import collections
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -180,8 +180,9 @@ class Job:
     hostfile_path = CLUSTER_HOSTFILE  # the same path on both backends
     kind = "MPIJob"  # what the kit submits and execs into (a TrainJob of the same name is never this handle's)
 
-    def __init__(self, backend: JobBackend, name: str, namespace: str | None = None):
+    def __init__(self, backend: JobBackend, name: str, namespace: str | None = None, notes: Sequence[str] = ()):
         self.backend, self.name, self.namespace = backend, name, namespace or backend.namespace
+        self.notes = list(notes)  # what submit left out that the submitter should know (the job runs without it)
 
     def __repr__(self) -> str:
         return f"Job(backend={self.backend.name!r}, namespace={self.namespace!r}, name={self.name!r})"

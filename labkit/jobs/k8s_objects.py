@@ -81,7 +81,7 @@ def create_error(kind: str, name: str, namespace: str, stage: str, status: int, 
     """What the API server's refusal of a create (or its dry run) of the job's objects means, with the fix; None for
     one that costs the job nothing: an object jobs share that exists (the namespace, PVC, RBAC...: reused) or the lab
     identity's RBAC refused to a caller who is not cluster-admin."""
-    if (status == 409 and kind not in ("MPIJob", "Secret")) or _lab_rbac_refused(kind, status, message):
+    if (status == 409 and kind not in ("MPIJob", "Secret")) or lab_rbac_refused(kind, status, message):
         return None
     if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
         fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
@@ -98,7 +98,7 @@ def create_error(kind: str, name: str, namespace: str, stage: str, status: int, 
     return LabkitError(f"{stage} of {kind}/{name} failed: {message}")
 
 
-def _lab_rbac_refused(kind: str, status: int, message: str) -> bool:
+def lab_rbac_refused(kind: str, status: int, message: str) -> bool:
     """Is this the API server refusing the lab identity's Role or RoleBinding (manifests/base: what the kit's
     ServiceAccount may do) to a caller who is not cluster-admin? A job does not need them (its pods get no API token).
     Kubernetes refuses a Role granting what the caller does not hold, also when it exists (the escalation check comes
@@ -107,6 +107,17 @@ def _lab_rbac_refused(kind: str, status: int, message: str) -> bool:
     escalation = status == 403 and "is attempting to grant RBAC permissions not currently held" in message
     missing_role = kind == "RoleBinding" and status == 404 and "roles.rbac.authorization.k8s.io" in message
     return kind in ("Role", "RoleBinding") and (escalation or missing_role)
+
+
+def lab_rbac_note(refused: list[str], namespace: str) -> list[str]:
+    """What a submit that was refused the lab identity's Role/RoleBinding tells the submitter (none when it was not)."""
+    if not refused:
+        return []
+    return [
+        f"{' and '.join(refused)} (what the lab's ServiceAccount may do) not created in {namespace}: you may not grant "
+        "rights you do not hold. This job does not need them; for JupyterLab's own identity to submit jobs, a cluster "
+        f"admin applies manifests/base for {namespace} (docs/instructor.md)"
+    ]
 
 
 def unknown_fields_error(kind: str, name: str, message: str) -> ConfigError | None:
@@ -320,3 +331,25 @@ def checkpoint_key_secret(job: str, owner: dict | None) -> dict:
         meta["ownerReferences"] = [ref]
     return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
             "stringData": {"key": secrets.token_hex(32)}}  # fmt: skip
+
+
+def diagnosis(name: str, namespace: str, pods: list, events_of, suspended: bool = False) -> str:
+    """The pods' states and events, after the operator's own events (ValidationError, MPIJobFailed: e.g. a pod
+    the namespace's Pod Security level refused, which the operator and the Job controller only record there).
+    events_of(object name): the event lines about that object."""
+    events = [*events_of(name), *events_of(f"{name}-launcher")]
+    lines = [f"MPIJob {name}:", *events] if events else []
+    if suspended:
+        lines.append(suspended_note(namespace, name))
+    elif not pods:
+        lines.append(
+            f"no pods for MPIJob {namespace}/{name} yet: is the MPI Operator running? "
+            f"(kubectl -n mpi-operator get pods; kubectl -n {namespace} describe mpijob {name})"
+        )
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        if pod_ready(pod):
+            lines.append(f"pod {pod.metadata.name}: ready")
+            continue
+        lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
+        lines += events_of(pod.metadata.name)
+    return "\n".join(lines)

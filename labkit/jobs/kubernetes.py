@@ -13,6 +13,7 @@ status, delete by name: the MPIJob or the TrainJob of that name, whichever exist
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from typing import Any
@@ -32,16 +33,18 @@ from labkit.jobs.k8s_objects import (
     api_message,
     checkpoint_key_secret,
     create_error,
+    diagnosis,
     drain_exec,
     exec_exit_code,
     fatal_event,
     is_suspended,
+    lab_rbac_note,
+    lab_rbac_refused,
     launcher_deadline_exceeded,
     mpijob_status,
     object_path,
     pod_problem,
     pod_ready,
-    suspended_note,
     trainjob_status,
     unreachable,
 )
@@ -133,6 +136,12 @@ class KubernetesBackend(JobBackend):
                 return True
         return self._access[key]
 
+    def _readable_kinds(self, verb: str, namespace: str) -> list[str]:
+        """The job kinds a lookup by name alone tries: TrainJobs only where this identity may read them. RBAC answers
+        403 before 404, also where Kubeflow Trainer is not installed (a namespace admin without Trainer's rights)."""
+        trainjobs = self.allowed(verb, TRAINJOBS.split("/")[2], "trainjobs", namespace)
+        return list(JOB_KINDS) if trainjobs else [k for k in JOB_KINDS if k != "TrainJob"]
+
     def _may_create(self, obj: dict, namespace: str) -> bool:
         group = obj["apiVersion"].rpartition("/")[0]
         scope = "" if obj["kind"] == "Namespace" else (obj["metadata"].get("namespace") or namespace)
@@ -192,14 +201,15 @@ class KubernetesBackend(JobBackend):
         shared_volume.make_job_folder(spec.name, ns, spec.pvc_name)
         namespaced = sorted((o for o in objs if o["kind"] != "Namespace"), key=lambda o: o["kind"] == "MPIJob")
         steps = [(o, dry) for o in objs if o["kind"] == "Namespace" for dry in (True, False)]
+        refused: list[str] = []
         for obj, dry_run in steps + [(o, True) for o in namespaced] + [(o, False) for o in namespaced]:
-            created = self._create(obj, ns, dry_run=dry_run)
+            created = self._create(obj, ns, dry_run=dry_run, refused=refused)
             if obj["kind"] == "MPIJob":
                 key = checkpoint_key_secret(obj["metadata"]["name"], None if dry_run else created)
                 self._create(key, ns, dry_run=dry_run)
-        return Job(self, spec.name, spec.namespace)
+        return Job(self, spec.name, spec.namespace, notes=lab_rbac_note(refused, ns))
 
-    def _create(self, obj: dict, namespace: str, *, dry_run: bool) -> dict | None:
+    def _create(self, obj: dict, namespace: str, *, dry_run: bool, refused: list[str] | None = None) -> dict | None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -220,6 +230,8 @@ class KubernetesBackend(JobBackend):
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
         if error := create_error(kind, name, namespace, stage, status, msg):
             raise error
+        if refused is not None and not dry_run and lab_rbac_refused(kind, status, msg):
+            refused.append(f"{kind}/{name}")
         return None  # an object jobs share that exists (reused), or the lab's RBAC refused to a namespace admin
 
     # -- status ----------------------------------------------------------------------------------------------------
@@ -233,7 +245,7 @@ class KubernetesBackend(JobBackend):
 
     def _find(self, name: str, ns: str, kind: str | None = None) -> tuple[str, dict]:
         """(kind, object) of the job of that name and kind; with None the MPIJob or the TrainJob, never a guess."""
-        kinds, found = ([kind] if check_kind(kind) else list(JOB_KINDS)), {}
+        kinds, found = ([kind] if check_kind(kind) else self._readable_kinds("get", ns)), {}
         for each in kinds:
             with contextlib.suppress(JobNotFound):  # also where that kind's API is not installed (404)
                 found[each] = self._kubeflow_job("GET", ns, name, kind=each)
@@ -252,15 +264,18 @@ class KubernetesBackend(JobBackend):
         return mpijob_status(obj, self.name, self.namespace, self._pods(name, ns).items, self._launcher_job(name, ns))
 
     def list(self, *, namespace: str | None = None) -> list[JobStatus]:
-        """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed: its API answers 404)."""
-        found = [(o, o["metadata"]) for o in self._kubeflow_job("GET", namespace or self.namespace).get("items", [])]
+        """MPIJobs, then TrainJobs (none where Kubeflow Trainer is not installed, its API answering 404, or where this
+        identity may not read them)."""
+        ns = namespace or self.namespace
+        found = [(o, o["metadata"]) for o in self._kubeflow_job("GET", ns).get("items", [])]
         jobs = [
             mpijob_status(o, self.name, self.namespace, None, self._launcher_job(m["name"], m["namespace"]))
             for o, m in found
         ]
         trainjobs = []
         with contextlib.suppress(JobNotFound):
-            trainjobs = self._kubeflow_job("GET", namespace or self.namespace, kind="TrainJob").get("items", [])
+            if "TrainJob" in self._readable_kinds("list", "" if ns == "*" else ns):
+                trainjobs = self._kubeflow_job("GET", ns, kind="TrainJob").get("items", [])
         return jobs + [trainjob_status(o, self.name) for o in trainjobs]
 
     # -- readiness -------------------------------------------------------------------------------------------------
@@ -276,25 +291,8 @@ class KubernetesBackend(JobBackend):
         events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
         return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
 
-    def _diagnose(self, name: str, namespace: str, pods: list, suspended: bool = False) -> str:
-        """The pods' states and events, after the operator's own events (ValidationError, MPIJobFailed: e.g. a pod
-        the namespace's Pod Security level refused, which the operator and the Job controller only record there)."""
-        events = [*self._events(namespace, name), *self._events(namespace, f"{name}-launcher")]
-        lines = [f"MPIJob {name}:", *events] if events else []
-        if suspended:
-            lines.append(suspended_note(namespace, name))
-        elif not pods:
-            lines.append(
-                f"no pods for MPIJob {namespace}/{name} yet: is the MPI Operator running? "
-                f"(kubectl -n mpi-operator get pods; kubectl -n {namespace} describe mpijob {name})"
-            )
-        for pod in sorted(pods, key=lambda p: p.metadata.name):
-            if pod_ready(pod):
-                lines.append(f"pod {pod.metadata.name}: ready")
-                continue
-            lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
-            lines += self._events(namespace, pod.metadata.name)
-        return "\n".join(lines)
+    def _diagnose(self, name: str, ns: str, pods: list, suspended: bool = False) -> str:
+        return diagnosis(name, ns, pods, functools.partial(self._events, ns), suspended)
 
     def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list, job_events: bool = False) -> None:
         why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
