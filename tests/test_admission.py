@@ -92,7 +92,7 @@ def test_the_binding_selects_every_namespace_the_kit_renders(accelerator, namesp
     assert set(selector) == {"matchLabels"} and selector["matchLabels"].items() <= labels.items()
 
 
-@pytest.mark.parametrize("kind", m.JOB_KINDS)
+@pytest.mark.parametrize("kind", m.OVERLAY_KINDS)
 @pytest.mark.parametrize("accelerator", ACCELERATORS)
 def test_the_kits_own_jobs_are_admitted(accelerator, kind):
     job = next(o for o in m.render_all(m.JobSpec(accelerator=accelerator), kind) if o["kind"] in ("MPIJob", "TrainJob"))

@@ -306,7 +306,7 @@ def test_manifests_use_exactly_the_declared_images():
     # And every image a rendered object actually carries is one of them.
     allowed = {spec.image for spec in declared.values()}
     for accelerator in ACCELERATORS:
-        for kind in m.JOB_KINDS:
+        for kind in m.OVERLAY_KINDS:
             text = m.to_yaml(m.render_all(m.JobSpec(accelerator=accelerator), kind))
             used = set(re.findall(r"^\s*image: (\S+)$", text, re.M))
             assert used and used <= allowed, (accelerator, kind, used)

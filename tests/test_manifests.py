@@ -21,7 +21,7 @@ from labkit.errors import ConfigError, LabkitError
 from labkit.manifests import checks, render
 
 KUBECTL = shutil.which("kubectl")
-OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.JOB_KINDS]
+OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.OVERLAY_KINDS]
 
 
 def kubectl_kustomize(directory: Path) -> list[dict]:

@@ -15,8 +15,8 @@ from kit_testing import fake_cluster
 
 from labkit.errors import ConfigError
 from labkit.manifests import (
-    JOB_KINDS,
     NAMESPACES,
+    OVERLAY_KINDS,
     JobSpec,
     ManifestError,
     kustomize_build,
@@ -169,7 +169,7 @@ def _kustomize(directory) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-@pytest.mark.parametrize("kind", JOB_KINDS)
+@pytest.mark.parametrize("kind", OVERLAY_KINDS)
 @pytest.mark.parametrize("accelerator", ["cpu", "nvidia", "gaudi"])
 def test_gaudi_alone_is_privileged_in_a_namespace_of_its_own(accelerator, kind):
     """hostIPC needs Pod Security "privileged" (baseline forbids it): only the gaudi overlays ask for it, in

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="manifests_command", metavar="ACTION", required=True)
     render = sub.add_parser("render", help="print validated YAML for one job (kubectl apply -f - ready)")
     render.add_argument("--accelerator", default="cpu", choices=ACCELERATORS)
-    render.add_argument("--kind", default="interactive", choices=manifests.JOB_KINDS)
+    render.add_argument("--kind", default="interactive", choices=manifests.OVERLAY_KINDS)
     for flag, field, kind, text in _SPEC_OPTIONS:
         render.add_argument(flag, dest=field, type=kind, help=text)
     render.add_argument("--no-hf-token", action="store_true", help="no HF_TOKEN reference at all")

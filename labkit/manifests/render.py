@@ -28,7 +28,7 @@ from labkit.manifests.checks import (
 )
 from labkit.manifests.kustomize import kustomize_build
 
-JOB_KINDS = ("interactive", "batch", "trainjob")
+OVERLAY_KINDS = ("interactive", "batch", "trainjob")  # manifests/overlays/<accelerator>[/batch|/trainjob]
 SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
@@ -200,7 +200,7 @@ def manifests_dir() -> Path:
 def overlay_dir(accelerator: str, kind: str = "interactive") -> Path:
     """manifests/overlays/<accelerator>[/batch|/trainjob]: the kustomization `kubectl apply -k` uses."""
     check_choice("accelerator", accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
-    check_choice("kind", kind, JOB_KINDS)
+    check_choice("kind", kind, OVERLAY_KINDS)
     path = manifests_dir() / "overlays" / accelerator
     return path if kind == "interactive" else path / kind
 
