@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -444,6 +445,11 @@ def test_each_exec_gets_its_own_rendezvous_port(backend):
             None,
         ),
         (["deepspeed", "--module", "pkg.train", "--master_port", "40123"], None),
+        # argparse reads a unique prefix of a long option, and a short option's value attached
+        (["deepspeed", "--master_p", "40123", "train.py"], "40123"),
+        (["deepspeed", "-H/etc/mpi/hostfile", "--master_port=40123", "train.py"], "40123"),
+        (["deepspeed", "--mod", "pkg.train", "--master_port", "40123"], None),
+        (["deepspeed", "--bind_cores", "-Hfile", "t.py", "--master_port", "40123"], None),
         (["deepspeed", "train.py"], None),
         (["sh", "-c", "echo $MASTER_PORT", "--master_port", "40123"], "40123"),  # not the runner: its flag is meant
     ],
@@ -457,6 +463,32 @@ def test_the_rendezvous_port_is_the_runners_own_or_a_free_one(argv, kept):
     at = cmd.index("--master_port")
     assert cmd[at + 1] == port and cmd[:at] + cmd[at + 2 :] == argv  # inserted before the runner's other options
     assert at == (1 if cmd[0] == "deepspeed" else 3)
+
+
+def test_the_runners_options_are_deepspeeds_own(monkeypatch):
+    """The local exec's table of runner options is the one DeepSpeed's installed runner parses with (a release that
+    adds one fails here), and it reads a command line as that parser does."""
+    from deepspeed.launcher import runner
+
+    parsers = []
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, *a, **k: parsers.append(self))
+    runner.parse_args([])
+    actions = [a for a in parsers[0]._actions if a.option_strings and a.dest != "help"]
+    options = {o: a.nargs != 0 for a in actions for o in a.option_strings if o.startswith("--")}
+    assert local._RUNNER_OPTIONS == options
+    monkeypatch.undo()
+    argv = ["--master_p", "40123", "-Hhosts", "--mod", "--launcher=openmpi", "-q", "pkg.train", "--master_port", "1"]
+    parsed, ours = runner.parse_args(argv), dict(local.runner_options(argv))
+    assert ours == {
+        "--master_port": "40123",
+        "--hostfile": "hosts",
+        "--module": "",
+        "--launcher": "openmpi",
+        "--quiet": "",
+    }
+    assert (parsed.master_port, parsed.hostfile, parsed.launcher) == (40123, "hosts", "openmpi")
+    assert parsed.module and parsed.quiet
+    assert parsed.user_script == "pkg.train" and parsed.user_args == ["--master_port", "1"]
 
 
 @pytest.mark.slow

@@ -67,31 +67,50 @@ def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
         at = 1
     elif "deepspeed.launcher.runner" in argv:
         at = argv.index("deepspeed.launcher.runner") + 1
-    else:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
+    else:
         at = None
-    own = argv if at is None else argv[at : at + _runner_option_count(argv[at:])]  # the script's own flags are its own
-    for i, arg in enumerate(own):
-        value = own[i + 1] if arg == "--master_port" and i + 1 < len(own) else arg.partition("--master_port=")[2]
+    if at is None:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
+        own = [(a, v) for a, v in zip(argv, argv[1:]) if a == "--master_port"]
+        own += [a.partition("=")[::2] for a in argv if a.startswith("--master_port=")]
+    else:  # the runner's own options only: after the script they are the script's
+        own = runner_options(argv[at:])
+    for value in (value for option, value in own if option == "--master_port"):
         if value.isdigit():
             return argv, value
     port = str(launch.free_port())
     return (argv, port) if at is None else ([*argv[:at], "--master_port", port, *argv[at:]], port)
 
 
-# deepspeed/launcher/runner.py (0.19.8) parse_args: its store_true options; every other option takes one value, and
-# the first argument that is neither is `user_script`, after which all belongs to the script (argparse.REMAINDER).
-_RUNNER_SWITCHES = frozenset(
-    ("--module", "--no_python", "--no_local_rank", "--no_ssh", "--no_ssh_check", "--force_multi", "--save_pid")
-    + ("--bind_cores_to_rank", "-q", "--quiet")
-)
+# deepspeed/launcher/runner.py (0.19.8) parse_args: its options, True for those that take a value (the rest are
+# store_true). argparse also takes a unique prefix of a long one (--master_p) and a short one's value attached (-Hfile).
+# The first argument that is no option is `user_script`, after which all is the script's own (argparse.REMAINDER).
+_RUNNER_SWITCHES = "--module --no_python --no_local_rank --no_ssh --no_ssh_check --force_multi --save_pid"
+_RUNNER_SWITCHES += " --bind_cores_to_rank --quiet"
+_RUNNER_VALUED = "--hostfile --include --exclude --num_nodes --num_gpus --num_accelerators --master_port --master_addr"
+_RUNNER_VALUED += " --node_rank --launcher --launcher_args --enable_each_rank_log --autotuning --bind_core_list"
+_RUNNER_VALUED += " --ssh_port --venv_script --log_level"
+_RUNNER_OPTIONS = {**dict.fromkeys(_RUNNER_VALUED.split(), True), **dict.fromkeys(_RUNNER_SWITCHES.split(), False)}
+_RUNNER_SHORT = {"-H": "--hostfile", "-i": "--include", "-e": "--exclude", "-q": "--quiet"}
 
 
-def _runner_option_count(args: list[str]) -> int:
-    """How many of `args` (what follows `deepspeed`) are the runner's own options, i.e. come before the script."""
-    i = 0
+def runner_options(args: list[str]) -> list[tuple[str, str]]:
+    """(option, value) for each of the runner's own options in `args` (what follows `deepspeed`), named in full as
+    argparse reads them; a switch's value is ""."""
+    found, i = [], 0
     while i < len(args) and args[i].startswith("-"):
-        i += 1 if args[i] in _RUNNER_SWITCHES or "=" in args[i] else 2
-    return min(i, len(args))
+        if args[i][:2] in _RUNNER_SHORT:  # -H FILE or -HFILE
+            name, value = _RUNNER_SHORT[args[i][:2]], args[i][2:] or None
+        else:  # --name VALUE, --name=VALUE, or a unique prefix of the name
+            name, eq, value = args[i].partition("=")
+            value = value if eq else None
+            prefixed = [o for o in _RUNNER_OPTIONS if o.startswith(name)]
+            name = prefixed[0] if name not in _RUNNER_OPTIONS and len(prefixed) == 1 else name
+        if value is None and _RUNNER_OPTIONS.get(name, True):  # an unknown option: the runner refuses it anyway
+            i += 1
+            value = args[i] if i < len(args) else ""
+        found.append((name, value or ""))
+        i += 1
+    return found
 
 
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
