@@ -567,9 +567,9 @@ def test_the_cluster_command_line_works_as_typed_in_a_local_job(backend):
 ADDRESS = """
 import os
 import torch.distributed as dist
-from labkit.ranks.runtime import init_deepspeed
+from labkit.ranks.runtime import init_deepspeed, say
 init_deepspeed()
-print("rendezvous", dist.get_rank(), os.environ["MASTER_ADDR"], flush=True)
+say(f"rendezvous {dist.get_rank()} {os.environ['MASTER_ADDR']}")  # one write: print's pieces interleave across ranks
 """
 
 
