@@ -10,6 +10,7 @@ torch is imported lazily (`labkit serve --help` stays fast).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,16 +108,23 @@ def check_inputs(info: ModelInfo, inputs: Any, max_batch: int) -> list[list]:
 
 
 # ------------------------------------------------------------------------------------------------ the models
+# SEED seeds torch's one global generator: two threads building at once (the chapter's concurrent requests checked
+# against reference_outputs) drew from it in turn and got different weights (seen on an H100 machine's 16 cores).
+_BUILD_LOCK = threading.Lock()
+
+
 def build(name: str):
-    """(module in eval mode with SEED's weights, its injection policy {block class: all-reduced layer names})."""
+    """(module in eval mode with SEED's weights, its injection policy {block class: all-reduced layer names}).
+    Thread-safe, and the caller's random state is left as it was."""
     import torch
 
-    torch.manual_seed(SEED)
-    classes = _classes()
-    if name == "regressor":
-        return classes["Regressor"]().eval(), {classes["MLP"]: (".down",)}
     model_info(name)
-    return classes["TinyLM"]().eval(), {classes["Block"]: ("attn.o_proj", "mlp.down")}
+    classes = _classes()
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        if name == "regressor":
+            return classes["Regressor"]().eval(), {classes["MLP"]: (".down",)}
+        return classes["TinyLM"]().eval(), {classes["Block"]: ("attn.o_proj", "mlp.down")}
 
 
 def as_tensor(info: ModelInfo, rows: list[list]):
