@@ -74,6 +74,10 @@ def check_torch(info: TorchBuild) -> Check:
     return check(PASS, detail)
 
 
+# The detail of an accelerator check that passes because the machine has the other kind (nothing to fix, nothing found)
+NOT_USED = "not used: "
+
+
 def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
     check = _checker("CUDA", "pytorch")
     if info.error:
@@ -81,7 +85,7 @@ def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
     if info.cuda_available:
         return check(PASS, f"{info.describe()}, {len(info.cuda_devices)} device(s): {', '.join(info.cuda_devices)}")
     if hpu_present:
-        return check(PASS, "not used: this is a Gaudi (HPU) machine")
+        return check(PASS, NOT_USED + "this is a Gaudi (HPU) machine")
     if not info.gpu_build:
         detail = f"none: torch {info.version} is a CPU build, so DeepSpeed runs on CPU ranks (gloo)"
         fix = "expected on a laptop; on a GPU node install the CUDA build of torch that matches its driver"
@@ -107,7 +111,7 @@ def check_hpu(cuda_present: bool = False) -> Check:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
         if cuda_present:  # as check_cuda on a Gaudi node: a warning here would name nothing to fix
-            return check(PASS, "not used: this machine has CUDA GPUs (no habana_frameworks)")
+            return check(PASS, NOT_USED + "this machine has CUDA GPUs (no habana_frameworks)")
         fix = (
             "expected unless this is a Gaudi node; there use Intel's Gaudi PyTorch image (vault.habana.ai/gaudi-docker)"
         )
@@ -416,6 +420,9 @@ def run_checks(
     def passed(name: str) -> bool:
         return any(c.name == name and c.status == PASS for c in report)
 
+    def found(accelerator: str) -> bool:  # passed, and not as the kind this machine does not use
+        return any(c.name == accelerator and c.status == PASS and not c.detail.startswith(NOT_USED) for c in report)
+
     def ops() -> Check:
         try:
             op_report = deepspeed_op_report() if passed("DeepSpeed") else None
@@ -428,7 +435,7 @@ def run_checks(
         ("Python", check_python),
         ("torch", lambda: check_torch(torch_info)),
         (HPU, lambda: check_hpu(torch_info.cuda_available)),
-        ("CUDA", lambda: check_cuda(torch_info, passed(HPU))),
+        ("CUDA", lambda: check_cuda(torch_info, found(HPU))),
         ("NCCL", lambda: check_nccl(torch_info)),
         ("DeepSpeed", check_deepspeed),
         ("DeepSpeed ops (JIT)", ops),
@@ -436,7 +443,7 @@ def run_checks(
         *[(dist, lambda d=dist: check_package(d)) for dist in PACKAGES if dist != "mpi4py"],
         ("CPU", lambda: check_cpu(env=env)),
         ("/dev/shm", check_shm),
-        ("huge pages", lambda: check_hugepages(meminfo.read_text() if meminfo.exists() else "", passed(HPU))),
+        ("huge pages", lambda: check_hugepages(meminfo.read_text() if meminfo.exists() else "", found(HPU))),
         ("NCCL_DEBUG", lambda: check_nccl_debug(env)),
         ("NCCL_SOCKET_IFNAME", lambda: check_nccl_socket_ifname(env, network_interfaces())),
         ("NCCL_IB_DISABLE", lambda: check_nccl_ib_disable(env, infiniband_devices())),

@@ -444,8 +444,12 @@ def test_run_checks_on_a_cuda_machine_does_not_ask_for_gaudi_software(no_cluster
     gpu = TorchBuild(version="2.11.0+cu130", cuda="13.0", cuda_available=True, cuda_devices=("NVIDIA H100",))
     monkeypatch.setattr(env, "torch_build", lambda: gpu)
     monkeypatch.setitem(sys.modules, "habana_frameworks", None)
+    no_hugepages, hugepages = (DATA / "meminfo-cpu-laptop.txt").read_text(), env.check_hugepages
+    monkeypatch.setattr(env, "check_hugepages", lambda _, gaudi_present=False: hugepages(no_hugepages, gaudi_present))
     by_name = {c.name: c for c in env.run_checks()}
     assert by_name[env.HPU].status == PASS and by_name["CUDA"].status == PASS
+    # HPU passes as "not used": that is no Gaudi, whose missing huge pages were then a warning (00 on an H100)
+    assert by_name["huge pages"].status == PASS and "only Gaudi workloads need them" in by_name["huge pages"].detail
 
 
 def test_a_crashing_check_becomes_a_warning(monkeypatch):
