@@ -14,6 +14,7 @@ ACCELERATE_USE_CPU=1.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
+_PROGRESS = re.compile(r"LABKIT_PROGRESS step=(\d+)")  # what the training ranks print (rank 0, each step)
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names; "no" = fp32
 OFFLOAD_DEVICES = ("none", "cpu")  # nvme needs a path on fast local disks: not part of the workshop
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"  # where the MPI Operator writes the hostfile in the launcher pod
@@ -297,8 +299,8 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
     bar = tqdm(total=plan.steps, desc="training (rank 0)", unit="step", disable=not progress)
 
     def watch(line: str) -> None:
-        if progress and line.startswith("LABKIT_PROGRESS"):
-            bar.n = int(line.split("step=")[1])
+        if progress and (step := _PROGRESS.search(line)):  # search: another rank's text may share the line
+            bar.n = int(step.group(1))
             bar.refresh()
         if on_output:
             on_output(line)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from labkit.launch import BACKEND_OF
-from labkit.ranks.runtime import init_deepspeed, rank_guard, set_local_size
+from labkit.ranks.runtime import init_deepspeed, rank_guard, say, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
 
 COLLECTIVE_TIMEOUT_S = 300  # a dead peer ends a collective's wait instead of blocking for ever
@@ -125,7 +125,7 @@ def train(args) -> None:
         if step == 1:
             memory["step"] = inventory(model, model.basic_optimizer, device_type)
         if rank == 0:
-            print(f"LABKIT_PROGRESS step={step}", flush=True)
+            say(f"LABKIT_PROGRESS step={step}")
     memory["accelerator"] = accel_stats(get_accelerator(), device_type)
     prompt = [3, 4, 5, 6]
     generated, infer_s = greedy(model, prompt, args.generate, acc.device)

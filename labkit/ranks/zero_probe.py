@@ -24,7 +24,7 @@ from pathlib import Path
 
 from labkit.launch import COLLECTIVE_TIMEOUT_S
 from labkit.memory import LOCATIONS, STATE_KINDS
-from labkit.ranks.runtime import init_deepspeed, rank_guard
+from labkit.ranks.runtime import init_deepspeed, rank_guard, say
 
 # Walk into objects of these packages only: the optimizer wrappers hold their flat buffers in plain attributes.
 _WALK_PACKAGES = ("deepspeed.", "torch.optim")
@@ -245,7 +245,7 @@ def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
 
     def progress(name, step):
         if rank == 0:
-            print(f"LABKIT_PROGRESS config={name} step={step}", flush=True)
+            say(f"LABKIT_PROGRESS config={name} step={step}")
 
     for cfg in plan["configs"]:
         results.append(run_config(cfg, rank, world, progress))
