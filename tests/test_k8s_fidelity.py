@@ -19,7 +19,7 @@ from kubernetes.stream import ws_client
 from labkit.chapters.interactive import plan_interactive_job
 from labkit.cli import main
 from labkit.cluster import NODES_FORBIDDEN
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, LabkitError
 from labkit.jobs import JobNotFound, JobNotReady, get_backend
 from labkit.jobs.k8s_objects import fatal_event
 from labkit.manifests import JobSpec, render_all, render_job
@@ -148,6 +148,25 @@ def test_exec_needs_both_get_and_create_on_pods_exec(api, backend):
             rule["verbs"] = ["get"]  # a Role written for clusters before 1.35
     with pytest.raises(Exception, match="403|Forbidden"):
         job.exec(["true"], on_output=None)
+
+
+def test_a_refused_call_says_which_refusal_and_its_fix(api, backend, capsys):
+    """403 (RBAC: the message names the verb and resource) and 401 (the credentials: a workshop token that expired)
+    are different fixes; neither is a traceback, and the token never shows."""
+    backend.submit(JobSpec(name="demo", workers=1))
+    for rule in api.grants[SERVICE_ACCOUNT][0][1]:
+        if "mpijobs" in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
+    with pytest.raises(LabkitError) as err:
+        backend.delete("demo", kind="MPIJob")
+    assert 'cannot delete resource "mpijobs"' in str(err.value) and "kubectl auth can-i --list -n workloads" in str(
+        err.value
+    )
+    expired = Path(api.kubeconfig).with_name("expired-kubeconfig")
+    expired.write_text(Path(api.kubeconfig).read_text().replace(api.token, "expired"))
+    assert main(["job", "list", "--backend", "kubernetes", "--kubeconfig", str(expired)]) == 2
+    said = capsys.readouterr().err
+    assert "refused your credentials (401)" in said and "get a fresh kubeconfig" in said and api.token not in said
 
 
 def test_events_that_are_not_readable_are_said_not_swallowed():

@@ -96,11 +96,12 @@ class KubernetesBackend(JobBackend):
         except ApiException as exc:
             if exc.status == 404:
                 raise JobNotFound(f"{what}: {api_message(exc)}") from None
-            if exc.status in (401, 403):
-                raise LabkitError(
-                    f"{what}: the API server refused it ({api_message(exc)}). Fix: check your credentials and RBAC "
-                    f"(`kubectl auth can-i create mpijobs.kubeflow.org -n {self.namespace}`)"
-                ) from None
+            if exc.status == 401:  # who you are was refused: typically a workshop token that expired
+                fix = "get a fresh kubeconfig (an expired token?) and try it with `kubectl get --raw /version`"
+                raise LabkitError(f"{what}: the API server refused your credentials (401). Fix: {fix}") from None
+            if exc.status == 403:  # what you asked was refused: the message names the verb and resource
+                fix = f"ask an admin for that permission; `kubectl auth can-i --list -n {self.namespace}` lists yours"
+                raise LabkitError(f"{what}: the API server refused it ({api_message(exc)}). Fix: {fix}") from None
             raise LabkitError(f"{what}: {api_message(exc)}") from None
         except HTTPError as exc:
             raise unreachable(what, exc) from None
