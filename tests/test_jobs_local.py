@@ -450,6 +450,7 @@ def test_each_exec_gets_its_own_rendezvous_port(backend):
         (["deepspeed", "-H/etc/mpi/hostfile", "--master_port=40123", "train.py"], "40123"),
         (["deepspeed", "--mod", "pkg.train", "--master_port", "40123"], None),
         (["deepspeed", "--bind_cores", "-Hfile", "t.py", "--master_port", "40123"], None),
+        (["deepspeed", "--", "t.py", "--master_port", "40123"], None),  # "--": no more runner options
         (["deepspeed", "train.py"], None),
         (["sh", "-c", "echo $MASTER_PORT", "--master_port", "40123"], "40123"),  # not the runner: its flag is meant
     ],

@@ -97,7 +97,7 @@ def runner_options(args: list[str]) -> list[tuple[str, str]]:
     """(option, value) for each of the runner's own options in `args` (what follows `deepspeed`), named in full as
     argparse reads them; a switch's value is ""."""
     found, i = [], 0
-    while i < len(args) and args[i].startswith("-"):
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":  # "--": the script comes next
         if args[i][:2] in _RUNNER_SHORT:  # -H FILE or -HFILE
             name, value = _RUNNER_SHORT[args[i][:2]], args[i][2:] or None
         else:  # --name VALUE, --name=VALUE, or a unique prefix of the name
