@@ -159,9 +159,8 @@ def test_a_refused_call_says_which_refusal_and_its_fix(api, backend, capsys):
             rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
     with pytest.raises(LabkitError) as err:
         backend.delete("demo", kind="MPIJob")
-    assert 'cannot delete resource "mpijobs"' in str(err.value) and "kubectl auth can-i --list -n workloads" in str(
-        err.value
-    )
+    refusal = str(err.value)
+    assert 'cannot delete resource "mpijobs"' in refusal and "kubectl auth can-i --list -n workloads" in refusal
     expired = Path(api.kubeconfig).with_name("expired-kubeconfig")
     expired.write_text(Path(api.kubeconfig).read_text().replace(api.token, "expired"))
     assert main(["job", "list", "--backend", "kubernetes", "--kubeconfig", str(expired)]) == 2
