@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.launch import BACKEND_OF
+from labkit.launch import BACKEND_OF, COLLECTIVE_TIMEOUT_S
 from labkit.ranks.runtime import init_deepspeed, rank_guard, say, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
-
-COLLECTIVE_TIMEOUT_S = 300  # a dead peer ends a collective's wait instead of blocking for ever
 
 
 class DeepSpeedNotActive(RuntimeError):
