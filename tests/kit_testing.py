@@ -7,12 +7,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
+import yaml
 from fake_apiserver import FakeApiServer
 
 try:
@@ -28,6 +32,17 @@ MARKER = b"LABKIT_PROCESS=1"
 # Children inherit this, so the leak check sees only what this test session started (not a neighbour's runs).
 SESSION = os.environ.setdefault("LABKIT_TEST_SESSION", uuid.uuid4().hex)
 SESSION_MARKER = f"LABKIT_TEST_SESSION={SESSION}".encode()
+
+
+def kubectl_kustomize(directory: Path) -> list[dict]:
+    """`kubectl kustomize DIR`'s objects: the reference labkit's kustomize subset must equal. Without kubectl the
+    parity cannot be checked, and a test that needs it fails saying so (a skip would hide an unchecked renderer)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed to compare labkit's kustomize subset with kubectl's (install kubectl >= 1.27)")
+    argv = [kubectl, "kustomize", str(directory)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 def pyproject() -> dict:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
 
 import celpy
 import kubernetes_validate
 import pytest
-import yaml
 from celpy import celtypes
+from kit_testing import kubectl_kustomize
 
 from labkit import manifests as m
 from labkit import shared_volume
@@ -23,19 +21,12 @@ from labkit.devices import ACCELERATORS
 from labkit.manifests.checks import JOB_VOLUME_TYPES, validate_objects
 
 ADMISSION = m.manifests_dir() / "admission"
-KUBECTL = shutil.which("kubectl")
-
-
-def policy_objects() -> list[dict]:
-    objects = m.kustomize_build(ADMISSION)
-    if KUBECTL:  # labkit's renderer and kubectl agree (the renderer is what the other tests use where kubectl lacks)
-        out = subprocess.run([KUBECTL, "kustomize", str(ADMISSION)], capture_output=True, text=True, check=True)
-        assert objects == [d for d in yaml.safe_load_all(out.stdout) if d]
-    return objects
-
-
-POLICY, BINDING = policy_objects()
+POLICY, BINDING = m.kustomize_build(ADMISSION)  # labkit's renderer: the first test checks it against kubectl's
 KUEUE = "system:serviceaccount:kueue-system:kueue-controller-manager"  # the policy's runtimePatchers
+
+
+def test_the_policy_renders_as_kubectl_does():
+    assert [POLICY, BINDING] == kubectl_kustomize(ADMISSION)
 
 
 def admit(obj: dict, user: str = "learner", old: dict | None = None) -> list[str]:

@@ -6,29 +6,20 @@ import copy
 import io
 import re
 import shutil
-import subprocess
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
-from kit_testing import ROOT
+from kit_testing import ROOT, kubectl_kustomize
 
 from labkit import manifests as m
 from labkit.devices import ACCELERATORS
 from labkit.errors import ConfigError, LabkitError
 from labkit.manifests import checks, render
 
-KUBECTL = shutil.which("kubectl")
 OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.OVERLAY_KINDS]
-
-
-def kubectl_kustomize(directory: Path) -> list[dict]:
-    out = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 def job_of(objects):
@@ -69,8 +60,6 @@ def test_overlay_renders_and_every_object_validates(accelerator, kind):
 
 @pytest.mark.parametrize("accelerator,kind", OVERLAYS)
 def test_labkit_render_equals_kubectl_kustomize(accelerator, kind):
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed, so the kustomize comparison cannot run (install kubectl >= 1.27)")
     expected = kubectl_kustomize(m.overlay_dir(accelerator, kind))
     assert m.kustomize_build(m.overlay_dir(accelerator, kind)) == expected
     # Default parameters change nothing: the Python render IS the files.
@@ -79,8 +68,6 @@ def test_labkit_render_equals_kubectl_kustomize(accelerator, kind):
 
 
 def test_lab_kustomization_equals_kubectl_and_validates():
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed, so the kustomize comparison cannot run (install kubectl >= 1.27)")
     objects = m.kustomize_build(ROOT / "manifests" / "lab")
     assert objects == kubectl_kustomize(ROOT / "manifests" / "lab")
     m.validate_objects(objects)
@@ -465,8 +452,7 @@ def test_sort_options_fifo_keeps_the_listed_order_as_kubectl_does(tmp_path):
     assert [o["metadata"]["name"] for o in m.kustomize_build(tmp_path)] == ["a", "b"]  # legacy: sorted by name
     (tmp_path / "kustomization.yaml").write_text("resources: [b.yaml, a.yaml]\nsortOptions: {order: fifo}\n")
     assert [o["metadata"]["name"] for o in m.kustomize_build(tmp_path)] == ["b", "a"]
-    if KUBECTL:
-        assert m.kustomize_build(tmp_path) == kubectl_kustomize(tmp_path)
+    assert m.kustomize_build(tmp_path) == kubectl_kustomize(tmp_path)
 
 
 def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
@@ -479,8 +465,7 @@ def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(patch)
     (obj,) = m.kustomize_build(tmp_path)
     assert obj["data"] == {"b": "2"} and obj["metadata"]["labels"] == {"app": "x"}
-    if KUBECTL:
-        assert [obj] == kubectl_kustomize(tmp_path)
+    assert [obj] == kubectl_kustomize(tmp_path)
     (tmp_path / "kustomization.yaml").write_text(patch.replace("/data/a}", "/data/zzz}"))
     with pytest.raises(m.ManifestError, match="/data/zzz: remove: can't remove a non-existent object 'zzz'"):
         m.kustomize_build(tmp_path)
@@ -492,8 +477,7 @@ def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(moved + "      - {op: test, path: /data/c, value: '1'}\n")
     (obj,) = m.kustomize_build(tmp_path)
     assert obj["data"] == {"b": "2", "c": "1"}
-    if KUBECTL:
-        assert [obj] == kubectl_kustomize(tmp_path)
+    assert [obj] == kubectl_kustomize(tmp_path)
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
     with pytest.raises(m.ManifestError, match="'missing.yaml' does not exist"):
         m.kustomize_build(tmp_path)
