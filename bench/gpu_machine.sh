@@ -5,8 +5,8 @@
 #   bash bench/gpu_machine.sh all [ARGS]   both, one after the other (one device call)
 #   bash bench/gpu_machine.sh split S "ARGS1" "ARGS2"...  pytest groups side by side (each its own session, so the
 #                                          leak checks see only their own processes), stopped with ^C after S seconds
-#                                          (pytest then still prints its summary); per group $OUT/gN.log, its JUnit
-#                                          file gN.xml in $OUT/junit.tgz;
+#                                          (pytest then still prints its summary); per group gN.log and its JUnit
+#                                          file gN.xml, all in $OUT/groups.tgz;
 #                                          a group "!CMD" runs CMD (a benchmark) instead
 #   bash bench/gpu_machine.sh cmd CMD...   any command in the same environment (e.g. a benchmark)
 # The executed notebooks and their report come back as one archive, $OUT/notebooks_run.tgz (a call returns 8 files).
@@ -69,13 +69,14 @@ split() {
           --junitxml "$OUT/g$n.xml" $group > "$OUT/g$n.log" 2>&1 &
     done
     wait
-    # A call returns at most 8 files: the groups' JUnit files travel as one archive, so every group's log comes back
-    (cd "$OUT" && ls g*.xml >/dev/null 2>&1 && tar czf junit.tgz g*.xml && rm -f g*.xml)
     for i in $(seq 1 "$n"); do
         echo "== group $i: ${!i}"
         grep -E "^(FAILED|ERROR) " "$OUT/g$i.log" | cut -c1-300 | head -20
         tail -n 1 "$OUT/g$i.log"
     done
+    # A call returns at most 8 files: the groups' logs and JUnit files travel as one archive, groups.tgz, so a "!"
+    # group's own files (run.log, notebooks_run.tgz) still come back beside it and machine.txt
+    (cd "$OUT" && tar czf groups.tgz g*.log $(ls g*.xml 2>/dev/null) && rm -f g*.log g*.xml)
     echo "split: $n groups in $(( $(date +%s) - start )) s"
 }
 mode=${1:-notebooks}; shift || true
