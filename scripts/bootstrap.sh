@@ -24,14 +24,16 @@ if [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ]; then
   fi
 fi
 
-# 1. System packages: Open MPI for DeepSpeed's real `--launcher openmpi` path.
-if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+# 1. System packages: Open MPI for DeepSpeed's real `--launcher openmpi` path, and the ssh client mpirun reaches other
+#    hosts with (Open MPI only recommends it; the tests evaluate the images' ssh_config with `ssh -G`).
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 || ! command -v ssh >/dev/null 2>&1; then
   if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    say "installing Open MPI (openmpi-bin libopenmpi-dev) with apt-get"
+    say "installing Open MPI and ssh (openmpi-bin libopenmpi-dev openssh-client) with apt-get"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev \
+      openssh-client >/dev/null
   else
-    say "WARNING: mpirun/mpicc not found and apt-get not usable: the openmpi launcher path will be unavailable"
+    say "WARNING: mpirun/mpicc/ssh not found and apt-get not usable: the openmpi launcher path will be unavailable"
   fi
 fi
 

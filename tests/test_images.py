@@ -189,7 +189,7 @@ def test_ssh_client_config_is_what_ssh_applies(tmp_path):
     """ssh itself reads the client config: the effective port and host-key policy for a worker host."""
     ssh = shutil.which("ssh")
     if ssh is None:
-        pytest.skip("no ssh client on this machine to evaluate the config with")
+        pytest.fail("no ssh client to evaluate the config with: apt-get install openssh-client (make install, as root)")
     config = tmp_path / "ssh_config"
     shutil.copy(IMAGES / "common" / "ssh_config", config)
     out = subprocess.run(
