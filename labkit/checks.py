@@ -31,6 +31,7 @@ class Check:
     detail: str
     fix: str = ""
     group: str = "general"
+    applies: bool = True  # False: passed only because this machine uses the other accelerator (nothing was found)
 
     def __post_init__(self):
         if self.status not in STATUSES:

@@ -8,6 +8,7 @@ Each check function takes its inputs as arguments (environment, file text, torch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -74,8 +75,9 @@ def check_torch(info: TorchBuild) -> Check:
     return check(PASS, detail)
 
 
-# The detail of an accelerator check that passes because the machine has the other kind (nothing to fix, nothing found)
-NOT_USED = "not used: "
+def not_used(check: Callable[..., Check], why: str) -> Check:
+    """An accelerator check that passes because the machine has the other kind: nothing to fix, nothing found."""
+    return dataclasses.replace(check(PASS, f"not used: {why}"), applies=False)
 
 
 def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
@@ -85,7 +87,7 @@ def check_cuda(info: TorchBuild, hpu_present: bool = False) -> Check:
     if info.cuda_available:
         return check(PASS, f"{info.describe()}, {len(info.cuda_devices)} device(s): {', '.join(info.cuda_devices)}")
     if hpu_present:
-        return check(PASS, NOT_USED + "this is a Gaudi (HPU) machine")
+        return not_used(check, "this is a Gaudi (HPU) machine")
     if not info.gpu_build:
         detail = f"none: torch {info.version} is a CPU build, so DeepSpeed runs on CPU ranks (gloo)"
         fix = "expected on a laptop; on a GPU node install the CUDA build of torch that matches its driver"
@@ -111,7 +113,7 @@ def check_hpu(cuda_present: bool = False) -> Check:
         import habana_frameworks.torch.hpu as hthpu
     except ImportError:
         if cuda_present:  # as check_cuda on a Gaudi node: a warning here would name nothing to fix
-            return check(PASS, NOT_USED + "this machine has CUDA GPUs (no habana_frameworks)")
+            return not_used(check, "this machine has CUDA GPUs (no habana_frameworks)")
         fix = (
             "expected unless this is a Gaudi node; there use Intel's Gaudi PyTorch image (vault.habana.ai/gaudi-docker)"
         )
@@ -421,7 +423,7 @@ def run_checks(
         return any(c.name == name and c.status == PASS for c in report)
 
     def found(accelerator: str) -> bool:  # passed, and not as the kind this machine does not use
-        return any(c.name == accelerator and c.status == PASS and not c.detail.startswith(NOT_USED) for c in report)
+        return any(c.name == accelerator and c.status == PASS and c.applies for c in report)
 
     def ops() -> Check:
         try:

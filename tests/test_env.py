@@ -86,7 +86,10 @@ def test_torch_checks_on_a_cpu_build_warn_but_never_fail():
     cuda, nccl = env.check_cuda(cpu), env.check_nccl(cpu)
     assert cuda.status == WARN and "CPU build" in cuda.detail and "gloo" in cuda.detail
     assert nccl.status == WARN and "gloo" in nccl.detail
-    assert env.check_cuda(cpu, hpu_present=True).status == PASS  # a Gaudi node needs no CUDA
+    on_gaudi = env.check_cuda(cpu, hpu_present=True)  # a Gaudi node needs no CUDA: a pass that found nothing
+    assert on_gaudi.status == PASS and not on_gaudi.applies and on_gaudi.detail.startswith("not used:")
+    assert env.check_cuda(cpu).applies
+    assert json.loads(CheckReport([on_gaudi]).to_json())["checks"][0]["applies"] is False  # `labkit check --json`
 
 
 def test_no_gaudi_software_warns_only_where_there_is_no_other_accelerator(monkeypatch):
@@ -94,6 +97,7 @@ def test_no_gaudi_software_warns_only_where_there_is_no_other_accelerator(monkey
     laptop, gpu_node = env.check_hpu(), env.check_hpu(cuda_present=True)
     assert laptop.status == WARN and "not a Gaudi machine" in laptop.detail and "Gaudi node" in laptop.fix
     assert gpu_node.status == PASS and "CUDA" in gpu_node.detail  # the H100 run's 00 warned about it
+    assert laptop.applies and not gpu_node.applies  # what run_checks' found() reads: no Gaudi was found
 
 
 def test_torch_checks_on_a_gpu_build():
