@@ -25,7 +25,8 @@ if [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ]; then
 fi
 
 # 1. System packages: Open MPI for DeepSpeed's real `--launcher openmpi` path, and the ssh client mpirun reaches other
-#    hosts with (Open MPI only recommends it; the tests evaluate the images' ssh_config with `ssh -G`).
+#    hosts with (Debian's openmpi-bin depends on one, but an Open MPI from elsewhere, as in the GPU machine's image, may
+#    come without it; the tests evaluate the images' ssh_config with `ssh -G`).
 if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 || ! command -v ssh >/dev/null 2>&1; then
   if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     say "installing Open MPI and ssh (openmpi-bin libopenmpi-dev openssh-client) with apt-get"
