@@ -26,7 +26,7 @@ from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
-_PROGRESS = re.compile(r"LABKIT_PROGRESS step=(\d+)")  # what the training ranks print (rank 0, each step)
+_PROGRESS = re.compile(rf"{launch.PROGRESS_TAG} step=(\d+)")  # what the training ranks print (rank 0, each step)
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names; "no" = fp32
 OFFLOAD_DEVICES = ("none", "cpu")  # nvme needs a path on fast local disks: not part of the workshop
 CLUSTER_HOSTFILE = "/etc/mpi/hostfile"  # where the MPI Operator writes the hostfile in the launcher pod

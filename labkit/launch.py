@@ -35,6 +35,8 @@ MPI_LAUNCHERS = ("openmpi", "mpirun")
 RANK_STARTERS = ("deepspeed", "mpirun", "mpiexec", "accelerate")
 MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
+# A rank's progress line, "<tag> [config=NAME] step=N": rank scripts print it, the runs that show a bar read it.
+PROGRESS_TAG = "LABKIT_PROGRESS"
 BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
 # After the first sign of a dead rank (`reports_dead_rank`) the launcher (`run`, a local exec) gets this long to stop
 # by itself, naming the rank that went first; then its tree is stopped: peers blocked in a collective never return.

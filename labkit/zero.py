@@ -30,7 +30,7 @@ ONE_RANK_NOTE = (
     "One rank partitions nothing: ZeRO splits model states over N ranks, and with N = 1 every stage keeps all of "
     "them (16Ψ/N = 16Ψ), so the stages differ only by DeepSpeed's buffers. Run with world_size 0 (automatic) or 2+."
 )
-_PROGRESS = re.compile(r"LABKIT_PROGRESS config=(\S+) step=(\d+)")
+_PROGRESS = re.compile(rf"{launch.PROGRESS_TAG} config=(\S+) step=(\d+)")
 _STAGE_FIX = "write stages like 0,1,2,3 or 2+opt, 3+opt+param"
 
 

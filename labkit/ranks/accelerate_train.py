@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit.launch import BACKEND_OF, COLLECTIVE_TIMEOUT_S
+from labkit.launch import BACKEND_OF, COLLECTIVE_TIMEOUT_S, PROGRESS_TAG
 from labkit.ranks.runtime import init_deepspeed, rank_guard, say, set_local_size
 from labkit.ranks.zero_probe import accel_stats, inventory
 
@@ -123,7 +123,7 @@ def train(args) -> None:
         if step == 1:
             memory["step"] = inventory(model, model.basic_optimizer, device_type)
         if rank == 0:
-            say(f"LABKIT_PROGRESS step={step}")
+            say(f"{PROGRESS_TAG} step={step}")
     memory["accelerator"] = accel_stats(get_accelerator(), device_type)
     prompt = [3, 4, 5, 6]
     generated, infer_s = greedy(model, prompt, args.generate, acc.device)

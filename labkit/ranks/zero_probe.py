@@ -22,7 +22,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.launch import COLLECTIVE_TIMEOUT_S
+from labkit.launch import COLLECTIVE_TIMEOUT_S, PROGRESS_TAG
 from labkit.memory import LOCATIONS, STATE_KINDS
 from labkit.ranks.runtime import init_deepspeed, rank_guard, say
 
@@ -245,7 +245,7 @@ def probe(plan: dict, out_dir: Path, local_rank: int) -> None:
 
     def progress(name, step):
         if rank == 0:
-            say(f"LABKIT_PROGRESS config={name} step={step}")
+            say(f"{PROGRESS_TAG} config={name} step={step}")
 
     for cfg in plan["configs"]:
         results.append(run_config(cfg, rank, world, progress))
