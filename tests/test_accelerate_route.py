@@ -249,7 +249,8 @@ def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
         # what a learner types in the cluster's launcher pod, character for character (the Kubernetes test below)
         assert argv[:4] == ["accelerate", "launch", "--config_file", written] and "/etc/mpi/hostfile" in argv
         assert "--out=/shared/runs/accelerate/accelerate" in argv
-        assert job.exec(argv, on_output=seen.append, timeout=300) == 0
+        rc = job.exec(argv, on_output=seen.append, timeout=300)
+        assert rc == 0, "".join(seen)[-4000:]  # a failure shows why (the ranks' own error is in the tail)
     here = backend.shared_path(plan.run_dir)  # the local job's /shared
     assert route.load_with_accelerate(backend.shared_path(written)).num_machines == 2
     # Both ranks in one world: with accelerate's default `--num_gpus N/machines` DeepSpeed would start 1 rank here
