@@ -202,12 +202,13 @@ def latest_complete(checkpoint_dir: str | Path, log=print) -> tuple[int, Path] |
     return None
 
 
-def prune(checkpoint_dir: str | Path, keep: int) -> None:
-    """Keep the `keep` newest complete checkpoints; drop incomplete leftovers older than the newest complete one."""
-    complete = [(s, p) for s, p in tags(checkpoint_dir) if (p / COMPLETE_MARKER).is_file()]
-    newest = complete[0][0] if complete else -1
-    doomed = [p for _, p in complete[keep:]]
-    doomed += [p for s, p in tags(checkpoint_dir) if s < newest and not (p / COMPLETE_MARKER).is_file()]
+def prune(checkpoint_dir: str | Path, keep: int, saved: int) -> None:
+    """After saving step `saved`: keep the `keep` newest complete checkpoints up to it, drop incomplete ones below it,
+    and every one above it: those are an interrupted run's, which the resume skipped as unusable and this run replaces
+    (counted, a corrupt one could outrank, and so delete, the checkpoints that do load)."""
+    found = tags(checkpoint_dir)
+    doomed = [p for s, p in found if s > saved or (s < saved and not (p / COMPLETE_MARKER).is_file())]
+    doomed += [p for s, p in found if s <= saved and (p / COMPLETE_MARKER).is_file()][keep:]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -225,13 +226,31 @@ def save(engine, checkpoint_dir: str, step: int, meta: dict, keep: int, say) -> 
     dist.barrier()
     if dist.get_rank() == 0:
         write_manifest(tag_dir, {"step": step, **meta}, key)
-        prune(checkpoint_dir, keep)
+        prune(checkpoint_dir, keep, step)
         say(f"checkpoint step={step} saved to {tag_dir}")
     dist.barrier()
 
 
-def resume(engine, checkpoint_dir: str, world: int, stage: int, say) -> int | None:
-    """Load the newest complete checkpoint into `engine` from a verified private copy; its step, or None."""
+def check_same_run(manifest: dict, shape: dict, tag: str) -> None:
+    """ConfigError naming the first of `shape`'s settings (TrainConfig.run_shape) that the checkpoint was written
+    with otherwise; the world size counts only at ZeRO > 0 (partitioned state)."""
+    for name, value in shape.items():
+        if name in manifest and manifest[name] != value and (name != "world_size" or shape.get("stage")):
+            problem = f"checkpoint {tag} was written with {name}={manifest[name]}, this run has {name}={value}"
+            raise ConfigError(name, problem, f"resume with {name}={manifest[name]}, or use a new checkpoint_dir")
+
+
+def check_resumable(checkpoint_dir: str | Path, shape: dict) -> None:
+    """Before any training: the newest signed checkpoint's run had this `shape` (check_same_run)."""
+    key = run_key(checkpoint_dir)
+    for _, path in tags(checkpoint_dir):
+        if (manifest := _signed_manifest(path, key)[0]) is not None:
+            return check_same_run(manifest, shape, path.name)
+
+
+def resume(engine, checkpoint_dir: str, shape: dict, say) -> int | None:
+    """Load the newest complete checkpoint of a run of this `shape` into `engine` from a verified private copy; its
+    step, or None."""
     key = run_key(checkpoint_dir)
     for step, path in tags(checkpoint_dir):
         with private_dir() as copy_root:
@@ -239,9 +258,7 @@ def resume(engine, checkpoint_dir: str, world: int, stage: int, say) -> int | No
             if manifest is None:
                 say(f"checkpoint {path.name} skipped: {reason}")
                 continue
-            if (n := manifest.get("world_size")) != world and stage > 0:
-                problem = f"checkpoint {path.name} was written by {n} ranks at ZeRO-{stage} (partitioned state)"
-                raise ConfigError("world_size", problem, f"resume with {n} ranks, or use a new checkpoint_dir")
+            check_same_run(manifest, shape, path.name)
             if engine.load_checkpoint(str(copy_root), tag=path.name)[0] is None:
                 raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
             return step

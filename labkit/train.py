@@ -8,7 +8,6 @@ throughput timer is off: it synchronises the device twice per step. Rank 0 write
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -26,6 +25,7 @@ from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
 from labkit.ranks.runtime import init_deepspeed, shutdown_distributed
 
+MICRO_KEY, ACCUM_KEY, TOTAL_KEY = "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"
 CHOICES = {
     "model": MODELS,
     "dtype": ("auto", "fp32", "bf16", "fp16"),
@@ -104,13 +104,14 @@ class TrainConfig:
         for name in ("micro_batch", "global_batch", "max_train", "max_test", "checkpoint_every", "log_every"):
             check_int(name, getattr(cfg, name), minimum=0)
         check_int("max_steps", cfg.max_steps, minimum=0)
+        check_int("seed", cfg.seed, minimum=0, fix="pass 0 or a positive seed")
         check_int("world_size", world_size, fix="pass 1 or more ranks")
-        for name in ("lr", "grad_clip", "warmup", "label_smoothing", "step_timeout", "weight_decay"):
+        for name in ("lr", "grad_clip", "warmup", "label_smoothing", "momentum", "step_timeout", "weight_decay"):
             check_number(name, getattr(cfg, name))
         check_number("comm_timeout", cfg.comm_timeout, strict=True)
         if check_number("width", cfg.width, strict=True) > 8:
             raise ConfigError("width", f"must be in (0, 8], got {cfg.width}", "pass e.g. 0.5 (faster on CPU) or 1.0")
-        for name in ("warmup", "label_smoothing"):
+        for name in ("warmup", "label_smoothing", "momentum"):
             if getattr(cfg, name) >= 1:
                 raise ConfigError(name, f"must be < 1, got {getattr(cfg, name)}", f"pass 0 <= {name} < 1")
         if cfg.resume and not cfg.checkpoint_dir:
@@ -123,9 +124,15 @@ class TrainConfig:
         if cfg.checkpoint_dir:  # the key that signs (and on resume: checks) the run's checkpoints, before any training
             checkpoint.check_writable(cfg.checkpoint_dir)
             checkpoint.run_key(cfg.checkpoint_dir, create=not cfg.resume)
-        if cfg.deepspeed_config and not Path(cfg.deepspeed_config).is_file():
-            problem = f"{cfg.deepspeed_config} does not exist"
-            raise ConfigError("deepspeed_config", problem, "pass an existing JSON file")
+        if cfg.deepspeed_config:  # DeepSpeed steps by the file's batch: the run counts its steps by the same one
+            micro, accum = file_batch(cfg.deepspeed_config, world_size)
+            if cfg.micro_batch not in (0, micro) or cfg.grad_accum not in (1, accum) or cfg.global_batch not in (
+                0, micro * accum * world_size
+            ):  # fmt: skip
+                flags = f"micro_batch {cfg.micro_batch}, grad_accum {cfg.grad_accum}, global_batch {cfg.global_batch}"
+                problem = f"the flags' batch ({flags}) differs from the file's ({micro} x {accum} x {world_size} ranks)"
+                raise ConfigError("deepspeed_config", problem, "leave the batch flags out (the file sets the batch)")
+            cfg.micro_batch, cfg.grad_accum, cfg.global_batch = micro, accum, 0
         per_step = world_size * cfg.grad_accum
         if cfg.global_batch % per_step:
             ranks_x_accum = f"{world_size} x {cfg.grad_accum}"
@@ -146,7 +153,35 @@ class TrainConfig:
         cfg.micro_batch = cfg.global_batch // per_step or cfg.micro_batch or (1024 if accelerated else 64)
         cfg.global_batch = cfg.micro_batch * per_step
         cfg.lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 0.1 * cfg.global_batch / 256)
+        if cfg.resume:  # another model, stage or batch would fail deep in DeepSpeed's load, or resume mid-epoch wrongly
+            checkpoint.check_resumable(cfg.checkpoint_dir, cfg.run_shape(world_size))
         return cfg
+
+    def run_shape(self, world_size: int) -> dict:
+        """What a resumed run must share with the run that wrote its checkpoint (world size: at ZeRO > 0 only)."""
+        return {"model": self.model, "width": self.width, "stage": self.stage, "global_batch": self.global_batch,
+                "world_size": world_size}  # fmt: skip
+
+
+def file_batch(path: str, world_size: int) -> tuple[int, int]:
+    """(micro batch, accumulation steps) a DeepSpeed config file sets, derived as DeepSpeed derives them from any two
+    of its three batch keys (or one). ConfigError when the file is unreadable, sets none, or they disagree."""
+    try:
+        ds = json.loads(Path(path).read_text())
+        micro, accum, total = (ds.get(k) for k in (MICRO_KEY, ACCUM_KEY, TOTAL_KEY))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError("deepspeed_config", f"cannot read {path} ({exc})", "pass a DeepSpeed JSON file") from None
+    given = [v for v in (micro, accum, total) if v is not None]
+    if not all(isinstance(v, int) and v > 0 for v in given) or (micro is None and total is None):
+        problem = f"{path} needs {TOTAL_KEY} or {MICRO_KEY} as positive whole numbers"
+        raise ConfigError("deepspeed_config", problem, f"set {MICRO_KEY} (and {ACCUM_KEY}) in the file")
+    if micro is None:
+        micro = total // ((accum or 1) * world_size)
+    accum = accum or (total // (micro * world_size) if total else 1)
+    if total is not None and (not micro or micro * accum * world_size != total):
+        problem = f"{TOTAL_KEY} {total} != {MICRO_KEY} {micro} x {ACCUM_KEY} {accum} x {world_size} ranks"
+        raise ConfigError("deepspeed_config", problem, f"make {TOTAL_KEY} their product in {path}")
+    return micro, accum
 
 
 def plan_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int]:
@@ -155,51 +190,26 @@ def plan_steps(cfg: TrainConfig, train_images: int) -> tuple[int, int]:
     per_epoch = train_images // cfg.global_batch
     if per_epoch < 1:
         problem = f"one global batch of {cfg.global_batch} images is larger than the {train_images} training images"
-        raise ConfigError("micro_batch", problem, "use a smaller micro_batch or more data")
+        fix = f"use a global_batch (micro_batch x ranks x grad_accum) of at most {train_images}, or more images"
+        raise ConfigError("global_batch", problem, fix)
     return per_epoch, min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """One flag per TrainConfig field (booleans: --synthetic / --no-synthetic)."""
-    for f in dataclasses.fields(TrainConfig):
-        text = f.metadata["help"].replace("%", "%%") + f" (default: {f.default!r})"
-        how = {"type": type(f.default), "metavar": f.name.upper()}
-        how = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else how
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default, help=text, **how)
-    # DeepSpeed's spelling of the config flag, and the launcher's rank argument
-    parser.add_argument(
-        "--deepspeed_config", dest="deepspeed_config", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-    )
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def config_args(cfg: TrainConfig) -> list[str]:
-    """`cfg` as flags of labkit.ranks.train (only the values that differ from the defaults)."""
-    args = []
-    for f in dataclasses.fields(TrainConfig):
-        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
-        if value != f.default:
-            args += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
-    return args
-
-
 def deepspeed_config(cfg: TrainConfig, total_steps: int) -> dict:
-    """The DeepSpeed config for a resolved `cfg`, usable as-is with `--deepspeed_config`."""
+    """The DeepSpeed config of a resolved `cfg` (its deepspeed_config file's, if it names one), usable as-is with
+    `--deepspeed_config`."""
+    if cfg.deepspeed_config:
+        return json.loads(Path(cfg.deepspeed_config).read_text())
     if cfg.optimizer == "adamw":  # torch_adam: torch's AdamW instead of FusedAdam, which JIT-compiles a CUDA op
         params = {"betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True, "adam_w_mode": True}
         optimizer = {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **params}}
     else:
-        params = {"momentum": cfg.momentum, "nesterov": True, "weight_decay": cfg.weight_decay}
+        params = {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0, "weight_decay": cfg.weight_decay}
         optimizer = {"type": "SGD", "params": {"lr": cfg.lr, **params}}
     config: dict = {
-        "train_batch_size": cfg.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.micro_batch,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        TOTAL_KEY: cfg.global_batch,
+        MICRO_KEY: cfg.micro_batch,
+        ACCUM_KEY: cfg.grad_accum,
         "optimizer": optimizer,
         "zero_optimization": {"stage": cfg.stage},
         "gradient_clipping": cfg.grad_clip,
@@ -278,13 +288,7 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     """(engine, DeepSpeed config, parameter count) for a resolved config."""
     import deepspeed
 
-    if cfg.deepspeed_config:
-        ds_config = json.loads(Path(cfg.deepspeed_config).read_text())
-        if ds_config.get("train_micro_batch_size_per_gpu", cfg.micro_batch) != cfg.micro_batch:
-            problem = f"{cfg.micro_batch} differs from train_micro_batch_size_per_gpu in {cfg.deepspeed_config}"
-            raise ConfigError("micro_batch", problem, "pass the same --micro-batch or edit the file")
-    else:
-        ds_config = deepspeed_config(cfg, total)
+    ds_config = deepspeed_config(cfg, total)
     if cfg.write_config and rank == 0:
         Path(cfg.write_config).write_text(json.dumps(ds_config, indent=2) + "\n")
     model = build_model(cfg.model, cfg.width)
@@ -325,9 +329,11 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     default_metrics = str(Path(cfg.checkpoint_dir) / "metrics.jsonl") if cfg.checkpoint_dir else ""
     metrics = Metrics(cfg.metrics or default_metrics, rank == 0)
     say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    resumed_from = checkpoint.resume(engine, cfg.checkpoint_dir, world, cfg.stage, say) if cfg.resume else None
+    shape = cfg.run_shape(world)
+    resumed_from = checkpoint.resume(engine, cfg.checkpoint_dir, shape, say) if cfg.resume else None
+    if cfg.resume:  # every step logged once: what the interrupted run logged past its checkpoint goes
+        metrics.truncate_after(-1 if resumed_from is None else resumed_from)
     if resumed_from is not None:
-        metrics.truncate_after(resumed_from)
         say(f"resumed from checkpoint {checkpoint.tag_of(resumed_from)} (step {resumed_from} of {total})")
     start_step, kind = resumed_from or 0, cfg.data_kind
     shared = {"data": kind, "synthetic": cfg.synthetic, "model": cfg.model, "parameters": n_params}
@@ -342,8 +348,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     say(f"training on {kind} data: {what} on {setup}")
 
     def save(step: int, epoch: int) -> None:
-        meta = {"epoch": epoch, "world_size": world, "stage": cfg.stage, "model": cfg.model}
-        checkpoint.save(engine, cfg.checkpoint_dir, step, meta, cfg.keep_checkpoints, say)
+        checkpoint.save(engine, cfg.checkpoint_dir, step, {"epoch": epoch, **shape}, cfg.keep_checkpoints, say)
 
     bar_style = {"desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}", "unit": "step", "disable": rank or not cfg.progress}
     bar = tqdm(total=total, initial=start_step, mininterval=0.5 if sys.stderr.isatty() else 5.0, **bar_style)
@@ -473,3 +478,9 @@ def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> 
         os.environ.update({k: v for k, v in saved.items() if v is not None})
         for k in (k for k, v in saved.items() if v is None):
             os.environ.pop(k, None)
+
+
+if __name__ == "__main__":  # `python -m labkit.train ...`: the rank's command line, labkit.ranks.train
+    from labkit.ranks.train import main
+
+    sys.exit(main())

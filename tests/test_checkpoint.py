@@ -56,7 +56,7 @@ def _run(root, steps=(10, 20)):
 
 def _resume(root):
     engine, said = FakeEngine(), []
-    step = checkpoint.resume(engine, str(root), world=1, stage=0, say=said.append)
+    step = checkpoint.resume(engine, str(root), shape={"world_size": 1, "stage": 0}, say=said.append)
     return step, engine.loaded, said
 
 
@@ -91,7 +91,7 @@ def test_a_rewritten_manifest_is_refused_before_anything_is_loaded(tmp_path, sig
     (tag / checkpoint.COMPLETE_MARKER).write_text(json.dumps(manifest))
     engine = FakeEngine()
     with pytest.raises(ConfigError) as exc:
-        checkpoint.resume(engine, str(tmp_path), world=1, stage=0, say=print)
+        checkpoint.resume(engine, str(tmp_path), shape={"world_size": 1, "stage": 0}, say=print)
     assert engine.loaded == []
     assert exc.value.field == "checkpoint_dir" and "not signed with this run's key" in exc.value.problem
     assert checkpoint.KEY_ENV in exc.value.fix
@@ -151,7 +151,7 @@ def test_a_file_swapped_after_the_check_is_not_what_gets_loaded(tmp_path):
     blob = tmp_path / "run" / "step00000020" / BLOB
     signed = blob.read_bytes()
     engine = FakeEngine(before_load=lambda: blob.write_bytes(b"\x80\x04a planted pickle"))
-    assert checkpoint.resume(engine, str(tmp_path / "run"), world=1, stage=0, say=print) == 20
+    assert checkpoint.resume(engine, str(tmp_path / "run"), shape={"world_size": 1, "stage": 0}, say=print) == 20
     assert blob.read_bytes().startswith(b"\x80\x04a planted")  # the swap happened, before the load
     assert engine.read == {BLOB: signed}  # ... and the load read what was signed
     ((loaded_from, mode),) = engine.dirs
@@ -163,7 +163,7 @@ def test_the_private_copy_is_removed_when_the_load_fails_or_a_checkpoint_is_skip
     _run(tmp_path)
     engine = FakeEngine(fail=True)
     with pytest.raises(RuntimeError, match="unpickling failed"):
-        checkpoint.resume(engine, str(tmp_path), world=1, stage=0, say=print)
+        checkpoint.resume(engine, str(tmp_path), shape={"world_size": 1, "stage": 0}, say=print)
     ((loaded_from, _),) = engine.dirs
     assert not os.path.exists(loaded_from)
     made, real = [], checkpoint.private_dir

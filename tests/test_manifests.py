@@ -655,11 +655,11 @@ def test_default_training_commands_parse_with_the_training_script(kind):
     """The commands in manifests/ must be ones labkit.ranks.train accepts (a typo would only show in the cluster)."""
     import argparse
 
-    from labkit import train
+    from labkit.ranks import train as train_rank
 
     argv = m.JobSpec().resolved(kind).launcher_command
     script_args = argv[argv.index("labkit.ranks.train") + 1 :]
-    parsed = train.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(script_args)
+    parsed = train_rank.add_arguments(argparse.ArgumentParser(exit_on_error=False)).parse_args(script_args)
     assert parsed.synthetic is True and parsed.epochs == 2
     if kind == "batch":
         assert parsed.checkpoint_dir.startswith("/shared/")  # on the PVC every pod mounts

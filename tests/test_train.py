@@ -52,6 +52,9 @@ TINY = dict(
         (dict(synthetic=False), "data_dir"),  # no data and synthetic off
         (dict(global_batch=100), "global_batch"),  # not divisible by 3 ranks
         (dict(global_batch=96, micro_batch=16), "micro_batch"),  # both given and inconsistent
+        (dict(momentum=1.0), "momentum"),  # torch's SGD takes it and diverges
+        (dict(momentum=-0.5), "momentum"),
+        (dict(seed=-1), "seed"),  # numpy would refuse it only while making the data
     ],
 )
 def test_bad_settings_raise_one_error_naming_the_field(change, field):
@@ -68,6 +71,80 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_of_another_run(tmp_path):
         train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path)).resolved()
     assert exc.value.field == "checkpoint_dir" and "step00000040" in exc.value.problem and "resume" in exc.value.fix
     train.TrainConfig(synthetic=True, device="cpu", checkpoint_dir=str(tmp_path), resume=True).resolved()
+
+
+def test_a_resume_refuses_a_run_of_another_shape_before_any_work(tmp_path):
+    """What DeepSpeed's load would fail on deep inside (another model, width, stage; ranks at ZeRO > 0), or a changed
+    batch that would resume at a step meaning other images: one error naming the field, from resolved()."""
+    key = checkpoint.run_key(tmp_path, create=True)
+    tag = tmp_path / checkpoint.tag_of(20)
+    tag.mkdir()
+    (tag / "model.pt").write_bytes(b"weights")
+    written = train.TrainConfig(synthetic=True, device="cpu", stage=1, micro_batch=32).resolved(world_size=2)
+    checkpoint.write_manifest(tag, {"step": 20, **written.run_shape(2)}, key)
+    same = dict(synthetic=True, device="cpu", stage=1, micro_batch=32, checkpoint_dir=str(tmp_path), resume=True)
+    train.TrainConfig(**same).resolved(world_size=2)
+    for change, world, field in [
+        (dict(micro_batch=64), 2, "global_batch"),
+        (dict(stage=2), 2, "stage"),
+        (dict(model="lenet"), 2, "model"),
+        (dict(width=0.5), 2, "width"),
+        ({}, 4, "global_batch"),  # 32 x 4 ranks
+        (dict(micro_batch=16), 4, "world_size"),  # the same 64 images a step, but ZeRO-1 state in 2 parts
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            train.TrainConfig(**{**same, **change}).resolved(world_size=world)
+        assert exc.value.field == field, (change, world, exc.value)
+        assert "step00000020 was written with" in exc.value.problem and "new checkpoint_dir" in exc.value.fix
+
+
+def test_a_deepspeed_config_files_batch_is_the_runs_or_refused(tmp_path):
+    """DeepSpeed steps by the file's batch: the run takes it (so its step count, schedule and checkpoints agree), and
+    batch flags that say otherwise, or a file whose sizes do not multiply out, are refused before any work."""
+    path = tmp_path / "ds.json"
+
+    def resolved(ds: dict, world: int = 2, **flags) -> train.TrainConfig:
+        path.write_text(json.dumps(ds))
+        return train.TrainConfig(synthetic=True, device="cpu", deepspeed_config=str(path), **flags).resolved(world)
+
+    cfg = resolved({"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2})
+    assert (cfg.micro_batch, cfg.grad_accum, cfg.global_batch) == (16, 2, 64)
+    assert resolved({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8}).grad_accum == 4  # DeepSpeed's rule
+    assert resolved({"train_batch_size": 64}).micro_batch == 32
+    assert resolved({"train_micro_batch_size_per_gpu": 16}, grad_accum=1, micro_batch=16).global_batch == 32
+    assert train.deepspeed_config(cfg, 10) == json.loads(path.read_text())  # what the run hands DeepSpeed
+    for ds, flags, problem in [
+        ({"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2}, dict(grad_accum=3), "differs"),
+        ({"train_micro_batch_size_per_gpu": 16}, dict(global_batch=64), "differs"),
+        ({"train_batch_size": 60, "train_micro_batch_size_per_gpu": 16}, {}, "train_batch_size 60 !="),
+        ({"optimizer": {"type": "SGD"}}, {}, "needs train_batch_size or train_micro_batch_size_per_gpu"),
+        ({"train_batch_size": "auto"}, {}, "positive whole numbers"),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            resolved(ds, **flags)
+        assert exc.value.field == "deepspeed_config" and problem in exc.value.problem, exc.value
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="deepspeed_config: cannot read"):
+        train.TrainConfig(synthetic=True, device="cpu", deepspeed_config=str(path)).resolved()
+
+
+def test_the_cli_keeps_a_flag_given_at_its_default_and_leaves_the_rest_automatic(capsys):
+    """`--width 1.0` on a CPU is the learner's choice, not "automatic" (0.5 there): only flags left out follow the
+    device."""
+    from labkit.cli import main
+
+    assert main(["train", "--synthetic", "--device", "cpu", "--world-size", "2", "--dry-run", "--width", "1.0"]) == 0
+    given = capsys.readouterr().out
+    assert main(["train", "--synthetic", "--device", "cpu", "--world-size", "2", "--dry-run"]) == 0
+    automatic = capsys.readouterr().out
+    assert "--width" not in given.splitlines()[-1] and "--width 0.5" in automatic.splitlines()[-1]
+
+
+def test_python_m_labkit_train_is_the_ranks_command_line():
+    """`python -m labkit.train` (nanoGPT's habit) runs the rank entry instead of importing a library and exiting 0."""
+    proc = subprocess.run([sys.executable, "-m", "labkit.train", "--seed", "-1", "--synthetic"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert proc.returncode != 0 and "seed: must be a whole number >= 0" in proc.stdout + proc.stderr
 
 
 def test_automatic_values_follow_the_device_and_the_ranks():
@@ -134,6 +211,8 @@ def test_deepspeed_config_is_built_from_the_parameters():
     assert c["zero_optimization"] == {"stage": 2} and c["zero_allow_untested_optimizer"] is True
     assert c["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in c
     assert c["optimizer"]["type"] == "SGD" and c["optimizer"]["params"]["nesterov"] is True
+    plain = dataclasses.replace(cfg, momentum=0.0)  # torch refuses Nesterov without momentum
+    assert train.deepspeed_config(plain, 100)["optimizer"]["params"]["nesterov"] is False
     assert c["scheduler"]["params"]["total_num_steps"] == 100 and c["scheduler"]["params"]["warmup_num_steps"] == 10
     assert c["timers"] == {"throughput": {"enabled": False}}  # no device sync per step
     engine_mode = train.deepspeed_config(
@@ -233,8 +312,14 @@ def test_latest_complete_checkpoint_skips_partial_and_corrupt_ones(tmp_path):
         "mp_rank_00_model_states.pt does not match its checksum (corrupt or truncated)",
     )
     assert checkpoint.latest_complete(tmp_path, log=skipped.append)[0] == 10
-    checkpoint.prune(tmp_path, keep=1)
-    assert [p.name for _, p in checkpoint.tags(tmp_path)] == ["step00000030", "step00000020"]
+    # the run resumed from 10 and saved 10 again: 20 (corrupt, yet marked complete) and 30 (partial) are the
+    # interrupted run's and go; counted, 20 would have outranked 10 and pruned the one checkpoint that loads
+    checkpoint.prune(tmp_path, keep=1, saved=10)
+    assert [p.name for _, p in checkpoint.tags(tmp_path)] == ["step00000010"]
+    _fake_checkpoint(tmp_path, 11)
+    _fake_checkpoint(tmp_path, 12, complete=False)
+    checkpoint.prune(tmp_path, keep=1, saved=11)  # the newest `keep` complete ones up to the save stay
+    assert [p.name for _, p in checkpoint.tags(tmp_path)] == ["step00000011"]
 
 
 # -------------------------------------------------------------------------------------- real training (DeepSpeed)
@@ -289,6 +374,22 @@ def _rank_pid(marker: str, local_rank: int) -> int | None:
         if f"--local_rank={local_rank}" in cmd and any(marker in c for c in cmd) and "labkit.ranks.train" in cmd:
             return proc.pid
     return None
+
+
+@pytest.mark.slow
+def test_a_resume_that_finds_no_complete_checkpoint_logs_every_step_once(tmp_path):
+    """Killed before its first checkpoint counted, a run resumed starts at step 0: its metrics file is rewritten, not
+    appended to (two histories, the first one's `done` in the middle, would be plotted as one)."""
+    ckpt = tmp_path / "ckpt"
+    settings = dict(epochs=1, checkpoint_dir=str(ckpt), **{**TINY, "micro_batch": 64, "world_size": 1})
+    cifar.execute(cifar.plan(**settings))
+    for _, tag in checkpoint.tags(ckpt):
+        (tag / checkpoint.COMPLETE_MARKER).unlink()  # as if every save had been cut short
+    again = cifar.execute(cifar.plan(resume=True, **settings))
+    assert again["summary"]["resumed_from"] is None
+    log = train.read_metrics(ckpt / "metrics.jsonl")
+    steps = [r["step"] for r in log if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and [r["kind"] for r in log].count("done") == 1
 
 
 @pytest.mark.slow

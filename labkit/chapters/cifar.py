@@ -18,6 +18,7 @@ from pathlib import Path
 from labkit import data, launch, tabular, train
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.ranks import train as train_rank
 
 LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
 RANK_MODULE = "labkit.ranks.train"
@@ -53,7 +54,7 @@ class TrainingPlan:
         return " ".join(launch.shown_command(self.command)).replace(str(self.workdir), "RUN_DIR")
 
     def launch_spec(self) -> launch.LaunchSpec:
-        args = train.config_args(self.config)
+        args = train_rank.config_args(self.config)
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
