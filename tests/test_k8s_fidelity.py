@@ -759,6 +759,11 @@ def test_a_namespace_admin_who_holds_what_the_role_grants_creates_role_and_bindi
         job = get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(JobSpec(name="taught", workers=1))
         stored = {(plural, name) for _base, plural, _ns, name in api.objects}
         assert {("roles", "labkit"), ("rolebindings", "labkit"), ("mpijobs", "taught")} <= stored
+        # asked of RBAC as `networkpolicies` (the resource the create goes to): "networkpolicys" was never granted,
+        # and the job went on without its default-deny policy, silently
+        policies = {name for plural, name in stored if plural == "networkpolicies"}
+        assert policies == {o["metadata"]["name"] for o in render_all(JobSpec(name="x").resolved())
+                            if o["kind"] == "NetworkPolicy"} and "labkit-default-deny-ingress" in policies  # fmt: skip
         assert job.notes == []  # nothing left out
         job.delete()
 

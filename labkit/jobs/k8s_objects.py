@@ -203,14 +203,18 @@ def pod_problem(pod) -> tuple[str | None, bool]:
     return (None if st.phase == "Running" else f"phase {st.phase}"), False
 
 
+def resource_of(kind: str) -> str:
+    """The API resource (plural) of a kind render_all produces: NetworkPolicy -> networkpolicies."""
+    return kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"
+
+
 def object_path(obj: dict, namespace: str) -> str:
     """The collection URL an object is created in."""
     api_version, kind = obj["apiVersion"], obj["kind"]
     base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
     if kind == "Namespace":
         return f"{base}/namespaces"
-    plural = kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"  # NetworkPolicy: networkpolicies
-    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{plural}"
+    return f"{base}/namespaces/{(obj.get('metadata') or {}).get('namespace') or namespace}/{resource_of(kind)}"
 
 
 def exec_exit_code(raw: str | None) -> int:

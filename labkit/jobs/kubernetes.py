@@ -45,6 +45,7 @@ from labkit.jobs.k8s_objects import (
     object_path,
     pod_problem,
     pod_ready,
+    resource_of,
     trainjob_status,
     unreachable,
 )
@@ -52,7 +53,7 @@ from labkit.procs import interrupts_deferred
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
 TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
-# The kinds render_all may produce (plural: the kind in lower case + "s"); only Namespace is cluster-scoped.
+# The kinds render_all may produce (their resources: k8s_objects.resource_of); only Namespace is cluster-scoped.
 KINDS = frozenset(
     "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
     "ResourceQuota Role RoleBinding NetworkPolicy".split()
@@ -146,7 +147,7 @@ class KubernetesBackend(JobBackend):
     def _may_create(self, obj: dict, namespace: str) -> bool:
         group = obj["apiVersion"].rpartition("/")[0]
         scope = "" if obj["kind"] == "Namespace" else (obj["metadata"].get("namespace") or namespace)
-        return self.allowed("create", group, obj["kind"].lower() + "s", scope)
+        return self.allowed("create", group, resource_of(obj["kind"]), scope)  # the resource its create goes to
 
     # -- what the cluster offers ---------------------------------------------------------------------------------
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
