@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,8 +55,10 @@ def check_int(field: str, value: Any, minimum: int = 1, fix: str | None = None, 
 def check_number(
     field: str, value: Any, minimum: float = 0.0, fix: str | None = None, *, strict: bool = False
 ) -> float:
-    """value if it is a real number >= minimum (> minimum with strict), else ConfigError."""
-    if not is_number(value) or value < minimum or (strict and value == minimum):
+    """value if it is a finite real number >= minimum (> minimum with strict), else ConfigError (inf and nan too: no
+    field takes them, and int(inf) would fail later as a traceback)."""
+    if not is_number(value) or not math.isfinite(value) or value < minimum or (strict and value == minimum):
         bound = f"{'>' if strict else '>='} {minimum:g}"
-        raise ConfigError(field, f"must be a number {bound}, got {value!r}", fix or f"pass {field} {bound}")
+        finite = "finite " if is_number(value) and not math.isfinite(value) else ""
+        raise ConfigError(field, f"must be a {finite}number {bound}, got {value!r}", fix or f"pass {field} {bound}")
     return float(value)

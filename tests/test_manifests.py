@@ -188,6 +188,8 @@ def test_storage_class_empty_string_means_cluster_default():
         ({"name": "x" * 41}, "name"),
         ({"name": "1st-job"}, "name"),
         ({"namespace": "Work Loads"}, "namespace"),
+        ({"namespace": "workloads-gaudi"}, "namespace"),  # a cpu job would relabel Gaudi's privileged namespace
+        ({"namespace": "workloads", "accelerator": "gaudi"}, "namespace"),
         ({"workers": 0}, "workers"),
         ({"workers": True}, "workers"),
         ({"workers": "2"}, "workers"),
@@ -203,6 +205,10 @@ def test_storage_class_empty_string_means_cluster_default():
         ({"pvc_name": "Shared_Data"}, "pvc_name"),
         ({"storage_size": "20 GB"}, "storage_size"),
         ({"storage_size": None}, "storage_size"),
+        ({"storage_size": "-5Gi"}, "storage_size"),  # the API server: must be greater than or equal to 0
+        ({"storage_size": "0.0Gi"}, "storage_size"),  # ... and a claim's storage greater than zero
+        ({"cpu": "-4"}, "cpu"),
+        ({"shm_size": "-1Gi"}, "shm_size"),
         ({"cpu": "four"}, "cpu"),
         ({"memory": 32}, "memory"),
         ({"hugepages_2mi": "1Gi", "accelerator": "nvidia"}, "hugepages_2mi"),
@@ -368,6 +374,7 @@ WC = W + ["containers", 0]
             "containers[0].resources.limits.memory: '256 GB' is not a Kubernetes quantity",
         ),
         (WC + ["resources", "limits", "hugepages-2Mi"], "16Gi", "requests.hugepages-2Mi: hugepages request"),
+        (WC + ["resources", "requests", "cpu"], "-4", "requests.cpu: -4 must be greater than or equal to 0"),
         (
             WC + ["resources", "limits", "habana.ai/gaudi"],
             "0.5",
@@ -453,6 +460,34 @@ def test_sort_options_fifo_keeps_the_listed_order_as_kubectl_does(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources: [b.yaml, a.yaml]\nsortOptions: {order: fifo}\n")
     assert [o["metadata"]["name"] for o in m.kustomize_build(tmp_path)] == ["b", "a"]
     assert m.kustomize_build(tmp_path) == kubectl_kustomize(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "old, entry",
+    [
+        ("reg.io/team/app:1.0", {"newTag": "2.0"}),
+        ("reg.io/team/app:1.0", {"digest": "sha256:" + "0" * 64}),  # a digest replaces the tag
+        ("reg.io/team/app:1.0", {"newTag": "2.0", "digest": "sha256:" + "1" * 64}),  # both kept
+        ("reg.io/team/app@sha256:" + "2" * 64, {"newTag": "3.0"}),  # a tag replaces the old digest
+        ("reg.io/team/app:1.0", {"newName": "mirror.local:5000/app"}),  # a registry port is not a tag
+        ("mirror.local:5000/team/app", {"newTag": "4.0"}),
+    ],
+)
+def test_image_entries_rewrite_tags_and_digests_as_kubectl_does(tmp_path, old, entry):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    pod["spec"]["containers"][0]["image"] = old
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    name = old.split("@")[0].rsplit(":", 1)[0] if old.count(":") > (":5000" in old) else old.split("@")[0]
+    images = [{"name": name, **entry}]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["pod.yaml"], "images": images}))
+    (built,) = m.kustomize_build(tmp_path)
+    assert built["spec"]["containers"][0]["image"] != old and [built] == kubectl_kustomize(tmp_path)
+
+
+def test_an_image_entry_the_renderer_does_not_know_is_refused(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("images: [{name: app, tagSuffix: -x}]\n")
+    with pytest.raises(m.ManifestError, match="images: labkit's renderer does not support tagSuffix"):
+        m.kustomize_build(tmp_path)
 
 
 def test_json_patches_apply_exactly_or_fail_clearly(tmp_path):
@@ -549,6 +584,9 @@ def test_no_secret_material_in_any_rendered_manifest():
         ("ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "GitHub token"),
         ("AKIA" + "IOSFODNN7EXAMPLE", "AWS access key"),
         ("password=" + "hunter2hunter2", "password/token assignment"),
+        ("WANDB_API_KEY=" + "0123456789abcdef", "password/token assignment"),  # inside an env name
+        ("HF_TOKEN=" + "abcdefghij0123456789", "password/token assignment"),
+        ("--token " + "sekritvalue123", "password/token flag"),
     ],
 )
 def test_secret_scanner_catches_planted_material(planted, what):
@@ -557,6 +595,14 @@ def test_secret_scanner_catches_planted_material(planted, what):
     job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["metadata"]["annotations"] = {"note": planted}
     with pytest.raises(m.ManifestError, match="looks like"):
         m.validate_object(job)
+
+
+@pytest.mark.parametrize(
+    "clean", ["HF_TOKEN=$HF_TOKEN", "--max-tokens=512 --tokenizer gpt2", "--token-file /run/secrets/t",
+              "TOKENIZERS_PARALLELISM=false", "--max_new_tokens 64"],
+)  # fmt: skip
+def test_secret_scanner_leaves_references_and_token_counts_alone(clean):
+    assert m.find_secret_material(clean) == []
 
 
 def test_literal_secret_env_value_is_rejected():
@@ -648,6 +694,13 @@ def test_cli_render_and_validate(tmp_path, capsys):
     code, _ = run_cli("manifests", "render", "--workers", "0")
     assert code == 2
     assert "labkit: error: workers:" in capsys.readouterr().err
+    for minutes, said in [
+        ("inf", "a finite number >= 1, got inf"),
+        ("nan", "a finite number >= 1, got nan"),
+        ("0.5", "a number >= 1, got 0.5"),
+    ]:
+        assert run_cli("job", "render", "--deadline-minutes", minutes)[0] == 2  # not a traceback from int(inf)
+        assert f"labkit: error: --deadline-minutes: must be {said}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["batch", "trainjob"])

@@ -53,6 +53,9 @@ def test_config_round_trips_through_rank_flags():
         ("step_timeout_s", {"step_timeout_s": 40.0}, 2),
         ("port", {"port": 70000}, 2),
         ("host", {"host": ""}, 2),
+        ("step_timeout_s", {"step_timeout_s": float("nan")}, 2),  # `late > nan` is never true: no watchdog
+        ("stop_grace_s", {"stop_grace_s": float("inf")}, 2),  # a worker would wait for ever after SIGTERM
+        ("collective_timeout_s", {"collective_timeout_s": float("inf")}, 2),  # timedelta(inf) fails in the ranks
     ],
 )
 def test_bad_config_is_refused_naming_the_field(field, kwargs, world):

@@ -72,7 +72,7 @@ def _backend(a):
 
 def _spec(args, backend=None) -> manifests.JobSpec:
     """The job the options describe; with a backend, auto accelerator and workers resolved by it (else cpu, 2)."""
-    check_number("--deadline-minutes", args.deadline_minutes, 0.0, "pass minutes > 0 (at least 1)", strict=True)
+    check_number("--deadline-minutes", args.deadline_minutes, 1.0, "pass 1 or more minutes")
     accelerator, workers, args.why = ("cpu" if args.accelerator == "auto" else args.accelerator), args.workers or 2, ""
     if backend is not None:
         device = "auto" if args.accelerator == "auto" else DEVICE_OF[args.accelerator]

@@ -38,10 +38,11 @@ _SECRET_PATTERNS = [
     ("an AWS access key id", r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     ("a JSON web token", r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
     ("a Slack token", r"\bxox[baprs]-[A-Za-z0-9-]{10,}"),
-    (
+    (  # also inside an env name (WANDB_API_KEY=, HF_TOKEN=): `_` is a word character, so no \b before the word
         "an inline password/token assignment",
-        r"(?i)\b(password|passwd|api[_-]?key|secret[_-]?key|access[_-]?token|auth[_-]?token)\s*[=:]\s*['\"]?[^\s'\"$]{8,}",
+        r"(?i)(?<![a-z0-9])[a-z0-9_]*(password|passwd|api[_-]?key|secret[_-]?key|token)\s*[=:]\s*['\"]?[^\s'\"$]{8,}",
     ),
+    ("a password/token flag", r"(?i)--(password|passwd|token|api[_-]?key|secret)[= ]['\"]?[^\s'\"$-][^\s'\"$]{7,}"),
 ]
 _SECRET_ENV_NAME = re.compile(r"(?i)(TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)")
 _MPIJOB = "spec.mpiReplicaSpecs"
@@ -298,6 +299,9 @@ def _check_resources(resources: dict, ref: str, path: str) -> None:
     requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
     for key in set(requests) | set(limits):
         request, limit = requests.get(key), limits.get(key)
+        for section, value in (("requests", request), ("limits", limit)):
+            if str(value).startswith("-"):  # validation.go ValidateNonnegativeQuantity
+                raise ManifestError(ref, f"{path}.{section}.{key}", f"{value} must be greater than or equal to 0")
         if key.startswith("hugepages-"):
             if str(request) != str(limit):
                 problem = f"hugepages request ({request}) must equal the limit ({limit})"

@@ -125,6 +125,9 @@ def _transform(directory: Path, spec: dict, objects: list[dict]) -> None:
         for field_spec in (yaml.safe_load((directory / conf).read_text()) or {}).get("images", [])
     ]
     for image in spec.get("images", []):
+        if set(image) - {"name", "newName", "newTag", "digest"}:  # e.g. tagSuffix: refused, not silently ignored
+            unknown = sorted(set(image) - {"name", "newName", "newTag", "digest"})
+            raise ManifestError(str(directory), "images", f"labkit's renderer does not support {', '.join(unknown)}")
         for obj in objects:
             _set_image(obj, image, image_paths)
 
@@ -136,11 +139,15 @@ def _target_matches(target: dict, obj: dict, where: Path) -> bool:
 
 
 def _new_image(old: str, image: dict) -> str:
-    slash, colon = old.rfind("/"), old.rfind(":")
-    name, tag = (old[:colon], old[colon:]) if colon > slash else (old, "")
+    """kustomize api/filters/imagetag/updater.go: a new tag or digest replaces both old ones; both: NAME:TAG@DIGEST."""
+    name, _, digest = old.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    name, tag = (name[:colon], name[colon + 1 :]) if colon > slash else (name, "")
     if name != image["name"]:
         return old
-    return image.get("newName", name) + (f":{image['newTag']}" if "newTag" in image else tag)
+    if "newTag" in image or "digest" in image:
+        tag, digest = str(image.get("newTag", "")), str(image.get("digest", ""))
+    return image.get("newName", name) + (tag and f":{tag}") + (digest and f"@{digest}")
 
 
 def _set_image(node: Any, image: dict, extra_paths: list[list[str]]) -> None:

@@ -31,7 +31,9 @@ from labkit.manifests.kustomize import kustomize_build
 OVERLAY_KINDS = ("interactive", "batch", "trainjob")  # manifests/overlays/<accelerator>[/batch|/trainjob]
 SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
+# A Kubernetes quantity without a sign: sizes and requests are never negative (pkg/apis/core/validation/validation.go,
+# ValidateNonnegativeQuantity; a claim's storage must even be positive: ValidatePersistentVolumeClaimSpec)
+_QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$")
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
 _MONTH_S = 30 * 24 * 3600
 CHECKPOINT_FLAG = "--checkpoint-dir="
@@ -63,9 +65,9 @@ _TEXT_RULES = {
     "storage_class": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "nfs-client", 253),
     "hf_token_secret": (DNS1123_SUBDOMAIN, "a Secret name (DNS-1123 subdomain)", "hf-token", 253),
     "image": (_IMAGE, "an image reference (REGISTRY/REPOSITORY:TAG)", "ghcr.io/labkit/deepspeed:<tag>", 512),
-    "storage_size": (_QUANTITY, "a Kubernetes quantity", "20Gi", 64),
-    **{name: (_QUANTITY, "a Kubernetes quantity", '"4", "500m" or "16Gi"', 64) for name in _RESOURCE_KEYS},
-    "shm_size": (_QUANTITY, "a Kubernetes quantity", "16Gi", 64),
+    "storage_size": (_QUANTITY, "a Kubernetes quantity (no sign)", "20Gi", 64),
+    **{name: (_QUANTITY, "a Kubernetes quantity (no sign)", '"4", "500m" or "16Gi"', 64) for name in _RESOURCE_KEYS},
+    "shm_size": (_QUANTITY, "a Kubernetes quantity (no sign)", "16Gi", 64),
     "queue": (DNS1123_LABEL, "a Kueue LocalQueue name (DNS-1123 label)", "lab-queue", 63),
 }
 _REQUIRED = ("name", "namespace", "pvc_name", "storage_size")
@@ -123,6 +125,10 @@ class JobSpec:
             problem = f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); "
             problem += "Gaudi's hostIPC needs a privileged namespace of its own"
             raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['gaudi']}) or name another one")
+        if self.accelerator != "gaudi" and self.namespace == NAMESPACES["gaudi"]:  # its Namespace would relabel it
+            problem = f"{self.namespace} is the Gaudi jobs' privileged namespace; a {self.accelerator} job's "
+            problem += "Namespace object would set it to Pod Security restricted, and Gaudi's pods would be refused"
+            raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['cpu']}) or name another one")
         if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
             fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
             raise ConfigError("hf_token_secret", "looks like a token value, not a Secret name", fix)
@@ -136,6 +142,12 @@ class JobSpec:
                 raise ConfigError(field_name, too_long, fix)
             if not isinstance(value, str) or not pattern.match(value):
                 raise ConfigError(field_name, f"{value!r} is not {what}", fix)
+        if not float(re.match(r"[\d.]*", self.storage_size).group().strip(".") or 0):
+            raise ConfigError(
+                "storage_size",
+                f"{self.storage_size!r} is zero: the API server refuses an empty claim",
+                "use something like 20Gi",
+            )
         check_int("workers", self.workers, 1, maximum=512)
         if self.slots_per_worker is not None:
             gaudi = self.accelerator == "gaudi"
