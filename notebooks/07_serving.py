@@ -85,12 +85,11 @@ try:
     service.start()
     ready = service.wait_ready(timeout=300)
     before = service.client.healthz(deep=True)[1]
-    records = chapter.send_requests(service.client, model, requests, concurrency)
+    records = chapter.send_requests(service.client, model, requests, concurrency, max_batch=max_batch)
     bad_status, bad_answer = service.client.request("POST", "/predict", {"inputs": [[1.0, 2.0, 3.0]]})
     health_status, health = service.client.healthz(deep=True)
-finally:
-    exit_code = service.shutdown()  # every rank leaves its loop; the launcher's 0 means every rank exited 0
-    service.stop()  # and nothing may be left running, whatever happened above
+finally:  # every rank leaves its loop (the launcher's 0: every rank exited 0); then nothing may be left running
+    exit_code = service.close()
 print(f"{len(records)} answers; the bad request got HTTP {bad_status}: {bad_answer['detail']}")
 print(f"after it: /healthz?deep=1 -> HTTP {health_status}, {health['ranks_answered']} of {ranks} ranks answered")
 print(f"shutdown: the launcher exited with code {exit_code}" + (f" ({service.failure()})" if exit_code else ""))

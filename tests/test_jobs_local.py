@@ -251,6 +251,12 @@ def test_cli_exec_returns_the_command_exit_code(backend):
     assert run.returncode == 5 and "localhost slots=2" in run.stdout
     bad = subprocess.run([*cli, "exec", "cli"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "labkit: error: command: no command given" in bad.stderr
+    late = subprocess.run([*cli, "exec", "cli", "--timeout", "1", "--", "sleep", "30"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert late.returncode == 124 and "Traceback" not in late.stderr  # the deadline in one line, as timeout(1) exits
+    assert (
+        late.stderr.strip() == "labkit: deadline: exec in cli timed out after 1.0 s: sleep and its ranks were stopped"
+    )
     render = subprocess.run(
         [*cli, "render", "--name", "cli", "--workers", "3"], env=env, capture_output=True, text=True, timeout=60
     )

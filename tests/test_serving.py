@@ -3,6 +3,7 @@ a lost rank answered with 503 and the job ended, and every rank stopped (exit 0)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ from kit_testing import kit_processes, wait_for_no_kit_processes, wait_until
 from labkit import launch, procs
 from labkit.errors import ConfigError
 from labkit.serving import local, models
+from labkit.serving import service as service_module
 from labkit.serving.config import ServeConfig
 from labkit.serving.models import BadRequest, check_inputs
 
@@ -93,6 +95,23 @@ def test_bad_inputs_are_named(info, inputs, words):
     assert words in str(err.value)
 
 
+def test_a_body_is_refused_as_soon_as_it_passes_the_limit():
+    """Without a Content-Length (chunked), the body streams in and is cut off past MAX_BODY_BYTES, not read whole."""
+    limit, pulled = service_module.MAX_BODY_BYTES, []
+
+    class Chunked:
+        headers: dict = {}
+
+        async def stream(self):
+            for _ in range(100):  # 100 MiB on offer
+                pulled.append(1)
+                yield b"x" * 2**20
+
+    with pytest.raises(BadRequest, match=f"body is larger than {limit} bytes"):
+        asyncio.run(service_module.read_body(Chunked()))
+    assert len(pulled) == limit // 2**20 + 1
+
+
 def test_good_inputs_pass():
     assert check_inputs(REGRESSOR, [[0] * 10, [1.5] * 10], 4)
     assert check_inputs(TRANSFORMER, [[0, 255], [3, 4]], 4)
@@ -138,6 +157,9 @@ def test_the_chapters_requests_are_timed_after_one_untimed_warm_up():
     assert max(r["latency_ms"] for r in records) < 300 and max(r["max_diff"] for r in records) == 0
     rows = chapter.latency_rows(records)
     assert [r["requests"] for r in rows] == [3, 3]
+    client = ColdClient()  # a service taking at most 2 rows gets at most 2 (it would answer 422 mid-run)
+    chapter.send_requests(client, "regressor", 20, 2, max_batch=2, progress=False)
+    assert {len(rows) for rows in client.calls} == {1, 2}
 
 
 def test_plan_refuses_a_port_in_use_before_starting():
@@ -147,6 +169,19 @@ def test_plan_refuses_a_port_in_use_before_starting():
         with pytest.raises(ConfigError) as err:
             local.plan(2, "cpu", port=s.getsockname()[1])
     assert err.value.field == "port"
+    # the host is checked too (also with port 0, a free one), and named as the host, not as the port
+    for host, said in [("no-such-host.invalid", "does not resolve"), ("192.0.2.1", "cannot listen on 192.0.2.1")]:
+        with pytest.raises(ConfigError) as err:
+            local.plan(2, "cpu", host=host, port=0)
+        assert err.value.field == "host" and said in err.value.problem and "0.0.0.0" in err.value.fix
+
+
+def test_cli_refuses_a_ready_timeout_that_is_no_time(capsys):
+    from labkit.cli import main
+
+    for value in ("-5", "0", "nan"):
+        assert main(["serve", "--world-size", "2", "--device", "cpu", "--port", "0", "--ready-timeout", value]) == 2
+        assert "labkit: error: --ready-timeout: must be a" in capsys.readouterr().err
 
 
 def test_cli_dry_run_prints_the_launch_command(capsys):
@@ -215,6 +250,9 @@ def test_tensor_parallel_answers_equal_one_process_and_bad_requests_get_422():
             b'{"inputs": [[NaN, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}',
             b'{"rows": []}',
             ('{"inputs": [' + ",".join(["[1,2,3,4,5,6,7,8,9,10]"] * 17) + "]}").encode(),
+            b'{"inputs": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 1' + b"0" * 400 + b"]]}",  # an int past float's range
+            b"[" * 100_000 + b"]" * 100_000,  # nested deeper than the parser recurses (RecursionError, not 500)
+            b" " * (service_module.MAX_BODY_BYTES + 1),  # over the limit by its Content-Length: never read
         ]
         for body in bad:
             status, answer = service.client.request("POST", "/predict", raw=body)
@@ -323,4 +361,28 @@ def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
     finally:
         if cli.poll() is None:
             procs.stop_tree(cli)
+    assert not wait_for_no_kit_processes(), kit_processes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_after", [None, 0.3], ids=["one-ctrl-c", "two-ctrl-c"])
+def test_ctrl_c_while_the_ranks_load_stops_them_all_and_says_so(second_after):
+    """^C before the service is ready: nobody listens for /shutdown, so the ranks are stopped at once (not after a
+    30 s wait), and a second ^C during that stop still stops them (the ranks run in a session of their own)."""
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen([*cli, "serve", "--world-size", "2", "--device", "cpu", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert wait_until(lambda: len(kit_processes()) >= 3, 60), "the ranks did not start"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        if second_after is not None:
+            time.sleep(second_after)
+            proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130 and "labkit: interrupted" in output and "Traceback" not in output, output
+        assert time.monotonic() - started < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert not wait_for_no_kit_processes(), kit_processes()

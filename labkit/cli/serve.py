@@ -10,7 +10,7 @@ import threading
 
 from labkit import manifests
 from labkit.devices import DEVICE_CHOICES
-from labkit.errors import LaunchError
+from labkit.errors import LaunchError, check_number
 from labkit.serving import job, local
 from labkit.serving.config import DEFAULT_PORT, MODES, ServeConfig
 from labkit.serving.models import MODELS
@@ -51,6 +51,9 @@ def register(subparsers) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.job_yaml:
         return _job_yaml(args)
+    check_number(
+        "--ready-timeout", args.ready_timeout, 0.0, "pass seconds > 0 (loading takes tens of them)", strict=True
+    )
     options = {"model": args.model, "mode": args.mode, "host": args.host, "port": args.port}
     config, ranks, why = local.plan(args.world_size, args.device, max_batch=args.max_batch, **options)
     service = local.LocalService(config, ranks, on_output=_echo)
@@ -58,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     print("command:", " ".join(service.command), flush=True)
     if args.dry_run:
         return 0
-    stop = threading.Event()
+    stop, interrupted = threading.Event(), False
     previous = signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     try:
         service.start()
@@ -68,10 +71,15 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     except KeyboardInterrupt:
         print("stopping every rank", file=sys.stderr)
+        interrupted = True
     finally:
-        code = service.shutdown()  # graceful: every rank exits 0; then nothing may be left running
-        service.stop()
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            code = service.close()  # graceful: every rank exits 0; then nothing may be left running (a 2nd ^C too)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        print("labkit: interrupted", file=sys.stderr)
+        return 130
     if code != 0:
         raise LaunchError(service.failure(), returncode=code, output=service.output[-8000:])
     print("stopped: every rank exited 0")

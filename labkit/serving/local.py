@@ -9,6 +9,7 @@ tree: gracefully first (`POST /shutdown`: every rank exits 0), then `procs.stop_
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import socket
@@ -46,8 +47,7 @@ def plan(world_size: int = 0, device: str = "auto", **options) -> tuple[ServeCon
     port = options.pop("port", 0)
     check_int("port", port, 0, "pass a TCP port in 1..65535, or 0 for a free one", maximum=65535)
     config = ServeConfig(device=picked, port=port or launch.free_port(), **options).validate(ranks)
-    if port:
-        check_port_free(config.host, port)
+    check_port_free(config.host, port)  # port 0 (a free one): the host alone
     return config, ranks, why
 
 
@@ -175,7 +175,7 @@ class LocalService:
                         return body
             time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"the service was not ready after {timeout:.0f} s (every rank stopped)")
+        raise TimeoutError(f"the service was not ready after {timeout:g} s (every rank stopped; --ready-timeout)")
 
     def wait(self, timeout: float | None = None) -> int:
         """The launcher's exit code (0: every rank exited 0); TimeoutError after `timeout` seconds."""
@@ -190,13 +190,22 @@ class LocalService:
         """POST /shutdown (every rank leaves its loop and exits 0) and wait for the launcher (which exits a few
         seconds after its ranks); stop_tree if it overstays `timeout`. The launcher's exit code."""
         if self.running:
-            with contextlib.suppress(OSError):  # already going: the wait below decides
+            try:
                 self.client.request("POST", "/shutdown")
+            except OSError:  # nobody listens (still loading, or already going): no graceful exit to wait long for
+                timeout = min(timeout, 2.0)
             try:
                 return self.wait(timeout)
             except TimeoutError:
                 self.stop()
         return self.proc.returncode if self.proc else 0
+
+    def close(self, timeout: float = 30.0) -> int:
+        """shutdown(), then stop() whatever happens (a second ^C while shutdown waits included): the exit code."""
+        try:
+            return self.shutdown(timeout)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """Stop every process of the service now (the launcher's group and every descendant)."""
@@ -215,16 +224,21 @@ class LocalService:
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.shutdown()
-        finally:
-            self.stop()
+        self.close()
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ConfigError now when something already listens on the port (before ranks spend their start-up)."""
-    with socket.socket() as s:
+    """ConfigError now, before ranks spend their start-up: naming `host` when it is no address of this machine (or
+    does not resolve), `port` when something already listens there. Port 0 checks the host alone."""
+    fix = "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or an address of this machine"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError("host", f"{host!r} does not resolve ({exc.strerror})", fix) from None
+    with socket.socket(family, kind, proto) as s:
         try:
-            s.bind((host, port))
+            s.bind(address)
         except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError("host", f"cannot listen on {host} ({exc.strerror})", fix) from None
             raise ConfigError("port", f"{host}:{port} is not free ({exc.strerror})", "pass another --port") from None

@@ -95,7 +95,7 @@ def check_inputs(info: ModelInfo, inputs: Any, max_batch: int) -> list[list]:
             for j, x in enumerate(row):
                 if not isinstance(x, (int, float)) or isinstance(x, bool):
                     raise BadRequest(f"inputs[{i}][{j}] must be a number, got {type(x).__name__}")
-                if not math.isfinite(x) or abs(x) > 3.0e38:  # NaN, inf, or past float32's range
+                if abs(x) > 3.0e38 or not math.isfinite(x):  # past float32's range (first: a huge int), NaN, inf
                     raise BadRequest(f"inputs[{i}][{j}] is {x}: only finite float32 numbers are accepted")
         else:
             if not 1 <= len(row) <= info.max_len or len(row) != len(first):

@@ -46,6 +46,20 @@ class Unavailable(RuntimeError):
     """The service cannot answer now (a rank is lost, or it is stopping): HTTP 503."""
 
 
+async def read_body(request) -> bytes:
+    """A request's body, refused (BadRequest) once it passes MAX_BODY_BYTES: by its Content-Length before a byte is
+    read, else as it streams in (uvicorn sets no limit of its own, and a whole body read first could fill memory)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadRequest(f"body of {declared} bytes is larger than {MAX_BODY_BYTES}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
 def die(rank: int, why: str) -> None:
     """One tagged line (what `labkit.launch` reports), then exit 1 at once: a thread may be stuck in a collective."""
     sys.stderr.write(f"{RANK_ERROR_TAG} rank={rank} {why}\n")
@@ -280,14 +294,12 @@ class Rank0:
 
         @app.post("/predict")
         async def predict(request: Request):
-            body = await request.body()
             try:
-                if len(body) > MAX_BODY_BYTES:
-                    raise BadRequest(f"body of {len(body)} bytes is larger than {MAX_BODY_BYTES}")
+                body = await read_body(request)
                 try:
                     payload = json.loads(body)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise BadRequest(f"body is not JSON ({exc})") from None
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
+                    raise BadRequest(f"body is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
                 if not isinstance(payload, dict) or "inputs" not in payload:
                     raise BadRequest('body must be a JSON object {"inputs": [[...], ...]}')
                 rows = check_inputs(self.ranks.info, payload["inputs"], self.config.max_batch)
