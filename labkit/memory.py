@@ -53,8 +53,10 @@ def parse_count(text: str | int | float, field: str = "params") -> int:
 
 
 def format_count(n: int) -> str:
-    scale = next(((s, v) for s, v in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)) if n >= v), None)
-    return f"{n / scale[1]:.3g}{scale[0]}" if scale else str(n)
+    """n in three significant digits with its unit, picked after rounding (999.9M reads 1B, not 1e+03M)."""
+    shown = float(f"{n:.3g}")
+    scale = next(((s, v) for s, v in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)) if shown >= v), None)
+    return f"{shown / scale[1]:.3g}{scale[0]}" if scale else str(n)
 
 
 def check_stage(stage) -> int:

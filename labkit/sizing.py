@@ -31,6 +31,8 @@ NO_FP8 = "n/a (no FP8)"
 LACKS = {"fp8": (set(DEVICE_MEMORY_GB) - FP8_DEVICES, NO_FP8), "bf16": ({"T4"}, "n/a (no BF16)")}
 INFERENCE_HEADROOM = 1.2  # room beyond the weights: KV cache, activations, runtime/allocator
 TRAINING_HEADROOM = 1.25  # room beyond model states: activations, buckets, allocator fragmentation
+HEADROOM_FIX = "use e.g. 1.2 for 20% extra (a multiplier on the bytes needed)"
+MAX_WORLD = 4096  # the most devices min_world_size tries
 ESTIMATE_KEYS = ("stage", "offload_optimizer", "offload_param", "zero_init", "per_cpu_bytes", "per_gpu_bytes")
 _EST_LINE = re.compile(r"^\s*([0-9.]+)GB\s*\|\s*([0-9.]+)GB\s*\|\s*(.*)$")
 
@@ -88,7 +90,7 @@ def inference_weight_bytes(params: int, dtype: str) -> int:
 
 def devices_needed(need_bytes: float, device: str, headroom: float = 1.0) -> int:
     check_device_type(device)
-    check_number("headroom", headroom, 1.0, "use e.g. 1.2 for 20% extra (a multiplier on the bytes needed)")
+    check_number("headroom", headroom, 1.0, HEADROOM_FIX)
     return max(1, math.ceil(need_bytes * headroom / (DEVICE_MEMORY_GB[device] * GB)))
 
 
@@ -122,6 +124,7 @@ def training_fit(
     against the device's memory. `offload`: offload_optimizer, offload_param (booleans).
     """
     check_device_type(device)
+    check_number("headroom", headroom, 1.0, HEADROOM_FIX)
     at = _device_states(params, dtype, stage, world_size, **offload).at("backward")
     dev_bytes, host_bytes = sum(at["device"].values()), sum(at["host"].values())
     capacity, need = DEVICE_MEMORY_GB[device] * GB, dev_bytes * headroom
@@ -139,15 +142,22 @@ def training_fit(
     ]
     smallest = min_world_size(params, dtype, stage, device, headroom=headroom, **offload)
     result = {"fits": fits, "need_bytes": int(need), "model_state_bytes": dev_bytes, "host_bytes": host_bytes}
-    return result | {"capacity_bytes": capacity, "paper_bytes": paper_bytes, "lines": lines, "min_world_size": smallest}
+    result |= {"capacity_bytes": capacity, "paper_bytes": paper_bytes, "lines": lines, "min_world_size": smallest}
+    if smallest is None:  # what no number of devices splits, from the numbers at the search's limit
+        floor = _device_states(params, dtype, stage, MAX_WORLD, **offload).total("backward", "device") * headroom
+        kept = {0: "every model state", 1: "the parameters and gradients", 2: "the parameters"}.get(stage)
+        what = f"ZeRO-{stage} keeps {kept} whole on every device: " if kept else ""
+        result["no_fit_reason"] = f"{what}{gb(floor)} per device with head-room even on {MAX_WORLD}, > {gb(capacity)}"
+    return result
 
 
 def min_world_size(
-    params: int, dtype: str, stage: int, device: str, limit: int = 4096, headroom=TRAINING_HEADROOM, **offload
+    params: int, dtype: str, stage: int, device: str, limit: int = MAX_WORLD, headroom=TRAINING_HEADROOM, **offload
 ) -> int | None:
-    """Smallest N for which training fits (None if even `limit` devices do not: stage 0 does not shrink with N).
-    `offload`: offload_optimizer, offload_param, as training_fit takes them."""
+    """Smallest N for which training fits (None if even `limit` devices do not: what a stage keeps whole on every
+    device does not shrink with N). `offload`: offload_optimizer, offload_param, as training_fit takes them."""
     capacity = DEVICE_MEMORY_GB[check_device_type(device)] * GB
+    check_number("headroom", headroom, 1.0, HEADROOM_FIX)
 
     def fits(n: int) -> bool:
         return _device_states(params, dtype, stage, n, **offload).total("backward", "device") * headroom <= capacity

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from labkit import devices, launch, memory
-from labkit.errors import ConfigError, LabkitError, check_choice, check_int
+from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 
 PROBE_MODULE = "labkit.ranks.zero_probe"  # what every rank runs: `deepspeed --module labkit.ranks.zero_probe ...`
 DTYPES = ("auto", *memory.TRAIN_DTYPES)
@@ -81,6 +81,9 @@ def parse_stages(text: str | list, offload: str = "none") -> list[Variant]:
     if with_param and not any(v.stage == 3 for v in variants):
         fix = "add stage 3 to stages, or use offload='optimizer'"
         raise ConfigError("offload", "parameter offload needs ZeRO stage 3, which is not in the stage list", fix)
+    if offload != "none" and not any(v.stage for v in variants):  # nothing to offload from: not silently ignored
+        fix = "add a stage 1-3 to stages, or use offload='none'"
+        raise ConfigError("offload", "optimizer offload needs ZeRO stage 1-3, none is in the stage list", fix)
     if offload != "none":
         extras = [
             Variant(v.stage, True, with_param and v.stage == 3) for v in variants if v.stage and not v.offload_optimizer
@@ -237,6 +240,7 @@ def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", d
     steps, warmup = run.setdefault("steps", 4), run.setdefault("warmup", 1)
     for name, lo in RUN_MINIMUMS.items():
         check_int(name, run.get(name, lo), lo)
+    check_number("timeout_s", run.get("timeout_s", ZeroPlan.timeout_s), strict=True, fix="pass seconds > 0")
     if warmup >= steps:
         fix = "raise steps or lower warmup: step time is the median of the steps after warm-up"
         raise ConfigError("warmup", f"warm-up steps ({warmup}) must be fewer than steps ({steps})", fix)

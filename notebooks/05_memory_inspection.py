@@ -167,7 +167,7 @@ my_min_devices = None  # your prediction: the smallest number of calc_device tha
 
 # %%
 print("\n".join(calc["lines"]))
-print(f"smallest number of {calc_device} that fits: {calc['min_world_size'] or 'none (stage 0 does not shrink with N)'}")
+print(f"smallest number of {calc_device} that fits: {calc['min_world_size'] or 'none: ' + calc['no_fit_reason']}")
 results.record("fit", {k: calc[k] for k in ("fits", "need_bytes", "model_state_bytes", "capacity_bytes",
                                             "min_world_size")})
 display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_stage}, {calc_world_size} x {calc_device}"))

@@ -386,6 +386,12 @@ def test_stage_advice_is_checked_against_the_fit_numbers():
     assert small["rule_stage"] == 2 and small["holds"] and small["best"] == "ZeRO-1"
     big = chapter.stage_advice(70 * 10**9, "bf16", "H100", 8)  # 140 GB do not: 3, and even ZeRO-3 needs offload
     assert big["rule_stage"] == 3 and not big["holds"] and big["best"] == "ZeRO-3 + CPU optimizer"
+    # the sentence gives what the rule compared: 70.00 GB of weights fit an 80 GB H100, not with the head-room
+    border = chapter.stage_advice(35 * 10**9, "bf16", "H100", 8)
+    assert (
+        border["rule_stage"] == 3
+        and "(70.00 GB of bf16 weights, 87.50 GB with x1.25 head-room, do not fit" in (border["text"])
+    )
     rows = chapter.fit_rows(70 * 10**9, "bf16", "H100")
     assert [r["config"] for r in rows][:3] == ["ZeRO-0", "ZeRO-1", "ZeRO-2"]
     assert rows[4]["N=8"].endswith("no") and rows[5]["N=8"].endswith("fits")  # ZeRO-3 vs ZeRO-3 + CPU optimizer

@@ -52,13 +52,21 @@ def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
     assert "1,537" not in serving.check_params_prediction(ranks, None)
     assert "**right**" in serving.check_params_prediction(ranks, 1537)
     assert "**not yet**" in serving.check_params_prediction(ranks, 3073)
-    report = {
-        "ranks": [{"memory": {"step": {"device": {"optimizer_states": 1_378_820}}}, "params": 344_704, "world_size": 2}]
-    }
+    rank = {"memory": {"step": {"device": {"optimizer_states": 1_378_820}}}, "params": 344_704, "world_size": 2}
+    report = {"ranks": [rank | {"check": {"zero_stage": 2}}]}
     assert "1,378" not in accelerate.check_moments_prediction(report, None)
     right = accelerate.check_moments_prediction(report, 1_378_816)
     assert "**right**" in right and "8 bytes x 344,704 parameters / 2 rank(s) = 1,378,816" in right
     assert "**not yet**" in accelerate.check_moments_prediction(report, 2 * 1_378_816)
+    # ZeRO-0 splits nothing: the moments are whole on each rank, and the solution cell's answer says so
+    whole = {
+        "ranks": [rank | {"check": {"zero_stage": 0}, "memory": {"step": {"device": {"optimizer_states": 2_757_716}}}}]
+    }
+    assert accelerate.expected_moments(whole["ranks"][0]) == 2_757_632
+    right = accelerate.check_moments_prediction(whole, accelerate.expected_moments(whole["ranks"][0]))
+    assert "**right**" in right and "(ZeRO-0: whole on every rank) = 2,757,632" in right
+    assert "whole on every rank: ZeRO-0" in accelerate.states_split("bf16", 0, 2)
+    assert accelerate.states_split("bf16", 1, 2).startswith("bf16 parameters whole on every rank; fp32 master")
 
 
 def test_the_seed_comparison_speaks_of_other_ranks_only_where_there_are_some():

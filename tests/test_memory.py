@@ -267,6 +267,8 @@ def test_inference_sizing():
         (lambda: S.inference_weight_bytes(10**9, "int3"), "dtype"),
         (lambda: S.devices_needed(10**9, "V100"), "device_type"),
         (lambda: S.devices_needed(10**9, "H100", headroom=0.5), "headroom"),
+        (lambda: S.training_fit(10**9, "bf16", 3, 1, "H100", headroom=-1), "headroom"),  # a negative need "fit"
+        (lambda: S.min_world_size(10**9, "bf16", 3, "H100", headroom=float("nan")), "headroom"),
     ],
 )
 def test_sizing_rejects_bad_input(call, field):
@@ -283,6 +285,11 @@ def test_training_fit_shows_the_arithmetic():
     assert any("16Ψ/N" in line for line in fit["lines"])
     assert S.training_fit(7 * 10**9, "bf16", 3, 4, "A100-40GB")["fits"]
     assert S.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
+
+
+def test_counts_are_rounded_before_their_unit_is_picked():
+    shown = [M.format_count(n) for n in (999, 1234, 999_499_999, 999_900_000, 7 * 10**9)]
+    assert shown == ["999", "1.23K", "999M", "1B", "7B"]  # 999.9M read "1e+03M"
 
 
 def test_memory_modules_import_without_torch_or_deepspeed():
@@ -324,6 +331,13 @@ def test_the_min_devices_exercise_checks_against_the_calculator():
     assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)
     stage0 = sizing.training_fit(70 * 10**9, "bf16", 0, 8, "T4")
     assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", 0)
+    assert "ZeRO-0 keeps every model state whole on every device" in check_min_devices_prediction(stage0, "T4", 0)
+    # stage 2 does shrink with N, down to the parameters every device keeps: the reason says which states stay
+    stage2 = sizing.training_fit(70 * 10**9, "bf16", 2, 8, "H100")
+    assert stage2["no_fit_reason"] == (
+        "ZeRO-2 keeps the parameters whole on every device: "
+        "175.30 GB per device with head-room even on 4096, > 80.00 GB"
+    )
 
 
 def test_the_closing_bullets_are_computed_from_the_inspected_rank():

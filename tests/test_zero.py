@@ -96,7 +96,12 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys, monkeypatch):
     assert cli_main(["zero", "--stages", "1,2", "--offload", "optimizer+param"]) == 2
     assert "parameter offload needs ZeRO stage 3" in capsys.readouterr().err
     assert cli_main(["zero", "--world-size", "-1"]) == 2
-    assert "world_size" in capsys.readouterr().err
+    assert "labkit: error: --world-size:" in capsys.readouterr().err  # named as typed
+    for value in ("nan", "-5"):  # int(nan) failed as a traceback; -5 passed --dry-run and failed after the launch
+        assert cli_main(["zero", "--timeout", value, "--dry-run"]) == 2
+        assert "labkit: error: --timeout: must be a" in capsys.readouterr().err
+    assert cli_main(["zero", "--stages", "0", "--offload", "optimizer", "--dry-run"]) == 2  # was silently ignored
+    assert "optimizer offload needs ZeRO stage 1-3" in capsys.readouterr().err
 
 
 def test_cli_dry_run_prints_the_deepspeed_command(capsys):

@@ -84,7 +84,9 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
     best = next((Variant(*v).label for v in SPEED_ORDER if sizing.training_fit(params, dtype, v[0], devices,
                  device_type, offload_optimizer=v[1], offload_param=v[2])["fits"]), None)  # fmt: skip
     rule = sizing.training_fit(params, dtype, rule_stage, devices, device_type)
-    text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights "
+    held = weights * sizing.TRAINING_HEADROOM  # what the rule compares: the weights with the kit's head-room
+    text = (f"The guide says ZeRO-{rule_stage} ({format_bytes(weights, 'GB')} of {dtype} weights, "
+            f"{format_bytes(held, 'GB')} with x{sizing.TRAINING_HEADROOM:g} head-room, "
             f"{'fit' if rule_stage == 2 else 'do not fit'} on one {device_type}). The numbers on {devices} x "
             f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
             f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
@@ -106,12 +108,19 @@ def rank_memory_rows(report: dict) -> list[dict]:
     return rows
 
 
+def expected_moments(rank: dict) -> int:
+    """Adam's two fp32 moments on one rank: 8 bytes x parameters, over the ranks from ZeRO stage 1 on (stage 0 keeps
+    them whole on every rank)."""
+    return 8 * rank["params"] // (rank["world_size"] if rank["check"]["zero_stage"] >= 1 else 1)
+
+
 def check_moments_prediction(report: dict, prediction: int | None) -> str:
-    """The exercise: Adam's two fp32 moments per rank (8 bytes x parameters / ranks from ZeRO stage 1 on)."""
+    """The exercise: Adam's two fp32 moments on rank 0 (expected_moments), as rank 0 counted them."""
     r = report["ranks"][0]
     measured = r["memory"]["step"]["device"]["optimizer_states"]
-    why = (f"rank 0 counted them; 8 bytes x {r['params']:,} parameters / {r['world_size']} rank(s) = "
-           f"{8 * r['params'] // r['world_size']:,} (within 5% counts).")  # fmt: skip
+    shared = f" / {r['world_size']} rank(s)" if r["check"]["zero_stage"] >= 1 else " (ZeRO-0: whole on every rank)"
+    why = f"rank 0 counted them; 8 bytes x {r['params']:,} parameters{shared} = {expected_moments(r):,}"
+    why += " (within 5% counts)."
     return exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05, then=why)
 
 
@@ -129,10 +138,20 @@ def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) 
         f"**Do I need multiple GPUs?** Not for this model: one rank would hold it. For {model_params}: "
         + advice["text"],
         f"**How much memory did DeepSpeed place on each rank?** Rank 0 held {format_bytes(mem['model states'])} of "
-        f"model states ({DTYPE_OF[cfg.mixed_precision]} parameters, fp32 master weights and Adam moments split "
-        f"over {n} rank(s)) and {format_bytes(mem['buffers'])} of DeepSpeed buffers; {buffer_note(mem)} "
+        f"model states ({states_split(DTYPE_OF[cfg.mixed_precision], r0['check']['zero_stage'], n)}) and "
+        f"{format_bytes(mem['buffers'])} of DeepSpeed buffers; {buffer_note(mem)} "
         f"A step took {step * 1e3:.0f} ms on {report['device']}.",
     ]
+
+
+def states_split(dtype: str, stage: int, ranks: int) -> str:
+    """Which model states a ZeRO stage splits over the ranks (the rest every rank holds whole)."""
+    split = {1: "fp32 master weights and Adam moments", 2: "gradients, fp32 master weights and Adam moments"}
+    if stage == 0:
+        return f"{dtype} parameters, gradients, fp32 master weights and Adam moments, whole on every rank: ZeRO-0"
+    if stage == 3:
+        return f"{dtype} parameters, gradients, fp32 master weights and Adam moments, all split over {ranks} rank(s)"
+    return f"{dtype} parameters whole on every rank; {split[stage]} split over {ranks} rank(s)"
 
 
 def buffer_note(mem: dict) -> str:

@@ -120,7 +120,7 @@ def check_min_devices_prediction(calc: dict, device: str, prediction: int | None
     before the calculator prints it (`calc`: sizing.training_fit's result)."""
     answer = calc["min_world_size"]
     if answer is None:
-        why = "No number of devices fits: stage 0 keeps every model state on every rank."
+        why = f"No number of devices fits: {calc['no_fit_reason']}."
     else:
         why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
     return exercises.verdict(prediction, answer or 0, name="my_min_devices", then=why)  # 0: no number fits

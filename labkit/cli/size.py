@@ -32,17 +32,17 @@ def _size(args: argparse.Namespace) -> int:
     params = memory.parse_count(args.params, "--params")
     if args.train_stage is not None:
         dtype = "bf16" if args.dtype == "all" else args.dtype  # training_fit checks it, the stage and N
-        headroom = args.headroom or sizing.TRAINING_HEADROOM
+        headroom = sizing.TRAINING_HEADROOM if args.headroom is None else args.headroom
         offload = {"offload_optimizer": args.offload != "none", "offload_param": "param" in args.offload}
         result = sizing.training_fit(
             params, dtype, args.train_stage, args.world_size, args.device, **offload, headroom=headroom
         )
         n = result["min_world_size"]
         print("\n".join(result["lines"]))
-        print(f"  smallest N that fits: {n}" if n else "  no N fits: model states do not shrink at this stage")
+        print(f"  smallest N that fits: {n}" if n else f"  no N fits: {result['no_fit_reason']}")
     else:
         dtypes = list(sizing.INFERENCE_DTYPES) if args.dtype == "all" else [args.dtype]
-        headroom = args.headroom or sizing.INFERENCE_HEADROOM
+        headroom = sizing.INFERENCE_HEADROOM if args.headroom is None else args.headroom
         result = sizing.inference_table(params, dtypes, headroom=headroom)
         devs = sizing.DEVICE_MEMORY_GB
         print(
