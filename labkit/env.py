@@ -33,8 +33,8 @@ from labkit.checks import (
     quiet,
     torch_build,
 )
-from labkit.devices import ParseError, parse_meminfo, usable_cores
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, ParseError
+from labkit.host import parse_meminfo, usable_cores
 from labkit.kube import find_kubeconfig, probe_api_server
 
 GIB = 2**30

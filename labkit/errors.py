@@ -19,6 +19,10 @@ class ConfigError(LabkitError, ValueError):
         super().__init__(f"{field}: {problem}. Fix: {fix}")
 
 
+class ParseError(LabkitError):
+    """A tool's output or a kernel file was not in the expected format (the message quotes the offending line)."""
+
+
 class LaunchError(LabkitError):
     """A multi-process run that failed; carries the exit code, the output tail and the failing rank when known."""
 

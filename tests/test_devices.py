@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import devices
-from labkit.devices import Device, ParseError, parse_cpulist, parse_hl_smi_csv, parse_meminfo, parse_nvidia_smi_csv
-from labkit.errors import ConfigError
+from labkit import devices, host
+from labkit.devices import Device, parse_hl_smi_csv, parse_nvidia_smi_csv
+from labkit.errors import ConfigError, ParseError
+from labkit.host import parse_cpulist, parse_meminfo
 
 DATA = Path(__file__).parent / "data"
 MIB = 2**20
@@ -103,7 +104,7 @@ def test_numa_nodes_from_a_sysfs_tree(tmp_path):
         (d / "cpulist").write_text(cpus + "\n")
         (d / "meminfo").write_text(f"Node {node} MemTotal:       {kb} kB\nNode {node} MemFree:        1000 kB\n")
     (tmp_path / "online").write_text("0-1\n")  # not a node directory
-    nodes = devices.numa_nodes(tmp_path)
+    nodes = host.numa_nodes(tmp_path)
     assert [n["node"] for n in nodes] == [0, 1]
     assert nodes[1]["cpus"] == [4, 5, 6, 7] and nodes[1]["mem_total"] == 16777216 * 1024
 
@@ -112,12 +113,12 @@ def test_cgroup_limits(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     (tmp_path / "memory.max").write_text("8589934592\n")
     (tmp_path / "memory.current").write_text("1073741824\n")
-    assert devices.cgroup_cpu_limit(tmp_path) == 1.5
-    assert devices.cgroup_memory(tmp_path) == (8 * 2**30, 2**30)
+    assert host.cgroup_cpu_limit(tmp_path) == 1.5
+    assert host.cgroup_memory(tmp_path) == (8 * 2**30, 2**30)
     (tmp_path / "cpu.max").write_text("max 100000\n")
     (tmp_path / "memory.max").write_text("max\n")
-    assert devices.cgroup_cpu_limit(tmp_path) is None
-    assert devices.cgroup_memory(tmp_path) == (None, None)
+    assert host.cgroup_cpu_limit(tmp_path) is None
+    assert host.cgroup_memory(tmp_path) == (None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------- CPU (real)
