@@ -19,7 +19,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -200,8 +200,10 @@ def nvidia_devices_nvml() -> list[Device]:
                 utilization: float | None = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
             except pynvml.NVMLError:  # e.g. MIG instances report no utilization
                 utilization = None
-            name = _text(pynvml.nvmlDeviceGetName(handle))
-            devices.append(Device("cuda", i, name, int(memory.total), int(memory.used), utilization, driver, "nvml"))
+            name, uuid = _text(pynvml.nvmlDeviceGetName(handle)), {"uuid": _text(pynvml.nvmlDeviceGetUUID(handle))}
+            devices.append(
+                Device("cuda", i, name, int(memory.total), int(memory.used), utilization, driver, "nvml", uuid)
+            )
         return devices
     finally:
         pynvml.nvmlShutdown()
@@ -318,6 +320,26 @@ def _collect(name: str, sources: dict[str, Callable[[], list[Device]]], notes: l
     return []
 
 
+def cuda_visible(devices: list[Device], notes: list[str]) -> list[Device]:
+    """The GPUs CUDA_VISIBLE_DEVICES leaves to CUDA, numbered as torch numbers them (NVML and nvidia-smi list every
+    GPU of the host): indices or GPU-/MIG- UUID prefixes, up to the first entry that names none; an entry named twice
+    leaves none, as CUDA does. torch.cuda's list is CUDA's own already."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None or not devices or devices[0].source == "torch":
+        return devices
+    picked: list[Device] = []
+    for token in (t.strip() for t in value.split(",")):
+        by_uuid = token.startswith(("GPU-", "MIG-"))
+        named = [d for d in devices if (d.index == int(token) if token.isdigit() else by_uuid and
+                 str(d.info.get("uuid", "")).startswith(token))]  # fmt: skip
+        if not named:
+            break
+        picked += named[:1]
+    picked = [] if len({id(d) for d in picked}) < len(picked) else picked
+    notes.append(f"CUDA_VISIBLE_DEVICES={value!r}: CUDA (torch, the chapters) sees {len(picked)} of {len(devices)}")
+    return [replace(d, index=i, info={**d.info, "physical_index": d.index}) for i, d in enumerate(picked)]
+
+
 def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
     """Local devices of the given kinds (default cuda, hpu, cpu). Never raises for a missing driver or tool."""
     kinds = list(kinds)
@@ -326,7 +348,8 @@ def discover(kinds: Iterable[str] = DEVICE_KINDS) -> Discovery:
         raise ConfigError("kinds", f"unknown device kind(s) {', '.join(unknown)}", fix)
     result = Discovery()
     for kind in (k for k in SOURCES if k in kinds):
-        result.devices += _collect(*SOURCES[kind], result.notes)
+        found = _collect(*SOURCES[kind], result.notes)
+        result.devices += cuda_visible(found, result.notes) if kind == "cuda" else found
     if "cpu" in kinds:
         result.devices.append(cpu_device())
     return result

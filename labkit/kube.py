@@ -122,14 +122,21 @@ def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple
             problem = f"{path} is not a readable kubeconfig: {type(exc).__name__}: {why[:200]}"
             fix = "fix or remove that file, or point KUBECONFIG at a valid one"
             raise ConfigError("kubeconfig", problem, fix) from None
+        fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
         if not isinstance(doc, dict):
-            fix = "point KUBECONFIG at a file written by kubectl, kind or minikube"
             raise ConfigError("kubeconfig", f"{path} is not a kubeconfig (top level is not a mapping)", fix)
+        if not isinstance(doc.get("current-context") or "", str):
+            raise ConfigError("kubeconfig", f"{path}: current-context is not a context's name", fix)
         current = current or doc.get("current-context")
         for section, items in named.items():
+            if not isinstance(doc.get(section) or [], list):
+                raise ConfigError("kubeconfig", f"{path}: {section} is not a list", fix)
             for item in doc.get(section) or []:
-                if isinstance(item, dict) and item.get("name"):
-                    items.setdefault(item["name"], item.get(section[:-1]) or {})
+                if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
+                    if not isinstance(body := item.get(section[:-1]) or {}, dict):
+                        problem = f"{path}: {section}[{item['name']}].{section[:-1]} is not a mapping"
+                        raise ConfigError("kubeconfig", problem, fix)
+                    items.setdefault(item["name"], body)
     contexts, chosen = named["contexts"], context or current
     if chosen and chosen not in contexts:
         problem = f"context {chosen!r} is not in {', '.join(paths)} (contexts: {', '.join(sorted(contexts)) or 'none'})"

@@ -86,7 +86,7 @@ display(device_memory_figure(local.devices))
 my_max_params_m = None  # your prediction, in millions of parameters (e.g. 8000 for 8B)
 
 # %% tags=["exercise"]
-largest = max([d for d in local.devices if d.kind != "cpu"] or local.devices, key=lambda d: d.mem_total)
+largest = exercises.largest_device(local.devices)  # of those whose memory is known
 max_params_m = exercises.trainable_params_answer(largest.mem_total) / 1e6
 display(Markdown(exercises.verdict(my_max_params_m, round(max_params_m), name="my_max_params_m", unit=" M",
                                    rel_tol=0.10)))

@@ -528,6 +528,9 @@ def test_notebook_01_cluster_on_without_a_kubeconfig_stops_at_validation(no_clus
         (bytes(range(256)) * 4, "not text (binary data)"),
         (b"apiVersion: v1\nclusters: [\n  - bad: {\n", "ParserError: line 3, column 3: expected the node content"),
         (b"apiVersion: v1\nkind: Config\ncurrent-context: gone\ncontexts: []\n", "context 'gone' is not in"),
+        (b"current-context: dev\ncontexts: [{name: dev, context: dev-cluster}]\n", "contexts[dev].context is not a"),
+        (b"current-context: [dev]\ncontexts: []\n", "current-context is not a context's name"),
+        (b"contexts: {dev: {}}\n", "contexts is not a list"),
     ],
 )
 @pytest.mark.parametrize("command", [["discover", "--cluster"], ["job", "list", "--backend", "kubernetes"]])

@@ -182,6 +182,7 @@ def fake_pynvml(gpus, *, init_error: bool = False, utilization_error_on=()):
     mod.nvmlDeviceGetCount = lambda: len(gpus)
     mod.nvmlDeviceGetHandleByIndex = lambda i: i
     mod.nvmlDeviceGetName = lambda h: gpus[h][0]
+    mod.nvmlDeviceGetUUID = lambda h: f"GPU-{h}a2b3c4d-0000-0000-0000-00000000000{h}".encode()
     mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(
         total=gpus[h][1], used=gpus[h][2], free=gpus[h][1] - gpus[h][2]
     )
@@ -196,6 +197,7 @@ def fake_pynvml(gpus, *, init_error: bool = False, utilization_error_on=()):
 
 
 def test_nvml_path(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nvml = fake_pynvml(
         [("NVIDIA H200", 143771 * MIB, 512 * MIB, 41), (b"NVIDIA H200", 143771 * MIB, 0, 0)], utilization_error_on={1}
     )
@@ -203,10 +205,35 @@ def test_nvml_path(monkeypatch):
     found = devices.discover(["cuda"])
     assert [d.name for d in found.devices] == ["NVIDIA H200", "NVIDIA H200"]
     first, second = found.devices
-    assert first == Device("cuda", 0, "NVIDIA H200", 143771 * MIB, 512 * MIB, 41.0, "580.159.04", "nvml")
+    uuid = {"uuid": "GPU-0a2b3c4d-0000-0000-0000-000000000000"}
+    assert first == Device("cuda", 0, "NVIDIA H200", 143771 * MIB, 512 * MIB, 41.0, "580.159.04", "nvml", uuid)
     assert second.utilization is None  # MIG-style "Not Supported" does not lose the device
     assert nvml.calls == ["init", "shutdown"]
     assert found.notes == ["NVIDIA: 2 device(s) via NVML"]
+
+
+@pytest.mark.parametrize(
+    "visible, physical",
+    [
+        ("", []),  # CUDA sees none: torch says 0 and the chapters run on cpu
+        ("-1", []),
+        ("2", [2]),
+        ("3,1", [3, 1]),  # in the listed order, renumbered 0, 1 as torch numbers them
+        ("1,7,2", [1]),  # up to the first entry that names no GPU
+        ("0,0", []),  # named twice: none, as in CUDA
+        ("GPU-2a2b", [2]),  # a UUID prefix
+        ("GPU-2a2b,1", [2, 1]),
+    ],
+)
+def test_discovery_shows_what_cuda_visible_devices_leaves_to_cuda(monkeypatch, visible, physical):
+    """NVML lists every GPU of the host; with CUDA_VISIBLE_DEVICES set, notebook 01 said '4 accelerators' while torch
+    (and the later chapters) saw none or one."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([("NVIDIA H100", 80 * 2**30, 0, 0)] * 4))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    found = devices.discover(["cuda"])
+    assert [d.info["physical_index"] for d in found.devices] == physical
+    assert [d.index for d in found.devices] == list(range(len(physical)))
+    assert found.notes[-1] == f"CUDA_VISIBLE_DEVICES={visible!r}: CUDA (torch, the chapters) sees {len(physical)} of 4"
 
 
 SMI_ARGS = (
@@ -236,6 +263,7 @@ def write_tool(directory: Path, name: str, expected_args: str, output_file: Path
 def test_nvml_failure_falls_back_to_nvidia_smi(monkeypatch, tmp_path):
     import torch
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], init_error=True))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build (also on a GPU test machine)
     fake_nvidia_smi(monkeypatch, tmp_path, DATA / "nvidia-smi-8xh100.csv")

@@ -34,6 +34,15 @@ def test_a_prediction_that_is_not_a_number_names_the_variable():
     assert e.value.field == "my_auto_ranks"
 
 
+def test_the_exercise_reads_the_largest_device_whose_memory_is_known():
+    """nvidia-smi answers [N/A] on some boards (a GB10): notebook 01 failed in its exercise cell on None // 16."""
+    cpu = devices.Device("cpu", 0, "CPU", 64 * 2**30)
+    unknown = devices.Device("cuda", 0, "NVIDIA GB10", None, source="nvidia-smi")
+    assert exercises.largest_device([unknown, cpu]) is cpu
+    h100 = devices.Device("cuda", 1, "NVIDIA H100", 80 * 2**30)
+    assert exercises.largest_device([unknown, h100, cpu]) is h100  # an accelerator first, even with less than RAM
+
+
 def test_answers_follow_the_machine_and_the_papers_16_bytes(monkeypatch):
     assert exercises.trainable_params_answer(141 * 10**9) == 8_812_500_000  # an H200's 141 GB / 16
     monkeypatch.setattr(devices, "cuda_status", lambda: (False, "hidden"))

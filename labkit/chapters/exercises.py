@@ -36,6 +36,13 @@ def automatic_ranks_answer() -> tuple[int, str, str]:
     return devices.auto_ranks("auto", at_least=2)
 
 
+def largest_device(devices: list):
+    """The device notebook 01's exercise reads: the accelerator with the most memory among those whose memory is known
+    (nvidia-smi may answer [N/A], Gaudi's memory stats may be unreadable), else the CPU."""
+    known = [d for d in devices if d.mem_total]
+    return max([d for d in known if d.kind != "cpu"] or known, key=lambda d: d.mem_total)
+
+
 def trainable_params_answer(device_bytes: int) -> int:
     """Notebook 01: the largest model trainable by plain data parallelism (ZeRO-0, bf16 mixed precision, Adam) whose
     model states fit in `device_bytes`, activations ignored: the paper's 16 bytes per parameter."""
