@@ -349,12 +349,16 @@ def check_proxy(env: Mapping[str, str]) -> Check:
         if len(values) > 1:
             fix = f"set {name} and {name.lower()} to the same value (tools read one or the other)"
             return check(WARN, f"{name} and {name.lower()} differ", fix)
-        if values:
-            seen[name] = re.sub(r"//[^/@]*@", "//***@", values.pop())
+        if values:  # user:password@ hidden with a scheme or without, a password holding / or @ included
+            value, scheme = values.pop(), ""
+            if match := re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+                scheme, value = match.group(), value[match.end() :]
+            seen[name] = scheme + ("***@" + value.rsplit("@", 1)[1] if "@" in value else value)
     if not seen:
         return check(PASS, "no HTTP(S)_PROXY/NO_PROXY: direct connections")
     detail = ", ".join(f"{k}={v}" for k, v in seen.items())
-    if (seen.get("HTTP_PROXY") or seen.get("HTTPS_PROXY")) and "localhost" not in seen.get("NO_PROXY", ""):
+    no_proxy = seen.get("NO_PROXY", "")
+    if (seen.get("HTTP_PROXY") or seen.get("HTTPS_PROXY")) and "localhost" not in no_proxy and no_proxy != "*":
         fix = "add NO_PROXY=localhost,127.0.0.1,.svc,.cluster.local (and your API server) so local traffic stays direct"
         return check(WARN, detail + "; NO_PROXY lacks localhost", fix)
     return check(PASS, detail + " (jobs: labkit job submit --http-proxy ... puts them into every pod)")

@@ -93,9 +93,14 @@ def test_parameters(path: str | Path) -> dict[str, Any]:
 
 
 def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
-    """Turn a command-line string into the declared type of a parameter (str, Literal and untyped stay text)."""
+    """Turn a command-line string into the declared type of a parameter (str, Literal and untyped stay text); a value
+    already typed (a suite's YAML, a notebook call) must be of the declared type (bools are no numbers here)."""
     t = (type_name or "None").replace(" ", "")
+    fix = f"pass a {t} value, e.g. see `labkit params {notebook}`"
     if not isinstance(value, str):
+        want = {"int": int, "float": (int, float), "bool": bool}.get(t)
+        if want is not None and (not isinstance(value, want) or (t != "bool" and isinstance(value, bool))):
+            raise ConfigError(f"{notebook}: parameter {name}", f"{value!r} is not a {t}", fix)
         return value
     try:
         if t in _SCALARS:
@@ -105,7 +110,6 @@ def coerce(value: Any, type_name: str, *, name: str, notebook: str) -> Any:
                 return json.loads(value)
             return ast.literal_eval(value)
     except (ValueError, SyntaxError, KeyError) as exc:
-        fix = f"pass a {t} value, e.g. see `labkit params {notebook}`"
         raise ConfigError(f"{notebook}: parameter {name}", f"{value!r} is not a valid {t}", fix) from exc
     if "|" in t or t.startswith(("Optional", "Union")):  # e.g. `str | None`: None or a JSON scalar, else the text
         with contextlib.suppress(json.JSONDecodeError):
@@ -230,7 +234,10 @@ def run_all(
         notebooks, per_notebook = list(checked), list(checked.values())
     chosen = list(zip(notebooks, per_notebook, strict=True))
     run_dir = Path(out_dir) if out_dir else new_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a folder without write permission
+        raise ConfigError("out", f"cannot make the run folder {run_dir} ({exc.strerror})", "pass a folder") from None
     runs: list[NotebookRun] = []
     for i, (nb, params) in enumerate(chosen):
         earlier = sum(other == nb for other, _ in chosen[:i])  # a second run of one notebook gets its own files

@@ -19,6 +19,7 @@ malformed suite (unknown key, unknown notebook, bad parameter or threshold) befo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,8 @@ def _expectation(path: Path, raw: Any, line: int) -> Expectation:
         checks["percent"] = raw["percent"]
     elif "percent" in raw:
         raise _refuse(path, raw.line, "percent without within_percent_of", "add within_percent_of: other.result")
+    if checks.get("min_count", 0) < 0 or checks.get("percent", 0) < 0:  # (numbers by now) such a check never passes
+        raise _refuse(path, raw.line, "min_count and percent cannot be negative", "give 0 or more")
     return Expectation(raw["result"].strip(), checks, raw.line)
 
 
@@ -168,6 +171,8 @@ def load(path: str | Path) -> Suite:
         name = str(item["path"])
         if not Path(name).is_file():  # `notebooks/04_....ipynb` from anywhere, or a stem: the kit's notebook
             name = Path(name).stem
+        if not isinstance(item.get("parameters") or {}, dict):
+            raise _refuse(path, item.line, "`parameters` must be a mapping", "write `parameters: {epochs: 1}`")
         try:
             (notebook,) = notebooks.select([name])
             parameters = notebooks.check_parameters(notebook, dict(item.get("parameters") or {}))
@@ -207,7 +212,7 @@ def check(results: dict[str, Any], expectation: Expectation) -> tuple[bool, Any,
             return False, value, f"{name} = {value!r} is not a list or mapping to count"
         value = len(value)  # what is measured is the count (the collection itself is in the executed notebook)
     for key, limit in checks.items():
-        if key == "equals" and value != limit:
+        if key == "equals" and (value != limit or isinstance(value, bool) != isinstance(limit, bool)):  # 1 is no True
             return False, value, f"{name} = {value!r}, expected {limit!r}"
         if key == "min_count" and value < limit:
             return False, value, f"{name} has {value} entries, expected at least {limit}"
@@ -247,6 +252,11 @@ def run_suite(suite: Suite, **options) -> tuple[Path, SuiteResult]:
     return run_dir, result
 
 
+def _xml_text(text: str) -> str:
+    """Text XML 1.0 can hold: ANSI colour codes (a rank's output in an error) and other control characters go."""
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", "", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text))
+
+
 def junit_xml(result: SuiteResult) -> str:
     """JUnit XML (the common testsuites/testsuite/testcase shape CI systems read): a testcase per notebook run and per
     expectation, the measured value and threshold in the name and message."""
@@ -254,15 +264,17 @@ def junit_xml(result: SuiteResult) -> str:
     for run in result.runs:
         case = ET.Element("testcase", classname=classname, name=run.name, time=f"{run.duration_s:.3f}")
         if not run.passed:
-            failure = ET.SubElement(case, "failure", message=run.error or "failed", type="NotebookFailed")
-            failure.text = f"{run.error}\nexecuted notebook: {run.output}\nreport: {run.html}"
+            error = _xml_text(run.error or "failed")
+            failure = ET.SubElement(case, "failure", message=error, type="NotebookFailed")
+            failure.text = f"{error}\nexecuted notebook: {run.output}\nreport: {run.html}"
         cases.append(case)
     for outcome in result.outcomes:
         name = f"{outcome.notebook}: {outcome.expectation.describe()}"
         case = ET.Element("testcase", classname=f"{classname}.expect", name=name, time="0")
-        ET.SubElement(case, "system-out").text = f"measured: {outcome.measured!r}"
+        ET.SubElement(case, "system-out").text = _xml_text(f"measured: {outcome.measured!r}")
         if not outcome.passed:
-            ET.SubElement(case, "failure", message=outcome.message, type="ExpectationFailed").text = outcome.message
+            message = _xml_text(outcome.message)
+            ET.SubElement(case, "failure", message=message, type="ExpectationFailed").text = message
         cases.append(case)
     totals = {"tests": str(len(cases)), "failures": str(sum(1 for c in cases if c.find("failure") is not None))}
     seconds = f"{sum(r.duration_s for r in result.runs):.3f}"

@@ -551,5 +551,8 @@ def test_proxy_check_reports_what_it_sees_and_hides_credentials():
     assert "NO_PROXY=localhost,.svc" in seen.detail
     no_local = env.check_proxy({"http_proxy": "http://proxy.corp:3128"})
     assert no_local.status == WARN and "NO_PROXY=localhost" in no_local.fix
+    for url in ("alice:s3cret@proxy:3128", "http://alice:pa/s3cret@proxy:3128", "http://alice:p@s3cret@proxy:3128"):
+        shown = env.check_proxy({"HTTPS_PROXY": url, "NO_PROXY": "*"})  # no scheme, a / or an @ in the password
+        assert "s3cret" not in shown.detail and "***@proxy:3128" in shown.detail and shown.status == PASS  # * covers
     differ = env.check_proxy({"HTTP_PROXY": "http://a:1", "http_proxy": "http://b:2"})
     assert differ.status == WARN and "differ" in differ.detail

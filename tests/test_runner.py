@@ -85,6 +85,17 @@ def test_cli_unknown_parameter_exits_nonzero_naming_notebook(good, tmp_path, cap
     assert not (tmp_path / "r").exists(), "nothing may run before the parameters are checked"
 
 
+def test_cli_run_folder_and_junit_file_are_checked_before_anything_runs(good, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(notebooks, "run_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
+    (tmp_path / "afile").write_text("")
+    assert main(["run", str(good), "--out", str(tmp_path / "afile")]) == 2  # was a FileExistsError traceback
+    assert "labkit: error: out: cannot make the run folder" in capsys.readouterr().err
+    suite = Path(__file__).parents[1] / "regression" / "cpu-smoke.yaml"
+    monkeypatch.setattr(notebooks, "run_all", lambda *a, **k: pytest.fail("the suite ran"))  # and then crashed
+    assert main(["run", "--suite", str(suite), "--junit", str(tmp_path / "no" / "j.xml")]) == 2
+    assert f"labkit: error: --junit: {tmp_path / 'no'} is not a folder" in capsys.readouterr().err
+
+
 def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
     bad = make_notebook(
         tmp_path / "bad.ipynb", "n: int = 1  # a number", "x = n + 1", "raise ValueError('boom ' + str(x))"

@@ -37,6 +37,15 @@ def write(tmp_path, text: str) -> Path:
         ("notebooks:\n  - path: '00'\n    expect:\n      - {result: a, within_percent_of: b}\n", 4, "a percent"),
         ("name: x\nnotebook: []\n", 1, "unknown key 'notebook' in the suite"),
         ("notebooks: [\n", 2, "not valid YAML"),
+        ("notebooks:\n  - path: '00'\n    parameters: [api_timeout_s, 1]\n", 2, "`parameters` must be a mapping"),
+        ("notebooks:\n  - path: '04'\n    parameters: {epochs: 2.5}\n", 2, "2.5 is not a int"),  # YAML-typed
+        ("notebooks:\n  - path: '00'\n    parameters: {api_timeout_s: true}\n", 2, "True is not a float"),
+        (
+            "notebooks:\n  - path: '00'\n    expect:\n      - {result: a, within_percent_of: b, percent: -5}\n",
+            4,
+            "cannot be negative",
+        ),  # such a check could never pass
+        ("notebooks:\n  - path: '00'\n    expect:\n      - {result: a, min_count: -1}\n", 4, "cannot be negative"),
     ],
 )
 def test_a_malformed_suite_is_refused_naming_the_line_before_anything_runs(tmp_path, monkeypatch, text, line, words):
@@ -70,6 +79,9 @@ RESULTS = {"summary": {"rate": 100.0, "first": 95.0, "ok": True}, "checks": [{"s
         (_expect(result="summary.first", within_percent_of="summary.rate", percent=2), False, "not within 2%"),
         (_expect(result="summary.missing", min=1), False, "summary.missing was not recorded"),
         (_expect(result="summary.ok", min=0), False, "is not a number"),
+        (_expect(result="summary.ok", equals=1), False, "expected 1"),  # a recorded True is no 1
+        (_expect(result="checks.0.status", equals=True), False, "expected True"),
+        (_expect(result="summary.rate", equals=True), False, "expected True"),
     ],
 )
 def test_expectations_pass_and_fail_as_stated(expectation, passed, words):
@@ -133,6 +145,10 @@ def test_junit_names_a_failed_notebook_and_skips_its_checks():
     assert not result.passed and "not checked: x failed" in result.outcomes[0].message
     xml = suites.junit_xml(result)
     assert 'failures="2"' in xml and 'type="NotebookFailed"' in xml and "cell 3 failed" in xml
+    assert_valid_junit(xml)
+    run.error = "cell 3 failed: RuntimeError: rank 1 failed: \x1b[31mNCCL error\x1b[0m\x07"  # a rank's colours
+    xml = suites.junit_xml(suites.evaluate(suite, [run]))
+    assert "rank 1 failed: NCCL error" in xml and "\x1b" not in xml  # XML 1.0 cannot hold them: CI could not parse
     assert_valid_junit(xml)
 
 

@@ -40,6 +40,8 @@ def _run_suite(args: argparse.Namespace) -> int:
         fix = "put notebooks and parameters in the suite file, or drop --suite"
         raise ConfigError("suite", "--suite runs exactly the suite's notebooks with its parameters", fix)
     suite = suites.load(args.suite)  # a malformed suite is refused here, before any notebook runs
+    if args.junit and not args.junit.parent.is_dir():  # found out now, not after the whole suite has run
+        raise ConfigError("--junit", f"{args.junit.parent} is not a folder", "pass a file in an existing folder")
     if args.backend:
         for entry in suite.entries:
             if "backend" in notebooks.declared_parameters(entry.notebook):
