@@ -68,6 +68,12 @@ def _render(args: argparse.Namespace) -> int:
         problem = "reaches only the TrainJob's launcher; its nodes run the image of the TrainingRuntime already there"
         fix = "leave --image out, or render without --job-only so the runtime carries the image too"
         raise ConfigError("image", problem, fix)
+    ignored = [f for f in ("shm_size", "ttl_seconds_after_finished") if f in values] if args.kind == "trainjob" else []
+    if ignored:  # the TrainJob has neither: its pods come from the TrainingRuntime, and it has no TTL field
+        flag = {"shm_size": "--shm-size", "ttl_seconds_after_finished": "--ttl"}[ignored[0]]
+        raise ConfigError(
+            flag, "a TrainJob has no such setting (it would be ignored)", "leave it out for --kind trainjob"
+        )
     values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     if args.trainjob_deadline == "auto":
         values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))
