@@ -694,6 +694,9 @@ def test_cli_render_and_validate(tmp_path, capsys):
     code, _ = run_cli("manifests", "render", "--workers", "0")
     assert code == 2
     assert "labkit: error: workers:" in capsys.readouterr().err
+    for flag, value in (("--shm-size", "8Gi"), ("--ttl", "5")):  # accepted and silently ignored before
+        assert run_cli("manifests", "render", "--kind", "trainjob", flag, value)[0] == 2
+        assert f"labkit: error: {flag}: a TrainJob has no such setting" in capsys.readouterr().err
     for minutes, said in [
         ("inf", "a finite number >= 1, got inf"),
         ("nan", "a finite number >= 1, got nan"),
