@@ -25,7 +25,7 @@ from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS
 from labkit.errors import ConfigError, LaunchError, check_choice, check_int
-from labkit.procs import RankExits, own_tmpdir, stop_tree
+from labkit.procs import RankExits, interrupts_deferred, own_tmpdir, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a MASTER_ADDR that says every rank runs on this machine
@@ -378,6 +378,7 @@ def run_command(
         raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
     chunks: list[str] = []
     first_death: list[float] = []
+    sink_failed: list[BaseException] = []  # on_output raised: the run stops (nobody would read its pipe any more)
     with own_tmpdir(env) as env:  # torchrun and mpirun write there: removed with what they leave
         log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
         proc = start_session(cmd, env, cwd)
@@ -390,8 +391,12 @@ def run_command(
                 if log:
                     log.write(line)
                     log.flush()
-                if on_output:
-                    on_output(line)
+                if on_output and not sink_failed:
+                    try:
+                        on_output(line)
+                    except Exception as exc:  # noqa: BLE001 - re-raised by the caller's thread below
+                        sink_failed.append(exc)
+                        stop_tree(proc, 1.0)
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -399,11 +404,15 @@ def run_command(
             with RankExits(proc.pid) as exits:  # which rank failed first: a killed one says nothing itself
                 ended = wait_launcher(proc, first_death, timeout)
         finally:
-            # Always: ranks may outlive a launcher that exited, and an interrupt must not leave them running.
-            stop_tree(proc)  # the launcher, its group and every descendant (mpirun gives each rank a group of its own)
-            reader.join(timeout=5)
-            if log:
-                log.close()
+            # Always: ranks may outlive a launcher that exited, and an interrupt (a second ^C too) must not leave
+            # them running.
+            with interrupts_deferred():
+                stop_tree(proc)  # the launcher, its group and every descendant (mpirun: each rank a group of its own)
+                reader.join(timeout=5)
+                if log:
+                    log.close()
+    if sink_failed:
+        raise sink_failed[0]
     output = "".join(chunks)
     code = {"timeout": -1, "dead rank": 1}.get(ended, proc.returncode)
     if check and code != 0:

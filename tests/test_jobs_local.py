@@ -708,3 +708,59 @@ def test_shared_path_maps_only_the_shared_volume_and_returns_any_other_path_as_i
     for outside in ("/etc/mpi/hostfile", "/sharedx/y", "/data/shared/y", "shared/y", "/tmp/run"):
         assert backend.shared_path(outside) == Path(outside)
     assert not (backend.root / "workloads" / "x").exists()  # no job folder is made up on the way
+
+
+@pytest.mark.slow
+def test_a_name_reused_while_its_last_job_is_stopping_is_not_stopped_by_it(backend):
+    """The old launcher was still stopping a command that ignores SIGTERM when the name was submitted again: it
+    killed the new job's exec and marked the new job DeadlineExceeded. A resubmit now stops the old launcher first."""
+    old = LocalBackend(root=backend.root, deadline_seconds=2).submit(JobSpec(name="reuse"))
+    old.wait_ready(10)
+    stubborn = ["sh", "-c", "trap '' TERM; sleep 30"]
+    threading.Thread(target=lambda: old.exec(stubborn, on_output=None), daemon=True).start()
+    assert wait_until(lambda: (backend.job_dir("reuse") / "state.json").exists(), 30), "the deadline did not come"
+    new = backend.submit(JobSpec(name="reuse"))
+    assert new.wait_ready(10).ready
+    assert new.exec(["sleep", "6"], on_output=None) == 0  # not killed by the old launcher's last pass
+    assert backend.status("reuse").phase == "Running"
+
+
+def test_a_launcher_killed_with_sigkill_leaves_a_failed_job_and_nothing_running(backend):
+    """No launcher, no deadline: the next look at the job stops what it left and records the end, so its TTL and
+    `list --stale` apply (before, its processes ran until someone deleted the job by hand)."""
+    job = LocalBackend(root=backend.root, deadline_seconds=3600).submit(
+        JobSpec(name="k9", ttl_seconds_after_finished=0)
+    )
+    job.wait_ready(10)
+    uid = job_uid(backend, "k9")
+    pid = json.loads((backend.job_dir("k9") / "launcher.json").read_text())["pid"]
+    running = lambda: [p for p in job_pids(uid, exclude={os.getpid()}) if alive(p)]  # noqa: E731
+    assert set(running()) - {pid}, "the job started no process beside its launcher"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: backend.status("k9").phase == "Failed", 10)
+    assert "died without recording why" in backend.status("k9").message
+    assert wait_until(lambda: not running(), 10), running()
+    time.sleep(1.1)  # past its TTL of 0 s: the next list collects it
+    assert "k9" not in [st.name for st in backend.list()]
+
+
+def test_a_sink_that_fails_stops_the_command_instead_of_leaving_it_blocked(backend):
+    """`labkit job exec ... | head -2`: stdout closes, on_output raises, and nobody read the pipe any more: the
+    command blocked until the job's deadline (4 h). Now it is stopped and the error goes to the caller."""
+    with backend.submit(JobSpec(name="sink")) as job:
+        job.wait_ready(10)
+
+        def closed(_line: str) -> None:
+            raise BrokenPipeError("stdout closed")
+
+        started = time.monotonic()
+        with pytest.raises(BrokenPipeError):
+            job.exec(["seq", "10000000"], on_output=closed, timeout=120)
+        assert time.monotonic() - started < 15
+        assert job.run(["true"]).returncode == 0  # the job itself goes on
+
+
+def test_a_jobs_folder_a_shell_would_split_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        LocalBackend(root=tmp_path / "with space").list()
+    assert err.value.field == "LABKIT_JOBS_DIR" and "holds a space" in err.value.problem

@@ -423,3 +423,34 @@ def test_a_rank_error_is_one_tagged_line_of_text_even_when_its_message_starts_wi
     ]
     rank, text = launch.failure_summary("\n".join(tagged))
     assert rank == 1 and "requires PyTorch >= 2.6" in text
+
+
+def test_a_sink_that_fails_stops_the_run_and_its_error_reaches_the_caller():
+    """on_output raising (a progress parser meeting a record it did not expect) ended the reader: the pipe filled and
+    run_command waited for its timeout. Now the run is stopped and the sink's error raised."""
+
+    def parser(_line: str) -> None:
+        raise KeyError("loss")
+
+    started = time.monotonic()
+    with pytest.raises(KeyError, match="loss"):
+        launch.run_command(["seq", "10000000"], launch.kit_env(), on_output=parser, timeout=120)
+    assert time.monotonic() - started < 15 and not [p for p in kit_processes() if "seq" in p[1]]
+
+
+def test_a_second_ctrl_c_during_the_stop_still_stops_every_process():
+    """stop_tree waits for a command that ignores SIGTERM; a second ^C in that wait left it running."""
+    import signal
+    import threading
+
+    def interrupt_twice() -> None:
+        for at in (1.5, 1.0):
+            time.sleep(at)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_twice, daemon=True).start()
+    stubborn = ["sh", "-c", "trap '' TERM; echo started; sleep 60"]
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_command(stubborn, launch.kit_env(), timeout=120)
+    time.sleep(0.5)
+    assert not [p for p in kit_processes() if "sleep 60" in p[1]]

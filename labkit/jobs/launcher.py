@@ -114,7 +114,7 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(
             time.sleep(0.05)
 
 
-def _ended(job_dir: Path, **state) -> None:
+def record_end(job_dir: Path, **state) -> None:
     write_json(job_dir / "state.json", {**state, "ended": time.time()})
 
 
@@ -134,7 +134,7 @@ def run_launcher(job_dir: Path) -> int:
         )  # fmt: skip
     except OSError as exc:
         log.write(f"[labkit launcher] cannot start {argv}: {exc}\n".encode())
-        _ended(job_dir, phase="Failed", reason="LauncherStartFailed", message=str(exc), returncode=127)
+        record_end(job_dir, phase="Failed", reason="LauncherStartFailed", message=str(exc), returncode=127)
         return 1
     record = {
         "pid": os.getpid(),
@@ -150,13 +150,13 @@ def run_launcher(job_dir: Path) -> int:
     reason = "Completed" if returncode is not None else stop["reason"] or "DeadlineExceeded"
     phase = reason if reason != "Completed" else ("Succeeded" if returncode == 0 else "Failed")
     # Say so first: from now on the job accepts no exec and reports its end, even while processes are being stopped.
-    _ended(job_dir, phase=phase, reason=reason, returncode=returncode, stopping=True)
+    record_end(job_dir, phase=phase, reason=reason, returncode=returncode, stopping=True)
     if reason != "Completed":
         log.write(f"[labkit launcher] {reason}: stopping every process of the job\n".encode())
     stop_job_processes(job_dir, job["uid"], groups={child.pid})
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=2)
-    _ended(job_dir, phase=phase, reason=reason, returncode=returncode)
+    record_end(job_dir, phase=phase, reason=reason, returncode=returncode)
     log.write(f"[labkit launcher] job ended: {phase}\n".encode())
     log.close()
     return 0
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
         return run_launcher(job_dir)
     except BaseException as exc:  # noqa: BLE001 - record why the launcher died, then stop the job
         with contextlib.suppress(OSError):
-            _ended(job_dir, phase="Failed", reason="LauncherCrashed", message=repr(exc), returncode=None)
+            record_end(job_dir, phase="Failed", reason="LauncherCrashed", message=repr(exc), returncode=None)
         return 1
     finally:
         os._exit(0)

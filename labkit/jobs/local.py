@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from labkit.jobs.launcher import (
     map_paths,
     owned,
     read_json,
+    record_end,
     shared_dir,
     stop_job_processes,
     write_json,
@@ -166,6 +168,9 @@ class LocalBackend(JobBackend):
     def _checked_root(self, create: bool = False) -> bool:
         """Whether the jobs folder exists (made 0700 when `create`); a ConfigError when another user could have
         planted jobs in it (not ours, a symlink, or writable by others): we read pids from it and signal them."""
+        if re.search(r"[^\w./+:@%,=-]", str(self.root)):  # its paths go into shell lines (/etc/mpi/hostfile, ssh)
+            problem = f"{str(self.root)!r} holds a space or a character a shell reads"
+            raise ConfigError(JOBS_DIR_ENV, problem, "point it at a folder whose path has none (e.g. /tmp/labkit-jobs)")
         if create:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.path.lexists(self.root):
@@ -198,6 +203,7 @@ class LocalBackend(JobBackend):
             if self._status_from_dir(d).phase in ("Pending", "Running"):
                 fix = f"delete it first (`labkit job delete {spec.name} --backend local`) or pick another name"
                 raise ConfigError("name", f"{ref} is already running", fix)
+            self._stop(d)  # its launcher may still be stopping it: it must not outlive the folder it would share
             shutil.rmtree(d, ignore_errors=True)  # a finished job of the same name: replace it, as kubectl would
         d.parent.mkdir(mode=0o700, exist_ok=True)
         if not owned(d.parent):
@@ -271,13 +277,16 @@ class LocalBackend(JobBackend):
                 st.message += f", ended {time.strftime('%H:%M:%S', time.localtime(state['ended']))}"
             return st
         pid, running = self._launcher(d)
-        if (d / "ready").exists() and pid is not None:
-            if running:
-                st.phase, st.ready, st.message = "Running", True, f"launcher pid {pid}"
-            else:
-                st.phase, st.message = "Failed", f"launcher pid {pid} died without recording why"
-        elif time.time() - job["created"] > 60:
-            st.phase, st.message = "Failed", "launcher never started"
+        started = (d / "ready").exists() and pid is not None
+        if started and running:
+            st.phase, st.ready, st.message = "Running", True, f"launcher pid {pid}"
+        elif not running and (started or time.time() - job["created"] > 60):
+            # Nothing else enforces its deadline: stop what it left and record the end (the TTL and --stale count it)
+            why = f"launcher pid {pid} died without recording why" if started else "launcher never started"
+            if not (d / "state.json").exists():  # (it may have recorded its end as it exited, since the look above)
+                stop_job_processes(d, job["uid"], grace_s=2.0)
+                record_end(d, phase="Failed", reason=why)
+            return self._status_from_dir(d)
         return st
 
     def status(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> JobStatus:
@@ -326,6 +335,7 @@ class LocalBackend(JobBackend):
             record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
             tail = base.OutputTail(say)
             first_death: list[float] = []  # when a rank first reported its error or exit
+            sink_failed: list[BaseException] = []  # on_output raised (a closed stdout): the command is stopped
 
             def pump() -> None:
                 with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
@@ -333,7 +343,13 @@ class LocalBackend(JobBackend):
                         line = raw.decode("utf-8", "replace")
                         if starts_ranks and not first_death and launch.reports_dead_rank(line):
                             first_death.append(time.monotonic())
-                        tail(line)
+                        if sink_failed:
+                            continue  # drained, not shown: the command is being stopped
+                        try:
+                            tail(line)
+                        except Exception as exc:  # noqa: BLE001 - re-raised below; nobody reads the pipe otherwise
+                            sink_failed.append(exc)
+                            procs.stop_tree(proc, 1.0)
 
             reader = threading.Thread(target=pump, daemon=True)
             try:
@@ -357,6 +373,8 @@ class LocalBackend(JobBackend):
                 record.unlink(missing_ok=True)
                 if proc.stdout and not reader.is_alive():
                     proc.stdout.close()
+        if sink_failed:
+            raise sink_failed[0]
         returncode = proc.returncode if exited else 1
         first = watch.first_failure if starts_ranks else None
         why = self._why_failed(d, job, tail.text(), returncode, starts_ranks, first) if returncode else ""
