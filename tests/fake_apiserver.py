@@ -580,6 +580,18 @@ class FakeApiServer:
                 ],
             )  # fmt: skip
             self.add_event(ns, pname, "Warning", "Failed", f'Failed to pull image "{image}": {msg}')
+        elif self.scenario == "init_done":
+            # An injected init container (istio-init, a Vault agent) has finished, the main image is still being pulled:
+            # kubelet keeps the pod Pending (pkg/kubelet/kubelet_pods.go, getPhase: initialized, main containers
+            # waiting) and the init container's state stays terminated, exit 0, Completed.
+            done = {"exitCode": 0, "reason": "Completed", "startedAt": now_iso(), "finishedAt": now_iso()}
+            st.update(
+                conditions=[{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"}],
+                initContainerStatuses=[{"name": "istio-init", "image": "istio/proxyv2", "imageID": "", "ready": True,
+                                        "restartCount": 0, "state": {"terminated": done}}],
+                containerStatuses=[{"name": cname, "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                                    "state": {"waiting": {"reason": "ContainerCreating"}}}],
+            )  # fmt: skip
         elif self.scenario == "unschedulable":
             msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu. preemption: 0/1 nodes are available."
             st.update(

@@ -162,6 +162,26 @@ def test_exec_timeout_stops_the_remote_process_group(api, ready_job):
     assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()
 
 
+def test_exec_output_is_not_kept_by_the_websocket_client():
+    """kubernetes' WSClient keeps every frame in `_all` until read_all(): a day-long exec held its whole output."""
+    import io
+
+    from labkit.jobs.k8s_objects import drain_exec
+
+    class Client:  # WSClient's reading side: read_channel(channel, timeout) and the `_all` copy of every frame
+        def __init__(self):
+            self._all, self.frames = io.StringIO(), {1: "a" * 1000, 2: "warning\n"}
+
+        def read_channel(self, channel, timeout=0):
+            text = self.frames.pop(channel, "")
+            self._all.write(text)
+            return text
+
+    ws, seen = Client(), []
+    drain_exec(ws, seen.append)
+    assert seen == ["a" * 1000, "warning\n"] and ws._all.getvalue() == ""
+
+
 def test_keyboard_interrupt_stops_the_remote_command(api, ready_job):
     def press_stop(text: str) -> None:
         if "started" in text:
@@ -182,6 +202,42 @@ def test_image_pull_error_fails_fast_with_the_pods_events():
         text = str(err.value)
         assert "ErrImagePull" in text and 'Failed to pull image "ghcr.io/labkit/deepspeed-cpu:no-such-tag"' in text
         job.delete()
+
+
+def test_a_finished_init_container_is_not_taken_for_a_dead_pod():
+    """Pending with its init container terminated (exit 0, Completed) is a pod pulling its image: the kit deleted such
+    jobs as hopeless ("container istio-init exited 0: Completed") within a second."""
+    with fake_cluster(scenario="init_done", ready_delay=0.2) as (api, backend):
+        job = backend.submit(JobSpec(name="meshed"))
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=3)
+        assert "not ready after 3 s" in str(err.value) and "exited 0" not in str(err.value)
+        assert backend.status("meshed").phase != "Failed"  # still there, waiting; not deleted as hopeless
+        job.delete()
+
+
+def test_a_submit_that_fails_after_its_mpijob_exists_takes_the_mpijob_back(monkeypatch):
+    """The job's own checkpoint-key Secret comes after the MPIJob (it is owned by it): when that create fails (a 500
+    after the dry run passed), the MPIJob's pods started anyway and held their devices until the deadline."""
+    from kubernetes.client.exceptions import ApiException
+
+    real = KubernetesBackend._rest
+
+    def etcd_timeout_on_the_secret(self, method, path, *, query=(), **kwargs):
+        if method == "POST" and path.endswith("/secrets") and ("dryRun", "All") not in list(query):
+            err = ApiException(status=500, reason="Internal Server Error")
+            err.body = '{"message": "etcdserver: request timed out"}'
+            raise err
+        return real(self, method, path, query=query, **kwargs)
+
+    monkeypatch.setattr(KubernetesBackend, "_rest", etcd_timeout_on_the_secret)
+    with fake_cluster(ready_delay=0.2) as (api, backend):
+        with pytest.raises(LabkitError) as err:
+            backend.submit(JobSpec(name="half", workers=1))
+        assert "etcdserver: request timed out" in str(err.value) and "MPIJob workloads/half was deleted" in str(
+            err.value
+        )
+        assert not [key for key in api.objects if key[1] == "mpijobs"] and not api.pods
 
 
 def test_unschedulable_job_times_out_naming_the_scheduler_reason():

@@ -11,11 +11,18 @@ import time
 from datetime import datetime
 from typing import Any
 
-from labkit.cluster import MPI_OPERATOR_FIX
+from labkit.cluster import MPI_OPERATOR_FIX, TRAINJOB_VERSION
 from labkit.errors import ConfigError, LabkitError
 from labkit.jobs.base import JobStatus
 from labkit.manifests.checks import KUBERNETES_VERSION, checkpoint_secret
 
+MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
+TRAINJOBS = f"/apis/trainer.kubeflow.org/{TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
+# The kinds render_all may produce (their resources: k8s_objects.resource_of); only Namespace is cluster-scoped.
+KINDS = frozenset(
+    "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
+    "ResourceQuota Role RoleBinding NetworkPolicy".split()
+)
 # Runs the command in its own process group and records its pid, so that a second exec can stop the group.
 EXEC_SCRIPT = (
     'if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi; p=$!; echo $p > {pidfile}; '
@@ -70,11 +77,17 @@ def api_message(exc: Exception) -> str:
 
 
 def drain_exec(ws, on_output) -> None:
-    """Pass on what an exec's stdout and stderr channels (1, 2) hold so far, without waiting."""
+    """Pass on what an exec's stdout and stderr channels (1, 2) hold so far, without waiting. The client also keeps
+    every frame in `ws._all` (kubernetes/stream/ws_client.py, WSClient.update; only read_all empties it, and that
+    would drop the exit status of channel 3): emptied here, or a day-long run's output stays in memory."""
     for channel in (1, 2):
         text = ws.read_channel(channel, timeout=0)
         if text and on_output:
             on_output(text)
+    kept = getattr(ws, "_all", None)
+    if kept is not None and hasattr(kept, "truncate"):
+        kept.seek(0)
+        kept.truncate()
 
 
 def create_error(kind: str, name: str, namespace: str, stage: str, status: int, message: str) -> LabkitError | None:
@@ -177,6 +190,13 @@ def suspended_note(namespace: str, name: str) -> str:
     )
 
 
+def event_lines(events: list, keep=None) -> list[str]:
+    """The newest five events (those `keep(reason, message)` keeps, if given), one line each."""
+    events = sorted((e for e in events if keep is None or keep(e.reason or "", e.message or "")),
+                    key=lambda e: str(e.last_timestamp or e.event_time or ""))  # fmt: skip
+    return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
+
+
 def pod_ready(pod) -> bool:
     if pod.status is None or pod.status.phase != "Running":
         return False
@@ -188,13 +208,20 @@ def pod_problem(pod) -> tuple[str | None, bool]:
     st = pod.status
     if st is None:
         return "no status yet", False
+    inits = {cs.name for cs in st.init_container_statuses or []}
     for cs in (st.init_container_statuses or []) + (st.container_statuses or []):
         waiting, terminated = (cs.state.waiting, cs.state.terminated) if cs.state else (None, None)
         if waiting and waiting.reason and waiting.reason not in ("ContainerCreating", "PodInitializing"):
             problem = f"container {cs.name}: {waiting.reason}: {waiting.message or ''}".strip()
             return problem, waiting.reason in FATAL_WAITING
+        # An init container that finished stays terminated (exit 0, Completed) while the pod stays Pending until its
+        # main containers start (kubelet_pods.go, getPhase): done, not dead. One that failed is retried unless the
+        # pod is Failed.
+        if terminated and cs.name in inits and terminated.exit_code == 0:
+            continue
         if terminated and st.phase != "Running":
-            return f"container {cs.name} exited {terminated.exit_code}: {terminated.reason or ''}".strip(), True
+            hopeless = cs.name not in inits or st.phase == "Failed"
+            return f"container {cs.name} exited {terminated.exit_code}: {terminated.reason or ''}".strip(), hopeless
     for cond in st.conditions or []:
         if cond.type == "PodScheduled" and cond.status == "False":
             return f"not scheduled: {cond.reason}: {cond.message or ''}".strip(), False

@@ -26,15 +26,19 @@ from labkit.jobs.base import JOB_KINDS, Job, JobBackend, JobNotFound, JobNotRead
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     KILL_SCRIPT,
+    KINDS,
     LABEL_JOB,
     LABEL_JOBSET,
     LABEL_REPLICATED_JOB,
     LABEL_ROLE,
+    MPIJOBS,
+    TRAINJOBS,
     api_message,
     checkpoint_key_secret,
     create_error,
     diagnosis,
     drain_exec,
+    event_lines,
     exec_exit_code,
     fatal_event,
     is_suspended,
@@ -51,13 +55,6 @@ from labkit.jobs.k8s_objects import (
 )
 from labkit.procs import interrupts_deferred
 
-MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
-TRAINJOBS = f"/apis/trainer.kubeflow.org/{cluster.TRAINJOB_VERSION}"  # Kubeflow Trainer's (read, deleted)
-# The kinds render_all may produce (their resources: k8s_objects.resource_of); only Namespace is cluster-scoped.
-KINDS = frozenset(
-    "MPIJob PersistentVolumeClaim ConfigMap Secret ServiceAccount Service Namespace TrainJob LimitRange "
-    "ResourceQuota Role RoleBinding NetworkPolicy".split()
-)
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
 
@@ -208,7 +205,14 @@ class KubernetesBackend(JobBackend):
             created = self._create(obj, ns, dry_run=dry_run, refused=refused)
             if obj["kind"] == "MPIJob":
                 key = checkpoint_key_secret(obj["metadata"]["name"], None if dry_run else created)
-                self._create(key, ns, dry_run=dry_run)
+                try:
+                    self._create(key, ns, dry_run=dry_run)
+                except BaseException as exc:  # the job exists by now: its pods would start (and hold devices)
+                    if not dry_run:
+                        self.delete(spec.name, namespace=ns, kind="MPIJob")  # its pods too, waited for
+                    if dry_run or not isinstance(exc, LabkitError):
+                        raise
+                    raise LabkitError(f"{exc}; so MPIJob {ns}/{spec.name} was deleted again: submit it again") from exc
         return Job(self, spec.name, spec.namespace, notes=lab_rbac_note(refused, ns))
 
     def _create(self, obj: dict, namespace: str, *, dry_run: bool, refused: list[str] | None = None) -> dict | None:
@@ -282,19 +286,13 @@ class KubernetesBackend(JobBackend):
 
     # -- readiness -------------------------------------------------------------------------------------------------
     def _events(self, namespace: str, involved: str, keep=None) -> list[str]:
-        """The newest events about one object (those `keep(reason, message)` keeps), as lines (a line saying so when
-        events are not readable)."""
+        """The newest events about one object (`keep(reason, message)` filters) as lines (one if none are readable)."""
         selector, list_events = f"involvedObject.name={involved}", self._core().list_namespaced_event
         try:
             events = self._call("events", list_events, namespace, field_selector=selector).items
         except LabkitError as exc:
             return [f"    (events not readable: {exc})"]
-        events = [e for e in events if keep is None or keep(e.reason or "", e.message or "")]
-        events.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
-        return [f"    event {e.type} {e.reason}: {e.message}" for e in events[-5:]]
-
-    def _diagnose(self, name: str, ns: str, pods: list, suspended: bool = False) -> str:
-        return diagnosis(name, ns, pods, functools.partial(self._events, ns), suspended)
+        return event_lines(events, keep)
 
     def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list, job_events: bool = False) -> None:
         why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
@@ -306,7 +304,9 @@ class KubernetesBackend(JobBackend):
             refused = self._events(ns, name, fatal_event) + self._events(ns, f"{name}-launcher", fatal_event)
             why = f"cannot start:\n{refused[-1].strip()}" if refused and "not readable" not in refused[-1] else None
         if why:
-            raise JobNotReady(f"MPIJob {ns}/{name} {why}\n" + self._diagnose(name, ns, pods))
+            raise JobNotReady(
+                f"MPIJob {ns}/{name} {why}\n" + diagnosis(name, ns, pods, functools.partial(self._events, ns))
+            )
 
     def wait_ready(self, name: str, *, timeout: float = 300.0, namespace: str | None = None) -> JobStatus:
         """Watch the job's pods until launcher and workers are Ready; JobNotReady says why otherwise, within
@@ -342,8 +342,8 @@ class KubernetesBackend(JobBackend):
             self._raise_if_hopeless(name, ns, st, list(pods.values()), job_events=some_missing)
             remaining = end - time.monotonic()
             if remaining <= 0:
-                diagnosis = self._diagnose(name, ns, list(pods.values()), is_suspended(obj))
-                raise JobNotReady(f"MPIJob {ns}/{name} not ready after {timeout:.0f} s:\n{diagnosis}")
+                why = diagnosis(name, ns, list(pods.values()), functools.partial(self._events, ns), is_suspended(obj))
+                raise JobNotReady(f"MPIJob {ns}/{name} not ready after {timeout:.0f} s:\n{why}")
             # Watch from the listing's resourceVersion: no change is missed between list and watch.
             w = watch.Watch()
             window = min(remaining, 3 if some_missing else 30)
