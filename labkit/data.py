@@ -28,7 +28,7 @@ import numpy as np
 
 from labkit import shared_volume
 from labkit.compat import file_digest
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, check_int
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -37,6 +37,7 @@ META_FILE = "batches.meta"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
+MAX_SYNTHETIC = 200_000  # images a synthetic split may have
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # Written next to the batches by write_synthetic; its presence is how a synthetic set is recognised later.
@@ -115,6 +116,8 @@ def _load_pickle(path: Path) -> dict:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("data_dir", f"{path.name} is missing from {path.parent}", _provide_fix(path)) from None
+    except OSError as exc:  # a folder of that name, no permission
+        raise DataFormatError(f"{path}: cannot be read ({exc.strerror}). Fix: {_provide_fix(path)}") from None
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # truncated, not a pickle, or refused content
@@ -139,10 +142,15 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFormatError(f"{path}: 'data' must be a uint8 array, found {got}")
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DataFormatError(f"{path}: 'data' must have shape (N, 3072) = N images of 3x32x32, found {data.shape}")
-    labels = np.asarray(d["labels"])
+    try:
+        labels = np.asarray(d["labels"])
+    except ValueError:  # ragged
+        raise DataFormatError(f"{path}: 'labels' is not a flat list of class numbers") from None
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataFormatError(f"{path}: {len(labels)} labels for {len(data)} images")
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, found {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         found = f"found {labels.dtype} in [{labels.min()}, {labels.max()}]"
         raise DataFormatError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, {found}")
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
@@ -164,7 +172,10 @@ def load(data_dir: str | Path) -> CifarArrays:
     """Read and validate the whole set from a `cifar-10-batches-py` folder (or its parent)."""
     folder = find_folder(data_dir)
     meta = _load_pickle(folder / META_FILE)
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", ()))
+    raw_names = meta.get("label_names", ())
+    if not isinstance(raw_names, (list, tuple)):
+        raise DataFormatError(f"{folder / META_FILE}: label_names is no list ({type(raw_names).__name__})")
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw_names)
     if len(names) != NUM_CLASSES:
         raise DataFormatError(f"{folder / META_FILE}: expected {NUM_CLASSES} label_names, found {len(names)}")
     parts = [read_batch(folder / name) for name in TRAIN_FILES]
@@ -186,16 +197,59 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
     if not hasattr(tarfile, "data_filter"):  # said before the download: the safe extraction below needs it
         problem = f"Python {sys.version.split()[0]} has no tarfile extraction filter (it came in 3.10.12 and 3.11.4)"
         raise ConfigError("data_dir", problem, f"use a newer Python, or {PROVIDE_DATA_FIX}")
-    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / FOLDER).exists():  # found out now, not after 170 MB were fetched and checked
+        problem = f"{dest / FOLDER} exists but holds no complete set (no {TEST_FILE})"
+        raise ConfigError("dest", problem, f"remove {dest / FOLDER} (a partial copy), or pass another --dest")
+    made = make_folder(dest, "dest")
+    try:
+        _fetch_into(dest, url, md5, timeout)
+    except BaseException:
+        if made:  # nothing of a failed download stays behind
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return dest / FOLDER
+
+
+def make_folder(path: Path, field: str) -> Path | None:
+    """`path` made (with its parents) if missing: the topmost folder made, or None. ConfigError naming `field` when
+    it cannot be (a file of that name, no permission)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            field, f"cannot make the folder {path} ({exc.strerror})", "pass a folder you can write"
+        ) from None
+    return missing[-1] if missing else None
+
+
+def _fetch_into(dest: Path, url: str, md5: str, timeout: float) -> None:
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: SIM115 - closed below
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             why = f"({getattr(exc, 'reason', exc)}); this machine may have no network access"
             problem = f"CIFAR-10 could not be downloaded from {url} {why}"
             raise ConfigError("data_dir", problem, PROVIDE_DATA_FIX) from None
+        with response, open(archive, "wb") as out:
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (OSError, TimeoutError) as exc:  # the connection, not this disk
+                    raise ConfigError(
+                        "data_dir", f"the download from {url} broke off ({exc})", PROVIDE_DATA_FIX
+                    ) from None
+                if not chunk:
+                    break
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # this disk: full, or a file size limit
+                    raise ConfigError(
+                        "dest",
+                        f"cannot write the archive in {dest} ({exc.strerror})",
+                        "free space there, or pass another --dest",
+                    ) from None
         with open(archive, "rb") as f:
             got = file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
         if got != md5:
@@ -206,7 +260,6 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
         if not (Path(tmp) / FOLDER / TEST_FILE).is_file():
             raise DataFormatError(f"{url}: the archive holds no {FOLDER}/{TEST_FILE}")
         os.replace(Path(tmp) / FOLDER, dest / FOLDER)  # atomic: a half-extracted folder is never visible
-    return dest / FOLDER
 
 
 # -- Synthetic ---------------------------------------------------------------------------------------------------------
@@ -221,6 +274,10 @@ def synthetic_arrays(train: int = 5000, test: int = 1000, seed: int = 0, noise: 
     if train < NUM_CLASSES or test < NUM_CLASSES:
         fix = f"use at least {NUM_CLASSES} images in each split"
         raise ConfigError("synthetic size", f"train={train}, test={test} is too small", fix)
+    if train > MAX_SYNTHETIC or test > MAX_SYNTHETIC:  # 3 KB an image, several times over while generated
+        fix = f"use at most {MAX_SYNTHETIC:,} images a split (the real set has 50,000 and 10,000)"
+        raise ConfigError("synthetic size", f"train={train}, test={test} is too large", fix)
+    check_int("seed", seed, 0, "pass 0 or a positive seed")
     rng = np.random.default_rng(seed)
     freq = np.fft.fftfreq(32) * 32
     radius = np.hypot(freq[:, None], freq[None, :])
@@ -255,7 +312,10 @@ def _synthetic_source(train: int, test: int, seed: int) -> str:
 def write(arrays: CifarArrays, dest: str | Path) -> Path:
     """Write `arrays` in the official layout under `dest/cifar-10-batches-py` (atomically); returns that folder."""
     folder = Path(dest).expanduser() / FOLDER
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not (folder / SYNTHETIC_MARKER).is_file():  # never over a real set (or anything else)
+        fix = "choose another --dest for synthetic data (or remove that folder yourself)"
+        raise ConfigError("dest", f"{folder} holds a data set that is not synthetic", fix)
+    make_folder(folder.parent, "dest")
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".cifar-write-") as parent:
         tmp = Path(parent) / FOLDER
         tmp.mkdir(mode=0o700)
@@ -301,7 +361,11 @@ def training_set(data_dir: str | Path, synthetic: bool, *, synthetic_train=5000,
     if folder.exists() and not marker.is_file():
         fix = "pass synthetic=False to train on it, or choose another data_dir for synthetic data"
         raise ConfigError("synthetic", f"{folder} holds a real (non-synthetic) data set", fix)
-    if not marker.is_file() or json.loads(marker.read_text()).get("source") != wanted:
+    try:
+        stale = json.loads(marker.read_text()).get("source") != wanted if marker.is_file() else True
+    except (ValueError, AttributeError):  # an unreadable marker: the set is written again
+        stale = True
+    if stale:
         write_synthetic(data_dir, synthetic_train, synthetic_test, seed)
     return load(data_dir)
 

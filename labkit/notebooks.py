@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import quote
 
 from labkit import results, tabular
 from labkit.errors import ConfigError
@@ -270,8 +271,12 @@ _COLUMNS = ("notebook", "status", "duration", "parameters", "what it found", "er
 _OPTIONAL = _COLUMNS.index("error")  # the columns from "error" on are shown only where some notebook fills them
 
 
-def _link(path: str, text: str) -> str:
-    return f'<a href="{html.escape(Path(path).name)}">{html.escape(text)}</a>' if path else html.escape(text)
+def _link(path: str, text: str, anchor: str = "") -> str:
+    """A link to a file beside the report (its name URL-quoted: `50%_done#1.html`), at `anchor` if given."""
+    if not path:
+        return html.escape(text)
+    href = quote(Path(path).name) + (f"#{anchor}" if anchor else "")
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
 
 
 def attach_screenshots(run_dir: Path, source: str | Path, runs: list[NotebookRun]) -> int:
@@ -301,7 +306,7 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
         error = f"<pre>{html.escape(r.error)}</pre>" if r.error else ""
         failed = _cell_id(r.output, r.failed_cell) if r.error and r.html else None
         if failed:  # nbconvert's lab template anchors each cell as id="cell-id=<the cell's id>"
-            error += _link(f"{r.html}#cell-id={failed}", "the failed cell")
+            error += _link(r.html, "the failed cell", f"cell-id={failed}")
         links = f"{_link(r.html, r.name)} ({_link(r.output, 'ipynb')})"
         noise = f"<pre>{html.escape(chr(10).join(r.noise))}</pre>" if r.noise else ""
         expect = "".join(
@@ -310,7 +315,7 @@ def write_report(run_dir: Path, runs: list[NotebookRun], outcomes=None) -> Path:
             f"{'' if o.passed else _recording_cell_link(r, o.expectation.result)}</div>"
             for o in checked.get(r.name, [])
         )
-        shot = f"screenshots/{html.escape(r.name)}.png"
+        shot = f"screenshots/{html.escape(quote(r.name))}.png"
         picture = f'<a href="{shot}"><img src="{shot}" width="160" alt="in JupyterLab"></a>'
         picture = picture if (run_dir / "screenshots" / f"{r.name}.png").is_file() else ""
         found = html.escape(r.finding) or f"<i>{len(r.results)} result(s) recorded</i>"
@@ -346,7 +351,7 @@ def _recording_cell_link(run: NotebookRun, dotted: str) -> str:
         cell_id = results.cell_of(run.output, dotted.split(".")[0]) if run.html and run.output else None
     except (OSError, ValueError):
         cell_id = None
-    return f" ({_link(f'{run.html}#cell-id={cell_id}', 'the cell')})" if cell_id else ""
+    return f" ({_link(run.html, 'the cell', f'cell-id={cell_id}')})" if cell_id else ""
 
 
 def _cell_id(executed: str, index: int | None) -> str | None:
@@ -371,6 +376,9 @@ NOISE = (
     ("linker noise from an op probe", "cannot find -l"),
     ("a FutureWarning", "FutureWarning: "),
     ("a DeprecationWarning", "DeprecationWarning: "),
+    ("a UserWarning", "UserWarning: "),
+    ("a RuntimeWarning", "RuntimeWarning: "),
+    ("a progress bar written as text (no widget)", "it/s]"),
     ("the kernel's transport warning", "without encryption"),
     ("torch's reverse-DNS warning (a rendezvous off loopback)", "The hostname of the client socket cannot be"),
     ("a Python traceback", "Traceback (most recent call last)"),
@@ -407,12 +415,15 @@ def output_problems(path: str | Path) -> list[str]:
     for i, cell in enumerate(json.loads(Path(path).read_text())["cells"]):
         for out in cell.get("outputs", []):
             data = out.get("data", {})
-            text = out.get("text") or data.get("text/plain") or ""
-            text = "".join(text) if isinstance(text, list) else text
-            if out.get("output_type") == "error":
-                text += f"\n{out.get('ename')}: {out.get('evalue')}"
             if "image/png" in data:
                 continue  # a figure's text/plain fallback is not shown
+            # what is shown: the text, else the richest form (Markdown, HTML), and an error's traceback
+            shown = (
+                out.get("text") or data.get("text/markdown") or data.get("text/html") or data.get("text/plain") or ""
+            )
+            text = "".join(shown) if isinstance(shown, list) else shown
+            if out.get("output_type") == "error":
+                text += f"\n{out.get('ename')}: {out.get('evalue')}\n" + "\n".join(out.get("traceback") or [])
             bare_result = out.get("output_type") == "execute_result" and data.keys() == {"text/plain"}
             if bare_result and text.startswith(("{", "[")):
                 found.append(f"cell {i}: a value's repr as the cell's result (a table, or `;` after it): {text[:80]}")
@@ -421,7 +432,8 @@ def output_problems(path: str | Path) -> list[str]:
                     line = next(ln for ln in text.splitlines() if marker in ln)
                     found.append(f"cell {i}: {what}: {line.strip()[:160]}")
             found += [f"cell {i}: an internal path ({p})" for p in internal if p and p in text]
-            if text.count("\n") > MAX_OUTPUT_LINES:
+            plain = not data.keys() & {"text/markdown", "text/html"}  # HTML's lines are not lines seen (<details>)
+            if plain and text.count("\n") > MAX_OUTPUT_LINES:
                 found.append(f"cell {i}: an output of {text.count(chr(10))} lines (more than {MAX_OUTPUT_LINES})")
     return found
 

@@ -36,17 +36,24 @@ def format_bytes(value: float | None, unit: str = "auto") -> str:
     """85_899_345_920 -> '85.90 GB'; unit='GiB' -> '80.00 GiB'; None -> '-'."""
     if value is None:
         return "-"
-    if unit == "auto":
+    if unit == "auto":  # the next unit up when the number as shown reaches 1000: 999,999 B reads 1.00 MB
         unit = next((u for u in ("TB", "GB", "MB", "kB") if abs(value) >= BYTE_UNITS[u]), "B")
+        up = {"kB": "MB", "MB": "GB", "GB": "TB"}.get(unit)
+        unit = up if up and abs(round(value / BYTE_UNITS[unit], 2)) >= 1000 else unit
     return f"{int(value)} B" if unit == "B" else f"{value / BYTE_UNITS[unit]:,.2f} {unit}"
 
 
 def format_percent(share: float, digits: int = 0) -> str:
-    """0.4213 -> '42%'; a share short of 1 never reads '100%' (0.9963 -> '99.6%'), nor one above 0 '0%'."""
+    """0.4213 -> '42%'; a share short of 1 never reads '100%' (0.9963 -> '99.6%'; past 4 digits '>99.9999%'), nor
+    one above 0 '0%' ('<0.0001%'), nor a negative one '-0%'."""
     text = f"{100 * share:.{digits}f}"
-    while digits < 4 and ((text.startswith("100") and share < 1) or (float(text) == 0 and share > 0)):
+    while digits < 4 and ((text.startswith("100") and share < 1) or (float(text) == 0 and share != 0)):
         digits += 1
         text = f"{100 * share:.{digits}f}"
+    if text.startswith("100") and 0 < 1 - share:
+        return ">99.9999%"
+    if float(text) == 0 and share != 0:
+        return f"{'<' if share > 0 else '>-'}0.0001%"
     return text + "%"
 
 

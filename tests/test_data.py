@@ -214,5 +214,62 @@ def test_limit_takes_the_first_images(small_set):
     np.testing.assert_array_equal(cut.train_images, small_set.train_images[:50])
 
 
+def test_synthetic_data_never_replaces_a_real_set_and_bad_destinations_are_one_line(tmp_path, written):
+    """`labkit data synth --dest DIR` removed a real set there without a word; a --dest that is a file was a
+    traceback; a partial set made download fail after fetching the whole archive."""
+    real = tmp_path / "real"
+    __import__("shutil").copytree(written, real / data.FOLDER)
+    (real / data.FOLDER / data.SYNTHETIC_MARKER).unlink(missing_ok=True)
+    with pytest.raises(ConfigError) as err:
+        data.write_synthetic(real, 20, 10)
+    assert err.value.field == "dest" and "not synthetic" in err.value.problem
+    assert not data.load(real).synthetic  # still the real one
+    (tmp_path / "afile").write_text("")
+    for call in (lambda: data.write_synthetic(tmp_path / "afile", 20, 10), lambda: data.download(tmp_path / "afile")):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert err.value.field == "dest" and "cannot make the folder" in err.value.problem
+    partial = tmp_path / "partial" / data.FOLDER
+    partial.mkdir(parents=True)
+    (partial / "data_batch_1").write_bytes(b"")
+    with pytest.raises(ConfigError, match="holds no complete set"):
+        data.download(tmp_path / "partial", url="http://127.0.0.1:9/never-fetched")
+
+
+def test_offline_download_leaves_no_folder_it_made(tmp_path):
+    with pytest.raises(ConfigError):
+        data.download(tmp_path / "new" / "sub", url="http://127.0.0.1:9/cifar.tgz", timeout=2)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "sizes, field",
+    [((10**12, 10), "synthetic size"), ((100, 10), None), ((20, 10, -1), "seed")],
+)
+def test_synthetic_sizes_and_seed_are_checked_before_any_memory_is_taken(sizes, field):
+    if field is None:
+        assert len(data.synthetic_arrays(*sizes).train_labels) == 100
+        return
+    with pytest.raises(ConfigError) as err:
+        data.synthetic_arrays(*sizes)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "labels, words",
+    [([None] * 3, "labels must be integers"), ([[1], [2, 3], [4]], "not a flat list"), ("dir", "cannot be read")],
+)
+def test_malformed_batches_are_data_format_errors_not_tracebacks(written, labels, words):
+    batch = written / "data_batch_1"
+    if labels == "dir":
+        batch.unlink()
+        batch.mkdir()
+    else:
+        record = {b"data": np.zeros((3, 3072), np.uint8), b"labels": labels}
+        batch.write_bytes(pickle.dumps(record, protocol=2))
+    with pytest.raises(data.DataFormatError, match=words):
+        data.read_batch(batch) if labels != "dir" else data.load(written)
+
+
 def test_errors_are_labkit_errors():
     assert issubclass(data.DataFormatError, LabkitError)

@@ -127,6 +127,17 @@ def test_output_problems_finds_each_kind_of_noise(tmp_path):
     assert any("figure shown as text" in p for p in problems) and any("FutureWarning" in p for p in problems)
     assert any("internal path" in p for p in problems) and any("lines (more than" in p for p in problems)
     assert any("a value's repr as the cell's result" in p for p in problems)
+    # What is shown as Markdown or HTML counts too, and a progress bar or a UserWarning written as text
+    shown = [
+        new_output("display_data", {"text/markdown": f"fix: run {notebooks.NOTEBOOKS_DIR}/x", "text/plain": "<M>"}),
+        new_output("display_data", {"text/html": "<p>RuntimeWarning: overflow</p>", "text/plain": "<H>"}),
+        new_output("stream", name="stderr", text="train: 100%|##########| 100/100 [00:01<00:00, 99.1it/s]\n"),
+        new_output("stream", name="stderr", text="/x.py:1: UserWarning: TypedStorage is deprecated\n"),
+    ]
+    nbformat.write(new_notebook(cells=[new_code_cell("z", outputs=shown)]), tmp_path / "m.ipynb")
+    problems = notebooks.output_problems(tmp_path / "m.ipynb")
+    assert len(problems) == 4 and "internal path" in problems[0] and "RuntimeWarning" in problems[1], problems
+    assert "progress bar" in problems[2] and "UserWarning" in problems[3]
 
 
 def test_short_paths_leaves_no_internal_path_for_the_output_check():

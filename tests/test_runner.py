@@ -96,6 +96,11 @@ def test_cli_run_folder_and_junit_file_are_checked_before_anything_runs(good, tm
     assert f"labkit: error: --junit: {tmp_path / 'no'} is not a folder" in capsys.readouterr().err
 
 
+def test_report_links_quote_file_names_and_keep_anchors():
+    assert notebooks._link("/r/50%_done#1.html", "t", "cell-id=ab") == '<a href="50%25_done%231.html#cell-id=ab">t</a>'
+    assert notebooks._link("", "<b>") == "&lt;b&gt;"
+
+
 def test_cli_failing_cell_names_notebook_and_cell(tmp_path, capsys):
     bad = make_notebook(
         tmp_path / "bad.ipynb", "n: int = 1  # a number", "x = n + 1", "raise ValueError('boom ' + str(x))"

@@ -635,10 +635,20 @@ def test_the_closing_paragraph_states_this_runs_numbers_without_rounding_them_to
 @pytest.mark.parametrize(
     "share,digits,text",
     [(0.4213, 0, "42%"), (0.9963, 0, "99.6%"), (0.9995, 1, "99.95%"), (1.0, 0, "100%"), (0.0004, 0, "0.04%"),
-     (0.0, 0, "0%"), (-0.2, 0, "-20%"), (1.25, 0, "125%")],
+     (0.0, 0, "0%"), (-0.2, 0, "-20%"), (1.25, 0, "125%"),
+     (1 - 1e-9, 0, ">99.9999%"), (1e-9, 0, "<0.0001%"), (-0.001, 0, "-0.1%"), (-1e-9, 0, ">-0.0001%")],
 )  # fmt: skip
 def test_a_percentage_short_of_whole_never_reads_100_nor_a_positive_one_0(share, digits, text):
     assert tabular.format_percent(share, digits) == text
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(999, "999 B"), (999_999, "1.00 MB"), (-999_999, "-1.00 MB"), (999_949_000, "999.95 MB"),
+     (999_995_000, "1.00 GB"), (85_899_345_920, "85.90 GB")],
+)  # fmt: skip
+def test_byte_counts_move_to_the_next_unit_when_they_would_read_1000(value, text):
+    assert tabular.format_bytes(value) == text  # 999,999 B read "1,000.00 kB"
 
 
 @pytest.mark.slow
