@@ -88,14 +88,12 @@ from labkit.chapters.interactive import (
     TrainingProgress,
     closing_note,
     delete_at_exit,
+    exec_again,
     hostfile_rows,
     loss_figure,
     parse_metrics,
-    parse_train_command,
     plan_interactive_job,
-    shown_line,
     summarize_training,
-    training_command,
 )
 
 plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
@@ -181,14 +179,11 @@ print(plan.equivalents("shell"))
 # ## Step 4: edit and exec again, while the job lives
 #
 # Nothing was restarted: the launcher and the workers are still there. Change `again_command` (any command; empty:
-# the training again with 5 steps) and run the cell as often as you like.
+# the training again, 5 steps of it, or your own `train_command` as it was) and run the cell as often as you like.
 
 # %%
-again_command = ""  # e.g. "python -c 'import torch; print(torch.__version__)'"; empty: the training with 5 steps
-again_argv = parse_train_command(again_command) if again_command.strip() else training_command(plan.backend, steps=5)
-again = job.run(again_argv, on_output=None)
-print(f"$ {shown_line(again_argv)}\nexit code {again.returncode} after {again.duration_s:.1f} s; the job still lives: "
-      f"{job.status().phase}")
+again_command = ""  # e.g. "python -c 'import torch; print(torch.__version__)'"; empty: the training again
+print(exec_again(plan, job, again_command))
 
 # %% [markdown]
 # ## Step 5: delete

@@ -89,3 +89,37 @@ def test_the_closing_paragraph_reports_this_runs_job_exec_and_ranks(plan):
     note = interactive.closing_note(plan, rows, dead, interactive.summarize_training([], 1), deleted=False)
     assert "exited with code **1** after 3 s (rank 1 died: exit code 9):" in note and "no loss was reported" in note
     assert "did NOT hold" in note and note.endswith("The job was NOT deleted.")
+
+
+def test_ranks_that_stopped_apart_are_not_said_to_have_run_the_same_steps(plan):
+    metrics = [{"event": "step", "rank": 0, "step": s, "loss": 1.0, "world_size": 2} for s in (1, 2, 3, 4, 5)]
+    metrics += [{"event": "step", "rank": 1, "step": s, "loss": 1.0, "world_size": 2} for s in (1, 2, 3, 4)]
+    dead = ExecResult(returncode=1, output=f"{EXEC_TAG}rank 1 died: exit code 9\n", duration_s=3.0)
+    note = interactive.closing_note(plan, [], dead, interactive.summarize_training(metrics, 1), deleted=True)
+    assert "4 to 5 step(s) (the ranks stopped apart)" in note and "step(s) each" not in note
+
+
+def test_a_deadline_too_far_is_named_in_minutes(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        interactive.plan_interactive_job(device="cpu", deadline_minutes=50_000, jobs_dir=str(tmp_path))
+    assert e.value.field == "deadline_minutes" and "30 days" in e.value.problem  # not deadline_seconds
+
+
+def test_exec_again_repeats_the_learners_own_command_and_says_when_the_job_has_ended(tmp_path):
+    """Step 4 with `again_command` empty rebuilt the chapter's openmpi command, also for a learner whose own
+    train_command ran (Open MPI missing: the one thing they were told to work around), and exec'd into a job its
+    deadline had ended (JobNotReady stopped the notebook)."""
+    plan = interactive.plan_interactive_job(device="cpu", workers=1, jobs_dir=str(tmp_path),
+                                            train_command="python -c \"print('own command')\"")  # fmt: skip
+    job = plan.backend.submit(plan.spec)
+    try:
+        job.wait_ready(20)
+        text = interactive.exec_again(plan, job)
+        assert text.startswith("$ python -c") and "exit code 0" in text and "still lives: Running" in text
+        job.delete()
+        plan.backend.submit(plan.spec)  # a fresh one, then ended as a deadline ends it
+        plan.backend._stop(plan.backend.job_dir(plan.spec.name))
+        ended = interactive.exec_again(plan, job)
+        assert ended.startswith("the job is Deleted") and "nothing runs in it any more" in ended
+    finally:
+        job.delete()

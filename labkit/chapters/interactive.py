@@ -187,6 +187,8 @@ def plan_interactive_job(
     check_int("steps", steps, 1, maximum=10**5)
     release = "pass e.g. 30: the job and its accelerators are released after that many minutes"
     check_number("deadline_minutes", deadline_minutes, 1.0, release)
+    if deadline_minutes > 30 * 24 * 60:  # named in minutes, not as the JobSpec's deadline_seconds
+        raise ConfigError("deadline_minutes", f"{deadline_minutes:g} is more than 30 days", release)
     check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)
     where = dict(jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
     job_backend = get_backend(backend, namespace=namespace or manifests.NAMESPACES["cpu"], **where)
@@ -272,12 +274,34 @@ def summarize_training(metrics: list[dict], returncode: int) -> dict[str, Any]:
         "ranks_finished": sorted(m["rank"] for m in done),
         "per_rank": per_rank,
         "steps": max((v["steps"] for v in per_rank.values()), default=0),
+        "steps_least": min((v["steps"] for v in per_rank.values()), default=0),
         "loss_first_mean": sum(first) / len(first) if first else None,
         "loss_last_mean": sum(last) / len(last) if last else None,
         "allreduce_ok": bool(done) and all(m["allreduce_sum"] == m["allreduce_expected"] for m in done),
         "backend": done[0].get("backend") if done else None,
         "zero_stage": done[0].get("zero_stage") if done else None,
     }
+
+
+def steps_each(summary: dict) -> str:
+    """'20 step(s) each', or the range when the ranks stopped at different steps (one died first)."""
+    most, least = summary["steps"], summary.get("steps_least", summary["steps"])
+    return f"{most} step(s) each" if most == least else f"{least} to {most} step(s) (the ranks stopped apart)"
+
+
+def exec_again(plan: InteractivePlan, job, command: str = "") -> str:
+    """Step 4: `command` exec'd again in the living job (empty: the training again, 5 steps of the chapter's command,
+    or the learner's own train_command as it was); what to print. A job that has ended (its deadline) says so."""
+    st = job.status()
+    if not st.ready:
+        return f"the job is {st.phase} ({st.message}): nothing runs in it any more; submit it again to go on"
+    if command.strip():
+        argv = parse_train_command(command)
+    else:
+        argv = training_command(plan.backend, steps=5) if plan.default_command else plan.train_argv
+    again = job.run(argv, on_output=None)
+    return (f"$ {shown_line(argv)}\nexit code {again.returncode} after {again.duration_s:.1f} s; the job still lives: "
+            f"{job.status().phase}")  # fmt: skip
 
 
 def closing_note(plan: InteractivePlan, rows: list[dict], training, summary: dict, *, deleted: bool) -> str:
@@ -293,7 +317,7 @@ def closing_note(plan: InteractivePlan, rows: list[dict], training, summary: dic
         f"{sum(r['slots'] for r in rows)} slot(s).",
         f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s{failure}:",
         f"{len(summary['ranks'])} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']},",
-        f"ZeRO stage {summary['zero_stage']}), {summary['steps']} step(s) each; {losses}",
+        f"ZeRO stage {summary['zero_stage']}), {steps_each(summary)}; {losses}",
         f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}.",
         f"The job was {'deleted (the backend no longer lists it)' if deleted else 'NOT deleted'}.",
     ])  # fmt: skip
