@@ -6,9 +6,15 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lint format lab install lock check cluster-test bench-cpu clean-runs strip notebooks e2e
+.PHONY: run test lint format lab install lock check cluster-test clean-runs strip notebooks e2e
 
-$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh
+# What the environment was asked to be (torch pin and index, a reused torch, the interpreter): a change reruns the
+# set-up, which then says what differs instead of keeping the old environment without a word.
+ASKED := $(TORCH_SPEC)|$(TORCH_INDEX_URL)|$(LABKIT_SYSTEM_TORCH)|$(PYTHON)
+CONFIG := $(VENV)/.labkit-asked
+$(shell mkdir -p $(VENV); [ "$$(cat $(CONFIG) 2>/dev/null)" = "$(ASKED)" ] || printf '%s' "$(ASKED)" > $(CONFIG))
+
+$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh $(CONFIG)
 	VENV=$(VENV) bash scripts/bootstrap.sh
 	@touch $(STAMP)
 

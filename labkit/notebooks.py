@@ -74,6 +74,9 @@ def select(names: Iterable[str]) -> list[Path]:
             found.append(notebook)
             continue
         matches = [p for p in available if p.stem == name or p.stem.startswith(f"{name}_")]
+        if not available:  # an installed kit (a wheel has no notebooks/): where they are is the fix
+            fix = f"set {NOTEBOOKS_ENV} to the kit's notebooks folder (a source checkout's notebooks/), or pass a path"
+            raise ConfigError("notebook", f"no notebooks found in {notebooks_dir()}", fix)
         if len(matches) != 1:
             listing = ", ".join(p.stem for p in available)
             raise ConfigError("notebook", f"{name!r} matches {len(matches)} notebooks", f"name one of: {listing}")

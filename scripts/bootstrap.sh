@@ -10,16 +10,41 @@
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+ASKED_TORCH=${TORCH_SPEC:-}  # set by the user (else the default below)
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 say() { printf '[labkit setup] %s\n' "$*"; }
 
-# 0. A reused torch must meet pyproject.toml's floor, said before anything is installed (an older one installs fine
-#    and then fails in accelerate and transformers, which need 2.6).
+# 0. Every input, checked before anything is installed: each error names the variable and the fix.
+for flag in LABKIT_SYSTEM_TORCH LABKIT_NO_APT; do
+  case "${!flag:-0}" in 0|1) ;; *) say "ERROR: $flag=${!flag} is neither 1 nor 0: pass $flag=1, or leave it unset"; exit 2 ;; esac
+done
+pyver=$("$PYTHON" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/null) || {
+  say "ERROR: PYTHON=$PYTHON does not run here: install it, or pass PYTHON=python3.10 (or newer)"; exit 2; }
+read -r major minor <<< "$pyver"
+if [ "$major" -lt 3 ] || { [ "$major" = 3 ] && [ "$minor" -lt 10 ]; }; then
+  say "ERROR: PYTHON=$PYTHON is Python $major.$minor, older than 3.10 (requires-python): pass PYTHON=python3.10 or newer"; exit 2
+fi
+at_least() { "$PYTHON" -c "import re, sys; v = [[int(x) for x in re.findall(r'\d+', a)[:2]] for a in sys.argv[1:]]; sys.exit(v[0] < v[1])" "$1" "$2"; }
+floor=$(sed -n 's/^ *"torch>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+case "$TORCH_SPEC" in torch==?*) ;; *) say "ERROR: TORCH_SPEC=$TORCH_SPEC is not pinned: pass torch==VERSION"; exit 2 ;; esac
+at_least "${TORCH_SPEC#torch==}" "$floor" || {
+  say "ERROR: TORCH_SPEC=$TORCH_SPEC is older than torch $floor, the oldest the kit runs on: pass torch==$floor or newer"; exit 2; }
+case "${TORCH_INDEX_URL:-https://}" in http://?*|https://*) ;; *)
+  say "ERROR: TORCH_INDEX_URL=$TORCH_INDEX_URL is no URL: pass e.g. https://download.pytorch.org/whl/cpu"; exit 2 ;; esac
+# A venv made before keeps its torch and how it was made: a changed request is said, not silently ignored.
+if [ -x "$VENV/bin/python" ]; then
+  system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+  had=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+  if { [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ] && [ "$system" != true ]; } || { [ -n "$ASKED_TORCH" ] && [ -n "$had" ] && [ "$had" != "${ASKED_TORCH#torch==}" ]; }; then
+    say "ERROR: $VENV was made with torch ${had:-none} (system site-packages: ${system:-false}), not what TORCH_SPEC/LABKIT_SYSTEM_TORCH ask: rm -rf $VENV, then run again"; exit 2
+  fi
+fi
+# A reused torch must meet pyproject.toml's floor (an older one installs fine and then fails in accelerate and
+# transformers, which need 2.6).
 if [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ]; then
-  floor=$(sed -n 's/^ *"torch>=\([0-9.]*\)".*/\1/p' pyproject.toml)
   have=$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null) || {
     say "ERROR: LABKIT_SYSTEM_TORCH=1 but $PYTHON cannot import torch: install torch $floor or newer there, or unset LABKIT_SYSTEM_TORCH ($TORCH_SPEC goes into $VENV)"; exit 2; }
-  if ! "$PYTHON" -c "import re, sys; v = [[int(x) for x in re.findall(r'\d+', a)[:2]] for a in sys.argv[1:]]; sys.exit(v[0] < v[1])" "$have" "$floor"; then
+  if ! at_least "$have" "$floor"; then
     say "ERROR: LABKIT_SYSTEM_TORCH=1 but $PYTHON has torch $have, older than $floor, the oldest the kit runs on: upgrade it, or unset LABKIT_SYSTEM_TORCH ($TORCH_SPEC goes into $VENV)"; exit 2
   fi
 fi
@@ -63,7 +88,6 @@ fi
 LOCK=requirements/lock.txt
 LOCKED=(bash scripts/pip-locked.sh "$VENV/bin/python" "$LOCK")
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-case "$TORCH_SPEC" in torch==?*) ;; *) say "ERROR: TORCH_SPEC=$TORCH_SPEC is not pinned: pass torch==VERSION"; exit 2 ;; esac
 
 # 3. Every package but torch from the lock (make lock), each file checked against its hash: first the build tools,
 #    then the rest (source packages built against those tools, not in an isolated build environment fetched

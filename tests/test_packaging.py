@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 from kit_testing import ROOT, pyproject
 
@@ -66,6 +67,26 @@ def test_the_set_up_refuses_a_reused_torch_older_than_the_floor_before_installin
     assert "torch 2.4.1+cu121, older than 2.6" in old.stdout and "unset LABKIT_SYSTEM_TORCH" in old.stdout
     ok = set_up("2.6.0")
     assert ok.returncode == 7 and "venv reached" in ok.stdout and "older than" not in ok.stdout, ok.stdout
+
+
+@pytest.mark.parametrize(
+    "variables, said",
+    [
+        ({"PYTHON": "/no/such/python"}, "PYTHON=/no/such/python does not run here"),
+        ({"LABKIT_NO_APT": "true"}, "LABKIT_NO_APT=true is neither 1 nor 0"),  # "true" meant apt-get as root
+        ({"LABKIT_SYSTEM_TORCH": "yes"}, "LABKIT_SYSTEM_TORCH=yes is neither 1 nor 0"),
+        ({"TORCH_SPEC": "torch==2.4.1"}, "older than torch 2.6"),  # it failed at pip check, after the build
+        ({"TORCH_SPEC": "2.13"}, "TORCH_SPEC=2.13 is not pinned"),
+        ({"TORCH_INDEX_URL": "download.pytorch.org/whl/cpu"}, "TORCH_INDEX_URL=download.pytorch.org/whl/cpu is no URL"),
+    ],
+)
+def test_the_set_up_refuses_a_bad_input_before_installing_anything(tmp_path, variables, said):
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), **variables}
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and said in done.stdout, done.stdout + done.stderr
+    assert done.stdout.count("\n") == 1 and not (tmp_path / "venv").exists()  # one line, nothing made
 
 
 def test_ci_runs_the_readme_test_command():

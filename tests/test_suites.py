@@ -196,6 +196,9 @@ def test_an_installed_kit_finds_its_notebooks_through_labkit_notebooks(tmp_path,
     monkeypatch.setenv("LABKIT_NOTEBOOKS", str(tmp_path))
     assert [p.name for p in notebooks.discover()] == ["00_environment_check.ipynb"]
     assert notebooks.select(["00"]) == [tmp_path / "00_environment_check.ipynb"]
+    monkeypatch.setenv("LABKIT_NOTEBOOKS", str(tmp_path / "empty"))  # unset, a wheel's kit finds none: say where
+    with pytest.raises(ConfigError, match="no notebooks found .* Fix: set LABKIT_NOTEBOOKS"):
+        notebooks.select(["00"])
 
 
 def test_the_gpu_suite_holds_on_the_notebooks_recorded_on_one_h200():

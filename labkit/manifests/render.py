@@ -198,7 +198,7 @@ def kit_dir(field: str, problem: str, marker: str, candidates: list[Path]) -> Pa
     for candidate in candidates:
         if (candidate / marker).is_file():
             return candidate
-    fix = "run from a labkit source checkout, or set LABKIT_MANIFESTS to its manifests/ directory"
+    fix = "set LABKIT_MANIFESTS to a labkit source checkout's manifests/ directory (an editable install finds it)"
     raise ConfigError(field, f"{problem} (looked in {', '.join(map(str, candidates))})", fix)
 
 
