@@ -330,7 +330,10 @@ def local_env(spec: LaunchSpec, port: int) -> dict[str, str]:
 def start_session(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None) -> subprocess.Popen:
     """`cmd` in a session of its own (stop_tree ends all of it), stdout and stderr as one stream of text lines."""
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, text=True, **pipes)
+    # A byte that is not UTF-8 (a Latin-1 file name, a native library's message) must not end the reading thread:
+    # the pipe would fill and the ranks block on it until the deadline.
+    text = {"text": True, "encoding": "utf-8", "errors": "backslashreplace"}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, **text, **pipes)
 
 
 def run(spec: LaunchSpec, **options) -> LaunchResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import math
 import os
 import re
 import select
@@ -314,6 +315,15 @@ class StepWatchdog:
 
     def beat(self) -> None:
         self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work that is no step (an evaluation, a checkpoint save): bounded by the collective timeout, not by this."""
+        self.last = math.inf
+        try:
+            yield
+        finally:
+            self.beat()
 
     def _watch(self) -> None:
         while not self.stopped.wait(1.0):

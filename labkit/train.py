@@ -348,7 +348,8 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
     say(f"training on {kind} data: {what} on {setup}")
 
     def save(step: int, epoch: int) -> None:
-        checkpoint.save(engine, cfg.checkpoint_dir, step, {"epoch": epoch, **shape}, cfg.keep_checkpoints, say)
+        with watchdog.paused():  # a save to a slow volume is no dead peer either
+            checkpoint.save(engine, cfg.checkpoint_dir, step, {"epoch": epoch, **shape}, cfg.keep_checkpoints, say)
 
     bar_style = {"desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}", "unit": "step", "disable": rank or not cfg.progress}
     bar = tqdm(total=total, initial=start_step, mininterval=0.5 if sys.stderr.isatty() else 5.0, **bar_style)
@@ -407,9 +408,9 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
             _sync(cfg.device)
             seconds, steps_run = time.perf_counter() - t0, stop - first
             stats = torch.stack([loss_sum, correct.double()]).double()
-            dist.all_reduce(stats)
-            test_loss, test_acc = evaluate(engine, feed, max(cfg.micro_batch, 500))
-            watchdog.beat()
+            with watchdog.paused():  # no step: the collective timeout bounds it (a long test set is no dead peer)
+                dist.all_reduce(stats)
+                test_loss, test_acc = evaluate(engine, feed, max(cfg.micro_batch, 500))
             images = max(1, steps_run * cfg.global_batch)
             train_loss, train_acc = (round(v / images, 5) for v in stats.tolist())
             record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "data": kind, "train_loss": train_loss}

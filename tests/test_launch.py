@@ -454,3 +454,15 @@ def test_a_second_ctrl_c_during_the_stop_still_stops_every_process():
         launch.run_command(stubborn, launch.kit_env(), timeout=120)
     time.sleep(0.5)
     assert not [p for p in kit_processes() if "sleep 60" in p[1]]
+
+
+def test_a_byte_that_is_not_utf8_does_not_stop_the_reading():
+    """A rank printing a Latin-1 file name killed the reader thread: the pipe filled, the ranks blocked on it and
+    the run waited for its deadline (for ever without one)."""
+    script = (
+        "printf 'file caf\\351.txt\\n'; i=0; while [ $i -lt 3000 ]; do echo line $i of a long output; i=$((i+1)); done"
+    )
+    started = time.monotonic()
+    result = launch.run_command(["sh", "-c", script], launch.kit_env(), timeout=60)
+    assert result.returncode == 0 and "file caf\\xe9.txt" in result.output and "line 2999 of" in result.output
+    assert time.monotonic() - started < 30

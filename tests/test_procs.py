@@ -132,3 +132,21 @@ def test_rank_exits_find_a_rank_first_seen_before_its_exec():
         assert exits.first_failure == (1, "killed by signal 9")
     finally:
         procs.stop_tree(proc, grace_s=1.0)
+
+
+@pytest.mark.parametrize("paused", [True, False])
+def test_the_step_watchdog_leaves_work_that_is_no_step_alone(paused):
+    """An evaluation or a checkpoint save longer than step_timeout killed a healthy rank ("a peer rank probably
+    died"): they run paused, bounded by the collective timeout instead."""
+    code = (
+        "import time\nfrom labkit.procs import StepWatchdog\n"
+        "with StepWatchdog(1.0, 0) as w:\n"
+        f"    with (w.paused() if {paused} else __import__('contextlib').nullcontext()):\n"
+        "        time.sleep(2.6)\n"
+        "print('finished', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if paused:
+        assert done.returncode == 0 and "finished" in done.stdout, done.stderr
+    else:
+        assert done.returncode == 3 and "no step finished" in done.stderr
