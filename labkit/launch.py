@@ -271,8 +271,10 @@ def failure_summary(output: str, first_failure: tuple[int, str | None] | None = 
     # A rank that only lost its peer can fail first when the rank that failed is slower to exit: name the cause
     if causes and (rank is None or _PEER_LOST.search(tagged.get(rank, "")) or (unsure and rank not in tagged)):
         rank = causes[0]
-    if rank is not None:
-        return rank, tagged.get(rank) or how or ""
+    if rank is not None:  # a flag its script refused comes before rank_guard: argparse's own line says why
+        usage = (_TAGGED_RANK_RE.sub("", ln).strip() for ln in output.splitlines())
+        usage = next((ln for ln in usage if re.match(r"^[\w.-]+(\.py)?: error: ", ln)), None)
+        return rank, tagged.get(rank) or usage or how or ""
     if how or tagged:  # a silent rank died and its peers only lost it: which one is not known
         return None, how or next(iter(tagged.values()))
     lines = output.splitlines()

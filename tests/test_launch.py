@@ -466,3 +466,13 @@ def test_a_byte_that_is_not_utf8_does_not_stop_the_reading():
     result = launch.run_command(["sh", "-c", script], launch.kit_env(), timeout=60)
     assert result.returncode == 0 and "file caf\\xe9.txt" in result.output and "line 2999 of" in result.output
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_a_flag_a_rank_script_refuses_is_the_error_named():
+    """argparse stops a rank before rank_guard can tag its error: the line said only "rank 0 died (exit code 2)"."""
+    with pytest.raises(LaunchError) as err:
+        launch.run(
+            launch.LaunchSpec(module="labkit.ranks.hello", world_size=2, args=["--zero-stage", "5"]), timeout=120
+        )
+    assert "failed (exit code 2): hello.py: error: --zero-stage: 5 is not one of 0, 1, 2, 3" in str(err.value)
