@@ -404,6 +404,8 @@ class LocalBackend(JobBackend):
             with contextlib.suppress(OSError):
                 (d / "deleting").touch()  # an exec this stops says why (_why_failed)
             self._stop(d)
+            with contextlib.suppress(OSError):  # gone at once: rmtree's order could drop `deleting` before job.json,
+                d = d.rename(self.root / f".deleted-{uuid.uuid4().hex}")  # and a stopped exec say nothing of why
             shutil.rmtree(d, ignore_errors=True)
         return True
 
