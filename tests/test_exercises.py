@@ -75,6 +75,7 @@ def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
     right = accelerate.check_moments_prediction(whole, accelerate.expected_moments(whole["ranks"][0]))
     assert "**right**" in right and "(ZeRO-0: whole on every rank) = 2,757,632" in right
     assert "whole on every rank: ZeRO-0" in accelerate.states_split("bf16", 0, 2)
+    assert accelerate.states_split("bf16", 2, 1).endswith("whole on every rank: ZeRO-2 has one rank to split over")
     assert accelerate.states_split("bf16", 1, 2).startswith("bf16 parameters whole on every rank; fp32 master")
 
 

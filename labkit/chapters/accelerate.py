@@ -147,8 +147,9 @@ def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) 
 def states_split(dtype: str, stage: int, ranks: int) -> str:
     """Which model states a ZeRO stage splits over the ranks (the rest every rank holds whole)."""
     split = {1: "fp32 master weights and Adam moments", 2: "gradients, fp32 master weights and Adam moments"}
-    if stage == 0:
-        return f"{dtype} parameters, gradients, fp32 master weights and Adam moments, whole on every rank: ZeRO-0"
+    if stage == 0 or ranks == 1:  # one rank: nothing to split over
+        why = "ZeRO-0" if stage == 0 else f"ZeRO-{stage} has one rank to split over"
+        return f"{dtype} parameters, gradients, fp32 master weights and Adam moments, whole on every rank: {why}"
     if stage == 3:
         return f"{dtype} parameters, gradients, fp32 master weights and Adam moments, all split over {ranks} rank(s)"
     return f"{dtype} parameters whole on every rank; {split[stage]} split over {ranks} rank(s)"
