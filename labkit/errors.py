@@ -33,6 +33,12 @@ class LaunchError(LabkitError):
         super().__init__(message)
 
 
+def as_flag(exc: ConfigError, renamed: dict[str, str] | None = None) -> ConfigError:
+    """The same error named as a CLI user typed it: field `num_processes` -> `--num-processes` (or `renamed`'s flag)."""
+    flag = (renamed or {}).get(exc.field) or "--" + exc.field.replace("_", "-")
+    return ConfigError(flag, exc.problem, exc.fix)
+
+
 def is_number(value: Any) -> bool:
     """A real number: int or float, but not a bool (True is an int to Python, never a count or a limit here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

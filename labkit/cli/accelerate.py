@@ -10,7 +10,7 @@ from pathlib import Path
 
 from labkit import accelerate_route as route
 from labkit.cli.job import BACKEND_OPTIONS, _add, _backend
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, as_flag
 from labkit.jobs import Job
 
 
@@ -46,7 +46,7 @@ def _config(args: argparse.Namespace) -> int:
     try:
         config.validated()
     except ConfigError as exc:  # named as the user typed it
-        raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
+        raise as_flag(exc) from None
     if args.job:
         return _into_job(args, config)
     out = Path(args.out or "accelerate_config.yaml")
@@ -70,7 +70,7 @@ def _into_job(args: argparse.Namespace, config: route.AccelerateConfig) -> int:
     try:
         argv = route.job_command(plan, job)  # checks the config against the job's workers and slots first
     except ConfigError as exc:  # named as the user typed it
-        raise ConfigError("--" + exc.field.replace("_", "-"), exc.problem, exc.fix) from None
+        raise as_flag(exc) from None
     written = route.send_config(plan, job)
     where = f" --backend {args.backend} -n {job.namespace}" if args.backend != "local" else ""
     print(f"wrote {written} in job {job.namespace}/{args.job}: ZeRO-{config.stage}, {config.num_processes} "

@@ -9,7 +9,7 @@ from pathlib import Path
 from labkit import zero
 from labkit.chapters.zero_stages import conclusions, format_table, summary_rows
 from labkit.devices import DEVICE_CHOICES
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, as_flag
 from labkit.memory import OFFLOADS
 
 _OPTIONS = (  # (flag, default, help; choices)
@@ -41,8 +41,7 @@ def _zero(args: argparse.Namespace) -> int:
     try:
         plan = zero.make_plan(args.params, args.world_size, args.stages, **options, timeout_s=args.timeout)
     except ConfigError as exc:  # named as the user typed it
-        flag = "--timeout" if exc.field == "timeout_s" else "--" + exc.field.replace("_", "-")
-        raise ConfigError(flag, exc.problem, exc.fix) from None
+        raise as_flag(exc, {"timeout_s": "--timeout"}) from None
     print(
         f"model: {plan.params:,} parameters ({plan.layers} x MLP block, hidden {plan.hidden}), {plan.dtype}, "
         f"{plan.world_size} x {plan.device} rank(s) ({plan.why}); configs: {', '.join(v.label for v in plan.variants)}"
