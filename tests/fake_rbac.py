@@ -83,12 +83,15 @@ def request_attributes(method: str, path: str, query: dict) -> Attributes | None
     return Attributes(verb, group, resource, namespace, name)
 
 
-def load_bindings(paths=RBAC_FILES) -> dict[str, list[tuple[str, list[dict]]]]:
-    """user -> [(namespace, rules)] from the (Cluster)Roles and their bindings in the kit's manifest files; a
-    ClusterRoleBinding grants in every namespace and at the cluster scope (namespace "*")."""
+def load_bindings(paths=RBAC_FILES, docs: list[dict] | None = None) -> dict[str, list[tuple[str, list[dict]]]]:
+    """user -> [(namespace, rules)] from the (Cluster)Roles and their bindings in the kit's manifest files (or the
+    rendered objects `docs`); a ClusterRoleBinding grants in every namespace and at the cluster scope ("*").
+    Subjects as validation/rule.go appliesToUser matches them: a ServiceAccount by its user name
+    system:serviceaccount:<namespace>:<name>, a User by its name (Groups are not used by the kit)."""
     import yaml
 
-    docs = [d for path in paths for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    if docs is None:
+        docs = [d for path in paths for d in yaml.safe_load_all(Path(path).read_text()) if d]
     roles = {
         (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d.get("rules") or []
         for d in docs
@@ -105,6 +108,8 @@ def load_bindings(paths=RBAC_FILES) -> dict[str, list[tuple[str, list[dict]]]]:
             if s.get("kind") == "ServiceAccount":
                 user = f"system:serviceaccount:{s.get('namespace', ns)}:{s['name']}"
                 grants.setdefault(user, []).append((ns, rules))
+            elif s.get("kind") == "User":
+                grants.setdefault(s["name"], []).append((ns, rules))
     return grants
 
 

@@ -788,3 +788,23 @@ def test_the_fake_refuses_an_escalating_role_or_binding_as_the_api_server_does()
         assert raw(api, "POST", f"{RBAC_PATH}/roles", role)[0] == 409
     with FakeApiServer(identity=ADMIN) as api:  # system:masters: no escalation check, no look at the Role
         assert raw(api, "POST", f"{RBAC_PATH}/rolebindings", binding)[0] == 201
+
+
+def test_the_lab_identity_may_submit_gaudi_jobs_under_the_gaudi_overlays_binding():
+    """The lab runs as workloads:labkit (manifests/lab). The gaudi overlay moves base's Role and binding to
+    workloads-gaudi, where kustomize rewrites the ServiceAccount subject to workloads-gaudi:labkit, an identity no pod
+    has: the overlay binds the lab's own user name too, or the lab could never submit a Gaudi job."""
+    rbac = [o for o in render_all(JobSpec(accelerator="gaudi")) if o["kind"] in ("Role", "RoleBinding")]
+    spec = JobSpec(name="hpu", accelerator="gaudi", workers=1, slots_per_worker=8)
+    with fake_cluster(ready_delay=0.2, namespaces=("default", "workloads", "workloads-gaudi")) as (api, backend):
+        api.namespace_labels["workloads-gaudi"] = {"pod-security.kubernetes.io/enforce": "privileged"}
+        assert api.identity == SERVICE_ACCOUNT == "system:serviceaccount:workloads:labkit"
+        (binding,) = [o for o in rbac if o["kind"] == "RoleBinding"]
+        without_user = [s for s in binding["subjects"] if s["kind"] == "ServiceAccount"]
+        api.grants = load_bindings(docs=[*rbac[:-1], {**binding, "subjects": without_user}])  # the overlay before
+        with pytest.raises(ConfigError, match="apply manifests/overlays/gaudi"):
+            backend.submit(spec)
+        api.grants = load_bindings(docs=rbac)
+        get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(spec)  # a new backend: no cached answers
+        created = [o["metadata"]["namespace"] for o in api.objects.values() if o.get("kind") == "MPIJob"]
+        assert api.denied == [] and created == ["workloads-gaudi"]

@@ -161,7 +161,7 @@ def test_trainjob_parameters_and_no_token():
     assert job["spec"]["runtimeRef"] == {
         "apiGroup": "trainer.kubeflow.org",
         "kind": "TrainingRuntime",
-        "name": "labkit-deepspeed",
+        "name": "labkit-deepspeed-gaudi",
     }
     assert (trainer["numNodes"], trainer["numProcPerNode"], job["spec"]["activeDeadlineSeconds"]) == (3, 4, 600)
     assert trainer["resourcesPerNode"]["limits"]["habana.ai/gaudi"] == 4

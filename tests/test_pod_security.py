@@ -184,7 +184,11 @@ def test_gaudi_alone_is_privileged_in_a_namespace_of_its_own(accelerator, kind):
     assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
     assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "Namespace"} == {name}
     subjects = [s for o in objects if o["kind"] == "RoleBinding" for s in o["subjects"]]
-    assert subjects and all(s["namespace"] == name for s in subjects)
+    accounts = [s for s in subjects if s["kind"] == "ServiceAccount"]
+    assert accounts and all(s["namespace"] == name for s in accounts)
+    # Gaudi's binding also names the lab's own identity (workloads:labkit), which runs in the restricted namespace
+    users = [s["name"] for s in subjects if s["kind"] == "User"]
+    assert users == (["system:serviceaccount:workloads:labkit"] if gaudi else [])
     pods = _pod_templates(objects)
     assert pods and any(p.get("hostIPC") for p in pods) == gaudi
     for pod in pods:

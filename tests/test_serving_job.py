@@ -97,3 +97,22 @@ def test_the_cli_prints_what_kubectl_applies_to_serve_in_a_cluster(capsys):
     assert objects[1]["spec"]["selector"] == job.rank0_selector("serve-demo")
     assert main(["serve", "--job-yaml", "--workers", "3", "--slots", "1"]) == 2  # 3 ranks cannot split the model
     assert "world_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("accelerator", ["nvidia", "gaudi"])
+def test_the_lab_pod_may_reach_rank_0_whatever_namespace_the_job_runs_in(accelerator):
+    """A NetworkPolicy peer with only a podSelector selects pods of the policy's own namespace (k8s.io/api
+    networking/v1 NetworkPolicyPeer): Gaudi jobs run in workloads-gaudi, the lab in workloads, so the lab's
+    namespace is named too; a job beside the lab needs (and gets) no second peer."""
+    config = ServeConfig(host="0.0.0.0", port=8000)
+    spec = job.job_spec(config, one_host=False, name="serve-demo", accelerator=accelerator, workers=1)
+    _, policy = job.render_service(spec, config)
+    peers = policy["spec"]["ingress"][0]["from"]
+    lab_pod = {"matchLabels": {"app.kubernetes.io/component": "lab"}}
+    assert policy["metadata"]["namespace"] == manifests.NAMESPACES[accelerator]
+    assert peers[0] == {"podSelector": lab_pod}
+    if accelerator == "gaudi":
+        lab_namespace = {"matchLabels": {"kubernetes.io/metadata.name": "workloads"}}
+        assert peers[1:] == [{"namespaceSelector": lab_namespace, "podSelector": lab_pod}]
+    else:
+        assert len(peers) == 1

@@ -165,3 +165,18 @@ def test_one_worker_is_refused_for_a_trainjob_and_job_only_refuses_an_image_the_
     assert main([*argv, "--image", "registry.example/me/ds:1"]) == 2
     assert "image" in capsys.readouterr().err
     assert main(argv) == 0 and "kind: TrainJob" in capsys.readouterr().out
+
+
+def test_each_accelerator_has_its_own_runtime_so_overlays_in_one_namespace_do_not_swap_images():
+    """cpu and nvidia TrainJobs share the namespace `workloads`: one runtime name for both would make the overlay
+    applied last decide every TrainJob's node image and resources (Trainer's builder.go: trainer.image reaches the
+    launcher only)."""
+    runtimes = {}
+    for accelerator in ("cpu", "nvidia", "gaudi"):
+        trainjob, runtime = trainjob_and_runtime(JobSpec(accelerator=accelerator))
+        runtimes[(runtime["metadata"]["namespace"], runtime["metadata"]["name"])] = accelerator
+        assert trainjob["spec"]["runtimeRef"]["name"] == f"labkit-deepspeed-{accelerator}"
+        node = expand(trainjob, runtime)[0]["template"]["spec"]["template"]["spec"]["containers"][0]
+        assert node["image"] == _overlay_values(accelerator, "trainjob")["image"]
+    assert len(runtimes) == 3 and ("workloads", "labkit-deepspeed-cpu") in runtimes
+    assert ("workloads", "labkit-deepspeed-nvidia") in runtimes

@@ -100,7 +100,7 @@ def _job_yaml(args: argparse.Namespace) -> int:
     namespace = objects[0]["metadata"]["namespace"]  # as resolved for the accelerator when left out
     service = f"{args.name}-serve.{namespace}:{config.port}"
     print(f"# kubectl apply -n {namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
-    print("# Role does not grant: an admin applies them); then, from the lab pod of the same namespace:")
+    print(f"# Role does not grant: an admin applies them); then, from the lab pod (namespace {job.LAB_NAMESPACE}):")
     print(f"#   curl http://{service}/healthz   (and POST /shutdown ends every rank); to remove it all:")
     print(f"#   kubectl delete -n {namespace} mpijob/{args.name} service/{args.name}-serve "
           f"networkpolicy/{args.name}-serve")  # fmt: skip

@@ -1,7 +1,6 @@
 """KubernetesBackend: interactive MPIJobs (kubeflow.org/v2beta1, MPI Operator) through the official client.
 
-submit:  render (validates the spec) -> check the API serves mpijobs.kubeflow.org/v2beta1 -> server-side dry run of
-         every object -> create.
+submit:  render (validates the spec) -> API serves mpijobs.kubeflow.org/v2beta1? -> dry run of each object -> create
 ready:   watch the job's pods (labels training.kubeflow.org/job-name, .../job-role) until the launcher and every
          worker are Running and Ready; fail fast on image pull errors; on timeout report each pod's reason and events
          and delete the job (it holds accelerators), unless it is suspended: queued (Kueue), it holds nothing.
@@ -188,7 +187,8 @@ class KubernetesBackend(JobBackend):
         self.check_operator()
         ns = spec.namespace
         if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
-            fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/base for {ns}"
+            apply = "overlays/gaudi" if ns == manifests.NAMESPACES["gaudi"] else f"base with namespace {ns}"
+            fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/{apply}"
             raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
         # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).

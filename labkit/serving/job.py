@@ -2,10 +2,11 @@
 
 With `deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`, Open MPI fills the hostfile's hosts in order, so
 rank 0 (the HTTP endpoint) runs on worker 0, not on the launcher: the Service selects that one pod by the MPI
-Operator's labels (job-name, job-role=worker, replica-index=0), and a NetworkPolicy lets the lab pod of the same
-namespace reach its port (the kit's default policy denies all other ingress to job pods). On the local backend the
-job's hostfile has one line (`localhost slots=N`), so DeepSpeed launches every rank locally, in the job's own
-process group, and the endpoint is on this machine.
+Operator's labels (job-name, job-role=worker, replica-index=0), and a NetworkPolicy lets the lab pod (of the job's
+namespace, and of the lab's own, `workloads`, when the job runs elsewhere, as Gaudi jobs do) reach its port (the
+kit's default policy denies all other ingress to job pods). On the local backend the job's hostfile has one line
+(`localhost slots=N`), so DeepSpeed launches every rank locally, in the job's own process group, and the endpoint is
+on this machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from labkit.jobs.base import CLUSTER_HOSTFILE
 from labkit.serving.config import SERVE_MODULE, ServeConfig
 
 JOB_LABELS = ("training.kubeflow.org/job-name", "training.kubeflow.org/job-role", "training.kubeflow.org/replica-index")
+LAB_NAMESPACE = manifests.NAMESPACES["cpu"]  # where manifests/lab runs the lab (the restricted namespace)
 
 
 def serve_command(config: ServeConfig, *, one_host: bool, master_port: int | None = None) -> list[str]:
@@ -46,7 +48,7 @@ def rank0_selector(job_name: str) -> dict[str, str]:
 
 def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
     """The Service (ClusterIP, `<job>-serve:<port>`) and the NetworkPolicy that open rank 0's endpoint to the lab
-    pod of the same namespace, validated as the cluster would check them."""
+    pod (of the job's namespace and of the lab's own), validated as the cluster would check them."""
     metadata = {
         "name": f"{spec.name}-serve",
         "namespace": spec.namespace,
@@ -55,7 +57,10 @@ def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
     port = {"name": "http", "port": config.port, "targetPort": config.port, "protocol": "TCP"}
     service_spec = {"type": "ClusterIP", "selector": rank0_selector(spec.name), "ports": [port]}
     lab_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}
-    ingress = {"ports": [{"port": config.port, "protocol": "TCP"}], "from": [lab_pod]}
+    peers = [lab_pod]  # a podSelector alone selects pods of the policy's own namespace (NetworkPolicyPeer)
+    if spec.namespace != LAB_NAMESPACE:
+        peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": LAB_NAMESPACE}}, **lab_pod})
+    ingress = {"ports": [{"port": config.port, "protocol": "TCP"}], "from": peers}
     rank0_pod = {"matchLabels": rank0_selector(spec.name)}
     policy_spec = {"podSelector": rank0_pod, "policyTypes": ["Ingress"], "ingress": [ingress]}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": service_spec}
