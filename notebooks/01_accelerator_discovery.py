@@ -57,6 +57,7 @@ from labkit import devices, results
 from labkit import cluster as kube
 from labkit.chapters import exercises
 from labkit.plots.discovery import device_memory_figure, filtered_tables_html, node_accelerators_figure
+from labkit.tabular import format_bytes
 
 query_cluster = kube.resolve_cluster_mode(cluster, kubeconfig or None, context or None, api_timeout_s)
 resolved_device = devices.pick_device(device)
@@ -65,8 +66,10 @@ print(f"device for later chapters: {resolved_device}; query the cluster: {query_
 # %% [markdown]
 # ## This machine
 #
-# One row per device, in bytes turned into GiB. The notes say which source answered for each kind and why the others
-# were skipped: on a laptop they explain that there is no NVML library, no `nvidia-smi` and no Gaudi software.
+# One row per device, memory as in use / total in decimal units (1 GB = 10^9 bytes); the chart below draws the same
+# bytes in GiB (2^30 bytes, 7% more each), so its numbers are smaller. The notes say which source answered for each
+# kind and why the others were skipped: on a laptop they explain that there is no NVML library, no `nvidia-smi` and
+# no Gaudi software.
 
 # %%
 local = devices.discover()
@@ -92,7 +95,7 @@ display(Markdown(exercises.verdict(my_max_params_m, round(max_params_m), name="m
                                    rel_tol=0.10)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(f"{largest.name}: {largest.mem_total / 2**30:.1f} GiB / 16 bytes per parameter = "
+display(Markdown(f"{largest.name}: {format_bytes(largest.mem_total)} / 16 bytes per parameter = "
                  f"{max_params_m:,.0f} M parameters; ZeRO-3 on N devices divides the 16 by N (chapter 02)."))
 
 # %% [markdown]
@@ -114,7 +117,8 @@ inventory
 if inventory.nodes:
     display(node_accelerators_figure(inventory.nodes))
 else:
-    print(f"no node chart: {inventory.error or 'the cluster has no nodes'}")
+    print("no node chart: " + ("the cluster was not queried (above)" if not query_cluster else
+                               inventory.error or "the cluster has no nodes"))
 
 # %% [markdown]
 # ## Filter by accelerator kind
