@@ -180,6 +180,34 @@ def test_a_rank_dead_before_the_rendezvous_ends_the_launch_fast_naming_it(launch
     assert "-15" not in message and not kit_processes()
 
 
+LINGERING = """
+import threading, time
+import deepspeed
+from labkit.ranks.runtime import rank_and_world, rank_guard
+if rank_and_world()[0] == 1:
+    threading.Thread(target=time.sleep, args=(600,)).start()  # a live thread: the process stays after the error
+    with rank_guard():
+        raise ValueError("device_id cuda:1 is out of range")
+deepspeed.init_distributed()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["deepspeed", "mpirun"])
+def test_a_rank_that_reports_its_error_but_lingers_still_ends_the_launch_fast(launcher, tmp_path):
+    """The rank's tagged error line, not its exit, must end the launch: here the failed rank's process stays (a
+    non-daemon thread) and rank 0 waits in the rendezvous, so neither launcher would stop before the deadline."""
+    script = tmp_path / "lingering.py"
+    script.write_text(LINGERING)
+    start = time.monotonic()
+    with pytest.raises(LaunchError) as err:
+        launch.run(launch.LaunchSpec(script=script, world_size=2, launcher=launcher), timeout=150)
+    message = str(err.value)
+    assert time.monotonic() - start < 60 and "deadline" not in message, message
+    assert message.startswith("rank 1 failed (exit code 1): ValueError: device_id cuda:1 is out of range"), message
+    assert not kit_processes()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("launcher", "victim", "sig"), [("deepspeed", 0, 9), ("deepspeed", 1, 11), ("mpirun", 0, 9)])
 def test_a_rank_killed_without_a_word_is_named_with_its_signal(launcher, victim, sig):
