@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 
@@ -33,10 +34,24 @@ class LaunchError(LabkitError):
         super().__init__(message)
 
 
-def as_flag(exc: ConfigError, renamed: dict[str, str] | None = None) -> ConfigError:
-    """The same error named as a CLI user typed it: field `num_processes` -> `--num-processes` (or `renamed`'s flag)."""
-    flag = (renamed or {}).get(exc.field) or "--" + exc.field.replace("_", "-")
-    return ConfigError(flag, exc.problem, exc.fix)
+def renamed(exc: ConfigError, names: dict[str, str], fixes: dict[str, str] | None = None) -> ConfigError:
+    """The same error with its field named as the user typed it (`names`: checked field -> the user's name; fields
+    not in it are kept) and, where `fixes` has one for the checked field, a fix the user can apply there."""
+    return ConfigError(names.get(exc.field, exc.field), exc.problem, (fixes or {}).get(exc.field, exc.fix))
+
+
+@contextlib.contextmanager
+def named_as(names: dict[str, str], fixes: dict[str, str] | None = None) -> Iterator[None]:
+    """A ConfigError raised inside re-raised `renamed` (a helper checks `dtype`; the notebook calls it `calc_dtype`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise renamed(exc, names, fixes) from None
+
+
+def as_flag(exc: ConfigError, flags: dict[str, str] | None = None) -> ConfigError:
+    """The same error named as a CLI user typed it: field `num_processes` -> `--num-processes` (or `flags`'s flag)."""
+    return renamed(exc, {exc.field: (flags or {}).get(exc.field) or "--" + exc.field.replace("_", "-")})
 
 
 def is_number(value: Any) -> bool:
@@ -50,6 +65,17 @@ def check_choice(field: str, value: Any, allowed: Iterable[Any], fix: str | None
     if value not in allowed:
         choices = ", ".join(map(str, allowed))
         raise ConfigError(field, f"unknown value {value!r}", fix or f"use one of {choices}")
+    return value
+
+
+def check_bool(field: str, value: Any, fix: str | None = None) -> bool:
+    """value if it is True or False, else ConfigError: plain papermill passes `-p resume false` as the string "false",
+    which is true to Python (only True/False, capitalised, become booleans there)."""
+    if not isinstance(value, bool):
+        meant = "False" if str(value).strip().lower() in ("false", "0", "no", "off", "") else "True"
+        example = f"-p {field} {meant}"
+        default = f"pass True or False (papermill: {example}, capitalised, or -y '{field}: false')"
+        raise ConfigError(field, f"must be True or False, got {value!r}", fix or default)
     return value
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
-from labkit.errors import ConfigError, check_choice, check_int, check_number
+from labkit.errors import ConfigError, check_bool, check_choice, check_int, check_number
 from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
@@ -99,6 +99,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self)
         for name, allowed in CHOICES.items():
             check_choice(name, getattr(cfg, name), allowed)
+        for name in (f.name for f in dataclasses.fields(cfg) if f.type == "bool"):  # "false" from papermill is true
+            check_bool(name, getattr(cfg, name))
         for name in ("epochs", "grad_accum", "synthetic_train", "synthetic_test", "keep_checkpoints"):
             check_int(name, getattr(cfg, name))
         for name in ("micro_batch", "global_batch", "max_train", "max_test", "checkpoint_every", "log_every"):
@@ -115,7 +117,8 @@ class TrainConfig:
             if getattr(cfg, name) >= 1:
                 raise ConfigError(name, f"must be < 1, got {getattr(cfg, name)}", f"pass 0 <= {name} < 1")
         if cfg.resume and not cfg.checkpoint_dir:
-            raise ConfigError("resume", "needs a checkpoint_dir to resume from", "pass --checkpoint-dir DIR")
+            fix = "pass checkpoint_dir=DIR (--checkpoint-dir DIR), the folder holding the run's checkpoints"
+            raise ConfigError("resume", "needs a checkpoint_dir to resume from", fix)
         old = checkpoint.tags(cfg.checkpoint_dir) if cfg.checkpoint_dir and not cfg.resume else []
         if old:  # a fresh run would mix its checkpoints with the old ones (and pruning keeps the highest steps)
             problem = f"{cfg.checkpoint_dir} already holds checkpoints of another run (newest: {old[0][1].name})"

@@ -96,7 +96,7 @@ plan = cifar.plan(
     max_train=max_train,
     width=width,
     resume=resume,
-    compile=compile_model,
+    compile_model=compile_model,
 )
 cfg = plan.config
 print(f"world_size {plan.world_size} ({plan.why})")

@@ -199,6 +199,22 @@ def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
     assert exc.value.field == "learning_rate"
 
 
+@pytest.mark.parametrize("name", ["synthetic", "resume", "compile_model"])
+def test_a_notebook_switch_passed_as_text_is_refused_not_read_as_true(tmp_path, name):
+    """Plain papermill passes `-p resume false` as the string "false" (true to Python): the run must not resume,
+    compile or go synthetic because of it; one error names the notebook parameter and how to pass a boolean."""
+    with pytest.raises(ConfigError) as exc:
+        cifar.plan(**{**TINY, "checkpoint_dir": str(tmp_path), name: "false"})
+    assert exc.value.field == name and "got 'false'" in exc.value.problem
+    assert f"-p {name} False" in exc.value.fix
+
+
+def test_resume_without_a_checkpoint_dir_names_the_notebooks_parameter_in_the_fix():
+    with pytest.raises(ConfigError) as exc:
+        cifar.plan(**TINY, resume=True)
+    assert exc.value.field == "resume" and "checkpoint_dir=" in exc.value.fix
+
+
 # --------------------------------------------------------------------------------------------- DeepSpeed config
 
 

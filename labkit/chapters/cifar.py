@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labkit import data, launch, tabular, train
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
-from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.errors import ConfigError, LabkitError, check_bool, check_choice, check_int, check_number
 from labkit.ranks import train as train_rank
 
 LAUNCHERS = ("auto", "inprocess", *launch.LAUNCHERS)
@@ -58,14 +58,26 @@ class TrainingPlan:
         return launch.LaunchSpec(RANK_MODULE, args, self.world_size, self.launcher, device=self.config.device)
 
 
-def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True, epochs: int = 3, **options):
+def plan(
+    *,
+    world_size: int = 0,
+    launcher: str = "auto",
+    synthetic: bool = True,
+    epochs: int = 3,
+    compile_model: bool | None = None,
+    **options,
+):
     """Validate notebook/CLI parameters (TrainConfig fields) and decide how the run happens. Raises ConfigError.
+    `compile_model` is notebook 04's name for TrainConfig.compile (`compile` would shadow a builtin there).
 
     Automatic values (0 / "auto"): world_size all visible GPUs, 2 ranks on a CPU (1 with launcher='inprocess'); on a
     CPU train on the first 2,000 images at width 0.5 (an epoch takes seconds), on an accelerator on the whole set at
     width 1.0; launcher in-process for one rank, else `deepspeed`.
     """
     check_choice("launcher", launcher, LAUNCHERS)
+    check_bool("synthetic", synthetic)
+    if compile_model is not None:
+        options["compile"] = check_bool("compile_model", compile_model)
     check_int("world_size", world_size, minimum=0, fix="pass 1 or more ranks, or 0 for automatic")
     device = pick_device(options.get("device", "auto"))
     why = f"world_size={world_size} as given"
@@ -87,7 +99,7 @@ def plan(*, world_size: int = 0, launcher: str = "auto", synthetic: bool = True,
     automatic = {k: v for k, v in sizes.items() if k not in options or (k in ZERO_MEANS_AUTO and not options[k])}
     paths = {k: str(options.get(k, "")) for k in ("data_dir", "checkpoint_dir")}  # a notebook may pass Path objects
     options = {**options, **paths, **automatic, "device": device}
-    cfg = train.TrainConfig(synthetic=bool(synthetic), epochs=epochs, **options)
+    cfg = train.TrainConfig(synthetic=synthetic, epochs=epochs, **options)
     cfg = cfg.resolved(world_size)  # every field checked here, the data folder included
 
     available = cfg.synthetic_train if cfg.synthetic else _count_train_images(cfg.data_dir)
