@@ -23,7 +23,7 @@ from pathlib import Path
 
 from labkit import launch, memory, shared_volume
 from labkit.devices import DEVICE_CHOICES, pick_device
-from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number, named_as
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
 _PROGRESS = re.compile(rf"{launch.PROGRESS_TAG} step=(\d+)")  # what the training ranks print (rank 0, each step)
@@ -95,10 +95,11 @@ class AccelerateConfig:
         if not isinstance(self.zero3_init, bool):
             raise ConfigError("zero3_init", f"must be true or false, got {self.zero3_init!r}", "pass True or False")
         offload_opt, offload_param = self.offload_optimizer == "cpu", self.offload_param == "cpu"
-        try:
+        # the same rule, named after the answer that breaks it, its fix in accelerate's answers (not labkit's offload)
+        field = "offload_param" if offload_param else "offload_optimizer"
+        fix = "set offload_optimizer='cpu' too (--offload-optimizer cpu)"
+        with named_as({"offload": field}, {"offload": fix} if offload_param and not offload_opt else {}):
             memory.check_offload(self.stage, offload_opt, offload_param)
-        except ConfigError as exc:  # the same rule, named after the flag that breaks it
-            raise ConfigError("offload_param" if offload_param else "offload_optimizer", exc.problem, exc.fix) from None
         if self.zero3_init and self.stage != 3:
             raise ConfigError("zero3_init", "deepspeed.zero.Init partitions at build time: stage 3 only", "use stage 3")
         return self

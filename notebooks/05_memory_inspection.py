@@ -66,8 +66,7 @@ from labkit.plots import zero as zplots
 plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload), dtype=dtype, device=device,
                       steps=steps, memory_summary=True)
 chapter.check_rank(rank, plan.world_size)
-calc = sizing.training_fit(memory.parse_count(calc_params, "calc_params"), calc_dtype, calc_stage, calc_world_size,
-                           calc_device)
+calc = chapter.calculator(calc_params, calc_dtype, calc_stage, calc_world_size, calc_device)
 print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device} "
       f"({plan.why}); inspecting rank {rank}")
 

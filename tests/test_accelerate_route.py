@@ -379,6 +379,23 @@ def test_notebook_parameters_fail_with_the_parameter_named(params, field, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+def test_plan_values_are_named_as_notebook_06_names_them_with_a_fix_it_can_apply(tmp_path):
+    from labkit.chapters import accelerate as chapter
+
+    with pytest.raises(ConfigError) as err:
+        chapter.stage_advice(7 * 10**9, "bf16", "H100", 0)
+    assert err.value.field == "plan_devices"
+    with pytest.raises(ConfigError) as err:
+        chapter.fit_rows(7 * 10**9, "int8", "H100")
+    assert err.value.field == "plan_dtype"
+    answers = {"num_machines": 1, "num_processes": 0, "zero_stage": 3, "mixed_precision": "bf16", "device": "cpu",
+               "offload_optimizer": "none", "offload_param": "cpu", "dynamo_backend": "no", "steps": 5}  # fmt: skip
+    with pytest.raises(ConfigError) as err:  # 06 has no `offload` parameter: the fix names the one it has
+        chapter.plan_run(**answers, run_dir=tmp_path)
+    assert err.value.field == "offload_param" and "offload_optimizer" in err.value.fix
+    assert "offload=" not in err.value.fix
+
+
 def test_stage_advice_is_checked_against_the_fit_numbers():
     from labkit.chapters import accelerate as chapter
 

@@ -320,6 +320,24 @@ def test_the_timeline_sentence_is_read_from_the_run():
     assert "peaked" not in timeline_note(without_gather)  # stages that keep whole parameters: no gather to mention
 
 
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"dtype": "int8"}, "calc_dtype"),  # 05 has a `dtype` of its own, which was valid
+        ({"world_size": 0}, "calc_world_size"),  # 05's world_size=0 is valid (automatic)
+        ({"stage": 4}, "calc_stage"),
+        ({"device": "h100"}, "calc_device"),
+        ({"params": "lots"}, "calc_params"),
+    ],
+)
+def test_the_calculators_bad_values_are_named_as_notebook_05_names_them(change, field):
+    from labkit.chapters.memory_inspection import calculator
+
+    with pytest.raises(ConfigError) as exc:
+        calculator(**({"params": "7B", "dtype": "bf16", "stage": 3, "world_size": 8, "device": "H100"} | change))
+    assert exc.value.field == field
+
+
 def test_the_min_devices_exercise_checks_against_the_calculator():
     from labkit import sizing
     from labkit.chapters.memory_inspection import check_min_devices_prediction

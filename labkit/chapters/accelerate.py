@@ -9,7 +9,7 @@ from labkit import memory, sizing
 from labkit.accelerate_route import DTYPE_OF, QUESTIONS, AccelerateConfig, TrainPlan
 from labkit.chapters import exercises
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
-from labkit.errors import ConfigError, check_choice, check_int
+from labkit.errors import check_choice, check_int, named_as
 from labkit.tabular import format_bytes
 from labkit.zero import Variant
 
@@ -42,10 +42,8 @@ def plan_run(
     check_ranks_fit("num_processes", num_processes, dev)
     config = AccelerateConfig(stage=zero_stage, num_processes=num_processes, mixed_precision=mixed_precision,
                               offload_optimizer=offload_optimizer, offload_param=offload_param)  # fmt: skip
-    try:
+    with named_as({"stage": "zero_stage"}):
         config.validated()
-    except ConfigError as exc:  # named as the notebook's parameter
-        raise ConfigError("zero_stage" if exc.field == "stage" else exc.field, exc.problem, exc.fix) from None
     return TrainPlan(config, run_dir, device=dev, steps=steps).validated()
 
 
@@ -64,6 +62,7 @@ def question_rows(config: AccelerateConfig, dynamo_backend: str) -> list[dict]:
 def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)) -> list[dict]:
     """Per ZeRO variant: per-device need (model states x head-room) on N devices, and whether it fits."""
     sizing.check_device_type(device_type)
+    check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)
     rows = []
     for stage, opt, par in SPEED_ORDER:
         row = {"config": Variant(stage, opt, par).label}
@@ -77,7 +76,7 @@ def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)
 def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dict:
     """The guide's rule (stage 2 when the parameters fit on one device, else 3) against the numbers: the fastest
     variant in the guide's order that fits on `devices` devices."""
-    check_int("devices", devices, 1, "pass the number of devices you would train on")
+    check_int("plan_devices", devices, 1, "pass the number of devices you would train on")
     capacity = sizing.DEVICE_MEMORY_GB[sizing.check_device_type(device_type)] * sizing.GB
     weights = params * memory.TRAIN_DTYPES[check_choice("plan_dtype", dtype, memory.TRAIN_DTYPES)]
     rule_stage = 2 if weights * sizing.TRAINING_HEADROOM <= capacity else 3

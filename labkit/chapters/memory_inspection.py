@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+from labkit import sizing
 from labkit.chapters import exercises
-from labkit.errors import check_int
-from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS
+from labkit.errors import check_int, named_as
+from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS, parse_count
 from labkit.tabular import format_bytes, format_percent
 from labkit.zero import ONE_RANK_NOTE, Variant
 
@@ -14,6 +15,17 @@ from labkit.zero import ONE_RANK_NOTE, Variant
 def variant_token(stage: int, offload: str = "none") -> str:
     """The single stage token for one inspected run: (3, 'optimizer') -> '3+opt'. Validated."""
     return Variant.of(stage, offload).name
+
+
+# what sizing checks, as notebook 05 names it: its own `dtype` and `world_size` (0 = automatic) are the inspected run's
+CALC_NAMES = {"dtype": "calc_dtype", "stage": "calc_stage", "world_size": "calc_world_size",
+              "device_type": "calc_device"}  # fmt: skip
+
+
+def calculator(params: str, dtype: str, stage: int, world_size: int, device: str) -> dict:
+    """sizing.training_fit for the notebook's calc_* parameters; a bad one is named as the notebook names it."""
+    with named_as(CALC_NAMES):
+        return sizing.training_fit(parse_count(params, "calc_params"), dtype, stage, world_size, device)
 
 
 def check_rank(rank: int, world_size: int) -> int:
