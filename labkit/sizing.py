@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import io
 import math
 import re
 from collections.abc import Iterable
 
 from labkit.errors import check_choice, check_number
-from labkit.memory import STATE_LABELS, deepspeed_model_states, format_count, paper_model_states
+from labkit.memory import STATE_LABELS, TRAIN_DTYPES, deepspeed_model_states, format_count, paper_model_states
 from labkit.tabular import format_bytes
 
 GB = 10**9
@@ -84,6 +83,13 @@ def check_device_type(device: str) -> str:
     return check_choice("device_type", device, DEVICE_MEMORY_GB)
 
 
+def lacks(dtype: str, device: str) -> str:
+    """'n/a (no BF16)' (the tables' cell) when `device` has no arithmetic in `dtype`, else ''. One rule for inference
+    and training: weights in such a dtype are a storage format there, nothing computes in it."""
+    devices, text = LACKS.get(dtype, ((), ""))
+    return text if device in devices else ""
+
+
 def inference_weight_bytes(params: int, dtype: str) -> int:
     return int(math.ceil(params * INFERENCE_DTYPES[check_choice("dtype", dtype, INFERENCE_DTYPES)]))
 
@@ -102,8 +108,7 @@ def inference_table(
     rows = []
     for dtype in dtypes or INFERENCE_DTYPES:
         w = inference_weight_bytes(params, dtype)
-        lacking, text = LACKS.get(dtype, (set(), ""))
-        needed = {d: text if d in lacking else devices_needed(w, d, headroom) for d in (devices or DEVICE_MEMORY_GB)}
+        needed = {d: lacks(dtype, d) or devices_needed(w, d, headroom) for d in (devices or DEVICE_MEMORY_GB)}
         rows.append({"dtype": dtype, "weight_bytes": w, "with_headroom_bytes": int(w * headroom)})
         rows[-1] |= {"headroom": headroom, "devices": needed}
     return rows
@@ -129,26 +134,47 @@ def training_fit(
     dev_bytes, host_bytes = sum(at["device"].values()), sum(at["host"].values())
     capacity, need = DEVICE_MEMORY_GB[device] * GB, dev_bytes * headroom
     paper = paper_model_states(params, stage, world_size, dtype, **offload)
-    paper_bytes, fits = sum(paper["device"].values()), need <= capacity
-    gb = functools.partial(format_bytes, unit="GB")
+    missing = lacks(dtype, device)  # no arithmetic in that dtype: nothing fits, whatever the bytes
+    paper_bytes, fits = sum(paper["device"].values()), need <= capacity and not missing
     lines = [
         f"model: {format_count(params)} parameters (Ψ), {dtype}, ZeRO stage {stage}, N = {world_size} "
         f"× {device} ({DEVICE_MEMORY_GB[device]} GB each)",
         *(f"  {STATE_LABELS[k]:<28} {gb(b):>12} per device" for k, b in at["device"].items() if b),
         f"  model states per device       {gb(dev_bytes):>12}   (paper {paper['formula']}: {gb(paper_bytes)})",
         *([f"  on the host (offload)          {gb(host_bytes):>12} per rank"] if host_bytes else []),
-        f"  × headroom {headroom} for activations/buffers = {gb(need)} {'<=' if fits else '>'} {gb(capacity)}",
-        "  -> fits" if fits else "  -> does NOT fit",
+        f"  × headroom {headroom} for activations/buffers = {gb(need)} {'<=' if need <= capacity else '>'} "
+        f"{gb(capacity)}",
+        "  -> fits"
+        if fits
+        else f"  -> does NOT fit{f': a {device} has no {dtype.upper()} arithmetic' if missing else ''}",
     ]
     smallest = min_world_size(params, dtype, stage, device, headroom=headroom, **offload)
     result = {"fits": fits, "need_bytes": int(need), "model_state_bytes": dev_bytes, "host_bytes": host_bytes}
     result |= {"capacity_bytes": capacity, "paper_bytes": paper_bytes, "lines": lines, "min_world_size": smallest}
-    if smallest is None:  # what no number of devices splits, from the numbers at the search's limit
-        floor = _device_states(params, dtype, stage, MAX_WORLD, **offload).total("backward", "device") * headroom
-        kept = {0: "every model state", 1: "the parameters and gradients", 2: "the parameters"}.get(stage)
-        what = f"ZeRO-{stage} keeps {kept} whole on every device: " if kept else ""
-        result["no_fit_reason"] = f"{what}{gb(floor)} per device with head-room even on {MAX_WORLD}, > {gb(capacity)}"
+    result["unsupported_dtype"] = bool(missing)
+    if missing:
+        others = " or ".join(d for d in TRAIN_DTYPES if not lacks(d, device))
+        result["no_fit_reason"] = f"a {device} has no {dtype.upper()} arithmetic: train in {others} there"
+    elif smallest is None:
+        result["no_fit_reason"] = _no_fit_reason(params, dtype, stage, capacity, headroom, offload)
     return result
+
+
+def _no_fit_reason(params: int, dtype: str, stage: int, capacity: float, headroom: float, offload: dict) -> str:
+    """What no number of devices splits: the states that do not shrink from 1 to MAX_WORLD devices at this stage."""
+    one, most = (_device_states(params, dtype, stage, n, **offload).at("backward")["device"] for n in (1, MAX_WORLD))
+    whole = [k for k, b in most.items() if b and 2 * b > one[k]]  # shrank less than half: kept whole (padding aside)
+    kept = "every model state" if whole == [k for k, b in one.items() if b] else _and([STATE_LABELS[k] for k in whole])
+    what = f"ZeRO-{stage} keeps {kept} whole on every device ({gb(sum(most[k] for k in whole))}): " if whole else ""
+    return f"{what}{gb(sum(most.values()) * headroom)} per device with head-room even on {MAX_WORLD}, > {gb(capacity)}"
+
+
+def _and(words: list[str]) -> str:
+    return "the " + (" and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1])
+
+
+def gb(value: float) -> str:
+    return format_bytes(value, unit="GB")
 
 
 def min_world_size(
@@ -158,6 +184,8 @@ def min_world_size(
     device does not shrink with N). `offload`: offload_optimizer, offload_param, as training_fit takes them."""
     capacity = DEVICE_MEMORY_GB[check_device_type(device)] * GB
     check_number("headroom", headroom, 1.0, HEADROOM_FIX)
+    if lacks(dtype, device):
+        return None
 
     def fits(n: int) -> bool:
         return _device_states(params, dtype, stage, n, **offload).total("backward", "device") * headroom <= capacity

@@ -396,6 +396,16 @@ def test_plan_values_are_named_as_notebook_06_names_them_with_a_fix_it_can_apply
     assert "offload=" not in err.value.fix
 
 
+def test_the_plan_never_says_bf16_training_fits_a_device_without_bf16():
+    from labkit.chapters import accelerate as chapter
+
+    advice = chapter.stage_advice(350 * 10**6, "bf16", "T4", 1)
+    assert advice["best"] is None and not advice["holds"] and "no BF16" in advice["text"]
+    assert {
+        cell for row in chapter.fit_rows(350 * 10**6, "bf16", "T4") for k, cell in row.items() if k != "config"
+    } == {"n/a (no BF16)"}
+
+
 def test_stage_advice_is_checked_against_the_fit_numbers():
     from labkit.chapters import accelerate as chapter
 

@@ -287,6 +287,28 @@ def test_training_fit_shows_the_arithmetic():
     assert S.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
 
 
+def test_training_in_a_dtype_the_device_cannot_compute_in_does_not_fit():
+    """The inference table says 'n/a (no BF16)' for a T4: the training calculator must not say bf16 fits there."""
+    fit = S.training_fit(350 * 10**6, "bf16", 0, 1, "T4")
+    assert not fit["fits"] and fit["min_world_size"] is None and S.min_world_size(350 * 10**6, "bf16", 0, "T4") is None
+    assert "no BF16" in fit["no_fit_reason"] and "fp16" in fit["no_fit_reason"] and "NOT fit" in fit["lines"][-1]
+    assert S.training_fit(350 * 10**6, "fp16", 0, 1, "T4")["fits"]  # the same model in a dtype the T4 has
+
+
+@pytest.mark.parametrize(
+    "stage,device,kept,not_kept",
+    [
+        (1, "T4", "keeps the parameters (working dtype) whole on every device (14.00 GB)", "gradients"),
+        (2, "T4", "keeps the parameters (working dtype) whole on every device (14.00 GB)", "gradients"),
+        (0, "H100", "keeps every model state whole on every device (112.00 GB)", "parameters"),
+    ],
+)
+def test_the_no_fit_reason_names_what_the_stage_really_keeps_whole(stage, device, kept, not_kept):
+    """17.53 GB / 1.25 = 14 GB: at ZeRO-1 only the fp16 parameters stay whole (the model partitions gradients)."""
+    reason = S.training_fit(7 * 10**9, "fp16", stage, 8, device)["no_fit_reason"]
+    assert f"ZeRO-{stage} {kept}" in reason and not_kept not in reason
+
+
 def test_counts_are_rounded_before_their_unit_is_picked():
     shown = [M.format_count(n) for n in (999, 1234, 999_499_999, 999_900_000, 7 * 10**9)]
     assert shown == ["999", "1.23K", "999M", "1B", "7B"]  # 999.9M read "1e+03M"
@@ -347,13 +369,13 @@ def test_the_min_devices_exercise_checks_against_the_calculator():
     assert "set `my_min_devices`" in check_min_devices_prediction(calc, "H100", None)
     assert "**right**" in check_min_devices_prediction(calc, "H100", n)
     assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)
-    stage0 = sizing.training_fit(70 * 10**9, "bf16", 0, 8, "T4")
+    stage0 = sizing.training_fit(70 * 10**9, "fp16", 0, 8, "T4")
     assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", 0)
     assert "ZeRO-0 keeps every model state whole on every device" in check_min_devices_prediction(stage0, "T4", 0)
     # stage 2 does shrink with N, down to the parameters every device keeps: the reason says which states stay
     stage2 = sizing.training_fit(70 * 10**9, "bf16", 2, 8, "H100")
     assert stage2["no_fit_reason"] == (
-        "ZeRO-2 keeps the parameters whole on every device: "
+        "ZeRO-2 keeps the parameters (working dtype) whole on every device (140.00 GB): "
         "175.30 GB per device with head-room even on 4096, > 80.00 GB"
     )
 
@@ -390,3 +412,7 @@ def test_the_closing_bullets_are_computed_from_the_inspected_rank():
     assert lines[2].endswith("what appeared after initialize: Adam moments (+84.00 MB).")
     assert lines[3].startswith("Calculator: 7B in bf16 with ZeRO-3 on 8 x H100 fits (17.50 GB needed")
     assert closing_lines(config, 1, calc, setup, one_rank=True) == [ONE_RANK_NOTE, *lines]
+    t4 = S.training_fit(350 * 10**6, "bf16", 0, 1, "T4")  # 7 GB would fit 16 GB: the verdict gives the real reason
+    assert closing_lines(config, 1, t4, "350M")[3] == (
+        "Calculator: 350M does not fit (a T4 has no BF16 arithmetic: train in fp32 or fp16 there)."
+    )

@@ -68,7 +68,8 @@ def fit_rows(params: int, dtype: str, device_type: str, world_sizes=(1, 2, 4, 8)
         row = {"config": Variant(stage, opt, par).label}
         for n in world_sizes:
             fit = sizing.training_fit(params, dtype, stage, n, device_type, offload_optimizer=opt, offload_param=par)
-            row[f"N={n}"] = f"{format_bytes(fit['need_bytes'], 'GB')} {'fits' if fit['fits'] else 'no'}"
+            cell = f"{format_bytes(fit['need_bytes'], 'GB')} {'fits' if fit['fits'] else 'no'}"
+            row[f"N={n}"] = sizing.lacks(dtype, device_type) or cell
         rows.append(row)
     return rows
 
@@ -90,6 +91,9 @@ def stage_advice(params: int, dtype: str, device_type: str, devices: int) -> dic
             f"{device_type}: ZeRO-{rule_stage} needs {format_bytes(rule['need_bytes'], 'GB')} per device "
             f"({'fits' if rule['fits'] else 'does not fit'}); the fastest variant that fits is "
             f"{best or 'none (more devices or offload to NVMe)'}.")  # fmt: skip
+    if sizing.lacks(dtype, device_type):  # the bytes are beside the point: nothing computes in that dtype there
+        text = (f"No variant trains in {dtype} on a {device_type}: {rule['no_fit_reason']} (the guide's rule, "
+                f"ZeRO-{rule_stage}, compares only bytes).")  # fmt: skip
     return {"rule_stage": rule_stage, "best": best, "rule_fits": rule["fits"],
             "holds": rule["fits"], "text": text}  # fmt: skip
 

@@ -122,8 +122,11 @@ def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_r
         f"initialize: {grew or 'nothing'}."
     )
     verdict = "fits" if calc["fits"] else "does not fit"
-    lines.append(f"Calculator: {calc_setup} {verdict} ({format_bytes(calc['need_bytes'])} needed per device with "
-                 f"head-room, {format_bytes(calc['capacity_bytes'])} available).")  # fmt: skip
+    bytes_ = (f"{format_bytes(calc['need_bytes'])} needed per device with head-room, "
+              f"{format_bytes(calc['capacity_bytes'])} available")  # fmt: skip
+    lines.append(
+        f"Calculator: {calc_setup} {verdict} ({calc['no_fit_reason'] if calc.get('unsupported_dtype') else bytes_})."
+    )
     return lines
 
 
