@@ -159,10 +159,11 @@ else:
 # ### Exercise: predict before the calculator answers
 # How many devices of the calculator's type (`calc_device`) does training the calculator's model (`calc_params`,
 # `calc_dtype`, ZeRO stage `calc_stage`) need at the least? ZeRO-3 model states are about 16 bytes per parameter
-# divided by N, plus head-room. Write your number below; the cell after the calculator checks it.
+# divided by N, plus head-room. Write your number below (or `"none"` if no number of devices fits); the cell after
+# the calculator checks it.
 
 # %% tags=["exercise"]
-my_min_devices = None  # your prediction: the smallest number of calc_device that fits
+my_min_devices = None  # your prediction: the smallest number of calc_device that fits, or "none"
 
 # %%
 print("\n".join(calc["lines"]))
@@ -175,7 +176,7 @@ display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_s
 display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, my_min_devices)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, calc["min_world_size"] or 0)))
+display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, chapter.min_devices_answer(calc))))
 
 # %%
 try:  # optional: interactive version of the same calculator (JupyterLab); the cell above is the record

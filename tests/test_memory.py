@@ -360,6 +360,20 @@ def test_the_calculators_bad_values_are_named_as_notebook_05_names_them(change, 
     assert exc.value.field == field
 
 
+def test_the_min_devices_exercise_says_what_to_write_when_no_number_fits_and_accepts_it():
+    from labkit.chapters.memory_inspection import check_min_devices_prediction as check
+    from labkit.chapters.memory_inspection import min_devices_answer
+
+    nothing = S.training_fit(7 * 10**9, "bf16", 0, 8, "H100")  # ZeRO-0 keeps 112 GB whole on every device
+    assert nothing["min_world_size"] is None and min_devices_answer(nothing) == "none"
+    assert '"none"' in check(nothing, "H100", None)  # the unanswered exercise says what to write
+    right = check(nothing, "H100", "none")
+    assert "**right**" in right and "the answer: none" in right and "0" not in right.split("**")[0]
+    assert "**not yet**" in check(nothing, "H100", 8) and "**not yet**" in check(nothing, "H100", 0)
+    fits = S.training_fit(7 * 10**9, "bf16", 3, 8, "H100")
+    assert "**not yet**" in check(fits, "H100", "None") and "**right**" in check(fits, "H100", min_devices_answer(fits))
+
+
 def test_the_min_devices_exercise_checks_against_the_calculator():
     from labkit import sizing
     from labkit.chapters.memory_inspection import check_min_devices_prediction
@@ -370,8 +384,8 @@ def test_the_min_devices_exercise_checks_against_the_calculator():
     assert "**right**" in check_min_devices_prediction(calc, "H100", n)
     assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)
     stage0 = sizing.training_fit(70 * 10**9, "fp16", 0, 8, "T4")
-    assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", 0)
-    assert "ZeRO-0 keeps every model state whole on every device" in check_min_devices_prediction(stage0, "T4", 0)
+    assert stage0["min_world_size"] is None and "**right**" in check_min_devices_prediction(stage0, "T4", "none")
+    assert "ZeRO-0 keeps every model state whole on every device" in check_min_devices_prediction(stage0, "T4", "none")
     # stage 2 does shrink with N, down to the parameters every device keeps: the reason says which states stay
     stage2 = sizing.training_fit(70 * 10**9, "bf16", 2, 8, "H100")
     assert stage2["no_fit_reason"] == (

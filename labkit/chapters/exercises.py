@@ -9,26 +9,44 @@ from labkit.errors import ConfigError
 
 
 def verdict(
-    prediction: float | None, answer: float, *, name: str, unit: str = "", rel_tol: float = 0.0, then: str = ""
+    prediction: float | str | None,
+    answer: float | None,
+    *,
+    name: str,
+    unit: str = "",
+    rel_tol: float = 0.0,
+    then: str = "",
+    none: str = "",
 ) -> str:
     """One Markdown line: the learner's prediction against the answer ('right' within rel_tol, exact when 0), and
-    `then` (why the answer is what it is) once there is a prediction."""
+    `then` (why the answer is what it is) once there is a prediction. `none`: the word (e.g. "none") a learner writes
+    when no number answers; an answer of None is that word."""
     if prediction is None:
-        return f"**Exercise:** set `{name}` above to your prediction and run this cell again."
-    try:
-        value = float(prediction)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"{prediction!r} is not a number", f"write a number, e.g. {name} = 4") from None
-    error = value / answer - 1 if answer else float(value != answer)
-    right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
-    off = f" ({error:+.0%})" if answer and not right else ""
+        other = f' (or "{none}" if no number does)' if none else ""
+        return f"**Exercise:** set `{name}` above to your prediction{other} and run this cell again."
+    if none and isinstance(prediction, str) and prediction.strip().lower() == none:
+        value = None
+    else:
+        try:
+            value = float(prediction)
+        except (TypeError, ValueError):
+            fix = f"write a number, e.g. {name} = 4" + (f', or "{none}"' if none else "")
+            raise ConfigError(name, f"{prediction!r} is not a number", fix) from None
+    if value is None or answer is None:  # "none" is right only against no number
+        right, off = value is None and answer is None, ""
+    else:
+        error = value / answer - 1 if answer else float(value != answer)
+        right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
+        off = f" ({error:+.0%})" if answer and not right else ""
     word = "right" if right else "not yet"
-    line = f"Your prediction: {_num(value)}{unit}; the answer: {_num(answer)}{unit}{off}: **{word}**."
+    line = f"Your prediction: {_num(value, none, unit)}; the answer: {_num(answer, none, unit)}{off}: **{word}**."
     return f"{line} {then}" if then else line
 
 
-def _num(x: float) -> str:
-    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}"
+def _num(x: float | None, none: str = "", unit: str = "") -> str:
+    if x is None:
+        return none
+    return (f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}") + unit
 
 
 def automatic_ranks_answer() -> tuple[int, str, str]:

@@ -130,12 +130,17 @@ def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_r
     return lines
 
 
-def check_min_devices_prediction(calc: dict, device: str, prediction: int | None) -> str:
+def min_devices_answer(calc: dict) -> int | str:
+    """The exercise's answer: the smallest number of devices that fits, or "none" (what the learner writes then)."""
+    return calc["min_world_size"] or "none"
+
+
+def check_min_devices_prediction(calc: dict, device: str, prediction: int | str | None) -> str:
     """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
-    before the calculator prints it (`calc`: sizing.training_fit's result)."""
+    before the calculator prints it (`calc`: sizing.training_fit's result); "none" when no number fits."""
     answer = calc["min_world_size"]
     if answer is None:
         why = f"No number of devices fits: {calc['no_fit_reason']}."
     else:
         why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
-    return exercises.verdict(prediction, answer or 0, name="my_min_devices", then=why)  # 0: no number fits
+    return exercises.verdict(prediction, answer, name="my_min_devices", then=why, none="none")
