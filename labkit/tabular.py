@@ -43,6 +43,11 @@ def format_bytes(value: float | None, unit: str = "auto") -> str:
     return f"{int(value)} B" if unit == "B" else f"{value / BYTE_UNITS[unit]:,.2f} {unit}"
 
 
+def format_plural(n: int, word: str) -> str:
+    """'1 step', '3 steps': the count and its noun in the number the count needs."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def format_percent(share: float, digits: int = 0) -> str:
     """0.4213 -> '42%'; a share short of 1 never reads '100%' (0.9963 -> '99.6%'; past 4 digits '>99.9999%'), nor
     one above 0 '0%' ('<0.0001%'), nor a negative one '-0%'."""

@@ -47,7 +47,7 @@ offload_param: str = "none"  # accelerate config: none | cpu (stage 3 with offlo
 mixed_precision: str = "bf16"  # accelerate config: bf16 | fp16 (GPUs) | no (fp32)
 dynamo_backend: str = "no"  # accelerate config: torch dynamo; only no in this chapter (compiling costs minutes)
 device: str = "auto"  # where ranks run: auto (cuda if present, else cpu) | cpu | cuda
-steps: int = 30  # training steps per rank
+steps: int = 30  # training steps per rank (at least 2: the step time is read after the first)
 
 # %% [markdown]
 # ## Plan the model

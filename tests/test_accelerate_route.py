@@ -366,6 +366,7 @@ def test_the_mpijob_command_on_the_kubernetes_backend(tmp_path, monkeypatch, cap
         ({"dynamo_backend": "inductor"}, "dynamo_backend"),
         ({"device": "tpu"}, "device"),
         ({"steps": 0}, "steps"),
+        ({"steps": 1}, "steps"),  # the step time is read after the first (warm-up) step: one step left none
     ],
 )
 def test_notebook_parameters_fail_with_the_parameter_named(params, field, tmp_path):

@@ -126,6 +126,8 @@ def test_the_accelerate_chapter_closes_with_its_own_runs_numbers():
     assert lines[2].startswith("Rank 0 held 4.83 MB of model states and 0 B of DeepSpeed buffers: no reduction buffer")
     assert lines[3] == "For 7B in bf16 on 8 x H100, the guide's ZeRO-2 fits; the fastest variant that fits is ZeRO-1."
     assert "does not fit" in accelerate.closing_lines(report, advice | {"holds": False, "best": None}, "x")[3]
+    one = {**report, "ranks": [rank | {"losses": [4.19]}]}
+    assert " in 1 step, " in accelerate.closing_lines(one, advice, "x")[1]  # not "in 1 steps"
 
 
 def test_the_serving_chapter_closes_with_its_own_runs_numbers():

@@ -10,7 +10,7 @@ from labkit.accelerate_route import DTYPE_OF, QUESTIONS, AccelerateConfig, Train
 from labkit.chapters import exercises
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import check_choice, check_int, named_as
-from labkit.tabular import format_bytes
+from labkit.tabular import format_bytes, format_plural
 from labkit.zero import Variant
 
 # The guide's order, fastest first (speed falls, memory saved grows): take the first that fits.
@@ -36,6 +36,8 @@ def plan_run(
     check_choice("dynamo_backend", dynamo_backend, DYNAMO_BACKENDS, "leave it 'no': compiling adds minutes here")
     check_int("num_machines", num_machines, 1, "this chapter launches on this machine: 1", maximum=1)
     check_int("num_processes", num_processes, 0, "use 0 (automatic) or 1 or more processes")
+    # the FAQ's step time is the mean after the first step (warm-up): one step leaves nothing to time
+    check_int("steps", steps, 2, "pass 2 or more steps: the step time is measured after the first (warm-up) step")
     dev = pick_device(device)
     if num_processes == 0:
         num_processes, dev, _ = auto_ranks(device)
@@ -180,8 +182,9 @@ def closing_lines(report: dict, advice: dict, plan_setup: str) -> list[str]:
     return [
         f"`accelerate launch` started {r0['world_size']} rank(s) on {report['device']}; each verified a "
         f"{r0['check']['engine']} at ZeRO stage {r0['check']['zero_stage']} before training.",
-        f"The loss fell from {r0['losses'][0]:.2f} to {r0['losses'][-1]:.3f} in {len(r0['losses'])} steps, and the "
-        f"trained model continued the count for {right} of {len(r0['expected'])} tokens.",
+        f"The loss fell from {r0['losses'][0]:.2f} to {r0['losses'][-1]:.3f} in "
+        f"{format_plural(len(r0['losses']), 'step')}, and the trained model continued the count for {right} of "
+        f"{len(r0['expected'])} tokens.",
         f"Rank 0 held {format_bytes(mem['model states'])} of model states and {format_bytes(mem['buffers'])} of "
         f"DeepSpeed buffers: {buffer_note(mem)}",
         f"For {plan_setup}, the guide's ZeRO-{advice['rule_stage']} {verdict}; the fastest variant that fits is "
