@@ -629,6 +629,21 @@ def test_the_epoch_edge_sentence_follows_the_runs_losses():
     assert "no epoch edge" in cifar.epoch_edge_note(steps([[2.0, 1.0]]))
 
 
+def test_the_closing_paragraph_names_the_throughput_it_reports_for_what_it_is():
+    """One epoch is no 'steady' rate; with three, the best later epoch (232) was called steady when the last ran 186."""
+
+    def records(rates):
+        epochs = [{"kind": "epoch", "epoch": i + 1, "step": i + 1, "images_per_s": r, "test_acc": 0.5, "train_acc": 0.5}
+                  for i, r in enumerate(rates)]  # fmt: skip
+        done = {"kind": "done", "step": len(rates), "total_steps": len(rates), "synthetic": True, "device": "cpu"}
+        return [{"kind": "step", "step": 1, "loss": 2.0}, {"kind": "step", "step": 2, "loss": 1.0}, *epochs, done]
+
+    one = cifar.closing_note(cifar.summarize(records([56.0])) | {"model": "resnet", "world_size": 1})
+    assert "Steady" not in one and "**56 images/s** in its one epoch" in one
+    three = cifar.closing_note(cifar.summarize(records([56.0, 232.0, 186.0])) | {"model": "resnet", "world_size": 1})
+    assert "Steady" not in three and "Best later epoch: **232 images/s** (first epoch 56, last 186)" in three
+
+
 def test_the_closing_paragraph_states_this_runs_numbers_without_rounding_them_to_a_claim():
     # the H200 run of 2026-12-05: loss 3.197 -> 0.012 and test accuracy 99.95% printed as "100% lower" / "100.0%"
     gpu = {"model": "resnet", "steps": 144, "planned_steps": 144, "synthetic": True, "world_size": 1, "device": "cuda"}
