@@ -105,21 +105,24 @@ print(
     f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
     f"global batch {cfg.global_batch}; {cfg.epochs} epoch(s)" + ("; compiled (engine.compile)" if cfg.compile else "")
 )
+if plan.start_step:
+    print(f"resuming: the newest complete checkpoint is at step {plan.start_step} of {plan.total_steps}")
 
 # %% [markdown]
 # ### Exercise: how many optimizer steps will this run take?
-# From the plan above (training images, global batch, epochs), predict the number of optimizer steps. Each epoch drops
-# its last incomplete global batch, so that every rank always sees a full micro-batch. Then run the check.
+# From the plan above (training images, global batch, epochs), predict the number of optimizer steps this run takes.
+# Each epoch drops its last incomplete global batch, so that every rank always sees a full micro-batch. A resumed run
+# (`resume=True`) takes only the steps after its checkpoint: the plan above then says at which step it resumes. Then
+# run the check.
 
 # %% tags=["exercise"]
 my_steps = None  # your prediction: optimizer steps of this run
 
 # %% tags=["exercise"]
-display(Markdown(exercises.verdict(my_steps, plan.total_steps, name="my_steps")))
+display(Markdown(exercises.verdict(my_steps, plan.steps_this_run, name="my_steps")))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(f"{plan.train_images:,} images // {cfg.global_batch} per step = "
-                 f"{plan.total_steps // cfg.epochs} steps per epoch, x {cfg.epochs} epoch(s) = {plan.total_steps}."))
+display(Markdown(cifar.steps_solution(plan)))
 
 # %% [markdown]
 # ## The DeepSpeed config

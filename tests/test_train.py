@@ -314,6 +314,18 @@ def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     return tag
 
 
+def test_a_resumed_runs_step_exercise_counts_the_steps_this_run_takes(tmp_path):
+    """Resumed at step 20 of 40, the run takes 20 steps: the exercise's answer and its solution say 20, not 40."""
+    _fake_checkpoint(tmp_path, 20)
+    one_rank = dict(TINY, world_size=1, launcher="inprocess", epochs=2, checkpoint_dir=str(tmp_path))
+    resumed = cifar.plan(**one_rank, resume=True)
+    assert (resumed.total_steps, resumed.start_step, resumed.steps_this_run) == (40, 20, 20)
+    solution = cifar.steps_solution(resumed)
+    assert solution.endswith("resumed from step 20: 40 - 20 = 20 steps this run.") and "= 40 in all" in solution
+    fresh = cifar.plan(**{**one_rank, "checkpoint_dir": str(tmp_path / "new")})
+    assert (fresh.start_step, fresh.steps_this_run) == (0, 40) and cifar.steps_solution(fresh).endswith("= 40.")
+
+
 def test_latest_complete_checkpoint_skips_partial_and_corrupt_ones(tmp_path):
     _fake_checkpoint(tmp_path, 10)
     newer = _fake_checkpoint(tmp_path, 20)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from labkit import data, launch, tabular, train
+from labkit import checkpoint, data, launch, tabular, train
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_bool, check_choice, check_int, check_number
 from labkit.ranks import train as train_rank
@@ -39,7 +39,12 @@ class TrainingPlan:
     deepspeed_config: dict
     command: list[str] = field(default_factory=list)  # the launcher argv ([] for in-process)
     why: str = ""  # how the number of ranks was chosen
+    start_step: int = 0  # where a resumed run continues: its newest complete checkpoint's step (0: from the start)
     _cleanup: weakref.finalize | None = field(default=None, repr=False)
+
+    @property
+    def steps_this_run(self) -> int:
+        return max(0, self.total_steps - self.start_step)
 
     @property
     def metrics_path(self) -> Path:
@@ -105,6 +110,8 @@ def plan(
     available = cfg.synthetic_train if cfg.synthetic else _count_train_images(cfg.data_dir)
     train_images = min(available, cfg.max_train) if cfg.max_train else available
     total = train.plan_steps(cfg, train_images)[1]
+    # the checkpoint the run will load (train skips the same unverifiable ones and says so): steps left to take
+    found = checkpoint.latest_complete(cfg.checkpoint_dir, log=lambda _: None) if cfg.resume else None
     launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
     temporary = not cfg.checkpoint_dir
     base = os.environ.get("LABKIT_RUN_DIR") or None  # set by `labkit run`: temporary files stay in the run folder
@@ -115,11 +122,24 @@ def plan(
         Path(cfg.metrics).unlink(missing_ok=True)  # a fresh run starts a fresh metrics file
     ds_config = train.deepspeed_config(cfg, total)
     result = TrainingPlan(cfg, world_size, launcher, workdir, train_images, total, ds_config, why=why)
+    result.start_step = found[0] if found else 0
     if temporary:  # removed on close(), when the plan is garbage-collected, or at interpreter exit
         result._cleanup = weakref.finalize(result, shutil.rmtree, str(workdir), True)
     if launcher != "inprocess":
         result.command = launch.build_command(result.launch_spec())
     return result
+
+
+def steps_solution(p: TrainingPlan) -> str:
+    """The step exercise's worked answer: the plan's steps in all and, on a resume, the steps this run takes."""
+    cfg = p.config
+    per_epoch = train.plan_steps(cfg, p.train_images)[0]
+    text = (f"{p.train_images:,} images // {cfg.global_batch} per step = {per_epoch} steps per epoch, x {cfg.epochs} "
+            f"epoch(s) = {p.total_steps}")  # fmt: skip
+    if not p.start_step:
+        return text + "."
+    left = tabular.format_plural(p.steps_this_run, "step")
+    return f"{text} in all; resumed from step {p.start_step}: {p.total_steps} - {p.start_step} = {left} this run."
 
 
 def _count_train_images(data_dir: str) -> int:
