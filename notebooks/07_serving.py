@@ -131,13 +131,17 @@ Markdown(chapter.latency_note(latency, concurrency))
 # The deep health check asked every rank for its number of parameters and of collective steps.
 #
 # ### Exercise: predict before you look
-# The regressor is `Linear(10, 256) -> ReLU -> Linear(256, 1)` (weights and biases). With `mode="tp"` over N ranks,
-# AutoTP splits the first layer's 256 outputs and the second layer's 256 inputs N ways; the second layer's single bias
-# is kept whole (it is added once, after the all-reduce). With `mode="replicas"`, or on one rank, nothing is split.
-# How many parameters does each rank of this run (the next cell says its model, mode and ranks) hold? Write it below;
-# the cell after checks it against what the ranks reported. (The solution cell is collapsed: click its bar to open it.)
+# The next cell lists the served model's layers: their tensors, their parameters and what AutoTP does with each under
+# `mode="tp"` over N ranks. A column-parallel Linear has its weight and bias split N ways; a row-parallel one its
+# weight only (its bias is added once, after the all-reduce); the rest (embeddings, LayerNorms, the transformer's
+# output head) stays whole on every rank. The regressor, `Linear(10, 256) -> ReLU -> Linear(256, 1)`, has one of each
+# Linear. With `mode="replicas"`, or on one rank, nothing is split. How many parameters does each rank of this run
+# (the cell says its model, mode and ranks) hold? Write it below; the cell after checks it against what the ranks
+# reported. (The solution cell is collapsed: click its bar to open it.)
 
 # %%
+layers = chapter.layer_rows(model)
+display(HTML(tabular.html_table(layers, list(layers[0]), status_column=None)))
 display(Markdown(chapter.params_question(model, mode, ranks)))
 
 # %% tags=["exercise"]
@@ -147,7 +151,7 @@ my_params_per_rank = None  # your prediction: parameters per rank, e.g. 1234
 display(Markdown(chapter.check_params_prediction(health["ranks"], my_params_per_rank)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-# Regressor, tp over N ranks: first layer 10 x 256/N weights + 256/N biases; second 1 x 256/N weights + 1 bias (whole).
+# tp over N ranks: column-parallel layers hold weight/N + bias/N, row-parallel ones weight/N + the whole bias, the rest all
 display(Markdown(chapter.params_explanation(model, mode, health["ranks"])))
 
 # %% [markdown]

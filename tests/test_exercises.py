@@ -57,7 +57,7 @@ def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():
     ranks = [{"params": 1537}, {"params": 1537}]
     question = serving.params_question("regressor", "tp", 1)  # a 1-GPU machine's run: the question says 1 rank
     assert "over **1** rank(s)" in question and "tp" in question and "3,073" not in question
-    assert "described under Check the inputs" in serving.params_question("transformer", "tp", 2)
+    assert "table above" in serving.params_question("transformer", "tp", 2)  # its layers, not the regressor's
     assert "1,537" not in serving.check_params_prediction(ranks, None)
     assert "**right**" in serving.check_params_prediction(ranks, 1537)
     assert "**not yet**" in serving.check_params_prediction(ranks, 3073)

@@ -135,6 +135,27 @@ def test_a_model_builds_the_same_weights_in_every_thread_and_leaves_the_random_s
     assert all(torch.equal(a, b) for got in built for a, b in zip(got, want, strict=True))
 
 
+@pytest.mark.parametrize(
+    "model,ranks,per_rank,whole",
+    [("regressor", 2, 1537, 3073), ("transformer", 2, 269_184, 466_688), ("transformer", 1, 466_688, 466_688)],
+)
+def test_the_params_exercise_shows_every_layer_its_answer_needs_and_explains_that_model(model, ranks, per_rank, whole):
+    """`model="transformer"`: the answer (269,184 on 2 ranks) needs the embeddings, LayerNorms and head, which the
+    notebook never showed, and the solution described the regressor's two layers."""
+    from labkit.chapters import serving as chapter
+
+    rows = chapter.layer_rows(model)  # what the notebook shows before the prediction: no per-rank count in it
+    assert sum(r["parameters"] for r in rows) == whole and models.params_per_rank(model, ranks) == per_rank
+    shown = " ".join(str(v) for r in rows for v in r.values())
+    if model == "transformer":
+        assert all(w in shown for w in ("tok", "pos", "ln_f", "head", "q_proj", "o_proj", "column-", "row-", "whole"))
+        assert "Check the inputs" not in chapter.params_question(model, "tp", ranks)
+    explanation = chapter.params_explanation(model, "tp", [{"params": per_rank}] * ranks)
+    assert f"{per_rank:,}" in explanation and f"{whole:,}" in explanation
+    if model == "transformer" and ranks == 2:
+        assert "q_proj" in explanation and "head" in explanation and "first" not in explanation
+
+
 def test_the_chapters_requests_are_timed_after_one_untimed_warm_up():
     """Notebook 07's load: on an H100 the first answer took 73 ms against 1.4 ms for the rest; timed, it became the
     sequential phase's p99 and halved its requests/s (concurrency then looked 7x faster)."""

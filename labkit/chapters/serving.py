@@ -5,6 +5,7 @@ the seed's barrier version."""
 from __future__ import annotations
 
 import random
+import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -156,12 +157,16 @@ def latency_figure(records: list[dict], title: str):
     return fig
 
 
+def layer_rows(model: str) -> list[dict]:
+    """The served model's layers as the exercise shows them: sizes and what AutoTP does with each (not per rank)."""
+    return [{"layer": r["layer"], "type": r["type"], "tensors": r["shapes"], "parameters": r["parameters"],
+             "under mode='tp'": models.SPLITS[r["split"]]} for r in models.layers(model)]  # fmt: skip
+
+
 def params_question(model: str, mode: str, ranks: int) -> str:
     """The exercise's question for this run: its model, mode and rank count (a 1-GPU run has one rank, not two)."""
     line = f'**This run:** model `{model}`, `mode="{mode}"`, over **{ranks}** rank(s): how many parameters per rank?'
-    if model != "regressor":  # the markdown works the regressor's layers
-        line += " (The layers above are the regressor's; this model's are described under Check the inputs.)"
-    return line
+    return line + " The table above lists this model's layers, their tensors and what tensor parallelism splits."
 
 
 def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
@@ -171,15 +176,24 @@ def check_params_prediction(ranks: list[dict], predicted: int | None) -> str:
 
 
 def params_explanation(model: str, mode: str, ranks: list[dict]) -> str:
-    """Why each rank holds what it reported (the solution of the exercise)."""
-    whole = sum(p.numel() for p in models.build(model)[0].parameters())
+    """Why each rank holds what it reported (the solution of the exercise), from the served model's own layers."""
+    rows = models.layers(model)
+    whole = sum(r["parameters"] for r in rows)
     n, held = len(ranks), ranks[0]["params"]
     if mode == "replicas" or n == 1:
         return f"Every rank holds the whole model, {whole:,} parameters: nothing is split ({mode}, {n} rank(s))."
+
+    def named(split: str) -> str:  # each block's layer once: blocks.0.mlp.up and blocks.1.mlp.up read blocks.*.mlp.up
+        names = dict.fromkeys(re.sub(r"\.\d+\.", ".*.", r["layer"]) for r in rows if r["split"] == split)
+        return ", ".join(f"`{name}`" for name in names)
+
+    rest = f", and keeps the rest whole on every rank ({named('whole')})" if named("whole") else ""
     return (
-        f"The whole model has {whole:,} parameters. Tensor parallelism over {n} ranks splits each split layer's weight "
-        f"(columns of the first, rows of the second) and keeps the rest whole on every rank (a row-parallel layer's "
-        f"bias is added once, after the all-reduce): {held:,} per rank, {format_percent(held / whole)} of the model."
+        f"The whole model has {whole:,} parameters. Tensor parallelism over {n} ranks splits the column-parallel "
+        f"layers ({named('columns')}: weight and bias) and the row-parallel ones ({named('rows')}: the weight; the "
+        f"bias is added once, after the all-reduce) {n} ways{rest}: {held:,} per rank, "
+        f"{format_percent(held / whole)} of the model (the layers' arithmetic gives "
+        f"{models.params_per_rank(model, n):,})."
     )
 
 

@@ -49,7 +49,8 @@ MODELS = {
     ),
     "transformer": ModelInfo(
         "transformer",
-        "a small causal transformer (2 blocks, width 128, 2 heads of 64): token ids in, next-token logits out",
+        "a small causal transformer (vocabulary 256, context 32, 2 blocks of width 128 with 2 heads of 64, LayerNorms, "
+        "an output head): token ids in, next-token logits out",
         "tokens",
         max_len=32,
         vocab=256,
@@ -125,6 +126,43 @@ def build(name: str):
         if name == "regressor":
             return classes["Regressor"]().eval(), {classes["MLP"]: (".down",)}
         return classes["TinyLM"]().eval(), {classes["Block"]: ("attn.o_proj", "mlp.down")}
+
+
+SPLITS = {"columns": "weight and bias split (column-parallel)",
+          "rows": "weight split, bias whole (row-parallel: added once, after the all-reduce)",
+          "whole": "kept whole on every rank"}  # fmt: skip
+
+
+def layers(name: str) -> list[dict]:
+    """Every layer holding parameters, in order: name, tensor shapes, parameters and what AutoTP does with it under
+    tensor parallelism (SPLITS). `build`'s policy decides: a Linear inside the policy's block is split, by rows when
+    the policy all-reduces its output, else by columns; everything else stays whole."""
+    from torch import nn
+
+    module, policy = build(name)
+    ((block, reduced),) = policy.items()
+    blocks = [n for n, m in module.named_modules() if isinstance(m, block)]
+    rows = []
+    for path, layer in module.named_modules():
+        params = list(layer.parameters(recurse=False))
+        if not params:
+            continue
+        inner = next((path[len(b) + 1 :] for b in blocks if path.startswith(b + ".")), None)
+        split = "whole"
+        if inner is not None and isinstance(layer, nn.Linear):
+            split = "rows" if any(f".{inner}".endswith("." + r.lstrip(".")) for r in reduced) else "columns"
+        shapes = " + ".join("x".join(map(str, p.shape)) for p in params)
+        rows.append({"layer": path, "type": type(layer).__name__, "shapes": shapes, "split": split,
+                     "weight": layer.weight.numel(), "parameters": sum(p.numel() for p in params)})  # fmt: skip
+    return rows
+
+
+def params_per_rank(name: str, ranks: int) -> int:
+    """Parameters one of `ranks` tensor-parallel ranks holds (ranks=1: the whole model), from `layers`."""
+    split = {"columns": lambda r: r["parameters"] // ranks,
+             "rows": lambda r: r["weight"] // ranks + r["parameters"] - r["weight"],
+             "whole": lambda r: r["parameters"]}  # fmt: skip
+    return sum(split[r["split"]](r) for r in layers(name))
 
 
 def as_tensor(info: ModelInfo, rows: list[list]):
