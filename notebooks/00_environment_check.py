@@ -53,10 +53,11 @@ from IPython.display import Markdown, display
 
 from labkit import devices, env, results
 from labkit.chapters import exercises
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, check_bool
 from labkit.plots.discovery import check_summary_figure
 
 env.validate_check_options(api_timeout_s, kubeconfig or None)
+check_bool("fail_on_error", fail_on_error)  # papermill's `-p fail_on_error false` is the string "false"
 resolved_device = devices.pick_device(device)
 print(f"later chapters will run on: {resolved_device}")
 

@@ -528,6 +528,29 @@ def test_notebook_00_records_the_checks(executed_notebook):
 
 
 @pytest.mark.slow
+def test_plain_papermill_false_as_text_is_refused_not_read_as_true(tmp_path):
+    """`papermill NB OUT -p fail_on_error false` passes the string "false" (true to Python): refused by name."""
+    import subprocess
+    import sys
+
+    nb, out = ROOT / "notebooks" / "00_environment_check.ipynb", tmp_path / "out.ipynb"
+    argv = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(nb),
+        str(out),
+        "-p",
+        "fail_on_error",
+        "false",
+        "--cwd",
+        str(tmp_path),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "fail_on_error: must be True or False, got 'false'" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
     from labkit import notebooks
 
@@ -538,6 +561,7 @@ def test_notebook_00_rejects_a_bad_parameter_before_checking(tmp_path):
     cells = json.loads(Path(run.output).read_text())["cells"]
     (failed,) = [c for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
     assert "validate_check_options" in "".join(failed["source"])  # stopped before any check ran
+    assert "run_checks" not in "".join(failed["source"])
 
 
 def test_proxy_check_reports_what_it_sees_and_hides_credentials():
