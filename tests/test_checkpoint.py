@@ -192,3 +192,19 @@ def test_a_symlinked_checkpoint_file_is_never_followed(tmp_path):
     step, loaded, said = _resume(tmp_path)
     assert (step, loaded) == (10, ["step00000010"])
     assert said == [f"checkpoint step00000020 skipped: {BLOB} is missing or not a plain file"]
+
+
+@pytest.mark.parametrize("listed", ["../outside.pt", "/etc/passwd"])
+def test_a_signed_manifest_listing_a_path_outside_its_checkpoint_is_refused(tmp_path, listed):
+    """Even correctly signed (a leaked key, a bug in a writer), a manifest may only name files inside its own folder:
+    hashing or copying ../x would read (and load) a file the checkpoint does not hold."""
+    key = _run(tmp_path)
+    tag = tmp_path / "step00000020"
+    (tmp_path / "outside.pt").write_bytes(b"not the checkpoint's")
+    manifest = json.loads((tag / checkpoint.COMPLETE_MARKER).read_text())
+    manifest["files"][listed] = [1, "0" * 64]
+    manifest["hmac"] = checkpoint._signature(manifest, key)
+    (tag / checkpoint.COMPLETE_MARKER).write_text(json.dumps(manifest))
+    assert checkpoint.check_files(tag, key) == (None, f"{listed} is not a path inside the checkpoint")
+    step, loaded, _ = _resume(tmp_path)
+    assert (step, loaded) == (10, ["step00000010"])  # the older, intact one

@@ -636,12 +636,24 @@ def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, 
         job.wait_ready(timeout=10)
         for path in (backend.root, backend.job_dir("private")):
             assert os.stat(path).st_mode & 0o077 == 0, path  # exec'd command lines are readable by us only
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)  # e.g. LABKIT_JOBS_DIR=/tmp/jobs shared by a class: anyone could plant a job there
-    with pytest.raises(ConfigError) as err:
-        LocalBackend(root=shared).list()
-    assert err.value.field == "LABKIT_JOBS_DIR" and "only you can write" in err.value.problem
+    for mode in (0o777, 0o770):  # shared by a class (/tmp/jobs), or by a group: either could plant a job there
+        shared = tmp_path / f"shared-{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)
+        with pytest.raises(ConfigError) as err:
+            LocalBackend(root=shared).list()
+        assert err.value.field == "LABKIT_JOBS_DIR" and "only you can write" in err.value.problem
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_an_exec_timeout_that_is_no_deadline_is_refused_before_running(backend, tmp_path, timeout):
+    """nan would mean no deadline at all, 0 or -1 a deadline already past: refused by name before the command runs."""
+    with backend.submit(JobSpec(name="t", workers=1)) as job:
+        job.wait_ready(timeout=10)
+        marker = tmp_path / "ran"
+        with pytest.raises(ConfigError) as err:
+            job.run(["touch", str(marker)], timeout=timeout)
+        assert err.value.field == "timeout" and not marker.exists()
 
 
 def test_a_planted_job_never_makes_the_kit_signal_a_process(tmp_path):

@@ -223,6 +223,8 @@ def test_bad_parameters_raise_one_config_error_naming_the_field(kwargs, field):
         m.render_all(m.JobSpec(**kwargs))
     assert info.value.field == field
     assert "Fix:" in str(info.value)
+    if field == "hf_token_secret" and kwargs[field].startswith("hf_"):  # a token typed where its Secret's name goes
+        assert "looks like a token" in str(info.value) and kwargs[field] not in str(info.value)  # never echoed
 
 
 @pytest.mark.parametrize("kind", ["interactive", "batch", "trainjob"])

@@ -285,6 +285,9 @@ def test_training_fit_shows_the_arithmetic():
     assert any("16Ψ/N" in line for line in fit["lines"])
     assert S.training_fit(7 * 10**9, "bf16", 3, 4, "A100-40GB")["fits"]
     assert S.min_world_size(7 * 10**9, "bf16", 0, "H100") is None  # stage 0 does not shrink with N
+    # not a power of two (the search doubles, then bisects): 16 x 10e9 x 1.25 / N <= 80e9  ->  N >= 2.5
+    assert S.training_fit(10 * 10**9, "bf16", 3, 1, "H100")["min_world_size"] == 3
+    assert S.min_world_size(20 * 10**9, "bf16", 3, "H100") == 5  # N >= 5
 
 
 def test_training_in_a_dtype_the_device_cannot_compute_in_does_not_fit():
@@ -378,8 +381,9 @@ def test_the_min_devices_exercise_checks_against_the_calculator():
     from labkit import sizing
     from labkit.chapters.memory_inspection import check_min_devices_prediction
 
-    calc = sizing.training_fit(7 * 10**9, "bf16", 3, 8, "H100")
+    calc = sizing.training_fit(10 * 10**9, "bf16", 3, 8, "H100")
     n = calc["min_world_size"]
+    assert n == 3  # worked out by hand (16 x 10e9 x 1.25 / N <= 80e9), not taken from the calculator under test
     assert "set `my_min_devices`" in check_min_devices_prediction(calc, "H100", None)
     assert "**right**" in check_min_devices_prediction(calc, "H100", n)
     assert "**not yet**" in check_min_devices_prediction(calc, "H100", n + 1)

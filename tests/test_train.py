@@ -191,6 +191,24 @@ def test_world_size_0_picks_two_cpu_ranks_on_a_cpu_and_says_why(monkeypatch):
     assert (plan.world_size, plan.why) == (4, "automatic: one rank per visible CUDA device (4)")
 
 
+def test_a_plans_temporary_folder_goes_on_close_and_with_the_plan_but_a_given_one_stays(tmp_path, monkeypatch):
+    """Notebook 04 plans in a temporary folder (metrics, checkpoints): nothing of it may outlive the plan."""
+    import gc
+
+    monkeypatch.setenv("LABKIT_RUN_DIR", str(tmp_path))
+    plan = cifar.plan(device="cpu")
+    assert plan.workdir.parent == tmp_path and plan.workdir.is_dir()
+    plan.close()
+    assert not plan.workdir.exists()
+    forgotten = cifar.plan(device="cpu").workdir
+    gc.collect()  # the plan itself was never kept
+    assert forgotten.parent == tmp_path and not forgotten.exists()
+    given = tmp_path / "mine"
+    kept = cifar.plan(device="cpu", checkpoint_dir=str(given))
+    kept.close()
+    assert given.is_dir()  # the learner's own folder is theirs
+
+
 def test_notebook_plan_rejects_in_process_multi_rank_and_unknown_options():
     with pytest.raises(ConfigError, match="exactly one rank"):
         cifar.plan(world_size=2, launcher="inprocess", device="cpu")
