@@ -151,3 +151,20 @@ def test_the_serving_chapter_closes_with_its_own_runs_numbers():
     lines = serving.closing_lines(broken, latency, 4, failure="rank 1 failed: killed by SIGKILL")
     assert "NOT equal: [62, 61]" in lines[0] and "was NOT healthy after it (deep health check: HTTP 503)" in lines[3]
     assert lines[4].endswith("exit code was 1: rank 1 failed: killed by SIGKILL.")
+
+
+@pytest.mark.parametrize("prediction", [True, False, float("nan"), float("inf")])
+def test_a_bool_or_a_non_finite_prediction_is_refused_like_any_non_number(prediction):
+    """True scored as 1 (a world size of 1: 'right'); errors.is_number refuses bools everywhere else."""
+    with pytest.raises(ConfigError) as e:
+        exercises.verdict(prediction, 1, name="my_world_size")
+    assert e.value.field == "my_world_size" and "not a number" in e.value.problem and "my_world_size = " in e.value.fix
+
+
+def test_a_near_miss_shows_the_digits_that_differ():
+    """1.9999999 against 2 read 'Your prediction: 2.00; the answer: 2 (-0%): not yet'."""
+    line = exercises.verdict(1.9999999, 2, name="x")
+    assert "**not yet**" in line and "Your prediction: 1.9999999; the answer: 2.0000000" in line
+    assert "(-0%)" not in line and "0.0001%)" in line
+    close = exercises.verdict(0.132, 0.132352, name="x", rel_tol=0.05)  # below 1: 3 significant digits, not 0.13
+    assert close.startswith("Your prediction: 0.132; the answer: 0.132: **right**")

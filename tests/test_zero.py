@@ -433,6 +433,17 @@ def test_the_zero3_exercise_checks_a_prediction_against_the_papers_formula():
     assert "not yet" in wrong and "16Ψ/N" in wrong
 
 
+def test_the_zero3_exercise_scores_small_models_on_the_unrounded_answer():
+    """40K parameters (33,088 in the model): the right 0.132 MB, and the solution's own answer, were 'not yet' against
+    an answer rounded to 0.1 MB."""
+    from labkit.chapters.zero_stages import check_zero3_prediction
+
+    right = check_zero3_prediction(33_088, "bf16", 16 * 33_088 / 4 / 1e6)  # the solution cell's answer
+    assert "**right**" in right and "the answer: 0.132 MB" in right
+    assert "**right**" in check_zero3_prediction(33_088, "bf16", 0.13)
+    assert "**not yet**" in check_zero3_prediction(33_088, "bf16", 0.1)
+
+
 def test_the_headroom_note_compares_the_allocator_peak_with_the_calculators_assumption():
     config = _config("ZeRO-3", 3, 336_480_000, 336_480_000)
     note = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [571_730_944]}]})

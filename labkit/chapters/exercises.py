@@ -4,8 +4,11 @@ chapter's true answer from this machine or this run (notebooks 02 and 05 keep th
 
 from __future__ import annotations
 
+import math
+
 from labkit import devices, memory
 from labkit.errors import ConfigError
+from labkit.tabular import format_percent
 
 
 def verdict(
@@ -27,26 +30,46 @@ def verdict(
     if none and isinstance(prediction, str) and prediction.strip().lower() == none:
         value = None
     else:
-        try:
-            value = float(prediction)
+        try:  # True is an int to Python, never a prediction (errors.is_number); nan and inf compare as nothing
+            value = float(prediction) if not isinstance(prediction, bool) else math.nan
         except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
             fix = f"write a number, e.g. {name} = 4" + (f', or "{none}"' if none else "")
-            raise ConfigError(name, f"{prediction!r} is not a number", fix) from None
+            raise ConfigError(name, f"{prediction!r} is not a number", fix)
     if value is None or answer is None:  # "none" is right only against no number
         right, off = value is None and answer is None, ""
     else:
         error = value / answer - 1 if answer else float(value != answer)
         right = abs(value - answer) <= rel_tol * abs(answer) if rel_tol else value == answer
-        off = f" ({error:+.0%})" if answer and not right else ""
+        off = f" ({'+' if error > 0 else ''}{format_percent(error)})" if answer and not right else ""
     word = "right" if right else "not yet"
-    line = f"Your prediction: {_num(value, none, unit)}; the answer: {_num(answer, none, unit)}{off}: **{word}**."
+    shown, truth = (_num(value, none), _num(answer, none)) if right else _nums(value, answer, none)
+    line = f"Your prediction: {shown}{unit if value is not None else ''}; "
+    line += f"the answer: {truth}{unit if answer is not None else ''}{off}: **{word}**."
     return f"{line} {then}" if then else line
 
 
-def _num(x: float | None, none: str = "", unit: str = "") -> str:
+def _num(x: float | None, none: str = "") -> str:
+    """Whole numbers without decimals; others with 2, or 3 significant digits below 1 (0.132, not 0.13); None as
+    the `none` word."""
     if x is None:
         return none
-    return (f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}") + unit
+    if float(x).is_integer():
+        return f"{x:,.0f}"
+    return f"{x:,.{max(2, 2 - math.floor(math.log10(abs(x))))}f}"
+
+
+def _nums(value: float | None, answer: float | None, none: str = "") -> tuple[str, str]:
+    """Both numbers as `_num` writes them, or with as many decimals as tell them apart where `_num` would show one
+    number twice beside 'not yet' (1.9999999 against 2: '2.00' and '2')."""
+    shown, truth = _num(value, none), _num(answer, none)
+    if value is None or answer is None or value == answer:
+        return shown, truth
+    if float(shown.replace(",", "")) != float(truth.replace(",", "")):
+        return shown, truth
+    digits = next((d for d in range(3, 16) if f"{value:.{d}f}" != f"{answer:.{d}f}"), 16)
+    return f"{value:,.{digits}f}", f"{answer:,.{digits}f}"
 
 
 def automatic_ranks_answer() -> tuple[int, str, str]:
