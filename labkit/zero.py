@@ -283,7 +283,7 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
     from tqdm.auto import tqdm
 
     total, done = len(plan.variants) * plan.steps, [0]
-    desc = f"ZeRO comparison ({plan.world_size} ranks, {plan.device})"
+    desc = f"ZeRO comparison ({plan.world_size} rank{'s' * (plan.world_size != 1)}, {plan.device})"
     bar = tqdm(total=total, desc=desc, unit="step", disable=progress is not True)
 
     def on_output(line: str) -> None:

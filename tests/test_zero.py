@@ -466,3 +466,27 @@ def test_the_surprises_are_explained_with_the_runs_numbers():
     assert "ZeRO-1 + CPU optimizer held 46.19 MB more than ZeRO-1" in second and "same RAM" in second
     configs[1]["measured_total"] = [170_000_000]
     assert zero_stages.surprises({**report, "device": "cuda"}) == []  # stages differ; a GPU moves offload off
+
+
+def test_the_memory_chart_and_the_progress_bar_name_small_models_and_one_rank(monkeypatch, capsys):
+    """'Per-rank model states, 0.0M params' for 33,088 parameters; 'ZeRO comparison (1 ranks, cpu)'."""
+    from labkit.errors import LabkitError
+    from labkit.plots import zero as zplots
+
+    kinds = dict.fromkeys(memory.STATE_KINDS, 0)
+    config = _config("ZeRO-0", 0, 529_408, 529_408)
+    config["measured"] = [{"device": kinds | {"params": 529_408}, "host": kinds}]
+    config |= {"predicted_deepspeed_total": 529_408, "predicted_paper_total": 529_408}
+    report = {"configs": [config], "params": 33_088, "dtype": "bf16", "world_size": 1, "device": "cpu"}
+    title = zplots.stage_memory_figure(report).axes[0].get_title()
+    assert title.startswith(f"Per-rank model states, {memory.format_count(33_088)} params, bf16")
+    assert "0.0M" not in title
+
+    def stop(*_, **__):
+        raise LabkitError("not launched in this test")
+
+    monkeypatch.setattr(launch, "run", stop)
+    with pytest.raises(LabkitError):
+        zero.run_plan(zero.make_plan("100K", 1, "0", device="cpu"))
+    err = capsys.readouterr().err
+    assert "ZeRO comparison (1 rank, cpu)" in err and "1 ranks" not in err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labkit.memory import STATE_KINDS, STATE_LABELS
+from labkit.memory import STATE_KINDS, STATE_LABELS, format_count
 from labkit.plots import figure
 
 STATE_COLOURS = dict(zip(STATE_KINDS, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")))
@@ -28,7 +28,7 @@ def stage_memory_figure(report: dict, rank: int = 0):
     cfgs = report["configs"]
     top = max([c["measured_total"][rank] for c in cfgs] + [c["predicted_paper_total"] for c in cfgs])
     div, unit = _scale(top)
-    title = f"Per-rank model states, {report['params'] / 1e6:.1f}M params, {report['dtype']}, "
+    title = f"Per-rank model states, {format_count(report['params'])} params, {report['dtype']}, "
     title += f"N = {report['world_size']} ({report['device']})"
     fig, ax = _config_axes(cfgs, 6.5, 4.2, title)
     xs, bottom = range(len(cfgs)), [0.0] * len(cfgs)
