@@ -82,18 +82,19 @@ queue: str = ""  # kubernetes: Kueue LocalQueue to submit to (the job waits, sus
 from IPython.display import HTML, Markdown, display
 
 from labkit import results
-from labkit.chapters import exercises
 from labkit.errors import LabkitError
 from labkit.chapters.interactive import (
     TrainingProgress,
+    check_world_size_prediction,
     closing_note,
     delete_at_exit,
     exec_again,
     hostfile_rows,
-    loss_figure,
+    loss_view,
     parse_metrics,
     plan_interactive_job,
     summarize_training,
+    world_size_solution,
 )
 
 plan = plan_interactive_job(backend=backend, namespace=namespace, name=name, workers=workers, slots=slots,
@@ -206,7 +207,8 @@ print(plan.equivalents("delete"))
 # %%
 metrics = parse_metrics(training.output)
 summary = summarize_training(metrics, training.returncode)
-display(loss_figure(metrics))
+view = loss_view(metrics, summary)  # the chart, or why there is none
+display(Markdown(view) if isinstance(view, str) else view)
 
 # %%
 for key, value in {"backend": plan.backend.name, "accelerator": plan.spec.accelerator, "command": plan.train_argv,
@@ -215,12 +217,10 @@ for key, value in {"backend": plan.backend.name, "accelerator": plan.spec.accele
     results.record(key, value)
 
 # %% tags=["exercise"]
-display(Markdown(exercises.verdict(my_world_size, summary["world_size"] or 0, name="my_world_size")))
+display(Markdown(check_world_size_prediction(my_world_size, summary)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(f"{plan.spec.workers} worker(s) x {plan.spec.slots_per_worker} slot(s) = "
-                 f"{plan.spec.workers * plan.spec.slots_per_worker} rank(s); the hostfile listed "
-                 f"{sum(r['slots'] for r in rows)} slot(s) and the ranks reported {summary['world_size']}."))
+display(Markdown(world_size_solution(plan, rows, summary)))
 
 # %% [markdown]
 # ## What this run showed

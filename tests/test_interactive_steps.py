@@ -87,8 +87,11 @@ def test_the_closing_paragraph_reports_this_runs_job_exec_and_ranks(plan):
     assert note.endswith("The job was deleted (the backend no longer lists it).")
     dead = ExecResult(returncode=1, output=f"{EXEC_TAG}rank 1 died: exit code 9\n", duration_s=3.0)
     note = interactive.closing_note(plan, rows, dead, interactive.summarize_training([], 1), deleted=False)
-    assert "exited with code **1** after 3 s (rank 1 died: exit code 9):" in note and "no loss was reported" in note
-    assert "did NOT hold" in note and note.endswith("The job was NOT deleted.")
+    assert "exited with code **1** after 3 s (rank 1 died: exit code 9):" in note and "no rank reported a" in note
+    assert note.endswith("The job was NOT deleted.")
+    died = [{"event": "step", "rank": 0, "step": 1, "loss": 1.0, "world_size": 2}]  # rank 0 reported, then died
+    note = interactive.closing_note(plan, rows, dead, interactive.summarize_training(died, 1), deleted=True)
+    assert "1 rank(s) reported (world size 2" in note and "The all-reduce check did NOT hold." in note
 
 
 def test_ranks_that_stopped_apart_are_not_said_to_have_run_the_same_steps(plan):
@@ -123,3 +126,41 @@ def test_exec_again_repeats_the_learners_own_command_and_says_when_the_job_has_e
         assert ended.startswith("the job is Deleted") and "nothing runs in it any more" in ended
     finally:
         job.delete()
+
+
+def test_a_command_whose_ranks_reported_nothing_says_so_instead_of_a_verdict(plan):
+    """A train_command like `hostname` (or a training dead before any rank reported): 'Your prediction: 2; the answer:
+    0: not yet', 'the ranks reported 0' and '0 rank(s) reported (world size 0, backend None ...) The all-reduce check
+    did NOT hold'."""
+    rows = interactive.hostfile_rows("localhost slots=2\n")
+    summary = interactive.summarize_training([], 0)
+    ok = ExecResult(returncode=0, output="vm-1\n", duration_s=0.4)
+    check = interactive.check_world_size_prediction(2, summary)
+    assert "no rank reported a world size" in check and "not yet" not in check and "answer: 0" not in check
+    assert "set `my_world_size`" in interactive.check_world_size_prediction(None, summary)
+    solution = interactive.world_size_solution(plan, rows, summary)
+    assert "2 rank(s)" in solution and "reported 0" not in solution and "no rank reported a world size" in solution
+    note = interactive.closing_note(plan, rows, ok, summary, deleted=True)
+    assert "exited with code **0**" in note and "no rank reported a world size" in note
+    assert "world size 0" not in note and "backend None" not in note and "all-reduce" not in note
+    assert note.endswith("The job was deleted (the backend no longer lists it).")
+    assert interactive.loss_view([], summary).startswith("No loss chart: no rank reported a world size")
+    metrics = [{"event": "step", "rank": r, "step": 1, "loss": 1.0, "world_size": 2} for r in (0, 1)]
+    reported = interactive.summarize_training(metrics, 0)
+    assert "**right**" in interactive.check_world_size_prediction(2, reported)
+    assert "the ranks reported 2" in interactive.world_size_solution(plan, rows, reported)
+    assert not isinstance(interactive.loss_view(metrics, reported), str)  # the chart
+
+
+def test_the_training_bar_appears_only_when_rank_0_reports_a_step_of_an_unknown_count():
+    """A custom command (no known step count) that reports no step left a bar 'rank 0 steps: 0step'."""
+    import io
+
+    quiet = interactive.TrainingProgress(total_steps=None, stream=io.StringIO())
+    quiet("vm-1\n")
+    quiet.close()
+    assert quiet.bar is None
+    counted = interactive.TrainingProgress(total_steps=None, stream=io.StringIO())
+    counted('LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 1, "step": 1, "loss": 1.0}\n')
+    counted.close()
+    assert counted.bar.n == 1

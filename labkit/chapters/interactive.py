@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labkit import launch, manifests, tabular
+from labkit.chapters import exercises
 from labkit.errors import ConfigError, check_int, check_number
 from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
 
 HELLO_MODULE = "labkit.ranks.hello"  # the small DeepSpeed script the default command runs in every rank
 METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON record
+NO_RANK_REPORTED = "no rank reported a world size: the command was not the kit's training, or it failed first"
 
 
 def training_command(backend: JobBackend, *, steps: int = 20, extra_args: list[str] | None = None) -> list[str]:
@@ -209,15 +211,20 @@ def plan_interactive_job(
 
 
 class TrainingProgress:
-    """An exec output sink: prints each line as it arrives and advances a tqdm bar on rank 0's steps."""
+    """An exec output sink: prints each line as it arrives and advances a tqdm bar on rank 0's steps. With no known
+    step count (the learner's own command) the bar appears at rank 0's first step: a command that reports none
+    (`hostname`) leaves no empty bar behind."""
 
     def __init__(self, total_steps: int | None = None, *, echo: bool = True, stream=None):
-        from tqdm.auto import tqdm
-
-        self.echo, self.stream = echo, stream or sys.stdout
+        self.echo, self.stream, self.total_steps = echo, stream or sys.stdout, total_steps
         self.lines: list[str] = []
         self._partial = ""
-        self.bar = tqdm(total=total_steps, desc="rank 0 steps", unit="step", leave=True, file=sys.stderr)
+        self.bar = self._new_bar() if total_steps else None
+
+    def _new_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, desc="rank 0 steps", unit="step", leave=True, file=sys.stderr)
 
     def __call__(self, text: str) -> None:
         *complete, self._partial = (self._partial + text).split("\n")
@@ -226,6 +233,7 @@ class TrainingProgress:
             if METRIC_TAG in line:  # metric lines go to the plot, not the screen
                 for metric in parse_metrics(line):
                     if metric.get("event") == "step" and metric.get("rank") == 0:
+                        self.bar = self.bar or self._new_bar()
                         self.bar.update(1)
                         self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
             elif self.echo:
@@ -236,7 +244,8 @@ class TrainingProgress:
         if self._partial:
             self.lines.append(self._partial)
             self._partial = ""
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     @property
     def output(self) -> str:
@@ -304,6 +313,21 @@ def exec_again(plan: InteractivePlan, job, command: str = "") -> str:
             f"{job.status().phase}")  # fmt: skip
 
 
+def check_world_size_prediction(prediction: float | None, summary: dict) -> str:
+    """Notebook 03's exercise: the prediction against the world size the ranks reported; where no rank reported one
+    (the learner's own command, a training dead first) there is no answer to score, and the line says why."""
+    line = exercises.verdict(prediction, summary["world_size"], name="my_world_size")  # a bad prediction: ConfigError
+    return line if summary["world_size"] or prediction is None else f"Nothing to check it against: {NO_RANK_REPORTED}."
+
+
+def world_size_solution(plan: InteractivePlan, rows: list[dict], summary: dict) -> str:
+    """The exercise's solution: workers x slots, the hostfile's slots and what the ranks reported (if any did)."""
+    spec, world = plan.spec, summary["world_size"]
+    reported = f"the ranks reported {world}" if world else NO_RANK_REPORTED
+    return (f"{spec.workers} worker(s) x {spec.slots_per_worker} slot(s) = {plan.ranks} rank(s); the hostfile listed "
+            f"{sum(r['slots'] for r in rows)} slot(s) and {reported}.")  # fmt: skip
+
+
 def closing_note(plan: InteractivePlan, rows: list[dict], training, summary: dict, *, deleted: bool) -> str:
     """The chapter's closing paragraph: the job, its hostfile, the exec (`training`: an ExecResult), what the ranks
     reported (`summary`: summarize_training's) and whether the job is gone, every number from this run."""
@@ -311,16 +335,26 @@ def closing_note(plan: InteractivePlan, rows: list[dict], training, summary: dic
     failure = f" ({training.failure})" if training.failure else ""
     losses = (f"the mean loss went from {loss:.3f} to {summary['loss_last_mean']:.3f}." if loss is not None
               else "no loss was reported.")  # fmt: skip
+    ranks = [
+        f"{len(summary['ranks'])} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']},",
+        f"ZeRO stage {summary['zero_stage']}), {steps_each(summary)}; {losses}",
+        f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}.",
+    ] if summary["world_size"] else [f"{NO_RANK_REPORTED}."]  # fmt: skip
     return " ".join([
         f"On the **{plan.backend.name}** backend, job `{spec.namespace}/{spec.name}` ({spec.workers} worker(s) x "
         f"{spec.slots_per_worker} slot(s)) became ready, and its hostfile listed {len(rows)} host line(s) with "
         f"{sum(r['slots'] for r in rows)} slot(s).",
         f"The training command exited with code **{training.returncode}** after {training.duration_s:.0f} s{failure}:",
-        f"{len(summary['ranks'])} rank(s) reported (world size {summary['world_size']}, backend {summary['backend']},",
-        f"ZeRO stage {summary['zero_stage']}), {steps_each(summary)}; {losses}",
-        f"The all-reduce check {'held on every rank' if summary['allreduce_ok'] else 'did NOT hold'}.",
+        *ranks,
         f"The job was {'deleted (the backend no longer lists it)' if deleted else 'NOT deleted'}.",
     ])  # fmt: skip
+
+
+def loss_view(metrics: list[dict], summary: dict):
+    """The loss chart (loss_figure), or why there is none: an empty chart says nothing."""
+    if summary["steps"]:
+        return loss_figure(metrics)
+    return f"No loss chart: {NO_RANK_REPORTED if not summary['world_size'] else 'no rank reported a training step'}."
 
 
 def loss_figure(metrics: list[dict]):
