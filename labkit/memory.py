@@ -220,11 +220,13 @@ def deepspeed_model_states(
     contiguous_gradients: bool = True,
     param_persistence_threshold: int = DEFAULT_PERSISTENCE_THRESHOLD,
     model_persistence_threshold: int = sys.maxsize,
+    ranks_on_cpu: bool = False,
 ) -> DeepSpeedMemory:
     """Per-rank tensors DeepSpeed 0.19 allocates for model states (one param group, Adam/AdamW, no MoE).
 
     `tensor_numels`: the trainable tensors' sizes in `module.parameters()` order (or one int: a model whose exact
     shapes are unknown, treated as one tensor: padding and ZeRO-3 persistence then cannot be modelled).
+    `ranks_on_cpu`: the ranks compute on the CPU, so a partition offloaded to the host is in their own memory.
     """
     _check_training(stage, world_size, dtype, offload_optimizer, offload_param)
     check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
@@ -279,9 +281,12 @@ def deepspeed_model_states(
             if x + persistent <= model_persistence_threshold and x <= param_persistence_threshold:
                 persistent += x
         bucket, param_loc = reduce_bucket_size * lp * contiguous_gradients, "host" if offload_param else "device"
+        # With one rank a small parameter's partition is the whole parameter, and gathering it (NoGatherHandle:
+        # ds_tensor.to(the compute device)) makes no copy unless the partition was offloaded off that device.
+        whole = persistent * lp if n > 1 or (offload_param and not ranks_on_cpu) else 0
         rows += [
             ("params", "ds_tensor partitions (lp_param_buffer)", p3 * lp, param_loc, "init"),
-            ("params", "persistent small params, kept whole", persistent * lp, "device", "forward"),
+            ("params", "persistent small params, kept whole", whole, "device", "forward"),
             ("master_params", "fp32_partitioned_groups_flat", p3 * 4, opt_loc, "init"),
             ("gradients", "grad_partitions_flat_buffer", p3 * lp, opt_loc, "init"),
             ("gradients", "fp32_partitioned_groups_flat.grad", p3 * 4 * offload_optimizer, "host", "init"),

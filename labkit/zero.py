@@ -202,6 +202,7 @@ class ZeroPlan:
     def predictions(self, v: Variant) -> dict:
         offload = {"offload_optimizer": v.offload_optimizer, "offload_param": v.offload_param}
         options = {**offload, "optimizer_impl": self.optimizer_impl, "reduce_bucket_size": self.bucket_size}
+        options["ranks_on_cpu"] = self.device == "cpu"
         ds = memory.deepspeed_model_states(self.tensor_numels, v.stage, self.world_size, self.dtype, **options)
         paper = memory.paper_model_states(self.params, v.stage, self.world_size, self.dtype, **offload)
         return {

@@ -148,6 +148,19 @@ def test_zero3_partitions_each_tensor_and_keeps_small_ones_whole():
     )
 
 
+def test_zero3_on_one_rank_counts_a_persistent_parameter_once():
+    """At N = 1 a small parameter's ds_tensor partition is the whole parameter, the same storage: the model counted it
+    twice (11% over the measured bytes of a 100K model); from N = 2 the whole copy is storage of its own."""
+    one = _bytes(M.deepspeed_model_states([5, 7, 200_001], 3, 1, "bf16", optimizer_impl="fused"))
+    assert one["params"] == (5 + 7 + 200_001) * 2
+    two = _bytes(M.deepspeed_model_states([5, 7, 200_001], 3, 2, "bf16", optimizer_impl="fused"))
+    assert two["params"] == (3 + 4 + 100_001) * 2 + (5 + 7) * 2
+    # a partition offloaded to the host is copied to a GPU for the computation, not to a CPU rank's own memory
+    gpu = M.deepspeed_model_states([5, 7], 3, 1, "bf16", offload_optimizer=True, offload_param=True)
+    cpu = M.deepspeed_model_states([5, 7], 3, 1, "bf16", offload_optimizer=True, offload_param=True, ranks_on_cpu=True)
+    assert _bytes(gpu)["params"] == 2 * (5 + 7) * 2 and _bytes(cpu)["params"] == (5 + 7) * 2
+
+
 def test_deepspeed_matches_paper_where_the_paper_is_exact():
     # One tensor divisible by 2N, no buckets, fused Adam (no step tensors): stages 0, 2, 3 are the paper's numbers.
     for stage in (0, 2, 3):
