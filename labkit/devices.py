@@ -418,6 +418,7 @@ def device_count(device: str) -> int:
 
 
 AUTO_CPU_RANKS = 2  # the fewest ranks that show them working together
+MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 
 
 def auto_ranks(requested: str = "auto", *, at_least: int = 1) -> tuple[int, str, str]:
@@ -438,10 +439,26 @@ def auto_ranks(requested: str = "auto", *, at_least: int = 1) -> tuple[int, str,
     return AUTO_CPU_RANKS, "cpu", f"{AUTO_CPU_RANKS} CPU ranks (gloo), because {reason}"
 
 
-def check_ranks_fit(field: str, ranks: int, device: str) -> int:
-    """ranks if this machine has a `device` for each of them (one GPU/HPU per rank), else ConfigError before launch.
+def device_memory(device: str) -> int | None:
+    """Bytes of memory of the smallest CUDA device here (each rank has one to itself); None where unknown (no CUDA
+    runtime, an HPU; a CPU rank shares the host's memory: host.memory_available)."""
+    if device != "cuda":
+        return None
+    import torch
 
-    CPU ranks may oversubscribe cores (gloo runs, slowly), so only accelerators are checked."""
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+def check_ranks_fit(field: str, ranks: int, device: str, *, elsewhere: str = "") -> int:
+    """ranks if this machine runs them: at most MAX_LOCAL_RANKS, and a `device` for each (one GPU/HPU per rank), else
+    ConfigError before launch. `elsewhere`: where more ranks can run, for the fix (a cluster backend).
+
+    CPU ranks may oversubscribe cores (gloo runs, slowly) up to the cap."""
+    if ranks > MAX_LOCAL_RANKS:
+        fix = f"use {MAX_LOCAL_RANKS} ranks or fewer on one machine" + (f", or {elsewhere}" if elsewhere else "")
+        raise ConfigError(field, f"{ranks} local ranks is more than {MAX_LOCAL_RANKS}", fix)
     have = device_count(device) if device in ("cuda", "hpu") else ranks
     if ranks > have:
         problem = f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)"

@@ -68,6 +68,19 @@ def cgroup_memory(root: str | Path = "/sys/fs/cgroup") -> tuple[int | None, int 
     return (None, None) if limit == "max" else (int(limit), current)
 
 
+def memory_available(proc: str | Path = "/proc", cgroup_root: str | Path = "/sys/fs/cgroup") -> int | None:
+    """Bytes new processes can still take: MemAvailable, or less where a cgroup v2 limit (a container's) leaves less;
+    None where /proc/meminfo cannot tell."""
+    try:
+        available = parse_meminfo((Path(proc) / "meminfo").read_text()).get("MemAvailable")
+    except OSError:
+        return None
+    limit, current = cgroup_memory(cgroup_root)
+    if available is not None and limit is not None and current is not None:
+        available = min(available, max(0, limit - current))
+    return available
+
+
 def usable_cores() -> int:
     """CPUs this process may run on (its affinity mask), at least 1."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from labkit import devices, launch, memory
+from labkit import devices, host, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.sizing import TRAINING_HEADROOM
+from labkit.tabular import format_bytes
 
 PROBE_MODULE = "labkit.ranks.zero_probe"  # what every rank runs: `deepspeed --module labkit.ranks.zero_probe ...`
 DTYPES = ("auto", *memory.TRAIN_DTYPES)
@@ -256,7 +258,58 @@ def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", d
     run["micro_batch"] = run.get("micro_batch") or (8 if gpu_like else 2)
     run["seq"] = run.get("seq") or (512 if gpu_like else 16)
     run |= {"bucket_size": hidden * hidden + (hidden * hidden) % 2, "why": why}
-    return ZeroPlan(n_params, hidden, layers, ranks, dev, resolve_dtype(dtype, dev), variants, **run)
+    plan = ZeroPlan(n_params, hidden, layers, ranks, dev, resolve_dtype(dtype, dev), variants, **run)
+    check_memory(plan, host.memory_available(), devices.device_memory(dev))
+    return plan
+
+
+def _shortfall(plan: ZeroPlan, v: Variant, host_free: int | None, device_size: int | None) -> tuple[str, float]:
+    """('', 1.0) when `v` fits, else (why not, the fraction of the model that would fit). Need: labkit's DeepSpeed
+    model of the states times the training head-room; CPU ranks hold all of it in the host's memory, every rank."""
+    at = plan.predictions(v)["deepspeed"]
+    dev, off = (sum(at[loc].values()) * TRAINING_HEADROOM for loc in memory.LOCATIONS)
+    dev, off = (0.0, dev + off) if plan.device == "cpu" else (dev, off)
+    ranks = f"world_size = {plan.world_size} rank{'s' * (plan.world_size != 1)}"
+    if device_size and dev > device_size:
+        why = f"needs {format_bytes(dev)} per {plan.device.upper()} device, more than its {format_bytes(device_size)}"
+        return why, device_size / dev
+    if host_free is not None and off * plan.world_size > host_free:
+        sharing = "sharing this host" if plan.device == "cpu" else "offloading to this host"
+        why = f"needs {format_bytes(off * plan.world_size)} of host memory ({format_bytes(off)} for each of {ranks} "
+        return why + f"{sharing}), {format_bytes(host_free)} available", host_free / (off * plan.world_size)
+    return "", 1.0
+
+
+def check_memory(plan: ZeroPlan, host_free: int | None, device_size: int | None) -> None:
+    """ConfigError naming `params` before launch where a configuration's model states (with the head-room) cannot fit
+    the host's available memory (`host_free`) or each device (`device_size`; None: unknown, not checked); the fix
+    names only the changes that would fit: a smaller model, fewer CPU ranks, the configurations that fit."""
+
+    def fits(p: ZeroPlan, variants: list[Variant]) -> bool:
+        return not any(_shortfall(p, v, host_free, device_size)[0] for v in variants)
+
+    short = [(share, why, v) for v in plan.variants for why, share in [_shortfall(plan, v, host_free, device_size)]]
+    short = [s for s in short if s[1]]
+    if not short:
+        return
+    share, why, worst = min(short, key=lambda s: s[0])
+    options = [f"params at most about {memory.format_count(_round_down(plan.params * share * 0.95))}"]
+    if plan.device == "cpu":  # the ranks share one memory: fewer need less (on accelerators each would need more)
+        n = next((n for n in range(plan.world_size - 1, 1, -1) if fits(replace(plan, world_size=n), plan.variants)), 0)
+        options += [f"world_size={n}"] if n else []
+    every = [Variant(s) for s in memory.STAGES] + [Variant(s, True) for s in (1, 2, 3)] + [Variant(3, True, True)]
+    good = [v.name for v in every if fits(plan, [v])]
+    options += [f"stages={','.join(good)} (the configurations that fit)"] if good else []
+    labels = ", ".join(v.label for _, _, v in short)
+    problem = f"{labels} of a {plan.params:,}-parameter model cannot fit: {worst.label} {why} (its model states x "
+    problem += f"{TRAINING_HEADROOM:g} head-room for activations and buffers)"
+    raise ConfigError("params", problem, "use " + "; or ".join(options))
+
+
+def _round_down(x: float) -> int:
+    """x down to two significant digits (a count to suggest: 613,4xx,xxx -> 610,000,000)."""
+    step = 10 ** max(0, len(str(int(x))) - 2)
+    return max(1, int(x) // step * step)
 
 
 def one_device_reference(plan: ZeroPlan, device: str = "auto") -> ZeroPlan | None:

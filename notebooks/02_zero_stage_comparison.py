@@ -48,7 +48,7 @@
 # Optimizer offload ("ZeRO-Offload") moves the fp32 master weights, gradients and Adam state to host memory.
 
 # %% tags=["parameters"]
-params: str = "20M"  # model size: parameters of the MLP used for the comparison (e.g. 4M, 20M, 335M, 1.3B)
+params: str = "20M"  # model size: parameters of the MLP used for the comparison (e.g. 4M, 20M; 335M, 1.3B on GPUs)
 world_size: int = 0  # data-parallel ranks the stages partition over; 0 for automatic: all GPUs if 2+, else 2 CPU ranks
 stages: str = "0,1,2,3"  # ZeRO stages to compare; also variants such as 2+opt (optimizer offload), 3+opt+param
 offload: str = "optimizer"  # also run each listed stage from 1 up offloaded: none | optimizer | optimizer+param
@@ -58,8 +58,8 @@ steps: int = 4  # training steps per configuration (at least 2; the first is war
 
 # %% [markdown]
 # ## The plan
-# Every input is checked before anything starts (a bad stage, world size, dtype or offload combination stops here with
-# one message naming the parameter). The model is a stack of transformer-style MLP blocks sized to `params`. With
+# Every input is checked before anything starts (a bad stage, world size, dtype or offload combination, or a model
+# whose states cannot fit this machine's memory, stops here with one message naming the parameter). The model is a stack of transformer-style MLP blocks sized to `params`. With
 # `world_size = 0` the plan picks the ranks itself and says why: partitioning needs at least 2 ranks, so a machine with
 # one GPU (or none) compares the stages on 2 CPU ranks.
 

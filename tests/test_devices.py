@@ -527,3 +527,12 @@ def test_the_machine_line_names_the_cpu_and_the_gpus_the_tools_list(monkeypatch,
     fake_nvidia_smi(monkeypatch, tmp_path, DATA / "nvidia-smi-8xh100.csv")
     line = devices.machine_summary()
     assert "usable core(s)" in line and "8 x NVIDIA H100 80GB HBM3 (cuda)" in line
+
+
+def test_memory_available_is_meminfos_or_what_a_containers_limit_leaves(tmp_path):
+    (tmp_path / "meminfo").write_text("MemTotal:  24576000 kB\nMemAvailable:  20000000 kB\n")
+    assert host.memory_available(tmp_path, tmp_path / "no-cgroup") == 20_000_000 * 1024
+    (tmp_path / "memory.max").write_text(f"{8 * 2**30}\n")
+    (tmp_path / "memory.current").write_text(f"{2 * 2**30}\n")
+    assert host.memory_available(tmp_path, tmp_path) == 6 * 2**30
+    assert host.memory_available(tmp_path / "none", tmp_path) is None

@@ -56,7 +56,8 @@ def test_parse_stages_rejects(stages, offload, field):
         ({"device": "tpu"}, "device"),
         ({"params": "10"}, "params"),
         ({"params": "abc"}, "params"),
-        ({"params": "40K", "world_size": 64, "device": "cpu"}, "params"),
+        ({"params": "40K", "hidden": 8, "layers": 1, "device": "cpu"}, "params"),  # too small to partition
+        ({"params": "40K", "world_size": 64, "device": "cpu"}, "world_size"),  # more local ranks than the cap
         ({"steps": 1}, "steps"),
         ({"warmup": 4, "steps": 4}, "warmup"),
         ({"stages": "1,2", "offload": "optimizer+param"}, "offload"),
@@ -165,6 +166,53 @@ def test_more_ranks_than_gpus_is_refused_before_launch(monkeypatch):
         zero.make_plan("2M", 2, "0,1", device="cuda")
     assert e.value.field == "world_size" and "only 1 CUDA" in e.value.problem
     assert zero.auto_ranks(2, "cpu")[:2] == (2, "cpu")  # CPU ranks may oversubscribe
+
+
+GIB = 2**30
+
+
+def test_a_model_whose_states_cannot_fit_the_hosts_memory_is_refused_before_launch(monkeypatch):
+    """params='1.3B' (the parameter's own example) on a 23.5 GiB CPU machine: 2 ranks x 20.8 GB of ZeRO-0 states were
+    launched and died after 86 s in DefaultCPUAllocator, advised to try 'a higher ZeRO stage or offload'."""
+    from labkit import host
+
+    monkeypatch.setattr(host, "memory_available", lambda *a, **k: int(23.5 * GIB))
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("1.3B", 2, "0,1,2,3", offload="optimizer", device="cpu")
+    assert e.value.field == "params" and "world_size = 2 ranks" in e.value.problem
+    assert "25.23 GB available" in e.value.problem
+    assert "ZeRO-0" in e.value.problem and "params at most about" in e.value.fix
+    assert "offload" not in e.value.fix  # on CPU ranks offload moves states within the same memory: no way out
+    fits = e.value.fix.split("params at most about ")[1].split()[0].strip(",;")
+    zero.make_plan(fits, 2, "0,1,2,3", offload="optimizer", device="cpu")  # the advice holds
+    # ZeRO-3 alone would fit: the fix says which configurations would
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("700M", 2, "0,3", device="cpu")
+    assert "stages=" in e.value.fix and "ZeRO-3" not in e.value.problem
+    zero.make_plan("700M", 2, e.value.fix.split("stages=")[1].split()[0].strip(",;"), device="cpu")
+    zero.make_plan(device="cpu")  # the notebook's defaults fit
+    zero.make_plan("3M", 2, "0,1,2,3", offload="optimizer", device="cpu")  # and its test parameters
+
+
+def test_gpu_ranks_are_checked_against_each_device_and_may_be_told_to_offload(monkeypatch):
+    from labkit import host
+
+    _fake_devices(monkeypatch, 8)
+    monkeypatch.setattr(host, "memory_available", lambda *a, **k: 1024 * GIB)
+    monkeypatch.setattr(devices, "device_memory", lambda device: 80 * 10**9 if device == "cuda" else None)
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("7B", 8, "0,3", device="cuda", dtype="fp32")  # 112 GB of ZeRO-0 states on each 80 GB GPU
+    assert e.value.field == "params" and "per CUDA device, more than its 80.00 GB" in e.value.problem
+    assert "stages=" in e.value.fix and "world_size" not in e.value.fix  # fewer GPUs only hold more each
+    assert zero.make_plan("7B", 8, "3", device="cuda", dtype="fp32").world_size == 8
+
+
+def test_more_local_ranks_than_a_machine_runs_are_refused():
+    """world_size 64 on CPU was accepted; notebook 03's local jobs stopped at 16 ranks."""
+    with pytest.raises(ConfigError) as e:
+        zero.make_plan("20M", 64, device="cpu")
+    assert e.value.field == "world_size" and "more than 16" in e.value.problem
 
 
 def test_one_rank_says_it_partitions_nothing():

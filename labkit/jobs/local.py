@@ -46,7 +46,6 @@ from labkit.jobs.launcher import (
 from labkit.procs import interrupts_deferred
 
 LOCAL_KIND_FIX = "leave it out: local jobs are MPIJobs (TrainJobs run on a cluster: --backend kubernetes)"
-MAX_LOCAL_RANKS = 16  # more ranks than this on one machine only thrash it
 # The job's `ssh`: every worker is localhost, so `ssh localhost CMD` runs CMD here and DeepSpeed's master address
 # probe (`ssh HOST hostname -I`) answers the loopback address the ranks rendezvous on.
 SSH_SHIM = """#!/bin/sh
@@ -145,10 +144,7 @@ class LocalBackend(JobBackend):
             ranks, _, per = auto_ranks(device)
             workers = max(1, ranks // slots)
             why += f"; workers 0 = automatic: {workers} ({per})"
-        if workers * slots > MAX_LOCAL_RANKS:
-            fix = "use fewer workers/slots locally, or backend='kubernetes'"
-            raise ConfigError("workers", f"{workers * slots} local ranks is more than {MAX_LOCAL_RANKS}", fix)
-        check_ranks_fit("workers", workers * slots, picked)
+        check_ranks_fit("workers", workers * slots, picked, elsewhere="backend='kubernetes'")
         return ACCELERATOR_OF[picked], workers, why
 
     def namespace_dir(self, namespace: str | None = None) -> Path:
