@@ -24,6 +24,7 @@ from pathlib import Path
 from labkit import launch, memory, shared_volume
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number, named_as
+from labkit.progress import bar as progress_bar
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
 _PROGRESS = re.compile(rf"{launch.PROGRESS_TAG} step=(\d+)")  # what the training ranks print (rank 0, each step)
@@ -285,8 +286,6 @@ def send_config(plan: TrainPlan, job) -> str:
 
 def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable[[str], None] | None = None) -> dict:
     """One `accelerate launch` of 2+ local ranks; the per-rank report. LaunchError (one line) when a rank fails."""
-    from tqdm.auto import tqdm
-
     plan.validated()
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +296,7 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
     cmd = plan.command(port)
     env = launch.kit_env({"MASTER_PORT": str(port), **plan.extra_env},
                          world_size=plan.config.num_processes, device=plan.device)  # fmt: skip
-    bar = tqdm(total=plan.steps, desc="training (rank 0)", unit="step", disable=not progress)
+    bar = progress_bar(plan.steps, desc="training (rank 0)", disable=not progress)
 
     def watch(line: str) -> None:
         if progress and (step := _PROGRESS.search(line)):  # search: another rank's text may share the line

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labkit import devices, host, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.progress import bar as progress_bar
 from labkit.sizing import TRAINING_HEADROOM
 from labkit.tabular import format_bytes
 
@@ -334,11 +335,9 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
     is captured (`log_path` keeps it). `progress`: True (tqdm), False, or a callable(config, step, done, total)."""
     work = Path(tempfile.mkdtemp(prefix="labkit-zero-") if run_dir is None else run_dir)
     work.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
     total, done = len(plan.variants) * plan.steps, [0]
     desc = f"ZeRO comparison ({plan.world_size} rank{'s' * (plan.world_size != 1)}, {plan.device})"
-    bar = tqdm(total=total, desc=desc, unit="step", disable=progress is not True)
+    bar = progress_bar(total, desc=desc, disable=progress is not True)
 
     def on_output(line: str) -> None:
         m = _PROGRESS.search(line)

@@ -147,3 +147,31 @@ def test_short_paths_leaves_no_internal_path_for_the_output_check():
     shown = tabular.short_paths(line)
     assert "<labkit>" in shown and str(notebooks.NOTEBOOKS_DIR.parent) not in shown
     assert tabular.short_paths("/usr/bin/mpirun") == "/usr/bin/mpirun"
+
+
+@pytest.mark.slow
+def test_a_saved_notebook_shows_each_progress_bar_as_it_ended(tmp_path):
+    """nbconvert (and GitHub, CI logs) show a widget's text/plain, which was its first state: executed notebooks read
+    'ZeRO comparison (2 ranks, cpu): 0%| | 0/28' and 'rank 0 steps: 0%| | 0/30' after the run."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cell = """
+import io
+from labkit import zero
+from labkit.chapters import interactive, serving  # noqa: F401 (the kit's other bars share the one home)
+from labkit.progress import bar
+b = bar(3, desc="steps here")
+b.update(3)
+b.close()
+p = interactive.TrainingProgress(total_steps=2, stream=io.StringIO())
+p('LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 1, "step": 1, "loss": 1.0}\\n' * 2)
+p.close()
+"""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    config = notebooks._kernel_options(tmp_path)["config"]  # the runner's kernel settings (encrypted transport)
+    NotebookClient(nb, timeout=120, kernel_name="python3", config=config).execute(cwd=str(tmp_path))
+    shown = [o["data"]["text/plain"] for o in nb.cells[0].outputs if "text/plain" in o.get("data", {})]
+    assert len(shown) == 2 and "3/3" in shown[0] and "steps here: 100%" in shown[0], shown
+    assert "rank 0 steps: 100%" in shown[1] and "2/2" in shown[1], shown
+    assert not [o for o in nb.cells[0].outputs if o["output_type"] == "stream"], "a text bar instead of the widget"

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from labkit import launch, manifests, tabular
+from labkit import launch, manifests, progress, tabular
 from labkit.chapters import exercises
 from labkit.errors import ConfigError, check_int, check_number
 from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
@@ -222,9 +222,7 @@ class TrainingProgress:
         self.bar = self._new_bar() if total_steps else None
 
     def _new_bar(self):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.total_steps, desc="rank 0 steps", unit="step", leave=True, file=sys.stderr)
+        return progress.bar(self.total_steps, desc="rank 0 steps", leave=True, file=sys.stderr)
 
     def __call__(self, text: str) -> None:
         *complete, self._partial = (self._partial + text).split("\n")

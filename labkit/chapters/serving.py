@@ -15,6 +15,7 @@ import numpy
 
 from labkit.chapters import exercises
 from labkit.errors import check_int
+from labkit.progress import bar as progress_bar
 from labkit.serving import local, models
 from labkit.tabular import format_percent
 
@@ -48,9 +49,7 @@ def send_requests(
     check_load(requests, concurrency)
     info, rng, most = models.model_info(model), random.Random(seed), min(4, max_batch)
     batches = [sample_rows(info, rng, most) for _ in range(requests)]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=requests, desc="requests", unit="req", disable=not progress)
+    bar = progress_bar(requests, desc="requests", unit="req", disable=not progress)
 
     def one(item: tuple[int, list[list]]) -> dict[str, Any]:
         i, rows = item
