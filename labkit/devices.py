@@ -440,15 +440,13 @@ def auto_ranks(requested: str = "auto", *, at_least: int = 1) -> tuple[int, str,
 
 
 def device_memory(device: str) -> int | None:
-    """Bytes of memory of the smallest CUDA device here (each rank has one to itself); None where unknown (no CUDA
-    runtime, an HPU; a CPU rank shares the host's memory: host.memory_available)."""
+    """Bytes of memory of the smallest CUDA device here (each rank has one to itself); None where unknown (no GPU,
+    an HPU; a CPU rank shares the host's memory: host.memory_available). Read through discovery (NVML first), so the
+    notebook's own process does not initialise CUDA on the devices its ranks are about to use."""
     if device != "cuda":
         return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    sizes = [d.mem_total for d in discover(["cuda"]).devices if d.mem_total]
+    return min(sizes) if sizes else None
 
 
 def check_ranks_fit(field: str, ranks: int, device: str, *, elsewhere: str = "") -> int:

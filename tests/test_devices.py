@@ -536,3 +536,15 @@ def test_memory_available_is_meminfos_or_what_a_containers_limit_leaves(tmp_path
     (tmp_path / "memory.current").write_text(f"{2 * 2**30}\n")
     assert host.memory_available(tmp_path, tmp_path) == 6 * 2**30
     assert host.memory_available(tmp_path / "none", tmp_path) is None
+
+
+def test_device_memory_is_the_smallest_visible_gpu_read_through_discovery(monkeypatch):
+    """What zero.make_plan checks each rank's states against; read from NVML-first discovery (the notebook's own
+    process must not initialise CUDA on its ranks' devices), the smallest GPU since every rank gets one."""
+    found = [Device("cuda", 0, "H100", 80 * 10**9), Device("cuda", 1, "A100", 40 * 10**9), Device("cuda", 2, "?", None)]
+    asked = []
+    monkeypatch.setattr(devices, "discover", lambda kinds: asked.append(list(kinds)) or devices.Discovery(found))
+    assert devices.device_memory("cuda") == 40 * 10**9 and asked == [["cuda"]]
+    assert devices.device_memory("cpu") is None and devices.device_memory("hpu") is None and len(asked) == 1
+    monkeypatch.setattr(devices, "discover", lambda kinds: devices.Discovery([]))
+    assert devices.device_memory("cuda") is None  # unknown: not checked
