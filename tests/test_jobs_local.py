@@ -263,6 +263,25 @@ def test_cli_exec_returns_the_command_exit_code(backend):
     assert render.returncode == 0 and "kind: MPIJob" in render.stdout and "replicas: 3" in render.stdout
 
 
+def test_cli_exec_options_after_the_name_need_no_double_dash(backend):
+    """`labkit job exec NAME --timeout 1 CMD` (the module's documented `exec demo --train --steps 20` form): the options
+    before the command are labkit's, not a program to run; the command's own options stay its own."""
+    backend.submit(JobSpec(name="opts")).wait_ready(timeout=10)
+    env = {**os.environ, "LABKIT_JOBS_DIR": str(backend.root)}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, "job", "exec", "opts", *argv], env=env, capture_output=True, text=True, timeout=60)
+
+    late = cli("--timeout", "1", "sleep", "30")
+    assert late.returncode == 124, late.stderr
+    assert late.stderr.startswith("labkit: deadline: exec in opts timed out after 1.0 s")
+    assert cli("-n", "workloads", "--backend", "local", "sh", "-c", "exit 3").returncode == 3
+    echoed = cli("--timeout=20", "echo", "--timeout", "1", "--", "--train")
+    assert echoed.returncode == 0 and echoed.stdout == "--timeout 1 -- --train\n"
+    unknown = cli("--no-such-option", "true")
+    assert unknown.returncode == 2 and "--no-such-option" in unknown.stderr
+
+
 def test_ttl_removes_finished_jobs(backend):
     job = LocalBackend(root=backend.root, deadline_seconds=1).submit(JobSpec(name="done", ttl_seconds_after_finished=0))
     job.wait_ready(10)

@@ -114,15 +114,19 @@ def _status(args) -> int:
     return 0
 
 
+def _command(args) -> list[str]:
+    """The command to exec; the options between NAME and it (`exec NAME --timeout 5 -- CMD`, kubectl's order, or
+    `exec NAME --train --steps 20` without `--`) set on args: argparse's REMAINDER after NAME took them as the
+    command. Options stop at the first word that is none (or `--`): the command's own options stay its own."""
+    parser = argparse.ArgumentParser(prog="labkit job exec NAME", add_help=False)
+    _add(parser, BACKEND_OPTIONS + EXEC_OPTIONS, suppress_defaults=True)  # only what is given here overrides
+    parser.add_argument("exec_argv", nargs=argparse.REMAINDER, metavar="[--] COMMAND [ARGS...]")
+    argv = parser.parse_args(args.argv, namespace=args).exec_argv
+    return argv[1:] if argv[:1] == ["--"] else argv  # argparse (3.10-3.13) keeps the `--` before a REMAINDER
+
+
 def _exec(args) -> int:
-    argv = list(args.argv)
-    if "--" in argv:
-        # `exec NAME --backend kubernetes -n ns -- CMD` (kubectl's order): options between NAME and `--` are ours.
-        cut = argv.index("--")
-        options, argv = argv[:cut], argv[cut + 1 :]
-        parser = argparse.ArgumentParser(prog="labkit job exec NAME", add_help=False)
-        _add(parser, BACKEND_OPTIONS + EXEC_OPTIONS, suppress_defaults=True)  # only what is given here overrides
-        parser.parse_args(options, namespace=args)
+    argv = _command(args)
     backend = _backend(args)
     if args.train:
         if argv:
