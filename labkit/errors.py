@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -98,3 +100,16 @@ def check_number(
         finite = "finite " if is_number(value) and not math.isfinite(value) else ""
         raise ConfigError(field, f"must be a {finite}number {bound}, got {value!r}", fix or f"pass {field} {bound}")
     return float(value)
+
+
+def check_output_file(field: str, path: str | os.PathLike) -> Path:
+    """`path` if a file can be written there (its folder exists and is writable; it is no folder), else ConfigError
+    naming the field: checked before the work whose result it keeps, not found out after it as a traceback."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(field, f"{path} is a folder", "pass a file name (in that folder or another)")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"{path.parent} is not a folder", "pass a file in an existing folder")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ConfigError(field, f"{path} cannot be written (permission)", "pass a file in a folder you can write")
+    return path

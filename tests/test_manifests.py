@@ -662,6 +662,13 @@ def run_cli(*argv) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
+def test_cli_render_output_file_is_checked_before_rendering(tmp_path, capsys):
+    said = {tmp_path / "no" / "x.yaml": f"{tmp_path / 'no'} is not a folder", tmp_path: f"{tmp_path} is a folder"}
+    for where, problem in said.items():
+        assert run_cli("manifests", "render", "-o", str(where)) == (2, "")  # a FileNotFoundError traceback before
+        assert f"labkit: error: --output: {problem}" in capsys.readouterr().err
+
+
 def test_cli_render_and_validate(tmp_path, capsys):
     code, out = run_cli(
         "manifests",

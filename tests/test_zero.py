@@ -105,6 +105,18 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys, monkeypatch):
     assert "optimizer offload needs ZeRO stage 1-3" in capsys.readouterr().err
 
 
+def test_cli_report_files_are_checked_before_anything_runs(capsys, monkeypatch, tmp_path):
+    """--json in a missing folder, or naming a folder: one error naming the flag, before the comparison runs (it was a
+    FileNotFoundError traceback after it, the report lost)."""
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("launched"))
+    said = {tmp_path / "no" / "x.json": f"{tmp_path / 'no'} is not a folder", tmp_path: f"{tmp_path} is a folder"}
+    for where, problem in said.items():
+        for argv in (["zero", "--stages", "0"], ["size", "--params", "7B"]):
+            assert cli_main([*argv, "--json", str(where)]) == 2
+            err = capsys.readouterr()
+            assert f"labkit: error: --json: {problem}" in err.err and err.out == ""  # refused before the plan
+
+
 def test_cli_dry_run_prints_the_deepspeed_command(capsys):
     assert (
         cli_main(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATORS
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, check_output_file
 from labkit.manifests.pod_security import LEVELS
 
 # `render` options that set a JobSpec field: (flag, field, type, help).
@@ -61,6 +61,8 @@ def register(subparsers) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file("--output", args.output)
     values = {field: getattr(args, field) for _, field, _, _ in _SPEC_OPTIONS if getattr(args, field) is not None}
     if args.no_hf_token:
         values["hf_token_secret"] = None

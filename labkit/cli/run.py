@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from labkit import notebooks, suites
-from labkit.errors import ConfigError, check_number
+from labkit.errors import ConfigError, check_number, check_output_file
 
 CELL_TIMEOUT_S = 900.0  # nothing waits for ever: an upstream client can miss a reply (nbclient issue 312, widgets)
 
@@ -40,8 +40,8 @@ def _run_suite(args: argparse.Namespace) -> int:
         fix = "put notebooks and parameters in the suite file, or drop --suite"
         raise ConfigError("suite", "--suite runs exactly the suite's notebooks with its parameters", fix)
     suite = suites.load(args.suite)  # a malformed suite is refused here, before any notebook runs
-    if args.junit and not args.junit.parent.is_dir():  # found out now, not after the whole suite has run
-        raise ConfigError("--junit", f"{args.junit.parent} is not a folder", "pass a file in an existing folder")
+    if args.junit:  # found out now, not after the whole suite has run
+        check_output_file("--junit", args.junit)
     if args.backend:
         for entry in suite.entries:
             if "backend" in notebooks.declared_parameters(entry.notebook):

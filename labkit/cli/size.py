@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from labkit import memory, sizing
+from labkit.errors import check_output_file
 from labkit.tabular import format_bytes
 
 
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
 
 
 def _size(args: argparse.Namespace) -> int:
+    if args.json_path:
+        check_output_file("--json", args.json_path)
     params = memory.parse_count(args.params, "--params")
     if args.train_stage is not None:
         dtype = "bf16" if args.dtype == "all" else args.dtype  # training_fit checks it, the stage and N

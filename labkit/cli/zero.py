@@ -9,7 +9,7 @@ from pathlib import Path
 from labkit import zero
 from labkit.chapters.zero_stages import conclusions, format_table, summary_rows
 from labkit.devices import DEVICE_CHOICES
-from labkit.errors import ConfigError, as_flag
+from labkit.errors import ConfigError, as_flag, check_output_file
 from labkit.memory import OFFLOADS
 
 _OPTIONS = (  # (flag, default, help; choices)
@@ -37,6 +37,8 @@ def register(subparsers) -> None:
 
 
 def _zero(args: argparse.Namespace) -> int:
+    if args.json_path:
+        check_output_file("--json", args.json_path)
     options = {"offload": args.offload, "dtype": args.dtype, "device": args.device, "steps": args.steps}
     try:
         plan = zero.make_plan(args.params, args.world_size, args.stages, **options, timeout_s=args.timeout)
