@@ -24,6 +24,7 @@ from labkit.chapters.interactive import (
     summarize_training,
     training_command,
 )
+from labkit.cli import main
 from labkit.errors import ConfigError
 from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, get_backend, local
 from labkit.jobs.launcher import job_pids, map_paths
@@ -280,6 +281,13 @@ def test_cli_exec_options_after_the_name_need_no_double_dash(backend):
     assert echoed.returncode == 0 and echoed.stdout == "--timeout 1 -- --train\n"
     unknown = cli("--no-such-option", "true")
     assert unknown.returncode == 2 and "--no-such-option" in unknown.stderr
+
+
+def test_cli_submit_refuses_a_negative_wait_before_submitting(backend, capsys):
+    for wait in ("-5", "nan"):  # the kubernetes backend submitted, then deleted the job; local took -5 silently
+        assert main(["job", "submit", "--name", "w", "--wait", wait, "--jobs-dir", str(backend.root)]) == 2
+        assert "labkit: error: --wait: must be a" in capsys.readouterr().err
+    assert backend.list(namespace="*") == []
 
 
 def test_ttl_removes_finished_jobs(backend):

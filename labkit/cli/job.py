@@ -94,6 +94,8 @@ def _render(args) -> int:
 
 
 def _submit(args) -> int:
+    if args.wait is not None:  # before the submit: a job made and then waited on for no time would be deleted
+        check_number("--wait", args.wait, 0.0, "pass the seconds to wait until the job is ready, e.g. 300")
     backend = _backend(args)
     spec = _spec(args, backend)
     job = backend.submit(spec)
