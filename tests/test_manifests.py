@@ -669,6 +669,17 @@ def test_cli_render_output_file_is_checked_before_rendering(tmp_path, capsys):
         assert f"labkit: error: --output: {problem}" in capsys.readouterr().err
 
 
+def test_cli_validate_fails_on_input_without_objects(tmp_path, monkeypatch):
+    """An empty stdin or a file of comments passed as valid (exit 0, nothing printed): a wrong path or an empty
+    pipe must not read as a checked manifest."""
+    comment = tmp_path / "comment.yaml"
+    comment.write_text("# only a comment\n---\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, out = run_cli("manifests", "validate", "-", str(comment))
+    assert code == 1
+    assert out.splitlines() == [f"INVALID {where}: no Kubernetes objects in it" for where in ("-", comment)]
+
+
 def test_cli_render_and_validate(tmp_path, capsys):
     code, out = run_cli(
         "manifests",

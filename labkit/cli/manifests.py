@@ -103,6 +103,10 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"{path}: cannot read: {exc}", file=sys.stderr)
             failures += 1
             continue
+        if not objects:  # an empty pipe or a wrong file must not read as a checked manifest
+            print(f"INVALID {path}: no Kubernetes objects in it")
+            failures += 1
+            continue
         try:
             levels = manifests.checks.namespace_levels(objects)
         except manifests.ManifestError as exc:
