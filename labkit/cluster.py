@@ -13,7 +13,7 @@ from typing import Any
 
 from labkit.devices import ACCELERATOR_RESOURCE
 from labkit.errors import ConfigError, LabkitError, check_choice, check_number
-from labkit.kube import NO_CLUSTER_MESSAGE, api_client, find_kubeconfig, request_json, short_reason
+from labkit.kube import NO_CLUSTER_MESSAGE, api_client, find_kubeconfig, request_json, short_reason, unreachable
 from labkit.tabular import format_bytes, html_table, text_table
 
 # Resources a node inventory keeps: the accelerators' device plugins, huge pages, CPU and memory
@@ -289,6 +289,7 @@ def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
     """Whether the served TrainJob has spec.activeDeadlineSeconds (Kubeflow Trainer >= v2.2.0), from the OpenAPI v3
     discovery document every authenticated user may read (no CRD read, which needs cluster RBAC)."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     path = f"/openapi/v3/apis/trainer.kubeflow.org/{TRAINJOB_VERSION}"
     try:
@@ -296,6 +297,8 @@ def trainjob_has_deadline(api_client, *, timeout: float = 10.0) -> bool:
     except ApiException as exc:
         fix = "is Kubeflow Trainer v2 installed? (labkit discover --cluster)"
         raise LabkitError(f"GET {path}: HTTP {exc.status}. Fix: {fix}") from None
+    except HTTPError as exc:  # refused, timed out, no route: no answer at all
+        raise unreachable(f"GET {path}", exc) from None
     schemas = (document.get("components") or {}).get("schemas") or {}
     trainjob = next((v for k, v in schemas.items() if k.endswith(".TrainJob")), {})
     spec = ((trainjob.get("properties") or {}).get("spec") or {}).get("properties") or {}

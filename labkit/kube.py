@@ -249,6 +249,14 @@ def request_json(api_client, method: str, path: str, *, query=(), body=None, tim
     return json.loads(data) if data else None
 
 
+def unreachable(what: str, exc: Exception) -> LabkitError:
+    """A request that got no answer (refused, timed out, no route: urllib3's errors), as one line with the fix."""
+    return LabkitError(
+        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
+        "Fix: check `kubectl get nodes` works with the same kubeconfig"
+    )
+
+
 def short_reason(exc: BaseException) -> str:
     """The useful part of a client/urllib3 error: 'Connection refused', 'HTTP 401 Unauthorized', a timeout."""
     status = getattr(exc, "status", None)

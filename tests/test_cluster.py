@@ -467,6 +467,18 @@ def test_cli_discover_cluster_without_a_cluster_is_an_error(no_cluster):
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_render_trainjob_deadline_auto_says_an_unreachable_server_in_one_line(no_cluster, capsys):
+    from labkit.cli import main
+    from labkit.launch import free_port
+
+    kubeconfig = write_kubeconfig(no_cluster / "kc.yaml", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    argv = ["manifests", "render", "--kind", "trainjob", "--trainjob-deadline", "auto", "--kubeconfig", str(kubeconfig)]
+    assert main(argv) == 2  # was urllib3's MaxRetryError traceback
+    err = capsys.readouterr().err
+    assert err.startswith("labkit: error: GET /openapi/v3/apis/trainer.kubeflow.org/v1alpha1: cannot reach the API")
+    assert err.count("\n") == 1 and "Fix: " in err
+
+
 def test_node_figure(inventory):
     from labkit.plots.discovery import node_accelerators_figure
 

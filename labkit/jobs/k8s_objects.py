@@ -258,13 +258,6 @@ def exec_exit_code(raw: str | None) -> int:
     raise LabkitError(f"exec failed: {status.get('message') or status}")
 
 
-def unreachable(what: str, exc: Exception) -> LabkitError:
-    return LabkitError(
-        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
-        "Fix: check `kubectl get nodes` works with the same kubeconfig"
-    )
-
-
 def launcher_deadline_exceeded(launcher: dict | None) -> str | None:
     """The message of the launcher Job's true DeadlineExceeded condition, else None. From Kubernetes 1.31 the Job
     controller first sets FailureTarget (deleting the launcher pod, the exec'd training with it) and Failed only once

@@ -50,7 +50,6 @@ from labkit.jobs.k8s_objects import (
     pod_ready,
     resource_of,
     trainjob_status,
-    unreachable,
 )
 from labkit.procs import interrupts_deferred
 
@@ -101,7 +100,7 @@ class KubernetesBackend(JobBackend):
                 raise LabkitError(f"{what}: the API server refused it ({api_message(exc)}). Fix: {fix}") from None
             raise LabkitError(f"{what}: {api_message(exc)}") from None
         except HTTPError as exc:
-            raise unreachable(what, exc) from None
+            raise kube.unreachable(what, exc) from None
 
     def _rest(self, method: str, path: str, *, query=(), body=None, _request_timeout=None) -> Any:
         """One request to any API path (discovery, objects of any kind) with the client's auth; the JSON reply."""
@@ -226,7 +225,7 @@ class KubernetesBackend(JobBackend):
         try:
             return self._rest("POST", object_path(obj, namespace), query=query, body=obj)
         except HTTPError as exc:
-            raise unreachable(f"{stage} of {kind}/{name}", exc) from None
+            raise kube.unreachable(f"{stage} of {kind}/{name}", exc) from None
         except ApiException as exc:
             status, msg = exc.status, api_message(exc)
         if status == 409 and kind == "ConfigMap":  # the proxy settings: reused only when they are the same
