@@ -197,6 +197,16 @@ def test_cli_build_command_takes_the_pins():
     assert result.returncode == 0 and f"--build-arg BASE_DIGEST={digest}" in result.stdout, result.stderr
 
 
+@pytest.mark.parametrize("item", ["TORCH_INDEX_URL", "=https://download.pytorch.org/whl/cpu"])
+def test_cli_build_command_refuses_a_build_arg_without_key_or_value(item, capsys):
+    from labkit.cli import main
+
+    # `--build-arg TORCH_INDEX_URL` set it to "" silently (the image then built against the default index)
+    assert main(["images", "build-command", "deepspeed-cpu", "--build-arg", item]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"labkit: error: --build-arg: {item!r} is not KEY=VALUE") and not captured.out
+
+
 # ------------------------------------------------------------------------------------------- positive controls
 @pytest.mark.parametrize(
     "text",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from labkit.errors import ConfigError
 from labkit.images import BUILDERS, build_command, load_images
 
 
@@ -27,6 +28,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _build_command(args: argparse.Namespace) -> int:
-    extra = dict(item.partition("=")[::2] for item in args.build_arg)
+    extra = {}
+    for item in args.build_arg:
+        key, eq, value = item.partition("=")
+        if not (eq and key):  # docker would read a bare KEY from the environment; this command line has none
+            raise ConfigError("--build-arg", f"{item!r} is not KEY=VALUE", f"pass --build-arg {key or 'KEY'}=VALUE")
+        extra[key] = value
     print(shlex.join(build_command(args.name, args.builder, build_args=extra)))
     return 0
