@@ -36,6 +36,11 @@ class LaunchError(LabkitError):
         super().__init__(message)
 
 
+class DeadlineError(LaunchError, TimeoutError):
+    """A run stopped by the deadline its caller set: a LaunchError to those that catch one, and a TimeoutError, which
+    the CLI reports as `labkit: deadline:` with timeout(1)'s exit code 124."""
+
+
 def renamed(exc: ConfigError, names: dict[str, str], fixes: dict[str, str] | None = None) -> ConfigError:
     """The same error with its field named as the user typed it (`names`: checked field -> the user's name; fields
     not in it are kept) and, where `fixes` has one for the checked field, a fix the user can apply there."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS
-from labkit.errors import ConfigError, LaunchError, check_choice, check_int
+from labkit.errors import ConfigError, DeadlineError, LaunchError, check_choice, check_int, check_number
 from labkit.procs import RankExits, interrupts_deferred, own_tmpdir, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
@@ -379,8 +379,8 @@ def run_command(
 ) -> LaunchResult:
     """Supervise one launcher command (`deepspeed ...`, `accelerate launch ...`) in its own session: stream its output,
     end it soon after a rank's error line, stop its whole tree on every exit path. `env`: kit_env(...)."""
-    if timeout is not None and timeout <= 0:
-        raise ConfigError("timeout", f"must be positive, got {timeout}", "pass seconds > 0 or None")
+    if timeout is not None:  # nan would mean no deadline at all, never what a user asked for
+        check_number("timeout", timeout, 0.0, "pass seconds > 0, or None for no deadline", strict=True)
     chunks: list[str] = []
     first_death: list[float] = []
     sink_failed: list[BaseException] = []  # on_output raised: the run stops (nobody would read its pipe any more)
@@ -423,5 +423,6 @@ def run_command(
     if check and code != 0:
         rank, text = failure_summary(output, exits.first_failure)
         msg = _failure_line(output, code, timeout if ended == "timeout" else None, rank, text)
-        raise LaunchError(msg, returncode=code, output=output[-8000:], failed_rank=rank)
+        error = DeadlineError if ended == "timeout" else LaunchError
+        raise error(msg, returncode=code, output=output[-8000:], failed_rank=rank)
     return LaunchResult(code, output, cmd)

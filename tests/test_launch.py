@@ -157,6 +157,17 @@ def test_a_run_has_a_temp_folder_of_its_own_removed_after_it_also_at_its_deadlin
     assert stopped.parent.name.startswith("labkit-run-") and not stopped.parent.exists()
 
 
+def test_a_deadline_is_a_timeout_error_and_still_a_launch_error():
+    """The CLI exits 124 with `labkit: deadline:` for a TimeoutError (README's exit codes); callers catching
+    LaunchError still see it. nan is no deadline a user can mean: refused, not run without one."""
+    with pytest.raises(TimeoutError, match="^stopped by its deadline after 1 s") as err:
+        launch.run_command([sys.executable, "-c", "import time; time.sleep(60)"], launch.kit_env(), timeout=1)
+    assert isinstance(err.value, LaunchError) and err.value.returncode == -1
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ConfigError, match="^timeout: must be a"):
+            launch.run_command([sys.executable, "-c", "pass"], launch.kit_env(), timeout=bad)
+
+
 @pytest.mark.slow
 def test_timeout_kills_every_rank():
     start = time.monotonic()

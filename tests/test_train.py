@@ -140,6 +140,16 @@ def test_the_cli_keeps_a_flag_given_at_its_default_and_leaves_the_rest_automatic
     assert "--width" not in given.splitlines()[-1] and "--width 0.5" in automatic.splitlines()[-1]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_cli_refuses_a_timeout_that_is_no_time_before_planning(value, capsys):
+    """--timeout 0 was refused only after the plan printed; nan meant no deadline at all."""
+    from labkit.cli import main
+
+    assert main(["train", "--synthetic", "--device", "cpu", "--timeout", value]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("labkit: error: --timeout: must be a") and captured.out == ""
+
+
 def test_python_m_labkit_train_is_the_ranks_command_line():
     """`python -m labkit.train` (nanoGPT's habit) runs the rank entry instead of importing a library and exiting 0."""
     proc = subprocess.run([sys.executable, "-m", "labkit.train", "--seed", "-1", "--synthetic"], capture_output=True,

@@ -117,6 +117,16 @@ def test_cli_report_files_are_checked_before_anything_runs(capsys, monkeypatch, 
             assert f"labkit: error: --json: {problem}" in err.err and err.out == ""  # refused before the plan
 
 
+def test_cli_exits_124_with_one_deadline_line_when_its_timeout_runs_out(capsys):
+    """README: a deadline the user set ran out -> exit 124 and `labkit: deadline: ...` (was 2 and `labkit: error:`)."""
+    argv = ["zero", "--stages", "0", "--params", "2M", "--world-size", "1", "--device", "cpu", "--timeout", "1"]
+    assert cli_main(argv) == 124
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("labkit:")] == [err[-1]]
+    assert err[-1].startswith("labkit: deadline: stopped by its deadline after 1 s (all ranks stopped)")
+    assert not wait_for_no_kit_processes(), "ranks left running after the deadline"
+
+
 def test_cli_dry_run_prints_the_deepspeed_command(capsys):
     assert (
         cli_main(

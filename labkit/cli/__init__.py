@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except TimeoutError as exc:  # a deadline the user set (--timeout, --ready-timeout) ran out: what stopped, one line
+        print(f"labkit: deadline: {exc}", file=sys.stderr)  # before LabkitError: errors.DeadlineError is both
+        return 124  # as timeout(1)
     except LabkitError as exc:
         print(f"labkit: error: {exc}", file=sys.stderr)
         return 2
-    except TimeoutError as exc:  # a deadline the user set (--timeout, --ready-timeout) ran out: what stopped, one line
-        print(f"labkit: deadline: {exc}", file=sys.stderr)
-        return 124  # as timeout(1)
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130

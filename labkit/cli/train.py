@@ -7,6 +7,7 @@ import json
 
 from labkit import train
 from labkit.chapters import cifar
+from labkit.errors import check_number
 from labkit.ranks import train as train_rank
 
 
@@ -28,6 +29,8 @@ def register(subparsers) -> None:
 
 
 def _train(args) -> int:
+    if args.timeout is not None:  # before the plan: 0 or nan is no deadline a user means
+        check_number("--timeout", args.timeout, 0.0, "pass seconds > 0, or leave it out for no deadline", strict=True)
     defaults = train.TrainConfig()
     run = {"world_size": args.world_size, "launcher": args.launcher}
     run |= {k: getattr(args, k, getattr(defaults, k)) for k in ("epochs", "synthetic")}
