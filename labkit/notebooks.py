@@ -69,9 +69,8 @@ def select(names: Iterable[str]) -> list[Path]:
     found: list[Path] = []
     available = discover()
     for name in names:
-        notebook = Path(name).with_suffix(".ipynb")
-        if Path(name).suffix in (".ipynb", ".py") and notebook.is_file():
-            found.append(notebook)
+        if Path(name).suffix in (".ipynb", ".py") and Path(name).with_suffix(".ipynb").is_file():
+            found.append(Path(name).with_suffix(".ipynb"))  # only after the suffix test: '', '.' have no name for one
             continue
         matches = [p for p in available if p.stem == name or p.stem.startswith(f"{name}_")]
         if not available:  # an installed kit (a wheel has no notebooks/): where they are is the fix

@@ -77,6 +77,15 @@ def test_run_records_values_and_writes_report(good, tmp_path):
     assert summary[0]["parameters"] == {"epochs": 3}
 
 
+@pytest.mark.parametrize("command", ["params", "run"])
+@pytest.mark.parametrize("name", ["", ".", "/"])
+def test_cli_an_empty_notebook_name_lists_the_notebooks(command, name, capsys):
+    """`labkit params ''` was a ValueError traceback (PosixPath('.') has an empty name)."""
+    assert main([command, name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"labkit: error: notebook: {name!r} matches 0 notebooks") and "name one of: 00_" in err
+
+
 def test_cli_unknown_parameter_exits_nonzero_naming_notebook(good, tmp_path, capsys):
     code = main(["run", str(good), "-p", "epoch", "3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
