@@ -158,8 +158,11 @@ def find_kubeconfig(
     account. An explicit file that does not exist is a ConfigError (a typo, not no cluster)."""
     env = os.environ if env is None else env
     if kubeconfig:
-        if not Path(kubeconfig).expanduser().is_file():
-            raise ConfigError("kubeconfig", f"{Path(kubeconfig).expanduser()} does not exist", KUBECONFIG_FIX)
+        path = Path(kubeconfig).expanduser()
+        if path.is_dir():
+            raise ConfigError("kubeconfig", f"{path} is a folder, not a kubeconfig file", KUBECONFIG_FIX)
+        if not path.is_file():
+            raise ConfigError("kubeconfig", f"{path} does not exist", KUBECONFIG_FIX)
         candidates = [kubeconfig]
     elif env.get("KUBECONFIG"):
         candidates = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]

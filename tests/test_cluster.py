@@ -479,6 +479,12 @@ def test_cli_render_trainjob_deadline_auto_says_an_unreachable_server_in_one_lin
     assert err.count("\n") == 1 and "Fix: " in err
 
 
+def test_a_kubeconfig_that_is_a_folder_is_called_one(no_cluster):
+    with pytest.raises(ConfigError) as info:  # it said "/tmp does not exist"
+        kube.find_kubeconfig(no_cluster)
+    assert info.value.field == "kubeconfig" and info.value.problem == f"{no_cluster} is a folder, not a kubeconfig file"
+
+
 def test_node_figure(inventory):
     from labkit.plots.discovery import node_accelerators_figure
 

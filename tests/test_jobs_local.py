@@ -658,6 +658,12 @@ def test_a_namespace_is_a_name_never_a_path(tmp_path):
     assert victim.is_dir() and (victim / "job.json").exists()
 
 
+def test_cli_exec_train_refuses_steps_below_one_before_looking_for_the_job(tmp_path, capsys):
+    # `--steps -3` launched DeepSpeed with -3 steps and exited 0
+    assert main(["job", "exec", "t1", "--train", "--steps", "-3", "--jobs-dir", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith("labkit: error: --steps: must be a whole number >= 1, got -3")
+
+
 def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):
     with backend.submit(JobSpec(name="private", workers=1)) as job:
         job.wait_ready(timeout=10)

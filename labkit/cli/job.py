@@ -18,7 +18,7 @@ import time
 from labkit import manifests
 from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
-from labkit.errors import ConfigError, check_number
+from labkit.errors import ConfigError, check_int, check_number
 from labkit.jobs import BACKENDS, Job, get_backend
 from labkit.jobs.base import JOB_KINDS
 from labkit.tabular import text_table
@@ -129,6 +129,8 @@ def _command(args) -> list[str]:
 
 def _exec(args) -> int:
     argv = _command(args)
+    if args.train:  # before the job is looked up, and long before DeepSpeed starts
+        check_int("--steps", args.steps, 1, "pass the training steps, e.g. --steps 20")
     backend = _backend(args)
     if args.train:
         if argv:
