@@ -3,6 +3,7 @@ real training in-process and through the launchers, and a killed rank followed b
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -148,6 +149,21 @@ def test_the_cli_refuses_a_timeout_that_is_no_time_before_planning(value, capsys
     assert main(["train", "--synthetic", "--device", "cpu", "--timeout", value]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("labkit: error: --timeout: must be a") and captured.out == ""
+
+
+def test_the_cli_help_gives_the_sizes_the_device_picks_not_the_rank_defaults():
+    """`labkit train --help` said `--max-train ... (0 = all) (default: 0)` and `--width (default: 1.0)`, but left out
+    (or 0) on a CPU they are 2,000 images at width 0.5."""
+    from labkit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in commands.choices["train"]._actions}
+    for name, on_cpu in cifar.CPU_SIZES.items():
+        cpu, accelerator = (f"{v:,}" if v else "all" for v in (on_cpu, cifar.ACCELERATOR_SIZES[name]))
+        assert f"by device: CPU {cpu}, accelerator {accelerator})" in helps[name] and "(default:" not in helps[name]
+    for name in cifar.ZERO_MEANS_AUTO:  # 0 is automatic too, not "all"
+        assert "0 = all" not in helps[name] and "(0 or left out: by device" in helps[name]
+    assert helps["epochs"].endswith("(default: 2)")  # the others are what the CLI passes
 
 
 def test_python_m_labkit_train_is_the_ranks_command_line():

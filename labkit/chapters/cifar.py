@@ -28,6 +28,20 @@ ZERO_MEANS_AUTO = ("width", "max_train")
 ACCELERATOR_SIZES = {"synthetic_train": 50_000, "synthetic_test": 10_000, "max_train": 0, "max_test": 0, "width": 1.0}
 
 
+def automatic_help() -> dict[str, str]:
+    """`labkit train --help` for each size the device picks: the rank module's help names its fixed default, which
+    the CLI never passes (left out, or 0 for ZERO_MEANS_AUTO, the size is CPU_SIZES' or ACCELERATOR_SIZES')."""
+    helps = {}
+    for f in dataclasses.fields(train.TrainConfig):
+        if f.name in CPU_SIZES:
+            cpu, accelerator = (f"{v:,}" if v else "all" for v in (CPU_SIZES[f.name], ACCELERATOR_SIZES[f.name]))
+            zero_too = f.name in ZERO_MEANS_AUTO
+            text = f.metadata["help"].replace(" (0 = all)", "") if zero_too else f.metadata["help"]
+            when = "0 or left out" if zero_too else "left out"
+            helps[f.name] = f"{text} ({when}: by device: CPU {cpu}, accelerator {accelerator})"
+    return helps
+
+
 @dataclass
 class TrainingPlan:
     config: train.TrainConfig  # resolved: device, dtype, micro_batch, lr filled in

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="validate, print the DeepSpeed config and the command")
     # only the flags given are set: one left out is automatic (cifar.plan), one given is kept even when it equals
     # TrainConfig's default (--width 1.0 on a CPU)
-    train_rank.add_arguments(parser, defaults=False)
+    train_rank.add_arguments(parser, defaults=False, helps=cifar.automatic_help())
     parser.set_defaults(func=_train)
 
 

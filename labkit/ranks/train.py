@@ -18,11 +18,15 @@ from labkit import train
 from labkit.ranks.runtime import rank_and_world, rank_guard
 
 
-def add_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> argparse.ArgumentParser:
+def add_arguments(
+    parser: argparse.ArgumentParser, defaults: bool = True, helps: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (booleans: --synthetic / --no-synthetic). Without defaults, only the flags given
-    are set (the `labkit train` CLI keeps those, and leaves the rest automatic)."""
+    are set (the `labkit train` CLI keeps those, and leaves the rest automatic); `helps` replaces a field's help and
+    its "(default: ...)" (what the CLI picks instead)."""
     for f in dataclasses.fields(train.TrainConfig):
-        text = f.metadata["help"].replace("%", "%%") + f" (default: {f.default!r})"
+        text = (helps or {}).get(f.name) or f.metadata["help"] + f" (default: {f.default!r})"
+        text = text.replace("%", "%%")
         how = {"type": type(f.default), "metavar": f.name.upper()}
         how = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else how
         default = f.default if defaults else argparse.SUPPRESS
