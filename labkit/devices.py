@@ -449,14 +449,14 @@ def device_memory(device: str) -> int | None:
     return min(sizes) if sizes else None
 
 
-def check_ranks_fit(field: str, ranks: int, device: str, *, elsewhere: str = "") -> int:
+def check_ranks_fit(field: str, ranks: int, device: str, *, elsewhere: str = "", counted: str = "") -> int:
     """ranks if this machine runs them: at most MAX_LOCAL_RANKS, and a `device` for each (one GPU/HPU per rank), else
-    ConfigError before launch. `elsewhere`: where more ranks can run, for the fix (a cluster backend).
-
-    CPU ranks may oversubscribe cores (gloo runs, slowly) up to the cap."""
+    ConfigError before launch. `elsewhere`: where more ranks can run, for the fix (a cluster backend); `counted`: how
+    the ranks were counted, as the user set them ("2 worker(s) x 8 slot(s) = 16"). CPU ranks may oversubscribe
+    cores (gloo runs, slowly) up to the cap."""
     if ranks > MAX_LOCAL_RANKS:
         fix = f"use {MAX_LOCAL_RANKS} ranks or fewer on one machine" + (f", or {elsewhere}" if elsewhere else "")
-        raise ConfigError(field, f"{ranks} local ranks is more than {MAX_LOCAL_RANKS}", fix)
+        raise ConfigError(field, f"{counted or ranks} local ranks is more than {MAX_LOCAL_RANKS}", fix)
     have = device_count(device) if device in ("cuda", "hpu") else ranks
     if ranks > have:
         problem = f"{ranks} ranks but only {have} {device.upper()} device(s) here (one rank per device)"

@@ -664,6 +664,14 @@ def test_cli_exec_train_refuses_steps_below_one_before_looking_for_the_job(tmp_p
     assert capsys.readouterr().err.startswith("labkit: error: --steps: must be a whole number >= 1, got -3")
 
 
+@pytest.mark.parametrize(("workers", "slots", "named"), [(0, 64, "slots"), (4, 8, "workers x slots")])
+def test_too_many_local_ranks_names_what_was_set(workers, slots, named, tmp_path):
+    """Notebook 03 with slots=64 said "workers: 64 local ranks is more than 16" though workers was left automatic."""
+    with pytest.raises(ConfigError) as err:
+        plan_interactive_job(workers=workers, slots=slots, device="cpu", jobs_dir=tmp_path)
+    assert err.value.field == named and f"x {slots} slot(s) = " in err.value.problem
+
+
 def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):
     with backend.submit(JobSpec(name="private", workers=1)) as job:
         job.wait_ready(timeout=10)

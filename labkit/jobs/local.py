@@ -140,11 +140,13 @@ class LocalBackend(JobBackend):
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         picked = pick_device(device)  # ConfigError for an unknown or unavailable device
         why = "picked on this machine" if device.strip().lower() == "auto" else "requested"
-        if not workers:
+        field = "workers"
+        if not workers:  # then the ranks are too many for the slots the user set, not for workers
             ranks, _, per = auto_ranks(device)
-            workers = max(1, ranks // slots)
+            workers, field = max(1, ranks // slots), "slots"
             why += f"; workers 0 = automatic: {workers} ({per})"
-        check_ranks_fit("workers", workers * slots, picked, elsewhere="backend='kubernetes'")
+        counted = f"{workers} worker(s) x {slots} slot(s) = {workers * slots}"
+        check_ranks_fit(field, workers * slots, picked, elsewhere="backend='kubernetes'", counted=counted)
         return ACCELERATOR_OF[picked], workers, why
 
     def namespace_dir(self, namespace: str | None = None) -> Path:
