@@ -28,7 +28,7 @@ import numpy as np
 
 from labkit import shared_volume
 from labkit.compat import file_digest
-from labkit.errors import ConfigError, LabkitError, check_int
+from labkit.errors import ConfigError, LabkitError, check_int, make_folder
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -208,19 +208,6 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
             shutil.rmtree(made, ignore_errors=True)
         raise
     return dest / FOLDER
-
-
-def make_folder(path: Path, field: str) -> Path | None:
-    """`path` made (with its parents) if missing: the topmost folder made, or None. ConfigError naming `field` when
-    it cannot be (a file of that name, no permission)."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            field, f"cannot make the folder {path} ({exc.strerror})", "pass a folder you can write"
-        ) from None
-    return missing[-1] if missing else None
 
 
 def _fetch_into(dest: Path, url: str, md5: str, timeout: float) -> None:

@@ -118,3 +118,16 @@ def check_output_file(field: str, path: str | os.PathLike) -> Path:
     if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise ConfigError(field, f"{path} cannot be written (permission)", "pass a file in a folder you can write")
     return path
+
+
+def make_folder(path: Path, field: str, mode: int = 0o777) -> Path | None:
+    """`path` made (with its parents; `mode` for the last) if missing: the topmost folder made, or None. ConfigError
+    naming `field` when it cannot be (a file of that name or above it, no permission)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            field, f"cannot make the folder {path} ({exc.strerror})", "pass a folder you can write"
+        ) from None
+    return missing[-1] if missing else None

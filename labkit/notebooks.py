@@ -24,7 +24,7 @@ from unittest import mock
 from urllib.parse import quote
 
 from labkit import results, tabular
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, make_folder
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout or editable install
 NOTEBOOKS_ENV = "LABKIT_NOTEBOOKS"  # where an installed kit finds them (the lab image sets it)
@@ -237,10 +237,7 @@ def run_all(
         notebooks, per_notebook = list(checked), list(checked.values())
     chosen = list(zip(notebooks, per_notebook, strict=True))
     run_dir = Path(out_dir) if out_dir else new_run_dir()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file of that name, a folder without write permission
-        raise ConfigError("out", f"cannot make the run folder {run_dir} ({exc.strerror})", "pass a folder") from None
+    make_folder(run_dir, "out")
     runs: list[NotebookRun] = []
     for i, (nb, params) in enumerate(chosen):
         earlier = sum(other == nb for other, _ in chosen[:i])  # a second run of one notebook gets its own files

@@ -290,6 +290,26 @@ def test_cli_submit_refuses_a_negative_wait_before_submitting(backend, capsys):
     assert backend.list(namespace="*") == []
 
 
+def test_a_jobs_dir_that_cannot_be_a_folder_is_named_as_given(tmp_path, capsys, monkeypatch):
+    """A file given as the jobs folder (or a folder under one) was a FileExistsError/NotADirectoryError traceback at
+    submit, and `job list` said "no jobs"; each is one error naming what the user set."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv in (["submit", "--name", "t9"], ["submit", "--name", "t9", "--jobs-dir", str(afile / "sub")], ["list"]):
+        where = argv[-1] if "--jobs-dir" in argv else str(afile)
+        assert main(["job", *argv, *([] if "--jobs-dir" in argv else ["--jobs-dir", where])]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("labkit: error: --jobs-dir: ") and where in captured.err
+        assert "no jobs" not in captured.out
+    with pytest.raises(ConfigError) as err:
+        LocalBackend(root=afile).submit(JobSpec(name="t9"))
+    assert err.value.field == "jobs_dir"  # notebook 03's parameter
+    monkeypatch.setenv("LABKIT_JOBS_DIR", str(afile))
+    with pytest.raises(ConfigError) as err:
+        LocalBackend().list()
+    assert err.value.field == "LABKIT_JOBS_DIR"
+
+
 def test_ttl_removes_finished_jobs(backend):
     job = LocalBackend(root=backend.root, deadline_seconds=1).submit(JobSpec(name="done", ttl_seconds_after_finished=0))
     job.wait_ready(10)
@@ -683,7 +703,7 @@ def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, 
         shared.chmod(mode)
         with pytest.raises(ConfigError) as err:
             LocalBackend(root=shared).list()
-        assert err.value.field == "LABKIT_JOBS_DIR" and "only you can write" in err.value.problem
+        assert err.value.field == "jobs_dir" and "only you can write" in err.value.problem  # named as given
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
@@ -816,4 +836,4 @@ def test_a_sink_that_fails_stops_the_command_instead_of_leaving_it_blocked(backe
 def test_a_jobs_folder_a_shell_would_split_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         LocalBackend(root=tmp_path / "with space").list()
-    assert err.value.field == "LABKIT_JOBS_DIR" and "holds a space" in err.value.problem
+    assert err.value.field == "jobs_dir" and "holds a space" in err.value.problem

@@ -98,7 +98,7 @@ def test_cli_run_folder_and_junit_file_are_checked_before_anything_runs(good, tm
     monkeypatch.setattr(notebooks, "run_notebook", lambda *a, **k: pytest.fail("a notebook ran"))
     (tmp_path / "afile").write_text("")
     assert main(["run", str(good), "--out", str(tmp_path / "afile")]) == 2  # was a FileExistsError traceback
-    assert "labkit: error: out: cannot make the run folder" in capsys.readouterr().err
+    assert "labkit: error: out: cannot make the folder" in capsys.readouterr().err
     suite = Path(__file__).parents[1] / "regression" / "cpu-smoke.yaml"
     monkeypatch.setattr(notebooks, "run_all", lambda *a, **k: pytest.fail("the suite ran"))  # and then crashed
     assert main(["run", "--suite", str(suite), "--junit", str(tmp_path / "no" / "j.xml")]) == 2

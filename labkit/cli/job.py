@@ -19,7 +19,7 @@ from labkit import manifests
 from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, check_int, check_number
-from labkit.jobs import BACKENDS, Job, get_backend
+from labkit.jobs import BACKENDS, Job, LocalBackend, get_backend
 from labkit.jobs.base import JOB_KINDS
 from labkit.tabular import text_table
 
@@ -67,7 +67,11 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
 
 def _backend(a):
     namespace = a.namespace or manifests.NAMESPACES["cpu"]
-    return get_backend(a.backend, namespace=namespace, jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context)
+    where = dict(jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context)
+    backend = get_backend(a.backend, namespace=namespace, **where)
+    if a.jobs_dir is not None and isinstance(backend, LocalBackend):
+        backend.root_field = "--jobs-dir"  # its errors name the flag as typed
+    return backend
 
 
 def _spec(args, backend=None) -> manifests.JobSpec:

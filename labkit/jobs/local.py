@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
-from labkit.errors import ConfigError, LabkitError, check_number
+from labkit.errors import ConfigError, LabkitError, check_number, make_folder
 from labkit.jobs import base
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
 from labkit.jobs.launcher import (
@@ -135,6 +135,7 @@ class LocalBackend(JobBackend):
         if deadline_seconds is not None:
             check_number("deadline_seconds", deadline_seconds, 0.0, "pass e.g. 5, or None for the spec's", strict=True)
         self.root = Path(root) if root is not None else default_jobs_dir()
+        self.root_field = "jobs_dir" if root is not None else JOBS_DIR_ENV  # named as set (the CLI: --jobs-dir)
         self.namespace, self.deadline_seconds = base.check_namespace(namespace), deadline_seconds
 
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
@@ -168,14 +169,17 @@ class LocalBackend(JobBackend):
         planted jobs in it (not ours, a symlink, or writable by others): we read pids from it and signal them."""
         if re.search(r"[^\w./+:@%,=-]", str(self.root)):  # its paths go into shell lines (/etc/mpi/hostfile, ssh)
             problem = f"{str(self.root)!r} holds a space or a character a shell reads"
-            raise ConfigError(JOBS_DIR_ENV, problem, "point it at a folder whose path has none (e.g. /tmp/labkit-jobs)")
+            fix = "point it at a folder whose path has none (e.g. /tmp/labkit-jobs)"
+            raise ConfigError(self.root_field, problem, fix)
         if create:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_folder(self.root, self.root_field, mode=0o700)
         if not os.path.lexists(self.root):
             return False
+        if os.path.isfile(self.root):  # else `list` would find no jobs in it, and say so
+            raise ConfigError(self.root_field, f"{self.root} is a file", "point it at a folder (made if missing)")
         if not owned(self.root) or os.lstat(self.root).st_mode & 0o022:
             problem = f"{self.root} is not a folder of yours that only you can write (owner, mode or symlink)"
-            raise ConfigError(JOBS_DIR_ENV, problem, "point it at a folder of your own, or leave it unset")
+            raise ConfigError(self.root_field, problem, "point it at a folder of your own, or leave it unset")
         return True
 
     def _ours(self, d: Path) -> bool:
