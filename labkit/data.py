@@ -28,7 +28,7 @@ import numpy as np
 
 from labkit import shared_volume
 from labkit.compat import file_digest
-from labkit.errors import ConfigError, LabkitError, check_int, make_folder
+from labkit.errors import ConfigError, LabkitError, check_int, check_number, make_folder
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -191,6 +191,7 @@ def download(dest: str | Path, *, url: str = OFFICIAL_URL, md5: str = OFFICIAL_M
 
     Already present -> nothing fetched. No network -> one error within `timeout` saying how to provide the data.
     """
+    check_number("timeout", timeout, 0.0, "pass the seconds to wait for the server, e.g. 15", strict=True)
     dest = Path(dest).expanduser()
     if (dest / FOLDER / TEST_FILE).is_file():
         return dest / FOLDER

@@ -169,6 +169,16 @@ def test_offline_download_fails_fast_with_how_to_provide_the_data(tmp_path):
     assert "PVC" in exc.value.fix and "synthetic" in exc.value.fix
 
 
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan"])
+def test_cli_download_refuses_a_timeout_that_is_no_time_before_anything(timeout, tmp_path, capsys):
+    from labkit.cli import main
+
+    # -1 was a ValueError traceback from the socket, after the folder was made
+    assert main(["data", "download", "--dest", str(tmp_path / "d"), "--timeout", timeout]) == 2
+    assert capsys.readouterr().err.startswith("labkit: error: --timeout: must be a")
+    assert not (tmp_path / "d").exists()
+
+
 def test_synthetic_sets_are_deterministic_and_sized(small_set):
     again = data.synthetic_arrays(train=500, test=100, seed=3)
     np.testing.assert_array_equal(small_set.train_images, again.train_images)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from labkit import data
+from labkit.errors import ConfigError, as_flag
 
 
 def register(subparsers) -> None:
@@ -37,7 +38,13 @@ def _synth(args) -> int:
 
 
 def _download(args) -> int:
-    print(f"CIFAR-10 ready in {data.download(args.dest, timeout=args.timeout)}")
+    try:
+        folder = data.download(args.dest, timeout=args.timeout)
+    except ConfigError as exc:
+        if exc.field == "timeout":  # named as typed; the others already name --dest or the data folder
+            raise as_flag(exc) from None
+        raise
+    print(f"CIFAR-10 ready in {folder}")
     return 0
 
 
