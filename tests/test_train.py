@@ -645,8 +645,10 @@ def test_compiled_training_goes_through_the_engines_compile_and_learns_the_same(
     """engine.compile() on a CPU (tiny LeNet: compilation dominates, so the option stays off by default there): the
     engine is really compiled, the first step's time is reported apart, and the losses match the eager run's."""
     small = dict(synthetic=True, synthetic_train=256, synthetic_test=64, model="lenet", epochs=2, micro_batch=64)
-    runs = {flag: train.run_in_process(train.TrainConfig(**small, compile=flag, progress=False)) for flag in (0, 1)}
-    eager, compiled = runs[0], runs[1]
+    runs = {
+        flag: train.run_in_process(train.TrainConfig(**small, compile=flag, progress=False)) for flag in (False, True)
+    }
+    eager, compiled = runs[False], runs[True]
     assert compiled["compiled"] is True and eager["compiled"] is False
     assert compiled["first_step_s"] > eager["first_step_s"]  # compilation happens at the first forward
     losses = [[r["loss"] for r in run["records"] if r["kind"] == "step"] for run in (eager, compiled)]
