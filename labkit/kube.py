@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -252,10 +253,16 @@ def request_json(api_client, method: str, path: str, *, query=(), body=None, tim
     return json.loads(data) if data else None
 
 
+_URL_QUERY = re.compile(r"\?[^\s'\")]*")  # urllib3 quotes the request URL: the server's ?access_token=... with it
+_URL_USER = re.compile(r"(?<=//)[^/\s@'\"]+@")
+
+
 def unreachable(what: str, exc: Exception) -> LabkitError:
-    """A request that got no answer (refused, timed out, no route: urllib3's errors), as one line with the fix."""
+    """A request that got no answer (refused, timed out, no route: urllib3's errors), as one line with the fix; any
+    URL's query and user:password@ in urllib3's text are redacted (a kubeconfig's server may carry a token there)."""
+    text = _URL_USER.sub("<redacted>@", _URL_QUERY.sub("?<redacted>", short_reason(exc)))
     return LabkitError(
-        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {str(exc)[:200]}). "
+        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {text}). "
         "Fix: check `kubectl get nodes` works with the same kubeconfig"
     )
 

@@ -53,7 +53,21 @@ users:
       env: [{name: SECRET, value: CANARYENV}]
       interactiveMode: Never
 """
-KUBECONFIGS = {"values": VALUES, "malformed": MALFORMED, "exec": EXEC}
+# loadable (no bad key data): requests are made, and fail, so urllib3 quotes the URL with its query in its error
+QUERY = """apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster: {server: "https://admin:CANARYPASSURL@127.0.0.1:1/api?access_token=CANARYQUERY"}
+contexts:
+- name: lab
+  context: {cluster: lab, user: student}
+current-context: lab
+users:
+- name: student
+  user: {token: CANARYTOKENQ}
+"""
+KUBECONFIGS = {"values": VALUES, "malformed": MALFORMED, "exec": EXEC, "query": QUERY}
 
 
 def labkit(*args: str, kubeconfig: Path, cwd: Path) -> str:
@@ -75,6 +89,14 @@ def test_no_command_shows_a_kubeconfig_secret(tmp_path, name):
         "discover --cluster": labkit("discover", "--cluster", "--timeout", "3", kubeconfig=path, cwd=tmp_path),
         "job list": labkit("job", "list", "--backend", "kubernetes", kubeconfig=path, cwd=tmp_path),
     }
+    if name == "query":  # every path that reaches the network and fails there
+        kube_args = ("--backend", "kubernetes")
+        outputs["job status"] = labkit("job", "status", "j9", *kube_args, kubeconfig=path, cwd=tmp_path)
+        outputs["job submit"] = labkit("job", "submit", "--name", "j9", *kube_args, kubeconfig=path, cwd=tmp_path)
+        render = ("manifests", "render", "--kind", "trainjob", "--trainjob-deadline", "auto", "--kubeconfig", str(path))
+        outputs["render auto"] = labkit(*render, kubeconfig=path, cwd=tmp_path)
+        failed = [out for cmd, out in outputs.items() if cmd not in ("check --json", "discover --cluster")]
+        assert all("cannot reach the API server (MaxRetryError: Connection refused)" in out for out in failed), failed
     leaks = {cmd: out for cmd, out in outputs.items() if CANARY in out}
     assert not leaks, leaks
     assert all("Traceback" not in out for out in outputs.values()), outputs
