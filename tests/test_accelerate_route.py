@@ -436,3 +436,18 @@ def test_notebook_06_trains_through_accelerate_and_answers_from_its_run(executed
     assert [m["rank"] for m in got["memory"]] == list(range(processes))
     assert all(m["model states"] > 0 for m in got["memory"])
     assert got["plan"]["advice"]["rule_stage"] == 2
+
+
+def test_the_printed_exec_line_finds_the_job_in_its_namespace_and_jobs_folder(tmp_path, capsys):
+    """`accelerate config --job NAME -n team2 --jobs-dir D` printed `labkit job exec NAME -- ...` on the local
+    backend: run as printed it looked in `workloads` of the default jobs folder ("does not exist")."""
+    jobs = tmp_path / "jobs"
+    spec = JobSpec(name="j4", namespace="team2", workers=2, slots_per_worker=1)
+    with LocalBackend(root=jobs, namespace="team2").submit(spec) as job:
+        job.wait_ready(timeout=30)
+        flags = ["--stage", "2", "--num-processes", "2", "--num-machines", "2", "--mixed-precision", "no"]
+        assert cli_main(["accelerate", "config", *flags, "--job", "j4", "-n", "team2", "--jobs-dir", str(jobs)]) == 0
+        typed = shlex.split(capsys.readouterr().out.split("run: ", 1)[1])
+        head = typed[: typed.index("--")]
+        assert head == ["labkit", "job", "exec", "j4", "-n", "team2", "--jobs-dir", str(jobs)]
+        assert cli_main(["job", "exec", *head[3:], "--", "true"]) == 0  # the same options find the same job

@@ -281,6 +281,8 @@ def test_cli_exec_options_after_the_name_need_no_double_dash(backend):
     assert echoed.returncode == 0 and echoed.stdout == "--timeout 1 -- --train\n"
     unknown = cli("--no-such-option", "true")
     assert unknown.returncode == 2 and "--no-such-option" in unknown.stderr
+    # a command ended by a signal (the job's deadline sends SIGTERM): the shell's 128+N, not sys.exit(-15)'s 241
+    assert cli("sh", "-c", "kill -TERM $$").returncode == 128 + 15
 
 
 def test_cli_submit_refuses_a_negative_wait_before_submitting(backend, capsys):

@@ -72,7 +72,9 @@ def _into_job(args: argparse.Namespace, config: route.AccelerateConfig) -> int:
     except ConfigError as exc:  # named as the user typed it
         raise as_flag(exc) from None
     written = route.send_config(plan, job)
-    where = f" --backend {args.backend} -n {job.namespace}" if args.backend != "local" else ""
+    # the job exec line must find the same job: its namespace always, the backend and jobs folder when not defaults
+    where = (f" --backend {args.backend}" if args.backend != "local" else "") + f" -n {job.namespace}"
+    where += f" --jobs-dir {shlex.quote(str(args.jobs_dir))}" if getattr(args, "jobs_dir", None) else ""
     print(f"wrote {written} in job {job.namespace}/{args.job}: ZeRO-{config.stage}, {config.num_processes} "
           f"process(es) on {config.num_machines} machine(s)")  # fmt: skip
     print(f"run: labkit job exec {args.job}{where} -- {shlex.join(argv)}")

@@ -144,7 +144,8 @@ def _exec(args) -> int:
     if not argv:
         fix = f"labkit job exec {args.name} -- COMMAND [ARGS...], or --train"
         raise ConfigError("command", "no command given", fix)
-    return Job(backend, args.name).exec(argv, timeout=args.timeout)
+    code = Job(backend, args.name).exec(argv, timeout=args.timeout)
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128+N (sys.exit(-15) would give 241)
 
 
 def _logs(args) -> int:
