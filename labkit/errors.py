@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,21 @@ def make_folder(path: Path, field: str, mode: int = 0o777) -> Path | None:
             field, f"cannot make the folder {path} ({exc.strerror})", "pass a folder you can write"
         ) from None
     return missing[-1] if missing else None
+
+
+# Names that say a variable holds a credential: HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY
+SECRET_NAME = re.compile(r"TOKEN|PASSW|SECRET|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
+
+
+def secret_values(environ: Mapping[str, str]) -> set[str]:
+    """The values of `environ`'s credential variables (SECRET_NAME), none shorter than 6 characters (short values would
+    blank ordinary words): DeepSpeed's openmpi runner prints every MLFLOW*/PYTHON* variable with its value in its
+    `cmd = mpirun ... -x NAME=value` line, and a user's script may print its own; no output the kit shows holds them."""
+    return {v for k, v in environ.items() if SECRET_NAME.search(k) and isinstance(v, str) and len(v) >= 6}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """text with every secret replaced by <redacted>, longest first (a token may contain a shorter one)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text

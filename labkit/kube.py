@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, scrub
 
 NO_CLUSTER_MESSAGE = (
     "no cluster configured: set KUBECONFIG or create ~/.kube/config (kind and minikube write one), "
@@ -92,13 +92,6 @@ def kubeconfig_secrets(paths: Iterable[str]) -> set[str]:
                 parts = urlsplit(server)
                 found.update(v for v in (parts.password, parts.query, parts.fragment) if v)
     return {v for v in found if len(v) >= 4}  # short values ('v1', 'Never') would blank ordinary words
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """text with every secret replaced by <redacted>, longest first (a token may contain a shorter one)."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "<redacted>")
-    return text
 
 
 def _read_kubeconfig_summary(paths: Iterable[str], context: str | None) -> tuple[str | None, str | None, str | None]:

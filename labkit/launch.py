@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.devices import DEVICE_KINDS
-from labkit.errors import ConfigError, DeadlineError, LaunchError, check_choice, check_int, check_number
+from labkit.errors import (
+    ConfigError,
+    DeadlineError,
+    LaunchError,
+    check_choice,
+    check_int,
+    check_number,
+    scrub,
+    secret_values,
+)
 from labkit.procs import RankExits, interrupts_deferred, own_tmpdir, stop_tree
 
 LAUNCHERS = ("deepspeed", "openmpi", "mpirun")
@@ -384,12 +393,14 @@ def run_command(
     chunks: list[str] = []
     first_death: list[float] = []
     sink_failed: list[BaseException] = []  # on_output raised: the run stops (nobody would read its pipe any more)
+    secrets = secret_values(env)  # never shown, logged or returned: DeepSpeed's runner prints some (MLFLOW_*)
     with own_tmpdir(env) as env:  # torchrun and mpirun write there: removed with what they leave
         log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
         proc = start_session(cmd, env, cwd)
 
         def pump() -> None:
             for line in proc.stdout:
+                line = scrub(line, secrets) if secrets else line
                 chunks.append(line)
                 if not first_death and reports_dead_rank(line):
                     first_death.append(time.monotonic())

@@ -839,3 +839,17 @@ def test_a_jobs_folder_a_shell_would_split_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         LocalBackend(root=tmp_path / "with space").list()
     assert err.value.field == "jobs_dir" and "holds a space" in err.value.problem
+
+
+def test_credentials_in_the_environment_never_reach_exec_output(backend, monkeypatch):
+    """DeepSpeed's openmpi runner logs `cmd = mpirun ... -x MLFLOW_TRACKING_PASSWORD=<value>` (it forwards every
+    MLFLOW*/PYTHON* variable), and a script may print its own token: exec output shows neither value."""
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "CANARYMLFLOW")
+    monkeypatch.setenv("HF_TOKEN", "hf_CANARYHF")
+    monkeypatch.setenv("PYTHONCANARY", "not-a-secret")  # an ordinary variable is shown as it is
+    with backend.submit(JobSpec(name="sec", workers=1)) as job:
+        job.wait_ready(timeout=10)
+        printed = "echo -x MLFLOW_TRACKING_PASSWORD=$MLFLOW_TRACKING_PASSWORD $HF_TOKEN $PYTHONCANARY"
+        res = job.run(["sh", "-c", printed])
+    assert res.returncode == 0 and "CANARY" not in res.output.replace("not-a-secret", ""), res.output
+    assert res.output.strip() == "-x MLFLOW_TRACKING_PASSWORD=<redacted> <redacted> not-a-secret"

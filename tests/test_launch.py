@@ -515,3 +515,15 @@ def test_a_flag_a_rank_script_refuses_is_the_error_named():
             launch.LaunchSpec(module="labkit.ranks.hello", world_size=2, args=["--zero-stage", "5"]), timeout=120
         )
     assert "failed (exit code 2): hello.py: error: --zero-stage: 5 is not one of 0, 1, 2, 3" in str(err.value)
+
+
+def test_a_launchers_output_never_holds_a_credential_of_its_environment(tmp_path):
+    """run_command's output (shown, logged, returned in errors) with every credential variable's value redacted."""
+    env = launch.kit_env({"MLFLOW_TRACKING_TOKEN": "CANARYTOKEN1", "WANDB_API_KEY": "CANARYWANDB"}, world_size=1)
+    log = tmp_path / "run.log"
+    shown: list[str] = []
+    cmd = ["sh", "-c", "echo $MLFLOW_TRACKING_TOKEN $WANDB_API_KEY; exit 3"]
+    with pytest.raises(LaunchError) as err:
+        launch.run_command(cmd, env, on_output=shown.append, log_path=log, timeout=30)
+    for text in ("".join(shown), log.read_text(), err.value.output, str(err.value)):
+        assert "CANARY" not in text and ("<redacted> <redacted>" in text or text == str(err.value)), text

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
-from labkit.errors import ConfigError, LabkitError, check_number, make_folder
+from labkit.errors import ConfigError, LabkitError, check_number, make_folder, scrub, secret_values
 from labkit.jobs import base
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
 from labkit.jobs.launcher import (
@@ -336,6 +336,7 @@ class LocalBackend(JobBackend):
             record = d / "execs" / str(proc.pid)
             record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
             tail = base.OutputTail(say)
+            secrets = secret_values(env)  # never shown: DeepSpeed's openmpi runner prints MLFLOW_* with their values
             first_death: list[float] = []  # when a rank first reported its error or exit
             sink_failed: list[BaseException] = []  # on_output raised (a closed stdout): the command is stopped
 
@@ -343,6 +344,7 @@ class LocalBackend(JobBackend):
                 with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
                     for raw in iter(proc.stdout.readline, b""):
                         line = raw.decode("utf-8", "replace")
+                        line = scrub(line, secrets) if secrets else line
                         if starts_ranks and not first_death and launch.reports_dead_rank(line):
                             first_death.append(time.monotonic())
                         if sink_failed:
