@@ -105,6 +105,9 @@ def test_cli_writes_a_file_accelerate_reads(tmp_path, capsys):
     assert loaded.deepspeed_config["zero_stage"] == 3 and loaded.deepspeed_config["offload_param_device"] == "cpu"
     assert cli_main(["accelerate", "config", *flags, "--out", str(out)]) == 2  # refuses to overwrite
     assert "--force" in capsys.readouterr().err
+    # a folder is never written over, --force or not (it was an IsADirectoryError traceback)
+    assert cli_main(["accelerate", "config", *flags, "--out", str(tmp_path), "--force"]) == 2
+    assert capsys.readouterr().err.startswith(f"labkit: error: --out: {tmp_path} is a folder")
 
 
 @pytest.mark.parametrize(

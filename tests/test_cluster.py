@@ -485,6 +485,18 @@ def test_a_kubeconfig_that_is_a_folder_is_called_one(no_cluster):
     assert info.value.field == "kubeconfig" and info.value.problem == f"{no_cluster} is a folder, not a kubeconfig file"
 
 
+def test_job_commands_name_a_bad_kubeconfig_or_context_by_the_flag_typed(no_cluster, tmp_path, capsys):
+    """`labkit job list --kubeconfig DIR` said `kubeconfig: ...` (a Python field), unlike every other flag error."""
+    from labkit.cli import main
+
+    assert main(["job", "list", "--backend", "kubernetes", "--kubeconfig", str(no_cluster)]) == 2
+    assert capsys.readouterr().err.startswith(f"labkit: error: --kubeconfig: {no_cluster} is a folder")
+    config = tmp_path / "kc.yaml"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    assert main(["job", "list", "--backend", "kubernetes", "--kubeconfig", str(config), "--context", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("labkit: error: --context: context 'nope' is not in")
+
+
 def test_node_figure(inventory):
     from labkit.plots.discovery import node_accelerators_figure
 

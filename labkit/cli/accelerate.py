@@ -50,6 +50,8 @@ def _config(args: argparse.Namespace) -> int:
     if args.job:
         return _into_job(args, config)
     out = Path(args.out or "accelerate_config.yaml")
+    if out.is_dir():  # --force or not: a folder is never overwritten (it was an IsADirectoryError traceback)
+        raise ConfigError("--out", f"{out} is a folder", "pass a file name, e.g. --out accelerate_config.yaml")
     if out.exists() and not args.force:
         raise ConfigError("--out", f"{out} exists", "pass --force to overwrite it, or another --out")
     route.load_with_accelerate(config.write(out))  # accelerate's own loader must accept what we wrote

@@ -18,7 +18,7 @@ import time
 from labkit import manifests
 from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
-from labkit.errors import ConfigError, check_int, check_number
+from labkit.errors import ConfigError, check_int, check_number, named_as
 from labkit.jobs import BACKENDS, Job, LocalBackend, get_backend
 from labkit.jobs.base import JOB_KINDS
 from labkit.tabular import text_table
@@ -68,7 +68,11 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
 def _backend(a):
     namespace = a.namespace or manifests.NAMESPACES["cpu"]
     where = dict(jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context)
-    backend = get_backend(a.backend, namespace=namespace, **where)
+    typed = {field: f"--{field}" for field in ("kubeconfig", "context") if getattr(a, field)}  # not $KUBECONFIG's
+    with named_as(typed):  # a kubeconfig's errors name the flag as typed
+        backend = get_backend(a.backend, namespace=namespace, **where)
+        if typed and a.backend == "kubernetes":
+            _ = backend.api_client  # loaded now, not at its first call (the client is lazy)
     if a.jobs_dir is not None and isinstance(backend, LocalBackend):
         backend.root_field = "--jobs-dir"  # its errors name the flag as typed
     return backend
