@@ -4,9 +4,11 @@ MPIJob."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import socket
 import sys
 import tempfile
 import types
@@ -240,12 +242,18 @@ def test_a_rank_killed_under_accelerate_launch_is_named_with_its_signal(tmp_path
 @pytest.mark.slow
 def test_the_mpijob_command_runs_in_a_local_launcher(tmp_path):
     """`accelerate launch --deepspeed_hostfile /etc/mpi/hostfile --deepspeed_multinode_launcher openmpi` exec'd in a
-    local job's launcher, as in the cluster's launcher pod, its config written there through exec first."""
+    local job's launcher, as in the cluster's launcher pod, its config written there through exec first. With 29500
+    (accelerate's default port, which it refuses when held) held, as another job on this host may hold it."""
     backend = LocalBackend(root=tmp_path / "jobs")
     plan = route.TrainPlan(route.AccelerateConfig(stage=2, num_processes=2, num_machines=2),
                            route.job_run_dir("accelerate"), device="cpu", steps=4)  # fmt: skip
     seen: list[str] = []
-    with backend.submit(JobSpec(name="accelerate", workers=2, slots_per_worker=1)) as job:
+    with (
+        contextlib.ExitStack() as held,
+        backend.submit(JobSpec(name="accelerate", workers=2, slots_per_worker=1)) as job,
+    ):
+        with contextlib.suppress(OSError):  # already held by something else: as good
+            held.enter_context(socket.create_server(("127.0.0.1", 29500)))
         job.wait_ready(20)
         written = route.send_config(plan, job)
         argv = route.job_command(plan, job)
@@ -275,6 +283,7 @@ print("LAUNCHES " + json.dumps(["deepspeed", *sys.argv[1:]]), flush=True)
 """
 # accelerate's own console script, as the image's PATH provides it (this interpreter's bin may not be on PATH).
 ACCELERATE_CLI = """#!{python}
+import socket
 import sys
 from accelerate.commands.accelerate_cli import main
 sys.exit(main())

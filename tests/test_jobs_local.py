@@ -521,6 +521,28 @@ def test_the_rendezvous_port_is_the_runners_own_or_a_free_one(argv, kept):
     assert at == (1 if cmd[0] == "deepspeed" else 3)
 
 
+@pytest.mark.parametrize(
+    ("argv", "kept"),
+    [
+        (["accelerate", "launch", "--config_file", "c.yaml", "-m", "pkg.train"], None),
+        (["/venv/bin/accelerate", "launch", "--config_file", "c.yaml", "train.py", "--main_process_port", "1"], None),
+        (["python", "-m", "accelerate.commands.accelerate_cli", "launch", "-m", "pkg.train"], None),
+        (["accelerate", "launch", "--main_process_port", "40123", "-m", "pkg.train"], "40123"),
+        (["accelerate", "launch", "--main_process_port=40123", "train.py"], "40123"),
+    ],
+)
+def test_accelerate_launch_is_given_a_free_main_process_port(argv, kept):
+    """accelerate refuses a held --main_process_port (default 29500; another job on this host may hold it) and hands it
+    to DeepSpeed's runner: a local exec adds a free one unless the command names its own before the script."""
+    cmd, port = local._with_master_port(argv)
+    if kept:
+        assert (cmd, port) == (argv, kept)
+        return
+    at = cmd.index("launch") + 1
+    assert port.isdigit() and port != "29500" and cmd[at : at + 2] == ["--main_process_port", port]
+    assert cmd[:at] + cmd[at + 2 :] == argv
+
+
 def test_the_runners_options_are_deepspeeds_own(monkeypatch):
     """The local exec's table of runner options is the one DeepSpeed's installed runner parses with (a release that
     adds one fails here), and it reads a command line as that parser does."""

@@ -68,6 +68,8 @@ def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
         at = 1
     elif "deepspeed.launcher.runner" in argv:
         at = argv.index("deepspeed.launcher.runner") + 1
+    elif "launch" in argv and (Path(argv[0]).name == "accelerate" or "accelerate.commands.accelerate_cli" in argv):
+        return _with_main_process_port(argv)
     else:
         at = None
     if at is None:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
@@ -80,6 +82,23 @@ def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
             return argv, value
     port = str(launch.free_port())
     return (argv, port) if at is None else ([*argv[:at], "--master_port", port, *argv[at:]], port)
+
+
+def _with_main_process_port(argv: list[str]) -> tuple[list[str], str]:
+    """`accelerate launch`: its --main_process_port (default 29500, refused when held: accelerate/utils/launch.py
+    prepare_deepspeed_cmd_env) is the port it hands DeepSpeed's runner; options after `-m`/the script are the
+    script's."""
+    launch_at = argv.index("launch") + 1
+    script = (i for i in range(launch_at, len(argv)) if argv[i] in ("-m", "--module") or argv[i].endswith(".py"))
+    own = argv[launch_at : next(script, len(argv))]
+    for option, value in zip(own, own[1:]):
+        if option == "--main_process_port" and value.isdigit():
+            return argv, value
+    for value in (a.partition("=")[2] for a in own if a.startswith("--main_process_port=")):
+        if value.isdigit():
+            return argv, value
+    port = str(launch.free_port())
+    return [*argv[:launch_at], "--main_process_port", port, *argv[launch_at:]], port
 
 
 # deepspeed/launcher/runner.py (0.19.8) parse_args: its options, True for those that take a value (the rest are
