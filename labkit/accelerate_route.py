@@ -109,6 +109,15 @@ class AccelerateConfig:
     def dtype(self) -> str:
         return DTYPE_OF[self.mixed_precision]
 
+    def command_line(self, *extra: str) -> str:
+        """The `labkit accelerate config` line that writes this file (the flags the CLI has; `extra` appended)."""
+        flags = [f"--stage {self.stage} --num-processes {self.num_processes} --mixed-precision {self.mixed_precision}"]
+        defaults = AccelerateConfig()
+        for name in ("offload_optimizer", "offload_param", "num_machines", "gradient_accumulation_steps"):
+            if getattr(self, name) != getattr(defaults, name):
+                flags.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
+        return " ".join(["labkit accelerate config", *flags, *extra])
+
     def to_yaml_dict(self) -> dict:
         """The keys `accelerate config` writes for a DeepSpeed machine (accelerate 1.x), in its order."""
         ds: dict = {

@@ -98,8 +98,7 @@ HTML(tabular.html_table(chapter.question_rows(plan.config, dynamo_backend), ["qu
 # %% [markdown]
 # ## The config file
 # What `accelerate config` would have saved, written by labkit and read back through accelerate's own loader (the one
-# `accelerate launch` uses). The same file comes from the command line:
-# `labkit accelerate config --stage 2 --num-processes 2 --mixed-precision bf16 --out accelerate.yaml`.
+# `accelerate launch` uses); the last line is the command line that writes the same file.
 
 # %%
 config_file = plan.config.write(plan.config_file())
@@ -108,6 +107,7 @@ print(plan.config.to_yaml())
 print(f"accelerate reads it as {type(loaded).__name__}: {loaded.distributed_type}, ZeRO stage "
       f"{loaded.deepspeed_config['zero_stage']}, {loaded.num_processes} process(es); saved as accelerate_config.yaml "
       "in this run's folder")
+print("the same file from a shell:", plan.config.command_line("--out accelerate_config.yaml"))
 
 # %% [markdown]
 # ## Launch it

@@ -99,6 +99,30 @@ def test_bad_config_values_name_the_field(kwargs, field):
     assert err.value.field == field and "Fix:" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        route.AccelerateConfig(stage=2, num_processes=1, mixed_precision="bf16"),  # notebook 06 on one GPU
+        route.AccelerateConfig(
+            stage=3,
+            num_processes=8,
+            mixed_precision="fp16",
+            offload_optimizer="cpu",
+            offload_param="cpu",
+            num_machines=2,
+            gradient_accumulation_steps=4,
+        ),  # fmt: skip
+    ],
+)
+def test_the_command_line_shown_writes_the_same_file(config, tmp_path):
+    """Notebook 06 shows the shell line for its own answers (it once printed a fixed --num-processes 2 beside a
+    1-process file): that line, run, writes the file the notebook wrote."""
+    line = config.command_line("--out", str(tmp_path / "typed.yaml"))
+    assert shlex.split(line)[:3] == ["labkit", "accelerate", "config"]
+    assert cli_main(shlex.split(line)[1:]) == 0
+    assert (tmp_path / "typed.yaml").read_text() == config.to_yaml()
+
+
 def test_cli_writes_a_file_accelerate_reads(tmp_path, capsys):
     out = tmp_path / "a.yaml"
     flags = ["--stage", "3", "--num-processes", "2", "--mixed-precision", "bf16", "--offload-optimizer", "cpu"]
