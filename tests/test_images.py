@@ -25,6 +25,7 @@ DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 ENTRYPOINT = IMAGES / "common" / "entrypoint.sh"
 SETUP_SSH = IMAGES / "common" / "setup-ssh.sh"
 SSH_IMAGES = [IMAGES / "deepspeed" / "Dockerfile", IMAGES / "gaudi" / "Dockerfile"]
+GAUDI_PIP_CHECK = IMAGES / "gaudi" / "pip-check.sh"
 
 
 # ------------------------------------------------------------------------------------------- a small Dockerfile parser
@@ -246,12 +247,14 @@ def test_no_key_material_and_only_host_keys_generated():
 
 
 def test_shell_scripts_parse_and_setup_refuses_missing_arguments():
-    for script in (ENTRYPOINT, SETUP_SSH):
+    for script in (ENTRYPOINT, SETUP_SSH, GAUDI_PIP_CHECK):
         subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
         assert os.access(script, os.X_OK), f"{script} is not executable"
     # Arguments are checked before anything on the system is touched.
     result = subprocess.run(["bash", str(SETUP_SSH)], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "usage: setup-ssh.sh USER UID PORT" in result.stderr
+    result = subprocess.run(["bash", str(GAUDI_PIP_CHECK)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "usage: pip-check.sh PIP..." in result.stderr
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -274,6 +277,75 @@ def test_versions_agree_with_the_package():
     pinned = re.search(r'"deepspeed==([^"]+)"', pyproject).group(1)
     for name in ("deepspeed", "lab"):
         assert arg_defaults(IMAGES / name / "Dockerfile")["DEEPSPEED_VERSION"] == pinned
+
+
+# ------------------------------------------------------------------------------------- the Gaudi build's pip check
+GAUDI = IMAGES / "gaudi" / "Dockerfile"
+FORK_VERSION = "0.16.1+hpu.synapse.v1.22.0"  # what HabanaAI's fork at a 1.22.0 commit calls itself
+
+
+def installed(tmp_path: Path, dists: dict[str, tuple[str, list[str]]]) -> Path:
+    """A venv (no pip: the test's pip inspects it through --python) holding just these distributions' metadata:
+    {name: (version, [Requires-Dist, ...])}. pip check reads nothing else."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    for name, (version, requires) in dists.items():
+        info = Path(purelib) / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+        (info / "METADATA").write_text("\n".join([*lines, *(f"Requires-Dist: {r}" for r in requires)]) + "\n")
+    return python
+
+
+def gaudi_pip_check(tmp_path: Path, dists: dict[str, tuple[str, list[str]]]) -> subprocess.CompletedProcess:
+    """The Gaudi Dockerfile's check step, run as written (container paths mapped to the files COPY puts there, its
+    pip pointed at a venv holding `dists`)."""
+    run = next(rest for k, rest in instructions(GAUDI) if k == "RUN" and "/opt/labkit" in rest and "check" in rest)
+    step = next(part.strip() for part in run.split("&&") if "check" in part)
+    for keyword, rest in instructions(GAUDI):
+        if keyword == "COPY":  # COPY SRC... DEST/: the step names files by where they lie in the image
+            *sources, dest = shlex.split(rest)
+            for source in sources:
+                step = step.replace(dest.rstrip("/") + "/" + Path(source).name, str(ROOT / source))
+    pip = f"{shlex.quote(sys.executable)} -m pip --python {shlex.quote(str(installed(tmp_path, dists)))}"
+    step = re.sub(r"(^|\s)(python3 -m pip|pip)(\s|$)", lambda mt: f"{mt.group(1)}{pip}{mt.group(3)}", step)
+    return subprocess.run(["bash", "-o", "pipefail", "-c", step], capture_output=True, text=True, timeout=120)
+
+
+def labkit_dist(**changes: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """labkit as installed in the Gaudi image: --no-deps, so its metadata still pins upstream deepspeed."""
+    pin = re.search(r'"(deepspeed==[^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    return {"labkit": ("0.1.0", [pin]), "deepspeed": (FORK_VERSION, []), **changes}
+
+
+def test_gaudi_pip_check_accepts_the_fork_in_place_of_labkits_pin(tmp_path):
+    """Every Gaudi build failed at `pip check`: 'labkit 0.1.0 has requirement deepspeed==0.19.8, but you have deepspeed
+    0.16.1+hpu...' (the fork replaces upstream DeepSpeed on purpose). That one line is expected, nothing else is."""
+    result = gaudi_pip_check(tmp_path, labkit_dist())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert FORK_VERSION in result.stdout  # the build log says what it let through
+
+
+@pytest.mark.parametrize(
+    "changes, line",
+    [
+        ({"accelerate": ("1.7.0", ["torch>=2.0"])}, "accelerate 1.7.0 requires torch, which is not installed."),
+        ({"deepspeed": ("0.16.1", [])}, "but you have deepspeed 0.16.1."),  # upstream, not the fork
+        ({"deepspeed": (FORK_VERSION, ["hjson"])}, "deepspeed 0.16.1+hpu.synapse.v1.22.0 requires hjson"),
+    ],
+    ids=["another-conflict", "not-the-fork", "the-forks-own-requirement"],
+)
+def test_gaudi_pip_check_still_fails_on_any_other_conflict(tmp_path, changes, line):
+    result = gaudi_pip_check(tmp_path, labkit_dist(**changes))
+    assert result.returncode != 0 and line in result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------------------------------- one source of truth
