@@ -6,6 +6,7 @@ the same references (tests/test_images.py keeps them equal). Nothing here needs 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ PINS = {
         "the fork's commit: git ls-remote https://github.com/HabanaAI/DeepSpeed refs/heads/<GAUDI_RELEASE>",
     ),
 }
+
+
+# What a tag states, per build argument: ds0.19.8-torch2.13.0-cuda13.0 (GPU), the same without the cuda part (CPU),
+# gaudi1.22.0-torch2.7.1 (Gaudi); each a `-`-separated part of the tag. CUDA is read off BASE_IMAGE and TORCH_INDEX_URL.
+TAG_PARTS = {"DEEPSPEED_VERSION": "ds", "TORCH_VERSION": "torch", "GAUDI_RELEASE": "gaudi", "GAUDI_TORCH": "torch"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,71 @@ def required_args(dockerfile: Path) -> list[str]:
     return sorted(set(re.findall(r"\$\{(\w+):\?", "\n".join(lines))))
 
 
+def dockerfile_args(dockerfile: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """ARG name -> the value a build uses: the build argument from `overrides`, else the default with earlier ARGs
+    substituted (the Gaudi BASE_IMAGE's ${GAUDI_RELEASE}); an ARG declared again without a default keeps its value."""
+    overrides, values = overrides or {}, {}
+    for line in dockerfile.read_text().splitlines():
+        match = re.match(r"\s*ARG\s+(\w+)(?:=(\S*))?\s*$", line, re.I)
+        if match and (match.group(2) or match.group(1) not in values):
+            default = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda mt: values.get(mt[1] or mt[2], mt[0]), match[2] or "")
+            values[match[1]] = overrides.get(match[1], default.strip('"'))
+    return values
+
+
+def _cuda(values: dict[str, str]) -> dict[str, str | None]:
+    """The CUDA version each argument that decides it builds ("13.0", None: none), where it can be read off."""
+    found: dict[str, str | None] = {}
+    if match := re.search(r"cuda:(\d+\.\d+)", values.get("BASE_IMAGE", "")):
+        found["BASE_IMAGE"] = match[1]
+    if match := re.search(r"/whl/(cpu|cu(\d+)(\d))/?$", values.get("TORCH_INDEX_URL", "")):
+        found["TORCH_INDEX_URL"] = f"{match[2]}.{match[3]}" if match[2] else None
+    return found
+
+
+def tag_disagreements(image: str, values: dict[str, str]) -> dict[str, str]:
+    """Build arguments whose value the image's tag does not state: {ARG: what the tag says instead}."""
+    parts = image.rsplit(":", 1)[-1].split("-")
+
+    def stated(word: str) -> str | None:
+        return next((part[len(word) :] for part in parts if re.fullmatch(rf"{word}\d[\w.]*", part)), None)
+
+    wrong = {}
+    for arg, word in TAG_PARTS.items():
+        if arg in values and stated(word) != values[arg]:
+            wrong[arg] = f"{word}{stated(word)}" if stated(word) else f"no {word} part"
+    cuda = stated("cuda")
+    for arg, built in _cuda(values).items():
+        if built != cuda:
+            wrong[arg] = f"cuda{cuda}" if cuda else "no CUDA version: a CPU build"
+    return wrong
+
+
+def check_build_args(spec: ImageSpec, build_args: dict[str, str]) -> None:
+    """ConfigError (field build_args) for a build argument, beyond images.yaml's, that the Dockerfile does not declare
+    (docker only warns, and builds the default) or that changes a version the tag states (the image would be pushed
+    under a tag that lies)."""
+    dockerfile = repo_root() / spec.dockerfile
+    declared = dockerfile_args(dockerfile)
+    for key in build_args:
+        if key not in declared:
+            close = difflib.get_close_matches(key, declared, n=1)
+            fix = f"did you mean {close[0]}?" if close else f"pass only those ({spec.dockerfile} reads no other)"
+            problem = f"{key} is not an ARG of {spec.dockerfile} (its ARGs: {', '.join(declared)})"
+            raise ConfigError("build_args", problem, fix)
+    values = dockerfile_args(dockerfile, {**spec.build_args, **build_args})
+    recorded = tag_disagreements(spec.image, dockerfile_args(dockerfile, spec.build_args))
+    for arg, stated in tag_disagreements(spec.image, values).items():
+        if arg not in recorded:
+            problem = f"{arg}={values[arg]} is not what the tag {spec.image} states ({stated}): the tag would lie"
+            fix = (
+                f"to build another version, set {arg} under build_args of {spec.name!r} in images/images.yaml, make "
+                f"its image tag state it, and the same in {spec.used_by}/kustomization.yaml (tests/test_images.py "
+                "checks all three agree)"
+            )
+            raise ConfigError("build_args", problem, fix)
+
+
 def build_command(
     name: str,
     builder: str = "docker",
@@ -72,12 +143,14 @@ def build_command(
     build_args: dict[str, str] | None = None,
 ) -> list[str]:
     """argv that builds image `name` from the repository root, e.g. ['docker', 'build', '-f', ...]. `build_args` adds
-    to images.yaml's; every pin the Dockerfile requires (PINS) must come from one of them."""
+    to images.yaml's (ARGs of the Dockerfile only, none changing what the tag states); every pin the Dockerfile
+    requires (PINS) must come from one of them."""
     images = images if images is not None else load_images()
     if name not in images:
         raise ConfigError("image", f"{name!r} is not in images/images.yaml ({', '.join(images)})", "pick one of those")
     check_choice("builder", builder, BUILDERS)
     spec = images[name]
+    check_build_args(spec, build_args or {})
     values = {**spec.build_args, **(build_args or {})}
     for arg in required_args(repo_root() / spec.dockerfile):
         pattern, how = PINS.get(arg, (re.compile(r".+"), "see images/README.md"))

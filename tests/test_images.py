@@ -50,13 +50,7 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 def arg_defaults(path: Path) -> dict[str, str]:
     """ARG name -> default with earlier ARGs substituted (the values a plain `docker build` uses)."""
-    values: dict[str, str] = {}
-    for keyword, rest in instructions(path):
-        if keyword == "ARG":
-            name, _, default = rest.partition("=")
-            if default or name not in values:
-                values[name] = substitute(default.strip('"'), values)
-    return values
+    return images.dockerfile_args(path)
 
 
 def substitute(text: str, values: dict[str, str]) -> str:
@@ -67,14 +61,6 @@ def final_stage(path: Path) -> list[tuple[str, str]]:
     steps = instructions(path)
     last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
     return steps[last_from:]
-
-
-def effective_args(spec: images.ImageSpec) -> dict[str, str]:
-    values = arg_defaults(ROOT / spec.dockerfile)
-    values.update(spec.build_args)
-    for name in list(values):  # re-derive values that depend on overridden ones
-        values[name] = substitute(values[name], values)
-    return values
 
 
 # ------------------------------------------------------------------------------------------- hadolint
@@ -357,15 +343,17 @@ def test_images_yaml_tags_state_what_is_built():
         assert dockerfile.is_file()
         unknown = set(spec.build_args) - set(arg_defaults(dockerfile))
         assert not unknown, f"{spec.name}: build_args {unknown} are not ARGs of {spec.dockerfile}"
-        values = effective_args(spec)
-        tag = spec.image.rsplit(":", 1)[1]
+        values = images.dockerfile_args(dockerfile, spec.build_args)
+        assert images.tag_disagreements(spec.image, values) == {}, spec.name
+        # every version the tag can state is read off an ARG the build uses (else the check above checks nothing)
+        tagged = (
+            {"GAUDI_RELEASE", "GAUDI_TORCH"} if "GAUDI_RELEASE" in values else {"DEEPSPEED_VERSION", "TORCH_VERSION"}
+        )
+        assert tagged <= set(values) and {"BASE_IMAGE", "TORCH_INDEX_URL"} & set(values), spec.name
         if "GAUDI_RELEASE" in values:
-            assert f"gaudi{values['GAUDI_RELEASE']}" in tag and f"torch{values['GAUDI_TORCH']}" in tag
             assert "DEEPSPEED_COMMIT" in values and not values["DEEPSPEED_COMMIT"]  # required: no guessed default
         else:
-            assert f"ds{values['DEEPSPEED_VERSION']}" in tag and f"torch{values['TORCH_VERSION']}" in tag
             cuda = re.search(r"cuda:(\d+\.\d+)", values["BASE_IMAGE"])
-            assert (f"cuda{cuda.group(1)}" in tag) if cuda else ("cuda" not in tag), (spec.name, tag)
             assert ("/whl/cpu" in values["TORCH_INDEX_URL"]) == (cuda is None)
 
 
@@ -406,6 +394,65 @@ def test_build_command_errors():
         images.build_command("lab", "podman-compose")
     digest = {"BASE_DIGEST": "sha256:" + "0" * 64}
     assert images.build_command("lab", "buildah", build_args=digest)[:3] == ["buildah", "build", "--layers"]
+
+
+PINS = ["--build-arg", "BASE_DIGEST=sha256:" + "0" * 64, "--build-arg", "DEEPSPEED_COMMIT=" + "0" * 40]
+
+
+def build_command_cli(name: str, *build_args: str) -> list[str]:
+    pins = PINS if name == "deepspeed-gaudi" else PINS[:2]
+    return ["images", "build-command", name, *pins, *(a for arg in build_args for a in ("--build-arg", arg))]
+
+
+@pytest.mark.parametrize(
+    "name, arg, stated",
+    [
+        ("deepspeed-gaudi", "GAUDI_RELEASE=1.21.0", "gaudi1.22.0"),
+        ("deepspeed-gaudi", "GAUDI_TORCH=2.6.0", "torch2.7.1"),
+        ("deepspeed", "TORCH_VERSION=2.12.0", "torch2.13.0"),
+        ("deepspeed", "DEEPSPEED_VERSION=0.19.7", "ds0.19.8"),
+        ("deepspeed", "BASE_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04", "cuda13.0"),
+        ("deepspeed", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128", "cuda13.0"),
+        ("deepspeed-cpu", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130", "no CUDA"),
+        ("lab", "TORCH_VERSION=2.12.0", "torch2.13.0"),
+    ],
+)
+def test_cli_build_command_refuses_a_build_arg_the_tag_would_not_state(name, arg, stated, capsys):
+    """`--build-arg TORCH_VERSION=2.12.0` printed a build still tagged ...-torch2.13.0-...: a tag that lies."""
+    from labkit.cli import main
+
+    assert main(build_command_cli(name, arg)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"labkit: error: --build-arg: {arg} ") and not captured.out
+    assert stated in captured.err and "images/images.yaml" in captured.err.split("Fix:")[1]
+
+
+def test_cli_build_command_refuses_a_build_arg_the_dockerfile_does_not_declare(capsys):
+    """A misspelled --build-arg TORCH_VERISON=2.12.0 passed silently (docker only warns, and builds the default)."""
+    from labkit.cli import main
+
+    assert main(build_command_cli("deepspeed", "TORCH_VERISON=2.12.0")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labkit: error: --build-arg: TORCH_VERISON is not an ARG of images/deepspeed/Dockerfile")
+    assert "TORCH_VERSION" in err.split("Fix:")[1]
+    assert main(build_command_cli("deepspeed-gaudi", "TORCH_VERSION=2.7.1")) == 2  # an ARG of another Dockerfile
+    assert "TORCH_VERSION is not an ARG of images/gaudi/Dockerfile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [
+        ("deepspeed", "TORCH_VERSION=2.13.0"),  # what the tag states already
+        ("deepspeed", "BASE_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04"),  # the tag states CUDA's minor version
+        ("deepspeed-gaudi", "GAUDI_OS=ubuntu24.04"),  # not stated by the tag
+        ("deepspeed", "SSH_PORT=2222"),
+    ],
+)
+def test_cli_build_command_passes_a_build_arg_the_tag_agrees_with(name, arg, capsys):
+    from labkit.cli import main
+
+    assert main(build_command_cli(name, arg)) == 0
+    assert f"--build-arg {arg}" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------- entrypoint, for real

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, named_as
 from labkit.images import BUILDERS, build_command, load_images
 
 
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     build = sub.add_parser("build-command", help="print the command that builds an image (run it from the repo root)")
     build.add_argument("name", help="an image name from images/images.yaml, e.g. deepspeed")
     build.add_argument("--builder", default="docker", choices=BUILDERS)
-    extra = "a build argument beyond images.yaml's, e.g. BASE_DIGEST=sha256:... (required where nothing records it)"
+    extra = "an ARG of the image's Dockerfile, e.g. BASE_DIGEST=sha256:... (required where images.yaml records none)"
     build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help=extra)
     build.set_defaults(func=_build_command)
 
@@ -34,5 +34,6 @@ def _build_command(args: argparse.Namespace) -> int:
         if not (eq and key):  # docker would read a bare KEY from the environment; this command line has none
             raise ConfigError("--build-arg", f"{item!r} is not KEY=VALUE", f"pass --build-arg {key or 'KEY'}=VALUE")
         extra[key] = value
-    print(shlex.join(build_command(args.name, args.builder, build_args=extra)))
+    with named_as({"build_args": "--build-arg"}):
+        print(shlex.join(build_command(args.name, args.builder, build_args=extra)))
     return 0
