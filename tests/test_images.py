@@ -385,6 +385,25 @@ def test_readme_build_commands_are_the_declared_ones():
     assert "have not been built" in readme
 
 
+def test_readme_registry_steps_build_the_lab_image_last():
+    """The lab image copies manifests/ when it is built, so the jobs it starts (notebook 03, labkit job submit, the
+    nightly CronJob) use the images its components named then. images/README.md said to push and `kustomize edit set
+    image`, never that the lab image must be built after that."""
+    lab = (IMAGES / "lab" / "Dockerfile").read_text()
+    assert "COPY manifests /opt/labkit/manifests" in lab and "LABKIT_MANIFESTS=/opt/labkit/manifests" in lab
+    readme = (IMAGES / "README.md").read_text()
+    section = readme[readme.index("**Your registry.**") :].split("\n## ")[0]
+    steps = re.split(r"^\d+\. ", section, flags=re.M)[1:]  # its numbered steps, in order
+    assert steps, "the section gives its steps as a numbered list"
+    components = next(i for i, step in enumerate(steps) if "kustomize edit set image labkit-deepspeed=" in step)
+    lab = next(i for i, step in enumerate(steps) if "labkit images build-command lab" in step)
+    assert components < lab and not any("manifests/components" in step for step in steps[lab + 1 :]), steps
+    assert "/opt/labkit/manifests" in steps[lab]  # and says why: the copy it makes
+    for kustomization in (ROOT / "manifests" / "lab", ROOT / "manifests" / "regression"):  # both run the lab image
+        assert "labkit-lab" in (kustomization / "kustomization.yaml").read_text()
+        assert f"manifests/{kustomization.name}" in steps[lab] and "labkit-lab=REGISTRY/lab:TAG" in steps[lab]
+
+
 def test_build_command_errors():
     from labkit.errors import ConfigError
 
