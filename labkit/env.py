@@ -370,6 +370,8 @@ def check_kubeconfig(
     check, env = _checker("kubeconfig", "kubernetes"), os.environ if env is None else env
     try:
         source = find_kubeconfig(kubeconfig, context, env)
+    except ConfigError as exc:  # its own fix (a folder: the file inside it), not repeated inside the detail
+        return check(WARN, f"{exc.field}: {exc.problem}", exc.fix)
     except LabkitError as exc:
         return check(WARN, str(exc), "fix the kubeconfig or point KUBECONFIG at a valid one")
     if source is None and env.get("KUBECONFIG"):

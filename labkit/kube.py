@@ -149,7 +149,7 @@ def find_kubeconfig(
 ) -> KubeconfigSource | None:
     """The configuration a client would load, or None when no cluster is configured. Order as kubectl: an explicit
     file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config, then the in-cluster service
-    account. An explicit file that does not exist is a ConfigError (a typo, not no cluster)."""
+    account. An explicit file that does not exist or a folder (in either) is a ConfigError (a typo, not no cluster)."""
     env = os.environ if env is None else env
     if kubeconfig:
         path = Path(kubeconfig).expanduser()
@@ -160,6 +160,10 @@ def find_kubeconfig(
         candidates = [kubeconfig]
     elif env.get("KUBECONFIG"):
         candidates = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
+        # Not skipped as a missing entry is: kubectl and the client refuse a folder ("is a directory") in the list too
+        if folder := next((Path(p).expanduser() for p in candidates if Path(p).expanduser().is_dir()), None):
+            fix = f"point KUBECONFIG at the kubeconfig file inside it ({folder / 'config'}?), or unset it"
+            raise ConfigError("KUBECONFIG", f"{folder} is a folder, not a kubeconfig file", fix)
     else:
         candidates = [Path(env.get("HOME") or Path.home()) / ".kube" / "config"]
     paths = [str(Path(p).expanduser()) for p in candidates if Path(p).expanduser().is_file()]

@@ -218,6 +218,23 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
     )
 
 
+def test_a_kubeconfig_variable_naming_a_folder_says_so(no_cluster, monkeypatch, capsys):
+    """KUBECONFIG=~/.kube (a folder) read as "no cluster configured": the folder is named, and the file to use."""
+    from labkit.cli import main
+
+    folder = no_cluster / "kube"
+    folder.mkdir()
+    config = write_kubeconfig(no_cluster / "kc.yaml", "https://10.0.0.1:6443")
+    for value in (str(folder), os.pathsep.join([str(config), str(folder)])):  # alone or in kubectl's list form
+        monkeypatch.setenv("KUBECONFIG", value)
+        with pytest.raises(ConfigError) as info:
+            kube.load_client()
+        assert info.value.field == "KUBECONFIG" and info.value.problem == f"{folder} is a folder, not a kubeconfig file"
+        assert f"the kubeconfig file inside it ({folder / 'config'}" in info.value.fix
+    assert main(["job", "list", "--backend", "kubernetes"]) == 2
+    assert capsys.readouterr().err.startswith(f"labkit: error: KUBECONFIG: {folder} is a folder, not a kubeconfig")
+
+
 def test_in_cluster_service_account(no_cluster, monkeypatch):
     token = no_cluster / "token"
     token.write_text("service-account-token")

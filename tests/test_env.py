@@ -336,6 +336,13 @@ def test_kubeconfig_variable_naming_missing_files_says_so(no_cluster, monkeypatc
     assert check.status == WARN and "names no existing file" in check.detail and "gone.yaml" in check.detail
 
 
+def test_kubeconfig_variable_naming_a_folder_says_so(no_cluster, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(no_cluster))  # it said "names no existing file: no cluster configured"
+    check = env.check_kubeconfig()
+    assert check.status == WARN and check.detail == f"KUBECONFIG: {no_cluster} is a folder, not a kubeconfig file"
+    assert check.fix.startswith("point KUBECONFIG at the kubeconfig file inside it")
+
+
 def test_kubeconfig_present_passes_without_showing_the_token(no_cluster, monkeypatch):
     path = kubeconfig(no_cluster / "kc.yaml", "https://10.1.2.3:6443")
     monkeypatch.setenv("KUBECONFIG", str(path))
