@@ -198,7 +198,9 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
             config.load_incluster_config(client_configuration=cfg)
         else:  # always pass the file(s): the client reads $KUBECONFIG once, when it is first imported
             files = os.pathsep.join(source.paths)
-            config.load_kube_config(config_file=files, context=context, client_configuration=cfg, persist_config=False)
+            # source.context, not None: of several files the client takes the last current-context, kubectl the first
+            chosen = context or source.context
+            config.load_kube_config(config_file=files, context=chosen, client_configuration=cfg, persist_config=False)
     except Exception as exc:  # noqa: BLE001 - ConfigException, and e.g. binascii.Error for bad base64 key data
         kind = type(exc).__name__
         kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"

@@ -156,13 +156,15 @@ def test_trainjob_crd():
 # ---------------------------------------------------------------------------------------------------------- kubeconfig
 
 
-def write_kubeconfig(path: Path, server: str, *, context: str = "lab", extra_context: str | None = None) -> Path:
+def write_kubeconfig(
+    path: Path, server: str, *, context: str = "lab", extra_context: str | None = None, cluster_name: str = "lab"
+) -> Path:
     contexts = [context] + ([extra_context] if extra_context else [])
     path.write_text(
         "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: lab\n  cluster:\n    server: {server}\n"
+        f"clusters:\n- name: {cluster_name}\n  cluster:\n    server: {server}\n"
         "contexts:\n"
-        + "".join(f"- name: {c}\n  context: {{cluster: lab, user: student}}\n" for c in contexts)
+        + "".join(f"- name: {c}\n  context: {{cluster: {cluster_name}, user: student}}\n" for c in contexts)
         + f"current-context: {context}\n"
         f"users:\n- name: student\n  user: {{token: {TOKEN}}}\n"
     )
@@ -216,6 +218,20 @@ def test_kubeconfig_list_skips_missing_files_and_first_file_wins(no_cluster, mon
     assert (
         source.paths == (str(first), str(second)) and source.context == "lab" and source.server == "https://first:6443"
     )
+
+
+def test_kubeconfig_list_connects_to_the_context_the_kit_shows(no_cluster, monkeypatch):
+    """kubectl takes current-context from the first file that sets it; the Python client took the last one's, so
+    `labkit check` showed https://first while job commands sent requests (and the token) to https://second."""
+    first = write_kubeconfig(no_cluster / "a.yaml", "https://first:6443", context="one", cluster_name="one")
+    second = write_kubeconfig(no_cluster / "b.yaml", "https://second:6443", context="two", cluster_name="two")
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(first), str(second)]))
+    assert cluster.find_kubeconfig().server == "https://first:6443"
+    api = kube.load_client()
+    try:
+        assert api.configuration.host == "https://first:6443"
+    finally:
+        api.close()
 
 
 def test_a_kubeconfig_variable_naming_a_folder_says_so(no_cluster, monkeypatch, capsys):
