@@ -62,7 +62,7 @@ import tempfile
 
 from IPython.display import HTML, Markdown, display
 
-from labkit import accelerate_route, launch, memory, results, sizing, tabular
+from labkit import accelerate_route, launch, manifests, memory, results, sizing, tabular
 from labkit.chapters import accelerate as chapter
 from labkit.plots import training as tplots
 
@@ -176,9 +176,10 @@ display(Markdown("\n\n".join(chapter.faq_answers(report, plan, advice, model_par
 
 # %%
 job_name, workers, slots = "deepspeed-interactive", 2, 4
+namespace = manifests.NAMESPACES["cpu"]  # the job commands' default: both lines name it, as the CLI's own lines do
 print(f"labkit accelerate config --stage {plan.config.stage} --num-processes {workers * slots} --num-machines {workers} "
-      f"--mixed-precision {plan.config.mixed_precision} --job {job_name} --backend kubernetes")
-print(f"labkit job exec {job_name} --backend kubernetes -- " + " ".join(accelerate_route.launch_command(
+      f"--mixed-precision {plan.config.mixed_precision} --job {job_name} --backend kubernetes -n {namespace}")
+print(f"labkit job exec {job_name} --backend kubernetes -n {namespace} -- " + " ".join(accelerate_route.launch_command(
     f"{accelerate_route.job_run_dir(job_name)}/accelerate_config.yaml", ["..."],
     hostfile=accelerate_route.CLUSTER_HOSTFILE, executable=["accelerate"])))
 

@@ -20,7 +20,7 @@ from fake_rbac import SERVICE_ACCOUNT
 from kit_testing import ROOT, fake_cluster, wait_for_no_kit_processes
 
 from labkit import accelerate_route as route
-from labkit import devices, launch
+from labkit import devices, launch, manifests
 from labkit.cli import main as cli_main
 from labkit.errors import ConfigError, LaunchError
 from labkit.jobs import LocalBackend
@@ -472,6 +472,19 @@ def test_notebook_06_trains_through_accelerate_and_answers_from_its_run(executed
     assert [m["rank"] for m in got["memory"]] == list(range(processes))
     assert all(m["model states"] > 0 for m in got["memory"])
     assert got["plan"]["advice"]["rule_stage"] == 2
+
+
+@pytest.mark.slow
+def test_notebook_06s_cluster_lines_name_the_jobs_namespace(executed_notebook):
+    """Its `labkit job exec deepspeed-interactive --backend kubernetes -- ...` named no namespace, unlike every line
+    the CLI prints: both lines name the one the job commands use by default (where `accelerate config` wrote)."""
+    cells = json.loads(executed_notebook("06_accelerate_and_planning").read_text())["cells"]
+    printed = "".join("".join(o.get("text", [])) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
+    lines = [shlex.split(line) for line in printed.splitlines() if line.startswith("labkit ")]
+    heads = {tuple(line[:3]): line[: line.index("--")] if "--" in line else line for line in lines}
+    assert set(heads) == {("labkit", "accelerate", "config"), ("labkit", "job", "exec")}
+    for head in heads.values():
+        assert "-n" in head and head[head.index("-n") + 1] == manifests.NAMESPACES["cpu"], head
 
 
 def test_the_printed_exec_line_finds_the_job_in_its_namespace_and_jobs_folder(tmp_path, capsys):
