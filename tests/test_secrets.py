@@ -53,20 +53,9 @@ users:
       env: [{name: SECRET, value: CANARYENV}]
       interactiveMode: Never
 """
-# loadable (no bad key data): requests are made, and fail, so urllib3 quotes the URL with its query in its error
-QUERY = """apiVersion: v1
-kind: Config
-clusters:
-- name: lab
-  cluster: {server: "https://admin:CANARYPASSURL@127.0.0.1:1/api?access_token=CANARYQUERY"}
-contexts:
-- name: lab
-  context: {cluster: lab, user: student}
-current-context: lab
-users:
-- name: student
-  user: {token: CANARYTOKENQ}
-"""
+# loadable (no bad key data): requests are made, and fail, so urllib3 quotes the URL with its query in its error. The
+# same server and context as VALUES; only its user differs (VALUES' client-key-data fails on base64 before any request)
+QUERY = VALUES[: VALUES.index("users:\n")] + "users:\n- name: student\n  user: {token: CANARYTOKENQ}\n"
 KUBECONFIGS = {"values": VALUES, "malformed": MALFORMED, "exec": EXEC, "query": QUERY}
 
 
