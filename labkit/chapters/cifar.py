@@ -125,6 +125,7 @@ def plan(
     train_images = min(available, cfg.max_train) if cfg.max_train else available
     total = train.plan_steps(cfg, train_images)[1]
     # the checkpoint the run will load (train skips the same unverifiable ones and says so): steps left to take
+    # hashed here and again by each rank: the plan's step must be the ranks' when the newest is corrupt (0.3 s/200 MB)
     found = checkpoint.latest_complete(cfg.checkpoint_dir, log=lambda _: None) if cfg.resume else None
     launcher = ("inprocess" if world_size == 1 else "deepspeed") if launcher == "auto" else launcher
     temporary = not cfg.checkpoint_dir
