@@ -57,6 +57,7 @@ steps: int = 30  # training steps per rank (at least 2: the step time is read af
 
 # %%
 # %matplotlib inline
+import dataclasses
 import os
 import tempfile
 
@@ -177,8 +178,8 @@ display(Markdown("\n\n".join(chapter.faq_answers(report, plan, advice, model_par
 # %%
 job_name, workers, slots = "deepspeed-interactive", 2, 4
 namespace = manifests.NAMESPACES["cpu"]  # the job commands' default: both lines name it, as the CLI's own lines do
-print(f"labkit accelerate config --stage {plan.config.stage} --num-processes {workers * slots} --num-machines {workers} "
-      f"--mixed-precision {plan.config.mixed_precision} --job {job_name} --backend kubernetes -n {namespace}")
+on_job = dataclasses.replace(plan.config, num_processes=workers * slots, num_machines=workers)
+print(on_job.command_line(f"--job {job_name} --backend kubernetes -n {namespace}"))
 print(f"labkit job exec {job_name} --backend kubernetes -n {namespace} -- " + " ".join(accelerate_route.launch_command(
     f"{accelerate_route.job_run_dir(job_name)}/accelerate_config.yaml", ["..."],
     hostfile=accelerate_route.CLUSTER_HOSTFILE, executable=["accelerate"])))
