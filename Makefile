@@ -9,12 +9,15 @@ export PYTHONUNBUFFERED := 1
 .PHONY: run test lint format lab install lock check cluster-test clean-runs strip notebooks e2e
 
 # What the environment was asked to be (torch pin and index, a reused torch, the interpreter): a change reruns the
-# set-up, which then says what differs instead of keeping the old environment without a word.
+# set-up, which then says what differs instead of keeping the old environment without a word. A variable left unset
+# keeps its earlier answer (`PYTHON=python3.10 make install`, then a plain `make run`: no new set-up).
 ASKED := $(TORCH_SPEC)|$(TORCH_INDEX_URL)|$(LABKIT_SYSTEM_TORCH)|$(PYTHON)
 CONFIG := $(VENV)/.labkit-asked
-$(shell mkdir -p $(VENV); [ "$$(cat $(CONFIG) 2>/dev/null)" = "$(ASKED)" ] || printf '%s' "$(ASKED)" > $(CONFIG))
+$(shell mkdir -p $(VENV); printf '%s\n%s\n' "$$(cat $(CONFIG) 2>/dev/null)" "$(ASKED)" | awk -F'|' -v OFS='|' \
+  'NR == 1 { split($$0, old, "|"); next } { for (i = 1; i <= 4; i++) if ($$i == "") $$i = old[i]; print }' \
+  > $(CONFIG).new; cmp -s $(CONFIG).new $(CONFIG) && rm -f $(CONFIG).new || mv $(CONFIG).new $(CONFIG))
 
-$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh $(CONFIG)
+$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh scripts/torch-index.sh $(CONFIG)
 	VENV=$(VENV) bash scripts/bootstrap.sh
 	@touch $(STAMP)
 

@@ -66,11 +66,11 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> Chec
 def check_torch(info: TorchBuild) -> Check:
     check = _checker("torch", "pytorch")
     if info.error:
-        fix = "run `make install` (installs a CPU torch), or install the torch build for your accelerator"
+        fix = "run `make install` (a CPU torch without an NVIDIA GPU), or install the torch build for your accelerator"
         return check(FAIL, f"cannot import torch ({info.error})", fix)
     detail, floor = f"{info.version}, {info.describe()}", ".".join(map(str, TORCH_FLOOR))
     if major_minor(info.version) < TORCH_FLOOR:
-        fix = f"install torch {floor} or newer built for your accelerator (`make install` installs a CPU build)"
+        fix = f"install torch {floor} or newer built for your accelerator (`make install`: torch 2.13.0)"
         return check(FAIL, f"{detail}: older than {floor}, the oldest the kit runs on", fix)
     return check(PASS, detail)
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Create or update the kit's virtual environment. Called by `make` targets; safe to re-run.
 #   VENV            where to install (default .venv)
-#   PYTHON          the interpreter the venv is made from (default python3; requires-python: 3.10 or newer)
-#   TORCH_SPEC      the torch pin (default torch==2.13.0: a CPU build where the machine's index has one); == only
+#   PYTHON          the interpreter the venv is made from (default python3, or an existing venv's; 3.10 or newer)
+#   TORCH_SPEC      the torch pin (default torch==2.13.0; without an NVIDIA GPU its CPU build); == only
 #   TORCH_INDEX_URL optional index torch alone comes from (--index-url), e.g. https://download.pytorch.org/whl/cpu
 #   Everything else is installed from requirements/lock.txt, hash-checked (scripts/pip-locked.sh; `make lock` rebuilds it).
 #   LABKIT_SYSTEM_TORCH=1  reuse the torch already installed in the base Python (GPU machines): venv sees system site-packages
 #   LABKIT_NO_APT=1 never call apt-get (Open MPI then has to be present already for the mpi4py extra)
 set -euo pipefail
 VENV=${VENV:-.venv}
+ASKED_PYTHON=${PYTHON:-}  # set by the user; unset: an existing venv's own Python, else python3
 PYTHON=${PYTHON:-python3}
+if [ -z "$ASKED_PYTHON" ] && [ -x "$VENV/bin/python" ]; then PYTHON=$VENV/bin/python; fi
 ASKED_TORCH=${TORCH_SPEC:-}  # set by the user (else the default below)
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 say() { printf '[labkit setup] %s\n' "$*"; }
@@ -31,9 +33,13 @@ at_least "${TORCH_SPEC#torch==}" "$floor" || {
   say "ERROR: TORCH_SPEC=$TORCH_SPEC is older than torch $floor, the oldest the kit runs on: pass torch==$floor or newer"; exit 2; }
 case "${TORCH_INDEX_URL:-https://}" in http://?*|https://*) ;; *)
   say "ERROR: TORCH_INDEX_URL=$TORCH_INDEX_URL is no URL: pass e.g. https://download.pytorch.org/whl/cpu"; exit 2 ;; esac
-# A venv made before keeps its torch and how it was made: a changed request is said, not silently ignored.
+# A venv made before keeps its Python, its torch and how it was made: a changed request is said, not silently ignored.
 if [ -x "$VENV/bin/python" ]; then
-  system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+  made=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  if [ -n "$ASKED_PYTHON" ] && [ "$made" != "$major.$minor" ]; then
+    say "ERROR: $VENV was made with Python ${made:-that no longer runs}, not PYTHON=$PYTHON's $major.$minor: rm -rf $VENV, then run again"; exit 2
+  fi
+  system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null || true)
   had=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
   if { [ "${LABKIT_SYSTEM_TORCH:-0}" = 1 ] && [ "$system" != true ]; } || { [ -n "$ASKED_TORCH" ] && [ -n "$had" ] && [ "$had" != "${ASKED_TORCH#torch==}" ]; }; then
     say "ERROR: $VENV was made with torch ${had:-none} (system site-packages: ${system:-false}), not what TORCH_SPEC/LABKIT_SYSTEM_TORCH ask: rm -rf $VENV, then run again"; exit 2
@@ -100,10 +106,20 @@ say "installing the locked packages ($LOCK)"
 "${LOCKED[@]}" --except deepspeed $NO_MPI -- -q --no-build-isolation
 
 # 4. torch, pinned by version, from its own index (--index-url: no other index can answer for it). Its CUDA
-#    libraries (GPU builds) come with it from that index; its other dependencies are already locked above.
+#    libraries (GPU builds) come with it from that index; its other dependencies are already locked above. Without
+#    an NVIDIA GPU, the CPU build (scripts/torch-index.sh); if PyTorch's CPU index cannot be reached, PyPI's build.
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  say "installing $TORCH_SPEC${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then "${PIP[@]}" "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"; else "${PIP[@]}" "$TORCH_SPEC"; fi
+  index=$(bash scripts/torch-index.sh "$TORCH_SPEC" "${PIP[@]}")
+  if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    say "installing $TORCH_SPEC${index:+ from $index}"
+    if [ -z "$index" ]; then
+      "${PIP[@]}" "$TORCH_SPEC"
+    elif ! "${PIP[@]}" "$TORCH_SPEC" --index-url "$index" --retries 1; then
+      [ -z "${TORCH_INDEX_URL:-}" ] || { say "ERROR: TORCH_INDEX_URL=$TORCH_INDEX_URL has no $TORCH_SPEC for this machine (above): fix it, or unset it"; exit 2; }
+      say "WARNING: $index cannot be reached: PyPI's $TORCH_SPEC instead (on Linux its CUDA build, several GB); pass TORCH_INDEX_URL=... for another"
+      "${PIP[@]}" "$TORCH_SPEC"
+    fi
+  fi
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -88,6 +90,91 @@ def test_the_set_up_refuses_a_bad_input_before_installing_anything(tmp_path, var
     )
     assert done.returncode == 2 and said in done.stdout, done.stdout + done.stderr
     assert done.stdout.count("\n") == 1 and not (tmp_path / "venv").exists()  # one line, nothing made
+
+
+def fake_venv(tmp_path, version: str | None = None) -> Path:
+    """A venv whose Python runs this one but stops at the first `-m` (pip: the install steps), and says `version`
+    when asked in the set-up's "%d.%d" form."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("include-system-site-packages = false\n")
+    says = f'case "$2" in *%d.%d*) echo {version}; exit 0;; esac\n' if version else ""
+    python = venv / "bin" / "python"
+    python.write_text(
+        f'#!/bin/sh\n{says}case "$1" in -m) echo "pip reached"; exit 7;; esac\nexec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    return venv
+
+
+def test_the_set_up_reuses_a_venvs_python_when_none_is_asked_for(tmp_path):
+    """`PYTHON=python3.10 make install`, then plain `make run` on a machine whose python3 is 3.8 (why PYTHON was
+    needed): the set-up checked python3 and refused to run."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "python3").write_text('#!/bin/sh\necho "3 8"\n')
+    (shim / "python3").chmod(0o755)
+    env = {**os.environ, "VENV": str(fake_venv(tmp_path)), "PATH": f"{shim}:{os.environ['PATH']}", "LABKIT_NO_APT": "1"}
+    env.pop("PYTHON", None)
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 7 and "pip reached" in done.stdout and "ERROR" not in done.stdout, done.stdout
+
+
+def test_the_set_up_says_when_the_venv_has_another_python_than_asked(tmp_path):
+    """PYTHON=python3.13 with a 3.10 venv in place reran the set-up on the old venv and said "ready"."""
+    env = {**os.environ, "VENV": str(fake_venv(tmp_path, "3.9")), "PYTHON": sys.executable, "LABKIT_NO_APT": "1"}
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert done.returncode == 2 and "pip reached" not in done.stdout, done.stdout
+    assert f"was made with Python 3.9, not PYTHON={sys.executable}'s {here}: rm -rf" in done.stdout
+
+
+def test_make_keeps_earlier_answers_for_variables_left_unset(tmp_path):
+    """After `PYTHON=... make install`, a plain `make run` reran the whole set-up (and checked python3 again)."""
+    venv = tmp_path / "venv"
+
+    def make(**variables) -> str:
+        flags = [f"{k}={v}" for k, v in variables.items()]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "TORCH_SPEC", "TORCH_INDEX_URL")}
+        done = subprocess.run(["make", "-n", "install", f"VENV={venv}", *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "bootstrap.sh" in make(PYTHON=sys.executable)
+    (venv / ".labkit-installed").touch()  # as the set-up leaves it
+    asked = (venv / ".labkit-asked").read_text()
+    assert "bootstrap.sh" not in make() and (venv / ".labkit-asked").read_text() == asked
+    assert "bootstrap.sh" in make(TORCH_SPEC="torch==2.9.0")  # a changed answer still reruns the set-up
+    assert (venv / ".labkit-asked").read_text().split("|") == ["torch==2.9.0", "", "", sys.executable + "\n"]
+
+
+@pytest.mark.parametrize("local_wheel", [True, False])
+def test_torch_comes_as_the_cpu_build_without_an_nvidia_gpu(tmp_path, local_wheel):
+    """PyPI's Linux torch==2.13.0 is the CUDA build (GBs, and `labkit check` then warns "CUDA build but no usable
+    GPU" on a laptop); the README promised a CPU build on CPU machines."""
+    pip = tmp_path / "pip"
+    pip.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "asked"}\nexit {0 if local_wheel else 1}\n')
+    pip.chmod(0o755)
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    env.pop("TORCH_INDEX_URL", None)
+
+    def index(**variables) -> str:
+        run = ["bash", "scripts/torch-index.sh", "torch==2.13.0", str(pip)]
+        done = subprocess.run(run, cwd=ROOT, env={**env, **variables}, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert index(TORCH_INDEX_URL="https://example.org/whl/cu130") == "https://example.org/whl/cu130"
+    gpu = Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi", path="/usr/bin:/bin") is not None
+    cpu_index = "" if gpu or local_wheel else "https://download.pytorch.org/whl/cpu"
+    assert index() == cpu_index
+    if not gpu:  # a local wheel was looked for without any index
+        assert (tmp_path / "asked").read_text().split() == ["--no-index", "torch==2.13.0"]
 
 
 def test_ci_runs_the_readme_test_command():
