@@ -265,14 +265,43 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ignore SIGINT while stopping a command: a second Ctrl-C must not abandon half-killed ranks (main thread only)."""
+    """Ignore Ctrl-C, SIGTERM and SIGHUP while stopping a command: a second one must not abandon half-killed ranks
+    (main thread only)."""
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
     try:
         yield
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (CI's `timeout`, `kill`, a closed terminal). Raised where the main thread is, like
+    KeyboardInterrupt, so every `finally` runs: rank trees stopped, temp folders removed, a notebook's jobs deleted."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminations_raised():
+    """SIGTERM and SIGHUP raise Terminated inside the block (main thread only; the default would end the process
+    without one `finally`, leaving ranks running and temp folders behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, _frame):
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -150,3 +150,14 @@ def test_the_step_watchdog_leaves_work_that_is_no_step_alone(paused):
         assert done.returncode == 0 and "finished" in done.stdout, done.stderr
     else:
         assert done.returncode == 3 and "no step finished" in done.stderr
+
+
+def test_sigterm_and_sighup_raise_terminated_inside_the_block_only():
+    """So `labkit` unwinds on SIGTERM as on Ctrl-C; outside the block the handlers are what they were."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in before:
+        with pytest.raises(procs.Terminated) as caught, procs.terminations_raised():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the signal arrives first
+        assert caught.value.signum == sig and str(caught.value) == sig.name
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -750,3 +750,29 @@ def test_an_in_process_run_uses_the_device_it_asks_for_whatever_an_earlier_run_n
     small = dict(synthetic=True, synthetic_train=128, synthetic_test=64, model="lenet", epochs=1, micro_batch=64)
     run = train.run_in_process(train.TrainConfig(**small, device="auto", progress=False))
     assert run["device"] == devices.pick_device("auto") == get_accelerator().device_name()
+
+
+@pytest.mark.slow
+def test_sigterm_to_labkit_train_stops_every_rank_and_removes_its_temp_folders(tmp_path):
+    """CI's `timeout` and `kill` send SIGTERM: it ended labkit at once, without one `finally`, so the ranks trained
+    on until their next write hit a closed pipe and the run's temp folders stayed (Ctrl-C cleaned up)."""
+    from kit_testing import kit_processes, wait_for_no_kit_processes, wait_until
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cli = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
+    argv = ["train", "--world-size", "2", "--synthetic", "--synthetic-train", "2000", "--width", "0.25", "--epochs",
+            "20", "--no-progress", "--timeout", "400", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen([*cli, *argv], env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert wait_until(lambda: len(kit_processes()) >= 3, 120), "the ranks did not start"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "labkit: stopped by SIGTERM" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert not wait_for_no_kit_processes(), kit_processes()
+    assert sorted(p.name for p in tmp.iterdir()) == []  # labkit-launch-*, labkit-run-*, the metrics folder: gone

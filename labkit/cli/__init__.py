@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 import sys
 
-from labkit import __version__
+from labkit import __version__, procs
 from labkit.errors import LabkitError
 
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with procs.terminations_raised():  # SIGTERM/SIGHUP unwind like Ctrl-C: ranks stopped, temp folders removed
+            return int(args.func(args) or 0)
     except TimeoutError as exc:  # a deadline the user set (--timeout, --ready-timeout) ran out: what stopped, one line
         print(f"labkit: deadline: {exc}", file=sys.stderr)  # before LabkitError: errors.DeadlineError is both
         return 124  # as timeout(1)
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130
+    except procs.Terminated as exc:
+        print(f"labkit: stopped by {exc}", file=sys.stderr)
+        return 128 + exc.signum  # as the shell reports a process its signal ended
     except BrokenPipeError:  # `labkit params 02 | head`: the reader left; not an error of ours
         sys.stdout = None
         return 0
