@@ -157,8 +157,9 @@ def _failure(exc: BaseException, output: Path) -> tuple[int | None, str]:
     """(index of the failing cell, error text) for a failed papermill execution."""
     cell = getattr(exc, "cell_index", None)
     if cell is None and output.exists():  # a timeout or a dead kernel: the last cell papermill started
+        # (after a failure papermill marks every later cell "completed" too; only started cells have a start_time)
         marks = [c["metadata"].get("papermill", {}) for c in json.loads(output.read_text())["cells"]]
-        cell = max((i for i, m in enumerate(marks) if m.get("status") not in (None, "pending")), default=None)
+        cell = max((i for i, m in enumerate(marks) if m.get("start_time")), default=None)
     explained = {"CellTimeoutError": "the cell did not finish in time", "DeadKernelError": "the kernel died"}
     name, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
     text = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{name}: {explained[name]} ({first_line})"

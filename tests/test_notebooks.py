@@ -175,3 +175,21 @@ p.close()
     assert len(shown) == 2 and "3/3" in shown[0] and "steps here: 100%" in shown[0], shown
     assert "rank 0 steps: 100%" in shown[1] and "2/2" in shown[1], shown
     assert not [o for o in nb.cells[0].outputs if o["output_type"] == "stream"], "a text bar instead of the widget"
+
+
+@pytest.mark.parametrize("how", ["timeout", "dead kernel"])
+def test_a_hung_cell_or_a_dead_kernel_is_named_by_the_cell_it_happened_in(tmp_path, how):
+    """papermill marks every cell after a failure "completed": the run named the notebook's last cell (a markdown
+    cell, 'cell 23') for a timeout in cell 12, where `--timeout` promises to name the cell that hung."""
+    import nbformat
+
+    stop = "import time; time.sleep(60)" if how == "timeout" else "import os, signal; os.kill(os.getpid(), 9)"
+    params = nbformat.v4.new_code_cell("wait = 0  # seconds", metadata={"tags": ["parameters"]})
+    cells = [nbformat.v4.new_markdown_cell("# t"), params, nbformat.v4.new_code_cell(stop),
+             nbformat.v4.new_code_cell("print('after')"), nbformat.v4.new_markdown_cell("## end")]  # fmt: skip
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "hang.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernel}), path)
+    run = notebooks.run_notebook(path, tmp_path / "out", timeout=5)
+    assert run.status == "failed" and run.failed_cell == 2, run.error
+    assert run.error.startswith(f"cell 2 failed: {'CellTimeoutError' if how == 'timeout' else 'DeadKernelError'}")
