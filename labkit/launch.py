@@ -46,6 +46,7 @@ MARKER_ENV = "LABKIT_PROCESS"
 RANK_ERROR_TAG = "LABKIT_RANK_ERROR"
 # A rank's progress line, "<tag> [config=NAME] step=N": rank scripts print it, the runs that show a bar read it.
 PROGRESS_TAG = "LABKIT_PROGRESS"
+_INTERNAL_RE = re.compile(r"\bLABKIT_[A-Z_]+\b")  # every tag the kit's ranks print for the kit to read
 BACKEND_OF = {"cpu": "gloo", "cuda": "nccl", "hpu": "hccl"}
 # After the first sign of a dead rank (`reports_dead_rank`) the launcher (`run`, a local exec) gets this long to stop
 # by itself, naming the rank that went first; then its tree is stopped: peers blocked in a collective never return.
@@ -292,7 +293,8 @@ def failure_summary(output: str, first_failure: tuple[int, str | None] | None = 
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*", text):
             m = _TAGGED_RANK_RE.match(line)
             return (int(m.group(1)) if m else None), text
-    tail = [line for line in lines if line.strip()][-1:]
+    # the last line a person wrote: not the kit's own records (LABKIT_PROGRESS, LABKIT_METRIC ...)
+    tail = [line for line in lines if line.strip() and not _INTERNAL_RE.search(line)][-1:]
     return None, tail[0].strip() if tail else "no output"
 
 

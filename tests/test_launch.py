@@ -263,6 +263,9 @@ def test_one_line_names_the_rank_the_cause_and_the_deadline():
     )
     assert launch.describe_failure("x\n", -15, deadline_s=1800).startswith("stopped by its deadline after 30 min")
     assert launch.deadline_text(90) == "stopped by its deadline after 90 s"
+    # the last line a person wrote, not the kit's own records ("last output: LABKIT_PROGRESS config=0 step=9")
+    out = 'ZeRO-1: warm-up done\n[1,0]<stdout>:LABKIT_PROGRESS config=0 step=9\nLABKIT_METRIC {"step": 9}\n'
+    assert launch.describe_failure(out, -15, deadline_s=25).endswith("last output: ZeRO-1: warm-up done")
 
 
 DS_KILLED = (  # DeepSpeed 0.19.8's report of a rank killed by SIGKILL: its line shows the LAST rank's command
