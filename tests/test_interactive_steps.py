@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import atexit
 import shlex
+import signal
+import subprocess
+import sys
 
 import pytest
+from kit_testing import kit_processes, wait_for_no_kit_processes, wait_until
 
 from labkit.chapters import interactive
 from labkit.cli import build_parser
@@ -69,6 +73,31 @@ def test_a_job_left_by_a_failed_cell_is_deleted_when_the_kernel_exits(plan, monk
     finally:
         job.delete()
     assert isinstance(plan.backend, LocalBackend)
+
+
+KERNEL = """
+import os, sys
+from labkit.chapters import interactive
+plan = interactive.plan_interactive_job(device="cpu", workers=2, deadline_minutes=5, jobs_dir=sys.argv[1])
+job = plan.backend.submit(plan.spec)
+job.wait_ready(30)
+interactive.delete_at_exit(job)
+print(job.name, flush=True)
+os.kill(os.getpid(), 9)  # the OOM killer, `kill -9`, a killed runner: no atexit runs
+"""
+
+
+def test_a_job_whose_kernel_is_killed_outright_stops_with_it(tmp_path):
+    """A kernel killed with SIGKILL ran no atexit: notebook 03's local job ran on to its 30-minute deadline, and the
+    next run of the notebook failed ('a local job workloads/nb03 is already running')."""
+    kernel = subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert kernel.returncode == -signal.SIGKILL, kernel.stderr[-2000:]
+    backend, name = LocalBackend(root=tmp_path), kernel.stdout.split()[0]
+    assert wait_until(lambda: backend.status(name).phase != "Running", 20), backend.status(name)
+    assert backend.status(name).phase == "OwnerExited"
+    assert not wait_for_no_kit_processes(), kit_processes()
+    again = backend.submit(interactive.plan_interactive_job(device="cpu", workers=2, jobs_dir=str(tmp_path)).spec)
+    again.delete()  # the name is free for the next run
 
 
 def test_the_closing_paragraph_reports_this_runs_job_exec_and_ranks(plan):

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import html
 import json
+import os
 import re
 import shlex
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 from labkit import launch, manifests, progress, tabular
 from labkit.chapters import exercises
 from labkit.errors import ConfigError, check_int, check_number
-from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, get_backend
+from labkit.jobs import CLUSTER_HOSTFILE, JobBackend, LocalBackend, get_backend
 
 HELLO_MODULE = "labkit.ranks.hello"  # the small DeepSpeed script the default command runs in every rank
 METRIC_TAG = "LABKIT_METRIC"  # what the rank script prints before each JSON record
@@ -375,8 +376,11 @@ def loss_figure(metrics: list[dict]):
 
 def delete_at_exit(job) -> None:
     """Delete `job` when this kernel exits, also after a failed cell (papermill then shuts the kernel down): the
-    chapter's steps live in separate cells, so no single `finally` spans them. The deadline remains the last net."""
+    chapter's steps live in separate cells, so no single `finally` spans them. A kernel killed outright (OOM, kill -9,
+    its runner killed) runs no atexit: a local job's launcher watches the kernel too. The deadline is the last net."""
     atexit.register(_delete_quietly, job)
+    if isinstance(job.backend, LocalBackend):
+        job.backend.end_with(job.name, os.getpid(), namespace=job.namespace)
 
 
 def _delete_quietly(job) -> None:

@@ -114,6 +114,18 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(
             time.sleep(0.05)
 
 
+OWNER_FILE = "owner.json"  # {"pid", "start_ticks"}: a process the job ends with (LocalBackend.end_with)
+
+
+def owner_gone(job_dir: Path) -> bool:
+    """True once the process the job was tied to has exited (a notebook kernel killed outright runs no atexit)."""
+    try:
+        owner = json.loads((job_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return not same_process(owner["pid"], owner["start_ticks"])
+
+
 def record_end(job_dir: Path, **state) -> None:
     write_json(job_dir / "state.json", {**state, "ended": time.time()})
 
@@ -146,6 +158,9 @@ def run_launcher(job_dir: Path) -> int:
     (job_dir / "ready").touch()
     returncode = None
     while stop["reason"] is None and (returncode := child.poll()) is None and time.time() < deadline:
+        if owner_gone(job_dir):
+            stop["reason"] = "OwnerExited"
+            break
         time.sleep(0.2)
     reason = "Completed" if returncode is not None else stop["reason"] or "DeadlineExceeded"
     phase = reason if reason != "Completed" else ("Succeeded" if returncode == 0 else "Failed")

@@ -33,6 +33,7 @@ from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady
 from labkit.jobs.launcher import (
     JOB_UID_ENV,
     JOBS_DIR_ENV,
+    OWNER_FILE,
     default_jobs_dir,
     exec_record,
     map_paths,
@@ -413,6 +414,11 @@ class LocalBackend(JobBackend):
         if (read_json(d / "state.json") or {}).get("phase") == "DeadlineExceeded":
             return launch.deadline_text(job["deadline"] - job["created"])
         return launch.describe_failure(output, code, first_failure=first) if started_ranks else ""
+
+    def end_with(self, name: str, pid: int, *, namespace: str | None = None) -> None:
+        """The job stops (phase OwnerExited) when process `pid` exits, however it exits: its launcher watches it."""
+        d = self._existing_dir(name, namespace)
+        write_json(d / OWNER_FILE, {"pid": pid, "start_ticks": procs.start_ticks(pid)})
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         log = self._existing_dir(name, namespace) / "launcher.log"
