@@ -61,7 +61,7 @@ _MPI_EXIT = re.compile(
 )
 MORE_RANKS_THAN_DEVICES = r"invalid device ordinal|device_id cuda:\d+ is out of range|CUDA error: invalid device"
 # What a rank reports when a peer is gone (gloo, the rendezvous store, NCCL, labkit's step watchdog): never the cause
-_PEER_LOST = re.compile(r"(reset|closed) by peer|Broken pipe|remote process exited|a peer rank probably died", re.I)
+_PEER_LOST = re.compile(r"(reset|closed) by peer|Broken pipe|remote process exited|a peer rank stalled or died", re.I)
 CAUSES = (  # (a pattern in a failed run's output, the likely cause)
     (MORE_RANKS_THAN_DEVICES, "more ranks than devices on this machine (pass fewer ranks, or 0 for automatic)"),
     (r"EADDRINUSE|[Aa]ddress already in use", "a port in use (another run holds the master port)"),

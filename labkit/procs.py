@@ -327,8 +327,9 @@ class StepWatchdog:
     """Exits this process (os._exit(3)) when no step finishes for `timeout` s (0: off). A rank blocked in a collective
     whose peer died cannot exit normally; this bounds the hang even without a launcher watching. `beat()` per step."""
 
-    def __init__(self, timeout: float, rank: int):
+    def __init__(self, timeout: float, rank: int, tag: str = ""):
         self.timeout, self.rank, self.stopped = timeout, rank, threading.Event()
+        self.tag = tag  # the rank scripts' error tag (launch.RANK_ERROR_TAG): the run's one line then says why
         self.thread = threading.Thread(target=self._watch, daemon=True, name="labkit-watchdog")
         self.beat()
 
@@ -358,6 +359,7 @@ class StepWatchdog:
         while not self.stopped.wait(1.0):
             idle = time.monotonic() - self.last
             if idle > self.timeout:
+                who = f"{self.tag} rank={self.rank} StepTimeout:" if self.tag else f"rank {self.rank}:"
                 why = f"no step finished for {idle:.0f} s (step_timeout {self.timeout:.0f} s)"
-                print(f"rank {self.rank}: {why}: a peer rank probably died; exiting", file=sys.stderr, flush=True)
+                print(f"{who} {why}: a peer rank stalled or died", file=sys.stderr, flush=True)
                 os._exit(3)

@@ -20,7 +20,7 @@ from pathlib import Path
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_bool, check_choice, check_int, check_number
-from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV
+from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV, RANK_ERROR_TAG
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
 from labkit.ranks.runtime import init_deepspeed, shutdown_distributed
@@ -368,7 +368,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
 
     first_step_s = None
     step, epochs_done, zero = start_step, [], lambda dtype=None: torch.zeros((), device=engine.device, dtype=dtype)
-    with StepWatchdog(cfg.step_timeout, rank) as watchdog:
+    with StepWatchdog(cfg.step_timeout, rank, tag=RANK_ERROR_TAG) as watchdog:
         for epoch in range(start_step // per_epoch, cfg.epochs):
             if step >= total:
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from labkit import procs
+from labkit import launch, procs
 
 
 def test_stop_tree_stops_a_child_in_its_own_process_group():
@@ -140,7 +141,7 @@ def test_the_step_watchdog_leaves_work_that_is_no_step_alone(paused):
     died"): they run paused, bounded by the collective timeout instead."""
     code = (
         "import time\nfrom labkit.procs import StepWatchdog\n"
-        "with StepWatchdog(1.0, 0) as w:\n"
+        "with StepWatchdog(1.0, 3, tag='LABKIT_RANK_ERROR') as w:\n"
         f"    with (w.paused() if {paused} else __import__('contextlib').nullcontext()):\n"
         "        time.sleep(2.6)\n"
         "print('finished', flush=True)\n"
@@ -150,6 +151,13 @@ def test_the_step_watchdog_leaves_work_that_is_no_step_alone(paused):
         assert done.returncode == 0 and "finished" in done.stdout, done.stderr
     else:
         assert done.returncode == 3 and "no step finished" in done.stderr
+        # the run's one line: what rank 3 saw, not "rank 3 died (exit code 3)" as if it were the cause
+        line = launch.describe_failure(done.stderr, 3, first_failure=(3, "exit code 3"))
+        assert re.fullmatch(
+            r"rank 3 failed \(exit code 3\): StepTimeout: no step finished for \d+ s \(step_timeout 1 s\): "
+            r"a peer rank stalled or died",
+            line,
+        ), line
 
 
 def test_sigterm_and_sighup_raise_terminated_inside_the_block_only():
