@@ -8,6 +8,7 @@ launcher alone leaves its ranks running). Every process carries LABKIT_PROCESS=1
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -349,6 +350,44 @@ def start_session(cmd: list[str], env: dict[str, str], cwd: str | Path | None = 
     return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, bufsize=1, **text, **pipes)
 
 
+class OutputReader:
+    """Reads a command's output (`start_session`'s text lines) on a thread of its own: the one reader of run_command and
+    a local exec. Each line has the values of `env`'s credential variables redacted before anything sees it (DeepSpeed's
+    openmpi runner prints MLFLOW_* with their values); the first sign of a dead rank is timed in `first_death` (for
+    wait_launcher) when `watch_ranks`; then `sink` gets it. A sink that raises stops the command's tree (nobody would
+    read its pipe any more: the ranks would block on it), the rest is drained unseen, and `raise_sink_error()` re-raises
+    it in the caller's thread."""
+
+    def __init__(self, proc: subprocess.Popen, env: dict[str, str], sink: Callable[[str], None], watch_ranks=True):
+        self.proc, self.sink, self.watch_ranks = proc, sink, watch_ranks
+        self.secrets = secret_values(env)
+        self.first_death: list[float] = []
+        self.sink_error: Exception | None = None
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="labkit-output")
+
+    def start(self) -> OutputReader:
+        self.thread.start()
+        return self
+
+    def _pump(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
+            for line in self.proc.stdout:
+                line = scrub(line, self.secrets) if self.secrets else line
+                if self.watch_ranks and not self.first_death and reports_dead_rank(line):
+                    self.first_death.append(time.monotonic())
+                if self.sink_error is not None:
+                    continue
+                try:
+                    self.sink(line)
+                except Exception as exc:  # noqa: BLE001 - re-raised by the caller's thread (raise_sink_error)
+                    self.sink_error = exc
+                    stop_tree(self.proc, 1.0)
+
+    def raise_sink_error(self) -> None:
+        if self.sink_error is not None:
+            raise self.sink_error
+
+
 def run(spec: LaunchSpec, **options) -> LaunchResult:
     """Run `spec` to completion; `options` (timeout, on_output, cwd, log_path, check) are run_command's. Raises
     LaunchError (one line naming the failing rank) if check and it fails."""
@@ -393,44 +432,32 @@ def run_command(
     if timeout is not None:  # nan would mean no deadline at all, never what a user asked for
         check_number("timeout", timeout, 0.0, "pass seconds > 0, or None for no deadline", strict=True)
     chunks: list[str] = []
-    first_death: list[float] = []
-    sink_failed: list[BaseException] = []  # on_output raised: the run stops (nobody would read its pipe any more)
-    secrets = secret_values(env)  # never shown, logged or returned: DeepSpeed's runner prints some (MLFLOW_*)
-    with own_tmpdir(env) as env:  # torchrun and mpirun write there: removed with what they leave
+    with own_tmpdir(env) as run_env:  # torchrun and mpirun write there: removed with what they leave
         log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in the finally below
-        proc = start_session(cmd, env, cwd)
 
-        def pump() -> None:
-            for line in proc.stdout:
-                line = scrub(line, secrets) if secrets else line
-                chunks.append(line)
-                if not first_death and reports_dead_rank(line):
-                    first_death.append(time.monotonic())
-                if log:
-                    log.write(line)
-                    log.flush()
-                if on_output and not sink_failed:
-                    try:
-                        on_output(line)
-                    except Exception as exc:  # noqa: BLE001 - re-raised by the caller's thread below
-                        sink_failed.append(exc)
-                        stop_tree(proc, 1.0)
+        def keep(line: str) -> None:
+            chunks.append(line)
+            if log:
+                log.write(line)
+                log.flush()
+            if on_output:
+                on_output(line)
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        proc = start_session(cmd, run_env, cwd)
+        reader = OutputReader(proc, env, keep)
         try:
+            reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
             with RankExits(proc.pid) as exits:  # which rank failed first: a killed one says nothing itself
-                ended = wait_launcher(proc, first_death, timeout)
+                ended = wait_launcher(proc, reader.first_death, timeout)
         finally:
             # Always: ranks may outlive a launcher that exited, and an interrupt (a second ^C too) must not leave
             # them running.
             with interrupts_deferred():
                 stop_tree(proc)  # the launcher, its group and every descendant (mpirun: each rank a group of its own)
-                reader.join(timeout=5)
+                reader.thread.join(timeout=5)
                 if log:
                     log.close()
-    if sink_failed:
-        raise sink_failed[0]
+    reader.raise_sink_error()
     output = "".join(chunks)
     code = {"timeout": -1, "dead rank": 1}.get(ended, proc.returncode)
     if check and code != 0:

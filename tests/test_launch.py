@@ -530,3 +530,28 @@ def test_a_launchers_output_never_holds_a_credential_of_its_environment(tmp_path
         launch.run_command(cmd, env, on_output=shown.append, log_path=log, timeout=30)
     for text in ("".join(shown), log.read_text(), err.value.output, str(err.value)):
         assert "CANARY" not in text and ("<redacted> <redacted>" in text or text == str(err.value)), text
+
+
+@pytest.mark.parametrize("watch_ranks", [True, False])
+def test_the_one_output_reader_redacts_times_a_dead_rank_and_stops_at_a_failing_sink(watch_ranks):
+    """run_command and a local exec each had their own copy of this loop: one reader now, for both. Every line
+    reaches the sink with credential values redacted; a rank's error line is timed (for the dead-rank grace) only for a
+    command that starts ranks; a sink that raises stops the command (nobody would read its pipe) and its error is
+    re-raised by the caller."""
+    env = launch.kit_env({"MLFLOW_TRACKING_PASSWORD": "CANARYPASS1"})
+    script = f"echo shown $MLFLOW_TRACKING_PASSWORD; echo '{launch.RANK_ERROR_TAG} rank=1 boom'; exec sleep 60"
+    proc = launch.start_session(["sh", "-c", script], env)
+    seen: list[str] = []
+
+    def parser(line: str) -> None:
+        seen.append(line)
+        if "boom" in line:
+            raise KeyError("loss")
+
+    reader = launch.OutputReader(proc, env, parser, watch_ranks=watch_ranks).start()
+    reader.thread.join(timeout=60)
+    assert proc.poll() is not None and not [p for p in kit_processes() if "sleep 60" in p[1]]
+    assert seen == ["shown <redacted>\n", f"{launch.RANK_ERROR_TAG} rank=1 boom\n"]
+    assert bool(reader.first_death) is watch_ranks
+    with pytest.raises(KeyError, match="loss"):
+        reader.raise_sink_error()

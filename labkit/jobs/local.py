@@ -20,14 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path, PurePosixPath
 
 from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
-from labkit.errors import ConfigError, LabkitError, check_number, make_folder, scrub, secret_values
+from labkit.errors import ConfigError, LabkitError, check_number, make_folder
 from labkit.jobs import base
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
 from labkit.jobs.launcher import (
@@ -346,43 +345,21 @@ class LocalBackend(JobBackend):
             env["MASTER_ADDR"] = "127.0.0.1"
             say = on_output or (lambda _text: None)
             try:
-                proc = subprocess.Popen(
-                    cmd, cwd=d / "workdir", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
+                proc = launch.start_session(cmd, env, d / "workdir")
             except OSError as exc:  # what a pod exec reports for a missing binary: a message and exit code 127/126
                 say(f"{EXEC_TAG}cannot run {cmd[0]!r}: {exc.strerror}\n")
                 return 127 if isinstance(exc, FileNotFoundError) else 126
             record = d / "execs" / str(proc.pid)
             record.write_text(exec_record(proc.pid, cmd))  # pgid == pid (new session): the launcher can stop it
             tail = base.OutputTail(say)
-            secrets = secret_values(env)  # never shown: DeepSpeed's openmpi runner prints MLFLOW_* with their values
-            first_death: list[float] = []  # when a rank first reported its error or exit
-            sink_failed: list[BaseException] = []  # on_output raised (a closed stdout): the command is stopped
-
-            def pump() -> None:
-                with contextlib.suppress(ValueError, OSError):  # the pipe was closed under us after a forced stop
-                    for raw in iter(proc.stdout.readline, b""):
-                        line = raw.decode("utf-8", "replace")
-                        line = scrub(line, secrets) if secrets else line
-                        if starts_ranks and not first_death and launch.reports_dead_rank(line):
-                            first_death.append(time.monotonic())
-                        if sink_failed:
-                            continue  # drained, not shown: the command is being stopped
-                        try:
-                            tail(line)
-                        except Exception as exc:  # noqa: BLE001 - re-raised below; nobody reads the pipe otherwise
-                            sink_failed.append(exc)
-                            procs.stop_tree(proc, 1.0)
-
-            reader = threading.Thread(target=pump, daemon=True)
+            reader = launch.OutputReader(proc, env, tail, watch_ranks=starts_ranks)
             try:
                 reader.start()  # inside the try: output (and an interrupt it triggers) can arrive at once
                 # A dead rank's peers may wait for it in a collective or the rendezvous for ever: give them a grace.
                 # which rank failed first: a killed one says nothing itself
                 watch = procs.RankExits(proc.pid) if starts_ranks else contextlib.nullcontext()
                 with watch:
-                    ended = launch.wait_launcher(proc, first_death, timeout)
+                    ended = launch.wait_launcher(proc, reader.first_death, timeout)
                 if ended == "timeout":
                     raise TimeoutError(
                         f"exec in {name} timed out after {timeout} s: {cmd[0]} and its ranks were stopped"
@@ -393,12 +370,11 @@ class LocalBackend(JobBackend):
                 with interrupts_deferred():
                     exited = proc.returncode is not None
                     procs.stop_tree(proc, 1.0 if exited else 5.0)
-                    reader.join(timeout=10 if exited else 5)
+                    reader.thread.join(timeout=10 if exited else 5)
                 record.unlink(missing_ok=True)
-                if proc.stdout and not reader.is_alive():
+                if proc.stdout and not reader.thread.is_alive():
                     proc.stdout.close()
-        if sink_failed:
-            raise sink_failed[0]
+        reader.raise_sink_error()
         returncode = proc.returncode if exited else 1
         first = watch.first_failure if starts_ranks else None
         why = self._why_failed(d, job, tail.text(), returncode, starts_ranks, first) if returncode else ""
