@@ -311,6 +311,20 @@ def deadline_text(seconds: float) -> str:
     return "stopped by its deadline after " + (f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s")
 
 
+class Deadline:
+    """A deadline the run checks itself, between steps: one rank trained in this process has no launcher to stop it."""
+
+    def __init__(self, seconds: float | None):
+        if seconds is not None:  # nan would mean no deadline at all, never what a user asked for
+            check_number("timeout", seconds, 0.0, "pass seconds > 0, or None for no deadline", strict=True)
+        self.seconds, self.end = seconds, None if seconds is None else time.monotonic() + seconds
+
+    def check(self, where: str) -> None:
+        """DeadlineError once the deadline has passed; `where`: how far the run got ("at step 7 of 40")."""
+        if self.end is not None and time.monotonic() >= self.end:
+            raise DeadlineError(f"{deadline_text(self.seconds)} {where}", returncode=-1)
+
+
 def describe_failure(
     output: str,
     returncode: int | None = None,

@@ -20,7 +20,7 @@ from pathlib import Path
 from labkit import checkpoint, data
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_bool, check_choice, check_int, check_number
-from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV, RANK_ERROR_TAG
+from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV, RANK_ERROR_TAG, Deadline
 from labkit.model import MODELS, build_model
 from labkit.procs import StepWatchdog
 from labkit.ranks.runtime import init_deepspeed, shutdown_distributed
@@ -303,9 +303,10 @@ def build_engine(cfg: TrainConfig, total: int, rank: int):
     return engine, ds_config, sum(p.numel() for p in model.parameters())
 
 
-def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
+def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None, deadline: Deadline | None = None) -> dict:
     """Train on this rank (torch.distributed must be initialised: see `run_in_process` and labkit.ranks.train).
-    `arrays` replaces the data the config names (benchmarks pass one set to every variant).
+    `arrays` replaces the data the config names (benchmarks pass one set to every variant); `deadline` is checked
+    after every step (DeadlineError).
     Returns rank 0's summary: final step, per-epoch metrics, throughput."""
     import deepspeed.comm as dist
     import torch
@@ -392,6 +393,8 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
                     continue
                 step += 1
                 watchdog.beat()
+                if deadline:
+                    deadline.check(f"at step {step} of {total} (one rank, in this process)")
                 if first_step_s is None:  # one sync, once: compilation and autotuning show up here, not in the rate
                     _sync(cfg.device)
                     first_step_s = time.perf_counter() - t0
@@ -466,8 +469,10 @@ def init_distributed(cfg: TrainConfig) -> None:
     init_deepspeed(pick_device(cfg.device), timeout_s=cfg.comm_timeout, verbose=cfg.verbose)
 
 
-def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> dict:
-    """One rank in this process (a notebook kernel): initialise, train, and tear the process group down again."""
+def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None, timeout: float | None = None) -> dict:
+    """One rank in this process (a notebook kernel): initialise, train (DeadlineError after `timeout` s, counted from
+    here), and tear the process group down again."""
+    deadline = Deadline(timeout)
     import torch.distributed
 
     if torch.distributed.is_initialized():
@@ -476,7 +481,7 @@ def run_in_process(cfg: TrainConfig, arrays: data.CifarArrays | None = None) -> 
     saved = {k: os.environ.pop(k, None) for k in RANK_ENV}
     try:
         init_distributed(cfg)
-        return train(cfg, arrays)
+        return train(cfg, arrays, deadline)
     finally:
         shutdown_distributed()
         os.environ.update({k: v for k, v in saved.items() if v is not None})

@@ -438,6 +438,24 @@ def test_in_process_training_learns_checkpoints_and_resumes_past_a_corrupt_check
     assert checkpoint.verify(ckpt / "step00000030", checkpoint.run_key(ckpt)) == (True, "ok")  # rewritten, complete
 
 
+@pytest.mark.slow
+def test_a_one_rank_run_in_this_process_stops_at_its_deadline(capsys):
+    """`labkit train --timeout 2` with one rank (trained in the CLI's own process, no launcher to stop it) ran on past
+    its deadline to the end. Now it stops there like a launched run: exit code 124 and a line naming the deadline, and
+    the process is left without a process group (a notebook kernel can train again)."""
+    import torch.distributed
+
+    from labkit.cli import main
+
+    sizes = ["--synthetic-train", "640", "--synthetic-test", "64", "--max-train", "640", "--micro-batch", "32"]
+    flags = ["--synthetic", "--device", "cpu", "--world-size", "1", "--model", "lenet", "--epochs", "50"]
+    assert main(["train", *flags, *sizes, "--no-progress", "--timeout", "2"]) == 124
+    shown = capsys.readouterr()
+    assert "via inprocess" in shown.out and "done [synthetic]" not in shown.out
+    assert "labkit: deadline: stopped by its deadline after 2 s" in shown.err, shown.err
+    assert not torch.distributed.is_initialized()
+
+
 def _rank_pid(marker: str, local_rank: int) -> int | None:
     import psutil
 

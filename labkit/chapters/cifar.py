@@ -167,7 +167,7 @@ def execute(p: TrainingPlan, *, on_output: Callable[[str], None] | None = None, 
     """Train as planned. Returns {"summary": done-record, "records": all rank-0 records, "output": launcher text}."""
     output = ""
     if p.launcher == "inprocess":
-        summary = train.run_in_process(p.config)
+        summary = train.run_in_process(p.config, timeout=timeout)  # no launcher: the loop keeps the deadline
         # the metrics file holds the whole history, earlier runs that this one resumed included
         records = train.read_metrics(p.metrics_path) if p.metrics_path.is_file() else summary["records"]
     else:  # launch names the rank that went first (the launcher's exit line), not a peer that failed after it
