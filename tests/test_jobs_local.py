@@ -716,6 +716,31 @@ def test_too_many_local_ranks_names_what_was_set(workers, slots, named, tmp_path
     assert err.value.field == named and f"x {slots} slot(s) = " in err.value.problem
 
 
+@pytest.mark.parametrize(
+    ("runner", "flag"),
+    [
+        (["deepspeed", "--num_gpus", "20"], "--num_gpus"),
+        (["deepspeed", "--num_gpus=20"], "--num_gpus"),
+        (["deepspeed", "--num_accelerators", "17"], "--num_accelerators"),
+        ([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "20"], "--num_gpus"),
+    ],
+)
+def test_exec_refuses_a_rank_count_typed_into_a_deepspeed_line_before_starting_it(runner, flag, backend, capsys):
+    """`job exec NAME -- deepspeed --num_gpus 20 ...` started 20 ranks here: the local backend checked the job's
+    workers x slots only, not the count typed into the runner's line (every local worker is this host, so --num_gpus
+    is the local rank count). Refused like a plan's count, naming the flag, before anything starts."""
+    with backend.submit(JobSpec(name="typed", workers=1)) as job:
+        job.wait_ready(timeout=10)
+        cmd = [*runner, "--no_ssh_check", "train.py"]
+        assert main(["job", "exec", "typed", "--jobs-dir", str(backend.root), "--timeout", "120", "--", *cmd]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"labkit: error: {flag}: ") and "more than 16" in captured.err, captured.err
+        assert captured.out == "" and not list((backend.job_dir("typed") / "execs").iterdir())
+        # the script's own flags are the script's, and a command that is no runner is run as typed
+        assert local.typed_ranks(["deepspeed", "--num_gpus", "2", "train.py", "--num_gpus", "20"]) == ("--num_gpus", 2)
+        assert job.exec(["echo", "--num_gpus", "20"], on_output=None) == 0
+
+
 def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):
     with backend.submit(JobSpec(name="private", workers=1)) as job:
         job.wait_ready(timeout=10)

@@ -57,6 +57,24 @@ if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; else exec sh -c "$*"; fi
 """
 
 
+def _runner_at(argv: list[str]) -> int | None:
+    """Where DeepSpeed's runner's own arguments start in `argv` (`deepspeed ...`, `python -m
+    deepspeed.launcher.runner ...`); None for any other command."""
+    if Path(argv[0]).name == "deepspeed":
+        return 1
+    return argv.index("deepspeed.launcher.runner") + 1 if "deepspeed.launcher.runner" in argv else None
+
+
+def typed_ranks(argv: list[str]) -> tuple[str, int] | None:
+    """(the flag, N) for a DeepSpeed runner line that sets its ranks per host (--num_gpus N, or its alias
+    --num_accelerators), else None. Every worker of a local job is this host, so N is the local rank count; --num_nodes
+    cannot add to it (the local hostfile has one line, and without one the runner refuses more than 1)."""
+    at = _runner_at(argv)
+    counts = [(o, v) for o, v in runner_options(argv[at:]) if o in _RUNNER_RANKS] if at is not None else []
+    flag, value = counts[-1] if counts else ("", "")  # argparse keeps the last
+    return (flag, int(value)) if value.isdigit() and int(value) > 0 else None  # -1 and 0: every slot (checked)
+
+
 def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
     """The command and its rendezvous port: the command's own --master_port, else a free one.
 
@@ -64,14 +82,9 @@ def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
     hands its --master_port (default 29500) to the ranks, so a runner line without one gets the free port added; its
     openmpi launcher passes none (MPI discovery falls back to 29500): ranks of a local mpirun inherit MASTER_PORT.
     """
-    if Path(argv[0]).name == "deepspeed":
-        at = 1
-    elif "deepspeed.launcher.runner" in argv:
-        at = argv.index("deepspeed.launcher.runner") + 1
-    elif "launch" in argv and (Path(argv[0]).name == "accelerate" or "accelerate.commands.accelerate_cli" in argv):
+    if "launch" in argv and (Path(argv[0]).name == "accelerate" or "accelerate.commands.accelerate_cli" in argv):
         return _with_main_process_port(argv)
-    else:
-        at = None
+    at = _runner_at(argv)
     if at is None:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
         own = [(a, v) for a, v in zip(argv, argv[1:]) if a == "--master_port"]
         own += [a.partition("=")[::2] for a in argv if a.startswith("--master_port=")]
@@ -110,6 +123,7 @@ _RUNNER_VALUED = "--hostfile --include --exclude --num_nodes --num_gpus --num_ac
 _RUNNER_VALUED += " --node_rank --launcher --launcher_args --enable_each_rank_log --autotuning --bind_core_list"
 _RUNNER_VALUED += " --ssh_port --venv_script --log_level"
 _RUNNER_OPTIONS = {**dict.fromkeys(_RUNNER_VALUED.split(), True), **dict.fromkeys(_RUNNER_SWITCHES.split(), False)}
+_RUNNER_RANKS = ("--num_gpus", "--num_accelerators")  # one dest: argparse aliases
 _RUNNER_SHORT = {"-H": "--hostfile", "-i": "--include", "-e": "--exclude", "-q": "--quiet"}
 
 
@@ -337,6 +351,9 @@ class LocalBackend(JobBackend):
         starts_ranks = launch.starts_ranks(cmd)
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
+            typed = typed_ranks(cmd)
+            if typed:  # a count in the command line itself, named as typed there
+                check_ranks_fit(*typed, DEVICE_OF[job["accelerator"]])
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
         with procs.own_tmpdir(self._job_env(d, job)) as env:
             cmd, env["MASTER_PORT"] = _with_master_port(cmd)
