@@ -79,7 +79,7 @@ def unpinned(text: str, required: set[str], defaults: dict[str, str] | None = No
             if skip_next:
                 skip_next = False
                 continue
-            if word in ("-r", "-c", "--index-url", "-i", "--extra-index-url", "--prefix", "--target"):
+            if word in ("-r", "-c", "--index-url", "-i", "--extra-index-url", "--prefix", "--target", "--retries"):
                 skip_next = True
                 continue
             if word.startswith("-"):
@@ -112,7 +112,8 @@ def _bootstrap_defaults() -> dict[str, str]:
 def test_bootstrap_installs_only_pinned_inputs():
     text = BOOTSTRAP.read_text()
     assert unpinned(text, set(), _bootstrap_defaults()) == []
-    assert "pip-locked.sh" in text and '--index-url "$TORCH_INDEX_URL"' in text
+    assert "pip-locked.sh" in text and '--index-url "$index"' in text  # scripts/torch-index.sh: TORCH_INDEX_URL first
+    assert 'echo "$TORCH_INDEX_URL"' in (ROOT / "scripts" / "torch-index.sh").read_text()
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
