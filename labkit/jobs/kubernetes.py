@@ -14,17 +14,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-import uuid
 from typing import Any
 
-from labkit import cluster, kube, launch, manifests, shared_volume
+from labkit import cluster, kube, manifests, shared_volume
 from labkit.devices import ACCELERATOR_OF, DEVICE_CHOICES
 from labkit.errors import ConfigError, LabkitError, check_choice
-from labkit.jobs import base
+from labkit.jobs import base, k8s_exec
 from labkit.jobs.base import JOB_KINDS, Job, JobBackend, JobNotFound, JobNotReady, JobStatus, check_job_name, check_kind
 from labkit.jobs.k8s_objects import (
-    EXEC_SCRIPT,
-    KILL_SCRIPT,
     KINDS,
     LABEL_JOB,
     LABEL_JOBSET,
@@ -36,22 +33,17 @@ from labkit.jobs.k8s_objects import (
     checkpoint_key_secret,
     create_error,
     diagnosis,
-    drain_exec,
     event_lines,
-    exec_exit_code,
     fatal_event,
     is_suspended,
     lab_rbac_note,
     lab_rbac_refused,
-    launcher_deadline_exceeded,
     mpijob_status,
     object_path,
     pod_problem,
-    pod_ready,
     resource_of,
     trainjob_status,
 )
-from labkit.procs import interrupts_deferred
 
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
@@ -371,105 +363,10 @@ class KubernetesBackend(JobBackend):
             finally:
                 w.stop()
 
-    # -- exec ------------------------------------------------------------------------------------------------------
-    def _launcher_pod(self, name: str, ns: str):
-        pods = [p for p in self._pods(name, ns, "launcher").items if pod_ready(p)]
-        if not pods and self._pods(name, ns, kind="TrainJob").items:
-            raise JobNotReady(f"{ns}/{name} is a TrainJob: Trainer runs its command once, there is no launcher to "
-                              f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip
-        if not pods:
-            see = f"kubectl -n {ns} get pods -l {LABEL_JOB}={name}"
-            raise JobNotReady(f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first ({see})")
-        return pods[0]
-
-    def _stream(self, pod, ns: str, argv: list[str], *, preload: bool):
-        from kubernetes.stream import stream
-
-        options = dict(stdout=True, stderr=True, stdin=False, tty=False, _preload_content=preload)
-        return stream(
-            self._core().connect_get_namespaced_pod_exec, pod.metadata.name, ns, command=argv,
-            container=pod.spec.containers[0].name, _request_timeout=(self.request_timeout if preload else None),
-            **options,
-        )  # fmt: skip
-
+    # -- exec (labkit/jobs/k8s_exec.py) ------------------------------------------------------------------------------
     def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream.ws_client import ERROR_CHANNEL
-
         base.check_exec_args(argv, timeout)
-        ns = namespace or self.namespace
-        pod = self._launcher_pod(name, ns)
-        pidfile = f"/tmp/labkit-exec-{uuid.uuid4().hex[:12]}.pid"
-        try:
-            script = EXEC_SCRIPT.format(pidfile=pidfile)
-            ws = self._stream(pod, ns, ["sh", "-c", script, "labkit-exec", *argv], preload=False)
-        except ApiException as exc:
-            raise LabkitError(f"exec in {pod.metadata.name} failed to start: {exc.reason}") from None
-        end = None if timeout is None else time.monotonic() + timeout
-        tail = base.OutputTail(on_output)
-        try:
-            while ws.is_open():
-                ws.update(timeout=0.5)
-                drain_exec(ws, tail)
-                if end is not None and time.monotonic() > end:
-                    raise TimeoutError(
-                        f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped"
-                    )
-            drain_exec(ws, tail)
-            raw = ws.read_channel(ERROR_CHANNEL)
-        except BaseException:
-            # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
-            with interrupts_deferred():
-                try:
-                    ws.close()
-                finally:
-                    with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
-                        self._stream(pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
-            raise
-        return self._exec_end(name, ns, pod.metadata.name, argv, tail.text(), raw, on_output or (lambda _: None))
-
-    def _exec_end(self, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say) -> int:
-        """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline or a deletion
-        (the launcher pod went, the exec with it: 137, or no status at all), else the first failed rank, its error."""
-        try:
-            code, lost = exec_exit_code(raw), None
-        except LabkitError as exc:  # no exit status: the connection or the pod is gone
-            code, lost = 137, exc
-        if not code:
-            return 0
-        # SIGKILL, SIGTERM or no status: perhaps the pod going (deadline, deletion); not if it stays (the OOM killer)
-        killed = (lost is not None or code in (137, 143)) and not self._pod_stays(name, ns, pod)
-        launcher = ended = None
-        for attempt in range(6 if killed else 1):  # the Job controller records it as it deletes the pod: allow 3 s
-            if attempt:
-                time.sleep(0.5)
-            with contextlib.suppress(LabkitError):
-                launcher = self._launcher_job(name, ns)
-            if ended := launcher_deadline_exceeded(launcher):
-                break
-        if ended:
-            seconds = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
-            why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
-        elif killed and self._deleted(name, ns):
-            why = f"stopped: MPIJob {ns}/{name} was deleted while it ran"
-        elif lost is not None:
-            raise lost
-        else:
-            why = launch.describe_failure(output, code) if launch.starts_ranks(argv) else ""
-        if why:
-            say(f"{base.EXEC_TAG}{why}\n")
-        return code
-
-    def _pod_stays(self, name: str, ns: str, pod: str) -> bool:
-        with contextlib.suppress(LabkitError):  # terminating pods have a deletionTimestamp; deleted ones are not listed
-            launchers = self._pods(name, ns, "launcher").items
-            return any(p.metadata.name == pod and not p.metadata.deletion_timestamp for p in launchers)
-        return False
-
-    def _deleted(self, name: str, ns: str) -> bool:
-        with contextlib.suppress(JobNotFound):  # gone, or going (foreground deletion: its pods first)
-            return bool(self._kubeflow_job("GET", ns, name)["metadata"].get("deletionTimestamp"))
-        return True
+        return k8s_exec.run(self, name, namespace or self.namespace, argv, on_output, timeout)
 
     # -- logs, delete ----------------------------------------------------------------------------------------------
     def logs(self, name: str, *, namespace: str | None = None) -> str:
