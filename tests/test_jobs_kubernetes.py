@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
@@ -160,6 +161,101 @@ def test_exec_timeout_stops_the_remote_process_group(api, ready_job):
         ready_job.exec(["sh", "-c", "sleep 100 & sleep 100 & wait"], timeout=1, on_output=None)
     # Closing the stream alone would leave both sleeps running in the "pod": the backend killed their group.
     assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()
+
+
+SERVE = """import signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from fake_apiserver import FakeApiServer
+api = FakeApiServer(ready_delay=0.3).start()
+signal.signal(signal.SIGTERM, lambda *_: (api.stop(), sys.exit(0)))
+print(api.kubeconfig, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def api_process():
+    """The fake in a process of its own, which a test may hang (SIGSTOP: it accepts connections, never answers) or
+    kill; (that process, a backend on it with a job ready to exec in)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
+    )
+    kubeconfig = proc.stdout.readline().strip()
+    try:
+        backend = get_backend("kubernetes", kubeconfig=kubeconfig)
+        backend.submit(JobSpec(name="demo", workers=1)).wait_ready(timeout=20)
+        yield proc, backend
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=30)
+        tag = f"LABKIT_FAKE_APISERVER={Path(kubeconfig).parent.name}".encode()
+        for pid in FakeApiServer.tagged_pids(tag):  # what a killed fake's execs left (a live one stops its own)
+            os.kill(pid, signal.SIGKILL)
+
+
+def exec_in_thread(backend, argv, timeout, on_output):
+    """backend.exec in a thread given 60 s (an exec that hangs fails the test, not the run): its error, or None."""
+    got = {}
+
+    def run():
+        try:
+            backend.exec("demo", argv, timeout=timeout, on_output=on_output)
+        except BaseException as exc:
+            got["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "exec hung"
+    return got.get("error")
+
+
+def test_exec_with_a_timeout_ends_when_the_api_server_hangs_and_says_the_stop_is_unconfirmed(api_process):
+    proc, backend = api_process
+
+    def hang_the_api_server(text: str) -> None:
+        if "started" in text:
+            os.kill(proc.pid, signal.SIGSTOP)
+
+    try:
+        error = exec_in_thread(backend, ["sh", "-c", "echo started; sleep 100"], 3, hang_the_api_server)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert isinstance(error, TimeoutError), error
+    assert "could not be confirmed" in str(error) and "demo-launcher" in str(error), error
+    assert "`labkit job delete demo -n workloads`" in str(error) and "were stopped" not in str(error)
+
+
+def test_exec_losing_the_api_server_names_the_job_the_pod_and_the_fix(api_process):
+    proc, backend = api_process
+
+    def kill_the_api_server(text: str) -> None:
+        if "started" in text:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    error = exec_in_thread(backend, ["sh", "-c", "echo started; sleep 100"], None, kill_the_api_server)
+    assert type(error) is LabkitError, repr(error)
+    for words in ("workloads/demo", "demo-launcher", "may still run", "`labkit job delete demo -n workloads`"):
+        assert words in str(error), error
+
+
+def test_exec_timeout_whose_kill_exec_fails_does_not_claim_the_command_stopped(api, backend):
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+
+    def refuse_new_connections(text: str) -> None:  # the open exec stream goes on; the kill exec cannot connect
+        if "started" in text and api._httpd is not None:
+            api._httpd.shutdown()
+            api._httpd.server_close()
+            api._httpd = None
+
+    with pytest.raises(TimeoutError) as err:
+        job.exec(["sh", "-c", "echo started; sleep 100"], timeout=2, on_output=refuse_new_connections)
+    assert "were stopped" not in str(err.value) and "could not be confirmed" in str(err.value)
+    assert "`labkit job delete demo -n workloads`" in str(err.value)
+    api.kill_exec_processes()  # the kill could not run: stop the command here, as `labkit job delete` would
 
 
 def test_exec_output_is_not_kept_by_the_websocket_client():

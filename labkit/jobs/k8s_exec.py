@@ -6,6 +6,7 @@ Functions of a KubernetesBackend (its API access); kubernetes.py delegates its e
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 
@@ -24,6 +25,29 @@ from labkit.jobs.k8s_objects import (
 )
 from labkit.procs import interrupts_deferred
 
+KILL_LIMIT_S = 10.0  # the kill exec's whole run (KILL_SCRIPT waits up to 5 s for SIGTERM to work)
+
+
+def bounded(fn, limit: float, what: str):
+    """fn() in a daemon thread, given up on after `limit` s: a websocket handshake has no timeout of its own (the
+    client's connect takes none), so a hung API server would block it, and every signal with it, forever."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"labkit {what}")
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise LabkitError(f"{what}: the API server did not answer within {limit:.0f} s")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
 
 def launcher_pod(backend, name: str, ns: str):
     pods = [p for p in backend._pods(name, ns, "launcher").items if pod_ready(p)]
@@ -36,48 +60,77 @@ def launcher_pod(backend, name: str, ns: str):
     return pods[0]
 
 
-def open_stream(backend, pod, ns: str, argv: list[str], *, preload: bool):
+def open_stream(backend, pod, ns: str, argv: list[str]):
     from kubernetes.stream import stream
 
-    options = dict(stdout=True, stderr=True, stdin=False, tty=False, _preload_content=preload)
     return stream(
         backend._core().connect_get_namespaced_pod_exec, pod.metadata.name, ns, command=argv,
-        container=pod.spec.containers[0].name, _request_timeout=(backend.request_timeout if preload else None),
-        **options,
+        container=pod.spec.containers[0].name, stdout=True, stderr=True, stdin=False, tty=False,
+        _preload_content=False,
     )  # fmt: skip
 
 
 def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int:
     from kubernetes.client.exceptions import ApiException
     from kubernetes.stream.ws_client import ERROR_CHANNEL
+    from websocket import WebSocketException
 
     pod = launcher_pod(backend, name, ns)
+    where = pod.metadata.name
     pidfile = f"/tmp/labkit-exec-{uuid.uuid4().hex[:12]}.pid"
+    command = ["sh", "-c", EXEC_SCRIPT.format(pidfile=pidfile), "labkit-exec", *argv]
     try:
-        script = EXEC_SCRIPT.format(pidfile=pidfile)
-        ws = open_stream(backend, pod, ns, ["sh", "-c", script, "labkit-exec", *argv], preload=False)
+        ws = bounded(lambda: open_stream(backend, pod, ns, command), backend.request_timeout, f"exec in {where}")
     except ApiException as exc:
-        raise LabkitError(f"exec in {pod.metadata.name} failed to start: {exc.reason}") from None
+        raise LabkitError(f"exec in {where} failed to start: {exc.reason}") from None
     end = None if timeout is None else time.monotonic() + timeout
     tail = base.OutputTail(on_output)
+    timed_out = False
     try:
-        while ws.is_open():
+        while ws.is_open() and not timed_out:
             ws.update(timeout=0.5)
             drain_exec(ws, tail)
-            if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped")
+            timed_out = end is not None and time.monotonic() > end
         drain_exec(ws, tail)
         raw = ws.read_channel(ERROR_CHANNEL)
+    except (WebSocketException, OSError) as exc:  # the API server or the network went: the pod may not have
+        raise LabkitError(
+            f"exec in {ns}/{name} lost its connection to the API server ({exc or type(exc).__name__}): {argv[0]} may "
+            f"still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
+        ) from None
     except BaseException:
-        # Interrupt/timeout: closing the stream leaves the process running in the pod: stop its group explicitly.
-        with interrupts_deferred():
-            try:
-                ws.close()
-            finally:
-                with contextlib.suppress(Exception):  # best effort; the job's deadline still bounds it
-                    open_stream(backend, pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)], preload=True)
+        stop(backend, ws, pod, ns, pidfile)
         raise
-    return exec_end(backend, name, ns, pod.metadata.name, argv, tail.text(), raw, on_output or (lambda _: None))
+    if timed_out:
+        if not (failed := stop(backend, ws, pod, ns, pidfile)):
+            raise TimeoutError(f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped")
+        raise TimeoutError(
+            f"exec in {name} timed out after {timeout} s; stopping {argv[0]} could not be confirmed ({failed}): it may "
+            f"still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
+        )
+    return exec_end(backend, name, ns, where, argv, tail.text(), raw, on_output or (lambda _: None))
+
+
+def stop(backend, ws, pod, ns: str, pidfile: str) -> str:
+    """Close the stream and kill the command's group by a second exec: "" when that exec says it did, else why not.
+    In a thread joined for KILL_LIMIT_S: interrupts are deferred meanwhile (a second Ctrl-C must not abandon
+    half-killed ranks), so nothing here may wait on the network unbounded."""
+    from kubernetes.stream.ws_client import ERROR_CHANNEL
+
+    def kill() -> None:
+        with contextlib.suppress(Exception):
+            ws.close()
+        killer = open_stream(backend, pod, ns, ["sh", "-c", KILL_SCRIPT.format(pidfile=pidfile)])
+        while killer.is_open():
+            killer.update(timeout=0.5)
+        exec_exit_code(killer.read_channel(ERROR_CHANNEL))  # raises unless it ended with a status
+
+    with interrupts_deferred():
+        try:
+            bounded(kill, KILL_LIMIT_S, "the kill exec")
+        except Exception as exc:  # the job's deadline or `labkit job delete` still ends it: the caller says so
+            return str(exc) or type(exc).__name__
+    return ""
 
 
 def exec_end(backend, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say) -> int:
