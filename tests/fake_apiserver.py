@@ -202,7 +202,6 @@ class FakeApiServer:
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
-        self.execs_in: dict[tuple[str, str], list[subprocess.Popen]] = {}  # (ns, pod) -> the commands exec'd there
         self.pod_files: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> files in the container's /tmp
         self.exec_protocols: list[str] = []  # the subprotocol each exec negotiated
         self.root = Path(tempfile.mkdtemp(prefix="labkit-fake-apiserver-"))
@@ -655,10 +654,21 @@ class FakeApiServer:
                 continue
             del self.pods[(ns, pod["metadata"]["name"])]
             self._pod_event("DELETED", pod)
-            for proc in self.execs_in.pop((ns, pod["metadata"]["name"]), []):  # the container's processes die with it
-                with contextlib.suppress(OSError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            self.kill_pod_processes(ns, pod["metadata"]["name"])
             self.remove_pod_files(ns, pod["metadata"]["name"])
+
+    def pod_tag(self, ns: str, pod: str) -> str:
+        """The env entry every process exec'd into that pod carries (in its env, so its children inherit it)."""
+        return f"LABKIT_FAKE_POD={self.root.name}/{ns}/{pod}"
+
+    def kill_pod_processes(self, ns: str, pod: str) -> None:
+        """The kubelet kills the container's processes when the pod is deleted: every one, whatever its process group
+        or session (EXEC_SCRIPT's `setsid` too), so kill by the pod's tag, not the exec's group."""
+        tag = self.pod_tag(ns, pod).encode()
+        for _ in range(3):  # one that forked while we looked is caught next round
+            for pid in self.tagged_pids(tag):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def remove_pod_files(self, ns: str, pod: str) -> None:
         for path in self.pod_files.pop((ns, pod), ()):
@@ -1110,6 +1120,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake.pod_files.setdefault((ns, pod_name), set()).update(m for a in argv for m in POD_TMP_FILE.findall(a))
         cmd = [map_paths(a, mounts) for a in argv]
         env = {**os.environ, "LABKIT_PROCESS": "1", "LABKIT_FAKE_APISERVER": fake.root.name, "HOSTNAME": pod_name}
+        env.update([fake.pod_tag(ns, pod_name).split("=", 1)])
         send_lock = threading.Lock()
         client_gone = threading.Event()
 
@@ -1159,7 +1170,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._close_ws(send_lock)
             return
         fake.exec_procs.append(proc)
-        fake.execs_in.setdefault((ns, pod_name), []).append(proc)
 
         def pump(stream, channel: int) -> None:
             for chunk in iter(lambda: stream.read1(4096), b""):

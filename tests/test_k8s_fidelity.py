@@ -423,6 +423,34 @@ def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
     assert set(Path("/tmp").glob("labkit-exec-*.pid")) == pidfiles
 
 
+def exec_while_the_launcher_pod_goes(api, backend):
+    """An exec whose launcher pod is deleted (or evicted) a second in, the MPIJob staying: (its ExecResult, the pod)."""
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    launcher = next(name for _, name in api.pods if "launcher" in name)
+    timer = threading.Timer(1.0, lambda: api.delete_job_pods("workloads", "demo", ("launcher",)))
+    timer.start()
+    try:
+        return job.run(["sh", "-c", "echo started; sleep 60"]), launcher
+    finally:
+        timer.join()
+
+
+def test_an_exec_whose_launcher_pod_is_evicted_says_so(api, backend):
+    result, launcher = exec_while_the_launcher_pod_goes(api, backend)
+    assert result.returncode == 137
+    assert (
+        result.failure
+        == f"launcher pod {launcher} was deleted or evicted while it ran (kubectl get events -n workloads)"
+    )
+
+
+def test_deleting_a_pod_ends_every_process_exec_d_into_it(api, backend):
+    # EXEC_SCRIPT runs the command under setsid, outside the exec's own process group: it must go with the pod too
+    exec_while_the_launcher_pod_goes(api, backend)
+    assert wait_until(lambda: not api.exec_tag_pids(), timeout=10), api.exec_tag_pids()
+
+
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
     """The same one-line diagnosis as a local exec: the rank, its error (from the exec's own output)."""
     job = backend.submit(JobSpec(name="demo", workers=1))

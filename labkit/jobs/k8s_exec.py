@@ -157,6 +157,8 @@ def exec_end(backend, name: str, ns: str, pod: str, argv: list[str], output: str
         why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
     elif killed and deleted(backend, name, ns):
         why = f"stopped: MPIJob {ns}/{name} was deleted while it ran"
+    elif killed:  # the MPIJob stays: its launcher pod alone went (eviction, preemption, a kubectl delete)
+        why = f"launcher pod {pod} was deleted or evicted while it ran (kubectl get events -n {ns})"
     elif lost is not None:
         raise lost
     else:
