@@ -258,6 +258,22 @@ def test_exec_timeout_whose_kill_exec_fails_does_not_claim_the_command_stopped(a
     api.kill_exec_processes()  # the kill could not run: stop the command here, as `labkit job delete` would
 
 
+def test_exec_without_a_launcher_pod_says_why_in_the_job_s_words(api, backend):
+    gone = subprocess.run(
+        [*CLI, "job", "exec", "nosuch", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig, "--", "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode != 0 and "no MPIJob named 'nosuch' in namespace workloads" in gone.stderr, gone.stderr
+    assert "wait_ready" not in gone.stderr and "Traceback" not in gone.stderr
+    api.ready_delay = None  # its pods never become ready
+    backend.submit(JobSpec(name="slow", workers=1))
+    with pytest.raises(JobNotReady) as err:
+        backend.exec("slow", ["true"])
+    message = str(err.value)
+    assert f"({backend.status('slow').phase}" in message and "wait_ready" not in message
+    assert "`labkit job status slow -n workloads`" in message and "`labkit job submit --wait`" in message
+
+
 def test_exec_output_is_not_kept_by_the_websocket_client():
     """kubernetes' WSClient keeps every frame in `_all` until read_all(): a day-long exec held its whole output."""
     import io

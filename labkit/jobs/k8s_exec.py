@@ -50,14 +50,19 @@ def bounded(fn, limit: float, what: str):
 
 
 def launcher_pod(backend, name: str, ns: str):
+    """The ready launcher pod; else why there is none, in the job's words (it does not exist, its phase)."""
     pods = [p for p in backend._pods(name, ns, "launcher").items if pod_ready(p)]
-    if not pods and backend._pods(name, ns, kind="TrainJob").items:
+    if pods:
+        return pods[0]
+    if backend._pods(name, ns, kind="TrainJob").items:
         raise JobNotReady(f"{ns}/{name} is a TrainJob: Trainer runs its command once, there is no launcher to "
                           f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip
-    if not pods:
-        see = f"kubectl -n {ns} get pods -l {LABEL_JOB}={name}"
-        raise JobNotReady(f"MPIJob {ns}/{name} has no ready launcher pod: wait_ready() first ({see})")
-    return pods[0]
+    st = backend.status(name, namespace=ns, kind="MPIJob")  # JobNotFound where there is no such MPIJob
+    why = st.phase + (f": {st.message}" if st.message else "")
+    raise JobNotReady(
+        f"MPIJob {ns}/{name} has no ready launcher pod ({why}): `labkit job status {name} -n {ns}` says more; "
+        f"`labkit job submit --wait` waits for its pods (kubectl -n {ns} get pods -l {LABEL_JOB}={name})"
+    )
 
 
 def open_stream(backend, pod, ns: str, argv: list[str]):
