@@ -182,6 +182,7 @@ def api_process():
         [sys.executable, "-c", SERVE, str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
     )
     kubeconfig = proc.stdout.readline().strip()
+    pidfiles = set(Path("/tmp").glob("labkit-exec-*.pid"))
     try:
         backend = get_backend("kubernetes", kubeconfig=kubeconfig)
         backend.submit(JobSpec(name="demo", workers=1)).wait_ready(timeout=20)
@@ -193,6 +194,8 @@ def api_process():
         tag = f"LABKIT_FAKE_APISERVER={Path(kubeconfig).parent.name}".encode()
         for pid in FakeApiServer.tagged_pids(tag):  # what a killed fake's execs left (a live one stops its own)
             os.kill(pid, signal.SIGKILL)
+        for path in set(Path("/tmp").glob("labkit-exec-*.pid")) - pidfiles:  # in the pod's /tmp: gone with the pod
+            path.unlink(missing_ok=True)
 
 
 def exec_in_thread(backend, argv, timeout, on_output):
