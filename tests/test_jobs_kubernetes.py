@@ -519,3 +519,73 @@ def test_notebook_plan_on_the_kubernetes_backend_uses_the_cluster_command(api, t
     assert posts(api) == []  # planning submits nothing
     gpu = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cuda", slots=4)
     assert gpu.spec.accelerator == "nvidia" and "nvidia.com/gpu: 4" in gpu.manifest_yaml()
+
+
+@pytest.fixture
+def hang_api(monkeypatch):
+    """Makes every non-watch request the fake answers wait until released (a hung API server), once turned on."""
+    import fake_apiserver
+
+    release, real = threading.Event(), fake_apiserver._Handler._route
+
+    def hung(handler, method):
+        if "watch=" not in handler.path:
+            release.wait(120)
+        return real(handler, method)
+
+    yield lambda: monkeypatch.setattr(fake_apiserver._Handler, "_route", hung)
+    release.set()
+
+
+def test_wait_ready_on_a_hung_api_server_ends_at_its_deadline(hang_api):
+    """Each request got the full request timeout (30 s) and urllib3's 3 retries: `job submit --wait 15` took minutes,
+    then said only that the server was unreachable."""
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2) as (api, backend):
+        job = backend.submit(JobSpec(name="slow", workers=1))
+        hang_api()
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=3)
+        assert time.monotonic() - start < 3 + 10  # a hang check: the deadline bounds every request
+        assert "not ready after 3 s" in str(err.value)
+
+
+def test_an_interrupted_wait_deletes_the_job_it_waited_for():
+    """Ctrl-C while waiting left a job that never gets a launcher (so no deadline) holding its workers; running the
+    cell again then failed "already exists"."""
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2) as (api, backend):
+        job = backend.submit(JobSpec(name="stopped", workers=1))
+        threading.Timer(1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            job.wait_ready(timeout=60)
+        assert wait_until(lambda: not [key for key in api.objects if key[1] == "mpijobs"], timeout=10)
+
+
+def test_a_job_deleted_while_waited_for_is_reported_at_once():
+    with FakeApiServer(ready_delay=0.2, scenario="unschedulable", grace_s=30) as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        job = backend.submit(JobSpec(name="gone", workers=1))
+        other = get_backend("kubernetes", kubeconfig=api.kubeconfig)  # someone else deletes it
+        body = {"propagationPolicy": "Foreground"}
+        threading.Timer(1, lambda: other._kubeflow_job("DELETE", "workloads", "gone", body=body)).start()
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=60)
+        assert time.monotonic() - start < 20  # not after its pods' 30 s grace period
+        assert "MPIJob workloads/gone was deleted while waiting" in str(err.value)
+
+
+def test_a_delete_whose_pods_do_not_go_says_it_is_still_terminating(monkeypatch, capsys):
+    """`job delete` printed "deleted" while the job was still terminating; submitting again then said "delete it"."""
+    from labkit.cli import main
+    from labkit.jobs import kubernetes
+
+    monkeypatch.setattr(kubernetes, "DELETE_WAIT_S", 1.0)
+    with FakeApiServer(ready_delay=0.2, grace_s=30) as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        backend.submit(JobSpec(name="stuck", workers=1)).wait_ready(timeout=20)
+        assert main(["job", "delete", "stuck", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]) == 0
+        assert "still terminating (pods stuck?)" in capsys.readouterr().out
+        with pytest.raises(ConfigError) as err:
+            backend.submit(JobSpec(name="stuck", workers=1))
+        assert "being deleted" in str(err.value) and "labkit job status stuck" in str(err.value)

@@ -11,6 +11,7 @@ labkit job delete demo                                 # an MPIJob or a TrainJob
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -18,7 +19,7 @@ import time
 from labkit import manifests
 from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
-from labkit.errors import ConfigError, check_int, check_number, named_as
+from labkit.errors import ConfigError, LabkitError, check_int, check_number, named_as
 from labkit.jobs import BACKENDS, Job, LocalBackend, get_backend
 from labkit.jobs.base import JOB_KINDS
 from labkit.tabular import text_table
@@ -160,8 +161,19 @@ def _logs(args) -> int:
 def _delete(args) -> int:
     backend = _backend(args)
     existed, where = backend.delete(args.name, kind=args.kind), f"{backend.namespace}/{args.name}"
-    print(f"deleted {where}" if existed else f"{where} did not exist")
+    if existed and _still_terminating(backend, args.name, args.kind):  # exit code 0: the deletion goes on
+        print(f"{where}: deletion started, still terminating (pods stuck?): `labkit job status {args.name}` says when")
+    else:
+        print(f"deleted {where}" if existed else f"{where} did not exist")
     return 0
+
+
+def _still_terminating(backend, name: str, kind: str | None) -> bool:
+    """An MPIJob the backend's delete waited for whose pods have not gone (a node not answering keeps them)."""
+    with contextlib.suppress(LabkitError):  # gone: JobNotFound
+        st = backend.status(name, kind=kind)
+        return st.kind == "MPIJob" and st.phase == "Terminating"
+    return False
 
 
 def _list(args) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from labkit.cluster import MPI_OPERATOR_FIX, TRAINJOB_VERSION
 from labkit.errors import ConfigError, LabkitError
-from labkit.jobs.base import JobStatus
+from labkit.jobs.base import JobNotFound, JobNotReady, JobStatus
 from labkit.manifests.checks import KUBERNETES_VERSION, checkpoint_secret
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
@@ -90,10 +90,15 @@ def drain_exec(ws, on_output) -> None:
         kept.truncate()
 
 
-def create_error(kind: str, name: str, namespace: str, stage: str, status: int, message: str) -> LabkitError | None:
+def create_error(
+    kind: str, name: str, namespace: str, stage: str, status: int, message: str, terminating: bool = False
+) -> LabkitError | None:
     """What the API server's refusal of a create (or its dry run) of the job's objects means, with the fix; None for
     one that costs the job nothing: an object jobs share that exists (the namespace, PVC, RBAC...: reused) or the lab
-    identity's RBAC refused to a caller who is not cluster-admin."""
+    identity's RBAC refused to a caller who is not cluster-admin. terminating: the job that exists is being deleted."""
+    if status == 409 and terminating:
+        fix = f"wait for it (`labkit job status {name}` says not found once it is gone) or pick another name"
+        return ConfigError("name", f"the {kind} named {name!r} in {namespace} is being deleted", fix)
     if (status == 409 and kind not in ("MPIJob", "Secret")) or lab_rbac_refused(kind, status, message):
         return None
     if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
@@ -377,3 +382,44 @@ def diagnosis(name: str, namespace: str, pods: list, events_of, suspended: bool 
         lines.append(f"pod {pod.metadata.name}: {pod_problem(pod)[0] or 'not ready'}")
         lines += events_of(pod.metadata.name)
     return "\n".join(lines)
+
+
+def hopeless_error(name: str, ns: str, st: JobStatus, pods: list, events_of, job_events: bool) -> JobNotReady | None:
+    """Why waiting for this job cannot help (finished, deleted, a pod that cannot start, pods the operator was refused:
+    `job_events` reads the job's events), as JobNotReady with the diagnosis; None while it may still become ready."""
+    why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
+    why = "was deleted while waiting" if st.phase == "Terminating" else why
+    for pod in pods:
+        problem, fatal = pod_problem(pod)
+        if fatal and why is None:
+            why = f"cannot start: pod {pod.metadata.name}: {problem}"
+    if why is None and job_events:  # pods the operator could not create: waiting will not help
+        refused = events_of(name, fatal_event) + events_of(f"{name}-launcher", fatal_event)
+        why = f"cannot start:\n{refused[-1].strip()}" if refused and "not readable" not in refused[-1] else None
+    return JobNotReady(f"MPIJob {ns}/{name} {why}\n" + diagnosis(name, ns, pods, events_of)) if why else None
+
+
+def release_job(request, name: str, ns: str) -> str:
+    """Delete a job a wait gave up on, unless suspended (queued: it holds nothing, keeps its place); what was done.
+    request: KubernetesBackend._kubeflow_job."""
+    again, note = f"`labkit job delete {name} --backend kubernetes -n {ns}`", f"MPIJob {ns}/{name} "
+    try:
+        if is_suspended(obj := request("GET", ns, name)):
+            return note + f"stays queued: wait again, or {again}"
+        if not obj["metadata"].get("deletionTimestamp"):
+            request("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
+        return note + "was deleted, so it holds no accelerators: fix the cause and submit again"
+    except LabkitError as err:
+        return f"deleting it failed too ({err}): {again}"
+
+
+def wait_gone(request, name: str, ns: str, seconds: float) -> bool:
+    """Whether the MPIJob is gone within `seconds` (request: KubernetesBackend._kubeflow_job; 404: JobNotFound)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            request("GET", ns, name)
+        except JobNotFound:
+            return True
+        time.sleep(0.5)
+    return False

@@ -34,16 +34,18 @@ from labkit.jobs.k8s_objects import (
     create_error,
     diagnosis,
     event_lines,
-    fatal_event,
+    hopeless_error,
     is_suspended,
     lab_rbac_note,
     lab_rbac_refused,
     mpijob_status,
     object_path,
-    pod_problem,
+    release_job,
     resource_of,
     trainjob_status,
+    wait_gone,
 )
+from labkit.procs import interrupts_deferred
 
 AUTO_WORKERS = 2  # worker pods when workers=0
 DELETE_WAIT_S = 60.0  # foreground deletion: how long to wait for the pods to go
@@ -60,13 +62,19 @@ class KubernetesBackend(JobBackend):
         self._api_client, self.request_timeout = api_client, request_timeout
         self._operator_checked = False
         self._access: dict[tuple, bool] = {}  # SelfSubjectAccessReview answers
+        self._end: float | None = None  # a wait's deadline: no request may outlast it
 
     # -- API access ----------------------------------------------------------------------------------------------
     @property
     def api_client(self):
         if self._api_client is None:
-            self._api_client = kube.load_client(self.kubeconfig, self.context)  # clear LabkitError without config
+            source = kube.find_kubeconfig(self.kubeconfig, self.context)  # no retries: 3 made one timeout cost four
+            self._api_client = kube.api_client(source, self.context, retries=False)  # clear LabkitError without config
         return self._api_client
+
+    def _timeout(self) -> float:  # request_timeout; within a wait what is left of it (at least 1 s)
+        left = self.request_timeout if self._end is None else self._end - time.monotonic()
+        return max(1.0, min(self.request_timeout, left))
 
     def _core(self):
         from kubernetes import client
@@ -78,7 +86,7 @@ class KubernetesBackend(JobBackend):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        kwargs.setdefault("_request_timeout", self.request_timeout)
+        kwargs.setdefault("_request_timeout", self._timeout())
         try:
             return fn(*args, **kwargs)
         except ApiException as exc:
@@ -96,7 +104,7 @@ class KubernetesBackend(JobBackend):
 
     def _rest(self, method: str, path: str, *, query=(), body=None, _request_timeout=None) -> Any:
         """One request to any API path (discovery, objects of any kind) with the client's auth; the JSON reply."""
-        timeout = _request_timeout or self.request_timeout
+        timeout = _request_timeout or self._timeout()
         return kube.request_json(self.api_client, method, path, query=query, body=body, timeout=timeout)
 
     def _kubeflow_job(self, method: str, ns: str, name: str = "", kind: str = "MPIJob", **kwargs) -> Any:
@@ -225,7 +233,10 @@ class KubernetesBackend(JobBackend):
             if current.get("data") != obj.get("data"):
                 fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
-        if error := create_error(kind, name, namespace, stage, status, msg):
+        going = None  # a job of that name being deleted (foreground: until its pods are gone) is waited for
+        with contextlib.suppress(LabkitError):
+            going = status == 409 and kind == "MPIJob" and self._kubeflow_job("GET", namespace, name)["metadata"]
+        if error := create_error(kind, name, namespace, stage, status, msg, "deletionTimestamp" in (going or {})):
             raise error
         if refused is not None and not dry_run and lab_rbac_refused(kind, status, msg):
             refused.append(f"{kind}/{name}")
@@ -286,37 +297,30 @@ class KubernetesBackend(JobBackend):
         return event_lines(events, keep)
 
     def _raise_if_hopeless(self, name: str, ns: str, st: JobStatus, pods: list, job_events: bool = False) -> None:
-        why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
-        for pod in pods:
-            problem, fatal = pod_problem(pod)
-            if fatal and why is None:
-                why = f"cannot start: pod {pod.metadata.name}: {problem}"
-        if why is None and job_events:  # pods the operator could not create: waiting will not help
-            refused = self._events(ns, name, fatal_event) + self._events(ns, f"{name}-launcher", fatal_event)
-            why = f"cannot start:\n{refused[-1].strip()}" if refused and "not readable" not in refused[-1] else None
-        if why:
-            raise JobNotReady(
-                f"MPIJob {ns}/{name} {why}\n" + diagnosis(name, ns, pods, functools.partial(self._events, ns))
-            )
+        if error := hopeless_error(name, ns, st, pods, functools.partial(self._events, ns), job_events):
+            raise error
 
     def wait_ready(self, name: str, *, timeout: float = 300.0, namespace: str | None = None) -> JobStatus:
         """Watch the job's pods until launcher and workers are Ready; JobNotReady says why otherwise, within
-        timeout, and the job is then deleted: a worker that never becomes Ready means no launcher Job, hence no
-        deadline, while the scheduled workers hold their accelerators."""
-        ns = namespace or self.namespace
+        timeout, and the job is then deleted (also on an interrupt): a worker that never becomes Ready means no
+        launcher Job, hence no deadline, while the scheduled workers hold their accelerators."""
+        ns, name = namespace or self.namespace, check_job_name(name)
+        self._end = time.monotonic() + timeout
         try:
-            return self._wait_ready(check_job_name(name), timeout, ns)
-        except JobNotReady as exc:
-            again, note = f"`labkit job delete {name} --backend kubernetes -n {ns}`", f"MPIJob {ns}/{name} "
-            try:
-                if is_suspended(self._kubeflow_job("GET", ns, name)):  # queued: it holds nothing, keeps its place
-                    note += f"stays queued: wait again, or {again}"
-                else:
-                    self._kubeflow_job("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
-                    note += "was deleted, so it holds no accelerators: fix the cause and submit again"
-            except LabkitError as err:
-                note = f"deleting it failed too ({err}): {again}"
-            raise JobNotReady(f"{exc}\n{note}") from None
+            return self._wait_ready(name, timeout, ns)
+        except JobNotFound:
+            raise JobNotReady(f"MPIJob {ns}/{name} was deleted while waiting") from None
+        except BaseException as exc:
+            if type(exc) is LabkitError and time.monotonic() >= self._end:  # a request the deadline cut short
+                exc = JobNotReady(f"MPIJob {ns}/{name} not ready after {timeout:.0f} s: {exc}")
+            self._end = time.monotonic() + 5  # a hung server: seconds, not request_timeout, for the cleanup
+            with interrupts_deferred():
+                note = release_job(self._kubeflow_job, name, ns)
+            if isinstance(exc, JobNotReady):
+                raise JobNotReady(f"{exc}\n{note}") from None
+            raise
+        finally:
+            self._end = None
 
     def _wait_ready(self, name: str, timeout: float, ns: str) -> JobStatus:
         from kubernetes import watch
@@ -342,11 +346,13 @@ class KubernetesBackend(JobBackend):
                 for event in w.stream(
                     self._core().list_namespaced_pod, ns, label_selector=f"{LABEL_JOB}={name}",
                     resource_version=listing.metadata.resource_version, timeout_seconds=max(1, int(window)),
-                    _request_timeout=window + 5,
+                    _request_timeout=window + 1,
                 ):  # fmt: skip
                     if event["type"] == "ERROR":
                         break  # e.g. 410 Gone: list again
                     pod = event["object"]
+                    if pod.metadata.deletion_timestamp:
+                        break  # pods going: list again, which reads the job (deleted?)
                     pods[pod.metadata.name] = pod
                     if event["type"] == "DELETED":
                         del pods[pod.metadata.name]
@@ -379,18 +385,14 @@ class KubernetesBackend(JobBackend):
         return self._call(f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=container)
 
     def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
-        """Foreground: an MPIJob's pods go first (waited for); a TrainJob's JobSet, Jobs, pods too (not waited for)."""
+        """Foreground: an MPIJob's pods go first (waited for, DELETE_WAIT_S: status then says whether it is still
+        Terminating); a TrainJob's JobSet, Jobs, pods too (not waited for)."""
         ns, name = namespace or self.namespace, check_job_name(name)
         try:
             kind = check_kind(kind) or self._find(name, ns)[0]
             self._kubeflow_job("DELETE", ns, name, kind=kind, body={"propagationPolicy": "Foreground"})
         except JobNotFound:
             return False
-        end = time.monotonic() + DELETE_WAIT_S
-        while kind == "MPIJob" and time.monotonic() < end:  # foreground: the MPIJob goes once its pods are gone
-            try:
-                self._kubeflow_job("GET", ns, name)
-            except JobNotFound:
-                break
-            time.sleep(0.5)
+        if kind == "MPIJob":  # foreground: the MPIJob goes once its pods are gone
+            wait_gone(self._kubeflow_job, name, ns, DELETE_WAIT_S)
         return True
