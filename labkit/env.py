@@ -374,9 +374,6 @@ def check_kubeconfig(
         return check(WARN, f"{exc.field}: {exc.problem}", exc.fix)
     except LabkitError as exc:
         return check(WARN, str(exc), "fix the kubeconfig or point KUBECONFIG at a valid one")
-    if source is None and env.get("KUBECONFIG"):
-        detail = f"KUBECONFIG={env['KUBECONFIG']} names no existing file: no cluster configured"
-        return check(WARN, detail, "point KUBECONFIG at your kubeconfig (kind get kubeconfig > FILE), or unset it")
     if source is None:
         fix = "to use a cluster: set KUBECONFIG or create ~/.kube/config (kind create cluster writes one)"
         return check(WARN, "no cluster configured: the local backend runs everything on this machine", fix)

@@ -149,7 +149,8 @@ def find_kubeconfig(
 ) -> KubeconfigSource | None:
     """The configuration a client would load, or None when no cluster is configured. Order as kubectl: an explicit
     file, then $KUBECONFIG (a list; missing entries are skipped), then ~/.kube/config, then the in-cluster service
-    account. An explicit file that does not exist or a folder (in either) is a ConfigError (a typo, not no cluster)."""
+    account. An explicit file that does not exist or a folder (in either), or a $KUBECONFIG naming only missing files,
+    is a ConfigError (a typo, not no cluster)."""
     env = os.environ if env is None else env
     if kubeconfig:
         path = Path(kubeconfig).expanduser()
@@ -172,6 +173,10 @@ def find_kubeconfig(
     if env.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
         host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
         return KubeconfigSource("in-cluster", server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+    if env.get("KUBECONFIG"):  # set, naming only files that are not there: a typo, not "no cluster configured"
+        missing = ", ".join(str(Path(p).expanduser()) for p in candidates)
+        fix = "point KUBECONFIG at your kubeconfig file (kind get kubeconfig > FILE), or unset it"
+        raise ConfigError("KUBECONFIG", f"{missing} {'does' if len(candidates) == 1 else 'do'} not exist", fix)
     return None
 
 

@@ -234,6 +234,20 @@ def test_kubeconfig_list_connects_to_the_context_the_kit_shows(no_cluster, monke
         api.close()
 
 
+def test_a_kubeconfig_variable_naming_only_missing_files_says_so(no_cluster, monkeypatch, capsys):
+    """KUBECONFIG=/nope (a typo) read as "no cluster configured: set KUBECONFIG ..." although it was set."""
+    from labkit.cli import main
+
+    gone, also_gone = no_cluster / "nope", no_cluster / "gone.yaml"
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(gone), str(also_gone)]))
+    with pytest.raises(ConfigError) as info:
+        kube.load_client()
+    assert info.value.field == "KUBECONFIG" and str(gone) in info.value.problem and str(also_gone) in info.value.problem
+    monkeypatch.setenv("KUBECONFIG", str(gone))
+    assert main(["job", "list", "--backend", "kubernetes"]) == 2
+    assert capsys.readouterr().err.startswith(f"labkit: error: KUBECONFIG: {gone} does not exist")
+
+
 def test_a_kubeconfig_variable_naming_a_folder_says_so(no_cluster, monkeypatch, capsys):
     """KUBECONFIG=~/.kube (a folder) read as "no cluster configured": the folder is named, and the file to use."""
     from labkit.cli import main
