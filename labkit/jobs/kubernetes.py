@@ -333,8 +333,8 @@ class KubernetesBackend(JobBackend):
             st = mpijob_status(obj, self.name, self.namespace, list(pods.values()))
             if st.ready:
                 return self.status(name, namespace=ns, kind="MPIJob")
-            some_missing = len(pods) < (st.workers or 1) + 1  # the operator may be refused pods: ask its events
-            self._raise_if_hopeless(name, ns, st, list(pods.values()), job_events=some_missing)
+            some_missing = len(pods) < (st.workers or 1) + 1  # the operator refused pods? its events (in time)
+            self._raise_if_hopeless(name, ns, st, list(pods.values()), some_missing and time.monotonic() < end)
             remaining = end - time.monotonic()
             if remaining <= 0:
                 why = diagnosis(name, ns, list(pods.values()), functools.partial(self._events, ns), is_suspended(obj))
