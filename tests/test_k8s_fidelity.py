@@ -420,7 +420,8 @@ def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
     assert result.returncode == 137 and result.duration_s < 15
     assert result.failure == "stopped: MPIJob workloads/demo was deleted while it ran"
     # its pidfile was in the killed pod's /tmp: gone with the pod (here this host's /tmp, where it would pile up)
-    assert set(Path("/tmp").glob("labkit-exec-*.pid")) == pidfiles
+    # (no new one left: other runs on this machine may add or remove theirs meanwhile)
+    assert set(Path("/tmp").glob("labkit-exec-*.pid")) <= pidfiles
 
 
 def exec_while_the_launcher_pod_goes(api, backend):
