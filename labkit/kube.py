@@ -266,7 +266,7 @@ def unreachable(what: str, exc: Exception) -> LabkitError:
     URL's query and user:password@ in urllib3's text are redacted (a kubeconfig's server may carry a token there)."""
     text = _URL_USER.sub("<redacted>@", _URL_QUERY.sub("?<redacted>", short_reason(exc)))
     return LabkitError(
-        f"{what}: cannot reach the API server ({exc.__class__.__name__}: {text}). "
+        f"{what}: cannot reach the API server ({text}). "  # not urllib3's class: retries or not, one wording
         "Fix: check `kubectl get nodes` works with the same kubeconfig"
     )
 
