@@ -1,12 +1,17 @@
-"""The kit's progress bars, in one place: tqdm's text bar in a terminal, its widget in a notebook.
+"""The kit's progress bars, in one place: tqdm's text bar in a terminal, its widget in a notebook, lines in a pipe.
 
 A saved notebook (nbconvert, GitHub, a CI log) shows a widget's text/plain, which is the text it had when first
 displayed: '0%| | 0/28' after a run that finished. So the widget is displayed with a display id and that output is
-updated when the bar closes: what is saved is the bar as it ended."""
+updated when the bar closes: what is saved is the bar as it ended.
+
+A rank's output goes through a pipe to the launcher and from there into a notebook or a log, where tqdm's '\r'
+redraws become line breaks and a line printed meanwhile ran into the bar ('loss=1.527]epoch 1/3 ...'): in a pipe each
+redraw is a line of its own, and `say` prints around the bar."""
 
 from __future__ import annotations
 
 import functools
+import sys
 
 
 def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: bool = False, **kwargs):
@@ -14,9 +19,45 @@ def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: boo
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as widget
 
-    if disable or not issubclass(tqdm, widget):  # a terminal, or a notebook without ipywidgets: text is the truth
-        return tqdm(total=total, desc=desc, unit=unit, disable=disable, **kwargs)
+    if disable or not issubclass(tqdm, widget):  # a terminal, a pipe, or a notebook without ipywidgets: text
+        stream = kwargs.pop("file", None) or sys.stderr
+        if not _is_terminal(stream):  # a line every few seconds, not tqdm's ten redraws a second
+            stream, kwargs["mininterval"] = LinePerRedraw(stream), kwargs.get("mininterval", 5.0)
+        return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=stream, **kwargs)
     return _saved_widget()(total=total, desc=desc, unit=unit, **kwargs)
+
+
+def say(message: str) -> None:
+    """Print a line while bars may be showing: tqdm clears them, prints, and draws them again (in a terminal a plain
+    print would run into the bar and be overwritten by its next redraw)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+    sys.stdout.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream: treat it as a pipe
+        return False
+
+
+class LinePerRedraw:
+    """A text stream for tqdm in a pipe: each redraw ('\\r' + bar + padding) is written as one line, the clearing
+    writes and a redraw repeating the last line are dropped. Everything else (encoding, fileno) is the stream's."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").replace("\n", "").rstrip()
+        if line and line != self.last:
+            self.stream.write(line + "\n")
+            self.last = line
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 @functools.cache

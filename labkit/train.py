@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import checkpoint, data
+from labkit import checkpoint, data, progress
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, check_bool, check_choice, check_int, check_number
 from labkit.launch import COLLECTIVE_TIMEOUT_S, RANK_ENV, RANK_ERROR_TAG, Deadline
@@ -311,7 +311,6 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None, deadline: De
     import deepspeed.comm as dist
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = cfg.resolved(world)
@@ -332,7 +331,7 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None, deadline: De
     feed = data.DeviceData(arrays, engine.device, input_dtype(ds_config), rank, world, cfg.seed, cfg.channels_last)
     default_metrics = str(Path(cfg.checkpoint_dir) / "metrics.jsonl") if cfg.checkpoint_dir else ""
     metrics = Metrics(cfg.metrics or default_metrics, rank == 0)
-    say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    say = progress.say if rank == 0 else (lambda msg: None)
     shape = cfg.run_shape(world)
     resumed_from = checkpoint.resume(engine, cfg.checkpoint_dir, shape, say) if cfg.resume else None
     if cfg.resume:  # every step logged once: what the interrupted run logged past its checkpoint goes
@@ -355,8 +354,8 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None, deadline: De
         with watchdog.paused():  # a save to a slow volume is no dead peer either
             checkpoint.save(engine, cfg.checkpoint_dir, step, {"epoch": epoch, **shape}, cfg.keep_checkpoints, say)
 
-    bar_style = {"desc": f"{kind} {cfg.model} ZeRO-{cfg.stage}", "unit": "step", "disable": rank or not cfg.progress}
-    bar = tqdm(total=total, initial=start_step, mininterval=0.5 if sys.stderr.isatty() else 5.0, **bar_style)
+    desc, disable = f"{kind} {cfg.model} ZeRO-{cfg.stage}", bool(rank or not cfg.progress)
+    bar = progress.bar(total, desc=desc, unit="step", disable=disable, initial=start_step)
     pending: list[tuple[int, int, object, float]] = []  # (step, epoch, loss tensor, lr): read once, not every step
 
     def flush() -> None:
