@@ -900,3 +900,20 @@ def test_credentials_in_the_environment_never_reach_exec_output(backend, monkeyp
         res = job.run(["sh", "-c", printed])
     assert res.returncode == 0 and "CANARY" not in res.output.replace("not-a-secret", ""), res.output
     assert res.output.strip() == "-x MLFLOW_TRACKING_PASSWORD=<redacted> <redacted> not-a-secret"
+
+
+def test_a_job_whose_owner_exited_is_listed_as_stale_and_deleted_with_the_others(backend, capsys):
+    """A notebook kernel killed outright: its job ended with phase OwnerExited, and `labkit job list --stale
+    [--delete]` (remove finished jobs) never showed it: neither finished nor past its deadline."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    job = LocalBackend(root=backend.root, deadline_seconds=3600).submit(JobSpec(name="orphan"))
+    job.wait_ready(10)
+    backend.end_with("orphan", owner.pid)
+    owner.kill()
+    owner.wait()
+    assert wait_until(lambda: backend.status("orphan").phase == "OwnerExited", 10), backend.status("orphan")
+    where = ["--backend", "local", "--jobs-dir", str(backend.root)]
+    assert main(["job", "list", "--stale", *where]) == 0
+    assert "orphan" in capsys.readouterr().out
+    assert main(["job", "list", "--stale", "--delete", *where]) == 0
+    assert backend.list() == []

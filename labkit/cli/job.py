@@ -21,7 +21,7 @@ from labkit.chapters.interactive import training_command
 from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, LabkitError, check_int, check_number, named_as
 from labkit.jobs import BACKENDS, Job, LocalBackend, get_backend
-from labkit.jobs.base import JOB_KINDS
+from labkit.jobs.base import FINISHED, JOB_KINDS
 from labkit.tabular import text_table
 
 # Each action's arguments as data: (flags, add_argument keywords).
@@ -57,7 +57,6 @@ STALE = [
     (["--stale"], dict(action="store_true", help="only finished jobs (MPIJobs, TrainJobs) and those past deadline")),
     (["--delete"], dict(action="store_true", help="with --stale: delete them (a finished MPIJob stays until deleted)")),
 ]
-FINISHED = ("Succeeded", "Failed", "DeadlineExceeded")
 ARGV = [(["argv"], dict(nargs=argparse.REMAINDER, help="[OPTIONS] -- COMMAND [ARGS...]"))]
 
 

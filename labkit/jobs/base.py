@@ -39,6 +39,11 @@ class JobNotReady(LabkitError):
     """The launcher did not become ready in time, or can never become ready (image pull error, unschedulable...)."""
 
 
+# The phases of a job that ended (`job list --stale` selects them); OwnerExited: a local job tied to a process that
+# exited (LocalBackend.end_with), e.g. a notebook kernel killed outright
+FINISHED = ("Succeeded", "Failed", "DeadlineExceeded", "OwnerExited")
+
+
 @dataclass
 class JobStatus:
     """What a backend knows about one job, in the same words for both backends (times: epoch seconds)."""
@@ -46,7 +51,7 @@ class JobStatus:
     name: str
     namespace: str
     backend: str
-    phase: str  # Pending | Running | Succeeded | Failed | DeadlineExceeded
+    phase: str  # Pending | Running | Terminating | one of FINISHED
     ready: bool = False  # the launcher accepts exec
     created: float | None = None
     deadline: float | None = None
