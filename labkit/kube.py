@@ -230,9 +230,9 @@ def api_client(source: KubeconfigSource | None, context: str | None, *, retries:
     return client.ApiClient(configuration=cfg)
 
 
-def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
+def load_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None, *, retries: bool = True):
     """An ApiClient for the configuration find_kubeconfig picks; a LabkitError saying so when there is none."""
-    return api_client(find_kubeconfig(kubeconfig, context), context)
+    return api_client(find_kubeconfig(kubeconfig, context), context, retries=retries)
 
 
 def request_json(api_client, method: str, path: str, *, query=(), body=None, timeout: float | None = None) -> Any:

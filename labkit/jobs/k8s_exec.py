@@ -20,6 +20,7 @@ from labkit.jobs.k8s_objects import (
     LABEL_JOB,
     drain_exec,
     exec_exit_code,
+    is_terminating,
     launcher_deadline_exceeded,
     pod_ready,
 )
@@ -182,5 +183,5 @@ def pod_stays(backend, name: str, ns: str, pod: str) -> bool:
 
 def deleted(backend, name: str, ns: str) -> bool:
     with contextlib.suppress(JobNotFound):  # gone, or going (foreground deletion: its pods first)
-        return bool(backend._kubeflow_job("GET", ns, name)["metadata"].get("deletionTimestamp"))
+        return is_terminating(backend._kubeflow_job("GET", ns, name))
     return True

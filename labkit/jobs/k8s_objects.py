@@ -13,7 +13,7 @@ from typing import Any
 
 from labkit.cluster import MPI_OPERATOR_FIX, TRAINJOB_VERSION
 from labkit.errors import ConfigError, LabkitError
-from labkit.jobs.base import JobNotFound, JobNotReady, JobStatus
+from labkit.jobs.base import FINISHED, JobNotFound, JobNotReady, JobStatus
 from labkit.manifests.checks import KUBERNETES_VERSION, checkpoint_secret
 
 MPIJOBS = "/apis/kubeflow.org/v2beta1"  # the MPI Operator's API group and version
@@ -184,6 +184,11 @@ def is_suspended(obj: dict) -> bool:
     return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
+def is_terminating(obj: dict | None) -> bool:
+    """A job being deleted: foreground deletion keeps it (with a deletionTimestamp) until its pods are gone."""
+    return bool(((obj or {}).get("metadata") or {}).get("deletionTimestamp"))
+
+
 def suspended_note(namespace: str, name: str) -> str:
     """Why a suspended MPIJob has no pods (mpi_job_controller.go: isMPIJobSuspended skips the workers) and who resumes
     it: Kueue's webhook suspends every job it manages until it admits it."""
@@ -299,7 +304,7 @@ def mpijob_status(obj: dict, backend: str, namespace: str, pods: list | None = N
     ended = launcher_deadline_exceeded(launcher)
     if ended and phase in ("Pending", "Running"):  # the Job controller's FailureTarget: the operator lags behind
         phase, message = "DeadlineExceeded", ended
-    if meta.get("deletionTimestamp"):
+    if is_terminating(obj):
         phase, message = "Terminating", "deleted; its pods are stopping"
     st = JobStatus(meta.get("name", "?"), meta.get("namespace", namespace), backend, phase, message=message)
     st.created = timestamp(meta.get("creationTimestamp"))
@@ -336,7 +341,7 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     if cond_type == "Failed" and cond.get("reason") == "DeadlineExceeded":
         phase = "DeadlineExceeded"
     message = cond.get("message") or cond.get("reason") or ""
-    if meta.get("deletionTimestamp"):  # foreground: its JobSet (owner reference blockOwnerDeletion) goes first
+    if is_terminating(obj):  # foreground: its JobSet (owner reference blockOwnerDeletion) goes first
         phase, message = "Terminating", "deleted; its JobSet, Jobs and pods are stopping"
     st = JobStatus(meta.get("name", "?"), meta.get("namespace", ""), backend, phase, kind="TrainJob")
     st.message = message
@@ -387,7 +392,7 @@ def diagnosis(name: str, namespace: str, pods: list, events_of, suspended: bool 
 def hopeless_error(name: str, ns: str, st: JobStatus, pods: list, events_of, job_events: bool) -> JobNotReady | None:
     """Why waiting for this job cannot help (finished, deleted, a pod that cannot start, pods the operator was refused:
     `job_events` reads the job's events), as JobNotReady with the diagnosis; None while it may still become ready."""
-    why = f"is {st.phase}: {st.message}" if st.phase in ("Failed", "Succeeded", "DeadlineExceeded") else None
+    why = f"is {st.phase}: {st.message}" if st.phase in FINISHED else None
     why = "was deleted while waiting" if st.phase == "Terminating" else why
     for pod in pods:
         problem, fatal = pod_problem(pod)
@@ -406,7 +411,7 @@ def release_job(request, name: str, ns: str) -> str:
     try:
         if is_suspended(obj := request("GET", ns, name)):
             return note + f"stays queued: wait again, or {again}"
-        if not obj["metadata"].get("deletionTimestamp"):
+        if not is_terminating(obj):
             request("DELETE", ns, name, body={"propagationPolicy": "Foreground"})
         return note + "was deleted, so it holds no accelerators: fix the cause and submit again"
     except LabkitError as err:

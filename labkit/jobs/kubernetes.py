@@ -36,6 +36,7 @@ from labkit.jobs.k8s_objects import (
     event_lines,
     hopeless_error,
     is_suspended,
+    is_terminating,
     lab_rbac_note,
     lab_rbac_refused,
     mpijob_status,
@@ -68,8 +69,8 @@ class KubernetesBackend(JobBackend):
     @property
     def api_client(self):
         if self._api_client is None:
-            source = kube.find_kubeconfig(self.kubeconfig, self.context)  # no retries: 3 made one timeout cost four
-            self._api_client = kube.api_client(source, self.context, retries=False)  # clear LabkitError without config
+            # no retries: 3 made one timeout cost four; a clear LabkitError without a configuration
+            self._api_client = kube.load_client(self.kubeconfig, self.context, retries=False)
         return self._api_client
 
     def _timeout(self) -> float:  # request_timeout; within a wait what is left of it (at least 1 s)
@@ -233,10 +234,10 @@ class KubernetesBackend(JobBackend):
             if current.get("data") != obj.get("data"):
                 fix = f"pass the same proxy settings, or first `kubectl -n {namespace} delete configmap {name}`"
                 raise ConfigError("http_proxy", f"ConfigMap {namespace}/{name} holds other proxy settings", fix)
-        going = None  # a job of that name being deleted (foreground: until its pods are gone) is waited for
+        going = False  # a job of that name being deleted (foreground: until its pods are gone) is waited for
         with contextlib.suppress(LabkitError):
-            going = status == 409 and kind == "MPIJob" and self._kubeflow_job("GET", namespace, name)["metadata"]
-        if error := create_error(kind, name, namespace, stage, status, msg, "deletionTimestamp" in (going or {})):
+            going = status == 409 and kind == "MPIJob" and is_terminating(self._kubeflow_job("GET", namespace, name))
+        if error := create_error(kind, name, namespace, stage, status, msg, going):
             raise error
         if refused is not None and not dry_run and lab_rbac_refused(kind, status, msg):
             refused.append(f"{kind}/{name}")
