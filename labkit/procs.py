@@ -265,15 +265,21 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ignore Ctrl-C, SIGTERM and SIGHUP while stopping a command: a second one must not abandon half-killed ranks
-    (main thread only)."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if main else {}
+    """Hold Ctrl-C, SIGTERM and SIGHUP while stopping a command: one must not abandon half-killed ranks. One that came
+    meanwhile is delivered as the block ends (ignored, CI's `timeout` had the command go on until its SIGKILL, which
+    leaves ranks running). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):  # each once, first come first: its own handler (or the default) acts now
+            signal.raise_signal(sig)
 
 
 class Terminated(BaseException):

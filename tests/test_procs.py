@@ -169,3 +169,25 @@ def test_sigterm_and_sighup_raise_terminated_inside_the_block_only():
             time.sleep(5)  # the signal arrives first
         assert caught.value.signum == sig and str(caught.value) == sig.name
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_signal_that_arrives_while_a_command_is_stopped_is_delivered_after_the_stop():
+    """CI's `timeout` sent SIGTERM while the kit stopped a run's ranks: interrupts_deferred ignored it, and the command
+    went on (to its next run) until SIGKILL, which leaves ranks running. The stop still finishes uninterrupted, and
+    the signal then ends the command; the handlers are what they were."""
+    before = {sig: signal.getsignal(sig) for sig in procs.STOP_SIGNALS}
+    for sig, raised in (
+        (signal.SIGTERM, procs.Terminated),
+        (signal.SIGHUP, procs.Terminated),
+        (signal.SIGINT, KeyboardInterrupt),
+    ):
+        stopped = []
+        with pytest.raises(raised), procs.terminations_raised():
+            with procs.interrupts_deferred():
+                os.kill(os.getpid(), sig)
+                os.kill(os.getpid(), sig)  # a second one: still delivered once
+                time.sleep(0.2)  # the signals arrive here, and nothing is raised inside
+                stopped.append(True)
+            time.sleep(5)  # not reached: the signal is raised as the block ends
+        assert stopped, f"{sig.name} cut the stop short"
+    assert {sig: signal.getsignal(sig) for sig in before} == before

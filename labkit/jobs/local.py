@@ -388,9 +388,9 @@ class LocalBackend(JobBackend):
                     exited = proc.returncode is not None
                     procs.stop_tree(proc, 1.0 if exited else 5.0)
                     reader.thread.join(timeout=10 if exited else 5)
-                record.unlink(missing_ok=True)
-                if proc.stdout and not reader.thread.is_alive():
-                    proc.stdout.close()
+                    record.unlink(missing_ok=True)  # in the block: a signal held meanwhile is raised as it ends
+                    if proc.stdout and not reader.thread.is_alive():
+                        proc.stdout.close()
         reader.raise_sink_error()
         returncode = proc.returncode if exited else 1
         first = watch.first_failure if starts_ranks else None
