@@ -589,3 +589,16 @@ def test_a_delete_whose_pods_do_not_go_says_it_is_still_terminating(monkeypatch,
         with pytest.raises(ConfigError) as err:
             backend.submit(JobSpec(name="stuck", workers=1))
         assert "being deleted" in str(err.value) and "labkit job status stuck" in str(err.value)
+
+
+def test_a_sink_that_fails_stops_the_remote_command_and_raises_its_own_error(api, ready_job):
+    """`labkit job exec demo -- CMD | head -2`: stdout closed, on_output raised BrokenPipeError (an OSError), and exec
+    reported "lost its connection to the API server ... may still run" and left the command running in the pod."""
+
+    def closed(text: str) -> None:
+        if "started" in text:
+            raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        ready_job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=closed)
+    assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()

@@ -90,7 +90,16 @@ def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int
     except ApiException as exc:
         raise LabkitError(f"exec in {where} failed to start: {exc.reason}") from None
     end = None if timeout is None else time.monotonic() + timeout
-    tail = base.OutputTail(on_output)
+    sink_failed: list[BaseException] = []  # on_output's own error (`| head`: BrokenPipeError), not the network's
+
+    def say(text: str) -> None:
+        try:
+            on_output(text)
+        except BaseException as exc:
+            sink_failed.append(exc)
+            raise
+
+    tail = base.OutputTail(say if on_output else None)
     timed_out = False
     try:
         while ws.is_open() and not timed_out:
@@ -99,13 +108,13 @@ def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int
             timed_out = end is not None and time.monotonic() > end
         drain_exec(ws, tail)
         raw = ws.read_channel(ERROR_CHANNEL)
-    except (WebSocketException, OSError) as exc:  # the API server or the network went: the pod may not have
-        raise LabkitError(
-            f"exec in {ns}/{name} lost its connection to the API server ({exc or type(exc).__name__}): {argv[0]} may "
-            f"still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
-        ) from None
-    except BaseException:
-        stop(backend, ws, pod, ns, pidfile)
+    except BaseException as exc:
+        if isinstance(exc, (WebSocketException, OSError)) and not sink_failed:  # the API server or the network went
+            raise LabkitError(
+                f"exec in {ns}/{name} lost its connection to the API server ({exc or type(exc).__name__}): {argv[0]} "
+                f"may still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
+            ) from None
+        stop(backend, ws, pod, ns, pidfile)  # an interrupt, or a sink that failed: nobody reads the output any more
         raise
     if timed_out:
         if not (failed := stop(backend, ws, pod, ns, pidfile)):
