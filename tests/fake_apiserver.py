@@ -403,10 +403,7 @@ class FakeApiServer:
             self._create_launcher(job)
         if self.ready_delay is None:  # the test calls advance() itself
             return
-        t = threading.Timer(self.ready_delay, self.advance, args=(ns, name))
-        t.daemon = True
-        self._timers.append(t)
-        t.start()
+        self._later(self.ready_delay, self.advance, ns, name)
 
     @staticmethod
     def _operator_invalid(spec: dict) -> str | None:
@@ -602,8 +599,8 @@ class FakeApiServer:
         """The Job controller ends the launcher at its activeDeadlineSeconds in two steps where JobPodReplacementPolicy
         or JobManagedBy is on (both on by default) from Kubernetes 1.31 (kubernetes#125510: pkg/controller/job/
         job_controller.go, newFailureCondition and delayTerminalCondition; 1.30 and older set Failed at once):
-        condition FailureTarget/DeadlineExceeded and the active pod deleted at once (its container's processes, exec'd
-        commands among them, killed with it), Failed only once that pod is gone. The operator mirrors only Failed
+        condition FailureTarget/DeadlineExceeded and the active pod deleted at once (gracefully, delete_pod: exec'd
+        commands die when its grace period ends), Failed only once that pod is gone. The operator mirrors only Failed
         (mpi-operator pkg/controller/mpi_job_controller.go, isJobFailed), so until then the MPIJob still says Running.
         settle=False stops between the two steps."""
         launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
@@ -620,6 +617,9 @@ class FakeApiServer:
         (mpi_job_controller_status.go / updateMPIJobFailedStatus). The workers go only under cleanPodPolicy Running
         or All (mpi_job_controller.go, isCleanUpPods); the CRD's default, None, leaves them holding their devices."""
         launcher = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")]
+        for pod in self._job_pods(ns, name):  # Failed is set once the deleted launcher pod is gone (see above)
+            if pod["metadata"]["labels"].get("training.kubeflow.org/job-role") == "launcher":
+                self.pod_gone(ns, pod["metadata"]["name"])
         conditions = launcher["status"]["conditions"]
         conditions.append({**conditions[0], "type": "Failed"})
         launcher["status"].update(active=0, failed=1, completionTime=now_iso())
@@ -649,13 +649,45 @@ class FakeApiServer:
                 if pns == ns and p["metadata"]["labels"].get("training.kubeflow.org/job-name") == name]  # fmt: skip
 
     def delete_job_pods(self, ns: str, name: str, roles: tuple[str, ...] = ("launcher", "worker")) -> None:
+        """A controller's (or an eviction's) DELETE of the job's pods of those roles: graceful (delete_pod)."""
         for pod in self._job_pods(ns, name):
-            if pod["metadata"]["labels"].get("training.kubeflow.org/job-role") not in roles:
-                continue
-            del self.pods[(ns, pod["metadata"]["name"])]
+            if pod["metadata"]["labels"].get("training.kubeflow.org/job-role") in roles:
+                self.delete_pod(ns, pod["metadata"]["name"])
+
+    def delete_pod(self, ns: str, pod_name: str) -> None:
+        """Graceful deletion: the pod stays, phase Running (and Ready: no probe fails), with deletionTimestamp = now +
+        its grace period and deletionGracePeriodSeconds (apiserver pkg/registry/rest/delete.go, BeforeDelete; pods
+        are graceful by kubernetes pkg/registry/core/pod/strategy.go, CheckGracefulDelete:
+        terminationGracePeriodSeconds, 30 by default); watches see it MODIFIED. The kubelet sends SIGTERM to PID 1
+        only, which `sleep infinity` ignores, so what was exec'd into the pod runs on until the grace period ends
+        (pod_gone). A pod already terminating keeps its deadline (BeforeDelete: "graceful deletion is pending")."""
+        pod = self.pods.get((ns, pod_name))
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        period = max(1, round(self.grace_s))  # whole seconds in the API; the fake waits grace_s
+        pod["metadata"].update(deletionTimestamp=now_iso(time.time() + self.grace_s), deletionGracePeriodSeconds=period)
+        self._pod_event("MODIFIED", pod)
+        self._later(self.grace_s, self.pod_gone, ns, pod_name)
+
+    def pod_gone(self, ns: str, pod_name: str) -> None:
+        """The grace period is over: the runtime SIGKILLs the container (kubernetes pkg/kubelet/kuberuntime/
+        kuberuntime_container.go, killContainer: StopContainer with the grace period as timeout), and with PID 1 every
+        process of its PID namespace, exec'd ones too; their exec streams end with exit 137. Then the kubelet confirms
+        and the object goes (pkg/kubelet/status/status_manager.go, syncPod -> canBeDeleted: a DELETE with grace 0),
+        which watches see as DELETED."""
+        if (ns, pod_name) not in self.pods:
+            return
+        self.kill_pod_processes(ns, pod_name)
+        self.remove_pod_files(ns, pod_name)
+        pod = self.pods.pop((ns, pod_name), None)
+        if pod is not None:
             self._pod_event("DELETED", pod)
-            self.kill_pod_processes(ns, pod["metadata"]["name"])
-            self.remove_pod_files(ns, pod["metadata"]["name"])
+
+    def _later(self, seconds: float, fn, *args) -> None:
+        t = threading.Timer(seconds, fn, args=args)
+        t.daemon = True
+        self._timers.append(t)
+        t.start()
 
     def pod_tag(self, ns: str, pod: str) -> str:
         """The env entry every process exec'd into that pod carries (in its env, so its children inherit it)."""
@@ -692,17 +724,17 @@ class FakeApiServer:
         obj["metadata"].update(deletionTimestamp=now_iso(), finalizers=["foregroundDeletion"])
         _, _, ns, name = key
 
-        def collect() -> None:
-            if obj["kind"] == "MPIJob":  # (a TrainJob's JobSet and pods are not simulated)
-                self.delete_job_pods(ns, name)
-                self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
+        if obj["kind"] == "MPIJob":  # (a TrainJob's JobSet and pods are not simulated)
+            self.delete_job_pods(ns, name)  # the garbage collector deletes the dependents at once, gracefully
+
+        def collect() -> None:  # the pods' grace period is over: they go, then the owner
+            for pod in self._job_pods(ns, name) if obj["kind"] == "MPIJob" else ():
+                self.pod_gone(ns, pod["metadata"]["name"])
+            self.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
             self.objects.pop(key, None)
             self.collect_dependents(obj)
 
-        t = threading.Timer(self.grace_s, collect)
-        t.daemon = True
-        self._timers.append(t)
-        t.start()
+        self._later(self.grace_s, collect)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -363,7 +363,8 @@ def test_deadline_and_ttl_act_on_the_launcher_job_only_so_a_finished_name_stays_
     job = backend.submit(JobSpec(name="demo", workers=1))
     job.wait_ready(timeout=20)
     api.expire_deadline("workloads", "demo")
-    assert job.status().phase == "DeadlineExceeded" and not api.pods
+    assert job.status().phase == "DeadlineExceeded"
+    assert wait_until(lambda: not api.pods, timeout=10)  # cleanPodPolicy Running: the workers go in their grace period
     api.expire_ttl("workloads", "demo")  # ttlSecondsAfterFinished deletes the Job, not the MPIJob
     assert [(s.name, s.phase, s.deadline) for s in backend.list()] == [("demo", "DeadlineExceeded", None)]
     with pytest.raises(ConfigError, match="already exists"):
@@ -404,7 +405,8 @@ def test_a_deadline_during_an_exec_ends_it_and_says_it_was_the_deadline(api, bac
     status = job.status()
     assert status.phase == "DeadlineExceeded" and status.past_deadline and not status.ready
     api.settle_deadline("workloads", "demo")
-    assert job.status().phase == "DeadlineExceeded" and not api.pods
+    assert job.status().phase == "DeadlineExceeded"
+    assert wait_until(lambda: not api.pods, timeout=10)  # cleanPodPolicy Running: the workers go in their grace period
 
 
 def test_an_exec_whose_job_is_deleted_meanwhile_says_so(api, backend):
@@ -450,6 +452,43 @@ def test_deleting_a_pod_ends_every_process_exec_d_into_it(api, backend):
     # EXEC_SCRIPT runs the command under setsid, outside the exec's own process group: it must go with the pod too
     exec_while_the_launcher_pod_goes(api, backend)
     assert wait_until(lambda: not api.exec_tag_pids(), timeout=10), api.exec_tag_pids()
+
+
+def test_a_deleted_pod_stays_terminating_with_its_exec_running_until_its_grace_period_ends(api, backend):
+    """Graceful deletion as the API server and the kubelet do it (fake_apiserver.delete_pod cites them): the pod is
+    still listed, Running, with a deletionTimestamp; the command exec'd into it runs on (`sleep infinity` as PID 1
+    ignores SIGTERM) and dies with the pod when the grace period ends."""
+    api.grace_s = 3
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    launcher = next(name for _, name in api.pods if "launcher" in name)
+    results = []
+    running = threading.Thread(target=lambda: results.append(job.run(["sleep", "60"])))
+    running.start()
+    try:
+        assert wait_until(lambda: api.exec_tag_pids(), timeout=10)
+        api.delete_job_pods("workloads", "demo", ("launcher",))
+        (pod,) = backend._pods("demo", "workloads", "launcher").items  # as listed by the kit's Role
+        assert pod.metadata.name == launcher and pod.metadata.deletion_timestamp and pod.status.phase == "Running"
+        assert api.exec_tag_pids() and running.is_alive()  # not killed at the deletion
+        assert wait_until(lambda: ("workloads", launcher) not in api.pods, timeout=15)
+    finally:
+        running.join(timeout=30)
+    assert results[0].returncode == 137 and not api.exec_tag_pids()
+
+
+def test_a_terminating_launcher_pod_is_not_ready_and_exec_refuses_it(api, backend):
+    """During its grace period a deleted launcher pod still says Running and Ready: status must not count it, and an
+    exec must not start there (it would die with the pod), but say why."""
+    api.grace_s = 30
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    launcher = next(name for _, name in api.pods if "launcher" in name)
+    api.delete_job_pods("workloads", "demo", ("launcher",))
+    assert not job.status().ready
+    with pytest.raises(JobNotReady, match=f"launcher pod {launcher} is terminating"):
+        job.run(["true"])
+    assert not api.exec_protocols  # no exec reached the dying pod
 
 
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):

@@ -52,9 +52,12 @@ def bounded(fn, limit: float, what: str):
 
 def launcher_pod(backend, name: str, ns: str):
     """The ready launcher pod; else why there is none, in the job's words (it does not exist, its phase)."""
-    pods = [p for p in backend._pods(name, ns, "launcher").items if pod_ready(p)]
-    if pods:
+    launchers = backend._pods(name, ns, "launcher").items
+    if pods := [p for p in launchers if pod_ready(p)]:
         return pods[0]
+    if going := [p.metadata.name for p in launchers if p.metadata.deletion_timestamp]:
+        raise JobNotReady(f"launcher pod {going[0]} is terminating (deleted or evicted): an exec there would end with "
+                          f"it; `labkit job status {name} -n {ns}` says whether the job goes too")  # fmt: skip
     if backend._pods(name, ns, kind="TrainJob").items:
         raise JobNotReady(f"{ns}/{name} is a TrainJob: Trainer runs its command once, there is no launcher to "
                           f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip

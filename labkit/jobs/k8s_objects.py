@@ -208,7 +208,9 @@ def event_lines(events: list, keep=None) -> list[str]:
 
 
 def pod_ready(pod) -> bool:
-    if pod.status is None or pod.status.phase != "Running":
+    """Running and Ready, and not deleted: a terminating pod stays Running and Ready through its grace period, and
+    whatever runs there dies when that ends."""
+    if pod.status is None or pod.status.phase != "Running" or (pod.metadata and pod.metadata.deletion_timestamp):
         return False
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
