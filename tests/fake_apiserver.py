@@ -1002,8 +1002,15 @@ class _Handler(BaseHTTPRequestHandler):
             if refusal := escalation_refusal(self.user, body, ns, fake.grants, role_of):
                 code, message = refusal
                 return self._error(code, "Forbidden" if code == 403 else "NotFound", message)
-            if (base, plural, ns, obj_name) in fake.objects:
-                return self._error(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
+            if existing := fake.objects.get((base, plural, ns, obj_name)):
+                # errors.NewAlreadyExists with the qualified resource; "object is being deleted: " while the old one
+                # has a deletionTimestamp (apiserver pkg/registry/generic/registry/store.go, Create). A dry run is
+                # refused the same way (pkg/registry/generic/registry/dryrun.go, Create).
+                resource = f"{plural}.{group}" if group else plural
+                going = "object is being deleted: " if existing["metadata"].get("deletionTimestamp") else ""
+                message = f'{going}{resource} "{obj_name}" already exists'
+                details = {"name": obj_name, "group": group, "kind": plural}
+                return self._send_json(409, status_body(409, "AlreadyExists", message, details))
             if q.get("dryRun") == "All":
                 if fake.reject_dry_run and kind == "MPIJob":
                     code = fake.reject_code
@@ -1038,15 +1045,20 @@ class _Handler(BaseHTTPRequestHandler):
             if obj.get("kind") in ("MPIJob", "TrainJob") and options.get("propagationPolicy") == "Foreground":
                 if "deletionTimestamp" not in obj["metadata"]:
                     fake.foreground_delete((base, plural, ns, name))
-                return self._send_json(200, obj)  # foreground: the object itself, now with a deletionTimestamp
+                # foreground: not deleted yet, so the object itself with its deletionTimestamp and 200 (202 only for
+                # the deprecated orphanDependents=false): store.go Delete -> updateForGracefulDeletionAndFinalizers,
+                # handlers/delete.go DeleteResource; a second DELETE answers the same
+                return self._send_json(200, obj)
             del fake.objects[(base, plural, ns, name)]
             if obj.get("kind") == "MPIJob":  # background: the garbage collector removes the dependents afterwards
                 fake.delete_job_pods(ns, name)
                 fake.objects.pop((BATCH, "jobs", ns, f"{name}-launcher"), None)
             fake.collect_dependents(obj)
-            return self._send_json(
-                200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
-            )
+            # deleted at once: custom resources (and these kinds) do not set ReturnDeletedObject, so a Status with
+            # Kind set to the resource (store.go, finalizeDelete), code 200 (pkg/endpoints/handlers/delete.go)
+            group = base.removeprefix("/apis/").partition("/")[0] if base.startswith("/apis/") else ""
+            details = {"name": name, "group": group, "kind": plural, "uid": obj["metadata"].get("uid", "")}
+            return self._send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": details})
         return self._error(405, "MethodNotAllowed", method)
 
     @staticmethod
@@ -1082,7 +1094,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _watch_pods(self, ns: str, q: dict) -> None:
-        """A chunked stream of {"type", "object"} lines, from resourceVersion on, until timeoutSeconds."""
+        """A chunked stream of {"type", "object"} lines, from resourceVersion on, until timeoutSeconds (apiserver
+        pkg/endpoints/handlers/get.go, ListResource: the watch ends at timeoutSeconds). No resourceVersion (or "0"):
+        the current pods first as ADDED (pkg/storage/cacher/cacher.go, Watch). Never 410 Gone: the history is kept
+        (the kit lists again on an ERROR event)."""
         fake = self.server_state
         selector = q.get("labelSelector")
         end = time.monotonic() + float(q.get("timeoutSeconds") or 30)
@@ -1217,6 +1232,8 @@ class _Handler(BaseHTTPRequestHandler):
         code = 128 - code if code < 0 else code  # a signal's death as the runtime reports it (SIGKILL: 137)
         for r in readers:
             r.join(timeout=5)
+        # channel 3 as the kubelet writes it (kubernetes staging/src/k8s.io/kubelet/pkg/cri/streaming/remotecommand/
+        # exec.go, ServeExec): Success, or NonZeroExitCode with an ExitCode cause
         if code == 0:
             status = {"metadata": {}, "status": "Success"}
         else:

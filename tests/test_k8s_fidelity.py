@@ -491,6 +491,25 @@ def test_a_terminating_launcher_pod_is_not_ready_and_exec_refuses_it(api, backen
     assert not api.exec_protocols  # no exec reached the dying pod
 
 
+def test_delete_and_a_create_of_a_name_being_deleted_answer_as_the_api_server_does(api, backend):
+    """Background DELETE of a custom resource: 200 and a Status naming it (store.go finalizeDelete); foreground: 200
+    and the object with its deletionTimestamp; a create meanwhile: 409 AlreadyExists, "object is being deleted"."""
+    api.grace_s = 30
+    body = render_job(JobSpec(name="demo", workers=1))
+    assert raw(api, "POST", MPIJOB_PATH, body)[0] == 201
+    code, reply = raw(api, "DELETE", f"{MPIJOB_PATH}/demo", {"propagationPolicy": "Foreground"})
+    assert code == 200 and reply["kind"] == "MPIJob" and reply["metadata"]["deletionTimestamp"]
+    code, reply = raw(api, "POST", MPIJOB_PATH, body)
+    assert (code, reply["reason"]) == (409, "AlreadyExists")
+    assert reply["message"] == 'object is being deleted: mpijobs.kubeflow.org "demo" already exists'
+    assert reply["details"] == {"name": "demo", "group": "kubeflow.org", "kind": "mpijobs"}
+    other = render_job(JobSpec(name="other", workers=1))
+    assert raw(api, "POST", MPIJOB_PATH, other)[0] == 201
+    code, reply = raw(api, "DELETE", f"{MPIJOB_PATH}/other", {})
+    assert code == 200 and reply["status"] == "Success"
+    assert reply["details"] == {"name": "other", "group": "kubeflow.org", "kind": "mpijobs", "uid": "uid-other"}
+
+
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
     """The same one-line diagnosis as a local exec: the rank, its error (from the exec's own output)."""
     job = backend.submit(JobSpec(name="demo", workers=1))
