@@ -984,6 +984,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 if refused:
                     return self._error(400, "BadRequest", refused)
+            if kind in ("MPIJob", "TrainJob"):  # both CRDs serve the status subresource: a create cannot set status
+                body.pop("status", None)  # (apiextensions-apiserver pkg/registry/customresource/strategy.go,
+                body.setdefault("metadata", {})["generation"] = 1  # PrepareForCreate)
             labels = (body.get("metadata") or {}).get("labels") or {}
             if fake.kueue and kind == "MPIJob" and "kueue.x-k8s.io/queue-name" in labels:
                 # Kueue's mutating webhook (kueue v0.19.2 pkg/controller/jobs/mpijob/mpijob_webhook.go Default ->
@@ -1021,9 +1024,10 @@ class _Handler(BaseHTTPRequestHandler):
                 namespace=ns, uid=f"uid-{obj_name}", creationTimestamp=now_iso(), resourceVersion=fake._bump()
             )
             fake.objects[(base, plural, ns, obj_name)] = body
+            created = copy.deepcopy(body)  # the reply is the object as stored; the operator writes status afterwards
             if kind == "MPIJob" and fake.scenario != "no_operator":
                 fake._operator_sync(body)
-            return self._send_json(201, body, warnings)
+            return self._send_json(201, created, warnings)
         if method == "GET" and name is None:
             return self._send_json(
                 200,

@@ -510,6 +510,18 @@ def test_delete_and_a_create_of_a_name_being_deleted_answer_as_the_api_server_do
     assert reply["details"] == {"name": "other", "group": "kubeflow.org", "kind": "mpijobs", "uid": "uid-other"}
 
 
+def test_a_create_answers_the_object_as_stored_before_the_operator_writes_its_status(api):
+    """Both CRDs serve the status subresource, so a create drops any status and sets generation 1
+    (apiextensions-apiserver pkg/registry/customresource/strategy.go, PrepareForCreate); the reply is that object:
+    the operator's conditions come later, through /status, and only a later GET shows them."""
+    body = {**render_job(JobSpec(name="demo", workers=1)), "status": {"conditions": [{"type": "Succeeded"}]}}
+    code, created = raw(api, "POST", MPIJOB_PATH, body)
+    assert code == 201 and "status" not in created and created["metadata"]["generation"] == 1
+    code, stored = raw(api, "GET", f"{MPIJOB_PATH}/demo")
+    assert [c["type"] for c in stored["status"]["conditions"]][0] == "Created"
+    assert not any(c["type"] == "Succeeded" for c in stored["status"]["conditions"])
+
+
 def test_a_rank_failing_in_a_kubernetes_exec_is_named_in_one_line(api, backend, tmp_path):
     """The same one-line diagnosis as a local exec: the rank, its error (from the exec's own output)."""
     job = backend.submit(JobSpec(name="demo", workers=1))
