@@ -23,7 +23,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import quote
 
-from labkit import results, tabular
+from labkit import procs, results, tabular
 from labkit.errors import ConfigError, make_folder
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout or editable install
@@ -143,23 +143,20 @@ def parameters_per_notebook(notebooks: list[Path], parameters=None, *, use_test_
     return {nb: check_parameters(nb, base[nb] | {k: given[k] for k in given.keys() & declared[nb]}) for nb in notebooks}
 
 
-def _kernel_options(work_dir: Path) -> dict[str, Any]:
-    """Kernels talk to the runner over TCP: jupyter_client provisions CurveZMQ keys to encrypt that wherever pyzmq and
-    the kernelspec support it (which also ends ipykernel's "running over TCP without encryption" warning)."""
-    import zmq
-    from traitlets.config import Config
-
-    encryption = {"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}}
-    return {"cwd": str(work_dir), "start_timeout": 120, "config": Config(encryption)}
+def _last_started_cell(output: Path) -> int | None:
+    """The index of the last cell papermill started in `output` (after a failure papermill marks every later cell
+    "completed" too; only started cells have a start_time)."""
+    if not output.exists():
+        return None
+    marks = [c["metadata"].get("papermill", {}) for c in json.loads(output.read_text())["cells"]]
+    return max((i for i, m in enumerate(marks) if m.get("start_time")), default=None)
 
 
 def _failure(exc: BaseException, output: Path) -> tuple[int | None, str]:
     """(index of the failing cell, error text) for a failed papermill execution."""
     cell = getattr(exc, "cell_index", None)
-    if cell is None and output.exists():  # a timeout or a dead kernel: the last cell papermill started
-        # (after a failure papermill marks every later cell "completed" too; only started cells have a start_time)
-        marks = [c["metadata"].get("papermill", {}) for c in json.loads(output.read_text())["cells"]]
-        cell = max((i for i, m in enumerate(marks) if m.get("start_time")), default=None)
+    if cell is None:  # a timeout or a dead kernel: the last cell papermill started
+        cell = _last_started_cell(output)
     explained = {"CellTimeoutError": "the cell did not finish in time", "DeadKernelError": "the kernel died"}
     name, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
     text = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{name}: {explained[name]} ({first_line})"
@@ -177,22 +174,35 @@ def run_notebook(
     from nbconvert import HTMLExporter
     from papermill.exceptions import PapermillExecutionError
 
+    from labkit import kernels  # jupyter_client: only where a notebook runs
+
     parameters = check_parameters(path, parameters or {})
     out_dir = Path(out_dir).resolve()  # the kernel runs in work_dir: a relative LABKIT_RUN_DIR would point nowhere
     name = path.stem + stem_suffix
     work_dir = out_dir / f"{name}.work"  # files a notebook writes land in the run, not the repo
     work_dir.mkdir(parents=True, exist_ok=True)
     output, html_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.html"
+    kernel_log = out_dir / f"{name}.kernel.log"
     run = NotebookRun(name=name, source=str(path), parameters=parameters, output=str(output))
     flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
     start = time.monotonic()
     try:
         with mock.patch.dict(os.environ, LABKIT_RUN_DIR=str(work_dir)):
-            papermill.execute_notebook(path, output, parameters=parameters, **_kernel_options(work_dir), **flags)
+            options = kernels.kernel_options(work_dir, kernel_log)
+            papermill.execute_notebook(path, output, parameters=parameters, **options, **flags)
         run.status = "passed"
     except (PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
         run.status = "failed"
         run.failed_cell, run.error = _failure(exc, output)
+    except (KeyboardInterrupt, procs.Terminated) as exc:  # the CLI's one line says where the run stopped
+        cell = _last_started_cell(output)
+        exc.add_note(f"in {path.name} {'before its first cell' if cell is None else f'at cell {cell}'}; "
+                     f"the notebook so far: {output if output.exists() else 'none written'}")  # fmt: skip
+        raise
+    if kernel_log.exists() and not kernel_log.stat().st_size:
+        kernel_log.unlink()  # ipykernel logged nothing: no file to look at
+    elif kernel_log.exists() and not run.passed:
+        run.error += f" (the kernel's log: {kernel_log})"
     run.duration_s = time.monotonic() - start
     if output.exists():
         run.results = results.read(output)

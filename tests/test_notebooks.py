@@ -12,7 +12,7 @@ import sys
 import pytest
 from kit_testing import execute_once
 
-from labkit import notebooks, results
+from labkit import kernels, notebooks, results
 
 ALL = notebooks.discover()
 
@@ -172,7 +172,8 @@ _ = train.run_in_process(train.TrainConfig(synthetic=True, synthetic_train=128, 
                                            epochs=1, micro_batch=64, device="cpu"))
 """
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
-    config = notebooks._kernel_options(tmp_path)["config"]  # the runner's kernel settings (encrypted transport)
+    # the runner's kernel settings (encrypted transport)
+    config = kernels.kernel_options(tmp_path, tmp_path / "kernel.log")["config"]
     NotebookClient(nb, timeout=120, kernel_name="python3", config=config).execute(cwd=str(tmp_path))
     shown = [o["data"]["text/plain"] for o in nb.cells[0].outputs if "text/plain" in o.get("data", {})]
     assert "3/3" in shown[0] and "steps here: 100%" in shown[0], shown

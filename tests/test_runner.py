@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import platform
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from labkit import notebooks, results
+from labkit import notebooks, procs, results
 from labkit.cli import main
 from labkit.errors import ConfigError
 
@@ -166,7 +170,8 @@ def test_figures_render_as_images_and_the_kernel_channel_is_encrypted(tmp_path, 
     assert run.passed, run.error
     outputs = json.loads(Path(run.output).read_text())["cells"][-1]["outputs"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert "without encryption" not in capfd.readouterr().err
+    log = tmp_path / "r" / "plot.kernel.log"  # where ipykernel's own stderr goes now
+    assert "without encryption" not in capfd.readouterr().err + (log.read_text() if log.exists() else "")
 
 
 def test_relative_run_dir_works_from_the_kernels_working_directory(tmp_path, monkeypatch):
@@ -216,3 +221,30 @@ def test_the_report_gives_each_notebook_its_one_line_finding(tmp_path):
     nb.cells = nb.cells[:1]  # the closing cell never ran (a failure earlier)
     nbformat.write(nb, path)
     assert notebooks.closing_finding(path) == ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_says_where_in_one_line_and_leaves_no_kernel(tmp_path, sig):
+    # ^C or `kill` mid-cell printed the kernel's ZMQError traceback (it was shut down while replying) and a bare
+    # "interrupted": the user needs one line naming the notebook, the cell and where the partial notebook went.
+    marker = tmp_path / "kernel.pid"
+    nb = make_notebook(
+        tmp_path / "long.ipynb",
+        "s: float = 120.0  # seconds",
+        f"import os, pathlib, time\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(s)",
+    )
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "labkit", "run", str(nb), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not marker.exists() or not marker.read_text():  # the cell that sleeps has started
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    kernel = int(marker.read_text())
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    assert "Traceback" not in stderr + stdout and "ZMQError" not in stderr
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("labkit: ") and "running long.ipynb" not in ln]
+    assert "long.ipynb" in line and "cell 2" in line and str(out / "long.ipynb") in line, line
+    assert (out / "long.ipynb").exists()
+    assert not procs.alive(kernel)

@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _where(exc: BaseException) -> str:
+    """Where an interrupted command stopped, as the code it stopped in noted on the exception (`labkit run`: the
+    notebook, the cell, the partial notebook)."""
+    return "".join(f" {note}" for note in getattr(exc, "__notes__", ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except LabkitError as exc:
         print(f"labkit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("labkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"labkit: interrupted{_where(exc)}", file=sys.stderr)
         return 130
     except procs.Terminated as exc:
-        print(f"labkit: stopped by {exc}", file=sys.stderr)
+        print(f"labkit: stopped by {exc}{_where(exc)}", file=sys.stderr)
         return 128 + exc.signum  # as the shell reports a process its signal ended
     except BrokenPipeError:  # `labkit params 02 | head`: the reader left; not an error of ours
         sys.stdout = None
