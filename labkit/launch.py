@@ -222,20 +222,23 @@ def write_hostfile(path: Path, hosts: dict[str, int]) -> Path:
 
 
 def build_command(spec: LaunchSpec, *, hostfile: Path | None = None, master_port: int | None = None) -> list[str]:
-    """The exact launcher argv for `spec` (what a user would type; shown in notebooks)."""
+    """The exact launcher argv for `spec` (what a user would type; shown in notebooks). With no port (neither here nor
+    in `spec`) the line names none: `run` picks a free one at launch (DeepSpeed's 29500 may be held), so a port shown
+    before then would not be the one that ran."""
     hostfile = hostfile or spec.hostfile or Path("/etc/mpi/hostfile")
-    port = str(master_port or spec.master_port or 29500)
+    port = master_port or spec.master_port
     deepspeed = [*deepspeed_executable(spec.python), *(["--module"] if spec.module else [])]
+    ds_port = ["--master_port", str(port)] if port else []
     if spec.launcher == "deepspeed":  # errors only: its INFO lines and "Unable to find hostfile" are noise locally
         quiet = ["--log_level", "error"]
-        return [*deepspeed, "--num_gpus", str(spec.world_size), "--master_port", port, *quiet, *spec.entry()]
+        return [*deepspeed, "--num_gpus", str(spec.world_size), *ds_port, *quiet, *spec.entry()]
     if spec.launcher == "openmpi":
         # The cluster line (`deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`), plus what one host needs.
         mpi = ["--launcher", "openmpi", "--launcher_args", shlex.join(local_mpi_args())]
-        single_host = ["--force_multi", "--no_ssh_check", *mpi, "--master_addr", "127.0.0.1", "--master_port", port]
+        single_host = ["--force_multi", "--no_ssh_check", *mpi, "--master_addr", "127.0.0.1", *ds_port]
         return [*deepspeed, "--hostfile", str(hostfile), *single_host, *spec.entry()]
     # plain mpirun: ranks read their rank from Open MPI's environment in deepspeed.init_distributed()
-    env = ["-x", "MASTER_ADDR=127.0.0.1", "-x", f"MASTER_PORT={port}"]
+    env = ["-x", "MASTER_ADDR=127.0.0.1", *(["-x", f"MASTER_PORT={port}"] if port else [])]
     head = ["mpirun", "-n", str(spec.world_size), "--hostfile", str(hostfile), *local_mpi_args(), *env]
     return [*head, spec.python, "-u", *(["-m"] if spec.module else []), *spec.entry()]
 

@@ -61,7 +61,9 @@ steps: int = 4  # training steps per configuration (at least 2; the first is war
 # Every input is checked before anything starts (a bad stage, world size, dtype or offload combination, or a model
 # whose states cannot fit this machine's memory, stops here with one message naming the parameter). The model is a stack of transformer-style MLP blocks sized to `params`. With
 # `world_size = 0` the plan picks the ranks itself and says why: partitioning needs at least 2 ranks, so a machine with
-# one GPU (or none) compares the stages on 2 CPU ranks.
+# one GPU (or none) compares the stages on 2 CPU ranks. The launch line printed is the one the run below starts, but
+# for `--master_port`: labkit adds a port that is free at launch (DeepSpeed's default, 29500, may be held by another
+# job on this machine).
 
 # %%
 # %matplotlib inline

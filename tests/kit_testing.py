@@ -117,3 +117,29 @@ def execute_once(stem: str, run_dir: Path) -> notebooks.NotebookRun:
         # instead of pytest stopping the whole run with no trace of which cell (05 did so in two full CI runs).
         _executed[stem] = notebooks.run_notebook(path, run_dir, params, timeout=420)
     return _executed[stem]
+
+
+def launched_line(monkeypatch, spec) -> tuple[list[str], str]:
+    """(the argv `launch.run(spec)` starts, shown as a user types it; the MASTER_PORT its ranks get), nothing run."""
+    from labkit import launch
+
+    ran = []
+
+    def record(cmd, env, **_):
+        ran.append((cmd, env))
+        return launch.LaunchResult(0, "", cmd)
+
+    monkeypatch.setattr(launch, "run_command", record)
+    launch.run(spec)
+    ((cmd, env),) = ran
+    return launch.shown_command(cmd), env["MASTER_PORT"]
+
+
+def without_port(argv: list[str], port: str) -> list[str]:
+    """argv less the options that hand the launcher `port` (--master_port P, mpirun's -x MASTER_PORT=P)."""
+    out = list(argv)
+    for flag, value in (("--master_port", port), ("-x", f"MASTER_PORT={port}")):
+        at = next((i for i in range(len(out) - 1) if out[i : i + 2] == [flag, value]), None)
+        if at is not None:
+            del out[at : at + 2]
+    return out

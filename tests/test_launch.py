@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kit_testing import kit_processes
+from kit_testing import kit_processes, launched_line, without_port
 
 from labkit import devices, launch, procs
 from labkit.errors import ConfigError, LaunchError
@@ -555,3 +555,14 @@ def test_the_one_output_reader_redacts_times_a_dead_rank_and_stops_at_a_failing_
     assert bool(reader.first_death) is watch_ranks
     with pytest.raises(KeyError, match="loss"):
         reader.raise_sink_error()
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_shown_line_is_the_one_that_runs_less_the_port_picked_at_launch(monkeypatch, tmp_path, launcher):
+    # Notebooks showed `--master_port 29500` while the run used a free port: the shown line was not what ran.
+    hostfile = launch.write_hostfile(tmp_path / "hf", {"localhost": 2})
+    spec = launch.LaunchSpec("labkit.ranks.hello", ["--steps", "2"], 2, launcher, hostfile=hostfile)
+    ran, port = launched_line(monkeypatch, spec)
+    shown = launch.shown_command(launch.build_command(spec))
+    assert port in " ".join(ran) and port not in " ".join(shown) and "29500" not in " ".join(shown)
+    assert shown == without_port(ran, port)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kit_testing import ROOT
+from kit_testing import ROOT, launched_line, without_port
 
 from labkit import checkpoint, data, devices, launch, tabular, train
 from labkit.chapters import cifar
@@ -799,3 +799,9 @@ def test_sigterm_to_labkit_train_stops_every_rank_and_removes_its_temp_folders(t
     assert "Traceback" not in output, output[-3000:]
     assert not wait_for_no_kit_processes(), kit_processes()
     assert sorted(p.name for p in tmp.iterdir()) == []  # labkit-launch-*, labkit-run-*, the metrics folder: gone
+
+
+def test_notebook_04s_launch_line_is_the_one_that_runs_less_the_port_picked_at_launch(monkeypatch):
+    plan = cifar.plan(device="cpu")
+    ran, port = launched_line(monkeypatch, plan.launch_spec())
+    assert launch.shown_command(plan.command) == without_port(ran, port) and "--master_port" not in plan.command_text()

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from kit_testing import wait_for_no_kit_processes
+from kit_testing import launched_line, wait_for_no_kit_processes, without_port
 
 from labkit import devices, launch, memory, zero
 from labkit.chapters import zero_stages
@@ -568,3 +568,9 @@ def test_the_memory_chart_and_the_progress_bar_name_small_models_and_one_rank(mo
         zero.run_plan(zero.make_plan("100K", 1, "0", device="cpu"))
     err = capsys.readouterr().err
     assert "ZeRO comparison (1 rank, cpu)" in err and "1 ranks" not in err
+
+
+def test_notebook_02s_launch_line_is_the_one_that_runs_less_the_port_picked_at_launch(monkeypatch):
+    plan = zero.make_plan("2M", 2, "0,1", device="cpu")
+    ran, port = launched_line(monkeypatch, plan.launch_spec("plan.json", "RUN_DIR"))
+    assert plan.command() == without_port(ran, port) and "--master_port" not in plan.command()
