@@ -26,7 +26,7 @@ from labkit.chapters.interactive import (
 )
 from labkit.cli import main
 from labkit.errors import ConfigError
-from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, get_backend, local
+from labkit.jobs import Job, JobNotFound, JobNotReady, LocalBackend, base, command_line, get_backend
 from labkit.jobs.launcher import job_pids, map_paths
 from labkit.manifests import JobSpec
 from labkit.procs import alive
@@ -511,7 +511,7 @@ def test_each_exec_gets_its_own_rendezvous_port(backend):
     ],
 )
 def test_the_rendezvous_port_is_the_runners_own_or_a_free_one(argv, kept):
-    cmd, port = local._with_master_port(argv)
+    cmd, port = command_line.with_master_port(argv)
     if kept:
         assert (cmd, port) == (argv, kept)
         return
@@ -534,7 +534,7 @@ def test_the_rendezvous_port_is_the_runners_own_or_a_free_one(argv, kept):
 def test_accelerate_launch_is_given_a_free_main_process_port(argv, kept):
     """accelerate refuses a held --main_process_port (default 29500; another job on this host may hold it) and hands it
     to DeepSpeed's runner: a local exec adds a free one unless the command names its own before the script."""
-    cmd, port = local._with_master_port(argv)
+    cmd, port = command_line.with_master_port(argv)
     if kept:
         assert (cmd, port) == (argv, kept)
         return
@@ -553,10 +553,10 @@ def test_the_runners_options_are_deepspeeds_own(monkeypatch):
     runner.parse_args([])
     actions = [a for a in parsers[0]._actions if a.option_strings and a.dest != "help"]
     options = {o: a.nargs != 0 for a in actions for o in a.option_strings if o.startswith("--")}
-    assert local._RUNNER_OPTIONS == options
+    assert command_line._RUNNER_OPTIONS == options
     monkeypatch.undo()
     argv = ["--master_p", "40123", "-Hhosts", "--mod", "--launcher=openmpi", "-q", "pkg.train", "--master_port", "1"]
-    parsed, ours = runner.parse_args(argv), dict(local.runner_options(argv))
+    parsed, ours = runner.parse_args(argv), dict(command_line.runner_options(argv))
     assert ours == {
         "--master_port": "40123",
         "--hostfile": "hosts",
@@ -737,8 +737,44 @@ def test_exec_refuses_a_rank_count_typed_into_a_deepspeed_line_before_starting_i
         assert captured.err.startswith(f"labkit: error: {flag}: ") and "more than 16" in captured.err, captured.err
         assert captured.out == "" and not list((backend.job_dir("typed") / "execs").iterdir())
         # the script's own flags are the script's, and a command that is no runner is run as typed
-        assert local.typed_ranks(["deepspeed", "--num_gpus", "2", "train.py", "--num_gpus", "20"]) == ("--num_gpus", 2)
+        argv = ["deepspeed", "--num_gpus", "2", "train.py", "--num_gpus", "20"]
+        assert command_line.typed_ranks(argv) == ("--num_gpus", 2, False)
         assert job.exec(["echo", "--num_gpus", "20"], on_output=None) == 0
+
+
+@pytest.mark.parametrize(
+    ("cmd", "flag", "problem"),
+    [
+        (["mpirun", "-np", "3", "hostname"], "-np", "3 ranks but job workloads/slots has 1 worker(s) x 2 slot(s) = 2"),
+        (["mpirun", "--mca", "btl", "self", "-n", "20", "hostname"], "-n", "more than 16"),
+        (["accelerate", "launch", "--num_processes", "3", "-m", "pkg.train"], "--num_processes", "3 ranks but"),
+        ([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num-processes=20", "t.py"],
+         "--num-processes", "more than 16"),
+    ],
+)  # fmt: skip
+def test_exec_refuses_an_mpirun_or_accelerate_count_over_the_jobs_slots_before_starting_it(
+    cmd, flag, problem, backend, capsys
+):
+    """`mpirun -np 3` in a job of 2 slots started mpirun, which printed Open MPI's 30-line "There are not enough slots
+    available" (what a pod's mpirun says) and labkit's summary read "a rank failed (exit code 1): ----"; `-np 20` or
+    `accelerate launch --num_processes 20` were not checked against the machine as `deepspeed --num_gpus 20` is.
+    Refused in one line naming the flag as typed, before anything starts."""
+    with backend.submit(JobSpec(name="slots", workers=1, slots_per_worker=2)) as job:
+        job.wait_ready(timeout=10)
+        assert main(["job", "exec", "slots", "--jobs-dir", str(backend.root), "--timeout", "120", "--", *cmd]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"labkit: error: {flag}: ") and problem in captured.err, captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+        assert not list((backend.job_dir("slots") / "execs").iterdir())
+
+
+def test_exec_runs_an_mpirun_count_a_pod_would_run_as_typed(backend):
+    """Within the slots, oversubscribed as the line asks, or a count that is the program's own: run as typed."""
+    with backend.submit(JobSpec(name="fits", workers=1, slots_per_worker=2)) as job:
+        job.wait_ready(timeout=10)
+        for cmd in (["mpirun", "-np", "2", "true"], ["mpirun", "--oversubscribe", "-np", "3", "true"],
+                    ["mpirun", "-x", "A=1", "echo", "-n", "20"]):  # fmt: skip
+            assert job.exec(cmd, on_output=None) == 0, cmd
 
 
 def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from labkit import launch, manifests, procs
 from labkit.devices import ACCELERATOR_OF, DEVICE_OF, auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, check_number, make_folder
-from labkit.jobs import base
+from labkit.jobs import base, command_line
 from labkit.jobs.base import EXEC_TAG, Job, JobBackend, JobNotFound, JobNotReady, JobStatus
 from labkit.jobs.launcher import (
     JOB_UID_ENV,
@@ -55,96 +55,6 @@ case "$host" in localhost|127.0.0.1|"$(hostname)") ;;
   *) echo "labkit local job: no ssh to $host: every worker of a local job is localhost" >&2; exit 255;; esac
 if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; else exec sh -c "$*"; fi
 """
-
-
-def _runner_at(argv: list[str]) -> int | None:
-    """Where DeepSpeed's runner's own arguments start in `argv` (`deepspeed ...`, `python -m
-    deepspeed.launcher.runner ...`); None for any other command."""
-    if Path(argv[0]).name == "deepspeed":
-        return 1
-    return argv.index("deepspeed.launcher.runner") + 1 if "deepspeed.launcher.runner" in argv else None
-
-
-def typed_ranks(argv: list[str]) -> tuple[str, int] | None:
-    """(the flag, N) for a DeepSpeed runner line that sets its ranks per host (--num_gpus N, or its alias
-    --num_accelerators), else None. Every worker of a local job is this host, so N is the local rank count; --num_nodes
-    cannot add to it (the local hostfile has one line, and without one the runner refuses more than 1)."""
-    at = _runner_at(argv)
-    counts = [(o, v) for o, v in runner_options(argv[at:]) if o in _RUNNER_RANKS] if at is not None else []
-    flag, value = counts[-1] if counts else ("", "")  # argparse keeps the last
-    return (flag, int(value)) if value.isdigit() and int(value) > 0 else None  # -1 and 0: every slot (checked)
-
-
-def _with_master_port(argv: list[str]) -> tuple[list[str], str]:
-    """The command and its rendezvous port: the command's own --master_port, else a free one.
-
-    In a pod 29500 is always free (its own network namespace); on one host it is not. DeepSpeed's runner on one host
-    hands its --master_port (default 29500) to the ranks, so a runner line without one gets the free port added; its
-    openmpi launcher passes none (MPI discovery falls back to 29500): ranks of a local mpirun inherit MASTER_PORT.
-    """
-    if "launch" in argv and (Path(argv[0]).name == "accelerate" or "accelerate.commands.accelerate_cli" in argv):
-        return _with_main_process_port(argv)
-    at = _runner_at(argv)
-    if at is None:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
-        own = [(a, v) for a, v in zip(argv, argv[1:]) if a == "--master_port"]
-        own += [a.partition("=")[::2] for a in argv if a.startswith("--master_port=")]
-    else:  # the runner's own options only: after the script they are the script's
-        own = runner_options(argv[at:])
-    for value in (value for option, value in own if option == "--master_port"):
-        if value.isdigit():
-            return argv, value
-    port = str(launch.free_port())
-    return (argv, port) if at is None else ([*argv[:at], "--master_port", port, *argv[at:]], port)
-
-
-def _with_main_process_port(argv: list[str]) -> tuple[list[str], str]:
-    """`accelerate launch`: its --main_process_port (default 29500, refused when held: accelerate/utils/launch.py
-    prepare_deepspeed_cmd_env) is the port it hands DeepSpeed's runner; options after `-m`/the script are the
-    script's."""
-    launch_at = argv.index("launch") + 1
-    script = (i for i in range(launch_at, len(argv)) if argv[i] in ("-m", "--module") or argv[i].endswith(".py"))
-    own = argv[launch_at : next(script, len(argv))]
-    for option, value in zip(own, own[1:]):
-        if option == "--main_process_port" and value.isdigit():
-            return argv, value
-    for value in (a.partition("=")[2] for a in own if a.startswith("--main_process_port=")):
-        if value.isdigit():
-            return argv, value
-    port = str(launch.free_port())
-    return [*argv[:launch_at], "--main_process_port", port, *argv[launch_at:]], port
-
-
-# deepspeed/launcher/runner.py (0.19.8) parse_args: its options, True for those that take a value (the rest are
-# store_true). argparse also takes a unique prefix of a long one (--master_p) and a short one's value attached (-Hfile).
-# The first argument that is no option is `user_script`, after which all is the script's own (argparse.REMAINDER).
-_RUNNER_SWITCHES = "--module --no_python --no_local_rank --no_ssh --no_ssh_check --force_multi --save_pid"
-_RUNNER_SWITCHES += " --bind_cores_to_rank --quiet"
-_RUNNER_VALUED = "--hostfile --include --exclude --num_nodes --num_gpus --num_accelerators --master_port --master_addr"
-_RUNNER_VALUED += " --node_rank --launcher --launcher_args --enable_each_rank_log --autotuning --bind_core_list"
-_RUNNER_VALUED += " --ssh_port --venv_script --log_level"
-_RUNNER_OPTIONS = {**dict.fromkeys(_RUNNER_VALUED.split(), True), **dict.fromkeys(_RUNNER_SWITCHES.split(), False)}
-_RUNNER_RANKS = ("--num_gpus", "--num_accelerators")  # one dest: argparse aliases
-_RUNNER_SHORT = {"-H": "--hostfile", "-i": "--include", "-e": "--exclude", "-q": "--quiet"}
-
-
-def runner_options(args: list[str]) -> list[tuple[str, str]]:
-    """(option, value) for each of the runner's own options in `args` (what follows `deepspeed`), named in full as
-    argparse reads them; a switch's value is ""."""
-    found, i = [], 0
-    while i < len(args) and args[i].startswith("-") and args[i] != "--":  # "--": the script comes next
-        if args[i][:2] in _RUNNER_SHORT:  # -H FILE or -HFILE
-            name, value = _RUNNER_SHORT[args[i][:2]], args[i][2:] or None
-        else:  # --name VALUE, --name=VALUE, or a unique prefix of the name
-            name, eq, value = args[i].partition("=")
-            value = value if eq else None
-            prefixed = [o for o in _RUNNER_OPTIONS if o.startswith(name)]
-            name = prefixed[0] if name not in _RUNNER_OPTIONS and len(prefixed) == 1 else name
-        if value is None and _RUNNER_OPTIONS.get(name, True):  # an unknown option: the runner refuses it anyway
-            i += 1
-            value = args[i] if i < len(args) else ""
-        found.append((name, value or ""))
-        i += 1
-    return found
 
 
 def local_hostfile_text(name: str, namespace: str, workers: int, slots: int) -> str:
@@ -340,6 +250,18 @@ class LocalBackend(JobBackend):
                 raise JobNotReady(f"local job {st.namespace}/{name} not ready after {timeout:.0f} s")
             time.sleep(0.05)
 
+    @staticmethod
+    def _check_typed_ranks(st: JobStatus, job: dict, flag: str, ranks: int, fits_slots: bool) -> None:
+        """ConfigError naming `flag` when the `ranks` typed with it cannot start: more than this machine runs, or (an
+        mpirun or accelerate count) more than the job's slots, which its pods' mpirun refuses ("There are not enough
+        slots available in the system") and DeepSpeed's runner fills one rank each."""
+        check_ranks_fit(flag, ranks, DEVICE_OF[job["accelerator"]])
+        slots = job["workers"] * job["slots_per_worker"]
+        if fits_slots and ranks > slots:
+            have = f"{job['workers']} worker(s) x {job['slots_per_worker']} slot(s) = {slots}"
+            problem = f"{ranks} ranks but job {st.namespace}/{st.name} has {have} slot(s) (its hostfile's)"
+            raise ConfigError(flag, problem, f"pass {flag} {slots} or fewer, or submit the job with more workers/slots")
+
     def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
         base.check_exec_args(argv, timeout)
         d = self._existing_dir(name, namespace)
@@ -351,12 +273,12 @@ class LocalBackend(JobBackend):
         starts_ranks = launch.starts_ranks(cmd)
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
-            typed = typed_ranks(cmd)
-            if typed:  # a count in the command line itself, named as typed there
-                check_ranks_fit(*typed, DEVICE_OF[job["accelerator"]])
+        typed = command_line.typed_ranks(cmd)
+        if typed:  # a count in the command line itself, named as typed there
+            self._check_typed_ranks(st, job, *typed)
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
         with procs.own_tmpdir(self._job_env(d, job)) as env:
-            cmd, env["MASTER_PORT"] = _with_master_port(cmd)
+            cmd, env["MASTER_PORT"] = command_line.with_master_port(cmd)
             # Every worker is this host: without it DeepSpeed's MPI discovery takes `hostname -I`'s first address and
             # the rendezvous is on the network (and torch, with no DNS, warns it cannot name the client socket).
             env["MASTER_ADDR"] = "127.0.0.1"
