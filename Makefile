@@ -6,20 +6,28 @@ BACKEND ?= local
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test lint format lab install lock check cluster-test clean-runs strip notebooks e2e
+.PHONY: FORCE run test lint format lab install lock check cluster-test clean-runs strip notebooks e2e
 
 # What the environment was asked to be (torch pin and index, a reused torch, the interpreter): a change reruns the
 # set-up, which then says what differs instead of keeping the old environment without a word. A variable left unset
-# keeps its earlier answer (`PYTHON=python3.10 make install`, then a plain `make run`: no new set-up).
+# keeps its earlier answer (`PYTHON=python3.10 make install`, then a plain `make run`: no new set-up). Only an answer
+# the set-up took is kept, written after it succeeded: one it refused is asked about again, and a plain make after a
+# refusal has nothing to do (make -n writes nothing either).
 ASKED := $(TORCH_SPEC)|$(TORCH_INDEX_URL)|$(LABKIT_SYSTEM_TORCH)|$(PYTHON)
 CONFIG := $(VENV)/.labkit-asked
-$(shell mkdir -p $(VENV); printf '%s\n%s\n' "$$(cat $(CONFIG) 2>/dev/null)" "$(ASKED)" | awk -F'|' -v OFS='|' \
-  'NR == 1 { split($$0, old, "|"); next } { for (i = 1; i <= 4; i++) if ($$i == "") $$i = old[i]; print }' \
-  > $(CONFIG).new; cmp -s $(CONFIG).new $(CONFIG) && rm -f $(CONFIG).new || mv $(CONFIG).new $(CONFIG))
+TAKEN := $(shell cat $(CONFIG) 2>/dev/null)
+WANTED := $(shell printf '%s\n%s\n' '$(TAKEN)' '$(ASKED)' | awk -F'|' -v OFS='|' \
+  'NR == 1 { split($$0, old, "|"); next } { for (i = 1; i <= 4; i++) if ($$i == "") $$i = old[i]; print }')
+ifneq "$(WANTED)" "$(TAKEN)"
+$(STAMP): FORCE
+endif
 
-$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh scripts/torch-index.sh $(CONFIG)
+$(STAMP): pyproject.toml requirements/lock.txt scripts/bootstrap.sh scripts/pip-locked.sh scripts/torch-index.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
+	@printf '%s\n' '$(WANTED)' > $(CONFIG)
 	@touch $(STAMP)
+
+FORCE:
 
 install: $(STAMP)
 

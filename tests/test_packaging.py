@@ -133,24 +133,51 @@ def test_the_set_up_says_when_the_venv_has_another_python_than_asked(tmp_path):
     assert f"was made with Python 3.9, not PYTHON={sys.executable}'s {here}: rm -rf" in done.stdout
 
 
-def test_make_keeps_earlier_answers_for_variables_left_unset(tmp_path):
-    """After `PYTHON=... make install`, a plain `make run` reran the whole set-up (and checked python3 again)."""
-    venv = tmp_path / "venv"
+def make_stand_in(tmp_path) -> Path:
+    """The Makefile with the files its set-up rule depends on, and a scripts/bootstrap.sh that only says what it was
+    asked and refuses any value with "refused" in it (as the real one refuses a Python or torch the venv was not
+    made with)."""
+    repo = tmp_path / "repo"
+    needed = ("pyproject.toml", "requirements/lock.txt", "scripts/pip-locked.sh", "scripts/torch-index.sh")
+    for name in ("Makefile", *needed):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "scripts" / "bootstrap.sh").write_text(
+        'echo "set-up asked PYTHON=${PYTHON:-} TORCH_SPEC=${TORCH_SPEC:-}"\n'
+        'case "${PYTHON:-}|${TORCH_SPEC:-}" in *refused*) echo "ERROR: refused"; exit 2;; esac\n'
+        'mkdir -p "$VENV"\n'
+    )
+    return repo
 
-    def make(**variables) -> str:
-        flags = [f"{k}={v}" for k, v in variables.items()]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "TORCH_SPEC", "TORCH_INDEX_URL")}
-        done = subprocess.run(["make", "-n", "install", f"VENV={venv}", *flags], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
-    assert "bootstrap.sh" in make(PYTHON=sys.executable)
-    (venv / ".labkit-installed").touch()  # as the set-up leaves it
-    asked = (venv / ".labkit-asked").read_text()
-    assert "bootstrap.sh" not in make() and (venv / ".labkit-asked").read_text() == asked
-    assert "bootstrap.sh" in make(TORCH_SPEC="torch==2.9.0")  # a changed answer still reruns the set-up
-    assert (venv / ".labkit-asked").read_text().split("|") == ["torch==2.9.0", "", "", sys.executable + "\n"]
+def test_make_remembers_only_the_answers_the_set_up_took(tmp_path):
+    """After `PYTHON=... make install`, a plain `make run` reran the whole set-up (and checked python3 again). Then a
+    refused PYTHON or TORCH_SPEC was remembered all the same (written while make read the Makefile, even under
+    make -n): the next plain `make install` reran the set-up (52 s) for nothing, and asking for the refused value
+    again ran on the old venv without a word."""
+    repo = make_stand_in(tmp_path)
+    asked = repo / ".venv" / ".labkit-asked"
+    unset = ("PYTHON", "TORCH_SPEC", "TORCH_INDEX_URL", "LABKIT_SYSTEM_TORCH", "MAKEFLAGS", "MAKELEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "install", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+
+    first = make("PYTHON=python3.10")
+    assert first.returncode == 0 and "set-up asked PYTHON=python3.10" in first.stdout, first.stdout + first.stderr
+    assert "set-up" not in make().stdout  # a variable left unset keeps its earlier answer
+    for refused in ("PYTHON=/refused", "TORCH_SPEC=torch==refused"):
+        for _ in range(2):  # asked for again: refused again
+            no = make(refused)
+            assert no.returncode != 0 and "ERROR: refused" in no.stdout, no.stdout + no.stderr
+            plain = make()  # nothing changed since the set-up that took
+            assert plain.returncode == 0 and "set-up" not in plain.stdout, plain.stdout + plain.stderr
+    before = asked.read_text()
+    dry = make("-n", "TORCH_SPEC=torch==2.9.0")
+    assert "bootstrap.sh" in dry.stdout and asked.read_text() == before  # make -n says what would run, writes nothing
+    assert "set-up asked" in make("TORCH_SPEC=torch==2.9.0").stdout  # a changed answer still reruns the set-up
+    assert "set-up" not in make().stdout
+    assert asked.read_text().split("|") == ["torch==2.9.0", "", "", "python3.10\n"]
 
 
 @pytest.mark.parametrize("local_wheel", [True, False])
