@@ -92,6 +92,42 @@ def test_the_set_up_refuses_a_bad_input_before_installing_anything(tmp_path, var
     assert done.stdout.count("\n") == 1 and not (tmp_path / "venv").exists()  # one line, nothing made
 
 
+PYENV_SAYS = """pyenv: python3.10: command not found
+
+The `python3.10' command exists in these Python versions:
+  3.10.13
+
+Note: See 'pyenv help global' for tips on allowing multiple
+      Python versions to be found at the same time.
+"""
+
+
+@pytest.mark.parametrize("pyenv", [True, False])
+def test_a_python_that_does_not_run_is_refused_with_its_own_reason_and_another_fix(tmp_path, pyenv):
+    """`PYTHON=python3.10 make run` where pyenv's global version is 3.11 said "PYTHON=python3.10 does not run here:
+    install it, or pass PYTHON=python3.10": the fix repeated the failing value and hid pyenv's reason."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    if pyenv:  # pyenv's shim, and pyenv itself, which says where its versions live
+        (shims / "python3.10").write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{PYENV_SAYS}EOF\nexit 127\n")
+        (shims / "pyenv").write_text('#!/bin/sh\n[ "$1" = root ] && echo /home/me/.pyenv\n')
+        for shim in shims.iterdir():
+            shim.chmod(0o755)
+    python = "python3.10" if pyenv else str(tmp_path / "no" / "python3.10")
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "PYTHON": python, "VENV": str(tmp_path / "venv")}
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    said = done.stdout
+    assert done.returncode == 2 and said.count("\n") == 1 and f"PYTHON={python} does not run here" in said, said
+    reason = "pyenv: python3.10: command not found" if pyenv else f"{python}: No such file or directory"
+    assert reason in said and f"pass PYTHON={python} " not in said, said
+    if pyenv:
+        assert "PYTHON=/home/me/.pyenv/versions/3.10.13/bin/python3.10" in said and "pyenv shell 3.10.13" in said
+    else:
+        assert re.search(r"\): .*PYTHON=/", said), said  # the full path of one that runs here
+
+
 def fake_venv(tmp_path, version: str | None = None) -> Path:
     """A venv whose Python runs this one but stops at the first `-m` (pip: the install steps), and says `version`
     when asked in the set-up's "%d.%d" form."""
