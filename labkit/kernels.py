@@ -1,4 +1,5 @@
-"""How `labkit run` starts a notebook's kernel: an encrypted channel, the run's work folder, its own log file."""
+"""How the kit's Jupyter kernels are started, alike for `labkit run` (notebooks.py) and `make lab` (scripts/lab.sh):
+an encrypted channel, and for `labkit run` the run's work folder and a log file of the kernel's own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Unicode
+
+
+def transport_encryption() -> str:
+    """Kernels talk to their manager over TCP: jupyter_client provisions CurveZMQ keys to encrypt that wherever pyzmq
+    and the kernelspec support it (which also ends ipykernel's "running over TCP without encryption" warning). Where
+    pyzmq has no CURVE, jupyter_client refuses "auto" at every kernel start, so it is off there."""
+    import zmq
+
+    return "auto" if zmq.has("curve") else "disabled"
+
+
+def jupyter_options() -> list[str]:
+    """The same choice as options of a Jupyter server (`jupyter lab`)."""
+    return [f"--KernelManager.transport_encryption={transport_encryption()}"]
 
 
 class LoggedKernelManager(AsyncKernelManager):
@@ -24,12 +39,13 @@ class LoggedKernelManager(AsyncKernelManager):
 
 
 def kernel_options(work_dir: Path, log: Path) -> dict[str, Any]:
-    """papermill's options for a kernel that runs in `work_dir` and logs to `log`. Kernels talk to the runner over
-    TCP: jupyter_client provisions CurveZMQ keys to encrypt that wherever pyzmq and the kernelspec support it (which
-    also ends ipykernel's "running over TCP without encryption" warning)."""
-    import zmq
+    """papermill's options for a kernel that runs in `work_dir`, encrypted where it can be, logging to `log`."""
     from traitlets.config import Config
 
-    encryption = {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}
+    encryption = {"transport_encryption": transport_encryption()}
     config = Config({"KernelManager": encryption, "LoggedKernelManager": {"stderr_path": str(log)}})
     return {"cwd": str(work_dir), "start_timeout": 120, "config": config, "kernel_manager_class": LoggedKernelManager}
+
+
+if __name__ == "__main__":  # scripts/lab.sh reads them from here
+    print(*jupyter_options())

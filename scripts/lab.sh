@@ -8,7 +8,10 @@ VENV=${VENV:-.venv}
 port=${LAB_PORT:-8888}
 ip=${LAB_IP:-127.0.0.1}
 token=${JUPYTER_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
-extra=()
+# The kernels' transport encrypted, as `labkit run` has it (labkit/kernels.py): ipykernel otherwise warns on every
+# kernel start that it runs "over TCP without encryption".
+kernels=$("$VENV/bin/python" -m labkit.kernels)
+read -ra extra <<< "$kernels"
 if [ "$(id -u)" = 0 ]; then extra+=(--allow-root); fi  # a workshop VM or container often runs as root
 echo "JupyterLab: http://${ip}:${port}/lab?token=${token}"
 exec "$VENV/bin/jupyter" lab --ServerApp.root_dir=notebooks --ip="$ip" --port="$port" --ServerApp.port_retries=0 \

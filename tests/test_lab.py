@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 from kit_testing import ROOT
 
-from labkit import launch, procs
+from labkit import kernels, launch, procs
 
 
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get(url: str, data: bytes | None = None) -> dict:
+    with urllib.request.urlopen(url, data=data, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+async def printed(base: str, token: str, kernel: str, code: str) -> str:
+    """What `code` prints in the server's kernel `kernel`, asked as JupyterLab asks: over the kernel's websocket."""
+    from tornado.websocket import websocket_connect
+
+    channels = f"/api/kernels/{kernel}/channels?token={token}&session_id={uuid.uuid4().hex}"
+    ws = await websocket_connect(f"ws{base.removeprefix('http')}{channels}")
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
+              "version": "5.3", "date": ""}  # fmt: skip
+    content = {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False}
+    request = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"}
+    await ws.write_message(json.dumps({**request, "buffers": []}))
+    try:
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.read_message(), 120))
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                return msg["content"]["text"]
+    finally:
+        ws.close()
 
 
 @pytest.mark.slow
@@ -91,7 +114,24 @@ def test_make_lab_prints_its_url_with_the_token_once_and_serves_it(tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
                 time.sleep(1)
+        # the kit's kernel runs code for the page; ipykernel warned on every start that it was "running over TCP
+        # without encryption" (labkit run had asked for CurveZMQ keys since; make lab had not)
+        kernel = get(f"http://127.0.0.1:{port}/api/kernels?token={token}", data=b'{"name": "labkit"}')["id"]
+        assert asyncio.run(printed(f"http://127.0.0.1:{port}", token, kernel, "print(6 * 7)")) == "42\n"
     finally:
         procs.stop_tree(proc)
     rest = proc.stdout.read()
     assert token not in rest, rest[-2000:]  # printed once
+    assert "without encryption" not in rest, rest[-2000:]
+
+
+def test_where_pyzmq_has_no_curve_the_kernels_start_unencrypted_rather_than_refused(monkeypatch):
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets import TraitError
+
+    monkeypatch.setattr(zmq, "has", lambda feature: feature != "curve")
+    assert kernels.jupyter_options() == ["--KernelManager.transport_encryption=disabled"]
+    KernelManager(transport_encryption="disabled")
+    with pytest.raises(TraitError, match="requires CurveZMQ"):  # what "auto" would have met at every kernel start
+        KernelManager(transport_encryption="auto")
