@@ -9,6 +9,10 @@ from typing import Any
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Unicode
 
+# jupyter_client interrupts a kernel before shutting it down; a kernel still in a message handler then logs this (either
+# of ipykernel's two wordings, kernelbase.py) in a run where everything passed: nothing the learner did or can act on.
+SHUTDOWN_NOISE = frozenset(f"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel{end}" for end in (".", ""))
+
 
 def transport_encryption() -> str:
     """Kernels talk to their manager over TCP: jupyter_client provisions CurveZMQ keys to encrypt that wherever pyzmq
@@ -45,6 +49,19 @@ def kernel_options(work_dir: Path, log: Path) -> dict[str, Any]:
     encryption = {"transport_encryption": transport_encryption()}
     config = Config({"KernelManager": encryption, "LoggedKernelManager": {"stderr_path": str(log)}})
     return {"cwd": str(work_dir), "start_timeout": 120, "config": config, "kernel_manager_class": LoggedKernelManager}
+
+
+def keep_log(path: Path) -> bool:
+    """Whether a kernel's log says anything: the shutdown's noise is taken out, and a log left empty is removed."""
+    if not path.exists():
+        return False
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if line.rstrip("\r\n") not in SHUTDOWN_NOISE]
+    if not kept:
+        path.unlink()
+    elif len(kept) < len(lines):
+        path.write_text("".join(kept))
+    return bool(kept)
 
 
 if __name__ == "__main__":  # scripts/lab.sh reads them from here

@@ -199,9 +199,7 @@ def run_notebook(
         exc.add_note(f"in {path.name} {'before its first cell' if cell is None else f'at cell {cell}'}; "
                      f"the notebook so far: {output if output.exists() else 'none written'}")  # fmt: skip
         raise
-    if kernel_log.exists() and not kernel_log.stat().st_size:
-        kernel_log.unlink()  # ipykernel logged nothing: no file to look at
-    elif kernel_log.exists() and not run.passed:
+    if kernels.keep_log(kernel_log) and not run.passed:  # (a log that says nothing is removed)
         run.error += f" (the kernel's log: {kernel_log})"
     run.duration_s = time.monotonic() - start
     if output.exists():
