@@ -26,6 +26,7 @@ from urllib.parse import quote
 from labkit import procs, results, tabular
 from labkit.errors import ConfigError, make_folder
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout or editable install
 NOTEBOOKS_ENV = "LABKIT_NOTEBOOKS"  # where an installed kit finds them (the lab image sets it)
 
@@ -210,6 +211,9 @@ def run_notebook(
             nb = nbformat.read(output, as_version=4)
             for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
                 cell["outputs"] = [o for o in cell.get("outputs", []) if set(o.get("data", {})) != {results.MIME_TYPE}]
+                for o in cell["outputs"]:  # a widget is a script fetching its renderer online: show its text instead
+                    o.get("data", {}).pop(_WIDGET_VIEW, None)
+            nb.metadata.pop("widgets", None)
             body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
             html_path.write_text(body)
             run.html = str(html_path)

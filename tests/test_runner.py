@@ -192,6 +192,19 @@ def test_the_kernels_shutdown_interrupt_is_not_shown_but_its_other_errors_are(tm
     assert "KeyboardInterrupt" not in log, log
 
 
+def test_the_html_report_shows_a_progress_bar_as_its_text(tmp_path):
+    """nbconvert writes a widget as a script that fetches its renderer from unpkg.com: opened offline (a workshop
+    room, a CI artifact) notebook 04's bar was a blank line in the report, though the notebook saved its text."""
+    cell = "from labkit.progress import bar\nb = bar(n, desc='counted')\nb.update(n)\nb.close()"
+    nb = make_notebook(tmp_path / "bar.ipynb", "n: int = 3  # steps", cell)
+    _, (run,) = notebooks.run_all([nb], out_dir=tmp_path / "r", progress=False)
+    assert run.passed, run.error
+    saved = Path(run.output).read_text()
+    assert "widget-view" in saved  # the notebook keeps its widget (JupyterLab draws it) ...
+    html = Path(run.html).read_text()
+    assert "counted: 100%" in html and "widget-view" not in html  # ... the page shows the bar as it ended
+
+
 def test_relative_run_dir_works_from_the_kernels_working_directory(tmp_path, monkeypatch):
     # `make run` passes no --out: the run directory is relative (runs/<ts>) while the kernel runs in its work dir
     nb = make_notebook(
