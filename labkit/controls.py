@@ -34,9 +34,21 @@ def live_html(render: Callable[..., str], **controls: widgets.ValueWidget) -> wi
         control.description = control.description or name
         control.observe(update, names="value")
     update()
-    box = widgets.VBox([*controls.values(), view])
+    box = _SavedView([*controls.values(), view])
     box.add_class("widget-interact")  # interact's look in JupyterLab, and what labkit.e2e drives
     return box
+
+
+class _SavedView(widgets.VBox):
+    """A VBox that also offers HTML: the controls' values and the view as displayed. A saved notebook's page
+    (nbconvert, GitHub, labkit's report) has no widget renderer and would show the repr 'VBox(children=(...'."""
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs)
+        *inputs, view = self.children
+        values = ", ".join(f"{c.description} = <code>{html.escape(str(c.value))}</code>" for c in inputs)
+        data["text/html"] = f"<p>{values} (change {'it' if len(inputs) == 1 else 'them'} in JupyterLab)</p>{view.value}"
+        return data
 
 
 def preformatted(lines: list[str]) -> str:

@@ -13,6 +13,7 @@ import functools
 import html
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -395,6 +396,7 @@ NOISE = (
     ("torch's reverse-DNS warning (a rendezvous off loopback)", "The hostname of the client socket cannot be"),
     ("a Python traceback", "Traceback (most recent call last)"),
 )
+_WIDGET_REPR = re.compile(r"[A-Z]\w*\((children|value|description|options)=")  # ipywidgets' repr; tqdm's is the bar
 MAX_OUTPUT_LINES = 150  # a longer single output is a dump, not a lesson
 
 CLOSING_HEADING = "## What this run showed"
@@ -436,6 +438,8 @@ def output_problems(path: str | Path) -> list[str]:
             text = "".join(shown) if isinstance(shown, list) else shown
             if out.get("output_type") == "error":
                 text += f"\n{out.get('ename')}: {out.get('evalue')}\n" + "\n".join(out.get("traceback") or [])
+            if _WIDGET_VIEW in data and _WIDGET_REPR.match(text):  # the page's only form of a widget without HTML
+                found.append(f"cell {i}: a widget shown as its repr (give it HTML: labkit.controls): {text[:80]}")
             bare_result = out.get("output_type") == "execute_result" and data.keys() == {"text/plain"}
             if bare_result and text.startswith(("{", "[")):
                 found.append(f"cell {i}: a value's repr as the cell's result (a table, or `;` after it): {text[:80]}")

@@ -45,3 +45,13 @@ def test_a_labkit_error_shows_as_its_line_and_the_next_value_recovers():
 
 def test_preformatted_keeps_lines_and_escapes():
     assert controls.preformatted(["a  <b>", "c"]) == "<pre>a  &lt;b&gt;\nc</pre>"
+
+
+def test_a_saved_page_shows_the_controls_values_and_the_view_not_the_widgets_repr():
+    """nbconvert and GitHub show a widget's HTML, else its repr ('VBox(children=(Dropdown(...'): a saved run shows
+    the values the controls had and the view they rendered; JupyterLab still shows the live widget."""
+    kind = widgets.Dropdown(options=["all", "cpu"], value="all")
+    data = controls.live_html(lambda kind: f"<table><tr><td>{kind}</td></tr></table>", kind=kind)._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert "kind" in data["text/html"] and "all" in data["text/html"] and "<td>all</td>" in data["text/html"]
+    assert "VBox(" not in data["text/html"] and "Dropdown(" not in data["text/html"]

@@ -199,3 +199,20 @@ def test_a_hung_cell_or_a_dead_kernel_is_named_by_the_cell_it_happened_in(tmp_pa
     run = notebooks.run_notebook(path, tmp_path / "out", timeout=5)
     assert run.status == "failed" and run.failed_cell == 2, run.error
     assert run.error.startswith(f"cell 2 failed: {'CellTimeoutError' if how == 'timeout' else 'DeadKernelError'}")
+
+
+def test_output_problems_finds_a_widget_shown_as_its_repr(tmp_path):
+    """A saved page has no widget renderer: a widget without HTML shows as 'VBox(children=(...' there; tqdm's bar
+    (its text is the bar) and a widget that offers HTML are fine."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "m", "version_major": 2, "version_minor": 0}}
+    outputs = [
+        new_output("display_data", {**view, "text/plain": "VBox(children=(Dropdown(description='kind', options=…"}),
+        new_output("display_data", {**view, "text/plain": "train (2 ranks): 100%|##########| 3/3 [00:25<00:00]"}),
+        new_output("display_data", {**view, "text/html": "<p>kind = all</p>", "text/plain": "VBox(children=(…"}),
+    ]
+    nbformat.write(new_notebook(cells=[new_code_cell("w", outputs=outputs)]), tmp_path / "w.ipynb")
+    problems = notebooks.output_problems(tmp_path / "w.ipynb")
+    assert len(problems) == 1 and "widget" in problems[0] and "VBox(children=" in problems[0], problems
