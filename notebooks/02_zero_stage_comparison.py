@@ -110,7 +110,7 @@ display(Markdown(zero_stages.check_zero3_prediction(plan.params, plan.dtype, my_
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
 # ZeRO-3 partitions all model states: 16 bytes per parameter in mixed precision (2 + 2 + 12), divided by N.
-display(Markdown(zero_stages.check_zero3_prediction(plan.params, plan.dtype, 16 * plan.params / 4 / 1e6)))
+display(Markdown(zero_stages.zero3_solution(plan.params, plan.dtype)))
 
 # %% [markdown]
 # ## Run every configuration in one launch

@@ -176,7 +176,7 @@ display(zplots.fit_figure(calc, title=f"{calc_params} {calc_dtype}, ZeRO-{calc_s
 display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, my_min_devices)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(chapter.check_min_devices_prediction(calc, calc_device, chapter.min_devices_answer(calc))))
+display(Markdown(chapter.min_devices_solution(calc, calc_device)))
 
 # %%
 try:  # optional: interactive version of the same calculator (JupyterLab); the cell above is the record

@@ -163,7 +163,7 @@ HTML(tabular.html_table([{k: (tabular.format_bytes(v) if isinstance(v, int) and 
 display(Markdown(chapter.check_moments_prediction(report, my_moments_bytes)))
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
-display(Markdown(chapter.check_moments_prediction(report, chapter.expected_moments(r0))))
+display(Markdown(chapter.moments_solution(report)))
 
 # %%
 display(Markdown("\n\n".join(chapter.faq_answers(report, plan, advice, model_params))))

@@ -168,3 +168,10 @@ def test_a_near_miss_shows_the_digits_that_differ():
     assert "(-0%)" not in line and "0.0001%)" in line
     close = exercises.verdict(0.132, 0.132352, name="x", rel_tol=0.05)  # below 1: 3 significant digits, not 0.13
     assert close.startswith("Your prediction: 0.132; the answer: 0.132: **right**")
+
+
+def test_a_solution_states_the_answer_and_why_without_a_prediction_the_learner_never_made():
+    """A solution cell once read 'Your prediction: 2; the answer: 2: right.' while my_min_devices was None."""
+    line = exercises.solution(1_378_820, unit=" bytes", then="rank 0 counted them.")
+    assert line == "The answer: 1,378,820 bytes. rank 0 counted them."
+    assert exercises.solution(None, none="none", then="ZeRO-0 keeps all.") == "The answer: none. ZeRO-0 keeps all."

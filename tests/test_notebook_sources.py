@@ -54,3 +54,12 @@ def test_build_takes_tags_and_test_parameters_from_the_script(tmp_path):
     subprocess.run([sys.executable, "-m", "labkit.notebooks", "build", str(source)], check=True)  # `make notebooks`
     assert notebooks.test_parameters(source.with_suffix(".ipynb")) == {"n": 1}
     assert not notebooks.has_outputs(source.with_suffix(".ipynb"))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_a_solution_cell_does_not_answer_as_the_learner(source):
+    """A solution cell that feeds the answer to the prediction check shows 'Your prediction: 2; ...: right' to a
+    learner who predicted nothing: it states the answer and why (exercises.solution)."""
+    for cell in notebooks.build(source).cells:
+        if "solution" in cell.metadata.get("tags", []):
+            assert "_prediction(" not in cell.source and "verdict(" not in cell.source, cell.source

@@ -121,12 +121,23 @@ def expected_moments(rank: dict) -> int:
 
 def check_moments_prediction(report: dict, prediction: int | None) -> str:
     """The exercise: Adam's two fp32 moments on rank 0 (expected_moments), as rank 0 counted them."""
-    r = report["ranks"][0]
-    measured = r["memory"]["step"]["device"]["optimizer_states"]
-    shared = f" / {r['world_size']} rank(s)" if r["check"]["zero_stage"] >= 1 else " (ZeRO-0: whole on every rank)"
-    why = f"rank 0 counted them; 8 bytes x {r['params']:,} parameters{shared} = {expected_moments(r):,}"
+    measured, why = _moments(report)
     why += " (within 5% counts)."
     return exercises.verdict(prediction, measured, name="my_moments_bytes", unit=" bytes", rel_tol=0.05, then=why)
+
+
+def moments_solution(report: dict) -> str:
+    """The solution cell of the exercise: what rank 0 counted and the 8 bytes x parameters / N behind it."""
+    measured, why = _moments(report)
+    return exercises.solution(measured, unit=" bytes", then=why + ".")
+
+
+def _moments(report: dict) -> tuple[int, str]:
+    """Adam's moments as rank 0 counted them at the step, and the formula's line."""
+    r = report["ranks"][0]
+    shared = f" / {r['world_size']} rank(s)" if r["check"]["zero_stage"] >= 1 else " (ZeRO-0: whole on every rank)"
+    why = f"rank 0 counted them; 8 bytes x {r['params']:,} parameters{shared} = {expected_moments(r):,}"
+    return r["memory"]["step"]["device"]["optimizer_states"], why
 
 
 def faq_answers(report: dict, plan: TrainPlan, advice: dict, model_params: str) -> list[str]:

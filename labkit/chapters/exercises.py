@@ -50,6 +50,12 @@ def verdict(
     return f"{line} {then}" if then else line
 
 
+def solution(answer: float | None, *, unit: str = "", then: str = "", none: str = "") -> str:
+    """A solution cell's line: the answer and why, with no verdict (the learner's prediction is the exercise cell's)."""
+    line = f"The answer: {_num(answer, none)}{unit if answer is not None else ''}."
+    return f"{line} {then}" if then else line
+
+
 def _num(x: float | None, none: str = "") -> str:
     """Whole numbers without decimals; others with 2, or 3 significant digits below 1 (0.132, not 0.13); None as
     the `none` word."""

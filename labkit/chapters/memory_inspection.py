@@ -138,9 +138,17 @@ def min_devices_answer(calc: dict) -> int | str:
 def check_min_devices_prediction(calc: dict, device: str, prediction: int | str | None) -> str:
     """The exercise of notebook 05: the smallest number of `device` the calculator's training fits on, predicted
     before the calculator prints it (`calc`: sizing.training_fit's result); "none" when no number fits."""
-    answer = calc["min_world_size"]
-    if answer is None:
-        why = f"No number of devices fits: {calc['no_fit_reason']}."
-    else:
-        why = f"{answer} x {device} is the smallest N whose per-device need (model states x head-room) fits."
-    return exercises.verdict(prediction, answer, name="my_min_devices", then=why, none="none")
+    why = _min_devices_why(calc, device)
+    return exercises.verdict(prediction, calc["min_world_size"], name="my_min_devices", then=why, none="none")
+
+
+def min_devices_solution(calc: dict, device: str) -> str:
+    """The solution cell of notebook 05's exercise: the answer and why."""
+    return exercises.solution(calc["min_world_size"], then=_min_devices_why(calc, device), none="none")
+
+
+def _min_devices_why(calc: dict, device: str) -> str:
+    if calc["min_world_size"] is None:
+        return f"No number of devices fits: {calc['no_fit_reason']}."
+    n = calc["min_world_size"]
+    return f"{n} x {device} is the smallest N whose per-device need (model states x head-room) fits."

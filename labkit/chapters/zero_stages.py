@@ -111,6 +111,13 @@ def check_zero3_prediction(params: int, dtype: str, prediction_mb: float | None,
     return f"{line} The paper's {truth['formula']} for {params:,} parameters at N = {world_size}."
 
 
+def zero3_solution(params: int, dtype: str, world_size: int = 4) -> str:
+    """The solution cell of notebook 02's exercise: the paper's ZeRO-3 model states per rank at `world_size`."""
+    truth = paper_model_states(params, 3, world_size, dtype)
+    then = f"The paper's {truth['formula']} for {params:,} parameters at N = {world_size}."
+    return exercises.solution(truth["total"] / 1e6, unit=" MB", then=then)
+
+
 def one_device_rows(report: dict, reference: dict, rank: int = 0) -> list[dict]:
     """Notebook 02/05 on a machine with one accelerator: each configuration per CPU rank beside the same one on the
     single device (`zero.one_device_reference`), byte counts as numbers."""
