@@ -151,7 +151,7 @@ else:
 # parameters, multiplies by a head-room factor for activations and buffers, and compares with the device's memory.
 # The factor, 1.25, is an assumption (a common rule of thumb, `labkit.sizing.TRAINING_HEADROOM`), not a measurement:
 # this chapter's ZeRO-3 run on one H200 (20M parameters, micro-batch 2 x 16 tokens: hardly any activations) peaked at
-# 1.70x its model states (558,331 KiB allocated against 336.48 MB; docs/benchmarks.md), so DeepSpeed's buffers and the
+# 1.70x its model states (571.73 MB allocated against 336.48 MB; docs/benchmarks.md), so DeepSpeed's buffers and the
 # step's temporaries alone can exceed it for a small model. On a 1-GPU machine the section above prints this run's own
 # ratio.
 # Change the parameters (or use the widgets below in JupyterLab) to try other sizes.

@@ -63,3 +63,16 @@ def test_a_solution_cell_does_not_answer_as_the_learner(source):
     for cell in notebooks.build(source).cells:
         if "solution" in cell.metadata.get("tags", []):
             assert "_prediction(" not in cell.source and "verdict(" not in cell.source, cell.source
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_prose_compares_bytes_in_one_unit_system(source):
+    """'558,331 KiB allocated against 336.48 MB' reads as 1,660x: a sentence that sets two amounts side by side
+    writes both in decimal (kB, MB, GB) or both in binary (KiB, MiB, GiB) units."""
+    import re
+
+    binary, decimal = re.compile(r"\d\s*(KiB|MiB|GiB)\b"), re.compile(r"\d\s*(kB|MB|GB)\b")
+    for cell in notebooks.build(source).cells:
+        if cell.cell_type == "markdown":
+            for sentence in re.split(r"(?<=[.;:])\s", cell.source):
+                assert not (binary.search(sentence) and decimal.search(sentence)), sentence
