@@ -53,4 +53,5 @@ class _SavedView(widgets.VBox):
 
 def preformatted(lines: list[str]) -> str:
     """Plain-text lines as an HTML block that keeps their alignment."""
-    return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+    # a saved page (nbconvert's lab template) sets <pre> in the text font unless told
+    return '<pre style="font-family: monospace">' + html.escape("\n".join(lines)) + "</pre>"

@@ -38,13 +38,16 @@ def test_a_labkit_error_shows_as_its_line_and_the_next_value_recovers():
     text = widgets.Text("7", description="size")
     box = controls.live_html(render, text=text)
     text.value = "7<B"
-    assert _view(box).value == "<pre>size: &#x27;7&lt;B&#x27; is not a number. Fix: type e.g. 7</pre>"
+    assert (
+        _view(box).value
+        == '<pre style="font-family: monospace">size: &#x27;7&lt;B&#x27; is not a number. Fix: type e.g. 7</pre>'
+    )
     text.value = "9"
     assert _view(box).value == "ok 9" and text.description == "size"
 
 
 def test_preformatted_keeps_lines_and_escapes():
-    assert controls.preformatted(["a  <b>", "c"]) == "<pre>a  &lt;b&gt;\nc</pre>"
+    assert controls.preformatted(["a  <b>", "c"]) == '<pre style="font-family: monospace">a  &lt;b&gt;\nc</pre>'
 
 
 def test_a_saved_page_shows_the_controls_values_and_the_view_not_the_widgets_repr():
@@ -55,3 +58,8 @@ def test_a_saved_page_shows_the_controls_values_and_the_view_not_the_widgets_rep
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "kind" in data["text/html"] and "all" in data["text/html"] and "<td>all</td>" in data["text/html"]
     assert "VBox(" not in data["text/html"] and "Dropdown(" not in data["text/html"]
+
+
+def test_preformatted_lines_stay_aligned_on_a_saved_page():
+    """The report's page set notebook 05's calculator lines in a proportional font: their columns drifted."""
+    assert "font-family: monospace" in controls.preformatted(["a  1", "bb 2"])
