@@ -24,6 +24,7 @@ from pathlib import Path
 from labkit import launch, memory, shared_volume
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number, named_as
+from labkit.progress import advance as progress_advance
 from labkit.progress import bar as progress_bar
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
@@ -309,8 +310,7 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
 
     def watch(line: str) -> None:
         if progress and (step := _PROGRESS.search(line)):  # search: another rank's text may share the line
-            bar.n = int(step.group(1))
-            bar.refresh()
+            progress_advance(bar, to=int(step.group(1)))
         if on_output:
             on_output(line)
 

@@ -11,7 +11,10 @@ redraw is a line of its own, and `say` prints around the bar."""
 from __future__ import annotations
 
 import functools
+import re
 import sys
+
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm's moves between stacked bars: no place in a pipe
 
 
 def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: bool = False, **kwargs):
@@ -19,12 +22,28 @@ def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: boo
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as widget
 
+    kwargs.setdefault("smoothing", 0)  # the rate since the clock started (advance), not a moving average's guess
     if disable or not issubclass(tqdm, widget):  # a terminal, a pipe, or a notebook without ipywidgets: text
         stream = kwargs.pop("file", None) or sys.stderr
         if not _is_terminal(stream):  # a line every few seconds, not tqdm's ten redraws a second
             stream, kwargs["mininterval"] = LinePerRedraw(stream), kwargs.get("mininterval", 5.0)
         return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=stream, **kwargs)
     return _saved_widget()(total=total, desc=desc, unit=unit, **kwargs)
+
+
+def advance(bar, to: int | None = None) -> None:
+    """Count a step (or steps up to `to`). The first one counted starts the bar's clock: the time before it (ranks
+    launching, DeepSpeed starting, the first step's warm-up) is no step's time, and tqdm's rate spread it over every
+    step ('4.37s/step' beside a measured 975 ms median step)."""
+    if to is None:
+        bar.update(1)
+    else:
+        bar.n = to
+        bar.refresh()
+    if not getattr(bar, "clock_started", False):
+        bar.clock_started = True
+        bar.start_t = bar.last_print_t = bar._time()
+        bar.initial = bar.n  # tqdm's rate is (n - initial) / elapsed
 
 
 def say(message: str) -> None:
@@ -51,7 +70,7 @@ class LinePerRedraw:
         self.stream, self.last = stream, ""
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").replace("\n", "").rstrip()
+        line = _CURSOR_MOVES.sub("", text.replace("\r", "").replace("\n", "")).rstrip()
         if line and line != self.last:
             self.stream.write(line + "\n")
             self.last = line

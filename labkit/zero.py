@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labkit import devices, host, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
+from labkit.progress import advance as progress_advance
 from labkit.progress import bar as progress_bar
 from labkit.sizing import TRAINING_HEADROOM
 from labkit.tabular import format_bytes
@@ -343,8 +344,8 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
         m = _PROGRESS.search(line)
         if m:
             done[0] += 1
-            bar.set_postfix_str(f"ZeRO {m.group(1)}")
-            bar.update(1)
+            bar.set_postfix_str(f"ZeRO {m.group(1)}", refresh=False)
+            progress_advance(bar)
             if callable(progress):
                 progress(m.group(1), int(m.group(2)), done[0], total)
 

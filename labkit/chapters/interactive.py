@@ -233,8 +233,8 @@ class TrainingProgress:
                 for metric in parse_metrics(line):
                     if metric.get("event") == "step" and metric.get("rank") == 0:
                         self.bar = self.bar or self._new_bar()
-                        self.bar.update(1)
-                        self.bar.set_postfix(loss=f"{metric['loss']:.4f}")
+                        self.bar.set_postfix(loss=f"{metric['loss']:.4f}", refresh=False)
+                        progress.advance(self.bar)
             elif self.echo:
                 self.stream.write(tabular.short_paths(line) + "\n")
                 self.stream.flush()
