@@ -24,7 +24,6 @@ from pathlib import Path
 from labkit import launch, memory, shared_volume
 from labkit.devices import DEVICE_CHOICES, pick_device
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number, named_as
-from labkit.progress import advance as progress_advance
 from labkit.progress import bar as progress_bar
 
 TRAIN_MODULE = "labkit.ranks.accelerate_train"
@@ -306,11 +305,12 @@ def run_training(plan: TrainPlan, *, progress: bool = False, on_output: Callable
     cmd = plan.command(port)
     env = launch.kit_env({"MASTER_PORT": str(port), **plan.extra_env},
                          world_size=plan.config.num_processes, device=plan.device)  # fmt: skip
-    bar = progress_bar(plan.steps, desc="training (rank 0)", disable=not progress)
+    bar = progress_bar(plan.steps, desc="training (rank 0)", disable=not progress, rate=False)
 
     def watch(line: str) -> None:
         if progress and (step := _PROGRESS.search(line)):  # search: another rank's text may share the line
-            progress_advance(bar, to=int(step.group(1)))
+            bar.n = int(step.group(1))
+            bar.refresh()
         if on_output:
             on_output(line)
 

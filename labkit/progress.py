@@ -17,8 +17,12 @@ import sys
 _CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm's moves between stacked bars: no place in a pipe
 
 
-def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: bool = False, **kwargs):
-    """A tqdm bar (`total` None: a counter); keyword arguments are tqdm's."""
+def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: bool = False, rate: bool = True, **kwargs):
+    """A tqdm bar (`total` None: a counter); keyword arguments are tqdm's. `rate=False` shows no rate: where the
+    steps counted are a rank's output lines, their pace is not the step time the chapter measures (notebook 05's bar
+    said 3.17 s/step beside a measured 459 ms median step: the probe's own measuring and the pipe ran between)."""
+    if not rate:
+        kwargs.setdefault("bar_format", "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as widget
 
@@ -34,7 +38,7 @@ def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: boo
 def advance(bar, to: int | None = None) -> None:
     """Count a step (or steps up to `to`). The first one counted starts the bar's clock: the time before it (ranks
     launching, DeepSpeed starting, the first step's warm-up) is no step's time, and tqdm's rate spread it over every
-    step ('4.37s/step' beside a measured 975 ms median step)."""
+    step (notebook 03's rank-0 bar: 20 s of launch in a 3-step rate)."""
     if to is None:
         bar.update(1)
     else:

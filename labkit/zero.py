@@ -21,7 +21,6 @@ from pathlib import Path
 
 from labkit import devices, host, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
-from labkit.progress import advance as progress_advance
 from labkit.progress import bar as progress_bar
 from labkit.sizing import TRAINING_HEADROOM
 from labkit.tabular import format_bytes
@@ -338,14 +337,14 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
     work.mkdir(parents=True, exist_ok=True)
     total, done = len(plan.variants) * plan.steps, [0]
     desc = f"ZeRO comparison ({plan.world_size} rank{'s' * (plan.world_size != 1)}, {plan.device})"
-    bar = progress_bar(total, desc=desc, disable=progress is not True)
+    bar = progress_bar(total, desc=desc, disable=progress is not True, rate=False)
 
     def on_output(line: str) -> None:
         m = _PROGRESS.search(line)
         if m:
             done[0] += 1
             bar.set_postfix_str(f"ZeRO {m.group(1)}", refresh=False)
-            progress_advance(bar)
+            bar.update(1)
             if callable(progress):
                 progress(m.group(1), int(m.group(2)), done[0], total)
 
