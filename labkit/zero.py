@@ -336,7 +336,8 @@ def run_plan(plan: ZeroPlan, *, run_dir=None, progress: bool | Callable = True, 
     work = Path(tempfile.mkdtemp(prefix="labkit-zero-") if run_dir is None else run_dir)
     work.mkdir(parents=True, exist_ok=True)
     total, done = len(plan.variants) * plan.steps, [0]
-    desc = f"ZeRO comparison ({plan.world_size} rank{'s' * (plan.world_size != 1)}, {plan.device})"
+    what = "ZeRO comparison" if len(plan.variants) > 1 else f"{plan.variants[0].label} run"  # 05 runs one
+    desc = f"{what} ({plan.world_size} rank{'s' * (plan.world_size != 1)}, {plan.device})"
     bar = progress_bar(total, desc=desc, disable=progress is not True, rate=False)
 
     def on_output(line: str) -> None:

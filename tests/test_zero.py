@@ -565,9 +565,12 @@ def test_the_memory_chart_and_the_progress_bar_name_small_models_and_one_rank(mo
 
     monkeypatch.setattr(launch, "run", stop)
     with pytest.raises(LabkitError):
-        zero.run_plan(zero.make_plan("100K", 1, "0", device="cpu"))
+        zero.run_plan(zero.make_plan("100K", 1, "0,1", device="cpu"))
     err = capsys.readouterr().err
     assert "ZeRO comparison (1 rank, cpu)" in err and "1 ranks" not in err
+    with pytest.raises(LabkitError):  # one configuration (notebook 05) is no comparison
+        zero.run_plan(zero.make_plan("100K", 2, "3", device="cpu"))
+    assert "ZeRO-3 run (2 ranks, cpu)" in capsys.readouterr().err
 
 
 def test_notebook_02s_launch_line_is_the_one_that_runs_less_the_port_picked_at_launch(monkeypatch):
