@@ -777,6 +777,26 @@ def test_exec_runs_an_mpirun_count_a_pod_would_run_as_typed(backend):
             assert job.exec(cmd, on_output=None) == 0, cmd
 
 
+def test_exec_runs_an_mpirun_count_over_the_slots_where_the_line_itself_makes_room(backend, tmp_path):
+    """`mpirun --map-by slot:OVERSUBSCRIBE -np 3`, `--mca rmaps_base_oversubscribe 1` and `--hostfile` of the user's
+    own (more slots) run 3 ranks on a pod's 2 slots, and did here too, but the exec refused them ("-np: 3 ranks but
+    job ... has 2 slot(s)"): only --oversubscribe and -H counted. The job's own hostfile still holds the count."""
+    own = tmp_path / "my-hosts"
+    own.write_text("localhost slots=4\n")
+    with backend.submit(JobSpec(name="room", workers=1, slots_per_worker=2)) as job:
+        job.wait_ready(timeout=10)
+        for cmd in (["mpirun", "--map-by", "slot:OVERSUBSCRIBE", "-np", "3", "true"],
+                    ["mpirun", "--map-by", ":oversubscribe", "-np", "3", "true"],
+                    ["mpirun", "--mca", "rmaps_base_oversubscribe", "1", "-np", "3", "true"],
+                    ["mpirun", "-mca", "rmaps_base_oversubscribe", "true", "-np", "3", "true"],
+                    ["mpirun", "--hostfile", str(own), "-np", "3", "true"],
+                    ["mpirun", "-machinefile", str(own), "-np", "3", "true"]):  # fmt: skip
+            assert job.exec(cmd, on_output=None) == 0, cmd
+        with pytest.raises(ConfigError) as err:  # the job's hostfile, as typed in a pod: its 2 slots
+            job.exec(["mpirun", "-np", "3", "--hostfile", "/etc/mpi/hostfile", "true"], on_output=None)
+        assert err.value.field == "-np" and "has 1 worker(s) x 2 slot(s)" in err.value.problem
+
+
 def test_job_folders_are_private_and_a_shared_writable_root_is_refused(backend, tmp_path):
     with backend.submit(JobSpec(name="private", workers=1)) as job:
         job.wait_ready(timeout=10)

@@ -8,9 +8,11 @@ local exec refuses them the same way, before anything starts (LocalBackend.exec)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from labkit import launch
+from labkit.jobs.base import CLUSTER_HOSTFILE
 
 
 def _runner_at(argv: list[str]) -> int | None:
@@ -47,6 +49,8 @@ _MPIRUN_SWITCHES = set(
 _MPIRUN_PAIRS = ("--mca", "-mca", "--gmca", "-gmca")
 MPIRUN_OVERSUBSCRIBE = ("--oversubscribe", "-oversubscribe")
 MPIRUN_HOSTS = ("-H", "-host", "--host")  # hosts of the command's own, with slots of their own
+MPIRUN_HOSTFILES = ("--hostfile", "-hostfile", "--machinefile", "-machinefile", "--default-hostfile")
+_MCA_TRUE = ("1", "true", "yes", "on", "enabled")  # what Open MPI reads as true in a boolean MCA parameter
 
 
 def mpirun_options(args: list[str]) -> list[tuple[str, str]]:
@@ -61,20 +65,37 @@ def mpirun_options(args: list[str]) -> list[tuple[str, str]]:
     return found
 
 
-def typed_ranks(argv: list[str]) -> tuple[str, int, bool] | None:
+def _mpirun_makes_room(options: list[tuple[str, str]], job_hostfile: str) -> bool:
+    """Whether an mpirun line places ranks beyond the job's slots by itself, as mpirun 4.1 runs them: it oversubscribes
+    (--oversubscribe, a --map-by ...:OVERSUBSCRIBE modifier, MCA rmaps_base_oversubscribe) or names its own hosts (-H,
+    a hostfile other than the job's)."""
+    for option, value in options:
+        mca = value.split() if option in _MPIRUN_PAIRS else []
+        if (
+            option in (*MPIRUN_OVERSUBSCRIBE, *MPIRUN_HOSTS)
+            or (option in ("--map-by", "-map-by") and re.search(r"(?<!no)oversubscribe", value, re.IGNORECASE))
+            or (mca[:1] == ["rmaps_base_oversubscribe"] and mca[-1].lower() in _MCA_TRUE)
+            or (option in MPIRUN_HOSTFILES and value != job_hostfile)
+        ):
+            return True
+    return False
+
+
+def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[str, int, bool] | None:
     """(the flag as typed, N, whether N must fit the job's slots) for a rank count typed into a launcher line, else
     None. DeepSpeed's runner: --num_gpus N (or its alias --num_accelerators), N ranks per host, and every worker of a
     local job is this host; --num_nodes cannot add to it (the local hostfile has one line, and without one the runner
-    refuses more than 1). mpirun: -n/-np N over the hostfile's slots (a pod's mpirun refuses more, unless the line says
-    --oversubscribe or names its own hosts). accelerate launch: --num_processes N, the TOTAL over the hostfile's slots
-    (DeepSpeed starts a rank per slot; accelerate_route.job_command refuses any other count the same way)."""
+    refuses more than 1). mpirun: -n/-np N over the slots of `job_hostfile` (a pod's mpirun refuses more, unless the
+    line oversubscribes or names its own hosts: _mpirun_makes_room). accelerate launch: --num_processes N, the TOTAL
+    over the hostfile's slots (DeepSpeed starts a rank per slot; accelerate_route.job_command refuses any other count
+    the same way)."""
     name = Path(argv[0]).name
     if _runner_at(argv) is not None:
         counts, fits_slots = [(o, v) for o, v in runner_options(argv[_runner_at(argv) :]) if o in _RUNNER_RANKS], False
     elif name in ("mpirun", "mpiexec"):
         options = mpirun_options(argv[1:])
         counts = [(o, v) for o, v in options if o in MPIRUN_COUNTS]
-        fits_slots = not any(o in (*MPIRUN_OVERSUBSCRIBE, *MPIRUN_HOSTS) for o, _ in options)
+        fits_slots = not _mpirun_makes_room(options, job_hostfile)
     elif _accelerate_at(argv) is not None:
         own = _accelerate_own(argv)
         counts = [(o, v) for o, v in zip(own, own[1:]) if o in ("--num_processes", "--num-processes")]

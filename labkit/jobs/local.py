@@ -273,7 +273,7 @@ class LocalBackend(JobBackend):
         starts_ranks = launch.starts_ranks(cmd)
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
-        typed = command_line.typed_ranks(cmd)
+        typed = command_line.typed_ranks(cmd, str(d / "hostfile"))  # /etc/mpi/hostfile is mapped to it
         if typed:  # a count in the command line itself, named as typed there
             self._check_typed_ranks(st, job, *typed)
         # TMPDIR of the exec's own (like a pod's /tmp): torchrun's logs and a stopped mpirun's session files go with it
