@@ -185,6 +185,7 @@ def run_notebook(
     work_dir.mkdir(parents=True, exist_ok=True)
     output, html_path = out_dir / f"{name}.ipynb", out_dir / f"{name}.html"
     kernel_log = out_dir / f"{name}.kernel.log"
+    kernel_log.unlink(missing_ok=True)  # appended to (a restarted kernel keeps its lines): not an earlier run's
     run = NotebookRun(name=name, source=str(path), parameters=parameters, output=str(output))
     flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
     start = time.monotonic()

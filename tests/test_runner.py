@@ -192,6 +192,25 @@ def test_the_kernels_shutdown_interrupt_is_not_shown_but_its_other_errors_are(tm
     assert "KeyboardInterrupt" not in log, log
 
 
+def test_a_run_into_the_same_folder_again_shows_only_its_own_kernel_log(tmp_path):
+    """`labkit run 05 --out runs/x` again after a failed run: the kernel's log was appended to, so a run whose kernel
+    logged nothing left the earlier run's log in place, and a failing one pointed at the earlier run's lines too."""
+    nb = make_notebook(
+        tmp_path / "again.ipynb",
+        "label: str = 'first'  # which run\nfail: bool = True  # end in an error",
+        "get_ipython().kernel.log.error(f'{label} run logged this')\nassert not fail",
+    )
+    _, (first,) = notebooks.run_all([nb], out_dir=tmp_path / "r", progress=False)
+    log = tmp_path / "r" / "again.kernel.log"
+    assert not first.passed and str(log) in first.error and "first run" in log.read_text()
+    _, (second,) = notebooks.run_all([nb], {"label": "second"}, out_dir=tmp_path / "r", progress=False)
+    assert not second.passed and str(log) in second.error
+    assert "second run" in log.read_text() and "first run" not in log.read_text()
+    quiet = make_notebook(tmp_path / "again.ipynb", "fail: bool = False  # end in an error", "assert not fail")
+    _, (third,) = notebooks.run_all([quiet], out_dir=tmp_path / "r", progress=False)
+    assert third.passed and not log.exists()  # nothing logged: no log, not the last run's
+
+
 def test_the_html_report_shows_a_progress_bar_as_its_text(tmp_path):
     """nbconvert writes a widget as a script that fetches its renderer from unpkg.com: opened offline (a workshop
     room, a CI artifact) notebook 04's bar was a blank line in the report, though the notebook saved its text."""
