@@ -51,6 +51,20 @@ def kernel_options(work_dir: Path, log: Path) -> dict[str, Any]:
     return {"cwd": str(work_dir), "start_timeout": 120, "config": config, "kernel_manager_class": LoggedKernelManager}
 
 
+# jupyter_client's words (client.py, _async_wait_for_ready) for a kernel that never answered its first request
+START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def start_failure(exc: BaseException, log: Path) -> str | None:
+    """What a run says of a kernel that did not start (`exc`, papermill's error), with the last line of its `log`,
+    where its own reason went; None for any other error."""
+    if not isinstance(exc, RuntimeError) or not str(exc).startswith(START_FAILURES):
+        return None
+    said = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
+    reason = next((line for line in reversed(said) if line), "")
+    return f"the kernel did not start ({exc})" + (f": {reason}" if reason else "")
+
+
 def keep_log(path: Path) -> bool:
     """Whether a kernel's log says anything: the shutdown's noise is taken out, and a log left empty is removed."""
     if not path.exists():

@@ -197,6 +197,10 @@ def run_notebook(
     except (PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
         run.status = "failed"
         run.failed_cell, run.error = _failure(exc, output)
+    except RuntimeError as exc:  # a kernel that did not start: its own reason is in its log, on no screen
+        if (said := kernels.start_failure(exc, kernel_log)) is None:
+            raise
+        run.status, run.error = "failed", said
     except (KeyboardInterrupt, procs.Terminated) as exc:  # the CLI's one line says where the run stopped
         cell = _last_started_cell(output)
         exc.add_note(f"in {path.name} {'before its first cell' if cell is None else f'at cell {cell}'}; "

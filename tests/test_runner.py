@@ -211,6 +211,22 @@ def test_a_run_into_the_same_folder_again_shows_only_its_own_kernel_log(tmp_path
     assert third.passed and not log.exists()  # nothing logged: no log, not the last run's
 
 
+def test_a_kernel_that_cannot_start_fails_its_notebook_in_one_line_with_the_kernels_reason(tmp_path, capsys):
+    """A kernel that died at start (a broken ipykernel, an import that fails) ended `labkit run` with nbclient's
+    40-line traceback, "RuntimeError: Kernel died before replying to kernel_info", and since the kernel's stderr goes
+    to NN_name.kernel.log its own reason was on no screen. The notebook now fails like any other, saying why."""
+    nb = make_notebook(tmp_path / "nostart.ipynb", "n: int = 1  # unused", "print(n)")
+    work = tmp_path / "r" / "nostart.work"  # the kernel starts there: `python -m ipykernel_launcher` finds this one
+    work.mkdir(parents=True)
+    (work / "ipykernel_launcher.py").write_text("import sys\nsys.exit('ImportError: no module named zmq (as set up)')")
+    assert main(["run", str(nb), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if "FAILED" in line]
+    assert "the kernel did not start" in line and "ImportError: no module named zmq (as set up)" in line, line
+    assert str(tmp_path / "r" / "nostart.kernel.log") in line
+
+
 def test_the_html_report_shows_a_progress_bar_as_its_text(tmp_path):
     """nbconvert writes a widget as a script that fetches its renderer from unpkg.com: opened offline (a workshop
     room, a CI artifact) notebook 04's bar was a blank line in the report, though the notebook saved its text."""
