@@ -21,13 +21,18 @@ for flag in LABKIT_SYSTEM_TORCH LABKIT_NO_APT; do
   case "${!flag:-0}" in 0|1) ;; *) say "ERROR: $flag=${!flag} is neither 1 nor 0: pass $flag=1, or leave it unset"; exit 2 ;; esac
 done
 # A Python that does not run: its own first error line says why (bash's "No such file", pyenv's "command not found"),
-# and the fix names one that runs: the version pyenv says has it, else the first Python 3.10+ on PATH.
+# and the fix names one that runs: the version pyenv says has it (unless older than 3.10, which would be refused next),
+# else the first Python 3.10+ on PATH.
 pyver=$("$PYTHON" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/null) || {
   said=$("$PYTHON" -c pass 2>&1 || true)
   why=$(printf '%s\n' "$said" | sed -e '/^ *$/d' -e 's/^.*: line [0-9]*: //' | head -n 1)
   has=$(printf '%s\n' "$said" | sed -n '/exists in these Python versions:/{n;s/^ *//p;q;}')
+  too_old=""
+  if [[ "$has" =~ ^([0-9]+)\.([0-9]+) ]] && (( BASH_REMATCH[1] < 3 || (BASH_REMATCH[1] == 3 && BASH_REMATCH[2] < 10) )); then
+    too_old="pyenv's $has is older than 3.10 (requires-python), so "
+  fi
   fix="install Python 3.10 or newer, then pass its full path: PYTHON=/path/to/python3"
-  if [ -n "$has" ]; then
+  if [ -n "$has" ] && [ -z "$too_old" ]; then
     fix="pass PYTHON=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")/versions/$has/bin/${PYTHON##*/}, or run \`pyenv shell $has\` first"
   else
     for name in python3.13 python3.12 python3.11 python3.10 python3; do
@@ -35,7 +40,7 @@ pyver=$("$PYTHON" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/
         { fix="pass the full path of one that runs here, e.g. PYTHON=$found"; break; }
     done
   fi
-  say "ERROR: PYTHON=$PYTHON does not run here (${why:-no error said}): $fix"; exit 2; }
+  say "ERROR: PYTHON=$PYTHON does not run here (${why:-no error said}): $too_old$fix"; exit 2; }
 read -r major minor <<< "$pyver"
 if [ "$major" -lt 3 ] || { [ "$major" = 3 ] && [ "$minor" -lt 10 ]; }; then
   say "ERROR: PYTHON=$PYTHON is Python $major.$minor, older than 3.10 (requires-python): pass PYTHON=python3.10 or newer"; exit 2

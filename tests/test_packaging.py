@@ -128,6 +128,28 @@ def test_a_python_that_does_not_run_is_refused_with_its_own_reason_and_another_f
         assert re.search(r"\): .*PYTHON=/", said), said  # the full path of one that runs here
 
 
+def test_a_python_pyenv_has_but_too_old_is_not_offered_as_the_fix(tmp_path):
+    """`PYTHON=python3.9 make install` with pyenv's global 3.11 said "pass
+    PYTHON=~/.pyenv/versions/3.9.18/bin/python3.9, or run `pyenv shell 3.9.18` first": doing so was refused next
+    ("Python 3.9, older than 3.10"). The fix now names one that runs here and is new enough, and says why not
+    pyenv's."""
+    shims, old = tmp_path / "shims", tmp_path / "pyenv" / "versions" / "3.9.18" / "bin" / "python3.9"
+    shims.mkdir()
+    said_by_pyenv = PYENV_SAYS.replace("3.10.13", "3.9.18").replace("python3.10", "python3.9")
+    (shims / "python3.9").write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{said_by_pyenv}EOF\nexit 127\n")
+    (shims / "pyenv").write_text(f'#!/bin/sh\n[ "$1" = root ] && echo {tmp_path / "pyenv"}\n')
+    for script in shims.iterdir():
+        script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "PYTHON": "python3.9", "VENV": str(tmp_path / "venv")}
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    said = done.stdout
+    assert done.returncode == 2 and said.count("\n") == 1 and "pyenv: python3.9: command not found" in said, said
+    assert str(old) not in said and "pyenv shell 3.9.18" not in said, said
+    assert "3.9.18 is older than 3.10" in said and re.search(r"e\.g\. PYTHON=/\S+", said), said
+
+
 def fake_venv(tmp_path, version: str | None = None) -> Path:
     """A venv whose Python runs this one but stops at the first `-m` (pip: the install steps), and says `version`
     when asked in the set-up's "%d.%d" form."""
