@@ -307,7 +307,9 @@ def likely_cause(output: str) -> str | None:
 
 
 def starts_ranks(argv: list[str]) -> bool:
-    return Path(argv[0]).name in RANK_STARTERS or "deepspeed.launcher.runner" in argv
+    """Whether `argv` is a launcher starting ranks, also in its `python -m` form (a machine without the scripts)."""
+    modules = ("deepspeed.launcher.runner", "accelerate.commands.accelerate_cli")
+    return Path(argv[0]).name in RANK_STARTERS or any(module in argv for module in modules)
 
 
 def deadline_text(seconds: float) -> str:

@@ -566,3 +566,13 @@ def test_the_shown_line_is_the_one_that_runs_less_the_port_picked_at_launch(monk
     shown = launch.shown_command(launch.build_command(spec))
     assert port in " ".join(ran) and port not in " ".join(shown) and "29500" not in " ".join(shown)
     assert shown == without_port(ran, port)
+
+
+def test_a_launcher_in_its_python_m_form_is_known_to_start_ranks():
+    """`python -m accelerate.commands.accelerate_cli launch ...` (what a machine without the `accelerate` script
+    types) got neither the job's slots check nor the dead-rank watch that `accelerate launch` gets."""
+    python = sys.executable
+    assert launch.starts_ranks([python, "-m", "accelerate.commands.accelerate_cli", "launch", "train.py"])
+    assert launch.starts_ranks([python, "-m", "deepspeed.launcher.runner", "train.py"])
+    assert launch.starts_ranks(["/opt/venv/bin/accelerate", "launch", "train.py"])
+    assert not launch.starts_ranks([python, "train.py"]) and not launch.starts_ranks(["hostname"])
