@@ -38,6 +38,19 @@ def _accelerate_own(argv: list[str]) -> list[str]:
     return argv[at : next(script, len(argv))]
 
 
+def option_values(args: list[str], *names: str) -> list[tuple[str, str]]:
+    """(the name as typed, its value) for each of `names` in `args`, as `--name VALUE` or `--name=VALUE`, in the order
+    they stand."""
+    found = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if eq and name in names:
+            found.append((name, value))
+        elif arg in names and i + 1 < len(args):
+            found.append((arg, args[i + 1]))
+    return found
+
+
 # Open MPI 4 mpirun: the options a rank count is typed with, those that take no value and those that take two.
 # Any other option takes one (a value never starts with "-"); the first argument that is no option is the program.
 MPIRUN_COUNTS = ("-n", "-np", "--n", "--np", "-c")
@@ -97,10 +110,7 @@ def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[
         counts = [(o, v) for o, v in options if o in MPIRUN_COUNTS]
         fits_slots = not _mpirun_makes_room(options, job_hostfile)
     elif _accelerate_at(argv) is not None:
-        own = _accelerate_own(argv)
-        counts = [(o, v) for o, v in zip(own, own[1:]) if o in ("--num_processes", "--num-processes")]
-        counts += [a.partition("=")[::2] for a in own if a.startswith(("--num_processes=", "--num-processes="))]
-        fits_slots = True
+        counts, fits_slots = option_values(_accelerate_own(argv), "--num_processes", "--num-processes"), True
     else:
         return None
     flag, value = counts[-1] if counts else ("", "")  # the last one counts (argparse; mpirun refuses two)
@@ -118,11 +128,10 @@ def with_master_port(argv: list[str]) -> tuple[list[str], str]:
         return _with_main_process_port(argv)
     at = _runner_at(argv)
     if at is None:  # not DeepSpeed's runner: a --master_port anywhere is the port the command meant
-        own = [(a, v) for a, v in zip(argv, argv[1:]) if a == "--master_port"]
-        own += [a.partition("=")[::2] for a in argv if a.startswith("--master_port=")]
+        given = [value for _, value in option_values(argv, "--master_port")]
     else:  # the runner's own options only: after the script they are the script's
-        own = runner_options(argv[at:])
-    for value in (value for option, value in own if option == "--master_port"):
+        given = [value for option, value in runner_options(argv[at:]) if option == "--master_port"]
+    for value in given:
         if value.isdigit():
             return argv, value
     port = str(launch.free_port())
@@ -133,11 +142,8 @@ def _with_main_process_port(argv: list[str]) -> tuple[list[str], str]:
     """`accelerate launch`: its --main_process_port (default 29500, refused when held: accelerate/utils/launch.py
     prepare_deepspeed_cmd_env) is the port it hands DeepSpeed's runner; options after `-m`/the script are the
     script's."""
-    launch_at, own = _accelerate_at(argv), _accelerate_own(argv)
-    for option, value in zip(own, own[1:]):
-        if option == "--main_process_port" and value.isdigit():
-            return argv, value
-    for value in (a.partition("=")[2] for a in own if a.startswith("--main_process_port=")):
+    launch_at = _accelerate_at(argv)
+    for _, value in option_values(_accelerate_own(argv), "--main_process_port"):
         if value.isdigit():
             return argv, value
     port = str(launch.free_port())
