@@ -35,15 +35,11 @@ def bar(total: int | None = None, *, desc: str, unit: str = "step", disable: boo
     return _saved_widget()(total=total, desc=desc, unit=unit, **kwargs)
 
 
-def advance(bar, to: int | None = None) -> None:
-    """Count a step (or steps up to `to`). The first one counted starts the bar's clock: the time before it (ranks
-    launching, DeepSpeed starting, the first step's warm-up) is no step's time, and tqdm's rate spread it over every
-    step (notebook 03's rank-0 bar: 20 s of launch in a 3-step rate)."""
-    if to is None:
-        bar.update(1)
-    else:
-        bar.n = to
-        bar.refresh()
+def advance(bar) -> None:
+    """Count a step. The first one counted starts the bar's clock: the time before it (ranks launching, DeepSpeed
+    starting, the first step's warm-up) is no step's time, and tqdm's rate spread it over every step (notebook 03's
+    rank-0 bar: 20 s of launch in a 3-step rate)."""
+    bar.update(1)
     if not getattr(bar, "clock_started", False):
         bar.clock_started = True
         bar.start_t = bar.last_print_t = bar._time()

@@ -31,19 +31,6 @@ def test_a_bars_rate_counts_steps_from_the_first_one_not_the_start_up():
         bar.close()
 
 
-def test_advance_to_a_step_number_counts_the_same_way():
-    out, clock = io.StringIO(), Clock()
-    bar = progress.bar(10, desc="rank 0", file=out, mininterval=0)
-    bar._time = clock
-    try:
-        for at, step in ((30.0, 1), (31.0, 3), (32.0, 5)):
-            clock.now = at
-            progress.advance(bar, to=step)
-        assert "5/10" in str(bar) and "2.00step/s" in str(bar), str(bar)
-    finally:
-        bar.close()
-
-
 def test_a_bar_in_a_pipe_writes_whole_lines_and_said_lines_stay_apart(capsys):
     """A rank's bar goes through a pipe into a notebook: tqdm's '\\r' redraws became line breaks there and a line
     printed meanwhile ran into the bar ('loss=1.527]epoch 1/3 ...')."""
