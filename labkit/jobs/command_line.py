@@ -102,9 +102,9 @@ def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[
     line oversubscribes or names its own hosts: _mpirun_makes_room). accelerate launch: --num_processes N, the TOTAL
     over the hostfile's slots (DeepSpeed starts a rank per slot; accelerate_route.job_command refuses any other count
     the same way)."""
-    name = Path(argv[0]).name
-    if _runner_at(argv) is not None:
-        counts, fits_slots = [(o, v) for o, v in runner_options(argv[_runner_at(argv) :]) if o in _RUNNER_RANKS], False
+    name, runner_at = Path(argv[0]).name, _runner_at(argv)
+    if runner_at is not None:
+        counts, fits_slots = [(o, v) for o, v in runner_options(argv[runner_at:]) if o in _RUNNER_RANKS], False
     elif name in ("mpirun", "mpiexec"):
         options = mpirun_options(argv[1:])
         counts = [(o, v) for o, v in options if o in MPIRUN_COUNTS]
