@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the kit's virtual environment. Called by `make` targets; safe to re-run.
 #   VENV            where to install (default .venv)
-#   PYTHON          the interpreter the venv is made from (default python3, or an existing venv's; 3.10 or newer)
+#   PYTHON          the interpreter the venv is made from (default python3, or an existing venv's; requires-python's)
 #   TORCH_SPEC      the torch pin (default torch==2.13.0; without an NVIDIA GPU its CPU build); == only
 #   TORCH_INDEX_URL optional index torch alone comes from (--index-url), e.g. https://download.pytorch.org/whl/cpu
 #   Everything else is installed from requirements/lock.txt, hash-checked (scripts/pip-locked.sh; `make lock` rebuilds it).
@@ -15,35 +15,41 @@ if [ -z "$ASKED_PYTHON" ] && [ -x "$VENV/bin/python" ]; then PYTHON=$VENV/bin/py
 ASKED_TORCH=${TORCH_SPEC:-}  # set by the user (else the default below)
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 say() { printf '[labkit setup] %s\n' "$*"; }
+# The oldest Python the kit runs on: pyproject.toml's requires-python, the one place it is written.
+PY_FLOOR=$(sed -n 's/^requires-python *= *">=\([0-9]*\.[0-9]*\)".*/\1/p' pyproject.toml)
+py_too_old() { # MAJOR MINOR
+  (( $1 < ${PY_FLOOR%.*} || ($1 == ${PY_FLOOR%.*} && $2 < ${PY_FLOOR#*.}) ))
+}
 
 # 0. Every input, checked before anything is installed: each error names the variable and the fix.
 for flag in LABKIT_SYSTEM_TORCH LABKIT_NO_APT; do
   case "${!flag:-0}" in 0|1) ;; *) say "ERROR: $flag=${!flag} is neither 1 nor 0: pass $flag=1, or leave it unset"; exit 2 ;; esac
 done
 # A Python that does not run: its own first error line says why (bash's "No such file", pyenv's "command not found"),
-# and the fix names one that runs: the version pyenv says has it (unless older than 3.10, which would be refused next),
-# else the first Python 3.10+ on PATH.
+# and the fix names one that runs: the version pyenv says has it (unless older than the floor, which would be refused
+# next), else the first Python on PATH that meets the floor.
 pyver=$("$PYTHON" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/null) || {
   said=$("$PYTHON" -c pass 2>&1 || true)
   why=$(printf '%s\n' "$said" | sed -e '/^ *$/d' -e 's/^.*: line [0-9]*: //' | head -n 1)
   has=$(printf '%s\n' "$said" | sed -n '/exists in these Python versions:/{n;s/^ *//p;q;}')
   too_old=""
-  if [[ "$has" =~ ^([0-9]+)\.([0-9]+) ]] && (( BASH_REMATCH[1] < 3 || (BASH_REMATCH[1] == 3 && BASH_REMATCH[2] < 10) )); then
-    too_old="pyenv's $has is older than 3.10 (requires-python), so "
+  if [[ "$has" =~ ^([0-9]+)\.([0-9]+) ]] && py_too_old "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"; then
+    too_old="pyenv's $has is older than $PY_FLOOR (requires-python), so "
   fi
-  fix="install Python 3.10 or newer, then pass its full path: PYTHON=/path/to/python3"
+  fix="install Python $PY_FLOOR or newer, then pass its full path: PYTHON=/path/to/python3"
   if [ -n "$has" ] && [ -z "$too_old" ]; then
     fix="pass PYTHON=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")/versions/$has/bin/${PYTHON##*/}, or run \`pyenv shell $has\` first"
   else
     for name in python3.13 python3.12 python3.11 python3.10 python3; do
-      found=$(command -v "$name") && "$found" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null &&
+      found=$(command -v "$name") && pv=$("$found" -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null) &&
+        ! py_too_old "${pv% *}" "${pv#* }" &&
         { fix="pass the full path of one that runs here, e.g. PYTHON=$found"; break; }
     done
   fi
   say "ERROR: PYTHON=$PYTHON does not run here (${why:-no error said}): $too_old$fix"; exit 2; }
 read -r major minor <<< "$pyver"
-if [ "$major" -lt 3 ] || { [ "$major" = 3 ] && [ "$minor" -lt 10 ]; }; then
-  say "ERROR: PYTHON=$PYTHON is Python $major.$minor, older than 3.10 (requires-python): pass PYTHON=python3.10 or newer"; exit 2
+if py_too_old "$major" "$minor"; then
+  say "ERROR: PYTHON=$PYTHON is Python $major.$minor, older than $PY_FLOOR (requires-python): pass PYTHON=python$PY_FLOOR or newer"; exit 2
 fi
 at_least() { "$PYTHON" -c "import re, sys; v = [[int(x) for x in re.findall(r'\d+', a)[:2]] for a in sys.argv[1:]]; sys.exit(v[0] < v[1])" "$1" "$2"; }
 floor=$(sed -n 's/^ *"torch>=\([0-9.]*\)".*/\1/p' pyproject.toml)

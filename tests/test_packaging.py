@@ -150,6 +150,25 @@ def test_a_python_pyenv_has_but_too_old_is_not_offered_as_the_fix(tmp_path):
     assert "3.9.18 is older than 3.10" in said and re.search(r"e\.g\. PYTHON=/\S+", said), said
 
 
+def test_a_python_older_than_requires_python_is_refused_in_one_line_before_anything_is_made(tmp_path):
+    """The set-up's Python floor is pyproject.toml's requires-python: a PYTHON that runs but is older is refused in
+    one line naming it, its version and that floor, before a venv is made (the floor is written once in the
+    script, so this is what every message of it says)."""
+    floor = re.fullmatch(r">=(\d+)\.(\d+)", pyproject()["project"]["requires-python"]).groups()
+    old = f"{floor[0]}.{int(floor[1]) - 1}"
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\necho "{old.replace(".", " ")}"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "VENV": str(tmp_path / "venv"), "LABKIT_NO_APT": "1"}
+    done = subprocess.run(
+        ["bash", "scripts/bootstrap.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    said, least = done.stdout, ".".join(floor)
+    assert done.returncode == 2 and said.count("\n") == 1 and not (tmp_path / "venv").exists(), said + done.stderr
+    assert f"PYTHON={python} is Python {old}, older than {least} (requires-python)" in said, said
+    assert f"pass PYTHON=python{least} or newer" in said, said
+
+
 def fake_venv(tmp_path, version: str | None = None) -> Path:
     """A venv whose Python runs this one but stops at the first `-m` (pip: the install steps), and says `version`
     when asked in the set-up's "%d.%d" form."""
