@@ -3,6 +3,8 @@ an encrypted channel, and for `labkit run` the run's work folder and a log file 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -53,29 +55,54 @@ def kernel_options(work_dir: Path, log: Path) -> dict[str, Any]:
 
 # jupyter_client's words (client.py, _async_wait_for_ready) for a kernel that never answered its first request
 START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+# nbclient's line (client.py, _async_check_alive) for a kernel that died in a cell, logged through papermill's logger,
+# which has no handler: Python's last resort printed it above the run's own failure line, which says more.
+KERNEL_DIED_LOG = "Kernel died while waiting for execute reply."
 
 
-def start_failure(exc: BaseException, log: Path) -> str | None:
-    """What a run says of a kernel that did not start (`exc`, papermill's error), with the last line of its `log`,
-    where its own reason went; None for any other error."""
+@contextlib.contextmanager
+def death_told_once():
+    """papermill's logger without nbclient's dead-kernel line while a notebook runs (the run's failure says it)."""
+    logger = logging.getLogger("papermill")
+    logger.addFilter(_not_the_death_line)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_the_death_line)
+
+
+def _not_the_death_line(record: logging.LogRecord) -> bool:
+    return record.getMessage() != KERNEL_DIED_LOG
+
+
+def start_failure(exc: BaseException) -> str | None:
+    """What a run says of a kernel that did not start (`exc`, papermill's error; its own reason is in its log, which
+    log_note adds); None for any other error."""
     if not isinstance(exc, RuntimeError) or not str(exc).startswith(START_FAILURES):
         return None
-    said = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
-    reason = next((line for line in reversed(said) if line), "")
-    return f"the kernel did not start ({exc})" + (f": {reason}" if reason else "")
+    return f"the kernel did not start ({exc})"
 
 
-def keep_log(path: Path) -> bool:
-    """Whether a kernel's log says anything: the shutdown's noise is taken out, and a log left empty is removed."""
+def _kept_lines(path: Path) -> list[str]:
+    """A kernel's log without the shutdown's noise, written back so; a log left empty is removed. The one reader."""
     if not path.exists():
-        return False
+        return []
     lines = path.read_text(errors="replace").splitlines(keepends=True)
     kept = [line for line in lines if line.rstrip("\r\n") not in SHUTDOWN_NOISE]
     if not kept:
         path.unlink()
     elif len(kept) < len(lines):
         path.write_text("".join(kept))
-    return bool(kept)
+    return kept
+
+
+def log_note(path: Path, *, last_words: bool) -> str:
+    """What a failed run adds of its kernel's log at `path` (tidied by _kept_lines either way): with `last_words` (a
+    kernel that died or did not start: its reason went there, on no screen) its last line, then where it is; "" for a
+    log that says nothing."""
+    kept = [line.strip() for line in _kept_lines(path)]
+    reason = next((line for line in reversed(kept) if line), "") if last_words else ""
+    return (f": {reason}" if reason else "") + (f" (the kernel's log: {path})" if kept else "")
 
 
 if __name__ == "__main__":  # scripts/lab.sh reads them from here

@@ -188,26 +188,26 @@ def run_notebook(
     kernel_log.unlink(missing_ok=True)  # appended to (a restarted kernel keeps its lines): not an earlier run's
     run = NotebookRun(name=name, source=str(path), parameters=parameters, output=str(output))
     flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
-    start = time.monotonic()
+    start, last_words = time.monotonic(), False  # last_words: the kernel's reason is its log's last line
     try:
-        with mock.patch.dict(os.environ, LABKIT_RUN_DIR=str(work_dir)):
+        with mock.patch.dict(os.environ, LABKIT_RUN_DIR=str(work_dir)), kernels.death_told_once():
             options = kernels.kernel_options(work_dir, kernel_log)
             papermill.execute_notebook(path, output, parameters=parameters, **options, **flags)
         run.status = "passed"
     except (PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
-        run.status = "failed"
+        run.status, last_words = "failed", isinstance(exc, DeadKernelError)
         run.failed_cell, run.error = _failure(exc, output)
     except RuntimeError as exc:  # a kernel that did not start: its own reason is in its log, on no screen
-        if (said := kernels.start_failure(exc, kernel_log)) is None:
+        if (said := kernels.start_failure(exc)) is None:
             raise
-        run.status, run.error = "failed", said
+        run.status, run.error, last_words = "failed", said, True
     except (KeyboardInterrupt, procs.Terminated) as exc:  # the CLI's one line says where the run stopped
         cell = _last_started_cell(output)
         exc.add_note(f"in {path.name} {'before its first cell' if cell is None else f'at cell {cell}'}; "
                      f"the notebook so far: {output if output.exists() else 'none written'}")  # fmt: skip
         raise
-    if kernels.keep_log(kernel_log) and not run.passed:  # (a log that says nothing is removed)
-        run.error += f" (the kernel's log: {kernel_log})"
+    if (note := kernels.log_note(kernel_log, last_words=last_words)) and not run.passed:  # (an empty log is removed)
+        run.error += note
     run.duration_s = time.monotonic() - start
     if output.exists():
         run.results = results.read(output)

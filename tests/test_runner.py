@@ -227,6 +227,24 @@ def test_a_kernel_that_cannot_start_fails_its_notebook_in_one_line_with_the_kern
     assert str(tmp_path / "r" / "nostart.kernel.log") in line
 
 
+def test_a_kernel_that_dies_mid_run_is_told_once_with_its_cell_and_its_log(tmp_path):
+    """A kernel that died in a cell (a segfault, os._exit) printed nbclient's "Kernel died while waiting for execute
+    reply." through papermill's logger besides the kit's own summary, and the summary did not say what the kernel
+    last wrote (to its log, on no screen). Now the summary alone tells it: the notebook, the cell, the kernel's last
+    words and where its log is. (A process of its own: pytest's log capture would take papermill's line.)"""
+    # the kernel's own log writes at once (what the cell writes to fd 2 is echoed there by a thread: too late)
+    cell = "get_ipython().kernel.log.error('Fatal: out of luck')\nimport os\nos._exit(code)"
+    nb = make_notebook(tmp_path / "dies.ipynb", "code: int = 3  # exit code", cell)
+    cmd = [sys.executable, "-m", "labkit", "run", str(nb), "--out", str(tmp_path / "r")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert run.returncode == 1 and "Kernel died while waiting" not in run.stderr, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if "FAILED" in line]
+    assert "dies.ipynb" in line and "cell 2 failed" in line and "the kernel died" in line, line
+    log = tmp_path / "r" / "dies.kernel.log"
+    assert "Fatal: out of luck" in line and f"(the kernel's log: {log})" in line, line
+    assert "Fatal: out of luck" in log.read_text()
+
+
 def test_the_html_report_shows_a_progress_bar_as_its_text(tmp_path):
     """nbconvert writes a widget as a script that fetches its renderer from unpkg.com: opened offline (a workshop
     room, a CI artifact) notebook 04's bar was a blank line in the report, though the notebook saved its text."""
