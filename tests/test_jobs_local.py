@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from kit_testing import ROOT, wait_until
 
+from labkit import devices
 from labkit.chapters.interactive import (
     TrainingProgress,
     parse_metrics,
@@ -738,8 +740,28 @@ def test_exec_refuses_a_rank_count_typed_into_a_deepspeed_line_before_starting_i
         assert captured.out == "" and not list((backend.job_dir("typed") / "execs").iterdir())
         # the script's own flags are the script's, and a command that is no runner is run as typed
         argv = ["deepspeed", "--num_gpus", "2", "train.py", "--num_gpus", "20"]
-        assert command_line.typed_ranks(argv) == ("--num_gpus", 2, False)
+        assert command_line.typed_ranks(argv) == ("--num_gpus", 2, "")
         assert job.exec(["echo", "--num_gpus", "20"], on_output=None) == 0
+
+
+@pytest.mark.parametrize("flag", ["--num_gpus", "--num_accelerators"])
+def test_a_runner_count_over_a_workers_slots_is_refused_as_its_pods_would_fail_it(flag, monkeypatch):
+    """`job exec JOB -- deepspeed --hostfile /etc/mpi/hostfile --num_gpus 4 train.py` in a GPU job of 2 workers x 2
+    slots was checked against this machine's 8 GPUs only and ran, while on its pods DeepSpeed's runner gives every
+    host of the hostfile 4 ranks whatever its slots (runner.py apply_num_nodes_and_gpus) and ranks 2 and 3 of each
+    pod find no GPU. Refused in one line naming the flag and the fix, before anything starts, as mpirun -np is."""
+    monkeypatch.setattr(devices, "device_count", lambda device: 8)  # this machine has GPUs to spare; a pod has 2
+    st, hostfile = SimpleNamespace(namespace="workloads", name="ds"), "/jobs/ds/hostfile"  # where exec maps it
+    job = {"accelerator": "nvidia", "workers": 2, "slots_per_worker": 2}
+    argv = ["deepspeed", "--hostfile", hostfile, flag, "4", "train.py"]  # pdsh, the runner's default launcher
+    with pytest.raises(ConfigError) as err:
+        LocalBackend._check_typed_ranks(st, job, *command_line.typed_ranks(argv, hostfile))
+    assert err.value.field == flag and "pods have 2 CUDA device(s) each" in err.value.problem, err.value
+    assert f"pass {flag} 2 or fewer" in err.value.fix and "\n" not in str(err.value), err.value
+    # within the slots, CPU ranks (a pod runs them, oversubscribed) and a hostfile of the line's own: as typed
+    for ranks, accelerator, own in ((2, "nvidia", hostfile), (4, "cpu", hostfile), (4, "nvidia", "/tmp/mine")):
+        typed = command_line.typed_ranks(["deepspeed", "-H", own, flag, str(ranks), "train.py"], hostfile)
+        LocalBackend._check_typed_ranks(st, {**job, "accelerator": accelerator}, *typed)
 
 
 @pytest.mark.parametrize(

@@ -94,27 +94,33 @@ def _mpirun_makes_room(options: list[tuple[str, str]], job_hostfile: str) -> boo
     return False
 
 
-def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[str, int, bool] | None:
-    """(the flag as typed, N, whether N must fit the job's slots) for a rank count typed into a launcher line, else
-    None. DeepSpeed's runner: --num_gpus N (or its alias --num_accelerators), N ranks per host, and every worker of a
-    local job is this host; --num_nodes cannot add to it (the local hostfile has one line, and without one the runner
-    refuses more than 1). mpirun: -n/-np N over the slots of `job_hostfile` (a pod's mpirun refuses more, unless the
-    line oversubscribes or names its own hosts: _mpirun_makes_room). accelerate launch: --num_processes N, the TOTAL
-    over the hostfile's slots (DeepSpeed starts a rank per slot; accelerate_route.job_command refuses any other count
-    the same way)."""
+def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[str, int, str] | None:
+    """(the flag as typed, N, what N must fit) for a rank count typed into a launcher line, else None; what it must fit:
+    "slots" (the job's workers x slots), "worker" (each worker's slots) or "" (only this machine).
+
+    DeepSpeed's runner: --num_gpus N (or its alias --num_accelerators), N ranks per host, and every worker of a local
+    job is this host; --num_nodes cannot add to it (the local hostfile has one line, and without one the runner refuses
+    more than 1). Over the job's hostfile N must fit each worker's slots: the runner gives every host N ranks whatever
+    its slots (runner.py apply_num_nodes_and_gpus), so on a pod of S devices ranks S..N-1 find none. mpirun: -n/-np N
+    over the slots of `job_hostfile` (a pod's mpirun refuses more, unless the line oversubscribes or names its own
+    hosts: _mpirun_makes_room). accelerate launch: --num_processes N, the TOTAL over the hostfile's slots (DeepSpeed
+    starts a rank per slot; accelerate_route.job_command refuses any other count the same way)."""
     name, runner_at = Path(argv[0]).name, _runner_at(argv)
     if runner_at is not None:
-        counts, fits_slots = [(o, v) for o, v in runner_options(argv[runner_at:]) if o in _RUNNER_RANKS], False
+        options = runner_options(argv[runner_at:])
+        counts = [(o, v) for o, v in options if o in _RUNNER_RANKS]
+        hostfiles = [v for o, v in options if o == "--hostfile"]
+        fits = "worker" if hostfiles[-1:] == [job_hostfile] else ""
     elif name in ("mpirun", "mpiexec"):
         options = mpirun_options(argv[1:])
         counts = [(o, v) for o, v in options if o in MPIRUN_COUNTS]
-        fits_slots = not _mpirun_makes_room(options, job_hostfile)
+        fits = "" if _mpirun_makes_room(options, job_hostfile) else "slots"
     elif _accelerate_at(argv) is not None:
-        counts, fits_slots = option_values(_accelerate_own(argv), "--num_processes", "--num-processes"), True
+        counts, fits = option_values(_accelerate_own(argv), "--num_processes", "--num-processes"), "slots"
     else:
         return None
     flag, value = counts[-1] if counts else ("", "")  # the last one counts (argparse; mpirun refuses two)
-    return (flag, int(value), fits_slots) if value.isdigit() and int(value) > 0 else None  # -1, 0: every slot
+    return (flag, int(value), fits) if value.isdigit() and int(value) > 0 else None  # -1, 0: every slot
 
 
 def with_master_port(argv: list[str]) -> tuple[list[str], str]:

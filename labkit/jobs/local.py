@@ -251,14 +251,24 @@ class LocalBackend(JobBackend):
             time.sleep(0.05)
 
     @staticmethod
-    def _check_typed_ranks(st: JobStatus, job: dict, flag: str, ranks: int, fits_slots: bool) -> None:
-        """ConfigError naming `flag` when the `ranks` typed with it cannot start: more than this machine runs, or (an
-        mpirun or accelerate count) more than the job's slots, which its pods' mpirun refuses ("There are not enough
-        slots available in the system") and DeepSpeed's runner fills one rank each."""
-        check_ranks_fit(flag, ranks, DEVICE_OF[job["accelerator"]])
-        slots = job["workers"] * job["slots_per_worker"]
-        if fits_slots and ranks > slots:
-            have = f"{job['workers']} worker(s) x {job['slots_per_worker']} slot(s) = {slots}"
+    def _check_typed_ranks(st: JobStatus, job: dict, flag: str, ranks: int, fits: str) -> None:
+        """ConfigError naming `flag` when the `ranks` typed with it cannot start (command_line.typed_ranks' `fits`):
+        as many per worker as DeepSpeed's runner starts on each host of the job's hostfile, where a pod has one device
+        per slot; more than the job's slots (an mpirun or accelerate count), which its pods' mpirun refuses ("There
+        are not enough slots available in the system") and DeepSpeed's runner fills one rank each; more than this
+        machine runs."""
+        device, per = DEVICE_OF[job["accelerator"]], job["slots_per_worker"]
+        if fits == "worker" and device in ("cuda", "hpu") and ranks > per:  # CPU ranks over the slots run on a pod
+            problem = (
+                f"{ranks} ranks on each worker of job {st.namespace}/{st.name}, whose pods have {per} {device.upper()}"
+                f" device(s) each (its hostfile's slots): DeepSpeed's runner starts {ranks} on every host of the"
+                f" hostfile, and ranks {per}..{ranks - 1} of each would find no device"
+            )
+            raise ConfigError(flag, problem, f"pass {flag} {per} or fewer, or submit the job with --slots {ranks}")
+        check_ranks_fit(flag, ranks, device)
+        slots = job["workers"] * per
+        if fits == "slots" and ranks > slots:
+            have = f"{job['workers']} worker(s) x {per} slot(s) = {slots}"
             problem = f"{ranks} ranks but job {st.namespace}/{st.name} has {have} slot(s) (its hostfile's)"
             raise ConfigError(flag, problem, f"pass {flag} {slots} or fewer, or submit the job with more workers/slots")
 
