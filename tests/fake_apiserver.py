@@ -200,6 +200,12 @@ class FakeApiServer:
         self.warnings: list[str] = []  # every Warning header sent (unknown fields dropped under fieldValidation=Warn)
         self.rv = 1
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, type, pod) for watches
+        # The watch cache keeps a window of the newest pod events (staging/src/k8s.io/apiserver/pkg/storage/cacher/
+        # watch_cache.go; None: every one). On a busy cluster other pods' changes move that window on between a
+        # client's list and its watch: busy_after_list such changes land right after each pod list is read.
+        self.watch_cache_capacity: int | None = None
+        self.busy_after_list = 0
+        self.expired_watches = 0  # watches answered 410 Expired
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
         self.pod_files: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> files in the container's /tmp
@@ -309,7 +315,20 @@ class FakeApiServer:
         with self.cond:
             pod["metadata"]["resourceVersion"] = self._bump()
             self.history.append((self.rv, kind, copy.deepcopy(pod)))
+            if self.watch_cache_capacity is not None:
+                del self.history[: -self.watch_cache_capacity]
             self.cond.notify_all()
+
+    def busy_cluster(self, changes: int) -> None:
+        """Changes of a pod in another namespace: nothing the kit's watch sends, but each moves the watch cache's
+        window (it holds one resource's events, every namespace's)."""
+        for _ in range(changes):
+            self._pod_event("MODIFIED", {"metadata": {"name": "busy", "namespace": "elsewhere", "labels": {}}})
+
+    def oldest_watchable(self) -> int:
+        """The oldest resourceVersion a watch may start from (watch_cache.go, getAllEventsSinceLocked: below
+        `oldest-1`, NewResourceExpired "too old resource version: RV (oldest-1)")."""
+        return (self.history[0][0] if self.history else self.rv + 1) - 1
 
     def add_event(self, ns: str, name: str, type_: str, reason: str, message: str, kind: str = "Pod") -> None:
         self.events.append(
@@ -1089,6 +1108,7 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.cond:
             items = copy.deepcopy(self._pods_matching(ns, q.get("labelSelector")))
             rv = str(fake.rv)
+        fake.busy_cluster(fake.busy_after_list)  # after the list's resourceVersion was read, before the client's watch
         return self._send_json(
             200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
         )
@@ -1100,8 +1120,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _watch_pods(self, ns: str, q: dict) -> None:
         """A chunked stream of {"type", "object"} lines, from resourceVersion on, until timeoutSeconds (apiserver
         pkg/endpoints/handlers/get.go, ListResource: the watch ends at timeoutSeconds). No resourceVersion (or "0"):
-        the current pods first as ADDED (pkg/storage/cacher/cacher.go, Watch). Never 410 Gone: the history is kept
-        (the kit lists again on an ERROR event)."""
+        the current pods first as ADDED (pkg/storage/cacher/cacher.go, Watch). A resourceVersion older than the watch
+        cache's window: 200 and one ERROR event carrying a Status 410 Expired, then the end (cacher.go, Watch:
+        getAllEventsSinceLocked's error "must fail with a watch event of type ERROR" through newErrWatcher; etcd3's
+        watcher.go answers a compacted revision the same way)."""
         fake = self.server_state
         selector = q.get("labelSelector")
         end = time.monotonic() + float(q.get("timeoutSeconds") or 30)
@@ -1118,6 +1140,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(json.dumps({"type": "ADDED", "object": pod}).encode() + b"\n")
         else:
             last = int(since)
+            with fake.cond:
+                oldest = fake.oldest_watchable()
+            if last < oldest:
+                fake.expired_watches += 1
+                status = status_body(410, "Expired", f"too old resource version: {last} ({oldest})")
+                self._chunk(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                end = 0.0
         while time.monotonic() < end:
             with fake.cond:
                 fresh = [

@@ -907,3 +907,32 @@ def test_the_lab_identity_may_submit_gaudi_jobs_under_the_gaudi_overlays_binding
         get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(spec)  # a new backend: no cached answers
         created = [o["metadata"]["namespace"] for o in api.objects.values() if o.get("kind") == "MPIJob"]
         assert api.denied == [] and created == ["workloads-gaudi"]
+
+
+def pod_lists(api) -> int:
+    return sum(1 for method, path, q in api.requests if path.endswith("/pods") and "watch" not in q and method == "GET")
+
+
+def test_a_watch_whose_resource_version_fell_out_of_the_watch_cache_lists_again_and_gets_ready():
+    """A busy cluster moves the watch cache's window past the version the kit listed at: its watch is answered with
+    an ERROR event, Status 410 Expired (fake_apiserver._watch_pods cites cacher.go), which the client turns into
+    ApiException(410) when timeout_seconds is set. The kit lists again, so the job still gets ready."""
+    with fake_cluster(ready_delay=1.5, grace_s=0.2) as (api, backend):  # ready after the kit's first list
+        api.watch_cache_capacity, api.busy_after_list = 2, 3
+        job = backend.submit(JobSpec(name="demo", workers=1))
+        assert job.wait_ready(timeout=20).ready
+        assert api.expired_watches >= 1  # it did meet the 410
+
+
+def test_watches_that_keep_expiring_do_not_spin_and_the_wait_still_ends_at_its_deadline():
+    with fake_cluster(scenario="unschedulable", ready_delay=0.2, grace_s=0.2) as (api, backend):
+        api.watch_cache_capacity, api.busy_after_list = 2, 3
+        job = backend.submit(JobSpec(name="big", accelerator="nvidia", slots_per_worker=8))
+        start = time.monotonic()
+        with pytest.raises(JobNotReady) as err:
+            job.wait_ready(timeout=3)
+        assert time.monotonic() - start < 8
+        assert "FailedScheduling" in str(err.value) and "was deleted, so it holds no accelerators" in str(err.value)
+        assert api.expired_watches >= 2
+        # every 410 costs a list, spaced out (half a second): not a busy loop (15 lists in these 3 s without the pause)
+        assert pod_lists(api) <= 8

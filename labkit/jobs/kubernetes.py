@@ -365,8 +365,8 @@ class KubernetesBackend(JobBackend):
                         break
             except LabkitError:
                 raise
-            except Exception:  # a dropped watch connection: list again (the deadline still bounds us)
-                time.sleep(0.5)
+            except Exception:  # a dropped watch, or 410 Expired (the client raises it: timeout_seconds turns off its
+                time.sleep(0.5)  # own retry, kubernetes/watch/watch.py): list again, the deadline still bounds us
             finally:
                 w.stop()
 
