@@ -206,6 +206,7 @@ class FakeApiServer:
         self.watch_cache_capacity: int | None = None
         self.busy_after_list = 0
         self.expired_watches = 0  # watches answered 410 Expired
+        self.launcher_crashes = 0  # the next launcher pods whose container exits 1 as it starts
         self.cond = threading.Condition()
         self.exec_procs: list[subprocess.Popen] = []
         self.pod_files: dict[tuple[str, str], set[str]] = {}  # (ns, pod) -> files in the container's /tmp
@@ -532,30 +533,148 @@ class FakeApiServer:
         return (level, ", ".join(found)) if found else None
 
     def _create_launcher(self, job: dict) -> None:
-        """newLauncherJob: a batch/v1 Job `<name>-launcher` carrying runPolicy's activeDeadlineSeconds and
-        ttlSecondsAfterFinished (so the deadline starts now, not at the MPIJob's creation), and its pod: labels
-        job-name and job-role=launcher, no replica-index (runLauncherAsWorker off), a random name suffix."""
+        """newLauncherJob: a batch/v1 Job `<name>-launcher` carrying runPolicy's activeDeadlineSeconds,
+        ttlSecondsAfterFinished and backoffLimit (so the deadline starts now, not at the MPIJob's creation; an unset
+        backoffLimit is the Job API's default, 6: kubernetes pkg/apis/batch/v1/defaults.go) and the launcher's
+        restartPolicy (setRestartPolicy), and its pod: labels job-name and job-role=launcher, no replica-index
+        (runLauncherAsWorker off), a random name suffix."""
         meta, spec = job["metadata"], job["spec"]
         name, ns = meta["name"], meta["namespace"]
         if (BATCH, "jobs", ns, f"{name}-launcher") in self.objects:
             return
         run_policy = spec.get("runPolicy") or {}
+        job_spec = {k: run_policy[k] for k in ("activeDeadlineSeconds", "ttlSecondsAfterFinished") if k in run_policy}
+        restart = spec["mpiReplicaSpecs"]["Launcher"].get("restartPolicy") or "Never"
+        job_spec.update(
+            backoffLimit=run_policy.get("backoffLimit", 6),
+            template={"spec": {"restartPolicy": "Never" if restart == "ExitCode" else restart}},
+        )
         self.objects[(BATCH, "jobs", ns, f"{name}-launcher")] = {
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": {"name": f"{name}-launcher", "namespace": ns, "creationTimestamp": now_iso()},
-            "spec": {k: run_policy[k] for k in ("activeDeadlineSeconds", "ttlSecondsAfterFinished") if k in run_policy},
+            "spec": job_spec,
             "status": {"startTime": now_iso(), "active": 1},
         }
-        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-        pod = self._operator_pod(job, "Launcher", f"{name}-launcher-{suffix}", {})
-        if pod is not None:
-            self._kubelet(pod, ns)
-            self._pod_event("MODIFIED", pod)
+        if self._launcher_pod(job) is not None:
             job["status"]["conditions"] = [
                 _condition("Created", "MPIJobCreated"),
                 _condition("Running", "MPIJobRunning"),
             ]
+
+    def _launcher_pod(self, job: dict) -> dict | None:
+        """The launcher Job's controller creates its pod (a new random name each time: manageJob); the kubelet starts
+        it, and a container that exits at once (launcher_crashes) ends before it was ever Ready."""
+        name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+        if (BATCH, "jobs", ns, f"{name}-launcher") not in self.objects:  # deleted meanwhile (with the MPIJob)
+            return None
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        pod = self._operator_pod(job, "Launcher", f"{name}-launcher-{suffix}", {})
+        if pod is None:
+            return None
+        self._kubelet(pod, ns)
+        if self.launcher_crashes:
+            self.launcher_crashes -= 1
+            self._container_exits(pod, 1)
+        self._pod_event("MODIFIED", pod)
+        if pod["status"]["phase"] == "Failed":
+            self._launcher_job_sync(ns, name)
+        return pod
+
+    def _container_exits(self, pod: dict, code: int) -> None:
+        """The launcher's only container ends with `code` (kubelet, pkg/kubelet/kubelet_pods.go, getPhase): with
+        restartPolicy Never, or exit 0 under OnFailure, the pod ends Failed / Succeeded and stays listed; under
+        OnFailure a failure is restarted in place (restartCount + 1, lastState terminated, the pod stays Running).
+        What was exec'd into it dies with its PID 1."""
+        ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        job = self.objects[
+            (BATCH, "jobs", ns, pod["metadata"]["labels"]["training.kubeflow.org/job-name"] + "-launcher")
+        ]
+        self.kill_pod_processes(ns, pod_name)
+        status, (container,) = pod["status"], pod["status"]["containerStatuses"]
+        ended = {"exitCode": code, "reason": "Error" if code else "Completed", "finishedAt": now_iso()}
+        if code and job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure":
+            container.update(restartCount=container["restartCount"] + 1, lastState={"terminated": ended})
+            container["state"] = {"running": {"startedAt": now_iso()}}
+            return
+        status["phase"] = "Failed" if code else "Succeeded"
+        container.update(ready=False, started=False, state={"terminated": ended})
+        for condition in status["conditions"]:
+            if condition["type"] in ("Ready", "ContainersReady"):
+                condition.update(status="False", reason="PodCompleted")
+
+    def launcher_exits(self, ns: str, name: str, code: int) -> None:
+        """The running launcher's container ends with `code` (_container_exits); then the Job controller acts."""
+        (pod,) = [
+            p
+            for p in self._job_pods(ns, name)
+            if p["metadata"]["labels"]["training.kubeflow.org/job-role"] == "launcher"
+            and p["status"]["phase"] == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        self._container_exits(pod, code)
+        self._pod_event("MODIFIED", pod)
+        self._launcher_job_sync(ns, name)
+
+    def _launcher_job_sync(self, ns: str, name: str) -> None:
+        """The Job controller on the launcher Job (kubernetes pkg/controller/job/job_controller.go, syncJob): a pod
+        Succeeded completes it; failed pods count in status.failed, and past backoffLimit (exceedsBackoffLimit: failed
+        > backoffLimit; under OnFailure pastBackoffLimitOnFailure: restarts > 0 when the limit is 0, else >= it) the
+        Job fails, BackoffLimitExceeded, its active pod deleted (FailureTarget first, Failed once it is gone:
+        delayTerminalCondition, 1.31+). Below the limit a replacement pod of a new name (manageJob; newLauncherJob's
+        podReplacementPolicy Failed waits for the old one to be terminal, as it is here), after a backoff (10 s on a
+        cluster: DefaultJobPodFailureBackOff; ready_delay here). The operator mirrors Complete / Failed on the MPIJob
+        (mpi-operator mpi_job_controller.go, updateMPIJobStatus and updateMPIJobFailedStatus)."""
+        launcher, job = self.objects[(BATCH, "jobs", ns, f"{name}-launcher")], self._job(ns, name)
+        pods = [p for p in self._job_pods(ns, name) if p["metadata"]["labels"]["training.kubeflow.org/job-role"]
+                == "launcher"]  # fmt: skip
+        limit, status = launcher["spec"]["backoffLimit"], launcher["status"]
+        if any(p["status"]["phase"] == "Succeeded" for p in pods):
+            status.update(active=0, succeeded=1, completionTime=now_iso())
+            status["conditions"] = [{"type": "Complete", "status": "True"}]
+            self._mpijob_finished(job, "Succeeded", "MPIJobSucceeded", f"MPIJob {ns}/{name} successfully completed.")
+            return
+        failed = [p for p in pods if p["status"]["phase"] == "Failed"]
+        restarts = sum(c["restartCount"] for p in pods if p["status"]["phase"] in ("Pending", "Running")
+                       for c in p["status"].get("containerStatuses") or [])  # fmt: skip
+        status["failed"] = len(failed)
+        on_failure = launcher["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        if len(failed) > limit or (on_failure and (restarts > 0 if limit == 0 else restarts >= limit)):
+            message = "Job has reached the specified backoff limit"
+            status["conditions"] = [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                                     "message": message}]  # fmt: skip
+            active = [p["metadata"]["name"] for p in pods if p["status"]["phase"] not in ("Failed", "Succeeded")]
+            for (
+                pod_name
+            ) in active:  # the active one goes (deleteActivePods); failed ones stay listed until the Job goes
+                self.delete_pod(ns, pod_name)
+
+            def settle() -> None:  # Failed once the deleted pod is gone (its grace period ends now, at the latest)
+                for pod_name in active:
+                    self.pod_gone(ns, pod_name)
+                status["conditions"].append({**status["conditions"][0], "type": "Failed"})
+                status.update(active=0, completionTime=now_iso())
+                # updateMPIJobFailedStatus: BackoffLimitExceeded gets the last failed pod's reason and message
+                last = max(failed, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
+                reason, text = "BackoffLimitExceeded", message
+                if last is not None:
+                    reason, text = (
+                        f"{reason}/{last['status'].get('reason', '')}",
+                        f"{text}: {last['status'].get('message', '')}",
+                    )
+                self._mpijob_finished(job, "Failed", reason, text)
+
+            self._later(self.grace_s, settle)
+        elif failed and len(pods) == len(failed):
+            self._later(self.ready_delay or 0.1, self._launcher_pod, job)
+
+    @staticmethod
+    def _mpijob_finished(job: dict, kind: str, reason: str, message: str) -> None:
+        """updateMPIJobConditions: the terminal condition; setCondition -> filterOutCondition sets Running False."""
+        for condition in job["status"]["conditions"]:
+            if condition["type"] == "Running":
+                condition["status"] = "False"
+        job["status"]["conditions"].append(_condition(kind, reason, message))
 
     def advance(self, ns: str, name: str) -> None:
         """The kubelet/scheduler step for the workers (per scenario); with WaitForWorkersReady the operator creates

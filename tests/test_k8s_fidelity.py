@@ -936,3 +936,53 @@ def test_watches_that_keep_expiring_do_not_spin_and_the_wait_still_ends_at_its_d
         assert api.expired_watches >= 2
         # every 410 costs a list, spaced out (half a second): not a busy loop (15 lists in these 3 s without the pause)
         assert pod_lists(api) <= 8
+
+
+def launcher_policy_job(api, restart_policy: str, backoff_limit: int) -> None:
+    """An MPIJob made outside the kit (kubectl apply) whose launcher restartPolicy and backoffLimit are its own."""
+    body = render_job(JobSpec(name="demo", workers=1))
+    body["spec"]["mpiReplicaSpecs"]["Launcher"]["restartPolicy"] = restart_policy
+    body["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
+    assert raw(api, "POST", MPIJOB_PATH, body)[0] == 201
+
+
+def test_wait_and_exec_use_the_launcher_pod_the_job_controller_put_in_place_of_a_failed_one(api, backend):
+    """Launcher restartPolicy Never, backoffLimit 2: a launcher container that fails leaves its pod Failed (and
+    listed), and the launcher Job makes a new pod of a new name (fake_apiserver._launcher_job_sync cites
+    job_controller.go). Waiting is not hopeless; the exec goes to the replacement, never into the Failed pod."""
+    api.launcher_crashes = 1
+    launcher_policy_job(api, "Never", 2)
+    assert backend.wait_ready("demo", timeout=20).ready
+    failed, running = ([n for (_, n), p in api.pods.items() if "launcher" in n and p["status"]["phase"] == phase]
+                       for phase in ("Failed", "Running"))  # fmt: skip
+    assert len(failed) == 1 and len(running) == 1
+    assert backend.exec("demo", ["true"], on_output=None) == 0
+    execs = [path for _, path, _ in api.requests if path.endswith("/exec")]
+    assert execs and all(f"/pods/{running[0]}/" in path for path in execs)
+
+
+def test_a_launcher_past_its_backoff_limit_fails_the_job_and_status_and_exec_say_why_in_one_line(api, backend):
+    """The kit's own launcher (OnFailure, backoffLimit 0): one restart and the launcher Job fails, BackoffLimitExceeded;
+    the operator mirrors it as the MPIJob's Failed condition (reason BackoffLimitExceeded/<pod reason>)."""
+    job = backend.submit(JobSpec(name="demo", workers=1))
+    job.wait_ready(timeout=20)
+    api.launcher_exits("workloads", "demo", 1)
+    assert wait_until(lambda: job.status().phase == "Failed", timeout=10)
+    st = job.status()
+    assert st.message == "BackoffLimitExceeded: Job has reached the specified backoff limit" and not st.ready
+    with pytest.raises(JobNotReady) as err:
+        job.run(["true"])
+    text = str(err.value)
+    assert "\n" not in text and "is Failed: BackoffLimitExceeded" in text and "submit --wait" not in text
+    assert "labkit job delete demo -n workloads" in text
+
+
+def test_a_launcher_failing_with_no_retry_left_ends_the_wait_naming_the_reason_and_the_exit(api, backend):
+    """restartPolicy Never, backoffLimit 0 (the kit's batch manifest): the one launcher pod fails as it starts."""
+    api.launcher_crashes = 1
+    launcher_policy_job(api, "Never", 0)
+    with pytest.raises(JobNotReady) as err:
+        backend.wait_ready("demo", timeout=20)
+    first, *rest = str(err.value).splitlines()
+    assert first == "MPIJob workloads/demo is Failed: BackoffLimitExceeded: Job has reached the specified backoff limit"
+    assert any("container launcher exited 1: Error" in line for line in rest)

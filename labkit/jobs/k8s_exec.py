@@ -13,7 +13,7 @@ import uuid
 from labkit import launch
 from labkit.errors import LabkitError
 from labkit.jobs import base
-from labkit.jobs.base import JobNotFound, JobNotReady
+from labkit.jobs.base import FINISHED, JobNotFound, JobNotReady
 from labkit.jobs.k8s_objects import (
     EXEC_SCRIPT,
     KILL_SCRIPT,
@@ -63,6 +63,9 @@ def launcher_pod(backend, name: str, ns: str):
                           f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip
     st = backend.status(name, namespace=ns, kind="MPIJob")  # JobNotFound where there is no such MPIJob
     why = st.phase + (f": {st.message}" if st.message else "")
+    if st.phase in FINISHED:  # its launcher Job ended: no pod of it will be ready again
+        raise JobNotReady(f"MPIJob {ns}/{name} is {why}: it runs nothing any more; `labkit job delete {name} -n {ns}`, "
+                          "then submit it again")  # fmt: skip
     raise JobNotReady(
         f"MPIJob {ns}/{name} has no ready launcher pod ({why}): `labkit job status {name} -n {ns}` says more; "
         f"`labkit job submit --wait` waits for its pods (kubectl -n {ns} get pods -l {LABEL_JOB}={name})"

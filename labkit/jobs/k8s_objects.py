@@ -177,6 +177,10 @@ def mpijob_phase(obj: dict) -> tuple[str, str]:
     kind, reason = last.get("type", ""), last.get("reason", "")
     if kind == "Failed" and "Deadline" in reason:
         return "DeadlineExceeded", last.get("message") or reason
+    if kind == "Failed":  # the launcher Job's reason is the why (BackoffLimitExceeded); updateMPIJobFailedStatus
+        # appends the last failed launcher pod's reason and message, empty ones too: "BackoffLimitExceeded/", "...: "
+        reason, message = reason.rstrip("/"), (last.get("message") or "").rstrip(": ")
+        return "Failed", f"{reason}: {message}" if reason and message and reason not in message else message or reason
     return PHASE_OF_CONDITION.get(kind, kind or "Pending"), last.get("message") or reason
 
 
@@ -213,6 +217,13 @@ def pod_ready(pod) -> bool:
     if pod.status is None or pod.status.phase != "Running" or (pod.metadata and pod.metadata.deletion_timestamp):
         return False
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def launcher_ended(pod) -> bool:
+    """A launcher pod that ended (Failed, Succeeded): its Job's controller replaces it while backoffLimit allows,
+    else fails the Job, which the operator mirrors on the MPIJob (kubernetes pkg/controller/job/job_controller.go)."""
+    role = (pod.metadata.labels or {}).get(LABEL_ROLE) if pod.metadata else None
+    return role == "launcher" and pod.status is not None and pod.status.phase in ("Failed", "Succeeded")
 
 
 def pod_problem(pod) -> tuple[str | None, bool]:
@@ -398,7 +409,7 @@ def hopeless_error(name: str, ns: str, st: JobStatus, pods: list, events_of, job
     why = "was deleted while waiting" if st.phase == "Terminating" else why
     for pod in pods:
         problem, fatal = pod_problem(pod)
-        if fatal and why is None:
+        if fatal and why is None and not launcher_ended(pod):  # the job's phase says whether that one is final
             why = f"cannot start: pod {pod.metadata.name}: {problem}"
     if why is None and job_events:  # pods the operator could not create: waiting will not help
         refused = events_of(name, fatal_event) + events_of(f"{name}-launcher", fatal_event)

@@ -39,6 +39,7 @@ from labkit.jobs.k8s_objects import (
     is_terminating,
     lab_rbac_note,
     lab_rbac_refused,
+    launcher_ended,
     mpijob_status,
     object_path,
     release_job,
@@ -334,7 +335,8 @@ class KubernetesBackend(JobBackend):
             st = mpijob_status(obj, self.name, self.namespace, list(pods.values()))
             if st.ready:
                 return self.status(name, namespace=ns, kind="MPIJob")
-            some_missing = len(pods) < (st.workers or 1) + 1  # the operator refused pods? its events (in time)
+            # the operator refused pods? its events (in time); a launcher that ended: replaced, or the job failed
+            some_missing = sum(not launcher_ended(p) for p in pods.values()) < (st.workers or 1) + 1
             self._raise_if_hopeless(name, ns, st, list(pods.values()), some_missing and time.monotonic() < end)
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -357,6 +359,8 @@ class KubernetesBackend(JobBackend):
                     pods[pod.metadata.name] = pod
                     if event["type"] == "DELETED":
                         del pods[pod.metadata.name]
+                    elif launcher_ended(pod):
+                        break  # list again, which reads the job (failed?) and then watches in short windows
                     st = mpijob_status(obj, self.name, self.namespace, list(pods.values()))
                     if st.ready:
                         return self.status(name, namespace=ns, kind="MPIJob")
