@@ -602,3 +602,36 @@ def test_a_sink_that_fails_stops_the_remote_command_and_raises_its_own_error(api
     with pytest.raises(BrokenPipeError):
         ready_job.exec(["sh", "-c", "sleep 100 & echo started; wait"], on_output=closed)
     assert wait_until(lambda: not api.exec_tag_pids(), timeout=15), api.exec_tag_pids()
+
+
+def test_a_second_delete_of_a_job_still_terminating_says_so_not_deleted(monkeypatch, capsys):
+    """DELETE of a job being deleted answers 200 and the object again (store.go, see fake_apiserver), so delete()
+    returns True: the second `job delete` must still say the job is terminating while its pods hold on."""
+    from labkit.cli import main
+    from labkit.jobs import kubernetes
+
+    monkeypatch.setattr(kubernetes, "DELETE_WAIT_S", 1.0)
+    with FakeApiServer(ready_delay=0.2, grace_s=30) as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        backend.submit(JobSpec(name="stuck", workers=1)).wait_ready(timeout=20)
+        assert backend.delete("stuck") and backend.status("stuck").phase == "Terminating"
+        assert main(["job", "delete", "stuck", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]) == 0
+        out = capsys.readouterr().out
+        assert "still terminating (pods stuck?)" in out and "deleted workloads/stuck" not in out
+
+
+def test_list_stale_delete_says_which_jobs_are_still_terminating(monkeypatch, capsys):
+    """`job list --stale --delete` printed "deleted MPIJob ..." for a job whose pods had not gone (it stays listed)."""
+    from labkit.cli import main
+    from labkit.jobs import kubernetes
+
+    monkeypatch.setattr(kubernetes, "DELETE_WAIT_S", 1.0)
+    with FakeApiServer(ready_delay=0.2, grace_s=30) as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        backend.submit(JobSpec(name="stuck", workers=1)).wait_ready(timeout=20)
+        api.expire_deadline("workloads", "stuck")  # finished; its workers stop over their 30 s grace period
+        args = ["job", "list", "--stale", "--delete", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert backend.status("stuck").phase == "Terminating"
+        assert "deleted MPIJob workloads/stuck" not in out and "still terminating" in out

@@ -167,10 +167,10 @@ def _delete(args) -> int:
     return 0
 
 
-def _still_terminating(backend, name: str, kind: str | None) -> bool:
+def _still_terminating(backend, name: str, kind: str | None, namespace: str | None = None) -> bool:
     """An MPIJob the backend's delete waited for whose pods have not gone (a node not answering keeps them)."""
     with contextlib.suppress(LabkitError):  # gone: JobNotFound
-        st = backend.status(name, kind=kind)
+        st = backend.status(name, namespace=namespace, kind=kind)
         return st.kind == "MPIJob" and st.phase == "Terminating"
     return False
 
@@ -195,7 +195,11 @@ def _list(args) -> int:
     print(text_table(rows, list(rows[0])))
     for st in jobs if args.delete else []:
         backend.delete(st.name, namespace=st.namespace, kind=st.kind)
-        print(f"deleted {st.kind} {st.namespace}/{st.name} ({st.phase})")
+        where = f"{st.kind} {st.namespace}/{st.name} ({st.phase})"
+        if st.kind == "MPIJob" and _still_terminating(backend, st.name, st.kind, st.namespace):  # as `job delete`
+            print(f"{where}: deletion started, still terminating (pods stuck?)")
+        else:
+            print(f"deleted {where}")
     return 0
 
 
