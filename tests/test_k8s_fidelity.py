@@ -901,7 +901,7 @@ def test_the_lab_identity_may_submit_gaudi_jobs_under_the_gaudi_overlays_binding
         (binding,) = [o for o in rbac if o["kind"] == "RoleBinding"]
         without_user = [s for s in binding["subjects"] if s["kind"] == "ServiceAccount"]
         api.grants = load_bindings(docs=[*rbac[:-1], {**binding, "subjects": without_user}])  # the overlay before
-        with pytest.raises(ConfigError, match="apply manifests/overlays/gaudi"):
+        with pytest.raises(ConfigError, match="render --accelerator gaudi --namespace workloads-gaudi --no-job"):
             backend.submit(spec)
         api.grants = load_bindings(docs=rbac)
         get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(spec)  # a new backend: no cached answers

@@ -12,6 +12,7 @@ from contextlib import redirect_stdout
 
 import pytest
 import yaml
+from fake_rbac import SERVICE_ACCOUNT, Attributes, allowed, load_bindings
 from kit_testing import ROOT, kubectl_kustomize
 
 from labkit import manifests as m
@@ -20,6 +21,19 @@ from labkit.errors import ConfigError, LabkitError
 from labkit.manifests import checks, render
 
 OVERLAYS = [(a, k) for a in ACCELERATORS for k in m.OVERLAY_KINDS]
+# Exactly what labkit.jobs.kubernetes calls in a job namespace (tests/test_k8s_fidelity.py checks it against every
+# request): (apiGroup, resource) -> verbs.
+KIT_CALLS = {
+    ("kubeflow.org", "mpijobs"): {"create", "get", "list", "delete"},
+    ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "delete"},
+    ("batch", "jobs"): {"get"},
+    ("", "pods"): {"list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "pods/exec"): {"create", "get"},
+    ("", "events"): {"list"},
+    ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
+    ("", "secrets"): {"create"},  # each job's checkpoint key; no Secret is readable, its own ones included
+}
 
 
 def job_of(objects):
@@ -547,18 +561,7 @@ def test_role_is_namespaced_and_least_privilege():
     for rule in role["rules"]:
         for res in rule["resources"]:
             grants.setdefault((rule["apiGroups"][0], res), set()).update(rule["verbs"])
-    # Exactly what labkit.jobs.kubernetes calls (tests/test_k8s_fidelity.py checks it against every request).
-    assert grants == {
-        ("kubeflow.org", "mpijobs"): {"create", "get", "list", "delete"},
-        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "delete"},
-        ("batch", "jobs"): {"get"},
-        ("", "pods"): {"list", "watch"},
-        ("", "pods/log"): {"get"},
-        ("", "pods/exec"): {"create", "get"},
-        ("", "events"): {"list"},
-        ("", "configmaps"): {"create", "get"},  # the proxy ConfigMap; reading only that one
-        ("", "secrets"): {"create"},  # each job's checkpoint key; no Secret is readable, its own ones included
-    }
+    assert grants == KIT_CALLS
     assert {"resourceNames": ["labkit-proxy"], "verbs": ["get"]}.items() <= next(
         r for r in role["rules"] if r["verbs"] == ["get"] and r["resources"] == ["configmaps"]
     ).items()
@@ -718,7 +721,7 @@ def test_cli_render_and_validate(tmp_path, capsys):
 
     code, _ = run_cli("manifests", "render", "--workers", "0")
     assert code == 2
-    assert "labkit: error: workers:" in capsys.readouterr().err
+    assert "labkit: error: --workers:" in capsys.readouterr().err
     for flag, value in (("--shm-size", "8Gi"), ("--ttl", "5")):  # accepted and silently ignored before
         assert run_cli("manifests", "render", "--kind", "trainjob", flag, value)[0] == 2
         assert f"labkit: error: {flag}: a TrainJob has no such setting" in capsys.readouterr().err
@@ -835,3 +838,87 @@ def test_network_policies_deny_by_default_and_keep_job_pods_from_the_lab():
     lab_alice = next(o for o in alice if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "labkit-lab")
     assert lab_alice["metadata"]["namespace"] == "alice"
     assert lab_alice["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["alice"]
+
+
+# ------------------------------------------------------------------------------------------- a learner's namespaces
+def applied(*renders: list[dict]) -> list[dict]:
+    """What the cluster holds after `kubectl apply` of each render in turn: an object of the same kind, namespace and
+    name is replaced."""
+    held = {}
+    for obj in (o for objects in renders for o in objects):
+        held[obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]] = obj
+    return list(held.values())
+
+
+def granted(grants: dict, user: str, namespace: str) -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) of KIT_CALLS and listing nodes that RBAC lets `user` do there (ConfigMaps:
+    the one the kit reads, the proxy's)."""
+    calls = {(g, r, v) for (g, r), verbs in KIT_CALLS.items() for v in verbs} | {("", "nodes", "list")}
+    where = {"nodes": ""}
+    names = {"configmaps": render.PROXY_CONFIGMAP}
+    return {
+        (g, r, v)
+        for g, r, v in calls
+        if allowed(user, Attributes(v, g, r, where.get(r, namespace), names.get(r, "")), grants)
+    }
+
+
+def test_a_learners_lab_and_gaudi_namespace_bind_her_identity_and_leave_the_shared_lab_alone():
+    """security.md's recipe: alice's lab in `alice` (manifests/lab there), her Gaudi jobs in `alice-gaudi` bound to her
+    lab's ServiceAccount, applied after the shared lab. She may do exactly what the kit calls in both, the shared
+    lab's identity nothing in hers, and the shared lab still lists nodes (its cluster-wide binding is not replaced)."""
+    alice = "system:serviceaccount:alice:labkit"
+    shared = m.render_all(m.JobSpec(), m.LAB_KIND)
+    lab = m.render_all(m.JobSpec(namespace="alice"), m.LAB_KIND)
+    gaudi = m.render_all(m.JobSpec(accelerator="gaudi", namespace="alice-gaudi", lab_namespace="alice"))
+    grants = load_bindings(docs=applied(shared, lab, [o for o in gaudi if o["kind"] not in m.JOB_KINDS]))
+    kit_calls = {(g, r, v) for (g, r), verbs in KIT_CALLS.items() for v in verbs}
+    for namespace in ("alice", "alice-gaudi"):
+        assert granted(grants, alice, namespace) == kit_calls | {("", "nodes", "list")}
+        assert granted(grants, SERVICE_ACCOUNT, namespace) == {("", "nodes", "list")}
+    assert granted(grants, SERVICE_ACCOUNT, "workloads") == kit_calls | {("", "nodes", "list")}
+    assert granted(grants, alice, "workloads") == {("", "nodes", "list")}
+    lab_pod = next(o for o in lab if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert lab_pod["serviceAccountName"] == "labkit"  # alice's lab runs as the identity bound above
+    m.validate_objects(lab)
+
+
+def test_a_lab_namespace_is_for_gaudi_and_a_lab_is_never_gaudi():
+    with pytest.raises(ConfigError, match="^lab_namespace: "):
+        m.render_all(m.JobSpec(namespace="alice", lab_namespace="bob"))
+    with pytest.raises(ConfigError, match="^accelerator: the lab never runs in a Gaudi"):
+        m.render_all(m.JobSpec(accelerator="gaudi"), m.LAB_KIND)
+    with pytest.raises(ConfigError, match="^lab_namespace: 'Bob' is not a DNS-1123 label"):
+        m.render_all(m.JobSpec(accelerator="gaudi", lab_namespace="Bob"))
+
+
+def test_a_namespace_set_up_starts_no_job(capsys):
+    """Setting a namespace up (the documented admin step) must leave nothing running: an MPIJob there would hold its
+    workers (GPUs on nvidia) and take chapter 03's default name, so the learner's first run would fail."""
+    setups = [["--no-job"], ["--no-job", "--accelerator", "gaudi"], ["--no-job", "--kind", "trainjob"]]
+    for argv in [*setups, ["--kind", "lab", "--namespace", "alice"]]:
+        code, out = run_cli("manifests", "render", *argv)
+        assert code == 0, argv
+        kinds = {o["kind"] for o in m.load_yaml(out)}
+        assert not kinds & {"MPIJob", "TrainJob"} and {"Namespace", "RoleBinding", "PersistentVolumeClaim"} <= kinds
+    runtime = m.load_yaml(run_cli("manifests", "render", "--no-job", "--kind", "trainjob")[1])
+    assert "TrainingRuntime" in {o["kind"] for o in runtime}  # what a --job-only TrainJob needs in place
+    refused = {
+        "--workers": ["--no-job", "--workers", "3"],
+        "--no-hf-token": ["--kind", "lab", "--no-hf-token"],
+        "--job-only": ["--no-job", "--job-only"],
+        "--lab-namespace": ["--no-job", "--lab-namespace", "x"],  # a cpu lab runs in its own namespace
+    }
+    for flag, argv in refused.items():
+        assert run_cli("manifests", "render", *argv)[0] == 2
+        assert capsys.readouterr().err.startswith(f"labkit: error: {flag}: ")
+
+
+@pytest.mark.parametrize("doc", ["docs/instructor.md", "docs/security.md"])
+def test_each_documented_namespace_set_up_renders_no_job(doc):
+    lines = re.findall(r"labkit manifests render[^`|>\n]*", (ROOT / doc).read_text())
+    assert lines
+    for line in lines:
+        code, out = run_cli(*line.split()[1:])
+        assert code == 0, line
+        assert not {o["kind"] for o in m.load_yaml(out)} & {"MPIJob", "TrainJob"}, line

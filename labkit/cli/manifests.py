@@ -9,13 +9,14 @@ from pathlib import Path
 
 from labkit import cluster, kube, manifests
 from labkit.devices import ACCELERATORS
-from labkit.errors import ConfigError, check_output_file
+from labkit.errors import ConfigError, as_flag, check_output_file
 from labkit.manifests.pod_security import LEVELS
 
 # `render` options that set a JobSpec field: (flag, field, type, help).
 _SPEC_OPTIONS = [
     ("--name", "name", str, "job name (DNS-1035 label, <= 40 chars)"),
     ("--namespace", "namespace", str, "namespace (default workloads; gaudi: workloads-gaudi)"),
+    ("--lab-namespace", "lab_namespace", str, "gaudi: the namespace of the lab that submits here (default workloads)"),
     ("--image", "image", str, "image reference (default: the overlay's, from images/images.yaml)"),
     ("--workers", "workers", int, "worker pods (default 2)"),
     ("--slots", "slots_per_worker", int, "GPUs/HPUs (or CPU ranks) per worker"),
@@ -34,6 +35,8 @@ _SPEC_OPTIONS = [
     # --http-proxy, --https-proxy, --no-proxy: into every pod through ConfigMap labkit-proxy
     *[(f"--{f.replace('_', '-')}", f, str, f"{f.upper()} for every pod of the job") for f in manifests.PROXY_FIELDS],
 ]
+# What a namespace's set-up (--no-job, --kind lab) takes; every other option sets the job it leaves out.
+_SETUP_FIELDS = ("namespace", "lab_namespace", "pvc_name", "storage_class", "storage_size")
 
 
 def register(subparsers) -> None:
@@ -42,7 +45,10 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="manifests_command", metavar="ACTION", required=True)
     render = sub.add_parser("render", help="print validated YAML for one job (kubectl apply -f - ready)")
     render.add_argument("--accelerator", default="cpu", choices=ACCELERATORS)
-    render.add_argument("--kind", default="interactive", choices=manifests.OVERLAY_KINDS)
+    kinds = "the job's overlay; lab: manifests/lab, a JupyterLab of its own in --namespace (no job)"
+    render.add_argument(
+        "--kind", default="interactive", choices=(*manifests.OVERLAY_KINDS, manifests.LAB_KIND), help=kinds
+    )
     for flag, field, kind, text in _SPEC_OPTIONS:
         render.add_argument(flag, dest=field, type=kind, help=text)
     render.add_argument("--no-hf-token", action="store_true", help="no HF_TOKEN reference at all")
@@ -50,6 +56,8 @@ def register(subparsers) -> None:
     render.add_argument("--trainjob-deadline", choices=("auto", "yes", "no"), default="no", help=deadline)
     render.add_argument("--kubeconfig", default=None, help="kubeconfig for --trainjob-deadline auto")
     render.add_argument("--job-only", action="store_true", help="only the MPIJob/TrainJob, not namespace/PVC/RBAC")
+    setup = "a namespace's set-up without the job: namespace, PVC, RBAC, policies (and trainjob's runtime)"
+    render.add_argument("--no-job", action="store_true", help=setup)
     render.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     render.set_defaults(func=_render)
     validate = sub.add_parser("validate", help="validate YAML files or kustomize directories before applying them")
@@ -66,6 +74,17 @@ def _render(args: argparse.Namespace) -> int:
     values = {field: getattr(args, field) for _, field, _, _ in _SPEC_OPTIONS if getattr(args, field) is not None}
     if args.no_hf_token:
         values["hf_token_secret"] = None
+    setup = "--no-job" if args.no_job else "--kind lab" if args.kind == manifests.LAB_KIND else None
+    if setup and args.job_only:
+        raise ConfigError("--job-only", f"renders only the job, which {setup} leaves out", "pass one of the two")
+    flags = {field: flag for flag, field, _, _ in _SPEC_OPTIONS} | {"trainjob_deadline": "--trainjob-deadline"}
+    flags |= {"hf_token_secret": "--no-hf-token"} if args.no_hf_token else {}
+    given = [f for f in values if f not in _SETUP_FIELDS] + (
+        ["trainjob_deadline"] if args.trainjob_deadline != "no" else []
+    )
+    if setup and given:  # it would be ignored: a set-up creates no job
+        problem = f"sets the job, which {setup} leaves out"
+        raise ConfigError(flags[given[0]], problem, f"leave it out, or render without {setup}")
     if args.job_only and args.kind == "trainjob" and args.image:  # Trainer's builder.go: trainer.image -> launcher
         problem = "reaches only the TrainJob's launcher; its nodes run the image of the TrainingRuntime already there"
         fix = "leave --image out, or render without --job-only so the runtime carries the image too"
@@ -79,9 +98,12 @@ def _render(args: argparse.Namespace) -> int:
     values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     if args.trainjob_deadline == "auto":
         values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))
-    objects = manifests.render_all(manifests.JobSpec(accelerator=args.accelerator, **values), args.kind)
-    if args.job_only:
-        objects = [o for o in objects if o["kind"] in ("MPIJob", "TrainJob", "ConfigMap")]
+    try:
+        objects = manifests.render_all(manifests.JobSpec(accelerator=args.accelerator, **values), args.kind)
+    except ConfigError as exc:  # JobSpec names its fields: say the flag that was typed
+        raise as_flag(exc, flags) from None
+    if args.job_only or args.no_job:
+        objects = [o for o in objects if (o["kind"] in manifests.JOB_KINDS) == args.job_only]
     text = manifests.to_yaml(objects)
     if args.output:
         args.output.write_text(text)

@@ -188,8 +188,8 @@ class KubernetesBackend(JobBackend):
         self.check_operator()
         ns = spec.namespace
         if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
-            apply = "overlays/gaudi" if ns == manifests.NAMESPACES["gaudi"] else f"base with namespace {ns}"
-            fix = f"use the namespace your Role is bound in, or ask an admin to apply manifests/{apply}"
+            setup = f"labkit manifests render --accelerator {spec.accelerator} --namespace {ns} --no-job"  # no job
+            fix = f"use the namespace your Role is bound in, or ask an admin to apply `{setup}`"
             raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
         # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).

@@ -5,6 +5,8 @@ from labkit.manifests import checks
 from labkit.manifests.checks import ManifestError, find_secret_material, object_ref, validate_object, validate_objects
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
 from labkit.manifests.render import (
+    JOB_KINDS,
+    LAB_KIND,
     NAMESPACES,
     OVERLAY_KINDS,
     PROXY_FIELDS,

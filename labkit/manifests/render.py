@@ -29,6 +29,8 @@ from labkit.manifests.checks import (
 from labkit.manifests.kustomize import kustomize_build
 
 OVERLAY_KINDS = ("interactive", "batch", "trainjob")  # manifests/overlays/<accelerator>[/batch|/trainjob]
+LAB_KIND = "lab"  # render_all(spec, "lab"): manifests/lab, a lab of its own in spec.namespace (no job)
+JOB_KINDS = ("MPIJob", "TrainJob", "ConfigMap")  # what `--no-job` leaves out: the job and its proxy ConfigMap
 SHARED_VOLUME, SHM_VOLUME = "shared", "dshm"  # volume names in manifests/jobs/*
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: manifests/ and images/ live here
 # A Kubernetes quantity without a sign: sizes and requests are never negative (pkg/apis/core/validation/validation.go,
@@ -61,6 +63,7 @@ _OVERLAY_FIELDS = ("image", "slots_per_worker", "launcher_command", "storage_cla
 _TEXT_RULES = {
     "name": (DNS1035, "a DNS-1035 label (a-z, 0-9, '-', starting with a letter)", "deepspeed-interactive", NAME_MAX),
     "namespace": (DNS1123_LABEL, "a DNS-1123 label", "workloads", 63),
+    "lab_namespace": (DNS1123_LABEL, "a DNS-1123 label", "workloads", 63),
     "pvc_name": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "labkit-shared", 253),
     "storage_class": (DNS1123_SUBDOMAIN, "a DNS-1123 subdomain", "nfs-client", 253),
     "hf_token_secret": (DNS1123_SUBDOMAIN, "a Secret name (DNS-1123 subdomain)", "hf-token", 253),
@@ -79,6 +82,7 @@ CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # worke
 # The namespace each overlay puts its objects in (tests check it against kubectl kustomize): Gaudi's hostIPC needs
 # Pod Security "privileged", so its jobs never share the lab's and cpu/nvidia jobs' restricted namespace.
 NAMESPACES = {"cpu": "workloads", "nvidia": "workloads", "gaudi": "workloads-gaudi"}
+LAB_USER = "system:serviceaccount:{}:labkit"  # the lab's identity (manifests/lab) as RBAC matches a User subject
 
 
 @dataclass
@@ -87,6 +91,10 @@ class JobSpec:
 
     name: str = "deepspeed-interactive"  # left at this default, batch and trainjob renders keep their own names
     namespace: str | None = None  # None: the overlay's (NAMESPACES: workloads; workloads-gaudi for gaudi)
+    # The namespace of the lab whose ServiceAccount `labkit` submits here. Gaudi only: its jobs never share the lab's
+    # namespace, so its RoleBinding names the lab's identity (None: the shared lab's, workloads); a cpu/nvidia lab
+    # runs in its jobs' namespace.
+    lab_namespace: str | None = None
     image: str | None = None  # None: the overlay's image (images/images.yaml)
     workers: int = 2  # worker pods
     slots_per_worker: int | None = None  # GPUs/HPUs per worker (nvidia/gaudi), CPU ranks per worker (cpu)
@@ -129,6 +137,9 @@ class JobSpec:
             problem = f"{self.namespace} is the Gaudi jobs' privileged namespace; a {self.accelerator} job's "
             problem += "Namespace object would set it to Pod Security restricted, and Gaudi's pods would be refused"
             raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['cpu']}) or name another one")
+        if self.accelerator != "gaudi" and self.lab_namespace not in (None, self.namespace):
+            problem = f"a {self.accelerator} namespace's jobs are submitted from the lab in that namespace itself"
+            raise ConfigError("lab_namespace", problem, "leave it out (gaudi only), or pass the same as namespace")
         if isinstance(self.hf_token_secret, str) and find_secret_material(self.hf_token_secret):
             fix = "kubectl -n NS create secret generic hf-token --from-literal=token=..., then pass its name"
             raise ConfigError("hf_token_secret", "looks like a token value, not a Secret name", fix)
@@ -210,9 +221,11 @@ def manifests_dir() -> Path:
 
 
 def overlay_dir(accelerator: str, kind: str = "interactive") -> Path:
-    """manifests/overlays/<accelerator>[/batch|/trainjob]: the kustomization `kubectl apply -k` uses."""
+    """manifests/overlays/<accelerator>[/batch|/trainjob] (manifests/lab for "lab"): what `kubectl apply -k` uses."""
     check_choice("accelerator", accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
-    check_choice("kind", kind, OVERLAY_KINDS)
+    check_choice("kind", kind, (*OVERLAY_KINDS, LAB_KIND))
+    if kind == LAB_KIND:
+        return manifests_dir() / "lab"
     path = manifests_dir() / "overlays" / accelerator
     return path if kind == "interactive" else path / kind
 
@@ -225,6 +238,9 @@ def render_all(spec: JobSpec, kind: str = "interactive") -> list[dict]:
     if kind == "trainjob" and spec.workers < 2:  # kubeflow/trainer plugins/mpi/mpi.go: max(numNodes - 1, 1) nodes
         problem = f"a TrainJob on the kit's runtime runs the launcher as a node plus at least one node: {spec.workers}"
         raise ConfigError("workers", problem + " would still start 2 rank pods", "pass workers=2 or more")
+    if kind == LAB_KIND and spec.accelerator == "gaudi":  # the lab's namespace is restricted; Gaudi's is privileged
+        fix = "render the lab with accelerator cpu or nvidia; a Gaudi namespace binds it with lab_namespace"
+        raise ConfigError("accelerator", "the lab never runs in a Gaudi (privileged) namespace", fix)
     objects = kustomize_build(overlay_dir(spec.accelerator, kind))
     for obj in objects:
         _apply_common(obj, spec)
@@ -283,6 +299,16 @@ def _apply_common(obj: dict, spec: JobSpec) -> None:
     for subject in obj.get("subjects", []):
         if subject.get("kind") == "ServiceAccount":
             subject["namespace"] = spec.namespace
+        elif subject.get("kind") == "User" and subject["name"] == LAB_USER.format(NAMESPACES["cpu"]):
+            subject["name"] = LAB_USER.format(spec.lab_namespace or NAMESPACES["cpu"])
+    if obj["kind"] == "ClusterRoleBinding" and spec.namespace != NAMESPACES["cpu"]:
+        meta["name"] += f"-{spec.namespace}"  # one per learner's lab: never the shared lab's binding, overwritten
+    if obj["kind"] == "Deployment":  # the lab: its claim, by volume and by the name it hands to `labkit job submit`
+        pod = obj["spec"]["template"]["spec"]
+        for volume in [v for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]:
+            volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
+        for entry in [e for c in pod["containers"] for e in c.get("env", []) if e["name"] == "LABKIT_SHARED_CLAIM"]:
+            entry["value"] = spec.pvc_name
     if obj["kind"] == "NetworkPolicy":  # the lab's rule names its own namespace ("from outside it")
         for rule in obj["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
