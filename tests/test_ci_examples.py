@@ -177,3 +177,42 @@ def test_the_cronjobs_identity_may_do_every_kubernetes_step_of_the_cluster_suite
     scoped = ("cluster.crds",)  # read only with a cluster-wide grant the kit does not make
     cluster_wide = [x.result for e in entries for x in e.expect if x.result.startswith(scoped)]
     assert cluster_wide == [], "the CronJob's namespaced identity cannot read these: the suite would always fail"
+
+
+# ------------------------------------------------------------------------------------------------- docs' kubectl lines
+DOCS = [
+    *ROOT.glob("*.md"),
+    *(ROOT / "docs").rglob("*.md"),
+    *(ROOT / "manifests").rglob("*.md"),
+    *ROOT.glob("*/README.md"),
+]
+
+
+def exec_problem(line: str) -> str | None:
+    """Why a `kubectl exec` line would not reach the launcher (None: it does). The launcher is the MPI Operator's batch
+    Job: its pod is `<job>-launcher-<suffix>`, so only `job/<job>-launcher` finds it, and the job's namespace is never
+    the kubeconfig's default; labkit/chapters/interactive.py prints `kubectl exec -it -n NS job/<job>-launcher`."""
+    words, target, namespaced = shlex.split(line.split(" -- ")[0])[2:], None, False
+    while words:
+        word = words.pop(0)
+        if word in ("-n", "--namespace"):
+            namespaced = bool(words.pop(0) if words else None)
+        elif word.startswith(("--namespace=", "-n=")):
+            namespaced = True
+        elif not word.startswith("-") and target is None:
+            target = word
+    if target and target.endswith("-launcher") and not target.startswith("job/"):
+        return f"{target} is no pod: the launcher's pod has a suffix (exec into job/{target})"
+    return None if namespaced else "no -n: the job's namespace is not the kubeconfig's default"
+
+
+def test_docs_exec_into_the_launcher_the_way_the_kit_prints_it():
+    assert exec_problem("kubectl exec -it -n workloads job/demo-launcher -- bash") is None  # the kit's own line
+    assert "is no pod" in exec_problem("kubectl exec -it -n workloads demo-launcher -- bash")
+    assert "no -n" in exec_problem("kubectl exec -it job/demo-launcher -- bash")
+    lines = {
+        (doc.relative_to(ROOT), line) for doc in DOCS for line in re.findall(r"kubectl exec[^`\n]*", doc.read_text())
+    }
+    assert any(str(doc) == "docs/instructor.md" for doc, _ in lines)  # chapter 03's page
+    assert [(doc, line, exec_problem(line)) for doc, line in lines if exec_problem(line)] == []
+
