@@ -216,3 +216,11 @@ def test_docs_exec_into_the_launcher_the_way_the_kit_prints_it():
     assert any(str(doc) == "docs/instructor.md" for doc, _ in lines)  # chapter 03's page
     assert [(doc, line, exec_problem(line)) for doc, line in lines if exec_problem(line)] == []
 
+
+def test_the_smoke_suite_counts_in_the_ci_readme_are_the_suite_files():
+    """docs/ci/README.md says how much of the kit the CPU smoke suite checks: those counts are read from
+    regression/cpu-smoke.yaml, not remembered (it said 6 notebooks and 12 expectations when the file had 8 and 19)."""
+    text = " ".join((CI / "README.md").read_text().split())
+    said = re.search(r"cpu-smoke\.yaml .*?\((\d+) notebooks, (\d+) expectations", text)
+    suite = suites.load(ROOT / "regression" / "cpu-smoke.yaml")
+    assert said and (int(said[1]), int(said[2])) == (len(suite.entries), sum(len(e.expect) for e in suite.entries))
