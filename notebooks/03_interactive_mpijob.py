@@ -54,7 +54,7 @@
 
 # %% tags=["parameters"]
 backend: str = "local"  # where the job runs: local (processes on this machine) or kubernetes (your kubeconfig's cluster)
-namespace: str = ""  # Kubernetes namespace, empty: workloads (Gaudi jobs: workloads-gaudi); local: a folder
+namespace: str = ""  # empty: the lab's ($LABKIT_NAMESPACE, else workloads; Gaudi jobs: <that>-gaudi); local: a folder
 name: str = "deepspeed-interactive"  # job name: lowercase letters, digits and '-', starting with a letter
 workers: int = 0  # worker pods, 0 for automatic: one per local GPU, else 2 CPU ranks; 2 pods on kubernetes
 slots: int = 1  # ranks per worker: GPUs or HPUs per worker pod on a cluster, CPU ranks locally

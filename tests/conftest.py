@@ -29,6 +29,15 @@ def own_local_jobs_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_lab_namespace():
+    """Jobs' default namespace (workloads, as the tests expect) whoever runs the suite: in a learner's lab pod
+    LABKIT_NAMESPACE names her namespace, and the default follows it (tests that need it set it themselves)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LABKIT_NAMESPACE", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def interrupts_raise():
     """^C raises KeyboardInterrupt in this session even when it was started with SIGINT ignored (a shell starts a
     background job so: `make test &`, a CI step run through `( ... & )`), where the interrupt tests' SIGINT did

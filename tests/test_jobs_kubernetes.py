@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fake_apiserver import FakeApiServer, now_iso
-from fake_rbac import ADMIN
+from fake_rbac import ADMIN, load_bindings
 from kit_testing import fake_cluster, wait_until
 
 from labkit.chapters.interactive import plan_interactive_job, training_command
@@ -635,3 +635,78 @@ def test_list_stale_delete_says_which_jobs_are_still_terminating(monkeypatch, ca
         out = capsys.readouterr().out
         assert backend.status("stuck").phase == "Terminating"
         assert "deleted MPIJob workloads/stuck" not in out and "still terminating" in out
+
+
+@pytest.fixture
+def alices_lab(monkeypatch):
+    """docs/security.md's per-learner recipe: the API server as alice's lab sees it (her lab's identity, bound in alice
+    and alice-gaudi only, refused in workloads), and LABKIT_NAMESPACE as manifests/lab sets it in her lab pod."""
+    from labkit import manifests
+
+    lab = manifests.render_all(JobSpec(namespace="alice"), manifests.LAB_KIND)
+    gaudi = manifests.render_all(JobSpec(accelerator="gaudi", namespace="alice-gaudi", lab_namespace="alice"))
+    rbac = [o for o in lab + gaudi if "Role" in o["kind"]]
+    with FakeApiServer(
+        identity="system:serviceaccount:alice:labkit", namespaces=("default", "alice", "alice-gaudi")
+    ) as api:
+        api.grants = load_bindings(docs=rbac)
+        monkeypatch.setenv("LABKIT_NAMESPACE", "alice")
+        yield api
+
+
+def test_in_a_learners_lab_chapter_03_and_job_submit_go_to_her_namespace_by_default(alices_lab, capsys):
+    """Chapter 03 at its defaults and `labkit job submit` without -n submit where her identity may (alice; Gaudi:
+    alice-gaudi), not to the shared lab's workloads, where she is refused."""
+    from labkit.cli import main
+
+    api = alices_lab
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", workers=1)
+    assert (plan.spec.namespace, plan.backend.namespace) == ("alice", "alice")
+    with plan.backend.submit(plan.spec) as job:
+        job.wait_ready(20)
+        assert job.run(["cat", "/etc/mpi/hostfile"]).output.count(".alice.svc") == 1
+    gaudi = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="hpu", workers=1)
+    assert gaudi.spec.namespace == "alice-gaudi"
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig, "--workers", "1"]
+    assert main(["job", "submit", "--name", "cli", *base]) == 0
+    assert main(["job", "submit", "--name", "hpu", "--accelerator", "gaudi", *base]) == 0
+    out = capsys.readouterr().out
+    assert "submitted kubernetes job alice/cli" in out and "submitted kubernetes job alice-gaudi/hpu" in out
+    assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "alice", "cli") in api.objects
+    assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "alice-gaudi", "hpu") in api.objects
+    assert main(["job", "delete", "cli", *base[:4]]) == 0  # status, exec, delete: her namespace too
+    assert api.denied == []
+
+
+def test_an_explicit_namespace_wins_over_the_labs(alices_lab, capsys):
+    from labkit.cli import main
+
+    api = alices_lab
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", namespace="team-b")
+    assert (plan.spec.namespace, plan.backend.namespace) == ("team-b", "team-b")
+    base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+    assert main(["job", "submit", "--name", "cli", "-n", "workloads", *base]) == 2  # asked where she may not: refused
+    assert "may not create MPIJobs in namespace workloads" in capsys.readouterr().err
+    assert main(["job", "render", "-n", "team-b"]) == 0 and "namespace: team-b" in capsys.readouterr().out
+
+
+def test_without_a_lab_namespace_jobs_go_to_workloads_as_before(api):
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="hpu")
+    assert plan.spec.namespace == "workloads-gaudi"
+    assert get_backend("kubernetes", kubeconfig=api.kubeconfig).namespace == "workloads"
+
+
+@pytest.mark.parametrize("value", ["Alice", "alice_lab", "-alice", "a" * 64])
+def test_a_bad_lab_namespace_is_one_config_error_before_any_request(api, monkeypatch, capsys, value):
+    from labkit.cli import main
+
+    monkeypatch.setenv("LABKIT_NAMESPACE", value)
+    with pytest.raises(ConfigError) as err:
+        plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu")
+    assert err.value.field == "LABKIT_NAMESPACE" and "pass -n / namespace= explicitly" in err.value.fix
+    assert main(["job", "submit", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("labkit: error: LABKIT_NAMESPACE: ") and "DNS-1123 label" in line
+    assert api.requests == [] and posts(api) == []
+    plan = plan_interactive_job(backend="kubernetes", kubeconfig=api.kubeconfig, device="cpu", namespace="workloads")
+    assert plan.spec.namespace == "workloads"  # an explicit namespace never reads it

@@ -995,3 +995,14 @@ def test_a_job_whose_owner_exited_is_listed_as_stale_and_deleted_with_the_others
     assert "orphan" in capsys.readouterr().out
     assert main(["job", "list", "--stale", "--delete", *where]) == 0
     assert backend.list() == []
+
+
+def test_in_a_learners_lab_local_jobs_take_her_namespace_too(tmp_path, monkeypatch):
+    """A rehearsal on the local backend says (and files under) the namespace the cluster run would use, so switching
+    chapter 03's backend in alice's lab changes where the job runs, not what it is called."""
+    monkeypatch.setenv("LABKIT_NAMESPACE", "alice")
+    plan = plan_interactive_job(backend="local", jobs_dir=tmp_path, device="cpu", workers=1)
+    assert (plan.spec.namespace, plan.backend.namespace) == ("alice", "alice")
+    assert get_backend("local", jobs_dir=tmp_path).namespace_dir() == tmp_path / "alice"
+    explicit = plan_interactive_job(backend="local", jobs_dir=tmp_path, device="cpu", workers=1, namespace="mine")
+    assert (explicit.spec.namespace, explicit.backend.namespace) == ("mine", "mine")

@@ -116,3 +116,22 @@ def test_the_lab_pod_may_reach_rank_0_whatever_namespace_the_job_runs_in(acceler
         assert peers[1:] == [{"namespaceSelector": lab_namespace, "podSelector": lab_pod}]
     else:
         assert len(peers) == 1
+
+
+def test_in_a_learners_lab_the_job_yaml_names_her_namespaces(monkeypatch, capsys):
+    """In alice's lab (LABKIT_NAMESPACE=alice) a Gaudi service goes to alice-gaudi and lets her lab pod in, from alice;
+    --namespace still wins."""
+    import yaml
+
+    from labkit.cli import main
+
+    monkeypatch.setenv("LABKIT_NAMESPACE", "alice")
+    assert main(["serve", "--job-yaml", "--accelerator", "gaudi", "--workers", "1", "--slots", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "# kubectl apply -n alice-gaudi" in out and "from the lab pod (namespace alice)" in out
+    policy = [o for o in yaml.safe_load_all(out) if o][-1]
+    lab_namespace = {"matchLabels": {"kubernetes.io/metadata.name": "alice"}}
+    assert policy["metadata"]["namespace"] == "alice-gaudi"
+    assert policy["spec"]["ingress"][0]["from"][1]["namespaceSelector"] == lab_namespace
+    assert main(["serve", "--job-yaml", "--namespace", "team-b", "--workers", "1", "--slots", "1"]) == 0
+    assert "# kubectl apply -n team-b" in capsys.readouterr().out

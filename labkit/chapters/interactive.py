@@ -184,7 +184,8 @@ def plan_interactive_job(
 ) -> InteractivePlan:  # fmt: skip
     """Validate notebook 03's parameters (one ConfigError naming the parameter) and build the plan. Submits nothing.
 
-    workers=0: automatic (the backend says how many and why); namespace="": the accelerator's (manifests.NAMESPACES)."""
+    workers=0: automatic (the backend says how many and why); namespace="": manifests.default_namespace(accelerator)
+    (the lab's own, else workloads; Gaudi jobs: <that>-gaudi)."""
     check_int("workers", workers, 0, maximum=64)
     check_int("slots", slots, 1, maximum=64)
     check_int("steps", steps, 1, maximum=10**5)
@@ -194,9 +195,9 @@ def plan_interactive_job(
         raise ConfigError("deadline_minutes", f"{deadline_minutes:g} is more than 30 days", release)
     check_number("ready_timeout_s", ready_timeout_s, 0.0, "pass e.g. 300", strict=True)
     where = dict(jobs_dir=jobs_dir, kubeconfig=kubeconfig or None)
-    job_backend = get_backend(backend, namespace=namespace or manifests.NAMESPACES["cpu"], **where)
+    job_backend = get_backend(backend, namespace=namespace or None, **where)
     accelerator, workers, reason = job_backend.accelerator_for(device, workers, slots)
-    namespace = namespace or manifests.NAMESPACES.get(accelerator, job_backend.namespace)
+    namespace = namespace or manifests.default_namespace(accelerator)
     if namespace != job_backend.namespace:  # e.g. Gaudi's hostIPC: a privileged namespace of its own
         job_backend = get_backend(backend, namespace=namespace, **where)
     # resolved(): validates every field (ConfigError naming it) and fills the overlay's defaults.

@@ -27,7 +27,7 @@ from labkit.tabular import text_table
 # Each action's arguments as data: (flags, add_argument keywords).
 BACKEND_OPTIONS = [
     (["--backend"], dict(choices=BACKENDS, default="local", help="local: processes here; kubernetes: MPIJobs")),
-    (["-n", "--namespace"], dict(default=None, help="namespace (default: workloads; gaudi jobs: workloads-gaudi)")),
+    (["-n", "--namespace"], dict(default=None, help=f"namespace (default: {manifests.DEFAULT_NAMESPACE})")),
     (["--kubeconfig"], dict(default=None, help="kubeconfig file (kubernetes; default $KUBECONFIG, ~/.kube/config)")),
     (["--context"], dict(default=None, help="kubeconfig context (kubernetes)")),
     (["--jobs-dir"], dict(default=None, help="where local jobs live (default $LABKIT_JOBS_DIR or ~/.local/state/...)")),
@@ -66,11 +66,10 @@ def _add(parser: argparse.ArgumentParser, options: list, *, suppress_defaults: b
 
 
 def _backend(a):
-    namespace = a.namespace or manifests.NAMESPACES["cpu"]
     where = dict(jobs_dir=a.jobs_dir, kubeconfig=a.kubeconfig, context=a.context)
     typed = {field: f"--{field}" for field in ("kubeconfig", "context") if getattr(a, field)}  # not $KUBECONFIG's
     with named_as(typed):  # a kubeconfig's errors name the flag as typed
-        backend = get_backend(a.backend, namespace=namespace, **where)
+        backend = get_backend(a.backend, namespace=a.namespace, **where)
         if typed and a.backend == "kubernetes":
             _ = backend.api_client  # loaded now, not at its first call (the client is lazy)
     if a.jobs_dir is not None and isinstance(backend, LocalBackend):
@@ -85,8 +84,9 @@ def _spec(args, backend=None) -> manifests.JobSpec:
     if backend is not None:
         device = "auto" if args.accelerator == "auto" else DEVICE_OF[args.accelerator]
         accelerator, workers, args.why = backend.accelerator_for(device, args.workers, args.slots or 1)
+    namespace = args.namespace or manifests.default_namespace(accelerator)
     return manifests.JobSpec(
-        name=args.name, namespace=args.namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
+        name=args.name, namespace=namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
         accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
         http_proxy=args.http_proxy, https_proxy=args.https_proxy, no_proxy=args.no_proxy, queue=args.queue,
     )  # fmt: skip

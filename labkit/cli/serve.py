@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     cluster = s.add_argument_group("in a cluster (--job-yaml: print the manifests, start nothing here)")
     cluster.add_argument("--job-yaml", action="store_true", help="MPIJob + Service + NetworkPolicy for kubectl apply")
     cluster.add_argument("--name", default="deepspeed-serve", help="job name (the Service is NAME-serve)")
-    cluster.add_argument("--namespace", help="namespace of the job (default: workloads; gaudi: workloads-gaudi)")
+    cluster.add_argument("--namespace", help=f"namespace of the job (default: {manifests.DEFAULT_NAMESPACE})")
     cluster.add_argument("--workers", type=int, default=2, help="worker pods (ranks = workers x slots)")
     cluster.add_argument("--slots", type=int, default=None, help="ranks per worker (default: the overlay's)")
     cluster.add_argument("--accelerator", default="cpu", choices=("cpu", "nvidia", "gaudi"), help="the workers' kind")
@@ -100,7 +100,8 @@ def _job_yaml(args: argparse.Namespace) -> int:
     namespace = objects[0]["metadata"]["namespace"]  # as resolved for the accelerator when left out
     service = f"{args.name}-serve.{namespace}:{config.port}"
     print(f"# kubectl apply -n {namespace} -f THIS_FILE   (a Service and a NetworkPolicy need rights the kit's")
-    print(f"# Role does not grant: an admin applies them); then, from the lab pod (namespace {job.LAB_NAMESPACE}):")
+    lab = manifests.default_namespace()
+    print(f"# Role does not grant: an admin applies them); then, from the lab pod (namespace {lab}):")
     print(f"#   curl http://{service}/healthz   (and POST /shutdown ends every rank); to remove it all:")
     print(f"#   kubectl delete -n {namespace} mpijob/{args.name} service/{args.name}-serve "
           f"networkpolicy/{args.name}-serve")  # fmt: skip

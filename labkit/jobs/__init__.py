@@ -17,8 +17,9 @@ __all__ = ["BACKENDS", "CLUSTER_HOSTFILE", "ExecResult", "Job", "JobBackend", "J
 __all__ += ["JobStatus", "KubernetesBackend", "LocalBackend", "get_backend"]
 
 
-def get_backend(name="local", *, namespace="workloads", jobs_dir=None, kubeconfig=None, context=None) -> JobBackend:
-    """The backend called `name`; callers pass every option, each backend takes those that apply to it."""
+def get_backend(name="local", *, namespace=None, jobs_dir=None, kubeconfig=None, context=None) -> JobBackend:
+    """The backend called `name`; callers pass every option, each backend takes those that apply to it. namespace
+    None: manifests.default_namespace() (the lab's own, else workloads)."""
     check_choice("backend", name, BACKENDS)
     if name == "local":
         return LocalBackend(root=jobs_dir, namespace=namespace)

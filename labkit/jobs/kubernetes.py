@@ -59,8 +59,9 @@ class KubernetesBackend(JobBackend):
     name = "kubernetes"
     one_host = False
 
-    def __init__(self, kubeconfig=None, context=None, namespace="workloads", api_client=None, request_timeout=30.0):
-        self.kubeconfig, self.context, self.namespace = kubeconfig, context, namespace
+    def __init__(self, kubeconfig=None, context=None, namespace=None, api_client=None, request_timeout=30.0):
+        self.kubeconfig, self.context = kubeconfig, context
+        self.namespace = namespace or manifests.default_namespace()  # None: the lab's own (kubectl's default too)
         self._api_client, self.request_timeout = api_client, request_timeout
         self._operator_checked = False
         self._access: dict[tuple, bool] = {}  # SelfSubjectAccessReview answers

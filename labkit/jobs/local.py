@@ -74,12 +74,14 @@ class LocalBackend(JobBackend):
     name = "local"
     one_host = True
 
-    def __init__(self, root=None, namespace: str = "workloads", deadline_seconds: float | None = None):
+    def __init__(self, root=None, namespace: str | None = None, deadline_seconds: float | None = None):
         if deadline_seconds is not None:
             check_number("deadline_seconds", deadline_seconds, 0.0, "pass e.g. 5, or None for the spec's", strict=True)
         self.root = Path(root) if root is not None else default_jobs_dir()
         self.root_field = "jobs_dir" if root is not None else JOBS_DIR_ENV  # named as set (the CLI: --jobs-dir)
-        self.namespace, self.deadline_seconds = base.check_namespace(namespace), deadline_seconds
+        # None: the cluster's default (the lab's own), so a rehearsal here names the job as the cluster run would
+        self.namespace = base.check_namespace(namespace or manifests.default_namespace())
+        self.deadline_seconds = deadline_seconds
 
     def accelerator_for(self, device: str, workers: int, slots: int) -> tuple[str, int, str]:
         picked = pick_device(device)  # ConfigError for an unknown or unavailable device

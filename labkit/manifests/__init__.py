@@ -5,6 +5,7 @@ from labkit.manifests import checks
 from labkit.manifests.checks import ManifestError, find_secret_material, object_ref, validate_object, validate_objects
 from labkit.manifests.kustomize import kustomize_build, load_yaml, to_yaml
 from labkit.manifests.render import (
+    DEFAULT_NAMESPACE,
     JOB_KINDS,
     LAB_KIND,
     NAMESPACES,
@@ -12,6 +13,7 @@ from labkit.manifests.render import (
     PROXY_FIELDS,
     QUEUE_LABEL,
     JobSpec,
+    default_namespace,
     manifests_dir,
     overlay_dir,
     render_all,

@@ -81,8 +81,27 @@ _NO_PROXY_ITEM = re.compile(r"^\*?[A-Za-z0-9.:/-]+$")
 CLUSTER_NO_PROXY = ("localhost", "127.0.0.1", ".svc", ".cluster.local")  # workers' DNS names, the API server
 # The namespace each overlay puts its objects in (tests check it against kubectl kustomize): Gaudi's hostIPC needs
 # Pod Security "privileged", so its jobs never share the lab's and cpu/nvidia jobs' restricted namespace.
-NAMESPACES = {"cpu": "workloads", "nvidia": "workloads", "gaudi": "workloads-gaudi"}
+SHARED_LAB, GAUDI_SUFFIX = "workloads", "-gaudi"  # the shared lab's namespace; a lab's Gaudi jobs: <lab>-gaudi
+NAMESPACES = {"cpu": SHARED_LAB, "nvidia": SHARED_LAB, "gaudi": SHARED_LAB + GAUDI_SUFFIX}
+DEFAULT_NAMESPACE = "the lab's, $LABKIT_NAMESPACE, else workloads; Gaudi jobs: <that>-gaudi"  # default_namespace's rule
 LAB_USER = "system:serviceaccount:{}:labkit"  # the lab's identity (manifests/lab) as RBAC matches a User subject
+
+
+def default_namespace(accelerator: str = "cpu") -> str:
+    """Where a job goes when no namespace is given (an explicit one always wins): the lab's own, as kubectl in a pod
+    defaults to the pod's. manifests/lab sets LABKIT_NAMESPACE from its pod's namespace, so a learner's lab (alice)
+    submits to alice and her Gaudi jobs to alice-gaudi (docs/security.md's recipe); unset: the shared lab's NAMESPACES.
+    `labkit manifests render` keeps NAMESPACES: an admin renders for a namespace, not from a lab."""
+    lab = os.environ.get(shared_volume.NAMESPACE_ENV)
+    if not lab:
+        return NAMESPACES.get(accelerator, SHARED_LAB)
+    gaudi = accelerator == "gaudi"
+    most = 63 - len(GAUDI_SUFFIX) if gaudi else 63  # <lab>-gaudi must still be a label
+    if not DNS1123_LABEL.match(lab) or len(lab) > most:
+        problem = f"{lab!r} is not a DNS-1123 label of at most {most} characters" + (" (+ '-gaudi')" if gaudi else "")
+        fix = "set it to your lab's namespace (e.g. alice), unset it for workloads, or pass -n / namespace= explicitly"
+        raise ConfigError(shared_volume.NAMESPACE_ENV, problem, fix)
+    return lab + GAUDI_SUFFIX if gaudi else lab
 
 
 @dataclass

@@ -3,10 +3,10 @@
 With `deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi`, Open MPI fills the hostfile's hosts in order, so
 rank 0 (the HTTP endpoint) runs on worker 0, not on the launcher: the Service selects that one pod by the MPI
 Operator's labels (job-name, job-role=worker, replica-index=0), and a NetworkPolicy lets the lab pod (of the job's
-namespace, and of the lab's own, `workloads`, when the job runs elsewhere, as Gaudi jobs do) reach its port (the
-kit's default policy denies all other ingress to job pods). On the local backend the job's hostfile has one line
-(`localhost slots=N`), so DeepSpeed launches every rank locally, in the job's own process group, and the endpoint is
-on this machine.
+namespace, and of the lab's own, manifests.default_namespace(), when the job runs elsewhere, as Gaudi jobs do) reach
+its port (the kit's default policy denies all other ingress to job pods). On the local backend the job's hostfile has
+one line (`localhost slots=N`), so DeepSpeed launches every rank locally, in the job's own process group, and the
+endpoint is on this machine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from labkit.jobs.base import CLUSTER_HOSTFILE
 from labkit.serving.config import SERVE_MODULE, ServeConfig
 
 JOB_LABELS = ("training.kubeflow.org/job-name", "training.kubeflow.org/job-role", "training.kubeflow.org/replica-index")
-LAB_NAMESPACE = manifests.NAMESPACES["cpu"]  # where manifests/lab runs the lab (the restricted namespace)
 
 
 def serve_command(config: ServeConfig, *, one_host: bool, master_port: int | None = None) -> list[str]:
@@ -35,6 +34,8 @@ def job_spec(config: ServeConfig, *, one_host: bool, **spec) -> manifests.JobSpe
     """A JobSpec whose launcher runs the service (validated: ConfigError before anything is submitted). `spec`:
     JobSpec fields (name, namespace, workers, slots_per_worker, accelerator, deadline_seconds...)."""
     spec.setdefault("name", "deepspeed-serve")
+    if spec.get("namespace") is None:  # the lab's own (Gaudi: <lab>-gaudi), as for every job
+        spec["namespace"] = manifests.default_namespace(spec.get("accelerator", "cpu"))
     job = manifests.JobSpec(launcher_command=serve_command(config, one_host=one_host), **spec)
     job.validate()
     config.validate(job.workers * (job.slots_per_worker or 1))
@@ -58,8 +59,9 @@ def render_service(spec: manifests.JobSpec, config: ServeConfig) -> list[dict]:
     service_spec = {"type": "ClusterIP", "selector": rank0_selector(spec.name), "ports": [port]}
     lab_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "lab"}}}
     peers = [lab_pod]  # a podSelector alone selects pods of the policy's own namespace (NetworkPolicyPeer)
-    if spec.namespace != LAB_NAMESPACE:
-        peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": LAB_NAMESPACE}}, **lab_pod})
+    lab_namespace = manifests.default_namespace()  # where the lab that reaches it runs (restricted: never Gaudi's)
+    if spec.namespace != lab_namespace:
+        peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": lab_namespace}}, **lab_pod})
     ingress = {"ports": [{"port": config.port, "protocol": "TCP"}], "from": peers}
     rank0_pod = {"matchLabels": rank0_selector(spec.name)}
     policy_spec = {"podSelector": rank0_pod, "policyTypes": ["Ingress"], "ingress": [ingress]}
