@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from fake_apiserver import FakeApiServer, now_iso
 from fake_rbac import ADMIN, load_bindings
 from kit_testing import fake_cluster, wait_until
@@ -411,7 +412,9 @@ def test_a_namespace_outside_the_role_is_a_config_error_before_any_create(api, b
     with pytest.raises(ConfigError) as err:
         backend.submit(JobSpec(name="demo", namespace="team-b"))
     assert err.value.field == "namespace" and "may not create MPIJobs in namespace team-b" in str(err.value)
-    assert "apply manifests/base" in str(err.value)
+    # the admin's set-up for that namespace, with no job in it (the kit's own submit is what failed)
+    setup = "labkit manifests render --accelerator cpu --namespace team-b --no-job | kubectl apply -f -"
+    assert setup in str(err.value)
     assert not api.pods and posts(api) == [] and api.denied == []  # asked, never tried
 
 
@@ -676,6 +679,24 @@ def test_in_a_learners_lab_chapter_03_and_job_submit_go_to_her_namespace_by_defa
     assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "alice-gaudi", "hpu") in api.objects
     assert main(["job", "delete", "cli", *base[:4]]) == 0  # status, exec, delete: her namespace too
     assert api.denied == []
+
+
+def test_in_a_learners_lab_a_gaudi_job_binds_her_lab_and_never_runs_in_her_labs_namespace(alices_lab, capsys):
+    """`labkit job render` in alice's lab binds her lab's identity in alice-gaudi (not the shared lab's); a Gaudi job
+    asked into her lab's own (restricted) namespace is refused; a refused Gaudi namespace's set-up names her lab."""
+    from labkit.cli import main
+
+    assert main(["job", "render", "--accelerator", "gaudi"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    users = [s["name"] for d in docs if d and d["kind"] == "RoleBinding" for s in d["subjects"] if s["kind"] == "User"]
+    assert users == ["system:serviceaccount:alice:labkit"]
+    assert main(["job", "render", "--accelerator", "gaudi", "-n", "alice"]) == 2
+    err = capsys.readouterr().err
+    assert "namespace: alice is the lab's" in err and "leave it unset (alice-gaudi)" in err
+    backend = get_backend("kubernetes", kubeconfig=alices_lab.kubeconfig, namespace="team-g")
+    with pytest.raises(ConfigError) as refused:
+        backend.submit(JobSpec(name="demo", accelerator="gaudi", namespace="team-g"))
+    assert "--namespace team-g --lab-namespace alice --no-job" in str(refused.value)
 
 
 def test_an_explicit_namespace_wins_over_the_labs(alices_lab, capsys):

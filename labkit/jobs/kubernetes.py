@@ -189,8 +189,11 @@ class KubernetesBackend(JobBackend):
         self.check_operator()
         ns = spec.namespace
         if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
-            setup = f"labkit manifests render --accelerator {spec.accelerator} --namespace {ns} --no-job"  # no job
-            fix = f"use the namespace your Role is bound in, or ask an admin to apply `{setup}`"
+            setup = f"labkit manifests render --accelerator {spec.accelerator} --namespace {ns}"
+            if spec.accelerator == "gaudi":  # its RoleBinding names the lab that submits there
+                setup += f" --lab-namespace {spec.lab()}"
+            setup += " --no-job | kubectl apply -f -"
+            fix = f"use the namespace your Role is bound in, or ask an admin to run `{setup}`"
             raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
         # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).

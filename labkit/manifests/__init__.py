@@ -14,6 +14,7 @@ from labkit.manifests.render import (
     QUEUE_LABEL,
     JobSpec,
     default_namespace,
+    env_lab_namespace,
     manifests_dir,
     overlay_dir,
     render_all,

@@ -87,21 +87,30 @@ DEFAULT_NAMESPACE = "the lab's, $LABKIT_NAMESPACE, else workloads; Gaudi jobs: <
 LAB_USER = "system:serviceaccount:{}:labkit"  # the lab's identity (manifests/lab) as RBAC matches a User subject
 
 
-def default_namespace(accelerator: str = "cpu") -> str:
-    """Where a job goes when no namespace is given (an explicit one always wins): the lab's own, as kubectl in a pod
-    defaults to the pod's. manifests/lab sets LABKIT_NAMESPACE from its pod's namespace, so a learner's lab (alice)
-    submits to alice and her Gaudi jobs to alice-gaudi (docs/security.md's recipe); unset: the shared lab's NAMESPACES.
-    `labkit manifests render` keeps NAMESPACES: an admin renders for a namespace, not from a lab."""
+def env_lab_namespace(accelerator: str = "cpu") -> str | None:
+    """The namespace of the lab this runs in (LABKIT_NAMESPACE, set by manifests/lab from its pod's), None outside
+    one; checked as a label that `<lab>-gaudi` (a Gaudi job's default) keeps within 63 characters."""
     lab = os.environ.get(shared_volume.NAMESPACE_ENV)
     if not lab:
-        return NAMESPACES.get(accelerator, SHARED_LAB)
+        return None
     gaudi = accelerator == "gaudi"
     most = 63 - len(GAUDI_SUFFIX) if gaudi else 63  # <lab>-gaudi must still be a label
     if not DNS1123_LABEL.match(lab) or len(lab) > most:
         problem = f"{lab!r} is not a DNS-1123 label of at most {most} characters" + (" (+ '-gaudi')" if gaudi else "")
         fix = "set it to your lab's namespace (e.g. alice), unset it for workloads, or pass -n / namespace= explicitly"
         raise ConfigError(shared_volume.NAMESPACE_ENV, problem, fix)
-    return lab + GAUDI_SUFFIX if gaudi else lab
+    return lab
+
+
+def default_namespace(accelerator: str = "cpu") -> str:
+    """Where a job goes when no namespace is given (an explicit one always wins): the lab's own, as kubectl in a pod
+    defaults to the pod's. manifests/lab sets LABKIT_NAMESPACE from its pod's namespace, so a learner's lab (alice)
+    submits to alice and her Gaudi jobs to alice-gaudi (docs/security.md's recipe); unset: the shared lab's NAMESPACES.
+    `labkit manifests render` keeps NAMESPACES: an admin renders for a namespace, not from a lab."""
+    lab = env_lab_namespace(accelerator)
+    if lab is None:
+        return NAMESPACES.get(accelerator, SHARED_LAB)
+    return lab + GAUDI_SUFFIX if accelerator == "gaudi" else lab
 
 
 @dataclass
@@ -145,13 +154,19 @@ class JobSpec:
         if self.namespace is None and self.accelerator in NAMESPACES:
             self.namespace = NAMESPACES[self.accelerator]
 
+    def lab(self) -> str:
+        """The namespace of the lab that submits this job: lab_namespace, else the one this runs in (LABKIT_NAMESPACE:
+        `labkit job render` in alice's lab binds her lab), else the shared lab's."""
+        return self.lab_namespace or env_lab_namespace(self.accelerator) or SHARED_LAB
+
     def validate(self) -> None:
         """One ConfigError naming the field, before anything is rendered or submitted."""
         check_choice("accelerator", self.accelerator, ACCELERATORS, "pick cpu (kind/minikube), nvidia or gaudi")
-        if self.accelerator == "gaudi" and self.namespace == NAMESPACES["cpu"]:
+        lab = self.lab() if self.accelerator == "gaudi" else SHARED_LAB  # the lab's namespace: its cpu/nvidia jobs'
+        if self.accelerator == "gaudi" and self.namespace in (SHARED_LAB, lab):
             problem = f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); "
             problem += "Gaudi's hostIPC needs a privileged namespace of its own"
-            raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['gaudi']}) or name another one")
+            raise ConfigError("namespace", problem, f"leave it unset ({lab + GAUDI_SUFFIX}) or name another one")
         if self.accelerator != "gaudi" and self.namespace == NAMESPACES["gaudi"]:  # its Namespace would relabel it
             problem = f"{self.namespace} is the Gaudi jobs' privileged namespace; a {self.accelerator} job's "
             problem += "Namespace object would set it to Pod Security restricted, and Gaudi's pods would be refused"
@@ -319,7 +334,7 @@ def _apply_common(obj: dict, spec: JobSpec) -> None:
         if subject.get("kind") == "ServiceAccount":
             subject["namespace"] = spec.namespace
         elif subject.get("kind") == "User" and subject["name"] == LAB_USER.format(NAMESPACES["cpu"]):
-            subject["name"] = LAB_USER.format(spec.lab_namespace or NAMESPACES["cpu"])
+            subject["name"] = LAB_USER.format(spec.lab())
     if obj["kind"] == "ClusterRoleBinding" and spec.namespace != NAMESPACES["cpu"]:
         meta["name"] += f"-{spec.namespace}"  # one per learner's lab: never the shared lab's binding, overwritten
     if obj["kind"] == "Deployment":  # the lab: its claim, by volume and by the name it hands to `labkit job submit`
