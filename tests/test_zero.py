@@ -577,3 +577,31 @@ def test_notebook_02s_launch_line_is_the_one_that_runs_less_the_port_picked_at_l
     plan = zero.make_plan("2M", 2, "0,1", device="cpu")
     ran, port = launched_line(monkeypatch, plan.launch_spec("plan.json", "RUN_DIR"))
     assert plan.command() == without_port(ran, port) and "--master_port" not in plan.command()
+
+
+def test_each_legend_key_of_the_memory_chart_stays_clear_of_its_label():
+    """Notebook 02's chart drew the paper formula's key (a 900-point bar marker) across its own label: '—ZeRO paper
+    formula' with the red bar over the 'Z'. No key may be drawn over a label."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from labkit.plots import zero as zplots
+
+    kinds = dict.fromkeys(memory.STATE_KINDS, 0)
+    configs = []
+    for label, stage in (("ZeRO-0", 0), ("ZeRO-3", 3)):
+        config = _config(label, stage, 335_946_000, 335_946_000)
+        held = kinds | {"params": 41_994_240, "optimizer_states": 293_951_760}
+        config["measured"] = [{"device": held, "host": kinds}]
+        configs.append(config | {"predicted_deepspeed_total": 335_946_000, "predicted_paper_total": 335_946_000})
+    report = {"configs": configs, "params": 20_997_120, "dtype": "bf16", "world_size": 2, "device": "cpu"}
+    fig = zplots.stage_memory_figure(report)
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[:, :, :3].astype(int)
+    for text in fig.axes[0].get_legend().get_texts():
+        box = text.get_window_extent(canvas.get_renderer())
+        under = pixels[len(pixels) - int(box.y1) : len(pixels) - int(box.y0), int(box.x0) : int(box.x1)]
+        coloured = (under.max(axis=2) - under.min(axis=2)) > 60  # the labels are black on white; a key is colour
+        assert not coloured.any(), f"a legend key is drawn over its label {text.get_text()!r}"

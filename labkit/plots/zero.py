@@ -41,7 +41,9 @@ def stage_memory_figure(report: dict, rank: int = 0):
                 bottom = [b + v for b, v in zip(bottom, vals)]
     ds, paper = ([c[key] / div for c in cfgs] for key in ("predicted_deepspeed_total", "predicted_paper_total"))
     ax.scatter(xs, ds, marker="D", color="black", zorder=3, label="labkit DeepSpeed model")
-    ax.scatter(xs, paper, marker="_", s=900, linewidths=2.5, color="#d62728", zorder=3, label="ZeRO paper formula")
+    # a line across each bar: a bar-wide scatter marker would also be drawn bar-wide over its legend label
+    lefts, rights = [x - 0.3 for x in xs], [x + 0.3 for x in xs]
+    ax.hlines(paper, lefts, rights, colors="#d62728", linewidths=2.5, zorder=3, label="ZeRO paper formula")
     ax.set_ylabel(f"model-state bytes per rank ({unit})")
     ax.legend(fontsize=7, loc="upper right", ncols=2)
     ax.set_ylim(0, top / div * 1.45)
