@@ -193,3 +193,35 @@ def test_the_training_bar_appears_only_when_rank_0_reports_a_step_of_an_unknown_
     counted('LABKIT_METRIC {"event": "step", "rank": 0, "world_size": 1, "step": 1, "loss": 1.0}\n')
     counted.close()
     assert counted.bar.n == 1
+
+
+def _drawn_y_labels(fig) -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    ax = next(a for a in fig.axes if a.get_yscale() == "log")
+    low, high = ax.get_ylim()
+    ticks = ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+    return [t.label1.get_text() for t in ticks if t.label1.get_text() and low <= t.get_loc() <= high]
+
+
+def test_a_log_scale_loss_chart_labels_its_axis_in_plain_numbers():
+    """Notebook 03's loss chart (0.13 to 0.8) read '6×10⁻¹, 4×10⁻¹, 3×10⁻¹, 2×10⁻¹' and 04's '3×10⁰ ... 10⁻²': a loss
+    axis reads 0.6, 0.4, 0.3, 0.2 and 3, 1, 0.1, 0.01, with at least two labels in view."""
+    from labkit.plots.training import loss_figure, training_curves_figure
+
+    shard = [{"event": "step", "rank": 0, "step": s, "loss": 0.8 * 0.94**s, "world_size": 1} for s in range(1, 31)]
+    cifar = [{"kind": "step", "step": s, "loss": 3 * 0.93**s + 0.01} for s in range(1, 145)]
+    figures = {
+        "03": interactive.loss_view(shard, interactive.summarize_training(shard, 0)),
+        "04": training_curves_figure(
+            cifar
+            + [{"kind": "epoch", "epoch": 1, "step": 144, "train_acc": 0.9, "test_acc": 0.9, "images_per_s": 1000.0}]
+        ),
+        "06": loss_figure({"rank 0": [2.3 * 0.9**s for s in range(40)]}, "loss"),
+    }
+    for chapter, fig in figures.items():
+        labels = _drawn_y_labels(fig)
+        assert len(labels) >= 2, (chapter, labels)
+        for label in labels:
+            float(label.replace("\N{MINUS SIGN}", "-"))  # a plain number, not mathtext ('$\\mathdefault')

@@ -361,12 +361,15 @@ def loss_figure(metrics: list[dict]):
     """Loss per step, one line per rank (each rank trains on its own data shard, so the curves differ a little)."""
     from matplotlib.figure import Figure
 
+    from labkit.plots import log_y
+
     fig = Figure(figsize=(7, 3.5))
     ax = fig.add_subplot(1, 1, 1)
     by_rank = _steps_by_rank(metrics)
     for rank, mine in sorted(by_rank.items()):
         ax.plot([m["step"] for m in mine], [m["loss"] for m in mine], marker=".", label=f"rank {rank}")
-    ax.set(xlabel="optimizer step", ylabel="MSE loss (own shard)", yscale="log")
+    ax.set(xlabel="optimizer step", ylabel="MSE loss (own shard)")
+    log_y(ax)
     ax.set_title("DeepSpeed ranks training inside the job")
     ax.grid(True, alpha=0.3)
     if by_rank:

@@ -33,3 +33,17 @@ def figure(width: float, height: float, alt: str):
     fig = _figure_class()(figsize=(width, height), layout="constrained")
     fig.alt = alt
     return fig
+
+
+def log_y(ax) -> None:
+    """A log-scale y axis labelled in plain numbers: a loss reads 0.3, not matplotlib's '3×10⁻¹' (which also leaves a
+    range inside one decade with powers-of-ten labels only at its ends, or none)."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:g}"
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Plain())
+    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))  # LogFormatter labels minor ticks only where few show

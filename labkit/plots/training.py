@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from labkit.plots import figure
+from labkit.plots import figure, log_y
 
 
 def training_curves_figure(records: Sequence[dict], title: str = ""):
@@ -23,7 +23,7 @@ def training_curves_figure(records: Sequence[dict], title: str = ""):
         loss_ax.axvline(e["step"], color="#999999", linestyle=":", linewidth=0.8)
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (cross-entropy)", title="loss")
     if steps and min(r["loss"] for r in steps) > 0:
-        loss_ax.set_yscale("log")
+        log_y(loss_ax)
 
     numbers = [e["epoch"] for e in epochs]
     acc_ax.plot(numbers, [e["train_acc"] for e in epochs], marker="o", label="train (augmented)")
@@ -51,6 +51,6 @@ def loss_figure(curves: dict[str, Sequence[float]], title: str = ""):
         ax.plot(range(1, len(losses) + 1), losses, marker=".", label=name)
     ax.set(xlabel="optimizer step", ylabel="training loss (cross-entropy)", title=title)
     if all(v > 0 for losses in curves.values() for v in losses):
-        ax.set_yscale("log")
+        log_y(ax)
     ax.legend(fontsize="small")
     return fig
