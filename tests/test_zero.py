@@ -605,3 +605,24 @@ def test_each_legend_key_of_the_memory_chart_stays_clear_of_its_label():
         under = pixels[len(pixels) - int(box.y1) : len(pixels) - int(box.y0), int(box.x0) : int(box.x1)]
         coloured = (under.max(axis=2) - under.min(axis=2)) > 60  # the labels are black on white; a key is colour
         assert not coloured.any(), f"a legend key is drawn over its label {text.get_text()!r}"
+
+
+def test_a_bar_chart_keeps_each_bars_number_inside_its_frame():
+    """The tallest bar's number sat on the frame's top edge: '730' in notebook 02's step-time chart, '157,064' in 04's
+    throughput panel. Every number written above a bar stays inside the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from labkit.plots import zero as zplots
+    from labkit.plots.training import training_curves_figure
+
+    configs = [_config(f"ZeRO-{s}", s, 1, 1) | {"step_time_s": t} for s, t in ((0, 0.694), (1, 0.64), (2, 0.730))]
+    epochs = [{"kind": "epoch", "epoch": e, "step": e, "train_acc": 0.5, "test_acc": 0.5, "images_per_s": r}
+              for e, r in ((1, 10_412.0), (2, 134_344.0), (3, 157_064.0))]  # fmt: skip
+    for fig in (zplots.step_time_figure({"configs": configs}), training_curves_figure(epochs)):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        for ax in fig.axes:
+            frame = ax.get_window_extent(canvas.get_renderer())
+            for text in ax.texts:  # bar_label's numbers: clear of the frame by 2 points at least, not touching it
+                gap_points = (frame.y1 - text.get_window_extent(canvas.get_renderer()).y1) * 72 / fig.dpi
+                assert gap_points >= 2, text.get_text()

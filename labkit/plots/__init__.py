@@ -47,3 +47,10 @@ def log_y(ax) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(Plain())
     ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))  # LogFormatter labels minor ticks only where few show
+
+
+def label_bars(ax, bars, labels: list[str], fontsize="small") -> None:
+    """Each bar's number written above it, with room under the top of the frame: autoscaling leaves about 5% above
+    the tallest bar, where its number would sit on the frame's edge."""
+    ax.bar_label(bars, labels=labels, fontsize=fontsize)
+    ax.set_ylim(0, max((bar.get_height() for bar in bars), default=0) * 1.15 or None)

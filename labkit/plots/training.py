@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from labkit.plots import figure, log_y
+from labkit.plots import figure, label_bars, log_y
 
 
 def training_curves_figure(records: Sequence[dict], title: str = ""):
@@ -35,7 +35,7 @@ def training_curves_figure(records: Sequence[dict], title: str = ""):
 
     rates = [e["images_per_s"] for e in epochs]
     bars = rate_ax.bar(numbers, rates, color=["#bbbbbb"] + ["#2e7d32"] * (len(rates) - 1))
-    rate_ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], fontsize="small")
+    label_bars(rate_ax, bars, [f"{r:,.0f}" for r in rates])
     rate_ax.set(xlabel="epoch (grey: includes warm-up)", ylabel="training images / s", title="throughput")
     rate_ax.xaxis.get_major_locator().set_params(integer=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from labkit.memory import STATE_KINDS, STATE_LABELS, format_count
-from labkit.plots import figure
+from labkit.plots import figure, label_bars
 
 STATE_COLOURS = dict(zip(STATE_KINDS, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")))
 
@@ -54,7 +54,7 @@ def step_time_figure(report: dict):
     cfgs = report["configs"]
     fig, ax = _config_axes(cfgs, 5.5, 3.0, "Step time per configuration (slowest rank)")
     bars = ax.bar(range(len(cfgs)), [c["step_time_s"] * 1e3 for c in cfgs], color="#4c72b0", width=0.6)
-    ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    label_bars(ax, bars, [f"{c['step_time_s'] * 1e3:.0f}" for c in cfgs], fontsize=8)
     ax.set_ylabel("median step time (ms)")
     return fig
 
