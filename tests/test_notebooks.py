@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from kit_testing import execute_once
@@ -15,6 +16,7 @@ from kit_testing import execute_once
 from labkit import kernels, notebooks, results
 
 ALL = notebooks.discover()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_there_are_notebooks():
@@ -216,3 +218,29 @@ def test_output_problems_finds_a_widget_shown_as_its_repr(tmp_path):
     nbformat.write(new_notebook(cells=[new_code_cell("w", outputs=outputs)]), tmp_path / "w.ipynb")
     problems = notebooks.output_problems(tmp_path / "w.ipynb")
     assert len(problems) == 1 and "widget" in problems[0] and "VBox(children=" in problems[0], problems
+
+
+def _recorded_times() -> dict[str, tuple[str, str]]:
+    """docs/benchmarks.md's table of notebook times: name -> (the CPU 'about' figure, the H100 range of every run)."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    table = text.split("## Notebook times at their defaults", 1)[1].split("\n\n")[2].splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    gpu = [i for i, name in enumerate(header) if name.startswith("H100")]
+    times = {}
+    for row in table[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        low, high = (f"{f(float(cells[i]) for i in gpu):.0f}" for f in (min, max))
+        times[cells[0]] = (cells[header.index('stated "about" (s)')], low if low == high else f"{low}-{high}")
+    return times
+
+
+def test_the_stated_times_are_the_recorded_runs():
+    """Notebook 03 said '44.5 s on one H100' and took 67.9 s on an H100 at the same defaults: the Time line and the
+    README give each notebook's range over every recorded H100 run, read from docs/benchmarks.md's table (one home)."""
+    times, readme = _recorded_times(), (ROOT / "README.md").read_text()
+    assert set(times) == {p.stem for p in ALL}
+    for path in ALL:
+        cpu, gpu = times[path.stem]
+        head = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert f"about {cpu} s on an idle 2-core CPU machine and {gpu} s on one H100" in head, path.stem
+        assert f"| `{path.stem}` |" in readme and f"| ~{cpu} s | {gpu} s |" in readme, path.stem
