@@ -177,7 +177,7 @@ display(Markdown("\n\n".join(chapter.faq_answers(report, plan, advice, model_par
 
 # %%
 job_name, workers, slots = "deepspeed-interactive", 2, 4
-namespace = manifests.NAMESPACES["cpu"]  # the job commands' default: both lines name it, as the CLI's own lines do
+namespace = manifests.default_namespace()  # the job commands' default (the lab's own): both lines name it, as the CLI's do
 on_job = dataclasses.replace(plan.config, num_processes=workers * slots, num_machines=workers)
 print(on_job.command_line(f"--job {job_name} --backend kubernetes -n {namespace}"))
 print(f"labkit job exec {job_name} --backend kubernetes -n {namespace} -- " + " ".join(accelerate_route.launch_command(

@@ -76,3 +76,13 @@ def test_prose_compares_bytes_in_one_unit_system(source):
         if cell.cell_type == "markdown":
             for sentence in re.split(r"(?<=[.;:])\s", cell.source):
                 assert not (binary.search(sentence) and decimal.search(sentence)), sentence
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_job_commands_name_the_labs_namespace_not_the_shared_one(source):
+    """In a learner's own lab (LABKIT_NAMESPACE=alice) `-n workloads` is refused (403): a notebook's code takes a job's
+    namespace from manifests.default_namespace(), as the CLI does, never the shared lab's NAMESPACES or a literal."""
+    for cell in notebooks.build(source).cells:
+        if cell.cell_type == "code":
+            code = "\n".join(line.split("#")[0] for line in cell.source.splitlines())  # comments may say it
+            assert "NAMESPACES[" not in code and '"workloads' not in code and "'workloads" not in code, cell.source
