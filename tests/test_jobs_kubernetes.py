@@ -25,6 +25,13 @@ from labkit.manifests import JobSpec
 
 CLI = [sys.executable, "-c", "import sys; from labkit.cli import main; sys.exit(main())"]
 
+# what the kit tells a reader to type next, for a Kubernetes job (the CLI's default backend is local)
+DELETE_DEMO = "`labkit job delete demo --backend kubernetes -n workloads`"
+STATUS_SLOW, SUBMIT_WAIT = (
+    "`labkit job status slow --backend kubernetes -n workloads`",
+    "`labkit job submit --backend kubernetes --wait`",
+)
+
 
 @pytest.fixture
 def api():
@@ -229,7 +236,7 @@ def test_exec_with_a_timeout_ends_when_the_api_server_hangs_and_says_the_stop_is
         os.kill(proc.pid, signal.SIGCONT)
     assert isinstance(error, TimeoutError), error
     assert "could not be confirmed" in str(error) and "demo-launcher" in str(error), error
-    assert "`labkit job delete demo -n workloads`" in str(error) and "were stopped" not in str(error)
+    assert DELETE_DEMO in str(error) and "were stopped" not in str(error)
 
 
 def test_exec_losing_the_api_server_names_the_job_the_pod_and_the_fix(api_process):
@@ -241,7 +248,7 @@ def test_exec_losing_the_api_server_names_the_job_the_pod_and_the_fix(api_proces
 
     error = exec_in_thread(backend, ["sh", "-c", "echo started; sleep 100"], None, kill_the_api_server)
     assert type(error) is LabkitError, repr(error)
-    for words in ("workloads/demo", "demo-launcher", "may still run", "`labkit job delete demo -n workloads`"):
+    for words in ("workloads/demo", "demo-launcher", "may still run", DELETE_DEMO):
         assert words in str(error), error
 
 
@@ -258,7 +265,7 @@ def test_exec_timeout_whose_kill_exec_fails_does_not_claim_the_command_stopped(a
     with pytest.raises(TimeoutError) as err:
         job.exec(["sh", "-c", "echo started; sleep 100"], timeout=2, on_output=refuse_new_connections)
     assert "were stopped" not in str(err.value) and "could not be confirmed" in str(err.value)
-    assert "`labkit job delete demo -n workloads`" in str(err.value)
+    assert DELETE_DEMO in str(err.value)
     api.kill_exec_processes()  # the kill could not run: stop the command here, as `labkit job delete` would
 
 
@@ -275,7 +282,7 @@ def test_exec_without_a_launcher_pod_says_why_in_the_job_s_words(api, backend):
         backend.exec("slow", ["true"])
     message = str(err.value)
     assert f"({backend.status('slow').phase}" in message and "wait_ready" not in message
-    assert "`labkit job status slow -n workloads`" in message and "`labkit job submit --wait`" in message
+    assert STATUS_SLOW in message and SUBMIT_WAIT in message
 
 
 def test_exec_output_is_not_kept_by_the_websocket_client():
@@ -413,8 +420,8 @@ def test_a_namespace_outside_the_role_is_a_config_error_before_any_create(api, b
         backend.submit(JobSpec(name="demo", namespace="team-b"))
     assert err.value.field == "namespace" and "may not create MPIJobs in namespace team-b" in str(err.value)
     # the admin's set-up for that namespace, with no job in it (the kit's own submit is what failed)
-    setup = "labkit manifests render --accelerator cpu --namespace team-b --no-job | kubectl apply -f -"
-    assert setup in str(err.value)
+    # team-b's Role binds a lab in team-b, never this one (workloads'): no set-up of team-b would let it submit there
+    assert "submit in your lab's, workloads (leave -n out), or use a lab of team-b's own" in str(err.value)
     assert not api.pods and posts(api) == [] and api.denied == []  # asked, never tried
 
 
@@ -697,6 +704,32 @@ def test_in_a_learners_lab_a_gaudi_job_binds_her_lab_and_never_runs_in_her_labs_
     with pytest.raises(ConfigError) as refused:
         backend.submit(JobSpec(name="demo", accelerator="gaudi", namespace="team-g"))
     assert "--namespace team-g --lab-namespace alice --no-job" in str(refused.value)
+
+
+def test_in_a_lab_the_admins_render_binds_the_shared_lab_and_no_cpu_job_takes_the_labs_gaudi_namespace(
+    alices_lab, capsys
+):
+    """`labkit manifests render` is the admin's: run in alice's lab it still binds the shared lab in workloads-gaudi
+    (binding hers there would lock the shared lab out); a cpu job in alice-gaudi would relabel it restricted."""
+    from labkit.cli import main
+
+    assert main(["manifests", "render", "--accelerator", "gaudi", "--no-job"]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d and d["kind"] == "RoleBinding"]
+    assert [s["name"] for d in docs for s in d["subjects"] if s["kind"] == "User"] == [
+        "system:serviceaccount:workloads:labkit"
+    ]
+    assert main(["job", "render", "--accelerator", "cpu", "-n", "alice-gaudi"]) == 2
+    assert "namespace: alice-gaudi is the Gaudi jobs' privileged namespace" in capsys.readouterr().err
+
+
+def test_a_labs_own_namespace_never_set_up_is_refused_with_the_set_up_to_run(alices_lab, monkeypatch):
+    monkeypatch.setenv("LABKIT_NAMESPACE", "bob")  # bob's lab, whose namespace no admin set up (alice's grants only)
+    backend = get_backend("kubernetes", kubeconfig=alices_lab.kubeconfig)
+    with pytest.raises(ConfigError) as refused:
+        backend.submit(JobSpec(name="demo", namespace="bob"))
+    assert "`labkit manifests render --accelerator cpu --namespace bob --no-job | kubectl apply -f -`" in str(
+        refused.value
+    )
 
 
 def test_an_explicit_namespace_wins_over_the_labs(alices_lab, capsys):

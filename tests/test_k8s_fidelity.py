@@ -901,7 +901,7 @@ def test_the_lab_identity_may_submit_gaudi_jobs_under_the_gaudi_overlays_binding
         (binding,) = [o for o in rbac if o["kind"] == "RoleBinding"]
         without_user = [s for s in binding["subjects"] if s["kind"] == "ServiceAccount"]
         api.grants = load_bindings(docs=[*rbac[:-1], {**binding, "subjects": without_user}])  # the overlay before
-        with pytest.raises(ConfigError, match="render --accelerator gaudi --namespace workloads-gaudi --no-job"):
+        with pytest.raises(ConfigError, match="gaudi --namespace workloads-gaudi --lab-namespace workloads --no-job"):
             backend.submit(spec)
         api.grants = load_bindings(docs=rbac)
         get_backend("kubernetes", kubeconfig=api.kubeconfig).submit(spec)  # a new backend: no cached answers
@@ -974,7 +974,7 @@ def test_a_launcher_past_its_backoff_limit_fails_the_job_and_status_and_exec_say
         job.run(["true"])
     text = str(err.value)
     assert "\n" not in text and "is Failed: BackoffLimitExceeded" in text and "submit --wait" not in text
-    assert "labkit job delete demo -n workloads" in text
+    assert "labkit job delete demo --backend kubernetes -n workloads" in text
 
 
 def test_a_launcher_failing_with_no_retry_left_ends_the_wait_naming_the_reason_and_the_exit(api, backend):

@@ -161,7 +161,8 @@ def _delete(args) -> int:
     backend = _backend(args)
     existed, where = backend.delete(args.name, kind=args.kind), f"{backend.namespace}/{args.name}"
     if existed and _still_terminating(backend, args.name, args.kind):  # exit code 0: the deletion goes on
-        print(f"{where}: deletion started, still terminating (pods stuck?): `labkit job status {args.name}` says when")
+        again = f"labkit job status {args.name} --backend {args.backend} -n {backend.namespace}"
+        print(f"{where}: deletion started, still terminating (pods stuck?): `{again}` says when")
     else:
         print(f"deleted {where}" if existed else f"{where} did not exist")
     return 0

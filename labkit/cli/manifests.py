@@ -95,6 +95,8 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError(
             flag, "a TrainJob has no such setting (it would be ignored)", "leave it out for --kind trainjob"
         )
+    if args.accelerator == "gaudi":  # an admin's render binds the shared lab unless told, wherever it runs
+        values.setdefault("lab_namespace", manifests.NAMESPACES["cpu"])
     values["trainjob_deadline"] = args.trainjob_deadline == "yes"
     if args.trainjob_deadline == "auto":
         values["trainjob_deadline"] = cluster.trainjob_has_deadline(kube.load_client(args.kubeconfig, None))

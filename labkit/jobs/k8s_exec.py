@@ -21,6 +21,7 @@ from labkit.jobs.k8s_objects import (
     drain_exec,
     exec_exit_code,
     is_terminating,
+    job_command,
     launcher_deadline_exceeded,
     pod_ready,
 )
@@ -57,18 +58,20 @@ def launcher_pod(backend, name: str, ns: str):
         return pods[0]
     if going := [p.metadata.name for p in launchers if p.metadata.deletion_timestamp]:
         raise JobNotReady(f"launcher pod {going[0]} is terminating (deleted or evicted): an exec there would end with "
-                          f"it; `labkit job status {name} -n {ns}` says whether the job goes too")  # fmt: skip
+                          f"it; `{job_command('status', name, ns)}` says whether the job goes too")  # fmt: skip
     if backend._pods(name, ns, kind="TrainJob").items:
+        logs = job_command("logs", name, ns)
         raise JobNotReady(f"{ns}/{name} is a TrainJob: Trainer runs its command once, there is no launcher to "
-                          f"exec in (exec is for MPIJobs); `labkit job logs {name}` shows its output")  # fmt: skip
+                          f"exec in (exec is for MPIJobs); `{logs}` shows its output")  # fmt: skip
     st = backend.status(name, namespace=ns, kind="MPIJob")  # JobNotFound where there is no such MPIJob
     why = st.phase + (f": {st.message}" if st.message else "")
     if st.phase in FINISHED:  # its launcher Job ended: no pod of it will be ready again
-        raise JobNotReady(f"MPIJob {ns}/{name} is {why}: it runs nothing any more; `labkit job delete {name} -n {ns}`, "
-                          "then submit it again")  # fmt: skip
+        delete = job_command("delete", name, ns)
+        raise JobNotReady(f"MPIJob {ns}/{name} is {why}: it runs nothing any more; `{delete}`, then submit it again")
     raise JobNotReady(
-        f"MPIJob {ns}/{name} has no ready launcher pod ({why}): `labkit job status {name} -n {ns}` says more; "
-        f"`labkit job submit --wait` waits for its pods (kubectl -n {ns} get pods -l {LABEL_JOB}={name})"
+        f"MPIJob {ns}/{name} has no ready launcher pod ({why}): `{job_command('status', name, ns)}` says more; "
+        f"`labkit job submit --backend kubernetes --wait` waits for its pods "
+        f"(kubectl -n {ns} get pods -l {LABEL_JOB}={name})"
     )
 
 
@@ -118,7 +121,7 @@ def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int
         if isinstance(exc, (WebSocketException, OSError)) and not sink_failed:  # the API server or the network went
             raise LabkitError(
                 f"exec in {ns}/{name} lost its connection to the API server ({exc or type(exc).__name__}): {argv[0]} "
-                f"may still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
+                f"may still run in launcher pod {where}; `{job_command('delete', name, ns)}` stops it"
             ) from None
         stop(backend, ws, pod, ns, pidfile)  # an interrupt, or a sink that failed: nobody reads the output any more
         raise
@@ -127,7 +130,7 @@ def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int
             raise TimeoutError(f"exec in {name} timed out after {timeout} s: {argv[0]} and its ranks were stopped")
         raise TimeoutError(
             f"exec in {name} timed out after {timeout} s; stopping {argv[0]} could not be confirmed ({failed}): it may "
-            f"still run in launcher pod {where}; `labkit job delete {name} -n {ns}` stops it"
+            f"still run in launcher pod {where}; `{job_command('delete', name, ns)}` stops it"
         )
     return exec_end(backend, name, ns, where, argv, tail.text(), raw, on_output or (lambda _: None))
 

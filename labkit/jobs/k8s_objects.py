@@ -67,6 +67,11 @@ PHASE_OF_CONDITION = dict(Created="Pending", Running="Running", Restarting="Runn
 TRAINJOB_PHASES = {"Complete": "Succeeded", "Failed": "Failed", "Suspended": "Pending"}
 
 
+def job_command(verb: str, name: str, ns: str) -> str:
+    """The CLI line for `verb` on this Kubernetes job, as a reader pastes it (the CLI's default backend is local)."""
+    return f"labkit job {verb} {name} --backend kubernetes -n {ns}"
+
+
 def api_message(exc: Exception) -> str:
     """The API server's own message from an ApiException body (a Status object), else the HTTP reason."""
     with contextlib.suppress(TypeError, ValueError):
@@ -97,12 +102,13 @@ def create_error(
     one that costs the job nothing: an object jobs share that exists (the namespace, PVC, RBAC...: reused) or the lab
     identity's RBAC refused to a caller who is not cluster-admin. terminating: the job that exists is being deleted."""
     if status == 409 and terminating:
-        fix = f"wait for it (`labkit job status {name}` says not found once it is gone) or pick another name"
+        status_line = job_command("status", name, namespace)
+        fix = f"wait for it (`{status_line}` says not found once it is gone) or pick another name"
         return ConfigError("name", f"the {kind} named {name!r} in {namespace} is being deleted", fix)
     if (status == 409 and kind not in ("MPIJob", "Secret")) or lab_rbac_refused(kind, status, message):
         return None
     if status == 409:  # the job itself, or its checkpoint key Secret: never someone else's
-        fix = f"delete it (`labkit job delete {name} --backend kubernetes -n {namespace}`) or pick another name"
+        fix = f"delete it (`{job_command('delete', name, namespace)}`) or pick another name"
         fix = fix if kind == "MPIJob" else "wait a minute (an earlier job of that name is being deleted) or rename"
         return ConfigError("name", f"a {kind} named {name!r} already exists in {namespace}", fix)
     if status == 404 and "namespaces" in message:
@@ -420,7 +426,7 @@ def hopeless_error(name: str, ns: str, st: JobStatus, pods: list, events_of, job
 def release_job(request, name: str, ns: str) -> str:
     """Delete a job a wait gave up on, unless suspended (queued: it holds nothing, keeps its place); what was done.
     request: KubernetesBackend._kubeflow_job."""
-    again, note = f"`labkit job delete {name} --backend kubernetes -n {ns}`", f"MPIJob {ns}/{name} "
+    again, note = f"`{job_command('delete', name, ns)}`", f"MPIJob {ns}/{name} "
     try:
         if is_suspended(obj := request("GET", ns, name)):
             return note + f"stays queued: wait again, or {again}"

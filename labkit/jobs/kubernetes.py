@@ -189,11 +189,14 @@ class KubernetesBackend(JobBackend):
         self.check_operator()
         ns = spec.namespace
         if not self.allowed("create", "kubeflow.org", "mpijobs", ns):
-            setup = f"labkit manifests render --accelerator {spec.accelerator} --namespace {ns}"
+            lab, render = spec.lab(), f"labkit manifests render --accelerator {spec.accelerator} --namespace {ns}"
             if spec.accelerator == "gaudi":  # its RoleBinding names the lab that submits there
-                setup += f" --lab-namespace {spec.lab()}"
-            setup += " --no-job | kubectl apply -f -"
-            fix = f"use the namespace your Role is bound in, or ask an admin to run `{setup}`"
+                fix = f"ask an admin to run `{render} --lab-namespace {lab} --no-job | kubectl apply -f -`"
+            elif ns == lab:  # the lab's own namespace, never set up: its RoleBinding names the lab's ServiceAccount
+                fix = f"ask an admin to run `{render} --no-job | kubectl apply -f -`"
+            else:  # a cpu/nvidia namespace's Role is bound to the lab in it, never to another lab
+                fix = f"submit in your lab's, {lab} (leave -n out), or use a lab of {ns}'s own (docs/security.md)"
+            fix = f"use the namespace your Role is bound in: {fix}"
             raise ConfigError("namespace", f"you may not create MPIJobs in namespace {ns}", fix)
         # Shared objects (namespace, PVC, RBAC) are created only by who may; for a namespaced identity an admin applied
         # them once (manifests/base). Asking first keeps every call inside the kit's Role (RBAC answers 403 first).

@@ -167,7 +167,10 @@ class JobSpec:
             problem = f"{self.namespace} is the lab's and the cpu/nvidia jobs' namespace (Pod Security restricted); "
             problem += "Gaudi's hostIPC needs a privileged namespace of its own"
             raise ConfigError("namespace", problem, f"leave it unset ({lab + GAUDI_SUFFIX}) or name another one")
-        if self.accelerator != "gaudi" and self.namespace == NAMESPACES["gaudi"]:  # its Namespace would relabel it
+        gaudi_ns = self.namespace == NAMESPACES["gaudi"] or (  # the shared lab's Gaudi namespace, or this lab's
+            self.namespace.endswith(GAUDI_SUFFIX) and self.namespace == self.lab() + GAUDI_SUFFIX
+        )
+        if self.accelerator != "gaudi" and gaudi_ns:  # its Namespace would relabel it
             problem = f"{self.namespace} is the Gaudi jobs' privileged namespace; a {self.accelerator} job's "
             problem += "Namespace object would set it to Pod Security restricted, and Gaudi's pods would be refused"
             raise ConfigError("namespace", problem, f"leave it unset ({NAMESPACES['cpu']}) or name another one")
