@@ -1006,3 +1006,59 @@ def test_in_a_learners_lab_local_jobs_take_her_namespace_too(tmp_path, monkeypat
     assert get_backend("local", jobs_dir=tmp_path).namespace_dir() == tmp_path / "alice"
     explicit = plan_interactive_job(backend="local", jobs_dir=tmp_path, device="cpu", workers=1, namespace="mine")
     assert (explicit.spec.namespace, explicit.backend.namespace) == ("mine", "mine")
+
+
+@pytest.mark.parametrize(
+    ("workers", "typed", "flag", "launcher"),
+    [
+        (2, ["--launcher", "openmpi", "--num_gpus", "1"], "--num_gpus", "openmpi"),
+        (2, ["--launcher=MPICH", "--num_accelerators=1"], "--num_accelerators", "mpich"),
+        (3, ["--launcher", "impi", "--num_nodes", "2"], "--num_nodes", "impi"),
+        (1, ["--force_multi", "--launcher", "mvapich", "--num_gpus", "1"], "--num_gpus", "mvapich"),
+    ],
+)
+def test_exec_refuses_a_runner_limit_an_mpi_launcher_refuses_on_the_pods(
+    workers, typed, flag, launcher, backend, capsys
+):
+    """`job exec JOB -- deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi --num_gpus 1 ...` in a job of 2
+    workers ran here (the local hostfile has one host, so DeepSpeed's runner launched its ranks itself), while in the
+    job's launcher pod the hostfile has a host per worker and the runner stops at once: "openmpi backend does not
+    support limiting num nodes/gpus" (multinode_runner.py validate_args, for openmpi, mpich, impi and mvapich alike,
+    whenever the launch is multi-node: more than one host or --force_multi). Refused the same way, in one line naming
+    the flag and the fix, before anything starts."""
+    with backend.submit(JobSpec(name="limits", workers=workers, slots_per_worker=1)) as job:
+        job.wait_ready(timeout=10)
+        cmd = [
+            "deepspeed",
+            "--hostfile",
+            "/etc/mpi/hostfile",
+            *typed,
+            "--no_ssh_check",
+            "--module",
+            "labkit.ranks.hello",
+        ]
+        assert main(["job", "exec", "limits", "--jobs-dir", str(backend.root), "--timeout", "120", "--", *cmd]) == 2
+        captured = capsys.readouterr()
+        said = f"{launcher} backend does not support limiting num nodes/gpus"
+        assert captured.err.startswith(f"labkit: error: {flag}: ") and said in captured.err, captured.err
+        assert "Fix: drop it: " in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+        assert captured.out == "" and not list((backend.job_dir("limits") / "execs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("workers", "typed"),
+    [
+        (2, ["--num_gpus", "1"]),  # pdsh, the runner's default launcher, takes it
+        (2, ["--launcher", "openmpi"]),  # no limit: the hostfile's slots decide
+        (1, ["--launcher", "openmpi", "--num_gpus", "1"]),  # one host: the runner launches its ranks itself
+        (2, ["--launcher", "openmpi", "--num_nodes", "1"]),  # trimmed to one host first (apply_num_nodes_and_gpus)
+        (2, ["--launcher", "openmpi", "--no_ssh", "--node_rank", "0", "--num_gpus", "1"]),  # no multi-node launch
+    ],
+)
+def test_a_runner_limit_the_pods_runner_takes_is_not_refused(workers, typed):
+    hostfile = "/jobs/limits/hostfile"  # where exec maps /etc/mpi/hostfile
+    argv = ["deepspeed", "--hostfile", hostfile, *typed, "train.py", "--launcher", "openmpi", "--num_gpus", "1"]
+    assert command_line.runner_limit_refused(argv, hostfile, workers) is None
+    # a hostfile of the line's own is not the job's: its hosts are not known here
+    own = ["deepspeed", "--hostfile", "/tmp/mine", "--launcher", "openmpi", "--num_gpus", "1", "train.py"]
+    assert command_line.runner_limit_refused(own, hostfile, 2) is None

@@ -123,6 +123,36 @@ def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[
     return (flag, int(value), fits) if value.isdigit() and int(value) > 0 else None  # -1, 0: every slot
 
 
+# deepspeed/launcher/multinode_runner.py (0.19.8): the runners whose validate_args refuses --num_nodes/--num_gpus
+# ("... backend does not support limiting num nodes/gpus"); pdsh and slurm take them.
+MPI_RUNNER_LAUNCHERS = ("openmpi", "mpich", "impi", "mvapich")
+
+
+def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tuple[str, str] | None:
+    """(the limit's flag, the launcher) where DeepSpeed's runner in the job's launcher pod refuses the line, else None.
+
+    Over the job's hostfile (a host per worker there; one line here, so the runner here launches its ranks itself) the
+    runner builds its MPI launcher when the launch is multi-node: more than one host once --num_nodes has trimmed the
+    hostfile, or --force_multi, and no --no_ssh (runner.py main); that launcher refuses any --num_nodes or --num_gpus
+    other than the default -1. With --include/--exclude the runner refuses a limit on its own, here too."""
+    at = _runner_at(argv)
+    typed = runner_options(argv[at:]) if at is not None else []
+    options = dict(typed)  # the last of each counts (argparse)
+    dest = {"--num_accelerators": "--num_gpus"}  # aliases: one value, the last typed
+    limits = {dest.get(o, o): (o, v) for o, v in typed if o in (*_RUNNER_RANKS, "--num_nodes")}
+    launcher = options.get("--launcher", "pdsh").lower()
+    if options.get("--hostfile") != job_hostfile or launcher not in MPI_RUNNER_LAUNCHERS:
+        return None
+    if "--no_ssh" in options or options.get("--include") or options.get("--exclude"):
+        return None
+    nodes = options.get("--num_nodes", "-1")
+    hosts = min(workers, int(nodes)) if nodes.isdigit() and int(nodes) > 0 else workers  # apply_num_nodes_and_gpus
+    if hosts < 2 and "--force_multi" not in options:
+        return None
+    limited = [flag for flag, value in limits.values() if value.lstrip("-").isdigit() and int(value) != -1]
+    return (limited[0], launcher) if limited else None
+
+
 def with_master_port(argv: list[str]) -> tuple[list[str], str]:
     """The command and its rendezvous port: the command's own --master_port, else a free one.
 

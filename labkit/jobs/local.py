@@ -274,6 +274,20 @@ class LocalBackend(JobBackend):
             problem = f"{ranks} ranks but job {st.namespace}/{st.name} has {have} slot(s) (its hostfile's)"
             raise ConfigError(flag, problem, f"pass {flag} {slots} or fewer, or submit the job with more workers/slots")
 
+    @staticmethod
+    def _refuse_runner_limit(st: JobStatus, job: dict, flag: str, launcher: str) -> None:
+        """ConfigError naming `flag`, which DeepSpeed's runner in the job's launcher pod refuses with its MPI
+        `launcher` (command_line.runner_limit_refused), quoting what it says there."""
+        said = f"{launcher} backend does not support limiting num nodes/gpus"
+        where = f"job {st.namespace}/{st.name}'s launcher pod, over its hostfile's {job['workers']} worker(s)"
+        problem = f"in {where}, DeepSpeed's runner with --launcher {launcher} stops at once: '{said}'"
+        if flag == "--num_nodes":
+            fix = "drop it: the runner starts ranks on every worker; for fewer submit the job with --workers N"
+        else:
+            per = job["slots_per_worker"]
+            fix = f"drop it: each worker starts a rank per slot ({per} here); for another count submit with --slots N"
+        raise ConfigError(flag, problem, fix)
+
     def exec(self, name: str, argv: list[str], *, on_output=base.print_output, timeout=None, namespace=None) -> int:
         base.check_exec_args(argv, timeout)
         d = self._existing_dir(name, namespace)
@@ -285,6 +299,9 @@ class LocalBackend(JobBackend):
         starts_ranks = launch.starts_ranks(cmd)
         if starts_ranks:  # refused before launch, like a plan: one rank per local accelerator
             check_ranks_fit("workers", job["workers"] * job["slots_per_worker"], DEVICE_OF[job["accelerator"]])
+        refused = command_line.runner_limit_refused(cmd, str(d / "hostfile"), job["workers"])
+        if refused:  # the pods' hostfile has a host per worker, this one line: the runner here would take it
+            self._refuse_runner_limit(st, job, *refused)
         typed = command_line.typed_ranks(cmd, str(d / "hostfile"))  # /etc/mpi/hostfile is mapped to it
         if typed:  # a count in the command line itself, named as typed there
             self._check_typed_ranks(st, job, *typed)
