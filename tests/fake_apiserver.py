@@ -581,18 +581,21 @@ class FakeApiServer:
             self._launcher_job_sync(ns, name)
         return pod
 
-    def _container_exits(self, pod: dict, code: int) -> None:
+    def _container_exits(self, pod: dict, code: int, reason: str | None = None) -> None:
         """The launcher's only container ends with `code` (kubelet, pkg/kubelet/kubelet_pods.go, getPhase): with
         restartPolicy Never, or exit 0 under OnFailure, the pod ends Failed / Succeeded and stays listed; under
         OnFailure a failure is restarted in place (restartCount + 1, lastState terminated, the pod stays Running).
-        What was exec'd into it dies with its PID 1."""
+        What was exec'd into it dies with its PID 1: the runtime kills every process of the container's PID namespace
+        (SIGKILL), so an exec stream ends with exit 137 (kubelet pkg/kubelet/cri/streaming/remotecommand, ServeExec:
+        NonZeroExitCode). `reason` is the runtime's (kubelet kuberuntime_container.go, toKubeContainerStatus:
+        OOMKilled where the kernel killed it; Error for another failure, Completed for exit 0)."""
         ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         job = self.objects[
             (BATCH, "jobs", ns, pod["metadata"]["labels"]["training.kubeflow.org/job-name"] + "-launcher")
         ]
         self.kill_pod_processes(ns, pod_name)
         status, (container,) = pod["status"], pod["status"]["containerStatuses"]
-        ended = {"exitCode": code, "reason": "Error" if code else "Completed", "finishedAt": now_iso()}
+        ended = {"exitCode": code, "reason": reason or ("Error" if code else "Completed"), "finishedAt": now_iso()}
         if code and job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure":
             container.update(restartCount=container["restartCount"] + 1, lastState={"terminated": ended})
             container["state"] = {"running": {"startedAt": now_iso()}}
@@ -603,8 +606,9 @@ class FakeApiServer:
             if condition["type"] in ("Ready", "ContainersReady"):
                 condition.update(status="False", reason="PodCompleted")
 
-    def launcher_exits(self, ns: str, name: str, code: int) -> None:
-        """The running launcher's container ends with `code` (_container_exits); then the Job controller acts."""
+    def launcher_exits(self, ns: str, name: str, code: int, reason: str | None = None) -> None:
+        """The running launcher's container ends with `code` and `reason` (_container_exits), exec'd commands with it;
+        then the Job controller acts."""
         (pod,) = [
             p
             for p in self._job_pods(ns, name)
@@ -612,7 +616,7 @@ class FakeApiServer:
             and p["status"]["phase"] == "Running"
             and not p["metadata"].get("deletionTimestamp")
         ]
-        self._container_exits(pod, code)
+        self._container_exits(pod, code, reason)
         self._pod_event("MODIFIED", pod)
         self._launcher_job_sync(ns, name)
 

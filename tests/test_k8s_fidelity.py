@@ -20,7 +20,7 @@ from labkit.chapters.interactive import plan_interactive_job
 from labkit.cli import main
 from labkit.cluster import NODES_FORBIDDEN
 from labkit.errors import ConfigError, LabkitError
-from labkit.jobs import JobNotFound, JobNotReady, get_backend
+from labkit.jobs import Job, JobNotFound, JobNotReady, get_backend
 from labkit.jobs.k8s_objects import fatal_event
 from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
@@ -986,3 +986,34 @@ def test_a_launcher_failing_with_no_retry_left_ends_the_wait_naming_the_reason_a
     first, *rest = str(err.value).splitlines()
     assert first == "MPIJob workloads/demo is Failed: BackoffLimitExceeded: Job has reached the specified backoff limit"
     assert any("container launcher exited 1: Error" in line for line in rest)
+
+
+@pytest.mark.parametrize(
+    ("policy", "limit", "happened"),
+    [
+        ("Never", 2, " is Failed: its container launcher exited 137 (OOMKilled)"),
+        ("Never", 0, " is Failed: its container launcher exited 137 (OOMKilled)"),
+        ("OnFailure", 2, "'s container launcher exited 137 (OOMKilled) and was restarted (restart 1)"),
+        ("OnFailure", 0, "'s container launcher exited 137 (OOMKilled) and was restarted (restart 1)"),
+    ],
+)
+def test_an_exec_whose_launcher_container_dies_says_how_the_pod_ended(policy, limit, happened):
+    """An exec running when the launcher's container itself dies (the kernel's OOM killer ends its PID 1): the runtime
+    kills what was exec'd into it, the stream ends with exit 137, and the pod's status says what happened (kubelet:
+    containerStatuses[].state.terminated {exitCode, reason} and phase Failed under restartPolicy Never; restartCount
+    + 1 and lastState.terminated under OnFailure, where the kit's backoffLimit 0 then has the launcher Job delete the
+    pod). The exec said "launcher pod ... was deleted or evicted while it ran" (or nothing at all) though nobody
+    deleted anything. A real pod's grace period is 30 s (`sleep infinity` ignores SIGTERM): the fake's is 5 here."""
+    with FakeApiServer(ready_delay=0.3, grace_s=5.0) as api:
+        backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
+        launcher_policy_job(api, policy, limit)
+        job = backend.wait_ready("demo", timeout=20) and Job(backend, "demo", "workloads")
+        (launcher,) = [n for (_, n), p in api.pods.items() if "launcher" in n and p["status"]["phase"] == "Running"]
+        timer = threading.Timer(1.0, lambda: api.launcher_exits("workloads", "demo", 137, "OOMKilled"))
+        timer.start()
+        try:
+            result = job.run(["sh", "-c", "echo started; sleep 60"], timeout=30)
+        finally:
+            timer.join()
+        assert result.returncode == 137 and result.output.startswith("started")
+        assert result.failure == f"launcher pod {launcher}{happened} while the command ran", result.failure

@@ -132,7 +132,8 @@ def run(backend, name: str, ns: str, argv: list[str], on_output, timeout) -> int
             f"exec in {name} timed out after {timeout} s; stopping {argv[0]} could not be confirmed ({failed}): it may "
             f"still run in launcher pod {where}; `{job_command('delete', name, ns)}` stops it"
         )
-    return exec_end(backend, name, ns, where, argv, tail.text(), raw, on_output or (lambda _: None))
+    said = on_output or (lambda _: None)
+    return exec_end(backend, name, ns, where, argv, tail.text(), raw, said, restarts=restart_count(pod))
 
 
 def stop(backend, ws, pod, ns: str, pidfile: str) -> str:
@@ -157,28 +158,40 @@ def stop(backend, ws, pod, ns: str, pidfile: str) -> str:
     return ""
 
 
-def exec_end(backend, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say) -> int:
-    """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline or a deletion
-    (the launcher pod went, the exec with it: 137, or no status at all), else the first failed rank, its error."""
+def exec_end(
+    backend, name: str, ns: str, pod: str, argv: list[str], output: str, raw: str | None, say, restarts: int = 0
+) -> int:
+    """The exit code; a failure also gets its one line on why (said, EXEC_TAG first): the deadline, the launcher's
+    container dying (`restarts`: its restartCount as the exec began) or a deletion (the launcher pod went, the exec
+    with it: 137, or no status at all), else the first failed rank, its error."""
     try:
         code, lost = exec_exit_code(raw), None
     except LabkitError as exc:  # no exit status: the connection or the pod is gone
         code, lost = 137, exc
     if not code:
         return 0
-    # SIGKILL, SIGTERM or no status: perhaps the pod going (deadline, deletion); not if it stays (the OOM killer)
-    killed = (lost is not None or code in (137, 143)) and not pod_stays(backend, name, ns, pod)
-    launcher = ended = None
-    for attempt in range(6 if killed else 1):  # the Job controller records it as it deletes the pod: allow 3 s
+    # SIGKILL, SIGTERM or no status: perhaps the pod going (deadline, deletion) or its container dying; not if both
+    # stay (the OOM killer took a rank)
+    suspect = lost is not None or code in (137, 143)
+    killed = suspect and not pod_stays(backend, name, ns, pod)
+    launcher = ended = died = None
+    # The Job controller records a deadline as it deletes the pod: allow 3 s. A pod that stays is read once (a rank
+    # the OOM killer took must not wait), so a container's end the kubelet has not yet reported (PLEG relists every
+    # second) reads as a rank's death.
+    for attempt in range(6 if killed else 1):
         if attempt:
             time.sleep(0.5)
         with contextlib.suppress(LabkitError):
             launcher = backend._launcher_job(name, ns)
-        if ended := launcher_deadline_exceeded(launcher):
+        if (ended := launcher_deadline_exceeded(launcher)) or (
+            suspect and (died := container_end(backend, name, ns, pod, restarts))
+        ):
             break
     if ended:
         seconds = (launcher.get("spec") or {}).get("activeDeadlineSeconds")
         why = launch.deadline_text(float(seconds)) if seconds else f"stopped by its deadline: {ended}"
+    elif died:
+        why = f"{died} while the command ran"
     elif killed and deleted(backend, name, ns):
         why = f"stopped: MPIJob {ns}/{name} was deleted while it ran"
     elif killed:  # the MPIJob stays: its launcher pod alone went (eviction, preemption, a kubectl delete)
@@ -190,6 +203,33 @@ def exec_end(backend, name: str, ns: str, pod: str, argv: list[str], output: str
     if why:
         say(f"{base.EXEC_TAG}{why}\n")
     return code
+
+
+def restart_count(pod) -> int:
+    """The restartCount of the pod's first container (the one exec runs in)."""
+    container = pod.spec.containers[0].name
+    statuses = (pod.status.container_statuses if pod.status else None) or []
+    return next((cs.restart_count or 0 for cs in statuses if cs.name == container), 0)
+
+
+def container_end(backend, name: str, ns: str, pod: str, restarts: int) -> str | None:
+    """How the launcher's container ended while an exec ran, as its pod's status says (the kubelet: restartCount + 1
+    and lastState.terminated where restartPolicy OnFailure restarted it in place, state.terminated and phase Failed
+    under Never), else None. A terminated container in a pod being deleted is the deletion's doing (pod_gone)."""
+    with contextlib.suppress(LabkitError):
+        found = [p for p in backend._pods(name, ns, "launcher").items if p.metadata.name == pod]
+        if not found or not (statuses := found[0].status.container_statuses or []):
+            return None
+        cs = next((c for c in statuses if c.name == found[0].spec.containers[0].name), statuses[0])
+        if (cs.restart_count or 0) > restarts:
+            last = cs.last_state.terminated if cs.last_state else None
+            exited = f"exited {last.exit_code} ({last.reason}) and " if last else ""
+            return f"launcher pod {pod}'s container {cs.name} {exited}was restarted (restart {cs.restart_count})"
+        ended = cs.state.terminated if cs.state else None
+        if ended and not found[0].metadata.deletion_timestamp:
+            phase = found[0].status.phase
+            return f"launcher pod {pod} is {phase}: its container {cs.name} exited {ended.exit_code} ({ended.reason})"
+    return None
 
 
 def pod_stays(backend, name: str, ns: str, pod: str) -> bool:
