@@ -27,7 +27,7 @@
 #
 # **Prerequisites.** Chapters 00-01; the ZeRO paper's 16Ψ accounting helps.
 #
-# **Time** at the defaults: about 31 s on an idle 2-core CPU machine and 66-79 s on one H100 (two runs, measured 2026-12-06: docs/benchmarks.md).
+# **Time** at the defaults: about 31 s on an idle 2-core CPU machine and 60-66 s on one H100 (two runs, measured 2026-12-06: docs/benchmarks.md).
 #
 # **Contents:** The plan · Predictions first · Run every configuration in one launch · Model states per rank · What each stage costs in time · What this run showed.
 #
