@@ -206,7 +206,8 @@ HTML(tabular.html_table([{"dtype": r["dtype"], "weights": tabular.format_bytes(r
 
 # %%
 setup = f"{calc_params} in {calc_dtype} with ZeRO-{calc_stage} on {calc_world_size} x {calc_device}"
-lines = chapter.closing_lines(run, rank, calc, setup, one_rank=plan.partitions_nothing)
+lines = chapter.closing_lines(run, rank, calc, setup, one_rank=plan.partitions_nothing,
+                              reference=ref_report if reference is not None else None)
 Markdown("\n".join(f"- {line}" for line in lines))
 
 # %% [markdown]

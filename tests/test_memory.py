@@ -447,3 +447,25 @@ def test_the_closing_bullets_are_computed_from_the_inspected_rank():
     assert closing_lines(config, 1, t4, "350M")[3] == (
         "Calculator: 350M does not fit (a T4 has no BF16 arithmetic: train in fp32 or fp16 there)."
     )
+
+
+def test_the_closing_bullets_report_the_one_gpu_run_when_there_was_one():
+    """05 on one H100 inspected 2 CPU ranks, then ran the same ZeRO-3 on the GPU (336.48 MB of states, allocator peak
+    571.73 MB); 'What this run showed' spoke only of the CPU ranks."""
+    from labkit.chapters.memory_inspection import closing_lines
+
+    def snap(phase, **kinds):
+        return {"phase": phase, "step": 1, "tensors": {"device": {k: kinds.get(k, 0) for k in M.STATE_KINDS},
+                                                       "host": dict.fromkeys(M.STATE_KINDS, 0)}}  # fmt: skip
+
+    timeline = [snap("init", params=21), snap("backward", params=21, optimizer_states=84)]
+    config = {"label": "ZeRO-3", "measured_total": [105], "predicted_deepspeed_total": 105, "timeline": [timeline]}
+    config |= {"predicted_paper_total": 105, "predicted_paper": {"formula": "16Ψ/N"}, "allocated_before": [None]}
+    calc = S.training_fit(7 * 10**9, "bf16", 3, 8, "H100")
+    gpu = {"label": "ZeRO-3", "measured_total": [336_480_000], "peak_above_start": [571_730_944]}
+    lines = closing_lines(config, 0, calc, "7B", reference={"device": "cuda", "configs": [gpu]})
+    assert lines[-1] == (
+        "The same ZeRO-3 on this machine's one CUDA device (1 rank) held 336.48 MB of model states; its allocator "
+        "peaked at 571.73 MB, 1.70x them, above the calculator's assumed 1.25x head-room."
+    )
+    assert closing_lines(config, 0, calc, "7B") == lines[:-1]  # no reference run: nothing to add

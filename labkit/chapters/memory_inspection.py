@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from labkit import sizing
-from labkit.chapters import exercises
+from labkit.chapters import exercises, zero_stages
 from labkit.errors import check_int, named_as
 from labkit.memory import LOCATIONS, STATE_KINDS, STATE_LABELS, parse_count
 from labkit.tabular import format_bytes, format_percent
@@ -92,9 +92,12 @@ def timeline_note(rows: list[dict]) -> str:
     return text
 
 
-def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_rank: bool = False) -> list[str]:
+def closing_lines(
+    config: dict, rank: int, calc: dict, calc_setup: str, *, one_rank: bool = False, reference: dict | None = None
+) -> list[str]:
     """The chapter's closing bullets, each from this run: what rank `rank` held against both models, its largest
-    holder, what appeared after initialize, and the calculator's verdict for `calc_setup` (e.g. '7B in bf16 ...')."""
+    holder, what appeared after initialize, the calculator's verdict for `calc_setup` (e.g. '7B in bf16 ...') and,
+    where the CPU ranks were repeated on a machine's one GPU (`reference`, zero.one_device_reference), that run."""
     m, p = config["measured_total"][rank], config["predicted_deepspeed_total"]
     timeline = timeline_rows(config, rank)
     init, steady = timeline[0], [t for t in timeline if t["phase"] == "backward"][-1]
@@ -127,7 +130,22 @@ def closing_lines(config: dict, rank: int, calc: dict, calc_setup: str, *, one_r
     lines.append(
         f"Calculator: {calc_setup} {verdict} ({calc['no_fit_reason'] if calc.get('unsupported_dtype') else bytes_})."
     )
+    if reference:
+        lines.append(one_device_line(reference))
     return lines
+
+
+def one_device_line(reference: dict) -> str:
+    """The closing bullet of the run repeated on the machine's one GPU: its model states and its allocator's peak
+    against the calculator's head-room."""
+    ref = reference["configs"][0]
+    line = (f"The same {ref['label']} on this machine's one {reference['device'].upper()} device (1 rank) held "
+            f"{format_bytes(ref['measured_total'][0])} of model states")  # fmt: skip
+    peak, _, ratio, verdict = zero_stages.headroom(reference)
+    if peak:
+        line += (f"; its allocator peaked at {format_bytes(peak)}, {ratio:.2f}x them, {verdict} the calculator's "
+                 f"assumed {sizing.TRAINING_HEADROOM:g}x head-room")  # fmt: skip
+    return line + "."
 
 
 def min_devices_answer(calc: dict) -> int | str:

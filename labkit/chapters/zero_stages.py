@@ -160,14 +160,22 @@ def one_device_note(report: dict, reference: dict) -> str:
 def headroom_note(reference: dict) -> str:
     """The allocator's peak against the counted model states on a GPU run: what grounds (or questions) the training
     calculator's head-room assumption (sizing.TRAINING_HEADROOM)."""
-    c = reference["configs"][0]
-    peak, states = (c["peak_above_start"] or [None])[0], c["measured_total"][0]
-    if not peak or not states:
+    peak, states, ratio, verdict = headroom(reference)
+    if not peak:
         return "No allocator peak on this run (a CPU has no CUDA allocator to ask)."
-    ratio = peak / states
-    verdict = "within" if ratio <= TRAINING_HEADROOM else "above"
     return (
         f"The allocator peaked at {format_bytes(peak)} above the run's start, {ratio:.2f}x the {format_bytes(states)} "
         f"of model states: {verdict} the calculator's assumed {TRAINING_HEADROOM:g}x head-room, which has to cover "
         "what lies above the states: activations, DeepSpeed's buffers and the optimizer step's temporaries."
     )
+
+
+def headroom(reference: dict) -> tuple[int | None, int, float, str]:
+    """The first configuration's allocator peak above the run's start, its model states, their ratio and 'within' or
+    'above' sizing.TRAINING_HEADROOM; the peak is None where there is no allocator (a CPU) or nothing was counted."""
+    c = reference["configs"][0]
+    peak, states = (c["peak_above_start"] or [None])[0], c["measured_total"][0]
+    if not peak or not states:
+        return None, states, 0.0, ""
+    ratio = peak / states
+    return peak, states, ratio, "within" if ratio <= TRAINING_HEADROOM else "above"
