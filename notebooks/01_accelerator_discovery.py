@@ -81,9 +81,10 @@ display(device_memory_figure(local.devices))
 # %% [markdown]
 # ### Exercise: the largest model this machine can train without ZeRO
 # Plain data parallelism keeps 16 bytes of model states per parameter on every device (bf16 weights and gradients, an
-# fp32 master copy and Adam's two fp32 moments: chapter 02 measures them). Read the largest device's memory in the
-# table above (on a machine without an accelerator: its RAM) and predict the largest model, in **millions of
-# parameters**, whose model states fit in it (activations ignored). Within 10% counts.
+# fp32 master copy and Adam's two fp32 moments: chapter 02 measures them). Read the total memory of the accelerator
+# (GPU or HPU) with the most of it in the table above, not the `cpu` row, whose RAM is often larger (on a machine
+# without an accelerator: that RAM), and predict the largest model, in **millions of parameters**, whose model states
+# fit in it (activations ignored). Within 10% counts.
 
 # %% tags=["exercise"]
 my_max_params_m = None  # your prediction, in millions of parameters (e.g. 8000 for 8B)
