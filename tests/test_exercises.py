@@ -196,3 +196,18 @@ def test_the_buffer_sentence_heeds_the_allocator_peak_of_a_gpu_run():
     cpu = rank | {"memory": {"step": {"device": counted | {"buffers": 0}}, "accelerator": {}}}
     cpu_line = accelerate.closing_lines({"device": "cpu", "ranks": [cpu]}, advice, "x")[2]
     assert "allocator" not in cpu_line and "no reduction buffer was allocated" not in cpu_line
+
+
+def test_the_latency_histogram_is_a_described_lab_figure():
+    """07's latency histogram was the one figure of notebooks 00-07 drawn through pyplot: a bare Figure whose text was
+    '<Figure size 750x360 with 1 Axes>', where every other figure describes its data."""
+    from labkit.chapters import serving
+
+    records = [{"latency_ms": ms, "concurrent": False} for ms in (0.9, 0.94, 1.0, 10.2)]
+    records += [{"latency_ms": ms, "concurrent": True} for ms in (2.3, 2.38, 2.4, 3.3)]
+    fig = serving.latency_figure(records, "regressor, tp, 1 x cuda: request latency")
+    bundle, metadata = fig._repr_mimebundle_()
+    assert bundle["text/plain"] == metadata["image/png"]["alt"] == fig.alt
+    assert fig.alt.startswith("Histogram: regressor, tp, 1 x cuda: request latency, 8 requests;")
+    assert "one after another p50 0.97 ms" in fig.alt and "concurrent p50 2.39 ms" in fig.alt
+    assert f"all: p50 {serving.percentile([r['latency_ms'] for r in records], 50):.2f} ms" in fig.alt

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy
 
+from labkit import plots
 from labkit.chapters import exercises
 from labkit.errors import check_int
 from labkit.progress import bar as progress_bar
@@ -139,20 +140,21 @@ def closing_lines(served: dict, latency: list[dict[str, Any]], concurrency: int,
 
 def latency_figure(records: list[dict], title: str):
     """Histogram of request latencies, one colour per phase, p50 and p99 marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     every = [r["latency_ms"] for r in records]
+    phases = (("one after another", False, "tab:blue"), ("concurrent", True, "tab:orange"))
+    parts = {label: [r["latency_ms"] for r in records if r["concurrent"] == c] for label, c, _ in phases}
+    medians = "; ".join(f"{label} p50 {percentile(ms, 50):.2f} ms" for label, ms in parts.items() if ms)
+    alt = (f"Histogram: {title}, {len(records)} requests; {medians}; all: p50 {percentile(every, 50):.2f} ms, "
+           f"p99 {percentile(every, 99):.2f} ms")  # fmt: skip
+    fig = plots.figure(7.5, 3.6, alt)
+    ax = fig.add_subplot()
     bins = max(8, min(30, len(records) // 2))
-    for concurrent, label, colour in ((False, "one after another", "tab:blue"), (True, "concurrent", "tab:orange")):
-        ms = [r["latency_ms"] for r in records if r["concurrent"] == concurrent]
-        ax.hist(ms, bins=bins, range=(0, max(every) * 1.05), alpha=0.6, label=label, color=colour)
+    for label, _, colour in phases:
+        ax.hist(parts[label], bins=bins, range=(0, max(every) * 1.05), alpha=0.6, label=label, color=colour)
     for q, style in ((50, "--"), (99, ":")):
         ax.axvline(percentile(every, q), color="black", linestyle=style, linewidth=1, label=f"p{q} (all)")
     ax.set(xlabel="latency (ms)", ylabel="requests", title=title)
     ax.legend()
-    fig.tight_layout()
-    plt.close(fig)
     return fig
 
 
