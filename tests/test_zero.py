@@ -526,6 +526,8 @@ def test_the_headroom_note_compares_the_allocator_peak_with_the_calculators_assu
     config = _config("ZeRO-3", 3, 336_480_000, 336_480_000)
     note = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [571_730_944]}]})
     assert "1.70x the 336.48 MB of model states: above the calculator's assumed 1.25x" in note
+    # 1 x H100: torch.cuda.memory_summary() under the note printed this peak as 558331 KiB, nowhere as 571.73 MB
+    assert "torch's summary counts in KiB (1,024 bytes) and MiB: 571.73 MB is 558,331 KiB" in note
     cpu = zero_stages.headroom_note({"configs": [{**config, "peak_above_start": [None]}]})
     assert "No allocator peak" in cpu
 

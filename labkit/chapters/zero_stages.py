@@ -166,7 +166,8 @@ def headroom_note(reference: dict) -> str:
     return (
         f"The allocator peaked at {format_bytes(peak)} above the run's start, {ratio:.2f}x the {format_bytes(states)} "
         f"of model states: {verdict} the calculator's assumed {TRAINING_HEADROOM:g}x head-room, which has to cover "
-        "what lies above the states: activations, DeepSpeed's buffers and the optimizer step's temporaries."
+        "what lies above the states: activations, DeepSpeed's buffers and the optimizer step's temporaries. "
+        f"torch's summary counts in KiB (1,024 bytes) and MiB: {format_bytes(peak)} is {peak / 1024:,.0f} KiB."
     )
 
 
