@@ -24,10 +24,9 @@ from typing import Any
 from unittest import mock
 from urllib.parse import quote
 
-from labkit import procs, results, tabular
+from labkit import pages, procs, results, tabular
 from labkit.errors import ConfigError, make_folder
 
-_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # a source checkout or editable install
 NOTEBOOKS_ENV = "LABKIT_NOTEBOOKS"  # where an installed kit finds them (the lab image sets it)
 
@@ -170,10 +169,8 @@ def run_notebook(
 ):  # fmt: skip
     """Execute one notebook into `out_dir` -> NotebookRun; never raises for a failing cell (the run says so).
     `stem_suffix` names the files of a second run of the same notebook apart."""
-    import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from nbconvert import HTMLExporter
     from papermill.exceptions import PapermillExecutionError
 
     from labkit import kernels  # jupyter_client: only where a notebook runs
@@ -214,14 +211,7 @@ def run_notebook(
         run.noise = output_problems(output)
         run.finding = closing_finding(output)
         try:
-            nb = nbformat.read(output, as_version=4)
-            for cell in nb.cells:  # recorded values are for tests and reports, not a page (nbconvert would warn)
-                cell["outputs"] = [o for o in cell.get("outputs", []) if set(o.get("data", {})) != {results.MIME_TYPE}]
-                for o in cell["outputs"]:  # a widget is a script fetching its renderer online: show its text instead
-                    o.get("data", {}).pop(_WIDGET_VIEW, None)
-            nb.metadata.pop("widgets", None)
-            body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-            html_path.write_text(body)
+            pages.write_page(output, html_path)
             run.html = str(html_path)
         except Exception as exc:  # a report problem must not hide the run's own status
             print(f"labkit: could not render {output.name} to HTML: {exc}", file=sys.stderr)
@@ -443,7 +433,7 @@ def output_problems(path: str | Path) -> list[str]:
             text = "".join(shown) if isinstance(shown, list) else shown
             if out.get("output_type") == "error":
                 text += f"\n{out.get('ename')}: {out.get('evalue')}\n" + "\n".join(out.get("traceback") or [])
-            if _WIDGET_VIEW in data and _WIDGET_REPR.match(text):  # the page's only form of a widget without HTML
+            if pages.WIDGET_VIEW in data and _WIDGET_REPR.match(text):  # the page's only form of a widget without HTML
                 found.append(f"cell {i}: a widget shown as its repr (give it HTML: labkit.controls): {text[:80]}")
             bare_result = out.get("output_type") == "execute_result" and data.keys() == {"text/plain"}
             if bare_result and text.startswith(("{", "[")):

@@ -332,3 +332,19 @@ def test_an_interrupted_run_says_where_in_one_line_and_leaves_no_kernel(tmp_path
     assert "long.ipynb" in line and "cell 2" in line and str(out / "long.ipynb") in line, line
     assert (out / "long.ipynb").exists()
     assert not procs.alive(kernel)
+
+
+def test_a_figures_description_is_its_alt_text_on_the_page(tmp_path):
+    """nbconvert wrote 'No description has been provided for this image' as the alt text of every figure of the
+    report's pages, though each kit figure carries its description (labkit.plots.figure): a screen reader, or a page
+    whose images do not load, says what the figure shows."""
+    cell = (
+        "from labkit import plots\nfig = plots.figure(3, 2, alt='loss fell from 2.3 to 0.4 <in 3 epochs>')\n"
+        "fig.add_subplot().plot([2.3, 0.4])\nfig"
+    )
+    nb = make_notebook(tmp_path / "fig.ipynb", "n: int = 1  # unused", cell)
+    _, (run,) = notebooks.run_all([nb], out_dir=tmp_path / "r", progress=False)
+    assert run.passed, run.error
+    page = Path(run.html).read_text()
+    assert 'alt="loss fell from 2.3 to 0.4 &lt;in 3 epochs&gt;"' in page and "No description has been" not in page
+    assert page.count("<img ") == 1
