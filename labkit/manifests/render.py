@@ -336,15 +336,15 @@ def _apply_common(obj: dict, spec: JobSpec) -> None:
     for subject in obj.get("subjects", []):
         if subject.get("kind") == "ServiceAccount":
             subject["namespace"] = spec.namespace
-        elif subject.get("kind") == "User" and subject["name"] == LAB_USER.format(NAMESPACES["cpu"]):
+        elif subject.get("kind") == "User" and subject["name"] == LAB_USER.format(SHARED_LAB):
             subject["name"] = LAB_USER.format(spec.lab())
-    if obj["kind"] == "ClusterRoleBinding" and spec.namespace != NAMESPACES["cpu"]:
+    if obj["kind"] == "ClusterRoleBinding" and spec.namespace != SHARED_LAB:
         meta["name"] += f"-{spec.namespace}"  # one per learner's lab: never the shared lab's binding, overwritten
     if obj["kind"] == "Deployment":  # the lab: its claim, by volume and by the name it hands to `labkit job submit`
         pod = obj["spec"]["template"]["spec"]
         for volume in [v for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]:
             volume["persistentVolumeClaim"]["claimName"] = spec.pvc_name
-        for entry in [e for c in pod["containers"] for e in c.get("env", []) if e["name"] == "LABKIT_SHARED_CLAIM"]:
+        for entry in [e for c in pod["containers"] for e in c.get("env", []) if e["name"] == shared_volume.CLAIM_ENV]:
             entry["value"] = spec.pvc_name
     if obj["kind"] == "NetworkPolicy":  # the lab's rule names its own namespace ("from outside it")
         for rule in obj["spec"].get("ingress") or []:
