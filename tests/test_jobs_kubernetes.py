@@ -595,7 +595,9 @@ def test_a_delete_whose_pods_do_not_go_says_it_is_still_terminating(monkeypatch,
         backend = get_backend("kubernetes", kubeconfig=api.kubeconfig)
         backend.submit(JobSpec(name="stuck", workers=1)).wait_ready(timeout=20)
         assert main(["job", "delete", "stuck", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]) == 0
-        assert "still terminating (pods stuck?)" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "still terminating (pods stuck?)" in out
+        assert "`labkit job status stuck --backend kubernetes -n " in out  # the line a reader pastes
         with pytest.raises(ConfigError) as err:
             backend.submit(JobSpec(name="stuck", workers=1))
         assert "being deleted" in str(err.value) and "labkit job status stuck" in str(err.value)

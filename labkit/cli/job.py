@@ -22,6 +22,7 @@ from labkit.devices import ACCELERATORS, DEVICE_OF
 from labkit.errors import ConfigError, LabkitError, check_int, check_number, named_as
 from labkit.jobs import BACKENDS, Job, LocalBackend, get_backend
 from labkit.jobs.base import FINISHED, JOB_KINDS
+from labkit.jobs.k8s_objects import job_command
 from labkit.tabular import text_table
 
 # Each action's arguments as data: (flags, add_argument keywords).
@@ -161,7 +162,7 @@ def _delete(args) -> int:
     backend = _backend(args)
     existed, where = backend.delete(args.name, kind=args.kind), f"{backend.namespace}/{args.name}"
     if existed and _still_terminating(backend, args.name, args.kind):  # exit code 0: the deletion goes on
-        again = f"labkit job status {args.name} --backend {args.backend} -n {backend.namespace}"
+        again = job_command("status", args.name, backend.namespace)  # only an MPIJob on kubernetes terminates
         print(f"{where}: deletion started, still terminating (pods stuck?): `{again}` says when")
     else:
         print(f"deleted {where}" if existed else f"{where} did not exist")

@@ -173,7 +173,8 @@ def exec_end(
     # SIGKILL, SIGTERM or no status: perhaps the pod going (deadline, deletion) or its container dying; not if both
     # stay (the OOM killer took a rank)
     suspect = lost is not None or code in (137, 143)
-    killed = suspect and not pod_stays(backend, name, ns, pod)
+    listed = listed_pod(backend, name, ns, pod) if suspect else None
+    killed = suspect and (listed is None or bool(listed.metadata.deletion_timestamp))  # terminating or gone
     launcher = ended = died = None
     # The Job controller records a deadline as it deletes the pod: allow 3 s. A pod that stays is read once (a rank
     # the OOM killer took must not wait), so a container's end the kubelet has not yet reported (PLEG relists every
@@ -183,8 +184,8 @@ def exec_end(
             time.sleep(0.5)
         with contextlib.suppress(LabkitError):
             launcher = backend._launcher_job(name, ns)
-        if (ended := launcher_deadline_exceeded(launcher)) or (
-            suspect and (died := container_end(backend, name, ns, pod, restarts))
+        if (ended := launcher_deadline_exceeded(launcher)) or (  # the pod read again: the kubelet reports late
+            suspect and (died := container_end(listed_pod(backend, name, ns, pod), restarts))
         ):
             break
     if ended:
@@ -207,36 +208,40 @@ def exec_end(
 
 def restart_count(pod) -> int:
     """The restartCount of the pod's first container (the one exec runs in)."""
+    status = exec_container_status(pod)
+    return (status.restart_count or 0) if status else 0
+
+
+def exec_container_status(pod):
+    """The status of the pod's first container (the one exec runs in), None before the kubelet reports one."""
     container = pod.spec.containers[0].name
     statuses = (pod.status.container_statuses if pod.status else None) or []
-    return next((cs.restart_count or 0 for cs in statuses if cs.name == container), 0)
+    return next((cs for cs in statuses if cs.name == container), None)
 
 
-def container_end(backend, name: str, ns: str, pod: str, restarts: int) -> str | None:
-    """How the launcher's container ended while an exec ran, as its pod's status says (the kubelet: restartCount + 1
-    and lastState.terminated where restartPolicy OnFailure restarted it in place, state.terminated and phase Failed
-    under Never), else None. A terminated container in a pod being deleted is the deletion's doing (pod_gone)."""
+def listed_pod(backend, name: str, ns: str, pod: str):
+    """The launcher pod `pod` as listed now; None once deleted (or the API server does not answer)."""
     with contextlib.suppress(LabkitError):
-        found = [p for p in backend._pods(name, ns, "launcher").items if p.metadata.name == pod]
-        if not found or not (statuses := found[0].status.container_statuses or []):
-            return None
-        cs = next((c for c in statuses if c.name == found[0].spec.containers[0].name), statuses[0])
-        if (cs.restart_count or 0) > restarts:
-            last = cs.last_state.terminated if cs.last_state else None
-            exited = f"exited {last.exit_code} ({last.reason}) and " if last else ""
-            return f"launcher pod {pod}'s container {cs.name} {exited}was restarted (restart {cs.restart_count})"
-        ended = cs.state.terminated if cs.state else None
-        if ended and not found[0].metadata.deletion_timestamp:
-            phase = found[0].status.phase
-            return f"launcher pod {pod} is {phase}: its container {cs.name} exited {ended.exit_code} ({ended.reason})"
+        return next((p for p in backend._pods(name, ns, "launcher").items if p.metadata.name == pod), None)
     return None
 
 
-def pod_stays(backend, name: str, ns: str, pod: str) -> bool:
-    with contextlib.suppress(LabkitError):  # terminating pods have a deletionTimestamp; deleted ones are not listed
-        launchers = backend._pods(name, ns, "launcher").items
-        return any(p.metadata.name == pod and not p.metadata.deletion_timestamp for p in launchers)
-    return False
+def container_end(pod, restarts: int) -> str | None:
+    """How the launcher's container ended while an exec ran, as its pod's status says (the kubelet: restartCount + 1
+    and lastState.terminated where restartPolicy OnFailure restarted it in place, state.terminated and phase Failed
+    under Never), else None. A terminated container in a pod being deleted is the deletion's doing (pod_gone)."""
+    if pod is None or not (cs := exec_container_status(pod)):
+        return None
+    name = pod.metadata.name
+    if (cs.restart_count or 0) > restarts:
+        last = cs.last_state.terminated if cs.last_state else None
+        exited = f"exited {last.exit_code} ({last.reason}) and " if last else ""
+        return f"launcher pod {name}'s container {cs.name} {exited}was restarted (restart {cs.restart_count})"
+    ended = cs.state.terminated if cs.state else None
+    if ended and not pod.metadata.deletion_timestamp:
+        phase = pod.status.phase
+        return f"launcher pod {name} is {phase}: its container {cs.name} exited {ended.exit_code} ({ended.reason})"
+    return None
 
 
 def deleted(backend, name: str, ns: str) -> bool:
