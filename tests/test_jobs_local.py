@@ -1008,17 +1008,32 @@ def test_in_a_learners_lab_local_jobs_take_her_namespace_too(tmp_path, monkeypat
     assert (explicit.spec.namespace, explicit.backend.namespace) == ("mine", "mine")
 
 
+LIMITING, FILTERING = "does not support limiting num nodes/gpus", "does not support worker include/exclusion"
+WORKER = "limits-worker-{}.limits.default.svc"  # the hosts of the pods' hostfile
+
+
 @pytest.mark.parametrize(
-    ("workers", "typed", "flag", "launcher"),
+    ("workers", "typed", "flag", "launcher", "said"),
     [
-        (2, ["--launcher", "openmpi", "--num_gpus", "1"], "--num_gpus", "openmpi"),
-        (2, ["--launcher=MPICH", "--num_accelerators=1"], "--num_accelerators", "mpich"),
-        (3, ["--launcher", "impi", "--num_nodes", "2"], "--num_nodes", "impi"),
-        (1, ["--force_multi", "--launcher", "mvapich", "--num_gpus", "1"], "--num_gpus", "mvapich"),
+        (2, ["--launcher", "openmpi", "--num_gpus", "1"], "--num_gpus", "openmpi", LIMITING),
+        (2, ["--launcher=MPICH", "--num_accelerators=1"], "--num_accelerators", "mpich", LIMITING),
+        (3, ["--launcher", "impi", "--num_nodes", "2"], "--num_nodes", "impi", LIMITING),
+        (1, ["--force_multi", "--launcher", "mvapich", "--num_gpus", "1"], "--num_gpus", "mvapich", LIMITING),
+        # a filter leaving 2+ hosts, or any with --force_multi (the kit's own line): validate_args refuses it too
+        (
+            3,
+            ["--launcher", "openmpi", "--include", f"{WORKER.format(0)}@{WORKER.format(1)}"],
+            "--include",
+            "openmpi",
+            FILTERING,
+        ),  # fmt: skip
+        (3, ["--launcher", "openmpi", "-e", WORKER.format(2)], "--exclude", "openmpi", FILTERING),
+        (2, ["--launcher", "openmpi", f"--exclude={WORKER.format(0)}:1"], "--exclude", "openmpi", FILTERING),  # a slot
+        (2, ["--force_multi", "--launcher", "openmpi", "--include=localhost:0"], "--include", "openmpi", FILTERING),
     ],
 )
 def test_exec_refuses_a_runner_limit_an_mpi_launcher_refuses_on_the_pods(
-    workers, typed, flag, launcher, backend, capsys
+    workers, typed, flag, launcher, said, backend, capsys
 ):
     """`job exec JOB -- deepspeed --hostfile /etc/mpi/hostfile --launcher openmpi --num_gpus 1 ...` in a job of 2
     workers ran here (the local hostfile has one host, so DeepSpeed's runner launched its ranks itself), while in the
@@ -1039,7 +1054,7 @@ def test_exec_refuses_a_runner_limit_an_mpi_launcher_refuses_on_the_pods(
         ]
         assert main(["job", "exec", "limits", "--jobs-dir", str(backend.root), "--timeout", "120", "--", *cmd]) == 2
         captured = capsys.readouterr()
-        said = f"{launcher} backend does not support limiting num nodes/gpus"
+        said = f"{launcher} backend {said}"
         assert captured.err.startswith(f"labkit: error: {flag}: ") and said in captured.err, captured.err
         assert "Fix: drop it: " in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
         assert captured.out == "" and not list((backend.job_dir("limits") / "execs").iterdir())
@@ -1053,6 +1068,10 @@ def test_exec_refuses_a_runner_limit_an_mpi_launcher_refuses_on_the_pods(
         (1, ["--launcher", "openmpi", "--num_gpus", "1"]),  # one host: the runner launches its ranks itself
         (2, ["--launcher", "openmpi", "--num_nodes", "1"]),  # trimmed to one host first (apply_num_nodes_and_gpus)
         (2, ["--launcher", "openmpi", "--no_ssh", "--node_rank", "0", "--num_gpus", "1"]),  # no multi-node launch
+        (2, ["--launcher", "openmpi", "--include", "w-0:0"]),  # one host left: the runner launches it itself
+        (3, ["--launcher", "openmpi", "--exclude", "w-0@w-1"]),  # the same
+        (2, ["--launcher", "pdsh", "--include", "w-0@w-1"]),  # pdsh takes a filter
+        (2, ["--launcher", "openmpi", "--include", "w-0@w-1", "--num_gpus", "1"]),  # refused here as there (runner)
     ],
 )
 def test_a_runner_limit_the_pods_runner_takes_is_not_refused(workers, typed):

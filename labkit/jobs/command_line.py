@@ -129,28 +129,41 @@ MPI_RUNNER_LAUNCHERS = ("openmpi", "mpich", "impi", "mvapich")
 
 
 def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tuple[str, str] | None:
-    """(the limit's flag, the launcher) where DeepSpeed's runner in the job's launcher pod refuses the line, else None.
+    """(the flag, the launcher) where DeepSpeed's runner in the job's launcher pod refuses the line, else None.
 
     Over the job's hostfile (a host per worker there; one line here, so the runner here launches its ranks itself) the
-    runner builds its MPI launcher when the launch is multi-node: more than one host once --num_nodes has trimmed the
-    hostfile, or --force_multi, and no --no_ssh (runner.py main); that launcher refuses any --num_nodes or --num_gpus
-    other than the default -1. With --include/--exclude the runner refuses a limit on its own, here too."""
+    runner builds its MPI launcher when the launch is multi-node: more than one host once --num_nodes or an
+    --include/--exclude filter has trimmed the hostfile, or --force_multi, and no --no_ssh (runner.py main); that
+    launcher's validate_args refuses any --num_nodes or --num_gpus other than the default -1, and any filter. A limit
+    beside a filter the runner refuses on its own, here too."""
     at = _runner_at(argv)
     typed = runner_options(argv[at:]) if at is not None else []
     options = dict(typed)  # the last of each counts (argparse)
     dest = {"--num_accelerators": "--num_gpus"}  # aliases: one value, the last typed
     limits = {dest.get(o, o): (o, v) for o, v in typed if o in (*_RUNNER_RANKS, "--num_nodes")}
+    limited = [flag for flag, value in limits.values() if value.lstrip("-").isdigit() and int(value) != -1]
     launcher = options.get("--launcher", "pdsh").lower()
-    if options.get("--hostfile") != job_hostfile or launcher not in MPI_RUNNER_LAUNCHERS:
+    if options.get("--hostfile") != job_hostfile or launcher not in MPI_RUNNER_LAUNCHERS or "--no_ssh" in options:
         return None
-    if "--no_ssh" in options or options.get("--include") or options.get("--exclude"):
+    include, exclude = options.get("--include", ""), options.get("--exclude", "")
+    if (include or exclude) and limited:
         return None
-    nodes = options.get("--num_nodes", "-1")
-    hosts = min(workers, int(nodes)) if nodes.isdigit() and int(nodes) > 0 else workers  # apply_num_nodes_and_gpus
+    hosts = _hosts_left(workers, options.get("--num_nodes", "-1"), include, exclude)
     if hosts < 2 and "--force_multi" not in options:
         return None
-    limited = [flag for flag, value in limits.values() if value.lstrip("-").isdigit() and int(value) != -1]
+    if include or exclude:
+        return ("--include" if include else "--exclude", launcher)
     return (limited[0], launcher) if limited else None
+
+
+def _hosts_left(workers: int, nodes: str, include: str, exclude: str) -> int:
+    """How many of the job's hosts the runner launches on: `--num_nodes` (apply_num_nodes_and_gpus) or a filter
+    (parse_resource_filter: HOST[:SLOT,...]@...; --exclude drops a host only where it names no slots)."""
+    if include:
+        return len({entry.split(":")[0] for entry in include.split("@")})
+    if exclude:
+        return workers - len({entry for entry in exclude.split("@") if ":" not in entry})
+    return min(workers, int(nodes)) if nodes.isdigit() and int(nodes) > 0 else workers
 
 
 def with_master_port(argv: list[str]) -> tuple[list[str], str]:

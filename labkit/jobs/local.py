@@ -278,10 +278,15 @@ class LocalBackend(JobBackend):
     def _refuse_runner_limit(st: JobStatus, job: dict, flag: str, launcher: str) -> None:
         """ConfigError naming `flag`, which DeepSpeed's runner in the job's launcher pod refuses with its MPI
         `launcher` (command_line.runner_limit_refused), quoting what it says there."""
-        said = f"{launcher} backend does not support limiting num nodes/gpus"
+        filters = flag in ("--include", "--exclude")
+        said = f"{launcher} backend does not support " + (
+            "worker include/exclusion" if filters else "limiting num nodes/gpus"
+        )
         where = f"job {st.namespace}/{st.name}'s launcher pod, over its hostfile's {job['workers']} worker(s)"
         problem = f"in {where}, DeepSpeed's runner with --launcher {launcher} stops at once: '{said}'"
-        if flag == "--num_nodes":
+        if filters:
+            fix = "drop it: the runner starts ranks on every worker's slots; for fewer submit the job with --workers N"
+        elif flag == "--num_nodes":
             fix = "drop it: the runner starts ranks on every worker; for fewer submit the job with --workers N"
         else:
             per = job["slots_per_worker"]
