@@ -676,7 +676,7 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
     import subprocess
     import sys
 
-    with fake_cluster(trainer_version="2.2.0", grace_s=4) as (api, backend):  # grace: the JobSets' going
+    with fake_cluster(trainer_version="2.2.0", grace_s=1) as (api, backend):  # grace: the JobSets' going
         jobs = [
             trainjob("done", 900, [("Complete", "True", "JobSetCompleted", 60)]),
             trainjob("crashed", 900, [("Failed", "True", "JobSetFailed", 60)]),
@@ -705,14 +705,12 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
         for name, phase in [("done", "Succeeded"), ("crashed", "Failed"), ("timed-out", "DeadlineExceeded")]:
             assert f"deleted TrainJob workloads/{name} ({phase})" in out.stdout
         assert "deleted TrainJob workloads/overdue (Running)" in out.stdout and "PAST DEADLINE" in out.stdout
-        # foreground: the deleted ones stay, Terminating (never Running, never flagged again), until their JobSets go
-        terminating = {st.name: st for st in backend.list() if st.phase == "Terminating"}
-        assert set(terminating) == {"done", "crashed", "timed-out", "overdue"}
-        assert not any(st.past_deadline for st in terminating.values())
-        assert wait_until(lambda: sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"], 10)
+        # "deleted" once gone: foreground deletion keeps each until its JobSet went, and the kit waited for that
+        assert sorted(st.name for st in backend.list()) == ["resumed", "running", "suspended"]
         assert api.denied == [] and api.delete_bodies[-1] == {"propagationPolicy": "Foreground"}
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
-            ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete")
+            ("trainer.kubeflow.org", "trainjobs", "list"), ("trainer.kubeflow.org", "trainjobs", "delete"),
+            ("trainer.kubeflow.org", "trainjobs", "get"),  # waiting for each to go
         }  # fmt: skip
 
 
@@ -755,6 +753,32 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
         assert {(g, r, v) for g, r, v in used_by_kit(api) if r == "trainjobs"} == {
             ("trainer.kubeflow.org", "trainjobs", "get"), ("trainer.kubeflow.org", "trainjobs", "delete")
         }  # fmt: skip
+
+
+def test_a_trainjob_still_terminating_is_not_reported_deleted(monkeypatch, capsys):
+    """`job delete` and `job list --stale --delete` printed "deleted" for a TrainJob the moment its DELETE was
+    accepted, while foreground deletion keeps it (deletionTimestamp) until its JobSet and pods are gone (its JobSet is
+    owned with blockOwnerDeletion); a submit of the same name then failed. As for an MPIJob, the kit waits
+    DELETE_WAIT_S, then says it is still terminating and how to follow it; meanwhile it reads Terminating, never
+    Running or past its deadline."""
+    from labkit.jobs import kubernetes
+
+    monkeypatch.setattr(kubernetes, "DELETE_WAIT_S", 1.0)
+    with fake_cluster(trainer_version="2.2.0", grace_s=30) as (api, backend):
+        for obj in (trainjob("slow", 900, active=2), trainjob("overdue", 900, deadline_s=600, active=2)):
+            api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
+        base = ["--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+        assert main(["job", "delete", "slow", *base]) == 0
+        out = capsys.readouterr().out
+        assert "deleted workloads/slow" not in out and "still terminating (pods stuck?)" in out, out
+        assert "`labkit job status slow --backend kubernetes -n workloads`" in out
+        assert main(["job", "list", "--stale", "--delete", *base]) == 0
+        out = capsys.readouterr().out
+        assert "TrainJob workloads/overdue (Running): deletion started, still terminating" in out, out
+        assert "deleted TrainJob" not in out
+        listed = {st.name: st for st in backend.list()}
+        assert {n: st.phase for n, st in listed.items()} == {"slow": "Terminating", "overdue": "Terminating"}
+        assert not any(st.past_deadline for st in listed.values())
 
 
 def test_logs_of_a_trainjob_come_from_its_launcher_and_exec_says_it_is_not_an_mpijob(api, backend):

@@ -162,7 +162,7 @@ def _delete(args) -> int:
     backend = _backend(args)
     existed, where = backend.delete(args.name, kind=args.kind), f"{backend.namespace}/{args.name}"
     if existed and _still_terminating(backend, args.name, args.kind):  # exit code 0: the deletion goes on
-        again = job_command("status", args.name, backend.namespace)  # only an MPIJob on kubernetes terminates
+        again = job_command("status", args.name, backend.namespace)  # only kubernetes jobs terminate
         print(f"{where}: deletion started, still terminating (pods stuck?): `{again}` says when")
     else:
         print(f"deleted {where}" if existed else f"{where} did not exist")
@@ -170,10 +170,9 @@ def _delete(args) -> int:
 
 
 def _still_terminating(backend, name: str, kind: str | None, namespace: str | None = None) -> bool:
-    """An MPIJob the backend's delete waited for whose pods have not gone (a node not answering keeps them)."""
+    """A job the backend's delete waited for whose pods have not gone (a node not answering keeps them)."""
     with contextlib.suppress(LabkitError):  # gone: JobNotFound
-        st = backend.status(name, namespace=namespace, kind=kind)
-        return st.kind == "MPIJob" and st.phase == "Terminating"
+        return backend.status(name, namespace=namespace, kind=kind).phase == "Terminating"
     return False
 
 
@@ -198,7 +197,7 @@ def _list(args) -> int:
     for st in jobs if args.delete else []:
         backend.delete(st.name, namespace=st.namespace, kind=st.kind)
         where = f"{st.kind} {st.namespace}/{st.name} ({st.phase})"
-        if st.kind == "MPIJob" and _still_terminating(backend, st.name, st.kind, st.namespace):  # as `job delete`
+        if _still_terminating(backend, st.name, st.kind, st.namespace):  # as `job delete`
             print(f"{where}: deletion started, still terminating (pods stuck?)")
         else:
             print(f"deleted {where}")

@@ -438,7 +438,8 @@ def release_job(request, name: str, ns: str) -> str:
 
 
 def wait_gone(request, name: str, ns: str, seconds: float) -> bool:
-    """Whether the MPIJob is gone within `seconds` (request: KubernetesBackend._kubeflow_job; 404: JobNotFound)."""
+    """Whether the job is gone within `seconds` (request: KubernetesBackend._kubeflow_job of its kind; 404:
+    JobNotFound)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:

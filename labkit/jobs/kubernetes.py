@@ -397,14 +397,13 @@ class KubernetesBackend(JobBackend):
         return self._call(f"logs of {pod.metadata.name}", read, pod.metadata.name, ns, container=container)
 
     def delete(self, name: str, *, namespace: str | None = None, kind: str | None = None) -> bool:
-        """Foreground: an MPIJob's pods go first (waited for, DELETE_WAIT_S: status then says whether it is still
-        Terminating); a TrainJob's JobSet, Jobs, pods too (not waited for)."""
+        """Foreground: an MPIJob's pods go first, a TrainJob's JobSet, Jobs and pods; the job is waited for
+        (DELETE_WAIT_S: status then says whether it is still Terminating)."""
         ns, name = namespace or self.namespace, check_job_name(name)
         try:
             kind = check_kind(kind) or self._find(name, ns)[0]
             self._kubeflow_job("DELETE", ns, name, kind=kind, body={"propagationPolicy": "Foreground"})
         except JobNotFound:
             return False
-        if kind == "MPIJob":  # foreground: the MPIJob goes once its pods are gone
-            wait_gone(self._kubeflow_job, name, ns, DELETE_WAIT_S)
+        wait_gone(functools.partial(self._kubeflow_job, kind=kind), name, ns, DELETE_WAIT_S)  # once its pods went
         return True
