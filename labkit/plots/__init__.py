@@ -35,18 +35,24 @@ def figure(width: float, height: float, alt: str):
     return fig
 
 
-def log_y(ax) -> None:
-    """A log-scale y axis labelled in plain numbers: a loss reads 0.3, not matplotlib's '3×10⁻¹' (which also leaves a
-    range inside one decade with powers-of-ten labels only at its ends, or none)."""
+@functools.cache
+def _plain_log_formatter():
     from matplotlib.ticker import LogFormatter
 
-    class Plain(LogFormatter):
+    class PlainLogFormatter(LogFormatter):
         def _num_to_string(self, x, vmin, vmax):
             return f"{x:g}"
 
+    return PlainLogFormatter
+
+
+def log_y(ax) -> None:
+    """A log-scale y axis labelled in plain numbers: a loss reads 0.3, not matplotlib's '3×10⁻¹' (which also leaves a
+    range inside one decade with powers-of-ten labels only at its ends, or none)."""
+    plain = _plain_log_formatter()
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(Plain())
-    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))  # LogFormatter labels minor ticks only where few show
+    ax.yaxis.set_major_formatter(plain())
+    ax.yaxis.set_minor_formatter(plain(labelOnlyBase=False))  # LogFormatter labels minor ticks only where few show
 
 
 def label_bars(ax, bars, labels: list[str], fontsize="small") -> None:
