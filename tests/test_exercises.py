@@ -193,6 +193,7 @@ def test_the_buffer_sentence_heeds_the_allocator_peak_of_a_gpu_run():
     assert "no reduction buffer was allocated" not in line
     assert f"the allocator peaked at 1.08 GB, {1_080_000_000 / states:.0f}x the model states" in line
     assert "frees its gradient-reduction buckets after each backward" in line  # why the count shows none
+    assert "(everything alive at once: states, activations and those buckets)" in line  # not all of it buckets
     cpu = rank | {"memory": {"step": {"device": counted | {"buffers": 0}}, "accelerator": {}}}
     cpu_line = accelerate.closing_lines({"device": "cpu", "ranks": [cpu]}, advice, "x")[2]
     assert "allocator" not in cpu_line and "no reduction buffer was allocated" not in cpu_line

@@ -184,7 +184,9 @@ def buffer_note(mem: dict) -> str:
     peak, states = mem["allocator peak"], mem["model states"]
     if peak and states:
         times = f"{peak / states:.1f}" if peak < 10 * states else f"{peak / states:,.0f}"
-        note += f"; the allocator peaked at {format_bytes(peak)}, {times}x the model states, buckets included"
+        # the peak counts whatever was alive at once (states, activations, buckets): it bounds the buckets, no more
+        note += f"; the allocator peaked at {format_bytes(peak)}, {times}x the model states (everything alive at once:"
+        note += " states, activations and those buckets)"
     return note + "."
 
 
