@@ -1072,6 +1072,7 @@ def test_exec_refuses_a_runner_limit_an_mpi_launcher_refuses_on_the_pods(
         (3, ["--launcher", "openmpi", "--exclude", "w-0@w-1"]),  # the same
         (2, ["--launcher", "pdsh", "--include", "w-0@w-1"]),  # pdsh takes a filter
         (2, ["--launcher", "openmpi", "--include", "w-0@w-1", "--num_gpus", "1"]),  # refused here as there (runner)
+        (2, ["--launcher", "openmpi", "--include", "w-0@w-1", "--exclude", "w-1"]),  # the same
     ],
 )
 def test_a_runner_limit_the_pods_runner_takes_is_not_refused(workers, typed):

@@ -135,7 +135,7 @@ def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tu
     runner builds its MPI launcher when the launch is multi-node: more than one host once --num_nodes or an
     --include/--exclude filter has trimmed the hostfile, or --force_multi, and no --no_ssh (runner.py main); that
     launcher's validate_args refuses any --num_nodes or --num_gpus other than the default -1, and any filter. A limit
-    beside a filter the runner refuses on its own, here too."""
+    beside a filter, or --include beside --exclude, the runner refuses on its own, here too."""
     at = _runner_at(argv)
     typed = runner_options(argv[at:]) if at is not None else []
     options = dict(typed)  # the last of each counts (argparse)
@@ -146,7 +146,7 @@ def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tu
     if options.get("--hostfile") != job_hostfile or launcher not in MPI_RUNNER_LAUNCHERS or "--no_ssh" in options:
         return None
     include, exclude = options.get("--include", ""), options.get("--exclude", "")
-    if (include or exclude) and limited:
+    if ((include or exclude) and limited) or (include and exclude):  # the runner refuses those itself, here too
         return None
     hosts = _hosts_left(workers, options.get("--num_nodes", "-1"), include, exclude)
     if hosts < 2 and "--force_multi" not in options:
