@@ -327,7 +327,8 @@ def test_an_interrupted_run_says_where_in_one_line_and_leaves_no_kernel(tmp_path
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig
-    assert "Traceback" not in stderr + stdout and "ZMQError" not in stderr
+    # the whole output on failure: once on an H100 under load a Traceback came that the truncated diff hid
+    assert "Traceback" not in stderr + stdout and "ZMQError" not in stderr, f"stdout:\n{stdout}\nstderr:\n{stderr}"
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("labkit: ") and "running long.ipynb" not in ln]
     assert "long.ipynb" in line and "cell 2" in line and str(out / "long.ipynb") in line, line
     assert (out / "long.ipynb").exists()
