@@ -284,9 +284,7 @@ class LocalBackend(JobBackend):
         )
         where = f"job {st.namespace}/{st.name}'s launcher pod, over its hostfile's {job['workers']} worker(s)"
         problem = f"in {where}, DeepSpeed's runner with --launcher {launcher} stops at once: '{said}'"
-        if filters:
-            fix = "drop it: the runner starts ranks on every worker's slots; for fewer submit the job with --workers N"
-        elif flag == "--num_nodes":
+        if filters or flag == "--num_nodes":
             fix = "drop it: the runner starts ranks on every worker; for fewer submit the job with --workers N"
         else:
             per = job["slots_per_worker"]
