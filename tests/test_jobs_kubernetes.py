@@ -690,6 +690,18 @@ def test_in_a_learners_lab_chapter_03_and_job_submit_go_to_her_namespace_by_defa
     assert api.denied == []
 
 
+def test_in_a_learners_lab_the_librarys_job_spec_takes_her_namespace_as_the_cli_does(alices_lab):
+    """labkit.jobs' own example, `get_backend("kubernetes").submit(JobSpec(name=...))`, in alice's lab goes to alice
+    (Gaudi: alice-gaudi) as the CLI and chapter 03 do; it took the shared lab's workloads, where she is refused."""
+    assert (JobSpec().namespace, JobSpec(accelerator="gaudi").namespace) == ("alice", "alice-gaudi")
+    backend = get_backend("kubernetes", kubeconfig=alices_lab.kubeconfig)
+    with backend.submit(JobSpec(name="lib", workers=1)) as job:
+        assert job.namespace == "alice"
+        job.wait_ready(20)
+    assert ("/apis/kubeflow.org/v2beta1", "mpijobs", "alice", "lib") not in alices_lab.objects  # deleted on exit
+    assert alices_lab.denied == []
+
+
 def test_in_a_learners_lab_a_gaudi_job_binds_her_lab_and_never_runs_in_her_labs_namespace(alices_lab, capsys):
     """`labkit job render` in alice's lab binds her lab's identity in alice-gaudi (not the shared lab's); a Gaudi job
     asked into her lab's own (restricted) namespace is refused; a refused Gaudi namespace's set-up names her lab."""

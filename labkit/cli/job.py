@@ -85,10 +85,9 @@ def _spec(args, backend=None) -> manifests.JobSpec:
     if backend is not None:
         device = "auto" if args.accelerator == "auto" else DEVICE_OF[args.accelerator]
         accelerator, workers, args.why = backend.accelerator_for(device, args.workers, args.slots or 1)
-    namespace = args.namespace or manifests.default_namespace(accelerator)
-    return manifests.JobSpec(
-        name=args.name, namespace=namespace, image=args.image, workers=workers, slots_per_worker=args.slots,
-        accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
+    return manifests.JobSpec(  # namespace None: JobSpec's default_namespace(accelerator), the lab's own
+        name=args.name, namespace=args.namespace or None, image=args.image, workers=workers,
+        slots_per_worker=args.slots, accelerator=accelerator, deadline_seconds=int(round(args.deadline_minutes * 60)),
         http_proxy=args.http_proxy, https_proxy=args.https_proxy, no_proxy=args.no_proxy, queue=args.queue,
     )  # fmt: skip
 

@@ -95,6 +95,7 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError(
             flag, "a TrainJob has no such setting (it would be ignored)", "leave it out for --kind trainjob"
         )
+    values.setdefault("namespace", manifests.NAMESPACES.get(args.accelerator))  # an admin's: the overlay's, not a lab's
     if args.accelerator == "gaudi":  # an admin's render binds the shared lab unless told, wherever it runs
         values.setdefault("lab_namespace", manifests.NAMESPACES["cpu"])
     values["trainjob_deadline"] = args.trainjob_deadline == "yes"

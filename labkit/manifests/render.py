@@ -106,7 +106,7 @@ def default_namespace(accelerator: str = "cpu") -> str:
     """Where a job goes when no namespace is given (an explicit one always wins): the lab's own, as kubectl in a pod
     defaults to the pod's. manifests/lab sets LABKIT_NAMESPACE from its pod's namespace, so a learner's lab (alice)
     submits to alice and her Gaudi jobs to alice-gaudi (docs/security.md's recipe); unset: the shared lab's NAMESPACES.
-    `labkit manifests render` keeps NAMESPACES: an admin renders for a namespace, not from a lab."""
+    JobSpec's own default. `labkit manifests render` keeps NAMESPACES: an admin renders for a namespace, not a lab."""
     lab = env_lab_namespace(accelerator)
     if lab is None:
         return NAMESPACES.get(accelerator, SHARED_LAB)
@@ -118,7 +118,7 @@ class JobSpec:
     """Parameters of one DeepSpeed job (MPIJob or TrainJob). None takes the overlay's value (see `resolved`)."""
 
     name: str = "deepspeed-interactive"  # left at this default, batch and trainjob renders keep their own names
-    namespace: str | None = None  # None: the overlay's (NAMESPACES: workloads; workloads-gaudi for gaudi)
+    namespace: str | None = None  # None: default_namespace(accelerator), the lab's own, else the overlay's NAMESPACES
     # The namespace of the lab whose ServiceAccount `labkit` submits here. Gaudi only: its jobs never share the lab's
     # namespace, so its RoleBinding names the lab's identity (None: the shared lab's, workloads); a cpu/nvidia lab
     # runs in its jobs' namespace.
@@ -151,8 +151,8 @@ class JobSpec:
     queue: str | None = None
 
     def __post_init__(self) -> None:
-        if self.namespace is None and self.accelerator in NAMESPACES:
-            self.namespace = NAMESPACES[self.accelerator]
+        if self.namespace is None:  # where kubectl in the lab's pod would put it, as the CLI and chapters do
+            self.namespace = default_namespace(self.accelerator)
 
     def lab(self) -> str:
         """The namespace of the lab that submits this job: lab_namespace, else the one this runs in (LABKIT_NAMESPACE:

@@ -34,8 +34,6 @@ def job_spec(config: ServeConfig, *, one_host: bool, **spec) -> manifests.JobSpe
     """A JobSpec whose launcher runs the service (validated: ConfigError before anything is submitted). `spec`:
     JobSpec fields (name, namespace, workers, slots_per_worker, accelerator, deadline_seconds...)."""
     spec.setdefault("name", "deepspeed-serve")
-    if spec.get("namespace") is None:  # the lab's own (Gaudi: <lab>-gaudi), as for every job
-        spec["namespace"] = manifests.default_namespace(spec.get("accelerator", "cpu"))
     job = manifests.JobSpec(launcher_command=serve_command(config, one_host=one_host), **spec)
     job.validate()
     config.validate(job.workers * (job.slots_per_worker or 1))
