@@ -124,12 +124,13 @@ def typed_ranks(argv: list[str], job_hostfile: str = CLUSTER_HOSTFILE) -> tuple[
 
 
 # deepspeed/launcher/multinode_runner.py (0.19.8): the runners whose validate_args refuses --num_nodes/--num_gpus
-# ("... backend does not support limiting num nodes/gpus"); pdsh and slurm take them.
+# and --include/--exclude, in these words; pdsh and slurm take them.
 MPI_RUNNER_LAUNCHERS = ("openmpi", "mpich", "impi", "mvapich")
 
 
-def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tuple[str, str] | None:
-    """(the flag, the launcher) where DeepSpeed's runner in the job's launcher pod refuses the line, else None.
+def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tuple[str, str, str] | None:
+    """(the flag, the launcher, what the runner says) where DeepSpeed's runner in the job's launcher pod refuses the
+    line, else None.
 
     Over the job's hostfile (a host per worker there; one line here, so the runner here launches its ranks itself) the
     runner builds its MPI launcher when the launch is multi-node: more than one host once --num_nodes or an
@@ -152,8 +153,12 @@ def runner_limit_refused(argv: list[str], job_hostfile: str, workers: int) -> tu
     if hosts < 2 and "--force_multi" not in options:
         return None
     if include or exclude:
-        return ("--include" if include else "--exclude", launcher)
-    return (limited[0], launcher) if limited else None
+        flag, what = ("--include" if include else "--exclude"), "worker include/exclusion"
+    elif limited:
+        flag, what = limited[0], "limiting num nodes/gpus"
+    else:
+        return None
+    return flag, launcher, f"{launcher} backend does not support {what}"
 
 
 def _hosts_left(workers: int, nodes: str, include: str, exclude: str) -> int:

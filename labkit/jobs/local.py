@@ -275,16 +275,12 @@ class LocalBackend(JobBackend):
             raise ConfigError(flag, problem, f"pass {flag} {slots} or fewer, or submit the job with more workers/slots")
 
     @staticmethod
-    def _refuse_runner_limit(st: JobStatus, job: dict, flag: str, launcher: str) -> None:
+    def _refuse_runner_limit(st: JobStatus, job: dict, flag: str, launcher: str, said: str) -> None:
         """ConfigError naming `flag`, which DeepSpeed's runner in the job's launcher pod refuses with its MPI
-        `launcher` (command_line.runner_limit_refused), quoting what it says there."""
-        filters = flag in ("--include", "--exclude")
-        said = f"{launcher} backend does not support " + (
-            "worker include/exclusion" if filters else "limiting num nodes/gpus"
-        )
+        `launcher` (command_line.runner_limit_refused), quoting what it `said` there."""
         where = f"job {st.namespace}/{st.name}'s launcher pod, over its hostfile's {job['workers']} worker(s)"
         problem = f"in {where}, DeepSpeed's runner with --launcher {launcher} stops at once: '{said}'"
-        if filters or flag == "--num_nodes":
+        if flag in ("--include", "--exclude", "--num_nodes"):
             fix = "drop it: the runner starts ranks on every worker; for fewer submit the job with --workers N"
         else:
             per = job["slots_per_worker"]
