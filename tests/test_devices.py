@@ -443,6 +443,28 @@ def test_device_memory_figure_renders_under_agg():
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_device_memory_figure_legend_names_each_in_use_colour_and_its_notes_stay_inside():
+    """A GPU machine's chart (chapter 01 on an H100: cuda and cpu rows) once had one "in use" legend entry in NVIDIA
+    green while the cpu row's in-use bar was grey, and its longest row's note ran onto the frame."""
+    from matplotlib.colors import to_hex
+
+    from labkit.plots.discovery import device_memory_figure
+
+    cpu = Device("cpu", 0, "Intel(R) Xeon(R) Processor", 135_130_000_000, mem_used=2_900_000_000)
+    unknown = Device("cpu", 1, "Xeon without a used figure", 135_130_000_000)
+    found = parse_nvidia_smi_csv((DATA / "nvidia-smi-8xh100.csv").read_text())[:1] + [cpu, unknown]
+    fig = device_memory_figure(found)
+    ax = fig.axes[0]
+    handles, names = ax.get_legend_handles_labels()
+    in_use = {name: to_hex(h.patches[0].get_facecolor()) for h, name in zip(handles, names) if name != "total"}
+    drawn = {to_hex(p.get_facecolor()) for p in ax.patches[len(found) :] if p.get_width() > 0}
+    assert set(in_use) == {"in use (cuda)", "in use (cpu)"} and set(in_use.values()) == drawn
+    fig.savefig(io.BytesIO(), format="png")  # as the notebook shows it: the layout and the text sizes of a real draw
+    frame = ax.get_window_extent()
+    notes = [t for t in ax.texts if "GiB" in t.get_text()]
+    assert len(notes) == len(found) and all(t.get_window_extent().x1 < frame.x1 for t in notes)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     code = "import sys; from labkit.cli import main; sys.exit(main(sys.argv[1:]))"  # what the `labkit` script runs
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)

@@ -53,14 +53,21 @@ def device_memory_figure(devices: Sequence) -> Figure:
     fig = figure(7, 0.5 * max(len(devices), 2) + 1, alt)
     ax = fig.add_subplot()
     ax.barh(labels, totals, color="#d0d0d0", label="total")
-    ax.barh(labels, used, color=[KIND_COLOURS.get(d.kind, "#555555") for d in devices], label="in use")
+    known = [d for d in devices if d.mem_used is not None]
+    for kind in dict.fromkeys(d.kind for d in known):  # a legend entry per colour drawn
+        rows = [(label, u) for label, u, d in zip(labels, used, devices) if d.kind == kind and d.mem_used is not None]
+        ax.barh(*zip(*rows), color=KIND_COLOURS.get(kind, "#555555"), label=f"in use ({kind})")
     for y, (t, note) in enumerate(zip(totals, notes)):
         ax.text(t, y, " " + note, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("GiB")
-    ax.set_xlim(0, max(totals + [1]) * 1.35)
     ax.set_title("Local devices: memory")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    top = max(totals + [1])
+    ax.set_xlim(0, top)
+    fig.draw_without_rendering()  # the constrained layout sizes the axes: then the notes can be measured against it
+    widest = max((t.get_window_extent().width for t in ax.texts), default=0) / ax.get_window_extent().width
+    ax.set_xlim(0, top / (1 - min(widest + 0.03, 0.7)))  # room right of the longest bar for its note
     return fig
 
 
