@@ -98,7 +98,8 @@ class Discovery:
         names = ", ".join(sorted({d.name for d in accel}))
         text = f"This machine has {f'{len(accel)} accelerator(s) ({names})' if accel else 'no accelerator'}"
         if cpus:
-            memory = f" with {cpus[0].mem_total / 2**30:.1f} GiB of memory" if cpus[0].mem_total else ""
+            # in the units of the table it closes (decimal GB), not the chart's GiB
+            memory = f" with {format_bytes(cpus[0].mem_total)} of memory" if cpus[0].mem_total else ""
             text += f" and {cpus[0].info.get('cores', '?')} usable CPU core(s){memory}"
         return text
 

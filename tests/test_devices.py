@@ -148,8 +148,8 @@ def test_the_discovery_sentence_names_what_was_found():
     cpu = devices.Device("cpu", 0, "cpu", 24 * 2**30, info={"cores": 16})
     found = devices.Discovery([*gpus, cpu])
     assert found.summary() == (
-        f"This machine has 8 accelerator(s) ({gpus[0].name}) and 16 usable CPU core(s) with 24.0 GiB of memory"
-    )
+        f"This machine has 8 accelerator(s) ({gpus[0].name}) and 16 usable CPU core(s) with 25.77 GB of memory"
+    )  # the units of the table above it (decimal GB: 24 GiB), not the chart's GiB beside a table in GB
     assert devices.Discovery([cpu]).summary().startswith("This machine has no accelerator and 16 usable CPU core(s)")
 
 
