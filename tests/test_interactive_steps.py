@@ -31,6 +31,17 @@ def test_the_yaml_view_points_at_the_fields_that_matter(plan):
     assert fields["spec.launcherCreationPolicy"] == "WaitForWorkersReady" and fields["Worker...readinessProbe"] == "yes"
 
 
+def test_the_plans_summary_wraps_its_prose_at_words_and_keeps_the_command_on_one_line(plan):
+    """The H100 run's page broke "(picked on this machine = automatic ...)" and the object list mid-word at the
+    output's edge; the training command stays one line, to copy into a shell whole."""
+    lines = plan.describe().splitlines()
+    *prose, train = lines
+    assert train == f"train        {plan.command_line}" and all(len(line) <= 100 for line in prose), lines
+    assert len(prose) > 5 and all(line[:13].strip() or line[13] != " " for line in prose)  # continued under the value
+    objects = [f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects if o["kind"] != "MPIJob"]
+    assert objects and all(any(name in line for line in prose) for name in objects)  # each one whole, on one line
+
+
 @pytest.mark.parametrize("step", ["submit", "wait", "hostfile", "shell", "delete"])
 def test_each_step_shows_a_kubectl_line_and_a_labkit_line_the_cli_accepts(plan, step):
     kubectl, labkit = (line.split(":", 1)[1].strip() for line in plan.equivalents(step).splitlines())

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,15 +167,18 @@ class InteractivePlan:
     def describe(self) -> str:
         s = self.spec
         others = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in self.objects if o["kind"] != "MPIJob")
-        return (
-            f"backend      {self.backend.name}\n"
-            f"job          {s.namespace}/{s.name}: {s.workers} worker(s) x {s.slots_per_worker} slot(s) = "
-            f"{self.ranks} rank(s), accelerator {s.accelerator} ({self.device_reason})\n"
-            f"image        {s.image}\n"
-            f"deadline     {s.deadline_seconds / 60:g} min (activeDeadlineSeconds {s.deadline_seconds})\n"
-            f"with it      {others or '-'}\n"
-            f"train        {self.command_line}"
-        )
+        rows = {
+            "backend": self.backend.name,
+            "job": f"{s.namespace}/{s.name}: {s.workers} worker(s) x {s.slots_per_worker} slot(s) = {self.ranks} "
+            f"rank(s), accelerator {s.accelerator} ({self.device_reason})",
+            "image": s.image,
+            "deadline": f"{s.deadline_seconds / 60:g} min (activeDeadlineSeconds {s.deadline_seconds})",
+            "with it": others or "-",
+        }
+        # prose wrapped at words (an output's edge breaks a long line anywhere); the command whole, to copy
+        wrap = dict(width=100, subsequent_indent=" " * 13, break_long_words=False, break_on_hyphens=False)
+        prose = [textwrap.fill(str(text), initial_indent=f"{label:<13}", **wrap) for label, text in rows.items()]
+        return "\n".join([*prose, f"{'train':<13}{self.command_line}"])
 
 
 def plan_interactive_job(
