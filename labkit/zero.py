@@ -129,9 +129,10 @@ def auto_ranks(world_size: int, device: str = "auto") -> tuple[int, str, str]:
         dev = devices.pick_device(device)
         devices.check_ranks_fit("world_size", world_size, dev)
         return world_size, dev, f"as asked: world_size={world_size}"
-    ranks, dev, why = devices.auto_ranks(device, at_least=2)
-    if dev == "cpu":
-        why += "; ZeRO needs 2 or more ranks to partition model states"
+    needs = "ZeRO needs 2 or more ranks to partition model states"
+    ranks, dev, why = devices.auto_ranks(device, at_least=2, needs=needs)
+    if dev == "cpu" and needs not in why:  # no GPU at all: still why two
+        why += f"; {needs}"
     elif ranks == 1:
         why += f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
     return ranks, dev, f"automatic: {why}"

@@ -166,7 +166,7 @@ def _fake_devices(monkeypatch, gpus: int) -> None:
     [
         (4, "auto", (4, "cuda"), "one rank per visible CUDA device (4)"),
         (4, "cuda", (4, "cuda"), "one rank per visible CUDA device (4)"),
-        (1, "auto", (2, "cpu"), "1 CUDA device(s) and the lesson needs 2 ranks"),
+        (1, "auto", (2, "cpu"), "1 CUDA device(s) and ZeRO needs 2 or more ranks to partition model states"),
         (1, "cuda", (1, "cuda"), "one rank partitions nothing"),  # an explicit device is kept, and the note says so
         (0, "auto", (2, "cpu"), "no GPU here"),
         (4, "cpu", (2, "cpu"), "device='cpu'"),
@@ -176,6 +176,7 @@ def test_automatic_world_size_fits_the_machine_and_says_why(monkeypatch, gpus, d
     _fake_devices(monkeypatch, gpus)
     ranks, dev, text = zero.auto_ranks(0, device)
     assert (ranks, dev) == expected and why in text and text.startswith("automatic")
+    assert "lesson" not in text and text.count("ranks to partition") <= 1, text  # said once, in ZeRO's own words
     plan = zero.make_plan("2M", 0, "0,1,2,3", device=device, dtype="fp32")
     assert (plan.world_size, plan.device, plan.why) == (ranks, dev, text)
     assert plan.partitions_nothing == (ranks == 1)
