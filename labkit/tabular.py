@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ INTERNAL_PATHS = sorted(
     {**_VENV, str(Path(__file__).resolve().parent.parent): "<labkit>", os.path.expanduser("~"): "~"}.items(),
     key=lambda kv: -len(kv[0]),
 )
+
+
+def wrapped(text: str, label: str = "", width: int = 100) -> str:
+    """`label` then `text`, wrapped at words to `width` columns and continued under the text (4 spaces without a label).
+    Jupyter shows a longer output line broken wherever its edge falls, mid-word (its CSS: word-break: break-all). For
+    prose: a command to copy stays one line."""
+    more = " " * len(label) if label else " " * 4
+    options = dict(break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(text, width, initial_indent=label, subsequent_indent=more, **options)
 
 
 def short_paths(text: str) -> str:

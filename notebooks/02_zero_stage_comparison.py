@@ -76,8 +76,8 @@ from labkit.plots import zero as zplots
 plan = zero.make_plan(params, world_size, stages, offload=offload, dtype=dtype, device=device, steps=steps)
 print(f"{plan.params:,} parameters: {plan.layers} x [Linear({plan.hidden}, {4 * plan.hidden}), GELU, "
       f"Linear({4 * plan.hidden}, {plan.hidden})], {plan.dtype}, {plan.world_size} x {plan.device}")
-print(f"ranks: {plan.world_size} x {plan.device} ({plan.why})")
-print("configurations:", ", ".join(v.label for v in plan.variants))
+print(tabular.wrapped(f"ranks: {plan.world_size} x {plan.device} ({plan.why})"))
+print(tabular.wrapped("configurations: " + ", ".join(v.label for v in plan.variants)))
 print("launch:", " ".join(plan.command()))
 
 # %% [markdown]

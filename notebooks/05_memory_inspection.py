@@ -67,8 +67,8 @@ plan = zero.make_plan(params, world_size, chapter.variant_token(stage, offload),
                       steps=steps, memory_summary=True)
 chapter.check_rank(rank, plan.world_size)
 calc = chapter.calculator(calc_params, calc_dtype, calc_stage, calc_world_size, calc_device)
-print(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, {plan.world_size} x {plan.device} "
-      f"({plan.why}); inspecting rank {rank}")
+print(tabular.wrapped(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, "
+                     f"{plan.world_size} x {plan.device} ({plan.why}); inspecting rank {rank}"))
 
 # %% [markdown]
 # ## Run it

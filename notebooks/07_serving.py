@@ -71,7 +71,7 @@ from labkit.serving import local
 config, ranks, why = local.plan(world_size, device, model=model, mode=mode, max_batch=max_batch)
 chapter.check_load(requests, concurrency)
 service = local.LocalService(config, ranks)
-print(f"{ranks} x {config.device} rank(s) ({why}); model {model}: {config.info.about}; mode {mode}")
+print(tabular.wrapped(f"{ranks} x {config.device} rank(s) ({why}); model {model}: {config.info.about}; mode {mode}"))
 print("launch:", tabular.short_paths(" ".join(service.command)))
 
 # %% [markdown]

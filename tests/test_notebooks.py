@@ -151,6 +151,21 @@ def test_short_paths_leaves_no_internal_path_for_the_output_check():
     assert tabular.short_paths("/usr/bin/mpirun") == "/usr/bin/mpirun"
 
 
+def test_a_plan_line_is_wrapped_at_words_for_an_output_that_breaks_lines_anywhere():
+    """Chapters 02, 05 and 07 printed their plan's why as one line; JupyterLab's output CSS (word-break: break-all)
+    showed 'ZeRO n' / 'eeds 2 or more ranks' on the GPU machine's page."""
+    from labkit import tabular
+
+    why = "ranks: 2 x cpu (automatic: 2 CPU ranks (gloo), because this machine has 1 CUDA device(s) and ZeRO needs 2 "
+    shown = tabular.wrapped(why + "or more ranks to partition model states)")
+    lines = shown.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines) and lines[1].startswith("    needs 2")
+    assert " ".join(shown.split()) == " ".join((why + "or more ranks to partition model states)").split())
+    label = tabular.wrapped("a/b: " + "word " * 30, "job          ").splitlines()
+    assert label[0].startswith("job          a/b:") and all(line.startswith(" " * 13) for line in label[1:])
+    assert tabular.wrapped("x" * 150) == "x" * 150  # a path or a command is never cut
+
+
 @pytest.mark.slow
 def test_a_saved_notebook_shows_each_progress_bar_as_it_ended(tmp_path):
     """nbconvert (and GitHub, CI logs) show a widget's text/plain, which was its first state: executed notebooks read

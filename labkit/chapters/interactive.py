@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import sys
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,10 +174,8 @@ class InteractivePlan:
             "deadline": f"{s.deadline_seconds / 60:g} min (activeDeadlineSeconds {s.deadline_seconds})",
             "with it": others or "-",
         }
-        # prose wrapped at words (an output's edge breaks a long line anywhere); the command whole, to copy
-        wrap = dict(width=100, subsequent_indent=" " * 13, break_long_words=False, break_on_hyphens=False)
-        prose = [textwrap.fill(str(text), initial_indent=f"{label:<13}", **wrap) for label, text in rows.items()]
-        return "\n".join([*prose, f"{'train':<13}{self.command_line}"])
+        prose = [tabular.wrapped(str(text), f"{label:<13}") for label, text in rows.items()]
+        return "\n".join([*prose, f"{'train':<13}{self.command_line}"])  # the command whole, to copy
 
 
 def plan_interactive_job(
