@@ -99,12 +99,12 @@ plan = cifar.plan(
     compile_model=compile_model,
 )
 cfg = plan.config
-print(f"world_size {plan.world_size} ({plan.why})")
-print(
+print(tabular.wrapped(f"world_size {plan.world_size} ({plan.why})"))
+print(tabular.wrapped(
     f"{cfg.data_kind} data, {plan.train_images:,} training images; {cfg.model} (width {cfg.width}); "
     f"{plan.world_size} rank(s) on {cfg.device} via {plan.launcher}; {cfg.dtype}, ZeRO-{cfg.stage}; "
     f"global batch {cfg.global_batch}; {cfg.epochs} epoch(s)" + ("; compiled (engine.compile)" if cfg.compile else "")
-)
+))
 if plan.start_step:
     print(f"resuming: the newest complete checkpoint is at step {plan.start_step} of {plan.total_steps}")
 

@@ -105,9 +105,9 @@ HTML(tabular.html_table(chapter.question_rows(plan.config, dynamo_backend), ["qu
 config_file = plan.config.write(plan.config_file())
 loaded = accelerate_route.load_with_accelerate(config_file)
 print(plan.config.to_yaml())
-print(f"accelerate reads it as {type(loaded).__name__}: {loaded.distributed_type}, ZeRO stage "
-      f"{loaded.deepspeed_config['zero_stage']}, {loaded.num_processes} process(es); saved as accelerate_config.yaml "
-      "in this run's folder")
+print(tabular.wrapped(f"accelerate reads it as {type(loaded).__name__}: {loaded.distributed_type}, ZeRO stage "
+                     f"{loaded.deepspeed_config['zero_stage']}, {loaded.num_processes} process(es); saved as "
+                     "accelerate_config.yaml in this run's folder"))
 print("the same file from a shell:", plan.config.command_line("--out accelerate_config.yaml"))
 
 # %% [markdown]
@@ -122,9 +122,9 @@ print("the same file from a shell:", plan.config.command_line("--out accelerate_
 print("command:", " ".join(launch.shown_command(plan.command())).replace(str(plan.run_dir), "RUN_DIR"))
 report = accelerate_route.run_training(plan, progress=True)
 r0 = report["ranks"][0]
-print(f"{len(report['ranks'])} rank(s), each a {r0['check']['engine']} at ZeRO stage {r0['check']['zero_stage']} "
-      f"({r0['optimizer_class']}); loss {r0['losses'][0]:.2f} -> {r0['losses'][-1]:.3f}; {report['wall_s']:.0f} s "
-      "including start-up")
+print(tabular.wrapped(f"{len(report['ranks'])} rank(s), each a {r0['check']['engine']} at ZeRO stage "
+                     f"{r0['check']['zero_stage']} ({r0['optimizer_class']}); loss {r0['losses'][0]:.2f} -> "
+                     f"{r0['losses'][-1]:.3f}; {report['wall_s']:.0f} s including start-up"))
 
 # %%
 display(tplots.loss_figure({f"rank {r['rank']}": r["losses"] for r in report["ranks"]},
