@@ -3,6 +3,7 @@ an encrypted channel, and for `labkit run` the run's work folder and a log file 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
@@ -37,11 +38,21 @@ class LoggedKernelManager(AsyncKernelManager):
 
     stderr_path = Unicode("", config=True, help="file the kernel's stderr is appended to ('': inherited)")
 
+    _shutting_down: asyncio.Future | None = None
+
     async def start_kernel(self, **kw: Any) -> None:
         if not self.stderr_path:
             return await super().start_kernel(**kw)
         with open(self.stderr_path, "ab") as log:  # Popen hands the kernel its own copy of the descriptor
             return await super().start_kernel(stderr=log, **kw)
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        """One shutdown at a time: a second call while one runs waits for it. On ^C or SIGTERM nbclient shuts the
+        kernel down twice at once (its signal handler's cleanup and its finally's), and two resolve jupyter_client's
+        `ready` future twice: InvalidStateError, logged with a Traceback (jupyter/jupyter_client#967)."""
+        if self._shutting_down is None or self._shutting_down.done():
+            self._shutting_down = asyncio.ensure_future(super().shutdown_kernel(now=now, restart=restart))
+        await asyncio.shield(self._shutting_down)  # a cancelled waiter leaves the shutdown running
 
 
 def kernel_options(work_dir: Path, log: Path) -> dict[str, Any]:

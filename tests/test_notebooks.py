@@ -189,9 +189,11 @@ _ = train.run_in_process(train.TrainConfig(synthetic=True, synthetic_train=128, 
                                            epochs=1, micro_batch=64, device="cpu"))
 """
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
-    # the runner's kernel settings (encrypted transport)
-    config = kernels.kernel_options(tmp_path, tmp_path / "kernel.log")["config"]
-    NotebookClient(nb, timeout=120, kernel_name="python3", config=config).execute(cwd=str(tmp_path))
+    # the runner's kernel (encrypted transport, one shutdown at a time; a bare AsyncKernelManager once failed here at
+    # shutdown on an H100 with jupyter_client's InvalidStateError)
+    options = kernels.kernel_options(tmp_path, tmp_path / "kernel.log")
+    kernel = {k: options[k] for k in ("config", "kernel_manager_class")}
+    NotebookClient(nb, timeout=120, kernel_name="python3", **kernel).execute(cwd=str(tmp_path))
     shown = [o["data"]["text/plain"] for o in nb.cells[0].outputs if "text/plain" in o.get("data", {})]
     assert "3/3" in shown[0] and "steps here: 100%" in shown[0], shown
     assert "rank 0 steps: 100%" in shown[1] and "2/2" in shown[1], shown

@@ -335,6 +335,26 @@ def test_an_interrupted_run_says_where_in_one_line_and_leaves_no_kernel(tmp_path
     assert not procs.alive(kernel)
 
 
+def test_two_shutdowns_at_once_stop_the_kernel_once_without_an_error(tmp_path, caplog):
+    """On ^C or SIGTERM nbclient shuts the kernel down twice (its signal handler's cleanup, then its own finally's).
+    Two at once resolve jupyter_client's `ready` future twice: InvalidStateError, logged with a Traceback
+    (jupyter/jupyter_client#967), which an H100 under load showed beside the interrupted run's one line."""
+    import asyncio
+
+    from labkit import kernels
+
+    async def twice() -> tuple[list, bool]:
+        km = kernels.LoggedKernelManager(kernel_name="python3", stderr_path=str(tmp_path / "kernel.log"))
+        await km.start_kernel()
+        pid = km.provisioner.pid
+        said = await asyncio.gather(km.shutdown_kernel(), km.shutdown_kernel(), return_exceptions=True)
+        return said, procs.alive(pid)
+
+    said, alive = asyncio.run(twice())
+    assert said == [None, None] and not alive
+    assert "InvalidStateError" not in caplog.text and "Traceback" not in caplog.text
+
+
 def test_a_figures_description_is_its_alt_text_on_the_page(tmp_path):
     """nbconvert wrote 'No description has been provided for this image' as the alt text of every figure of the
     report's pages, though each kit figure carries its description (labkit.plots.figure): a screen reader, or a page
