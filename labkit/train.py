@@ -346,9 +346,10 @@ def train(cfg: TrainConfig, arrays: data.CifarArrays | None = None, deadline: De
     run_only |= {"steps_per_epoch": per_epoch, "deepspeed_config": ds_config}
     metrics.write({"kind": "run", "step": start_step, **shared, **run_only})
     log_every = cfg.log_every or max(1, per_epoch // 10)
-    setup = f"{cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}, {total} steps"
-    what = f"{feed.train_size} images, {cfg.model} ({n_params:,} parameters), {world} rank(s)"
-    say(f"training on {kind} data: {what} on {setup}")
+    # two lines: a notebook's output breaks a longer one mid-word
+    say(f"training on {kind} data: {feed.train_size} images, {cfg.model} ({n_params:,} parameters)")
+    setup = f"{world} rank(s) on {cfg.device}, {cfg.dtype}, ZeRO-{cfg.stage}, global batch {cfg.global_batch}"
+    say(f"  {setup}, {total} steps")
 
     def save(step: int, epoch: int) -> None:
         with watchdog.paused():  # a save to a slow volume is no dead peer either

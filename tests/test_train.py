@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -554,6 +555,12 @@ def test_mpi_launchers_train_two_ranks(tmp_path, launcher):
     lines = "".join(said).splitlines()
     assert [line for line in lines if "epoch 1/1 [synthetic]: train loss" in line], lines
     assert not [line for line in lines if "step/s" in line and "epoch 1/1" in line], lines
+    # the headline in two lines a notebook shows whole (one of 128 characters broke mid-word there)
+    shown = [re.sub(r"\[\d+,\d+\]<stdout>:", "", line) for line in lines]  # mpirun's --tag-output, a bar's \r
+    head = next((i for i, line in enumerate(shown) if line.startswith("training on synthetic data: ")), None)
+    assert head is not None, lines
+    assert shown[head + 1].startswith("  2 rank(s) on cpu, fp32, ZeRO-") and shown[head + 1].endswith(", 10 steps")
+    assert all(len(line) <= 100 for line in shown[head : head + 2]), shown[head : head + 2]
     epoch = _epochs(result["records"])[0]
     assert epoch["images_per_s"] > 0 and 0 <= epoch["test_acc"] <= 1
 
