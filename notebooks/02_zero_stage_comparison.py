@@ -163,7 +163,7 @@ display(zplots.step_time_figure(report))
 # %%
 reference = zero.one_device_reference(plan, device)
 if reference is None:
-    print(f"Nothing to add: the comparison ran on {plan.world_size} x {plan.device} ({plan.why}).")
+    print(tabular.wrapped(f"Nothing to add: the comparison ran on {plan.world_size} x {plan.device} ({plan.why})."))
 else:
     ref_report = zero.run_plan(reference)
     one_rows = zero_stages.one_device_rows(report, ref_report)

@@ -126,8 +126,8 @@ display(Markdown(chapter.timeline_note(timeline)))
 if run["memory_summary"]:
     print(run["memory_summary"])  # torch.cuda.memory_summary() of rank 0 at the end of the run
 else:
-    print(f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors themselves; "
-          "on a GPU this cell prints torch.cuda.memory_summary() of rank 0.")
+    print(tabular.wrapped(f"No CUDA allocator on this run ({report['device']}): the counts above come from the tensors "
+                          "themselves; on a GPU this cell prints torch.cuda.memory_summary() of rank 0."))
 
 # %% [markdown]
 # ### The same run on this machine's one GPU
@@ -137,7 +137,7 @@ else:
 # %%
 reference = zero.one_device_reference(plan, device)
 if reference is None:
-    print(f"Nothing to add: this run used {plan.world_size} x {plan.device} ({plan.why}).")
+    print(tabular.wrapped(f"Nothing to add: this run used {plan.world_size} x {plan.device} ({plan.why})."))
 else:
     ref_report = zero.run_plan(reference)
     results.record("one_device", {"device": ref_report["device"],
