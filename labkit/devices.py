@@ -427,18 +427,17 @@ def auto_ranks(requested: str = "auto", *, at_least: int = 1, needs: str = "") -
 
     One rank per visible accelerator of the device `requested` resolves to; on a CPU, AUTO_CPU_RANKS ranks (gloo), so a
     lab stays distributed. A lesson that needs `at_least` ranks (ZeRO partitions nothing on one) takes CPU ranks when
-    an automatic device has fewer accelerators (`needs` says why it needs them); an explicitly requested device is
-    kept."""
+    an automatic device has fewer accelerators; an explicitly requested device is kept. `needs`: why the lesson needs
+    them, in its own words, said with every CPU fallback."""
     dev = pick_device(requested)
     have = device_count(dev) if dev != "cpu" else 0
     explicit = str(requested).strip().lower() != "auto"
     if have >= at_least or (have and explicit):
         return have, dev, f"one rank per visible {dev.upper()} device ({have})"
     if have:
-        needs = needs or f"the lesson needs {at_least} ranks"
-        reason = f"this machine has {have} {dev.upper()} device(s) and {needs}"
+        reason = f"this machine has {have} {dev.upper()} device(s) and {needs or f'the lesson needs {at_least} ranks'}"
     else:
-        reason = "device='cpu' was asked for" if explicit else "no GPU here"
+        reason = ("device='cpu' was asked for" if explicit else "no GPU here") + (f"; {needs}" if needs else "")
     return AUTO_CPU_RANKS, "cpu", f"{AUTO_CPU_RANKS} CPU ranks (gloo), because {reason}"
 
 

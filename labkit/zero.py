@@ -131,9 +131,7 @@ def auto_ranks(world_size: int, device: str = "auto") -> tuple[int, str, str]:
         return world_size, dev, f"as asked: world_size={world_size}"
     needs = "ZeRO needs 2 or more ranks to partition model states"
     ranks, dev, why = devices.auto_ranks(device, at_least=2, needs=needs)
-    if dev == "cpu" and needs not in why:  # no GPU at all: still why two
-        why += f"; {needs}"
-    elif ranks == 1:
+    if ranks == 1:  # one accelerator asked for by name: kept, and said to partition nothing
         why += f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
     return ranks, dev, f"automatic: {why}"
 

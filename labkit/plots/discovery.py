@@ -53,9 +53,9 @@ def device_memory_figure(devices: Sequence) -> Figure:
     fig = figure(7, 0.5 * max(len(devices), 2) + 1, alt)
     ax = fig.add_subplot()
     ax.barh(labels, totals, color="#d0d0d0", label="total")
-    known = [d for d in devices if d.mem_used is not None]
-    for kind in dict.fromkeys(d.kind for d in known):  # a legend entry per colour drawn
-        rows = [(label, u) for label, u, d in zip(labels, used, devices) if d.kind == kind and d.mem_used is not None]
+    known = [(label, u, d.kind) for label, u, d in zip(labels, used, devices) if d.mem_used is not None]
+    for kind in dict.fromkeys(k for _, _, k in known):  # a legend entry per colour drawn
+        rows = [(label, u) for label, u, k in known if k == kind]
         ax.barh(*zip(*rows), color=KIND_COLOURS.get(kind, "#555555"), label=f"in use ({kind})")
     for y, (t, note) in enumerate(zip(totals, notes)):
         ax.text(t, y, " " + note, va="center", fontsize=8)
