@@ -1,12 +1,32 @@
-"""Shared fixtures: notebooks executed once per session through the `labkit run` path, and a leak check."""
+"""Shared fixtures: notebooks executed once per session through the `labkit run` path, and leak checks."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
 from kit_testing import execute_once, kit_processes, wait_for_no_kit_processes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_temp_files(tmp_path_factory):
+    """After the whole suite (and its processes: checked after no_leaked_processes), nothing the kit or a test put in
+    the temp folder is left. The session's temp folder is one of its own (TMPDIR, which every process it starts
+    inherits), so another run on the machine is never taken for a leak; pytest's tmp_path folders keep their place."""
+    tmp_path_factory.getbasetemp()  # before TMPDIR changes: pytest's own folders and their retention stay as they are
+    own = tempfile.mkdtemp(prefix="lk-")  # short: Open MPI puts its session folders and sockets under TMPDIR
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", own)
+        mp.setattr(tempfile, "tempdir", own)
+        yield
+    # torch's compile cache (torchinductor_<user>) is meant to outlive a run: procs.own_tmpdir keeps it where torch does
+    left = sorted(name for name in os.listdir(own) if not name.startswith("torchinductor_"))
+    shutil.rmtree(own, ignore_errors=True)
+    assert not left, f"left in the temp folder ($TMPDIR) after the test suite: {', '.join(left)}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,6 +205,7 @@ def api_process():
             os.kill(pid, signal.SIGKILL)
         for path in set(Path("/tmp").glob("labkit-exec-*.pid")) - pidfiles:  # in the pod's /tmp: gone with the pod
             path.unlink(missing_ok=True)
+        shutil.rmtree(Path(kubeconfig).parent, ignore_errors=True)  # a killed fake could not remove its own folder
 
 
 def exec_in_thread(backend, argv, timeout, on_output):
