@@ -120,6 +120,9 @@ class TorchBuild:
     cuda_devices: tuple[str, ...] = ()
     nccl: str | None = None  # "2.27.7"
     error: str | None = None
+    # Whether torch's CPU kernels (oneDNN) do bf16 here: without it (a CPU with no AVX-512, e.g. AVX2 only) a bf16
+    # matmul falls back to a plain loop, hundreds of times slower than fp32. None: not known (no torch).
+    cpu_bf16: bool | None = None
 
     @property
     def gpu_build(self) -> bool:
@@ -135,14 +138,18 @@ def torch_build() -> TorchBuild:
     except Exception as exc:  # ImportError, or a broken install raising OSError on a missing library
         return TorchBuild(error=f"{type(exc).__name__}: {exc}")
     cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
+    try:
+        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # what torch's own bf16 CPU paths ask
+    except Exception:  # a build without oneDNN
+        cpu_bf16 = None
     if not ((cuda or hip) and torch.cuda.is_available()):
-        return TorchBuild(torch.__version__, cuda, hip)
+        return TorchBuild(torch.__version__, cuda, hip, cpu_bf16=cpu_bf16)
     devices = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     try:
         nccl = ".".join(str(p) for p in torch.cuda.nccl.version())
     except Exception:  # builds without NCCL
         nccl = None
-    return TorchBuild(torch.__version__, cuda, hip, True, devices, nccl)
+    return TorchBuild(torch.__version__, cuda, hip, True, devices, nccl, cpu_bf16=cpu_bf16)
 
 
 def dist_version(name: str) -> str | None:

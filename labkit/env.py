@@ -253,7 +253,14 @@ def check_mpirun() -> Check:
     return check(PASS, f"{version} ({exe})")
 
 
-def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping[str, str] | None = None) -> Check:
+def check_cpu(
+    cores: int | None = None,
+    logical: int | None = None,
+    env: Mapping[str, str] | None = None,
+    bf16: bool | None = None,
+) -> Check:
+    """Cores for CPU ranks, their threads, and whether torch computes bf16 natively here (`bf16`: TorchBuild.cpu_bf16;
+    chapters 02 and 05 train their CPU ranks in bf16, the paper's mixed precision)."""
     check, threads = _checker("CPU", "system"), (os.environ if env is None else env).get("OMP_NUM_THREADS")
     cores = cores or usable_cores()
     detail = f"{cores} usable core(s) of {logical or os.cpu_count() or 1}"
@@ -261,7 +268,11 @@ def check_cpu(cores: int | None = None, logical: int | None = None, env: Mapping
     if threads and threads.isdigit() and int(threads) > cores:
         detail += " (more threads than cores: ranks oversubscribe and run many times slower)"
         return check(WARN, detail, f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)")
-    return check(PASS, detail)
+    if bf16 is False:
+        detail += "; no native bf16 (no AVX-512): bf16 on CPU ranks runs several times slower"
+        fix = "expected on CPUs without AVX-512: chapters 02 and 05 (bf16 by default) take longer; -p dtype fp32 is"
+        return check(WARN, detail, fix + " faster, but shows fp32 training's model states instead of the paper's")
+    return check(PASS, detail + ("; native bf16" if bf16 else ""))
 
 
 def check_shm(path: str | Path = "/dev/shm") -> Check:
@@ -446,7 +457,7 @@ def run_checks(
         ("DeepSpeed ops (JIT)", ops),
         ("TORCH_CUDA_ARCH_LIST", lambda: check_torch_cuda_arch_list(env.get("TORCH_CUDA_ARCH_LIST"), arch_list_gpu)),
         *[(dist, lambda d=dist: check_package(d)) for dist in PACKAGES if dist != "mpi4py"],
-        ("CPU", lambda: check_cpu(env=env)),
+        ("CPU", lambda: check_cpu(env=env, bf16=torch_info.cpu_bf16)),
         ("/dev/shm", check_shm),
         ("huge pages", lambda: check_hugepages(meminfo.read_text() if meminfo.exists() else "", found(HPU))),
         ("NCCL_DEBUG", lambda: check_nccl_debug(env)),

@@ -30,8 +30,8 @@
 #
 # Before anything trains, find out what this machine can do. This chapter runs the same checks as `labkit check`:
 # Python, the torch build (CPU, CUDA or Gaudi), NCCL, DeepSpeed and which of its C++/CUDA ops can be compiled here
-# (in the spirit of `ds_report`), the notebook tooling, `/dev/shm`, huge pages, the NCCL variables, MPI and the
-# Kubernetes configuration.
+# (in the spirit of `ds_report`), the notebook tooling, the CPU (cores, and whether torch computes bf16 natively),
+# `/dev/shm`, huge pages, the NCCL variables, MPI and the Kubernetes configuration.
 #
 # Each check ends as **pass**, **warn** or **fail**, with a fix. A check *fails* only when the kit itself cannot work
 # (no torch, no DeepSpeed, no notebook runner, a `TORCH_CUDA_ARCH_LIST` that breaks DeepSpeed's op builds on a GPU
