@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labkit import devices
+from labkit import devices, zero
 from labkit.chapters import exercises
 from labkit.errors import ConfigError
 
@@ -49,6 +49,11 @@ def test_answers_follow_the_machine_and_the_papers_16_bytes(monkeypatch):
     monkeypatch.setattr(devices, "hpu_status", lambda: (False, "hidden"))
     ranks, device, why = exercises.automatic_ranks_answer()
     assert (ranks, device) == (2, "cpu") and "no GPU here" in why
+    # the ZeRO chapters' own words (chapter 00 said 'the lesson needs 2 ranks' where 02 says why ZeRO needs them)
+    assert (
+        why.endswith("ZeRO needs 2 or more ranks to partition model states")
+        and f"automatic: {why}" == (zero.auto_ranks(0)[2])
+    )
 
 
 def test_the_chapters_checks_do_not_give_the_answer_away_before_a_prediction():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from labkit import devices, memory
+from labkit import memory, zero
 from labkit.errors import ConfigError
 from labkit.tabular import format_percent
 
@@ -79,8 +79,10 @@ def _nums(value: float | None, answer: float | None, none: str = "") -> tuple[st
 
 
 def automatic_ranks_answer() -> tuple[int, str, str]:
-    """Notebook 00: (ranks, device, why) that world_size=0 gives the ZeRO chapters (which need 2 ranks) here."""
-    return devices.auto_ranks("auto", at_least=2)
+    """Notebook 00: (ranks, device, why) that world_size=0 gives the ZeRO chapters here: their own answer
+    (zero.auto_ranks), so chapter 00 says what 02 and 05 will print."""
+    ranks, device, why = zero.auto_ranks(0)
+    return ranks, device, why.removeprefix("automatic: ")
 
 
 def largest_device(devices: list):
