@@ -129,11 +129,17 @@ def auto_ranks(world_size: int, device: str = "auto") -> tuple[int, str, str]:
         dev = devices.pick_device(device)
         devices.check_ranks_fit("world_size", world_size, dev)
         return world_size, dev, f"as asked: world_size={world_size}"
+    ranks, dev, why = automatic_ranks(device)
+    return ranks, dev, f"automatic: {why}"
+
+
+def automatic_ranks(device: str = "auto") -> tuple[int, str, str]:
+    """(ranks, device, why) of world_size 0: `devices.auto_ranks` needing 2 ranks, in ZeRO's words."""
     needs = "ZeRO needs 2 or more ranks to partition model states"
     ranks, dev, why = devices.auto_ranks(device, at_least=2, needs=needs)
     if ranks == 1:  # one accelerator asked for by name: kept, and said to partition nothing
         why += f"; {ONE_RANK_NOTE.split(':')[0].lower()}"
-    return ranks, dev, f"automatic: {why}"
+    return ranks, dev, why
 
 
 @dataclass

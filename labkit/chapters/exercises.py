@@ -80,9 +80,8 @@ def _nums(value: float | None, answer: float | None, none: str = "") -> tuple[st
 
 def automatic_ranks_answer() -> tuple[int, str, str]:
     """Notebook 00: (ranks, device, why) that world_size=0 gives the ZeRO chapters here: their own answer
-    (zero.auto_ranks), so chapter 00 says what 02 and 05 will print."""
-    ranks, device, why = zero.auto_ranks(0)
-    return ranks, device, why.removeprefix("automatic: ")
+    (zero.automatic_ranks), so chapter 00 says what 02 and 05 will print."""
+    return zero.automatic_ranks()
 
 
 def largest_device(devices: list):
