@@ -6,8 +6,9 @@ Playwright, each notebook run with "Run All" and checked the way a learner would
 Per notebook: no error output; every widget rendered as a widget (not its text repr) and answering an interaction
 (a dropdown changed or a slider moved re-renders its output); every figure loaded as an image; the closing
 "What this run showed" section present. A full-page screenshot goes to OUT/<notebook>.png. Playwright's own browser
-is never downloaded: `/usr/bin/chromium` is used (recipe: ../shared/notes/notebooks.md). The server, kernels and the
-browser are stopped on any exit.
+is never downloaded: the machine's own is used (`chromium_path`: $LABKIT_CHROMIUM, else Debian's /usr/bin/chromium,
+else Chromium or Google Chrome on PATH; recipe: ../shared/notes/notebooks.md). The server, kernels and the browser are
+stopped on any exit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from pathlib import Path
 from labkit import launch, notebooks, procs
 from labkit.errors import LabkitError
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, what `make install` installs as root
+# Elsewhere (Ubuntu has no `chromium` package, macOS none at all) the browser a user already has, by its usual names.
+BROWSER_NAMES = ("chromium", "google-chrome-stable", "google-chrome", "chromium-browser")
+BROWSER_ENV = "LABKIT_CHROMIUM"
 BROWSER_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
@@ -111,10 +115,27 @@ class BrowserRun:
         return not self.problems
 
 
+def chromium_path() -> Path | None:
+    """The browser to drive: $LABKIT_CHROMIUM if set, else /usr/bin/chromium, else the first BROWSER_NAMES on PATH."""
+    if chosen := os.environ.get(BROWSER_ENV):
+        return Path(chosen)
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    found = (shutil.which(name) for name in BROWSER_NAMES)
+    return next((Path(path) for path in found if path), None)
+
+
 def why_not_runnable() -> str | None:
     """One line saying what is missing to drive a browser here, or None."""
-    if not CHROMIUM.is_file():
-        return f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); `make e2e` does it as root"
+    browser = chromium_path()
+    if browser is None:
+        return (
+            f"no Chromium found ({CHROMIUM}, or {', '.join(BROWSER_NAMES)} on PATH): on Debian"
+            " `apt-get install chromium` (`make install` does it as root); elsewhere install Chromium or Google Chrome,"
+            f" or set {BROWSER_ENV} to its executable"
+        )
+    if not (browser.is_file() and os.access(browser, os.X_OK)):
+        return f"{BROWSER_ENV}={browser} is not an executable file: set it to a Chromium or Chrome binary, or unset it"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -217,7 +238,7 @@ def run_notebooks(paths: list[Path], out_dir: str | Path, *, cell_timeout_s: flo
         for nb in paths:  # a fresh, output-free copy: autosave may write outputs into what it opened
             shutil.copy(nb, root / nb.name)
         with jupyterlab(root) as (base, token), sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+            browser = pw.chromium.launch(executable_path=str(chromium_path()), headless=True, args=BROWSER_ARGS)
             try:
                 for nb in paths:
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -94,15 +94,26 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 || 
   fi
 fi
 
-# 1b. Debian's Chromium for the browser tests (make e2e, part of make test): Playwright drives it; its own browser
-#     download is never used.
-if [ ! -x /usr/bin/chromium ]; then
+# 1b. A Chromium for the browser tests (make e2e, part of make test): Playwright drives it; its own browser download
+#     is never used. The lookup is labkit.e2e.chromium_path's: $LABKIT_CHROMIUM, /usr/bin/chromium, else on PATH.
+have_browser() {
+  local name
+  [ -n "${LABKIT_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] && return 0
+  for name in chromium google-chrome-stable google-chrome chromium-browser; do
+    command -v "$name" >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+if ! have_browser; then
   if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     say "installing chromium with apt-get (browser tests)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    # Ubuntu has no `chromium` deb (only a snap): say so instead of stopping the install
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+      || say "WARNING: apt-get could not install chromium: install Chromium or Google Chrome, or set LABKIT_CHROMIUM"
   else
-    say "WARNING: /usr/bin/chromium not found and apt-get not usable: the browser tests (make e2e) cannot run"
+    say "WARNING: no Chromium found and apt-get not usable: the browser tests (make e2e) cannot run until you install" \
+      "Chromium or Google Chrome, or set LABKIT_CHROMIUM"
   fi
 fi
 

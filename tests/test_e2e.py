@@ -59,3 +59,39 @@ def test_the_ci_subset_of_chapters_runs_clean_in_jupyterlab(tmp_path):
     failed = {r.notebook: {"screenshot": r.screenshot, "problems": r.problems} for r in runs if not r.passed}
     assert not failed, failed  # the CI log names the screenshot and the first error output
     assert all(r.interactions and all(i.endswith("output changed") for i in r.interactions) for r in runs)
+
+
+def test_the_browser_is_found_where_each_system_puts_it(tmp_path, monkeypatch):
+    """Debian's /usr/bin/chromium first; where it is missing (Ubuntu, macOS) a Chromium or Chrome on PATH; an explicit
+    LABKIT_CHROMIUM wins, and a wrong one is named with its fix, as is a machine with no browser at all."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    chrome = fake_bin / "google-chrome"
+    chrome.write_text("#!/bin/sh\n")
+    chrome.chmod(0o755)
+    monkeypatch.delenv(e2e.BROWSER_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    monkeypatch.setattr(e2e, "CHROMIUM", tmp_path / "debian" / "chromium")  # not on this "machine"
+    assert e2e.chromium_path() == chrome
+
+    debian = tmp_path / "debian" / "chromium"
+    debian.parent.mkdir()
+    debian.write_text("#!/bin/sh\n")
+    debian.chmod(0o755)
+    assert e2e.chromium_path() == debian  # Debian's package before whatever PATH holds
+
+    monkeypatch.setenv(e2e.BROWSER_ENV, str(chrome))
+    assert e2e.chromium_path() == chrome
+
+    monkeypatch.setenv(e2e.BROWSER_ENV, str(tmp_path / "no-such-browser"))
+    assert e2e.why_not_runnable() == (
+        f"LABKIT_CHROMIUM={tmp_path / 'no-such-browser'} is not an executable file: set it to a Chromium or Chrome"
+        " binary, or unset it"
+    )
+
+    monkeypatch.delenv(e2e.BROWSER_ENV)
+    debian.unlink()
+    chrome.unlink()
+    missing = e2e.why_not_runnable()
+    assert missing.startswith("no Chromium found") and "apt-get install chromium" in missing
+    assert "google-chrome" in missing and "set LABKIT_CHROMIUM" in missing
