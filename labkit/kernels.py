@@ -26,6 +26,20 @@ def transport_encryption() -> str:
     return "auto" if zmq.has("curve") else "disabled"
 
 
+# tornado >= 6.5 reads jupyter_server's ping settings, which are in milliseconds, as seconds and warns in `make lab`'s
+# terminal each time a notebook connects: "The websocket_ping_timeout (90000) cannot be longer than the
+# websocket_ping_interval (30000)" (jupyter-server/jupyter_server#1612, open; its base/websocket.py keeps its own 30 s
+# ping and 90 s timeout, which still work). Nothing a learner can act on. scripts/jupyter-config/ installs the filter.
+PING_NOTICE = "The websocket_ping_timeout ("
+
+
+class PingNoticeFilter(logging.Filter):
+    """Drops tornado's notice above, and nothing else, from a Jupyter server's log (a logging.config filter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(PING_NOTICE)
+
+
 def jupyter_options() -> list[str]:
     """The same choice as options of a Jupyter server (`jupyter lab`)."""
     return [f"--KernelManager.transport_encryption={transport_encryption()}"]

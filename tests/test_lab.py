@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import subprocess
 import sys
@@ -123,6 +124,21 @@ def test_make_lab_prints_its_url_with_the_token_once_and_serves_it(tmp_path):
     rest = proc.stdout.read()
     assert token not in rest, rest[-2000:]  # printed once
     assert "without encryption" not in rest, rest[-2000:]
+    # tornado's ping notice on every websocket connect (jupyter_server#1612): nothing a learner can act on
+    assert "websocket_ping_timeout" not in rest, rest[-2000:]
+
+
+def test_the_lab_log_filter_drops_only_tornados_ping_notice():
+    def record(message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("tornado.general", logging.WARNING, "websocket.py", 1, message, args, None)
+
+    notice = record("The websocket_ping_timeout (%s) cannot be longer than the websocket_ping_interval (%s).", 9, 3)
+    keep = kernels.PingNoticeFilter()
+    assert not keep.filter(notice)
+    assert keep.filter(record("WebSocket ping timeout after %i ms.", 90001))  # jupyter_server's own: a real problem
+    config = json.loads((ROOT / "scripts" / "jupyter-config" / "jupyter_server_config.json").read_text())
+    logging_config = config["ServerApp"]["logging_config"]
+    assert logging_config["filters"]["ping_notice"]["()"] == "labkit.kernels.PingNoticeFilter"
 
 
 def test_where_pyzmq_has_no_curve_the_kernels_start_unencrypted_rather_than_refused(monkeypatch):
