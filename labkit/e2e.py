@@ -35,6 +35,7 @@ from labkit.errors import LabkitError
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, what `make install` installs as root
 # Elsewhere (Ubuntu has no `chromium` package, macOS none at all) the browser a user already has, by its usual names.
 BROWSER_NAMES = ("chromium", "google-chrome-stable", "google-chrome", "chromium-browser")
+MACOS_BROWSERS = tuple(Path(f"/Applications/{app}.app/Contents/MacOS/{app}") for app in ("Google Chrome", "Chromium"))
 BROWSER_ENV = "LABKIT_CHROMIUM"
 BROWSER_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -116,13 +117,14 @@ class BrowserRun:
 
 
 def chromium_path() -> Path | None:
-    """The browser to drive: $LABKIT_CHROMIUM if set, else /usr/bin/chromium, else the first BROWSER_NAMES on PATH."""
+    """The browser to drive: $LABKIT_CHROMIUM if set, else /usr/bin/chromium, else the first BROWSER_NAMES on PATH,
+    else macOS's Google Chrome or Chromium app."""
     if chosen := os.environ.get(BROWSER_ENV):
         return Path(chosen)
     if CHROMIUM.is_file():
         return CHROMIUM
     found = (shutil.which(name) for name in BROWSER_NAMES)
-    return next((Path(path) for path in found if path), None)
+    return next((Path(path) for path in found if path), None) or next((p for p in MACOS_BROWSERS if p.is_file()), None)
 
 
 def why_not_runnable() -> str | None:
@@ -130,7 +132,7 @@ def why_not_runnable() -> str | None:
     browser = chromium_path()
     if browser is None:
         return (
-            f"no Chromium found ({CHROMIUM}, or {', '.join(BROWSER_NAMES)} on PATH): on Debian"
+            f"no Chromium found ({CHROMIUM}, {', '.join(BROWSER_NAMES)} on PATH, or a macOS Chrome app): on Debian"
             " `apt-get install chromium` (`make install` does it as root); elsewhere install Chromium or Google Chrome,"
             f" or set {BROWSER_ENV} to its executable"
         )

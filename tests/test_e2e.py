@@ -72,7 +72,14 @@ def test_the_browser_is_found_where_each_system_puts_it(tmp_path, monkeypatch):
     monkeypatch.delenv(e2e.BROWSER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(fake_bin))
     monkeypatch.setattr(e2e, "CHROMIUM", tmp_path / "debian" / "chromium")  # not on this "machine"
+    mac_app = tmp_path / "Applications" / "Google Chrome.app" / "Contents" / "MacOS" / "Google Chrome"
+    monkeypatch.setattr(e2e, "MACOS_BROWSERS", (mac_app,))
     assert e2e.chromium_path() == chrome
+    chrome.rename(tmp_path / "elsewhere")
+    mac_app.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").rename(mac_app)
+    assert e2e.chromium_path() == mac_app  # macOS: the app bundle, which is on no PATH
+    mac_app.rename(chrome)
 
     debian = tmp_path / "debian" / "chromium"
     debian.parent.mkdir()
