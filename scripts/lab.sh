@@ -15,7 +15,7 @@ read -ra extra <<< "$kernels"
 if [ "$(id -u)" = 0 ]; then extra+=(--allow-root); fi  # a workshop VM or container often runs as root
 # The kit's server config beside the user's own (which still load): a log without tornado's ping notice, which upstream
 # prints on every notebook connect (labkit/kernels.py, PingNoticeFilter).
-export JUPYTER_CONFIG_PATH="$PWD/scripts/jupyter-config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
+export JUPYTER_CONFIG_PATH="$(cd "$(dirname "$0")" && pwd)/jupyter-config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 echo "JupyterLab: http://${ip}:${port}/lab?token=${token}"
 exec "$VENV/bin/jupyter" lab --ServerApp.root_dir=notebooks --ip="$ip" --port="$port" --ServerApp.port_retries=0 \
   --IdentityProvider.token="$token" --log-level=WARN --LabApp.log_level=WARN --no-browser "${extra[@]}"
