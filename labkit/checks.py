@@ -132,16 +132,23 @@ class TorchBuild:
         return f"CUDA {self.cuda} build" if self.cuda else (f"ROCm {self.hip} build" if self.hip else "CPU build")
 
 
+def native_cpu_bf16() -> bool | None:
+    """TorchBuild.cpu_bf16: whether torch's CPU kernels compute bf16 natively here; None where torch cannot say."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # what torch's own bf16 CPU paths ask
+    except Exception:  # no torch, or a build without oneDNN
+        return None
+
+
 def torch_build() -> TorchBuild:
     try:
         import torch
     except Exception as exc:  # ImportError, or a broken install raising OSError on a missing library
         return TorchBuild(error=f"{type(exc).__name__}: {exc}")
     cuda, hip = torch.version.cuda, getattr(torch.version, "hip", None)
-    try:
-        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # what torch's own bf16 CPU paths ask
-    except Exception:  # a build without oneDNN
-        cpu_bf16 = None
+    cpu_bf16 = native_cpu_bf16()
     if not ((cuda or hip) and torch.cuda.is_available()):
         return TorchBuild(torch.__version__, cuda, hip, cpu_bf16=cpu_bf16)
     devices = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

@@ -269,9 +269,9 @@ def check_cpu(
         detail += " (more threads than cores: ranks oversubscribe and run many times slower)"
         return check(WARN, detail, f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)")
     if bf16 is False:
-        detail += "; no native bf16 in torch on this CPU (x86 needs AVX-512): bf16 CPU ranks run several times slower"
-        fix = "expected on many laptops: chapters 02 and 05 (bf16 by default) take longer; dtype='fp32' (labkit run"
-        fix += " -p dtype fp32) is faster, but shows fp32 training's model states, not the paper's"
+        detail += "; no native bf16 in torch on this CPU (x86 needs AVX-512): bf16 matrix products run far slower"
+        fix = "expected on many laptops: chapters 02 and 05 (bf16) then train on 1 x 4 tokens per step, which keeps"
+        fix += " them fast; elsewhere prefer dtype='fp32' on this CPU (labkit train --dtype fp32)"
         return check(WARN, detail, fix)
     return check(PASS, detail + ("; native bf16" if bf16 else ""))
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from labkit import devices, host, launch, memory
+from labkit import checks, devices, host, launch, memory
 from labkit.errors import ConfigError, LabkitError, check_choice, check_int, check_number
 from labkit.progress import bar as progress_bar
 from labkit.sizing import TRAINING_HEADROOM
@@ -163,12 +163,19 @@ class ZeroPlan:
     memory_summary: bool = False
     timeout_s: float = 900.0
     why: str = ""  # how world_size and device were chosen, in one line (notebooks print it)
+    batch_why: str = ""  # why micro_batch x seq is smaller than the device's default, if it is (notebooks print it)
     fail_rank: int | None = None  # test hook: make this rank raise
     fail_at: str = "step"
 
     @property
     def params(self) -> int:
         return memory.mlp_params(self.hidden, self.layers)
+
+    @property
+    def batch(self) -> str:
+        """The batch in words, with why it is smaller than the device's default where it is."""
+        why = f" ({self.batch_why})" if self.batch_why else ""
+        return f"{self.micro_batch} x {self.seq} tokens per rank and step{why}"
 
     @property
     def tensor_numels(self) -> list[int]:
@@ -260,11 +267,17 @@ def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", d
         problem = f"a {actual:,}-parameter model is too small to partition over {ranks} ranks (each would own "
         problem += f"fewer than {MIN_ELEMENTS_PER_RANK:,} elements)"
         raise ConfigError("params", problem, "use a larger model or fewer ranks")
-    gpu_like = dev in ("cuda", "hpu")
-    run["micro_batch"] = run.get("micro_batch") or (8 if gpu_like else 2)
-    run["seq"] = run.get("seq") or (512 if gpu_like else 16)
+    gpu_like, dtype = dev in ("cuda", "hpu"), resolve_dtype(dtype, dev)
+    batch, seq = (8, 512) if gpu_like else (2, 16)
+    chosen = run.get("micro_batch") or run.get("seq")  # 0: by device
+    if not gpu_like and dtype == "bf16" and not chosen and checks.native_cpu_bf16() is False:
+        # bf16 matmuls hundreds of times slower than fp32 (no AVX-512): 8x fewer tokens made a CPU step 3.7x faster
+        # (docs/benchmarks.md); model states, the lesson, do not depend on the batch
+        batch, seq = 1, 4
+        run["batch_why"] = "not 2 x 16: this CPU has no native bf16, and model states do not depend on the batch"
+    run["micro_batch"], run["seq"] = run.get("micro_batch") or batch, run.get("seq") or seq
     run |= {"bucket_size": hidden * hidden + (hidden * hidden) % 2, "why": why}
-    plan = ZeroPlan(n_params, hidden, layers, ranks, dev, resolve_dtype(dtype, dev), variants, **run)
+    plan = ZeroPlan(n_params, hidden, layers, ranks, dev, dtype, variants, **run)
     check_memory(plan, host.memory_available(), devices.device_memory(dev))
     return plan
 

@@ -77,6 +77,7 @@ plan = zero.make_plan(params, world_size, stages, offload=offload, dtype=dtype, 
 print(f"{plan.params:,} parameters: {plan.layers} x [Linear({plan.hidden}, {4 * plan.hidden}), GELU, "
       f"Linear({4 * plan.hidden}, {plan.hidden})], {plan.dtype}, {plan.world_size} x {plan.device}")
 print(tabular.wrapped(f"ranks: {plan.world_size} x {plan.device} ({plan.why})"))
+print(tabular.wrapped(f"batch: {plan.batch}"))
 print(tabular.wrapped("configurations: " + ", ".join(v.label for v in plan.variants)))
 print("launch:", " ".join(plan.command()))
 

@@ -69,6 +69,7 @@ chapter.check_rank(rank, plan.world_size)
 calc = chapter.calculator(calc_params, calc_dtype, calc_stage, calc_world_size, calc_device)
 print(tabular.wrapped(f"run: {plan.variants[0].label}, {plan.params:,} parameters, {plan.dtype}, "
                      f"{plan.world_size} x {plan.device} ({plan.why}); inspecting rank {rank}"))
+print(tabular.wrapped(f"batch: {plan.batch}"))
 
 # %% [markdown]
 # ## Run it

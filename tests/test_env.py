@@ -255,12 +255,13 @@ def test_cpu_thread_oversubscription_warns():
     assert env.check_cpu(2, 2, {"OMP_NUM_THREADS": "1"}).status == PASS
 
 
-def test_a_cpu_without_native_bf16_warns_and_says_what_fp32_costs():
+def test_a_cpu_without_native_bf16_warns_and_says_what_the_chapters_do_about_it():
     """On a host with AVX2 and no AVX-512, torch's bf16 matmul ran 0.29 GFLOPS against 85 in fp32, and chapter 02
-    (bf16 on its CPU ranks) took 108 s instead of 30: the check says so before a learner waits for it."""
+    (bf16 on its CPU ranks) took 108 s instead of 30: the check says so, and that chapters 02 and 05 then train on
+    fewer tokens (zero.make_plan), and what to pick elsewhere."""
     slow = env.check_cpu(2, 2, {}, bf16=False)
     assert slow.status == WARN and "no native bf16" in slow.detail
-    assert "-p dtype fp32" in slow.fix and "02 and 05" in slow.fix and "paper" in slow.fix
+    assert "02 and 05" in slow.fix and "1 x 4 tokens" in slow.fix and "--dtype fp32" in slow.fix
     fast = env.check_cpu(2, 2, {}, bf16=True)
     assert fast.status == PASS and fast.detail.endswith("; native bf16")
     assert env.check_cpu(2, 2, {}).status == PASS  # not known (no torch): nothing claimed

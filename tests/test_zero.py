@@ -162,6 +162,34 @@ def _fake_devices(monkeypatch, gpus: int) -> None:
 
 
 @pytest.mark.parametrize(
+    "native, dtype, asked, expected",
+    [
+        (False, "auto", {}, (1, 4)),  # bf16 on a CPU without native bf16: a smaller batch, said so
+        (True, "auto", {}, (2, 16)),
+        (None, "auto", {}, (2, 16)),  # torch cannot say: the usual batch
+        (False, "fp32", {}, (2, 16)),  # fp32 is fast there
+        (False, "auto", {"micro_batch": 2, "seq": 8}, (2, 8)),  # what the user asked is kept
+    ],
+)
+def test_cpu_ranks_without_native_bf16_train_on_fewer_tokens_and_say_why(monkeypatch, native, dtype, asked, expected):
+    """Chapter 02 took 105 s on a 2-core CPU without AVX-512 and 46 s with 1 x 4 tokens per step instead of 2 x 16
+    (docs/benchmarks.md): model states, the lesson, do not depend on the batch, and the plan says why it is smaller."""
+    from labkit import checks
+
+    _fake_devices(monkeypatch, 0)
+    monkeypatch.setattr(checks, "native_cpu_bf16", lambda: native)
+    plan = zero.make_plan("2M", 0, "0,3", dtype=dtype, **asked)
+    assert (plan.micro_batch, plan.seq) == expected
+    smaller = expected == (1, 4)
+    assert plan.batch.startswith(f"{expected[0]} x {expected[1]} tokens per rank and step")
+    assert ("no native bf16" in plan.batch) is smaller and ("not 2 x 16" in plan.batch) is smaller
+    assert plan.to_dict()["seq"] == expected[1]  # what the ranks get
+    _fake_devices(monkeypatch, 2)
+    gpu = zero.make_plan("2M", 0, "0,3", device="cuda", dtype="fp32")
+    assert (gpu.micro_batch, gpu.seq, gpu.batch_why) == (8, 512, "")
+
+
+@pytest.mark.parametrize(
     "gpus,device,expected,why",
     [
         (4, "auto", (4, "cuda"), "one rank per visible CUDA device (4)"),
