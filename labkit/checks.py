@@ -132,6 +132,11 @@ class TorchBuild:
         return f"CUDA {self.cuda} build" if self.cuda else (f"ROCm {self.hip} build" if self.hip else "CPU build")
 
 
+# The ZeRO probe's micro-batch x sequence on a CPU without native bf16 (zero.make_plan; `labkit check` says so):
+# model states, its lesson, do not depend on the batch, and 8x fewer tokens made a step 3.7x faster (docs/benchmarks.md)
+SLOW_BF16_CPU_BATCH = (1, 4)
+
+
 def native_cpu_bf16() -> bool | None:
     """TorchBuild.cpu_bf16: whether torch's CPU kernels compute bf16 natively here; None where torch cannot say."""
     try:

@@ -21,6 +21,7 @@ from typing import Any
 from labkit.checks import (
     FAIL,
     PASS,
+    SLOW_BF16_CPU_BATCH,
     WARN,
     Check,
     CheckReport,
@@ -270,8 +271,9 @@ def check_cpu(
         return check(WARN, detail, f"set OMP_NUM_THREADS to cores // ranks (here {max(1, cores // 2)} for 2 ranks)")
     if bf16 is False:
         detail += "; no native bf16 in torch on this CPU (x86 needs AVX-512): bf16 matrix products run far slower"
-        fix = "expected on many laptops: chapters 02 and 05 (bf16) then train on 1 x 4 tokens per step, which keeps"
-        fix += " them fast; elsewhere prefer dtype='fp32' on this CPU (labkit train --dtype fp32)"
+        batch, seq = SLOW_BF16_CPU_BATCH
+        fix = f"expected on many laptops: chapters 02 and 05 (bf16) then train on {batch} x {seq} tokens per step,"
+        fix += " which keeps them fast; elsewhere prefer dtype='fp32' on this CPU (labkit train --dtype fp32)"
         return check(WARN, detail, fix)
     return check(PASS, detail + ("; native bf16" if bf16 else ""))
 

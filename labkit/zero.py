@@ -271,11 +271,10 @@ def make_plan(params="20M", world_size=0, stages="0,1,2,3", *, offload="none", d
     batch, seq = (8, 512) if gpu_like else (2, 16)
     chosen = run.get("micro_batch") or run.get("seq")  # 0: by device
     if not gpu_like and dtype == "bf16" and not chosen and checks.native_cpu_bf16() is False:
-        # bf16 matmuls hundreds of times slower than fp32 (no AVX-512): 8x fewer tokens made a CPU step 3.7x faster
-        # (docs/benchmarks.md); model states, the lesson, do not depend on the batch
+        # bf16 matmuls hundreds of times slower than fp32 (no AVX-512)
         why_smaller = "this CPU has no native bf16, and model states do not depend on the batch"
         run["batch_why"] = f"not {batch} x {seq}: {why_smaller}"
-        batch, seq = 1, 4
+        batch, seq = checks.SLOW_BF16_CPU_BATCH
     run["micro_batch"], run["seq"] = run.get("micro_batch") or batch, run.get("seq") or seq
     run |= {"bucket_size": hidden * hidden + (hidden * hidden) % 2, "why": why}
     plan = ZeroPlan(n_params, hidden, layers, ranks, dev, dtype, variants, **run)
