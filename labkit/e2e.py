@@ -30,13 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import launch, notebooks, procs
+from labkit.browser import BROWSER_ENV, BROWSER_NAMES, CHROMIUM, chromium_path
 from labkit.errors import LabkitError
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, what `make install` installs as root
-# Elsewhere (Ubuntu has no `chromium` package, macOS none at all) the browser a user already has, by its usual names.
-BROWSER_NAMES = ("chromium", "google-chrome-stable", "google-chrome", "chromium-browser")
-MACOS_BROWSERS = tuple(Path(f"/Applications/{app}.app/Contents/MacOS/{app}") for app in ("Google Chrome", "Chromium"))
-BROWSER_ENV = "LABKIT_CHROMIUM"
 BROWSER_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
@@ -114,17 +110,6 @@ class BrowserRun:
     @property
     def passed(self) -> bool:
         return not self.problems
-
-
-def chromium_path() -> Path | None:
-    """The browser to drive: $LABKIT_CHROMIUM if set, else /usr/bin/chromium, else the first BROWSER_NAMES on PATH,
-    else macOS's Google Chrome or Chromium app."""
-    if chosen := os.environ.get(BROWSER_ENV):
-        return Path(chosen)
-    if CHROMIUM.is_file():
-        return CHROMIUM
-    found = (shutil.which(name) for name in BROWSER_NAMES)
-    return next((Path(path) for path in found if path), None) or next((p for p in MACOS_BROWSERS if p.is_file()), None)
 
 
 def why_not_runnable() -> str | None:

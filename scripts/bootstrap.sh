@@ -95,15 +95,9 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 || 
 fi
 
 # 1b. A Chromium for the browser tests (make e2e, part of make test): Playwright drives it; its own browser download
-#     is never used. labkit.e2e.chromium_path's lookup: $LABKIT_CHROMIUM, /usr/bin/chromium, PATH, macOS's app.
-have_browser() {
-  local name
-  [ -n "${LABKIT_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] && return 0
-  for name in chromium google-chrome-stable google-chrome chromium-browser; do
-    command -v "$name" >/dev/null 2>&1 && return 0
-  done
-  [ -x "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome" ] \
-    || [ -x /Applications/Chromium.app/Contents/MacOS/Chromium ]
+#     is never used. labkit/browser.py's lookup: $LABKIT_CHROMIUM, /usr/bin/chromium, PATH, macOS's app.
+have_browser() {  # labkit/browser.py: the lookup labkit.e2e uses, on the standard library alone
+  "$PYTHON" -c 'import runpy; runpy.run_path("labkit/browser.py", run_name="__main__")' >/dev/null
 }
 if ! have_browser; then
   if [ "${LABKIT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

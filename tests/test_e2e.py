@@ -4,12 +4,17 @@ check can fail; the CPU-cheap subset of the real chapters runs here (`make e2e` 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
 from kit_testing import kit_processes
 
-from labkit import e2e, notebooks
+from labkit import browser, e2e, notebooks
 
 CI_SUBSET = ("01", "05")  # a widget-driven table and figure, and a real DeepSpeed run with figures and widgets
 
@@ -71,9 +76,9 @@ def test_the_browser_is_found_where_each_system_puts_it(tmp_path, monkeypatch):
     chrome.chmod(0o755)
     monkeypatch.delenv(e2e.BROWSER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(fake_bin))
-    monkeypatch.setattr(e2e, "CHROMIUM", tmp_path / "debian" / "chromium")  # not on this "machine"
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "debian" / "chromium")  # not on this "machine"
     mac_app = tmp_path / "Applications" / "Google Chrome.app" / "Contents" / "MacOS" / "Google Chrome"
-    monkeypatch.setattr(e2e, "MACOS_BROWSERS", (mac_app,))
+    monkeypatch.setattr(browser, "MACOS_BROWSERS", (mac_app,))
     assert e2e.chromium_path() == chrome
     chrome.rename(tmp_path / "elsewhere")
     mac_app.parent.mkdir(parents=True)
@@ -102,3 +107,25 @@ def test_the_browser_is_found_where_each_system_puts_it(tmp_path, monkeypatch):
     missing = e2e.why_not_runnable()
     assert missing.startswith("no Chromium found") and "apt-get install chromium" in missing
     assert "google-chrome" in missing and "set LABKIT_CHROMIUM" in missing
+
+
+def test_the_set_up_asks_the_same_lookup_before_the_venv_exists(tmp_path):
+    """scripts/bootstrap.sh decides whether to apt-get a Chromium before there is a venv: it runs labkit/browser.py on
+    the machine's Python (standard library only) instead of a shell copy of the list, which had drifted once already
+    (the macOS apps). Its answer is chromium_path's, with a browser given and on a bare PATH."""
+    script = (Path(e2e.__file__).parents[1] / "scripts" / "bootstrap.sh").read_text()
+    have_browser = re.search(r"^have_browser\(\) \{.*?^\}$", script, re.S | re.M).group(0)
+    assert not any(name in script for name in browser.BROWSER_NAMES[1:]), "a second list of browser names"
+    bare = {"PATH": str(tmp_path), "HOME": str(tmp_path), "PYTHON": sys.executable}
+    for env in ({**bare, browser.BROWSER_ENV: str(tmp_path / "chrome")}, bare):
+        said = subprocess.run(
+            ["/bin/bash", "-c", f"{have_browser}\nhave_browser"], cwd=Path(e2e.__file__).parents[1], env=env, timeout=60
+        )
+        with_env = {**os.environ, **env}
+        expect = subprocess.run(
+            [sys.executable, "-c", "from labkit.browser import chromium_path; print(chromium_path() or '')"],
+            env={**with_env, "PYTHONPATH": str(Path(e2e.__file__).parents[1])},
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert (said.returncode == 0) == bool(expect), (env, expect)
