@@ -24,7 +24,7 @@
 #
 # **Prerequisites.** `make install` (or `make run`) has run; nothing else.
 #
-# **Time** at the defaults: 4-5 s on an idle 2-core CPU machine and 7 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 4-6 s on an idle 2-core CPU machine and 7 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** Run the checks · Summary by group · What to fix · What this run showed.
 #

@@ -24,7 +24,7 @@
 #
 # **Prerequisites.** Chapter 00.
 #
-# **Time** at the defaults: 3-4 s on an idle 2-core CPU machine and 5 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 3-6 s on an idle 2-core CPU machine and 5 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** This machine · The cluster · Filter by accelerator kind · What this run showed.
 #

@@ -27,7 +27,7 @@
 #
 # **Prerequisites.** Chapters 00-01; the ZeRO paper's 16Ψ accounting helps.
 #
-# **Time** at the defaults: 30-42 s on an idle 2-core CPU machine and 60-66 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md). The 42 s is a CPU without AVX-512, where bf16 matrix products are slow: there the ranks train on fewer tokens per step (the plan says so), which leaves the model states, this chapter's lesson, unchanged.
+# **Time** at the defaults: 30-61 s on an idle 2-core CPU machine and 60-66 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md). The upper end is a CPU without AVX-512, where bf16 matrix products are slow: there the ranks train on fewer tokens per step (the plan says so), which leaves the model states, this chapter's lesson, unchanged.
 #
 # **Contents:** The plan · Predictions first · Run every configuration in one launch · Model states per rank · What each stage costs in time · What this run showed.
 #

@@ -30,7 +30,7 @@
 #
 # **Prerequisites.** Chapters 00-02; for `backend='kubernetes'` a kubeconfig and the MPI Operator (chapter 01 checks both).
 #
-# **Time** at the defaults: 21-24 s on an idle 2-core CPU machine and 40-44 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 21-35 s on an idle 2-core CPU machine and 40-44 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** Check the parameters · The manifest · Step 1: submit and wait · Step 2: the hostfile · Step 3: exec the training · Step 4: edit and exec again · Step 5: delete · What the ranks did · What this run showed · Troubleshooting.
 #

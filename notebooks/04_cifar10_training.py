@@ -26,7 +26,7 @@
 #
 # **Prerequisites.** Chapters 00 and 02.
 #
-# **Time** at the defaults: 20-23 s on an idle 2-core CPU machine and 24-28 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 20-38 s on an idle 2-core CPU machine and 24-28 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** The plan · The DeepSpeed config · Train · Curves · What this run showed.
 #

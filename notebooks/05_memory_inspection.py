@@ -26,7 +26,7 @@
 #
 # **Prerequisites.** Chapter 02.
 #
-# **Time** at the defaults: 17-23 s on an idle 2-core CPU machine and 50-58 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 17-36 s on an idle 2-core CPU machine and 50-58 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** Check the inputs · Run it · Where the bytes went · The timeline: init → forward → backward → step · Do I need multiple GPUs? · What this run showed.
 #

@@ -25,7 +25,7 @@
 #
 # **Prerequisites.** Chapters 02 and 05 (ZeRO stages, where the bytes go).
 #
-# **Time** at the defaults: 13-24 s on an idle 2-core CPU machine and 35-41 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 13-29 s on an idle 2-core CPU machine and 35-41 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** Plan the model · accelerate config, answered · The config file · Launch it · Inference with the trained model · The three FAQs · What this run showed.
 #

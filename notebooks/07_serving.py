@@ -25,7 +25,7 @@
 #
 # **Prerequisites.** Chapters 00-02; a little HTTP (a POST with a JSON body).
 #
-# **Time** at the defaults: 13-18 s on an idle 2-core CPU machine and 20-24 s on one H100 (CPU: three runs on two hosts, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
+# **Time** at the defaults: 13-22 s on an idle 2-core CPU machine and 20-24 s on one H100 (CPU: four runs, two of them on CPUs without AVX-512, 2026-12-06 and 12-07; H100: two runs, 2026-12-06; docs/benchmarks.md).
 #
 # **Contents:** What the seed gets wrong · Check the inputs · Start, ask, stop · Were the answers right? · Latency · How much of the model does a rank hold? · The seed's barrier version against this run · What this run showed.
 #
