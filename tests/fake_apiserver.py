@@ -177,7 +177,7 @@ class FakeApiServer:
         self.trainer_version = trainer_version  # Kubeflow Trainer served (None: not installed), e.g. "2.1.0"
         self.operator_release = operator_release  # the MPI Operator's: "v0.8.0" and older re-set Running at the end
         self.kubernetes_release = kubernetes_release  # whose built-in kinds' fields it decodes ("1.30" ... "1.37")
-        self.kueue = False  # True: Kueue's MPIJob webhook runs (it suspends a job labelled with a queue)
+        self.kueue = False  # True: Kueue's MPIJob and TrainJob webhooks run (they suspend a job labelled with a queue)
         self.grace_s = grace_s  # a deleted pod's termination grace period (30 s on a cluster)
         self.namespace_labels: dict[str, dict] = {}  # e.g. {"workloads": {"pod-security.kubernetes.io/enforce": ...}}
         self.users = {self.token: identity, _token(): ADMIN}  # token -> user
@@ -1134,6 +1134,12 @@ class _Handler(BaseHTTPRequestHandler):
                 # Kueue's mutating webhook (kueue v0.19.2 pkg/controller/jobs/mpijob/mpijob_webhook.go Default ->
                 # jobframework.ApplyDefaultForSuspend): a job with a queue name is suspended until Kueue admits it.
                 body["spec"].setdefault("runPolicy", {})["suspend"] = True
+            elif fake.kueue and kind == "TrainJob" and (queue := labels.get("kueue.x-k8s.io/queue-name")):
+                # Kueue's TrainJob webhook (kueue pkg/controller/jobs/trainjob/trainjob_webhook.go Default): suspend,
+                # and the queue label copied into spec.labels (what the TrainJob's JobSet and pods get). Trainer's
+                # own Suspended condition (trainjob_controller.go setSuspendedCondition) is not simulated.
+                body["spec"]["suspend"] = True
+                body["spec"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = queue
             # The CRD's structural schema is all the API server checks (the operator has no webhook): only a
             # missing spec.mpiReplicaSpecs (required there) is a 422; the operator's own rules become events.
             problem = self._invalid(body) if kind == "MPIJob" else None

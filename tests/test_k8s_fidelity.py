@@ -346,6 +346,29 @@ def test_a_suspended_mpijob_says_so_and_who_resumes_it_not_that_the_operator_may
     assert backend.status("queued").phase == "Pending"  # kept: it holds nothing and keeps its place in the queue
 
 
+def test_a_queued_trainjob_says_who_resumes_it():
+    """A TrainJob applied from the lab with a queue: Kueue's TrainJob webhook suspends it (spec.suspend) until it admits
+    it, and Trainer's condition then says only "TrainJob is suspended": `job status` read that as an unexplained
+    Pending. It now names the queue's step and the patch, as for a suspended MPIJob; a finished one keeps its words."""
+    with fake_cluster(trainer_version="2.2.0") as (api, backend):
+        api.kueue = True
+        job = render_job(JobSpec(name="queued-tj", queue="lab-queue"), "trainjob")
+        code, stored = raw(api, "POST", f"{TRAINJOBS}/namespaces/workloads/trainjobs", job)  # as the lab, kubectl apply
+        assert code == 201 and stored["spec"]["suspend"] is True, stored
+        assert stored["spec"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-queue"  # what its pods get
+        st = backend.status("queued-tj", kind="TrainJob")
+        assert (st.kind, st.phase) == ("TrainJob", "Pending"), st
+        assert "TrainJob workloads/queued-tj is suspended (spec.suspend: true)" in st.message, st.message
+        assert (
+            "get workloads" in st.message
+            and """patch trainjob queued-tj --type merge -p '{"spec":{"suspend":false}}'""" in st.message
+        )
+        done = api.objects[(TRAINJOBS, "trainjobs", "workloads", "queued-tj")]
+        done["status"] = {"conditions": [{"type": "Complete", "status": "True", "message": "jobset completed"}]}
+        st = backend.status("queued-tj", kind="TrainJob")
+        assert (st.phase, st.message) == ("Succeeded", "jobset completed")
+
+
 def test_a_deadline_under_clean_pod_policy_none_leaves_the_workers_for_list_stale(api, backend):
     job = render_job(JobSpec(name="keep", workers=2))
     job["spec"]["runPolicy"]["cleanPodPolicy"] = "None"  # the CRD's default (the kit's manifests say Running)

@@ -191,7 +191,9 @@ def mpijob_phase(obj: dict) -> tuple[str, str]:
 
 
 def is_suspended(obj: dict) -> bool:
-    return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+    """An MPIJob's spec.runPolicy.suspend, a TrainJob's spec.suspend: what Kueue's webhook sets on a queued job."""
+    spec = obj.get("spec") or {}
+    return bool(spec.get("suspend") if obj.get("kind") == "TrainJob" else (spec.get("runPolicy") or {}).get("suspend"))
 
 
 def is_terminating(obj: dict | None) -> bool:
@@ -199,14 +201,16 @@ def is_terminating(obj: dict | None) -> bool:
     return bool(((obj or {}).get("metadata") or {}).get("deletionTimestamp"))
 
 
-def suspended_note(namespace: str, name: str) -> str:
-    """Why a suspended MPIJob has no pods (mpi_job_controller.go: isMPIJobSuspended skips the workers) and who resumes
-    it: Kueue's webhook suspends every job it manages until it admits it."""
-    patch = '{"spec":{"runPolicy":{"suspend":false}}}'
+def suspended_note(namespace: str, name: str, kind: str = "MPIJob") -> str:
+    """Why a suspended job has no pods (mpi_job_controller.go: isMPIJobSuspended skips the workers; Trainer suspends
+    the TrainJob's JobSet) and who resumes it: Kueue's webhook suspends every job it manages until it admits it (kueue
+    pkg/controller/jobs/mpijob/mpijob_webhook.go and jobs/trainjob/trainjob_webhook.go, Default)."""
+    field, patch = ("spec.suspend", '{"spec":{"suspend":false}}') if kind == "TrainJob" else (
+        "spec.runPolicy.suspend", '{"spec":{"runPolicy":{"suspend":false}}}')  # fmt: skip
     return (
-        f"MPIJob {namespace}/{name} is suspended (spec.runPolicy.suspend: true), so it has no pods: a queue (Kueue) "
+        f"{kind} {namespace}/{name} is suspended ({field}: true), so it has no pods: a queue (Kueue) "
         f"resumes it when it admits it (kubectl -n {namespace} get workloads), else "
-        f"kubectl -n {namespace} patch mpijob {name} --type merge -p '{patch}'"
+        f"kubectl -n {namespace} patch {kind.lower()} {name} --type merge -p '{patch}'"
     )
 
 
@@ -362,6 +366,8 @@ def trainjob_status(obj: dict, backend: str) -> JobStatus:
     message = cond.get("message") or cond.get("reason") or ""
     if is_terminating(obj):  # foreground: its JobSet (owner reference blockOwnerDeletion) goes first
         phase, message = "Terminating", "deleted; its JobSet, Jobs and pods are stopping"
+    elif is_suspended(obj) and phase not in FINISHED:  # Trainer's condition says only "TrainJob is suspended"
+        message = suspended_note(meta.get("namespace", ""), meta.get("name", "?"), "TrainJob")
     st = JobStatus(meta.get("name", "?"), meta.get("namespace", ""), backend, phase, kind="TrainJob")
     st.message = message
     st.created = timestamp(meta.get("creationTimestamp"))
