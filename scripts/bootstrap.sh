@@ -95,8 +95,8 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 || 
 fi
 
 # 1b. A Chromium for the browser tests (make e2e, part of make test): Playwright drives it; its own browser download
-#     is never used. labkit/browser.py's lookup: $LABKIT_CHROMIUM, /usr/bin/chromium, PATH, macOS's app.
-have_browser() {  # labkit/browser.py: the lookup labkit.e2e uses, on the standard library alone
+#     is never used. labkit/browser.py holds the lookup labkit.e2e uses, on the standard library alone.
+have_browser() {
   "$PYTHON" -c 'import runpy; runpy.run_path("labkit/browser.py", run_name="__main__")' >/dev/null
 }
 if ! have_browser; then

@@ -113,18 +113,16 @@ def test_the_set_up_asks_the_same_lookup_before_the_venv_exists(tmp_path):
     """scripts/bootstrap.sh decides whether to apt-get a Chromium before there is a venv: it runs labkit/browser.py on
     the machine's Python (standard library only) instead of a shell copy of the list, which had drifted once already
     (the macOS apps). Its answer is chromium_path's, with a browser given and on a bare PATH."""
-    script = (Path(e2e.__file__).parents[1] / "scripts" / "bootstrap.sh").read_text()
+    root = Path(e2e.__file__).parents[1]
+    script = (root / "scripts" / "bootstrap.sh").read_text()
     have_browser = re.search(r"^have_browser\(\) \{.*?^\}$", script, re.S | re.M).group(0)
     assert not any(name in script for name in browser.BROWSER_NAMES[1:]), "a second list of browser names"
     bare = {"PATH": str(tmp_path), "HOME": str(tmp_path), "PYTHON": sys.executable}
     for env in ({**bare, browser.BROWSER_ENV: str(tmp_path / "chrome")}, bare):
-        said = subprocess.run(
-            ["/bin/bash", "-c", f"{have_browser}\nhave_browser"], cwd=Path(e2e.__file__).parents[1], env=env, timeout=60
-        )
-        with_env = {**os.environ, **env}
+        said = subprocess.run(["/bin/bash", "-c", f"{have_browser}\nhave_browser"], cwd=root, env=env, timeout=60)
         expect = subprocess.run(
             [sys.executable, "-c", "from labkit.browser import chromium_path; print(chromium_path() or '')"],
-            env={**with_env, "PYTHONPATH": str(Path(e2e.__file__).parents[1])},
+            env={**os.environ, **env, "PYTHONPATH": str(root)},
             capture_output=True,
             text=True,
         ).stdout.strip()
