@@ -187,7 +187,10 @@ def run_notebook(
     flags = {"progress_bar": progress, "log_output": log_output, "execution_timeout": timeout}
     start, last_words = time.monotonic(), False  # last_words: the kernel's reason is its log's last line
     try:
-        with mock.patch.dict(os.environ, LABKIT_RUN_DIR=str(work_dir)), kernels.death_told_once():
+        # The kernel's TMPDIR is its own, removed after it: what a kernel stopped at a deadline or killed left there
+        # (DeepSpeed's compile probes, a library's scratch folder) goes with it. Its ranks' folders nest inside.
+        run_env = procs.own_tmpdir({**os.environ, "LABKIT_RUN_DIR": str(work_dir)})
+        with run_env as env, mock.patch.dict(os.environ, env), kernels.death_told_once():
             options = kernels.kernel_options(work_dir, kernel_log)
             papermill.execute_notebook(path, output, parameters=parameters, **options, **flags)
         run.status = "passed"

@@ -12,21 +12,51 @@ import pytest
 from kit_testing import execute_once, kit_processes, wait_for_no_kit_processes
 
 
+def _kept(name: str) -> bool:
+    # torch's compile cache (torchinductor_<user>) is meant to outlive a run: procs.own_tmpdir keeps it where torch does
+    return name.startswith("torchinductor_")
+
+
+def describe_leftover(path: Path) -> str:
+    """What a leftover is, so a leak names its maker: a folder's first entries (a compile probe's test.c, a kernel's
+    connection file), a file's size."""
+    try:
+        if path.is_dir():
+            entries = sorted(p.name for p in path.iterdir())
+            shown = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
+            return f"{path.name}/ (holds: {shown or 'nothing'})"
+        return f"{path.name} ({path.stat().st_size} bytes)"
+    except OSError as exc:  # gone meanwhile, or not readable
+        return f"{path.name} ({exc.strerror})"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_temp_files(tmp_path_factory):
     """After the whole suite (and its processes: checked after no_leaked_processes), nothing the kit or a test put in
     the temp folder is left. The session's temp folder is one of its own (TMPDIR, which every process it starts
-    inherits), so another run on the machine is never taken for a leak; pytest's tmp_path folders keep their place."""
+    inherits), so another run on the machine is never taken for a leak; pytest's tmp_path folders keep their place.
+    Each leftover is reported with the test after which it was first seen (temp_files_seen_after) and what it holds."""
     tmp_path_factory.getbasetemp()  # before TMPDIR changes: pytest's own folders and their retention stay as they are
-    own = tempfile.mkdtemp(prefix="lk-")  # short: Open MPI puts its session folders and sockets under TMPDIR
+    own = Path(tempfile.mkdtemp(prefix="lk-"))  # short: Open MPI puts its session folders and sockets under TMPDIR
+    first_seen: dict[str, str] = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TMPDIR", own)
-        mp.setattr(tempfile, "tempdir", own)
-        yield
-    # torch's compile cache (torchinductor_<user>) is meant to outlive a run: procs.own_tmpdir keeps it where torch does
-    left = sorted(name for name in os.listdir(own) if not name.startswith("torchinductor_"))
+        mp.setenv("TMPDIR", str(own))
+        mp.setattr(tempfile, "tempdir", str(own))
+        yield own, first_seen
+    left = [own / name for name in sorted(os.listdir(own)) if not _kept(name)]
+    report = [f"{describe_leftover(p)}, first seen after {first_seen.get(p.name, 'the last test')}" for p in left]
     shutil.rmtree(own, ignore_errors=True)
-    assert not left, f"left in the temp folder ($TMPDIR) after the test suite: {', '.join(left)}"
+    assert not report, "left in the temp folder ($TMPDIR) after the test suite:\n" + "\n".join(report)
+
+
+@pytest.fixture(autouse=True)
+def temp_files_seen_after(request, no_leaked_temp_files):
+    """Notes the test after which each new entry of the session's temp folder appeared: a leak found at the end of a
+    36-minute suite otherwise names no test (the folder is shared by all of them)."""
+    yield
+    own, first_seen = no_leaked_temp_files
+    for name in os.listdir(own):
+        first_seen.setdefault(name, request.node.nodeid)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,6 +137,31 @@ def test_cell_timeout_and_dead_kernel_are_reported_like_failures(tmp_path):
     assert [r.status for r in runs] == ["failed", "failed"]
     assert "CellTimeoutError" in runs[0].error and "cell 2" in runs[0].error
     assert "DeadKernelError" in runs[1].error
+
+
+def test_what_a_killed_kernel_left_in_its_temp_folder_goes_with_it(tmp_path, monkeypatch):
+    """A kernel stopped at a deadline or killed never runs its cleanup: a library's temp folder it was using
+    (DeepSpeed's compile probe makes one with tempfile.mkdtemp) stayed in the user's /tmp. Its TMPDIR is now its own."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    cache = str(tmp_path / "inductor")  # a compile cache the user chose is kept, not moved into the removed folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", cache)
+    killed = make_notebook(
+        tmp_path / "killed.ipynb",
+        "code: int = 3  # exit code",
+        "import os, pathlib, tempfile\nfrom labkit import results\nprobe = pathlib.Path(tempfile.mkdtemp())\n"
+        "(probe / 'test.c').write_text('int main(void) { return 0; }')\n"
+        "results.record('probe', {'dir': str(probe), 'inductor': os.environ['TORCHINDUCTOR_CACHE_DIR']})",
+        "os._exit(code)",
+    )
+    _, (run,) = notebooks.run_all([killed], out_dir=tmp_path / "r", progress=False)
+    assert run.status == "failed" and "DeadKernelError" in run.error
+    probe = Path(run.results["probe"]["dir"])
+    assert probe.parent.parent == tmp, probe  # in a folder of the kernel's own, under the user's TMPDIR
+    assert run.results["probe"]["inductor"] == cache
+    assert not list(tmp.iterdir()), "the killed kernel's temp folder was left behind"
 
 
 def test_labkit_run_limits_every_cell_by_default_and_refuses_a_negative_limit(monkeypatch, tmp_path, capsys):
