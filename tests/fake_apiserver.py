@@ -66,6 +66,7 @@ def now_iso(t: float | None = None) -> str:
 
 
 MPIJOBS, BATCH = "/apis/kubeflow.org/v2beta1", "/apis/batch/v1"
+TRAINJOBS, JOBSETS = "/apis/trainer.kubeflow.org/v1alpha1", "/apis/jobset.x-k8s.io/v1alpha2"
 # Pod Security "baseline" allows these added capabilities only (pod-security-admission check_capabilities_baseline.go).
 BASELINE_CAPABILITIES = frozenset(
     "AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID "
@@ -424,6 +425,57 @@ class FakeApiServer:
         if self.ready_delay is None:  # the test calls advance() itself
             return
         self._later(self.ready_delay, self.advance, ns, name)
+
+    # Kubeflow Trainer v2.3.0's TrainJob controller, as far as the kit reads it: the JobSet it applies, the Suspended
+    # condition, and the terminal condition it copies from the JobSet. Its pods (the JobSet's Jobs) are not simulated.
+    def _trainer_sync(self, job: dict) -> None:
+        """Reconcile -> reconcileObjects: a JobSet of the TrainJob's name (pkg/runtime/framework/plugins/jobset/
+        jobset.go, Build: controller owner reference with blockOwnerDeletion, spec.suspend copied) and the
+        `<name>-runtime-snapshot` ConfigMap (pkg/runtime/core/snapshot.go); then setSuspendedCondition
+        (trainjob_controller.go): Suspended=True "Suspended" / "TrainJob is suspended" (pkg/constants/constants.go)
+        while spec.suspend is true, no Suspended condition otherwise. status.jobsStatus copies the JobSet's
+        replicatedJobsStatus, empty until its Jobs exist. There is no Created or Running condition."""
+        meta, spec = job["metadata"], job["spec"]
+        name, ns = meta["name"], meta["namespace"]
+        owner = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "name": name,
+                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+        self.objects[(JOBSETS, "jobsets", ns, name)] = {
+            "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "metadata": {"name": name, "namespace": ns, "uid": f"uid-jobset-{name}", "ownerReferences": [owner]},
+            "spec": {"suspend": bool(spec.get("suspend"))},
+        }  # fmt: skip
+        self.objects[("/api/v1", "configmaps", ns, f"{name}-runtime-snapshot")] = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-runtime-snapshot", "namespace": ns, "ownerReferences": [owner]},
+        }  # fmt: skip
+        job["status"] = {"jobsStatus": []}
+        if spec.get("suspend"):
+            job["status"]["conditions"] = [_condition("Suspended", "Suspended", "TrainJob is suspended")]
+
+    def trainer_resume(self, ns: str, name: str) -> None:
+        """What `kubectl patch trainjob NAME -p '{"spec":{"suspend":false}}'` (or Kueue admitting it) leads to:
+        setSuspendedCondition turns Suspended False with reason "Resumed", "TrainJob is resumed"; the JobSet resumes."""
+        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
+        job["spec"]["suspend"] = False
+        self.objects[(JOBSETS, "jobsets", ns, name)]["spec"]["suspend"] = False
+        for condition in job["status"].get("conditions") or []:
+            if condition["type"] == "Suspended" and condition["status"] == "True":
+                condition.update(status="False", reason="Resumed", message="TrainJob is resumed",
+                                 lastTransitionTime=now_iso())  # fmt: skip
+
+    def trainjob_finished(self, ns: str, name: str, failed_job: str | None = None) -> None:
+        """The JobSet's terminal condition, which (*JobSet).Status copies verbatim but for its type (Completed ->
+        Complete, Failed -> Failed): jobset v0.12.0's success policy (All, the webhook default) "AllJobsCompleted",
+        "jobset completed successfully"; with no failure policy a failed Job ends it, "FailedJobs", "jobset failed due
+        to one or more job failures" plus " (first failed job: NAME)" (pkg/controllers/failure_policy.go,
+        messageWithFirstFailedJob)."""
+        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
+        if failed_job is None:
+            done = _condition("Complete", "AllJobsCompleted", "jobset completed successfully")
+        else:
+            message = f"jobset failed due to one or more job failures (first failed job: {failed_job})"
+            done = _condition("Failed", "FailedJobs", message)
+        job["status"].setdefault("conditions", []).append(done)
 
     @staticmethod
     def _operator_invalid(spec: dict) -> str | None:
@@ -866,7 +918,7 @@ class FakeApiServer:
         obj["metadata"].update(deletionTimestamp=now_iso(), finalizers=["foregroundDeletion"])
         _, _, ns, name = key
 
-        if obj["kind"] == "MPIJob":  # (a TrainJob's JobSet and pods are not simulated)
+        if obj["kind"] == "MPIJob":  # (a TrainJob's pods are not simulated; its JobSet goes with it below)
             self.delete_job_pods(ns, name)  # the garbage collector deletes the dependents at once, gracefully
 
         def collect() -> None:  # the pods' grace period is over: they go, then the owner
@@ -1136,8 +1188,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body["spec"].setdefault("runPolicy", {})["suspend"] = True
             elif fake.kueue and kind == "TrainJob" and (queue := labels.get("kueue.x-k8s.io/queue-name")):
                 # Kueue's TrainJob webhook (kueue pkg/controller/jobs/trainjob/trainjob_webhook.go Default): suspend,
-                # and the queue label copied into spec.labels (what the TrainJob's JobSet and pods get). Trainer's
-                # own Suspended condition (trainjob_controller.go setSuspendedCondition) is not simulated.
+                # and the queue label copied into spec.labels (what the TrainJob's JobSet and pods get); Trainer's
+                # controller then says "TrainJob is suspended" (_trainer_sync).
                 body["spec"]["suspend"] = True
                 body["spec"].setdefault("labels", {})["kueue.x-k8s.io/queue-name"] = queue
             # The CRD's structural schema is all the API server checks (the operator has no webhook): only a
@@ -1175,6 +1227,8 @@ class _Handler(BaseHTTPRequestHandler):
             created = copy.deepcopy(body)  # the reply is the object as stored; the operator writes status afterwards
             if kind == "MPIJob" and fake.scenario != "no_operator":
                 fake._operator_sync(body)
+            elif kind == "TrainJob":
+                fake._trainer_sync(body)
             return self._send_json(201, created, warnings)
         if method == "GET" and name is None:
             return self._send_json(

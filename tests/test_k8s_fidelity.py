@@ -363,10 +363,41 @@ def test_a_queued_trainjob_says_who_resumes_it():
             "get workloads" in st.message
             and """patch trainjob queued-tj --type merge -p '{"spec":{"suspend":false}}'""" in st.message
         )
-        done = api.objects[(TRAINJOBS, "trainjobs", "workloads", "queued-tj")]
-        done["status"] = {"conditions": [{"type": "Complete", "status": "True", "message": "jobset completed"}]}
+        assert [c["message"] for c in api.objects[(TRAINJOBS, "trainjobs", "workloads", "queued-tj")]["status"]
+                ["conditions"]] == ["TrainJob is suspended"]  # Trainer's own words, which the kit explains  # fmt: skip
+        api.trainer_resume("workloads", "queued-tj")  # Kueue admits it
         st = backend.status("queued-tj", kind="TrainJob")
-        assert (st.phase, st.message) == ("Succeeded", "jobset completed")
+        assert (st.phase, st.message) == ("Pending", "0 of 0 active child Job(s) ready"), st  # no word of a queue
+        assert st.deadline is None  # the kit's TrainJob sets no activeDeadlineSeconds unless asked
+        api.trainjob_finished("workloads", "queued-tj")
+        st = backend.status("queued-tj", kind="TrainJob")
+        assert (st.phase, st.message) == ("Succeeded", "jobset completed successfully")  # a finished one: its words
+
+
+def test_a_trainjob_is_owned_by_its_jobset_chain_and_says_which_job_failed(capsys):
+    """What Trainer's controller makes of a TrainJob applied from the lab (v2.3.0, simulated by the fake from its
+    source): a JobSet of its name owned with blockOwnerDeletion, so a foreground delete waits for it; no condition
+    until it ends; a failure says which of its Jobs failed first, in the JobSet's words, which `job status` shows."""
+    with fake_cluster(trainer_version="2.2.0", grace_s=0.1) as (api, backend):
+        job = render_job(JobSpec(name="tj", trainjob_deadline=True, deadline_seconds=600), "trainjob")
+        assert raw(api, "POST", f"{TRAINJOBS}/namespaces/workloads/trainjobs", job)[0] == 201
+        jobset = api.objects[("/apis/jobset.x-k8s.io/v1alpha2", "jobsets", "workloads", "tj")]
+        (owner,) = jobset["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["controller"], owner["blockOwnerDeletion"]) == (
+            "TrainJob", "tj", True, True
+        )  # fmt: skip
+        st = backend.status("tj", kind="TrainJob")
+        assert (st.phase, st.message) == ("Pending", "0 of 0 active child Job(s) ready"), st
+        assert st.deadline == pytest.approx(st.created + 600)  # counted from creation: it was never suspended
+        api.trainjob_finished("workloads", "tj", failed_job="tj-node-0")
+        kit = ["--kind", "TrainJob", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
+        assert main(["job", "status", "tj", *kit]) == 0
+        out = capsys.readouterr().out
+        assert "Failed" in out and "jobset failed due to one or more job failures (first failed job: tj-node-0)" in out
+        assert main(["job", "delete", "tj", *kit]) == 0
+        assert wait_until(lambda: not any(k[3] == "tj" or k[3].startswith("tj-") for k in api.objects), timeout=5), [
+            k for k in api.objects if "tj" in k[3]
+        ]  # the TrainJob, its JobSet and its runtime snapshot: the garbage collector's
 
 
 def test_a_deadline_under_clean_pod_policy_none_leaves_the_workers_for_list_stale(api, backend):
@@ -675,6 +706,17 @@ def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_
         assert backend.delete("stuck") and wait_until(lambda: not api.objects, timeout=5)
 
 
+# What a reason comes with (kubeflow/trainer v2.3.0 pkg/constants/constants.go; a Complete or Failed is the JobSet's
+# condition copied, kubernetes-sigs/jobset v0.12.0 pkg/controllers: the success and failure policies).
+TRAINER_WORDS = {
+    "AllJobsCompleted": "jobset completed successfully",
+    "FailedJobs": "jobset failed due to one or more job failures (first failed job: crashed-node-0)",
+    "DeadlineExceeded": "TrainJob exceeded its active deadline",
+    "Suspended": "TrainJob is suspended",
+    "Resumed": "TrainJob is resumed",
+}
+
+
 def trainjob(
     name: str, age_s: float, conditions=(), deadline_s: int | None = None, active: int = 0, ready: int | None = None
 ) -> dict:
@@ -684,9 +726,10 @@ def trainjob(
     obj = render_job(spec, "trainjob")
     obj["metadata"].update(creationTimestamp=now_iso(time.time() - age_s), uid=f"uid-{name}")
     conds = [
-        {"type": t, "status": st, "reason": r, "message": f"{t} {r}", "lastTransitionTime": now_iso(time.time() - ago)}
+        {"type": t, "status": st, "reason": r, "message": TRAINER_WORDS.get(r, f"{t} {r}"),
+         "lastTransitionTime": now_iso(time.time() - ago)}
         for t, st, r, ago in conditions
-    ]
+    ]  # fmt: skip
     ready = active if ready is None else ready
     obj["status"] = {"conditions": conds, "jobsStatus": [{"name": "node", "active": active, "ready": ready}]}
     return obj
@@ -701,8 +744,8 @@ def test_job_list_stale_delete_removes_finished_trainjobs():
 
     with fake_cluster(trainer_version="2.2.0", grace_s=1) as (api, backend):  # grace: the JobSets' going
         jobs = [
-            trainjob("done", 900, [("Complete", "True", "JobSetCompleted", 60)]),
-            trainjob("crashed", 900, [("Failed", "True", "JobSetFailed", 60)]),
+            trainjob("done", 900, [("Complete", "True", "AllJobsCompleted", 60)]),
+            trainjob("crashed", 900, [("Failed", "True", "FailedJobs", 60)]),
             trainjob("timed-out", 900, [("Failed", "True", "DeadlineExceeded", 60)], deadline_s=600),
             trainjob("overdue", 900, deadline_s=600, active=2),  # Trainer's controller did not act: flagged
             trainjob("resumed", 900, [("Suspended", "False", "Resumed", 30)], deadline_s=600, active=2),
@@ -745,7 +788,7 @@ def test_job_status_and_delete_by_name_find_a_trainjob_too(capsys):
     with fake_cluster(trainer_version="2.2.0", ready_delay=None, grace_s=0.1) as (api, backend):
         backend.submit(JobSpec(name="both", workers=1))
         unscheduled = trainjob("waiting", 60, active=2, ready=1)  # a Job with a pending pod is active, not ready
-        done = trainjob("both", 60, [("Complete", "True", "JobSetCompleted", 5)])
+        done = trainjob("both", 60, [("Complete", "True", "AllJobsCompleted", 5)])
         for obj in (trainjob("tj", 60, active=2), done, unscheduled):
             api.objects[(TRAINJOBS, "trainjobs", "workloads", obj["metadata"]["name"])] = obj
 
