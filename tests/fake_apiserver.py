@@ -463,6 +463,15 @@ class FakeApiServer:
                 condition.update(status="False", reason="Resumed", message="TrainJob is resumed",
                                  lastTransitionTime=now_iso())  # fmt: skip
 
+    def trainjob_deadline(self, ns: str, name: str) -> None:
+        """spec.activeDeadlineSeconds passed (trainjob_controller.go, reconcileDeadline): Failed=True with reason
+        "DeadlineExceeded", "TrainJob exceeded its active deadline" (pkg/constants/constants.go), and the JobSet is
+        deleted (its Jobs and pods with it)."""
+        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
+        done = _condition("Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline")
+        job["status"].setdefault("conditions", []).append(done)
+        self.objects.pop((JOBSETS, "jobsets", ns, name), None)
+
     def trainjob_finished(self, ns: str, name: str, failed_job: str | None = None) -> None:
         """The JobSet's terminal condition, which (*JobSet).Status copies verbatim but for its type (Completed ->
         Complete, Failed -> Failed): jobset v0.12.0's success policy (All, the webhook default) "AllJobsCompleted",

@@ -374,10 +374,11 @@ def test_a_queued_trainjob_says_who_resumes_it():
         assert (st.phase, st.message) == ("Succeeded", "jobset completed successfully")  # a finished one: its words
 
 
-def test_a_trainjob_is_owned_by_its_jobset_chain_and_says_which_job_failed(capsys):
+def test_a_trainjob_owns_its_jobset_and_says_which_job_failed(capsys):
     """What Trainer's controller makes of a TrainJob applied from the lab (v2.3.0, simulated by the fake from its
     source): a JobSet of its name owned with blockOwnerDeletion, so a foreground delete waits for it; no condition
-    until it ends; a failure says which of its Jobs failed first, in the JobSet's words, which `job status` shows."""
+    until it ends; a deadline in Trainer's words; a failure says which of its Jobs failed first, in the JobSet's words,
+    which `job status` shows."""
     with fake_cluster(trainer_version="2.2.0", grace_s=0.1) as (api, backend):
         job = render_job(JobSpec(name="tj", trainjob_deadline=True, deadline_seconds=600), "trainjob")
         assert raw(api, "POST", f"{TRAINJOBS}/namespaces/workloads/trainjobs", job)[0] == 201
@@ -389,6 +390,12 @@ def test_a_trainjob_is_owned_by_its_jobset_chain_and_says_which_job_failed(capsy
         st = backend.status("tj", kind="TrainJob")
         assert (st.phase, st.message) == ("Pending", "0 of 0 active child Job(s) ready"), st
         assert st.deadline == pytest.approx(st.created + 600)  # counted from creation: it was never suspended
+        late = render_job(JobSpec(name="late", trainjob_deadline=True, deadline_seconds=60), "trainjob")
+        assert raw(api, "POST", f"{TRAINJOBS}/namespaces/workloads/trainjobs", late)[0] == 201
+        api.trainjob_deadline("workloads", "late")
+        st = backend.status("late", kind="TrainJob")
+        assert (st.phase, st.message) == ("DeadlineExceeded", "TrainJob exceeded its active deadline"), st
+        assert ("/apis/jobset.x-k8s.io/v1alpha2", "jobsets", "workloads", "late") not in api.objects  # deleted
         api.trainjob_finished("workloads", "tj", failed_job="tj-node-0")
         kit = ["--kind", "TrainJob", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
         assert main(["job", "status", "tj", *kit]) == 0
