@@ -455,7 +455,7 @@ class FakeApiServer:
     def trainer_resume(self, ns: str, name: str) -> None:
         """What `kubectl patch trainjob NAME -p '{"spec":{"suspend":false}}'` (or Kueue admitting it) leads to:
         setSuspendedCondition turns Suspended False with reason "Resumed", "TrainJob is resumed"; the JobSet resumes."""
-        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
+        job = self._trainjob(ns, name)
         job["spec"]["suspend"] = False
         self.objects[(JOBSETS, "jobsets", ns, name)]["spec"]["suspend"] = False
         for condition in job["status"].get("conditions") or []:
@@ -467,9 +467,7 @@ class FakeApiServer:
         """spec.activeDeadlineSeconds passed (trainjob_controller.go, reconcileDeadline): Failed=True with reason
         "DeadlineExceeded", "TrainJob exceeded its active deadline" (pkg/constants/constants.go), and the JobSet is
         deleted (its Jobs and pods with it)."""
-        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
-        done = _condition("Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline")
-        job["status"].setdefault("conditions", []).append(done)
+        self._trainjob_ends(ns, name, "Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline")
         self.objects.pop((JOBSETS, "jobsets", ns, name), None)
 
     def trainjob_finished(self, ns: str, name: str, failed_job: str | None = None) -> None:
@@ -478,13 +476,17 @@ class FakeApiServer:
         "jobset completed successfully"; with no failure policy a failed Job ends it, "FailedJobs", "jobset failed due
         to one or more job failures" plus " (first failed job: NAME)" (pkg/controllers/failure_policy.go,
         messageWithFirstFailedJob)."""
-        job = self.objects[(TRAINJOBS, "trainjobs", ns, name)]
         if failed_job is None:
-            done = _condition("Complete", "AllJobsCompleted", "jobset completed successfully")
+            self._trainjob_ends(ns, name, "Complete", "AllJobsCompleted", "jobset completed successfully")
         else:
             message = f"jobset failed due to one or more job failures (first failed job: {failed_job})"
-            done = _condition("Failed", "FailedJobs", message)
-        job["status"].setdefault("conditions", []).append(done)
+            self._trainjob_ends(ns, name, "Failed", "FailedJobs", message)
+
+    def _trainjob(self, ns: str, name: str) -> dict:
+        return self.objects[(TRAINJOBS, "trainjobs", ns, name)]
+
+    def _trainjob_ends(self, ns: str, name: str, type_: str, reason: str, message: str) -> None:
+        self._trainjob(ns, name)["status"].setdefault("conditions", []).append(_condition(type_, reason, message))
 
     @staticmethod
     def _operator_invalid(spec: dict) -> str | None:

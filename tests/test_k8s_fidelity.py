@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_apiserver import FakeApiServer, now_iso
+from fake_apiserver import JOBSETS, TRAINJOBS, FakeApiServer, now_iso
 from fake_crd import served_schema, upstream_crd
 from fake_rbac import ADMIN, ESCALATION, SERVICE_ACCOUNT, exec_verbs, load_bindings, request_attributes
 from kit_testing import fake_cluster, raw, wait_until
@@ -26,7 +26,6 @@ from labkit.manifests import JobSpec, render_all, render_job
 from labkit.manifests.checks import validate_object
 
 MPIJOB_PATH = "/apis/kubeflow.org/v2beta1/namespaces/workloads/mpijobs"
-TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1"
 NODES = json.loads((Path(__file__).parent / "data" / "nodes.json").read_text())["items"]  # 10 nvidia, 8 gaudi ready
 
 
@@ -382,7 +381,7 @@ def test_a_trainjob_owns_its_jobset_and_says_which_job_failed(capsys):
     with fake_cluster(trainer_version="2.2.0", grace_s=0.1) as (api, backend):
         job = render_job(JobSpec(name="tj", trainjob_deadline=True, deadline_seconds=600), "trainjob")
         assert raw(api, "POST", f"{TRAINJOBS}/namespaces/workloads/trainjobs", job)[0] == 201
-        jobset = api.objects[("/apis/jobset.x-k8s.io/v1alpha2", "jobsets", "workloads", "tj")]
+        jobset = api.objects[(JOBSETS, "jobsets", "workloads", "tj")]
         (owner,) = jobset["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["controller"], owner["blockOwnerDeletion"]) == (
             "TrainJob", "tj", True, True
@@ -395,7 +394,7 @@ def test_a_trainjob_owns_its_jobset_and_says_which_job_failed(capsys):
         api.trainjob_deadline("workloads", "late")
         st = backend.status("late", kind="TrainJob")
         assert (st.phase, st.message) == ("DeadlineExceeded", "TrainJob exceeded its active deadline"), st
-        assert ("/apis/jobset.x-k8s.io/v1alpha2", "jobsets", "workloads", "late") not in api.objects  # deleted
+        assert (JOBSETS, "jobsets", "workloads", "late") not in api.objects  # deleted
         api.trainjob_finished("workloads", "tj", failed_job="tj-node-0")
         kit = ["--kind", "TrainJob", "--backend", "kubernetes", "--kubeconfig", api.kubeconfig]
         assert main(["job", "status", "tj", *kit]) == 0
@@ -717,7 +716,7 @@ def test_a_job_that_never_started_is_flagged_stale_once_its_deadline_would_have_
 # condition copied, kubernetes-sigs/jobset v0.12.0 pkg/controllers: the success and failure policies).
 TRAINER_WORDS = {
     "AllJobsCompleted": "jobset completed successfully",
-    "FailedJobs": "jobset failed due to one or more job failures (first failed job: crashed-node-0)",
+    "FailedJobs": "jobset failed due to one or more job failures (first failed job: {name}-node-0)",
     "DeadlineExceeded": "TrainJob exceeded its active deadline",
     "Suspended": "TrainJob is suspended",
     "Resumed": "TrainJob is resumed",
@@ -733,7 +732,7 @@ def trainjob(
     obj = render_job(spec, "trainjob")
     obj["metadata"].update(creationTimestamp=now_iso(time.time() - age_s), uid=f"uid-{name}")
     conds = [
-        {"type": t, "status": st, "reason": r, "message": TRAINER_WORDS.get(r, f"{t} {r}"),
+        {"type": t, "status": st, "reason": r, "message": TRAINER_WORDS.get(r, f"{t} {r}").format(name=name),
          "lastTransitionTime": now_iso(time.time() - ago)}
         for t, st, r, ago in conditions
     ]  # fmt: skip
