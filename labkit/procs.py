@@ -16,6 +16,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,21 @@ def start_ticks(pid: int) -> int | None:
 def same_process(pid: int, ticks: int | None) -> bool:
     """True if pid is alive and is the process that was recorded with start `ticks`."""
     return alive(pid) and ticks is not None and start_ticks(pid) == ticks
+
+
+def process_token(pid: int | None = None) -> str:
+    """`host:pid:start`, naming one process (this one by default) for its whole life: pids are reused, triples not."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
+
+
+def token_gone(token: str) -> bool:
+    """True once the process `process_token` named has exited. False for a process of another host (it cannot be
+    seen from here) and for a token that names none (an empty or hand-made value must not stop anything)."""
+    parts = token.split(":")  # a host name holds no colon
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not (parts[1].isdigit() and parts[2].isdigit()):
+        return False
+    return not same_process(int(parts[1]), int(parts[2]))
 
 
 def _live() -> list[tuple[int, int, int]]:

@@ -191,3 +191,18 @@ def test_a_signal_that_arrives_while_a_command_is_stopped_is_delivered_after_the
             time.sleep(5)  # not reached: the signal is raised as the block ends
         assert stopped, f"{sig.name} cut the stop short"
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_process_token_names_one_process_until_it_exits_and_nothing_else():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        token = procs.process_token(child.pid)
+        assert not procs.token_gone(token) and not procs.token_gone(procs.process_token())
+        host, pid, ticks = token.split(":")
+        assert procs.token_gone(f"{host}:{pid}:{int(ticks) + 1}")  # that pid, started at another time: another one
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.token_gone(token)
+    # No process of this machine, or no token at all: nothing to watch, so nothing is stopped on its account.
+    assert not any(procs.token_gone(t) for t in (f"another-host:{pid}:{ticks}", "", "garbage", f"{host}:x:{ticks}"))

@@ -357,32 +357,54 @@ def test_a_killed_rank_gives_503_and_the_job_ends():
     assert not wait_for_no_kit_processes(), kit_processes()
 
 
-@pytest.mark.slow
-def test_cli_serves_in_the_foreground_until_sigterm(tmp_path):
-    port = launch.free_port()
+def serving_cli(port: int) -> tuple[subprocess.Popen, list[str]]:
+    """`labkit serve` with 2 CPU ranks, once it says it serves (its lines keep coming into the list)."""
     argv = [sys.executable, "-m", "labkit", "serve", "--world-size", "2", "--device", "cpu", "--port", str(port)]
-    env = launch.kit_env()
-    cli = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cli = subprocess.Popen(argv, env=launch.kit_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
     reader.start()
+    serving = lambda: any(line.startswith("serving http") for line in lines)  # noqa: E731
+    wait_until(lambda: serving() or cli.poll() is not None, 240)  # a CLI that ended says why at once
+    if cli.poll() is not None:
+        reader.join(5)  # every line it printed, for the message below
+        procs.stop_tree(cli)
+    assert serving(), "".join(lines)
+    return cli, lines
+
+
+@pytest.mark.slow
+def test_cli_serves_in_the_foreground_until_sigterm():
+    port = launch.free_port()
+    cli, lines = serving_cli(port)
     try:
-        serving = lambda: any(line.startswith("serving http") for line in lines)  # noqa: E731
-        wait_until(lambda: serving() or cli.poll() is not None, 240)  # a CLI that ended says why at once
-        if cli.poll() is not None:
-            reader.join(5)  # every line it printed, for the message below
-        assert serving(), "".join(lines)
         client = local.HttpClient(f"http://127.0.0.1:{port}")
         rows = [[1.0] * 10]
         assert_close(client.predict(rows), models.reference_outputs("regressor", rows))
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(45) == 0, "".join(lines)
-        reader.join(5)
+        wait_until(lambda: "every rank exited 0" in "".join(lines), 5)
         assert "every rank exited 0" in "".join(lines)
     finally:
         if cli.poll() is None:
             procs.stop_tree(cli)
     assert not wait_for_no_kit_processes(), kit_processes()
+
+
+@pytest.mark.slow
+def test_ranks_whose_starter_is_killed_outright_stop_by_themselves():
+    """SIGKILL runs no exit path (a notebook kernel killed at a deadline, `labkit serve` under `kill -9`): the idle
+    ranks write nothing, so its closed pipe would never end them. Rank 0 sees its starter gone and stops them all."""
+    cli, lines = serving_cli(launch.free_port())
+    ranks = [pid for pid, _ in kit_processes() if pid != cli.pid]
+    assert ranks, "".join(lines)
+    cli.kill()
+    cli.wait()
+    try:
+        assert wait_until(lambda: not any(procs.alive(p) for p in ranks), 30), kit_processes()
+    finally:
+        for pid in ranks:  # what the fix missed must not outlive the test
+            procs.send(os.kill, pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

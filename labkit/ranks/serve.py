@@ -6,6 +6,7 @@ answers HTTP (labkit.serving.service). Started by the DeepSpeed launcher:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -20,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run(config)
     # Stopped cleanly: leave now. The interpreter's own teardown of torch and DeepSpeed takes 1-2 s per rank on a busy
     # CPU, which a stop (/shutdown, SIGTERM, a pod's grace period) would spend waiting.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # stopped because the process that read our output exited: nothing to flush to
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
 
 

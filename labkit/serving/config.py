@@ -17,6 +17,7 @@ from labkit.serving.models import MODELS, check_tp_size, model_info
 MODES = ("tp", "replicas")  # tensor-parallel split of every layer | a whole copy per rank, the batch split over ranks
 DEFAULT_PORT = 8000
 SERVE_MODULE = "labkit.ranks.serve"  # what every rank runs
+OWNER_ENV = "LABKIT_SERVE_OWNER"  # procs.process_token of the process that started the ranks: they stop when it exits
 
 
 @dataclass

@@ -3,7 +3,8 @@ benchmark use.
 
 `LocalService` starts the ranks through the DeepSpeed launcher in a session of its own (SIGTERM to the launcher
 alone leaves ranks running), waits until rank 0 answers `/healthz`, and on every exit path stops the whole process
-tree: gracefully first (`POST /shutdown`: every rank exits 0), then `procs.stop_tree`.
+tree: gracefully first (`POST /shutdown`: every rank exits 0), then `procs.stop_tree`. A process killed outright
+runs no exit path: rank 0 watches the one that started it (`OWNER_ENV`) and stops every rank when it is gone.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from urllib.parse import urlsplit
 from labkit import launch
 from labkit.devices import auto_ranks, check_ranks_fit, pick_device
 from labkit.errors import ConfigError, LabkitError, LaunchError, check_int
-from labkit.procs import RankExits, rank_processes, stop_tree
-from labkit.serving.config import SERVE_MODULE, ServeConfig
+from labkit.procs import RankExits, process_token, rank_processes, stop_tree
+from labkit.serving.config import OWNER_ENV, SERVE_MODULE, ServeConfig
 from labkit.serving.service import READY_TAG
 
 
@@ -128,7 +129,8 @@ class LocalService:
         except ConfigError:  # taken since (or by the last start): another free one
             self._port = launch.free_port()
         argv = launch.build_command(self.spec, master_port=self._port)
-        self.proc = launch.start_session(argv, launch.local_env(self.spec, self._port))
+        env = {**launch.local_env(self.spec, self._port), OWNER_ENV: process_token()}  # the ranks end with us
+        self.proc = launch.start_session(argv, env)
         self._exits = RankExits(self.proc.pid).start()
         self._reader = threading.Thread(target=self._pump, daemon=True, name="serve-output")
         self._reader.start()

@@ -18,6 +18,8 @@ never join a tensor-parallel forward pass, and one dead rank hung the service. H
   collective blocks a normal exit, hence `os._exit`.
 - SIGTERM: rank 0's server stops accepting, finishes what it holds and broadcasts STOP; a worker keeps serving until
   that STOP arrives (at most `stop_grace_s`), so every rank stops, with exit code 0 when all of them could.
+- The process that started the ranks on this machine (`OWNER_ENV`: a notebook kernel, `labkit serve`) exiting without
+  a stop (killed outright) counts as SIGTERM: idle ranks write nothing, so its closed pipe would never end them.
 """
 
 import asyncio
@@ -32,8 +34,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from labkit.launch import RANK_ERROR_TAG, local_threads
+from labkit.procs import token_gone
 from labkit.ranks.runtime import init_deepspeed, say
-from labkit.serving.config import ServeConfig
+from labkit.serving.config import OWNER_ENV, ServeConfig
 from labkit.serving.models import BadRequest, as_tensor, build, check_inputs
 
 STOP, PING, PREDICT = 0, 1, 2
@@ -170,6 +173,7 @@ class Rank0:
         self.running_since: float | None = None  # when the step now in the executor began
         self.last_step = time.monotonic()
         self.server = None
+        self.owner = os.environ.get(OWNER_ENV, "")  # empty: started by hand or in a pod, nobody to outlive
 
     # ---------------------------------------------------------------------------------------- collective steps
     def _run(self, op: int, rows=None):
@@ -231,10 +235,14 @@ class Rank0:
     def _watch(self) -> None:
         """The per-step watchdog and the idle heartbeat (one thread: both read the same clock; it never waits on a
         step itself, so a stuck heartbeat is caught like any other step)."""
-        heartbeat = None
+        heartbeat, owner_checked = None, time.monotonic()
         while not self.stopped and not self.broken:
             time.sleep(0.1)
             started, now = self.running_since, time.monotonic()
+            if self.owner and not self.stopping and now - owner_checked > 1.0:
+                owner_checked = now
+                if token_gone(self.owner):
+                    self.owner_exited()
             if started is not None and now - started > self.config.step_timeout_s:
                 self.lost(f"a step took longer than {self.config.step_timeout_s:g} s")
             idle = started is None and now - self.last_step > self.config.heartbeat_s
@@ -242,6 +250,14 @@ class Rank0:
                 with contextlib.suppress(Unavailable):
                     heartbeat = self.submit(PING)
                     heartbeat.add_done_callback(self._heard)
+
+    def owner_exited(self) -> None:
+        """Stop as SIGTERM would: nobody is left to send /shutdown or read an answer."""
+        with contextlib.suppress(OSError):  # the owner held the other end of stdout: nobody may read this line
+            say("[labkit serve] the process that started this service has exited: stopping every rank")
+        self.stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
 
     def _heard(self, future) -> None:
         """A heartbeat's answer: every rank must have answered."""
