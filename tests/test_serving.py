@@ -357,9 +357,10 @@ def test_a_killed_rank_gives_503_and_the_job_ends():
     assert not wait_for_no_kit_processes(), kit_processes()
 
 
-def serving_cli(port: int) -> tuple[subprocess.Popen, list[str]]:
-    """`labkit serve` with 2 CPU ranks, once it says it serves (its lines keep coming into the list)."""
-    argv = [sys.executable, "-m", "labkit", "serve", "--world-size", "2", "--device", "cpu", "--port", str(port)]
+def serving_cli(port: int, *where: str) -> tuple[subprocess.Popen, list[str]]:
+    """`labkit serve` on 2 CPU ranks unless `where` says, once serving (its lines keep coming into the list)."""
+    where = where or ("--world-size", "2", "--device", "cpu")
+    argv = [sys.executable, "-m", "labkit", "serve", *where, "--port", str(port)]
     cli = subprocess.Popen(argv, env=launch.kit_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
