@@ -24,6 +24,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+TMP_PREFIX = "labkit-run-"
+TMP_OWNER = ".labkit-owner"  # in each own_tmpdir folder: the process_token of the process that made it
+
 
 @contextlib.contextmanager
 def own_tmpdir(env: dict[str, str]) -> Iterator[dict[str, str]]:
@@ -35,11 +38,33 @@ def own_tmpdir(env: dict[str, str]) -> Iterator[dict[str, str]]:
     except (KeyError, OSError):  # no passwd entry and no USER: torch falls back the same way
         user = str(os.getuid())
     cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
-    tmp = tempfile.mkdtemp(prefix="labkit-run-")
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX)
+    with open(os.path.join(tmp, TMP_OWNER), "w") as f:
+        f.write(process_token())
+    remove_orphaned_tmpdirs(os.path.dirname(tmp))
     try:
         yield {"TORCHINDUCTOR_CACHE_DIR": cache, **env, "TMPDIR": tmp}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_orphaned_tmpdirs(parent: str) -> None:
+    """Remove own_tmpdir folders in `parent` whose maker has exited without removing them: a process killed outright
+    (SIGKILL, the OOM killer) runs no `finally`, so the next run clears up after it. Another user's folder, or one
+    whose maker cannot be told, is left alone."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                with open(os.path.join(entry.path, TMP_OWNER)) as f:
+                    token = f.read()
+            except OSError:  # being made right now (no owner file yet), or gone already
+                continue
+            if token_gone(token):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:

@@ -7,7 +7,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +208,29 @@ def test_a_process_token_names_one_process_until_it_exits_and_nothing_else():
     assert procs.token_gone(token)
     # No process of this machine, or no token at all: nothing to watch, so nothing is stopped on its account.
     assert not any(procs.token_gone(t) for t in (f"another-host:{pid}:{ticks}", "", "garbage", f"{host}:x:{ticks}"))
+
+
+def test_a_temp_folder_whose_maker_was_killed_outright_goes_with_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL runs no `finally`: own_tmpdir's folder outlives its maker, until the next own_tmpdir removes it. A folder
+    whose maker still runs, or that names no maker, stays."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    code = "import time; from labkit import procs\nwith procs.own_tmpdir({}) as env:\n print(env['TMPDIR'], flush=True)"
+    code += "; time.sleep(60)"
+    makers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        killed, running = (Path(m.stdout.readline().strip()) for m in makers)
+        (killed / "left.log").write_text("what a rank wrote")
+        makers[0].kill()
+        makers[0].wait()
+        nameless = tmp_path / f"{procs.TMP_PREFIX}by-hand"
+        nameless.mkdir()
+        assert killed.is_dir() and running.is_dir()
+        with procs.own_tmpdir({}) as env:
+            assert Path(env["TMPDIR"]).parent == tmp_path
+            assert not killed.exists() and running.is_dir() and nameless.is_dir()
+        assert not Path(env["TMPDIR"]).exists()
+    finally:
+        for maker in makers:
+            maker.kill()
+            maker.wait()
