@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from labkit.jobs.base import CLUSTER_HOSTFILE, CLUSTER_SHARED
-from labkit.procs import alive, initial_env, same_process, send, start_ticks
+from labkit.procs import alive, initial_env, same_process, send, start_ticks, token_gone
 
 JOBS_DIR_ENV, JOB_UID_ENV = "LABKIT_JOBS_DIR", "LABKIT_JOB_UID"
 
@@ -114,16 +114,12 @@ def stop_job_processes(job_dir: Path, uid: str, *, groups: set[int] = frozenset(
             time.sleep(0.05)
 
 
-OWNER_FILE = "owner.json"  # {"pid", "start_ticks"}: a process the job ends with (LocalBackend.end_with)
+OWNER_FILE = "owner.json"  # {"token": procs.process_token}: a process the job ends with (LocalBackend.end_with)
 
 
 def owner_gone(job_dir: Path) -> bool:
     """True once the process the job was tied to has exited (a notebook kernel killed outright runs no atexit)."""
-    try:
-        owner = json.loads((job_dir / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return not same_process(owner["pid"], owner["start_ticks"])
+    return token_gone(str((read_json(job_dir / OWNER_FILE) or {}).get("token", "")))
 
 
 def record_end(job_dir: Path, **state) -> None:

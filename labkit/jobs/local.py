@@ -361,7 +361,7 @@ class LocalBackend(JobBackend):
     def end_with(self, name: str, pid: int, *, namespace: str | None = None) -> None:
         """The job stops (phase OwnerExited) when process `pid` exits, however it exits: its launcher watches it."""
         d = self._existing_dir(name, namespace)
-        write_json(d / OWNER_FILE, {"pid": pid, "start_ticks": procs.start_ticks(pid)})
+        write_json(d / OWNER_FILE, {"token": procs.process_token(pid)})
 
     def logs(self, name: str, *, namespace: str | None = None) -> str:
         log = self._existing_dir(name, namespace) / "launcher.log"
