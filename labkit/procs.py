@@ -94,18 +94,23 @@ def same_process(pid: int, ticks: int | None) -> bool:
 
 
 def process_token(pid: int | None = None) -> str:
-    """`host:pid:start`, naming one process (this one by default) for its whole life: pids are reused, triples not."""
+    """`host:pid:start`, naming one process (this one by default) for its whole life: pids are reused, triples not.
+    A process already gone gets start `gone`."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
+    ticks = start_ticks(pid)
+    return f"{socket.gethostname()}:{pid}:{'gone' if ticks is None else ticks}"
 
 
 def token_gone(token: str) -> bool:
-    """True once the process `process_token` named has exited. False for a process of another host (it cannot be
-    seen from here) and for a token that names none (an empty or hand-made value must not stop anything)."""
+    """True once the process `process_token` named has exited (or had when it was named). False for a process of
+    another host (it cannot be seen from here) and for a token that names none (an empty or hand-made value must not
+    stop anything)."""
     parts = token.split(":")  # a host name holds no colon
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not (parts[1].isdigit() and parts[2].isdigit()):
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False
-    return not same_process(int(parts[1]), int(parts[2]))
+    if parts[2] == "gone":
+        return True
+    return parts[2].isdigit() and not same_process(int(parts[1]), int(parts[2]))
 
 
 def _live() -> list[tuple[int, int, int]]:

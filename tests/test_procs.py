@@ -206,6 +206,7 @@ def test_a_process_token_names_one_process_until_it_exits_and_nothing_else():
         child.kill()
         child.wait()
     assert procs.token_gone(token)
+    assert procs.token_gone(procs.process_token(child.pid)) and procs.process_token(child.pid).endswith(":gone")
     # No process of this machine, or no token at all: nothing to watch, so nothing is stopped on its account.
     assert not any(procs.token_gone(t) for t in (f"another-host:{pid}:{ticks}", "", "garbage", f"{host}:x:{ticks}"))
 

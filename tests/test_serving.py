@@ -395,8 +395,9 @@ def test_cli_serves_in_the_foreground_until_sigterm():
 @pytest.mark.slow
 def test_ranks_whose_starter_is_killed_outright_stop_by_themselves():
     """SIGKILL runs no exit path (a notebook kernel killed at a deadline, `labkit serve` under `kill -9`): the idle
-    ranks write nothing, so its closed pipe would never end them. Rank 0 sees its starter gone and stops them all."""
-    cli, lines = serving_cli(launch.free_port())
+    ranks write nothing, so its closed pipe would never end them. Rank 0 sees its starter gone and stops them all. The
+    automatic ranks: one per GPU on a GPU machine, where notebook 07's ranks are CUDA ones."""
+    cli, lines = serving_cli(launch.free_port(), "--world-size", "0", "--device", "auto")
     ranks = [pid for pid, _ in kit_processes() if pid != cli.pid]
     assert ranks, "".join(lines)
     cli.kill()
